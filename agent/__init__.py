@@ -1,0 +1,1 @@
+"""whodid.agent: capture on each host (not yet built; see issue 4)."""

@@ -1,0 +1,228 @@
+"""The `whodid` command: the same answers the Slack bot gives, in a terminal.
+
+examples:
+  whodid demo                                   build the demo store and ask who deleted the cluster
+  whodid trace delete-cluster                   who ran it, through ssh hops and sudo
+  whodid trace 'aws*delete*' --since 24h --json
+  whodid trace /etc/nginx/nginx.conf            who changed this file
+  whodid trace kubectl --user jim --scope 2     jim's kubectl commands, with their sessions
+  whodid ingest events.jsonl                    load schema-v1 events (JSON lines; - for stdin)
+  whodid db stats                               what the store holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from whodid import __version__
+from whodid import config as config_mod
+from whodid.tracer import Query, Store, StoreError, Tracer, ingest
+from whodid.tracer.render import render_text, traces_json
+from whodid.tracer.when import TimeError, clock, format_duration, parse_duration, parse_time
+
+EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whodid", description="Trace commands back to the person who ran them.",
+                                epilog=__doc__.split("examples:", 1)[1].join(["examples:", ""]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"whodid {__version__}")
+    p.add_argument("--config", metavar="FILE", help="config file (default: $WHODID_CONFIG, "
+                   "~/.config/whodid/config.yaml, /etc/whodid/config.yaml)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    db_help = "the store's file (default: $WHODID_DB, then store.path in the config)"
+
+    d = sub.add_parser("demo", help="build a demo store from a simulated fleet and trace the cluster deletion")
+    d.add_argument("--db", metavar="PATH", help="where to build the demo store (default: in whodid's data directory)")
+    d.add_argument("--seed", type=int, default=7, help="seed of the simulated fleet's noise (default: 7)")
+
+    t = sub.add_parser("trace", help="who ran a command, or changed a file, and how they got there",
+                       description="PATTERN is a substring of the command line, a glob if it has * ? or [, "
+                                   "or - when it starts with / - a file path (or path glob) whose changes to trace.")
+    t.add_argument("pattern", metavar="PATTERN")
+    t.add_argument("--db", metavar="PATH", help=db_help)
+    t.add_argument("--host", metavar="GLOB", help="only commands on matching hosts")
+    t.add_argument("--user", metavar="NAME", help="only chains involving this person, login or effective user")
+    t.add_argument("--since", metavar="WHEN", help="start of the window: a duration ago (24h, 7d) or an ISO "
+                   "time (default: trace.default_since in the config, 7d)")
+    t.add_argument("--until", metavar="WHEN", help="end of the window (default: now)")
+    t.add_argument("--scope", type=int, default=0, choices=range(0, 4), metavar="0-3",
+                   help="0: the causal chain only; 1: plus what the command started and the other commands "
+                        "of the chain's shells; 2: plus the whole login sessions; 3: plus the person's other "
+                        "sessions across hosts")
+    t.add_argument("--limit", type=int, metavar="N", help="at most N matches, newest first (default: 5)")
+    t.add_argument("--json", action="store_true", help="print the documented JSON (docs/trace-json.md)")
+
+    i = sub.add_parser("ingest", help="load schema-v1 events from JSON-lines files")
+    i.add_argument("files", nargs="+", metavar="FILE", help="JSON lines, one event each; - reads stdin")
+    i.add_argument("--db", metavar="PATH", help=db_help)
+
+    s = sub.add_parser("db", help="look after the store")
+    s.add_argument("action", choices=["stats"])
+    s.add_argument("--db", metavar="PATH", help=db_help)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        cfg = config_mod.load(args.config)
+        return COMMANDS[args.command](args, cfg)
+    except (StoreError, config_mod.ConfigError, UsageError, TimeError) as exc:
+        print(f"whodid: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("whodid: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def cmd_trace(args, cfg: config_mod.Config) -> int:
+    now = time.time()
+    query = Query(pattern=args.pattern, host=args.host, user=args.user,
+                  since=parse_time(args.since or cfg.trace.default_since, now),
+                  until=parse_time(args.until, now) if args.until else None,
+                  scope=args.scope, limit=args.limit or cfg.trace.limit)
+    if query.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    store = Store.open(cfg.store_path(args.db))
+    tracer = Tracer(store, cfg.identity.identity(), cfg.trace.settings())
+    traces = tracer.find(query)
+    if args.json:
+        json.dump(traces_json(query, traces, now), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_text(query, traces, now))
+    return EXIT_OK if traces else EXIT_NO_MATCH
+
+
+def cmd_ingest(args, cfg: config_mod.Config) -> int:
+    store = Store.open(cfg.store_path(args.db), create=True)
+    worst = EXIT_OK
+    for name in args.files:
+        try:
+            fh = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")
+        except OSError as exc:
+            print(f"whodid: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            worst = EXIT_ERROR
+            continue
+        with fh:
+            report = ingest(store, fh)
+        print(f"{name}: {report.summary()}")
+        for sample in report.samples[1:5]:
+            print(f"  also refused: {sample}")
+        if report.rejected:
+            worst = max(worst, EXIT_NO_MATCH)
+    return worst
+
+
+def cmd_db(args, cfg: config_mod.Config) -> int:
+    path = cfg.store_path(args.db)
+    store = Store.open(path)
+    counts = store.counts()
+    lo, hi = store.time_range()
+    print(f"store: {path} ({os.path.getsize(path) / 1e6:.1f} MB)" if path != ":memory:" else "store: in memory")
+    for name, n in counts.items():
+        print(f"  {name:<7} {n:>10,}")
+    if lo is not None:
+        print(f"  events from {clock(lo)} to {clock(hi)} ({format_duration(hi - lo)})")
+    return EXIT_OK
+
+
+def cmd_demo(args, cfg: config_mod.Config) -> int:
+    from . import demo
+
+    path = args.db or str(config_mod.data_dir() / "demo.db")
+    _prepare_demo_file(path)
+    print(f"Building the demo store at {path}")
+    now = time.time()
+    t0 = time.perf_counter()
+    fleet, _truth = demo.build(now, seed=args.seed)
+    lines = _shipping_order(fleet, args.seed)
+    print(f"  simulated {len(fleet.hosts)} hosts over {demo.DAYS} days: {len(lines):,} events "
+          f"({time.perf_counter() - t0:.1f}s)")
+    store = Store.open(path, create=True)
+    store.set_meta("demo", "1")
+    t1 = time.perf_counter()
+
+    def progress(report):
+        if sys.stderr.isatty():
+            print(f"\r  ingesting: {report.accepted:,} / {len(lines):,}", end="", file=sys.stderr, flush=True)
+
+    report = ingest(store, lines, progress=progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"  ingested through the store's ingest path: {report.summary()} "
+          f"({time.perf_counter() - t1:.1f}s)")
+    if report.rejected:
+        raise UsageError(f"the demo's own events were refused: {report.samples[0]}")
+    people = cfg.identity.people or demo.story_people()
+    ident = config_mod.IdentityConfig(shared_accounts=cfg.identity.shared_accounts, people=people).identity()
+    tracer = Tracer(store, ident, cfg.trace.settings())
+    query = Query(pattern="delete-cluster", since=now - 86400, limit=cfg.trace.limit)
+    print()
+    print("$ whodid trace delete-cluster --since 24h")
+    print(render_text(query, tracer.find(query), now))
+    print()
+    print("Try next:")
+    print(f"  whodid trace --db {path} delete-cluster --json")
+    print(f"  whodid trace --db {path} delete-cluster --scope 2")
+    print(f"  whodid trace --db {path} /etc/nginx/nginx.conf")
+    print(f"  whodid trace --db {path} 'aws*' --user bob")
+    return EXIT_OK
+
+
+def _prepare_demo_file(path: str) -> None:
+    """The demo rebuilds its own store each run, and refuses to touch any other file."""
+    if not os.path.exists(path):
+        return
+    try:
+        is_demo = Store.open(path).get_meta("demo") == "1"
+    except StoreError:
+        is_demo = False
+    if not is_demo:
+        raise UsageError(f"{path} exists and is not a demo store; the demo will not overwrite it. "
+                         "Choose another file with --db.")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+
+
+def _shipping_order(fleet, seed: int) -> list[str]:
+    """Events as agents would ship them: JSON lines, hosts interleaved in batches, late hosts late."""
+    import random
+
+    rng = random.Random(seed)
+    queues = {name: [json.dumps(ev, separators=(",", ":")) for ev in h.events] for name, h in fleet.hosts.items()}
+    out: list[str] = []
+    names = sorted(queues)
+    while names:
+        name = rng.choice(names)
+        q = queues[name]
+        take = rng.randint(200, 2000)
+        out.extend(q[:take])
+        del q[:take]
+        if not q:
+            names.remove(name)
+    return out
+
+
+COMMANDS = {"trace": cmd_trace, "ingest": cmd_ingest, "db": cmd_db, "demo": cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""`whodid demo`: the story that motivated whodid, on a simulated fleet of 22 hosts.
+
+jim logs in to the jump box, pauses about three hours, hops to the config server as the
+shared account ec2-user, becomes root with `sudo -i`, and an hour later deletes the prod
+EKS cluster. bob does much the same the same day - ec2-user on the same server, sudo, aws -
+and four days of cron jobs, daemons, deploys and other people surround them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .simfleet import SimFleet, SimHost, SimProc, key_fingerprint
+
+DAYS = 4
+LAPTOPS = {"jim": "203.0.113.7", "bob": "198.51.100.23", "alice": "203.0.113.41",
+           "carol": "198.51.100.88", "dave": "203.0.113.90"}
+PEOPLE = {name: key_fingerprint(name) for name in LAPTOPS} | {"deploy-ci": key_fingerprint("deploy-ci")}
+
+HOSTS = (
+    [("jump-box", "10.0.0.10"), ("config-server", "10.0.1.20")]
+    + [(f"web-{i:02d}", f"10.0.2.{10 + i}") for i in range(1, 7)]
+    + [(f"db-{i:02d}", f"10.0.3.{10 + i}") for i in range(1, 4)]
+    + [(f"cache-{i:02d}", f"10.0.4.{10 + i}") for i in range(1, 3)]
+    + [(f"ci-runner-{i:02d}", f"10.0.5.{10 + i}") for i in range(1, 3)]
+    + [(f"k8s-node-{i:02d}", f"10.0.6.{10 + i}") for i in range(1, 5)]
+    + [("monitor-01", "10.0.7.11"), ("backup-01", "10.0.7.12"), ("log-01", "10.0.7.13")]
+)
+ROLE_DAEMONS = {
+    "web": [(["nginx:", "master", "process", "/usr/sbin/nginx"], 0), (["/usr/local/bin/app-server", "--port", "8080"], 998)],
+    "db": [(["/usr/lib/postgresql/15/bin/postgres", "-D", "/var/lib/postgresql/15/main"], 997)],
+    "cache": [(["/usr/bin/redis-server", "127.0.0.1:6379"], 996)],
+    "ci": [(["/usr/bin/gitlab-runner", "run"], 995)],
+    "k8s": [(["/usr/bin/kubelet", "--config=/var/lib/kubelet/config.yaml"], 0)],
+}
+CRON_JOBS = [
+    (10, ["/bin/sh", "-c", "/usr/local/bin/healthcheck.sh"], [["curl", "-fsS", "http://localhost/health"]]),
+    (60, ["/bin/sh", "-c", "cd / && run-parts --report /etc/cron.hourly"], [["run-parts", "--report", "/etc/cron.hourly"]]),
+]
+
+
+def story_people() -> dict[str, dict[str, list[str]]]:
+    """The identity section that goes with this fleet (as config.example.yaml shows it)."""
+    return {name: {"ssh_keys": [fp]} for name, fp in PEOPLE.items() if name in LAPTOPS}
+
+
+def build(now: float, seed: int = 7) -> tuple[SimFleet, dict[str, Any]]:
+    """The fleet and what really happened (for tests to check the answer against)."""
+    rng = random.Random(seed)
+    fleet = SimFleet(seed)
+    start = now - DAYS * 86400
+    for name, addr in HOSTS:
+        h = fleet.add_host(name, addr, boot_ts=start - rng.uniform(3600, 30 * 86400))
+        for uid, user in [(1000, "ec2-user"), (1001, "jim"), (1002, "bob"), (1003, "alice"),
+                          (1004, "carol"), (1005, "dave"), (1100, "deploy"), (1006, "ubuntu"),
+                          (998, "app"), (997, "postgres"), (996, "redis"), (995, "gitlab-runner")]:
+            h.add_user(uid, user)
+        role = name.split("-")[0] if not name.startswith("ci") else "ci"
+        h.daemons = [h.daemon(start - 60, argv, uid) for argv, uid in ROLE_DAEMONS.get(role, [])]
+    _cron_noise(fleet, start, now, rng)
+    _daily_work(fleet, start, now, rng)
+    truth = _incident(fleet, now)
+    return fleet, truth
+
+
+def _cron_noise(fleet: SimFleet, start: float, now: float, rng: random.Random) -> None:
+    for h in fleet.hosts.values():
+        for every_min, sh_argv, children in CRON_JOBS:
+            t = start + rng.uniform(0, every_min * 60)
+            while t < now:
+                job = h.fork(h.cron, t)                       # cron's own child, then the job's shell
+                job.auid, job.ses = 0, h.next_ses
+                h.next_ses += 1
+                sh = h.spawn(job, t + 0.002, sh_argv, duration=None)
+                for argv in children:
+                    h.spawn(sh, t + 0.01, argv, duration=0.3)
+                h.exit(sh, t + 0.4)
+                h.exit(job, t + 0.41)
+                t += every_min * 60 + rng.uniform(-1, 1)
+
+
+def _session(fleet: SimFleet, shell: SimProc, t: float, commands: list[list[str]],
+             rng: random.Random) -> float:
+    """Type commands in a shell, a few seconds to minutes apart. Returns the time after."""
+    for argv in commands:
+        t += rng.uniform(4, 90)
+        shell.host.spawn(shell, t, argv, duration=rng.uniform(0.05, 3))
+    return t
+
+
+def _logout(shell: SimProc, t: float) -> None:
+    shell.host.exit(shell, t)
+
+
+def _daily_work(fleet: SimFleet, start: float, now: float, rng: random.Random) -> None:
+    H = fleet.hosts
+    jump = H["jump-box"]
+    for day in range(DAYS):
+        d0 = start + day * 86400 + 8 * 3600
+        # alice: web admin via the jump box, edits nginx config with sudo, reloads it
+        t = d0 + rng.uniform(0, 3600)
+        if t < now - 3600:
+            sh = fleet.ssh_login(jump, t, "alice", raddr=LAPTOPS["alice"], rport=rng.randint(40000, 60000),
+                                 key_fp=PEOPLE["alice"])
+            t = _session(fleet, sh, t, [["uptime"], ["ls", "-la"]], rng)
+            web = H[f"web-{rng.randint(1, 6):02d}"]
+            _, wsh = fleet.ssh_hop(sh, t + 30, web, "alice", PEOPLE["alice"])
+            t = _session(fleet, wsh, t + 31, [["tail", "-n", "50", "/var/log/nginx/error.log"]], rng)
+            vim = web.spawn(wsh, t + 20, ["sudo", "vim", "/etc/nginx/nginx.conf"], duration=None, euid=0)
+            web.setuid(vim, t + 20.01, 0)
+            editor = web.spawn(vim, t + 20.02, ["vim", "/etc/nginx/nginx.conf"], duration=None)
+            web.file(editor, t + 140, "write", "/etc/nginx/nginx.conf")
+            web.exit(editor, t + 141)
+            web.exit(vim, t + 141.1)
+            rl = web.spawn(wsh, t + 150, ["sudo", "systemctl", "reload", "nginx"], duration=None, euid=0)
+            web.setuid(rl, t + 150.01, 0)
+            web.spawn(rl, t + 150.02, ["systemctl", "reload", "nginx"], duration=0.4)
+            web.exit(rl, t + 150.5)
+            _logout(wsh, t + 200)
+            _logout(sh, t + 260)
+        # carol: straight from her laptop to a database host, as herself
+        t = d0 + 2 * 3600 + rng.uniform(0, 3600)
+        if t < now - 3600:
+            db = H[f"db-{rng.randint(1, 3):02d}"]
+            sh = fleet.ssh_login(db, t, "carol", raddr=LAPTOPS["carol"], rport=rng.randint(40000, 60000),
+                                 key_fp=PEOPLE["carol"])
+            t = _session(fleet, sh, t, [["psql", "-c", "select count(*) from orders"], ["df", "-h"]], rng)
+            dump = db.spawn(sh, t + 10, ["sudo", "-u", "postgres", "pg_dump", "orders"], duration=None, euid=0)
+            db.setuid(dump, t + 10.01, 997)
+            db.spawn(dump, t + 10.02, ["pg_dump", "orders"], duration=40)
+            db.exit(dump, t + 51)
+            _logout(sh, t + 120)
+        # dave: kubernetes nodes as the shared `ubuntu` account, with his own key
+        t = d0 + 4 * 3600 + rng.uniform(0, 3600)
+        if t < now - 3600:
+            sh = fleet.ssh_login(jump, t, "dave", raddr=LAPTOPS["dave"], rport=rng.randint(40000, 60000),
+                                 key_fp=PEOPLE["dave"])
+            node = H[f"k8s-node-{rng.randint(1, 4):02d}"]
+            _, nsh = fleet.ssh_hop(sh, t + 20, node, "ubuntu", PEOPLE["dave"])
+            t = _session(fleet, nsh, t + 21, [["kubectl", "get", "pods", "-A"], ["sudo", "crictl", "ps"],
+                                              ["journalctl", "-u", "kubelet", "-n", "100"]], rng)
+            _logout(nsh, t + 60)
+            _logout(sh, t + 70)
+        # the deploy pipeline: gitlab-runner on a CI host ssh'es to every web host as `deploy`
+        t = d0 + 6 * 3600 + rng.uniform(0, 1800)
+        if t < now - 3600:
+            ci = H["ci-runner-01"]
+            job = ci.spawn(ci.daemons[0], t, ["/bin/bash", "-c", "ansible-playbook deploy.yml"], duration=None)
+            ansible = ci.spawn(job, t + 0.5, ["ansible-playbook", "deploy.yml"], duration=None)
+            for i in range(1, 7):
+                web = H[f"web-{i:02d}"]
+                ts = t + i * 5
+                _, wsh = fleet.ssh_hop(ansible, ts, web, "deploy", PEOPLE["deploy-ci"],
+                                       argv=["ssh", "-o", "BatchMode=yes", f"deploy@{web.name}",
+                                             "sudo systemctl restart app"])
+                r = web.spawn(wsh, ts + 0.5, ["sudo", "systemctl", "restart", "app"], duration=None, euid=0)
+                web.setuid(r, ts + 0.51, 0)
+                web.spawn(r, ts + 0.52, ["systemctl", "restart", "app"], duration=1.5)
+                web.exit(r, ts + 2.1)
+                _logout(wsh, ts + 2.2)
+            ci.exit(ansible, t + 40)
+            ci.exit(job, t + 40.5)
+
+
+def _incident(fleet: SimFleet, now: float) -> dict[str, Any]:
+    rng = random.Random(99)
+    H = fleet.hosts
+    jump, config = H["jump-box"], H["config-server"]
+    t0 = now - 7.5 * 3600
+    # jim: ssh with his key to the jump box, a few commands, then a long pause
+    jim = fleet.ssh_login(jump, t0, "jim", raddr=LAPTOPS["jim"], rport=53122, key_fp=PEOPLE["jim"])
+    t = _session(fleet, jim, t0, [["ls", "-la"], ["cat", "runbook.md"], ["kubectl", "config", "get-contexts"]], rng)
+    # bob arrives two hours later, and goes to the same server as the same shared account
+    tb = t0 + 2 * 3600
+    bob = fleet.ssh_login(jump, tb, "bob", raddr=LAPTOPS["bob"], rport=41870, key_fp=PEOPLE["bob"])
+    _, bob_remote = fleet.ssh_hop(bob, tb + 600, config, "ec2-user", PEOPLE["bob"])
+    bob_root = fleet.sudo_shell(bob_remote, tb + 700, ["sudo", "su", "-"])
+    bt = _session(fleet, bob_root, tb + 710, [["aws", "sts", "get-caller-identity"],
+                                              ["aws", "eks", "list-clusters"]], rng)
+    # jim comes back three hours after his last command and hops over as ec2-user
+    t_ssh = t + 3 * 3600 + 120
+    ssh, jim_remote = fleet.ssh_hop(jim, t_ssh, config, "ec2-user", PEOPLE["jim"])
+    t_sudo = t_ssh + 55
+    jim_root = fleet.sudo_shell(jim_remote, t_sudo, ["sudo", "-i"])
+    _session(fleet, jim_root, t_sudo + 5, [["aws", "sts", "get-caller-identity"]], rng)
+    # bob keeps working as root on the same box, with aws, while jim's shell sits idle
+    _session(fleet, bob_root, max(bt, t_sudo) + 900, [["aws", "eks", "describe-cluster", "--name", "prod"],
+                                                      ["aws", "s3", "ls", "s3://prod-backups"],
+                                                      ["aws", "eks", "update-kubeconfig", "--name", "prod"]], rng)
+    # an hour after the sudo, the delete
+    t_del = t_sudo + 3600 + 200
+    delete = config.spawn(jim_root, t_del, ["aws", "eks", "delete-cluster", "--name", "prod"], duration=6.5)
+    config.spawn(bob_root, t_del + 1500, ["kubectl", "get", "nodes"], duration=2.0, code=1)
+    _logout(jim_root, t_del + 1800)
+    _logout(jim_remote, t_del + 1801)
+    _logout(bob_root, t_del + 2400)
+    _logout(bob_remote, t_del + 2401)
+    return {"delete_pid": delete.pid, "delete_ts": t_del + 0.0007, "jim_login": t0, "ssh_ts": t_ssh,
+            "sudo_ts": t_sudo, "jim_ssh_pid": ssh.pid}

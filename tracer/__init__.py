@@ -1,0 +1,18 @@
+"""whodid.tracer: the event schema, the causal store, stitching and the trace engine.
+
+Public surface - everything else is an implementation detail:
+"""
+
+from .events import SCHEMA_VERSION, EventError, decode_line, parse_event
+from .identity import Identity, Person
+from .ingest import IngestReport, ingest
+from .store import Store, StoreError
+from .trace import Query, Settings, Trace, Tracer
+
+__all__ = [
+    "SCHEMA_VERSION", "EventError", "decode_line", "parse_event",
+    "Identity", "Person",
+    "IngestReport", "ingest",
+    "Store", "StoreError",
+    "Query", "Settings", "Trace", "Tracer",
+]

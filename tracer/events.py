@@ -1,0 +1,176 @@
+"""The event schema, version 1: what every producer (agent, audit import, demo) emits.
+
+docs/events.md is the prose form of SPEC below; tests/test_events.py keeps the two in step.
+`parse_event` is pure: it takes one decoded JSON object and returns a normalised dict, or
+raises EventError naming the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# How a process is identified: (host, boot, pid, start). `start` is an integer the producer
+# derives from the process's start time (ns since boot for the agent); it only has to be the
+# same in every event about one process and differ between two processes that share a pid.
+PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "file"})
+
+FILE_OPS = frozenset({"write", "create", "rename", "unlink", "chmod", "chown", "truncate", "mkdir", "rmdir"})
+LOGIN_METHODS = frozenset(
+    {"publickey", "password", "keyboard-interactive", "gssapi-with-mic", "hostbased", "none", "other"}
+)
+
+# field -> (type, required). Types: str, int, uint, num, bool, argv, addr, port, addrs.
+COMMON = {
+    "v": ("int", True),
+    "kind": ("str", True),
+    "host": ("str", True),
+    "boot": ("str", True),
+    "ts": ("num", True),
+    "id": ("str", False),
+}
+PROCESS = {"pid": ("uint", True), "start": ("uint", True)}
+NAMES = {"user": ("str", False), "euser": ("str", False), "auser": ("str", False),
+         "group": ("str", False), "egroup": ("str", False)}
+SOCKET = {"laddr": ("addr", True), "lport": ("port", True), "raddr": ("addr", True), "rport": ("port", True)}
+
+SPEC: dict[str, dict[str, tuple[str, bool]]] = {
+    "host": {"addrs": ("addrs", False), "os": ("str", False), "agent": ("str", False),
+             "boot_time": ("num", False)},
+    "fork": {**PROCESS, "ppid": ("uint", True), "pstart": ("uint", True)},
+    "exec": {**PROCESS, "argv": ("argv", True), "truncated": ("bool", False), "exe": ("str", False),
+             "cwd": ("str", False), "uid": ("uint", True), "euid": ("uint", True),
+             "gid": ("uint", False), "egid": ("uint", False), "auid": ("uint", False),
+             "ses": ("uint", False), "tty": ("str", False), "comm": ("str", False),
+             "ppid": ("uint", False), "pstart": ("uint", False), "pidns": ("uint", False),
+             "container": ("str", False), "snapshot": ("bool", False), **NAMES},
+    "exit": {**PROCESS, "code": ("int", False), "signal": ("uint", False)},
+    "cred": {**PROCESS, "via": ("str", True), "old_uid": ("uint", True), "old_euid": ("uint", True),
+             "uid": ("uint", True), "euid": ("uint", True), "old_user": ("str", False),
+             "old_euser": ("str", False), **NAMES},
+    "login": {**PROCESS, "user": ("str", True), "uid": ("uint", False), "method": ("str", True),
+              "key_fp": ("str", False), "key_type": ("str", False),
+              "raddr": ("addr", True), "rport": ("port", True),
+              "laddr": ("addr", False), "lport": ("port", False),
+              "service": ("str", False), "ses": ("uint", False), "tty": ("str", False)},
+    "connect": {**PROCESS, **SOCKET},
+    "accept": {**PROCESS, **SOCKET},
+    "file": {**PROCESS, "op": ("str", True), "path": ("str", True), "path2": ("str", False),
+             "mode": ("uint", False), "uid": ("uint", False), "gid": ("uint", False),
+             "euid": ("uint", False), "euser": ("str", False)},
+}
+
+AUID_UNSET = 4294967295  # the kernel's "no login uid" ((uid_t)-1)
+MAX_STR = 8192
+MAX_ARGV = 1024
+
+
+class EventError(ValueError):
+    """An event that does not follow the schema. `field` names the culprit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _check(field: str, kind: str, value: Any) -> Any:
+    if kind == "str":
+        if not isinstance(value, str):
+            raise EventError(field, f"expected a string, got {type(value).__name__}")
+        if len(value) > MAX_STR:
+            raise EventError(field, f"longer than {MAX_STR} characters")
+        return value
+    if kind in ("int", "uint", "port"):
+        # bool is an int subclass in Python; JSON true/false must not pass for a number.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EventError(field, f"expected an integer, got {type(value).__name__}")
+        if kind == "uint" and value < 0:
+            raise EventError(field, "must not be negative")
+        if kind == "port" and not 0 <= value <= 65535:
+            raise EventError(field, f"port {value} out of range 0-65535")
+        return value
+    if kind == "num":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise EventError(field, "expected a finite number (seconds since the epoch)")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise EventError(field, f"expected true or false, got {type(value).__name__}")
+        return value
+    if kind == "argv":
+        if not isinstance(value, list) or not value:
+            raise EventError(field, "expected a non-empty list of strings")
+        if len(value) > MAX_ARGV:
+            raise EventError(field, f"more than {MAX_ARGV} arguments")
+        for i, arg in enumerate(value):
+            if not isinstance(arg, str):
+                raise EventError(f"{field}[{i}]", f"expected a string, got {type(arg).__name__}")
+        return value
+    if kind == "addr":
+        return normalise_addr(field, value)
+    if kind == "addrs":
+        if not isinstance(value, list):
+            raise EventError(field, "expected a list of addresses")
+        return [normalise_addr(f"{field}[{i}]", a) for i, a in enumerate(value)]
+    raise AssertionError(kind)
+
+
+def normalise_addr(field: str, value: Any) -> str:
+    """IPv4-mapped IPv6 addresses become plain IPv4, so both sides of a hop compare equal."""
+    if not isinstance(value, str):
+        raise EventError(field, f"expected an IP address string, got {type(value).__name__}")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise EventError(field, f"{value!r} is not an IP address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def parse_event(obj: Any) -> dict[str, Any]:
+    """Validate one event object and return it normalised (unknown fields dropped)."""
+    if not isinstance(obj, dict):
+        raise EventError("event", f"expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version is None:
+        raise EventError("v", "missing schema version (this reader understands v=1)")
+    if version != SCHEMA_VERSION:
+        raise EventError("v", f"unknown schema version {version!r}; this reader understands v={SCHEMA_VERSION}")
+    kind = obj.get("kind")
+    spec = SPEC.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise EventError("kind", f"unknown kind {kind!r}; expected one of {', '.join(sorted(SPEC))}")
+    out: dict[str, Any] = {}
+    for fields in (COMMON, spec):
+        for name, (ftype, required) in fields.items():
+            value = obj.get(name)
+            if value is None:
+                if required:
+                    raise EventError(name, f"required for kind {kind!r} but missing")
+                continue
+            out[name] = _check(name, ftype, value)
+    if not out["host"]:
+        raise EventError("host", "must not be empty")
+    if kind == "file":
+        if out["op"] not in FILE_OPS:
+            raise EventError("op", f"unknown file operation {out['op']!r}; expected one of {', '.join(sorted(FILE_OPS))}")
+        if out["op"] == "rename" and "path2" not in out:
+            raise EventError("path2", "a rename needs its destination path")
+    if kind == "login" and out["method"] not in LOGIN_METHODS:
+        raise EventError("method", f"unknown login method {out['method']!r}; expected one of {', '.join(sorted(LOGIN_METHODS))}")
+    return out
+
+
+def decode_line(line: str | bytes) -> dict[str, Any]:
+    """One JSON line -> a normalised event. Bad JSON is an EventError too, never a traceback."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EventError("json", f"not valid JSON ({exc})") from None
+    return parse_event(obj)

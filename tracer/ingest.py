@@ -1,0 +1,86 @@
+"""Ingest: validate events and write them to the store in batches.
+
+The one path by which events reach the store - the demo, `whodid ingest`, and (later) the
+collector and the audit importer all come through here. A bad event is refused with the
+reason and its position; the rest of its batch is kept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .events import EventError, decode_line, parse_event
+from .store import Store
+
+BATCH = 5000
+MAX_SAMPLES = 20
+
+
+@dataclass
+class Rejected:
+    position: int          # 1-based index in the input (line number for JSON lines)
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"event {self.position}: {self.field}: {self.message}"
+
+
+@dataclass
+class IngestReport:
+    received: int = 0
+    accepted: int = 0
+    rows_written: int = 0
+    by_kind: Counter = field(default_factory=Counter)
+    rejected: int = 0
+    samples: list[Rejected] = field(default_factory=list)   # the first few refusals, for people
+
+    def refuse(self, position: int, err: EventError) -> None:
+        self.rejected += 1
+        if len(self.samples) < MAX_SAMPLES:
+            self.samples.append(Rejected(position, err.field, err.message))
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_kind.items()))
+        text = f"{self.accepted} of {self.received} events accepted ({kinds or 'none'})"
+        if self.rejected:
+            text += f"; {self.rejected} refused, first: {self.samples[0]}"
+        return text
+
+
+def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
+           progress: Callable[[IngestReport], None] | None = None) -> IngestReport:
+    """Ingest events: dicts (decoded JSON) or str/bytes (JSON lines). Never raises on bad events."""
+    report = IngestReport()
+    pending: list[dict[str, Any]] = []
+    for position, raw in enumerate(events, 1):
+        report.received += 1
+        try:
+            if isinstance(raw, (str, bytes)):
+                if not raw.strip():
+                    report.received -= 1
+                    continue
+                ev = decode_line(raw)
+            else:
+                ev = parse_event(raw)
+        except EventError as err:
+            report.refuse(position, err)
+            continue
+        pending.append(ev)
+        report.by_kind[ev["kind"]] += 1
+        if len(pending) >= batch:
+            _flush(store, pending, report, progress)
+    _flush(store, pending, report, progress)
+    return report
+
+
+def _flush(store: Store, pending: list[dict[str, Any]], report: IngestReport, progress) -> None:
+    if not pending:
+        return
+    report.rows_written += store.write(pending)
+    report.accepted += len(pending)
+    pending.clear()
+    if progress:
+        progress(report)

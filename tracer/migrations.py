@@ -1,0 +1,104 @@
+"""Schema migrations of the store, as explicit numbered steps (PRAGMA user_version).
+
+A step is never edited once released; a change is a new step. The tables hold facts as
+the hosts reported them; links between facts (parents, ssh hops, logins) are worked out at
+query time, which is why arrival order cannot change an answer.
+"""
+
+STEPS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+
+CREATE TABLE hosts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    first_ts REAL, last_ts REAL,          -- earliest / latest event time seen from the host
+    addrs TEXT, os TEXT, agent TEXT        -- from `host` events, addrs as a JSON list
+);
+
+CREATE TABLE boots (
+    id INTEGER PRIMARY KEY,
+    host INTEGER NOT NULL REFERENCES hosts(id),
+    boot TEXT NOT NULL,
+    UNIQUE (host, boot)
+);
+
+-- uid -> name as each host resolved it: uid 1001 on one host is not uid 1001 on another.
+CREATE TABLE users (
+    host INTEGER NOT NULL, uid INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (host, uid)
+) WITHOUT ROWID;
+
+-- One row per process instance: (boot, pid, start) survives pid reuse.
+-- parent comes from the fork event when there is one (parent_by_fork = 1), otherwise from
+-- the earliest exec that named a parent (parent_ts = that exec's time).
+CREATE TABLE procs (
+    id INTEGER PRIMARY KEY,
+    boot INTEGER NOT NULL REFERENCES boots(id),
+    pid INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    parent INTEGER REFERENCES procs(id),
+    parent_by_fork INTEGER NOT NULL DEFAULT 0,
+    parent_ts REAL,
+    fork_ts REAL,
+    exit_ts REAL, exit_code INTEGER, exit_signal INTEGER,
+    UNIQUE (boot, pid, start)
+);
+CREATE INDEX procs_parent ON procs (parent);
+
+-- argv is NULL when cmd.split(' ') gives it back exactly (most commands), to save space.
+CREATE TABLE execs (
+    id INTEGER PRIMARY KEY,
+    proc INTEGER NOT NULL REFERENCES procs(id),
+    ts REAL NOT NULL,
+    cmd TEXT NOT NULL, argv TEXT, truncated INTEGER,
+    exe TEXT, cwd TEXT,
+    uid INTEGER, euid INTEGER, gid INTEGER, egid INTEGER, auid INTEGER, ses INTEGER,
+    tty TEXT, comm TEXT, pidns INTEGER, container TEXT, snapshot INTEGER,
+    UNIQUE (proc, ts)
+);
+CREATE INDEX execs_ts ON execs (ts);
+
+CREATE TABLE creds (
+    proc INTEGER NOT NULL REFERENCES procs(id),
+    ts REAL NOT NULL, via TEXT NOT NULL,
+    old_uid INTEGER, old_euid INTEGER, uid INTEGER, euid INTEGER,
+    UNIQUE (proc, ts, via, uid, euid)
+);
+
+CREATE TABLE logins (
+    id INTEGER PRIMARY KEY,
+    proc INTEGER NOT NULL REFERENCES procs(id),
+    ts REAL NOT NULL,
+    user TEXT NOT NULL, uid INTEGER, method TEXT, key_fp TEXT, key_type TEXT,
+    raddr TEXT, rport INTEGER, laddr TEXT, lport INTEGER,
+    service TEXT, ses INTEGER, tty TEXT,
+    UNIQUE (proc, ts)
+);
+CREATE INDEX logins_proc ON logins (proc);
+CREATE INDEX logins_ts ON logins (ts);
+
+CREATE TABLE conns (
+    proc INTEGER NOT NULL REFERENCES procs(id),
+    ts REAL NOT NULL,
+    dir TEXT NOT NULL,                      -- 'connect' (outbound) or 'accept' (inbound)
+    laddr TEXT, lport INTEGER, raddr TEXT, rport INTEGER,
+    UNIQUE (proc, ts, dir, lport, raddr, rport)
+);
+-- An ssh hop: the server's login names the client's (raddr, rport), which is the
+-- client's own (laddr, lport) in its connect.
+CREATE INDEX conns_local ON conns (lport, laddr);
+CREATE INDEX conns_proc ON conns (proc);
+
+CREATE TABLE files (
+    proc INTEGER NOT NULL REFERENCES procs(id),
+    ts REAL NOT NULL, op TEXT NOT NULL, path TEXT NOT NULL, path2 TEXT,
+    mode INTEGER, uid INTEGER, gid INTEGER, euid INTEGER,
+    UNIQUE (proc, ts, op, path)
+);
+CREATE INDEX files_path ON files (path);
+CREATE INDEX files_path2 ON files (path2) WHERE path2 IS NOT NULL;
+"""),
+]
+
+LATEST = STEPS[-1][0]

@@ -1,0 +1,67 @@
+"""The `--json` contract (docs/trace-json.md): stable field names, documented, versioned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..stitch import Step
+from ..trace import Query, Trace
+from ..when import iso
+
+TRACE_SCHEMA = "whodid.trace/1"
+
+
+def _step(step: Step) -> dict[str, Any]:
+    out = {
+        "host": step.host, "pid": step.pid, "user": step.user, "login_user": step.login_user,
+        "command": step.command, "argv": step.argv, "start": iso(step.start), "start_ts": step.start,
+        "edge": step.edge, "inferred": step.inferred, "note": step.note,
+        "cwd": step.cwd, "exe": step.exe, "tty": step.tty, "container": step.container,
+    }
+    if step.login:
+        lg = step.login
+        out["login"] = {"user": lg["user"], "method": lg.get("method"), "key_fp": lg.get("key_fp"),
+                        "source": lg.get("raddr"), "source_port": lg.get("rport"),
+                        "time": iso(lg["ts"])}
+    return out
+
+
+def trace_json(tr: Trace) -> dict[str, Any]:
+    who = tr.attributed
+    poi = _step(tr.poi)
+    poi["exit_code"] = tr.exit_code
+    poi["change"] = None if tr.change is None else {
+        "op": tr.change["op"], "path": tr.change["path"], "path2": tr.change.get("path2"),
+        "time": iso(tr.change["ts"])}
+    nodes = []
+    for node, data in tr.graph.nodes(data=True):
+        s: Step = data["step"]
+        nodes.append({"id": node, "host": s.host, "pid": s.pid, "user": s.user, "command": s.command,
+                      "start": iso(s.start), "role": data["role"]})
+    edges = [{"from": a, "to": b, "kind": d["kind"], "inferred": d["inferred"], "note": d["note"],
+              "chain": d["chain"]} for a, b, d in tr.graph.edges(data=True)]
+    return {
+        "summary": tr.summary,
+        "poi": poi,
+        "attributed_to": {"user": who.user, "host": who.host, "source": who.source,
+                          "login_time": iso(who.login_time) if who.login_time else None,
+                          "how": who.how, "account": who.account, "key_fp": who.key_fp},
+        "chain": [_step(s) for s in tr.chain],
+        "gaps": tr.gaps,
+        "confidence": tr.confidence,
+        "scope": tr.scope,
+        "graph": {"nodes": nodes, "edges": edges},
+        "truncated": tr.truncated,
+    }
+
+
+def traces_json(query: Query, traces: list[Trace], now: float) -> dict[str, Any]:
+    return {
+        "schema": TRACE_SCHEMA,
+        "generated_at": iso(now),
+        "query": {"pattern": query.pattern, "host": query.host, "user": query.user,
+                  "since": iso(query.since) if query.since else None,
+                  "until": iso(query.until) if query.until else None,
+                  "scope": query.scope, "limit": query.limit},
+        "matches": [trace_json(t) for t in traces],
+    }

@@ -1,0 +1,71 @@
+"""The plain-text answer: what the CLI prints, and what the bot posts for screen readers."""
+
+from __future__ import annotations
+
+from ..trace import Query, Trace
+from ..when import ago, clock, format_duration
+
+EDGE_LABEL = {"login": "login", "fork": "fork", "exec": "exec", "ssh": "ssh ->", "sudo": "sudo",
+              "su": "su", "setuid": "setuid"}
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
+    poi, who = tr.poi, tr.attributed
+    lines = []
+    what = poi.command
+    if tr.change:
+        ch = tr.change
+        target = f"{ch['path']} -> {ch['path2']}" if ch.get("path2") else ch["path"]
+        what = f"{ch['op']} {target} (by `{poi.command}`)"
+        when = ch["ts"]
+    else:
+        when = poi.start
+    lines.append(f"Match {index} of {total}: {what}")
+    lines.append(f"  on {poi.host}, pid {poi.pid}, as {poi.user}, {clock(when)} ({ago(when, now)})"
+                 + (f", exit code {tr.exit_code}" if tr.exit_code is not None else ""))
+    lines.append("")
+    if who.login_time is not None:
+        lines.append(f"Who:  {who.user} - {who.how}")
+        lines.append(f"      logged in to {who.host} from {who.source or 'an unknown address'} at "
+                     f"{clock(who.login_time)}")
+    else:
+        lines.append(f"Who:  {who.user} - {who.how}")
+    lines.append(f"How:  {tr.summary}")
+    lines.append("")
+    hw = max(len(s.host) for s in tr.chain)
+    uw = max(len(s.user) for s in tr.chain)
+    gap_before = {g["before"]: g for g in tr.gaps}
+    for i, s in enumerate(tr.chain):
+        if i in gap_before:
+            lines.append(f"  {'':19}  ... {gap_before[i]['label']}")
+        marker = "  <== matched" if i == len(tr.chain) - 1 else ""
+        edge = EDGE_LABEL.get(s.edge, s.edge) + ("?" if s.inferred else "")
+        t = clock(s.start)[:19]
+        lines.append(f"  {t}  {s.host:<{hw}}  {edge:<7} {s.user:<{uw}}  {_short(s.command, 70)}{marker}")
+        if s.note:
+            lines.append(f"  {'':19}  {'':<{hw}}  {'':7} {'':<{uw}}  ({s.note})")
+    if tr.confidence:
+        lines.append("")
+        lines.append("Notes:")
+        lines.extend(f"  - {c}" for c in tr.confidence)
+    if tr.scope:
+        extra = tr.graph.number_of_nodes() - len(tr.chain)
+        lines.append("")
+        lines.append(f"Scope {tr.scope}: {extra} more processes around the chain (see --json or --png)")
+        lines.extend(f"  - {t}" for t in tr.truncated)
+    return "\n".join(lines)
+
+
+def render_text(query: Query, traces: list[Trace], now: float) -> str:
+    if not traces:
+        window = ""
+        if query.since:
+            window = f" over the last {format_duration(now - query.since)}"
+        return (f"No {query.describe()}{window}.\n"
+                f"Try a wider window (--since 30d), a shorter pattern, or check the host "
+                f"filter; `whodid db stats` shows what the store holds.")
+    return "\n\n".join(render_trace(t, now, i, len(traces)) for i, t in enumerate(traces, 1))

@@ -1,0 +1,190 @@
+"""Stitching rules: pure functions that decide how two facts are linked.
+
+trace.py walks the store and asks these functions what each link is; nothing here touches
+the store, so every rule is tested on small fixtures (tests/test_stitch.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .identity import Identity
+from .when import format_duration
+
+EDGES = ("login", "fork", "exec", "ssh", "sudo", "su", "setuid")
+SWITCH_USER = {"sudo": "sudo", "su": "su", "doas": "sudo", "runuser": "su", "pkexec": "sudo", "sudoedit": "sudo"}
+SCHEDULERS = {"cron", "crond", "anacron", "atd", "systemd-run"}
+
+
+@dataclass
+class Step:
+    """One link of a chain: a process image (or a login) on a host."""
+    node: str
+    proc: int
+    host: str
+    pid: int
+    user: str                       # effective user, as the host named it
+    login_user: str | None          # the audit login uid's name
+    command: str
+    argv: list[str]
+    start: float
+    edge: str = "fork"
+    inferred: bool = False
+    note: str | None = None
+    cwd: str | None = None
+    exe: str | None = None
+    tty: str | None = None
+    container: str | None = None
+    inherited: bool = False         # no exec seen: the image is the parent's
+    login: dict[str, Any] | None = None
+
+    @property
+    def program(self) -> str:
+        return program_name(self.argv)
+
+
+def program_name(argv: list[str]) -> str:
+    """The program's name as a person would say it: `-bash` -> bash, `/usr/bin/sudo` -> sudo."""
+    first = argv[0] if argv else ""
+    return os.path.basename(first.lstrip("-")) or first
+
+
+def link(prev: Step, cur: Step) -> tuple[str, str | None]:
+    """What kind of edge leads from prev to cur, and the note a person needs to read it.
+
+    Host change is an ssh hop (the caller has matched it); a change of effective user is a
+    privilege change, named after the program that made it (sudo, su, else setuid);
+    the same process running a new program is an exec; anything else is a fork.
+    """
+    if prev.host != cur.host:
+        return "ssh", None
+    if prev.user != cur.user:
+        via = SWITCH_USER.get(cur.program) or SWITCH_USER.get(prev.program) or "setuid"
+        return via, f"{prev.user} -> {cur.user} via {via if via != 'setuid' else cur.program + ' (setuid)'}"
+    if prev.proc == cur.proc:
+        return "exec", None
+    return "fork", None
+
+
+@dataclass
+class HopCandidate:
+    proc: int
+    ts: float
+    laddr: str | None
+    lport: int | None
+    raddr: str | None
+    rport: int | None
+    host: str
+    host_id: int = 0
+
+
+def pick_hop(login: dict[str, Any], exact: list[HopCandidate], by_address: list[HopCandidate],
+             skew: float) -> tuple[HopCandidate | None, bool, str | None]:
+    """Choose the client side of an ssh login: (candidate, inferred, note).
+
+    `exact` are connects whose local address and port equal the login's peer address and
+    port (the 4-tuple seen from both ends); `by_address` are connects from a host owning the
+    peer address to the login's server, port unknown. Exact wins; among candidates the
+    latest one not after the login (allowing `skew` seconds of clock difference) wins.
+    """
+    def best(cands):
+        cands = [c for c in cands if c.ts <= login["ts"] + skew]
+        if login.get("laddr") is not None:
+            tighter = [c for c in cands if c.raddr in (None, login["laddr"])
+                       and c.rport in (None, login.get("lport"))]
+            cands = tighter or cands
+        return max(cands, key=lambda c: (c.ts, c.proc)) if cands else None
+
+    hit = best(exact)
+    if hit:
+        note = (f"connection {hit.laddr}:{hit.lport} -> {login.get('laddr') or hit.raddr}:"
+                f"{login.get('lport') or hit.rport} seen on both hosts")
+        return hit, False, note
+    hit = best(by_address)
+    if hit:
+        delta = login["ts"] - hit.ts
+        note = (f"inferred: {hit.host} owns {login['raddr']} and connected to this host "
+                f"{format_duration(delta)} before the login; source port {login['rport']} was not recorded there")
+        return hit, True, note
+    return None, False, None
+
+
+@dataclass
+class Attribution:
+    user: str
+    host: str | None
+    source: str | None
+    login_time: float | None
+    how: str
+    account: str | None = None
+    key_fp: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def attribute(chain: list[Step], identity: Identity) -> Attribution:
+    """Who is behind a chain: the person at its origin, corroborated by the keys on its hops."""
+    origin = chain[0]
+    logins = [s for s in chain if s.edge in ("login", "ssh") and s.login]
+    notes: list[str] = []
+    if origin.login:
+        lg = origin.login
+        key_person = identity.person_for_key(lg.get("key_fp"))
+        acct_person = identity.person_for_account(lg["user"], origin.host)
+        method = lg.get("method") or "ssh"
+        key = f" key {lg['key_fp']}" if lg.get("key_fp") else ""
+        if key_person:
+            user, how = key_person, f"ssh {method} as {lg['user']} with{key}, which belongs to {key_person}"
+        elif acct_person:
+            user, how = acct_person, f"ssh {method} as {lg['user']}, an account of {acct_person}"
+        else:
+            user, how = lg["user"], f"ssh {method} as {lg['user']}{' with' + key if key else ''}"
+            if identity.is_shared(lg["user"]):
+                notes.append(f"{lg['user']} is a shared account and{key or ' its key'} is not mapped to a "
+                             "person: add it under `people` in the config to name who holds it")
+        for later in logins[1:]:
+            other = identity.person_for_key(later.login.get("key_fp"))
+            if other and other != user:
+                notes.append(f"conflict: the key used for {later.login['user']}@{later.host} belongs to "
+                             f"{other}, not {user}")
+            elif other:
+                notes.append(f"corroborated: the key used for {later.login['user']}@{later.host} also "
+                             f"belongs to {user}")
+        return Attribution(user=user, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
+                           how=how, account=lg["user"], key_fp=lg.get("key_fp"), notes=notes)
+    scheduler = next((s for s in chain if s.program in SCHEDULERS), None)
+    if scheduler:
+        how = f"no login: scheduled by {scheduler.program} on {scheduler.host}"
+    else:
+        how = f"no login recorded: the chain starts at `{origin.command}` (pid {origin.pid}) on {origin.host}"
+    first_human = next((s.login_user for s in chain if s.login_user), None)
+    return Attribution(user=first_human or origin.user, host=origin.host, source=None,
+                       login_time=None, how=how, account=origin.user, notes=notes)
+
+
+def gaps(chain: list[Step], threshold: float) -> list[dict[str, Any]]:
+    """Pauses between consecutive steps at least `threshold` seconds long."""
+    out = []
+    for i in range(1, len(chain)):
+        delta = chain[i].start - chain[i - 1].start
+        if delta >= threshold:
+            out.append({"after": i - 1, "before": i, "seconds": round(delta, 3),
+                        "label": f"paused {format_duration(delta)}"})
+    return out
+
+
+def summary(chain: list[Step], who: Attribution) -> str:
+    """jim -> jump-box -> config-server (ec2-user), sudo to root"""
+    parts = [who.user]
+    privilege: list[str] = []
+    for step in chain:
+        if step.edge in ("login", "ssh"):
+            acct = step.login["user"] if step.login else step.user
+            parts.append(step.host if acct == who.user else f"{step.host} ({acct})")
+        elif step.edge in ("sudo", "su", "setuid"):
+            privilege.append(f"{step.edge} to {step.user}")
+    if chain and chain[0].edge != "login":
+        parts.insert(1, chain[0].host)
+    text = " -> ".join(parts)
+    return f"{text}, {', '.join(privilege)}" if privilege else text

@@ -1,0 +1,462 @@
+"""The causal store: one SQLite file of facts reported by hosts.
+
+Two halves, kept narrow: `write()` takes validated events (see events.py) and stores them
+idempotently - the same event twice is stored once, because every table has a natural
+unique key and rows go in with INSERT OR IGNORE - and the read methods below answer the
+questions the trace engine asks. No stitching happens here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlite_utils
+
+from . import migrations
+
+
+class StoreError(Exception):
+    """A store that cannot be used, explained for a person."""
+
+
+@dataclass(frozen=True)
+class Proc:
+    id: int
+    host: str
+    host_id: int
+    boot: int
+    pid: int
+    start: int
+    parent: int | None
+    parent_by_fork: bool
+    fork_ts: float | None
+    exit_ts: float | None
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class Image:
+    """One exec of a process: what it ran, as whom, when."""
+    proc: int
+    ts: float
+    argv: list[str]
+    cmd: str
+    exe: str | None
+    cwd: str | None
+    uid: int | None
+    euid: int | None
+    auid: int | None
+    ses: int | None
+    tty: str | None
+    container: str | None
+    snapshot: bool
+
+
+PROC_COLS = ("p.id, h.name, h.id, p.boot, p.pid, p.start, p.parent, p.parent_by_fork, "
+             "p.fork_ts, p.exit_ts, p.exit_code")
+PROC_FROM = "procs p JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host"
+IMAGE_COLS = "proc, ts, cmd, argv, exe, cwd, uid, euid, auid, ses, tty, container, snapshot"
+
+
+def _proc(row) -> Proc:
+    return Proc(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], row[9], row[10])
+
+
+def _image(row) -> Image:
+    argv = json.loads(row[3]) if row[3] is not None else row[2].split(" ")
+    return Image(row[0], row[1], argv, row[2], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+                 row[11], bool(row[12]))
+
+
+def command_line(argv: list[str]) -> tuple[str, str | None]:
+    """(cmd, argv_json): argv_json only when joining with spaces would lose information."""
+    cmd = " ".join(argv)
+    return cmd, (None if cmd.split(" ") == argv else json.dumps(argv))
+
+
+class Store:
+    def __init__(self, db: sqlite_utils.Database, path: str):
+        self.db = db
+        self.path = path
+        self._hosts: dict[str, int] = {}
+        self._boots: dict[tuple[int, str], int] = {}
+        self._procs: dict[tuple[int, int, int], int] = {}
+
+    # --- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, create: bool = False) -> "Store":
+        path = str(path)
+        if path != ":memory:":
+            p = Path(path)
+            if not p.exists():
+                if not create:
+                    raise StoreError(
+                        f"no whodid store at {path}. Build one with `whodid demo --db {path}`, "
+                        "or point --db / WHODID_DB at an existing store.")
+                try:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot create the directory for {path}: {exc.strerror}") from None
+            elif p.is_dir():
+                raise StoreError(f"{path} is a directory; --db wants the store's file name")
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            db = sqlite_utils.Database(conn)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = set(db.table_names())
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a whodid store ({exc}). Move it aside, or choose "
+                             "another file with --db.") from None
+        if tables and version == 0:
+            raise StoreError(f"{path} is an SQLite database but not a whodid store (it has tables "
+                             f"{', '.join(sorted(tables)[:5])}). Choose another file with --db.")
+        if version > migrations.LATEST:
+            raise StoreError(f"{path} has store schema version {version}, newer than this whodid "
+                             f"understands ({migrations.LATEST}). Upgrade whodid.")
+        store = cls(db, path)
+        try:
+            if path != ":memory:":
+                db.enable_wal()
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = OFF")  # placeholders may name parents not yet seen
+            store._migrate(version)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use the store at {path}: {exc}") from None
+        return store
+
+    def _migrate(self, version: int) -> None:
+        for number, sql in migrations.STEPS:
+            if number <= version:
+                continue
+            with self.transaction():
+                for statement in _split_sql(sql):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def transaction(self):
+        return _Transaction(self.db.conn)
+
+    # --- meta ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    # --- writing -------------------------------------------------------------------------
+
+    def write(self, events: Iterable[dict[str, Any]]) -> int:
+        """Store validated events in one transaction. Returns how many rows were new."""
+        c = self.db.conn
+        before = c.total_changes
+        span: dict[int, list[float]] = {}
+        names: dict[tuple[int, int], str] = {}
+        with self.transaction():
+            for ev in events:
+                host = self._host_id(ev["host"])
+                ts = ev["ts"]
+                s = span.get(host)
+                if s is None:
+                    span[host] = [ts, ts]
+                elif ts < s[0]:
+                    s[0] = ts
+                elif ts > s[1]:
+                    s[1] = ts
+                kind = ev["kind"]
+                if kind == "host":
+                    c.execute("UPDATE hosts SET addrs = coalesce(?, addrs), os = coalesce(?, os), "
+                              "agent = coalesce(?, agent) WHERE id = ?",
+                              [json.dumps(ev["addrs"]) if "addrs" in ev else None, ev.get("os"),
+                               ev.get("agent"), host])
+                    continue
+                boot = self._boot_id(host, ev["boot"])
+                proc = self._proc_id(boot, ev["pid"], ev["start"])
+                if kind == "exec":
+                    self._write_exec(c, boot, proc, ev)
+                    for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
+                        if name_field in ev and uid_field in ev:
+                            names[(host, ev[uid_field])] = ev[name_field]
+                elif kind == "fork":
+                    parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
+                    c.execute("UPDATE procs SET parent = ?, parent_by_fork = 1, parent_ts = NULL, fork_ts = ? "
+                              "WHERE id = ?", [parent, ts, proc])
+                elif kind == "exit":
+                    c.execute("UPDATE procs SET exit_ts = ?, exit_code = ?, exit_signal = ? WHERE id = ?",
+                              [ts, ev.get("code"), ev.get("signal"), proc])
+                elif kind == "cred":
+                    c.execute("INSERT OR IGNORE INTO creds VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              [proc, ts, ev["via"], ev["old_uid"], ev["old_euid"], ev["uid"], ev["euid"]])
+                    for uid_field, name_field in (("uid", "user"), ("euid", "euser"),
+                                                  ("old_uid", "old_user"), ("old_euid", "old_euser")):
+                        if name_field in ev:
+                            names[(host, ev[uid_field])] = ev[name_field]
+                elif kind == "login":
+                    c.execute("INSERT OR IGNORE INTO logins (proc, ts, user, uid, method, key_fp, key_type, "
+                              "raddr, rport, laddr, lport, service, ses, tty) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [proc, ts, ev["user"], ev.get("uid"), ev["method"], ev.get("key_fp"),
+                               ev.get("key_type"), ev["raddr"], ev["rport"], ev.get("laddr"), ev.get("lport"),
+                               ev.get("service", "sshd"), ev.get("ses"), ev.get("tty")])
+                    if "uid" in ev:
+                        names[(host, ev["uid"])] = ev["user"]
+                elif kind in ("connect", "accept"):
+                    c.execute("INSERT OR IGNORE INTO conns VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"], ev["rport"]])
+                elif kind == "file":
+                    c.execute("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [proc, ts, ev["op"], ev["path"], ev.get("path2"), ev.get("mode"),
+                               ev.get("uid"), ev.get("gid"), ev.get("euid")])
+                    if "euser" in ev and "euid" in ev:
+                        names[(host, ev["euid"])] = ev["euser"]
+            c.executemany("INSERT OR REPLACE INTO users (host, uid, name) VALUES (?, ?, ?)",
+                          [(h, uid, name) for (h, uid), name in names.items()])
+            c.executemany("UPDATE hosts SET first_ts = min(coalesce(first_ts, ?), ?), "
+                          "last_ts = max(coalesce(last_ts, ?), ?) WHERE id = ?",
+                          [(lo, lo, hi, hi, h) for h, (lo, hi) in span.items()])
+        return c.total_changes - before
+
+    def _write_exec(self, c, boot: int, proc: int, ev: dict[str, Any]) -> None:
+        cmd, argv_json = command_line(ev["argv"])
+        c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, argv, truncated, exe, cwd, uid, euid, gid, egid, "
+                  "auid, ses, tty, comm, pidns, container, snapshot) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [proc, ev["ts"], cmd, argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
+                   ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"), ev.get("auid"),
+                   ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"), ev.get("container"),
+                   1 if ev.get("snapshot") else None])
+        if "ppid" in ev and "pstart" in ev:
+            # Only the earliest exec may name the parent, and never over a fork's word:
+            # a later exec may see the reaper (pid 1) after the real parent exited.
+            parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
+            if parent != proc:
+                c.execute("UPDATE procs SET parent = ?, parent_ts = ? WHERE id = ? AND parent_by_fork = 0 "
+                          "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
+
+    def _host_id(self, name: str) -> int:
+        hid = self._hosts.get(name)
+        if hid is None:
+            c = self.db.conn
+            c.execute("INSERT OR IGNORE INTO hosts (name) VALUES (?)", [name])
+            hid = c.execute("SELECT id FROM hosts WHERE name = ?", [name]).fetchone()[0]
+            self._hosts[name] = hid
+        return hid
+
+    def _boot_id(self, host: int, boot: str) -> int:
+        key = (host, boot)
+        bid = self._boots.get(key)
+        if bid is None:
+            c = self.db.conn
+            c.execute("INSERT OR IGNORE INTO boots (host, boot) VALUES (?, ?)", key)
+            bid = c.execute("SELECT id FROM boots WHERE host = ? AND boot = ?", key).fetchone()[0]
+            self._boots[key] = bid
+        return bid
+
+    def _proc_id(self, boot: int, pid: int, start: int) -> int:
+        key = (boot, pid, start)
+        pid_ = self._procs.get(key)
+        if pid_ is None:
+            c = self.db.conn
+            cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start) VALUES (?, ?, ?)", key)
+            if cur.rowcount:
+                pid_ = cur.lastrowid
+            else:
+                pid_ = c.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?", key).fetchone()[0]
+            if len(self._procs) > 500_000:
+                self._procs.clear()
+            self._procs[key] = pid_
+        return pid_
+
+    # --- reading: processes --------------------------------------------------------------
+
+    def proc(self, proc_id: int) -> Proc:
+        row = self.db.execute(f"SELECT {PROC_COLS} FROM {PROC_FROM} WHERE p.id = ?", [proc_id]).fetchone()
+        return _proc(row)
+
+    def procs(self, ids: Iterable[int]) -> dict[int, Proc]:
+        ids = list(ids)
+        out: dict[int, Proc] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows = self.db.execute(f"SELECT {PROC_COLS} FROM {PROC_FROM} WHERE p.id IN "
+                                   f"({','.join('?' * len(chunk))})", chunk).fetchall()
+            out.update((r[0], _proc(r)) for r in rows)
+        return out
+
+    def images(self, proc_id: int) -> list[Image]:
+        rows = self.db.execute(f"SELECT {IMAGE_COLS} FROM execs WHERE proc = ? ORDER BY ts", [proc_id])
+        return [_image(r) for r in rows]
+
+    def creds(self, proc_id: int) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT ts, via, old_uid, old_euid, uid, euid FROM creds WHERE proc = ? "
+                               "ORDER BY ts", [proc_id])
+        return [dict(zip(("ts", "via", "old_uid", "old_euid", "uid", "euid"), r)) for r in rows]
+
+    def children(self, proc_ids: Iterable[int]) -> list[int]:
+        ids = list(proc_ids)
+        out: list[int] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out.extend(r[0] for r in self.db.execute(
+                f"SELECT id FROM procs WHERE parent IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk))
+        return out
+
+    def user_name(self, host_id: int, uid: int | None) -> str | None:
+        if uid is None:
+            return None
+        row = self.db.execute("SELECT name FROM users WHERE host = ? AND uid = ?", [host_id, uid]).fetchone()
+        return row[0] if row else None
+
+    # --- reading: logins and connections ---------------------------------------------------
+
+    LOGIN_COLS = "l.id, l.proc, l.ts, l.user, l.uid, l.method, l.key_fp, l.raddr, l.rport, l.laddr, l.lport, l.ses"
+
+    def _login(self, row) -> dict[str, Any]:
+        keys = ("id", "proc", "ts", "user", "uid", "method", "key_fp", "raddr", "rport", "laddr", "lport", "ses")
+        return dict(zip(keys, row))
+
+    def login_of(self, proc_id: int) -> dict[str, Any] | None:
+        row = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l WHERE l.proc = ? ORDER BY l.ts LIMIT 1",
+                              [proc_id]).fetchone()
+        return self._login(row) if row else None
+
+    def logins_by_session(self, boot: int, ses: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l JOIN procs p ON p.id = l.proc "
+                               "WHERE p.boot = ? AND l.ses = ? ORDER BY l.ts", [boot, ses])
+        return [self._login(r) for r in rows]
+
+    def logins_between(self, t0: float, t1: float) -> list[dict[str, Any]]:
+        rows = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l WHERE l.ts BETWEEN ? AND ? ORDER BY l.ts",
+                               [t0, t1])
+        return [self._login(r) for r in rows]
+
+    def connects_from(self, addr: str, port: int, t0: float, t1: float) -> list[dict[str, Any]]:
+        """Outbound connections whose local end was addr:port, between t0 and t1."""
+        rows = self.db.execute("SELECT proc, ts, laddr, lport, raddr, rport FROM conns "
+                               "WHERE lport = ? AND laddr = ? AND dir = 'connect' AND ts BETWEEN ? AND ? "
+                               "ORDER BY ts", [port, addr, t0, t1])
+        return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
+
+    def connects_to(self, addr: str, port: int | None, t0: float, t1: float) -> list[dict[str, Any]]:
+        """Outbound connections to addr[:port] between t0 and t1 (the inferred-hop fallback)."""
+        sql = ("SELECT proc, ts, laddr, lport, raddr, rport FROM conns WHERE dir = 'connect' AND raddr = ? "
+               "AND ts BETWEEN ? AND ?")
+        args: list[Any] = [addr, t0, t1]
+        if port is not None:
+            sql += " AND rport = ?"
+            args.append(port)
+        rows = self.db.execute(sql + " ORDER BY ts", args)
+        return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
+
+    def hosts_with_addr(self, addr: str) -> list[int]:
+        """Hosts known to own addr: announced in a host event, or seen as a connect's local end."""
+        ids = {r[0] for r in self.db.execute(
+            "SELECT h.id FROM hosts h, json_each(h.addrs) a WHERE a.value = ?", [addr])}
+        ids |= {r[0] for r in self.db.execute(
+            "SELECT DISTINCT b.host FROM conns c JOIN procs p ON p.id = c.proc JOIN boots b ON b.id = p.boot "
+            "WHERE c.laddr = ? AND c.dir = 'connect' LIMIT 50", [addr])}
+        return sorted(ids)
+
+    def execs_on_hosts(self, host_ids: list[int], pattern: str, t0: float, t1: float) -> list[Image]:
+        if not host_ids:
+            return []
+        rows = self.db.execute(
+            f"SELECT {', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))} FROM execs e "
+            f"JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot "
+            f"WHERE b.host IN ({','.join('?' * len(host_ids))}) AND e.ts BETWEEN ? AND ? AND e.cmd GLOB ? "
+            "ORDER BY e.ts", [*host_ids, t0, t1, pattern])
+        return [_image(r) for r in rows]
+
+    # --- reading: search -----------------------------------------------------------------
+
+    def search_commands(self, pattern: str, *, glob: bool, since: float | None, until: float | None,
+                        host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]:
+        where, args = [], []
+        if glob:
+            where.append("e.cmd GLOB ?")
+            args.append(pattern)
+        else:
+            where.append("instr(e.cmd, ?) > 0")
+            args.append(pattern)
+        self._window(where, args, "e.ts", since, until, host_glob)
+        rows = self.db.execute(
+            f"SELECT {', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))} FROM execs e "
+            f"JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
+            f"WHERE {' AND '.join(where)} ORDER BY e.ts DESC LIMIT ?", [*args, limit]).fetchall()
+        images = [_image(r) for r in rows]
+        procs = self.procs({i.proc for i in images})
+        return [(procs[i.proc], i) for i in images]
+
+    def search_files(self, path: str, *, glob: bool, since: float | None, until: float | None,
+                     host_glob: str | None, limit: int) -> list[tuple[Proc, dict[str, Any]]]:
+        op = "GLOB" if glob else "="
+        where = [f"(f.path {op} ? OR f.path2 {op} ?)"]
+        args: list[Any] = [path, path]
+        self._window(where, args, "f.ts", since, until, host_glob)
+        rows = self.db.execute(
+            "SELECT f.proc, f.ts, f.op, f.path, f.path2, f.mode, f.uid, f.gid, f.euid FROM files f "
+            "JOIN procs p ON p.id = f.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
+            f"WHERE {' AND '.join(where)} ORDER BY f.ts DESC LIMIT ?", [*args, limit]).fetchall()
+        changes = [dict(zip(("proc", "ts", "op", "path", "path2", "mode", "uid", "gid", "euid"), r)) for r in rows]
+        procs = self.procs({ch["proc"] for ch in changes})
+        return [(procs[ch["proc"]], ch) for ch in changes]
+
+    @staticmethod
+    def _window(where: list[str], args: list[Any], col: str, since, until, host_glob) -> None:
+        if since is not None:
+            where.append(f"{col} >= ?")
+            args.append(since)
+        if until is not None:
+            where.append(f"{col} <= ?")
+            args.append(until)
+        if host_glob:
+            where.append("h.name GLOB ?")
+            args.append(host_glob)
+
+    # --- reading: summary ----------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("hosts", "procs", "execs", "creds", "logins", "conns", "files")}
+
+    def time_range(self) -> tuple[float | None, float | None]:
+        return tuple(self.db.execute("SELECT min(first_ts), max(last_ts) FROM hosts").fetchone())
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; nests as a no-op."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self):
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _split_sql(script: str) -> list[str]:
+    # Migration scripts hold no semicolons inside statements, so a plain split is exact.
+    out = []
+    for part in script.split(";"):
+        lines = [ln for ln in part.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+        if lines:
+            out.append("\n".join(lines))
+    return out

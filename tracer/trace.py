@@ -1,0 +1,361 @@
+"""The trace engine: find matching commands or file changes, and walk each back to a person.
+
+SQL finds candidates; the walk fetches facts from the store and asks stitch.py how they
+link; the result is a Trace - the chain, the attribution, and a networkx graph that the
+renderers (text, JSON, and later PNG and Slack) draw.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from . import stitch
+from .events import AUID_UNSET
+from .identity import Identity
+from .stitch import Attribution, HopCandidate, Step
+from .store import Image, Proc, Store
+
+MAX_HOPS = 16
+MAX_DEPTH = 256          # processes walked up on one host before giving up (cycles, broken data)
+
+
+@dataclass
+class Settings:
+    gap_threshold: float = 300.0     # pauses at least this long are called out
+    hop_window: float = 600.0        # a client connect may precede its login by this much
+    clock_skew: float = 120.0        # and follow it by this much (unsynchronised clocks)
+    max_nodes: int = 2000            # wider scopes stop adding context past this
+
+
+@dataclass
+class Query:
+    pattern: str
+    host: str | None = None          # glob on host names
+    user: str | None = None          # person, login user or effective user anywhere on the chain
+    since: float | None = None
+    until: float | None = None
+    scope: int = 0
+    limit: int = 5
+
+    @property
+    def is_path(self) -> bool:
+        return self.pattern.startswith("/")
+
+    @property
+    def is_glob(self) -> bool:
+        return any(ch in self.pattern for ch in "*?[")
+
+    def describe(self) -> str:
+        what = f"changes to {self.pattern}" if self.is_path else f"commands matching `{self.pattern}`"
+        parts = [what]
+        if self.host:
+            parts.append(f"on hosts {self.host}")
+        if self.user:
+            parts.append(f"involving user {self.user}")
+        return " ".join(parts)
+
+
+@dataclass
+class Trace:
+    poi: Step                              # the matched command (or the process that changed the file)
+    change: dict[str, Any] | None          # the file change, for path queries
+    chain: list[Step]
+    attributed: Attribution
+    gaps: list[dict[str, Any]]
+    confidence: list[str]
+    summary: str
+    graph: nx.DiGraph
+    scope: int
+    truncated: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+
+
+class Tracer:
+    def __init__(self, store: Store, identity: Identity | None = None, settings: Settings | None = None):
+        self.store = store
+        self.identity = identity or Identity()
+        self.settings = settings or Settings()
+        self._names: dict[tuple[int, int], str | None] = {}
+
+    # --- search --------------------------------------------------------------------------
+
+    def find(self, query: Query) -> list[Trace]:
+        fetch = query.limit if not query.user else max(query.limit * 20, 200)
+        if query.is_path:
+            hits = self.store.search_files(query.pattern, glob=query.is_glob, since=query.since,
+                                           until=query.until, host_glob=query.host, limit=fetch)
+            candidates = [(proc, None, change) for proc, change in hits]
+        else:
+            pattern = f"*{query.pattern}*" if query.is_glob else query.pattern
+            hits = self.store.search_commands(pattern, glob=query.is_glob, since=query.since,
+                                              until=query.until, host_glob=query.host, limit=fetch)
+            candidates = [(proc, image, None) for proc, image in hits]
+        traces = []
+        for proc, image, change in candidates:
+            tr = self.trace(proc, image=image, change=change, scope=query.scope if not query.user else 0)
+            if query.user and not _involves(tr, query.user):
+                continue
+            if query.user and query.scope:
+                tr = self.trace(proc, image=image, change=change, scope=query.scope)
+            traces.append(tr)
+            if len(traces) >= query.limit:
+                break
+        return traces
+
+    # --- one trace -----------------------------------------------------------------------
+
+    def trace(self, proc: Proc, *, image: Image | None = None, change: dict[str, Any] | None = None,
+              scope: int = 0) -> Trace:
+        at = image.ts if image else change["ts"]
+        chain, notes = self._chain(proc, at, image)
+        poi = chain[-1]
+        who = stitch.attribute(chain, self.identity)
+        confidence = notes + who.notes
+        confidence += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
+        graph = self._graph(chain)
+        truncated: list[str] = []
+        if scope > 0:
+            truncated = self._widen(graph, chain, who, scope)
+        return Trace(poi=poi, change=change, chain=chain, attributed=who,
+                     gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
+                     summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
+                     exit_code=proc.exit_code)
+
+    def _chain(self, proc: Proc, at: float, image: Image | None) -> tuple[list[Step], list[str]]:
+        """Steps from the origin to the point of interest, across hosts."""
+        segments: list[list[Step]] = []
+        notes: list[str] = []
+        seen_logins: set[int] = set()
+        cur, t, poi_image = proc, at, image
+        for _ in range(MAX_HOPS):
+            steps, login, gap_note = self._walk_host(cur, t, poi_image)
+            segments.append(steps)
+            if gap_note:
+                notes.append(gap_note)
+            poi_image = None
+            if not login or login["id"] in seen_logins:
+                break
+            seen_logins.add(login["id"])
+            hop, inferred, note = self._hop(login, steps[0])
+            if hop is None:
+                break
+            steps[0].edge, steps[0].inferred, steps[0].note = "ssh", inferred, note
+            cur, t = self.store.proc(hop.proc), hop.ts
+        chain = [s for seg in reversed(segments) for s in seg]
+        for i in range(1, len(chain)):
+            if chain[i].edge in ("login", "ssh") and chain[i].login:
+                continue
+            if chain[i].inferred:
+                continue
+            chain[i].edge, chain[i].note = stitch.link(chain[i - 1], chain[i])
+        if chain[0].login:
+            chain[0].edge = "login"
+            chain[0].inferred = False
+            chain[0].note = _login_note(chain[0].login)
+        return chain, notes
+
+    def _walk_host(self, proc: Proc, t: float, poi_image: Image | None):
+        """Walk up one host from proc until a login. Returns (steps top-down, login, note)."""
+        rev: list[Step] = []
+        login = None
+        note = None
+        p: Proc | None = proc
+        first = True
+        for _ in range(MAX_DEPTH):
+            images = [im for im in self.store.images(p.id) if im.ts <= t]
+            login = self.store.login_of(p.id)
+            if first and poi_image is not None:
+                images = [im for im in images if im.ts <= poi_image.ts]
+            if images:
+                for im in reversed(images):
+                    rev.append(self._step(p, im))
+            elif login or first:
+                inherited = self._inherited_image(p)
+                rev.append(self._step(p, inherited, inherited=True, at=p.fork_ts or t))
+            if login:
+                rev[-1].login = login
+                rev[-1].user = login["user"]
+                break
+            first = False
+            if p.parent is None:
+                login, note = self._session_login(p, images, rev)
+                break
+            t = p.fork_ts if p.fork_ts is not None else (images[0].ts if images else t)
+            p = self.store.proc(p.parent)
+        rev.reverse()
+        return rev, login, note
+
+    def _session_login(self, p: Proc, images: list[Image], rev: list[Step]):
+        """The parent chain ends without a login: join the audit session's login, if any."""
+        ses = next((im.ses for im in reversed(images) if im.ses not in (None, AUID_UNSET)), None)
+        if ses is None:
+            return None, None
+        logins = [lg for lg in self.store.logins_by_session(p.boot, ses) if lg["ts"] <= rev[-1].start + 1]
+        if not logins:
+            return None, None
+        login = logins[-1]
+        lproc = self.store.proc(login["proc"])
+        top = self._step(lproc, self._inherited_image(lproc), inherited=True, at=login["ts"])
+        top.login, top.user = login, login["user"]
+        rev[-1].inferred = True
+        rev[-1].edge = "fork"
+        rev[-1].note = (f"inferred: the parent of pid {p.pid} was not recorded; joined to the login "
+                        f"by audit session {ses}")
+        rev.append(top)
+        return login, None
+
+    def _inherited_image(self, p: Proc) -> Image | None:
+        """A process that never exec'd runs its parent's program: find that image."""
+        if p.parent is None:
+            return None
+        images = self.store.images(p.parent)
+        at = p.fork_ts if p.fork_ts is not None else float("inf")
+        before = [im for im in images if im.ts <= at]
+        return before[-1] if before else (images[0] if images else None)
+
+    def _hop(self, login: dict[str, Any], server_step: Step):
+        s = self.settings
+        t0, t1 = login["ts"] - s.hop_window, login["ts"] + s.clock_skew
+        exact = [self._candidate(c) for c in self.store.connects_from(login["raddr"], login["rport"], t0, t1)]
+        by_address: list[HopCandidate] = []
+        if not exact:
+            hosts = [h for h in self.store.hosts_with_addr(login["raddr"])]
+            if hosts and login.get("laddr"):
+                by_address = [self._candidate(c) for c in
+                              self.store.connects_to(login["laddr"], login.get("lport"), t0, t1)]
+                by_address = [c for c in by_address if c.host_id in hosts]
+        hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
+        return hit, inferred, note
+
+    def _candidate(self, conn: dict[str, Any]) -> HopCandidate:
+        proc = self.store.proc(conn["proc"])
+        return HopCandidate(proc=conn["proc"], ts=conn["ts"], laddr=conn["laddr"], lport=conn["lport"],
+                            raddr=conn["raddr"], rport=conn["rport"], host=proc.host, host_id=proc.host_id)
+
+    def _name(self, host_id: int, uid: int | None) -> str | None:
+        if uid is None or uid == AUID_UNSET:
+            return None
+        key = (host_id, uid)
+        if key not in self._names:
+            self._names[key] = self.store.user_name(host_id, uid) or f"uid {uid}"
+        return self._names[key]
+
+    def _step(self, p: Proc, im: Image | None, inherited: bool = False, at: float | None = None) -> Step:
+        if im is None:
+            return Step(node=f"{p.id}@?", proc=p.id, host=p.host, pid=p.pid, user="?", login_user=None,
+                        command=f"pid {p.pid} (program not recorded)", argv=[], start=at or 0.0,
+                        inherited=True)
+        start = at if inherited and at is not None else im.ts
+        return Step(node=f"{p.id}@{im.ts!r}" if not inherited else f"{p.id}@fork", proc=p.id, host=p.host,
+                    pid=p.pid, user=self._name(p.host_id, im.euid) or "?",
+                    login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
+                    cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited)
+
+    # --- the graph -----------------------------------------------------------------------
+
+    def _graph(self, chain: list[Step]) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for i, step in enumerate(chain):
+            role = "origin" if i == 0 else ("poi" if i == len(chain) - 1 else "chain")
+            g.add_node(step.node, step=step, role=role, host=step.host)
+            if i:
+                g.add_edge(chain[i - 1].node, step.node, kind=step.edge, inferred=step.inferred,
+                           note=step.note, chain=True)
+        return g
+
+    def _widen(self, g: nx.DiGraph, chain: list[Step], who: Attribution, scope: int) -> list[str]:
+        """Add context: 1 = what the command started and the other commands of the chain's
+        shells; 2 = the whole login sessions on the chain; 3 = the person's other sessions."""
+        budget = self.settings.max_nodes
+        truncated: list[str] = []
+        poi = chain[-1]
+        roots: list[tuple[int, int]] = [(poi.proc, 1 << 30)]          # (proc, depth limit)
+        if scope >= 1:
+            roots += [(s.proc, 1) for s in chain[:-1] if not s.login]
+        if scope >= 2:
+            roots += [(s.proc, 1 << 30) for s in chain if s.login]
+        if scope >= 3:
+            roots += [(lg["proc"], 1 << 30) for lg in self._other_sessions(chain, who)]
+        for root, depth in roots:
+            if g.number_of_nodes() >= budget:
+                truncated.append(f"stopped adding context at {budget} nodes")
+                break
+            self._add_subtree(g, root, depth, budget)
+        return truncated
+
+    def _other_sessions(self, chain: list[Step], who: Attribution) -> list[dict[str, Any]]:
+        on_chain = {s.login["id"] for s in chain if s.login}
+        t = chain[-1].start
+        out = []
+        for lg in self.store.logins_between(t - 86400, t + 3600):
+            if lg["id"] in on_chain:
+                continue
+            person = (self.identity.person_for_key(lg.get("key_fp"))
+                      or self.identity.person_for_account(lg["user"], self.store.proc(lg["proc"]).host)
+                      or (lg["user"] if not self.identity.is_shared(lg["user"]) else None))
+            if person == who.user:
+                out.append(lg)
+        return out
+
+    def _add_subtree(self, g: nx.DiGraph, root: int, depth: int, budget: int) -> None:
+        """Descendants of root (to `depth` generations), one node per image, linked by fork and exec."""
+        placed: dict[int, list[tuple[float, str]]] = {}     # proc -> its nodes in time order
+        frontier, level = [root], 0
+        while frontier and g.number_of_nodes() < budget:
+            procs = self.store.procs(frontier)
+            for proc_id in frontier:
+                p = procs[proc_id]
+                parent_nodes = placed.get(p.parent, []) if level else []
+                at = p.fork_ts if p.fork_ts is not None else float("inf")
+                prev = next((n for ts, n in reversed(parent_nodes) if ts <= at), None)
+                mine: list[tuple[float, str]] = []
+                images = self.store.images(p.id)
+                if not images:
+                    # No exec of its own: it runs its parent's program; its children hang off
+                    # whichever node already stands for it (a login), else off its parent's.
+                    own = f"{p.id}@fork"
+                    placed[p.id] = [(p.fork_ts or 0.0, own)] if own in g else (
+                        [(ts, n) for ts, n in parent_nodes])
+                    continue
+                for im in images:
+                    step = self._step(p, im)
+                    if step.node not in g:
+                        if g.number_of_nodes() >= budget:
+                            return
+                        g.add_node(step.node, step=step, role="context", host=p.host)
+                    if prev and prev != step.node and not g.has_edge(prev, step.node):
+                        kind, note = stitch.link(g.nodes[prev]["step"], step)
+                        g.add_edge(prev, step.node, kind=kind, inferred=False, note=note, chain=False)
+                    prev = step.node
+                    mine.append((im.ts, step.node))
+                placed[p.id] = mine
+            if level >= depth:
+                break
+            frontier = self.store.children(frontier)
+            level += 1
+
+
+def _login_note(login: dict[str, Any]) -> str:
+    parts = [f"ssh {login.get('method') or 'login'} as {login['user']} from {login['raddr']}:{login['rport']}"]
+    if login.get("key_fp"):
+        parts.append(f"key {login['key_fp']}")
+    return ", ".join(parts)
+
+
+def _involves(tr: Trace, user: str) -> bool:
+    if tr.attributed.user == user or tr.attributed.account == user:
+        return True
+    return any(s.user == user or s.login_user == user for s in tr.chain)
+
+
+def default_since(now: float | None = None, days: float = 7) -> float:
+    return (now or time.time()) - days * 86400
+
+
+def host_matches(name: str, glob: str | None) -> bool:
+    return glob is None or fnmatch.fnmatchcase(name, glob)

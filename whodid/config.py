@@ -1,0 +1,143 @@
+"""The one configuration object, loaded from one YAML file (plus environment for secrets).
+
+Every key is documented in config.example.yaml; tests/test_config.py loads that file, so
+an undocumented or misspelt key cannot slip in on either side.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from whodid.tracer.identity import DEFAULT_SHARED, Identity, Person
+from whodid.tracer.trace import Settings
+from whodid.tracer.when import TimeError, parse_duration
+
+SEARCH_PATH = ("~/.config/whodid/config.yaml", "/etc/whodid/config.yaml")
+
+
+class ConfigError(Exception):
+    pass
+
+
+def data_dir() -> Path:
+    """Where whodid keeps its files when nobody says: $XDG_DATA_HOME/whodid (~/.local/share/whodid)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "whodid"
+
+
+@dataclass
+class StoreConfig:
+    path: str = ""                      # empty: $WHODID_DB, else data_dir()/whodid.db
+
+
+@dataclass
+class TraceConfig:
+    default_since: str = "7d"
+    limit: int = 5
+    gap_threshold: str = "5m"
+    hop_window: str = "10m"
+    clock_skew: str = "2m"
+    max_nodes: int = 2000
+
+    def settings(self) -> Settings:
+        return Settings(gap_threshold=parse_duration(self.gap_threshold),
+                        hop_window=parse_duration(self.hop_window),
+                        clock_skew=parse_duration(self.clock_skew), max_nodes=self.max_nodes)
+
+
+@dataclass
+class IdentityConfig:
+    shared_accounts: list[str] = field(default_factory=lambda: list(DEFAULT_SHARED))
+    people: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def identity(self) -> Identity:
+        people = tuple(Person(name, tuple(p.get("ssh_keys", [])), tuple(p.get("accounts", [])))
+                       for name, p in sorted(self.people.items()))
+        return Identity(people=people, shared_accounts=tuple(self.shared_accounts))
+
+
+@dataclass
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    source: str | None = None           # the file it came from, for messages
+
+    def store_path(self, override: str | None = None) -> str:
+        return (override or os.environ.get("WHODID_DB") or self.store.path
+                or str(data_dir() / "whodid.db"))
+
+
+SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig}
+PERSON_KEYS = {"ssh_keys", "accounts"}
+
+
+def _section(name: str, cls, raw: Any, where: str):
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: `{name}` must be a mapping")
+    known = set(cls.__dataclass_fields__)
+    for key in raw:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"{where}: unknown key `{name}.{key}`"
+                              + (f"; did you mean `{name}.{hint[0]}`?" if hint else ""))
+    obj = cls(**raw)
+    for key, f in cls.__dataclass_fields__.items():
+        value = getattr(obj, key)
+        default = f.default if f.default is not f.default_factory else None
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{where}: `{name}.{key}` must be a string, got {value!r}")
+        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}: `{name}.{key}` must be a whole number, got {value!r}")
+    return obj
+
+
+def load(path: str | None = None) -> Config:
+    """Load the config: the given path, else $WHODID_CONFIG, else the first of SEARCH_PATH that
+    exists, else the defaults."""
+    chosen = path or os.environ.get("WHODID_CONFIG")
+    if not chosen:
+        chosen = next((p for p in (os.path.expanduser(s) for s in SEARCH_PATH) if os.path.exists(p)), None)
+        if not chosen:
+            return Config()
+    try:
+        with open(chosen, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {chosen} does not exist (copy config.example.yaml to start one)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {chosen}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{chosen} is not valid YAML: {exc}") from None
+    return from_dict(raw, chosen)
+
+
+def from_dict(raw: Any, where: str = "config") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    for key in raw:
+        if key not in SECTIONS:
+            hint = difflib.get_close_matches(str(key), SECTIONS, n=1)
+            raise ConfigError(f"{where}: unknown section `{key}`" + (f"; did you mean `{hint[0]}`?" if hint else ""))
+    cfg = Config(**{name: _section(name, cls, raw.get(name), where) for name, cls in SECTIONS.items()},
+                 source=where)
+    for name, person in cfg.identity.people.items():
+        if not isinstance(person, dict) or set(person) - PERSON_KEYS:
+            raise ConfigError(f"{where}: `identity.people.{name}` takes only {sorted(PERSON_KEYS)}")
+        for key, values in person.items():
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ConfigError(f"{where}: `identity.people.{name}.{key}` must be a list of strings")
+    try:
+        cfg.trace.settings()
+        parse_duration(cfg.trace.default_since)
+    except TimeError as exc:
+        raise ConfigError(f"{where}: trace: {exc}") from None
+    return cfg
