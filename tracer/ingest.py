@@ -32,7 +32,7 @@ class Rejected:
 class IngestReport:
     received: int = 0
     accepted: int = 0
-    rows_written: int = 0
+    new: int = 0           # accepted events the store had not seen before
     by_kind: Counter = field(default_factory=Counter)
     rejected: int = 0
     samples: list[Rejected] = field(default_factory=list)   # the first few refusals, for people
@@ -44,7 +44,7 @@ class IngestReport:
 
     def summary(self) -> str:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_kind.items()))
-        text = f"{self.accepted} of {self.received} events accepted ({kinds or 'none'})"
+        text = f"{self.accepted} of {self.received} events accepted, {self.new} new ({kinds or 'none'})"
         if self.rejected:
             text += f"; {self.rejected} refused, first: {self.samples[0]}"
         return text
@@ -79,7 +79,7 @@ def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
 def _flush(store: Store, pending: list[dict[str, Any]], report: IngestReport, progress) -> None:
     if not pending:
         return
-    report.rows_written += store.write(pending)
+    report.new += store.write(pending)
     report.accepted += len(pending)
     pending.clear()
     if progress:

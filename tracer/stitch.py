@@ -90,19 +90,26 @@ def pick_hop(login: dict[str, Any], exact: list[HopCandidate], by_address: list[
     latest one not after the login (allowing `skew` seconds of clock difference) wins.
     """
     def best(cands):
+        """The latest candidate not after the login; `True` with it when its far end is
+        exactly the login's server address and port."""
         cands = [c for c in cands if c.ts <= login["ts"] + skew]
-        if login.get("laddr") is not None:
-            tighter = [c for c in cands if c.raddr in (None, login["laddr"])
-                       and c.rport in (None, login.get("lport"))]
-            cands = tighter or cands
-        return max(cands, key=lambda c: (c.ts, c.proc)) if cands else None
+        if not cands:
+            return None, False
+        tight = [c for c in cands if login.get("laddr") is None
+                 or (c.raddr in (None, login["laddr"]) and c.rport in (None, login.get("lport")))]
+        pool = tight or cands
+        return max(pool, key=lambda c: (c.ts, c.proc)), bool(tight)
 
-    hit = best(exact)
-    if hit:
+    hit, tight = best(exact)
+    if hit and tight:
         note = (f"connection {hit.laddr}:{hit.lport} -> {login.get('laddr') or hit.raddr}:"
                 f"{login.get('lport') or hit.rport} seen on both hosts")
         return hit, False, note
-    hit = best(by_address)
+    if hit:
+        note = (f"inferred: {hit.host} connected from {hit.laddr}:{hit.lport} to {hit.raddr}:{hit.rport}, "
+                f"which reached this host as {login.get('laddr')}:{login.get('lport')} (NAT or a proxy?)")
+        return hit, True, note
+    hit, _ = best(by_address)
     if hit:
         delta = login["ts"] - hit.ts
         note = (f"inferred: {hit.host} owns {login['raddr']} and connected to this host "

@@ -157,9 +157,10 @@ class Store:
     # --- writing -------------------------------------------------------------------------
 
     def write(self, events: Iterable[dict[str, Any]]) -> int:
-        """Store validated events in one transaction. Returns how many rows were new."""
+        """Store validated events in one transaction. Returns how many were new facts
+        (0 when every event had been stored before)."""
         c = self.db.conn
-        before = c.total_changes
+        new = 0
         span: dict[int, list[float]] = {}
         names: dict[tuple[int, int], str] = {}
         with self.transaction():
@@ -175,48 +176,57 @@ class Store:
                     s[1] = ts
                 kind = ev["kind"]
                 if kind == "host":
-                    c.execute("UPDATE hosts SET addrs = coalesce(?, addrs), os = coalesce(?, os), "
-                              "agent = coalesce(?, agent) WHERE id = ?",
-                              [json.dumps(ev["addrs"]) if "addrs" in ev else None, ev.get("os"),
-                               ev.get("agent"), host])
+                    new += c.execute(
+                        "UPDATE hosts SET addrs = coalesce(?1, addrs), os = coalesce(?2, os), "
+                        "agent = coalesce(?3, agent) WHERE id = ?4 AND (addrs IS NOT coalesce(?1, addrs) "
+                        "OR os IS NOT coalesce(?2, os) OR agent IS NOT coalesce(?3, agent))",
+                        [json.dumps(ev["addrs"]) if "addrs" in ev else None, ev.get("os"),
+                         ev.get("agent"), host]).rowcount
                     continue
                 boot = self._boot_id(host, ev["boot"])
                 proc = self._proc_id(boot, ev["pid"], ev["start"])
                 if kind == "exec":
-                    self._write_exec(c, boot, proc, ev)
+                    new += self._write_exec(c, boot, proc, ev)
                     for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
                         if name_field in ev and uid_field in ev:
                             names[(host, ev[uid_field])] = ev[name_field]
                 elif kind == "fork":
                     parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
-                    c.execute("UPDATE procs SET parent = ?, parent_by_fork = 1, parent_ts = NULL, fork_ts = ? "
-                              "WHERE id = ?", [parent, ts, proc])
+                    new += c.execute(
+                        "UPDATE procs SET parent = ?1, parent_by_fork = 1, parent_ts = NULL, fork_ts = ?2 "
+                        "WHERE id = ?3 AND (parent_by_fork = 0 OR parent IS NOT ?1 OR fork_ts IS NOT ?2)",
+                        [parent, ts, proc]).rowcount
                 elif kind == "exit":
-                    c.execute("UPDATE procs SET exit_ts = ?, exit_code = ?, exit_signal = ? WHERE id = ?",
-                              [ts, ev.get("code"), ev.get("signal"), proc])
+                    new += c.execute(
+                        "UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
+                        "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)",
+                        [ts, ev.get("code"), ev.get("signal"), proc]).rowcount
                 elif kind == "cred":
-                    c.execute("INSERT OR IGNORE INTO creds VALUES (?, ?, ?, ?, ?, ?, ?)",
-                              [proc, ts, ev["via"], ev["old_uid"], ev["old_euid"], ev["uid"], ev["euid"]])
+                    new += c.execute("INSERT OR IGNORE INTO creds VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [proc, ts, ev["via"], ev["old_uid"], ev["old_euid"], ev["uid"],
+                                      ev["euid"]]).rowcount
                     for uid_field, name_field in (("uid", "user"), ("euid", "euser"),
                                                   ("old_uid", "old_user"), ("old_euid", "old_euser")):
                         if name_field in ev:
                             names[(host, ev[uid_field])] = ev[name_field]
                 elif kind == "login":
-                    c.execute("INSERT OR IGNORE INTO logins (proc, ts, user, uid, method, key_fp, key_type, "
-                              "raddr, rport, laddr, lport, service, ses, tty) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              [proc, ts, ev["user"], ev.get("uid"), ev["method"], ev.get("key_fp"),
-                               ev.get("key_type"), ev["raddr"], ev["rport"], ev.get("laddr"), ev.get("lport"),
-                               ev.get("service", "sshd"), ev.get("ses"), ev.get("tty")])
+                    new += c.execute(
+                        "INSERT OR IGNORE INTO logins (proc, ts, user, uid, method, key_fp, key_type, "
+                        "raddr, rport, laddr, lport, service, ses, tty) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [proc, ts, ev["user"], ev.get("uid"), ev["method"], ev.get("key_fp"),
+                         ev.get("key_type"), ev["raddr"], ev["rport"], ev.get("laddr"), ev.get("lport"),
+                         ev.get("service", "sshd"), ev.get("ses"), ev.get("tty")]).rowcount
                     if "uid" in ev:
                         names[(host, ev["uid"])] = ev["user"]
                 elif kind in ("connect", "accept"):
-                    c.execute("INSERT OR IGNORE INTO conns VALUES (?, ?, ?, ?, ?, ?, ?)",
-                              [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"], ev["rport"]])
+                    new += c.execute("INSERT OR IGNORE INTO conns VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"],
+                                      ev["rport"]]).rowcount
                 elif kind == "file":
-                    c.execute("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              [proc, ts, ev["op"], ev["path"], ev.get("path2"), ev.get("mode"),
-                               ev.get("uid"), ev.get("gid"), ev.get("euid")])
+                    new += c.execute("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                     [proc, ts, ev["op"], ev["path"], ev.get("path2"), ev.get("mode"),
+                                      ev.get("uid"), ev.get("gid"), ev.get("euid")]).rowcount
                     if "euser" in ev and "euid" in ev:
                         names[(host, ev["euid"])] = ev["euser"]
             c.executemany("INSERT OR REPLACE INTO users (host, uid, name) VALUES (?, ?, ?)",
@@ -224,17 +234,17 @@ class Store:
             c.executemany("UPDATE hosts SET first_ts = min(coalesce(first_ts, ?), ?), "
                           "last_ts = max(coalesce(last_ts, ?), ?) WHERE id = ?",
                           [(lo, lo, hi, hi, h) for h, (lo, hi) in span.items()])
-        return c.total_changes - before
+        return new
 
-    def _write_exec(self, c, boot: int, proc: int, ev: dict[str, Any]) -> None:
+    def _write_exec(self, c, boot: int, proc: int, ev: dict[str, Any]) -> int:
         cmd, argv_json = command_line(ev["argv"])
-        c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, argv, truncated, exe, cwd, uid, euid, gid, egid, "
+        new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, argv, truncated, exe, cwd, uid, euid, gid, egid, "
                   "auid, ses, tty, comm, pidns, container, snapshot) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   [proc, ev["ts"], cmd, argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
                    ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"), ev.get("auid"),
                    ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"), ev.get("container"),
-                   1 if ev.get("snapshot") else None])
+                   1 if ev.get("snapshot") else None]).rowcount
         if "ppid" in ev and "pstart" in ev:
             # Only the earliest exec may name the parent, and never over a fork's word:
             # a later exec may see the reaper (pid 1) after the real parent exited.
@@ -242,6 +252,7 @@ class Store:
             if parent != proc:
                 c.execute("UPDATE procs SET parent = ?, parent_ts = ? WHERE id = ? AND parent_by_fork = 0 "
                           "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
+        return new
 
     def _host_id(self, name: str) -> int:
         hid = self._hosts.get(name)

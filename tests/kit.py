@@ -1,0 +1,77 @@
+"""Hand-made events for stitching fixtures: small, explicit, one rule per scenario.
+
+Each helper returns one schema-v1 event dict exactly as a producer would send it; a
+process is (pid, start), and start defaults to pid * 1000 unless a test needs pid reuse.
+"""
+
+from __future__ import annotations
+
+from whodid.tracer import Store, ingest
+
+T0 = 1_700_000_000.0
+NAMES = {0: "root", 1000: "ec2-user", 1001: "jim", 1002: "bob"}
+
+
+class Host:
+    def __init__(self, name: str, addr: str, boot: str = "boot-1"):
+        self.name, self.addr, self.boot = name, addr, boot
+
+    def _ev(self, kind: str, ts: float, **fields) -> dict:
+        return {"v": 1, "kind": kind, "host": self.name, "boot": self.boot, "ts": T0 + ts, **fields}
+
+    def fork(self, ts, pid, ppid, start=None, pstart=None):
+        return self._ev("fork", ts, pid=pid, start=start or pid * 1000, ppid=ppid, pstart=pstart or ppid * 1000)
+
+    def exec(self, ts, pid, argv, uid=0, euid=None, auid=None, ses=None, start=None, **extra):
+        euid = uid if euid is None else euid
+        ev = self._ev("exec", ts, pid=pid, start=start or pid * 1000, argv=argv, uid=uid, euid=euid,
+                      user=NAMES.get(uid, str(uid)), euser=NAMES.get(euid, str(euid)), **extra)
+        if auid is not None:
+            ev.update(auid=auid, auser=NAMES.get(auid, str(auid)))
+        if ses is not None:
+            ev["ses"] = ses
+        return ev
+
+    def exit(self, ts, pid, code=0, start=None):
+        return self._ev("exit", ts, pid=pid, start=start or pid * 1000, code=code)
+
+    def cred(self, ts, pid, old, new, via="setresuid"):
+        return self._ev("cred", ts, pid=pid, start=pid * 1000, via=via, old_uid=old, old_euid=old,
+                        uid=new, euid=new, user=NAMES.get(new, str(new)), euser=NAMES.get(new, str(new)))
+
+    def login(self, ts, pid, user, raddr, rport, key_fp=None, ses=None, laddr=None, lport=22):
+        ev = self._ev("login", ts, pid=pid, start=pid * 1000, user=user, method="publickey",
+                      raddr=raddr, rport=rport, laddr=laddr or self.addr, lport=lport)
+        if key_fp:
+            ev["key_fp"] = key_fp
+        if ses is not None:
+            ev["ses"] = ses
+        return ev
+
+    def connect(self, ts, pid, raddr, rport, lport, laddr=None):
+        return self._ev("connect", ts, pid=pid, start=pid * 1000, laddr=laddr or self.addr, lport=lport,
+                        raddr=raddr, rport=rport)
+
+    def file(self, ts, pid, op, path, **extra):
+        return self._ev("file", ts, pid=pid, start=pid * 1000, op=op, path=path, **extra)
+
+
+def store_with(events, path=":memory:") -> Store:
+    store = Store.open(path, create=True)
+    report = ingest(store, events)
+    assert report.rejected == 0, report.samples
+    return store
+
+
+def ssh_session(h: Host, ts: float, sshd_pid: int, user: str, uid: int, raddr: str, rport: int,
+                key_fp: str | None = None, ses: int | None = None) -> list[dict]:
+    """sshd listener (pid 100) -> per-connection sshd (sshd_pid, the login) -> shell (sshd_pid + 1)."""
+    ses = ses if ses is not None else sshd_pid
+    return [
+        h.exec(0, 100, ["/usr/sbin/sshd", "-D"], snapshot=True),
+        h.fork(ts, sshd_pid, 100),
+        h.exec(ts + 0.01, sshd_pid, ["sshd:", user, "[priv]"]),
+        h.login(ts + 0.2, sshd_pid, user, raddr, rport, key_fp=key_fp, ses=ses),
+        h.fork(ts + 0.3, sshd_pid + 1, sshd_pid),
+        h.exec(ts + 0.31, sshd_pid + 1, ["-bash"], uid=uid, auid=uid, ses=ses),
+    ]

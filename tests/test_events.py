@@ -1,0 +1,91 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from whodid.tracer.events import SPEC, COMMON, EventError, decode_line, parse_event
+
+from kit import Host
+
+H = Host("web-01", "10.0.0.1")
+
+
+def test_every_kind_parses():
+    events = [
+        {"v": 1, "kind": "host", "host": "web-01", "boot": "b", "ts": 1.0, "addrs": ["10.0.0.1", "::1"]},
+        H.fork(1, 10, 1),
+        H.exec(1, 10, ["ls", "-la"], uid=1001, auid=1001, ses=3, cwd="/home/jim", tty="pts/0"),
+        H.exit(2, 10, code=3),
+        H.cred(2, 11, 1000, 0),
+        H.login(3, 12, "jim", "203.0.113.7", 53122, key_fp="SHA256:abc"),
+        H.connect(4, 13, "10.0.0.2", 22, 40000),
+        H.file(5, 14, "rename", "/etc/x.tmp", path2="/etc/x"),
+    ]
+    kinds = [parse_event(e)["kind"] for e in events]
+    assert kinds == ["host", "fork", "exec", "exit", "cred", "login", "connect", "file"]
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda e: e.pop("v"), "v", "missing schema version"),
+    (lambda e: e.update(v=2), "v", "unknown schema version 2"),
+    (lambda e: e.update(kind="teleport"), "kind", "unknown kind 'teleport'"),
+    (lambda e: e.pop("host"), "host", "required"),
+    (lambda e: e.update(host=""), "host", "must not be empty"),
+    (lambda e: e.update(ts="yesterday"), "ts", "finite number"),
+    (lambda e: e.update(ts=float("nan")), "ts", "finite number"),
+    (lambda e: e.update(pid=-1), "pid", "negative"),
+    (lambda e: e.update(pid=True), "pid", "expected an integer"),
+    (lambda e: e.update(argv=[]), "argv", "non-empty list"),
+    (lambda e: e.update(argv=["ls", 3]), "argv[1]", "expected a string"),
+    (lambda e: e.pop("uid"), "uid", "required for kind 'exec'"),
+    (lambda e: e.update(snapshot="yes"), "snapshot", "true or false"),
+])
+def test_bad_exec_names_the_field(mutate, field, words):
+    ev = H.exec(1, 10, ["ls"])
+    mutate(ev)
+    with pytest.raises(EventError) as info:
+        parse_event(ev)
+    assert info.value.field == field
+    assert words in str(info.value)
+
+
+def test_bad_socket_and_file_fields():
+    with pytest.raises(EventError, match="rport: port 70000 out of range"):
+        parse_event(H.connect(1, 1, "10.0.0.2", 70000, 1))
+    with pytest.raises(EventError, match=r"raddr: 'jump-box' is not an IP address"):
+        parse_event(H.connect(1, 1, "jump-box", 22, 1))
+    with pytest.raises(EventError, match="path2: a rename needs its destination"):
+        parse_event(H.file(1, 1, "rename", "/etc/a"))
+    with pytest.raises(EventError, match="op: unknown file operation 'nuke'"):
+        parse_event(H.file(1, 1, "nuke", "/etc/a"))
+    with pytest.raises(EventError, match="method: unknown login method"):
+        parse_event({**H.login(1, 1, "jim", "1.2.3.4", 5), "method": "telepathy"})
+
+
+def test_ipv4_mapped_addresses_compare_equal_to_ipv4():
+    ev = parse_event(H.connect(1, 1, "::ffff:10.0.0.2", 22, 40000, laddr="::ffff:10.0.0.1"))
+    assert (ev["laddr"], ev["raddr"]) == ("10.0.0.1", "10.0.0.2")
+    assert parse_event(H.connect(1, 1, "2001:db8::1", 22, 1))["raddr"] == "2001:db8::1"
+
+
+def test_unknown_fields_are_dropped_not_stored():
+    ev = parse_event({**H.exit(1, 10), "colour": "blue"})
+    assert "colour" not in ev
+
+
+def test_decode_line_turns_bad_json_into_an_event_error():
+    with pytest.raises(EventError) as info:
+        decode_line('{"v": 1, "kind": ')
+    assert info.value.field == "json"
+    with pytest.raises(EventError, match="expected a JSON object"):
+        decode_line("[1, 2]")
+
+
+def test_schema_doc_names_every_field_of_every_kind():
+    doc = (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)` \|", doc, flags=re.M))
+    for kind, fields in SPEC.items():
+        assert f"### `{kind}`" in doc, f"docs/events.md has no section for kind {kind}"
+        missing = set(fields) - documented
+        assert not missing, f"docs/events.md does not describe {kind} fields {sorted(missing)}"
+    assert set(COMMON) <= documented

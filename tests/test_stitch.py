@@ -1,0 +1,143 @@
+"""The stitching rules, one by one, on plain data (no store)."""
+
+import pytest
+
+from whodid.tracer.identity import Identity, Person
+from whodid.tracer.stitch import HopCandidate, Step, attribute, gaps, link, pick_hop, program_name, summary
+
+
+def step(proc=1, host="a", user="jim", argv=("bash",), start=0.0, edge="fork", login=None, login_user=None):
+    return Step(node=f"{proc}@{start}", proc=proc, host=host, pid=proc, user=user, login_user=login_user,
+                command=" ".join(argv), argv=list(argv), start=start, edge=edge, login=login)
+
+
+@pytest.mark.parametrize("argv, name", [(["-bash"], "bash"), (["/usr/bin/sudo", "-i"], "sudo"),
+                                        (["sshd:", "jim"], "sshd:"), ([], "")])
+def test_program_name(argv, name):
+    assert program_name(argv) == name
+
+
+def test_link_kinds():
+    bash = step(1, user="ec2-user")
+    assert link(bash, step(2, user="ec2-user", argv=["ls"])) == ("fork", None)
+    assert link(bash, step(1, user="ec2-user", argv=["ls"])) == ("exec", None)
+    assert link(bash, step(3, host="b", user="ec2-user")) == ("ssh", None)
+    # the user changes at the setuid-root sudo itself, and the change is named after sudo
+    assert link(bash, step(4, user="root", argv=["sudo", "-i"])) == ("sudo", "ec2-user -> root via sudo")
+    # su run by root switches down to bob in its child
+    su = step(5, user="root", argv=["su", "-", "bob"])
+    assert link(su, step(6, user="bob", argv=["-bash"])) == ("su", "root -> bob via su")
+    # any other change of effective user is a setuid program
+    assert link(bash, step(7, user="root", argv=["/usr/bin/passwd"])) == ("setuid", "ec2-user -> root via passwd (setuid)")
+
+
+def cand(proc, ts, lport=40000, laddr="10.0.0.10", raddr="10.0.1.20", rport=22, host="jump"):
+    return HopCandidate(proc=proc, ts=ts, laddr=laddr, lport=lport, raddr=raddr, rport=rport, host=host)
+
+
+LOGIN = {"ts": 100.0, "raddr": "10.0.0.10", "rport": 40000, "laddr": "10.0.1.20", "lport": 22}
+
+
+def test_hop_exact_match_is_observed():
+    hit, inferred, note = pick_hop(LOGIN, [cand(7, 99.9)], [], skew=120)
+    assert (hit.proc, inferred) == (7, False)
+    assert note == "connection 10.0.0.10:40000 -> 10.0.1.20:22 seen on both hosts"
+
+
+def test_hop_prefers_latest_exact_candidate_not_after_the_login_beyond_skew():
+    # The same source port used twice within the window: the later one before the login wins;
+    # one 10 minutes after the login cannot be its cause, even with skew.
+    hit, _, _ = pick_hop(LOGIN, [cand(1, 10.0), cand(2, 99.0), cand(3, 700.0)], [], skew=120)
+    assert hit.proc == 2
+
+
+def test_hop_allows_clock_skew():
+    hit, _, _ = pick_hop(LOGIN, [cand(1, 150.0)], [], skew=120)
+    assert hit.proc == 1
+
+
+def test_hop_exact_candidates_to_another_server_lose_to_the_right_one():
+    other = cand(1, 99.9, raddr="10.9.9.9")
+    right = cand(2, 99.0)
+    assert pick_hop(LOGIN, [other, right], [], skew=120)[0].proc == 2
+
+
+def test_hop_by_address_is_marked_inferred_with_the_reason():
+    hit, inferred, note = pick_hop(LOGIN, [], [cand(9, 98.0, lport=None)], skew=120)
+    assert (hit.proc, inferred) == (9, True)
+    assert "inferred" in note and "source port 40000 was not recorded" in note
+
+
+def test_no_hop_means_the_login_is_the_origin():
+    assert pick_hop(LOGIN, [], [], skew=120) == (None, False, None)
+
+
+JIM_FP, BOB_FP = "SHA256:jimkey", "SHA256:bobkey"
+IDENT = Identity(people=(Person("jim", ssh_keys=(JIM_FP,)), Person("bob", ssh_keys=(BOB_FP,),
+                                                                    accounts=("robert@laptop-*",))))
+
+
+def login(user, fp=None, ts=0.0, raddr="203.0.113.7"):
+    return {"id": 1, "ts": ts, "user": user, "key_fp": fp, "method": "publickey", "raddr": raddr, "rport": 1}
+
+
+def test_attribution_by_key_on_a_shared_account():
+    chain = [step(1, user="ec2-user", edge="login", login=login("ec2-user", JIM_FP)), step(2, user="root")]
+    who = attribute(chain, IDENT)
+    assert (who.user, who.account, who.source) == ("jim", "ec2-user", "203.0.113.7")
+    assert "belongs to jim" in who.how
+
+
+def test_attribution_by_account_mapping():
+    chain = [step(1, host="laptop-bob", user="robert", edge="login", login=login("robert"))]
+    assert attribute(chain, IDENT).user == "bob"
+
+
+def test_shared_account_without_a_known_key_says_what_to_configure():
+    chain = [step(1, user="ec2-user", edge="login", login=login("ec2-user", "SHA256:unknown"))]
+    who = attribute(chain, IDENT)
+    assert who.user == "ec2-user"
+    assert any("shared account" in n and "people" in n for n in who.notes)
+
+
+def test_personal_account_needs_no_mapping():
+    chain = [step(1, user="carol", edge="login", login=login("carol", "SHA256:c"))]
+    who = attribute(chain, Identity())
+    assert (who.user, who.notes) == ("carol", [])
+
+
+def test_keys_on_later_hops_corroborate_or_conflict():
+    origin = step(1, user="jim", edge="login", login=login("jim", JIM_FP))
+    hop_jim = step(2, host="b", user="ec2-user", edge="ssh", login=login("ec2-user", JIM_FP))
+    hop_bob = step(3, host="c", user="ec2-user", edge="ssh", login=login("ec2-user", BOB_FP))
+    assert any(n.startswith("corroborated") for n in attribute([origin, hop_jim], IDENT).notes)
+    notes = attribute([origin, hop_bob], IDENT).notes
+    assert any(n.startswith("conflict") and "bob" in n for n in notes)
+    assert attribute([origin, hop_bob], IDENT).user == "jim"      # the observed chain decides
+
+
+def test_no_login_names_the_scheduler():
+    chain = [step(1, user="root", argv=["/usr/sbin/cron", "-f"]), step(2, user="root", argv=["backup.sh"])]
+    who = attribute(chain, IDENT)
+    assert who.login_time is None
+    assert who.how == "no login: scheduled by cron on a"
+
+
+def test_gaps_over_threshold_are_labelled():
+    chain = [step(1, start=0), step(2, start=60), step(3, start=60 + 3 * 3600 + 125)]
+    assert gaps(chain, 300) == [{"after": 1, "before": 2, "seconds": 10925.0, "label": "paused 3h 02m"}]
+
+
+def test_summary_names_person_hosts_accounts_and_privilege():
+    chain = [step(1, host="jump-box", user="jim", edge="login", login=login("jim", JIM_FP)),
+             step(2, host="config-server", user="ec2-user", edge="ssh", login=login("ec2-user", JIM_FP)),
+             step(3, host="config-server", user="root", edge="sudo", argv=["sudo", "-i"])]
+    who = attribute(chain, IDENT)
+    assert summary(chain, who) == "jim -> jump-box -> config-server (ec2-user), sudo to root"
+
+
+def test_hop_through_nat_matches_the_source_port_but_is_marked_inferred():
+    # The client connected to a public address; the server saw its private one.
+    hit, inferred, note = pick_hop(LOGIN, [cand(4, 99.0, raddr="198.51.100.1")], [], skew=120)
+    assert (hit.proc, inferred) == (4, True)
+    assert "NAT" in note

@@ -1,0 +1,131 @@
+import json
+import sqlite3
+
+import pytest
+
+from whodid.tracer import Store, StoreError, ingest
+from whodid.tracer import migrations
+
+from kit import Host, store_with
+
+H = Host("web-01", "10.0.0.1")
+
+
+def _story():
+    return [
+        H.exec(0, 1, ["/sbin/init"], snapshot=True),
+        H.fork(10, 50, 1),
+        H.exec(10.1, 50, ["bash", "-c", "echo 'a  b'", ""]),
+        H.login(11, 60, "jim", "203.0.113.7", 5000),
+        H.connect(12, 50, "10.0.0.2", 22, 40000),
+        H.cred(13, 50, 1000, 0),
+        H.file(14, 50, "write", "/etc/hosts"),
+        H.exit(15, 50, code=2),
+    ]
+
+
+def test_the_same_events_twice_are_stored_once(tmp_path):
+    store = store_with(_story(), tmp_path / "s.db")
+    first = store.counts()
+    report = ingest(store, _story())
+    assert report.accepted == len(_story())
+    assert report.new == 0
+    assert store.counts() == first
+
+
+def test_argv_survives_spaces_and_empty_arguments():
+    store = store_with(_story())
+    proc = store.search_commands("echo", glob=False, since=None, until=None, host_glob=None, limit=5)[0][0]
+    (image,) = store.images(proc.id)
+    assert image.argv == ["bash", "-c", "echo 'a  b'", ""]
+    assert image.cmd == "bash -c echo 'a  b' "
+
+
+def test_common_commands_store_no_separate_argv():
+    store = store_with(_story())
+    rows = store.db.execute("SELECT cmd, argv FROM execs WHERE cmd = '/sbin/init'").fetchall()
+    assert rows == [("/sbin/init", None)]
+
+
+def test_fork_names_the_parent_whatever_the_exec_said_and_in_any_order():
+    # A late exec sees the reaper (pid 1) as parent after the real parent exited; the fork
+    # event is the truth, and the earliest exec beats later ones when there is no fork.
+    events = [
+        H.exec(0, 1, ["/sbin/init"]),
+        H.exec(0, 40, ["bash"]),
+        H.fork(10, 50, 40),
+        H.exec(10.1, 50, ["sleep", "1"], ppid=40, pstart=40000),
+        H.exec(20, 50, ["true"], ppid=1, pstart=1000),
+        H.exec(30, 70, ["a"], ppid=40, pstart=40000),
+        H.exec(31, 70, ["b"], ppid=1, pstart=1000),
+    ]
+    for order in (events, list(reversed(events))):
+        store = store_with(order)
+        parents = {}
+        for pid in (50, 70):
+            (proc_id,) = store.db.execute("SELECT id FROM procs WHERE pid = ?", [pid]).fetchone()
+            parents[pid] = store.proc(store.proc(proc_id).parent).pid
+        assert parents == {50: 40, 70: 40}
+
+
+def test_names_are_per_host():
+    a, b = Host("a", "10.0.0.1"), Host("b", "10.0.0.2")
+    ea = a.exec(1, 10, ["x"], uid=1001)
+    eb = {**b.exec(1, 10, ["x"], uid=1001), "user": "mallory", "euser": "mallory"}
+    store = store_with([ea, eb])
+    ids = dict(store.db.execute("SELECT name, id FROM hosts").fetchall())
+    assert store.user_name(ids["a"], 1001) == "jim"
+    assert store.user_name(ids["b"], 1001) == "mallory"
+
+
+def test_migrations_set_the_version_and_reopen_cleanly(tmp_path):
+    path = tmp_path / "s.db"
+    Store.open(path, create=True).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.LATEST
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    Store.open(path).close()
+
+
+def test_missing_store_says_how_to_make_one(tmp_path):
+    with pytest.raises(StoreError, match="no whodid store at .*whodid demo"):
+        Store.open(tmp_path / "nope.db")
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.db"
+    path.write_bytes(b"this is not sqlite at all, just some bytes" * 100)
+    with pytest.raises(StoreError, match="is not a whodid store"):
+        Store.open(path)
+
+
+def test_someone_elses_sqlite_file_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not a whodid store .*invoices"):
+        Store.open(path)
+
+
+def test_a_newer_store_is_refused(tmp_path):
+    path = tmp_path / "s.db"
+    Store.open(path, create=True).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {migrations.LATEST + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this whodid"):
+        Store.open(path)
+
+
+def test_host_inventory_tracks_first_and_last_event_and_addresses():
+    events = _story() + [{"v": 1, "kind": "host", "host": "web-01", "boot": "boot-1", "ts": 1_700_000_005.0,
+                          "addrs": ["10.0.0.1"]}]
+    store = store_with(events)
+    first, last, addrs = store.db.execute("SELECT first_ts, last_ts, addrs FROM hosts").fetchone()
+    assert (first, last) == (1_700_000_000.0, 1_700_000_015.0)
+    assert json.loads(addrs) == ["10.0.0.1"]
+    assert store.hosts_with_addr("10.0.0.1") == [1]

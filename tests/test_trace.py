@@ -1,0 +1,222 @@
+"""The trace engine on small stores, one scenario per test."""
+
+import json
+import random
+
+from whodid.tracer import Identity, Person, Query, Tracer
+from whodid.tracer.render import traces_json
+
+from kit import T0, Host, ssh_session, store_with
+
+JUMP = Host("jump-box", "10.0.0.10")
+CONFIG = Host("config-server", "10.0.1.20")
+JIM_FP, BOB_FP = "SHA256:jim", "SHA256:bob"
+IDENT = Identity(people=(Person("jim", ssh_keys=(JIM_FP,)), Person("bob", ssh_keys=(BOB_FP,))))
+
+
+def shared_account_story():
+    """jim and bob both on the jump box, both ssh to config-server as ec2-user within a
+    second of each other, both sudo to root; jim deletes the cluster, bob lists it.
+    bob's connect is the one nearest in time to jim's server-side login: only the
+    4-tuple tells them apart."""
+    ev = []
+    ev += ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += ssh_session(JUMP, 10, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
+    # the two ssh clients, forked from each person's shell
+    ev += [JUMP.fork(1000, 210, 201), JUMP.exec(1000.01, 210, ["ssh", "ec2-user@config-server"], uid=1001, auid=1001),
+           JUMP.connect(1000.05, 210, CONFIG.addr, 22, lport=40001),
+           JUMP.fork(1000.4, 310, 301), JUMP.exec(1000.41, 310, ["ssh", "ec2-user@config-server"], uid=1002, auid=1002),
+           JUMP.connect(1000.45, 310, CONFIG.addr, 22, lport=40002)]
+    # server side: jim's login arrives after bob's connect, bob's after jim's
+    ev += ssh_session(CONFIG, 1000.5, 400, "ec2-user", 1000, JUMP.addr, 40001, JIM_FP, ses=7)
+    ev += ssh_session(CONFIG, 1000.6, 500, "ec2-user", 1000, JUMP.addr, 40002, BOB_FP, ses=8)
+    for shell, sudo, root, ses in ((401, 410, 411, 7), (501, 510, 511, 8)):
+        ev += [CONFIG.fork(1060, sudo, shell),
+               CONFIG.exec(1060.01, sudo, ["sudo", "-i"], uid=1000, euid=0, auid=1000, ses=ses),
+               CONFIG.cred(1060.02, sudo, 1000, 0),
+               CONFIG.fork(1060.03, root, sudo),
+               CONFIG.exec(1060.04, root, ["-bash"], uid=0, auid=1000, ses=ses)]
+    ev += [CONFIG.fork(4700, 420, 411),
+           CONFIG.exec(4700.01, 420, ["aws", "eks", "delete-cluster", "--name", "prod"], uid=0, auid=1000, ses=7),
+           CONFIG.exit(4706, 420),
+           CONFIG.fork(4600, 520, 511),
+           CONFIG.exec(4600.01, 520, ["aws", "eks", "describe-cluster", "--name", "prod"], uid=0, auid=1000, ses=8),
+           CONFIG.exit(4601, 520)]
+    return ev
+
+
+def trace_one(events, pattern, ident=IDENT, **q):
+    tracer = Tracer(store_with(events), ident)
+    traces = tracer.find(Query(pattern=pattern, **q))
+    return traces
+
+
+def test_shared_account_delete_is_jims_not_bobs():
+    (tr,) = trace_one(shared_account_story(), "delete-cluster")
+    assert tr.attributed.user == "jim"
+    assert tr.attributed.source == "203.0.113.7"
+    assert [(s.host, s.edge, s.user) for s in tr.chain] == [
+        ("jump-box", "login", "jim"),
+        ("jump-box", "fork", "jim"),                 # -bash
+        ("jump-box", "fork", "jim"),                 # ssh ec2-user@config-server
+        ("config-server", "ssh", "ec2-user"),
+        ("config-server", "fork", "ec2-user"),       # -bash
+        ("config-server", "sudo", "root"),           # sudo -i
+        ("config-server", "fork", "root"),           # -bash
+        ("config-server", "fork", "root"),           # aws eks delete-cluster
+    ]
+    assert not any(s.inferred for s in tr.chain)
+    assert tr.chain[3].note == "connection 10.0.0.10:40001 -> 10.0.1.20:22 seen on both hosts"
+    assert tr.chain[5].note == "ec2-user -> root via sudo"
+    assert tr.summary == "jim -> jump-box -> config-server (ec2-user), sudo to root"
+    assert [g["label"] for g in tr.gaps] == ["paused 16m 40s", "paused 1h 00m"]
+
+
+def test_shared_account_describe_is_bobs():
+    (tr,) = trace_one(shared_account_story(), "describe-cluster")
+    assert tr.attributed.user == "bob"
+    assert tr.chain[0].login["rport"] == 41870
+
+
+def test_without_a_people_map_the_hop_still_reaches_the_personal_login():
+    (tr,) = trace_one(shared_account_story(), "delete-cluster", ident=Identity())
+    assert (tr.attributed.user, tr.attributed.account) == ("jim", "jim")
+
+
+def test_any_arrival_order_gives_the_same_answer():
+    events = shared_account_story()
+    expected = None
+    rng = random.Random(1)
+    for _ in range(12):
+        rng.shuffle(events)
+        tracer = Tracer(store_with(events), IDENT)
+        q = Query(pattern="aws", scope=2, limit=5)
+        got = traces_json(q, tracer.find(q), now=T0 + 10_000)
+        # graph node ids are store row ids, which depend on arrival order; everything else must not
+        for m in got["matches"]:
+            m["graph"] = sorted((n["host"], n["pid"], n["command"], n["role"]) for n in m["graph"]["nodes"])
+        expected = expected or got
+        assert got == expected
+
+
+def test_pid_reuse_does_not_merge_two_processes():
+    # pid 230 is bob's shell first, and then - after it exited - jim's. The command runs
+    # under the second one; the trace must not wander into bob's login.
+    h = JUMP
+    ev = ssh_session(h, 0, 200, "jim", 1001, "203.0.113.7", 53122)
+    ev += ssh_session(h, 5, 300, "bob", 1002, "198.51.100.23", 41870)
+    ev += [h.fork(10, 230, 301, start=10), h.exec(10.1, 230, ["bash"], uid=1002, auid=1002, start=10),
+           h.exit(20, 230, start=10),
+           h.fork(30, 230, 201, start=30), h.exec(30.1, 230, ["bash"], uid=1001, auid=1001, start=30),
+           h.fork(40, 240, 230, pstart=30), h.exec(40.1, 240, ["rm", "-rf", "/srv/data"], uid=1001, auid=1001)]
+    (tr,) = trace_one(ev, "rm -rf")
+    assert tr.attributed.user == "jim"
+    assert [s.pid for s in tr.chain] == [200, 201, 230, 240]
+
+
+def test_missing_parent_is_joined_to_its_login_by_audit_session_and_marked_inferred():
+    h = CONFIG
+    ev = ssh_session(h, 0, 400, "ec2-user", 1000, "203.0.113.7", 50000, JIM_FP, ses=7)
+    # the fork of pid 450 was lost, and its exec names no parent
+    ev += [h.exec(100, 450, ["terraform", "destroy"], uid=1000, auid=1000, ses=7)]
+    (tr,) = trace_one(ev, "terraform")
+    assert tr.attributed.user == "jim"
+    assert [s.pid for s in tr.chain] == [400, 450]
+    assert tr.chain[1].inferred
+    assert "audit session 7" in tr.chain[1].note
+    assert any("audit session 7" in c for c in tr.confidence)
+
+
+def test_hop_without_a_recorded_source_port_is_inferred_from_address_and_time():
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += [{"v": 1, "kind": "host", "host": "jump-box", "boot": "boot-1", "ts": T0, "addrs": [JUMP.addr]},
+           JUMP.fork(100, 210, 201), JUMP.exec(100.01, 210, ["ssh", "config-server"], uid=1001, auid=1001),
+           # the agent saw the connect before the kernel chose a source port
+           JUMP.connect(100.05, 210, CONFIG.addr, 22, lport=0)]
+    ev += ssh_session(CONFIG, 100.1, 400, "jim", 1001, JUMP.addr, 45555, JIM_FP)
+    ev += [CONFIG.fork(200, 420, 401), CONFIG.exec(200.01, 420, ["reboot"], uid=1001, auid=1001)]
+    (tr,) = trace_one(ev, "reboot")
+    hop = tr.chain[3]
+    assert (hop.host, hop.edge, hop.inferred) == ("config-server", "ssh", True)
+    assert "source port 45555 was not recorded" in hop.note
+    assert tr.chain[0].host == "jump-box"
+
+
+def test_login_from_outside_the_fleet_is_the_origin():
+    ev = ssh_session(CONFIG, 0, 400, "ec2-user", 1000, "198.51.100.23", 41870, BOB_FP)
+    ev += [CONFIG.fork(50, 420, 401), CONFIG.exec(50.01, 420, ["aws", "s3", "ls"], uid=1000, auid=1000)]
+    (tr,) = trace_one(ev, "aws")
+    assert (tr.attributed.user, tr.attributed.source, tr.attributed.host) == ("bob", "198.51.100.23", "config-server")
+
+
+def test_file_change_is_traced_to_its_writer():
+    ev = shared_account_story() + [
+        CONFIG.fork(2000, 430, 411), CONFIG.exec(2000.01, 430, ["vim", "/etc/nginx/nginx.conf"], uid=0, auid=1000),
+        CONFIG.file(2100, 430, "write", "/etc/nginx/nginx.conf", euid=0),
+        CONFIG.fork(2200, 530, 511), CONFIG.exec(2200.01, 530, ["mv", "/tmp/x", "/etc/nginx/conf.d/x.conf"], uid=0),
+        CONFIG.file(2200.1, 530, "rename", "/tmp/x", path2="/etc/nginx/conf.d/x.conf"),
+    ]
+    (tr,) = trace_one(ev, "/etc/nginx/nginx.conf")
+    assert tr.attributed.user == "jim"
+    assert tr.change["op"] == "write"
+    assert tr.poi.command == "vim /etc/nginx/nginx.conf"
+    (tr,) = trace_one(ev, "/etc/nginx/conf.d/*")
+    assert (tr.attributed.user, tr.change["path2"]) == ("bob", "/etc/nginx/conf.d/x.conf")
+
+
+def test_glob_and_substring_search_and_filters():
+    ev = shared_account_story()
+    assert len(trace_one(ev, "aws*prod")) == 2
+    assert len(trace_one(ev, "AWS")) == 0                         # substring search is case-sensitive
+    assert [t.attributed.user for t in trace_one(ev, "aws", user="bob")] == ["bob"]
+    assert [t.attributed.user for t in trace_one(ev, "aws", user="jim")] == ["jim"]
+    assert trace_one(ev, "aws", host="jump*") == []
+    assert len(trace_one(ev, "aws", since=T0 + 4650)) == 1
+    assert len(trace_one(ev, "aws", until=T0 + 4650)) == 1
+    assert [t.poi.command.split()[2] for t in trace_one(ev, "aws")] == ["delete-cluster", "describe-cluster"]
+
+
+def test_wider_scopes_add_context_around_the_chain():
+    ev = shared_account_story() + [
+        # what the delete started, and another command in jim's root shell
+        CONFIG.fork(4700.5, 421, 420), CONFIG.exec(4700.6, 421, ["python3", "-m", "awscli"], uid=0),
+        CONFIG.fork(3000, 430, 411), CONFIG.exec(3000.01, 430, ["aws", "sts", "get-caller-identity"], uid=0),
+        # jim's other session, on the jump box, later the same day
+        *ssh_session(JUMP, 5000, 260, "jim", 1001, "203.0.113.7", 53999, JIM_FP),
+        JUMP.fork(5010, 270, 261), JUMP.exec(5010.01, 270, ["history"], uid=1001),
+    ]
+    sizes = {}
+    for scope in range(4):
+        (tr,) = trace_one(ev, "delete-cluster", scope=scope)
+        commands = {d["step"].command for _, d in tr.graph.nodes(data=True)}
+        sizes[scope] = commands
+    assert "python3 -m awscli" not in sizes[0]
+    assert {"python3 -m awscli", "aws sts get-caller-identity"} <= sizes[1]
+    assert "history" not in sizes[2] and "history" in sizes[3]
+    assert "aws eks describe-cluster --name prod" not in sizes[3]   # bob's, never jim's context
+    assert sizes[0] < sizes[1] <= sizes[2] < sizes[3]
+
+
+def test_chain_edges_in_the_graph_are_typed():
+    (tr,) = trace_one(shared_account_story(), "delete-cluster")
+    kinds = [d["kind"] for _, _, d in tr.graph.edges(data=True) if d["chain"]]
+    assert kinds == ["fork", "fork", "ssh", "fork", "sudo", "fork", "fork"]
+    roles = [d["role"] for _, d in tr.graph.nodes(data=True)]
+    assert roles[0] == "origin" and roles[-1] == "poi"
+
+
+def test_json_contract_fields():
+    tracer = Tracer(store_with(shared_account_story()), IDENT)
+    q = Query(pattern="delete-cluster")
+    doc = traces_json(q, tracer.find(q), now=T0 + 10_000)
+    assert doc["schema"] == "whodid.trace/1"
+    m = doc["matches"][0]
+    assert set(m["attributed_to"]) >= {"user", "host", "source", "login_time", "how"}
+    assert m["attributed_to"]["user"] == "jim"
+    for s in m["chain"]:
+        assert set(s) >= {"host", "pid", "user", "login_user", "command", "start", "edge"}
+        assert s["edge"] in {"login", "fork", "exec", "ssh", "sudo", "su", "setuid"}
+    assert m["poi"]["command"] == "aws eks delete-cluster --name prod"
+    assert m["chain"][-1]["login_user"] == "ec2-user"
+    assert m["gaps"][1] == {"after": 6, "before": 7, "seconds": 3639.97, "label": "paused 1h 00m"}
+    json.dumps(doc)
