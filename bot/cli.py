@@ -22,7 +22,7 @@ from whodid import __version__
 from whodid import config as config_mod
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.render import render_text, traces_json
-from whodid.tracer.when import TimeError, clock, format_duration, parse_duration, parse_time
+from whodid.tracer.when import TimeError, clock, format_duration, parse_time
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 
@@ -97,7 +97,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     query = Query(pattern=args.pattern, host=args.host, user=args.user,
                   since=parse_time(args.since or cfg.trace.default_since, now),
                   until=parse_time(args.until, now) if args.until else None,
-                  scope=args.scope, limit=args.limit or cfg.trace.limit)
+                  scope=args.scope, limit=args.limit if args.limit is not None else cfg.trace.limit)
     if query.limit < 1:
         raise UsageError("--limit must be at least 1")
     store = Store.open(cfg.store_path(args.db))

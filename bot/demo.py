@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .simfleet import SimFleet, SimHost, SimProc, key_fingerprint
+from .simfleet import SimFleet, SimProc, key_fingerprint
 
 DAYS = 4
 LAPTOPS = {"jim": "203.0.113.7", "bob": "198.51.100.23", "alice": "203.0.113.41",

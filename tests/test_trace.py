@@ -220,3 +220,28 @@ def test_json_contract_fields():
     assert m["chain"][-1]["login_user"] == "ec2-user"
     assert m["gaps"][1] == {"after": 6, "before": 7, "seconds": 3639.97, "label": "paused 1h 00m"}
     json.dumps(doc)
+
+
+def test_login_from_a_fleet_host_with_no_recorded_client_says_so():
+    ev = [{"v": 1, "kind": "host", "host": "jump-box", "boot": "boot-1", "ts": T0, "addrs": [JUMP.addr]}]
+    ev += ssh_session(CONFIG, 100, 400, "ec2-user", 1000, JUMP.addr, 45555)
+    ev += [CONFIG.fork(200, 420, 401), CONFIG.exec(200.01, 420, ["reboot"], uid=1000, auid=1000)]
+    (tr,) = trace_one(ev, "reboot")
+    assert tr.attributed.host == "config-server"
+    assert any("an address of jump-box" in c and "no matching ssh connection" in c for c in tr.confidence)
+
+
+def test_the_json_doc_describes_every_field_we_emit():
+    from pathlib import Path
+    import re
+    doc = (Path(__file__).parent.parent / "docs" / "trace-json.md").read_text()
+    documented = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", doc, flags=re.M):
+        documented |= set(re.findall(r"`(\w+)`", cell))
+    tracer = Tracer(store_with(shared_account_story()), IDENT)
+    q = Query(pattern="delete-cluster")
+    out = traces_json(q, tracer.find(q), now=T0 + 10_000)
+    m = out["matches"][0]
+    emitted = set(out) | set(m) | set(m["attributed_to"]) | set(m["chain"][0]) | set(m["gaps"][0])
+    emitted |= set(m["poi"]) - {"exit_code", "change"}
+    assert emitted <= documented, f"undocumented: {sorted(emitted - documented)}"

@@ -378,15 +378,9 @@ class Store:
             "WHERE c.laddr = ? AND c.dir = 'connect' LIMIT 50", [addr])}
         return sorted(ids)
 
-    def execs_on_hosts(self, host_ids: list[int], pattern: str, t0: float, t1: float) -> list[Image]:
-        if not host_ids:
-            return []
-        rows = self.db.execute(
-            f"SELECT {', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))} FROM execs e "
-            f"JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot "
-            f"WHERE b.host IN ({','.join('?' * len(host_ids))}) AND e.ts BETWEEN ? AND ? AND e.cmd GLOB ? "
-            "ORDER BY e.ts", [*host_ids, t0, t1, pattern])
-        return [_image(r) for r in rows]
+    def host_names(self, host_ids: list[int]) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            f"SELECT name FROM hosts WHERE id IN ({','.join('?' * len(host_ids))})", host_ids)]
 
     # --- reading: search -----------------------------------------------------------------
 

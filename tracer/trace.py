@@ -7,8 +7,6 @@ renderers (text, JSON, and later PNG and Slack) draw.
 
 from __future__ import annotations
 
-import fnmatch
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,16 +131,16 @@ class Tracer:
         seen_logins: set[int] = set()
         cur, t, poi_image = proc, at, image
         for _ in range(MAX_HOPS):
-            steps, login, gap_note = self._walk_host(cur, t, poi_image)
+            steps, login = self._walk_host(cur, t, poi_image)
             segments.append(steps)
-            if gap_note:
-                notes.append(gap_note)
             poi_image = None
             if not login or login["id"] in seen_logins:
                 break
             seen_logins.add(login["id"])
-            hop, inferred, note = self._hop(login, steps[0])
+            hop, inferred, note = self._hop(login)
             if hop is None:
+                if note:
+                    notes.append(note)
                 break
             steps[0].edge, steps[0].inferred, steps[0].note = "ssh", inferred, note
             cur, t = self.store.proc(hop.proc), hop.ts
@@ -160,11 +158,10 @@ class Tracer:
         return chain, notes
 
     def _walk_host(self, proc: Proc, t: float, poi_image: Image | None):
-        """Walk up one host from proc until a login. Returns (steps top-down, login, note)."""
+        """Walk up one host from proc until a login. Returns (steps top-down, login or None)."""
         rev: list[Step] = []
         login = None
-        note = None
-        p: Proc | None = proc
+        p = proc
         first = True
         for _ in range(MAX_DEPTH):
             images = [im for im in self.store.images(p.id) if im.ts <= t]
@@ -182,22 +179,24 @@ class Tracer:
                 rev[-1].user = login["user"]
                 break
             first = False
-            if p.parent is None:
-                login, note = self._session_login(p, images, rev)
+            parent = self.store.proc(p.parent) if p.parent is not None else None
+            if parent is None or parent.pid == 1 or p.pid == 1:
+                # init starts every service: a chain that reaches it ends at the service
+                login = self._session_login(p, images, rev)
                 break
             t = p.fork_ts if p.fork_ts is not None else (images[0].ts if images else t)
-            p = self.store.proc(p.parent)
+            p = parent
         rev.reverse()
-        return rev, login, note
+        return rev, login
 
     def _session_login(self, p: Proc, images: list[Image], rev: list[Step]):
         """The parent chain ends without a login: join the audit session's login, if any."""
         ses = next((im.ses for im in reversed(images) if im.ses not in (None, AUID_UNSET)), None)
         if ses is None:
-            return None, None
+            return None
         logins = [lg for lg in self.store.logins_by_session(p.boot, ses) if lg["ts"] <= rev[-1].start + 1]
         if not logins:
-            return None, None
+            return None
         login = logins[-1]
         lproc = self.store.proc(login["proc"])
         top = self._step(lproc, self._inherited_image(lproc), inherited=True, at=login["ts"])
@@ -207,7 +206,7 @@ class Tracer:
         rev[-1].note = (f"inferred: the parent of pid {p.pid} was not recorded; joined to the login "
                         f"by audit session {ses}")
         rev.append(top)
-        return login, None
+        return login
 
     def _inherited_image(self, p: Proc) -> Image | None:
         """A process that never exec'd runs its parent's program: find that image."""
@@ -218,18 +217,21 @@ class Tracer:
         before = [im for im in images if im.ts <= at]
         return before[-1] if before else (images[0] if images else None)
 
-    def _hop(self, login: dict[str, Any], server_step: Step):
+    def _hop(self, login: dict[str, Any]):
+        """The client side of an ssh login, if it ran on a host we watch: (candidate, inferred, note)."""
         s = self.settings
         t0, t1 = login["ts"] - s.hop_window, login["ts"] + s.clock_skew
         exact = [self._candidate(c) for c in self.store.connects_from(login["raddr"], login["rport"], t0, t1)]
         by_address: list[HopCandidate] = []
-        if not exact:
-            hosts = [h for h in self.store.hosts_with_addr(login["raddr"])]
-            if hosts and login.get("laddr"):
-                by_address = [self._candidate(c) for c in
-                              self.store.connects_to(login["laddr"], login.get("lport"), t0, t1)]
-                by_address = [c for c in by_address if c.host_id in hosts]
+        hosts = [] if exact else self.store.hosts_with_addr(login["raddr"])
+        if hosts and login.get("laddr"):
+            by_address = [c for c in map(self._candidate, self.store.connects_to(
+                login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts]
         hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
+        if hit is None and hosts:
+            names = ", ".join(sorted(self.store.host_names(hosts)))
+            note = (f"the login as {login['user']} came from {login['raddr']}, an address of {names}, but no "
+                    "matching ssh connection was recorded there: the chain may go on from that host")
         return hit, inferred, note
 
     def _candidate(self, conn: dict[str, Any]) -> HopCandidate:
@@ -351,11 +353,3 @@ def _involves(tr: Trace, user: str) -> bool:
     if tr.attributed.user == user or tr.attributed.account == user:
         return True
     return any(s.user == user or s.login_user == user for s in tr.chain)
-
-
-def default_since(now: float | None = None, days: float = 7) -> float:
-    return (now or time.time()) - days * 86400
-
-
-def host_matches(name: str, glob: str | None) -> bool:
-    return glob is None or fnmatch.fnmatchcase(name, glob)

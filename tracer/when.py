@@ -48,6 +48,12 @@ def format_duration(seconds: float) -> str:
     return f"{days}d {hours}h" if hours else f"{days}d"
 
 
+def format_span(seconds: float) -> str:
+    """A window as people say it: 2h, 7d, 1h 30m (no zero-padded parts)."""
+    text = format_duration(seconds)
+    return text[:-4] if text.endswith(" 00m") else text
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

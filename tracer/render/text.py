@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..trace import Query, Trace
-from ..when import ago, clock, format_duration
+from ..when import ago, clock, format_span
 
 EDGE_LABEL = {"login": "login", "fork": "fork", "exec": "exec", "ssh": "ssh ->", "sudo": "sudo",
               "su": "su", "setuid": "setuid"}
@@ -64,7 +64,7 @@ def render_text(query: Query, traces: list[Trace], now: float) -> str:
     if not traces:
         window = ""
         if query.since:
-            window = f" over the last {format_duration(now - query.since)}"
+            window = f" over the last {format_span(now - query.since)}"
         return (f"No {query.describe()}{window}.\n"
                 f"Try a wider window (--since 30d), a shorter pattern, or check the host "
                 f"filter; `whodid db stats` shows what the store holds.")

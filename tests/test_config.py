@@ -1,0 +1,66 @@
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from whodid import config
+from whodid.config import ConfigError, from_dict, load
+
+EXAMPLE = Path(__file__).parent.parent / "config.example.yaml"
+
+
+def test_the_example_loads_and_documents_every_key():
+    cfg = load(str(EXAMPLE))
+    assert cfg.identity.identity().person_for_key("SHA256:BgGuuwQsUSRWjwuvtcHvRaDMEn7bExlyncVV4SOkANU") == "jim"
+    text = EXAMPLE.read_text()
+    for section, cls in config.SECTIONS.items():
+        assert re.search(rf"^{section}:", text, re.M), f"section {section} missing from the example"
+        for f in fields(cls):
+            assert re.search(rf"^  {f.name}:", text, re.M), f"{section}.{f.name} missing from the example"
+            # ...and with a comment above it
+            block = text.split(f"\n  {f.name}:")[0].rstrip().splitlines()
+            assert block[-1].strip().startswith("#"), f"{section}.{f.name} has no comment"
+
+
+def test_example_defaults_match_the_code_defaults():
+    cfg, default = load(str(EXAMPLE)), config.Config()
+    assert cfg.trace == default.trace
+    assert cfg.store == default.store
+    assert cfg.identity.shared_accounts == default.identity.shared_accounts
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"trace": {"gap_treshold": "5m"}}, "unknown key `trace.gap_treshold`; did you mean `trace.gap_threshold`?"),
+    ({"tracer": {}}, "unknown section `tracer`; did you mean `trace`?"),
+    ({"trace": {"limit": "five"}}, "`trace.limit` must be a whole number"),
+    ({"trace": {"gap_threshold": "soon"}}, "'soon' is not a duration"),
+    ({"identity": {"people": {"jim": {"keys": []}}}}, "`identity.people.jim` takes only"),
+    ({"identity": {"people": {"jim": {"ssh_keys": "SHA256:x"}}}}, "must be a list of strings"),
+    (["not", "a", "mapping"], "top level must be a mapping"),
+])
+def test_bad_config_says_what_is_wrong(raw, words):
+    with pytest.raises(ConfigError) as info:
+        from_dict(raw, "test.yaml")
+    assert words in str(info.value)
+
+
+def test_store_path_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.delenv("WHODID_DB", raising=False)
+    cfg = config.Config()
+    assert cfg.store_path() == str(tmp_path / "whodid" / "whodid.db")
+    cfg.store.path = "/srv/whodid.db"
+    assert cfg.store_path() == "/srv/whodid.db"
+    monkeypatch.setenv("WHODID_DB", "/env.db")
+    assert cfg.store_path() == "/env.db"
+    assert cfg.store_path("/flag.db") == "/flag.db"
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(str(tmp_path / "none.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trace: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(str(bad))
