@@ -245,3 +245,18 @@ def test_the_json_doc_describes_every_field_we_emit():
     emitted = set(out) | set(m) | set(m["attributed_to"]) | set(m["chain"][0]) | set(m["gaps"][0])
     emitted |= set(m["poi"]) - {"exit_code", "change"}
     assert emitted <= documented, f"undocumented: {sorted(emitted - documented)}"
+
+
+def test_a_process_that_dropped_privileges_without_exec_is_shown_as_its_new_user():
+    # nginx's master runs as root; its worker is a fork that setuid()s to www-data and never
+    # execs. The worker's write must not be reported as root's.
+    h = Host("web-01", "10.0.2.11")
+    ev = [h.exec(0, 1, ["/sbin/init"]),
+          h.fork(1, 80, 1), h.exec(1.1, 80, ["nginx:", "master"], uid=0),
+          h.fork(2, 81, 80), h.cred(2.1, 81, 0, 33),
+          {**h.file(50, 81, "write", "/etc/nginx/cache.conf"), "euid": 33}]
+    (tr,) = trace_one(ev, "/etc/nginx/cache.conf")
+    assert (tr.poi.pid, tr.poi.user, tr.poi.command) == (81, "33", "nginx: master")
+    assert tr.poi.inherited
+    assert [(s.pid, s.user) for s in tr.chain] == [(80, "root"), (81, "33")]
+    assert (tr.chain[1].edge, tr.chain[1].note) == ("setuid", "root -> 33 via setuid() in nginx:")

@@ -61,8 +61,12 @@ def link(prev: Step, cur: Step) -> tuple[str, str | None]:
     if prev.host != cur.host:
         return "ssh", None
     if prev.user != cur.user:
-        via = SWITCH_USER.get(cur.program) or SWITCH_USER.get(prev.program) or "setuid"
-        return via, f"{prev.user} -> {cur.user} via {via if via != 'setuid' else cur.program + ' (setuid)'}"
+        via = SWITCH_USER.get(cur.program) or SWITCH_USER.get(prev.program)
+        if via:
+            return via, f"{prev.user} -> {cur.user} via {via}"
+        if cur.inherited:       # no exec of its own: the process changed its own credentials
+            return "setuid", f"{prev.user} -> {cur.user} via setuid() in {cur.program}"
+        return "setuid", f"{prev.user} -> {cur.user} via {cur.program} (setuid)"
     if prev.proc == cur.proc:
         return "exec", None
     return "fork", None

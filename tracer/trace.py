@@ -168,12 +168,15 @@ class Tracer:
             login = self.store.login_of(p.id)
             if first and poi_image is not None:
                 images = [im for im in images if im.ts <= poi_image.ts]
+            creds = self.store.creds(p.id)
             if images:
-                for im in reversed(images):
-                    rev.append(self._step(p, im))
+                # each image is who the process was until its next exec (or until t)
+                ends = [im.ts for im in images[1:]] + [t]
+                for im, until in reversed(list(zip(images, ends))):
+                    rev.append(self._step(p, im, until=until, creds=creds))
             elif login or first:
                 inherited = self._inherited_image(p)
-                rev.append(self._step(p, inherited, inherited=True, at=p.fork_ts or t))
+                rev.append(self._step(p, inherited, inherited=True, at=p.fork_ts or t, until=t, creds=creds))
             if login:
                 rev[-1].login = login
                 rev[-1].user = login["user"]
@@ -247,14 +250,21 @@ class Tracer:
             self._names[key] = self.store.user_name(host_id, uid) or f"uid {uid}"
         return self._names[key]
 
-    def _step(self, p: Proc, im: Image | None, inherited: bool = False, at: float | None = None) -> Step:
+    def _step(self, p: Proc, im: Image | None, inherited: bool = False, at: float | None = None,
+              until: float | None = None, creds: list[dict[str, Any]] = ()) -> Step:
+        """A chain step for an image of p. The effective user is the image's, unless p changed
+        credentials (setuid without exec) between the image's start and `until`."""
         if im is None:
             return Step(node=f"{p.id}@?", proc=p.id, host=p.host, pid=p.pid, user="?", login_user=None,
                         command=f"pid {p.pid} (program not recorded)", argv=[], start=at or 0.0,
                         inherited=True)
         start = at if inherited and at is not None else im.ts
+        euid = im.euid
+        changed = [c for c in creds if start <= c["ts"] <= (until if until is not None else start)]
+        if changed:
+            euid = changed[-1]["euid"]
         return Step(node=f"{p.id}@{im.ts!r}" if not inherited else f"{p.id}@fork", proc=p.id, host=p.host,
-                    pid=p.pid, user=self._name(p.host_id, im.euid) or "?",
+                    pid=p.pid, user=self._name(p.host_id, euid) or "?",
                     login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
                     cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited)
 
