@@ -142,6 +142,18 @@ def _daily_work(fleet: SimFleet, start: float, now: float, rng: random.Random) -
                                               ["journalctl", "-u", "kubelet", "-n", "100"]], rng)
             _logout(nsh, t + 60)
             _logout(sh, t + 70)
+        # jim's ordinary days: the jump box, and now and then config-server, legitimately
+        t = d0 + rng.uniform(0, 1800)
+        if t < now - 9 * 3600:
+            sh = fleet.ssh_login(jump, t, "jim", raddr=LAPTOPS["jim"], rport=rng.randint(40000, 60000),
+                                 key_fp=PEOPLE["jim"])
+            t = _session(fleet, sh, t, [["git", "-C", "infra", "pull"], ["kubectl", "get", "pods", "-n", "prod"]], rng)
+            if day % 2:
+                _, csh = fleet.ssh_hop(sh, t + 30, H["config-server"], "ec2-user", PEOPLE["jim"])
+                t = _session(fleet, csh, t + 31, [["aws", "eks", "list-clusters"],
+                                                  ["aws", "eks", "describe-cluster", "--name", "staging"]], rng)
+                _logout(csh, t + 40)
+            _logout(sh, t + 60)
         # the deploy pipeline: gitlab-runner on a CI host ssh'es to every web host as `deploy`
         t = d0 + 6 * 3600 + rng.uniform(0, 1800)
         if t < now - 3600:
