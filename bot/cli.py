@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sessions across hosts")
     t.add_argument("--limit", type=int, metavar="N", help="at most N matches, newest first (default: 5)")
     t.add_argument("--json", action="store_true", help="print the documented JSON (docs/trace-json.md)")
+    t.add_argument("--png", metavar="FILE", help="also draw each match as a PNG: FILE for the first, "
+                   "FILE-2.png, FILE-3.png... for the others (docs/images.md)")
 
     i = sub.add_parser("ingest", help="load schema-v1 events from JSON-lines files")
     i.add_argument("files", nargs="+", metavar="FILE", help="JSON lines, one event each; - reads stdin")
@@ -103,12 +105,32 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     store = Store.open(cfg.store_path(args.db))
     tracer = Tracer(store, cfg.identity.identity(), cfg.trace.settings())
     traces = tracer.find(query)
+    written = write_images(traces, args.png, now) if args.png and traces else []
     if args.json:
         json.dump(traces_json(query, traces, now), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(render_text(query, traces, now))
+    for path in written:
+        print(f"image: {path}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if traces else EXIT_NO_MATCH
+
+
+def write_images(traces, path: str, now: float) -> list[str]:
+    """One PNG per match: path itself for the first, path-N.png for the N-th."""
+    from whodid.tracer.render.image import render_png
+
+    stem = path[:-4] if path.lower().endswith(".png") else path
+    out = []
+    for i, tr in enumerate(traces, 1):
+        target = path if i == 1 else f"{stem}-{i}.png"
+        try:
+            with open(target, "wb") as fh:
+                fh.write(render_png(tr, now))
+        except OSError as exc:
+            raise UsageError(f"cannot write the image {target}: {exc.strerror}") from None
+        out.append(target)
+    return out
 
 
 def cmd_ingest(args, cfg: config_mod.Config) -> int:
@@ -175,9 +197,13 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     ident = config_mod.IdentityConfig(shared_accounts=cfg.identity.shared_accounts, people=people).identity()
     tracer = Tracer(store, ident, cfg.trace.settings())
     query = Query(pattern="delete-cluster", since=now - 86400, limit=cfg.trace.limit)
+    traces = tracer.find(query)
+    image = os.path.splitext(path)[0] + ".png"
     print()
-    print("$ whodid trace delete-cluster --since 24h")
-    print(render_text(query, tracer.find(query), now))
+    print(f"$ whodid trace delete-cluster --since 24h --png {image}")
+    print(render_text(query, traces, now))
+    for written in write_images(traces[:1], image, now):
+        print(f"image: {written}")
     print()
     print("Try next:")
     print(f"  whodid trace --db {path} delete-cluster --json")

@@ -100,6 +100,7 @@ def test_deploy_pipeline_has_no_login(demo_db, capsys):
     (m,) = doc["matches"]
     assert m["chain"][0]["command"] == "/usr/bin/gitlab-runner run"
     assert m["attributed_to"]["login_time"] is None
+    assert m["attributed_to"]["user"] == "gitlab-runner"       # the pipeline, not the account it logs in to
     assert [c["host"] for c in m["chain"] if c["edge"] == "ssh"] == [m["poi"]["host"]]
 
 

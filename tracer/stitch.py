@@ -168,9 +168,10 @@ def attribute(chain: list[Step], identity: Identity) -> Attribution:
     if scheduler:
         how = f"no login: scheduled by {scheduler.program} on {scheduler.host}"
     else:
-        how = f"no login recorded: the chain starts at `{origin.command}` (pid {origin.pid}) on {origin.host}"
-    first_human = next((s.login_user for s in chain if s.login_user), None)
-    return Attribution(user=first_human or origin.user, host=origin.host, source=None,
+        how = f"no login: the chain starts at the service `{origin.command}` (pid {origin.pid}) on {origin.host}"
+    # No login: the chain starts at a service or scheduler, which acts as its own account
+    # (cron gives a job its owner's login uid, so that is the better name when present).
+    return Attribution(user=origin.login_user or origin.user, host=origin.host, source=None,
                        login_time=None, how=how, account=origin.user, notes=notes)
 
 

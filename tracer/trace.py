@@ -334,8 +334,11 @@ class Tracer:
                     placed[p.id] = [(p.fork_ts or 0.0, own)] if own in g else (
                         [(ts, n) for ts, n in parent_nodes])
                     continue
+                login = self.store.login_of(p.id) if level == 0 else None
                 for im in images:
                     step = self._step(p, im)
+                    if login and im is images[0]:
+                        step.login, step.user = login, login["user"]
                     if step.node not in g:
                         if g.number_of_nodes() >= budget:
                             return

@@ -1,0 +1,202 @@
+"""Paint a Layout as a PNG with matplotlib (Agg). See docs/images.md for the picture's rules.
+
+matplotlib is imported inside render_png so that `whodid` starts fast when no image is
+asked for. Same trace and `now` in, same bytes out: no randomness, no timestamps in the file.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+from ..trace import Trace
+from .layout import PRIVILEGE, Box, Layout, layout
+
+DPI = 100                    # pixels per inch of the PNG
+LANE_W = 3.7                 # inches per host lane
+MIN_W = 5.2                  # narrowest picture, so the title has room
+MARGIN = 0.25
+ROW_H = 0.62                 # a box and the space under it
+BOX_H = 0.48
+LABEL_H = 0.24               # extra room above a box whose incoming link carries a label
+INDENT = 0.45                # context boxes sit this far right of the chain
+CHAIN_X = 0.3                # the chain's spine, from the lane's left edge
+BUS_X = 0.42                 # where context hangs off, from the lane's left edge
+
+# Okabe-Ito: safe for the common colour-vision deficiencies.
+BLACK, GREY, LIGHT = "#1a1a1a", "#6b6b6b", "#f4f4f4"
+PERSON, MATCH, SSH, PRIV = "#009E73", "#D55E00", "#0072B2", "#CC79A7"
+FILL = {"origin": "#d9f0e8", "poi": "#fbe3d6", "chain": "white", "context": LIGHT, "collapsed": "white"}
+EDGE = {"origin": PERSON, "poi": MATCH, "chain": "#333333", "context": "#a0a0a0", "collapsed": "#a0a0a0"}
+LINK_COLOUR = {"fork": "#555555", "exec": "#555555", "ssh": SSH}
+MONO, SANS = "DejaVu Sans Mono", "DejaVu Sans"
+
+
+def figure_size(lay: Layout) -> tuple[float, float]:
+    """(width, height) in inches - documented in docs/images.md, checked by the tests."""
+    width = max(MIN_W, 2 * MARGIN + LANE_W * len(lay.lanes))
+    return width, _row_tops(lay)[-1] + _footer_height(lay, width)
+
+
+def render_png(tr: Trace, now: float) -> bytes:
+    return paint(layout(tr, now))
+
+
+def paint(lay: Layout) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle
+
+    width, height = figure_size(lay)
+    fig = Figure(figsize=(width, height), dpi=DPI, facecolor="white")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)            # y grows downwards, in inches
+    ax.axis("off")
+    tops = _row_tops(lay)
+    body_top, body_bottom = HEADER, tops[-1]
+
+    # header: what, who, when
+    chars = int((width - 2 * MARGIN) * 72 / (0.6 * 15))
+    title = textwrap.shorten(lay.title, chars, placeholder="…")
+    ax.text(MARGIN, 0.22, title, fontsize=15, fontweight="bold", color=BLACK, family=SANS, va="top")
+    ax.text(MARGIN, 0.55, textwrap.shorten(lay.headline, chars, placeholder="…"), fontsize=13.5,
+            fontweight="bold", color=PERSON, family=SANS, va="top")
+    ax.text(MARGIN, 0.86, lay.subtitle, fontsize=9.5, color=GREY, family=SANS, va="top")
+
+    # lanes
+    for i, host in enumerate(lay.lanes):
+        x0 = MARGIN + i * LANE_W
+        ax.add_patch(Rectangle((x0, body_top), LANE_W, body_bottom - body_top,
+                               facecolor="#f7f7f7" if i % 2 == 0 else "white", edgecolor="#dddddd", lw=0.8))
+        ax.text(x0 + LANE_W / 2, body_top + 0.2, host, fontsize=11.5, fontweight="bold", color=BLACK,
+                family=SANS, ha="center", va="center")
+
+    by_id = {b.id: b for b in lay.boxes}
+    geo = {b.id: _geometry(b, tops) for b in lay.boxes}
+
+    # links: straight chain segments and context elbows in collections, hops as arrows
+    segments: dict[tuple[str, str, float], list] = {}
+    heads: dict[str, list[tuple[float, float]]] = {}
+    for link in lay.links:
+        sx, sy, sw, sh = geo[link.src]
+        dx, dy, dw, dh = geo[link.dst]
+        src_box, dst_box = by_id[link.src], by_id[link.dst]
+        colour = PRIV if link.kind in PRIVILEGE else LINK_COLOUR.get(link.kind, "#555555")
+        style = ":" if link.inferred else "-"
+        if link.kind == "ssh" and src_box.lane != dst_box.lane:
+            right = dst_box.lane > src_box.lane
+            start = (sx + sw if right else sx, sy + sh / 2)
+            end = (dx if right else dx + dw, dy + dh / 2)
+            ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=16, color=SSH,
+                                         lw=2.4, linestyle=style, shrinkA=0, shrinkB=1))
+            mid = ((start[0] + end[0]) / 2, dy - LABEL_H / 2)
+            if link.label:
+                ax.text(mid[0], mid[1] - 0.02, link.label, fontsize=9, color=SSH, fontweight="bold",
+                        family=SANS, ha="center", va="center",
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
+            if link.gap:
+                ax.text(start[0] + (0.1 if right else -0.1), sy + sh + 0.02, link.gap, fontsize=9.5,
+                        style="italic", color=BLACK, family=SANS, ha="left" if right else "right", va="top")
+            continue
+        lane_x = MARGIN + dst_box.lane * LANE_W
+        if link.chain:
+            x = lane_x + CHAIN_X
+            segments.setdefault((colour, style, 2.4 if link.kind in PRIVILEGE else 1.6), []).append(
+                [(x, sy + sh), (x, dy)])
+            heads.setdefault(colour, []).append((x, dy - 0.045))
+            label_y = dy - LABEL_H / 2 - 0.04
+            texts = [t for t in (link.label, link.gap) if t]
+            if texts:
+                ax.text(x + 0.12, label_y, "  ·  ".join(texts), fontsize=9.5, family=SANS, va="center",
+                        color=PRIV if link.label else BLACK, fontweight="bold" if link.label else "normal",
+                        style="normal" if link.label else "italic")
+        else:
+            bus = lane_x + BUS_X
+            segments.setdefault(("#a0a0a0", style, 1.0), []).append(
+                [(bus, sy + sh), (bus, dy + dh / 2), (dx, dy + dh / 2)])
+    for (colour, style, lw), segs in sorted(segments.items()):
+        ax.add_collection(LineCollection(segs, colors=colour, linewidths=lw, linestyles=style, zorder=1))
+    for colour, pts in sorted(heads.items()):
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="v", s=38, color=colour, zorder=3,
+                   linewidths=0)
+
+    # boxes
+    for b in lay.boxes:
+        x, y, w, h = geo[b.id]
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.06",
+                                    facecolor=FILL[b.role], edgecolor=EDGE[b.role],
+                                    lw={"poi": 2.8, "origin": 2.2}.get(b.role, 1.1),
+                                    linestyle="--" if b.role == "collapsed" else "-", zorder=2))
+        faded = b.role in ("context", "collapsed")
+        ax.text(x + 0.09, y + 0.16, b.title, fontsize=10.5 if not faded else 9.5, family=MONO,
+                fontweight="bold" if b.role == "poi" else "normal", color=GREY if faded else BLACK,
+                style="italic" if b.role == "collapsed" else "normal", va="center", zorder=4)
+        ax.text(x + 0.09, y + 0.35, b.meta, fontsize=8.5, family=SANS, color=GREY, va="center", zorder=4)
+        if b.role == "poi":
+            ax.text(x + w - 0.08, y + 0.35, "MATCHED", fontsize=8.5, family=SANS, fontweight="bold",
+                    color=MATCH, ha="right", va="center", zorder=4)
+        if b.role == "origin":
+            ax.text(x, y - 0.06, lay.person, fontsize=10.5, fontweight="bold", color=PERSON,
+                    family=SANS, va="bottom", zorder=4)
+
+    # legend and notes
+    handles = [Line2D([], [], color="#555555", lw=1.6, label="started (fork/exec)"),
+               Line2D([], [], color=SSH, lw=2.4, label="ssh hop to another host"),
+               Line2D([], [], color=PRIV, lw=2.4, label="change of user (sudo/su/setuid)"),
+               Line2D([], [], color=BLACK, lw=1.6, linestyle=":", label="inferred, not observed"),
+               Patch(facecolor=FILL["origin"], edgecolor=PERSON, lw=2, label="the person's login"),
+               Patch(facecolor=FILL["poi"], edgecolor=MATCH, lw=2, label="matched command"),
+               Patch(facecolor=LIGHT, edgecolor="#a0a0a0", label="context (wider scope)")]
+    ncol = 2 if width < 7.5 else 3
+    legend_top = body_bottom + 0.12
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(MARGIN / width, 1 - legend_top / height),
+              ncol=ncol, fontsize=8.5, frameon=False, handlelength=2.2, columnspacing=1.2, borderaxespad=0)
+    legend_rows = -(-len(handles) // ncol)
+    note_y = legend_top + legend_rows * 0.22 + 0.1
+    for note in lay.notes:
+        ax.text(MARGIN, note_y, note, fontsize=8.5, color=GREY, family=SANS, va="top", style="italic")
+        note_y += 0.2
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
+    return buf.getvalue()
+
+
+HEADER = 1.15                # title, headline, subtitle
+LANE_HEAD = 0.42             # host names
+ORIGIN_BADGE = 0.26          # "person: jim" over the origin box
+
+
+def _row_tops(lay: Layout) -> list[float]:
+    """The top of each row, in inches, with room above rows whose incoming link has a label;
+    the last entry is where the body ends."""
+    row_of = {b.id: b.row for b in lay.boxes}
+    labelled = {row_of[lk.dst] for lk in lay.links if (lk.label or lk.gap) and lk.chain}
+    origin_row = next((b.row for b in lay.boxes if b.role == "origin"), None)
+    tops, y = [], HEADER + LANE_HEAD
+    for row in range(lay.rows):
+        if row in labelled:
+            y += LABEL_H
+        if row == origin_row:
+            y += ORIGIN_BADGE
+        tops.append(y)
+        y += ROW_H
+    tops.append(y + 0.05)
+    return tops
+
+
+def _footer_height(lay: Layout, width: float) -> float:
+    ncol = 2 if width < 7.5 else 3
+    return 0.12 + -(-7 // ncol) * 0.22 + 0.15 + 0.2 * len(lay.notes) + 0.1
+
+
+def _geometry(b: Box, tops: list[float]) -> tuple[float, float, float, float]:
+    x = MARGIN + b.lane * LANE_W + 0.12 + (INDENT if b.indent else 0)
+    w = LANE_W - 0.24 - (INDENT if b.indent else 0)
+    return x, tops[b.row], w, BOX_H
+

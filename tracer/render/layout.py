@@ -1,0 +1,269 @@
+"""Where everything goes in a trace picture: lanes, rows, boxes, links, labels.
+
+A pure function of the Trace (no database, no matplotlib), so the picture's structure is
+tested directly - every chain step has a box, every ssh hop crosses lanes, every
+privilege change is labelled - and the drawing code (image.py) only paints it.
+
+The picture reads top to bottom: one row per box, the causal chain in chain order, the
+context that wider scopes add slotted in by time below the chain step it follows. One
+lane (column) per host. Long runs of context commands collapse into one box that says
+how many it stands for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from ..stitch import Step
+from ..trace import Trace
+from ..when import ago, clock, format_duration
+
+RUN_KEEP_HEAD, RUN_KEEP_TAIL = 2, 1      # a long run of context shows its first 2 and last 1
+RUN_MAX = 4                              # runs longer than this collapse
+MAX_ROWS = 48                            # past this, collapse harder: a picture, not a log
+PRIVILEGE = ("sudo", "su", "setuid")
+
+
+@dataclass
+class Box:
+    id: str
+    lane: int
+    row: int
+    role: str                 # origin | chain | poi | context | collapsed
+    title: str                # first line: the command (shortened) or what the box stands for
+    meta: str                 # second line: user and time, or where a login came from
+    command: str = ""         # the full command line (for SVG/HTML tooltips later)
+    count: int = 1            # how many processes a collapsed box stands for
+    indent: bool = False      # context boxes sit indented under their parent
+
+
+@dataclass
+class Link:
+    src: str
+    dst: str
+    kind: str                 # fork | exec | ssh | sudo | su | setuid
+    chain: bool
+    inferred: bool = False
+    label: str | None = None  # ssh: "ssh as ec2-user", privilege: "ec2-user -> root via sudo"
+    gap: str | None = None    # "3h 04m later"
+
+
+@dataclass
+class Layout:
+    title: str
+    headline: str             # who, how: "jim, via jump-box, sudo to root"
+    subtitle: str
+    lanes: list[str]
+    boxes: list[Box]
+    links: list[Link]
+    person: str               # the badge over the origin
+    collapsed: int = 0        # processes folded into collapsed boxes
+    groups: int = 0           # how many collapsed boxes
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return 1 + max((b.row for b in self.boxes), default=-1)
+
+    def box(self, box_id: str) -> Box:
+        return next(b for b in self.boxes if b.id == box_id)
+
+
+def short_command(argv: list[str], command: str, width: int) -> str:
+    """`/usr/bin/aws eks ...` -> `aws eks ...`, cut at `width` with an ellipsis."""
+    if argv:
+        first = argv[0]
+        head = os.path.basename(first) if first.startswith("/") else first
+        text = " ".join([head, *argv[1:]])
+    else:
+        text = command
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _step_box(step: Step, role: str, row: int, lane: int, now: float, width: int) -> Box:
+    hhmmss = clock(step.start)[11:19]
+    if step.login:
+        lg = step.login
+        title = f"ssh login as {lg['user']}"
+        where = f"from {lg['raddr']}" if step.edge == "login" else (
+            f"key {lg['key_fp'][:14]}…" if lg.get("key_fp") else f"from {lg['raddr']}")
+        meta = f"{where} · {hhmmss}"
+    else:
+        title = short_command(step.argv, step.command, width)
+        meta = f"{step.user} · {hhmmss}"
+    if role == "poi":
+        meta += f" · {ago(step.start, now)}"
+    if step.inferred:
+        meta += " · inferred"
+    return Box(id=step.node, lane=lane, row=row, role=role, title=title, meta=meta, command=step.command)
+
+
+def layout(tr: Trace, now: float, width: int = 34) -> Layout:
+    g = tr.graph
+    chain = tr.chain
+    chain_ids = [s.node for s in chain]
+    chain_index = {n: i for i, n in enumerate(chain_ids)}
+
+    lanes: list[str] = []
+    for s in chain:
+        if s.host not in lanes:
+            lanes.append(s.host)
+    context = [n for n, d in g.nodes(data=True) if d["role"] == "context"]
+    for n in sorted(context, key=lambda n: (g.nodes[n]["step"].start, n)):
+        host = g.nodes[n]["host"]
+        if host not in lanes:
+            lanes.append(host)
+    lane_of = {h: i for i, h in enumerate(lanes)}
+
+    # Slot each context node below the chain step it follows: never above its chain
+    # ancestor, never above a chain step that happened before it.
+    starts = [s.start for s in chain]
+    slots: dict[int, list[str]] = defaultdict(list)
+    for n in context:
+        step = g.nodes[n]["step"]
+        anchor = _chain_ancestor(g, n, chain_index)
+        by_time = max((i for i, t in enumerate(starts) if t <= step.start), default=-1)
+        slots[max(anchor, by_time)].append(n)
+
+    # Collapse long runs, harder if the picture would still be too tall.
+    for keep_head, keep_tail, run_max in ((RUN_KEEP_HEAD, RUN_KEEP_TAIL, RUN_MAX), (1, 0, 1), (0, 0, 0)):
+        items = {k: _collapse(g, v, lane_of, keep_head, keep_tail, run_max) for k, v in slots.items()}
+        rows = len(chain) + sum(len(v) for v in items.values())
+        if rows <= MAX_ROWS:
+            break
+
+    boxes: list[Box] = []
+    visible: dict[str, str] = {}       # graph node -> the box that shows it
+    row = 0
+
+    def place(slot: int):
+        nonlocal row
+        for item in items.get(slot, []):
+            if isinstance(item, tuple):              # a collapsed group
+                lane, members = item
+                gid = f"group:{members[0]}"
+                boxes.append(Box(id=gid, lane=lane, row=row, role="collapsed",
+                                 title=f"+{len(members)} more commands",
+                                 meta=_programs(g, members), count=len(members), indent=True))
+                for m in members:
+                    visible[m] = gid
+            else:
+                step = g.nodes[item]["step"]
+                box = _step_box(step, "context", row, lane_of[step.host], now, width - 3)
+                box.indent = True
+                boxes.append(box)
+                visible[item] = item
+            row += 1
+
+    place(-1)
+    for i, step in enumerate(chain):
+        role = "origin" if i == 0 else ("poi" if i == len(chain) - 1 else "chain")
+        boxes.append(_step_box(step, role, row, lane_of[step.host], now, width))
+        visible[step.node] = step.node
+        row += 1
+        place(i)
+
+    links = _links(tr, visible)
+    collapsed = sum(b.count for b in boxes if b.role == "collapsed")
+    groups = sum(1 for b in boxes if b.role == "collapsed")
+    title, headline = _titles(tr, width + 14)
+    when = tr.change["ts"] if tr.change else tr.poi.start
+    sub = [f"{clock(when)} ({ago(when, now)})"]
+    if tr.attributed.source:
+        sub.append(f"from {tr.attributed.source}")
+    sub.append(f"{len(chain)} steps")
+    if tr.scope:
+        extra = g.number_of_nodes() - len(chain)
+        sub.append(f"scope {tr.scope}: +{extra} around")
+    notes = list(tr.truncated)
+    if collapsed:
+        notes.append(f"collapsed {collapsed} commands into {groups} group{'s' if groups > 1 else ''}")
+    person = f"person: {tr.attributed.user}"
+    if tr.attributed.login_time is None:
+        person = f"no login: runs as {tr.attributed.user}"
+    elif tr.attributed.key_fp and tr.attributed.user != tr.attributed.account:
+        person += f" (key {tr.attributed.key_fp[:14]}…)"
+    return Layout(title=title, headline=headline, subtitle=" · ".join(sub), lanes=lanes, boxes=boxes,
+                  links=links, person=person, collapsed=collapsed, groups=groups, notes=notes)
+
+
+def _chain_ancestor(g, node: str, chain_index: dict[str, int]) -> int:
+    seen = set()
+    while node not in chain_index:
+        preds = [p for p in g.predecessors(node) if p not in seen]
+        if not preds:
+            return -1
+        seen.add(node)
+        node = preds[0]
+    return chain_index[node]
+
+
+def _collapse(g, nodes: list[str], lane_of, keep_head: int, keep_tail: int, run_max: int) -> list:
+    """Sort a slot by time; per lane, a run longer than run_max keeps its head and tail and
+    folds the middle into one (lane, members) group."""
+    nodes = sorted(nodes, key=lambda n: (g.nodes[n]["step"].start, n))
+    by_lane: dict[int, list[str]] = defaultdict(list)
+    for n in nodes:
+        by_lane[lane_of[g.nodes[n]["host"]]].append(n)
+    out: list = []
+    for lane in sorted(by_lane):
+        run = by_lane[lane]
+        if len(run) <= run_max:
+            out.extend(run)
+            continue
+        tail = run[len(run) - keep_tail:] if keep_tail else []
+        out.extend(run[:keep_head])
+        out.append((lane, run[keep_head:len(run) - keep_tail]))
+        out.extend(tail)
+    return out
+
+
+def _programs(g, members: list[str]) -> str:
+    counts = Counter(os.path.basename(g.nodes[m]["step"].argv[0].lstrip("-")) if g.nodes[m]["step"].argv
+                     else "?" for m in members)
+    text = ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in counts.most_common(3))
+    return text + (", …" if len(counts) > 3 else "")
+
+
+def _links(tr: Trace, visible: dict[str, str]) -> list[Link]:
+    gap_at = {gp["before"]: gp for gp in tr.gaps}
+    chain_pos = {s.node: i for i, s in enumerate(tr.chain)}
+    links: dict[tuple[str, str], Link] = {}
+    for a, b, d in tr.graph.edges(data=True):
+        src, dst = visible.get(a), visible.get(b)
+        if src is None or dst is None or src == dst:
+            continue
+        kind = d["kind"]
+        step = tr.graph.nodes[b]["step"]
+        label = None
+        if kind == "ssh":
+            label = f"ssh as {step.login['user'] if step.login else step.user} to {step.host}"
+        elif kind in PRIVILEGE:
+            label = d["note"]
+        gap = None
+        if d["chain"] and chain_pos.get(b) in gap_at:
+            gap = f"{format_duration(gap_at[chain_pos[b]]['seconds'])} later"
+        if d["inferred"] and label:
+            label += " (inferred)"
+        links.setdefault((src, dst), Link(src, dst, kind, d["chain"], d["inferred"], label, gap))
+    return list(links.values())
+
+
+def _titles(tr: Trace, width: int) -> tuple[str, str]:
+    poi = tr.poi
+    if tr.change:
+        what = f"{tr.change['op']} {tr.change.get('path2') or tr.change['path']}"
+    else:
+        what = short_command(poi.argv, poi.command, width)
+    title = f"{what} on {poi.host}"
+    via = []
+    for s in tr.chain:
+        if s.edge in ("login", "ssh") and s.host != poi.host and s.host not in via:
+            via.append(s.host)
+    parts = [tr.attributed.user]
+    if via:
+        parts.append("via " + ", ".join(via))
+    parts += [f"{s.edge} to {s.user}" for s in tr.chain if s.edge in PRIVILEGE]
+    return title, ", ".join(parts)
