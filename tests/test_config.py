@@ -28,6 +28,7 @@ def test_example_defaults_match_the_code_defaults():
     assert cfg.trace == default.trace
     assert cfg.store == default.store
     assert cfg.identity.shared_accounts == default.identity.shared_accounts
+    assert cfg.agent == default.agent
 
 
 @pytest.mark.parametrize("raw, words", [
@@ -38,6 +39,9 @@ def test_example_defaults_match_the_code_defaults():
     ({"identity": {"people": {"jim": {"keys": []}}}}, "`identity.people.jim` takes only"),
     ({"identity": {"people": {"jim": {"ssh_keys": "SHA256:x"}}}}, "must be a list of strings"),
     (["not", "a", "mapping"], "top level must be a mapping"),
+    ({"agent": {"ringbuf_pages": 1000}}, "`agent.ringbuf_pages` must be a power of 2"),
+    ({"agent": {"redact_patterns": ["(unclosed"]}}, "is not a regex"),
+    ({"agent": {"watch": "/etc"}}, "`agent.watch` must be a list of strings"),
 ])
 def test_bad_config_says_what_is_wrong(raw, words):
     with pytest.raises(ConfigError) as info:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,22 @@ class IdentityConfig:
 
 
 @dataclass
+class AgentConfig:
+    host_name: str = ""                 # empty: the hostname (UTS namespace)
+    watch: list[str] = field(default_factory=lambda: [
+        "/etc", "/usr/local/etc", "/opt/*/conf", "/lib/systemd/system", "/usr/lib/systemd/system",
+        "/var/spool/cron"])
+    redact_patterns: list[str] = field(default_factory=list)
+    ringbuf_pages: int = 1024
+    flush_interval: str = "1s"
+
+
+@dataclass
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     source: str | None = None           # the file it came from, for messages
 
     def store_path(self, override: str | None = None) -> str:
@@ -74,7 +87,7 @@ class Config:
                 or str(data_dir() / "whodid.db"))
 
 
-SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig}
+SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig}
 PERSON_KEYS = {"ssh_keys", "accounts"}
 
 
@@ -135,9 +148,22 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         for key, values in person.items():
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise ConfigError(f"{where}: `identity.people.{name}.{key}` must be a list of strings")
+    for key in ("watch", "redact_patterns"):
+        values = getattr(cfg.agent, key)
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{where}: `agent.{key}` must be a list of strings")
+    for pattern in cfg.agent.redact_patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}: `agent.redact_patterns`: {pattern!r} is not a regex ({exc})") from None
+    ring = cfg.agent.ringbuf_pages
+    if ring < 1 or ring & (ring - 1):
+        raise ConfigError(f"{where}: `agent.ringbuf_pages` must be a power of 2, got {ring}")
     try:
         cfg.trace.settings()
         parse_duration(cfg.trace.default_since)
+        parse_duration(cfg.agent.flush_interval)
     except TimeError as exc:
-        raise ConfigError(f"{where}: trace: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     return cfg

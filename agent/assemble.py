@@ -1,0 +1,296 @@
+"""Turn decoded kernel records into schema-v1 events (tracer/events.py).
+
+The Assembler keeps the host's process table: which `start` each live pid has, and what
+each process inherited (login uid, audit session, effective uid, cwd, tty) - so a
+short-lived process that is gone before /proc can be read still gets the right facts.
+/proc and the name service are passed in, so tests drive it with fixtures.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat as statmod
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from . import decode as d
+from .procfs import TICK_NS, ProcFS
+from .redact import DEFAULT_RULES, redact
+
+AUID_UNSET = 4294967295
+PASSIVE_KEEP = 4096
+
+
+@dataclass
+class ProcState:
+    start: int
+    ppid: int | None = None
+    pstart: int | None = None
+    uid: int = 0
+    euid: int = 0
+    gid: int = 0
+    egid: int = 0
+    auid: int | None = None
+    ses: int | None = None
+    cwd: str | None = None
+    tty: str | None = None
+
+
+class Assembler:
+    def __init__(self, host: str, boot: str, boot_epoch: float, procfs: ProcFS,
+                 user_name: Callable[[int], str | None], group_name: Callable[[int], str | None],
+                 watch: tuple[str, ...] = (), rules=DEFAULT_RULES, own_pid: int | None = None):
+        self.host, self.boot, self.boot_epoch = host, boot, boot_epoch
+        self.procfs = procfs
+        self.user_name, self.group_name = user_name, group_name
+        self.watch = watch
+        self.rules = rules
+        self.own_pid = own_pid
+        self.procs: dict[int, ProcState] = {}
+        self.pending_argv: dict[int, d.ExecArgs] = {}
+        self.passive: OrderedDict[tuple[str, int], tuple[str, int]] = OrderedDict()
+        self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0}
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _ev(self, kind: str, ts_ns: int, **fields) -> dict[str, Any]:
+        return {"v": 1, "kind": kind, "host": self.host, "boot": self.boot,
+                "ts": round(self.boot_epoch + ts_ns / 1e9, 6), **fields}
+
+    def _names(self, ev: dict[str, Any]) -> dict[str, Any]:
+        for uid_key, name_key in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
+            uid = ev.get(uid_key)
+            if uid is not None and uid != AUID_UNSET:
+                name = self.user_name(uid)
+                if name:
+                    ev[name_key] = name
+        for gid_key, name_key in (("gid", "group"), ("egid", "egroup")):
+            if ev.get(gid_key) is not None:
+                name = self.group_name(ev[gid_key])
+                if name:
+                    ev[name_key] = name
+        return ev
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every process running now, as `exec` events marked snapshot (docs/events.md)."""
+        out = []
+        for pid in self.procfs.pids():
+            info = self.procfs.info(pid)
+            if info is None:
+                continue
+            out.extend(self._adopt(info))
+        return out
+
+    def _adopt(self, info) -> list[dict[str, Any]]:
+        st = ProcState(start=info.start_ticks * TICK_NS, uid=info.uid or 0, euid=info.euid or 0,
+                       gid=info.gid or 0, egid=info.egid or 0, auid=info.auid, ses=info.ses,
+                       cwd=info.cwd, tty=info.tty)
+        parent = self.procs.get(info.ppid)
+        if parent is None and info.ppid:
+            pinfo = self.procfs.info(info.ppid)
+            parent_start = pinfo.start_ticks * TICK_NS if pinfo else None
+        else:
+            parent_start = parent.start if parent else None
+        if parent_start is not None:
+            st.ppid, st.pstart = info.ppid, parent_start
+        self.procs[info.pid] = st
+        ev = self._ev("exec", st.start, pid=info.pid, start=st.start, argv=redact(info.argv, self.rules)[0],
+                      exe=info.exe or info.argv[0], uid=st.uid, euid=st.euid, gid=st.gid, egid=st.egid,
+                      comm=info.comm[:15], snapshot=True)
+        self._fill(ev, st)
+        return [self._names(ev)]
+
+    def _fill(self, ev: dict[str, Any], st: ProcState) -> None:
+        for key in ("cwd", "tty", "auid", "ses", "ppid", "pstart"):
+            value = getattr(st, key)
+            if value is not None and not (key in ("auid", "ses") and value == AUID_UNSET):
+                ev[key] = value
+
+    def _state(self, pid: int, ts_ns: int) -> tuple[ProcState, list[dict[str, Any]]]:
+        """The process table entry for pid, adopting it from /proc if we never saw it start."""
+        st = self.procs.get(pid)
+        if st is not None:
+            return st, []
+        info = self.procfs.info(pid)
+        if info is not None:
+            events = self._adopt(info)
+            return self.procs[pid], events
+        st = ProcState(start=ts_ns)                    # gone already: name it by when we saw it
+        self.procs[pid] = st
+        return st, []
+
+    # --- the records -------------------------------------------------------------------
+
+    def feed(self, rec: d.Record) -> list[dict[str, Any]]:
+        h = rec.hdr
+        if self.own_pid is not None and h.pid == self.own_pid and not isinstance(rec, d.Sock):
+            return []
+        if isinstance(rec, d.ExecArgs):
+            self.pending_argv[h.pid] = rec
+            return []
+        if isinstance(rec, d.Exec):
+            return self._exec(rec)
+        if isinstance(rec, d.Fork):
+            parent, out = self._state(h.pid, h.ts_ns)
+            child = replace(parent, start=h.ts_ns, ppid=h.pid, pstart=parent.start)
+            self.procs[rec.child] = child
+            out.append(self._ev("fork", h.ts_ns, pid=rec.child, start=child.start, ppid=h.pid, pstart=parent.start))
+            return out
+        if isinstance(rec, d.Exit):
+            st = self.procs.pop(h.pid, None)
+            self.pending_argv.pop(h.pid, None)
+            if st is None:
+                return []
+            ev = self._ev("exit", h.ts_ns, pid=h.pid, start=st.start)
+            if rec.code is not None:
+                ev["code"] = rec.code
+            return [ev]
+        if isinstance(rec, d.Cred):
+            return self._cred(rec)
+        if isinstance(rec, d.Sock):
+            return self._sock(rec)
+        if isinstance(rec, d.FileChange):
+            return self._file(rec)
+        return []
+
+    def _exec(self, rec: d.Exec) -> list[dict[str, Any]]:
+        h = rec.hdr
+        st, out = self._state(h.pid, h.ts_ns)
+        args = self.pending_argv.pop(h.pid, None)
+        argv, truncated = (args.argv, args.truncated) if args and args.argv else ([rec.filename], False)
+        argv, hidden = redact(argv, self.rules)
+        self.counts["redacted"] += hidden
+        old_euid = st.euid
+        ids = self.procfs.ids(h.pid)
+        if ids and ids[0] == h.uid:
+            st.uid, st.euid, st.gid, st.egid = ids
+        else:
+            # gone before we looked: the real ids are exact; the effective one follows the
+            # binary's setuid bit, as the kernel's exec did
+            st.uid, st.gid = h.uid, h.gid
+            st.euid, st.egid = setid_owner(rec.filename, h.uid, h.gid)
+        auid, ses = self.procfs.login(h.pid)
+        if auid is not None:
+            st.auid, st.ses = auid, ses
+        st.cwd = self.procfs.cwd(h.pid) or st.cwd
+        st.tty = self.procfs.tty(h.pid) or st.tty
+        ev = self._ev("exec", h.ts_ns, pid=h.pid, start=st.start, argv=argv, exe=rec.filename, uid=st.uid,
+                      euid=st.euid, gid=st.gid, egid=st.egid, comm=rec.comm)
+        if truncated:
+            ev["truncated"] = True
+        self._fill(ev, st)
+        out.append(self._names(ev))
+        if st.euid != old_euid:
+            out.append(self._names(self._ev("cred", h.ts_ns, pid=h.pid, start=st.start, via="exec",
+                                            old_uid=st.uid, old_euid=old_euid, uid=st.uid, euid=st.euid)))
+        return out
+
+    def _cred(self, rec: d.Cred) -> list[dict[str, Any]]:
+        h = rec.hdr
+        st, out = self._state(h.pid, h.ts_ns)
+        old_uid, old_euid = st.uid, st.euid
+        a, b, _ = rec.ids
+        if rec.call == "setuid":
+            if old_euid == 0:
+                st.uid = st.euid = a
+            else:
+                st.euid = a
+        else:
+            if a is not None:
+                st.uid = a
+            if b is not None:
+                st.euid = b
+        ev = self._ev("cred", h.ts_ns, pid=h.pid, start=st.start, via=rec.call, old_uid=old_uid,
+                      old_euid=old_euid, uid=st.uid, euid=st.euid)
+        for uid_key, name_key in (("old_uid", "old_user"), ("old_euid", "old_euser")):
+            name = self.user_name(ev[uid_key])
+            if name:
+                ev[name_key] = name
+        out.append(self._names(ev))
+        return out
+
+    def _sock(self, rec: d.Sock) -> list[dict[str, Any]]:
+        h = rec.hdr
+        if h.type == d.EV_PASSIVE:
+            self.passive[(rec.raddr, rec.rport)] = (rec.laddr, rec.lport)
+            while len(self.passive) > PASSIVE_KEEP:
+                self.passive.popitem(last=False)
+            return []
+        st, out = self._state(h.pid, h.ts_ns)
+        if h.type == d.EV_CONNECT:
+            out.append(self._ev("connect", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport,
+                                raddr=rec.raddr, rport=rec.rport))
+            return out
+        local = self.passive.pop((rec.raddr, rec.rport), None)
+        if local is None:
+            self.counts["unmatched_accept"] += 1
+            return out
+        out.append(self._ev("accept", h.ts_ns, pid=h.pid, start=st.start, laddr=local[0], lport=local[1],
+                            raddr=rec.raddr, rport=rec.rport))
+        return out
+
+    def _file(self, rec: d.FileChange) -> list[dict[str, Any]]:
+        h = rec.hdr
+        st, out = self._state(h.pid, h.ts_ns)
+        cwd = self.procfs.cwd(h.pid) or st.cwd
+        path, path2 = rec.path, rec.path2
+        if not path.startswith("/"):
+            if not cwd:
+                return out
+            path = os.path.normpath(os.path.join(cwd, path))
+        if path2 and not path2.startswith("/") and cwd:
+            path2 = os.path.normpath(os.path.join(cwd, path2))
+        if self.watch and not (watched(path, self.watch) or (path2 and watched(path2, self.watch))):
+            return out
+        ev = self._ev("file", h.ts_ns, pid=h.pid, start=st.start, op=rec.op, path=path, euid=st.euid)
+        if path2:
+            ev["path2"] = path2
+        if rec.mode is not None:
+            ev["mode"] = rec.mode & 0o7777
+        if rec.owner is not None:
+            ev["uid"] = rec.owner
+        if rec.group is not None:
+            ev["gid"] = rec.group
+        name = self.user_name(st.euid)
+        if name:
+            ev["euser"] = name
+        out.append(ev)
+        return out
+
+
+def watched(path: str, patterns: tuple[str, ...]) -> bool:
+    """A path is watched when it is under a pattern: `/etc` covers /etc/x; globs allowed."""
+    for pat in patterns:
+        base = pat.rstrip("/")
+        if path == base or path.startswith(base + "/") or fnmatch.fnmatchcase(path, pat) \
+                or fnmatch.fnmatchcase(path, base + "/*"):
+            return True
+    return False
+
+
+def kernel_prefixes(patterns: tuple[str, ...]) -> list[str]:
+    """The literal part of each pattern, up to its first wildcard: what the kernel filters on."""
+    out = []
+    for pat in patterns:
+        cut = min([i for i, ch in enumerate(pat) if ch in "*?["] + [len(pat)])
+        prefix = pat[:cut]
+        if not prefix.endswith("/") and cut == len(pat):
+            prefix += "/"                    # /etc means /etc/..., not /etcetera
+        out.append(prefix)
+    return sorted(set(out))
+
+
+
+
+def setid_owner(path: str, uid: int, gid: int) -> tuple[int, int]:
+    """(euid, egid) a process gets by exec'ing path as uid/gid: the owner's if setuid/setgid."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return uid, gid
+    mode = st.st_mode
+    euid = st.st_uid if mode & statmod.S_ISUID else uid
+    egid = st.st_gid if mode & statmod.S_ISGID else gid
+    return euid, egid

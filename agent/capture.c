@@ -1,0 +1,501 @@
+// whodid agent: what the kernel tells us, from tracepoints and BPF helpers only.
+//
+// No kernel struct is read here (no kprobes exist on our kernels, and the installed
+// headers need not match the running kernel): everything comes from tracepoint
+// arguments, which BCC reads from tracefs at load time, and from helpers. What the
+// helpers cannot give (effective uid, login uid, cwd, tty) the agent derives in user space.
+//
+// Records go to one ring buffer, each starting with struct hdr; agent/decode.py mirrors
+// these layouts and is tested on bytes. The loader substitutes:
+//   RINGBUF_PAGES   ring buffer size in pages
+//   WATCH_PREFIXES  `|| has_prefix(p, "/etc/", 5)`... for file changes worth recording
+
+#include <uapi/linux/ptrace.h>
+#include <linux/sched.h>
+
+// Numbers from the stable user ABI, spelt out so no header version can change them.
+#define W_AF_INET       2
+#define W_IPPROTO_TCP   6
+#define W_O_WRONLY      01
+#define W_O_RDWR        02
+#define W_O_CREAT       0100
+#define W_O_EXCL        0200
+#define W_O_TRUNC       01000
+#define W_AT_REMOVEDIR  0x200
+#define W_CLONE_THREAD  0x00010000
+
+#define EV_EXEC_ARGS 1
+#define EV_EXEC      2
+#define EV_FORK      3
+#define EV_EXIT      4
+#define EV_CRED      5
+#define EV_CONNECT   6
+#define EV_PASSIVE   7
+#define EV_ACCEPT    8
+#define EV_FILE      9
+
+#define ARGV_BUF     8192   // argv bytes one record can hold
+#define ARG_MAX_LEN  4096   // the most one argument may take; args start below ARGV_BUF - ARG_MAX_LEN
+#define MAX_ARGS     64
+#define PATH_LEN     256
+
+#define F_WRITE   1
+#define F_CREATE  2
+#define F_RENAME  3
+#define F_UNLINK  4
+#define F_RMDIR   5
+#define F_CHMOD   6
+#define F_CHOWN   7
+
+struct hdr {
+    u64 ts;          // CLOCK_BOOTTIME, ns
+    u32 pid;         // process (thread group) id
+    u32 tid;
+    u32 uid;         // real uid and gid of the current task
+    u32 gid;
+    u32 type;
+    u32 aux;         // the child's pid, in fork records
+};
+
+struct exec_args_event {
+    struct hdr h;
+    u16 argc;
+    u8 truncated;
+    u8 pad;
+    u32 len;
+    char argv[ARGV_BUF];
+};
+
+struct exec_event {
+    struct hdr h;
+    char comm[16];
+    char filename[PATH_LEN];
+};
+
+struct exit_event {
+    struct hdr h;
+    s32 code;
+    u32 has_code;
+};
+
+struct cred_event {
+    struct hdr h;
+    u32 call;        // 1 setuid, 2 setreuid, 3 setresuid
+    u32 a, b, c;     // the ids asked for; (u32)-1 means unchanged
+};
+
+struct sock_event {
+    struct hdr h;
+    u16 family;
+    u16 lport;
+    u16 rport;
+    u16 pad;
+    u8 laddr[16];
+    u8 raddr[16];
+};
+
+struct file_event {
+    struct hdr h;
+    u32 op;
+    u32 relative;    // a path not starting with '/': resolved in user space against the cwd
+    u32 mode;
+    u32 owner;
+    u32 group;
+    u32 pad;
+    char path[PATH_LEN];
+    char path2[PATH_LEN];
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(argv_scratch, struct exec_args_event, 1);
+BPF_PERCPU_ARRAY(file_scratch, struct file_event, 1);
+BPF_HASH(clone_flags, u64, u64, 16384);
+BPF_HASH(exit_codes, u32, s32, 16384);
+BPF_HASH(cred_reqs, u64, struct cred_event, 4096);
+BPF_HASH(connecting, u64, struct hdr, 16384);
+BPF_HASH(accepting, u64, u64, 4096);
+BPF_HASH(pending_files, u64, struct file_event, 4096);
+BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
+
+static __always_inline int fill_hdr(struct hdr *h, u32 type) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    h->ts = bpf_ktime_get_boot_ns();
+    h->pid = id >> 32;
+    h->tid = (u32)id;
+    h->uid = (u32)ug;
+    h->gid = ug >> 32;
+    h->type = type;
+    h->aux = 0;
+    return 1;
+}
+
+static __always_inline void emit(void *data, u64 size) {
+    if (events.ringbuf_output(data, size, 0)) {
+        u32 zero = 0;
+        u64 *n = lost.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+
+// --- processes ---------------------------------------------------------------------------
+
+static __always_inline int capture_argv(const char *const *argv) {
+    u32 zero = 0;
+    struct exec_args_event *e = argv_scratch.lookup(&zero);
+    if (!e || !fill_hdr(&e->h, EV_EXEC_ARGS))
+        return 0;
+    u32 off = 0;
+    e->argc = 0;
+    e->truncated = 0;
+#pragma unroll
+    for (int i = 0; i < MAX_ARGS; i++) {
+        const char *argp = NULL;
+        bpf_probe_read_user(&argp, sizeof(argp), &argv[i]);
+        if (!argp)
+            goto done;
+        if (off >= ARGV_BUF - ARG_MAX_LEN) {
+            e->truncated = 1;
+            goto done;
+        }
+        int n = bpf_probe_read_user_str(&e->argv[off & (ARGV_BUF - ARG_MAX_LEN - 1)], ARG_MAX_LEN, argp);
+        if (n <= 0)
+            goto done;
+        if (n == ARG_MAX_LEN)
+            e->truncated = 1;
+        off += n;
+        e->argc++;
+    }
+    {
+        const char *more = NULL;
+        bpf_probe_read_user(&more, sizeof(more), &argv[MAX_ARGS]);
+        if (more)
+            e->truncated = 1;
+    }
+done:
+    e->len = off;
+    emit(e, offsetof(struct exec_args_event, argv) + (off & (ARGV_BUF - 1)));
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
+    return capture_argv((const char *const *)args->argv);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
+    return capture_argv((const char *const *)args->argv);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    struct exec_event e = {};
+    if (!fill_hdr(&e.h, EV_EXEC))
+        return 0;
+    bpf_get_current_comm(&e.comm, sizeof(e.comm));
+    TP_DATA_LOC_READ_STR(&e.filename, filename, sizeof(e.filename));
+    emit(&e, sizeof(e));
+    return 0;
+}
+
+// Threads are not processes: remember clone flags so the fork tracepoint can tell.
+TRACEPOINT_PROBE(syscalls, sys_enter_clone) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 flags = args->clone_flags;
+    clone_flags.update(&id, &flags);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_clone3) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 flags = 0;
+    bpf_probe_read_user(&flags, sizeof(flags), (void *)args->uargs);   // clone_args.flags is first
+    clone_flags.update(&id, &flags);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone) {
+    u64 id = bpf_get_current_pid_tgid();
+    clone_flags.delete(&id);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3) {
+    u64 id = bpf_get_current_pid_tgid();
+    clone_flags.delete(&id);
+    return 0;
+}
+
+// Fires in the parent before the child first runs, so a fork is always ahead of the
+// child's own records in the ring buffer.
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 *flags = clone_flags.lookup(&id);
+    if (flags && (*flags & W_CLONE_THREAD))
+        return 0;
+    struct hdr e = {};
+    if (!fill_hdr(&e, EV_FORK))
+        return 0;
+    e.aux = args->child_pid;
+    emit(&e, sizeof(e));
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    s32 code = args->error_code;
+    exit_codes.update(&pid, &code);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 host_pid = id >> 32;
+    if (host_pid != (u32)id)
+        return 0;                                  // a thread, not the process
+    struct exit_event e = {};
+    s32 *code = exit_codes.lookup(&host_pid);
+    if (code) {
+        e.code = *code & 0xff;
+        e.has_code = 1;
+        exit_codes.delete(&host_pid);
+    }
+    if (!fill_hdr(&e.h, EV_EXIT))
+        return 0;
+    emit(&e, sizeof(e));
+    return 0;
+}
+
+// --- credentials -------------------------------------------------------------------------
+
+static __always_inline int cred_enter(u32 call, u32 a, u32 b, u32 c) {
+    struct cred_event e = {};
+    if (!fill_hdr(&e.h, EV_CRED))
+        return 0;
+    e.call = call;
+    e.a = a;
+    e.b = b;
+    e.c = c;
+    u64 id = bpf_get_current_pid_tgid();
+    cred_reqs.update(&id, &e);
+    return 0;
+}
+
+static __always_inline int cred_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct cred_event *e = cred_reqs.lookup(&id);
+    if (!e)
+        return 0;
+    if (ret == 0)
+        emit(e, sizeof(*e));
+    cred_reqs.delete(&id);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_setuid) { return cred_enter(1, args->uid, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setreuid) { return cred_enter(2, args->ruid, args->euid, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setresuid) { return cred_enter(3, args->ruid, args->euid, args->suid); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setuid) { return cred_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setreuid) { return cred_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresuid) { return cred_exit(args->ret); }
+
+// --- TCP ---------------------------------------------------------------------------------
+// At connect() the source port is not chosen yet, and ESTABLISHED is reached in softirq
+// context where the current task means nothing: remember the socket and its process at
+// SYN_SENT, and emit the 4-tuple at ESTABLISHED. Passive opens (SYN_RECV -> ESTABLISHED)
+// carry no process; user space joins them to the accept() that returns them.
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+
+#define SOCK_ADDRS(e)                                              \
+    do {                                                           \
+        (e).family = args->family;                                 \
+        (e).lport = args->sport;                                   \
+        (e).rport = args->dport;                                   \
+        if (args->family == W_AF_INET) {                           \
+            __builtin_memcpy((e).laddr, args->saddr, 4);           \
+            __builtin_memcpy((e).raddr, args->daddr, 4);           \
+        } else {                                                   \
+            __builtin_memcpy((e).laddr, args->saddr_v6, 16);       \
+            __builtin_memcpy((e).raddr, args->daddr_v6, 16);       \
+        }                                                          \
+    } while (0)
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != W_IPPROTO_TCP)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == TCP_SYN_SENT) {
+        struct hdr h = {};
+        if (fill_hdr(&h, EV_CONNECT))
+            connecting.update(&sk, &h);
+        return 0;
+    }
+    if (args->oldstate == TCP_SYN_SENT) {
+        struct hdr *h = connecting.lookup(&sk);
+        if (!h)
+            return 0;
+        if (args->newstate == TCP_ESTABLISHED) {
+            struct sock_event e = {};
+            e.h = *h;
+            e.h.ts = bpf_ktime_get_boot_ns();
+            SOCK_ADDRS(e);
+            emit(&e, sizeof(e));
+        }
+        connecting.delete(&sk);
+        return 0;
+    }
+    if (args->oldstate == TCP_SYN_RECV && args->newstate == TCP_ESTABLISHED) {
+        struct sock_event e = {};
+        e.h.ts = bpf_ktime_get_boot_ns();
+        e.h.type = EV_PASSIVE;
+        SOCK_ADDRS(e);
+        emit(&e, sizeof(e));
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ptr = (u64)args->upeer_sockaddr;
+    if (ptr)
+        accepting.update(&id, &ptr);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ptr = (u64)args->upeer_sockaddr;
+    if (ptr)
+        accepting.update(&id, &ptr);
+    return 0;
+}
+
+static __always_inline int accept_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 *ptr = accepting.lookup(&id);
+    if (!ptr)
+        return 0;
+    u64 uptr = *ptr;
+    accepting.delete(&id);
+    if (ret < 0)
+        return 0;
+    struct sock_event e = {};
+    if (!fill_hdr(&e.h, EV_ACCEPT))
+        return 0;
+    u8 sa[24] = {};                              // sockaddr_in6 up to the address's end
+    bpf_probe_read_user(&sa, sizeof(sa), (void *)uptr);
+    e.family = sa[0] | (sa[1] << 8);
+    e.rport = (sa[2] << 8) | sa[3];              // network byte order in the sockaddr
+    if (e.family == W_AF_INET)
+        __builtin_memcpy(e.raddr, &sa[4], 4);
+    else
+        __builtin_memcpy(e.raddr, &sa[8], 16);
+    emit(&e, sizeof(e));
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args->ret); }
+
+// --- file changes ------------------------------------------------------------------------
+// Filtered here by path prefix, so the cost of the many opens nobody asked about stays in
+// the kernel. Relative paths go up to user space, which resolves them against the cwd.
+
+static __always_inline int has_prefix(const char *p, const char *prefix, int n) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) {
+        if (i >= n)
+            return 1;
+        if (p[i] != prefix[i])
+            return 0;
+    }
+    return 1;
+}
+
+static __always_inline int watched(const char *p) {
+    if (p[0] != '/')
+        return 1;
+    return 0 WATCH_PREFIXES;
+}
+
+static __always_inline int file_enter(u32 op, const char *path, const char *path2, u32 mode, u32 owner, u32 group) {
+    u32 zero = 0;
+    struct file_event *e = file_scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    if (bpf_probe_read_user_str(&e->path, sizeof(e->path), path) <= 0)
+        return 0;
+    e->path2[0] = 0;
+    if (path2)
+        bpf_probe_read_user_str(&e->path2, sizeof(e->path2), path2);
+    if (!watched(e->path) && !(path2 && watched(e->path2)))
+        return 0;
+    if (!fill_hdr(&e->h, EV_FILE))
+        return 0;
+    e->op = op;
+    e->relative = e->path[0] != '/';
+    e->mode = mode;
+    e->owner = owner;
+    e->group = group;
+    u64 id = bpf_get_current_pid_tgid();
+    pending_files.update(&id, e);
+    return 0;
+}
+
+static __always_inline int file_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct file_event *e = pending_files.lookup(&id);
+    if (!e)
+        return 0;
+    if (ret >= 0)
+        emit(e, sizeof(*e));
+    pending_files.delete(&id);
+    return 0;
+}
+
+#define WRITE_FLAGS (W_O_WRONLY | W_O_RDWR | W_O_CREAT | W_O_TRUNC)
+static __always_inline u32 open_op(int flags) {
+    return (flags & W_O_CREAT) && (flags & W_O_EXCL) ? F_CREATE : F_WRITE;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
+    if (!(args->flags & WRITE_FLAGS))
+        return 0;
+    return file_enter(open_op(args->flags), args->filename, 0, args->mode, -1, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_open) {
+    if (!(args->flags & WRITE_FLAGS))
+        return 0;
+    return file_enter(open_op(args->flags), args->filename, 0, args->mode, -1, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_creat) { return file_enter(F_CREATE, args->pathname, 0, args->mode, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_renameat2) { return file_enter(F_RENAME, args->oldname, args->newname, 0, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_renameat) { return file_enter(F_RENAME, args->oldname, args->newname, 0, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_rename) { return file_enter(F_RENAME, args->oldname, args->newname, 0, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) {
+    return file_enter(args->flag & W_AT_REMOVEDIR ? F_RMDIR : F_UNLINK, args->pathname, 0, 0, -1, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_unlink) { return file_enter(F_UNLINK, args->pathname, 0, 0, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_rmdir) { return file_enter(F_RMDIR, args->pathname, 0, 0, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat) { return file_enter(F_CHMOD, args->filename, 0, args->mode, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_chmod) { return file_enter(F_CHMOD, args->filename, 0, args->mode, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_fchownat) { return file_enter(F_CHOWN, args->filename, 0, 0, args->user, args->group); }
+TRACEPOINT_PROBE(syscalls, sys_enter_chown) { return file_enter(F_CHOWN, args->filename, 0, 0, args->user, args->group); }
+TRACEPOINT_PROBE(syscalls, sys_enter_lchown) { return file_enter(F_CHOWN, args->filename, 0, 0, args->user, args->group); }
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_chmod) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchownat) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_chown) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_lchown) { return file_exit(args->ret); }

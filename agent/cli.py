@@ -1,0 +1,240 @@
+"""`whodid-agent`: record what this host's kernel sees, for whodid's traces.
+
+examples:
+  whodid-agent run --db /var/lib/whodid/whodid.db      local mode: straight into a store
+  whodid-agent run --out events.jsonl                   schema-v1 JSON lines (- for stdout)
+  whodid-agent run --db x.db --watch /etc --watch /srv/app/conf
+  whodid-agent doctor                                   can this host run the agent? how to fix it
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import os
+import pwd
+import signal
+import socket
+import sys
+import threading
+import time
+from functools import lru_cache
+
+from .assemble import Assembler
+from .bccload import BccMissing, load_bcc
+from .capture import Capture, CaptureError, boot_epoch
+from .procfs import ProcFS, boot_id
+from .redact import compile_rules
+from whodid import config as config_mod
+from whodid.tracer.when import parse_duration
+
+FLUSH_EVENTS = 2000
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: int) -> str | None:
+    """Resolved here, through NSS (files, LDAP, sssd), never on the collector."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+def host_addrs() -> list[str]:
+    """This host's own IPv4 and IPv6 addresses (loopback excluded)."""
+    addrs: set[str] = set()
+    try:
+        lines = open("/proc/net/fib_trie").read().splitlines()
+        for prev, line in zip(lines, lines[1:]):
+            if "/32 host LOCAL" in line:
+                addr = prev.split()[-1]
+                if not addr.startswith("127."):
+                    addrs.add(addr)
+    except OSError:
+        pass
+    try:
+        for line in open("/proc/net/if_inet6"):
+            raw, _, _, scope, _, dev = line.split()
+            if dev != "lo" and scope == "00":
+                addrs.add(str(__import__("ipaddress").ip_address(bytes.fromhex(raw))))
+    except OSError:
+        pass
+    return sorted(addrs)
+
+
+class Sink:
+    """Where events go: a store (local mode) or JSON lines."""
+
+    def __init__(self, db: str | None, out: str | None):
+        self.store = self.fh = None
+        if db:
+            from whodid.tracer import Store
+            self.store = Store.open(db, create=True)
+        if out:
+            self.fh = sys.stdout if out == "-" else open(out, "a", encoding="utf-8")
+        self.written = 0
+        self.refused = 0
+
+    def write(self, events: list) -> None:
+        if not events:
+            return
+        if self.store is not None:
+            from whodid.tracer import ingest
+            report = ingest(self.store, events)
+            self.refused += report.rejected
+            for sample in report.samples[:3]:
+                print(f"whodid-agent: refused an event it made: {sample}", file=sys.stderr)
+        if self.fh is not None:
+            self.fh.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+            self.fh.flush()
+        self.written += len(events)
+
+    def close(self) -> None:
+        if self.fh not in (None, sys.stdout):
+            self.fh.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def run(args) -> int:
+    try:
+        cfg = config_mod.load(args.config).agent
+    except config_mod.ConfigError as exc:
+        print(f"whodid-agent: {exc}", file=sys.stderr)
+        return 2
+    if not args.db and not args.out:
+        print("whodid-agent: say where events go: --db PATH (local store) or --out FILE", file=sys.stderr)
+        return 2
+    watch = tuple(args.watch or cfg.watch)
+    host = args.host or cfg.host_name or socket.gethostname()
+    flush_interval = args.flush_interval if args.flush_interval is not None else parse_duration(cfg.flush_interval)
+    asm = Assembler(host=host, boot=boot_id(), boot_epoch=boot_epoch(), procfs=ProcFS(),
+                    user_name=user_name, group_name=group_name, watch=watch,
+                    rules=compile_rules([*cfg.redact_patterns, *(args.redact or ())]), own_pid=os.getpid())
+    try:
+        sink = Sink(args.db, args.out)
+        cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages)
+    except (CaptureError, BccMissing) as exc:
+        print(f"whodid-agent: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a store that cannot be opened, an unwritable --out
+        print(f"whodid-agent: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    hello = {"v": 1, "kind": "host", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
+             "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
+             "agent": "whodid-agent/bpf"}
+    sink.write([hello] + asm.snapshot())
+    where = args.db or args.out
+    print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
+          f"file changes under {', '.join(watch)}) into {where}", file=sys.stderr, flush=True)
+    if args.ready_file:
+        open(args.ready_file, "w").write(str(os.getpid()))
+
+    pending: list = []
+    last_flush = time.monotonic()
+    reported_lost = 0
+    while not stop.is_set():
+        pending.extend(cap.poll(200))
+        now = time.monotonic()
+        if len(pending) >= FLUSH_EVENTS or (pending and now - last_flush >= flush_interval):
+            sink.write(pending)
+            pending, last_flush = [], now
+        lost = cap.lost()
+        if lost > reported_lost:
+            print(f"whodid-agent: the kernel dropped {lost - reported_lost} records (ring buffer full); "
+                  "raise --ringbuf-pages", file=sys.stderr)
+            reported_lost = lost
+    pending.extend(cap.drain())
+    sink.write(pending)
+    cap.close()
+    sink.close()
+    print(f"whodid-agent: stopped; {sink.written} events written, {reported_lost} records lost, "
+          f"{asm.counts['redacted']} command lines redacted", file=sys.stderr)
+    return 0
+
+
+def doctor(_args) -> int:
+    """Check what the agent needs, and say how to fix what is missing."""
+    checks = []
+    checks.append(("running as root", os.geteuid() == 0, "run the agent as root (or with CAP_BPF, CAP_PERFMON)"))
+    tracefs = next((p for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+                    if os.path.exists(f"{p}/events/sched/sched_process_exec")), None)
+    checks.append(("tracepoints visible in tracefs", tracefs is not None,
+                   "mount it: `mount -t tracefs nodev /sys/kernel/tracing`"))
+    checks.append(("kernel BTF (/sys/kernel/btf/vmlinux)", os.path.exists("/sys/kernel/btf/vmlinux"),
+                   "not required by whodid's tracepoint-only program; informational"))
+    release = os.uname().release
+    build = f"/lib/modules/{release}/build"
+    checks.append((f"kernel headers at {build}", os.path.exists(f"{build}/include"),
+                   "install linux-headers-$(uname -r); if no exact match exists, install your distribution's "
+                   f"nearest (linux-headers-amd64) and link it: `ln -s /usr/src/linux-headers-*-amd64 {build}` and "
+                   f"`ln -s /usr/src/linux-headers-*-common /lib/modules/{release}/source`. whodid reads only "
+                   "tracepoint arguments, so a close version gives correct data"))
+    try:
+        load_bcc()
+        ok_bcc, fix_bcc = True, ""
+    except BccMissing as exc:
+        ok_bcc, fix_bcc = False, str(exc)
+    checks.append(("BCC Python module (python3-bpfcc)", ok_bcc, fix_bcc))
+    width = max(len(c[0]) for c in checks)
+    bad = 0
+    for name, ok, fix in checks:
+        print(f"  {'ok  ' if ok else 'FAIL'}  {name:<{width}}" + ("" if ok else f"\n        fix: {fix}"))
+        bad += not ok and not name.startswith("kernel BTF")
+    if not bad and os.geteuid() == 0:
+        try:
+            asm = Assembler("doctor", "doctor", 0.0, ProcFS(), user_name, group_name)
+            Capture(asm, watch=("/etc",), ringbuf_pages=8).close()
+            print("  ok    the BPF program loads and attaches")
+        except (CaptureError, BccMissing) as exc:
+            print(f"  FAIL  the BPF program did not load: {exc}")
+            bad += 1
+    print("ready" if not bad else f"{bad} problem(s) to fix")
+    return 0 if not bad else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="whodid-agent", description="Record process, login, network and file "
+                                "activity on this host for whodid.", epilog=__doc__.split("examples:", 1)[1]
+                                .join(["examples:", ""]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser("run", help="capture until stopped (SIGTERM or Ctrl-C flush and stop cleanly)")
+    r.add_argument("--db", metavar="PATH", help="local mode: write into this store")
+    r.add_argument("--out", metavar="FILE", help="append schema-v1 JSON lines to FILE (- for stdout)")
+    r.add_argument("--host", metavar="NAME", help="this host's name in traces (default: the hostname)")
+    r.add_argument("--config", metavar="FILE", help="config file (its `agent` section; see config.example.yaml)")
+    r.add_argument("--watch", action="append", metavar="PATH",
+                   help=f"record changes under PATH (a glob is allowed); repeatable (default: agent.watch, "
+                        f"{', '.join(config_mod.AgentConfig().watch)})")
+    r.add_argument("--redact", action="append", metavar="REGEX", help="also mask what REGEX matches in command lines")
+    r.add_argument("--ringbuf-pages", type=int, metavar="N",
+                   help="ring buffer size in 4 KiB pages, a power of 2 (default: agent.ringbuf_pages, 1024)")
+    r.add_argument("--flush-interval", type=float, metavar="SECONDS",
+                   help="longest time events wait before being written (default: agent.flush_interval, 1s)")
+    r.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)   # tests: written once capturing
+    sub.add_parser("doctor", help="check this host can run the agent, and say how to fix what it cannot")
+    args = p.parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    if args.command == "doctor":
+        return doctor(args)
+    p.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

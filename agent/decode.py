@@ -1,0 +1,143 @@
+"""Decode the ring buffer's raw records (layouts in capture.c) into plain tuples.
+
+Pure: bytes in, a Record out. Fixed layouts are unpacked with precompiled struct formats
+so the consumer keeps up with exec storms.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import NamedTuple
+
+EV_EXEC_ARGS, EV_EXEC, EV_FORK, EV_EXIT, EV_CRED, EV_CONNECT, EV_PASSIVE, EV_ACCEPT, EV_FILE = range(1, 10)
+FILE_OPS = {1: "write", 2: "create", 3: "rename", 4: "unlink", 5: "rmdir", 6: "chmod", 7: "chown"}
+CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid"}
+UNCHANGED = 0xFFFFFFFF
+AF_INET = 2
+
+HDR = struct.Struct("<QIIIIII")                 # ts pid tid uid gid type aux
+ARGS_HEAD = struct.Struct("<HBBI")              # argc truncated pad len
+EXEC_TAIL = struct.Struct("<16s256s")           # comm filename
+EXIT_TAIL = struct.Struct("<iI")                # code has_code
+CRED_TAIL = struct.Struct("<IIII")              # call a b c
+SOCK_TAIL = struct.Struct("<HHHH16s16s")        # family lport rport pad laddr raddr
+FILE_TAIL = struct.Struct("<IIIIII256s256s")    # op relative mode owner group pad path path2
+
+
+class DecodeError(ValueError):
+    pass
+
+
+class Hdr(NamedTuple):
+    ts_ns: int
+    pid: int
+    tid: int
+    uid: int
+    gid: int
+    type: int
+    aux: int
+
+
+class ExecArgs(NamedTuple):
+    hdr: Hdr
+    argv: list[str]
+    truncated: bool
+
+
+class Exec(NamedTuple):
+    hdr: Hdr
+    comm: str
+    filename: str
+
+
+class Fork(NamedTuple):
+    hdr: Hdr
+    child: int
+
+
+class Exit(NamedTuple):
+    hdr: Hdr
+    code: int | None
+
+
+class Cred(NamedTuple):
+    hdr: Hdr
+    call: str
+    ids: tuple[int | None, int | None, int | None]    # None: left unchanged
+
+
+class Sock(NamedTuple):
+    hdr: Hdr
+    laddr: str | None
+    lport: int
+    raddr: str
+    rport: int
+
+
+class FileChange(NamedTuple):
+    hdr: Hdr
+    op: str
+    path: str
+    path2: str | None
+    relative: bool
+    mode: int | None
+    owner: int | None
+    group: int | None
+
+
+Record = ExecArgs | Exec | Fork | Exit | Cred | Sock | FileChange
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _addr(family: int, raw: bytes) -> str:
+    ip = ipaddress.ip_address(raw[:4] if family == AF_INET else raw)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def _id(value: int) -> int | None:
+    return None if value == UNCHANGED else value
+
+
+def decode(raw: bytes) -> Record:
+    if len(raw) < HDR.size:
+        raise DecodeError(f"record of {len(raw)} bytes is shorter than its header ({HDR.size})")
+    hdr = Hdr(*HDR.unpack_from(raw))
+    body = HDR.size
+    try:
+        t = hdr.type
+        if t == EV_EXEC_ARGS:
+            argc, truncated, _, length = ARGS_HEAD.unpack_from(raw, body)
+            start = body + ARGS_HEAD.size
+            blob = raw[start:start + length]
+            argv = [a.decode("utf-8", "surrogateescape") for a in blob.split(b"\0")[:argc]]
+            return ExecArgs(hdr, argv, bool(truncated))
+        if t == EV_EXEC:
+            comm, filename = EXEC_TAIL.unpack_from(raw, body)
+            return Exec(hdr, _cstr(comm), _cstr(filename))
+        if t == EV_FORK:
+            return Fork(hdr, hdr.aux)
+        if t == EV_EXIT:
+            code, has_code = EXIT_TAIL.unpack_from(raw, body)
+            return Exit(hdr, code if has_code else None)
+        if t == EV_CRED:
+            call, a, b, c = CRED_TAIL.unpack_from(raw, body)
+            return Cred(hdr, CRED_CALLS.get(call, f"call{call}"), (_id(a), _id(b), _id(c)))
+        if t in (EV_CONNECT, EV_PASSIVE, EV_ACCEPT):
+            family, lport, rport, _, laddr, raddr = SOCK_TAIL.unpack_from(raw, body)
+            local = None if t == EV_ACCEPT else _addr(family, laddr)
+            return Sock(hdr, local, lport, _addr(family, raddr), rport)
+        if t == EV_FILE:
+            op, relative, mode, owner, group, _, path, path2 = FILE_TAIL.unpack_from(raw, body)
+            p2 = _cstr(path2)
+            return FileChange(hdr, FILE_OPS.get(op, "write"), _cstr(path), p2 or None, bool(relative),
+                              mode if op in (2, 6) or (op == 1 and mode) else None,
+                              _id(owner) if op == 7 else None, _id(group) if op == 7 else None)
+    except struct.error as exc:
+        raise DecodeError(f"record type {hdr.type} of {len(raw)} bytes is truncated ({exc})") from None
+    raise DecodeError(f"unknown record type {hdr.type}")

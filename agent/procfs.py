@@ -1,0 +1,120 @@
+"""What /proc says about a process: the facts BPF helpers cannot give without reading
+kernel structs (effective uid, login uid, audit session, cwd, tty) and the processes that
+were already running when the agent started. Every read may fail - the process may be
+gone - and then returns None; the caller falls back to what the process inherited.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TICK_NS = 1_000_000_000 // CLK_TCK
+
+
+@dataclass
+class ProcInfo:
+    pid: int
+    ppid: int
+    start_ticks: int            # since boot, in clock ticks
+    argv: list[str]
+    exe: str | None
+    cwd: str | None
+    uid: int | None
+    euid: int | None
+    gid: int | None
+    egid: int | None
+    auid: int | None
+    ses: int | None
+    tty: str | None
+    comm: str
+
+
+class ProcFS:
+    def __init__(self, root: str = "/proc"):
+        self.root = root
+
+    def _read(self, pid: int, name: str) -> str | None:
+        try:
+            with open(f"{self.root}/{pid}/{name}", "rb") as fh:
+                return fh.read().decode("utf-8", "surrogateescape")
+        except OSError:
+            return None
+
+    def _link(self, pid: int, name: str) -> str | None:
+        try:
+            return os.readlink(f"{self.root}/{pid}/{name}")
+        except OSError:
+            return None
+
+    def pids(self) -> list[int]:
+        return sorted(int(d) for d in os.listdir(self.root) if d.isdigit())
+
+    def ids(self, pid: int) -> tuple[int, int, int, int] | None:
+        """(uid, euid, gid, egid) from /proc/PID/status."""
+        status = self._read(pid, "status")
+        if not status:
+            return None
+        uids = gids = None
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                uids = [int(x) for x in line.split()[1:3]]
+            elif line.startswith("Gid:"):
+                gids = [int(x) for x in line.split()[1:3]]
+        if not uids or not gids:
+            return None
+        return uids[0], uids[1], gids[0], gids[1]
+
+    def login(self, pid: int) -> tuple[int | None, int | None]:
+        auid, ses = self._read(pid, "loginuid"), self._read(pid, "sessionid")
+        return (int(auid) if auid and auid.strip().isdigit() else None,
+                int(ses) if ses and ses.strip().isdigit() else None)
+
+    def cwd(self, pid: int) -> str | None:
+        return self._link(pid, "cwd")
+
+    def tty(self, pid: int) -> str | None:
+        stat = self._stat(pid)
+        return tty_name(int(stat[4])) if stat else None
+
+    def _stat(self, pid: int) -> list[str] | None:
+        raw = self._read(pid, "stat")
+        if not raw or ")" not in raw:
+            return None
+        return raw[raw.rindex(")") + 2:].split()     # fields after "pid (comm) "
+
+    def info(self, pid: int) -> ProcInfo | None:
+        stat = self._stat(pid)
+        raw = self._read(pid, "stat")
+        if not stat or raw is None:
+            return None
+        cmdline = self._read(pid, "cmdline") or ""
+        argv = [a for a in cmdline.split("\0")]
+        if argv and argv[-1] == "":
+            argv.pop()
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        ids = self.ids(pid) or (None, None, None, None)
+        auid, ses = self.login(pid)
+        return ProcInfo(pid=pid, ppid=int(stat[1]), start_ticks=int(stat[19]), argv=argv or [f"[{comm}]"],
+                        exe=self._link(pid, "exe"), cwd=self.cwd(pid), uid=ids[0], euid=ids[1], gid=ids[2],
+                        egid=ids[3], auid=auid, ses=ses, tty=tty_name(int(stat[4])), comm=comm)
+
+
+def tty_name(tty_nr: int) -> str | None:
+    """The kernel's tty_nr -> `pts/3` or `tty1` (None for no terminal)."""
+    if tty_nr == 0:
+        return None
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if 136 <= major <= 143:
+        return f"pts/{(major - 136) * 256 + minor}"
+    if major == 4 and minor < 64:
+        return f"tty{minor}"
+    if major == 4:
+        return f"ttyS{minor - 64}"
+    return f"tty({major},{minor})"
+
+
+def boot_id(root: str = "/proc") -> str:
+    with open(f"{root}/sys/kernel/random/boot_id") as fh:
+        return fh.read().strip()

@@ -1,0 +1,277 @@
+"""The agent's pure parts: record decoding, redaction, and the process table, on fixtures."""
+
+import os
+import socket
+import stat
+
+import pytest
+
+from whodid.agent import decode as d
+from whodid.agent.assemble import Assembler, ProcState, kernel_prefixes, setid_owner, watched
+from whodid.agent.procfs import ProcInfo, tty_name
+from whodid.agent.redact import MASK, compile_rules, redact
+from whodid.tracer import parse_event
+
+BOOT_EPOCH = 1_700_000_000.0
+
+
+def hdr(type_, pid, ts_ns=1_000_000_000, uid=0, gid=0, aux=0, tid=None):
+    return d.HDR.pack(ts_ns, pid, tid or pid, uid, gid, type_, aux)
+
+
+def args_rec(pid, argv, truncated=False, **kw):
+    blob = b"".join(a.encode() + b"\0" for a in argv)
+    return hdr(d.EV_EXEC_ARGS, pid, **kw) + d.ARGS_HEAD.pack(len(argv), truncated, 0, len(blob)) + blob
+
+
+def exec_rec(pid, filename, comm=None, **kw):
+    return hdr(d.EV_EXEC, pid, **kw) + d.EXEC_TAIL.pack((comm or os.path.basename(filename)).encode(),
+                                                        filename.encode())
+
+
+def sock_rec(type_, pid, laddr, lport, raddr, rport, family=socket.AF_INET, **kw):
+    pack = (lambda a: socket.inet_pton(family, a).ljust(16, b"\0")) if laddr else (lambda a: b"\0" * 16)
+    return hdr(type_, pid, **kw) + d.SOCK_TAIL.pack(family, lport, rport, 0, pack(laddr),
+                                                    socket.inet_pton(family, raddr).ljust(16, b"\0"))
+
+
+def file_rec(pid, op, path, path2="", relative=False, mode=0, owner=0xFFFFFFFF, group=0xFFFFFFFF, **kw):
+    return hdr(d.EV_FILE, pid, **kw) + d.FILE_TAIL.pack(op, relative, mode, owner, group, 0, path.encode(),
+                                                         path2.encode())
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+def test_decode_each_record_type():
+    rec = d.decode(args_rec(10, ["ls", "-la", ""]))
+    assert (rec.hdr.pid, rec.argv, rec.truncated) == (10, ["ls", "-la", ""], False)
+    rec = d.decode(exec_rec(10, "/usr/bin/ls"))
+    assert (rec.comm, rec.filename) == ("ls", "/usr/bin/ls")
+    assert d.decode(hdr(d.EV_FORK, 10, aux=11)).child == 11
+    assert d.decode(hdr(d.EV_EXIT, 10) + d.EXIT_TAIL.pack(3, 1)).code == 3
+    assert d.decode(hdr(d.EV_EXIT, 10) + d.EXIT_TAIL.pack(0, 0)).code is None
+    rec = d.decode(hdr(d.EV_CRED, 10) + d.CRED_TAIL.pack(3, 0, 0xFFFFFFFF, 5))
+    assert (rec.call, rec.ids) == ("setresuid", (0, None, 5))
+    rec = d.decode(sock_rec(d.EV_CONNECT, 10, "10.0.0.1", 40000, "10.0.0.2", 22))
+    assert (rec.laddr, rec.lport, rec.raddr, rec.rport) == ("10.0.0.1", 40000, "10.0.0.2", 22)
+    rec = d.decode(sock_rec(d.EV_CONNECT, 10, "::ffff:10.0.0.1", 1, "2001:db8::2", 22, family=socket.AF_INET6))
+    assert (rec.laddr, rec.raddr) == ("10.0.0.1", "2001:db8::2")
+    rec = d.decode(sock_rec(d.EV_ACCEPT, 10, None, 0, "10.0.0.3", 51000))
+    assert (rec.laddr, rec.raddr, rec.rport) == (None, "10.0.0.3", 51000)
+    rec = d.decode(file_rec(10, 3, "/etc/a.tmp", "/etc/a"))
+    assert (rec.op, rec.path, rec.path2, rec.mode, rec.owner) == ("rename", "/etc/a.tmp", "/etc/a", None, None)
+    rec = d.decode(file_rec(10, 7, "/etc/a", owner=33, group=0xFFFFFFFF))
+    assert (rec.op, rec.owner, rec.group) == ("chown", 33, None)
+
+
+def test_decode_refuses_short_and_unknown_records():
+    with pytest.raises(d.DecodeError, match="shorter than its header"):
+        d.decode(b"\x01\x02")
+    with pytest.raises(d.DecodeError, match="truncated"):
+        d.decode(hdr(d.EV_EXEC, 1) + b"abc")
+    with pytest.raises(d.DecodeError, match="unknown record type 42"):
+        d.decode(hdr(42, 1))
+
+
+def test_argv_beyond_the_recorded_count_is_not_invented():
+    raw = args_rec(1, ["a", "b"], truncated=True)
+    assert d.decode(raw).argv == ["a", "b"] and d.decode(raw).truncated
+
+
+# --- redaction ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    (["mysql", "-u", "root", "-phunter2"], ["mysql", "-u", "root", f"-p{MASK}"]),
+    (["tool", "--password=hunter2"], ["tool", f"--password={MASK}"]),
+    (["tool", "--db-password", "hunter2", "--verbose"], ["tool", "--db-password", MASK, "--verbose"]),
+    (["curl", "https://bob:s3cret@example.com/x"], ["curl", f"https://bob:{MASK}@example.com/x"]),
+    (["curl", "-H", "Authorization: Bearer abcdef0123456789"], ["curl", "-H", f"Authorization: Bearer {MASK}"]),
+    (["env", "AWS_SECRET_ACCESS_KEY=abc", "aws", "s3", "ls"], ["env", f"AWS_SECRET_ACCESS_KEY={MASK}", "aws", "s3", "ls"]),
+    (["aws", "configure", "set", "aws_access_key_id", "AKIAABCDEFGHIJKLMNOP"],
+     ["aws", "configure", "set", "aws_access_key_id", f"AKIA{MASK}"]),
+    (["slack", "xoxb-1234567890-abcdefghij"], ["slack", f"xox{MASK}"]),
+    (["git", "clone", "https://ghp_abcdefghijklmnopqrstuvwxyz0123@github.com/x"],
+     ["git", "clone", f"https://gh_{MASK}@github.com/x"]),
+])
+def test_secrets_are_masked(argv, expected):
+    out, changed = redact(argv)
+    assert out == expected and changed
+
+
+def test_ordinary_commands_are_untouched():
+    for argv in (["aws", "eks", "delete-cluster", "--name", "prod"], ["ssh", "-p", "2222", "host"],
+                 ["grep", "-r", "password", "/etc"], ["ls", "-p"]):
+        assert redact(argv) == (argv, False)
+
+
+def test_configured_patterns_add_to_the_defaults():
+    rules = compile_rules([r"corp-[0-9]{6}"])
+    assert redact(["deploy", "--ticket", "corp-123456"], rules) == (["deploy", "--ticket", MASK], True)
+
+
+# --- the process table ----------------------------------------------------------------------
+
+class FakeProc:
+    """/proc as a dict: processes that are alive, and nothing else."""
+
+    def __init__(self, procs=()):
+        self.procs = {p.pid: p for p in procs}
+
+    def pids(self):
+        return sorted(self.procs)
+
+    def info(self, pid):
+        return self.procs.get(pid)
+
+    def ids(self, pid):
+        p = self.procs.get(pid)
+        return (p.uid, p.euid, p.gid, p.egid) if p else None
+
+    def login(self, pid):
+        p = self.procs.get(pid)
+        return (p.auid, p.ses) if p else (None, None)
+
+    def cwd(self, pid):
+        p = self.procs.get(pid)
+        return p.cwd if p else None
+
+    def tty(self, pid):
+        p = self.procs.get(pid)
+        return p.tty if p else None
+
+
+def shell(pid=100, uid=1000, auid=1000, ses=5):
+    return ProcInfo(pid=pid, ppid=1, start_ticks=500, argv=["-bash"], exe="/usr/bin/bash", cwd="/home/jim",
+                    uid=uid, euid=uid, gid=uid, egid=uid, auid=auid, ses=ses, tty="pts/1", comm="bash")
+
+
+NAMES = {0: "root", 1000: "jim", 33: "www-data"}
+
+
+def assembler(procs=(), watch=("/etc",)):
+    return Assembler("web-01", "boot-1", BOOT_EPOCH, FakeProc(procs), NAMES.get, lambda g: None, watch=watch)
+
+
+def feed(asm, *raws):
+    out = []
+    for raw in raws:
+        out += asm.feed(d.decode(raw))
+    for ev in out:
+        parse_event(ev)          # every event the agent makes is valid schema v1
+    return out
+
+
+def test_snapshot_then_fork_exec_exit_of_a_short_lived_process():
+    asm = assembler([shell()])
+    snap = asm.snapshot()
+    assert snap[0]["snapshot"] and snap[0]["argv"] == ["-bash"] and snap[0]["auser"] == "jim"
+    shell_start = snap[0]["start"]
+    events = feed(asm,
+                  hdr(d.EV_FORK, 100, ts_ns=2_000_000_000, aux=200),
+                  args_rec(200, ["ls", "-la"], ts_ns=2_000_100_000, uid=1000, gid=1000),
+                  exec_rec(200, "/usr/bin/ls", ts_ns=2_000_200_000, uid=1000, gid=1000),
+                  hdr(d.EV_EXIT, 200, ts_ns=2_500_000_000) + d.EXIT_TAIL.pack(2, 1))
+    fork, exe, exit_ = events
+    assert fork == {"v": 1, "kind": "fork", "host": "web-01", "boot": "boot-1", "ts": BOOT_EPOCH + 2.0,
+                    "pid": 200, "start": 2_000_000_000, "ppid": 100, "pstart": shell_start}
+    # gone before /proc could be read: login uid, session, cwd and tty are inherited
+    assert exe["argv"] == ["ls", "-la"] and exe["start"] == 2_000_000_000
+    assert (exe["auid"], exe["ses"], exe["cwd"], exe["tty"], exe["user"]) == (1000, 5, "/home/jim", "pts/1", "jim")
+    assert exit_["code"] == 2 and exit_["start"] == 2_000_000_000
+    assert 200 not in asm.procs
+
+
+def test_failed_exec_attempts_leave_only_the_last_argv():
+    asm = assembler([shell()])
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=201),
+                  args_rec(201, ["/usr/local/bin/x"], uid=1000), args_rec(201, ["/usr/bin/x", "--flag"], uid=1000),
+                  exec_rec(201, "/usr/bin/x", uid=1000))
+    assert [e["argv"] for e in events if e["kind"] == "exec"] == [["/usr/bin/x", "--flag"]]
+
+
+def test_setuid_binary_exec_raises_euid_and_emits_a_cred_change(tmp_path):
+    binary = tmp_path / "sudo"
+    binary.write_text("#!/bin/true\n")
+    os.chown(binary, 0, 0)           # before chmod: chown clears the setuid bit
+    os.chmod(binary, 0o4755)
+    asm = assembler([shell()])
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=300),
+                  args_rec(300, ["sudo", "-i"], uid=1000, gid=1000),
+                  exec_rec(300, str(binary), uid=1000, gid=1000),
+                  hdr(d.EV_CRED, 300, uid=1000) + d.CRED_TAIL.pack(3, 0, 0, 0))
+    exe = next(e for e in events if e["kind"] == "exec")
+    assert (exe["uid"], exe["euid"], exe["euser"]) == (1000, 0, "root")
+    creds = [e for e in events if e["kind"] == "cred"]
+    assert [(c["via"], c["old_uid"], c["old_euid"], c["uid"], c["euid"]) for c in creds] == [
+        ("exec", 1000, 1000, 1000, 0), ("setresuid", 1000, 0, 0, 0)]
+
+
+@pytest.mark.parametrize("call, ids, start, expected", [
+    (1, (33, 0xFFFFFFFF, 0xFFFFFFFF), (0, 0), (33, 33)),        # root's setuid sets all
+    (1, (0, 0xFFFFFFFF, 0xFFFFFFFF), (1000, 0), (0, 0)),        # euid 0: privileged, sets all
+    (2, (0xFFFFFFFF, 33, 0xFFFFFFFF), (0, 0), (0, 33)),         # setreuid(-1, 33)
+])
+def test_setuid_family_semantics(call, ids, start, expected):
+    asm = assembler()
+    asm.procs[10] = ProcState(start=1, uid=start[0], euid=start[1])
+    (ev,) = feed(asm, hdr(d.EV_CRED, 10) + d.CRED_TAIL.pack(call, *ids))
+    assert (ev["uid"], ev["euid"]) == expected
+
+
+def test_accept_takes_its_local_address_from_the_passive_open():
+    asm = assembler([shell(pid=50, uid=0, auid=None, ses=None)])
+    asm.snapshot()
+    events = feed(asm, sock_rec(d.EV_PASSIVE, 0, "10.0.1.20", 22, "10.0.0.10", 51234),
+                  sock_rec(d.EV_ACCEPT, 50, None, 0, "10.0.0.10", 51234),
+                  sock_rec(d.EV_ACCEPT, 50, None, 0, "10.0.0.99", 1))         # no passive open seen
+    (acc,) = events
+    assert (acc["kind"], acc["laddr"], acc["lport"], acc["raddr"], acc["rport"]) == (
+        "accept", "10.0.1.20", 22, "10.0.0.10", 51234)
+    assert asm.counts["unmatched_accept"] == 1
+
+
+def test_file_changes_resolve_relative_paths_and_apply_full_globs():
+    asm = assembler([shell(100)], watch=("/etc", "/opt/*/conf"))
+    asm.snapshot()
+    asm.procfs.procs[100].cwd = "/etc/nginx"
+    events = feed(asm, file_rec(100, 1, "nginx.conf", relative=True, mode=0o644),
+                  file_rec(100, 1, "/opt/app/conf/x.yml"), file_rec(100, 1, "/opt/app/data/x"),
+                  file_rec(100, 3, "/tmp/new", "/etc/hosts"))
+    assert [(e["op"], e["path"], e.get("path2")) for e in events] == [
+        ("write", "/etc/nginx/nginx.conf", None), ("write", "/opt/app/conf/x.yml", None),
+        ("rename", "/tmp/new", "/etc/hosts")]
+    assert events[0]["mode"] == 0o644 and events[0]["euser"] == "jim"
+
+
+def test_kernel_prefixes_and_user_space_globs():
+    assert kernel_prefixes(("/etc", "/opt/*/conf", "/var/spool/cron/")) == ["/etc/", "/opt/", "/var/spool/cron/"]
+    assert watched("/etc/x", ("/etc",)) and not watched("/etcetera", ("/etc",))
+    assert watched("/opt/a/conf/b", ("/opt/*/conf",)) and not watched("/opt/a/data/b", ("/opt/*/conf",))
+
+
+@pytest.mark.parametrize("nr, name", [(0, None), ((136 << 8) | 3, "pts/3"), ((4 << 8) | 1, "tty1"),
+                                      ((4 << 8) | 64, "ttyS0")])
+def test_tty_names(nr, name):
+    assert tty_name(nr) == name
+
+
+def test_own_records_are_dropped():
+    asm = Assembler("h", "b", 0.0, FakeProc(), NAMES.get, lambda g: None, own_pid=77)
+    assert asm.feed(d.decode(args_rec(77, ["whodid-agent"]))) == []
+    assert asm.feed(d.decode(exec_rec(77, "/usr/bin/python3"))) == []
+
+
+def test_setuid_helper_reads_the_mode(tmp_path):
+    f = tmp_path / "plain"
+    f.write_text("")
+    os.chmod(f, stat.S_IRWXU)
+    assert setid_owner(str(f), 1000, 1000) == (1000, 1000)
+    assert setid_owner("/nonexistent", 5, 6) == (5, 6)
+
+
+def test_agent_command_says_where_events_must_go(capsys):
+    from whodid.agent.cli import main
+    assert main(["run"]) == 2
+    assert "say where events go: --db PATH" in capsys.readouterr().err
