@@ -9,6 +9,7 @@ short-lived process that is gone before /proc can be read still gets the right f
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import stat as statmod
 from collections import OrderedDict
@@ -41,17 +42,24 @@ class ProcState:
 class Assembler:
     def __init__(self, host: str, boot: str, boot_epoch: float, procfs: ProcFS,
                  user_name: Callable[[int], str | None], group_name: Callable[[int], str | None],
-                 watch: tuple[str, ...] = (), rules=DEFAULT_RULES, own_pid: int | None = None):
+                 watch: tuple[str, ...] = (), rules=DEFAULT_RULES, own_pid: int | None = None,
+                 uid_of: Callable[[str], int | None] = lambda name: None):
         self.host, self.boot, self.boot_epoch = host, boot, boot_epoch
         self.procfs = procfs
         self.user_name, self.group_name = user_name, group_name
         self.watch = watch
         self.rules = rules
         self.own_pid = own_pid
+        self.uid_of = uid_of
         self.procs: dict[int, ProcState] = {}
         self.pending_argv: dict[int, d.ExecArgs] = {}
         self.passive: OrderedDict[tuple[str, int], tuple[str, int]] = OrderedDict()
-        self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0}
+        # for joining sshd's log lines to its processes: who accepted which peer, and what
+        # the accepting processes forked next
+        self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
+        self.forks_of: dict[int, list[tuple[int, int]]] = {}
+        self.pending_logins: list[tuple[float, Any]] = []
+        self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0}
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -136,11 +144,14 @@ class Assembler:
             parent, out = self._state(h.pid, h.ts_ns)
             child = replace(parent, start=h.ts_ns, ppid=h.pid, pstart=parent.start)
             self.procs[rec.child] = child
+            if h.pid in self.forks_of:
+                self.forks_of[h.pid] = self.forks_of[h.pid][-63:] + [(h.ts_ns, rec.child)]
             out.append(self._ev("fork", h.ts_ns, pid=rec.child, start=child.start, ppid=h.pid, pstart=parent.start))
             return out
         if isinstance(rec, d.Exit):
             st = self.procs.pop(h.pid, None)
             self.pending_argv.pop(h.pid, None)
+            self.forks_of.pop(h.pid, None)
             if st is None:
                 return []
             ev = self._ev("exit", h.ts_ns, pid=h.pid, start=st.start)
@@ -229,7 +240,57 @@ class Assembler:
             return out
         out.append(self._ev("accept", h.ts_ns, pid=h.pid, start=st.start, laddr=local[0], lport=local[1],
                             raddr=rec.raddr, rport=rec.rport))
+        self.accepted[(rec.raddr, rec.rport)] = (h.pid, h.ts_ns, local[0], local[1])
+        while len(self.accepted) > PASSIVE_KEEP:
+            self.accepted.popitem(last=False)
+        self.forks_of.setdefault(h.pid, [])
         return out
+
+    # --- logins (from sshd's log) ------------------------------------------------------
+
+    def add_login(self, wall_ts: float, acc) -> None:
+        self.pending_logins.append((wall_ts, acc))
+
+    def match_logins(self, now: float, give_up_after: float = 30.0) -> list[dict[str, Any]]:
+        """Logins whose sshd process is known by now; older unmatched ones are counted and dropped."""
+        out, keep = [], []
+        for wall_ts, acc in self.pending_logins:
+            ev = self._login(wall_ts, acc)
+            if ev:
+                out.append(ev)
+            elif now - wall_ts < give_up_after:
+                keep.append((wall_ts, acc))
+            else:
+                self.counts["unmatched_login"] += 1
+        self.pending_logins = keep
+        return out
+
+    def _login(self, wall_ts: float, acc) -> dict[str, Any] | None:
+        """sshd's per-connection process: the child its listener forked after accepting
+        this client's address and port (or the pid in the log line, when it has one)."""
+        addr = _plain(acc.addr)
+        accepted = self.accepted.get((addr, acc.port))
+        pid = acc.pid if acc.pid in self.procs else None
+        if pid is None and accepted:
+            listener, accept_ts = accepted[0], accepted[1]
+            pid = next((child for ts, child in self.forks_of.get(listener, []) if ts >= accept_ts), None)
+        if pid is None or pid not in self.procs:
+            return None
+        st = self.procs[pid]
+        ev = self._ev("login", 0, pid=pid, start=st.start, user=acc.user, method=acc.method, raddr=addr,
+                      rport=acc.port, service="sshd")
+        ev["ts"] = round(wall_ts, 6)
+        if accepted:
+            ev.update(laddr=accepted[2], lport=accepted[3])
+        if acc.key_fp:
+            ev.update(key_fp=acc.key_fp, key_type=acc.key_type)
+        uid = self.uid_of(acc.user)
+        if uid is not None:
+            ev["uid"] = uid
+        auid, ses = self.procfs.login(pid)
+        if ses is not None and ses != AUID_UNSET:
+            ev["ses"] = ses
+        return ev
 
     def _file(self, rec: d.FileChange) -> list[dict[str, Any]]:
         h = rec.hdr
@@ -258,6 +319,16 @@ class Assembler:
             ev["euser"] = name
         out.append(ev)
         return out
+
+
+def _plain(addr: str) -> str:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 def watched(path: str, patterns: tuple[str, ...]) -> bool:

@@ -26,6 +26,7 @@ from .bccload import BccMissing, load_bcc
 from .capture import Capture, CaptureError, boot_epoch
 from .procfs import ProcFS, boot_id
 from .redact import compile_rules
+from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
 from whodid.tracer.when import parse_duration
 
@@ -37,6 +38,14 @@ def user_name(uid: int) -> str | None:
     """Resolved here, through NSS (files, LDAP, sssd), never on the collector."""
     try:
         return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def uid_of(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
     except KeyError:
         return None
 
@@ -119,7 +128,9 @@ def run(args) -> int:
     flush_interval = args.flush_interval if args.flush_interval is not None else parse_duration(cfg.flush_interval)
     asm = Assembler(host=host, boot=boot_id(), boot_epoch=boot_epoch(), procfs=ProcFS(),
                     user_name=user_name, group_name=group_name, watch=watch,
-                    rules=compile_rules([*cfg.redact_patterns, *(args.redact or ())]), own_pid=os.getpid())
+                    rules=compile_rules([*cfg.redact_patterns, *(args.redact or ())]), own_pid=os.getpid(),
+                    uid_of=uid_of)
+    auth_log = args.auth_log or cfg.auth_log or default_source()
     try:
         sink = Sink(args.db, args.out)
         cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages)
@@ -134,6 +145,7 @@ def run(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    follower = LogFollower(auth_log).start() if auth_log and auth_log != "none" else None
     hello = {"v": 1, "kind": "host", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
              "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
              "agent": "whodid-agent/bpf"}
@@ -141,14 +153,27 @@ def run(args) -> int:
     where = args.db or args.out
     print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
           f"file changes under {', '.join(watch)}) into {where}", file=sys.stderr, flush=True)
+    if follower:
+        print(f"whodid-agent: ssh logins from {auth_log}", file=sys.stderr, flush=True)
+    else:
+        print("whodid-agent: no sshd log found, so logins (and the ssh keys that name people) will not be "
+              "recorded; name it with --auth-log", file=sys.stderr, flush=True)
     if args.ready_file:
         open(args.ready_file, "w").write(str(os.getpid()))
 
     pending: list = []
     last_flush = time.monotonic()
     reported_lost = 0
+    def logins() -> list:
+        if follower is None:
+            return []
+        while not follower.lines.empty():
+            asm.add_login(*follower.lines.get_nowait())
+        return asm.match_logins(time.time())
+
     while not stop.is_set():
         pending.extend(cap.poll(200))
+        pending.extend(logins())
         now = time.monotonic()
         if len(pending) >= FLUSH_EVENTS or (pending and now - last_flush >= flush_interval):
             sink.write(pending)
@@ -159,11 +184,16 @@ def run(args) -> int:
                   "raise --ringbuf-pages", file=sys.stderr)
             reported_lost = lost
     pending.extend(cap.drain())
+    if follower:
+        time.sleep(follower.poll * 2)                # the last lines written before SIGTERM
+        follower.stop()
+    pending.extend(logins())
     sink.write(pending)
     cap.close()
     sink.close()
     print(f"whodid-agent: stopped; {sink.written} events written, {reported_lost} records lost, "
-          f"{asm.counts['redacted']} command lines redacted", file=sys.stderr)
+          f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
+          "tied to a process", file=sys.stderr)
     return 0
 
 
@@ -220,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--watch", action="append", metavar="PATH",
                    help=f"record changes under PATH (a glob is allowed); repeatable (default: agent.watch, "
                         f"{', '.join(config_mod.AgentConfig().watch)})")
+    r.add_argument("--auth-log", metavar="PATH", help="sshd's log to follow: a file, `journal`, or `none` "
+                   "(default: agent.auth_log, else journald, /var/log/auth.log or /var/log/secure)")
     r.add_argument("--redact", action="append", metavar="REGEX", help="also mask what REGEX matches in command lines")
     r.add_argument("--ringbuf-pages", type=int, metavar="N",
                    help="ring buffer size in 4 KiB pages, a power of 2 (default: agent.ringbuf_pages, 1024)")

@@ -7,6 +7,7 @@ where a missing capability is a failure: these tests are the proof that capture 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,13 +53,46 @@ def loopback_pair() -> tuple[tuple[int, int], int]:
     return (srv.pid, cli.pid), port
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sshd(work) -> tuple[subprocess.Popen, dict]:
+    """A real sshd on 127.0.0.1, logging to a file, accepting one key for root."""
+    keys = {}
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)], check=True)
+    (work / "authorized_keys").write_text((work / "user.pub").read_text())
+    keys["fp"] = subprocess.run(["ssh-keygen", "-lf", str(work / "user.pub")], capture_output=True, text=True,
+                                check=True).stdout.split()[1]
+    port = free_port()
+    (work / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host\nAuthorizedKeysFile {work}/authorized_keys\n"
+        f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM yes\nStrictModes no\n"
+        f"PidFile {work}/sshd.pid\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(work / "sshd_config"), "-E", str(work / "sshd.log")])
+    keys.update(port=port, log=str(work / "sshd.log"), key=str(work / "user"))
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return sshd, keys
+
+
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
     work = tmp_path_factory.mktemp("agent")
     db, watched, ready = work / "agent.db", work / "conf", work / "ready"
     watched.mkdir()
+    sshd, ssh = start_sshd(work)
     agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", str(db), "--host", "live",
-                              "--watch", str(watched), "--ready-file", str(ready), "--flush-interval", "0.2"],
+                              "--watch", str(watched), "--ready-file", str(ready), "--flush-interval", "0.2",
+                              "--auth-log", ssh["log"]],
                              stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 90
@@ -76,11 +110,16 @@ def captured(tmp_path_factory):
         if su:
             subprocess.run([su, "--version"], user=65534, stdout=subprocess.DEVNULL)
         facts["su"] = su
+        login = subprocess.run(["ssh", "-i", ssh["key"], "-p", str(ssh["port"]), "-o", "StrictHostKeyChecking=no",
+                                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1",
+                                f"echo {MARK}-over-ssh"], capture_output=True, text=True, timeout=60)
+        facts["ssh"] = dict(ssh, rc=login.returncode, out=login.stdout + login.stderr)
         conf = watched / "app.conf"
         subprocess.run(["sh", "-c", f"echo x > {conf} && mv {conf} {conf}.new && chmod 600 {conf}.new && rm {conf}.new"],
                        check=True)
         time.sleep(1.0)                     # let the last records reach the agent
     finally:
+        sshd.terminate()
         agent.send_signal(signal.SIGTERM)
         try:
             _, err = agent.communicate(timeout=60)
@@ -161,3 +200,19 @@ def test_file_changes_under_watched_paths(captured):
     outside = store.db.execute("SELECT count(*) FROM files WHERE path LIKE '/tmp/%' AND path NOT LIKE ?",
                                [os.path.dirname(conf) + "%"]).fetchone()[0]
     assert outside == 0
+
+
+def test_ssh_login_is_tied_to_sshd_and_to_the_client_by_four_tuple(captured):
+    store, facts = captured
+    ssh = facts["ssh"]
+    assert ssh["rc"] == 0 and f"{MARK}-over-ssh" in ssh["out"], ssh["out"]
+    (tr,) = Tracer(store).find(Query(pattern=f"{MARK}-over-ssh", limit=1))
+    hop = next(s for s in tr.chain if s.login)
+    assert (hop.login["user"], hop.login["method"], hop.login["key_fp"]) == ("root", "publickey", ssh["fp"])
+    assert hop.login["raddr"] == "127.0.0.1"
+    assert "sshd" in store.images(hop.proc)[0].cmd                  # the per-connection sshd process
+    # the ssh client ran here too, so the hop is matched exactly, back to this test
+    assert hop.edge == "ssh" and not hop.inferred, hop.note
+    assert "seen on both hosts" in hop.note
+    assert os.getpid() in [s.pid for s in tr.chain]
+    assert tr.chain[-1].login_user == "root"                        # pam_loginuid, read from /proc

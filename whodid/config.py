@@ -70,6 +70,7 @@ class AgentConfig:
         "/etc", "/usr/local/etc", "/opt/*/conf", "/lib/systemd/system", "/usr/lib/systemd/system",
         "/var/spool/cron"])
     redact_patterns: list[str] = field(default_factory=list)
+    auth_log: str = ""                  # empty: journald, /var/log/auth.log or /var/log/secure
     ringbuf_pages: int = 1024
     flush_interval: str = "1s"
 
