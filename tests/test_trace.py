@@ -260,3 +260,16 @@ def test_a_process_that_dropped_privileges_without_exec_is_shown_as_its_new_user
     assert tr.poi.inherited
     assert [(s.pid, s.user) for s in tr.chain] == [(80, "root"), (81, "33")]
     assert (tr.chain[1].edge, tr.chain[1].note) == ("setuid", "root -> 33 via setuid() in nginx:")
+
+
+def test_address_fallback_never_borrows_a_connect_that_belongs_to_another_login():
+    # bob's ssh client on the jump box was not recorded; jim's was, and it exactly matches
+    # jim's login. Inferring bob's hop "by address and time" must not hand him jim's.
+    ev = [{"v": 1, "kind": "host", "host": "jump-box", "boot": "boot-1", "ts": T0, "addrs": [JUMP.addr]}]
+    ev += [e for e in shared_account_story() if not (e["kind"] == "connect" and e["pid"] == 310)]
+    (tr,) = trace_one(ev, "describe-cluster")
+    assert tr.chain[0].host == "config-server"
+    assert (tr.attributed.user, tr.attributed.account) == ("bob", "ec2-user")       # by his key
+    assert any("an address of jump-box" in c for c in tr.confidence)
+    (tr,) = trace_one(ev, "delete-cluster")
+    assert tr.attributed.user == "jim" and tr.chain[0].host == "jump-box"

@@ -228,8 +228,10 @@ class Tracer:
         by_address: list[HopCandidate] = []
         hosts = [] if exact else self.store.hosts_with_addr(login["raddr"])
         if hosts and login.get("laddr"):
+            # a connect that is exactly another login's client is that login's, not a guess for this one
             by_address = [c for c in map(self._candidate, self.store.connects_to(
-                login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts]
+                login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts
+                and not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window)]
         hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
         if hit is None and hosts:
             names = ", ".join(sorted(self.store.host_names(hosts)))
