@@ -43,7 +43,7 @@ class Assembler:
     def __init__(self, host: str, boot: str, boot_epoch: float, procfs: ProcFS,
                  user_name: Callable[[int], str | None], group_name: Callable[[int], str | None],
                  watch: tuple[str, ...] = (), rules=DEFAULT_RULES, own_pid: int | None = None,
-                 uid_of: Callable[[str], int | None] = lambda name: None):
+                 uid_of: Callable[[str], int | None] = lambda name: None, pid_namespace: bool = False):
         self.host, self.boot, self.boot_epoch = host, boot, boot_epoch
         self.procfs = procfs
         self.user_name, self.group_name = user_name, group_name
@@ -51,6 +51,10 @@ class Assembler:
         self.rules = rules
         self.own_pid = own_pid
         self.uid_of = uid_of
+        # In a pid namespace a fork record names the child by its pid outside; the child's
+        # own first record tells its pid inside, and only then can the fork be told.
+        self.pid_namespace = pid_namespace
+        self.unborn: dict[int, tuple[int, int]] = {}       # outside pid -> (parent pid, fork time)
         self.procs: dict[int, ProcState] = {}
         self.pending_argv: dict[int, d.ExecArgs] = {}
         self.passive: OrderedDict[tuple[str, int], tuple[str, int]] = OrderedDict()
@@ -133,21 +137,37 @@ class Assembler:
 
     def feed(self, rec: d.Record) -> list[dict[str, Any]]:
         h = rec.hdr
+        born: list[dict[str, Any]] = []
+        if self.unborn and h.gpid in self.unborn and h.type != d.EV_PASSIVE:
+            parent, ts_ns = self.unborn.pop(h.gpid)
+            born = self._fork(parent, h.pid, ts_ns)
         if self.own_pid is not None and h.pid == self.own_pid and not isinstance(rec, d.Sock):
-            return []
+            return born
+        return born + self._feed(rec)
+
+    def _fork(self, parent_pid: int, child_pid: int, ts_ns: int) -> list[dict[str, Any]]:
+        parent, out = self._state(parent_pid, ts_ns)
+        child = replace(parent, start=ts_ns, ppid=parent_pid, pstart=parent.start)
+        self.procs[child_pid] = child
+        if parent_pid in self.forks_of:
+            self.forks_of[parent_pid] = self.forks_of[parent_pid][-63:] + [(ts_ns, child_pid)]
+        out.append(self._ev("fork", ts_ns, pid=child_pid, start=child.start, ppid=parent_pid, pstart=parent.start))
+        return out
+
+    def _feed(self, rec: d.Record) -> list[dict[str, Any]]:
+        h = rec.hdr
         if isinstance(rec, d.ExecArgs):
             self.pending_argv[h.pid] = rec
             return []
         if isinstance(rec, d.Exec):
             return self._exec(rec)
         if isinstance(rec, d.Fork):
-            parent, out = self._state(h.pid, h.ts_ns)
-            child = replace(parent, start=h.ts_ns, ppid=h.pid, pstart=parent.start)
-            self.procs[rec.child] = child
-            if h.pid in self.forks_of:
-                self.forks_of[h.pid] = self.forks_of[h.pid][-63:] + [(h.ts_ns, rec.child)]
-            out.append(self._ev("fork", h.ts_ns, pid=rec.child, start=child.start, ppid=h.pid, pstart=parent.start))
-            return out
+            if self.pid_namespace:
+                self.unborn[rec.child] = (h.pid, h.ts_ns)
+                while len(self.unborn) > 65536:               # children that died unseen
+                    self.unborn.pop(next(iter(self.unborn)))
+                return []
+            return self._fork(h.pid, rec.child, h.ts_ns)
         if isinstance(rec, d.Exit):
             st = self.procs.pop(h.pid, None)
             self.pending_argv.pop(h.pid, None)

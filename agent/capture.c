@@ -9,6 +9,9 @@
 // these layouts and is tested on bytes. The loader substitutes:
 //   RINGBUF_PAGES   ring buffer size in pages
 //   WATCH_PREFIXES  `|| has_prefix(p, "/etc/", 5)`... for file changes worth recording
+// and the compiler flags say PIDNS_FILTER (0, or 1 with PIDNS_DEV/PIDNS_INO: record only
+// processes of that pid namespace, under their pids there - one agent per container or
+// simulated host).
 
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -54,7 +57,9 @@ struct hdr {
     u32 uid;         // real uid and gid of the current task
     u32 gid;
     u32 type;
-    u32 aux;         // the child's pid, in fork records
+    u32 aux;         // the child's pid in the initial namespace, in fork records
+    u32 gpid;        // this process's pid in the initial namespace
+    u32 pad;
 };
 
 struct exec_args_event {
@@ -120,9 +125,17 @@ BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
 static __always_inline int fill_hdr(struct hdr *h, u32 type) {
     u64 id = bpf_get_current_pid_tgid();
     u64 ug = bpf_get_current_uid_gid();
-    h->ts = bpf_ktime_get_boot_ns();
     h->pid = id >> 32;
     h->tid = (u32)id;
+    h->gpid = id >> 32;
+#if PIDNS_FILTER
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(PIDNS_DEV, PIDNS_INO, &ns, sizeof(ns)))
+        return 0;                                   // another namespace's process: not ours
+    h->pid = ns.tgid;
+    h->tid = ns.pid;
+#endif
+    h->ts = bpf_ktime_get_boot_ns();
     h->uid = (u32)ug;
     h->gid = ug >> 32;
     h->type = type;

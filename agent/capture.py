@@ -35,17 +35,27 @@ def _c(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def own_pid_namespace() -> tuple[int, int]:
+    """(device, inode) of this process's pid namespace, as bpf_get_ns_current_pid_tgid wants."""
+    st = os.stat("/proc/self/ns/pid")
+    return st.st_dev, st.st_ino
+
+
 def boot_epoch() -> float:
     """Epoch seconds at boot, to turn CLOCK_BOOTTIME stamps into wall-clock times."""
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class Capture:
-    def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024):
+    def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024,
+                 pidns: tuple[int, int] | None = None):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
-        flags = ["-Wno-macro-redefined", "-Wno-unused-value", "-Wno-visibility"]
+        flags = ["-Wno-macro-redefined", "-Wno-unused-value", "-Wno-visibility",
+                 f"-DPIDNS_FILTER={1 if pidns else 0}"]
+        if pidns:
+            flags += [f"-DPIDNS_DEV={pidns[0]}ULL", f"-DPIDNS_INO={pidns[1]}ULL"]
         try:
             self.bpf = bcc.BPF(text=program_text(watch, ringbuf_pages), cflags=flags)
         except Exception as exc:            # BCC raises bare Exception for compile/attach failures

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from .assemble import Assembler
 from .bccload import BccMissing, load_bcc
-from .capture import Capture, CaptureError, boot_epoch
+from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
 from .procfs import ProcFS, boot_id
 from .redact import compile_rules
 from .sshd_log import LogFollower, default_source
@@ -129,11 +129,12 @@ def run(args) -> int:
     asm = Assembler(host=host, boot=boot_id(), boot_epoch=boot_epoch(), procfs=ProcFS(),
                     user_name=user_name, group_name=group_name, watch=watch,
                     rules=compile_rules([*cfg.redact_patterns, *(args.redact or ())]), own_pid=os.getpid(),
-                    uid_of=uid_of)
+                    uid_of=uid_of, pid_namespace=args.pid_namespace == "self")
     auth_log = args.auth_log or cfg.auth_log or default_source()
     try:
         sink = Sink(args.db, args.out)
-        cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages)
+        cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
+                      pidns=own_pid_namespace() if args.pid_namespace == "self" else None)
     except (CaptureError, BccMissing) as exc:
         print(f"whodid-agent: {exc}", file=sys.stderr)
         return 1
@@ -250,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--watch", action="append", metavar="PATH",
                    help=f"record changes under PATH (a glob is allowed); repeatable (default: agent.watch, "
                         f"{', '.join(config_mod.AgentConfig().watch)})")
+    r.add_argument("--pid-namespace", choices=["self"], help="record only the processes of the agent's own pid "
+                   "namespace, under their pids there: one agent per container or simulated host (its "
+                   "host name comes from its UTS namespace)")
     r.add_argument("--auth-log", metavar="PATH", help="sshd's log to follow: a file, `journal`, or `none` "
                    "(default: agent.auth_log, else journald, /var/log/auth.log or /var/log/secure)")
     r.add_argument("--redact", action="append", metavar="REGEX", help="also mask what REGEX matches in command lines")

@@ -16,7 +16,7 @@ CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid"}
 UNCHANGED = 0xFFFFFFFF
 AF_INET = 2
 
-HDR = struct.Struct("<QIIIIII")                 # ts pid tid uid gid type aux
+HDR = struct.Struct("<QIIIIIIII")               # ts pid tid uid gid type aux gpid pad
 ARGS_HEAD = struct.Struct("<HBBI")              # argc truncated pad len
 EXEC_TAIL = struct.Struct("<16s256s")           # comm filename
 EXIT_TAIL = struct.Struct("<iI")                # code has_code
@@ -37,6 +37,8 @@ class Hdr(NamedTuple):
     gid: int
     type: int
     aux: int
+    gpid: int
+    pad: int = 0
 
 
 class ExecArgs(NamedTuple):

@@ -15,8 +15,8 @@ from whodid.tracer import parse_event
 BOOT_EPOCH = 1_700_000_000.0
 
 
-def hdr(type_, pid, ts_ns=1_000_000_000, uid=0, gid=0, aux=0, tid=None):
-    return d.HDR.pack(ts_ns, pid, tid or pid, uid, gid, type_, aux)
+def hdr(type_, pid, ts_ns=1_000_000_000, uid=0, gid=0, aux=0, tid=None, gpid=None):
+    return d.HDR.pack(ts_ns, pid, tid or pid, uid, gid, type_, aux, gpid or pid, 0)
 
 
 def args_rec(pid, argv, truncated=False, **kw):
@@ -275,3 +275,16 @@ def test_agent_command_says_where_events_must_go(capsys):
     from whodid.agent.cli import main
     assert main(["run"]) == 2
     assert "say where events go: --db PATH" in capsys.readouterr().err
+
+
+def test_in_a_pid_namespace_forks_wait_for_the_childs_own_pid():
+    # The fork record names the child by its pid outside the namespace (7001); the child's
+    # first record, from inside, says it is pid 12 there.
+    asm = Assembler("host-b", "b", BOOT_EPOCH, FakeProc([shell(pid=5)]), NAMES.get, lambda g: None,
+                    pid_namespace=True)
+    asm.snapshot()
+    assert feed(asm, hdr(d.EV_FORK, 5, ts_ns=3_000_000_000, aux=7001, gpid=6005)) == []
+    events = feed(asm, args_rec(12, ["id"], gpid=7001, uid=1000), exec_rec(12, "/usr/bin/id", gpid=7001, uid=1000))
+    fork, exe = events
+    assert (fork["kind"], fork["pid"], fork["ppid"], fork["start"]) == ("fork", 12, 5, 3_000_000_000)
+    assert (exe["pid"], exe["start"], exe["argv"]) == (12, 3_000_000_000, ["id"])

@@ -129,3 +129,23 @@ def test_host_inventory_tracks_first_and_last_event_and_addresses():
     assert (first, last) == (1_700_000_000.0, 1_700_000_015.0)
     assert json.loads(addrs) == ["10.0.0.1"]
     assert store.hosts_with_addr("10.0.0.1") == [1]
+
+
+def _open_and_write(args):
+    path, host = args
+    store = Store.open(path, create=True)
+    h = Host(host, "10.0.0.9")
+    report = ingest(store, [h.exec(i, 100 + i, ["echo", str(i)]) for i in range(200)], batch=20)
+    store.close()
+    return report.accepted
+
+
+def test_several_writers_can_create_and_fill_one_store_at_once(tmp_path):
+    # Agents on one machine (or simulated hosts) share a store file: opening, migrating and
+    # writing must wait for each other, never fail with "database is locked".
+    import multiprocessing
+    path = str(tmp_path / "shared.db")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        accepted = pool.map(_open_and_write, [(path, f"host-{i}") for i in range(4)])
+    assert accepted == [200] * 4
+    assert Store.open(path).counts()["execs"] == 800

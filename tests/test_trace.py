@@ -273,3 +273,18 @@ def test_address_fallback_never_borrows_a_connect_that_belongs_to_another_login(
     assert any("an address of jump-box" in c for c in tr.confidence)
     (tr,) = trace_one(ev, "delete-cluster")
     assert tr.attributed.user == "jim" and tr.chain[0].host == "jump-box"
+
+
+def test_a_shell_that_execs_sudo_is_shown_as_its_user_not_root():
+    # `ssh host 'sudo -i cmd'`: bash -c execs sudo in the same process; the setuid exec
+    # belongs to the sudo image, the bash image before it still ran as ec2-user.
+    h = CONFIG
+    ev = ssh_session(h, 0, 400, "ec2-user", 1000, "203.0.113.7", 50000, ses=7)
+    ev += [h.fork(10, 450, 400), h.exec(10.01, 450, ["bash", "-c", "sudo -i true"], uid=1000, auid=1000),
+           h.exec(10.02, 450, ["sudo", "-i", "true"], uid=1000, euid=0, auid=1000),
+           h._ev("cred", 10.02, pid=450, start=450000, via="exec", old_uid=1000, old_euid=1000, uid=1000, euid=0),
+           h.fork(10.03, 451, 450), h.exec(10.04, 451, ["true"], uid=0, auid=1000)]
+    tr = trace_one(ev, "sudo -i true")[0]           # newest first: sudo's own image
+    assert tr.poi.command == "sudo -i true"
+    assert [(s.command, s.user, s.edge) for s in tr.chain[1:]] == [
+        ("bash -c sudo -i true", "ec2-user", "fork"), ("sudo -i true", "root", "sudo")]

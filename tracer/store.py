@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -108,8 +109,10 @@ class Store:
         try:
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             db = sqlite_utils.Database(conn)
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            # tables first: a store being created elsewhere shows its tables and its version in
+            # one commit, so reading them in this order never sees tables without a version
             tables = set(db.table_names())
+            version = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path} is not a whodid store ({exc}). Move it aside, or choose "
                              "another file with --db.") from None
@@ -120,21 +123,31 @@ class Store:
             raise StoreError(f"{path} has store schema version {version}, newer than this whodid "
                              f"understands ({migrations.LATEST}). Upgrade whodid.")
         store = cls(db, path)
-        try:
-            if path != ":memory:":
-                db.enable_wal()
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA foreign_keys = OFF")  # placeholders may name parents not yet seen
-            store._migrate(version)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot use the store at {path}: {exc}") from None
-        return store
+        # Several agents may open (and create) one store at the same moment; SQLite answers
+        # "locked" at once for some of the steps below rather than waiting, so wait here.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if path != ":memory:" and db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.execute("PRAGMA foreign_keys = OFF")   # placeholders may name parents not yet seen
+                store._migrate()
+                return store
+            except sqlite3.OperationalError as exc:
+                if ("locked" in str(exc) or "busy" in str(exc)) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                raise StoreError(f"cannot use the store at {path}: {exc}") from None
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot use the store at {path}: {exc}") from None
 
-    def _migrate(self, version: int) -> None:
-        for number, sql in migrations.STEPS:
-            if number <= version:
-                continue
-            with self.transaction():
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]    # under the write lock
+            for number, sql in migrations.STEPS:
+                if number <= version:
+                    continue
                 for statement in _split_sql(sql):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {number}")

@@ -170,8 +170,9 @@ class Tracer:
                 images = [im for im in images if im.ts <= poi_image.ts]
             creds = self.store.creds(p.id)
             if images:
-                # each image is who the process was until its next exec (or until t)
-                ends = [im.ts for im in images[1:]] + [t]
+                # each image is who the process was until just before its next exec (or until
+                # t): the exec of a setuid program like sudo belongs to the new image, not the old
+                ends = [im.ts - 1e-6 for im in images[1:]] + [t]
                 for im, until in reversed(list(zip(images, ends))):
                     rev.append(self._step(p, im, until=until, creds=creds))
             elif login or first:

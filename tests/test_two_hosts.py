@@ -1,0 +1,89 @@
+"""The story, for real: two hosts with real sshd and agents, a key login, an ssh hop as a
+shared account, sudo, and a second person on the same account meanwhile.
+
+jim logs in to host-a with his key and, from there, runs a command on host-b as ec2-user:
+`sudo -i aws eks delete-cluster --name prod` (a harmless fake aws). bob logs in to host-b
+as ec2-user too, with his own key, and uses sudo in the same minutes. The trace of the
+delete must name jim, through both hosts and the sudo step, with the hop matched by the
+exact 4-tuple both agents recorded.
+"""
+
+import os
+import time
+
+import pytest
+
+from whodid.tracer import Identity, Person, Query, Store, Tracer
+
+from lab import A_IN, B, LAPTOP, Lab, missing_tools
+from test_agent_live import REASON
+
+MISSING = missing_tools()
+if os.environ.get("CI") and (REASON or MISSING):
+    pytest.fail(f"CI must run the two-host test, but: {REASON or 'missing ' + ', '.join(MISSING)}", pytrace=False)
+pytestmark = pytest.mark.skipif(bool(REASON or MISSING), reason=f"{REASON or 'missing ' + ', '.join(MISSING)}")
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    db = tmp_path_factory.mktemp("lab") / "fleet.db"
+    with Lab(db) as lab:
+        bob = lab.ssh_from_laptop("bob", f"ec2-user@{B}",
+                                  f"sudo -i id; sleep 3; sudo -i {lab.work}/bin/aws eks describe-cluster --name prod",
+                                  background=True)
+        time.sleep(1.0)
+        jim = lab.ssh_from_laptop("jim", f"jim@{A_IN}", lab.hop_command(
+            f"sudo -i {lab.work}/bin/aws eks delete-cluster --name prod"))
+        bob_out = bob.communicate(timeout=90)[0]
+        time.sleep(1.5)                               # the agents' last flush and log lines
+        logs = lab.stop_hosts()
+        keys = dict(lab.keys)
+    ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
+    return {"store": Store.open(db), "ident": ident, "jim": jim, "bob": (bob.returncode, bob_out), "logs": logs,
+            "keys": keys}
+
+
+def test_both_sessions_ran(story):
+    assert "aws eks delete-cluster --name prod: pretend done" in story["jim"].stdout, story["jim"].stderr
+    code, out = story["bob"]
+    assert code == 0 and "describe-cluster" in out, out
+    for host, log in story["logs"].items():
+        assert "stopped;" in log and "0 records lost" in log, log
+
+
+def test_each_agent_saw_only_its_own_host(story):
+    store = story["store"]
+    seen = store.db.execute(
+        "SELECT h.name, e.cmd FROM execs e JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot "
+        "JOIN hosts h ON h.id = b.host").fetchall()
+    assert {h for h, _ in seen} == {"host-a", "host-b"}
+    for host, cmd in seen:
+        if "sshd-a.conf" in cmd or "sshd-b.conf" in cmd:
+            assert f"sshd-{host[-1]}.conf" in cmd, (host, cmd)         # each sshd only on its own host
+        if cmd.split()[0].endswith("/bin/aws") or cmd == "id":
+            assert host == "host-b", (host, cmd)                        # what ran on host-b stays there
+
+
+def test_the_delete_is_jims_through_both_hosts_and_sudo(story):
+    tracer = Tracer(story["store"], story["ident"])
+    matches = [t for t in tracer.find(Query(pattern="delete-cluster", limit=10)) if t.poi.program != "sudo"]
+    tr = matches[0]
+    assert tr.attributed.user == "jim", tr.chain
+    assert (tr.attributed.host, tr.attributed.source, tr.attributed.account) == ("host-a", LAPTOP, "jim")
+    hosts = [s.host for s in tr.chain]
+    assert hosts[0] == "host-a" and hosts[-1] == "host-b"
+    hop = next(s for s in tr.chain if s.edge == "ssh")
+    assert not hop.inferred and hop.login["user"] == "ec2-user"
+    assert hop.note.startswith(f"connection {A_IN}:") and hop.note.endswith(f"-> {B}:22 seen on both hosts")
+    assert hop.login["key_fp"] == story["keys"]["jim"]
+    sudo = [s for s in tr.chain if s.edge == "sudo"]
+    assert sudo and sudo[0].note == "ec2-user -> root via sudo"
+    assert tr.poi.user == "root" and tr.poi.login_user == "ec2-user"
+    assert not any(c.startswith("conflict") for c in tr.confidence)
+
+
+def test_bobs_session_on_the_same_account_is_bobs(story):
+    tracer = Tracer(story["store"], story["ident"])
+    (tr,) = [t for t in tracer.find(Query(pattern="describe-cluster", limit=10)) if t.poi.program != "sudo"][:1]
+    assert tr.attributed.user == "bob"
+    assert (tr.attributed.host, tr.attributed.source, tr.attributed.account) == ("host-b", LAPTOP, "ec2-user")
