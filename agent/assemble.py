@@ -63,7 +63,8 @@ class Assembler:
         self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
         self.forks_of: dict[int, list[tuple[int, int]]] = {}
         self.pending_logins: list[tuple[float, Any]] = []
-        self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0}
+        self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0,
+                       "argv_unread": 0}
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -191,6 +192,14 @@ class Assembler:
         st, out = self._state(h.pid, h.ts_ns)
         args = self.pending_argv.pop(h.pid, None)
         argv, truncated = (args.argv, args.truncated) if args and args.argv else ([rec.filename], False)
+        if args is None or args.faulted:
+            # the kernel could not read argv: the live process's /proc says it, if it is
+            # still there and agrees with what was read
+            full = self.procfs.cmdline(h.pid)
+            if full and full[:len(argv)] == argv or (full and args is None):
+                argv, truncated = full, False
+            else:
+                self.counts["argv_unread"] += 1
         argv, hidden = redact(argv, self.rules)
         self.counts["redacted"] += hidden
         old_euid = st.euid

@@ -40,6 +40,7 @@
 #define ARGV_BUF     8192   // argv bytes one record can hold
 #define ARG_MAX_LEN  4096   // the most one argument may take; args start below ARGV_BUF - ARG_MAX_LEN
 #define MAX_ARGS     64
+#define TRUNC_FAULT  2      // argv could not be read: a page was not present
 #define PATH_LEN     256
 
 #define F_WRITE   1
@@ -111,9 +112,11 @@ struct file_event {
     char path2[PATH_LEN];
 };
 
+// No per-CPU scratch buffers: tracepoint programs run preemptibly on this kernel, and two
+// tasks sharing a CPU would write over each other's record. Large records are built in
+// ring buffer space reserved for them, or in a hash entry owned by the thread.
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(argv_scratch, struct exec_args_event, 1);
-BPF_PERCPU_ARRAY(file_scratch, struct file_event, 1);
+BPF_ARRAY(file_template, struct file_event, 1);     // all zeros, never written: a blank to copy
 BPF_HASH(clone_flags, u64, u64, 16384);
 BPF_HASH(exit_codes, u32, s32, 16384);
 BPF_HASH(cred_reqs, u64, struct cred_event, 4096);
@@ -155,17 +158,31 @@ static __always_inline void emit(void *data, u64 size) {
 // --- processes ---------------------------------------------------------------------------
 
 static __always_inline int capture_argv(const char *const *argv) {
-    u32 zero = 0;
-    struct exec_args_event *e = argv_scratch.lookup(&zero);
-    if (!e || !fill_hdr(&e->h, EV_EXEC_ARGS))
+    struct hdr h = {};
+    if (!fill_hdr(&h, EV_EXEC_ARGS))
         return 0;
+    struct exec_args_event *e = events.ringbuf_reserve(sizeof(struct exec_args_event));
+    if (!e) {
+        u32 zero = 0;
+        u64 *n = lost.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+        return 0;
+    }
+    e->h = h;
     u32 off = 0;
     e->argc = 0;
     e->truncated = 0;
 #pragma unroll
     for (int i = 0; i < MAX_ARGS; i++) {
         const char *argp = NULL;
-        bpf_probe_read_user(&argp, sizeof(argp), &argv[i]);
+        // A page the caller never touched (a string literal in a forked child's .rodata)
+        // is not mapped yet and cannot be faulted in here: say so, and user space will
+        // read the arguments from /proc instead.
+        if (bpf_probe_read_user(&argp, sizeof(argp), &argv[i])) {
+            e->truncated = TRUNC_FAULT;
+            goto done;
+        }
         if (!argp)
             goto done;
         if (off >= ARGV_BUF - ARG_MAX_LEN) {
@@ -173,7 +190,11 @@ static __always_inline int capture_argv(const char *const *argv) {
             goto done;
         }
         int n = bpf_probe_read_user_str(&e->argv[off & (ARGV_BUF - ARG_MAX_LEN - 1)], ARG_MAX_LEN, argp);
-        if (n <= 0)
+        if (n < 0) {
+            e->truncated = TRUNC_FAULT;
+            goto done;
+        }
+        if (n == 0)
             goto done;
         if (n == ARG_MAX_LEN)
             e->truncated = 1;
@@ -188,7 +209,7 @@ static __always_inline int capture_argv(const char *const *argv) {
     }
 done:
     e->len = off;
-    emit(e, offsetof(struct exec_args_event, argv) + (off & (ARGV_BUF - 1)));
+    events.ringbuf_submit(e, 0);
     return 0;
 }
 
@@ -435,25 +456,30 @@ static __always_inline int watched(const char *p) {
 
 static __always_inline int file_enter(u32 op, const char *path, const char *path2, u32 mode, u32 owner, u32 group) {
     u32 zero = 0;
-    struct file_event *e = file_scratch.lookup(&zero);
+    struct file_event *blank = file_template.lookup(&zero);
+    if (!blank)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    pending_files.update(&id, blank);
+    struct file_event *e = pending_files.lookup(&id);     // this thread's own entry
     if (!e)
         return 0;
     if (bpf_probe_read_user_str(&e->path, sizeof(e->path), path) <= 0)
-        return 0;
-    e->path2[0] = 0;
+        goto drop;
     if (path2)
         bpf_probe_read_user_str(&e->path2, sizeof(e->path2), path2);
     if (!watched(e->path) && !(path2 && watched(e->path2)))
-        return 0;
+        goto drop;
     if (!fill_hdr(&e->h, EV_FILE))
-        return 0;
+        goto drop;
     e->op = op;
     e->relative = e->path[0] != '/';
     e->mode = mode;
     e->owner = owner;
     e->group = group;
-    u64 id = bpf_get_current_pid_tgid();
-    pending_files.update(&id, e);
+    return 0;
+drop:
+    pending_files.delete(&id);
     return 0;
 }
 

@@ -19,6 +19,9 @@ from .bccload import load_bcc
 
 SOURCE = Path(__file__).with_name("capture.c")
 
+ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
+
+
 class CaptureError(RuntimeError):
     pass
 
@@ -66,6 +69,12 @@ class Capture:
         self.bpf["events"].open_ring_buffer(self._on_record)
 
     def _on_record(self, _ctx, data, size) -> None:
+        if size > ARGS_FIXED:
+            # argv records are reserved at their largest; copy only the part in use
+            head = ctypes.string_at(data, ARGS_FIXED)
+            if decode.HDR.unpack_from(head)[5] == decode.EV_EXEC_ARGS:
+                used = decode.ARGS_HEAD.unpack_from(head, decode.HDR.size)[3]
+                size = min(size, ARGS_FIXED + used)
         raw = ctypes.string_at(data, size)
         try:
             rec = decode.decode(raw)

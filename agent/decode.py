@@ -14,6 +14,7 @@ EV_EXEC_ARGS, EV_EXEC, EV_FORK, EV_EXIT, EV_CRED, EV_CONNECT, EV_PASSIVE, EV_ACC
 FILE_OPS = {1: "write", 2: "create", 3: "rename", 4: "unlink", 5: "rmdir", 6: "chmod", 7: "chown"}
 CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid"}
 UNCHANGED = 0xFFFFFFFF
+TRUNC_FAULT = 2
 AF_INET = 2
 
 HDR = struct.Struct("<QIIIIIIII")               # ts pid tid uid gid type aux gpid pad
@@ -45,6 +46,7 @@ class ExecArgs(NamedTuple):
     hdr: Hdr
     argv: list[str]
     truncated: bool
+    faulted: bool = False     # the kernel could not read all of argv (page not present)
 
 
 class Exec(NamedTuple):
@@ -118,7 +120,7 @@ def decode(raw: bytes) -> Record:
             start = body + ARGS_HEAD.size
             blob = raw[start:start + length]
             argv = [a.decode("utf-8", "surrogateescape") for a in blob.split(b"\0")[:argc]]
-            return ExecArgs(hdr, argv, bool(truncated))
+            return ExecArgs(hdr, argv, bool(truncated), truncated == TRUNC_FAULT)
         if t == EV_EXEC:
             comm, filename = EXEC_TAIL.unpack_from(raw, body)
             return Exec(hdr, _cstr(comm), _cstr(filename))

@@ -71,6 +71,13 @@ class ProcFS:
         return (int(auid) if auid and auid.strip().isdigit() else None,
                 int(ses) if ses and ses.strip().isdigit() else None)
 
+    def cmdline(self, pid: int) -> list[str] | None:
+        raw = self._read(pid, "cmdline")
+        if not raw:
+            return None
+        argv = raw.split("\0")
+        return argv[:-1] if argv[-1] == "" else argv
+
     def cwd(self, pid: int) -> str | None:
         return self._link(pid, "cwd")
 
@@ -89,10 +96,7 @@ class ProcFS:
         raw = self._read(pid, "stat")
         if not stat or raw is None:
             return None
-        cmdline = self._read(pid, "cmdline") or ""
-        argv = [a for a in cmdline.split("\0")]
-        if argv and argv[-1] == "":
-            argv.pop()
+        argv = self.cmdline(pid) or []
         comm = raw[raw.index("(") + 1:raw.rindex(")")]
         ids = self.ids(pid) or (None, None, None, None)
         auid, ses = self.login(pid)

@@ -207,6 +207,12 @@ def test_ssh_login_is_tied_to_sshd_and_to_the_client_by_four_tuple(captured):
     ssh = facts["ssh"]
     assert ssh["rc"] == 0 and f"{MARK}-over-ssh" in ssh["out"], ssh["out"]
     (tr,) = Tracer(store).find(Query(pattern=f"{MARK}-over-ssh", limit=1))
+    if not any(s.login for s in tr.chain):                          # say enough to debug it from CI's log
+        logins = store.db.execute("SELECT user, raddr, rport, ts FROM logins").fetchall()
+        near = store.db.execute("SELECT e.ts, substr(e.cmd, 1, 60) FROM execs e WHERE e.ts BETWEEN ? AND ?",
+                                [logins[0][3] - 2, logins[0][3] + 3] if logins else [0, 0]).fetchall()
+        pytest.fail(f"no login on the chain {[s.command for s in tr.chain][-3:]}; logins {logins}; "
+                    f"execs near them {near}; agent: {facts['agent_err']}")
     hop = next(s for s in tr.chain if s.login)
     assert (hop.login["user"], hop.login["method"], hop.login["key_fp"]) == ("root", "publickey", ssh["fp"])
     assert hop.login["raddr"] == "127.0.0.1"

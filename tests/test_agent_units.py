@@ -19,7 +19,7 @@ def hdr(type_, pid, ts_ns=1_000_000_000, uid=0, gid=0, aux=0, tid=None, gpid=Non
     return d.HDR.pack(ts_ns, pid, tid or pid, uid, gid, type_, aux, gpid or pid, 0)
 
 
-def args_rec(pid, argv, truncated=False, **kw):
+def args_rec(pid, argv, truncated=0, **kw):
     blob = b"".join(a.encode() + b"\0" for a in argv)
     return hdr(d.EV_EXEC_ARGS, pid, **kw) + d.ARGS_HEAD.pack(len(argv), truncated, 0, len(blob)) + blob
 
@@ -134,6 +134,10 @@ class FakeProc:
     def cwd(self, pid):
         p = self.procs.get(pid)
         return p.cwd if p else None
+
+    def cmdline(self, pid):
+        p = self.procs.get(pid)
+        return p.argv if p else None
 
     def tty(self, pid):
         p = self.procs.get(pid)
@@ -288,3 +292,19 @@ def test_in_a_pid_namespace_forks_wait_for_the_childs_own_pid():
     fork, exe = events
     assert (fork["kind"], fork["pid"], fork["ppid"], fork["start"]) == ("fork", 12, 5, 3_000_000_000)
     assert (exe["pid"], exe["start"], exe["argv"]) == (12, 3_000_000_000, ["id"])
+
+
+def test_argv_the_kernel_could_not_read_comes_from_proc_when_it_agrees():
+    # sshd's child execs `bash -c CMD` with "-c" in a .rodata page it never touched: the
+    # kernel read only "bash". The shell is still alive, and /proc has the whole of it.
+    live = ProcInfo(pid=400, ppid=100, start_ticks=900, argv=["bash", "-c", "echo hi"], exe="/usr/bin/bash",
+                    cwd="/root", uid=0, euid=0, gid=0, egid=0, auid=0, ses=3, tty=None, comm="bash")
+    asm = assembler([shell(), live])
+    asm.procs[400] = ProcState(start=5)
+    (ev,) = feed(asm, args_rec(400, ["bash"], truncated=d.TRUNC_FAULT), exec_rec(400, "/usr/bin/bash"))
+    assert ev["argv"] == ["bash", "-c", "echo hi"] and "truncated" not in ev
+    # gone already, or /proc disagrees: keep what was read, and say it is incomplete
+    asm.procs[401] = ProcState(start=6)
+    (ev,) = feed(asm, args_rec(401, ["ls"], truncated=d.TRUNC_FAULT), exec_rec(401, "/usr/bin/ls"))
+    assert ev["argv"] == ["ls"] and ev["truncated"] is True
+    assert asm.counts["argv_unread"] == 1
