@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="build a demo store from a simulated fleet and trace the cluster deletion")
     d.add_argument("--db", metavar="PATH", help="where to build the demo store (default: in whodid's data directory)")
     d.add_argument("--seed", type=int, default=7, help="seed of the simulated fleet's noise (default: 7)")
+    d.add_argument("--live", action="store_true", help="root only: play the story for real on this machine - two "
+                   "simulated hosts in their own namespaces, each with a real sshd and a whodid agent on BPF - "
+                   "and trace it")
 
     t = sub.add_parser("trace", help="who ran a command, or changed a file, and how they got there",
                        description="PATTERN is a substring of the command line, a glob if it has * ? or [, "
@@ -167,6 +170,8 @@ def cmd_db(args, cfg: config_mod.Config) -> int:
 
 
 def cmd_demo(args, cfg: config_mod.Config) -> int:
+    if args.live:
+        return live_demo(args.db or str(config_mod.data_dir() / "demo-live.db"), cfg)
     from . import demo
 
     path = args.db or str(config_mod.data_dir() / "demo.db")
@@ -211,6 +216,54 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     print(f"  whodid trace --db {path} /etc/nginx/nginx.conf")
     print(f"  whodid trace --db {path} 'aws*' --user bob")
     return EXIT_OK
+
+
+def live_demo(path: str, cfg: config_mod.Config) -> int:
+    from pathlib import Path
+
+    from whodid.agent.bccload import BccMissing, load_bcc
+    from whodid.agent.lab import Lab, missing_tools, play_story
+    from whodid.tracer import Identity, Person
+
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("root (it makes network namespaces, users and BPF programs)")
+    if not os.path.exists("/sys/kernel/tracing/events/sched/sched_process_exec"):
+        problems.append("tracefs at /sys/kernel/tracing")
+    try:
+        load_bcc()
+    except BccMissing as exc:
+        problems.append(str(exc))
+    missing = missing_tools()
+    if missing:
+        problems.append("these programs: " + ", ".join(missing))
+    if problems:
+        raise UsageError("the live demo cannot run here; it needs " + "; ".join(problems) +
+                         ". `./bootstrap` as root installs what it can; `whodid-agent doctor` explains the rest.")
+    _prepare_demo_file(path)
+    store = Store.open(path, create=True)
+    store.set_meta("demo", "1")
+    store.close()
+    print(f"Building the live demo store at {path}")
+    print("  starting host-a and host-b (own network, pid, mount and UTS namespaces), each with a real sshd "
+          "and a whodid agent on BPF; a laptop namespace for jim and bob...")
+    with Lab(Path(path)) as lab:
+        print("  bob: ssh ec2-user@host-b, sudo -i, aws eks describe-cluster; meanwhile jim: ssh jim@host-a, "
+              "then ssh ec2-user@host-b 'sudo -i aws eks delete-cluster --name prod'")
+        played = play_story(lab)
+    keys = played["keys"]
+    ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))),
+                     shared_accounts=tuple(cfg.identity.shared_accounts))
+    now = time.time()
+    query = Query(pattern="delete-cluster", since=now - 3600, limit=1)
+    traces = Tracer(Store.open(path), ident, cfg.trace.settings()).find(query)
+    image = os.path.splitext(path)[0] + ".png"
+    print()
+    print(f"$ whodid trace delete-cluster --limit 1 --png {image}")
+    print(render_text(query, traces, now))
+    for written in write_images(traces, image, now):
+        print(f"image: {written}")
+    return EXIT_OK if traces else EXIT_NO_MATCH
 
 
 def _prepare_demo_file(path: str) -> None:

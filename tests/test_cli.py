@@ -169,3 +169,14 @@ def test_console_script_runs():
     exe = os.path.join(os.path.dirname(sys.executable), "whodid")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "whodid demo" in out and "trace" in out
+
+
+def test_live_demo_explains_why_it_cannot_run(tmp_path, capsys, monkeypatch):
+    # as an ordinary user (simulated: the test itself may run as root)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code = cli.main(["demo", "--live", "--db", str(tmp_path / "x.db")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the live demo cannot run here; it needs root" in err
+    assert "whodid-agent doctor" in err
+    assert not (tmp_path / "x.db").exists()

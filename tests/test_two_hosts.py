@@ -9,13 +9,12 @@ exact 4-tuple both agents recorded.
 """
 
 import os
-import time
 
 import pytest
 
 from whodid.tracer import Identity, Person, Query, Store, Tracer
 
-from lab import A_IN, B, LAPTOP, Lab, missing_tools
+from whodid.agent.lab import A_IN, B, LAPTOP, Lab, missing_tools, play_story
 from test_agent_live import REASON
 
 MISSING = missing_tools()
@@ -28,19 +27,10 @@ pytestmark = pytest.mark.skipif(bool(REASON or MISSING), reason=f"{REASON or 'mi
 def story(tmp_path_factory):
     db = tmp_path_factory.mktemp("lab") / "fleet.db"
     with Lab(db) as lab:
-        bob = lab.ssh_from_laptop("bob", f"ec2-user@{B}",
-                                  f"sudo -i id; sleep 3; sudo -i {lab.work}/bin/aws eks describe-cluster --name prod",
-                                  background=True)
-        time.sleep(1.0)
-        jim = lab.ssh_from_laptop("jim", f"jim@{A_IN}", lab.hop_command(
-            f"sudo -i {lab.work}/bin/aws eks delete-cluster --name prod"))
-        bob_out = bob.communicate(timeout=90)[0]
-        time.sleep(1.5)                               # the agents' last flush and log lines
-        logs = lab.stop_hosts()
-        keys = dict(lab.keys)
+        played = play_story(lab)
+    keys = played["keys"]
     ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
-    return {"store": Store.open(db), "ident": ident, "jim": jim, "bob": (bob.returncode, bob_out), "logs": logs,
-            "keys": keys}
+    return dict(played, store=Store.open(db), ident=ident)
 
 
 def test_both_sessions_ran(story):
@@ -87,3 +77,13 @@ def test_bobs_session_on_the_same_account_is_bobs(story):
     (tr,) = [t for t in tracer.find(Query(pattern="describe-cluster", limit=10)) if t.poi.program != "sudo"][:1]
     assert tr.attributed.user == "bob"
     assert (tr.attributed.host, tr.attributed.source, tr.attributed.account) == ("host-b", LAPTOP, "ec2-user")
+
+
+def test_whodid_demo_live_plays_and_traces_the_story(tmp_path, capsys):
+    from whodid.bot import cli
+    db = tmp_path / "live.db"
+    assert cli.main(["demo", "--live", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "How:  jim -> host-a -> host-b (ec2-user), sudo to root" in out
+    assert "seen on both hosts" in out and "ec2-user -> root via sudo" in out
+    assert (tmp_path / "live.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,5 +1,6 @@
 """Simulated hosts on one kernel: each in its own network, PID, mount and UTS namespaces,
-with its own real sshd and its own whodid agent (scoped to its pid namespace).
+with its own real sshd and its own whodid agent (scoped to its pid namespace). Used by
+`whodid demo --live` and by tests/test_two_hosts.py.
 
     laptop (10.77.1.2) --- (10.77.1.1) host-a (10.77.0.1) --- (10.77.0.2) host-b
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -193,9 +193,16 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def port_open(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+def play_story(lab: Lab) -> dict:
+    """The story of whodid's demo, for real: bob works on host-b as ec2-user with sudo while
+    jim logs in to host-a and, from there, deletes the cluster on host-b as ec2-user via
+    `sudo -i` (a harmless fake aws). Returns what each session printed."""
+    bob = lab.ssh_from_laptop("bob", f"ec2-user@{B}",
+                              f"sudo -i id; sleep 3; sudo -i {lab.work}/bin/aws eks describe-cluster --name prod",
+                              background=True)
+    time.sleep(1.0)
+    jim = lab.ssh_from_laptop("jim", f"jim@{A_IN}", lab.hop_command(
+        f"sudo -i {lab.work}/bin/aws eks delete-cluster --name prod"))
+    bob_out = bob.communicate(timeout=90)[0]
+    time.sleep(1.5)                                   # the agents' last flush and log lines
+    return {"jim": jim, "bob": (bob.returncode, bob_out), "logs": lab.stop_hosts(), "keys": dict(lab.keys)}
