@@ -24,6 +24,7 @@ from functools import lru_cache
 from .assemble import Assembler
 from .bccload import BccMissing, load_bcc
 from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
+from .netlink import NetlinkCapture, NetlinkUnavailable, monotonic_epoch
 from .procfs import ProcFS, boot_id
 from .redact import compile_rules
 from .sshd_log import LogFollower, default_source
@@ -133,14 +134,32 @@ def run(args) -> int:
     auth_log = args.auth_log or cfg.auth_log or default_source()
     try:
         sink = Sink(args.db, args.out)
-        cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
-                      pidns=own_pid_namespace() if args.pid_namespace == "self" else None)
-    except (CaptureError, BccMissing) as exc:
-        print(f"whodid-agent: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:  # a store that cannot be opened, an unwritable --out
         print(f"whodid-agent: cannot start: {exc}", file=sys.stderr)
         return 1
+    cap, mode = None, args.mode
+    if mode in ("auto", "bpf"):
+        try:
+            cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
+                          pidns=own_pid_namespace() if args.pid_namespace == "self" else None)
+            mode = "bpf"
+        except (CaptureError, BccMissing) as exc:
+            print(f"whodid-agent: {exc}", file=sys.stderr)
+            if mode == "bpf":
+                return 1
+    if cap is None:
+        if args.pid_namespace:
+            print("whodid-agent: --pid-namespace needs BPF; the netlink fallback sees every process", file=sys.stderr)
+            return 1
+        try:
+            asm.boot_epoch = monotonic_epoch()          # the connector stamps with CLOCK_MONOTONIC
+            cap, mode = NetlinkCapture(asm), "netlink"
+        except NetlinkUnavailable as exc:
+            print(f"whodid-agent: {exc}", file=sys.stderr)
+            return 1
+        print("whodid-agent: running on the netlink process connector, without BPF: it records exec, fork, "
+              "exit and uid changes, but not TCP connections (ssh hops can only be inferred), not file changes, "
+              "and not the arguments of processes that exit before /proc is read", file=sys.stderr)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,8 +171,12 @@ def run(args) -> int:
              "agent": "whodid-agent/bpf"}
     sink.write([hello] + asm.snapshot())
     where = args.db or args.out
-    print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
-          f"file changes under {', '.join(watch)}) into {where}", file=sys.stderr, flush=True)
+    if mode == "bpf":
+        print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
+              f"file changes under {', '.join(watch)}) into {where}", file=sys.stderr, flush=True)
+    else:
+        print(f"whodid-agent: capturing on {host} with the netlink process connector into {where}",
+              file=sys.stderr, flush=True)
     if follower:
         print(f"whodid-agent: ssh logins from {auth_log}", file=sys.stderr, flush=True)
     else:
@@ -251,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--watch", action="append", metavar="PATH",
                    help=f"record changes under PATH (a glob is allowed); repeatable (default: agent.watch, "
                         f"{', '.join(config_mod.AgentConfig().watch)})")
+    r.add_argument("--mode", choices=["auto", "bpf", "netlink"], default="auto",
+                   help="how to see processes: BPF tracepoints, the netlink process connector (fewer facts), or "
+                        "BPF when it loads and netlink otherwise (default: auto)")
     r.add_argument("--pid-namespace", choices=["self"], help="record only the processes of the agent's own pid "
                    "namespace, under their pids there: one agent per container or simulated host (its "
                    "host name comes from its UTS namespace)")

@@ -81,6 +81,13 @@ class ProcFS:
     def cwd(self, pid: int) -> str | None:
         return self._link(pid, "cwd")
 
+    def exe(self, pid: int) -> str | None:
+        return self._link(pid, "exe")
+
+    def comm(self, pid: int) -> str | None:
+        raw = self._read(pid, "comm")
+        return raw.strip() if raw else None
+
     def tty(self, pid: int) -> str | None:
         stat = self._stat(pid)
         return tty_name(int(stat[4])) if stat else None

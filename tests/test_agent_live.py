@@ -222,3 +222,27 @@ def test_ssh_login_is_tied_to_sshd_and_to_the_client_by_four_tuple(captured):
     assert "seen on both hosts" in hop.note
     assert os.getpid() in [s.pid for s in tr.chain]
     assert tr.chain[-1].login_user == "root"                        # pam_loginuid, read from /proc
+
+
+def test_netlink_fallback_records_processes_and_says_what_it_cannot_see(tmp_path):
+    out = tmp_path / "events.jsonl"
+    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--mode", "netlink", "--out", str(out),
+                              "--ready-file", str(tmp_path / "ready"), "--flush-interval", "0.2", "--auth-log", "none"],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if (tmp_path / "ready").exists():
+                break
+            time.sleep(0.1)
+        subprocess.run(["sh", "-c", f"sleep 0.3; echo {MARK}-netlink >/dev/null; exit 5"])
+        time.sleep(1.0)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
+    assert "not TCP connections" in err and "not file changes" in err
+    events = [__import__("json").loads(line) for line in out.read_text().splitlines()]
+    (sh,) = [e for e in events if e["kind"] == "exec" and f"{MARK}-netlink" in " ".join(e["argv"])]
+    assert sh["argv"][:2] == ["sh", "-c"] and sh["ppid"] == os.getpid()
+    exits = [e for e in events if e["kind"] == "exit" and e["pid"] == sh["pid"] and e["start"] == sh["start"]]
+    assert [e["code"] for e in exits] == [5]

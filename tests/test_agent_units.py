@@ -308,3 +308,24 @@ def test_argv_the_kernel_could_not_read_comes_from_proc_when_it_agrees():
     (ev,) = feed(asm, args_rec(401, ["ls"], truncated=d.TRUNC_FAULT), exec_rec(401, "/usr/bin/ls"))
     assert ev["argv"] == ["ls"] and ev["truncated"] is True
     assert asm.counts["argv_unread"] == 1
+
+
+def test_netlink_messages_parse_into_events_of_the_same_schema():
+    from whodid.agent import netlink as nl
+
+    def msg(what, ts, *fields):
+        body = nl.CN_MSG.pack(1, 1, 0, 0, 24, 0) + nl.EVENT_HEAD.pack(what, 0, ts) + nl.FOUR.pack(*fields)
+        return nl.NLMSGHDR.pack(nl.NLMSGHDR.size + len(body), 3, 0, 0, 0) + body
+
+    data = (msg(nl.PROC_EVENT_FORK, 10, 100, 100, 300, 300) + msg(nl.PROC_EVENT_FORK, 11, 300, 300, 301, 300)
+            + msg(nl.PROC_EVENT_UID, 12, 300, 300, 33, 33) + msg(nl.PROC_EVENT_EXIT, 13, 300, 300, 5 << 8, 17))
+    parsed = nl.parse_message(data)
+    assert [p[0] for p in parsed] == [nl.PROC_EVENT_FORK, nl.PROC_EVENT_FORK, nl.PROC_EVENT_UID, nl.PROC_EVENT_EXIT]
+    cap = nl.NetlinkCapture.__new__(nl.NetlinkCapture)      # no socket: only the translation
+    cap.assembler = assembler([shell()])
+    cap.assembler.snapshot()
+    events = [e for what, ts, f in parsed for r in cap._records(what, ts, f) for e in cap.assembler.feed(r)]
+    for ev in events:
+        parse_event(ev)
+    assert [(e["kind"], e["pid"]) for e in events] == [("fork", 300), ("cred", 300), ("exit", 300)]  # no thread
+    assert (events[1]["uid"], events[2]["code"]) == (33, 5)
