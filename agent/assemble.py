@@ -61,7 +61,7 @@ class Assembler:
         # for joining sshd's log lines to its processes: who accepted which peer, and what
         # the accepting processes forked next
         self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
-        self.forks_of: dict[int, list[tuple[int, int]]] = {}
+        self.forks_of: dict[int, list[tuple[int, int, int]]] = {}     # (fork time, child pid, its start)
         self.pending_logins: list[tuple[float, Any]] = []
         self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0,
                        "argv_unread": 0}
@@ -151,7 +151,7 @@ class Assembler:
         child = replace(parent, start=ts_ns, ppid=parent_pid, pstart=parent.start)
         self.procs[child_pid] = child
         if parent_pid in self.forks_of:
-            self.forks_of[parent_pid] = self.forks_of[parent_pid][-63:] + [(ts_ns, child_pid)]
+            self.forks_of[parent_pid] = self.forks_of[parent_pid][-63:] + [(ts_ns, child_pid, child.start)]
         out.append(self._ev("fork", ts_ns, pid=child_pid, start=child.start, ppid=parent_pid, pstart=parent.start))
         return out
 
@@ -281,7 +281,8 @@ class Assembler:
         self.pending_logins.append((wall_ts, acc))
 
     def match_logins(self, now: float, give_up_after: float = 30.0) -> list[dict[str, Any]]:
-        """Logins whose sshd process is known by now; older unmatched ones are counted and dropped."""
+        """Logins whose sshd process is known by now; older unmatched ones are counted and dropped
+        (give_up_after=0 at shutdown: whatever is left is counted, never silently lost)."""
         out, keep = [], []
         for wall_ts, acc in self.pending_logins:
             ev = self._login(wall_ts, acc)
@@ -299,14 +300,17 @@ class Assembler:
         this client's address and port (or the pid in the log line, when it has one)."""
         addr = _plain(acc.addr)
         accepted = self.accepted.get((addr, acc.port))
-        pid = acc.pid if acc.pid in self.procs else None
-        if pid is None and accepted:
+        found = (acc.pid, self.procs[acc.pid].start) if acc.pid in self.procs else None
+        if found is None and accepted:
+            # the session may be over by the time its log line is read: the fork remembers
+            # the child's pid and start either way
             listener, accept_ts = accepted[0], accepted[1]
-            pid = next((child for ts, child in self.forks_of.get(listener, []) if ts >= accept_ts), None)
-        if pid is None or pid not in self.procs:
+            found = next(((child, start) for ts, child, start in self.forks_of.get(listener, [])
+                          if ts >= accept_ts), None)
+        if found is None:
             return None
-        st = self.procs[pid]
-        ev = self._ev("login", 0, pid=pid, start=st.start, user=acc.user, method=acc.method, raddr=addr,
+        pid, start = found
+        ev = self._ev("login", 0, pid=pid, start=start, user=acc.user, method=acc.method, raddr=addr,
                       rport=acc.port, service="sshd")
         ev["ts"] = round(wall_ts, 6)
         if accepted:

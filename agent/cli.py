@@ -188,12 +188,13 @@ def run(args) -> int:
     pending: list = []
     last_flush = time.monotonic()
     reported_lost = 0
-    def logins() -> list:
+    last_loss_check = time.time()
+    def logins(final: bool = False) -> list:
         if follower is None:
             return []
         while not follower.lines.empty():
             asm.add_login(*follower.lines.get_nowait())
-        return asm.match_logins(time.time())
+        return asm.match_logins(time.time(), give_up_after=0 if final else 30.0)
 
     while not stop.is_set():
         pending.extend(cap.poll(200))
@@ -204,14 +205,19 @@ def run(args) -> int:
             pending, last_flush = [], now
         lost = cap.lost()
         if lost > reported_lost:
-            print(f"whodid-agent: the kernel dropped {lost - reported_lost} records (ring buffer full); "
+            print(f"whodid-agent: the kernel dropped {lost - reported_lost} records ({mode}); "
                   "raise --ringbuf-pages", file=sys.stderr)
+            # stored, so traces crossing this window on this host say they may be incomplete
+            pending.append({"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
+                            "since": round(last_loss_check, 6), "count": lost - reported_lost,
+                            "what": "ring buffer full" if mode == "bpf" else "netlink overrun"})
             reported_lost = lost
+        last_loss_check = time.time()
     pending.extend(cap.drain())
     if follower:
         time.sleep(follower.poll * 2)                # the last lines written before SIGTERM
         follower.stop()
-    pending.extend(logins())
+    pending.extend(logins(final=True))
     sink.write(pending)
     cap.close()
     sink.close()

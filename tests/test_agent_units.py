@@ -329,3 +329,63 @@ def test_netlink_messages_parse_into_events_of_the_same_schema():
         parse_event(ev)
     assert [(e["kind"], e["pid"]) for e in events] == [("fork", 300), ("cred", 300), ("exit", 300)]  # no thread
     assert (events[1]["uid"], events[2]["code"]) == (33, 5)
+
+
+def test_a_login_line_read_after_the_session_ended_still_names_its_process():
+    from whodid.agent.sshd_log import parse_accepted
+    listener = ProcInfo(pid=6, ppid=1, start_ticks=100, argv=["sshd", "-D"], exe="/usr/sbin/sshd", cwd="/",
+                        uid=0, euid=0, gid=0, egid=0, auid=None, ses=None, tty=None, comm="sshd")
+    asm = assembler([listener])
+    asm.snapshot()
+    feed(asm, sock_rec(d.EV_PASSIVE, 0, "10.77.0.2", 22, "10.77.0.1", 48416, ts_ns=1_000),
+         sock_rec(d.EV_ACCEPT, 6, None, 0, "10.77.0.1", 48416, ts_ns=2_000),
+         hdr(d.EV_FORK, 6, ts_ns=3_000, aux=121),
+         hdr(d.EV_EXIT, 121, ts_ns=9_000) + d.EXIT_TAIL.pack(0, 1))           # a short session, over
+    acc = parse_accepted("Accepted publickey for ec2-user from 10.77.0.1 port 48416 ssh2: ED25519 SHA256:abc")
+    asm.add_login(BOOT_EPOCH + 1, acc)
+    (login,) = asm.match_logins(BOOT_EPOCH + 1)
+    assert (login["pid"], login["start"], login["laddr"], login["key_fp"]) == (121, 3_000, "10.77.0.2", "SHA256:abc")
+    parse_event(login)
+    # a line no process can be found for is counted at shutdown, not dropped in silence
+    asm.add_login(BOOT_EPOCH + 2, acc._replace(port=1))
+    assert asm.match_logins(BOOT_EPOCH + 2) == [] and asm.counts["unmatched_login"] == 0
+    assert asm.match_logins(BOOT_EPOCH + 2, give_up_after=0) == [] and asm.counts["unmatched_login"] == 1
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("Nov 23 10:00:00 jump sshd[812]: Accepted publickey for jim from 203.0.113.7 port 53122 ssh2: "
+     "ED25519 SHA256:BgGuuwQsUSRWjwuvtcHvRaDMEn7bExlyncVV4SOkANU",
+     ("jim", "publickey", "203.0.113.7", 53122, "ED25519", "SHA256:BgGuuwQsUSRWjwuvtcHvRaDMEn7bExlyncVV4SOkANU", 812)),
+    ("Accepted password for bob from ::ffff:10.0.0.5 port 2222 ssh2",
+     ("bob", "password", "::ffff:10.0.0.5", 2222, None, None, None)),
+    ("sshd-session[99]: Accepted keyboard-interactive/pam for carol from 10.1.1.1 port 5 ssh2",
+     ("carol", "keyboard-interactive", "10.1.1.1", 5, None, None, 99)),
+    ("Failed password for root from 1.2.3.4 port 22 ssh2", None),
+])
+def test_sshd_accepted_lines(line, expected):
+    from whodid.agent.sshd_log import parse_accepted
+    got = parse_accepted(line)
+    assert (tuple(got) if got else None) == expected
+
+
+def test_log_follower_reads_new_complete_lines_and_survives_rotation(tmp_path):
+    import time as _time
+    from whodid.agent.sshd_log import LogFollower
+    log = tmp_path / "auth.log"
+    log.write_text("Accepted publickey for old from 1.1.1.1 port 1 ssh2\n")     # before we started: not ours
+    f = LogFollower(str(log), poll=0.05).start()
+    _time.sleep(0.2)
+    with open(log, "a") as fh:
+        fh.write("Accepted publickey for jim from 1.1.1.1 port 2 ss")           # half a line...
+        fh.flush()
+        _time.sleep(0.2)
+        fh.write("h2\n")                                                          # ...and the rest
+    _time.sleep(0.2)
+    log.rename(tmp_path / "auth.log.1")                                           # rotation
+    log.write_text("Accepted publickey for bob from 1.1.1.1 port 3 ssh2\n")
+    _time.sleep(0.4)
+    f.stop()
+    users = []
+    while not f.lines.empty():
+        users.append(f.lines.get()[1].user)
+    assert users == ["jim", "bob"]

@@ -149,3 +149,17 @@ def test_several_writers_can_create_and_fill_one_store_at_once(tmp_path):
         accepted = pool.map(_open_and_write, [(path, f"host-{i}") for i in range(4)])
     assert accepted == [200] * 4
     assert Store.open(path).counts()["execs"] == 800
+
+
+def test_a_version_1_store_is_migrated_to_the_latest(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    from whodid.tracer.store import _split_sql
+    for statement in _split_sql(migrations.STEPS[0][1]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == migrations.LATEST >= 2
+    assert "losses" in store.db.table_names()

@@ -288,3 +288,12 @@ def test_a_shell_that_execs_sudo_is_shown_as_its_user_not_root():
     assert tr.poi.command == "sudo -i true"
     assert [(s.command, s.user, s.edge) for s in tr.chain[1:]] == [
         ("bash -c sudo -i true", "ec2-user", "fork"), ("sudo -i true", "root", "sudo")]
+
+
+def test_a_trace_crossing_a_loss_window_says_so():
+    loss = {"v": 1, "kind": "loss", "host": "config-server", "boot": "boot-1", "ts": T0 + 3000, "since": T0 + 2000,
+            "count": 17, "what": "ring buffer full"}
+    (tr,) = trace_one(shared_account_story() + [loss], "delete-cluster")
+    assert any(c.startswith("config-server lost 17 records (ring buffer full)") for c in tr.confidence)
+    (tr,) = trace_one(shared_account_story() + [dict(loss, since=T0 + 9000, ts=T0 + 9500)], "delete-cluster")
+    assert not any("lost" in c for c in tr.confidence)             # after the command: irrelevant

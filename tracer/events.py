@@ -41,6 +41,7 @@ SOCKET = {"laddr": ("addr", True), "lport": ("port", True), "raddr": ("addr", Tr
 SPEC: dict[str, dict[str, tuple[str, bool]]] = {
     "host": {"addrs": ("addrs", False), "os": ("str", False), "agent": ("str", False),
              "boot_time": ("num", False)},
+    "loss": {"count": ("uint", True), "since": ("num", True), "what": ("str", False)},
     "fork": {**PROCESS, "ppid": ("uint", True), "pstart": ("uint", True)},
     "exec": {**PROCESS, "argv": ("argv", True), "truncated": ("bool", False), "exe": ("str", False),
              "cwd": ("str", False), "uid": ("uint", True), "euid": ("uint", True),

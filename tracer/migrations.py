@@ -101,4 +101,14 @@ CREATE INDEX files_path2 ON files (path2) WHERE path2 IS NOT NULL;
 """),
 ]
 
+STEPS.append((2, """
+-- Records a host's agent knows it lost (ring buffer full, netlink overrun) between since
+-- and ts: a trace crossing that window on that host may be missing links.
+CREATE TABLE losses (
+    host INTEGER NOT NULL REFERENCES hosts(id),
+    since REAL NOT NULL, ts REAL NOT NULL, count INTEGER NOT NULL, what TEXT,
+    UNIQUE (host, since, ts)
+);
+"""))
+
 LATEST = STEPS[-1][0]

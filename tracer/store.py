@@ -196,6 +196,10 @@ class Store:
                         [json.dumps(ev["addrs"]) if "addrs" in ev else None, ev.get("os"),
                          ev.get("agent"), host]).rowcount
                     continue
+                if kind == "loss":
+                    new += c.execute("INSERT OR IGNORE INTO losses VALUES (?, ?, ?, ?, ?)",
+                                     [host, ev["since"], ts, ev["count"], ev.get("what")]).rowcount
+                    continue
                 boot = self._boot_id(host, ev["boot"])
                 proc = self._proc_id(boot, ev["pid"], ev["start"])
                 if kind == "exec":
@@ -446,11 +450,21 @@ class Store:
             where.append("h.name GLOB ?")
             args.append(host_glob)
 
+    def losses(self, host_ids: list[int], t0: float, t1: float) -> list[dict[str, Any]]:
+        """Known losses on these hosts whose window overlaps [t0, t1]."""
+        if not host_ids:
+            return []
+        rows = self.db.execute(
+            f"SELECT h.name, l.since, l.ts, l.count, l.what FROM losses l JOIN hosts h ON h.id = l.host "
+            f"WHERE l.host IN ({','.join('?' * len(host_ids))}) AND l.since <= ? AND l.ts >= ? ORDER BY l.since",
+            [*host_ids, t1, t0])
+        return [dict(zip(("host", "since", "ts", "count", "what"), r)) for r in rows]
+
     # --- reading: summary ----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("hosts", "procs", "execs", "creds", "logins", "conns", "files")}
+                for t in ("hosts", "procs", "execs", "creds", "logins", "conns", "files", "losses")}
 
     def time_range(self) -> tuple[float | None, float | None]:
         return tuple(self.db.execute("SELECT min(first_ts), max(last_ts) FROM hosts").fetchone())

@@ -17,6 +17,7 @@ from .events import AUID_UNSET
 from .identity import Identity
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
+from .when import clock
 
 MAX_HOPS = 16
 MAX_DEPTH = 256          # processes walked up on one host before giving up (cycles, broken data)
@@ -115,6 +116,7 @@ class Tracer:
         who = stitch.attribute(chain, self.identity)
         confidence = notes + who.notes
         confidence += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
+        confidence += self._loss_notes(chain, at)
         graph = self._graph(chain)
         truncated: list[str] = []
         if scope > 0:
@@ -123,6 +125,13 @@ class Tracer:
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
                      exit_code=proc.exit_code)
+
+    def _loss_notes(self, chain: list[Step], at: float) -> list[str]:
+        """Warn when a host on the chain lost records while the chain was happening."""
+        host_ids = sorted({self.store.proc(s.proc).host_id for s in chain})
+        return [f"{lo['host']} lost {lo['count']} records ({lo['what'] or 'capture overrun'}) between "
+                f"{clock(lo['since'])} and {clock(lo['ts'])}: links on that host in that time may be missing"
+                for lo in self.store.losses(host_ids, chain[0].start, at)]
 
     def _chain(self, proc: Proc, at: float, image: Image | None) -> tuple[list[Step], list[str]]:
         """Steps from the origin to the point of interest, across hosts."""
