@@ -192,30 +192,34 @@ class Assembler:
         st, out = self._state(h.pid, h.ts_ns)
         args = self.pending_argv.pop(h.pid, None)
         argv, truncated = (args.argv, args.truncated) if args and args.argv else ([rec.filename], False)
+        # /proc speaks for this image only while the process still runs it: by the time we
+        # look, `bash -c 'sudo ...'` may already be sudo, with sudo's ids and arguments
+        current = self.procfs.comm(h.pid) == rec.comm
         if args is None or args.faulted:
             # the kernel could not read argv: the live process's /proc says it, if it is
-            # still there and agrees with what was read
-            full = self.procfs.cmdline(h.pid)
-            if full and full[:len(argv)] == argv or (full and args is None):
+            # still this image and agrees with what was read
+            full = self.procfs.cmdline(h.pid) if current else None
+            if full and (args is None or full[:len(argv)] == argv):
                 argv, truncated = full, False
             else:
                 self.counts["argv_unread"] += 1
         argv, hidden = redact(argv, self.rules)
         self.counts["redacted"] += hidden
         old_euid = st.euid
-        ids = self.procfs.ids(h.pid)
+        ids = self.procfs.ids(h.pid) if current else None
         if ids and ids[0] == h.uid:
             st.uid, st.euid, st.gid, st.egid = ids
         else:
-            # gone before we looked: the real ids are exact; the effective one follows the
-            # binary's setuid bit, as the kernel's exec did
+            # gone (or moved on) before we looked: the real ids are exact; the effective one
+            # follows the binary's setuid bit, as the kernel's exec did
             st.uid, st.gid = h.uid, h.gid
             st.euid, st.egid = setid_owner(rec.filename, h.uid, h.gid)
-        auid, ses = self.procfs.login(h.pid)
-        if auid is not None:
-            st.auid, st.ses = auid, ses
-        st.cwd = self.procfs.cwd(h.pid) or st.cwd
-        st.tty = self.procfs.tty(h.pid) or st.tty
+        if current:
+            auid, ses = self.procfs.login(h.pid)
+            if auid is not None:
+                st.auid, st.ses = auid, ses
+            st.cwd = self.procfs.cwd(h.pid) or st.cwd
+            st.tty = self.procfs.tty(h.pid) or st.tty
         ev = self._ev("exec", h.ts_ns, pid=h.pid, start=st.start, argv=argv, exe=rec.filename, uid=st.uid,
                       euid=st.euid, gid=st.gid, egid=st.egid, comm=rec.comm)
         if truncated:

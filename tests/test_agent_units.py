@@ -139,6 +139,10 @@ class FakeProc:
         p = self.procs.get(pid)
         return p.argv if p else None
 
+    def comm(self, pid):
+        p = self.procs.get(pid)
+        return p.comm if p else None
+
     def tty(self, pid):
         p = self.procs.get(pid)
         return p.tty if p else None
@@ -389,3 +393,16 @@ def test_log_follower_reads_new_complete_lines_and_survives_rotation(tmp_path):
     while not f.lines.empty():
         users.append(f.lines.get()[1].user)
     assert users == ["jim", "bob"]
+
+
+def test_proc_is_not_believed_once_the_process_runs_another_program():
+    # `bash -c 'sudo -i x'`: by the time the bash exec is handled, pid 500 is already sudo,
+    # running as root, with sudo's arguments. None of that is bash's.
+    now_sudo = ProcInfo(pid=500, ppid=100, start_ticks=900, argv=["sudo", "-i", "x"], exe="/usr/bin/sudo",
+                        cwd="/home/ec2-user", uid=1000, euid=0, gid=1000, egid=0, auid=1000, ses=3, tty=None,
+                        comm="sudo")
+    asm = assembler([shell(), now_sudo])
+    asm.procs[500] = ProcState(start=5, uid=1000, euid=1000, auid=1000, ses=3)
+    (ev,) = feed(asm, args_rec(500, ["bash"], truncated=d.TRUNC_FAULT, uid=1000, gid=1000),
+                 exec_rec(500, "/usr/bin/bash", comm="bash", uid=1000, gid=1000))
+    assert (ev["argv"], ev["truncated"], ev["euid"], ev["euser"]) == (["bash"], True, 1000, "jim")

@@ -84,6 +84,6 @@ def test_whodid_demo_live_plays_and_traces_the_story(tmp_path, capsys):
     db = tmp_path / "live.db"
     assert cli.main(["demo", "--live", "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "How:  jim -> host-a -> host-b (ec2-user), sudo to root" in out
+    assert "How:  jim -> host-a -> host-b (ec2-user), sudo to root" in out, out
     assert "seen on both hosts" in out and "ec2-user -> root via sudo" in out
     assert (tmp_path / "live.png").read_bytes()[:4] == b"\x89PNG"
