@@ -27,6 +27,8 @@ PASSIVE_KEEP = 4096
 @dataclass
 class ProcState:
     start: int
+    pidns: int | None = None
+    container: str | None = None
     ppid: int | None = None
     pstart: int | None = None
     uid: int = 0
@@ -97,9 +99,10 @@ class Assembler:
         return out
 
     def _adopt(self, info) -> list[dict[str, Any]]:
+        pidns, container = self.procfs.namespace(info.pid)
         st = ProcState(start=info.start_ticks * TICK_NS, uid=info.uid or 0, euid=info.euid or 0,
                        gid=info.gid or 0, egid=info.egid or 0, auid=info.auid, ses=info.ses,
-                       cwd=info.cwd, tty=info.tty)
+                       cwd=info.cwd, tty=info.tty, pidns=pidns, container=container)
         parent = self.procs.get(info.ppid)
         if parent is None and info.ppid:
             pinfo = self.procfs.info(info.ppid)
@@ -116,7 +119,7 @@ class Assembler:
         return [self._names(ev)]
 
     def _fill(self, ev: dict[str, Any], st: ProcState) -> None:
-        for key in ("cwd", "tty", "auid", "ses", "ppid", "pstart"):
+        for key in ("cwd", "tty", "auid", "ses", "ppid", "pstart", "pidns", "container"):
             value = getattr(st, key)
             if value is not None and not (key in ("auid", "ses") and value == AUID_UNSET):
                 ev[key] = value
@@ -218,6 +221,9 @@ class Assembler:
             auid, ses = self.procfs.login(h.pid)
             if auid is not None:
                 st.auid, st.ses = auid, ses
+            pidns, container = self.procfs.namespace(h.pid)
+            st.pidns = pidns or st.pidns
+            st.container = container or st.container
             st.cwd = self.procfs.cwd(h.pid) or st.cwd
             st.tty = self.procfs.tty(h.pid) or st.tty
         ev = self._ev("exec", h.ts_ns, pid=h.pid, start=st.start, argv=argv, exe=rec.filename, uid=st.uid,

@@ -7,6 +7,7 @@ gone - and then returns None; the caller falls back to what the process inherite
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -81,6 +82,12 @@ class ProcFS:
     def cwd(self, pid: int) -> str | None:
         return self._link(pid, "cwd")
 
+    def namespace(self, pid: int) -> tuple[int | None, str | None]:
+        """(pid namespace inode, container id) - how processes in containers are told apart."""
+        link = self._link(pid, "ns/pid")
+        pidns = int(link[link.index("[") + 1:-1]) if link and "[" in link else None
+        return pidns, container_id(self._read(pid, "cgroup") or "")
+
     def exe(self, pid: int) -> str | None:
         return self._link(pid, "exe")
 
@@ -110,6 +117,19 @@ class ProcFS:
         return ProcInfo(pid=pid, ppid=int(stat[1]), start_ticks=int(stat[19]), argv=argv or [f"[{comm}]"],
                         exe=self._link(pid, "exe"), cwd=self.cwd(pid), uid=ids[0], euid=ids[1], gid=ids[2],
                         egid=ids[3], auid=auid, ses=ses, tty=tty_name(int(stat[4])), comm=comm)
+
+
+_CONTAINER = re.compile(r"(?:docker|containerd|cri-containerd|crio|libpod|podman)[-/:]?([0-9a-f]{64})|"
+                        r"/([0-9a-f]{64})(?:\.scope)?$", re.M)
+
+
+def container_id(cgroup: str) -> str | None:
+    """The 64-hex container id in a /proc/PID/cgroup text (docker, containerd, CRI-O, podman,
+    kubepods), shortened to 12 characters as `docker ps` shows it; None on the host."""
+    m = _CONTAINER.search(cgroup)
+    if not m:
+        return None
+    return (m.group(1) or m.group(2))[:12]
 
 
 def tty_name(tty_nr: int) -> str | None:

@@ -152,6 +152,8 @@ def test_exec_argv_exit_code_and_parent(captured):
     assert __import__("json").loads(argv_json) == ["sh", "-c", f'echo {MARK} one "two  three" >/dev/null; exit 7']
     assert (uid, euid, code) == (0, 0, facts["sh_rc"]) == (0, 0, 7)
     assert store.proc(parent).pid == os.getpid()      # forked by this test process
+    (pidns,) = store.db.execute("SELECT pidns FROM execs WHERE proc = ?", [proc_id]).fetchone()
+    assert pidns == os.stat("/proc/self/ns/pid").st_ino
 
 
 def test_the_tracer_walks_back_to_this_test(captured):

@@ -143,6 +143,9 @@ class FakeProc:
         p = self.procs.get(pid)
         return p.comm if p else None
 
+    def namespace(self, pid):
+        return (4026531836, None) if pid in self.procs else (None, None)
+
     def tty(self, pid):
         p = self.procs.get(pid)
         return p.tty if p else None
@@ -406,3 +409,14 @@ def test_proc_is_not_believed_once_the_process_runs_another_program():
     (ev,) = feed(asm, args_rec(500, ["bash"], truncated=d.TRUNC_FAULT, uid=1000, gid=1000),
                  exec_rec(500, "/usr/bin/bash", comm="bash", uid=1000, gid=1000))
     assert (ev["argv"], ev["truncated"], ev["euid"], ev["euser"]) == (["bash"], True, 1000, "jim")
+
+
+@pytest.mark.parametrize("cgroup, cid", [
+    ("0::/system.slice/docker-" + "a" * 64 + ".scope\n", "a" * 12),
+    ("0::/kubepods.slice/kubepods-burstable.slice/cri-containerd-" + "b" * 64 + ".scope\n", "b" * 12),
+    ("12:pids:/docker/" + "c" * 64 + "\n", "c" * 12),
+    ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
+])
+def test_container_ids_from_cgroups(cgroup, cid):
+    from whodid.agent.procfs import container_id
+    assert container_id(cgroup) == cid

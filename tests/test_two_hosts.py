@@ -87,3 +87,15 @@ def test_whodid_demo_live_plays_and_traces_the_story(tmp_path, capsys):
     assert "How:  jim -> host-a -> host-b (ec2-user), sudo to root" in out, out
     assert "seen on both hosts" in out and "ec2-user -> root via sudo" in out
     assert (tmp_path / "live.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_whodid_trace_json_names_jim_without_any_config(story, capsys, monkeypatch):
+    # what the issue asks of the command line: no people map needed, the hop decides
+    from whodid.bot import cli
+    monkeypatch.delenv("WHODID_CONFIG", raising=False)
+    import json
+    assert cli.main(["trace", "delete-cluster", "--db", story["store"].path, "--json", "--limit", "1"]) == 0
+    (m,) = json.loads(capsys.readouterr().out)["matches"]
+    assert m["attributed_to"]["user"] == "jim" and m["attributed_to"]["host"] == "host-a"
+    assert [c["host"] for c in m["chain"] if c["edge"] in ("login", "ssh")] == ["host-a", "host-b"]
+    assert any(c["edge"] == "sudo" for c in m["chain"]) and not any(c["inferred"] for c in m["chain"])
