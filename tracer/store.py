@@ -450,14 +450,14 @@ class Store:
             where.append("h.name GLOB ?")
             args.append(host_glob)
 
-    def losses(self, host_ids: list[int], t0: float, t1: float) -> list[dict[str, Any]]:
-        """Known losses on these hosts whose window overlaps [t0, t1]."""
-        if not host_ids:
+    def losses(self, hosts: list[str], t0: float, t1: float) -> list[dict[str, Any]]:
+        """Known losses on these hosts (by name) whose window overlaps [t0, t1]."""
+        if not hosts:
             return []
         rows = self.db.execute(
             f"SELECT h.name, l.since, l.ts, l.count, l.what FROM losses l JOIN hosts h ON h.id = l.host "
-            f"WHERE l.host IN ({','.join('?' * len(host_ids))}) AND l.since <= ? AND l.ts >= ? ORDER BY l.since",
-            [*host_ids, t1, t0])
+            f"WHERE h.name IN ({','.join('?' * len(hosts))}) AND l.since <= ? AND l.ts >= ? ORDER BY l.since",
+            [*hosts, t1, t0])
         return [dict(zip(("host", "since", "ts", "count", "what"), r)) for r in rows]
 
     # --- reading: summary ----------------------------------------------------------------

@@ -128,10 +128,9 @@ class Tracer:
 
     def _loss_notes(self, chain: list[Step], at: float) -> list[str]:
         """Warn when a host on the chain lost records while the chain was happening."""
-        host_ids = sorted({self.store.proc(s.proc).host_id for s in chain})
         return [f"{lo['host']} lost {lo['count']} records ({lo['what'] or 'capture overrun'}) between "
                 f"{clock(lo['since'])} and {clock(lo['ts'])}: links on that host in that time may be missing"
-                for lo in self.store.losses(host_ids, chain[0].start, at)]
+                for lo in self.store.losses(sorted({s.host for s in chain}), chain[0].start, at)]
 
     def _chain(self, proc: Proc, at: float, image: Image | None) -> tuple[list[Step], list[str]]:
         """Steps from the origin to the point of interest, across hosts."""
