@@ -45,7 +45,8 @@ class Assembler:
     def __init__(self, host: str, boot: str, boot_epoch: float, procfs: ProcFS,
                  user_name: Callable[[int], str | None], group_name: Callable[[int], str | None],
                  watch: tuple[str, ...] = (), rules=DEFAULT_RULES, own_pid: int | None = None,
-                 uid_of: Callable[[str], int | None] = lambda name: None, pid_namespace: bool = False):
+                 uid_of: Callable[[str], int | None] = lambda name: None, pid_namespace: bool = False,
+                 exclude: tuple[str, ...] = ()):
         self.host, self.boot, self.boot_epoch = host, boot, boot_epoch
         self.procfs = procfs
         self.user_name, self.group_name = user_name, group_name
@@ -53,6 +54,10 @@ class Assembler:
         self.rules = rules
         self.own_pid = own_pid
         self.uid_of = uid_of
+        # Programs configured as noise (agent.exclude): they and everything they start are
+        # left out at the source. Nothing is excluded unless configured.
+        self.exclude = exclude
+        self.excluded: set[int] = set()
         # In a pid namespace a fork record names the child by its pid outside; the child's
         # own first record tells its pid inside, and only then can the fork be told.
         self.pid_namespace = pid_namespace
@@ -146,6 +151,17 @@ class Assembler:
             parent, ts_ns = self.unborn.pop(h.gpid)
             born = self._fork(parent, h.pid, ts_ns)
         if self.own_pid is not None and h.pid == self.own_pid and not isinstance(rec, d.Sock):
+            return born
+        if self.excluded and h.pid in self.excluded and h.type != d.EV_PASSIVE:
+            if isinstance(rec, d.Fork):
+                self.excluded.add(rec.child)
+            elif isinstance(rec, d.Exit):
+                self.excluded.discard(h.pid)
+                self.procs.pop(h.pid, None)
+            return born
+        if self.exclude and isinstance(rec, d.Exec) and noise(rec.filename, self.exclude):
+            self.excluded.add(h.pid)
+            self.pending_argv.pop(h.pid, None)
             return born
         return born + self._feed(rec)
 
@@ -372,6 +388,12 @@ def _plain(addr: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return str(ip)
+
+
+def noise(program: str, patterns: tuple[str, ...]) -> bool:
+    """Is this program (its path, or its name) one the config calls noise?"""
+    name = os.path.basename(program)
+    return any(fnmatch.fnmatchcase(program, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def watched(path: str, patterns: tuple[str, ...]) -> bool:

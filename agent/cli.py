@@ -130,7 +130,8 @@ def run(args) -> int:
     asm = Assembler(host=host, boot=boot_id(), boot_epoch=boot_epoch(), procfs=ProcFS(),
                     user_name=user_name, group_name=group_name, watch=watch,
                     rules=compile_rules([*cfg.redact_patterns, *(args.redact or ())]), own_pid=os.getpid(),
-                    uid_of=uid_of, pid_namespace=args.pid_namespace == "self")
+                    uid_of=uid_of, pid_namespace=args.pid_namespace == "self",
+                    exclude=tuple(cfg.exclude) + tuple(args.exclude or ()))
     auth_log = args.auth_log or cfg.auth_log or default_source()
     try:
         sink = Sink(args.db, args.out)
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                    "host name comes from its UTS namespace)")
     r.add_argument("--auth-log", metavar="PATH", help="sshd's log to follow: a file, `journal`, or `none` "
                    "(default: agent.auth_log, else journald, /var/log/auth.log or /var/log/secure)")
+    r.add_argument("--exclude", action="append", metavar="PROGRAM",
+                   help="do not record this program (path or name glob) nor what it starts; repeatable "
+                        "(added to agent.exclude)")
     r.add_argument("--redact", action="append", metavar="REGEX", help="also mask what REGEX matches in command lines")
     r.add_argument("--ringbuf-pages", type=int, metavar="N",
                    help="ring buffer size in 4 KiB pages, a power of 2 (default: agent.ringbuf_pages, 1024)")

@@ -420,3 +420,17 @@ def test_proc_is_not_believed_once_the_process_runs_another_program():
 def test_container_ids_from_cgroups(cgroup, cid):
     from whodid.agent.procfs import container_id
     assert container_id(cgroup) == cid
+
+
+def test_configured_noise_is_left_out_with_everything_it_starts():
+    asm = Assembler("h", "b", BOOT_EPOCH, FakeProc([shell()]), NAMES.get, lambda g: None,
+                    exclude=("node_exporter",))
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=700), args_rec(700, ["node_exporter"]),
+                  exec_rec(700, "/usr/bin/node_exporter"),
+                  hdr(d.EV_FORK, 700, aux=701), args_rec(701, ["cat", "/proc/stat"]), exec_rec(701, "/usr/bin/cat"),
+                  hdr(d.EV_EXIT, 701) + d.EXIT_TAIL.pack(0, 1),
+                  hdr(d.EV_FORK, 100, aux=702), args_rec(702, ["ls"], uid=1000),
+                  exec_rec(702, "/usr/bin/ls", uid=1000, gid=1000))
+    assert [(e["kind"], e["pid"]) for e in events] == [("fork", 700), ("fork", 702), ("exec", 702)]
+    assert 701 not in asm.excluded

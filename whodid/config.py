@@ -70,6 +70,7 @@ class AgentConfig:
         "/etc", "/usr/local/etc", "/opt/*/conf", "/lib/systemd/system", "/usr/lib/systemd/system",
         "/var/spool/cron"])
     redact_patterns: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
     auth_log: str = ""                  # empty: journald, /var/log/auth.log or /var/log/secure
     ringbuf_pages: int = 1024
     flush_interval: str = "1s"
@@ -149,7 +150,7 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         for key, values in person.items():
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise ConfigError(f"{where}: `identity.people.{name}.{key}` must be a list of strings")
-    for key in ("watch", "redact_patterns"):
+    for key in ("watch", "redact_patterns", "exclude"):
         values = getattr(cfg.agent, key)
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"{where}: `agent.{key}` must be a list of strings")
