@@ -256,20 +256,24 @@ class Assembler:
     def _cred(self, rec: d.Cred) -> list[dict[str, Any]]:
         h = rec.hdr
         st, out = self._state(h.pid, h.ts_ns)
-        old_uid, old_euid = st.uid, st.euid
+        old_uid, old_euid, old_gid, old_egid = st.uid, st.euid, st.gid, st.egid
         a, b, _ = rec.ids
-        if rec.call == "setuid":
+        gids = rec.call in d.GID_CALLS
+        real, eff = ("gid", "egid") if gids else ("uid", "euid")
+        if rec.call in ("setuid", "setgid"):
+            # privileged (euid 0) callers set all ids; others only the effective one
             if old_euid == 0:
-                st.uid = st.euid = a
-            else:
-                st.euid = a
+                setattr(st, real, a)
+            setattr(st, eff, a)
         else:
             if a is not None:
-                st.uid = a
+                setattr(st, real, a)
             if b is not None:
-                st.euid = b
+                setattr(st, eff, b)
         ev = self._ev("cred", h.ts_ns, pid=h.pid, start=st.start, via=rec.call, old_uid=old_uid,
                       old_euid=old_euid, uid=st.uid, euid=st.euid)
+        if gids:
+            ev.update(old_gid=old_gid, old_egid=old_egid, gid=st.gid, egid=st.egid)
         for uid_key, name_key in (("old_uid", "old_user"), ("old_euid", "old_euser")):
             name = self.user_name(ev[uid_key])
             if name:

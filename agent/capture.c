@@ -86,7 +86,7 @@ struct exit_event {
 
 struct cred_event {
     struct hdr h;
-    u32 call;        // 1 setuid, 2 setreuid, 3 setresuid
+    u32 call;        // 1 setuid, 2 setreuid, 3 setresuid, 4 setgid, 5 setregid, 6 setresgid
     u32 a, b, c;     // the ids asked for; (u32)-1 means unchanged
 };
 
@@ -331,6 +331,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setresuid) { return cred_enter(3, args->rui
 TRACEPOINT_PROBE(syscalls, sys_exit_setuid) { return cred_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_setreuid) { return cred_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_setresuid) { return cred_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setgid) { return cred_enter(4, args->gid, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setregid) { return cred_enter(5, args->rgid, args->egid, -1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setresgid) { return cred_enter(6, args->rgid, args->egid, args->sgid); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setgid) { return cred_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setregid) { return cred_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return cred_exit(args->ret); }
 
 // --- TCP ---------------------------------------------------------------------------------
 // At connect() the source port is not chosen yet, and ESTABLISHED is reached in softirq

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 EV_EXEC_ARGS, EV_EXEC, EV_FORK, EV_EXIT, EV_CRED, EV_CONNECT, EV_PASSIVE, EV_ACCEPT, EV_FILE = range(1, 10)
 FILE_OPS = {1: "write", 2: "create", 3: "rename", 4: "unlink", 5: "rmdir", 6: "chmod", 7: "chown"}
-CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid"}
+CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid", 4: "setgid", 5: "setregid", 6: "setresgid"}
+GID_CALLS = {"setgid", "setregid", "setresgid"}
 UNCHANGED = 0xFFFFFFFF
 TRUNC_FAULT = 2
 AF_INET = 2

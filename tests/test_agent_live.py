@@ -104,7 +104,8 @@ def captured(tmp_path_factory):
         sh = subprocess.run(["sh", "-c", f'echo {MARK} one "two  three" >/dev/null; exit 7'])
         facts["sh_rc"] = sh.returncode
         facts["pair"], facts["port"] = loopback_pair()
-        drop = subprocess.run([sys.executable, "-c", f"import os; os.setresuid(65534, 65534, 65534) # {MARK}"])
+        drop = subprocess.run([sys.executable, "-c",
+                               f"import os; os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534) # {MARK}"])
         facts["drop_rc"] = drop.returncode
         su = shutil.which("su")
         if su:
@@ -186,6 +187,9 @@ def test_credential_changes(captured):
     rows = store.db.execute("SELECT c.via, c.old_uid, c.old_euid, c.uid, c.euid FROM creds c JOIN execs e "
                             "ON e.proc = c.proc WHERE instr(e.cmd, ?) > 0", ["setresuid(65534"]).fetchall()
     assert ("setresuid", 0, 0, 65534, 65534) in rows
+    gids = store.db.execute("SELECT c.via, c.old_gid, c.gid, c.egid FROM creds c JOIN execs e ON e.proc = c.proc "
+                            "WHERE instr(e.cmd, ?) > 0 AND c.via = 'setresgid'", ["setresuid(65534"]).fetchall()
+    assert gids == [("setresgid", 0, 65534, 65534)]
     if facts["su"]:
         su = store.db.execute("SELECT e.uid, e.euid FROM execs e WHERE e.cmd = ?", [f"{facts['su']} --version"]).fetchall()
         assert su == [(65534, 0)]                          # a setuid-root binary, run by nobody

@@ -223,6 +223,7 @@ def test_setuid_binary_exec_raises_euid_and_emits_a_cred_change(tmp_path):
     (1, (33, 0xFFFFFFFF, 0xFFFFFFFF), (0, 0), (33, 33)),        # root's setuid sets all
     (1, (0, 0xFFFFFFFF, 0xFFFFFFFF), (1000, 0), (0, 0)),        # euid 0: privileged, sets all
     (2, (0xFFFFFFFF, 33, 0xFFFFFFFF), (0, 0), (0, 33)),         # setreuid(-1, 33)
+    (6, (33, 33, 33), (0, 0), (0, 0)),                          # setresgid leaves the uids alone
 ])
 def test_setuid_family_semantics(call, ids, start, expected):
     asm = assembler()
@@ -434,3 +435,12 @@ def test_configured_noise_is_left_out_with_everything_it_starts():
                   exec_rec(702, "/usr/bin/ls", uid=1000, gid=1000))
     assert [(e["kind"], e["pid"]) for e in events] == [("fork", 700), ("fork", 702), ("exec", 702)]
     assert 701 not in asm.excluded
+
+
+def test_group_changes_carry_gids():
+    asm = assembler()
+    asm.procs[10] = ProcState(start=1, uid=0, euid=0, gid=0, egid=0)
+    (ev,) = feed(asm, hdr(d.EV_CRED, 10) + d.CRED_TAIL.pack(6, 33, 33, 33))
+    assert (ev["via"], ev["old_gid"], ev["gid"], ev["egid"], ev["uid"]) == ("setresgid", 0, 33, 33, 0)
+    (ev,) = feed(asm, hdr(d.EV_CRED, 10) + d.CRED_TAIL.pack(4, 7, 0xFFFFFFFF, 0xFFFFFFFF))
+    assert (ev["via"], ev["gid"], ev["egid"]) == ("setgid", 7, 7)              # euid 0: all of them

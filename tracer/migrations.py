@@ -111,4 +111,12 @@ CREATE TABLE losses (
 );
 """))
 
+STEPS.append((3, """
+-- Group changes (setgid, setregid, setresgid) travel in cred events too.
+ALTER TABLE creds ADD COLUMN old_gid INTEGER;
+ALTER TABLE creds ADD COLUMN old_egid INTEGER;
+ALTER TABLE creds ADD COLUMN gid INTEGER;
+ALTER TABLE creds ADD COLUMN egid INTEGER
+"""))
+
 LATEST = STEPS[-1][0]

@@ -219,9 +219,11 @@ class Store:
                         "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)",
                         [ts, ev.get("code"), ev.get("signal"), proc]).rowcount
                 elif kind == "cred":
-                    new += c.execute("INSERT OR IGNORE INTO creds VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     [proc, ts, ev["via"], ev["old_uid"], ev["old_euid"], ev["uid"],
-                                      ev["euid"]]).rowcount
+                    new += c.execute("INSERT OR IGNORE INTO creds (proc, ts, via, old_uid, old_euid, uid, euid, "
+                                     "old_gid, old_egid, gid, egid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                     [proc, ts, ev["via"], ev["old_uid"], ev["old_euid"], ev["uid"], ev["euid"],
+                                      ev.get("old_gid"), ev.get("old_egid"), ev.get("gid"),
+                                      ev.get("egid")]).rowcount
                     for uid_field, name_field in (("uid", "user"), ("euid", "euser"),
                                                   ("old_uid", "old_user"), ("old_euid", "old_euser")):
                         if name_field in ev:
