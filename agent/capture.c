@@ -8,8 +8,9 @@
 // Records go to one ring buffer, each starting with struct hdr; agent/decode.py mirrors
 // these layouts and is tested on bytes. The loader substitutes:
 //   RINGBUF_PAGES   ring buffer size in pages
-//   WATCH_PREFIXES  `|| has_prefix(p, "/etc/", 5)`... for file changes worth recording
-// and the compiler flags say PIDNS_FILTER (0, or 1 with PIDNS_DEV/PIDNS_INO: record only
+//   WATCH_PREFIXES  `|| ((w0 & mask) == value ...)`... for file changes worth recording
+// and the compiler flags say USE_PERFBUF (0: the BPF ring buffer; 1: perf buffers, for
+// kernels before 5.8) and PIDNS_FILTER (0, or 1 with PIDNS_DEV/PIDNS_INO: record only
 // processes of that pid namespace, under their pids there - one agent per container or
 // simulated host).
 
@@ -115,7 +116,15 @@ struct file_event {
 // No per-CPU scratch buffers: tracepoint programs run preemptibly on this kernel, and two
 // tasks sharing a CPU would write over each other's record. Large records are built in
 // ring buffer space reserved for them, or in a hash entry owned by the thread.
+#if USE_PERFBUF
+// Kernels before 5.8 have no BPF ring buffer: per-CPU perf buffers instead. Records lose
+// their global order across CPUs there (the agent copes: it keys everything by pid and start).
+BPF_PERF_OUTPUT(events);
+BPF_HASH(argv_building, u64, struct exec_args_event, 1024);   // this thread's argv record
+BPF_ARRAY(argv_template, struct exec_args_event, 1);          // zeros, never written
+#else
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#endif
 BPF_ARRAY(file_template, struct file_event, 1);     // all zeros, never written: a blank to copy
 BPF_HASH(clone_flags, u64, u64, 16384);
 BPF_HASH(exit_codes, u32, s32, 16384);
@@ -146,8 +155,12 @@ static __always_inline int fill_hdr(struct hdr *h, u32 type) {
     return 1;
 }
 
-static __always_inline void emit(void *data, u64 size) {
+static __always_inline void emit(void *ctx, void *data, u64 size) {
+#if USE_PERFBUF
+    if (events.perf_submit(ctx, data, size)) {
+#else
     if (events.ringbuf_output(data, size, 0)) {
+#endif
         u32 zero = 0;
         u64 *n = lost.lookup(&zero);
         if (n)
@@ -157,11 +170,21 @@ static __always_inline void emit(void *data, u64 size) {
 
 // --- processes ---------------------------------------------------------------------------
 
-static __always_inline int capture_argv(const char *const *argv) {
+static __always_inline int capture_argv(void *ctx, const char *const *argv) {
     struct hdr h = {};
     if (!fill_hdr(&h, EV_EXEC_ARGS))
         return 0;
+#if USE_PERFBUF
+    u64 id = bpf_get_current_pid_tgid();
+    u32 zero = 0;
+    struct exec_args_event *blank = argv_template.lookup(&zero);
+    if (!blank)
+        return 0;
+    argv_building.update(&id, blank);
+    struct exec_args_event *e = argv_building.lookup(&id);
+#else
     struct exec_args_event *e = events.ringbuf_reserve(sizeof(struct exec_args_event));
+#endif
     if (!e) {
         u32 zero = 0;
         u64 *n = lost.lookup(&zero);
@@ -209,16 +232,21 @@ static __always_inline int capture_argv(const char *const *argv) {
     }
 done:
     e->len = off;
+#if USE_PERFBUF
+    emit(ctx, e, offsetof(struct exec_args_event, argv) + (off & (ARGV_BUF - 1)));
+    argv_building.delete(&id);
+#else
     events.ringbuf_submit(e, 0);
+#endif
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
-    return capture_argv((const char *const *)args->argv);
+    return capture_argv(args, (const char *const *)args->argv);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
-    return capture_argv((const char *const *)args->argv);
+    return capture_argv(args, (const char *const *)args->argv);
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec) {
@@ -227,7 +255,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
         return 0;
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
     TP_DATA_LOC_READ_STR(&e.filename, filename, sizeof(e.filename));
-    emit(&e, sizeof(e));
+    emit(args, &e, sizeof(e));
     return 0;
 }
 
@@ -270,7 +298,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     if (!fill_hdr(&e, EV_FORK))
         return 0;
     e.aux = args->child_pid;
-    emit(&e, sizeof(e));
+    emit(args, &e, sizeof(e));
     return 0;
 }
 
@@ -295,7 +323,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     }
     if (!fill_hdr(&e.h, EV_EXIT))
         return 0;
-    emit(&e, sizeof(e));
+    emit(args, &e, sizeof(e));
     return 0;
 }
 
@@ -314,13 +342,13 @@ static __always_inline int cred_enter(u32 call, u32 a, u32 b, u32 c) {
     return 0;
 }
 
-static __always_inline int cred_exit(long ret) {
+static __always_inline int cred_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     struct cred_event *e = cred_reqs.lookup(&id);
     if (!e)
         return 0;
     if (ret == 0)
-        emit(e, sizeof(*e));
+        emit(ctx, e, sizeof(*e));
     cred_reqs.delete(&id);
     return 0;
 }
@@ -328,15 +356,15 @@ static __always_inline int cred_exit(long ret) {
 TRACEPOINT_PROBE(syscalls, sys_enter_setuid) { return cred_enter(1, args->uid, -1, -1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_setreuid) { return cred_enter(2, args->ruid, args->euid, -1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_setresuid) { return cred_enter(3, args->ruid, args->euid, args->suid); }
-TRACEPOINT_PROBE(syscalls, sys_exit_setuid) { return cred_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_setreuid) { return cred_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_setresuid) { return cred_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setuid) { return cred_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setreuid) { return cred_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresuid) { return cred_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_setgid) { return cred_enter(4, args->gid, -1, -1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_setregid) { return cred_enter(5, args->rgid, args->egid, -1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_setresgid) { return cred_enter(6, args->rgid, args->egid, args->sgid); }
-TRACEPOINT_PROBE(syscalls, sys_exit_setgid) { return cred_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_setregid) { return cred_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return cred_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setgid) { return cred_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setregid) { return cred_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return cred_exit(args, args->ret); }
 
 // --- TCP ---------------------------------------------------------------------------------
 // At connect() the source port is not chosen yet, and ESTABLISHED is reached in softirq
@@ -381,7 +409,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             e.h = *h;
             e.h.ts = bpf_ktime_get_boot_ns();
             SOCK_ADDRS(e);
-            emit(&e, sizeof(e));
+            emit(args, &e, sizeof(e));
         }
         connecting.delete(&sk);
         return 0;
@@ -391,7 +419,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         e.h.ts = bpf_ktime_get_boot_ns();
         e.h.type = EV_PASSIVE;
         SOCK_ADDRS(e);
-        emit(&e, sizeof(e));
+        emit(args, &e, sizeof(e));
     }
     return 0;
 }
@@ -412,7 +440,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
     return 0;
 }
 
-static __always_inline int accept_exit(long ret) {
+static __always_inline int accept_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u64 *ptr = accepting.lookup(&id);
     if (!ptr)
@@ -432,31 +460,24 @@ static __always_inline int accept_exit(long ret) {
         __builtin_memcpy(e.raddr, &sa[4], 4);
     else
         __builtin_memcpy(e.raddr, &sa[8], 16);
-    emit(&e, sizeof(e));
+    emit(ctx, &e, sizeof(e));
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args, args->ret); }
 
 // --- file changes ------------------------------------------------------------------------
 // Filtered here by path prefix, so the cost of the many opens nobody asked about stays in
 // the kernel. Relative paths go up to user space, which resolves them against the cwd.
 
-static __always_inline int has_prefix(const char *p, const char *prefix, int n) {
-#pragma unroll
-    for (int i = 0; i < 64; i++) {
-        if (i >= n)
-            return 1;
-        if (p[i] != prefix[i])
-            return 0;
-    }
-    return 1;
-}
-
+// Each watched prefix (its first 24 bytes; user space applies the whole pattern) is
+// compared as up to three masked 64-bit words: no loops, so any number of prefixes stays
+// cheap for the verifier and the CPU. The loader writes the comparisons (WATCH_PREFIXES).
 static __always_inline int watched(const char *p) {
     if (p[0] != '/')
         return 1;
+    u64 w0 = *(u64 *)&p[0], w1 = *(u64 *)&p[8], w2 = *(u64 *)&p[16];
     return 0 WATCH_PREFIXES;
 }
 
@@ -489,13 +510,13 @@ drop:
     return 0;
 }
 
-static __always_inline int file_exit(long ret) {
+static __always_inline int file_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     struct file_event *e = pending_files.lookup(&id);
     if (!e)
         return 0;
     if (ret >= 0)
-        emit(e, sizeof(*e));
+        emit(ctx, e, sizeof(*e));
     pending_files.delete(&id);
     return 0;
 }
@@ -530,17 +551,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_fchownat) { return file_enter(F_CHOWN, args
 TRACEPOINT_PROBE(syscalls, sys_enter_chown) { return file_enter(F_CHOWN, args->filename, 0, 0, args->user, args->group); }
 TRACEPOINT_PROBE(syscalls, sys_enter_lchown) { return file_enter(F_CHOWN, args->filename, 0, 0, args->user, args->group); }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_chmod) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchownat) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_chown) { return file_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_lchown) { return file_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_chmod) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchownat) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_chown) { return file_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_lchown) { return file_exit(args, args->ret); }

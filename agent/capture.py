@@ -11,7 +11,6 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
 from . import decode
 from .assemble import Assembler, kernel_prefixes
@@ -26,22 +25,38 @@ class CaptureError(RuntimeError):
     pass
 
 
+def prefix_check(prefix: str) -> str:
+    """C for `path starts with prefix` over the path's first three 64-bit words, read little-endian."""
+    raw = prefix.encode()[:24]
+    terms = []
+    for i, word in enumerate(("w0", "w1", "w2")):
+        chunk = raw[i * 8:(i + 1) * 8]
+        if chunk:
+            mask = (1 << (8 * len(chunk))) - 1
+            terms.append(f"({word} & 0x{mask:x}ULL) == 0x{int.from_bytes(chunk, 'little'):x}ULL")
+    return "(" + " && ".join(terms) + ")"
+
+
 def program_text(watch: tuple[str, ...], ringbuf_pages: int = 1024) -> str:
     """capture.c with the loader's substitutions (see its header)."""
-    checks = "".join(f' || has_prefix(p, "{_c(p)}", {len(p.encode())})' for p in kernel_prefixes(watch)
-                     if len(p.encode()) <= 64)
+    checks = "".join(f" || {prefix_check(p)}" for p in kernel_prefixes(watch))
     return (SOURCE.read_text().replace("RINGBUF_PAGES", str(ringbuf_pages))
             .replace("WATCH_PREFIXES", checks))
-
-
-def _c(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def own_pid_namespace() -> tuple[int, int]:
     """(device, inode) of this process's pid namespace, as bpf_get_ns_current_pid_tgid wants."""
     st = os.stat("/proc/self/ns/pid")
     return st.st_dev, st.st_ino
+
+
+def has_ringbuf() -> bool:
+    """The BPF ring buffer came in Linux 5.8."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (5, 8)
 
 
 def boot_epoch() -> float:
@@ -51,12 +66,13 @@ def boot_epoch() -> float:
 
 class Capture:
     def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024,
-                 pidns: tuple[int, int] | None = None):
+                 pidns: tuple[int, int] | None = None, buffer: str = "auto"):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
+        self.perf = buffer == "perf" or (buffer == "auto" and not has_ringbuf())
         flags = ["-Wno-macro-redefined", "-Wno-unused-value", "-Wno-visibility",
-                 f"-DPIDNS_FILTER={1 if pidns else 0}"]
+                 f"-DPIDNS_FILTER={1 if pidns else 0}", f"-DUSE_PERFBUF={1 if self.perf else 0}"]
         if pidns:
             flags += [f"-DPIDNS_DEV={pidns[0]}ULL", f"-DPIDNS_INO={pidns[1]}ULL"]
         try:
@@ -64,9 +80,19 @@ class Capture:
         except Exception as exc:            # BCC raises bare Exception for compile/attach failures
             raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
         self.assembler = assembler
-        self.sink: Callable[[list], None] | None = None
         self._batch: list = []
-        self.bpf["events"].open_ring_buffer(self._on_record)
+        self._records: list = []
+        self._perf_lost = 0
+        if self.perf:
+            # per-CPU buffers: pages per CPU, so share the budget out
+            per_cpu = max(8, 1 << ((ringbuf_pages // max(1, os.cpu_count() or 1)).bit_length() - 1))
+            self.bpf["events"].open_perf_buffer(lambda cpu, data, size: self._on_record(None, data, size),
+                                                page_cnt=per_cpu, lost_cb=self._on_lost)
+        else:
+            self.bpf["events"].open_ring_buffer(self._on_record)
+
+    def _on_lost(self, count) -> None:
+        self._perf_lost += count
 
     def _on_record(self, _ctx, data, size) -> None:
         if size > ARGS_FIXED:
@@ -77,25 +103,37 @@ class Capture:
                 size = min(size, ARGS_FIXED + used)
         raw = ctypes.string_at(data, size)
         try:
-            rec = decode.decode(raw)
+            self._records.append(decode.decode(raw))
         except decode.DecodeError:
             self.assembler.counts["decode_errors"] += 1
-            return
-        self._batch.extend(self.assembler.feed(rec))
+
+    def _assemble(self) -> list:
+        records, self._records = self._records, []
+        if self.perf:
+            # perf buffers are per CPU: a child's exec may be read before its parent's fork
+            records.sort(key=lambda r: r.hdr.ts_ns)
+        out = []
+        for rec in records:
+            out.extend(self.assembler.feed(rec))
+        return out
 
     def poll(self, timeout_ms: int = 200) -> list:
         """Wait up to timeout_ms for records; return the events assembled from them."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-        out, self._batch = self._batch, []
-        return out
+        if self.perf:
+            self.bpf.perf_buffer_poll(timeout_ms)
+        else:
+            self.bpf.ring_buffer_poll(timeout_ms)
+        return self._assemble()
 
     def drain(self) -> list:
-        self.bpf.ring_buffer_consume()
-        out, self._batch = self._batch, []
-        return out
+        if self.perf:
+            self.bpf.perf_buffer_poll(0)
+        else:
+            self.bpf.ring_buffer_consume()
+        return self._assemble()
 
     def lost(self) -> int:
-        return sum(v.value for v in self.bpf["lost"].values())
+        return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost
 
     def close(self) -> None:
         self.bpf.cleanup()

@@ -142,7 +142,8 @@ def run(args) -> int:
     if mode in ("auto", "bpf"):
         try:
             cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
-                          pidns=own_pid_namespace() if args.pid_namespace == "self" else None)
+                          pidns=own_pid_namespace() if args.pid_namespace == "self" else None,
+                          buffer=args.buffer)
             mode = "bpf"
         except (CaptureError, BccMissing) as exc:
             print(f"whodid-agent: {exc}", file=sys.stderr)
@@ -174,7 +175,8 @@ def run(args) -> int:
     where = args.db or args.out
     if mode == "bpf":
         print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
-              f"file changes under {', '.join(watch)}) into {where}", file=sys.stderr, flush=True)
+              f"file changes under {', '.join(watch)}) into {where}"
+              + (" through perf buffers" if cap.perf else ""), file=sys.stderr, flush=True)
     else:
         print(f"whodid-agent: capturing on {host} with the netlink process connector into {where}",
               file=sys.stderr, flush=True)
@@ -259,7 +261,7 @@ def doctor(_args) -> int:
     if not bad and os.geteuid() == 0:
         try:
             asm = Assembler("doctor", "doctor", 0.0, ProcFS(), user_name, group_name)
-            Capture(asm, watch=("/etc",), ringbuf_pages=8).close()
+            Capture(asm, watch=tuple(config_mod.AgentConfig().watch), ringbuf_pages=8).close()
             print("  ok    the BPF program loads and attaches")
         except (CaptureError, BccMissing) as exc:
             print(f"  FAIL  the BPF program did not load: {exc}")
@@ -284,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--mode", choices=["auto", "bpf", "netlink"], default="auto",
                    help="how to see processes: BPF tracepoints, the netlink process connector (fewer facts), or "
                         "BPF when it loads and netlink otherwise (default: auto)")
+    r.add_argument("--buffer", choices=["auto", "ringbuf", "perf"], default="auto",
+                   help="how BPF hands records over: the ring buffer (Linux 5.8+) or per-CPU perf buffers "
+                        "(default: the ring buffer where the kernel has it)")
     r.add_argument("--pid-namespace", choices=["self"], help="record only the processes of the agent's own pid "
                    "namespace, under their pids there: one agent per container or simulated host (its "
                    "host name comes from its UTS namespace)")

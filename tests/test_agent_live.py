@@ -230,25 +230,59 @@ def test_ssh_login_is_tied_to_sshd_and_to_the_client_by_four_tuple(captured):
     assert tr.chain[-1].login_user == "root"                        # pam_loginuid, read from /proc
 
 
-def test_netlink_fallback_records_processes_and_says_what_it_cannot_see(tmp_path):
+def run_agent_around(tmp_path, extra_args, workload) -> tuple[list[dict], str]:
+    """Start an agent writing JSON lines, run workload(), stop it; (events, stderr)."""
     out = tmp_path / "events.jsonl"
-    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--mode", "netlink", "--out", str(out),
+    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", *extra_args, "--out", str(out),
                               "--ready-file", str(tmp_path / "ready"), "--flush-interval", "0.2", "--auth-log", "none"],
                              stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(100):
-            if (tmp_path / "ready").exists():
+        for _ in range(600):
+            if (tmp_path / "ready").exists() or agent.poll() is not None:
                 break
             time.sleep(0.1)
-        subprocess.run(["sh", "-c", f"sleep 0.3; echo {MARK}-netlink >/dev/null; exit 5"])
+        workload()
         time.sleep(1.0)
     finally:
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=30)
     assert agent.returncode == 0, err
+    return [__import__("json").loads(line) for line in out.read_text().splitlines()], err
+
+
+def test_netlink_fallback_records_processes_and_says_what_it_cannot_see(tmp_path):
+    events, err = run_agent_around(tmp_path, ["--mode", "netlink"], lambda: subprocess.run(
+        ["sh", "-c", f"sleep 0.3; echo {MARK}-netlink >/dev/null; exit 5"]))
     assert "not TCP connections" in err and "not file changes" in err
-    events = [__import__("json").loads(line) for line in out.read_text().splitlines()]
     (sh,) = [e for e in events if e["kind"] == "exec" and f"{MARK}-netlink" in " ".join(e["argv"])]
     assert sh["argv"][:2] == ["sh", "-c"] and sh["ppid"] == os.getpid()
     exits = [e for e in events if e["kind"] == "exit" and e["pid"] == sh["pid"] and e["start"] == sh["start"]]
     assert [e["code"] for e in exits] == [5]
+
+
+def test_perf_buffers_for_kernels_without_the_ring_buffer(tmp_path):
+    facts = {}
+
+    def workload():
+        subprocess.run(["sh", "-c", f"echo {MARK}-perf >/dev/null; exit 6"])
+        facts["pair"], facts["port"] = loopback_pair()
+
+    events, err = run_agent_around(tmp_path, ["--mode", "bpf", "--buffer", "perf"], workload)
+    assert "through perf buffers" in err and "0 records lost" in err
+    (sh,) = [e for e in events if e["kind"] == "exec" and f"{MARK}-perf" in " ".join(e["argv"])]
+    assert sh["ppid"] == os.getpid()
+    forks = [e for e in events if e["kind"] == "fork" and e["pid"] == sh["pid"]]
+    assert [f["start"] for f in forks] == [sh["start"]]             # one process, one start, in order
+    assert [e["code"] for e in events if e["kind"] == "exit" and e["pid"] == sh["pid"]] == [6]
+    port = facts["port"]
+    connect = [e for e in events if e["kind"] == "connect" and e["rport"] == port]
+    accept = [e for e in events if e["kind"] == "accept" and e["lport"] == port]
+    assert len(connect) == 1 and len(accept) == 1
+    assert (connect[0]["lport"], connect[0]["laddr"]) == (accept[0]["rport"], accept[0]["raddr"])
+
+
+def test_doctor_loads_the_program_with_the_default_watch_list():
+    res = subprocess.run([sys.executable, "-m", "whodid.agent.cli", "doctor"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ok    the BPF program loads and attaches" in res.stdout and res.stdout.rstrip().endswith("ready")

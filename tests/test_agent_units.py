@@ -444,3 +444,18 @@ def test_group_changes_carry_gids():
     assert (ev["via"], ev["old_gid"], ev["gid"], ev["egid"], ev["uid"]) == ("setresgid", 0, 33, 33, 0)
     (ev,) = feed(asm, hdr(d.EV_CRED, 10) + d.CRED_TAIL.pack(4, 7, 0xFFFFFFFF, 0xFFFFFFFF))
     assert (ev["via"], ev["gid"], ev["egid"]) == ("setgid", 7, 7)              # euid 0: all of them
+
+
+@pytest.mark.parametrize("prefix, path, expected", [
+    ("/etc/", "/etc/hosts", True), ("/etc/", "/etcetera", False), ("/etc/", "/et", False),
+    ("/usr/lib/systemd/system/", "/usr/lib/systemd/system/ssh.service", True),
+    ("/usr/lib/systemd/system/", "/usr/lib/systemd/sys", False),
+    ("/var/spool/cron/", "/var/spool/cron/crontabs/root", True), ("/opt/", "/optional", False),
+])
+def test_kernel_prefix_comparisons(prefix, path, expected):
+    # The C the loader writes, evaluated over the same little-endian words the kernel reads
+    from whodid.agent.capture import prefix_check
+    raw = path.encode().ljust(24, b"\0")[:24]
+    words = {f"w{i}": int.from_bytes(raw[i * 8:(i + 1) * 8], "little") for i in range(3)}
+    expr = prefix_check(prefix).replace("ULL", "").replace("&&", "and")
+    assert eval(expr, {}, words) is expected
