@@ -99,3 +99,15 @@ def test_whodid_trace_json_names_jim_without_any_config(story, capsys, monkeypat
     assert m["attributed_to"]["user"] == "jim" and m["attributed_to"]["host"] == "host-a"
     assert [c["host"] for c in m["chain"] if c["edge"] in ("login", "ssh")] == ["host-a", "host-b"]
     assert any(c["edge"] == "sudo" for c in m["chain"]) and not any(c["inferred"] for c in m["chain"])
+
+
+def test_sudo_credential_changes_were_recorded_on_host_b(story):
+    store = story["store"]
+    ec2 = store.db.execute("SELECT uid FROM users u JOIN hosts h ON h.id = u.host "
+                           "WHERE h.name = 'host-b' AND u.name = 'ec2-user'").fetchone()[0]
+    rows = store.db.execute(
+        "SELECT c.via, c.old_uid, c.old_euid, c.uid, c.euid FROM creds c JOIN execs e ON e.proc = c.proc "
+        "JOIN procs p ON p.id = c.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
+        "WHERE h.name = 'host-b' AND instr(e.cmd, 'sudo -i') AND instr(e.cmd, 'delete-cluster')").fetchall()
+    assert ("exec", ec2, ec2, ec2, 0) in rows                     # the setuid-root sudo binary
+    assert ("setresuid", ec2, 0, 0, 0) in rows                    # sudo becoming root for real
