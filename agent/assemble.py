@@ -9,7 +9,6 @@ short-lived process that is gone before /proc can be read still gets the right f
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import os
 import stat as statmod
 from collections import OrderedDict
@@ -19,6 +18,7 @@ from typing import Any, Callable
 from . import decode as d
 from .procfs import TICK_NS, ProcFS
 from .redact import DEFAULT_RULES, redact
+from whodid.tracer.events import plain_ip
 
 AUID_UNSET = 4294967295
 PASSIVE_KEEP = 4096
@@ -386,12 +386,9 @@ class Assembler:
 
 def _plain(addr: str) -> str:
     try:
-        ip = ipaddress.ip_address(addr)
+        return plain_ip(addr)
     except ValueError:
         return addr
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 def noise(program: str, patterns: tuple[str, ...]) -> bool:

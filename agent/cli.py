@@ -29,6 +29,7 @@ from .procfs import ProcFS, boot_id
 from .redact import compile_rules
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
+from whodid.tracer.events import plain_ip
 from whodid.tracer.when import parse_duration
 
 FLUSH_EVENTS = 2000
@@ -75,7 +76,7 @@ def host_addrs() -> list[str]:
         for line in open("/proc/net/if_inet6"):
             raw, _, _, scope, _, dev = line.split()
             if dev != "lo" and scope == "00":
-                addrs.add(str(__import__("ipaddress").ip_address(bytes.fromhex(raw))))
+                addrs.add(plain_ip(bytes.fromhex(raw)))
     except OSError:
         pass
     return sorted(addrs)

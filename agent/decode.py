@@ -6,9 +6,10 @@ so the consumer keeps up with exec storms.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import NamedTuple
+
+from whodid.tracer.events import plain_ip
 
 EV_EXEC_ARGS, EV_EXEC, EV_FORK, EV_EXIT, EV_CRED, EV_CONNECT, EV_PASSIVE, EV_ACCEPT, EV_FILE = range(1, 10)
 FILE_OPS = {1: "write", 2: "create", 3: "rename", 4: "unlink", 5: "rmdir", 6: "chmod", 7: "chown"}
@@ -99,10 +100,7 @@ def _cstr(raw: bytes) -> str:
 
 
 def _addr(family: int, raw: bytes) -> str:
-    ip = ipaddress.ip_address(raw[:4] if family == AF_INET else raw)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return str(ip)
+    return plain_ip(raw[:4] if family == AF_INET else raw)
 
 
 def _id(value: int) -> int | None:

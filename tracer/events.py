@@ -127,9 +127,15 @@ def normalise_addr(field: str, value: Any) -> str:
     if not isinstance(value, str):
         raise EventError(field, f"expected an IP address string, got {type(value).__name__}")
     try:
-        ip = ipaddress.ip_address(value)
+        return plain_ip(value)
     except ValueError:
         raise EventError(field, f"{value!r} is not an IP address") from None
+
+
+def plain_ip(value: str | bytes) -> str:
+    """An address (text, or 4 or 16 packed bytes) as text, IPv4-mapped IPv6 as plain IPv4.
+    Raises ValueError for anything that is not an address."""
+    ip = ipaddress.ip_address(value)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return str(ip)

@@ -176,8 +176,8 @@ class Tracer:
             login = self.store.login_of(p.id)
             if first and poi_image is not None:
                 images = [im for im in images if im.ts <= poi_image.ts]
-            creds = self.store.creds(p.id)
             if images:
+                creds = self.store.creds(p.id)
                 # each image is who the process was until just before its next exec (or until
                 # t): the exec of a setuid program like sudo belongs to the new image, not the old
                 ends = [im.ts - 1e-6 for im in images[1:]] + [t]
@@ -185,7 +185,8 @@ class Tracer:
                     rev.append(self._step(p, im, until=until, creds=creds))
             elif login or first:
                 inherited = self._inherited_image(p)
-                rev.append(self._step(p, inherited, inherited=True, at=p.fork_ts or t, until=t, creds=creds))
+                rev.append(self._step(p, inherited, inherited=True, at=p.fork_ts or t, until=t,
+                                      creds=self.store.creds(p.id)))
             if login:
                 rev[-1].login = login
                 rev[-1].user = login["user"]
