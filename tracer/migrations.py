@@ -119,4 +119,37 @@ ALTER TABLE creds ADD COLUMN gid INTEGER;
 ALTER TABLE creds ADD COLUMN egid INTEGER
 """))
 
+STEPS.append((4, """
+-- Agents that ship to a collector: one token per host, kept only as its SHA-256, so a copy
+-- of the store does not let anyone pose as a host.
+CREATE TABLE agents (
+    host TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    revoked REAL
+);
+
+-- Host inventory, in the collector's own clock: when the host's last batch arrived, and the
+-- host's clock offset (collector clock minus host clock, seconds) with its error bound
+-- (half the round trip of the measurement), so cross-host times can be compared.
+ALTER TABLE hosts ADD COLUMN seen_at REAL;
+ALTER TABLE hosts ADD COLUMN clock_offset REAL;
+ALTER TABLE hosts ADD COLUMN clock_error REAL;
+
+-- Processes an open incident's trace needs, kept past the retention horizon until `until`.
+CREATE TABLE pins (
+    proc INTEGER NOT NULL REFERENCES procs(id),
+    reason TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (proc, reason)
+) WITHOUT ROWID;
+
+-- Events a collector refused (malformed, or claiming another host), kept for people to
+-- look at rather than dropped: the newest few thousand.
+CREATE TABLE rejects (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL, at REAL NOT NULL, line INTEGER, field TEXT, error TEXT, raw TEXT
+);
+"""))
+
 LATEST = STEPS[-1][0]

@@ -8,8 +8,10 @@ questions the trace engine asks. No stitching happens here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -87,6 +89,7 @@ class Store:
         self._hosts: dict[str, int] = {}
         self._boots: dict[tuple[int, str], int] = {}
         self._procs: dict[tuple[int, int, int], int] = {}
+        self._generation: str | None = None
 
     # --- opening -------------------------------------------------------------------------
 
@@ -177,6 +180,7 @@ class Store:
         span: dict[int, list[float]] = {}
         names: dict[tuple[int, int], str] = {}
         with self.transaction():
+            self._check_generation()
             for ev in events:
                 host = self._host_id(ev["host"])
                 ts = ev["ts"]
@@ -272,6 +276,16 @@ class Store:
                 c.execute("UPDATE procs SET parent = ?, parent_ts = ? WHERE id = ? AND parent_by_fork = 0 "
                           "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
         return new
+
+    def _check_generation(self) -> None:
+        """Ids cached by this connection die when a prune (maybe from another process) deletes
+        rows; prune bumps a counter, and seeing it move empties the caches."""
+        gen = self.get_meta("prune_generation")
+        if gen != self._generation:
+            self._hosts.clear()
+            self._boots.clear()
+            self._procs.clear()
+            self._generation = gen
 
     def _host_id(self, name: str) -> int:
         hid = self._hosts.get(name)
@@ -462,6 +476,93 @@ class Store:
             [*hosts, t1, t0])
         return [dict(zip(("host", "since", "ts", "count", "what"), r)) for r in rows]
 
+    # --- fleet: agent tokens, inventory, clocks, pins ---------------------------------------
+
+    def add_agent(self, host: str) -> str:
+        """A new token for host (replacing any old one). Only its hash is kept: show it once."""
+        token = "wdt_" + secrets.token_urlsafe(32)
+        self.db.execute("INSERT OR REPLACE INTO agents (host, token_sha256, created, revoked) VALUES (?, ?, ?, NULL)",
+                        [host, _token_hash(token), time.time()])
+        return token
+
+    def revoke_agent(self, host: str) -> bool:
+        return self.db.execute("UPDATE agents SET revoked = ? WHERE host = ? AND revoked IS NULL",
+                               [time.time(), host]).rowcount > 0
+
+    def agents(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT host, created, revoked FROM agents ORDER BY host")
+        return [dict(zip(("host", "created", "revoked"), r)) for r in rows]
+
+    def agent_for_token(self, token: str) -> str | None:
+        """The host a token belongs to, or None. Tokens are 256-bit random, so looking one up by
+        its hash leaks nothing useful through timing."""
+        row = self.db.execute("SELECT host FROM agents WHERE token_sha256 = ? AND revoked IS NULL",
+                              [_token_hash(token)]).fetchone()
+        return row[0] if row else None
+
+    def note_seen(self, host: str, at: float, clock: tuple[float, float] | None = None) -> None:
+        """A batch from host arrived at `at` (collector clock); clock = (offset, error) evidence."""
+        hid = self._host_id(host)
+        if clock is None:
+            self.db.execute("UPDATE hosts SET seen_at = ? WHERE id = ?", [at, hid])
+        else:
+            self.db.execute("UPDATE hosts SET seen_at = ?1, clock_offset = ?2, clock_error = ?3 WHERE id = ?4",
+                            [at, clock[0], clock[1], hid])
+
+    def inventory(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT name, first_ts, last_ts, seen_at, clock_offset, clock_error, agent, addrs "
+                               "FROM hosts ORDER BY name")
+        return [dict(zip(("host", "first_ts", "last_ts", "seen_at", "clock_offset", "clock_error", "agent",
+                          "addrs"), r)) for r in rows]
+
+    def clock_offsets(self) -> dict[int, float]:
+        """host id -> seconds to add to that host's timestamps to put them on the collector's clock."""
+        return dict(self.db.execute("SELECT id, clock_offset FROM hosts WHERE clock_offset IS NOT NULL"))
+
+    def pin(self, procs: Iterable[int], until: float, reason: str) -> None:
+        """Keep these processes (and what their traces need) past retention until `until`."""
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT INTO pins (proc, reason, until) VALUES (?, ?, ?) "
+                "ON CONFLICT (proc, reason) DO UPDATE SET until = max(until, excluded.until)",
+                [(p, reason, until) for p in set(procs)])
+
+    def pins(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT reason, count(*), max(until) FROM pins GROUP BY reason ORDER BY reason")
+        return [dict(zip(("reason", "procs", "until"), r)) for r in rows]
+
+    def add_rejects(self, host: str, at: float, rows: list[tuple[int, str, str, str]], keep: int = 5000) -> None:
+        """Keep refused events (line, field, error, raw) for inspection; only the newest `keep`."""
+        if not rows:
+            return
+        with self.transaction():
+            self.db.conn.executemany("INSERT INTO rejects (host, at, line, field, error, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                                     [(host, at, *r) for r in rows])
+            self.db.execute("DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?", [keep])
+
+    def rejects(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT host, at, line, field, error, raw FROM rejects ORDER BY id DESC LIMIT ?",
+                               [limit])
+        return [dict(zip(("host", "at", "line", "field", "error", "raw"), r)) for r in rows]
+
+    def prune(self, horizon: float, now: float | None = None, dry_run: bool = False):
+        from .retention import prune
+        return prune(self, horizon, time.time() if now is None else now, dry_run=dry_run)
+
+    def vacuum(self) -> tuple[int, int]:
+        """Give deleted space back to the file system. Returns (bytes before, bytes after)."""
+        before = self.size()
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return before, self.size()
+
+    def size(self) -> int:
+        """Bytes on disk, write-ahead log included."""
+        if self.path == ":memory:":
+            return 0
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
     # --- reading: summary ----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -470,6 +571,34 @@ class Store:
 
     def time_range(self) -> tuple[float | None, float | None]:
         return tuple(self.db.execute("SELECT min(first_ts), max(last_ts) FROM hosts").fetchone())
+
+    def counts_by_host(self) -> dict[str, dict[str, int]]:
+        """host -> kind -> events stored (forks and exits are columns of procs; counted as such)."""
+        out: dict[str, dict[str, int]] = {name: {} for (name,) in self.db.execute("SELECT name FROM hosts")}
+        per_proc = {
+            "exec": "SELECT b.host, count(*) FROM execs x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
+            "fork": "SELECT b.host, count(*) FROM procs p JOIN boots b ON b.id = p.boot WHERE p.fork_ts IS NOT NULL GROUP BY 1",
+            "exit": "SELECT b.host, count(*) FROM procs p JOIN boots b ON b.id = p.boot WHERE p.exit_ts IS NOT NULL GROUP BY 1",
+            "cred": "SELECT b.host, count(*) FROM creds x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
+            "login": "SELECT b.host, count(*) FROM logins x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
+            "connect": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'connect' GROUP BY 1",
+            "accept": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'accept' GROUP BY 1",
+            "file": "SELECT b.host, count(*) FROM files x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
+            "loss": "SELECT host, count(*) FROM losses GROUP BY 1",
+        }
+        names = dict(self.db.execute("SELECT id, name FROM hosts"))
+        for kind, sql in per_proc.items():
+            for host_id, n in self.db.execute(sql):
+                out[names[host_id]][kind] = n
+        return out
+
+    def lost_by_host(self) -> dict[str, int]:
+        """Records each host's agent said it lost (ring buffer overruns, a full spool)."""
+        return dict(self.db.execute("SELECT h.name, sum(l.count) FROM losses l JOIN hosts h ON h.id = l.host GROUP BY 1"))
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class _Transaction:

@@ -1,0 +1,101 @@
+"""Retention: forget what happened before a horizon, except what a trace still needs.
+
+A process is kept when it did anything after the horizon, may still be running (no exit on
+its host's latest boot), or is pinned by an open incident - and then so is everything its
+trace walks through: its ancestors, the ssh client on the other host behind each of their
+logins (exact 4-tuple or, as the trace would infer, the address and port within an hour),
+and the login of their audit session. That closure is why a shell opened 40 days ago, whose
+child ran `delete-cluster` yesterday, survives a 30-day horizon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOP_SLACK = 3600.0          # wider than any sensible trace.hop_window: keeping too much is safe
+
+SEED = [
+    # may still be running: no exit, on the newest boot its host reported
+    "INSERT OR IGNORE INTO temp.keep SELECT id FROM procs WHERE exit_ts IS NULL "
+    "AND boot IN (SELECT max(id) FROM boots GROUP BY host)",
+    "INSERT OR IGNORE INTO temp.keep SELECT id FROM procs WHERE exit_ts >= :h OR fork_ts >= :h",
+    "INSERT OR IGNORE INTO temp.keep SELECT proc FROM execs WHERE ts >= :h",
+    "INSERT OR IGNORE INTO temp.keep SELECT proc FROM creds WHERE ts >= :h",
+    "INSERT OR IGNORE INTO temp.keep SELECT proc FROM logins WHERE ts >= :h",
+    "INSERT OR IGNORE INTO temp.keep SELECT proc FROM conns WHERE ts >= :h",
+    "INSERT OR IGNORE INTO temp.keep SELECT proc FROM files WHERE ts >= :h",
+    "INSERT OR IGNORE INTO temp.keep SELECT proc FROM pins WHERE until > :now",
+]
+
+CLOSE = [
+    # ancestors on the same host
+    "INSERT OR IGNORE INTO temp.keep WITH RECURSIVE up(id) AS ("
+    " SELECT p.parent FROM procs p JOIN temp.keep k ON k.id = p.id WHERE p.parent IS NOT NULL"
+    " UNION SELECT p.parent FROM procs p JOIN up ON p.id = up.id WHERE p.parent IS NOT NULL)"
+    " SELECT id FROM up",
+    # the client of each kept login: the connect whose local end is the login's remote end
+    "INSERT OR IGNORE INTO temp.keep SELECT c.proc FROM logins l JOIN temp.keep k ON k.id = l.proc "
+    "JOIN conns c ON c.dir = 'connect' AND c.lport = l.rport AND c.laddr = l.raddr",
+    # ... or, behind NAT, a connect to the login's own address and port around its time
+    "INSERT OR IGNORE INTO temp.keep SELECT c.proc FROM logins l JOIN temp.keep k ON k.id = l.proc "
+    "JOIN conns c ON c.dir = 'connect' AND c.raddr = l.laddr AND c.rport = l.lport "
+    f"AND c.ts BETWEEN l.ts - {HOP_SLACK} AND l.ts + {HOP_SLACK}",
+    # the login of a kept process's audit session, when its parent chain was not recorded
+    "INSERT OR IGNORE INTO temp.keep SELECT l.proc FROM execs e JOIN temp.keep k ON k.id = e.proc "
+    "JOIN procs ep ON ep.id = e.proc JOIN logins l ON l.ses = e.ses JOIN procs lp ON lp.id = l.proc "
+    "AND lp.boot = ep.boot WHERE e.ses IS NOT NULL",
+]
+
+TABLES = ("execs", "creds", "logins", "conns", "files")
+
+
+@dataclass
+class PruneReport:
+    horizon: float
+    procs_kept: int = 0
+    procs_removed: int = 0
+    rows_removed: int = 0            # execs, creds, logins, conns, files and losses
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        return (f"{verb} {self.procs_removed} processes and {self.rows_removed} events from before the horizon; "
+                f"kept {self.procs_kept} processes (active since, still running, pinned, or needed by their traces)")
+
+
+def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneReport:
+    db = store.db.conn
+    report = PruneReport(horizon=horizon, dry_run=dry_run)
+    args = {"h": horizon, "now": now}
+    with store.transaction():
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (id INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM temp.keep")
+        for sql in SEED:
+            db.execute(sql, args)
+        size = -1
+        while size != (size := db.execute("SELECT count(*) FROM temp.keep").fetchone()[0]):
+            for sql in CLOSE:
+                db.execute(sql)
+        report.procs_kept = size
+        total = db.execute("SELECT count(*) FROM procs").fetchone()[0]
+        report.procs_removed = total - db.execute(
+            "SELECT count(*) FROM procs WHERE id IN (SELECT id FROM temp.keep)").fetchone()[0]
+        if dry_run:
+            for table in TABLES:
+                report.rows_removed += db.execute(
+                    f"SELECT count(*) FROM {table} WHERE proc NOT IN (SELECT id FROM temp.keep)").fetchone()[0]
+            report.rows_removed += db.execute("SELECT count(*) FROM losses WHERE ts < ?", [horizon]).fetchone()[0]
+        else:
+            for table in TABLES:
+                report.rows_removed += db.execute(
+                    f"DELETE FROM {table} WHERE proc NOT IN (SELECT id FROM temp.keep)").rowcount
+            report.rows_removed += db.execute("DELETE FROM losses WHERE ts < ?", [horizon]).rowcount
+            db.execute("DELETE FROM procs WHERE id NOT IN (SELECT id FROM temp.keep)")
+            db.execute("DELETE FROM pins WHERE until <= ?", [now])
+            db.execute("UPDATE hosts SET first_ts = max(first_ts, ?) WHERE first_ts < ?", [horizon, horizon])
+            gen = int(store.get_meta("prune_generation") or 0) + 1
+            store.set_meta("prune_generation", str(gen))
+        db.execute("DELETE FROM temp.keep")
+    if not dry_run:
+        store._check_generation()
+    return report
