@@ -82,6 +82,7 @@ class HopCandidate:
     rport: int | None
     host: str
     host_id: int = 0
+    shift: float = 0.0       # added to ts to put it on the login host's clock (measured offsets)
 
 
 def pick_hop(login: dict[str, Any], exact: list[HopCandidate], by_address: list[HopCandidate],

@@ -7,6 +7,7 @@ renderers (text, JSON, and later PNG and Slack) draw.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from .events import AUID_UNSET
 from .identity import Identity
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
-from .when import clock
+from .when import clock, format_duration
 
 MAX_HOPS = 16
 MAX_DEPTH = 256          # processes walked up on one host before giving up (cycles, broken data)
@@ -29,6 +30,7 @@ class Settings:
     hop_window: float = 600.0        # a client connect may precede its login by this much
     clock_skew: float = 120.0        # and follow it by this much (unsynchronised clocks)
     max_nodes: int = 2000            # wider scopes stop adding context past this
+    silent_after: float = 900.0      # a host whose last batch is older than this is called silent
 
 
 @dataclass
@@ -80,6 +82,20 @@ class Tracer:
         self.identity = identity or Identity()
         self.settings = settings or Settings()
         self._names: dict[tuple[int, int], str | None] = {}
+        self._offsets: dict[int, float] | None = None
+        self._host_ids: dict[str, int] = {}
+        self._inventory: dict[str, dict[str, Any]] | None = None
+
+    def _offset(self, host_id: int) -> float:
+        """Seconds to add to a host's timestamps to put them on the collector's clock (0 when
+        the host's agent never measured it, as in local mode)."""
+        if self._offsets is None:
+            self._offsets = self.store.clock_offsets()
+        return self._offsets.get(host_id, 0.0)
+
+    def _spread(self) -> float:
+        self._offset(0)
+        return (max(self._offsets.values()) - min(self._offsets.values())) if self._offsets else 0.0
 
     # --- search --------------------------------------------------------------------------
 
@@ -117,10 +133,12 @@ class Tracer:
         confidence = notes + who.notes
         confidence += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
         confidence += self._loss_notes(chain, at)
+        confidence += self._silent_notes(chain)
         graph = self._graph(chain)
         truncated: list[str] = []
         if scope > 0:
             truncated = self._widen(graph, chain, who, scope)
+        self._to_one_clock(graph)
         return Trace(poi=poi, change=change, chain=chain, attributed=who,
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
@@ -131,6 +149,28 @@ class Tracer:
         return [f"{lo['host']} lost {lo['count']} records ({lo['what'] or 'capture overrun'}) between "
                 f"{clock(lo['since'])} and {clock(lo['ts'])}: links on that host in that time may be missing"
                 for lo in self.store.losses(sorted({s.host for s in chain}), chain[0].start, at)]
+
+    def _silent_notes(self, chain: list[Step]) -> list[str]:
+        """A host on the chain whose agent stopped reporting: what happened there since is missing."""
+        if self._inventory is None:
+            self._inventory = {h["host"]: h for h in self.store.inventory()}
+        now = time.time()
+        notes = []
+        for host in dict.fromkeys(s.host for s in chain):
+            seen = (self._inventory.get(host) or {}).get("seen_at")
+            if seen is not None and now - seen > self.settings.silent_after:
+                notes.append(f"{host} has been silent since {clock(seen)} ({format_duration(now - seen)}): its agent "
+                             "may be down, so what happened there since is missing")
+        return notes
+
+    def _to_one_clock(self, graph: nx.DiGraph) -> None:
+        """Put every step's time on the collector's clock, so that gaps across hosts and their
+        order are right however far apart the hosts' clocks are."""
+        for _, data in graph.nodes(data=True):
+            step = data["step"]
+            if step.inherited and step.start == 0.0:
+                continue
+            step.start += self._offset(self._host_ids.get(step.host, 0))
 
     def _chain(self, proc: Proc, at: float, image: Image | None) -> tuple[list[Step], list[str]]:
         """Steps from the origin to the point of interest, across hosts."""
@@ -151,7 +191,7 @@ class Tracer:
                     notes.append(note)
                 break
             steps[0].edge, steps[0].inferred, steps[0].note = "ssh", inferred, note
-            cur, t = self.store.proc(hop.proc), hop.ts
+            cur, t = self.store.proc(hop.proc), hop.ts - hop.shift
         chain = [s for seg in reversed(segments) for s in seg]
         for i in range(1, len(chain)):
             if chain[i].edge in ("login", "ssh") and chain[i].login:
@@ -233,13 +273,17 @@ class Tracer:
     def _hop(self, login: dict[str, Any]):
         """The client side of an ssh login, if it ran on a host we watch: (candidate, inferred, note)."""
         s = self.settings
-        t0, t1 = login["ts"] - s.hop_window, login["ts"] + s.clock_skew
-        exact = [self._candidate(c) for c in self.store.connects_from(login["raddr"], login["rport"], t0, t1)]
+        # candidates' times are moved onto the login host's clock; the search window in the
+        # store (raw times) is widened by the largest difference between measured clocks
+        here = self._offset(self.store.proc(login["proc"]).host_id)
+        spread = self._spread()
+        t0, t1 = login["ts"] - s.hop_window - spread, login["ts"] + s.clock_skew + spread
+        exact = [self._candidate(c, here) for c in self.store.connects_from(login["raddr"], login["rport"], t0, t1)]
         by_address: list[HopCandidate] = []
         hosts = [] if exact else self.store.hosts_with_addr(login["raddr"])
         if hosts and login.get("laddr"):
             # a connect that is exactly another login's client is that login's, not a guess for this one
-            by_address = [c for c in map(self._candidate, self.store.connects_to(
+            by_address = [c for c in (self._candidate(c, here) for c in self.store.connects_to(
                 login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts
                 and not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window)]
         hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
@@ -249,10 +293,13 @@ class Tracer:
                     "matching ssh connection was recorded there: the chain may go on from that host")
         return hit, inferred, note
 
-    def _candidate(self, conn: dict[str, Any]) -> HopCandidate:
+    def _candidate(self, conn: dict[str, Any], here: float = 0.0) -> HopCandidate:
         proc = self.store.proc(conn["proc"])
-        return HopCandidate(proc=conn["proc"], ts=conn["ts"], laddr=conn["laddr"], lport=conn["lport"],
-                            raddr=conn["raddr"], rport=conn["rport"], host=proc.host, host_id=proc.host_id)
+        self._host_ids[proc.host] = proc.host_id
+        shift = self._offset(proc.host_id) - here
+        return HopCandidate(proc=conn["proc"], ts=conn["ts"] + shift, laddr=conn["laddr"], lport=conn["lport"],
+                            raddr=conn["raddr"], rport=conn["rport"], host=proc.host, host_id=proc.host_id,
+                            shift=shift)
 
     def _name(self, host_id: int, uid: int | None) -> str | None:
         if uid is None or uid == AUID_UNSET:
@@ -266,6 +313,7 @@ class Tracer:
               until: float | None = None, creds: list[dict[str, Any]] = ()) -> Step:
         """A chain step for an image of p. The effective user is the image's, unless p changed
         credentials (setuid without exec) between the image's start and `until`."""
+        self._host_ids[p.host] = p.host_id
         if im is None:
             return Step(node=f"{p.id}@?", proc=p.id, host=p.host, pid=p.pid, user="?", login_user=None,
                         command=f"pid {p.pid} (program not recorded)", argv=[], start=at or 0.0,
