@@ -29,6 +29,7 @@ def test_example_defaults_match_the_code_defaults():
     assert cfg.store == default.store
     assert cfg.identity.shared_accounts == default.identity.shared_accounts
     assert cfg.agent == default.agent
+    assert cfg.collector == default.collector
 
 
 @pytest.mark.parametrize("raw, words", [

@@ -32,9 +32,51 @@ def data_dir() -> Path:
     return Path(base) / "whodid"
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
+_SIZE_UNIT = {"B": 1, None: 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+              "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """`16MiB`, `1GiB`, `500MB`, `4096` -> bytes."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ConfigError(f"{text!r} is not a size; use a number and a unit, like 16MiB or 1GiB")
+    return int(float(m.group(1)) * _SIZE_UNIT[m.group(2)])
+
+
+def maybe_duration(text: str) -> float | None:
+    """A duration, or None for "" / 0 / off (meaning: never)."""
+    if str(text).strip().lower() in ("", "0", "off", "never", "forever"):
+        return None
+    return parse_duration(text)
+
+
 @dataclass
 class StoreConfig:
     path: str = ""                      # empty: $WHODID_DB, else data_dir()/whodid.db
+    retention: str = "30d"              # "" or off: keep everything
+    prune_every: str = "1h"
+
+    @property
+    def retention_seconds(self) -> float | None:
+        return maybe_duration(self.retention)
+
+
+@dataclass
+class CollectorConfig:
+    listen: str = "127.0.0.1:8470"
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_body: str = "16MiB"
+    max_batch: str = "64MiB"
+    silent_after: str = "15m"
+
+    def address(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"`collector.listen` wants HOST:PORT (like 0.0.0.0:8470), got {self.listen!r}")
+        return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass
@@ -74,6 +116,28 @@ class AgentConfig:
     auth_log: str = ""                  # empty: journald, /var/log/auth.log or /var/log/secure
     ringbuf_pages: int = 1024
     flush_interval: str = "1s"
+    collector: str = ""                 # URL of `whodid serve`; empty: local mode (--db / --out)
+    token: str = ""                     # $WHODID_AGENT_TOKEN overrides; or token_file
+    token_file: str = ""
+    ca_file: str = ""
+    spool: str = ""                     # empty: /var/lib/whodid/spool.db as root, else data_dir()/spool.db
+    spool_max: str = "1GiB"
+    spool_when_full: str = "drop-oldest"
+    batch_events: int = 5000
+
+    def agent_token(self) -> str:
+        token = os.environ.get("WHODID_AGENT_TOKEN") or self.token
+        if not token and self.token_file:
+            try:
+                token = Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read agent.token_file {self.token_file}: {exc.strerror}") from None
+        return token
+
+    def spool_path(self) -> str:
+        if self.spool:
+            return self.spool
+        return "/var/lib/whodid/spool.db" if os.geteuid() == 0 else str(data_dir() / "spool.db")
 
 
 @dataclass
@@ -82,14 +146,21 @@ class Config:
     trace: TraceConfig = field(default_factory=TraceConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
     source: str | None = None           # the file it came from, for messages
+
+    def trace_settings(self) -> Settings:
+        settings = self.trace.settings()
+        settings.silent_after = parse_duration(self.collector.silent_after)
+        return settings
 
     def store_path(self, override: str | None = None) -> str:
         return (override or os.environ.get("WHODID_DB") or self.store.path
                 or str(data_dir() / "whodid.db"))
 
 
-SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig}
+SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig,
+            "collector": CollectorConfig}
 PERSON_KEYS = {"ssh_keys", "accounts"}
 
 
@@ -166,6 +237,24 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         cfg.trace.settings()
         parse_duration(cfg.trace.default_since)
         parse_duration(cfg.agent.flush_interval)
+        parse_duration(cfg.collector.silent_after)
+        parse_duration(cfg.store.prune_every)
+        cfg.store.retention_seconds
     except TimeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    try:
+        for key in ("max_body", "max_batch"):
+            parse_size(getattr(cfg.collector, key))
+        parse_size(cfg.agent.spool_max)
+        cfg.collector.address()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if cfg.agent.spool_when_full not in ("drop-oldest", "drop-newest"):
+        raise ConfigError(f"{where}: `agent.spool_when_full` is drop-oldest or drop-newest, "
+                          f"got {cfg.agent.spool_when_full!r}")
+    if bool(cfg.collector.tls_cert) != bool(cfg.collector.tls_key):
+        raise ConfigError(f"{where}: TLS needs both `collector.tls_cert` and `collector.tls_key`")
+    if cfg.agent.collector and not cfg.agent.collector.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: `agent.collector` is a URL like https://collector:8470, "
+                          f"got {cfg.agent.collector!r}")
     return cfg
