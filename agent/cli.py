@@ -3,6 +3,9 @@
 examples:
   whodid-agent run --db /var/lib/whodid/whodid.db      local mode: straight into a store
   whodid-agent run --out events.jsonl                   schema-v1 JSON lines (- for stdout)
+  whodid-agent run --collector https://whodid:8470      fleet mode: spool, then ship (token: agent.token
+                                                        or $WHODID_AGENT_TOKEN)
+  whodid-agent forward events.jsonl --collector URL     ship events made elsewhere through the spool
   whodid-agent run --db x.db --watch /etc --watch /srv/app/conf
   whodid-agent doctor                                   can this host run the agent? how to fix it
 """
@@ -83,10 +86,11 @@ def host_addrs() -> list[str]:
 
 
 class Sink:
-    """Where events go: a store (local mode) or JSON lines."""
+    """Where events go: a store (local mode), JSON lines, or the spool (fleet mode)."""
 
-    def __init__(self, db: str | None, out: str | None):
+    def __init__(self, db: str | None, out: str | None, spool=None):
         self.store = self.fh = None
+        self.spool = spool
         if db:
             from whodid.tracer import Store
             self.store = Store.open(db, create=True)
@@ -107,6 +111,8 @@ class Sink:
         if self.fh is not None:
             self.fh.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
             self.fh.flush()
+        if self.spool is not None:
+            self.spool.put(events)
         self.written += len(events)
 
     def close(self) -> None:
@@ -116,14 +122,111 @@ class Sink:
             self.store.close()
 
 
+def fleet(args, cfg, host: str, boot: str):
+    """The spool and shipper of fleet mode, or (None, None) in local mode. Raises ValueError
+    with what to fix."""
+    url = args.collector or cfg.collector
+    if not url:
+        return None, None
+    from .ship import Shipper
+    from .spool import Spool, SpoolError
+    try:
+        token = cfg.agent_token()
+    except config_mod.ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if not token:
+        raise ValueError("fleet mode needs this host's token: set $WHODID_AGENT_TOKEN, agent.token or "
+                         "agent.token_file (make one on the collector: `whodid token add HOST`)")
+    try:
+        spool = Spool(args.spool or cfg.spool_path(), max_bytes=config_mod.parse_size(cfg.spool_max),
+                      policy=cfg.spool_when_full, host=host, boot=boot)
+    except SpoolError as exc:
+        raise ValueError(str(exc)) from None
+    shipper = Shipper(spool, url, token, ca_file=args.ca_file or cfg.ca_file or None,
+                      batch_events=args.batch_events or cfg.batch_events)
+    return spool, shipper
+
+
+def start_shipping(shipper, stop: threading.Event) -> threading.Thread:
+    t = threading.Thread(target=shipper.run, args=(stop,), name="whodid-ship", daemon=True)
+    t.start()
+    return t
+
+
+def stop_shipping(shipper, spool, stop: threading.Event, thread: threading.Thread, grace: float) -> None:
+    stop.set()
+    thread.join(60)
+    spool.report_drops()
+    shipper.drain(time.monotonic() + grace)
+    left = spool.pending()
+    if left:
+        print(f"whodid-agent: {left} events stay in the spool {spool.path} and will be shipped on the next start",
+              file=sys.stderr)
+    spool.close()
+
+
+def forward(args) -> int:
+    """Ship JSON-lines events (files or stdin) through the spool; return when all are delivered."""
+    try:
+        cfg = config_mod.load(args.config).agent
+    except config_mod.ConfigError as exc:
+        print(f"whodid-agent: {exc}", file=sys.stderr)
+        return 2
+    if not (args.collector or cfg.collector):
+        print("whodid-agent: forward needs --collector URL (or agent.collector)", file=sys.stderr)
+        return 2
+    try:
+        spool, shipper = fleet(args, cfg, "", "")
+    except ValueError as exc:
+        print(f"whodid-agent: {exc}", file=sys.stderr)
+        return 2
+    from whodid.tracer.events import EventError, decode_line
+    bad = 0
+    for name in args.files:
+        fh = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")
+        chunk = []
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                ev = decode_line(line)
+            except EventError as err:
+                bad += 1
+                if bad <= 5:
+                    print(f"whodid-agent: {name}:{number}: {err} (not forwarded)", file=sys.stderr)
+                continue
+            chunk.append(ev)
+            if len(chunk) >= 5000:
+                spool.put(chunk)
+                chunk = []
+        spool.put(chunk)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        wait = shipper.ship_once()
+        if wait is None:
+            break
+        if wait:
+            stop.wait(wait)
+    left = spool.pending()
+    spool.close()
+    print(f"whodid-agent: forwarded {shipper.stats.sent} events"
+          + (f", {shipper.stats.refused} refused by the collector" if shipper.stats.refused else "")
+          + (f", {bad} malformed lines skipped" if bad else "")
+          + (f"; {left} wait in the spool for the next run" if left else ""), file=sys.stderr)
+    return 0 if not left else 1
+
+
 def run(args) -> int:
     try:
         cfg = config_mod.load(args.config).agent
     except config_mod.ConfigError as exc:
         print(f"whodid-agent: {exc}", file=sys.stderr)
         return 2
-    if not args.db and not args.out:
-        print("whodid-agent: say where events go: --db PATH (local store) or --out FILE", file=sys.stderr)
+    if not args.db and not args.out and not (args.collector or cfg.collector):
+        print("whodid-agent: say where events go: --collector URL (fleet mode), --db PATH (local store) or "
+              "--out FILE", file=sys.stderr)
         return 2
     watch = tuple(args.watch or cfg.watch)
     host = args.host or cfg.host_name or socket.gethostname()
@@ -135,7 +238,12 @@ def run(args) -> int:
                     exclude=tuple(cfg.exclude) + tuple(args.exclude or ()))
     auth_log = args.auth_log or cfg.auth_log or default_source()
     try:
-        sink = Sink(args.db, args.out)
+        spool, shipper = fleet(args, cfg, host, asm.boot)
+    except ValueError as exc:
+        print(f"whodid-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sink = Sink(args.db, args.out, spool)
     except Exception as exc:  # a store that cannot be opened, an unwritable --out
         print(f"whodid-agent: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -169,11 +277,13 @@ def run(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     follower = LogFollower(auth_log).start() if auth_log and auth_log != "none" else None
+    ship_stop = threading.Event()
+    ship_thread = start_shipping(shipper, ship_stop) if shipper else None
     hello = {"v": 1, "kind": "host", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
              "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
              "agent": "whodid-agent/bpf"}
     sink.write([hello] + asm.snapshot())
-    where = args.db or args.out
+    where = args.db or args.out or f"{shipper.url} (spool {spool.path})"
     if mode == "bpf":
         print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
               f"file changes under {', '.join(watch)}) into {where}"
@@ -225,6 +335,8 @@ def run(args) -> int:
     sink.write(pending)
     cap.close()
     sink.close()
+    if shipper:
+        stop_shipping(shipper, spool, ship_stop, ship_thread, grace=5.0)
     print(f"whodid-agent: stopped; {sink.written} events written, {reported_lost} records lost, "
           f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
           "tied to a process", file=sys.stderr)
@@ -304,12 +416,24 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--flush-interval", type=float, metavar="SECONDS",
                    help="longest time events wait before being written (default: agent.flush_interval, 1s)")
     r.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)   # tests: written once capturing
+    for parser in (r, f := sub.add_parser("forward", help="ship JSON-lines events (files, - for stdin) to the "
+                                           "collector through the spool; exits once all are delivered")):
+        parser.add_argument("--collector", metavar="URL", help="fleet mode: ship to this collector (default: "
+                            "agent.collector); the token comes from $WHODID_AGENT_TOKEN or agent.token(_file)")
+        parser.add_argument("--spool", metavar="PATH", help="the spool file (default: agent.spool)")
+        parser.add_argument("--ca-file", metavar="PEM", help="CA bundle for the collector's certificate")
+        parser.add_argument("--batch-events", type=int, metavar="N", help="events per batch at most (default: "
+                            "agent.batch_events, 5000)")
+    f.add_argument("--config", metavar="FILE", help="config file (its `agent` section)")
+    f.add_argument("files", nargs="*", metavar="FILE", help="JSON-lines files (- for stdin); none: only ship what the spool holds")
     sub.add_parser("doctor", help="check this host can run the agent, and say how to fix what it cannot")
     args = p.parse_args(argv)
     if args.command == "run":
         return run(args)
     if args.command == "doctor":
         return doctor(args)
+    if args.command == "forward":
+        return forward(args)
     p.print_help()
     return 2
 

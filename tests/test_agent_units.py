@@ -286,7 +286,7 @@ def test_setuid_helper_reads_the_mode(tmp_path):
 def test_agent_command_says_where_events_must_go(capsys):
     from whodid.agent.cli import main
     assert main(["run"]) == 2
-    assert "say where events go: --db PATH" in capsys.readouterr().err
+    assert "say where events go: --collector URL (fleet mode), --db PATH" in capsys.readouterr().err
 
 
 def test_in_a_pid_namespace_forks_wait_for_the_childs_own_pid():

@@ -1,0 +1,208 @@
+"""The agent's spool: a small SQLite file between capture and shipping.
+
+Capture appends and never waits for the network; the shipper reads from the head and deletes
+only what the collector acknowledged, so a crash or a collector outage loses nothing that
+reached the spool (WAL, synchronous=NORMAL: survives a killed process; a power cut may lose
+the last second). The spool has a cap. When it is full, the policy says which events give way
+(`drop-oldest`, the default, keeps the most recent activity; `drop-newest` keeps the oldest),
+and every dropped event is counted: the count, and the time span it covered, go to the
+collector as a `loss` event, so traces crossing that span say they may be incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+POLICIES = ("drop-oldest", "drop-newest")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, line BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY CHECK (id = 1), count INTEGER NOT NULL,
+                                    since REAL NOT NULL, until REAL NOT NULL, why TEXT NOT NULL);
+-- batches the collector refused as a whole (not gzip, not JSON lines): kept here, not resent
+CREATE TABLE IF NOT EXISTS refused (seq INTEGER PRIMARY KEY, at REAL NOT NULL, why TEXT, line BLOB NOT NULL);
+"""
+
+
+class SpoolError(Exception):
+    pass
+
+
+class Spool:
+    def __init__(self, path: str | Path, max_bytes: int = 1 << 30, policy: str = "drop-oldest",
+                 host: str = "", boot: str = ""):
+        if policy not in POLICIES:
+            raise SpoolError(f"unknown spool policy {policy!r}; use one of {', '.join(POLICIES)}")
+        self.path, self.max_bytes, self.policy = str(path), max_bytes, policy
+        self.host, self.boot = host, boot
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"cannot open the spool {self.path}: {exc}") from None
+        self.lock = threading.Lock()
+        self.arrived = threading.Event()
+        self.bytes = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events").fetchone()[0]
+        self.dropped_total = 0
+
+    # --- capture side --------------------------------------------------------------------
+
+    def put(self, events: list[dict[str, Any]]) -> int:
+        """Append events; returns how many were kept. Never raises for a full spool or disk."""
+        if not events:
+            return 0
+        rows = [(ev.get("ts", time.time()), json.dumps(ev, separators=(",", ":")).encode()) for ev in events]
+        with self.lock:
+            size = sum(len(r[1]) for r in rows)
+            try:
+                with _tx(self.db):
+                    if self.bytes + size > self.max_bytes:
+                        rows, size = self._make_room(rows, size)
+                    self.db.executemany("INSERT INTO events (ts, line) VALUES (?, ?)", rows)
+                self.bytes += size
+            except sqlite3.OperationalError as exc:          # disk full, I/O error
+                self._count_drop(len(rows), rows[0][0], rows[-1][0], f"spool not writable: {exc}")
+                return 0
+        if rows:
+            self.arrived.set()
+        return len(rows)
+
+    def _make_room(self, rows, size):
+        if self.policy == "drop-newest":
+            keep, dropped = [], []
+            room = self.max_bytes - self.bytes
+            for r in rows:
+                if len(r[1]) <= room:
+                    keep.append(r)
+                    room -= len(r[1])
+                else:
+                    dropped.append(r)
+            if dropped:
+                self._count_drop(len(dropped), min(r[0] for r in dropped), max(r[0] for r in dropped),
+                                 "agent spool full (drop-newest)")
+            return keep, sum(len(r[1]) for r in keep)
+        need = self.bytes + size - self.max_bytes
+        freed, count, lo, hi, last = 0, 0, None, None, None
+        for seq, ts, length in self.db.execute("SELECT seq, ts, length(line) FROM events ORDER BY seq"):
+            if freed >= need:
+                break
+            freed += length
+            count += 1
+            lo = ts if lo is None else min(lo, ts)
+            hi = ts if hi is None else max(hi, ts)
+            last = seq
+        if last is not None:
+            self.db.execute("DELETE FROM events WHERE seq <= ?", [last])
+            self.bytes -= freed
+            self._count_drop(count, lo, hi, "agent spool full (drop-oldest)")
+        if freed < need:          # a single batch larger than the whole spool: keep its newest part
+            keep, room = [], self.max_bytes - self.bytes
+            for r in reversed(rows):
+                if len(r[1]) > room:
+                    break
+                keep.append(r)
+                room -= len(r[1])
+            keep.reverse()
+            cut = rows[:len(rows) - len(keep)]
+            if cut:
+                self._count_drop(len(cut), cut[0][0], cut[-1][0], "agent spool full (drop-oldest)")
+            rows = keep
+        return rows, sum(len(r[1]) for r in rows)
+
+    def _count_drop(self, count: int, since: float, until: float, why: str) -> None:
+        """Remember drops (persisted: a restart does not forget them) until they can be reported."""
+        self.dropped_total += count
+        try:
+            self.db.execute(
+                "INSERT INTO dropped (id, count, since, until, why) VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO "
+                "UPDATE SET count = count + excluded.count, since = min(since, excluded.since), "
+                "until = max(until, excluded.until)", [count, since, until, why])
+        except sqlite3.OperationalError:
+            pass                  # the disk is full: the in-memory total still reaches the log
+        print(f"whodid-agent: dropped {count} events: {why}", flush=True, file=sys.stderr)
+
+    def report_drops(self) -> None:
+        """Turn counted drops into a `loss` event at the tail of the spool, once there is room."""
+        if not self.host:
+            return                  # forwarding others' events: no host of our own to report for
+        with self.lock:
+            row = self.db.execute("SELECT count, since, until, why FROM dropped").fetchone()
+            if not row:
+                return
+            count, since, until, why = row
+            loss = {"v": 1, "kind": "loss", "host": self.host, "boot": self.boot, "ts": round(max(until, since), 6),
+                    "since": round(since, 6), "count": count, "what": why}
+            line = json.dumps(loss, separators=(",", ":")).encode()
+            if self.bytes + len(line) > self.max_bytes:
+                return
+            try:
+                with _tx(self.db):
+                    self.db.execute("INSERT INTO events (ts, line) VALUES (?, ?)", [loss["ts"], line])
+                    self.db.execute("DELETE FROM dropped")
+                self.bytes += len(line)
+            except sqlite3.OperationalError:
+                return
+        self.arrived.set()
+
+    # --- shipping side -------------------------------------------------------------------
+
+    def head(self, max_events: int, max_bytes: int) -> tuple[int, list[bytes]]:
+        """The oldest events not yet acknowledged: (last seq, lines)."""
+        lines, size, last = [], 0, 0
+        with self.lock:
+            for seq, line in self.db.execute("SELECT seq, line FROM events ORDER BY seq LIMIT ?", [max_events]):
+                if lines and size + len(line) > max_bytes:
+                    break
+                lines.append(line)
+                size += len(line) + 1
+                last = seq
+        return last, lines
+
+    def ack(self, upto: int) -> None:
+        with self.lock:
+            with _tx(self.db):
+                freed = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events WHERE seq <= ?",
+                                        [upto]).fetchone()[0]
+                self.db.execute("DELETE FROM events WHERE seq <= ?", [upto])
+            self.bytes -= freed
+
+    def set_aside(self, upto: int, why: str) -> int:
+        """Move events up to seq out of the shipping queue into `refused`, keeping them."""
+        with self.lock:
+            with _tx(self.db):
+                freed = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events WHERE seq <= ?",
+                                        [upto]).fetchone()[0]
+                n = self.db.execute("INSERT INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
+                                    "WHERE seq <= ?", [time.time(), why, upto]).rowcount
+                self.db.execute("DELETE FROM events WHERE seq <= ?", [upto])
+            self.bytes -= freed
+        return n
+
+    def pending(self) -> int:
+        with self.lock:
+            return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+class _tx:
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
