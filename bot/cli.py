@@ -7,7 +7,10 @@ examples:
   whodid trace /etc/nginx/nginx.conf            who changed this file
   whodid trace kubectl --user jim --scope 2     jim's kubectl commands, with their sessions
   whodid ingest events.jsonl                    load schema-v1 events (JSON lines; - for stdin)
-  whodid db stats                               what the store holds
+  whodid db stats                               what the store holds, per host and kind
+  whodid db prune --dry-run                     what retention would remove (store.retention)
+  whodid serve                                  the collector (and, later, the Slack bot) in one process
+  whodid token add web-1                        a token for web-1's agent (shown once)
 """
 
 from __future__ import annotations
@@ -72,9 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("files", nargs="+", metavar="FILE", help="JSON lines, one event each; - reads stdin")
     i.add_argument("--db", metavar="PATH", help=db_help)
 
-    s = sub.add_parser("db", help="look after the store")
-    s.add_argument("action", choices=["stats"])
+    s = sub.add_parser("db", help="look after the store: stats, prune (retention), vacuum (give space back)")
+    s.add_argument("action", choices=["stats", "prune", "vacuum"])
     s.add_argument("--db", metavar="PATH", help=db_help)
+    s.add_argument("--older-than", metavar="DURATION", help="prune: the horizon (default: store.retention, 30d)")
+    s.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
+
+    k = sub.add_parser("token", help="agent tokens for the collector: add (or replace), list, revoke")
+    k.add_argument("action", choices=["add", "list", "revoke"])
+    k.add_argument("host", nargs="?", metavar="HOST", help="the host's name, as its agent reports it")
+    k.add_argument("--db", metavar="PATH", help=db_help)
+
+    v = sub.add_parser("serve", help="run the collector (agents ship to POST /v1/events) with retention; "
+                       "SIGTERM stops it cleanly")
+    v.add_argument("--db", metavar="PATH", help=db_help)
+    v.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default: collector.listen, "
+                   "127.0.0.1:8470)")
+    v.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)     # tests: written once listening
     return p
 
 
@@ -106,7 +123,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     if query.limit < 1:
         raise UsageError("--limit must be at least 1")
     store = Store.open(cfg.store_path(args.db))
-    tracer = Tracer(store, cfg.identity.identity(), cfg.trace.settings())
+    tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
     traces = tracer.find(query)
     written = write_images(traces, args.png, now) if args.png and traces else []
     if args.json:
@@ -156,17 +173,94 @@ def cmd_ingest(args, cfg: config_mod.Config) -> int:
     return worst
 
 
+KINDS = ("exec", "fork", "exit", "cred", "login", "connect", "accept", "file", "loss")
+
+
 def cmd_db(args, cfg: config_mod.Config) -> int:
     path = cfg.store_path(args.db)
     store = Store.open(path)
-    counts = store.counts()
+    if args.action == "prune":
+        older = args.older_than or cfg.store.retention
+        horizon = config_mod.maybe_duration(older)
+        if horizon is None:
+            raise UsageError("retention is off (store.retention); say how old with --older-than 30d")
+        report = store.prune(time.time() - horizon, dry_run=args.dry_run)
+        print(f"{path}: {report.summary()}")
+        if not args.dry_run and report.rows_removed:
+            print("the file keeps its size until `whodid db vacuum` gives the space back")
+        return EXIT_OK
+    if args.action == "vacuum":
+        print(f"{path}: vacuuming (the store is locked for writing meanwhile; agents keep their spools)...",
+              file=sys.stderr, flush=True)
+        before, after = store.vacuum()
+        print(f"{path}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+        return EXIT_OK
+    return db_stats(store, path, cfg)
+
+
+def db_stats(store: Store, path: str, cfg: config_mod.Config) -> int:
+    now = time.time()
     lo, hi = store.time_range()
-    print(f"store: {path} ({os.path.getsize(path) / 1e6:.1f} MB)" if path != ":memory:" else "store: in memory")
-    for name, n in counts.items():
-        print(f"  {name:<7} {n:>10,}")
+    print(f"store: {path} ({store.size() / 1e6:.1f} MB on disk)" if path != ":memory:" else "store: in memory")
     if lo is not None:
-        print(f"  events from {clock(lo)} to {clock(hi)} ({format_duration(hi - lo)})")
+        print(f"events from {clock(lo)} to {clock(hi)} ({format_duration(hi - lo)})")
+    by_host = store.counts_by_host()
+    inventory = {h["host"]: h for h in store.inventory()}
+    silent_after = config_mod.parse_duration(cfg.collector.silent_after)
+    silent = [h for h, inv in inventory.items() if inv["seen_at"] and now - inv["seen_at"] > silent_after]
+    print(f"hosts: {len(by_host)}" + (f" ({len(silent)} silent for over {cfg.collector.silent_after}: "
+                                       f"{', '.join(sorted(silent)[:5])})" if silent else ""))
+    width = max([len(h) for h in by_host] + [5])
+    print(f"  {'host':<{width}} " + " ".join(f"{k:>8}" for k in KINDS) + "  last event         last batch")
+    totals = dict.fromkeys(KINDS, 0)
+    for host in sorted(by_host):
+        kinds, inv = by_host[host], inventory.get(host, {})
+        for k in KINDS:
+            totals[k] += kinds.get(k, 0)
+        last = clock(inv["last_ts"]) if inv.get("last_ts") else "-"
+        seen = ago_text(inv.get("seen_at"), now) if inv.get("seen_at") else "local"
+        print(f"  {host:<{width}} " + " ".join(f"{kinds.get(k, 0):>8,}" for k in KINDS) + f"  {last:<18} {seen}")
+    print(f"  {'total':<{width}} " + " ".join(f"{totals[k]:>8,}" for k in KINDS))
+    rejects = store.rejects(limit=1)
+    if rejects:
+        r = rejects[0]
+        print(f"refused events kept for inspection (newest): {r['host']} line {r['line']}: {r['field']}: {r['error']}")
+    for pin in store.pins():
+        print(f"pinned past retention: {pin['procs']} processes for {pin['reason']} until {clock(pin['until'])}")
     return EXIT_OK
+
+
+def ago_text(ts: float, now: float) -> str:
+    return f"{format_duration(now - ts)} ago"
+
+
+def cmd_token(args, cfg: config_mod.Config) -> int:
+    store = Store.open(cfg.store_path(args.db), create=args.action == "add")
+    if args.action == "list":
+        agents = store.agents()
+        if not agents:
+            print("no agent tokens; make one with `whodid token add HOST`")
+        for a in agents:
+            state = f"revoked {clock(a['revoked'])}" if a["revoked"] else "active"
+            print(f"  {a['host']:<24} made {clock(a['created'])}  {state}")
+        return EXIT_OK
+    if not args.host:
+        raise UsageError(f"`whodid token {args.action}` needs the host's name")
+    if args.action == "revoke":
+        if not store.revoke_agent(args.host):
+            raise UsageError(f"{args.host} has no active token")
+        print(f"{args.host}: token revoked; its agent's batches are refused from now on (within 5 s)")
+        return EXIT_OK
+    token = store.add_agent(args.host)
+    print(token)
+    print(f"the token for {args.host}'s agent, shown this once (only its hash is kept). On {args.host}, put it "
+          "in a root-only file named by agent.token_file, or in $WHODID_AGENT_TOKEN.", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve(args, cfg: config_mod.Config) -> int:
+    from .serve import serve
+    return serve(cfg, db=args.db, listen=args.listen, ready_file=args.ready_file)
 
 
 def cmd_demo(args, cfg: config_mod.Config) -> int:
@@ -200,7 +294,7 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
         raise UsageError(f"the demo's own events were refused: {report.samples[0]}")
     people = cfg.identity.people or demo.story_people()
     ident = config_mod.IdentityConfig(shared_accounts=cfg.identity.shared_accounts, people=people).identity()
-    tracer = Tracer(store, ident, cfg.trace.settings())
+    tracer = Tracer(store, ident, cfg.trace_settings())
     query = Query(pattern="delete-cluster", since=now - 86400, limit=cfg.trace.limit)
     traces = tracer.find(query)
     image = os.path.splitext(path)[0] + ".png"
@@ -256,7 +350,7 @@ def live_demo(path: str, cfg: config_mod.Config) -> int:
                      shared_accounts=tuple(cfg.identity.shared_accounts))
     now = time.time()
     query = Query(pattern="delete-cluster", since=now - 3600, limit=1)
-    traces = Tracer(Store.open(path), ident, cfg.trace.settings()).find(query)
+    traces = Tracer(Store.open(path), ident, cfg.trace_settings()).find(query)
     image = os.path.splitext(path)[0] + ".png"
     print()
     print(f"$ whodid trace delete-cluster --limit 1 --png {image}")
@@ -301,7 +395,8 @@ def _shipping_order(fleet, seed: int) -> list[str]:
     return out
 
 
-COMMANDS = {"trace": cmd_trace, "ingest": cmd_ingest, "db": cmd_db, "demo": cmd_demo}
+COMMANDS = {"trace": cmd_trace, "ingest": cmd_ingest, "db": cmd_db, "demo": cmd_demo, "token": cmd_token,
+            "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,74 @@
+"""`whodid serve`: the collector, and the scheduled jobs, in one process.
+
+Runs until SIGTERM or SIGINT, then stops taking requests, writes every batch already
+received, and exits 0 - as systemd expects. (The Slack bot and canaries join this process
+in later work.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from whodid import config as config_mod
+from whodid.collector.server import Collector, Limits
+
+
+def log(msg: str) -> None:
+    print(f"whodid serve: {msg}", file=sys.stderr, flush=True)
+
+
+def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = None,
+          ready_file: str | None = None) -> int:
+    c = cfg.collector
+    if listen:
+        c = config_mod.CollectorConfig(**{**c.__dict__, "listen": listen})
+    host, port = c.address()
+    path = cfg.store_path(db)
+    limits = Limits(max_body=config_mod.parse_size(c.max_body), max_batch=config_mod.parse_size(c.max_batch))
+    try:
+        collector = Collector(path, host, port, limits=limits, tls_cert=c.tls_cert or None,
+                              tls_key=c.tls_key or None, log=log)
+    except OSError as exc:
+        log(f"cannot listen on {host}:{port}: {exc.strerror}; choose another with --listen or collector.listen")
+        return 2
+    except ValueError as exc:
+        log(str(exc))
+        return 2
+    collector.start()
+    if not collector.tls and host not in ("127.0.0.1", "::1", "localhost"):
+        log(f"warning: serving plain HTTP on {host}: agent tokens and command lines cross the network "
+            "unencrypted; set collector.tls_cert and collector.tls_key")
+
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300})
+    retention = cfg.store.retention_seconds
+    if retention:
+        def prune() -> None:
+            started = time.monotonic()
+            report = collector.writer.call(lambda store: store.prune(time.time() - retention)).result()
+            if report.procs_removed or report.rows_removed:
+                log(f"retention ({cfg.store.retention}): {report.summary()} in {time.monotonic() - started:.1f}s")
+        scheduler.add_job(prune, "interval", seconds=config_mod.parse_duration(cfg.store.prune_every),
+                          id="retention", name="retention")
+        scheduler.add_job(prune, "date", id="retention-now", name="retention at start")
+    scheduler.start()
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log(f"collector listening on {collector.url} (POST /v1/events, GET /healthz, GET /metrics), store {path}"
+        + (f", retention {cfg.store.retention}" if retention else ", retention off"))
+    if ready_file:
+        with open(ready_file, "w") as fh:
+            fh.write(f"{os.getpid()} {collector.url}\n")
+    stop.wait()
+    log("stopping: finishing requests in flight and writing what was received")
+    scheduler.shutdown(wait=False)
+    collector.stop()
+    log(f"stopped; {collector.writer.written} events written since start")
+    return 0
