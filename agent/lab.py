@@ -22,6 +22,7 @@ from pathlib import Path
 
 LAPTOP, A_OUT, A_IN, B = "10.77.1.2", "10.77.1.1", "10.77.0.1", "10.77.0.2"
 USERS = ("jim", "bob", "ec2-user")
+COLLECTOR_PORT = 8470
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
 
@@ -39,8 +40,12 @@ def run(*cmd: str, check: bool = True, timeout: float = 60, user: str | None = N
 
 
 class Lab:
-    def __init__(self, db: Path):
+    def __init__(self, db: Path, fleet: bool = False):
         self.db = db
+        self.fleet = fleet
+        self.collector: subprocess.Popen | None = None
+        self.collector_url = f"http://{A_IN}:{COLLECTOR_PORT}"
+        self.tokens: dict[str, str] = {}
         self.tag = f"wd{os.getpid() % 100000}"
         self.ns = {name: f"{self.tag}-{name}" for name in ("laptop", "a", "b")}
         self.work = Path(tempfile.mkdtemp(prefix="whodid-lab-"))
@@ -57,6 +62,8 @@ class Lab:
         try:
             self._network()
             self._users_and_keys()
+            if self.fleet:
+                self._start_collector()
             for host, addr in (("a", A_IN), ("b", B)):
                 self._start_host(host, addr)
             self._wait_ready()
@@ -108,6 +115,28 @@ class Lab:
         os.chmod(bin_dir / "aws", 0o755)
         os.makedirs("/run/sshd", exist_ok=True)
 
+    def _start_collector(self) -> None:
+        from whodid.tracer import Store
+        store = Store.open(self.db, create=True)
+        self.tokens = {h: store.add_agent(f"host-{h}") for h in ("a", "b")}
+        store.close()
+        ready = self.work / "ready-collector"
+        self.collector = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns["a"], sys.executable, "-m", "whodid.bot.cli", "serve", "--db",
+             str(self.db), "--listen", f"{A_IN}:{COLLECTOR_PORT}", "--ready-file", str(ready)],
+            stderr=open(self.work / "collector.err", "w"), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.time() + 60
+        while not ready.exists():
+            if self.collector.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the collector did not start: {self.collector_log()}")
+            time.sleep(0.1)
+
+    def collector_log(self) -> str:
+        try:
+            return (self.work / "collector.err").read_text()
+        except OSError:
+            return ""
+
     def _start_host(self, host: str, addr: str) -> None:
         w = self.work
         conf = w / f"sshd-{host}.conf"
@@ -119,13 +148,20 @@ class Lab:
         # `ip netns exec` mounts a fresh /sys for the namespace, without tracefs: mount it again
         script = (f"hostname host-{host} && (mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev "
                   f"/sys/kernel/tracing) && /usr/sbin/sshd -f {conf} -E {log} && exec {sys.executable} -m "
-                  f"whodid.agent.cli run --db {self.db} --pid-namespace self --auth-log {log} "
+                  f"whodid.agent.cli run {self._destination(host)} --pid-namespace self --auth-log {log} "
                   f"--ready-file {w}/ready-{host} --flush-interval 0.2 --watch {w}/watched")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.fleet:
+            env["WHODID_AGENT_TOKEN"] = self.tokens[host]
         self.hosts[host] = subprocess.Popen(
             ["ip", "netns", "exec", self.ns[host], "unshare", "--pid", "--fork", "--mount-proc", "--uts",
              "--kill-child=SIGTERM", "sh", "-c", script],
             stderr=open(w / f"agent-{host}.err", "w"), env=env)
+
+    def _destination(self, host: str) -> str:
+        if self.fleet:
+            return f"--collector {self.collector_url} --spool {self.work}/spool-{host}.db"
+        return f"--db {self.db}"
 
     def _wait_ready(self, timeout: float = 120) -> None:
         deadline = time.time() + timeout
@@ -168,7 +204,16 @@ class Lab:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return {host: self.agent_log(host) for host in self.hosts}
+        logs = {host: self.agent_log(host) for host in self.hosts}
+        if self.collector and self.collector.poll() is None:
+            self.collector.terminate()            # after the agents: it writes what they shipped last
+            try:
+                self.collector.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.collector.kill()
+        if self.collector:
+            logs["collector"] = self.collector_log()
+        return logs
 
     def __exit__(self, *exc) -> None:
         self.stop_hosts()

@@ -204,5 +204,8 @@ class _tx:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, *_):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:        # SQLite may have rolled back already (disk full)
+            self.db.execute("ROLLBACK")
         return False

@@ -2,6 +2,7 @@
 
 import json
 import random
+import time
 
 from whodid.tracer import Identity, Person, Query, Tracer
 from whodid.tracer.render import traces_json
@@ -297,3 +298,39 @@ def test_a_trace_crossing_a_loss_window_says_so():
     assert any(c.startswith("config-server lost 17 records (ring buffer full)") for c in tr.confidence)
     (tr,) = trace_one(shared_account_story() + [dict(loss, since=T0 + 9000, ts=T0 + 9500)], "delete-cluster")
     assert not any("lost" in c for c in tr.confidence)             # after the command: irrelevant
+
+
+def _skewed_hop(skew: float):
+    """jim on the jump host ssh-es to prod; the jump host's clock runs `skew` seconds fast."""
+    a, b = Host("jump", "10.0.0.1"), Host("prod", "10.0.0.2")
+    ev_a = ssh_session(a, 100, 200, "jim", 1001, "192.168.1.5", 51000)
+    ev_a += [a.fork(110, 210, 201), a.exec(110.1, 210, ["ssh", "ec2-user@10.0.0.2"], uid=1001, auid=1001),
+             a.connect(110.2, 210, "10.0.0.2", 22, 40000)]
+    for e in ev_a:
+        e["ts"] += skew
+    ev_b = ssh_session(b, 110.5, 300, "ec2-user", 1000, "10.0.0.1", 40000)
+    ev_b += [b.fork(400, 310, 301), b.exec(400.1, 310, ["aws", "eks", "delete-cluster"], uid=1000, auid=1000)]
+    return store_with(ev_a + ev_b)
+
+
+def test_measured_clock_offsets_put_both_hosts_on_one_clock():
+    store = _skewed_hop(300.0)
+    tracer = Tracer(store, IDENT)
+    (tr,) = tracer.find(Query(pattern="delete-cluster", limit=1))
+    assert tr.attributed.account == "ec2-user" and tr.chain[0].host == "prod"     # the hop is lost to the skew
+    store.note_seen("jump", time.time(), (-300.0, 0.001))      # what jump's agent measured against the collector
+    store.note_seen("prod", time.time(), (0.0, 0.001))
+    (tr,) = Tracer(store, IDENT).find(Query(pattern="delete-cluster", limit=1))
+    assert [s.host for s in tr.chain][0] == "jump" and tr.attributed.user == "jim"
+    ssh = next(i for i, s in enumerate(tr.chain) if s.edge == "ssh")
+    assert 0 < tr.chain[ssh].start - tr.chain[ssh - 1].start < 1           # not "5 minutes later"
+    assert not [g for g in tr.gaps if g.get("seconds", 0) >= 290]
+
+
+def test_a_silent_host_is_called_out():
+    store = _skewed_hop(0.0)
+    store.note_seen("jump", time.time(), (0.0, 0.001))
+    store.note_seen("prod", time.time() - 3 * 3600, (0.0, 0.001))
+    (tr,) = Tracer(store, IDENT).find(Query(pattern="delete-cluster", limit=1))
+    notes = [c for c in tr.confidence if "silent" in c]
+    assert len(notes) == 1 and notes[0].startswith("prod has been silent since") and "3h 00m" in notes[0]

@@ -23,14 +23,15 @@ if os.environ.get("CI") and (REASON or MISSING):
 pytestmark = pytest.mark.skipif(bool(REASON or MISSING), reason=f"{REASON or 'missing ' + ', '.join(MISSING)}")
 
 
-@pytest.fixture(scope="module")
-def story(tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", "fleet"])
+def story(request, tmp_path_factory):
+    """Played twice: agents writing the store themselves, and agents shipping to a collector."""
     db = tmp_path_factory.mktemp("lab") / "fleet.db"
-    with Lab(db) as lab:
+    with Lab(db, fleet=request.param == "fleet") as lab:
         played = play_story(lab)
     keys = played["keys"]
     ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
-    return dict(played, store=Store.open(db), ident=ident)
+    return dict(played, store=Store.open(db), ident=ident, mode=request.param)
 
 
 def test_both_sessions_ran(story):
@@ -38,7 +39,22 @@ def test_both_sessions_ran(story):
     code, out = story["bob"]
     assert code == 0 and "describe-cluster" in out, out
     for host, log in story["logs"].items():
+        if host == "collector":
+            assert "stopped;" in log and "error" not in log.lower(), log
+            continue
         assert "stopped;" in log and "0 records lost" in log, log
+        assert "stay in the spool" not in log, log                  # fleet mode: everything shipped
+
+
+def test_in_fleet_mode_both_hosts_reported_through_the_collector(story):
+    inventory = {h["host"]: h for h in story["store"].inventory()}
+    if story["mode"] == "local":                                         # agents wrote the store themselves
+        assert all(h["seen_at"] is None for h in inventory.values()) and "collector" not in story["logs"]
+        return
+    for host in ("host-a", "host-b"):
+        assert inventory[host]["seen_at"] is not None, inventory       # set only by the collector
+        assert abs(inventory[host]["clock_offset"]) < 1.0                # one kernel, one clock
+    assert "collector listening on http://10.77.0.1:8470" in story["logs"]["collector"]
 
 
 def test_each_agent_saw_only_its_own_host(story):

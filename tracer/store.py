@@ -616,7 +616,12 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb):
         if self.outer:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if not exc_type:
+                self.conn.execute("COMMIT")
+            elif self.conn.in_transaction:
+                # SQLite has already rolled back after some errors (a full disk): a second
+                # ROLLBACK would fail and hide the error that matters
+                self.conn.execute("ROLLBACK")
         return False
 
 
