@@ -2,8 +2,8 @@
 
 Capture appends and never waits for the network; the shipper reads from the head and deletes
 only what the collector acknowledged, so a crash or a collector outage loses nothing that
-reached the spool (WAL, synchronous=NORMAL: survives a killed process; a power cut may lose
-the last second). The spool has a cap. When it is full, the policy says which events give way
+reached the spool (WAL with synchronous=FULL: a commit is on disk before capture goes on; at
+one commit per flush interval the fsyncs cost little). The spool has a cap. When it is full, the policy says which events give way
 (`drop-oldest`, the default, keeps the most recent activity; `drop-newest` keeps the oldest),
 and every dropped event is counted: the count, and the time span it covered, go to the
 collector as a `loss` event, so traces crossing that span say they may be incomplete.
@@ -45,7 +45,7 @@ class Spool:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.execute("PRAGMA synchronous = FULL")
             self.db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the spool {self.path}: {exc}") from None

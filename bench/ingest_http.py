@@ -1,0 +1,139 @@
+"""Collector ingest: events/s from agents' spools, over HTTP, into the store.
+
+The demo fleet's events (22 hosts, 4 days) are spooled per host, then every host's shipper
+sends its spool concurrently to a real `whodid serve` process on loopback - gzip, tokens,
+validation, the one writer, the store's natural-key de-duplication. The reference, measured
+in the same run on the same disk, is the ceiling for writing these rows at all: a bare
+sqlite3 `executemany` of the same events (host, kind, ts and the JSON line) into one
+unindexed table. Also shown: the same events through `ingest()` in-process, to separate the
+store's cost from the network's.
+
+    .venv/bin/python bench/ingest_http.py [--seed 7] [--agents 22]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from whodid.agent.ship import Shipper
+from whodid.agent.spool import Spool
+from whodid.bot import demo
+from whodid.tracer import Store, ingest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bare_executemany(events: list[dict], path: Path) -> float:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("CREATE TABLE events (host TEXT, kind TEXT, ts REAL, line TEXT)")
+    rows = [(e["host"], e["kind"], e["ts"], json.dumps(e, separators=(",", ":"))) for e in events]
+    t = time.perf_counter()
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+    db.execute("COMMIT")
+    elapsed = time.perf_counter() - t
+    db.close()
+    return elapsed
+
+
+def in_process(events: list[dict], path: Path) -> float:
+    store = Store.open(path, create=True)
+    t = time.perf_counter()
+    report = ingest(store, events)
+    elapsed = time.perf_counter() - t
+    assert report.rejected == 0
+    return elapsed
+
+
+def over_http(events: list[dict], work: Path, agents: int) -> tuple[float, int]:
+    db = work / "collector.db"
+    store = Store.open(db, create=True)
+    by_host: dict[str, list[dict]] = defaultdict(list)
+    for e in events:
+        by_host[e["host"]].append(e)
+    hosts = sorted(by_host)[:agents] if agents < len(by_host) else sorted(by_host)
+    tokens = {h: store.add_agent(h) for h in hosts}
+    store.close()
+    spools = {}
+    for h in hosts:
+        spools[h] = Spool(work / f"spool-{h}.db", host=h, boot="bench")
+        spools[h].put(by_host[h])
+    port = free_port()
+    ready = work / "ready"
+    serve = subprocess.Popen([sys.executable, "-m", "whodid.bot.cli", "serve", "--db", str(db), "--listen",
+                              f"127.0.0.1:{port}", "--ready-file", str(ready)], stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, WHODID_CONFIG="/dev/null"))
+    while not ready.exists():
+        time.sleep(0.05)
+    errors: list[str] = []
+
+    def ship(h):
+        shipper = Shipper(spools[h], f"http://127.0.0.1:{port}", tokens[h], log=errors.append)
+        while (wait := shipper.ship_once()) is not None:
+            if wait:
+                time.sleep(wait)
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=ship, args=(h,)) for h in hosts]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    serve.terminate()
+    serve.wait()
+    stored = Store.open(db).counts()
+    assert not errors, errors[:3]
+    return elapsed, sum(len(by_host[h]) for h in hosts), stored
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--agents", type=int, default=22, help="how many of the fleet's hosts ship (default: all 22)")
+    args = p.parse_args()
+    now = time.time()
+    fleet, _ = demo.build(now, seed=args.seed)
+    events = fleet.events()
+    with tempfile.TemporaryDirectory(prefix="whodid-bench-") as tmp:
+        work = Path(tmp)
+        bare = bare_executemany(events, work / "bare.db")
+        direct = in_process(events, work / "direct.db")
+        http, shipped, stored = over_http(events, work, args.agents)
+    n = len(events)
+    print(f"conditions: {n:,} events of the demo fleet (seed {args.seed}), {args.agents} agents shipping "
+          f"concurrently, gzip batches of up to 5000; {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}")
+    print()
+    print("| path | events | seconds | events/s | ratio to bare executemany |")
+    print("|---|---:|---:|---:|---:|")
+    for name, count, secs in (("bare sqlite3 executemany (reference)", n, bare),
+                              ("ingest() in-process", n, direct),
+                              ("agents -> HTTP -> collector -> store", shipped, http)):
+        rate = count / secs
+        print(f"| {name} | {count:,} | {secs:.2f} | {rate:,.0f} | {rate / (n / bare):.2f} |")
+    print()
+    print(f"stored by the collector: {stored['execs']:,} execs, {stored['procs']:,} processes, "
+          f"{stored['logins']:,} logins, {stored['conns']:,} connections")
+
+
+if __name__ == "__main__":
+    main()
