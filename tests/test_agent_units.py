@@ -283,6 +283,16 @@ def test_setuid_helper_reads_the_mode(tmp_path):
     assert setid_owner("/nonexistent", 5, 6) == (5, 6)
 
 
+def test_fleet_mode_without_a_token_says_where_to_get_one(capsys, monkeypatch, tmp_path):
+    from whodid.agent.cli import main
+    monkeypatch.delenv("WHODID_AGENT_TOKEN", raising=False)
+    monkeypatch.setenv("WHODID_CONFIG", "/dev/null")
+    assert main(["forward", "--collector", "http://127.0.0.1:9", "--spool", str(tmp_path / "s.db"), "x"]) == 2
+    assert "fleet mode needs this host's token" in capsys.readouterr().err
+    assert main(["forward", "x"]) == 2
+    assert "forward needs --collector URL" in capsys.readouterr().err
+
+
 def test_agent_command_says_where_events_must_go(capsys):
     from whodid.agent.cli import main
     assert main(["run"]) == 2

@@ -161,8 +161,53 @@ def test_ingest_reports_refusals_and_keeps_the_rest(tmp_path, capsys):
 def test_db_stats(demo_db, capsys):
     code, out, _ = run(capsys, "db", "stats", "--db", demo_db)
     assert code == 0
-    assert "hosts" in out and "22" in out
-    assert "events from" in out
+    assert "hosts: 22" in out and "events from" in out and "MB on disk" in out
+    store = Store.open(demo_db)
+    execs = store.db.execute("SELECT count(*) FROM execs e JOIN procs p ON p.id = e.proc JOIN boots b "
+                             "ON b.id = p.boot JOIN hosts h ON h.id = b.host WHERE h.name = 'config-server'").fetchone()[0]
+    (row,) = [line.split() for line in out.splitlines() if line.split()[:1] == ["config-server"]]
+    assert int(row[1].replace(",", "")) == execs                     # the exec column, per host
+    total = [line.split() for line in out.splitlines() if line.split()[:1] == ["total"]][0]
+    assert int(total[1].replace(",", "")) == store.counts()["execs"]
+
+
+def test_db_prune_and_vacuum(tmp_path, capsys):
+    db = str(tmp_path / "d.db")
+    assert cli.main(["demo", "--db", db]) == 0
+    capsys.readouterr()
+    before = Store.open(db).counts()
+    code, out, _ = run(capsys, "db", "prune", "--db", db, "--older-than", "1d", "--dry-run")
+    assert code == 0 and "would remove" in out and Store.open(db).counts() == before
+    code, out, _ = run(capsys, "db", "prune", "--db", db, "--older-than", "1d")
+    assert code == 0 and "removed" in out and "whodid db vacuum" in out
+    after = Store.open(db).counts()
+    assert after["execs"] < before["execs"]
+    code, out, _ = run(capsys, "trace", "delete-cluster", "--db", db)
+    assert code == 0 and "How:  jim -> jump-box -> config-server (ec2-user), sudo to root" in out
+    code, out, err = run(capsys, "db", "vacuum", "--db", db)
+    assert code == 0 and " MB -> " in out and "vacuuming" in err
+
+
+def test_tokens(tmp_path, capsys):
+    db = str(tmp_path / "t.db")
+    code, out, err = run(capsys, "token", "add", "web-1", "--db", db)
+    token = out.strip()
+    assert code == 0 and token.startswith("wdt_") and "shown this once" in err
+    assert Store.open(db).agent_for_token(token) == "web-1"
+    assert token not in open(db, "rb").read().decode("latin-1")          # only the hash is kept
+    code, out, _ = run(capsys, "token", "list", "--db", db)
+    assert "web-1" in out and "active" in out
+    assert run(capsys, "token", "revoke", "web-1", "--db", db)[0] == 0
+    assert Store.open(db).agent_for_token(token) is None
+    code, _, err = run(capsys, "token", "revoke", "web-1", "--db", db)
+    assert code == 2 and "web-1 has no active token" in err
+    code, _, err = run(capsys, "token", "add", "--db", db)
+    assert code == 2 and "needs the host's name" in err
+
+
+def test_serve_explains_a_bad_listen_address(tmp_path, capsys):
+    code, _, err = run(capsys, "serve", "--db", str(tmp_path / "s.db"), "--listen", "nowhere")
+    assert code == 2 and "wants HOST:PORT" in err
 
 
 def test_console_script_runs():
