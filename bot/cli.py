@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sessions across hosts")
     t.add_argument("--limit", type=int, metavar="N", help="at most N matches, newest first (default: 5)")
     t.add_argument("--json", action="store_true", help="print the documented JSON (docs/trace-json.md)")
+    t.add_argument("--keep-for", metavar="DURATION", help="keep what each match's trace needs past the "
+                   "retention horizon for this long (an open incident: 90d)")
     t.add_argument("--png", metavar="FILE", help="also draw each match as a PNG: FILE for the first, "
                    "FILE-2.png, FILE-3.png... for the others (docs/images.md)")
 
@@ -125,6 +127,13 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     store = Store.open(cfg.store_path(args.db))
     tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
     traces = tracer.find(query)
+    if args.keep_for and traces:
+        until = now + config_mod.parse_duration(args.keep_for)
+        for tr in traces:
+            store.pin({d["step"].proc for _, d in tr.graph.nodes(data=True)}, until,
+                      f"whodid trace {args.pattern} ({time.strftime('%Y-%m-%d', time.gmtime(now))})")
+        print(f"kept past retention until {clock(until)}: what the {len(traces)} trace(s) need",
+              file=sys.stderr)
     written = write_images(traces, args.png, now) if args.png and traces else []
     if args.json:
         json.dump(traces_json(query, traces, now), sys.stdout, indent=2)

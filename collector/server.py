@@ -189,9 +189,9 @@ class _Handler(BaseHTTPRequestHandler):
         at = time.time()
         if batch.received == 0:
             raise BatchError(400, "the batch holds no events (send schema-v1 JSON lines, one event per line)")
+        clock = parse_clock(self.headers.get("X-Whodid-Clock"))
         try:
-            written = c.writer.submit(host, batch.events, at, parse_clock(self.headers.get("X-Whodid-Clock")),
-                                      batch.refused).result(WRITE_TIMEOUT)
+            written = c.writer.submit(host, batch.events, at, clock, batch.refused).result(WRITE_TIMEOUT)
         except WriterBusy:
             c.metrics.refused("busy")
             return self._json(503, {"error": "the collector is busy writing; retry shortly"}, retry_after=1)
@@ -200,6 +200,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(503, {"error": f"the store could not be written ({exc}); nothing from this "
                                              "batch was stored, retry later"}, retry_after=5)
         newest = max((ev["ts"] for ev in batch.events), default=None)
+        if newest is not None and clock:
+            newest += clock[0]                       # the host's time on the collector's clock
         c.metrics.batch(host, batch.received, written.accepted, written.new, len(batch.refused),
                         at - newest if newest is not None else None)
         answer: dict[str, Any] = {"host": host, "received": batch.received, "accepted": written.accepted,

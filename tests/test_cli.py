@@ -225,3 +225,20 @@ def test_live_demo_explains_why_it_cannot_run(tmp_path, capsys, monkeypatch):
     assert "the live demo cannot run here; it needs root" in err
     assert "whodid-agent doctor" in err
     assert not (tmp_path / "x.db").exists()
+
+
+def test_keep_for_pins_a_trace_past_retention(tmp_path, capsys):
+    import shutil
+    pinned, unpinned = str(tmp_path / "p.db"), str(tmp_path / "u.db")
+    assert cli.main(["demo", "--db", pinned]) == 0
+    shutil.copy(pinned, unpinned)
+    capsys.readouterr()
+    code, _, err = run(capsys, "trace", "delete-cluster", "--db", pinned, "--keep-for", "90d")
+    assert code == 0 and "kept past retention until" in err
+    for db in (pinned, unpinned):
+        assert run(capsys, "db", "prune", "--db", db, "--older-than", "1h")[0] == 0
+    code, out, _ = run(capsys, "trace", "delete-cluster", "--db", unpinned)
+    assert code == 1                                         # an hour's retention forgot it...
+    code, out, _ = run(capsys, "trace", "delete-cluster", "--db", pinned)
+    assert code == 0 and "How:  jim -> jump-box -> config-server (ec2-user), sudo to root" in out   # ...unless pinned
+    assert "pinned past retention:" in run(capsys, "db", "stats", "--db", pinned)[1]
