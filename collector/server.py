@@ -100,7 +100,10 @@ class Collector:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    # stop() waits for requests in flight (each bounded by REQUEST_TIMEOUT), so a batch
+    # being read when SIGTERM came is still written and answered
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
     request_queue_size = 128
 
