@@ -30,6 +30,7 @@ def test_example_defaults_match_the_code_defaults():
     assert cfg.identity.shared_accounts == default.identity.shared_accounts
     assert cfg.agent == default.agent
     assert cfg.collector == default.collector
+    assert cfg.slack == default.slack
 
 
 @pytest.mark.parametrize("raw, words", [

@@ -334,3 +334,33 @@ def test_a_silent_host_is_called_out():
     (tr,) = Tracer(store, IDENT).find(Query(pattern="delete-cluster", limit=1))
     notes = [c for c in tr.confidence if "silent" in c]
     assert len(notes) == 1 and notes[0].startswith("prod has been silent since") and "3h 00m" in notes[0]
+
+
+def test_started_adds_what_the_matched_command_started():
+    from kit import ssh_session
+    h = Host("web", "10.0.0.5")
+    ev = ssh_session(h, 100, 200, "jim", 1001, "192.168.1.5", 51000)
+    ev += [h.fork(110, 210, 201), h.exec(110.1, 210, ["./deploy.sh"], uid=1001, auid=1001),
+           h.fork(111, 211, 210), h.exec(111.1, 211, ["kubectl", "apply", "-f", "x"], uid=1001, auid=1001),
+           h.fork(112, 212, 201), h.exec(112.1, 212, ["ls"], uid=1001, auid=1001)]
+    tracer = Tracer(store_with(ev), IDENT)
+    (plain,) = tracer.find(Query(pattern="deploy.sh", limit=1))
+    (more,) = tracer.find(Query(pattern="deploy.sh", limit=1, started=True))
+    cmds = lambda tr: {d["step"].command for _, d in tr.graph.nodes(data=True)}
+    assert "kubectl apply -f x" not in cmds(plain)
+    assert "kubectl apply -f x" in cmds(more) and "ls" not in cmds(more)   # its descendants, not its siblings
+
+
+def test_earlier_lists_the_persons_commands_before_the_match():
+    from kit import ssh_session
+    h = Host("web", "10.0.0.5")
+    ev = ssh_session(h, 100, 200, "jim", 1001, "192.168.1.5", 51000)
+    ev += [h.fork(110, 210, 201), h.exec(110.1, 210, ["cat", "/etc/hosts"], uid=1001, auid=1001),
+           h.fork(120, 211, 201), h.exec(120.1, 211, ["aws", "eks", "delete-cluster"], uid=1001, auid=1001),
+           h.fork(130, 212, 201), h.exec(130.1, 212, ["echo", "after"], uid=1001, auid=1001)]
+    ev += ssh_session(h, 90, 300, "bob", 1002, "192.168.1.6", 52000)
+    ev += [h.fork(115, 310, 301), h.exec(115.1, 310, ["rm", "-rf", "/tmp/bob"], uid=1002, auid=1002)]
+    tracer = Tracer(store_with(ev), IDENT)
+    (tr,) = tracer.find(Query(pattern="delete-cluster", limit=1))
+    earlier = [s.command for s in tracer.earlier(tr)]
+    assert earlier == ["cat /etc/hosts"]         # jim's, before the match; not bob's, not later

@@ -152,4 +152,18 @@ CREATE TABLE rejects (
 );
 """))
 
+STEPS.append((5, """
+-- Every question asked of the bot, allowed or refused: who asked what, where, when, and
+-- what they got. The audit trail of the audit tool.
+CREATE TABLE queries (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    user_id TEXT, user_name TEXT, channel_id TEXT, channel_name TEXT,
+    action TEXT NOT NULL,               -- command, or the button pressed
+    text TEXT,
+    outcome TEXT NOT NULL               -- answered (n matches), no match, refused: why, error
+);
+CREATE INDEX queries_at ON queries (at);
+"""))
+
 LATEST = STEPS[-1][0]

@@ -545,6 +545,18 @@ class Store:
                                [limit])
         return [dict(zip(("host", "at", "line", "field", "error", "raw"), r)) for r in rows]
 
+    def log_query(self, at: float, user_id: str | None, user_name: str | None, channel_id: str | None,
+                  channel_name: str | None, action: str, text: str | None, outcome: str) -> None:
+        self.db.execute("INSERT INTO queries (at, user_id, user_name, channel_id, channel_name, action, text, outcome) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [at, user_id, user_name, channel_id, channel_name, action, text, outcome])
+
+    def queries(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT at, user_id, user_name, channel_id, channel_name, action, text, outcome "
+                               "FROM queries ORDER BY id DESC LIMIT ?", [limit])
+        return [dict(zip(("at", "user_id", "user_name", "channel_id", "channel_name", "action", "text", "outcome"), r))
+                for r in rows]
+
     def prune(self, horizon: float, now: float | None = None, dry_run: bool = False):
         from .retention import prune
         return prune(self, horizon, time.time() if now is None else now, dry_run=dry_run)

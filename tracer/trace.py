@@ -42,6 +42,7 @@ class Query:
     until: float | None = None
     scope: int = 0
     limit: int = 5
+    started: bool = False            # add everything the matched command started
 
     @property
     def is_path(self) -> bool:
@@ -112,11 +113,12 @@ class Tracer:
             candidates = [(proc, image, None) for proc, image in hits]
         traces = []
         for proc, image, change in candidates:
-            tr = self.trace(proc, image=image, change=change, scope=query.scope if not query.user else 0)
+            tr = self.trace(proc, image=image, change=change, scope=query.scope if not query.user else 0,
+                            started=query.started and not query.user)
             if query.user and not _involves(tr, query.user):
                 continue
-            if query.user and query.scope:
-                tr = self.trace(proc, image=image, change=change, scope=query.scope)
+            if query.user and (query.scope or query.started):
+                tr = self.trace(proc, image=image, change=change, scope=query.scope, started=query.started)
             traces.append(tr)
             if len(traces) >= query.limit:
                 break
@@ -125,7 +127,7 @@ class Tracer:
     # --- one trace -----------------------------------------------------------------------
 
     def trace(self, proc: Proc, *, image: Image | None = None, change: dict[str, Any] | None = None,
-              scope: int = 0) -> Trace:
+              scope: int = 0, started: bool = False) -> Trace:
         at = image.ts if image else change["ts"]
         chain, notes = self._chain(proc, at, image)
         poi = chain[-1]
@@ -138,11 +140,33 @@ class Tracer:
         truncated: list[str] = []
         if scope > 0:
             truncated = self._widen(graph, chain, who, scope)
+        if started:
+            self._add_subtree(graph, poi.proc, 1 << 30, self.settings.max_nodes)
+            if graph.number_of_nodes() >= self.settings.max_nodes:
+                truncated.append(f"stopped adding what it started at {self.settings.max_nodes} nodes")
         self._to_one_clock(graph)
         return Trace(poi=poi, change=change, chain=chain, attributed=who,
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
                      exit_code=proc.exit_code)
+
+    def earlier(self, tr: Trace, window: float = 86400.0, limit: int = 40) -> list[Step]:
+        """What the attributed person did before the matched command, newest last: the commands
+        of the chain's login sessions and of their other sessions within `window`."""
+        logins = [s.login for s in tr.chain if s.login] + self._other_sessions(tr.chain, tr.attributed)
+        g = nx.DiGraph()
+        for login in logins:
+            if g.number_of_nodes() >= self.settings.max_nodes:
+                break
+            self._add_subtree(g, login["proc"], 1 << 30, self.settings.max_nodes)
+        self._to_one_clock(g)
+        t = tr.poi.start
+        # login shells ("-bash") only say a session began; the chain already shows that
+        steps = [d["step"] for _, d in g.nodes(data=True)
+                 if not d["step"].inherited and d["step"].login is None and not d["step"].command.startswith("-")
+                 and t - window <= d["step"].start < t]
+        steps.sort(key=lambda s: (s.start, s.node))
+        return steps[-limit:]
 
     def _loss_notes(self, chain: list[Step], at: float) -> list[str]:
         """Warn when a host on the chain lost records while the chain was happening."""

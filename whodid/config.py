@@ -141,12 +141,37 @@ class AgentConfig:
 
 
 @dataclass
+class SlackConfig:
+    mode: str = "socket"                # socket | http | off
+    bot_token: str = ""                 # $SLACK_BOT_TOKEN overrides
+    app_token: str = ""                 # $SLACK_APP_TOKEN overrides (Socket Mode)
+    signing_secret: str = ""            # $SLACK_SIGNING_SECRET overrides (HTTP mode)
+    listen: str = "0.0.0.0:3000"        # HTTP mode
+    path: str = "/slack/events"
+    api_base_url: str = "https://slack.com/api/"
+    command: str = "/whodid"
+    allowed_channels: list[str] = field(default_factory=list)
+    allowed_usergroups: list[str] = field(default_factory=list)
+    allowed_users: list[str] = field(default_factory=list)
+    default_since: str = "24h"
+    matches: int = 10
+
+    def secret(self, name: str) -> str:
+        """A token from its environment variable, else from this file."""
+        return os.environ.get(SLACK_ENV[name]) or getattr(self, name)
+
+
+SLACK_ENV = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "signing_secret": "SLACK_SIGNING_SECRET"}
+
+
+@dataclass
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
+    slack: SlackConfig = field(default_factory=SlackConfig)
     source: str | None = None           # the file it came from, for messages
 
     def trace_settings(self) -> Settings:
@@ -160,7 +185,7 @@ class Config:
 
 
 SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig,
-            "collector": CollectorConfig}
+            "collector": CollectorConfig, "slack": SlackConfig}
 PERSON_KEYS = {"ssh_keys", "accounts"}
 
 
@@ -252,6 +277,26 @@ def from_dict(raw: Any, where: str = "config") -> Config:
     if cfg.agent.spool_when_full not in ("drop-oldest", "drop-newest"):
         raise ConfigError(f"{where}: `agent.spool_when_full` is drop-oldest or drop-newest, "
                           f"got {cfg.agent.spool_when_full!r}")
+    sl = cfg.slack
+    if sl.mode not in ("socket", "http", "off"):
+        raise ConfigError(f"{where}: `slack.mode` is socket, http or off, got {sl.mode!r}")
+    for key in ("allowed_channels", "allowed_usergroups", "allowed_users"):
+        values = getattr(sl, key)
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{where}: `slack.{key}` must be a list of strings")
+    if not sl.command.startswith("/"):
+        raise ConfigError(f"{where}: `slack.command` starts with /, like /whodid")
+    if not sl.path.startswith("/"):
+        raise ConfigError(f"{where}: `slack.path` is a URL path, like /slack/events")
+    if not sl.api_base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: `slack.api_base_url` is a URL, like https://slack.com/api/")
+    try:
+        parse_duration(sl.default_since)
+        CollectorConfig(listen=sl.listen).address()
+    except TimeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).replace('collector.listen', 'slack.listen')}") from None
     if bool(cfg.collector.tls_cert) != bool(cfg.collector.tls_key):
         raise ConfigError(f"{where}: TLS needs both `collector.tls_cert` and `collector.tls_key`")
     if cfg.agent.collector and not cfg.agent.collector.startswith(("http://", "https://")):

@@ -1,0 +1,200 @@
+"""Slack messages as Block Kit: pure functions from traces to blocks, within Slack's limits
+(3,000 characters a section, 50 blocks a message, 2,000 a button value).
+
+Every message also has a plain `text`, for notifications and screen readers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from whodid.tracer.render.text import render_trace
+from whodid.tracer.stitch import Step
+from whodid.tracer.trace import Trace
+from whodid.tracer.when import ago, clock
+
+from .ask import HELP, Ask
+from .buttons import View
+
+MAX_SECTION = 3000
+MAX_BLOCKS = 50
+MAX_TEXT = 40000             # chat.postMessage's own limit on `text`
+
+ACTIONS = ("widen", "started", "earlier", "others", "show", "wider")
+SCOPES = {0: "the chain", 1: "what it started and its shells' other commands", 2: "the whole login sessions",
+          3: "the person's other sessions"}
+
+Value = Callable[[View], str]
+
+
+def cut(text: str, limit: int = MAX_SECTION) -> str:
+    """Shorten to `limit` characters at a line (or word) boundary, saying so."""
+    if len(text) <= limit:
+        return text
+    note = "\n… (cut to fit Slack)"
+    room = limit - len(note)
+    head = text[:room]
+    at = head.rfind("\n")
+    if at < room // 2:
+        at = head.rfind(" ")
+    return (head[:at] if at > 0 else head) + note
+
+
+def escape(text: str) -> str:
+    """Slack's mrkdwn treats & < > specially; everything else a command holds is shown as is."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def code(text: str) -> str:
+    return "`" + escape(text).replace("`", "'") + "`"
+
+
+def code_sections(text: str, max_blocks: int = MAX_BLOCKS - 2) -> list[dict]:
+    """Preformatted text split into sections of whole lines, each within Slack's limit."""
+    room = MAX_SECTION - 8                               # the ``` fences
+    blocks, chunk = [], []
+    size = 0
+    lines = escape(text).replace("```", "'''").splitlines()
+    for i, line in enumerate(lines):
+        line = line if len(line) <= room else line[: room - 1] + "…"
+        if size + len(line) + 1 > room:
+            blocks.append(chunk)
+            chunk, size = [], 0
+            if len(blocks) == max_blocks:
+                left = len(lines) - i
+                return [_pre(c) for c in blocks[:-1]] + [_pre(blocks[-1] + [f"… {left} more lines (cut to fit Slack)"])]
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        blocks.append(chunk)
+    return [_pre(c) for c in blocks]
+
+
+def _pre(lines: list[str]) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": "```" + "\n".join(lines) + "```"}}
+
+
+def section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": cut(text)}}
+
+
+def context(text: str) -> dict:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": cut(text)}]}
+
+
+def button(label: str, action: str, value: str, style: str | None = None) -> dict:
+    b = {"type": "button", "text": {"type": "plain_text", "text": label[:75]}, "action_id": f"whodid.{action}",
+         "value": value}
+    if style:
+        b["style"] = style
+    return b
+
+
+# --- the answers ------------------------------------------------------------------------
+
+def what(tr: Trace) -> str:
+    if tr.change:
+        ch = tr.change
+        target = f"{ch['path']} -> {ch['path2']}" if ch.get("path2") else ch["path"]
+        return f"{ch['op']} {target}"
+    return tr.poi.command
+
+
+def headline(tr: Trace, now: float) -> str:
+    """jim ran `aws eks delete-cluster` on config-server, 3h 21m ago"""
+    when = tr.change["ts"] if tr.change else tr.poi.start
+    verb = "changed" if tr.change else "ran"
+    return f"{tr.attributed.user} {verb} `{what(tr)}` on {tr.poi.host}, {ago(when, now)}"
+
+
+def summary(tr: Trace, view: View, total: int, now: float, value: Value) -> tuple[str, list[dict]]:
+    """The channel message: who, where, when, how, and the buttons."""
+    who, poi = tr.attributed, tr.poi
+    when = tr.change["ts"] if tr.change else poi.start
+    verb = "changed" if tr.change else "ran"
+    text = f"{who.user} {verb} {what(tr)} on {poi.host}, {ago(when, now)}: {tr.summary}"
+    fields = [
+        f"*Who*\n{escape(who.user)}" + (f" (as {escape(who.account)})" if who.account and who.account != who.user else ""),
+        f"*Where*\n{escape(poi.host)}, as {escape(poi.user)}"
+        + (f", exit {tr.exit_code}" if tr.exit_code is not None else ""),
+        f"*When*\n{clock(when)}\n{ago(when, now)}",
+        f"*How*\n{escape(tr.summary)}",
+    ]
+    blocks = [
+        section(f":mag: *{escape(who.user)}* {verb} {code(what(tr))} on *{escape(poi.host)}*"),
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": cut(f, 2000)} for f in fields]},
+    ]
+    notes = [f"{escape(who.how)}"] + [escape(c) for c in tr.confidence[:3]]
+    if len(tr.confidence) > 3:
+        notes.append(f"and {len(tr.confidence) - 3} more notes in the thread")
+    blocks.append(context("\n".join(notes)))
+    place = f"match {view.index + 1} of {total}" + (" (newest first)" if total > 1 else "")
+    blocks.append(context(f"{place} · `{escape(view.ask.pattern)}` over {escape(view.ask.window())} · "
+                          f"scope {view.scope}: {SCOPES[view.scope]}"))
+    blocks.append(actions(view, total, value))
+    return text, blocks
+
+
+def actions(view: View, total: int, value: Value) -> dict:
+    elements = []
+    if view.scope < 3:
+        elements.append(button("Widen scope", "widen", value(View(view.ask, view.index, view.scope + 1)), "primary"))
+    elements.append(button("Show what it started", "started", value(view)))
+    elements.append(button("Earlier activity", "earlier", value(view)))
+    if total > 1:
+        elements.append(button(f"Other matches ({total - 1})", "others", value(view)))
+    return {"type": "actions", "elements": elements}
+
+
+def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = None) -> tuple[str, list[dict]]:
+    """The thread message under the picture: the whole chain as text, for screen readers and
+    copy-paste (what `whodid trace` prints)."""
+    text = render_trace(tr, now, view.index + 1, total)
+    blocks = code_sections(text, max_blocks=MAX_BLOCKS - (1 if value else 0))
+    if value and view.scope < 3:
+        blocks.append(actions(view, total, value))
+    return f"How: {tr.summary}", blocks
+
+
+def no_match(ask: Ask, wider: str | None) -> tuple[str, list[dict]]:
+    where = f" on hosts `{escape(ask.host)}`" if ask.host else ""
+    who = f" involving `{escape(ask.user)}`" if ask.user else ""
+    kind = "changes to" if ask.pattern.startswith("/") else "commands matching"
+    text = f"No {kind} {ask.pattern}{where}{who} over {ask.window()}."
+    blocks = [section(f":shrug: No {kind} {code(ask.pattern)}{where}{who} over {escape(ask.window())}.")]
+    if wider:
+        blocks.append({"type": "actions", "elements": [button("Search a wider window", "wider", wider, "primary")]})
+    return text, blocks
+
+
+def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[str, list[dict]]:
+    """The other matches, one line and a button each."""
+    blocks = [section(f"*{len(traces)} matches* for {code(view.ask.pattern)} over {escape(view.ask.window())}, "
+                      "newest first:")]
+    for i, tr in enumerate(traces[: (MAX_BLOCKS - 2)]):
+        if i == view.index:
+            continue
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": cut(f"{i + 1}. {escape(headline(tr, now))}"
+                                                                                 f"\n_{escape(tr.summary)}_")},
+                       "accessory": button("Show", "show", value(View(view.ask, i, 0)))})
+    return f"{len(traces)} matches for {view.ask.pattern}", blocks[:MAX_BLOCKS]
+
+
+def earlier(tr: Trace, steps: list[Step], now: float) -> tuple[str, list[dict]]:
+    who = tr.attributed.user
+    if not steps:
+        return (f"Nothing earlier by {who}", [section(f"No earlier commands by *{escape(who)}* in the day before "
+                                                      f"{code(what(tr))}.")])
+    lines = [f"{clock(s.start)[11:19]}  {s.host:<16} {s.user:<10} {s.command}" for s in steps]
+    head = section(f"*{escape(who)}*'s commands in the {len(steps)} steps before {code(what(tr))} "
+                   f"(the day before, newest last):")
+    return f"{who}'s earlier activity", [head] + code_sections("\n".join(lines), max_blocks=MAX_BLOCKS - 1)
+
+
+def help_message(default_since: str) -> tuple[str, list[dict]]:
+    text = HELP.format(since=default_since)
+    return text, [section(text)]
+
+
+def refusal(reason: str) -> str:
+    return f":no_entry: Sorry - {reason}"

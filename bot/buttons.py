@@ -1,0 +1,87 @@
+"""The state a button carries: the question and which answer to show, signed.
+
+A button's value comes back from Slack as the user's client sent it, so it is untrusted:
+it carries no database ids, only what a person could type anyway (pattern, host, user,
+window) plus a match number and a scope, and it is signed with a key only the bot knows.
+A value that was changed, is malformed, or is out of range is refused, and authorisation
+is checked again on every click.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+from .ask import MAX_PATTERN, Ask
+
+VERSION = "1"
+MAX_VALUE = 2000             # Slack's limit for a button's value
+
+
+class StateError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class View:
+    ask: Ask
+    index: int = 0           # which match (0 = the newest)
+    scope: int = 0
+
+
+def encode(view: View, key: bytes) -> str:
+    a = view.ask
+    body = {"p": a.pattern, "h": a.host, "u": a.user, "s": round(a.since, 3), "t": a.until, "w": a.since_text,
+            "i": view.index, "c": view.scope}
+    raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+    value = f"{VERSION}.{raw}.{_sign(raw, key)}"
+    if len(value) > MAX_VALUE:
+        raise StateError("the question is too long to fit in a button")
+    return value
+
+
+def decode(value: str, key: bytes) -> View:
+    try:
+        version, raw, sig = value.split(".")
+    except (AttributeError, ValueError):
+        raise StateError("malformed button value") from None
+    if version != VERSION:
+        raise StateError("this button is from an older version of whodid; ask again")
+    if not hmac.compare_digest(sig, _sign(raw, key)):
+        raise StateError("the button's value does not carry whodid's signature")
+    try:
+        body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        ask = Ask(pattern=_str(body["p"], MAX_PATTERN, required=True), host=_str(body["h"], 200),
+                  user=_str(body["u"], 100), since=_num(body["s"]), until=None if body["t"] is None else _num(body["t"]),
+                  since_text=_str(body["w"], 40, required=True))
+        view = View(ask=ask, index=_int(body["i"], 0, 100), scope=_int(body["c"], 0, 3))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"the button's value is not valid ({exc})") from None
+    return view
+
+
+def _sign(raw: str, key: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(key, raw.encode(), hashlib.sha256).digest()[:16]).decode().rstrip("=")
+
+
+def _str(v, limit: int, required: bool = False):
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v or len(v) > limit:
+        raise ValueError("a text field is missing or too long")
+    return v
+
+
+def _num(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("a time is not a number")
+    return float(v)
+
+
+def _int(v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"a number is outside {lo}-{hi}")
+    return v

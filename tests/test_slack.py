@@ -1,0 +1,231 @@
+"""The Slack bot, driven for real: the Bolt app, over HTTP, answering signed slash commands
+and button clicks from a local Slack emulator (tests/slackemu.py), on the demo fleet's store.
+Assertions are on what a person would see: the thread, the picture, the blocks, the buttons."""
+
+import io
+import time
+
+import pytest
+
+from slackemu import SIGNING_SECRET, SlackEmulator
+
+from whodid import config as config_mod
+from whodid.bot import blocks, cli, demo
+from whodid.bot.buttons import View, encode
+from whodid.bot.ask import Ask
+from whodid.bot.slack import Bot, SlackSetupError, check_tokens
+from whodid.tracer import Store
+
+CHAIN = "How:  jim -> jump-box -> config-server (ec2-user), sudo to root"
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("slack") / "demo.db")
+    assert cli.main(["demo", "--db", path]) == 0
+    return path
+
+
+@pytest.fixture
+def slack(demo_db, monkeypatch):
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    with SlackEmulator() as emu:
+        emu.usergroups["S1"] = {"handle": "sre", "users": ["U7"]}
+        cfg = config_mod.from_dict({
+            "identity": {"people": demo.story_people()},
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url,
+                      "allowed_channels": ["#incidents"], "allowed_usergroups": ["sre"]}})
+        bot = Bot(cfg, demo_db, log=lambda m: None)
+        bot.start()
+        emu.url = bot._server.url
+        emu.bot = bot
+        yield emu
+        bot.stop()
+
+
+def answered(emu, channel="C1", n=1):
+    """The n-th top-level answer in the channel, once its thread has the picture and the chain."""
+    def ready():
+        tops = emu.top_level(channel)
+        if len(tops) < n:
+            return None
+        top = tops[n - 1]
+        thread = emu.thread(channel, top.ts)
+        if any(m.files for m in thread) and any(m.blocks and "```" in str(m.blocks) for m in thread):
+            return top, thread
+        return None
+    return emu.wait(ready, what="an answer with its thread")
+
+
+def button(message, action):
+    for b in message.blocks:
+        for e in b.get("elements") or []:
+            if e.get("action_id") == f"whodid.{action}":
+                return e["value"]
+        acc = b.get("accessory") or {}
+        if acc.get("action_id") == f"whodid.{action}":
+            return acc["value"]
+    raise AssertionError(f"no {action} button in {message.blocks}")
+
+
+def png_of(emu, message):
+    (f,) = message.files
+    return emu.uploads[f["id"]]["data"]
+
+
+def test_slash_command_answers_in_the_channel_with_the_picture_in_the_thread(slack):
+    slack.delays["chat.postMessage"] = 2.0           # a slow answer must not hold up the ack
+    status, body, acked = slack.slash(slack.url, "delete-cluster")
+    assert status == 200 and "Tracing `delete-cluster` over the last 24h..." in body
+    top, thread = answered(slack)
+    assert acked < slack.method_calls("chat.postMessage")[0].done
+    summary = str(top.blocks)
+    assert "*jim* ran `aws eks delete-cluster --name prod` on *config-server*" in summary
+    assert "jim -&gt; jump-box -&gt; config-server (ec2-user), sudo to root" in summary
+    labels = [e["text"]["text"] for b in top.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert labels[:3] == ["Widen scope", "Show what it started", "Earlier activity"]
+    png = png_of(slack, next(m for m in thread if m.files))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    img = matplotlib.image.imread(io.BytesIO(png), format="png")
+    assert img.shape[0] > 300 and img.shape[1] > 300                  # a real picture, not a stub
+    text = next(m for m in thread if m.blocks)
+    assert CHAIN in str(text.blocks).replace("&gt;", ">")
+    assert slack.uploads[next(m for m in thread if m.files).files[0]["id"]]["alt_txt"].startswith("How: jim")
+    (q,) = Store.open(slack.bot.store_path).queries(limit=1)
+    assert q["user_name"] == "ana" and q["text"] == "delete-cluster" and q["outcome"].startswith("answered")
+
+
+def test_a_bad_signature_is_refused_and_nothing_is_posted(slack):
+    body = "command=%2Fwhodid&text=delete-cluster&user_id=U1&channel_id=C1"
+    status, _, _ = slack.signed_post(slack.url, body, secret="not-the-secret")
+    assert status == 401
+    status, _, _ = slack.signed_post(slack.url, body, ts=int(time.time()) - 3600)     # a replayed old request
+    assert status == 401
+    time.sleep(0.5)
+    assert slack.messages == [] and not slack.method_calls("chat.postMessage")
+
+
+def test_unauthorised_people_get_a_polite_refusal_and_are_logged(slack):
+    status, body, _ = slack.slash(slack.url, "delete-cluster", user_id="U9", user_name="mallory",
+                                  channel_id="C9", channel_name="random")
+    assert status == 200 and "Sorry - you may not ask whodid here. Ask in #incidents" in body
+    time.sleep(0.5)
+    assert slack.messages == []
+    (q,) = Store.open(slack.bot.store_path).queries(limit=1)
+    assert q["user_name"] == "mallory" and q["outcome"].startswith("refused")
+
+
+def test_a_user_group_member_may_ask_from_anywhere(slack):
+    status, body, _ = slack.slash(slack.url, "delete-cluster", user_id="U7", user_name="sam",
+                                  channel_id="C2", channel_name="sre-chat")
+    assert "Tracing" in body
+    answered(slack, channel="C2")
+
+
+def test_help_and_bad_questions(slack):
+    status, body, _ = slack.slash(slack.url, "help")
+    assert "/whodid PATTERN [host:GLOB]" in body and "since:" in body
+    status, body, _ = slack.slash(slack.url, "delete-cluster since:soon")
+    assert "'soon' is neither a duration" in body and "/whodid help" in body
+
+
+def test_buttons_widen_show_what_it_started_and_earlier_activity(slack):
+    slack.slash(slack.url, "delete-cluster")
+    top, thread = answered(slack)
+    before = len(slack.thread("C1", top.ts))
+    assert slack.click(slack.url, top, "whodid.widen", button(top, "widen"))[0] == 200
+    slack.wait(lambda: len(slack.thread("C1", top.ts)) >= before + 2, what="the wider trace")
+    wider = slack.thread("C1", top.ts)[before:]
+    assert any(m.files for m in wider)
+    assert "Scope 1:" in str([m.blocks for m in wider])
+    n = len(slack.thread("C1", top.ts))
+    slack.click(slack.url, top, "whodid.started", button(top, "started"))
+    slack.wait(lambda: len(slack.thread("C1", top.ts)) >= n + 2, what="what it started")
+    n = len(slack.thread("C1", top.ts))
+    slack.click(slack.url, top, "whodid.earlier", button(top, "earlier"))
+    slack.wait(lambda: len(slack.thread("C1", top.ts)) >= n + 1, what="earlier activity")
+    earlier = slack.thread("C1", top.ts)[-1]
+    assert "jim" in earlier.text and "commands in the" in str(earlier.blocks)
+
+
+def test_other_matches_and_show_one(slack):
+    slack.slash(slack.url, "sudo")
+    top, _ = answered(slack)
+    others = button(top, "others")
+    slack.click(slack.url, top, "whodid.others", others)
+    listing = slack.wait(lambda: next((m for m in slack.thread("C1", top.ts) if "matches for" in m.text), None),
+                         what="the other matches")
+    show = button(listing, "show")
+    n = len(slack.thread("C1", top.ts))
+    slack.click(slack.url, listing, "whodid.show", show)
+    slack.wait(lambda: sum(1 for m in slack.thread("C1", top.ts)[n:] if m.files) >= 1, what="the other match")
+
+
+def test_a_tampered_button_is_refused(slack):
+    slack.slash(slack.url, "delete-cluster")
+    top, thread = answered(slack)
+    value = button(top, "widen")
+    version, raw, sig = value.split(".")
+    forged = ".".join([version, raw[:-2] + ("AA" if raw[-2:] != "AA" else "BB"), sig])
+    n = len(slack.messages)
+    slack.click(slack.url, top, "whodid.widen", forged)
+    refusal = slack.wait(lambda: slack.responses and slack.responses[-1], what="the refusal")
+    assert "that button cannot be used" in refusal["text"] and refusal["response_type"] == "ephemeral"
+    time.sleep(0.3)
+    assert len(slack.messages) == n
+
+
+def test_no_match_offers_a_wider_window_that_works(slack):
+    slack.slash(slack.url, "delete-cluster since:3d until:2d")           # before it happened
+    top = slack.wait(lambda: slack.top_level("C1") and slack.top_level("C1")[0], what="no match")
+    assert "No commands matching `delete-cluster`" in str(top.blocks)
+    slack.click(slack.url, top, "whodid.wider", button(top, "wider"))
+    slack.wait(lambda: len(slack.top_level("C1")) >= 2, what="the wider search")
+
+
+def test_rate_limits_are_waited_out(slack):
+    slack.fail("chat.postMessage", status=429, retry_after=1)
+    slack.slash(slack.url, "delete-cluster")
+    answered(slack)
+    calls = slack.method_calls("chat.postMessage")
+    assert calls[0].status == 429 and calls[1].status == 200
+    assert calls[1].at - calls[0].at >= 1.0                         # Retry-After honoured
+
+
+def test_a_channel_the_bot_is_not_in_gets_an_ephemeral_answer_and_a_hint(slack):
+    slack.not_in.add("C3")
+    slack.slash(slack.url, "delete-cluster", channel_id="C3", channel_name="incidents")
+    reply = slack.wait(lambda: slack.responses and slack.responses[-1], what="the ephemeral answer")
+    assert "not_in_channel" in reply["text"] and "/invite @whodid" in reply["text"]
+
+
+def test_button_values_round_trip_and_fit():
+    key = b"k" * 32
+    view = View(Ask(pattern="x" * 200, host="prod-*", user="jim", since=1.5, until=None, since_text="24h"), 3, 2)
+    from whodid.bot.buttons import decode
+    assert decode(encode(view, key), key) == view
+    assert len(encode(view, key)) < 2000
+
+
+def test_long_text_is_cut_to_slacks_limits():
+    text = "\n".join(f"line {i} " + "x" * 100 for i in range(5000))
+    bl = blocks.code_sections(text)
+    assert len(bl) <= 48 and all(len(b["text"]["text"]) <= 3000 for b in bl)
+    assert "more lines (cut to fit Slack)" in bl[-1]["text"]["text"]
+    assert len(blocks.cut("y" * 5000)) <= 3000
+
+
+def test_missing_tokens_say_which_and_where(monkeypatch):
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SlackSetupError, match=r"set \$SLACK_BOT_TOKEN .* OAuth & Permissions"):
+        check_tokens(config_mod.SlackConfig())
+    with pytest.raises(SlackSetupError, match=r"SLACK_APP_TOKEN .* App-Level Tokens"):
+        check_tokens(config_mod.SlackConfig(bot_token="xoxb-1"))
+    with pytest.raises(SlackSetupError, match=r"SLACK_SIGNING_SECRET .* App Credentials"):
+        check_tokens(config_mod.SlackConfig(bot_token="xoxb-1", mode="http"))
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-from-env")
+    assert check_tokens(config_mod.SlackConfig(bot_token="xoxb-1"))["app_token"] == "xapp-from-env"
