@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "sessions across hosts")
     t.add_argument("--limit", type=int, metavar="N", help="at most N matches, newest first (default: 5)")
     t.add_argument("--json", action="store_true", help="print the documented JSON (docs/trace-json.md)")
+    t.add_argument("--started", action="store_true", help="add everything the matched command started "
+                   "(Slack's \"Show what it started\")")
+    t.add_argument("--earlier", action="store_true", help="also list the person's commands in the day before "
+                   "(Slack's \"Earlier activity\")")
     t.add_argument("--keep-for", metavar="DURATION", help="keep what each match's trace needs past the "
                    "retention horizon for this long (an open incident: 90d)")
     t.add_argument("--png", metavar="FILE", help="also draw each match as a PNG: FILE for the first, "
@@ -121,7 +125,8 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     query = Query(pattern=args.pattern, host=args.host, user=args.user,
                   since=parse_time(args.since or cfg.trace.default_since, now),
                   until=parse_time(args.until, now) if args.until else None,
-                  scope=args.scope, limit=args.limit if args.limit is not None else cfg.trace.limit)
+                  scope=args.scope, limit=args.limit if args.limit is not None else cfg.trace.limit,
+                  started=args.started)
     if query.limit < 1:
         raise UsageError("--limit must be at least 1")
     store = Store.open(cfg.store_path(args.db))
@@ -140,6 +145,12 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         sys.stdout.write("\n")
     else:
         print(render_text(query, traces, now))
+        if args.earlier:
+            for i, tr in enumerate(traces, 1):
+                steps = tracer.earlier(tr)
+                print(f"\nEarlier activity of {tr.attributed.user} before match {i} (the day before, newest last):")
+                print("\n".join(f"  {clock(s.start)[:19]}  {s.host:<16} {s.user:<10} {s.command}" for s in steps)
+                      or "  (none)")
     for path in written:
         print(f"image: {path}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if traces else EXIT_NO_MATCH

@@ -1,8 +1,7 @@
-"""`whodid serve`: the collector, and the scheduled jobs, in one process.
+"""`whodid serve`: the collector, the Slack bot and the scheduled jobs, in one process.
 
-Runs until SIGTERM or SIGINT, then stops taking requests, writes every batch already
-received, and exits 0 - as systemd expects. (The Slack bot and canaries join this process
-in later work.)
+Runs until SIGTERM or SIGINT, then stops taking questions and batches, finishes the answers
+and writes the batches already received, and exits 0 - as systemd expects.
 """
 
 from __future__ import annotations
@@ -40,6 +39,19 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
     except ValueError as exc:
         log(str(exc))
         return 2
+    bot = None
+    if cfg.slack.mode != "off":
+        from .slack import Bot, SlackSetupError
+        if not cfg.slack.secret("bot_token"):
+            log("Slack bot off: no bot token ($SLACK_BOT_TOKEN or slack.bot_token; see README, \"Install in "
+                "your workspace\"); set slack.mode: off to silence this")
+        else:
+            try:
+                bot = Bot(cfg, path, log=lambda msg: print(f"whodid bot: {msg}", file=sys.stderr, flush=True))
+            except SlackSetupError as exc:
+                log(str(exc))
+                collector.stop()
+                return 2
     collector.start()
     if not collector.tls and host not in ("127.0.0.1", "::1", "localhost"):
         log(f"warning: serving plain HTTP on {host}: agent tokens and command lines cross the network "
@@ -57,6 +69,14 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
                           id="retention", name="retention")
         scheduler.add_job(prune, "date", id="retention-now", name="retention at start")
     scheduler.start()
+    if bot is not None:
+        try:
+            log(bot.start())
+        except Exception as exc:        # a port in use, Slack unreachable for Socket Mode
+            log(f"the Slack bot could not start: {exc}")
+            scheduler.shutdown(wait=False)
+            collector.stop()
+            return 2
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,6 +88,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             fh.write(f"{os.getpid()} {collector.url}\n")
     stop.wait()
     log("stopping: finishing requests in flight and writing what was received")
+    if bot is not None:
+        bot.stop()
     scheduler.shutdown(wait=False)
     collector.stop()
     log(f"stopped; {collector.writer.written} events written since start")

@@ -75,7 +75,8 @@ class Collector:
 
     def stop(self) -> None:
         """Stop taking requests, let the ones in flight finish, write what is queued."""
-        self.httpd.shutdown()
+        if self.thread.is_alive():            # shutdown() would wait forever for a loop never started
+            self.httpd.shutdown()
         self.httpd.server_close()
         self.writer.stop()
         with self._reader_lock:

@@ -1,0 +1,107 @@
+"""`whodid serve` end to end, as deployed: a config pointing at the Slack emulator, the bot in
+Socket Mode (the default) and in HTTP mode, a real /whodid through to the picture in the thread,
+and a clean stop on SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from slackemu import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackEmulator
+from test_fleet import free_port
+from test_slack import answered, button
+
+from whodid.bot import cli, demo
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("serve") / "demo.db")
+    assert cli.main(["demo", "--db", path]) == 0
+    return path
+
+
+def serve(tmp_path, demo_db, emu, mode: str):
+    port = free_port()
+    cfg = {"identity": {"people": demo.story_people()},
+           "collector": {"listen": f"127.0.0.1:{free_port()}"},
+           "slack": {"mode": mode, "api_base_url": emu.api_base_url, "allowed_channels": ["#incidents"],
+                     "listen": f"127.0.0.1:{port}"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET)
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "config.yaml"),
+                             "serve", "--db", demo_db, "--ready-file", str(ready)],
+                            stderr=open(tmp_path / "serve.err", "w"), env=env)
+    deadline = time.time() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.err").read_text()
+        time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}/slack/events"
+
+
+def stop(proc, tmp_path) -> str:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    return (tmp_path / "serve.err").read_text()
+
+
+def test_socket_mode_from_slash_command_to_picture_and_buttons(tmp_path, demo_db):
+    with SlackEmulator() as emu:
+        proc, _ = serve(tmp_path, demo_db, emu, "socket")
+        try:
+            ack = emu.socket_send("slash_commands", emu.slash_form("delete-cluster"))
+            assert "Tracing `delete-cluster` over the last 24h..." in json.dumps(ack["payload"])
+            top, thread = answered(emu)
+            assert "*jim* ran `aws eks delete-cluster --name prod`" in str(top.blocks)
+            n = len(emu.thread("C1", top.ts))
+            emu.socket_send("interactive", emu.click_payload(top, "whodid.widen", button(top, "widen")))
+            emu.wait(lambda: any(m.files for m in emu.thread("C1", top.ts)[n:]), what="the wider picture")
+        finally:
+            log = stop(proc, tmp_path)
+    assert "Slack bot whodid in Emulated connected in Socket Mode" in log
+    assert "ana in #incidents: command delete-cluster -> answered" in log
+    assert "stopped;" in log
+
+
+def test_http_mode_from_signed_slash_command_to_picture(tmp_path, demo_db):
+    with SlackEmulator() as emu:
+        proc, url = serve(tmp_path, demo_db, emu, "http")
+        try:
+            status, body, _ = emu.slash(url, "delete-cluster")
+            assert status == 200 and "Tracing" in body
+            answered(emu)
+            assert emu.signed_post(url, "command=%2Fwhodid&text=x", secret="wrong")[0] == 401
+        finally:
+            log = stop(proc, tmp_path)
+    assert f"listening on {url}" in log
+
+
+def test_serve_without_slack_tokens_runs_the_collector_and_says_why_no_bot(tmp_path, demo_db, monkeypatch):
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"collector": {"listen": f"127.0.0.1:{free_port()}"}}))
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "config.yaml"),
+                             "serve", "--db", demo_db, "--ready-file", str(ready)],
+                            stderr=open(tmp_path / "serve.err", "w"),
+                            env={k: v for k, v in os.environ.items() if not k.startswith("SLACK_")})
+    deadline = time.time() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.err").read_text()
+        time.sleep(0.1)
+    log = stop(proc, tmp_path)
+    assert "Slack bot off: no bot token ($SLACK_BOT_TOKEN or slack.bot_token" in log
+
+
+def test_serve_with_a_half_configured_slack_refuses_to_start(tmp_path, demo_db):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"collector": {"listen": f"127.0.0.1:{free_port()}"}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    env["SLACK_BOT_TOKEN"] = "xoxb-1"
+    res = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "config.yaml"),
+                          "serve", "--db", demo_db], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2 and "Socket Mode needs an app-level token: set $SLACK_APP_TOKEN" in res.stderr
