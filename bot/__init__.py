@@ -1,1 +1,1 @@
-"""whodid.bot: the face of whodid - the `whodid` command (and, later, the Slack app)."""
+"""whodid.bot: the face of whodid - the `whodid` command, the Slack app, canaries."""

@@ -25,6 +25,7 @@ from whodid import __version__
 from whodid import config as config_mod
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.render import render_text, traces_json
+from whodid.tracer.render.text import render_trace
 from whodid.tracer.when import TimeError, clock, format_duration, parse_time
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=["add", "list", "revoke"])
     k.add_argument("host", nargs="?", metavar="HOST", help="the host's name, as its agent reports it")
     k.add_argument("--db", metavar="PATH", help=db_help)
+
+    c = sub.add_parser("canary", help="canaries (the config's `canaries`): list them with their state, or run one "
+                       "now and see what its alert would say")
+    c.add_argument("action", choices=["list", "run"])
+    c.add_argument("name", nargs="?", metavar="NAME")
+    c.add_argument("--db", metavar="PATH", help=db_help)
 
     v = sub.add_parser("serve", help="run the collector (agents ship to POST /v1/events) with retention; "
                        "SIGTERM stops it cleanly")
@@ -278,6 +285,47 @@ def cmd_token(args, cfg: config_mod.Config) -> int:
     return EXIT_OK
 
 
+def cmd_canary(args, cfg: config_mod.Config) -> int:
+    from .alerts import alert_text, State
+    from .canary import run
+    from .canaries import CanaryRunner
+    now = time.time()
+    path = cfg.store_path(args.db)
+    if args.action == "list":
+        if not cfg.canaries:
+            print("no canaries configured (see `canaries` in config.example.yaml)")
+            return EXIT_OK
+        store = Store.open(path) if os.path.exists(path) else None
+        for c in cfg.canaries:
+            st = store.canary_state(c.name) if store else None
+            state = "never run" if not st else (
+                f"FAILING since {clock(st['since'])}" if st["status"] == "failing" else f"ok (last run {clock(st['last_run'])})")
+            print(f"  {c.name:<20} {c.kind:<10} {c.schedule():<18} {c.channel or '-':<14} {state}")
+            if st and st.get("last_summary"):
+                print(f"  {'':<20} last: {st['last_summary']}")
+        return EXIT_OK
+    canary = next((c for c in cfg.canaries if c.name == args.name), None)
+    if canary is None:
+        names = ", ".join(c.name for c in cfg.canaries) or "none are configured"
+        raise UsageError(f"no canary named {args.name!r} (canaries: {names})")
+    result = run(canary)
+    print(f"{canary.name}: {'ok' if result.ok else 'FAILED'} - {result.summary} ({result.seconds:.1f}s)")
+    if result.ok:
+        return EXIT_OK
+    store = Store.open(path)
+    st = store.canary_state(canary.name)
+    state = State(**st) if st else State(name=canary.name)
+    state = State(**{**state.__dict__, "since": state.since or now, "failures": state.failures + 1})
+    suspects, changes = CanaryRunner(cfg, path, poster=None).suspects(store, canary, state.since)
+    print()
+    print("Its alert would say (not posted; `whodid serve` runs canaries on their schedule):")
+    print(alert_text(canary, state, result, suspects, changes, now))
+    if suspects:
+        print()
+        print(render_trace(suspects[0].trace, now, 1, len(suspects)))
+    return EXIT_NO_MATCH
+
+
 def cmd_serve(args, cfg: config_mod.Config) -> int:
     from .serve import serve
     return serve(cfg, db=args.db, listen=args.listen, ready_file=args.ready_file)
@@ -323,6 +371,7 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     print(render_text(query, traces, now))
     for written in write_images(traces[:1], image, now):
         print(f"image: {written}")
+    demo_canary(path, cfg)
     print()
     print("Try next:")
     print(f"  whodid trace --db {path} delete-cluster --json")
@@ -330,6 +379,33 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     print(f"  whodid trace --db {path} /etc/nginx/nginx.conf")
     print(f"  whodid trace --db {path} 'aws*' --user bob")
     return EXIT_OK
+
+
+def demo_canary(path: str, cfg: config_mod.Config) -> None:
+    """The rest of the story: a canary notices the cluster is gone, and its alert names jim."""
+    import dataclasses
+
+    from . import demo
+    from .alerts import FilePoster
+    from .canaries import CanaryRunner
+    from .canary import parse_canary
+    from .fakekube import FakeKube
+
+    with FakeKube() as kube:          # the cluster API, where the prod cluster no longer exists
+        canary = parse_canary({
+            "name": "prod-cluster", "every": "1m", "timeout": "5s", "channel": "#incidents",
+            "check": {"type": "kubernetes", "api_url": kube.url, "token": kube.token,
+                      "path": "/apis/eks.amazonaws.com/v1/clusters/prod"},
+            "suspects": {"commands": ["delete-cluster", "kubectl delete", "terraform destroy"], "lookback": "24h"},
+        }, "demo")
+        people = config_mod.IdentityConfig(shared_accounts=cfg.identity.shared_accounts,
+                                           people=cfg.identity.people or demo.story_people())
+        demo_cfg = dataclasses.replace(cfg, canaries=[canary], identity=people)
+        alerts_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "alerts")
+        print()
+        print("$ whodid serve     # a canary checks the prod cluster every minute; no Slack configured, so")
+        print("                   # its alert goes to the log and to files")
+        CanaryRunner(demo_cfg, path, FilePoster(alerts_dir, out=sys.stdout), log=lambda m: None).run_one("prod-cluster")
 
 
 def live_demo(path: str, cfg: config_mod.Config) -> int:
@@ -416,7 +492,7 @@ def _shipping_order(fleet, seed: int) -> list[str]:
 
 
 COMMANDS = {"trace": cmd_trace, "ingest": cmd_ingest, "db": cmd_db, "demo": cmd_demo, "token": cmd_token,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "canary": cmd_canary}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -68,6 +68,24 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         scheduler.add_job(prune, "interval", seconds=config_mod.parse_duration(cfg.store.prune_every),
                           id="retention", name="retention")
         scheduler.add_job(prune, "date", id="retention-now", name="retention at start")
+    if cfg.canaries:
+        from .alerts import FilePoster, SlackPoster
+        from .canaries import CanaryRunner
+        if bot is not None:
+            unrouted = [c.name for c in cfg.canaries if not c.channel]
+            if unrouted:
+                log(f"canaries without a channel to alert: {', '.join(unrouted)}; set `channel` on each")
+                scheduler.shutdown(wait=False)
+                collector.stop()
+                return 2
+            poster = SlackPoster(bot)
+        else:
+            alerts_dir = config_mod.data_dir() / "alerts"
+            log(f"no Slack: canary alerts go to this log and to files in {alerts_dir}")
+            poster = FilePoster(alerts_dir)
+        CanaryRunner(cfg, path, poster).schedule(scheduler)
+        log(f"{len(cfg.canaries)} canaries scheduled: "
+            + ", ".join(f"{c.name} ({c.schedule()})" for c in cfg.canaries))
     scheduler.start()
     if bot is not None:
         try:

@@ -75,3 +75,10 @@ def ssh_session(h: Host, ts: float, sshd_pid: int, user: str, uid: int, raddr: s
         h.fork(ts + 0.3, sshd_pid + 1, sshd_pid),
         h.exec(ts + 0.31, sshd_pid + 1, ["-bash"], uid=uid, auid=uid, ses=ses),
     ]
+
+
+def copy_store(src: str, dst: str) -> None:
+    """A consistent copy of a live store (a plain file copy would miss what is still in its WAL)."""
+    import sqlite3
+    with sqlite3.connect(src) as s, sqlite3.connect(dst) as d:
+        s.backup(d)

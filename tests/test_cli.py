@@ -38,6 +38,10 @@ def test_demo_answers_who_deleted_the_cluster(tmp_path, capsys):
     assert f"Building the demo store at {path}" in out
     assert "Who:  jim" in out
     assert "How:  jim -> jump-box -> config-server (ec2-user), sudo to root" in out
+    # ...and the canary's side of the story: the alert already names jim
+    assert "Canary prod-cluster is failing: cluster prod is gone: 404" in out
+    assert "1. jim ran `aws eks delete-cluster --name prod` on config-server" in out
+    assert (tmp_path / "alerts").is_dir() and list((tmp_path / "alerts").glob("prod-cluster-*-suspect-1.png"))
     assert "aws eks delete-cluster --name prod  <== matched" in out
     assert "bob" not in out.split("Try next:")[0]
     # run again: the demo rebuilds its own store instead of piling onto it
@@ -228,10 +232,11 @@ def test_live_demo_explains_why_it_cannot_run(tmp_path, capsys, monkeypatch):
 
 
 def test_keep_for_pins_a_trace_past_retention(tmp_path, capsys):
-    import shutil
+    from kit import copy_store
     pinned, unpinned = str(tmp_path / "p.db"), str(tmp_path / "u.db")
     assert cli.main(["demo", "--db", pinned]) == 0
-    shutil.copy(pinned, unpinned)
+    Store.open(pinned).db.execute("DELETE FROM pins")            # the demo's canary alert pinned it already
+    copy_store(pinned, unpinned)
     capsys.readouterr()
     code, _, err = run(capsys, "trace", "delete-cluster", "--db", pinned, "--keep-for", "90d")
     assert code == 0 and "kept past retention until" in err

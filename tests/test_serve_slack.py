@@ -105,3 +105,32 @@ def test_serve_with_a_half_configured_slack_refuses_to_start(tmp_path, demo_db):
     res = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "config.yaml"),
                           "serve", "--db", demo_db], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 2 and "Socket Mode needs an app-level token: set $SLACK_APP_TOKEN" in res.stderr
+
+
+def test_serve_runs_canaries_and_without_slack_writes_alerts_to_files(tmp_path, demo_db):
+    from whodid.bot.fakekube import FakeKube
+    with FakeKube() as kube:                                 # no cluster object: it is gone
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+            "identity": {"people": demo.story_people()},
+            "collector": {"listen": f"127.0.0.1:{free_port()}"},
+            "canaries": [{"name": "cluster-watch", "every": "1s", "timeout": "2s",
+                          "check": {"type": "kubernetes", "api_url": kube.url, "token": kube.token,
+                                    "path": "/apis/eks.amazonaws.com/v1/clusters/prod"},
+                          "suspects": {"commands": ["delete-cluster"]}}]}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+        env["XDG_DATA_HOME"] = str(tmp_path / "data")
+        ready = tmp_path / "ready"
+        proc = subprocess.Popen([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "config.yaml"),
+                                 "serve", "--db", demo_db, "--ready-file", str(ready)],
+                                stderr=open(tmp_path / "serve.err", "w"), env=env)
+        alerts = tmp_path / "data" / "whodid" / "alerts"
+        deadline = time.time() + 60
+        while not (alerts.exists() and list(alerts.glob("*.json"))):
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.err").read_text()
+            time.sleep(0.2)
+        log = stop(proc, tmp_path)
+    assert "1 canaries scheduled: cluster-watch (every 1s)" in log
+    assert "Canary cluster-watch is failing: cluster prod is gone" in log
+    (alert,) = [json.loads(p.read_text()) for p in alerts.glob("*.json")]
+    assert alert["suspects"][0]["person"] == "jim" and "delete-cluster" in alert["suspects"][0]["command"]
+    assert list(alerts.glob("*-suspect-1.png"))

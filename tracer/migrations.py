@@ -166,4 +166,17 @@ CREATE TABLE queries (
 CREATE INDEX queries_at ON queries (at);
 """))
 
+STEPS.append((6, """
+-- Each canary's state, so a restart neither forgets an open alert nor alerts twice.
+CREATE TABLE canaries (
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL,               -- ok | failing
+    since REAL,                         -- first failure of the current run of failures
+    failures INTEGER NOT NULL DEFAULT 0,-- consecutive
+    last_run REAL, last_summary TEXT,
+    alert_channel TEXT, alert_ts TEXT,  -- the alert's message: its thread takes what follows
+    alerted_at REAL, recovered_at REAL
+);
+"""))
+
 LATEST = STEPS[-1][0]

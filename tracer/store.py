@@ -557,6 +557,36 @@ class Store:
         return [dict(zip(("at", "user_id", "user_name", "channel_id", "channel_name", "action", "text", "outcome"), r))
                 for r in rows]
 
+    CANARY_COLS = ("name", "status", "since", "failures", "last_run", "last_summary", "alert_channel", "alert_ts",
+                   "alerted_at", "recovered_at")
+
+    def canary_state(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute(f"SELECT {', '.join(self.CANARY_COLS)} FROM canaries WHERE name = ?", [name]).fetchone()
+        return dict(zip(self.CANARY_COLS, row)) if row else None
+
+    def save_canary_state(self, state: dict[str, Any]) -> None:
+        self.db.execute(f"INSERT OR REPLACE INTO canaries ({', '.join(self.CANARY_COLS)}) "
+                        f"VALUES ({', '.join('?' * len(self.CANARY_COLS))})", [state.get(c) for c in self.CANARY_COLS])
+
+    def privileged_commands(self, host_globs: list[str], since: float, until: float,
+                            limit: int = 10) -> list[tuple[Proc, Image]]:
+        """Commands people ran as root on these hosts, newest first: effective uid 0, in the audit
+        session of a recorded login (so not cron's or a daemon's, whose sessions no one logged in to)."""
+        where = ["e.euid = 0", "e.ses IS NOT NULL", "e.ts >= ?", "e.ts <= ?",
+                 "EXISTS (SELECT 1 FROM logins l JOIN procs lp ON lp.id = l.proc WHERE l.ses = e.ses "
+                 "AND lp.boot = p.boot)"]
+        args: list[Any] = [since, until]
+        if host_globs:
+            where.append("(" + " OR ".join("h.name GLOB ?" for _ in host_globs) + ")")
+            args += host_globs
+        rows = self.db.execute(
+            f"SELECT {', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))} FROM execs e "
+            f"JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
+            f"WHERE {' AND '.join(where)} ORDER BY e.ts DESC LIMIT ?", [*args, limit]).fetchall()
+        images = [_image(r) for r in rows]
+        procs = self.procs({i.proc for i in images})
+        return [(procs[i.proc], i) for i in images]
+
     def prune(self, horizon: float, now: float | None = None, dry_run: bool = False):
         from .retention import prune
         return prune(self, horizon, time.time() if now is None else now, dry_run=dry_run)

@@ -172,6 +172,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
+    canaries: list = field(default_factory=list)         # bot.canary.Canary, parsed and checked at load
     source: str | None = None           # the file it came from, for messages
 
     def trace_settings(self) -> Settings:
@@ -235,11 +236,16 @@ def from_dict(raw: Any, where: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections")
     for key in raw:
-        if key not in SECTIONS:
-            hint = difflib.get_close_matches(str(key), SECTIONS, n=1)
+        if key not in SECTIONS and key != "canaries":
+            hint = difflib.get_close_matches(str(key), [*SECTIONS, "canaries"], n=1)
             raise ConfigError(f"{where}: unknown section `{key}`" + (f"; did you mean `{hint[0]}`?" if hint else ""))
+    from whodid.bot.canary import CanaryError, parse_canaries
+    try:
+        canaries = parse_canaries(raw.get("canaries"))
+    except CanaryError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     cfg = Config(**{name: _section(name, cls, raw.get(name), where) for name, cls in SECTIONS.items()},
-                 source=where)
+                 canaries=canaries, source=where)
     for name, person in cfg.identity.people.items():
         if not isinstance(person, dict) or set(person) - PERSON_KEYS:
             raise ConfigError(f"{where}: `identity.people.{name}` takes only {sorted(PERSON_KEYS)}")

@@ -1,0 +1,228 @@
+"""From a failing canary to an alert that already holds the answer.
+
+`step` is the state machine (pure): ok -> failing (alert once, after N failures in a row)
+-> recovered (said once, in the alert's thread). A canary that fails again soon after
+recovering re-opens its old thread instead of starting a new alert, so flapping never
+floods the channel. `find_suspects` ranks the commands matching the canary's suspect
+patterns: the latest one before the first failure first. Posters deliver: to Slack, or -
+when no Slack is configured - to the log and files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from whodid.tracer import Query, Tracer
+from whodid.tracer.render.text import render_trace
+from whodid.tracer.trace import Trace
+from whodid.tracer.when import clock, format_duration
+
+from . import blocks
+from .ask import Ask
+from .buttons import View
+from .canary import Canary, Result
+
+REOPEN_WITHIN = 3600.0           # a failure this soon after recovering continues the old thread
+PIN_FOR = 90 * 86400.0           # suspects' traces are kept past retention this long
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    status: str = "ok"
+    since: float | None = None
+    failures: int = 0
+    last_run: float | None = None
+    last_summary: str = ""
+    alert_channel: str | None = None
+    alert_ts: str | None = None
+    alerted_at: float | None = None
+    recovered_at: float | None = None
+
+
+def step(state: State, result: Result, now: float, canary: Canary) -> tuple[State, str | None]:
+    """The next state, and what to say: "alert", "again", "recovered" or None."""
+    state = replace(state, last_run=now, last_summary=result.summary)
+    if result.ok:
+        if state.status == "failing":
+            return replace(state, status="ok", since=None, failures=0, recovered_at=now), "recovered"
+        return replace(state, since=None, failures=0), None
+    state = replace(state, failures=state.failures + 1, since=state.since or now)
+    if state.status == "ok" and state.failures >= canary.failures_before_alert:
+        if state.alert_ts and state.recovered_at and now - state.recovered_at < REOPEN_WITHIN:
+            return replace(state, status="failing", alerted_at=now), "again"
+        return replace(state, status="failing", alerted_at=now), "alert"
+    return state, None
+
+
+@dataclass
+class Suspect:
+    trace: Trace
+    view: View                   # the question that finds it, for the same buttons as /whodid
+    before: float                # seconds before the first failure
+    why: str
+
+
+def find_suspects(tracer: Tracer, canary: Canary, first_failure: float, limit: int = 5) -> list[Suspect]:
+    s = canary.suspects
+    since = first_failure - s.lookback
+    found: dict[str, Suspect] = {}
+    for pattern in s.commands:
+        for host in s.hosts or (None,):
+            ask = Ask(pattern=pattern, host=host, since=since, until=first_failure,
+                      since_text=format_duration(s.lookback).replace(" ", ""))
+            for i, tr in enumerate(tracer.find(Query(pattern=pattern, host=host, since=since, until=first_failure,
+                                                     limit=10))):
+                before = first_failure - tr.poi.start
+                why = (f"matches `{pattern}`" + (f" on {host}" if host else "")
+                       + f", {format_duration(before)} before the first failure")
+                key = tr.poi.node
+                if key not in found or found[key].before > before:
+                    found[key] = Suspect(tr, View(ask, i, 0), before, why)
+    return sorted(found.values(), key=lambda x: (x.before, x.trace.poi.node))[:limit]
+
+
+def recent_changes(store, canary: Canary, first_failure: float, limit: int = 10):
+    """When nothing matches: what people ran as root on the suspect hosts in the window."""
+    return store.privileged_commands(list(canary.suspects.hosts), first_failure - canary.suspects.lookback,
+                                     first_failure, limit)
+
+
+# --- what an alert says ------------------------------------------------------------------------
+
+def alert_text(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float) -> str:
+    lines = [f"Canary {canary.name} is failing: {result.summary}",
+             f"  since {clock(state.since)} ({state.failures} failed check{'s' if state.failures > 1 else ''} "
+             f"in a row; {canary.kind} check, {canary.schedule()})"]
+    if result.detail:
+        lines.append(f"  detail: {result.detail.strip()[:200]}")
+    lines.append("")
+    window = f"in the {format_duration(canary.suspects.lookback)} before the first failure"
+    if suspects:
+        lines.append(f"Top suspects ({window}, latest first):")
+        for i, s in enumerate(suspects, 1):
+            lines.append(f"  {i}. {blocks.headline(s.trace, now)} - {s.why}")
+            lines.append(f"     {s.trace.summary}")
+    else:
+        pats = ", ".join(f"`{p}`" for p in canary.suspects.commands) or "(no suspect patterns configured)"
+        hosts = ", ".join(canary.suspects.hosts) or "any host"
+        lines.append(f"No command matching {pats} ran on {hosts} {window}.")
+        if changes:
+            lines.append("The most recent commands run as root there:")
+            for proc, im in changes:
+                lines.append(f"  {clock(im.ts)}  {proc.host}  {im.cmd}")
+        else:
+            lines.append("Nothing was run as root there either.")
+    return "\n".join(lines)
+
+
+def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float,
+                 value) -> tuple[str, list[dict]]:
+    text = f"Canary {canary.name} is failing: {result.summary}"
+    out = [blocks.section(f":rotating_light: Canary *{blocks.escape(canary.name)}* is failing\n"
+                          f"*What failed:* {blocks.escape(result.summary)}\n"
+                          f"*Since:* {clock(state.since)} ({state.failures} failed check"
+                          f"{'s' if state.failures > 1 else ''} in a row; {canary.kind} check, {canary.schedule()})")]
+    window = f"in the {format_duration(canary.suspects.lookback)} before the first failure"
+    if suspects:
+        out.append(blocks.section(f"*Top suspects* ({window}, latest first):"))
+        for i, s in enumerate(suspects, 1):
+            out.append({"type": "section", "text": {"type": "mrkdwn", "text": blocks.cut(
+                f"{i}. {blocks.escape(blocks.headline(s.trace, now))}\n_{blocks.escape(s.why)}_ · "
+                f"{blocks.escape(s.trace.summary)}")}, "accessory": blocks.button("Show", "show", value(s.view))})
+        top = suspects[0]
+        total = len(suspects)
+        out.append(blocks.actions(top.view, max(total, 1), value))
+    else:
+        text_lines = alert_text(canary, state, result, [], changes, now).split("\n\n", 1)[1]
+        out += blocks.code_sections(text_lines, max_blocks=blocks.MAX_BLOCKS - 2)
+    return text, out[:blocks.MAX_BLOCKS]
+
+
+class Poster(Protocol):
+    def alert(self, canary: Canary, state: State, result: Result, suspects: list[Suspect], changes) -> tuple[str, str] | None: ...
+    def again(self, canary: Canary, state: State, result: Result) -> None: ...
+    def recovered(self, canary: Canary, state: State, result: Result) -> None: ...
+
+
+def recovered_text(canary: Canary, state: State, result: Result) -> str:
+    took = f" after {format_duration(state.recovered_at - state.alerted_at)}" if state.alerted_at else ""
+    return f"Canary {canary.name} recovered{took}: {result.summary}"
+
+
+def again_text(canary: Canary, state: State, result: Result) -> str:
+    return f"Canary {canary.name} is failing again: {result.summary} (since {clock(state.since)})"
+
+
+class SlackPoster:
+    """Alerts in Slack: the channel message, then in its thread the top suspect's picture and chain."""
+
+    def __init__(self, bot):
+        self.bot = bot
+
+    def alert(self, canary, state, result, suspects, changes):
+        now = time.time()
+        text, bl = alert_blocks(canary, state, result, suspects, changes, now, self.bot.value)
+        resp = self.bot.client.chat_postMessage(channel=canary.channel, text=text, blocks=bl, unfurl_links=False)
+        channel, ts = resp["channel"], resp["ts"]
+        if suspects:
+            top = suspects[0]
+            self.bot.picture(top.trace, top.view, len(suspects), channel, ts, _no_respond, with_buttons=False)
+        return channel, ts
+
+    def again(self, canary, state, result):
+        if state.alert_channel and state.alert_ts:
+            self.bot.client.chat_postMessage(channel=state.alert_channel, thread_ts=state.alert_ts, reply_broadcast=True,
+                                             text=":rotating_light: " + again_text(canary, state, result))
+
+    def recovered(self, canary, state, result):
+        if state.alert_channel and state.alert_ts:
+            self.bot.client.chat_postMessage(channel=state.alert_channel, thread_ts=state.alert_ts,
+                                             text=":white_check_mark: " + recovered_text(canary, state, result))
+
+
+class FilePoster:
+    """No Slack: alerts go to the log and, with their pictures, to files in a directory."""
+
+    def __init__(self, directory: Path, out=None):
+        self.dir = Path(directory)
+        self.out = out or sys.stderr
+
+    def alert(self, canary, state, result, suspects, changes):
+        from whodid.tracer.render.image import render_png
+        now = time.time()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        base = self.dir / f"{canary.name}-{stamp}"
+        text = alert_text(canary, state, result, suspects, changes, now)
+        full = text + ("\n\n" + render_trace(suspects[0].trace, now, 1, len(suspects)) if suspects else "")
+        base.with_suffix(".txt").write_text(full + "\n")
+        files = [str(base.with_suffix(".txt"))]
+        for i, s in enumerate(suspects[:3], 1):
+            path = self.dir / f"{canary.name}-{stamp}-suspect-{i}.png"
+            path.write_bytes(render_png(s.trace, now))
+            files.append(str(path))
+        base.with_suffix(".json").write_text(json.dumps({
+            "canary": canary.name, "failing_since": state.since, "result": result.summary,
+            "suspects": [{"command": s.trace.poi.command, "host": s.trace.poi.host, "at": s.trace.poi.start,
+                          "person": s.trace.attributed.user, "how": s.trace.summary, "why": s.why} for s in suspects],
+        }, indent=2) + "\n")
+        files.append(str(base.with_suffix(".json")))
+        print(text, file=self.out)
+        print("alert written to: " + ", ".join(files), file=self.out, flush=True)
+        return "files", str(base)
+
+    def again(self, canary, state, result):
+        print(again_text(canary, state, result), file=self.out, flush=True)
+
+    def recovered(self, canary, state, result):
+        print(recovered_text(canary, state, result), file=self.out, flush=True)
+
+
+def _no_respond(**_: Any) -> None:
+    """Alerts have no response_url; a post that fails is logged by the bot."""

@@ -1,0 +1,86 @@
+"""Running canaries: on APScheduler inside `whodid serve`, or by hand (`whodid canary run`).
+
+One run: the check (bounded by its timeout), the state machine, and - when it says so - the
+alert with its suspects, their traces pinned past retention, delivered by a Poster.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import asdict
+
+from whodid import config as config_mod
+from whodid.tracer import Store, Tracer
+
+from . import alerts
+from .alerts import State
+from .canary import Canary, Result, run
+
+
+class CanaryRunner:
+    def __init__(self, cfg: config_mod.Config, store_path: str, poster: alerts.Poster, log=None):
+        self.cfg = cfg
+        self.canaries = {c.name: c for c in cfg.canaries}
+        self.store_path = store_path
+        self.poster = poster
+        self.log = log or (lambda msg: print(f"whodid canary: {msg}", file=sys.stderr, flush=True))
+        self.lock = threading.Lock()           # one canary's state change at a time
+
+    def schedule(self, scheduler) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+        for c in self.canaries.values():
+            trigger = IntervalTrigger(seconds=c.every) if c.every else CronTrigger.from_crontab(c.cron, timezone="UTC")
+            # one run of a canary at a time; runs missed while one hung are folded into one
+            scheduler.add_job(self.run_one, trigger, args=[c.name], id=f"canary:{c.name}", name=f"canary {c.name}",
+                              max_instances=1, coalesce=True, misfire_grace_time=max(int(c.every or 60), 1))
+
+    def run_one(self, name: str) -> tuple[Result, str | None]:
+        c = self.canaries[name]
+        result = run(c)
+        now = time.time()
+        with self.lock:
+            store = Store.open(self.store_path, create=True)
+            try:
+                saved = store.canary_state(name)
+                state = State(**saved) if saved else State(name=name)
+                new, action = alerts.step(state, result, now, c)
+                if action == "alert":
+                    new = self._alert(store, c, new, result)
+                elif action == "again":
+                    self._deliver(self.poster.again, c, new, result)
+                elif action == "recovered":
+                    self._deliver(self.poster.recovered, c, new, result)
+                store.save_canary_state(asdict(new))
+            finally:
+                store.close()
+        if action or (not result.ok and new.failures == 1):      # changes, not every failing minute
+            self.log(f"{name}: {'ok' if result.ok else 'FAILED'} ({result.summary}, {result.seconds:.1f}s)"
+                     + (f" -> {action}" if action else ""))
+        return result, action
+
+    def suspects(self, store: Store, c: Canary, first_failure: float):
+        tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
+        suspects = alerts.find_suspects(tracer, c, first_failure)
+        changes = [] if suspects else alerts.recent_changes(store, c, first_failure)
+        return suspects, changes
+
+    def _alert(self, store: Store, c: Canary, state: State, result: Result) -> State:
+        suspects, changes = self.suspects(store, c, state.since)
+        for s in suspects:           # the evidence of an open incident outlives retention
+            store.pin({d["step"].proc for _, d in s.trace.graph.nodes(data=True)}, time.time() + alerts.PIN_FOR,
+                      f"canary {c.name} alert")
+        where = self._deliver(self.poster.alert, c, state, result, suspects, changes)
+        if where:
+            from dataclasses import replace
+            state = replace(state, alert_channel=where[0], alert_ts=where[1])
+        return state
+
+    def _deliver(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:              # Slack down: the state still moves; say so
+            self.log(f"could not deliver {fn.__name__} for canary {args[0].name}: {exc}")
+            return None

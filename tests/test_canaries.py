@@ -1,0 +1,283 @@
+"""Canaries: their checks against real local servers, the state machine, and the whole story -
+a cluster object disappears after a traced delete-cluster; the alert in Slack (the emulator)
+names jim, with the trace in its thread; recovery is said once; restarts keep state."""
+
+import http.server
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from slackemu import SIGNING_SECRET, SlackEmulator
+from test_fleet import free_port
+
+from whodid import config as config_mod
+from whodid.bot import cli, demo
+from whodid.bot.alerts import REOPEN_WITHIN, SlackPoster, State, step
+from whodid.bot.canaries import CanaryRunner
+from whodid.bot.canary import CanaryError, Result, json_path, parse_canary, parse_canaries, run
+from whodid.bot.fakekube import FakeKube
+from whodid.bot.slack import Bot
+from whodid.tracer import Store
+
+CLUSTER = "/apis/eks.amazonaws.com/v1/clusters/prod"
+
+
+def canary(**kw):
+    raw = {"name": "c", "every": "1s", "timeout": "2s", "check": {"type": "tcp", "host": "127.0.0.1", "port": 9}}
+    raw.update(kw)
+    return parse_canary(raw, "test")
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, words", [
+    ({"name": "x", "check": {"type": "tcp", "host": "h", "port": 1}}, "exactly one of `every: 1m` or `cron:"),
+    ({"name": "x", "every": "1m", "cron": "* * * * *", "check": {"type": "tcp", "host": "h", "port": 1}}, "exactly one"),
+    ({"name": "x", "cron": "61 * * * *", "check": {"type": "tcp", "host": "h", "port": 1}}, "cron '61 * * * *'"),
+    ({"name": "x", "every": "1m", "check": {"type": "ftp"}}, "needs a type: one of http, tcp, command, kubernetes"),
+    ({"name": "x", "every": "1m", "check": {"type": "http"}}, "a http check needs `url`"),
+    ({"name": "x", "every": "1m", "check": {"type": "command", "argv": "rm -rf /tmp/x; reboot"}},
+     "argv is a list of strings (no shell unless `shell: true`)"),
+    ({"name": "x", "every": "1m", "check": {"type": "http", "url": "http://x", "body_regex": "("}}, "not a regex"),
+    ({"name": "x", "every": "1m", "check": {"type": "tcp", "host": "h", "port": 1, "verify": 1}}, "unknown key `verify`"),
+    ({"name": "x", "every": "soon", "check": {"type": "tcp", "host": "h", "port": 1}}, "'soon' is not a duration"),
+])
+def test_bad_canaries_are_explained(raw, words):
+    with pytest.raises(CanaryError) as exc:
+        parse_canaries([raw])
+    assert words in str(exc.value)
+
+
+def test_the_example_config_canaries_parse_and_document_every_key():
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    block = text.split("\ncanaries:", 1)[1]
+    import yaml
+    uncommented = "\n".join(line.replace("#  ", "  ", 1).replace("# -", "-", 1) for line in block.splitlines()
+                            if line.startswith(("#  ", "# -")))
+    cs = parse_canaries(yaml.safe_load(uncommented))
+    assert {c.kind for c in cs} == {"http", "tcp", "command", "kubernetes"}
+    from whodid.bot.canary import CANARY_KEYS, CHECK_KEYS, SUSPECT_KEYS
+    for key in CANARY_KEYS | SUSPECT_KEYS | set().union(*CHECK_KEYS.values()):
+        assert f"{key}:" in block, f"canary key {key} is not shown in config.example.yaml"
+
+
+def test_json_path():
+    assert json_path({"status": {"conditions": [{"type": "Ready"}]}}, "status.conditions[0].type") == "Ready"
+    with pytest.raises(KeyError):
+        json_path({"a": 1}, "b")
+
+
+# --- the state machine -------------------------------------------------------------------------------
+
+def test_alert_after_n_failures_then_recovery_once():
+    c = canary(failures_before_alert=3)
+    s, bad, good = State("c"), Result(False, "down"), Result(True, "up")
+    actions = []
+    for t, r in enumerate([bad, bad, bad, bad, good, good]):
+        s, a = step(s, r, 100.0 + t, c)
+        actions.append(a)
+    assert actions == [None, None, "alert", None, "recovered", None]
+    s2, _ = step(State("c"), bad, 5.0, c)
+    assert s2.since == 5.0 and s2.failures == 1
+
+
+def test_flapping_reopens_the_same_thread_instead_of_new_alerts():
+    c = canary()
+    s = State("c", alert_channel="C1", alert_ts="1.1")
+    s, a = step(s, Result(False, "down"), 100.0, c)
+    assert a == "again" or a == "alert"
+    s, a = step(s, Result(True, "up"), 101.0, c)
+    assert a == "recovered"
+    s, a = step(s, Result(False, "down"), 102.0, c)
+    assert a == "again" and s.alert_ts == "1.1"
+    s, _ = step(s, Result(True, "up"), 103.0, c)
+    s, a = step(s, Result(False, "down"), 103.0 + REOPEN_WITHIN + 1, c)
+    assert a == "alert"                           # long after: a new alert
+
+
+# --- the checks, against real servers ----------------------------------------------------------------------
+
+class Web(http.server.BaseHTTPRequestHandler):
+    status, body, delay = 200, b'{"status": {"phase": "Running"}}', 0.0
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        time.sleep(Web.delay)
+        self.send_response(Web.status)
+        self.send_header("Content-Length", str(len(Web.body)))
+        self.end_headers()
+        self.wfile.write(Web.body)
+
+
+@pytest.fixture
+def web():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Web)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    Web.status, Web.body, Web.delay = 200, b'{"status": {"phase": "Running"}}', 0.0
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    Web.delay = 0
+    srv.shutdown()
+
+
+def test_http_check(web):
+    ok = canary(check={"type": "http", "url": web + "/health", "json_path": "status.phase", "json_equals": "Running"})
+    assert run(ok).ok
+    Web.status = 503
+    r = run(ok)
+    assert not r.ok and r.summary == f"HTTP 503 from {web}/health (expected 200)"
+    Web.status, Web.body = 200, b'{"status": {"phase": "Pending"}}'
+    assert "status.phase is 'Pending'" in run(ok).summary
+    rx = canary(check={"type": "http", "url": web, "body_regex": "Running"})
+    assert not run(rx).ok
+
+
+def test_tcp_check():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert run(canary(check={"type": "tcp", "host": "127.0.0.1", "port": s.getsockname()[1]})).ok
+    r = run(canary(check={"type": "tcp", "host": "127.0.0.1", "port": free_port()}))
+    assert not r.ok and "cannot connect" in r.summary
+
+
+def test_command_check_runs_without_a_shell(tmp_path):
+    marker = tmp_path / "pwned"
+    r = run(canary(check={"type": "command", "argv": ["echo", f"hi; touch {marker}"], "output_regex": "hi"}))
+    assert r.ok and not marker.exists()                     # `;` is an argument, not a command separator
+    r = run(canary(check={"type": "command", "argv": ["sh", "-c", "echo nope; exit 3"]}))
+    assert not r.ok and "exited 3 (expected 0)" in r.summary and "nope" in r.detail
+
+
+def test_hung_checks_are_stopped_at_the_timeout(web, tmp_path):
+    Web.delay = 5.0
+    r = run(canary(timeout="1s", check={"type": "http", "url": web}))
+    assert not r.ok and r.timed_out and r.seconds < 4
+    pidfile = tmp_path / "pid"
+    r = run(canary(timeout="1s", check={"type": "command", "argv": ["sh", "-c", f"echo $$ > {pidfile}; sleep 60"]}))
+    assert not r.ok and r.timed_out and "was killed" in r.summary
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pidfile.read_text().strip()}")        # no orphan left running
+
+
+def test_kubernetes_check():
+    with FakeKube() as kube:
+        kube.add(CLUSTER, "Cluster", "prod")
+        c = canary(check={"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token})
+        r = run(c)
+        assert r.ok and r.summary == "Cluster prod exists"
+        kube.delete(CLUSTER)
+        r = run(c)
+        assert not r.ok and r.summary.startswith(f"cluster prod is gone: 404 from {kube.url}")
+        bad = canary(check={"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": "wrong"})
+        assert "refused the canary's credentials (401)" in run(bad).summary
+        kube.hanging.set()
+        r = run(canary(timeout="1s", check={"type": "kubernetes", "api_url": kube.url, "path": CLUSTER,
+                                          "token": kube.token}))
+        assert r.timed_out
+
+
+# --- the whole story -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("canary") / "demo.db")
+    assert cli.main(["demo", "--db", path]) == 0
+    return path
+
+
+def test_cluster_disappears_alert_names_jim_recovery_once_state_survives_restart(demo_db, tmp_path, monkeypatch):
+    from kit import copy_store
+    db = str(tmp_path / "store.db")
+    copy_store(demo_db, db)
+    Store.open(db).db.execute("DELETE FROM canaries")           # the demo's own canary run
+    with SlackEmulator() as emu, FakeKube() as kube:
+        kube.add(CLUSTER, "Cluster", "prod")
+        cfg = config_mod.from_dict({
+            "identity": {"people": demo.story_people()},
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "canaries": [{"name": "prod-cluster", "every": "1s", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
+                          "suspects": {"commands": ["delete-cluster", "kubectl delete"], "lookback": "24h"}}]})
+        bot = Bot(cfg, db, log=lambda m: None)
+        bot.start()
+
+        def scheduled():
+            sched = BackgroundScheduler()
+            CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None).schedule(sched)
+            sched.start()
+            return sched
+
+        state = lambda: Store.open(db).canary_state("prod-cluster")
+        sched = scheduled()
+        emu.wait(lambda: (state() or {}).get("status") == "ok", what="a first good run")
+        assert emu.top_level("C7") == []
+        kube.delete(CLUSTER)                                    # what jim's delete-cluster did
+        alert = emu.wait(lambda: emu.top_level("C7") and emu.top_level("C7")[0], what="the alert")
+        text = str(alert.blocks)
+        assert "Canary *prod-cluster* is failing" in text and "cluster prod is gone: 404" in text
+        assert "jim ran `aws eks delete-cluster --name prod` on config-server" in text
+        assert "matches `delete-cluster`" in text
+        thread = emu.wait(lambda: [m for m in emu.thread("C7", alert.ts) if m.files], what="the suspect's picture")
+        assert emu.uploads[thread[0].files[0]["id"]]["data"][:4] == b"\x89PNG"
+        emu.wait(lambda: any("How:  jim -&gt; jump-box" in str(m.blocks) for m in emu.thread("C7", alert.ts)),
+                 what="the chain as text in the thread")
+        # more failures: no more alerts
+        runs = state()["failures"]
+        emu.wait(lambda: state()["failures"] >= runs + 2, what="more failing runs")
+        sched.shutdown()
+        # a restart remembers the open alert
+        sched = scheduled()
+        emu.wait(lambda: state()["failures"] >= runs + 3, what="runs after the restart")
+        assert len(emu.top_level("C7")) == 1
+        kube.add(CLUSTER, "Cluster", "prod")                    # restored
+        emu.wait(lambda: any("recovered" in m.text for m in emu.thread("C7", alert.ts)), what="the recovery")
+        time.sleep(2.5)
+        sched.shutdown()
+        bot.stop()
+        recovered = [m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
+        assert len(recovered) == 1 and len(emu.top_level("C7")) == 1
+        assert state()["status"] == "ok"
+        # the evidence is kept past retention while the incident is fresh
+        assert any(p["reason"] == "canary prod-cluster alert" for p in Store.open(db).pins())
+
+
+def test_no_suspect_shows_recent_privileged_commands_instead(demo_db, tmp_path):
+    import subprocess
+    import sys
+    with FakeKube() as kube:
+        (tmp_path / "cfg.yaml").write_text(json.dumps({"identity": {"people": demo.story_people()}, "canaries": [
+            {"name": "prod-cluster", "every": "1m",
+             "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
+             "suspects": {"commands": ["terraform destroy"], "hosts": ["config-*"], "lookback": "24h"}}]}))
+        res = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "cfg.yaml"),
+                              "canary", "run", "prod-cluster", "--db", demo_db], capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr
+    assert "prod-cluster: FAILED - cluster prod is gone" in res.stdout
+    assert "No command matching `terraform destroy` ran on config-*" in res.stdout
+    assert "The most recent commands run as root there:" in res.stdout
+    assert "aws eks delete-cluster --name prod" in res.stdout          # among what root ran there
+
+
+def test_canary_list_shows_state(demo_db, tmp_path, capsys):
+    with FakeKube() as kube:
+        kube.add(CLUSTER, "Cluster", "prod")
+        (tmp_path / "cfg.yaml").write_text(json.dumps({"canaries": [
+            {"name": "prod-cluster", "every": "1m", "channel": "#incidents",
+             "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token}}]}))
+        assert cli.main(["--config", str(tmp_path / "cfg.yaml"), "canary", "run", "prod-cluster", "--db", demo_db]) == 0
+        assert "prod-cluster: ok - Cluster prod exists" in capsys.readouterr().out
+        assert cli.main(["--config", str(tmp_path / "cfg.yaml"), "canary", "list", "--db", demo_db]) == 0
+        out = capsys.readouterr().out
+        assert "prod-cluster" in out and "kubernetes" in out and "every 60s" in out
+        assert cli.main(["--config", str(tmp_path / "cfg.yaml"), "canary", "run", "nope", "--db", demo_db]) == 2
+        assert "no canary named 'nope' (canaries: prod-cluster)" in capsys.readouterr().err
