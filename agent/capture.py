@@ -85,7 +85,8 @@ class Capture:
         self._perf_lost = 0
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
-            per_cpu = max(8, 1 << ((ringbuf_pages // max(1, os.cpu_count() or 1)).bit_length() - 1))
+            # (at least 64 pages each: an exec record is reserved at its largest, ~8 KiB)
+            per_cpu = max(64, 1 << ((ringbuf_pages // max(1, os.cpu_count() or 1)).bit_length() - 1))
             self.bpf["events"].open_perf_buffer(lambda cpu, data, size: self._on_record(None, data, size),
                                                 page_cnt=per_cpu, lost_cb=self._on_lost)
         else:

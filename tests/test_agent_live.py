@@ -268,7 +268,10 @@ def test_perf_buffers_for_kernels_without_the_ring_buffer(tmp_path):
         facts["pair"], facts["port"] = loopback_pair()
 
     events, err = run_agent_around(tmp_path, ["--mode", "bpf", "--buffer", "perf"], workload)
-    assert "through perf buffers" in err and "0 records lost" in err
+    # Not "0 records lost": per-CPU perf buffers can overflow on a burst elsewhere on the machine
+    # while the agent reads /proc at start (CI saw 1 in ~20 runs). A loss is reported, and the
+    # workload's own events, asserted below, must all be there.
+    assert "through perf buffers" in err and "records lost" in err
     (sh,) = [e for e in events if e["kind"] == "exec" and f"{MARK}-perf" in " ".join(e["argv"])]
     assert sh["ppid"] == os.getpid()
     forks = [e for e in events if e["kind"] == "fork" and e["pid"] == sh["pid"]]
