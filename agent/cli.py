@@ -248,7 +248,15 @@ def run(args) -> int:
         print(f"whodid-agent: cannot start: {exc}", file=sys.stderr)
         return 1
     cap, mode = None, args.mode
-    if mode in ("auto", "bpf"):
+    if args.audit_log:
+        from .audit import AuditTail
+        if not os.path.exists(args.audit_log):
+            print(f"whodid-agent: no audit log at {args.audit_log}; is auditd running (with agent/audit.rules "
+                  "loaded)?", file=sys.stderr)
+            return 1
+        cap, mode = AuditTail(args.audit_log, host, rules=asm.rules), "audit"
+        auth_log = "none"                           # logins come from the audit log itself
+    if cap is None and mode in ("auto", "bpf"):
         try:
             cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
                           pidns=own_pid_namespace() if args.pid_namespace == "self" else None,
@@ -282,9 +290,12 @@ def run(args) -> int:
     hello = {"v": 1, "kind": "host", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
              "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
              "agent": "whodid-agent/bpf"}
-    sink.write([hello] + asm.snapshot())
+    sink.write([hello] + (asm.snapshot() if mode != "audit" else []))
     where = args.db or args.out or f"{shipper.url} (spool {spool.path})"
-    if mode == "bpf":
+    if mode == "audit":
+        print(f"whodid-agent: following the audit log {args.audit_log} on {host} into {where}", file=sys.stderr,
+              flush=True)
+    elif mode == "bpf":
         print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
               f"file changes under {', '.join(watch)}) into {where}"
               + (" through perf buffers" if cap.perf else ""), file=sys.stderr, flush=True)
@@ -293,7 +304,7 @@ def run(args) -> int:
               file=sys.stderr, flush=True)
     if follower:
         print(f"whodid-agent: ssh logins from {auth_log}", file=sys.stderr, flush=True)
-    else:
+    elif mode != "audit":
         print("whodid-agent: no sshd log found, so logins (and the ssh keys that name people) will not be "
               "recorded; name it with --auth-log", file=sys.stderr, flush=True)
     if args.ready_file:
@@ -399,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--mode", choices=["auto", "bpf", "netlink"], default="auto",
                    help="how to see processes: BPF tracepoints, the netlink process connector (fewer facts), or "
                         "BPF when it loads and netlink otherwise (default: auto)")
+    r.add_argument("--audit-log", metavar="PATH", help="no BPF: follow this audit log (auditd with agent/audit.rules "
+                   "loaded), across rotations, as the source of events")
     r.add_argument("--buffer", choices=["auto", "ringbuf", "perf"], default="auto",
                    help="how BPF hands records over: the ring buffer (Linux 5.8+) or per-CPU perf buffers "
                         "(default: the ring buffer where the kernel has it)")

@@ -57,9 +57,10 @@ def default_source() -> str | None:
 class LogFollower:
     """Tail sshd's log into a queue of Accepted records, from the end (new logins only)."""
 
-    def __init__(self, source: str, poll: float = 0.2):
+    def __init__(self, source: str, poll: float = 0.2, parse=None):
         self.source = source
         self.poll = poll
+        self.parse = parse or parse_accepted      # the audit tail passes lines through as they are
         self.lines: queue.Queue[tuple[float, Accepted]] = queue.Queue()
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
@@ -76,7 +77,7 @@ class LogFollower:
         self._thread.join(timeout=5)
 
     def _emit(self, line: str) -> None:
-        acc = parse_accepted(line)
+        acc = self.parse(line)
         if acc:
             self.lines.put((time.time(), acc))
 
@@ -95,6 +96,10 @@ class LogFollower:
                 st = os.stat(self.source)
                 if fh is None or st.st_ino != ino or st.st_size < pos:
                     if fh:
+                        if st.st_ino != ino:          # rotated: what was written before the rename first
+                            *complete, partial = (partial + fh.read()).split(b"\n")
+                            for line in complete:
+                                self._emit(line.decode("utf-8", "replace"))
                         fh.close()
                     fh = open(self.source, "rb")
                     if ino is None:

@@ -7,6 +7,7 @@ examples:
   whodid trace /etc/nginx/nginx.conf            who changed this file
   whodid trace kubectl --user jim --scope 2     jim's kubectl commands, with their sessions
   whodid ingest events.jsonl                    load schema-v1 events (JSON lines; - for stdin)
+  whodid import-audit /var/log/audit/audit.log* --host web-1    auditd's logs, as events
   whodid db stats                               what the store holds, per host and kind
   whodid db prune --dry-run                     what retention would remove (store.retention)
   whodid serve                                  the collector (and, later, the Slack bot) in one process
@@ -81,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ingest", help="load schema-v1 events from JSON-lines files")
     i.add_argument("files", nargs="+", metavar="FILE", help="JSON lines, one event each; - reads stdin")
     i.add_argument("--db", metavar="PATH", help=db_help)
+
+    a = sub.add_parser("import-audit", help="load auditd logs (files, .gz, or - for stdin) as events",
+                       description="Reads raw audit logs (as /var/log/audit/audit.log holds them) into the store: "
+                                   "execs, forks, exits, uid changes, connections and sshd logins. Files are read "
+                                   "oldest first whatever the order given. See docs/audit.md.")
+    a.add_argument("files", nargs="+", metavar="FILE")
+    a.add_argument("--host", metavar="NAME", help="the host the log is from (default: this machine's name); records "
+                   "with a node= prefix name their own host")
+    a.add_argument("--addr", action="append", metavar="IP", help="an address of that host, so ssh hops from it can "
+                   "be matched; repeatable")
+    a.add_argument("--db", metavar="PATH", help=db_help)
 
     s = sub.add_parser("db", help="look after the store: stats, prune (retention), vacuum (give space back)")
     s.add_argument("action", choices=["stats", "prune", "vacuum"])
@@ -201,6 +213,69 @@ def cmd_ingest(args, cfg: config_mod.Config) -> int:
 
 
 KINDS = ("exec", "fork", "exit", "cred", "login", "connect", "accept", "file", "loss")
+
+
+def cmd_import_audit(args, cfg: config_mod.Config) -> int:
+    import gzip
+    import itertools
+    import socket
+
+    from whodid.agent.audit import ImportReport, import_lines
+
+    host = args.host or socket.gethostname()
+
+    def first_ts(name: str) -> float:
+        if name == "-":
+            return float("inf")
+        try:
+            for line in open_log(name):
+                m = line.find("msg=audit(")
+                if m >= 0:
+                    return float(line[m + 10:].split(":", 1)[0])
+        except (OSError, ValueError):
+            pass
+        return 0.0
+
+    def open_log(name: str):
+        if name == "-":
+            return sys.stdin
+        with open(name, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        return gzip.open(name, "rt", errors="replace") if gz else open(name, errors="replace")
+
+    for name in args.files:
+        if name != "-" and not os.path.isfile(name):
+            raise UsageError(f"cannot read {name}: no such file")
+    files = sorted(args.files, key=first_ts)          # rotated logs: oldest first, one process table
+    report = ImportReport()
+
+    def lines():
+        for name in files:
+            try:
+                with open_log(name) as fh:
+                    yield from fh
+            except (OSError, EOFError) as exc:
+                print(f"whodid: {name}: stopped reading: {exc}", file=sys.stderr)
+
+    def progress(rep):
+        if sys.stderr.isatty():
+            print(f"\r  {report.lines:,} lines read, {rep.accepted:,} events stored", end="", file=sys.stderr, flush=True)
+
+    store = Store.open(cfg.store_path(args.db), create=True)
+    t = time.perf_counter()
+    events = import_lines(lines(), host, report)
+    if args.addr:
+        hello = {"v": 1, "kind": "host", "host": host, "boot": f"audit:{host}", "ts": time.time(), "addrs": args.addr,
+                 "agent": "whodid import-audit"}
+        events = itertools.chain([hello], events)
+    ingested = ingest(store, events, progress=progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"{', '.join(files)} -> {cfg.store_path(args.db)} ({time.perf_counter() - t:.1f}s)")
+    print(report.summary())
+    if ingested.rejected:
+        print(f"{ingested.rejected} events refused by the store: {ingested.samples[0]}")
+    return EXIT_OK if report.lines else EXIT_NO_MATCH
 
 
 def cmd_db(args, cfg: config_mod.Config) -> int:
@@ -492,7 +567,7 @@ def _shipping_order(fleet, seed: int) -> list[str]:
 
 
 COMMANDS = {"trace": cmd_trace, "ingest": cmd_ingest, "db": cmd_db, "demo": cmd_demo, "token": cmd_token,
-            "serve": cmd_serve, "canary": cmd_canary}
+            "serve": cmd_serve, "canary": cmd_canary, "import-audit": cmd_import_audit}
 
 if __name__ == "__main__":
     sys.exit(main())

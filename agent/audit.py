@@ -1,0 +1,637 @@
+"""auditd's logs as a source of whodid events: for hosts that cannot run the BPF agent, and for
+incidents that happened before whodid was installed.
+
+Three pure stages, each testable with fixtures:
+
+    parse_record(line)  -> Record           one line: node, type, time, serial, fields
+    Grouper             -> [Record, ...]    the records of one event, by serial, as ausearch groups
+    AuditAssembler      -> schema-v1 events a process table turns SYSCALL/EXECVE/... into exec,
+                                             fork, exit, cred, connect and login events
+
+Audit identifies a process by pid alone; `start` is the time (ms) of the clone that created
+it, or 0 for a process already running when the log begins, so pid reuse within a log
+makes two processes. Audit does not record a connection's local port, so ssh hops from
+audit logs are joined by address and time (marked inferred); sshd's login is tied to the
+connection its listener accepted, as the BPF agent does.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+AUID_UNSET = 4294967295
+LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\):\s?(?P<body>.*)$")
+FIELD = re.compile(r"""([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
+HEX = re.compile(r"^(?:[0-9A-F]{2})+$")
+# string fields audit writes as hex when they hold spaces, quotes or control characters
+STRINGS = {"comm", "exe", "cwd", "name", "cmd", "proctitle", "acct", "terminal", "hostname", "key", "op"}
+
+# syscall numbers by audit arch, for logs not written in auditd's ENRICHED format
+SYSCALLS = {
+    "c000003e": {59: "execve", 322: "execveat", 56: "clone", 57: "fork", 58: "vfork", 435: "clone3",
+                 105: "setuid", 106: "setgid", 113: "setreuid", 114: "setregid", 117: "setresuid",
+                 119: "setresgid", 42: "connect", 43: "accept", 288: "accept4", 231: "exit_group", 60: "exit"},
+    "c00000b7": {221: "execve", 281: "execveat", 220: "clone", 435: "clone3", 146: "setuid", 144: "setgid",
+                 145: "setreuid", 143: "setregid", 147: "setresuid", 149: "setresgid", 203: "connect",
+                 202: "accept", 242: "accept4", 94: "exit_group", 93: "exit"},
+}
+CLONE_THREAD = 0x10000
+EINPROGRESS = -115
+GROUP_LAG = 200            # a group is complete once serials this far past it are seen
+USER_TYPES = {"USER_LOGIN", "USER_START", "USER_END", "CRED_ACQ", "CRED_DISP", "CRED_REFR", "USER_AUTH",
+              "USER_ACCT", "USER_CMD", "LOGIN", "USER_LOGOUT", "USER_ERR"}
+
+
+class AuditLineError(ValueError):
+    pass
+
+
+@dataclass
+class Record:
+    node: str | None
+    type: str
+    ts: float
+    serial: int
+    fields: dict[str, Any]
+    enriched: dict[str, str]
+
+
+def parse_record(line: str) -> Record:
+    """One audit log line. Raises AuditLineError for anything that is not one."""
+    raw, _, enriched = line.rstrip("\n").partition("\x1d")
+    m = LINE.match(raw)
+    if not m:
+        raise AuditLineError("not an audit record")
+    body = m.group("body")
+    return Record(node=m.group("node"), type=m.group("type"), ts=float(m.group("ts")), serial=int(m.group("serial")),
+                  fields=parse_fields(body), enriched={k: _unquote(v) for k, v in FIELD.findall(enriched)})
+
+
+def parse_fields(body: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in FIELD.findall(body):
+        if key == "msg" and value.startswith("'"):
+            out.update(parse_fields(value[1:-1]))          # user-space records nest their fields
+            continue
+        out[key] = decode_value(key, value)
+    return out
+
+
+def decode_value(key: str, value: str) -> Any:
+    if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+        return value[1:-1]
+    if value in ("(null)", "(none)", "?"):
+        return None
+    if (key in STRINGS or re.fullmatch(r"a\d+(\[\d+\])?", key)) and HEX.match(value):
+        return bytes.fromhex(value).decode("utf-8", "replace")
+    return value
+
+
+def _unquote(v: str) -> str:
+    return v[1:-1] if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'" else v
+
+
+def sockaddr(hexstr: str) -> tuple[str, int] | None:
+    """(address, port) from a SOCKADDR record's raw struct, for AF_INET and AF_INET6; else None."""
+    try:
+        raw = bytes.fromhex(hexstr)
+    except (TypeError, ValueError):
+        return None
+    if len(raw) < 8:
+        return None
+    family = int.from_bytes(raw[:2], "little")
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        from whodid.tracer.events import plain_ip
+        return plain_ip(raw[8:24]), port
+    return None
+
+
+# --- grouping ------------------------------------------------------------------------------------
+
+class Grouper:
+    """Collects records into events by (node, serial): records of different events may be
+    interleaved; an event is complete at its EOE record, at once for single-record types, or
+    when records far past its serial arrive."""
+
+    def __init__(self):
+        self.pending: dict[tuple[str | None, int], list[Record]] = {}
+        self.latest: dict[str | None, int] = {}
+
+    def feed(self, rec: Record) -> list[list[Record]]:
+        key = (rec.node, rec.serial)
+        if rec.type == "EOE":
+            group = self.pending.pop(key, None)
+            return [group] if group else []
+        done = []
+        latest = self.latest.get(rec.node)
+        if latest is not None and rec.serial + 1000 < latest:     # serials restarted (a reboot): close all
+            done += [self.pending.pop(k) for k in [k for k in self.pending if k[0] == rec.node]]
+            latest = None
+        self.latest[rec.node] = rec.serial if latest is None else max(latest, rec.serial)
+        self.pending.setdefault(key, []).append(rec)
+        horizon = self.latest[rec.node] - GROUP_LAG
+        done += [self.pending.pop(k) for k in [k for k in self.pending if k[0] == rec.node and k[1] < horizon]]
+        return done
+
+    def flush_before(self, ts: float) -> list[list[Record]]:
+        """Groups whose records are all older than ts: complete, on a quiet host's live log."""
+        keys = [k for k, g in self.pending.items() if g[-1].ts < ts]
+        return [self.pending.pop(k) for k in keys]
+
+    def flush(self) -> list[list[Record]]:
+        groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1]))]
+        self.pending.clear()
+        return groups
+
+
+# --- assembling ------------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    start: int
+    uid: int | None = None
+    euid: int | None = None
+    gid: int | None = None
+    egid: int | None = None
+    auid: int | None = None
+    ses: int | None = None
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    records: Counter = field(default_factory=Counter)      # by type: read
+    used: Counter = field(default_factory=Counter)         # by type: turned into events
+    skipped: Counter = field(default_factory=Counter)      # why
+    samples: list[str] = field(default_factory=list)       # a few garbage lines
+    events: Counter = field(default_factory=Counter)       # events made, by kind
+    gaps: list[tuple[str, int, int, float, float]] = field(default_factory=list)   # host, after, missing, t0, t1
+
+    def garbage(self, line: str, why: str) -> None:
+        self.skipped[why] += 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{why}: {line[:120]!r}")
+
+    def summary(self) -> str:
+        out = [f"read {self.lines:,} lines, {sum(self.records.values()):,} records; made "
+               + (", ".join(f"{n:,} {k}" for k, n in sorted(self.events.items())) or "no events")]
+        for t, n in sorted(self.records.items(), key=lambda kv: -kv[1]):
+            out.append(f"  {t:<14} {n:>9,} read  {self.used.get(t, 0):>9,} used")
+        if self.skipped:
+            out.append("skipped: " + ", ".join(f"{n:,} {why}" for why, n in self.skipped.most_common()))
+            out += [f"  e.g. {s}" for s in self.samples]
+        if self.gaps:
+            missing = sum(g[2] for g in self.gaps)
+            out.append(f"{missing:,} records lost by the kernel or auditd (gaps in serial numbers, "
+                       f"{len(self.gaps)} places; traces crossing them say so)")
+        return "\n".join(out)
+
+
+class AuditAssembler:
+    def __init__(self, host: str, report: ImportReport | None = None):
+        self.default_host = host
+        self.report = report or ImportReport()
+        self.procs: dict[tuple[str, int], Proc] = {}
+        self.children: dict[tuple[str, int], list] = {}      # child pid -> [parent, pstart, ts, conn, child]
+        self.clones: dict[tuple[str, int], deque] = {}       # parent pid -> its clones not yet seen running
+        self.accepts: dict[tuple[str, int], deque] = {}                      # listener -> peers accepted
+        self.conn_of: dict[tuple[str, int], tuple[str, int]] = {}            # sshd child -> its peer
+        self.parents: dict[tuple[str, int], int] = {}
+        self.auth: dict[tuple[str, int], str] = {}                           # pid -> login method seen
+        self.logged_in: set[tuple[str, int]] = set()
+        self.stamps: dict[str, tuple[float, int]] = {}
+        self.serials: dict[str, tuple[int, float]] = {}                      # host -> last (serial, time)
+
+    def host(self, rec: Record) -> str:
+        return rec.node or self.default_host
+
+    def feed(self, group: list[Record]) -> list[dict[str, Any]]:
+        first = group[0]
+        host = self.host(first)
+        if not first.type.startswith("DAEMON_"):          # auditd numbers its own records apart
+            self._serial(host, first)
+        # audit stamps to the millisecond; a shell's exec of sudo often shares its millisecond with
+        # the shell's own exec, and the store keys an exec by (process, time). Events within one
+        # millisecond get microsecond steps, in serial order, the same on every import.
+        ms = round(first.ts, 3)
+        last = self.stamps.get(host)
+        n = last[1] + 1 if last and last[0] == ms else 0
+        self.stamps[host] = (ms, n)
+        for r in group:
+            r.ts = ms + min(n, 999) * 1e-6
+        by_type: dict[str, list[Record]] = {}
+        for r in group:
+            by_type.setdefault(r.type, []).append(r)
+        if "SYSCALL" in by_type:
+            return self._syscall(host, by_type)
+        if first.type in USER_TYPES:
+            return self._user(host, first)
+        return []
+
+    def _serial(self, host: str, rec: Record) -> None:
+        last = self.serials.get(host)
+        if last is not None and rec.serial > last[0] + 1 and rec.serial - last[0] < 1_000_000:
+            self.report.gaps.append((host, last[0], rec.serial - last[0] - 1, last[1], rec.ts))
+        if last is None or rec.serial > last[0] or rec.serial + 1000 < last[0]:
+            self.serials[host] = (rec.serial, rec.ts)
+
+    # --- syscalls ---------------------------------------------------------------------------------
+
+    def _syscall(self, host: str, by_type: dict[str, list[Record]]) -> list[dict[str, Any]]:
+        sc = by_type["SYSCALL"][0]
+        f = sc.fields
+        name = sc.enriched.get("SYSCALL") or SYSCALLS.get(str(f.get("arch")), {}).get(_int(f.get("syscall")))
+        if name is None:
+            self.report.skipped[f"syscall {f.get('syscall')} (arch {f.get('arch')}) not used"] += 1
+            return []
+        pid = _int(f.get("pid"))
+        if pid is None:
+            return []
+        ok = f.get("success") == "yes"
+        out = self._touch(host, pid, sc)
+        proc = self.procs[(host, pid)]
+        base = {"v": 1, "host": host, "boot": f"audit:{host}", "ts": round(sc.ts, 6), "pid": pid, "start": proc.start}
+        used = lambda: self.report.used.update(r.type for rs in by_type.values() for r in rs)
+        if name in ("execve", "execveat"):
+            if not ok:
+                self.report.skipped["failed execs"] += 1
+                return out
+            argv = self._argv(by_type)
+            ev = {**base, "kind": "exec", "argv": argv[0] or [f.get("comm") or "?"], **self._ids(sc)}
+            if argv[1]:
+                ev["truncated"] = True
+            if f.get("exe"):
+                ev["exe"] = f["exe"]
+            if by_type.get("CWD") and by_type["CWD"][0].fields.get("cwd"):
+                ev["cwd"] = by_type["CWD"][0].fields["cwd"]
+            if f.get("comm"):
+                ev["comm"] = f["comm"]
+            if f.get("tty"):
+                ev["tty"] = f["tty"]
+            ppid = _int(f.get("ppid"))
+            if ppid is not None and ppid != pid:
+                ev["ppid"] = ppid
+                ev["pstart"] = self.procs[(host, ppid)].start if (host, ppid) in self.procs else 0
+            old_euid = proc.euid
+            self._update(proc, sc)
+            out.append(ev)
+            if old_euid is not None and proc.euid is not None and old_euid != proc.euid:
+                out.append({**base, "kind": "cred", "via": "exec", "old_uid": proc.uid, "old_euid": old_euid,
+                            "uid": proc.uid, "euid": proc.euid, **_names(sc, "cred")})
+            used()
+        elif name in ("clone", "fork", "vfork", "clone3"):
+            child = _int(f.get("exit"))
+            if ok and child and child > 0:
+                flags = _int(f.get("a0"), 16) if name == "clone" else 0
+                if not (flags or 0) & CLONE_THREAD:
+                    peers = self.accepts.get((host, pid))
+                    conn = peers.popleft() if peers else None     # a listener's child serves what it accepted
+                    # the child's pid as the parent saw it; inside a pid namespace that is not the pid
+                    # audit will log for the child, so it is also found by its parent and order
+                    entry = [pid, proc.start, sc.ts, conn, child]
+                    self.children[(host, child)] = entry
+                    self.clones.setdefault((host, pid), deque(maxlen=256)).append(entry)
+                    used()
+        elif name.startswith(("setuid", "setreuid", "setresuid", "setgid", "setregid", "setresgid")):
+            if ok:
+                old = (proc.uid, proc.euid, proc.gid, proc.egid)
+                self._update(proc, sc)
+                if old[0] is not None and (old[0], old[1], old[2], old[3]) != (proc.uid, proc.euid, proc.gid, proc.egid):
+                    ev = {**base, "kind": "cred", "via": name, "old_uid": old[0], "old_euid": old[1],
+                          "uid": proc.uid, "euid": proc.euid, **_names(sc, "cred")}
+                    if old[2] is not None:
+                        ev.update(old_gid=old[2], old_egid=old[3], gid=proc.gid, egid=proc.egid)
+                    out.append(ev)
+                    used()
+        elif name == "connect":
+            peer = self._peer(by_type)
+            if peer and (ok or _int(f.get("exit")) == EINPROGRESS):
+                # the local end is not in the audit record: 0.0.0.0:0 says "unknown" to the trace
+                out.append({**base, "kind": "connect", "laddr": "0.0.0.0", "lport": 0, "raddr": peer[0],
+                            "rport": peer[1]})
+                used()
+        elif name in ("accept", "accept4"):
+            peer = self._peer(by_type)
+            if ok and peer:
+                self.accepts.setdefault((host, pid), deque(maxlen=64)).append(peer)
+                used()
+        elif name in ("exit_group", "exit"):
+            out.append({**base, "kind": "exit", "code": _int(f.get("a0"), 16) or 0})
+            self.procs.pop((host, pid), None)
+            used()
+        return out
+
+    def _touch(self, host: str, pid: int, sc: Record) -> list[dict[str, Any]]:
+        """Make sure pid is in the table; its fork event when a clone was seen for it."""
+        key = (host, pid)
+        if key in self.procs:
+            return []
+        out = []
+        born = self.children.get(key)
+        ppid_seen = _int(sc.fields.get("ppid"))
+        if born is None or born[0] != ppid_seen:
+            queue = self.clones.get((host, ppid_seen))
+            born = queue[0] if queue else None
+        if born:
+            self._forget_clone(host, born)
+            ppid, pstart, ts, conn, _ = born
+            if conn:
+                self.conn_of[key] = conn
+            start = int(ts * 1000)
+            self.parents[key] = ppid
+            out.append({"v": 1, "kind": "fork", "host": host, "boot": f"audit:{host}", "ts": round(ts, 6),
+                        "pid": pid, "start": start, "ppid": ppid, "pstart": pstart})
+            parent = self.procs.get((host, ppid))
+            # the child starts with its parent's credentials; this record may already show them
+            # changed (an exec of sudo), which the caller compares against
+            proc = Proc(start, *(astuple_ids(parent) if parent else (None,) * 6))
+            if parent is None:
+                self._update(proc, sc)
+        else:
+            proc = Proc(0)
+            ppid = _int(sc.fields.get("ppid"))
+            if ppid is not None:
+                self.parents[key] = ppid
+            self._update(proc, sc)
+        self.procs[key] = proc
+        return out
+
+    def _forget_clone(self, host: str, entry: list) -> None:
+        ppid, child = entry[0], entry[4]
+        if self.children.get((host, child)) is entry:
+            del self.children[(host, child)]
+        queue = self.clones.get((host, ppid))
+        if queue and entry in queue:
+            queue.remove(entry)
+
+    def _update(self, proc: Proc, sc: Record) -> None:
+        f = sc.fields
+        for attr in ("uid", "euid", "gid", "egid", "auid", "ses"):
+            v = _int(f.get(attr))
+            if v is not None:
+                setattr(proc, attr, v)
+
+    def _ids(self, sc: Record) -> dict[str, Any]:
+        f = sc.fields
+        out: dict[str, Any] = {}
+        for attr in ("uid", "euid", "gid", "egid", "auid", "ses"):
+            v = _int(f.get(attr))
+            if v is not None and not (attr in ("auid", "ses") and v == AUID_UNSET):
+                out[attr] = v
+        out.setdefault("uid", 0)
+        out.setdefault("euid", out["uid"])
+        out.update(_names(sc, "exec"))
+        return out
+
+    def _argv(self, by_type) -> tuple[list[str], bool]:
+        """The arguments from EXECVE records (several records, and parts a1[0] a1[1]... for long
+        ones); PROCTITLE's (cut at 128 bytes by the kernel) when there is no EXECVE."""
+        fields: dict[str, Any] = {}
+        for r in by_type.get("EXECVE", []):
+            fields.update(r.fields)
+        if fields:
+            argv, cut = self._execve_args(fields)
+            # a script: the kernel logs the interpreter's argv (/bin/sh /path/script args); what was
+            # run is the script, as the BPF agent and `ps` show it
+            path = next((r.fields.get("name") for r in by_type.get("PATH", []) if r.fields.get("item") == "0"), None)
+            if path and path in argv[1:3] and argv[0] != path:
+                argv = argv[argv.index(path, 1):]
+            return argv, cut
+        for r in by_type.get("PROCTITLE", []):
+            title = r.fields.get("proctitle")
+            if title:
+                return [a for a in str(title).split("\x00") if a] or [str(title)], len(str(title)) >= 128
+        return [], False
+
+    @staticmethod
+    def _execve_args(fields: dict[str, Any]) -> tuple[list[str], bool]:
+        argc = _int(fields.get("argc")) or 0
+        argv = []
+        for i in range(argc):
+            if f"a{i}" in fields:
+                argv.append(str(fields[f"a{i}"]))
+            elif f"a{i}[0]" in fields:
+                parts, j = [], 0
+                while f"a{i}[{j}]" in fields:
+                    parts.append(str(fields[f"a{i}[{j}]"]))
+                    j += 1
+                argv.append("".join(parts))
+            else:
+                return argv, True                   # the kernel cut the argument list short
+        return argv, False
+
+    def _peer(self, by_type) -> tuple[str, int] | None:
+        for r in by_type.get("SOCKADDR", []):
+            peer = sockaddr(str(r.fields.get("saddr", "")))
+            if peer:
+                return peer
+        return None
+
+    # --- user-space records -------------------------------------------------------------------------
+
+    def _user(self, host: str, rec: Record) -> list[dict[str, Any]]:
+        f = rec.fields
+        pid = _int(f.get("pid"))
+        if pid is None:
+            return []
+        key = (host, pid)
+        if rec.type == "LOGIN":
+            proc = self.procs.get(key)
+            if proc is not None:
+                proc.auid = _int(f.get("auid"), default=proc.auid)
+                proc.ses = _int(f.get("ses"), default=proc.ses)
+            self.report.used["LOGIN"] += 1
+            return []
+        if rec.type == "USER_AUTH" and f.get("res") in ("success", "yes", "1"):
+            op = str(f.get("op") or "")
+            self.auth[key] = "publickey" if "pubkey" in op else "password" if "authentication" in op else "other"
+            self.report.used["USER_AUTH"] += 1
+            return []
+        # sshd with audit support says USER_LOGIN; without it (Debian's), PAM's session_open
+        # (USER_START) from sshd is the login. One login per process, whichever comes first.
+        is_login = rec.type == "USER_LOGIN" or (rec.type == "USER_START" and "session_open" in str(f.get("op"))
+                                                 and "sshd" in str(f.get("exe") or ""))
+        if not is_login or f.get("res") not in ("success", "yes", "1") or key in self.logged_in:
+            return []
+        self.logged_in.add(key)
+        peer = self._peer_of(host, pid)
+        addr = f.get("addr") if _is_ip(f.get("addr")) else (peer[0] if peer else None)
+        if addr is None:
+            self.report.skipped["logins without a remote address (console)"] += 1
+            return []
+        port = peer[1] if peer and peer[0] == addr else 0
+        user = rec.enriched.get("ID") or f.get("acct")
+        uid = _int(f.get("id"))
+        if not user:
+            user = str(uid) if uid is not None else None
+        if not user:
+            return []
+        proc = self.procs.get(key) or Proc(0)
+        self.procs.setdefault(key, proc)
+        ev = {"v": 1, "kind": "login", "host": host, "boot": f"audit:{host}", "ts": round(rec.ts, 6), "pid": pid,
+              "start": proc.start, "user": user, "method": self.auth.get(key, "other"), "raddr": addr, "rport": port,
+              "service": "sshd" if "sshd" in str(f.get("exe") or "") else str(f.get("exe") or "login")}
+        if uid is not None:
+            ev["uid"] = uid
+        ses = _int(f.get("ses"))
+        if ses is not None and ses != AUID_UNSET:
+            ev["ses"] = ses
+        if f.get("terminal") and str(f["terminal"]).startswith("/dev/"):
+            ev["tty"] = str(f["terminal"])[5:]
+        self.report.used[rec.type] += 1
+        return [ev]
+
+    def _peer_of(self, host: str, pid: int) -> tuple[str, int] | None:
+        """The connection a login's sshd serves: its own, or an ancestor's (privilege separation)."""
+        seen = 0
+        while pid is not None and seen < 8:
+            if (host, pid) in self.conn_of:
+                return self.conn_of[(host, pid)]
+            pid = self.parents.get((host, pid))
+            seen += 1
+        return None
+
+    def loss_events(self) -> list[dict[str, Any]]:
+        """The serial gaps as loss events, so traces crossing them say links may be missing."""
+        out = []
+        for host, after, missing, t0, t1 in self.report.gaps:
+            out.append({"v": 1, "kind": "loss", "host": host, "boot": f"audit:{host}", "ts": round(t1, 6),
+                        "since": round(t0, 6), "count": missing, "what": f"audit records missing after serial {after}"})
+        return out
+
+
+def astuple_ids(p: Proc) -> tuple:
+    return (p.uid, p.euid, p.gid, p.egid, p.auid, p.ses)
+
+
+def _names(sc: Record, kind: str) -> dict[str, str]:
+    e = sc.enriched
+    out = {}
+    pairs = (("UID", "user"), ("EUID", "euser"), ("AUID", "auser")) if kind == "exec" else (("UID", "user"), ("EUID", "euser"))
+    for src, dst in pairs:
+        v = e.get(src)
+        if v and v != "unset" and not v.startswith("unknown"):
+            out[dst] = v
+    return out
+
+
+def _int(v, base: int = 10, default=None):
+    if v is None:
+        return default
+    try:
+        return int(str(v), base)
+    except ValueError:
+        return default
+
+
+def _is_ip(v) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in v else socket.AF_INET, v)
+        return True
+    except OSError:
+        return False
+
+
+def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = None):
+    """Audit log lines -> schema-v1 events (a generator). The report counts what was read,
+    used and skipped."""
+    report = report or ImportReport()
+    grouper, asm = Grouper(), AuditAssembler(host, report)
+
+    def events(groups):
+        for group in groups:
+            for ev in asm.feed(sorted(group, key=lambda r: r.type != "SYSCALL")):
+                report.events[ev["kind"]] += 1
+                yield ev
+
+    for line in lines:
+        report.lines += 1
+        if not line.strip():
+            continue
+        try:
+            rec = parse_record(line)
+        except AuditLineError:
+            report.garbage(line, "lines that are not audit records")
+            continue
+        report.records[rec.type] += 1
+        yield from events(grouper.feed(rec))
+    yield from events(grouper.flush())
+    for ev in asm.loss_events():
+        report.events["loss"] += 1
+        yield ev
+
+
+class AuditTail:
+    """Live mode (`whodid-agent run --audit-log PATH`): follow the audit log across rotations
+    and turn what is appended into events, with the same interface as the BPF capture."""
+
+    perf = False
+
+    def __init__(self, path: str, host: str, rules=None):
+        from .redact import DEFAULT_RULES
+        from .sshd_log import LogFollower
+        self.rules = rules if rules is not None else DEFAULT_RULES
+        self.report = ImportReport()
+        self.grouper, self.asm = Grouper(), AuditAssembler(host, self.report)
+        self.follower = LogFollower(path, parse=lambda line: line if line.strip() else None).start()
+        self._losses = 0
+
+    def _events(self, groups) -> list[dict[str, Any]]:
+        from .redact import redact
+        out = []
+        for group in groups:
+            for ev in self.asm.feed(sorted(group, key=lambda r: r.type != "SYSCALL")):
+                if ev["kind"] == "exec":            # secrets never leave the host, whatever the source
+                    ev["argv"] = redact(ev["argv"], self.rules)[0]
+                out.append(ev)
+        return out
+
+    def poll(self, timeout_ms: int = 200) -> list[dict[str, Any]]:
+        import queue as queue_mod
+        import time
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            try:
+                _, line = self.follower.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue_mod.Empty:
+                break
+            self.report.lines += 1
+            try:
+                rec = parse_record(line)
+            except AuditLineError:
+                self.report.garbage(line, "lines that are not audit records")
+                continue
+            self.report.records[rec.type] += 1
+            out += self._events(self.grouper.feed(rec))
+            if time.monotonic() >= deadline:
+                break
+        # a quiet host: events whose last record is a few seconds old are complete
+        out += self._events(self.grouper.flush_before(time.time() - 2.0))
+        return out + self._new_losses()
+
+    def _new_losses(self) -> list[dict[str, Any]]:
+        losses = self.asm.loss_events()[self._losses:]
+        self._losses += len(losses)
+        return losses
+
+    def drain(self) -> list[dict[str, Any]]:
+        import time
+        time.sleep(self.follower.poll * 2)
+        out = self.poll(100) + self._events(self.grouper.flush())
+        return out + self._new_losses()
+
+    def lost(self) -> int:
+        return 0                    # gaps become loss events themselves
+
+    def close(self) -> None:
+        self.follower.stop()
