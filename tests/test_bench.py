@@ -23,3 +23,17 @@ def test_ingest_http_bench_runs_and_reports_ratios():
 def test_render_bench_runs():
     out = run("render.py", "--repeat", "1")
     assert "300" in out
+
+
+def test_audit_bench_runs():
+    import os
+
+    import pytest
+    from auditd import missing
+    why = missing() or (None if os.geteuid() == 0 else "not root")
+    if why and os.environ.get("CI"):
+        pytest.fail(f"CI must run the audit benchmark's smoke run, but: {why}")
+    if why:
+        pytest.skip(why)
+    out = run("audit.py", "--execs", "50")
+    assert "records/s" in out and "| whodid trace / ausearch walk |" in out
