@@ -6,6 +6,7 @@ and writes the batches already received, and exits 0 - as systemd expects.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -106,9 +107,12 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             fh.write(f"{os.getpid()} {collector.url}\n")
     stop.wait()
     log("stopping: finishing requests in flight and writing what was received")
+    # should stopping ever hang, say where: every thread's stack goes to the log after 30 s
+    faulthandler.dump_traceback_later(30, exit=False)
     if bot is not None:
         bot.stop()
     scheduler.shutdown(wait=False)
     collector.stop()
+    faulthandler.cancel_dump_traceback_later()
     log(f"stopped; {collector.writer.written} events written since start")
     return 0

@@ -156,9 +156,17 @@ def test_serve_stops_cleanly_on_sigterm(fleet):
     fleet.start_agent(fleet.events)
     fleet.wait_stored(1)
     fleet.collector.send_signal(signal.SIGTERM)
-    assert fleet.collector.wait(timeout=60) == 0
+    try:
+        code = fleet.collector.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        code = None
     log = (fleet.tmp / "collector.err").read_text()
+    assert code == 0, log
     assert "stopping: finishing requests in flight" in log and "events written since start" in log
     fleet.start_collector()
-    assert fleet.agent.wait(timeout=180) == 0
+    try:
+        code = fleet.agent.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, (fleet.tmp / "agent.err").read_text() + (fleet.tmp / "collector.err").read_text()
     fleet.exactly_once()
