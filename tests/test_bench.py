@@ -37,3 +37,17 @@ def test_audit_bench_runs():
         pytest.skip(why)
     out = run("audit.py", "--execs", "50")
     assert "records/s" in out and "| whodid trace / ausearch walk |" in out
+
+
+def test_agent_overhead_bench_runs():
+    import os
+
+    import pytest
+    from auditd import missing
+    why = missing() or (None if os.geteuid() == 0 else "not root")
+    if why and os.environ.get("CI"):
+        pytest.fail(f"CI must run the agent-overhead benchmark's smoke run, but: {why}")
+    if why:
+        pytest.skip(why)
+    out = run("agent_overhead.py", "--execs", "200", "--rounds", "1")
+    assert "| whodid agent |" in out and "| auditd |" in out and "targets:" in out
