@@ -37,11 +37,26 @@ class ProcFS:
         self.root = root
 
     def _read(self, pid: int, name: str) -> str | None:
+        # os.open/os.read rather than open(): no buffered file object per read. The agent reads
+        # a handful of these per exec, and this is its hot path (bench/agent_overhead.py)
         try:
-            with open(f"{self.root}/{pid}/{name}", "rb") as fh:
-                return fh.read().decode("utf-8", "surrogateescape")
+            fd = os.open(f"{self.root}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if len(chunk) < 4096:         # /proc files arrive whole in one read when small
+                    break
+            return b"".join(chunks).decode("utf-8", "surrogateescape")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _link(self, pid: int, name: str) -> str | None:
         try:
