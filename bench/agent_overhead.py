@@ -34,6 +34,9 @@ from auditd import Auditd, missing  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 MARK = "/bin/true"
 
+sys.path.insert(0, str(Path(__file__).parent))
+from result import result  # noqa: E402
+
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -179,6 +182,9 @@ def main() -> None:
         else:
             print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {cpu:.0f} us | {size:,.0f} B | {missing_:,} | {lost:,} |")
     a = rows["whodid agent"]
+    result("agent: exec rate vs no recorder", a[0], 0.90, "higher", "x")
+    result("agent: CPU per exec", a[1], 40.0, "lower", "us")
+    result("agent: execs missing + lost", a[3] + a[4], 0, "lower", "")
     print()
     print(f"targets: ratio >= 0.90 ({'met' if a[0] >= 0.90 else f'missed by {0.90 - a[0]:.2f}'}), "
           f"CPU <= 40 us/exec ({'met' if a[1] <= 40 else f'missed by {a[1] - 40:.0f} us'}), "

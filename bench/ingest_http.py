@@ -32,6 +32,9 @@ from whodid.agent.spool import Spool
 from whodid.bot import demo
 from whodid.tracer import Store, ingest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from result import result  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -130,6 +133,8 @@ def main() -> None:
                               ("agents -> HTTP -> collector -> store", shipped, http)):
         rate = count / secs
         print(f"| {name} | {count:,} | {secs:.2f} | {rate:,.0f} | {rate / (n / bare):.2f} |")
+    result("ingest() vs bare executemany", (n / direct) / (n / bare), 0.25, "higher", "x")
+    result("ingest() events/s", n / direct, 50000, "higher", "ev/s")
     print()
     print(f"stored by the collector: {stored['execs']:,} execs, {stored['procs']:,} processes, "
           f"{stored['logins']:,} logins, {stored['conns']:,} connections")

@@ -45,11 +45,12 @@ def story_people() -> dict[str, dict[str, list[str]]]:
     return {name: {"ssh_keys": [fp]} for name, fp in PEOPLE.items() if name in LAPTOPS}
 
 
-def build(now: float, seed: int = 7) -> tuple[SimFleet, dict[str, Any]]:
-    """The fleet and what really happened (for tests to check the answer against)."""
+def build(now: float, seed: int = 7, days: int = DAYS) -> tuple[SimFleet, dict[str, Any]]:
+    """The fleet and what really happened (for tests to check the answer against). `days`
+    longer than the demo's four makes the same story with more history (bench/bigfleet.py)."""
     rng = random.Random(seed)
     fleet = SimFleet(seed)
-    start = now - DAYS * 86400
+    start = now - days * 86400
     for name, addr in HOSTS:
         h = fleet.add_host(name, addr, boot_ts=start - rng.uniform(3600, 30 * 86400))
         for uid, user in [(1000, "ec2-user"), (1001, "jim"), (1002, "bob"), (1003, "alice"),
@@ -59,7 +60,7 @@ def build(now: float, seed: int = 7) -> tuple[SimFleet, dict[str, Any]]:
         role = name.split("-")[0] if not name.startswith("ci") else "ci"
         h.daemons = [h.daemon(start - 60, argv, uid) for argv, uid in ROLE_DAEMONS.get(role, [])]
     _cron_noise(fleet, start, now, rng)
-    _daily_work(fleet, start, now, rng)
+    _daily_work(fleet, start, now, rng, days)
     truth = _incident(fleet, now)
     return fleet, truth
 
@@ -93,10 +94,10 @@ def _logout(shell: SimProc, t: float) -> None:
     shell.host.exit(shell, t)
 
 
-def _daily_work(fleet: SimFleet, start: float, now: float, rng: random.Random) -> None:
+def _daily_work(fleet: SimFleet, start: float, now: float, rng: random.Random, days: int = DAYS) -> None:
     H = fleet.hosts
     jump = H["jump-box"]
-    for day in range(DAYS):
+    for day in range(days):
         d0 = start + day * 86400 + 8 * 3600
         # alice: web admin via the jump box, edits nginx config with sudo, reloads it
         t = d0 + rng.uniform(0, 3600)

@@ -163,3 +163,26 @@ def test_a_version_1_store_is_migrated_to_the_latest(tmp_path):
     store = Store.open(path)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == migrations.LATEST >= 2
     assert "losses" in store.db.table_names()
+
+
+def test_a_version_6_store_gets_its_distinct_commands_and_is_still_searchable(tmp_path):
+    import sqlite3
+    from whodid.tracer.store import _split_sql
+    path = tmp_path / "v6.db"
+    conn = sqlite3.connect(path)
+    for number, sql in migrations.STEPS:
+        if number <= 6:
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+    conn.execute("INSERT INTO hosts (id, name) VALUES (1, 'web')")
+    conn.execute("INSERT INTO boots (id, host, boot) VALUES (1, 1, 'b')")
+    conn.execute("INSERT INTO procs (id, boot, pid, start) VALUES (1, 1, 10, 10), (2, 1, 11, 11)")
+    conn.execute("INSERT INTO execs (proc, ts, cmd, uid, euid) VALUES (1, 5.0, 'aws eks delete-cluster', 0, 0), "
+                 "(2, 6.0, 'aws eks delete-cluster', 0, 0)")
+    conn.execute("PRAGMA user_version = 6")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    assert store.db.execute("SELECT count(*) FROM cmds").fetchone()[0] == 1
+    hits = store.search_commands("delete-cluster", glob=False, since=None, until=None, host_glob=None, limit=5)
+    assert [p.pid for p, _ in hits] == [11, 10]

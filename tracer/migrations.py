@@ -179,4 +179,15 @@ CREATE TABLE canaries (
 );
 """))
 
+STEPS.append((7, """
+-- Each distinct command line once, so a search reads the (few) distinct commands rather than
+-- every exec of the window: a fleet runs the same cron jobs and daemons all day. Execs point
+-- at theirs, and (cmd_id, ts) finds a command's execs in a window without a scan.
+CREATE TABLE cmds (id INTEGER PRIMARY KEY, cmd TEXT NOT NULL UNIQUE);
+ALTER TABLE execs ADD COLUMN cmd_id INTEGER REFERENCES cmds(id);
+INSERT OR IGNORE INTO cmds (cmd) SELECT DISTINCT cmd FROM execs;
+UPDATE execs SET cmd_id = (SELECT id FROM cmds WHERE cmds.cmd = execs.cmd);
+CREATE INDEX execs_cmd ON execs (cmd_id, ts)
+"""))
+
 LATEST = STEPS[-1][0]

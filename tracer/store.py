@@ -23,6 +23,9 @@ import sqlite_utils
 from . import migrations
 
 
+MAX_CMD_IDS = 2000           # past this many matching command lines, a search scans the window instead
+
+
 class StoreError(Exception):
     """A store that cannot be used, explained for a person."""
 
@@ -89,6 +92,7 @@ class Store:
         self._hosts: dict[str, int] = {}
         self._boots: dict[tuple[int, str], int] = {}
         self._procs: dict[tuple[int, int, int], int] = {}
+        self._cmds: dict[str, int] = {}
         self._generation: str | None = None
 
     # --- opening -------------------------------------------------------------------------
@@ -261,10 +265,10 @@ class Store:
 
     def _write_exec(self, c, boot: int, proc: int, ev: dict[str, Any]) -> int:
         cmd, argv_json = command_line(ev["argv"])
-        new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, argv, truncated, exe, cwd, uid, euid, gid, egid, "
-                  "auid, ses, tty, comm, pidns, container, snapshot) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [proc, ev["ts"], cmd, argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
+        new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, "
+                  "egid, auid, ses, tty, comm, pidns, container, snapshot) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [proc, ev["ts"], cmd, self._cmd_id(cmd), argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
                    ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"), ev.get("auid"),
                    ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"), ev.get("container"),
                    1 if ev.get("snapshot") else None]).rowcount
@@ -285,7 +289,19 @@ class Store:
             self._hosts.clear()
             self._boots.clear()
             self._procs.clear()
+            self._cmds.clear()
             self._generation = gen
+
+    def _cmd_id(self, cmd: str) -> int:
+        cid = self._cmds.get(cmd)
+        if cid is None:
+            c = self.db.conn
+            cur = c.execute("INSERT OR IGNORE INTO cmds (cmd) VALUES (?)", [cmd])
+            cid = cur.lastrowid if cur.rowcount else c.execute("SELECT id FROM cmds WHERE cmd = ?", [cmd]).fetchone()[0]
+            if len(self._cmds) > 200_000:
+                self._cmds.clear()
+            self._cmds[cmd] = cid
+        return cid
 
     def _host_id(self, name: str) -> int:
         hid = self._hosts.get(name)
@@ -425,11 +441,15 @@ class Store:
     def search_commands(self, pattern: str, *, glob: bool, since: float | None, until: float | None,
                         host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]:
         where, args = [], []
-        if glob:
-            where.append("e.cmd GLOB ?")
-            args.append(pattern)
-        else:
-            where.append("instr(e.cmd, ?) > 0")
+        # the distinct command lines first (few), then their execs in the window by (cmd_id, ts)
+        test = "cmd GLOB ?" if glob else "instr(cmd, ?) > 0"
+        ids = [r[0] for r in self.db.execute(f"SELECT id FROM cmds WHERE {test} LIMIT {MAX_CMD_IDS + 1}", [pattern])]
+        if not ids:
+            return []
+        if len(ids) <= MAX_CMD_IDS:
+            where.append(f"e.cmd_id IN ({','.join(map(str, ids))})")
+        else:                                   # a pattern matching almost everything: scan instead
+            where.append("e.cmd GLOB ?" if glob else "instr(e.cmd, ?) > 0")
             args.append(pattern)
         self._window(where, args, "e.ts", since, until, host_glob)
         rows = self.db.execute(

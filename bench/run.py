@@ -1,0 +1,100 @@
+"""Run every benchmark and write the report: bench/REPORT.md (each benchmark's table, with its
+conditions) and bench/report.png (every figure against its target).
+
+Each benchmark is its own script, run here as a subprocess one after another, so one does not
+warm or load the next. Those that need root, BPF or auditd say so and are marked skipped.
+
+    .venv/bin/python bench/run.py                 # the full sizes (the 10M-event store is built once, ~3 min)
+    .venv/bin/python bench/run.py --quick         # small sizes, to check everything runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from result import met  # noqa: E402
+
+BENCHES = [
+    # (script, title, full args, quick args)
+    ("agent_overhead.py", "Agent overhead on an exec storm", [], ["--execs", "2000", "--rounds", "1"]),
+    ("ingest_http.py", "Ingest", [], ["--agents", "4"]),
+    ("storage.py", "Storage", [], []),
+    ("trace_latency.py", "Trace latency on a large store", [], ["--hosts", "30", "--days", "5", "--repeat", "5"]),
+    ("render.py", "Render", [], ["--repeat", "1"]),
+    ("e2e_slack.py", "Slack end to end", [], ["--repeat", "5"]),
+    ("audit.py", "auditd logs: import, and trace vs ausearch", [], ["--execs", "500"]),
+]
+
+
+def run(script: str, args: list[str]) -> tuple[str, list[dict], str | None]:
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
+    took = time.perf_counter() - t
+    results = [json.loads(line[7:]) for line in res.stdout.splitlines() if line.startswith("RESULT ")]
+    text = "\n".join(line for line in res.stdout.splitlines() if not line.startswith("RESULT "))
+    if res.returncode:
+        why = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        return text, results, f"did not run: {why}"
+    return text + f"\n\n_({took:.0f} s)_", results, None
+
+
+def chart(results: list[dict], path: Path) -> None:
+    """Each figure as how far it is from its target: >= 1 met (value/target, or target/value for
+    figures where lower is better), on a log scale."""
+    from matplotlib.figure import Figure
+    rows = [r for r in results if r["target"]]
+    if not rows:
+        return
+    score = [(r["value"] / r["target"]) if r["better"] == "higher" else (r["target"] / max(r["value"], 1e-9))
+             for r in rows]
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2), dpi=100)
+    ax = fig.add_subplot()
+    colors = ["#2e7d32" if met(r) else "#c62828" for r in rows]
+    ax.barh(range(len(rows)), score, color=colors)
+    ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("headroom against the target (>= 1: met; log scale)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: check that every benchmark runs")
+    p.add_argument("--out", default=str(HERE / "REPORT.md"))
+    args = p.parse_args()
+    sections, results = [], []
+    for script, title, full, quick in BENCHES:
+        print(f"bench: {title} ({script})...", file=sys.stderr, flush=True)
+        text, rs, problem = run(script, quick if args.quick else full)
+        results += rs
+        sections.append(f"## {title}\n\n`bench/{script}`\n\n" + (f"**{problem}**\n\n" if problem else "") + text)
+    out = Path(args.out)
+    png = out.with_name("report.png")
+    chart(results, png)
+    summary = ["| figure | value | target | |", "|---|---:|---:|---|"]
+    for r in results:
+        cmp = ">=" if r["better"] == "higher" else "<="
+        summary.append(f"| {r['name']} | {r['value']:,.3g} {r['unit']} | {cmp} {r['target']:,} {r['unit']} | "
+                       f"{'met' if met(r) else '**missed**'} |")
+    head = (f"# whodid benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+            f"{' (quick sizes)' if args.quick else ''}. Every figure is measured against a reference in the same "
+            "run; see each section's conditions.\n\n" + "\n".join(summary) + f"\n\n![targets]({png.name})\n")
+    out.write_text(head + "\n" + "\n\n".join(sections) + "\n")
+    print(f"bench: wrote {out} and {png}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
