@@ -213,7 +213,8 @@ class Assembler:
         argv, truncated = (args.argv, args.truncated) if args and args.argv else ([rec.filename], False)
         # /proc speaks for this image only while the process still runs it: by the time we
         # look, `bash -c 'sudo ...'` may already be sudo, with sudo's ids and arguments
-        current = self.procfs.comm(h.pid) == rec.comm
+        status = self.procfs.status(h.pid)
+        current = status is not None and status[0] == rec.comm
         if args is None or args.faulted:
             # the kernel could not read argv: the live process's /proc says it, if it is
             # still this image and agrees with what was read
@@ -225,7 +226,7 @@ class Assembler:
         argv, hidden = redact(argv, self.rules)
         self.counts["redacted"] += hidden
         old_euid = st.euid
-        ids = self.procfs.ids(h.pid) if current else None
+        ids = status[1:] if current else None
         if ids and ids[0] == h.uid:
             st.uid, st.euid, st.gid, st.egid = ids
         else:

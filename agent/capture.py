@@ -21,6 +21,10 @@ SOURCE = Path(__file__).with_name("capture.c")
 ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 
 
+BATCH = 256                 # records: fewer than this after a poll, wait BATCH_WAIT for more
+BATCH_WAIT = 0.02
+
+
 class CaptureError(RuntimeError):
     pass
 
@@ -124,6 +128,14 @@ class Capture:
             self.bpf.perf_buffer_poll(timeout_ms)
         else:
             self.bpf.ring_buffer_poll(timeout_ms)
+        if not self.perf and 0 < len(self._records) < BATCH:      # (per-CPU perf buffers are small)
+            # a storm hands records over one or two at a time; a few milliseconds more make
+            # batches, and each poll round costs the agent (and so the host) the same
+            time.sleep(BATCH_WAIT)
+            if self.perf:
+                self.bpf.perf_buffer_poll(0)
+            else:
+                self.bpf.ring_buffer_consume()
         return self._assemble()
 
     def drain(self) -> list:

@@ -314,6 +314,8 @@ def run(args) -> int:
     last_flush = time.monotonic()
     reported_lost = 0
     last_loss_check = time.time()
+    last_lost_poll = 0.0
+
     def logins(final: bool = False) -> list:
         if follower is None:
             return []
@@ -328,6 +330,9 @@ def run(args) -> int:
         if len(pending) >= FLUSH_EVENTS or (pending and now - last_flush >= flush_interval):
             sink.write(pending)
             pending, last_flush = [], now
+        if time.monotonic() - last_lost_poll < 1.0:       # reading the counters costs a map lookup
+            continue
+        last_lost_poll = time.monotonic()
         lost = cap.lost()
         if lost > reported_lost:
             print(f"whodid-agent: the kernel dropped {lost - reported_lost} records ({mode}); "
@@ -339,6 +344,13 @@ def run(args) -> int:
             reported_lost = lost
         last_loss_check = time.time()
     pending.extend(cap.drain())
+    lost = cap.lost()
+    if lost > reported_lost:                          # in the last second before stopping
+        print(f"whodid-agent: the kernel dropped {lost - reported_lost} records ({mode})", file=sys.stderr)
+        pending.append({"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
+                        "since": round(last_loss_check, 6), "count": lost - reported_lost,
+                        "what": "ring buffer full" if mode == "bpf" else "netlink overrun"})
+        reported_lost = lost
     if follower:
         time.sleep(follower.poll * 2)                # the last lines written before SIGTERM
         follower.stop()

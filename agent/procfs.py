@@ -67,6 +67,24 @@ class ProcFS:
     def pids(self) -> list[int]:
         return sorted(int(d) for d in os.listdir(self.root) if d.isdigit())
 
+    def status(self, pid: int) -> tuple[str, int, int, int, int] | None:
+        """(comm, uid, euid, gid, egid) from one read of /proc/PID/status: the exec path's check
+        that /proc still shows the image it is about, and its ids, for the price of one."""
+        status = self._read(pid, "status")
+        if not status or not status.startswith("Name:"):
+            return None
+        name = status[5:status.index("\n")].strip() if "\n" in status else ""
+        uids = gids = None
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                uids = line.split()[1:3]
+            elif line.startswith("Gid:"):
+                gids = line.split()[1:3]
+                break
+        if not uids or not gids:
+            return None
+        return name, int(uids[0]), int(uids[1]), int(gids[0]), int(gids[1])
+
     def ids(self, pid: int) -> tuple[int, int, int, int] | None:
         """(uid, euid, gid, egid) from /proc/PID/status."""
         status = self._read(pid, "status")
@@ -98,10 +116,21 @@ class ProcFS:
         return self._link(pid, "cwd")
 
     def namespace(self, pid: int) -> tuple[int | None, str | None]:
-        """(pid namespace inode, container id) - how processes in containers are told apart."""
+        """(pid namespace inode, container id) - how processes in containers are told apart.
+        A process in the agent's own pid namespace is not in a container (containers get their
+        own), so its cgroup is not read: most execs on a host are such, and this is per exec."""
         link = self._link(pid, "ns/pid")
         pidns = int(link[link.index("[") + 1:-1]) if link and "[" in link else None
+        if pidns is not None and pidns == self.own_pidns:
+            return pidns, None
         return pidns, container_id(self._read(pid, "cgroup") or "")
+
+    @property
+    def own_pidns(self) -> int | None:
+        if not hasattr(self, "_own_pidns"):
+            link = self._link("self", "ns/pid")
+            self._own_pidns = int(link[link.index("[") + 1:-1]) if link and "[" in link else None
+        return self._own_pidns
 
     def exe(self, pid: int) -> str | None:
         return self._link(pid, "exe")

@@ -143,6 +143,10 @@ class FakeProc:
         p = self.procs.get(pid)
         return p.comm if p else None
 
+    def status(self, pid):
+        p = self.procs.get(pid)
+        return (p.comm, p.uid, p.euid, p.gid, p.egid) if p else None
+
     def namespace(self, pid):
         return (4026531836, None) if pid in self.procs else (None, None)
 
