@@ -17,7 +17,6 @@ import grp
 import json
 import os
 import pwd
-import signal
 import socket
 import sys
 import threading
@@ -32,6 +31,7 @@ from .procfs import ProcFS, boot_id
 from .redact import compile_rules
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
+from whodid.stopping import Stop
 from whodid.tracer.events import plain_ip
 from whodid.tracer.when import parse_duration
 
@@ -200,9 +200,7 @@ def forward(args) -> int:
                 spool.put(chunk)
                 chunk = []
         spool.put(chunk)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = Stop().install()
     while not stop.is_set():
         wait = shipper.ship_once()
         if wait is None:
@@ -280,9 +278,7 @@ def run(args) -> int:
               "exit and uid changes, but not TCP connections (ssh hops can only be inferred), not file changes, "
               "and not the arguments of processes that exit before /proc is read", file=sys.stderr)
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = Stop().install()
 
     follower = LogFollower(auth_log).start() if auth_log and auth_log != "none" else None
     ship_stop = threading.Event()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import signal
 import sys
-import threading
 import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from whodid import config as config_mod
+from whodid.stopping import Stop
 from whodid.collector.server import Collector, Limits
 
 
@@ -97,9 +96,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             collector.stop()
             return 2
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = Stop().install()
     log(f"collector listening on {collector.url} (POST /v1/events, GET /healthz, GET /metrics), store {path}"
         + (f", retention {cfg.store.retention}" if retention else ", retention off"))
     if ready_file:
