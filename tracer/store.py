@@ -452,6 +452,10 @@ class Store:
             where.append("e.cmd GLOB ?" if glob else "instr(e.cmd, ?) > 0")
             args.append(pattern)
         self._window(where, args, "e.ts", since, until, host_glob)
+        return self._execs_where(where, args, limit)
+
+    def _execs_where(self, where: list[str], args: list[Any], limit: int) -> list[tuple[Proc, Image]]:
+        """Execs matching the conditions (on e = execs, p = procs, h = hosts), newest first."""
         rows = self.db.execute(
             f"SELECT {', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))} FROM execs e "
             f"JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
@@ -599,13 +603,7 @@ class Store:
         if host_globs:
             where.append("(" + " OR ".join("h.name GLOB ?" for _ in host_globs) + ")")
             args += host_globs
-        rows = self.db.execute(
-            f"SELECT {', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))} FROM execs e "
-            f"JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
-            f"WHERE {' AND '.join(where)} ORDER BY e.ts DESC LIMIT ?", [*args, limit]).fetchall()
-        images = [_image(r) for r in rows]
-        procs = self.procs({i.proc for i in images})
-        return [(procs[i.proc], i) for i in images]
+        return self._execs_where(where, args, limit)
 
     def prune(self, horizon: float, now: float | None = None, dry_run: bool = False):
         from .retention import prune
