@@ -539,9 +539,9 @@ class Store:
         return [dict(zip(("host", "first_ts", "last_ts", "seen_at", "clock_offset", "clock_error", "agent",
                           "addrs"), r)) for r in rows]
 
-    def clock_offsets(self) -> dict[int, float]:
-        """host id -> seconds to add to that host's timestamps to put them on the collector's clock."""
-        return dict(self.db.execute("SELECT id, clock_offset FROM hosts WHERE clock_offset IS NOT NULL"))
+    def clock_offsets(self) -> dict[str, float]:
+        """host name -> seconds to add to that host's timestamps to put them on the collector's clock."""
+        return dict(self.db.execute("SELECT name, clock_offset FROM hosts WHERE clock_offset IS NOT NULL"))
 
     def pin(self, procs: Iterable[int], until: float, reason: str) -> None:
         """Keep these processes (and what their traces need) past retention until `until`."""

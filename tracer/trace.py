@@ -83,20 +83,22 @@ class Tracer:
         self.identity = identity or Identity()
         self.settings = settings or Settings()
         self._names: dict[tuple[int, int], str | None] = {}
-        self._offsets: dict[int, float] | None = None
-        self._host_ids: dict[str, int] = {}
+        self._offsets: dict[str, float] | None = None
         self._inventory: dict[str, dict[str, Any]] | None = None
 
-    def _offset(self, host_id: int) -> float:
-        """Seconds to add to a host's timestamps to put them on the collector's clock (0 when
-        the host's agent never measured it, as in local mode)."""
+    def _clocks(self) -> dict[str, float]:
         if self._offsets is None:
             self._offsets = self.store.clock_offsets()
-        return self._offsets.get(host_id, 0.0)
+        return self._offsets
+
+    def _offset(self, host: str) -> float:
+        """Seconds to add to a host's timestamps to put them on the collector's clock (0 when
+        the host's agent never measured it, as in local mode)."""
+        return self._clocks().get(host, 0.0)
 
     def _spread(self) -> float:
-        self._offset(0)
-        return (max(self._offsets.values()) - min(self._offsets.values())) if self._offsets else 0.0
+        offsets = self._clocks()
+        return (max(offsets.values()) - min(offsets.values())) if offsets else 0.0
 
     # --- search --------------------------------------------------------------------------
 
@@ -194,7 +196,7 @@ class Tracer:
             step = data["step"]
             if step.inherited and step.start == 0.0:
                 continue
-            step.start += self._offset(self._host_ids.get(step.host, 0))
+            step.start += self._offset(step.host)
 
     def _chain(self, proc: Proc, at: float, image: Image | None) -> tuple[list[Step], list[str]]:
         """Steps from the origin to the point of interest, across hosts."""
@@ -299,7 +301,7 @@ class Tracer:
         s = self.settings
         # candidates' times are moved onto the login host's clock; the search window in the
         # store (raw times) is widened by the largest difference between measured clocks
-        here = self._offset(self.store.proc(login["proc"]).host_id)
+        here = self._offset(self.store.proc(login["proc"]).host)
         spread = self._spread()
         t0, t1 = login["ts"] - s.hop_window - spread, login["ts"] + s.clock_skew + spread
         exact = [self._candidate(c, here) for c in self.store.connects_from(login["raddr"], login["rport"], t0, t1)]
@@ -319,8 +321,7 @@ class Tracer:
 
     def _candidate(self, conn: dict[str, Any], here: float = 0.0) -> HopCandidate:
         proc = self.store.proc(conn["proc"])
-        self._host_ids[proc.host] = proc.host_id
-        shift = self._offset(proc.host_id) - here
+        shift = self._offset(proc.host) - here
         return HopCandidate(proc=conn["proc"], ts=conn["ts"] + shift, laddr=conn["laddr"], lport=conn["lport"],
                             raddr=conn["raddr"], rport=conn["rport"], host=proc.host, host_id=proc.host_id,
                             shift=shift)
@@ -337,7 +338,6 @@ class Tracer:
               until: float | None = None, creds: list[dict[str, Any]] = ()) -> Step:
         """A chain step for an image of p. The effective user is the image's, unless p changed
         credentials (setuid without exec) between the image's start and `until`."""
-        self._host_ids[p.host] = p.host_id
         if im is None:
             return Step(node=f"{p.id}@?", proc=p.id, host=p.host, pid=p.pid, user="?", login_user=None,
                         command=f"pid {p.pid} (program not recorded)", argv=[], start=at or 0.0,
