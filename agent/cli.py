@@ -308,9 +308,21 @@ def run(args) -> int:
 
     pending: list = []
     last_flush = time.monotonic()
-    reported_lost = 0
-    last_loss_check = time.time()
+    lost_state = {"reported": 0, "since": time.time()}
     last_lost_poll = 0.0
+
+    def losses() -> list:
+        """Records the kernel dropped since the last look, as a loss event: stored, so traces
+        crossing this window on this host say they may be incomplete."""
+        lost, since = cap.lost(), lost_state["since"]
+        lost_state["since"] = time.time()
+        if lost <= lost_state["reported"]:
+            return []
+        count, lost_state["reported"] = lost - lost_state["reported"], lost
+        print(f"whodid-agent: the kernel dropped {count} records ({mode}); raise --ringbuf-pages", file=sys.stderr)
+        return [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
+                 "since": round(since, 6), "count": count,
+                 "what": "ring buffer full" if mode == "bpf" else "netlink overrun"}]
 
     def logins(final: bool = False) -> list:
         if follower is None:
@@ -326,27 +338,11 @@ def run(args) -> int:
         if len(pending) >= FLUSH_EVENTS or (pending and now - last_flush >= flush_interval):
             sink.write(pending)
             pending, last_flush = [], now
-        if time.monotonic() - last_lost_poll < 1.0:       # reading the counters costs a map lookup
-            continue
-        last_lost_poll = time.monotonic()
-        lost = cap.lost()
-        if lost > reported_lost:
-            print(f"whodid-agent: the kernel dropped {lost - reported_lost} records ({mode}); "
-                  "raise --ringbuf-pages", file=sys.stderr)
-            # stored, so traces crossing this window on this host say they may be incomplete
-            pending.append({"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
-                            "since": round(last_loss_check, 6), "count": lost - reported_lost,
-                            "what": "ring buffer full" if mode == "bpf" else "netlink overrun"})
-            reported_lost = lost
-        last_loss_check = time.time()
+        if now - last_lost_poll >= 1.0:                 # reading the counters costs a map lookup
+            last_lost_poll = now
+            pending.extend(losses())
     pending.extend(cap.drain())
-    lost = cap.lost()
-    if lost > reported_lost:                          # in the last second before stopping
-        print(f"whodid-agent: the kernel dropped {lost - reported_lost} records ({mode})", file=sys.stderr)
-        pending.append({"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
-                        "since": round(last_loss_check, 6), "count": lost - reported_lost,
-                        "what": "ring buffer full" if mode == "bpf" else "netlink overrun"})
-        reported_lost = lost
+    pending.extend(losses())                            # the last second before stopping
     if follower:
         time.sleep(follower.poll * 2)                # the last lines written before SIGTERM
         follower.stop()
@@ -356,7 +352,7 @@ def run(args) -> int:
     sink.close()
     if shipper:
         stop_shipping(shipper, spool, ship_stop, ship_thread, grace=5.0)
-    print(f"whodid-agent: stopped; {sink.written} events written, {reported_lost} records lost, "
+    print(f"whodid-agent: stopped; {sink.written} events written, {lost_state['reported']} records lost, "
           f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
           "tied to a process", file=sys.stderr)
     return 0
