@@ -81,6 +81,13 @@ class LogFollower:
         if acc:
             self.lines.put((time.time(), acc))
 
+    def _lines(self, data: bytes) -> bytes:
+        """Emit the complete lines in data; return the unfinished rest."""
+        *complete, rest = data.split(b"\n")
+        for line in complete:
+            self._emit(line.decode("utf-8", "replace"))
+        return rest
+
     def _run(self) -> None:
         if self.source == "journal":
             self._proc = subprocess.Popen(["journalctl", "-f", "-n", "0", "-o", "short", "_COMM=sshd",
@@ -97,9 +104,7 @@ class LogFollower:
                 if fh is None or st.st_ino != ino or st.st_size < pos:
                     if fh:
                         if st.st_ino != ino:          # rotated: what was written before the rename first
-                            *complete, partial = (partial + fh.read()).split(b"\n")
-                            for line in complete:
-                                self._emit(line.decode("utf-8", "replace"))
+                            partial = self._lines(partial + fh.read())
                         fh.close()
                     fh = open(self.source, "rb")
                     if ino is None:
@@ -107,9 +112,7 @@ class LogFollower:
                     ino, partial = st.st_ino, b""
                 data = fh.read()
                 pos = fh.tell()
-                *complete, partial = (partial + data).split(b"\n")
-                for line in complete:
-                    self._emit(line.decode("utf-8", "replace"))
+                partial = self._lines(partial + data)
             except OSError:
                 pass                                      # rotated away for a moment, or not yet there
             self._stop.wait(self.poll)
