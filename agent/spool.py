@@ -170,22 +170,25 @@ class Spool:
     def ack(self, upto: int) -> None:
         with self.lock:
             with _tx(self.db):
-                freed = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events WHERE seq <= ?",
-                                        [upto]).fetchone()[0]
-                self.db.execute("DELETE FROM events WHERE seq <= ?", [upto])
-            self.bytes -= freed
+                freed = self._remove(upto)
+            self.bytes -= freed             # only once the deletion is committed
 
     def set_aside(self, upto: int, why: str) -> int:
         """Move events up to seq out of the shipping queue into `refused`, keeping them."""
         with self.lock:
             with _tx(self.db):
-                freed = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events WHERE seq <= ?",
-                                        [upto]).fetchone()[0]
                 n = self.db.execute("INSERT INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
                                     "WHERE seq <= ?", [time.time(), why, upto]).rowcount
-                self.db.execute("DELETE FROM events WHERE seq <= ?", [upto])
+                freed = self._remove(upto)
             self.bytes -= freed
         return n
+
+    def _remove(self, upto: int) -> int:
+        """Delete the events up to seq, inside the caller's transaction; returns their bytes."""
+        freed = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events WHERE seq <= ?",
+                                [upto]).fetchone()[0]
+        self.db.execute("DELETE FROM events WHERE seq <= ?", [upto])
+        return freed
 
     def pending(self) -> int:
         with self.lock:
