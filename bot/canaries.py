@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from whodid import config as config_mod
 from whodid.tracer import Store, Tracer
@@ -74,7 +74,6 @@ class CanaryRunner:
                       f"canary {c.name} alert")
         where = self._deliver(self.poster.alert, c, state, result, suspects, changes)
         if where:
-            from dataclasses import replace
             state = replace(state, alert_channel=where[0], alert_ts=where[1])
         return state
 

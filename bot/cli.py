@@ -17,6 +17,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -390,7 +391,7 @@ def cmd_canary(args, cfg: config_mod.Config) -> int:
     store = Store.open(path)
     st = store.canary_state(canary.name)
     state = State(**st) if st else State(name=canary.name)
-    state = State(**{**state.__dict__, "since": state.since or now, "failures": state.failures + 1})
+    state = dataclasses.replace(state, since=state.since or now, failures=state.failures + 1)
     suspects, changes = CanaryRunner(cfg, path, poster=None).suspects(store, canary, state.since)
     print()
     print("Its alert would say (not posted; `whodid serve` runs canaries on their schedule):")
@@ -458,8 +459,6 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
 
 def demo_canary(path: str, cfg: config_mod.Config) -> None:
     """The rest of the story: a canary notices the cluster is gone, and its alert names jim."""
-    import dataclasses
-
     from . import demo
     from .alerts import FilePoster
     from .canaries import CanaryRunner
