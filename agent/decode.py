@@ -7,6 +7,7 @@ so the consumer keeps up with exec storms.
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import NamedTuple
 
 from whodid.tracer.events import plain_ip
@@ -95,6 +96,11 @@ class FileChange(NamedTuple):
 Record = ExecArgs | Exec | Fork | Exit | Cred | Sock | FileChange
 
 
+# tuple.__new__ straight from the unpacked tuple: a NamedTuple's own constructor is Python
+# code, and every record has a header
+_hdr = partial(tuple.__new__, Hdr)
+
+
 def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
@@ -110,7 +116,7 @@ def _id(value: int) -> int | None:
 def decode(raw: bytes) -> Record:
     if len(raw) < HDR.size:
         raise DecodeError(f"record of {len(raw)} bytes is shorter than its header ({HDR.size})")
-    hdr = Hdr(*HDR.unpack_from(raw))
+    hdr = _hdr(HDR.unpack_from(raw))
     body = HDR.size
     try:
         t = hdr.type

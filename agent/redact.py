@@ -45,7 +45,35 @@ def compile_rules(extra: list[str] | tuple[str, ...] = ()) -> tuple[Rule, ...]:
     return DEFAULT_RULES + tuple(Rule(f"custom {i}", re.compile(p), MASK) for i, p in enumerate(extra))
 
 
+def _any_of(rules: tuple[Rule, ...]) -> re.Pattern:
+    """One regex that matches wherever any rule (or a secret-naming flag) would: the agent runs
+    this once per argument and the rules themselves only on the rare argument it finds - an
+    exec storm is thousands of `redact` calls a second, nearly all with nothing to hide."""
+    def scoped(p: re.Pattern) -> str:
+        return f"(?i:{p.pattern})" if p.flags & re.I else f"(?:{p.pattern})"
+    try:
+        return re.compile("|".join([scoped(r.pattern) for r in rules] + [scoped(VALUE_FLAGS)]))
+    except re.error:
+        # a configured regex that cannot sit in an alternation (global flags, a group name
+        # used twice): no shortcut, every argument goes through every rule
+        return re.compile("")
+
+
+# by id: hashing the rules tuple hashes every Rule, per call. Each entry holds its rules, so
+# an id is not reused while its entry stands.
+_PREFILTER: dict[int, tuple[tuple[Rule, ...], re.Pattern]] = {}
+
+
 def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[list[str], bool]:
+    entry = _PREFILTER.get(id(rules))
+    if entry is None or entry[0] is not rules:
+        entry = _PREFILTER[id(rules)] = (rules, _any_of(rules))
+    search = entry[1].search
+    for arg in argv:
+        if search(arg):
+            break
+    else:
+        return list(argv), False
     out: list[str] = []
     changed = False
     mask_next = False

@@ -109,6 +109,12 @@ def test_configured_patterns_add_to_the_defaults():
     assert redact(["deploy", "--ticket", "corp-123456"], rules) == (["deploy", "--ticket", MASK], True)
 
 
+def test_a_configured_pattern_that_cannot_be_combined_still_masks():
+    # global flags cannot sit inside the one-regex shortcut; such rules run without it
+    rules = compile_rules([r"(?i)CORP-[0-9]{6}", r"(?P<x>tick)-(?P=x)"])
+    assert redact(["deploy", "corp-123456", "tick-tick"], rules) == (["deploy", MASK, MASK], True)
+
+
 # --- the process table ----------------------------------------------------------------------
 
 class FakeProc:
@@ -176,6 +182,23 @@ def feed(asm, *raws):
     return out
 
 
+
+def test_an_exec_whose_exit_is_in_the_same_batch_is_not_looked_up_in_proc():
+    # pid 200 in /proc is by now another process (pid reused) that happens to run ls in /tmp
+    reused = ProcInfo(pid=200, ppid=1, start_ticks=900, argv=["ls"], exe="/usr/bin/ls", cwd="/tmp", uid=1000,
+                      euid=1000, gid=1000, egid=1000, auid=1000, ses=5, tty="pts/1", comm="ls")
+    records = [hdr(d.EV_FORK, 100, ts_ns=2_000_000_000, aux=200),
+               exec_rec(200, "/usr/bin/ls", ts_ns=2_000_200_000, uid=1000, gid=1000),
+               hdr(d.EV_EXIT, 200, ts_ns=2_500_000_000) + d.EXIT_TAIL.pack(0, 1)]
+
+    def exec_cwd(batch):
+        asm = assembler([shell(), reused])
+        asm.snapshot()
+        return [e["cwd"] for e in asm.feed_all([d.decode(r) for r in batch]) if e["kind"] == "exec"]
+
+    assert exec_cwd(records) == ["/home/jim"]         # inherited, not the other process's
+    assert exec_cwd(records[:2]) == ["/tmp"]          # no exit seen: /proc is asked
+
 def test_snapshot_then_fork_exec_exit_of_a_short_lived_process():
     asm = assembler([shell()])
     snap = asm.snapshot()
@@ -221,6 +244,25 @@ def test_setuid_binary_exec_raises_euid_and_emits_a_cred_change(tmp_path):
     creds = [e for e in events if e["kind"] == "cred"]
     assert [(c["via"], c["old_uid"], c["old_euid"], c["uid"], c["euid"]) for c in creds] == [
         ("exec", 1000, 1000, 1000, 0), ("setresuid", 1000, 0, 0, 0)]
+
+
+def test_a_binary_losing_its_setuid_bit_is_seen_within_a_second(tmp_path):
+    binary = tmp_path / "tool"
+    binary.write_text("#!/bin/true\n")
+    os.chown(binary, 0, 0)
+    os.chmod(binary, 0o4755)
+    asm = assembler([shell()])
+    asm.snapshot()
+
+    def euid_at(pid, ts_ns):
+        events = feed(asm, hdr(d.EV_FORK, 100, aux=pid, ts_ns=ts_ns),
+                      exec_rec(pid, str(binary), uid=1000, gid=1000, ts_ns=ts_ns))
+        return next(e for e in events if e["kind"] == "exec")["euid"]
+
+    assert euid_at(301, 1_000_000_000) == 0
+    os.chmod(binary, 0o755)
+    assert euid_at(302, 1_500_000_000) == 0          # remembered for a second of record time
+    assert euid_at(303, 2_100_000_000) == 1000
 
 
 @pytest.mark.parametrize("call, ids, start, expected", [
@@ -473,3 +515,13 @@ def test_kernel_prefix_comparisons(prefix, path, expected):
     words = {f"w{i}": int.from_bytes(raw[i * 8:(i + 1) * 8], "little") for i in range(3)}
     expr = prefix_check(prefix).replace("ULL", "").replace("&&", "and")
     assert eval(expr, {}, words) is expected
+
+
+def test_a_forked_child_inherits_every_fact_but_its_own_identity():
+    from dataclasses import fields
+    from whodid.agent.assemble import ProcState
+    parent = ProcState(**{f.name: f"value of {f.name}" for f in fields(ProcState)})
+    child = parent.child(start=99, ppid=7)
+    for f in fields(ProcState):
+        expected = {"start": 99, "ppid": 7, "pstart": "value of start"}.get(f.name, f"value of {f.name}")
+        assert getattr(child, f.name) == expected, f.name
