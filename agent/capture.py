@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from . import decode
+from . import decode, ringbuf
 from .assemble import Assembler, kernel_prefixes
 from .bccload import load_bcc
 
@@ -27,6 +27,14 @@ BATCH_WAIT = 0.02
 
 class CaptureError(RuntimeError):
     pass
+
+
+def argv_used(head: bytes) -> int:
+    """How much of a record to copy, from its first ARGS_FIXED bytes: argv records are reserved
+    at their largest (~8 KiB) and mostly empty; every other record is taken whole."""
+    if decode.HDR.unpack_from(head)[5] == decode.EV_EXEC_ARGS:
+        return ARGS_FIXED + decode.ARGS_HEAD.unpack_from(head, decode.HDR.size)[3]
+    return 1 << 30
 
 
 def prefix_check(prefix: str) -> str:
@@ -74,7 +82,9 @@ class Capture:
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
-        self.perf = buffer == "perf" or (buffer == "auto" and not has_ringbuf())
+        if buffer == "ringbuf" and not ringbuf.usable():
+            raise CaptureError("--buffer ringbuf: the agent reads the ring buffer only on x86-64; use --buffer perf")
+        self.perf = buffer == "perf" or (buffer == "auto" and not (has_ringbuf() and ringbuf.usable()))
         flags = ["-Wno-macro-redefined", "-Wno-unused-value", "-Wno-visibility",
                  f"-DPIDNS_FILTER={1 if pidns else 0}", f"-DUSE_PERFBUF={1 if self.perf else 0}"]
         if pidns:
@@ -84,9 +94,9 @@ class Capture:
         except Exception as exc:            # BCC raises bare Exception for compile/attach failures
             raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
         self.assembler = assembler
-        self._batch: list = []
         self._records: list = []
         self._perf_lost = 0
+        self.ring: ringbuf.RingReader | None = None
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
             # (at least 64 pages each: an exec record is reserved at its largest, ~8 KiB)
@@ -94,59 +104,60 @@ class Capture:
             self.bpf["events"].open_perf_buffer(lambda cpu, data, size: self._on_record(None, data, size),
                                                 page_cnt=per_cpu, lost_cb=self._on_lost)
         else:
-            self.bpf["events"].open_ring_buffer(self._on_record)
+            table = self.bpf["events"]
+            self.ring = ringbuf.RingReader(table.map_fd, table.max_entries)
 
     def _on_lost(self, count) -> None:
         self._perf_lost += count
 
     def _on_record(self, _ctx, data, size) -> None:
+        """A perf buffer's callback."""
         if size > ARGS_FIXED:
-            # argv records are reserved at their largest; copy only the part in use
-            head = ctypes.string_at(data, ARGS_FIXED)
-            if decode.HDR.unpack_from(head)[5] == decode.EV_EXEC_ARGS:
-                used = decode.ARGS_HEAD.unpack_from(head, decode.HDR.size)[3]
-                size = min(size, ARGS_FIXED + used)
-        raw = ctypes.string_at(data, size)
+            size = min(size, argv_used(ctypes.string_at(data, ARGS_FIXED)))
+        self._decode(ctypes.string_at(data, size))
+
+    def _decode(self, raw: bytes) -> None:
         try:
             self._records.append(decode.decode(raw))
         except decode.DecodeError:
             self.assembler.counts["decode_errors"] += 1
+
+    def _read_ring(self) -> None:
+        for raw in self.ring.read(argv_used, ARGS_FIXED):
+            self._decode(raw)
 
     def _assemble(self) -> list:
         records, self._records = self._records, []
         if self.perf:
             # perf buffers are per CPU: a child's exec may be read before its parent's fork
             records.sort(key=lambda r: r.hdr.ts_ns)
-        out = []
-        for rec in records:
-            out.extend(self.assembler.feed(rec))
-        return out
+        return self.assembler.feed_all(records)
 
     def poll(self, timeout_ms: int = 200) -> list:
         """Wait up to timeout_ms for records; return the events assembled from them."""
         if self.perf:
             self.bpf.perf_buffer_poll(timeout_ms)
-        else:
-            self.bpf.ring_buffer_poll(timeout_ms)
-        if not self.perf and 0 < len(self._records) < BATCH:      # (per-CPU perf buffers are small)
+            return self._assemble()
+        self.ring.wait(timeout_ms / 1000)
+        self._read_ring()
+        if 0 < len(self._records) < BATCH:      # (per-CPU perf buffers are small: not for them)
             # a storm hands records over one or two at a time; a few milliseconds more make
             # batches, and each poll round costs the agent (and so the host) the same
             time.sleep(BATCH_WAIT)
-            if self.perf:
-                self.bpf.perf_buffer_poll(0)
-            else:
-                self.bpf.ring_buffer_consume()
+            self._read_ring()
         return self._assemble()
 
     def drain(self) -> list:
         if self.perf:
             self.bpf.perf_buffer_poll(0)
         else:
-            self.bpf.ring_buffer_consume()
+            self._read_ring()
         return self._assemble()
 
     def lost(self) -> int:
         return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost
 
     def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
         self.bpf.cleanup()
