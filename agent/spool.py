@@ -19,6 +19,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def event_line(ev: dict[str, Any]) -> bytes:
+    """An event as one line of compact JSON (no newline), as --out and the spool keep it.
+    orjson because the agent encodes every event it makes, and the standard library's encoder
+    was a quarter of its CPU in an exec storm (bench/agent_overhead.py). orjson refuses what the
+    schema allows but it cannot write - arguments that were not UTF-8 reach us as lone
+    surrogates (surrogateescape), integers past 64 bits - and those lines take the standard
+    encoder, which writes surrogates as \\udcXX escapes."""
+    try:
+        return orjson.dumps(ev)
+    except orjson.JSONEncodeError:
+        return _compact(ev).encode()
+
 POLICIES = ("drop-oldest", "drop-newest")
 
 SCHEMA = """
@@ -60,7 +77,7 @@ class Spool:
         """Append events; returns how many were kept. Never raises for a full spool or disk."""
         if not events:
             return 0
-        rows = [(ev.get("ts", time.time()), json.dumps(ev, separators=(",", ":")).encode()) for ev in events]
+        rows = [(ev.get("ts", time.time()), event_line(ev)) for ev in events]
         with self.lock:
             size = sum(len(r[1]) for r in rows)
             try:
@@ -141,7 +158,7 @@ class Spool:
             count, since, until, why = row
             loss = {"v": 1, "kind": "loss", "host": self.host, "boot": self.boot, "ts": round(max(until, since), 6),
                     "since": round(since, 6), "count": count, "what": why}
-            line = json.dumps(loss, separators=(",", ":")).encode()
+            line = event_line(loss)
             if self.bytes + len(line) > self.max_bytes:
                 return
             try:
