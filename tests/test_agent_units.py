@@ -525,3 +525,12 @@ def test_a_forked_child_inherits_every_fact_but_its_own_identity():
     for f in fields(ProcState):
         expected = {"start": 99, "ppid": 7, "pstart": "value of start"}.get(f.name, f"value of {f.name}")
         assert getattr(child, f.name) == expected, f.name
+
+
+def test_event_lines_keep_what_orjson_refuses():
+    import json
+    from whodid.agent.spool import event_line
+    ev = {"kind": "exec", "argv": ["cat", "caf\udce9"], "n": 2 ** 70, "name": "café"}
+    assert json.loads(event_line(ev)) == ev                # non-UTF-8 argument, huge integer
+    assert json.loads(event_line({"name": "café"})) == {"name": "café"}
+    assert b"\n" not in event_line({"argv": ["a\nb"]})
