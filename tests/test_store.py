@@ -186,3 +186,21 @@ def test_a_version_6_store_gets_its_distinct_commands_and_is_still_searchable(tm
     assert store.db.execute("SELECT count(*) FROM cmds").fetchone()[0] == 1
     hits = store.search_commands("delete-cluster", glob=False, since=None, until=None, host_glob=None, limit=5)
     assert [p.pid for p, _ in hits] == [11, 10]
+
+
+def test_a_batch_that_fails_midway_leaves_no_ids_behind(tmp_path):
+    # A write that SQLite rolls back (here a full disk) must not leave this connection believing
+    # in the process ids it handed out: the retry would store execs of processes that do not exist
+    store = store_with(_story(), tmp_path / "s.db")
+    batch = [e for pid in range(1000, 1600)
+             for e in (H.fork(20, pid, 1), H.exec(20.1, pid, ["job", str(pid), "x" * 200]), H.exit(21, pid))]
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.write(batch)
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+    store.write(batch)
+    orphans = store.db.execute("SELECT count(*) FROM execs e LEFT JOIN procs p ON p.id = e.proc "
+                               "WHERE p.id IS NULL").fetchone()[0]
+    assert orphans == 0
+    assert store.db.execute("SELECT count(*) FROM execs WHERE cmd LIKE 'job %'").fetchone()[0] == 600

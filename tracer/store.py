@@ -179,6 +179,15 @@ class Store:
     def write(self, events: Iterable[dict[str, Any]]) -> int:
         """Store validated events in one transaction. Returns how many were new facts
         (0 when every event had been stored before)."""
+        try:
+            return self._write(events)
+        except BaseException:
+            # ids cached in a transaction that did not commit name rows that do not exist, and
+            # the retry would store facts of processes that are not there
+            self._forget_ids()
+            raise
+
+    def _write(self, events: Iterable[dict[str, Any]]) -> int:
         c = self.db.conn
         new = 0
         span: dict[int, list[float]] = {}
@@ -286,11 +295,14 @@ class Store:
         rows; prune bumps a counter, and seeing it move empties the caches."""
         gen = self.get_meta("prune_generation")
         if gen != self._generation:
-            self._hosts.clear()
-            self._boots.clear()
-            self._procs.clear()
-            self._cmds.clear()
+            self._forget_ids()
             self._generation = gen
+
+    def _forget_ids(self) -> None:
+        self._hosts.clear()
+        self._boots.clear()
+        self._procs.clear()
+        self._cmds.clear()
 
     def _cmd_id(self, cmd: str) -> int:
         cid = self._cmds.get(cmd)
