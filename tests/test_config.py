@@ -70,3 +70,11 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("trace: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(str(bad))
+
+
+def test_the_example_documents_every_key_of_the_change_review():
+    from whodid.tracer.changes import KEYS
+    text = EXAMPLE.read_text().split("\nchanges:", 1)[1]
+    for part, keys in KEYS.items():
+        for key in keys:
+            assert re.search(rf"^\s*#?\s*(- )?{key}:", text, re.M), f"changes: {part}.{key} missing from the example"

@@ -131,24 +131,18 @@ class Rules:
     windows: tuple[Window, ...] = ()
     digest: Digest | None = None
     since: str = "24h"
-    _any: Any = field(default=None, compare=False, repr=False)
+    # every pattern as one regex (None when one cannot be combined: then they are tried in turn)
+    combined: re.Pattern | None = field(default=None, compare=False, repr=False)
 
     @property
     def configured(self) -> bool:
         return bool(self.actors or self.windows)
 
     def any_pattern(self, cmd: str) -> bool:
-        """Does any change pattern match? One combined regex: this runs on every distinct
-        command line in the store."""
-        if self._any is None:
-            try:
-                combined = re.compile("|".join(f"(?:{rx.pattern})" for _, rx in self.patterns) or r"(?!)")
-            except re.error:            # a configured regex with global flags or a reused group name
-                combined = False
-            object.__setattr__(self, "_any", combined)
-        if self._any is False:
-            return self.pattern_of(cmd) is not None
-        return self._any.search(cmd) is not None
+        """Does any change pattern match? This runs on every distinct command line in the store."""
+        if self.combined is not None:
+            return self.combined.search(cmd) is not None
+        return self.pattern_of(cmd) is not None
 
     def pattern_of(self, cmd: str) -> str | None:
         """The label of the first change pattern the command line matches."""
@@ -258,7 +252,11 @@ def parse_rules(raw: Any = None) -> Rules:
         parse_duration(since)
     except TimeError as exc:
         raise RulesError(f"`changes.since`: {exc}") from None
-    return Rules(patterns=tuple(compiled), paths=tuple(_strings(raw, "paths", "changes", DEFAULT_PATHS)),
+    try:
+        combined = re.compile("|".join(f"(?:{rx.pattern})" for _, rx in compiled) or r"(?!)")
+    except re.error:                # a configured regex with global flags, or a group name used twice
+        combined = None
+    return Rules(patterns=tuple(compiled), combined=combined, paths=tuple(_strings(raw, "paths", "changes", DEFAULT_PATHS)),
                  ignore=frozenset(_strings(raw, "ignore", "changes", READ_ONLY)), actors=tuple(actors),
                  windows=tuple(windows), digest=digest, since=since)
 

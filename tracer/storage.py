@@ -9,7 +9,7 @@ hosts reported them; ids are opaque integers valid within one store.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from .store import Image, Proc
 
@@ -72,6 +72,8 @@ class EventStore(Protocol):
     def save_canary_state(self, state: dict[str, Any]) -> None: ...
     def privileged_commands(self, host_globs: list[str], since: float, until: float,
                             limit: int = 10) -> list[tuple[Proc, Image]]: ...
+    def execs_of_commands(self, match: Callable[[str], bool], *, since: float, until: float,
+                          host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]: ...
 
     # --- summaries
     def size(self) -> int: ...

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
@@ -465,6 +465,20 @@ class Store:
             args.append(pattern)
         self._window(where, args, "e.ts", since, until, host_glob)
         return self._execs_where(where, args, limit)
+
+    def execs_of_commands(self, match: Callable[[str], bool], *, since: float, until: float,
+                          host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]:
+        """Execs in the window whose command line `match` accepts, newest first. The test runs
+        once per distinct command line (the cmds table), not once per exec."""
+        ids = [cid for cid, cmd in self.db.execute("SELECT id, cmd FROM cmds") if match(cmd)]
+        out: list[tuple[Proc, Image]] = []
+        for i in range(0, len(ids), MAX_CMD_IDS):
+            where = [f"e.cmd_id IN ({','.join(map(str, ids[i:i + MAX_CMD_IDS]))})"]
+            args: list[Any] = []
+            self._window(where, args, "e.ts", since, until, host_glob)
+            out += self._execs_where(where, args, limit)
+        out.sort(key=lambda pi: pi[1].ts, reverse=True)
+        return out[:limit]
 
     def _execs_where(self, where: list[str], args: list[Any], limit: int) -> list[tuple[Proc, Image]]:
         """Execs matching the conditions (on e = execs, p = procs, h = hosts), newest first."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from whodid.tracer.changes import Rules, RulesError, parse_rules
 from whodid.tracer.identity import DEFAULT_SHARED, Identity, Person
 from whodid.tracer.trace import Settings
 from whodid.tracer.when import TimeError, parse_duration
@@ -173,6 +174,7 @@ class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     canaries: list = field(default_factory=list)         # bot.canary.Canary, parsed and checked at load
+    changes: Rules = field(default_factory=parse_rules)  # change review: patterns, actors, windows, digest
     source: str | None = None           # the file it came from, for messages
 
     def trace_settings(self) -> Settings:
@@ -236,16 +238,20 @@ def from_dict(raw: Any, where: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections")
     for key in raw:
-        if key not in SECTIONS and key != "canaries":
-            hint = difflib.get_close_matches(str(key), [*SECTIONS, "canaries"], n=1)
+        if key not in SECTIONS and key not in ("canaries", "changes"):
+            hint = difflib.get_close_matches(str(key), [*SECTIONS, "canaries", "changes"], n=1)
             raise ConfigError(f"{where}: unknown section `{key}`" + (f"; did you mean `{hint[0]}`?" if hint else ""))
     from whodid.bot.canary import CanaryError, parse_canaries
     try:
         canaries = parse_canaries(raw.get("canaries"))
     except CanaryError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    try:
+        changes = parse_rules(raw.get("changes"))
+    except RulesError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     cfg = Config(**{name: _section(name, cls, raw.get(name), where) for name, cls in SECTIONS.items()},
-                 canaries=canaries, source=where)
+                 canaries=canaries, changes=changes, source=where)
     for name, person in cfg.identity.people.items():
         if not isinstance(person, dict) or set(person) - PERSON_KEYS:
             raise ConfigError(f"{where}: `identity.people.{name}` takes only {sorted(PERSON_KEYS)}")
