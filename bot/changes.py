@@ -110,6 +110,7 @@ def render_text(review: Review, now: float) -> str:
     if review.truncated:
         lines.append("(more changes than whodid reviews at once: narrow with host: or user:, or a shorter since:)")
     unplanned = review.unplanned
+    days = review.until - review.since > 86400
     lines.append("")
     lines.append(f"UNPLANNED ({len(unplanned)})" if unplanned else "UNPLANNED: none")
     for person, hosts in by_person(unplanned):
@@ -121,7 +122,7 @@ def render_text(review: Review, now: float) -> str:
         for host, rows in hosts:
             lines.append(f"    {host}")
             for r in rows:
-                times = clock(r.last)[11:16] if r.count == 1 else f"{clock(r.first)[11:16]}-{clock(r.last)[11:16]}"
+                times = _when(r.first, r.last, days)
                 count = f" x{r.count}" if r.count > 1 else ""
                 subject = r.subject if r.what == "command" else f"{r.kind}"
                 lines.append(f"      {times}  {subject}{count}"
@@ -130,8 +131,14 @@ def render_text(review: Review, now: float) -> str:
     planned = planned_by_actor(review.changes)
     lines.append(f"PLANNED ({len(review.planned)})" if planned else "PLANNED: none")
     for a in planned:
-        lines.append("  " + planned_line(a))
+        lines.append("  " + planned_line(a, days))
     return "\n".join(lines)
+
+
+def _when(first: float, last: float, days: bool) -> str:
+    """14:05, or 14:02-14:09; with the date when the review spans more than a day."""
+    cut_at = slice(5, 16) if days else slice(11, 16)
+    return clock(last)[cut_at] if first == last else f"{clock(first)[cut_at]}-{clock(last)[cut_at]}"
 
 
 def common_reason(hosts: list[tuple[str, list[Row]]]) -> str | None:
@@ -143,11 +150,11 @@ def common_reason(hosts: list[tuple[str, list[Row]]]) -> str | None:
     return f"{reason} ({detail})"
 
 
-def planned_line(a: dict[str, Any]) -> str:
+def planned_line(a: dict[str, Any], days: bool = False) -> str:
     kinds = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in a["kinds"].most_common(4))
     more = len(a["kinds"]) - 4
     return (f"{a['actor']}: {a['count']} change{'s' if a['count'] != 1 else ''} on {len(a['hosts'])} "
-            f"host{'s' if len(a['hosts']) != 1 else ''}, {clock(a['first'])[11:16]}-{clock(a['last'])[11:16]} "
+            f"host{'s' if len(a['hosts']) != 1 else ''}, {_when(a['first'], a['last'], days)} "
             f"({kinds}{f', and {more} more kinds' if more > 0 else ''})"
             + (f" in {', '.join(sorted(w for w in a['windows'] if w))}" if any(a["windows"]) else ""))
 
@@ -169,6 +176,7 @@ def render_blocks(review: Review, value: Callable[[View], str], title: str = "Ch
                             "shorter `since:`."))
     items: list[dict] = []                       # the unplanned rows, with a header per person
     unplanned = review.unplanned
+    days = review.until - review.since > 86400
     if unplanned:
         items.append(section(f"*Unplanned ({len(unplanned)})*, newest hosts first:"))
     else:
@@ -181,18 +189,18 @@ def render_blocks(review: Review, value: Callable[[View], str], title: str = "Ch
         for host, rows in hosts:
             for r in rows:
                 items.append({"type": "section", "text": {"type": "mrkdwn",
-                                                          "text": cut(_row_text(r, not why), MAX_SECTION)},
+                                                          "text": cut(_row_text(r, not why, days), MAX_SECTION)},
                               "accessory": button("Trace", "show", value(trace_view(r)))})
     planned = planned_by_actor(review.changes)
     tail = [section(cut(f"*Planned ({len(review.planned)})*\n" + "\n".join(
-        "• " + escape(planned_line(a)) for a in planned), MAX_SECTION))] if planned else \
+        "• " + escape(planned_line(a, days)) for a in planned), MAX_SECTION))] if planned else \
         [section("*Planned:* none")]
     text = f"{title}: {review.headline()}"
     return paginate(text, head, items, tail)
 
 
-def _row_text(r: Row, with_reason: bool) -> str:
-    when = clock(r.last)[11:16] if r.count == 1 else f"{clock(r.first)[11:16]}-{clock(r.last)[11:16]}"
+def _row_text(r: Row, with_reason: bool, days: bool) -> str:
+    when = _when(r.first, r.last, days)
     subject = code(r.subject) if r.what == "command" else f"{escape(r.kind.split(' ', 1)[0])} {code(r.subject)}"
     count = f" ×{r.count}" if r.count > 1 else ""
     text = f"`{escape(r.host)}` {when} UTC  {subject}{count}"

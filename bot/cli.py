@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--png", metavar="FILE", help="also draw each match as a PNG: FILE for the first, "
                    "FILE-2.png, FILE-3.png... for the others (docs/images.md)")
 
+    g = sub.add_parser("changes", help="what was changed, by whom, and was it planned (the config's `changes`)",
+                       description="Privileged and change-making commands, and files changed under /etc, in a "
+                                   "window: grouped by the person behind them (through hops, sudo and shared "
+                                   "accounts), then by host; unplanned first, with why. The same answer as "
+                                   "/whodid changes in Slack. See docs/changes.md.")
+    g.add_argument("words", nargs="*", metavar="since:WHEN|until:WHEN|host:GLOB|user:NAME",
+                   help="the window (default since: changes.since, 24h) and filters, as in Slack")
+    g.add_argument("--db", metavar="PATH", help=db_help)
+    g.add_argument("--json", action="store_true", help="every change with its attribution and verdict, as JSON")
+
     i = sub.add_parser("ingest", help="load schema-v1 events from JSON-lines files")
     i.add_argument("files", nargs="+", metavar="FILE", help="JSON lines, one event each; - reads stdin")
     i.add_argument("--db", metavar="PATH", help=db_help)
@@ -174,6 +184,34 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     for path in written:
         print(f"image: {path}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if traces else EXIT_NO_MATCH
+
+
+def cmd_changes(args, cfg: config_mod.Config) -> int:
+    from whodid.tracer.changes import review
+
+    from . import changes as changes_mod
+    from .ask import AskError
+    now = time.time()
+    try:
+        ask = changes_mod.parse(" ".join(args.words), now, cfg.changes.since)
+    except AskError as exc:
+        raise UsageError(str(exc)) from None
+    store = Store.open(cfg.store_path(args.db))
+    tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r  attributing changes: {done:,} / {total:,}", end="", file=sys.stderr, flush=True)
+
+    result = review(tracer, cfg.changes, ask.since, ask.until, host=ask.host, user=ask.user, progress=progress)
+    if sys.stderr.isatty():
+        print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
+    if args.json:
+        json.dump(changes_mod.review_json(result), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(changes_mod.render_text(result, now))
+    return EXIT_OK
 
 
 def write_images(traces, path: str, now: float) -> list[str]:
@@ -448,13 +486,35 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     for written in write_images(traces[:1], image, now):
         print(f"image: {written}")
     demo_canary(path, cfg)
+    demo_digest(path, cfg, ident, now)
     print()
     print("Try next:")
     print(f"  whodid trace --db {path} delete-cluster --json")
     print(f"  whodid trace --db {path} delete-cluster --scope 2")
     print(f"  whodid trace --db {path} /etc/nginx/nginx.conf")
     print(f"  whodid trace --db {path} 'aws*' --user bob")
+    print(f"  whodid changes --db {path} since:24h user:dave")
     return EXIT_OK
+
+
+def demo_digest(path: str, cfg: config_mod.Config, ident, now: float) -> None:
+    """The day's changes, as the morning digest posts them: the cluster deletion among the
+    unplanned ones, the pipeline's deploys planned."""
+    from dataclasses import replace
+
+    from whodid.tracer.changes import parse_rules
+
+    from . import demo
+    from .changes import DigestJob, render_text
+    rules = cfg.changes if cfg.changes.configured else parse_rules(demo.change_rules(now))
+    rules = replace(rules, digest=parse_rules({"digest": {"channel": "#changes"}}).digest)
+    identity = config_mod.IdentityConfig(shared_accounts=cfg.identity.shared_accounts,
+                                         people=cfg.identity.people or demo.story_people())
+    demo_cfg = replace(cfg, changes=rules, identity=identity)
+    print()
+    print("$ whodid changes since:24h          # what the morning digest posts (changes.digest)")
+    review = DigestJob(demo_cfg, path, bot=None, log=lambda msg: None).run(now)
+    print(render_text(review, now))
 
 
 def demo_canary(path: str, cfg: config_mod.Config) -> None:
@@ -566,7 +626,8 @@ def _shipping_order(fleet, seed: int) -> list[str]:
 
 
 COMMANDS = {"trace": cmd_trace, "ingest": cmd_ingest, "db": cmd_db, "demo": cmd_demo, "token": cmd_token,
-            "serve": cmd_serve, "canary": cmd_canary, "import-audit": cmd_import_audit}
+            "serve": cmd_serve, "canary": cmd_canary, "import-audit": cmd_import_audit,
+            "changes": cmd_changes}
 
 if __name__ == "__main__":
     sys.exit(main())

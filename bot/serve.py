@@ -86,6 +86,13 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         CanaryRunner(cfg, path, poster).schedule(scheduler)
         log(f"{len(cfg.canaries)} canaries scheduled: "
             + ", ".join(f"{c.name} ({c.schedule()})" for c in cfg.canaries))
+    if cfg.changes.digest:
+        from .changes import DigestJob
+        out = None if bot is not None else str(config_mod.data_dir() / "digests")
+        if bot is None:
+            log(f"no Slack: the change digest goes to this log and to files in {out}")
+        where = DigestJob(cfg, path, bot, out_dir=out, log=lambda msg: log(f"change digest: {msg}")).schedule(scheduler)
+        log(f"change digest scheduled: {where}")
     scheduler.start()
     if bot is not None:
         try:

@@ -23,7 +23,10 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from whodid import config as config_mod
 from whodid.tracer import Query, Store, Tracer
 
+from whodid.tracer.changes import review
+
 from . import blocks
+from . import changes as changes_mod
 from .ask import AskError, parse
 from .buttons import StateError, View, decode, encode
 
@@ -107,6 +110,9 @@ class Bot:
         now = time.time()
         text = (command.get("text") or "").strip()
         who = (command.get("user_id"), command.get("user_name"), command.get("channel_id"), command.get("channel_name"))
+        if changes_mod.is_changes(text):
+            self.on_changes(ack, text, who, respond, now)
+            return
         try:
             ask = parse(text, now, self.s.default_since)
         except AskError as exc:
@@ -125,6 +131,36 @@ class Bot:
         ack(text=f"Tracing `{ask.pattern}` over {ask.window()}...")
         outcome = self.answer(View(ask), who[2], None, respond)
         self.record(now, *who, "command", text, outcome)
+
+    def on_changes(self, ack, text: str, who: tuple, respond, now: float) -> None:
+        """/whodid changes [since:] [until:] [host:] [user:]"""
+        try:
+            ask = changes_mod.parse(text, now, self.cfg.changes.since)
+        except AskError as exc:
+            ack(text=f"whodid: {exc}. `{self.s.command} help` shows the syntax.")
+            self.record(now, *who, "changes", text, f"bad question: {exc}")
+            return
+        ok, why = self.allowed(who[0], who[2], who[3])
+        if not ok:
+            ack(text=blocks.refusal(why))
+            self.record(now, *who, "changes", text, f"refused: {why}")
+            return
+        ack(text=f"Reviewing changes from {ask.window()}...")
+        with self.tracer() as tracer:
+            result = review(tracer, self.cfg.changes, ask.since, ask.until, host=ask.host, user=ask.user)
+        self.post_pages(changes_mod.render_blocks(result, self.value), who[2], respond)
+        self.record(now, *who, "changes", text, f"answered: {result.headline()}")
+
+    def post_pages(self, pages: list[tuple[str, list[dict]]], channel: str, respond=None) -> str | None:
+        """The first page in the channel, the rest in its thread. Returns the first's ts."""
+        first = None
+        for text, bl in pages:
+            ts = self.post(channel, text, bl, first, respond)
+            if first is None:
+                if ts is None:
+                    return None
+                first = ts
+        return first
 
     def on_action(self, ack, body: dict[str, Any], action: dict[str, Any], respond) -> None:
         ack()
@@ -226,8 +262,9 @@ class Bot:
             self.log(f"chat.postMessage to {channel} failed: {error}")
             hint = (" Invite me to this channel (`/invite @whodid`) to get the picture and the buttons."
                     if error in ("not_in_channel", "channel_not_found") else "")
-            respond(text=f"{text}\n_(whodid could not post here: {error}.{hint})_", blocks=None,
-                    response_type="ephemeral", replace_original=False)
+            if respond is not None:
+                respond(text=f"{text}\n_(whodid could not post here: {error}.{hint})_", blocks=None,
+                        response_type="ephemeral", replace_original=False)
             return None
 
     # --- helpers -------------------------------------------------------------------------
