@@ -9,6 +9,7 @@ and four days of cron jobs, daemons, deploys and other people surround them.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from .simfleet import SimFleet, SimProc, key_fingerprint
@@ -62,7 +63,58 @@ def build(now: float, seed: int = 7, days: int = DAYS) -> tuple[SimFleet, dict[s
     _cron_noise(fleet, start, now, rng)
     _daily_work(fleet, start, now, rng, days)
     truth = _incident(fleet, now)
+    _changes_today(fleet, now)
     return fleet, truth
+
+
+def deploy_window_opens(now: float) -> float:
+    """The hour the pipeline's window opens on the demo's last day: its daily run starts 14 to
+    14.5 hours after the day's start (see _daily_work), so 10 to 9.5 hours before now."""
+    return (now - 10 * 3600) // 3600 * 3600
+
+
+def change_rules(now: float) -> dict[str, Any]:
+    """The `changes` config that goes with this fleet: the deploy pipeline (gitlab-runner on the
+    CI hosts) is expected, in a two-hour daily window around its run."""
+    hour = time.gmtime(deploy_window_opens(now)).tm_hour
+    return {
+        "expected_actors": [{"name": "deploy pipeline", "users": ["gitlab-runner", "deploy"],
+                             "from_hosts": ["ci-runner-*"]}],
+        "windows": [{"name": "daily deploy window", "cron": f"0 {hour} * * *", "duration": "2h", "timezone": "UTC",
+                     "hosts": ["web-*", "k8s-*", "ci-runner-*"]}],
+    }
+
+
+def _changes_today(fleet: SimFleet, now: float) -> None:
+    """The rest of the day's changes: the pipeline's Kubernetes rollout in its window, and two
+    hand-run fixes. (Its own random stream, so the story above stays as it was.)"""
+    rng = random.Random(1234)
+    H = fleet.hosts
+    t = deploy_window_opens(now) + 2400 + rng.uniform(0, 600)
+    ci = H["ci-runner-02"]
+    job = ci.spawn(ci.daemons[0], t, ["/bin/bash", "-c", "kubectl apply -f k8s/prod/"], duration=None)
+    ci.spawn(job, t + 0.3, ["kubectl", "apply", "-f", "k8s/prod/"], duration=4.0)
+    ci.spawn(job, t + 5, ["kubectl", "rollout", "status", "deployment/api", "-n", "prod"], duration=30.0)
+    ci.exit(job, t + 36)
+    # carol restarts postgres by hand on db-02, via sudo, late morning
+    t = now - 13 * 3600 + rng.uniform(0, 1800)
+    db = H["db-02"]
+    sh = fleet.ssh_login(db, t, "carol", raddr=LAPTOPS["carol"], rport=rng.randint(40000, 60000),
+                         key_fp=PEOPLE["carol"])
+    r = db.spawn(sh, t + 40, ["sudo", "systemctl", "restart", "postgresql"], duration=None, euid=0)
+    db.setuid(r, t + 40.01, 0)
+    db.spawn(r, t + 40.02, ["systemctl", "restart", "postgresql"], duration=3.0)
+    db.exit(r, t + 43.1)
+    _logout(sh, t + 90)
+    # dave scales a deployment from a k8s node, as the shared ubuntu account, outside the window
+    t = now - 5 * 3600 + rng.uniform(0, 1800)
+    sh = fleet.ssh_login(H["jump-box"], t, "dave", raddr=LAPTOPS["dave"], rport=rng.randint(40000, 60000),
+                         key_fp=PEOPLE["dave"])
+    _, nsh = fleet.ssh_hop(sh, t + 20, H["k8s-node-02"], "ubuntu", PEOPLE["dave"])
+    H["k8s-node-02"].spawn(nsh, t + 45, ["kubectl", "scale", "deployment/api", "--replicas=2", "-n", "prod"],
+                           duration=1.0)
+    _logout(nsh, t + 80)
+    _logout(sh, t + 90)
 
 
 def _cron_noise(fleet: SimFleet, start: float, now: float, rng: random.Random) -> None:

@@ -359,3 +359,11 @@ def test_without_slack_the_digest_goes_to_the_log_and_a_file(fleet_store, tmp_pa
     assert said and result.headline() in said[0]
     pages = render_blocks(result, lambda view: "v")
     assert pages[0][0].startswith("Changes: ")
+
+
+def test_configured_patterns_add_to_the_builtin_ones_or_replace_them():
+    rules = parse_rules({"patterns": [r"(?i)(^|/)DEPLOY\.sh( |$)"]})       # global flags: tried one by one
+    assert rules.any_pattern("/opt/deploy.sh prod") and rules.pattern_of("./Deploy.sh") == "pattern 1"
+    assert rules.any_pattern("kubectl apply -f x")
+    only = parse_rules({"builtin_patterns": False, "patterns": [r"\bdeploy\.sh\b"]})
+    assert only.any_pattern("deploy.sh") and not only.any_pattern("kubectl apply -f x")

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -43,7 +44,14 @@ def test_demo_answers_who_deleted_the_cluster(tmp_path, capsys):
     assert "1. jim ran `aws eks delete-cluster --name prod` on config-server" in out
     assert (tmp_path / "alerts").is_dir() and list((tmp_path / "alerts").glob("prod-cluster-*-suspect-1.png"))
     assert "aws eks delete-cluster --name prod  <== matched" in out
-    assert "bob" not in out.split("Try next:")[0]
+    assert "bob" not in out.split("$ whodid changes")[0]
+    # ...and the day's changes as the digest has them: the deletion unplanned, the deploys planned
+    digest = out.split("$ whodid changes since:24h")[1].split("Try next:")[0]
+    unplanned, planned = digest.split("\nPLANNED (")
+    jim = re.split(r"\n  (?=\S)", unplanned.split("\n  jim - ")[1])[0]          # up to the next person
+    assert "why unplanned: human, not a pipeline" in jim and "aws eks delete-cluster --name prod" in jim
+    assert "deploy pipeline: 8 changes on 8 hosts" in planned and "in daily deploy window" in planned
+    assert "delete-cluster" not in planned
     # run again: the demo rebuilds its own store instead of piling onto it
     code, out2, _ = run(capsys, "demo", "--db", path)
     assert code == 0 and "Who:  jim" in out2

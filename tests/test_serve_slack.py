@@ -26,12 +26,12 @@ def demo_db(tmp_path_factory):
     return path
 
 
-def serve(tmp_path, demo_db, emu, mode: str):
+def serve(tmp_path, demo_db, emu, mode: str, extra=None):
     port = free_port()
     cfg = {"identity": {"people": demo.story_people()},
            "collector": {"listen": f"127.0.0.1:{free_port()}"},
            "slack": {"mode": mode, "api_base_url": emu.api_base_url, "allowed_channels": ["#incidents"],
-                     "listen": f"127.0.0.1:{port}"}}
+                     "listen": f"127.0.0.1:{port}"}, **(extra or {})}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET)
     ready = tmp_path / "ready"
@@ -67,6 +67,21 @@ def test_socket_mode_from_slash_command_to_picture_and_buttons(tmp_path, demo_db
     assert "Slack bot whodid in Emulated connected in Socket Mode" in log
     assert "ana in #incidents: command delete-cluster -> answered" in log
     assert "stopped;" in log
+
+
+def test_serve_posts_the_change_digest_on_its_schedule(tmp_path, demo_db):
+    with SlackEmulator() as emu:
+        digest = {"changes": {"digest": {"channel": "C5", "cron": "*/2 * * * * *", "since": "24h"}}}
+        proc, _ = serve(tmp_path, demo_db, emu, "socket", digest)
+        try:
+            top = emu.wait(lambda: (emu.top_level("C5") or [None])[0], what="the digest")
+        finally:
+            log = stop(proc, tmp_path)
+    blocks = json.dumps(top.blocks)
+    assert "Change digest" in blocks and "aws eks delete-cluster --name prod" in blocks
+    assert "No expected actors or change windows are configured" in blocks
+    assert "change digest scheduled: */2 * * * * * UTC to C5, reviewing the last 24h" in log
+    assert "change digest: posted to C5" in log
 
 
 def test_http_mode_from_signed_slash_command_to_picture(tmp_path, demo_db):
