@@ -37,6 +37,7 @@ class Box:
     command: str = ""         # the full command line (for SVG/HTML tooltips later)
     count: int = 1            # how many processes a collapsed box stands for
     indent: bool = False      # context boxes sit indented under their parent
+    members: list[str] = field(default_factory=list)   # a collapsed box's graph nodes, in time order
 
 
 @dataclass
@@ -100,7 +101,8 @@ def _step_box(step: Step, role: str, row: int, lane: int, now: float, width: int
     return Box(id=step.node, lane=lane, row=row, role=role, title=title, meta=meta, command=step.command)
 
 
-def layout(tr: Trace, now: float, width: int = 34) -> Layout:
+def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = frozenset()) -> Layout:
+    """`expand`: ids of collapsed groups ("group:<first member>") to show box by box instead."""
     g = tr.graph
     chain = tr.chain
     chain_ids = [s.node for s in chain]
@@ -129,7 +131,7 @@ def layout(tr: Trace, now: float, width: int = 34) -> Layout:
 
     # Collapse long runs, harder if the picture would still be too tall.
     for keep_head, keep_tail, run_max in ((RUN_KEEP_HEAD, RUN_KEEP_TAIL, RUN_MAX), (1, 0, 1), (0, 0, 0)):
-        items = {k: _collapse(g, v, lane_of, keep_head, keep_tail, run_max) for k, v in slots.items()}
+        items = {k: _collapse(g, v, lane_of, keep_head, keep_tail, run_max, expand) for k, v in slots.items()}
         rows = len(chain) + sum(len(v) for v in items.values())
         if rows <= MAX_ROWS:
             break
@@ -146,7 +148,8 @@ def layout(tr: Trace, now: float, width: int = 34) -> Layout:
                 gid = f"group:{members[0]}"
                 boxes.append(Box(id=gid, lane=lane, row=row, role="collapsed",
                                  title=f"+{len(members)} more commands",
-                                 meta=_programs(g, members), count=len(members), indent=True))
+                                 meta=_programs(g, members), count=len(members), indent=True,
+                                 members=list(members)))
                 for m in members:
                     visible[m] = gid
             else:
@@ -200,9 +203,10 @@ def _chain_ancestor(g, node: str, chain_index: dict[str, int]) -> int:
     return chain_index[node]
 
 
-def _collapse(g, nodes: list[str], lane_of, keep_head: int, keep_tail: int, run_max: int) -> list:
+def _collapse(g, nodes: list[str], lane_of, keep_head: int, keep_tail: int, run_max: int,
+              expand: frozenset[str] = frozenset()) -> list:
     """Sort a slot by time; per lane, a run longer than run_max keeps its head and tail and
-    folds the middle into one (lane, members) group."""
+    folds the middle into one (lane, members) group - unless someone asked to expand it."""
     nodes = sorted(nodes, key=lambda n: (g.nodes[n]["step"].start, n))
     by_lane: dict[int, list[str]] = defaultdict(list)
     for n in nodes:
@@ -210,14 +214,23 @@ def _collapse(g, nodes: list[str], lane_of, keep_head: int, keep_tail: int, run_
     out: list = []
     for lane in sorted(by_lane):
         run = by_lane[lane]
-        if len(run) <= run_max:
+        members = run[keep_head:len(run) - keep_tail]
+        if len(run) <= run_max or _expanded(members, expand):
             out.extend(run)
             continue
         tail = run[len(run) - keep_tail:] if keep_tail else []
         out.extend(run[:keep_head])
-        out.append((lane, run[keep_head:len(run) - keep_tail]))
+        out.append((lane, members))
         out.extend(tail)
     return out
+
+
+def _expanded(members: list[str], expand: frozenset[str]) -> bool:
+    """Was this would-be group expanded? Its id is `group:` + its first member, but the id the
+    person saw may come from a gentler pass of the collapse loop, whose group starts later in
+    the same run; expanding makes the picture taller, so the loop may now settle on a harder
+    pass whose group starts earlier. Any member's id matches, since a node is in one run only."""
+    return bool(expand) and any(f"group:{m}" in expand for m in members)
 
 
 def _programs(g, members: list[str]) -> str:
