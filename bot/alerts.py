@@ -122,7 +122,7 @@ def alert_text(canary: Canary, state: State, result: Result, suspects: list[Susp
 
 
 def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float,
-                 value) -> tuple[str, list[dict]]:
+                 value, link=None) -> tuple[str, list[dict]]:
     text = f"Canary {canary.name} is failing: {result.summary}"
     out = [blocks.section(f":rotating_light: Canary *{blocks.escape(canary.name)}* is failing\n"
                           f"*What failed:* {blocks.escape(result.summary)}\n"
@@ -137,7 +137,7 @@ def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Su
                 f"{blocks.escape(s.trace.summary)}")}, "accessory": blocks.button("Show", "show", value(s.view))})
         top = suspects[0]
         total = len(suspects)
-        out.append(blocks.actions(top.view, max(total, 1), value))
+        out.append(blocks.actions(top.view, max(total, 1), value, link))
     else:
         text_lines = alert_text(canary, state, result, [], changes, now).split("\n\n", 1)[1]
         out += blocks.code_sections(text_lines, max_blocks=blocks.MAX_BLOCKS - 2)
@@ -167,7 +167,7 @@ class SlackPoster:
 
     def alert(self, canary, state, result, suspects, changes):
         now = time.time()
-        text, bl = alert_blocks(canary, state, result, suspects, changes, now, self.bot.value)
+        text, bl = alert_blocks(canary, state, result, suspects, changes, now, self.bot.value, self.bot.link)
         resp = self.bot.client.chat_postMessage(channel=canary.channel, text=text, blocks=bl, unfurl_links=False)
         channel, ts = resp["channel"], resp["ts"]
         if suspects:

@@ -21,10 +21,12 @@ MAX_BLOCKS = 50
 MAX_TEXT = 40000             # chat.postMessage's own limit on `text`
 
 ACTIONS = ("widen", "started", "earlier", "others", "show", "wider")
+OPEN = "open"               # the link button to the trace page: Slack opens the URL, we only ack
 SCOPES = {0: "the chain", 1: "what it started and its shells' other commands", 2: "the whole login sessions",
           3: "the person's other sessions"}
 
 Value = Callable[[View], str]
+Link = Callable[[View], "str | None"]       # a signed trace page URL, or None when pages are off
 
 
 def cut(text: str, limit: int = MAX_SECTION) -> str:
@@ -107,7 +109,8 @@ def headline(tr: Trace, now: float) -> str:
     return f"{tr.attributed.user} {verb} `{what(tr)}` on {tr.poi.host}, {ago(when, now)}"
 
 
-def summary(tr: Trace, view: View, total: int, now: float, value: Value) -> tuple[str, list[dict]]:
+def summary(tr: Trace, view: View, total: int, now: float, value: Value,
+            link: Link | None = None) -> tuple[str, list[dict]]:
     """The channel message: who, where, when, how, and the buttons."""
     who, poi = tr.attributed, tr.poi
     when = tr.change["ts"] if tr.change else poi.start
@@ -131,12 +134,16 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value) -> tupl
     place = f"match {view.index + 1} of {total}" + (" (newest first)" if total > 1 else "")
     blocks.append(context(f"{place} · `{escape(view.ask.pattern)}` over {escape(view.ask.window())} · "
                           f"scope {view.scope}: {SCOPES[view.scope]}"))
-    blocks.append(actions(view, total, value))
+    blocks.append(actions(view, total, value, link))
     return text, blocks
 
 
-def actions(view: View, total: int, value: Value) -> dict:
+def actions(view: View, total: int, value: Value, link: Link | None = None) -> dict:
     elements = []
+    url = link(view) if link else None
+    if url:
+        elements.append({"type": "button", "action_id": f"whodid.{OPEN}", "url": url,
+                         "text": {"type": "plain_text", "text": "Open full trace"}})
     if view.scope < 3:
         elements.append(button("Widen scope", "widen", value(View(view.ask, view.index, view.scope + 1)), "primary"))
     elements.append(button("Show what it started", "started", value(view)))
@@ -146,13 +153,19 @@ def actions(view: View, total: int, value: Value) -> dict:
     return {"type": "actions", "elements": elements}
 
 
-def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = None) -> tuple[str, list[dict]]:
+def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = None,
+          link: Link | None = None) -> tuple[str, list[dict]]:
     """The thread message under the picture: the whole chain as text, for screen readers and
     copy-paste (what `whodid trace` prints)."""
     text = render_trace(tr, now, view.index + 1, total)
     blocks = code_sections(text, max_blocks=MAX_BLOCKS - (1 if value else 0))
+    url = link(view) if link else None
     if value and view.scope < 3:
-        blocks.append(actions(view, total, value))
+        blocks.append(actions(view, total, value, link))
+    elif url:
+        blocks = blocks[:MAX_BLOCKS - 1] + [{"type": "actions", "elements": [
+            {"type": "button", "action_id": f"whodid.{OPEN}", "url": url,
+             "text": {"type": "plain_text", "text": "Open full trace"}}]}]
     return f"How: {tr.summary}", blocks
 
 

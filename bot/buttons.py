@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 from dataclasses import dataclass
 
 from .ask import MAX_PATTERN, Ask
@@ -61,6 +62,22 @@ def decode(value: str, key: bytes) -> View:
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"the button's value is not valid ({exc})") from None
     return view
+
+
+def store_key(store_path: str) -> bytes:
+    """The bot's signing key, kept in the store (made on first use), so every whodid process
+    using the store - the bot, the trace pages, the CLI printing links - signs alike."""
+    from whodid.tracer import Store
+    store = Store.open(store_path, create=True)
+    try:
+        with store.transaction():
+            key = store.get_meta("button_key")
+            if key is None:
+                key = secrets.token_hex(32)
+                store.set_meta("button_key", key)
+        return bytes.fromhex(key)
+    finally:
+        store.close()
 
 
 def _sign(raw: str, key: bytes) -> str:

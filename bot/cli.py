@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "retention horizon for this long (an open incident: 90d)")
     t.add_argument("--png", metavar="FILE", help="also draw each match as a PNG: FILE for the first, "
                    "FILE-2.png, FILE-3.png... for the others (docs/images.md)")
+    t.add_argument("--html", metavar="FILE", help="also write each match as a self-contained interactive page "
+                   "(pan, zoom, click a process for its details) for an incident report: FILE, FILE-2.html...")
+    t.add_argument("--link", action="store_true", help="also print each match's signed link to the trace page "
+                   "whodid serve serves (web.base_url, valid for web.link_ttl)")
 
     g = sub.add_parser("changes", help="what was changed, by whom, and was it planned (the config's `changes`)",
                        description="Privileged and change-making commands, and files changed under /etc, in a "
@@ -170,6 +174,18 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         print(f"kept past retention until {clock(until)}: what the {len(traces)} trace(s) need",
               file=sys.stderr)
     written = write_images(traces, args.png, now) if args.png and traces else []
+    if args.html and traces:
+        written += write_pages(store, traces, args.html, now)
+    if args.link and traces:
+        if not cfg.web.enabled:
+            raise UsageError("web.listen is off in the config, so there are no trace pages to link to")
+        from .ask import Ask
+        from .web import TracePages
+        pages = TracePages(cfg, cfg.store_path(args.db))
+        ask = Ask(pattern=args.pattern, host=args.host, user=args.user, since=query.since, until=query.until,
+                  since_text=args.since or cfg.trace.default_since)
+        for i, _ in enumerate(traces):
+            print(f"link {i + 1}: {pages.link(ask, i, args.scope, now)}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         json.dump(traces_json(query, traces, now), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -182,7 +198,8 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
                 print("\n".join(f"  {clock(s.start)[:19]}  {s.host:<16} {s.user:<10} {s.command}" for s in steps)
                       or "  (none)")
     for path in written:
-        print(f"image: {path}", file=sys.stderr if args.json else sys.stdout)
+        kind = "page" if path.endswith(".html") else "image"
+        print(f"{kind}: {path}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if traces else EXIT_NO_MATCH
 
 
@@ -212,6 +229,20 @@ def cmd_changes(args, cfg: config_mod.Config) -> int:
     else:
         print(changes_mod.render_text(result, now))
     return EXIT_OK
+
+
+def write_pages(store, traces, path: str, now: float) -> list[str]:
+    """One self-contained HTML page per match: path for the first, path-N.html for the N-th."""
+    from whodid.tracer.render.html import gather_details, render_html
+
+    stem = path[:-5] if path.lower().endswith(".html") else path
+    out = []
+    for i, tr in enumerate(traces, 1):
+        target = path if i == 1 else f"{stem}-{i}.html"
+        with open(target, "w", encoding="utf-8") as fh:
+            fh.write(render_html(tr, now, gather_details(store, tr)))
+        out.append(target)
+    return out
 
 
 def write_images(traces, path: str, now: float) -> list[str]:

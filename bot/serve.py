@@ -52,6 +52,20 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
                 log(str(exc))
                 collector.stop()
                 return 2
+    pages = None
+    if cfg.web.enabled:
+        from .web import TracePages
+        pages = TracePages(cfg, path, log=lambda msg: print(f"whodid web: {msg}", file=sys.stderr, flush=True))
+        try:
+            where = pages.start()
+        except OSError as exc:
+            log(f"cannot serve trace pages on {cfg.web.listen}: {exc.strerror}; choose another with web.listen "
+                "(or web.listen: off)")
+            collector.stop()
+            return 2
+        log(f"trace pages on {where}; links point at {cfg.web.url()}")
+        if bot is not None:
+            bot.pages = pages
     collector.start()
     if not collector.tls and host not in ("127.0.0.1", "::1", "localhost"):
         log(f"warning: serving plain HTTP on {host}: agent tokens and command lines cross the network "
@@ -116,6 +130,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
     if bot is not None:
         bot.stop()
     scheduler.shutdown(wait=False)
+    if pages is not None:
+        pages.stop()
     collector.stop()
     faulthandler.cancel_dump_traceback_later()
     log(f"stopped; {collector.writer.written} events written since start")

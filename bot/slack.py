@@ -8,7 +8,6 @@ and in its thread the trace picture and the chain as text. Buttons carry signed 
 
 from __future__ import annotations
 
-import secrets
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from whodid.tracer.changes import review
 from . import blocks
 from . import changes as changes_mod
 from .ask import AskError, parse
-from .buttons import StateError, View, decode, encode
+from .buttons import StateError, View, decode, encode, store_key
 
 RENDER = threading.Lock()          # matplotlib's Agg is not safe for concurrent drawing
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
@@ -78,7 +77,10 @@ class Bot:
         self.app.command(self.s.command)(self.on_command)
         for name in blocks.ACTIONS:
             self.app.action(f"whodid.{name}")(self.on_action)
-        self.key = self._button_key()
+        # a link button: Slack opens the page itself and tells us about the click, which needs an ack
+        self.app.action(f"whodid.{blocks.OPEN}")(lambda ack: ack())
+        self.key = store_key(store_path)
+        self.pages = None                  # web.TracePages links, when serve runs them
         self._groups: dict[str, tuple[float, set[str]]] = {}
         self._group_ids: dict[str, str] = {}
         self._server = None
@@ -202,7 +204,7 @@ class Bot:
         index = min(view.index, len(traces) - 1)
         view = View(view.ask, index, view.scope)
         tr = traces[index]
-        text, bl = blocks.summary(tr, view, len(traces), now, self.value)
+        text, bl = blocks.summary(tr, view, len(traces), now, self.value, self.link)
         ts = self.post(channel, text, bl, thread, respond)
         if ts:
             self.picture(tr, view, len(traces), channel, thread or ts, respond, with_buttons=False)
@@ -248,7 +250,7 @@ class Bot:
             self.log(f"could not upload the trace picture: {_why(exc)}")
             self.post(channel, f"(The picture could not be uploaded: {_why(exc)}. Missing the files:write scope?)",
                       None, thread, respond)
-        text, bl = blocks.chain(tr, view, total, now, self.value if with_buttons else None)
+        text, bl = blocks.chain(tr, view, total, now, self.value if with_buttons else None, self.link)
         self.post(channel, text, bl, thread, respond)
 
     def post(self, channel: str, text: str, bl: list[dict] | None, thread: str | None, respond) -> str | None:
@@ -280,6 +282,10 @@ class Bot:
 
     def value(self, view: View) -> str:
         return encode(view, self.key)
+
+    def link(self, view: View) -> str | None:
+        """The signed trace page URL for this view, when whodid serve runs the pages."""
+        return self.pages.link(view.ask, view.index, view.scope) if self.pages is not None else None
 
     def allowed(self, user: str | None, channel_id: str | None, channel_name: str | None) -> tuple[bool, str]:
         s = self.s
@@ -329,18 +335,6 @@ class Bot:
                 store.close()
         except Exception as exc:               # the answer went out; say the log entry did not
             self.log(f"could not record the question in the store: {exc}")
-
-    def _button_key(self) -> bytes:
-        store = Store.open(self.store_path, create=True)
-        try:
-            with store.transaction():
-                key = store.get_meta("button_key")
-                if key is None:
-                    key = secrets.token_hex(32)
-                    store.set_meta("button_key", key)
-            return bytes.fromhex(key)
-        finally:
-            store.close()
 
 
 class _TracerSession:

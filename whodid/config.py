@@ -162,6 +162,22 @@ class SlackConfig:
         return os.environ.get(SLACK_ENV[name]) or getattr(self, name)
 
 
+@dataclass
+class WebConfig:
+    listen: str = "127.0.0.1:8471"      # the trace pages' HTTP server; "off": none
+    base_url: str = ""                  # how people's browsers reach it; empty: http://LISTEN
+    link_ttl: str = "7d"                # how long a trace link works
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen.strip().lower() != "off"
+
+    def url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return f"http://{self.listen}"
+
+
 SLACK_ENV = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "signing_secret": "SLACK_SIGNING_SECRET"}
 
 
@@ -173,6 +189,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     canaries: list = field(default_factory=list)         # bot.canary.Canary, parsed and checked at load
     changes: Rules = field(default_factory=parse_rules)  # change review: patterns, actors, windows, digest
     source: str | None = None           # the file it came from, for messages
@@ -188,7 +205,7 @@ class Config:
 
 
 SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig,
-            "collector": CollectorConfig, "slack": SlackConfig}
+            "collector": CollectorConfig, "slack": SlackConfig, "web": WebConfig}
 PERSON_KEYS = {"ssh_keys", "accounts"}
 
 
@@ -309,6 +326,17 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {str(exc).replace('collector.listen', 'slack.listen')}") from None
+    if cfg.web.enabled:
+        try:
+            CollectorConfig(listen=cfg.web.listen).address()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {str(exc).replace('collector.listen', 'web.listen')} (or off)") from None
+    if cfg.web.base_url and not cfg.web.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: `web.base_url` is a URL, like https://whodid.example.com")
+    try:
+        parse_duration(cfg.web.link_ttl)
+    except TimeError as exc:
+        raise ConfigError(f"{where}: `web.link_ttl`: {exc}") from None
     if bool(cfg.collector.tls_cert) != bool(cfg.collector.tls_key):
         raise ConfigError(f"{where}: TLS needs both `collector.tls_cert` and `collector.tls_key`")
     if cfg.agent.collector and not cfg.agent.collector.startswith(("http://", "https://")):

@@ -1,0 +1,76 @@
+"""Signed, expiring links to the trace page: `{base_url}/trace?t=TOKEN`.
+
+A link carries the question (what a person could type: pattern, host, user, window), which
+match, the scope, and when it expires - no database ids - signed with a key derived from the
+bot's button key, so a button's value cannot be used as a link nor a link as a button. The
+page refuses a link that is expired, altered or malformed; nothing is served without one.
+Widening the scope or expanding a group keeps the same link: the scope comes with the request
+and is bounded, like the buttons' (0-3).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+from .ask import MAX_PATTERN, Ask
+from .buttons import _int, _num, _str
+
+VERSION = "1"
+MAX_TOKEN = 4000
+
+
+class LinkError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Link:
+    ask: Ask
+    index: int
+    scope: int
+    expires: float
+
+
+def link_key(button_key: bytes) -> bytes:
+    return hmac.new(button_key, b"whodid trace page links", hashlib.sha256).digest()
+
+
+def make(ask: Ask, index: int, scope: int, expires: float, key: bytes) -> str:
+    body = {"p": ask.pattern, "h": ask.host, "u": ask.user, "s": round(ask.since, 3), "t": ask.until,
+            "w": ask.since_text, "i": index, "c": scope, "x": round(expires)}
+    raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+    token = f"{VERSION}.{raw}.{_sign(raw, key)}"
+    if len(token) > MAX_TOKEN:
+        raise LinkError("the question is too long for a link")
+    return token
+
+
+def check(token: str, key: bytes, now: float) -> Link:
+    """The link's content, or LinkError saying why it is refused."""
+    try:
+        version, raw, sig = str(token).split(".")
+    except ValueError:
+        raise LinkError("this is not a whodid trace link") from None
+    if version != VERSION:
+        raise LinkError("this link is from another version of whodid; ask again in Slack")
+    if not hmac.compare_digest(sig, _sign(raw, key)):
+        raise LinkError("this link has been altered, or was made by another whodid")
+    try:
+        body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        ask = Ask(pattern=_str(body["p"], MAX_PATTERN, required=True), host=_str(body["h"], 200),
+                  user=_str(body["u"], 100), since=_num(body["s"]),
+                  until=None if body["t"] is None else _num(body["t"]), since_text=_str(body["w"], 40, required=True))
+        link = Link(ask, _int(body["i"], 0, 100), _int(body["c"], 0, 3), _num(body["x"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LinkError(f"this link is not valid ({exc})") from None
+    if now >= link.expires:
+        raise LinkError("this link has expired; ask again in Slack (or run whodid trace) for a new one")
+    return link
+
+
+def _sign(raw: str, key: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(key, raw.encode(), hashlib.sha256).digest()[:18]).decode().rstrip("=")

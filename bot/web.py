@@ -1,0 +1,154 @@
+"""The trace pages: `whodid serve`'s small HTTP server behind the "Open full trace" links.
+
+    GET /trace?t=TOKEN[&scope=0-3][&expand=GROUP,...]
+
+The token (bot/links.py) says which trace; without a valid, unexpired one the answer is 403
+and no trace data. The page is tracer/render/html.py's, sent with a Content-Security-Policy
+that allows only its own inline script and style (by nonce) and requests back to this server
+(for expanding a group in place), no referrer (the link is the credential), and no caching.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import parse_qs, quote, urlsplit
+
+from whodid import config as config_mod
+from whodid.tracer import Query, Store, Tracer
+
+from .ask import Ask
+from .buttons import store_key
+from .links import LinkError, check, link_key, make
+
+MAX_EXPAND = 50
+
+
+class TracePages:
+    def __init__(self, cfg: config_mod.Config, store_path: str, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.store_path = store_path
+        self.key = link_key(store_key(store_path))
+        self.ttl = config_mod.parse_duration(cfg.web.link_ttl)
+        self.log = log or (lambda msg: print(f"whodid web: {msg}", file=sys.stderr, flush=True))
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- links ---------------------------------------------------------------------------
+
+    def link(self, ask: Ask, index: int = 0, scope: int = 0, now: float | None = None) -> str:
+        """A signed link to this match's page, valid for web.link_ttl."""
+        now = time.time() if now is None else now
+        base = self.cfg.web.base_url.rstrip("/") or (self.url if self._server else self.cfg.web.url())
+        return f"{base}/trace?t={make(ask, index, scope, now + self.ttl, self.key)}"
+
+    # --- serving -------------------------------------------------------------------------
+
+    def start(self, listen: str | None = None) -> str:
+        host, port = config_mod.CollectorConfig(listen=listen or self.cfg.web.listen).address()
+        pages = self
+
+        class Handler(_Handler):
+            site = pages
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="whodid-web", daemon=True)
+        self._thread.start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def page(self, target: str, now: float | None = None) -> tuple[int, str, str]:
+        """(status, body, nonce) for GET target."""
+        now = time.time() if now is None else now
+        url = urlsplit(target)
+        nonce = secrets.token_urlsafe(16)
+        if url.path != "/trace":
+            return 404, _message("Nothing here", "whodid serves trace pages only through the links it gives: "
+                                 "Open full trace in Slack, or whodid trace --link."), nonce
+        params = parse_qs(url.query)
+        token = (params.get("t") or [""])[0]
+        try:
+            link = check(token, self.key, now)
+        except LinkError as exc:
+            return 403, _message("This link cannot be used", str(exc)), nonce
+        try:
+            scope = int((params.get("scope") or [link.scope])[0])
+            if not 0 <= scope <= 3:
+                raise ValueError
+        except ValueError:
+            return 400, _message("Bad request", "scope is 0 to 3"), nonce
+        expand = frozenset(g for g in (params.get("expand") or [""])[0].split(",") if g.startswith("group:"))
+        if len(expand) > MAX_EXPAND:
+            return 400, _message("Bad request", f"at most {MAX_EXPAND} groups at once"), nonce
+        a = link.ask
+        store = Store.open(self.store_path)
+        try:
+            tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
+            traces = tracer.find(Query(pattern=a.pattern, host=a.host, user=a.user, since=a.since, until=a.until,
+                                       scope=scope, limit=link.index + 1))
+            if link.index >= len(traces):
+                return 404, _message("No longer in the store", "this trace's events are gone (retention?); ask "
+                                     "again, or pin an incident's traces with whodid trace --keep-for"), nonce
+            tr = traces[link.index]
+            from whodid.tracer.render.html import gather_details, render_html
+            details = gather_details(store, tr)
+        finally:
+            store.close()
+        base = f"/trace?t={token}"
+        actions = {"expand": f"{base}&scope={scope}&expand={{groups}}"}
+        if scope < 3:
+            actions["widen"] = f"{base}&scope={scope + 1}" + (f"&expand={quote(','.join(sorted(expand)))}"
+                                                            if expand else "")
+        return 200, render_html(tr, now, details, expand=expand, actions=actions, nonce=nonce), nonce
+
+
+class _Handler(BaseHTTPRequestHandler):
+    site: TracePages
+    server_version = "whodid"
+    sys_version = ""
+
+    def log_message(self, *args) -> None:          # the site logs what matters, without tokens
+        pass
+
+    def do_GET(self) -> None:
+        try:
+            status, body, nonce = self.site.page(self.path)
+        except Exception as exc:                     # a store that cannot be opened, a bug: say so
+            self.site.log(f"trace page failed: {exc!r}")
+            status, body, nonce = 500, _message("whodid could not draw this trace", str(exc)), ""
+        what = self.path.split("?", 1)[0]
+        self.site.log(f"{self.client_address[0]} GET {what} -> {status}")
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Security-Policy",
+                         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                         "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                         "frame-ancestors 'none'")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _message(title: str, text: str) -> str:
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
+            f"content='width=device-width,initial-scale=1'><title>whodid: {html.escape(title)}</title></head>"
+            f"<body><h1 id=refused>{html.escape(title)}</h1><p id=reason>{html.escape(text)}</p></body></html>")
