@@ -10,7 +10,7 @@ recorder competes with them for the CPU, plus a loopback connect/accept loop. Fo
 - bytes per exec: what the recorder wrote (the agent's JSON lines; auditd's log) per exec;
 - lost: execs of the workload missing from the record, plus what the recorder itself reported lost.
 
-Needs root, BCC and auditd. `.venv/bin/python bench/agent_overhead.py [--execs 20000] [--rounds 2]`
+Needs root, BCC and auditd. `.venv/bin/python bench/agent_overhead.py [--execs 20000] [--rounds 3]`
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _audit_lost() -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--execs", type=int, default=20000)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     why = missing()
     if why or os.geteuid() != 0:

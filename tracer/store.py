@@ -218,6 +218,9 @@ class Store:
                                      [host, ev["since"], ts, ev["count"], ev.get("what")]).rowcount
                     continue
                 boot = self._boot_id(host, ev["boot"])
+                if kind == "fork" and self._new_child(c, boot, ev, ts):
+                    new += 1
+                    continue
                 proc = self._proc_id(boot, ev["pid"], ev["start"])
                 if kind == "exec":
                     new += self._write_exec(c, boot, proc, ev)
@@ -289,6 +292,22 @@ class Store:
                 c.execute("UPDATE procs SET parent = ?, parent_ts = ? WHERE id = ? AND parent_by_fork = 0 "
                           "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
         return new
+
+    def _new_child(self, c, boot: int, ev: dict[str, Any], ts: float) -> bool:
+        """A fork of a process not seen before: one row with its parent, rather than an empty
+        row and then an update (most forks are such; a third of ingest's statements were)."""
+        key = (boot, ev["pid"], ev["start"])
+        if key in self._procs:
+            return False
+        parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
+        cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
+                        "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
+        if not cur.rowcount:
+            return False                      # stored before: the usual path updates it
+        if len(self._procs) > 500_000:
+            self._procs.clear()
+        self._procs[key] = cur.lastrowid
+        return True
 
     def _check_generation(self) -> None:
         """Ids cached by this connection die when a prune (maybe from another process) deletes
