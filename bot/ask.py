@@ -63,6 +63,13 @@ def parse(text: str, now: float, default_since: str = "24h") -> Ask | None:
         raise AskError("what should I trace? Give a command or a file path, like `/whodid delete-cluster`")
     if len(pattern) > MAX_PATTERN:
         raise AskError(f"that pattern is {len(pattern)} characters; keep it under {MAX_PATTERN}")
+    since, until, since_text = window(fields, now, default_since)
+    return Ask(pattern=pattern, host=fields.get("host"), user=fields.get("user"), since=since, until=until,
+               since_text=since_text)
+
+
+def window(fields: dict[str, str], now: float, default_since: str) -> tuple[float, float | None, str]:
+    """(since, until or None, since as typed) from a question's since: and until:."""
     since_text = fields.get("since", default_since)
     try:
         since = parse_time(since_text, now)
@@ -71,8 +78,7 @@ def parse(text: str, now: float, default_since: str = "24h") -> Ask | None:
         raise AskError(str(exc)) from None
     if until is not None and until <= since:
         raise AskError("`until:` is before `since:`")
-    return Ask(pattern=pattern, host=fields.get("host"), user=fields.get("user"), since=since, until=until,
-               since_text=since_text)
+    return since, until, since_text
 
 
 _EXAMPLE = {"host": "config-*", "user": "jim", "since": "24h", "until": "2026-11-23T12:00"}

@@ -34,9 +34,7 @@ class View:
 
 
 def encode(view: View, key: bytes) -> str:
-    a = view.ask
-    body = {"p": a.pattern, "h": a.host, "u": a.user, "s": round(a.since, 3), "t": a.until, "w": a.since_text,
-            "i": view.index, "c": view.scope}
+    body = {**ask_body(view.ask), "i": view.index, "c": view.scope}
     raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
     value = f"{VERSION}.{raw}.{_sign(raw, key)}"
     if len(value) > MAX_VALUE:
@@ -55,13 +53,22 @@ def decode(value: str, key: bytes) -> View:
         raise StateError("the button's value does not carry whodid's signature")
     try:
         body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        ask = Ask(pattern=_str(body["p"], MAX_PATTERN, required=True), host=_str(body["h"], 200),
-                  user=_str(body["u"], 100), since=_num(body["s"]), until=None if body["t"] is None else _num(body["t"]),
-                  since_text=_str(body["w"], 40, required=True))
-        view = View(ask=ask, index=_int(body["i"], 0, 100), scope=_int(body["c"], 0, 3))
+        view = View(ask=ask_from(body), index=_int(body["i"], 0, 100), scope=_int(body["c"], 0, 3))
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"the button's value is not valid ({exc})") from None
     return view
+
+
+def ask_body(a: Ask) -> dict:
+    """The question as a signed value carries it (buttons, trace links): what a person could type."""
+    return {"p": a.pattern, "h": a.host, "u": a.user, "s": round(a.since, 3), "t": a.until, "w": a.since_text}
+
+
+def ask_from(body: dict) -> Ask:
+    """ask_body's inverse, checking every field: the value came back from outside."""
+    return Ask(pattern=_str(body["p"], MAX_PATTERN, required=True), host=_str(body["h"], 200),
+               user=_str(body["u"], 100), since=_num(body["s"]), until=None if body["t"] is None else _num(body["t"]),
+               since_text=_str(body["w"], 40, required=True))
 
 
 def store_key(store_path: str) -> bytes:

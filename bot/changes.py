@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from whodid.tracer.changes import Review, Row, by_person, planned_by_actor
-from whodid.tracer.when import TimeError, clock, iso, parse_time
+from whodid.tracer.when import clock, iso
 
-from .ask import Ask, AskError
+from .ask import Ask, AskError, window
 from .blocks import MAX_BLOCKS, MAX_SECTION, button, context, code, cut, escape, section
 from .buttons import View
 
@@ -72,14 +72,10 @@ def parse(text: str, now: float, default_since: str = "24h") -> ChangesAsk:
         if not value:
             raise AskError(f"`{key}:` needs a value")
         fields[key.lower()] = value
-    since_text = fields.get("since", default_since)
-    try:
-        since = parse_time(since_text, now)
-        until = parse_time(fields["until"], now) if "until" in fields else now
-    except TimeError as exc:
-        raise AskError(str(exc)) from None
+    since, until, since_text = window(fields, now, default_since)
+    until = now if until is None else until
     if until <= since:
-        raise AskError("`until:` is before `since:`")
+        raise AskError("`since:` is in the future")
     return ChangesAsk(since=since, until=until, host=fields.get("host"), user=fields.get("user"),
                       since_text=since_text)
 

@@ -16,8 +16,8 @@ import hmac
 import json
 from dataclasses import dataclass
 
-from .ask import MAX_PATTERN, Ask
-from .buttons import _int, _num, _str
+from .ask import Ask
+from .buttons import _int, _num, ask_body, ask_from
 
 VERSION = "1"
 MAX_TOKEN = 4000
@@ -40,8 +40,7 @@ def link_key(button_key: bytes) -> bytes:
 
 
 def make(ask: Ask, index: int, scope: int, expires: float, key: bytes) -> str:
-    body = {"p": ask.pattern, "h": ask.host, "u": ask.user, "s": round(ask.since, 3), "t": ask.until,
-            "w": ask.since_text, "i": index, "c": scope, "x": round(expires)}
+    body = {**ask_body(ask), "i": index, "c": scope, "x": round(expires)}
     raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
     token = f"{VERSION}.{raw}.{_sign(raw, key)}"
     if len(token) > MAX_TOKEN:
@@ -61,10 +60,7 @@ def check(token: str, key: bytes, now: float) -> Link:
         raise LinkError("this link has been altered, or was made by another whodid")
     try:
         body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        ask = Ask(pattern=_str(body["p"], MAX_PATTERN, required=True), host=_str(body["h"], 200),
-                  user=_str(body["u"], 100), since=_num(body["s"]),
-                  until=None if body["t"] is None else _num(body["t"]), since_text=_str(body["w"], 40, required=True))
-        link = Link(ask, _int(body["i"], 0, 100), _int(body["c"], 0, 3), _num(body["x"]))
+        link = Link(ask_from(body), _int(body["i"], 0, 100), _int(body["c"], 0, 3), _num(body["x"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise LinkError(f"this link is not valid ({exc})") from None
     if now >= link.expires:

@@ -118,17 +118,12 @@ class Bot:
         try:
             ask = parse(text, now, self.s.default_since)
         except AskError as exc:
-            ack(text=f"whodid: {exc}. `{self.s.command} help` shows the syntax.")
-            self.record(now, *who, "command", text, f"bad question: {exc}")
-            return
+            return self.bad_question(ack, who, "command", text, now, exc)
         if ask is None:
             t, b = blocks.help_message(self.s.default_since)
             ack(text=t, blocks=b)
             return
-        ok, why = self.allowed(who[0], who[2], who[3])
-        if not ok:
-            ack(text=blocks.refusal(why))
-            self.record(now, *who, "command", text, f"refused: {why}")
+        if self.refused(ack, who, "command", text, now):
             return
         ack(text=f"Tracing `{ask.pattern}` over {ask.window()}...")
         outcome = self.answer(View(ask), who[2], None, respond)
@@ -139,19 +134,26 @@ class Bot:
         try:
             ask = changes_mod.parse(text, now, self.cfg.changes.since)
         except AskError as exc:
-            ack(text=f"whodid: {exc}. `{self.s.command} help` shows the syntax.")
-            self.record(now, *who, "changes", text, f"bad question: {exc}")
-            return
-        ok, why = self.allowed(who[0], who[2], who[3])
-        if not ok:
-            ack(text=blocks.refusal(why))
-            self.record(now, *who, "changes", text, f"refused: {why}")
+            return self.bad_question(ack, who, "changes", text, now, exc)
+        if self.refused(ack, who, "changes", text, now):
             return
         ack(text=f"Reviewing changes from {ask.window()}...")
         with self.tracer() as tracer:
             result = review(tracer, self.cfg.changes, ask.since, ask.until, host=ask.host, user=ask.user)
         self.post_pages(changes_mod.render_blocks(result, self.value), who[2], respond)
         self.record(now, *who, "changes", text, f"answered: {result.headline()}")
+
+    def bad_question(self, ack, who: tuple, action: str, text: str, now: float, exc: AskError) -> None:
+        ack(text=f"whodid: {exc}. `{self.s.command} help` shows the syntax.")
+        self.record(now, *who, action, text, f"bad question: {exc}")
+
+    def refused(self, ack, who: tuple, action: str, text: str, now: float) -> bool:
+        """Whether the asker may not ask here; if so they are told why, and it is logged."""
+        ok, why = self.allowed(who[0], who[2], who[3])
+        if not ok:
+            ack(text=blocks.refusal(why))
+            self.record(now, *who, action, text, f"refused: {why}")
+        return not ok
 
     def post_pages(self, pages: list[tuple[str, list[dict]]], channel: str, respond=None) -> str | None:
         """The first page in the channel, the rest in its thread. Returns the first's ts."""
