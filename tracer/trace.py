@@ -347,7 +347,7 @@ class Tracer:
         changed = [c for c in creds if start <= c["ts"] <= (until if until is not None else start)]
         if changed:
             euid = changed[-1]["euid"]
-        return Step(node=f"{p.id}@{im.ts!r}" if not inherited else f"{p.id}@fork", proc=p.id, host=p.host,
+        return Step(node=image_node(p.id, im.ts) if not inherited else f"{p.id}@fork", proc=p.id, host=p.host,
                     pid=p.pid, user=self._name(p.host_id, euid) or "?",
                     login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
                     cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited)
@@ -437,6 +437,11 @@ class Tracer:
                 break
             frontier = self.store.children(frontier)
             level += 1
+
+
+def image_node(proc: int, ts: float) -> str:
+    """The graph node of one exec of a process (Step.node), which renderers look up by."""
+    return f"{proc}@{ts!r}"
 
 
 def _login_note(login: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..events import AUID_UNSET
 from ..stitch import Step
-from ..trace import Trace
+from ..trace import Trace, image_node
 from ..when import clock, iso
 from .image import BLACK, BUS_X, CHAIN_X, EDGE, FILL, GREY, HEADER, LABEL_H, LANE_W, LIGHT, LINK_COLOUR, MARGIN
 from .image import MATCH, PERSON, PRIV, SSH, _geometry, _row_tops
@@ -56,7 +56,7 @@ def gather_details(store, tr: Trace) -> dict[str, dict]:
     for node, step in steps.items():
         proc = procs.get(step.proc)
         own = images_of(step.proc)
-        image = next((im for im in own if f"{step.proc}@{im.ts!r}" == node), None)
+        image = next((im for im in own if image_node(step.proc, im.ts) == node), None)
         if image is None and proc is not None and proc.parent is not None:
             image = _inherited(images_of(proc.parent), proc)
         last = image is None or not own or own[-1] is image      # exits end the last image only
