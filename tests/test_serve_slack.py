@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -31,7 +32,8 @@ def serve(tmp_path, demo_db, emu, mode: str, extra=None):
     cfg = {"identity": {"people": demo.story_people()},
            "collector": {"listen": f"127.0.0.1:{free_port()}"},
            "slack": {"mode": mode, "api_base_url": emu.api_base_url, "allowed_channels": ["#incidents"],
-                     "listen": f"127.0.0.1:{port}"}, **(extra or {})}
+                     "listen": f"127.0.0.1:{port}"},
+           "web": {"listen": f"127.0.0.1:{free_port()}"}, **(extra or {})}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET)
     ready = tmp_path / "ready"
@@ -59,12 +61,18 @@ def test_socket_mode_from_slash_command_to_picture_and_buttons(tmp_path, demo_db
             assert "Tracing `delete-cluster` over the last 24h..." in json.dumps(ack["payload"])
             top, thread = answered(emu)
             assert "*jim* ran `aws eks delete-cluster --name prod`" in str(top.blocks)
+            # the trace page behind the answer's Open full trace button, served by the same process
+            url = next(e["url"] for b in top.blocks for e in b.get("elements") or []
+                       if e.get("action_id") == "whodid.open")
+            with urllib.request.urlopen(url, timeout=60) as page:
+                assert page.status == 200 and "jim, via jump-box, sudo to root" in page.read().decode()
             n = len(emu.thread("C1", top.ts))
             emu.socket_send("interactive", emu.click_payload(top, "whodid.widen", button(top, "widen")))
             emu.wait(lambda: any(m.files for m in emu.thread("C1", top.ts)[n:]), what="the wider picture")
         finally:
             log = stop(proc, tmp_path)
     assert "Slack bot whodid in Emulated connected in Socket Mode" in log
+    assert "trace pages on http://127.0.0.1:" in log and "GET /trace -> 200" in log
     assert "ana in #incidents: command delete-cluster -> answered" in log
     assert "stopped;" in log
 
