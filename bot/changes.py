@@ -265,16 +265,24 @@ class DigestJob:
         from whodid.tracer.changes import cron_trigger
         d = self.digest
         # one digest per tick: a slow one is not run twice, ticks missed while down are folded into one
-        scheduler.add_job(self.run, cron_trigger(d.cron, d.tz), id="changes-digest", name="changes digest",
+        scheduler.add_job(self.tick, cron_trigger(d.cron, d.tz), id="changes-digest", name="changes digest",
                           max_instances=1, coalesce=True, misfire_grace_time=3600)
         return f"{d.cron} {d.tz} to {d.channel}, reviewing the last {d.since}"
+
+    def tick(self) -> None:
+        """One scheduled digest. A failure (the store, Slack) is said in the log, and the next
+        tick tries again: nothing is owed to APScheduler's own logging."""
+        try:
+            self.run()
+        except Exception as exc:
+            self.log(f"could not make or post the digest ({exc!r}); the next one is due on schedule")
 
     def run(self, now: float | None = None) -> Review:
         from whodid.tracer import Store, Tracer
         from whodid.tracer.changes import review
         from whodid.tracer.when import parse_duration
         now = self.clock() if now is None else now
-        store = Store.open(self.store_path, create=True)
+        store = Store.open(self.store_path)           # a digest of a store that is not there says so
         try:
             tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
             result = review(tracer, self.cfg.changes, now - parse_duration(self.digest.since), now)

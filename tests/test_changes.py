@@ -367,3 +367,18 @@ def test_configured_patterns_add_to_the_builtin_ones_or_replace_them():
     assert rules.any_pattern("kubectl apply -f x")
     only = parse_rules({"builtin_patterns": False, "patterns": [r"\bdeploy\.sh\b"]})
     assert only.any_pattern("deploy.sh") and not only.any_pattern("kubectl apply -f x")
+
+
+def test_a_digest_that_cannot_be_posted_is_said_and_the_next_tick_still_runs(slack_bot):
+    emu = slack_bot
+    said = []
+    job = DigestJob(emu.cfg, emu.bot.store_path, emu.bot, log=said.append, clock=lambda: DAY + 86400)
+    emu.fail("chat.postMessage", status=500)
+    job.tick()                                          # Slack answers 500: said, not raised
+    assert said and ("could not" in said[-1])
+    assert not emu.top_level("C9")
+    job.tick()
+    assert emu.top_level("C9") and "posted to C9" in said[-1]
+    job.store_path = "/nonexistent/dir/store.db"       # the store cannot be opened: said, not raised
+    job.tick()
+    assert "could not make or post the digest" in said[-1]
