@@ -264,7 +264,8 @@ class DigestJob:
     def schedule(self, scheduler) -> str:
         from whodid.tracer.changes import cron_trigger
         d = self.digest
-        # one digest per tick: a slow one is not run twice, ticks missed while down are folded into one
+        # one digest per tick: a slow one is not started twice, and ticks that fell due while one
+        # ran late (within the hour) are folded into one run
         scheduler.add_job(self.tick, cron_trigger(d.cron, d.tz), id="changes-digest", name="changes digest",
                           max_instances=1, coalesce=True, misfire_grace_time=3600)
         return f"{d.cron} {d.tz} to {d.channel}, reviewing the last {d.since}"
