@@ -195,13 +195,7 @@ def parse_rules(raw: Any = None) -> Rules:
             raise RulesError(f"`changes.patterns`: {p!r} is not a regex ({exc})") from None
     actors = []
     for i, a in enumerate(_list(raw, "expected_actors", "changes")):
-        where = f"changes.expected_actors[{i}]"
-        if not isinstance(a, dict):
-            raise RulesError(f"`{where}` is a mapping with name, users, from_hosts, hosts")
-        _known_keys(a, KEYS["expected_actors"], where)
-        name = a.get("name")
-        if not isinstance(name, str) or not name:
-            raise RulesError(f"`{where}.name` is required")
+        where, name = _named_entry(a, "expected_actors", i)
         actor = Actor(name, tuple(_strings(a, "users", where)), tuple(_strings(a, "from_hosts", where)),
                       tuple(_strings(a, "hosts", where)))
         if not actor.users and not actor.from_hosts:
@@ -210,13 +204,8 @@ def parse_rules(raw: Any = None) -> Rules:
     names = {a.name for a in actors}
     windows = []
     for i, w in enumerate(_list(raw, "windows", "changes")):
-        where = f"changes.windows[{i}]"
-        if not isinstance(w, dict):
-            raise RulesError(f"`{where}` is a mapping with name, cron, duration, timezone, hosts, actors")
-        _known_keys(w, KEYS["windows"], where)
-        name, cron, tz = w.get("name"), w.get("cron"), w.get("timezone", "UTC")
-        if not isinstance(name, str) or not name:
-            raise RulesError(f"`{where}.name` is required")
+        where, name = _named_entry(w, "windows", i)
+        cron, tz = w.get("cron"), w.get("timezone", "UTC")
         if not isinstance(cron, str):
             raise RulesError(f"`{where}.cron` is required: when the window opens, like \"0 9 * * mon-fri\"")
         try:
@@ -259,6 +248,18 @@ def parse_rules(raw: Any = None) -> Rules:
     return Rules(patterns=tuple(compiled), combined=combined, paths=tuple(_strings(raw, "paths", "changes", DEFAULT_PATHS)),
                  ignore=frozenset(_strings(raw, "ignore", "changes", READ_ONLY)), actors=tuple(actors),
                  windows=tuple(windows), digest=digest, since=since)
+
+
+def _named_entry(item: Any, part: str, i: int) -> tuple[str, str]:
+    """(where, name) of the i-th entry of changes.<part>: a mapping of known keys with a name."""
+    where = f"changes.{part}[{i}]"
+    if not isinstance(item, dict):
+        raise RulesError(f"`{where}` is a mapping with {', '.join(sorted(KEYS[part]))}")
+    _known_keys(item, KEYS[part], where)
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise RulesError(f"`{where}.name` is required")
+    return where, name
 
 
 def _known_keys(raw: dict, known: set[str], where: str) -> None:
