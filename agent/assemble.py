@@ -77,7 +77,7 @@ class Assembler:
         self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
         self.forks_of: dict[int, list[tuple[int, int, int]]] = {}     # (fork time, child pid, its start)
         self.pending_logins: list[tuple[float, Any]] = []
-        self._setid_bits: dict[str, tuple[int, int | None, int | None]] = {}
+        self._setid_bits: dict[str, tuple[int, tuple[int | None, int | None]]] = {}   # path -> (when, bits)
         self._gone = False           # the exec being fed has its exit later in the batch (feed_all)
         self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0,
                        "argv_unread": 0}
@@ -162,15 +162,15 @@ class Assembler:
         return st, []
 
     def _setid_owner(self, path: str, uid: int, gid: int, ts_ns: int) -> tuple[int, int]:
-        """setid_owner, remembering each binary's setuid/setgid bits for a second of record time:
-        in an exec storm the same few binaries come by thousands of times, each a stat()."""
+        """(euid, egid) exec'ing path gives, remembering each binary's setuid/setgid bits for a
+        second of record time: in an exec storm the same few binaries come by thousands of
+        times, each a stat()."""
         bits = self._setid_bits.get(path)
         if bits is None or ts_ns - bits[0] > 1_000_000_000:
             if len(self._setid_bits) > 4096:
                 self._setid_bits.clear()
-            bits = self._setid_bits[path] = (ts_ns, *setid_bits(path))
-        _, suid, sgid = bits
-        return (uid if suid is None else suid), (gid if sgid is None else sgid)
+            bits = self._setid_bits[path] = (ts_ns, setid_bits(path))
+        return with_setid(bits[1], uid, gid)
 
     # --- the records -------------------------------------------------------------------
 
@@ -466,9 +466,10 @@ def kernel_prefixes(patterns: tuple[str, ...]) -> list[str]:
 
 
 
-def setid_owner(path: str, uid: int, gid: int) -> tuple[int, int]:
-    """(euid, egid) a process gets by exec'ing path as uid/gid: the owner's if setuid/setgid."""
-    suid, sgid = setid_bits(path)
+def with_setid(bits: tuple[int | None, int | None], uid: int, gid: int) -> tuple[int, int]:
+    """(euid, egid) a process gets by exec'ing, as uid/gid, a file with these setid_bits: the
+    owner's where setuid/setgid."""
+    suid, sgid = bits
     return (uid if suid is None else suid), (gid if sgid is None else sgid)
 
 

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from whodid.agent import decode as d
-from whodid.agent.assemble import Assembler, ProcState, kernel_prefixes, setid_owner, watched
+from whodid.agent.assemble import Assembler, ProcState, kernel_prefixes, setid_bits, watched, with_setid
 from whodid.agent.procfs import ProcInfo, tty_name
 from whodid.agent.redact import MASK, compile_rules, redact
 from whodid.tracer import parse_event
@@ -325,8 +325,8 @@ def test_setuid_helper_reads_the_mode(tmp_path):
     f = tmp_path / "plain"
     f.write_text("")
     os.chmod(f, stat.S_IRWXU)
-    assert setid_owner(str(f), 1000, 1000) == (1000, 1000)
-    assert setid_owner("/nonexistent", 5, 6) == (5, 6)
+    assert with_setid(setid_bits(str(f)), 1000, 1000) == (1000, 1000)
+    assert with_setid(setid_bits("/nonexistent"), 5, 6) == (5, 6)
 
 
 def test_fleet_mode_without_a_token_says_where_to_get_one(capsys, monkeypatch, tmp_path):
