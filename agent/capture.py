@@ -140,7 +140,7 @@ class Capture:
             return self._assemble()
         self.ring.wait(timeout_ms / 1000)
         self._read_ring()
-        if 0 < len(self._records) < BATCH:      # (per-CPU perf buffers are small: not for them)
+        if 0 < len(self._records) < BATCH:
             # a storm hands records over one or two at a time; a few milliseconds more make
             # batches, and each poll round costs the agent (and so the host) the same
             time.sleep(BATCH_WAIT)

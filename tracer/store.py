@@ -304,9 +304,7 @@ class Store:
                         "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
         if not cur.rowcount:
             return False                      # stored before: the usual path updates it
-        if len(self._procs) > 500_000:
-            self._procs.clear()
-        self._procs[key] = cur.lastrowid
+        self._remember_proc(key, cur.lastrowid)
         return True
 
     def _check_generation(self) -> None:
@@ -363,10 +361,13 @@ class Store:
                 pid_ = cur.lastrowid
             else:
                 pid_ = c.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?", key).fetchone()[0]
-            if len(self._procs) > 500_000:
-                self._procs.clear()
-            self._procs[key] = pid_
+            self._remember_proc(key, pid_)
         return pid_
+
+    def _remember_proc(self, key: tuple[int, int, int], proc_id: int) -> None:
+        if len(self._procs) > 500_000:                  # a bound on memory, not a correctness matter
+            self._procs.clear()
+        self._procs[key] = proc_id
 
     # --- reading: processes --------------------------------------------------------------
 
