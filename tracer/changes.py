@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from .events import AUID_UNSET
+from .stitch import program_name
 from .when import TimeError, parse_duration
 
 # Each (label, regex over the command line). A program may be named by path; the verb must be
@@ -60,11 +61,11 @@ READ_ONLY = ("ls", "cat", "less", "more", "head", "tail", "grep", "egrep", "zgre
              "journalctl", "dmesg", "w", "who", "last", "date", "hostname", "uname", "true", "false", "test",
              "[", "sleep", "clear", "history", "man", "which", "env", "printenv", "lsof", "ss", "netstat", "ip",
              "ping", "dig", "nslookup", "curl", "wget", "diff", "md5sum", "sha256sum", "wc", "sort", "uniq",
-             "awk", "sed", "cut", "tr", "xargs", "tee", "vmstat", "iostat", "lsblk", "mount", "crictl",
-             "docker-ps", "kubectl-get", "psql", "mysql", "redis-cli", "git", "tmux", "screen", "vim", "vi",
-             "nano", "emacs", "view")
-WRAPPERS = ("sudo", "su", "doas", "runuser", "ssh", "bash", "sh", "dash", "zsh", "fish", "ksh", "-bash", "-sh",
-            "-zsh", "nohup", "timeout", "time", "nice", "ionice", "setsid", "script", "login", "sshd")
+             "awk", "sed", "cut", "tr", "xargs", "tee", "vmstat", "iostat", "lsblk", "mount", "crictl", "psql",
+             "mysql", "redis-cli", "git", "tmux", "screen", "vim", "vi", "nano", "emacs", "view")
+# Named as stitch.program_name names them: `-bash` is bash.
+WRAPPERS = ("sudo", "su", "doas", "runuser", "ssh", "bash", "sh", "dash", "zsh", "fish", "ksh", "nohup", "timeout",
+            "time", "nice", "ionice", "setsid", "script", "login", "sshd")
 DEFAULT_PATHS = ("/etc/*",)
 
 
@@ -450,19 +451,16 @@ def review(tracer, rules: Rules, since: float, until: float, host: str | None = 
     found: dict[tuple[int, float], tuple[Any, str, str, str, Any]] = {}
     truncated = False
 
-    def program(argv: list[str]) -> str:
-        return argv[0].rsplit("/", 1)[-1] if argv else ""
-
     hits = store.execs_of_commands(rules.any_pattern, since=since, until=until, host_glob=host, limit=limit + 1)
     truncated |= len(hits) > limit
     for proc, image in hits[:limit]:
-        if program(image.argv) in WRAPPERS:
+        if program_name(image.argv) in WRAPPERS:
             continue
         found[(proc.id, image.ts)] = (proc, "command", image.cmd, rules.pattern_of(image.cmd) or "change", image)
     root = store.privileged_commands([host] if host else [], since, until, limit=limit + 1)
     truncated |= len(root) > limit
     for proc, image in root[:limit]:
-        prog = program(image.argv)
+        prog = program_name(image.argv)
         if prog in WRAPPERS or prog in rules.ignore or (proc.id, image.ts) in found:
             continue
         found[(proc.id, image.ts)] = (proc, "command", image.cmd, "as root", image)
