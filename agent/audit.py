@@ -42,6 +42,7 @@ SYSCALLS = {
 CLONE_THREAD = 0x10000
 EINPROGRESS = -115
 GROUP_LAG = 200            # a group is complete once serials this far past it are seen
+GROUP_QUIET = 2.0          # live mode: ... or once it has had no new record for this many seconds
 USER_TYPES = {"USER_LOGIN", "USER_START", "USER_END", "CRED_ACQ", "CRED_DISP", "CRED_REFR", "USER_AUTH",
               "USER_ACCT", "USER_CMD", "LOGIN", "USER_LOGOUT", "USER_ERR"}
 
@@ -123,32 +124,43 @@ class Grouper:
     def __init__(self):
         self.pending: dict[tuple[str | None, int], list[Record]] = {}
         self.latest: dict[str | None, int] = {}
+        self.arrived: dict[tuple[str | None, int], float] = {}     # live mode: when a group last grew
 
-    def feed(self, rec: Record) -> list[list[Record]]:
+    def feed(self, rec: Record, now: float | None = None) -> list[list[Record]]:
         key = (rec.node, rec.serial)
         if rec.type == "EOE":
-            group = self.pending.pop(key, None)
+            group = self._take(key)
             return [group] if group else []
         done = []
         latest = self.latest.get(rec.node)
         if latest is not None and rec.serial + 1000 < latest:     # serials restarted (a reboot): close all
-            done += [self.pending.pop(k) for k in [k for k in self.pending if k[0] == rec.node]]
+            done += [self._take(k) for k in [k for k in self.pending if k[0] == rec.node]]
             latest = None
         self.latest[rec.node] = rec.serial if latest is None else max(latest, rec.serial)
         self.pending.setdefault(key, []).append(rec)
+        if now is not None:
+            self.arrived[key] = now
         horizon = self.latest[rec.node] - GROUP_LAG
-        done += [self.pending.pop(k) for k in [k for k in self.pending if k[0] == rec.node and k[1] < horizon]]
+        done += [self._take(k) for k in [k for k in self.pending if k[0] == rec.node and k[1] < horizon]]
         return done
 
-    def flush_before(self, ts: float) -> list[list[Record]]:
-        """Groups whose records are all older than ts: complete, on a quiet host's live log."""
-        keys = [k for k, g in self.pending.items() if g[-1].ts < ts]
-        return [self.pending.pop(k) for k in keys]
+    def flush_quiet(self, now: float, quiet: float) -> list[list[Record]]:
+        """Groups that have not grown for `quiet` seconds of our own clock: complete, on a quiet
+        host's live log. Judged by when the records *arrived*, not by their timestamps: a group
+        read late (auditd's buffered writes, a busy agent) is old by its timestamps while its
+        EXECVE line may still be on its way, and closing it then loses the command's arguments."""
+        keys = [k for k in self.pending if self.arrived.get(k, float("-inf")) < now - quiet]
+        return [self._take(k) for k in keys]
 
     def flush(self) -> list[list[Record]]:
         groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1]))]
         self.pending.clear()
+        self.arrived.clear()
         return groups
+
+    def _take(self, key) -> list[Record] | None:
+        self.arrived.pop(key, None)
+        return self.pending.pop(key, None)
 
 
 # --- assembling ------------------------------------------------------------------------------------
@@ -612,11 +624,11 @@ class AuditTail:
                 self.report.garbage(line, "lines that are not audit records")
                 continue
             self.report.records[rec.type] += 1
-            out += self._events(self.grouper.feed(rec))
+            out += self._events(self.grouper.feed(rec, time.monotonic()))
             if time.monotonic() >= deadline:
                 break
-        # a quiet host: events whose last record is a few seconds old are complete
-        out += self._events(self.grouper.flush_before(time.time() - 2.0))
+        # a quiet host: events that have had nothing new for a few seconds are complete
+        out += self._events(self.grouper.flush_quiet(time.monotonic(), GROUP_QUIET))
         return out + self._new_losses()
 
     def _new_losses(self) -> list[dict[str, Any]]:

@@ -65,6 +65,22 @@ def test_interleaved_events_are_grouped_by_serial():
     assert got == {600: ["ls", "-l"], 601: ["cat", "/etc/hosts"]}
 
 
+def test_a_live_group_read_late_is_not_closed_before_its_execve_arrives():
+    # The live tail reads auditd's log as it is written: a SYSCALL line can be read seconds after
+    # its timestamp (buffered writes, a busy agent), with its EXECVE line still to come. The group
+    # is closed by how long it has had nothing new, not by how old its records say they are.
+    from whodid.agent.audit import GROUP_QUIET, Grouper, parse_record
+    lines = execve(50, 800, 1, ["echo", "after-rotation"], t=T)
+    grouper, read_at = Grouper(), T + 30.0          # the records are 30 s old when read
+    assert grouper.feed(parse_record(lines[0]), read_at) == []
+    assert grouper.flush_quiet(read_at + GROUP_QUIET / 2, GROUP_QUIET) == []     # still growing
+    for line in lines[1:]:
+        assert grouper.feed(parse_record(line), read_at + 0.5) == []
+    (group,) = grouper.flush_quiet(read_at + 0.5 + GROUP_QUIET + 0.1, GROUP_QUIET)
+    assert [r.type for r in group] == ["SYSCALL", "EXECVE", "CWD"]
+    assert grouper.pending == {} and grouper.arrived == {}
+
+
 def test_gaps_in_serials_are_reported_and_become_losses():
     lines = execve(30, 700, 1, ["a"]) + execve(31, 701, 1, ["b"]) + execve(40, 702, 1, ["c"])
     evs, report = events(lines)
