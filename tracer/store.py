@@ -699,8 +699,14 @@ class Store:
         return out
 
     def lost_by_host(self) -> dict[str, int]:
-        """Records each host's agent said it lost (ring buffer overruns, a full spool)."""
-        return dict(self.db.execute("SELECT h.name, sum(l.count) FROM losses l JOIN hosts h ON h.id = l.host GROUP BY 1"))
+        """Records each host's agent said it lost (ring buffer overruns, a full spool), ever:
+        the loss rows still kept plus those retention pruned (a counter never goes down)."""
+        from .retention import lost_pruned
+        out = lost_pruned(self)
+        for host, n in self.db.execute("SELECT h.name, sum(l.count) FROM losses l JOIN hosts h ON h.id = l.host "
+                                       "GROUP BY 1"):
+            out[host] = out.get(host, 0) + n
+        return out
 
 
 def _token_hash(token: str) -> str:
