@@ -27,7 +27,7 @@ from whodid import __version__
 from whodid import config as config_mod
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.render import render_text, traces_json
-from whodid.tracer.render.text import render_trace
+from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.when import TimeError, clock, format_duration, parse_time
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
@@ -184,8 +184,9 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         pages = TracePages(cfg, cfg.store_path(args.db))
         ask = Ask(pattern=args.pattern, host=args.host, user=args.user, since=query.since, until=query.until,
                   since_text=args.since or cfg.trace.default_since)
-        for i, _ in enumerate(traces):
-            print(f"link {i + 1}: {pages.link(ask, i, args.scope, now)}", file=sys.stderr if args.json else sys.stdout)
+        for i, tr in enumerate(traces):
+            print(f"link {i + 1}: {pages.link(ask, i, args.scope, now, tr.target)}",
+                  file=sys.stderr if args.json else sys.stdout)
     if args.json:
         json.dump(traces_json(query, traces, now), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -194,9 +195,10 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         if args.earlier:
             for i, tr in enumerate(traces, 1):
                 steps = tracer.earlier(tr)
-                print(f"\nEarlier activity of {tr.attributed.user} before match {i} (the day before, newest last):")
-                print("\n".join(f"  {clock(s.start)[:19]}  {s.host:<16} {s.user:<10} {s.command}" for s in steps)
-                      or "  (none)")
+                print(f"\nEarlier activity of {printable(tr.attributed.user)} before match {i} (the day before, "
+                      "newest last):")
+                print("\n".join(printable(f"  {clock(s.start)[:19]}  {s.host:<16} {s.user:<10} {s.command}")
+                                 for s in steps) or "  (none)")
     for path in written:
         kind = "page" if path.endswith(".html") else "image"
         print(f"{kind}: {path}", file=sys.stderr if args.json else sys.stdout)
