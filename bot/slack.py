@@ -129,6 +129,15 @@ class Bot:
             self._server.close()
         self.executor.shutdown(wait=True)
 
+    def health(self) -> str | None:
+        """For /healthz: None when the bot can hear Slack (Socket Mode connected, HTTP mode serving)."""
+        if self._server is None:
+            return "not started"
+        if self.s.mode == "socket":
+            return None if self._server.client.is_connected() else "Socket Mode is not connected to Slack"
+        from .health import probe
+        return probe(self._server.url)
+
     # --- listeners -----------------------------------------------------------------------
 
     def on_command(self, ack, command: dict[str, Any], respond) -> None:
