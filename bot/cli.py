@@ -449,7 +449,9 @@ def cmd_canary(args, cfg: config_mod.Config) -> int:
                 f"FAILING since {clock(st['since'])}" if st["status"] == "failing" else f"ok (last run {clock(st['last_run'])})")
             print(f"  {c.name:<20} {c.kind:<10} {c.schedule():<18} {c.channel or '-':<14} {state}")
             if st and st.get("last_summary"):
-                print(f"  {'':<20} last: {st['last_summary']}")
+                print(printable(f"  {'':<20} last: {st['last_summary']}"))
+            if st and st.get("undelivered"):
+                print(f"  {'':<20} not delivered yet (retried by whodid serve): {st['undelivered']}")
         return EXIT_OK
     canary = next((c for c in cfg.canaries if c.name == args.name), None)
     if canary is None:
