@@ -276,9 +276,9 @@ def cmd_ingest(args, cfg: config_mod.Config) -> int:
             continue
         with fh:
             report = ingest(store, fh)
-        print(f"{name}: {report.summary()}")
+        print(printable(f"{name}: {report.summary()}"))
         for sample in report.samples[1:5]:
-            print(f"  also refused: {sample}")
+            print(printable(f"  also refused: {sample}"))
         if report.rejected:
             worst = max(worst, EXIT_NO_MATCH)
     return worst
@@ -382,8 +382,8 @@ def db_stats(store: Store, path: str, cfg: config_mod.Config) -> int:
     inventory = {h["host"]: h for h in store.inventory()}
     silent_after = config_mod.parse_duration(cfg.collector.silent_after)
     silent = [h for h, inv in inventory.items() if inv["seen_at"] and now - inv["seen_at"] > silent_after]
-    print(f"hosts: {len(by_host)}" + (f" ({len(silent)} silent for over {cfg.collector.silent_after}: "
-                                       f"{', '.join(sorted(silent)[:5])})" if silent else ""))
+    print(printable(f"hosts: {len(by_host)}" + (f" ({len(silent)} silent for over {cfg.collector.silent_after}: "
+                                                 f"{', '.join(sorted(silent)[:5])})" if silent else "")))
     width = max([len(h) for h in by_host] + [5])
     print(f"  {'host':<{width}} " + " ".join(f"{k:>8}" for k in KINDS) + "  last event         last batch")
     totals = dict.fromkeys(KINDS, 0)
@@ -393,12 +393,14 @@ def db_stats(store: Store, path: str, cfg: config_mod.Config) -> int:
             totals[k] += kinds.get(k, 0)
         last = clock(inv["last_ts"]) if inv.get("last_ts") else "-"
         seen = ago_text(inv.get("seen_at"), now) if inv.get("seen_at") else "local"
-        print(f"  {host:<{width}} " + " ".join(f"{kinds.get(k, 0):>8,}" for k in KINDS) + f"  {last:<18} {seen}")
+        print(printable(f"  {host:<{width}} ") + " ".join(f"{kinds.get(k, 0):>8,}" for k in KINDS)
+              + f"  {last:<18} {seen}")
     print(f"  {'total':<{width}} " + " ".join(f"{totals[k]:>8,}" for k in KINDS))
     rejects = store.rejects(limit=1)
     if rejects:
         r = rejects[0]
-        print(f"refused events kept for inspection (newest): {r['host']} line {r['line']}: {r['field']}: {r['error']}")
+        print(printable(f"refused events kept for inspection (newest): {r['host']} line {r['line']}: {r['field']}: "
+                        f"{r['error']}"))
     for pin in store.pins():
         print(f"pinned past retention: {pin['procs']} processes for {pin['reason']} until {clock(pin['until'])}")
     return EXIT_OK

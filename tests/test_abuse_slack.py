@@ -200,6 +200,9 @@ def test_hostile_recorded_data_is_printed_escaped_by_the_cli(db, capsys):
     assert "\\x1b[2J\\x1b[1;1Hall good" in out and "hidden\\rshown" in out and "back\\x08\\x08" in out
     assert "\\x9b31m" in out and "\\u202etxt.exe" in out and "web-1\\x1b]0;owned\\x07" in out
     assert "<!channel>\\x1b[31m" in out                            # the user name, escaped
+    assert cli.main(["db", "stats", "--db", db]) == 0                # host names in the inventory
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "web-1\\x1b]0;owned\\x07" in out
     # the JSON is JSON: every control character is escaped by the encoder, and it round-trips
     assert cli.main(["trace", "curl", "--db", db, "--since", "24h", "--json"]) == 0
     raw = capsys.readouterr().out
