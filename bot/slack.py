@@ -417,10 +417,7 @@ class Bot:
         """Read the allowed user groups at start, so the first questions are decided without
         waiting for Slack (after GROUP_CACHE seconds they are read again, after the ack)."""
         for group in self.s.allowed_usergroups:
-            try:
-                self._members(group)
-            except (SlackClientError, OSError) as exc:
-                self.log(f"cannot read user group {group} yet: {exc}; it is read again when someone asks")
+            self._members(group)
 
     def _members(self, group: str, lookup: bool = True) -> set[str] | None:
         hit = self._groups.get(group)
@@ -435,6 +432,9 @@ class Bot:
                 members = set(self.client.usergroups_users_list(usergroup=gid).get("users") or [])
         except SlackApiError as exc:
             self.log(f"cannot read user group {group}: {exc.response.get('error')} (the app needs usergroups:read)")
+        except (SlackClientError, OSError) as exc:   # Slack unreachable: no one via this group, for now only
+            self.log(f"cannot read user group {group}: {exc}; its members are refused until Slack answers")
+            return members
         self._groups[group] = (time.monotonic(), members)
         return members
 
