@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 
 from whodid import config as config_mod
 from whodid.tracer import Store, Tracer
+from whodid.tracer.render.text import printable
 
 from . import alerts
 from .alerts import State
@@ -58,8 +59,8 @@ class CanaryRunner:
             finally:
                 store.close()
         if action or (not result.ok and new.failures == 1):      # changes, not every failing minute
-            self.log(f"{name}: {'ok' if result.ok else 'FAILED'} ({result.summary}, {result.seconds:.1f}s)"
-                     + (f" -> {action}" if action else ""))
+            self.log(printable(f"{name}: {'ok' if result.ok else 'FAILED'} ({result.summary}, "   # a remote's words
+                               f"{result.seconds:.1f}s)" + (f" -> {action}" if action else "")))
         return result, action
 
     def redeliver(self) -> None:

@@ -134,7 +134,8 @@ class Bot:
         if self._server is None:
             return "not started"
         if self.s.mode == "socket":
-            return None if self._server.client.is_connected() else "Socket Mode is not connected to Slack"
+            link = self._server.client                # the Socket Mode client (not a Web API call)
+            return None if link.is_connected() else "Socket Mode is not connected to Slack"
         from .health import probe
         return probe(self._server.url)
 
