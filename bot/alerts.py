@@ -1,7 +1,10 @@
 """From a failing canary to an alert that already holds the answer.
 
 `step` is the state machine (pure): ok -> failing (alert once, after N failures in a row)
--> recovered (said once, in the alert's thread). A canary that fails again soon after
+-> recovered (said once, in the alert's thread). What it says is delivered at least once: a
+message that could not be posted (not_in_channel, 5xx, 429 past the retries) stays in the
+state's `undelivered` queue, persisted, and is tried again (`pending`, `after_delivery`) until
+it is posted - an alert nobody saw is the worst outcome a canary has. A canary that fails again soon after
 recovering re-opens its old thread instead of starting a new alert, so flapping never
 floods the channel. `find_suspects` ranks the commands matching the canary's suspect
 patterns: the latest one before the first failure first. Posters deliver: to Slack, or -
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from whodid.tracer import Query, Tracer
-from whodid.tracer.render.text import render_trace
+from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
 from whodid.tracer.when import clock, format_duration
 
@@ -43,6 +46,23 @@ class State:
     alert_ts: str | None = None
     alerted_at: float | None = None
     recovered_at: float | None = None
+    undelivered: str | None = None      # messages not posted yet, oldest first: "alert,recovered"
+
+
+MAX_UNDELIVERED = 10                    # a queue this long is folded: the oldest go
+
+
+def pending(state: State, action: str | None) -> list[str]:
+    """What to deliver now, in order: what could not be posted before, then this run's action."""
+    queue = [k for k in (state.undelivered or "").split(",") if k]
+    if action:
+        queue.append(action)
+    return queue[-MAX_UNDELIVERED:]
+
+
+def after_delivery(state: State, queue: list[str], delivered: int) -> State:
+    """The state once the first `delivered` messages of `queue` went out and the rest did not."""
+    return replace(state, undelivered=",".join(queue[delivered:]) or None)
 
 
 def step(state: State, result: Result, now: float, canary: Canary) -> tuple[State, str | None]:
@@ -83,7 +103,7 @@ def find_suspects(tracer: Tracer, canary: Canary, first_failure: float, limit: i
                        + f", {format_duration(before)} before the first failure")
                 key = tr.poi.node
                 if key not in found or found[key].before > before:
-                    found[key] = Suspect(tr, View(ask, i, 0), before, why)
+                    found[key] = Suspect(tr, View(ask, i, 0, tr.target), before, why)
     return sorted(found.values(), key=lambda x: (x.before, x.trace.poi.node))[:limit]
 
 
@@ -118,7 +138,7 @@ def alert_text(canary: Canary, state: State, result: Result, suspects: list[Susp
                 lines.append(f"  {clock(im.ts)}  {proc.host}  {im.cmd}")
         else:
             lines.append("Nothing was run as root there either.")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float,
@@ -152,11 +172,11 @@ class Poster(Protocol):
 
 def recovered_text(canary: Canary, state: State, result: Result) -> str:
     took = f" after {format_duration(state.recovered_at - state.alerted_at)}" if state.alerted_at else ""
-    return f"Canary {canary.name} recovered{took}: {result.summary}"
+    return printable(f"Canary {canary.name} recovered{took}: {result.summary}")
 
 
 def again_text(canary: Canary, state: State, result: Result) -> str:
-    return f"Canary {canary.name} is failing again: {result.summary} (since {clock(state.since)})"
+    return printable(f"Canary {canary.name} is failing again: {result.summary} (since {clock(state.since)})")
 
 
 class SlackPoster:
@@ -168,7 +188,8 @@ class SlackPoster:
     def alert(self, canary, state, result, suspects, changes):
         now = time.time()
         text, bl = alert_blocks(canary, state, result, suspects, changes, now, self.bot.value, self.bot.link)
-        resp = self.bot.client.chat_postMessage(channel=canary.channel, text=text, blocks=bl, unfurl_links=False)
+        resp = self.bot.client.chat_postMessage(channel=canary.channel, text=blocks.escape(text), blocks=bl,
+                                                unfurl_links=False)
         channel, ts = resp["channel"], resp["ts"]
         if suspects:
             top = suspects[0]
@@ -178,12 +199,13 @@ class SlackPoster:
     def again(self, canary, state, result):
         if state.alert_channel and state.alert_ts:
             self.bot.client.chat_postMessage(channel=state.alert_channel, thread_ts=state.alert_ts, reply_broadcast=True,
-                                             text=":rotating_light: " + again_text(canary, state, result))
+                                             text=":rotating_light: " + blocks.escape(again_text(canary, state, result)))
 
     def recovered(self, canary, state, result):
         if state.alert_channel and state.alert_ts:
             self.bot.client.chat_postMessage(channel=state.alert_channel, thread_ts=state.alert_ts,
-                                             text=":white_check_mark: " + recovered_text(canary, state, result))
+                                             text=":white_check_mark: " + blocks.escape(recovered_text(canary, state,
+                                                                                                       result)))
 
 
 class FilePoster:

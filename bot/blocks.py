@@ -1,14 +1,15 @@
 """Slack messages as Block Kit: pure functions from traces to blocks, within Slack's limits
 (3,000 characters a section, 50 blocks a message, 2,000 a button value).
 
-Every message also has a plain `text`, for notifications and screen readers.
+Every message also has a plain `text`, for notifications and screen readers; it is escaped
+like the blocks where it leaves (Bot.post, the canary poster), never here, so never twice.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from whodid.tracer.render.text import render_trace
+from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.stitch import Step
 from whodid.tracer.trace import Trace
 from whodid.tracer.when import ago, clock
@@ -43,8 +44,10 @@ def cut(text: str, limit: int = MAX_SECTION) -> str:
 
 
 def escape(text: str) -> str:
-    """Slack's mrkdwn treats & < > specially; everything else a command holds is shown as is."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack treats & < > specially (`<!channel>`, `<@U123>`, `<#C1>`, `<https://x|label>` are
+    mentions and links): they are escaped as Slack asks, in blocks and in every message's `text`
+    (Bot.post). Control and bidi characters become visible escapes (printable)."""
+    return printable(text, keep_newlines=True).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def code(text: str) -> str:
@@ -145,7 +148,7 @@ def actions(view: View, total: int, value: Value, link: Link | None = None) -> d
         elements.append({"type": "button", "action_id": f"whodid.{OPEN}", "url": url,
                          "text": {"type": "plain_text", "text": "Open full trace"}})
     if view.scope < 3:
-        elements.append(button("Widen scope", "widen", value(View(view.ask, view.index, view.scope + 1)), "primary"))
+        elements.append(button("Widen scope", "widen", value(View(view.ask, view.index, view.scope + 1, view.pin)), "primary"))
     elements.append(button("Show what it started", "started", value(view)))
     elements.append(button("Earlier activity", "earlier", value(view)))
     if total > 1:
@@ -185,11 +188,11 @@ def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[s
     blocks = [section(f"*{len(traces)} matches* for {code(view.ask.pattern)} over {escape(view.ask.window())}, "
                       "newest first:")]
     for i, tr in enumerate(traces[: (MAX_BLOCKS - 2)]):
-        if i == view.index:
+        if tr.target == view.pin if view.pin else i == view.index:
             continue
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": cut(f"{i + 1}. {escape(headline(tr, now))}"
                                                                                  f"\n_{escape(tr.summary)}_")},
-                       "accessory": button("Show", "show", value(View(view.ask, i, 0)))})
+                       "accessory": button("Show", "show", value(View(view.ask, i, 0, tr.target)))})
     return f"{len(traces)} matches for {view.ask.pattern}", blocks[:MAX_BLOCKS]
 
 

@@ -5,6 +5,13 @@ it carries no database ids, only what a person could type anyway (pattern, host,
 window) plus a match number and a scope, and it is signed with a key only the bot knows.
 A value that was changed, is malformed, or is out of range is refused, and authorisation
 is checked again on every click.
+
+A button under an answer pins the match it was made for (tracer.Target: host, boot, pid,
+process start, and the exec's or change's time), so a newer command matching the same
+pattern cannot change what it shows; the match number is only a label. A button that asks
+a question (a wider window, a change digest's Trace) carries an empty pin. A button made
+before pins existed (no pin field at all) is refused with "ask again": it would show "match N",
+whatever that is now.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
+
+from whodid.tracer.trace import Target
 
 from .ask import MAX_PATTERN, Ask
 
@@ -29,12 +38,13 @@ class StateError(ValueError):
 @dataclass(frozen=True)
 class View:
     ask: Ask
-    index: int = 0           # which match (0 = the newest)
+    index: int = 0           # which match (0 = the newest) when it was made: a label once pinned
     scope: int = 0
+    pin: Target | None = None    # the exact match, for a view of an answer
 
 
 def encode(view: View, key: bytes) -> str:
-    body = {**ask_body(view.ask), "i": view.index, "c": view.scope}
+    body = {**ask_body(view.ask), "i": view.index, "c": view.scope, "k": pin_body(view.pin)}
     raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
     value = f"{VERSION}.{raw}.{_sign(raw, key)}"
     if len(value) > MAX_VALUE:
@@ -53,7 +63,13 @@ def decode(value: str, key: bytes) -> View:
         raise StateError("the button's value does not carry whodid's signature")
     try:
         body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        view = View(ask=ask_from(body), index=_int(body["i"], 0, 100), scope=_int(body["c"], 0, 3))
+        if isinstance(body, dict) and "k" not in body:
+            raise StateError("this button is from an older whodid, which did not pin the answer to one process "
+                             "(a newer match could have taken its place); ask again")
+        view = View(ask=ask_from(body), index=_int(body["i"], 0, 100), scope=_int(body["c"], 0, 3),
+                    pin=pin_from(body["k"]))
+    except StateError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"the button's value is not valid ({exc})") from None
     return view
@@ -69,6 +85,23 @@ def ask_from(body: dict) -> Ask:
     return Ask(pattern=_str(body["p"], MAX_PATTERN, required=True), host=_str(body["h"], 200),
                user=_str(body["u"], 100), since=_num(body["s"]), until=None if body["t"] is None else _num(body["t"]),
                since_text=_str(body["w"], 40, required=True))
+
+
+def pin_body(t: Target | None) -> list | None:
+    return None if t is None else [t.host, t.boot, t.pid, t.start, t.at, t.op, t.path]
+
+
+def pin_from(v) -> Target | None:
+    """pin_body's inverse, checking every field."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 7:
+        raise ValueError("the pinned match is malformed")
+    host, boot, pid, start, at, op, path = v
+    if (op is None) != (path is None):
+        raise ValueError("the pinned change is malformed")
+    return Target(_str(host, 200, required=True), _str(boot, 200, required=True), _int(pid, 0, 1 << 62),
+                  _int(start, -(1 << 62), 1 << 62), _num(at), _str(op, 20), _str(path, 4096))
 
 
 def store_key(store_path: str) -> bytes:

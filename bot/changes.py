@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from whodid.tracer.changes import Review, Row, by_person, planned_by_actor
+from whodid.tracer.render.text import printable
 from whodid.tracer.when import clock, iso
 
 from .ask import Ask, AskError, window
@@ -128,7 +129,7 @@ def render_text(review: Review, now: float) -> str:
     lines.append(f"PLANNED ({len(review.planned)})" if planned else "PLANNED: none")
     for a in planned:
         lines.append("  " + planned_line(a, days))
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)       # recorded data: see printable
 
 
 def _when(first: float, last: float, days: bool) -> str:

@@ -27,7 +27,7 @@ from whodid import __version__
 from whodid import config as config_mod
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.render import render_text, traces_json
-from whodid.tracer.render.text import render_trace
+from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.when import TimeError, clock, format_duration, parse_time
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
@@ -184,8 +184,9 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         pages = TracePages(cfg, cfg.store_path(args.db))
         ask = Ask(pattern=args.pattern, host=args.host, user=args.user, since=query.since, until=query.until,
                   since_text=args.since or cfg.trace.default_since)
-        for i, _ in enumerate(traces):
-            print(f"link {i + 1}: {pages.link(ask, i, args.scope, now)}", file=sys.stderr if args.json else sys.stdout)
+        for i, tr in enumerate(traces):
+            print(f"link {i + 1}: {pages.link(ask, i, args.scope, now, tr.target)}",
+                  file=sys.stderr if args.json else sys.stdout)
     if args.json:
         json.dump(traces_json(query, traces, now), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -194,9 +195,10 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         if args.earlier:
             for i, tr in enumerate(traces, 1):
                 steps = tracer.earlier(tr)
-                print(f"\nEarlier activity of {tr.attributed.user} before match {i} (the day before, newest last):")
-                print("\n".join(f"  {clock(s.start)[:19]}  {s.host:<16} {s.user:<10} {s.command}" for s in steps)
-                      or "  (none)")
+                print(f"\nEarlier activity of {printable(tr.attributed.user)} before match {i} (the day before, "
+                      "newest last):")
+                print("\n".join(printable(f"  {clock(s.start)[:19]}  {s.host:<16} {s.user:<10} {s.command}")
+                                 for s in steps) or "  (none)")
     for path in written:
         kind = "page" if path.endswith(".html") else "image"
         print(f"{kind}: {path}", file=sys.stderr if args.json else sys.stdout)
@@ -274,9 +276,9 @@ def cmd_ingest(args, cfg: config_mod.Config) -> int:
             continue
         with fh:
             report = ingest(store, fh)
-        print(f"{name}: {report.summary()}")
+        print(printable(f"{name}: {report.summary()}"))
         for sample in report.samples[1:5]:
-            print(f"  also refused: {sample}")
+            print(printable(f"  also refused: {sample}"))
         if report.rejected:
             worst = max(worst, EXIT_NO_MATCH)
     return worst
@@ -380,8 +382,8 @@ def db_stats(store: Store, path: str, cfg: config_mod.Config) -> int:
     inventory = {h["host"]: h for h in store.inventory()}
     silent_after = config_mod.parse_duration(cfg.collector.silent_after)
     silent = [h for h, inv in inventory.items() if inv["seen_at"] and now - inv["seen_at"] > silent_after]
-    print(f"hosts: {len(by_host)}" + (f" ({len(silent)} silent for over {cfg.collector.silent_after}: "
-                                       f"{', '.join(sorted(silent)[:5])})" if silent else ""))
+    print(printable(f"hosts: {len(by_host)}" + (f" ({len(silent)} silent for over {cfg.collector.silent_after}: "
+                                                 f"{', '.join(sorted(silent)[:5])})" if silent else "")))
     width = max([len(h) for h in by_host] + [5])
     print(f"  {'host':<{width}} " + " ".join(f"{k:>8}" for k in KINDS) + "  last event         last batch")
     totals = dict.fromkeys(KINDS, 0)
@@ -391,12 +393,14 @@ def db_stats(store: Store, path: str, cfg: config_mod.Config) -> int:
             totals[k] += kinds.get(k, 0)
         last = clock(inv["last_ts"]) if inv.get("last_ts") else "-"
         seen = ago_text(inv.get("seen_at"), now) if inv.get("seen_at") else "local"
-        print(f"  {host:<{width}} " + " ".join(f"{kinds.get(k, 0):>8,}" for k in KINDS) + f"  {last:<18} {seen}")
+        print(printable(f"  {host:<{width}} ") + " ".join(f"{kinds.get(k, 0):>8,}" for k in KINDS)
+              + f"  {last:<18} {seen}")
     print(f"  {'total':<{width}} " + " ".join(f"{totals[k]:>8,}" for k in KINDS))
     rejects = store.rejects(limit=1)
     if rejects:
         r = rejects[0]
-        print(f"refused events kept for inspection (newest): {r['host']} line {r['line']}: {r['field']}: {r['error']}")
+        print(printable(f"refused events kept for inspection (newest): {r['host']} line {r['line']}: {r['field']}: "
+                        f"{r['error']}"))
     for pin in store.pins():
         print(f"pinned past retention: {pin['procs']} processes for {pin['reason']} until {clock(pin['until'])}")
     return EXIT_OK
@@ -447,7 +451,9 @@ def cmd_canary(args, cfg: config_mod.Config) -> int:
                 f"FAILING since {clock(st['since'])}" if st["status"] == "failing" else f"ok (last run {clock(st['last_run'])})")
             print(f"  {c.name:<20} {c.kind:<10} {c.schedule():<18} {c.channel or '-':<14} {state}")
             if st and st.get("last_summary"):
-                print(f"  {'':<20} last: {st['last_summary']}")
+                print(printable(f"  {'':<20} last: {st['last_summary']}"))
+            if st and st.get("undelivered"):
+                print(f"  {'':<20} not delivered yet (retried by whodid serve): {st['undelivered']}")
         return EXIT_OK
     canary = next((c for c in cfg.canaries if c.name == args.name), None)
     if canary is None:

@@ -117,6 +117,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             collector.stop()
             return 2
 
+    from .health import checks
+    collector.checks.update(checks(bot, scheduler, pages))
     stop = Stop().install()
     log(f"collector listening on {collector.url} (POST /v1/events, GET /healthz, GET /metrics), store {path}"
         + (f", retention {cfg.store.retention}" if retention else ", retention off"))

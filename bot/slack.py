@@ -4,6 +4,17 @@ Every question is acknowledged at once (Bolt answers Slack as soon as `ack` is c
 runs the rest on a worker thread), then answered in the channel: a summary with buttons,
 and in its thread the trace picture and the chain as text. Buttons carry signed state
 (bot/buttons.py) and are authorised again on every click. Everything asked is logged.
+
+Rules of access:
+- No Web API call happens before the ack: Slack gives up after 3 s. The allowed user groups'
+  members are read at start and remembered for GROUP_CACHE seconds; when a question needs
+  them read again (usergroups.users.list), it is acked first, and the refusal or the
+  "Tracing..." that the ack would have carried comes as an ephemeral response.
+- Channels are allowed by ID. Names in slack.allowed_channels are resolved to IDs once, at
+  start (conversations.list), so a channel renamed to an allowed name is not allowed.
+- Someone allowed as a person (a user group, allowed_users) but asking outside the allowed
+  channels gets the answer privately (ephemeral): the others in that channel are not allowed
+  to see it.
 """
 
 from __future__ import annotations
@@ -23,14 +34,24 @@ from whodid import config as config_mod
 from whodid.tracer import Query, Store, Tracer
 
 from whodid.tracer.changes import review
+from whodid.tracer.render.text import printable
 
 from . import blocks
 from . import changes as changes_mod
 from .ask import AskError, parse
 from .buttons import StateError, View, decode, encode, store_key
 
+from dataclasses import dataclass
+
 RENDER = threading.Lock()          # matplotlib's Agg is not safe for concurrent drawing
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
+
+
+@dataclass(frozen=True)
+class Access:
+    ok: bool
+    why: str = ""                  # why not, for the asker
+    private: bool = False          # allowed as a person outside the allowed channels: answer ephemerally
 
 
 class SlackSetupError(Exception):
@@ -84,6 +105,8 @@ class Bot:
         self._groups: dict[str, tuple[float, set[str]]] = {}
         self._group_ids: dict[str, str] = {}
         self._server = None
+        self.channel_ids = self._resolve_channels()
+        self._warm_groups()
 
     # --- running -------------------------------------------------------------------------
 
@@ -106,6 +129,16 @@ class Bot:
             self._server.close()
         self.executor.shutdown(wait=True)
 
+    def health(self) -> str | None:
+        """For /healthz: None when the bot can hear Slack (Socket Mode connected, HTTP mode serving)."""
+        if self._server is None:
+            return "not started"
+        if self.s.mode == "socket":
+            link = self._server.client                # the Socket Mode client (not a Web API call)
+            return None if link.is_connected() else "Socket Mode is not connected to Slack"
+        from .health import probe
+        return probe(self._server.url)
+
     # --- listeners -----------------------------------------------------------------------
 
     def on_command(self, ack, command: dict[str, Any], respond) -> None:
@@ -123,10 +156,11 @@ class Bot:
             t, b = blocks.help_message(self.s.default_since)
             ack(text=t, blocks=b)
             return
-        if self.refused(ack, who, "command", text, now):
+        access, ack = self.access_after_ack(ack, respond, who)
+        if self.refused(ack, access, who, "command", text, now):
             return
-        ack(text=f"Tracing `{ask.pattern}` over {ask.window()}...")
-        outcome = self.answer(View(ask), who[2], None, respond)
+        ack(text=f"Tracing `{blocks.escape(ask.pattern)}` over {blocks.escape(ask.window())}...")
+        outcome = self.answer(View(ask), who[2], None, respond, access.private)
         self.record(now, *who, "command", text, outcome)
 
     def on_changes(self, ack, text: str, who: tuple, respond, now: float) -> None:
@@ -135,31 +169,42 @@ class Bot:
             ask = changes_mod.parse(text, now, self.cfg.changes.since)
         except AskError as exc:
             return self.bad_question(ack, who, "changes", text, now, exc)
-        if self.refused(ack, who, "changes", text, now):
+        access, ack = self.access_after_ack(ack, respond, who)
+        if self.refused(ack, access, who, "changes", text, now):
             return
-        ack(text=f"Reviewing changes from {ask.window()}...")
+        ack(text=f"Reviewing changes from {blocks.escape(ask.window())}...")
         with self.tracer() as tracer:
             result = review(tracer, self.cfg.changes, ask.since, ask.until, host=ask.host, user=ask.user)
-        self.post_pages(changes_mod.render_blocks(result, self.value), who[2], respond)
+        self.post_pages(changes_mod.render_blocks(result, self.value), who[2], respond, access.private)
         self.record(now, *who, "changes", text, f"answered: {result.headline()}")
 
     def bad_question(self, ack, who: tuple, action: str, text: str, now: float, exc: AskError) -> None:
-        ack(text=f"whodid: {exc}. `{self.s.command} help` shows the syntax.")
+        ack(text=f"whodid: {blocks.escape(str(exc))}. `{self.s.command} help` shows the syntax.")
         self.record(now, *who, action, text, f"bad question: {exc}")
 
-    def refused(self, ack, who: tuple, action: str, text: str, now: float) -> bool:
-        """Whether the asker may not ask here; if so they are told why, and it is logged."""
-        ok, why = self.allowed(who[0], who[2], who[3])
-        if not ok:
-            ack(text=blocks.refusal(why))
-            self.record(now, *who, action, text, f"refused: {why}")
-        return not ok
+    def access_after_ack(self, ack, respond, who: tuple):
+        """(Access, ack): decided without Slack when the user or the channel settles it; else acked
+        at once - the user-group lookup is a Web API call, and Slack waits 3 s for the ack -
+        and what would have gone in the ack goes to the asker as an ephemeral response."""
+        access = self.access(who[0], who[2], lookup=False)
+        if access is not None:
+            return access, ack
+        ack()
+        return self.access(who[0], who[2]), _Late(respond)
 
-    def post_pages(self, pages: list[tuple[str, list[dict]]], channel: str, respond=None) -> str | None:
+    def refused(self, ack, access: Access, who: tuple, action: str, text: str, now: float) -> bool:
+        """Whether the asker may not ask here; if so they are told why, and it is logged."""
+        if not access.ok:
+            ack(text=blocks.refusal(access.why))
+            self.record(now, *who, action, text, f"refused: {access.why}")
+        return not access.ok
+
+    def post_pages(self, pages: list[tuple[str, list[dict]]], channel: str, respond=None,
+                   private: bool = False) -> str | None:
         """The first page in the channel, the rest in its thread. Returns the first's ts."""
         first = None
         for text, bl in pages:
-            ts = self.post(channel, text, bl, first, respond)
+            ts = self.post(channel, text, bl, first, respond, private)
             if first is None:
                 if ts is None:
                     return None
@@ -179,86 +224,116 @@ class Bot:
                     response_type="ephemeral")
             self.record(now, *who, kind, None, f"refused: {exc}")
             return
-        ok, why = self.allowed(who[0], who[2], who[3])
-        if not ok:
-            respond(text=blocks.refusal(why), replace_original=False, response_type="ephemeral")
-            self.record(now, *who, kind, view.ask.pattern, f"refused: {why}")
+        access = self.access(who[0], who[2])
+        if not access.ok:
+            respond(text=blocks.refusal(access.why), replace_original=False, response_type="ephemeral")
+            self.record(now, *who, kind, view.ask.pattern, f"refused: {access.why}")
             return
         message = body.get("message") or {}
         thread = message.get("thread_ts") or message.get("ts")
         if kind == "wider":
-            outcome = self.answer(View(view.ask.wider(now)), who[2], None, respond)
+            outcome = self.answer(View(view.ask.wider(now)), who[2], None, respond, access.private)
         else:
-            outcome = self.follow_up(kind, view, who[2], thread, respond)
+            outcome = self.follow_up(kind, view, who[2], thread, respond, access.private)
         self.record(now, *who, kind, view.ask.pattern, outcome)
 
     # --- answers -------------------------------------------------------------------------
 
-    def answer(self, view: View, channel: str, thread: str | None, respond) -> str:
-        """Trace and post: the summary in the channel (or thread), the picture and the chain under it."""
+    def answer(self, view: View, channel: str, thread: str | None, respond, private: bool = False) -> str:
+        """Trace and post: the summary in the channel (or thread), the picture and the chain under it.
+        A pinned view shows its match whatever else matches now; a question shows its index-th match."""
         now = time.time()
-        traces = self.find(view)
-        if not traces:
+        traces = self.find(View(view.ask, view.index))
+        if view.pin is None and not traces:
             wider = None if view.ask.since <= now - 89 * 86400 else self.value(View(view.ask.wider(now)))
             text, bl = blocks.no_match(view.ask, wider)
-            self.post(channel, text, bl, thread, respond)
+            self.post(channel, text, bl, thread, respond, private)
             return "no match"
-        index = min(view.index, len(traces) - 1)
-        view = View(view.ask, index, view.scope)
-        tr = traces[index]
-        text, bl = blocks.summary(tr, view, len(traces), now, self.value, self.link)
-        ts = self.post(channel, text, bl, thread, respond)
+        tr, view, total = self.resolve(view, traces)
+        if tr is None:
+            return self.gone(view, channel, thread, respond, private)
+        text, bl = blocks.summary(tr, view, total, now, self.value, self.link)
+        ts = self.post(channel, text, bl, thread, respond, private)
         if ts:
-            self.picture(tr, view, len(traces), channel, thread or ts, respond, with_buttons=False)
-        return f"answered: {len(traces)} matches, showed {index + 1}: {tr.summary}"
+            self.picture(tr, view, total, channel, thread or ts, respond, with_buttons=False, private=private)
+        return f"answered: {total} matches, showed {view.index + 1}: {tr.summary}"
 
-    def follow_up(self, kind: str, view: View, channel: str, thread: str | None, respond) -> str:
+    def follow_up(self, kind: str, view: View, channel: str, thread: str | None, respond,
+                  private: bool = False) -> str:
         now = time.time()
         if kind == "show":
-            return self.answer(view, channel, thread, respond)
-        traces = self.find(view, started=kind == "started")
-        if view.index >= len(traces):
-            self.post(channel, f"Match {view.index + 1} is no longer in the store (retention?); ask again.", None,
-                      thread, respond)
-            return "match gone"
-        tr = traces[view.index]
+            return self.answer(view, channel, thread, respond, private)
+        traces = self.find(View(view.ask, view.index))
+        tr, view, total = self.resolve(view, traces, started=kind == "started")
+        if tr is None:
+            return self.gone(view, channel, thread, respond, private)
         if kind in ("widen", "started"):
-            self.picture(tr, view, len(traces), channel, thread, respond, with_buttons=kind == "widen")
+            self.picture(tr, view, total, channel, thread, respond, with_buttons=kind == "widen", private=private)
             return f"{kind}: scope {view.scope}, {tr.graph.number_of_nodes()} processes"
         if kind == "earlier":
             with self.tracer() as tracer:
                 steps = tracer.earlier(tr)
             text, bl = blocks.earlier(tr, steps, now)
-            self.post(channel, text, bl, thread, respond)
+            self.post(channel, text, bl, thread, respond, private)
             return f"earlier: {len(steps)} commands"
         if kind == "others":
             text, bl = blocks.others(traces, view, now, self.value)
-            self.post(channel, text, bl, thread, respond)
+            self.post(channel, text, bl, thread, respond, private)
             return f"others: {len(traces)} matches"
         return f"unknown action {kind}"
 
+    def resolve(self, view: View, traces: list, started: bool = False):
+        """(trace, view pinned to it, matches) for what a view shows: its pinned match (None when no
+        longer stored), or - a question - its index-th match now, pinned from here on."""
+        if view.pin is None:
+            if view.index >= len(traces):
+                return None, view, len(traces)
+            view = View(view.ask, view.index, view.scope, traces[view.index].target)
+        index = next((i for i, t in enumerate(traces) if t.target == view.pin), view.index)
+        view = View(view.ask, index, view.scope, view.pin)
+        with self.tracer() as tracer:
+            tr = tracer.pinned(view.pin, scope=view.scope, started=started)
+        return tr, view, max(len(traces), index + 1)
+
+    def gone(self, view: View, channel: str, thread: str | None, respond, private: bool) -> str:
+        self.post(channel, f"Match {view.index + 1} is no longer in the store (retention?); ask again.", None,
+                  thread, respond, private)
+        return "match gone"
+
     def picture(self, tr, view: View, total: int, channel: str, thread: str | None, respond,
-                with_buttons: bool) -> None:
-        """The trace image, uploaded into the thread, then the chain as text."""
+                with_buttons: bool, private: bool = False) -> None:
+        """The trace image, uploaded into the thread, then the chain as text. A private answer has
+        no picture: Slack has no ephemeral files (its Open full trace link has the picture)."""
         from whodid.tracer.render.image import render_png
         now = time.time()
-        with RENDER:
-            png = render_png(tr, now)
-        try:
-            self.client.files_upload_v2(channel=channel, thread_ts=thread, content=png,
-                                        filename=f"whodid-{tr.poi.host}-{tr.poi.pid}.png",
-                                        title=blocks.headline(tr, now)[:250], alt_txt=f"How: {tr.summary}"[:1000])
-        except (SlackApiError, SlackClientError) as exc:
-            self.log(f"could not upload the trace picture: {_why(exc)}")
-            self.post(channel, f"(The picture could not be uploaded: {_why(exc)}. Missing the files:write scope?)",
-                      None, thread, respond)
+        if not private:
+            with RENDER:
+                png = render_png(tr, now)
+            try:
+                self.client.files_upload_v2(channel=channel, thread_ts=thread, content=png,
+                                            filename=f"whodid-{tr.poi.host}-{tr.poi.pid}.png",
+                                            title=blocks.headline(tr, now)[:250],
+                                            alt_txt=f"How: {tr.summary}"[:1000])
+            except (SlackApiError, SlackClientError) as exc:
+                self.log(f"could not upload the trace picture: {_why(exc)}")
+                self.post(channel, f"(The picture could not be uploaded: {_why(exc)}. Missing the files:write "
+                          "scope?)", None, thread, respond)
         text, bl = blocks.chain(tr, view, total, now, self.value if with_buttons else None, self.link)
-        self.post(channel, text, bl, thread, respond)
+        self.post(channel, text, bl, thread, respond, private)
 
-    def post(self, channel: str, text: str, bl: list[dict] | None, thread: str | None, respond) -> str | None:
-        """chat.postMessage; where the bot may not post, the asker alone gets the answer (and why)."""
+    def post(self, channel: str, text: str, bl: list[dict] | None, thread: str | None, respond,
+             private: bool = False) -> str | None:
+        """chat.postMessage; where the bot may not post, the asker alone gets the answer (and why).
+        A private answer goes to the asker alone (ephemeral). `text` is plain: it is escaped here,
+        the one place it leaves, so recorded data cannot mention @channel or forge a link."""
+        text = blocks.escape(text)[:blocks.MAX_TEXT]
+        if private:
+            if respond is None:
+                return None
+            respond(text=text, blocks=bl, response_type="ephemeral", replace_original=False)
+            return "ephemeral"
         try:
-            resp = self.client.chat_postMessage(channel=channel, text=text[:blocks.MAX_TEXT], blocks=bl,
+            resp = self.client.chat_postMessage(channel=channel, text=text, blocks=bl,
                                                 thread_ts=thread, unfurl_links=False, unfurl_media=False)
             return resp["ts"]
         except SlackApiError as exc:
@@ -273,11 +348,12 @@ class Bot:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def find(self, view: View, started: bool = False):
+    def find(self, view: View):
+        """The question's matches, newest first, at scope 0: for the count and "Other matches"."""
         a = view.ask
         with self.tracer() as tracer:
             return tracer.find(Query(pattern=a.pattern, host=a.host, user=a.user, since=a.since, until=a.until,
-                                     scope=view.scope, limit=max(self.s.matches, view.index + 1), started=started))
+                                     limit=max(self.s.matches, view.index + 1)))
 
     def tracer(self):
         return _TracerSession(self)
@@ -287,29 +363,69 @@ class Bot:
 
     def link(self, view: View) -> str | None:
         """The signed trace page URL for this view, when whodid serve runs the pages."""
-        return self.pages.link(view.ask, view.index, view.scope) if self.pages is not None else None
+        if self.pages is None or view.pin is None:
+            return None
+        return self.pages.link(view.ask, view.index, view.scope, target=view.pin)
 
-    def allowed(self, user: str | None, channel_id: str | None, channel_name: str | None) -> tuple[bool, str]:
+    def access(self, user: str | None, channel_id: str | None, lookup: bool = True) -> Access | None:
+        """May this user ask in this channel, and may the answer be seen there? With lookup=False,
+        None when only asking Slack about user groups could tell (nothing cached)."""
         s = self.s
         if not (s.allowed_channels or s.allowed_usergroups or s.allowed_users):
-            return False, ("nobody may ask whodid yet: its admin has to name the channels, user groups or users "
-                           "allowed (slack.allowed_channels, allowed_usergroups, allowed_users in whodid's config)")
+            return Access(False, "nobody may ask whodid yet: its admin has to name the channels, user groups or "
+                          "users allowed (slack.allowed_channels, allowed_usergroups, allowed_users in whodid's config)")
+        if channel_id and channel_id in self.channel_ids:
+            return Access(True)
         if user and user in s.allowed_users:
-            return True, ""
-        names = {channel_id, channel_name, f"#{channel_name}"} - {None, "#None"}
-        if names & set(s.allowed_channels):
-            return True, ""
+            return Access(True, private=True)
         for group in s.allowed_usergroups:
-            if user and user in self._members(group):
-                return True, ""
-        where = ", ".join(f"<#{c}>" if c[:1] in "CG" and c.isupper() else c for c in s.allowed_channels)
-        return False, ("you may not ask whodid here." + (f" Ask in {where}," if where else "")
-                       + " or ask whodid's admin to add you (slack.allowed_users or allowed_usergroups).")
+            members = self._members(group, lookup)
+            if members is None:
+                return None
+            if user and user in members:
+                return Access(True, private=True)
+        where = ", ".join(f"<#{c}>" if _is_id(c) else c for c in s.allowed_channels)
+        return Access(False, "you may not ask whodid here." + (f" Ask in {where}," if where else "")
+                      + " or ask whodid's admin to add you (slack.allowed_users or allowed_usergroups).")
 
-    def _members(self, group: str) -> set[str]:
+    def _resolve_channels(self) -> frozenset[str]:
+        """slack.allowed_channels as channel IDs: IDs as given, names looked up once (conversations.list).
+        A name that cannot be resolved allows nothing, and the log says so."""
+        ids = {c for c in self.s.allowed_channels if _is_id(c)}
+        names = {c.lstrip("#") for c in self.s.allowed_channels if not _is_id(c)}
+        if not names:
+            return frozenset(ids)
+        found: dict[str, str] = {}
+        cursor = None
+        try:
+            while True:
+                resp = self.client.conversations_list(types="public_channel", exclude_archived=True, limit=1000,
+                                                      cursor=cursor)
+                found.update({c.get("name"): c.get("id") for c in resp.get("channels") or [] if c.get("name") in names})
+                cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+                if not cursor or len(found) == len(names):
+                    break
+        except SlackApiError as exc:
+            self.log(f"cannot list channels to resolve slack.allowed_channels ({exc.response.get('error')}; the app "
+                     f"needs channels:read): questions from {', '.join(sorted(names))} are refused; give channel IDs "
+                     "(C0123...) instead")
+        for name in sorted(names - set(found)):
+            self.log(f"slack.allowed_channels: no public channel named #{name}; questions from it are refused "
+                     "(give a private channel by its ID)")
+        return frozenset(ids | set(found.values()))
+
+    def _warm_groups(self) -> None:
+        """Read the allowed user groups at start, so the first questions are decided without
+        waiting for Slack (after GROUP_CACHE seconds they are read again, after the ack)."""
+        for group in self.s.allowed_usergroups:
+            self._members(group)
+
+    def _members(self, group: str, lookup: bool = True) -> set[str] | None:
         hit = self._groups.get(group)
         if hit and time.monotonic() - hit[0] < GROUP_CACHE:
             return hit[1]
+        if not lookup:
+            return None
         members: set[str] = set()
         try:
             gid = group if group[:1] == "S" and group.isupper() else self._group_id(group)
@@ -317,6 +433,9 @@ class Bot:
                 members = set(self.client.usergroups_users_list(usergroup=gid).get("users") or [])
         except SlackApiError as exc:
             self.log(f"cannot read user group {group}: {exc.response.get('error')} (the app needs usergroups:read)")
+        except (SlackClientError, OSError) as exc:   # Slack unreachable: no one via this group, for now only
+            self.log(f"cannot read user group {group}: {exc}; its members are refused until Slack answers")
+            return members
         self._groups[group] = (time.monotonic(), members)
         return members
 
@@ -328,7 +447,8 @@ class Bot:
 
     def record(self, at: float, user_id, user_name, channel_id, channel_name, action: str, text, outcome: str) -> None:
         """Every question is logged: here, and in the store's `queries` table."""
-        self.log(f"{user_name or user_id} in #{channel_name or channel_id}: {action} {text or ''!s} -> {outcome}")
+        self.log(printable(f"{user_name or user_id} in #{channel_name or channel_id}: {action} {text or ''!s} "
+                           f"-> {outcome}"))
         try:
             store = Store.open(self.store_path, create=True)
             try:
@@ -351,6 +471,22 @@ class _TracerSession:
 
     def __exit__(self, *exc) -> None:
         self.store.close()
+
+
+class _Late:
+    """Stands in for `ack` once the request has been acked: says the same, ephemerally."""
+
+    def __init__(self, respond):
+        self.respond = respond
+
+    def __call__(self, text: str = "", blocks=None, **_) -> None:
+        if text or blocks:
+            self.respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
+
+
+def _is_id(name: str) -> bool:
+    """C0123ABC (public), G0123ABC (private), as opposed to a channel's name."""
+    return name[:1] in "CG" and name.isupper() and name.isalnum()
 
 
 def _why(exc: Exception) -> str:

@@ -20,7 +20,7 @@ from typing import Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
 from whodid import config as config_mod
-from whodid.tracer import Query, Store, Tracer
+from whodid.tracer import Query, Store, Target, Tracer
 
 from .ask import Ask
 from .buttons import store_key
@@ -41,11 +41,27 @@ class TracePages:
 
     # --- links ---------------------------------------------------------------------------
 
-    def link(self, ask: Ask, index: int = 0, scope: int = 0, now: float | None = None) -> str:
-        """A signed link to this match's page, valid for web.link_ttl."""
+    def link(self, ask: Ask, index: int = 0, scope: int = 0, now: float | None = None,
+             target: Target | None = None) -> str:
+        """A signed link to this match's page, valid for web.link_ttl. The link pins the match:
+        target, or else the index-th match of the question as it stands now."""
         now = time.time() if now is None else now
+        if target is None:
+            target = self._current(ask, index)
         base = self.cfg.web.base_url.rstrip("/") or (self.url if self._server else self.cfg.web.url())
-        return f"{base}/trace?t={make(ask, index, scope, now + self.ttl, self.key)}"
+        return f"{base}/trace?t={make(ask, index, scope, now + self.ttl, self.key, target)}"
+
+    def _current(self, ask: Ask, index: int) -> Target:
+        store = Store.open(self.store_path)
+        try:
+            tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
+            traces = tracer.find(Query(pattern=ask.pattern, host=ask.host, user=ask.user, since=ask.since,
+                                       until=ask.until, limit=index + 1))
+        finally:
+            store.close()
+        if index >= len(traces):
+            raise LinkError(f"there is no match {index + 1} to link to")
+        return traces[index].target
 
     # --- serving -------------------------------------------------------------------------
 
@@ -95,16 +111,16 @@ class TracePages:
         expand = frozenset(g for g in (params.get("expand") or [""])[0].split(",") if g.startswith("group:"))
         if len(expand) > MAX_EXPAND:
             return 400, _message("Bad request", f"at most {MAX_EXPAND} groups at once"), nonce
-        a = link.ask
         store = Store.open(self.store_path)
         try:
             tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
-            traces = tracer.find(Query(pattern=a.pattern, host=a.host, user=a.user, since=a.since, until=a.until,
-                                       scope=scope, limit=link.index + 1))
-            if link.index >= len(traces):
+            if link.pin is None:
+                return 403, _message("This link cannot be used", "it names no process; ask again in Slack (or "
+                                     "run whodid trace --link)"), nonce
+            tr = tracer.pinned(link.pin, scope=scope)         # the process the link was made for, only
+            if tr is None:
                 return 404, _message("No longer in the store", "this trace's events are gone (retention?); ask "
                                      "again, or pin an incident's traces with whodid trace --keep-for"), nonce
-            tr = traces[link.index]
             from whodid.tracer.render.html import gather_details, render_html
             details = gather_details(store, tr)
         finally:

@@ -50,6 +50,8 @@ class Collector:
         self._reader = Store.open(store_path)
         self._reader_lock = threading.Lock()
         self._tokens: dict[str, tuple[str | None, float]] = {}
+        # named checks of what runs beside the collector (bot/health.py): None or a problem
+        self.checks: dict[str, Any] = {}
         self.tls = None
         if tls_cert or tls_key:
             if not (tls_cert and tls_key):
@@ -226,7 +228,16 @@ class _Handler(BaseHTTPRequestHandler):
             problems.append("the writer thread has stopped")
         if c.writer.error:
             problems.append(f"the last write failed: {c.writer.error}")
-        body = {"status": "ok" if not problems else "failing", "problems": problems,
+        checks = {}
+        for name, check in list(c.checks.items()):
+            try:
+                problem = check()
+            except Exception as exc:                # a check that raises is a failing check, saying why
+                problem = f"the check itself failed: {exc!r}"
+            checks[name] = problem or "ok"
+            if problem:
+                problems.append(f"{name}: {problem}")
+        body = {"status": "ok" if not problems else "failing", "problems": problems, "checks": checks,
                 "queued_batches": c.writer.queue.qsize(), "version": __version__}
         self._json(200 if not problems else 503, body)
 

@@ -55,6 +55,9 @@ class SlackEmulator:
         self.delays: dict[str, float] = {}                     # method -> seconds before answering
         self.not_in: set[str] = set()                          # channels the bot was not invited to
         self.usergroups: dict[str, dict[str, Any]] = {}
+        # the workspace's public channels, id -> name (conversations.list pages through them)
+        self.channels: dict[str, str] = {"C1": "incidents", "C2": "sre-chat", "C3": "ops", "C9": "random"}
+        self.page_size = 100                                  # Slack may return fewer than asked
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self._ts = itertools.count(1)
@@ -263,6 +266,16 @@ class SlackEmulator:
             self.messages.append(Message(p["channel_id"], ts, p.get("initial_comment") or "", None,
                                          p.get("thread_ts"), files=out))
         return {"ok": True, "files": out}
+
+    def m_conversations_list(self, p):
+        """Pages of `limit` (Slack's default 100), with a next_cursor as Slack gives it."""
+        ids = sorted(self.channels)
+        start = int(p.get("cursor") or 0)
+        limit = min(int(p.get("limit") or 100), self.page_size)
+        page = ids[start:start + limit]
+        more = start + limit < len(ids)
+        return {"ok": True, "channels": [{"id": c, "name": self.channels[c], "is_channel": True} for c in page],
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     def m_usergroups_list(self, p):
         return {"ok": True, "usergroups": [{"id": gid, "handle": g["handle"]} for gid, g in self.usergroups.items()]}

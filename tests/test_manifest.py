@@ -19,7 +19,8 @@ def test_manifest_matches_the_bot():
     scopes = set(m["oauth_config"]["scopes"]["bot"])
     used = set(re.findall(r"client\.(\w+)\(", (ROOT / "bot" / "slack.py").read_text()))
     need = {"chat_postMessage": "chat:write", "files_upload_v2": "files:write",
-            "usergroups_users_list": "usergroups:read", "usergroups_list": "usergroups:read"}
+            "usergroups_users_list": "usergroups:read", "usergroups_list": "usergroups:read",
+            "conversations_list": "channels:read"}
     assert used - {"auth_test"} <= set(need), f"a Web API method without a known scope: {used - set(need)}"
     assert scopes == {need[u] for u in used if u in need} | {"commands"}
 

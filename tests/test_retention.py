@@ -96,3 +96,35 @@ def test_the_trace_still_names_jim_when_the_session_login_is_all_that_links():
     before = summary(store)
     store.prune(HORIZON, now=NOW)
     assert summary(store) == before and before[0] == "jim"
+
+
+def test_lost_events_total_never_decreases_when_retention_prunes_loss_records(tmp_path):
+    """whodid_agent_lost_events_total is a Prometheus counter: pruning the loss rows it was summed
+    from must not lower it (a drop reads as a counter reset, and the losses vanish from history)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from whodid.collector.server import Collector
+
+    db = str(tmp_path / "c.db")
+    store_with(fleet_events(), db).close()            # prod lost 3 records 56 days ago
+    store = Store.open(db)
+    ingest(store, [{"v": 1, "kind": "loss", "host": "prod", "boot": "boot-1", "ts": NOW - DAY, "since": NOW - DAY - 9,
+                    "count": 5, "what": "ring buffer full"}])
+    store.close()
+    c = Collector(db, "127.0.0.1", 0).start()
+
+    def lost():
+        text = urllib.request.urlopen(c.url + "/metrics", timeout=30).read().decode()
+        return {s.labels["host"]: s.value for fam in text_string_to_metric_families(text)
+                for s in fam.samples if s.name == "whodid_agent_lost_events_total"}
+    try:
+        assert lost() == {"prod": 8}
+        report = c.writer.call(lambda s: s.prune(HORIZON, now=NOW)).result()
+        assert report.rows_removed >= 1                          # the old loss row is gone...
+        assert lost() == {"prod": 8}                             # ...and its count is still there
+        c.writer.call(lambda s: s.prune(NOW, now=NOW + DAY)).result()       # and again: no double counting
+        assert lost() == {"prod": 8}
+    finally:
+        c.stop()

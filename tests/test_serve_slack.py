@@ -69,6 +69,11 @@ def test_socket_mode_from_slash_command_to_picture_and_buttons(tmp_path, demo_db
             n = len(emu.thread("C1", top.ts))
             emu.socket_send("interactive", emu.click_payload(top, "whodid.widen", button(top, "widen")))
             emu.wait(lambda: any(m.files for m in emu.thread("C1", top.ts)[n:]), what="the wider picture")
+            # /healthz covers the bot's side too (issue 16 item 10)
+            collector = (tmp_path / "ready").read_text().split()[1]
+            with urllib.request.urlopen(collector + "/healthz", timeout=30) as resp:
+                health = json.loads(resp.read())
+            assert health["checks"] == {"slack": "ok", "scheduler": "ok", "pages": "ok"}, health
         finally:
             log = stop(proc, tmp_path)
     assert "Slack bot whodid in Emulated connected in Socket Mode" in log

@@ -122,7 +122,10 @@ def test_a_user_group_member_may_ask_from_anywhere(slack):
     status, body, _ = slack.slash(slack.url, "delete-cluster", user_id="U7", user_name="sam",
                                   channel_id="C2", channel_name="sre-chat")
     assert "Tracing" in body
-    answered(slack, channel="C2")
+    # issue 16: outside the allowed channels the answer is for sam alone (the channel may not see it)
+    reply = slack.wait(lambda: [r for r in slack.responses if "blocks" in r and r["blocks"]], what="the answer")
+    assert "*jim* ran `aws eks delete-cluster --name prod`" in str(reply[0]["blocks"])
+    assert reply[0]["response_type"] == "ephemeral" and slack.top_level("C2") == []
 
 
 def test_help_and_bad_questions(slack):
@@ -196,8 +199,8 @@ def test_rate_limits_are_waited_out(slack):
 
 
 def test_a_channel_the_bot_is_not_in_gets_an_ephemeral_answer_and_a_hint(slack):
-    slack.not_in.add("C3")
-    slack.slash(slack.url, "delete-cluster", channel_id="C3", channel_name="incidents")
+    slack.not_in.add("C1")                 # #incidents (allowed by its ID), without the bot
+    slack.slash(slack.url, "delete-cluster", channel_id="C1", channel_name="incidents")
     reply = slack.wait(lambda: slack.responses and slack.responses[-1], what="the ephemeral answer")
     assert "not_in_channel" in reply["text"] and "/invite @whodid" in reply["text"]
 

@@ -7,12 +7,12 @@ from .events import SCHEMA_VERSION, EventError, decode_line, parse_event
 from .identity import Identity, Person
 from .ingest import IngestReport, ingest
 from .store import Store, StoreError
-from .trace import Query, Settings, Trace, Tracer
+from .trace import Query, Settings, Target, Trace, Tracer
 
 __all__ = [
     "SCHEMA_VERSION", "EventError", "decode_line", "parse_event",
     "Identity", "Person",
     "IngestReport", "ingest",
     "Store", "StoreError",
-    "Query", "Settings", "Trace", "Tracer",
+    "Query", "Settings", "Target", "Trace", "Tracer",
 ]

@@ -197,4 +197,10 @@ STEPS.append((8, """
 CREATE INDEX logins_ses ON logins (ses) WHERE ses IS NOT NULL
 """))
 
+STEPS.append((9, """
+-- A canary's messages that could not be posted yet (Slack down, rate limited, the bot not in
+-- the channel), oldest first, comma-separated: alert, again, recovered. Retried until delivered.
+ALTER TABLE canaries ADD COLUMN undelivered TEXT
+"""))
+
 LATEST = STEPS[-1][0]

@@ -6,10 +6,15 @@ trace walks through: its ancestors, the ssh client on the other host behind each
 logins (exact 4-tuple or, as the trace would infer, the address and port within an hour),
 and the login of their audit session. That closure is why a shell opened 40 days ago, whose
 child ran `delete-cluster` yesterday, survives a 30-day horizon.
+
+Loss records before the horizon go too, but their counts are first added to a running total
+per host (meta `lost_pruned`), because `whodid_agent_lost_events_total` is a counter: what
+agents said they lost must never be seen to shrink.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 HOP_SLACK = 3600.0          # wider than any sensible trace.hop_window: keeping too much is safe
@@ -89,6 +94,7 @@ def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneRepo
             for table in TABLES:
                 report.rows_removed += db.execute(
                     f"DELETE FROM {table} WHERE proc NOT IN (SELECT id FROM temp.keep)").rowcount
+            _keep_lost_counts(store, horizon)
             report.rows_removed += db.execute("DELETE FROM losses WHERE ts < ?", [horizon]).rowcount
             db.execute("DELETE FROM procs WHERE id NOT IN (SELECT id FROM temp.keep)")
             db.execute("DELETE FROM pins WHERE until <= ?", [now])
@@ -99,3 +105,23 @@ def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneRepo
     if not dry_run:
         store._check_generation()
     return report
+
+
+LOST_PRUNED = "lost_pruned"       # meta key: {host name: records lost, from loss rows since pruned}
+
+
+def lost_pruned(store) -> dict[str, int]:
+    """Per host, the records lost according to loss rows that retention has since deleted."""
+    return json.loads(store.get_meta(LOST_PRUNED) or "{}")
+
+
+def _keep_lost_counts(store, horizon: float) -> None:
+    """Add the counts of the loss rows about to be pruned to the running totals (same transaction)."""
+    rows = store.db.execute("SELECT h.name, sum(l.count) FROM losses l JOIN hosts h ON h.id = l.host "
+                            "WHERE l.ts < ? GROUP BY 1", [horizon]).fetchall()
+    if not rows:
+        return
+    totals = lost_pruned(store)
+    for host, n in rows:
+        totals[host] = totals.get(host, 0) + n
+    store.set_meta(LOST_PRUNED, json.dumps(totals, sort_keys=True))

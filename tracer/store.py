@@ -385,6 +385,22 @@ class Store:
             out.update((r[0], _proc(r)) for r in rows)
         return out
 
+    def boot_name(self, boot_id: int) -> str:
+        """The boot id as the host reported it (Proc.boot is the store's row id for it)."""
+        return self.db.execute("SELECT boot FROM boots WHERE id = ?", [boot_id]).fetchone()[0]
+
+    def find_proc(self, host: str, boot: str, pid: int, start: int) -> Proc | None:
+        """The process with this identity - what a signed link or button pins - if still stored."""
+        row = self.db.execute(f"SELECT {PROC_COLS} FROM {PROC_FROM} WHERE h.name = ? AND b.boot = ? AND p.pid = ? "
+                              "AND p.start = ?", [host, boot, pid, start]).fetchone()
+        return _proc(row) if row else None
+
+    def file_changes(self, proc_id: int, ts: float) -> list[dict[str, Any]]:
+        """The file changes a process made at ts (a pinned file-change match)."""
+        rows = self.db.execute("SELECT proc, ts, op, path, path2, mode, uid, gid, euid FROM files "
+                               "WHERE proc = ? AND ts = ? ORDER BY op, path", [proc_id, ts])
+        return [dict(zip(("proc", "ts", "op", "path", "path2", "mode", "uid", "gid", "euid"), r)) for r in rows]
+
     def images(self, proc_id: int) -> list[Image]:
         rows = self.db.execute(f"SELECT {IMAGE_COLS} FROM execs WHERE proc = ? ORDER BY ts", [proc_id])
         return [_image(r) for r in rows]
@@ -628,7 +644,7 @@ class Store:
                 for r in rows]
 
     CANARY_COLS = ("name", "status", "since", "failures", "last_run", "last_summary", "alert_channel", "alert_ts",
-                   "alerted_at", "recovered_at")
+                   "alerted_at", "recovered_at", "undelivered")
 
     def canary_state(self, name: str) -> dict[str, Any] | None:
         row = self.db.execute(f"SELECT {', '.join(self.CANARY_COLS)} FROM canaries WHERE name = ?", [name]).fetchone()
@@ -699,8 +715,14 @@ class Store:
         return out
 
     def lost_by_host(self) -> dict[str, int]:
-        """Records each host's agent said it lost (ring buffer overruns, a full spool)."""
-        return dict(self.db.execute("SELECT h.name, sum(l.count) FROM losses l JOIN hosts h ON h.id = l.host GROUP BY 1"))
+        """Records each host's agent said it lost (ring buffer overruns, a full spool), ever:
+        the loss rows still kept plus those retention pruned (a counter never goes down)."""
+        from .retention import lost_pruned
+        out = lost_pruned(self)
+        for host, n in self.db.execute("SELECT h.name, sum(l.count) FROM losses l JOIN hosts h ON h.id = l.host "
+                                       "GROUP BY 1"):
+            out[host] = out.get(host, 0) + n
+        return out
 
 
 def _token_hash(token: str) -> str:

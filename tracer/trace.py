@@ -62,6 +62,21 @@ class Query:
         return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class Target:
+    """Which match a trace is of, by identities that survive re-ingest and pid reuse: the process
+    (host, boot, pid, start - the store's natural key), and the exec at `at`, or - for a file
+    change - the change (`op` on `path`) at `at`. A signed link or button carries it, so what
+    it shows cannot change when newer commands match the same pattern."""
+    host: str
+    boot: str
+    pid: int
+    start: int
+    at: float
+    op: str | None = None
+    path: str | None = None
+
+
 @dataclass
 class Trace:
     poi: Step                              # the matched command (or the process that changed the file)
@@ -75,6 +90,7 @@ class Trace:
     scope: int
     truncated: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    target: Target | None = None
 
 
 class Tracer:
@@ -85,6 +101,7 @@ class Tracer:
         self._names: dict[tuple[int, int], str | None] = {}
         self._offsets: dict[str, float] | None = None
         self._inventory: dict[str, dict[str, Any]] | None = None
+        self._boots: dict[int, str] = {}
 
     def _clocks(self) -> dict[str, float]:
         if self._offsets is None:
@@ -126,6 +143,26 @@ class Tracer:
                 break
         return traces
 
+    def pinned(self, target: Target, scope: int = 0, started: bool = False) -> Trace | None:
+        """The trace of exactly this match, or None when it is no longer stored (retention)."""
+        proc = self.store.find_proc(target.host, target.boot, target.pid, target.start)
+        if proc is None:
+            return None
+        if target.path is None:
+            image = next((im for im in self.store.images(proc.id) if im.ts == target.at), None)
+            return None if image is None else self.trace(proc, image=image, scope=scope, started=started)
+        change = next((ch for ch in self.store.file_changes(proc.id, target.at)
+                       if ch["op"] == target.op and ch["path"] == target.path), None)
+        return None if change is None else self.trace(proc, change=change, scope=scope, started=started)
+
+    def target(self, proc: Proc, image: Image | None, change: dict[str, Any] | None) -> Target:
+        boot = self._boots.get(proc.boot)
+        if boot is None:
+            boot = self._boots[proc.boot] = self.store.boot_name(proc.boot)
+        if change is not None:
+            return Target(proc.host, boot, proc.pid, proc.start, change["ts"], change["op"], change["path"])
+        return Target(proc.host, boot, proc.pid, proc.start, image.ts)
+
     # --- one trace -----------------------------------------------------------------------
 
     def trace(self, proc: Proc, *, image: Image | None = None, change: dict[str, Any] | None = None,
@@ -150,7 +187,7 @@ class Tracer:
         return Trace(poi=poi, change=change, chain=chain, attributed=who,
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
-                     exit_code=proc.exit_code)
+                     exit_code=proc.exit_code, target=self.target(proc, image, change))
 
     def earlier(self, tr: Trace, window: float = 86400.0, limit: int = 40) -> list[Step]:
         """What the attributed person did before the matched command, newest last: the commands

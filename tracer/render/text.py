@@ -1,12 +1,38 @@
-"""The plain-text answer: what the CLI prints, and what the bot posts for screen readers."""
+"""The plain-text answer: what the CLI prints, and what the bot posts for screen readers.
+
+Everything shown comes from hosts, and a host can record anything: a command line with an
+escape sequence that clears the screen or rewrites the line above, a carriage return that
+hides what follows, a right-to-left override that shows `rm` as `mr`. `printable` is the one
+function that makes recorded data safe to show - every line printed here goes through it, and
+so do the CLI's other prints of recorded data and the Slack blocks (bot/blocks.escape).
+"""
 
 from __future__ import annotations
+
+import re
 
 from ..trace import Query, Trace
 from ..when import ago, clock, format_span
 
 EDGE_LABEL = {"login": "login", "fork": "fork", "exec": "exec", "ssh": "ssh ->", "sudo": "sudo",
               "su": "su", "setuid": "setuid"}
+
+
+# C0 controls (newline apart), DEL, C1 controls (8-bit ESC/CSI among them), and the bidi
+# controls that reorder what follows them; U+2028/9 are line breaks to some terminals
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """Recorded data shown as text: control and bidi characters become visible escapes (ESC as
+    \\x1b, U+202E as \\u202e), so what is printed is what was recorded and nothing more. A
+    newline too, unless the text is known to be lines (keep_newlines)."""
+    def visible(m: re.Match) -> str:
+        ch = m.group()
+        return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    text = _UNSAFE.sub(visible, text)
+    return text if keep_newlines else text.replace("\n", "\\n")
 
 
 def _short(text: str, width: int) -> str:
@@ -57,7 +83,7 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
         lines.append("")
         lines.append(f"Scope {tr.scope}: {extra} more processes around the chain (see --json or --png)")
         lines.extend(f"  - {t}" for t in tr.truncated)
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def render_text(query: Query, traces: list[Trace], now: float) -> str:
@@ -65,7 +91,7 @@ def render_text(query: Query, traces: list[Trace], now: float) -> str:
         window = ""
         if query.since:
             window = f" over the last {format_span(now - query.since)}"
-        return (f"No {query.describe()}{window}.\n"
+        return (f"No {printable(query.describe())}{window}.\n"
                 f"Try a wider window (--since 30d), a shorter pattern, or check the host "
                 f"filter; `whodid db stats` shows what the store holds.")
     return "\n\n".join(render_trace(t, now, i, len(traces)) for i, t in enumerate(traces, 1))

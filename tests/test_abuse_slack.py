@@ -1,0 +1,277 @@
+"""Issue 16, attacked through the real pipeline: events ingested into a store on disk, traced,
+and answered by the Bolt app over signed HTTP to the Slack emulator (tests/slackemu.py), the
+trace pages over HTTP, and the CLI.
+
+- A button or link pins the process it was made for: a newer matching command by someone
+  else does not change what it shows (item 5).
+- Hostile recorded data cannot drive a terminal or mention @channel (item 8); a channel
+  renamed to an allowed name is not allowed (item 8).
+- The ack comes before any Web API call; a user-group member outside the allowed channels is
+  answered privately (item 9).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from kit import T0, Host, ssh_session, store_with
+from slackemu import SIGNING_SECRET, SlackEmulator
+from test_slack import answered, button
+
+from whodid import config as config_mod
+from whodid.bot import cli
+from whodid.bot import slack as slack_mod
+from whodid.bot.slack import Bot
+from whodid.bot.web import TracePages
+from whodid.tracer import Store, ingest
+
+PROD = Host("prod", "10.0.0.2")
+
+
+def now_offset(ago: float) -> float:
+    """kit's times are T0 + offset: the offset of `ago` seconds before now."""
+    return time.time() - T0 - ago
+
+
+def jims_delete() -> list[dict]:
+    """jim logs in to prod and deletes the prod cluster, an hour ago."""
+    t = now_offset(3600)
+    return ssh_session(PROD, t, 300, "jim", 1001, "192.168.1.5", 51000) + [
+        PROD.fork(t + 10, 310, 301), PROD.exec(t + 10.1, 310, ["aws", "eks", "delete-cluster", "--name", "prod"],
+                                               uid=1001, auid=1001, ses=300)]
+
+
+def bobs_delete() -> list[dict]:
+    """Later, bob logs in and deletes staging: a newer match for `delete-cluster`."""
+    t = now_offset(600)
+    return ssh_session(PROD, t, 400, "bob", 1002, "192.168.1.9", 52000) + [
+        PROD.fork(t + 10, 410, 401), PROD.exec(t + 10.1, 410, ["aws", "eks", "delete-cluster", "--name", "staging"],
+                                               uid=1002, auid=1002, ses=400)]
+
+
+def hostile() -> list[dict]:
+    """Recorded data written by an attacker: Slack mentions and links, terminal escapes, a
+    carriage return that hides the end of the line, a right-to-left override."""
+    h = Host("web-1\x1b]0;owned\x07", "10.0.0.3")
+    t = now_offset(1800)
+    argv = ["curl", "<!channel>", "<!here>", "<@U123>", "<#C1>", "<https://evil.example|click me>", "&amp;",
+            "\x1b[2J\x1b[1;1Hall good", "hidden\rshown", "back\x08\x08", "\x9b31m", "\u202etxt.exe"]
+    return ssh_session(h, t, 500, "<!channel>\x1b[31m", 1003, "192.168.1.6", 53000) + [
+        h.fork(t + 5, 510, 501), h.exec(t + 5.1, 510, argv, uid=1003, auid=1003, ses=500, cwd="/tmp/\x1b[8m\r",
+                                         tty="pts/0\x1b[0m")]
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = str(tmp_path / "store.db")
+    store_with(jims_delete() + hostile(), path).close()
+    return path
+
+
+def slack_cfg(emu, **slack):
+    return config_mod.from_dict({"slack": {"mode": "http", "bot_token": "xoxb-emulated",
+                                           "signing_secret": SIGNING_SECRET, "listen": "127.0.0.1:0",
+                                           "api_base_url": emu.api_base_url, **slack}})
+
+
+@pytest.fixture
+def emu(monkeypatch):
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    with SlackEmulator() as e:
+        e.usergroups["S1"] = {"handle": "sre", "users": ["U7"]}
+        yield e
+
+
+def run_bot(emu, db, pages=None, **slack) -> Bot:
+    bot = Bot(slack_cfg(emu, **slack), db, log=lambda m: None)
+    bot.pages = pages
+    bot.start()
+    emu.url = bot._server.url
+    return bot
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# --- item 5: what a link or button shows ---------------------------------------------------------
+
+def test_buttons_and_links_keep_showing_jims_process_after_bob_runs_a_newer_match(emu, db):
+    pages = TracePages(config_mod.from_dict({}), db, log=lambda m: None)
+    pages.start("127.0.0.1:0")
+    bot = run_bot(emu, db, pages, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "delete-cluster")
+        top, _ = answered(emu)
+        assert "--name prod" in str(top.blocks) and "*jim*" in str(top.blocks)
+        widen, earlier, started = button(top, "widen"), button(top, "earlier"), button(top, "started")
+        link = next(e["url"] for b in top.blocks for e in b.get("elements") or [] if e.get("action_id") == "whodid.open")
+
+        store = Store.open(db)
+        assert ingest(store, bobs_delete()).rejected == 0           # newer, same pattern, someone else
+        store.close()
+        emu.slash(emu.url, "delete-cluster")                        # a new question sees bob's first...
+        newest, _ = answered(emu, n=2)
+        assert "--name staging" in str(newest.blocks) and "*bob*" in str(newest.blocks)
+
+        n = len(emu.thread("C1", top.ts))                           # ...but jim's buttons still show jim
+        emu.click(emu.url, top, "whodid.widen", widen)
+        emu.wait(lambda: any(m.files for m in emu.thread("C1", top.ts)[n:]), what="the wider picture")
+        chain = emu.wait(lambda: next((m for m in emu.thread("C1", top.ts)[n:] if "Scope 1" in str(m.blocks)), None),
+                         what="the wider chain")
+        assert "delete-cluster --name prod" in str(chain.blocks) and "staging" not in str(chain.blocks)
+        assert "Who:  jim" in str(chain.blocks)
+        n = len(emu.thread("C1", top.ts))
+        emu.click(emu.url, top, "whodid.earlier", earlier)
+        said = emu.wait(lambda: next((m for m in emu.thread("C1", top.ts)[n:] if "earlier" in m.text), None),
+                        what="earlier activity")
+        assert "jim" in said.text and "bob" not in said.text
+        n = len(emu.thread("C1", top.ts))
+        emu.click(emu.url, top, "whodid.started", started)
+        chain = emu.wait(lambda: next((m for m in emu.thread("C1", top.ts)[n:] if m.blocks), None),
+                         what="what it started")
+        assert "delete-cluster --name prod" in str(chain.blocks) and "staging" not in str(chain.blocks)
+
+        for url in (link, link + "&scope=2", link + "&scope=3&expand=group:x"):    # the page, widened too
+            status, body = get(url)
+            assert status == 200 and "--name prod" in body and "staging" not in body, url
+    finally:
+        bot.stop()
+        pages.stop()
+
+
+def test_links_and_buttons_from_before_pins_are_refused_with_ask_again(db):
+    import base64
+
+    from whodid.bot.ask import Ask
+    from whodid.bot.buttons import StateError, _sign as sign_button, decode
+    from whodid.bot.links import LinkError, _sign as sign_link, check, link_key
+    key = b"k" * 32
+    ask = Ask(pattern="delete-cluster", since=time.time() - 86400, since_text="24h")
+    old = {"p": ask.pattern, "h": None, "u": None, "s": ask.since, "t": None, "w": "24h", "i": 0, "c": 0}
+    raw = base64.urlsafe_b64encode(json.dumps(old).encode()).decode().rstrip("=")
+    with pytest.raises(StateError, match="did not pin the answer to one process.*ask again"):
+        decode(f"1.{raw}.{sign_button(raw, key)}", key)
+    old["x"] = time.time() + 3600
+    raw = base64.urlsafe_b64encode(json.dumps(old).encode()).decode().rstrip("=")
+    with pytest.raises(LinkError, match="did not pin it to one process.*ask again"):
+        check(f"1.{raw}.{sign_link(raw, link_key(key))}", link_key(key), time.time())
+
+
+# --- item 8: output cannot be hijacked ------------------------------------------------------------
+
+CONTROLS = ("\x1b", "\r", "\x08", "\x07", "\x9b", "\u202e")
+MENTIONS = ("<!channel>", "<!here>", "<@U123>", "<#C1>", "<https://evil.example|click me>")
+
+
+def test_hostile_recorded_data_reaches_slack_escaped_in_the_text_and_the_blocks(emu, db):
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "curl")
+        top, thread = answered(emu)
+        sent = [top, *thread]
+        assert "curl" in top.text                                  # the answer is there...
+        for m in sent:                                             # ...and nothing in it is a mention
+            for what in (m.text, json.dumps(m.blocks, ensure_ascii=False)):
+                for bad in MENTIONS + CONTROLS:
+                    assert bad not in what, (bad, what)
+        assert "&lt;!channel&gt;" in top.text and "&lt;https://evil.example|click me&gt;" in top.text
+        assert "&amp;amp;" in top.text                              # & itself, escaped once
+        assert "\\x1b[2J" in top.text and "\\u202etxt.exe" in top.text   # shown, not obeyed
+    finally:
+        bot.stop()
+
+
+def test_hostile_recorded_data_is_printed_escaped_by_the_cli(db, capsys):
+    assert cli.main(["trace", "curl", "--db", db, "--since", "24h", "--earlier"]) == 0
+    out = capsys.readouterr().out
+    for bad in CONTROLS:
+        assert bad not in out, repr(bad)
+    assert "\\x1b[2J\\x1b[1;1Hall good" in out and "hidden\\rshown" in out and "back\\x08\\x08" in out
+    assert "\\x9b31m" in out and "\\u202etxt.exe" in out and "web-1\\x1b]0;owned\\x07" in out
+    assert "<!channel>\\x1b[31m" in out                            # the user name, escaped
+    assert cli.main(["db", "stats", "--db", db]) == 0                # host names in the inventory
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "web-1\\x1b]0;owned\\x07" in out
+    # the JSON is JSON: every control character is escaped by the encoder, and it round-trips
+    assert cli.main(["trace", "curl", "--db", db, "--since", "24h", "--json"]) == 0
+    raw = capsys.readouterr().out
+    assert "\x1b" not in raw and "\u202e" not in raw
+    match = json.loads(raw)["matches"][0]
+    assert match["poi"]["cwd"] == "/tmp/\x1b[8m\r" and match["poi"]["tty"] == "pts/0\x1b[0m"
+
+
+def test_a_channel_renamed_to_an_allowed_name_is_not_allowed(emu, db):
+    emu.page_size = 2                                # conversations.list in pages: the bot follows the cursor
+    emu.channels.update({"C4": "general", "C8": "incidents-archive"})
+    bot = run_bot(emu, db, allowed_channels=["#incidents"])
+    try:
+        assert bot.channel_ids == {"C1"}
+        # #incidents is renamed and someone renames #random (C9) to incidents
+        emu.channels.update({"C1": "incidents-old", "C9": "incidents"})
+        status, body, _ = emu.slash(emu.url, "delete-cluster", user_id="U9", channel_id="C9", channel_name="incidents")
+        assert status == 200 and "Sorry - you may not ask whodid here" in body
+        status, body, _ = emu.slash(emu.url, "delete-cluster", channel_id="C1", channel_name="incidents-old")
+        assert "Tracing" in body                     # the channel itself, whatever it is called now
+    finally:
+        bot.stop()
+
+
+# --- item 9: ack first, private answers --------------------------------------------------------------
+
+def test_the_ack_comes_before_a_slow_user_group_lookup(emu, db, monkeypatch):
+    bot = run_bot(emu, db, allowed_channels=["C1"], allowed_usergroups=["sre"])
+    try:
+        monkeypatch.setattr(slack_mod, "GROUP_CACHE", 0.0)         # what was read at start has expired
+        emu.delays["usergroups.users.list"] = 4.0                  # and Slack is slow to say it again
+        before = len(emu.method_calls("usergroups.users.list"))
+        status, body, acked = emu.slash(emu.url, "delete-cluster", user_id="U7", user_name="sam",
+                                        channel_id="C2", channel_name="sre-chat")
+        assert status == 200
+        lookup = emu.wait(lambda: [c for c in emu.method_calls("usergroups.users.list")[before:] if c.done],
+                          what="the user-group lookup")[0]
+        assert acked < lookup.done                                 # Slack had its ack before the lookup ended
+        said = emu.wait(lambda: [r for r in emu.responses if "Tracing" in (r.get("text") or "")], what="Tracing")
+        assert said[0]["response_type"] == "ephemeral"
+        # someone in no group, outside the allowed channels: acked first too, then refused privately
+        status, body, acked = emu.slash(emu.url, "delete-cluster", user_id="U9", user_name="mallory",
+                                        channel_id="C9", channel_name="random")
+        refusal = emu.wait(lambda: [r for r in emu.responses if "Sorry" in (r.get("text") or "")], what="refusal")
+        assert refusal[0]["response_type"] == "ephemeral" and "Sorry" not in body
+    finally:
+        bot.stop()
+
+
+def test_a_group_member_outside_the_allowed_channels_is_answered_privately_buttons_too(emu, db):
+    bot = run_bot(emu, db, allowed_channels=["C1"], allowed_usergroups=["sre"])
+    try:
+        emu.slash(emu.url, "delete-cluster", user_id="U7", user_name="sam", channel_id="C2", channel_name="sre-chat")
+        answers = emu.wait(lambda: [r for r in emu.responses if r.get("blocks")] if len(
+            [r for r in emu.responses if r.get("blocks")]) >= 2 else None, what="the summary and the chain")
+        assert all(r["response_type"] == "ephemeral" for r in answers)
+        assert "*jim*" in str(answers[0]["blocks"]) and "Who:  jim" in str(answers[1]["blocks"])
+        time.sleep(0.3)
+        assert emu.messages == [] and not emu.method_calls("files.getUploadURLExternal")   # nothing public
+        # a button on that private answer, clicked there: private too
+        from slackemu import Message
+        msg = Message("C2", "1.1", "", answers[0]["blocks"], None)
+        n = len(emu.responses)
+        emu.click(emu.url, msg, "whodid.earlier", button(msg, "earlier"), user_id="U7", user_name="sam",
+                  channel_name="sre-chat")
+        more = emu.wait(lambda: emu.responses[n:], what="earlier activity")
+        assert more[0]["response_type"] == "ephemeral" and emu.messages == []
+        # the same person in an allowed channel: in the channel, for everyone there
+        emu.slash(emu.url, "delete-cluster", user_id="U7", user_name="sam")
+        answered(emu)
+    finally:
+        bot.stop()
