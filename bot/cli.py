@@ -427,9 +427,14 @@ def cmd_db(args, cfg: config_mod.Config) -> int:
 def db_check(store: Store, path: str) -> int:
     """Read every page of the store. Questions do not (a full check of a big store takes
     minutes); they fail on the damaged pages they read, and this finds the rest."""
-    print(f"{path}: checking every page ({store.size() / 1e6:.1f} MB)...", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(f"{path}: checking every page ({store.size() / 1e6:.1f} MB)...", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    problems = store.check(20)
+    try:
+        problems = store.check(20)
+    except sqlite3.DatabaseError as exc:       # damage so bad that the check itself stops at it
+        raise StoreError(f"the store {path} is damaged ({exc}: the check stopped at it), so its answers cannot "
+                         "be trusted; restore it from a backup, or move it aside and start a new one") from None
     if not problems:
         print(f"{path}: ok, no damage found ({time.perf_counter() - t:.1f}s)")
         return EXIT_OK

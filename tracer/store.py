@@ -778,6 +778,9 @@ def _connect(path: str, create: bool) -> tuple[sqlite3.Connection, bool]:
         except OSError as exc:
             raise StoreError(private.why_not_written(exc, path, "the store")) from None
     if private.trouble(None, path) == "read-only":
+        if create:                  # the caller means to store events
+            raise StoreError(f"read-only: the store {path} is on a read-only filesystem; questions can "
+                             "read it there, but events cannot be stored in it")
         wal = path + "-wal"
         if not (os.path.exists(wal) and os.path.getsize(wal)):
             # nothing in a write-ahead log to miss, and nothing can write this filesystem: SQLite

@@ -50,7 +50,7 @@ def make_dirs(path: str | os.PathLike) -> None:
             os.mkdir(directory, DIR_MODE)
         except FileExistsError:
             if not os.path.isdir(directory):
-                raise
+                raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", directory) from None
             continue                       # made by someone else meanwhile: theirs to keep
         os.chmod(directory, DIR_MODE)
 
