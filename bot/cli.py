@@ -367,7 +367,7 @@ def cmd_import_audit(args, cfg: config_mod.Config) -> int:
 
     for name in args.files:
         if name != "-" and not os.path.isfile(name):
-            raise UsageError(f"cannot read {name}: no such file")
+            raise UsageError(f"cannot read {name}: {'not a file' if os.path.exists(name) else 'no such file'}")
     files = sorted(args.files, key=first_ts)          # rotated logs: oldest first, one process table
     report = ImportReport()
 

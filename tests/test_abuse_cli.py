@@ -275,6 +275,8 @@ def test_absurd_numbers(demo_db, capsys, args, words):
     (["changes", "since:99999999999999999999d"], "durations go up to 100 years"),
     (["db", "prune", "--older-than", "99999999999999999999d"], "durations go up to 100 years"),
     (["db", "explode"], "invalid choice"),
+    (["import-audit", "/"], "cannot read /: not a file"),
+    (["ingest", "/"], "cannot read /"),
     (["trace"], "required"),
 ])
 def test_absurd_arguments_elsewhere(demo_db, capsys, argv, words):
