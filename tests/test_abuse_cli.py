@@ -328,3 +328,19 @@ def test_the_console_script_prints_no_traceback(demo_db, tmp_path):
     done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "whodid"), "trace", "x", "--db", path],
                           capture_output=True, text=True, timeout=120)
     one_line_error(done.returncode, done.stderr, "is damaged")
+
+
+@ROOT_ONLY
+def test_a_read_only_store_with_an_unfinished_write_ahead_log_is_one_line(demo_db, mount, capsys, tmp_path):
+    """SQLite must write beside such a store to read it; copying it elsewhere is the way."""
+    fs = mount()
+    live = str(tmp_path / "live.db")
+    shutil.copy(demo_db, live)
+    src = Store.open(live)
+    src.write([json.loads(line) for line in events(3)])    # stays in the -wal while src is open
+    shutil.copy(live, fs / "s.db")
+    shutil.copy(live + "-wal", fs / "s.db-wal")
+    src.close()
+    read_only(fs)
+    code, out, err = run(capsys, "trace", "delete-cluster", "--db", fs / "s.db")
+    one_line_error(code, err, "read-only", str(fs / "s.db"), "write-ahead log")
