@@ -32,6 +32,7 @@ from .redact import compile_rules
 from .spool import event_line
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
+from whodid import private
 from whodid.stopping import Stop
 from whodid.tracer.events import plain_ip
 from whodid.tracer.when import parse_duration
@@ -96,7 +97,7 @@ class Sink:
             from whodid.tracer import Store
             self.store = Store.open(db, create=True)
         if out:
-            self.fh = sys.stdout.buffer if out == "-" else open(out, "ab")
+            self.fh = sys.stdout.buffer if out == "-" else private.open_append(out)
         self.written = 0
         self.refused = 0
 
@@ -132,8 +133,10 @@ def fleet(args, cfg, host: str, boot: str):
     from .ship import Shipper
     from .spool import Spool, SpoolError
     try:
+        if cfg.token_file and not (os.environ.get("WHODID_AGENT_TOKEN") or cfg.token):
+            private.check_secret(cfg.token_file, "agent.token_file")       # as ssh refuses an open key
         token = cfg.agent_token()
-    except config_mod.ConfigError as exc:
+    except (config_mod.ConfigError, private.PrivateFileError) as exc:
         raise ValueError(str(exc)) from None
     if not token:
         raise ValueError("fleet mode needs this host's token: set $WHODID_AGENT_TOKEN, agent.token or "
@@ -182,6 +185,11 @@ def forward(args) -> int:
         print(f"whodid-agent: {exc}", file=sys.stderr)
         return 2
     from whodid.tracer.events import EventError, decode_line
+    for name in args.files:
+        if name != "-" and not os.path.isfile(name):
+            print(f"whodid-agent: cannot read {name}: {'no such file' if not os.path.exists(name) else 'not a file'}",
+                  file=sys.stderr)
+            return 2
     bad = 0
     for name in args.files:
         fh = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")
@@ -243,9 +251,13 @@ def run(args) -> int:
         return 2
     try:
         sink = Sink(args.db, args.out, spool)
-    except Exception as exc:  # a store that cannot be opened, an unwritable --out
+    except OSError as exc:               # an unwritable --out
+        print(f"whodid-agent: cannot start: {private.why_not_written(exc, args.out, 'the events file')}",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:             # a store that cannot be opened (StoreError says why)
         print(f"whodid-agent: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return 2
     cap, mode = None, args.mode
     if args.audit_log:
         from .audit import AuditTail
@@ -403,8 +415,29 @@ def doctor(_args) -> int:
     return 0 if not bad else 1
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, keeping the promise every other error keeps: one line, exit 2 (as `whodid`'s)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def bad_number(args) -> str | None:
+    """What is wrong with a number given on the command line, if anything."""
+    pages = getattr(args, "ringbuf_pages", None)
+    if pages is not None and (pages < 1 or pages & (pages - 1) or pages > 1 << 20):
+        return f"--ringbuf-pages must be a power of 2 from 1 to {1 << 20} (4 KiB pages); got {pages}"
+    interval = getattr(args, "flush_interval", None)
+    if interval is not None and not 0 < interval <= 3600:
+        return f"--flush-interval must be more than 0 and at most 3600 seconds; got {interval}"
+    batch = getattr(args, "batch_events", None)
+    if batch is not None and not 1 <= batch <= 1_000_000:
+        return f"--batch-events must be from 1 to 1000000; got {batch}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="whodid-agent", description="Record process, login, network and file "
+    p = Parser(prog="whodid-agent", description="Record process, login, network and file "
                                 "activity on this host for whodid.", epilog=__doc__.split("examples:", 1)[1]
                                 .join(["examples:", ""]), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -450,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("files", nargs="*", metavar="FILE", help="JSON-lines files (- for stdin); none: only ship what the spool holds")
     sub.add_parser("doctor", help="check this host can run the agent, and say how to fix what it cannot")
     args = p.parse_args(argv)
+    problem = bad_number(args)
+    if problem:
+        print(f"whodid-agent: {problem}", file=sys.stderr)
+        return 2
     if args.command == "run":
         return run(args)
     if args.command == "doctor":

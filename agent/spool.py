@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from whodid import private
+
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -59,13 +61,16 @@ class Spool:
         self.path, self.max_bytes, self.policy = str(path), max_bytes, policy
         self.host, self.boot = host, boot
         try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # private before SQLite opens it: its -wal and -shm take the file's mode
+            private.create_file(self.path)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
-            raise SpoolError(f"cannot open the spool {self.path}: {exc}") from None
+            why = private.trouble(exc if isinstance(exc, OSError) else None, self.path)
+            raise SpoolError(f"{why + ': ' if why else ''}cannot open the spool {self.path}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
         self.lock = threading.Lock()
         self.arrived = threading.Event()
         self.bytes = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events").fetchone()[0]

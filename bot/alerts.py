@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from whodid import private
 from whodid.tracer import Query, Tracer
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
@@ -218,18 +219,18 @@ class FilePoster:
     def alert(self, canary, state, result, suspects, changes):
         from whodid.tracer.render.image import render_png
         now = time.time()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(self.dir)                # alerts name people and commands: owner only
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         base = self.dir / f"{canary.name}-{stamp}"
         text = alert_text(canary, state, result, suspects, changes, now)
         full = text + ("\n\n" + render_trace(suspects[0].trace, now, 1, len(suspects)) if suspects else "")
-        base.with_suffix(".txt").write_text(full + "\n")
+        private.write_file(base.with_suffix(".txt"), full + "\n")
         files = [str(base.with_suffix(".txt"))]
         for i, s in enumerate(suspects[:3], 1):
             path = self.dir / f"{canary.name}-{stamp}-suspect-{i}.png"
-            path.write_bytes(render_png(s.trace, now))
+            private.write_file(path, render_png(s.trace, now))
             files.append(str(path))
-        base.with_suffix(".json").write_text(json.dumps({
+        private.write_file(base.with_suffix(".json"), json.dumps({
             "canary": canary.name, "failing_since": state.since, "result": result.summary,
             "suspects": [{"command": s.trace.poi.command, "host": s.trace.poi.host, "at": s.trace.poi.start,
                           "person": s.trace.attributed.user, "how": s.trace.summary, "why": s.why} for s in suspects],

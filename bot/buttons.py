@@ -20,9 +20,11 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from dataclasses import dataclass
 
+from whodid import private
 from whodid.tracer.trace import Target
 
 from .ask import MAX_PATTERN, Ask
@@ -104,20 +106,64 @@ def pin_from(v) -> Target | None:
                   _int(start, -(1 << 62), 1 << 62), _num(at), _str(op, 20), _str(path, 4096))
 
 
+def key_path(store_path: str) -> str:
+    """Where the signing key of the store at store_path lives: beside it, `<store>.key`."""
+    return store_path + ".key"
+
+
 def store_key(store_path: str) -> bytes:
-    """The bot's signing key, kept in the store (made on first use), so every whodid process
-    using the store - the bot, the trace pages, the CLI printing links - signs alike."""
+    """The bot's signing key (buttons; trace links derive theirs from it), the same for every
+    whodid process using the store - the bot, the trace pages, the CLI printing links.
+
+    It lives in its own private file beside the store (key_path, 0600), not in the store,
+    which people are given to read (a copy for an incident, `whodid db stats`). Made on first
+    use. Stores from before kept it in their meta table: the first use moves it to the file
+    (so links and buttons already posted keep working) and leaves only a note in the store."""
+    if store_path == ":memory:":
+        return _PROCESS_KEY                 # a store for this process only: a key for it alone
+    path = key_path(store_path)
+    key = _read_key(path)
+    if key is not None:
+        return key
     from whodid.tracer import Store
     store = Store.open(store_path, create=True)
     try:
-        with store.transaction():
-            key = store.get_meta("button_key")
+        with store.transaction():           # the store's write lock: one process makes or moves it
+            key = _read_key(path)
             if key is None:
-                key = secrets.token_hex(32)
-                store.set_meta("button_key", key)
-        return bytes.fromhex(key)
+                old = store.get_meta("button_key") or ""
+                key = bytes.fromhex(old) if _is_key(old) else secrets.token_bytes(32)
+                try:
+                    private.write_file(path, key.hex() + "\n")
+                except OSError as exc:
+                    raise private.PrivateFileError(private.why_not_written(exc, path, "the signing key")) from None
+                if old:
+                    store.set_meta("button_key", f"moved to {path}")
+        return key
     finally:
         store.close()
+
+
+def _is_key(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _read_key(path: str) -> bytes | None:
+    """The key in path, None if there is no such file; refused if others may read it."""
+    if not os.path.exists(path):
+        return None
+    private.check_secret(path, "the signing key for links and buttons")
+    try:
+        text = open(path, encoding="ascii", errors="replace").read().strip()
+    except OSError as exc:
+        raise private.PrivateFileError(f"cannot read the signing key {path}: {exc.strerror}") from None
+    if not _is_key(text):
+        raise private.PrivateFileError(f"the signing key {path} is damaged; delete it and whodid makes a new one "
+                                       "(links and buttons made before then stop working)")
+    return bytes.fromhex(text)
+
+
+_PROCESS_KEY = secrets.token_bytes(32)
 
 
 def _sign(raw: str, key: bytes) -> str:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from whodid import private
 from whodid.tracer.changes import Review, Row, by_person, planned_by_actor
 from whodid.tracer.render.text import printable
 from whodid.tracer.when import clock, iso
@@ -299,8 +300,7 @@ class DigestJob:
             text = render_text(result, now)
             self.log(f"{result.headline()}\n{text}")
             if self.out_dir:
-                os.makedirs(self.out_dir, exist_ok=True)
+                private.make_dirs(self.out_dir)          # who changed what: owner only, as alerts
                 path = os.path.join(self.out_dir, time.strftime("changes-%Y%m%d-%H%M.txt", time.gmtime(now)))
-                with open(path, "w", encoding="utf-8") as fh:
-                    fh.write(text + "\n")
+                private.write_file(path, text + "\n")
         return result

@@ -20,25 +20,36 @@ import argparse
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 import time
 
 from whodid import __version__
 from whodid import config as config_mod
+from whodid import private
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
+from whodid.tracer.store import store_error
 from whodid.tracer.render import render_text, traces_json
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.when import TimeError, clock, format_duration, parse_time
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
+MAX_LIMIT = 1000             # matches per question: each is a whole trace, and SQLite's integers end at 2**63
 
 
 class UsageError(Exception):
     pass
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, keeping the promise every other error keeps: one line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="whodid", description="Trace commands back to the person who ran them.",
+    p = Parser(prog="whodid", description="Trace commands back to the person who ran them.",
                                 epilog=__doc__.split("examples:", 1)[1].join(["examples:", ""]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"whodid {__version__}")
@@ -109,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "be matched; repeatable")
     a.add_argument("--db", metavar="PATH", help=db_help)
 
-    s = sub.add_parser("db", help="look after the store: stats, prune (retention), vacuum (give space back)")
-    s.add_argument("action", choices=["stats", "prune", "vacuum"])
+    s = sub.add_parser("db", help="look after the store: stats, prune (retention), vacuum (give space back), "
+                       "check (read every page: is it damaged?)")
+    s.add_argument("action", choices=["stats", "prune", "vacuum", "check"])
     s.add_argument("--db", metavar="PATH", help=db_help)
     s.add_argument("--older-than", metavar="DURATION", help="prune: the horizon (default: store.retention, 30d)")
     s.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
@@ -141,17 +153,35 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_ERROR
+    cfg = None
     try:
         cfg = config_mod.load(args.config)
         return COMMANDS[args.command](args, cfg)
-    except (StoreError, config_mod.ConfigError, UsageError, TimeError) as exc:
+    except (StoreError, config_mod.ConfigError, UsageError, TimeError, private.PrivateFileError) as exc:
         print(f"whodid: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except sqlite3.Error as exc:
+        # a page found damaged in the middle of a question, a disk that filled during a write:
+        # never an answer from a store that failed, and never a traceback
+        path = cfg.store_path(getattr(args, "db", None)) if cfg else "(no store)"
+        print(f"whodid: {store_error(exc, path)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("whodid: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:
+        why = private.trouble(exc, exc.filename) if exc.filename else None
+        print(f"whodid: {why + ': ' if why else ''}{exc.filename or 'a file'}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        if os.environ.get("WHODID_DEBUG"):
+            raise
+        print(f"whodid: unexpected {type(exc).__name__}: {exc} - a bug in whodid; please report it, with the "
+              "traceback WHODID_DEBUG=1 shows", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def cmd_trace(args, cfg: config_mod.Config) -> int:
@@ -162,12 +192,17 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
                   scope=args.scope, limit=args.limit if args.limit is not None else cfg.trace.limit,
                   started=args.started)
     if query.limit < 1:
-        raise UsageError("--limit must be at least 1")
+        raise UsageError(f"--limit must be at least 1 (it counts matches, newest first); got {query.limit}")
+    if query.limit > MAX_LIMIT:
+        raise UsageError(f"--limit must be at most {MAX_LIMIT} (each match is a whole trace); got {query.limit}")
+    keep = config_mod.parse_duration(args.keep_for) if args.keep_for else None
+    if keep is not None and keep <= 0:
+        raise UsageError(f"--keep-for wants a duration longer than nothing, like 90d; got {args.keep_for!r}")
     store = Store.open(cfg.store_path(args.db))
     tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
     traces = tracer.find(query)
-    if args.keep_for and traces:
-        until = now + config_mod.parse_duration(args.keep_for)
+    if keep and traces:
+        until = now + keep
         for tr in traces:
             store.pin({d["step"].proc for _, d in tr.graph.nodes(data=True)}, until,
                       f"whodid trace {args.pattern} ({time.strftime('%Y-%m-%d', time.gmtime(now))})")
@@ -241,8 +276,10 @@ def write_pages(store, traces, path: str, now: float) -> list[str]:
     out = []
     for i, tr in enumerate(traces, 1):
         target = path if i == 1 else f"{stem}-{i}.html"
-        with open(target, "w", encoding="utf-8") as fh:
-            fh.write(render_html(tr, now, gather_details(store, tr)))
+        try:
+            private.write_file(target, render_html(tr, now, gather_details(store, tr)))
+        except OSError as exc:
+            raise UsageError(private.why_not_written(exc, target, "the page")) from None
         out.append(target)
     return out
 
@@ -256,16 +293,18 @@ def write_images(traces, path: str, now: float) -> list[str]:
     for i, tr in enumerate(traces, 1):
         target = path if i == 1 else f"{stem}-{i}.png"
         try:
-            with open(target, "wb") as fh:
-                fh.write(render_png(tr, now))
+            private.write_file(target, render_png(tr, now))
         except OSError as exc:
-            raise UsageError(f"cannot write the image {target}: {exc.strerror}") from None
+            raise UsageError(private.why_not_written(exc, target, "the image")) from None
         out.append(target)
     return out
 
 
 def cmd_ingest(args, cfg: config_mod.Config) -> int:
-    store = Store.open(cfg.store_path(args.db), create=True)
+    """Each file's good lines are stored and its bad ones listed by line number (exit 1); a
+    file that cannot be read, or a store that stops taking writes, is an error (exit 2)."""
+    path = cfg.store_path(args.db)
+    store = Store.open(path, create=True)
     worst = EXIT_OK
     for name in args.files:
         try:
@@ -274,11 +313,24 @@ def cmd_ingest(args, cfg: config_mod.Config) -> int:
             print(f"whodid: cannot read {name}: {exc.strerror}", file=sys.stderr)
             worst = EXIT_ERROR
             continue
-        with fh:
-            report = ingest(store, fh)
+        stored = [0]                     # events of this file in committed batches so far
+
+        def progress(report, stored=stored):
+            stored[0] = report.accepted
+
+        try:
+            with fh:
+                report = ingest(store, fh, progress=progress)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{store_error(exc, path)}. {stored[0]:,} events from {name} were stored before "
+                             "it; the same command again stores the rest, none twice") from None
+        except UnicodeDecodeError as exc:      # only stdin: files are read with errors="replace"
+            raise UsageError(f"{name}: not text ({exc.reason}); whodid ingest reads UTF-8 JSON lines") from None
         print(printable(f"{name}: {report.summary()}"))
-        for sample in report.samples[1:5]:
-            print(printable(f"  also refused: {sample}"))
+        for sample in report.samples:           # for a file, event N is its line N
+            print(printable(f"  refused {sample} (line {sample.position} of {name})"))
+        if report.rejected > len(report.samples):
+            print(f"  ... and {report.rejected - len(report.samples)} more refused lines")
         if report.rejected:
             worst = max(worst, EXIT_NO_MATCH)
     return worst
@@ -317,7 +369,7 @@ def cmd_import_audit(args, cfg: config_mod.Config) -> int:
 
     for name in args.files:
         if name != "-" and not os.path.isfile(name):
-            raise UsageError(f"cannot read {name}: no such file")
+            raise UsageError(f"cannot read {name}: {'not a file' if os.path.exists(name) else 'no such file'}")
     files = sorted(args.files, key=first_ts)          # rotated logs: oldest first, one process table
     report = ImportReport()
 
@@ -363,6 +415,8 @@ def cmd_db(args, cfg: config_mod.Config) -> int:
         if not args.dry_run and report.rows_removed:
             print("the file keeps its size until `whodid db vacuum` gives the space back")
         return EXIT_OK
+    if args.action == "check":
+        return db_check(store, path)
     if args.action == "vacuum":
         print(f"{path}: vacuuming (the store is locked for writing meanwhile; agents keep their spools)...",
               file=sys.stderr, flush=True)
@@ -370,6 +424,27 @@ def cmd_db(args, cfg: config_mod.Config) -> int:
         print(f"{path}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
         return EXIT_OK
     return db_stats(store, path, cfg)
+
+
+def db_check(store: Store, path: str) -> int:
+    """Read every page of the store. Questions do not (a full check of a big store takes
+    minutes); they fail on the damaged pages they read, and this finds the rest."""
+    if sys.stderr.isatty():
+        print(f"{path}: checking every page ({store.size() / 1e6:.1f} MB)...", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    try:
+        problems = store.check(20)
+    except sqlite3.DatabaseError as exc:       # damage so bad that the check itself stops at it
+        raise StoreError(f"the store {path} is damaged ({exc}: the check stopped at it), so its answers cannot "
+                         "be trusted; restore it from a backup, or move it aside and start a new one") from None
+    if not problems:
+        print(f"{path}: ok, no damage found ({time.perf_counter() - t:.1f}s)")
+        return EXIT_OK
+    for problem in problems:
+        print(f"  {problem}")
+    raise StoreError(f"the store {path} is damaged ({len(problems)}{'+' if len(problems) == 20 else ''} problems "
+                     "above), so its answers cannot be trusted; restore it from a backup, or move it aside and "
+                     "start a new one")
 
 
 def db_stats(store: Store, path: str, cfg: config_mod.Config) -> int:

@@ -14,11 +14,14 @@ import os
 import secrets
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import sqlite_utils
+
+from whodid import private
 
 from . import migrations
 
@@ -99,57 +102,64 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike, create: bool = False) -> "Store":
+        """The store at path (made, private, if create). Every failure is a StoreError that says
+        what happened in a person's words (store_error), never an SQLite exception."""
         path = str(path)
-        if path != ":memory:":
-            p = Path(path)
-            if not p.exists():
-                if not create:
-                    raise StoreError(
-                        f"no whodid store at {path}. Build one with `whodid demo --db {path}`, "
-                        "or point --db / WHODID_DB at an existing store.")
-                try:
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise StoreError(f"cannot create the directory for {path}: {exc.strerror}") from None
-            elif p.is_dir():
-                raise StoreError(f"{path} is a directory; --db wants the store's file name")
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            db = sqlite_utils.Database(conn)
+            return cls._open(path, create)
+        except sqlite3.Error as exc:
+            raise store_error(exc, path) from None
+
+    @classmethod
+    def _open(cls, path: str, create: bool) -> "Store":
+        conn, read_only = _connect(path, create)
+        db = sqlite_utils.Database(conn)
+        try:
             # tables first: a store being created elsewhere shows its tables and its version in
             # one commit, so reading them in this order never sees tables without a version
             tables = set(db.table_names())
             version = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path} is not a whodid store ({exc}). Move it aside, or choose "
-                             "another file with --db.") from None
+            if _code(exc) == sqlite3.SQLITE_NOTADB:
+                raise StoreError(f"{path} is not a whodid store ({exc}). Move it aside, or choose "
+                                 "another file with --db.") from None
+            raise
         if tables and version == 0:
             raise StoreError(f"{path} is an SQLite database but not a whodid store (it has tables "
                              f"{', '.join(sorted(tables)[:5])}). Choose another file with --db.")
         if version > migrations.LATEST:
             raise StoreError(f"{path} has store schema version {version}, newer than this whodid "
                              f"understands ({migrations.LATEST}). Upgrade whodid.")
+        if read_only and version < migrations.LATEST:
+            raise StoreError(f"read-only: the store {path} is on a read-only filesystem, and this whodid "
+                             f"must first upgrade its schema ({version} to {migrations.LATEST}); copy it "
+                             "to a writable place")
         store = cls(db, path)
         # Several agents may open (and create) one store at the same moment; SQLite answers
         # "locked" at once for some of the steps below rather than waiting, so wait here.
         deadline = time.monotonic() + 60
         while True:
             try:
-                if path != ":memory:" and db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                if not read_only and path != ":memory:" and \
+                        db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
                 db.execute("PRAGMA foreign_keys = OFF")   # placeholders may name parents not yet seen
+                # damage on a page is found when the page is read, not by a full check at every
+                # open (minutes on a big store): this makes SQLite check each b-tree page's cells
+                # as it loads them, so more damage is found, and found before it is believed
+                db.execute("PRAGMA cell_size_check = ON")
                 store._migrate()
                 return store
             except sqlite3.OperationalError as exc:
                 if ("locked" in str(exc) or "busy" in str(exc)) and time.monotonic() < deadline:
                     time.sleep(0.1)
                     continue
-                raise StoreError(f"cannot use the store at {path}: {exc}") from None
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"cannot use the store at {path}: {exc}") from None
+                raise
 
     def _migrate(self) -> None:
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= migrations.LATEST:
+            return              # the usual case: no write lock to wait for, and a read-only store opens
         with self.transaction():
             version = self.db.execute("PRAGMA user_version").fetchone()[0]    # under the write lock
             for number, sql in migrations.STEPS:
@@ -158,6 +168,12 @@ class Store:
                 for statement in _split_sql(sql):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {number}")
+
+    def check(self, max_problems: int = 20) -> list[str]:
+        """Read every page and index of the store: [] when no damage is found, else what SQLite
+        found (at most max_problems). Minutes on a big store, so questions never do this."""
+        problems = [row[0] for row in self.db.execute(f"PRAGMA integrity_check({int(max_problems)})")]
+        return [] if problems == ["ok"] else problems
 
     def close(self) -> None:
         self.db.conn.close()
@@ -761,3 +777,82 @@ def _split_sql(script: str) -> list[str]:
         if lines:
             out.append("\n".join(lines))
     return out
+
+
+# --- opening, and SQLite's errors in a person's words -------------------------------------
+
+
+def _connect(path: str, create: bool) -> tuple[sqlite3.Connection, bool]:
+    """(connection, read_only). A new store's file is made private (0600, its directories
+    0700) before SQLite opens it: SQLite gives the -wal and -shm files the database file's
+    mode. A store on a read-only filesystem (a mounted snapshot or backup) opens read-only."""
+    if path == ":memory:":
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False), False
+    if os.path.isdir(path):
+        raise StoreError(f"{path} is a directory; --db wants the store's file name")
+    if not os.path.exists(path):
+        if not create:
+            raise StoreError(
+                f"no whodid store at {path}. Build one with `whodid demo --db {path}`, "
+                "or point --db / WHODID_DB at an existing store.")
+        try:
+            private.create_file(path)
+        except OSError as exc:
+            raise StoreError(private.why_not_written(exc, path, "the store")) from None
+    if private.trouble(None, path) == "read-only":
+        if create:                  # the caller means to store events
+            raise StoreError(f"read-only: the store {path} is on a read-only filesystem; questions can "
+                             "read it there, but events cannot be stored in it")
+        wal = path + "-wal"
+        if not (os.path.exists(wal) and os.path.getsize(wal)):
+            # nothing in a write-ahead log to miss, and nothing can write this filesystem: SQLite
+            # may read the file as it is, without the -shm it cannot make here
+            uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
+            return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False), True
+        raise StoreError(f"read-only: the store {path} is on a read-only filesystem with an unfinished "
+                         f"write-ahead log ({wal}) that SQLite must write to read; copy the store and its "
+                         "-wal file to a writable place and use the copy")
+    return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False), False
+
+
+def _code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of an error (SQLITE_FULL, SQLITE_CORRUPT...), if it has one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def store_error(exc: BaseException, path: str) -> StoreError:
+    """What an SQLite error on the store at path means for a person: opening it, or later, in
+    a query or a write. A damaged store is never "not a whodid store", and a full disk or a
+    read-only mount is said as such, with the path."""
+    code, text = _code(exc), str(exc)
+    if code == sqlite3.SQLITE_CORRUPT:
+        return StoreError(f"the store {path} is damaged ({text}), so its answers cannot be trusted; "
+                          f"`whodid db check --db {path}` says where. Restore it from a backup, or move it "
+                          "aside and start a new one")
+    if code == sqlite3.SQLITE_NOTADB:
+        return StoreError(f"{path} is not a whodid store ({text}). Move it aside, or choose another file "
+                          "with --db.")
+    why = private.trouble(exc if isinstance(exc, OSError) else None, path) \
+        if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
+                    None) else None
+    if code == sqlite3.SQLITE_FULL or why == "disk full":
+        return StoreError(f"disk full: no space left for the store {path} ({text}); free some space on "
+                          "its filesystem and run the command again (what failed was not kept; the store "
+                          "keeps what it had)")
+    if code == sqlite3.SQLITE_READONLY or why == "read-only":
+        if why == "read-only":
+            where = "its filesystem is mounted read-only"
+        elif os.path.exists(path) and not os.access(path, os.W_OK):
+            where = f"this user may not write it (mode {os.stat(path).st_mode & 0o777:04o})"
+        else:
+            where = "this user may not write it or its directory"
+        return StoreError(f"read-only: the store {path} cannot be written ({text}): {where}; asking "
+                          "questions works, storing events does not")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(f"the store {path} is busy: another process has held its write lock too long "
+                          f"({text}); try again, or stop the other writer")
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return StoreError(f"cannot open the store {path} ({text}): SQLite needs to read it and to make "
+                          f"{os.path.basename(path)}-wal and -shm beside it; check this user may do both")
+    return StoreError(f"cannot use the store at {path}: {text}")

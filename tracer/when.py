@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = 100 * 365 * 86400     # past this, a duration is a typo: its dates cannot be written
 
 
 class TimeError(ValueError):
@@ -17,7 +18,10 @@ def parse_duration(text: str) -> float:
     m = _DURATION.match(text)
     if not m:
         raise TimeError(f"{text!r} is not a duration; use a number and a unit, like 90m, 24h or 7d")
-    return float(m.group(1)) * _UNIT[m.group(2)]
+    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if seconds > MAX_DURATION:
+        raise TimeError(f"{text!r} is longer than whodid can mean; durations go up to 100 years (36500d)")
+    return seconds
 
 
 def parse_time(text: str, now: float) -> float:
