@@ -155,7 +155,7 @@ def start_shipping(shipper, stop: threading.Event) -> threading.Thread:
 
 
 def stop_shipping(shipper, spool, stop: threading.Event, thread: threading.Thread, grace: float) -> None:
-    stop.set()
+    shipper.wake(stop)                  # an idle shipper stops now, not at its next poll
     thread.join(60)
     spool.report_drops()
     shipper.drain(time.monotonic() + grace)
@@ -211,7 +211,8 @@ def forward(args) -> int:
     left = spool.pending()
     spool.close()
     print(f"whodid-agent: forwarded {shipper.stats.sent} events"
-          + (f", {shipper.stats.refused} refused by the collector" if shipper.stats.refused else "")
+          + (f", {shipper.stats.set_aside} refused by the collector (set aside in the spool's `refused` table)"
+             if shipper.stats.set_aside else "")
           + (f", {bad} malformed lines skipped" if bad else "")
           + (f"; {left} wait in the spool for the next run" if left else ""), file=sys.stderr)
     return 0 if not left else 1
