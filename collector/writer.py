@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import queue
-import sqlite3
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from whodid.tracer.ingest import event_fault, write_isolating
 from whodid.tracer.store import Store
 
 GROUP = 64               # batches written in one transaction at most
@@ -108,7 +108,7 @@ class Writer:
         try:
             results: list[Written | Exception] = self._write_group(jobs)
         except Exception as exc:
-            if _event_fault(exc):
+            if event_fault(exc):
                 # an event the store cannot take, which validation let through: the batches one
                 # by one, so other hosts' batches are stored and the one at fault loses only it
                 results = [self._try(self._write_alone, job) for job in jobs]
@@ -148,38 +148,16 @@ class Writer:
         return results
 
     def _write_alone(self, job) -> Written:
-        """One batch, its events at fault found by halving: each part that can be written is
-        (writes are idempotent, so a part stored before a later failure is harmless)."""
+        """One batch on its own; events the store cannot take are found and refused (see
+        write_isolating), the rest is stored."""
         host, events, at, clock, refused, lines = job
-        new, faults, parts = 0, [], [(0, len(events))]
-        while parts:
-            lo, hi = parts.pop()
-            try:
-                new += self.store.write(events[lo:hi]) if hi > lo else 0
-            except Exception as exc:
-                if not _event_fault(exc):
-                    raise
-                if hi - lo == 1:
-                    faults.append((lo, "event", f"the store cannot hold it ({type(exc).__name__}: {exc})"))
-                    continue
-                mid = (lo + hi) // 2
-                parts += [(mid, hi), (lo, mid)]          # the first half first: parents before children
+        new, faults = write_isolating(self.store, events)
         if faults:
             print(f"whodid serve: refused {len(faults)} events from {host} that the store could not hold; "
-                  f"first: {faults[0][2]}", file=sys.stderr, flush=True)
-        rejects = [*refused, *((lines[i] if lines else None, f, e, json.dumps(events[i], default=repr)[:2000])
-                               for i, f, e in faults)]
+                  f"first: {faults[0][1]}", file=sys.stderr, flush=True)
+        rejects = [*refused, *((lines[i] if lines else None, "event", why, json.dumps(events[i], default=repr)[:2000])
+                               for i, why in faults)]
         with self.store.transaction():
             self.store.note_seen(host, at, clock)
             self.store.add_rejects(host, at, rejects)
-        return Written(accepted=len(events) - len(faults), new=new, refused=faults)
-
-
-def _event_fault(exc: Exception) -> bool:
-    """Did writing fail because of what an event holds (a number, a string, a type the store
-    cannot take), rather than because the store cannot be written (OperationalError: a full
-    disk, an I/O error, a lock)?"""
-    if isinstance(exc, (sqlite3.OperationalError, MemoryError)):
-        return False
-    return isinstance(exc, (ValueError, TypeError, KeyError, OverflowError, sqlite3.IntegrityError,
-                            sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError))
+        return Written(accepted=len(events) - len(faults), new=new, refused=[(i, "event", why) for i, why in faults])

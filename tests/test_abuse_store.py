@@ -304,3 +304,19 @@ def test_an_argument_that_is_not_utf8_arrives_intact_from_agent_to_trace(collect
     out = run()
     assert out.returncode == 0, out.stderr.decode()
     assert "/bin/true \\xff café" in out.stdout.decode()
+
+
+def test_ingest_keeps_the_rest_when_the_store_refuses_an_event_validation_let_through(monkeypatch):
+    # local mode (whodid-agent --db, whodid ingest) goes through ingest(), not the collector's
+    # writer: the same second wall must hold there
+    import importlib
+    ingest_mod = importlib.import_module("whodid.tracer.ingest")
+    monkeypatch.setattr(ingest_mod, "parse_event", lambda obj: obj)          # a gap in validation
+    events = story("web-1", 0, 10)
+    events.insert(5, {**events[5], "pid": 2 ** 64})
+    store = Store.open(":memory:", create=True)
+    report = ingest_mod.ingest(store, events)
+    assert report.rejected == 1 and report.accepted == len(events) - 1
+    assert report.samples[0].position == 6 and report.samples[0].field == "event"
+    assert "OverflowError" in report.samples[0].message
+    assert store.check() == [] and store.counts()["execs"] == 10
