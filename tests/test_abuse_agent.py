@@ -215,3 +215,40 @@ def test_sigterm_stops_an_idle_fleet_agent_promptly(collector, tmp_path):
     assert code == 0, err
     assert took < 3.0, f"SIGTERM took {took:.2f} s"
     assert "whodid-agent: stopped" in err
+
+
+def test_a_non_utf8_argument_is_captured_shipped_stored_and_traced_intact(collector, tmp_path):
+    # `/bin/true $'\xff'` for real: BPF capture, the spool, HTTP, the collector, the store, the trace
+    from test_agent_live import bpf_ready
+    reason = bpf_ready()
+    if reason:
+        pytest.skip(f"BPF capture unavailable: {reason}")
+    ready, spool = tmp_path / "ready", tmp_path / "spool.db"
+    mark = f"whodid-abuse-{os.getpid()}".encode()
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
+         "--auth-log", "none", "--mode", "bpf", "--spool", str(spool), "--ready-file", str(ready),
+         "--flush-interval", "0.2"],
+        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert agent.poll() is None and time.monotonic() < deadline, agent.stderr.read().decode()
+            time.sleep(0.1)
+        subprocess.run([b"/bin/true", mark, b"\xff", b"caf\xc3\xa9"], check=True)
+        query = "SELECT e.argv FROM execs e JOIN cmds c ON c.id = e.cmd_id WHERE instr(c.cmd, ?) > 0"
+        while not (rows := Store.open(collector.store_path).db.execute(query, [mark.decode()]).fetchall()):
+            assert agent.poll() is None and time.monotonic() < deadline, agent.stderr.read().decode()
+            time.sleep(0.2)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(60)
+    argv = json.loads(rows[0][0])
+    assert [a.encode("utf-8", "surrogateescape") for a in argv] == [b"/bin/true", mark, b"\xff", b"caf\xc3\xa9"]
+    out = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "trace", mark.decode(), "--db",
+                          collector.store_path, "--since", "1h", "--json"], capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()
+    assert json.loads(out.stdout)["matches"][0]["poi"]["argv"] == argv
+    out = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "trace", mark.decode(), "--db",
+                          collector.store_path, "--since", "1h"], capture_output=True)
+    assert out.returncode == 0 and f"{mark.decode()} \\xff café".encode() in out.stdout, out.stdout + out.stderr
