@@ -201,8 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(503, {"error": "the collector is busy writing; retry shortly"}, retry_after=1)
         except Exception as exc:  # the write failed (disk full...): nothing was stored, the agent retries
             c.metrics.refused("store_error")
-            return self._json(503, {"error": f"the store could not be written ({exc}); nothing from this "
-                                             "batch was stored, retry later"}, retry_after=5)
+            return self._json(503, {"error": f"the store could not be written ({exc}); the batch was not "
+                                             "stored: send it again later (a resend stores nothing twice)"},
+                              retry_after=5)
         # refusals: the lines that failed validation, and any event the store could not hold
         refused = sorted([(n, f, e) for n, f, e, _ in batch.refused]
                          + [(batch.lines[i], f, e) for i, f, e in written.refused])

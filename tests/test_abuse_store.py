@@ -205,7 +205,7 @@ HOSTILE = [   # (raw JSON line, the field named in the refusal, words of the rea
     (exec_line(3, auid=2 ** 64 + 5), "auid", "does not fit in 64 bits"),
     (exec_line(4, code=0).replace('"kind": "exec"', '"kind": "exit"').replace('"code": 0', f'"code": {-2 ** 63 - 1}'),
      "code", "does not fit in 64 bits"),
-    (exec_line(5).replace('"pid": 5', '"pid": ' + "9" * 5000), "json", "not valid JSON"),
+    (exec_line(5).replace('"pid": 5', '"pid": ' + "9" * 5000), "json", "an integer of more than 4300 digits"),
     (exec_line(17).replace('"pid": 17', '"pid": ' + "9" * 4000), "pid", "a 4000-digit number does not fit"),
     (exec_line(6, cwd="\ud800"), "cwd", "lone surrogate U+D800"),
     (exec_line(7, argv=["ls", "\udfff"]), "argv[1]", "lone surrogate U+DFFF"),

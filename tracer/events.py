@@ -235,6 +235,9 @@ def decode_line(line: str | bytes) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
+        if "integer string conversion" in str(exc):     # Python's guard against quadratic int parsing
+            raise EventError("json", f"not valid JSON (an integer of more than {sys.get_int_max_str_digits()} "
+                                     "digits)") from None
         raise EventError("json", f"not valid JSON ({exc})") from None
     except RecursionError:
         # the parser recurses once per level: thousands of [[[[ would take the thread's stack
