@@ -163,6 +163,10 @@ def stop_shipping(shipper, spool, stop: threading.Event, thread: threading.Threa
     if left:
         print(f"whodid-agent: {left} events stay in the spool {spool.path} and will be shipped on the next start",
               file=sys.stderr)
+    if shipper.stats.set_aside:
+        print(f"whodid-agent: {shipper.stats.set_aside} events the collector refused were set aside since start; "
+              f"{spool.refused_count()} in all wait in the `refused` table of {spool.path} for someone to look",
+              file=sys.stderr)
     spool.close()
 
 

@@ -60,7 +60,7 @@ def stored_pids(db: str) -> list[int]:
 
 # --- refused events: set aside, said, counted ------------------------------------------------------
 
-def test_events_refused_inside_an_accepted_batch_are_set_aside_and_the_rest_delivered(collector, tmp_path):
+def test_events_refused_inside_an_accepted_batch_are_set_aside_and_the_rest_delivered(collector, tmp_path, capsys):
     spool = Spool(tmp_path / "spool.db", host="web-1", boot="b1")
     bad = {3: ev(3, pid=2 ** 64), 5: ev(5, host="db-1"), 8: ev(8, ts=float("nan")), 9: ev(9, cwd="\ud800")}
     spool.put([bad.get(i, ev(i)) for i in range(12)])
@@ -74,6 +74,10 @@ def test_events_refused_inside_an_accepted_batch_are_set_aside_and_the_rest_deli
     assert kept[0][1].startswith("pid: ") and "64 bits" in kept[0][1] and kept[1][1].startswith("host: ")
     assert len(said) == 1 and "refused 4 of 12 events" in said[0] and "set aside" in said[0] and "line 4: pid" in said[0]
     assert stored_pids(collector.store_path) == [1000 + i for i in range(12) if i not in bad]
+    stop, idle = threading.Event(), threading.Thread(target=lambda: None)
+    idle.start()
+    stop_shipping(shipper, spool, stop, idle, grace=1.0)                # and the agent says so when it stops
+    assert "4 events the collector refused were set aside" in capsys.readouterr().err
 
 
 def test_a_batch_of_only_invalid_events_is_set_aside_not_dropped(collector, tmp_path):
