@@ -47,8 +47,8 @@ class ShipStats:
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 # whole-batch refusals that no resend will change: set aside (401/403 are the token's fault,
-# 408 and 429 are "later", 413 is "smaller")
-REFUSED_WHOLE = frozenset(range(400, 500)) - {401, 403, 408, 413, 429}
+# 408 and 429 are "later"; 413 is "smaller" until a batch is one event too large)
+REFUSED_WHOLE = frozenset(range(400, 500)) - {401, 403, 408, 429}
 
 
 class Shipper:

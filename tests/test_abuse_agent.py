@@ -127,6 +127,18 @@ def test_a_batch_refused_whole_with_a_4xx_is_set_aside_and_shipping_goes_on(tmp_
         server.server_close()
 
 
+def test_one_event_too_large_for_the_collector_is_set_aside_once_batches_are_down_to_one(collector, tmp_path):
+    collector.limits.max_batch = 4000
+    spool = Spool(tmp_path / "spool.db", host="web-1", boot="b1")
+    spool.put([ev(0), ev(1, argv=["x" * 8000]), ev(2)])
+    shipper = Shipper(spool, collector.url, collector.tokens["web-1"], log=lambda m: None)
+    probes = 0
+    while shipper.ship_once() is not None:
+        probes += 1
+        assert probes < 20
+    assert spool.refused_count() == 1 and stored_pids(collector.store_path) == [1000, 1002]
+
+
 # --- outage: bounded backoff, a true count, a prompt drain -----------------------------------------
 
 def test_after_an_outage_the_spool_drains_within_a_bounded_number_of_probes(collector, tmp_path):
