@@ -7,6 +7,8 @@ one commit per flush interval the fsyncs cost little). The spool has a cap. When
 (`drop-oldest`, the default, keeps the most recent activity; `drop-newest` keeps the oldest),
 and every dropped event is counted: the count, and the time span it covered, go to the
 collector as a `loss` event, so traces crossing that span say they may be incomplete.
+What the collector refuses (an event, or a batch as a whole) moves to the `refused` table:
+kept for people to look at, never resent, never in the way of what follows.
 """
 
 from __future__ import annotations
