@@ -158,13 +158,17 @@ def start_shipping(shipper, stop: threading.Event) -> threading.Thread:
 
 
 def stop_shipping(shipper, spool, stop: threading.Event, thread: threading.Thread, grace: float) -> None:
-    stop.set()
+    shipper.wake(stop)                  # an idle shipper stops now, not at its next poll
     thread.join(60)
     spool.report_drops()
     shipper.drain(time.monotonic() + grace)
     left = spool.pending()
     if left:
         print(f"whodid-agent: {left} events stay in the spool {spool.path} and will be shipped on the next start",
+              file=sys.stderr)
+    if shipper.stats.set_aside:
+        print(f"whodid-agent: {shipper.stats.set_aside} events the collector refused were set aside since start; "
+              f"{spool.refused_count()} in all wait in the `refused` table of {spool.path} for someone to look",
               file=sys.stderr)
     spool.close()
 
@@ -219,7 +223,8 @@ def forward(args) -> int:
     left = spool.pending()
     spool.close()
     print(f"whodid-agent: forwarded {shipper.stats.sent} events"
-          + (f", {shipper.stats.refused} refused by the collector" if shipper.stats.refused else "")
+          + (f", {shipper.stats.set_aside} refused by the collector (set aside in the spool's `refused` table)"
+             if shipper.stats.set_aside else "")
           + (f", {bad} malformed lines skipped" if bad else "")
           + (f"; {left} wait in the spool for the next run" if left else ""), file=sys.stderr)
     return 0 if not left else 1

@@ -3,7 +3,10 @@
 The head of the spool goes out as one gzip-compressed JSON-lines POST to /v1/events with the
 host's token. Only a 2xx answer deletes it from the spool; a network error, a 5xx or a 429
 keeps it and retries after a backoff with full jitter (so a fleet coming back after a
-collector outage does not return in lockstep). A re-sent batch is harmless: the store keeps
+collector outage does not return in lockstep), from half a second up to BACKOFF_MAX, and
+never sooner than the collector's Retry-After. What the collector refuses - events one by one,
+or a batch as a whole with a 4xx - would be refused again if resent: it is set aside in the
+spool's `refused` table, said in the log and counted (ShipStats.set_aside), and never retried. A re-sent batch is harmless: the store keeps
 one copy of each event by its natural key (host, boot, pid, start time, event time...).
 
 Each answer carries the collector's clock (X-Whodid-Time); the agent measures its own offset
@@ -32,16 +35,27 @@ AGENT = "whodid-agent"
 @dataclass
 class ShipStats:
     batches: int = 0
-    sent: int = 0            # events acknowledged by the collector
-    refused: int = 0         # events the collector refused (kept in its store's rejects)
-    set_aside: int = 0       # events of whole batches the collector refused (kept in the spool)
+    sent: int = 0            # events acknowledged by the collector (stored, or refused and set aside)
+    refused: int = 0         # events the collector refused one by one (set aside in the spool)
+    set_aside: int = 0       # events moved to the spool's `refused` table: refused alone or with their batch
     failures: int = 0        # attempts that will be retried
+
+
+# The first retry comes within a second, then the wait doubles up to BACKOFF_MAX: after an
+# outage of any length the spool starts draining at most BACKOFF_MAX after the collector is
+# back (it was 60 s, drawn at random: half a minute on average, with 60k events waiting).
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+# whole-batch refusals that no resend will change: set aside (401/403 are the token's fault,
+# 408 and 429 are "later"; 413 is "smaller" until a batch is one event too large)
+REFUSED_WHOLE = frozenset(range(400, 500)) - {401, 403, 408, 429}
 
 
 class Shipper:
     def __init__(self, spool: Spool, url: str, token: str, *, ca_file: str | None = None,
                  batch_events: int = 5000, batch_bytes: int = 4 << 20, timeout: float = 30.0,
-                 backoff_base: float = 0.5, backoff_max: float = 60.0, clock=time.time, log=None):
+                 backoff_base: float = BACKOFF_BASE, backoff_max: float = BACKOFF_MAX, clock=time.time, log=None,
+                 rng: random.Random | None = None):
         self.spool = spool
         self.url = url.rstrip("/") + "/v1/events"
         self.token = token
@@ -49,6 +63,7 @@ class Shipper:
         self.timeout = timeout
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.clock = clock
+        self.rng = rng or random.Random()
         self.log = log or (lambda msg: print(f"whodid-agent: {msg}", file=sys.stderr, flush=True))
         self.context = None
         if self.url.startswith("https://"):
@@ -63,9 +78,10 @@ class Shipper:
     def ship_once(self) -> float | None:
         """Send the head of the spool. Returns None when there was nothing to send, 0 when a batch
         went (more may follow at once), or the seconds to wait before trying again."""
-        upto, lines = self.spool.head(self.batch_events, self.batch_bytes)
-        if not lines:
+        head = self.spool.peek(self.batch_events, self.batch_bytes)
+        if not head:
             return None
+        upto, lines = head[-1][0], [line for _, line in head]
         body = gzip.compress(b"\n".join(lines) + b"\n", compresslevel=6)
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/x-ndjson",
                    "Content-Encoding": "gzip", "User-Agent": AGENT}
@@ -73,6 +89,7 @@ class Shipper:
             headers["X-Whodid-Clock"] = f"offset={self.offset[0]:.6f} error={self.offset[1]:.6f}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         t0 = self.clock()
+        retry_after = None
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 status, answer, headers = resp.status, resp.read(), resp.headers
@@ -81,32 +98,26 @@ class Shipper:
             retry_after = exc.headers.get("Retry-After")
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            return self._retry(f"cannot reach the collector at {self.url} ({reason}); {len(lines)} events wait "
-                               "in the spool")
-        else:
-            retry_after = None
+            return self._retry("unreachable", f"cannot reach the collector at {self.url} ({reason})")
         t1 = self.clock()
         self._measure(t0, t1, headers.get("X-Whodid-Received"), headers.get("X-Whodid-Time"))
         info = _json(answer)
-        if 200 <= status < 300:
-            self.spool.ack(upto)
+        message = info.get("error") or answer[:200].decode("utf-8", "replace")
+        if 200 <= status < 300 or (status == 400 and "refused_count" in info):
+            # stored, but for the events refused one by one (400: all of them): those are set
+            # aside - resending them would be refused again, for ever - and the rest acknowledged
+            refusals = _refusals(info, len(head))
+            set_aside = self.spool.set_aside_some(upto, {head[n - 1][0]: why for n, why in refusals.items()})
             self.stats.batches += 1
             self.stats.sent += len(lines)
-            refused = info.get("refused_count", 0)
-            if refused:
-                self.stats.refused += refused
-                first = (info.get("refused") or [{}])[0]
-                self.log(f"the collector refused {refused} of {len(lines)} events (kept in its store); first: "
-                         f"line {first.get('line')}: {first.get('field')}: {first.get('error')}")
-            self._attempt = 0
-            self._last_complaint = ""
-            return 0
-        message = info.get("error") or answer[:200].decode("utf-8", "replace")
-        if status == 400 and "refused_count" in info:
-            # every event was invalid; the collector kept them in its rejects: nothing to resend
-            self.spool.ack(upto)
-            self.stats.refused += info["refused_count"]
-            self.log(f"the collector refused a whole batch of {len(lines)} events: {message}")
+            if refusals:
+                self.stats.refused += len(refusals)
+                self.stats.set_aside += set_aside
+                first = min(refusals)
+                self.log(f"the collector refused {len(refusals)} of {len(lines)} events; they are set aside in the "
+                         f"spool's `refused` table of {self.spool.path} ({self.stats.set_aside} so far), the rest "
+                         f"is delivered. First: line {first}: {refusals[first]}")
+            self._recovered()
             return 0
         if status == 413 and self.batch_events > 1:
             self.batch_events = max(1, self.batch_events // 2)
@@ -114,28 +125,44 @@ class Shipper:
             self.log(f"the collector said the batch was too large ({message}); trying batches of "
                      f"{self.batch_events} events")
             return 0
-        if status in (400, 411, 413, 415):
+        if status in REFUSED_WHOLE:
             n = self.spool.set_aside(upto, f"{status}: {message}")
             self.stats.set_aside += n
             self.log(f"the collector refused a batch of {n} events as a whole ({status}: {message}); they are "
-                     f"kept in the spool's `refused` table of {self.spool.path}, and shipping goes on")
+                     f"set aside in the spool's `refused` table of {self.spool.path} ({self.stats.set_aside} so "
+                     "far), and shipping goes on")
+            self._recovered()
             return 0
         if status in (401, 403):
-            return self._retry(f"the collector refused this agent's token ({status}: {message}); check "
-                               "agent.token (or $WHODID_AGENT_TOKEN) against `whodid token add HOST` on the "
+            return self._retry(f"token {status}", f"the collector refused this agent's token ({status}: {message}); "
+                               "check agent.token (or $WHODID_AGENT_TOKEN) against `whodid token add HOST` on the "
                                "collector. Events are kept in the spool meanwhile", floor=30.0)
-        return self._retry(f"the collector answered {status} ({message}); {len(lines)} events wait in the spool",
+        return self._retry(f"status {status}", f"the collector answered {status} ({message})",
                            floor=_seconds(retry_after))
 
-    def _retry(self, complaint: str, floor: float | None = None) -> float:
+    def _retry(self, what: str, complaint: str, floor: float | None = None) -> float:
+        """The wait before the next attempt: exponential backoff with full jitter (a fleet coming
+        back after an outage does not return in lockstep), never less than the collector's
+        Retry-After. The complaint is said once per kind of trouble, with what waits."""
         self.stats.failures += 1
         self._attempt += 1
-        if complaint != self._last_complaint:          # say it once, not on every retry
-            self.log(complaint)
-            self._last_complaint = complaint
-        cap = min(self.backoff_max, self.backoff_base * 2 ** min(self._attempt, 16))
-        wait = random.uniform(0, cap)                    # full jitter
-        return max(wait, floor or 0.0)
+        if what != self._last_complaint:
+            waiting = self.spool.pending()
+            self.log(f"{complaint}; {waiting} events wait in the spool; retrying with backoff (at most "
+                     f"{self.backoff_max:g} s between attempts)")
+            self._last_complaint = what
+        return max(self.rng.uniform(0, self.backoff_delay(self._attempt)), floor or 0.0)
+
+    def backoff_delay(self, attempt: int) -> float:
+        """The longest wait before attempt number `attempt` (1 = the first retry)."""
+        return min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 32))
+
+    def _recovered(self) -> None:
+        if self._attempt:
+            self.log(f"the collector answers again after {self._attempt} failed attempts; "
+                     f"{self.spool.pending()} events wait in the spool")
+        self._attempt = 0
+        self._last_complaint = ""
 
     def _measure(self, t0: float, t1: float, received: str | None, sent: str | None) -> None:
         """NTP's arithmetic: t0/t1 local send/receive, r/s the collector's receive/send. The
@@ -155,17 +182,24 @@ class Shipper:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Ship until stop is set. The spool keeps whatever is not acknowledged by then."""
+        """Ship until stop is set. The spool keeps whatever is not acknowledged by then. Every
+        wait ends at once when stop is set through wake(): SIGTERM with nothing to send stops
+        the agent without waiting out a poll."""
         while not stop.is_set():
             self.spool.report_drops()
             wait = self.ship_once()
             if wait == 0:
                 continue
             if wait is None:
-                self.spool.arrived.wait(1.0)
+                self.spool.arrived.wait(1.0)        # new events come with a wake-up; 1 s for the drop report
                 self.spool.arrived.clear()
             else:
                 stop.wait(wait)
+
+    def wake(self, stop: threading.Event) -> None:
+        """Set stop, and wake run() from an idle wait."""
+        stop.set()
+        self.spool.arrived.set()
 
     def drain(self, deadline: float) -> None:
         """On shutdown: ship what is in the spool while the collector answers, until deadline."""
@@ -180,6 +214,19 @@ def _json(body: bytes) -> dict:
         return obj if isinstance(obj, dict) else {}
     except ValueError:
         return {}
+
+
+def _refusals(info: dict, size: int) -> dict[int, str]:
+    """line number (1-based, in the batch as sent) -> why, for every event the collector refused.
+    `refused_lines` names them all; a collector that predates it lists the first 100 in
+    `refused`, and only those can be set aside."""
+    why = {r.get("line"): f"{r.get('field')}: {r.get('error')}" for r in info.get("refused") or []
+           if isinstance(r, dict)}
+    numbers = info.get("refused_lines")
+    if not isinstance(numbers, list):
+        numbers = list(why)
+    return {n: why.get(n, "refused by the collector (see its rejects)") for n in numbers
+            if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= size}
 
 
 def _seconds(value: str | None) -> float | None:

@@ -7,6 +7,8 @@ one commit per flush interval the fsyncs cost little). The spool has a cap. When
 (`drop-oldest`, the default, keeps the most recent activity; `drop-newest` keeps the oldest),
 and every dropped event is counted: the count, and the time span it covered, go to the
 collector as a `loss` event, so traces crossing that span say they may be incomplete.
+What the collector refuses (an event, or a batch as a whole) moves to the `refused` table:
+kept for people to look at, never resent, never in the way of what follows.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Spool:
         """Append events; returns how many were kept. Never raises for a full spool or disk."""
         if not events:
             return 0
-        rows = [(ev.get("ts", time.time()), event_line(ev)) for ev in events]
+        rows = [(_when(ev), event_line(ev)) for ev in events]
         with self.lock:
             size = sum(len(r[1]) for r in rows)
             try:
@@ -179,15 +181,19 @@ class Spool:
 
     def head(self, max_events: int, max_bytes: int) -> tuple[int, list[bytes]]:
         """The oldest events not yet acknowledged: (last seq, lines)."""
-        lines, size, last = [], 0, 0
+        rows = self.peek(max_events, max_bytes)
+        return (rows[-1][0] if rows else 0), [line for _, line in rows]
+
+    def peek(self, max_events: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        """The oldest events not yet acknowledged, as (seq, line), within the budget (one at least)."""
+        rows, size = [], 0
         with self.lock:
             for seq, line in self.db.execute("SELECT seq, line FROM events ORDER BY seq LIMIT ?", [max_events]):
-                if lines and size + len(line) > max_bytes:
+                if rows and size + len(line) > max_bytes:
                     break
-                lines.append(line)
+                rows.append((seq, line))
                 size += len(line) + 1
-                last = seq
-        return last, lines
+        return rows
 
     def ack(self, upto: int) -> None:
         with self.lock:
@@ -205,6 +211,26 @@ class Spool:
             self.bytes -= freed
         return n
 
+    def set_aside_some(self, upto: int, refused: dict[int, str]) -> int:
+        """Acknowledge the events up to seq, but keep those named in `refused` (seq -> why) in
+        the `refused` table, in one transaction. Returns how many were set aside."""
+        with self.lock:
+            with _tx(self.db):
+                n = 0
+                if refused:
+                    n = self.db.executemany(
+                        "INSERT OR REPLACE INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
+                        "WHERE seq = ? AND seq <= ?",
+                        [(time.time(), why, seq, upto) for seq, why in refused.items()]).rowcount
+                freed = self._remove(upto)
+            self.bytes -= freed             # only once the deletion is committed
+        return n
+
+    def refused_count(self) -> int:
+        """Events set aside so far (they stay until someone looks at them and clears the table)."""
+        with self.lock:
+            return self.db.execute("SELECT count(*) FROM refused").fetchone()[0]
+
     def _remove(self, upto: int) -> int:
         """Delete the events up to seq, inside the caller's transaction; returns their bytes."""
         freed = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events WHERE seq <= ?",
@@ -219,6 +245,17 @@ class Spool:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def _when(ev: dict[str, Any]) -> float:
+    """The spool's own time for an event (only for counting what is dropped): the event's
+    time when that is a usable number, else now. An event with ts NaN or 10**30 is still
+    spooled and shipped - the collector refuses it with a reason - rather than failing the
+    insert of every event captured with it."""
+    ts = ev.get("ts")
+    if type(ts) in (int, float) and 0 <= ts < 1e12:           # NaN fails the comparison
+        return float(ts)
+    return time.time()
 
 
 class _tx:

@@ -31,6 +31,7 @@ class Batch:
     events: list[dict[str, Any]] = field(default_factory=list)
     refused: list[tuple[int, str, str, str]] = field(default_factory=list)   # (line, field, error, raw)
     received: int = 0
+    lines: list[int] = field(default_factory=list)        # each event's line in the request
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -69,6 +70,7 @@ def parse_batch(data: bytes, host: str) -> Batch:
                                   _raw(line)))
             continue
         batch.events.append(ev)
+        batch.lines.append(number)
     return batch
 
 

@@ -197,26 +197,33 @@ class _Handler(BaseHTTPRequestHandler):
             raise BatchError(400, "the batch holds no events (send schema-v1 JSON lines, one event per line)")
         clock = parse_clock(self.headers.get("X-Whodid-Clock"))
         try:
-            written = c.writer.submit(host, batch.events, at, clock, batch.refused).result(WRITE_TIMEOUT)
+            written = c.writer.submit(host, batch.events, at, clock, batch.refused, batch.lines).result(WRITE_TIMEOUT)
         except WriterBusy:
             c.metrics.refused("busy")
             return self._json(503, {"error": "the collector is busy writing; retry shortly"}, retry_after=1)
         except Exception as exc:  # the write failed (disk full...): nothing was stored, the agent retries
             c.metrics.refused("store_error")
-            return self._json(503, {"error": f"the store could not be written ({exc}); nothing from this "
-                                             "batch was stored, retry later"}, retry_after=5)
-        newest = max((ev["ts"] for ev in batch.events), default=None)
+            return self._json(503, {"error": f"the store could not be written ({exc}); the batch was not "
+                                             "stored: send it again later (a resend stores nothing twice)"},
+                              retry_after=5)
+        # refusals: the lines that failed validation, and any event the store could not hold
+        refused = sorted([(n, f, e) for n, f, e, _ in batch.refused]
+                         + [(batch.lines[i], f, e) for i, f, e in written.refused])
+        faulty = {i for i, _, _ in written.refused}
+        stored = [ev for i, ev in enumerate(batch.events) if i not in faulty]
+        newest = max((ev["ts"] for ev in stored), default=None)
         if newest is not None and clock:
             newest += clock[0]                       # the host's time on the collector's clock
-        c.metrics.batch(host, batch.received, written.accepted, written.new, len(batch.refused),
+        c.metrics.batch(host, batch.received, written.accepted, written.new, len(refused),
                         at - newest if newest is not None else None)
         answer: dict[str, Any] = {"host": host, "received": batch.received, "accepted": written.accepted,
-                                  "new": written.new, "refused_count": len(batch.refused),
+                                  "new": written.new, "refused_count": len(refused),
                                   "refused": [{"line": n, "field": f, "error": e}
-                                              for n, f, e, _ in batch.refused[:REFUSALS_LISTED]]}
-        if not batch.events:
-            answer["error"] = (f"none of the {batch.received} events is valid; first: line {batch.refused[0][0]}: "
-                               f"{batch.refused[0][1]}: {batch.refused[0][2]}")
+                                              for n, f, e in refused[:REFUSALS_LISTED]],
+                                  "refused_lines": [n for n, _, _ in refused]}
+        if not written.accepted:
+            answer["error"] = (f"none of the {batch.received} events is valid; first: line {refused[0][0]}: "
+                               f"{refused[0][1]}: {refused[0][2]}")
             c.metrics.refused("all_events_invalid")
             return self._json(400, answer)
         self._json(200, answer)

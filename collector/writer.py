@@ -3,18 +3,28 @@
 SQLite takes one writer at a time; rather than have request threads queue on its lock (and
 time out under load), they hand batches to this thread and wait for the answer. Batches that
 queue up while one is written go in together in the next transaction (group commit).
+
+Rules of a group: a batch that fails must not take the others with it. Events are validated
+before they get here (events.py), but if writing a group still fails, each batch is written
+again on its own; a batch that fails because of what it holds (an event the store cannot take)
+is split in halves until the events at fault are found, refused with the reason, and the rest
+is stored. Only a store that cannot be written at all (a full disk, an I/O error) fails a
+batch whole - nothing of it is stored, the agent keeps it and sends it again - and only that
+shows on /healthz.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from whodid.tracer.ingest import event_fault, write_isolating
 from whodid.tracer.store import Store
 
 GROUP = 64               # batches written in one transaction at most
@@ -24,6 +34,7 @@ GROUP = 64               # batches written in one transaction at most
 class Written:
     accepted: int
     new: int
+    refused: list[tuple[int, str, str]] = field(default_factory=list)   # (index in events, field, error)
 
 
 class WriterBusy(Exception):
@@ -46,9 +57,11 @@ class Writer:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
-    def submit(self, host: str, events: list[dict[str, Any]], at: float, clock, refused) -> Future:
-        """Queue a batch; the future resolves to Written once it is committed."""
-        return self._put(("batch", (host, events, at, clock, refused)))
+    def submit(self, host: str, events: list[dict[str, Any]], at: float, clock, refused,
+               lines: list[int] | None = None) -> Future:
+        """Queue a batch; the future resolves to Written once it is committed. lines: each
+        event's line in the request, for refusals found while writing."""
+        return self._put(("batch", (host, events, at, clock, refused, lines)))
 
     def call(self, fn: Callable[[Store], Any]) -> Future:
         """Run fn(store) on the writer thread (pruning, maintenance) between batches."""
@@ -91,23 +104,60 @@ class Writer:
                 self._write(batches)
 
     def _write(self, batches) -> None:
-        results = []
+        jobs = [job for (_, job), _ in batches]
         try:
-            with self.store.transaction():
-                for (_, (host, events, at, clock, refused)), _fut in batches:
-                    new = self.store.write(events) if events else 0
-                    self.store.note_seen(host, at, clock)
-                    self.store.add_rejects(host, at, refused)
-                    results.append(Written(accepted=len(events), new=new))
-        except Exception as exc:                  # disk full, I/O error: the agents keep their spools
-            self.error = f"{type(exc).__name__}: {exc}"
-            print(f"whodid serve: could not write {len(batches)} batches: {self.error}; agents will retry",
+            results: list[Written | Exception] = self._write_group(jobs)
+        except Exception as exc:
+            if event_fault(exc):
+                # an event the store cannot take, which validation let through: the batches one
+                # by one, so other hosts' batches are stored and the one at fault loses only it
+                results = [self._try(self._write_alone, job) for job in jobs]
+            else:                               # the store's fault: nothing of the group is stored
+                results = [exc] * len(jobs)
+        failed = [res for res in results if isinstance(res, Exception)]
+        if failed:                              # disk full, I/O error: the agents keep their spools
+            self.error = f"{type(failed[0]).__name__}: {failed[0]}"
+            print(f"whodid serve: could not write {len(failed)} batches: {self.error}; agents will retry",
                   file=sys.stderr, flush=True)
-            for _, fut in batches:
-                fut.set_exception(exc)
-            time.sleep(0.5)
-            return
-        self.error = None
+        else:
+            self.error = None
         for (_, fut), res in zip(batches, results):
-            self.written += res.accepted
-            fut.set_result(res)
+            if isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                self.written += res.accepted
+                fut.set_result(res)
+        if failed:
+            time.sleep(0.5)
+
+    @staticmethod
+    def _try(fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:
+            return exc
+
+    def _write_group(self, jobs) -> list[Written]:
+        results = []
+        with self.store.transaction():
+            for host, events, at, clock, refused, _lines in jobs:
+                new = self.store.write(events) if events else 0
+                self.store.note_seen(host, at, clock)
+                self.store.add_rejects(host, at, refused)
+                results.append(Written(accepted=len(events), new=new))
+        return results
+
+    def _write_alone(self, job) -> Written:
+        """One batch on its own; events the store cannot take are found and refused (see
+        write_isolating), the rest is stored."""
+        host, events, at, clock, refused, lines = job
+        new, faults = write_isolating(self.store, events)
+        if faults:
+            print(f"whodid serve: refused {len(faults)} events from {host} that the store could not hold; "
+                  f"first: {faults[0][1]}", file=sys.stderr, flush=True)
+        rejects = [*refused, *((lines[i] if lines else None, "event", why, json.dumps(events[i], default=repr)[:2000])
+                               for i, why in faults)]
+        with self.store.transaction():
+            self.store.note_seen(host, at, clock)
+            self.store.add_rejects(host, at, rejects)
+        return Written(accepted=len(events) - len(faults), new=new, refused=[(i, "event", why) for i, why in faults])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import sys
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -73,6 +74,12 @@ _FIELDS = {kind: tuple((name, ftype, req) for fields in (COMMON, spec) for name,
 AUID_UNSET = 4294967295  # the kernel's "no login uid" ((uid_t)-1)
 MAX_STR = 8192
 MAX_ARGV = 1024
+# What an SQLite INTEGER holds: a bigger number would fail at insert time, inside the
+# collector's group commit, and take other hosts' batches down with it.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+# Times a calendar can show (1970 to the end of year 9999): 1e300 is a finite number, but no
+# trace could print it.
+TS_MAX = 253402300800.0
 
 
 class EventError(ValueError):
@@ -90,7 +97,7 @@ def _check(field: str, kind: str, value: Any) -> Any:
             raise EventError(field, f"expected a string, got {type(value).__name__}")
         if len(value) > MAX_STR:
             raise EventError(field, f"longer than {MAX_STR} characters")
-        return value
+        return _text(field, value)
     if kind in ("int", "uint", "port"):
         # bool is an int subclass in Python; JSON true/false must not pass for a number.
         if isinstance(value, bool) or not isinstance(value, int):
@@ -99,10 +106,14 @@ def _check(field: str, kind: str, value: Any) -> Any:
             raise EventError(field, "must not be negative")
         if kind == "port" and not 0 <= value <= 65535:
             raise EventError(field, f"port {value} out of range 0-65535")
+        if not INT_MIN <= value <= INT_MAX:
+            raise EventError(field, f"{_digits(value)} does not fit in 64 bits")
         return value
     if kind == "num":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise EventError(field, "expected a finite number (seconds since the epoch)")
+        if not 0 <= value < TS_MAX:
+            raise EventError(field, f"{_digits(value)} is not a time between 1970 and 9999 (seconds since the epoch)")
         return float(value)
     if kind == "bool":
         if not isinstance(value, bool):
@@ -116,6 +127,9 @@ def _check(field: str, kind: str, value: Any) -> Any:
         for i, arg in enumerate(value):
             if not isinstance(arg, str):
                 raise EventError(f"{field}[{i}]", f"expected a string, got {type(arg).__name__}")
+            if len(arg) > MAX_STR:
+                raise EventError(f"{field}[{i}]", f"longer than {MAX_STR} characters")
+            _text(f"{field}[{i}]", arg)
         return value
     if kind == "addr":
         return normalise_addr(field, value)
@@ -124,6 +138,33 @@ def _check(field: str, kind: str, value: Any) -> Any:
             raise EventError(field, "expected a list of addresses")
         return [normalise_addr(f"{field}[{i}]", a) for i, a in enumerate(value)]
     raise AssertionError(kind)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:           # an integer too big to be a float
+        return False
+
+
+def _digits(value: int | float) -> str:
+    """A number for a message: a 4000-digit integer is not repeated whole."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"a {len(text)}-digit number"
+
+
+def _text(field: str, value: str) -> str:
+    """Strings must be storable. A byte that was not UTF-8 travels as a lone surrogate
+    U+DC80-U+DCFF (Python's surrogateescape, as the agent decodes argv and paths): that is data,
+    and kept. Any other lone surrogate (U+D800-U+DC7F, U+DD00-U+DFFF) is no character and no
+    byte: refused."""
+    if value.isascii():
+        return value
+    for i, ch in enumerate(value):
+        if "\ud800" <= ch <= "\udfff" and not "\udc80" <= ch <= "\udcff":
+            raise EventError(field, f"holds a lone surrogate U+{ord(ch):04X} at character {i}, which is not "
+                                    "text; send bytes that are not UTF-8 as U+DC80-U+DCFF (surrogateescape)")
+    return value
 
 
 def normalise_addr(field: str, value: Any) -> str:
@@ -169,11 +210,11 @@ def parse_event(obj: Any) -> dict[str, Any]:
         # the common cases without a call (ingest spends most of its time here); anything
         # else, including every error, goes through _check
         t = type(value)
-        if t is str and ftype == "str" and len(value) <= MAX_STR:
+        if t is str and ftype == "str" and len(value) <= MAX_STR and value.isascii():
             out[name] = value
-        elif t is int and (ftype == "uint" and value >= 0 or ftype == "int"):
+        elif t is int and (ftype == "uint" and 0 <= value <= INT_MAX or ftype == "int" and INT_MIN <= value <= INT_MAX):
             out[name] = value
-        elif t is float and ftype == "num" and value - value == 0.0:      # finite
+        elif t is float and ftype == "num" and 0.0 <= value < TS_MAX:      # finite, and a time
             out[name] = value
         else:
             out[name] = _check(name, ftype, value)
@@ -194,5 +235,12 @@ def decode_line(line: str | bytes) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
+        if "integer string conversion" in str(exc):     # Python's guard against quadratic int parsing
+            raise EventError("json", f"not valid JSON (an integer of more than {sys.get_int_max_str_digits()} "
+                                     "digits)") from None
         raise EventError("json", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        # the parser recurses once per level: thousands of [[[[ would take the thread's stack
+        raise EventError("json", f"nested more than {sys.getrecursionlimit()} levels deep; an event is a "
+                                 "flat object") from None
     return parse_event(obj)

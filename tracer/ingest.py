@@ -2,11 +2,13 @@
 
 The one path by which events reach the store - the demo, `whodid ingest`, and (later) the
 collector and the audit importer all come through here. A bad event is refused with the
-reason and its position; the rest of its batch is kept.
+reason and its position; the rest of its batch is kept - also when validation let through
+an event the store then cannot take (write_isolating finds it).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -54,7 +56,7 @@ def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
            progress: Callable[[IngestReport], None] | None = None) -> IngestReport:
     """Ingest events: dicts (decoded JSON) or str/bytes (JSON lines). Never raises on bad events."""
     report = IngestReport()
-    pending: list[dict[str, Any]] = []
+    pending: list[tuple[int, dict[str, Any]]] = []
     for position, raw in enumerate(events, 1):
         report.received += 1
         try:
@@ -68,7 +70,7 @@ def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
         except EventError as err:
             report.refuse(position, err)
             continue
-        pending.append(ev)
+        pending.append((position, ev))
         report.by_kind[ev["kind"]] += 1
         if len(pending) >= batch:
             _flush(store, pending, report, progress)
@@ -76,11 +78,48 @@ def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
     return report
 
 
-def _flush(store: Store, pending: list[dict[str, Any]], report: IngestReport, progress) -> None:
+def _flush(store: Store, pending: list[tuple[int, dict[str, Any]]], report: IngestReport, progress) -> None:
     if not pending:
         return
-    report.new += store.write(pending)
-    report.accepted += len(pending)
+    new, faults = write_isolating(store, [ev for _, ev in pending])
+    report.new += new
+    report.accepted += len(pending) - len(faults)
+    for i, message in faults:
+        report.by_kind[pending[i][1]["kind"]] -= 1
+        report.refuse(pending[i][0], EventError("event", message))
     pending.clear()
     if progress:
         progress(report)
+
+
+def write_isolating(store: Store, events: list[dict[str, Any]]) -> tuple[int, list[tuple[int, str]]]:
+    """Write validated events; should one still fail at insert time because of what it holds,
+    halve until it is found, write the rest, and refuse it. Returns (new facts, [(index,
+    why)]). A store that cannot be written (full disk, I/O error) raises as write() does; the
+    parts written before are idempotent, so writing them all again is safe."""
+    new, faults, parts = 0, [], [(0, len(events))]
+    while parts:
+        lo, hi = parts.pop()
+        if hi <= lo:
+            continue
+        try:
+            new += store.write(events[lo:hi])
+        except Exception as exc:
+            if not event_fault(exc):
+                raise
+            if hi - lo == 1:
+                faults.append((lo, f"the store cannot hold it ({type(exc).__name__}: {exc})"))
+                continue
+            mid = (lo + hi) // 2
+            parts += [(mid, hi), (lo, mid)]          # the first half first: parents before children
+    return new, sorted(faults)
+
+
+def event_fault(exc: Exception) -> bool:
+    """Did writing fail because of what an event holds (a number, a string, a type the store
+    cannot take), rather than because the store cannot be written (OperationalError: a full
+    disk, an I/O error, a lock)?"""
+    if isinstance(exc, (sqlite3.OperationalError, MemoryError)):
+        return False
+    return isinstance(exc, (ValueError, TypeError, KeyError, OverflowError, sqlite3.IntegrityError,
+                            sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError))

@@ -83,9 +83,30 @@ def _image(row) -> Image:
 
 
 def command_line(argv: list[str]) -> tuple[str, str | None]:
-    """(cmd, argv_json): argv_json only when joining with spaces would lose information."""
+    """(cmd, argv_json): argv_json only when joining with spaces would lose information - as it
+    would for an argument that was not UTF-8, which cmd shows as \\xHH (see shown) and argv_json
+    keeps exactly (JSON's \\udcXX escapes)."""
     cmd = " ".join(argv)
+    if not cmd.isascii():
+        cmd = shown(cmd)
     return cmd, (None if cmd.split(" ") == argv else json.dumps(argv))
+
+
+def shown(text: str) -> str:
+    """text as SQLite can hold it (UTF-8): each byte that was not UTF-8 (a surrogateescape
+    U+DC80-U+DCFF, as the agent decodes paths and arguments) becomes the four characters \\xHH,
+    the way `ls -b` shows it. Anything else stays as it is."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:               # other lone surrogates; events.py refuses them
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _shown_event(ev: dict[str, Any]) -> dict[str, Any]:
+    """The event with every string field SQLite cannot take as text written as shown() says;
+    argv stays exact (it is stored as JSON)."""
+    return {k: shown(v) if isinstance(v, str) and not v.isascii() else v for k, v in ev.items()}
 
 
 class Store:
@@ -169,17 +190,12 @@ class Store:
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {number}")
 
-    def check(self, max_problems: int = 20) -> list[str]:
-        """Read every page and index of the store: [] when no damage is found, else what SQLite
-        found (at most max_problems). Minutes on a big store, so questions never do this."""
-        problems = [row[0] for row in self.db.execute(f"PRAGMA integrity_check({int(max_problems)})")]
-        return [] if problems == ["ok"] else problems
-
     def close(self) -> None:
         self.db.conn.close()
 
-    def transaction(self):
-        return _Transaction(self.db.conn)
+    def transaction(self) -> "_Transaction":
+        """A write transaction (nested ones join the outer one); a failure empties the id caches."""
+        return _Transaction(self.db.conn, self._forget_ids)
 
     # --- meta ----------------------------------------------------------------------------
 
@@ -194,101 +210,108 @@ class Store:
 
     def write(self, events: Iterable[dict[str, Any]]) -> int:
         """Store validated events in one transaction. Returns how many were new facts
-        (0 when every event had been stored before)."""
-        try:
-            return self._write(events)
-        except BaseException:
-            # ids cached in a transaction that did not commit name rows that do not exist, and
-            # the retry would store facts of processes that are not there
-            self._forget_ids()
-            raise
-
-    def _write(self, events: Iterable[dict[str, Any]]) -> int:
-        c = self.db.conn
+        (0 when every event had been stored before). If the transaction fails (a full disk, at
+        any statement or at COMMIT), nothing of it is stored and the caches of ids are emptied
+        (see _Transaction): writing the same events again is always safe."""
         new = 0
         span: dict[int, list[float]] = {}
         names: dict[tuple[int, int], str] = {}
         with self.transaction():
             self._check_generation()
             for ev in events:
-                host = self._host_id(ev["host"])
-                ts = ev["ts"]
-                s = span.get(host)
-                if s is None:
-                    span[host] = [ts, ts]
-                elif ts < s[0]:
-                    s[0] = ts
-                elif ts > s[1]:
-                    s[1] = ts
-                kind = ev["kind"]
-                if kind == "host":
-                    new += c.execute(
-                        "UPDATE hosts SET addrs = coalesce(?1, addrs), os = coalesce(?2, os), "
-                        "agent = coalesce(?3, agent) WHERE id = ?4 AND (addrs IS NOT coalesce(?1, addrs) "
-                        "OR os IS NOT coalesce(?2, os) OR agent IS NOT coalesce(?3, agent))",
-                        [json.dumps(ev["addrs"]) if "addrs" in ev else None, ev.get("os"),
-                         ev.get("agent"), host]).rowcount
-                    continue
-                if kind == "loss":
-                    new += c.execute("INSERT OR IGNORE INTO losses VALUES (?, ?, ?, ?, ?)",
-                                     [host, ev["since"], ts, ev["count"], ev.get("what")]).rowcount
-                    continue
-                boot = self._boot_id(host, ev["boot"])
-                if kind == "fork" and self._new_child(c, boot, ev, ts):
-                    new += 1
-                    continue
-                proc = self._proc_id(boot, ev["pid"], ev["start"])
-                if kind == "exec":
-                    new += self._write_exec(c, boot, proc, ev)
-                    for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
-                        if name_field in ev and uid_field in ev:
-                            names[(host, ev[uid_field])] = ev[name_field]
-                elif kind == "fork":
-                    parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
-                    new += c.execute(
-                        "UPDATE procs SET parent = ?1, parent_by_fork = 1, parent_ts = NULL, fork_ts = ?2 "
-                        "WHERE id = ?3 AND (parent_by_fork = 0 OR parent IS NOT ?1 OR fork_ts IS NOT ?2)",
-                        [parent, ts, proc]).rowcount
-                elif kind == "exit":
-                    new += c.execute(
-                        "UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
-                        "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)",
-                        [ts, ev.get("code"), ev.get("signal"), proc]).rowcount
-                elif kind == "cred":
-                    new += c.execute("INSERT OR IGNORE INTO creds (proc, ts, via, old_uid, old_euid, uid, euid, "
-                                     "old_gid, old_egid, gid, egid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                     [proc, ts, ev["via"], ev["old_uid"], ev["old_euid"], ev["uid"], ev["euid"],
-                                      ev.get("old_gid"), ev.get("old_egid"), ev.get("gid"),
-                                      ev.get("egid")]).rowcount
-                    for uid_field, name_field in (("uid", "user"), ("euid", "euser"),
-                                                  ("old_uid", "old_user"), ("old_euid", "old_euser")):
-                        if name_field in ev:
-                            names[(host, ev[uid_field])] = ev[name_field]
-                elif kind == "login":
-                    new += c.execute(
-                        "INSERT OR IGNORE INTO logins (proc, ts, user, uid, method, key_fp, key_type, "
-                        "raddr, rport, laddr, lport, service, ses, tty) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [proc, ts, ev["user"], ev.get("uid"), ev["method"], ev.get("key_fp"),
-                         ev.get("key_type"), ev["raddr"], ev["rport"], ev.get("laddr"), ev.get("lport"),
-                         ev.get("service", "sshd"), ev.get("ses"), ev.get("tty")]).rowcount
-                    if "uid" in ev:
-                        names[(host, ev["uid"])] = ev["user"]
-                elif kind in ("connect", "accept"):
-                    new += c.execute("INSERT OR IGNORE INTO conns VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"],
-                                      ev["rport"]]).rowcount
-                elif kind == "file":
-                    new += c.execute("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                     [proc, ts, ev["op"], ev["path"], ev.get("path2"), ev.get("mode"),
-                                      ev.get("uid"), ev.get("gid"), ev.get("euid")]).rowcount
-                    if "euser" in ev and "euid" in ev:
-                        names[(host, ev["euid"])] = ev["euser"]
-            c.executemany("INSERT OR REPLACE INTO users (host, uid, name) VALUES (?, ?, ?)",
-                          [(h, uid, name) for (h, uid), name in names.items()])
-            c.executemany("UPDATE hosts SET first_ts = min(coalesce(first_ts, ?), ?), "
-                          "last_ts = max(coalesce(last_ts, ?), ?) WHERE id = ?",
-                          [(lo, lo, hi, hi, h) for h, (lo, hi) in span.items()])
+                try:
+                    new += self._write_event(ev, span, names)
+                except UnicodeEncodeError:
+                    # a string with bytes that were not UTF-8: SQLite's text is UTF-8, so it is
+                    # stored as shown() writes it. The statement that refused it did not run, and
+                    # the ones before it are idempotent, so the event is simply written again.
+                    new += self._write_event(_shown_event(ev), span, names)
+            self.db.conn.executemany("INSERT OR REPLACE INTO users (host, uid, name) VALUES (?, ?, ?)",
+                                     [(h, uid, name if name.isascii() else shown(name))
+                                      for (h, uid), name in names.items()])
+            self.db.conn.executemany("UPDATE hosts SET first_ts = min(coalesce(first_ts, ?), ?), "
+                                     "last_ts = max(coalesce(last_ts, ?), ?) WHERE id = ?",
+                                     [(lo, lo, hi, hi, h) for h, (lo, hi) in span.items()])
+        return new
+
+    def _write_event(self, ev: dict[str, Any], span: dict[int, list[float]],
+                     names: dict[tuple[int, int], str]) -> int:
+        """One event, inside write()'s transaction: how many new facts it was (0 or 1)."""
+        c = self.db.conn
+        new = 0
+        host = self._host_id(ev["host"])
+        ts = ev["ts"]
+        s = span.get(host)
+        if s is None:
+            span[host] = [ts, ts]
+        elif ts < s[0]:
+            s[0] = ts
+        elif ts > s[1]:
+            s[1] = ts
+        kind = ev["kind"]
+        if kind == "host":
+            new += c.execute(
+                "UPDATE hosts SET addrs = coalesce(?1, addrs), os = coalesce(?2, os), "
+                "agent = coalesce(?3, agent) WHERE id = ?4 AND (addrs IS NOT coalesce(?1, addrs) "
+                "OR os IS NOT coalesce(?2, os) OR agent IS NOT coalesce(?3, agent))",
+                [json.dumps(ev["addrs"]) if "addrs" in ev else None, ev.get("os"),
+                 ev.get("agent"), host]).rowcount
+            return new
+        if kind == "loss":
+            new += c.execute("INSERT OR IGNORE INTO losses VALUES (?, ?, ?, ?, ?)",
+                             [host, ev["since"], ts, ev["count"], ev.get("what")]).rowcount
+            return new
+        boot = self._boot_id(host, ev["boot"])
+        if kind == "fork" and self._new_child(c, boot, ev, ts):
+            new += 1
+            return new
+        proc = self._proc_id(boot, ev["pid"], ev["start"])
+        if kind == "exec":
+            new += self._write_exec(c, boot, proc, ev)
+            for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
+                if name_field in ev and uid_field in ev:
+                    names[(host, ev[uid_field])] = ev[name_field]
+        elif kind == "fork":
+            parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
+            new += c.execute(
+                "UPDATE procs SET parent = ?1, parent_by_fork = 1, parent_ts = NULL, fork_ts = ?2 "
+                "WHERE id = ?3 AND (parent_by_fork = 0 OR parent IS NOT ?1 OR fork_ts IS NOT ?2)",
+                [parent, ts, proc]).rowcount
+        elif kind == "exit":
+            new += c.execute(
+                "UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
+                "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)",
+                [ts, ev.get("code"), ev.get("signal"), proc]).rowcount
+        elif kind == "cred":
+            new += c.execute("INSERT OR IGNORE INTO creds (proc, ts, via, old_uid, old_euid, uid, euid, "
+                             "old_gid, old_egid, gid, egid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [proc, ts, ev["via"], ev["old_uid"], ev["old_euid"], ev["uid"], ev["euid"],
+                              ev.get("old_gid"), ev.get("old_egid"), ev.get("gid"),
+                              ev.get("egid")]).rowcount
+            for uid_field, name_field in (("uid", "user"), ("euid", "euser"),
+                                          ("old_uid", "old_user"), ("old_euid", "old_euser")):
+                if name_field in ev:
+                    names[(host, ev[uid_field])] = ev[name_field]
+        elif kind == "login":
+            new += c.execute(
+                "INSERT OR IGNORE INTO logins (proc, ts, user, uid, method, key_fp, key_type, "
+                "raddr, rport, laddr, lport, service, ses, tty) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [proc, ts, ev["user"], ev.get("uid"), ev["method"], ev.get("key_fp"),
+                 ev.get("key_type"), ev["raddr"], ev["rport"], ev.get("laddr"), ev.get("lport"),
+                 ev.get("service", "sshd"), ev.get("ses"), ev.get("tty")]).rowcount
+            if "uid" in ev:
+                names[(host, ev["uid"])] = ev["user"]
+        elif kind in ("connect", "accept"):
+            new += c.execute("INSERT OR IGNORE INTO conns VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"],
+                              ev["rport"]]).rowcount
+        elif kind == "file":
+            new += c.execute("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [proc, ts, ev["op"], ev["path"], ev.get("path2"), ev.get("mode"),
+                              ev.get("uid"), ev.get("gid"), ev.get("euid")]).rowcount
+            if "euser" in ev and "euid" in ev:
+                names[(host, ev["euid"])] = ev["euser"]
         return new
 
     def _write_exec(self, c, boot: int, proc: int, ev: dict[str, Any]) -> int:
@@ -695,6 +718,25 @@ class Store:
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before, self.size()
 
+    def check(self, max_problems: int = 20) -> list[str]:
+        """What is wrong with the store, for people; [] when nothing is. SQLite's own integrity
+        check (every page and index: minutes on a big store, so questions never do this; at
+        most max_problems of its findings), then every row that names a row that is not there:
+        the schema declares its references (an exec's process, a process's boot and parent, a
+        boot's host...) but does not enforce them, so a write with stale cached ids would go
+        unnoticed."""
+        problems = [r[0] for r in self.db.execute(f"PRAGMA integrity_check({int(max_problems)})") if r[0] != "ok"]
+        broken: dict[tuple[str, str], int] = {}
+        for table, _rowid, parent, fk in self.db.execute("PRAGMA foreign_key_check"):
+            column = next(r[3] for r in self.db.execute(f"PRAGMA foreign_key_list({table})") if r[0] == fk)
+            broken[(f"{table}.{column}", parent)] = broken.get((f"{table}.{column}", parent), 0) + 1
+        problems += [f"{n} rows of {where} name a missing {parent} row" for (where, parent), n in broken.items()]
+        orphans = self.db.execute("SELECT count(*) FROM users u LEFT JOIN hosts h ON h.id = u.host "
+                                  "WHERE h.id IS NULL").fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} rows of users.host name a missing hosts row")
+        return problems
+
     def size(self) -> int:
         """Bytes on disk, write-ahead log included."""
         if self.path == ":memory:":
@@ -746,10 +788,19 @@ def _token_hash(token: str) -> str:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; nests as a no-op."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; nests as a no-op.
 
-    def __init__(self, conn: sqlite3.Connection):
+    When a block fails - any statement in it, or the COMMIT itself - `aborted` runs. The store
+    passes its _forget_ids: ids cached while the transaction ran may name rows that are not
+    there any more, and writing with them stores execs of processes that do not exist and loses
+    forks and exits. A full disk usually shows at COMMIT (WAL mode writes its pages then), after
+    every statement went well, so this is the one place that sees every failure. A nested
+    block that fails calls it too: its caller may catch the error, but SQLite may already have
+    rolled the whole transaction back (SQLITE_FULL, SQLITE_IOERR)."""
+
+    def __init__(self, conn: sqlite3.Connection, aborted: Callable[[], None] = lambda: None):
         self.conn = conn
+        self.aborted = aborted
         self.outer = False
 
     def __enter__(self):
@@ -759,14 +810,28 @@ class _Transaction:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type:
+            self.aborted()
+            if self.outer:
+                self._rollback()
+            return False
         if self.outer:
-            if not exc_type:
+            try:
                 self.conn.execute("COMMIT")
-            elif self.conn.in_transaction:
-                # SQLite has already rolled back after some errors (a full disk): a second
-                # ROLLBACK would fail and hide the error that matters
-                self.conn.execute("ROLLBACK")
+            except BaseException:
+                self.aborted()
+                self._rollback()
+                raise
         return False
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (a full disk, a failed COMMIT): a
+        # second ROLLBACK would fail and hide the error that matters
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
 
 def _split_sql(script: str) -> list[str]:
