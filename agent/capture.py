@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import decode, ringbuf
@@ -160,4 +161,12 @@ class Capture:
     def close(self) -> None:
         if self.ring is not None:
             self.ring.close()
+        # Detaching a tracepoint waits in the kernel for an RCU grace period (the last perf event
+        # on a tracepoint synchronizes before its buffers go), ~40-70 ms each: one after the
+        # other, 55 of them held a stopping agent for 2-5 s. Waits from several threads share
+        # grace periods, so detach them all at once (ctypes lets go of the GIL while each waits).
+        tracepoints = list(self.bpf.tracepoint_fds)
+        if tracepoints:
+            with ThreadPoolExecutor(max_workers=len(tracepoints), thread_name_prefix="detach") as pool:
+                list(pool.map(self.bpf.detach_tracepoint, tracepoints))
         self.bpf.cleanup()

@@ -370,10 +370,10 @@ def run(args) -> int:
         follower.stop()
     pending.extend(logins(final=True))
     sink.write(pending)
-    cap.close()
     sink.close()
     if shipper:
         stop_shipping(shipper, spool, ship_stop, ship_thread, grace=5.0)
+    cap.close()              # last: detaching takes the kernel a while, and every event is out by now
     print(f"whodid-agent: stopped; {sink.written} events written, {lost_state['reported']} records lost, "
           f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
           "tied to a process", file=sys.stderr)
