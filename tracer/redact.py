@@ -1,0 +1,367 @@
+"""Redact secrets from command lines: the one function every producer and the collector call.
+
+Pure. `redact(argv)` returns the argv with each secret replaced by `***` and whether
+anything was hidden. Its rules:
+
+- Only the secret goes: the command, its subcommands, flags and other arguments stay as
+  typed (`mysql -u root -p*** prod`, `Authorization: Bearer ***`, `https://bob:***@host`).
+- Context-free shapes are masked wherever they appear: user:password@ in URLs, private key
+  blocks, AWS access key ids, GitHub/GitLab/Slack/Google/Stripe/npm/Vault tokens, JWTs,
+  `Authorization:`-style headers of any scheme, `NAME=value` and `"name": "value"` where
+  NAME says it is a secret (PGPASSWORD=, --db-password=, password= in a conninfo or a
+  query string, --from-literal=password=), SQL `IDENTIFIED BY '...'`.
+- Flags that name a secret take the next argument as one (`--token X`), unless the tool says
+  otherwise: `mysql -p X` prompts and X is the database; `psql --password` only prompts.
+- Tools whose secret flag says nothing (`mysql -pX`, `sshpass -p`, `redis-cli -a`, `curl -u
+  user:pw`, `docker login -p`, `htpasswd -b`, `vault login TOKEN`, `kubectl create secret
+  --from-literal`, `openssl -k`, `ldapsearch -w`, `smbclient -U user%pw` ...) are known by
+  name, also behind sudo/env/docker exec/`--`.
+- Shell scripts (`sh -c '...'`, `bash -lc`, `su -c`) are split into commands and words and
+  each command is redacted as an argv, recursively; only the masked characters change.
+- Idempotent: redacting twice gives what redacting once gave (the collector re-redacts what
+  agents sent).
+- Fast on the common case: one combined regex finds the rare argument that needs the rules;
+  an argv it does not match is returned as it came (the agent redacts every exec).
+Configuration can add regexes (agent.redact_patterns); what they match is masked whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import shellwords
+
+MASK = "***"
+
+# Names (of flags, variables, keys, headers) that say their value is a secret.
+SECRET_NAME = re.compile(
+    r"password|passwd|passphrase|passcode|secret|token(?!s|i[sz])|credential|bearer|api[-_.]?key"
+    r"|(?:access|private|account|master|encryption|signing|client|app|license|shared)[-_.]?key"
+    r"|storepass|keypass|sshpass|passin|passout|auth(?!or(?!i[sz])|enticat)"
+    r"|(?<![a-z0-9])(?:pass|pw|pwd)(?![a-z0-9])", re.I)
+# ... and names that mention a secret but hold something else: a switch, a path, a policy
+NOT_SECRET_NAME = re.compile(
+    r"^-*(?:no|ask|prompt|skip|show|require|disable|enable|allow|reset|forgot)[-_.]"
+    r"|(?:file|files|path|dir|directory|stdin|env|prompt|command|cmd|length|policy|type|method|mode"
+    r"|url|uri|endpoint|provider|plugin|helper|source|database|db|mechanism|ttl|expiry|expiration"
+    r"|name|count|format|hint|authentications?|reset|min|max)$", re.I)
+
+
+def secret_name(name: str) -> bool:
+    """Does a flag, variable or key called `name` hold a secret? (`PWD` is a directory.)"""
+    bare = name.strip("-")
+    return (bool(SECRET_NAME.search(bare)) and not NOT_SECRET_NAME.search(bare)
+            and bare.upper() not in ("PWD", "OLDPWD"))
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    pattern: re.Pattern
+    replace: str | Callable[[re.Match], str]
+
+
+_NAMED = re.compile(
+    r"(?P<head>(?:^-{0,2}|(?<=[\s?&;,=:{]))(?P<name>[A-Za-z_][\w.\[\]-]*)=)"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|[\s\S]+?(?=[&,;\s][A-Za-z_][\w.\[\]-]*=|$))")
+
+
+def _named_value(m: re.Match) -> str:
+    """NAME=value and "name": "value": mask the value when the name says it is a secret."""
+    if not secret_name(m["name"]):
+        # --from-literal=password=x: the value may name a secret of its own
+        return m["head"] + _NAMED.sub(_named_value, m["value"]) if "=" in m["value"] else m[0]
+    quote = m["value"][:1] if m["value"][:1] in ("'", '"') and m["value"][-1:] == m["value"][:1] \
+        and len(m["value"]) > 1 else ""
+    return f"{m['head']}{quote}{MASK}{quote}"
+
+
+def _header(m: re.Match) -> str:
+    return f"{m['head']}{m['scheme'] or ''}{MASK}"
+
+
+DEFAULT_RULES = (
+    Rule("private key block", re.compile(
+        r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)[\s\S]+?(?=-----END [A-Z0-9 ]*PRIVATE KEY|$)"), rf"\g<1>{MASK}"),
+    # scheme://user:password@host (the last @ before the path: passwords hold @ unescaped)
+    Rule("url credentials", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s]+(@)", re.I), rf"\g<1>{MASK}\g<2>"),
+    # Authorization: <scheme> <credentials>, and headers named for a secret
+    Rule("header", re.compile(
+        r"(?P<head>(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|x-[\w-]*(?:token|key|secret|auth)[\w-]*|api-key)"
+        r"\s*:\s*)(?:(?P<scheme>[A-Za-z][\w-]*\s+)(?=\S))?(?P<value>\S.*)$", re.I), _header),
+    Rule("aws access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), f"\\g<1>{MASK}"),
+    Rule("slack token", re.compile(r"\bxox[abposre]-[0-9A-Za-z-]{10,}"), f"xox{MASK}"),
+    Rule("slack webhook", re.compile(r"(hooks\.slack\.com/services/)[\w/]+"), rf"\g<1>{MASK}"),
+    Rule("github token", re.compile(r"\b(gh[pousr]_[0-9A-Za-z]{20,}|github_pat_[0-9A-Za-z_]{20,})"), f"gh_{MASK}"),
+    Rule("gitlab token", re.compile(r"\b(glpat-|glrt-|gldt-)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
+    Rule("google api key", re.compile(r"\b(AIza)[0-9A-Za-z_-]{35}"), rf"\g<1>{MASK}"),
+    Rule("stripe key", re.compile(r"\b([rs]k_(?:live|test)_)[0-9A-Za-z]{10,}"), rf"\g<1>{MASK}"),
+    Rule("npm token", re.compile(r"\b(npm_)[0-9A-Za-z]{36}"), rf"\g<1>{MASK}"),
+    Rule("vault token", re.compile(r"\b(hv[sbr]\.)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
+    Rule("jwt", re.compile(r"\b(eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), rf"\g<1>{MASK}"),
+    # https://TOKEN@github.com/...: a user part too long to be a user name
+    Rule("url token", re.compile(r"(\b[a-z][a-z0-9+.-]*://)[A-Za-z0-9_-]{20,}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
+    Rule("bearer token", re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), rf"\g<1>{MASK}"),
+    # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
+    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)\s*(?:=\s*)?')(?:[^']|'')+(')",
+                                    re.I), rf"\g<1>{MASK}\g<2>"),
+    # "password": "x" in JSON bodies
+    Rule("json value", re.compile(r'(?P<head>"(?P<name>[\w.-]+)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")'), _named_value),
+    # NAME=value: env assignments, --flag=value, -Dx.password=, key=value in query strings,
+    # conninfo strings, mount options, helm --set, kubectl --from-literal=password=...
+    Rule("named value", _NAMED, _named_value),
+)
+
+MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
+                  "mysqlsh mariadb mariadb-dump mariadb-admin mariadb-import mariadb-check".split())
+PSQL = frozenset("psql pg_dump pg_dumpall pg_restore pg_basebackup createdb dropdb createuser dropuser vacuumdb "
+                 "reindexdb clusterdb pgbench".split())
+MONGO = frozenset("mongo mongosh mongodump mongorestore mongoexport mongoimport mongostat mongotop".split())
+LOGIN = frozenset("docker podman nerdctl buildah skopeo helm oras crane az vault".split())
+SSH_VALUE_OPTIONS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
+SHELLS = frozenset("sh bash dash zsh ksh ash mksh busybox su runuser".split())
+LDAP = frozenset("ldapsearch ldapadd ldapmodify ldapdelete ldapmodrdn ldappasswd ldapwhoami ldapcompare".split())
+SMB = frozenset("smbclient rpcclient smbcacls smbget net".split())
+TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | frozenset(
+    "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
+    "git".split()))
+# the arguments after these short options are secrets, per tool
+SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
+                 "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",)}
+USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a", "--auth"),
+                    "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth")}
+# Words that, found in a command line, send it to the rules: the rules' own shapes, secret
+# names, the tools above, an attached `-pX`. Searched in the lowercased argv joined by
+# newlines. Nearly every exec has none of them, so this search is the whole cost of redacting
+# it: the words are compiled as a trie (`p(?:ass|w)|s(?:ecret|mbclient)|...`), which `re`
+# walks in a fraction of the time a flat alternation of fifty words takes.
+TRIGGERS = (
+    "pass", "pw", "secret", "token", "credential", "bearer", "auth", "key", "cookie", "identified", "akia", "asia",
+    "xox", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "glrt-", "gldt-", "aiza", "npm_", "hvs.",
+    "hvb.", "hvr.", "k_live_", "k_test_", "eyj", "-----begin", "hooks.slack", "mysql", "maria", "redis-cli", "curl",
+    "login", "openssl", "smbclient", "rpcclient", "ldap", "mongo", "rabbitmq",
+    "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "\nnet\n", "/net\n",
+)
+# (literal start, regex tail): shapes that are more than a word
+TRIGGER_SHAPES = (("://", r"[^/\s]*@"), ("\n-p", r"[^\s]"), (" -p", r"[^\s]"))
+
+
+def _trie(entries: list[tuple[str, str]]) -> str:
+    """One regex matching any of (literal, tail), with shared literal prefixes factored out."""
+    root: dict = {}
+    for literal, tail in entries:
+        node = root
+        for ch in literal:
+            node = node.setdefault(ch, {})
+        node.setdefault("", []).append(tail)
+
+    def emit(node: dict) -> str:
+        alts = [re.escape(ch) + emit(sub) for ch, sub in sorted((k, v) for k, v in node.items() if k)]
+        ends = node.get("", [])
+        if "" in ends:                     # a word ends here: whatever follows, it matched
+            return ""
+        alts += ends
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+    return emit(root)
+
+
+_TRIGGER = re.compile(_trie([(t, "") for t in TRIGGERS] + list(TRIGGER_SHAPES)))
+
+
+def compile_rules(extra: list[str] | tuple[str, ...] = ()) -> tuple[Rule, ...]:
+    """Default rules plus configured regexes; a configured regex's match is masked whole."""
+    return DEFAULT_RULES + tuple(Rule(f"custom {i}", re.compile(p), MASK) for i, p in enumerate(extra))
+
+
+def _custom_any(rules: tuple[Rule, ...]) -> re.Pattern | None:
+    """One regex for the configured rules, searched in the argv as given (they may care about
+    case); ^ and $ match at each argument's ends."""
+    def scoped(p: re.Pattern) -> str:
+        return f"(?i:{p.pattern})" if p.flags & re.I else f"(?:{p.pattern})"
+    custom = [scoped(r.pattern) for r in rules if r.name.startswith("custom")]
+    if not custom:
+        return None
+    try:
+        return re.compile("|".join(custom), re.M)
+    except re.error:
+        # a configured regex that cannot sit in an alternation (global flags, a group name
+        # used twice): no shortcut, every argv goes through every rule
+        return re.compile("")
+
+
+# by id: hashing the rules tuple hashes every Rule, per call. Each entry holds its rules, so
+# an id is not reused while its entry stands.
+_PREFILTER: dict[int, tuple[tuple[Rule, ...], re.Pattern | None]] = {}
+MAX_DEPTH = 6             # sh -c "bash -c '...'" nesting followed this deep
+
+
+def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[list[str], bool]:
+    """The argv with its secrets masked, and whether anything was."""
+    joined = "\n" + "\n".join(argv) + "\n"
+    if not _TRIGGER.search(joined.lower()):
+        if rules is DEFAULT_RULES:
+            return list(argv), False
+        entry = _PREFILTER.get(id(rules))
+        if entry is None or entry[0] is not rules:
+            entry = _PREFILTER[id(rules)] = (rules, _custom_any(rules))
+        if entry[1] is None or not entry[1].search(joined):
+            return list(argv), False
+    out = _argv(list(argv), rules, 0)
+    return out, out != list(argv)
+
+
+def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) -> bool:
+    """Redact an event's command line in place (exec events carry one); True if changed."""
+    argv = ev.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        return False
+    new, changed = redact(argv, rules)
+    if changed:
+        ev["argv"] = new
+    return changed
+
+
+def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAULT_RULES) -> int:
+    """Redact every event of a batch in place; the number of command lines changed."""
+    return sum(redact_event(ev, rules) for ev in events if isinstance(ev, dict))
+
+
+def _content(arg: str, rules: tuple[Rule, ...]) -> str:
+    """The context-free rules over one argument (or word of a script)."""
+    if rules is DEFAULT_RULES and not _TRIGGER.search(arg.lower()):
+        return arg                      # none of the rules' shapes can be in it
+    for rule in rules:
+        if rule.name.startswith("custom"):
+            arg = rule.pattern.sub(MASK, arg)
+        else:
+            arg = rule.pattern.sub(rule.replace, arg)
+    return arg
+
+
+def _script(script: str, rules: tuple[Rule, ...], depth: int) -> str:
+    """A shell script: each simple command redacted as an argv, only masked characters changed."""
+    if depth > MAX_DEPTH:
+        return _content(script, rules)
+    edits = []
+    for command in shellwords.commands(script):
+        values = [w.value for w in command]
+        new = _argv(values, rules, depth + 1)
+        for word, old, value in zip(command, values, new):
+            if ("$(" in value or "`" in value) and depth < MAX_DEPTH:
+                value = _script(value, rules, depth + 1)      # "$(mysql -pX)" inside quotes
+            if value != old:
+                edits += shellwords.replace(script, word, value)
+    return shellwords.apply(script, edits)
+
+
+def _mask_after(value: str, sep: str) -> str:
+    """user:pw -> user:***, DOMAIN\\user%pw -> DOMAIN\\user%***; nothing after sep: unchanged."""
+    head, found, tail = value.partition(sep)
+    return f"{head}{sep}{MASK}" if found and tail else value
+
+
+def _pass_arg(value: str) -> str:
+    """The value of a secret flag: all of it, but openssl's `pass:x` keeps its `pass:` and
+    `env:VAR`, `file:PATH`, `fd:N`, `stdin` name where the secret is, not the secret."""
+    if value.startswith("pass:"):
+        return "pass:" + MASK
+    if value.startswith(("env:", "file:", "fd:")) or value == "stdin":
+        return value
+    return MASK
+
+
+def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
+    """Redact one argv. Walks it once, knowing which tool the arguments belong to."""
+    out = list(argv)
+    tool = ""
+    positionals: list[str] = []
+    script_next = False
+    ssh_dest = False                 # ssh: the destination is behind us, the rest is a remote script
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        prev = argv[i - 1] if i else ""
+        if tool == "ssh" and not arg.startswith("-") and not (
+                len(prev) == 2 and prev[0] == "-" and prev[1] in SSH_VALUE_OPTIONS):
+            if ssh_dest:             # ssh HOST 'script' or ssh HOST cmd args...: the remote command
+                rest = argv[i:]
+                out[i:] = [_script(rest[0], rules, depth)] if len(rest) == 1 else _argv(rest, rules, depth + 1)
+                return out
+            ssh_dest = True
+            i += 1
+            continue
+        if script_next:
+            script_next = False
+            out[i] = _script(arg, rules, depth) if depth <= MAX_DEPTH else _content(arg, rules)
+            i += 1
+            continue
+        if not arg.startswith("-") and "=" not in arg:
+            base = arg.rpartition("/")[2]
+            # a tool's name starts its own arguments, unless it is a long option's value
+            # (`docker run --name mysql -p3306:3306`)
+            if base in TOOLS and (i == 0 or prev == "--" or not (prev.startswith("--") and "=" not in prev)):
+                tool, positionals, ssh_dest = base, [], False
+                i += 1
+                continue
+            positionals.append(arg)
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        new = _content(arg, rules)
+        mask_next: Callable[[str], str] | None = None
+        if tool in SHELLS and nxt is not None and (
+                (arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:] and arg[1:].isalpha())
+                or arg == "--command"):
+            script_next = True
+        elif tool in SHELLS and tool in ("su", "runuser") and arg.startswith("--command="):
+            new = arg[:10] + _script(arg[10:], rules, depth)
+        elif tool in MYSQL and arg.startswith("-p") and len(arg) > 2:
+            new = "-p" + MASK                                  # -pX; `-p X` prompts, X is the database
+        elif tool in MYSQL and arg == "--password":
+            pass                                               # optional value: only --password=X
+        elif tool in PSQL and arg in ("--password", "-W"):
+            pass                                               # a switch: prompt for it
+        elif arg in SECRET_OPTION.get(tool, ()) and nxt is not None and not nxt.startswith("-"):
+            mask_next = _pass_arg
+        elif any(arg.startswith(o) and len(arg) > 2 for o in SECRET_OPTION.get(tool, ()) if len(o) == 2):
+            new = arg[:2] + MASK                               # sshpass -pX, ldapsearch -wX
+        elif arg in USER_PASS_OPTION.get(tool, ()) and nxt is not None:
+            mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - curl -u user:pw
+        elif tool in USER_PASS_OPTION and arg[:2] in USER_PASS_OPTION[tool] and len(arg) > 2:
+            new = arg[:2] + _mask_after(arg[2:], ":")
+        elif tool in SMB and arg in ("-U", "--user") and nxt is not None:
+            mask_next = lambda v: _mask_after(v, "%")          # noqa: E731
+        elif tool in SMB and (arg.startswith("-U") or arg.startswith("--user=")):
+            new = _mask_after(arg, "%")
+        elif tool in LOGIN and "login" in positionals and arg == "-p" and nxt is not None:
+            mask_next = _pass_arg                              # docker login -p X, az login -p X
+        elif tool == "vault" and positionals[-1:] == [arg] and positionals[:-1] == ["login"] and arg != "-":
+            new = MASK                                         # vault login TOKEN
+        elif tool == "htpasswd" and positionals and i == len(argv) - 1 and any(
+                a.startswith("-") and not a.startswith("--") and "b" in a for a in argv):
+            new = MASK                                         # htpasswd -b FILE USER PASSWORD
+        elif tool in ("kubectl", "oc") and "secret" in positionals and arg.startswith("--from-literal"):
+            if arg == "--from-literal" and nxt is not None:
+                mask_next = lambda v: _mask_after(v, "=")      # noqa: E731
+            else:
+                new = "--from-literal=" + _mask_after(arg[len("--from-literal="):], "=")
+        elif tool == "aws" and positionals[:2] == ["configure", "set"] and len(positionals) == 4 \
+                and positionals[3] == arg and secret_name(positionals[2]):
+            new = new if new != arg or MASK in arg else MASK   # aws configure set NAME VALUE
+        elif tool == "gh" and "secret" in positionals and arg in ("-b", "--body") and nxt is not None:
+            mask_next = _pass_arg
+        elif tool == "mysqladmin" and positionals[-1:] == ["password"] and arg == "password" and nxt is not None:
+            mask_next = _pass_arg                              # mysqladmin password NEW
+        elif tool == "rabbitmqctl" and positionals[:1] in (["add_user"], ["change_password"]) \
+                and len(positionals) == 3 and positionals[2] == arg:
+            new = MASK
+        elif arg.startswith("-") and "=" not in arg and nxt is not None and not nxt.startswith("-") \
+                and secret_name(arg) and arg != "-":
+            mask_next = _pass_arg                              # --password X, --token X, -passin pass:X
+        out[i] = new
+        if mask_next is not None:
+            out[i + 1] = mask_next(_content(argv[i + 1], rules)) if argv[i + 1] != MASK else MASK
+            i += 2
+            continue
+        i += 1
+    return out
