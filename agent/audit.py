@@ -544,6 +544,7 @@ def _is_ip(v) -> bool:
 def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = None):
     """Audit log lines -> schema-v1 events (a generator). The report counts what was read,
     used and skipped."""
+    from .redact import redact_event
     report = report or ImportReport()
     grouper, asm = Grouper(), AuditAssembler(host, report)
 
@@ -551,6 +552,7 @@ def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = 
         for group in groups:
             for ev in asm.feed(sorted(group, key=lambda r: r.type != "SYSCALL")):
                 report.events[ev["kind"]] += 1
+                redact_event(ev)        # secrets never leave the importer, whatever reads its events
                 yield ev
 
     for line in lines:
@@ -586,12 +588,11 @@ class AuditTail:
         self._losses = 0
 
     def _events(self, groups) -> list[dict[str, Any]]:
-        from .redact import redact
+        from .redact import redact_event
         out = []
         for group in groups:
             for ev in self.asm.feed(sorted(group, key=lambda r: r.type != "SYSCALL")):
-                if ev["kind"] == "exec":            # secrets never leave the host, whatever the source
-                    ev["argv"] = redact(ev["argv"], self.rules)[0]
+                redact_event(ev, self.rules)        # secrets never leave the host, whatever the source
                 out.append(ev)
         return out
 

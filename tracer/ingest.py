@@ -2,7 +2,8 @@
 
 The one path by which events reach the store - the demo, `whodid ingest`, and (later) the
 collector and the audit importer all come through here. A bad event is refused with the
-reason and its position; the rest of its batch is kept.
+reason and its position; the rest of its batch is kept. Command lines are redacted
+(tracer/redact.py) on the way in, whatever their producer did.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .events import EventError, decode_line, parse_event
+from .redact import redact_event
 from .store import Store
 
 BATCH = 5000
@@ -68,6 +70,7 @@ def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
         except EventError as err:
             report.refuse(position, err)
             continue
+        redact_event(ev)            # whoever produced the line, no secret reaches the store
         pending.append(ev)
         report.by_kind[ev["kind"]] += 1
         if len(pending) >= batch:

@@ -172,6 +172,8 @@ _TRIGGER = re.compile(_trie([(t, "") for t in TRIGGERS] + list(TRIGGER_SHAPES)))
 
 def compile_rules(extra: list[str] | tuple[str, ...] = ()) -> tuple[Rule, ...]:
     """Default rules plus configured regexes; a configured regex's match is masked whole."""
+    if not extra:
+        return DEFAULT_RULES            # the same object: redact() knows it needs no custom search
     return DEFAULT_RULES + tuple(Rule(f"custom {i}", re.compile(p), MASK) for i, p in enumerate(extra))
 
 
@@ -226,6 +228,20 @@ def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) ->
 def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAULT_RULES) -> int:
     """Redact every event of a batch in place; the number of command lines changed."""
     return sum(redact_event(ev, rules) for ev in events if isinstance(ev, dict))
+
+
+_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def redact_text(line: str, rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
+    """A raw event line kept for people (a refused event, maybe cut short): its JSON strings,
+    in order, are redacted as if they were an argv, and put back where they were."""
+    found = list(_JSON_STRING.finditer(line))
+    new = redact([m[1] for m in found], rules)[0]
+    for m, value in sorted(zip(found, new), key=lambda mv: mv[0].start(), reverse=True):
+        if value != m[1]:
+            line = line[:m.start(1)] + value + line[m.end(1):]
+    return line
 
 
 def _content(arg: str, rules: tuple[Rule, ...]) -> str:
