@@ -61,21 +61,37 @@ class Rule:
     name: str
     pattern: re.Pattern
     replace: str | Callable[[re.Match], str]
+    apply: Callable[[str], str] | None = None      # when a substitution cannot say it
+
+    def __call__(self, text: str) -> str:
+        return self.apply(text) if self.apply else self.pattern.sub(self.replace, text)
 
 
-_NAMED = re.compile(
-    r"(?P<head>(?:^-{0,2}|(?<=[\s?&;,=:{]))(?P<name>[A-Za-z_][\w.\[\]-]*)=)"
-    r"(?P<value>'[^']*'|\"[^\"]*\"|[\s\S]+?(?=[&,;\s][A-Za-z_][\w.\[\]-]*=|$))")
+# NAME= where an assignment can start; the value runs to the next `, NAME=` (helm --set,
+# mount -o, query strings, conninfo) or the end, or is quoted
+_NAMED = re.compile(r"(?:^-{0,2}|(?<=[\s?&;,=:{]))(?P<name>[A-Za-z_][\w.\[\]-]*)=")
+_NAMED_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|[\s\S]*?(?=[&,;\s][A-Za-z_][\w.\[\]-]*=|$)")
+
+
+def _named_values(text: str) -> str:
+    """NAME=value: mask the value when the name says it is a secret. Each NAME= is looked at
+    once, left to right (--from-literal=password=x: the value names a secret of its own)."""
+    out, pos = [], 0
+    for m in _NAMED.finditer(text):
+        if m.start() < pos or not secret_name(m["name"]):
+            continue
+        value = _NAMED_VALUE.match(text, m.end())
+        if value.end() == m.end():
+            continue                                    # NAME= and nothing: nothing to hide
+        quote = value[0][0] if value[0][0] in "'\"" and len(value[0]) > 1 else ""
+        out += [text[pos:m.end()], quote, MASK, quote]
+        pos = value.end()
+    return "".join(out) + text[pos:] if out else text
 
 
 def _named_value(m: re.Match) -> str:
-    """NAME=value and "name": "value": mask the value when the name says it is a secret."""
-    if not secret_name(m["name"]):
-        # --from-literal=password=x: the value may name a secret of its own
-        return m["head"] + _NAMED.sub(_named_value, m["value"]) if "=" in m["value"] else m[0]
-    quote = m["value"][:1] if m["value"][:1] in ("'", '"') and m["value"][-1:] == m["value"][:1] \
-        and len(m["value"]) > 1 else ""
-    return f"{m['head']}{quote}{MASK}{quote}"
+    """"name": "value" in JSON: mask the value when the name says it is a secret."""
+    return f'{m["head"]}"{MASK}"' if secret_name(m["name"]) else m[0]
 
 
 def _header(m: re.Match) -> str:
@@ -86,10 +102,10 @@ DEFAULT_RULES = (
     Rule("private key block", re.compile(
         r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)[\s\S]+?(?=-----END [A-Z0-9 ]*PRIVATE KEY|$)"), rf"\g<1>{MASK}"),
     # scheme://user:password@host (the last @ before the path: passwords hold @ unescaped)
-    Rule("url credentials", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s]+(@)", re.I), rf"\g<1>{MASK}\g<2>"),
+    Rule("url credentials", re.compile(r"((?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://[^/\s:@]*:)[^/\s]+(@)", re.I), rf"\g<1>{MASK}\g<2>"),
     # Authorization: <scheme> <credentials>, and headers named for a secret
     Rule("header", re.compile(
-        r"(?P<head>(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|x-[\w-]*(?:token|key|secret|auth)[\w-]*|api-key)"
+        r"(?P<head>(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64}|api-key)"
         r"\s*:\s*)(?:(?P<scheme>[A-Za-z][\w-]*\s+)(?=\S))?(?P<value>\S.*)$", re.I), _header),
     Rule("aws access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), f"\\g<1>{MASK}"),
     Rule("slack token", re.compile(r"\bxox[abposre]-[0-9A-Za-z-]{10,}"), f"xox{MASK}"),
@@ -100,9 +116,9 @@ DEFAULT_RULES = (
     Rule("stripe key", re.compile(r"\b([rs]k_(?:live|test)_)[0-9A-Za-z]{10,}"), rf"\g<1>{MASK}"),
     Rule("npm token", re.compile(r"\b(npm_)[0-9A-Za-z]{36}"), rf"\g<1>{MASK}"),
     Rule("vault token", re.compile(r"\b(hv[sbr]\.)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
-    Rule("jwt", re.compile(r"\b(eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), rf"\g<1>{MASK}"),
+    Rule("jwt", re.compile(r"(?<![A-Za-z0-9_-])(eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), rf"\g<1>{MASK}"),
     # https://TOKEN@github.com/...: a user part too long to be a user name
-    Rule("url token", re.compile(r"(\b[a-z][a-z0-9+.-]*://)[A-Za-z0-9_-]{20,}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
+    Rule("url token", re.compile(r"((?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://)[A-Za-z0-9_-]{20,}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
     Rule("bearer token", re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), rf"\g<1>{MASK}"),
     # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
     Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)\s*(?:=\s*)?')(?:[^']|'')+(')",
@@ -111,7 +127,7 @@ DEFAULT_RULES = (
     Rule("json value", re.compile(r'(?P<head>"(?P<name>[\w.-]+)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")'), _named_value),
     # NAME=value: env assignments, --flag=value, -Dx.password=, key=value in query strings,
     # conninfo strings, mount options, helm --set, kubectl --from-literal=password=...
-    Rule("named value", _NAMED, _named_value),
+    Rule("named value", _NAMED, "", _named_values),
 )
 
 MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
@@ -249,10 +265,7 @@ def _content(arg: str, rules: tuple[Rule, ...]) -> str:
     if rules is DEFAULT_RULES and not _TRIGGER.search(arg.lower()):
         return arg                      # none of the rules' shapes can be in it
     for rule in rules:
-        if rule.name.startswith("custom"):
-            arg = rule.pattern.sub(MASK, arg)
-        else:
-            arg = rule.pattern.sub(rule.replace, arg)
+        arg = rule(arg)
     return arg
 
 
