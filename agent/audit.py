@@ -176,8 +176,9 @@ class ImportReport:
 
     def garbage(self, line: str, why: str) -> None:
         self.skipped[why] += 1
-        if len(self.samples) < 5:
-            self.samples.append(f"{why}: {line[:120]!r}")
+        if len(self.samples) < 5:          # shown to people: a shell history given by mistake keeps its secrets
+            from .redact import redact_text
+            self.samples.append(f"{why}: {redact_text(line)[:120]!r}")
 
     def summary(self) -> str:
         out = [f"read {self.lines:,} lines, {sum(self.records.values()):,} records; made "

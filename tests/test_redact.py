@@ -194,6 +194,7 @@ def test_import_audit_redacts(tmp_path, capsys):
                         for i, a in enumerate(argv))
         lines += [syscall(serial, "execve", 59, 2000 + serial, 1, comm=argv[0], exe=f"/usr/bin/{argv[0]}"),
                   rec("EXECVE", serial, f"argc={len(argv)} {args}"), rec("CWD", serial, 'cwd="/root"')]
+    lines.append(f"mysql -u root -p{SECRET} shop")      # not an audit record: shown as an example of garbage
     log = tmp_path / "audit.log"
     log.write_text("\n".join(lines) + "\n")
     from whodid.agent.audit import import_lines
@@ -204,6 +205,7 @@ def test_import_audit_redacts(tmp_path, capsys):
     out = capsys.readouterr()
     argvs = assert_no_secret(db, out.out, out.err)
     assert ["mysql", "-u", "root", "-p***", "shop"] in argvs
+    assert "mysql -u root -p*** shop" in out.out                 # the garbage example, redacted
 
 
 def test_the_collector_redacts_what_agents_send(tmp_path):
@@ -236,6 +238,8 @@ def test_a_refused_line_cut_short_is_still_redacted():
     from whodid.tracer.redact import redact_text
     line = '{"v": 1, "kind": "exec", "argv": ["sh", "-c", "PGPASSWORD=hunter2 psql -h db"], "ts": "x", "pid": 1, "cwd": "/hom'
     assert redact_text(line) == line.replace("PGPASSWORD=hunter2", "PGPASSWORD=***")
+    assert redact_text("$ mysql -uroot -phunter2 shop") == "$ mysql -uroot -p*** shop"
+    assert redact_text("nothing to hide here") == "nothing to hide here"
 
 
 def test_the_live_agent_redacts(tmp_path):

@@ -46,7 +46,7 @@ NOT_SECRET_NAME = re.compile(
     r"^-*(?:no|ask|prompt|skip|show|require|disable|enable|allow|reset|forgot)[-_.]"
     r"|(?:file|files|path|dir|directory|stdin|env|prompt|command|cmd|length|policy|type|method|mode"
     r"|url|uri|endpoint|provider|plugin|helper|source|database|db|mechanism|ttl|expiry|expiration"
-    r"|name|count|format|hint|authentications?|reset|min|max)$", re.I)
+    r"|name|count|format|hint|authentications?|min|max)$", re.I)
 
 
 def secret_name(name: str) -> bool:
@@ -98,15 +98,22 @@ def _header(m: re.Match) -> str:
     return f"{m['head']}{m['scheme'] or ''}{MASK}"
 
 
+# a URL scheme, where one can start (bounded: a long run of a.b.c. must not be scanned again
+# from every dot)
+SCHEME = r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://"
+HEADER = (r"(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|api-key"
+          r"|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64})")
+
 DEFAULT_RULES = (
     Rule("private key block", re.compile(
-        r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)[\s\S]+?(?=-----END [A-Z0-9 ]*PRIVATE KEY|$)"), rf"\g<1>{MASK}"),
+        r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)[\s\S]+?(?=-----END [A-Z0-9 ]*PRIVATE KEY|$)"),
+        rf"\g<1>{MASK}"),
     # scheme://user:password@host (the last @ before the path: passwords hold @ unescaped)
-    Rule("url credentials", re.compile(r"((?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://[^/\s:@]*:)[^/\s]+(@)", re.I), rf"\g<1>{MASK}\g<2>"),
-    # Authorization: <scheme> <credentials>, and headers named for a secret
-    Rule("header", re.compile(
-        r"(?P<head>(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64}|api-key)"
-        r"\s*:\s*)(?:(?P<scheme>[A-Za-z][\w-]*\s+)(?=\S))?(?P<value>\S.*)$", re.I), _header),
+    Rule("url credentials", re.compile(rf"({SCHEME}[^/\s:@]*:)[^/\s]+(@)", re.I), rf"\g<1>{MASK}\g<2>"),
+    # Authorization: <scheme> <credentials>, and headers named for a secret; the scheme stays
+    Rule("header", re.compile(rf"(?P<head>{HEADER}\s*:\s*)(?:(?P<scheme>[A-Za-z][\w-]*\s+)(?=\S))?(?P<value>\S.*)$",
+                              re.I), _header),
+    # tokens by shape: the prefix that says what kind stays
     Rule("aws access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), f"\\g<1>{MASK}"),
     Rule("slack token", re.compile(r"\bxox[abposre]-[0-9A-Za-z-]{10,}"), f"xox{MASK}"),
     Rule("slack webhook", re.compile(r"(hooks\.slack\.com/services/)[\w/]+"), rf"\g<1>{MASK}"),
@@ -116,9 +123,10 @@ DEFAULT_RULES = (
     Rule("stripe key", re.compile(r"\b([rs]k_(?:live|test)_)[0-9A-Za-z]{10,}"), rf"\g<1>{MASK}"),
     Rule("npm token", re.compile(r"\b(npm_)[0-9A-Za-z]{36}"), rf"\g<1>{MASK}"),
     Rule("vault token", re.compile(r"\b(hv[sbr]\.)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
-    Rule("jwt", re.compile(r"(?<![A-Za-z0-9_-])(eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), rf"\g<1>{MASK}"),
+    Rule("jwt", re.compile(r"(?<![A-Za-z0-9_-])(eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+         rf"\g<1>{MASK}"),
     # https://TOKEN@github.com/...: a user part too long to be a user name
-    Rule("url token", re.compile(r"((?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://)[A-Za-z0-9_-]{20,}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
+    Rule("url token", re.compile(rf"({SCHEME})[A-Za-z0-9_-]{{20,}}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
     Rule("bearer token", re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), rf"\g<1>{MASK}"),
     # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
     Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)\s*(?:=\s*)?')(?:[^']|'')+(')",
@@ -250,14 +258,16 @@ _JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
 def redact_text(line: str, rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
-    """A raw event line kept for people (a refused event, maybe cut short): its JSON strings,
-    in order, are redacted as if they were an argv, and put back where they were."""
+    """A line kept for people to look at (a refused event, maybe cut short; a line of a log
+    that was not what it should be): its quoted strings, in order, and then its words are
+    redacted as if each were an argv, and put back where they were."""
     found = list(_JSON_STRING.finditer(line))
     new = redact([m[1] for m in found], rules)[0]
     for m, value in sorted(zip(found, new), key=lambda mv: mv[0].start(), reverse=True):
         if value != m[1]:
             line = line[:m.start(1)] + value + line[m.end(1):]
-    return line
+    words, changed = redact(line.split(" "), rules)
+    return " ".join(words) if changed else line
 
 
 def _content(arg: str, rules: tuple[Rule, ...]) -> str:
