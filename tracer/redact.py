@@ -145,15 +145,18 @@ PSQL = frozenset("psql pg_dump pg_dumpall pg_restore pg_basebackup createdb drop
 MONGO = frozenset("mongo mongosh mongodump mongorestore mongoexport mongoimport mongostat mongotop".split())
 LOGIN = frozenset("docker podman nerdctl buildah skopeo helm oras crane az vault".split())
 SSH_VALUE_OPTIONS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
-SHELLS = frozenset("sh bash dash zsh ksh ash mksh busybox su runuser".split())
+SHELLS = frozenset("sh bash dash zsh ksh ash mksh busybox su runuser flock script".split())   # -c SCRIPT
 LDAP = frozenset("ldapsearch ldapadd ldapmodify ldapdelete ldapmodrdn ldappasswd ldapwhoami ldapcompare".split())
 SMB = frozenset("smbclient rpcclient smbcacls smbget net".split())
 TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | frozenset(
     "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
-    "git".split()))
-# the arguments after these short options are secrets, per tool
+    "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp".split()))
+# the argument after these options is a secret, per tool
 SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
-                 "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",)}
+                 "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",), "zip": ("-P",), "unzip": ("-P",),
+                 "sqlcmd": ("-P",), "bcp": ("-P",), "useradd": ("-p",), "usermod": ("-p",)}
+# ... and these take it attached too (getopt-style): sshpass -pX, ldapsearch -wX, 7z -pX
+ATTACHED_OPTION = {**{t: "-w" for t in LDAP}, "sshpass": "-p", "7z": "-p", "7za": "-p", "7zr": "-p"}
 USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a", "--auth"),
                     "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth")}
 # Words that, found in a command line, send it to the rules: the rules' own shapes, secret
@@ -165,7 +168,8 @@ TRIGGERS = (
     "pass", "pw", "secret", "token", "credential", "bearer", "auth", "key", "cookie", "identified", "akia", "asia",
     "xox", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "glrt-", "gldt-", "aiza", "npm_", "hvs.",
     "hvb.", "hvr.", "k_live_", "k_test_", "eyj", "-----begin", "hooks.slack", "mysql", "maria", "redis-cli", "curl",
-    "login", "openssl", "smbclient", "rpcclient", "ldap", "mongo", "rabbitmq",
+    "login", "openssl", "smbclient", "rpcclient", "ldap", "mongo", "rabbitmq", "sqlcmd", "bcp", "useradd", "usermod",
+    "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n", "zip -p",
     "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "\nnet\n", "/net\n",
 )
 # (literal start, regex tail): shapes that are more than a word
@@ -362,8 +366,15 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             pass                                               # a switch: prompt for it
         elif arg in SECRET_OPTION.get(tool, ()) and nxt is not None and not nxt.startswith("-"):
             mask_next = _pass_arg
-        elif any(arg.startswith(o) and len(arg) > 2 for o in SECRET_OPTION.get(tool, ()) if len(o) == 2):
-            new = arg[:2] + MASK                               # sshpass -pX, ldapsearch -wX
+        elif tool in ATTACHED_OPTION and arg.startswith(ATTACHED_OPTION[tool]) and len(arg) > 2:
+            new = arg[:2] + MASK                               # sshpass -pX, ldapsearch -wX, 7z a -pX
+        elif tool == "watch" and " " in arg:
+            new = _script(arg, rules, depth)                   # watch runs its command with sh -c
+        elif tool == "nmcli" and arg in ("password", "wifi-sec.psk", "802-11-wireless-security.psk") \
+                and nxt is not None:
+            mask_next = _pass_arg                              # nmcli dev wifi connect SSID password X
+        elif tool == "xfreerdp" and arg.lower().startswith("/p:") and len(arg) > 3:
+            new = arg[:3] + MASK
         elif arg in USER_PASS_OPTION.get(tool, ()) and nxt is not None:
             mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - curl -u user:pw
         elif tool in USER_PASS_OPTION and arg[:2] in USER_PASS_OPTION[tool] and len(arg) > 2:
