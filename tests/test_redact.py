@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shlex
 import signal
 import subprocess
@@ -51,6 +52,33 @@ def test_each_command_line_loses_its_secret_and_nothing_else(argv, expected, not
 def test_redacting_twice_is_redacting_once(argv, expected, note):
     once = redact(argv)[0]
     assert redact(once) == (once, False)
+
+
+def test_redacting_twice_is_redacting_once_for_mixed_command_lines():
+    """The table's words shuffled into argvs and nested scripts: a fixed sample, so a failure
+    is the same on every run."""
+    words = sorted({w for p in TABLE for w in p.values[0]})
+    rnd = random.Random(16)
+    for _ in range(3000):
+        argv = [rnd.choice(words) for _ in range(rnd.randint(1, 7))]
+        for _ in range(rnd.randint(0, 2)):
+            script = " ".join(shlex.quote(a) if rnd.random() < 0.5 else a for a in argv)
+            argv = [rnd.choice(["sh", "bash", "ssh"]), "-c" if rnd.random() < .8 else "host", script]
+        once = redact(argv)[0]
+        assert redact(once) == (once, False), argv
+
+
+def test_only_authorization_keeps_its_scheme():
+    assert redact(["curl", "-H", "X-API-Key: Zq9 abc"])[0] == ["curl", "-H", f"X-API-Key: {MASK}"]
+    assert redact(["curl", "-H", "PRIVATE-TOKEN: glpat-AbCdEfGhIjKlMnOpQrSt x"])[0] == ["curl", "-H", f"PRIVATE-TOKEN: {MASK}"]
+    assert redact(["curl", "-H", "authorization: SSWS 00QCjAl4MlV"])[0] == ["curl", "-H", f"authorization: SSWS {MASK}"]
+
+
+def test_a_change_across_quotes_requotes_the_word():
+    # the secret's characters span quoting: the word is written anew rather than left unbalanced
+    out = redact(["sh", "-c", """--api-key 'bash -c '"'"'redis-cli -a hunter2'"'"''"""])[0]
+    assert out == ["sh", "-c", f"--api-key '{MASK}'"]
+    assert shlex.split(out[2]) == ["--api-key", MASK]
 
 
 def test_the_argv_given_is_not_changed():

@@ -95,7 +95,10 @@ def _named_value(m: re.Match) -> str:
 
 
 def _header(m: re.Match) -> str:
-    return f"{m['head']}{m['scheme'] or ''}{MASK}"
+    """Authorization: keeps its scheme (Basic, Bearer, AWS4-HMAC-SHA256 ...); other headers
+    named for a secret (X-Api-Key, PRIVATE-TOKEN, Cookie) lose their whole value."""
+    scheme = m["scheme"] if m["scheme"] and "authorization" in m["head"].lower() else ""
+    return f"{m['head']}{scheme}{MASK}"
 
 
 # a URL scheme, where one can start (bounded: a long run of a.b.c. must not be scanned again
@@ -111,8 +114,9 @@ DEFAULT_RULES = (
     # scheme://user:password@host (the last @ before the path: passwords hold @ unescaped)
     Rule("url credentials", re.compile(rf"({SCHEME}[^/\s:@]*:)[^/\s]+(@)", re.I), rf"\g<1>{MASK}\g<2>"),
     # Authorization: <scheme> <credentials>, and headers named for a secret; the scheme stays
-    Rule("header", re.compile(rf"(?P<head>{HEADER}\s*:\s*)(?:(?P<scheme>[A-Za-z][\w-]*\s+)(?=\S))?(?P<value>\S.*)$",
-                              re.I), _header),
+    Rule("header", re.compile(
+        rf"(?P<head>{HEADER}\s*:\s*)(?:(?P<scheme>[A-Za-z][A-Za-z0-9-]{{0,31}}\s+)(?=\S))?(?P<value>\S.*)$", re.I),
+        _header),
     # tokens by shape: the prefix that says what kind stays
     Rule("aws access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), f"\\g<1>{MASK}"),
     Rule("slack token", re.compile(r"\bxox[abposre]-[0-9A-Za-z-]{10,}"), f"xox{MASK}"),

@@ -10,6 +10,7 @@ mask X while every other character of the script stays as it was typed.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 
 SEPARATORS = frozenset(";&|()\n`")
@@ -18,6 +19,8 @@ REDIRECTS = frozenset("<>")
 
 @dataclass
 class Word:
+    start: int                            # where the word begins in the script (its quotes included)
+    end: int = 0                          # and where it ends
     value: str = ""                       # the word as the command receives it (quotes removed)
     where: list[int] = field(default_factory=list)   # script index of each character of value
 
@@ -65,7 +68,7 @@ def commands(script: str) -> list[list[Word]]:
                 i += 1
         else:
             if word is None:
-                word = Word()
+                word = Word(i)
             if c == "'":
                 end = script.find("'", i + 1)
                 end = n if end < 0 else end
@@ -96,6 +99,7 @@ def commands(script: str) -> list[list[Word]]:
             else:
                 word.add(c, i)
                 i += 1
+            word.end = i
     end_word()
     return [cmd for cmd in out if cmd]
 
@@ -114,7 +118,11 @@ def replace(script: str, word: Word, new: str) -> list[tuple[int, int, str]]:
         s += 1
     text = new[p:len(new) - s]
     if p < len(old) - s:
-        return [(word.where[p], word.where[len(old) - s - 1] + 1, text)]
+        start, end = word.where[p], word.where[len(old) - s - 1] + 1
+        if any(c in "'\"\\" for c in script[start:end]):
+            # the change spans quotes: rewrite the whole word, quoted anew, rather than unbalance them
+            return [(word.start, word.end, shlex.quote(new))]
+        return [(start, end, text)]
     at = word.where[p] if p < len(old) else word.where[-1] + 1
     return [(at, at, text)]
 
