@@ -54,6 +54,34 @@ def test_redacting_twice_is_redacting_once(argv, expected, note):
     assert redact(once) == (once, False)
 
 
+def words_of(script: str, command: int = 0) -> list[str]:
+    return [w.value for w in shellwords.commands(script)[command]]
+
+
+def double_quoted(argv: list[str]) -> str:
+    return " ".join('"' + "".join("\\" + c if c in '\\"$`' else c for c in a) + '"' for a in argv)
+
+
+WRAPPERS = {   # how a command line is wrapped, and how to find it again in the redacted result
+    "sudo": (lambda a: ["sudo", "-u", "bob", *a], lambda o: o[3:]),
+    "env": (lambda a: ["env", "LANG=C", *a], lambda o: o[2:]),
+    "kubectl exec": (lambda a: ["kubectl", "exec", "-it", "pod-0", "--", *a], lambda o: o[5:]),
+    "sh -c": (lambda a: ["sh", "-c", shlex.join(a)], lambda o: words_of(o[2])),
+    "bash -c, all double-quoted": (lambda a: ["bash", "-c", double_quoted(a)], lambda o: words_of(o[2])),
+    "sh -c, among others": (lambda a: ["sh", "-c", f"cd /tmp && {shlex.join(a)}; echo done"], lambda o: words_of(o[2], 1)),
+    "ssh": (lambda a: ["ssh", "web-1", shlex.join(a)], lambda o: words_of(o[2])),
+}
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_each_command_line_is_redacted_the_same_wherever_it_is_run_from(wrapper):
+    wrap, unwrap = WRAPPERS[wrapper]
+    for argv, expected, note in (p.values for p in TABLE):
+        if wrapper.startswith("bash") and "$(" in " ".join(argv):
+            continue                     # double quotes escape the $: no command substitution left
+        assert unwrap(redact(wrap(argv))[0]) == expected, note
+
+
 def test_redacting_twice_is_redacting_once_for_mixed_command_lines():
     """The table's words shuffled into argvs and nested scripts: a fixed sample, so a failure
     is the same on every run."""

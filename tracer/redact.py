@@ -165,7 +165,7 @@ USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a
                     "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth")}
 # Words that, found in a command line, send it to the rules: the rules' own shapes, secret
 # names, the tools above, an attached `-pX`. Searched in the lowercased argv joined by
-# newlines. Nearly every exec has none of them, so this search is the whole cost of redacting
+# newlines, quotes made spaces (`sh -c '"http" -a u:pw'` is `http -a u:pw`). Nearly every exec has none of them, so this search is the whole cost of redacting
 # it: the words are compiled as a trie (`p(?:ass|w)|s(?:ecret|mbclient)|...`), which `re`
 # walks in a fraction of the time a flat alternation of fifty words takes.
 TRIGGERS = (
@@ -173,11 +173,11 @@ TRIGGERS = (
     "xox", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "glrt-", "gldt-", "aiza", "npm_", "hvs.",
     "hvb.", "hvr.", "k_live_", "k_test_", "eyj", "-----begin", "hooks.slack", "mysql", "maria", "redis-cli", "curl",
     "login", "openssl", "smbclient", "rpcclient", "ldap", "mongo", "rabbitmq", "sqlcmd", "bcp", "useradd", "usermod",
-    "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n", "zip -p",
-    "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "\nnet\n", "/net\n",
+    "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n",
+    "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "/http ", "\nnet\n", "/net\n",
 )
 # (literal start, regex tail): shapes that are more than a word
-TRIGGER_SHAPES = (("://", r"[^/\s]*@"), ("\n-p", r"[^\s]"), (" -p", r"[^\s]"))
+TRIGGER_SHAPES = (("://", r"[^/\s]*@"), ("\n-p", r"[^\s]"), (" -p", r"[^\s]"), ("zip", r"\s+-p"))
 
 
 def _trie(entries: list[tuple[str, str]]) -> str:
@@ -234,7 +234,7 @@ MAX_DEPTH = 6             # sh -c "bash -c '...'" nesting followed this deep
 def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[list[str], bool]:
     """The argv with its secrets masked, and whether anything was."""
     joined = "\n" + "\n".join(argv) + "\n"
-    if not _TRIGGER.search(joined.lower()):
+    if not _TRIGGER.search(joined.lower().replace('"', " ").replace("'", " ")):
         if rules is DEFAULT_RULES:
             return list(argv), False
         entry = _PREFILTER.get(id(rules))
