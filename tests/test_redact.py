@@ -281,6 +281,7 @@ def test_the_collector_redacts_what_agents_send(tmp_path):
         status, answer, _ = post(c, body, token=token)
         assert status == 200 and answer["accepted"] == 3 and answer["refused_count"] == 1
         assert SECRET not in json.dumps(answer)
+        assert SECRET.encode() not in store_bytes(db)          # the WAL as the writer left it, too
     finally:
         c.stop()
     assert_no_secret(db)
