@@ -69,7 +69,7 @@ class Rule:
 
 # NAME= where an assignment can start; the value runs to the next `, NAME=` (helm --set,
 # mount -o, query strings, conninfo) or the end, or is quoted
-_NAMED = re.compile(r"(?:^-{0,2}|(?<=[\s?&;,=:{]))(?P<name>[A-Za-z_][\w.\[\]-]*)=")
+_NAMED = re.compile(r"(?:^-{0,2}|(?<=[\s?&;,=:{(]))(?P<name>[A-Za-z_][\w.\[\]-]*)=")
 _NAMED_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|[\s\S]*?(?=[&,;\s][A-Za-z_][\w.\[\]-]*=|$)")
 
 
@@ -142,6 +142,8 @@ DEFAULT_RULES = (
     Rule("named value", _NAMED, "", _named_values),
 )
 
+_SHAPE_RULES = tuple(r for r in DEFAULT_RULES if r.name not in ("header", "named value"))
+
 MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
                   "mysqlsh mariadb mariadb-dump mariadb-admin mariadb-import mariadb-check".split())
 PSQL = frozenset("psql pg_dump pg_dumpall pg_restore pg_basebackup createdb dropdb createuser dropuser vacuumdb "
@@ -155,6 +157,10 @@ SMB = frozenset("smbclient rpcclient smbcacls smbget net".split())
 TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | frozenset(
     "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
     "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp".split()))
+# interpreters whose -c/-e CODE is redacted as text (its strings may be argvs and scripts)
+INTERPRETERS = frozenset("python python2 python3 perl ruby node nodejs php lua".split()) | frozenset(
+    f"python3.{minor}" for minor in range(6, 15))
+TOOLS |= INTERPRETERS
 # the argument after these options is a secret, per tool
 SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
                  "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",), "zip": ("-P",), "unzip": ("-P",),
@@ -262,20 +268,51 @@ def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAUL
     return sum(redact_event(ev, rules) for ev in events if isinstance(ev, dict))
 
 
-_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+# a quoted string in JSON or in code: "..." or '...', backslash escapes kept as written
+_QUOTED = re.compile(r""""((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'""")
 
 
-def redact_text(line: str, rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
-    """A line kept for people to look at (a refused event, maybe cut short; a line of a log
-    that was not what it should be): its quoted strings, in order, and then its words are
-    redacted as if each were an argv, and put back where they were."""
-    found = list(_JSON_STRING.finditer(line))
-    new = redact([m[1] for m in found], rules)[0]
-    for m, value in sorted(zip(found, new), key=lambda mv: mv[0].start(), reverse=True):
-        if value != m[1]:
-            line = line[:m.start(1)] + value + line[m.end(1):]
-    words, changed = redact(line.split(" "), rules)
-    return " ".join(words) if changed else line
+def redact_text(text: str, rules: tuple[Rule, ...] = DEFAULT_RULES, depth: int = 0, *, code: bool = False) -> str:
+    """Text that is not an argv but holds command lines: a raw event line kept for people (a
+    refused event, maybe cut short), a log line that was not what it should be (a shell
+    history given to import-audit), or - with code=True - the code of `python -c`/`perl -e`.
+    Its quoted strings, in order, are redacted as if they were an argv (["mysql", "-pX"] in
+    JSON or code); a quoted string with spaces as a shell script (os.system('PGPASSWORD=x
+    psql')); then, unless it is code or JSON, the text itself as a shell script."""
+    if not _TRIGGER.search(text.lower()) and rules is DEFAULT_RULES:
+        return text
+    found = list(_QUOTED.finditer(text))
+    values = [m[1] if m[1] is not None else m[2] for m in found]
+    new = _argv(values, rules, depth + 1) if depth <= MAX_DEPTH else values
+    for m, old, value in sorted(zip(found, values, new), key=lambda f: f[0].start(), reverse=True):
+        if " " in old:
+            # a string with spaces is a script or prose: its words are redacted, and the shapes
+            # that end where they end (Bearer x, tokens, URLs) - not the header and NAME= rules,
+            # which would take the rest of the string with them
+            value = _script(old, rules, depth + 1) if depth < MAX_DEPTH else old
+            for rule in _SHAPE_RULES:
+                value = rule(value)
+        if value != old:
+            group = 1 if m[1] is not None else 2
+            text = text[:m.start(group)] + value + text[m.end(group):]
+    if code:
+        return _CODE_ASSIGNMENT.sub(_code_assignment, text)
+    if text.lstrip().startswith(("{", "[")):
+        return text                      # JSON: its strings were all there was to redact
+    return _script(text, rules, depth + 1) if depth < MAX_DEPTH else text
+
+
+# password = 'x', connect(password="x"), {'api_key': 'x'}, headers: {Authorization: 'Basic x'} in code
+_CODE_ASSIGNMENT = re.compile(r"""(?P<head>(?<![\w.])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\s*[:=]\s*)"""
+                              r"""(?P<q>['"])(?P<value>(?:(?!(?P=q))[^\\]|\\.)+)(?P=q)""")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}\s+(?=\S)")
+
+
+def _code_assignment(m: re.Match) -> str:
+    if not secret_name(m["name"]) or MASK in m["value"]:
+        return m[0]
+    scheme = _SCHEME.match(m["value"]) if "authorization" in m["name"].lower() else None
+    return f"{m['head']}{m['q']}{scheme[0] if scheme else ''}{MASK}{m['q']}"
 
 
 def _content(arg: str, rules: tuple[Rule, ...]) -> str:
@@ -325,6 +362,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
     tool = ""
     positionals: list[str] = []
     script_next = False
+    code_next = False
     ssh_dest = False                 # ssh: the destination is behind us, the rest is a remote script
     i = 0
     while i < len(argv):
@@ -337,6 +375,11 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
                 out[i:] = [_script(rest[0], rules, depth)] if len(rest) == 1 else _argv(rest, rules, depth + 1)
                 return out
             ssh_dest = True
+            i += 1
+            continue
+        if code_next:
+            code_next = False
+            out[i] = redact_text(arg, rules, depth + 1, code=True)
             i += 1
             continue
         if script_next:
@@ -360,6 +403,8 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
                 (arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:] and arg[1:].isalpha())
                 or arg == "--command"):
             script_next = True
+        elif tool in INTERPRETERS and arg in ("-c", "-e", "-E", "-r", "--eval", "-p", "--print") and nxt is not None:
+            code_next = True                                   # python -c CODE, perl -e CODE, node -e CODE
         elif tool in SHELLS and tool in ("su", "runuser") and arg.startswith("--command="):
             new = arg[:10] + _script(arg[10:], rules, depth)
         elif tool in MYSQL and arg.startswith("-p") and len(arg) > 2:
