@@ -161,6 +161,7 @@ TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | frozenset(
 INTERPRETERS = frozenset("python python2 python3 perl ruby node nodejs php lua".split()) | frozenset(
     f"python3.{minor}" for minor in range(6, 15))
 TOOLS |= INTERPRETERS
+CODE_OPTION = {"perl": "eE", "ruby": "e", "node": "ep", "nodejs": "ep", "php": "r", "lua": "e"}   # python: -c
 # the argument after these options is a secret, per tool
 SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
                  "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",), "zip": ("-P",), "unzip": ("-P",),
@@ -403,7 +404,8 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
                 (arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:] and arg[1:].isalpha())
                 or arg == "--command"):
             script_next = True
-        elif tool in INTERPRETERS and arg in ("-c", "-e", "-E", "-r", "--eval", "-p", "--print") and nxt is not None:
+        elif tool in INTERPRETERS and nxt is not None and (arg in ("--eval", "--print") or (
+                arg[:1] == "-" and arg[1:].isalpha() and arg[-1] in CODE_OPTION.get(tool, "c"))):
             code_next = True                                   # python -c CODE, perl -e CODE, node -e CODE
         elif tool in SHELLS and tool in ("su", "runuser") and arg.startswith("--command="):
             new = arg[:10] + _script(arg[10:], rules, depth)
