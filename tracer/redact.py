@@ -5,144 +5,38 @@ anything was hidden. Its rules:
 
 - Only the secret goes: the command, its subcommands, flags and other arguments stay as
   typed (`mysql -u root -p*** prod`, `Authorization: Bearer ***`, `https://bob:***@host`).
-- Context-free shapes are masked wherever they appear: user:password@ in URLs, private key
-  blocks, AWS access key ids, GitHub/GitLab/Slack/Google/Stripe/npm/Vault tokens, JWTs,
-  `Authorization:`-style headers of any scheme, `NAME=value` and `"name": "value"` where
-  NAME says it is a secret (PGPASSWORD=, --db-password=, password= in a conninfo or a
-  query string, --from-literal=password=), SQL `IDENTIFIED BY '...'`.
+- Context-free shapes are masked wherever they appear (tracer/secret_rules.py): user:password@
+  in URLs, private key blocks, AWS access key ids, GitHub/GitLab/Slack/Google/Stripe/npm/Vault
+  tokens, JWTs, `Authorization:`-style headers of any scheme, `NAME=value` and `"name": "value"`
+  where NAME says it is a secret, SQL `IDENTIFIED BY '...'`.
 - Flags that name a secret take the next argument as one (`--token X`), unless the tool says
   otherwise: `mysql -p X` prompts and X is the database; `psql --password` only prompts.
 - Tools whose secret flag says nothing (`mysql -pX`, `sshpass -p`, `redis-cli -a`, `curl -u
   user:pw`, `docker login -p`, `htpasswd -b`, `vault login TOKEN`, `kubectl create secret
   --from-literal`, `openssl -k`, `ldapsearch -w`, `smbclient -U user%pw` ...) are known by
   name, also behind sudo/env/docker exec/`--`.
-- Shell scripts (`sh -c '...'`, `bash -lc`, `su -c`) are split into commands and words and
-  each command is redacted as an argv, recursively; only the masked characters change.
+- Shell scripts (`sh -c '...'`, `bash -lc`, `su -c`, `ssh HOST '...'`) are split into commands
+  and words (tracer/shellwords.py) and each command is redacted as an argv, recursively; only
+  the masked characters change. Code (`python -c`, `perl -e`) and text kept for people (a
+  refused event's raw line) go through `redact_text`: their quoted strings are argvs.
 - Idempotent: redacting twice gives what redacting once gave (the collector re-redacts what
   agents sent).
-- Fast on the common case: one combined regex finds the rare argument that needs the rules;
-  an argv it does not match is returned as it came (the agent redacts every exec).
+- Fast on the common case: one regex over the joined argv finds the rare command line that
+  needs the rules; one it does not match is returned as it came (the agent redacts every exec).
 Configuration can add regexes (agent.redact_patterns); what they match is masked whole.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import shellwords
+from .secret_rules import (CODE_ASSIGNMENT, DEFAULT_RULES, MASK, SHAPE_RULES, Rule, code_assignment, compile_rules,
+                           secret_name)
 
-MASK = "***"
-
-# Names (of flags, variables, keys, headers) that say their value is a secret.
-SECRET_NAME = re.compile(
-    r"password|passwd|passphrase|passcode|secret|token(?!s|i[sz])|credential|bearer|api[-_.]?key"
-    r"|(?:access|private|account|master|encryption|signing|client|app|license|shared)[-_.]?key"
-    r"|storepass|keypass|sshpass|passin|passout|auth(?!or(?!i[sz])|enticat)"
-    r"|(?<![a-z0-9])(?:pass|pw|pwd)(?![a-z0-9])", re.I)
-# ... and names that mention a secret but hold something else: a switch, a path, a policy
-NOT_SECRET_NAME = re.compile(
-    r"^-*(?:no|ask|prompt|skip|show|require|disable|enable|allow|reset|forgot)[-_.]"
-    r"|(?:file|files|path|dir|directory|stdin|env|prompt|command|cmd|length|policy|type|method|mode"
-    r"|url|uri|endpoint|provider|plugin|helper|source|database|db|mechanism|ttl|expiry|expiration"
-    r"|name|count|format|hint|authentications?|min|max|limit|size|timeout|-id|-ids|-arn)$", re.I)
-
-
-def secret_name(name: str) -> bool:
-    """Does a flag, variable or key called `name` hold a secret? (`PWD` is a directory.)"""
-    bare = name.strip("-")
-    return (bool(SECRET_NAME.search(bare)) and not NOT_SECRET_NAME.search(bare)
-            and bare.upper() not in ("PWD", "OLDPWD"))
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    pattern: re.Pattern
-    replace: str | Callable[[re.Match], str]
-    apply: Callable[[str], str] | None = None      # when a substitution cannot say it
-
-    def __call__(self, text: str) -> str:
-        return self.apply(text) if self.apply else self.pattern.sub(self.replace, text)
-
-
-# NAME= where an assignment can start; the value runs to the next `, NAME=` (helm --set,
-# mount -o, query strings, conninfo) or the end, or is quoted
-_NAMED = re.compile(r"(?:^-{0,2}|(?<=[\s?&;,=:{(]))(?P<name>[A-Za-z_][\w.\[\]-]*)=")
-_NAMED_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|[\s\S]*?(?=[&,;\s][A-Za-z_][\w.\[\]-]*=|$)")
-
-
-def _named_values(text: str) -> str:
-    """NAME=value: mask the value when the name says it is a secret. Each NAME= is looked at
-    once, left to right (--from-literal=password=x: the value names a secret of its own)."""
-    out, pos = [], 0
-    for m in _NAMED.finditer(text):
-        if m.start() < pos or not secret_name(m["name"]):
-            continue
-        value = _NAMED_VALUE.match(text, m.end())
-        if value.end() == m.end():
-            continue                                    # NAME= and nothing: nothing to hide
-        quote = value[0][0] if value[0][0] in "'\"" and len(value[0]) > 1 else ""
-        out += [text[pos:m.end()], quote, MASK, quote]
-        pos = value.end()
-    return "".join(out) + text[pos:] if out else text
-
-
-def _named_value(m: re.Match) -> str:
-    """"name": "value" in JSON: mask the value when the name says it is a secret."""
-    return f'{m["head"]}"{MASK}"' if secret_name(m["name"]) else m[0]
-
-
-def _header(m: re.Match) -> str:
-    """Authorization: keeps its scheme (Basic, Bearer, AWS4-HMAC-SHA256 ...); other headers
-    named for a secret (X-Api-Key, PRIVATE-TOKEN, Cookie) lose their whole value."""
-    scheme = m["scheme"] if m["scheme"] and "authorization" in m["head"].lower() else ""
-    return f"{m['head']}{scheme}{MASK}"
-
-
-# a URL scheme, where one can start (bounded: a long run of a.b.c. must not be scanned again
-# from every dot)
-SCHEME = r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://"
-HEADER = (r"(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|api-key"
-          r"|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64})")
-
-DEFAULT_RULES = (
-    Rule("private key block", re.compile(
-        r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)[\s\S]+?(?=-----END [A-Z0-9 ]*PRIVATE KEY|$)"),
-        rf"\g<1>{MASK}"),
-    # scheme://user:password@host (the last @ before the path: passwords hold @ unescaped)
-    Rule("url credentials", re.compile(rf"({SCHEME}[^/\s:@]*:)[^/\s]+(@)", re.I), rf"\g<1>{MASK}\g<2>"),
-    # Authorization: <scheme> <credentials>, and headers named for a secret; the scheme stays
-    Rule("header", re.compile(
-        rf"(?P<head>{HEADER}\s*:\s*)(?:(?P<scheme>[A-Za-z][A-Za-z0-9-]{{0,31}}\s+)(?=\S))?(?P<value>\S.*)$", re.I),
-        _header),
-    # tokens by shape: the prefix that says what kind stays
-    Rule("aws access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), f"\\g<1>{MASK}"),
-    Rule("slack token", re.compile(r"\bxox[abposre]-[0-9A-Za-z-]{10,}"), f"xox{MASK}"),
-    Rule("slack webhook", re.compile(r"(hooks\.slack\.com/services/)[\w/]+"), rf"\g<1>{MASK}"),
-    Rule("github token", re.compile(r"\b(gh[pousr]_[0-9A-Za-z]{20,}|github_pat_[0-9A-Za-z_]{20,})"), f"gh_{MASK}"),
-    Rule("gitlab token", re.compile(r"\b(glpat-|glrt-|gldt-)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
-    Rule("google api key", re.compile(r"\b(AIza)[0-9A-Za-z_-]{35}"), rf"\g<1>{MASK}"),
-    Rule("stripe key", re.compile(r"\b([rs]k_(?:live|test)_)[0-9A-Za-z]{10,}"), rf"\g<1>{MASK}"),
-    Rule("npm token", re.compile(r"\b(npm_)[0-9A-Za-z]{36}"), rf"\g<1>{MASK}"),
-    Rule("vault token", re.compile(r"\b(hv[sbr]\.)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
-    Rule("jwt", re.compile(r"(?<![A-Za-z0-9_-])(eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-         rf"\g<1>{MASK}"),
-    # https://TOKEN@github.com/...: a user part too long to be a user name
-    Rule("url token", re.compile(rf"({SCHEME})[A-Za-z0-9_-]{{20,}}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
-    Rule("bearer token", re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), rf"\g<1>{MASK}"),
-    # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
-    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)\s*(?:=\s*)?')(?:[^']|'')+(')",
-                                    re.I), rf"\g<1>{MASK}\g<2>"),
-    # "password": "x" in JSON bodies
-    Rule("json value", re.compile(r'(?P<head>"(?P<name>[\w.-]+)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")'), _named_value),
-    # NAME=value: env assignments, --flag=value, -Dx.password=, key=value in query strings,
-    # conninfo strings, mount options, helm --set, kubectl --from-literal=password=...
-    Rule("named value", _NAMED, "", _named_values),
-)
-
-_SHAPE_RULES = tuple(r for r in DEFAULT_RULES if r.name not in ("header", "named value"))
+__all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "redact", "redact_event", "redact_events", "redact_text",
+           "secret_name"]
 
 MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
                   "mysqlsh mariadb mariadb-dump mariadb-admin mariadb-import mariadb-check".split())
@@ -172,8 +66,9 @@ USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a
                     "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth")}
 # Words that, found in a command line, send it to the rules: the rules' own shapes, secret
 # names, the tools above, an attached `-pX`. Searched in the lowercased argv joined by
-# newlines, quotes made spaces (`sh -c '"http" -a u:pw'` is `http -a u:pw`). Nearly every exec has none of them, so this search is the whole cost of redacting
-# it: the words are compiled as a trie (`p(?:ass|w)|s(?:ecret|mbclient)|...`), which `re`
+# newlines, quotes made spaces (`sh -c '"http" -a u:pw'` is `http -a u:pw`). Nearly every
+# exec has none of them, so this search is the whole cost of redacting it: the words are
+# compiled as a trie (`p(?:ass|w)|s(?:ecret|mbclient)|...`), which `re`
 # walks in a fraction of the time a flat alternation of fifty words takes.
 TRIGGERS = (
     "pass", "pw", "secret", "token", "credential", "bearer", "auth", "key", "cookie", "identified", "akia", "asia",
@@ -207,13 +102,6 @@ def _trie(entries: list[tuple[str, str]]) -> str:
 
 
 _TRIGGER = re.compile(_trie([(t, "") for t in TRIGGERS] + list(TRIGGER_SHAPES)))
-
-
-def compile_rules(extra: list[str] | tuple[str, ...] = ()) -> tuple[Rule, ...]:
-    """Default rules plus configured regexes; a configured regex's match is masked whole."""
-    if not extra:
-        return DEFAULT_RULES            # the same object: redact() knows it needs no custom search
-    return DEFAULT_RULES + tuple(Rule(f"custom {i}", re.compile(p), MASK) for i, p in enumerate(extra))
 
 
 def _custom_any(rules: tuple[Rule, ...]) -> re.Pattern | None:
@@ -291,29 +179,16 @@ def redact_text(text: str, rules: tuple[Rule, ...] = DEFAULT_RULES, depth: int =
             # that end where they end (Bearer x, tokens, URLs) - not the header and NAME= rules,
             # which would take the rest of the string with them
             value = _script(old, rules, depth + 1) if depth < MAX_DEPTH else old
-            for rule in _SHAPE_RULES:
+            for rule in SHAPE_RULES:
                 value = rule(value)
         if value != old:
             group = 1 if m[1] is not None else 2
             text = text[:m.start(group)] + value + text[m.end(group):]
     if code:
-        return _CODE_ASSIGNMENT.sub(_code_assignment, text)
+        return CODE_ASSIGNMENT.sub(code_assignment, text)
     if text.lstrip().startswith(("{", "[")):
         return text                      # JSON: its strings were all there was to redact
     return _script(text, rules, depth + 1) if depth < MAX_DEPTH else text
-
-
-# password = 'x', connect(password="x"), {'api_key': 'x'}, headers: {Authorization: 'Basic x'} in code
-_CODE_ASSIGNMENT = re.compile(r"""(?P<head>(?<![\w.])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\s*[:=]\s*)"""
-                              r"""(?P<q>['"])(?P<value>(?:(?!(?P=q))[^\\]|\\.)+)(?P=q)""")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}\s+(?=\S)")
-
-
-def _code_assignment(m: re.Match) -> str:
-    if not secret_name(m["name"]) or MASK in m["value"]:
-        return m[0]
-    scheme = _SCHEME.match(m["value"]) if "authorization" in m["name"].lower() else None
-    return f"{m['head']}{m['q']}{scheme[0] if scheme else ''}{MASK}{m['q']}"
 
 
 def _content(arg: str, rules: tuple[Rule, ...]) -> str:
