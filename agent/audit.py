@@ -188,8 +188,9 @@ class ImportReport:
 
     def garbage(self, line: str, why: str) -> None:
         self.skipped[why] += 1
-        if len(self.samples) < 5:
-            self.samples.append(f"{why}: {line[:120]!r}")
+        if len(self.samples) < 5:          # shown to people: a shell history given by mistake keeps its secrets
+            from .redact import redact_text
+            self.samples.append(f"{why}: {redact_text(line)[:120]!r}")
 
     def summary(self) -> str:
         out = [f"read {self.lines:,} lines, {sum(self.records.values()):,} records; made "
@@ -556,6 +557,7 @@ def _is_ip(v) -> bool:
 def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = None):
     """Audit log lines -> schema-v1 events (a generator). The report counts what was read,
     used and skipped."""
+    from .redact import redact_event
     report = report or ImportReport()
     grouper, asm = Grouper(), AuditAssembler(host, report)
 
@@ -563,6 +565,7 @@ def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = 
         for group in groups:
             for ev in asm.feed(sorted(group, key=lambda r: r.type != "SYSCALL")):
                 report.events[ev["kind"]] += 1
+                redact_event(ev)        # secrets never leave the importer, whatever reads its events
                 yield ev
 
     for line in lines:
@@ -598,12 +601,11 @@ class AuditTail:
         self._losses = 0
 
     def _events(self, groups) -> list[dict[str, Any]]:
-        from .redact import redact
+        from .redact import redact_event
         out = []
         for group in groups:
             for ev in self.asm.feed(sorted(group, key=lambda r: r.type != "SYSCALL")):
-                if ev["kind"] == "exec":            # secrets never leave the host, whatever the source
-                    ev["argv"] = redact(ev["argv"], self.rules)[0]
+                redact_event(ev, self.rules)        # secrets never leave the host, whatever the source
                 out.append(ev)
         return out
 

@@ -23,6 +23,7 @@ from whodid.tracer.store import Store
 
 from .batch import BatchError, decompress, parse_batch, parse_clock
 from .metrics import Metrics
+from .redaction import redact_batch
 from .writer import Writer, WriterBusy
 
 READ_CHUNK = 1 << 16
@@ -191,6 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
         data = decompress(body, self.headers.get("Content-Encoding"), c.limits.max_batch)
         del body
         batch = parse_batch(data, host)
+        redact_batch(batch)                     # defence in depth: whatever the agent sent
         del data
         at = time.time()
         if batch.received == 0:

@@ -3,7 +3,8 @@
 The one path by which events reach the store - the demo, `whodid ingest`, and (later) the
 collector and the audit importer all come through here. A bad event is refused with the
 reason and its position; the rest of its batch is kept - also when validation let through
-an event the store then cannot take (write_isolating finds it).
+an event the store then cannot take (write_isolating finds it). Command lines are redacted
+(tracer/redact.py) on the way in, whatever their producer did.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .events import EventError, decode_line, parse_event
+from .redact import redact_event
 from .store import Store
 
 BATCH = 5000
@@ -70,6 +72,7 @@ def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
         except EventError as err:
             report.refuse(position, err)
             continue
+        redact_event(ev)            # whoever produced the line, no secret reaches the store
         pending.append((position, ev))
         report.by_kind[ev["kind"]] += 1
         if len(pending) >= batch:

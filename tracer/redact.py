@@ -1,0 +1,343 @@
+"""Redact secrets from command lines: the one function every producer and the collector call.
+
+Pure. `redact(argv)` returns the argv with each secret replaced by `***` and whether
+anything was hidden. Its rules:
+
+- Only the secret goes: the command, its subcommands, flags and other arguments stay as
+  typed (`mysql -u root -p*** prod`, `Authorization: Bearer ***`, `https://bob:***@host`).
+- Context-free shapes are masked wherever they appear (tracer/secret_rules.py): user:password@
+  in URLs, private key blocks, AWS access key ids, GitHub/GitLab/Slack/Google/Stripe/npm/Vault
+  tokens, JWTs, `Authorization:`-style headers of any scheme, `NAME=value` and `"name": "value"`
+  where NAME says it is a secret, SQL `IDENTIFIED BY '...'`.
+- Flags that name a secret take the next argument as one (`--token X`), unless the tool says
+  otherwise: `mysql -p X` prompts and X is the database; `psql --password` only prompts.
+- Tools whose secret flag says nothing (`mysql -pX`, `sshpass -p`, `redis-cli -a`, `curl -u
+  user:pw`, `docker login -p`, `htpasswd -b`, `vault login TOKEN`, `kubectl create secret
+  --from-literal`, `openssl -k`, `ldapsearch -w`, `smbclient -U user%pw` ...) are known by
+  name, also behind sudo/env/docker exec/`--`.
+- Shell scripts (`sh -c '...'`, `bash -lc`, `su -c`, `ssh HOST '...'`) are split into commands
+  and words (tracer/shellwords.py) and each command is redacted as an argv, recursively; only
+  the masked characters change. Code (`python -c`, `perl -e`) and text kept for people (a
+  refused event's raw line) go through `redact_text`: their quoted strings are argvs.
+- Idempotent: redacting twice gives what redacting once gave (the collector re-redacts what
+  agents sent).
+- Fast on the common case: one regex over the joined argv finds the rare command line that
+  needs the rules; one it does not match is returned as it came (the agent redacts every exec).
+Configuration can add regexes (agent.redact_patterns); what they match is masked whole.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from . import shellwords
+from .secret_rules import (CODE_ASSIGNMENT, DEFAULT_RULES, MASK, SHAPE_RULES, Rule, code_assignment, compile_rules,
+                           secret_name)
+
+__all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "redact", "redact_event", "redact_events", "redact_text",
+           "secret_name"]
+
+MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
+                  "mysqlsh mariadb mariadb-dump mariadb-admin mariadb-import mariadb-check".split())
+PSQL = frozenset("psql pg_dump pg_dumpall pg_restore pg_basebackup createdb dropdb createuser dropuser vacuumdb "
+                 "reindexdb clusterdb pgbench".split())
+MONGO = frozenset("mongo mongosh mongodump mongorestore mongoexport mongoimport mongostat mongotop".split())
+LOGIN = frozenset("docker podman nerdctl buildah skopeo helm oras crane az vault".split())
+SSH_VALUE_OPTIONS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
+SHELLS = frozenset("sh bash dash zsh ksh ash mksh busybox su runuser flock script".split())   # -c SCRIPT
+LDAP = frozenset("ldapsearch ldapadd ldapmodify ldapdelete ldapmodrdn ldappasswd ldapwhoami ldapcompare".split())
+SMB = frozenset("smbclient rpcclient smbcacls smbget net".split())
+TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | frozenset(
+    "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
+    "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp".split()))
+# interpreters whose -c/-e CODE is redacted as text (its strings may be argvs and scripts)
+INTERPRETERS = frozenset("python python2 python3 perl ruby node nodejs php lua".split()) | frozenset(
+    f"python3.{minor}" for minor in range(6, 15))
+TOOLS |= INTERPRETERS
+CODE_OPTION = {"perl": "eE", "ruby": "e", "node": "ep", "nodejs": "ep", "php": "r", "lua": "e"}   # python: -c
+# the argument after these options is a secret, per tool
+SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
+                 "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",), "zip": ("-P",), "unzip": ("-P",),
+                 "sqlcmd": ("-P",), "bcp": ("-P",), "useradd": ("-p",), "usermod": ("-p",)}
+# ... and these take it attached too (getopt-style): sshpass -pX, ldapsearch -wX, 7z -pX
+ATTACHED_OPTION = {**{t: "-w" for t in LDAP}, "sshpass": "-p", "7z": "-p", "7za": "-p", "7zr": "-p"}
+USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a", "--auth"),
+                    "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth")}
+# Words that, found in a command line, send it to the rules: the rules' own shapes, secret
+# names, the tools above, an attached `-pX`. Searched in the lowercased argv joined by
+# newlines, quotes made spaces (`sh -c '"http" -a u:pw'` is `http -a u:pw`). Nearly every
+# exec has none of them, so this search is the whole cost of redacting it: the words are
+# compiled as a trie (`p(?:ass|w)|s(?:ecret|mbclient)|...`), which `re`
+# walks in a fraction of the time a flat alternation of fifty words takes.
+TRIGGERS = (
+    "pass", "pw", "secret", "token", "credential", "bearer", "auth", "key", "cookie", "identified", "akia", "asia",
+    "xox", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "glrt-", "gldt-", "aiza", "npm_", "hvs.",
+    "hvb.", "hvr.", "k_live_", "k_test_", "eyj", "-----begin", "hooks.slack", "mysql", "maria", "redis-cli", "curl",
+    "login", "openssl", "smbclient", "rpcclient", "ldap", "mongo", "rabbitmq", "sqlcmd", "bcp", "useradd", "usermod",
+    "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n",
+    "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "/http ", "\nnet\n", "/net\n",
+)
+# (literal start, regex tail): shapes that are more than a word
+TRIGGER_SHAPES = (("://", r"[^/\s]*@"), ("\n-p", r"[^\s]"), (" -p", r"[^\s]"), ("zip", r"\s+-p"))
+
+
+def _trie(entries: list[tuple[str, str]]) -> str:
+    """One regex matching any of (literal, tail), with shared literal prefixes factored out."""
+    root: dict = {}
+    for literal, tail in entries:
+        node = root
+        for ch in literal:
+            node = node.setdefault(ch, {})
+        node.setdefault("", []).append(tail)
+
+    def emit(node: dict) -> str:
+        alts = [re.escape(ch) + emit(sub) for ch, sub in sorted((k, v) for k, v in node.items() if k)]
+        ends = node.get("", [])
+        if "" in ends:                     # a word ends here: whatever follows, it matched
+            return ""
+        alts += ends
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+    return emit(root)
+
+
+_TRIGGER = re.compile(_trie([(t, "") for t in TRIGGERS] + list(TRIGGER_SHAPES)))
+
+
+def _custom_any(rules: tuple[Rule, ...]) -> re.Pattern | None:
+    """One regex for the configured rules, searched in the argv as given (they may care about
+    case); ^ and $ match at each argument's ends."""
+    def scoped(p: re.Pattern) -> str:
+        return f"(?i:{p.pattern})" if p.flags & re.I else f"(?:{p.pattern})"
+    custom = [scoped(r.pattern) for r in rules if r.name.startswith("custom")]
+    if not custom:
+        return None
+    try:
+        return re.compile("|".join(custom), re.M)
+    except re.error:
+        # a configured regex that cannot sit in an alternation (global flags, a group name
+        # used twice): no shortcut, every argv goes through every rule
+        return re.compile("")
+
+
+# by id: hashing the rules tuple hashes every Rule, per call. Each entry holds its rules, so
+# an id is not reused while its entry stands.
+_PREFILTER: dict[int, tuple[tuple[Rule, ...], re.Pattern | None]] = {}
+MAX_DEPTH = 6             # sh -c "bash -c '...'" nesting followed this deep
+
+
+def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[list[str], bool]:
+    """The argv with its secrets masked, and whether anything was."""
+    joined = "\n" + "\n".join(argv) + "\n"
+    if not _TRIGGER.search(joined.lower().replace('"', " ").replace("'", " ")):
+        if rules is DEFAULT_RULES:
+            return list(argv), False
+        entry = _PREFILTER.get(id(rules))
+        if entry is None or entry[0] is not rules:
+            entry = _PREFILTER[id(rules)] = (rules, _custom_any(rules))
+        if entry[1] is None or not entry[1].search(joined):
+            return list(argv), False
+    out = _argv(list(argv), rules, 0)
+    return out, out != list(argv)
+
+
+def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) -> bool:
+    """Redact an event's command line in place (exec events carry one); True if changed."""
+    argv = ev.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        return False
+    new, changed = redact(argv, rules)
+    if changed:
+        ev["argv"] = new
+    return changed
+
+
+def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAULT_RULES) -> int:
+    """Redact every event of a batch in place; the number of command lines changed."""
+    return sum(redact_event(ev, rules) for ev in events if isinstance(ev, dict))
+
+
+# a quoted string in JSON or in code: "..." or '...', backslash escapes kept as written
+_QUOTED = re.compile(r""""((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'""")
+
+
+def redact_text(text: str, rules: tuple[Rule, ...] = DEFAULT_RULES, depth: int = 0, *, code: bool = False) -> str:
+    """Text that is not an argv but holds command lines: a raw event line kept for people (a
+    refused event, maybe cut short), a log line that was not what it should be (a shell
+    history given to import-audit), or - with code=True - the code of `python -c`/`perl -e`.
+    Its quoted strings, in order, are redacted as if they were an argv (["mysql", "-pX"] in
+    JSON or code); a quoted string with spaces as a shell script (os.system('PGPASSWORD=x
+    psql')); then, unless it is code or JSON, the text itself as a shell script."""
+    if not _TRIGGER.search(text.lower()) and rules is DEFAULT_RULES:
+        return text
+    found = list(_QUOTED.finditer(text))
+    values = [m[1] if m[1] is not None else m[2] for m in found]
+    new = _argv(values, rules, depth + 1) if depth <= MAX_DEPTH else values
+    for m, old, value in sorted(zip(found, values, new), key=lambda f: f[0].start(), reverse=True):
+        if " " in old:
+            # a string with spaces is a script or prose: its words are redacted, and the shapes
+            # that end where they end (Bearer x, tokens, URLs) - not the header and NAME= rules,
+            # which would take the rest of the string with them
+            value = _script(old, rules, depth + 1) if depth < MAX_DEPTH else old
+            for rule in SHAPE_RULES:
+                value = rule(value)
+        if value != old:
+            group = 1 if m[1] is not None else 2
+            text = text[:m.start(group)] + value + text[m.end(group):]
+    if code:
+        return CODE_ASSIGNMENT.sub(code_assignment, text)
+    if text.lstrip().startswith(("{", "[")):
+        return text                      # JSON: its strings were all there was to redact
+    return _script(text, rules, depth + 1) if depth < MAX_DEPTH else text
+
+
+def _content(arg: str, rules: tuple[Rule, ...]) -> str:
+    """The context-free rules over one argument (or word of a script)."""
+    if rules is DEFAULT_RULES and not _TRIGGER.search(arg.lower()):
+        return arg                      # none of the rules' shapes can be in it
+    for rule in rules:
+        arg = rule(arg)
+    return arg
+
+
+def _script(script: str, rules: tuple[Rule, ...], depth: int) -> str:
+    """A shell script: each simple command redacted as an argv, only masked characters changed."""
+    if depth > MAX_DEPTH:
+        return _content(script, rules)
+    edits = []
+    for command in shellwords.commands(script):
+        values = [w.value for w in command]
+        new = _argv(values, rules, depth + 1)
+        for word, old, value in zip(command, values, new):
+            if ("$(" in value or "`" in value) and depth < MAX_DEPTH:
+                value = _script(value, rules, depth + 1)      # "$(mysql -pX)" inside quotes
+            if value != old:
+                edits += shellwords.replace(script, word, value)
+    return shellwords.apply(script, edits)
+
+
+def _mask_after(value: str, sep: str) -> str:
+    """user:pw -> user:***, DOMAIN\\user%pw -> DOMAIN\\user%***; nothing after sep: unchanged."""
+    head, found, tail = value.partition(sep)
+    return f"{head}{sep}{MASK}" if found and tail else value
+
+
+def _pass_arg(value: str) -> str:
+    """The value of a secret flag: all of it, but openssl's `pass:x` keeps its `pass:` and
+    `env:VAR`, `file:PATH`, `fd:N`, `stdin` name where the secret is, not the secret."""
+    if value.startswith("pass:"):
+        return "pass:" + MASK
+    if value.startswith(("env:", "file:", "fd:")) or value == "stdin":
+        return value
+    return MASK
+
+
+def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
+    """Redact one argv. Walks it once, knowing which tool the arguments belong to."""
+    out = list(argv)
+    tool = ""
+    positionals: list[str] = []
+    script_next = False
+    code_next = False
+    ssh_dest = False                 # ssh: the destination is behind us, the rest is a remote script
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        prev = argv[i - 1] if i else ""
+        if tool == "ssh" and not arg.startswith("-") and not (
+                len(prev) == 2 and prev[0] == "-" and prev[1] in SSH_VALUE_OPTIONS):
+            if ssh_dest:             # ssh HOST 'script' or ssh HOST cmd args...: the remote command
+                rest = argv[i:]
+                out[i:] = [_script(rest[0], rules, depth)] if len(rest) == 1 else _argv(rest, rules, depth + 1)
+                return out
+            ssh_dest = True
+            i += 1
+            continue
+        if code_next:
+            code_next = False
+            out[i] = redact_text(arg, rules, depth + 1, code=True)
+            i += 1
+            continue
+        if script_next:
+            script_next = False
+            out[i] = _script(arg, rules, depth) if depth <= MAX_DEPTH else _content(arg, rules)
+            i += 1
+            continue
+        if not arg.startswith("-") and "=" not in arg:
+            base = arg.rpartition("/")[2]
+            # a tool's name starts its own arguments, unless it is a long option's value
+            # (`docker run --name mysql -p3306:3306`)
+            if base in TOOLS and (i == 0 or prev == "--" or not (prev.startswith("--") and "=" not in prev)):
+                tool, positionals, ssh_dest = base, [], False
+                i += 1
+                continue
+            positionals.append(arg)
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        new = _content(arg, rules)
+        mask_next: Callable[[str], str] | None = None
+        if tool in SHELLS and nxt is not None and (
+                (arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:] and arg[1:].isalpha())
+                or arg == "--command"):
+            script_next = True
+        elif tool in INTERPRETERS and nxt is not None and (arg in ("--eval", "--print") or (
+                arg[:1] == "-" and arg[1:].isalpha() and arg[-1] in CODE_OPTION.get(tool, "c"))):
+            code_next = True                                   # python -c CODE, perl -e CODE, node -e CODE
+        elif tool in SHELLS and tool in ("su", "runuser") and arg.startswith("--command="):
+            new = arg[:10] + _script(arg[10:], rules, depth)
+        elif tool in MYSQL and arg.startswith("-p") and len(arg) > 2:
+            new = "-p" + MASK                                  # -pX; `-p X` prompts, X is the database
+        elif tool in MYSQL and arg == "--password":
+            pass                                               # optional value: only --password=X
+        elif tool in PSQL and arg in ("--password", "-W"):
+            pass                                               # a switch: prompt for it
+        elif arg in SECRET_OPTION.get(tool, ()) and nxt is not None and not nxt.startswith("-"):
+            mask_next = _pass_arg
+        elif tool in ATTACHED_OPTION and arg.startswith(ATTACHED_OPTION[tool]) and len(arg) > 2:
+            new = arg[:2] + MASK                               # sshpass -pX, ldapsearch -wX, 7z a -pX
+        elif tool == "watch" and " " in arg:
+            new = _script(arg, rules, depth)                   # watch runs its command with sh -c
+        elif tool == "nmcli" and arg in ("password", "wifi-sec.psk", "802-11-wireless-security.psk") \
+                and nxt is not None:
+            mask_next = _pass_arg                              # nmcli dev wifi connect SSID password X
+        elif tool == "xfreerdp" and arg.lower().startswith("/p:") and len(arg) > 3:
+            new = arg[:3] + MASK
+        elif arg in USER_PASS_OPTION.get(tool, ()) and nxt is not None:
+            mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - curl -u user:pw
+        elif tool in USER_PASS_OPTION and arg[:2] in USER_PASS_OPTION[tool] and len(arg) > 2:
+            new = arg[:2] + _mask_after(arg[2:], ":")
+        elif tool in SMB and arg in ("-U", "--user") and nxt is not None:
+            mask_next = lambda v: _mask_after(v, "%")          # noqa: E731
+        elif tool in SMB and (arg.startswith("-U") or arg.startswith("--user=")):
+            new = _mask_after(arg, "%")
+        elif tool in LOGIN and "login" in positionals and arg == "-p" and nxt is not None:
+            mask_next = _pass_arg                              # docker login -p X, az login -p X
+        elif tool == "vault" and positionals[-1:] == [arg] and positionals[:-1] == ["login"] and arg != "-":
+            new = MASK                                         # vault login TOKEN
+        elif tool == "htpasswd" and positionals and i == len(argv) - 1 and any(
+                a.startswith("-") and not a.startswith("--") and "b" in a for a in argv):
+            new = MASK                                         # htpasswd -b FILE USER PASSWORD
+        elif tool in ("kubectl", "oc") and "secret" in positionals and arg.startswith("--from-literal"):
+            if arg == "--from-literal" and nxt is not None:
+                mask_next = lambda v: _mask_after(v, "=")      # noqa: E731
+            else:
+                new = "--from-literal=" + _mask_after(arg[len("--from-literal="):], "=")
+        elif tool == "aws" and positionals[:2] == ["configure", "set"] and len(positionals) == 4 \
+                and positionals[3] == arg and secret_name(positionals[2]):
+            new = new if new != arg or MASK in arg else MASK   # aws configure set NAME VALUE
+        elif tool == "gh" and "secret" in positionals and arg in ("-b", "--body") and nxt is not None:
+            mask_next = _pass_arg
+        elif tool == "mysqladmin" and positionals[-1:] == ["password"] and arg == "password" and nxt is not None:
+            mask_next = _pass_arg                              # mysqladmin password NEW
+        elif tool == "rabbitmqctl" and positionals[:1] in (["add_user"], ["change_password"]) \
+                and len(positionals) == 3 and positionals[2] == arg:
+            new = MASK
+        elif arg.startswith("-") and "=" not in arg and nxt is not None and not nxt.startswith("-") \
+                and secret_name(arg) and arg != "-":
+            mask_next = _pass_arg                              # --password X, --token X, -passin pass:X
+        out[i] = new
+        if mask_next is not None:
+            out[i + 1] = mask_next(_content(argv[i + 1], rules)) if argv[i + 1] != MASK else MASK
+            i += 2
+            continue
+        i += 1
+    return out
