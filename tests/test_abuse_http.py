@@ -294,6 +294,19 @@ def test_connections_beyond_the_limit_get_503_at_once_and_the_server_recovers(se
     assert one_answer(raw)[0] != 503
 
 
+def test_a_bug_in_a_handler_is_a_500_and_one_line_not_a_dropped_connection(collector, monkeypatch, capsys):
+    from whodid.collector import server as server_mod
+
+    def broken(header):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(server_mod, "parse_clock", broken)
+    body = batch(1)
+    status, text = one_answer(exchange(collector.addr, post_head(collector.token, f"Content-Length: {len(body)}")
+                                       + body))
+    assert status == 500 and "the server failed on this request (RuntimeError)" in text
+    assert "POST /v1/events failed: RuntimeError('boom')" in capsys.readouterr().err
+
+
 # --- the Slack endpoint before the signature -----------------------------------------------
 
 def test_slack_refuses_an_oversized_body_with_413_before_reading_it(slack):

@@ -376,6 +376,13 @@ class GuardedHandler(BaseHTTPRequestHandler):
                     self.refuse(Refused(408, f"the request's body did not arrive within "
                                              f"{self.server.deadlines.body:g} s"))
                 self.close_connection = True
+            except OSError:
+                raise
+            except Exception as exc:                   # a bug: one line in the log, a 500 to the client
+                print(f"{self.server.name}: {self.command} {self.path.split('?', 1)[0]} failed: {exc!r}",
+                      file=sys.stderr, flush=True)
+                self.refuse(Refused(500, f"the server failed on this request ({type(exc).__name__}); "
+                                         "it is logged"))
         except (DeadlineExceeded, OSError, ValueError):
             self.close_connection = True               # the client is gone or too slow: nothing to answer
 
