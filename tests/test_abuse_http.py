@@ -294,6 +294,33 @@ def test_connections_beyond_the_limit_get_503_at_once_and_the_server_recovers(se
     assert one_answer(raw)[0] != 503
 
 
+def test_a_client_that_never_reads_its_answers_is_cut_at_the_write_deadline(collector):
+    with socket.create_connection(collector.addr, timeout=30) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 3000)   # megabytes of answers, none read
+        for _ in range(300):                                # 15 s: the old per-send timeout was 30 s
+            if not collector.httpd.connections:
+                break
+            time.sleep(0.05)
+        assert not collector.httpd.connections, "the server still holds the connection of a client that never reads"
+        assert one_answer(exchange(collector.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))[0] == 200
+
+
+def test_a_tls_client_that_never_shakes_hands_is_cut_at_the_header_deadline(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    db = str(tmp_path / "t.db")
+    Store.open(db, create=True).close()
+    c = Collector(db, "127.0.0.1", 0, limits=Limits(deadlines=FAST), tls_cert=str(cert), tls_key=str(key)).start()
+    try:
+        with socket.create_connection(c.httpd.server_address[:2], timeout=15) as s:   # the old timeout: 30 s
+            s.sendall(b"\x16\x03\x01")                            # the start of a ClientHello, then nothing
+            assert read_to_end(s) == b""                            # closed, not held
+    finally:
+        c.stop()
+
+
 def test_a_bug_in_a_handler_is_a_500_and_one_line_not_a_dropped_connection(collector, monkeypatch, capsys):
     from whodid.collector import server as server_mod
 
