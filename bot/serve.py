@@ -1,7 +1,10 @@
 """`whodid serve`: the collector, the Slack bot and the scheduled jobs, in one process.
 
 Runs until SIGTERM or SIGINT, then stops taking questions and batches, finishes the answers
-and writes the batches already received, and exits 0 - as systemd expects.
+and writes the batches already received, and exits 0 - as systemd expects. Stopping takes
+seconds whatever clients do: every server stops accepting and drops idle connections at once,
+gives requests in flight a few seconds' grace (all servers' graces run together), then cuts
+them (whodid.guarded_http).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from whodid import config as config_mod
+from whodid.guarded_http import Deadlines
 from whodid.stopping import Stop
 from whodid.collector.server import Collector, Limits
 
@@ -29,7 +33,11 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         c = config_mod.CollectorConfig(**{**c.__dict__, "listen": listen})
     host, port = c.address()
     path = cfg.store_path(db)
-    limits = Limits(max_body=config_mod.parse_size(c.max_body), max_batch=config_mod.parse_size(c.max_batch))
+    d = config_mod.parse_duration
+    limits = Limits(max_body=config_mod.parse_size(c.max_body), max_batch=config_mod.parse_size(c.max_batch),
+                    max_connections=c.max_connections,
+                    deadlines=Deadlines(header=d(c.header_timeout), body=d(c.body_timeout), idle=d(c.idle_timeout),
+                                        write=30, grace=5))
     try:
         collector = Collector(path, host, port, limits=limits, tls_cert=c.tls_cert or None,
                               tls_key=c.tls_key or None, log=log)
@@ -129,6 +137,10 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
     log("stopping: finishing requests in flight and writing what was received")
     # should stopping ever hang, say where: every thread's stack goes to the log after 30 s
     faulthandler.dump_traceback_later(30, exit=False)
+    # the servers' graces start together: stopping takes the longest grace, not their sum
+    collector.httpd.begin_stop()
+    if pages is not None:
+        pages.begin_stop()
     if bot is not None:
         bot.stop()
     scheduler.shutdown(wait=False)

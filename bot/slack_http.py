@@ -1,22 +1,31 @@
 """HTTP mode: Slack POSTs slash commands and button clicks to us; Bolt checks the signature
-and runs the listeners. A plain threaded server, like the collector's, with a size limit."""
+and runs the listeners.
+
+Everything before the signature check is bounded (whodid.guarded_http): the body is read
+only with one plain Content-Length of at most MAX_BODY - a larger one is refused with 413
+before a byte of it is read - within the body deadline, and slow or idle clients lose their
+connection at the header, body and idle deadlines. At most MAX_CONNECTIONS at once.
+"""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 from slack_bolt import App, BoltRequest
 
-MAX_BODY = 1 << 20           # Slack's payloads are a few KB
+from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer
+
+MAX_BODY = 1 << 20           # Slack's payloads are a few KB; a 1 MiB cap leaves room and bounds memory
+MAX_CONNECTIONS = 64
+# Slack wants an answer within 3 s, so nothing legitimate is slower than these
+DEADLINES = Deadlines(header=10, body=10, idle=30, write=10, grace=2)
 
 
 class SlackHTTPServer:
-    def __init__(self, app: App, host: str, port: int, path: str):
+    def __init__(self, app: App, host: str, port: int, path: str, deadlines: Deadlines | None = None,
+                 max_connections: int = MAX_CONNECTIONS):
         self.app, self.path = app, path
-        self.httpd = _Server((host, port), _Handler)
+        self.httpd = GuardedServer((host, port), _Handler, deadlines=deadlines or DEADLINES,
+                                   max_connections=max_connections, name="whodid-slack-http")
         self.httpd.bolt = self
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="whodid-slack-http", daemon=True)
 
     @property
     def url(self) -> str:
@@ -24,45 +33,19 @@ class SlackHTTPServer:
         return f"http://{host}:{port}{self.path}"
 
     def start(self) -> "SlackHTTPServer":
-        self.thread.start()
+        self.httpd.start()
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):
-        pass
-
+class _Handler(GuardedHandler):
     def do_POST(self):
         bolt = self.server.bolt
+        body = self.read_body(MAX_BODY, "the request").decode("utf-8", "replace")
         if self.path.split("?", 1)[0] != bolt.path:
-            return self._send(404, b"not found", "text/plain")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            return self._send(411, b"Content-Length required", "text/plain")
-        if length > MAX_BODY:
-            self.close_connection = True
-            return self._send(413, b"too large", "text/plain")
-        body = self.rfile.read(length).decode("utf-8", "replace")
+            return self.send_plain(404, "not found\n")
         headers = {k.lower(): [v] for k, v in self.headers.items()}
         resp = bolt.app.dispatch(BoltRequest(body=body, headers=headers, query=self.path.partition("?")[2]))
-        self._send(resp.status, resp.body.encode(), resp.headers.get("content-type", ["text/plain"])[0])
-
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_plain(resp.status, resp.body, resp.headers.get("content-type", ["text/plain"])[0])

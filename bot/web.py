@@ -6,6 +6,8 @@ The token (bot/links.py) says which trace; without a valid, unexpired one the an
 and no trace data. The page is tracer/render/html.py's, sent with a Content-Security-Policy
 that allows only its own inline script and style (by nonce) and requests back to this server
 (for expanding a group in place), no referrer (the link is the credential), and no caching.
+Served by whodid.guarded_http: header, idle and write deadlines, no request bodies, at most
+MAX_CONNECTIONS at once, and a stop that no client can hold up.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from __future__ import annotations
 import html
 import secrets
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
 from whodid import config as config_mod
+from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refused
 from whodid.tracer import Query, Store, Target, Tracer
 
 from .ask import Ask
@@ -27,6 +28,10 @@ from .buttons import store_key
 from .links import LinkError, check, link_key, make
 
 MAX_EXPAND = 50
+MAX_CONNECTIONS = 64
+# pages are GETs with no body; a page is drawn in a few seconds; a browser keeps a connection
+# open for expanding groups, so idle connections last a little
+DEADLINES = Deadlines(header=10, body=10, idle=15, write=30, grace=2)
 
 
 class TracePages:
@@ -36,8 +41,7 @@ class TracePages:
         self.key = link_key(store_key(store_path))
         self.ttl = config_mod.parse_duration(cfg.web.link_ttl)
         self.log = log or (lambda msg: print(f"whodid web: {msg}", file=sys.stderr, flush=True))
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: GuardedServer | None = None
 
     # --- links ---------------------------------------------------------------------------
 
@@ -65,17 +69,16 @@ class TracePages:
 
     # --- serving -------------------------------------------------------------------------
 
-    def start(self, listen: str | None = None) -> str:
+    def start(self, listen: str | None = None, deadlines: Deadlines | None = None,
+              max_connections: int = MAX_CONNECTIONS) -> str:
         host, port = config_mod.CollectorConfig(listen=listen or self.cfg.web.listen).address()
         pages = self
 
         class Handler(_Handler):
             site = pages
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="whodid-web", daemon=True)
-        self._thread.start()
+        self._server = GuardedServer((host, port), Handler, deadlines=deadlines or DEADLINES,
+                                     max_connections=max_connections, name="whodid-web").start()
         return self.url
 
     @property
@@ -83,10 +86,14 @@ class TracePages:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    def begin_stop(self) -> None:
+        """Stop accepting now; stop() then waits at most the rest of the grace."""
+        if self._server is not None:
+            self._server.begin_stop()
+
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
 
     def page(self, target: str, now: float | None = None) -> tuple[int, str, str]:
         """(status, body, nonce) for GET target."""
@@ -133,15 +140,15 @@ class TracePages:
         return 200, render_html(tr, now, details, expand=expand, actions=actions, nonce=nonce), nonce
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     site: TracePages
     server_version = "whodid"
     sys_version = ""
-
-    def log_message(self, *args) -> None:          # the site logs what matters, without tokens
-        pass
+    # GuardedHandler logs nothing: the site logs what matters, without tokens
 
     def do_GET(self) -> None:
+        if self.headers.get("Transfer-Encoding") is not None or (self.headers.get("Content-Length") or "0") != "0":
+            raise Refused(400, "a GET for a trace page has no body")
         try:
             status, body, nonce = self.site.page(self.path)
         except Exception as exc:                     # a store that cannot be opened, a bug: say so

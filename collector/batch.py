@@ -36,7 +36,9 @@ class Batch:
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     """The body as sent, inflated if gzip; never more than `limit` bytes of output, so a
-    small compressed bomb cannot take the collector's memory."""
+    small compressed bomb cannot take the collector's memory. Exactly one gzip member and
+    nothing after it: a second member or trailing bytes were ignored once, losing events
+    without a word, so now they refuse the batch (agents send one member)."""
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -51,6 +53,10 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise BatchError(413, f"the batch inflates to more than {limit} bytes; send smaller batches")
     if not d.eof:
         raise BatchError(400, "the gzip stream is truncated")
+    if d.unused_data:
+        what = "a second gzip member" if d.unused_data[:2] == b"\x1f\x8b" else "trailing bytes"
+        raise BatchError(400, f"{len(d.unused_data)} bytes follow the end of the gzip stream ({what}); "
+                              "send the batch as one gzip stream and nothing after it")
     return out
 
 

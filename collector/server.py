@@ -1,24 +1,24 @@
 """The collector's HTTP(S) server: POST /v1/events, GET /healthz, GET /metrics.
 
-Standard library HTTP (ThreadingHTTPServer): a request thread authenticates the agent,
-reads a bounded body, decodes and validates it, and hands the events to the one Writer;
+whodid.guarded_http's server (the standard library's, with connection limits and total
+header, body, idle and write deadlines): a request thread authenticates the agent, reads a
+bounded body, decodes and validates it, and hands the events to the one Writer;
 docs/collector.md is the API's reference.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from whodid import __version__
+from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refused
 from whodid.tracer.store import Store
 
 from .batch import BatchError, decompress, parse_batch, parse_clock
@@ -26,9 +26,7 @@ from .metrics import Metrics
 from .redaction import redact_batch
 from .writer import Writer, WriterBusy
 
-READ_CHUNK = 1 << 16
 REFUSALS_LISTED = 100        # refused lines named in a response; the count covers all
-REQUEST_TIMEOUT = 30.0       # a client that stalls mid-request gives up its thread after this
 WRITE_TIMEOUT = 120.0
 
 
@@ -36,6 +34,9 @@ WRITE_TIMEOUT = 120.0
 class Limits:
     max_body: int = 16 << 20          # bytes on the wire
     max_batch: int = 64 << 20         # bytes once inflated
+    max_connections: int = 256        # one thread each; one more gets 503 at once
+    # header/idle/write as guarded_http; a 16 MiB body gets 120 s (about 140 KB/s)
+    deadlines: Deadlines = field(default_factory=lambda: Deadlines(header=10, body=120, idle=30, write=30, grace=5))
 
 
 class Collector:
@@ -64,7 +65,6 @@ class Collector:
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"cannot load the TLS certificate {tls_cert} / key {tls_key}: {exc}") from None
         self.httpd = _Server((host, port), _Handler, self)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="whodid-http", daemon=True)
 
     @property
     def url(self) -> str:
@@ -73,14 +73,13 @@ class Collector:
 
     def start(self) -> "Collector":
         self.writer.start()
-        self.thread.start()
+        self.httpd.start()
         return self
 
     def stop(self) -> None:
-        """Stop taking requests, let the ones in flight finish, write what is queued."""
-        if self.thread.is_alive():            # shutdown() would wait forever for a loop never started
-            self.httpd.shutdown()
-        self.httpd.server_close()
+        """Stop taking requests, let the ones in flight finish (for the grace deadline), write
+        what is queued - a batch answered 200 is always written."""
+        self.httpd.stop()
         self.writer.stop()
         with self._reader_lock:
             self._reader.close()
@@ -103,40 +102,27 @@ class Collector:
         return host
 
 
-class _Server(ThreadingHTTPServer):
-    # stop() waits for requests in flight (each bounded by REQUEST_TIMEOUT), so a batch
-    # being read when SIGTERM came is still written and answered
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class _Server(GuardedServer):
     def __init__(self, address, handler, collector: Collector):
         self.collector = collector
-        host = address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        super().__init__(address, handler)
-
-    def finish_request(self, request, client_address):
-        # The TLS handshake happens here, on the request's own thread, so a slow or broken
-        # client cannot hold up the accept loop.
-        request.settimeout(REQUEST_TIMEOUT)
-        if self.collector.tls:
-            try:
-                request = self.collector.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                request.close()
-                return
-        super().finish_request(request, client_address)
+        super().__init__(address, handler, deadlines=collector.limits.deadlines,
+                         max_connections=collector.limits.max_connections, tls=collector.tls,
+                         name="whodid-http")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(GuardedHandler):
     server_version = f"whodid-collector/{__version__}"
     server: _Server
 
-    def log_message(self, fmt, *args):          # requests are counted in /metrics, not logged one by one
-        pass
+    # requests are counted in /metrics, not logged one by one (GuardedHandler logs nothing)
+
+    def refuse(self, exc: Refused) -> None:
+        """The server's own refusals (malformed, too large, too slow): JSON like every answer."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
+        self.server.collector.metrics.refused(_REASONS.get(exc.status, "bad_request"))
+        self._error(exc.status, exc.message)
 
     # --- routing -------------------------------------------------------------------------
 
@@ -163,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
         except BatchError as exc:
             self.server.collector.metrics.refused(_REASONS.get(exc.status, "bad_request"))
             self._error(exc.status, exc.message)
+        except Refused as exc:                # the body was not read whole: close after answering
+            self.refuse(exc)
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -175,20 +163,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise BatchError(401, "missing or unknown agent token (send `Authorization: Bearer <token>`; "
                                   "make one with `whodid token add HOST` on the collector)")
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise BatchError(411, "send the batch with a Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            raise BatchError(411, "a Content-Length header is required") from None
-        if length > c.limits.max_body:
-            # not read: the connection is closed instead, so a huge body costs no memory
-            self.close_connection = True
-            raise BatchError(413, f"the body is {length} bytes; the limit is {c.limits.max_body} "
-                                  "(collector.max_body): send smaller batches")
-        body = self._read(length)
+        # one plain Content-Length, at most max_body (413 unread: a huge body costs no memory),
+        # read whole within the body deadline - else Refused, answered, connection closed
+        body = self.read_body(c.limits.max_body, "the body",
+                              " (collector.max_body): send smaller batches")
         data = decompress(body, self.headers.get("Content-Encoding"), c.limits.max_batch)
         del body
         batch = parse_batch(data, host)
@@ -252,17 +230,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _read(self, length: int) -> bytes:
-        chunks, left = [], length
-        while left > 0:
-            chunk = self.rfile.read(min(READ_CHUNK, left))
-            if not chunk:
-                self.close_connection = True
-                raise BatchError(400, f"the body ended after {length - left} of {length} bytes")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-
     def _error(self, status: int, message: str, allow: str | None = None) -> None:
         self._json(status, {"error": message}, allow=allow)
 
@@ -294,5 +261,5 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-_REASONS = {400: "bad_request", 401: "unauthorized", 411: "length_required", 413: "too_large",
-            415: "unsupported_encoding"}
+_REASONS = {400: "bad_request", 401: "unauthorized", 408: "too_slow", 411: "length_required",
+            413: "too_large", 415: "unsupported_encoding", 431: "headers_too_large", 501: "bad_request"}

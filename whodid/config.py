@@ -72,6 +72,11 @@ class CollectorConfig:
     max_body: str = "16MiB"
     max_batch: str = "64MiB"
     silent_after: str = "15m"
+    # what a client may hold before it is authenticated (docs/collector.md, "Limits and deadlines")
+    header_timeout: str = "10s"         # the request line and headers, in total
+    body_timeout: str = "120s"          # the whole body: 16 MiB at about 140 KB/s
+    idle_timeout: str = "30s"           # a kept-alive connection between requests
+    max_connections: int = 256          # one thread each; one more is answered 503
 
     def address(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")
@@ -292,6 +297,9 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         parse_duration(cfg.trace.default_since)
         parse_duration(cfg.agent.flush_interval)
         parse_duration(cfg.collector.silent_after)
+        for key in ("header_timeout", "body_timeout", "idle_timeout"):
+            if parse_duration(getattr(cfg.collector, key)) <= 0:
+                raise TimeError(f"`collector.{key}` must be longer than 0s")
         parse_duration(cfg.store.prune_every)
         cfg.store.retention_seconds
     except TimeError as exc:
@@ -303,6 +311,8 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         cfg.collector.address()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if cfg.collector.max_connections < 1:
+        raise ConfigError(f"{where}: `collector.max_connections` must be at least 1, got {cfg.collector.max_connections}")
     if cfg.agent.spool_when_full not in ("drop-oldest", "drop-newest"):
         raise ConfigError(f"{where}: `agent.spool_when_full` is drop-oldest or drop-newest, "
                           f"got {cfg.agent.spool_when_full!r}")
