@@ -41,7 +41,10 @@ def main() -> None:
             cfg = config_mod.from_dict({
                 "identity": {"people": demo.story_people()},
                 "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                          "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["#incidents"]}})
+                          "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url,
+                          # one channel per question, so each answer is found in its own; allowed by ID
+                          # (whodid matches channels by ID, never by a name that can be renamed)
+                          "allowed_channels": [f"C{i}" for i in range(args.repeat)]}})
             bot = Bot(cfg, db, log=lambda m: None)
             bot.start()
             url = bot._server.url
