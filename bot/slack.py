@@ -19,6 +19,7 @@ Rules of access:
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -310,10 +311,11 @@ class Bot:
             with RENDER:
                 png = render_png(tr, now)
             try:
+                # the name, title and alt text are recorded data too: escaped like a message
                 self.client.files_upload_v2(channel=channel, thread_ts=thread, content=png,
-                                            filename=f"whodid-{tr.poi.host}-{tr.poi.pid}.png",
-                                            title=blocks.headline(tr, now)[:250],
-                                            alt_txt=f"How: {tr.summary}"[:1000])
+                                            filename=f"whodid-{_file_safe(tr.poi.host)}-{tr.poi.pid}.png",
+                                            title=blocks.escape(blocks.headline(tr, now))[:250],
+                                            alt_txt=blocks.escape(f"How: {tr.summary}")[:1000])
             except (SlackApiError, SlackClientError) as exc:
                 self.log(f"could not upload the trace picture: {_why(exc)}")
                 self.post(channel, f"(The picture could not be uploaded: {_why(exc)}. Missing the files:write "
@@ -487,6 +489,11 @@ class _Late:
 def _is_id(name: str) -> bool:
     """C0123ABC (public), G0123ABC (private), as opposed to a channel's name."""
     return name[:1] in "CG" and name.isupper() and name.isalnum()
+
+
+def _file_safe(name: str) -> str:
+    """A host name as part of a file name: letters, digits, dot, dash and underscore only."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "host"
 
 
 def _why(exc: Exception) -> str:

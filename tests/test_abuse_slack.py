@@ -275,3 +275,61 @@ def test_a_group_member_outside_the_allowed_channels_is_answered_privately_butto
         answered(emu)
     finally:
         bot.stop()
+
+
+# --- found by an adversarial review of items 5, 8, 9 and 10 -------------------------------------------
+
+def test_the_trace_picture_upload_carries_recorded_data_escaped(emu, db):
+    """The picture's file name, title and alt text are made of recorded data too (host, user,
+    command): Slack shows them beside the picture, so they cannot carry a terminal escape, a
+    right-to-left override or a mention, and the file name no path separators."""
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "curl")
+        answered(emu)
+        (up,) = [u for u in emu.uploads.values() if u.get("title")]
+        for what in (up["title"], up["alt_txt"], up["filename"]):
+            for bad in MENTIONS + CONTROLS:
+                assert bad not in what, (bad, what)
+        assert "/" not in up["filename"] and up["filename"].endswith(".png")
+        assert "curl" in up["title"] and "\\x1b[2J" in up["title"]           # shown, not obeyed
+    finally:
+        bot.stop()
+
+
+def test_the_trace_page_log_line_cannot_be_driven_by_a_request_path(db):
+    """Anyone who can reach the page server picks the path it logs: before any link is
+    checked. An escape sequence in it must not reach the operator's terminal as one."""
+    import socket
+    said: list[str] = []
+    pages = TracePages(config_mod.from_dict({}), db, log=said.append)
+    pages.start("127.0.0.1:0")
+    try:
+        host, port = pages._server.server_address[:2]
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"GET /\x1b]0;owned\x07\x1b[2J\x9b1A HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+    finally:
+        pages.stop()
+    (line,) = [m for m in said if "GET" in m]
+    assert "\x1b" not in line and "\x07" not in line and "\x9b" not in line, line
+    assert "\\x1b]0;owned" in line and "-> 404" in line
+
+
+def test_canary_run_prints_what_a_remote_api_says_escaped(db, tmp_path, capsys):
+    """`whodid canary run` prints the check's summary, which quotes the remote API (a Kubernetes
+    object's kind, name and deletion time): escaped like every other remote's words."""
+    from whodid.bot.fakekube import FakeKube
+    path = "/apis/eks.amazonaws.com/v1/clusters/prod"
+    with FakeKube() as kube:
+        kube.objects[path] = {"kind": "Cluster\x1b[2J", "metadata": {
+            "name": "prod\u202e", "deletionTimestamp": "now\x1b]0;owned\x07\rall good"}}
+        (tmp_path / "cfg.yaml").write_text(json.dumps({"canaries": [
+            {"name": "prod-cluster", "every": "1m",
+             "check": {"type": "kubernetes", "api_url": kube.url, "path": path, "token": kube.token}}]}))
+        assert cli.main(["--config", str(tmp_path / "cfg.yaml"), "canary", "run", "prod-cluster", "--db", db]) == 1
+    out = capsys.readouterr().out
+    for bad in CONTROLS:
+        assert bad not in out, (bad, out)
+    assert "Cluster\\x1b[2J prod\\u202e is being deleted" in out
