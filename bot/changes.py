@@ -82,9 +82,10 @@ def parse(text: str, now: float, default_since: str = "24h") -> ChangesAsk:
 
 
 def trace_view(row: Row) -> View:
-    """The question that finds this row's latest change again: its command (or path) on its
-    host within a second of it. The same `show` button /whodid uses, so a click gives the same
-    answer as asking."""
+    """The row's latest change, pinned (its exec or file change: another command like it in the
+    same second, or a host named like a glob, cannot take its place), with the question that
+    finds it - its command (or path) on its host within a second of it - for the answer's
+    count and buttons. The same `show` button /whodid uses."""
     subject = row.subject
     if row.what == "command":
         # a `[` would be read as a glob class; the command up to it still finds the exec
@@ -92,7 +93,7 @@ def trace_view(row: Row) -> View:
     subject = subject[:MAX_PATTERN]
     ask = Ask(pattern=subject, host=row.host, since=row.last - 1, until=row.last + 1,
               since_text=iso(row.last - 1))
-    return View(ask)
+    return View(ask, pin=row.target)
 
 
 # --- text: the CLI's answer -------------------------------------------------------------------

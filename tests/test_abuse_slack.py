@@ -333,3 +333,51 @@ def test_canary_run_prints_what_a_remote_api_says_escaped(db, tmp_path, capsys):
     for bad in CONTROLS:
         assert bad not in out, (bad, out)
     assert "Cluster\\x1b[2J prod\\u202e is being deleted" in out
+
+
+def two_useradds(argv0: str) -> list[dict]:
+    """jim and then bob, each in his own ssh session on prod, run the same `useradd eve` as root,
+    within half a second of each other."""
+    t = now_offset(1200)
+    return (ssh_session(PROD, t, 300, "jim", 1001, "192.168.1.5", 51000)
+            + ssh_session(PROD, t, 400, "bob", 1002, "192.168.1.9", 52000)
+            + [PROD.fork(t + 10, 310, 301), PROD.exec(t + 10.1, 310, [argv0, "eve"], uid=0, auid=1001, ses=300),
+               PROD.fork(t + 10.2, 410, 401), PROD.exec(t + 10.5, 410, [argv0, "eve"], uid=0, auid=1002, ses=400)])
+
+
+def trace_buttons_by_person(message) -> dict[str, str]:
+    """The change review's Trace buttons, by the person whose rows they are under."""
+    out, person = {}, None
+    for b in message.blocks:
+        if b.get("type") == "context":
+            text = b["elements"][0]["text"]
+            if text.startswith("*"):
+                person = text[1:].split("*", 1)[0]
+        acc = b.get("accessory") or {}
+        if acc.get("action_id") == "whodid.show" and person:
+            out.setdefault(person, acc["value"])
+    return out
+
+
+@pytest.mark.parametrize("argv0", ["useradd", "/usr/sbin/useradd"])
+def test_a_change_reviews_trace_button_shows_the_change_it_was_made_for(emu, tmp_path, argv0):
+    """A Trace button under a change review row is a signed button too (item 5): it shows the
+    process of that row, not the newest command like it within a second (bob's, under jim's
+    row) - and a command run by its full path is a command, not a file to look for."""
+    db = str(tmp_path / "store.db")
+    store_with(two_useradds(argv0), db).close()
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "changes since:24h")
+        review = emu.wait(lambda: next((m for m in emu.top_level("C1") if "Changes" in m.text), None),
+                          what="the change review")
+        buttons = trace_buttons_by_person(review)
+        assert set(buttons) == {"jim", "bob"}, review.blocks
+        for person, other in (("jim", "bob"), ("bob", "jim")):
+            n = len(emu.thread("C1", review.ts))
+            emu.click(emu.url, review, "whodid.show", buttons[person])
+            said = emu.wait(lambda: next((m for m in emu.thread("C1", review.ts)[n:] if m.blocks), None),
+                            what=f"the trace of {person}'s change")
+            assert f"*{person}*" in str(said.blocks) and f"*{other}*" not in str(said.blocks), said.blocks
+    finally:
+        bot.stop()
