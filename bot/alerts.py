@@ -65,6 +65,21 @@ def after_delivery(state: State, queue: list[str], delivered: int) -> State:
     return replace(state, undelivered=",".join(queue[delivered:]) or None)
 
 
+def late(state: State, canary: Canary) -> tuple[State, Result]:
+    """An alert that could not be posted until after its canary recovered: recovery wiped the
+    failure's start and the check now says all is well, so the alert is about the failure as the
+    state still knows it - failing from `alerted_at` to `recovered_at` - and says it is late."""
+    since = state.alerted_at or state.recovered_at or state.last_run or 0.0
+    until = f" to {clock(state.recovered_at)} (it has recovered)" if state.recovered_at else ""
+    return (replace(state, since=since, failures=max(state.failures, canary.failures_before_alert)),
+            Result(False, f"from {clock(since)}{until}; this alert could not be posted until now"))
+
+
+def _verb(state: State) -> str:
+    """'is failing', or - an alert posted late, after the canary recovered - 'failed'."""
+    return "failed" if state.status == "ok" else "is failing"
+
+
 def step(state: State, result: Result, now: float, canary: Canary) -> tuple[State, str | None]:
     """The next state, and what to say: "alert", "again", "recovered" or None."""
     state = replace(state, last_run=now, last_summary=result.summary)
@@ -116,7 +131,7 @@ def recent_changes(store, canary: Canary, first_failure: float, limit: int = 10)
 # --- what an alert says ------------------------------------------------------------------------
 
 def alert_text(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float) -> str:
-    lines = [f"Canary {canary.name} is failing: {result.summary}",
+    lines = [f"Canary {canary.name} {_verb(state)}: {result.summary}",
              f"  since {clock(state.since)} ({state.failures} failed check{'s' if state.failures > 1 else ''} "
              f"in a row; {canary.kind} check, {canary.schedule()})"]
     if result.detail:
@@ -143,8 +158,8 @@ def alert_text(canary: Canary, state: State, result: Result, suspects: list[Susp
 
 def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float,
                  value, link=None) -> tuple[str, list[dict]]:
-    text = f"Canary {canary.name} is failing: {result.summary}"
-    out = [blocks.section(f":rotating_light: Canary *{blocks.escape(canary.name)}* is failing\n"
+    text = f"Canary {canary.name} {_verb(state)}: {result.summary}"
+    out = [blocks.section(f":rotating_light: Canary *{blocks.escape(canary.name)}* {_verb(state)}\n"
                           f"*What failed:* {blocks.escape(result.summary)}\n"
                           f"*Since:* {clock(state.since)} ({state.failures} failed check"
                           f"{'s' if state.failures > 1 else ''} in a row; {canary.kind} check, {canary.schedule()})")]

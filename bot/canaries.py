@@ -100,11 +100,12 @@ class CanaryRunner:
         return suspects, changes
 
     def _alert(self, store: Store, c: Canary, state: State, result: Result) -> tuple[bool, State]:
-        suspects, changes = self.suspects(store, c, state.since)
+        said, result = (state, result) if state.since is not None else alerts.late(state, c)
+        suspects, changes = self.suspects(store, c, said.since)
         for s in suspects:           # the evidence of an open incident outlives retention
             store.pin({d["step"].proc for _, d in s.trace.graph.nodes(data=True)}, time.time() + alerts.PIN_FOR,
                       f"canary {c.name} alert")
-        where = self._deliver(self.poster.alert, c, state, result, suspects, changes)
+        where = self._deliver(self.poster.alert, c, said, result, suspects, changes)
         if where is _FAILED:
             return False, state
         if where:

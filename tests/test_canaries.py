@@ -333,3 +333,47 @@ def test_an_alert_slack_would_not_take_is_retried_until_delivered_and_the_state_
             assert len(emu.top_level("C7")) == 1
         finally:
             bot.stop()
+
+
+def test_an_alert_still_undelivered_when_its_canary_recovers_is_delivered_and_says_so(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: Slack refuses the alert (the bot is not in the channel),
+    and the cluster comes back before anyone invites it. The run that sees the recovery must not
+    crash on the failure's start, which recovery wiped (it did: TypeError, every run, state never
+    saved); once the bot is invited, the alert is posted - saying it failed and has recovered,
+    not 'is failing: Cluster prod exists' - and the recovery follows in its thread."""
+    from kit import copy_store
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    db = str(tmp_path / "store.db")
+    copy_store(demo_db, db)
+    Store.open(db).db.execute("DELETE FROM canaries")
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = config_mod.from_dict({
+            "identity": {"people": demo.story_people()},
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
+                          "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        state = lambda: Store.open(db).canary_state("prod-cluster")
+        try:
+            emu.not_in.add("C7")
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            kube.add(CLUSTER, "Cluster", "prod")                  # back before the alert got out
+            assert runner.run_one("prod-cluster")[1] == "recovered"
+            assert state()["status"] == "ok" and state()["undelivered"] == "alert,recovered"
+            runner.redeliver()                                    # still not invited: still waiting
+            assert state()["undelivered"] == "alert,recovered" and emu.top_level("C7") == []
+            assert runner.run_one("prod-cluster")[1] is None      # ok again: nothing new, nothing lost
+            emu.not_in.discard("C7")
+            runner.redeliver()
+            (alert,) = emu.top_level("C7")
+            said = alert.text + str(alert.blocks)
+            assert "failed" in said and "has recovered" in said and "prod exists" not in said and "is failing" not in said
+            assert "jim ran `aws eks delete-cluster --name prod`" in str(alert.blocks)    # the suspects still
+            assert [m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
+            assert state()["undelivered"] is None and state()["alert_ts"] == alert.ts
+        finally:
+            bot.stop()
