@@ -49,15 +49,24 @@ class State:
     undelivered: str | None = None      # messages not posted yet, oldest first: "alert,recovered"
 
 
-MAX_UNDELIVERED = 10                    # a queue this long is folded: the oldest go
-
-
 def pending(state: State, action: str | None) -> list[str]:
-    """What to deliver now, in order: what could not be posted before, then this run's action."""
+    """What to deliver now, in order: what could not be posted before, then this run's action,
+    folded (see fold) - so the queue has at most two messages however long Slack refuses."""
     queue = [k for k in (state.undelivered or "").split(",") if k]
     if action:
         queue.append(action)
-    return queue[-MAX_UNDELIVERED:]
+    return fold(queue)
+
+
+def fold(queue: list[str]) -> list[str]:
+    """A backlog as worth delivering. Every message is made from the canary's state at delivery,
+    so only the newest says something true: a flapping canary's backlog of alert, recovered,
+    alert, ... would post the same alert again and again, and a 'failing again' delivered after
+    the recovery has no failure to show. An alert nobody saw goes first, once (late, if the
+    canary has recovered since: alerts.late), then - in its thread - the newest news."""
+    if "alert" in queue:
+        return ["alert"] + (["recovered"] if queue[-1] == "recovered" else [])
+    return queue[-1:]
 
 
 def after_delivery(state: State, queue: list[str], delivered: int) -> State:

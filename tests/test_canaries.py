@@ -377,3 +377,53 @@ def test_an_alert_still_undelivered_when_its_canary_recovers_is_delivered_and_sa
             assert state()["undelivered"] is None and state()["alert_ts"] == alert.ts
         finally:
             bot.stop()
+
+
+def test_a_canary_flapping_while_slack_refuses_gives_one_alert_and_nothing_stuck(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: the cluster flaps while the bot is not in the channel
+    (for days, say). Every message is made from the canary's state at delivery, so a backlog of
+    alert, recovered, alert, ... would post the same alert again and again (the channel flooded,
+    which REOPEN_WITHIN exists to prevent); one alert, then the newest news in its thread. And a
+    queued 'failing again' delivered after the recovery had no failure start to show: it raised
+    at every attempt, and the recovery queued behind it never went out."""
+    from kit import copy_store
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    db = str(tmp_path / "store.db")
+    copy_store(demo_db, db)
+    Store.open(db).db.execute("DELETE FROM canaries")
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = config_mod.from_dict({
+            "identity": {"people": demo.story_people()},
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
+                          "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        state = lambda: Store.open(db).canary_state("prod-cluster")
+        try:
+            emu.not_in.add("C7")
+            for _ in range(6):                                    # down, up, down, up, ...
+                runner.run_one("prod-cluster")
+                kube.add(CLUSTER, "Cluster", "prod")
+                runner.run_one("prod-cluster")
+                kube.delete(CLUSTER)
+            emu.not_in.discard("C7")
+            runner.redeliver()
+            (alert,) = emu.top_level("C7")
+            assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 1
+            assert state()["undelivered"] is None
+            # the alert is out; Slack refuses again: failing again, then recovered, both queued
+            emu.not_in.add("C7")
+            assert runner.run_one("prod-cluster")[1] == "again"
+            kube.add(CLUSTER, "Cluster", "prod")
+            assert runner.run_one("prod-cluster")[1] == "recovered"
+            emu.not_in.discard("C7")
+            runner.redeliver()
+            assert state()["undelivered"] is None
+            assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 2
+            assert len(emu.top_level("C7")) == 1
+        finally:
+            bot.stop()
