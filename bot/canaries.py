@@ -31,7 +31,9 @@ class CanaryRunner:
         self.store_path = store_path
         self.poster = poster
         self.log = log or (lambda msg: print(f"whodid canary: {msg}", file=sys.stderr, flush=True))
-        self.lock = threading.Lock()           # one canary's state change at a time
+        # one state change at a time per canary (a run, a redelivery); one lock each, so a
+        # delivery that takes long (Slack slow, a 429's Retry-After slept) holds up no other canary
+        self.locks = {name: threading.Lock() for name in self.canaries}
 
     def schedule(self, scheduler) -> None:
         from apscheduler.triggers.cron import CronTrigger
@@ -48,7 +50,7 @@ class CanaryRunner:
         c = self.canaries[name]
         result = run(c)
         now = time.time()
-        with self.lock:
+        with self.locks[name]:
             store = Store.open(self.store_path, create=True)
             try:
                 saved = store.canary_state(name)
@@ -66,7 +68,7 @@ class CanaryRunner:
     def redeliver(self) -> None:
         """Try again to post what each canary could not post yet."""
         for name, c in self.canaries.items():
-            with self.lock:
+            with self.locks[name]:
                 store = Store.open(self.store_path, create=True)
                 try:
                     saved = store.canary_state(name)

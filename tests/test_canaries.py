@@ -427,3 +427,39 @@ def test_a_canary_flapping_while_slack_refuses_gives_one_alert_and_nothing_stuck
             assert len(emu.top_level("C7")) == 1
         finally:
             bot.stop()
+
+
+def test_one_canarys_slow_delivery_does_not_hold_up_the_others(tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: a delivery can take long - Slack slow to answer (the
+    client waits 30 s), or a 429 whose Retry-After the client sleeps, five times over. It held
+    the runner's one lock, so every other canary's run waited to record its result (and to
+    alert) behind one canary's message. Each canary has its own lock now."""
+    import threading
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    db = str(tmp_path / "store.db")
+    with SlackEmulator() as emu:
+        cfg = config_mod.from_dict({
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "canaries": [{"name": "down", "every": "1m", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "command", "argv": ["false"]}},
+                         {"name": "fine", "every": "1m", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "command", "argv": ["true"]}}]})
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        try:
+            emu.not_in.add("C7")
+            assert runner.run_one("down")[1] == "alert"          # queued: the bot is not in the channel
+            emu.not_in.discard("C7")
+            emu.delays["chat.postMessage"] = 15.0                # and now Slack is slow
+            before = len(emu.method_calls("chat.postMessage"))
+            slow = threading.Thread(target=runner.redeliver)
+            slow.start()
+            post = emu.wait(lambda: emu.method_calls("chat.postMessage")[before:], what="the slow post")[0]
+            result, action = runner.run_one("fine")
+            assert result.ok and post.done is None               # recorded while the other post hangs
+            assert Store.open(db).canary_state("fine")["last_run"] is not None
+            slow.join()
+        finally:
+            bot.stop()
