@@ -411,6 +411,11 @@ class Bot:
             self.log(f"cannot list channels to resolve slack.allowed_channels ({exc.response.get('error')}; the app "
                      f"needs channels:read): questions from {', '.join(sorted(names))} are refused; give channel IDs "
                      "(C0123...) instead")
+        except (SlackClientError, OSError) as exc:        # Slack unreachable: refuse, never guess
+            self.log(f"cannot reach Slack to resolve slack.allowed_channels ({exc}): questions from "
+                     f"{', '.join(sorted(names))} are refused until whodid serve is restarted; give channel IDs "
+                     "(C0123...) to need no lookup")
+            return frozenset(ids)
         for name in sorted(names - set(found)):
             self.log(f"slack.allowed_channels: no public channel named #{name}; questions from it are refused "
                      "(give a private channel by its ID)")

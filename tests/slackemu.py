@@ -93,6 +93,8 @@ class SlackEmulator:
     # --- what tests inspect ----------------------------------------------------------------
 
     def fail(self, method: str, status: int = 429, retry_after: int = 1, times: int = 1) -> None:
+        """The next `times` calls of method fail: with this HTTP status, or (status 0) by dropping
+        the connection without an answer, as a network fault would."""
         self.failures.setdefault(method, []).extend([(status, retry_after)] * times)
 
     def wait(self, predicate, timeout: float = 30.0, what: str = "it"):
@@ -339,6 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else params.get("token")
         status, out, headers = emu.api(path[5:], params, token)
+        if status == 0:                      # fail(method, status=0): the connection drops, no answer
+            self.close_connection = True
+            return
         self._send(status, json.dumps(out).encode(), "application/json", headers)
 
     def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str]) -> None:

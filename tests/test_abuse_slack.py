@@ -381,3 +381,23 @@ def test_a_change_reviews_trace_button_shows_the_change_it_was_made_for(emu, tmp
             assert f"*{person}*" in str(said.blocks) and f"*{other}*" not in str(said.blocks), said.blocks
     finally:
         bot.stop()
+
+
+def test_a_channel_name_that_cannot_be_resolved_for_a_network_fault_is_refused_and_said(emu, db):
+    """Item 8: channel names are resolved once, at start. When Slack cannot be reached for that
+    (the connection drops, past the client's own retry), `serve` must not die with a traceback:
+    the names allow nothing, in one line of the log, and channels given by ID still work."""
+    said: list[str] = []
+    emu.fail("conversations.list", status=0, times=5)
+    bot = Bot(slack_cfg(emu, allowed_channels=["#incidents", "C2"]), db, log=said.append)
+    try:
+        bot.start()
+        emu.url = bot._server.url
+        assert bot.channel_ids == {"C2"}
+        assert any("#incidents" in m or "incidents" in m for m in said if "refused" in m), said
+        status, body, _ = emu.slash(emu.url, "delete-cluster", channel_id="C1", channel_name="incidents")
+        assert "Sorry - you may not ask whodid here" in body
+        status, body, _ = emu.slash(emu.url, "delete-cluster", channel_id="C2", channel_name="sre-chat")
+        assert "Tracing" in body
+    finally:
+        bot.stop()
