@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from slack_bolt import App
+from slack_bolt.error import BoltError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
@@ -93,9 +94,15 @@ class Bot:
             raise SlackSetupError(f"cannot reach Slack at {self.s.api_base_url} ({exc})") from None
         self.identity = f"{me.get('user')} in {me.get('team')}"
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="whodid-slack")
-        self.app = App(client=self.client, signing_secret=self.tokens["signing_secret"] or None,
-                       request_verification_enabled=self.s.mode == "http", token_verification_enabled=False,
-                       process_before_response=False, listener_executor=self.executor)
+        try:
+            # token_verification_enabled: Bolt asks auth.test now, at start; without it, its
+            # authorization middleware asks on the first request - before the listener's ack
+            self.app = App(client=self.client, signing_secret=self.tokens["signing_secret"] or None,
+                           request_verification_enabled=self.s.mode == "http", token_verification_enabled=True,
+                           process_before_response=False, listener_executor=self.executor)
+        except (BoltError, SlackClientError, OSError) as exc:
+            self.executor.shutdown(wait=False)
+            raise SlackSetupError(f"Slack did not confirm the bot token at start ({exc}); try again") from None
         self.app.command(self.s.command)(self.on_command)
         for name in blocks.ACTIONS:
             self.app.action(f"whodid.{name}")(self.on_action)

@@ -401,3 +401,22 @@ def test_a_channel_name_that_cannot_be_resolved_for_a_network_fault_is_refused_a
         assert "Tracing" in body
     finally:
         bot.stop()
+
+
+def test_the_first_question_after_start_is_acked_without_asking_slack_who_the_bot_is(emu, db):
+    """Item 9: no Web API call before the ack. Bolt's authorization middleware calls auth.test
+    on the first request when the app was built without the token's auth.test result - inside
+    the request, before the listener and its ack - so the first question after every restart
+    waited on Slack (and failed with it). The bot knows who it is from its start."""
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        asked = len(emu.method_calls("auth.test"))
+        emu.delays["auth.test"] = 4.0                               # Slack slow to say who we are
+        status, body, acked = emu.slash(emu.url, "delete-cluster")
+        assert status == 200 and "Tracing" in body
+        answered(emu)
+        emu.slash(emu.url, "delete-cluster")
+        answered(emu, n=2)
+        assert emu.method_calls("auth.test")[asked:] == []          # never on a question
+    finally:
+        bot.stop()
