@@ -420,3 +420,37 @@ def test_the_first_question_after_start_is_acked_without_asking_slack_who_the_bo
         assert emu.method_calls("auth.test")[asked:] == []          # never on a question
     finally:
         bot.stop()
+
+
+def test_a_pin_for_another_boot_or_out_of_range_shows_a_clear_message_never_another_process(emu, db):
+    """A signed button whose pin names no stored process - jim's pid and start, but on another
+    boot of prod (after a reboot the pid is someone else's) - says the match is gone; it never
+    shows the process that now has that pid. Numbers out of range are refused as invalid."""
+    from whodid.bot.buttons import View
+    from whodid.tracer.trace import Target
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "delete-cluster")
+        top, _ = answered(emu)
+        pin = bot.find(View(bot_ask(top, bot)))[0].target
+        assert pin.host == "prod" and pin.boot == "boot-1"
+        for other in (Target(pin.host, "boot-2", pin.pid, pin.start, pin.at), Target("prod2", pin.boot, pin.pid,
+                                                                                    pin.start, pin.at),
+                      Target(pin.host, pin.boot, pin.pid, pin.start + 1, pin.at)):
+            n = len(emu.thread("C1", top.ts))
+            emu.click(emu.url, top, "whodid.widen", bot.value(View(bot_ask(top, bot), 0, 1, other)))
+            said = emu.wait(lambda: emu.thread("C1", top.ts)[n:], what="the answer to a pin that matches nothing")
+            assert "no longer in the store" in said[0].text and "jim" not in str(said), said
+        n = len(emu.responses)
+        emu.click(emu.url, top, "whodid.widen", bot.value(View(bot_ask(top, bot), 0, 1,
+                                                               Target("prod", "boot-1", -1, pin.start, pin.at))))
+        refused = emu.wait(lambda: emu.responses[n:], what="the refusal")
+        assert "cannot be used" in refused[0]["text"] and refused[0]["response_type"] == "ephemeral"
+    finally:
+        bot.stop()
+
+
+def bot_ask(top, bot):
+    """The question a message's buttons carry."""
+    from whodid.bot.buttons import decode
+    return decode(button(top, "earlier"), bot.key).ask
