@@ -454,3 +454,43 @@ def bot_ask(top, bot):
     """The question a message's buttons carry."""
     from whodid.bot.buttons import decode
     return decode(button(top, "earlier"), bot.key).ask
+
+
+FORGED = "ok\n09:00:00  prod             root       rm -rf /var/lib/mysql"
+
+
+def jims_forged_line() -> list[dict]:
+    """Before deleting the cluster, jim echoes a newline and a made-up line: a list of commands
+    that keeps newlines in recorded data shows root running rm -rf."""
+    t = now_offset(3600)
+    return jims_delete() + [PROD.fork(t + 5, 305, 301),
+                            PROD.exec(t + 5.1, 305, ["echo", FORGED], uid=1001, auid=1001, ses=300)]
+
+
+def test_a_newline_in_recorded_data_cannot_forge_a_line_in_slack(emu, tmp_path):
+    """Item 8: a newline in an argument is data, not a line break. In the blocks it was kept
+    (escape kept newlines for the code blocks' sake), so `Earlier activity` listed a made-up
+    line - root running rm -rf - and a headline or a summary's code span broke in two."""
+    db = str(tmp_path / "store.db")
+    store_with(jims_forged_line(), db).close()
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "delete-cluster")
+        top, _ = answered(emu)
+        n = len(emu.thread("C1", top.ts))
+        emu.click(emu.url, top, "whodid.earlier", button(top, "earlier"))
+        said = emu.wait(lambda: next((m for m in emu.thread("C1", top.ts)[n:] if "earlier" in m.text), None),
+                        what="earlier activity")
+        listed = json.dumps(said.blocks)
+        assert "echo ok\\\\n09:00:00" in listed, listed              # one line, its newline shown
+        assert "\\n09:00:00  prod" not in listed.replace("\\\\n", "")
+        emu.slash(emu.url, "echo")
+        echo, thread = answered(emu, n=2)
+        for m in (echo, *thread):
+            for b in m.blocks or []:
+                for text in [(b.get("text") or {}).get("text", "")] + [f["text"] for f in b.get("fields") or []]:
+                    if "rm -rf" in text and not text.startswith("```"):
+                        assert "\n09:00:00" not in text, text
+        assert "\n09:00:00" not in echo.text
+    finally:
+        bot.stop()
