@@ -27,6 +27,7 @@ from whodid import config as config_mod
 from whodid.bot import cli
 from whodid.bot import slack as slack_mod
 from whodid.bot.slack import Bot
+from whodid.bot.ask import Ask
 from whodid.bot.web import TracePages
 from whodid.tracer import Store, ingest
 
@@ -494,3 +495,18 @@ def test_a_newline_in_recorded_data_cannot_forge_a_line_in_slack(emu, tmp_path):
         assert "\n09:00:00" not in echo.text
     finally:
         bot.stop()
+
+
+def test_the_trace_page_shows_recorded_control_and_bidi_characters_escaped(tmp_path):
+    """Item 8 on the trace page: HTML escaping stops markup, not a right-to-left override - in a
+    browser `\\u202etxt.exe` reads `exe.txt`, and a command can be made to look like another. The
+    page (its boxes, lists and the data its script shows on a click) shows them as escapes."""
+    db = str(tmp_path / "store.db")
+    store_with(jims_delete() + hostile(), db).close()
+    pages = TracePages(config_mod.from_dict({}), db, log=lambda m: None)
+    link = pages.link(Ask(pattern="curl", since=time.time() - 86400, since_text="24h"))
+    status, body, _ = pages.page(link[link.index("/trace"):])
+    assert status == 200 and "curl" in body
+    for bad in CONTROLS:
+        assert bad not in body, repr(bad)
+    assert "\\u202etxt.exe" in body and "\\x1b[2J" in body
