@@ -354,6 +354,9 @@ class Bot:
                 respond(text=f"{text}\n_(whodid could not post here: {error}.{hint})_", blocks=None,
                         response_type="ephemeral", replace_original=False)
             return None
+        except (SlackClientError, OSError) as exc:        # Slack unreachable mid-answer: say so, go on
+            self.log(f"chat.postMessage to {channel} failed: {exc}")
+            return None
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -92,6 +92,10 @@ class SlackEmulator:
 
     # --- what tests inspect ----------------------------------------------------------------
 
+    def fail_after(self, method: str, ok: int, status: int = 429, times: int = 1) -> None:
+        """The next `ok` calls of method go through, then `times` fail (as fail)."""
+        self.failures.setdefault(method, []).extend([(None, 0)] * ok + [(status, 1)] * times)
+
     def fail(self, method: str, status: int = 429, retry_after: int = 1, times: int = 1) -> None:
         """The next `times` calls of method fail: with this HTTP status, or (status 0) by dropping
         the connection without an answer, as a network fault would."""
@@ -204,6 +208,9 @@ class SlackEmulator:
     def api(self, method: str, params: dict[str, Any], token: str | None) -> tuple[int, dict, dict]:
         with self.changed:
             failures = self.failures.get(method)
+            if failures and failures[0][0] is None:       # fail_after: this call goes through
+                failures.pop(0)
+                failures = None
             if failures:
                 status, retry_after = failures.pop(0)
                 self.calls.append(Call(method, params, time.time(), status))
