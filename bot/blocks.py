@@ -176,11 +176,13 @@ def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = N
 
 
 def no_match(ask: Ask, wider: str | None) -> tuple[str, list[dict]]:
-    where = f" on hosts `{escape(ask.host)}`" if ask.host else ""
-    who = f" involving `{escape(ask.user)}`" if ask.user else ""
+    # the plain text is escaped where it leaves (Bot.post), the blocks here: each once
+    where = f" on hosts {ask.host}" if ask.host else ""
+    who = f" involving {ask.user}" if ask.user else ""
     kind = "changes to" if ask.pattern.startswith("/") else "commands matching"
     text = f"No {kind} {ask.pattern}{where}{who} over {ask.window()}."
-    blocks = [section(f":shrug: No {kind} {code(ask.pattern)}{where}{who} over {escape(ask.window())}.")]
+    blocks = [section(f":shrug: No {kind} {code(ask.pattern)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
+                      + (f" involving {code(ask.user)}" if ask.user else "") + f" over {escape(ask.window())}.")]
     if wider:
         blocks.append({"type": "actions", "elements": [button("Search a wider window", "wider", wider, "primary")]})
     return text, blocks

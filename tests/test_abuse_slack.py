@@ -510,3 +510,18 @@ def test_the_trace_page_shows_recorded_control_and_bidi_characters_escaped(tmp_p
     for bad in CONTROLS:
         assert bad not in body, repr(bad)
     assert "\\u202etxt.exe" in body and "\\x1b[2J" in body
+
+
+def test_a_no_match_answer_escapes_what_was_asked_once(emu, db):
+    """Escaping twice shows `&amp;amp;`: the no-match fallback text was built from the already
+    escaped host and user, then escaped again where it leaves (Bot.post)."""
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "nothing-like-this host:a&b<c> user:x&y")
+        said = emu.wait(lambda: next((m for m in emu.top_level("C1") if m.text.startswith("No ")), None),
+                        what="the no-match answer")
+        for what in (said.text, json.dumps(said.blocks)):
+            assert "&amp;amp;" not in what and "&amp;lt;" not in what, what
+        assert "a&amp;b&lt;c&gt;" in said.text and "x&amp;y" in said.text
+    finally:
+        bot.stop()
