@@ -314,9 +314,16 @@ class Bot:
         no picture: Slack has no ephemeral files (its Open full trace link has the picture)."""
         from whodid.tracer.render.image import render_png
         now = time.time()
+        png = None
         if not private:
-            with RENDER:
-                png = render_png(tr, now)
+            try:
+                with RENDER:
+                    png = render_png(tr, now)
+            except Exception as exc:             # a drawing bug must not cost the chain (or repost an alert)
+                self.log(f"could not draw the trace picture: {exc!r}")
+                self.post(channel, "(The picture could not be drawn; the chain follows as text, and whodid's log "
+                          "says why.)", None, thread, respond)
+        if png is not None:
             try:
                 # the name, title and alt text are recorded data too: escaped like a message
                 self.client.files_upload_v2(channel=channel, thread_ts=thread, content=png,

@@ -525,3 +525,32 @@ def test_a_no_match_answer_escapes_what_was_asked_once(emu, db):
         assert "a&amp;b&lt;c&gt;" in said.text and "x&amp;y" in said.text
     finally:
         bot.stop()
+
+
+def jims_mathtext() -> list[dict]:
+    """jim's command has dollar signs: matplotlib reads `$...$` as mathematics."""
+    t = now_offset(900)
+    return ssh_session(PROD, t, 300, "jim", 1001, "192.168.1.5", 51000) + [
+        PROD.fork(t + 10, 310, 301), PROD.exec(t + 10.1, 310, ["terraform", "destroy", r"$\frac{a$", "$\mathrm{ls}$"],
+                                               uid=1001, auid=1001, ses=300)]
+
+
+def test_dollar_signs_in_recorded_data_are_drawn_as_text_not_mathematics(emu, tmp_path):
+    """Item 8 in the picture: matplotlib parses `$...$` in any text it draws as mathtext. A
+    command with `$\\frac{a$` made the picture raise - the answer's thread never came, and a
+    canary alert whose top suspect it was raised after it was posted, so it was queued and
+    posted again every 30 s - and `$\\mathrm{ls}$` drew `ls` where the command had more."""
+    from whodid.tracer import Query, Tracer
+    from whodid.tracer.render.image import render_png
+    db = str(tmp_path / "store.db")
+    store = store_with(jims_mathtext(), db)
+    (tr,) = Tracer(store).find(Query(pattern="terraform"))
+    assert render_png(tr, time.time()).startswith(b"\x89PNG")
+    store.close()
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "terraform")
+        top, thread = answered(emu)
+        assert any(m.files for m in thread)
+    finally:
+        bot.stop()

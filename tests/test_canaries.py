@@ -335,26 +335,36 @@ def test_an_alert_slack_would_not_take_is_retried_until_delivered_and_the_state_
             bot.stop()
 
 
-def test_an_alert_still_undelivered_when_its_canary_recovers_is_delivered_and_says_so(demo_db, tmp_path, monkeypatch):
-    """Found attacking issue 16 item 9: Slack refuses the alert (the bot is not in the channel),
-    and the cluster comes back before anyone invites it. The run that sees the recovery must not
-    crash on the failure's start, which recovery wiped (it did: TypeError, every run, state never
-    saved); once the bot is invited, the alert is posted - saying it failed and has recovered,
-    not 'is failing: Cluster prod exists' - and the recovery follows in its thread."""
+def slack_canary_store(demo_db, tmp_path, monkeypatch):
+    """The demo store copied, no canary state, and the config of one Kubernetes canary alerting
+    in C7 through the Slack emulator: (db, cfg_of(emu, kube))."""
     from kit import copy_store
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
     db = str(tmp_path / "store.db")
     copy_store(demo_db, db)
     Store.open(db).db.execute("DELETE FROM canaries")
-    with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = config_mod.from_dict({
+
+    def cfg_of(emu, kube):
+        return config_mod.from_dict({
             "identity": {"people": demo.story_people()},
             "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
                       "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
             "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
                           "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
                           "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
+    return db, cfg_of
+
+
+def test_an_alert_still_undelivered_when_its_canary_recovers_is_delivered_and_says_so(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: Slack refuses the alert (the bot is not in the channel),
+    and the cluster comes back before anyone invites it. The run that sees the recovery must not
+    crash on the failure's start, which recovery wiped (it did: TypeError, every run, state never
+    saved); once the bot is invited, the alert is posted - saying it failed and has recovered,
+    not 'is failing: Cluster prod exists' - and the recovery follows in its thread."""
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = cfg_of(emu, kube)
         bot = Bot(cfg, db, log=lambda m: None)
         runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
         state = lambda: Store.open(db).canary_state("prod-cluster")
@@ -386,20 +396,9 @@ def test_a_canary_flapping_while_slack_refuses_gives_one_alert_and_nothing_stuck
     which REOPEN_WITHIN exists to prevent); one alert, then the newest news in its thread. And a
     queued 'failing again' delivered after the recovery had no failure start to show: it raised
     at every attempt, and the recovery queued behind it never went out."""
-    from kit import copy_store
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-    db = str(tmp_path / "store.db")
-    copy_store(demo_db, db)
-    Store.open(db).db.execute("DELETE FROM canaries")
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
     with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = config_mod.from_dict({
-            "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
-            "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
-                          "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
-                          "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
+        cfg = cfg_of(emu, kube)
         bot = Bot(cfg, db, log=lambda m: None)
         runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
         state = lambda: Store.open(db).canary_state("prod-cluster")
@@ -470,20 +469,9 @@ def test_an_alert_posted_is_not_posted_again_when_its_thread_cannot_be(demo_db, 
     thread (the top suspect's chain) is posted. That raised out of the delivery, so the alert
     was queued as undelivered - and posted again 30 s later, a second alert for one failure
     (every blip, another). The thread is the bot's best effort: logged, the alert delivered."""
-    from kit import copy_store
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-    db = str(tmp_path / "store.db")
-    copy_store(demo_db, db)
-    Store.open(db).db.execute("DELETE FROM canaries")
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
     with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = config_mod.from_dict({
-            "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
-            "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
-                          "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
-                          "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
+        cfg = cfg_of(emu, kube)
         logs: list[str] = []
         bot = Bot(cfg, db, log=logs.append)
         runner = CanaryRunner(cfg, db, SlackPoster(bot), log=logs.append)
@@ -496,5 +484,33 @@ def test_an_alert_posted_is_not_posted_again_when_its_thread_cannot_be(demo_db, 
             runner.redeliver()
             assert len(emu.top_level("C7")) == 1
             assert any("failed" in line and "C7" in line for line in logs), logs
+        finally:
+            bot.stop()
+
+
+def test_an_alert_whose_picture_cannot_be_drawn_is_posted_once_with_its_chain(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 8 (a command with `$\\frac{a$` made matplotlib raise): the
+    picture is drawn after the alert is posted, and a drawing that raised went up through the
+    delivery - the alert was queued as undelivered and posted again every 30 s, for as long as
+    that command was the top suspect. Whatever the drawing does, the alert is posted once and
+    its chain follows as text."""
+    from whodid.tracer.render import image
+
+    def broken(tr, now):
+        raise ValueError("a drawing that fails")
+    monkeypatch.setattr(image, "render_png", broken)
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = cfg_of(emu, kube)
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        try:
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            runner.redeliver()
+            (alert,) = emu.top_level("C7")
+            assert Store.open(db).canary_state("prod-cluster")["undelivered"] is None
+            thread = emu.thread("C7", alert.ts)
+            assert any("could not be drawn" in m.text for m in thread)
+            assert any("```" in str(m.blocks) for m in thread)        # the chain, as text
         finally:
             bot.stop()
