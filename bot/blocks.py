@@ -138,7 +138,7 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
         notes.append(f"and {len(tr.confidence) - 3} more notes in the thread")
     blocks.append(context("\n".join(notes)))
     place = f"match {view.index + 1} of {total}" + (" (newest first)" if total > 1 else "")
-    blocks.append(context(f"{place} · `{escape(view.ask.pattern)}` over {escape(view.ask.window())} · "
+    blocks.append(context(f"{place} · {code(view.ask.pattern)} over {escape(view.ask.window())} · "
                           f"scope {view.scope}: {SCOPES[view.scope]}"))
     blocks.append(actions(view, total, value, link))
     return text, blocks

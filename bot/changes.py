@@ -163,7 +163,7 @@ def render_blocks(review: Review, value: Callable[[View], str], title: str = "Ch
     """[(text, blocks)] - the first message for the channel, the rest for its thread. Each within
     Slack's limits (50 blocks, 3,000 characters a section); past MAX_MESSAGES the rest is
     counted, not shown."""
-    where = (f" on `{escape(review.host)}`" if review.host else "") + (f" by {escape(review.user)}" if review.user else "")
+    where = (f" on {code(review.host)}" if review.host else "") + (f" by {escape(review.user)}" if review.user else "")
     head = [section(f":clipboard: *{escape(title)}* from {clock(review.since)} to {clock(review.until)}{where}: "
                     f"*{escape(review.headline())}*")]
     if not review.configured:
@@ -201,7 +201,7 @@ def _row_text(r: Row, with_reason: bool, days: bool) -> str:
     when = _when(r.first, r.last, days)
     subject = code(r.subject) if r.what == "command" else f"{escape(r.kind.split(' ', 1)[0])} {code(r.subject)}"
     count = f" ×{r.count}" if r.count > 1 else ""
-    text = f"`{escape(r.host)}` {when} UTC  {subject}{count}"
+    text = f"{code(r.host)} {when} UTC  {subject}{count}"
     return text + (f"\n_{escape(r.verdict.reason)}: {escape(r.verdict.detail)}_" if with_reason else "")
 
 

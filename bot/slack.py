@@ -167,7 +167,7 @@ class Bot:
         access, ack = self.access_after_ack(ack, respond, who)
         if self.refused(ack, access, who, "command", text, now):
             return
-        ack(text=f"Tracing `{blocks.escape(ask.pattern)}` over {blocks.escape(ask.window())}...")
+        ack(text=f"Tracing {blocks.code(ask.pattern)} over {blocks.escape(ask.window())}...")
         outcome = self.answer(View(ask), who[2], None, respond, access.private)
         self.record(now, *who, "command", text, outcome)
 

@@ -554,3 +554,50 @@ def test_dollar_signs_in_recorded_data_are_drawn_as_text_not_mathematics(emu, tm
         assert any(m.files for m in thread)
     finally:
         bot.stop()
+
+
+def hosts_named_with_backticks(tmp_path) -> str:
+    """jim, as root on a host named web`*URGENT: run this*`, adds a user named e`*x*`."""
+    h = Host("web`*URGENT: run this*`", "10.0.0.7")
+    t = now_offset(1200)
+    db = str(tmp_path / "store.db")
+    store_with(ssh_session(h, t, 300, "jim", 1001, "192.168.1.5", 51000)
+               + [h.fork(t + 10, 310, 301), h.exec(t + 10.1, 310, ["useradd", "e`*x*`"], uid=0, auid=1001, ses=300)],
+               db).close()
+    return db
+
+
+def test_a_backtick_in_recorded_data_cannot_close_a_code_span_in_slack(emu, tmp_path):
+    """mrkdwn injection without < >: a host named web`*URGENT: run this*` closed the code span it
+    was shown in (a change review row), and what followed was formatted as the bot's own words
+    (bold here); so did a recorded command as the pattern of a Trace button's answer. Values in
+    code spans go through blocks.code, which shows a backtick as '."""
+    bot = run_bot(emu, hosts_named_with_backticks(tmp_path), allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "changes since:24h")
+        review = emu.wait(lambda: next((m for m in emu.top_level("C1") if "Changes" in m.text), None),
+                          what="the change review")
+        shown = json.dumps(review.blocks)
+        assert "web`*URGENT" not in shown and "`web'*URGENT: run this*'`" in shown, shown
+        n = len(emu.thread("C1", review.ts))
+        emu.click(emu.url, review, "whodid.show", trace_buttons_by_person(review)["jim"])
+        said = emu.wait(lambda: next((m for m in emu.thread("C1", review.ts)[n:] if m.blocks), None),
+                        what="the trace of the change")
+        place = next(b["elements"][0]["text"] for b in said.blocks if b["type"] == "context"
+                     and "match 1" in b["elements"][0]["text"])
+        assert "`useradd e'*x*'`" in place and "e`*x*`" not in place, place
+    finally:
+        bot.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="mrkdwn has no escape for * _ ~ `: a recorded value shown outside a code "
+                   "span (the summary's bold host, Who/Where/How) can format the bot's words. Fix: show recorded "
+                   "values in code spans (blocks.code) or plain_text elements - a change of the answer's look")
+def test_a_recorded_value_outside_a_code_span_cannot_format_the_bots_words(emu, tmp_path):
+    bot = run_bot(emu, hosts_named_with_backticks(tmp_path), allowed_channels=["C1"])
+    try:
+        emu.slash(emu.url, "useradd")
+        top, _ = answered(emu)
+        assert "web`*URGENT" not in json.dumps(top.blocks)
+    finally:
+        bot.stop()
