@@ -19,6 +19,7 @@ Rules of access:
 
 from __future__ import annotations
 
+import random
 import re
 import sys
 import threading
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 
 RENDER = threading.Lock()          # matplotlib's Agg is not safe for concurrent drawing
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
+MAX_RETRY_AFTER = 120.0            # the longest a 429's Retry-After is waited, per try
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,9 @@ class Bot:
         self.log = log or (lambda msg: print(f"whodid bot: {msg}", file=sys.stderr, flush=True))
         self.tokens = check_tokens(self.s)
         self.client = WebClient(token=self.tokens["bot_token"], base_url=self.s.api_base_url, timeout=30)
-        # Slack's 429s carry Retry-After; the SDK's handler waits that long and tries again
-        self.client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=5))
+        # Slack's 429s carry Retry-After: wait that long and try again - unless the bot is stopping
+        self.stopping = threading.Event()
+        self.client.retry_handlers.append(_RateLimitWait(self.stopping, max_retry_count=5))
         try:
             me = self.client.auth_test()
         except SlackApiError as exc:
@@ -132,7 +135,8 @@ class Bot:
         return f"Slack bot {self.identity} listening on {self._server.url}"
 
     def stop(self) -> None:
-        """Stop taking questions; finish the answers being worked on."""
+        """Stop taking questions; finish the answers being worked on (without waiting out a 429)."""
+        self.stopping.set()
         if self._server is not None:
             self._server.close()
         self.executor.shutdown(wait=True)
@@ -495,6 +499,33 @@ class _TracerSession:
 
     def __exit__(self, *exc) -> None:
         self.store.close()
+
+
+class _RateLimitWait(RateLimitErrorRetryHandler):
+    """The SDK's 429 handler, but its wait (Retry-After, at most MAX_RETRY_AFTER) ends when the
+    bot stops, and then no retry is made: the call fails as rate limited, an answer gives up on
+    Slack and a canary's message stays queued - `whodid serve` stops in seconds, not minutes."""
+
+    def __init__(self, stopping: threading.Event, max_retry_count: int = 5):
+        super().__init__(max_retry_count=max_retry_count)
+        self.stopping = stopping
+
+    def _can_retry(self, *, state, request, response=None, error=None) -> bool:
+        return not self.stopping.is_set() and super()._can_retry(state=state, request=request, response=response,
+                                                                  error=error)
+
+    def prepare_for_next_attempt(self, *, state, request, response=None, error=None) -> None:
+        if response is None:
+            raise error
+        value = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
+        try:
+            wait = float(value[0] if isinstance(value, list) else value)
+        except (TypeError, ValueError):
+            wait = 1.0
+        if self.stopping.wait(min(max(wait, 0.0), MAX_RETRY_AFTER) + random.random()):
+            return                                  # stopping: next_attempt_requested stays False
+        state.next_attempt_requested = True
+        state.increment_current_attempt()
 
 
 class _Late:

@@ -601,3 +601,22 @@ def test_a_recorded_value_outside_a_code_span_cannot_format_the_bots_words(emu, 
         assert "web`*URGENT" not in json.dumps(top.blocks)
     finally:
         bot.stop()
+
+
+def test_stopping_does_not_wait_out_slacks_retry_after(emu, db):
+    """A 429 makes the client sleep Retry-After, up to five times, inside an answer (or a canary's
+    delivery). bot.stop waits for the answers being worked on, so `whodid serve` did not stop
+    until every sleep was over (minutes, for Slack's longer waits). Stopping cuts the wait short:
+    the answer gives up on Slack (a canary's message stays queued, persisted), no retry is made."""
+    import threading
+    bot = run_bot(emu, db, allowed_channels=["C1"])
+    emu.fail("chat.postMessage", status=429, retry_after=3, times=6)
+    status, body, _ = emu.slash(emu.url, "delete-cluster")
+    assert "Tracing" in body
+    emu.wait(lambda: emu.method_calls("chat.postMessage"), what="the rate-limited post")
+    stopper = threading.Thread(target=bot.stop)
+    stopper.start()
+    emu.wait(lambda: not stopper.is_alive() or len(emu.method_calls("chat.postMessage")) > 1,
+             what="the bot to stop, or the client to retry")
+    stopper.join()
+    assert len(emu.method_calls("chat.postMessage")) == 1            # stopped before any retry
