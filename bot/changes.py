@@ -159,7 +159,8 @@ def planned_line(a: dict[str, Any], days: bool = False) -> str:
 
 # --- Slack: pages of blocks -------------------------------------------------------------------
 
-def render_blocks(review: Review, value: Callable[[View], str], title: str = "Changes") -> list[tuple[str, list[dict]]]:
+def render_blocks(review: Review, value: Callable[[View], str], title: str = "Changes",
+                  max_messages: int = MAX_MESSAGES) -> list[tuple[str, list[dict]]]:
     """[(text, blocks)] - the first message for the channel, the rest for its thread. Each within
     Slack's limits (50 blocks, 3,000 characters a section); past MAX_MESSAGES the rest is
     counted, not shown."""
@@ -194,7 +195,7 @@ def render_blocks(review: Review, value: Callable[[View], str], title: str = "Ch
         "• " + escape(planned_line(a, days)) for a in planned), MAX_SECTION))] if planned else \
         [section("*Planned:* none")]
     text = f"{title}: {review.headline()}"
-    return paginate(text, head, items, tail)
+    return paginate(text, head, items, tail, max_messages)
 
 
 def _row_text(r: Row, with_reason: bool, days: bool) -> str:
@@ -205,14 +206,15 @@ def _row_text(r: Row, with_reason: bool, days: bool) -> str:
     return text + (f"\n_{escape(r.verdict.reason)}: {escape(r.verdict.detail)}_" if with_reason else "")
 
 
-def paginate(text: str, head: list[dict], items: list[dict], tail: list[dict]) -> list[tuple[str, list[dict]]]:
+def paginate(text: str, head: list[dict], items: list[dict], tail: list[dict],
+             max_messages: int = MAX_MESSAGES) -> list[tuple[str, list[dict]]]:
     """Head, then items, then tail, cut into messages of at most ROWS_PER_MESSAGE items and
-    MAX_BLOCKS blocks; at most MAX_MESSAGES, the items left over counted in the last."""
+    MAX_BLOCKS blocks; at most max_messages, the items left over counted in the last."""
     pages: list[list[dict]] = []
     current, rows_here, shown = list(head), 0, 0
     for block in items:
         if len(current) >= MAX_BLOCKS - 3 or rows_here >= ROWS_PER_MESSAGE:
-            if len(pages) + 1 >= MAX_MESSAGES:
+            if len(pages) + 1 >= max_messages:
                 break
             pages.append(current)
             current, rows_here = [], 0

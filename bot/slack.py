@@ -49,6 +49,7 @@ from dataclasses import dataclass
 RENDER = threading.Lock()          # matplotlib's Agg is not safe for concurrent drawing
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
 MAX_RETRY_AFTER = 120.0            # the longest a 429's Retry-After is waited, per try
+PRIVATE_MESSAGES = 4               # Slack takes a response_url five times; one may carry the ack's words
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,9 @@ class Bot:
         ack(text=f"Reviewing changes from {blocks.escape(ask.window())}...")
         with self.tracer() as tracer:
             result = review(tracer, self.cfg.changes, ask.since, ask.until, host=ask.host, user=ask.user)
-        self.post_pages(changes_mod.render_blocks(result, self.value), who[2], respond, access.private)
+        pages = changes_mod.render_blocks(result, self.value, max_messages=PRIVATE_MESSAGES if access.private
+                                          else changes_mod.MAX_MESSAGES)
+        self.post_pages(pages, who[2], respond, access.private)
         self.record(now, *who, "changes", text, f"answered: {result.headline()}")
 
     def bad_question(self, ack, who: tuple, action: str, text: str, now: float, exc: AskError) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from websockets.sync.server import serve as ws_serve
 
 BOT_TOKEN, APP_TOKEN, SIGNING_SECRET = "xoxb-emulated", "xapp-emulated", "emulated-signing-secret"
+RESPONSE_URL_USES = 5
 
 
 @dataclass
@@ -50,6 +51,8 @@ class SlackEmulator:
         self.messages: list[Message] = []
         self.uploads: dict[str, dict[str, Any]] = {}
         self.responses: list[dict[str, Any]] = []             # what apps POSTed to response_urls
+        self.response_uses: dict[str, int] = {}                # response_url path -> times used
+        self.refused_responses: list[dict[str, Any]] = []     # posted past a response_url's uses
         self.acks: dict[str, dict] = {}                        # Socket Mode acks by envelope id
         self.failures: dict[str, list[tuple[int, int]]] = {}   # method -> [(status, retry_after)]
         self.delays: dict[str, float] = {}                     # method -> seconds before answering
@@ -334,6 +337,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200 if fid in emu.uploads else 404, f"OK - {len(body)}".encode(), "text/plain", {})
         if path.startswith("/respond/"):
             with emu.changed:
+                # Slack takes a response_url up to five times (within 30 minutes), then refuses it
+                emu.response_uses[path] = uses = emu.response_uses.get(path, 0) + 1
+                if uses > RESPONSE_URL_USES:
+                    emu.refused_responses.append(json.loads(body or b"{}"))
+                    emu.changed.notify_all()
+                    return self._send(404, b"used_url", "text/plain", {})
                 emu.responses.append(json.loads(body or b"{}"))
                 emu.changed.notify_all()
             return self._send(200, b"ok", "text/plain", {})

@@ -620,3 +620,27 @@ def test_stopping_does_not_wait_out_slacks_retry_after(emu, db):
              what="the bot to stop, or the client to retry")
     stopper.join()
     assert len(emu.method_calls("chat.postMessage")) == 1            # stopped before any retry
+
+
+def test_a_private_change_review_fits_in_what_slack_takes_from_one_response_url(emu, tmp_path):
+    """Item 9's private answers go through the command's response_url, which Slack takes five
+    times at most. A long change review (six messages) asked privately lost its last page
+    without a word; it is told in the pages Slack will take, the rest counted."""
+    t = now_offset(3000)
+    events = ssh_session(PROD, t, 300, "jim", 1001, "192.168.1.5", 51000)
+    for i in range(260):
+        events += [PROD.fork(t + 10 + i, 1000 + i, 301),
+                   PROD.exec(t + 10.1 + i, 1000 + i, ["useradd", f"user{i}"], uid=0, auid=1001, ses=300)]
+    db = str(tmp_path / "store.db")
+    store_with(events, db).close()
+    bot = run_bot(emu, db, allowed_channels=["C1"], allowed_usergroups=["sre"])
+    try:
+        emu.slash(emu.url, "changes since:24h", user_id="U7", user_name="sam", channel_id="C2",
+                  channel_name="sre-chat")
+        last = emu.wait(lambda: next((r for r in emu.responses + emu.refused_responses
+                                      if "more unplanned rows not shown" in json.dumps(r.get("blocks"))), None),
+                        what="the review's last page")
+        assert last in emu.responses and emu.refused_responses == []
+        assert all(r["response_type"] == "ephemeral" for r in emu.responses) and emu.messages == []
+    finally:
+        bot.stop()
