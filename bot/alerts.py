@@ -50,20 +50,44 @@ class State:
     undelivered: str | None = None      # messages not posted yet, oldest first: "alert,recovered"
 
 
-MAX_UNDELIVERED = 10                    # a queue this long is folded: the oldest go
-
-
 def pending(state: State, action: str | None) -> list[str]:
-    """What to deliver now, in order: what could not be posted before, then this run's action."""
+    """What to deliver now, in order: what could not be posted before, then this run's action,
+    folded (see fold) - so the queue has at most two messages however long Slack refuses."""
     queue = [k for k in (state.undelivered or "").split(",") if k]
     if action:
         queue.append(action)
-    return queue[-MAX_UNDELIVERED:]
+    return fold(queue)
+
+
+def fold(queue: list[str]) -> list[str]:
+    """A backlog as worth delivering. Every message is made from the canary's state at delivery,
+    so only the newest says something true: a flapping canary's backlog of alert, recovered,
+    alert, ... would post the same alert again and again, and a 'failing again' delivered after
+    the recovery has no failure to show. An alert nobody saw goes first, once (late, if the
+    canary has recovered since: alerts.late), then - in its thread - the newest news."""
+    if "alert" in queue:
+        return ["alert"] + (["recovered"] if queue[-1] == "recovered" else [])
+    return queue[-1:]
 
 
 def after_delivery(state: State, queue: list[str], delivered: int) -> State:
     """The state once the first `delivered` messages of `queue` went out and the rest did not."""
     return replace(state, undelivered=",".join(queue[delivered:]) or None)
+
+
+def late(state: State, canary: Canary) -> tuple[State, Result]:
+    """An alert that could not be posted until after its canary recovered: recovery wiped the
+    failure's start and the check now says all is well, so the alert is about the failure as the
+    state still knows it - failing from `alerted_at` to `recovered_at` - and says it is late."""
+    since = state.alerted_at or state.recovered_at or state.last_run or 0.0
+    until = f" to {clock(state.recovered_at)} (it has recovered)" if state.recovered_at else ""
+    return (replace(state, since=since, failures=max(state.failures, canary.failures_before_alert)),
+            Result(False, f"from {clock(since)}{until}; this alert could not be posted until now"))
+
+
+def _verb(state: State) -> str:
+    """'is failing', or - an alert posted late, after the canary recovered - 'failed'."""
+    return "failed" if state.status == "ok" else "is failing"
 
 
 def step(state: State, result: Result, now: float, canary: Canary) -> tuple[State, str | None]:
@@ -117,7 +141,7 @@ def recent_changes(store, canary: Canary, first_failure: float, limit: int = 10)
 # --- what an alert says ------------------------------------------------------------------------
 
 def alert_text(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float) -> str:
-    lines = [f"Canary {canary.name} is failing: {result.summary}",
+    lines = [f"Canary {canary.name} {_verb(state)}: {result.summary}",
              f"  since {clock(state.since)} ({state.failures} failed check{'s' if state.failures > 1 else ''} "
              f"in a row; {canary.kind} check, {canary.schedule()})"]
     if result.detail:
@@ -144,8 +168,8 @@ def alert_text(canary: Canary, state: State, result: Result, suspects: list[Susp
 
 def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Suspect], changes, now: float,
                  value, link=None) -> tuple[str, list[dict]]:
-    text = f"Canary {canary.name} is failing: {result.summary}"
-    out = [blocks.section(f":rotating_light: Canary *{blocks.escape(canary.name)}* is failing\n"
+    text = f"Canary {canary.name} {_verb(state)}: {result.summary}"
+    out = [blocks.section(f":rotating_light: Canary *{blocks.escape(canary.name)}* {_verb(state)}\n"
                           f"*What failed:* {blocks.escape(result.summary)}\n"
                           f"*Since:* {clock(state.since)} ({state.failures} failed check"
                           f"{'s' if state.failures > 1 else ''} in a row; {canary.kind} check, {canary.schedule()})")]

@@ -43,11 +43,13 @@ def cut(text: str, limit: int = MAX_SECTION) -> str:
     return (head[:at] if at > 0 else head) + note
 
 
-def escape(text: str) -> str:
+def escape(text: str, keep_newlines: bool = False) -> str:
     """Slack treats & < > specially (`<!channel>`, `<@U123>`, `<#C1>`, `<https://x|label>` are
     mentions and links): they are escaped as Slack asks, in blocks and in every message's `text`
-    (Bot.post). Control and bidi characters become visible escapes (printable)."""
-    return printable(text, keep_newlines=True).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    (Bot.post). Control and bidi characters become visible escapes (printable), and so does a
+    newline - a recorded value with one would otherwise show a made-up line of its own - unless
+    the text is known to be lines whose values were made printable already (keep_newlines)."""
+    return printable(text, keep_newlines).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def code(text: str) -> str:
@@ -55,11 +57,12 @@ def code(text: str) -> str:
 
 
 def code_sections(text: str, max_blocks: int = MAX_BLOCKS - 2) -> list[dict]:
-    """Preformatted text split into sections of whole lines, each within Slack's limit."""
+    """Preformatted text split into sections of whole lines, each within Slack's limit. Its
+    lines are taken as lines: recorded values in them must have been made printable."""
     room = MAX_SECTION - 8                               # the ``` fences
     blocks, chunk = [], []
     size = 0
-    lines = escape(text).replace("```", "'''").splitlines()
+    lines = escape(text, keep_newlines=True).replace("```", "'''").splitlines()      # lines made printable
     for i, line in enumerate(lines):
         line = line if len(line) <= room else line[: room - 1] + "…"
         if size + len(line) + 1 > room:
@@ -135,7 +138,7 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
         notes.append(f"and {len(tr.confidence) - 3} more notes in the thread")
     blocks.append(context("\n".join(notes)))
     place = f"match {view.index + 1} of {total}" + (" (newest first)" if total > 1 else "")
-    blocks.append(context(f"{place} · `{escape(view.ask.pattern)}` over {escape(view.ask.window())} · "
+    blocks.append(context(f"{place} · {code(view.ask.pattern)} over {escape(view.ask.window())} · "
                           f"scope {view.scope}: {SCOPES[view.scope]}"))
     blocks.append(actions(view, total, value, link))
     return text, blocks
@@ -173,11 +176,13 @@ def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = N
 
 
 def no_match(ask: Ask, wider: str | None) -> tuple[str, list[dict]]:
-    where = f" on hosts `{escape(ask.host)}`" if ask.host else ""
-    who = f" involving `{escape(ask.user)}`" if ask.user else ""
+    # the plain text is escaped where it leaves (Bot.post), the blocks here: each once
+    where = f" on hosts {ask.host}" if ask.host else ""
+    who = f" involving {ask.user}" if ask.user else ""
     kind = "changes to" if ask.pattern.startswith("/") else "commands matching"
     text = f"No {kind} {ask.pattern}{where}{who} over {ask.window()}."
-    blocks = [section(f":shrug: No {kind} {code(ask.pattern)}{where}{who} over {escape(ask.window())}.")]
+    blocks = [section(f":shrug: No {kind} {code(ask.pattern)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
+                      + (f" involving {code(ask.user)}" if ask.user else "") + f" over {escape(ask.window())}.")]
     if wider:
         blocks.append({"type": "actions", "elements": [button("Search a wider window", "wider", wider, "primary")]})
     return text, blocks
@@ -201,7 +206,7 @@ def earlier(tr: Trace, steps: list[Step], now: float) -> tuple[str, list[dict]]:
     if not steps:
         return (f"Nothing earlier by {who}", [section(f"No earlier commands by *{escape(who)}* in the day before "
                                                       f"{code(what(tr))}.")])
-    lines = [f"{clock(s.start)[11:19]}  {s.host:<16} {s.user:<10} {s.command}" for s in steps]
+    lines = [printable(f"{clock(s.start)[11:19]}  {s.host:<16} {s.user:<10} {s.command}") for s in steps]
     head = section(f"*{escape(who)}*'s commands in the {len(steps)} steps before {code(what(tr))} "
                    f"(the day before, newest last):")
     return f"{who}'s earlier activity", [head] + code_sections("\n".join(lines), max_blocks=MAX_BLOCKS - 1)

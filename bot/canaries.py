@@ -31,7 +31,9 @@ class CanaryRunner:
         self.store_path = store_path
         self.poster = poster
         self.log = log or (lambda msg: print(f"whodid canary: {msg}", file=sys.stderr, flush=True))
-        self.lock = threading.Lock()           # one canary's state change at a time
+        # one state change at a time per canary (a run, a redelivery); one lock each, so a
+        # delivery that takes long (Slack slow, a 429's Retry-After slept) holds up no other canary
+        self.locks = {name: threading.Lock() for name in self.canaries}
 
     def schedule(self, scheduler) -> None:
         from apscheduler.triggers.cron import CronTrigger
@@ -48,7 +50,7 @@ class CanaryRunner:
         c = self.canaries[name]
         result = run(c)
         now = time.time()
-        with self.lock:
+        with self.locks[name]:
             store = Store.open(self.store_path, create=True)
             try:
                 saved = store.canary_state(name)
@@ -66,7 +68,7 @@ class CanaryRunner:
     def redeliver(self) -> None:
         """Try again to post what each canary could not post yet."""
         for name, c in self.canaries.items():
-            with self.lock:
+            with self.locks[name]:
                 store = Store.open(self.store_path, create=True)
                 try:
                     saved = store.canary_state(name)
@@ -100,11 +102,12 @@ class CanaryRunner:
         return suspects, changes
 
     def _alert(self, store: Store, c: Canary, state: State, result: Result) -> tuple[bool, State]:
-        suspects, changes = self.suspects(store, c, state.since)
+        said, result = (state, result) if state.since is not None else alerts.late(state, c)
+        suspects, changes = self.suspects(store, c, said.since)
         for s in suspects:           # the evidence of an open incident outlives retention
             store.pin({d["step"].proc for _, d in s.trace.graph.nodes(data=True)}, time.time() + alerts.PIN_FOR,
                       f"canary {c.name} alert")
-        where = self._deliver(self.poster.alert, c, state, result, suspects, changes)
+        where = self._deliver(self.poster.alert, c, said, result, suspects, changes)
         if where is _FAILED:
             return False, state
         if where:

@@ -83,9 +83,10 @@ def parse(text: str, now: float, default_since: str = "24h") -> ChangesAsk:
 
 
 def trace_view(row: Row) -> View:
-    """The question that finds this row's latest change again: its command (or path) on its
-    host within a second of it. The same `show` button /whodid uses, so a click gives the same
-    answer as asking."""
+    """The row's latest change, pinned (its exec or file change: another command like it in the
+    same second, or a host named like a glob, cannot take its place), with the question that
+    finds it - its command (or path) on its host within a second of it - for the answer's
+    count and buttons. The same `show` button /whodid uses."""
     subject = row.subject
     if row.what == "command":
         # a `[` would be read as a glob class; the command up to it still finds the exec
@@ -93,7 +94,7 @@ def trace_view(row: Row) -> View:
     subject = subject[:MAX_PATTERN]
     ask = Ask(pattern=subject, host=row.host, since=row.last - 1, until=row.last + 1,
               since_text=iso(row.last - 1))
-    return View(ask)
+    return View(ask, pin=row.target)
 
 
 # --- text: the CLI's answer -------------------------------------------------------------------
@@ -159,11 +160,12 @@ def planned_line(a: dict[str, Any], days: bool = False) -> str:
 
 # --- Slack: pages of blocks -------------------------------------------------------------------
 
-def render_blocks(review: Review, value: Callable[[View], str], title: str = "Changes") -> list[tuple[str, list[dict]]]:
+def render_blocks(review: Review, value: Callable[[View], str], title: str = "Changes",
+                  max_messages: int = MAX_MESSAGES) -> list[tuple[str, list[dict]]]:
     """[(text, blocks)] - the first message for the channel, the rest for its thread. Each within
     Slack's limits (50 blocks, 3,000 characters a section); past MAX_MESSAGES the rest is
     counted, not shown."""
-    where = (f" on `{escape(review.host)}`" if review.host else "") + (f" by {escape(review.user)}" if review.user else "")
+    where = (f" on {code(review.host)}" if review.host else "") + (f" by {escape(review.user)}" if review.user else "")
     head = [section(f":clipboard: *{escape(title)}* from {clock(review.since)} to {clock(review.until)}{where}: "
                     f"*{escape(review.headline())}*")]
     if not review.configured:
@@ -194,25 +196,26 @@ def render_blocks(review: Review, value: Callable[[View], str], title: str = "Ch
         "• " + escape(planned_line(a, days)) for a in planned), MAX_SECTION))] if planned else \
         [section("*Planned:* none")]
     text = f"{title}: {review.headline()}"
-    return paginate(text, head, items, tail)
+    return paginate(text, head, items, tail, max_messages)
 
 
 def _row_text(r: Row, with_reason: bool, days: bool) -> str:
     when = _when(r.first, r.last, days)
     subject = code(r.subject) if r.what == "command" else f"{escape(r.kind.split(' ', 1)[0])} {code(r.subject)}"
     count = f" ×{r.count}" if r.count > 1 else ""
-    text = f"`{escape(r.host)}` {when} UTC  {subject}{count}"
+    text = f"{code(r.host)} {when} UTC  {subject}{count}"
     return text + (f"\n_{escape(r.verdict.reason)}: {escape(r.verdict.detail)}_" if with_reason else "")
 
 
-def paginate(text: str, head: list[dict], items: list[dict], tail: list[dict]) -> list[tuple[str, list[dict]]]:
+def paginate(text: str, head: list[dict], items: list[dict], tail: list[dict],
+             max_messages: int = MAX_MESSAGES) -> list[tuple[str, list[dict]]]:
     """Head, then items, then tail, cut into messages of at most ROWS_PER_MESSAGE items and
-    MAX_BLOCKS blocks; at most MAX_MESSAGES, the items left over counted in the last."""
+    MAX_BLOCKS blocks; at most max_messages, the items left over counted in the last."""
     pages: list[list[dict]] = []
     current, rows_here, shown = list(head), 0, 0
     for block in items:
         if len(current) >= MAX_BLOCKS - 3 or rows_here >= ROWS_PER_MESSAGE:
-            if len(pages) + 1 >= MAX_MESSAGES:
+            if len(pages) + 1 >= max_messages:
                 break
             pages.append(current)
             current, rows_here = [], 0

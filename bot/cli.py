@@ -535,7 +535,8 @@ def cmd_canary(args, cfg: config_mod.Config) -> int:
         names = ", ".join(c.name for c in cfg.canaries) or "none are configured"
         raise UsageError(f"no canary named {args.name!r} (canaries: {names})")
     result = run(canary)
-    print(f"{canary.name}: {'ok' if result.ok else 'FAILED'} - {result.summary} ({result.seconds:.1f}s)")
+    print(printable(f"{canary.name}: {'ok' if result.ok else 'FAILED'} - {result.summary} "    # a remote's words
+                    f"({result.seconds:.1f}s)"))
     if result.ok:
         return EXIT_OK
     store = Store.open(path)

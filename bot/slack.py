@@ -19,6 +19,8 @@ Rules of access:
 
 from __future__ import annotations
 
+import random
+import re
 import sys
 import threading
 import time
@@ -26,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from slack_bolt import App
+from slack_bolt.error import BoltError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
@@ -45,6 +48,8 @@ from dataclasses import dataclass
 
 RENDER = threading.Lock()          # matplotlib's Agg is not safe for concurrent drawing
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
+MAX_RETRY_AFTER = 120.0            # the longest a 429's Retry-After is waited, per try
+PRIVATE_MESSAGES = 4               # Slack takes a response_url five times; one may carry the ack's words
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,9 @@ class Bot:
         self.log = log or (lambda msg: print(f"whodid bot: {msg}", file=sys.stderr, flush=True))
         self.tokens = check_tokens(self.s)
         self.client = WebClient(token=self.tokens["bot_token"], base_url=self.s.api_base_url, timeout=30)
-        # Slack's 429s carry Retry-After; the SDK's handler waits that long and tries again
-        self.client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=5))
+        # Slack's 429s carry Retry-After: wait that long and try again - unless the bot is stopping
+        self.stopping = threading.Event()
+        self.client.retry_handlers.append(_RateLimitWait(self.stopping, max_retry_count=5))
         try:
             me = self.client.auth_test()
         except SlackApiError as exc:
@@ -92,9 +98,15 @@ class Bot:
             raise SlackSetupError(f"cannot reach Slack at {self.s.api_base_url} ({exc})") from None
         self.identity = f"{me.get('user')} in {me.get('team')}"
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="whodid-slack")
-        self.app = App(client=self.client, signing_secret=self.tokens["signing_secret"] or None,
-                       request_verification_enabled=self.s.mode == "http", token_verification_enabled=False,
-                       process_before_response=False, listener_executor=self.executor)
+        try:
+            # token_verification_enabled: Bolt asks auth.test now, at start; without it, its
+            # authorization middleware asks on the first request - before the listener's ack
+            self.app = App(client=self.client, signing_secret=self.tokens["signing_secret"] or None,
+                           request_verification_enabled=self.s.mode == "http", token_verification_enabled=True,
+                           process_before_response=False, listener_executor=self.executor)
+        except (BoltError, SlackClientError, OSError) as exc:
+            self.executor.shutdown(wait=False)
+            raise SlackSetupError(f"Slack did not confirm the bot token at start ({exc}); try again") from None
         self.app.command(self.s.command)(self.on_command)
         for name in blocks.ACTIONS:
             self.app.action(f"whodid.{name}")(self.on_action)
@@ -124,7 +136,8 @@ class Bot:
         return f"Slack bot {self.identity} listening on {self._server.url}"
 
     def stop(self) -> None:
-        """Stop taking questions; finish the answers being worked on."""
+        """Stop taking questions; finish the answers being worked on (without waiting out a 429)."""
+        self.stopping.set()
         if self._server is not None:
             self._server.close()
         self.executor.shutdown(wait=True)
@@ -159,7 +172,7 @@ class Bot:
         access, ack = self.access_after_ack(ack, respond, who)
         if self.refused(ack, access, who, "command", text, now):
             return
-        ack(text=f"Tracing `{blocks.escape(ask.pattern)}` over {blocks.escape(ask.window())}...")
+        ack(text=f"Tracing {blocks.code(ask.pattern)} over {blocks.escape(ask.window())}...")
         outcome = self.answer(View(ask), who[2], None, respond, access.private)
         self.record(now, *who, "command", text, outcome)
 
@@ -175,7 +188,9 @@ class Bot:
         ack(text=f"Reviewing changes from {blocks.escape(ask.window())}...")
         with self.tracer() as tracer:
             result = review(tracer, self.cfg.changes, ask.since, ask.until, host=ask.host, user=ask.user)
-        self.post_pages(changes_mod.render_blocks(result, self.value), who[2], respond, access.private)
+        pages = changes_mod.render_blocks(result, self.value, max_messages=PRIVATE_MESSAGES if access.private
+                                          else changes_mod.MAX_MESSAGES)
+        self.post_pages(pages, who[2], respond, access.private)
         self.record(now, *who, "changes", text, f"answered: {result.headline()}")
 
     def bad_question(self, ack, who: tuple, action: str, text: str, now: float, exc: AskError) -> None:
@@ -306,14 +321,22 @@ class Bot:
         no picture: Slack has no ephemeral files (its Open full trace link has the picture)."""
         from whodid.tracer.render.image import render_png
         now = time.time()
+        png = None
         if not private:
-            with RENDER:
-                png = render_png(tr, now)
             try:
+                with RENDER:
+                    png = render_png(tr, now)
+            except Exception as exc:             # a drawing bug must not cost the chain (or repost an alert)
+                self.log(f"could not draw the trace picture: {exc!r}")
+                self.post(channel, "(The picture could not be drawn; the chain follows as text, and whodid's log "
+                          "says why.)", None, thread, respond)
+        if png is not None:
+            try:
+                # the name, title and alt text are recorded data too: escaped like a message
                 self.client.files_upload_v2(channel=channel, thread_ts=thread, content=png,
-                                            filename=f"whodid-{tr.poi.host}-{tr.poi.pid}.png",
-                                            title=blocks.headline(tr, now)[:250],
-                                            alt_txt=f"How: {tr.summary}"[:1000])
+                                            filename=f"whodid-{_file_safe(tr.poi.host)}-{tr.poi.pid}.png",
+                                            title=blocks.escape(blocks.headline(tr, now))[:250],
+                                            alt_txt=blocks.escape(f"How: {tr.summary}")[:1000])
             except (SlackApiError, SlackClientError) as exc:
                 self.log(f"could not upload the trace picture: {_why(exc)}")
                 self.post(channel, f"(The picture could not be uploaded: {_why(exc)}. Missing the files:write "
@@ -344,6 +367,9 @@ class Bot:
             if respond is not None:
                 respond(text=f"{text}\n_(whodid could not post here: {error}.{hint})_", blocks=None,
                         response_type="ephemeral", replace_original=False)
+            return None
+        except (SlackClientError, OSError) as exc:        # Slack unreachable mid-answer: say so, go on
+            self.log(f"chat.postMessage to {channel} failed: {exc}")
             return None
 
     # --- helpers -------------------------------------------------------------------------
@@ -409,6 +435,11 @@ class Bot:
             self.log(f"cannot list channels to resolve slack.allowed_channels ({exc.response.get('error')}; the app "
                      f"needs channels:read): questions from {', '.join(sorted(names))} are refused; give channel IDs "
                      "(C0123...) instead")
+        except (SlackClientError, OSError) as exc:        # Slack unreachable: refuse, never guess
+            self.log(f"cannot reach Slack to resolve slack.allowed_channels ({exc}): questions from "
+                     f"{', '.join(sorted(names))} are refused until whodid serve is restarted; give channel IDs "
+                     "(C0123...) to need no lookup")
+            return frozenset(ids)
         for name in sorted(names - set(found)):
             self.log(f"slack.allowed_channels: no public channel named #{name}; questions from it are refused "
                      "(give a private channel by its ID)")
@@ -473,6 +504,33 @@ class _TracerSession:
         self.store.close()
 
 
+class _RateLimitWait(RateLimitErrorRetryHandler):
+    """The SDK's 429 handler, but its wait (Retry-After, at most MAX_RETRY_AFTER) ends when the
+    bot stops, and then no retry is made: the call fails as rate limited, an answer gives up on
+    Slack and a canary's message stays queued - `whodid serve` stops in seconds, not minutes."""
+
+    def __init__(self, stopping: threading.Event, max_retry_count: int = 5):
+        super().__init__(max_retry_count=max_retry_count)
+        self.stopping = stopping
+
+    def _can_retry(self, *, state, request, response=None, error=None) -> bool:
+        return not self.stopping.is_set() and super()._can_retry(state=state, request=request, response=response,
+                                                                  error=error)
+
+    def prepare_for_next_attempt(self, *, state, request, response=None, error=None) -> None:
+        if response is None:
+            raise error
+        value = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
+        try:
+            wait = float(value[0] if isinstance(value, list) else value)
+        except (TypeError, ValueError):
+            wait = 1.0
+        if self.stopping.wait(min(max(wait, 0.0), MAX_RETRY_AFTER) + random.random()):
+            return                                  # stopping: next_attempt_requested stays False
+        state.next_attempt_requested = True
+        state.increment_current_attempt()
+
+
 class _Late:
     """Stands in for `ack` once the request has been acked: says the same, ephemerally."""
 
@@ -487,6 +545,11 @@ class _Late:
 def _is_id(name: str) -> bool:
     """C0123ABC (public), G0123ABC (private), as opposed to a channel's name."""
     return name[:1] in "CG" and name.isupper() and name.isalnum()
+
+
+def _file_safe(name: str) -> str:
+    """A host name as part of a file name: letters, digits, dot, dash and underscore only."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "host"
 
 
 def _why(exc: Exception) -> str:

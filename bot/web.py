@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from whodid import config as config_mod
 from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refused
 from whodid.tracer import Query, Store, Target, Tracer
+from whodid.tracer.render.text import printable
 
 from .ask import Ask
 from .buttons import store_key
@@ -154,7 +155,7 @@ class _Handler(GuardedHandler):
         except Exception as exc:                     # a store that cannot be opened, a bug: say so
             self.site.log(f"trace page failed: {exc!r}")
             status, body, nonce = 500, _message("whodid could not draw this trace", str(exc)), ""
-        what = self.path.split("?", 1)[0]
+        what = printable(self.path.split("?", 1)[0])     # the client's words, before any link is checked
         self.site.log(f"{self.client_address[0]} GET {what} -> {status}")
         data = body.encode()
         self.send_response(status)

@@ -23,6 +23,7 @@ from typing import Any
 from websockets.sync.server import serve as ws_serve
 
 BOT_TOKEN, APP_TOKEN, SIGNING_SECRET = "xoxb-emulated", "xapp-emulated", "emulated-signing-secret"
+RESPONSE_URL_USES = 5
 
 
 @dataclass
@@ -50,6 +51,8 @@ class SlackEmulator:
         self.messages: list[Message] = []
         self.uploads: dict[str, dict[str, Any]] = {}
         self.responses: list[dict[str, Any]] = []             # what apps POSTed to response_urls
+        self.response_uses: dict[str, int] = {}                # response_url path -> times used
+        self.refused_responses: list[dict[str, Any]] = []     # posted past a response_url's uses
         self.acks: dict[str, dict] = {}                        # Socket Mode acks by envelope id
         self.failures: dict[str, list[tuple[int, int]]] = {}   # method -> [(status, retry_after)]
         self.delays: dict[str, float] = {}                     # method -> seconds before answering
@@ -92,7 +95,13 @@ class SlackEmulator:
 
     # --- what tests inspect ----------------------------------------------------------------
 
+    def fail_after(self, method: str, ok: int, status: int = 429, times: int = 1) -> None:
+        """The next `ok` calls of method go through, then `times` fail (as fail)."""
+        self.failures.setdefault(method, []).extend([(None, 0)] * ok + [(status, 1)] * times)
+
     def fail(self, method: str, status: int = 429, retry_after: int = 1, times: int = 1) -> None:
+        """The next `times` calls of method fail: with this HTTP status, or (status 0) by dropping
+        the connection without an answer, as a network fault would."""
         self.failures.setdefault(method, []).extend([(status, retry_after)] * times)
 
     def wait(self, predicate, timeout: float = 30.0, what: str = "it"):
@@ -202,6 +211,9 @@ class SlackEmulator:
     def api(self, method: str, params: dict[str, Any], token: str | None) -> tuple[int, dict, dict]:
         with self.changed:
             failures = self.failures.get(method)
+            if failures and failures[0][0] is None:       # fail_after: this call goes through
+                failures.pop(0)
+                failures = None
             if failures:
                 status, retry_after = failures.pop(0)
                 self.calls.append(Call(method, params, time.time(), status))
@@ -325,6 +337,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200 if fid in emu.uploads else 404, f"OK - {len(body)}".encode(), "text/plain", {})
         if path.startswith("/respond/"):
             with emu.changed:
+                # Slack takes a response_url up to five times (within 30 minutes), then refuses it
+                emu.response_uses[path] = uses = emu.response_uses.get(path, 0) + 1
+                if uses > RESPONSE_URL_USES:
+                    emu.refused_responses.append(json.loads(body or b"{}"))
+                    emu.changed.notify_all()
+                    return self._send(404, b"used_url", "text/plain", {})
                 emu.responses.append(json.loads(body or b"{}"))
                 emu.changed.notify_all()
             return self._send(200, b"ok", "text/plain", {})
@@ -339,6 +357,9 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else params.get("token")
         status, out, headers = emu.api(path[5:], params, token)
+        if status == 0:                      # fail(method, status=0): the connection drops, no answer
+            self.close_connection = True
+            return
         self._send(status, json.dumps(out).encode(), "application/json", headers)
 
     def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str]) -> None:

@@ -333,3 +333,184 @@ def test_an_alert_slack_would_not_take_is_retried_until_delivered_and_the_state_
             assert len(emu.top_level("C7")) == 1
         finally:
             bot.stop()
+
+
+def slack_canary_store(demo_db, tmp_path, monkeypatch):
+    """The demo store copied, no canary state, and the config of one Kubernetes canary alerting
+    in C7 through the Slack emulator: (db, cfg_of(emu, kube))."""
+    from kit import copy_store
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    db = str(tmp_path / "store.db")
+    copy_store(demo_db, db)
+    Store.open(db).db.execute("DELETE FROM canaries")
+
+    def cfg_of(emu, kube):
+        return config_mod.from_dict({
+            "identity": {"people": demo.story_people()},
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
+                          "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
+    return db, cfg_of
+
+
+def test_an_alert_still_undelivered_when_its_canary_recovers_is_delivered_and_says_so(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: Slack refuses the alert (the bot is not in the channel),
+    and the cluster comes back before anyone invites it. The run that sees the recovery must not
+    crash on the failure's start, which recovery wiped (it did: TypeError, every run, state never
+    saved); once the bot is invited, the alert is posted - saying it failed and has recovered,
+    not 'is failing: Cluster prod exists' - and the recovery follows in its thread."""
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = cfg_of(emu, kube)
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        state = lambda: Store.open(db).canary_state("prod-cluster")
+        try:
+            emu.not_in.add("C7")
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            kube.add(CLUSTER, "Cluster", "prod")                  # back before the alert got out
+            assert runner.run_one("prod-cluster")[1] == "recovered"
+            assert state()["status"] == "ok" and state()["undelivered"] == "alert,recovered"
+            runner.redeliver()                                    # still not invited: still waiting
+            assert state()["undelivered"] == "alert,recovered" and emu.top_level("C7") == []
+            assert runner.run_one("prod-cluster")[1] is None      # ok again: nothing new, nothing lost
+            emu.not_in.discard("C7")
+            runner.redeliver()
+            (alert,) = emu.top_level("C7")
+            said = alert.text + str(alert.blocks)
+            assert "failed" in said and "has recovered" in said and "prod exists" not in said and "is failing" not in said
+            assert "jim ran `aws eks delete-cluster --name prod`" in str(alert.blocks)    # the suspects still
+            assert [m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
+            assert state()["undelivered"] is None and state()["alert_ts"] == alert.ts
+        finally:
+            bot.stop()
+
+
+def test_a_canary_flapping_while_slack_refuses_gives_one_alert_and_nothing_stuck(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: the cluster flaps while the bot is not in the channel
+    (for days, say). Every message is made from the canary's state at delivery, so a backlog of
+    alert, recovered, alert, ... would post the same alert again and again (the channel flooded,
+    which REOPEN_WITHIN exists to prevent); one alert, then the newest news in its thread. And a
+    queued 'failing again' delivered after the recovery had no failure start to show: it raised
+    at every attempt, and the recovery queued behind it never went out."""
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = cfg_of(emu, kube)
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        state = lambda: Store.open(db).canary_state("prod-cluster")
+        try:
+            emu.not_in.add("C7")
+            for _ in range(6):                                    # down, up, down, up, ...
+                runner.run_one("prod-cluster")
+                kube.add(CLUSTER, "Cluster", "prod")
+                runner.run_one("prod-cluster")
+                kube.delete(CLUSTER)
+            emu.not_in.discard("C7")
+            runner.redeliver()
+            (alert,) = emu.top_level("C7")
+            assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 1
+            assert state()["undelivered"] is None
+            # the alert is out; Slack refuses again: failing again, then recovered, both queued
+            emu.not_in.add("C7")
+            assert runner.run_one("prod-cluster")[1] == "again"
+            kube.add(CLUSTER, "Cluster", "prod")
+            assert runner.run_one("prod-cluster")[1] == "recovered"
+            emu.not_in.discard("C7")
+            runner.redeliver()
+            assert state()["undelivered"] is None
+            assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 2
+            assert len(emu.top_level("C7")) == 1
+        finally:
+            bot.stop()
+
+
+def test_one_canarys_slow_delivery_does_not_hold_up_the_others(tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: a delivery can take long - Slack slow to answer (the
+    client waits 30 s), or a 429 whose Retry-After the client sleeps, five times over. It held
+    the runner's one lock, so every other canary's run waited to record its result (and to
+    alert) behind one canary's message. Each canary has its own lock now."""
+    import threading
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    db = str(tmp_path / "store.db")
+    with SlackEmulator() as emu:
+        cfg = config_mod.from_dict({
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "canaries": [{"name": "down", "every": "1m", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "command", "argv": ["false"]}},
+                         {"name": "fine", "every": "1m", "timeout": "2s", "channel": "C7",
+                          "check": {"type": "command", "argv": ["true"]}}]})
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        try:
+            emu.not_in.add("C7")
+            assert runner.run_one("down")[1] == "alert"          # queued: the bot is not in the channel
+            emu.not_in.discard("C7")
+            emu.delays["chat.postMessage"] = 15.0                # and now Slack is slow
+            before = len(emu.method_calls("chat.postMessage"))
+            slow = threading.Thread(target=runner.redeliver)
+            slow.start()
+            post = emu.wait(lambda: emu.method_calls("chat.postMessage")[before:], what="the slow post")[0]
+            result, action = runner.run_one("fine")
+            assert result.ok and post.done is None               # recorded while the other post hangs
+            assert Store.open(db).canary_state("fine")["last_run"] is not None
+            slow.join()
+        finally:
+            bot.stop()
+
+
+def test_an_alert_posted_is_not_posted_again_when_its_thread_cannot_be(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 9: the alert goes out, then the connection drops while its
+    thread (the top suspect's chain) is posted. That raised out of the delivery, so the alert
+    was queued as undelivered - and posted again 30 s later, a second alert for one failure
+    (every blip, another). The thread is the bot's best effort: logged, the alert delivered."""
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = cfg_of(emu, kube)
+        logs: list[str] = []
+        bot = Bot(cfg, db, log=logs.append)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=logs.append)
+        try:
+            emu.fail_after("chat.postMessage", ok=1, status=0, times=4)   # the alert, then the line drops
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            (alert,) = emu.top_level("C7")
+            st = Store.open(db).canary_state("prod-cluster")
+            assert st["undelivered"] is None and st["alert_ts"] == alert.ts
+            runner.redeliver()
+            assert len(emu.top_level("C7")) == 1
+            assert any("failed" in line and "C7" in line for line in logs), logs
+        finally:
+            bot.stop()
+
+
+def test_an_alert_whose_picture_cannot_be_drawn_is_posted_once_with_its_chain(demo_db, tmp_path, monkeypatch):
+    """Found attacking issue 16 item 8 (a command with `$\\frac{a$` made matplotlib raise): the
+    picture is drawn after the alert is posted, and a drawing that raised went up through the
+    delivery - the alert was queued as undelivered and posted again every 30 s, for as long as
+    that command was the top suspect. Whatever the drawing does, the alert is posted once and
+    its chain follows as text."""
+    from whodid.tracer.render import image
+
+    def broken(tr, now):
+        raise ValueError("a drawing that fails")
+    monkeypatch.setattr(image, "render_png", broken)
+    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = cfg_of(emu, kube)
+        bot = Bot(cfg, db, log=lambda m: None)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
+        try:
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            runner.redeliver()
+            (alert,) = emu.top_level("C7")
+            assert Store.open(db).canary_state("prod-cluster")["undelivered"] is None
+            thread = emu.thread("C7", alert.ts)
+            assert any("could not be drawn" in m.text for m in thread)
+            assert any("```" in str(m.blocks) for m in thread)        # the chain, as text
+        finally:
+            bot.stop()

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from .events import AUID_UNSET
 from .stitch import program_name
+from .trace import Target
 from .when import TimeError, parse_duration
 
 # Each (label, regex over the command line). A program may be named by path; the verb must be
@@ -340,6 +341,7 @@ class Change:
     how: str
     chain: str               # the trace's one-line summary
     verdict: Verdict
+    target: Target | None = None     # the exact exec or file change, for a button that shows it
 
     def key(self) -> tuple[str, str, str]:
         return self.person, self.host, self.subject
@@ -385,6 +387,7 @@ class Row:
     verdict: Verdict
     how: str
     chain: str
+    target: Target | None = None     # the latest change's exec or file change (what its Trace button pins)
 
 
 def rows(changes: list[Change]) -> list[Row]:
@@ -394,12 +397,13 @@ def rows(changes: list[Change]) -> list[Row]:
         key = (c.person, c.host, c.subject, c.verdict.planned, c.verdict.reason)
         r = out.get(key)
         if r is None:
-            out[key] = Row(c.person, c.host, c.subject, c.what, c.kind, 1, c.ts, c.ts, c.verdict, c.how, c.chain)
+            out[key] = Row(c.person, c.host, c.subject, c.what, c.kind, 1, c.ts, c.ts, c.verdict, c.how, c.chain,
+                           c.target)
         else:
             r.count += 1
             r.first, r.last = min(r.first, c.ts), max(r.last, c.ts)
             if c.ts >= r.last:
-                r.verdict, r.how, r.chain = c.verdict, c.how, c.chain
+                r.verdict, r.how, r.chain, r.target = c.verdict, c.how, c.chain, c.target
     return list(out.values())
 
 
@@ -497,7 +501,9 @@ def review(tracer, rules: Rules, since: float, until: float, host: str | None = 
         verdict = classify(ts, proc.host, who.user, who.account, who.host, who.login_time is not None, rules)
         changes.append(Change(ts=ts, host=proc.host, proc=proc.id, pid=proc.pid, what=what, subject=subject,
                               kind=kind, person=who.user, account=who.account, origin=who.host,
-                              by_login=who.login_time is not None, how=who.how, chain=chain, verdict=verdict))
+                              by_login=who.login_time is not None, how=who.how, chain=chain, verdict=verdict,
+                              target=tracer.target(proc, detail if what == "command" else None,
+                                                   detail if what == "file" else None)))
     return Review(since=since, until=until, host=host, user=user, changes=changes, configured=rules.configured,
                   truncated=truncated)
 

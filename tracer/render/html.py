@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
 from ..events import AUID_UNSET
@@ -26,11 +26,32 @@ from ..when import clock, iso
 from .image import BLACK, BUS_X, CHAIN_X, EDGE, FILL, GREY, HEADER, LABEL_H, LANE_W, LIGHT, LINK_COLOUR, MARGIN
 from .image import MATCH, PERSON, PRIV, SSH, _geometry, _row_tops
 from .layout import PRIVILEGE, Box, Layout, Link, layout
+from .text import printable
 
 S = 96.0                      # SVG units per inch of the PNG's geometry
 PT = S / 72                   # matplotlib sizes are in points
 DOTTED = "2.5 4"              # inferred links, as the PNG's ":" style
 HIT_W = 14                    # the invisible, wide stroke that makes thin links easy to hover
+
+
+
+def escape(text: str) -> str:
+    """Recorded data as HTML. HTML escaping stops markup, not a right-to-left override (which
+    makes a browser show `\u202etxt.exe` as `exe.txt`) nor a control character: those become
+    visible escapes first (printable), as in the terminal and in Slack."""
+    return _html_escape(printable(text))
+
+
+def _printable_data(obj):
+    """The page's script data with every string made printable (the script shows them as text)."""
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {_printable_data(k): _printable_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_printable_data(v) for v in obj]
+    return obj
+
 
 # ---------------------------------------------------------------------------------------
 # Facts for the details panel
@@ -258,7 +279,7 @@ def _list(id_: str, items: list[str]) -> str:
 
 def _script_json(obj) -> str:
     """JSON that cannot end its <script> element early: no <, > or & survive as themselves."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(_printable_data(obj), ensure_ascii=False, separators=(",", ":"))
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 

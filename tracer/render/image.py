@@ -57,23 +57,29 @@ def paint(lay: Layout) -> bytes:
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)            # y grows downwards, in inches
     ax.axis("off")
+
+    def put(*args, **kw):
+        # recorded data is drawn as text: matplotlib would read `$...$` in a command as
+        # mathematics (a malformed one raised, a well-formed one drew something else)
+        return ax.text(*args, parse_math=False, **kw)
+
     tops = _row_tops(lay)
     body_top, body_bottom = HEADER, tops[-1]
 
     # header: what, who, when
     chars = int((width - 2 * MARGIN) * 72 / (0.6 * 15))
     title = textwrap.shorten(lay.title, chars, placeholder="…")
-    ax.text(MARGIN, 0.22, title, fontsize=15, fontweight="bold", color=BLACK, family=SANS, va="top")
-    ax.text(MARGIN, 0.55, textwrap.shorten(lay.headline, chars, placeholder="…"), fontsize=13.5,
+    put(MARGIN, 0.22, title, fontsize=15, fontweight="bold", color=BLACK, family=SANS, va="top")
+    put(MARGIN, 0.55, textwrap.shorten(lay.headline, chars, placeholder="…"), fontsize=13.5,
             fontweight="bold", color=PERSON, family=SANS, va="top")
-    ax.text(MARGIN, 0.86, lay.subtitle, fontsize=9.5, color=GREY, family=SANS, va="top")
+    put(MARGIN, 0.86, lay.subtitle, fontsize=9.5, color=GREY, family=SANS, va="top")
 
     # lanes
     for i, host in enumerate(lay.lanes):
         x0 = MARGIN + i * LANE_W
         ax.add_patch(Rectangle((x0, body_top), LANE_W, body_bottom - body_top,
                                facecolor="#f7f7f7" if i % 2 == 0 else "white", edgecolor="#dddddd", lw=0.8))
-        ax.text(x0 + LANE_W / 2, body_top + 0.2, host, fontsize=11.5, fontweight="bold", color=BLACK,
+        put(x0 + LANE_W / 2, body_top + 0.2, host, fontsize=11.5, fontweight="bold", color=BLACK,
                 family=SANS, ha="center", va="center")
 
     by_id = {b.id: b for b in lay.boxes}
@@ -96,11 +102,11 @@ def paint(lay: Layout) -> bytes:
                                          lw=2.4, linestyle=style, shrinkA=0, shrinkB=1))
             mid = ((start[0] + end[0]) / 2, dy - LABEL_H / 2)
             if link.label:
-                ax.text(mid[0], mid[1] - 0.02, link.label, fontsize=9, color=SSH, fontweight="bold",
+                put(mid[0], mid[1] - 0.02, link.label, fontsize=9, color=SSH, fontweight="bold",
                         family=SANS, ha="center", va="center",
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
             if link.gap:
-                ax.text(start[0] + (0.1 if right else -0.1), sy + sh + 0.02, link.gap, fontsize=9.5,
+                put(start[0] + (0.1 if right else -0.1), sy + sh + 0.02, link.gap, fontsize=9.5,
                         style="italic", color=BLACK, family=SANS, ha="left" if right else "right", va="top")
             continue
         lane_x = MARGIN + dst_box.lane * LANE_W
@@ -112,7 +118,7 @@ def paint(lay: Layout) -> bytes:
             label_y = dy - LABEL_H / 2 - 0.04
             texts = [t for t in (link.label, link.gap) if t]
             if texts:
-                ax.text(x + 0.12, label_y, "  ·  ".join(texts), fontsize=9.5, family=SANS, va="center",
+                put(x + 0.12, label_y, "  ·  ".join(texts), fontsize=9.5, family=SANS, va="center",
                         color=PRIV if link.label else BLACK, fontweight="bold" if link.label else "normal",
                         style="normal" if link.label else "italic")
         else:
@@ -133,15 +139,15 @@ def paint(lay: Layout) -> bytes:
                                     lw={"poi": 2.8, "origin": 2.2}.get(b.role, 1.1),
                                     linestyle="--" if b.role == "collapsed" else "-", zorder=2))
         faded = b.role in ("context", "collapsed")
-        ax.text(x + 0.09, y + 0.16, b.title, fontsize=10.5 if not faded else 9.5, family=MONO,
+        put(x + 0.09, y + 0.16, b.title, fontsize=10.5 if not faded else 9.5, family=MONO,
                 fontweight="bold" if b.role == "poi" else "normal", color=GREY if faded else BLACK,
                 style="italic" if b.role == "collapsed" else "normal", va="center", zorder=4)
-        ax.text(x + 0.09, y + 0.35, b.meta, fontsize=8.5, family=SANS, color=GREY, va="center", zorder=4)
+        put(x + 0.09, y + 0.35, b.meta, fontsize=8.5, family=SANS, color=GREY, va="center", zorder=4)
         if b.role == "poi":
-            ax.text(x + w - 0.08, y + 0.35, "MATCHED", fontsize=8.5, family=SANS, fontweight="bold",
+            put(x + w - 0.08, y + 0.35, "MATCHED", fontsize=8.5, family=SANS, fontweight="bold",
                     color=MATCH, ha="right", va="center", zorder=4)
         if b.role == "origin":
-            ax.text(x, y - 0.06, lay.person, fontsize=10.5, fontweight="bold", color=PERSON,
+            put(x, y - 0.06, lay.person, fontsize=10.5, fontweight="bold", color=PERSON,
                     family=SANS, va="bottom", zorder=4)
 
     # legend and notes
@@ -159,7 +165,7 @@ def paint(lay: Layout) -> bytes:
     legend_rows = -(-len(handles) // ncol)
     note_y = legend_top + legend_rows * 0.22 + 0.1
     for note in lay.notes:
-        ax.text(MARGIN, note_y, note, fontsize=8.5, color=GREY, family=SANS, va="top", style="italic")
+        put(MARGIN, note_y, note, fontsize=8.5, color=GREY, family=SANS, va="top", style="italic")
         note_y += 0.2
 
     buf = io.BytesIO()
