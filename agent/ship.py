@@ -213,10 +213,17 @@ class Shipper:
         self.spool.arrived.set()
 
     def drain(self, deadline: float) -> None:
-        """On shutdown: ship what is in the spool while the collector answers, until deadline."""
-        while time.monotonic() < deadline:
-            if self.ship_once() != 0:
-                return
+        """On shutdown: ship what is in the spool while the collector answers, until deadline.
+        No request outlives the deadline by its timeout: a collector that does not answer
+        must not hold a stopping agent for the full request timeout."""
+        timeout = self.timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.timeout = min(timeout, max(left, 0.1))
+                if self.ship_once() != 0:
+                    return
+        finally:
+            self.timeout = timeout
 
 
 def _json(body: bytes) -> dict:

@@ -190,3 +190,63 @@ def test_a_damaged_spool_is_set_aside_and_capture_goes_on(collector, tmp_path, d
     assert len(aside) == 1 and f"set aside as {tmp_path / aside[0]}" in err, err
     assert Store.open(collector.store_path).search_commands(mark[1], glob=False, since=None, until=None,
                                                             host_glob=None, limit=1)
+
+
+# --- stopping while the collector hangs -------------------------------------------------------
+
+@pytest.fixture
+def hung_collector():
+    """A collector that accepts connections and never answers (hung, or behind a broken proxy)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_sigterm_with_a_hung_collector_stops_within_the_grace_and_keeps_the_spool(hung_collector, collector,
+                                                                                 tmp_path):
+    # The shipper's request to a collector that never answers held SIGTERM for its 30 s timeout,
+    # then the drain sent one more with the same timeout: a minute to stop, with capture already
+    # stopped, so a restart lost a minute of events. Stopping now takes the 5 s grace, and what
+    # was not delivered is shipped by the next start.
+    ready, spool = tmp_path / "ready", tmp_path / "spool.db"
+    env = {**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", hung_collector, "--host", "web-1",
+         "--auth-log", "none", "--mode", "netlink", "--spool", str(spool), "--ready-file", str(ready),
+         "--flush-interval", "0.2"], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert agent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)                                 # the first batch is in flight, unanswered
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(20)                           # the grace is 5 s; the request timeout 30 s
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    err = agent.stderr.read().decode()
+    assert code == 0 and "Traceback" not in err, err
+    assert "did not answer" in err and "whodid-agent: stopped" in err
+    waiting = sqlite3.connect(spool).execute("SELECT count(*) FROM events").fetchone()[0]
+    assert waiting > 0
+    # the next start ships them: nothing was lost
+    out = subprocess.run([sys.executable, "-m", "whodid.agent.cli", "forward", "--collector", collector.url,
+                          "--spool", str(spool)], env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    assert sqlite3.connect(spool).execute("SELECT count(*) FROM events").fetchone()[0] == 0
+    assert Store.open(collector.store_path).counts_by_host()["web-1"].get("exec", 0) + \
+        Store.open(collector.store_path).counts_by_host()["web-1"].get("fork", 0) > 0
