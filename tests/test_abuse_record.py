@@ -250,3 +250,153 @@ def test_sigterm_with_a_hung_collector_stops_within_the_grace_and_keeps_the_spoo
     assert sqlite3.connect(spool).execute("SELECT count(*) FROM events").fetchone()[0] == 0
     assert Store.open(collector.store_path).counts_by_host()["web-1"].get("exec", 0) + \
         Store.open(collector.store_path).counts_by_host()["web-1"].get("fork", 0) > 0
+
+
+# --- the collector: a full disk while a poison event is being isolated ---------------------------
+
+@pytest.mark.parametrize("room_kib", [40, 48, 64, 96, 128, 160, 200, 256, 320, 400])
+def test_a_disk_that_fills_while_a_poison_batch_is_isolated_loses_and_doubles_nothing(tmp_path, room_kib):
+    # The group holding a poison event fails and is written again batch by batch, each poison
+    # batch split in halves, every part its own transaction; here the disk fills somewhere in
+    # that (where depends on room_kib). The batches that failed are resent whole, as agents do.
+    # After that the store must equal one that never filled and never saw the poison, pass its
+    # checks, and hold the poison's refusal once.
+    from test_abuse_store import HOSTS, contents, story
+    from whodid.collector.writer import Writer
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        db = str(mnt / "c.db")
+        Store.open(db, create=True).close()
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        with open(mnt / "filler", "wb") as fh:
+            fh.write(b"\0" * max(0, free - room_kib * 1024))
+        batches = {h: story(h, 0, 40) for h in HOSTS}
+        poison = {**batches["web-2"][11], "pid": 2 ** 64}          # past validation, as a gap would let it
+        batches["web-2"].insert(11, poison)
+        writer = Writer(db)
+        lines = {h: list(range(1, len(evs) + 1)) for h, evs in batches.items()}
+        futures = {h: writer.submit(h, evs, T0, None, [], lines[h]) for h, evs in batches.items()}
+        writer.start()
+        try:
+            results = {}
+            for h, fut in futures.items():
+                try:
+                    results[h] = fut.result(60)
+                except Exception as exc:
+                    results[h] = exc
+            (mnt / "filler").unlink()                               # space freed
+            for h, res in results.items():
+                if isinstance(res, Exception):                      # the agent resends the batch whole
+                    results[h] = writer.submit(h, batches[h], T0, None, [], lines[h]).result(60)
+        finally:
+            writer.stop()
+        assert [(i, f) for i, f, _ in results["web-2"].refused] == [(11, "event")]
+        assert all(r.refused == [] for h, r in results.items() if h != "web-2")
+        store = Store.open(db)
+        assert store.check() == []
+        assert [(r["host"], r["line"]) for r in store.rejects()] == [("web-2", 12)]
+        store.close()
+        calm = Store.open(tmp_path / "calm.db", create=True)
+        for h in HOSTS:
+            calm.write([e for e in batches[h] if e is not poison])
+        calm.close()
+        assert contents(db) == contents(str(tmp_path / "calm.db"))
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# --- the collector killed mid-write ----------------------------------------------------------------
+
+def test_a_collector_killed_mid_group_commit_recovers_and_the_resent_batches_equal_a_calm_store(tmp_path):
+    # kill -9 while three hosts post at once (group commits under way), then a new collector on
+    # the same store: SQLite's write-ahead log drops the unfinished transaction, the new
+    # process's id caches start empty, and the agents resend what was not acknowledged.
+    from test_abuse_store import HOSTS, contents, lines, post, story
+    db, ready = str(tmp_path / "c.db"), tmp_path / "ready"
+    store = Store.open(db, create=True)
+    tokens = {h: store.add_agent(h) for h in HOSTS}
+    store.close()
+    batches = [(h, lines(story(h, part, 30))) for part in range(10) for h in HOSTS]
+    port = free_port()
+    env = {**os.environ, "WHODID_CONFIG": "/dev/null"}
+    serve = subprocess.Popen([sys.executable, "-m", "whodid.bot.cli", "serve", "--db", db, "--listen",
+                              f"127.0.0.1:{port}", "--ready-file", str(ready)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert serve.poll() is None and time.monotonic() < deadline, serve.stderr.read().decode()
+            time.sleep(0.05)
+        remote = SimpleNamespace(httpd=SimpleNamespace(server_address=("127.0.0.1", port)))
+        acked: set[int] = set()
+
+        def agent(host):
+            for n, (h, body) in enumerate(batches):
+                if h == host:
+                    try:
+                        if post(remote, body, tokens[h])[0] == 200:
+                            acked.add(n)
+                    except OSError:
+                        return
+        agents = [threading.Thread(target=agent, args=(h,)) for h in HOSTS]
+        for t in agents:
+            t.start()
+        while len(acked) < 6:                         # mid-stream, with batches in flight
+            time.sleep(0.005)
+        serve.kill()
+        for t in agents:
+            t.join(60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        serve.wait()
+    assert len(acked) < len(batches), "every batch went in before the kill"
+    from test_abuse_store import collector_on
+    again, _ = collector_on(db, hosts=())
+    try:
+        for n, (h, body) in enumerate(batches):       # what was not acknowledged, sent again
+            if n not in acked:
+                assert post(again, body, tokens[h])[0] == 200
+    finally:
+        again.stop()
+    calm, calm_tokens = collector_on(str(tmp_path / "calm.db"))
+    try:
+        for h, body in batches:
+            assert post(calm, body, calm_tokens[h])[0] == 200
+    finally:
+        calm.stop()
+    store = Store.open(db)
+    assert store.check() == []
+    store.close()
+    assert contents(db) == contents(str(tmp_path / "calm.db"))
+
+
+# --- /healthz while the writer is wedged ------------------------------------------------------------
+
+def test_healthz_says_failing_while_the_writer_is_wedged_and_ok_once_it_writes_again(collector):
+    # Another process holds the store's write lock (a long `whodid db vacuum`, a hung disk
+    # behaves alike): the writer waits inside a group commit, agents' requests time out, and
+    # /healthz answered 200 "ok" all along - it only looked at the last error and the thread.
+    from test_abuse_store import healthz, lines, post
+    collector.writer.stalled_after = 1.0                 # 90 s in service; the test need not wait that
+    other = sqlite3.connect(collector.store_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    answer = {}
+    sender = threading.Thread(target=lambda: answer.update(r=post(collector, lines([ev(1)]),
+                                                                  collector.tokens["web-1"])))
+    sender.start()
+    try:
+        deadline = time.monotonic() + 25                 # SQLite gives up its wait for the lock at 30 s
+        status, body = healthz(collector)
+        while status == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status, body = healthz(collector)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    sender.join(60)
+    assert status == 503 and any("writer has been on one write" in p for p in body["problems"]), body
+    assert answer["r"][0] == 200                         # the batch went in once the lock was free
+    assert healthz(collector)[0] == 200
