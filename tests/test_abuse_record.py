@@ -428,3 +428,65 @@ def test_events_from_a_host_whose_clock_was_set_back_survive_the_next_retention_
     conn.close()
     collector.writer.call(lambda store: store.prune(now - 30 * 86400, now)).result(60)
     assert stored_pids(collector.store_path) == [4242]
+
+
+# --- commands longer than the schema holds ----------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["netlink", "bpf"])
+def test_a_command_with_more_arguments_than_the_schema_holds_is_recorded_cut_not_refused(collector, tmp_path,
+                                                                                      mode):
+    # `xargs rm` with thousands of names, a JVM's 20 kB classpath, or padding on purpose: the
+    # agent read the whole argv from /proc (always in netlink mode, when the kernel could not in
+    # BPF mode, and for the processes running at start) and shipped it; the collector refused the
+    # event (more than 1024 arguments, or one longer than 8192 characters), so the command was
+    # nowhere in the store - anyone could hide a command from whodid by padding its arguments.
+    mark = f"pad-{mode}-{os.getpid()}"
+    spool, ready = tmp_path / "spool.db", tmp_path / "ready"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
+         "--auth-log", "none", "--mode", mode, "--spool", str(spool), "--ready-file", str(ready),
+         "--flush-interval", "0.2"],
+        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert agent.poll() is None and time.monotonic() < deadline, agent.stderr.read().decode()
+            time.sleep(0.05)
+        # a shell that stays while /proc is read; its extra arguments are $0, $1...
+        many = subprocess.Popen(["/bin/sh", "-c", "sleep 2; true", mark + "-many", *["1"] * 2000])
+        long = subprocess.Popen(["/bin/sh", "-c", "sleep 2; true", mark + "-long", "c" * 20_000])
+        many.wait(), long.wait()
+        found = {}
+        while time.monotonic() < deadline and len(found) < 2:
+            store = Store.open(collector.store_path)
+            for which in ("many", "long"):
+                hit = store.search_commands(f"{mark}-{which}", glob=False, since=None, until=None, host_glob=None,
+                                            limit=1)
+                if hit:
+                    found[which] = hit[0][1]
+            store.close()
+            time.sleep(0.2)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        err = agent.communicate(timeout=60)[1].decode()
+    assert set(found) == {"many", "long"}, err[-2000:]
+    assert found["many"].argv[:4] == ["/bin/sh", "-c", "sleep 2; true", mark + "-many"]
+    assert len(found["many"].argv) <= 1024
+    assert found["long"].argv[:4] == ["/bin/sh", "-c", "sleep 2; true", mark + "-long"]
+    assert all(len(a) <= 8192 for a in found["long"].argv)
+
+
+@pytest.mark.xfail(strict=True, reason="agent/audit.py ships auditd's whole argv; the one-line fix (fit_argv, as "
+                   "agent/assemble.py now does) contradicts test_audit.py::test_hex_encoded_and_split_arguments, "
+                   "which expects a 9000-character argument kept whole and untruncated - an event the store "
+                   "then refuses. Left for the lead: the existing test's expectation must change first")
+def test_import_audit_records_a_command_with_more_arguments_than_the_schema_holds(tmp_path):
+    from test_audit import execve
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(execve(10, 500, 1, ["rm", "-f", *[f"/srv/f{i}" for i in range(2000)]])) + "\n")
+    db = tmp_path / "s.db"
+    out = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "import-audit", str(log), "--host", "web-1",
+                          "--db", str(db)], capture_output=True, env={**os.environ, "WHODID_CONFIG": "/dev/null"})
+    assert out.returncode == 0, out.stderr.decode()
+    hits = Store.open(db).search_commands("/srv/f1", glob=False, since=None, until=None, host_glob=None, limit=1)
+    assert hits and hits[0][1].argv[:3] == ["rm", "-f", "/srv/f0"]
