@@ -8,7 +8,8 @@ one commit per flush interval the fsyncs cost little). The spool has a cap. When
 and every dropped event is counted: the count, and the time span it covered, go to the
 collector as a `loss` event, so traces crossing that span say they may be incomplete.
 What the collector refuses (an event, or a batch as a whole) moves to the `refused` table:
-kept for people to look at, never resent, never in the way of what follows.
+kept for people to look at, never resent, never in the way of what follows, and within a
+quarter of the cap (the newest kept).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def event_line(ev: dict[str, Any]) -> bytes:
         return _compact(ev).encode()
 
 POLICIES = ("drop-oldest", "drop-newest")
+# What the collector refused is kept for people in at most this fraction of the spool's cap
+# (on top of the cap), the newest kept.
+REFUSED_SHARE = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, line BLOB NOT NULL);
@@ -83,6 +87,8 @@ class Spool:
             raise self._cannot_open(exc) from None
         self.lock = threading.Lock()
         self.arrived = threading.Event()
+        self.refused_discarded = 0          # events set aside, then discarded for the newest
+        self._said_discarded = False
         self.dropped_total = 0
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
@@ -100,6 +106,7 @@ class Spool:
                 err = sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
                 err.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
                 raise err
+            self.refused_bytes = db.execute("SELECT coalesce(sum(length(line)), 0) FROM refused").fetchone()[0]
             return db, db.execute("SELECT coalesce(sum(length(line)), 0) FROM events").fetchone()[0]
         except BaseException:
             db.close()
@@ -256,7 +263,9 @@ class Spool:
                 n = self.db.execute("INSERT INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
                                     "WHERE seq <= ?", [time.time(), why, upto]).rowcount
                 freed = self._remove(upto)
+                refused_bytes = self._trim_refused(self.refused_bytes + freed)
             self.bytes -= freed
+            self.refused_bytes = refused_bytes
         return n
 
     def set_aside_some(self, upto: int, refused: dict[int, str]) -> int:
@@ -270,9 +279,36 @@ class Spool:
                         "INSERT OR REPLACE INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
                         "WHERE seq = ? AND seq <= ?",
                         [(time.time(), why, seq, upto) for seq, why in refused.items()]).rowcount
+                added = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM refused WHERE seq >= ? "
+                                        "AND seq <= ?", [min(refused, default=upto + 1), upto]).fetchone()[0]
                 freed = self._remove(upto)
+                refused_bytes = self._trim_refused(self.refused_bytes + added)
             self.bytes -= freed             # only once the deletion is committed
+            self.refused_bytes = refused_bytes
         return n
+
+    def _trim_refused(self, total: int) -> int:
+        """Keep the `refused` table within its share of the cap (REFUSED_SHARE): past it the
+        oldest events set aside go, said once. Without a bound, an agent whose every event is
+        refused (a host renamed after its token was made) filled its disk with them, and then
+        the spool took nothing. Inside the caller's transaction; returns the table's bytes."""
+        limit = self.max_bytes // REFUSED_SHARE
+        if total <= limit:
+            return total
+        freed, count, last = 0, 0, None
+        for seq, length in self.db.execute("SELECT seq, length(line) FROM refused ORDER BY seq"):
+            if total - freed <= limit:
+                break
+            freed, count, last = freed + length, count + 1, seq
+        if last is not None:
+            self.db.execute("DELETE FROM refused WHERE seq <= ?", [last])
+            self.refused_discarded += count
+            if not self._said_discarded:
+                self._said_discarded = True
+                print(f"whodid-agent: the spool's `refused` table of {self.path} reached its share of the cap "
+                      f"({limit} bytes): the oldest events set aside give way to the newest (said once; "
+                      "check why the collector refuses them)", file=sys.stderr, flush=True)
+        return total - freed
 
     def refused_count(self) -> int:
         """Events set aside so far (they stay until someone looks at them and clears the table)."""

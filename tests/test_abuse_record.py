@@ -320,7 +320,9 @@ def test_a_collector_killed_mid_group_commit_recovers_and_the_resent_batches_equ
     store.close()
     batches = [(h, lines(story(h, part, 30))) for part in range(10) for h in HOSTS]
     port = free_port()
-    env = {**os.environ, "WHODID_CONFIG": "/dev/null"}
+    config = tmp_path / "whodid.yaml"                # the collector alone: no Slack, no trace pages
+    config.write_text("slack:\n  mode: \"off\"\nweb:\n  listen: \"off\"\n")
+    env = {**os.environ, "WHODID_CONFIG": str(config)}
     serve = subprocess.Popen([sys.executable, "-m", "whodid.bot.cli", "serve", "--db", db, "--listen",
                               f"127.0.0.1:{port}", "--ready-file", str(ready)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -490,3 +492,25 @@ def test_import_audit_records_a_command_with_more_arguments_than_the_schema_hold
     assert out.returncode == 0, out.stderr.decode()
     hits = Store.open(db).search_commands("/srv/f1", glob=False, since=None, until=None, host_glob=None, limit=1)
     assert hits and hits[0][1].argv[:3] == ["rm", "-f", "/srv/f0"]
+
+
+# --- what is set aside has a bound too -------------------------------------------------------------
+
+def test_events_set_aside_count_against_the_spools_cap(collector, tmp_path):
+    # A host renamed after its token was made (or an agent given another host's token): the
+    # collector refuses every event ("this agent's token is for host ..."), and the shipper sets
+    # each aside in the spool's `refused` table - which counted against no cap, so the table grew
+    # at the capture rate until the disk was full and the spool stopped taking anything.
+    cap = 200_000
+    spool = Spool(tmp_path / "spool.db", max_bytes=cap, host="web-1", boot="b1")
+    shipper = Shipper(spool, collector.url, collector.tokens["web-2"], log=lambda m: None)
+    for round_ in range(20):                                 # ~1.3 MB of events, shipped as they come
+        spool.put([ev(round_ * 200 + i) for i in range(200)])
+        while shipper.ship_once() == 0:
+            pass
+    kept = spool.db.execute("SELECT coalesce(sum(length(line)), 0), count(*) FROM refused").fetchone()
+    assert spool.pending() == 0 and shipper.stats.set_aside == 4000
+    assert kept[0] <= cap, f"the refused table holds {kept[0]} bytes, past the spool's cap of {cap}"
+    assert kept[1] > 0                                       # the newest are kept for people to look at
+    newest = json.loads(spool.db.execute("SELECT line FROM refused ORDER BY seq DESC LIMIT 1").fetchone()[0])
+    assert newest["pid"] == 1000 + 3999
