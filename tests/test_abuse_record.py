@@ -514,3 +514,27 @@ def test_events_set_aside_count_against_the_spools_cap(collector, tmp_path):
     assert kept[1] > 0                                       # the newest are kept for people to look at
     newest = json.loads(spool.db.execute("SELECT line FROM refused ORDER BY seq DESC LIMIT 1").fetchone()[0])
     assert newest["pid"] == 1000 + 3999
+
+
+# --- the same batch twice at once --------------------------------------------------------------------
+
+def test_the_same_batch_sent_at_once_on_several_connections_is_stored_once(collector, tmp_path):
+    # An agent that timed out and resent while its first request was still being written, many
+    # times over: the copies land in one group commit or in consecutive ones. Facts are stored
+    # once; `new` is counted once in all.
+    from test_abuse_store import contents, lines, post, story
+    body = lines(story("web-1", 0, 40))
+    answers = []
+    senders = [threading.Thread(target=lambda: answers.append(post(collector, body, collector.tokens["web-1"])))
+               for _ in range(8)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(120)
+    assert [status for status, _ in answers] == [200] * 8
+    calm = Store.open(tmp_path / "calm.db", create=True)
+    first_new = calm.write(story("web-1", 0, 40))
+    calm.close()
+    assert sum(a["new"] for _, a in answers) == first_new
+    assert Store.open(collector.store_path).check() == []
+    assert contents(collector.store_path) == contents(str(tmp_path / "calm.db"))
