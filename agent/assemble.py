@@ -18,7 +18,7 @@ from typing import Any, Callable
 from . import decode as d
 from .procfs import TICK_NS, ProcFS
 from .redact import DEFAULT_RULES, redact
-from whodid.tracer.events import plain_ip
+from whodid.tracer.events import fit_argv, plain_ip
 
 AUID_UNSET = 4294967295
 PASSIVE_KEEP = 4096
@@ -136,9 +136,12 @@ class Assembler:
         if parent_start is not None:
             st.ppid, st.pstart = info.ppid, parent_start
         self.procs[info.pid] = st
-        ev = self._ev("exec", st.start, pid=info.pid, start=st.start, argv=redact(info.argv, self.rules)[0],
+        argv, cut = fit_argv(redact(info.argv, self.rules)[0])
+        ev = self._ev("exec", st.start, pid=info.pid, start=st.start, argv=argv,
                       exe=info.exe or info.argv[0], uid=st.uid, euid=st.euid, gid=st.gid, egid=st.egid,
                       comm=info.comm[:15], snapshot=True)
+        if cut:
+            ev["truncated"] = True
         self._fill(ev, st)
         return [self._names(ev)]
 
@@ -269,6 +272,8 @@ class Assembler:
                 self.counts["argv_unread"] += 1
         argv, hidden = redact(argv, self.rules)
         self.counts["redacted"] += hidden
+        argv, cut = fit_argv(argv)               # /proc's argv has no bound; the schema has
+        truncated = truncated or cut
         old_euid = st.euid
         ids = status[1:] if current else None
         if ids and ids[0] == h.uid:

@@ -158,10 +158,21 @@ def start_shipping(shipper, stop: threading.Event) -> threading.Thread:
 
 
 def stop_shipping(shipper, spool, stop: threading.Event, thread: threading.Thread, grace: float) -> None:
+    """Stop the shipper, ship what the spool holds while the collector answers, all within
+    grace seconds: a collector that accepts and never answers held a stop for its request
+    timeout twice over (a minute, with capture already stopped)."""
+    deadline = time.monotonic() + grace
     shipper.wake(stop)                  # an idle shipper stops now, not at its next poll
-    thread.join(60)
+    thread.join(grace)
+    if thread.is_alive():
+        # its request is in flight to a collector that does not answer: left behind. What it
+        # carries stays in the spool and goes at the next start (a resend stores nothing twice);
+        # the spool stays open under it, its commits are on disk already.
+        print(f"whodid-agent: the collector at {shipper.url} did not answer within {grace:g} s; the events in "
+              f"the spool {spool.path} will be shipped on the next start", file=sys.stderr)
+        return
     spool.report_drops()
-    shipper.drain(time.monotonic() + grace)
+    shipper.drain(deadline)
     left = spool.pending()
     if left:
         print(f"whodid-agent: {left} events stay in the spool {spool.path} and will be shipped on the next start",

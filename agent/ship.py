@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from .spool import Spool
+from .spool import Spool, SpoolError
 
 AGENT = "whodid-agent"
 
@@ -78,6 +78,14 @@ class Shipper:
     def ship_once(self) -> float | None:
         """Send the head of the spool. Returns None when there was nothing to send, 0 when a batch
         went (more may follow at once), or the seconds to wait before trying again."""
+        try:
+            return self._ship_once()
+        except SpoolError as exc:
+            # the spool cannot be read or written (its disk is full): what was sent stays in it
+            # and goes again later - the collector stores nothing twice - and shipping lives on
+            return self._retry("spool", str(exc))
+
+    def _ship_once(self) -> float | None:
         head = self.spool.peek(self.batch_events, self.batch_bytes)
         if not head:
             return None
@@ -147,7 +155,10 @@ class Shipper:
         self.stats.failures += 1
         self._attempt += 1
         if what != self._last_complaint:
-            waiting = self.spool.pending()
+            try:
+                waiting = self.spool.pending()
+            except SpoolError:
+                waiting = "an unknown number of"
             self.log(f"{complaint}; {waiting} events wait in the spool; retrying with backoff (at most "
                      f"{self.backoff_max:g} s between attempts)")
             self._last_complaint = what
@@ -202,10 +213,17 @@ class Shipper:
         self.spool.arrived.set()
 
     def drain(self, deadline: float) -> None:
-        """On shutdown: ship what is in the spool while the collector answers, until deadline."""
-        while time.monotonic() < deadline:
-            if self.ship_once() != 0:
-                return
+        """On shutdown: ship what is in the spool while the collector answers, until deadline.
+        No request outlives the deadline by its timeout: a collector that does not answer
+        must not hold a stopping agent for the full request timeout."""
+        timeout = self.timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.timeout = min(timeout, max(left, 0.1))
+                if self.ship_once() != 0:
+                    return
+        finally:
+            self.timeout = timeout
 
 
 def _json(body: bytes) -> dict:

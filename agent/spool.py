@@ -8,12 +8,15 @@ one commit per flush interval the fsyncs cost little). The spool has a cap. When
 and every dropped event is counted: the count, and the time span it covered, go to the
 collector as a `loss` event, so traces crossing that span say they may be incomplete.
 What the collector refuses (an event, or a batch as a whole) moves to the `refused` table:
-kept for people to look at, never resent, never in the way of what follows.
+kept for people to look at, never resent, never in the way of what follows, and within a
+quarter of the cap (the newest kept).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -41,6 +44,9 @@ def event_line(ev: dict[str, Any]) -> bytes:
         return _compact(ev).encode()
 
 POLICIES = ("drop-oldest", "drop-newest")
+# What the collector refused is kept for people in at most this fraction of the spool's cap
+# (on top of the cap), the newest kept.
+REFUSED_SHARE = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, line BLOB NOT NULL);
@@ -63,20 +69,64 @@ class Spool:
         self.path, self.max_bytes, self.policy = str(path), max_bytes, policy
         self.host, self.boot = host, boot
         try:
-            # private before SQLite opens it: its -wal and -shm take the file's mode
-            private.create_file(self.path)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = FULL")
-            self.db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            why = private.trouble(exc if isinstance(exc, OSError) else None, self.path)
-            raise SpoolError(f"{why + ': ' if why else ''}cannot open the spool {self.path}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
+            self.db, self.bytes = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise self._cannot_open(exc) from None
+            # A damaged spool would stop the agent at every start, capturing nothing: it is set
+            # aside, whatever it still holds kept for people, and capture goes on in a new one.
+            aside = self._set_aside_damaged()
+            print(f"whodid-agent: the spool {self.path} is damaged ({exc}); it is set aside as {aside} with the "
+                  f"events it held (`sqlite3 {aside} .recover` may save some) and a new spool is started",
+                  file=sys.stderr, flush=True)
+            try:
+                self.db, self.bytes = self._open()
+            except sqlite3.DatabaseError as exc2:
+                raise self._cannot_open(exc2) from None
+        except OSError as exc:
+            raise self._cannot_open(exc) from None
         self.lock = threading.Lock()
         self.arrived = threading.Event()
-        self.bytes = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM events").fetchone()[0]
+        self.refused_discarded = 0          # events set aside, then discarded for the newest
+        self._said_discarded = False
         self.dropped_total = 0
+
+    def _open(self) -> tuple[sqlite3.Connection, int]:
+        """(connection, bytes of events held). Reads every page once (quick_check), so damage is
+        found here, where the spool can be set aside, not later in the middle of shipping."""
+        # private before SQLite opens it: its -wal and -shm take the file's mode
+        private.create_file(self.path)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.executescript(SCHEMA)
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(1)") if r[0] != "ok"]
+            if problems:
+                err = sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
+                err.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+                raise err
+            self.refused_bytes = db.execute("SELECT coalesce(sum(length(line)), 0) FROM refused").fetchone()[0]
+            return db, db.execute("SELECT coalesce(sum(length(line)), 0) FROM events").fetchone()[0]
+        except BaseException:
+            db.close()
+            raise
+
+    def _cannot_open(self, exc: BaseException) -> SpoolError:
+        why = private.trouble(exc if isinstance(exc, OSError) else None, self.path)
+        return SpoolError(f"{why + ': ' if why else ''}cannot open the spool {self.path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}")
+
+    def _set_aside_damaged(self) -> str:
+        """Move the damaged spool (and its write-ahead log) to PATH.damaged-STAMP; its -shm is
+        only an index of the log, remade by SQLite."""
+        aside = f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        os.replace(self.path, aside)
+        if os.path.exists(self.path + "-wal"):
+            os.replace(self.path + "-wal", aside + "-wal")
+        if os.path.exists(self.path + "-shm"):
+            os.unlink(self.path + "-shm")
+        return aside
 
     # --- capture side --------------------------------------------------------------------
 
@@ -87,13 +137,15 @@ class Spool:
         rows = [(_when(ev), event_line(ev)) for ev in events]
         with self.lock:
             size = sum(len(r[1]) for r in rows)
+            held = self.bytes               # _make_room counts what it deletes; a rollback undoes that
             try:
                 with _tx(self.db):
                     if self.bytes + size > self.max_bytes:
                         rows, size = self._make_room(rows, size)
                     self.db.executemany("INSERT INTO events (ts, line) VALUES (?, ?)", rows)
                 self.bytes += size
-            except sqlite3.OperationalError as exc:          # disk full, I/O error
+            except sqlite3.DatabaseError as exc:             # disk full, I/O error, damage found
+                self.bytes = held
                 self._count_drop(len(rows), rows[0][0], rows[-1][0], f"spool not writable: {exc}")
                 return 0
         if rows:
@@ -150,7 +202,7 @@ class Spool:
                 "INSERT INTO dropped (id, count, since, until, why) VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO "
                 "UPDATE SET count = count + excluded.count, since = min(since, excluded.since), "
                 "until = max(until, excluded.until)", [count, since, until, why])
-        except sqlite3.OperationalError:
+        except sqlite3.DatabaseError:
             pass                  # the disk is full: the in-memory total still reaches the log
         print(f"whodid-agent: dropped {count} events: {why}", flush=True, file=sys.stderr)
 
@@ -159,7 +211,10 @@ class Spool:
         if not self.host:
             return                  # forwarding others' events: no host of our own to report for
         with self.lock:
-            row = self.db.execute("SELECT count, since, until, why FROM dropped").fetchone()
+            try:
+                row = self.db.execute("SELECT count, since, until, why FROM dropped").fetchone()
+            except sqlite3.DatabaseError:
+                return              # damaged: the shipper says so (peek); the drops were logged
             if not row:
                 return
             count, since, until, why = row
@@ -173,7 +228,7 @@ class Spool:
                     self.db.execute("INSERT INTO events (ts, line) VALUES (?, ?)", [loss["ts"], line])
                     self.db.execute("DELETE FROM dropped")
                 self.bytes += len(line)
-            except sqlite3.OperationalError:
+            except sqlite3.DatabaseError:
                 return
         self.arrived.set()
 
@@ -187,7 +242,7 @@ class Spool:
     def peek(self, max_events: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """The oldest events not yet acknowledged, as (seq, line), within the budget (one at least)."""
         rows, size = [], 0
-        with self.lock:
+        with self.lock, self._failing("read the events to ship from"):
             for seq, line in self.db.execute("SELECT seq, line FROM events ORDER BY seq LIMIT ?", [max_events]):
                 if rows and size + len(line) > max_bytes:
                     break
@@ -196,25 +251,27 @@ class Spool:
         return rows
 
     def ack(self, upto: int) -> None:
-        with self.lock:
+        with self.lock, self._failing("record what the collector acknowledged in"):
             with _tx(self.db):
                 freed = self._remove(upto)
             self.bytes -= freed             # only once the deletion is committed
 
     def set_aside(self, upto: int, why: str) -> int:
         """Move events up to seq out of the shipping queue into `refused`, keeping them."""
-        with self.lock:
+        with self.lock, self._failing("set refused events aside in"):
             with _tx(self.db):
                 n = self.db.execute("INSERT INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
                                     "WHERE seq <= ?", [time.time(), why, upto]).rowcount
                 freed = self._remove(upto)
+                refused_bytes = self._trim_refused(self.refused_bytes + freed)
             self.bytes -= freed
+            self.refused_bytes = refused_bytes
         return n
 
     def set_aside_some(self, upto: int, refused: dict[int, str]) -> int:
         """Acknowledge the events up to seq, but keep those named in `refused` (seq -> why) in
         the `refused` table, in one transaction. Returns how many were set aside."""
-        with self.lock:
+        with self.lock, self._failing("record what the collector acknowledged in"):
             with _tx(self.db):
                 n = 0
                 if refused:
@@ -222,9 +279,36 @@ class Spool:
                         "INSERT OR REPLACE INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
                         "WHERE seq = ? AND seq <= ?",
                         [(time.time(), why, seq, upto) for seq, why in refused.items()]).rowcount
+                added = self.db.execute("SELECT coalesce(sum(length(line)), 0) FROM refused WHERE seq >= ? "
+                                        "AND seq <= ?", [min(refused, default=upto + 1), upto]).fetchone()[0]
                 freed = self._remove(upto)
+                refused_bytes = self._trim_refused(self.refused_bytes + added)
             self.bytes -= freed             # only once the deletion is committed
+            self.refused_bytes = refused_bytes
         return n
+
+    def _trim_refused(self, total: int) -> int:
+        """Keep the `refused` table within its share of the cap (REFUSED_SHARE): past it the
+        oldest events set aside go, said once. Without a bound, an agent whose every event is
+        refused (a host renamed after its token was made) filled its disk with them, and then
+        the spool took nothing. Inside the caller's transaction; returns the table's bytes."""
+        limit = self.max_bytes // REFUSED_SHARE
+        if total <= limit:
+            return total
+        freed, count, last = 0, 0, None
+        for seq, length in self.db.execute("SELECT seq, length(line) FROM refused ORDER BY seq"):
+            if total - freed <= limit:
+                break
+            freed, count, last = freed + length, count + 1, seq
+        if last is not None:
+            self.db.execute("DELETE FROM refused WHERE seq <= ?", [last])
+            self.refused_discarded += count
+            if not self._said_discarded:
+                self._said_discarded = True
+                print(f"whodid-agent: the spool's `refused` table of {self.path} reached its share of the cap "
+                      f"({limit} bytes): the oldest events set aside give way to the newest (said once; "
+                      "check why the collector refuses them)", file=sys.stderr, flush=True)
+        return total - freed
 
     def refused_count(self) -> int:
         """Events set aside so far (they stay until someone looks at them and clears the table)."""
@@ -238,13 +322,32 @@ class Spool:
         self.db.execute("DELETE FROM events WHERE seq <= ?", [upto])
         return freed
 
+    @contextlib.contextmanager
+    def _failing(self, what: str):
+        """SQLite's errors on the shipping side as a SpoolError for a person: the shipper says
+        it and tries again later, rather than its thread dying while capture fills a spool no
+        one ships. Nothing is lost: what was not acknowledged stays and is sent again (a resend
+        stores nothing twice)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            why = private.trouble(None, self.path) or ("damaged" if _damaged(exc) else None)
+            raise SpoolError(f"{why + ': ' if why else ''}cannot {what} the spool {self.path} ({exc}); "
+                             "its events stay in it and are sent again once it can be written") from None
+
     def pending(self) -> int:
-        with self.lock:
+        with self.lock, self._failing("count the events in"):
             return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
 
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def _damaged(exc: BaseException) -> bool:
+    """Is this SQLite's word for a file that is not (or no longer) a sound database?"""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _when(ev: dict[str, Any]) -> float:

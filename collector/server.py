@@ -215,6 +215,10 @@ class _Handler(GuardedHandler):
             problems.append("the writer thread has stopped")
         if c.writer.error:
             problems.append(f"the last write failed: {c.writer.error}")
+        stalled = c.writer.stalled()
+        if stalled is not None:
+            problems.append(f"the writer has been on one write for {stalled:.0f} s (a hung disk?); "
+                            f"{c.writer.queue.qsize()} batches wait")
         checks = {}
         for name, check in list(c.checks.items()):
             try:

@@ -28,6 +28,9 @@ from whodid.tracer.ingest import event_fault, write_isolating
 from whodid.tracer.store import Store
 
 GROUP = 64               # batches written in one transaction at most
+# A group of batches taking longer than this to write is a wedged writer, said on /healthz
+# (a hung disk, a lock another process holds): agents see nothing but timeouts meanwhile.
+STALLED_AFTER = 90.0
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Writer:
         self.thread = threading.Thread(target=self._run, name="whodid-writer", daemon=True)
         self.error: str | None = None           # the last failure, for /healthz
         self.written = 0
+        self.busy_since: float | None = None    # time.monotonic() when the current round began
+        self.stalled_after = STALLED_AFTER
 
     def start(self) -> "Writer":
         self.thread.start()
@@ -56,6 +61,12 @@ class Writer:
     @property
     def alive(self) -> bool:
         return self.thread.is_alive()
+
+    def stalled(self) -> float | None:
+        """Seconds the current round has taken, when that is longer than stalled_after."""
+        since = self.busy_since
+        took = time.monotonic() - since if since is not None else 0.0
+        return took if took > self.stalled_after else None
 
     def submit(self, host: str, events: list[dict[str, Any]], at: float, clock, refused,
                lines: list[int] | None = None) -> Future:
@@ -101,7 +112,12 @@ class Writer:
                 except Exception as exc:        # reported to whoever asked
                     fut.set_exception(exc)
             if batches:
+                # only writing batches is timed: a long maintenance call (a prune of a big
+                # store) is expected, and a probe that restarted the collector for it would
+                # see the prune never finish
+                self.busy_since = time.monotonic()
                 self._write(batches)
+                self.busy_since = None
 
     def _write(self, batches) -> None:
         jobs = [job for (_, job), _ in batches]

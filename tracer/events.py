@@ -167,6 +167,16 @@ def _text(field: str, value: str) -> str:
     return value
 
 
+def fit_argv(argv: list[str]) -> tuple[list[str], bool]:
+    """argv within the schema's limits, as a producer must send it - at most MAX_ARGV arguments
+    of at most MAX_STR characters - and whether anything was cut (the event's `truncated`).
+    A command too long for the schema still ran: cut, it is stored; whole, every consumer
+    refuses it, and padding a command's arguments would hide it from whodid."""
+    if len(argv) <= MAX_ARGV and all(len(a) <= MAX_STR for a in argv):
+        return argv, False
+    return [a[:MAX_STR] for a in argv[:MAX_ARGV]], True
+
+
 def normalise_addr(field: str, value: Any) -> str:
     """IPv4-mapped IPv6 addresses become plain IPv4, so both sides of a hop compare equal."""
     if not isinstance(value, str):
