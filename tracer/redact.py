@@ -43,14 +43,20 @@ MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck m
 PSQL = frozenset("psql pg_dump pg_dumpall pg_restore pg_basebackup createdb dropdb createuser dropuser vacuumdb "
                  "reindexdb clusterdb pgbench".split())
 MONGO = frozenset("mongo mongosh mongodump mongorestore mongoexport mongoimport mongostat mongotop".split())
-LOGIN = frozenset("docker podman nerdctl buildah skopeo helm oras crane az vault".split())
+LOGIN = frozenset("docker podman nerdctl buildah skopeo helm oras crane az vault oc".split())
 SSH_VALUE_OPTIONS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
 SHELLS = frozenset("sh bash dash zsh ksh ash mksh busybox su runuser flock script".split())   # -c SCRIPT
 LDAP = frozenset("ldapsearch ldapadd ldapmodify ldapdelete ldapmodrdn ldappasswd ldapwhoami ldapcompare".split())
-SMB = frozenset("smbclient rpcclient smbcacls smbget net".split())
-TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | frozenset(
+SMB = frozenset("smbclient rpcclient smbcacls smbget net winexe".split())
+SNMP = frozenset("snmpwalk snmpbulkwalk snmpget snmpgetnext snmpbulkget snmpset snmptable snmpdelta snmpstatus "
+                 "snmpdf snmptrap snmpinform snmptest snmptranslate snmpusm snmpvacm".split())   # -A -X -c
+# user/password@db as an argument (sqlplus scott/tiger@orcl, rman target sys/pw@db)
+ORACLE = frozenset("sqlplus sqlldr expdp impdp exp imp rman dgmgrl".split())
+MOSQUITTO = frozenset("mosquitto_pub mosquitto_sub mosquitto_rr".split())
+TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | SNMP | ORACLE | MOSQUITTO | frozenset(
     "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
-    "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp".split()))
+    "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp ipmitool racadm cqlsh "
+    "rabbitmqadmin lftp etcdctl isql iusql wpa_passphrase rclone neo4j-admin neo4j".split()))
 # interpreters whose -c/-e CODE is redacted as text (its strings may be argvs and scripts)
 INTERPRETERS = frozenset("python python2 python3 perl ruby node nodejs php lua".split()) | frozenset(
     f"python3.{minor}" for minor in range(6, 15))
@@ -59,11 +65,20 @@ CODE_OPTION = {"perl": "eE", "ruby": "e", "node": "ep", "nodejs": "ep", "php": "
 # the argument after these options is a secret, per tool
 SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
                  "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",), "zip": ("-P",), "unzip": ("-P",),
-                 "sqlcmd": ("-P",), "bcp": ("-P",), "useradd": ("-p",), "usermod": ("-p",)}
+                 "sqlcmd": ("-P",), "bcp": ("-P",), "useradd": ("-p",), "usermod": ("-p",),
+                 **{t: ("-A", "-X", "-c") for t in SNMP}, **{t: ("-P",) for t in MOSQUITTO},
+                 "ipmitool": ("-P",), "racadm": ("-p",), "cqlsh": ("-p",), "rabbitmqadmin": ("-p",)}
 # ... and these take it attached too (getopt-style): sshpass -pX, ldapsearch -wX, 7z -pX
-ATTACHED_OPTION = {**{t: "-w" for t in LDAP}, "sshpass": "-p", "7z": "-p", "7za": "-p", "7zr": "-p"}
+ATTACHED_OPTION = {**{t: ("-w",) for t in LDAP}, **{t: ("-A", "-X", "-c") for t in SNMP}, "sshpass": ("-p",),
+                   "7z": ("-p",), "7za": ("-p",), "7zr": ("-p",), "ipmitool": ("-P",), "sqlcmd": ("-P",),
+                   "bcp": ("-P",)}
 USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a", "--auth"),
-                    "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth")}
+                    "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth"),
+                    "etcdctl": ("--user",)}
+# user:password for any tool (skopeo copy --src-creds, podman pull --creds, buildah --creds)
+CREDS_OPTION = frozenset(("--creds", "--src-creds", "--dest-creds"))
+ORACLE_LOGIN = re.compile(r"^((?:userid=|target=|catalog=|auxiliary=)?[A-Za-z_][\w$#]*/)([^@\s]+)(@.*)?$", re.I | re.S)
+COOKIE_VALUE = re.compile(r"(=)[^;]+")
 # Words that, found in a command line, send it to the rules: the rules' own shapes, secret
 # names, the tools above, an attached `-pX`. Searched in the lowercased argv joined by
 # newlines, quotes made spaces (`sh -c '"http" -a u:pw'` is `http -a u:pw`). Nearly every
@@ -76,6 +91,9 @@ TRIGGERS = (
     "hvb.", "hvr.", "k_live_", "k_test_", "eyj", "-----begin", "hooks.slack", "mysql", "maria", "redis-cli", "curl",
     "login", "openssl", "smbclient", "rpcclient", "ldap", "mongo", "rabbitmq", "sqlcmd", "bcp", "useradd", "usermod",
     "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n",
+    "cred", "snmp", "ipmitool", "racadm", "cqlsh", "mosquitto", "lftp", "etcdctl", "sqlplus", "sqlldr", "expdp",
+    "impdp", "rman", "dgmgrl", "\nexp\n", "/exp\n", "\nimp\n", "/imp\n", "isql", "wpa_", "rclone", "neo4j", "vault",
+    "config\nset\n", "discord", "sig=", "signature=", "sg.", "winexe",
     "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "/http ", "\nnet\n", "/net\n",
 )
 # (literal start, regex tail): shapes that are more than a word
@@ -216,6 +234,18 @@ def _script(script: str, rules: tuple[Rule, ...], depth: int) -> str:
     return shellwords.apply(script, edits)
 
 
+FLAG = re.compile(r"-{1,2}[\w.\[\]-]+")      # a flag's name: not -H'Authorization: ...', whose value is attached
+
+
+def _config_set(positionals: list[str], arg: str) -> bool:
+    """`TOOL config set NAME VALUE` (npm, yarn, pnpm, kubectl, git-like CLIs), arg being VALUE
+    and NAME naming a secret."""
+    for j in range(len(positionals) - 3):
+        if positionals[j] in ("config", "configure") and positionals[j + 1] == "set":
+            return len(positionals) == j + 4 and positionals[-1] == arg and secret_name(positionals[j + 2])
+    return False
+
+
 def _mask_after(value: str, sep: str) -> str:
     """user:pw -> user:***, DOMAIN\\user%pw -> DOMAIN\\user%***; nothing after sep: unchanged."""
     head, found, tail = value.partition(sep)
@@ -305,6 +335,36 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - curl -u user:pw
         elif tool in USER_PASS_OPTION and arg[:2] in USER_PASS_OPTION[tool] and len(arg) > 2:
             new = arg[:2] + _mask_after(arg[2:], ":")
+        elif tool in USER_PASS_OPTION and arg.partition("=")[0] in USER_PASS_OPTION[tool] and "=" in arg:
+            new = _mask_after(arg, ":")                        # etcdctl --user=root:pw
+        elif arg in CREDS_OPTION and nxt is not None:
+            mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - skopeo --src-creds user:pw
+        elif arg.partition("=")[0] in CREDS_OPTION:
+            new = _mask_after(arg, ":")
+        elif tool == "lftp" and arg == "-u" and nxt is not None:
+            mask_next = lambda v: _mask_after(v, ",")          # noqa: E731 - lftp -u user,pw
+        elif tool == "curl" and arg in ("-b", "--cookie") and nxt is not None and "=" in nxt:
+            mask_next = lambda v: COOKIE_VALUE.sub(rf"\g<1>{MASK}", v)   # noqa: E731 - a session is a login
+        elif tool == "curl" and arg.startswith("-b") and "=" in arg:
+            new = "-b" + COOKIE_VALUE.sub(rf"\g<1>{MASK}", arg[2:])
+        elif tool in ORACLE and not arg.startswith(("-", "@")) and ORACLE_LOGIN.match(arg):
+            new = ORACLE_LOGIN.sub(rf"\g<1>{MASK}\g<3>", arg)    # sqlplus scott/tiger@orcl; `/ as sysdba` has none
+        elif tool in ("isql", "iusql") and len(positionals) == 3 and positionals[2] == arg:
+            new = MASK                                         # isql DSN USER PASSWORD
+        elif tool == "wpa_passphrase" and len(positionals) == 2 and positionals[1] == arg:
+            new = MASK                                         # wpa_passphrase SSID PASSPHRASE
+        elif tool in ("neo4j-admin", "neo4j") and positionals[-2:] == ["set-initial-password", arg]:
+            new = MASK
+        elif tool == "vault" and positionals[:2] in (["kv", "put"], ["kv", "patch"]) and "=" in arg \
+                and not arg.startswith("-") and arg.partition("=")[2][:1] not in ("@", "-", ""):
+            new = arg.partition("=")[0] + "=" + MASK           # whatever is put in a vault is secret
+        elif tool == "rclone" and positionals[:2] in (["config", "create"], ["config", "update"]) \
+                and positionals[-1:] == [arg] and (len(positionals) - (4 if positionals[1] == "create" else 3)) % 2 == 0 \
+                and len(positionals) > 4 and secret_name(positionals[-2]):
+            new = MASK                                         # rclone config create NAME TYPE KEY VALUE...
+        elif tool in LOGIN and "login" in positionals and arg.startswith("-p") and not arg.startswith("--") \
+                and len(arg) > 2:
+            new = "-p=" + MASK if arg.startswith("-p=") else "-p" + MASK     # docker login -pX / -p=X (pflag)
         elif tool in SMB and arg in ("-U", "--user") and nxt is not None:
             mask_next = lambda v: _mask_after(v, "%")          # noqa: E731
         elif tool in SMB and (arg.startswith("-U") or arg.startswith("--user=")):
@@ -331,8 +391,10 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         elif tool == "rabbitmqctl" and positionals[:1] in (["add_user"], ["change_password"]) \
                 and len(positionals) == 3 and positionals[2] == arg:
             new = MASK
+        elif "config" in positionals and _config_set(positionals, arg):
+            new = new if new != arg or MASK in arg else MASK   # npm/yarn/kubectl config set NAME VALUE
         elif arg.startswith("-") and "=" not in arg and nxt is not None and not nxt.startswith("-") \
-                and secret_name(arg) and arg != "-":
+                and secret_name(arg) and arg != "-" and FLAG.fullmatch(arg):
             mask_next = _pass_arg                              # --password X, --token X, -passin pass:X
         out[i] = new
         if mask_next is not None:

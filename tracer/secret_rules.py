@@ -19,7 +19,7 @@ SECRET_NAME = re.compile(
     r"password|passwd|passphrase|passcode|secret|token(?!s|i[sz])|credential|bearer|api[-_.]?key"
     r"|(?:access|private|account|master|encryption|signing|client|app|license|shared)[-_.]?key"
     r"|storepass|keypass|sshpass|passin|passout|auth(?!or(?!i[sz])|enticat)"
-    r"|(?<![a-z0-9])(?:pass|pw|pwd)(?![a-z0-9])", re.I)
+    r"|(?<![a-z0-9])(?:pass|pw|pwd|creds|sig)(?![a-z0-9])|(?:amz|goog)-signature", re.I)
 # ... and names that mention a secret but hold something else: a switch, a path, a policy
 NOT_SECRET_NAME = re.compile(
     r"^-*(?:no|ask|prompt|skip|show|require|disable|enable|allow|reset|forgot)[-_.]"
@@ -83,7 +83,7 @@ def _header(m: re.Match) -> str:
 # a URL scheme, where one can start (bounded: a long run of a.b.c. must not be scanned again
 # from every dot)
 SCHEME = r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://"
-HEADER = (r"(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|api-key"
+HEADER = (r"(?:(?<=^-H)|(?<!/)\b)(?:(?:proxy-)?authorization|cookie|private-token|api-key"
           r"|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64})")
 
 DEFAULT_RULES = (
@@ -99,7 +99,9 @@ DEFAULT_RULES = (
     # tokens by shape: the prefix that says what kind stays
     Rule("aws access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), f"\\g<1>{MASK}"),
     Rule("slack token", re.compile(r"\bxox[abposre]-[0-9A-Za-z-]{10,}"), f"xox{MASK}"),
-    Rule("slack webhook", re.compile(r"(hooks\.slack\.com/services/)[\w/]+"), rf"\g<1>{MASK}"),
+    Rule("slack webhook", re.compile(r"(hooks\.slack\.com/(?:services|workflows|triggers)/)[\w/]+"), rf"\g<1>{MASK}"),
+    Rule("discord webhook", re.compile(r"(discord(?:app)?\.com/api/webhooks/\d+/)[\w-]+"), rf"\g<1>{MASK}"),
+    Rule("sendgrid key", re.compile(r"\b(SG\.)[\w-]{16,32}\.[\w-]{16,64}"), rf"\g<1>{MASK}"),
     Rule("github token", re.compile(r"\b(gh[pousr]_[0-9A-Za-z]{20,}|github_pat_[0-9A-Za-z_]{20,})"), f"gh_{MASK}"),
     Rule("gitlab token", re.compile(r"\b(glpat-|glrt-|gldt-)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
     Rule("google api key", re.compile(r"\b(AIza)[0-9A-Za-z_-]{35}"), rf"\g<1>{MASK}"),
@@ -114,6 +116,11 @@ DEFAULT_RULES = (
     # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
     Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)\s*(?:=\s*)?')(?:[^']|'')+(')",
                                     re.I), rf"\g<1>{MASK}\g<2>"),
+    # ... IDENTIFIED BY in MySQL's double quotes, and SET PASSWORD FOR 'u'@'h' = '...'
+    Rule("sql password quoted", re.compile(r'(\bIDENTIFIED\s+(?:WITH\s+\w+\s+)?BY\s*")(?:[^"]|"")+(")',
+                                           re.I), rf"\g<1>{MASK}\g<2>"),
+    Rule("sql set password", re.compile(r"(\bSET\s+PASSWORD\s+FOR\s+\S+?\s*=\s*(?:PASSWORD\s*\(\s*)?')(?:[^']|'')+(')",
+                                        re.I), rf"\g<1>{MASK}\g<2>"),
     # "password": "x" in JSON bodies
     Rule("json value", re.compile(r'(?P<head>"(?P<name>[\w.-]+)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")'), _named_value),
     # NAME=value: env assignments, --flag=value, -Dx.password=, key=value in query strings,
