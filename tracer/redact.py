@@ -175,22 +175,31 @@ def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAUL
     return sum(redact_event(ev, rules) for ev in events if isinstance(ev, dict))
 
 
-# a quoted string in JSON or in code: "..." or '...', backslash escapes kept as written
-_QUOTED = re.compile(r""""((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'""")
+# a quoted string in JSON or in code: "..." or '...', backslash escapes kept as written; one
+# the text ends in before its closing quote (a raw line kept cut short) runs to the end
+_QUOTED = re.compile(r""""((?:[^"\\]|\\.)*)(?:"|\\?\Z)|'((?:[^'\\]|\\.)*)(?:'|\\?\Z)""")
+_LIST_SEPARATOR = re.compile(r"\s*,\s*(?:(?:-?[0-9][0-9.eE+-]*|true|false|null)\s*,\s*)*")   # ["a", 5, "b"]
 
 
 def redact_text(text: str, rules: tuple[Rule, ...] = DEFAULT_RULES, depth: int = 0, *, code: bool = False) -> str:
     """Text that is not an argv but holds command lines: a raw event line kept for people (a
     refused event, maybe cut short), a log line that was not what it should be (a shell
     history given to import-audit), or - with code=True - the code of `python -c`/`perl -e`.
-    Its quoted strings, in order, are redacted as if they were an argv (["mysql", "-pX"] in
-    JSON or code); a quoted string with spaces as a shell script (os.system('PGPASSWORD=x
-    psql')); then, unless it is code or JSON, the text itself as a shell script."""
+    Its quoted strings, each run of them a list holds (["mysql", "-pX"] in JSON or code), are
+    redacted as if they were an argv - a list, not the whole line: `htpasswd -b F U PW` has its
+    password last in its argv, not before `"cwd": "/root"`; a quoted string with spaces as a
+    shell script (os.system('PGPASSWORD=x psql')); then, unless it is code or JSON, the text
+    itself as a shell script."""
     if not _TRIGGER.search(text.lower()) and rules is DEFAULT_RULES:
         return text
     found = list(_QUOTED.finditer(text))
     values = [m[1] if m[1] is not None else m[2] for m in found]
-    new = _argv(values, rules, depth + 1) if depth <= MAX_DEPTH else values
+    new: list[str] = []
+    start = 0
+    for k in range(1, len(found) + 1):      # runs of strings with only a comma between them
+        if k == len(found) or not _LIST_SEPARATOR.fullmatch(text, found[k - 1].end(), found[k].start()):
+            new += _argv(values[start:k], rules, depth + 1) if depth <= MAX_DEPTH else values[start:k]
+            start = k
     for m, old, value in sorted(zip(found, values, new), key=lambda f: f[0].start(), reverse=True):
         if " " in old:
             # a string with spaces is a script or prose: its words are redacted, and the shapes
