@@ -28,7 +28,7 @@ from .bccload import BccMissing, load_bcc
 from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
 from .netlink import NetlinkCapture, NetlinkUnavailable, monotonic_epoch
 from .procfs import ProcFS, boot_id
-from .redact import compile_rules
+from .redact import compile_rules, redact_event
 from .spool import event_line
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
@@ -195,6 +195,9 @@ def forward(args) -> int:
                   file=sys.stderr)
             return 2
     bad = 0
+    # redacted here, as `run` redacts what it captures: the collector redacts too, but knows
+    # only the default rules, not this host's agent.redact_patterns
+    rules = compile_rules(cfg.redact_patterns)
     for name in args.files:
         fh = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")
         chunk = []
@@ -208,6 +211,7 @@ def forward(args) -> int:
                 if bad <= 5:
                     print(f"whodid-agent: {name}:{number}: {err} (not forwarded)", file=sys.stderr)
                 continue
+            redact_event(ev, rules)
             chunk.append(ev)
             if len(chunk) >= 5000:
                 spool.put(chunk)

@@ -62,3 +62,36 @@ def test_the_collector_keeps_no_secret_of_an_overlong_refused_line(tmp_path):
     raw = store.rejects()[0]["raw"]
     store.close()
     assert f"AWS_SECRET_ACCESS_KEY={MASK}; aws s3 sync" in raw
+
+
+def test_whodid_agent_forward_redacts_before_the_spool_with_this_hosts_rules(tmp_path, monkeypatch, capsys):
+    """`whodid-agent forward` ships events another program wrote: it redacts them as the
+    agent redacts what it captures, with this host's rules (agent.redact_patterns, which the
+    collector does not know), before they are spooled or leave the host."""
+    from whodid.agent import cli as agent_cli
+    from whodid.collector.server import Collector, Limits
+    from whodid.tracer import Store
+    db = tmp_path / "c.db"
+    store = Store.open(str(db), create=True)
+    token = store.add_agent("web-1")
+    store.close()
+    config = tmp_path / "whodid.yaml"
+    config.write_text("agent:\n  redact_patterns: ['corp-[0-9]{6}']\n")
+    src = tmp_path / "events.jsonl"
+    src.write_text(json.dumps(exec_event(1, ["mysql", f"-p{SECRET}", "shop"])) + "\n"
+                   + json.dumps(exec_event(2, ["deploy", "--ticket", "corp-123456"])) + "\n")
+    monkeypatch.setenv("WHODID_AGENT_TOKEN", token)
+    c = Collector(str(db), "127.0.0.1", 0, limits=Limits(max_body=1 << 20, max_batch=4 << 20)).start()
+    try:
+        spool = tmp_path / "spool.db"
+        code = agent_cli.main(["forward", "--config", str(config), "--collector", c.url, "--spool", str(spool),
+                               str(src)])
+        assert code == 0, capsys.readouterr().err
+    finally:
+        c.stop()
+    assert SECRET.encode() not in store_bytes(spool) and b"corp-123456" not in store_bytes(spool)
+    assert b"corp-123456" not in store_bytes(db)
+    store = Store.open(str(db))
+    cmds = sorted(c for (c,) in store.db.execute("SELECT cmd FROM execs"))
+    store.close()
+    assert cmds == ["deploy --ticket ***", "mysql -p*** shop"]
