@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,40 @@ def test_whodid_agent_forward_redacts_before_the_spool_with_this_hosts_rules(tmp
     cmds = sorted(c for (c,) in store.db.execute("SELECT cmd FROM execs"))
     store.close()
     assert cmds == ["deploy --ticket ***", "mysql -p*** shop"]
+
+
+# --- private files --------------------------------------------------------------------------
+
+def store_bytes_but_the_key(db) -> bytes:
+    return b"".join(p.read_bytes() for p in Path(db).parent.glob(Path(db).name + "*") if p.suffix != ".key")
+
+
+def test_a_key_moved_out_of_an_old_store_leaves_no_copy_in_its_bytes(tmp_path, monkeypatch):
+    """Stores from before kept the signing key in their meta table; moving it out must not
+    leave it in the file's free space or in the WAL, where whoever is given the store (it is
+    meant to be read) finds it. SQLite keeps deleted bytes unless secure_delete is on, and
+    only some builds turn it on (Debian's does): here it is off, as SQLite's default is; and
+    `whodid serve` holds the store open, so no checkpoint on close rewrites the pages."""
+    from whodid.bot import buttons
+    from whodid.tracer import Store
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.execute("PRAGMA secure_delete = OFF")
+        return conn
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    db = str(tmp_path / "old.db")
+    store = Store.open(db, create=True)
+    old = os.urandom(32).hex()
+    store.set_meta("button_key", old)                  # as whodid kept it before
+    store.close()
+    holder = Store.open(db)                            # serve, running
+    try:
+        holder.counts()
+        assert buttons.store_key(db).hex() == old
+        assert old.encode() not in store_bytes_but_the_key(db)
+    finally:
+        holder.close()
+    assert old.encode() not in store_bytes_but_the_key(db)
+    assert stat.S_IMODE(os.stat(db + ".key").st_mode) == 0o600
