@@ -93,7 +93,7 @@ TRIGGERS = (
     "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n",
     "cred", "snmp", "ipmitool", "racadm", "cqlsh", "mosquitto", "lftp", "etcdctl", "sqlplus", "sqlldr", "expdp",
     "impdp", "rman", "dgmgrl", "\nexp\n", "/exp\n", "\nimp\n", "/imp\n", "isql", "wpa_", "rclone", "neo4j", "vault",
-    "config\nset\n", "discord", "sig=", "signature=", "sg.", "winexe",
+    "config\nset\n", "discord", "stdin", "sudo -s", "cryptsetup", "sig=", "signature=", "sg.", "winexe",
     "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "/http ", "\nnet\n", "/net\n",
 )
 # (literal start, regex tail): shapes that are more than a word
@@ -232,15 +232,67 @@ def _script(script: str, rules: tuple[Rule, ...], depth: int) -> str:
     if depth > MAX_DEPTH:
         return _content(script, rules)
     edits = []
-    for command in shellwords.commands(script):
+    commands = shellwords.commands(script)
+    for k, command in enumerate(commands):
         values = [w.value for w in command]
         new = _argv(values, rules, depth + 1)
+        if k + 1 < len(commands) and values[0] in ("echo", "printf") and _piped(script, command, commands[k + 1]):
+            new = _echoed(new, [w.value for w in commands[k + 1]])
         for word, old, value in zip(command, values, new):
             if ("$(" in value or "`" in value) and depth < MAX_DEPTH:
                 value = _script(value, rules, depth + 1)      # "$(mysql -pX)" inside quotes
             if value != old:
                 edits += shellwords.replace(script, word, value)
     return shellwords.apply(script, edits)
+
+
+_VARIABLE = re.compile(r"\$\{?\w+\}?")
+_REDIRECTION = re.compile(r"\d*(?:[<>]+&?|&>>?)\s*\S*")
+# programs that read a secret on stdin, the option saying so if they need one: what is echoed
+# into them is the secret (echo pw | passwd --stdin u, echo u:pw | chpasswd)
+STDIN_SECRET = {**{t: "--password-stdin" for t in LOGIN}, "passwd": "--stdin", "chpasswd": "", "newusers": "",
+                "sudo": "-S", "cryptsetup": "", "smbpasswd": "-s", "htpasswd": "-i", "vault": "login",
+                "gpg": "--passphrase-fd", "openssl": "stdin"}
+
+
+def _piped(script: str, command: list[shellwords.Word], after: list[shellwords.Word]) -> bool:
+    """Is `command | after` in the script (a pipe, maybe with redirections, between them)?"""
+    gap = _REDIRECTION.sub(" ", script[command[-1].end:after[0].start])
+    return gap.strip() == "|"
+
+
+def _echoed(echo: list[str], reader: list[str]) -> list[str]:
+    """What `echo ARGS` or `printf FORMAT ARGS` pipes into a program that reads a secret on
+    stdin is the secret: its arguments go (a user:password line keeps its user)."""
+    i = 0
+    while i < len(reader) and reader[i] in ("sudo", "env", "exec", "command", "nohup"):
+        j, reads = i + 1, False                # sudo -u root passwd --stdin: the reader is passwd
+        while j < len(reader) and (reader[j].startswith("-") or "=" in reader[j]):
+            reads |= reader[j] == "--stdin" or reader[j][:2] != "--" and "S" in reader[j]
+            j += 2 if reader[j] in ("-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U") else 1
+        if reader[i] == "sudo" and reads:
+            break                              # sudo -S: sudo reads the password
+        i = j
+    while i < len(reader) and reader[i].startswith("-"):
+        i += 1
+    if i >= len(reader):
+        return echo
+    tool = reader[i].rpartition("/")[2]
+    needs = STDIN_SECRET.get(tool)
+    if needs is None or needs and not any(a == needs or a.startswith(needs) or a.startswith(f"{needs}=")
+                                          for a in reader[i:]):
+        return echo
+    out = list(echo)
+    first = 1
+    while first < len(echo) and echo[first].startswith("-") and echo[0] == "echo":
+        first += 1                                         # echo -n, -e
+    if echo[0] == "printf" and first < len(echo) and "%" in echo[first]:
+        first += 1                                         # printf '%s\n' SECRET: the format stays
+    for j in range(first, len(echo)):
+        if _VARIABLE.fullmatch(echo[j]):
+            continue                                       # echo "$PW": the name, not the secret
+        out[j] = _mask_after(echo[j], ":") if tool in ("chpasswd", "newusers") and ":" in echo[j] else MASK
+    return out
 
 
 FLAG = re.compile(r"-{1,2}[\w.\[\]-]+")      # a flag's name: not -H'Authorization: ...', whose value is attached

@@ -24,7 +24,7 @@ SECRET_NAME = re.compile(
 NOT_SECRET_NAME = re.compile(
     r"^-*(?:no|ask|prompt|skip|show|require|disable|enable|allow|reset|forgot)[-_.]"
     r"|(?:file|files|path|dir|directory|stdin|env|prompt|command|cmd|length|policy|type|method|mode"
-    r"|url|uri|endpoint|provider|plugin|helper|source|database|db|mechanism|ttl|expiry|expiration"
+    r"|url|uri|endpoint|provider|plugin|helper|source|database|db|mechanism|ttl|expiry|expiration|fd"
     r"|name|count|format|hint|authentications?|min|max|limit|size|timeout|-id|-ids|-arn)$", re.I)
 
 
