@@ -93,7 +93,7 @@ TRIGGERS = (
     "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n",
     "cred", "snmp", "ipmitool", "racadm", "cqlsh", "mosquitto", "lftp", "etcdctl", "sqlplus", "sqlldr", "expdp",
     "impdp", "rman", "dgmgrl", "\nexp\n", "/exp\n", "\nimp\n", "/imp\n", "isql", "wpa_", "rclone", "neo4j", "vault",
-    "config\nset\n", "discord", "stdin", "sudo -s", "cryptsetup", "sig=", "signature=", "sg.", "winexe",
+    "config\nset\n", "discord", "sudo -s", "cryptsetup", "sig=", "signature=", "sg.", "winexe",
     "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "/http ", "\nnet\n", "/net\n",
 )
 # (literal start, regex tail): shapes that are more than a word
