@@ -56,7 +56,8 @@ MOSQUITTO = frozenset("mosquitto_pub mosquitto_sub mosquitto_rr".split())
 TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | SNMP | ORACLE | MOSQUITTO | frozenset(
     "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
     "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp ipmitool racadm cqlsh "
-    "rabbitmqadmin lftp etcdctl isql iusql wpa_passphrase rclone neo4j-admin neo4j".split()))
+    "rabbitmqadmin lftp etcdctl isql iusql wpa_passphrase rclone neo4j-admin neo4j ssh-keygen doctl "
+    "ansible-vault rsync".split()))
 # interpreters whose -c/-e CODE is redacted as text (its strings may be argvs and scripts)
 INTERPRETERS = frozenset("python python2 python3 perl ruby node nodejs php lua".split()) | frozenset(
     f"python3.{minor}" for minor in range(6, 15))
@@ -67,7 +68,8 @@ SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
                  "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",), "zip": ("-P",), "unzip": ("-P",),
                  "sqlcmd": ("-P",), "bcp": ("-P",), "useradd": ("-p",), "usermod": ("-p",),
                  **{t: ("-A", "-X", "-c") for t in SNMP}, **{t: ("-P",) for t in MOSQUITTO},
-                 "ipmitool": ("-P",), "racadm": ("-p",), "cqlsh": ("-p",), "rabbitmqadmin": ("-p",)}
+                 "ipmitool": ("-P",), "racadm": ("-p",), "cqlsh": ("-p",), "rabbitmqadmin": ("-p",),
+                 "ssh-keygen": ("-N", "-P"), "doctl": ("-t",)}
 # ... and these take it attached too (getopt-style): sshpass -pX, ldapsearch -wX, 7z -pX
 ATTACHED_OPTION = {**{t: ("-w",) for t in LDAP}, **{t: ("-A", "-X", "-c") for t in SNMP}, "sshpass": ("-p",),
                    "7z": ("-p",), "7za": ("-p",), "7zr": ("-p",), "ipmitool": ("-P",), "sqlcmd": ("-P",),
@@ -79,6 +81,7 @@ USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a
 CREDS_OPTION = frozenset(("--creds", "--src-creds", "--dest-creds"))
 ORACLE_LOGIN = re.compile(r"^((?:userid=|target=|catalog=|auxiliary=)?[A-Za-z_][\w$#]*/)([^@\s]+)(@.*)?$", re.I | re.S)
 COOKIE_VALUE = re.compile(r"(=)[^;]+")
+HTTPIE_ITEM = re.compile(r"(?P<head>(?P<name>[\w.\[\]-]+)(?::=|==|=))(?=.)")    # httpie: JSON, query, form fields
 # Words that, found in a command line, send it to the rules: the rules' own shapes, secret
 # names, the tools above, an attached `-pX`. Searched in the lowercased argv joined by
 # newlines, quotes made spaces (`sh -c '"http" -a u:pw'` is `http -a u:pw`). Nearly every
@@ -93,7 +96,7 @@ TRIGGERS = (
     "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n",
     "cred", "snmp", "ipmitool", "racadm", "cqlsh", "mosquitto", "lftp", "etcdctl", "sqlplus", "sqlldr", "expdp",
     "impdp", "rman", "dgmgrl", "\nexp\n", "/exp\n", "\nimp\n", "/imp\n", "isql", "wpa_", "rclone", "neo4j", "vault",
-    "config\nset\n", "discord", "sudo -s", "cryptsetup", "sig=", "signature=", "sg.", "winexe",
+    "config\nset\n", "put-parameter", "discord", "sudo -s", "cryptsetup", "sig=", "signature=", "sg.", "winexe",
     "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "/http ", "\nnet\n", "/net\n",
 )
 # (literal start, regex tail): shapes that are more than a word
@@ -298,11 +301,14 @@ def _echoed(echo: list[str], reader: list[str]) -> list[str]:
 FLAG = re.compile(r"-{1,2}[\w.\[\]-]+")      # a flag's name: not -H'Authorization: ...', whose value is attached
 
 
+EMBEDDED_NAME = re.compile(r"-{0,2}(?:o\s*)?(?P<name>[\w.-]+)=(?=\S)")
+
+
 def _config_set(positionals: list[str], arg: str) -> bool:
     """`TOOL config set NAME VALUE` (npm, yarn, pnpm, kubectl, git-like CLIs), arg being VALUE
     and NAME naming a secret."""
     for j in range(len(positionals) - 3):
-        if positionals[j] in ("config", "configure") and positionals[j + 1] == "set":
+        if positionals[j].lower() in ("config", "configure") and positionals[j + 1].lower() == "set":
             return len(positionals) == j + 4 and positionals[-1] == arg and secret_name(positionals[j + 2])
     return False
 
@@ -318,8 +324,8 @@ def _pass_arg(value: str) -> str:
     `env:VAR`, `file:PATH`, `fd:N`, `stdin` name where the secret is, not the secret."""
     if value.startswith("pass:"):
         return "pass:" + MASK
-    if value.startswith(("env:", "file:", "fd:")) or value == "stdin":
-        return value
+    if value.startswith(("env:", "file:", "fd:")) or value in ("stdin", ""):
+        return value                    # ... and an empty one (ssh-keygen -N ''): nothing to hide
     return MASK
 
 
@@ -331,6 +337,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
     script_next = False
     code_next = False
     ssh_dest = False                 # ssh: the destination is behind us, the rest is a remote script
+    mask_at = -1                     # an argument ahead known to be a secret
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -366,6 +373,15 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         new = _content(arg, rules)
         mask_next: Callable[[str], str] | None = None
+        if " " in arg and depth < MAX_DEPTH:
+            # a command in an option's value, known by the option's name (not by what it holds,
+            # which masking changes): rsync -e 'sshpass -p X ssh', -o ProxyCommand=...,
+            # GIT_SSH_COMMAND=..., git -c core.sshCommand=...: a script, as sh -c's
+            name = EMBEDDED_NAME.match(arg)
+            if name and (name["name"].lower().endswith(("command", "_rsh")) or name["name"] == "rsh") \
+                    or tool == "rsync" and prev in ("-e", "--rsh"):
+                at = name.end() if name else 0
+                new = arg[:at] + _script(arg[at:], rules, depth + 1)
         if tool in SHELLS and nxt is not None and (
                 (arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:] and arg[1:].isalpha())
                 or arg == "--command"):
@@ -379,6 +395,8 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             new = "-p" + MASK                                  # -pX; `-p X` prompts, X is the database
         elif tool in MYSQL and arg == "--password":
             pass                                               # optional value: only --password=X
+        elif tool in MYSQL and arg.startswith("--pas") and "=" in arg and "password".startswith(arg[2:arg.index("=")]):
+            new = arg[:arg.index("=") + 1] + MASK              # --passw=X: MySQL takes a long option's prefix
         elif tool in PSQL and arg in ("--password", "-W"):
             pass                                               # a switch: prompt for it
         elif arg in SECRET_OPTION.get(tool, ()) and nxt is not None and not nxt.startswith("-"):
@@ -412,6 +430,20 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             new = ORACLE_LOGIN.sub(rf"\g<1>{MASK}\g<3>", arg)    # sqlplus scott/tiger@orcl; `/ as sysdba` has none
         elif tool in ("isql", "iusql") and len(positionals) == 3 and positionals[2] == arg:
             new = MASK                                         # isql DSN USER PASSWORD
+        elif tool == "redis-cli" and arg.upper() == "AUTH" and i + 2 <= len(argv) <= i + 3:
+            mask_at = len(argv) - 1                            # redis-cli AUTH [USER] PASSWORD
+        elif i == mask_at:
+            new = MASK
+        elif tool == "ansible-vault" and positionals[-2:] == ["encrypt_string", arg]:
+            new = MASK
+        elif tool == "aws" and positionals[:2] == ["ssm", "put-parameter"] and arg.startswith("--value"):
+            if arg == "--value" and nxt is not None:
+                mask_next = _pass_arg                          # a parameter is stored, maybe SecureString
+            elif arg.startswith("--value="):
+                new = "--value=" + MASK
+        elif tool in USER_PASS_OPTION and tool != "curl" and HTTPIE_ITEM.match(arg) \
+                and secret_name(HTTPIE_ITEM.match(arg)["name"]):
+            new = HTTPIE_ITEM.match(arg)["head"] + MASK        # http POST URL password:=X token==X
         elif tool == "wpa_passphrase" and len(positionals) == 2 and positionals[1] == arg:
             new = MASK                                         # wpa_passphrase SSID PASSPHRASE
         elif tool in ("neo4j-admin", "neo4j") and positionals[-2:] == ["set-initial-password", arg]:
@@ -452,7 +484,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         elif tool == "rabbitmqctl" and positionals[:1] in (["add_user"], ["change_password"]) \
                 and len(positionals) == 3 and positionals[2] == arg:
             new = MASK
-        elif "config" in positionals and _config_set(positionals, arg):
+        elif ("config" in positionals or "CONFIG" in positionals) and _config_set(positionals, arg):
             new = new if new != arg or MASK in arg else MASK   # npm/yarn/kubectl config set NAME VALUE
         elif arg.startswith("-") and "=" not in arg and nxt is not None and not nxt.startswith("-") \
                 and secret_name(arg) and arg != "-" and FLAG.fullmatch(arg):

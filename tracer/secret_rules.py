@@ -18,7 +18,7 @@ MASK = "***"
 SECRET_NAME = re.compile(
     r"password|passwd|passphrase|passcode|secret|token(?!s|i[sz])|credential|bearer|api[-_.]?key"
     r"|(?:access|private|account|master|encryption|signing|client|app|license|shared)[-_.]?key"
-    r"|storepass|keypass|sshpass|passin|passout|auth(?!or(?!i[sz])|enticat)"
+    r"|storepass|keypass|sshpass|passin|passout|requirepass|auth(?!or(?!i[sz])|enticat)"
     r"|(?<![a-z0-9])(?:pass|pw|pwd|creds|sig)(?![a-z0-9])|(?:amz|goog)-signature", re.I)
 # ... and names that mention a secret but hold something else: a switch, a path, a policy
 NOT_SECRET_NAME = re.compile(
@@ -73,6 +73,10 @@ def _named_value(m: re.Match) -> str:
     return f'{m["head"]}"{MASK}"' if secret_name(m["name"]) else m[0]
 
 
+def _named_value_sq(m: re.Match) -> str:
+    return f"{m['head']}'{MASK}'" if secret_name(m["name"]) else m[0]
+
+
 def _header(m: re.Match) -> str:
     """Authorization: keeps its scheme (Basic, Bearer, AWS4-HMAC-SHA256 ...); other headers
     named for a secret (X-Api-Key, PRIVATE-TOKEN, Cookie) lose their whole value."""
@@ -114,7 +118,7 @@ DEFAULT_RULES = (
     Rule("url token", re.compile(rf"({SCHEME})[A-Za-z0-9_-]{{20,}}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
     Rule("bearer token", re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), rf"\g<1>{MASK}"),
     # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
-    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)\s*(?:=\s*)?')(?:[^']|'')+(')",
+    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)(?:\s+|\s*=\s*)')(?:[^']|'')+(')",
                                     re.I), rf"\g<1>{MASK}\g<2>"),
     # ... IDENTIFIED BY in MySQL's double quotes, and SET PASSWORD FOR 'u'@'h' = '...'
     Rule("sql password quoted", re.compile(r'(\bIDENTIFIED\s+(?:WITH\s+\w+\s+)?BY\s*")(?:[^"]|"")+(")',
@@ -123,6 +127,8 @@ DEFAULT_RULES = (
                                         re.I), rf"\g<1>{MASK}\g<2>"),
     # "password": "x" in JSON bodies
     Rule("json value", re.compile(r'(?P<head>"(?P<name>[\w.-]+)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")'), _named_value),
+    # ... and {'password': 'x'} as Python prints a dict (curl -d "{'password': 'x'}")
+    Rule("dict value", re.compile(r"(?P<head>'(?P<name>[\w.-]+)'\s*:\s*)(?P<value>'(?:[^'\\]|\\.)*')"), _named_value_sq),
     # NAME=value: env assignments, --flag=value, -Dx.password=, key=value in query strings,
     # conninfo strings, mount options, helm --set, kubectl --from-literal=password=...
     Rule("named value", _NAMED, "", _named_values),
@@ -141,7 +147,7 @@ def compile_rules(extra: list[str] | tuple[str, ...] = ()) -> tuple[Rule, ...]:
 
 
 # password = 'x', connect(password="x"), {'api_key': 'x'}, headers: {Authorization: 'Basic x'} in code
-CODE_ASSIGNMENT = re.compile(r"""(?P<head>(?<![\w.])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\s*[:=]\s*)"""
+CODE_ASSIGNMENT = re.compile(r"""(?P<head>(?<![\w.])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\]?\s*[:=]\s*)"""
                              r"""(?P<q>['"])(?P<value>(?:(?!(?P=q))[^\\]|\\.)+)(?P=q)""")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}\s+(?=\S)")
 
