@@ -141,3 +141,32 @@ def test_a_key_moved_out_of_an_old_store_leaves_no_copy_in_its_bytes(tmp_path, m
 def test_a_secret_in_a_here_string_is_masked():
     out = redact(["bash", "-c", "chpasswd <<< 'deploy:hunter2'"])[0]
     assert "hunter2" not in out[2]
+
+
+def test_whodid_ingest_and_import_audit_redact_with_the_configured_rules(tmp_path, capsys):
+    """agent.redact_patterns names this site's own secrets (corp-123456); the agent masks
+    them, and so must the CLI paths that stand in for it: `whodid ingest` of an events file
+    and `whodid import-audit` of an audit log."""
+    from test_audit import rec, syscall
+
+    from whodid.bot import cli
+    from whodid.tracer import Store
+    config = tmp_path / "whodid.yaml"
+    config.write_text("agent:\n  redact_patterns: ['corp-[0-9]{6}']\n")
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(exec_event(1, ["deploy", "--ticket", "corp-123456"])) + "\n")
+    argv = ["deploy", "--ticket", "corp-654321"]
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join([syscall(1, "execve", 59, 2001, 1, comm="deploy", exe="/usr/bin/deploy"),
+                              rec("EXECVE", 1, f"argc=3 " + " ".join(f'a{i}="{a}"' for i, a in enumerate(argv)))])
+                   + "\n")
+    db = tmp_path / "s.db"
+    assert cli.main(["--config", str(config), "ingest", "--db", str(db), str(events)]) == 0
+    assert cli.main(["--config", str(config), "import-audit", "--db", str(db), "--host", "web-2", str(log)]) == 0
+    capsys.readouterr()
+    data = store_bytes(db)
+    assert b"corp-123456" not in data and b"corp-654321" not in data
+    store = Store.open(str(db))
+    cmds = sorted(c for (c,) in store.db.execute("SELECT cmd FROM execs"))
+    store.close()
+    assert cmds == ["deploy --ticket ***", "deploy --ticket ***"]
