@@ -170,3 +170,27 @@ def test_whodid_ingest_and_import_audit_redact_with_the_configured_rules(tmp_pat
     cmds = sorted(c for (c,) in store.db.execute("SELECT cmd FROM execs"))
     store.close()
     assert cmds == ["deploy --ticket ***", "deploy --ticket ***"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+def test_the_agent_refuses_its_token_in_a_config_file_others_can_read(tmp_path, capsys, monkeypatch, mode):
+    """The agent refuses a token file others can read; the same token written in the config
+    file itself (agent.token) is the same secret, and is refused the same way."""
+    from whodid.agent import cli as agent_cli
+    monkeypatch.delenv("WHODID_AGENT_TOKEN", raising=False)
+    config = tmp_path / "agent.yaml"
+    config.write_text("agent:\n  token: wdt_secret-of-web-1\n  collector: http://127.0.0.1:9\n")
+    os.chmod(config, mode)
+    code = agent_cli.main(["forward", "--config", str(config), "--spool", str(tmp_path / "spool.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"chmod 600 {config}" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_agent_takes_its_token_from_a_private_config_file(tmp_path, capsys, monkeypatch):
+    from whodid.agent import cli as agent_cli
+    monkeypatch.delenv("WHODID_AGENT_TOKEN", raising=False)
+    config = tmp_path / "agent.yaml"
+    config.write_text("agent:\n  token: wdt_secret-of-web-1\n  collector: http://127.0.0.1:9\n")
+    os.chmod(config, 0o600)
+    assert agent_cli.main(["forward", "--config", str(config), "--spool", str(tmp_path / "spool.db")]) == 0
