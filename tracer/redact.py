@@ -338,6 +338,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
     code_next = False
     ssh_dest = False                 # ssh: the destination is behind us, the rest is a remote script
     mask_at = -1                     # an argument ahead known to be a secret
+    configuring = False              # a positional `config`: `TOOL config set NAME VALUE` may follow
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -366,10 +367,11 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             # a tool's name starts its own arguments, unless it is a long option's value
             # (`docker run --name mysql -p3306:3306`)
             if base in TOOLS and (i == 0 or prev == "--" or not (prev.startswith("--") and "=" not in prev)):
-                tool, positionals, ssh_dest = base, [], False
+                tool, positionals, ssh_dest, configuring = base, [], False, False
                 i += 1
                 continue
             positionals.append(arg)
+            configuring = configuring or arg.lower() in ("config", "configure")
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         new = _content(arg, rules)
         mask_next: Callable[[str], str] | None = None
@@ -484,7 +486,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         elif tool == "rabbitmqctl" and positionals[:1] in (["add_user"], ["change_password"]) \
                 and len(positionals) == 3 and positionals[2] == arg:
             new = MASK
-        elif ("config" in positionals or "CONFIG" in positionals) and _config_set(positionals, arg):
+        elif configuring and _config_set(positionals, arg):
             new = new if new != arg or MASK in arg else MASK   # npm/yarn/kubectl config set NAME VALUE
         elif arg.startswith("-") and "=" not in arg and nxt is not None and not nxt.startswith("-") \
                 and secret_name(arg) and arg != "-" and FLAG.fullmatch(arg):
