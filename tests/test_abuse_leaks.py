@@ -194,3 +194,15 @@ def test_the_agent_takes_its_token_from_a_private_config_file(tmp_path, capsys, 
     config.write_text("agent:\n  token: wdt_secret-of-web-1\n  collector: http://127.0.0.1:9\n")
     os.chmod(config, 0o600)
     assert agent_cli.main(["forward", "--config", str(config), "--spool", str(tmp_path / "spool.db")]) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="whodid (serve, the CLI) takes Slack tokens, the signing secret and canaries' "
+                                       "API tokens from a config file any local user can read; refusing it would "
+                                       "break configs written today (tests write them 0644): a decision for the lead")
+def test_whodid_refuses_slack_secrets_in_a_config_file_others_can_read(tmp_path):
+    from whodid import config as config_mod
+    config = tmp_path / "whodid.yaml"
+    config.write_text("slack:\n  mode: socket\n  bot_token: xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy\n")
+    os.chmod(config, 0o644)
+    with pytest.raises(config_mod.ConfigError, match="chmod 600"):
+        config_mod.load(str(config))
