@@ -206,3 +206,56 @@ def test_whodid_refuses_slack_secrets_in_a_config_file_others_can_read(tmp_path)
     os.chmod(config, 0o644)
     with pytest.raises(config_mod.ConfigError, match="chmod 600"):
         config_mod.load(str(config))
+
+
+# --- the agent's token ----------------------------------------------------------------------
+
+def test_the_agent_does_not_follow_a_redirect_with_its_token(tmp_path):
+    """A collector address that answers 302 (a load balancer sending http to https, a
+    hijacked name) must not make the agent send its token to wherever the redirect points:
+    urllib follows a POST's 302 as a GET, headers and all."""
+    import http.server
+    import threading
+
+    from whodid.agent.ship import Shipper
+    from whodid.agent.spool import Spool
+    seen = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):                       # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+        do_POST = do_GET                        # noqa: N815
+        def log_message(self, *a):              # noqa: E301
+            pass
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirect(Elsewhere):
+        def do_POST(self):                      # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_address[1]}/collect")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (elsewhere, collector):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spool = Spool(tmp_path / "spool.db", host="web-1", boot="b1")
+        spool.put([exec_event(1, ["true"])])
+        said = []
+        shipper = Shipper(spool, f"http://127.0.0.1:{collector.server_address[1]}", "wdt_secret-of-web-1",
+                          log=said.append)
+        wait = shipper.ship_once()
+        assert wait is not None and wait > 0           # not delivered: kept, tried again later
+        assert spool.pending() == 1
+        assert any("302" in line for line in said), said
+        spool.close()
+    finally:
+        for server in (elsewhere, collector):
+            server.shutdown()
+            server.server_close()
+    assert seen == []
