@@ -136,9 +136,10 @@ class Assembler:
         if parent_start is not None:
             st.ppid, st.pstart = info.ppid, parent_start
         self.procs[info.pid] = st
-        ev = self._ev("exec", st.start, pid=info.pid, start=st.start, argv=redact(info.argv, self.rules)[0],
-                      exe=info.exe or info.argv[0], uid=st.uid, euid=st.euid, gid=st.gid, egid=st.egid,
-                      comm=info.comm[:15], snapshot=True)
+        argv = redact(info.argv, self.rules)[0]
+        ev = self._ev("exec", st.start, pid=info.pid, start=st.start, argv=argv,
+                      exe=info.exe or argv[0], uid=st.uid, euid=st.euid, gid=st.gid, egid=st.egid,
+                      comm=redact([info.comm], self.rules)[0][0][:15], snapshot=True)   # a title's first 15 bytes
         self._fill(ev, st)
         return [self._names(ev)]
 

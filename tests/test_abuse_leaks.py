@@ -259,3 +259,50 @@ def test_the_agent_does_not_follow_a_redirect_with_its_token(tmp_path):
             server.shutdown()
             server.server_close()
     assert seen == []
+
+
+# --- a process title: the whole command line in one string ---------------------------------
+
+@pytest.mark.parametrize("title, expected", [
+    ("myapp --password hunter2 --port 80", f"myapp --password {MASK} --port 80"),
+    ("mysql -phunter2 shop", f"mysql -p{MASK} shop"),
+    ("python3 worker.py --api-key 0123456789abcdef", f"python3 worker.py --api-key {MASK}"),
+    ("postgres: app shop 10.0.0.5(5432) idle", None),
+    ("sshd: alice [priv]", None),
+])
+def test_a_process_title_is_redacted_as_a_command_line(title, expected):
+    """Programs that set their title (setproctitle, process.title) leave /proc/PID/cmdline as
+    one string with spaces: what the agent reads for the processes running when it starts,
+    and when the kernel could not read an exec's arguments. That string is a command line."""
+    out, changed = redact([title])
+    assert out == [expected or title] and changed == bool(expected)
+    assert redact(out) == (out, False)
+
+
+def test_the_agent_snapshot_redacts_a_process_title_and_its_exe_fallback():
+    """At start the agent adopts running processes from /proc; one whose title holds a secret
+    must not reach the store with it, in argv nor in exe (argv[0] when /proc/PID/exe cannot be
+    read)."""
+    from types import SimpleNamespace
+
+    from whodid.agent.assemble import Assembler
+
+    class ProcFS:
+        def namespace(self, pid):
+            return None, None
+
+        def info(self, pid):
+            return None
+    info = SimpleNamespace(pid=4242, ppid=0, start_ticks=100, uid=0, euid=0, gid=0, egid=0, auid=None, ses=None,
+                           cwd="/srv", tty=None, exe=None, comm="myapp",
+                           argv=[f"myapp --password {SECRET} --port 80"])
+    asm = Assembler(host="web-1", boot="b1", boot_epoch=1_700_000_000.0, procfs=ProcFS(),
+                    user_name=lambda uid: "root", group_name=lambda gid: "root")
+    events = asm._adopt(info)
+    assert SECRET not in json.dumps(events)
+    assert events[0]["argv"] == [f"myapp --password {MASK} --port 80"]
+    # setproctitle also names the thread (comm) after the title's first 15 bytes
+    title = f"mysql -p{SECRET} shop"
+    events = asm._adopt(SimpleNamespace(**{**vars(info), "pid": 4243, "argv": [title], "comm": title[:15]}))
+    assert SECRET[:4] not in json.dumps(events)
+    assert events[0]["comm"] == "mysql -p***"

@@ -19,6 +19,8 @@ anything was hidden. Its rules:
   and words (tracer/shellwords.py) and each command is redacted as an argv, recursively; only
   the masked characters change. Code (`python -c`, `perl -e`) and text kept for people (a
   refused event's raw line) go through `redact_text`: their quoted strings are argvs.
+- A one-string argv with spaces is a process title (setproctitle): a command line, split
+  as a script is.
 - Idempotent: redacting twice gives what redacting once gave (the collector re-redacts what
   agents sent).
 - Fast on the common case: one regex over the joined argv finds the rare command line that
@@ -158,7 +160,12 @@ def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[li
             entry = _PREFILTER[id(rules)] = (rules, _custom_any(rules))
         if entry[1] is None or not entry[1].search(joined):
             return list(argv), False
-    out = _argv(list(argv), rules, 0)
+    if len(argv) == 1 and " " in argv[0]:
+        # a process title (setproctitle): /proc/PID/cmdline holds the whole command line in
+        # one string, as ps shows it - redacted as a script of one command line
+        out = [_script(argv[0], rules, 1)]
+    else:
+        out = _argv(list(argv), rules, 0)
     return out, out != list(argv)
 
 
