@@ -326,6 +326,14 @@ def _mask_after(value: str, sep: str) -> str:
     return f"{head}{sep}{MASK}" if found and tail else value
 
 
+def _user_pass(value: str) -> str:
+    """user:password -> user:***; KEY: (an API key given as the user, no password: Stripe,
+    Mailgun, many APIs) -> ***:; a user alone (curl prompts for the password) stays."""
+    if value.endswith(":") and value.count(":") == 1 and len(value) > 1:
+        return value if MASK in value else MASK + ":"    # sk_test_***: keeps the kind of key it is
+    return _mask_after(value, ":")
+
+
 def _pass_arg(value: str) -> str:
     """The value of a secret flag: all of it, but openssl's `pass:x` keeps its `pass:` and
     `env:VAR`, `file:PATH`, `fd:N`, `stdin` name where the secret is, not the secret."""
@@ -346,6 +354,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
     ssh_dest = False                 # ssh: the destination is behind us, the rest is a remote script
     mask_at = -1                     # an argument ahead known to be a secret
     configuring = False              # a positional `config`: `TOOL config set NAME VALUE` may follow
+    operands = 0                     # the tool's arguments that are not options, NAME=value ones too
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -374,11 +383,12 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             # a tool's name starts its own arguments, unless it is a long option's value
             # (`docker run --name mysql -p3306:3306`)
             if base in TOOLS and (i == 0 or prev == "--" or not (prev.startswith("--") and "=" not in prev)):
-                tool, positionals, ssh_dest, configuring = base, [], False, False
+                tool, positionals, ssh_dest, configuring, operands = base, [], False, False, 0
                 i += 1
                 continue
             positionals.append(arg)
             configuring = configuring or arg.lower() in ("config", "configure")
+        operands += not arg.startswith("-")
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         new = _content(arg, rules)
         mask_next: Callable[[str], str] | None = None
@@ -420,9 +430,9 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         elif tool == "xfreerdp" and arg.lower().startswith("/p:") and len(arg) > 3:
             new = arg[:3] + MASK
         elif arg in USER_PASS_OPTION.get(tool, ()) and nxt is not None:
-            mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - curl -u user:pw
+            mask_next = _user_pass                             # curl -u user:pw, -u APIKEY:
         elif tool in USER_PASS_OPTION and arg[:2] in USER_PASS_OPTION[tool] and len(arg) > 2:
-            new = arg[:2] + _mask_after(arg[2:], ":")
+            new = arg[:2] + _user_pass(arg[2:])
         elif tool in USER_PASS_OPTION and arg.partition("=")[0] in USER_PASS_OPTION[tool] and "=" in arg:
             new = _mask_after(arg, ":")                        # etcdctl --user=root:pw
         elif arg in CREDS_OPTION and nxt is not None:
@@ -437,7 +447,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             new = "-b" + COOKIE_VALUE.sub(rf"\g<1>{MASK}", arg[2:])
         elif tool in ORACLE and not arg.startswith(("-", "@")) and ORACLE_LOGIN.match(arg):
             new = ORACLE_LOGIN.sub(rf"\g<1>{MASK}\g<3>", arg)    # sqlplus scott/tiger@orcl; `/ as sysdba` has none
-        elif tool in ("isql", "iusql") and len(positionals) == 3 and positionals[2] == arg:
+        elif tool in ("isql", "iusql") and operands == 3 and not arg.startswith("-"):
             new = MASK                                         # isql DSN USER PASSWORD
         elif tool == "redis-cli" and arg.upper() == "AUTH" and i + 2 <= len(argv) <= i + 3:
             mask_at = len(argv) - 1                            # redis-cli AUTH [USER] PASSWORD
@@ -453,7 +463,7 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         elif tool in USER_PASS_OPTION and tool != "curl" and HTTPIE_ITEM.match(arg) \
                 and secret_name(HTTPIE_ITEM.match(arg)["name"]):
             new = HTTPIE_ITEM.match(arg)["head"] + MASK        # http POST URL password:=X token==X
-        elif tool == "wpa_passphrase" and len(positionals) == 2 and positionals[1] == arg:
+        elif tool == "wpa_passphrase" and operands == 2 and not arg.startswith("-"):
             new = MASK                                         # wpa_passphrase SSID PASSPHRASE
         elif tool in ("neo4j-admin", "neo4j") and positionals[-2:] == ["set-initial-password", arg]:
             new = MASK
