@@ -242,12 +242,20 @@ def _script(script: str, rules: tuple[Rule, ...], depth: int) -> str:
     if depth > MAX_DEPTH:
         return _content(script, rules)
     edits = []
-    commands = shellwords.commands(script)
+    parsed = shellwords.commands(script)
+    heres = [[w for w in command if w.here] for command in parsed]
+    commands = [[w for w in command if not w.here] for command in parsed]
     for k, command in enumerate(commands):
+        if not command:
+            continue
         values = [w.value for w in command]
         new = _argv(values, rules, depth + 1)
-        if k + 1 < len(commands) and values[0] in ("echo", "printf") and _piped(script, command, commands[k + 1]):
+        if k + 1 < len(commands) and commands[k + 1] and values[0] in ("echo", "printf") \
+                and _piped(script, command, commands[k + 1]):
             new = _echoed(new, [w.value for w in commands[k + 1]])
+        if heres[k]:                                           # chpasswd <<< 'u:pw', sudo -S cmd <<< pw
+            read = _echoed(["echo", *(w.value for w in heres[k])], values)[1:]
+            command, values, new = command + heres[k], values + [w.value for w in heres[k]], new + read
         for word, old, value in zip(command, values, new):
             if ("$(" in value or "`" in value) and depth < MAX_DEPTH:
                 value = _script(value, rules, depth + 1)      # "$(mysql -pX)" inside quotes
