@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from . import decode as d
 from .procfs import TICK_NS, ProcFS
-from .redact import DEFAULT_RULES, redact
+from .redact import DEFAULT_RULES, cut_short, redact
 from whodid.tracer.events import plain_ip
 
 AUID_UNSET = 4294967295
@@ -269,6 +269,9 @@ class Assembler:
             else:
                 self.counts["argv_unread"] += 1
         argv, hidden = redact(argv, self.rules)
+        if truncated:
+            cut = cut_short(argv)                  # a secret the cut landed in lost its end
+            argv, hidden = cut, hidden or cut is not argv
         self.counts["redacted"] += hidden
         old_euid = st.euid
         ids = status[1:] if current else None

@@ -311,3 +311,38 @@ def test_the_agent_snapshot_redacts_a_process_title_and_its_exe_fallback():
     events = asm._adopt(SimpleNamespace(**{**vars(info), "pid": 4243, "argv": [title], "comm": title[:15]}))
     assert SECRET[:4] not in json.dumps(events)
     assert events[0]["comm"] == "mysql -p***"
+
+
+# --- a command line the kernel cut short ------------------------------------------------------
+
+@pytest.mark.parametrize("cut, expected", [
+    ("https://deploy:hunter2", f"https://deploy:{MASK}"),              # cut before the @
+    ('{"user": "alice", "password": "hunt', f'{{"user": "alice", "password": "{MASK}'),
+    ("CREATE USER app IDENTIFIED BY 'hunt", f"CREATE USER app IDENTIFIED BY '{MASK}"),
+    ("connect(host='db', password='hunt", f"connect(host='db', password='{MASK}"),
+])
+def test_the_last_argument_of_a_cut_command_line_loses_a_secret_cut_in_two(cut, expected):
+    """The agent reads at most 4 KiB of an argument and 8 KiB of a command line; the kernel's
+    audit records are cut too. A secret the cut lands in has lost the end its rule looks for
+    (the @ after user:password, the closing quote): the event says it was cut (truncated),
+    and then its last argument's unfinished secret goes."""
+    from whodid.tracer.redact import redact_event
+    ev = {"kind": "exec", "argv": ["sh", "-c", f"echo start; tool {cut}"], "truncated": True}
+    assert redact_event(ev)
+    assert ev["argv"][2] == f"echo start; tool {expected}"
+    whole = {"kind": "exec", "argv": ["curl", "https://example.com:8443"]}    # not cut: a port stays
+    assert not redact_event(whole)
+
+
+def test_the_agent_masks_a_secret_its_argv_cap_cut_in_two():
+    """The BPF capture reads 4 KiB of an argument: a URL's user:password cut before its @ is
+    what the record holds, marked truncated."""
+    from test_agent_units import args_rec, assembler, exec_rec, feed, shell
+    asm = assembler([shell()])
+    asm.snapshot()
+    script = "echo " + "x" * 4000 + f"; git clone https://deploy:{SECRET}"
+    events = feed(asm, args_rec(200, ["sh", "-c", script], truncated=1, ts_ns=2_000_100_000, uid=1000, gid=1000),
+                  exec_rec(200, "/bin/sh", ts_ns=2_000_200_000, uid=1000, gid=1000))
+    exe = [e for e in events if e["kind"] == "exec"][0]
+    assert exe["truncated"] and SECRET not in json.dumps(exe)
+    assert exe["argv"][2].endswith(f"git clone https://deploy:{MASK}")

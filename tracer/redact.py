@@ -34,11 +34,11 @@ import re
 from typing import Any, Callable
 
 from . import shellwords
-from .secret_rules import (CODE_ASSIGNMENT, DEFAULT_RULES, MASK, SHAPE_RULES, Rule, code_assignment, compile_rules,
-                           secret_name)
+from .secret_rules import (CODE_ASSIGNMENT, DEFAULT_RULES, MASK, SCHEME, SHAPE_RULES, Rule, code_assignment,
+                           compile_rules, secret_name)
 
-__all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "redact", "redact_event", "redact_events", "redact_text",
-           "secret_name"]
+__all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "cut_short", "redact", "redact_event", "redact_events",
+           "redact_text", "secret_name"]
 
 MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
                   "mysqlsh mariadb mariadb-dump mariadb-admin mariadb-import mariadb-check".split())
@@ -175,9 +175,32 @@ def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) ->
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         return False
     new, changed = redact(argv, rules)
+    if ev.get("truncated") is True and new:
+        new = cut_short(new)
+        changed = new != argv
     if changed:
         ev["argv"] = new
     return changed
+
+
+# What is left of a secret a cut landed in (the agent reads 4 KiB of an argument, 8 KiB of a
+# command line; audit records are cut too): its rule's end - the @ after user:password, the
+# closing quote - is gone, so only the end of the last argument can hold one.
+_CUT_URL = re.compile(rf"({SCHEME}[^/\s:@]*:)[^/\s@]+$", re.I)
+_CUT_QUOTED = re.compile(r"""(?P<head>(?<![\w.-])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\]?\s*[:=]\s*(?P<q>['"]))"""
+                         r"""(?:(?!(?P=q))[^\\]|\\.)+$""")
+_CUT_SQL = re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)(?:\s+|\s*=\s*)['\"])[^'\"]+$", re.I)
+
+
+def cut_short(argv: list[str]) -> list[str]:
+    """A redacted argv that was cut short: its last argument loses a secret the cut left
+    unfinished (https://user:pw, "password": "pw, IDENTIFIED BY 'pw, password='pw)."""
+    last = _CUT_URL.sub(rf"\g<1>{MASK}", argv[-1])
+    last = _CUT_SQL.sub(rf"\g<1>{MASK}", last)
+    cut = _CUT_QUOTED.search(last)
+    if cut and secret_name(cut["name"]) and not last.endswith(MASK):
+        last = last[:cut.end("head")] + MASK
+    return argv if last == argv[-1] else [*argv[:-1], last]
 
 
 def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAULT_RULES) -> int:
