@@ -17,8 +17,14 @@ anything was hidden. Its rules:
   name, also behind sudo/env/docker exec/`--`.
 - Shell scripts (`sh -c '...'`, `bash -lc`, `su -c`, `ssh HOST '...'`) are split into commands
   and words (tracer/shellwords.py) and each command is redacted as an argv, recursively; only
-  the masked characters change. Code (`python -c`, `perl -e`) and text kept for people (a
-  refused event's raw line) go through `redact_text`: their quoted strings are argvs.
+  the masked characters change. Options whose value is a command (`rsync -e`, `-o
+  ProxyCommand=`, `GIT_SSH_COMMAND=`) are scripts too. What `echo`/`printf` pipe, or a
+  here-string feeds, into a program that reads a secret on stdin (`passwd --stdin`,
+  `chpasswd`, `sudo -S`, `--password-stdin`) is that secret. Code (`python -c`, `perl -e`)
+  and text kept for people (a refused event's raw line, maybe cut short) go through
+  `redact_text`: each list of its quoted strings is an argv.
+- A command line cut short (`truncated`) loses the unfinished secret its last argument may
+  end in (`https://user:pw` without its @, `"password": "pw` without its quote): cut_short.
 - A one-string argv with spaces is a process title (setproctitle): a command line, split
   as a script is.
 - Idempotent: redacting twice gives what redacting once gave (the collector re-redacts what
