@@ -193,7 +193,8 @@ def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) ->
 # command line; audit records are cut too): its rule's end - the @ after user:password, the
 # closing quote - is gone, so only the end of the last argument can hold one.
 _CUT_URL = re.compile(rf"({SCHEME}[^/\s:@]*:)[^/\s@]+$", re.I)
-_CUT_QUOTED = re.compile(r"""(?P<head>(?<![\w.-])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\]?\s*[:=]\s*(?P<q>['"]))"""
+_CUT_QUOTED = re.compile(r"""(?P<head>(?<![\w.-])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\]?\s*[:=]\s*"""
+                         r"""(?P<q>['"]))"""
                          r"""(?:(?!(?P=q))[^\\]|\\.)+$""")
 _CUT_SQL = re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)(?:\s+|\s*=\s*)['\"])[^'\"]+$", re.I)
 
@@ -508,7 +509,8 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
                 and not arg.startswith("-") and arg.partition("=")[2][:1] not in ("@", "-", ""):
             new = arg.partition("=")[0] + "=" + MASK           # whatever is put in a vault is secret
         elif tool == "rclone" and positionals[:2] in (["config", "create"], ["config", "update"]) \
-                and positionals[-1:] == [arg] and (len(positionals) - (4 if positionals[1] == "create" else 3)) % 2 == 0 \
+                and positionals[-1:] == [arg] \
+                and (len(positionals) - (4 if positionals[1] == "create" else 3)) % 2 == 0 \
                 and len(positionals) > 4 and secret_name(positionals[-2]):
             new = MASK                                         # rclone config create NAME TYPE KEY VALUE...
         elif tool in LOGIN and "login" in positionals and arg.startswith("-p") and not arg.startswith("--") \

@@ -118,7 +118,8 @@ DEFAULT_RULES = (
     Rule("url token", re.compile(rf"({SCHEME})[A-Za-z0-9_-]{{20,}}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
     Rule("bearer token", re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), rf"\g<1>{MASK}"),
     # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
-    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)(?:\s+|\s*=\s*)')(?:[^']|'')+(')",
+    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)(?:\s+|\s*=\s*)')"
+                                    r"(?:[^']|'')+(')",
                                     re.I), rf"\g<1>{MASK}\g<2>"),
     # ... IDENTIFIED BY in MySQL's double quotes, and SET PASSWORD FOR 'u'@'h' = '...'
     Rule("sql password quoted", re.compile(r'(\bIDENTIFIED\s+(?:WITH\s+\w+\s+)?BY\s*")(?:[^"]|"")+(")',
@@ -128,7 +129,8 @@ DEFAULT_RULES = (
     # "password": "x" in JSON bodies
     Rule("json value", re.compile(r'(?P<head>"(?P<name>[\w.-]+)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")'), _named_value),
     # ... and {'password': 'x'} as Python prints a dict (curl -d "{'password': 'x'}")
-    Rule("dict value", re.compile(r"(?P<head>'(?P<name>[\w.-]+)'\s*:\s*)(?P<value>'(?:[^'\\]|\\.)*')"), _named_value_sq),
+    Rule("dict value", re.compile(r"(?P<head>'(?P<name>[\w.-]+)'\s*:\s*)(?P<value>'(?:[^'\\]|\\.)*')"),
+         _named_value_sq),
     # NAME=value: env assignments, --flag=value, -Dx.password=, key=value in query strings,
     # conninfo strings, mount options, helm --set, kubectl --from-literal=password=...
     Rule("named value", _NAMED, "", _named_values),
