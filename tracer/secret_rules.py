@@ -87,8 +87,10 @@ def _header(m: re.Match) -> str:
 # a URL scheme, where one can start (bounded: a long run of a.b.c. must not be scanned again
 # from every dot)
 SCHEME = r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://"
-HEADER = (r"(?:(?<=^-H)|(?<!/)\b)(?:(?:proxy-)?authorization|cookie|private-token|api-key"
-          r"|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64})")
+HEADER = (r"(?:(?<=^-H)|(?<![/\w-]))(?:(?:proxy-)?authorization|cookie|private-token|api-?key"
+          r"|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64}"
+          # vendors' own: DD-API-KEY, DD-APPLICATION-KEY, Circle-Token, Ocp-Apim-Subscription-Key
+          r"|(?:[a-z0-9]{1,32}-){1,4}(?:token|api-key|application-key|subscription-key|secret))")
 
 DEFAULT_RULES = (
     Rule("private key block", re.compile(
