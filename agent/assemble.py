@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from . import decode as d
 from .procfs import TICK_NS, ProcFS
-from .redact import DEFAULT_RULES, redact
+from .redact import DEFAULT_RULES, cut_short, redact
 from whodid.tracer.events import fit_argv, plain_ip
 
 AUID_UNSET = 4294967295
@@ -137,9 +137,11 @@ class Assembler:
             st.ppid, st.pstart = info.ppid, parent_start
         self.procs[info.pid] = st
         argv, cut = fit_argv(redact(info.argv, self.rules)[0])
+        if cut:
+            argv = cut_short(argv)                 # a secret the cut landed in lost its end
         ev = self._ev("exec", st.start, pid=info.pid, start=st.start, argv=argv,
-                      exe=info.exe or info.argv[0], uid=st.uid, euid=st.euid, gid=st.gid, egid=st.egid,
-                      comm=info.comm[:15], snapshot=True)
+                      exe=info.exe or argv[0], uid=st.uid, euid=st.euid, gid=st.gid, egid=st.egid,
+                      comm=redact([info.comm], self.rules)[0][0][:15], snapshot=True)   # a title's first 15 bytes
         if cut:
             ev["truncated"] = True
         self._fill(ev, st)
@@ -271,9 +273,12 @@ class Assembler:
             else:
                 self.counts["argv_unread"] += 1
         argv, hidden = redact(argv, self.rules)
-        self.counts["redacted"] += hidden
         argv, cut = fit_argv(argv)               # /proc's argv has no bound; the schema has
         truncated = truncated or cut
+        if truncated:
+            short = cut_short(argv)                # a secret the cut landed in lost its end
+            argv, hidden = short, hidden or short is not argv
+        self.counts["redacted"] += hidden
         old_euid = st.euid
         ids = status[1:] if current else None
         if ids and ids[0] == h.uid:

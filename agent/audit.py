@@ -554,10 +554,11 @@ def _is_ip(v) -> bool:
         return False
 
 
-def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = None):
-    """Audit log lines -> schema-v1 events (a generator). The report counts what was read,
-    used and skipped."""
-    from .redact import redact_event
+def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = None, rules=None):
+    """Audit log lines -> schema-v1 events (a generator), their command lines redacted with
+    `rules` (default: the default rules). The report counts what was read, used and skipped."""
+    from .redact import DEFAULT_RULES, redact_event
+    rules = DEFAULT_RULES if rules is None else rules
     report = report or ImportReport()
     grouper, asm = Grouper(), AuditAssembler(host, report)
 
@@ -565,7 +566,7 @@ def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = 
         for group in groups:
             for ev in asm.feed(sorted(group, key=lambda r: r.type != "SYSCALL")):
                 report.events[ev["kind"]] += 1
-                redact_event(ev)        # secrets never leave the importer, whatever reads its events
+                redact_event(ev, rules)     # secrets never leave the importer, whatever reads its events
                 yield ev
 
     for line in lines:

@@ -28,7 +28,7 @@ from .bccload import BccMissing, load_bcc
 from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
 from .netlink import NetlinkCapture, NetlinkUnavailable, monotonic_epoch
 from .procfs import ProcFS, boot_id
-from .redact import compile_rules
+from .redact import compile_rules, redact_event
 from .spool import event_line
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
@@ -124,9 +124,9 @@ class Sink:
             self.store.close()
 
 
-def fleet(args, cfg, host: str, boot: str):
+def fleet(args, cfg, host: str, boot: str, source: str | None = None):
     """The spool and shipper of fleet mode, or (None, None) in local mode. Raises ValueError
-    with what to fix."""
+    with what to fix. `source` is the config file cfg came from."""
     url = args.collector or cfg.collector
     if not url:
         return None, None
@@ -135,6 +135,8 @@ def fleet(args, cfg, host: str, boot: str):
     try:
         if cfg.token_file and not (os.environ.get("WHODID_AGENT_TOKEN") or cfg.token):
             private.check_secret(cfg.token_file, "agent.token_file")       # as ssh refuses an open key
+        if cfg.token and source and not os.environ.get("WHODID_AGENT_TOKEN"):
+            private.check_secret(source, "the config file holding agent.token")   # the same secret
         token = cfg.agent_token()
     except (config_mod.ConfigError, private.PrivateFileError) as exc:
         raise ValueError(str(exc)) from None
@@ -187,7 +189,8 @@ def stop_shipping(shipper, spool, stop: threading.Event, thread: threading.Threa
 def forward(args) -> int:
     """Ship JSON-lines events (files or stdin) through the spool; return when all are delivered."""
     try:
-        cfg = config_mod.load(args.config).agent
+        whole = config_mod.load(args.config)
+        cfg, source = whole.agent, whole.source
     except config_mod.ConfigError as exc:
         print(f"whodid-agent: {exc}", file=sys.stderr)
         return 2
@@ -195,7 +198,7 @@ def forward(args) -> int:
         print("whodid-agent: forward needs --collector URL (or agent.collector)", file=sys.stderr)
         return 2
     try:
-        spool, shipper = fleet(args, cfg, "", "")
+        spool, shipper = fleet(args, cfg, "", "", source)
     except ValueError as exc:
         print(f"whodid-agent: {exc}", file=sys.stderr)
         return 2
@@ -206,6 +209,9 @@ def forward(args) -> int:
                   file=sys.stderr)
             return 2
     bad = 0
+    # redacted here, as `run` redacts what it captures: the collector redacts too, but knows
+    # only the default rules, not this host's agent.redact_patterns
+    rules = compile_rules(cfg.redact_patterns)
     for name in args.files:
         fh = sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace")
         chunk = []
@@ -219,6 +225,7 @@ def forward(args) -> int:
                 if bad <= 5:
                     print(f"whodid-agent: {name}:{number}: {err} (not forwarded)", file=sys.stderr)
                 continue
+            redact_event(ev, rules)
             chunk.append(ev)
             if len(chunk) >= 5000:
                 spool.put(chunk)
@@ -243,7 +250,8 @@ def forward(args) -> int:
 
 def run(args) -> int:
     try:
-        cfg = config_mod.load(args.config).agent
+        whole = config_mod.load(args.config)
+        cfg, source = whole.agent, whole.source
     except config_mod.ConfigError as exc:
         print(f"whodid-agent: {exc}", file=sys.stderr)
         return 2
@@ -261,7 +269,7 @@ def run(args) -> int:
                     exclude=tuple(cfg.exclude) + tuple(args.exclude or ()))
     auth_log = args.auth_log or cfg.auth_log or default_source()
     try:
-        spool, shipper = fleet(args, cfg, host, asm.boot)
+        spool, shipper = fleet(args, cfg, host, asm.boot, source)
     except ValueError as exc:
         print(f"whodid-agent: {exc}", file=sys.stderr)
         return 2

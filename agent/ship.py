@@ -68,6 +68,9 @@ class Shipper:
         self.context = None
         if self.url.startswith("https://"):
             self.context = ssl.create_default_context(cafile=ca_file or None)
+        # redirects are not followed: urllib would resend a POST's 302 as a GET, the token in
+        # its Authorization header, to wherever Location points, and take its 200 for delivery
+        self._opener = urllib.request.build_opener(_NoRedirect, urllib.request.HTTPSHandler(context=self.context))
         self.offset: tuple[float, float] | None = None      # (collector minus local, error bound)
         self.stats = ShipStats()
         self._attempt = 0
@@ -99,7 +102,7 @@ class Shipper:
         t0 = self.clock()
         retry_after = None
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 status, answer, headers = resp.status, resp.read(), resp.headers
         except urllib.error.HTTPError as exc:
             status, answer, headers = exc.code, exc.read(), exc.headers
@@ -145,6 +148,10 @@ class Shipper:
             return self._retry(f"token {status}", f"the collector refused this agent's token ({status}: {message}); "
                                "check agent.token (or $WHODID_AGENT_TOKEN) against `whodid token add HOST` on the "
                                "collector. Events are kept in the spool meanwhile", floor=30.0)
+        if 300 <= status < 400:
+            return self._retry(f"status {status}", f"the collector answered {status}, a redirect to "
+                               f"{headers.get('Location')!r}, which an agent does not follow with its token; "
+                               "give the collector's final address (agent.collector or --collector)")
         return self._retry(f"status {status}", f"the collector answered {status} ({message})",
                            floor=_seconds(retry_after))
 
@@ -224,6 +231,11 @@ class Shipper:
                     return
         finally:
             self.timeout = timeout
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None                     # urllib then raises HTTPError with the 3xx
 
 
 def _json(body: bytes) -> dict:

@@ -128,6 +128,11 @@ def store_key(store_path: str) -> bytes:
     from whodid.tracer import Store
     store = Store.open(store_path, create=True)
     try:
+        # the old key must not stay in the store's bytes: zero what the move deletes (SQLite
+        # keeps deleted bytes unless built or told otherwise), then copy the WAL into the
+        # file at once - other processes holding the store open would delay that for long
+        store.db.execute("PRAGMA secure_delete = ON")
+        moved = False
         with store.transaction():           # the store's write lock: one process makes or moves it
             key = _read_key(path)
             if key is None:
@@ -139,6 +144,9 @@ def store_key(store_path: str) -> bytes:
                     raise private.PrivateFileError(private.why_not_written(exc, path, "the signing key")) from None
                 if old:
                     store.set_meta("button_key", f"moved to {path}")
+                    moved = True
+        if moved:
+            store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return key
     finally:
         store.close()

@@ -28,6 +28,7 @@ from whodid import __version__
 from whodid import config as config_mod
 from whodid import private
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
+from whodid.tracer.redact import compile_rules
 from whodid.tracer.store import store_error
 from whodid.tracer.render import render_text, traces_json
 from whodid.tracer.render.text import printable, render_trace
@@ -320,7 +321,7 @@ def cmd_ingest(args, cfg: config_mod.Config) -> int:
 
         try:
             with fh:
-                report = ingest(store, fh, progress=progress)
+                report = ingest(store, fh, progress=progress, rules=compile_rules(cfg.agent.redact_patterns))
         except sqlite3.Error as exc:
             raise StoreError(f"{store_error(exc, path)}. {stored[0]:,} events from {name} were stored before "
                              "it; the same command again stores the rest, none twice") from None
@@ -387,7 +388,7 @@ def cmd_import_audit(args, cfg: config_mod.Config) -> int:
 
     store = Store.open(cfg.store_path(args.db), create=True)
     t = time.perf_counter()
-    events = import_lines(lines(), host, report)
+    events = import_lines(lines(), host, report, rules=compile_rules(cfg.agent.redact_patterns))
     if args.addr:
         hello = {"v": 1, "kind": "host", "host": host, "boot": f"audit:{host}", "ts": time.time(), "addrs": args.addr,
                  "agent": "whodid import-audit"}

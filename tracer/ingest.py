@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .events import EventError, decode_line, parse_event
-from .redact import redact_event
+from .redact import DEFAULT_RULES, redact_event
 from .store import Store
 
 BATCH = 5000
@@ -55,8 +55,9 @@ class IngestReport:
 
 
 def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
-           progress: Callable[[IngestReport], None] | None = None) -> IngestReport:
-    """Ingest events: dicts (decoded JSON) or str/bytes (JSON lines). Never raises on bad events."""
+           progress: Callable[[IngestReport], None] | None = None, rules=DEFAULT_RULES) -> IngestReport:
+    """Ingest events: dicts (decoded JSON) or str/bytes (JSON lines). Never raises on bad events.
+    Command lines are redacted with `rules` (the defaults and this site's agent.redact_patterns)."""
     report = IngestReport()
     pending: list[tuple[int, dict[str, Any]]] = []
     for position, raw in enumerate(events, 1):
@@ -72,7 +73,7 @@ def ingest(store: Store, events: Iterable[Any], *, batch: int = BATCH,
         except EventError as err:
             report.refuse(position, err)
             continue
-        redact_event(ev)            # whoever produced the line, no secret reaches the store
+        redact_event(ev, rules)     # whoever produced the line, no secret reaches the store
         pending.append((position, ev))
         report.by_kind[ev["kind"]] += 1
         if len(pending) >= batch:

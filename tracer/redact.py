@@ -17,8 +17,16 @@ anything was hidden. Its rules:
   name, also behind sudo/env/docker exec/`--`.
 - Shell scripts (`sh -c '...'`, `bash -lc`, `su -c`, `ssh HOST '...'`) are split into commands
   and words (tracer/shellwords.py) and each command is redacted as an argv, recursively; only
-  the masked characters change. Code (`python -c`, `perl -e`) and text kept for people (a
-  refused event's raw line) go through `redact_text`: their quoted strings are argvs.
+  the masked characters change. Options whose value is a command (`rsync -e`, `-o
+  ProxyCommand=`, `GIT_SSH_COMMAND=`) are scripts too. What `echo`/`printf` pipe, or a
+  here-string feeds, into a program that reads a secret on stdin (`passwd --stdin`,
+  `chpasswd`, `sudo -S`, `--password-stdin`) is that secret. Code (`python -c`, `perl -e`)
+  and text kept for people (a refused event's raw line, maybe cut short) go through
+  `redact_text`: each list of its quoted strings is an argv.
+- A command line cut short (`truncated`) loses the unfinished secret its last argument may
+  end in (`https://user:pw` without its @, `"password": "pw` without its quote): cut_short.
+- A one-string argv with spaces is a process title (setproctitle): a command line, split
+  as a script is.
 - Idempotent: redacting twice gives what redacting once gave (the collector re-redacts what
   agents sent).
 - Fast on the common case: one regex over the joined argv finds the rare command line that
@@ -32,25 +40,32 @@ import re
 from typing import Any, Callable
 
 from . import shellwords
-from .secret_rules import (CODE_ASSIGNMENT, DEFAULT_RULES, MASK, SHAPE_RULES, Rule, code_assignment, compile_rules,
-                           secret_name)
+from .secret_rules import (CODE_ASSIGNMENT, DEFAULT_RULES, MASK, SCHEME, SHAPE_RULES, Rule, code_assignment,
+                           compile_rules, secret_name)
 
-__all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "redact", "redact_event", "redact_events", "redact_text",
-           "secret_name"]
+__all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "cut_short", "redact", "redact_event", "redact_events",
+           "redact_text", "secret_name"]
 
 MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
                   "mysqlsh mariadb mariadb-dump mariadb-admin mariadb-import mariadb-check".split())
 PSQL = frozenset("psql pg_dump pg_dumpall pg_restore pg_basebackup createdb dropdb createuser dropuser vacuumdb "
                  "reindexdb clusterdb pgbench".split())
 MONGO = frozenset("mongo mongosh mongodump mongorestore mongoexport mongoimport mongostat mongotop".split())
-LOGIN = frozenset("docker podman nerdctl buildah skopeo helm oras crane az vault".split())
+LOGIN = frozenset("docker podman nerdctl buildah skopeo helm oras crane az vault oc".split())
 SSH_VALUE_OPTIONS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
 SHELLS = frozenset("sh bash dash zsh ksh ash mksh busybox su runuser flock script".split())   # -c SCRIPT
 LDAP = frozenset("ldapsearch ldapadd ldapmodify ldapdelete ldapmodrdn ldappasswd ldapwhoami ldapcompare".split())
-SMB = frozenset("smbclient rpcclient smbcacls smbget net".split())
-TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | frozenset(
+SMB = frozenset("smbclient rpcclient smbcacls smbget net winexe".split())
+SNMP = frozenset("snmpwalk snmpbulkwalk snmpget snmpgetnext snmpbulkget snmpset snmptable snmpdelta snmpstatus "
+                 "snmpdf snmptrap snmpinform snmptest snmptranslate snmpusm snmpvacm".split())   # -A -X -c
+# user/password@db as an argument (sqlplus scott/tiger@orcl, rman target sys/pw@db)
+ORACLE = frozenset("sqlplus sqlldr expdp impdp exp imp rman dgmgrl".split())
+MOSQUITTO = frozenset("mosquitto_pub mosquitto_sub mosquitto_rr".split())
+TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | SNMP | ORACLE | MOSQUITTO | frozenset(
     "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
-    "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp".split()))
+    "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp ipmitool racadm cqlsh "
+    "rabbitmqadmin lftp etcdctl isql iusql wpa_passphrase rclone neo4j-admin neo4j ssh-keygen doctl "
+    "ansible-vault rsync".split()))
 # interpreters whose -c/-e CODE is redacted as text (its strings may be argvs and scripts)
 INTERPRETERS = frozenset("python python2 python3 perl ruby node nodejs php lua".split()) | frozenset(
     f"python3.{minor}" for minor in range(6, 15))
@@ -59,11 +74,22 @@ CODE_OPTION = {"perl": "eE", "ruby": "e", "node": "ep", "nodejs": "ep", "php": "
 # the argument after these options is a secret, per tool
 SECRET_OPTION = {**{t: ("-p",) for t in MONGO}, **{t: ("-w",) for t in LDAP},
                  "sshpass": ("-p",), "redis-cli": ("-a",), "openssl": ("-k",), "zip": ("-P",), "unzip": ("-P",),
-                 "sqlcmd": ("-P",), "bcp": ("-P",), "useradd": ("-p",), "usermod": ("-p",)}
+                 "sqlcmd": ("-P",), "bcp": ("-P",), "useradd": ("-p",), "usermod": ("-p",),
+                 **{t: ("-A", "-X", "-c") for t in SNMP}, **{t: ("-P",) for t in MOSQUITTO},
+                 "ipmitool": ("-P",), "racadm": ("-p",), "cqlsh": ("-p",), "rabbitmqadmin": ("-p",),
+                 "ssh-keygen": ("-N", "-P"), "doctl": ("-t",)}
 # ... and these take it attached too (getopt-style): sshpass -pX, ldapsearch -wX, 7z -pX
-ATTACHED_OPTION = {**{t: "-w" for t in LDAP}, "sshpass": "-p", "7z": "-p", "7za": "-p", "7zr": "-p"}
+ATTACHED_OPTION = {**{t: ("-w",) for t in LDAP}, **{t: ("-A", "-X", "-c") for t in SNMP}, "sshpass": ("-p",),
+                   "7z": ("-p",), "7za": ("-p",), "7zr": ("-p",), "ipmitool": ("-P",), "sqlcmd": ("-P",),
+                   "bcp": ("-P",)}
 USER_PASS_OPTION = {"curl": ("-u", "--user", "-U", "--proxy-user"), "http": ("-a", "--auth"),
-                    "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth")}
+                    "https": ("-a", "--auth"), "xh": ("-a", "--auth"), "xhs": ("-a", "--auth"),
+                    "etcdctl": ("--user",)}
+# user:password for any tool (skopeo copy --src-creds, podman pull --creds, buildah --creds)
+CREDS_OPTION = frozenset(("--creds", "--src-creds", "--dest-creds"))
+ORACLE_LOGIN = re.compile(r"^((?:userid=|target=|catalog=|auxiliary=)?[A-Za-z_][\w$#]*/)([^@\s]+)(@.*)?$", re.I | re.S)
+COOKIE_VALUE = re.compile(r"(=)[^;]+")
+HTTPIE_ITEM = re.compile(r"(?P<head>(?P<name>[\w.\[\]-]+)(?::=|==|=))(?=.)")    # httpie: JSON, query, form fields
 # Words that, found in a command line, send it to the rules: the rules' own shapes, secret
 # names, the tools above, an attached `-pX`. Searched in the lowercased argv joined by
 # newlines, quotes made spaces (`sh -c '"http" -a u:pw'` is `http -a u:pw`). Nearly every
@@ -76,6 +102,9 @@ TRIGGERS = (
     "hvb.", "hvr.", "k_live_", "k_test_", "eyj", "-----begin", "hooks.slack", "mysql", "maria", "redis-cli", "curl",
     "login", "openssl", "smbclient", "rpcclient", "ldap", "mongo", "rabbitmq", "sqlcmd", "bcp", "useradd", "usermod",
     "7z", "freerdp", "/p:", "\nzip\n", "/zip\n", "\nunzip\n", "/unzip\n",
+    "cred", "snmp", "ipmitool", "racadm", "cqlsh", "mosquitto", "lftp", "etcdctl", "sqlplus", "sqlldr", "expdp",
+    "impdp", "rman", "dgmgrl", "\nexp\n", "/exp\n", "\nimp\n", "/imp\n", "isql", "wpa_", "rclone", "neo4j", "vault",
+    "config\nset\n", "put-parameter", "discord", "sudo -s", "cryptsetup", "sig=", "signature=", "sg.", "winexe",
     "\nhttp\n", "/http\n", "\nhttps\n", "/https\n", "\nxh", "/xh", "\nhttp ", " http ", "/http ", "\nnet\n", "/net\n",
 )
 # (literal start, regex tail): shapes that are more than a word
@@ -137,7 +166,12 @@ def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[li
             entry = _PREFILTER[id(rules)] = (rules, _custom_any(rules))
         if entry[1] is None or not entry[1].search(joined):
             return list(argv), False
-    out = _argv(list(argv), rules, 0)
+    if len(argv) == 1 and " " in argv[0]:
+        # a process title (setproctitle): /proc/PID/cmdline holds the whole command line in
+        # one string, as ps shows it - redacted as a script of one command line
+        out = [_script(argv[0], rules, 1)]
+    else:
+        out = _argv(list(argv), rules, 0)
     return out, out != list(argv)
 
 
@@ -147,9 +181,33 @@ def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) ->
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         return False
     new, changed = redact(argv, rules)
+    if ev.get("truncated") is True and new:
+        new = cut_short(new)
+        changed = new != argv
     if changed:
         ev["argv"] = new
     return changed
+
+
+# What is left of a secret a cut landed in (the agent reads 4 KiB of an argument, 8 KiB of a
+# command line; audit records are cut too): its rule's end - the @ after user:password, the
+# closing quote - is gone, so only the end of the last argument can hold one.
+_CUT_URL = re.compile(rf"({SCHEME}[^/\s:@]*:)[^/\s@]+$", re.I)
+_CUT_QUOTED = re.compile(r"""(?P<head>(?<![\w.-])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\]?\s*[:=]\s*"""
+                         r"""(?P<q>['"]))"""
+                         r"""(?:(?!(?P=q))[^\\]|\\.)+$""")
+_CUT_SQL = re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)(?:\s+|\s*=\s*)['\"])[^'\"]+$", re.I)
+
+
+def cut_short(argv: list[str]) -> list[str]:
+    """A redacted argv that was cut short: its last argument loses a secret the cut left
+    unfinished (https://user:pw, "password": "pw, IDENTIFIED BY 'pw, password='pw)."""
+    last = _CUT_URL.sub(rf"\g<1>{MASK}", argv[-1])
+    last = _CUT_SQL.sub(rf"\g<1>{MASK}", last)
+    cut = _CUT_QUOTED.search(last)
+    if cut and secret_name(cut["name"]) and not last.endswith(MASK):
+        last = last[:cut.end("head")] + MASK
+    return argv if last == argv[-1] else [*argv[:-1], last]
 
 
 def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAULT_RULES) -> int:
@@ -157,22 +215,31 @@ def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAUL
     return sum(redact_event(ev, rules) for ev in events if isinstance(ev, dict))
 
 
-# a quoted string in JSON or in code: "..." or '...', backslash escapes kept as written
-_QUOTED = re.compile(r""""((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'""")
+# a quoted string in JSON or in code: "..." or '...', backslash escapes kept as written; one
+# the text ends in before its closing quote (a raw line kept cut short) runs to the end
+_QUOTED = re.compile(r""""((?:[^"\\]|\\.)*)(?:"|\\?\Z)|'((?:[^'\\]|\\.)*)(?:'|\\?\Z)""")
+_LIST_SEPARATOR = re.compile(r"\s*,\s*(?:(?:-?[0-9][0-9.eE+-]*|true|false|null)\s*,\s*)*")   # ["a", 5, "b"]
 
 
 def redact_text(text: str, rules: tuple[Rule, ...] = DEFAULT_RULES, depth: int = 0, *, code: bool = False) -> str:
     """Text that is not an argv but holds command lines: a raw event line kept for people (a
     refused event, maybe cut short), a log line that was not what it should be (a shell
     history given to import-audit), or - with code=True - the code of `python -c`/`perl -e`.
-    Its quoted strings, in order, are redacted as if they were an argv (["mysql", "-pX"] in
-    JSON or code); a quoted string with spaces as a shell script (os.system('PGPASSWORD=x
-    psql')); then, unless it is code or JSON, the text itself as a shell script."""
+    Its quoted strings, each run of them a list holds (["mysql", "-pX"] in JSON or code), are
+    redacted as if they were an argv - a list, not the whole line: `htpasswd -b F U PW` has its
+    password last in its argv, not before `"cwd": "/root"`; a quoted string with spaces as a
+    shell script (os.system('PGPASSWORD=x psql')); then, unless it is code or JSON, the text
+    itself as a shell script."""
     if not _TRIGGER.search(text.lower()) and rules is DEFAULT_RULES:
         return text
     found = list(_QUOTED.finditer(text))
     values = [m[1] if m[1] is not None else m[2] for m in found]
-    new = _argv(values, rules, depth + 1) if depth <= MAX_DEPTH else values
+    new: list[str] = []
+    start = 0
+    for k in range(1, len(found) + 1):      # runs of strings with only a comma between them
+        if k == len(found) or not _LIST_SEPARATOR.fullmatch(text, found[k - 1].end(), found[k].start()):
+            new += _argv(values[start:k], rules, depth + 1) if depth <= MAX_DEPTH else values[start:k]
+            start = k
     for m, old, value in sorted(zip(found, values, new), key=lambda f: f[0].start(), reverse=True):
         if " " in old:
             # a string with spaces is a script or prose: its words are redacted, and the shapes
@@ -205,9 +272,20 @@ def _script(script: str, rules: tuple[Rule, ...], depth: int) -> str:
     if depth > MAX_DEPTH:
         return _content(script, rules)
     edits = []
-    for command in shellwords.commands(script):
+    parsed = shellwords.commands(script)
+    heres = [[w for w in command if w.here] for command in parsed]
+    commands = [[w for w in command if not w.here] for command in parsed]
+    for k, command in enumerate(commands):
+        if not command:
+            continue
         values = [w.value for w in command]
         new = _argv(values, rules, depth + 1)
+        if k + 1 < len(commands) and commands[k + 1] and values[0] in ("echo", "printf") \
+                and _piped(script, command, commands[k + 1]):
+            new = _echoed(new, [w.value for w in commands[k + 1]])
+        if heres[k]:                                           # chpasswd <<< 'u:pw', sudo -S cmd <<< pw
+            read = _echoed(["echo", *(w.value for w in heres[k])], values)[1:]
+            command, values, new = command + heres[k], values + [w.value for w in heres[k]], new + read
         for word, old, value in zip(command, values, new):
             if ("$(" in value or "`" in value) and depth < MAX_DEPTH:
                 value = _script(value, rules, depth + 1)      # "$(mysql -pX)" inside quotes
@@ -216,10 +294,82 @@ def _script(script: str, rules: tuple[Rule, ...], depth: int) -> str:
     return shellwords.apply(script, edits)
 
 
+_VARIABLE = re.compile(r"\$\{?\w+\}?")
+_REDIRECTION = re.compile(r"\d*(?:[<>]+&?|&>>?)\s*\S*")
+# programs that read a secret on stdin, the option saying so if they need one: what is echoed
+# into them is the secret (echo pw | passwd --stdin u, echo u:pw | chpasswd)
+STDIN_SECRET = {**{t: "--password-stdin" for t in LOGIN}, "passwd": "--stdin", "chpasswd": "", "newusers": "",
+                "sudo": "-S", "cryptsetup": "", "smbpasswd": "-s", "htpasswd": "-i", "vault": "login",
+                "gpg": "--passphrase-fd", "openssl": "stdin"}
+
+
+def _piped(script: str, command: list[shellwords.Word], after: list[shellwords.Word]) -> bool:
+    """Is `command | after` in the script (a pipe, maybe with redirections, between them)?"""
+    gap = _REDIRECTION.sub(" ", script[command[-1].end:after[0].start])
+    return gap.strip() == "|"
+
+
+def _echoed(echo: list[str], reader: list[str]) -> list[str]:
+    """What `echo ARGS` or `printf FORMAT ARGS` pipes into a program that reads a secret on
+    stdin is the secret: its arguments go (a user:password line keeps its user)."""
+    i = 0
+    while i < len(reader) and reader[i] in ("sudo", "env", "exec", "command", "nohup"):
+        j, reads = i + 1, False                # sudo -u root passwd --stdin: the reader is passwd
+        while j < len(reader) and (reader[j].startswith("-") or "=" in reader[j]):
+            reads |= reader[j] == "--stdin" or reader[j][:2] != "--" and "S" in reader[j]
+            j += 2 if reader[j] in ("-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U") else 1
+        if reader[i] == "sudo" and reads:
+            break                              # sudo -S: sudo reads the password
+        i = j
+    while i < len(reader) and reader[i].startswith("-"):
+        i += 1
+    if i >= len(reader):
+        return echo
+    tool = reader[i].rpartition("/")[2]
+    needs = STDIN_SECRET.get(tool)
+    if needs is None or needs and not any(a == needs or a.startswith(needs) or a.startswith(f"{needs}=")
+                                          for a in reader[i:]):
+        return echo
+    out = list(echo)
+    first = 1
+    while first < len(echo) and echo[first].startswith("-") and echo[0] == "echo":
+        first += 1                                         # echo -n, -e
+    if echo[0] == "printf" and first < len(echo) and "%" in echo[first]:
+        first += 1                                         # printf '%s\n' SECRET: the format stays
+    for j in range(first, len(echo)):
+        if _VARIABLE.fullmatch(echo[j]):
+            continue                                       # echo "$PW": the name, not the secret
+        out[j] = _mask_after(echo[j], ":") if tool in ("chpasswd", "newusers") and ":" in echo[j] else MASK
+    return out
+
+
+FLAG = re.compile(r"-{1,2}[\w.\[\]-]+")      # a flag's name: not -H'Authorization: ...', whose value is attached
+
+
+EMBEDDED_NAME = re.compile(r"-{0,2}(?:o\s*)?(?P<name>[\w.-]+)=(?=\S)")
+
+
+def _config_set(positionals: list[str], arg: str) -> bool:
+    """`TOOL config set NAME VALUE` (npm, yarn, pnpm, kubectl, git-like CLIs), arg being VALUE
+    and NAME naming a secret."""
+    for j in range(len(positionals) - 3):
+        if positionals[j].lower() in ("config", "configure") and positionals[j + 1].lower() == "set":
+            return len(positionals) == j + 4 and positionals[-1] == arg and secret_name(positionals[j + 2])
+    return False
+
+
 def _mask_after(value: str, sep: str) -> str:
     """user:pw -> user:***, DOMAIN\\user%pw -> DOMAIN\\user%***; nothing after sep: unchanged."""
     head, found, tail = value.partition(sep)
     return f"{head}{sep}{MASK}" if found and tail else value
+
+
+def _user_pass(value: str) -> str:
+    """user:password -> user:***; KEY: (an API key given as the user, no password: Stripe,
+    Mailgun, many APIs) -> ***:; a user alone (curl prompts for the password) stays."""
+    if value.endswith(":") and value.count(":") == 1 and len(value) > 1:
+        return value if MASK in value else MASK + ":"    # sk_test_***: keeps the kind of key it is
+    return _mask_after(value, ":")
 
 
 def _pass_arg(value: str) -> str:
@@ -227,8 +377,8 @@ def _pass_arg(value: str) -> str:
     `env:VAR`, `file:PATH`, `fd:N`, `stdin` name where the secret is, not the secret."""
     if value.startswith("pass:"):
         return "pass:" + MASK
-    if value.startswith(("env:", "file:", "fd:")) or value == "stdin":
-        return value
+    if value.startswith(("env:", "file:", "fd:")) or value in ("stdin", ""):
+        return value                    # ... and an empty one (ssh-keygen -N ''): nothing to hide
     return MASK
 
 
@@ -240,6 +390,9 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
     script_next = False
     code_next = False
     ssh_dest = False                 # ssh: the destination is behind us, the rest is a remote script
+    mask_at = -1                     # an argument ahead known to be a secret
+    configuring = False              # a positional `config`: `TOOL config set NAME VALUE` may follow
+    operands = 0                     # the tool's arguments that are not options, NAME=value ones too
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -268,13 +421,24 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             # a tool's name starts its own arguments, unless it is a long option's value
             # (`docker run --name mysql -p3306:3306`)
             if base in TOOLS and (i == 0 or prev == "--" or not (prev.startswith("--") and "=" not in prev)):
-                tool, positionals, ssh_dest = base, [], False
+                tool, positionals, ssh_dest, configuring, operands = base, [], False, False, 0
                 i += 1
                 continue
             positionals.append(arg)
+            configuring = configuring or arg.lower() in ("config", "configure")
+        operands += not arg.startswith("-")
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         new = _content(arg, rules)
         mask_next: Callable[[str], str] | None = None
+        if " " in arg and depth < MAX_DEPTH:
+            # a command in an option's value, known by the option's name (not by what it holds,
+            # which masking changes): rsync -e 'sshpass -p X ssh', -o ProxyCommand=...,
+            # GIT_SSH_COMMAND=..., git -c core.sshCommand=...: a script, as sh -c's
+            name = EMBEDDED_NAME.match(arg)
+            if name and (name["name"].lower().endswith(("command", "_rsh")) or name["name"] == "rsh") \
+                    or tool == "rsync" and prev in ("-e", "--rsh"):
+                at = name.end() if name else 0
+                new = arg[:at] + _script(arg[at:], rules, depth + 1)
         if tool in SHELLS and nxt is not None and (
                 (arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:] and arg[1:].isalpha())
                 or arg == "--command"):
@@ -288,6 +452,8 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             new = "-p" + MASK                                  # -pX; `-p X` prompts, X is the database
         elif tool in MYSQL and arg == "--password":
             pass                                               # optional value: only --password=X
+        elif tool in MYSQL and arg.startswith("--pas") and "=" in arg and "password".startswith(arg[2:arg.index("=")]):
+            new = arg[:arg.index("=") + 1] + MASK              # --passw=X: MySQL takes a long option's prefix
         elif tool in PSQL and arg in ("--password", "-W"):
             pass                                               # a switch: prompt for it
         elif arg in SECRET_OPTION.get(tool, ()) and nxt is not None and not nxt.startswith("-"):
@@ -302,9 +468,54 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         elif tool == "xfreerdp" and arg.lower().startswith("/p:") and len(arg) > 3:
             new = arg[:3] + MASK
         elif arg in USER_PASS_OPTION.get(tool, ()) and nxt is not None:
-            mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - curl -u user:pw
+            mask_next = _user_pass                             # curl -u user:pw, -u APIKEY:
         elif tool in USER_PASS_OPTION and arg[:2] in USER_PASS_OPTION[tool] and len(arg) > 2:
-            new = arg[:2] + _mask_after(arg[2:], ":")
+            new = arg[:2] + _user_pass(arg[2:])
+        elif tool in USER_PASS_OPTION and arg.partition("=")[0] in USER_PASS_OPTION[tool] and "=" in arg:
+            new = _mask_after(arg, ":")                        # etcdctl --user=root:pw
+        elif arg in CREDS_OPTION and nxt is not None:
+            mask_next = lambda v: _mask_after(v, ":")          # noqa: E731 - skopeo --src-creds user:pw
+        elif arg.partition("=")[0] in CREDS_OPTION:
+            new = _mask_after(arg, ":")
+        elif tool == "lftp" and arg == "-u" and nxt is not None:
+            mask_next = lambda v: _mask_after(v, ",")          # noqa: E731 - lftp -u user,pw
+        elif tool == "curl" and arg in ("-b", "--cookie") and nxt is not None and "=" in nxt:
+            mask_next = lambda v: COOKIE_VALUE.sub(rf"\g<1>{MASK}", v)   # noqa: E731 - a session is a login
+        elif tool == "curl" and arg.startswith("-b") and "=" in arg:
+            new = "-b" + COOKIE_VALUE.sub(rf"\g<1>{MASK}", arg[2:])
+        elif tool in ORACLE and not arg.startswith(("-", "@")) and ORACLE_LOGIN.match(arg):
+            new = ORACLE_LOGIN.sub(rf"\g<1>{MASK}\g<3>", arg)    # sqlplus scott/tiger@orcl; `/ as sysdba` has none
+        elif tool in ("isql", "iusql") and operands == 3 and not arg.startswith("-"):
+            new = MASK                                         # isql DSN USER PASSWORD
+        elif tool == "redis-cli" and arg.upper() == "AUTH" and i + 2 <= len(argv) <= i + 3:
+            mask_at = len(argv) - 1                            # redis-cli AUTH [USER] PASSWORD
+        elif i == mask_at:
+            new = MASK
+        elif tool == "ansible-vault" and positionals[-2:] == ["encrypt_string", arg]:
+            new = MASK
+        elif tool == "aws" and positionals[:2] == ["ssm", "put-parameter"] and arg.startswith("--value"):
+            if arg == "--value" and nxt is not None:
+                mask_next = _pass_arg                          # a parameter is stored, maybe SecureString
+            elif arg.startswith("--value="):
+                new = "--value=" + MASK
+        elif tool in USER_PASS_OPTION and tool != "curl" and HTTPIE_ITEM.match(arg) \
+                and secret_name(HTTPIE_ITEM.match(arg)["name"]):
+            new = HTTPIE_ITEM.match(arg)["head"] + MASK        # http POST URL password:=X token==X
+        elif tool == "wpa_passphrase" and operands == 2 and not arg.startswith("-"):
+            new = MASK                                         # wpa_passphrase SSID PASSPHRASE
+        elif tool in ("neo4j-admin", "neo4j") and positionals[-2:] == ["set-initial-password", arg]:
+            new = MASK
+        elif tool == "vault" and positionals[:2] in (["kv", "put"], ["kv", "patch"]) and "=" in arg \
+                and not arg.startswith("-") and arg.partition("=")[2][:1] not in ("@", "-", ""):
+            new = arg.partition("=")[0] + "=" + MASK           # whatever is put in a vault is secret
+        elif tool == "rclone" and positionals[:2] in (["config", "create"], ["config", "update"]) \
+                and positionals[-1:] == [arg] \
+                and (len(positionals) - (4 if positionals[1] == "create" else 3)) % 2 == 0 \
+                and len(positionals) > 4 and secret_name(positionals[-2]):
+            new = MASK                                         # rclone config create NAME TYPE KEY VALUE...
+        elif tool in LOGIN and "login" in positionals and arg.startswith("-p") and not arg.startswith("--") \
+                and len(arg) > 2:
+            new = "-p=" + MASK if arg.startswith("-p=") else "-p" + MASK     # docker login -pX / -p=X (pflag)
         elif tool in SMB and arg in ("-U", "--user") and nxt is not None:
             mask_next = lambda v: _mask_after(v, "%")          # noqa: E731
         elif tool in SMB and (arg.startswith("-U") or arg.startswith("--user=")):
@@ -331,8 +542,10 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
         elif tool == "rabbitmqctl" and positionals[:1] in (["add_user"], ["change_password"]) \
                 and len(positionals) == 3 and positionals[2] == arg:
             new = MASK
+        elif configuring and _config_set(positionals, arg):
+            new = new if new != arg or MASK in arg else MASK   # npm/yarn/kubectl config set NAME VALUE
         elif arg.startswith("-") and "=" not in arg and nxt is not None and not nxt.startswith("-") \
-                and secret_name(arg) and arg != "-":
+                and secret_name(arg) and arg != "-" and FLAG.fullmatch(arg):
             mask_next = _pass_arg                              # --password X, --token X, -passin pass:X
         out[i] = new
         if mask_next is not None:

@@ -18,13 +18,13 @@ MASK = "***"
 SECRET_NAME = re.compile(
     r"password|passwd|passphrase|passcode|secret|token(?!s|i[sz])|credential|bearer|api[-_.]?key"
     r"|(?:access|private|account|master|encryption|signing|client|app|license|shared)[-_.]?key"
-    r"|storepass|keypass|sshpass|passin|passout|auth(?!or(?!i[sz])|enticat)"
-    r"|(?<![a-z0-9])(?:pass|pw|pwd)(?![a-z0-9])", re.I)
+    r"|storepass|keypass|sshpass|passin|passout|requirepass|auth(?!or(?!i[sz])|enticat)"
+    r"|(?<![a-z0-9])(?:pass|pw|pwd|creds|sig)(?![a-z0-9])|(?:amz|goog)-signature", re.I)
 # ... and names that mention a secret but hold something else: a switch, a path, a policy
 NOT_SECRET_NAME = re.compile(
     r"^-*(?:no|ask|prompt|skip|show|require|disable|enable|allow|reset|forgot)[-_.]"
     r"|(?:file|files|path|dir|directory|stdin|env|prompt|command|cmd|length|policy|type|method|mode"
-    r"|url|uri|endpoint|provider|plugin|helper|source|database|db|mechanism|ttl|expiry|expiration"
+    r"|url|uri|endpoint|provider|plugin|helper|source|database|db|mechanism|ttl|expiry|expiration|fd"
     r"|name|count|format|hint|authentications?|min|max|limit|size|timeout|-id|-ids|-arn)$", re.I)
 
 
@@ -73,6 +73,10 @@ def _named_value(m: re.Match) -> str:
     return f'{m["head"]}"{MASK}"' if secret_name(m["name"]) else m[0]
 
 
+def _named_value_sq(m: re.Match) -> str:
+    return f"{m['head']}'{MASK}'" if secret_name(m["name"]) else m[0]
+
+
 def _header(m: re.Match) -> str:
     """Authorization: keeps its scheme (Basic, Bearer, AWS4-HMAC-SHA256 ...); other headers
     named for a secret (X-Api-Key, PRIVATE-TOKEN, Cookie) lose their whole value."""
@@ -83,8 +87,10 @@ def _header(m: re.Match) -> str:
 # a URL scheme, where one can start (bounded: a long run of a.b.c. must not be scanned again
 # from every dot)
 SCHEME = r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,31}://"
-HEADER = (r"(?<!/)\b(?:(?:proxy-)?authorization|cookie|private-token|api-key"
-          r"|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64})")
+HEADER = (r"(?:(?<=^-H)|(?<![/\w-]))(?:(?:proxy-)?authorization|cookie|private-token|api-?key"
+          r"|x-[\w-]{0,64}?(?:token|key|secret|auth)[\w-]{0,64}"
+          # vendors' own: DD-API-KEY, DD-APPLICATION-KEY, Circle-Token, Ocp-Apim-Subscription-Key
+          r"|(?:[a-z0-9]{1,32}-){1,4}(?:token|api-key|application-key|subscription-key|secret))")
 
 DEFAULT_RULES = (
     Rule("private key block", re.compile(
@@ -99,7 +105,9 @@ DEFAULT_RULES = (
     # tokens by shape: the prefix that says what kind stays
     Rule("aws access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), f"\\g<1>{MASK}"),
     Rule("slack token", re.compile(r"\bxox[abposre]-[0-9A-Za-z-]{10,}"), f"xox{MASK}"),
-    Rule("slack webhook", re.compile(r"(hooks\.slack\.com/services/)[\w/]+"), rf"\g<1>{MASK}"),
+    Rule("slack webhook", re.compile(r"(hooks\.slack\.com/(?:services|workflows|triggers)/)[\w/]+"), rf"\g<1>{MASK}"),
+    Rule("discord webhook", re.compile(r"(discord(?:app)?\.com/api/webhooks/\d+/)[\w-]+"), rf"\g<1>{MASK}"),
+    Rule("sendgrid key", re.compile(r"\b(SG\.)[\w-]{16,32}\.[\w-]{16,64}"), rf"\g<1>{MASK}"),
     Rule("github token", re.compile(r"\b(gh[pousr]_[0-9A-Za-z]{20,}|github_pat_[0-9A-Za-z_]{20,})"), f"gh_{MASK}"),
     Rule("gitlab token", re.compile(r"\b(glpat-|glrt-|gldt-)[0-9A-Za-z_-]{20,}"), rf"\g<1>{MASK}"),
     Rule("google api key", re.compile(r"\b(AIza)[0-9A-Za-z_-]{35}"), rf"\g<1>{MASK}"),
@@ -112,10 +120,19 @@ DEFAULT_RULES = (
     Rule("url token", re.compile(rf"({SCHEME})[A-Za-z0-9_-]{{20,}}(@)", re.I), rf"\g<1>{MASK}\g<2>"),
     Rule("bearer token", re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), rf"\g<1>{MASK}"),
     # SQL handed to a client: CREATE USER .. IDENTIFIED BY 'x', ALTER ROLE .. PASSWORD 'x'
-    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)\s*(?:=\s*)?')(?:[^']|'')+(')",
+    Rule("sql password", re.compile(r"(\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|PASSWORD)(?:\s+|\s*=\s*)')"
+                                    r"(?:[^']|'')+(')",
                                     re.I), rf"\g<1>{MASK}\g<2>"),
+    # ... IDENTIFIED BY in MySQL's double quotes, and SET PASSWORD FOR 'u'@'h' = '...'
+    Rule("sql password quoted", re.compile(r'(\bIDENTIFIED\s+(?:WITH\s+\w+\s+)?BY\s*")(?:[^"]|"")+(")',
+                                           re.I), rf"\g<1>{MASK}\g<2>"),
+    Rule("sql set password", re.compile(r"(\bSET\s+PASSWORD\s+FOR\s+\S+?\s*=\s*(?:PASSWORD\s*\(\s*)?')(?:[^']|'')+(')",
+                                        re.I), rf"\g<1>{MASK}\g<2>"),
     # "password": "x" in JSON bodies
     Rule("json value", re.compile(r'(?P<head>"(?P<name>[\w.-]+)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")'), _named_value),
+    # ... and {'password': 'x'} as Python prints a dict (curl -d "{'password': 'x'}")
+    Rule("dict value", re.compile(r"(?P<head>'(?P<name>[\w.-]+)'\s*:\s*)(?P<value>'(?:[^'\\]|\\.)*')"),
+         _named_value_sq),
     # NAME=value: env assignments, --flag=value, -Dx.password=, key=value in query strings,
     # conninfo strings, mount options, helm --set, kubectl --from-literal=password=...
     Rule("named value", _NAMED, "", _named_values),
@@ -134,7 +151,7 @@ def compile_rules(extra: list[str] | tuple[str, ...] = ()) -> tuple[Rule, ...]:
 
 
 # password = 'x', connect(password="x"), {'api_key': 'x'}, headers: {Authorization: 'Basic x'} in code
-CODE_ASSIGNMENT = re.compile(r"""(?P<head>(?<![\w.])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\s*[:=]\s*)"""
+CODE_ASSIGNMENT = re.compile(r"""(?P<head>(?<![\w.])(?P<nq>['"]?)(?P<name>[A-Za-z_][\w.-]*)(?P=nq)\]?\s*[:=]\s*)"""
                              r"""(?P<q>['"])(?P<value>(?:(?!(?P=q))[^\\]|\\.)+)(?P=q)""")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}\s+(?=\S)")
 

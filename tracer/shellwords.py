@@ -3,7 +3,8 @@ where each character of a word came from, so a word can be changed in place.
 
 Pure. This is not a shell: it knows quotes ('...', "...", $'...'), backslashes, comments,
 the operators that separate commands (; & | && || ( ) $( ` and newlines) and redirections
-(whose targets are file names, not arguments). Expansions ($VAR, globs) stay as written.
+(whose targets are file names, not arguments; a here-string's word, `<<< WORD`, is what the
+command reads on stdin: kept, and marked `here`). Expansions ($VAR, globs) stay as written.
 Its one use is redaction: find `mysql -pX` inside `sh -c "cd /srv && mysql -pX db"` and
 mask X while every other character of the script stays as it was typed.
 """
@@ -23,6 +24,7 @@ class Word:
     end: int = 0                          # and where it ends
     value: str = ""                       # the word as the command receives it (quotes removed)
     where: list[int] = field(default_factory=list)   # script index of each character of value
+    here: bool = False                    # a here-string (<<< WORD): the command's stdin, not an argument
 
     def add(self, char: str, at: int) -> None:
         self.value += char
@@ -30,16 +32,21 @@ class Word:
 
 
 def commands(script: str) -> list[list[Word]]:
-    """The script's simple commands, each a list of words (redirection targets left out)."""
+    """The script's simple commands, each a list of words (redirection targets left out, a
+    here-string's word kept with here=True)."""
     out: list[list[Word]] = [[]]
     word: Word | None = None
-    redirect_target = False          # the next word is a file a redirection names
+    redirect_target: bool | str = False    # the next word is a file a redirection names ("here": a here-string)
     i, n = 0, len(script)
 
     def end_word() -> None:
         nonlocal word, redirect_target
         if word is not None:
-            if redirect_target:
+            if redirect_target == "here":
+                word.here = True
+                out[-1].append(word)
+                redirect_target = False
+            elif redirect_target:
                 redirect_target = False
             else:
                 out[-1].append(word)
@@ -54,9 +61,10 @@ def commands(script: str) -> list[list[Word]]:
             if word is not None and word.value.isdigit() and word.where[-1] == i - 1:
                 word = None                                  # `2>`: a file descriptor, not an argument
             end_word()
+            start = i
             while i < n and script[i] in "<>&|":
                 i += 1
-            redirect_target = True
+            redirect_target = "here" if script[start:i] == "<<<" else True
         elif c in SEPARATORS or (c == "$" and script[i + 1:i + 2] == "("):
             end_word()
             redirect_target = False
