@@ -338,3 +338,21 @@ def test_the_live_agent_redacts(tmp_path):
         store.close()
     assert "sh -c true --password=***; AWS_SECRET_ACCESS_KEY=*** true s3 ls" in cmds, [c for c in cmds if "***" in c]
     assert "env PGPASSWORD=*** true -h db" in cmds
+
+
+def test_the_cache_of_clean_command_lines_holds_no_secret_and_changes_no_answer():
+    # redact() remembers command lines that tripped its trigger but held no secret (a host runs
+    # the same health check thousands of times). It must never remember a line with a secret,
+    # and a remembered line must not stand for another one that differs by a character.
+    from whodid.tracer import redact as redact_mod
+    redact_mod._CLEAN.clear()
+    clean = ["curl", "-fsS", "http://localhost/health"]
+    secret = ["curl", "-fsS", "http://admin:hunter2@localhost/health"]
+    for _ in range(3):
+        assert redact(clean) == (clean, False)
+        assert redact(secret) == (["curl", "-fsS", f"http://admin:{MASK}@localhost/health"], True)
+    assert any("localhost/health" in line for line in redact_mod._CLEAN)
+    assert not any("hunter2" in line for line in redact_mod._CLEAN)
+    for i in range(redact_mod.CLEAN_MAX + 10):          # bounded: emptied when full
+        redact(["curl", f"http://localhost/{i}"])
+    assert len(redact_mod._CLEAN) <= redact_mod.CLEAN_MAX
