@@ -23,6 +23,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from whodid.tracer.events import fit_argv
+
 AUID_UNSET = 4294967295
 LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\):\s?(?P<body>.*)$")
 FIELD = re.compile(r"""([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
@@ -276,9 +278,12 @@ class AuditAssembler:
             if not ok:
                 self.report.skipped["failed execs"] += 1
                 return out
-            argv = self._argv(by_type)
-            ev = {**base, "kind": "exec", "argv": argv[0] or [f.get("comm") or "?"], **self._ids(sc)}
-            if argv[1]:
+            argv, cut = self._argv(by_type)
+            # auditd logs every argument whole; the schema has limits, and a command cut to them
+            # is stored where a whole one would be refused (padding could hide a command)
+            argv, over = fit_argv(argv or [f.get("comm") or "?"])
+            ev = {**base, "kind": "exec", "argv": argv, **self._ids(sc)}
+            if cut or over:
                 ev["truncated"] = True
             if f.get("exe"):
                 ev["exe"] = f["exe"]

@@ -478,10 +478,6 @@ def test_a_command_with_more_arguments_than_the_schema_holds_is_recorded_cut_not
     assert all(len(a) <= 8192 for a in found["long"].argv)
 
 
-@pytest.mark.xfail(strict=True, reason="agent/audit.py ships auditd's whole argv; the one-line fix (fit_argv, as "
-                   "agent/assemble.py now does) contradicts test_audit.py::test_hex_encoded_and_split_arguments, "
-                   "which expects a 9000-character argument kept whole and untruncated - an event the store "
-                   "then refuses. Left for the lead: the existing test's expectation must change first")
 def test_import_audit_records_a_command_with_more_arguments_than_the_schema_holds(tmp_path):
     from test_audit import execve
     log = tmp_path / "audit.log"
