@@ -131,7 +131,7 @@ def store_key(store_path: str) -> bytes:
         # the old key must not stay in the store's bytes: zero what the move deletes (SQLite
         # keeps deleted bytes unless built or told otherwise), then copy the WAL into the
         # file at once - other processes holding the store open would delay that for long
-        store.db.execute("PRAGMA secure_delete = ON")
+        store.zero_deleted()
         moved = False
         with store.transaction():           # the store's write lock: one process makes or moves it
             key = _read_key(path)
@@ -146,7 +146,7 @@ def store_key(store_path: str) -> bytes:
                     store.set_meta("button_key", f"moved to {path}")
                     moved = True
         if moved:
-            store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            store.checkpoint()
         return key
     finally:
         store.close()

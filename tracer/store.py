@@ -206,6 +206,15 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
+    def zero_deleted(self) -> None:
+        """From now on this connection overwrites what it deletes with zeros: SQLite otherwise
+        leaves deleted bytes in the file (a secret moved out of the store must not stay in it)."""
+        self.db.execute("PRAGMA secure_delete = ON")
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the store file now, and empty it."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # --- writing -------------------------------------------------------------------------
 
     def write(self, events: Iterable[dict[str, Any]]) -> int:
