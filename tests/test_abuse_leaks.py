@@ -202,9 +202,6 @@ def test_the_agent_takes_its_token_from_a_private_config_file(tmp_path, capsys, 
     assert agent_cli.main(["forward", "--config", str(config), "--spool", str(tmp_path / "spool.db")]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="whodid (serve, the CLI) takes Slack tokens, the signing secret and canaries' "
-                                       "API tokens from a config file any local user can read; refusing it would "
-                                       "break configs written today (tests write them 0644): a decision for the lead")
 def test_whodid_refuses_slack_secrets_in_a_config_file_others_can_read(tmp_path):
     from whodid import config as config_mod
     config = tmp_path / "whodid.yaml"
@@ -212,6 +209,25 @@ def test_whodid_refuses_slack_secrets_in_a_config_file_others_can_read(tmp_path)
     os.chmod(config, 0o644)
     with pytest.raises(config_mod.ConfigError, match="chmod 600"):
         config_mod.load(str(config))
+    os.chmod(config, 0o600)
+    assert config_mod.load(str(config)).slack.bot_token.startswith("xoxb-")
+    # a canary's API token is as much a credential; a config without secrets may be read by all
+    canary = tmp_path / "canary.yaml"
+    canary.write_text("canaries:\n- name: prod-api\n  every: 1m\n  channel: C1\n  check:\n    type: kubernetes\n"
+                      "    api_url: https://k8s.example:6443\n    path: /api/v1/namespaces/prod\n"
+                      "    token: eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl\n"
+                      "- name: api\n  every: 1m\n  channel: C1\n  check:\n    type: http\n"
+                      "    url: https://api.example/healthz\n    headers: {Authorization: Bearer abc123}\n")
+    os.chmod(canary, 0o640)
+    with pytest.raises(config_mod.ConfigError,
+                       match=r"canaries\[prod-api\]\.check\.token, canaries\[api\]\.check\.headers.*chmod 600"):
+        config_mod.load(str(canary))
+    os.chmod(canary, 0o600)
+    assert [c.name for c in config_mod.load(str(canary)).canaries] == ["prod-api", "api"]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("slack:\n  mode: socket\n")
+    os.chmod(plain, 0o644)
+    assert config_mod.load(str(plain)).slack.mode == "socket"
 
 
 # --- the agent's token ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ trace pages over HTTP, and the CLI.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -329,6 +330,7 @@ def test_canary_run_prints_what_a_remote_api_says_escaped(db, tmp_path, capsys):
         (tmp_path / "cfg.yaml").write_text(json.dumps({"canaries": [
             {"name": "prod-cluster", "every": "1m",
              "check": {"type": "kubernetes", "api_url": kube.url, "path": path, "token": kube.token}}]}))
+        os.chmod(tmp_path / "cfg.yaml", 0o600)       # a canary token inside: private, or refused
         assert cli.main(["--config", str(tmp_path / "cfg.yaml"), "canary", "run", "prod-cluster", "--db", db]) == 1
     out = capsys.readouterr().out
     for bad in CONTROLS:

@@ -259,6 +259,7 @@ def test_no_suspect_shows_recent_privileged_commands_instead(demo_db, tmp_path):
             {"name": "prod-cluster", "every": "1m",
              "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
              "suspects": {"commands": ["terraform destroy"], "hosts": ["config-*"], "lookback": "24h"}}]}))
+        os.chmod(tmp_path / "cfg.yaml", 0o600)       # a canary token inside: private, or refused
         res = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "cfg.yaml"),
                               "canary", "run", "prod-cluster", "--db", demo_db], capture_output=True, text=True)
     assert res.returncode == 1, res.stderr
@@ -274,6 +275,7 @@ def test_canary_list_shows_state(demo_db, tmp_path, capsys):
         (tmp_path / "cfg.yaml").write_text(json.dumps({"canaries": [
             {"name": "prod-cluster", "every": "1m", "channel": "#incidents",
              "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token}}]}))
+        os.chmod(tmp_path / "cfg.yaml", 0o600)       # a canary token inside: private, or refused
         assert cli.main(["--config", str(tmp_path / "cfg.yaml"), "canary", "run", "prod-cluster", "--db", demo_db]) == 0
         assert "prod-cluster: ok - Cluster prod exists" in capsys.readouterr().out
         assert cli.main(["--config", str(tmp_path / "cfg.yaml"), "canary", "list", "--db", demo_db]) == 0
@@ -303,6 +305,7 @@ def test_an_alert_slack_would_not_take_is_retried_until_delivered_and_the_state_
                           "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]}
         cfg = config_mod.from_dict(raw)
         (tmp_path / "cfg.json").write_text(json.dumps(raw))
+        os.chmod(tmp_path / "cfg.json", 0o600)           # it holds Slack's tokens: whodid refuses it otherwise
         bot = Bot(cfg, db, log=lambda m: None)
         logs = []
         runner = CanaryRunner(cfg, db, SlackPoster(bot), log=logs.append)

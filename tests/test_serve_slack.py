@@ -145,6 +145,7 @@ def test_serve_runs_canaries_and_without_slack_writes_alerts_to_files(tmp_path, 
                           "check": {"type": "kubernetes", "api_url": kube.url, "token": kube.token,
                                     "path": "/apis/eks.amazonaws.com/v1/clusters/prod"},
                           "suspects": {"commands": ["delete-cluster"]}}]}))
+        os.chmod(tmp_path / "config.yaml", 0o600)          # a canary token inside: private, or refused
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
         env["XDG_DATA_HOME"] = str(tmp_path / "data")
         ready = tmp_path / "ready"

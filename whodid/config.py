@@ -246,6 +246,7 @@ def load(path: str | None = None) -> Config:
             return Config()
     try:
         with open(chosen, encoding="utf-8") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
             raw = yaml.safe_load(fh) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {chosen} does not exist (copy config.example.yaml to start one)") from None
@@ -253,7 +254,41 @@ def load(path: str | None = None) -> Config:
         raise ConfigError(f"cannot read config file {chosen}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{chosen} is not valid YAML: {exc}") from None
+    _refuse_readable_secrets(raw, chosen, mode)
     return from_dict(raw, chosen)
+
+
+SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"}
+
+
+def _secrets_in(raw: Any) -> list[str]:
+    """The keys of a raw config that hold a credential (the agent checks its own token)."""
+    found = []
+    slack = raw.get("slack") if isinstance(raw, dict) else None
+    if isinstance(slack, dict):
+        found += [f"slack.{key}" for key in SLACK_ENV if slack.get(key)]
+    canaries = raw.get("canaries") if isinstance(raw, dict) else None
+    for i, canary in enumerate(canaries if isinstance(canaries, list) else []):
+        check = canary.get("check") if isinstance(canary, dict) else None
+        if not isinstance(check, dict):
+            continue
+        name = canary.get("name", i)
+        if check.get("token"):
+            found.append(f"canaries[{name}].check.token")
+        headers = check.get("headers")
+        if isinstance(headers, dict) and any(str(h).lower() in SECRET_HEADERS for h in headers):
+            found.append(f"canaries[{name}].check.headers")
+    return found
+
+
+def _refuse_readable_secrets(raw: Any, path: str, mode: int) -> None:
+    """A config file that holds Slack's tokens or a canary's API token must be its owner's
+    alone, as ssh insists of a private key: otherwise any local user can act as the bot."""
+    secrets = _secrets_in(raw)
+    if secrets and mode & 0o077:
+        raise ConfigError(f"{path} holds secrets ({', '.join(secrets)}) and others can read it "
+                          f"(mode {mode & 0o777:04o}): run `chmod 600 {path}`, or give them in the "
+                          f"environment ({', '.join(SLACK_ENV.values())}) or a canary's token_file")
 
 
 def from_dict(raw: Any, where: str = "config") -> Config:
