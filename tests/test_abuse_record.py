@@ -176,10 +176,12 @@ def test_a_damaged_spool_is_set_aside_and_capture_goes_on(collector, tmp_path, d
         while not ready.exists() and agent.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert agent.poll() is None, agent.stderr.read().decode()
-        mark = f"/bin/true damaged-spool-{damage}-{os.getpid()}".split()
+        # a shell that stays while netlink mode reads its argv from /proc (a /bin/true can be
+        # gone by then, and recorded without its arguments); its extra argument is $0
+        mark = ["/bin/sh", "-c", "sleep 0.5", f"damaged-spool-{damage}-{os.getpid()}"]
         subprocess.run(mark, check=True)
         while time.monotonic() < deadline and not Store.open(collector.store_path).search_commands(
-                mark[1], glob=False, since=None, until=None, host_glob=None, limit=1):
+                mark[3], glob=False, since=None, until=None, host_glob=None, limit=1):
             time.sleep(0.1)
     finally:
         agent.send_signal(signal.SIGTERM)
@@ -188,7 +190,7 @@ def test_a_damaged_spool_is_set_aside_and_capture_goes_on(collector, tmp_path, d
     assert "Traceback" not in err
     aside = [p for p in os.listdir(tmp_path) if p.startswith("spool.db.damaged-")]
     assert len(aside) == 1 and f"set aside as {tmp_path / aside[0]}" in err, err
-    assert Store.open(collector.store_path).search_commands(mark[1], glob=False, since=None, until=None,
+    assert Store.open(collector.store_path).search_commands(mark[3], glob=False, since=None, until=None,
                                                             host_glob=None, limit=1)
 
 
