@@ -82,3 +82,13 @@ def copy_store(src: str, dst: str) -> None:
     import sqlite3
     with sqlite3.connect(src) as s, sqlite3.connect(dst) as d:
         s.backup(d)
+
+
+def collector_on(path: str, hosts=("web-1", "web-2"), limits=None):
+    """A running collector (127.0.0.1, a free port) on a new store at path, and an agent token
+    for each host: (collector, {host: token}). The caller stops it."""
+    from whodid.collector.server import Collector
+    store = Store.open(path, create=True)
+    tokens = {h: store.add_agent(h) for h in hosts}
+    store.close()
+    return Collector(path, "127.0.0.1", 0, limits=limits).start(), tokens

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from whodid.agent.spool import Spool
 from whodid.collector.server import Collector, Limits
 from whodid.tracer import Store
 
+from kit import collector_on
+
 T0 = 1_700_000_000.0
 
 
@@ -36,20 +37,9 @@ def ev(i: int, host: str = "web-1", **fields) -> dict:
             "argv": ["echo", str(i)], "uid": 0, "euid": 0, **fields}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def collector(tmp_path):
-    db = str(tmp_path / "c.db")
-    store = Store.open(db, create=True)
-    tokens = {h: store.add_agent(h) for h in ("web-1", "web-2")}
-    store.close()
-    c = Collector(db, "127.0.0.1", free_port(), limits=Limits(max_body=8 << 20, max_batch=32 << 20)).start()
-    c.tokens = tokens
+    c, c.tokens = collector_on(str(tmp_path / "c.db"), limits=Limits(max_body=8 << 20, max_batch=32 << 20))
     yield c
     c.stop()
 

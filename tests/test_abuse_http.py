@@ -35,6 +35,8 @@ from whodid.collector.server import Collector, Limits
 from whodid.guarded_http import Deadlines
 from whodid.tracer.store import Store
 
+from kit import collector_on
+
 FAST = Deadlines(header=1, body=1, idle=1, write=1, grace=1)
 CAP = 4                                         # connections each test server takes
 
@@ -101,11 +103,9 @@ def post_head(token: str, *extra: str, path: str = "/v1/events") -> bytes:
 
 @pytest.fixture
 def collector(tmp_path):
-    db = str(tmp_path / "c.db")
-    token = Store.open(db, create=True).add_agent("web-1")
-    c = Collector(db, "127.0.0.1", 0, limits=Limits(max_body=1 << 20, max_batch=4 << 20, max_connections=CAP,
-                                                     deadlines=FAST)).start()
-    c.token = token
+    c, tokens = collector_on(str(tmp_path / "c.db"), ("web-1",),
+                             Limits(max_body=1 << 20, max_batch=4 << 20, max_connections=CAP, deadlines=FAST))
+    c.token = tokens["web-1"]
     c.addr = c.httpd.server_address[:2]
     yield c
     c.stop()

@@ -22,8 +22,9 @@ import pytest
 
 from whodid.agent.ship import Shipper
 from whodid.agent.spool import Spool
-from whodid.collector.server import Collector
 from whodid.tracer import Store
+
+from kit import collector_on
 
 T0 = 1_700_000_000.0
 
@@ -41,29 +42,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def collector(tmp_path):
-    db = str(tmp_path / "c.db")
-    store = Store.open(db, create=True)
-    tokens = {h: store.add_agent(h) for h in ("web-1", "web-2")}
-    store.close()
-    c = Collector(db, "127.0.0.1", free_port()).start()
-    c.tokens = tokens
+    c, c.tokens = collector_on(str(tmp_path / "c.db"))
     yield c
     c.stop()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs for the agent's spool; grow(size) frees space by making it bigger."""
-    mnt = tmp_path / "spooldisk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], check=True)
-
-    def grow(size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-    try:
-        yield SimpleNamespace(path=mnt, grow=grow)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(spool: Spool) -> int:

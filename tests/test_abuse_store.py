@@ -15,13 +15,13 @@ import sys
 import subprocess
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 
 from whodid.collector.server import Collector, Limits
 from whodid.tracer import Store
 
+import kit
 from kit import Host, T0
 
 HOSTS = ("web-1", "web-2", "db-1")
@@ -53,10 +53,7 @@ def healthz(c: Collector):
 
 
 def collector_on(path: str, hosts=HOSTS) -> tuple[Collector, dict[str, str]]:
-    store = Store.open(path, create=True)
-    tokens = {h: store.add_agent(h) for h in hosts}
-    store.close()
-    return Collector(path, "127.0.0.1", 0, limits=Limits(max_body=8 << 20, max_batch=32 << 20)).start(), tokens
+    return kit.collector_on(path, hosts, Limits(max_body=8 << 20, max_batch=32 << 20))
 
 
 def contents(path: str) -> dict[str, list]:
@@ -112,21 +109,6 @@ def story(host: str, part: int, size: int) -> list[dict]:
     out.append({"v": 1, "kind": "loss", "host": host, "boot": "boot-1", "ts": T0 + part, "since": T0 + part - 1,
                 "count": part + 1, "what": "ring buffer full"})
     return out
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs; grow(size) frees space by making it bigger."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], check=True)
-
-    def grow(size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-    try:
-        yield SimpleNamespace(path=mnt, grow=grow)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 # --- item 1: a full disk -----------------------------------------------------------------------------
