@@ -257,16 +257,11 @@ class Spool:
             self.bytes -= freed             # only once the deletion is committed
 
     def set_aside(self, upto: int, why: str) -> int:
-        """Move events up to seq out of the shipping queue into `refused`, keeping them."""
+        """Move events up to seq out of the shipping queue into `refused`, keeping them (a batch
+        the collector refused as a whole): set_aside_some, with every one of them named."""
         with self.lock, self._failing("set refused events aside in"):
-            with _tx(self.db):
-                n = self.db.execute("INSERT INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
-                                    "WHERE seq <= ?", [time.time(), why, upto]).rowcount
-                freed = self._remove(upto)
-                refused_bytes = self._trim_refused(self.refused_bytes + freed)
-            self.bytes -= freed
-            self.refused_bytes = refused_bytes
-        return n
+            seqs = [seq for (seq,) in self.db.execute("SELECT seq FROM events WHERE seq <= ?", [upto])]
+        return self.set_aside_some(upto, dict.fromkeys(seqs, why))
 
     def set_aside_some(self, upto: int, refused: dict[int, str]) -> int:
         """Acknowledge the events up to seq, but keep those named in `refused` (seq -> why) in
