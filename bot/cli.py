@@ -27,6 +27,7 @@ import time
 from whodid import __version__
 from whodid import config as config_mod
 from whodid import private
+from whodid.arguments import Parser
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.redact import compile_rules
 from whodid.tracer.store import store_error
@@ -40,13 +41,6 @@ MAX_LIMIT = 1000             # matches per question: each is a whole trace, and 
 
 class UsageError(Exception):
     pass
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, keeping the promise every other error keeps: one line, exit 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_ERROR, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
