@@ -895,15 +895,21 @@ def _code(exc: BaseException) -> int | None:
     return code & 0xFF if isinstance(code, int) else None
 
 
+def damaged(path: str, why: str, where: str | None = None) -> StoreError:
+    """A damaged store, said the same wherever it is found (a question, `whodid db check`):
+    why, that its answers cannot be trusted, and what to do."""
+    return StoreError(f"the store {path} is damaged ({why}), so its answers cannot be trusted"
+                      + (f" ({where})" if where else "")
+                      + "; restore it from a backup, or move it aside and start a new one")
+
+
 def store_error(exc: BaseException, path: str) -> StoreError:
     """What an SQLite error on the store at path means for a person: opening it, or later, in
     a query or a write. A damaged store is never "not a whodid store", and a full disk or a
     read-only mount is said as such, with the path."""
     code, text = _code(exc), str(exc)
     if code == sqlite3.SQLITE_CORRUPT:
-        return StoreError(f"the store {path} is damaged ({text}), so its answers cannot be trusted; "
-                          f"`whodid db check --db {path}` says where. Restore it from a backup, or move it "
-                          "aside and start a new one")
+        return damaged(path, text, f"`whodid db check --db {path}` says where")
     if code == sqlite3.SQLITE_NOTADB:
         return StoreError(f"{path} is not a whodid store ({text}). Move it aside, or choose another file "
                           "with --db.")
