@@ -16,7 +16,6 @@ import sqlite3
 import time
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import sqlite_utils
