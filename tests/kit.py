@@ -92,3 +92,16 @@ def collector_on(path: str, hosts=("web-1", "web-2"), limits=None):
     tokens = {h: store.add_agent(h) for h in hosts}
     store.close()
     return Collector(path, "127.0.0.1", 0, limits=limits).start(), tokens
+
+
+def shipping_agent(url: str, token: str, spool, ready, mode: str = "netlink", flush_interval: str | None = "0.2"):
+    """`whodid-agent run` as host web-1 shipping to the collector at url through spool (no sshd
+    log), touching ready once it captures; its stderr is piped. The caller stops it."""
+    import os
+    import subprocess
+    import sys
+    args = [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", url, "--host", "web-1",
+            "--auth-log", "none", "--mode", mode, "--spool", str(spool), "--ready-file", str(ready)]
+    if flush_interval is not None:
+        args += ["--flush-interval", flush_interval]
+    return subprocess.Popen(args, env={**os.environ, "WHODID_AGENT_TOKEN": token}, stderr=subprocess.PIPE)

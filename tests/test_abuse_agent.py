@@ -27,7 +27,7 @@ from whodid.agent.spool import Spool
 from whodid.collector.server import Collector, Limits
 from whodid.tracer import Store
 
-from kit import collector_on
+from kit import collector_on, shipping_agent
 
 T0 = 1_700_000_000.0
 
@@ -200,10 +200,7 @@ def test_sigterm_stops_an_idle_fleet_agent_promptly(collector, tmp_path):
     # The bound is generous: five times what it takes (BPF mode adds the kernel's detaching of
     # its tracepoints, see the report in issue 16).
     ready, spool = tmp_path / "ready", tmp_path / "spool.db"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", "netlink", "--spool", str(spool), "--ready-file", str(ready)],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool, ready, flush_interval=None)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() or sqlite3.connect(spool).execute("SELECT count(*) FROM events").fetchone()[0]:
@@ -231,11 +228,7 @@ def test_a_non_utf8_argument_is_captured_shipped_stored_and_traced_intact(collec
         pytest.skip(f"BPF capture unavailable: {reason}")
     ready, spool = tmp_path / "ready", tmp_path / "spool.db"
     mark = f"whodid-abuse-{os.getpid()}".encode()
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", "bpf", "--spool", str(spool), "--ready-file", str(ready),
-         "--flush-interval", "0.2"],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool, ready, mode="bpf")
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():

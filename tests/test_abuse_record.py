@@ -24,7 +24,7 @@ from whodid.agent.ship import Shipper
 from whodid.agent.spool import Spool
 from whodid.tracer import Store
 
-from kit import collector_on
+from kit import collector_on, shipping_agent
 
 T0 = 1_700_000_000.0
 
@@ -147,11 +147,7 @@ def test_a_damaged_spool_is_set_aside_and_capture_goes_on(collector, tmp_path, d
     else:
         spool_path.write_bytes(b"\x00garbage" * 1000)
     ready = tmp_path / "ready"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", "netlink", "--spool", str(spool_path), "--ready-file", str(ready),
-         "--flush-interval", "0.2"],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool_path, ready)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and agent.poll() is None and time.monotonic() < deadline:
@@ -204,10 +200,7 @@ def test_sigterm_with_a_hung_collector_stops_within_the_grace_and_keeps_the_spoo
     # was not delivered is shipped by the next start.
     ready, spool = tmp_path / "ready", tmp_path / "spool.db"
     env = {**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", hung_collector, "--host", "web-1",
-         "--auth-log", "none", "--mode", "netlink", "--spool", str(spool), "--ready-file", str(ready),
-         "--flush-interval", "0.2"], env=env, stderr=subprocess.PIPE)
+    agent = shipping_agent(hung_collector, collector.tokens["web-1"], spool, ready)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -425,11 +418,7 @@ def test_a_command_with_more_arguments_than_the_schema_holds_is_recorded_cut_not
     # nowhere in the store - anyone could hide a command from whodid by padding its arguments.
     mark = f"pad-{mode}-{os.getpid()}"
     spool, ready = tmp_path / "spool.db", tmp_path / "ready"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", mode, "--spool", str(spool), "--ready-file", str(ready),
-         "--flush-interval", "0.2"],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool, ready, mode=mode)
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():
