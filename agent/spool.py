@@ -87,7 +87,6 @@ class Spool:
             raise self._cannot_open(exc) from None
         self.lock = threading.Lock()
         self.arrived = threading.Event()
-        self.refused_discarded = 0          # events set aside, then discarded for the newest
         self._said_discarded = False
         self.dropped_total = 0
 
@@ -290,14 +289,13 @@ class Spool:
         limit = self.max_bytes // REFUSED_SHARE
         if total <= limit:
             return total
-        freed, count, last = 0, 0, None
+        freed, last = 0, None
         for seq, length in self.db.execute("SELECT seq, length(line) FROM refused ORDER BY seq"):
             if total - freed <= limit:
                 break
-            freed, count, last = freed + length, count + 1, seq
+            freed, last = freed + length, seq
         if last is not None:
             self.db.execute("DELETE FROM refused WHERE seq <= ?", [last])
-            self.refused_discarded += count
             if not self._said_discarded:
                 self._said_discarded = True
                 print(f"whodid-agent: the spool's `refused` table of {self.path} reached its share of the cap "
