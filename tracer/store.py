@@ -721,9 +721,9 @@ class Store:
     def vacuum(self) -> tuple[int, int]:
         """Give deleted space back to the file system. Returns (bytes before, bytes after)."""
         before = self.size()
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.checkpoint()
         self.db.execute("VACUUM")
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.checkpoint()
         return before, self.size()
 
     def check(self, max_problems: int = 20) -> list[str]:
