@@ -105,3 +105,11 @@ def shipping_agent(url: str, token: str, spool, ready, mode: str = "netlink", fl
     if flush_interval is not None:
         args += ["--flush-interval", flush_interval]
     return subprocess.Popen(args, env={**os.environ, "WHODID_AGENT_TOKEN": token}, stderr=subprocess.PIPE)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server started in another process)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

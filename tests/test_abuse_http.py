@@ -26,7 +26,7 @@ from slack_bolt import App
 from slack_bolt.authorization import AuthorizeResult
 
 from slackemu import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackEmulator
-from test_fleet import free_port
+from kit import collector_on, free_port
 
 from whodid import config as config_mod
 from whodid.bot.slack_http import SlackHTTPServer
@@ -34,8 +34,6 @@ from whodid.bot.web import TracePages
 from whodid.collector.server import Collector, Limits
 from whodid.guarded_http import Deadlines
 from whodid.tracer.store import Store
-
-from kit import collector_on
 
 FAST = Deadlines(header=1, body=1, idle=1, write=1, grace=1)
 CAP = 4                                         # connections each test server takes

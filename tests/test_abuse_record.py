@@ -24,7 +24,7 @@ from whodid.agent.ship import Shipper
 from whodid.agent.spool import Spool
 from whodid.tracer import Store
 
-from kit import collector_on, shipping_agent
+from kit import collector_on, free_port, shipping_agent
 
 T0 = 1_700_000_000.0
 
@@ -32,12 +32,6 @@ T0 = 1_700_000_000.0
 def ev(i: int, host: str = "web-1", **fields) -> dict:
     return {"v": 1, "kind": "exec", "host": host, "boot": "b1", "ts": T0 + i, "pid": 1000 + i, "start": i,
             "argv": ["echo", "x" * 200, str(i)], "uid": 0, "euid": 0, **fields}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from slackemu import SIGNING_SECRET, SlackEmulator
-from test_fleet import free_port
+from kit import free_port
 
 from whodid import config as config_mod
 from whodid.bot import cli, demo
