@@ -56,6 +56,18 @@ def collector_on(path: str, hosts=HOSTS) -> tuple[Collector, dict[str, str]]:
     return kit.collector_on(path, hosts, Limits(max_body=8 << 20, max_batch=32 << 20))
 
 
+def calm_contents(path: str, batches: list[tuple[str, bytes]]) -> dict[str, list]:
+    """contents() of a new store at path that took these (host, body) batches and never failed:
+    what a store that went through trouble must equal once the agents have resent."""
+    calm, tokens = collector_on(path)
+    try:
+        for host, body in batches:
+            assert post(calm, body, tokens[host])[0] == 200
+    finally:
+        calm.stop()
+    return contents(path)
+
+
 def contents(path: str) -> dict[str, list]:
     """Everything the store knows, by natural keys (row ids depend on arrival order), sorted.
     Left out: when batches arrived (seen_at, clocks) and the rejects log, which keeps one row
@@ -130,17 +142,10 @@ def test_a_disk_full_episode_leaves_the_store_whole_and_equal_to_one_that_never_
     finally:
         full.stop()
 
-    calm, calm_tokens = collector_on(str(tmp_path / "calm.db"))
-    try:
-        for host, body in batches:
-            assert post(calm, body, calm_tokens[host])[0] == 200
-    finally:
-        calm.stop()
-
     store = Store.open(small_disk.path / "c.db")
     assert store.check() == []
     store.close()
-    assert contents(str(small_disk.path / "c.db")) == contents(str(tmp_path / "calm.db"))
+    assert contents(str(small_disk.path / "c.db")) == calm_contents(str(tmp_path / "calm.db"), batches)
 
 
 def test_a_commit_that_fails_after_every_statement_succeeded_forgets_the_ids(tmp_path):
