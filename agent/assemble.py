@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from . import decode as d
 from .procfs import TICK_NS, ProcFS
-from .redact import DEFAULT_RULES, cut_short, redact
-from whodid.tracer.events import fit_argv, plain_ip
+from .redact import DEFAULT_RULES, redact, redact_fitted
+from whodid.tracer.events import plain_ip
 
 AUID_UNSET = 4294967295
 PASSIVE_KEEP = 4096
@@ -136,9 +136,7 @@ class Assembler:
         if parent_start is not None:
             st.ppid, st.pstart = info.ppid, parent_start
         self.procs[info.pid] = st
-        argv, cut = fit_argv(redact(info.argv, self.rules)[0])
-        if cut:
-            argv = cut_short(argv)                 # a secret the cut landed in lost its end
+        argv, cut, _ = redact_fitted(info.argv, rules=self.rules)     # /proc's argv has no bound
         ev = self._ev("exec", st.start, pid=info.pid, start=st.start, argv=argv,
                       exe=info.exe or argv[0], uid=st.uid, euid=st.euid, gid=st.gid, egid=st.egid,
                       comm=redact([info.comm], self.rules)[0][0][:15], snapshot=True)   # a title's first 15 bytes
@@ -272,12 +270,7 @@ class Assembler:
                 argv, truncated = full, False
             else:
                 self.counts["argv_unread"] += 1
-        argv, hidden = redact(argv, self.rules)
-        argv, cut = fit_argv(argv)               # /proc's argv has no bound; the schema has
-        truncated = truncated or cut
-        if truncated:
-            short = cut_short(argv)                # a secret the cut landed in lost its end
-            argv, hidden = short, hidden or short is not argv
+        argv, truncated, hidden = redact_fitted(argv, truncated, self.rules)    # /proc's argv has no bound
         self.counts["redacted"] += hidden
         old_euid = st.euid
         ids = status[1:] if current else None

@@ -33,6 +33,7 @@ from .spool import event_line
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
 from whodid import private
+from whodid.arguments import Parser
 from whodid.stopping import Stop
 from whodid.tracer.events import plain_ip
 from whodid.tracer.when import parse_duration
@@ -437,13 +438,6 @@ def doctor(_args) -> int:
             bad += 1
     print("ready" if not bad else f"{bad} problem(s) to fix")
     return 0 if not bad else 1
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, keeping the promise every other error keeps: one line, exit 2 (as `whodid`'s)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def bad_number(args) -> str | None:

@@ -2,7 +2,7 @@
 every producer (agent, audit import, ingest) and the collector take them from."""
 
 from whodid.tracer.redact import (DEFAULT_RULES, MASK, Rule, compile_rules, cut_short, redact, redact_event,
-                                  redact_events, redact_text)
+                                  redact_events, redact_fitted, redact_text)
 
 __all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "cut_short", "redact", "redact_event", "redact_events",
-           "redact_text"]
+           "redact_fitted", "redact_text"]

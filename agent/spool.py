@@ -87,7 +87,6 @@ class Spool:
             raise self._cannot_open(exc) from None
         self.lock = threading.Lock()
         self.arrived = threading.Event()
-        self.refused_discarded = 0          # events set aside, then discarded for the newest
         self._said_discarded = False
         self.dropped_total = 0
 
@@ -257,16 +256,11 @@ class Spool:
             self.bytes -= freed             # only once the deletion is committed
 
     def set_aside(self, upto: int, why: str) -> int:
-        """Move events up to seq out of the shipping queue into `refused`, keeping them."""
+        """Move events up to seq out of the shipping queue into `refused`, keeping them (a batch
+        the collector refused as a whole): set_aside_some, with every one of them named."""
         with self.lock, self._failing("set refused events aside in"):
-            with _tx(self.db):
-                n = self.db.execute("INSERT INTO refused (seq, at, why, line) SELECT seq, ?, ?, line FROM events "
-                                    "WHERE seq <= ?", [time.time(), why, upto]).rowcount
-                freed = self._remove(upto)
-                refused_bytes = self._trim_refused(self.refused_bytes + freed)
-            self.bytes -= freed
-            self.refused_bytes = refused_bytes
-        return n
+            seqs = [seq for (seq,) in self.db.execute("SELECT seq FROM events WHERE seq <= ?", [upto])]
+        return self.set_aside_some(upto, dict.fromkeys(seqs, why))
 
     def set_aside_some(self, upto: int, refused: dict[int, str]) -> int:
         """Acknowledge the events up to seq, but keep those named in `refused` (seq -> why) in
@@ -295,14 +289,13 @@ class Spool:
         limit = self.max_bytes // REFUSED_SHARE
         if total <= limit:
             return total
-        freed, count, last = 0, 0, None
+        freed, last = 0, None
         for seq, length in self.db.execute("SELECT seq, length(line) FROM refused ORDER BY seq"):
             if total - freed <= limit:
                 break
-            freed, count, last = freed + length, count + 1, seq
+            freed, last = freed + length, seq
         if last is not None:
             self.db.execute("DELETE FROM refused WHERE seq <= ?", [last])
-            self.refused_discarded += count
             if not self._said_discarded:
                 self._said_discarded = True
                 print(f"whodid-agent: the spool's `refused` table of {self.path} reached its share of the cap "

@@ -27,9 +27,10 @@ import time
 from whodid import __version__
 from whodid import config as config_mod
 from whodid import private
+from whodid.arguments import Parser
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.redact import compile_rules
-from whodid.tracer.store import store_error
+from whodid.tracer.store import damaged, store_error
 from whodid.tracer.render import render_text, traces_json
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.when import TimeError, clock, format_duration, parse_time
@@ -40,13 +41,6 @@ MAX_LIMIT = 1000             # matches per question: each is a whole trace, and 
 
 class UsageError(Exception):
     pass
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, keeping the promise every other error keeps: one line, exit 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_ERROR, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,16 +430,13 @@ def db_check(store: Store, path: str) -> int:
     try:
         problems = store.check(20)
     except sqlite3.DatabaseError as exc:       # damage so bad that the check itself stops at it
-        raise StoreError(f"the store {path} is damaged ({exc}: the check stopped at it), so its answers cannot "
-                         "be trusted; restore it from a backup, or move it aside and start a new one") from None
+        raise damaged(path, f"{exc}: the check stopped at it") from None
     if not problems:
         print(f"{path}: ok, no damage found ({time.perf_counter() - t:.1f}s)")
         return EXIT_OK
     for problem in problems:
         print(f"  {problem}")
-    raise StoreError(f"the store {path} is damaged ({len(problems)}{'+' if len(problems) == 20 else ''} problems "
-                     "above), so its answers cannot be trusted; restore it from a backup, or move it aside and "
-                     "start a new one")
+    raise damaged(path, f"{len(problems)}{'+' if len(problems) == 20 else ''} problems above")
 
 
 def db_stats(store: Store, path: str, cfg: config_mod.Config) -> int:

@@ -82,3 +82,34 @@ def copy_store(src: str, dst: str) -> None:
     import sqlite3
     with sqlite3.connect(src) as s, sqlite3.connect(dst) as d:
         s.backup(d)
+
+
+def collector_on(path: str, hosts=("web-1", "web-2"), limits=None):
+    """A running collector (127.0.0.1, a free port) on a new store at path, and an agent token
+    for each host: (collector, {host: token}). The caller stops it."""
+    from whodid.collector.server import Collector
+    store = Store.open(path, create=True)
+    tokens = {h: store.add_agent(h) for h in hosts}
+    store.close()
+    return Collector(path, "127.0.0.1", 0, limits=limits).start(), tokens
+
+
+def shipping_agent(url: str, token: str, spool, ready, mode: str = "netlink", flush_interval: str | None = "0.2"):
+    """`whodid-agent run` as host web-1 shipping to the collector at url through spool (no sshd
+    log), touching ready once it captures; its stderr is piped. The caller stops it."""
+    import os
+    import subprocess
+    import sys
+    args = [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", url, "--host", "web-1",
+            "--auth-log", "none", "--mode", mode, "--spool", str(spool), "--ready-file", str(ready)]
+    if flush_interval is not None:
+        args += ["--flush-interval", flush_interval]
+    return subprocess.Popen(args, env={**os.environ, "WHODID_AGENT_TOKEN": token}, stderr=subprocess.PIPE)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server started in another process)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

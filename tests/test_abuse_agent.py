@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from whodid.agent.spool import Spool
 from whodid.collector.server import Collector, Limits
 from whodid.tracer import Store
 
+from kit import collector_on, shipping_agent
+
 T0 = 1_700_000_000.0
 
 
@@ -36,20 +37,9 @@ def ev(i: int, host: str = "web-1", **fields) -> dict:
             "argv": ["echo", str(i)], "uid": 0, "euid": 0, **fields}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def collector(tmp_path):
-    db = str(tmp_path / "c.db")
-    store = Store.open(db, create=True)
-    tokens = {h: store.add_agent(h) for h in ("web-1", "web-2")}
-    store.close()
-    c = Collector(db, "127.0.0.1", free_port(), limits=Limits(max_body=8 << 20, max_batch=32 << 20)).start()
-    c.tokens = tokens
+    c, c.tokens = collector_on(str(tmp_path / "c.db"), limits=Limits(max_body=8 << 20, max_batch=32 << 20))
     yield c
     c.stop()
 
@@ -210,10 +200,7 @@ def test_sigterm_stops_an_idle_fleet_agent_promptly(collector, tmp_path):
     # The bound is generous: five times what it takes (BPF mode adds the kernel's detaching of
     # its tracepoints, see the report in issue 16).
     ready, spool = tmp_path / "ready", tmp_path / "spool.db"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", "netlink", "--spool", str(spool), "--ready-file", str(ready)],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool, ready, flush_interval=None)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() or sqlite3.connect(spool).execute("SELECT count(*) FROM events").fetchone()[0]:
@@ -241,11 +228,7 @@ def test_a_non_utf8_argument_is_captured_shipped_stored_and_traced_intact(collec
         pytest.skip(f"BPF capture unavailable: {reason}")
     ready, spool = tmp_path / "ready", tmp_path / "spool.db"
     mark = f"whodid-abuse-{os.getpid()}".encode()
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", "bpf", "--spool", str(spool), "--ready-file", str(ready),
-         "--flush-interval", "0.2"],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool, ready, mode="bpf")
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():

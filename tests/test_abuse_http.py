@@ -26,7 +26,7 @@ from slack_bolt import App
 from slack_bolt.authorization import AuthorizeResult
 
 from slackemu import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackEmulator
-from test_fleet import free_port
+from kit import collector_on, free_port
 
 from whodid import config as config_mod
 from whodid.bot.slack_http import SlackHTTPServer
@@ -101,11 +101,9 @@ def post_head(token: str, *extra: str, path: str = "/v1/events") -> bytes:
 
 @pytest.fixture
 def collector(tmp_path):
-    db = str(tmp_path / "c.db")
-    token = Store.open(db, create=True).add_agent("web-1")
-    c = Collector(db, "127.0.0.1", 0, limits=Limits(max_body=1 << 20, max_batch=4 << 20, max_connections=CAP,
-                                                     deadlines=FAST)).start()
-    c.token = token
+    c, tokens = collector_on(str(tmp_path / "c.db"), ("web-1",),
+                             Limits(max_body=1 << 20, max_batch=4 << 20, max_connections=CAP, deadlines=FAST))
+    c.token = tokens["web-1"]
     c.addr = c.httpd.server_address[:2]
     yield c
     c.stop()

@@ -43,13 +43,12 @@ def test_a_refused_line_keeps_each_argv_apart_from_the_fields_after_it():
 def test_the_collector_keeps_no_secret_of_an_overlong_refused_line(tmp_path):
     from test_collector import post
 
-    from whodid.collector.server import Collector, Limits
+    from kit import collector_on
+    from whodid.collector.server import Limits
     from whodid.tracer import Store
     db = tmp_path / "c.db"
-    store = Store.open(str(db), create=True)
-    token = store.add_agent("web-1")
-    store.close()
-    c = Collector(str(db), "127.0.0.1", 0, limits=Limits(max_body=1 << 20, max_batch=4 << 20)).start()
+    c, tokens = collector_on(str(db), ("web-1",), Limits(max_body=1 << 20, max_batch=4 << 20))
+    token = tokens["web-1"]
     try:
         long = exec_event(1, ["bash", "-c", f"export AWS_SECRET_ACCESS_KEY={SECRET}; aws s3 sync /srv s3://b; "
                                             + "echo " * (MAX_STR // 5)])
@@ -70,19 +69,18 @@ def test_whodid_agent_forward_redacts_before_the_spool_with_this_hosts_rules(tmp
     agent redacts what it captures, with this host's rules (agent.redact_patterns, which the
     collector does not know), before they are spooled or leave the host."""
     from whodid.agent import cli as agent_cli
-    from whodid.collector.server import Collector, Limits
+    from kit import collector_on
+    from whodid.collector.server import Limits
     from whodid.tracer import Store
     db = tmp_path / "c.db"
-    store = Store.open(str(db), create=True)
-    token = store.add_agent("web-1")
-    store.close()
+    c, tokens = collector_on(str(db), ("web-1",), Limits(max_body=1 << 20, max_batch=4 << 20))
+    token = tokens["web-1"]
     config = tmp_path / "whodid.yaml"
     config.write_text("agent:\n  redact_patterns: ['corp-[0-9]{6}']\n")
     src = tmp_path / "events.jsonl"
     src.write_text(json.dumps(exec_event(1, ["mysql", f"-p{SECRET}", "shop"])) + "\n"
                    + json.dumps(exec_event(2, ["deploy", "--ticket", "corp-123456"])) + "\n")
     monkeypatch.setenv("WHODID_AGENT_TOKEN", token)
-    c = Collector(str(db), "127.0.0.1", 0, limits=Limits(max_body=1 << 20, max_batch=4 << 20)).start()
     try:
         spool = tmp_path / "spool.db"
         code = agent_cli.main(["forward", "--config", str(config), "--collector", c.url, "--spool", str(spool),

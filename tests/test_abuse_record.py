@@ -22,8 +22,9 @@ import pytest
 
 from whodid.agent.ship import Shipper
 from whodid.agent.spool import Spool
-from whodid.collector.server import Collector
 from whodid.tracer import Store
+
+from kit import collector_on, free_port, shipping_agent
 
 T0 = 1_700_000_000.0
 
@@ -33,37 +34,11 @@ def ev(i: int, host: str = "web-1", **fields) -> dict:
             "argv": ["echo", "x" * 200, str(i)], "uid": 0, "euid": 0, **fields}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def collector(tmp_path):
-    db = str(tmp_path / "c.db")
-    store = Store.open(db, create=True)
-    tokens = {h: store.add_agent(h) for h in ("web-1", "web-2")}
-    store.close()
-    c = Collector(db, "127.0.0.1", free_port()).start()
-    c.tokens = tokens
+    c, c.tokens = collector_on(str(tmp_path / "c.db"))
     yield c
     c.stop()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs for the agent's spool; grow(size) frees space by making it bigger."""
-    mnt = tmp_path / "spooldisk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], check=True)
-
-    def grow(size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-    try:
-        yield SimpleNamespace(path=mnt, grow=grow)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(spool: Spool) -> int:
@@ -166,11 +141,7 @@ def test_a_damaged_spool_is_set_aside_and_capture_goes_on(collector, tmp_path, d
     else:
         spool_path.write_bytes(b"\x00garbage" * 1000)
     ready = tmp_path / "ready"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", "netlink", "--spool", str(spool_path), "--ready-file", str(ready),
-         "--flush-interval", "0.2"],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool_path, ready)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and agent.poll() is None and time.monotonic() < deadline:
@@ -225,10 +196,7 @@ def test_sigterm_with_a_hung_collector_stops_within_the_grace_and_keeps_the_spoo
     # was not delivered is shipped by the next start.
     ready, spool = tmp_path / "ready", tmp_path / "spool.db"
     env = {**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", hung_collector, "--host", "web-1",
-         "--auth-log", "none", "--mode", "netlink", "--spool", str(spool), "--ready-file", str(ready),
-         "--flush-interval", "0.2"], env=env, stderr=subprocess.PIPE)
+    agent = shipping_agent(hung_collector, collector.tokens["web-1"], spool, ready)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -357,7 +325,7 @@ def test_a_collector_killed_mid_group_commit_recovers_and_the_resent_batches_equ
             serve.kill()
         serve.wait()
     assert len(acked) < len(batches), "every batch went in before the kill"
-    from test_abuse_store import collector_on
+    from test_abuse_store import calm_contents, collector_on
     again, _ = collector_on(db, hosts=())
     try:
         for n, (h, body) in enumerate(batches):       # what was not acknowledged, sent again
@@ -365,16 +333,10 @@ def test_a_collector_killed_mid_group_commit_recovers_and_the_resent_batches_equ
                 assert post(again, body, tokens[h])[0] == 200
     finally:
         again.stop()
-    calm, calm_tokens = collector_on(str(tmp_path / "calm.db"))
-    try:
-        for h, body in batches:
-            assert post(calm, body, calm_tokens[h])[0] == 200
-    finally:
-        calm.stop()
     store = Store.open(db)
     assert store.check() == []
     store.close()
-    assert contents(db) == contents(str(tmp_path / "calm.db"))
+    assert contents(db) == calm_contents(str(tmp_path / "calm.db"), batches)
 
 
 # --- /healthz while the writer is wedged ------------------------------------------------------------
@@ -446,11 +408,7 @@ def test_a_command_with_more_arguments_than_the_schema_holds_is_recorded_cut_not
     # nowhere in the store - anyone could hide a command from whodid by padding its arguments.
     mark = f"pad-{mode}-{os.getpid()}"
     spool, ready = tmp_path / "spool.db", tmp_path / "ready"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "whodid.agent.cli", "run", "--collector", collector.url, "--host", "web-1",
-         "--auth-log", "none", "--mode", mode, "--spool", str(spool), "--ready-file", str(ready),
-         "--flush-interval", "0.2"],
-        env={**os.environ, "WHODID_AGENT_TOKEN": collector.tokens["web-1"]}, stderr=subprocess.PIPE)
+    agent = shipping_agent(collector.url, collector.tokens["web-1"], spool, ready, mode=mode)
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():

@@ -15,13 +15,13 @@ import sys
 import subprocess
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 
 from whodid.collector.server import Collector, Limits
 from whodid.tracer import Store
 
+import kit
 from kit import Host, T0
 
 HOSTS = ("web-1", "web-2", "db-1")
@@ -53,10 +53,19 @@ def healthz(c: Collector):
 
 
 def collector_on(path: str, hosts=HOSTS) -> tuple[Collector, dict[str, str]]:
-    store = Store.open(path, create=True)
-    tokens = {h: store.add_agent(h) for h in hosts}
-    store.close()
-    return Collector(path, "127.0.0.1", 0, limits=Limits(max_body=8 << 20, max_batch=32 << 20)).start(), tokens
+    return kit.collector_on(path, hosts, Limits(max_body=8 << 20, max_batch=32 << 20))
+
+
+def calm_contents(path: str, batches: list[tuple[str, bytes]]) -> dict[str, list]:
+    """contents() of a new store at path that took these (host, body) batches and never failed:
+    what a store that went through trouble must equal once the agents have resent."""
+    calm, tokens = collector_on(path)
+    try:
+        for host, body in batches:
+            assert post(calm, body, tokens[host])[0] == 200
+    finally:
+        calm.stop()
+    return contents(path)
 
 
 def contents(path: str) -> dict[str, list]:
@@ -114,21 +123,6 @@ def story(host: str, part: int, size: int) -> list[dict]:
     return out
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs; grow(size) frees space by making it bigger."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], check=True)
-
-    def grow(size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-    try:
-        yield SimpleNamespace(path=mnt, grow=grow)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 # --- item 1: a full disk -----------------------------------------------------------------------------
 
 def test_a_disk_full_episode_leaves_the_store_whole_and_equal_to_one_that_never_filled(small_disk, tmp_path):
@@ -148,17 +142,10 @@ def test_a_disk_full_episode_leaves_the_store_whole_and_equal_to_one_that_never_
     finally:
         full.stop()
 
-    calm, calm_tokens = collector_on(str(tmp_path / "calm.db"))
-    try:
-        for host, body in batches:
-            assert post(calm, body, calm_tokens[host])[0] == 200
-    finally:
-        calm.stop()
-
     store = Store.open(small_disk.path / "c.db")
     assert store.check() == []
     store.close()
-    assert contents(str(small_disk.path / "c.db")) == contents(str(tmp_path / "calm.db"))
+    assert contents(str(small_disk.path / "c.db")) == calm_contents(str(tmp_path / "calm.db"), batches)
 
 
 def test_a_commit_that_fails_after_every_statement_succeeded_forgets_the_ids(tmp_path):

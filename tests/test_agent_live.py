@@ -16,6 +16,8 @@ import pytest
 
 from whodid.tracer import Query, Store, Tracer
 
+from kit import free_port
+
 
 def bpf_ready() -> str | None:
     if os.geteuid() != 0:
@@ -51,12 +53,6 @@ def loopback_pair() -> tuple[tuple[int, int], int]:
     cli.wait(10)
     srv.wait(10)
     return (srv.pid, cli.pid), port
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_sshd(work) -> tuple[subprocess.Popen, dict]:

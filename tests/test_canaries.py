@@ -2,18 +2,20 @@
 a cluster object disappears after a traced delete-cluster; the alert in Slack (the emulator)
 names jim, with the trace in its thread; recovery is said once; restarts keep state."""
 
+import contextlib
 import http.server
 import json
 import os
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from slackemu import SIGNING_SECRET, SlackEmulator
-from test_fleet import free_port
+from kit import free_port
 
 from whodid import config as config_mod
 from whodid.bot import cli, demo
@@ -338,25 +340,32 @@ def test_an_alert_slack_would_not_take_is_retried_until_delivered_and_the_state_
             bot.stop()
 
 
-def slack_canary_store(demo_db, tmp_path, monkeypatch):
-    """The demo store copied, no canary state, and the config of one Kubernetes canary alerting
-    in C7 through the Slack emulator: (db, cfg_of(emu, kube))."""
+@contextlib.contextmanager
+def slack_canary(demo_db, tmp_path, monkeypatch, log=lambda m: None):
+    """The demo store copied, no canary state, one Kubernetes canary alerting in C7 through the
+    Slack emulator, its bot and its runner: SimpleNamespace(db, emu, kube, bot, runner, state),
+    state() being the canary's saved state. The bot is stopped on the way out."""
     from kit import copy_store
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
     db = str(tmp_path / "store.db")
     copy_store(demo_db, db)
     Store.open(db).db.execute("DELETE FROM canaries")
-
-    def cfg_of(emu, kube):
-        return config_mod.from_dict({
+    with SlackEmulator() as emu, FakeKube() as kube:
+        cfg = config_mod.from_dict({
             "identity": {"people": demo.story_people()},
             "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
                       "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
             "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
                           "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
                           "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
-    return db, cfg_of
+        bot = Bot(cfg, db, log=log)
+        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=log)
+        try:
+            yield SimpleNamespace(db=db, emu=emu, kube=kube, bot=bot, runner=runner,
+                                  state=lambda: Store.open(db).canary_state("prod-cluster"))
+        finally:
+            bot.stop()
 
 
 def test_an_alert_still_undelivered_when_its_canary_recovers_is_delivered_and_says_so(demo_db, tmp_path, monkeypatch):
@@ -365,31 +374,24 @@ def test_an_alert_still_undelivered_when_its_canary_recovers_is_delivered_and_sa
     crash on the failure's start, which recovery wiped (it did: TypeError, every run, state never
     saved); once the bot is invited, the alert is posted - saying it failed and has recovered,
     not 'is failing: Cluster prod exists' - and the recovery follows in its thread."""
-    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
-    with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = cfg_of(emu, kube)
-        bot = Bot(cfg, db, log=lambda m: None)
-        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
-        state = lambda: Store.open(db).canary_state("prod-cluster")
-        try:
-            emu.not_in.add("C7")
-            assert runner.run_one("prod-cluster")[1] == "alert"
-            kube.add(CLUSTER, "Cluster", "prod")                  # back before the alert got out
-            assert runner.run_one("prod-cluster")[1] == "recovered"
-            assert state()["status"] == "ok" and state()["undelivered"] == "alert,recovered"
-            runner.redeliver()                                    # still not invited: still waiting
-            assert state()["undelivered"] == "alert,recovered" and emu.top_level("C7") == []
-            assert runner.run_one("prod-cluster")[1] is None      # ok again: nothing new, nothing lost
-            emu.not_in.discard("C7")
-            runner.redeliver()
-            (alert,) = emu.top_level("C7")
-            said = alert.text + str(alert.blocks)
-            assert "failed" in said and "has recovered" in said and "prod exists" not in said and "is failing" not in said
-            assert "jim ran `aws eks delete-cluster --name prod`" in str(alert.blocks)    # the suspects still
-            assert [m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
-            assert state()["undelivered"] is None and state()["alert_ts"] == alert.ts
-        finally:
-            bot.stop()
+    with slack_canary(demo_db, tmp_path, monkeypatch) as sc:
+        emu, kube, runner, state = sc.emu, sc.kube, sc.runner, sc.state
+        emu.not_in.add("C7")
+        assert runner.run_one("prod-cluster")[1] == "alert"
+        kube.add(CLUSTER, "Cluster", "prod")                  # back before the alert got out
+        assert runner.run_one("prod-cluster")[1] == "recovered"
+        assert state()["status"] == "ok" and state()["undelivered"] == "alert,recovered"
+        runner.redeliver()                                    # still not invited: still waiting
+        assert state()["undelivered"] == "alert,recovered" and emu.top_level("C7") == []
+        assert runner.run_one("prod-cluster")[1] is None      # ok again: nothing new, nothing lost
+        emu.not_in.discard("C7")
+        runner.redeliver()
+        (alert,) = emu.top_level("C7")
+        said = alert.text + str(alert.blocks)
+        assert "failed" in said and "has recovered" in said and "prod exists" not in said and "is failing" not in said
+        assert "jim ran `aws eks delete-cluster --name prod`" in str(alert.blocks)    # the suspects still
+        assert [m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
+        assert state()["undelivered"] is None and state()["alert_ts"] == alert.ts
 
 
 def test_a_canary_flapping_while_slack_refuses_gives_one_alert_and_nothing_stuck(demo_db, tmp_path, monkeypatch):
@@ -399,36 +401,29 @@ def test_a_canary_flapping_while_slack_refuses_gives_one_alert_and_nothing_stuck
     which REOPEN_WITHIN exists to prevent); one alert, then the newest news in its thread. And a
     queued 'failing again' delivered after the recovery had no failure start to show: it raised
     at every attempt, and the recovery queued behind it never went out."""
-    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
-    with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = cfg_of(emu, kube)
-        bot = Bot(cfg, db, log=lambda m: None)
-        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
-        state = lambda: Store.open(db).canary_state("prod-cluster")
-        try:
-            emu.not_in.add("C7")
-            for _ in range(6):                                    # down, up, down, up, ...
-                runner.run_one("prod-cluster")
-                kube.add(CLUSTER, "Cluster", "prod")
-                runner.run_one("prod-cluster")
-                kube.delete(CLUSTER)
-            emu.not_in.discard("C7")
-            runner.redeliver()
-            (alert,) = emu.top_level("C7")
-            assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 1
-            assert state()["undelivered"] is None
-            # the alert is out; Slack refuses again: failing again, then recovered, both queued
-            emu.not_in.add("C7")
-            assert runner.run_one("prod-cluster")[1] == "again"
+    with slack_canary(demo_db, tmp_path, monkeypatch) as sc:
+        emu, kube, runner, state = sc.emu, sc.kube, sc.runner, sc.state
+        emu.not_in.add("C7")
+        for _ in range(6):                                    # down, up, down, up, ...
+            runner.run_one("prod-cluster")
             kube.add(CLUSTER, "Cluster", "prod")
-            assert runner.run_one("prod-cluster")[1] == "recovered"
-            emu.not_in.discard("C7")
-            runner.redeliver()
-            assert state()["undelivered"] is None
-            assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 2
-            assert len(emu.top_level("C7")) == 1
-        finally:
-            bot.stop()
+            runner.run_one("prod-cluster")
+            kube.delete(CLUSTER)
+        emu.not_in.discard("C7")
+        runner.redeliver()
+        (alert,) = emu.top_level("C7")
+        assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 1
+        assert state()["undelivered"] is None
+        # the alert is out; Slack refuses again: failing again, then recovered, both queued
+        emu.not_in.add("C7")
+        assert runner.run_one("prod-cluster")[1] == "again"
+        kube.add(CLUSTER, "Cluster", "prod")
+        assert runner.run_one("prod-cluster")[1] == "recovered"
+        emu.not_in.discard("C7")
+        runner.redeliver()
+        assert state()["undelivered"] is None
+        assert len([m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]) == 2
+        assert len(emu.top_level("C7")) == 1
 
 
 def test_one_canarys_slow_delivery_does_not_hold_up_the_others(tmp_path, monkeypatch):
@@ -472,23 +467,17 @@ def test_an_alert_posted_is_not_posted_again_when_its_thread_cannot_be(demo_db, 
     thread (the top suspect's chain) is posted. That raised out of the delivery, so the alert
     was queued as undelivered - and posted again 30 s later, a second alert for one failure
     (every blip, another). The thread is the bot's best effort: logged, the alert delivered."""
-    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
-    with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = cfg_of(emu, kube)
-        logs: list[str] = []
-        bot = Bot(cfg, db, log=logs.append)
-        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=logs.append)
-        try:
-            emu.fail_after("chat.postMessage", ok=1, status=0, times=4)   # the alert, then the line drops
-            assert runner.run_one("prod-cluster")[1] == "alert"
-            (alert,) = emu.top_level("C7")
-            st = Store.open(db).canary_state("prod-cluster")
-            assert st["undelivered"] is None and st["alert_ts"] == alert.ts
-            runner.redeliver()
-            assert len(emu.top_level("C7")) == 1
-            assert any("failed" in line and "C7" in line for line in logs), logs
-        finally:
-            bot.stop()
+    logs: list[str] = []
+    with slack_canary(demo_db, tmp_path, monkeypatch, log=logs.append) as sc:
+        emu, runner, db = sc.emu, sc.runner, sc.db
+        emu.fail_after("chat.postMessage", ok=1, status=0, times=4)   # the alert, then the line drops
+        assert runner.run_one("prod-cluster")[1] == "alert"
+        (alert,) = emu.top_level("C7")
+        st = Store.open(db).canary_state("prod-cluster")
+        assert st["undelivered"] is None and st["alert_ts"] == alert.ts
+        runner.redeliver()
+        assert len(emu.top_level("C7")) == 1
+        assert any("failed" in line and "C7" in line for line in logs), logs
 
 
 def test_an_alert_whose_picture_cannot_be_drawn_is_posted_once_with_its_chain(demo_db, tmp_path, monkeypatch):
@@ -502,18 +491,12 @@ def test_an_alert_whose_picture_cannot_be_drawn_is_posted_once_with_its_chain(de
     def broken(tr, now):
         raise ValueError("a drawing that fails")
     monkeypatch.setattr(image, "render_png", broken)
-    db, cfg_of = slack_canary_store(demo_db, tmp_path, monkeypatch)
-    with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = cfg_of(emu, kube)
-        bot = Bot(cfg, db, log=lambda m: None)
-        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=lambda m: None)
-        try:
-            assert runner.run_one("prod-cluster")[1] == "alert"
-            runner.redeliver()
-            (alert,) = emu.top_level("C7")
-            assert Store.open(db).canary_state("prod-cluster")["undelivered"] is None
-            thread = emu.thread("C7", alert.ts)
-            assert any("could not be drawn" in m.text for m in thread)
-            assert any("```" in str(m.blocks) for m in thread)        # the chain, as text
-        finally:
-            bot.stop()
+    with slack_canary(demo_db, tmp_path, monkeypatch) as sc:
+        emu, runner, db = sc.emu, sc.runner, sc.db
+        assert runner.run_one("prod-cluster")[1] == "alert"
+        runner.redeliver()
+        (alert,) = emu.top_level("C7")
+        assert Store.open(db).canary_state("prod-cluster")["undelivered"] is None
+        thread = emu.thread("C7", alert.ts)
+        assert any("could not be drawn" in m.text for m in thread)
+        assert any("```" in str(m.blocks) for m in thread)        # the chain, as text

@@ -18,6 +18,8 @@ from whodid.collector.batch import BatchError, decompress, parse_batch, parse_cl
 from whodid.collector.server import Collector, Limits
 from whodid.tracer import Store
 
+from kit import collector_on
+
 
 def ev(i, host="web-1", ts=None):
     return {"v": 1, "kind": "exec", "host": host, "boot": "b1", "ts": ts or 1_700_000_000.0 + i, "pid": 1000 + i,
@@ -30,12 +32,7 @@ def lines(events):
 
 @pytest.fixture
 def collector(tmp_path):
-    db = str(tmp_path / "c.db")
-    store = Store.open(db, create=True)
-    tokens = {h: store.add_agent(h) for h in ("web-1", "web-2")}
-    store.close()
-    c = Collector(db, "127.0.0.1", 0, limits=Limits(max_body=1 << 20, max_batch=4 << 20)).start()
-    c.tokens = tokens
+    c, c.tokens = collector_on(str(tmp_path / "c.db"), limits=Limits(max_body=1 << 20, max_batch=4 << 20))
     yield c
     c.stop()
 

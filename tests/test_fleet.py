@@ -14,13 +14,9 @@ import pytest
 
 from whodid.tracer import Store
 
+from kit import free_port
+
 N = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Fleet:

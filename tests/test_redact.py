@@ -267,13 +267,12 @@ def test_import_audit_redacts(tmp_path, capsys):
 def test_the_collector_redacts_what_agents_send(tmp_path):
     from test_collector import post
 
-    from whodid.collector.server import Collector, Limits
+    from kit import collector_on
+    from whodid.collector.server import Limits
     from whodid.tracer import Store
     db = tmp_path / "c.db"
-    store = Store.open(str(db), create=True)
-    token = store.add_agent("web-1")
-    store.close()
-    c = Collector(str(db), "127.0.0.1", 0, limits=Limits(max_body=1 << 20, max_batch=4 << 20)).start()
+    c, tokens = collector_on(str(db), ("web-1",), Limits(max_body=1 << 20, max_batch=4 << 20))
+    token = tokens["web-1"]
     try:
         events = [exec_event(i, argv) for i, argv in enumerate(LEAKY)]
         refused = dict(exec_event(9, ["mysql", f"-p{SECRET}"]), ts="yesterday")     # kept as raw text for people

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from slackemu import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackEmulator
-from test_fleet import free_port
+from kit import free_port
 from test_slack import answered, button
 
 from whodid.bot import cli, demo

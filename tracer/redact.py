@@ -40,11 +40,12 @@ import re
 from typing import Any, Callable
 
 from . import shellwords
+from .events import fit_argv
 from .secret_rules import (CODE_ASSIGNMENT, DEFAULT_RULES, MASK, SCHEME, SHAPE_RULES, Rule, code_assignment,
                            compile_rules, secret_name)
 
 __all__ = ["DEFAULT_RULES", "MASK", "Rule", "compile_rules", "cut_short", "redact", "redact_event", "redact_events",
-           "redact_text", "secret_name"]
+           "redact_fitted", "redact_text", "secret_name"]
 
 MYSQL = frozenset("mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlbinlog mysqlslap "
                   "mysqlsh mariadb mariadb-dump mariadb-admin mariadb-import mariadb-check".split())
@@ -223,6 +224,20 @@ def cut_short(argv: list[str]) -> list[str]:
     if cut and secret_name(cut["name"]) and not last.endswith(MASK):
         last = last[:cut.end("head")] + MASK
     return argv if last == argv[-1] else [*argv[:-1], last]
+
+
+def redact_fitted(argv: list[str], truncated: bool = False,
+                  rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[list[str], bool, bool]:
+    """A command line as a producer ships it: redacted, then cut to the schema's limits
+    (fit_argv), then - if it was cut there or before (the kernel's read) - rid of a secret the
+    cut left unfinished (cut_short). Returns (argv, truncated, whether anything was hidden)."""
+    argv, hidden = redact(argv, rules)
+    argv, over = fit_argv(argv)
+    truncated = truncated or over
+    if truncated:
+        short = cut_short(argv)
+        argv, hidden = short, hidden or short is not argv
+    return argv, truncated, hidden
 
 
 def redact_events(events: list[dict[str, Any]], rules: tuple[Rule, ...] = DEFAULT_RULES) -> int:

@@ -16,7 +16,6 @@ import sqlite3
 import time
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import sqlite_utils
@@ -722,9 +721,9 @@ class Store:
     def vacuum(self) -> tuple[int, int]:
         """Give deleted space back to the file system. Returns (bytes before, bytes after)."""
         before = self.size()
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.checkpoint()
         self.db.execute("VACUUM")
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.checkpoint()
         return before, self.size()
 
     def check(self, max_problems: int = 20) -> list[str]:
@@ -895,15 +894,21 @@ def _code(exc: BaseException) -> int | None:
     return code & 0xFF if isinstance(code, int) else None
 
 
+def damaged(path: str, why: str, where: str | None = None) -> StoreError:
+    """A damaged store, said the same wherever it is found (a question, `whodid db check`):
+    why, that its answers cannot be trusted, and what to do."""
+    return StoreError(f"the store {path} is damaged ({why}), so its answers cannot be trusted"
+                      + (f" ({where})" if where else "")
+                      + "; restore it from a backup, or move it aside and start a new one")
+
+
 def store_error(exc: BaseException, path: str) -> StoreError:
     """What an SQLite error on the store at path means for a person: opening it, or later, in
     a query or a write. A damaged store is never "not a whodid store", and a full disk or a
     read-only mount is said as such, with the path."""
     code, text = _code(exc), str(exc)
     if code == sqlite3.SQLITE_CORRUPT:
-        return StoreError(f"the store {path} is damaged ({text}), so its answers cannot be trusted; "
-                          f"`whodid db check --db {path}` says where. Restore it from a backup, or move it "
-                          "aside and start a new one")
+        return damaged(path, text, f"`whodid db check --db {path}` says where")
     if code == sqlite3.SQLITE_NOTADB:
         return StoreError(f"{path} is not a whodid store ({text}). Move it aside, or choose another file "
                           "with --db.")
