@@ -204,3 +204,47 @@ def test_a_batch_that_fails_midway_leaves_no_ids_behind(tmp_path):
                                "WHERE p.id IS NULL").fetchone()[0]
     assert orphans == 0
     assert store.db.execute("SELECT count(*) FROM execs WHERE cmd LIKE 'job %'").fetchone()[0] == 600
+
+
+# --- a process across an agent restart (issue 17, rule 6) ---------------------------------
+# The first agent names a process by its fork record's time (ns); a restarted agent finds it
+# running and names it by /proc's start, a whole 10 ms tick at or before the fork record.
+
+def _procs_of(store, pid):
+    return [r[0] for r in store.db.execute("SELECT id FROM procs WHERE pid = ? ORDER BY start", [pid])]
+
+
+def test_a_process_named_by_its_proc_tick_after_a_restart_is_the_one_whose_fork_was_seen(tmp_path):
+    db = tmp_path / "s.db"
+    store_with([H.exec(0, 400, ["bash"], snapshot=True, start=4_000_000_000),
+                H.fork(10, 500, 400, start=123_456_789, pstart=4_000_000_000),
+                H.exec(10.01, 500, ["sh", "-c", "read x; true"], start=123_456_789)], db)
+    # the restarted agent, into the store opened anew: nothing cached from the first ingest
+    store = Store.open(db)
+    ingest(store, [H.exec(10, 500, ["sh", "-c", "read x; true"], snapshot=True, start=120_000_000,
+                          ppid=400, pstart=4_000_000_000),
+                   H.fork(20, 501, 500, start=200_000_001, pstart=120_000_000),
+                   H.exec(20.01, 501, ["true"], start=200_000_001),
+                   H.exit(21, 500, code=3, start=120_000_000)])
+    (shell,) = _procs_of(store, 500)
+    assert store.proc(shell).exit_code == 3
+    (child,) = _procs_of(store, 501)
+    assert store.proc(child).parent == shell
+    assert store.proc(shell).parent == _procs_of(store, 400)[0]
+
+
+def test_pids_reused_within_a_tick_stay_two_processes_and_a_tick_with_no_seen_fork_stays_its_own():
+    store = store_with([
+        H.fork(10, 500, 1, start=121_000_000), H.exit(10.002, 500, start=121_000_000),
+        H.fork(10.003, 500, 1, start=124_000_000),           # the pid again, within the same tick
+        H.exec(11, 500, ["sleep", "9"], snapshot=True, start=120_000_000),
+        H.exec(11, 600, ["sleep", "9"], snapshot=True, start=120_000_000),     # no fork seen for 600
+        H.fork(12, 700, 1, start=300_000_000),                               # seen, but a tick later
+        H.exec(12, 700, ["sleep", "9"], snapshot=True, start=200_000_000),
+    ])
+    first, second = _procs_of(store, 500)
+    assert [store.proc(p).start for p in (first, second)] == [121_000_000, 124_000_000]
+    assert store.db.execute("SELECT count(*) FROM execs WHERE proc = ?", [second]).fetchone()[0] == 1
+    assert store.db.execute("SELECT count(*) FROM execs WHERE proc = ?", [first]).fetchone()[0] == 0
+    assert len(_procs_of(store, 600)) == 1
+    assert len(_procs_of(store, 700)) == 2

@@ -26,6 +26,9 @@ from . import migrations
 
 
 MAX_CMD_IDS = 2000           # past this many matching command lines, a search scans the window instead
+# /proc gives a process's start in USER_HZ ticks (100 a second on Linux): an agent that finds a
+# process already running names it by that tick, in ns - a multiple of this (docs/events.md)
+TICK_NS = 10_000_000
 
 
 class StoreError(Exception):
@@ -273,14 +276,14 @@ class Store:
         if kind == "fork" and self._new_child(c, boot, ev, ts):
             new += 1
             return new
-        proc = self._proc_id(boot, ev["pid"], ev["start"])
+        proc = self._proc_id(boot, ev["pid"], ev["start"], ts)
         if kind == "exec":
             new += self._write_exec(c, boot, proc, ev)
             for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
                 if name_field in ev and uid_field in ev:
                     names[(host, ev[uid_field])] = ev[name_field]
         elif kind == "fork":
-            parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
+            parent = self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
             new += c.execute(
                 "UPDATE procs SET parent = ?1, parent_by_fork = 1, parent_ts = NULL, fork_ts = ?2 "
                 "WHERE id = ?3 AND (parent_by_fork = 0 OR parent IS NOT ?1 OR fork_ts IS NOT ?2)",
@@ -334,7 +337,7 @@ class Store:
         if "ppid" in ev and "pstart" in ev:
             # Only the earliest exec may name the parent, and never over a fork's word:
             # a later exec may see the reaper (pid 1) after the real parent exited.
-            parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
+            parent = self._proc_id(boot, ev["ppid"], ev["pstart"], ev["ts"])
             if parent != proc:
                 c.execute("UPDATE procs SET parent = ?, parent_ts = ? WHERE id = ? AND parent_by_fork = 0 "
                           "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
@@ -346,7 +349,7 @@ class Store:
         key = (boot, ev["pid"], ev["start"])
         if key in self._procs:
             return False
-        parent = self._proc_id(boot, ev["ppid"], ev["pstart"])
+        parent = self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
         cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
                         "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
         if not cur.rowcount:
@@ -398,9 +401,18 @@ class Store:
             self._boots[key] = bid
         return bid
 
-    def _proc_id(self, boot: int, pid: int, start: int) -> int:
+    def _proc_id(self, boot: int, pid: int, start: int, ts: float) -> int:
+        """The row of process (boot, pid, start), made if new. An event at `ts` naming a start
+        /proc gave (a whole tick) means the process whose fork an earlier agent saw in that
+        tick, if one lived then (_seen_forked)."""
         key = (boot, pid, start)
         pid_ = self._procs.get(key)
+        if pid_ is None and start % TICK_NS == 0:
+            c = self.db.conn
+            row = c.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?", key).fetchone()
+            pid_ = row[0] if row else self._seen_forked(boot, pid, start, ts)
+            if pid_ is not None:
+                self._remember_proc(key, pid_)
         if pid_ is None:
             c = self.db.conn
             cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start) VALUES (?, ?, ?)", key)
@@ -410,6 +422,19 @@ class Store:
                 pid_ = c.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?", key).fetchone()[0]
             self._remember_proc(key, pid_)
         return pid_
+
+    def _seen_forked(self, boot: int, pid: int, tick_start: int, ts: float) -> int | None:
+        """The process an agent saw fork that a restarted agent, finding it running, named by
+        /proc's start tick: same pid, forked within that tick (the fork record comes a little
+        after the kernel stamps the start, so up to one tick more), still alive at ts. Only a
+        /proc-named process is joined to a seen fork, never two seen forks to each other - pids
+        reused within a tick stay two processes. Of two candidates, the later fork: the earlier
+        one had exited for its pid to be reused."""
+        row = self.db.conn.execute(
+            "SELECT id FROM procs WHERE boot = ? AND pid = ? AND start > ? AND start < ? AND parent_by_fork = 1 "
+            "AND (exit_ts IS NULL OR exit_ts >= ?) ORDER BY start DESC LIMIT 1",
+            [boot, pid, tick_start, tick_start + 2 * TICK_NS, ts]).fetchone()
+        return row[0] if row else None
 
     def _remember_proc(self, key: tuple[int, int, int], proc_id: int) -> None:
         if len(self._procs) > 500_000:                  # a bound on memory, not a correctness matter
