@@ -261,7 +261,9 @@ class Tracer:
                 continue
             if chain[i].inferred:
                 continue
-            chain[i].edge, chain[i].note = stitch.link(chain[i - 1], chain[i])
+            chain[i].edge, chain[i].note = stitch.link(
+                chain[i - 1], chain[i], before=chain[i - 2] if i >= 2 else None,
+                after=chain[i + 1] if i + 1 < len(chain) else None, last=i == len(chain) - 1)
         if chain[0].login:
             chain[0].edge = "login"
             chain[0].inferred = False
