@@ -130,3 +130,14 @@ def test_sudo_u_ops_alone_never_names_root_as_the_target(captured):
     assert privilege(tr) == f"su to {PERSON}, sudo to {OPS}", tr.summary
     said = everything_said(tr)
     assert "to root" not in said and "-> root" not in said
+
+
+def test_what_a_shell_started_shows_sudo_u_ops_as_sudo_to_ops(captured):
+    # the person's shell matched, with what it started drawn around it: the same sudo -u, as context
+    (tr,) = Tracer(captured).find(Query(pattern=f"sh -c sudo -u {OPS} sh -c", limit=1, started=True))
+    steps = {n: d["step"] for n, d in tr.graph.nodes(data=True)}
+    switches = [(d["kind"], steps[b].user, d["note"]) for a, b, d in tr.graph.edges(data=True)
+                if not d["chain"] and d["kind"] in ("sudo", "setuid")]
+    assert switches == [("sudo", OPS, f"{PERSON} -> {OPS} via sudo")]
+    labels = [link.label or "" for link in layout(tr, time.time()).links]
+    assert f"{PERSON} -> {OPS} via sudo" in labels and not any("-> root" in label for label in labels)
