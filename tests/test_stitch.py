@@ -3,7 +3,8 @@
 import pytest
 
 from whodid.tracer.identity import Identity, Person
-from whodid.tracer.stitch import HopCandidate, Step, attribute, gaps, link, pick_hop, program_name, summary
+from whodid.tracer.stitch import (HopCandidate, Step, attribute, gaps, link, pick_hop, privilege, program_name,
+                                  requested_user, summary)
 
 
 def step(proc=1, host="a", user="jim", argv=("bash",), start=0.0, edge="fork", login=None, login_user=None):
@@ -29,6 +30,70 @@ def test_link_kinds():
     assert link(su, step(6, user="bob", argv=["-bash"])) == ("su", "root -> bob via su")
     # any other change of effective user is a setuid program
     assert link(bash, step(7, user="root", argv=["/usr/bin/passwd"])) == ("setuid", "ec2-user -> root via passwd (setuid)")
+
+
+def linked(chain):
+    """Edges as trace.py assigns them along a chain: each link sees its neighbours."""
+    out = []
+    for i in range(1, len(chain)):
+        chain[i].edge, chain[i].note = link(chain[i - 1], chain[i], before=chain[i - 2] if i >= 2 else None,
+                                            after=chain[i + 1] if i + 1 < len(chain) else None,
+                                            last=i == len(chain) - 1)
+        out.append((chain[i].edge, chain[i].note))
+    return out
+
+
+def test_sudo_u_ops_is_sudo_to_ops_not_a_stop_at_root():
+    # what the kernel records: jim's shell, sudo running setuid-root, the command sudo started as ops
+    chain = [step(1, user="jim"), step(2, user="root", argv=["sudo", "-u", "ops", "sh"]),
+             step(3, user="ops", argv=["sh"])]
+    assert linked(chain) == [("fork", "sudo runs as root on the way from jim to ops"),
+                             ("sudo", "jim -> ops via sudo")]
+    assert privilege(chain) == ["sudo to ops"]
+
+
+def test_su_dash_ops_by_a_person_is_su_to_ops():
+    chain = [step(1, user="jim"), step(1, user="root", argv=["su", "-", "ops"], start=1),
+             step(2, user="ops", argv=["-bash"], start=2)]
+    assert linked(chain) == [("exec", "su runs as root on the way from jim to ops"), ("su", "jim -> ops via su")]
+    assert privilege(chain) == ["su to ops"]
+
+
+def test_plain_sudo_is_still_sudo_to_root():
+    chain = [step(1, user="jim"), step(2, user="root", argv=["sudo", "systemctl"]),
+             step(3, user="root", argv=["systemctl"])]
+    assert linked(chain) == [("sudo", "jim -> root via sudo"), ("fork", None)]
+    assert privilege(chain) == ["sudo to root"]
+    # sudo su - ops: sudo made root, then su made ops
+    chain = [step(1, user="jim"), step(2, user="root", argv=["sudo", "su", "-", "ops"]),
+             step(3, user="root", argv=["su", "-", "ops"]), step(4, user="ops", argv=["-bash"])]
+    assert [e for e, _ in linked(chain)] == ["sudo", "fork", "su"]
+    assert privilege(chain) == ["sudo to root", "su to ops"]
+
+
+def test_a_chain_ending_at_sudo_u_ops_names_ops_from_its_arguments():
+    chain = [step(1, user="jim"), step(2, user="root", argv=["sudo", "-u", "ops", "true"])]
+    assert linked(chain) == [("sudo", "jim -> ops via sudo, as its arguments ask (sudo itself runs as root)")]
+    assert privilege(chain) == ["sudo to ops"]
+    # root running su - ops, matched at su itself
+    chain = [step(1, user="root"), step(2, user="root", argv=["su", "-", "ops", "-c", "id"])]
+    assert linked(chain) == [("su", "root -> ops via su, as its arguments ask (su itself runs as root)")]
+    assert privilege(chain) == ["su to ops"]
+
+
+@pytest.mark.parametrize("argv, user", [
+    (["sudo", "cmd"], "root"), (["sudo", "-i"], "root"), (["/usr/bin/sudo", "-u", "ops", "cmd"], "ops"),
+    (["sudo", "-uops", "cmd"], "ops"), (["sudo", "-iu", "ops"], "ops"), (["sudo", "--user=ops", "cmd"], "ops"),
+    (["sudo", "--user", "ops", "cmd"], "ops"), (["sudo", "-g", "adm", "cmd", "-u", "x"], "root"),
+    (["sudo", "-u", "#0", "cmd"], "root"), (["sudo", "-u", "#1001", "cmd"], "uid 1001"),
+    (["sudoedit", "-u", "ops", "f"], "ops"), (["doas", "-u", "ops", "cmd"], "ops"),
+    (["pkexec", "--user", "ops", "cmd"], "ops"),
+    (["su"], "root"), (["su", "-"], "root"), (["su", "-", "ops"], "ops"), (["su", "-l", "ops", "-c", "id"], "ops"),
+    (["su", "-c", "id", "ops"], "ops"), (["su", "-s", "/bin/sh", "ops"], "ops"), (["su", "--", "ops"], "ops"),
+    (["runuser", "-u", "ops", "--", "id"], "ops"), (["runuser", "-l", "ops", "-c", "id"], "ops"),
+    (["bash"], None), ([], None)])
+def test_requested_user(argv, user):
+    assert requested_user(argv) == user
 
 
 def cand(proc, ts, lport=40000, laddr="10.0.0.10", raddr="10.0.1.20", rport=22, host="jump"):

@@ -51,17 +51,36 @@ def program_name(argv: list[str]) -> str:
     return os.path.basename(first.lstrip("-")) or first
 
 
-def link(prev: Step, cur: Step) -> tuple[str, str | None]:
+def link(prev: Step, cur: Step, before: Step | None = None, after: Step | None = None,
+         last: bool = False) -> tuple[str, str | None]:
     """What kind of edge leads from prev to cur, and the note a person needs to read it.
 
     Host change is an ssh hop (the caller has matched it); a change of effective user is a
     privilege change, named after the program that made it (sudo, su, else setuid);
     the same process running a new program is an exec; anything else is a fork.
+
+    sudo and su are setuid-root: the kernel runs them as root before they become the account
+    asked for. On a chain (`before` is the step ahead of prev, `after` the one after cur,
+    `last` says cur is the end of the chain), that root step is a means, not the target:
+    `sudo -u ops` is "jim -> ops via sudo" on the edge where ops begins, the edge into sudo
+    says only that it runs as root, and a chain that ends at sudo itself names the account
+    from its arguments. Without the neighbours (context edges) each edge reads on its own.
     """
     if prev.host != cur.host:
         return "ssh", None
+    via = SWITCH_USER.get(cur.program) or SWITCH_USER.get(prev.program)
+    asked = _asked_for(cur) if last else None
+    if asked and asked != cur.user:
+        # the chain ends at sudo or su itself, before its switch: name what it was asked for
+        return via, f"{prev.user} -> {asked} via {via}, as its arguments ask ({cur.program} itself runs as {cur.user})"
     if prev.user != cur.user:
-        via = SWITCH_USER.get(cur.program) or SWITCH_USER.get(prev.program)
+        if SWITCH_USER.get(cur.program) and after is not None and after.host == cur.host and after.user != cur.user:
+            # the setuid-root hop on the way: the switch is named where its target begins
+            kind = "exec" if prev.proc == cur.proc else "fork"
+            return kind, f"{cur.program} runs as {cur.user} on the way from {prev.user} to {after.user}"
+        if SWITCH_USER.get(prev.program) and before is not None and before.host == prev.host \
+                and before.user != prev.user:
+            return via, f"{before.user} -> {cur.user} via {via}"
         if via:
             return via, f"{prev.user} -> {cur.user} via {via}"
         if cur.inherited:       # no exec of its own: the process changed its own credentials
@@ -70,6 +89,74 @@ def link(prev: Step, cur: Step) -> tuple[str, str | None]:
     if prev.proc == cur.proc:
         return "exec", None
     return "fork", None
+
+
+def _asked_for(step: Step) -> str | None:
+    """The account a user-switching step was asked for, when the step is such a program."""
+    return requested_user(step.argv) if SWITCH_USER.get(step.program) else None
+
+
+# options that take a value, per program; any other option is a flag
+_VALUED = {
+    "sudo": {"-u", "--user", "-g", "--group", "-C", "--close-from", "-D", "--chdir", "-p", "--prompt",
+             "-R", "--chroot", "-r", "--role", "-t", "--type", "-T", "--command-timeout", "-U", "--other-user",
+             "-h", "--host"},
+    "su": {"-c", "--command", "-g", "--group", "-G", "--supp-group", "-s", "--shell", "-w",
+           "--whitelist-environment", "--session-command", "-u", "--user"},
+    "doas": {"-u", "-C"},
+    "pkexec": {"--user"},
+}
+_USER_OPTION = {"-u", "--user"}
+_POSITIONAL_USER = {"su", "runuser"}
+
+
+def requested_user(argv: list[str]) -> str | None:
+    """The account `sudo`, `su`, `runuser`, `doas` or `pkexec` was asked to become, from its
+    arguments: `sudo -u ops cmd` -> ops, `su - ops` -> ops, `sudo cmd` -> root. None when argv
+    is not such a program. `#1001` (sudo's uid form) reads as "uid 1001", the tracer's name
+    for an unnamed uid. Reading arguments is a claim, not an observation: use it only where
+    the switch itself was not recorded."""
+    prog = program_name(argv)
+    kind = {"sudoedit": "sudo", "runuser": "su"}.get(prog, prog)
+    if kind not in _VALUED:
+        return None
+    valued = _VALUED[kind]
+    user = None
+    args = argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            if user is None and prog in _POSITIONAL_USER and i < len(args):
+                user = args[i]
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name in valued and not eq:
+                value, i = (args[i] if i < len(args) else ""), i + 1
+            if name in _USER_OPTION and (eq or name in valued):
+                user = value
+            continue
+        if arg.startswith("-") and arg != "-":
+            for j, flag in enumerate(arg[1:], 1):
+                if f"-{flag}" in valued:
+                    value = arg[j + 1:]
+                    if not value:
+                        value, i = (args[i] if i < len(args) else ""), i + 1
+                    if f"-{flag}" in _USER_OPTION:
+                        user = value
+                    break
+            continue
+        if arg == "-":
+            continue
+        if prog in _POSITIONAL_USER and user is None:
+            user = arg                  # su [options] [-] [user [argument...]]
+        break                           # the command sudo, doas or pkexec runs
+    user = user or "root"
+    if user.startswith("#") and user[1:].isdigit():
+        return "root" if int(user[1:]) == 0 else f"uid {int(user[1:])}"
+    return user
 
 
 @dataclass
@@ -187,17 +274,27 @@ def gaps(chain: list[Step], threshold: float) -> list[dict[str, Any]]:
     return out
 
 
+def privilege(chain: list[Step]) -> list[str]:
+    """The changes of user along a chain, as the How line, picture and Slack say them:
+    ["sudo to root"], ["su to ops"]. A chain that ends at sudo or su names the account it was
+    asked for (the kernel still runs it as root, see `link`)."""
+    out = []
+    for i, step in enumerate(chain):
+        if step.edge in ("sudo", "su", "setuid"):
+            target = _asked_for(step) if i == len(chain) - 1 else None
+            out.append(f"{step.edge} to {target or step.user}")
+    return out
+
+
 def summary(chain: list[Step], who: Attribution) -> str:
     """jim -> jump-box -> config-server (ec2-user), sudo to root"""
     parts = [who.user]
-    privilege: list[str] = []
     for step in chain:
         if step.edge in ("login", "ssh"):
             acct = step.login["user"] if step.login else step.user
             parts.append(step.host if acct == who.user else f"{step.host} ({acct})")
-        elif step.edge in ("sudo", "su", "setuid"):
-            privilege.append(f"{step.edge} to {step.user}")
+    privileges = privilege(chain)
     if chain and chain[0].edge != "login":
         parts.insert(1, chain[0].host)
     text = " -> ".join(parts)
-    return f"{text}, {', '.join(privilege)}" if privilege else text
+    return f"{text}, {', '.join(privileges)}" if privileges else text

@@ -183,6 +183,7 @@ class Tracer:
             self._add_subtree(graph, poi.proc, 1 << 30, self.settings.max_nodes)
             if graph.number_of_nodes() >= self.settings.max_nodes:
                 truncated.append(f"stopped adding what it started at {self.settings.max_nodes} nodes")
+        _relink_context(graph)
         self._to_one_clock(graph)
         return Trace(poi=poi, change=change, chain=chain, attributed=who,
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
@@ -261,7 +262,9 @@ class Tracer:
                 continue
             if chain[i].inferred:
                 continue
-            chain[i].edge, chain[i].note = stitch.link(chain[i - 1], chain[i])
+            chain[i].edge, chain[i].note = stitch.link(
+                chain[i - 1], chain[i], before=chain[i - 2] if i >= 2 else None,
+                after=chain[i + 1] if i + 1 < len(chain) else None, last=i == len(chain) - 1)
         if chain[0].login:
             chain[0].edge = "login"
             chain[0].inferred = False
@@ -486,6 +489,21 @@ def _login_note(login: dict[str, Any]) -> str:
     if login.get("key_fp"):
         parts.append(f"key {login['key_fp']}")
     return ", ".join(parts)
+
+
+def _relink_context(g: nx.DiGraph) -> None:
+    """Context edges are named one at a time as the graph grows; once it is whole, name those
+    at a sudo or su again with their neighbours, so `sudo -u ops` drawn around a chain reads
+    "jim -> ops via sudo" as it does on the chain (stitch.link), not a stop at root."""
+    for a, b, d in g.edges(data=True):
+        prev, cur = g.nodes[a]["step"], g.nodes[b]["step"]
+        if d["chain"] or d["kind"] in ("login", "ssh") or not (
+                stitch.SWITCH_USER.get(cur.program) or stitch.SWITCH_USER.get(prev.program)):
+            continue
+        befores = list(g.predecessors(a))
+        afters = [g.nodes[n]["step"] for n in g.successors(b) if g.nodes[n]["step"].user != cur.user]
+        d["kind"], d["note"] = stitch.link(prev, cur, before=g.nodes[befores[0]]["step"] if len(befores) == 1 else None,
+                                           after=afters[0] if len(afters) == 1 else None)
 
 
 def _involves(tr: Trace, user: str) -> bool:

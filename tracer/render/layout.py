@@ -16,7 +16,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from ..stitch import Step
+from ..stitch import Step, privilege
 from ..trace import Trace
 from ..when import ago, clock, format_duration
 
@@ -278,5 +278,5 @@ def _titles(tr: Trace, width: int) -> tuple[str, str]:
     parts = [tr.attributed.user]
     if via:
         parts.append("via " + ", ".join(via))
-    parts += [f"{s.edge} to {s.user}" for s in tr.chain if s.edge in PRIVILEGE]
+    parts += privilege(tr.chain)
     return title, ", ".join(parts)
