@@ -560,6 +560,9 @@ class Store:
 
     def search_commands(self, pattern: str, *, glob: bool, since: float | None, until: float | None,
                         host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]:
+        """The processes with an exec matching pattern in the window, newest first, each once with
+        its newest matching exec: a shim, `env FOO=1 cmd` or a wrapper that execs the real command
+        is one process, so one match, and `limit` counts processes."""
         where, args = [], []
         # the distinct command lines first (few), then their execs in the window by (cmd_id, ts)
         test = "cmd GLOB ?" if glob else "instr(cmd, ?) > 0"
@@ -572,7 +575,7 @@ class Store:
             where.append("e.cmd GLOB ?" if glob else "instr(e.cmd, ?) > 0")
             args.append(pattern)
         self._window(where, args, "e.ts", since, until, host_glob)
-        return self._execs_where(where, args, limit)
+        return self._execs_where(where, args, limit, per_proc=True)
 
     def execs_of_commands(self, match: Callable[[str], bool], *, since: float, until: float,
                           host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]:
@@ -588,12 +591,18 @@ class Store:
         out.sort(key=lambda pi: pi[1].ts, reverse=True)
         return out[:limit]
 
-    def _execs_where(self, where: list[str], args: list[Any], limit: int) -> list[tuple[Proc, Image]]:
-        """Execs matching the conditions (on e = execs, p = procs, h = hosts), newest first."""
+    def _execs_where(self, where: list[str], args: list[Any], limit: int,
+                     per_proc: bool = False) -> list[tuple[Proc, Image]]:
+        """Execs matching the conditions (on e = execs, p = procs, h = hosts), newest first; with
+        per_proc, only each process's newest matching exec. SQLite takes the other columns of an
+        aggregate query with a lone MAX() from the row that holds the maximum, so each row is
+        that exec as stored (https://sqlite.org/lang_select.html#bareagg)."""
+        cols = ', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))
+        group = "GROUP BY e.proc ORDER BY MAX(e.ts) DESC" if per_proc else "ORDER BY e.ts DESC"
         rows = self.db.execute(
-            f"SELECT {', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))} FROM execs e "
+            f"SELECT {cols}{', MAX(e.ts)' if per_proc else ''} FROM execs e "
             f"JOIN procs p ON p.id = e.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
-            f"WHERE {' AND '.join(where)} ORDER BY e.ts DESC LIMIT ?", [*args, limit]).fetchall()
+            f"WHERE {' AND '.join(where)} {group} LIMIT ?", [*args, limit]).fetchall()
         images = [_image(r) for r in rows]
         procs = self.procs({i.proc for i in images})
         return [(procs[i.proc], i) for i in images]

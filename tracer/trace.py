@@ -91,6 +91,9 @@ class Trace:
     truncated: list[str] = field(default_factory=list)
     exit_code: int | None = None
     target: Target | None = None
+    # the matched process's exec chain, in order: what it was exec'd as (a shim, `env FOO=1`, a
+    # wrapper script) and what it became; one match per process shows them all
+    execs: list[Image] = field(default_factory=list)
 
 
 class Tracer:
@@ -188,7 +191,8 @@ class Tracer:
         return Trace(poi=poi, change=change, chain=chain, attributed=who,
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
-                     exit_code=proc.exit_code, target=self.target(proc, image, change))
+                     exit_code=proc.exit_code, target=self.target(proc, image, change),
+                     execs=self.store.images(proc.id))
 
     def earlier(self, tr: Trace, window: float = 86400.0, limit: int = 40) -> list[Step]:
         """What the attributed person did before the matched command, newest last: the commands

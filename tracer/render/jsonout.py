@@ -47,6 +47,9 @@ def trace_json(tr: Trace) -> dict[str, Any]:
                           "login_time": iso(who.login_time) if who.login_time else None,
                           "how": who.how, "account": who.account, "key_fp": who.key_fp},
         "chain": [_step(s) for s in tr.chain],
+        "execs": [{"command": im.cmd, "argv": im.argv, "exe": im.exe, "start": iso(im.ts), "start_ts": im.ts,
+                   "poi": tr.change is None and tr.target is not None and im.ts == tr.target.at}
+                  for im in tr.execs],
         "gaps": tr.gaps,
         "confidence": tr.confidence,
         "scope": tr.scope,

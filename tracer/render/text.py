@@ -53,6 +53,8 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
     lines.append(f"Match {index} of {total}: {what}")
     lines.append(f"  on {poi.host}, pid {poi.pid}, as {poi.user}, {clock(when)} ({ago(when, now)})"
                  + (f", exit code {tr.exit_code}" if tr.exit_code is not None else ""))
+    if len(tr.execs) > 1:
+        lines.append("  exec'd as: " + " -> ".join(_short(im.cmd, 60) for im in tr.execs))
     lines.append("")
     if who.login_time is not None:
         lines.append(f"Who:  {who.user} - {who.how}")
