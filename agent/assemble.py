@@ -68,7 +68,10 @@ class Assembler:
         # In a pid namespace a fork record names the child by its pid outside; the child's
         # own first record tells its pid inside, and only then can the fork be told.
         self.pid_namespace = pid_namespace
-        self.unborn: dict[int, tuple[int, int]] = {}       # outside pid -> (parent pid, fork time)
+        # Those children's ancestry is taken when the fork is recorded, not at their first
+        # record: by then the parent may be gone (a double fork, `setsid cmd &` then exit),
+        # and its pid free for another process.
+        self.unborn: dict[int, tuple[int, ProcState]] = {}  # outside pid -> (fork time, inherited state)
         self.procs: dict[int, ProcState] = {}
         self.pending_argv: dict[int, d.ExecArgs] = {}
         self.passive: OrderedDict[tuple[str, int], tuple[str, int]] = OrderedDict()
@@ -194,8 +197,8 @@ class Assembler:
         h = rec.hdr
         born: list[dict[str, Any]] = []
         if self.unborn and h.gpid in self.unborn and h.type != d.EV_PASSIVE:
-            parent, ts_ns = self.unborn.pop(h.gpid)
-            born = self._fork(parent, h.pid, ts_ns)
+            ts_ns, child = self.unborn.pop(h.gpid)
+            born = self._born(h.pid, child, ts_ns)
         if self.own_pid is not None and h.pid == self.own_pid and not isinstance(rec, d.Sock):
             return born
         if self.excluded and h.pid in self.excluded and h.type != d.EV_PASSIVE:
@@ -213,12 +216,15 @@ class Assembler:
 
     def _fork(self, parent_pid: int, child_pid: int, ts_ns: int) -> list[dict[str, Any]]:
         parent, out = self._state(parent_pid, ts_ns)
-        child = parent.child(ts_ns, parent_pid)
+        return out + self._born(child_pid, parent.child(ts_ns, parent_pid), ts_ns)
+
+    def _born(self, child_pid: int, child: ProcState, ts_ns: int) -> list[dict[str, Any]]:
+        """The fork of child_pid, with what it inherited at fork time (child.ppid, .pstart)."""
         self.procs[child_pid] = child
+        parent_pid = child.ppid
         if parent_pid in self.forks_of:
             self.forks_of[parent_pid] = self.forks_of[parent_pid][-63:] + [(ts_ns, child_pid, child.start)]
-        out.append(self._ev("fork", ts_ns, pid=child_pid, start=child.start, ppid=parent_pid, pstart=parent.start))
-        return out
+        return [self._ev("fork", ts_ns, pid=child_pid, start=child.start, ppid=parent_pid, pstart=child.pstart)]
 
     def _feed(self, rec: d.Record) -> list[dict[str, Any]]:
         h = rec.hdr
@@ -230,10 +236,11 @@ class Assembler:
             return self._exec(rec)
         if t is d.Fork:
             if self.pid_namespace:
-                self.unborn[rec.child] = (h.pid, h.ts_ns)
+                parent, out = self._state(h.pid, h.ts_ns)
+                self.unborn[rec.child] = (h.ts_ns, parent.child(h.ts_ns, h.pid))
                 while len(self.unborn) > 65536:               # children that died unseen
                     self.unborn.pop(next(iter(self.unborn)))
-                return []
+                return out
             return self._fork(h.pid, rec.child, h.ts_ns)
         if t is d.Exit:
             st = self.procs.pop(h.pid, None)

@@ -320,6 +320,23 @@ def test_in_a_pid_namespace_forks_wait_for_the_childs_own_pid():
     assert (exe["pid"], exe["start"], exe["argv"]) == (12, 3_000_000_000, ["id"])
 
 
+def test_in_a_pid_namespace_a_child_whose_parent_exited_first_keeps_its_fork_ancestry():
+    # A double fork: the shell (5) forks 6, 6 forks the daemon and exits before the daemon's
+    # first record. The daemon's parent is 6 as it was at the fork - not a stand-in with no
+    # history named when the daemon first showed up - and it inherits 6's login session.
+    asm = Assembler("host-b", "b", BOOT_EPOCH, FakeProc([shell(pid=5)]), NAMES.get, lambda g: None,
+                    pid_namespace=True)
+    asm.snapshot()
+    feed(asm, hdr(d.EV_FORK, 5, ts_ns=3_000_000_000, aux=7001, gpid=6005))
+    (middle,) = feed(asm, hdr(d.EV_FORK, 6, ts_ns=3_100_000_000, aux=7002, gpid=7001))
+    feed(asm, hdr(d.EV_EXIT, 6, ts_ns=3_200_000_000, gpid=7001) + d.EXIT_TAIL.pack(0, 1))
+    fork, exe = feed(asm, args_rec(9, ["daemon"], gpid=7002, uid=1000),
+                     exec_rec(9, "/usr/sbin/daemon", gpid=7002, uid=1000))
+    assert (middle["pid"], middle["ppid"], middle["start"]) == (6, 5, 3_000_000_000)
+    assert (fork["pid"], fork["ppid"], fork["pstart"], fork["start"]) == (9, 6, 3_000_000_000, 3_100_000_000)
+    assert (exe["ppid"], exe["pstart"], exe["auid"], exe["ses"]) == (6, 3_000_000_000, 1000, 5)
+
+
 def test_argv_the_kernel_could_not_read_comes_from_proc_when_it_agrees():
     # sshd's child execs `bash -c CMD` with "-c" in a .rodata page it never touched: the
     # kernel read only "bash". The shell is still alive, and /proc has the whole of it.
