@@ -281,8 +281,10 @@ class Tracer:
         login = None
         p = proc
         first = True
+        walked: list[tuple[Proc, list[Image]]] = []     # bottom-up: the processes this walk saw
         for _ in range(MAX_DEPTH):
             images = [im for im in self.store.images(p.id) if im.ts <= t]
+            walked.append((p, images))
             login = self.store.login_of(p.id)
             if first and poi_image is not None:
                 images = [im for im in images if im.ts <= poi_image.ts]
@@ -305,31 +307,57 @@ class Tracer:
             parent = self.store.proc(p.parent) if p.parent is not None else None
             if parent is None or parent.pid == 1 or p.pid == 1:
                 # init starts every service: a chain that reaches it ends at the service
-                login = self._session_login(p, images, rev)
+                login = self._session_login(p, parent, walked, rev)
                 break
             t = p.fork_ts if p.fork_ts is not None else (images[0].ts if images else t)
             p = parent
         rev.reverse()
         return rev, login
 
-    def _session_login(self, p: Proc, images: list[Image], rev: list[Step]):
-        """The parent chain ends without a login: join the audit session's login, if any."""
-        ses = next((im.ses for im in reversed(images) if im.ses not in (None, AUID_UNSET)), None)
-        if ses is None:
+    def _session_login(self, p: Proc, parent: Proc | None, walked: list[tuple[Proc, list[Image]]],
+                       rev: list[Step]):
+        """The parent chain breaks at p without a login: join the login of the kernel's audit
+        session, taken from the process nearest the break that has one (a restarted agent's
+        first record of a process may lack it while its children carry it). The login must
+        share the session's boot and loginuid and have begun before that process started:
+        never "who is logged in now"."""
+        carrier, image = next(((q, im) for q, images in reversed(walked) for im in images
+                               if im.ses not in (None, AUID_UNSET) and im.auid != AUID_UNSET),
+                              (None, None))
+        if carrier is None:
             return None
-        logins = [lg for lg in self.store.logins_by_session(p.boot, ses) if lg["ts"] <= rev[-1].start + 1]
+        began = carrier.fork_ts if carrier.fork_ts is not None else image.ts
+        logins = [lg for lg in self.store.logins_by_session(p.boot, image.ses)
+                  if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)]
         if not logins:
             return None
         login = logins[-1]
         lproc = self.store.proc(login["proc"])
         top = self._step(lproc, self._inherited_image(lproc), inherited=True, at=login["ts"])
         top.login, top.user = login, login["user"]
+        if parent is None:
+            why = "its parent was not recorded"
+        elif p.pid == 1:
+            why = "it is init"
+        else:
+            why = "its parent is init: it was detached or its parent exited"
+        of = f" (of pid {carrier.pid})" if carrier.id != p.id else ""
         rev[-1].inferred = True
         rev[-1].edge = "fork"
-        rev[-1].note = (f"inferred: the parent of pid {p.pid} was not recorded; joined to the login "
-                        f"by audit session {ses}")
+        rev[-1].note = (f"inferred: the parent chain breaks at pid {p.pid} ({why}); joined to "
+                        f"{login['user']}'s login by audit session {image.ses}{of}")
         rev.append(top)
         return login
+
+    def _same_account(self, carrier: Proc, auid: int | None, login: dict[str, Any]) -> bool:
+        """The process's loginuid is the login's account (by uid when the login names one,
+        else by the name the host gives that uid; an unrecorded or unnamed uid cannot disagree)."""
+        if auid is None:
+            return True
+        if login.get("uid") is not None:
+            return login["uid"] == auid
+        name = self.store.user_name(carrier.host_id, auid)
+        return name is None or name == login["user"]
 
     def _inherited_image(self, p: Proc) -> Image | None:
         """A process that never exec'd runs its parent's program: find that image."""
