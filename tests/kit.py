@@ -113,3 +113,49 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class LocalAgent:
+    """`whodid-agent run --db DB` (host "live", with args) around a block: started and waited for
+    until it captures, then stopped with SIGTERM as systemd would, and killed only if it does not
+    stop. After the block: `returncode`, `out` and `err` (what it printed).
+
+        with LocalAgent(db, tmp_path / "ready") as agent:
+            subprocess.run([...])
+        assert agent.returncode == 0, agent.err
+    """
+
+    def __init__(self, db, ready, *args: str, settle: float = 1.0):
+        self.db, self.ready, self.args, self.settle = db, ready, args, settle
+        self.returncode: int | None = None
+        self.out = self.err = ""
+
+    def __enter__(self) -> "LocalAgent":
+        import os
+        import subprocess
+        import sys
+        import time
+        self.proc = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", str(self.db),
+                                      "--host", "live", "--ready-file", str(self.ready), "--flush-interval", "0.2",
+                                      *self.args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 90
+        while not os.path.exists(self.ready):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"the agent did not start: {self.proc.communicate()[1]}")
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, exc_type, *_):
+        import signal
+        import subprocess
+        import time
+        if exc_type is None:
+            time.sleep(self.settle)             # let the last records reach the agent
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.out, self.err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.returncode = self.proc.returncode

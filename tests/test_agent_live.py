@@ -16,7 +16,7 @@ import pytest
 
 from whodid.tracer import Query, Store, Tracer
 
-from kit import free_port
+from kit import LocalAgent, free_port
 
 
 def bpf_ready() -> str | None:
@@ -86,44 +86,29 @@ def captured(tmp_path_factory):
     db, watched, ready = work / "agent.db", work / "conf", work / "ready"
     watched.mkdir()
     sshd, ssh = start_sshd(work)
-    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", str(db), "--host", "live",
-                              "--watch", str(watched), "--ready-file", str(ready), "--flush-interval", "0.2",
-                              "--auth-log", ssh["log"]],
-                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 90
-        while not ready.exists():
-            if agent.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"the agent did not start: {agent.stderr.read()}")
-            time.sleep(0.1)
-        facts = {}
-        sh = subprocess.run(["sh", "-c", f'echo {MARK} one "two  three" >/dev/null; exit 7'])
-        facts["sh_rc"] = sh.returncode
-        facts["pair"], facts["port"] = loopback_pair()
-        drop = subprocess.run([sys.executable, "-c",
-                               f"import os; os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534) # {MARK}"])
-        facts["drop_rc"] = drop.returncode
-        su = shutil.which("su")
-        if su:
-            subprocess.run([su, "--version"], user=65534, stdout=subprocess.DEVNULL)
-        facts["su"] = su
-        login = subprocess.run(["ssh", "-i", ssh["key"], "-p", str(ssh["port"]), "-o", "StrictHostKeyChecking=no",
-                                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1",
-                                f"echo {MARK}-over-ssh"], capture_output=True, text=True, timeout=60)
-        facts["ssh"] = dict(ssh, rc=login.returncode, out=login.stdout + login.stderr)
-        conf = watched / "app.conf"
-        subprocess.run(["sh", "-c", f"echo x > {conf} && mv {conf} {conf}.new && chmod 600 {conf}.new && rm {conf}.new"],
-                       check=True)
-        time.sleep(1.0)                     # let the last records reach the agent
+        with LocalAgent(db, ready, "--watch", str(watched), "--auth-log", ssh["log"]) as agent:
+            facts = {}
+            sh = subprocess.run(["sh", "-c", f'echo {MARK} one "two  three" >/dev/null; exit 7'])
+            facts["sh_rc"] = sh.returncode
+            facts["pair"], facts["port"] = loopback_pair()
+            drop = subprocess.run([sys.executable, "-c",
+                                   f"import os; os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534) # {MARK}"])
+            facts["drop_rc"] = drop.returncode
+            su = shutil.which("su")
+            if su:
+                subprocess.run([su, "--version"], user=65534, stdout=subprocess.DEVNULL)
+            facts["su"] = su
+            login = subprocess.run(["ssh", "-i", ssh["key"], "-p", str(ssh["port"]), "-o", "StrictHostKeyChecking=no",
+                                    "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1",
+                                    f"echo {MARK}-over-ssh"], capture_output=True, text=True, timeout=60)
+            facts["ssh"] = dict(ssh, rc=login.returncode, out=login.stdout + login.stderr)
+            conf = watched / "app.conf"
+            subprocess.run(["sh", "-c", f"echo x > {conf} && mv {conf} {conf}.new && chmod 600 {conf}.new && rm {conf}.new"],
+                           check=True)
     finally:
         sshd.terminate()
-        agent.send_signal(signal.SIGTERM)
-        try:
-            _, err = agent.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            raise
-    facts["agent_rc"], facts["agent_err"] = agent.returncode, err
+    facts["agent_rc"], facts["agent_err"] = agent.returncode, agent.err
     facts["conf"] = str(conf)
     return Store.open(db), facts
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import random
 import shlex
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,8 @@ import pytest
 from whodid.agent.redact import MASK, compile_rules, redact
 from whodid.tracer import shellwords
 from whodid.tracer.redact import redact_events, secret_name
+
+from kit import LocalAgent
 
 FIXTURE = Path(__file__).parent / "fixtures" / "secrets.tsv"
 
@@ -307,25 +306,10 @@ def test_the_live_agent_redacts(tmp_path):
     if REASON:
         pytest.skip(f"BPF capture unavailable: {REASON}")
     db, ready = tmp_path / "agent.db", tmp_path / "ready"
-    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", str(db), "--host", "live",
-                              "--ready-file", str(ready), "--flush-interval", "0.2"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 90
-        while not ready.exists():
-            if agent.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"the agent did not start: {agent.stderr.read()}")
-            time.sleep(0.1)
+    with LocalAgent(db, ready) as agent:
         subprocess.run(["sh", "-c", f"true --password={SECRET}; AWS_SECRET_ACCESS_KEY={SECRET} true s3 ls"], check=True)
         subprocess.run(["env", f"PGPASSWORD={SECRET}", "true", "-h", "db"], check=True)
-        time.sleep(1.0)                     # let the last records reach the agent
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            out, err = agent.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            raise
+    out, err = agent.out, agent.err
     assert agent.returncode == 0, err
     data = store_bytes(db)
     assert SECRET.encode() not in data and SECRET not in out + err

@@ -7,9 +7,7 @@ way. Users are made with useradd and removed after; sudo rules go in a file of o
 """
 
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from whodid.tracer.render.jsonout import trace_json
 from whodid.tracer.render.layout import layout
 from whodid.tracer.render.text import render_text
 
+from kit import LocalAgent
 from test_agent_live import REASON
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
@@ -38,7 +37,6 @@ def captured(tmp_path_factory):
     work = tmp_path_factory.mktemp("switch")
     made: list[str] = []
     sudoers = Path(f"/etc/sudoers.d/whodid-switch-{TAG}")
-    agent = None
     try:
         for user in (OPS, PERSON):
             run("useradd", "-m", "-s", "/bin/bash", user)
@@ -46,36 +44,21 @@ def captured(tmp_path_factory):
         sudoers.write_text(f"{PERSON} ALL=(ALL) NOPASSWD: ALL\n")
         os.chmod(sudoers, 0o440)
         db, ready = work / "agent.db", work / "ready"
-        agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", str(db), "--host", "live",
-                                  "--ready-file", str(ready), "--flush-interval", "0.2", "--auth-log", "none"],
-                                 stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 90
-        while not ready.exists():
-            if agent.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"the agent did not start: {agent.stderr.read()}")
-            time.sleep(0.1)
-        # root becomes ops with su, as an admin does after `sudo -i`
-        run("su", "-", OPS, "-c", f"echo {MARK}-bysu >/dev/null; true")
-        # a person (a shell of their own, as after a login) runs sudo -u ops, and plain sudo;
-        # `; true` keeps the shell from exec'ing the last command, as an interactive shell would
-        as_person = ("runuser", "-u", PERSON, "--", "sh", "-c")
-        run(*as_person, f"sudo -u {OPS} sh -c 'echo {MARK}-sudo-ops >/dev/null; true'; true")
-        run(*as_person, f"sudo sh -c 'echo {MARK}-sudo-root >/dev/null; true'; true")
-        # sudo -u ops that runs a program which records nothing further: the chain ends at sudo
-        run(*as_person, f"sudo -u {OPS} true {MARK}-sudo-alone; true")
-        time.sleep(1.0)                     # let the last records reach the agent
+        with LocalAgent(db, ready, "--auth-log", "none") as agent:
+            # root becomes ops with su, as an admin does after `sudo -i`
+            run("su", "-", OPS, "-c", f"echo {MARK}-bysu >/dev/null; true")
+            # a person (a shell of their own, as after a login) runs sudo -u ops, and plain sudo;
+            # `; true` keeps the shell from exec'ing the last command, as an interactive shell would
+            as_person = ("runuser", "-u", PERSON, "--", "sh", "-c")
+            run(*as_person, f"sudo -u {OPS} sh -c 'echo {MARK}-sudo-ops >/dev/null; true'; true")
+            run(*as_person, f"sudo sh -c 'echo {MARK}-sudo-root >/dev/null; true'; true")
+            # sudo -u ops that runs a program which records nothing further: the chain ends at sudo
+            run(*as_person, f"sudo -u {OPS} true {MARK}-sudo-alone; true")
     finally:
-        if agent is not None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                _, err = agent.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                raise
         sudoers.unlink(missing_ok=True)
         for user in made:
             run("userdel", "-r", user, check=False)
-    assert agent.returncode == 0, err
+    assert agent.returncode == 0, agent.err
     return Store.open(db)
 
 
