@@ -10,33 +10,22 @@ namespace's init is the driver script itself, so orphans are reparented to it).
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from whodid.tracer import Query, Store, Tracer
+from whodid.tracer import Query, Tracer
 
+from pidns_driver import run_workload
 from test_agent_live import REASON
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
 
 MARK = f"whodid-detached-{os.getpid()}"
 
-# Run as its own process (inside `unshare --pid` for the namespaced mode): start the agent,
-# run each detaching workload from a marked parent shell, stop the agent. The detached
+# Run under the agent by pidns_driver: each detaching workload from a marked parent shell. The detached
 # command's marker is only in its own argv (printf joins it in the last shell), so a trace
 # for it matches that process alone.
-DRIVER = r'''
-import os, signal, subprocess, sys, time
-db, ready, mark, *agent_args = sys.argv[1:]
-agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", db, "--host", "live",
-                          "--ready-file", ready, "--flush-interval", "0.2", "--auth-log", "none", *agent_args],
-                         stderr=subprocess.PIPE, text=True)
-for _ in range(900):
-    if os.path.exists(ready) or agent.poll() is not None:
-        break
-    time.sleep(0.1)
+WORKLOAD = r'''
 later = "sleep 0.5; exec /bin/true \"$(printf %%s-%%s {mark} %s)\"".replace("{mark}", mark)
 work = {
     "setsid": ["bash", "-c", f"true {mark}-parent-setsid; setsid sh -c '{later % 'setsid'}' & exit 0"],
@@ -47,29 +36,14 @@ if os.path.exists("/usr/bin/sudo"):
     work["sudo-b"] = ["bash", "-c", f"true {mark}-parent-sudo-b; sudo -b sh -c '{later % 'sudo-b'}'; exit 0"]
 for argv in work.values():
     subprocess.run(argv, stdin=subprocess.DEVNULL)
-time.sleep(2.5)                 # the detached commands run after their parents exited
-agent.send_signal(signal.SIGTERM)
-_, err = agent.communicate(timeout=60)
-print(os.getpid(), agent.returncode, err.replace("\n", " | "), sep="\n")
 '''
 
 
 @pytest.fixture(scope="module", params=["normal", "pid-namespace-self"])
 def detached(request, tmp_path_factory):
-    work = tmp_path_factory.mktemp(request.param)
-    driver = work / "driver.py"
-    driver.write_text(DRIVER)
-    cmd = [sys.executable, str(driver), str(work / "agent.db"), str(work / "ready"), MARK]
-    if request.param == "pid-namespace-self":
-        # a shell is the namespace's init, so the driver is a process like any other and
-        # orphans go to init, as they would on a host (a chain ends where it reaches init)
-        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", '"$@"; exit $?', "sh", *cmd,
-               "--pid-namespace", "self"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    driver_pid, agent_rc, agent_err = res.stdout.splitlines()[-3:]
-    assert agent_rc == "0", agent_err
-    return request.param, Store.open(work / "agent.db"), int(driver_pid)
+    # the detached commands run after their parents exited: 2.5 s for them to finish
+    store, driver_pid = run_workload(tmp_path_factory.mktemp(request.param), WORKLOAD, MARK, request.param, 2.5)
+    return request.param, store, driver_pid
 
 
 @pytest.mark.parametrize("how", ["setsid", "double-fork", "nohup", "sudo-b"])

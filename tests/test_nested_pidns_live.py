@@ -12,39 +12,24 @@ the gaps and fail loudly the day a gap is closed, so the marker is removed then.
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from whodid.tracer import Query, Store, Tracer
+from whodid.tracer import Query, Tracer
 
+from pidns_driver import run_workload
 from test_agent_live import REASON
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
 
 MARK = f"whodid-nested-{os.getpid()}"
 
-# Run as its own process (inside `unshare --pid` for the namespaced mode): start the agent,
-# have a marked shell start a command in a nested pid namespace, stop the agent. `; true`
+# Run under the agent by pidns_driver: a marked shell starts a command in a nested pid namespace. `; true`
 # keeps the nested shell alive, so /bin/true is a forked child there, not the shell's exec;
 # its marker is joined by printf, so it is in that process's argv alone.
-DRIVER = r'''
-import os, signal, subprocess, sys, time
-db, ready, mark, *agent_args = sys.argv[1:]
-agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", db, "--host", "live",
-                          "--ready-file", ready, "--flush-interval", "0.2", "--auth-log", "none", *agent_args],
-                         stderr=subprocess.PIPE, text=True)
-for _ in range(900):
-    if os.path.exists(ready) or agent.poll() is not None:
-        break
-    time.sleep(0.1)
+WORKLOAD = r'''
 subprocess.run(["bash", "-c", f"true {mark}-parent; unshare --pid --fork --mount-proc "
                 f"sh -c '/bin/true \"$(printf %s-%s {mark} nested)\"; true'; exit 0"], stdin=subprocess.DEVNULL)
-time.sleep(1.5)
-agent.send_signal(signal.SIGTERM)
-_, err = agent.communicate(timeout=60)
-print(os.getpid(), agent.returncode, err.replace("\n", " | "), sep="\n")
 '''
 
 
@@ -55,18 +40,8 @@ print(os.getpid(), agent.returncode, err.replace("\n", " | "), sep="\n")
                             "descendant namespaces are dropped (issue 17, rule 5, open)")),
 ])
 def nested(request, tmp_path_factory):
-    work = tmp_path_factory.mktemp(request.param)
-    driver = work / "driver.py"
-    driver.write_text(DRIVER)
-    cmd = [sys.executable, str(driver), str(work / "agent.db"), str(work / "ready"), MARK]
-    if request.param == "pid-namespace-self":
-        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", '"$@"; exit $?', "sh", *cmd,
-               "--pid-namespace", "self"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    driver_pid, agent_rc, agent_err = res.stdout.splitlines()[-3:]
-    assert agent_rc == "0", agent_err
-    return request.param, Store.open(work / "agent.db"), int(driver_pid)
+    store, driver_pid = run_workload(tmp_path_factory.mktemp(request.param), WORKLOAD, MARK, request.param, 1.5)
+    return request.param, store, driver_pid
 
 
 def test_a_command_in_a_nested_pid_namespace_is_traced_to_the_shell_that_started_it(nested):
