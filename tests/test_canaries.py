@@ -291,6 +291,42 @@ def test_an_alert_slack_would_not_take_is_retried_until_delivered_and_the_state_
                                                                                        capsys):
     """Issue 16 item 9: not_in_channel, then a 5xx, then delivered - one alert, in the end; the
     recovery that Slack refused once follows in its thread."""
+    logs = []
+    with slack_canary(demo_db, tmp_path, monkeypatch, log=logs.append) as sc:
+        db, emu, kube, runner, state = sc.db, sc.emu, sc.kube, sc.runner, sc.state
+        (tmp_path / "cfg.json").write_text(json.dumps(sc.raw))
+        os.chmod(tmp_path / "cfg.json", 0o600)           # it holds Slack's tokens: whodid refuses it otherwise
+        emu.not_in.add("C7")                                 # the bot was never invited
+        assert runner.run_one("prod-cluster")[1] == "alert"
+        assert state()["undelivered"] == "alert" and state()["alert_ts"] is None
+        assert emu.top_level("C7") == [] and any("alert not delivered yet" in line for line in logs)
+        assert cli.main(["--config", str(tmp_path / "cfg.json"), "canary", "list", "--db", db]) == 0
+        assert "not delivered yet (retried by whodid serve): alert" in capsys.readouterr().out
+        emu.not_in.discard("C7")
+        emu.fail("chat.postMessage", status=503, times=1)   # then Slack has a bad moment
+        runner.redeliver()
+        assert state()["undelivered"] == "alert" and emu.top_level("C7") == []
+        runner.run_one("prod-cluster")                       # still failing: no new alert, the old one goes
+        (alert,) = emu.top_level("C7")
+        assert "jim ran `aws eks delete-cluster --name prod`" in str(alert.blocks)
+        assert state()["undelivered"] is None and state()["alert_ts"] == alert.ts
+        runner.redeliver()                                   # nothing left to send
+        kube.add(CLUSTER, "Cluster", "prod")
+        emu.fail("chat.postMessage", status=500, times=1)
+        assert runner.run_one("prod-cluster")[1] == "recovered"
+        assert state()["undelivered"] == "recovered" and state()["status"] == "ok"
+        runner.redeliver()
+        assert state()["undelivered"] is None
+        assert [m.text for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
+        assert len(emu.top_level("C7")) == 1
+
+
+@contextlib.contextmanager
+def slack_canary(demo_db, tmp_path, monkeypatch, log=lambda m: None):
+    """The demo store copied, no canary state, one Kubernetes canary alerting in C7 through the
+    Slack emulator, its bot and its runner: SimpleNamespace(db, emu, kube, bot, runner, raw, state),
+    raw being the config as a file would hold it, state() the canary's saved state. The bot is
+    stopped on the way out."""
     from kit import copy_store
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
@@ -306,63 +342,10 @@ def test_an_alert_slack_would_not_take_is_retried_until_delivered_and_the_state_
                           "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
                           "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]}
         cfg = config_mod.from_dict(raw)
-        (tmp_path / "cfg.json").write_text(json.dumps(raw))
-        os.chmod(tmp_path / "cfg.json", 0o600)           # it holds Slack's tokens: whodid refuses it otherwise
-        bot = Bot(cfg, db, log=lambda m: None)
-        logs = []
-        runner = CanaryRunner(cfg, db, SlackPoster(bot), log=logs.append)
-        state = lambda: Store.open(db).canary_state("prod-cluster")
-        try:
-            emu.not_in.add("C7")                                 # the bot was never invited
-            assert runner.run_one("prod-cluster")[1] == "alert"
-            assert state()["undelivered"] == "alert" and state()["alert_ts"] is None
-            assert emu.top_level("C7") == [] and any("alert not delivered yet" in line for line in logs)
-            assert cli.main(["--config", str(tmp_path / "cfg.json"), "canary", "list", "--db", db]) == 0
-            assert "not delivered yet (retried by whodid serve): alert" in capsys.readouterr().out
-            emu.not_in.discard("C7")
-            emu.fail("chat.postMessage", status=503, times=1)   # then Slack has a bad moment
-            runner.redeliver()
-            assert state()["undelivered"] == "alert" and emu.top_level("C7") == []
-            runner.run_one("prod-cluster")                       # still failing: no new alert, the old one goes
-            (alert,) = emu.top_level("C7")
-            assert "jim ran `aws eks delete-cluster --name prod`" in str(alert.blocks)
-            assert state()["undelivered"] is None and state()["alert_ts"] == alert.ts
-            runner.redeliver()                                   # nothing left to send
-            kube.add(CLUSTER, "Cluster", "prod")
-            emu.fail("chat.postMessage", status=500, times=1)
-            assert runner.run_one("prod-cluster")[1] == "recovered"
-            assert state()["undelivered"] == "recovered" and state()["status"] == "ok"
-            runner.redeliver()
-            assert state()["undelivered"] is None
-            assert [m.text for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
-            assert len(emu.top_level("C7")) == 1
-        finally:
-            bot.stop()
-
-
-@contextlib.contextmanager
-def slack_canary(demo_db, tmp_path, monkeypatch, log=lambda m: None):
-    """The demo store copied, no canary state, one Kubernetes canary alerting in C7 through the
-    Slack emulator, its bot and its runner: SimpleNamespace(db, emu, kube, bot, runner, state),
-    state() being the canary's saved state. The bot is stopped on the way out."""
-    from kit import copy_store
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-    db = str(tmp_path / "store.db")
-    copy_store(demo_db, db)
-    Store.open(db).db.execute("DELETE FROM canaries")
-    with SlackEmulator() as emu, FakeKube() as kube:
-        cfg = config_mod.from_dict({
-            "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
-            "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
-                          "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
-                          "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]})
         bot = Bot(cfg, db, log=log)
         runner = CanaryRunner(cfg, db, SlackPoster(bot), log=log)
         try:
-            yield SimpleNamespace(db=db, emu=emu, kube=kube, bot=bot, runner=runner,
+            yield SimpleNamespace(db=db, emu=emu, kube=kube, bot=bot, runner=runner, raw=raw,
                                   state=lambda: Store.open(db).canary_state("prod-cluster"))
         finally:
             bot.stop()
