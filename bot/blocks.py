@@ -133,9 +133,9 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
         section(f":mag: *{escape(who.user)}* {verb} {code(what(tr))} on *{escape(poi.host)}*"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": cut(f, 2000)} for f in fields]},
     ]
-    notes = [f"{escape(who.how)}"] + [escape(c) for c in tr.confidence[:3]]
-    if len(tr.confidence) > 3:
-        notes.append(f"and {len(tr.confidence) - 3} more notes in the thread")
+    notes = [f"{escape(who.how)}"] + [escape(c) for c in tr.notes[:3]]
+    if len(tr.notes) > 3:
+        notes.append(f"and {len(tr.notes) - 3} more notes in the thread")
     blocks.append(context("\n".join(notes)))
     place = f"match {view.index + 1} of {total}" + (" (newest first)" if total > 1 else "")
     blocks.append(context(f"{place} · {code(view.ask.pattern)} over {escape(view.ask.window())} · "

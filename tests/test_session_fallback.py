@@ -29,7 +29,7 @@ def test_a_broken_chain_joins_the_login_by_the_session_of_a_process_deeper_in_th
     assert top.inferred
     assert top.note == ("inferred: the parent chain breaks at pid 600 (its parent was not recorded); "
                         "joined to jim's login by audit session 7 (of pid 610)")
-    assert any("audit session 7" in c for c in tr.confidence)
+    assert any("audit session 7" in c for c in tr.notes)
 
 
 def test_a_later_login_by_someone_else_is_never_chosen():

@@ -125,7 +125,7 @@ def test_missing_parent_is_joined_to_its_login_by_audit_session_and_marked_infer
     assert [s.pid for s in tr.chain] == [400, 450]
     assert tr.chain[1].inferred
     assert "audit session 7" in tr.chain[1].note
-    assert any("audit session 7" in c for c in tr.confidence)
+    assert any("audit session 7" in c for c in tr.notes)
 
 
 def test_hop_without_a_recorded_source_port_is_inferred_from_address_and_time():
@@ -210,7 +210,7 @@ def test_json_contract_fields():
     tracer = Tracer(store_with(shared_account_story()), IDENT)
     q = Query(pattern="delete-cluster")
     doc = traces_json(q, tracer.find(q), now=T0 + 10_000)
-    assert doc["schema"] == "whodid.trace/1"
+    assert doc["schema"] == "whodid.trace/2"
     m = doc["matches"][0]
     assert set(m["attributed_to"]) >= {"user", "host", "source", "login_time", "how"}
     assert m["attributed_to"]["user"] == "jim"
@@ -229,7 +229,7 @@ def test_login_from_a_fleet_host_with_no_recorded_client_says_so():
     ev += [CONFIG.fork(200, 420, 401), CONFIG.exec(200.01, 420, ["reboot"], uid=1000, auid=1000)]
     (tr,) = trace_one(ev, "reboot")
     assert tr.attributed.host == "config-server"
-    assert any("an address of jump-box" in c and "no matching ssh connection" in c for c in tr.confidence)
+    assert any("an address of jump-box" in c and "no matching ssh connection" in c for c in tr.notes)
 
 
 def test_the_json_doc_describes_every_field_we_emit():
@@ -271,7 +271,7 @@ def test_address_fallback_never_borrows_a_connect_that_belongs_to_another_login(
     (tr,) = trace_one(ev, "describe-cluster")
     assert tr.chain[0].host == "config-server"
     assert (tr.attributed.user, tr.attributed.account) == ("bob", "ec2-user")       # by his key
-    assert any("an address of jump-box" in c for c in tr.confidence)
+    assert any("an address of jump-box" in c for c in tr.notes)
     (tr,) = trace_one(ev, "delete-cluster")
     assert tr.attributed.user == "jim" and tr.chain[0].host == "jump-box"
 
@@ -295,9 +295,9 @@ def test_a_trace_crossing_a_loss_window_says_so():
     loss = {"v": 1, "kind": "loss", "host": "config-server", "boot": "boot-1", "ts": T0 + 3000, "since": T0 + 2000,
             "count": 17, "what": "ring buffer full"}
     (tr,) = trace_one(shared_account_story() + [loss], "delete-cluster")
-    assert any(c.startswith("config-server lost 17 records (ring buffer full)") for c in tr.confidence)
+    assert any(c.startswith("config-server lost 17 records (ring buffer full)") for c in tr.notes)
     (tr,) = trace_one(shared_account_story() + [dict(loss, since=T0 + 9000, ts=T0 + 9500)], "delete-cluster")
-    assert not any("lost" in c for c in tr.confidence)             # after the command: irrelevant
+    assert not any("lost" in c for c in tr.notes)             # after the command: irrelevant
 
 
 def _skewed_hop(skew: float):
@@ -332,7 +332,7 @@ def test_a_silent_host_is_called_out():
     store.note_seen("jump", time.time(), (0.0, 0.001))
     store.note_seen("prod", time.time() - 3 * 3600, (0.0, 0.001))
     (tr,) = Tracer(store, IDENT).find(Query(pattern="delete-cluster", limit=1))
-    notes = [c for c in tr.confidence if "silent" in c]
+    notes = [c for c in tr.notes if "silent" in c]
     assert len(notes) == 1 and notes[0].startswith("prod has been silent since") and "3h 00m" in notes[0]
 
 

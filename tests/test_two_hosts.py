@@ -85,7 +85,7 @@ def test_the_delete_is_jims_through_both_hosts_and_sudo(story):
     sudo = [s for s in tr.chain if s.edge == "sudo"]
     assert sudo and sudo[0].note == "ec2-user -> root via sudo"
     assert tr.poi.user == "root" and tr.poi.login_user == "ec2-user"
-    assert not any(c.startswith("conflict") for c in tr.confidence)
+    assert not any(c.startswith("conflict") for c in tr.notes)
 
 
 def test_bobs_session_on_the_same_account_is_bobs(story):

@@ -210,9 +210,29 @@ def pick_hop(login: dict[str, Any], exact: list[HopCandidate], by_address: list[
     return None, False, None
 
 
+# How sure an attribution is (docs/attribution.md): every link from the person's login to the
+# command was seen; some link was inferred (a session id, a reused address, a restart); or the
+# evidence does not name a person, and `candidates` say who it could be and why.
+OBSERVED, INFERRED, UNKNOWN = "observed", "inferred", "unknown"
+PERSON_UNKNOWN = "person unknown"
+
+
+@dataclass
+class Candidate:
+    """Someone who may be behind a chain whose person is unknown: a login that was open when the
+    chain's process began, with the evidence about *this* process that points at it."""
+    person: str                     # the person identity names for the login, else its account
+    account: str                    # the account logged in to
+    host: str
+    login_time: float
+    source: str | None              # the address the login came from
+    key_fp: str | None
+    evidence: list[str] = field(default_factory=list)   # "same audit session 7", "loginuid 1001 is jim"
+
+
 @dataclass
 class Attribution:
-    user: str
+    user: str                       # the person, or PERSON_UNKNOWN
     host: str | None
     source: str | None
     login_time: float | None
@@ -220,6 +240,13 @@ class Attribution:
     account: str | None = None
     key_fp: str | None = None
     notes: list[str] = field(default_factory=list)
+    confidence: str = OBSERVED
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def known(self) -> bool:
+        """Whether the evidence names a person (observed or inferred)."""
+        return self.confidence != UNKNOWN
 
 
 def attribute(chain: list[Step], identity: Identity) -> Attribution:

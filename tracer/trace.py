@@ -84,7 +84,7 @@ class Trace:
     chain: list[Step]
     attributed: Attribution
     gaps: list[dict[str, Any]]
-    confidence: list[str]
+    notes: list[str]                       # for people: inferred links, conflicts, losses, config hints
     summary: str
     graph: nx.DiGraph
     scope: int
@@ -174,10 +174,10 @@ class Tracer:
         chain, notes = self._chain(proc, at, image)
         poi = chain[-1]
         who = stitch.attribute(chain, self.identity)
-        confidence = notes + who.notes
-        confidence += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
-        confidence += self._loss_notes(chain, at)
-        confidence += self._silent_notes(chain)
+        said = notes + who.notes
+        said += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
+        said += self._loss_notes(chain, at)
+        said += self._silent_notes(chain)
         graph = self._graph(chain)
         truncated: list[str] = []
         if scope > 0:
@@ -189,7 +189,7 @@ class Tracer:
         _relink_context(graph)
         self._to_one_clock(graph)
         return Trace(poi=poi, change=change, chain=chain, attributed=who,
-                     gaps=stitch.gaps(chain, self.settings.gap_threshold), confidence=confidence,
+                     gaps=stitch.gaps(chain, self.settings.gap_threshold), notes=said,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
                      exit_code=proc.exit_code, target=self.target(proc, image, change),
                      execs=self.store.images(proc.id))

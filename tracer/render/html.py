@@ -254,7 +254,7 @@ def render_html(tr: Trace, now: float, details: dict[str, dict] | None = None, *
 {_svg(lay, whys)}
 {_legend()}
 {_list("notes", lay.notes)}
-{_list("confidence", tr.confidence)}
+{_list("confidence", tr.notes)}
 </section>
 <aside id="details" aria-live="polite">
 <h2>Details</h2>

@@ -8,7 +8,7 @@ from ..stitch import Step
 from ..trace import Query, Trace
 from ..when import iso
 
-TRACE_SCHEMA = "whodid.trace/1"
+TRACE_SCHEMA = "whodid.trace/2"
 
 
 def _step(step: Step) -> dict[str, Any]:
@@ -43,15 +43,19 @@ def trace_json(tr: Trace) -> dict[str, Any]:
     return {
         "summary": tr.summary,
         "poi": poi,
-        "attributed_to": {"user": who.user, "host": who.host, "source": who.source,
+        "attributed_to": {"user": who.user if who.known else None, "host": who.host, "source": who.source,
                           "login_time": iso(who.login_time) if who.login_time else None,
                           "how": who.how, "account": who.account, "key_fp": who.key_fp},
+        "confidence": who.confidence,
+        "candidates": [{"person": c.person, "account": c.account, "host": c.host,
+                        "login_time": iso(c.login_time), "source": c.source, "key_fp": c.key_fp,
+                        "evidence": c.evidence} for c in who.candidates],
         "chain": [_step(s) for s in tr.chain],
         "execs": [{"command": im.cmd, "argv": im.argv, "exe": im.exe, "start": iso(im.ts), "start_ts": im.ts,
                    "poi": tr.change is None and tr.target is not None and im.ts == tr.target.at}
                   for im in tr.execs],
         "gaps": tr.gaps,
-        "confidence": tr.confidence,
+        "notes": tr.notes,
         "scope": tr.scope,
         "graph": {"nodes": nodes, "edges": edges},
         "truncated": tr.truncated,

@@ -76,10 +76,10 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
         lines.append(f"  {t}  {s.host:<{hw}}  {edge:<7} {s.user:<{uw}}  {_short(s.command, 70)}{marker}")
         if s.note:
             lines.append(f"  {'':19}  {'':<{hw}}  {'':7} {'':<{uw}}  ({s.note})")
-    if tr.confidence:
+    if tr.notes:
         lines.append("")
         lines.append("Notes:")
-        lines.extend(f"  - {c}" for c in tr.confidence)
+        lines.extend(f"  - {c}" for c in tr.notes)
     if tr.scope:
         extra = tr.graph.number_of_nodes() - len(tr.chain)
         lines.append("")
