@@ -129,8 +129,8 @@ def notes(chain: list[ChainStep], at: float, found: list[Outage]) -> list[str]:
         span = spans.get(o.host)
         if span is None or not overlapping([o], span[0], span[1]):
             continue
-        how = "" if o.clean else (f"; it did not stop cleanly (killed, crashed or the power went), so this "
-                                  f"begins at its last heartbeat")
+        how = "" if o.clean else ("; it did not stop cleanly - killed, crashed or the power went - so this "
+                                  "begins at its last heartbeat")
         if o.reboot:
             how += "; the host rebooted in between"
         said.append(f"{o.host}'s agent was not running from {clock(o.since)} to {clock(o.until)} "
