@@ -208,3 +208,26 @@ def test_an_outage_outside_the_chains_time_or_host_is_not_mentioned():
     tr = trace(ev)
     assert not any("not running" in n for n in tr.notes)
     assert not any(s.inferred for s in tr.chain)
+
+
+# --- retention ------------------------------------------------------------------------------
+
+def test_retention_keeps_the_runs_a_kept_chain_crosses_and_the_last_before_it():
+    day = 86400.0
+    ev = ssh_session(B, day, 200, "jim", 1001, "203.0.113.7", 53122, ses=7)
+    ev += [B.fork(59 * day, 260, 201), B.exec(59 * day + 0.1, 260, ["rm", "-rf", "/srv/data"], uid=1001, auid=1001)]
+    for name, t0, t1, state in (("b0", -20, -15, "stop"), ("b1", -10, -5, "stop"), ("b2", 0, 10, "stop"),
+                                ("b3", 20, 25, "stop"), ("b4", 40, 59.5, "alive"),
+                                ("a1", 0, 1, "stop"), ("a2", 2, 3, "stop"), ("a3", 4, 5, "alive"),
+                                ("a4", 50, 59, "alive")):
+        h = A if name[0] == "a" else B
+        ev += [mark(h, t0 * day, name, "start"), mark(h, t1 * day, name, state)]
+    store = store_with(ev)
+    store.prune(T0 + 30 * day, now=T0 + 60 * day)
+    assert [r for (r,) in store.db.execute("SELECT run FROM agent_runs ORDER BY run")] == [
+        "a3", "a4", "b1", "b2", "b3", "b4"]
+    (tr,) = Tracer(store).find(Query(pattern="rm -rf", limit=1))
+    said = [n for n in tr.notes if n.startswith("host-b's agent was not running")]
+    assert [n.split(" (")[0] for n in said] == [
+        f"host-b's agent was not running from {clock(T0 + a * day)} to {clock(T0 + b * day)}"
+        for a, b in ((10, 20), (25, 40))]
