@@ -6,16 +6,17 @@ hand-made stores: one run marks its start, heartbeats and stop in `host` events,
 does (agent/cli.py).
 """
 
+import os
 from dataclasses import dataclass
 
 import pytest
 
-from whodid.tracer import Query, Tracer
+from whodid.tracer import Query, Store, Tracer
 from whodid.tracer.events import EventError, parse_event
 from whodid.tracer.outages import Outage, Run, crossed, mark_links, notes, outages
 from whodid.tracer.when import clock
 
-from kit import T0, Host, ssh_session, store_with
+from kit import T0, Host, LocalAgent, ssh_session, store_with
 
 B = Host("host-b", "10.0.0.2")
 A = Host("host-a", "10.0.0.1")
@@ -231,3 +232,24 @@ def test_retention_keeps_the_runs_a_kept_chain_crosses_and_the_last_before_it():
     assert [n.split(" (")[0] for n in said] == [
         f"host-b's agent was not running from {clock(T0 + a * day)} to {clock(T0 + b * day)}"
         for a, b in ((10, 20), (25, 40))]
+
+
+# --- the agent, in local mode -----------------------------------------------------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the netlink process connector needs root")
+def test_the_agent_marks_its_runs_into_a_local_store(tmp_path):
+    """`whodid-agent run --db` twice (the netlink capture: no BPF needed): two runs, each with its
+    start, heartbeats and clean stop, and the outage between them."""
+    db = tmp_path / "whodid.db"
+    for n in (1, 2):
+        with LocalAgent(db, tmp_path / f"ready{n}", "--mode", "netlink", "--heartbeat", "0.2",
+                        "--auth-log", "none") as agent:
+            pass
+        assert agent.returncode == 0, agent.err
+    store = Store.open(db)
+    runs = store.db.execute("SELECT first, last, started, stopped FROM agent_runs ORDER BY first").fetchall()
+    assert len(runs) == 2
+    for first, last, started, stopped in runs:
+        assert first == started < last == stopped
+    (o,) = store.outages(["live"], runs[0][0], runs[1][1])
+    assert (o.since, o.until, o.clean) == (runs[0][3], runs[1][2], True)
