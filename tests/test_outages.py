@@ -253,3 +253,14 @@ def test_the_agent_marks_its_runs_into_a_local_store(tmp_path):
         assert first == started < last == stopped
     (o,) = store.outages(["live"], runs[0][0], runs[1][1])
     assert (o.since, o.until, o.clean) == (runs[0][3], runs[1][2], True)
+
+
+def test_a_login_from_a_fleet_host_whose_agent_was_down_says_why_its_client_is_missing():
+    ev = [{"v": 1, "kind": "host", "host": "host-a", "boot": "boot-1", "ts": T0, "addrs": [A.addr]},
+          mark(A, 0, "a1", "start"), mark(A, 50, "a1", "stop"), mark(A, 150, "a2", "start")]
+    ev += ssh_session(B, 100, 200, "ec2-user", 1000, A.addr, 45555)
+    ev += [B.fork(300, 260, 201), B.exec(300.01, 260, ["rm", "-rf", "/srv/data"], uid=1000, auid=1000)]
+    (said,) = [n for n in trace(ev).notes if "no matching ssh connection" in n]
+    assert said.endswith(f"; host-a's agent was not running from {clock(T0 + 50)} to {clock(T0 + 150)}")
+    (said,) = [n for n in trace(ev[:3] + ev[4:]).notes if "no matching ssh connection" in n]     # a1 runs on
+    assert "not running" not in said

@@ -400,6 +400,9 @@ class Tracer:
             names = ", ".join(sorted(self.store.host_names(hosts)))
             note = (f"the login as {login['user']} came from {login['raddr']}, an address of {names}, but no "
                     "matching ssh connection was recorded there: the chain may go on from that host")
+            down = self.store.outages(sorted(self.store.host_names(hosts)), t0, login["ts"])
+            note += "".join(f"; {o.host}'s agent was not running from {clock(o.since)} to {clock(o.until)}"
+                            for o in down)
         return hit, inferred, note
 
     def _candidate(self, conn: dict[str, Any], here: float = 0.0) -> HopCandidate:
