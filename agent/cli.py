@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from functools import lru_cache
 
 from .assemble import Assembler
@@ -263,6 +264,7 @@ def run(args) -> int:
     watch = tuple(args.watch or cfg.watch)
     host = args.host or cfg.host_name or socket.gethostname()
     flush_interval = args.flush_interval if args.flush_interval is not None else parse_duration(cfg.flush_interval)
+    heartbeat = args.heartbeat if args.heartbeat is not None else parse_duration(cfg.heartbeat)
     asm = Assembler(host=host, boot=boot_id(), boot_epoch=boot_epoch(), procfs=ProcFS(),
                     user_name=user_name, group_name=group_name, watch=watch,
                     rules=compile_rules([*cfg.redact_patterns, *(args.redact or ())]), own_pid=os.getpid(),
@@ -321,8 +323,16 @@ def run(args) -> int:
     follower = LogFollower(auth_log).start() if auth_log and auth_log != "none" else None
     ship_stop = threading.Event()
     ship_thread = start_shipping(shipper, ship_stop) if shipper else None
-    hello = {"v": 1, "kind": "host", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
-             "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
+    # This run's marks (docs/events.md, agent runs): its start once capture is attached, a heartbeat,
+    # its clean stop. A run that ends without a stop (SIGKILL, crash, power loss) shows as an
+    # outage from its last mark to the next run's start, and traces crossing it say so.
+    run_id = uuid.uuid4().hex
+
+    def run_mark(state: str) -> dict:
+        return {"v": 1, "kind": "host", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
+                "run": run_id, "state": state}
+
+    hello = {**run_mark("start"), "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
              "agent": "whodid-agent/bpf"}
     sink.write([hello] + (asm.snapshot() if mode != "audit" else []))
     # what start-up made (BCC, the program, the snapshot) lives as long as the agent: out of the
@@ -349,7 +359,7 @@ def run(args) -> int:
         open(args.ready_file, "w").write(str(os.getpid()))
 
     pending: list = []
-    last_flush = time.monotonic()
+    last_flush = last_mark = time.monotonic()
     lost_state = {"reported": 0, "since": time.time()}
     last_lost_poll = 0.0
 
@@ -377,19 +387,23 @@ def run(args) -> int:
         pending.extend(cap.poll(200))
         pending.extend(logins())
         now = time.monotonic()
+        if now - last_mark >= heartbeat:                 # rides with the next flush
+            pending.append(run_mark("alive"))
+            last_mark = now
         if len(pending) >= FLUSH_EVENTS or (pending and now - last_flush >= flush_interval):
             sink.write(pending)
             pending, last_flush = [], now
         if now - last_lost_poll >= 1.0:                 # reading the counters costs a map lookup
             last_lost_poll = now
             pending.extend(losses())
+    stopped = run_mark("stop")          # before the drain: records made after it may be lost
     pending.extend(cap.drain())
     pending.extend(losses())                            # the last second before stopping
     if follower:
         time.sleep(follower.poll * 2)                # the last lines written before SIGTERM
         follower.stop()
     pending.extend(logins(final=True))
-    sink.write(pending)
+    sink.write(pending + [stopped])
     sink.close()
     if shipper:
         stop_shipping(shipper, spool, ship_stop, ship_thread, grace=5.0)
@@ -448,6 +462,9 @@ def bad_number(args) -> str | None:
     interval = getattr(args, "flush_interval", None)
     if interval is not None and not 0 < interval <= 3600:
         return f"--flush-interval must be more than 0 and at most 3600 seconds; got {interval}"
+    beat = getattr(args, "heartbeat", None)
+    if beat is not None and not 0 < beat <= 3600:
+        return f"--heartbeat must be more than 0 and at most 3600 seconds; got {beat}"
     batch = getattr(args, "batch_events", None)
     if batch is not None and not 1 <= batch <= 1_000_000:
         return f"--batch-events must be from 1 to 1000000; got {batch}"
@@ -488,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="ring buffer size in 4 KiB pages, a power of 2 (default: agent.ringbuf_pages, 1024)")
     r.add_argument("--flush-interval", type=float, metavar="SECONDS",
                    help="longest time events wait before being written (default: agent.flush_interval, 1s)")
+    r.add_argument("--heartbeat", type=float, metavar="SECONDS",
+                   help="how often the agent marks that it is still running, so a crash shows as an outage "
+                        "from its last mark (default: agent.heartbeat, 60s)")
     r.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)   # tests: written once capturing
     for parser in (r, f := sub.add_parser("forward", help="ship JSON-lines events (files, - for stdin) to the "
                                            "collector through the spool; exits once all are delivered")):

@@ -21,6 +21,9 @@ SCHEMA_VERSION = 1
 PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "file"})
 
 FILE_OPS = frozenset({"write", "create", "rename", "unlink", "chmod", "chown", "truncate", "mkdir", "rmdir"})
+# An agent's run, told in `host` events (docs/events.md): start, a heartbeat while running, a
+# clean stop. The store keeps one row per run; the gaps between runs are the agent's outages.
+RUN_STATES = frozenset({"start", "alive", "stop"})
 LOGIN_METHODS = frozenset(
     {"publickey", "password", "keyboard-interactive", "gssapi-with-mic", "hostbased", "none", "other"}
 )
@@ -41,7 +44,7 @@ SOCKET = {"laddr": ("addr", True), "lport": ("port", True), "raddr": ("addr", Tr
 
 SPEC: dict[str, dict[str, tuple[str, bool]]] = {
     "host": {"addrs": ("addrs", False), "os": ("str", False), "agent": ("str", False),
-             "boot_time": ("num", False)},
+             "boot_time": ("num", False), "run": ("str", False), "state": ("str", False)},
     "loss": {"count": ("uint", True), "since": ("num", True), "what": ("str", False)},
     "fork": {**PROCESS, "ppid": ("uint", True), "pstart": ("uint", True)},
     "exec": {**PROCESS, "argv": ("argv", True), "truncated": ("bool", False), "exe": ("str", False),
@@ -235,6 +238,13 @@ def parse_event(obj: Any) -> dict[str, Any]:
             raise EventError("op", f"unknown file operation {out['op']!r}; expected one of {', '.join(sorted(FILE_OPS))}")
         if out["op"] == "rename" and "path2" not in out:
             raise EventError("path2", "a rename needs its destination path")
+    if kind == "host" and ("run" in out) != ("state" in out):
+        raise EventError("state" if "run" in out else "run", "`run` and `state` go together: a run's mark names "
+                         "both the run and what it marks")
+    if kind == "host" and "state" in out and out["state"] not in RUN_STATES:
+        raise EventError("state", f"unknown run state {out['state']!r}; expected one of {', '.join(sorted(RUN_STATES))}")
+    if kind == "host" and "run" in out and not out["run"]:
+        raise EventError("run", "must not be empty")
     if kind == "login" and out["method"] not in LOGIN_METHODS:
         raise EventError("method", f"unknown login method {out['method']!r}; expected one of {', '.join(sorted(LOGIN_METHODS))}")
     return out

@@ -203,4 +203,20 @@ STEPS.append((9, """
 ALTER TABLE canaries ADD COLUMN undelivered TEXT
 """))
 
+STEPS.append((10, """
+-- Each run of a host's agent, from its `host` events' run marks: the first and last mark (start,
+-- heartbeats, stop) and the clean stop, if any. Between one run's last mark and the next run's
+-- first, the agent was not running: an outage, which traces crossing it name.
+CREATE TABLE agent_runs (
+    host INTEGER NOT NULL REFERENCES hosts(id),
+    boot INTEGER NOT NULL REFERENCES boots(id),
+    run TEXT NOT NULL,
+    first REAL NOT NULL, last REAL NOT NULL,
+    started REAL, stopped REAL,
+    PRIMARY KEY (host, run)
+);
+CREATE INDEX agent_runs_first ON agent_runs (host, first);
+CREATE INDEX agent_runs_last ON agent_runs (host, last)
+"""))
+
 LATEST = STEPS[-1][0]

@@ -96,6 +96,7 @@ def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneRepo
                     f"DELETE FROM {table} WHERE proc NOT IN (SELECT id FROM temp.keep)").rowcount
             _keep_lost_counts(store, horizon)
             report.rows_removed += db.execute("DELETE FROM losses WHERE ts < ?", [horizon]).rowcount
+            _prune_runs(db, horizon)
             db.execute("DELETE FROM procs WHERE id NOT IN (SELECT id FROM temp.keep)")
             db.execute("DELETE FROM pins WHERE until <= ?", [now])
             db.execute("UPDATE hosts SET first_ts = max(first_ts, ?) WHERE first_ts < ?", [horizon, horizon])
@@ -105,6 +106,20 @@ def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneRepo
     if not dry_run:
         store._check_generation()
     return report
+
+
+def _prune_runs(db, horizon: float) -> None:
+    """Agent runs that ended before anything kept on their host began (and before the horizon),
+    but each host's last of those: it begins the outage, if any, that a kept chain may cross.
+    A trace kept past the horizon still says when its host's agent was down."""
+    kept_since = dict(db.execute(
+        "SELECT b.host, min(coalesce(p.fork_ts, (SELECT min(ts) FROM execs e WHERE e.proc = p.id), ?1)) "
+        "FROM procs p JOIN boots b ON b.id = p.boot WHERE p.id IN (SELECT id FROM temp.keep) GROUP BY b.host",
+        [horizon]).fetchall())
+    for (host,) in db.execute("SELECT DISTINCT host FROM agent_runs").fetchall():
+        cut = min(horizon, kept_since.get(host, horizon))
+        db.execute("DELETE FROM agent_runs WHERE host = ?1 AND last < ?2 AND EXISTS (SELECT 1 FROM agent_runs later "
+                   "WHERE later.host = ?1 AND later.last > agent_runs.last AND later.last < ?2)", [host, cut])
 
 
 LOST_PRUNED = "lost_pruned"       # meta key: {host name: records lost, from loss rows since pruned}

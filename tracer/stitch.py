@@ -38,6 +38,7 @@ class Step:
     tty: str | None = None
     container: str | None = None
     inherited: bool = False         # no exec seen: the image is the parent's
+    snapshot: bool = False          # the image was read from /proc at agent start, not seen at exec
     login: dict[str, Any] | None = None
 
     @property

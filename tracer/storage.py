@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Protocol
 
+from .outages import Outage
 from .store import Image, Proc
 
 
@@ -51,6 +52,7 @@ class EventStore(Protocol):
     def search_files(self, path: str, *, glob: bool, since: float | None, until: float | None,
                      host_glob: str | None, limit: int) -> list[tuple[Proc, dict[str, Any]]]: ...
     def losses(self, hosts: list[str], t0: float, t1: float) -> list[dict[str, Any]]: ...
+    def outages(self, hosts: list[str], t0: float, t1: float) -> list[Outage]: ...   # agent not running
     def clock_offsets(self) -> dict[str, float]: ...
 
     # --- the fleet: agents, inventory, retention

@@ -23,6 +23,8 @@ import sqlite_utils
 from whodid import private
 
 from . import migrations
+from . import outages as outages_mod
+from .outages import Outage, Run
 
 
 MAX_CMD_IDS = 2000           # past this many matching command lines, a search scans the window instead
@@ -267,6 +269,8 @@ class Store:
                 "OR os IS NOT coalesce(?2, os) OR agent IS NOT coalesce(?3, agent))",
                 [json.dumps(ev["addrs"]) if "addrs" in ev else None, ev.get("os"),
                  ev.get("agent"), host]).rowcount
+            if "run" in ev:
+                new += self._write_run(c, host, ev)
             return new
         if kind == "loss":
             new += c.execute("INSERT OR IGNORE INTO losses VALUES (?, ?, ?, ?, ?)",
@@ -324,6 +328,19 @@ class Store:
             if "euser" in ev and "euid" in ev:
                 names[(host, ev["euid"])] = ev["euser"]
         return new
+
+    def _write_run(self, c, host: int, ev: dict[str, Any]) -> int:
+        """A mark of an agent run (start, heartbeat, stop): the run's first and last marks widen to
+        take it in, whatever order the marks arrive in. Returns 1 when the run changed."""
+        ts, state = ev["ts"], ev["state"]
+        started, stopped = (ts if state == "start" else None), (ts if state == "stop" else None)
+        return c.execute(
+            "INSERT INTO agent_runs (host, boot, run, first, last, started, stopped) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) "
+            "ON CONFLICT (host, run) DO UPDATE SET first = min(first, ?4), last = max(last, ?4), "
+            "started = coalesce(started, ?5), stopped = coalesce(stopped, ?6) "
+            "WHERE ?4 < first OR ?4 > last OR (started IS NULL AND ?5 IS NOT NULL) "
+            "OR (stopped IS NULL AND ?6 IS NOT NULL)",
+            [host, self._boot_id(host, ev["boot"]), ev["run"], ts, started, stopped]).rowcount
 
     def _write_exec(self, c, boot: int, proc: int, ev: dict[str, Any]) -> int:
         cmd, argv_json = command_line(ev["argv"])
@@ -642,6 +659,30 @@ class Store:
             f"WHERE h.name IN ({','.join('?' * len(hosts))}) AND l.since <= ? AND l.ts >= ? ORDER BY l.since",
             [*hosts, t1, t0])
         return [dict(zip(("host", "since", "ts", "count", "what"), r)) for r in rows]
+
+    def agent_runs(self, hosts: list[str], t0: float, t1: float) -> list[Run]:
+        """The runs of these hosts' agents (by name) that bound an outage overlapping [t0, t1]:
+        those that overlap it, the last to end before it and the first to start after it."""
+        out: list[Run] = []
+        for name in hosts:
+            row = self.db.execute("SELECT id FROM hosts WHERE name = ?", [name]).fetchone()
+            if row is None:
+                continue
+            host = row[0]
+            before = self.db.execute("SELECT max(last) FROM agent_runs WHERE host = ? AND last < ?",
+                                     [host, t0]).fetchone()[0]
+            after = self.db.execute("SELECT min(first) FROM agent_runs WHERE host = ? AND first > ?",
+                                    [host, t1]).fetchone()[0]
+            rows = self.db.execute(
+                "SELECT b.boot, r.run, r.first, r.last, r.stopped FROM agent_runs r JOIN boots b ON b.id = r.boot "
+                "WHERE r.host = ? AND r.last >= ? AND r.first <= ? ORDER BY r.first",
+                [host, before if before is not None else t0, after if after is not None else t1])
+            out += [Run(name, *r) for r in rows]
+        return out
+
+    def outages(self, hosts: list[str], t0: float, t1: float) -> list[Outage]:
+        """When these hosts' agents (by name) were not running, within [t0, t1] (see outages.py)."""
+        return outages_mod.overlapping(outages_mod.outages(self.agent_runs(hosts, t0, t1)), t0, t1)
 
     # --- fleet: agent tokens, inventory, clocks, pins ---------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import networkx as nx
 
-from . import stitch
+from . import outages, stitch
 from .events import AUID_UNSET
 from .identity import Identity
 from .stitch import Attribution, HopCandidate, Step
@@ -172,6 +172,7 @@ class Tracer:
               scope: int = 0, started: bool = False) -> Trace:
         at = image.ts if image else change["ts"]
         chain, notes = self._chain(proc, at, image)
+        notes += self._outage_notes(chain, at)      # before attribution: it marks links inferred
         poi = chain[-1]
         who = stitch.attribute(chain, self.identity)
         said = notes + who.notes
@@ -217,6 +218,16 @@ class Tracer:
         return [f"{lo['host']} lost {lo['count']} records ({lo['what'] or 'capture overrun'}) between "
                 f"{clock(lo['since'])} and {clock(lo['ts'])}: links on that host in that time may be missing"
                 for lo in self.store.losses(sorted({s.host for s in chain}), chain[0].start, at)]
+
+    def _outage_notes(self, chain: list[Step], at: float) -> list[str]:
+        """Times a host on the chain had no agent running: said, and the links across them
+        marked inferred (outages.py decides)."""
+        found = self.store.outages(sorted({s.host for s in chain}),
+                                   min((s.start for s in chain if s.start > 0), default=at), at)
+        if not found:
+            return []
+        outages.mark_links(chain, found)
+        return outages.notes(chain, at, found)
 
     def _silent_notes(self, chain: list[Step]) -> list[str]:
         """A host on the chain whose agent stopped reporting: what happened there since is missing."""
@@ -389,6 +400,9 @@ class Tracer:
             names = ", ".join(sorted(self.store.host_names(hosts)))
             note = (f"the login as {login['user']} came from {login['raddr']}, an address of {names}, but no "
                     "matching ssh connection was recorded there: the chain may go on from that host")
+            down = self.store.outages(sorted(self.store.host_names(hosts)), t0, login["ts"])
+            note += "".join(f"; {o.host}'s agent was not running from {clock(o.since)} to {clock(o.until)}"
+                            for o in down)
         return hit, inferred, note
 
     def _candidate(self, conn: dict[str, Any], here: float = 0.0) -> HopCandidate:
@@ -422,7 +436,8 @@ class Tracer:
         return Step(node=image_node(p.id, im.ts) if not inherited else f"{p.id}@fork", proc=p.id, host=p.host,
                     pid=p.pid, user=self._name(p.host_id, euid) or "?",
                     login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
-                    cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited)
+                    cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited,
+                    snapshot=im.snapshot and not inherited)
 
     # --- the graph -----------------------------------------------------------------------
 

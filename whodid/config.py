@@ -122,6 +122,7 @@ class AgentConfig:
     auth_log: str = ""                  # empty: journald, /var/log/auth.log or /var/log/secure
     ringbuf_pages: int = 1024
     flush_interval: str = "1s"
+    heartbeat: str = "60s"              # how often a running agent marks that it is alive
     collector: str = ""                 # URL of `whodid serve`; empty: local mode (--db / --out)
     token: str = ""                     # $WHODID_AGENT_TOKEN overrides; or token_file
     token_file: str = ""
@@ -331,6 +332,8 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         cfg.trace.settings()
         parse_duration(cfg.trace.default_since)
         parse_duration(cfg.agent.flush_interval)
+        if parse_duration(cfg.agent.heartbeat) <= 0:
+            raise TimeError("`agent.heartbeat` must be longer than 0s")
         parse_duration(cfg.collector.silent_after)
         for key in ("header_timeout", "body_timeout", "idle_timeout"):
             if parse_duration(getattr(cfg.collector, key)) <= 0:
