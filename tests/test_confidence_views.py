@@ -185,7 +185,7 @@ def test_page_has_the_confidence_badge_and_the_candidates_with_their_evidence():
     tr.notes = ["web-1 lost 3 records"]
     text = render_html(tr, NOW)
     page = Page(text)
-    assert page.by_id("person")[1]["class"] == "unknown"
+    assert page.by_id("person")[1]["class"] == "unknown" and page.by_id("headline")[1]["class"] == "unknown"
     assert page.by_id("confidence")[1]["class"] == "confidence unknown"
     assert '<p id="person" class="unknown">person unknown · runs as root</p>' in text
     assert "<strong>Confidence: unknown</strong> - the evidence does not name a person" in text

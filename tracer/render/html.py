@@ -241,7 +241,7 @@ def render_html(tr: Trace, now: float, details: dict[str, dict] | None = None, *
 <main{main_attrs}>
 <header>
 <h1 id="title">{escape(lay.title)}</h1>
-<p id="headline">{escape(lay.headline)}</p>
+<p id="headline" class="{level}">{escape(lay.headline)}</p>
 <p id="subtitle">{escape(lay.subtitle)}</p>
 <p id="person" class="{level}">{escape(lay.person)}</p>
 {_confidence(tr, level)}
@@ -540,6 +540,8 @@ header p{margin:0 0 2px;overflow-wrap:anywhere}
 #subtitle{color:#6b6b6b;font-size:.9rem}
 #person{display:inline-block;margin-top:6px;padding:1px 10px;border:1px solid #009E73;border-radius:999px;
   background:#d9f0e8;color:#00684d;font-weight:bold}
+#headline.inferred{color:#7a5000}
+#headline.unknown{color:#444}
 #person.inferred{border:1px dashed #A86F00;background:#fcefd2;color:#7a5000}
 #person.unknown{border:1px dotted #555;background:#ececec;color:#1a1a1a}
 #confidence{font-size:.95rem}
