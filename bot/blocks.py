@@ -169,7 +169,8 @@ def candidates(tr: Trace) -> str:
     lines = [f"*Candidates* ({len(cands)}): logins this process's own evidence points at; none is an answer"]
     for i, c in enumerate(cands[:MAX_CANDIDATES], 1):
         lines.append(f"{i}. {code(candidate_head(c))}")
-        lines.extend(f"        • {code(e)}" for e in c.evidence)
+        # long evidence is shortened here, so five candidates fit one section; the thread has it whole
+        lines.extend(f"        • {code(e if len(e) <= 200 else e[:199] + '…')}" for e in c.evidence)
     if len(cands) > MAX_CANDIDATES:
         lines.append(f"and {len(cands) - MAX_CANDIDATES} more in the chain in the thread")
     return "\n".join(lines)

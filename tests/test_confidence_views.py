@@ -279,6 +279,8 @@ def test_slack_answer_with_many_long_candidates_fits_slacks_limits():
         for f in b.get("fields") or []:
             assert len(f["text"]) <= 2000
     assert len([b for b in bl if b["type"] == "section" and "fields" in b][0]["fields"]) <= 10
+    (cands,) = [b["text"]["text"] for b in bl if b.get("text") and "*Candidates*" in b["text"]["text"]]
+    assert "5. `p4 (" in cands and "and 75 more in the chain in the thread" in cands     # all five, then how many
     _, thread = blocks.chain(tr, View(ASK), 1, NOW, value)
     assert len(thread) <= blocks.MAX_BLOCKS
     assert all(len(b["text"]["text"]) <= blocks.MAX_SECTION for b in thread if b.get("text"))
