@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from whodid import private
 from whodid.tracer import Query, Tracer
+from whodid.tracer.render.confidence import who_can
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
 from whodid.tracer.when import clock, format_duration
@@ -153,6 +154,8 @@ def alert_text(canary: Canary, state: State, result: Result, suspects: list[Susp
         for i, s in enumerate(suspects, 1):
             lines.append(f"  {i}. {blocks.headline(s.trace, now)} - {s.why}")
             lines.append(f"     {s.trace.summary}")
+            if not s.trace.attributed.known:
+                lines.append(f"     {candidates_said(s.trace)}")
     else:
         pats = ", ".join(f"`{p}`" for p in canary.suspects.commands) or "(no suspect patterns configured)"
         hosts = ", ".join(canary.suspects.hosts) or "any host"
@@ -177,16 +180,38 @@ def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Su
     if suspects:
         out.append(blocks.section(f"*Top suspects* ({window}, latest first):"))
         for i, s in enumerate(suspects, 1):
+            unknown = "" if s.trace.attributed.known else f"\n{blocks.escape(candidates_said(s.trace))}"
             out.append({"type": "section", "text": {"type": "mrkdwn", "text": blocks.cut(
                 f"{i}. {blocks.escape(blocks.headline(s.trace, now))}\n_{blocks.escape(s.why)}_ · "
-                f"{blocks.escape(s.trace.summary)}")}, "accessory": blocks.button("Show", "show", value(s.view))})
+                f"{blocks.escape(s.trace.summary)}{unknown}")}, "accessory": blocks.button("Show", "show", value(s.view))})
         top = suspects[0]
         total = len(suspects)
-        out.append(blocks.actions(top.view, max(total, 1), value, link))
+        out.append(blocks.actions(top.view, max(total, 1), value, link, earlier=top.trace.attributed.known))
     else:
         text_lines = alert_text(canary, state, result, [], changes, now).split("\n\n", 1)[1]
         out += blocks.code_sections(text_lines, max_blocks=blocks.MAX_BLOCKS - 2)
     return text, out[:blocks.MAX_BLOCKS]
+
+
+def candidates_said(tr: Trace) -> str:
+    """A suspect whose person is unknown, in one line: who it could be (the trace has why)."""
+    cands = tr.attributed.candidates
+    if not cands:
+        return "person unknown, and no login is linked to it by its own evidence"
+    return "person unknown; candidates: " + "; ".join(
+        f"{who_can(c)} ({', '.join(c.evidence[:2]) or 'no evidence given'})" for c in cands[:5]) + (
+        f"; and {len(cands) - 5} more" if len(cands) > 5 else "")
+
+
+def suspect_json(s: Suspect) -> dict[str, Any]:
+    """A suspect in the alert's JSON file: `person` is null when unknown (as in whodid.trace/2)."""
+    who = s.trace.attributed
+    return {"command": s.trace.poi.command, "host": s.trace.poi.host, "at": s.trace.poi.start,
+            "person": who.user if who.known else None, "account": who.account, "confidence": who.confidence,
+            "candidates": [{"person": c.person, "account": c.account, "host": c.host, "login_time": c.login_time,
+                            "source": c.source, "key_fp": c.key_fp, "evidence": list(c.evidence)}
+                           for c in who.candidates],
+            "how": s.trace.summary, "why": s.why}
 
 
 class Poster(Protocol):
@@ -256,8 +281,7 @@ class FilePoster:
             files.append(str(path))
         private.write_file(base.with_suffix(".json"), json.dumps({
             "canary": canary.name, "failing_since": state.since, "result": result.summary,
-            "suspects": [{"command": s.trace.poi.command, "host": s.trace.poi.host, "at": s.trace.poi.start,
-                          "person": s.trace.attributed.user, "how": s.trace.summary, "why": s.why} for s in suspects],
+            "suspects": [suspect_json(s) for s in suspects],
         }, indent=2) + "\n")
         files.append(str(base.with_suffix(".json")))
         print(text, file=self.out)

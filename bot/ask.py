@@ -97,6 +97,6 @@ Examples:
 - `/whodid "kubectl delete" host:prod-* since:3d`
 - `/whodid /etc/nginx/nginx.conf user:jim`
 
-Each answer has buttons: *Widen scope* (more of the sessions around it), *Show what it started*, *Earlier activity* (the person's earlier commands), *Other matches*.
+Each answer has buttons: *Widen scope* (more of the sessions around it), *Show what it started*, *Earlier activity* (the person's earlier commands; not offered when the person is unknown), *Other matches*.
 
 `/whodid changes [since:24h] [host:GLOB] [user:NAME]` reviews what was changed in the window, by whom, and what of it was not planned - each change with a *Trace* button."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from whodid.tracer.render.confidence import candidate_head, confidence, earlier_refused, person, reason
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.stitch import Step
 from whodid.tracer.trace import Trace
@@ -20,6 +21,7 @@ from .buttons import View
 MAX_SECTION = 3000
 MAX_BLOCKS = 50
 MAX_TEXT = 40000             # chat.postMessage's own limit on `text`
+MAX_CANDIDATES = 5           # the answer lists this many; the chain in the thread lists them all
 
 ACTIONS = ("widen", "started", "earlier", "others", "show", "wider")
 OPEN = "open"               # the link button to the trace page: Slack opens the URL, we only ack
@@ -109,30 +111,43 @@ def what(tr: Trace) -> str:
 
 
 def headline(tr: Trace, now: float) -> str:
-    """jim ran `aws eks delete-cluster` on config-server, 3h 21m ago"""
+    """jim ran `aws eks delete-cluster` on config-server, 3h 21m ago; "person unknown ran ..." when
+    the evidence names nobody (never the account it runs as)."""
     when = tr.change["ts"] if tr.change else tr.poi.start
     verb = "changed" if tr.change else "ran"
-    return f"{tr.attributed.user} {verb} `{what(tr)}` on {tr.poi.host}, {ago(when, now)}"
+    return f"{person(tr.attributed)} {verb} `{what(tr)}` on {tr.poi.host}, {ago(when, now)}"
 
 
 def summary(tr: Trace, view: View, total: int, now: float, value: Value,
             link: Link | None = None) -> tuple[str, list[dict]]:
     """The channel message: who, where, when, how, and the buttons."""
     who, poi = tr.attributed, tr.poi
+    name = person(who)
     when = tr.change["ts"] if tr.change else poi.start
     verb = "changed" if tr.change else "ran"
-    text = f"{who.user} {verb} {what(tr)} on {poi.host}, {ago(when, now)}: {tr.summary}"
+    text = f"{name} {verb} {what(tr)} on {poi.host}, {ago(when, now)}: {tr.summary}"
+    if not who.known:
+        text += f" (confidence unknown, {len(who.candidates)} candidates)"
+    level = confidence(tr)
+    if who.known:
+        as_ = f" (as {escape(who.account)})" if who.account and who.account != who.user else ""
+    else:
+        as_ = f" (runs as {code(who.account)})" if who.account else ""
     fields = [
-        f"*Who*\n{escape(who.user)}" + (f" (as {escape(who.account)})" if who.account and who.account != who.user else ""),
+        f"*Who*\n{escape(name)}{as_}",
         f"*Where*\n{escape(poi.host)}, as {escape(poi.user)}"
         + (f", exit {tr.exit_code}" if tr.exit_code is not None else ""),
         f"*When*\n{clock(when)}\n{ago(when, now)}",
         f"*How*\n{escape(tr.summary)}",
+        f"*Confidence*\n{level}" + ("" if level == "observed" else " :warning:") + f"\n{escape(reason(tr))}",
     ]
+    mark = ":mag:" if who.known else ":grey_question:"
     blocks = [
-        section(f":mag: *{escape(who.user)}* {verb} {code(what(tr))} on *{escape(poi.host)}*"),
+        section(f"{mark} *{escape(name)}* {verb} {code(what(tr))} on *{escape(poi.host)}*"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": cut(f, 2000)} for f in fields]},
     ]
+    if not who.known:
+        blocks.append(section(candidates(tr)))
     notes = [f"{escape(who.how)}"] + [escape(c) for c in tr.notes[:3]]
     if len(tr.notes) > 3:
         notes.append(f"and {len(tr.notes) - 3} more notes in the thread")
@@ -140,11 +155,30 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
     place = f"match {view.index + 1} of {total}" + (" (newest first)" if total > 1 else "")
     blocks.append(context(f"{place} · {code(view.ask.pattern)} over {escape(view.ask.window())} · "
                           f"scope {view.scope}: {SCOPES[view.scope]}"))
-    blocks.append(actions(view, total, value, link))
+    blocks.append(actions(view, total, value, link, earlier=who.known))
     return text, blocks
 
 
-def actions(view: View, total: int, value: Value, link: Link | None = None) -> dict:
+def candidates(tr: Trace) -> str:
+    """An unknown answer's candidates, each with its evidence; recorded values in code spans, so
+    neither a mention nor a `*` in an account name or an evidence line can speak for the bot."""
+    cands = tr.attributed.candidates
+    if not cands:
+        return ("*Candidates:* none - no login that was open when it began is linked to this process "
+                "by its own evidence (audit session, login uid).")
+    lines = [f"*Candidates* ({len(cands)}): logins this process's own evidence points at; none is an answer"]
+    for i, c in enumerate(cands[:MAX_CANDIDATES], 1):
+        lines.append(f"{i}. {code(candidate_head(c))}")
+        # long evidence is shortened here, so five candidates fit one section; the thread has it whole
+        lines.extend(f"        • {code(e if len(e) <= 200 else e[:199] + '…')}" for e in c.evidence)
+    if len(cands) > MAX_CANDIDATES:
+        lines.append(f"and {len(cands) - MAX_CANDIDATES} more in the chain in the thread")
+    return "\n".join(lines)
+
+
+def actions(view: View, total: int, value: Value, link: Link | None = None, earlier: bool = True) -> dict:
+    """The answer's buttons. `earlier` is False when the person is unknown: there is nobody whose
+    earlier activity to show (the account's would be everyone who used it)."""
     elements = []
     url = link(view) if link else None
     if url:
@@ -153,7 +187,8 @@ def actions(view: View, total: int, value: Value, link: Link | None = None) -> d
     if view.scope < 3:
         elements.append(button("Widen scope", "widen", value(View(view.ask, view.index, view.scope + 1, view.pin)), "primary"))
     elements.append(button("Show what it started", "started", value(view)))
-    elements.append(button("Earlier activity", "earlier", value(view)))
+    if earlier:
+        elements.append(button("Earlier activity", "earlier", value(view)))
     if total > 1:
         elements.append(button(f"Other matches ({total - 1})", "others", value(view)))
     return {"type": "actions", "elements": elements}
@@ -167,7 +202,7 @@ def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = N
     blocks = code_sections(text, max_blocks=MAX_BLOCKS - (1 if value else 0))
     url = link(view) if link else None
     if value and view.scope < 3:
-        blocks.append(actions(view, total, value, link))
+        blocks.append(actions(view, total, value, link, earlier=tr.attributed.known))
     elif url:
         blocks = blocks[:MAX_BLOCKS - 1] + [{"type": "actions", "elements": [
             {"type": "button", "action_id": f"whodid.{OPEN}", "url": url,
@@ -202,6 +237,9 @@ def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[s
 
 
 def earlier(tr: Trace, steps: list[Step], now: float) -> tuple[str, list[dict]]:
+    if not tr.attributed.known:     # a button from before the answer changed, or made by hand
+        why = earlier_refused(tr)
+        return why, [section(f"{escape(why)} ({code(what(tr))})")]
     who = tr.attributed.user
     if not steps:
         return (f"Nothing earlier by {who}", [section(f"No earlier commands by *{escape(who)}* in the day before "

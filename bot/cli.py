@@ -32,6 +32,7 @@ from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.redact import compile_rules
 from whodid.tracer.store import damaged, store_error
 from whodid.tracer.render import render_text, traces_json
+from whodid.tracer.render.confidence import earlier_refused
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.when import TimeError, clock, format_duration, parse_time
 
@@ -224,6 +225,9 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         print(render_text(query, traces, now))
         if args.earlier:
             for i, tr in enumerate(traces, 1):
+                if not tr.attributed.known:      # nobody to look up: say so rather than list an account's
+                    print(f"\nMatch {i}: {earlier_refused(tr)}")
+                    continue
                 steps = tracer.earlier(tr)
                 print(f"\nEarlier activity of {printable(tr.attributed.user)} before match {i} (the day before, "
                       "newest last):")

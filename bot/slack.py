@@ -286,6 +286,10 @@ class Bot:
             self.picture(tr, view, total, channel, thread, respond, with_buttons=kind == "widen", private=private)
             return f"{kind}: scope {view.scope}, {tr.graph.number_of_nodes()} processes"
         if kind == "earlier":
+            if not tr.attributed.known:         # nobody's activity to list: blocks.earlier says so
+                text, bl = blocks.earlier(tr, [], now)
+                self.post(channel, text, bl, thread, respond, private)
+                return "earlier: person unknown"
             with self.tracer() as tracer:
                 steps = tracer.earlier(tr)
             text, bl = blocks.earlier(tr, steps, now)

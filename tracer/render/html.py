@@ -24,7 +24,8 @@ from ..stitch import Step
 from ..trace import Trace, image_node
 from ..when import clock, iso
 from .image import BLACK, BUS_X, CHAIN_X, EDGE, FILL, GREY, HEADER, LABEL_H, LANE_W, LIGHT, LINK_COLOUR, MARGIN
-from .image import MATCH, PERSON, PRIV, SSH, _geometry, _row_tops
+from .image import CONFIDENCE_COLOUR, CONFIDENCE_FILL, MATCH, PERSON, PRIV, SSH, _geometry, _row_tops, confidence_of
+from .confidence import candidate_head, reason
 from .layout import PRIVILEGE, Box, Layout, Link, layout
 from .text import printable
 
@@ -227,6 +228,7 @@ def render_html(tr: Trace, now: float, details: dict[str, dict] | None = None, *
         main_attrs += f' data-expand-url="{escape(actions["expand"])}"'
     widen = f'<a id="widen" href="{escape(actions["widen"])}">Widen scope</a>' if actions.get("widen") else ""
     data = _page_data(tr, lay, details or {}, whys)
+    level = confidence_of(lay)
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -239,10 +241,12 @@ def render_html(tr: Trace, now: float, details: dict[str, dict] | None = None, *
 <main{main_attrs}>
 <header>
 <h1 id="title">{escape(lay.title)}</h1>
-<p id="headline">{escape(lay.headline)}</p>
+<p id="headline" class="{level}">{escape(lay.headline)}</p>
 <p id="subtitle">{escape(lay.subtitle)}</p>
-<p id="person">{escape(lay.person)}</p>
+<p id="person" class="{level}">{escape(lay.person)}</p>
+{_confidence(tr, level)}
 </header>
+{_candidates(tr)}
 <div class="content">
 <section class="picture">
 <div class="toolbar">
@@ -253,8 +257,8 @@ def render_html(tr: Trace, now: float, details: dict[str, dict] | None = None, *
 </div>
 {_svg(lay, whys)}
 {_legend()}
-{_list("notes", lay.notes)}
-{_list("confidence", tr.notes)}
+{_list("picture-notes", lay.notes)}
+{_list("notes", tr.notes)}
 </section>
 <aside id="details" aria-live="polite">
 <h2>Details</h2>
@@ -269,6 +273,27 @@ Hover or tap a link to see why it is there. Drag to pan, wheel or pinch to zoom.
 </body>
 </html>
 """
+
+
+def _confidence(tr: Trace, level: str) -> str:
+    return (f'<p id="confidence" class="confidence {level}"><strong>Confidence: {level}</strong> - '
+            f"{escape(reason(tr))}</p>")
+
+
+def _candidates(tr: Trace) -> str:
+    """The candidates of an unknown answer, each with its evidence (the text answer's block)."""
+    who = tr.attributed
+    if who.known or not who.candidates:
+        return ""
+    items = []
+    for c in who.candidates:
+        evidence = "".join(f"<li>{escape(e)}</li>" for e in c.evidence)
+        items.append(f'<li class="candidate"><span class="who">{escape(candidate_head(c))}</span>'
+                     + (f'<ul class="evidence">{evidence}</ul>' if evidence else "") + "</li>")
+    return ('<section id="candidates" aria-label="Candidates"><h2>Candidates</h2>'
+            "<p class=\"hint\">The person is unknown. These logins are what this process's own evidence "
+            "points at; none is an answer.</p>"
+            f'<ol>{"".join(items)}</ol></section>')
 
 
 def _list(id_: str, items: list[str]) -> str:
@@ -380,12 +405,13 @@ def _svg(lay: Layout, whys: dict) -> str:
     for link in lay.links:
         why = whys.get((link.src, link.dst), "")
         parts.append(_edge(link, by_id, geo, why))
+    level = confidence_of(lay)
     for b in lay.boxes:
-        parts.append(_node(b, geo[b.id]))
+        parts.append(_node(b, geo[b.id], level))
         if b.role == "origin":
             x, y, _, _ = geo[b.id]
-            parts.append(_text(x, y - 0.06, lay.person, 10.5, PERSON, baseline="", bold=True)
-                         .replace("<text ", '<text id="person-badge" ', 1))
+            parts.append(_text(x, y - 0.06, lay.person, 10.5, CONFIDENCE_COLOUR[level], baseline="", bold=True)
+                         .replace("<text ", f'<text id="person-badge" data-confidence="{level}" ', 1))
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -451,7 +477,7 @@ def _arrow_head(start, end, length: float, half: float):
     return (bx, by), [(x1, y1), (bx - uy * half, by + ux * half), (bx + uy * half, by - ux * half)]
 
 
-def _node(b: Box, geo: tuple[float, float, float, float]) -> str:
+def _node(b: Box, geo: tuple[float, float, float, float], level: str = "observed") -> str:
     x, y, w, h = geo
     faded = b.role in ("context", "collapsed")
     attrs = f'class="node {b.role}" data-id="{escape(b.id)}" tabindex="0" role="button"'
@@ -460,9 +486,13 @@ def _node(b: Box, geo: tuple[float, float, float, float]) -> str:
     attrs += f' aria-label="{escape(b.title)}, {escape(b.meta)}"'
     stroke_w = {"poi": 2.8, "origin": 2.2}.get(b.role, 1.1)
     dash = ' stroke-dasharray="6 4"' if b.role == "collapsed" else ""
+    fill, stroke = FILL[b.role], EDGE[b.role]
+    if b.role == "origin":       # drawn as sure as the person is (image.py's CONFIDENCE_*)
+        fill, stroke = CONFIDENCE_FILL[level], CONFIDENCE_COLOUR[level]
+        dash = {"inferred": ' stroke-dasharray="6 4"', "unknown": f' stroke-dasharray="{DOTTED}"'}.get(level, "")
     parts = [f"<g {attrs}><title>{escape(b.command or b.title)}</title>",
              (f'<rect x="{_u(x)}" y="{_v(y)}" width="{_u(w)}" height="{_u(h)}" rx="{_u(0.06)}" '
-              f'fill="{FILL[b.role]}" stroke="{EDGE[b.role]}" stroke-width="{stroke_w * PT:.1f}"{dash}/>'),
+              f'fill="{fill}" stroke="{stroke}" stroke-width="{stroke_w * PT:.1f}"{dash}/>'),
              _text(x + 0.09, y + 0.16, b.title, 9.5 if faded else 10.5, GREY if faded else BLACK, "mono",
                    bold=b.role == "poi", italic=b.role == "collapsed"),
              _text(x + 0.09, y + 0.35, b.meta, 8.5, GREY)]
@@ -510,6 +540,18 @@ header p{margin:0 0 2px;overflow-wrap:anywhere}
 #subtitle{color:#6b6b6b;font-size:.9rem}
 #person{display:inline-block;margin-top:6px;padding:1px 10px;border:1px solid #009E73;border-radius:999px;
   background:#d9f0e8;color:#00684d;font-weight:bold}
+#headline.inferred{color:#7a5000}
+#headline.unknown{color:#444}
+#person.inferred{border:1px dashed #A86F00;background:#fcefd2;color:#7a5000}
+#person.unknown{border:1px dotted #555;background:#ececec;color:#1a1a1a}
+#confidence{font-size:.95rem}
+#confidence.observed strong{color:#00684d}
+#confidence.inferred strong{color:#7a5000}
+#confidence.unknown strong{color:#1a1a1a;background:#ececec;padding:0 6px;border:1px dotted #555;border-radius:4px}
+#candidates{border:1px dotted #555;border-radius:8px;padding:6px 12px;background:#fafafa}
+#candidates h2{font-size:1.05rem;margin:0 0 4px}
+#candidates ol{margin:4px 0;padding-left:1.6em;overflow-wrap:anywhere}
+#candidates .evidence{margin:2px 0 6px;padding-left:1.2em;color:#444;font-size:.9rem}
 .content{display:flex;gap:16px;align-items:flex-start}
 .picture{flex:1 1 auto;min-width:0}
 #details{flex:0 0 340px;max-width:340px;border:1px solid #ddd;border-radius:8px;padding:10px 12px;

@@ -29,6 +29,11 @@ PERSON, MATCH, SSH, PRIV = "#009E73", "#D55E00", "#0072B2", "#CC79A7"
 FILL = {"origin": "#d9f0e8", "poi": "#fbe3d6", "chain": "white", "context": LIGHT, "collapsed": "white"}
 EDGE = {"origin": PERSON, "poi": MATCH, "chain": "#333333", "context": "#a0a0a0", "collapsed": "#a0a0a0"}
 LINK_COLOUR = {"fork": "#555555", "exec": "#555555", "ssh": SSH}
+# How sure the person is, drawn so it reads without colour too: observed is the person's green
+# and solid, inferred amber and dashed, unknown grey and dotted (nobody to colour in).
+CONFIDENCE_COLOUR = {"observed": PERSON, "inferred": "#A86F00", "unknown": "#555555"}
+CONFIDENCE_FILL = {"observed": "#d9f0e8", "inferred": "#fcefd2", "unknown": "#ececec"}
+CONFIDENCE_DASH = {"observed": "-", "inferred": "--", "unknown": ":"}
 MONO, SANS = "DejaVu Sans Mono", "DejaVu Sans"
 
 
@@ -68,10 +73,19 @@ def paint(lay: Layout) -> bytes:
 
     # header: what, who, when
     chars = int((width - 2 * MARGIN) * 72 / (0.6 * 15))
+    level = confidence_of(lay)
+    sure = CONFIDENCE_COLOUR[level]
+    badge = lay.confidence_label or f"confidence: {level}"
     title = textwrap.shorten(lay.title, chars, placeholder="…")
     put(MARGIN, 0.22, title, fontsize=15, fontweight="bold", color=BLACK, family=SANS, va="top")
-    put(MARGIN, 0.55, textwrap.shorten(lay.headline, chars, placeholder="…"), fontsize=13.5,
-            fontweight="bold", color=PERSON, family=SANS, va="top")
+    # who, then how sure, right after it: the headline gives the badge room
+    room = chars * 15 // 13.5 - len(badge) * 10 // 13.5 - 4
+    who = put(MARGIN, 0.55, textwrap.shorten(lay.headline, max(12, int(room)), placeholder="…"), fontsize=13.5,
+              fontweight="bold", color=sure, family=SANS, va="top")
+    ax.annotate(badge, xy=(1, 0.5), xycoords=who, xytext=(10, 0), textcoords="offset points", fontsize=10,
+                fontweight="bold", color=sure, family=SANS, ha="left", va="center", annotation_clip=False,
+                bbox=dict(boxstyle="round,pad=0.3", fc=CONFIDENCE_FILL[level], ec=sure, lw=1.4,
+                          ls=CONFIDENCE_DASH[level]))
     put(MARGIN, 0.86, lay.subtitle, fontsize=9.5, color=GREY, family=SANS, va="top")
 
     # lanes
@@ -134,10 +148,13 @@ def paint(lay: Layout) -> bytes:
     # boxes
     for b in lay.boxes:
         x, y, w, h = geo[b.id]
+        origin = b.role == "origin"
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.06",
-                                    facecolor=FILL[b.role], edgecolor=EDGE[b.role],
+                                    facecolor=CONFIDENCE_FILL[level] if origin else FILL[b.role],
+                                    edgecolor=sure if origin else EDGE[b.role],
                                     lw={"poi": 2.8, "origin": 2.2}.get(b.role, 1.1),
-                                    linestyle="--" if b.role == "collapsed" else "-", zorder=2))
+                                    linestyle=CONFIDENCE_DASH[level] if origin else
+                                    "--" if b.role == "collapsed" else "-", zorder=2))
         faded = b.role in ("context", "collapsed")
         put(x + 0.09, y + 0.16, b.title, fontsize=10.5 if not faded else 9.5, family=MONO,
                 fontweight="bold" if b.role == "poi" else "normal", color=GREY if faded else BLACK,
@@ -147,7 +164,7 @@ def paint(lay: Layout) -> bytes:
             put(x + w - 0.08, y + 0.35, "MATCHED", fontsize=8.5, family=SANS, fontweight="bold",
                     color=MATCH, ha="right", va="center", zorder=4)
         if b.role == "origin":
-            put(x, y - 0.06, lay.person, fontsize=10.5, fontweight="bold", color=PERSON,
+            put(x, y - 0.06, lay.person, fontsize=10.5, fontweight="bold", color=sure,
                     family=SANS, va="bottom", zorder=4)
 
     # legend and notes
@@ -164,6 +181,10 @@ def paint(lay: Layout) -> bytes:
               ncol=ncol, fontsize=8.5, frameon=False, handlelength=2.2, columnspacing=1.2, borderaxespad=0)
     legend_rows = -(-len(handles) // ncol)
     note_y = legend_top + legend_rows * 0.22 + 0.1
+    for i, line in enumerate(candidate_lines(lay)):
+        put(MARGIN, note_y, line, fontsize=9.5 if i == 0 else 9, color=sure if i == 0 else BLACK,
+            fontweight="bold" if i == 0 else "normal", family=SANS, va="top")
+        note_y += 0.2
     for note in lay.notes:
         put(MARGIN, note_y, note, fontsize=8.5, color=GREY, family=SANS, va="top", style="italic")
         note_y += 0.2
@@ -198,7 +219,19 @@ def _row_tops(lay: Layout) -> list[float]:
 
 def _footer_height(lay: Layout, width: float) -> float:
     ncol = 2 if width < 7.5 else 3
-    return 0.12 + -(-7 // ncol) * 0.22 + 0.15 + 0.2 * len(lay.notes) + 0.1
+    return 0.12 + -(-7 // ncol) * 0.22 + 0.15 + 0.2 * (len(lay.notes) + len(candidate_lines(lay))) + 0.1
+
+
+def confidence_of(lay: Layout) -> str:
+    return lay.confidence if lay.confidence in CONFIDENCE_COLOUR else "unknown"
+
+
+def candidate_lines(lay: Layout) -> list[str]:
+    """The footer's candidates: a heading, then one numbered line each."""
+    if not lay.candidates:
+        return []
+    return ["Candidates (the person is unknown):"] + [
+        c if c.startswith("+") else f"{i}. {c}" for i, c in enumerate(lay.candidates, 1)]
 
 
 def _geometry(b: Box, tops: list[float]) -> tuple[float, float, float, float]:

@@ -16,14 +16,17 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from ..stitch import Step, privilege
+from ..stitch import OBSERVED, PERSON_UNKNOWN, Step, privilege
 from ..trace import Trace
 from ..when import ago, clock, format_duration
+from .confidence import candidate_short, confidence, person as person_of
+from .text import printable
 
 RUN_KEEP_HEAD, RUN_KEEP_TAIL = 2, 1      # a long run of context shows its first 2 and last 1
 RUN_MAX = 4                              # runs longer than this collapse
 MAX_ROWS = 48                            # past this, collapse harder: a picture, not a log
 PRIVILEGE = ("sudo", "su", "setuid")
+MAX_CANDIDATES = 5                       # the picture lists this many; the text and JSON list all
 
 
 @dataclass
@@ -63,6 +66,9 @@ class Layout:
     collapsed: int = 0        # processes folded into collapsed boxes
     groups: int = 0           # how many collapsed boxes
     notes: list[str] = field(default_factory=list)
+    confidence: str = OBSERVED  # observed | inferred | unknown: how the person is drawn
+    confidence_label: str = ""  # "confidence: unknown", the header's badge
+    candidates: list[str] = field(default_factory=list)   # unknown: who it could be, one short line each
 
     @property
     def rows(self) -> int:
@@ -183,13 +189,24 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
     notes = list(tr.truncated)
     if collapsed:
         notes.append(f"collapsed {collapsed} commands into {groups} group{'s' if groups > 1 else ''}")
-    person = f"person: {tr.attributed.user}"
-    if tr.attributed.login_time is None:
-        person = f"no login: runs as {tr.attributed.user}"
-    elif tr.attributed.key_fp and tr.attributed.user != tr.attributed.account:
-        person += f" (key {tr.attributed.key_fp[:14]}…)"
+    who = tr.attributed
+    level = confidence(tr)
+    if not who.known:
+        # where the evidence stopped is an account, not a person: never badge it as one
+        person = PERSON_UNKNOWN + (f" · runs as {who.account}" if who.account else "")
+    elif who.login_time is None:
+        person = f"no login: runs as {who.user}"
+    else:
+        person = f"person: {who.user}"
+        if who.key_fp and who.user != who.account:
+            person += f" (key {who.key_fp[:14]}…)"
+    # recorded names drawn as they were recorded: an escape or a bidi override shown, not obeyed
+    cands = [printable(candidate_short(c)) for c in who.candidates[:MAX_CANDIDATES]] if not who.known else []
+    if not who.known and len(who.candidates) > MAX_CANDIDATES:
+        cands.append(f"+{len(who.candidates) - MAX_CANDIDATES} more candidates (see the text or JSON answer)")
     return Layout(title=title, headline=headline, subtitle=" · ".join(sub), lanes=lanes, boxes=boxes,
-                  links=links, person=person, collapsed=collapsed, groups=groups, notes=notes)
+                  links=links, person=printable(person), collapsed=collapsed, groups=groups, notes=notes,
+                  confidence=level, confidence_label=f"confidence: {level}", candidates=cands)
 
 
 def _chain_ancestor(g, node: str, chain_index: dict[str, int]) -> int:
@@ -275,7 +292,7 @@ def _titles(tr: Trace, width: int) -> tuple[str, str]:
     for s in tr.chain:
         if s.edge in ("login", "ssh") and s.host != poi.host and s.host not in via:
             via.append(s.host)
-    parts = [tr.attributed.user]
+    parts = [person_of(tr.attributed)]
     if via:
         parts.append("via " + ", ".join(via))
     parts += privilege(tr.chain)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from ..trace import Query, Trace
+from .confidence import candidate_head, confidence, person, reason
 from ..when import ago, clock, format_span
 
 EDGE_LABEL = {"login": "login", "fork": "fork", "exec": "exec", "ssh": "ssh ->", "sudo": "sudo",
@@ -56,13 +57,15 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
     if len(tr.execs) > 1:
         lines.append("  exec'd as: " + " -> ".join(_short(im.cmd, 60) for im in tr.execs))
     lines.append("")
+    lines.append(f"Who:  {person(who)} - {who.how}")
     if who.login_time is not None:
-        lines.append(f"Who:  {who.user} - {who.how}")
-        lines.append(f"      logged in to {who.host} from {who.source or 'an unknown address'} at "
+        # unknown: the login is the account's, not a person's, and says so
+        whose = "" if who.known else f"{who.account or 'the account'} "
+        lines.append(f"      {whose}logged in to {who.host} from {who.source or 'an unknown address'} at "
                      f"{clock(who.login_time)}")
-    else:
-        lines.append(f"Who:  {who.user} - {who.how}")
+    lines.append(f"Confidence: {confidence(tr)} - {reason(tr)}")
     lines.append(f"How:  {tr.summary}")
+    lines.extend(candidate_lines(tr))
     lines.append("")
     hw = max(len(s.host) for s in tr.chain)
     uw = max(len(s.user) for s in tr.chain)
@@ -86,6 +89,18 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
         lines.append(f"Scope {tr.scope}: {extra} more processes around the chain (see --json or --png)")
         lines.extend(f"  - {t}" for t in tr.truncated)
     return "\n".join(printable(line) for line in lines)
+
+
+def candidate_lines(tr: Trace) -> list[str]:
+    """The candidates block of an unknown answer: one line per candidate, then its evidence."""
+    cands = tr.attributed.candidates if not tr.attributed.known else []
+    if not cands:
+        return []
+    lines = ["", "Candidates (the person is unknown; logins this process's own evidence points at):"]
+    for i, c in enumerate(cands, 1):
+        lines.append(f"  {i}. {candidate_head(c)}")
+        lines.extend(f"     - {e}" for e in c.evidence)
+    return lines
 
 
 def render_text(query: Query, traces: list[Trace], now: float) -> str:
