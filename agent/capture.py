@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import decode, ringbuf
+from . import btf, decode, ringbuf
 from .assemble import Assembler, kernel_prefixes
 from .bccload import load_bcc
 
@@ -78,8 +78,13 @@ def boot_epoch() -> float:
 
 
 class Capture:
+    """`offsets`: where the running kernel keeps what capture.c reads from task_struct (read from
+    its BTF when not given; btf.NONE reads nothing). `note`: one line for people when some of it
+    is missing, saying what the agent does instead; None when all is there."""
+
     def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024,
-                 pidns: tuple[int, int] | None = None, buffer: str = "auto"):
+                 pidns: tuple[int, int] | None = None, buffer: str = "auto",
+                 offsets: btf.KernelOffsets | None = None):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
@@ -90,6 +95,11 @@ class Capture:
                  f"-DPIDNS_FILTER={1 if pidns else 0}", f"-DUSE_PERFBUF={1 if self.perf else 0}"]
         if pidns:
             flags += [f"-DPIDNS_DEV={pidns[0]}ULL", f"-DPIDNS_INO={pidns[1]}ULL"]
+        self.note: str | None = None
+        if offsets is None:
+            offsets, self.note = btf.running_kernel()
+        self.offsets = offsets
+        flags += offsets.cflags()
         try:
             self.bpf = bcc.BPF(text=program_text(watch, ringbuf_pages), cflags=flags)
         except Exception as exc:            # BCC raises bare Exception for compile/attach failures

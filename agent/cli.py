@@ -337,6 +337,8 @@ def run(args) -> int:
         print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
               f"file changes under {', '.join(watch)}) into {where}"
               + (" through perf buffers" if cap.perf else ""), file=sys.stderr, flush=True)
+        if cap.note:
+            print(f"whodid-agent: {cap.note}", file=sys.stderr, flush=True)
     else:
         print(f"whodid-agent: capturing on {host} with the netlink process connector into {where}",
               file=sys.stderr, flush=True)
