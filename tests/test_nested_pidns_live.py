@@ -11,6 +11,7 @@ level), where /proc, read later, no longer has the short-lived nested command.
 """
 
 import os
+import subprocess
 
 import pytest
 
@@ -29,6 +30,8 @@ pytestmark = [
 ]
 
 MARK = f"whodid-nested-{os.getpid()}"
+DEEP = f"whodid-deep-{os.getpid()}"          # two namespaces down
+OUTSIDE = f"whodid-outside-{os.getpid()}"    # on the host, outside the agent's namespace in `self` mode
 
 # Run under the agent by pidns_driver: a marked shell starts a command in a nested pid namespace. `; true`
 # keeps the nested shell alive, so /bin/true is a forked child there, not the shell's exec;
@@ -36,12 +39,21 @@ MARK = f"whodid-nested-{os.getpid()}"
 WORKLOAD = r'''
 subprocess.run(["bash", "-c", f"true {mark}-parent; unshare --pid --fork --mount-proc "
                 f"sh -c '/bin/true \"$(printf %s-%s {mark} nested)\"; true'; exit 0"], stdin=subprocess.DEVNULL)
+subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "unshare", "--pid", "--fork", "--mount-proc",
+                "sh", "-c", f"/bin/true {mark.replace('nested', 'deep')}; true"], stdin=subprocess.DEVNULL)
 '''
 
 
 @pytest.fixture(scope="module", params=["normal", "pid-namespace-self"])
 def nested(request, tmp_path_factory):
-    store, driver_pid = run_workload(tmp_path_factory.mktemp(request.param), WORKLOAD, MARK, request.param, 1.5)
+    # meanwhile, on the host: a process the agent in `self` mode must leave out
+    outside = subprocess.Popen(["sh", "-c", f"while :; do /bin/true {OUTSIDE}; sleep 0.1; done"])
+    try:
+        store, driver_pid = run_workload(tmp_path_factory.mktemp(request.param), WORKLOAD, MARK, request.param,
+                                         1.5)
+    finally:
+        outside.kill()
+        outside.wait()
     return request.param, store, driver_pid
 
 
@@ -65,3 +77,21 @@ def test_the_nested_command_is_recorded_with_its_own_pid_namespace(nested):
     ns = {("nested" if cmd.endswith(f"{MARK}-nested") else "parent"): pidns for cmd, pidns in rows}
     assert ns.get("nested") and ns.get("parent"), (mode, rows)
     assert ns["nested"] != ns["parent"], (mode, rows)
+
+
+def test_a_command_two_namespaces_down_is_recorded_with_its_own_namespace(nested):
+    mode, store, _ = nested
+    rows = store.db.execute("SELECT cmd, pidns FROM execs WHERE cmd LIKE ?", (f"%{MARK}-%",)).fetchall()
+    (deep,) = store.db.execute("SELECT e.pidns, p.pid FROM execs e JOIN procs p ON p.id = e.proc WHERE e.cmd = ?",
+                               (f"/bin/true {DEEP}",)).fetchall()
+    assert deep[0] not in {pidns for _, pidns in rows}, (mode, deep, rows)
+    assert deep[1] > 2, (mode, deep)                 # its pid as the agent's namespace sees it, not its own 3
+
+
+def test_only_the_agents_namespace_and_those_below_it_are_recorded(nested):
+    mode, store, _ = nested
+    (outside,) = store.db.execute("SELECT count(*) FROM execs WHERE cmd = ?", (f"/bin/true {OUTSIDE}",)).fetchone()
+    if mode == "normal":
+        assert outside > 0                             # the host's agent sees the host
+    else:
+        assert outside == 0                            # the namespaced agent leaves the host out
