@@ -557,3 +557,16 @@ def test_a_short_lived_process_in_a_nested_pid_namespace_keeps_its_own_namespace
                   exec_rec(200, "/usr/bin/true") + exec_facts(d.KNOWN_PIDNS, pidns=4026532999))
     (exe,) = [e for e in events if e["kind"] == "exec"]
     assert exe["pidns"] == 4026532999           # the shell's (from /proc) is 4026531836
+
+
+def test_the_kernels_session_wins_over_proc_where_the_pid_may_be_another_process_by_now():
+    # pid 200 in /proc is by now another process with the same name, in bob's session 5: the
+    # image check (comm) cannot tell, but the exec record says what the kernel gave pid 200
+    impostor = ProcInfo(pid=200, ppid=1, start_ticks=900, argv=["ls"], exe="/usr/bin/ls", cwd="/tmp", uid=1000,
+                        euid=1000, gid=1000, egid=1000, auid=1000, ses=5, tty="pts/1", comm="ls")
+    asm = assembler([shell(), impostor])
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=200),
+                  exec_rec(200, "/usr/bin/ls", uid=1000, gid=1000) + exec_facts(d.KNOWN_LOGIN, 33, 9))
+    (exe,) = [e for e in events if e["kind"] == "exec"]
+    assert (exe["auid"], exe["ses"]) == (33, 9)
