@@ -16,6 +16,7 @@ the distribution's libbpf 1.1 would need the same walking through ctypes.
 
 from __future__ import annotations
 
+import array
 import struct
 from dataclasses import dataclass
 
@@ -46,11 +47,13 @@ class Type:
     size_or_type: int          # size for INT/STRUCT/UNION/ENUM..., the referred type id otherwise
     kind_flag: bool
     members: tuple[tuple[str, int, int], ...] = ()     # STRUCT/UNION: (name, type id, bit offset)
-    array: tuple[int, int] | None = None                # ARRAY: (element type id, count)
+    array_of: tuple[int, int] | None = None             # ARRAY: (element type id, count)
 
 
 class Btf:
-    """The types of one BTF blob, by id (1-based; 0 is void)."""
+    """The types of one BTF blob, by id (1-based; 0 is void), decoded when asked for: a kernel's
+    BTF has over 100,000 types and the agent wants five structs, so parsing keeps only where
+    each type starts (as objects, all of them took 50 MB the agent would not give back)."""
 
     def __init__(self, data: bytes):
         if len(data) < HEADER.size:
@@ -60,34 +63,44 @@ class Btf:
             raise BtfError(f"not BTF: magic 0x{magic:04x}, expected 0x{MAGIC:04x} (a big-endian kernel?)")
         if version != 1:
             raise BtfError(f"BTF version {version}; this reader knows version 1")
-        types = data[hdr_len + type_off:hdr_len + type_off + type_len]
+        self.data = data[hdr_len + type_off:hdr_len + type_off + type_len]
         self.strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
-        if len(types) != type_len or len(self.strings) != str_len:
+        if len(self.data) != type_len or len(self.strings) != str_len:
             raise BtfError("BTF sections run past the end of the data")
-        self.types: list[Type | None] = [None]
-        self._by_name: dict[tuple[int, str], int] = {}
-        pos = 0
+        self.starts = array.array("I", [0])          # where each type id's record starts
+        self._structs: dict[int, int] = {}            # a struct's name offset -> its id
+        types, pos, unpack = self.data, 0, TYPE.unpack_from
         while pos < len(types):
             if pos + TYPE.size > len(types):
-                raise BtfError(f"BTF type {len(self.types)} is cut off")
-            name_off, info, size_or_type = TYPE.unpack_from(types, pos)
-            pos += TYPE.size
-            kind, vlen, kind_flag = (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31)
-            members: tuple = ()
-            array = None
-            if kind in (STRUCT, UNION):
-                members = tuple((self.name(m_name), m_type, (m_off & 0xFFFFFF) if kind_flag else m_off)
-                                for m_name, m_type, m_off in MEMBER.iter_unpack(types[pos:pos + 12 * vlen]))
-            elif kind == ARRAY:
-                elem, _, count = struct.unpack_from("<III", types, pos)
-                array = (elem, count)
+                raise BtfError(f"BTF type {len(self.starts)} is cut off")
+            name_off, info, _ = unpack(types, pos)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            if kind == STRUCT:
+                self._structs.setdefault(name_off, len(self.starts))
             elif kind not in _EXTRA and kind not in _PER_ENTRY and kind not in _QUALIFIERS \
                     and kind not in (PTR, FWD, FUNC, FLOAT):
-                raise BtfError(f"BTF type {len(self.types)} has kind {kind}, unknown to this reader")
-            pos += _EXTRA.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
-            t = Type(kind, self.name(name_off), size_or_type, kind_flag, members, array)
-            self._by_name.setdefault((kind, t.name), len(self.types))
-            self.types.append(t)
+                raise BtfError(f"BTF type {len(self.starts)} has kind {kind}, unknown to this reader")
+            self.starts.append(pos)
+            pos += TYPE.size + _EXTRA.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
+        if pos != len(types):
+            raise BtfError(f"BTF type {len(self.starts) - 1} runs past the type section")
+
+    def type(self, type_id: int) -> Type | None:
+        if type_id <= 0 or type_id >= len(self.starts):
+            return None
+        pos = self.starts[type_id]
+        name_off, info, size_or_type = TYPE.unpack_from(self.data, pos)
+        kind, vlen, kind_flag = (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31)
+        pos += TYPE.size
+        members: tuple = ()
+        array_of = None
+        if kind in (STRUCT, UNION):
+            members = tuple((self.name(m_name), m_type, (m_off & 0xFFFFFF) if kind_flag else m_off)
+                            for m_name, m_type, m_off in MEMBER.iter_unpack(self.data[pos:pos + 12 * vlen]))
+        elif kind == ARRAY:
+            elem, _, count = struct.unpack_from("<III", self.data, pos)
+            array_of = (elem, count)
+        return Type(kind, self.name(name_off), size_or_type, kind_flag, members, array_of)
 
     def name(self, offset: int) -> str:
         end = self.strings.find(b"\0", offset)
@@ -95,13 +108,21 @@ class Btf:
             raise BtfError(f"BTF string offset {offset} is outside the string section")
         return self.strings[offset:end].decode("utf-8", "replace")
 
-    def find(self, kind: int, name: str) -> int | None:
-        return self._by_name.get((kind, name))
+    def find_struct(self, name: str) -> int | None:
+        """The id of the struct of that name (not a forward declaration of it)."""
+        wanted = b"\0" + name.encode() + b"\0"
+        at = self.strings.find(wanted)
+        while at >= 0:
+            found = self._structs.get(at + 1)
+            if found is not None:
+                return found
+            at = self.strings.find(wanted, at + 1)
+        return None
 
     def resolve(self, type_id: int) -> int:
         """Through typedefs and qualifiers to the type underneath."""
         for _ in range(64):
-            t = self.types[type_id]
+            t = self.type(type_id)
             if t is None or t.kind not in _QUALIFIERS:
                 return type_id
             type_id = t.size_or_type
@@ -109,19 +130,19 @@ class Btf:
 
     def size(self, type_id: int) -> int:
         type_id = self.resolve(type_id)
-        t = self.types[type_id]
+        t = self.type(type_id)
         if t is None:
             return 0
         if t.kind == PTR:
             return 8
         if t.kind == ARRAY:
-            return self.size(t.array[0]) * t.array[1]
+            return self.size(t.array_of[0]) * t.array_of[1]
         return t.size_or_type
 
     def member(self, type_id: int, name: str) -> tuple[int, int] | None:
         """(byte offset, type id) of a member, looking inside anonymous structs and unions as C
         does; None when the struct has no such member, or it is a bitfield."""
-        t = self.types[self.resolve(type_id)]
+        t = self.type(self.resolve(type_id))
         if t is None or t.kind not in (STRUCT, UNION):
             return None
         for m_name, m_type, bits in t.members:
@@ -135,7 +156,7 @@ class Btf:
 
     def offset(self, struct_name: str, path: str) -> int | None:
         """Byte offset of a dotted member path (`ns.inum`) in a named struct, or None."""
-        type_id = self.find(STRUCT, struct_name)
+        type_id = self.find_struct(struct_name)
         if type_id is None:
             return None
         total = 0
@@ -176,7 +197,7 @@ NONE = KernelOffsets(login=None, pid=None)
 def kernel_offsets(btf: Btf) -> KernelOffsets:
     loginuid, sessionid = btf.offset("task_struct", "loginuid"), btf.offset("task_struct", "sessionid")
     login = (loginuid, sessionid) if loginuid is not None and sessionid is not None else None
-    upid = btf.find(STRUCT, "upid")
+    upid = btf.find_struct("upid")
     parts = (btf.offset("task_struct", "thread_pid"), btf.offset("task_struct", "group_leader"),
              btf.offset("pid", "level"), btf.offset("pid", "numbers"),
              btf.size(upid) if upid else None, btf.offset("upid", "ns"))

@@ -128,6 +128,15 @@ def test_damaged_btf_is_refused_with_a_reason(damage, says):
         btf.Btf(damage(kernel_like().bytes()))
 
 
+def test_a_struct_claiming_more_members_than_the_section_holds_is_refused():
+    b = Blob()
+    u32 = b.int_("unsigned int", 4)
+    b.struct("task_struct", 8, [("loginuid", u32, 0), ("sessionid", u32, 32)])
+    b.types = b.types[:-12]                     # the last member is missing
+    with pytest.raises(btf.BtfError, match="runs past the type section"):
+        btf.Btf(b.bytes())
+
+
 def test_an_unknown_kind_is_refused_rather_than_misread():
     b = Blob()
     b._add("future", 30, 0, 0)
