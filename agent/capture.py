@@ -98,12 +98,24 @@ class Capture:
         self.note: str | None = None
         if offsets is None:
             offsets, self.note = btf.running_kernel()
-        self.offsets = offsets
-        flags += offsets.cflags()
+        text = program_text(watch, ringbuf_pages)
         try:
-            self.bpf = bcc.BPF(text=program_text(watch, ringbuf_pages), cflags=flags)
+            self.bpf = bcc.BPF(text=text, cflags=flags + offsets.cflags())
         except Exception as exc:            # BCC raises bare Exception for compile/attach failures
-            raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
+            if offsets == btf.NONE:
+                raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
+            # the struct reads need bpf_probe_read_kernel (5.5) and bounded loops (5.3): an older
+            # kernel with BTF still gets everything else
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            try:
+                self.bpf = bcc.BPF(text=text, cflags=flags + btf.NONE.cflags())
+            except Exception as exc2:
+                raise CaptureError(f"could not load the BPF program: {exc2}. Run `whodid-agent doctor`.") from None
+            offsets, self.note = btf.NONE, (
+                f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
+                "ses/auid and the pid namespace come only from /proc, and --pid-namespace self sees only its "
+                "own namespace")
+        self.offsets = offsets
         self.assembler = assembler
         self._records: list = []
         self._perf_lost = 0

@@ -43,3 +43,19 @@ def test_a_short_lived_exec_carries_the_login_uid_and_session_the_kernel_gave_it
                                     (f"%{MARK}%",)).fetchone()
     assert shell_ses != ses
 
+
+
+def test_when_the_struct_reads_do_not_load_the_agent_runs_without_them_and_says_so():
+    # offsets that cannot compile (a group half found) stand for a kernel whose verifier
+    # refuses the reads: everything else still loads
+    from whodid.agent.assemble import Assembler
+    from whodid.agent.capture import Capture
+    from whodid.agent.procfs import ProcFS
+    broken = btf.KernelOffsets(login=(1952, 1956), pid=(1368, 1328, 4, 144, 16, 8), upid_nr=None, ns_inum=None)
+    cap = Capture(Assembler("t", "b", 0.0, ProcFS(), lambda u: None, lambda g: None), watch=("/etc",),
+                  ringbuf_pages=8, offsets=broken)
+    try:
+        assert cap.offsets == btf.NONE
+        assert "runs without them" in cap.note and "/proc" in cap.note and "\n" not in cap.note
+    finally:
+        cap.close()
