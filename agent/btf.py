@@ -46,7 +46,7 @@ class Type:
     name: str
     size_or_type: int          # size for INT/STRUCT/UNION/ENUM..., the referred type id otherwise
     kind_flag: bool
-    members: tuple[tuple[str, int, int], ...] = ()     # STRUCT/UNION: (name, type id, bit offset)
+    members: tuple[tuple[str, int, int, int], ...] = ()  # STRUCT/UNION: (name, type id, bit offset, bitfield size)
     array_of: tuple[int, int] | None = None             # ARRAY: (element type id, count)
 
 
@@ -95,7 +95,8 @@ class Btf:
         members: tuple = ()
         array_of = None
         if kind in (STRUCT, UNION):
-            members = tuple((self.name(m_name), m_type, (m_off & 0xFFFFFF) if kind_flag else m_off)
+            members = tuple((self.name(m_name), m_type, (m_off & 0xFFFFFF) if kind_flag else m_off,
+                             (m_off >> 24) if kind_flag else 0)
                             for m_name, m_type, m_off in MEMBER.iter_unpack(self.data[pos:pos + 12 * vlen]))
         elif kind == ARRAY:
             elem, _, count = struct.unpack_from("<III", self.data, pos)
@@ -145,17 +146,18 @@ class Btf:
         t = self.type(self.resolve(type_id))
         if t is None or t.kind not in (STRUCT, UNION):
             return None
-        for m_name, m_type, bits in t.members:
+        for m_name, m_type, bits, bitfield in t.members:
             if m_name == name:
-                return (bits // 8, m_type) if bits % 8 == 0 else None
+                return (bits // 8, m_type) if bits % 8 == 0 and not bitfield else None
             if not m_name:
                 inner = self.member(m_type, name)
                 if inner is not None:
                     return bits // 8 + inner[0], inner[1]
         return None
 
-    def offset(self, struct_name: str, path: str) -> int | None:
-        """Byte offset of a dotted member path (`ns.inum`) in a named struct, or None."""
+    def offset(self, struct_name: str, path: str, size: int | None = None) -> int | None:
+        """Byte offset of a dotted member path (`ns.inum`) in a named struct; None when there is
+        no such member, or it is not `size` bytes (what the BPF program reads there)."""
         type_id = self.find_struct(struct_name)
         if type_id is None:
             return None
@@ -166,6 +168,8 @@ class Btf:
                 return None
             total += found[0]
             type_id = found[1]
+        if size is not None and self.size(type_id) != size:
+            return None
         return total
 
 
@@ -195,13 +199,14 @@ NONE = KernelOffsets(login=None, pid=None)
 
 
 def kernel_offsets(btf: Btf) -> KernelOffsets:
-    loginuid, sessionid = btf.offset("task_struct", "loginuid"), btf.offset("task_struct", "sessionid")
+    # each member at the size capture.c reads: u32 values, 8-byte pointers (x86-64, arm64)
+    loginuid, sessionid = btf.offset("task_struct", "loginuid", 4), btf.offset("task_struct", "sessionid", 4)
     login = (loginuid, sessionid) if loginuid is not None and sessionid is not None else None
     upid = btf.find_struct("upid")
-    parts = (btf.offset("task_struct", "thread_pid"), btf.offset("task_struct", "group_leader"),
-             btf.offset("pid", "level"), btf.offset("pid", "numbers"),
-             btf.size(upid) if upid else None, btf.offset("upid", "ns"))
-    nr, inum = btf.offset("upid", "nr"), btf.offset("pid_namespace", "ns.inum")
+    parts = (btf.offset("task_struct", "thread_pid", 8), btf.offset("task_struct", "group_leader", 8),
+             btf.offset("pid", "level", 4), btf.offset("pid", "numbers"),
+             btf.size(upid) if upid else None, btf.offset("upid", "ns", 8))
+    nr, inum = btf.offset("upid", "nr", 4), btf.offset("pid_namespace", "ns.inum", 4)
     pid = parts if None not in parts and nr is not None and inum is not None else None
     return KernelOffsets(login=login, pid=pid, upid_nr=nr if pid else None, ns_inum=inum if pid else None)
 

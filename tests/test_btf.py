@@ -137,6 +137,20 @@ def test_a_struct_claiming_more_members_than_the_section_holds_is_refused():
         btf.Btf(b.bytes())
 
 
+def test_a_member_of_another_size_than_capture_c_reads_is_not_offered():
+    b = Blob()
+    u64 = b.int_("long unsigned int", 8)
+    b.struct("task_struct", 16, [("loginuid", u64, 0), ("sessionid", u64, 64)])
+    assert btf.kernel_offsets(btf.Btf(b.bytes())).login is None
+
+
+def test_a_bitfield_member_is_not_offered_even_at_a_whole_byte():
+    b = Blob()
+    u32 = b.int_("unsigned int", 4)
+    b.struct("task_struct", 8, [("loginuid", u32, 0, 20), ("sessionid", u32, 32)], kind_flag=True)
+    assert btf.kernel_offsets(btf.Btf(b.bytes())).login is None
+
+
 def test_an_unknown_kind_is_refused_rather_than_misread():
     b = Blob()
     b._add("future", 30, 0, 0)
