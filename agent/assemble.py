@@ -3,6 +3,8 @@
 The Assembler keeps the host's process table: which `start` each live pid has, and what
 each process inherited (login uid, audit session, effective uid, cwd, tty) - so a
 short-lived process that is gone before /proc can be read still gets the right facts.
+What the kernel's exec record says itself (login uid, session, pid namespace, when its BTF
+located them) wins over both.
 /proc and the name service are passed in, so tests drive it with fixtures.
 """
 
@@ -288,13 +290,21 @@ class Assembler:
             # follows the binary's setuid bit, as the kernel's exec did
             st.uid, st.gid = h.uid, h.gid
             st.euid, st.egid = self._setid_owner(rec.filename, h.uid, h.gid, h.ts_ns)
+        # the login uid, session and pid namespace the kernel gave at exec, when it could
+        # (agent/btf.py): exact even for a process gone before /proc is read
+        if rec.auid is not None:
+            st.auid, st.ses = rec.auid, rec.ses
+        if rec.pidns is not None:
+            st.pidns = rec.pidns
         if current:
-            auid, ses = self.procfs.login(h.pid)
-            if auid is not None:
-                st.auid, st.ses = auid, ses
-            pidns, container = self.procfs.namespace(h.pid)
-            st.pidns = pidns or st.pidns
-            st.container = container or st.container
+            if rec.auid is None:
+                auid, ses = self.procfs.login(h.pid)
+                if auid is not None:
+                    st.auid, st.ses = auid, ses
+            if rec.pidns is None or rec.pidns != self.procfs.own_pidns:     # a container's, maybe
+                pidns, container = self.procfs.namespace(h.pid)
+                st.pidns = rec.pidns or pidns or st.pidns
+                st.container = container or st.container
             st.cwd = self.procfs.cwd(h.pid) or st.cwd
             st.tty = self.procfs.tty(h.pid) or st.tty
         ev = self._ev("exec", h.ts_ns, pid=h.pid, start=st.start, argv=argv, exe=rec.filename, uid=st.uid,

@@ -1,18 +1,28 @@
-// whodid agent: what the kernel tells us, from tracepoints and BPF helpers only.
+// whodid agent: what the kernel tells us, from tracepoints and BPF helpers, and a few
+// task_struct fields at offsets the running kernel's BTF gives.
 //
-// No kernel struct is read here (no kprobes exist on our kernels, and the installed
-// headers need not match the running kernel): everything comes from tracepoint
-// arguments, which BCC reads from tracefs at load time, and from helpers. What the
-// helpers cannot give (effective uid, login uid, cwd, tty) the agent derives in user space.
+// No kprobes exist on our kernels, and the installed headers need not match the running
+// kernel, so no struct layout comes from a header: tracepoint arguments BCC reads from
+// tracefs at load time, helpers, and - when the kernel has BTF - the members agent/btf.py
+// finds there, passed in as numbers. What none of these give (effective uid, cwd, tty) the
+// agent derives in user space.
 //
 // Records go to one ring buffer, each starting with struct hdr; agent/decode.py mirrors
 // these layouts and is tested on bytes. The loader substitutes:
 //   RINGBUF_PAGES   ring buffer size in pages
 //   WATCH_PREFIXES  `|| ((w0 & mask) == value ...)`... for file changes worth recording
-// and the compiler flags say USE_PERFBUF (0: the BPF ring buffer; 1: perf buffers, for
-// kernels before 5.8) and PIDNS_FILTER (0, or 1 with PIDNS_DEV/PIDNS_INO: record only
-// processes of that pid namespace, under their pids there - one agent per container or
-// simulated host).
+// and the compiler flags say
+//   USE_PERFBUF     0: the BPF ring buffer; 1: perf buffers, for kernels before 5.8
+//   PIDNS_FILTER    0, or 1 with PIDNS_DEV/PIDNS_INO: record only processes of that pid
+//                   namespace and of the namespaces nested in it, under their pids there -
+//                   one agent per container or simulated host
+//   HAVE_LOGIN      1 with OFF_LOGINUID, OFF_SESSIONID: task_struct's audit login uid and
+//                   session id (CONFIG_AUDIT), read at exec
+//   HAVE_PIDS       1 with OFF_THREAD_PID, OFF_GROUP_LEADER (task_struct), OFF_PID_LEVEL,
+//                   OFF_PID_NUMBERS (struct pid), SIZEOF_UPID, OFF_UPID_NR, OFF_UPID_NS (struct
+//                   upid) and OFF_NS_INUM (pid_namespace.ns.inum): a task's pid as each pid
+//                   namespace sees it, and its own namespace
+// Without HAVE_PIDS, PIDNS_FILTER keeps only that exact namespace (bpf_get_ns_current_pid_tgid).
 
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -73,10 +83,17 @@ struct exec_args_event {
     char argv[ARGV_BUF];
 };
 
+#define KNOWN_LOGIN  1   // exec_event.auid and .ses were read from the task
+#define KNOWN_PIDNS  2   // exec_event.pidns was
+
 struct exec_event {
     struct hdr h;
     char comm[16];
     char filename[PATH_LEN];
+    u32 known;       // KNOWN_* bits: which of the next fields the kernel gave
+    u32 auid;        // audit login uid ((u32)-1: unset)
+    u32 ses;         // audit session id ((u32)-1: unset)
+    u32 pidns;       // inode of the pid namespace the task is in
 };
 
 struct exit_event {
@@ -134,13 +151,95 @@ BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
 
+// --- kernel structs, at the running kernel's offsets (see the header) ----------------------
+
+#if HAVE_LOGIN || HAVE_PIDS
+static __always_inline u64 kread64(u64 addr) {
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u32 kread32(u64 addr) {
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+#endif
+
+#if HAVE_PIDS
+#define MAX_PIDNS_LEVEL 32        // the kernel's MAX_PID_NS_LEVEL
+
+// struct upid at a level of a struct pid: {nr, ns}, the pid that level's namespace gives.
+static __always_inline u64 upid_at(u64 pid, u32 level) {
+    return pid + OFF_PID_NUMBERS + (u64)level * SIZEOF_UPID;
+}
+
+static __always_inline u32 ns_inum(u64 upid) {
+    return kread32(kread64(upid + OFF_UPID_NS) + OFF_NS_INUM);
+}
+
+// The inode of the pid namespace a task is in: its pid's innermost level.
+static __always_inline u32 task_pidns(u64 task) {
+    u64 pid = kread64(task + OFF_THREAD_PID);
+    if (!pid)
+        return 0;
+    return ns_inum(upid_at(pid, kread32(pid + OFF_PID_LEVEL)));
+}
+#endif
+
+#if PIDNS_FILTER && HAVE_PIDS
+// The agent's namespace sits at one level of every nested pid; found once, kept here.
+BPF_ARRAY(agent_level, u32, 1);
+
+// Is the current task in the agent's namespace or one nested in it? Then its pid and tid as
+// the agent's namespace sees them - the numbers the agent's /proc shows.
+static __always_inline int pid_in_agent_ns(u32 *tgid, u32 *tid) {
+    u64 task = bpf_get_current_task();
+    u64 pid = kread64(task + OFF_THREAD_PID);
+    if (!pid)
+        return 0;
+    u32 level = kread32(pid + OFF_PID_LEVEL);
+    u32 zero = 0;
+    u32 *cached = agent_level.lookup(&zero);
+    if (!cached)
+        return 0;
+    u32 at = *cached;
+    if (at == 0 || at > MAX_PIDNS_LEVEL + 1) {
+        // not known yet (stored plus one): look for the agent's namespace among the task's levels
+        at = 0;
+        for (u32 i = 0; i <= MAX_PIDNS_LEVEL; i++) {
+            if (i > level)
+                break;
+            if (ns_inum(upid_at(pid, i)) == PIDNS_INO) {
+                at = i + 1;
+                break;
+            }
+        }
+        if (!at)
+            return 0;                        // a process outside: the host's, or a sibling's
+        agent_level.update(&zero, &at);
+    }
+    u32 l = at - 1;
+    if (l > level || ns_inum(upid_at(pid, l)) != PIDNS_INO)
+        return 0;
+    *tid = kread32(upid_at(pid, l) + OFF_UPID_NR);
+    u64 leader_pid = kread64(kread64(task + OFF_GROUP_LEADER) + OFF_THREAD_PID);
+    *tgid = kread32(upid_at(leader_pid, l) + OFF_UPID_NR);
+    return 1;
+}
+#endif
+
 static __always_inline int fill_hdr(struct hdr *h, u32 type) {
     u64 id = bpf_get_current_pid_tgid();
     u64 ug = bpf_get_current_uid_gid();
     h->pid = id >> 32;
     h->tid = (u32)id;
     h->gpid = id >> 32;
-#if PIDNS_FILTER
+#if PIDNS_FILTER && HAVE_PIDS
+    if (!pid_in_agent_ns(&h->pid, &h->tid))
+        return 0;                                   // another namespace's process: not ours
+#elif PIDNS_FILTER
     struct bpf_pidns_info ns = {};
     if (bpf_get_ns_current_pid_tgid(PIDNS_DEV, PIDNS_INO, &ns, sizeof(ns)))
         return 0;                                   // another namespace's process: not ours
@@ -255,6 +354,20 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
         return 0;
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
     TP_DATA_LOC_READ_STR(&e.filename, filename, sizeof(e.filename));
+#if HAVE_LOGIN || HAVE_PIDS
+    u64 task = bpf_get_current_task();
+#endif
+#if HAVE_LOGIN
+    // read here, not from /proc later: a short-lived process is gone by then
+    e.auid = kread32(task + OFF_LOGINUID);
+    e.ses = kread32(task + OFF_SESSIONID);
+    e.known |= KNOWN_LOGIN;
+#endif
+#if HAVE_PIDS
+    e.pidns = task_pidns(task);
+    if (e.pidns)
+        e.known |= KNOWN_PIDNS;
+#endif
     emit(args, &e, sizeof(e));
     return 0;
 }

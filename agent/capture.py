@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import decode, ringbuf
+from . import btf, decode, ringbuf
 from .assemble import Assembler, kernel_prefixes
 from .bccload import load_bcc
 
@@ -78,8 +78,13 @@ def boot_epoch() -> float:
 
 
 class Capture:
+    """`offsets`: where the running kernel keeps what capture.c reads from task_struct (read from
+    its BTF when not given; btf.NONE reads nothing). `note`: one line for people when some of it
+    is missing, saying what the agent does instead; None when all is there."""
+
     def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024,
-                 pidns: tuple[int, int] | None = None, buffer: str = "auto"):
+                 pidns: tuple[int, int] | None = None, buffer: str = "auto",
+                 offsets: btf.KernelOffsets | None = None):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
@@ -90,10 +95,27 @@ class Capture:
                  f"-DPIDNS_FILTER={1 if pidns else 0}", f"-DUSE_PERFBUF={1 if self.perf else 0}"]
         if pidns:
             flags += [f"-DPIDNS_DEV={pidns[0]}ULL", f"-DPIDNS_INO={pidns[1]}ULL"]
+        self.note: str | None = None
+        if offsets is None:
+            offsets, self.note = btf.running_kernel()
+        text = program_text(watch, ringbuf_pages)
         try:
-            self.bpf = bcc.BPF(text=program_text(watch, ringbuf_pages), cflags=flags)
+            self.bpf = bcc.BPF(text=text, cflags=flags + offsets.cflags())
         except Exception as exc:            # BCC raises bare Exception for compile/attach failures
-            raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
+            if offsets == btf.NONE:
+                raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
+            # the struct reads need bpf_probe_read_kernel (5.5) and bounded loops (5.3): an older
+            # kernel with BTF still gets everything else
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            try:
+                self.bpf = bcc.BPF(text=text, cflags=flags + btf.NONE.cflags())
+            except Exception as exc2:
+                raise CaptureError(f"could not load the BPF program: {exc2}. Run `whodid-agent doctor`.") from None
+            offsets, self.note = btf.NONE, (
+                f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
+                "ses/auid and the pid namespace come only from /proc, and --pid-namespace self sees only its "
+                "own namespace")
+        self.offsets = offsets
         self.assembler = assembler
         self._records: list = []
         self._perf_lost = 0

@@ -24,6 +24,7 @@ import time
 import uuid
 from functools import lru_cache
 
+from . import btf
 from .assemble import Assembler
 from .bccload import BccMissing, load_bcc
 from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
@@ -347,6 +348,8 @@ def run(args) -> int:
         print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
               f"file changes under {', '.join(watch)}) into {where}"
               + (" through perf buffers" if cap.perf else ""), file=sys.stderr, flush=True)
+        if cap.note:
+            print(f"whodid-agent: {cap.note}", file=sys.stderr, flush=True)
     else:
         print(f"whodid-agent: capturing on {host} with the netlink process connector into {where}",
               file=sys.stderr, flush=True)
@@ -422,15 +425,16 @@ def doctor(_args) -> int:
                     if os.path.exists(f"{p}/events/sched/sched_process_exec")), None)
     checks.append(("tracepoints visible in tracefs", tracefs is not None,
                    "mount it: `mount -t tracefs nodev /sys/kernel/tracing`"))
-    checks.append(("kernel BTF (/sys/kernel/btf/vmlinux)", os.path.exists("/sys/kernel/btf/vmlinux"),
-                   "not required by whodid's tracepoint-only program; informational"))
+    _, btf_note = btf.running_kernel()
+    checks.append(("kernel BTF (/sys/kernel/btf/vmlinux)", btf_note is None,
+                   f"optional, but {btf_note}"))
     release = os.uname().release
     build = f"/lib/modules/{release}/build"
     checks.append((f"kernel headers at {build}", os.path.exists(f"{build}/include"),
                    "install linux-headers-$(uname -r); if no exact match exists, install your distribution's "
                    f"nearest (linux-headers-amd64) and link it: `ln -s /usr/src/linux-headers-*-amd64 {build}` and "
                    f"`ln -s /usr/src/linux-headers-*-common /lib/modules/{release}/source`. whodid reads only "
-                   "tracepoint arguments, so a close version gives correct data"))
+                   "no struct layout from them (offsets come from the kernel's BTF), so a close version gives correct data"))
     try:
         load_bcc()
         ok_bcc, fix_bcc = True, ""

@@ -23,6 +23,8 @@ AF_INET = 2
 HDR = struct.Struct("<QIIIIIIII")               # ts pid tid uid gid type aux gpid pad
 ARGS_HEAD = struct.Struct("<HBBI")              # argc truncated pad len
 EXEC_TAIL = struct.Struct("<16s256s")           # comm filename
+EXEC_FACTS = struct.Struct("<IIII")             # known auid ses pidns: what the kernel's task_struct said
+KNOWN_LOGIN, KNOWN_PIDNS = 1, 2
 EXIT_TAIL = struct.Struct("<iI")                # code has_code
 CRED_TAIL = struct.Struct("<IIII")              # call a b c
 SOCK_TAIL = struct.Struct("<HHHH16s16s")        # family lport rport pad laddr raddr
@@ -56,6 +58,11 @@ class Exec(NamedTuple):
     hdr: Hdr
     comm: str
     filename: str
+    # read from the task at exec when the kernel's BTF located them (agent/btf.py); None when
+    # not read, and then /proc or the parent says
+    auid: int | None = None
+    ses: int | None = None
+    pidns: int | None = None
 
 
 class Fork(NamedTuple):
@@ -128,7 +135,12 @@ def decode(raw: bytes) -> Record:
             return ExecArgs(hdr, argv, bool(truncated), truncated == TRUNC_FAULT)
         if t == EV_EXEC:
             comm, filename = EXEC_TAIL.unpack_from(raw, body)
-            return Exec(hdr, _cstr(comm), _cstr(filename))
+            if len(raw) < body + EXEC_TAIL.size + EXEC_FACTS.size:
+                return Exec(hdr, _cstr(comm), _cstr(filename))
+            known, auid, ses, pidns = EXEC_FACTS.unpack_from(raw, body + EXEC_TAIL.size)
+            login = known & KNOWN_LOGIN
+            return Exec(hdr, _cstr(comm), _cstr(filename), auid if login else None, ses if login else None,
+                        pidns if known & KNOWN_PIDNS else None)
         if t == EV_FORK:
             return Fork(hdr, hdr.aux)
         if t == EV_EXIT:

@@ -1,6 +1,6 @@
-"""What /proc says about a process: the facts BPF helpers cannot give without reading
-kernel structs (effective uid, login uid, audit session, cwd, tty) and the processes that
-were already running when the agent started. Every read may fail - the process may be
+"""What /proc says about a process: the facts the kernel's records do not carry (effective
+uid, cwd, tty; the login uid, audit session and pid namespace too where the kernel has no
+BTF - agent/btf.py) and the processes that were already running when the agent started. Every read may fail - the process may be
 gone - and then returns None; the caller falls back to what the process inherited.
 """
 

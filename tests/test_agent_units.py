@@ -513,3 +513,60 @@ def test_event_lines_keep_what_orjson_refuses():
     assert json.loads(event_line(ev)) == ev                # non-UTF-8 argument, huge integer
     assert json.loads(event_line({"name": "café"})) == {"name": "café"}
     assert b"\n" not in event_line({"argv": ["a\nb"]})
+
+
+# --- what the kernel says at exec (task_struct at BTF offsets: agent/btf.py) ---------------
+
+def exec_facts(known, auid=0, ses=0, pidns=0):
+    return d.EXEC_FACTS.pack(known, auid, ses, pidns)
+
+
+def test_decode_reads_the_login_and_namespace_the_kernel_gave_and_only_those():
+    rec = d.decode(exec_rec(10, "/usr/bin/ls") + exec_facts(d.KNOWN_LOGIN | d.KNOWN_PIDNS, 1000, 7, 4026532000))
+    assert (rec.auid, rec.ses, rec.pidns) == (1000, 7, 4026532000)
+    rec = d.decode(exec_rec(10, "/usr/bin/ls") + exec_facts(d.KNOWN_PIDNS, 1000, 7, 4026532000))
+    assert (rec.auid, rec.ses, rec.pidns) == (None, None, 4026532000)      # no BTF offsets for loginuid
+    rec = d.decode(exec_rec(10, "/usr/bin/ls") + exec_facts(0, 1000, 7, 4026532000))
+    assert (rec.auid, rec.ses, rec.pidns) == (None, None, None)
+
+
+def test_a_short_lived_process_keeps_the_session_the_kernel_gave_not_its_parents():
+    # the shell is in session 5; its child wrote a new login uid (pam_loginuid does this in
+    # su's or sshd's child), so the kernel gave it session 9 - and it is gone before /proc is read
+    asm = assembler([shell()])
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=200),
+                  exec_rec(200, "/usr/bin/ls", uid=1000, gid=1000) + exec_facts(d.KNOWN_LOGIN, 33, 9))
+    (exe,) = [e for e in events if e["kind"] == "exec"]
+    assert (exe["auid"], exe["ses"], exe["auser"]) == (33, 9, "www-data")
+
+
+def test_an_unset_login_uid_from_the_kernel_is_not_recorded():
+    asm = assembler([shell(auid=4294967295, ses=4294967295)])
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=200),
+                  exec_rec(200, "/usr/bin/ls") + exec_facts(d.KNOWN_LOGIN, 4294967295, 4294967295))
+    (exe,) = [e for e in events if e["kind"] == "exec"]
+    assert "auid" not in exe and "ses" not in exe
+
+
+def test_a_short_lived_process_in_a_nested_pid_namespace_keeps_its_own_namespace():
+    asm = assembler([shell()])
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=200),
+                  exec_rec(200, "/usr/bin/true") + exec_facts(d.KNOWN_PIDNS, pidns=4026532999))
+    (exe,) = [e for e in events if e["kind"] == "exec"]
+    assert exe["pidns"] == 4026532999           # the shell's (from /proc) is 4026531836
+
+
+def test_the_kernels_session_wins_over_proc_where_the_pid_may_be_another_process_by_now():
+    # pid 200 in /proc is by now another process with the same name, in bob's session 5: the
+    # image check (comm) cannot tell, but the exec record says what the kernel gave pid 200
+    impostor = ProcInfo(pid=200, ppid=1, start_ticks=900, argv=["ls"], exe="/usr/bin/ls", cwd="/tmp", uid=1000,
+                        euid=1000, gid=1000, egid=1000, auid=1000, ses=5, tty="pts/1", comm="ls")
+    asm = assembler([shell(), impostor])
+    asm.snapshot()
+    events = feed(asm, hdr(d.EV_FORK, 100, aux=200),
+                  exec_rec(200, "/usr/bin/ls", uid=1000, gid=1000) + exec_facts(d.KNOWN_LOGIN, 33, 9))
+    (exe,) = [e for e in events if e["kind"] == "exec"]
+    assert (exe["auid"], exe["ses"]) == (33, 9)
