@@ -25,20 +25,15 @@ def reused_pid_in_one_tick():
     return ev
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store._seen_forked joins a /proc-tick-named process to a seen fork of the same pid in that "
-    "tick without checking the evidence agrees: the snapshot names parent 301 (bob's shell) and "
-    "uid 1002, the seen fork has parent 201 (jim's shell) and uid 1001. With the seen process's "
-    "exit lost and its pid reused within the tick, bob's rm is traced to jim, with no warning"))
 def test_a_tick_named_process_whose_parent_and_uid_disagree_is_not_joined_to_the_seen_fork():
-    (tr,) = trace_one(reused_pid_in_one_tick(), "rm -rf")
+    # store._seen_forked once joined them by pid and tick alone: the snapshot names parent 301
+    # (bob's shell) and uid 1002, the seen fork parent 201 (jim's shell) and uid 1001
+    (tr,) = trace_one(reused_pid_in_one_tick(), "rm -rf /srv/data")
     assert tr.attributed.user != "jim"
+    assert tr.attributed.user == "bob"
+    assert [s.pid for s in tr.chain] == [300, 301, 700]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "same join as above, seen through search_commands' one match per process: jim's `rm -rf /tmp/build` "
-    "and bob's `rm` become execs of one process row, so a search matching both finds one "
-    "process and one person where there were two"))
 def test_two_peoples_commands_under_one_reused_pid_are_two_matches():
     traces = trace_one(reused_pid_in_one_tick(), "rm -rf")
     assert sorted(t.poi.command for t in traces) == ["rm -rf /srv/data", "rm -rf /tmp/build"]
