@@ -42,13 +42,10 @@ def test_two_peoples_commands_under_one_reused_pid_are_two_matches():
 AUDITED = Host("db-1", "10.0.2.40", boot="audit:db-1")     # agent/audit.py's boot: one per host, for ever
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the audit source stamps every event with boot 'audit:<host>', the same across reboots, "
-    "while the kernel restarts audit session ids at each boot: trace._session_login's 'same "
-    "boot' check then passes for a login from before a reboot. jim's ssh login as the shared "
-    "ec2-user (ses 7) is joined to a process of a later boot whose ses 7 is bob's console login "
-    "(audit.py skips console logins, so no later login with ses 7 is recorded). That login had also ended (its processes exited) long before: nothing checks it"))
 def test_an_audit_session_id_reused_after_a_reboot_is_not_joined_to_the_old_boots_login():
+    # the hand-made events share one boot, as audit.py's did across reboots (it now names each
+    # boot it sees begin apart: tests/test_audit.py); jim's login (ses 7) ended at 3000, long
+    # before the later session's processes began, so it cannot be theirs (trace._session_login)
     ev = ssh_session(AUDITED, 0, 200, "ec2-user", 1000, "203.0.113.7", 53122, JIM_FP, ses=7)
     ev += [AUDITED.exit(3000, 201), AUDITED.exit(3000.1, 200)]
     # reboot; bob logs in at the console (not recorded): his session is 7 again
@@ -59,3 +56,17 @@ def test_an_audit_session_id_reused_after_a_reboot_is_not_joined_to_the_old_boot
            AUDITED.exec(90_020.01, 620, ["rm", "-rf", "/srv/data"], uid=1000)]
     (tr,) = trace_one(ev, "rm -rf")
     assert tr.attributed.user != "jim"
+
+
+def test_a_session_whose_login_ended_after_its_process_began_is_still_joined():
+    # nohup'd work outlives jim's logout; the agent restarts after, so the chain breaks at it
+    ev = ssh_session(H, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP, ses=7)
+    ev += [H.fork(100, 600, 201), H.exit(3000, 201), H.exit(3000.1, 200),
+           # the restarted agent: 600 found running, adopted by init (no fork seen by it)
+           H.exec(100, 600, ["sh", "loop.sh"], uid=1001, auid=1001, ses=7, snapshot=True, start=10_000_000_000,
+                  ppid=1, pstart=0),
+           H.fork(5000, 620, 600, pstart=10_000_000_000),
+           H.exec(5000.01, 620, ["rm", "-rf", "/srv/data"], uid=1001, auid=1001, ses=7)]
+    (tr,) = trace_one(ev, "rm -rf")
+    assert tr.attributed.user == "jim"
+    assert tr.chain[0].login["ses"] == 7 and tr.chain[1].inferred

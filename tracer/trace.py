@@ -320,15 +320,22 @@ class Tracer:
         session, taken from the process nearest the break that has one (a restarted agent's
         first record of a process may lack it while its children carry it). The login must
         share the session's boot and loginuid and have begun before that process started:
-        never "who is logged in now"."""
+        never "who is logged in now". And it must not have ended (its process exited) before
+        the session's processes here began: a session id the kernel gave again - a source
+        that cannot tell boots apart, a counter that wrapped - names a login long over."""
         carrier, image = next(((q, im) for q, images in reversed(walked) for im in images
                                if im.ses not in (None, AUID_UNSET) and im.auid != AUID_UNSET),
                               (None, None))
         if carrier is None:
             return None
         began = carrier.fork_ts if carrier.fork_ts is not None else image.ts
+        # the walked processes descend from the one at the break: the earliest known start is
+        # when the session was, at the latest, running here
+        first = min((q.fork_ts if q.fork_ts is not None else images[0].ts for q, images in walked
+                     if q.fork_ts is not None or images), default=began)
         logins = [lg for lg in self.store.logins_by_session(p.boot, image.ses)
-                  if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)]
+                  if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)
+                  and not self._ended_before(lg, first)]
         if not logins:
             return None
         login = logins[-1]
@@ -348,6 +355,12 @@ class Tracer:
                         f"{login['user']}'s login by audit session {image.ses}{of}")
         rev.append(top)
         return login
+
+    def _ended_before(self, login: dict[str, Any], t: float) -> bool:
+        """Whether the login's process (sshd's, which lives as long as the connection) had
+        exited before t."""
+        ended = self.store.proc(login["proc"]).exit_ts
+        return ended is not None and ended < t
 
     def _same_account(self, carrier: Proc, auid: int | None, login: dict[str, Any]) -> bool:
         """The process's loginuid is the login's account (by uid when the login names one,
