@@ -178,3 +178,65 @@ def test_record_and_sockaddr_parsing():
     assert (r.node, r.type, r.ts, r.serial, r.fields["cwd"]) == ("a", "CWD", 1.5, 7, "/tmp/a b")
     assert sockaddr("0A000016000000000000000000000000000000000000000100000000") == ("::1", 22)
     assert sockaddr("0100") is None
+
+
+# --- reboots: the kernel numbers serials, pids and audit sessions anew at each boot -----------
+
+def jims_login(serial=80, t=None):
+    """The sshd login story above, from serial 80: jim (auid 1001, ses 7), shell pid 320."""
+    at = (lambda s: None) if t is None else (lambda s: t + (s - serial) / 10)
+    peer = "0200C6B5" + "0A4D0102" + "0" * 16
+    lines = [syscall(80, "accept4", 288, 300, 1, uid=0, auid=4294967295, ses=4294967295, exit=5, comm="sshd",
+                     exe="/usr/sbin/sshd", t=at(80)),
+             rec("SOCKADDR", 80, f"saddr={peer}", t=at(80))]
+    lines += fork(81, 300, 310, uid=0, auid=4294967295, ses=4294967295, t=at(81))
+    lines += [rec("LOGIN", 83, "pid=310 uid=0 old-auid=4294967295 auid=1001 tty=(none) old-ses=4294967295 ses=7 res=1", t=at(83)),
+              rec("USER_LOGIN", 85, "pid=310 uid=0 auid=1001 ses=7 msg='op=login id=1001 exe=\"/usr/sbin/sshd\" "
+                  "hostname=? addr=10.77.1.2 terminal=/dev/pts/1 res=success'", t=at(85), enriched='ID="jim"')]
+    lines += fork(86, 310, 320, uid=1001, auid=1001, ses=7, t=at(86))
+    lines += execve(87, 320, 310, ["-bash"], auid=1001, ses=7, t=at(87))
+    return lines
+
+
+def after_reboot(t):
+    """The next boot, 1000 s on: auditd starts, serials begin again; pid 320 is another
+    process (bob's, at the console: not a login audit.py records) whose session is 7 again."""
+    lines = [rec("DAEMON_START", 4000, "op=start ver=3.1 format=enriched kernel=6.1 auid=4294967295 pid=400 "
+                 "uid=0 ses=4294967295 res=success", t=t)]
+    lines += fork(5, 1, 320, uid=1002, auid=1002, ses=7, t=t + 1)
+    lines += execve(6, 320, 1, ["rm", "-rf", "/srv/data"], uid=1002, auid=1002, ses=7, t=t + 2)
+    return lines
+
+
+def test_a_reboot_in_the_log_begins_a_new_boot_and_forgets_the_process_table():
+    evs, report = events(jims_login() + after_reboot(T + 1000))
+    boots = {e["boot"] for e in evs if e.get("pid") == 320}
+    assert len(boots) == 2, boots
+    (rm,) = [e for e in evs if e["kind"] == "exec" and e["argv"][0] == "rm"]
+    (fork_,) = [e for e in evs if e["kind"] == "fork" and e["pid"] == 320 and e["boot"] == rm["boot"]]
+    assert fork_["start"] == rm["start"]             # the new 320, born in the new boot
+    # serials beginning again are not lost records: the only gaps are the story's own (82, 84)
+    assert [g[1:3] for g in report.gaps] == [(81, 1), (83, 1)]
+
+
+def test_a_reused_pid_and_session_after_a_reboot_is_not_traced_to_the_old_boots_login():
+    evs, _ = events(jims_login() + after_reboot(T + 1000))
+    (tr,) = Tracer(store_with(evs)).find(Query(pattern="rm -rf", limit=1))
+    assert tr.attributed.user != "jim"
+    assert not any(s.login for s in tr.chain)
+
+
+def test_a_record_written_late_within_one_boot_is_not_a_reboot():
+    # a syscall that blocked (a connect) is stamped at its start and logged at its end: a
+    # lower serial and an earlier time than the records before it
+    lines = execve(500, 700, 1, ["a"], t=T + 50) + execve(420, 701, 1, ["b"], t=T + 42)
+    evs, _ = events(lines)
+    assert len({e["boot"] for e in evs}) == 1
+
+
+def test_the_live_tail_names_its_boot_by_the_kernels_boot_id():
+    from whodid.agent.audit import AuditAssembler
+    asm = AuditAssembler("web-1", boot="0f6c3b1e-boot")
+    (ev,) = [e for g in [execve(10, 700, 1, ["a"])] for e in asm.feed([parse_record(line) for line in g])
+             if e["kind"] == "exec"]
+    assert ev["boot"] == "audit:web-1:0f6c3b1e-boot"
