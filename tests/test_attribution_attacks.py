@@ -70,3 +70,40 @@ def test_a_session_whose_login_ended_after_its_process_began_is_still_joined():
     (tr,) = trace_one(ev, "rm -rf")
     assert tr.attributed.user == "jim"
     assert tr.chain[0].login["ses"] == 7 and tr.chain[1].inferred
+
+
+def reused_client_port():
+    """jim sshes from the jump box to config-server as ec2-user from port 40001, and leaves.
+    Six minutes later bob's ssh client gets port 40001 again (the kernel reuses ephemeral
+    ports) and logs in as ec2-user with a password; bob's connect was not recorded (the
+    jump box's agent was down). bob then deletes the cluster."""
+    from test_trace import CONFIG, JUMP
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += ssh_session(JUMP, 10, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
+    ev += [JUMP.fork(1000, 210, 201), JUMP.exec(1000.01, 210, ["ssh", "ec2-user@config-server"], uid=1001, auid=1001),
+           JUMP.connect(1000.05, 210, CONFIG.addr, 22, lport=40001), JUMP.exit(1100, 210)]
+    ev += ssh_session(CONFIG, 1000.5, 400, "ec2-user", 1000, JUMP.addr, 40001, JIM_FP, ses=7)
+    ev += [CONFIG.exit(1099, 401), CONFIG.exit(1099.5, 400)]
+    ev += ssh_session(CONFIG, 1360.5, 500, "ec2-user", 1000, JUMP.addr, 40001, None, ses=8)
+    ev += [CONFIG.fork(1400, 520, 501),
+           CONFIG.exec(1400.01, 520, ["aws", "eks", "delete-cluster", "--name", "prod"], uid=1000, auid=1000, ses=8)]
+    return ev
+
+
+def test_a_client_port_reused_after_another_login_is_not_that_logins_connection():
+    # trace._hop took jim's connect, the same 4-tuple six minutes earlier, as bob's login's
+    # client - "seen on both hosts", not even inferred - and named jim for bob's delete
+    (tr,) = trace_one(reused_client_port(), "delete-cluster")
+    assert tr.attributed.user != "jim"
+    assert not any(s.host == "jump-box" for s in tr.chain)
+    assert any("no matching ssh connection was recorded there" in n for n in tr.notes)
+
+
+def test_a_reused_client_port_still_finds_the_logins_own_connection_when_it_was_recorded():
+    from test_trace import CONFIG, JUMP
+    ev = reused_client_port()
+    ev += [JUMP.fork(1360, 310, 301), JUMP.exec(1360.01, 310, ["ssh", "ec2-user@config-server"], uid=1002, auid=1002),
+           JUMP.connect(1360.05, 310, CONFIG.addr, 22, lport=40001)]
+    (tr,) = trace_one(ev, "delete-cluster")
+    assert tr.attributed.user == "bob"
+    assert not any(s.inferred for s in tr.chain)

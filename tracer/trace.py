@@ -389,7 +389,12 @@ class Tracer:
         here = self._offset(self.store.proc(login["proc"]).host)
         spread = self._spread()
         t0, t1 = login["ts"] - s.hop_window - spread, login["ts"] + s.clock_skew + spread
-        exact = [self._candidate(c, here) for c in self.store.connects_from(login["raddr"], login["rport"], t0, t1)]
+        # a connect that another login from the same client address and port followed is that
+        # login's: the kernel reuses ephemeral ports, and this login's own connect may be lost.
+        # (Clocks may differ by the skew: a port reused that soon leaves the hop unfound.)
+        exact = [c for c in (self._candidate(c, here) for c in self.store.connects_from(
+            login["raddr"], login["rport"], t0, t1))
+            if not self.store.login_from(login["raddr"], login["rport"], c.ts - s.clock_skew, login["ts"] - 1e-6)]
         by_address: list[HopCandidate] = []
         hosts = [] if exact else self.store.hosts_with_addr(login["raddr"])
         if hosts and login.get("laddr"):
