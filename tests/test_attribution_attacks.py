@@ -107,3 +107,37 @@ def test_a_reused_client_port_still_finds_the_logins_own_connection_when_it_was_
     (tr,) = trace_one(ev, "delete-cluster")
     assert tr.attributed.user == "bob"
     assert not any(s.inferred for s in tr.chain)
+
+
+def client_gone_before_login(lport=40001, exits=True):
+    """jim's ssh to config-server (port `lport`) never logs in - a wrong password - and exits
+    at once, if `exits`. Later someone logs in as ec2-user from the jump box's address, port
+    40001, by a connection the jump box's agent did not record (the agent down, or a socket
+    in a namespace it cannot see), and deletes the cluster."""
+    from test_trace import CONFIG, JUMP
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += [JUMP.fork(1000, 210, 201), JUMP.exec(1000.01, 210, ["ssh", "ec2-user@config-server"], uid=1001, auid=1001),
+           JUMP.connect(1000.05, 210, CONFIG.addr, 22, lport=lport)]
+    if exits:
+        ev.append(JUMP.exit(1003, 210, code=255))
+    ev += ssh_session(CONFIG, 1300.5, 500, "ec2-user", 1000, JUMP.addr, 40001, None, ses=8)
+    ev += [CONFIG.fork(1400, 520, 501),
+           CONFIG.exec(1400.01, 520, ["aws", "eks", "delete-cluster", "--name", "prod"], uid=1000, auid=1000, ses=8)]
+    return ev
+
+
+def test_a_connect_whose_client_exited_before_the_login_is_not_its_client():
+    # the same 4-tuple, so trace._hop took jim's failed attempt as the login's own connection,
+    # "seen on both hosts": but an ssh client holds its connection for the whole session
+    (tr,) = trace_one(client_gone_before_login(), "delete-cluster")
+    assert tr.attributed.user != "jim"
+    assert not any(s.host == "jump-box" for s in tr.chain)
+
+
+def test_a_connect_from_the_same_address_by_another_port_is_not_the_logins_client():
+    # jim's ssh waits at its password prompt (alive), from port 40005: the jump box owns the
+    # login's address, so no translation came between, and a port seen on both ends that
+    # differs is another connection - not "the source port was not recorded there"
+    (tr,) = trace_one(client_gone_before_login(lport=40005, exits=False), "delete-cluster")
+    assert tr.attributed.user != "jim"
+    assert not any(s.host == "jump-box" for s in tr.chain)

@@ -389,25 +389,41 @@ class Tracer:
         here = self._offset(self.store.proc(login["proc"]).host)
         spread = self._spread()
         t0, t1 = login["ts"] - s.hop_window - spread, login["ts"] + s.clock_skew + spread
-        # a connect that another login from the same client address and port followed is that
-        # login's: the kernel reuses ephemeral ports, and this login's own connect may be lost.
-        # (Clocks may differ by the skew: a port reused that soon leaves the hop unfound.)
         exact = [c for c in (self._candidate(c, here) for c in self.store.connects_from(
-            login["raddr"], login["rport"], t0, t1))
-            if not self.store.login_from(login["raddr"], login["rport"], c.ts - s.clock_skew, login["ts"] - 1e-6)]
+            login["raddr"], login["rport"], t0, t1)) if self._may_be_client(c, login, exact=True)]
         by_address: list[HopCandidate] = []
         hosts = [] if exact else self.store.hosts_with_addr(login["raddr"])
         if hosts and login.get("laddr"):
-            # a connect that is exactly another login's client is that login's, not a guess for this one
             by_address = [c for c in (self._candidate(c, here) for c in self.store.connects_to(
                 login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts
-                and not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window)]
+                and self._may_be_client(c, login, exact=False)]
         hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
         if hit is None and hosts:
             names = ", ".join(sorted(self.store.host_names(hosts)))
             note = (f"the login as {login['user']} came from {login['raddr']}, an address of {names}, but no "
                     "matching ssh connection was recorded there: the chain may go on from that host")
         return hit, inferred, note
+
+    def _may_be_client(self, c: HopCandidate, login: dict[str, Any], exact: bool) -> bool:
+        """Whether connect c may be the client side of this login, by what is known of both:
+        - its client process had not exited before the login (an ssh client holds its
+          connection for the whole session; `ssh -f` backgrounds only after logging in);
+        - no other login from its client address and port came after it: the kernel reuses
+          ephemeral ports, and this login's own connect may be lost (clocks may differ by the
+          skew, so a port reused that soon leaves the hop unfound, never wrong);
+        - by address only: its local port, when recorded at the login's own client address
+          (nothing translated between), is the login's client port - else it is another
+          connection, not "a port not recorded"."""
+        s = self.settings
+        ended = self.store.proc(c.proc).exit_ts
+        if ended is not None and ended + c.shift < login["ts"] - s.clock_skew:
+            return False
+        if exact:
+            return not self.store.login_from(login["raddr"], login["rport"], c.ts - s.clock_skew, login["ts"] - 1e-6)
+        if c.laddr == login["raddr"] and c.lport and c.lport != login["rport"]:
+            return False
+        # a connect that is exactly another login's client is that login's, not a guess for this one
+        return not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window)
 
     def _candidate(self, conn: dict[str, Any], here: float = 0.0) -> HopCandidate:
         proc = self.store.proc(conn["proc"])
