@@ -383,11 +383,16 @@ class AuditAssembler:
     def _touch(self, host: str, pid: int, sc: Record) -> list[dict[str, Any]]:
         """Make sure pid is in the table; its fork event when a clone was seen for it."""
         key = (host, pid)
-        if key in self.procs:
-            return []
-        out = []
         born = self.children.get(key)
         ppid_seen = _int(sc.fields.get("ppid"))
+        known = self.procs.get(key)
+        if known is not None:
+            # a clone by this record's parent made this pid after the process we know began:
+            # that one exited unrecorded (a lost record), and the pid is a new process's
+            if born is None or born[0] != ppid_seen or born[2] * 1000 <= known.start:
+                return []
+            del self.procs[key]
+        out = []
         if born is None or born[0] != ppid_seen:
             queue = self.clones.get((host, ppid_seen))
             born = queue[0] if queue else None

@@ -240,3 +240,17 @@ def test_the_live_tail_names_its_boot_by_the_kernels_boot_id():
     (ev,) = [e for g in [execve(10, 700, 1, ["a"])] for e in asm.feed([parse_record(line) for line in g])
              if e["kind"] == "exec"]
     assert ev["boot"] == "audit:web-1:0f6c3b1e-boot"
+
+
+def test_a_pid_reused_after_its_exit_record_was_lost_is_a_new_process():
+    # jim's shell (100) runs 900; its exit_group record is lost (a gap); bob's shell (200)
+    # clones 900 again. The clone says 900 is new: it must not continue jim's process
+    lines = (execve(50, 100, 1, ["bash"], auid=1001) + execve(51, 200, 1, ["bash"], uid=1002, auid=1002)
+             + fork(60, 100, 900) + execve(61, 900, 100, ["sleep", "1"])
+             # serial 62, 900's exit_group, lost
+             + fork(63, 200, 900, uid=1002, auid=1002) + execve(64, 900, 200, ["rm", "-rf", "/srv"], uid=1002, auid=1002))
+    evs, report = events(lines)
+    starts = {e["argv"][0]: e["start"] for e in evs if e["kind"] == "exec" and e["pid"] == 900}
+    assert starts["sleep"] != starts["rm"]
+    (tr,) = Tracer(store_with(evs)).find(Query(pattern="rm -rf", limit=1))
+    assert [s.pid for s in tr.chain][-2:] == [200, 900]
