@@ -141,3 +141,34 @@ def test_a_connect_from_the_same_address_by_another_port_is_not_the_logins_clien
     (tr,) = trace_one(client_gone_before_login(lport=40005, exits=False), "delete-cluster")
     assert tr.attributed.user != "jim"
     assert not any(s.host == "jump-box" for s in tr.chain)
+
+
+def two_clients_known_by_address():
+    """The jump box's connects are known by address only (its events come from audit, which
+    does not record a connect's local port): jim's ssh at 1000, bob's at 1020, each followed
+    by its login on config-server half a second later, as ec2-user without a known key."""
+    from kit import T0
+    from test_trace import CONFIG, JUMP
+    ev = [{"v": 1, "kind": "host", "host": JUMP.name, "boot": JUMP.boot, "ts": T0, "addrs": [JUMP.addr]}]
+    ev += ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += ssh_session(JUMP, 10, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
+    for at, client, shell, uid in ((1000, 210, 201, 1001), (1020, 310, 301, 1002)):
+        ev += [JUMP.fork(at - 0.1, client, shell),
+               JUMP.exec(at - 0.09, client, ["ssh", "ec2-user@config-server"], uid=uid, auid=uid),
+               JUMP.connect(at, client, CONFIG.addr, 22, lport=0, laddr="0.0.0.0")]
+    ev += ssh_session(CONFIG, 1000.5, 400, "ec2-user", 1000, JUMP.addr, 50001, None, ses=7)
+    ev += ssh_session(CONFIG, 1020.5, 500, "ec2-user", 1000, JUMP.addr, 50002, None, ses=8)
+    ev += [CONFIG.fork(1100, 420, 401),
+           CONFIG.exec(1100.01, 420, ["aws", "eks", "delete-cluster"], uid=1000, auid=1000, ses=7),
+           CONFIG.fork(1100, 520, 501),
+           CONFIG.exec(1100.01, 520, ["aws", "eks", "describe-cluster"], uid=1000, auid=1000, ses=8)]
+    return ev
+
+
+def test_a_login_known_by_address_takes_the_connect_before_it_not_a_later_one_within_the_skew():
+    # stitch.pick_hop took the latest connect up to clock_skew (2 min) after the login: bob's,
+    # 19.5 s after jim's login, so jim's delete was bob's (inferred)
+    (tr,) = trace_one(two_clients_known_by_address(), "delete-cluster")
+    assert tr.attributed.user == "jim"
+    (tr,) = trace_one(two_clients_known_by_address(), "describe-cluster")
+    assert tr.attributed.user == "bob"
