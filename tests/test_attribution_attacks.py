@@ -172,3 +172,28 @@ def test_a_login_known_by_address_takes_the_connect_before_it_not_a_later_one_wi
     assert tr.attributed.user == "jim"
     (tr,) = trace_one(two_clients_known_by_address(), "describe-cluster")
     assert tr.attributed.user == "bob"
+
+
+def test_a_session_id_of_another_boot_is_never_joined():
+    # the agent names each boot by the kernel's boot id; session ids begin again at each boot
+    later = Host("web-1", "10.0.2.30", boot="boot-2")
+    ev = ssh_session(H, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP, ses=7)
+    ev += [later.exec(500, 600, ["bash"], uid=1001, snapshot=True),
+           later.fork(510, 610, 600), later.exec(510.01, 610, ["rm", "-rf", "/srv/data"], uid=1001, auid=1001, ses=7)]
+    (tr,) = trace_one(ev, "rm -rf")
+    assert not any(s.login for s in tr.chain)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a loginuid is evidence of an account, not of a login: root may write any uid to "
+    "/proc/PID/loginuid (CAP_AUDIT_CONTROL, unless the kernel's loginuid_immutable is set) and "
+    "gets a new session id with it, so no login joins - and stitch.attribute then names the "
+    "loginuid's account (jim) as the person, 'no login: the chain starts at the service'. "
+    "Rule 3's 'person unknown' with candidates (h17-a1) is the fix; a candidate's evidence must "
+    "say the loginuid alone does not show a login"))
+def test_a_loginuid_written_by_root_with_no_login_does_not_name_its_account_as_the_person():
+    ev = [H.exec(0, 1, ["/sbin/init"], snapshot=True),
+          H.fork(100, 600, 1), H.exec(100.01, 600, ["sh", "job.sh"], uid=0, auid=1001, ses=99),
+          H.fork(100.02, 610, 600), H.exec(100.03, 610, ["rm", "-rf", "/srv/data"], uid=0, auid=1001, ses=99)]
+    (tr,) = trace_one(ev, "rm -rf /srv")
+    assert tr.attributed.user != "jim"
