@@ -343,8 +343,13 @@ class AuditAssembler:
             if ok and child and child > 0:
                 flags = _int(f.get("a0"), 16) if name == "clone" else 0
                 if not (flags or 0) & CLONE_THREAD:
+                    # a listener's child serves what it accepted: sshd forks it right after its
+                    # accept, so the newest; an older one left means the clone that served it
+                    # was lost, and taking it would give this child another's client
                     peers = self.accepts.get((host, pid))
-                    conn = peers.popleft() if peers else None     # a listener's child serves what it accepted
+                    conn = peers.pop() if peers else None
+                    if peers:
+                        peers.clear()
                     # the child's pid as the parent saw it; inside a pid namespace that is not the pid
                     # audit will log for the child, so it is also found by its parent and order
                     entry = [pid, proc.start, sc.ts, conn, child]

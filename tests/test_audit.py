@@ -254,3 +254,21 @@ def test_a_pid_reused_after_its_exit_record_was_lost_is_a_new_process():
     assert starts["sleep"] != starts["rm"]
     (tr,) = Tracer(store_with(evs)).find(Query(pattern="rm -rf", limit=1))
     assert [s.pid for s in tr.chain][-2:] == [200, 900]
+
+
+def test_an_sshd_child_whose_listeners_earlier_clone_was_lost_takes_its_own_accept():
+    # sshd accepts a connection and forks its child at once. jim's accept is recorded but the
+    # clone that served it is lost (a gap); bob's accept and clone follow. bob's login must
+    # carry bob's client port, not jim's (both come through one jump box's address)
+    def accept(serial, port):
+        peer = "0200" + f"{port:04X}" + "0A4D0102" + "0" * 16
+        return [syscall(serial, "accept4", 288, 300, 1, uid=0, auid=4294967295, ses=4294967295, exit=5, comm="sshd",
+                        exe="/usr/sbin/sshd"), rec("SOCKADDR", serial, f"saddr={peer}")]
+    lines = accept(80, 50869)                                            # jim's; its clone (81) is lost
+    lines += accept(82, 50870) + fork(83, 300, 310, uid=0, auid=4294967295, ses=4294967295)
+    lines += execve(84, 310, 300, ["sshd: bob [priv]"], uid=0, auid=4294967295, ses=4294967295)
+    lines += [rec("USER_LOGIN", 85, "pid=310 uid=0 auid=1002 ses=9 msg='op=login id=1002 exe=\"/usr/sbin/sshd\" "
+                  "hostname=? addr=10.77.1.2 terminal=/dev/pts/2 res=success'", enriched='ID="bob"')]
+    evs, _ = events(lines)
+    (login,) = [e for e in evs if e["kind"] == "login"]
+    assert (login["user"], login["rport"]) == ("bob", 50870)
