@@ -294,8 +294,18 @@ def test_a_tick_named_process_whose_word_disagrees_is_its_own_process(found, why
 def test_a_process_adopted_by_init_after_its_parent_exited_is_still_joined():
     # nohup'd: its shell exited while the agent was down, so /proc names init as its parent
     first, restart = _seen_then_found(ppid=1, pstart=0)
-    store = store_with(first + restart)
+    store = store_with(first)
+    ingest(store, restart)                  # the restarted agent's batch: 400 is not in it
     assert len(_procs_of(store, 500)) == 1
+
+
+def test_a_process_claiming_init_as_parent_while_the_seen_parent_is_found_running_is_its_own():
+    # 400 is alive (the restarted agent found it), so its child was never orphaned to init
+    first, restart = _seen_then_found(ppid=1, pstart=0)
+    alive = H.exec(0, 400, ["bash"], snapshot=True, start=4_000_000_000, uid=1001, auid=1001, ses=7)
+    store = store_with(first)
+    ingest(store, [alive] + restart)
+    assert len(_procs_of(store, 500)) == 2
 
 
 def test_the_word_is_weighed_when_a_child_names_the_process_before_its_own_exec_comes(tmp_path):

@@ -480,9 +480,9 @@ class Store:
         said = self._found_running.get((boot, pid, tick_start))
         if said is None:
             return row[0], False
-        return (row[0] if self._same_process(row[0], said) else None), True
+        return (row[0] if self._same_process(boot, row[0], said) else None), True
 
-    def _same_process(self, proc: int, said: dict[str, Any]) -> bool:
+    def _same_process(self, boot: int, proc: int, said: dict[str, Any]) -> bool:
         """Whether what a restarted agent says of a process it found running (`said`, its exec)
         fits the seen process `proc`: its parent is the seen parent, or - the seen parent having
         exited since - a reaper that adopted it (init, or an ancestor: a subreaper); its uid,
@@ -490,7 +490,8 @@ class Store:
         parent's at the fork). What either side does not know cannot disagree."""
         c = self.db.conn
         parent, fork_ts = c.execute("SELECT parent, fork_ts FROM procs WHERE id = ?", [proc]).fetchone()
-        if "ppid" in said and "pstart" in said and not self._adopted_by(parent, said["ppid"], said["pstart"]):
+        if "ppid" in said and "pstart" in said and \
+                not self._adopted_by(boot, parent, said["ppid"], said["pstart"]):
             return False
         known = self._ids_of(proc, None)
         if not known and parent is not None:
@@ -503,15 +504,26 @@ class Store:
                 return False
         return True
 
-    def _adopted_by(self, parent: int | None, ppid: int, pstart: int) -> bool:
-        """Whether /proc's parent (ppid, pstart) is the seen parent, or init or one of its
-        ancestors (the reaper that adopts an orphan). A start /proc gave is a tick at or before
-        the one the seen fork gives."""
+    def _adopted_by(self, boot: int, parent: int | None, ppid: int, pstart: int) -> bool:
+        """Whether /proc's parent (ppid, pstart) is the seen parent, or - the seen parent gone:
+        the restarted agent did not find it running - init or one of its ancestors (the reaper
+        that adopts an orphan). A start /proc gave is a tick at or before the one the seen
+        fork gives."""
         def same(pid: int, start: int) -> bool:
             return pid == ppid and (start == pstart or (pstart % TICK_NS == 0 and pstart <= start < pstart + 2 * TICK_NS))
-        if ppid == 1 and parent is not None:
+        row = self.db.conn.execute("SELECT pid, start, parent FROM procs WHERE id = ?", [parent]).fetchone() \
+            if parent is not None else None
+        if row is None:
+            return False
+        if same(row[0], row[1]):
+            return True
+        tick = row[1] - row[1] % TICK_NS
+        if any((boot, row[0], t) in self._found_running for t in (tick, tick - TICK_NS)):
+            return False                        # the seen parent lives: its child was not orphaned
+        if ppid == 1:
             return True
         seen: set[int] = set()
+        parent = row[2]
         while parent is not None and parent not in seen and len(seen) < 64:
             seen.add(parent)
             row = self.db.conn.execute("SELECT pid, start, parent FROM procs WHERE id = ?", [parent]).fetchone()
