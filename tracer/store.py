@@ -484,8 +484,8 @@ class Store:
 
     def _same_process(self, boot: int, proc: int, said: dict[str, Any]) -> bool:
         """Whether what a restarted agent says of a process it found running (`said`, its exec)
-        fits the seen process `proc`: its parent is the seen parent, or - the seen parent having
-        exited since - a reaper that adopted it (init, or an ancestor: a subreaper); its uid,
+        fits the seen process `proc`: its parent is the seen parent, or a reaper that adopted
+        it (_adopted_by: init, or an ancestor - a subreaper); its uid,
         login uid and audit session are the seen process's last known ones (its own, else its
         parent's at the fork). What either side does not know cannot disagree."""
         c = self.db.conn
