@@ -219,6 +219,7 @@ class AuditAssembler:
         self.default_host = host
         self.boot_id = boot                 # the kernel's, when the log is read live on its host
         self.boots: dict[str, str] = {}     # host -> the boot its records now belong to
+        self.latest_ts: dict[str, float] = {}                                # host -> latest record time
         self.report = report or ImportReport()
         self.procs: dict[tuple[str, int], Proc] = {}
         self.children: dict[tuple[str, int], list] = {}      # child pid -> [parent, pstart, ts, conn, child]
@@ -241,6 +242,7 @@ class AuditAssembler:
             if self._rebooted(host, first):
                 self._new_boot(host, first.ts)
             self._serial(host, first)
+            self.latest_ts[host] = max(first.ts, self.latest_ts.get(host, first.ts))
         # audit stamps to the millisecond; a shell's exec of sudo often shares its millisecond with
         # the shell's own exec, and the store keys an exec by (process, time). Events within one
         # millisecond get microsecond steps, in serial order, the same on every import.
@@ -267,12 +269,16 @@ class AuditAssembler:
         return name
 
     def _rebooted(self, host: str, rec: Record) -> bool:
-        """Whether rec is of a later boot than the records before it: its serial is lower than
-        the highest seen, and its time later - or its serial far lower (a clock set back at
-        boot). Within one boot a lower serial comes only from a syscall that blocked (stamped
-        when it began, logged when it ended), so with an earlier time."""
+        """Whether rec is of a later boot than the records before it: its serial is far lower
+        than the highest seen (as Grouper judges), or lower and one of a boot's first (a new
+        boot's serials begin at 1; the boot before may have logged few) and later than every
+        record seen. Within one boot a serial comes out of order only by a few - two CPUs
+        logging at once - and a record's time is when its syscall began, which may be long
+        before it is logged (an accept that waited), so time alone proves nothing."""
         last = self.serials.get(host)
-        return last is not None and rec.serial < last[0] and (rec.ts > last[1] or rec.serial + 100_000 < last[0])
+        if last is None or rec.serial >= last[0]:
+            return False
+        return rec.serial + 1000 < last[0] or (rec.serial < 1000 and rec.ts > self.latest_ts.get(host, rec.ts))
 
     def _new_boot(self, host: str, ts: float) -> None:
         """A new boot begins at ts: the kernel numbers pids and audit sessions anew, so the

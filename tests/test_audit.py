@@ -234,6 +234,16 @@ def test_a_record_written_late_within_one_boot_is_not_a_reboot():
     assert len({e["boot"] for e in evs}) == 1
 
 
+def test_two_records_logged_out_of_order_on_a_quiet_host_are_not_a_reboot():
+    # serial 100501 is an accept that waited ten minutes (stamped when it began); 100500, a
+    # syscall of now, was logged just after it by another CPU
+    lines = (execve(100_400, 700, 1, ["a"], t=T) + [rec("EOE", 100_400, "", t=T)]
+             + [syscall(100_501, "accept4", 288, 300, 1, t=T + 1), rec("EOE", 100_501, "", t=T + 1)]
+             + execve(100_500, 701, 1, ["b"], t=T + 600) + [rec("EOE", 100_500, "", t=T + 600)])
+    evs, _ = events(lines)
+    assert len({e["boot"] for e in evs}) == 1
+
+
 def test_the_live_tail_names_its_boot_by_the_kernels_boot_id():
     from whodid.agent.audit import AuditAssembler
     asm = AuditAssembler("web-1", boot="0f6c3b1e-boot")
