@@ -10,7 +10,12 @@ Three pure stages, each testable with fixtures:
 
 Audit identifies a process by pid alone; `start` is the time (ms) of the clone that created
 it, or 0 for a process already running when the log begins, so pid reuse within a log
-makes two processes. Audit does not record a connection's local port, so ssh hops from
+makes two processes. Audit has no boot id, and the kernel numbers serials, pids and audit
+sessions anew at each boot: a reboot in the log (serials beginning again at a later time)
+begins a new boot, named `audit:<host>@<its first record's time>`, with a new process table,
+so a pid or session id of one boot never names another's process or login. The boot a log
+begins in is `audit:<host>`; the live tail, which reads only what is written while it runs,
+names it by the kernel's boot id, `audit:<host>:<boot id>`. Audit does not record a connection's local port, so ssh hops from
 audit logs are joined by address and time (marked inferred); sshd's login is tied to the
 connection its listener accepted, as the BPF agent does.
 """
@@ -23,7 +28,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from whodid.tracer.events import fit_argv
+from whodid.tracer.events import AUDIT_BOOT_PREFIX, fit_argv
 
 AUID_UNSET = 4294967295
 LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\):\s?(?P<body>.*)$")
@@ -210,8 +215,11 @@ class ImportReport:
 
 
 class AuditAssembler:
-    def __init__(self, host: str, report: ImportReport | None = None):
+    def __init__(self, host: str, report: ImportReport | None = None, boot: str | None = None):
         self.default_host = host
+        self.boot_id = boot                 # the kernel's, when the log is read live on its host
+        self.boots: dict[str, str] = {}     # host -> the boot its records now belong to
+        self.latest_ts: dict[str, float] = {}                                # host -> latest record time
         self.report = report or ImportReport()
         self.procs: dict[tuple[str, int], Proc] = {}
         self.children: dict[tuple[str, int], list] = {}      # child pid -> [parent, pstart, ts, conn, child]
@@ -231,7 +239,10 @@ class AuditAssembler:
         first = group[0]
         host = self.host(first)
         if not first.type.startswith("DAEMON_"):          # auditd numbers its own records apart
+            if self._rebooted(host, first):
+                self._new_boot(host, first.ts)
             self._serial(host, first)
+            self.latest_ts[host] = max(first.ts, self.latest_ts.get(host, first.ts))
         # audit stamps to the millisecond; a shell's exec of sudo often shares its millisecond with
         # the shell's own exec, and the store keys an exec by (process, time). Events within one
         # millisecond get microsecond steps, in serial order, the same on every import.
@@ -249,6 +260,35 @@ class AuditAssembler:
         if first.type in USER_TYPES:
             return self._user(host, first)
         return []
+
+    def boot(self, host: str) -> str:
+        name = self.boots.get(host)
+        if name is None:
+            name = self.boots[host] = (f"{AUDIT_BOOT_PREFIX}{host}:{self.boot_id}" if self.boot_id
+                                       else f"{AUDIT_BOOT_PREFIX}{host}")
+        return name
+
+    def _rebooted(self, host: str, rec: Record) -> bool:
+        """Whether rec is of a later boot than the records before it: its serial is far lower
+        than the highest seen (as Grouper judges), or lower and one of a boot's first (a new
+        boot's serials begin at 1; the boot before may have logged few) and later than every
+        record seen. Within one boot a serial comes out of order only by a few - two CPUs
+        logging at once - and a record's time is when its syscall began, which may be long
+        before it is logged (an accept that waited), so time alone proves nothing."""
+        last = self.serials.get(host)
+        if last is None or rec.serial >= last[0]:
+            return False
+        return rec.serial + 1000 < last[0] or (rec.serial < 1000 and rec.ts > self.latest_ts.get(host, rec.ts))
+
+    def _new_boot(self, host: str, ts: float) -> None:
+        """A new boot begins at ts: the kernel numbers pids and audit sessions anew, so the
+        process table and what hangs on it are the old boot's and are forgotten."""
+        self.boots[host] = f"{AUDIT_BOOT_PREFIX}{host}@{ts:.3f}"
+        for table in (self.procs, self.children, self.clones, self.accepts, self.conn_of, self.parents, self.auth):
+            for key in [k for k in table if k[0] == host]:
+                del table[key]
+        self.logged_in = {k for k in self.logged_in if k[0] != host}
+        self.serials.pop(host, None)          # serials beginning again are not lost records
 
     def _serial(self, host: str, rec: Record) -> None:
         last = self.serials.get(host)
@@ -272,7 +312,7 @@ class AuditAssembler:
         ok = f.get("success") == "yes"
         out = self._touch(host, pid, sc)
         proc = self.procs[(host, pid)]
-        base = {"v": 1, "host": host, "boot": f"audit:{host}", "ts": round(sc.ts, 6), "pid": pid, "start": proc.start}
+        base = {"v": 1, "host": host, "boot": self.boot(host), "ts": round(sc.ts, 6), "pid": pid, "start": proc.start}
         used = lambda: self.report.used.update(r.type for rs in by_type.values() for r in rs)
         if name in ("execve", "execveat"):
             if not ok:
@@ -309,8 +349,13 @@ class AuditAssembler:
             if ok and child and child > 0:
                 flags = _int(f.get("a0"), 16) if name == "clone" else 0
                 if not (flags or 0) & CLONE_THREAD:
+                    # a listener's child serves what it accepted: sshd forks it right after its
+                    # accept, so the newest; an older one left means the clone that served it
+                    # was lost, and taking it would give this child another's client
                     peers = self.accepts.get((host, pid))
-                    conn = peers.popleft() if peers else None     # a listener's child serves what it accepted
+                    conn = peers.pop() if peers else None
+                    if peers:
+                        peers.clear()
                     # the child's pid as the parent saw it; inside a pid namespace that is not the pid
                     # audit will log for the child, so it is also found by its parent and order
                     entry = [pid, proc.start, sc.ts, conn, child]
@@ -349,11 +394,16 @@ class AuditAssembler:
     def _touch(self, host: str, pid: int, sc: Record) -> list[dict[str, Any]]:
         """Make sure pid is in the table; its fork event when a clone was seen for it."""
         key = (host, pid)
-        if key in self.procs:
-            return []
-        out = []
         born = self.children.get(key)
         ppid_seen = _int(sc.fields.get("ppid"))
+        known = self.procs.get(key)
+        if known is not None:
+            # a clone by this record's parent made this pid after the process we know began:
+            # that one exited unrecorded (a lost record), and the pid is a new process's
+            if born is None or born[0] != ppid_seen or born[2] * 1000 <= known.start:
+                return []
+            del self.procs[key]
+        out = []
         if born is None or born[0] != ppid_seen:
             queue = self.clones.get((host, ppid_seen))
             born = queue[0] if queue else None
@@ -364,7 +414,7 @@ class AuditAssembler:
                 self.conn_of[key] = conn
             start = int(ts * 1000)
             self.parents[key] = ppid
-            out.append({"v": 1, "kind": "fork", "host": host, "boot": f"audit:{host}", "ts": round(ts, 6),
+            out.append({"v": 1, "kind": "fork", "host": host, "boot": self.boot(host), "ts": round(ts, 6),
                         "pid": pid, "start": start, "ppid": ppid, "pstart": pstart})
             parent = self.procs.get((host, ppid))
             # the child starts with its parent's credentials; this record may already show them
@@ -493,7 +543,7 @@ class AuditAssembler:
             return []
         proc = self.procs.get(key) or Proc(0)
         self.procs.setdefault(key, proc)
-        ev = {"v": 1, "kind": "login", "host": host, "boot": f"audit:{host}", "ts": round(rec.ts, 6), "pid": pid,
+        ev = {"v": 1, "kind": "login", "host": host, "boot": self.boot(host), "ts": round(rec.ts, 6), "pid": pid,
               "start": proc.start, "user": user, "method": self.auth.get(key, "other"), "raddr": addr, "rport": port,
               "service": "sshd" if "sshd" in str(f.get("exe") or "") else str(f.get("exe") or "login")}
         if uid is not None:
@@ -520,7 +570,7 @@ class AuditAssembler:
         """The serial gaps as loss events, so traces crossing them say links may be missing."""
         out = []
         for host, after, missing, t0, t1 in self.report.gaps:
-            out.append({"v": 1, "kind": "loss", "host": host, "boot": f"audit:{host}", "ts": round(t1, 6),
+            out.append({"v": 1, "kind": "loss", "host": host, "boot": self.boot(host), "ts": round(t1, 6),
                         "since": round(t0, 6), "count": missing, "what": f"audit records missing after serial {after}"})
         return out
 
@@ -597,12 +647,13 @@ class AuditTail:
 
     perf = False
 
-    def __init__(self, path: str, host: str, rules=None):
+    def __init__(self, path: str, host: str, rules=None, boot: str | None = None):
         from .redact import DEFAULT_RULES
         from .sshd_log import LogFollower
         self.rules = rules if rules is not None else DEFAULT_RULES
         self.report = ImportReport()
-        self.grouper, self.asm = Grouper(), AuditAssembler(host, self.report)
+        # what it reads is written while it runs, so of this boot: named by its id (`boot`)
+        self.grouper, self.asm = Grouper(), AuditAssembler(host, self.report, boot=boot)
         self.follower = LogFollower(path, parse=lambda line: line if line.strip() else None).start()
         self._losses = 0
 

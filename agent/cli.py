@@ -293,7 +293,7 @@ def run(args) -> int:
             print(f"whodid-agent: no audit log at {args.audit_log}; is auditd running (with agent/audit.rules "
                   "loaded)?", file=sys.stderr)
             return 1
-        cap, mode = AuditTail(args.audit_log, host, rules=asm.rules), "audit"
+        cap, mode = AuditTail(args.audit_log, host, rules=asm.rules, boot=asm.boot), "audit"
         auth_log = "none"                           # logins come from the audit log itself
     if cap is None and mode in ("auto", "bpf"):
         try:

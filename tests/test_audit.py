@@ -178,3 +178,107 @@ def test_record_and_sockaddr_parsing():
     assert (r.node, r.type, r.ts, r.serial, r.fields["cwd"]) == ("a", "CWD", 1.5, 7, "/tmp/a b")
     assert sockaddr("0A000016000000000000000000000000000000000000000100000000") == ("::1", 22)
     assert sockaddr("0100") is None
+
+
+# --- reboots: the kernel numbers serials, pids and audit sessions anew at each boot -----------
+
+def jims_login(serial=80, t=None):
+    """The sshd login story above, from serial 80: jim (auid 1001, ses 7), shell pid 320."""
+    at = (lambda s: None) if t is None else (lambda s: t + (s - serial) / 10)
+    peer = "0200C6B5" + "0A4D0102" + "0" * 16
+    lines = [syscall(80, "accept4", 288, 300, 1, uid=0, auid=4294967295, ses=4294967295, exit=5, comm="sshd",
+                     exe="/usr/sbin/sshd", t=at(80)),
+             rec("SOCKADDR", 80, f"saddr={peer}", t=at(80))]
+    lines += fork(81, 300, 310, uid=0, auid=4294967295, ses=4294967295, t=at(81))
+    lines += [rec("LOGIN", 83, "pid=310 uid=0 old-auid=4294967295 auid=1001 tty=(none) old-ses=4294967295 ses=7 res=1", t=at(83)),
+              rec("USER_LOGIN", 85, "pid=310 uid=0 auid=1001 ses=7 msg='op=login id=1001 exe=\"/usr/sbin/sshd\" "
+                  "hostname=? addr=10.77.1.2 terminal=/dev/pts/1 res=success'", t=at(85), enriched='ID="jim"')]
+    lines += fork(86, 310, 320, uid=1001, auid=1001, ses=7, t=at(86))
+    lines += execve(87, 320, 310, ["-bash"], auid=1001, ses=7, t=at(87))
+    return lines
+
+
+def after_reboot(t):
+    """The next boot, 1000 s on: auditd starts, serials begin again; pid 320 is another
+    process (bob's, at the console: not a login audit.py records) whose session is 7 again."""
+    lines = [rec("DAEMON_START", 4000, "op=start ver=3.1 format=enriched kernel=6.1 auid=4294967295 pid=400 "
+                 "uid=0 ses=4294967295 res=success", t=t)]
+    lines += fork(5, 1, 320, uid=1002, auid=1002, ses=7, t=t + 1)
+    lines += execve(6, 320, 1, ["rm", "-rf", "/srv/data"], uid=1002, auid=1002, ses=7, t=t + 2)
+    return lines
+
+
+def test_a_reboot_in_the_log_begins_a_new_boot_and_forgets_the_process_table():
+    evs, report = events(jims_login() + after_reboot(T + 1000))
+    boots = {e["boot"] for e in evs if e.get("pid") == 320}
+    assert len(boots) == 2, boots
+    (rm,) = [e for e in evs if e["kind"] == "exec" and e["argv"][0] == "rm"]
+    (fork_,) = [e for e in evs if e["kind"] == "fork" and e["pid"] == 320 and e["boot"] == rm["boot"]]
+    assert fork_["start"] == rm["start"]             # the new 320, born in the new boot
+    # serials beginning again are not lost records: the only gaps are the story's own (82, 84)
+    assert [g[1:3] for g in report.gaps] == [(81, 1), (83, 1)]
+
+
+def test_a_reused_pid_and_session_after_a_reboot_is_not_traced_to_the_old_boots_login():
+    evs, _ = events(jims_login() + after_reboot(T + 1000))
+    (tr,) = Tracer(store_with(evs)).find(Query(pattern="rm -rf", limit=1))
+    assert tr.attributed.user != "jim"
+    assert not any(s.login for s in tr.chain)
+
+
+def test_a_record_written_late_within_one_boot_is_not_a_reboot():
+    # a syscall that blocked (a connect) is stamped at its start and logged at its end: a
+    # lower serial and an earlier time than the records before it
+    lines = execve(500, 700, 1, ["a"], t=T + 50) + execve(420, 701, 1, ["b"], t=T + 42)
+    evs, _ = events(lines)
+    assert len({e["boot"] for e in evs}) == 1
+
+
+def test_two_records_logged_out_of_order_on_a_quiet_host_are_not_a_reboot():
+    # serial 100501 is an accept that waited ten minutes (stamped when it began); 100500, a
+    # syscall of now, was logged just after it by another CPU
+    lines = (execve(100_400, 700, 1, ["a"], t=T) + [rec("EOE", 100_400, "", t=T)]
+             + [syscall(100_501, "accept4", 288, 300, 1, t=T + 1), rec("EOE", 100_501, "", t=T + 1)]
+             + execve(100_500, 701, 1, ["b"], t=T + 600) + [rec("EOE", 100_500, "", t=T + 600)])
+    evs, _ = events(lines)
+    assert len({e["boot"] for e in evs}) == 1
+
+
+def test_the_live_tail_names_its_boot_by_the_kernels_boot_id():
+    from whodid.agent.audit import AuditAssembler
+    asm = AuditAssembler("web-1", boot="0f6c3b1e-boot")
+    (ev,) = [e for g in [execve(10, 700, 1, ["a"])] for e in asm.feed([parse_record(line) for line in g])
+             if e["kind"] == "exec"]
+    assert ev["boot"] == "audit:web-1:0f6c3b1e-boot"
+
+
+def test_a_pid_reused_after_its_exit_record_was_lost_is_a_new_process():
+    # jim's shell (100) runs 900; its exit_group record is lost (a gap); bob's shell (200)
+    # clones 900 again. The clone says 900 is new: it must not continue jim's process
+    lines = (execve(50, 100, 1, ["bash"], auid=1001) + execve(51, 200, 1, ["bash"], uid=1002, auid=1002)
+             + fork(60, 100, 900) + execve(61, 900, 100, ["sleep", "1"])
+             # serial 62, 900's exit_group, lost
+             + fork(63, 200, 900, uid=1002, auid=1002) + execve(64, 900, 200, ["rm", "-rf", "/srv"], uid=1002, auid=1002))
+    evs, report = events(lines)
+    starts = {e["argv"][0]: e["start"] for e in evs if e["kind"] == "exec" and e["pid"] == 900}
+    assert starts["sleep"] != starts["rm"]
+    (tr,) = Tracer(store_with(evs)).find(Query(pattern="rm -rf", limit=1))
+    assert [s.pid for s in tr.chain][-2:] == [200, 900]
+
+
+def test_an_sshd_child_whose_listeners_earlier_clone_was_lost_takes_its_own_accept():
+    # sshd accepts a connection and forks its child at once. jim's accept is recorded but the
+    # clone that served it is lost (a gap); bob's accept and clone follow. bob's login must
+    # carry bob's client port, not jim's (both come through one jump box's address)
+    def accept(serial, port):
+        peer = "0200" + f"{port:04X}" + "0A4D0102" + "0" * 16
+        return [syscall(serial, "accept4", 288, 300, 1, uid=0, auid=4294967295, ses=4294967295, exit=5, comm="sshd",
+                        exe="/usr/sbin/sshd"), rec("SOCKADDR", serial, f"saddr={peer}")]
+    lines = accept(80, 50869)                                            # jim's; its clone (81) is lost
+    lines += accept(82, 50870) + fork(83, 300, 310, uid=0, auid=4294967295, ses=4294967295)
+    lines += execve(84, 310, 300, ["sshd: bob [priv]"], uid=0, auid=4294967295, ses=4294967295)
+    lines += [rec("USER_LOGIN", 85, "pid=310 uid=0 auid=1002 ses=9 msg='op=login id=1002 exe=\"/usr/sbin/sshd\" "
+                  "hostname=? addr=10.77.1.2 terminal=/dev/pts/2 res=success'", enriched='ID="bob"')]
+    evs, _ = events(lines)
+    (login,) = [e for e in evs if e["kind"] == "login"]
+    assert (login["user"], login["rport"]) == ("bob", 50870)

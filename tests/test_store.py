@@ -248,3 +248,87 @@ def test_pids_reused_within_a_tick_stay_two_processes_and_a_tick_with_no_seen_fo
     assert store.db.execute("SELECT count(*) FROM execs WHERE proc = ?", [first]).fetchone()[0] == 0
     assert len(_procs_of(store, 600)) == 1
     assert len(_procs_of(store, 700)) == 2
+
+
+# The restarted agent's exec for a tick-named process says what it found: parent, uid, login
+# uid and audit session. A pid reused within the tick (the seen process's exit lost while the
+# agent was down) fits by pid and time alone; the join needs that word to agree (issue 17).
+
+def _seen_then_found(**found):
+    """jim's shell 400 (uid 1001, ses 7) forks 500 (it runs as jim), seen by the first agent;
+    the restarted agent finds a 500 in the same tick, described by `found`."""
+    first = [H.exec(0, 400, ["bash"], snapshot=True, start=4_000_000_000, uid=1001, auid=1001, ses=7),
+             H.exec(0, 450, ["bash"], snapshot=True, start=4_500_000_000, uid=1001, auid=1001, ses=7),
+             H.fork(10, 500, 400, start=123_456_789, pstart=4_000_000_000),
+             H.exec(10.01, 500, ["sleep", "99"], start=123_456_789, uid=1001, auid=1001, ses=7)]
+    said = dict(ppid=400, pstart=4_000_000_000, uid=1001, auid=1001, ses=7)
+    said.update(found)
+    restart = [H.exec(10, 500, ["sleep", "99"], snapshot=True, start=120_000_000,
+                      **{k: v for k, v in said.items() if v is not None}),
+               H.fork(20, 501, 500, start=200_000_001, pstart=120_000_000)]
+    return first, restart
+
+
+def test_a_tick_named_process_whose_word_agrees_is_joined(tmp_path):
+    first, restart = _seen_then_found()
+    store = store_with(first + restart)
+    (proc,) = _procs_of(store, 500)
+    assert store.proc(_procs_of(store, 501)[0]).parent == proc
+
+
+@pytest.mark.parametrize("found, why", [
+    (dict(ppid=450, pstart=4_500_000_000), "another parent, alive and not an ancestor"),
+    (dict(uid=1002, auid=None, ses=None), "another uid"),
+    (dict(auid=1002), "another login uid"),
+    (dict(ses=9), "another audit session"),
+])
+def test_a_tick_named_process_whose_word_disagrees_is_its_own_process(found, why):
+    first, restart = _seen_then_found(**found)
+    store = store_with(first + restart)
+    tick_named, seen = _procs_of(store, 500)            # by start: the tick is the earlier
+    assert store.proc(tick_named).start == 120_000_000, why
+    assert store.proc(_procs_of(store, 501)[0]).parent == tick_named, why
+    assert [i.cmd for i in store.images(seen)] == ["sleep 99"], why
+
+
+def test_a_process_adopted_by_init_after_its_parent_exited_is_still_joined():
+    # nohup'd: its shell exited while the agent was down, so /proc names init as its parent
+    first, restart = _seen_then_found(ppid=1, pstart=0)
+    store = store_with(first)
+    ingest(store, restart)                  # the restarted agent's batch: 400 is not in it
+    assert len(_procs_of(store, 500)) == 1
+
+
+def test_a_process_claiming_init_as_parent_while_the_seen_parent_is_found_running_is_its_own():
+    # 400 is alive (the restarted agent found it), so its child was never orphaned to init
+    first, restart = _seen_then_found(ppid=1, pstart=0)
+    alive = H.exec(0, 400, ["bash"], snapshot=True, start=4_000_000_000, uid=1001, auid=1001, ses=7)
+    store = store_with(first)
+    ingest(store, [alive] + restart)
+    assert len(_procs_of(store, 500)) == 2
+
+
+def test_the_word_is_weighed_when_a_child_names_the_process_before_its_own_exec_comes(tmp_path):
+    # a child's snapshot can come first (pids are listed in order, and pids wrap), and a later
+    # batch, on another connection, must reach the same answer
+    first, restart = _seen_then_found(uid=1002, auid=None, ses=None)
+    db = tmp_path / "s.db"
+    store_with(first, db)
+    store = Store.open(db)
+    child = H.exec(10.5, 499, ["sleep", "1"], snapshot=True, start=130_000_000, ppid=500, pstart=120_000_000)
+    ingest(store, [child] + restart)
+    store = Store.open(db)
+    ingest(store, [H.exit(30, 500, code=4, start=120_000_000)])
+    tick_named, seen = _procs_of(store, 500)            # by start: the tick is the earlier
+    assert store.proc(_procs_of(store, 499)[0]).parent == tick_named
+    assert store.proc(tick_named).exit_code == 4 and store.proc(seen).exit_code is None
+
+
+def test_an_audit_sourced_boot_never_joins_by_tick():
+    # audit names a process by its clone's time in ms, or 0 when it was running before the
+    # log began: starts that may be whole ticks, but not /proc's
+    A = Host("db-1", "10.0.2.40", boot="audit:db-1")
+    clone_ms = 1_700_000_000_000                    # a clone at a whole 10 s: a multiple of the tick
+    store = store_with([A.fork(10, 500, 1, start=clone_ms + 5), A.exec(10.01, 500, ["sleep", "9"], start=clone_ms + 5),
+                        A.exec(11, 500, ["sleep", "9"], start=clone_ms, uid=0)])
+    assert len(_procs_of(store, 500)) == 2

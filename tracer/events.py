@@ -18,6 +18,11 @@ SCHEMA_VERSION = 1
 # How a process is identified: (host, boot, pid, start). `start` is an integer the producer
 # derives from the process's start time (ns since boot for the agent); it only has to be the
 # same in every event about one process and differ between two processes that share a pid.
+# Boots of events from auditd's logs (agent/audit.py) are named "audit:<host>..." - audit has no
+# boot id - and their processes are named by their clone's time in ms (or 0), never by /proc's
+# start tick: the store's restart join (store._seen_forked) applies to no such boot.
+AUDIT_BOOT_PREFIX = "audit:"
+
 PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "file"})
 
 FILE_OPS = frozenset({"write", "create", "rename", "unlink", "chmod", "chown", "truncate", "mkdir", "rmdir"})

@@ -180,18 +180,23 @@ def pick_hop(login: dict[str, Any], exact: list[HopCandidate], by_address: list[
     `exact` are connects whose local address and port equal the login's peer address and
     port (the 4-tuple seen from both ends); `by_address` are connects from a host owning the
     peer address to the login's server, port unknown. Exact wins; among candidates the
-    latest one not after the login (allowing `skew` seconds of clock difference) wins.
+    latest one not after the login wins, else - clocks may differ by `skew` seconds - the
+    one nearest after it: a connect made after the login is another's more often than this
+    one's seen through a clock running ahead.
     """
     def best(cands):
-        """The latest candidate not after the login; `True` with it when its far end is
-        exactly the login's server address and port."""
+        """The chosen candidate; `True` with it when its far end is exactly the login's
+        server address and port."""
         cands = [c for c in cands if c.ts <= login["ts"] + skew]
         if not cands:
             return None, False
         tight = [c for c in cands if login.get("laddr") is None
                  or (c.raddr in (None, login["laddr"]) and c.rport in (None, login.get("lport")))]
         pool = tight or cands
-        return max(pool, key=lambda c: (c.ts, c.proc)), bool(tight)
+        before = [c for c in pool if c.ts <= login["ts"]]
+        if before:
+            return max(before, key=lambda c: (c.ts, c.proc)), bool(tight)
+        return min(pool, key=lambda c: (c.ts, -c.proc)), bool(tight)
 
     hit, tight = best(exact)
     if hit and tight:

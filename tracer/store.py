@@ -24,6 +24,7 @@ from whodid import private
 
 from . import migrations
 from . import outages as outages_mod
+from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .outages import Outage, Run
 
 
@@ -122,6 +123,8 @@ class Store:
         self._procs: dict[tuple[int, int, int], int] = {}
         self._cmds: dict[str, int] = {}
         self._generation: str | None = None
+        self._tick_boots: set[int] = set()          # boots whose processes an agent names (_proc_id)
+        self._found_running: dict[tuple[int, int, int], dict[str, Any]] = {}   # write()'s batch
 
     # --- opening -------------------------------------------------------------------------
 
@@ -229,16 +232,21 @@ class Store:
         new = 0
         span: dict[int, list[float]] = {}
         names: dict[tuple[int, int], str] = {}
+        events = list(events)
         with self.transaction():
             self._check_generation()
-            for ev in events:
-                try:
-                    new += self._write_event(ev, span, names)
-                except UnicodeEncodeError:
-                    # a string with bytes that were not UTF-8: SQLite's text is UTF-8, so it is
-                    # stored as shown() writes it. The statement that refused it did not run, and
-                    # the ones before it are idempotent, so the event is simply written again.
-                    new += self._write_event(_shown_event(ev), span, names)
+            self._found_running = self._running_at_restart(events)
+            try:
+                for ev in events:
+                    try:
+                        new += self._write_event(ev, span, names)
+                    except UnicodeEncodeError:
+                        # a string with bytes that were not UTF-8: SQLite's text is UTF-8, so it is
+                        # stored as shown() writes it. The statement that refused it did not run, and
+                        # the ones before it are idempotent, so the event is simply written again.
+                        new += self._write_event(_shown_event(ev), span, names)
+            finally:
+                self._found_running = {}
             self.db.conn.executemany("INSERT OR REPLACE INTO users (host, uid, name) VALUES (?, ?, ?)",
                                      [(h, uid, name if name.isascii() else shown(name))
                                       for (h, uid), name in names.items()])
@@ -360,6 +368,23 @@ class Store:
                           "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
         return new
 
+    def _running_at_restart(self, events: list[dict[str, Any]]) -> dict[tuple[int, int, int], dict[str, Any]]:
+        """The execs in a batch of processes an agent named by /proc's start tick, by (boot,
+        pid, start): what a restarted agent says of a process it found running - its parent, its
+        uid, its login uid and audit session - which decides whether it is the process whose fork
+        an earlier agent saw (_seen_forked). Gathered before writing: a child's event may name
+        its parent before the parent's own record comes."""
+        out: dict[tuple[int, int, int], dict[str, Any]] = {}
+        for ev in events:
+            if ev.get("kind") != "exec" or ev["start"] % TICK_NS or ev["boot"].startswith(AUDIT_BOOT_PREFIX):
+                continue
+            try:
+                key = (self._boot_id(self._host_id(ev["host"]), ev["boot"]), ev["pid"], ev["start"])
+            except UnicodeEncodeError:      # a name SQLite cannot take as it is; written as shown()
+                key = (self._boot_id(self._host_id(shown(ev["host"])), shown(ev["boot"])), ev["pid"], ev["start"])
+            out.setdefault(key, ev)
+        return out
+
     def _new_child(self, c, boot: int, ev: dict[str, Any], ts: float) -> bool:
         """A fork of a process not seen before: one row with its parent, rather than an empty
         row and then an update (most forks are such; a third of ingest's statements were)."""
@@ -387,6 +412,7 @@ class Store:
         self._boots.clear()
         self._procs.clear()
         self._cmds.clear()
+        self._tick_boots.clear()
 
     def _cmd_id(self, cmd: str) -> int:
         cid = self._cmds.get(cmd)
@@ -416,20 +442,29 @@ class Store:
             c.execute("INSERT OR IGNORE INTO boots (host, boot) VALUES (?, ?)", key)
             bid = c.execute("SELECT id FROM boots WHERE host = ? AND boot = ?", key).fetchone()[0]
             self._boots[key] = bid
+            if not boot.startswith(AUDIT_BOOT_PREFIX):
+                self._tick_boots.add(bid)
         return bid
 
     def _proc_id(self, boot: int, pid: int, start: int, ts: float) -> int:
-        """The row of process (boot, pid, start), made if new. An event at `ts` naming a start
-        /proc gave (a whole tick) means the process whose fork an earlier agent saw in that
-        tick, if one lived then (_seen_forked)."""
+        """The row of process (boot, pid, start), made if new. On a boot an agent names, an
+        event at `ts` naming a start /proc gave (a whole tick) means the process whose fork an
+        earlier agent saw in that tick, if one lived then and what the restarted agent says of
+        it agrees (_seen_forked). A join made without that word is not remembered, so the
+        restarted agent's exec, when it comes, is still weighed; a refused join makes the
+        tick-named row, which every later event then finds."""
         key = (boot, pid, start)
         pid_ = self._procs.get(key)
-        if pid_ is None and start % TICK_NS == 0:
+        if pid_ is None and start % TICK_NS == 0 and boot in self._tick_boots:
             c = self.db.conn
             row = c.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?", key).fetchone()
-            pid_ = row[0] if row else self._seen_forked(boot, pid, start, ts)
-            if pid_ is not None:
+            if row:
+                pid_ = row[0]
                 self._remember_proc(key, pid_)
+            else:
+                pid_, weighed = self._seen_forked(boot, pid, start, ts)
+                if pid_ is not None and weighed:
+                    self._remember_proc(key, pid_)
         if pid_ is None:
             c = self.db.conn
             cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start) VALUES (?, ?, ?)", key)
@@ -440,18 +475,98 @@ class Store:
             self._remember_proc(key, pid_)
         return pid_
 
-    def _seen_forked(self, boot: int, pid: int, tick_start: int, ts: float) -> int | None:
-        """The process an agent saw fork that a restarted agent, finding it running, named by
-        /proc's start tick: same pid, forked within that tick (the fork record comes a little
-        after the kernel stamps the start, so up to one tick more), still alive at ts. Only a
+    def _seen_forked(self, boot: int, pid: int, tick_start: int, ts: float) -> tuple[int | None, bool]:
+        """(the process an agent saw fork that a restarted agent, finding it running, named by
+        /proc's start tick, or None; whether the restarted agent's word was weighed). The seen
+        process has the same pid, forked within that tick (the fork record comes a little after
+        the kernel stamps the start, so up to one tick more), and is still alive at ts. Only a
         /proc-named process is joined to a seen fork, never two seen forks to each other - pids
         reused within a tick stay two processes. Of two candidates, the later fork: the earlier
-        one had exited for its pid to be reused."""
+        one had exited for its pid to be reused.
+
+        A pid reused within the tick after the seen process's exit was lost (the agent was
+        down) looks the same by pid and time, so the restarted agent's exec for the tick name,
+        when the batch has it, must agree with the seen process (_same_process): a join that
+        names the wrong process names the wrong person."""
         row = self.db.conn.execute(
             "SELECT id FROM procs WHERE boot = ? AND pid = ? AND start > ? AND start < ? AND parent_by_fork = 1 "
             "AND (exit_ts IS NULL OR exit_ts >= ?) ORDER BY start DESC LIMIT 1",
             [boot, pid, tick_start, tick_start + 2 * TICK_NS, ts]).fetchone()
-        return row[0] if row else None
+        if row is None:
+            return None, True
+        said = self._found_running.get((boot, pid, tick_start))
+        if said is None:
+            return row[0], False
+        return (row[0] if self._same_process(boot, row[0], said) else None), True
+
+    def _same_process(self, boot: int, proc: int, said: dict[str, Any]) -> bool:
+        """Whether what a restarted agent says of a process it found running (`said`, its exec)
+        fits the seen process `proc`: its parent is the seen parent, or a reaper that adopted
+        it (_adopted_by: init, or an ancestor - a subreaper); its uid,
+        login uid and audit session are the seen process's last known ones (its own, else its
+        parent's at the fork). What either side does not know cannot disagree."""
+        c = self.db.conn
+        parent, fork_ts = c.execute("SELECT parent, fork_ts FROM procs WHERE id = ?", [proc]).fetchone()
+        if "ppid" in said and "pstart" in said and \
+                not self._adopted_by(boot, parent, said["ppid"], said["pstart"]):
+            return False
+        known = self._ids_of(proc, None)
+        if not known and parent is not None:
+            known = self._ids_of(parent, fork_ts)
+        for name in ("uid", "auid", "ses"):
+            mine, theirs = known.get(name), said.get(name)
+            if name != "uid" and AUID_UNSET in (mine, theirs):
+                continue
+            if mine is not None and theirs is not None and mine != theirs:
+                return False
+        return True
+
+    def _adopted_by(self, boot: int, parent: int | None, ppid: int, pstart: int) -> bool:
+        """Whether /proc's parent (ppid, pstart) is the seen parent, or - the seen parent gone:
+        the restarted agent did not find it running - init or one of its ancestors (the reaper
+        that adopts an orphan). A start /proc gave is a tick at or before the one the seen
+        fork gives."""
+        def same(pid: int, start: int) -> bool:
+            return pid == ppid and (start == pstart or (pstart % TICK_NS == 0 and pstart <= start < pstart + 2 * TICK_NS))
+        row = self.db.conn.execute("SELECT pid, start, parent FROM procs WHERE id = ?", [parent]).fetchone() \
+            if parent is not None else None
+        if row is None:
+            return False
+        if same(row[0], row[1]):
+            return True
+        tick = row[1] - row[1] % TICK_NS
+        if any((boot, row[0], t) in self._found_running for t in (tick, tick - TICK_NS)):
+            return False                        # the seen parent lives: its child was not orphaned
+        if ppid == 1:
+            return True
+        seen: set[int] = set()
+        parent = row[2]
+        while parent is not None and parent not in seen and len(seen) < 64:
+            seen.add(parent)
+            row = self.db.conn.execute("SELECT pid, start, parent FROM procs WHERE id = ?", [parent]).fetchone()
+            if row is None:
+                return False
+            if same(row[0], row[1]):
+                return True
+            parent = row[2]
+        return False
+
+    def _ids_of(self, proc: int, before: float | None) -> dict[str, int | None]:
+        """The uid, login uid and audit session proc last had (before `before`, if given), by
+        its execs and credential changes; {} when none is recorded."""
+        c = self.db.conn
+        limit = "" if before is None else " AND ts <= ?"
+        args = [proc] if before is None else [proc, before]
+        exe = c.execute(f"SELECT ts, uid, auid, ses FROM execs WHERE proc = ?{limit} ORDER BY ts DESC LIMIT 1",
+                        args).fetchone()
+        cred = c.execute(f"SELECT ts, uid FROM creds WHERE proc = ?{limit} ORDER BY ts DESC LIMIT 1",
+                         args).fetchone()
+        out: dict[str, int | None] = {}
+        if exe:
+            out = {"uid": exe[1], "auid": exe[2], "ses": exe[3]}
+        if cred and (exe is None or cred[0] >= exe[0]):
+            out["uid"] = cred[1]
+        return out
 
     def _remember_proc(self, key: tuple[int, int, int], proc_id: int) -> None:
         if len(self._procs) > 500_000:                  # a bound on memory, not a correctness matter

@@ -331,15 +331,22 @@ class Tracer:
         session, taken from the process nearest the break that has one (a restarted agent's
         first record of a process may lack it while its children carry it). The login must
         share the session's boot and loginuid and have begun before that process started:
-        never "who is logged in now"."""
+        never "who is logged in now". And it must not have ended (its process exited) before
+        the session's processes here began: a session id the kernel gave again - a source
+        that cannot tell boots apart, a counter that wrapped - names a login long over."""
         carrier, image = next(((q, im) for q, images in reversed(walked) for im in images
                                if im.ses not in (None, AUID_UNSET) and im.auid != AUID_UNSET),
                               (None, None))
         if carrier is None:
             return None
         began = carrier.fork_ts if carrier.fork_ts is not None else image.ts
+        # the walked processes descend from the one at the break: the earliest known start is
+        # when the session was, at the latest, running here
+        first = min((q.fork_ts if q.fork_ts is not None else images[0].ts for q, images in walked
+                     if q.fork_ts is not None or images), default=began)
         logins = [lg for lg in self.store.logins_by_session(p.boot, image.ses)
-                  if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)]
+                  if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)
+                  and not self._ended_before(lg, first)]
         if not logins:
             return None
         login = logins[-1]
@@ -359,6 +366,12 @@ class Tracer:
                         f"{login['user']}'s login by audit session {image.ses}{of}")
         rev.append(top)
         return login
+
+    def _ended_before(self, login: dict[str, Any], t: float) -> bool:
+        """Whether the login's process (sshd's, which lives as long as the connection) had
+        exited before t."""
+        ended = self.store.proc(login["proc"]).exit_ts
+        return ended is not None and ended < t
 
     def _same_account(self, carrier: Proc, auid: int | None, login: dict[str, Any]) -> bool:
         """The process's loginuid is the login's account (by uid when the login names one,
@@ -387,14 +400,14 @@ class Tracer:
         here = self._offset(self.store.proc(login["proc"]).host)
         spread = self._spread()
         t0, t1 = login["ts"] - s.hop_window - spread, login["ts"] + s.clock_skew + spread
-        exact = [self._candidate(c, here) for c in self.store.connects_from(login["raddr"], login["rport"], t0, t1)]
+        exact = [c for c in (self._candidate(c, here) for c in self.store.connects_from(
+            login["raddr"], login["rport"], t0, t1)) if self._may_be_client(c, login, exact=True)]
         by_address: list[HopCandidate] = []
         hosts = [] if exact else self.store.hosts_with_addr(login["raddr"])
         if hosts and login.get("laddr"):
-            # a connect that is exactly another login's client is that login's, not a guess for this one
             by_address = [c for c in (self._candidate(c, here) for c in self.store.connects_to(
                 login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts
-                and not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window)]
+                and self._may_be_client(c, login, exact=False)]
         hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
         if hit is None and hosts:
             names = ", ".join(sorted(self.store.host_names(hosts)))
@@ -404,6 +417,27 @@ class Tracer:
             note += "".join(f"; {o.host}'s agent was not running from {clock(o.since)} to {clock(o.until)}"
                             for o in down)
         return hit, inferred, note
+
+    def _may_be_client(self, c: HopCandidate, login: dict[str, Any], exact: bool) -> bool:
+        """Whether connect c may be the client side of this login, by what is known of both:
+        - its client process had not exited before the login (an ssh client holds its
+          connection for the whole session; `ssh -f` backgrounds only after logging in);
+        - no other login from its client address and port came after it: the kernel reuses
+          ephemeral ports, and this login's own connect may be lost (clocks may differ by the
+          skew, so a port reused that soon leaves the hop unfound, never wrong);
+        - by address only: its local port, when recorded at the login's own client address
+          (nothing translated between), is the login's client port - else it is another
+          connection, not "a port not recorded"."""
+        s = self.settings
+        ended = self.store.proc(c.proc).exit_ts
+        if ended is not None and ended + c.shift < login["ts"] - s.clock_skew:
+            return False
+        if exact:
+            return not self.store.login_from(login["raddr"], login["rport"], c.ts - s.clock_skew, login["ts"] - 1e-6)
+        if c.laddr == login["raddr"] and c.lport and c.lport != login["rport"]:
+            return False
+        # a connect that is exactly another login's client is that login's, not a guess for this one
+        return not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window)
 
     def _candidate(self, conn: dict[str, Any], here: float = 0.0) -> HopCandidate:
         proc = self.store.proc(conn["proc"])
