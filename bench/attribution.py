@@ -1,0 +1,325 @@
+"""The attribution scenario suite (issue 17): real scenarios, played by real people's keys over
+real sshd in the two-host lab (agent/lab.py) under the real agents, each with the answer whodid
+must give - a person, or "person unknown" with the logins that could be behind it - and scored
+from the `whodid trace --json` contract as right / honest-unknown / wrong. The target is 0 wrong.
+
+    .venv/bin/python bench/attribution.py                 # plays the lab, writes bench/attribution-score.md
+
+Verdicts (`verdict`, a pure function of a scenario and the JSON matches):
+- right: a person is named (confidence observed or inferred) and it is the expected one; or the
+  answer was expected to be unknown, it is, and its candidates are exactly the expected ones;
+- honest-unknown: a person was expected, the answer says unknown and lists that person;
+- wrong: anything else - another person, a shared account or root as the person, an unknown
+  that leaves out the real person when the evidence pointed at them, a candidate with no
+  evidence (someone who logged in later), a command not found or split into several matches,
+  or a switch of user worded as another.
+
+A candidate is scored by who holds the evidence: the person identity names, else the holder of
+its ssh key (the lab knows whose key is whose; whodid, unmapped, does not), else its account.
+Needs root, tracefs, BCC, sshd and sudo (as tests/test_two_hosts.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from whodid.agent.lab import A_IN, B, SSH_OPTS, Lab, children, run
+from whodid.tracer import Identity, Person, Query, Store, Tracer
+from whodid.tracer.render.jsonout import trace_json
+
+RIGHT, HONEST, WRONG = "right", "honest-unknown", "wrong"
+UNKNOWN = "unknown"
+DETACHED_DELAY = 2.0        # seconds a detached command waits after its session ended
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str                           # also the marker the scenario's command carries
+    rule: str                           # the issue-17 rule it shows
+    what: str                           # what happened, in words
+    person: str | None                  # who is behind it; None: the answer must be "person unknown"
+    candidates: frozenset[str] = frozenset()   # when person is None: exactly who must be listed
+    people: bool = True                 # identity.people maps the lab's keys to jim and bob
+    says: str | None = None             # the How line must contain this
+    never_says: str | None = None       # ... and must not contain this
+    confidence: str | None = None       # the confidence a right answer has, when only one is right
+    broken: bool = False                # traced in a copy of the store without its parent's fork record
+    marker: str | None = None           # the marker, when another scenario's command is traced again
+
+
+SCENARIOS = [
+    Scenario("plain-sudo", "-", "jim logs in to host-a and runs a command with sudo", "jim", says="sudo to root"),
+    Scenario("hop", "-", "jim hops from host-a to host-b as the shared ec2-user and uses sudo; no people "
+             "configured", "jim", people=False),
+    Scenario("shared-mapped", "3", "jim logs in to host-b as the shared ec2-user with his key, which "
+             "identity.people maps to him", "jim"),
+    Scenario("shared-unmapped", "3", "the same command, with no people configured: ec2-user is not a person",
+             None, frozenset({"jim"}), people=False, marker="shared-mapped"),
+    Scenario("setsid", "1", f"jim runs `setsid cmd &` and logs out; cmd runs {DETACHED_DELAY:g} s later", "jim"),
+    Scenario("nohup", "1", "jim runs `nohup cmd &` and logs out", "jim"),
+    Scenario("double-fork", "1", "jim runs `(cmd &)` (a double fork) and logs out", "jim"),
+    Scenario("sudo-b", "1", "jim runs `sudo -b cmd` (sudo detaches it) and logs out", "jim"),
+    Scenario("late-mapped", "3", "jim (as ec2-user, his key mapped) leaves a detached command on host-b "
+             "and logs out; bob logs in as ec2-user before it runs", "jim"),
+    Scenario("late-unmapped", "3", "the same, with no people configured: jim's login is the candidate, "
+             "bob's (begun after the process) is not", None, frozenset({"jim"}), people=False,
+             marker="late-mapped"),
+    Scenario("sudo-u-ops", "7", "jim runs `sudo -u ops cmd`", "jim", says="sudo to {ops}", never_says="to root"),
+    Scenario("su-ops", "7", "jim runs `sudo su - ops -c cmd`", "jim", says="su to {ops}"),
+    Scenario("execs", "4", "one process execs `env` then the command (a shim): one match", "jim"),
+    Scenario("nested-pidns", "5", "jim runs the command in a nested pid namespace (`sudo unshare --pid --fork`)",
+             "jim"),
+    Scenario("broken-jim", "2", "jim's command, with its parent's fork record lost (removed from the real "
+             "capture): the audit session joins jim's login, inferred", "jim", confidence="inferred",
+             broken=True),
+    Scenario("broken-shared", "2", "the same as ec2-user (jim's key, mapped): the chain breaks below the "
+             "shared account's login", "jim", confidence="inferred", broken=True),
+    Scenario("service", "3", "a root process with no login and no audit session (a service, entered with "
+             "nsenter) runs the command", None, frozenset()),
+]
+
+
+# Who plays each scenario (by name): jim with his key, logged in to host-a as jim or to host-b as
+# the shared ec2-user; or no one (a root service on host-a).
+AS_EC2_USER_ON_B = ("shared-mapped", "broken-shared", "late-mapped")     # late-mapped last: bob follows it
+AS_JIM_ON_A = ("plain-sudo", "hop", "setsid", "nohup", "double-fork", "sudo-b", "sudo-u-ops", "su-ops",
+               "execs", "nested-pidns", "broken-jim")
+AS_ROOT_SERVICE_ON_A = ("service",)
+
+
+def marker(tag: str, name: str) -> str:
+    return f"{tag}-{name}"
+
+
+def target(tag: str, name: str) -> str:
+    """The scenario's command. Its marker is joined by printf in the shell that runs it, so it is
+    in that one process's argv and in no script or shell above it."""
+    return f'/bin/true "$(printf %s-%s {tag} {name})"'
+
+
+def scripts(tag: str, ops: str, lab: Lab) -> dict[str, str]:
+    """What each scenario's session runs (as `sh FILE`; quoting through ssh and sudo is kept out)."""
+    t = lambda name: target(tag, name)                                          # noqa: E731
+    later = lambda name: f"sh -c 'sleep {DETACHED_DELAY:g}; {t(name)}; true' </dev/null >/dev/null 2>&1"  # noqa: E731
+    return {
+        "plain-sudo": f"sudo sh -c '{t('plain-sudo')}; true'",
+        "hop": f"ssh -i {lab.work}/jim-hop {' '.join(SSH_OPTS)} ec2-user@{B} sh {{dir}}/hop-b.sh",
+        "hop-b": f"sudo sh -c '{t('hop')}; true'",
+        "shared-mapped": f"{t('shared-mapped')}; true",
+        "setsid": f"setsid {later('setsid')} &",
+        "nohup": f"nohup {later('nohup')} &",
+        "double-fork": f"({later('double-fork')} &)",
+        "sudo-b": f"sudo -b {later('sudo-b')}",
+        "late-mapped": f"setsid sh -c 'sleep 3; {t('late-mapped')}; true' </dev/null >/dev/null 2>&1 &",
+        "sudo-u-ops": f"sudo -u {ops} sh -c '{t('sudo-u-ops')}; true'",
+        "su-ops": f"sudo su - {ops} -c '{t('su-ops')}; true'",
+        "execs": f"exec env WHODID_SHIM=1 {t('execs')}",
+        "nested-pidns": f"sudo unshare --pid --fork sh -c '{t('nested-pidns')}; true'",
+        "broken-jim": f"sh -c '{t('broken-jim')}; true'; true",
+        "broken-shared": f"sh -c '{t('broken-shared')}; true'; true",
+        "service": f"sh -c '{t('service')}; true'",
+    }
+
+
+class Played:
+    """The lab's store after the scenarios, the lab's key fingerprints, and the ops account."""
+    def __init__(self, db: Path, keys: dict[str, str], ops: str, tag: str, logs: dict[str, str]):
+        self.db, self.keys, self.ops, self.tag, self.logs = db, keys, ops, tag, logs
+
+
+def play(work: Path, tag: str | None = None) -> Played:
+    """Bring the lab up, play every scenario in it, stop it, and return what it stored."""
+    tag = tag or f"wdscore{os.getpid() % 100000}"
+    ops = f"ops{os.getpid() % 100000}"
+    db = work / "lab.db"
+    sdir = Path(tempfile.mkdtemp(prefix="whodid-score-"))
+    os.chmod(sdir, 0o755)                             # jim, ec2-user and ops read the scripts
+    sudoers = Path(f"/etc/sudoers.d/whodid-score-{os.getpid()}")
+    made_ops = False
+    try:
+        with Lab(db) as lab:
+            run("useradd", "-m", "-s", "/bin/bash", ops)
+            made_ops = True
+            sudoers.write_text("jim ALL=(ALL) NOPASSWD: ALL\n")
+            os.chmod(sudoers, 0o440)
+            for name, text in scripts(tag, ops, lab).items():
+                path = sdir / f"{name}.sh"
+                path.write_text(text.replace("{dir}", str(sdir)) + "\n")
+                os.chmod(path, 0o755)
+            sh = lambda name: f"sh {sdir}/{name}.sh"                              # noqa: E731
+            for name in AS_EC2_USER_ON_B:
+                lab.ssh_from_laptop("jim", f"ec2-user@{B}", sh(name))
+            # jim has left a command on host-b and logged out; bob logs in to the same account
+            # before it runs, and stays while it does
+            time.sleep(1.0)
+            bob = lab.ssh_from_laptop("bob", f"ec2-user@{B}", "sleep 4", background=True)
+            for name in AS_JIM_ON_A:
+                lab.ssh_from_laptop("jim", f"jim@{A_IN}", sh(name))
+            for name in AS_ROOT_SERVICE_ON_A:
+                _service(lab, sh(name))
+            bob.communicate(timeout=60)
+            time.sleep(DETACHED_DELAY + 1.5)            # the detached commands, the agents' last flush
+            logs = lab.stop_hosts()
+            keys = dict(lab.keys)
+    finally:
+        sudoers.unlink(missing_ok=True)
+        if made_ops:
+            run("userdel", "-r", ops, check=False)
+        shutil.rmtree(sdir, ignore_errors=True)
+    return Played(db, keys, ops, tag, logs)
+
+
+def _service(lab: Lab, command: str) -> None:
+    """A root process with no login on host-a: from outside, with the login uid unset (so no audit
+    session), enter host-a's namespaces and run the command - as a service manager would."""
+    (init,) = children(lab.hosts["a"].pid)           # host-a's pid 1 (the agent), as we see it
+    run("sh", "-c", f"echo 4294967295 > /proc/self/loginuid && exec nsenter -t {init} -p -m -u -n -- {command}")
+
+
+def cut_parent(db: Path, out: Path, mark: str) -> None:
+    """A copy of the store in which the record of how the marked command's parent was forked is
+    gone - as when the agent's ring buffer overflows or it was not yet running."""
+    shutil.copy(db, out)
+    con = sqlite3.connect(out)
+    with con:
+        (parent,) = con.execute("SELECT p.parent FROM procs p JOIN execs e ON e.proc = p.id "
+                                "WHERE instr(e.cmd, ?)", (mark,)).fetchone()
+        con.execute("UPDATE procs SET parent = NULL, parent_by_fork = 0 WHERE id = ?", (parent,))
+    con.close()
+
+
+def identity(keys: dict[str, str], people: bool) -> Identity:
+    if not people:
+        return Identity()
+    return Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
+
+
+def answers(played: Played, work: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each scenario's JSON matches, as `whodid trace --json` gives them."""
+    stores = {"lab": Store.open(played.db)}
+    out = {}
+    for scn in SCENARIOS:
+        if scn.broken:
+            cut_parent(played.db, work / f"{scn.name}.db", marker(played.tag, scn.name))
+            stores[scn.name] = Store.open(work / f"{scn.name}.db")
+        tracer = Tracer(stores[scn.name if scn.broken else "lab"], identity(played.keys, scn.people))
+        pattern = marker(played.tag, scn.marker or scn.name)
+        out[scn.name] = [trace_json(tr) for tr in tracer.find(Query(pattern=pattern, limit=10))]
+    for store in stores.values():
+        store.close()
+    return out
+
+
+# --- scoring: pure ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    rule: str
+    expected: str
+    got: str
+    confidence: str
+    verdict: str
+    why: str
+
+
+def holder(candidate: dict[str, Any], keys: dict[str, str]) -> str:
+    """Who a candidate is: the person whodid names, else whose key it is, else its account."""
+    if candidate.get("person") and candidate["person"] != candidate.get("account"):
+        return candidate["person"]
+    by_key = {fp: name for name, fp in keys.items()}
+    return by_key.get(candidate.get("key_fp") or "", candidate.get("account") or "?")
+
+
+def expected_text(scn: Scenario) -> str:
+    if scn.person:
+        return scn.person
+    return f"unknown, candidates {{{', '.join(sorted(scn.candidates))}}}"
+
+
+def verdict(scn: Scenario, matches: list[dict[str, Any]], keys: dict[str, str], ops: str = "ops") -> Row:
+    def row(got: str, confidence: str, v: str, why: str) -> Row:
+        return Row(scn.name, scn.rule, expected_text(scn), got, confidence, v, why)
+
+    if not matches:
+        return row("no match", "-", WRONG, "the command was not found: it was dropped")
+    m = matches[0]
+    conf = m.get("confidence") or "?"
+    user = m["attributed_to"]["user"]
+    cands = {holder(c, keys) for c in m.get("candidates") or []}
+    got = user if conf != UNKNOWN else f"unknown, candidates {{{', '.join(sorted(cands))}}}"
+    if len(matches) > 1:
+        return row(got, conf, WRONG, f"{len(matches)} matches for one process")
+    if conf != UNKNOWN and user is None:
+        return row(got, conf, WRONG, f"confidence {conf} but no person named")
+    if scn.person:
+        if conf == UNKNOWN:
+            if scn.person in cands:
+                return row(got, conf, HONEST, f"{scn.person} is among the candidates")
+            return row(got, conf, WRONG, f"{scn.person} is missing from the candidates")
+        if user != scn.person:
+            return row(got, conf, WRONG, f"names {user}, not {scn.person}")
+        says = (scn.says or "").format(ops=ops)
+        if says and says not in m["summary"]:
+            return row(got, conf, WRONG, f"reads `{m['summary']}`, not `{says}`")
+        if scn.never_says and scn.never_says in m["summary"]:
+            return row(got, conf, WRONG, f"reads `{m['summary']}`")
+        if scn.confidence and conf != scn.confidence:
+            return row(got, conf, WRONG, f"confidence {conf}, not {scn.confidence}: a link was not recorded")
+        return row(got, conf, RIGHT, conf)
+    if conf != UNKNOWN:
+        return row(got, conf, WRONG, f"names {user} as the person")
+    missing, extra = scn.candidates - cands, cands - scn.candidates
+    if missing:
+        return row(got, conf, WRONG, f"{', '.join(sorted(missing))} missing from the candidates")
+    if extra:
+        return row(got, conf, WRONG, f"{', '.join(sorted(extra))} listed without evidence")
+    return row(got, conf, RIGHT, "unknown, with the right candidates")
+
+
+def score(rows: list[Row]) -> dict[str, int]:
+    return {v: sum(r.verdict == v for r in rows) for v in (RIGHT, HONEST, WRONG)}
+
+
+def table(rows: list[Row]) -> str:
+    s = score(rows)
+    lines = [f"Score: {s[RIGHT]} right / {s[HONEST]} honest-unknown / {s[WRONG]} wrong "
+             f"(of {len(rows)} scenarios; the target is 0 wrong)", "",
+             "| scenario | rule | expected | got | confidence | verdict | why |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.scenario} | {r.rule} | {r.expected} | {r.got} | {r.confidence} | {r.verdict} | "
+                     f"{r.why.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "attribution-score.md"))
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="whodid-score-") as tmp:
+        t0 = time.perf_counter()
+        played = play(Path(tmp))
+        got = answers(played, Path(tmp))
+        rows = [verdict(scn, got[scn.name], played.keys, played.ops) for scn in SCENARIOS]
+        took = time.perf_counter() - t0
+    conditions = (f"Conditions: the two-host lab (agent/lab.py: real sshd, the real agent per host in "
+                  f"`--pid-namespace self` mode), Linux {os.uname().release}, {os.cpu_count()} cores; "
+                  f"played and scored in {took:.0f} s.")
+    text = "# Attribution scenario suite: score\n\n" + table(rows) + "\n" + conditions + "\n"
+    Path(args.out).write_text(text)
+    print(text)
+    return 1 if score(rows)[WRONG] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
