@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -54,6 +56,8 @@ class Scenario:
     never_says: str | None = None       # ... and must not contain this
     confidence: str | None = None       # the confidence a right answer has, when only one is right
     broken: bool = False                # traced in a copy of the store without its parent's fork record
+    place: str = "lab"                  # "lab": the two hosts, agents in --pid-namespace self mode;
+                                        # "host": this machine, its agent in the normal mode
     marker: str | None = None           # the marker, when another scenario's command is traced again
 
 
@@ -84,6 +88,13 @@ SCENARIOS = [
              broken=True),
     Scenario("broken-shared", "2", "the same as ec2-user (jim's key, mapped): the chain breaks below the "
              "shared account's login", "jim", confidence="inferred", broken=True),
+    Scenario("normal-detached", "1", "on the host, agent in its normal mode: jim runs `setsid cmd &` and "
+             "logs out", "jim", place="host"),
+    Scenario("normal-unshare", "5", "on the host, agent in its normal mode: jim runs the command in a nested "
+             "pid namespace", "jim", place="host"),
+    Scenario("outage", "6", "on the host: jim's session waits while the agent is stopped and started "
+             "again, then runs the command: the link across the outage is inferred", "jim",
+             confidence="inferred", never_says="setuid", place="host"),
     Scenario("service", "3", "a root process with no login and no audit session (a service, entered with "
              "nsenter) runs the command", None, frozenset()),
 ]
@@ -95,6 +106,8 @@ AS_EC2_USER_ON_B = ("shared-mapped", "broken-shared", "late-mapped")     # late-
 AS_JIM_ON_A = ("plain-sudo", "hop", "setsid", "nohup", "double-fork", "sudo-b", "sudo-u-ops", "su-ops",
                "execs", "nested-pidns", "broken-jim")
 AS_ROOT_SERVICE_ON_A = ("service",)
+AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
+ACROSS_AN_OUTAGE = ("outage",)
 
 
 def marker(tag: str, name: str) -> str:
@@ -125,23 +138,33 @@ def scripts(tag: str, ops: str, lab: Lab) -> dict[str, str]:
         "su-ops": f"sudo su - {ops} -c '{t('su-ops')}; true'",
         "execs": f"exec env WHODID_SHIM=1 {t('execs')}",
         "nested-pidns": f"sudo unshare --pid --fork sh -c '{t('nested-pidns')}; true'",
-        "broken-jim": f"sh -c '{t('broken-jim')}; true'; true",
-        "broken-shared": f"sh -c '{t('broken-shared')}; true'; true",
+        # the shell at the break, and the session, live on a second: long enough for the agent to read
+        # their audit session from /proc (a process gone by then has none: docs/attribution.md)
+        "broken-jim": f"sh -c '{t('broken-jim')}; sleep 1'; true",
+        "broken-shared": f"sh -c '{t('broken-shared')}; sleep 1'; true",
         "service": f"sh -c '{t('service')}; true'",
+        "normal-detached": f"setsid {later('normal-detached')} &",
+        "normal-unshare": f"sudo unshare --pid --fork sh -c '{t('normal-unshare')}; true'",
+        # waits for the agent to be restarted ({dir}/drop is jim's to write)
+        "outage": f"touch {{dir}}/drop/waiting; while [ ! -e {{dir}}/drop/go ]; do sleep 0.1; done; "
+                  f"sh -c '{t('outage')}; true'; true",
     }
 
 
 class Played:
-    """The lab's store after the scenarios, the lab's key fingerprints, and the ops account."""
-    def __init__(self, db: Path, keys: dict[str, str], ops: str, tag: str, logs: dict[str, str]):
-        self.db, self.keys, self.ops, self.tag, self.logs = db, keys, ops, tag, logs
+    """The stores after the scenarios (by place), the lab's key fingerprints, the ops account,
+    and what each agent said when it stopped."""
+    def __init__(self, dbs: dict[str, Path], keys: dict[str, str], ops: str, tag: str, logs: dict[str, str],
+                 restarted_at: float):
+        self.dbs, self.keys, self.ops, self.tag, self.logs = dbs, keys, ops, tag, logs
+        self.restarted_at = restarted_at            # when the host's second agent began to capture
 
 
 def play(work: Path, tag: str | None = None) -> Played:
     """Bring the lab up, play every scenario in it, stop it, and return what it stored."""
     tag = tag or f"wdscore{os.getpid() % 100000}"
     ops = f"ops{os.getpid() % 100000}"
-    db = work / "lab.db"
+    db, host_db = work / "lab.db", work / "host.db"
     sdir = Path(tempfile.mkdtemp(prefix="whodid-score-"))
     os.chmod(sdir, 0o755)                             # jim, ec2-user and ops read the scripts
     sudoers = Path(f"/etc/sudoers.d/whodid-score-{os.getpid()}")
@@ -171,12 +194,87 @@ def play(work: Path, tag: str | None = None) -> Played:
             time.sleep(DETACHED_DELAY + 1.5)            # the detached commands, the agents' last flush
             logs = lab.stop_hosts()
             keys = dict(lab.keys)
+            host_logs, restarted_at = _play_on_host(lab, host_db, sdir, work)
+            logs.update(host_logs)
     finally:
         sudoers.unlink(missing_ok=True)
         if made_ops:
             run("userdel", "-r", ops, check=False)
         shutil.rmtree(sdir, ignore_errors=True)
-    return Played(db, keys, ops, tag, logs)
+    return Played({"lab": db, "host": host_db}, keys, ops, tag, logs, restarted_at)
+
+
+def _play_on_host(lab: Lab, db: Path, sdir: Path, work: Path) -> tuple[dict[str, str], float]:
+    """The scenarios for the agent's normal mode, on this machine: an sshd of our own on a
+    loopback port (the lab's users and keys), the agent recording everything. The ssh client is
+    left out of the record (`--exclude`), as a person's laptop is outside the fleet - otherwise
+    the chain would go on from jim's login, through the loopback connect, to whoever ran us."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    w, log = lab.work, work / "sshd-host.log"
+    conf = work / "sshd-host.conf"
+    conf.write_text(f"ListenAddress 127.0.0.1:{port}\nHostKey {w}/host-a\nAuthorizedKeysFile {w}/auth/%u\n"
+                    f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM yes\nStrictModes no\n"
+                    f"PidFile {work}/sshd-host.pid\nPermitRootLogin no\n")
+    run("/usr/sbin/sshd", "-f", str(conf), "-E", str(log))
+    ssh = shutil.which("ssh") or "/usr/bin/ssh"
+    as_jim = ["ssh", "-i", str(w / "jim"), "-p", str(port), *SSH_OPTS, "jim@127.0.0.1"]
+    args = ("--auth-log", str(log), "--exclude", os.path.realpath(ssh))
+    logs = {}
+    (sdir / "drop").mkdir()
+    os.chmod(sdir / "drop", 0o777)
+    try:
+        with Agent(db, work / "ready-host-1", args) as first:
+            for name in AS_JIM_ON_HOST:
+                run(*as_jim, f"sh {sdir}/{name}.sh", timeout=90)
+            waiting = subprocess.Popen([*as_jim, f"sh {sdir}/outage.sh"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+            _wait_for(sdir / "drop" / "waiting", waiting)
+            time.sleep(DETACHED_DELAY + 1.0)           # the detached command, the agent's last flush
+        logs["host (before the outage)"] = first.err
+        time.sleep(1.0)                                # the outage
+        with Agent(db, work / "ready-host-2", args) as second:
+            restarted_at = time.time()
+            (sdir / "drop" / "go").touch()
+            waiting.communicate(timeout=60)
+            time.sleep(1.0)
+        logs["host (after the outage)"] = second.err
+    finally:
+        pid = (work / "sshd-host.pid")
+        if pid.exists():
+            os.kill(int(pid.read_text()), signal.SIGTERM)
+    return logs, restarted_at
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the session did not start: {proc.communicate()[0] if proc.poll() is not None else ''}")
+        time.sleep(0.05)
+
+
+class Agent:
+    """`whodid-agent run --db DB` on this machine, in its normal mode, around a block: waited for
+    until it captures, stopped with SIGTERM after; `err` is what it said."""
+    def __init__(self, db: Path, ready: Path, args: tuple[str, ...]):
+        self.db, self.ready, self.args, self.err = db, ready, args, ""
+
+    def __enter__(self) -> "Agent":
+        self.proc = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--db", str(self.db),
+                                      "--host", "live", "--ready-file", str(self.ready), "--flush-interval", "0.2",
+                                      *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _wait_for(self.ready, self.proc, 120)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.err = self.proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.err = self.proc.communicate()[1]
 
 
 def _service(lab: Lab, command: str) -> None:
@@ -206,13 +304,13 @@ def identity(keys: dict[str, str], people: bool) -> Identity:
 
 def answers(played: Played, work: Path) -> dict[str, list[dict[str, Any]]]:
     """Each scenario's JSON matches, as `whodid trace --json` gives them."""
-    stores = {"lab": Store.open(played.db)}
+    stores = {place: Store.open(db) for place, db in played.dbs.items()}
     out = {}
     for scn in SCENARIOS:
         if scn.broken:
-            cut_parent(played.db, work / f"{scn.name}.db", marker(played.tag, scn.name))
+            cut_parent(played.dbs[scn.place], work / f"{scn.name}.db", marker(played.tag, scn.name))
             stores[scn.name] = Store.open(work / f"{scn.name}.db")
-        tracer = Tracer(stores[scn.name if scn.broken else "lab"], identity(played.keys, scn.people))
+        tracer = Tracer(stores[scn.name if scn.broken else scn.place], identity(played.keys, scn.people))
         pattern = marker(played.tag, scn.marker or scn.name)
         out[scn.name] = [trace_json(tr) for tr in tracer.find(Query(pattern=pattern, limit=10))]
     for store in stores.values():
@@ -225,6 +323,7 @@ def answers(played: Played, work: Path) -> dict[str, list[dict[str, Any]]]:
 @dataclass(frozen=True)
 class Row:
     scenario: str
+    place: str
     rule: str
     expected: str
     got: str
@@ -249,7 +348,7 @@ def expected_text(scn: Scenario) -> str:
 
 def verdict(scn: Scenario, matches: list[dict[str, Any]], keys: dict[str, str], ops: str = "ops") -> Row:
     def row(got: str, confidence: str, v: str, why: str) -> Row:
-        return Row(scn.name, scn.rule, expected_text(scn), got, confidence, v, why)
+        return Row(scn.name, scn.place, scn.rule, expected_text(scn), got, confidence, v, why)
 
     if not matches:
         return row("no match", "-", WRONG, "the command was not found: it was dropped")
@@ -275,7 +374,7 @@ def verdict(scn: Scenario, matches: list[dict[str, Any]], keys: dict[str, str], 
         if scn.never_says and scn.never_says in m["summary"]:
             return row(got, conf, WRONG, f"reads `{m['summary']}`")
         if scn.confidence and conf != scn.confidence:
-            return row(got, conf, WRONG, f"confidence {conf}, not {scn.confidence}: a link was not recorded")
+            return row(got, conf, WRONG, f"confidence {conf}, but a link was {scn.confidence}")
         return row(got, conf, RIGHT, conf)
     if conf != UNKNOWN:
         return row(got, conf, WRONG, f"names {user} as the person")
@@ -295,9 +394,10 @@ def table(rows: list[Row]) -> str:
     s = score(rows)
     lines = [f"Score: {s[RIGHT]} right / {s[HONEST]} honest-unknown / {s[WRONG]} wrong "
              f"(of {len(rows)} scenarios; the target is 0 wrong)", "",
-             "| scenario | rule | expected | got | confidence | verdict | why |", "|---|---|---|---|---|---|---|"]
+             "| scenario | where | rule | expected | got | confidence | verdict | why |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.scenario} | {r.rule} | {r.expected} | {r.got} | {r.confidence} | {r.verdict} | "
+        lines.append(f"| {r.scenario} | {r.place} | {r.rule} | {r.expected} | {r.got} | {r.confidence} | {r.verdict} | "
                      f"{r.why.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
@@ -313,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [verdict(scn, got[scn.name], played.keys, played.ops) for scn in SCENARIOS]
         took = time.perf_counter() - t0
     conditions = (f"Conditions: the two-host lab (agent/lab.py: real sshd, the real agent per host in "
-                  f"`--pid-namespace self` mode), Linux {os.uname().release}, {os.cpu_count()} cores; "
+                  f"`--pid-namespace self` mode) and this machine (an sshd of its own on loopback, the agent "
+                  f"in its normal mode, stopped and started again for the outage), Linux {os.uname().release}, {os.cpu_count()} cores; "
                   f"played and scored in {took:.0f} s.")
     text = "# Attribution scenario suite: score\n\n" + table(rows) + "\n" + conditions + "\n"
     Path(args.out).write_text(text)

@@ -35,12 +35,12 @@ KNOWN_WRONG = {
     "service": "rule 3 (h17-a1): a root service with no login names root as the person",
     "nested-pidns": "rule 5 (h17-kern): in --pid-namespace self mode a nested pid namespace's "
                     "processes are dropped by the BPF filter, so the command is not found",
-    "broken-jim": "rule 2 (h17-kern, h17-a1): short-lived processes' audit session is read from /proc "
-                  "after they are gone, and sshd's login only sometimes gets its session id, so the "
-                  "session join finds nothing; the chain ends at the break and names its effective "
-                  "user, confidence observed",
-    "broken-shared": "rule 2 (h17-kern, h17-a1): as broken-jim, under ec2-user: the break's effective "
-                     "user ec2-user is named as the person",
+    "broken-jim": "rule 2 (h17-a1): the session join finds jim's login and marks the step inferred, "
+                  "but the match's confidence is still observed",
+    "broken-shared": "rule 2 (h17-a1): as broken-jim, under ec2-user with jim's mapped key",
+    "outage": "rule 6 (h17-outage): the chain across the agent's restart claims observed, says "
+              "nothing of the outage, and reads `setuid to root, setuid to jim` (the restarted "
+              "agent's /proc images of sshd and the shell are put before their first exec)",
 }
 
 
@@ -84,7 +84,8 @@ def test_the_judge(scn, matches, expected):
 
 
 def test_every_scenario_is_played_once_and_no_marker_matches_another():
-    played = score.AS_EC2_USER_ON_B + score.AS_JIM_ON_A + score.AS_ROOT_SERVICE_ON_A
+    played = (score.AS_EC2_USER_ON_B + score.AS_JIM_ON_A + score.AS_ROOT_SERVICE_ON_A + score.AS_JIM_ON_HOST
+              + score.ACROSS_AN_OUTAGE)
     assert sorted(played) == sorted(s.name for s in SCENARIOS if not s.marker)
     assert {s.marker for s in SCENARIOS if s.marker} <= set(played)
     names = [s.name for s in SCENARIOS]
@@ -112,16 +113,17 @@ def scored(tmp_path_factory):
 
 def test_the_agents_lost_nothing_and_the_scenarios_happened_as_told(scored):
     played, answers, rows, work = scored
-    for host, log in played.logs.items():
-        assert "stopped;" in log and "0 records lost" in log, log
-    con = sqlite3.connect(played.db)
+    for where, log in played.logs.items():
+        assert "stopped;" in log and "0 records lost" in log, (where, log)
+    con = sqlite3.connect(played.dbs["lab"])
     # bob's login as ec2-user began after jim's detached process did, and before its command ran
     (command_ts, forked) = con.execute(
         "SELECT e.ts, pp.fork_ts FROM execs e JOIN procs p ON p.id = e.proc JOIN procs pp ON pp.id = p.parent "
         "WHERE instr(e.cmd, ?)", (score.marker(played.tag, "late-mapped"),)).fetchone()
     (bob_login,) = con.execute("SELECT ts FROM logins WHERE key_fp = ?", (played.keys["bob"],)).fetchone()
     assert forked < bob_login < command_ts
-    # the service's chain has no login; the broken chains' stores lack just their parent's fork
+    # the service's chain has no login; the broken chains' stores lack just their parent's fork,
+    # and the shell at the break carries the session of a recorded login
     assert not any(c.get("login") for c in answers["service"][0]["chain"])
     for name in ("broken-jim", "broken-shared"):
         parent = "SELECT p.parent FROM procs p JOIN execs e ON e.proc = p.id WHERE instr(e.cmd, ?)"
@@ -129,6 +131,14 @@ def test_the_agents_lost_nothing_and_the_scenarios_happened_as_told(scored):
         cut = sqlite3.connect(work / f"{name}.db")
         assert con.execute("SELECT parent FROM procs WHERE id = ?", (mid,)).fetchone()[0] is not None
         assert cut.execute("SELECT parent FROM procs WHERE id = ?", (mid,)).fetchone()[0] is None
+        (ses,) = con.execute("SELECT ses FROM execs WHERE proc = ? AND ses IS NOT NULL", (mid,)).fetchone()
+        assert con.execute("SELECT count(*) FROM logins WHERE ses = ?", (ses,)).fetchone()[0] == 1
+    # on the host, the outage: two agents, and the waiting shell's command ran under the second
+    host = sqlite3.connect(played.dbs["host"])
+    assert "stopped;" in played.logs["host (before the outage)"], played.logs
+    (ran,) = host.execute("SELECT ts FROM execs WHERE instr(cmd, ?)", (score.marker(played.tag, "outage"),)
+                          ).fetchone()
+    assert ran > played.restarted_at
 
 
 @pytest.mark.parametrize("name", [
