@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - t0
     conditions = (f"Conditions: the two-host lab (agent/lab.py: real sshd, the real agent per host in "
                   f"`--pid-namespace self` mode) and this machine (an sshd of its own on loopback, the agent "
-                  f"in its normal mode, stopped and started again for the outage), Linux {os.uname().release}, {os.cpu_count()} cores; "
+                  f"in its normal mode, stopped and started again for the outage), "
+                  f"Linux {os.uname().release}, {os.cpu_count()} cores; "
                   f"played and scored in {took:.0f} s.")
     text = "# Attribution scenario suite: score\n\n" + table(rows) + "\n" + conditions + "\n"
     Path(args.out).write_text(text)

@@ -10,7 +10,7 @@ The first tests check the judge itself on small answers, so a judge that waves e
 through cannot hide behind the lab.
 """
 
-import os
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -91,8 +91,6 @@ def test_every_scenario_is_played_once_and_no_marker_matches_another():
     names = [s.name for s in SCENARIOS]
     assert not [(a, b) for a in names for b in names if a != b and a in b]
     assert set(KNOWN_WRONG) <= set(names)
-    for s in SCENARIOS:
-        assert s.person or s.people is False or s.name == "service", s     # unknown needs no people map
 
 
 # --- the lab ----------------------------------------------------------------------------
@@ -139,6 +137,19 @@ def test_the_agents_lost_nothing_and_the_scenarios_happened_as_told(scored):
     (ran,) = host.execute("SELECT ts FROM execs WHERE instr(cmd, ?)", (score.marker(played.tag, "outage"),)
                           ).fetchone()
     assert ran > played.restarted_at
+
+
+def test_the_command_line_gives_the_answer_the_suite_scored(scored, capsys, monkeypatch):
+    # the suite reads Tracer + trace_json; `whodid trace --json` (no config: no people) must agree
+    from whodid.bot import cli
+    played, answers, _, _ = scored
+    monkeypatch.delenv("WHODID_CONFIG", raising=False)
+    for name in ("hop", "shared-unmapped"):
+        pattern = score.marker(played.tag, name if name == "hop" else "shared-mapped")
+        assert cli.main(["trace", pattern, "--db", str(played.dbs["lab"]), "--json", "--limit", "10"]) == 0
+        got = json.loads(capsys.readouterr().out)["matches"]
+        assert [(m["confidence"], m["attributed_to"], m["candidates"], m["summary"]) for m in got] == \
+            [(m["confidence"], m["attributed_to"], m["candidates"], m["summary"]) for m in answers[name]]
 
 
 @pytest.mark.parametrize("name", [
