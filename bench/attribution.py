@@ -95,6 +95,8 @@ SCENARIOS = [
     Scenario("outage", "6", "on the host: jim's session waits while the agent is stopped and started "
              "again, then runs the command: the link across the outage is inferred", "jim",
              confidence="inferred", never_says="setuid", place="host"),
+    Scenario("cron-shared", "3", "a job run as ec2-user with its login uid but no login (as cron does), on "
+             "host-b after everyone logged out", None, frozenset(), people=False),
     Scenario("service", "3", "a root process with no login and no audit session (a service, entered with "
              "nsenter) runs the command", None, frozenset()),
 ]
@@ -106,6 +108,7 @@ AS_EC2_USER_ON_B = ("shared-mapped", "broken-shared", "late-mapped")     # late-
 AS_JIM_ON_A = ("plain-sudo", "hop", "setsid", "nohup", "double-fork", "sudo-b", "sudo-u-ops", "su-ops",
                "execs", "nested-pidns", "broken-jim")
 AS_ROOT_SERVICE_ON_A = ("service",)
+AS_CRON_JOB_ON_B = ("cron-shared",)                                    # after bob's session ended
 AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
 ACROSS_AN_OUTAGE = ("outage",)
 
@@ -143,6 +146,7 @@ def scripts(tag: str, ops: str, lab: Lab) -> dict[str, str]:
         "broken-jim": f"sh -c '{t('broken-jim')}; sleep 1'; true",
         "broken-shared": f"sh -c '{t('broken-shared')}; sleep 1'; true",
         "service": f"sh -c '{t('service')}; true'",
+        "cron-shared": f"sh -c '{t('cron-shared')}; true'",
         "normal-detached": f"setsid {later('normal-detached')} &",
         "normal-unshare": f"sudo unshare --pid --fork sh -c '{t('normal-unshare')}; true'",
         # waits for the agent to be restarted ({dir}/drop is jim's to write)
@@ -191,6 +195,8 @@ def play(work: Path, tag: str | None = None) -> Played:
             for name in AS_ROOT_SERVICE_ON_A:
                 _service(lab, sh(name))
             bob.communicate(timeout=60)
+            for name in AS_CRON_JOB_ON_B:
+                _cron_job(lab, "ec2-user", sh(name))
             time.sleep(DETACHED_DELAY + 1.5)            # the detached commands, the agents' last flush
             logs = lab.stop_hosts()
             keys = dict(lab.keys)
@@ -282,6 +288,15 @@ def _service(lab: Lab, command: str) -> None:
     session), enter host-a's namespaces and run the command - as a service manager would."""
     (init,) = children(lab.hosts["a"].pid)           # host-a's pid 1 (the agent), as we see it
     run("sh", "-c", f"echo 4294967295 > /proc/self/loginuid && exec nsenter -t {init} -p -m -u -n -- {command}")
+
+
+def _cron_job(lab: Lab, user: str, command: str) -> None:
+    """A job as cron runs it on host-b: its login uid set to the job's owner (a new audit
+    session), no login, entered from outside host-b's namespaces."""
+    (init,) = children(lab.hosts["b"].pid)
+    uid = run("id", "-u", user).stdout.strip()
+    run("sh", "-c", f"echo {uid} > /proc/self/loginuid && exec nsenter -t {init} -p -m -u -n -- "
+                    f"runuser -u {user} -- {command}")
 
 
 def cut_parent(db: Path, out: Path, mark: str) -> None:
