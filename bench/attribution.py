@@ -195,6 +195,7 @@ def play(work: Path, tag: str | None = None) -> Played:
             for name in AS_ROOT_SERVICE_ON_A:
                 _service(lab, sh(name))
             bob.communicate(timeout=60)
+            time.sleep(1.0)                             # bob's sshd session has ended too
             for name in AS_CRON_JOB_ON_B:
                 _cron_job(lab, "ec2-user", sh(name))
             time.sleep(DETACHED_DELAY + 1.5)            # the detached commands, the agents' last flush
