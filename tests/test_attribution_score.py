@@ -35,8 +35,6 @@ KNOWN_WRONG = {
     "service": "rule 3 (h17-a1): a root service with no login names root as the person",
     "cron-shared": "rule 3 (h17-a1): a job run as ec2-user with no login names root, the account of "
                    "the step that started it (runuser, as crond would be), as the person",
-    "nested-pidns": "rule 5 (h17-kern): in --pid-namespace self mode a nested pid namespace's "
-                    "processes are dropped by the BPF filter, so the command is not found",
     "broken-jim": "rule 2 (h17-a1): the session join finds jim's login and marks the step inferred, "
                   "but the match's confidence is still observed",
     "broken-shared": "rule 2 (h17-a1): as broken-jim, under ec2-user with jim's mapped key",
