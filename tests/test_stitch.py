@@ -3,7 +3,7 @@
 import pytest
 
 from whodid.tracer.identity import Identity, Person
-from whodid.tracer.stitch import (HopCandidate, Step, attribute, gaps, link, pick_hop, privilege, program_name,
+from whodid.tracer.stitch import (PERSON_UNKNOWN, UNKNOWN, HopCandidate, Step, attribute, gaps, link, pick_hop, privilege, program_name,
                                   requested_user, summary)
 
 
@@ -161,7 +161,8 @@ def test_attribution_by_account_mapping():
 def test_shared_account_without_a_known_key_says_what_to_configure():
     chain = [step(1, user="ec2-user", edge="login", login=login("ec2-user", "SHA256:unknown"))]
     who = attribute(chain, IDENT)
-    assert who.user == "ec2-user"
+    # issue 17: a shared account is never the person; the account and the login stay as evidence
+    assert (who.user, who.account, who.confidence) == (PERSON_UNKNOWN, "ec2-user", UNKNOWN)
     assert any("shared account" in n and "people" in n for n in who.notes)
 
 
@@ -185,7 +186,9 @@ def test_no_login_names_the_scheduler():
     chain = [step(1, user="root", argv=["/usr/sbin/cron", "-f"]), step(2, user="root", argv=["backup.sh"])]
     who = attribute(chain, IDENT)
     assert who.login_time is None
-    assert who.how == "no login: scheduled by cron on a"
+    # issue 17: root's cron job names no person, and the How says why after naming the scheduler
+    assert who.how.startswith("no login: scheduled by cron on a, which runs as root; root is not a person")
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN)
 
 
 def test_gaps_over_threshold_are_labelled():
