@@ -40,7 +40,7 @@ class Step:
     container: str | None = None
     inherited: bool = False         # no exec seen: the image is the parent's
     login: dict[str, Any] | None = None
-    login_uid: int | None = None    # the audit login uid itself: None unrecorded, AUID_UNSET none (a service)
+    login_uid: int | None = None    # the audit login uid itself; None or AUID_UNSET: none (a service)
 
     @property
     def program(self) -> str:
@@ -307,45 +307,43 @@ def attribute(chain: list[Step], identity: Identity, candidates: list[Candidate]
         start = f"no login: the chain starts at the service `{origin.command}` (pid {origin.pid}) on {origin.host}"
     # the login uid nearest the command on the origin's host, before any ssh hop (a hop's
     # login uid is that login's, which is not who started the chain): cron gives a job its
-    # owner's; a service has none
+    # owner's. Agents leave an unset one out (docs/events.md), so none recorded reads as none:
+    # a service, which no session and no login points at.
     head = origin_segment(chain)
     carrier = next((s for s in reversed(head) if s.login_uid not in (None, AUID_UNSET)), None)
-    service = carrier is None and any(s.login_uid == AUID_UNSET for s in head)
-    if carrier is not None:
-        name = carrier.login_user or f"uid {carrier.login_uid}"
-        person = identity.person_for_account(name, carrier.host)
-        said = "no login recorded: the processes carry " + (
-            f"{name}'s login uid ({carrier.login_uid})" if not name.startswith("uid ") else f"login uid {carrier.login_uid}")
-        if scheduler:
-            said += f" (scheduled by {scheduler.program} on {scheduler.host})"
-        if person or is_person_account(name, identity):
-            return Attribution(user=person or name, host=origin.host, source=None, login_time=None, how=said,
-                               account=name, notes=notes, confidence=INFERRED)
-        how = f"{said}; {_not_a_person(name, identity)}, so no person is named"
-        account = name
-    else:
+    if carrier is None:
         account = origin.user
         person = identity.person_for_account(account, origin.host) if account != "?" else None
+        how = f"{start}, which runs as {account}"
         if person or is_person_account(account, identity):
-            # a service of its own account (a pipeline's runner), or a process whose session was
-            # not recorded: the account is the actor, but no login was seen to say so
-            how = f"{start}, which runs as {account}" + ("" if service else "; its login uid was not recorded")
-            return Attribution(user=person or account, host=origin.host, source=None, login_time=None, how=how,
-                               account=account, notes=notes, confidence=INFERRED)
-        how = f"{start}, which runs as {account}; {_not_a_person(account, identity)}"
-        if service:
-            how += ", and it carries no login uid (a service, not anyone's session), so nothing names a person"
-        else:
-            how += ", and its login uid was not recorded, so no session names a person"
-    cands = list(candidates or []) if not service else []
+            # a service of its own account (a pipeline's runner): the account is the actor, but
+            # no login was seen to say so
+            return Attribution(user=person or account, host=origin.host, source=None, login_time=None,
+                               how=how + " and carries no login uid", account=account, notes=notes,
+                               confidence=INFERRED)
+        how += (f"; {_not_a_person(account, identity)}, and it carries no login uid (a service, not "
+                "anyone's session), so no evidence names a person")
+        return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=None, login_time=None, how=how,
+                           account=account, notes=notes, confidence=UNKNOWN)
+    name = carrier.login_user or f"uid {carrier.login_uid}"
+    person = identity.person_for_account(name, carrier.host)
+    said = "no login recorded: the processes carry " + (
+        f"{name}'s login uid ({carrier.login_uid})" if not name.startswith("uid ") else f"login uid {carrier.login_uid}")
+    if scheduler:
+        said += f", scheduled by {scheduler.program} on {scheduler.host}"
+    if person or is_person_account(name, identity):
+        return Attribution(user=person or name, host=origin.host, source=None, login_time=None, how=said,
+                           account=name, notes=notes, confidence=INFERRED)
+    cands = list(candidates or [])
     if left_out:
         notes.append(f"{left_out} more candidate login{'s' if left_out != 1 else ''} left out: the "
                      f"{len(cands)} with the strongest evidence are listed")
-    if not service and not cands:
-        notes.append("no login was open when the chain began and none shares its audit session: "
-                     "there is no candidate")
-    return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=None, login_time=None, how=how,
-                       account=account, notes=notes, confidence=UNKNOWN, candidates=cands)
+    if not cands:
+        notes.append(f"no login as {name} was open when the chain began on {origin.host}, and none shares its "
+                     "audit session: there is no candidate")
+    return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=None, login_time=None,
+                       how=f"{said}; {_not_a_person(name, identity)}, so no person is named", account=name,
+                       notes=notes, confidence=UNKNOWN, candidates=cands)
 
 
 def _attribute_login(chain: list[Step], identity: Identity, inferred: bool) -> Attribution:

@@ -375,7 +375,7 @@ class Tracer:
         procs = self.store.procs(order)
         carried = [(procs[pid], im) for pid in order for im in self.store.images(pid)]
         auids = {(p.host_id, im.auid) for p, im in carried if im.auid not in (None, AUID_UNSET)}
-        if not auids and any(im.auid == AUID_UNSET for _, im in carried):
+        if not auids:
             return []                               # a service: no session, nothing points at anyone
         began = {p.id: p.fork_ts if p.fork_ts is not None else min((im.ts for q, im in carried if q.id == p.id),
                                                                     default=None) for p in procs.values()}
@@ -388,15 +388,18 @@ class Tracer:
             for lg in self.store.logins_by_session(p.boot, im.ses):
                 if lg["ts"] <= began[p.id] + 1 and self._same_account(p, im.auid, lg):
                     add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
-        origin = procs[chain[0].proc]
-        t0 = began[origin.id] if began[origin.id] is not None else chain[0].start
+        # "then" is when the first process carrying a login uid began (a cron job, not the cron
+        # daemon started at boot; the top of a broken chain)
+        origin = next(p for p, im in carried if im.auid not in (None, AUID_UNSET))
+        t0 = began[origin.id]
         for lg in self.store.logins_open(origin.boot, t0):
-            if all(self._same_account(origin, auid, lg) for host, auid in auids if host == origin.host_id):
-                add(lg, 1, f"open on {origin.host} when pid {origin.pid} began ({clock(t0)[:19]})")
-        for entry in found.values():
+            # open then, and its account is the processes' login uid: else the kernel says it is not theirs
+            if any(host == origin.host_id and self._is_account(host, auid, lg) for host, auid in auids):
+                add(lg, 1, f"open on {origin.host} when pid {origin.pid} began ({clock(t0)})")
+        for entry in list(found.values()):
             lg = entry[1]
             for host, auid in sorted(auids):
-                if lg.get("uid") == auid or self.store.user_name(host, auid) == lg["user"]:
+                if self._is_account(host, auid, lg):
                     add(lg, 2, f"loginuid {auid} is this login's account ({lg['user']})")
         out = []
         for score, lg, evidence in found.values():
@@ -407,6 +410,12 @@ class Tracer:
                                                 source=lg.get("raddr"), key_fp=lg.get("key_fp"),
                                                 evidence=evidence)))
         return out
+
+    def _is_account(self, host_id: int, auid: int, login: dict[str, Any]) -> bool:
+        """The login is to the account of login uid `auid` - by uid, else by the host's name for it."""
+        if login.get("uid") is not None:
+            return login["uid"] == auid
+        return self.store.user_name(host_id, auid) == login["user"]
 
     def _same_account(self, carrier: Proc, auid: int | None, login: dict[str, Any]) -> bool:
         """The process's loginuid is the login's account (by uid when the login names one,
