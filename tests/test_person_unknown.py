@@ -75,7 +75,7 @@ def test_a_service_of_its_own_account_names_the_account_as_inferred():
           H.fork(900, 71, 70), named(H.exec(900.01, 71, ["systemctl", "restart", "app"], uid=995), "gitlab-runner")]
     _, tr = trace(ev, "systemctl restart")
     assert (tr.attributed.user, tr.attributed.confidence) == ("gitlab-runner", INFERRED)
-    assert tr.attributed.how.endswith("which runs as gitlab-runner and carries no login uid")
+    assert tr.attributed.how.endswith("(pid 70) on web-1, as gitlab-runner, with no login uid: the account is the actor")
 
 
 # --- unknown --------------------------------------------------------------------------------
@@ -88,9 +88,9 @@ def test_a_root_service_is_person_unknown_with_no_candidates():
     tracer, tr = trace(ev, "rm -rf")
     who = tr.attributed
     assert (who.user, who.account, who.confidence, who.candidates) == (PERSON_UNKNOWN, "root", UNKNOWN, [])
-    assert who.how == ("no login: the chain starts at the service `/usr/sbin/backupd` (pid 70) on web-1, which "
-                       "runs as root; root is not a person, and it carries no login uid (a service, not anyone's "
-                       "session), so no evidence names a person")
+    assert who.how == ("no login: the chain starts at the service `/usr/sbin/backupd` (pid 70) on web-1, as root; "
+                       "root is not a person, and no process on the chain carries a login uid (a service, not "
+                       "anyone's session), so no evidence names a person")
     assert not who.known and tr.summary.startswith(PERSON_UNKNOWN)
     # and nothing is shown as this unknown person's: no earlier work, no search by the words
     assert tracer.earlier(tr) == []
@@ -219,11 +219,18 @@ def test_the_json_answer_names_no_one_and_lists_the_candidates():
 def test_change_review_never_matches_an_unknown_person_by_the_words():
     ev = [H.exec(0, 1, ["/sbin/init"], snapshot=True), H.fork(50, 70, 1), H.exec(50.01, 70, ["/usr/sbin/agentd"]),
           H.fork(4000, 71, 70), H.exec(4000.01, 71, ["systemctl", "restart", "nginx"])]
+    # and someone on the shared ec2-user with a key nobody mapped
+    ev += ssh_session(H, 5000, 200, "ec2-user", 1000, "203.0.113.7", 53122, "SHA256:stranger")
+    ev += [H.fork(5060, 210, 201), H.exec(5060.01, 210, ["apt-get", "install", "-y", "nmap"], uid=1000, auid=1000,
+                                         ses=200)]
     rules = parse_rules({"expected_actors": [{"name": "ghost", "users": ["person unknown"]}]})
     tracer = Tracer(store_with(ev), NOBODY)
-    (change,) = review(tracer, rules, T0, T0 + 9000).changes
-    assert (change.person, change.account, change.by_login) == (PERSON_UNKNOWN, "root", False)
-    assert change.verdict.actor is None and not change.verdict.planned
-    assert change.verdict.detail.startswith("an unknown person (account root)")
+    service, by_hand = review(tracer, rules, T0, T0 + 9000).changes
+    assert (service.person, service.account, service.by_login) == (PERSON_UNKNOWN, "root", False)
+    assert service.verdict.actor is None and not service.verdict.planned
+    assert service.verdict.detail.startswith("an unknown person (account root)")
+    assert (by_hand.person, by_hand.account, by_hand.by_login) == (PERSON_UNKNOWN, "ec2-user", True)
+    assert (by_hand.verdict.actor, by_hand.verdict.reason) == (None, "human, not a pipeline")
+    assert by_hand.verdict.detail.startswith("someone logged in as ec2-user (person unknown) and did it by hand")
     assert review(tracer, rules, T0, T0 + 9000, user=PERSON_UNKNOWN).changes == []
-    assert len(review(tracer, rules, T0, T0 + 9000, user="root").changes) == 1
+    assert [c.subject for c in review(tracer, rules, T0, T0 + 9000, user="root").changes] == ["systemctl restart nginx"]

@@ -102,7 +102,7 @@ def test_a_root_service_is_person_unknown_not_root(captured):
     who = tr.attributed
     assert tr.chain[0].pid == shells["service"] and tr.poi.user == "root"
     assert (who.user, who.account, who.confidence, who.candidates) == (PERSON_UNKNOWN, "root", UNKNOWN, [])
-    assert "carries no login uid" in who.how and "root is not a person" in who.how
+    assert "carries a login uid (a service" in who.how and "root is not a person" in who.how
     m = trace_json(tr)
     assert (m["attributed_to"]["user"], m["confidence"], m["candidates"]) == (None, "unknown", [])
 

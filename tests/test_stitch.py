@@ -188,7 +188,7 @@ def test_no_login_names_the_scheduler():
     who = attribute(chain, IDENT)
     assert who.login_time is None
     # issue 17: root's cron job names no person, and the How says why after naming the scheduler
-    assert who.how.startswith("no login: scheduled by cron on a, which runs as root; root is not a person")
+    assert who.how.startswith("no login: scheduled by cron on a, as root; root is not a person")
     assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN)
 
 

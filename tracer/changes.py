@@ -307,9 +307,8 @@ def classify(t: float, host: str, person: str | None, account: str | None, origi
             return Verdict(False, "no plan configured", "no expected actors or change windows are configured "
                            "(changes.expected_actors, changes.windows)")
         if by_login:
-            someone = person or f"someone (person unknown) logged in as {account or '?'}, who"
-            return Verdict(False, "human, not a pipeline", f"{someone} logged in and did it by hand; "
-                           "no expected actor matches")
+            someone = f"{person} logged in" if person else f"someone logged in as {account or '?'} (person unknown)"
+            return Verdict(False, "human, not a pipeline", f"{someone} and did it by hand; no expected actor matches")
         return Verdict(False, "not an expected actor", f"{person or 'an unknown person'} (account {account or '?'}) "
                        "is not among changes.expected_actors")
     if actor.hosts and not any(fnmatch.fnmatchcase(host, g) for g in actor.hosts):

@@ -314,15 +314,15 @@ def attribute(chain: list[Step], identity: Identity, candidates: list[Candidate]
     if carrier is None:
         account = origin.user
         person = identity.person_for_account(account, origin.host) if account != "?" else None
-        how = f"{start}, which runs as {account}"
+        how = f"{start}, as {account}"
         if person or is_person_account(account, identity):
             # a service of its own account (a pipeline's runner): the account is the actor, but
             # no login was seen to say so
             return Attribution(user=person or account, host=origin.host, source=None, login_time=None,
-                               how=how + " and carries no login uid", account=account, notes=notes,
-                               confidence=INFERRED)
-        how += (f"; {_not_a_person(account, identity)}, and it carries no login uid (a service, not "
-                "anyone's session), so no evidence names a person")
+                               how=how + ", with no login uid: the account is the actor", account=account,
+                               notes=notes, confidence=INFERRED)
+        how += (f"; {_not_a_person(account, identity)}, and no process on the chain carries a login uid "
+                "(a service, not anyone's session), so no evidence names a person")
         return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=None, login_time=None, how=how,
                            account=account, notes=notes, confidence=UNKNOWN)
     name = carrier.login_user or f"uid {carrier.login_uid}"
