@@ -194,6 +194,18 @@ def test_an_ssh_login_to_a_shared_account_with_an_unknown_key_is_its_own_candida
                              "its key SHA256:stranger is not in identity.people"]
 
 
+def test_a_shared_login_joined_by_its_audit_session_is_unknown_and_says_how_it_was_joined():
+    from test_session_fallback import broken_chain
+    ev = [e for e in broken_chain(auid=1000) if e["kind"] != "login"]      # make carries ec2-user's login uid
+    ev.append(H.login(0.2, 200, "ec2-user", "203.0.113.7", 53122, key_fp="SHA256:stranger", ses=7))
+    _, tr = trace(ev, "rm -rf")
+    who = tr.attributed
+    assert (who.user, who.account, who.confidence) == (PERSON_UNKNOWN, "ec2-user", UNKNOWN)
+    (cand,) = who.candidates
+    assert cand.evidence[-1] == ("inferred: the parent chain breaks at pid 600 (its parent was not recorded); "
+                                 "joined to ec2-user's login by audit session 7 (of pid 610)")
+
+
 def test_a_bare_uid_is_not_a_person():
     ev = [H.exec(0, 1, ["/sbin/init"], snapshot=True), H.fork(50, 70, 1),
           H.exec(50.01, 70, ["/bin/sh", "-c", "x"], uid=4242, auid=4242, ses=50),

@@ -396,6 +396,8 @@ def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> A
                      "`people` in the config to name who holds it")
     evidence = [f"the chain begins at this login, from {lg.get('raddr') or 'an unknown address'}"]
     evidence.append(f"its key {fp} is not in identity.people" if fp else "no key was recorded for it")
+    # a login joined by inference (an audit session across a broken chain) says how it was joined
+    evidence += [s.note for s in origin_segment(chain)[1:] if s.inferred and s.note]
     own = Candidate(person=lg["user"], account=lg["user"], host=origin.host, login_time=lg["ts"],
                     source=lg.get("raddr"), key_fp=fp, evidence=evidence)
     cands = [own]
