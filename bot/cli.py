@@ -224,6 +224,9 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         print(render_text(query, traces, now))
         if args.earlier:
             for i, tr in enumerate(traces, 1):
+                if not tr.attributed.known:
+                    print(f"\nNo earlier activity for match {i}: the evidence names no person (see its candidates)")
+                    continue
                 steps = tracer.earlier(tr)
                 print(f"\nEarlier activity of {printable(tr.attributed.user)} before match {i} (the day before, "
                       "newest last):")

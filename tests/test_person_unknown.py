@@ -246,3 +246,16 @@ def test_change_review_never_matches_an_unknown_person_by_the_words():
     assert by_hand.verdict.detail.startswith("someone logged in as ec2-user (person unknown) and did it by hand")
     assert review(tracer, rules, T0, T0 + 9000, user=PERSON_UNKNOWN).changes == []
     assert [c.subject for c in review(tracer, rules, T0, T0 + 9000, user="root").changes] == ["systemctl restart nginx"]
+
+
+def test_the_cli_shows_no_earlier_activity_of_an_unknown_person(tmp_path, capsys, monkeypatch):
+    from whodid.bot import cli
+    monkeypatch.delenv("WHODID_CONFIG", raising=False)
+    ev = [H.exec(0, 1, ["/sbin/init"], snapshot=True), H.fork(50, 70, 1), H.exec(50.01, 70, ["/usr/sbin/backupd"]),
+          H.fork(3000, 71, 70), H.exec(3000.01, 71, ["ls", "/srv"]), H.fork(4000, 72, 70),
+          H.exec(4000.01, 72, ["rm", "-rf", "/srv/data"])]
+    store_with(ev, str(tmp_path / "w.db")).close()
+    assert cli.main(["trace", "rm -rf", "--db", str(tmp_path / "w.db"), "--since", "2023-11-01", "--earlier"]) == 0
+    out = capsys.readouterr().out
+    assert "No earlier activity for match 1: the evidence names no person" in out
+    assert "Earlier activity of person unknown" not in out
