@@ -134,6 +134,14 @@ def test_someone_who_logged_in_after_the_process_started_is_not_a_candidate():
     assert any("there is no candidate" in n for n in tr.notes)
 
 
+def test_a_login_open_for_weeks_before_is_no_candidate_on_time_alone():
+    from whodid.tracer.trace import OPEN_LOGIN_HORIZON
+    ev = list(CRON) + login_at(5000 - OPEN_LOGIN_HORIZON - 60, 300, "root", 0, 9)
+    ev += cron_job(80, 5000, ["systemctl", "restart", "nginx"], 0, 0, 41)
+    _, tr = trace(ev, "systemctl restart nginx")
+    assert (tr.attributed.confidence, tr.attributed.candidates) == (UNKNOWN, [])
+
+
 def test_a_shared_account_by_login_uid_lists_the_open_logins_of_that_account():
     # no parent recorded (the agent started late), login uid 1000 (ec2-user, shared), a session
     # with no login record; bob's key is known, so his candidate login names him - still not the answer

@@ -22,6 +22,9 @@ from .when import clock, format_duration
 
 MAX_HOPS = 16
 MAX_DEPTH = 256          # processes walked up on one host before giving up (cycles, broken data)
+# A login open this long before a process began is not offered as its candidate on time alone
+# (a session id still joins it): it bounds the search, and a week-old session is weak evidence.
+OPEN_LOGIN_HORIZON = 14 * 86400.0
 
 
 @dataclass
@@ -392,7 +395,7 @@ class Tracer:
         # daemon started at boot; the top of a broken chain)
         origin = next(p for p, im in carried if im.auid not in (None, AUID_UNSET))
         t0 = began[origin.id]
-        for lg in self.store.logins_open(origin.boot, t0):
+        for lg in self.store.logins_open(origin.boot, t0, t0 - OPEN_LOGIN_HORIZON):
             # open then, and its account is the processes' login uid: else the kernel says it is not theirs
             if any(host == origin.host_id and self._is_account(host, auid, lg) for host, auid in auids):
                 add(lg, 1, f"open on {origin.host} when pid {origin.pid} began ({clock(t0)})")
