@@ -3,7 +3,8 @@
 import pytest
 
 from whodid.tracer.identity import Identity, Person
-from whodid.tracer.stitch import (HopCandidate, Step, attribute, gaps, link, pick_hop, privilege, program_name,
+from whodid.tracer.stitch import (INFERRED, OBSERVED, PERSON_UNKNOWN, UNKNOWN, Candidate, HopCandidate, Step,
+                                  attribute, gaps, link, pick_hop, privilege, program_name, rank_candidates,
                                   requested_user, summary)
 
 
@@ -161,7 +162,8 @@ def test_attribution_by_account_mapping():
 def test_shared_account_without_a_known_key_says_what_to_configure():
     chain = [step(1, user="ec2-user", edge="login", login=login("ec2-user", "SHA256:unknown"))]
     who = attribute(chain, IDENT)
-    assert who.user == "ec2-user"
+    # issue 17: a shared account is never the person; the account and the login stay as evidence
+    assert (who.user, who.account, who.confidence) == (PERSON_UNKNOWN, "ec2-user", UNKNOWN)
     assert any("shared account" in n and "people" in n for n in who.notes)
 
 
@@ -185,7 +187,9 @@ def test_no_login_names_the_scheduler():
     chain = [step(1, user="root", argv=["/usr/sbin/cron", "-f"]), step(2, user="root", argv=["backup.sh"])]
     who = attribute(chain, IDENT)
     assert who.login_time is None
-    assert who.how == "no login: scheduled by cron on a"
+    # issue 17: root's cron job names no person, and the How says why after naming the scheduler
+    assert who.how.startswith("no login: scheduled by cron on a, as root; root is not a person")
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN)
 
 
 def test_gaps_over_threshold_are_labelled():
@@ -206,3 +210,50 @@ def test_hop_through_nat_matches_the_source_port_but_is_marked_inferred():
     hit, inferred, note = pick_hop(LOGIN, [cand(4, 99.0, raddr="198.51.100.1")], [], skew=120)
     assert (hit.proc, inferred) == (4, True)
     assert "NAT" in note
+
+
+# --- issue 17, rule 3: how sure an attribution is (docs/attribution.md) ---------------------------
+
+def test_an_inferred_link_makes_a_named_person_inferred_not_observed():
+    origin = step(1, user="jim", edge="login", login=login("jim", JIM_FP))
+    hop = step(2, host="b", user="jim", edge="ssh", login=login("jim", JIM_FP))
+    assert attribute([origin, hop], IDENT).confidence == OBSERVED
+    hop.inferred = True                     # a hop matched by address only (NAT), say
+    assert attribute([origin, hop], IDENT).confidence == INFERRED
+
+
+def test_root_or_a_bare_uid_login_is_never_the_person_even_unshared():
+    ident = Identity(shared_accounts=())    # root and bare uids need no listing
+    for account in ("root", "uid 4242"):
+        who = attribute([step(1, user=account, edge="login", login=login(account))], ident)
+        assert (who.user, who.account, who.confidence) == (PERSON_UNKNOWN, account, UNKNOWN)
+        assert [c.account for c in who.candidates] == [account]
+
+
+def test_a_later_hops_key_is_a_candidate_not_the_answer_for_a_shared_origin():
+    # the jump box's shared account holds jim's key: whoever used it is not thereby jim
+    origin = step(1, user="ec2-user", edge="login", login=login("ec2-user", "SHA256:stranger"))
+    hop = step(2, host="b", user="deploy", edge="ssh", login=login("deploy", JIM_FP))
+    who = attribute([origin, hop], IDENT)
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN)
+    assert [(c.person, c.account, c.host) for c in who.candidates] == [("ec2-user", "ec2-user", "a"),
+                                                                       ("jim", "deploy", "b")]
+
+
+def test_a_login_uid_on_the_far_side_of_a_hop_is_not_the_origins():
+    # gitlab-runner (no login uid) ssh'es as deploy: deploy's login uid is that login's, not the runner's
+    chain = [step(1, user="gitlab-runner", argv=["gitlab-runner", "run"]),
+             step(2, host="b", user="deploy", edge="ssh", login=login("deploy")),
+             step(3, host="b", user="deploy", login_user="deploy")]
+    chain[2].login_uid = 1100
+    who = attribute(chain, Identity())
+    assert (who.user, who.confidence) == ("gitlab-runner", INFERRED)
+
+
+def test_candidates_rank_by_evidence_then_the_latest_login_and_say_how_many_were_left_out():
+    def cand(ts):
+        return Candidate(person=f"p{ts}", account="root", host="a", login_time=ts, source=None, key_fp=None)
+    found = [(1, cand(1)), (3, cand(2)), (1, cand(5)), (7, cand(0)), (1, cand(4))]
+    kept, left = rank_candidates(found, cap=3)
+    assert ([c.login_time for c in kept], left) == ([0, 2, 5], 2)
+    assert rank_candidates(found)[1] == 0

@@ -13,6 +13,7 @@ import os
 import pytest
 
 from whodid.tracer import Identity, Person, Query, Store, Tracer
+from whodid.tracer.stitch import OBSERVED, PERSON_UNKNOWN, UNKNOWN
 
 from whodid.agent.lab import A_IN, B, LAPTOP, Lab, missing_tools, play_story
 from test_agent_live import REASON
@@ -127,3 +128,18 @@ def test_sudo_credential_changes_were_recorded_on_host_b(story):
         "WHERE h.name = 'host-b' AND instr(e.cmd, 'sudo -i') AND instr(e.cmd, 'delete-cluster')").fetchall()
     assert ("exec", ec2, ec2, ec2, 0) in rows                     # the setuid-root sudo binary
     assert ("setresuid", ec2, 0, 0, 0) in rows                    # sudo becoming root for real
+
+
+def test_without_a_people_map_bobs_session_on_the_shared_account_is_person_unknown(story):
+    # issue 17, rule 3 in the namespaced lab: ec2-user is shared and nothing maps bob's key, so
+    # the answer names no one and offers his login, with its source and key, as the candidate;
+    # jim, who logged in to an account of his own, is still named - observed, every link seen
+    tracer = Tracer(story["store"], Identity())
+    (tr,) = [t for t in tracer.find(Query(pattern="describe-cluster", limit=10)) if t.poi.program != "sudo"][:1]
+    who = tr.attributed
+    assert (who.user, who.account, who.confidence) == (PERSON_UNKNOWN, "ec2-user", UNKNOWN), who
+    (cand,) = who.candidates
+    assert (cand.account, cand.host, cand.source, cand.key_fp) == ("ec2-user", "host-b", LAPTOP, story["keys"]["bob"])
+    assert f"its key {story['keys']['bob']} is not in identity.people" in cand.evidence
+    (tr,) = [t for t in tracer.find(Query(pattern="delete-cluster", limit=10)) if t.poi.program != "sudo"][:1]
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", OBSERVED)

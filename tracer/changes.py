@@ -297,18 +297,20 @@ class Verdict:
     window: str | None = None
 
 
-def classify(t: float, host: str, person: str, account: str | None, origin: str | None, by_login: bool,
+def classify(t: float, host: str, person: str | None, account: str | None, origin: str | None, by_login: bool,
              rules: Rules) -> Verdict:
+    """Planned or not, and why. `person` is None when the evidence names no one (a shared
+    account, root, a service): then only the account and origin can match an expected actor."""
     actor = next((a for a in rules.actors if a.matches(person, account, origin)), None)
     if actor is None:
         if not rules.configured:
             return Verdict(False, "no plan configured", "no expected actors or change windows are configured "
                            "(changes.expected_actors, changes.windows)")
         if by_login:
-            return Verdict(False, "human, not a pipeline", f"{person} logged in and did it by hand; "
-                           "no expected actor matches")
-        return Verdict(False, "not an expected actor", f"{person} (account {account or '?'}) is not among "
-                       "changes.expected_actors")
+            someone = f"{person} logged in" if person else f"someone logged in as {account or '?'} (person unknown)"
+            return Verdict(False, "human, not a pipeline", f"{someone} and did it by hand; no expected actor matches")
+        return Verdict(False, "not an expected actor", f"{person or 'an unknown person'} (account {account or '?'}) "
+                       "is not among changes.expected_actors")
     if actor.hosts and not any(fnmatch.fnmatchcase(host, g) for g in actor.hosts):
         return Verdict(False, "host not in scope", f"{host} is not among {actor.name}'s hosts "
                        f"({', '.join(actor.hosts)})", actor=actor.name)
@@ -491,14 +493,16 @@ def review(tracer, rules: Rules, since: float, until: float, host: str | None = 
             who = tr.attributed
             hit = memo[key] = (who, tr.summary)
         who, chain = hit
+        # an unknown person is no one: never matched by the words "person unknown"
+        person = who.user if who.known else None
         if what == "file" and who.login_time is None:
             # a service rewriting its own file under /etc (resolv.conf, a cache) is not a change
             # anyone made; files count when a person's session or an expected actor wrote them
-            if not any(a.matches(who.user, who.account, who.host) for a in rules.actors):
+            if not any(a.matches(person, who.account, who.host) for a in rules.actors):
                 continue
-        if user and user not in (who.user, who.account):
+        if user and user not in (person, who.account):
             continue
-        verdict = classify(ts, proc.host, who.user, who.account, who.host, who.login_time is not None, rules)
+        verdict = classify(ts, proc.host, person, who.account, who.host, who.login_time is not None, rules)
         changes.append(Change(ts=ts, host=proc.host, proc=proc.id, pid=proc.pid, what=what, subject=subject,
                               kind=kind, person=who.user, account=who.account, origin=who.host,
                               by_login=who.login_time is not None, how=who.how, chain=chain, verdict=verdict,

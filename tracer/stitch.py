@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .events import AUID_UNSET
 from .identity import Identity
 from .when import format_duration
 
@@ -40,6 +41,7 @@ class Step:
     inherited: bool = False         # no exec seen: the image is the parent's
     snapshot: bool = False          # the image was read from /proc at agent start, not seen at exec
     login: dict[str, Any] | None = None
+    login_uid: int | None = None    # the audit login uid itself; None or AUID_UNSET: none (a service)
 
     @property
     def program(self) -> str:
@@ -255,45 +257,167 @@ class Attribution:
         return self.confidence != UNKNOWN
 
 
-def attribute(chain: list[Step], identity: Identity) -> Attribution:
-    """Who is behind a chain: the person at its origin, corroborated by the keys on its hops."""
+MAX_CANDIDATES = 5
+
+
+def is_person_account(account: str | None, identity: Identity) -> bool:
+    """Whether an account, by itself, names someone: not a shared account, not root, not a uid
+    the host has no name for ("uid 1234"), not unknown ("?")."""
+    return bool(account) and account not in ("root", "?") and not account.startswith("uid ") \
+        and not identity.is_shared(account)
+
+
+def _not_a_person(account: str, identity: Identity) -> str:
+    if account == "root":
+        return "root is not a person"
+    if account.startswith("uid ") or account == "?":
+        return f"{account} has no name on the host"
+    return f"{account} is a shared account"
+
+
+def origin_segment(chain: list[Step]) -> list[Step]:
+    """The chain's steps on its origin's host, up to (not including) the first ssh hop."""
+    hop = next((i for i, s in enumerate(chain) if i and s.edge in ("login", "ssh") and s.login), len(chain))
+    return chain[:hop]
+
+
+def rank_candidates(found: list[tuple[int, Candidate]], cap: int = MAX_CANDIDATES) -> tuple[list[Candidate], int]:
+    """The strongest `cap` candidates (strength, then the latest login first) and how many more
+    were left out. Strength is the caller's score of the evidence: a shared audit session
+    outweighs a matching login uid, which outweighs a login merely open at the time."""
+    ordered = sorted(found, key=lambda sc: (-sc[0], -sc[1].login_time, sc[1].host, sc[1].account))
+    return [c for _, c in ordered[:cap]], max(0, len(ordered) - cap)
+
+
+def attribute(chain: list[Step], identity: Identity, candidates: list[Candidate] | None = None,
+              left_out: int = 0) -> Attribution:
+    """Who is behind a chain, and how sure that is (OBSERVED, INFERRED, UNKNOWN).
+
+    A login names a person by its key or account (identity.people), else by its account when
+    that is not shared, root or a bare uid. Without a login, the processes' audit login uid
+    names the account someone logged in as (cron gives a job its owner's), which is inferred.
+    Anything else - a shared account, root, a bare uid, a service with no login uid - is
+    PERSON_UNKNOWN: `account` keeps the account, `how` says why no person is named, and the
+    candidates are the logins evidence about this chain points at. A chain starting at a login
+    has that login as its candidate; for one without, the Tracer gathers `candidates` (ranked,
+    with `left_out` more) from the chain's audit sessions, login uids and start time."""
     origin = chain[0]
-    logins = [s for s in chain if s.edge in ("login", "ssh") and s.login]
-    notes: list[str] = []
+    inferred = any(s.inferred for s in chain)
     if origin.login:
-        lg = origin.login
-        key_person = identity.person_for_key(lg.get("key_fp"))
-        acct_person = identity.person_for_account(lg["user"], origin.host)
-        method = lg.get("method") or "ssh"
-        key = f" key {lg['key_fp']}" if lg.get("key_fp") else ""
-        if key_person:
-            user, how = key_person, f"ssh {method} as {lg['user']} with{key}, which belongs to {key_person}"
-        elif acct_person:
-            user, how = acct_person, f"ssh {method} as {lg['user']}, an account of {acct_person}"
-        else:
-            user, how = lg["user"], f"ssh {method} as {lg['user']}{' with' + key if key else ''}"
-            if identity.is_shared(lg["user"]):
-                notes.append(f"{lg['user']} is a shared account and{key or ' its key'} is not mapped to a "
-                             "person: add it under `people` in the config to name who holds it")
-        for later in logins[1:]:
-            other = identity.person_for_key(later.login.get("key_fp"))
-            if other and other != user:
-                notes.append(f"conflict: the key used for {later.login['user']}@{later.host} belongs to "
-                             f"{other}, not {user}")
-            elif other:
-                notes.append(f"corroborated: the key used for {later.login['user']}@{later.host} also "
-                             f"belongs to {user}")
-        return Attribution(user=user, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
-                           how=how, account=lg["user"], key_fp=lg.get("key_fp"), notes=notes)
+        return _attribute_login(chain, identity, inferred)
+    notes: list[str] = []
     scheduler = next((s for s in chain if s.program in SCHEDULERS), None)
     if scheduler:
-        how = f"no login: scheduled by {scheduler.program} on {scheduler.host}"
+        start = f"no login: scheduled by {scheduler.program} on {scheduler.host}"
     else:
-        how = f"no login: the chain starts at the service `{origin.command}` (pid {origin.pid}) on {origin.host}"
-    # No login: the chain starts at a service or scheduler, which acts as its own account
-    # (cron gives a job its owner's login uid, so that is the better name when present).
-    return Attribution(user=origin.login_user or origin.user, host=origin.host, source=None,
-                       login_time=None, how=how, account=origin.user, notes=notes)
+        start = f"no login: the chain starts at the service `{origin.command}` (pid {origin.pid}) on {origin.host}"
+    # the login uid nearest the command on the origin's host, before any ssh hop (a hop's
+    # login uid is that login's, which is not who started the chain): cron gives a job its
+    # owner's. Agents leave an unset one out (docs/events.md), so none recorded reads as none:
+    # a service, which no session and no login points at.
+    head = origin_segment(chain)
+    carrier = next((s for s in reversed(head) if s.login_uid not in (None, AUID_UNSET)), None)
+    if carrier is None:
+        account = origin.user
+        person = identity.person_for_account(account, origin.host) if account != "?" else None
+        how = f"{start}, as {account}"
+        if person or is_person_account(account, identity):
+            # a service of its own account (a pipeline's runner): the account is the actor, but
+            # no login was seen to say so
+            return Attribution(user=person or account, host=origin.host, source=None, login_time=None,
+                               how=how + ", with no login uid: the account is the actor", account=account,
+                               notes=notes, confidence=INFERRED)
+        how += (f"; {_not_a_person(account, identity)}, and no process on the chain carries a login uid "
+                "(a service, not anyone's session), so no evidence names a person")
+        return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=None, login_time=None, how=how,
+                           account=account, notes=notes, confidence=UNKNOWN)
+    name = carrier.login_user or f"uid {carrier.login_uid}"
+    person = identity.person_for_account(name, carrier.host)
+    said = "no login recorded: the processes carry " + (
+        f"{name}'s login uid ({carrier.login_uid})" if not name.startswith("uid ") else f"login uid {carrier.login_uid}")
+    if scheduler:
+        said += f", scheduled by {scheduler.program} on {scheduler.host}"
+    if person or is_person_account(name, identity):
+        return Attribution(user=person or name, host=origin.host, source=None, login_time=None, how=said,
+                           account=name, notes=notes, confidence=INFERRED)
+    cands = list(candidates or [])
+    if left_out:
+        notes.append(f"{left_out} more candidate login{'s' if left_out != 1 else ''} left out: the "
+                     f"{len(cands)} with the strongest evidence are listed")
+    if not cands:
+        notes.append(f"no login as {name} was open when the chain began on {origin.host}, and none shares its "
+                     "audit session: there is no candidate")
+    return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=None, login_time=None,
+                       how=f"{said}; {_not_a_person(name, identity)}, so no person is named", account=name,
+                       notes=notes, confidence=UNKNOWN, candidates=cands)
+
+
+def _attribute_login(chain: list[Step], identity: Identity, inferred: bool) -> Attribution:
+    """A chain that starts at a login: the person its key or account names, corroborated (or
+    contradicted) by the keys on later hops; else, for a shared account, root or a bare uid,
+    the person is unknown and the login itself - and any person a later hop's key names - are
+    the candidates."""
+    origin = chain[0]
+    lg = origin.login
+    logins = [s for s in chain if s.edge in ("login", "ssh") and s.login]
+    notes: list[str] = []
+    key_person = identity.person_for_key(lg.get("key_fp"))
+    acct_person = identity.person_for_account(lg["user"], origin.host)
+    method = lg.get("method") or "ssh"
+    key = f" key {lg['key_fp']}" if lg.get("key_fp") else ""
+    if key_person:
+        user, how = key_person, f"ssh {method} as {lg['user']} with{key}, which belongs to {key_person}"
+    elif acct_person:
+        user, how = acct_person, f"ssh {method} as {lg['user']}, an account of {acct_person}"
+    elif is_person_account(lg["user"], identity):
+        user, how = lg["user"], f"ssh {method} as {lg['user']}{' with' + key if key else ''}"
+    else:
+        return _unknown_login(chain, identity, notes)
+    for later in logins[1:]:
+        other = identity.person_for_key(later.login.get("key_fp"))
+        if other and other != user:
+            notes.append(f"conflict: the key used for {later.login['user']}@{later.host} belongs to "
+                         f"{other}, not {user}")
+        elif other:
+            notes.append(f"corroborated: the key used for {later.login['user']}@{later.host} also "
+                         f"belongs to {user}")
+    return Attribution(user=user, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
+                       how=how, account=lg["user"], key_fp=lg.get("key_fp"), notes=notes,
+                       confidence=INFERRED if inferred else OBSERVED)
+
+
+def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> Attribution:
+    origin = chain[0]
+    lg = origin.login
+    method = lg.get("method") or "ssh"
+    fp = lg.get("key_fp")
+    why = _not_a_person(lg["user"], identity)
+    if fp:
+        how = f"ssh {method} as {lg['user']} with key {fp}: {why} and the key is not mapped to a person"
+    else:
+        how = f"ssh {method} as {lg['user']}: {why} and no key was recorded to name who logged in"
+    if identity.is_shared(lg["user"]) or fp:
+        notes.append(f"{lg['user']} is {'a shared account' if identity.is_shared(lg['user']) else 'not a person'} "
+                     f"and {'key ' + fp if fp else 'its key'} is not mapped to a person: add it under "
+                     "`people` in the config to name who holds it")
+    evidence = [f"the chain begins at this login, from {lg.get('raddr') or 'an unknown address'}"]
+    evidence.append(f"its key {fp} is not in identity.people" if fp else "no key was recorded for it")
+    # a login joined by inference (an audit session across a broken chain) says how it was joined
+    evidence += [s.note for s in origin_segment(chain)[1:] if s.inferred and s.note]
+    own = Candidate(person=lg["user"], account=lg["user"], host=origin.host, login_time=lg["ts"],
+                    source=lg.get("raddr"), key_fp=fp, evidence=evidence)
+    cands = [own]
+    for later in chain[1:]:
+        other = identity.person_for_key((later.login or {}).get("key_fp")) if later.edge in ("login", "ssh") else None
+        if other and later.login:
+            lat = later.login
+            cands.append(Candidate(person=other, account=lat["user"], host=later.host, login_time=lat["ts"],
+                                   source=lat.get("raddr"), key_fp=lat.get("key_fp"),
+                                   evidence=[f"the key used for the hop to {lat['user']}@{later.host} on this chain "
+                                             f"belongs to {other} (a key kept on a shared account is not a person)"]))
+    return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
+                       how=how, account=lg["user"], key_fp=fp, notes=notes, confidence=UNKNOWN,
+                       candidates=cands)
 
 
 def gaps(chain: list[Step], threshold: float) -> list[dict[str, Any]]:

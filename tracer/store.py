@@ -647,6 +647,17 @@ class Store:
                                "WHERE p.boot = ? AND l.ses = ? ORDER BY l.ts", [boot, ses])
         return [self._login(r) for r in rows]
 
+    def logins_open(self, boot: int, t: float, since: float) -> list[dict[str, Any]]:
+        """The logins of one boot that were open at t: begun between `since` and t, and their
+        session (the login process) not ended before t - with `end`, that process's exit (None:
+        still running, or its exit was not recorded). Never a login that began after t."""
+        # logins first, by time (CROSS JOIN keeps that order): a boot has few logins in a window
+        # but may have millions of processes, which the planner would otherwise walk
+        rows = self.db.execute(f"SELECT {self.LOGIN_COLS}, p.exit_ts FROM logins l CROSS JOIN procs p "
+                               "WHERE p.id = l.proc AND l.ts BETWEEN ? AND ? AND p.boot = ? "
+                               "AND (p.exit_ts IS NULL OR p.exit_ts >= ?) ORDER BY l.ts", [since, t, boot, t])
+        return [{**self._login(r[:-1]), "end": r[-1]} for r in rows]
+
     def logins_between(self, t0: float, t1: float) -> list[dict[str, Any]]:
         rows = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l WHERE l.ts BETWEEN ? AND ? ORDER BY l.ts",
                                [t0, t1])

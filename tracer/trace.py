@@ -22,6 +22,9 @@ from .when import clock, format_duration
 
 MAX_HOPS = 16
 MAX_DEPTH = 256          # processes walked up on one host before giving up (cycles, broken data)
+# A login open this long before a process began is not offered as its candidate on time alone
+# (a session id still joins it): it bounds the search, and a week-old session is weak evidence.
+OPEN_LOGIN_HORIZON = 14 * 86400.0
 
 
 @dataclass
@@ -175,6 +178,9 @@ class Tracer:
         notes += self._outage_notes(chain, at)      # before attribution: it marks links inferred
         poi = chain[-1]
         who = stitch.attribute(chain, self.identity)
+        if not who.known and who.login_time is None:
+            # no login names a person: which logins does the evidence about these processes point at
+            who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(self._candidates(chain)))
         said = notes + who.notes
         said += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
         said += self._loss_notes(chain, at)
@@ -197,7 +203,10 @@ class Tracer:
 
     def earlier(self, tr: Trace, window: float = 86400.0, limit: int = 40) -> list[Step]:
         """What the attributed person did before the matched command, newest last: the commands
-        of the chain's login sessions and of their other sessions within `window`."""
+        of the chain's login sessions and of their other sessions within `window`. Nothing when
+        the person is unknown: there is no one whose earlier work to show."""
+        if not tr.attributed.known:
+            return []
         logins = [s.login for s in tr.chain if s.login] + self._other_sessions(tr.chain, tr.attributed)
         g = nx.DiGraph()
         for login in logins:
@@ -373,6 +382,68 @@ class Tracer:
         ended = self.store.proc(login["proc"]).exit_ts
         return ended is not None and ended < t
 
+    def _candidates(self, chain: list[Step]) -> list[tuple[int, stitch.Candidate]]:
+        """Logins that evidence about *this* chain's processes points at, each scored (see
+        stitch.rank_candidates): the audit session of any process on the chain (a login of that
+        session that began before the process did), its login uid (the login's account), and its
+        start against the logins open then on that host's boot. Never "who is logged in now":
+        a login that began after the chain's origin started is no candidate. A login whose
+        account contradicts the processes' login uid is left out: the kernel says it is not theirs."""
+        found: dict[int, list] = {}                 # login id -> [score, login, evidence]
+
+        def add(lg: dict[str, Any], score: int, why: str) -> None:
+            entry = found.setdefault(lg["id"], [0, lg, []])
+            if why not in entry[2]:
+                entry[0] += score
+                entry[2].append(why)
+
+        # the origin's host only: past an ssh hop the processes are that login's, already on the chain
+        order = list(dict.fromkeys(s.proc for s in stitch.origin_segment(chain)))
+        procs = self.store.procs(order)
+        carried = [(procs[pid], im) for pid in order for im in self.store.images(pid)]
+        auids = {(p.host_id, im.auid) for p, im in carried if im.auid not in (None, AUID_UNSET)}
+        if not auids:
+            return []                               # a service: no session, nothing points at anyone
+        began = {p.id: p.fork_ts if p.fork_ts is not None else min((im.ts for q, im in carried if q.id == p.id),
+                                                                    default=None) for p in procs.values()}
+        sessions: dict[tuple[int, int], Proc] = {}  # (boot, ses) -> the first process carrying it
+        for p, im in carried:
+            if im.ses in (None, AUID_UNSET) or im.auid == AUID_UNSET or began[p.id] is None \
+                    or (p.boot, im.ses) in sessions:
+                continue
+            sessions[(p.boot, im.ses)] = p
+            for lg in self.store.logins_by_session(p.boot, im.ses):
+                if lg["ts"] <= began[p.id] + 1 and self._same_account(p, im.auid, lg):
+                    add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
+        # "then" is when the first process carrying a login uid began (a cron job, not the cron
+        # daemon started at boot; the top of a broken chain)
+        origin = next(p for p, im in carried if im.auid not in (None, AUID_UNSET))
+        t0 = began[origin.id]
+        for lg in self.store.logins_open(origin.boot, t0, t0 - OPEN_LOGIN_HORIZON):
+            # open then, and its account is the processes' login uid: else the kernel says it is not theirs
+            if any(host == origin.host_id and self._is_account(host, auid, lg) for host, auid in auids):
+                add(lg, 1, f"open on {origin.host} when pid {origin.pid} began ({clock(t0)})")
+        for entry in list(found.values()):
+            lg = entry[1]
+            for host, auid in sorted(auids):
+                if self._is_account(host, auid, lg):
+                    add(lg, 2, f"loginuid {auid} is this login's account ({lg['user']})")
+        out = []
+        for score, lg, evidence in found.values():
+            host = self.store.proc(lg["proc"]).host
+            person = (self.identity.person_for_key(lg.get("key_fp"))
+                      or self.identity.person_for_account(lg["user"], host) or lg["user"])
+            out.append((score, stitch.Candidate(person=person, account=lg["user"], host=host, login_time=lg["ts"],
+                                                source=lg.get("raddr"), key_fp=lg.get("key_fp"),
+                                                evidence=evidence)))
+        return out
+
+    def _is_account(self, host_id: int, auid: int, login: dict[str, Any]) -> bool:
+        """The login is to the account of login uid `auid` - by uid, else by the host's name for it."""
+        if login.get("uid") is not None:
+            return login["uid"] == auid
+        return self.store.user_name(host_id, auid) == login["user"]
+
     def _same_account(self, carrier: Proc, auid: int | None, login: dict[str, Any]) -> bool:
         """The process's loginuid is the login's account (by uid when the login names one,
         else by the name the host gives that uid; an unrecorded or unnamed uid cannot disagree)."""
@@ -471,7 +542,7 @@ class Tracer:
                     pid=p.pid, user=self._name(p.host_id, euid) or "?",
                     login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
                     cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited,
-                    snapshot=im.snapshot and not inherited)
+                    snapshot=im.snapshot and not inherited, login_uid=im.auid)
 
     # --- the graph -----------------------------------------------------------------------
 
@@ -506,6 +577,8 @@ class Tracer:
         return truncated
 
     def _other_sessions(self, chain: list[Step], who: Attribution) -> list[dict[str, Any]]:
+        if not who.known:
+            return []               # an unknown person has no other sessions to look for
         on_chain = {s.login["id"] for s in chain if s.login}
         t = chain[-1].start
         out = []
@@ -588,6 +661,7 @@ def _relink_context(g: nx.DiGraph) -> None:
 
 
 def _involves(tr: Trace, user: str) -> bool:
-    if tr.attributed.user == user or tr.attributed.account == user:
+    """Does the trace involve `user` - its person (when one is named), its account, or a user on the chain?"""
+    if (tr.attributed.known and tr.attributed.user == user) or tr.attributed.account == user:
         return True
     return any(s.user == user or s.login_user == user for s in tr.chain)
