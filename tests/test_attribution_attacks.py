@@ -109,6 +109,29 @@ def test_a_reused_client_port_still_finds_the_logins_own_connection_when_it_was_
     assert not any(s.inferred for s in tr.chain)
 
 
+def test_one_client_port_to_two_servers_at_once_is_two_connections():
+    # The kernel keeps a connection unique by its 4-tuple, so one client port serves ssh to two
+    # servers at once. bob's login to config-server from port 40001 is not a reuse of the port
+    # jim's ssh to web-2 took eight seconds later: jim's connect must still be found for his
+    # login there (before, the port-reuse guard left the hop unfound and the login's shared
+    # account stood at the origin).
+    from test_trace import CONFIG, JUMP
+    web = Host("web-2", "10.0.1.30")
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += ssh_session(JUMP, 10, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
+    ev += [JUMP.fork(1000, 310, 301), JUMP.exec(1000.01, 310, ["ssh", "ec2-user@config-server"], uid=1002, auid=1002),
+           JUMP.connect(1000.05, 310, CONFIG.addr, 22, lport=40001),
+           JUMP.fork(1008, 210, 201), JUMP.exec(1008.01, 210, ["ssh", "ec2-user@web-2"], uid=1001, auid=1001),
+           JUMP.connect(1008.05, 210, web.addr, 22, lport=40001)]
+    ev += ssh_session(CONFIG, 1000.5, 500, "ec2-user", 1000, JUMP.addr, 40001, BOB_FP, ses=8)
+    ev += ssh_session(web, 1008.5, 400, "ec2-user", 1000, JUMP.addr, 40001, JIM_FP, ses=7)
+    ev += [web.fork(1010, 420, 401),
+           web.exec(1010.01, 420, ["aws", "eks", "delete-cluster", "--name", "prod"], uid=1000, auid=1000, ses=7)]
+    (tr,) = trace_one(ev, "delete-cluster")
+    assert tr.attributed.user == "jim" and tr.attributed.confidence == "observed"
+    assert [s.host for s in tr.chain if s.login] == ["jump-box", "web-2"]
+
+
 def client_gone_before_login(lport=40001, exits=True):
     """jim's ssh to config-server (port `lport`) never logs in - a wrong password - and exits
     at once, if `exits`. Later someone logs in as ec2-user from the jump box's address, port

@@ -265,5 +265,5 @@ def test_the_cli_shows_no_earlier_activity_of_an_unknown_person(tmp_path, capsys
     store_with(ev, str(tmp_path / "w.db")).close()
     assert cli.main(["trace", "rm -rf", "--db", str(tmp_path / "w.db"), "--since", "2023-11-01", "--earlier"]) == 0
     out = capsys.readouterr().out
-    assert "No earlier activity for match 1: the evidence names no person" in out
+    assert "Match 1: No earlier activity to show: the person behind it is unknown" in out
     assert "Earlier activity of person unknown" not in out

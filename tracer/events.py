@@ -20,7 +20,7 @@ SCHEMA_VERSION = 1
 # same in every event about one process and differ between two processes that share a pid.
 # Boots of events from auditd's logs (agent/audit.py) are named "audit:<host>..." - audit has no
 # boot id - and their processes are named by their clone's time in ms (or 0), never by /proc's
-# start tick: the store's restart join (store._seen_forked) applies to no such boot.
+# start tick: the store's restart join (see Store._proc_id) applies to no such boot.
 AUDIT_BOOT_PREFIX = "audit:"
 
 PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "file"})

@@ -681,10 +681,14 @@ class Store:
         rows = self.db.execute(sql + " ORDER BY ts", args)
         return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
 
-    def login_from(self, addr: str, port: int, t0: float, t1: float) -> bool:
-        """Is there a login whose client was addr:port between t0 and t1 (a connect's exact match)?"""
-        return self.db.execute("SELECT 1 FROM logins WHERE raddr = ? AND rport = ? AND ts BETWEEN ? AND ? LIMIT 1",
-                               [addr, port, t0, t1]).fetchone() is not None
+    def login_from(self, addr: str, port: int, t0: float, t1: float, to: Iterable[str | None] = ()) -> bool:
+        """Is there a login whose client was addr:port between t0 and t1 (a connect's exact match)?
+        With `to`, only a login to one of those server addresses (or to one not recorded) counts:
+        the kernel reuses a client port for connections to other servers at the same time."""
+        servers = [a for a in to if a is not None]
+        only = f" AND (laddr IS NULL OR laddr IN ({', '.join('?' * len(servers))}))" if servers else ""
+        return self.db.execute(f"SELECT 1 FROM logins WHERE raddr = ? AND rport = ? AND ts BETWEEN ? AND ?{only} LIMIT 1",
+                               [addr, port, t0, t1, *servers]).fetchone() is not None
 
     def hosts_with_addr(self, addr: str) -> list[int]:
         """Hosts known to own addr: announced in a host event, or seen as a connect's local end."""

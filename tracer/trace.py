@@ -504,11 +504,13 @@ class Tracer:
         if ended is not None and ended + c.shift < login["ts"] - s.clock_skew:
             return False
         if exact:
-            return not self.store.login_from(login["raddr"], login["rport"], c.ts - s.clock_skew, login["ts"] - 1e-6)
+            return not self.store.login_from(login["raddr"], login["rport"], c.ts - s.clock_skew, login["ts"] - 1e-6,
+                                             to=(c.raddr, login.get("laddr")))
         if c.laddr == login["raddr"] and c.lport and c.lport != login["rport"]:
             return False
         # a connect that is exactly another login's client is that login's, not a guess for this one
-        return not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window)
+        return not self.store.login_from(c.laddr, c.lport, c.ts - s.clock_skew, c.ts + s.hop_window,
+                                         to=(c.raddr, login.get("laddr")))
 
     def _candidate(self, conn: dict[str, Any], here: float = 0.0) -> HopCandidate:
         proc = self.store.proc(conn["proc"])
