@@ -54,6 +54,10 @@ def reason(tr: Trace) -> str:
         links = inferred_links(tr)
         if links:
             return "a person is named, but inferred from: " + "; ".join(links)
+        if who.login_time is None:
+            # named by the login uid the processes carry: an account, not a login that was seen
+            return ("a person is named by the login uid the processes carry; no login was recorded, "
+                    "and root can set a login uid")
         return "a person is named, but some link was inferred (see the notes)"
     account = f" (it runs as {who.account})" if who.account else ""
     n = len(who.candidates)
