@@ -27,21 +27,7 @@ from test_agent_live import REASON  # noqa: E402
 KEYS = {"jim": "SHA256:jimkey", "bob": "SHA256:bobkey"}
 
 # What each scenario that is wrong on this branch waits for (issue 17's helpers' branches).
-KNOWN_WRONG = {
-    "shared-unmapped": "rule 3 (h17-a1): a chain ending at a shared account's login with an unmapped "
-                       "key names the account (ec2-user) as the person, confidence observed",
-    "late-unmapped": "rule 3 (h17-a1): the same, for jim's detached command that ran while bob was "
-                     "logged in as ec2-user",
-    "service": "rule 3 (h17-a1): a root service with no login names root as the person",
-    "cron-shared": "rule 3 (h17-a1): a job run as ec2-user with no login names root, the account of "
-                   "the step that started it (runuser, as crond would be), as the person",
-    "broken-jim": "rule 2 (h17-a1): the session join finds jim's login and marks the step inferred, "
-                  "but the match's confidence is still observed",
-    "broken-shared": "rule 2 (h17-a1): as broken-jim, under ec2-user with jim's mapped key",
-    "outage": "rule 6 (h17-outage): the chain across the agent's restart claims observed, says "
-              "nothing of the outage, and reads `setuid to root, setuid to jim` (the restarted "
-              "agent's /proc images of sshd and the shell are put before their first exec)",
-}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 def match(user, confidence="observed", candidates=(), summary="jim -> host-a"):

@@ -332,3 +332,25 @@ def test_an_audit_sourced_boot_never_joins_by_tick():
     store = store_with([A.fork(10, 500, 1, start=clone_ms + 5), A.exec(10.01, 500, ["sleep", "9"], start=clone_ms + 5),
                         A.exec(11, 500, ["sleep", "9"], start=clone_ms, uid=0)])
     assert len(_procs_of(store, 500)) == 2
+
+
+@pytest.mark.parametrize("order", ["seen first", "snapshot first"])
+def test_a_restarted_agents_snapshot_of_a_seen_exec_adds_no_image(order):
+    # The restarted agent's /proc snapshot restates the shell's image, dated at its fork; kept,
+    # it stood before the shell's own exec on chains across an agent restart ("setuid to root,
+    # setuid to jim" when the exec was sshd's). Whatever order the two arrive in (a spool sent
+    # late), the process keeps one image: the exec that was seen.
+    seen = [H.fork(10, 200, 1), H.exec(10.01, 200, ["bash"], uid=1001, comm="bash")]
+    snap = [H.exec(10, 200, ["-bash"], uid=1001, comm="bash", snapshot=True)]
+    store = store_with(seen + snap if order == "seen first" else snap + seen)
+    rows = store.db.execute("SELECT ts, cmd, snapshot FROM execs").fetchall()
+    assert rows == [(seen[1]["ts"], "bash", None)]
+
+
+def test_a_snapshot_of_a_program_execd_while_no_agent_ran_goes_after_the_seen_images():
+    ev = [H.fork(10, 200, 1), H.exec(10.01, 200, ["bash"], uid=1001, comm="bash"),
+          H.exec(10, 200, ["python3", "job.py"], uid=1001, comm="python3", snapshot=True)]
+    store = store_with(ev)
+    rows = store.db.execute("SELECT ts, cmd, snapshot FROM execs ORDER BY ts").fetchall()
+    assert [(cmd, snap) for _, cmd, snap in rows] == [("bash", None), ("python3 job.py", 1)]
+    assert rows[1][0] > rows[0][0]

@@ -352,10 +352,27 @@ class Store:
 
     def _write_exec(self, c, boot: int, proc: int, ev: dict[str, Any]) -> int:
         cmd, argv_json = command_line(ev["argv"])
+        ts = ev["ts"]
+        if ev.get("snapshot"):
+            # A restarted agent's /proc snapshot of a process whose exec was seen restates that
+            # image, dated at the fork: kept, it would stand before its own exec on a chain (and
+            # read as a change of user when the exec was sudo's or sshd's). A snapshot of another
+            # program (comm, else argv) is an exec made while no agent ran: it goes after the
+            # images seen, as it happened after them.
+            seen = c.execute("SELECT max(ts), max(comm IS ?1 OR (comm IS NULL AND argv = ?2)) FROM execs "
+                             "WHERE proc = ?3 AND snapshot IS NULL", [ev.get("comm"), argv_json, proc]).fetchone()
+            if seen[0] is not None:
+                if seen[1]:
+                    return 0
+                ts = max(ts, seen[0] + 1e-6)
+        else:
+            # the seen exec arrived after the snapshot that restated it (a spool sent late)
+            c.execute("DELETE FROM execs WHERE proc = ? AND snapshot = 1 AND ts <= ? AND (comm IS ? OR argv = ?)",
+                      [proc, ts, ev.get("comm"), argv_json])
         new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, "
                   "egid, auid, ses, tty, comm, pidns, container, snapshot) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [proc, ev["ts"], cmd, self._cmd_id(cmd), argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
+                  [proc, ts, cmd, self._cmd_id(cmd), argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
                    ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"), ev.get("auid"),
                    ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"), ev.get("container"),
                    1 if ev.get("snapshot") else None]).rowcount
