@@ -69,6 +69,9 @@ def test_a_command_in_a_nested_pid_namespace_is_traced_to_the_shell_that_started
     # inside the nested namespace /bin/true is a low pid (the nested shell is its pid 1);
     # recorded under its pid outside, it is not
     assert tr.poi.pid > 2, (mode, pids)
+    # the step that entered the namespace says so (rule 5: the step shows the namespace)
+    entered = [s for s in tr.chain if s.note and "in another pid namespace" in s.note]
+    assert len(entered) == 1 and f"pid:[{tr.poi.pidns}]" in entered[0].note, (mode, [s.note for s in tr.chain])
 
 
 def test_the_nested_command_is_recorded_with_its_own_pid_namespace(nested):

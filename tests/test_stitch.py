@@ -257,3 +257,15 @@ def test_candidates_rank_by_evidence_then_the_latest_login_and_say_how_many_were
     kept, left = rank_candidates(found, cap=3)
     assert ([c.login_time for c in kept], left) == ([0, 2, 5], 2)
     assert rank_candidates(found)[1] == 0
+
+
+def test_a_step_in_another_pid_namespace_says_so_and_one_in_the_same_does_not():
+    from whodid.tracer.stitch import Step, namespace_change
+    def step(pidns, host="a", container=None):
+        return Step(node="n", proc=1, host=host, pid=1, user="jim", login_user=None, command="sh",
+                    argv=["sh"], start=0.0, pidns=pidns, container=container)
+    assert namespace_change(step(4026531836), step(4026532301)) == "in another pid namespace (pid:[4026532301])"
+    assert "container web" in namespace_change(step(4026531836), step(4026532301, container="web"))
+    assert namespace_change(step(4026531836), step(4026531836)) is None
+    assert namespace_change(step(None), step(4026532301)) is None            # not recorded: nothing to say
+    assert namespace_change(step(1, host="a"), step(2, host="b")) is None    # an ssh hop, not a namespace

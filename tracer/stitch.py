@@ -38,6 +38,7 @@ class Step:
     exe: str | None = None
     tty: str | None = None
     container: str | None = None
+    pidns: int | None = None        # the pid namespace's inode (unshare, a container runtime)
     inherited: bool = False         # no exec seen: the image is the parent's
     snapshot: bool = False          # the image was read from /proc at agent start, not seen at exec
     login: dict[str, Any] | None = None
@@ -92,6 +93,16 @@ def link(prev: Step, cur: Step, before: Step | None = None, after: Step | None =
     if prev.proc == cur.proc:
         return "exec", None
     return "fork", None
+
+
+def namespace_change(prev: Step, cur: Step) -> str | None:
+    """What a person needs to know when a step runs in another pid namespace than the one before
+    it on the same host (`unshare --pid`, a container runtime): that it entered one, and which.
+    Without this a containerised command reads as if it ran beside its parent."""
+    if prev.host != cur.host or prev.pidns is None or cur.pidns is None or prev.pidns == cur.pidns:
+        return None
+    where = f"container {cur.container}, " if cur.container and cur.container != prev.container else ""
+    return f"in another pid namespace ({where}pid:[{cur.pidns}])"
 
 
 def _asked_for(step: Step) -> str | None:

@@ -69,12 +69,13 @@ class Image:
     tty: str | None
     container: str | None
     snapshot: bool
+    pidns: int | None = None        # the pid namespace's inode, as the kernel gave it at exec
 
 
 PROC_COLS = ("p.id, h.name, h.id, p.boot, p.pid, p.start, p.parent, p.parent_by_fork, "
              "p.fork_ts, p.exit_ts, p.exit_code")
 PROC_FROM = "procs p JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host"
-IMAGE_COLS = "proc, ts, cmd, argv, exe, cwd, uid, euid, auid, ses, tty, container, snapshot"
+IMAGE_COLS = "proc, ts, cmd, argv, exe, cwd, uid, euid, auid, ses, tty, container, snapshot, pidns"
 
 
 def _proc(row) -> Proc:
@@ -84,7 +85,7 @@ def _proc(row) -> Proc:
 def _image(row) -> Image:
     argv = json.loads(row[3]) if row[3] is not None else row[2].split(" ")
     return Image(row[0], row[1], argv, row[2], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-                 row[11], bool(row[12]))
+                 row[11], bool(row[12]), row[13])
 
 
 def command_line(argv: list[str]) -> tuple[str, str | None]:

@@ -289,6 +289,10 @@ class Tracer:
             chain[i].edge, chain[i].note = stitch.link(
                 chain[i - 1], chain[i], before=chain[i - 2] if i >= 2 else None,
                 after=chain[i + 1] if i + 1 < len(chain) else None, last=i == len(chain) - 1)
+        for i in range(1, len(chain)):
+            entered = stitch.namespace_change(chain[i - 1], chain[i])
+            if entered:
+                chain[i].note = f"{chain[i].note}; {entered}" if chain[i].note else entered
         if chain[0].login:
             chain[0].edge = "login"
             chain[0].inferred = False
@@ -543,7 +547,7 @@ class Tracer:
         return Step(node=image_node(p.id, im.ts) if not inherited else f"{p.id}@fork", proc=p.id, host=p.host,
                     pid=p.pid, user=self._name(p.host_id, euid) or "?",
                     login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
-                    cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited,
+                    cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, pidns=im.pidns, inherited=inherited,
                     snapshot=im.snapshot and not inherited, login_uid=im.auid)
 
     # --- the graph -----------------------------------------------------------------------

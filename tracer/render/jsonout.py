@@ -17,6 +17,7 @@ def _step(step: Step) -> dict[str, Any]:
         "command": step.command, "argv": step.argv, "start": iso(step.start), "start_ts": step.start,
         "edge": step.edge, "inferred": step.inferred, "note": step.note,
         "cwd": step.cwd, "exe": step.exe, "tty": step.tty, "container": step.container,
+        "pidns": step.pidns,
     }
     if step.login:
         lg = step.login
