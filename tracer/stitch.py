@@ -236,6 +236,9 @@ class Candidate:
     source: str | None              # the address the login came from
     key_fp: str | None
     evidence: list[str] = field(default_factory=list)   # "same audit session 7", "loginuid 1001 is jim"
+    # False when nothing names a person for the login (its account is root, shared or a bare
+    # uid): `person` then only repeats the account, and no view or JSON may show it as a person
+    named: bool = True
 
 
 @dataclass
@@ -405,7 +408,7 @@ def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> A
     # a login joined by inference (an audit session across a broken chain) says how it was joined
     evidence += [s.note for s in origin_segment(chain)[1:] if s.inferred and s.note]
     own = Candidate(person=lg["user"], account=lg["user"], host=origin.host, login_time=lg["ts"],
-                    source=lg.get("raddr"), key_fp=fp, evidence=evidence)
+                    source=lg.get("raddr"), key_fp=fp, evidence=evidence, named=False)
     cands = [own]
     for later in chain[1:]:
         other = identity.person_for_key((later.login or {}).get("key_fp")) if later.edge in ("login", "ssh") else None

@@ -16,7 +16,7 @@ from ..trace import Trace
 from ..when import clock
 
 __all__ = ["OBSERVED", "INFERRED", "UNKNOWN", "PERSON_UNKNOWN", "person", "confidence", "reason",
-           "inferred_links", "who_can", "candidate_head", "candidate_short", "earlier_refused"]
+           "inferred_links", "who_can", "candidate_person", "candidate_head", "candidate_short", "earlier_refused"]
 
 
 def person(who: Attribution) -> str:
@@ -70,7 +70,13 @@ def reason(tr: Trace) -> str:
 def who_can(c: Candidate) -> str:
     """jim (ec2-user@web-1), or ec2-user@web-1 when no person is known for the account."""
     at = f"{c.account}@{c.host}"
-    return at if c.person in ("", c.account) else f"{c.person} ({at})"
+    return at if c.person in ("", c.account) or not c.named else f"{c.person} ({at})"
+
+
+def candidate_person(c: Candidate) -> str | None:
+    """The candidate's person for JSON: null when the login's account names no one (root, a
+    shared account, a bare uid), as `attributed_to.user` is null for an unknown answer."""
+    return c.person if c.named and c.person else None
 
 
 def candidate_head(c: Candidate) -> str:

@@ -1,0 +1,93 @@
+"""Issue 17, an adversary's review of the contract: what the JSON (whodid.trace/2, the canary
+alert's file, the change review's) says about an unknown person must match what the views
+say - "person unknown", never an account - and docs/trace-json.md must describe every nested
+shape a match emits, candidates included. Traces come from hand-made fixtures: root logs in
+by ssh (root is never a person), or a cron job carries root's login uid while root is logged in."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from kit import T0, Host, ssh_session, store_with
+
+from whodid.bot import alerts
+from whodid.bot.buttons import View
+from whodid.bot.ask import Ask
+from whodid.bot.changes import render_text as review_text, review_json
+from whodid.tracer import Query, Tracer
+from whodid.tracer.changes import parse_rules, review
+from whodid.tracer.render.confidence import who_can
+from whodid.tracer.render.jsonout import traces_json
+from whodid.tracer.render.text import render_trace
+
+WEB = Host("web-1", "10.0.0.3")
+DB = Host("db-1", "10.0.0.4")
+NOW = T0 + 1000
+
+
+def root_login(h: Host = WEB, cmd=("rm", "-rf", "/srv")) -> list[dict]:
+    """root logs in by ssh with no key recorded and runs a command: person unknown, the login its candidate."""
+    ev = ssh_session(h, 0, 400, "root", 0, "203.0.113.7", 5, ses=7)
+    return ev + [h.fork(100, 450, 401), h.exec(100.1, 450, list(cmd), uid=0, auid=0, ses=7)]
+
+
+def cron_with_roots_uid() -> list[dict]:
+    """A cron job carrying root's login uid while root is logged in: the Tracer gathers the candidate."""
+    ev = ssh_session(WEB, 0, 400, "root", 0, "203.0.113.7", 5, ses=7)
+    return ev + [WEB.exec(0, 50, ["/usr/sbin/cron", "-f"], snapshot=True), WEB.fork(100, 60, 50),
+                 WEB.exec(100.1, 60, ["rm", "-rf", "/srv"], uid=0, auid=0, ses=9)]
+
+
+def matches(events, pattern="rm"):
+    q = Query(pattern=pattern)
+    trs = Tracer(store_with(events)).find(q)
+    return trs, traces_json(q, trs, NOW)["matches"]
+
+
+def test_a_candidate_whose_account_names_no_one_has_no_person_in_the_json():
+    """The JSON said `"person": "root"` for the candidate login of root (or of a shared account):
+    the account the issue says is never the person, named as one to every consumer of the
+    contract, while the text shows it as `root@web-1`."""
+    for events in (root_login(), cron_with_roots_uid()):
+        trs, (m,) = matches(events)
+        assert m["confidence"] == "unknown" and m["attributed_to"]["user"] is None
+        (c,) = m["candidates"]
+        assert c["person"] is None and c["account"] == "root", c
+        assert "1. root@web-1, logged in" in render_trace(trs[0], NOW)
+        suspect = alerts.Suspect(trs[0], View(Ask(pattern="rm", since=T0, until=None, since_text="24h")), 60.0, "why")
+        (a,) = alerts.suspect_json(suspect)["candidates"]
+        assert a["person"] is None and a["account"] == "root"
+        assert who_can(trs[0].attributed.candidates[0]) == "root@web-1"
+
+
+def test_the_json_doc_describes_every_nested_shape_a_match_emits():
+    """tests/test_trace.py compares the top level, attributed_to, a step and a gap; a candidate,
+    an exec, a step's login, a change and the graph's nodes and edges were not compared."""
+    doc = (Path(__file__).parent.parent / "docs" / "trace-json.md").read_text()
+    documented = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", doc, flags=re.M):
+        documented |= set(re.findall(r"`(\w+)`", cell))
+    ev = root_login() + [WEB.exec(100.2, 450, ["rm", "-rf", "/srv/b"], uid=0, auid=0, ses=7)]
+    _, (m,) = matches(ev)
+    emitted = set(m["candidates"][0]) | set(m["execs"][0]) | set(m["chain"][0]["login"])
+    emitted |= set(m["graph"]["nodes"][0]) | set(m["graph"]["edges"][0])
+    ev = root_login() + [{**WEB.file(100.5, 450, "write", "/etc/passwd")}]
+    _, (m,) = matches(ev, "/etc/passwd")
+    emitted |= set(m["poi"]["change"])
+    assert emitted <= documented, f"undocumented: {sorted(emitted - documented)}"
+
+
+def test_the_change_review_says_person_unknown_as_the_trace_json_does():
+    """The review's JSON said `"person": "person unknown"` (a string where whodid.trace/2 says
+    null) with no confidence, and its headline counted the unknown as one person: root on
+    web-1 and root on db-1 read as "2 changes by 1 person"."""
+    r = review(Tracer(store_with(root_login(WEB) + root_login(DB))), parse_rules({}), T0, NOW)
+    assert len(r.changes) == 2
+    for c in review_json(r)["changes"]:
+        assert c["person"] is None and c["confidence"] == "unknown" and c["account"] == "root"
+    assert "by 1 person" not in r.headline()
+    assert "2 changes (2 unplanned), the person unknown for 2, on 2 hosts" == r.headline()
+    out = review_text(r, NOW)
+    assert "  person unknown (as root) - ssh publickey as root" in out
