@@ -88,6 +88,56 @@ def test_the_change_review_says_person_unknown_as_the_trace_json_does():
     for c in review_json(r)["changes"]:
         assert c["person"] is None and c["confidence"] == "unknown" and c["account"] == "root"
     assert "by 1 person" not in r.headline()
-    assert "2 changes (2 unplanned), the person unknown for 2, on 2 hosts" == r.headline()
+    assert r.headline() == "2 changes (2 unplanned), the person unknown for 2, on 2 hosts"
     out = review_text(r, NOW)
     assert "  person unknown (as root) - ssh publickey as root" in out
+
+
+def inferred_trace():
+    """jim's shell was not recorded: terraform is joined to his login by audit session (inferred)."""
+    ev = ssh_session(WEB, 0, 400, "jim", 1001, "203.0.113.7", 5, ses=7)
+    ev += [WEB.exec(100, 450, ["terraform", "destroy"], uid=1001, auid=1001, ses=7)]
+    (tr,) = Tracer(store_with(ev)).find(Query(pattern="terraform"))
+    assert tr.attributed.confidence == "inferred"
+    return tr
+
+
+def observed_trace():
+    ev = ssh_session(WEB, 0, 400, "jim", 1001, "203.0.113.7", 5, ses=7)
+    ev += [WEB.fork(100, 450, 401), WEB.exec(100.1, 450, ["terraform", "destroy"], uid=1001, auid=1001, ses=7)]
+    (tr,) = Tracer(store_with(ev)).find(Query(pattern="terraform"))
+    assert tr.attributed.confidence == "observed"
+    return tr
+
+
+def test_an_inferred_person_is_said_inferred_in_one_line_views():
+    """The one-line views - a canary alert's suspects (text and Slack), the "other matches" list,
+    the picture's title in Slack, the answer's notification text - said "jim ran ..." alike for
+    an inferred and an observed answer: at 3 am the page that names jim must say it is a guess."""
+    from whodid.bot import blocks
+    from whodid.bot.canary import Canary, Result, Suspects
+    ask = Ask(pattern="terraform", since=T0, until=None, since_text="24h")
+    inf, obs = inferred_trace(), observed_trace()
+    assert blocks.headline(inf, NOW).startswith("jim (inferred) ran `terraform destroy`")
+    assert blocks.headline(obs, NOW).startswith("jim ran `terraform destroy`")
+    text, _ = blocks.summary(inf, View(ask), 1, NOW, lambda v: "v")
+    assert text.startswith("jim ran terraform destroy") and "(confidence inferred)" in text
+    text, _ = blocks.summary(obs, View(ask), 1, NOW, lambda v: "v")
+    assert "confidence" not in text
+    canary = Canary(name="web", check={"type": "http"}, every=60, suspects=Suspects(commands=("terraform",)))
+    state = alerts.State(name="web", status="failing", since=NOW, failures=3)
+    suspect = alerts.Suspect(inf, View(ask, 0, 0, inf.target), 60.0, "matches `terraform`")
+    said = alerts.alert_text(canary, state, Result(False, "502"), [suspect], [], NOW)
+    assert "1. jim (inferred) ran `terraform destroy`" in said
+    _, bl = alerts.alert_blocks(canary, state, Result(False, "502"), [suspect], [], NOW, lambda v: "v")
+    assert "jim (inferred) ran" in json.dumps(bl)
+    assert alerts.suspect_json(suspect)["confidence"] == "inferred"
+
+
+def test_candidate_counts_read_as_english():
+    """"(confidence unknown, 1 candidates)" in the notification text."""
+    from whodid.bot import blocks
+    (tr,), _ = matches(root_login())
+    text, _ = blocks.summary(tr, View(Ask(pattern="rm", since=T0, until=None, since_text="24h")), 1, NOW,
+                             lambda v: "v")
+    assert "(confidence unknown, 1 candidate)" in text

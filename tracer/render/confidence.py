@@ -15,7 +15,8 @@ from ..stitch import INFERRED, OBSERVED, PERSON_UNKNOWN, UNKNOWN, Attribution, C
 from ..trace import Trace
 from ..when import clock
 
-__all__ = ["OBSERVED", "INFERRED", "UNKNOWN", "PERSON_UNKNOWN", "person", "confidence", "reason",
+__all__ = ["OBSERVED", "INFERRED", "UNKNOWN", "PERSON_UNKNOWN", "person", "person_in_a_line", "candidates_count",
+           "confidence", "reason",
            "inferred_links", "who_can", "candidate_person", "candidate_head", "candidate_short", "earlier_refused"]
 
 
@@ -23,6 +24,17 @@ def person(who: Attribution) -> str:
     """The person as every renderer names them: "person unknown" when the evidence names nobody,
     whatever the attribution's `user` holds."""
     return who.user if who.known else PERSON_UNKNOWN
+
+
+def person_in_a_line(tr: Trace) -> str:
+    """The person for a one-line view (an alert's suspect, a list of matches, a file's title),
+    where no confidence badge stands beside it: "jim (inferred)" when the answer is a guess."""
+    name = person(tr.attributed)
+    return f"{name} (inferred)" if confidence(tr) == INFERRED else name
+
+
+def candidates_count(n: int) -> str:
+    return f"{n} candidate{'' if n == 1 else 's'}"
 
 
 def confidence(tr: Trace) -> str:
