@@ -141,3 +141,34 @@ def test_candidate_counts_read_as_english():
     text, _ = blocks.summary(tr, View(Ask(pattern="rm", since=T0, until=None, since_text="24h")), 1, NOW,
                              lambda v: "v")
     assert "(confidence unknown, 1 candidate)" in text
+
+
+def test_the_picture_dates_a_candidate_who_logged_in_on_another_day():
+    """Candidates reach back two weeks (OPEN_LOGIN_HORIZON), and the picture showed only the
+    clock: a login three days before read as one minutes before."""
+    from whodid.tracer.render.layout import layout
+    from whodid.tracer.stitch import Candidate
+    (tr,), _ = matches(root_login())
+    old = Candidate("jim", "ec2-user", "web-1", tr.poi.start - 3 * 86400, None, None, ["loginuid 1000"])
+    same = Candidate("bob", "ec2-user", "web-1", tr.poi.start - 60, None, None, ["loginuid 1000"])
+    tr.attributed.candidates = [old, same]
+    lay = layout(tr, NOW)
+    assert lay.candidates[0].startswith("jim (ec2-user@web-1) · 11-11 22:15:00 ·"), lay.candidates
+    assert lay.candidates[1].startswith("bob (ec2-user@web-1) · 22:14:00 ·"), lay.candidates
+
+
+def test_a_login_with_no_key_is_not_told_to_map_its_key():
+    """"root is a shared account and its key is not mapped to a person: add it under `people`"
+    for a login that recorded no key: there is no key to add."""
+    (tr,), _ = matches(root_login())
+    said = " ".join(tr.notes)
+    assert "its key is not mapped" not in said and "no key was recorded for the login" in said
+
+
+def test_the_how_line_never_starts_with_the_account_of_an_unknown_answer():
+    """stitch.summary read `who.user`: an unknown answer whose user still held the account
+    (as before issue 17) was summed up as "root -> web-1" in the How line, Slack and alerts."""
+    from whodid.tracer import stitch
+    (tr,), _ = matches(root_login())
+    tr.attributed.user = "root"
+    assert stitch.summary(tr.chain, tr.attributed).startswith("person unknown -> web-1")

@@ -448,7 +448,7 @@ def planned_by_actor(changes: list[Change]) -> list[dict[str, Any]]:
     for c in changes:
         if not c.verdict.planned:
             continue
-        a = out.setdefault(c.verdict.actor or c.who, {"actor": c.verdict.actor or c.person, "count": 0,
+        a = out.setdefault(c.verdict.actor or c.who, {"actor": c.verdict.actor or c.who, "count": 0,
                                                           "hosts": set(), "kinds": Counter(), "first": c.ts,
                                                           "last": c.ts, "windows": set()})
         a["count"] += 1

@@ -101,9 +101,12 @@ def candidate_head(c: Candidate) -> str:
     return ", ".join(parts)
 
 
-def candidate_short(c: Candidate, width: int = 90) -> str:
-    """A candidate in one short line for the picture: who, when, and the first evidence."""
-    text = f"{who_can(c)} · {clock(c.login_time)[11:19]}"
+def candidate_short(c: Candidate, width: int = 90, on: float | None = None) -> str:
+    """A candidate in one short line for the picture: who, when, and the first evidence. The
+    clock alone when the login was on the day of `on` (the command), else with its date:
+    candidates reach back two weeks."""
+    at = clock(c.login_time)
+    text = f"{who_can(c)} · {at[11:19] if on is None or at[:10] == clock(on)[:10] else at[5:19]}"
     if c.evidence:
         text += f" · {c.evidence[0]}" + (f" (+{len(c.evidence) - 1})" if len(c.evidence) > 1 else "")
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -201,7 +201,7 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
         if who.key_fp and who.user != who.account:
             person += f" (key {who.key_fp[:14]}…)"
     # recorded names drawn as they were recorded: an escape or a bidi override shown, not obeyed
-    cands = [printable(candidate_short(c)) for c in who.candidates[:MAX_CANDIDATES]] if not who.known else []
+    cands = [printable(candidate_short(c, on=when)) for c in who.candidates[:MAX_CANDIDATES]] if not who.known else []
     if not who.known and len(who.candidates) > MAX_CANDIDATES:
         cands.append(f"+{len(who.candidates) - MAX_CANDIDATES} more candidates (see the text or JSON answer)")
     return Layout(title=title, headline=headline, subtitle=" · ".join(sub), lanes=lanes, boxes=boxes,
