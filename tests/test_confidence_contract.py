@@ -198,3 +198,19 @@ def test_slack_end_to_end_an_inferred_answer_says_so_in_its_notification_and_pic
             assert pic["title"].startswith("jim (inferred) ran `terraform destroy`"), pic
         finally:
             bot.stop()
+
+
+def test_the_page_says_how_the_answer_was_reached_as_the_text_and_slack_do():
+    """The text's "Who:" line and Slack's context say how (why root names no one, which key
+    named jim); the trace page - where people go to check an answer - said neither that nor the
+    chain's one-line summary."""
+    from test_html import Page
+    from whodid.tracer.render.html import render_html
+    (tr,), _ = matches(root_login())
+    page = Page(render_html(tr, NOW))
+    assert page.by_id("how")[0] == "p"
+    text = render_html(tr, NOW)
+    assert "ssh publickey as root: root is not a person and no key was recorded to name who logged in" in text
+    assert "(person unknown -&gt; web-1 (root))" in text
+    assert "<strong>How:</strong> ssh publickey as jim (jim -&gt; web-1)</p>" in \
+        render_html(inferred_trace(), NOW)
