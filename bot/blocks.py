@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from whodid.tracer.render.confidence import (OBSERVED, candidate_head, candidates_count, confidence, earlier_refused,
+from whodid.tracer.render.confidence import (OBSERVED, account_said, candidate_head, candidates_count, confidence, earlier_refused,
                                              person, person_in_a_line, reason)
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.stitch import Step
@@ -135,7 +135,8 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
     if who.known:
         as_ = f" (as {escape(who.account)})" if who.account and who.account != who.user else ""
     else:
-        as_ = f" (runs as {code(who.account)})" if who.account else ""
+        said = account_said(tr)      # "runs as root", "logged in as ec2-user": the account in code
+        as_ = f" ({said[:-len(who.account)]}{code(who.account)})" if who.account else ""
     fields = [
         f"*Who*\n{escape(name)}{as_}",
         f"*Where*\n{escape(poi.host)}, as {escape(poi.user)}"

@@ -214,3 +214,34 @@ def test_the_page_says_how_the_answer_was_reached_as_the_text_and_slack_do():
     assert "(person unknown -&gt; web-1 (root))" in text
     assert "<strong>How:</strong> ssh publickey as jim (jim -&gt; web-1)</p>" in \
         render_html(inferred_trace(), NOW)
+
+
+def shared_login_then_sudo():
+    """ec2-user (shared, no key) logs in and runs `sudo rm`: the command runs as root."""
+    ev = ssh_session(WEB, 0, 400, "ec2-user", 1000, "203.0.113.7", 5, ses=7)
+    ev += [WEB.fork(100, 450, 401),
+           WEB.exec(100.1, 450, ["sudo", "rm", "-rf", "/srv"], uid=1000, euid=0, auid=1000, ses=7),
+           WEB._ev("cred", 100.1, pid=450, start=450000, via="exec", old_uid=1000, old_euid=1000, uid=1000, euid=0),
+           WEB.fork(100.2, 451, 450), WEB.exec(100.3, 451, ["rm", "-rf", "/srv"], uid=0, auid=1000, ses=7)]
+    (tr,) = Tracer(store_with(ev)).find(Query(pattern="rm -rf", limit=1))
+    assert (tr.poi.user, tr.attributed.account, tr.attributed.confidence) == ("root", "ec2-user", "unknown")
+    return tr
+
+
+def test_an_unknown_answer_does_not_say_it_runs_as_the_login_account_when_it_ran_as_root():
+    """The text said "on web-1, pid 451, as root" and two lines below "(it runs as ec2-user)";
+    the picture's badge and Slack's Who field said "runs as ec2-user" too: the account is the
+    one logged in to, not what the command ran as."""
+    from whodid.bot import blocks
+    from whodid.tracer.render.html import render_html
+    from whodid.tracer.render.layout import layout
+    tr = shared_login_then_sudo()
+    out = render_trace(tr, NOW)
+    assert "runs as ec2-user" not in out
+    assert "Confidence: unknown - the evidence does not name a person (logged in as ec2-user); 1 candidate" in out
+    assert layout(tr, NOW).person == "person unknown · logged in as ec2-user"
+    assert "runs as ec2-user" not in render_html(tr, NOW)
+    _, bl = blocks.summary(tr, View(Ask(pattern="rm", since=T0, until=None, since_text="24h")), 1, NOW,
+                           lambda v: "v")
+    fields = [f["text"] for b in bl if "fields" in b for f in b["fields"]]
+    assert "*Who*\nperson unknown (logged in as `ec2-user`)" in fields and "runs as" not in json.dumps(bl)

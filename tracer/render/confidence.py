@@ -16,7 +16,7 @@ from ..trace import Trace
 from ..when import clock
 
 __all__ = ["OBSERVED", "INFERRED", "UNKNOWN", "PERSON_UNKNOWN", "person", "person_in_a_line", "candidates_count",
-           "confidence", "reason",
+           "confidence", "account_said", "reason",
            "inferred_links", "who_can", "candidate_person", "candidate_head", "candidate_short", "earlier_refused"]
 
 
@@ -55,6 +55,18 @@ def inferred_links(tr: Trace) -> list[str]:
     return out
 
 
+def account_said(tr: Trace) -> str:
+    """The account an unknown answer stopped at, in words that are true of it: "runs as root"
+    when the command runs as it, "logged in as ec2-user" when it is the login's (the command
+    may have sudo'ed to root since), else "account deploy" (a login uid's, a service's)."""
+    acct = tr.attributed.account
+    if not acct:
+        return ""
+    if acct == tr.poi.user:
+        return f"runs as {acct}"
+    return f"logged in as {acct}" if tr.attributed.login_time is not None else f"account {acct}"
+
+
 def reason(tr: Trace) -> str:
     """Why the answer is as sure as it says, in one sentence."""
     level, who = confidence(tr), tr.attributed
@@ -71,7 +83,8 @@ def reason(tr: Trace) -> str:
             return ("a person is named by the login uid the processes carry; no login was recorded, "
                     "and root can set a login uid")
         return "a person is named, but some link was inferred (see the notes)"
-    account = f" (it runs as {who.account})" if who.account else ""
+    said = account_said(tr)
+    account = f" ({'it ' if said.startswith('runs') else ''}{said})" if said else ""
     n = len(who.candidates)
     if n:
         return (f"the evidence does not name a person{account}; {n} candidate{'s' if n > 1 else ''} "
