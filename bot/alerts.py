@@ -210,7 +210,7 @@ def suspect_json(s: Suspect) -> dict[str, Any]:
             "person": who.user if who.known else None, "account": who.account, "confidence": who.confidence,
             "candidates": [{"person": candidate_person(c), "account": c.account, "host": c.host, "login_time": c.login_time,
                             "source": c.source, "key_fp": c.key_fp, "evidence": list(c.evidence)}
-                           for c in who.candidates],
+                           for c in (who.candidates if not who.known else [])],     # as every view
             "how": s.trace.summary, "why": s.why}
 
 

@@ -245,3 +245,15 @@ def test_an_unknown_answer_does_not_say_it_runs_as_the_login_account_when_it_ran
                            lambda v: "v")
     fields = [f["text"] for b in bl if "fields" in b for f in b["fields"]]
     assert "*Who*\nperson unknown (logged in as `ec2-user`)" in fields and "runs as" not in json.dumps(bl)
+
+
+def test_a_named_answer_lists_no_candidates_in_the_json_as_in_every_view():
+    """The views list candidates only when the person is unknown; the JSON and the alert's file
+    listed whatever the attribution held, so a named answer carrying candidates disagreed."""
+    from whodid.tracer.stitch import Candidate
+    tr = observed_trace()
+    tr.attributed.candidates = [Candidate("bob", "bob", "web-1", T0, None, None, ["open then"])]
+    assert "Candidates" not in render_trace(tr, NOW)
+    assert traces_json(Query(pattern="terraform"), [tr], NOW)["matches"][0]["candidates"] == []
+    suspect = alerts.Suspect(tr, View(Ask(pattern="t", since=T0, until=None, since_text="24h")), 60.0, "why")
+    assert alerts.suspect_json(suspect)["candidates"] == []

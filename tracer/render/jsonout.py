@@ -50,7 +50,7 @@ def trace_json(tr: Trace) -> dict[str, Any]:
         "confidence": who.confidence,
         "candidates": [{"person": candidate_person(c), "account": c.account, "host": c.host,
                         "login_time": iso(c.login_time), "source": c.source, "key_fp": c.key_fp,
-                        "evidence": c.evidence} for c in who.candidates],
+                        "evidence": c.evidence} for c in (who.candidates if not who.known else [])],
         "chain": [_step(s) for s in tr.chain],
         "execs": [{"command": im.cmd, "argv": im.argv, "exe": im.exe, "start": iso(im.ts), "start_ts": im.ts,
                    "poi": tr.change is None and tr.target is not None and im.ts == tr.target.at}
