@@ -196,6 +196,8 @@ def test_slack_end_to_end_an_inferred_answer_says_so_in_its_notification_and_pic
             assert "*Confidence*\\ninferred :warning:" in json.dumps(top.blocks)
             (pic,) = [f for m in thread for f in m.files]
             assert pic["title"].startswith("jim (inferred) ran `terraform destroy`"), pic
+            # a screen reader gets the alt text, not the badge drawn in the picture
+            assert emu.uploads[pic["id"]]["alt_txt"] == "How: jim -&gt; web-1 (confidence: inferred)"
         finally:
             bot.stop()
 
