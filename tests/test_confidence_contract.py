@@ -259,3 +259,12 @@ def test_a_named_answer_lists_no_candidates_in_the_json_as_in_every_view():
     assert traces_json(Query(pattern="terraform"), [tr], NOW)["matches"][0]["candidates"] == []
     suspect = alerts.Suspect(tr, View(Ask(pattern="t", since=T0, until=None, since_text="24h")), 60.0, "why")
     assert alerts.suspect_json(suspect)["candidates"] == []
+
+
+def test_the_legend_does_not_call_the_origin_the_persons_login():
+    """The page's and the picture's legend called the origin box "the person's login" - on an
+    answer whose person is unknown (root's login) or that starts at a service."""
+    from whodid.tracer.render.html import render_html
+    (tr,), _ = matches(root_login())
+    assert "person&#x27;s login" not in render_html(tr, NOW) and "person's login" not in render_html(tr, NOW)
+    assert "where the chain starts" in render_html(tr, NOW)

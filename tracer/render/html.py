@@ -509,7 +509,7 @@ LEGEND = [("line", "#555555", 1.6, False, "started (fork/exec)"),
           ("line", SSH, 2.4, False, "ssh hop to another host"),
           ("line", PRIV, 2.4, False, "change of user (sudo/su/setuid)"),
           ("line", BLACK, 1.6, True, "inferred, not observed"),
-          ("box", FILL["origin"], PERSON, "the person's login"),
+          ("box", FILL["origin"], PERSON, "where the chain starts (a login, a service)"),
           ("box", FILL["poi"], MATCH, "matched command"),
           ("box", LIGHT, "#a0a0a0", "context (wider scope)")]
 
