@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from whodid import private
 from whodid.tracer import Query, Tracer
-from whodid.tracer.render.confidence import who_can
+from whodid.tracer.render.confidence import candidate_person, who_can
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
 from whodid.tracer.when import clock, format_duration
@@ -208,9 +208,9 @@ def suspect_json(s: Suspect) -> dict[str, Any]:
     who = s.trace.attributed
     return {"command": s.trace.poi.command, "host": s.trace.poi.host, "at": s.trace.poi.start,
             "person": who.user if who.known else None, "account": who.account, "confidence": who.confidence,
-            "candidates": [{"person": c.person, "account": c.account, "host": c.host, "login_time": c.login_time,
+            "candidates": [{"person": candidate_person(c), "account": c.account, "host": c.host, "login_time": c.login_time,
                             "source": c.source, "key_fp": c.key_fp, "evidence": list(c.evidence)}
-                           for c in who.candidates],
+                           for c in (who.candidates if not who.known else [])],     # as every view
             "how": s.trace.summary, "why": s.why}
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from whodid.tracer.render.confidence import candidate_head, confidence, earlier_refused, person, reason
+from whodid.tracer.render.confidence import (OBSERVED, account_said, candidate_head, candidates_count, confidence, earlier_refused,
+                                             person, person_in_a_line, reason)
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.stitch import Step
 from whodid.tracer.trace import Trace
@@ -115,7 +116,7 @@ def headline(tr: Trace, now: float) -> str:
     the evidence names nobody (never the account it runs as)."""
     when = tr.change["ts"] if tr.change else tr.poi.start
     verb = "changed" if tr.change else "ran"
-    return f"{person(tr.attributed)} {verb} `{what(tr)}` on {tr.poi.host}, {ago(when, now)}"
+    return f"{person_in_a_line(tr)} {verb} `{what(tr)}` on {tr.poi.host}, {ago(when, now)}"
 
 
 def summary(tr: Trace, view: View, total: int, now: float, value: Value,
@@ -126,13 +127,16 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
     when = tr.change["ts"] if tr.change else poi.start
     verb = "changed" if tr.change else "ran"
     text = f"{name} {verb} {what(tr)} on {poi.host}, {ago(when, now)}: {tr.summary}"
-    if not who.known:
-        text += f" (confidence unknown, {len(who.candidates)} candidates)"
     level = confidence(tr)
+    if not who.known:
+        text += f" (confidence unknown, {candidates_count(len(who.candidates))})"
+    elif level != OBSERVED:        # the notification is all a phone shows: a guess says so there
+        text += f" (confidence {level})"
     if who.known:
         as_ = f" (as {escape(who.account)})" if who.account and who.account != who.user else ""
     else:
-        as_ = f" (runs as {code(who.account)})" if who.account else ""
+        said = account_said(tr)      # "runs as root", "logged in as ec2-user": the account in code
+        as_ = f" ({said[:-len(who.account)]}{code(who.account)})" if who.account else ""
     fields = [
         f"*Who*\n{escape(name)}{as_}",
         f"*Where*\n{escape(poi.host)}, as {escape(poi.user)}"

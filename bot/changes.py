@@ -244,7 +244,7 @@ def review_json(review: Review) -> dict[str, Any]:
         "configured": review.configured, "truncated": review.truncated, "summary": review.headline(),
         "changes": [{
             "ts": iso(c.ts), "host": c.host, "pid": c.pid, "what": c.what, "subject": c.subject, "kind": c.kind,
-            "person": c.person, "account": c.account, "origin": c.origin, "by_login": c.by_login, "how": c.how,
+            "person": c.person if c.known else None, "confidence": c.confidence, "account": c.account, "origin": c.origin, "by_login": c.by_login, "how": c.how,
             "chain": c.chain, "planned": c.verdict.planned, "reason": c.verdict.reason, "detail": c.verdict.detail,
             "actor": c.verdict.actor, "window": c.verdict.window,
         } for c in review.changes],

@@ -37,6 +37,7 @@ from whodid import config as config_mod
 from whodid.tracer import Query, Store, Tracer
 
 from whodid.tracer.changes import review
+from whodid.tracer.render.confidence import confidence
 from whodid.tracer.render.text import printable
 
 from . import blocks
@@ -340,7 +341,9 @@ class Bot:
                 self.client.files_upload_v2(channel=channel, thread_ts=thread, content=png,
                                             filename=f"whodid-{_file_safe(tr.poi.host)}-{tr.poi.pid}.png",
                                             title=blocks.escape(blocks.headline(tr, now))[:250],
-                                            alt_txt=blocks.escape(f"How: {tr.summary}")[:1000])
+                                            # the badge is drawn: a screen reader needs it said
+                                            alt_txt=blocks.escape(f"How: {tr.summary} (confidence: "
+                                                                  f"{confidence(tr)})")[:1000])
             except (SlackApiError, SlackClientError) as exc:
                 self.log(f"could not upload the trace picture: {_why(exc)}")
                 self.post(channel, f"(The picture could not be uploaded: {_why(exc)}. Missing the files:write "

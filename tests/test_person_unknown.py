@@ -232,7 +232,7 @@ def test_the_json_answer_names_no_one_and_lists_the_candidates():
     (m,) = traces_json(Query(pattern="systemctl restart nginx"), [tr], T0 + 9000)["matches"]
     assert (m["attributed_to"]["user"], m["attributed_to"]["account"], m["confidence"]) == (None, "root", "unknown")
     (c,) = m["candidates"]
-    assert (c["person"], c["account"], c["host"]) == ("root", "root", "web-1")
+    assert (c["person"], c["account"], c["host"]) == (None, "root", "web-1")     # root is never a person
     assert "loginuid 0 is this login's account (root)" in c["evidence"]
 
 

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from .events import AUID_UNSET
-from .stitch import program_name
+from .stitch import OBSERVED, PERSON_UNKNOWN, UNKNOWN, program_name
 from .trace import Target
 from .when import TimeError, parse_duration
 
@@ -336,7 +336,7 @@ class Change:
     what: str                # "command" or "file"
     subject: str             # the command line, or the path changed
     kind: str                # why it counts: a pattern's label, "as root", "edited /etc/..."
-    person: str
+    person: str              # the person, or "person unknown": an account is never the person
     account: str | None
     origin: str | None       # the host the chain starts at
     by_login: bool           # someone logged in (rather than a scheduler or service)
@@ -344,6 +344,18 @@ class Change:
     chain: str               # the trace's one-line summary
     verdict: Verdict
     target: Target | None = None     # the exact exec or file change, for a button that shows it
+    confidence: str = OBSERVED       # the trace's: observed, inferred or unknown (docs/trace-json.md)
+
+    @property
+    def known(self) -> bool:
+        """Whether the evidence names a person (else `person` only says whose account it ran as)."""
+        return self.confidence != UNKNOWN
+
+    @property
+    def who(self) -> str:
+        """Whom the review groups it under: the person, or "person unknown (as root)" - the
+        unknowns of different accounts are not one person, and each keeps its own how."""
+        return self.person if self.known else f"{PERSON_UNKNOWN} (as {self.account or '?'})"
 
     def key(self) -> tuple[str, str, str]:
         return self.person, self.host, self.subject
@@ -368,11 +380,16 @@ class Review:
         return [c for c in self.changes if c.verdict.planned]
 
     def headline(self) -> str:
-        people = len({c.person for c in self.changes})
+        # "person unknown" is no one: counted apart, never as one more person
+        people = len({c.person for c in self.changes if c.known})
+        unknown = sum(1 for c in self.changes if not c.known)
         hosts = len({c.host for c in self.changes})
         u = len(self.unplanned)
-        return (f"{len(self.changes)} change{'s' if len(self.changes) != 1 else ''} ({u} unplanned) by {people} "
-                f"{'person' if people == 1 else 'people'} on {hosts} host{'s' if hosts != 1 else ''}")
+        by = f" by {people} {'person' if people == 1 else 'people'}" if people or not unknown else ""
+        if unknown:
+            by += f", the person unknown for {unknown},"
+        return (f"{len(self.changes)} change{'s' if len(self.changes) != 1 else ''} ({u} unplanned){by} "
+                f"on {hosts} host{'s' if hosts != 1 else ''}")
 
 
 @dataclass
@@ -396,10 +413,10 @@ def rows(changes: list[Change]) -> list[Row]:
     """Group by (person, host, subject, verdict reason); newest last within each."""
     out: dict[tuple, Row] = {}
     for c in changes:
-        key = (c.person, c.host, c.subject, c.verdict.planned, c.verdict.reason)
+        key = (c.who, c.host, c.subject, c.verdict.planned, c.verdict.reason)
         r = out.get(key)
         if r is None:
-            out[key] = Row(c.person, c.host, c.subject, c.what, c.kind, 1, c.ts, c.ts, c.verdict, c.how, c.chain,
+            out[key] = Row(c.who, c.host, c.subject, c.what, c.kind, 1, c.ts, c.ts, c.verdict, c.how, c.chain,
                            c.target)
         else:
             r.count += 1
@@ -417,7 +434,7 @@ def by_person(changes: list[Change]) -> list[tuple[str, list[tuple[str, list[Row
         grouped.setdefault(r.person, {}).setdefault(r.host, []).append(r)
     weight = Counter()
     for c in changes:
-        weight[c.person] += 1 + (10**6 if not c.verdict.planned else 0)
+        weight[c.who] += 1 + (10**6 if not c.verdict.planned else 0)
     out = []
     for person in sorted(grouped, key=lambda p: (-weight[p], p)):
         hosts = sorted(grouped[person].items(), key=lambda kv: -max(r.last for r in kv[1]))
@@ -431,7 +448,7 @@ def planned_by_actor(changes: list[Change]) -> list[dict[str, Any]]:
     for c in changes:
         if not c.verdict.planned:
             continue
-        a = out.setdefault(c.verdict.actor or c.person, {"actor": c.verdict.actor or c.person, "count": 0,
+        a = out.setdefault(c.verdict.actor or c.who, {"actor": c.verdict.actor or c.who, "count": 0,
                                                           "hosts": set(), "kinds": Counter(), "first": c.ts,
                                                           "last": c.ts, "windows": set()})
         a["count"] += 1
@@ -504,7 +521,7 @@ def review(tracer, rules: Rules, since: float, until: float, host: str | None = 
             continue
         verdict = classify(ts, proc.host, person, who.account, who.host, who.login_time is not None, rules)
         changes.append(Change(ts=ts, host=proc.host, proc=proc.id, pid=proc.pid, what=what, subject=subject,
-                              kind=kind, person=who.user, account=who.account, origin=who.host,
+                              kind=kind, person=who.user if who.known else PERSON_UNKNOWN, account=who.account, origin=who.host, confidence=who.confidence,
                               by_login=who.login_time is not None, how=who.how, chain=chain, verdict=verdict,
                               target=tracer.target(proc, detail if what == "command" else None,
                                                    detail if what == "file" else None)))

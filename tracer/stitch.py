@@ -247,6 +247,9 @@ class Candidate:
     source: str | None              # the address the login came from
     key_fp: str | None
     evidence: list[str] = field(default_factory=list)   # "same audit session 7", "loginuid 1001 is jim"
+    # False when nothing names a person for the login (its account is root, shared or a bare
+    # uid): `person` then only repeats the account, and no view or JSON may show it as a person
+    named: bool = True
 
 
 @dataclass
@@ -408,15 +411,19 @@ def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> A
     else:
         how = f"ssh {method} as {lg['user']}: {why} and no key was recorded to name who logged in"
     if identity.is_shared(lg["user"]) or fp:
-        notes.append(f"{lg['user']} is {'a shared account' if identity.is_shared(lg['user']) else 'not a person'} "
-                     f"and {'key ' + fp if fp else 'its key'} is not mapped to a person: add it under "
-                     "`people` in the config to name who holds it")
+        what = 'a shared account' if identity.is_shared(lg['user']) else 'not a person'
+        if fp:
+            notes.append(f"{lg['user']} is {what} and key {fp} is not mapped to a person: add it under "
+                         "`people` in the config to name who holds it")
+        else:       # no key to map: telling someone to map "its key" sends them looking for nothing
+            notes.append(f"{lg['user']} is {what} and no key was recorded for the login (a password, or a "
+                         "method that names no key), so nothing names who logged in")
     evidence = [f"the chain begins at this login, from {lg.get('raddr') or 'an unknown address'}"]
     evidence.append(f"its key {fp} is not in identity.people" if fp else "no key was recorded for it")
     # a login joined by inference (an audit session across a broken chain) says how it was joined
     evidence += [s.note for s in origin_segment(chain)[1:] if s.inferred and s.note]
     own = Candidate(person=lg["user"], account=lg["user"], host=origin.host, login_time=lg["ts"],
-                    source=lg.get("raddr"), key_fp=fp, evidence=evidence)
+                    source=lg.get("raddr"), key_fp=fp, evidence=evidence, named=False)
     cands = [own]
     for later in chain[1:]:
         other = identity.person_for_key((later.login or {}).get("key_fp")) if later.edge in ("login", "ssh") else None
@@ -456,11 +463,11 @@ def privilege(chain: list[Step]) -> list[str]:
 
 def summary(chain: list[Step], who: Attribution) -> str:
     """jim -> jump-box -> config-server (ec2-user), sudo to root"""
-    parts = [who.user]
+    parts = [who.user if who.known else PERSON_UNKNOWN]     # never the account an unknown `user` may hold
     for step in chain:
         if step.edge in ("login", "ssh"):
             acct = step.login["user"] if step.login else step.user
-            parts.append(step.host if acct == who.user else f"{step.host} ({acct})")
+            parts.append(step.host if acct == parts[0] else f"{step.host} ({acct})")
     privileges = privilege(chain)
     if chain and chain[0].edge != "login":
         parts.insert(1, chain[0].host)

@@ -436,10 +436,11 @@ class Tracer:
         for score, lg, evidence in found.values():
             host = self.store.proc(lg["proc"]).host
             person = (self.identity.person_for_key(lg.get("key_fp"))
-                      or self.identity.person_for_account(lg["user"], host) or lg["user"])
-            out.append((score, stitch.Candidate(person=person, account=lg["user"], host=host, login_time=lg["ts"],
-                                                source=lg.get("raddr"), key_fp=lg.get("key_fp"),
-                                                evidence=evidence)))
+                      or self.identity.person_for_account(lg["user"], host))
+            named = bool(person) or stitch.is_person_account(lg["user"], self.identity)
+            out.append((score, stitch.Candidate(person=person or lg["user"], account=lg["user"], host=host,
+                                                login_time=lg["ts"], source=lg.get("raddr"), key_fp=lg.get("key_fp"),
+                                                evidence=evidence, named=named)))
         return out
 
     def _is_account(self, host_id: int, auid: int, login: dict[str, Any]) -> bool:

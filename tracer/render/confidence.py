@@ -15,14 +15,26 @@ from ..stitch import INFERRED, OBSERVED, PERSON_UNKNOWN, UNKNOWN, Attribution, C
 from ..trace import Trace
 from ..when import clock
 
-__all__ = ["OBSERVED", "INFERRED", "UNKNOWN", "PERSON_UNKNOWN", "person", "confidence", "reason",
-           "inferred_links", "who_can", "candidate_head", "candidate_short", "earlier_refused"]
+__all__ = ["OBSERVED", "INFERRED", "UNKNOWN", "PERSON_UNKNOWN", "person", "person_in_a_line", "candidates_count",
+           "confidence", "account_said", "reason",
+           "inferred_links", "who_can", "candidate_person", "candidate_head", "candidate_short", "earlier_refused"]
 
 
 def person(who: Attribution) -> str:
     """The person as every renderer names them: "person unknown" when the evidence names nobody,
     whatever the attribution's `user` holds."""
     return who.user if who.known else PERSON_UNKNOWN
+
+
+def person_in_a_line(tr: Trace) -> str:
+    """The person for a one-line view (an alert's suspect, a list of matches, a file's title),
+    where no confidence badge stands beside it: "jim (inferred)" when the answer is a guess."""
+    name = person(tr.attributed)
+    return f"{name} (inferred)" if confidence(tr) == INFERRED else name
+
+
+def candidates_count(n: int) -> str:
+    return f"{n} candidate{'' if n == 1 else 's'}"
 
 
 def confidence(tr: Trace) -> str:
@@ -43,6 +55,18 @@ def inferred_links(tr: Trace) -> list[str]:
     return out
 
 
+def account_said(tr: Trace) -> str:
+    """The account an unknown answer stopped at, in words that are true of it: "runs as root"
+    when the command runs as it, "logged in as ec2-user" when it is the login's (the command
+    may have sudo'ed to root since), else "account deploy" (a login uid's, a service's)."""
+    acct = tr.attributed.account
+    if not acct:
+        return ""
+    if acct == tr.poi.user:
+        return f"runs as {acct}"
+    return f"logged in as {acct}" if tr.attributed.login_time is not None else f"account {acct}"
+
+
 def reason(tr: Trace) -> str:
     """Why the answer is as sure as it says, in one sentence."""
     level, who = confidence(tr), tr.attributed
@@ -59,7 +83,8 @@ def reason(tr: Trace) -> str:
             return ("a person is named by the login uid the processes carry; no login was recorded, "
                     "and root can set a login uid")
         return "a person is named, but some link was inferred (see the notes)"
-    account = f" (it runs as {who.account})" if who.account else ""
+    said = account_said(tr)
+    account = f" ({'it ' if said.startswith('runs') else ''}{said})" if said else ""
     n = len(who.candidates)
     if n:
         return (f"the evidence does not name a person{account}; {n} candidate{'s' if n > 1 else ''} "
@@ -70,7 +95,13 @@ def reason(tr: Trace) -> str:
 def who_can(c: Candidate) -> str:
     """jim (ec2-user@web-1), or ec2-user@web-1 when no person is known for the account."""
     at = f"{c.account}@{c.host}"
-    return at if c.person in ("", c.account) else f"{c.person} ({at})"
+    return at if c.person in ("", c.account) or not c.named else f"{c.person} ({at})"
+
+
+def candidate_person(c: Candidate) -> str | None:
+    """The candidate's person for JSON: null when the login's account names no one (root, a
+    shared account, a bare uid), as `attributed_to.user` is null for an unknown answer."""
+    return c.person if c.named and c.person else None
 
 
 def candidate_head(c: Candidate) -> str:
@@ -83,9 +114,12 @@ def candidate_head(c: Candidate) -> str:
     return ", ".join(parts)
 
 
-def candidate_short(c: Candidate, width: int = 90) -> str:
-    """A candidate in one short line for the picture: who, when, and the first evidence."""
-    text = f"{who_can(c)} · {clock(c.login_time)[11:19]}"
+def candidate_short(c: Candidate, width: int = 90, on: float | None = None) -> str:
+    """A candidate in one short line for the picture: who, when, and the first evidence. The
+    clock alone when the login was on the day of `on` (the command), else with its date:
+    candidates reach back two weeks."""
+    at = clock(c.login_time)
+    text = f"{who_can(c)} · {at[11:19] if on is None or at[:10] == clock(on)[:10] else at[5:19]}"
     if c.evidence:
         text += f" · {c.evidence[0]}" + (f" (+{len(c.evidence) - 1})" if len(c.evidence) > 1 else "")
     return text if len(text) <= width else text[: width - 1] + "…"

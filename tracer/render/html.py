@@ -276,8 +276,11 @@ Hover or tap a link to see why it is there. Drag to pan, wheel or pinch to zoom.
 
 
 def _confidence(tr: Trace, level: str) -> str:
+    # how the answer was reached (the text's "Who:" line, Slack's context): why root or a shared
+    # account names no one, which key named jim - the page is where people go to check it
     return (f'<p id="confidence" class="confidence {level}"><strong>Confidence: {level}</strong> - '
-            f"{escape(reason(tr))}</p>")
+            f"{escape(reason(tr))}</p>\n"
+            f'<p id="how"><strong>How:</strong> {escape(tr.attributed.how)} ({escape(tr.summary)})</p>')
 
 
 def _candidates(tr: Trace) -> str:
@@ -506,7 +509,7 @@ LEGEND = [("line", "#555555", 1.6, False, "started (fork/exec)"),
           ("line", SSH, 2.4, False, "ssh hop to another host"),
           ("line", PRIV, 2.4, False, "change of user (sudo/su/setuid)"),
           ("line", BLACK, 1.6, True, "inferred, not observed"),
-          ("box", FILL["origin"], PERSON, "the person's login"),
+          ("box", FILL["origin"], PERSON, "where the chain starts (a login, a service)"),
           ("box", FILL["poi"], MATCH, "matched command"),
           ("box", LIGHT, "#a0a0a0", "context (wider scope)")]
 
@@ -545,6 +548,7 @@ header p{margin:0 0 2px;overflow-wrap:anywhere}
 #person.inferred{border:1px dashed #A86F00;background:#fcefd2;color:#7a5000}
 #person.unknown{border:1px dotted #555;background:#ececec;color:#1a1a1a}
 #confidence{font-size:.95rem}
+#how{font-size:.9rem;color:#444;margin:2px 0;overflow-wrap:anywhere}
 #confidence.observed strong{color:#00684d}
 #confidence.inferred strong{color:#7a5000}
 #confidence.unknown strong{color:#1a1a1a;background:#ececec;padding:0 6px;border:1px dotted #555;border-radius:4px}

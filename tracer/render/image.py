@@ -172,7 +172,7 @@ def paint(lay: Layout) -> bytes:
                Line2D([], [], color=SSH, lw=2.4, label="ssh hop to another host"),
                Line2D([], [], color=PRIV, lw=2.4, label="change of user (sudo/su/setuid)"),
                Line2D([], [], color=BLACK, lw=1.6, linestyle=":", label="inferred, not observed"),
-               Patch(facecolor=FILL["origin"], edgecolor=PERSON, lw=2, label="the person's login"),
+               Patch(facecolor=FILL["origin"], edgecolor=PERSON, lw=2, label="where the chain starts"),
                Patch(facecolor=FILL["poi"], edgecolor=MATCH, lw=2, label="matched command"),
                Patch(facecolor=LIGHT, edgecolor="#a0a0a0", label="context (wider scope)")]
     ncol = 2 if width < 7.5 else 3

@@ -7,6 +7,7 @@ from typing import Any
 from ..stitch import Step
 from ..trace import Query, Trace
 from ..when import iso
+from .confidence import candidate_person
 
 TRACE_SCHEMA = "whodid.trace/2"
 
@@ -48,9 +49,9 @@ def trace_json(tr: Trace) -> dict[str, Any]:
                           "login_time": iso(who.login_time) if who.login_time else None,
                           "how": who.how, "account": who.account, "key_fp": who.key_fp},
         "confidence": who.confidence,
-        "candidates": [{"person": c.person, "account": c.account, "host": c.host,
+        "candidates": [{"person": candidate_person(c), "account": c.account, "host": c.host,
                         "login_time": iso(c.login_time), "source": c.source, "key_fp": c.key_fp,
-                        "evidence": c.evidence} for c in who.candidates],
+                        "evidence": c.evidence} for c in (who.candidates if not who.known else [])],
         "chain": [_step(s) for s in tr.chain],
         "execs": [{"command": im.cmd, "argv": im.argv, "exe": im.exe, "start": iso(im.ts), "start_ts": im.ts,
                    "poi": tr.change is None and tr.target is not None and im.ts == tr.target.at}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..stitch import OBSERVED, PERSON_UNKNOWN, Step, privilege
 from ..trace import Trace
 from ..when import ago, clock, format_duration
-from .confidence import candidate_short, confidence, person as person_of
+from .confidence import account_said, candidate_short, confidence, person as person_of
 from .text import printable
 
 RUN_KEEP_HEAD, RUN_KEEP_TAIL = 2, 1      # a long run of context shows its first 2 and last 1
@@ -193,7 +193,7 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
     level = confidence(tr)
     if not who.known:
         # where the evidence stopped is an account, not a person: never badge it as one
-        person = PERSON_UNKNOWN + (f" · runs as {who.account}" if who.account else "")
+        person = PERSON_UNKNOWN + (f" · {account_said(tr)}" if who.account else "")
     elif who.login_time is None:
         person = f"no login: runs as {who.user}"
     else:
@@ -201,7 +201,7 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
         if who.key_fp and who.user != who.account:
             person += f" (key {who.key_fp[:14]}…)"
     # recorded names drawn as they were recorded: an escape or a bidi override shown, not obeyed
-    cands = [printable(candidate_short(c)) for c in who.candidates[:MAX_CANDIDATES]] if not who.known else []
+    cands = [printable(candidate_short(c, on=when)) for c in who.candidates[:MAX_CANDIDATES]] if not who.known else []
     if not who.known and len(who.candidates) > MAX_CANDIDATES:
         cands.append(f"+{len(who.candidates) - MAX_CANDIDATES} more candidates (see the text or JSON answer)")
     return Layout(title=title, headline=headline, subtitle=" · ".join(sub), lanes=lanes, boxes=boxes,
