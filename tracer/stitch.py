@@ -12,7 +12,7 @@ from typing import Any
 
 from .events import AUID_UNSET
 from .identity import Identity
-from .when import format_duration
+from .when import clock, format_duration
 
 EDGES = ("login", "fork", "exec", "ssh", "sudo", "su", "setuid")
 SWITCH_USER = {"sudo": "sudo", "su": "su", "doas": "sudo", "runuser": "su", "pkexec": "sudo", "sudoedit": "sudo"}
@@ -42,6 +42,7 @@ class Step:
     snapshot: bool = False          # the image was read from /proc at agent start, not seen at exec
     login: dict[str, Any] | None = None
     login_uid: int | None = None    # the audit login uid itself; None or AUID_UNSET: none (a service)
+    ses: int | None = None          # the audit session id; None or AUID_UNSET: none recorded
 
     @property
     def program(self) -> str:
@@ -289,6 +290,43 @@ def rank_candidates(found: list[tuple[int, Candidate]], cap: int = MAX_CANDIDATE
     return [c for _, c in ordered[:cap]], max(0, len(ordered) - cap)
 
 
+def _session_of(step: Step) -> tuple[int, int] | None:
+    if step.ses in (None, AUID_UNSET) or step.login_uid in (None, AUID_UNSET):
+        return None
+    return step.login_uid, step.ses
+
+
+def scheduled_job(chain: list[Step]) -> int:
+    """Where the chain's own work begins when a login started a scheduler daemon by hand (`sudo
+    cron`, `/etc/init.d/atd start` without systemd): the index of the scheduler step whose child
+    began a new audit session (pam_loginuid in cron and atd gives each job its owner's login uid
+    and a new session id), else 0. The job is its schedule's - a crontab anyone with that account
+    may have written - not the work of the session that started the daemon days before, and the
+    kernel says so: the job's session is not the login's."""
+    if not chain or not chain[0].login:
+        return 0
+    for i in range(1, len(chain) - 1):
+        daemon, job = chain[i], chain[i + 1]
+        if daemon.program not in SCHEDULERS or daemon.proc == job.proc or job.host != daemon.host:
+            continue
+        below = [s for s in chain[i + 1:] if s.host == daemon.host and not s.login]
+        above = [s for s in reversed(chain[1:i + 1]) if s.host == daemon.host]
+        theirs = next((_session_of(s) for s in below if _session_of(s)), None)
+        mine = next((_session_of(s) for s in above if _session_of(s)), None)
+        if theirs and mine and theirs != mine:
+            return i
+    return 0
+
+
+def _scheduled_note(chain: list[Step], job: int) -> str:
+    lg, daemon = chain[0].login, chain[job]
+    child = next((s for s in chain[job + 1:] if _session_of(s)), chain[job + 1])
+    return (f"{lg['user']}'s login (from {lg.get('raddr') or 'an unknown address'} at {clock(lg['ts'])}) started "
+            f"{daemon.program} (pid {daemon.pid}) by hand, but its job began its own audit session "
+            f"{child.ses} (login uid {child.login_uid}) at pid {child.pid}: a scheduled job is its schedule's, "
+            f"not the session's that started the scheduler")
+
+
 def attribute(chain: list[Step], identity: Identity, candidates: list[Candidate] | None = None,
               left_out: int = 0) -> Attribution:
     """Who is behind a chain, and how sure that is (OBSERVED, INFERRED, UNKNOWN).
@@ -303,6 +341,12 @@ def attribute(chain: list[Step], identity: Identity, candidates: list[Candidate]
     with `left_out` more) from the chain's audit sessions, login uids and start time."""
     origin = chain[0]
     inferred = any(s.inferred for s in chain)
+    job = scheduled_job(chain)
+    if job:
+        # the login started the scheduler; the job is the schedule's (its own audit session)
+        who = attribute(chain[job:], identity, candidates, left_out)
+        who.notes.insert(0, _scheduled_note(chain, job))
+        return who
     if origin.login:
         return _attribute_login(chain, identity, inferred)
     notes: list[str] = []

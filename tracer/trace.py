@@ -180,7 +180,11 @@ class Tracer:
         who = stitch.attribute(chain, self.identity)
         if not who.known and who.login_time is None:
             # no login names a person: which logins does the evidence about these processes point at
-            who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(self._candidates(chain)))
+            # a scheduled job's candidates are its own processes' (the daemon carries the session
+            # of whoever started it, which is not the job's)
+            job = stitch.scheduled_job(chain)
+            who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(
+                self._candidates(chain[job + 1:] if job else chain)))
         said = notes + who.notes
         said += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
         said += self._loss_notes(chain, at)
@@ -544,7 +548,7 @@ class Tracer:
                     pid=p.pid, user=self._name(p.host_id, euid) or "?",
                     login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
                     cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, inherited=inherited,
-                    snapshot=im.snapshot and not inherited, login_uid=im.auid)
+                    snapshot=im.snapshot and not inherited, login_uid=im.auid, ses=im.ses)
 
     # --- the graph -----------------------------------------------------------------------
 
