@@ -273,3 +273,25 @@ def test_a_command_run_from_the_login_session_under_a_scheduler_name_is_still_th
 def test_roots_cron_job_under_a_cron_without_pam_loginuid_is_not_the_person_who_started_it():
     (tr,) = [t for t in trace_one(cron_started_by_hand(job_auid=None), "systemctl restart nginx") if t.poi.pid == 301]
     assert tr.attributed.user != "jim"
+
+
+def test_a_login_over_long_before_is_no_strong_candidate_by_a_session_id_given_again():
+    # the reboot story of the test above: the session join refuses jim's login (over a day before
+    # the processes began), but the candidates took it as "same audit session 7", the strongest
+    # evidence there is, and said nothing of its end
+    ev = ssh_session(AUDITED, 0, 200, "ec2-user", 1000, "203.0.113.7", 53122, JIM_FP, ses=7)
+    ev += [AUDITED.exit(3000, 201), AUDITED.exit(3000.1, 200)]
+    ev += [AUDITED.exec(90_000, 600, ["bash"], uid=1000, snapshot=True),
+           AUDITED.fork(90_010, 610, 600),
+           AUDITED.exec(90_010.01, 610, ["make", "deploy"], uid=1000, auid=1000, ses=7),
+           AUDITED.fork(90_020, 620, 610),
+           AUDITED.exec(90_020.01, 620, ["rm", "-rf", "/srv/data"], uid=1000)]
+    ev += ssh_session(AUDITED, 89_000, 300, "ec2-user", 1000, "198.51.100.23", 41870, BOB_FP, ses=9)
+    (tr,) = trace_one(ev, "rm -rf")
+    who = tr.attributed
+    assert who.confidence == "unknown"
+    # bob's login, open when bash began, outranks a login over a day before by a number alone
+    assert [c.person for c in who.candidates] == ["bob", "jim"]
+    (old,) = [c.evidence for c in who.candidates if c.person == "jim"]
+    assert "same audit session 7 as pid 610" not in old
+    assert any("but this login ended 1d" in e and "may have been given again" in e for e in old)

@@ -416,9 +416,19 @@ class Tracer:
                     or (p.boot, im.ses) in sessions:
                 continue
             sessions[(p.boot, im.ses)] = p
+            first = min((b for b in began.values() if b is not None), default=began[p.id])
             for lg in self.store.logins_by_session(p.boot, im.ses):
                 if lg["ts"] <= began[p.id] + 1 and self._same_account(p, im.auid, lg):
-                    add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
+                    if not self._ended_before(lg, first):
+                        add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
+                        continue
+                    # over before the chain began here: the id given again (a reboot the source did
+                    # not mark), or work left running after logout whose first process was not
+                    # recorded - weak, and said so (_session_login does not join it)
+                    ended = self.store.proc(lg["proc"]).exit_ts
+                    add(lg, 1, f"same audit session {im.ses} as pid {p.pid}, but this login ended "
+                               f"{format_duration(first - ended)} before the chain's first process here began: "
+                               "the id may have been given again (a reboot), or the work outlived the logout")
         # "then" is when the first process carrying a login uid began (a cron job, not the cron
         # daemon started at boot; the top of a broken chain)
         origin = next(p for p, im in carried if im.auid not in (None, AUID_UNSET))
