@@ -295,3 +295,40 @@ def test_a_login_over_long_before_is_no_strong_candidate_by_a_session_id_given_a
     (old,) = [c.evidence for c in who.candidates if c.person == "jim"]
     assert "same audit session 7 as pid 610" not in old
     assert any("but this login ended 1d" in e and "may have been given again" in e for e in old)
+
+
+def nohup_after_logout(login_ses=7, shell_ses=7):
+    """jim logs in as ec2-user with his key (audit session 7), runs `nohup loop.sh &` and logs
+    out. loop.sh's own records were lost (its fork and exec), so its later child - carrying
+    session 7 - has a parent with no history. `login_ses` None: the login record has no session
+    id (the agent reads it from /proc when sshd's log line comes, after a short session ended);
+    the shell's exec still carries `shell_ses`."""
+    ev = [e for e in ssh_session(H, 0, 200, "ec2-user", 1000, "203.0.113.7", 53122, JIM_FP, ses=shell_ses)
+          if e["kind"] != "login"]
+    ev.append(H.login(0.2, 200, "ec2-user", "203.0.113.7", 53122, key_fp=JIM_FP, ses=login_ses))
+    ev += [H.exit(100, 201), H.exit(100.1, 200),
+           H.fork(500, 610, 600), H.exec(500.01, 610, ["rm", "-rf", "/srv/data"], uid=1000, auid=1000, ses=7)]
+    return ev
+
+
+def test_nohup_work_whose_first_record_was_lost_after_logout_reaches_the_login_by_its_session():
+    # _session_login refused any login over before the session's processes here began - meant
+    # for session ids given again after a reboot, which an agent's boot (the kernel's boot id)
+    # never does - so jim's own session id could not name him: unknown, jim a weak candidate
+    (tr,) = trace_one(nohup_after_logout(), "rm -rf")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", "inferred")
+    assert [s.pid for s in tr.chain] == [200, 610] and tr.chain[1].inferred
+
+
+def test_a_login_recorded_without_its_session_id_is_found_by_the_session_its_shell_carries():
+    # most short logins are stored with no session id; their shell's exec has it (BPF reads it
+    # from the task): the session fallback found no login, and the candidates none either
+    (tr,) = trace_one(nohup_after_logout(login_ses=None), "rm -rf")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", "inferred")
+    assert "audit session 7" in tr.chain[1].note
+
+
+def test_a_login_without_a_session_id_whose_shell_is_in_another_session_is_not_joined():
+    (tr,) = trace_one(nohup_after_logout(login_ses=None, shell_ses=9), "rm -rf")
+    assert tr.attributed.user != "jim"
+    assert not any(s.login for s in tr.chain)

@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from . import outages, stitch
-from .events import AUID_UNSET
+from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
@@ -344,9 +344,11 @@ class Tracer:
         session, taken from the process nearest the break that has one (a restarted agent's
         first record of a process may lack it while its children carry it). The login must
         share the session's boot and loginuid and have begun before that process started:
-        never "who is logged in now". And it must not have ended (its process exited) before
-        the session's processes here began: a session id the kernel gave again - a source
-        that cannot tell boots apart, a counter that wrapped - names a login long over."""
+        never "who is logged in now". Where a session id may name two sessions (the auditd
+        source, which cannot always tell boots apart: _ids_may_repeat) it must also not have
+        ended (its process exited) before the session's processes here began, as such an id
+        names a login long over; on an agent's boot it may have ended - nohup'd work outlives
+        the logout, and the session id still says whose it is."""
         carrier, image = next(((q, im) for q, images in reversed(walked) for im in images
                                if im.ses not in (None, AUID_UNSET) and im.auid != AUID_UNSET),
                               (None, None))
@@ -359,7 +361,7 @@ class Tracer:
                      if q.fork_ts is not None or images), default=began)
         logins = [lg for lg in self.store.logins_by_session(p.boot, image.ses)
                   if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)
-                  and not self._ended_before(lg, first)]
+                  and not (self._ids_may_repeat(p.boot) and self._ended_before(lg, first))]
         if not logins:
             return None
         login = logins[-1]
@@ -379,6 +381,15 @@ class Tracer:
                         f"{login['user']}'s login by audit session {image.ses}{of}")
         rev.append(top)
         return login
+
+    def _ids_may_repeat(self, boot: int) -> bool:
+        """Whether one session id may name two sessions on this boot: an agent names a boot by
+        the kernel's boot id, whose session ids never repeat (a counter of 2^32); the auditd
+        source names its boots by the reboots it sees, and one it did not see joins two boots."""
+        name = self._boots.get(boot)
+        if name is None:
+            name = self._boots[boot] = self.store.boot_name(boot)
+        return name.startswith(AUDIT_BOOT_PREFIX)
 
     def _ended_before(self, login: dict[str, Any], t: float) -> bool:
         """Whether the login's process (sshd's, which lives as long as the connection) had
@@ -419,12 +430,12 @@ class Tracer:
             first = min((b for b in began.values() if b is not None), default=began[p.id])
             for lg in self.store.logins_by_session(p.boot, im.ses):
                 if lg["ts"] <= began[p.id] + 1 and self._same_account(p, im.auid, lg):
-                    if not self._ended_before(lg, first):
+                    if not (self._ids_may_repeat(p.boot) and self._ended_before(lg, first)):
                         add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
                         continue
-                    # over before the chain began here: the id given again (a reboot the source did
-                    # not mark), or work left running after logout whose first process was not
-                    # recorded - weak, and said so (_session_login does not join it)
+                    # over before the chain began here, on a boot whose ids may repeat: the id given
+                    # again (a reboot the source did not mark), or work left running after logout -
+                    # weak, and said so (_session_login does not join it)
                     ended = self.store.proc(lg["proc"]).exit_ts
                     add(lg, 1, f"same audit session {im.ses} as pid {p.pid}, but this login ended "
                                f"{format_duration(first - ended)} before the chain's first process here began: "
