@@ -332,3 +332,23 @@ def test_a_login_without_a_session_id_whose_shell_is_in_another_session_is_not_j
     (tr,) = trace_one(nohup_after_logout(login_ses=None, shell_ses=9), "rm -rf")
     assert tr.attributed.user != "jim"
     assert not any(s.login for s in tr.chain)
+
+
+def test_change_review_does_not_lend_one_sessions_person_to_another_with_the_same_id():
+    # change review traced one change per (boot, audit session) and gave the rest its answer:
+    # on auditd's boot, after a reboot it did not see, session 7 is jim's and then someone's on
+    # ec2-user - and the review put the later stop of postgresql on jim, while its trace said
+    # person unknown
+    from kit import T0, store_with
+    from whodid.tracer import Tracer
+    from whodid.tracer.changes import parse_rules, review
+    from test_trace import IDENT
+    ev = ssh_session(AUDITED, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP, ses=7)
+    ev += [AUDITED.fork(60, 210, 201),
+           AUDITED.exec(60.01, 210, ["systemctl", "restart", "nginx"], uid=0, auid=1001, ses=7),
+           AUDITED.exit(3000, 201), AUDITED.exit(3000.1, 200)]
+    ev += [AUDITED.exec(90_000, 600, ["bash"], uid=1000, snapshot=True), AUDITED.fork(90_010, 610, 600),
+           AUDITED.exec(90_010.01, 610, ["systemctl", "stop", "postgresql"], uid=0, auid=1000, ses=7)]
+    changes = review(Tracer(store_with(ev), IDENT), parse_rules({}), T0, T0 + 100_000).changes
+    assert [(c.subject, c.person) for c in changes] == [("systemctl restart nginx", "jim"),
+                                                        ("systemctl stop postgresql", "person unknown")]

@@ -345,7 +345,7 @@ class Tracer:
         first record of a process may lack it while its children carry it). The login must
         share the session's boot and loginuid and have begun before that process started:
         never "who is logged in now". Where a session id may name two sessions (the auditd
-        source, which cannot always tell boots apart: _ids_may_repeat) it must also not have
+        source, which cannot always tell boots apart: session_ids_may_repeat) it must also not have
         ended (its process exited) before the session's processes here began, as such an id
         names a login long over; on an agent's boot it may have ended - nohup'd work outlives
         the logout, and the session id still says whose it is."""
@@ -361,7 +361,7 @@ class Tracer:
                      if q.fork_ts is not None or images), default=began)
         logins = [lg for lg in self.store.logins_by_session(p.boot, image.ses)
                   if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)
-                  and not (self._ids_may_repeat(p.boot) and self._ended_before(lg, first))]
+                  and not (self.session_ids_may_repeat(p.boot) and self._ended_before(lg, first))]
         if not logins:
             return None
         login = logins[-1]
@@ -382,7 +382,7 @@ class Tracer:
         rev.append(top)
         return login
 
-    def _ids_may_repeat(self, boot: int) -> bool:
+    def session_ids_may_repeat(self, boot: int) -> bool:
         """Whether one session id may name two sessions on this boot: an agent names a boot by
         the kernel's boot id, whose session ids never repeat (a counter of 2^32); the auditd
         source names its boots by the reboots it sees, and one it did not see joins two boots."""
@@ -430,7 +430,7 @@ class Tracer:
             first = min((b for b in began.values() if b is not None), default=began[p.id])
             for lg in self.store.logins_by_session(p.boot, im.ses):
                 if lg["ts"] <= began[p.id] + 1 and self._same_account(p, im.auid, lg):
-                    if not (self._ids_may_repeat(p.boot) and self._ended_before(lg, first)):
+                    if not (self.session_ids_may_repeat(p.boot) and self._ended_before(lg, first)):
                         add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
                         continue
                     # over before the chain began here, on a boot whose ids may repeat: the id given
