@@ -352,3 +352,29 @@ def test_change_review_does_not_lend_one_sessions_person_to_another_with_the_sam
     changes = review(Tracer(store_with(ev), IDENT), parse_rules({}), T0, T0 + 100_000).changes
     assert [(c.subject, c.person) for c in changes] == [("systemctl restart nginx", "jim"),
                                                         ("systemctl stop postgresql", "person unknown")]
+
+
+def test_a_hop_across_the_client_hosts_outage_is_inferred_and_says_the_port_may_be_reused():
+    # bob's ssh from the jump box (port 40001) waits at a password prompt; the jump box's agent
+    # is down 1100-1500, bob's client gives up unseen and someone's new ssh takes port 40001 and
+    # logs in as ec2-user with no key. The exact 4-tuple took bob, "seen on both hosts", observed.
+    # Whether bob's connection still stood was not recorded: the link is inferred, and says why.
+    from test_outages import mark
+    from test_trace import CONFIG, JUMP
+    ev = [mark(JUMP, 0, "r1", "start"), mark(JUMP, 1100, "r1", "stop")]
+    ev += ssh_session(JUMP, 10, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
+    ev += [JUMP.fork(1000, 310, 301), JUMP.exec(1000.01, 310, ["ssh", "ec2-user@config-server"], uid=1002, auid=1002),
+           JUMP.connect(1000.05, 310, CONFIG.addr, 22, lport=40001)]
+    ev += [mark(JUMP, 1500, "r2", "start"), mark(JUMP, 2000, "r2", "alive")]
+    ev += ssh_session(CONFIG, 1300.5, 500, "ec2-user", 1000, JUMP.addr, 40001, None, ses=8)
+    ev += [CONFIG.fork(1400, 520, 501),
+           CONFIG.exec(1400.01, 520, ["aws", "eks", "delete-cluster", "--name", "prod"], uid=1000, auid=1000, ses=8)]
+    (tr,) = trace_one(ev, "delete-cluster")
+    assert tr.attributed.confidence != "observed"
+    hop = next(s for s in tr.chain if s.edge == "ssh")
+    assert hop.inferred and "jump-box's agent was not running from" in hop.note
+    assert "another have taken its port" in hop.note
+    # and the hop still found when the agent ran throughout
+    ev = [e for e in ev if e["kind"] != "host"]
+    (tr,) = trace_one(ev, "delete-cluster")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", "observed")

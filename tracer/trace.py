@@ -505,6 +505,16 @@ class Tracer:
                 login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts
                 and self._may_be_client(c, login, exact=False)]
         hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
+        if hit is not None:
+            # the client's agent down between its connect and the login: whether that connection
+            # still stood - or ended unseen and another took its port - was not recorded
+            down = self.store.outages([hit.host], hit.ts - hit.shift, login["ts"] - hit.shift)
+            if down:
+                inferred = True
+                note = (("" if note.startswith("inferred: ") else "inferred: ") + note
+                        + "".join(f"; {o.host}'s agent was not running from {clock(o.since)} to {clock(o.until)}, "
+                                  "between the connect and the login: the connection may have ended unseen "
+                                  "and another have taken its port" for o in down))
         if hit is None and hosts:
             names = ", ".join(sorted(self.store.host_names(hosts)))
             note = (f"the login as {login['user']} came from {login['raddr']}, an address of {names}, but no "
