@@ -378,3 +378,52 @@ def test_a_hop_across_the_client_hosts_outage_is_inferred_and_says_the_port_may_
     ev = [e for e in ev if e["kind"] != "host"]
     (tr,) = trace_one(ev, "delete-cluster")
     assert (tr.attributed.user, tr.attributed.confidence) == ("bob", "observed")
+
+
+def forged_login_agent(*procs):
+    """The agent's assembler over a /proc with sshd's listener (pid 6) and `procs`."""
+    from test_agent_units import FakeProc
+    from whodid.agent.assemble import Assembler
+    from whodid.agent.procfs import ProcInfo
+
+    class Proc(FakeProc):
+        def exe(self, pid):
+            p = self.procs.get(pid)
+            return p.exe if p else None
+
+    def info(pid, ppid, uid, exe, euid=None):
+        return ProcInfo(pid=pid, ppid=ppid, start_ticks=100 + pid, argv=[exe], exe=exe, cwd="/", uid=uid,
+                        euid=uid if euid is None else euid, gid=uid, egid=uid, auid=None, ses=None, tty=None,
+                        comm=exe.rsplit("/", 1)[-1])
+    listener = info(6, 1, 0, "/usr/sbin/sshd")
+    asm = Assembler("web-1", "boot-1", 1_700_000_000.0, Proc([listener, *(info(*p) for p in procs)]),
+                    {0: "root", 1002: "bob"}.get, lambda g: None)
+    asm.snapshot()
+    return asm
+
+
+LINE = "Accepted publickey for jim from 203.0.113.7 port 53122 ssh2: ED25519 SHA256:jim"
+
+
+@pytest.mark.parametrize("procs, pid", [
+    ([(300, 1, 1002, "/usr/bin/bash")], 300),                        # bob's own shell
+    ([(300, 1, 1002, "/usr/sbin/sshd")], 300),                       # bob runs sshd's program himself
+    ([(300, 1, 1002, "/usr/bin/su", 0)], 300),                       # a setuid root process bob started
+    ([(300, 1, 0, "/usr/bin/bash")], 300),                           # a root shell: not sshd's program
+], ids=["shell", "own-sshd", "setuid", "root-shell"])
+def test_a_forged_sshd_log_line_does_not_make_a_process_someones_login(procs, pid):
+    # `logger -p auth.info -t "sshd[300]" "Accepted publickey for jim ..."` (or a program named
+    # sshd writing to the journal): the agent took the line's pid as sshd's per-connection
+    # process, so bob's shell became jim's login, and bob's commands jim's - observed
+    from whodid.agent.sshd_log import parse_accepted
+    asm = forged_login_agent(*procs)
+    asm.add_login(1_700_000_001.0, parse_accepted(f"Nov 23 10:00:00 web-1 sshd[{pid}]: {LINE}"))
+    assert asm.match_logins(1_700_000_001.0) == []
+
+
+def test_sshds_own_log_line_still_names_its_process():
+    from whodid.agent.sshd_log import parse_accepted
+    asm = forged_login_agent((121, 6, 0, "/usr/lib/openssh/sshd-session"))
+    asm.add_login(1_700_000_001.0, parse_accepted(f"Nov 23 10:00:00 web-1 sshd-session[121]: {LINE}"))
+    (login,) = asm.match_logins(1_700_000_001.0)
+    assert (login["pid"], login["user"], login["key_fp"]) == (121, "jim", "SHA256:jim")
