@@ -427,3 +427,43 @@ def test_sshds_own_log_line_still_names_its_process():
     asm.add_login(1_700_000_001.0, parse_accepted(f"Nov 23 10:00:00 web-1 sshd-session[121]: {LINE}"))
     (login,) = asm.match_logins(1_700_000_001.0)
     assert (login["pid"], login["user"], login["key_fp"]) == (121, "jim", "SHA256:jim")
+
+
+def bobs_session_with_a_forged_line(forged_user="jim", forged_uid=1001, genuine=True):
+    """bob logs in as himself; a line he forged ("sshd[...]: Accepted publickey for jim ... key
+    jim's") was joined to his sshd process first - by an older agent, or by the client address
+    and port he chose (`ProxyCommand nc -p`) while he stalled at a password prompt."""
+    ev = ssh_session(H, 10, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP, ses=9)
+    if not genuine:
+        ev = [e for e in ev if e["kind"] != "login"]
+    forged = H.login(10.1, 300, forged_user, "198.51.100.23", 41870, key_fp=JIM_FP, ses=9)
+    forged["uid"] = forged_uid
+    ev.insert(3, forged)
+    ev += [H.fork(60, 310, 301), H.exec(60.01, 310, ["rm", "-rf", "/srv/data"], uid=1002, auid=1002, ses=9)]
+    return ev
+
+
+def test_a_session_with_two_login_records_naming_two_people_names_no_one():
+    # the earliest record won: jim, observed, with his key - for bob's rm
+    (tr,) = trace_one(bobs_session_with_a_forged_line(), "rm -rf")
+    who = tr.attributed
+    assert (who.user, who.confidence) == ("person unknown", "unknown")
+    assert sorted(c.person for c in who.candidates) == ["bob", "jim"]
+    assert any("2 login records" in n for n in tr.notes)
+
+
+def test_a_login_record_whose_account_the_sessions_login_uid_contradicts_names_no_one():
+    # only the forged record (the genuine line lost): it says jim (uid 1001), while the shell
+    # below it carries login uid 1002, which pam_loginuid set to the account logged in to
+    (tr,) = trace_one(bobs_session_with_a_forged_line(genuine=False), "rm -rf")
+    who = tr.attributed
+    assert (who.user, who.confidence) == ("person unknown", "unknown")
+    assert any("carry login uid 1002 (bob)" in n for n in tr.notes)
+
+
+def test_a_genuine_login_whose_session_carries_its_account_is_still_observed():
+    ev = ssh_session(H, 10, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP, ses=9)
+    ev[3]["uid"] = 1002
+    ev += [H.fork(60, 310, 301), H.exec(60.01, 310, ["rm", "-rf", "/srv/data"], uid=1002, auid=1002, ses=9)]
+    (tr,) = trace_one(ev, "rm -rf")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", "observed")

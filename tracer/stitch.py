@@ -290,6 +290,26 @@ def rank_candidates(found: list[tuple[int, Candidate]], cap: int = MAX_CANDIDATE
     return [c for _, c in ordered[:cap]], max(0, len(ordered) - cap)
 
 
+def login_doubt(login: dict[str, Any], records: list[dict[str, Any]], session_auid: int | None,
+                name_of_auid: str | None) -> str | None:
+    """Why a login record may not be its process's own, else None. A login record is sshd's log
+    line joined to a process, and anyone can write such a line (`logger -t sshd`): a second record
+    for the same process that names someone else, or a session whose processes carry a login uid
+    (pam_loginuid sets it to the account logged in to) other than the record's account, says one
+    of them is not what sshd wrote."""
+    others = {(r["user"], r.get("key_fp")) for r in records} - {(login["user"], login.get("key_fp"))}
+    if others:
+        said = ", ".join(f"{u}{' with key ' + k if k else ''}" for u, k in sorted(others, key=str))
+        return (f"sshd's process has {len(others) + 1} login records ({login['user']}"
+                f"{' with key ' + login['key_fp'] if login.get('key_fp') else ''}; {said}): a log line anyone "
+                "can write may be one of them, so which login is its own is not known")
+    if login.get("uid") is not None and session_auid not in (None, AUID_UNSET) and session_auid != login["uid"]:
+        return (f"the login record says {login['user']} (uid {login['uid']}), but the session's processes carry "
+                f"login uid {session_auid}{' (' + name_of_auid + ')' if name_of_auid else ''}: the record is not "
+                "theirs (a forged or misjoined log line)")
+    return None
+
+
 def _session_of(step: Step) -> tuple[int, int] | None:
     if step.ses in (None, AUID_UNSET) or step.login_uid in (None, AUID_UNSET):
         return None
@@ -405,6 +425,8 @@ def _attribute_login(chain: list[Step], identity: Identity, inferred: bool) -> A
     lg = origin.login
     logins = [s for s in chain if s.edge in ("login", "ssh") and s.login]
     notes: list[str] = []
+    if lg.get("doubt"):
+        return _doubted_login(chain, identity)
     key_person = identity.person_for_key(lg.get("key_fp"))
     acct_person = identity.person_for_account(lg["user"], origin.host)
     method = lg.get("method") or "ssh"
@@ -462,6 +484,25 @@ def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> A
     return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
                        how=how, account=lg["user"], key_fp=fp, notes=notes, confidence=UNKNOWN,
                        candidates=cands)
+
+
+def _doubted_login(chain: list[Step], identity: Identity) -> Attribution:
+    """The origin's login record may not be its process's own (login_doubt): no person is named;
+    each record of that process is a candidate, with the doubt as its evidence."""
+    origin = chain[0]
+    lg = origin.login
+    cands = []
+    for r in lg.get("records") or [lg]:
+        person = identity.person_for_key(r.get("key_fp")) or identity.person_for_account(r["user"], origin.host) \
+            or r["user"]
+        cands.append(Candidate(person=person, account=r["user"], host=origin.host, login_time=r["ts"],
+                               source=r.get("raddr"), key_fp=r.get("key_fp"),
+                               evidence=[f"a login record of sshd's process (pid {origin.pid}), from "
+                                         f"{r.get('raddr') or 'an unknown address'}", lg["doubt"]]))
+    return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
+                       how=f"ssh as {lg['user']}, by a login record whose own evidence disagrees: {lg['doubt']}",
+                       account=lg["user"], key_fp=lg.get("key_fp"), notes=[f"{origin.host}: {lg['doubt']}"],
+                       confidence=UNKNOWN, candidates=cands)
 
 
 def gaps(chain: list[Step], threshold: float) -> list[dict[str, Any]]:

@@ -659,6 +659,12 @@ class Store:
                               [proc_id]).fetchone()
         return self._login(row) if row else None
 
+    def logins_of(self, proc_id: int) -> list[dict[str, Any]]:
+        """Every login record of one process, oldest first (sshd logs one per connection)."""
+        rows = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l WHERE l.proc = ? ORDER BY l.ts, l.id",
+                               [proc_id])
+        return [self._login(r) for r in rows]
+
     def logins_by_session(self, boot: int, ses: int) -> list[dict[str, Any]]:
         """The logins of audit session `ses` on a boot: by the session id recorded with the login,
         else - the agent reads it from /proc when sshd's log line comes, and a short session is

@@ -310,6 +310,8 @@ class Tracer:
             images = [im for im in self.store.images(p.id) if im.ts <= t]
             walked.append((p, images))
             login = self.store.login_of(p.id)
+            if login:
+                login = self._weighed_login(p, login, walked)
             if first and poi_image is not None:
                 images = [im for im in images if im.ts <= poi_image.ts]
             if images:
@@ -337,6 +339,15 @@ class Tracer:
             p = parent
         rev.reverse()
         return rev, login
+
+    def _weighed_login(self, p: Proc, login: dict[str, Any], walked: list[tuple[Proc, list[Image]]]) -> dict[str, Any]:
+        """The login record of p, with `doubt` (stitch.login_doubt) when p has other records naming
+        someone else, or the session's processes below it on this walk carry another login uid."""
+        records = self.store.logins_of(p.id)
+        below = next((im.auid for _, images in reversed(walked[:-1]) for im in images
+                      if im.auid not in (None, AUID_UNSET)), None)
+        doubt = stitch.login_doubt(login, records, below, self._name(p.host_id, below))
+        return {**login, "doubt": doubt, "records": records} if doubt else login
 
     def _session_login(self, p: Proc, parent: Proc | None, walked: list[tuple[Proc, list[Image]]],
                        rev: list[Step]):
