@@ -467,3 +467,19 @@ def test_a_genuine_login_whose_session_carries_its_account_is_still_observed():
     ev += [H.fork(60, 310, 301), H.exec(60.01, 310, ["rm", "-rf", "/srv/data"], uid=1002, auid=1002, ses=9)]
     (tr,) = trace_one(ev, "rm -rf")
     assert (tr.attributed.user, tr.attributed.confidence) == ("bob", "observed")
+
+
+def test_a_login_open_then_only_because_its_end_fell_in_an_outage_says_so():
+    # root's login at 1000; the agent is down 1500-1600 and the session ends then, unseen; root's
+    # cron job at 5000 listed the login as "open when pid 80 began", with nothing to say its end
+    # was simply not recorded
+    from test_outages import mark
+    ev = [H.exec(0, 1, ["/sbin/init"], snapshot=True), H.fork(100, 50, 1), H.exec(100.01, 50, ["/usr/sbin/cron", "-f"])]
+    ev += [mark(H, 0, "r1", "start"), mark(H, 1500, "r1", "stop"), mark(H, 1600, "r2", "start"),
+           mark(H, 6000, "r2", "alive")]
+    ev += ssh_session(H, 1000, 300, "root", 0, "198.51.100.23", 41000, None, ses=9)
+    ev += [H.fork(5000, 80, 50), H.exec(5000.01, 80, ["/bin/sh", "-c", "x"], auid=0, ses=41),
+           H.fork(5000.02, 81, 80), H.exec(5000.03, 81, ["systemctl", "stop", "db"], auid=0, ses=41)]
+    (tr,) = trace_one(ev, "systemctl stop")
+    (cand,) = tr.attributed.candidates
+    assert "unless it ended while web-1's agent was not running" in cand.evidence[0]

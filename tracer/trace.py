@@ -458,7 +458,13 @@ class Tracer:
         for lg in self.store.logins_open(origin.boot, t0, t0 - OPEN_LOGIN_HORIZON):
             # open then, and its account is the processes' login uid: else the kernel says it is not theirs
             if any(host == origin.host_id and self._is_account(host, auid, lg) for host, auid in auids):
-                add(lg, 1, f"open on {origin.host} when pid {origin.pid} began ({clock(t0)})")
+                why = f"open on {origin.host} when pid {origin.pid} began ({clock(t0)})"
+                if lg["end"] is None:
+                    # no exit recorded: with the agent down since the login, it may have ended unseen
+                    why += "".join(f", unless it ended while {o.host}'s agent was not running ({clock(o.since)} to "
+                                   f"{clock(o.until)}): its end was not recorded"
+                                   for o in self.store.outages([origin.host], lg["ts"], t0))
+                add(lg, 1, why)
         for entry in list(found.values()):
             lg = entry[1]
             for host, auid in sorted(auids):
