@@ -390,12 +390,27 @@ class Assembler:
         self.pending_logins = keep
         return out
 
+    def _logged_by_sshd(self, pid: int | None, accepted: tuple[int, int, str, int] | None) -> bool:
+        """Whether the pid a log line names may be sshd's per-connection process. Anyone may write
+        "sshd[PID]: Accepted publickey for jim ..." - to syslog (`logger -t`), or to the journal from
+        a program named sshd - naming their own shell, which would make it jim's login. The process
+        that logs it is sshd's monitor: root (uid and euid; a setuid program a user runs keeps
+        their uid), running sshd's program (sshd, sshd-session), and forked by the listener whose
+        accept of that client was seen, when it was. Else the line is joined by the accept alone."""
+        st = self.procs.get(pid) if pid is not None else None
+        if st is None or st.uid != 0 or st.euid != 0:
+            return False
+        if accepted and st.ppid != accepted[0]:
+            return False
+        exe = self.procfs.exe(pid)
+        return bool(exe) and os.path.basename(exe).startswith("sshd")
+
     def _login(self, wall_ts: float, acc) -> dict[str, Any] | None:
         """sshd's per-connection process: the child its listener forked after accepting
         this client's address and port (or the pid in the log line, when it has one)."""
         addr = _plain(acc.addr)
         accepted = self.accepted.get((addr, acc.port))
-        found = (acc.pid, self.procs[acc.pid].start) if acc.pid in self.procs else None
+        found = (acc.pid, self.procs[acc.pid].start) if self._logged_by_sshd(acc.pid, accepted) else None
         if found is None and accepted:
             # the session may be over by the time its log line is read: the fork remembers
             # the child's pid and start either way

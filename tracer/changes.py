@@ -500,7 +500,10 @@ def review(tracer, rules: Rules, since: float, until: float, host: str | None = 
         if progress and n % 200 == 0:
             progress(n, len(items))
         ses = detail.ses if what == "command" else None
-        key = ("ses", proc.boot, ses) if ses is not None and ses != AUID_UNSET else ("proc", proc.id)
+        # one audit session, one attribution - where a session id names one session: on a boot
+        # whose ids may repeat (auditd's, across a reboot it did not see) two people's share one
+        key = ("ses", proc.boot, ses) if ses is not None and ses != AUID_UNSET \
+            and not tracer.session_ids_may_repeat(proc.boot) else ("proc", proc.id)
         hit = memo.get(key)
         if hit is None:
             if what == "command":

@@ -12,7 +12,7 @@ from typing import Any
 
 from .events import AUID_UNSET
 from .identity import Identity
-from .when import format_duration
+from .when import clock, format_duration
 
 EDGES = ("login", "fork", "exec", "ssh", "sudo", "su", "setuid")
 SWITCH_USER = {"sudo": "sudo", "su": "su", "doas": "sudo", "runuser": "su", "pkexec": "sudo", "sudoedit": "sudo"}
@@ -43,6 +43,7 @@ class Step:
     snapshot: bool = False          # the image was read from /proc at agent start, not seen at exec
     login: dict[str, Any] | None = None
     login_uid: int | None = None    # the audit login uid itself; None or AUID_UNSET: none (a service)
+    ses: int | None = None          # the audit session id; None or AUID_UNSET: none recorded
 
     @property
     def program(self) -> str:
@@ -303,6 +304,63 @@ def rank_candidates(found: list[tuple[int, Candidate]], cap: int = MAX_CANDIDATE
     return [c for _, c in ordered[:cap]], max(0, len(ordered) - cap)
 
 
+def login_doubt(login: dict[str, Any], records: list[dict[str, Any]], session_auid: int | None,
+                name_of_auid: str | None) -> str | None:
+    """Why a login record may not be its process's own, else None. A login record is sshd's log
+    line joined to a process, and anyone can write such a line (`logger -t sshd`): a second record
+    for the same process that names someone else, or a session whose processes carry a login uid
+    (pam_loginuid sets it to the account logged in to) other than the record's account, says one
+    of them is not what sshd wrote."""
+    others = {(r["user"], r.get("key_fp")) for r in records} - {(login["user"], login.get("key_fp"))}
+    if others:
+        said = ", ".join(f"{u}{' with key ' + k if k else ''}" for u, k in sorted(others, key=str))
+        return (f"sshd's process has {len(others) + 1} login records ({login['user']}"
+                f"{' with key ' + login['key_fp'] if login.get('key_fp') else ''}; {said}): a log line anyone "
+                "can write may be one of them, so which login is its own is not known")
+    if login.get("uid") is not None and session_auid not in (None, AUID_UNSET) and session_auid != login["uid"]:
+        return (f"the login record says {login['user']} (uid {login['uid']}), but the session's processes carry "
+                f"login uid {session_auid}{' (' + name_of_auid + ')' if name_of_auid else ''}: the record is not "
+                "theirs (a forged or misjoined log line)")
+    return None
+
+
+def _session_of(step: Step) -> tuple[int, int] | None:
+    if step.ses in (None, AUID_UNSET) or step.login_uid in (None, AUID_UNSET):
+        return None
+    return step.login_uid, step.ses
+
+
+def scheduled_job(chain: list[Step]) -> int:
+    """Where the chain's own work begins when a login started a scheduler daemon by hand (`sudo
+    cron`, `/etc/init.d/atd start` without systemd): the index of the scheduler step whose child
+    began a new audit session (pam_loginuid in cron and atd gives each job its owner's login uid
+    and a new session id), else 0. The job is its schedule's - a crontab anyone with that account
+    may have written - not the work of the session that started the daemon days before, and the
+    kernel says so: the job's session is not the login's."""
+    if not chain or not chain[0].login:
+        return 0
+    for i in range(1, len(chain) - 1):
+        daemon, job = chain[i], chain[i + 1]
+        if daemon.program not in SCHEDULERS or daemon.proc == job.proc or job.host != daemon.host:
+            continue
+        below = [s for s in chain[i + 1:] if s.host == daemon.host and not s.login]
+        above = [s for s in reversed(chain[1:i + 1]) if s.host == daemon.host]
+        theirs = next((_session_of(s) for s in below if _session_of(s)), None)
+        mine = next((_session_of(s) for s in above if _session_of(s)), None)
+        if theirs and mine and theirs != mine:
+            return i
+    return 0
+
+
+def _scheduled_note(chain: list[Step], job: int) -> str:
+    lg, daemon = chain[0].login, chain[job]
+    child = next((s for s in chain[job + 1:] if _session_of(s)), chain[job + 1])
+    return (f"{lg['user']}'s login (from {lg.get('raddr') or 'an unknown address'} at {clock(lg['ts'])}) started "
+            f"{daemon.program} (pid {daemon.pid}) by hand, but its job began its own audit session "
+            f"{child.ses} (login uid {child.login_uid}) at pid {child.pid}: a scheduled job is its schedule's, "
+            f"not the session's that started the scheduler")
+
+
 def attribute(chain: list[Step], identity: Identity, candidates: list[Candidate] | None = None,
               left_out: int = 0) -> Attribution:
     """Who is behind a chain, and how sure that is (OBSERVED, INFERRED, UNKNOWN).
@@ -317,6 +375,12 @@ def attribute(chain: list[Step], identity: Identity, candidates: list[Candidate]
     with `left_out` more) from the chain's audit sessions, login uids and start time."""
     origin = chain[0]
     inferred = any(s.inferred for s in chain)
+    job = scheduled_job(chain)
+    if job:
+        # the login started the scheduler; the job is the schedule's (its own audit session)
+        who = attribute(chain[job:], identity, candidates, left_out)
+        who.notes.insert(0, _scheduled_note(chain, job))
+        return who
     if origin.login:
         return _attribute_login(chain, identity, inferred)
     notes: list[str] = []
@@ -375,6 +439,8 @@ def _attribute_login(chain: list[Step], identity: Identity, inferred: bool) -> A
     lg = origin.login
     logins = [s for s in chain if s.edge in ("login", "ssh") and s.login]
     notes: list[str] = []
+    if lg.get("doubt"):
+        return _doubted_login(chain, identity)
     key_person = identity.person_for_key(lg.get("key_fp"))
     acct_person = identity.person_for_account(lg["user"], origin.host)
     method = lg.get("method") or "ssh"
@@ -436,6 +502,26 @@ def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> A
     return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
                        how=how, account=lg["user"], key_fp=fp, notes=notes, confidence=UNKNOWN,
                        candidates=cands)
+
+
+def _doubted_login(chain: list[Step], identity: Identity) -> Attribution:
+    """The origin's login record may not be its process's own (login_doubt): no person is named;
+    each record of that process is a candidate, with the doubt as its evidence."""
+    origin = chain[0]
+    lg = origin.login
+    cands = []
+    for r in lg.get("records") or [lg]:
+        mapped = identity.person_for_key(r.get("key_fp")) or identity.person_for_account(r["user"], origin.host)
+        person = mapped or r["user"]
+        cands.append(Candidate(person=person, account=r["user"], host=origin.host, login_time=r["ts"],
+                               source=r.get("raddr"), key_fp=r.get("key_fp"),
+                               named=bool(mapped) or is_person_account(r["user"], identity),
+                               evidence=[f"a login record of sshd's process (pid {origin.pid}), from "
+                                         f"{r.get('raddr') or 'an unknown address'}", lg["doubt"]]))
+    return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
+                       how=f"ssh as {lg['user']}, by a login record whose own evidence disagrees: {lg['doubt']}",
+                       account=lg["user"], key_fp=lg.get("key_fp"), notes=[f"{origin.host}: {lg['doubt']}"],
+                       confidence=UNKNOWN, candidates=cands)
 
 
 def gaps(chain: list[Step], threshold: float) -> list[dict[str, Any]]:

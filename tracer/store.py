@@ -660,10 +660,29 @@ class Store:
                               [proc_id]).fetchone()
         return self._login(row) if row else None
 
-    def logins_by_session(self, boot: int, ses: int) -> list[dict[str, Any]]:
-        rows = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l JOIN procs p ON p.id = l.proc "
-                               "WHERE p.boot = ? AND l.ses = ? ORDER BY l.ts", [boot, ses])
+    def logins_of(self, proc_id: int) -> list[dict[str, Any]]:
+        """Every login record of one process, oldest first (sshd logs one per connection)."""
+        rows = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l WHERE l.proc = ? ORDER BY l.ts, l.id",
+                               [proc_id])
         return [self._login(r) for r in rows]
+
+    def logins_by_session(self, boot: int, ses: int) -> list[dict[str, Any]]:
+        """The logins of audit session `ses` on a boot: by the session id recorded with the login,
+        else - the agent reads it from /proc when sshd's log line comes, and a short session is
+        gone by then - by the session its own processes carry: the earliest exec with a session id
+        of the login process or its children or grandchildren (sshd's session process, the shell;
+        pam_loginuid set it in the login process, and they inherit it)."""
+        rows = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l JOIN procs p ON p.id = l.proc "
+                               "WHERE p.boot = ? AND l.ses = ? ORDER BY l.ts", [boot, ses]).fetchall()
+        rows += self.db.execute(
+            "WITH RECURSIVE d(login, proc, depth) AS ("
+            " SELECT l.id, l.proc, 0 FROM logins l JOIN procs p ON p.id = l.proc WHERE p.boot = ? AND l.ses IS NULL"
+            " UNION ALL SELECT d.login, c.id, d.depth + 1 FROM d JOIN procs c ON c.parent = d.proc WHERE d.depth < 2),"
+            " first(login, ses, ts) AS (SELECT d.login, e.ses, min(e.ts) FROM d JOIN execs e ON e.proc = d.proc"
+            "  WHERE e.ses IS NOT NULL AND e.ses != ? GROUP BY d.login)"
+            f" SELECT {self.LOGIN_COLS} FROM first f JOIN logins l ON l.id = f.login WHERE f.ses = ?",
+            [boot, AUID_UNSET, ses]).fetchall()
+        return sorted((self._login(r) for r in rows), key=lambda lg: (lg["ts"], lg["id"]))
 
     def logins_open(self, boot: int, t: float, since: float) -> list[dict[str, Any]]:
         """The logins of one boot that were open at t: begun between `since` and t, and their

@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from . import outages, stitch
-from .events import AUID_UNSET
+from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
@@ -180,7 +180,11 @@ class Tracer:
         who = stitch.attribute(chain, self.identity)
         if not who.known and who.login_time is None:
             # no login names a person: which logins does the evidence about these processes point at
-            who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(self._candidates(chain)))
+            # a scheduled job's candidates are its own processes' (the daemon carries the session
+            # of whoever started it, which is not the job's)
+            job = stitch.scheduled_job(chain)
+            who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(
+                self._candidates(chain[job + 1:] if job else chain)))
         said = notes + who.notes
         said += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
         said += self._loss_notes(chain, at)
@@ -310,6 +314,8 @@ class Tracer:
             images = [im for im in self.store.images(p.id) if im.ts <= t]
             walked.append((p, images))
             login = self.store.login_of(p.id)
+            if login:
+                login = self._weighed_login(p, login, walked)
             if first and poi_image is not None:
                 images = [im for im in images if im.ts <= poi_image.ts]
             if images:
@@ -338,15 +344,26 @@ class Tracer:
         rev.reverse()
         return rev, login
 
+    def _weighed_login(self, p: Proc, login: dict[str, Any], walked: list[tuple[Proc, list[Image]]]) -> dict[str, Any]:
+        """The login record of p, with `doubt` (stitch.login_doubt) when p has other records naming
+        someone else, or the session's processes below it on this walk carry another login uid."""
+        records = self.store.logins_of(p.id)
+        below = next((im.auid for _, images in reversed(walked[:-1]) for im in images
+                      if im.auid not in (None, AUID_UNSET)), None)
+        doubt = stitch.login_doubt(login, records, below, self._name(p.host_id, below))
+        return {**login, "doubt": doubt, "records": records} if doubt else login
+
     def _session_login(self, p: Proc, parent: Proc | None, walked: list[tuple[Proc, list[Image]]],
                        rev: list[Step]):
         """The parent chain breaks at p without a login: join the login of the kernel's audit
         session, taken from the process nearest the break that has one (a restarted agent's
         first record of a process may lack it while its children carry it). The login must
         share the session's boot and loginuid and have begun before that process started:
-        never "who is logged in now". And it must not have ended (its process exited) before
-        the session's processes here began: a session id the kernel gave again - a source
-        that cannot tell boots apart, a counter that wrapped - names a login long over."""
+        never "who is logged in now". Where a session id may name two sessions (the auditd
+        source, which cannot always tell boots apart: session_ids_may_repeat) it must also not have
+        ended (its process exited) before the session's processes here began, as such an id
+        names a login long over; on an agent's boot it may have ended - nohup'd work outlives
+        the logout, and the session id still says whose it is."""
         carrier, image = next(((q, im) for q, images in reversed(walked) for im in images
                                if im.ses not in (None, AUID_UNSET) and im.auid != AUID_UNSET),
                               (None, None))
@@ -359,7 +376,7 @@ class Tracer:
                      if q.fork_ts is not None or images), default=began)
         logins = [lg for lg in self.store.logins_by_session(p.boot, image.ses)
                   if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)
-                  and not self._ended_before(lg, first)]
+                  and not (self.session_ids_may_repeat(p.boot) and self._ended_before(lg, first))]
         if not logins:
             return None
         login = logins[-1]
@@ -379,6 +396,15 @@ class Tracer:
                         f"{login['user']}'s login by audit session {image.ses}{of}")
         rev.append(top)
         return login
+
+    def session_ids_may_repeat(self, boot: int) -> bool:
+        """Whether one session id may name two sessions on this boot: an agent names a boot by
+        the kernel's boot id, whose session ids never repeat (a counter of 2^32); the auditd
+        source names its boots by the reboots it sees, and one it did not see joins two boots."""
+        name = self._boots.get(boot)
+        if name is None:
+            name = self._boots[boot] = self.store.boot_name(boot)
+        return name.startswith(AUDIT_BOOT_PREFIX)
 
     def _ended_before(self, login: dict[str, Any], t: float) -> bool:
         """Whether the login's process (sshd's, which lives as long as the connection) had
@@ -416,9 +442,19 @@ class Tracer:
                     or (p.boot, im.ses) in sessions:
                 continue
             sessions[(p.boot, im.ses)] = p
+            first = min((b for b in began.values() if b is not None), default=began[p.id])
             for lg in self.store.logins_by_session(p.boot, im.ses):
                 if lg["ts"] <= began[p.id] + 1 and self._same_account(p, im.auid, lg):
-                    add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
+                    if not (self.session_ids_may_repeat(p.boot) and self._ended_before(lg, first)):
+                        add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
+                        continue
+                    # over before the chain began here, on a boot whose ids may repeat: the id given
+                    # again (a reboot the source did not mark), or work left running after logout -
+                    # weak, and said so (_session_login does not join it)
+                    ended = self.store.proc(lg["proc"]).exit_ts
+                    add(lg, 1, f"same audit session {im.ses} as pid {p.pid}, but this login ended "
+                               f"{format_duration(first - ended)} before the chain's first process here began: "
+                               "the id may have been given again (a reboot), or the work outlived the logout")
         # "then" is when the first process carrying a login uid began (a cron job, not the cron
         # daemon started at boot; the top of a broken chain)
         origin = next(p for p, im in carried if im.auid not in (None, AUID_UNSET))
@@ -426,7 +462,13 @@ class Tracer:
         for lg in self.store.logins_open(origin.boot, t0, t0 - OPEN_LOGIN_HORIZON):
             # open then, and its account is the processes' login uid: else the kernel says it is not theirs
             if any(host == origin.host_id and self._is_account(host, auid, lg) for host, auid in auids):
-                add(lg, 1, f"open on {origin.host} when pid {origin.pid} began ({clock(t0)})")
+                why = f"open on {origin.host} when pid {origin.pid} began ({clock(t0)})"
+                if lg["end"] is None:
+                    # no exit recorded: with the agent down since the login, it may have ended unseen
+                    why += "".join(f", unless it ended while {o.host}'s agent was not running ({clock(o.since)} to "
+                                   f"{clock(o.until)}): its end was not recorded"
+                                   for o in self.store.outages([origin.host], lg["ts"], t0))
+                add(lg, 1, why)
         for entry in list(found.values()):
             lg = entry[1]
             for host, auid in sorted(auids):
@@ -485,6 +527,16 @@ class Tracer:
                 login["laddr"], login.get("lport"), t0, t1)) if c.host_id in hosts
                 and self._may_be_client(c, login, exact=False)]
         hit, inferred, note = stitch.pick_hop(login, exact, by_address, s.clock_skew)
+        if hit is not None:
+            # the client's agent down between its connect and the login: whether that connection
+            # still stood - or ended unseen and another took its port - was not recorded
+            down = self.store.outages([hit.host], hit.ts - hit.shift, login["ts"] - hit.shift)
+            if down:
+                inferred = True
+                note = (("" if note.startswith("inferred: ") else "inferred: ") + note
+                        + "".join(f"; {o.host}'s agent was not running from {clock(o.since)} to {clock(o.until)}, "
+                                  "between the connect and the login: the connection may have ended unseen "
+                                  "and another have taken its port" for o in down))
         if hit is None and hosts:
             names = ", ".join(sorted(self.store.host_names(hosts)))
             note = (f"the login as {login['user']} came from {login['raddr']}, an address of {names}, but no "
@@ -549,7 +601,7 @@ class Tracer:
                     pid=p.pid, user=self._name(p.host_id, euid) or "?",
                     login_user=self._name(p.host_id, im.auid), command=im.cmd, argv=im.argv, start=start,
                     cwd=im.cwd, exe=im.exe, tty=im.tty, container=im.container, pidns=im.pidns, inherited=inherited,
-                    snapshot=im.snapshot and not inherited, login_uid=im.auid)
+                    snapshot=im.snapshot and not inherited, login_uid=im.auid, ses=im.ses)
 
     # --- the graph -----------------------------------------------------------------------
 
