@@ -49,6 +49,7 @@ SYSCALLS = {
 CLONE_THREAD = 0x10000
 EINPROGRESS = -115
 GROUP_LAG = 200            # a group is complete once serials this far past it are seen
+UNFORKED_KEPT = 4096       # exited processes whose clone record may still come (vfork), kept at most
 GROUP_QUIET = 2.0          # live mode: ... or once it has had no new record for this many seconds
 USER_TYPES = {"USER_LOGIN", "USER_START", "USER_END", "CRED_ACQ", "CRED_DISP", "CRED_REFR", "USER_AUTH",
               "USER_ACCT", "USER_CMD", "LOGIN", "USER_LOGOUT", "USER_ERR"}
@@ -237,6 +238,7 @@ class AuditAssembler:
         self.conn_of: dict[tuple[str, int], tuple[str, int]] = {}            # sshd child -> its peer
         self.parents: dict[tuple[str, int], int] = {}
         self.incarnations: dict[tuple[str, int], int] = {}                   # pid -> the start of its latest process
+        self.unforked: dict[tuple[str, int], Proc] = {}      # exited before their clone was logged (oldest first)
         self.auth: dict[tuple[str, int], str] = {}                           # pid -> login method seen
         self.logged_in: set[tuple[str, int]] = set()
         self.stamps: dict[str, tuple[float, int]] = {}
@@ -295,7 +297,7 @@ class AuditAssembler:
         process table and what hangs on it are the old boot's and are forgotten."""
         self.boots[host] = f"{AUDIT_BOOT_PREFIX}{host}@{ts:.3f}"
         for table in (self.procs, self.children, self.clones, self.accepts, self.conn_of, self.parents, self.auth,
-                      self.incarnations):
+                      self.incarnations, self.unforked):
             for key in [k for k in table if k[0] == host]:
                 del table[key]
         self.logged_in = {k for k in self.logged_in if k[0] != host}
@@ -401,7 +403,12 @@ class AuditAssembler:
                 used()
         elif name in ("exit_group", "exit"):
             out.append({**base, "kind": "exit", "code": _int(f.get("a0"), 16) or 0})
-            self.procs.pop((host, pid), None)
+            gone = self.procs.pop((host, pid), None)
+            if gone is not None and not gone.forked:
+                # a vfork child may exec and exit before its parent's clone is logged
+                self.unforked[(host, pid)] = gone
+                if len(self.unforked) > UNFORKED_KEPT:
+                    del self.unforked[next(iter(self.unforked))]
             used()
         return out
 
@@ -515,12 +522,14 @@ class AuditAssembler:
 
     def _late_clone(self, host: str, child: int, parent: int, pstart: int, ts: float) -> dict[str, Any] | None:
         """The fork of a child already seen, when the clone's record comes after the child's own
-        (vfork and posix_spawn: the parent resumes, and is logged, after the child's exec): the
-        child's process, not a new one. Its clone is older than anything known of it."""
-        known = self.procs.get((host, child))
+        (vfork and posix_spawn: the parent resumes, and is logged, after the child's exec - or
+        after its exit): the child's process, not a new one. Its clone is older than anything
+        known of it."""
+        known = self.procs.get((host, child)) or self.unforked.get((host, child))
         if known is None or known.forked or known.ppid != parent or _ms(known.seen) < _ms(ts):
             return None
         known.forked = True
+        self.unforked.pop((host, child), None)
         return {"v": 1, "kind": "fork", "host": host, "boot": self.boot(host), "ts": round(min(ts, known.seen), 6),
                 "pid": child, "start": known.start, "ppid": parent, "pstart": pstart}
 

@@ -63,6 +63,22 @@ def test_a_child_whose_exec_is_logged_before_its_parents_vfork_stays_one_process
     assert fk["ppid"] == 200
 
 
+def test_a_child_that_exits_before_its_parents_vfork_is_logged_lends_its_clone_to_no_sibling():
+    # as in a real log: 901 execs and exits, then sh's vfork of 901 is logged; 902 the same.
+    # Each child is one process with its own clone; none takes another's.
+    lines = execve(50, 200, 1, ["sh"], auid=1001, ses=3)
+    for i, child in enumerate((901, 902)):
+        s, t = 60 + 10 * i, T + 5 + i
+        lines += execve(s, child, 200, ["true"], auid=1001, ses=3, t=t)
+        lines += [syscall(s + 1, "exit_group", 231, child, 200, uid=1001, auid=1001, t=t)]
+        lines += [syscall(s + 2, "vfork", 58, 200, 1, exit=child, uid=1001, auid=1001, t=t)]
+    evs, _ = events(lines)
+    for child in (901, 902):
+        assert len({e["start"] for e in evs if e.get("pid") == child}) == 1, [e for e in evs if e.get("pid") == child]
+    forks = {e["pid"]: e["ts"] for e in evs if e["kind"] == "fork"}
+    assert sorted(forks) == [901, 902] and int(forks[901]) == T + 5 and int(forks[902]) == T + 6
+
+
 def test_an_exec_after_reparenting_to_init_keeps_its_real_parent():
     # jim's shell (200) forks 900; 900 detaches (its parent exits), and then execs: its ppid is
     # now 1. It is the same process, and its parent is still jim's shell.
