@@ -200,6 +200,7 @@ class ImportReport:
     samples: list[str] = field(default_factory=list)       # a few garbage lines
     events: Counter = field(default_factory=Counter)       # events made, by kind
     gaps: list[tuple[str, int, int, float, float]] = field(default_factory=list)   # host, after, missing, t0, t1
+    seen_running: int = 0          # images made from comm/exe for processes whose exec is not in the log
 
     def garbage(self, line: str, why: str) -> None:
         self.skipped[why] += 1
@@ -215,6 +216,10 @@ class ImportReport:
         if self.skipped:
             out.append("skipped: " + ", ".join(f"{n:,} {why}" for why, n in self.skipped.most_common()))
             out += [f"  e.g. {s}" for s in self.samples]
+        if self.seen_running:
+            n = self.seen_running
+            out.append(f"{n:,} process{'es were' if n != 1 else ' was'} already running (no exec in the log): "
+                       "on chains as the program's name and path (comm, exe), without arguments")
         if self.gaps:
             missing = sum(g[2] for g in self.gaps)
             out.append(f"{missing:,} records lost by the kernel or auditd (gaps in serial numbers, "
@@ -518,6 +523,7 @@ class AuditAssembler:
             ev["tty"] = f["tty"]
         if proc.ppid is not None and proc.ppid != pid:
             ev["ppid"], ev["pstart"] = proc.ppid, proc.pstart
+        self.report.seen_running += 1
         return ev
 
     def _late_clone(self, host: str, child: int, parent: int, pstart: int, ts: float) -> dict[str, Any] | None:

@@ -137,8 +137,19 @@ def test_logins_rotated_away_the_login_uid_names_jim_inferred_never_root():
     assert tr.chain[0].user == "jim" and tr.chain[0].login_user == "jim"
 
 
+def test_a_root_shell_seen_only_forking_is_jims_by_its_login_uid():
+    # jim's `sudo -i` shell began before the log: every record of it says uid 0, auid 1001
+    lines = [syscall(86, "clone", 56, 320, 310, exit=330, a0="1200011", uid=0, auid=1001, ses=7, comm="bash",
+                     exe="/usr/bin/bash")]
+    lines += execve(87, 330, 320, ["rm", "-rf", "/srv/data"], uid=0, auid=1001, ses=7)
+    tr = trace(events(lines)[0], "rm -rf")
+    assert [(s.program, s.user) for s in tr.chain] == [("bash", "root"), ("rm", "root")]
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", "inferred")
+
+
 def test_a_process_seen_only_forking_gets_an_image_from_comm_and_exe_marked_snapshot():
-    evs, _ = events(rotated_session())
+    evs, report = events(rotated_session())
+    assert "1 process was already running (no exec in the log)" in report.summary()
     (img,) = [e for e in evs if e["kind"] == "exec" and e["pid"] == 320]
     assert (img["argv"], img["exe"], img["comm"], img["snapshot"]) == (["bash"], "/usr/bin/bash", "bash", True)
     assert (img["uid"], img["auid"], img["ses"], img["auser"]) == (1001, 1001, 7, "jim")
