@@ -9,8 +9,12 @@ Three pure stages, each testable with fixtures:
                                              fork, exit, cred, connect and login events
 
 Audit identifies a process by pid alone; `start` is the time (ms) of the clone that created
-it, or 0 for a process already running when the log begins, so pid reuse within a log
-makes two processes. Audit has no boot id, and the kernel numbers serials, pids and audit
+it, or 0 for a process already running when the log begins, or its first record's time for a
+pid reused without its clone recorded. A pid's process ends at its exit record, or - the exit
+lost or never asked for - where a clone or a contradicting parent shows a new one; a child
+logged before its parent's vfork, or a process reparented to init, stays one process
+(docs/audit.md, "Processes"). A process whose exec is not in the log gets an image from its
+record's comm and exe, marked `snapshot`. Audit has no boot id, and the kernel numbers serials, pids and audit
 sessions anew at each boot: a reboot in the log (serials beginning again at a later time)
 begins a new boot, named `audit:<host>@<its first record's time>`, with a new process table,
 so a pid or session id of one boot never names another's process or login. The boot a log
