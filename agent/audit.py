@@ -427,11 +427,13 @@ class AuditAssembler:
         a process already running whose first record is not its exec, an image from the
         record's comm and exe (_seen_running)."""
         key = (host, pid)
-        born = self.children.get(key)
         ppid_seen = _int(sc.fields.get("ppid"))
+        born = self.children.get(key)
+        if born is not None and born[0] != ppid_seen and ppid_seen != 1:
+            born = None     # another parent's clone (its child's pid in a pid namespace), or ours reparented
         known = self.procs.get(key)
         if known is not None:
-            if born is not None and born[0] == ppid_seen and born[2] <= known.seen and not known.forked:
+            if born is not None and born[2] <= known.seen and not known.forked and known.ppid in (None, born[0]):
                 # its own clone, older than its first record (a login record named it first)
                 self._forget_clone(host, born)
                 known.forked = True
@@ -444,7 +446,7 @@ class AuditAssembler:
                 return []
             del self.procs[key]
         out = []
-        if born is None or born[0] != ppid_seen:
+        if born is None:
             queue = self.clones.get((host, ppid_seen))
             born = queue[0] if queue else None
         if born:
@@ -482,11 +484,13 @@ class AuditAssembler:
         """Whether a record of pid shows a process other than `known`, whose exit was not
         recorded. The kernel reuses a pid once its process is gone; audit says so only by an
         exit record, which may be lost or not asked for. Another process it is when
-        - a clone by the record's parent made this pid after `known` was first seen, or
+        - a clone by the record's parent (or, the record saying init, by anyone: its child may
+          have been reparented before its first record) made this pid after `known` was first
+          seen, or
         - the record's parent contradicts the known one, and is not where an orphan goes: init
           (pid 1), or - once the known parent's exit was recorded - an ancestor of it (a
           subreaper such as systemd --user). A process keeps its parent for life otherwise."""
-        if born is not None and born[0] == ppid_seen and born[2] > known.seen:
+        if born is not None and born[2] > known.seen:
             return True
         if ppid_seen is None or known.ppid is None or ppid_seen == known.ppid or ppid_seen == 1:
             return False

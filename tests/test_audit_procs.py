@@ -49,6 +49,22 @@ def test_a_pid_reused_with_neither_exit_nor_clone_recorded_is_told_by_its_ppid()
     assert [s.pid for s in tr.chain][-2:] == [200, 900] and tr.attributed.user == "jim"
 
 
+def test_a_reused_pid_reparented_to_init_before_its_exec_is_not_the_old_process():
+    # bob's sleep (900) exits unrecorded (a flood lost it); jim's double fork lands on pid 900:
+    # 300 clones it and exits, so 900's exec says ppid=1. The clone names the new process; the
+    # reparenting rule must not hand jim's command to bob's chain.
+    lines = (execve(50, 200, 1, ["bash"], uid=1002, auid=1002, ses=4) + execve(51, 300, 1, ["bash"], auid=1001, ses=3)
+             + fork(60, 200, 900, uid=1002, auid=1002, ses=4) + execve(61, 900, 200, ["sleep", "9"], uid=1002, auid=1002, ses=4)
+             + fork(70, 300, 900, uid=1001, auid=1001, ses=3)
+             + [syscall(71, "exit_group", 231, 300, 1, uid=1001, auid=1001, ses=3)]
+             + execve(72, 900, 1, ["rm", "-rf", "/srv"], auid=1001, ses=3))
+    evs, _ = events(lines)
+    execs = {e["argv"][0]: e for e in evs if e["kind"] == "exec" and e["pid"] == 900}
+    assert execs["sleep"]["start"] != execs["rm"]["start"] and execs["rm"]["ppid"] == 300
+    tr = trace(evs, "rm -rf")
+    assert [s.pid for s in tr.chain] == [300, 900] and tr.attributed.user == "jim"
+
+
 def test_a_child_whose_exec_is_logged_before_its_parents_vfork_stays_one_process():
     # posix_spawn's vfork: the parent returns (and its record is written) after the child's exec.
     # Seen in a real auditd log in 151 of 3,007 clones.
