@@ -3,6 +3,7 @@ is two processes, reparenting to init is not reuse, a process seen only as a for
 on the chain, and the login uid names the person when the log's logins were rotated away - by
 names from the log itself or from --passwd, never from the importing machine."""
 
+import grp
 import json
 import pwd
 
@@ -189,8 +190,8 @@ def test_names_come_from_passwd_file_never_from_this_machine(tmp_path, monkeypat
 
     def no_local(*a):
         raise AssertionError("the import consulted this machine's passwd")
-    monkeypatch.setattr(pwd, "getpwuid", no_local)
-    monkeypatch.setattr(pwd, "getpwnam", no_local)
+    for module, fn in ((pwd, "getpwuid"), (pwd, "getpwnam"), (pwd, "getpwall"), (grp, "getgrgid"), (grp, "getgrnam")):
+        monkeypatch.setattr(module, fn, no_local)
     db = str(tmp_path / "w.db")
     assert cli.main(["import-audit", str(log), "--host", "far", "--db", db, "--passwd", str(tmp_path / "passwd")]) == 0
     capsys.readouterr()
