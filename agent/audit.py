@@ -429,8 +429,10 @@ class AuditAssembler:
         key = (host, pid)
         ppid_seen = _int(sc.fields.get("ppid"))
         born = self.children.get(key)
-        if born is not None and born[0] != ppid_seen and ppid_seen != 1:
-            born = None     # another parent's clone (its child's pid in a pid namespace), or ours reparented
+        if born is not None and born[0] != ppid_seen and not (ppid_seen == 1 and (host, born[0]) not in self.procs):
+            # another parent's clone: in a pid namespace its return value is not the pid audit logs.
+            # Unless this record says init and that parent has exited: then it is ours, reparented
+            born = None
         known = self.procs.get(key)
         if known is not None:
             if born is not None and born[2] <= known.seen and not known.forked and known.ppid in (None, born[0]):

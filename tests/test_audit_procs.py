@@ -66,6 +66,17 @@ def test_a_reused_pid_reparented_to_init_before_its_exec_is_not_the_old_process(
     assert [s.pid for s in tr.chain] == [300, 900] and tr.attributed.user == "jim"
 
 
+def test_a_clone_in_a_pid_namespace_does_not_end_a_daemon_of_init_with_that_pid():
+    # sshd's listener (700, parent init) runs on; a container's process (5000) clones its own
+    # pid 700, which audit logs as the clone's return value. The listener is still one process.
+    lines = ([syscall(50, "accept4", 288, 700, 1, uid=0, auid=UNSET, ses=UNSET, exit=5, comm="sshd", exe="/usr/sbin/sshd")]
+             + execve(51, 5000, 4990, ["containerd-shim"], uid=0, auid=UNSET, ses=UNSET)
+             + fork(52, 5000, 700, uid=0, auid=UNSET, ses=UNSET)
+             + [syscall(53, "accept4", 288, 700, 1, uid=0, auid=UNSET, ses=UNSET, exit=5, comm="sshd", exe="/usr/sbin/sshd")])
+    evs, _ = events(lines)
+    assert {e["start"] for e in evs if e.get("pid") == 700} == {0}
+
+
 def test_a_child_whose_exec_is_logged_before_its_parents_vfork_stays_one_process():
     # posix_spawn's vfork: the parent returns (and its record is written) after the child's exec.
     # Seen in a real auditd log in 151 of 3,007 clones.
