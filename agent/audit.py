@@ -9,8 +9,12 @@ Three pure stages, each testable with fixtures:
                                              fork, exit, cred, connect and login events
 
 Audit identifies a process by pid alone; `start` is the time (ms) of the clone that created
-it, or 0 for a process already running when the log begins, so pid reuse within a log
-makes two processes. Audit has no boot id, and the kernel numbers serials, pids and audit
+it, or 0 for a process already running when the log begins, or its first record's time for a
+pid reused without its clone recorded. A pid's process ends at its exit record, or - the exit
+lost or never asked for - where a clone or a contradicting parent shows a new one; a child
+logged before its parent's vfork, or a process reparented to init, stays one process
+(docs/audit.md, "Processes"). A process whose exec is not in the log gets an image from its
+record's comm and exe, marked `snapshot`. Audit has no boot id, and the kernel numbers serials, pids and audit
 sessions anew at each boot: a reboot in the log (serials beginning again at a later time)
 begins a new boot, named `audit:<host>@<its first record's time>`, with a new process table,
 so a pid or session id of one boot never names another's process or login. The boot a log
@@ -49,6 +53,7 @@ SYSCALLS = {
 CLONE_THREAD = 0x10000
 EINPROGRESS = -115
 GROUP_LAG = 200            # a group is complete once serials this far past it are seen
+UNFORKED_KEPT = 4096       # exited processes whose clone record may still come (vfork), kept at most
 GROUP_QUIET = 2.0          # live mode: ... or once it has had no new record for this many seconds
 USER_TYPES = {"USER_LOGIN", "USER_START", "USER_END", "CRED_ACQ", "CRED_DISP", "CRED_REFR", "USER_AUTH",
               "USER_ACCT", "USER_CMD", "LOGIN", "USER_LOGOUT", "USER_ERR"}
@@ -174,6 +179,9 @@ class Grouper:
 
 @dataclass
 class Proc:
+    """One incarnation of a pid: `start` names it (docs/audit.md's process rules); `ppid` and
+    `pstart` are its parent as first seen (kept across reparenting); `seen` the time of its
+    first record; `forked` whether the clone that made it was seen."""
     start: int
     uid: int | None = None
     euid: int | None = None
@@ -181,6 +189,10 @@ class Proc:
     egid: int | None = None
     auid: int | None = None
     ses: int | None = None
+    ppid: int | None = None
+    pstart: int = 0
+    seen: float = 0.0
+    forked: bool = False
 
 
 @dataclass
@@ -192,6 +204,7 @@ class ImportReport:
     samples: list[str] = field(default_factory=list)       # a few garbage lines
     events: Counter = field(default_factory=Counter)       # events made, by kind
     gaps: list[tuple[str, int, int, float, float]] = field(default_factory=list)   # host, after, missing, t0, t1
+    seen_running: int = 0          # images made from comm/exe for processes whose exec is not in the log
 
     def garbage(self, line: str, why: str) -> None:
         self.skipped[why] += 1
@@ -207,6 +220,10 @@ class ImportReport:
         if self.skipped:
             out.append("skipped: " + ", ".join(f"{n:,} {why}" for why, n in self.skipped.most_common()))
             out += [f"  e.g. {s}" for s in self.samples]
+        if self.seen_running:
+            n = self.seen_running
+            out.append(f"{n:,} process{'es were' if n != 1 else ' was'} already running (no exec in the log): "
+                       "on chains as the program's name and path (comm, exe), without arguments")
         if self.gaps:
             missing = sum(g[2] for g in self.gaps)
             out.append(f"{missing:,} records lost by the kernel or auditd (gaps in serial numbers, "
@@ -215,8 +232,10 @@ class ImportReport:
 
 
 class AuditAssembler:
-    def __init__(self, host: str, report: ImportReport | None = None, boot: str | None = None):
+    def __init__(self, host: str, report: ImportReport | None = None, boot: str | None = None,
+                 passwd: dict[int, str] | None = None):
         self.default_host = host
+        self.passwd = passwd or {}          # uid -> name on the logged host (--passwd), where the log names none
         self.boot_id = boot                 # the kernel's, when the log is read live on its host
         self.boots: dict[str, str] = {}     # host -> the boot its records now belong to
         self.latest_ts: dict[str, float] = {}                                # host -> latest record time
@@ -227,6 +246,8 @@ class AuditAssembler:
         self.accepts: dict[tuple[str, int], deque] = {}                      # listener -> peers accepted
         self.conn_of: dict[tuple[str, int], tuple[str, int]] = {}            # sshd child -> its peer
         self.parents: dict[tuple[str, int], int] = {}
+        self.incarnations: dict[tuple[str, int], int] = {}                   # pid -> the start of its latest process
+        self.unforked: dict[tuple[str, int], Proc] = {}      # exited before their clone was logged (oldest first)
         self.auth: dict[tuple[str, int], str] = {}                           # pid -> login method seen
         self.logged_in: set[tuple[str, int]] = set()
         self.stamps: dict[str, tuple[float, int]] = {}
@@ -284,7 +305,8 @@ class AuditAssembler:
         """A new boot begins at ts: the kernel numbers pids and audit sessions anew, so the
         process table and what hangs on it are the old boot's and are forgotten."""
         self.boots[host] = f"{AUDIT_BOOT_PREFIX}{host}@{ts:.3f}"
-        for table in (self.procs, self.children, self.clones, self.accepts, self.conn_of, self.parents, self.auth):
+        for table in (self.procs, self.children, self.clones, self.accepts, self.conn_of, self.parents, self.auth,
+                      self.incarnations, self.unforked):
             for key in [k for k in table if k[0] == host]:
                 del table[key]
         self.logged_in = {k for k in self.logged_in if k[0] != host}
@@ -310,7 +332,7 @@ class AuditAssembler:
         if pid is None:
             return []
         ok = f.get("success") == "yes"
-        out = self._touch(host, pid, sc)
+        out = self._touch(host, pid, sc, name)
         proc = self.procs[(host, pid)]
         base = {"v": 1, "host": host, "boot": self.boot(host), "ts": round(sc.ts, 6), "pid": pid, "start": proc.start}
         used = lambda: self.report.used.update(r.type for rs in by_type.values() for r in rs)
@@ -333,22 +355,25 @@ class AuditAssembler:
                 ev["comm"] = f["comm"]
             if f.get("tty"):
                 ev["tty"] = f["tty"]
-            ppid = _int(f.get("ppid"))
-            if ppid is not None and ppid != pid:
-                ev["ppid"] = ppid
-                ev["pstart"] = self.procs[(host, ppid)].start if (host, ppid) in self.procs else 0
+            # the parent the table knows: after reparenting the record says 1 (or a subreaper)
+            if proc.ppid is not None and proc.ppid != pid:
+                ev["ppid"], ev["pstart"] = proc.ppid, proc.pstart
             old_euid = proc.euid
             self._update(proc, sc)
             out.append(ev)
             if old_euid is not None and proc.euid is not None and old_euid != proc.euid:
                 out.append({**base, "kind": "cred", "via": "exec", "old_uid": proc.uid, "old_euid": old_euid,
-                            "uid": proc.uid, "euid": proc.euid, **_names(sc, "cred")})
+                            "uid": proc.uid, "euid": proc.euid, **_names(sc, "cred", self.passwd)})
             used()
         elif name in ("clone", "fork", "vfork", "clone3"):
             child = _int(f.get("exit"))
             if ok and child and child > 0:
                 flags = _int(f.get("a0"), 16) if name == "clone" else 0
-                if not (flags or 0) & CLONE_THREAD:
+                late = None if (flags or 0) & CLONE_THREAD else self._late_clone(host, child, pid, proc.start, sc.ts)
+                if late:
+                    out.append(late)
+                    used()
+                elif not (flags or 0) & CLONE_THREAD:
                     # a listener's child serves what it accepted: sshd forks it right after its
                     # accept, so the newest; an older one left means the clone that served it
                     # was lost, and taking it would give this child another's client
@@ -368,7 +393,7 @@ class AuditAssembler:
                 self._update(proc, sc)
                 if old[0] is not None and (old[0], old[1], old[2], old[3]) != (proc.uid, proc.euid, proc.gid, proc.egid):
                     ev = {**base, "kind": "cred", "via": name, "old_uid": old[0], "old_euid": old[1],
-                          "uid": proc.uid, "euid": proc.euid, **_names(sc, "cred")}
+                          "uid": proc.uid, "euid": proc.euid, **_names(sc, "cred", self.passwd)}
                     if old[2] is not None:
                         ev.update(old_gid=old[2], old_egid=old[3], gid=proc.gid, egid=proc.egid)
                     out.append(ev)
@@ -387,24 +412,43 @@ class AuditAssembler:
                 used()
         elif name in ("exit_group", "exit"):
             out.append({**base, "kind": "exit", "code": _int(f.get("a0"), 16) or 0})
-            self.procs.pop((host, pid), None)
+            gone = self.procs.pop((host, pid), None)
+            if gone is not None and not gone.forked:
+                # a vfork child may exec and exit before its parent's clone is logged
+                self.unforked[(host, pid)] = gone
+                if len(self.unforked) > UNFORKED_KEPT:
+                    del self.unforked[next(iter(self.unforked))]
             used()
         return out
 
-    def _touch(self, host: str, pid: int, sc: Record) -> list[dict[str, Any]]:
-        """Make sure pid is in the table; its fork event when a clone was seen for it."""
+    def _touch(self, host: str, pid: int, sc: Record, name: str) -> list[dict[str, Any]]:
+        """Make sure pid's current process is in the table: the one known, unless this record
+        shows a new one (see _ended); then its fork event when a clone was seen for it, or, for
+        a process already running whose first record is not its exec, an image from the
+        record's comm and exe (_seen_running)."""
         key = (host, pid)
-        born = self.children.get(key)
         ppid_seen = _int(sc.fields.get("ppid"))
+        born = self.children.get(key)
+        if born is not None and born[0] != ppid_seen and not (ppid_seen == 1 and (host, born[0]) not in self.procs):
+            # another parent's clone: in a pid namespace its return value is not the pid audit logs.
+            # Unless this record says init and that parent has exited: then it is ours, reparented
+            born = None
         known = self.procs.get(key)
         if known is not None:
-            # a clone by this record's parent made this pid after the process we know began:
-            # that one exited unrecorded (a lost record), and the pid is a new process's
-            if born is None or born[0] != ppid_seen or born[2] * 1000 <= known.start:
+            if born is not None and born[2] <= known.seen and not known.forked and known.ppid in (None, born[0]):
+                # its own clone, older than its first record (a login record named it first)
+                self._forget_clone(host, born)
+                known.forked = True
+                return [{"v": 1, "kind": "fork", "host": host, "boot": self.boot(host), "ts": round(born[2], 6),
+                         "pid": pid, "start": known.start, "ppid": born[0], "pstart": born[1]}]
+            if not self._ended(host, known, born, ppid_seen):
+                if known.ppid is None and ppid_seen is not None:        # known until now by a login record
+                    known.ppid, known.pstart = ppid_seen, self._start_of(host, ppid_seen)
+                    self.parents[key] = ppid_seen
                 return []
             del self.procs[key]
         out = []
-        if born is None or born[0] != ppid_seen:
+        if born is None:
             queue = self.clones.get((host, ppid_seen))
             born = queue[0] if queue else None
         if born:
@@ -419,17 +463,91 @@ class AuditAssembler:
             parent = self.procs.get((host, ppid))
             # the child starts with its parent's credentials; this record may already show them
             # changed (an exec of sudo), which the caller compares against
-            proc = Proc(start, *(astuple_ids(parent) if parent else (None,) * 6))
+            proc = Proc(start, *(astuple_ids(parent) if parent else (None,) * 6), ppid=ppid, pstart=pstart,
+                        seen=sc.ts, forked=True)
             if parent is None:
                 self._update(proc, sc)
         else:
-            proc = Proc(0)
-            ppid = _int(sc.fields.get("ppid"))
-            if ppid is not None:
-                self.parents[key] = ppid
+            # no clone seen: running when the log began (start 0) - or, for a pid this log has
+            # seen before, a new process whose clone was not recorded, named by this first record
+            before = self.incarnations.get(key)
+            start = 0 if before is None else max(int(sc.ts * 1000), before + 1)
+            proc = Proc(start, ppid=ppid_seen, pstart=self._start_of(host, ppid_seen), seen=sc.ts)
+            if ppid_seen is not None:
+                self.parents[key] = ppid_seen
             self._update(proc, sc)
+            if name not in ("execve", "execveat", "exit", "exit_group"):
+                out.append(self._seen_running(host, pid, proc, sc))
         self.procs[key] = proc
+        self.incarnations[key] = proc.start
         return out
+
+    def _ended(self, host: str, known: Proc, born: list | None, ppid_seen: int | None) -> bool:
+        """Whether a record of pid shows a process other than `known`, whose exit was not
+        recorded. The kernel reuses a pid once its process is gone; audit says so only by an
+        exit record, which may be lost or not asked for. Another process it is when
+        - a clone by the record's parent (or, the record saying init, by anyone: its child may
+          have been reparented before its first record) made this pid after `known` was first
+          seen, or
+        - the record's parent contradicts the known one, and is not where an orphan goes: init
+          (pid 1), or - once the known parent's exit was recorded - an ancestor of it (a
+          subreaper such as systemd --user). A process keeps its parent for life otherwise."""
+        if born is not None and born[2] > known.seen:
+            return True
+        if ppid_seen is None or known.ppid is None or ppid_seen == known.ppid or ppid_seen == 1:
+            return False
+        if (host, known.ppid) in self.procs:
+            return True
+        return not self._is_ancestor(host, ppid_seen, known.ppid)
+
+    def _is_ancestor(self, host: str, ancestor: int, pid: int) -> bool:
+        seen = 0
+        cur = self.parents.get((host, pid))
+        while cur is not None and seen < 32:
+            if cur == ancestor:
+                return True
+            cur = self.parents.get((host, cur))
+            seen += 1
+        return False
+
+    def _start_of(self, host: str, pid: int | None) -> int:
+        """The start of pid's process as the table knows it now; 0 (already running) else."""
+        proc = self.procs.get((host, pid)) if pid is not None else None
+        return proc.start if proc else 0
+
+    def _seen_running(self, host: str, pid: int, proc: Proc, sc: Record) -> dict[str, Any]:
+        """A process already running when the log began, whose exec is not in it (a shell that
+        forks, an sshd that accepts): an image from what its record says - the program's name
+        (comm) and path (exe), no arguments - so it stands on a chain with its user and login
+        uid. Marked `snapshot`, the schema's mark for an image not seen at its exec (as the
+        agent's /proc snapshot); `ts` is this first record's time, not the exec's."""
+        f = sc.fields
+        comm = f.get("comm")
+        ev = {"v": 1, "kind": "exec", "host": host, "boot": self.boot(host), "ts": round(sc.ts, 6), "pid": pid,
+              "start": proc.start, "argv": [str(comm or f.get("exe") or "?")], "snapshot": True, **self._ids(sc)}
+        if f.get("exe"):
+            ev["exe"] = f["exe"]
+        if comm:
+            ev["comm"] = comm
+        if f.get("tty"):
+            ev["tty"] = f["tty"]
+        if proc.ppid is not None and proc.ppid != pid:
+            ev["ppid"], ev["pstart"] = proc.ppid, proc.pstart
+        self.report.seen_running += 1
+        return ev
+
+    def _late_clone(self, host: str, child: int, parent: int, pstart: int, ts: float) -> dict[str, Any] | None:
+        """The fork of a child already seen, when the clone's record comes after the child's own
+        (vfork and posix_spawn: the parent resumes, and is logged, after the child's exec - or
+        after its exit): the child's process, not a new one. Its clone is older than anything
+        known of it."""
+        known = self.procs.get((host, child)) or self.unforked.get((host, child))
+        if known is None or known.forked or known.ppid != parent or _ms(known.seen) < _ms(ts):
+            return None
+        known.forked = True
+        self.unforked.pop((host, child), None)
+        return {"v": 1, "kind": "fork", "host": host, "boot": self.boot(host), "ts": round(min(ts, known.seen), 6),
+                "pid": child, "start": known.start, "ppid": parent, "pstart": pstart}
 
     def _forget_clone(self, host: str, entry: list) -> None:
         ppid, child = entry[0], entry[4]
@@ -455,7 +573,7 @@ class AuditAssembler:
                 out[attr] = v
         out.setdefault("uid", 0)
         out.setdefault("euid", out["uid"])
-        out.update(_names(sc, "exec"))
+        out.update(_names(sc, "exec", self.passwd))
         return out
 
     def _argv(self, by_type) -> tuple[list[str], bool]:
@@ -541,7 +659,7 @@ class AuditAssembler:
             user = str(uid) if uid is not None else None
         if not user:
             return []
-        proc = self.procs.get(key) or Proc(0)
+        proc = self.procs.get(key) or Proc(0, seen=rec.ts)
         self.procs.setdefault(key, proc)
         ev = {"v": 1, "kind": "login", "host": host, "boot": self.boot(host), "ts": round(rec.ts, 6), "pid": pid,
               "start": proc.start, "user": user, "method": self.auth.get(key, "other"), "raddr": addr, "rport": port,
@@ -579,15 +697,45 @@ def astuple_ids(p: Proc) -> tuple:
     return (p.uid, p.euid, p.gid, p.egid, p.auid, p.ses)
 
 
-def _names(sc: Record, kind: str) -> dict[str, str]:
-    e = sc.enriched
+def _names(sc: Record, kind: str, passwd: dict[int, str] | None = None) -> dict[str, str]:
+    """The user names of a record's uids as the logged host gave them: auditd's ENRICHED fields
+    (UID=, EUID=, AUID=), else the host's passwd file given to the import (--passwd). Never this
+    machine's: an imported host's uid 1001 is not the importer's."""
+    e, f = sc.enriched, sc.fields
     out = {}
-    pairs = (("UID", "user"), ("EUID", "euser"), ("AUID", "auser")) if kind == "exec" else (("UID", "user"), ("EUID", "euser"))
-    for src, dst in pairs:
+    pairs = (("UID", "uid", "user"), ("EUID", "euid", "euser"), ("AUID", "auid", "auser")) if kind == "exec" \
+        else (("UID", "uid", "user"), ("EUID", "euid", "euser"))
+    for src, num, dst in pairs:
         v = e.get(src)
         if v and v != "unset" and not v.startswith("unknown"):
             out[dst] = v
+        elif passwd:
+            uid = _int(f.get(num))
+            if uid is not None and uid in passwd:
+                out[dst] = passwd[uid]
     return out
+
+
+def passwd_names(text: str, source: str = "passwd") -> dict[int, str]:
+    """uid -> name from a passwd-format file (name:password:uid:gid:gecos:home:shell), the
+    logged host's own. Blank and comment lines are skipped; a file with no entry at all is not
+    a passwd file, and says so (ValueError), rather than naming no one without a word."""
+    names: dict[int, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[0] and parts[2].isdigit():
+            names.setdefault(int(parts[2]), parts[0])     # the first name of a uid, as getpwuid gives
+    if not names:
+        raise ValueError(f"{source} has no passwd entries (name:x:uid:gid:...): give the logged host's "
+                         "/etc/passwd, or leave --passwd out")
+    return names
+
+
+def _ms(ts: float) -> int:
+    """The millisecond audit stamped: feed() spreads events within one a microsecond apart."""
+    return int(ts * 1000 + 5e-4)
 
 
 def _int(v, base: int = 10, default=None):
@@ -609,13 +757,15 @@ def _is_ip(v) -> bool:
         return False
 
 
-def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = None, rules=None):
+def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = None, rules=None,
+                 passwd: dict[int, str] | None = None):
     """Audit log lines -> schema-v1 events (a generator), their command lines redacted with
-    `rules` (default: the default rules). The report counts what was read, used and skipped."""
+    `rules` (default: the default rules). The report counts what was read, used and skipped.
+    `passwd` (passwd_names) names the logged host's uids the log itself does not name."""
     from .redact import DEFAULT_RULES, redact_event
     rules = DEFAULT_RULES if rules is None else rules
     report = report or ImportReport()
-    grouper, asm = Grouper(), AuditAssembler(host, report)
+    grouper, asm = Grouper(), AuditAssembler(host, report, passwd=passwd)
 
     def events(groups):
         for group in groups:

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "with a node= prefix name their own host")
     a.add_argument("--addr", action="append", metavar="IP", help="an address of that host, so ssh hops from it can "
                    "be matched; repeatable")
+    a.add_argument("--passwd", metavar="FILE", help="the logged host's passwd file (/etc/passwd format), to name "
+                   "its uids where the log does not (auditd's ENRICHED format names them itself); this "
+                   "machine's own users are never used")
     a.add_argument("--db", metavar="PATH", help=db_help)
 
     s = sub.add_parser("db", help="look after the store: stats, prune (retention), vacuum (give space back), "
@@ -343,9 +346,18 @@ def cmd_import_audit(args, cfg: config_mod.Config) -> int:
     import itertools
     import socket
 
-    from whodid.agent.audit import ImportReport, import_lines
+    from whodid.agent.audit import ImportReport, import_lines, passwd_names
 
     host = args.host or socket.gethostname()
+    passwd = None
+    if args.passwd:
+        try:
+            with open(args.passwd, errors="replace") as fh:
+                passwd = passwd_names(fh.read(), args.passwd)
+        except OSError as exc:
+            raise UsageError(f"cannot read --passwd {args.passwd}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def first_ts(name: str) -> float:
         if name == "-":
@@ -386,7 +398,7 @@ def cmd_import_audit(args, cfg: config_mod.Config) -> int:
 
     store = Store.open(cfg.store_path(args.db), create=True)
     t = time.perf_counter()
-    events = import_lines(lines(), host, report, rules=compile_rules(cfg.agent.redact_patterns))
+    events = import_lines(lines(), host, report, rules=compile_rules(cfg.agent.redact_patterns), passwd=passwd)
     if args.addr:
         hello = {"v": 1, "kind": "host", "host": host, "boot": f"audit:{host}", "ts": time.time(), "addrs": args.addr,
                  "agent": "whodid import-audit"}
