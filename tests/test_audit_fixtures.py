@@ -269,3 +269,106 @@ def test_auditds_own_records_without_a_colon_are_records_not_garbage(tmp_path):
     imp = import_into(tmp_path / "w.db", log_lines(GO_LIBAUDIT / "auparse" / "audit-rhel7.log"))
     assert imp.report.records["DAEMON_CONFIG"] == 1
     assert imp.report.samples == ["lines that are not audit records: 'type=UNKNOWN[1329] msg=?\\n'"]
+
+
+# --- redaction: every way an argument leaves the import -----------------------------------------
+# The agent masks secrets in command lines before they leave the host; an imported or tailed
+# audit log is the same data, and every path its argv is built by goes through the same rules.
+
+SECRET = "Hunter2"
+
+
+def execve_event(serial: int, pid: int, execve: list[str], *, comm="x", exe="/usr/bin/x", extra=()) -> list[str]:
+    stamp = f"msg=audit(1700000000.{serial:03}:{serial}):"
+    return [f"type=SYSCALL {stamp} arch=c000003e syscall=59 success=yes exit=0 a0=0 a1=0 a2=0 a3=0 items=2 ppid=1 "
+            f"pid={pid} auid=1000 uid=1000 gid=1000 euid=1000 suid=1000 fsuid=1000 egid=1000 sgid=1000 fsgid=1000 "
+            f'tty=pts0 ses=2 comm="{comm}" exe="{exe}" key=(null)\n',
+            *[f"type={r} {stamp} {body}\n" for r, body in [*(("EXECVE", b) for b in execve), *extra]],
+            f"type=EOE {stamp} \n"]
+
+
+def hexed(s: str) -> str:
+    return s.encode().hex().upper()
+
+
+def secret_paths() -> dict[str, tuple[list[str], list[str]]]:
+    """path name -> (audit lines, the argv whodid must store)."""
+    bearer = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.Hunter2"
+    script = "x" * 4000 + f"; mysql -p{SECRET} db"
+    raw = hexed(script)
+    cut = raw.index(hexed(SECRET)) + 6                     # the parts split inside the password
+    title = "curl\x00https://deploy:" + SECRET + "x" * 200    # the kernel keeps 128 bytes of it
+    return {
+        "EXECVE, quoted": (execve_event(1, 101, [f'argc=2 a0="mysql" a1="-p{SECRET}"']), ["mysql", "-p***"]),
+        "EXECVE, hex (a space)": (execve_event(2, 102, [f'argc=3 a0="curl" a1="-H" a2={hexed(bearer)}']),
+                                  ["curl", "-H", "Authorization: Bearer ***"]),
+        "EXECVE, split in hex parts": (
+            execve_event(3, 103, [f'argc=3 a0="bash" a1="-c" a2_len={len(raw)} a2[0]={raw[:cut]}', f"a2[1]={raw[cut:]}"]),
+            ["bash", "-c", "x" * 4000 + "; mysql -p*** db"]),
+        "PROCTITLE, no EXECVE": (
+            execve_event(4, 104, [], extra=[("PROCTITLE", f"proctitle={hexed(chr(0).join(['mysql', '-p' + SECRET]))}")]),
+            ["mysql", "-p***"]),
+        "PROCTITLE, cut at 128 bytes": (
+            execve_event(5, 105, [], extra=[("PROCTITLE", f"proctitle={hexed(title[:128])}")]),
+            ["curl", "https://deploy:***"]),
+        "PATH item 0, a script run by its interpreter": (
+            execve_event(6, 106, [f'argc=3 a0="/bin/sh" a1="/opt/deploy.sh" a2="--password={SECRET}"'],
+                         extra=[("PATH", 'item=0 name="/opt/deploy.sh" nametype=NORMAL')]),
+            ["/opt/deploy.sh", "--password=***"]),
+        "PATH item 0, an empty a0": (
+            execve_event(7, 107, [f'argc=2 a0="" a1="--password={SECRET}"'],
+                         extra=[("PATH", 'item=0 name="/opt/deploy" nametype=NORMAL')]),
+            ["/opt/deploy", "--password=***"]),
+    }
+
+
+@pytest.mark.parametrize("path", sorted(secret_paths()))
+def test_a_secret_is_masked_on_every_path_an_imported_argv_is_built_by(path, tmp_path):
+    lines, argv = secret_paths()[path]
+    imp = import_into(tmp_path / "w.db", lines)
+    assert [e["argv"] for e in imp.of("exec")] == [argv]
+    imp.store.close()
+    assert SECRET.encode() not in b"".join(p.read_bytes() for p in tmp_path.iterdir())
+
+
+def test_the_configured_rules_apply_to_an_import(tmp_path):
+    from whodid.tracer.redact import compile_rules
+    lines = execve_event(1, 101, ['argc=3 a0="deploy" a1="--ticket" a2="corp-123456"'])
+    imp = import_into(tmp_path / "w.db", lines, rules=compile_rules(["corp-[0-9]{6}"]))
+    assert [e["argv"] for e in imp.of("exec")] == [["deploy", "--ticket", "***"]]
+
+
+def test_a_log_that_is_not_audits_keeps_its_secrets_out_of_the_summary(tmp_path):
+    # a shell history given by mistake: its lines are garbage, and the samples shown are masked
+    imp = import_into(tmp_path / "w.db", [f"mysql -p{SECRET} prod\n"])
+    assert imp.garbage() == 1 and SECRET not in imp.report.summary() and "-p***" in imp.report.summary()
+
+
+def test_the_live_tail_masks_every_path_too(tmp_path):
+    from whodid.agent.audit import AuditTail
+    log = tmp_path / "audit.log"
+    log.write_text("")
+    tail = AuditTail(str(log), "h")
+    try:
+        # the tail reads only what is written after it opened the file: write until it sees
+        # the first event, then everything
+        events: list[dict] = []
+        for serial in range(100, 200):                     # bounded: a tail that sees nothing fails
+            with open(log, "a") as fh:
+                fh.writelines(execve_event(serial, 9000 + serial, [f'argc=2 a0="mysql" a1="-p{SECRET}"']))
+            events += tail.poll(200)
+            if events:
+                break
+        with open(log, "a") as fh:
+            for lines, _ in secret_paths().values():
+                fh.writelines(lines)
+        want = [argv for _, argv in secret_paths().values()]
+        for _ in range(100):
+            events += tail.poll(200)
+            if all(argv in [e["argv"] for e in events if e["kind"] == "exec"] for argv in want):
+                break
+        events += tail.drain()
+    finally:
+        tail.close()
+    got = [e["argv"] for e in events if e["kind"] == "exec"]
+    assert all(argv in got for argv in want) and SECRET not in repr(events)
