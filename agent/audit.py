@@ -35,6 +35,7 @@ LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<t
 FIELD = re.compile(r"""([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
 HEX = re.compile(r"^(?:[0-9A-F]{2})+$")
 # string fields audit writes as hex when they hold spaces, quotes or control characters
+ARG = re.compile(r"a\d+")                 # an EXECVE argument: a0, a1, ...
 CHUNK = re.compile(r"a\d+\[\d+\]")       # a part of a long argument: a1[0], a1[1], ...
 STRINGS = {"comm", "exe", "cwd", "name", "cmd", "proctitle", "acct", "terminal", "hostname", "key", "op"}
 
@@ -102,19 +103,19 @@ def decode_value(key: str, value: str) -> Any:
     """A field's value as text, or None for audit's "no value" words. The parts of a long
     argument (`a1[0]`, `a1[1]`) stay bytes: the kernel cuts them at byte counts, so a character
     may span two parts, and only the joined whole decodes (AuditAssembler._execve_args)."""
-    if CHUNK.fullmatch(key):
+    if key[-1] == "]" and CHUNK.fullmatch(key):
         if len(value) >= 2 and value[0] == value[-1] == '"':
             return value[1:-1].encode("utf-8", "surrogateescape")
         return bytes.fromhex(value) if HEX.match(value) else value.encode("utf-8", "surrogateescape")
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
         inner = value[1:-1]
         # some writers quote the no-value words (tty="(none)"); an argument may really be "(none)"
-        if inner in ("(null)", "(none)") and not re.fullmatch(r"a\d+", key):
+        if inner in ("(null)", "(none)") and not ARG.fullmatch(key):
             return None
         return inner
     if value in ("(null)", "(none)", "?"):
         return None
-    if (key in STRINGS or re.fullmatch(r"a\d+", key)) and HEX.match(value):
+    if (key in STRINGS or ARG.fullmatch(key)) and HEX.match(value):
         return bytes.fromhex(value).decode("utf-8", "replace")
     return value
 
@@ -171,20 +172,30 @@ class Grouper:
         self.pending.setdefault(key, []).append(rec)
         if now is not None:
             self.arrived[key] = now
-        return done + self._ready(rec.node)
+        # a record only completes groups by pushing the horizon past one: look only then
+        horizon = self.latest[rec.node] - GROUP_LAG
+        if any(k[1] < horizon and k[0] == rec.node for k in self.pending):
+            done += self._ready(rec.node)
+        return done
 
     def _ready(self, node) -> list[list[Record]]:
         """The complete groups of node that no incomplete, recent group precedes, in serial order.
         A group of user-space records alone does not hold the others back: it has an EOE only
         when the syscall that sent it was audited too, so it may wait for its horizon."""
         horizon = self.latest.get(node, 0) - GROUP_LAG
+        keys = [k for k in self.pending if k[0] == node]
+        if not keys or not self._passable(min(keys), horizon):      # the usual case, without sorting
+            return []
         done = []
-        for key in sorted(k for k in self.pending if k[0] == node):
+        for key in sorted(keys):
             if key in self.complete or key[1] < horizon:
                 done.append(self._take(key))
-            elif not all(r.type in MAYBE_ALONE for r in self.pending[key]):
+            elif not self._passable(key, horizon):
                 break
         return done
+
+    def _passable(self, key, horizon: int) -> bool:
+        return key in self.complete or key[1] < horizon or all(r.type in MAYBE_ALONE for r in self.pending[key])
 
     def flush_quiet(self, now: float, quiet: float) -> list[list[Record]]:
         """Groups that have not grown for `quiet` seconds of our own clock: complete, on a quiet
