@@ -14,16 +14,23 @@ import pytest
 from audit_corpus import FIXTURES, GO_LIBAUDIT, LAUREL, import_into, log_lines, yaml_logs
 
 SCRIPT = "./src/testdata/double-fork/test-script.sh"
+# A process whose exec is not in the log (already running) stands on the chain by its record's
+# comm, and its parent is its record's ppid (h18-model's snapshot images; see MODEL below).
+SHELL = "71432:bash < 3505"
 # Laurel's shell-proc-trace: `( /bin/echo foo | /bin/sed -e 's/foo/bar/' ) | /bin/grep bar` run by
 # dash 71505 (forked by the login shell 71432): it forks the subshell 71506 and grep 71507; the
 # subshell forks echo 71508 and sed 71509. Every exec's parent is the process whose clone made it.
 PIPELINE = {
-    SCRIPT: f"71505:{SCRIPT} < 71432",
-    "grep baz": f"71507:grep baz < 71505:{SCRIPT} < 71432",
-    "/bin/echo foo": f"71508:/bin/echo foo < 71506 < 71505:{SCRIPT} < 71432",
-    "/bin/sed -e s/foo/bar/": f"71509:/bin/sed -e s/foo/bar/ < 71506 < 71505:{SCRIPT} < 71432",
+    "bash": SHELL,
+    SCRIPT: f"71505:{SCRIPT} < {SHELL}",
+    "grep baz": f"71507:grep baz < 71505:{SCRIPT} < {SHELL}",
+    "/bin/echo foo": f"71508:/bin/echo foo < 71506 < 71505:{SCRIPT} < {SHELL}",
+    "/bin/sed -e s/foo/bar/": f"71509:/bin/sed -e s/foo/bar/ < 71506 < 71505:{SCRIPT} < {SHELL}",
 }
-BASH = "1140453:-bash < 1140452"
+PIPELINE_FORKS = [(71505, 71432), (71506, 71505), (71507, 71505), (71508, 71506), (71509, 71506)]
+PIPELINE_EXECS = [(71505, 71432), (71507, 71505), (71508, 71506), (71509, 71506)]      # (pid, ppid)
+SSHD = "1140452:sshd < 1140356"
+BASH = f"1140453:-bash < {SSHD}"
 DPKG = f"1140462:dpkg -l ; dpkg-query --list -- < {BASH}"
 PERL = ('use Socket;$i="10.0.0.1";$p=1234;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));'
         'if(connect(S,sockaddr_in($p,inet_aton($i)))){open(STDIN,">&S");open(STDOUT,">&S");'
@@ -35,8 +42,10 @@ WEBLOGIC = ("/usr/java/jdk1.8.0_151/bin/java -server -Djava.security.egd=file:/d
             "-javaagent:/u01/oracle/wlserver/server/lib/debugpatch-agent.jar -da "
             "-Dwls.home=/u01/oracle/wlserver/server -Dweblogic.home=/u01/oracle/wlserver/server weblogic.Server")
 CSH = "2542:-csh -c /tmp/REDACTED.csh < 2532"
+POSTFIX = {"master": "1229:master < 1", "pickup": "12992:pickup < 1229:master < 1",
+           "google_accounts": "1172:google_accounts < 1"}            # accept()s, a connect in progress
 LIBAUDIT_EXECS = {"grep --color=auto mapping": "13393:grep --color=auto mapping < 12041",
-                  "cat securitybeat": "13392:cat securitybeat < 12041"}
+                  "cat securitybeat": "13392:cat securitybeat < 12041", **POSTFIX}
 
 
 def long_echo_arg() -> str:
@@ -58,6 +67,7 @@ EXPECTED: dict[str, dict] = {
     "laurel/shell-proc-trace.txt": dict(chains=PIPELINE, garbage=24),
     "laurel/shell-proc-trace-reordered.txt": dict(chains=PIPELINE, garbage=3),    # EOEs last, newest first
     "laurel/proc-trace-dpkg-l.txt": dict(garbage=5, chains={
+        "sshd": SSHD,
         "-bash": BASH,
         "/usr/bin/locale-check C.UTF-8": f"1140454:/usr/bin/locale-check C.UTF-8 < {BASH}",
         "locale": f"1140455:locale < {BASH}",
@@ -76,10 +86,11 @@ EXPECTED: dict[str, dict] = {
         "hostname": f"2643:hostname < {CSH}",
         "awk -F) {print $1}": f"2655:awk -F) {{print $1}} < {CSH}",
         "id": f"2656:id < 2655:awk -F) {{print $1}} < {CSH}"}),
-    # execve("/bin/true", NULL, NULL): the kernel logs a0="" - stored under the program's path
+    # execve("/bin/true", NULL, NULL): the kernel logs a0="" - stored under the program's path;
+    # the orphan (seen first cloning, as uncaring-parent) keeps the parent its first record showed
     "laurel/fork-sleep-exec.txt": dict(garbage=14, lost=1, chains={               # serial 6104006
         "/home/user/bin/uncaring-parent": "1578539:/home/user/bin/uncaring-parent < 3822680",
-        "/bin/true": "1578540:/bin/true < 1"}),
+        "/bin/true": "1578540:uncaring-parent ; /bin/true < 1578539:/home/user/bin/uncaring-parent < 3822680"}),
     "laurel/record-execve.txt": dict(chains={"whoami": "10884:whoami < 10883"}),
     "laurel/record-execve-long.txt": dict(chains={f"/bin/echo {long_echo_arg()}": f"8832:/bin/echo {long_echo_arg()} < 10881"}),
     "laurel/record-perl-reverse-shell.txt": dict(chains={f"perl -e {PERL}": f"724395:perl -e {PERL} < 722076"}),
@@ -87,12 +98,19 @@ EXPECTED: dict[str, dict] = {
     "laurel/record-syscall-key.txt": dict(chains={"cat": "6382:cat < 3193"}),
     # an execve with no EXECVE record: the command is its comm
     "laurel/record-syscall-nullkey.txt": dict(chains={"(systemd)": "3489504:(systemd) < 1"}),
-    "laurel/record-connect.txt": dict(connects=[(1074252, "127.0.0.1", 11211), (1074252, "::1", 11211)]),
-    "laurel/record-login.txt": dict(),          # cron's LOGIN with its write(): sets a login uid, no login
+    "laurel/record-connect.txt": dict(connects=[(1074252, "127.0.0.1", 11211), (1074252, "::1", 11211)],
+                                      chains={"php": "1074252:php < 1074250"}),
+    # cron's LOGIN with its write(): sets a login uid, no login
+    "laurel/record-login.txt": dict(chains={"cron": "72605:cron < 519"}),
     "laurel/line-user-acct.txt": dict(),        # a USER_ACCT from cron: no login
-    "laurel/record-adjntpval.txt": dict(), "laurel/record-anom-promiscuous.txt": dict(),
-    "laurel/record-avc-apparmor.txt": dict(), "laurel/record-bind-ipv4-bigendian.txt": dict(),
-    "laurel/record-nscd.txt": dict(), "laurel/record-ptrace.txt": dict(), "laurel/record-service-start.txt": dict(),
+    # records of syscalls whodid does not use: with ENRICHED names (SYSCALL=adjtimex, ...) the
+    # process is still seen running; without them (ptrace, bind on s390x) the record is skipped
+    "laurel/record-adjntpval.txt": dict(chains={"chronyd": "820:chronyd < 1"}),
+    "laurel/record-anom-promiscuous.txt": dict(chains={"dockerd": "13877:dockerd < 1"}),
+    "laurel/record-avc-apparmor.txt": dict(chains={"apparmor_parser": "3981295:apparmor_parser < 3981294"}),
+    "laurel/record-nscd.txt": dict(chains={"ls": "3736674:ls < 1064378"}),      # a unix-socket connect
+    "laurel/record-service-start.txt": dict(chains={"systemd": "1:systemd < 0"}),
+    "laurel/record-bind-ipv4-bigendian.txt": dict(), "laurel/record-ptrace.txt": dict(),
     "laurel/record-uringop.txt": dict(),
     "laurel/tree/README.txt": dict(garbage=3),  # prose, not a log
     # go-libaudit -------------------------------------------------------------------------------
@@ -101,12 +119,13 @@ EXPECTED: dict[str, dict] = {
     "go-libaudit/testdata/lost_messages.log": dict(chains=LIBAUDIT_EXECS, connects=[(1172, "169.254.169.254", 80)],
                                                    lost=9),        # serials 50..58
     # the serial counter wraps 4294967295 -> 0: no records lost, no reboot
-    "go-libaudit/testdata/rollover.log": dict(chains={"cat": "13392:cat < 12041"}),
+    "go-libaudit/testdata/rollover.log": dict(chains={"cat": "13392:cat < 12041", **POSTFIX}),
     "go-libaudit/auparse/audit-rhel6.log": dict(),
     # auparse's logs are records of many hosts, boots and days cut together: their serials jump
     # up and down, and the gaps (rises under a million) are counted as the rule says
     # sshd's USER_AUTH gives the login's port
     "go-libaudit/auparse/audit-rhel7.log": dict(garbage=1, lost=1_078_059,
+                                                chains={"google_ip_forwa": "1170:google_ip_forwa < 1"},
                                                 logins=[("andrew_kroh", "96.241.146.97", 63927, "publickey")]),
     "go-libaudit/auparse/audit-ubuntu14.log": dict(),
     "go-libaudit/auparse/audit-ubuntu16.log": dict(logins=[("1001", "72.83.230.100", 0, "other")],
@@ -116,7 +135,8 @@ EXPECTED: dict[str, dict] = {
     "go-libaudit/auparse/test3.log": dict(lost=1 + (194894 - 194440 - 1) + (10262 - 1865 - 1)),   # 194434 too
     "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:EXECVE": dict(chains={"uname -a": "10043:uname -a < 10027"}),
     "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:connect syscall": dict(
-        connects=[(1648, "169.254.169.254", 80)]),
+        connects=[(1648, "169.254.169.254", 80)], chains={"google_ip_forwa": "1648:google_ip_forwa < 1"}),
+    "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:accept syscall": dict(chains={"sshd": "1663:sshd < 1"}),
     "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:USER_START": dict(
         logins=[("andrew_kroh", "72.83.230.100", 0, "other")]),
     "go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:USER_LOGIN success": dict(
@@ -161,11 +181,43 @@ def test_every_fixture_has_its_expectation():
     assert len(SOURCES) == 40 + 11 + 48      # Laurel's files, go-libaudit's logs, its YAML scenarios
 
 
+# The expectations above hold with h18-model's process table (issue 18 items 1-2, merged to main
+# apart from this branch): a process seen without its exec stands on the chain by its comm and
+# its record's ppid, and an orphan's exec keeps its real parent. Until that merge these fail;
+# strict, so the merge tells: then delete MODEL.
+MODEL = {
+    'go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:accept syscall',
+    'go-libaudit/aucoalesce/ubuntu-16.10-linux-4.8.0.yaml:connect syscall',
+    'go-libaudit/auparse/audit-rhel7.log',
+    'go-libaudit/testdata/lost_messages.log',
+    'go-libaudit/testdata/normal.log',
+    'go-libaudit/testdata/out_of_order.log',
+    'go-libaudit/testdata/rollover.log',
+    'laurel/fork-sleep-exec.txt',
+    'laurel/proc-trace-dpkg-l.txt',
+    'laurel/record-adjntpval.txt',
+    'laurel/record-anom-promiscuous.txt',
+    'laurel/record-avc-apparmor.txt',
+    'laurel/record-connect.txt',
+    'laurel/record-login.txt',
+    'laurel/record-nscd.txt',
+    'laurel/record-service-start.txt',
+    'laurel/shell-proc-trace-reordered.txt',
+    'laurel/shell-proc-trace.txt',
+}
+NEEDS_MODEL = pytest.mark.xfail(strict=True, reason="h18-model: a process seen without its exec stands on the "
+                                                    "chain by its comm and ppid; an orphan keeps its parent")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=NEEDS_MODEL) if n in MODEL else n for n in sorted(SOURCES)])
+def test_a_fixtures_commands_and_their_ancestry_are_exact(name, tmp_path):
+    assert import_into(tmp_path / "w.db", SOURCES[name]).chains() == EXPECTED.get(name, {}).get("chains", {})
+
+
 @pytest.mark.parametrize("name", sorted(SOURCES))
-def test_a_fixture_imports_exactly_as_its_records_say(name, tmp_path):
+def test_a_fixtures_logins_connects_losses_and_garbage_are_exact(name, tmp_path):
     want = EXPECTED.get(name, {})
     imp = import_into(tmp_path / "w.db", SOURCES[name])
-    assert imp.chains() == want.get("chains", {})
     assert [(e["user"], e["raddr"], e["rport"], e["method"]) for e in imp.of("login")] == want.get("logins", [])
     assert [(e["pid"], e["raddr"], e["rport"]) for e in imp.of("connect")] == want.get("connects", [])
     assert sum(e["count"] for e in imp.of("loss")) == want.get("lost", 0)
@@ -185,24 +237,16 @@ def test_eoes_written_out_of_order_keep_every_fork(tmp_path):
     # all nine EOEs come after the records, newest first: the child's exec was assembled before
     # the clone that made it, and each command stood alone (a chain of one)
     imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "shell-proc-trace-reordered.txt"))
-    assert [(e["pid"], e["ppid"]) for e in imp.of("fork")] == [
-        (71505, 71432), (71506, 71505), (71507, 71505), (71508, 71506), (71509, 71506)]
-    assert imp.chains()["/bin/sed -e s/foo/bar/"] == PIPELINE["/bin/sed -e s/foo/bar/"]
+    assert [(e["pid"], e["ppid"]) for e in imp.of("fork")] == PIPELINE_FORKS
+    assert [(e["pid"], e["ppid"]) for e in imp.of("exec") if not e.get("snapshot")] == PIPELINE_EXECS
 
 
 def test_an_empty_argv0_is_stored_as_the_program_run_and_found_by_search(tmp_path):
     imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "fork-sleep-exec.txt"))
-    (true,) = [e for e in imp.of("exec") if e["pid"] == 1578540]
+    (true,) = [e for e in imp.of("exec") if e["pid"] == 1578540 and not e.get("snapshot")]
     assert true["argv"] == ["/bin/true"]
     found = imp.store.search_commands("true", glob=False, since=None, until=None, host_glob=None, limit=5)
     assert [(p.pid, i.argv) for p, i in found] == [(1578540, ["/bin/true"])]
-
-
-@pytest.mark.xfail(strict=True, reason="h18-model: an exec with ppid=1 after reparenting takes the parent "
-                                       "the pid's earlier SYSCALL record showed (ppid=1578539)")
-def test_an_orphans_exec_keeps_the_parent_its_earlier_record_showed(tmp_path):
-    imp = import_into(tmp_path / "w.db", log_lines(LAUREL / "fork-sleep-exec.txt"))
-    assert imp.chains()["/bin/true"] == "1578540:/bin/true < 1578539:/home/user/bin/uncaring-parent < 3822680"
 
 
 def test_a_long_argument_in_hex_parts_is_whole(tmp_path):
@@ -261,7 +305,7 @@ def test_the_serial_counter_wrapping_is_no_reboot(tmp_path):
              'type=EXECVE msg=audit(1492037298.885:3): argc=1 a0="ls"\n', "type=EOE msg=audit(1492037298.885:3): \n"]
     imp = import_into(tmp_path / "w.db", log_lines(GO_LIBAUDIT / "testdata" / "rollover.log") + after)
     assert {e["boot"] for e in imp.events} == {"audit:h"} and imp.of("loss") == []
-    assert imp.chains() == {"ls": "13392:cat ; ls < 12041"}
+    assert imp.chains()["ls"] == "13392:cat ; ls < 12041"
 
 
 def test_auditds_own_records_without_a_colon_are_records_not_garbage(tmp_path):
