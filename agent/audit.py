@@ -146,10 +146,11 @@ def sockaddr(hexstr: str) -> tuple[str, int] | None:
 
 class Grouper:
     """Collects records into events by (node, serial): records of different events may be
-    interleaved. An event is complete at its EOE record, at once for user-space records
-    (which have none), or when records far past its serial arrive; complete events leave in
-    serial order, so an event whose EOE comes early waits for the events before it (auditd
-    may write EOEs out of order, and the assembler must see a clone before its child's exec)."""
+    interleaved. An event is complete at its EOE record, or when records far past its serial
+    arrive (live: when it has been quiet a while); complete events leave in serial order, so an
+    event whose EOE comes early waits for the events before it (auditd may write EOEs out of
+    order, and the assembler must see a clone before its child's exec). Only user-space
+    records, which often have no EOE, wait apart without holding the others back."""
 
     def __init__(self):
         self.pending: dict[tuple[str | None, int], list[Record]] = {}
