@@ -35,10 +35,12 @@ from typing import Any, Iterable
 from whodid.tracer.events import AUDIT_BOOT_PREFIX, fit_argv
 
 AUID_UNSET = 4294967295
-LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\):\s?(?P<body>.*)$")
+LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\):?\s?(?P<body>.*)$")
 FIELD = re.compile(r"""([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
 HEX = re.compile(r"^(?:[0-9A-F]{2})+$")
 # string fields audit writes as hex when they hold spaces, quotes or control characters
+ARG = re.compile(r"a\d+")                 # an EXECVE argument: a0, a1, ...
+CHUNK = re.compile(r"a\d+\[\d+\]")       # a part of a long argument: a1[0], a1[1], ...
 STRINGS = {"comm", "exe", "cwd", "name", "cmd", "proctitle", "acct", "terminal", "hostname", "key", "op"}
 
 # syscall numbers by audit arch, for logs not written in auditd's ENRICHED format
@@ -51,10 +53,18 @@ SYSCALLS = {
                  202: "accept", 242: "accept4", 94: "exit_group", 93: "exit"},
 }
 CLONE_THREAD = 0x10000
+SERIAL_WRAP = 2 ** 32      # the kernel's event serial is an unsigned 32-bit counter
 EINPROGRESS = -115
 GROUP_LAG = 200            # a group is complete once serials this far past it are seen
 UNFORKED_KEPT = 4096       # exited processes whose clone record may still come (vfork), kept at most
 GROUP_QUIET = 2.0          # live mode: ... or once it has had no new record for this many seconds
+# records that may make an event on their own, with no EOE: user-space messages (with an EOE
+# and a SYSCALL only when the sending syscall was audited too), and LOGIN on older kernels
+MAYBE_ALONE = {"LOGIN", "USER_LOGIN", "USER_START", "USER_END", "CRED_ACQ", "CRED_DISP", "CRED_REFR", "USER_AUTH", "USER_ACCT",
+              "USER_CMD", "USER_LOGOUT", "USER_ERR", "USER_CHAUTHTOK", "USER_MGMT", "ADD_USER", "DEL_USER",
+              "CRYPTO_KEY_USER", "CRYPTO_SESSION", "SERVICE_START", "SERVICE_STOP", "USER_AVC", "USER_ROLE_CHANGE",
+              "USER_SELINUX_ERR", "USER_MAC_POLICY_LOAD", "SYSTEM_BOOT", "SYSTEM_SHUTDOWN", "SYSTEM_RUNLEVEL",
+               "DAEMON_START", "DAEMON_END", "DAEMON_CONFIG", "DAEMON_ROTATE", "DAEMON_ABORT", "CONFIG_CHANGE"}
 USER_TYPES = {"USER_LOGIN", "USER_START", "USER_END", "CRED_ACQ", "CRED_DISP", "CRED_REFR", "USER_AUTH",
               "USER_ACCT", "USER_CMD", "LOGIN", "USER_LOGOUT", "USER_ERR"}
 
@@ -95,11 +105,22 @@ def parse_fields(body: str) -> dict[str, Any]:
 
 
 def decode_value(key: str, value: str) -> Any:
+    """A field's value as text, or None for audit's "no value" words. The parts of a long
+    argument (`a1[0]`, `a1[1]`) stay bytes: the kernel cuts them at byte counts, so a character
+    may span two parts, and only the joined whole decodes (AuditAssembler._execve_args)."""
+    if key[-1] == "]" and CHUNK.fullmatch(key):
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            return value[1:-1].encode("utf-8", "surrogateescape")
+        return bytes.fromhex(value) if HEX.match(value) else value.encode("utf-8", "surrogateescape")
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
-        return value[1:-1]
+        inner = value[1:-1]
+        # some writers quote the no-value words (tty="(none)"); an argument may really be "(none)"
+        if inner in ("(null)", "(none)") and not ARG.fullmatch(key):
+            return None
+        return inner
     if value in ("(null)", "(none)", "?"):
         return None
-    if (key in STRINGS or re.fullmatch(r"a\d+(\[\d+\])?", key)) and HEX.match(value):
+    if (key in STRINGS or ARG.fullmatch(key)) and HEX.match(value):
         return bytes.fromhex(value).decode("utf-8", "replace")
     return value
 
@@ -130,48 +151,76 @@ def sockaddr(hexstr: str) -> tuple[str, int] | None:
 
 class Grouper:
     """Collects records into events by (node, serial): records of different events may be
-    interleaved; an event is complete at its EOE record, at once for single-record types, or
-    when records far past its serial arrive."""
+    interleaved. An event is complete at its EOE record, or when records far past its serial
+    arrive (live: when it has been quiet a while); complete events leave in serial order, so an
+    event whose EOE comes early waits for the events before it (auditd may write EOEs out of
+    order, and the assembler must see a clone before its child's exec). Only user-space
+    records, which often have no EOE, wait apart without holding the others back."""
 
     def __init__(self):
         self.pending: dict[tuple[str | None, int], list[Record]] = {}
+        self.complete: set[tuple[str | None, int]] = set()
         self.latest: dict[str | None, int] = {}
         self.arrived: dict[tuple[str | None, int], float] = {}     # live mode: when a group last grew
 
     def feed(self, rec: Record, now: float | None = None) -> list[list[Record]]:
         key = (rec.node, rec.serial)
         if rec.type == "EOE":
-            group = self._take(key)
-            return [group] if group else []
+            if key in self.pending:
+                self.complete.add(key)
+            return self._ready(rec.node)
         done = []
         latest = self.latest.get(rec.node)
         if latest is not None and rec.serial + 1000 < latest:     # serials restarted (a reboot): close all
-            done += [self._take(k) for k in [k for k in self.pending if k[0] == rec.node]]
+            done += [self._take(k) for k in sorted(k for k in self.pending if k[0] == rec.node)]
             latest = None
         self.latest[rec.node] = rec.serial if latest is None else max(latest, rec.serial)
         self.pending.setdefault(key, []).append(rec)
         if now is not None:
             self.arrived[key] = now
+        # a record only completes groups by pushing the horizon past one: look only then
         horizon = self.latest[rec.node] - GROUP_LAG
-        done += [self._take(k) for k in [k for k in self.pending if k[0] == rec.node and k[1] < horizon]]
+        if any(k[1] < horizon and k[0] == rec.node for k in self.pending):
+            done += self._ready(rec.node)
         return done
+
+    def _ready(self, node) -> list[list[Record]]:
+        """The complete groups of node that no incomplete, recent group precedes, in serial order.
+        A group of user-space records alone does not hold the others back: it has an EOE only
+        when the syscall that sent it was audited too, so it may wait for its horizon."""
+        horizon = self.latest.get(node, 0) - GROUP_LAG
+        keys = [k for k in self.pending if k[0] == node]
+        if not keys or not self._passable(min(keys), horizon):      # the usual case, without sorting
+            return []
+        done = []
+        for key in sorted(keys):
+            if key in self.complete or key[1] < horizon:
+                done.append(self._take(key))
+            elif not self._passable(key, horizon):
+                break
+        return done
+
+    def _passable(self, key, horizon: int) -> bool:
+        return key in self.complete or key[1] < horizon or all(r.type in MAYBE_ALONE for r in self.pending[key])
 
     def flush_quiet(self, now: float, quiet: float) -> list[list[Record]]:
         """Groups that have not grown for `quiet` seconds of our own clock: complete, on a quiet
         host's live log. Judged by when the records *arrived*, not by their timestamps: a group
         read late (auditd's buffered writes, a busy agent) is old by its timestamps while its
         EXECVE line may still be on its way, and closing it then loses the command's arguments."""
-        keys = [k for k in self.pending if self.arrived.get(k, float("-inf")) < now - quiet]
-        return [self._take(k) for k in keys]
+        self.complete.update(k for k in self.pending if self.arrived.get(k, float("-inf")) < now - quiet)
+        return [g for node in {k[0] for k in self.pending} for g in self._ready(node)]
 
     def flush(self) -> list[list[Record]]:
         groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1]))]
         self.pending.clear()
         self.arrived.clear()
+        self.complete.clear()
         return groups
 
     def _take(self, key) -> list[Record] | None:
         self.arrived.pop(key, None)
+        self.complete.discard(key)
         return self.pending.pop(key, None)
 
 
@@ -249,6 +298,7 @@ class AuditAssembler:
         self.incarnations: dict[tuple[str, int], int] = {}                   # pid -> the start of its latest process
         self.unforked: dict[tuple[str, int], Proc] = {}      # exited before their clone was logged (oldest first)
         self.auth: dict[tuple[str, int], str] = {}                           # pid -> login method seen
+        self.authed: dict[tuple[str, int], dict] = {}        # pid -> sshd's USER_AUTH: acct, addr, rport
         self.logged_in: set[tuple[str, int]] = set()
         self.stamps: dict[str, tuple[float, int]] = {}
         self.serials: dict[str, tuple[int, float]] = {}                      # host -> last (serial, time)
@@ -277,7 +327,10 @@ class AuditAssembler:
         for r in group:
             by_type.setdefault(r.type, []).append(r)
         if "SYSCALL" in by_type:
-            return self._syscall(host, by_type)
+            # the kernel logs a login uid's setting (LOGIN) in the event of the write to
+            # /proc/self/loginuid that set it: the login is the process's before the syscall
+            logins = [ev for r in by_type.get("LOGIN", []) for ev in self._user(host, r)]
+            return logins + self._syscall(host, by_type)
         if first.type in USER_TYPES:
             return self._user(host, first)
         return []
@@ -297,7 +350,7 @@ class AuditAssembler:
         logging at once - and a record's time is when its syscall began, which may be long
         before it is logged (an accept that waited), so time alone proves nothing."""
         last = self.serials.get(host)
-        if last is None or rec.serial >= last[0]:
+        if last is None or rec.serial >= last[0] or _wrapped(last[0], rec.serial):
             return False
         return rec.serial + 1000 < last[0] or (rec.serial < 1000 and rec.ts > self.latest_ts.get(host, rec.ts))
 
@@ -306,7 +359,7 @@ class AuditAssembler:
         process table and what hangs on it are the old boot's and are forgotten."""
         self.boots[host] = f"{AUDIT_BOOT_PREFIX}{host}@{ts:.3f}"
         for table in (self.procs, self.children, self.clones, self.accepts, self.conn_of, self.parents, self.auth,
-                      self.incarnations, self.unforked):
+                      self.incarnations, self.unforked, self.authed):
             for key in [k for k in table if k[0] == host]:
                 del table[key]
         self.logged_in = {k for k in self.logged_in if k[0] != host}
@@ -316,6 +369,10 @@ class AuditAssembler:
         last = self.serials.get(host)
         if last is not None and rec.serial > last[0] + 1 and rec.serial - last[0] < 1_000_000:
             self.report.gaps.append((host, last[0], rec.serial - last[0] - 1, last[1], rec.ts))
+        if last is not None and _wrapped(last[0], rec.serial) and rec.serial > 0:
+            missing = (SERIAL_WRAP - last[0] - 1) + rec.serial       # the kernel's serial counter wrapped
+            if missing:
+                self.report.gaps.append((host, last[0], missing, last[1], rec.ts))
         if last is None or rec.serial > last[0] or rec.serial + 1000 < last[0]:
             self.serials[host] = (rec.serial, rec.ts)
 
@@ -589,6 +646,13 @@ class AuditAssembler:
             path = next((r.fields.get("name") for r in by_type.get("PATH", []) if r.fields.get("item") == "0"), None)
             if path and path in argv[1:3] and argv[0] != path:
                 argv = argv[argv.index(path, 1):]
+            if not argv or not argv[0]:
+                # execve(path, NULL, ...) or an empty argv[0]: the command would be unsearchable
+                # (and argv[0] is the caller's choice anyway); the program run names it
+                sc = by_type.get("SYSCALL", [None])[0]
+                name = path or (sc.fields.get("exe") if sc else None)
+                if name:
+                    argv = [str(name), *argv[1:]]
             return argv, cut
         for r in by_type.get("PROCTITLE", []):
             title = r.fields.get("proctitle")
@@ -606,9 +670,11 @@ class AuditAssembler:
             elif f"a{i}[0]" in fields:
                 parts, j = [], 0
                 while f"a{i}[{j}]" in fields:
-                    parts.append(str(fields[f"a{i}[{j}]"]))
+                    part = fields[f"a{i}[{j}]"]
+                    parts.append(part if isinstance(part, bytes) else str(part).encode())
                     j += 1
-                argv.append("".join(parts))
+                # joined before decoding: a multi-byte character may straddle two parts
+                argv.append(b"".join(parts).decode("utf-8", "replace"))
             else:
                 return argv, True                   # the kernel cut the argument list short
         return argv, False
@@ -638,6 +704,9 @@ class AuditAssembler:
         if rec.type == "USER_AUTH" and f.get("res") in ("success", "yes", "1"):
             op = str(f.get("op") or "")
             self.auth[key] = "publickey" if "pubkey" in op else "password" if "authentication" in op else "other"
+            # sshd built with audit support names the connection here (addr, rport), and the
+            # account; its USER_LOGIN and PAM's USER_START may carry neither port nor name
+            self.authed[key] = {k: f.get(k) for k in ("acct", "addr", "rport") if f.get(k) is not None}
             self.report.used["USER_AUTH"] += 1
             return []
         # sshd with audit support says USER_LOGIN; without it (Debian's), PAM's session_open
@@ -652,8 +721,10 @@ class AuditAssembler:
         if addr is None:
             self.report.skipped["logins without a remote address (console)"] += 1
             return []
-        port = peer[1] if peer and peer[0] == addr else 0
-        user = rec.enriched.get("ID") or f.get("acct")
+        authed = self.authed.get(key, {})
+        port = (peer[1] if peer and peer[0] == addr
+                else _int(authed.get("rport"), default=0) if authed.get("addr") == addr else 0)
+        user = rec.enriched.get("ID") or f.get("acct") or authed.get("acct")
         uid = _int(f.get("id"))
         if not user:
             user = str(uid) if uid is not None else None
@@ -691,6 +762,12 @@ class AuditAssembler:
             out.append({"v": 1, "kind": "loss", "host": host, "boot": self.boot(host), "ts": round(t1, 6),
                         "since": round(t0, 6), "count": missing, "what": f"audit records missing after serial {after}"})
         return out
+
+
+def _wrapped(last: int, serial: int) -> bool:
+    """Whether serial follows last across the wrap of the kernel's 32-bit serial counter
+    (... 4294967295, 0, 1 ...): the same boot, not a reboot."""
+    return last > SERIAL_WRAP - 1000 and serial < 1000
 
 
 def astuple_ids(p: Proc) -> tuple:
