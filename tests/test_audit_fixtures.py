@@ -15,7 +15,7 @@ from audit_corpus import FIXTURES, GO_LIBAUDIT, LAUREL, import_into, log_lines, 
 
 SCRIPT = "./src/testdata/double-fork/test-script.sh"
 # A process whose exec is not in the log (already running) stands on the chain by its record's
-# comm, and its parent is its record's ppid (h18-model's snapshot images; see MODEL below).
+# comm, and its parent is its record's ppid (the import's snapshot images, docs/audit.md "Processes").
 SHELL = "71432:bash < 3505"
 # Laurel's shell-proc-trace: `( /bin/echo foo | /bin/sed -e 's/foo/bar/' ) | /bin/grep bar` run by
 # dash 71505 (forked by the login shell 71432): it forks the subshell 71506 and grep 71507; the
@@ -181,16 +181,7 @@ def test_every_fixture_has_its_expectation():
     assert len(SOURCES) == 40 + 11 + 48      # Laurel's files, go-libaudit's logs, its YAML scenarios
 
 
-# The expectations above hold with h18-model's process table (issue 18 items 1-2, merged to main
-# apart from this branch): a process seen without its exec stands on the chain by its comm and
-# its record's ppid, and an orphan's exec keeps its real parent. Until that merge these fail;
-# strict, so the merge tells: then delete MODEL.
-MODEL: set[str] = set()
-NEEDS_MODEL = pytest.mark.xfail(strict=True, reason="h18-model: a process seen without its exec stands on the "
-                                                    "chain by its comm and ppid; an orphan keeps its parent")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=NEEDS_MODEL) if n in MODEL else n for n in sorted(SOURCES)])
+@pytest.mark.parametrize("name", sorted(SOURCES))
 def test_a_fixtures_commands_and_their_ancestry_are_exact(name, tmp_path):
     assert import_into(tmp_path / "w.db", SOURCES[name]).chains() == EXPECTED.get(name, {}).get("chains", {})
 
