@@ -36,8 +36,12 @@ from whodid.tracer.events import AUDIT_BOOT_PREFIX, fit_argv
 
 AUID_UNSET = 4294967295
 LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\):?\s?(?P<body>.*)$")
-FIELD = re.compile(r"""([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
-HEX = re.compile(r"^(?:[0-9A-F]{2})+$")
+# a key begins where a word does: tried inside a long run of letters (a hostile or corrupt line
+# with no `=`), the key pattern would scan to the run's end from every letter - quadratic
+FIELD = re.compile(r"""(?<![\w\-\[\]])([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
+# checked as a run of hex digits of even length: a repeated pair group, `(?:[0-9A-F]{2})+`, keeps
+# ~70 bytes of regex state per character - 700 MB for one 10 MB argument
+HEX = re.compile(r"[0-9A-F]+")
 # string fields audit writes as hex when they hold spaces, quotes or control characters
 ARG = re.compile(r"a\d+")                 # an EXECVE argument: a0, a1, ...
 CHUNK = re.compile(r"a\d+\[\d+\]")       # a part of a long argument: a1[0], a1[1], ...
@@ -54,6 +58,7 @@ SYSCALLS = {
 }
 CLONE_THREAD = 0x10000
 SERIAL_WRAP = 2 ** 32      # the kernel's event serial is an unsigned 32-bit counter
+TS_MAX = 2 ** 34           # seconds: past the year 2500, not a time a real clock writes
 EINPROGRESS = -115
 GROUP_LAG = 200            # a group is complete once serials this far past it are seen
 UNFORKED_KEPT = 4096       # exited processes whose clone record may still come (vfork), kept at most
@@ -90,7 +95,15 @@ def parse_record(line: str) -> Record:
     if not m:
         raise AuditLineError("not an audit record")
     body = m.group("body")
-    return Record(node=m.group("node"), type=m.group("type"), ts=float(m.group("ts")), serial=int(m.group("serial")),
+    try:
+        ts, serial = float(m.group("ts")), int(m.group("serial"))
+    except ValueError:                  # a serial of thousands of digits: Python refuses to convert it
+        raise AuditLineError("not an audit record: serial out of range") from None
+    if not (0 <= ts < TS_MAX and serial < SERIAL_WRAP):
+        # the kernel's serial is 32 bits and its time a real clock's; an infinite time would
+        # break every computation downstream (a start of int(inf))
+        raise AuditLineError("not an audit record: time or serial out of range")
+    return Record(node=m.group("node"), type=m.group("type"), ts=ts, serial=serial,
                   fields=parse_fields(body), enriched={k: _unquote(v) for k, v in FIELD.findall(enriched)})
 
 
@@ -111,7 +124,7 @@ def decode_value(key: str, value: str) -> Any:
     if key[-1] == "]" and CHUNK.fullmatch(key):
         if len(value) >= 2 and value[0] == value[-1] == '"':
             return value[1:-1].encode("utf-8", "surrogateescape")
-        return bytes.fromhex(value) if HEX.match(value) else value.encode("utf-8", "surrogateescape")
+        return bytes.fromhex(value) if _is_hex(value) else value.encode("utf-8", "surrogateescape")
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
         inner = value[1:-1]
         # some writers quote the no-value words (tty="(none)"); an argument may really be "(none)"
@@ -120,9 +133,13 @@ def decode_value(key: str, value: str) -> Any:
         return inner
     if value in ("(null)", "(none)", "?"):
         return None
-    if (key in STRINGS or ARG.fullmatch(key)) and HEX.match(value):
+    if (key in STRINGS or ARG.fullmatch(key)) and _is_hex(value):
         return bytes.fromhex(value).decode("utf-8", "replace")
     return value
+
+
+def _is_hex(value: str) -> bool:
+    return len(value) % 2 == 0 and HEX.fullmatch(value) is not None
 
 
 def _unquote(v: str) -> str:
@@ -159,6 +176,9 @@ class Grouper:
 
     def __init__(self):
         self.pending: dict[tuple[str | None, int], list[Record]] = {}
+        # node -> serials pending: a log of many hosts' records (node=) is searched one host at a
+        # time; scanning every host's pending groups at each record made such a log quadratic
+        self.nodes: dict[str | None, set[int]] = {}
         self.complete: set[tuple[str | None, int]] = set()
         self.latest: dict[str | None, int] = {}
         self.arrived: dict[tuple[str | None, int], float] = {}     # live mode: when a group last grew
@@ -172,15 +192,17 @@ class Grouper:
         done = []
         latest = self.latest.get(rec.node)
         if latest is not None and rec.serial + 1000 < latest:     # serials restarted (a reboot): close all
-            done += [self._take(k) for k in sorted(k for k in self.pending if k[0] == rec.node)]
+            done += [self._take((rec.node, s)) for s in sorted(self.nodes.get(rec.node, ()))]
             latest = None
         self.latest[rec.node] = rec.serial if latest is None else max(latest, rec.serial)
         self.pending.setdefault(key, []).append(rec)
+        serials = self.nodes.setdefault(rec.node, set())
+        serials.add(rec.serial)
         if now is not None:
             self.arrived[key] = now
         # a record only completes groups by pushing the horizon past one: look only then
         horizon = self.latest[rec.node] - GROUP_LAG
-        if any(k[1] < horizon and k[0] == rec.node for k in self.pending):
+        if any(s < horizon for s in serials):
             done += self._ready(rec.node)
         return done
 
@@ -189,7 +211,7 @@ class Grouper:
         A group of user-space records alone does not hold the others back: it has an EOE only
         when the syscall that sent it was audited too, so it may wait for its horizon."""
         horizon = self.latest.get(node, 0) - GROUP_LAG
-        keys = [k for k in self.pending if k[0] == node]
+        keys = [(node, s) for s in self.nodes.get(node, ())]
         if not keys or not self._passable(min(keys), horizon):      # the usual case, without sorting
             return []
         done = []
@@ -214,6 +236,7 @@ class Grouper:
     def flush(self) -> list[list[Record]]:
         groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1]))]
         self.pending.clear()
+        self.nodes.clear()
         self.arrived.clear()
         self.complete.clear()
         return groups
@@ -221,6 +244,7 @@ class Grouper:
     def _take(self, key) -> list[Record] | None:
         self.arrived.pop(key, None)
         self.complete.discard(key)
+        self.nodes.get(key[0], set()).discard(key[1])
         return self.pending.pop(key, None)
 
 
@@ -470,6 +494,7 @@ class AuditAssembler:
         elif name in ("exit_group", "exit"):
             out.append({**base, "kind": "exit", "code": _int(f.get("a0"), 16) or 0})
             gone = self.procs.pop((host, pid), None)
+            self._forget_session(host, pid)
             if gone is not None and not gone.forked:
                 # a vfork child may exec and exit before its parent's clone is logged
                 self.unforked[(host, pid)] = gone
@@ -486,11 +511,14 @@ class AuditAssembler:
         key = (host, pid)
         ppid_seen = _int(sc.fields.get("ppid"))
         born = self.children.get(key)
-        if born is not None and born[0] != ppid_seen and not (ppid_seen == 1 and (host, born[0]) not in self.procs):
-            # another parent's clone: in a pid namespace its return value is not the pid audit logs.
-            # Unless this record says init and that parent has exited: then it is ours, reparented
-            born = None
         known = self.procs.get(key)
+        if born is not None and born[0] != ppid_seen and not (
+                ppid_seen == 1 and (host, born[0]) not in self.procs and not (known is not None and known.ppid == 1)):
+            # another parent's clone: in a pid namespace its return value is not the pid audit logs.
+            # Unless this record says init and that parent has exited: then it is ours, reparented -
+            # but not when the pid's known process is init's child itself (a daemon): a container's
+            # short-lived process cloning its own pid 700 must not end the host's sshd 700
+            born = None
         if known is not None:
             if born is not None and born[2] <= known.seen and not known.forked and known.ppid in (None, born[0]):
                 # its own clone, older than its first record (a login record named it first)
@@ -504,6 +532,7 @@ class AuditAssembler:
                     self.parents[key] = ppid_seen
                 return []
             del self.procs[key]
+            self._forget_session(host, pid)
         out = []
         if born is None:
             queue = self.clones.get((host, ppid_seen))
@@ -566,6 +595,32 @@ class AuditAssembler:
             cur = self.parents.get((host, cur))
             seen += 1
         return False
+
+    def _forget_session(self, host: str, pid: int) -> None:
+        """A pid's process is gone: what its sshd said (authentication, login, connection) is
+        not the next process's on that pid - a later login there is another person's."""
+        key = (host, pid)
+        self.logged_in.discard(key)
+        for table in (self.auth, self.authed, self.conn_of):
+            table.pop(key, None)
+
+    def _current(self, host: str, pid: int, ts: float) -> Proc:
+        """pid's process for a user-space record (which names no parent): the one known, unless
+        a clone made this pid after that one was first seen - then a new process, named by that
+        clone (or, its clone not seen, by its place after the pid's last process)."""
+        key = (host, pid)
+        known, born = self.procs.get(key), self.children.get(key)
+        if known is not None and (born is None or born[2] <= known.seen):
+            return known
+        if known is not None:
+            del self.procs[key]
+            self._forget_session(host, pid)
+        before = self.incarnations.get(key)
+        start = (int(born[2] * 1000) if born is not None
+                 else 0 if before is None else max(int(ts * 1000), before + 1))
+        proc = self.procs[key] = Proc(start, seen=ts)
+        self.incarnations[key] = start
+        return proc
 
     def _start_of(self, host: str, pid: int | None) -> int:
         """The start of pid's process as the table knows it now; 0 (already running) else."""
@@ -702,6 +757,7 @@ class AuditAssembler:
             self.report.used["LOGIN"] += 1
             return []
         if rec.type == "USER_AUTH" and f.get("res") in ("success", "yes", "1"):
+            self._current(host, pid, rec.ts)            # a new process on a reused pid forgets the old one's
             op = str(f.get("op") or "")
             self.auth[key] = "publickey" if "pubkey" in op else "password" if "authentication" in op else "other"
             # sshd built with audit support names the connection here (addr, rport), and the
@@ -713,7 +769,10 @@ class AuditAssembler:
         # (USER_START) from sshd is the login. One login per process, whichever comes first.
         is_login = rec.type == "USER_LOGIN" or (rec.type == "USER_START" and "session_open" in str(f.get("op"))
                                                  and "sshd" in str(f.get("exe") or ""))
-        if not is_login or f.get("res") not in ("success", "yes", "1") or key in self.logged_in:
+        if not is_login or f.get("res") not in ("success", "yes", "1"):
+            return []
+        proc = self._current(host, pid, rec.ts)
+        if key in self.logged_in:
             return []
         self.logged_in.add(key)
         peer = self._peer_of(host, pid)
@@ -730,8 +789,6 @@ class AuditAssembler:
             user = str(uid) if uid is not None else None
         if not user:
             return []
-        proc = self.procs.get(key) or Proc(0, seen=rec.ts)
-        self.procs.setdefault(key, proc)
         ev = {"v": 1, "kind": "login", "host": host, "boot": self.boot(host), "ts": round(rec.ts, 6), "pid": pid,
               "start": proc.start, "user": user, "method": self.auth.get(key, "other"), "raddr": addr, "rport": port,
               "service": "sshd" if "sshd" in str(f.get("exe") or "") else str(f.get("exe") or "login")}
@@ -802,7 +859,9 @@ def passwd_names(text: str, source: str = "passwd") -> dict[int, str]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split(":")
-        if len(parts) >= 4 and parts[0] and parts[2].isdigit():
+        # ASCII digits only: str.isdigit() also takes "١٠٠١" (int() reads it as 1001, the host's
+        # getpwuid does not) and "²" (int() refuses it)
+        if len(parts) >= 4 and parts[0] and parts[2].isascii() and parts[2].isdigit() and len(parts[2]) < 12:
             names.setdefault(int(parts[2]), parts[0])     # the first name of a uid, as getpwuid gives
     if not names:
         raise ValueError(f"{source} has no passwd entries (name:x:uid:gid:...): give the logged host's "
