@@ -178,13 +178,18 @@ class Grouper:
         self.pending: dict[tuple[str | None, int], list[Record]] = {}
         # node -> serials pending: a log of many hosts' records (node=) is searched one host at a
         # time; scanning every host's pending groups at each record made such a log quadratic
-        self.nodes: dict[str | None, set[int]] = {}
+        self.nodes: dict[str | None, set[tuple[int, float]]] = {}
+        # an event is one serial at one time: records of one serial at two times are two events -
+        # two hosts' in a log written without node= names (auditd's default name_format = none).
+        # Joined, one host's EXECVE gave another host's syscall its arguments.
+        self.open: Counter = Counter()          # (node, serial) -> groups pending
+        self.mixed = 0                          # groups that shared a pending group's serial
         self.complete: set[tuple[str | None, int]] = set()
         self.latest: dict[str | None, int] = {}
         self.arrived: dict[tuple[str | None, int], float] = {}     # live mode: when a group last grew
 
     def feed(self, rec: Record, now: float | None = None) -> list[list[Record]]:
-        key = (rec.node, rec.serial)
+        key = (rec.node, rec.serial, rec.ts)
         if rec.type == "EOE":
             if key in self.pending:
                 self.complete.add(key)
@@ -192,17 +197,21 @@ class Grouper:
         done = []
         latest = self.latest.get(rec.node)
         if latest is not None and rec.serial + 1000 < latest:     # serials restarted (a reboot): close all
-            done += [self._take((rec.node, s)) for s in sorted(self.nodes.get(rec.node, ()))]
+            done += [self._take((rec.node, *st)) for st in sorted(self.nodes.get(rec.node, ()))]
             latest = None
         self.latest[rec.node] = rec.serial if latest is None else max(latest, rec.serial)
+        if key not in self.pending:
+            if self.open[key[:2]]:
+                self.mixed += 1
+            self.open[key[:2]] += 1
         self.pending.setdefault(key, []).append(rec)
         serials = self.nodes.setdefault(rec.node, set())
-        serials.add(rec.serial)
+        serials.add((rec.serial, rec.ts))
         if now is not None:
             self.arrived[key] = now
         # a record only completes groups by pushing the horizon past one: look only then
         horizon = self.latest[rec.node] - GROUP_LAG
-        if any(s < horizon for s in serials):
+        if any(st[0] < horizon for st in serials):
             done += self._ready(rec.node)
         return done
 
@@ -211,7 +220,7 @@ class Grouper:
         A group of user-space records alone does not hold the others back: it has an EOE only
         when the syscall that sent it was audited too, so it may wait for its horizon."""
         horizon = self.latest.get(node, 0) - GROUP_LAG
-        keys = [(node, s) for s in self.nodes.get(node, ())]
+        keys = [(node, *st) for st in self.nodes.get(node, ())]
         if not keys or not self._passable(min(keys), horizon):      # the usual case, without sorting
             return []
         done = []
@@ -234,9 +243,10 @@ class Grouper:
         return [g for node in {k[0] for k in self.pending} for g in self._ready(node)]
 
     def flush(self) -> list[list[Record]]:
-        groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1]))]
+        groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1], k[2]))]
         self.pending.clear()
         self.nodes.clear()
+        self.open.clear()
         self.arrived.clear()
         self.complete.clear()
         return groups
@@ -244,7 +254,11 @@ class Grouper:
     def _take(self, key) -> list[Record] | None:
         self.arrived.pop(key, None)
         self.complete.discard(key)
-        self.nodes.get(key[0], set()).discard(key[1])
+        self.nodes.get(key[0], set()).discard(key[1:])
+        if key in self.pending:
+            self.open[key[:2]] -= 1
+            if not self.open[key[:2]]:
+                del self.open[key[:2]]
         return self.pending.pop(key, None)
 
 
@@ -278,6 +292,7 @@ class ImportReport:
     events: Counter = field(default_factory=Counter)       # events made, by kind
     gaps: list[tuple[str, int, int, float, float]] = field(default_factory=list)   # host, after, missing, t0, t1
     seen_running: int = 0          # images made from comm/exe for processes whose exec is not in the log
+    mixed: int = 0                 # events that shared a serial with another at another time (hosts mixed)
 
     def garbage(self, line: str, why: str) -> None:
         self.skipped[why] += 1
@@ -297,6 +312,10 @@ class ImportReport:
             n = self.seen_running
             out.append(f"{n:,} process{'es were' if n != 1 else ' was'} already running (no exec in the log): "
                        "on chains as the program's name and path (comm, exe), without arguments")
+        if self.mixed:
+            out.append(f"{self.mixed:,} events shared a serial with another event at another time: this log seems to "
+                       "mix hosts without node= names, so their pids may be confused; import each host's log apart "
+                       "with --host, or set name_format in auditd.conf")
         if self.gaps:
             missing = sum(g[2] for g in self.gaps)
             out.append(f"{missing:,} records lost by the kernel or auditd (gaps in serial numbers, "
@@ -921,6 +940,7 @@ def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = 
             continue
         report.records[rec.type] += 1
         yield from events(grouper.feed(rec))
+        report.mixed = grouper.mixed
     yield from events(grouper.flush())
     for ev in asm.loss_events():
         report.events["loss"] += 1
@@ -970,6 +990,7 @@ class AuditTail:
                 continue
             self.report.records[rec.type] += 1
             out += self._events(self.grouper.feed(rec, time.monotonic()))
+            self.report.mixed = self.grouper.mixed
             if time.monotonic() >= deadline:
                 break
         # a quiet host: events that have had nothing new for a few seconds are complete

@@ -123,3 +123,17 @@ def test_a_hostile_passwd_never_fails_the_import(tmp_path, capsys):
     pw.write_bytes(b"\xff\xfe\x00bin\x00ary\nx:x:\xc2\xb2:0::/:/bin/sh\njim:x:1001:1001::/h:/bin/sh\n")
     assert cli.main(["import-audit", str(log), "--host", "far", "--db", str(tmp_path / "w.db"), "--passwd", str(pw)]) == 0
     assert "1 exec" in capsys.readouterr().out
+
+
+def test_two_hosts_without_node_names_sharing_serials_never_swap_a_commands_arguments():
+    # a central log of two hosts written without node= (auditd's default name_format = none): both
+    # hosts' counters are near 100. Host A's jim runs `id` (serial 101, t+0.5 s); host B's bob runs
+    # `rm -rf /srv` (serial 101, t+0.2 s). Grouped by serial alone, B's EXECVE joined A's syscall:
+    # jim was shown running bob's rm. An event is one time and one serial.
+    a = execve(101, 330, 320, ["id"], uid=1001, auid=1001, ses=7, t=T + 0.5)
+    b = execve(101, 440, 430, ["rm", "-rf", "/srv"], uid=1002, auid=1002, ses=9, t=T + 0.2)
+    lines = [a[0], b[0], b[1], a[1], a[2], b[2], rec("EOE", 101, "", t=T + 0.5), rec("EOE", 101, "", t=T + 0.2)]
+    evs, report = events(lines)
+    got = sorted((e["pid"], e["uid"], tuple(e["argv"])) for e in evs if e["kind"] == "exec")
+    assert got == [(330, 1001, ("id",)), (440, 1002, ("rm", "-rf", "/srv"))]
+    assert "mix" in report.summary()
