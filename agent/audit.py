@@ -804,6 +804,8 @@ class AuditAssembler:
                 else _int(authed.get("rport"), default=0) if authed.get("addr") == addr else 0)
         user = rec.enriched.get("ID") or f.get("acct") or authed.get("acct")
         uid = _int(f.get("id"))
+        if uid == 0:
+            user = "root"           # `ssh toor@host` is root's login, whatever the account is called
         if not user:
             user = str(uid) if uid is not None else None
         if not user:
@@ -860,12 +862,15 @@ def _names(sc: Record, kind: str, passwd: dict[int, str] | None = None) -> dict[
         else (("UID", "uid", "user"), ("EUID", "euid", "euser"))
     for src, num, dst in pairs:
         v = e.get(src)
-        if v and v != "unset" and not v.startswith("unknown"):
+        uid = _int(f.get(num))
+        if uid == 0 and (v or passwd):
+            # uid 0 is root by the kernel's rules, whatever the host calls it: a passwd that names
+            # it `toor` first (getpwuid's answer, so auditd's too) must not make root a person
+            out[dst] = "root"
+        elif v and v != "unset" and not v.startswith("unknown"):
             out[dst] = v
-        elif passwd:
-            uid = _int(f.get(num))
-            if uid is not None and uid in passwd:
-                out[dst] = passwd[uid]
+        elif passwd and uid is not None and uid in passwd:
+            out[dst] = passwd[uid]
     return out
 
 

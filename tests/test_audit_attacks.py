@@ -2,12 +2,14 @@
 logs of many hosts without EOE, pid reuse by sshd sessions and by pid-namespace clones. Each
 test is an input that once gave a wrong answer, lost an event, crashed or hung the import."""
 
+import json
+
 import pytest
 
 from kit import store_with
 from test_audit import T, events, execve, fork, rec, syscall
 
-from whodid.agent.audit import import_lines, passwd_names
+from whodid.agent.audit import passwd_names
 from whodid.bot import cli
 from whodid.tracer import Query, Tracer
 
@@ -156,3 +158,21 @@ def test_a_clock_stepped_back_does_not_join_a_reused_pid_to_its_old_process():
     evs, _ = events(lines)
     starts = {e["start"] for e in evs if e.get("pid") == 900 and e["kind"] in ("exec", "connect")}
     assert len(starts) == 2 and not [e for e in evs if e["kind"] == "cred"]
+
+
+def test_uid_0_under_another_name_in_passwd_is_never_a_person(tmp_path, capsys):
+    # the host's passwd names uid 0 `toor` first (a second root account, as BSD ships and some
+    # images add): root's session, its logins rotated away, carries login uid 0 - that is root,
+    # whatever the name, and root is no person
+    lines = [syscall(86, "clone", 56, 320, 310, exit=330, a0="1200011", uid=0, auid=0, ses=7, comm="bash",
+                     exe="/usr/bin/bash")]
+    lines += execve(87, 330, 320, ["rm", "-rf", "/srv/data"], uid=0, auid=0, ses=7)
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(line.split("\x1d")[0] for line in lines) + "\n")
+    (tmp_path / "passwd").write_text("toor:x:0:0:Bourne-again Superuser:/root:/bin/sh\nroot:x:0:0::/root:/bin/bash\n")
+    db = str(tmp_path / "w.db")
+    assert cli.main(["import-audit", str(log), "--host", "far", "--db", db, "--passwd", str(tmp_path / "passwd")]) == 0
+    capsys.readouterr()
+    assert cli.main(["trace", "rm -rf", "--db", db, "--json", "--since", "2023-11-14T00:00:00Z"]) == 0
+    (m,) = [m for m in json.loads(capsys.readouterr().out)["matches"] if m["poi"]["command"].startswith("rm")]
+    assert m["attributed_to"]["user"] not in ("toor", "root") and m["confidence"] != "inferred", m["attributed_to"]
