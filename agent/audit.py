@@ -62,6 +62,7 @@ TS_MAX = 2 ** 34           # seconds: past the year 2500, not a time a real cloc
 EINPROGRESS = -115
 GROUP_LAG = 200            # a group is complete once serials this far past it are seen
 UNFORKED_KEPT = 4096       # exited processes whose clone record may still come (vfork), kept at most
+BRIEF_BOOT = 10.0           # seconds: a "boot" shorter than this is another host's serials, not a reboot
 GROUP_QUIET = 2.0          # live mode: ... or once it has had no new record for this many seconds
 # records that may make an event on their own, with no EOE: user-space messages (with an EOE
 # and a SYSCALL only when the sending syscall was audited too), and LOGIN on older kernels
@@ -293,6 +294,8 @@ class ImportReport:
     gaps: list[tuple[str, int, int, float, float]] = field(default_factory=list)   # host, after, missing, t0, t1
     seen_running: int = 0          # images made from comm/exe for processes whose exec is not in the log
     mixed: int = 0                 # events that shared a serial with another at another time (hosts mixed)
+    reboots: Counter = field(default_factory=Counter)      # host -> serials beginning again (a new boot)
+    brief_boots: int = 0           # "reboots" seconds after the last: no machine boots that fast (hosts mixed)
 
     def garbage(self, line: str, why: str) -> None:
         self.skipped[why] += 1
@@ -312,10 +315,15 @@ class ImportReport:
             n = self.seen_running
             out.append(f"{n:,} process{'es were' if n != 1 else ' was'} already running (no exec in the log): "
                        "on chains as the program's name and path (comm, exe), without arguments")
-        if self.mixed:
-            out.append(f"{self.mixed:,} events shared a serial with another event at another time: this log seems to "
-                       "mix hosts without node= names, so their pids may be confused; import each host's log apart "
-                       "with --host, or set name_format in auditd.conf")
+        for host, n in sorted(self.reboots.items()):
+            out.append(f"{host}: {n:,} reboot{'s' if n != 1 else ''} (serials beginning again): each boot has its own processes")
+        if self.mixed or self.brief_boots:
+            why = ", ".join(w for w in (f"{self.mixed:,} events shared a serial with another at another time"
+                                        if self.mixed else "",
+                                        f"serials began again {self.brief_boots:,} times within {BRIEF_BOOT:.0f} s"
+                                        if self.brief_boots else "") if w)
+            out.append(f"this log seems to mix hosts without node= names ({why}), so their pids may be confused: "
+                       "import each host's log apart with --host, or set name_format in auditd.conf")
         if self.gaps:
             missing = sum(g[2] for g in self.gaps)
             out.append(f"{missing:,} records lost by the kernel or auditd (gaps in serial numbers, "
@@ -330,6 +338,8 @@ class AuditAssembler:
         self.passwd = passwd or {}          # uid -> name on the logged host (--passwd), where the log names none
         self.boot_id = boot                 # the kernel's, when the log is read live on its host
         self.boots: dict[str, str] = {}     # host -> the boot its records now belong to
+        # host -> when its boot began, for boots the log shows beginning (the first one's start is unknown)
+        self.boot_began: dict[str, float] = {}
         self.latest_ts: dict[str, float] = {}                                # host -> latest record time
         self.report = report or ImportReport()
         self.procs: dict[tuple[str, int], Proc] = {}
@@ -401,6 +411,10 @@ class AuditAssembler:
         """A new boot begins at ts: the kernel numbers pids and audit sessions anew, so the
         process table and what hangs on it are the old boot's and are forgotten."""
         self.boots[host] = f"{AUDIT_BOOT_PREFIX}{host}@{ts:.3f}"
+        self.report.reboots[host] += 1
+        if ts - self.boot_began.get(host, float("-inf")) < BRIEF_BOOT:
+            self.report.brief_boots += 1
+        self.boot_began[host] = ts
         for table in (self.procs, self.children, self.clones, self.accepts, self.conn_of, self.parents, self.auth,
                       self.incarnations, self.unforked, self.authed):
             for key in [k for k in table if k[0] == host]:

@@ -176,3 +176,21 @@ def test_uid_0_under_another_name_in_passwd_is_never_a_person(tmp_path, capsys):
     assert cli.main(["trace", "rm -rf", "--db", db, "--json", "--since", "2023-11-14T00:00:00Z"]) == 0
     (m,) = [m for m in json.loads(capsys.readouterr().out)["matches"] if m["poi"]["command"].startswith("rm")]
     assert m["attributed_to"]["user"] not in ("toor", "root") and m["confidence"] != "inferred", m["attributed_to"]
+
+
+def test_two_hosts_without_node_names_far_apart_in_serials_are_said_to_be_mixed():
+    # host A's serials near 50,000, host B's near 10 (booted lately), one log without node=: each
+    # switch looked like a reboot, silently. The summary must say the log mixes hosts.
+    lines = []
+    for k in range(5):
+        for serial, pid, who, t in ((50_000 + k, 310, 1001, T + k), (10 + k, 410, 1002, T + k + 0.3)):
+            lines += execve(serial, pid + k, pid, ["ls"], uid=who, auid=who, t=t) + [rec("EOE", serial, "", t=t)]
+    evs, report = events(lines)
+    assert len([e for e in evs if e["kind"] == "exec" and not e.get("snapshot")]) == 10
+    assert "seems to mix hosts without node= names" in report.summary()
+
+
+def test_a_real_reboot_is_not_said_to_mix_hosts():
+    lines = execve(50_000, 320, 310, ["ls"], t=T) + execve(5, 320, 310, ["id"], t=T + 300)
+    evs, report = events(lines)
+    assert "web-1: 1 reboot" in report.summary() and "mix hosts" not in report.summary()
