@@ -927,7 +927,7 @@ def _is_ip(v) -> bool:
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in v else socket.AF_INET, v)
         return True
-    except OSError:
+    except (OSError, ValueError):      # ValueError: a NUL in the text (a log zeroed by a crash)
         return False
 
 

@@ -194,3 +194,10 @@ def test_a_real_reboot_is_not_said_to_mix_hosts():
     lines = execve(50_000, 320, 310, ["ls"], t=T) + execve(5, 320, 310, ["id"], t=T + 300)
     evs, report = events(lines)
     assert "web-1: 1 reboot" in report.summary() and "mix hosts" not in report.summary()
+
+
+def test_a_nul_byte_in_a_login_address_is_not_a_crash():
+    # a log partly zeroed by a power loss: inet_pton raised ValueError out of the import
+    lines = login(85, 310, "jim", 1001, 7, addr="10.0.0.9\x00\x00") + execve(90, 330, 1, ["ok"])
+    evs, _ = events(lines)
+    assert [e["argv"] for e in evs if e["kind"] == "exec"] == [["ok"]]
