@@ -36,8 +36,12 @@ from whodid.tracer.events import AUDIT_BOOT_PREFIX, fit_argv
 
 AUID_UNSET = 4294967295
 LINE = re.compile(r"^(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\):?\s?(?P<body>.*)$")
-FIELD = re.compile(r"""([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
-HEX = re.compile(r"^(?:[0-9A-F]{2})+$")
+# a key begins where a word does: tried inside a long run of letters (a hostile or corrupt line
+# with no `=`), the key pattern would scan to the run's end from every letter - quadratic
+FIELD = re.compile(r"""(?<![\w\-\[\]])([A-Za-z_][\w\-\[\]]*)=("[^"]*"|'[^']*'|\S*)""")
+# checked as a run of hex digits of even length: a repeated pair group, `(?:[0-9A-F]{2})+`, keeps
+# ~70 bytes of regex state per character - 700 MB for one 10 MB argument
+HEX = re.compile(r"[0-9A-F]+")
 # string fields audit writes as hex when they hold spaces, quotes or control characters
 ARG = re.compile(r"a\d+")                 # an EXECVE argument: a0, a1, ...
 CHUNK = re.compile(r"a\d+\[\d+\]")       # a part of a long argument: a1[0], a1[1], ...
@@ -54,9 +58,11 @@ SYSCALLS = {
 }
 CLONE_THREAD = 0x10000
 SERIAL_WRAP = 2 ** 32      # the kernel's event serial is an unsigned 32-bit counter
+TS_MAX = 2 ** 34           # seconds: past the year 2500, not a time a real clock writes
 EINPROGRESS = -115
 GROUP_LAG = 200            # a group is complete once serials this far past it are seen
 UNFORKED_KEPT = 4096       # exited processes whose clone record may still come (vfork), kept at most
+BRIEF_BOOT = 10.0           # seconds: a "boot" shorter than this is another host's serials, not a reboot
 GROUP_QUIET = 2.0          # live mode: ... or once it has had no new record for this many seconds
 # records that may make an event on their own, with no EOE: user-space messages (with an EOE
 # and a SYSCALL only when the sending syscall was audited too), and LOGIN on older kernels
@@ -90,7 +96,15 @@ def parse_record(line: str) -> Record:
     if not m:
         raise AuditLineError("not an audit record")
     body = m.group("body")
-    return Record(node=m.group("node"), type=m.group("type"), ts=float(m.group("ts")), serial=int(m.group("serial")),
+    try:
+        ts, serial = float(m.group("ts")), int(m.group("serial"))
+    except ValueError:                  # a serial of thousands of digits: Python refuses to convert it
+        raise AuditLineError("not an audit record: serial out of range") from None
+    if not (0 <= ts < TS_MAX and serial < SERIAL_WRAP):
+        # the kernel's serial is 32 bits and its time a real clock's; an infinite time would
+        # break every computation downstream (a start of int(inf))
+        raise AuditLineError("not an audit record: time or serial out of range")
+    return Record(node=m.group("node"), type=m.group("type"), ts=ts, serial=serial,
                   fields=parse_fields(body), enriched={k: _unquote(v) for k, v in FIELD.findall(enriched)})
 
 
@@ -111,7 +125,7 @@ def decode_value(key: str, value: str) -> Any:
     if key[-1] == "]" and CHUNK.fullmatch(key):
         if len(value) >= 2 and value[0] == value[-1] == '"':
             return value[1:-1].encode("utf-8", "surrogateescape")
-        return bytes.fromhex(value) if HEX.match(value) else value.encode("utf-8", "surrogateescape")
+        return bytes.fromhex(value) if _is_hex(value) else value.encode("utf-8", "surrogateescape")
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
         inner = value[1:-1]
         # some writers quote the no-value words (tty="(none)"); an argument may really be "(none)"
@@ -120,9 +134,13 @@ def decode_value(key: str, value: str) -> Any:
         return inner
     if value in ("(null)", "(none)", "?"):
         return None
-    if (key in STRINGS or ARG.fullmatch(key)) and HEX.match(value):
+    if (key in STRINGS or ARG.fullmatch(key)) and _is_hex(value):
         return bytes.fromhex(value).decode("utf-8", "replace")
     return value
+
+
+def _is_hex(value: str) -> bool:
+    return len(value) % 2 == 0 and HEX.fullmatch(value) is not None
 
 
 def _unquote(v: str) -> str:
@@ -159,12 +177,20 @@ class Grouper:
 
     def __init__(self):
         self.pending: dict[tuple[str | None, int], list[Record]] = {}
+        # node -> serials pending: a log of many hosts' records (node=) is searched one host at a
+        # time; scanning every host's pending groups at each record made such a log quadratic
+        self.nodes: dict[str | None, set[tuple[int, float]]] = {}
+        # an event is one serial at one time: records of one serial at two times are two events -
+        # two hosts' in a log written without node= names (auditd's default name_format = none).
+        # Joined, one host's EXECVE gave another host's syscall its arguments.
+        self.open: Counter = Counter()          # (node, serial) -> groups pending
+        self.mixed = 0                          # groups that shared a pending group's serial
         self.complete: set[tuple[str | None, int]] = set()
         self.latest: dict[str | None, int] = {}
         self.arrived: dict[tuple[str | None, int], float] = {}     # live mode: when a group last grew
 
     def feed(self, rec: Record, now: float | None = None) -> list[list[Record]]:
-        key = (rec.node, rec.serial)
+        key = (rec.node, rec.serial, rec.ts)
         if rec.type == "EOE":
             if key in self.pending:
                 self.complete.add(key)
@@ -172,15 +198,21 @@ class Grouper:
         done = []
         latest = self.latest.get(rec.node)
         if latest is not None and rec.serial + 1000 < latest:     # serials restarted (a reboot): close all
-            done += [self._take(k) for k in sorted(k for k in self.pending if k[0] == rec.node)]
+            done += [self._take((rec.node, *st)) for st in sorted(self.nodes.get(rec.node, ()))]
             latest = None
         self.latest[rec.node] = rec.serial if latest is None else max(latest, rec.serial)
+        if key not in self.pending:
+            if self.open[key[:2]]:
+                self.mixed += 1
+            self.open[key[:2]] += 1
         self.pending.setdefault(key, []).append(rec)
+        serials = self.nodes.setdefault(rec.node, set())
+        serials.add((rec.serial, rec.ts))
         if now is not None:
             self.arrived[key] = now
         # a record only completes groups by pushing the horizon past one: look only then
         horizon = self.latest[rec.node] - GROUP_LAG
-        if any(k[1] < horizon and k[0] == rec.node for k in self.pending):
+        if any(st[0] < horizon for st in serials):
             done += self._ready(rec.node)
         return done
 
@@ -189,7 +221,7 @@ class Grouper:
         A group of user-space records alone does not hold the others back: it has an EOE only
         when the syscall that sent it was audited too, so it may wait for its horizon."""
         horizon = self.latest.get(node, 0) - GROUP_LAG
-        keys = [k for k in self.pending if k[0] == node]
+        keys = [(node, *st) for st in self.nodes.get(node, ())]
         if not keys or not self._passable(min(keys), horizon):      # the usual case, without sorting
             return []
         done = []
@@ -212,8 +244,10 @@ class Grouper:
         return [g for node in {k[0] for k in self.pending} for g in self._ready(node)]
 
     def flush(self) -> list[list[Record]]:
-        groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1]))]
+        groups = [self.pending[k] for k in sorted(self.pending, key=lambda k: (str(k[0]), k[1], k[2]))]
         self.pending.clear()
+        self.nodes.clear()
+        self.open.clear()
         self.arrived.clear()
         self.complete.clear()
         return groups
@@ -221,6 +255,11 @@ class Grouper:
     def _take(self, key) -> list[Record] | None:
         self.arrived.pop(key, None)
         self.complete.discard(key)
+        self.nodes.get(key[0], set()).discard(key[1:])
+        if key in self.pending:
+            self.open[key[:2]] -= 1
+            if not self.open[key[:2]]:
+                del self.open[key[:2]]
         return self.pending.pop(key, None)
 
 
@@ -254,6 +293,9 @@ class ImportReport:
     events: Counter = field(default_factory=Counter)       # events made, by kind
     gaps: list[tuple[str, int, int, float, float]] = field(default_factory=list)   # host, after, missing, t0, t1
     seen_running: int = 0          # images made from comm/exe for processes whose exec is not in the log
+    mixed: int = 0                 # events that shared a serial with another at another time (hosts mixed)
+    reboots: Counter = field(default_factory=Counter)      # host -> serials beginning again (a new boot)
+    brief_boots: int = 0           # "reboots" seconds after the last: no machine boots that fast (hosts mixed)
 
     def garbage(self, line: str, why: str) -> None:
         self.skipped[why] += 1
@@ -273,6 +315,15 @@ class ImportReport:
             n = self.seen_running
             out.append(f"{n:,} process{'es were' if n != 1 else ' was'} already running (no exec in the log): "
                        "on chains as the program's name and path (comm, exe), without arguments")
+        for host, n in sorted(self.reboots.items()):
+            out.append(f"{host}: {n:,} reboot{'s' if n != 1 else ''} (serials beginning again): each boot has its own processes")
+        if self.mixed or self.brief_boots:
+            why = ", ".join(w for w in (f"{self.mixed:,} events shared a serial with another at another time"
+                                        if self.mixed else "",
+                                        f"serials began again {self.brief_boots:,} times within {BRIEF_BOOT:.0f} s"
+                                        if self.brief_boots else "") if w)
+            out.append(f"this log seems to mix hosts without node= names ({why}), so their pids may be confused: "
+                       "import each host's log apart with --host, or set name_format in auditd.conf")
         if self.gaps:
             missing = sum(g[2] for g in self.gaps)
             out.append(f"{missing:,} records lost by the kernel or auditd (gaps in serial numbers, "
@@ -287,6 +338,8 @@ class AuditAssembler:
         self.passwd = passwd or {}          # uid -> name on the logged host (--passwd), where the log names none
         self.boot_id = boot                 # the kernel's, when the log is read live on its host
         self.boots: dict[str, str] = {}     # host -> the boot its records now belong to
+        # host -> when its boot began, for boots the log shows beginning (the first one's start is unknown)
+        self.boot_began: dict[str, float] = {}
         self.latest_ts: dict[str, float] = {}                                # host -> latest record time
         self.report = report or ImportReport()
         self.procs: dict[tuple[str, int], Proc] = {}
@@ -358,6 +411,10 @@ class AuditAssembler:
         """A new boot begins at ts: the kernel numbers pids and audit sessions anew, so the
         process table and what hangs on it are the old boot's and are forgotten."""
         self.boots[host] = f"{AUDIT_BOOT_PREFIX}{host}@{ts:.3f}"
+        self.report.reboots[host] += 1
+        if ts - self.boot_began.get(host, float("-inf")) < BRIEF_BOOT:
+            self.report.brief_boots += 1
+        self.boot_began[host] = ts
         for table in (self.procs, self.children, self.clones, self.accepts, self.conn_of, self.parents, self.auth,
                       self.incarnations, self.unforked, self.authed):
             for key in [k for k in table if k[0] == host]:
@@ -470,6 +527,7 @@ class AuditAssembler:
         elif name in ("exit_group", "exit"):
             out.append({**base, "kind": "exit", "code": _int(f.get("a0"), 16) or 0})
             gone = self.procs.pop((host, pid), None)
+            self._forget_session(host, pid)
             if gone is not None and not gone.forked:
                 # a vfork child may exec and exit before its parent's clone is logged
                 self.unforked[(host, pid)] = gone
@@ -486,11 +544,14 @@ class AuditAssembler:
         key = (host, pid)
         ppid_seen = _int(sc.fields.get("ppid"))
         born = self.children.get(key)
-        if born is not None and born[0] != ppid_seen and not (ppid_seen == 1 and (host, born[0]) not in self.procs):
-            # another parent's clone: in a pid namespace its return value is not the pid audit logs.
-            # Unless this record says init and that parent has exited: then it is ours, reparented
-            born = None
         known = self.procs.get(key)
+        if born is not None and born[0] != ppid_seen and not (
+                ppid_seen == 1 and (host, born[0]) not in self.procs and not (known is not None and known.ppid == 1)):
+            # another parent's clone: in a pid namespace its return value is not the pid audit logs.
+            # Unless this record says init and that parent has exited: then it is ours, reparented -
+            # but not when the pid's known process is init's child itself (a daemon): a container's
+            # short-lived process cloning its own pid 700 must not end the host's sshd 700
+            born = None
         if known is not None:
             if born is not None and born[2] <= known.seen and not known.forked and known.ppid in (None, born[0]):
                 # its own clone, older than its first record (a login record named it first)
@@ -504,6 +565,7 @@ class AuditAssembler:
                     self.parents[key] = ppid_seen
                 return []
             del self.procs[key]
+            self._forget_session(host, pid)
         out = []
         if born is None:
             queue = self.clones.get((host, ppid_seen))
@@ -566,6 +628,32 @@ class AuditAssembler:
             cur = self.parents.get((host, cur))
             seen += 1
         return False
+
+    def _forget_session(self, host: str, pid: int) -> None:
+        """A pid's process is gone: what its sshd said (authentication, login, connection) is
+        not the next process's on that pid - a later login there is another person's."""
+        key = (host, pid)
+        self.logged_in.discard(key)
+        for table in (self.auth, self.authed, self.conn_of):
+            table.pop(key, None)
+
+    def _current(self, host: str, pid: int, ts: float) -> Proc:
+        """pid's process for a user-space record (which names no parent): the one known, unless
+        a clone made this pid after that one was first seen - then a new process, named by that
+        clone (or, its clone not seen, by its place after the pid's last process)."""
+        key = (host, pid)
+        known, born = self.procs.get(key), self.children.get(key)
+        if known is not None and (born is None or born[2] <= known.seen):
+            return known
+        if known is not None:
+            del self.procs[key]
+            self._forget_session(host, pid)
+        before = self.incarnations.get(key)
+        start = (int(born[2] * 1000) if born is not None
+                 else 0 if before is None else max(int(ts * 1000), before + 1))
+        proc = self.procs[key] = Proc(start, seen=ts)
+        self.incarnations[key] = start
+        return proc
 
     def _start_of(self, host: str, pid: int | None) -> int:
         """The start of pid's process as the table knows it now; 0 (already running) else."""
@@ -702,6 +790,7 @@ class AuditAssembler:
             self.report.used["LOGIN"] += 1
             return []
         if rec.type == "USER_AUTH" and f.get("res") in ("success", "yes", "1"):
+            self._current(host, pid, rec.ts)            # a new process on a reused pid forgets the old one's
             op = str(f.get("op") or "")
             self.auth[key] = "publickey" if "pubkey" in op else "password" if "authentication" in op else "other"
             # sshd built with audit support names the connection here (addr, rport), and the
@@ -713,7 +802,10 @@ class AuditAssembler:
         # (USER_START) from sshd is the login. One login per process, whichever comes first.
         is_login = rec.type == "USER_LOGIN" or (rec.type == "USER_START" and "session_open" in str(f.get("op"))
                                                  and "sshd" in str(f.get("exe") or ""))
-        if not is_login or f.get("res") not in ("success", "yes", "1") or key in self.logged_in:
+        if not is_login or f.get("res") not in ("success", "yes", "1"):
+            return []
+        proc = self._current(host, pid, rec.ts)
+        if key in self.logged_in:
             return []
         self.logged_in.add(key)
         peer = self._peer_of(host, pid)
@@ -726,12 +818,12 @@ class AuditAssembler:
                 else _int(authed.get("rport"), default=0) if authed.get("addr") == addr else 0)
         user = rec.enriched.get("ID") or f.get("acct") or authed.get("acct")
         uid = _int(f.get("id"))
+        if uid == 0:
+            user = "root"           # `ssh toor@host` is root's login, whatever the account is called
         if not user:
             user = str(uid) if uid is not None else None
         if not user:
             return []
-        proc = self.procs.get(key) or Proc(0, seen=rec.ts)
-        self.procs.setdefault(key, proc)
         ev = {"v": 1, "kind": "login", "host": host, "boot": self.boot(host), "ts": round(rec.ts, 6), "pid": pid,
               "start": proc.start, "user": user, "method": self.auth.get(key, "other"), "raddr": addr, "rport": port,
               "service": "sshd" if "sshd" in str(f.get("exe") or "") else str(f.get("exe") or "login")}
@@ -784,12 +876,15 @@ def _names(sc: Record, kind: str, passwd: dict[int, str] | None = None) -> dict[
         else (("UID", "uid", "user"), ("EUID", "euid", "euser"))
     for src, num, dst in pairs:
         v = e.get(src)
-        if v and v != "unset" and not v.startswith("unknown"):
+        uid = _int(f.get(num))
+        if uid == 0 and (v or passwd):
+            # uid 0 is root by the kernel's rules, whatever the host calls it: a passwd that names
+            # it `toor` first (getpwuid's answer, so auditd's too) must not make root a person
+            out[dst] = "root"
+        elif v and v != "unset" and not v.startswith("unknown"):
             out[dst] = v
-        elif passwd:
-            uid = _int(f.get(num))
-            if uid is not None and uid in passwd:
-                out[dst] = passwd[uid]
+        elif passwd and uid is not None and uid in passwd:
+            out[dst] = passwd[uid]
     return out
 
 
@@ -802,7 +897,9 @@ def passwd_names(text: str, source: str = "passwd") -> dict[int, str]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split(":")
-        if len(parts) >= 4 and parts[0] and parts[2].isdigit():
+        # ASCII digits only: str.isdigit() also takes "١٠٠١" (int() reads it as 1001, the host's
+        # getpwuid does not) and "²" (int() refuses it)
+        if len(parts) >= 4 and parts[0] and parts[2].isascii() and parts[2].isdigit() and len(parts[2]) < 12:
             names.setdefault(int(parts[2]), parts[0])     # the first name of a uid, as getpwuid gives
     if not names:
         raise ValueError(f"{source} has no passwd entries (name:x:uid:gid:...): give the logged host's "
@@ -830,7 +927,7 @@ def _is_ip(v) -> bool:
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in v else socket.AF_INET, v)
         return True
-    except OSError:
+    except (OSError, ValueError):      # ValueError: a NUL in the text (a log zeroed by a crash)
         return False
 
 
@@ -862,6 +959,7 @@ def import_lines(lines: Iterable[str], host: str, report: ImportReport | None = 
             continue
         report.records[rec.type] += 1
         yield from events(grouper.feed(rec))
+        report.mixed = grouper.mixed
     yield from events(grouper.flush())
     for ev in asm.loss_events():
         report.events["loss"] += 1
@@ -911,6 +1009,7 @@ class AuditTail:
                 continue
             self.report.records[rec.type] += 1
             out += self._events(self.grouper.feed(rec, time.monotonic()))
+            self.report.mixed = self.grouper.mixed
             if time.monotonic() >= deadline:
                 break
         # a quiet host: events that have had nothing new for a few seconds are complete

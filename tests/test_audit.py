@@ -32,8 +32,8 @@ def execve(serial, pid, ppid, args, uid=1001, euid=None, node=None, **kw):
     parts = " ".join(f'a{i}="{a}"' for i, a in enumerate(args))
     return [syscall(serial, "execve", 59, pid, ppid, uid=uid, euid=euid, comm=args[0], exe=f"/usr/bin/{args[0]}",
                     node=node, **kw),
-            rec("EXECVE", serial, f"argc={len(args)} {parts}", node=node),
-            rec("CWD", serial, 'cwd="/home/jim"', node=node)]
+            rec("EXECVE", serial, f"argc={len(args)} {parts}", node=node, t=kw.get("t")),      # one event, one time
+            rec("CWD", serial, 'cwd="/home/jim"', node=node, t=kw.get("t"))]
 
 
 def fork(serial, parent, child, **kw):
