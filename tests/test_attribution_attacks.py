@@ -500,3 +500,26 @@ def test_a_login_line_read_late_is_still_joined_by_its_session():
            H.exec(0.5, 600, ["sh", "job.sh"], uid=1000, auid=1000, ses=7, snapshot=True)]
     (tr,) = trace_one(ev, "rm -rf")
     assert tr.attributed.user == "jim"
+
+
+def test_uid_0_named_otherwise_by_the_host_is_still_root_and_no_person():
+    # A host's passwd may name uid 0 `toor` (BSD habit, or an attacker's extra line): the agent
+    # ships the host's names, and "toor" is neither root nor a shared account by name - so a
+    # root service, and an ssh login to it, named a person. uid 0 is root whatever it is called.
+    def as_toor(events):
+        for ev in events:
+            for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
+                if ev.get(uid_field) == 0 and name_field in ev:
+                    ev[name_field] = "toor"
+            if ev["kind"] == "login":
+                ev["uid"] = 0
+        return events
+    ev = as_toor([H.exec(0, 1, ["/sbin/init"], snapshot=True),
+                  H.fork(100, 600, 1), H.exec(100.01, 600, ["sh", "job.sh"]),
+                  H.fork(100.02, 610, 600), H.exec(100.03, 610, ["rm", "-rf", "/srv/data"])])
+    (tr,) = trace_one(ev, "rm -rf /srv")
+    assert tr.attributed.confidence == "unknown" and tr.attributed.account == "root", tr.attributed
+    ev = as_toor(ssh_session(H, 0, 200, "toor", 0, "203.0.113.7", 53122, None)
+                 + [H.fork(10, 210, 201), H.exec(10.01, 210, ["rm", "-rf", "/srv/data"], uid=0)])
+    (tr,) = trace_one(ev, "rm -rf /srv")
+    assert tr.attributed.confidence == "unknown" and tr.attributed.account == "root", tr.attributed

@@ -653,7 +653,10 @@ class Store:
 
     def _login(self, row) -> dict[str, Any]:
         keys = ("id", "proc", "ts", "user", "uid", "method", "key_fp", "raddr", "rport", "laddr", "lport", "ses")
-        return dict(zip(keys, row))
+        login = dict(zip(keys, row))
+        if login["uid"] == 0:
+            login["user"] = "root"      # uid 0 is root whatever a host's passwd calls it (`toor`)
+        return login
 
     def login_of(self, proc_id: int) -> dict[str, Any] | None:
         row = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l WHERE l.proc = ? ORDER BY l.ts LIMIT 1",

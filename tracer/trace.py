@@ -579,6 +579,8 @@ class Tracer:
     def _name(self, host_id: int, uid: int | None) -> str | None:
         if uid is None or uid == AUID_UNSET:
             return None
+        if uid == 0:
+            return "root"               # the kernel's root, whatever the host's passwd names it
         key = (host_id, uid)
         if key not in self._names:
             self._names[key] = self.store.user_name(host_id, uid) or f"uid {uid}"
