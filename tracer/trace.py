@@ -25,6 +25,9 @@ MAX_DEPTH = 256          # processes walked up on one host before giving up (cyc
 # A login open this long before a process began is not offered as its candidate on time alone
 # (a session id still joins it): it bounds the search, and a week-old session is weak evidence.
 OPEN_LOGIN_HORIZON = 14 * 86400.0
+# how long after a session's first process the agent may read its login's sshd log line: the
+# agent waits 30 s for a line to match its connection (Assembler.match_logins), plus margin
+LATE_LOGIN_LINE = 60.0
 
 
 @dataclass
@@ -375,7 +378,7 @@ class Tracer:
         first = min((q.fork_ts if q.fork_ts is not None else images[0].ts for q, images in walked
                      if q.fork_ts is not None or images), default=began)
         logins = [lg for lg in self.store.logins_by_session(p.boot, image.ses)
-                  if lg["ts"] <= began + 1 and self._same_account(carrier, image.auid, lg)
+                  if self._began_by(lg, began, p.boot) and self._same_account(carrier, image.auid, lg)
                   and not (self.session_ids_may_repeat(p.boot) and self._ended_before(lg, first))]
         if not logins:
             return None
@@ -396,6 +399,16 @@ class Tracer:
                         f"{login['user']}'s login by audit session {image.ses}{of}")
         rev.append(top)
         return login
+
+    def _began_by(self, login: dict[str, Any], t: float, boot: int) -> bool:
+        """Whether a login that shares a process's audit session may be that session's login
+        by time: it began by t (plus a second of clock rounding). On an agent's boot a session id
+        names one session only, and the agent dates a login when it reads sshd's log line - which
+        may come seconds after the session's first processes (journald under load) - so there
+        the login may be dated up to LATE_LOGIN_LINE after. Not more: the login's session id is
+        read from /proc when its line is read, and a much later line may name a reused pid."""
+        late = 1.0 if self.session_ids_may_repeat(boot) else LATE_LOGIN_LINE
+        return login["ts"] <= t + late
 
     def session_ids_may_repeat(self, boot: int) -> bool:
         """Whether one session id may name two sessions on this boot: an agent names a boot by
@@ -444,7 +457,7 @@ class Tracer:
             sessions[(p.boot, im.ses)] = p
             first = min((b for b in began.values() if b is not None), default=began[p.id])
             for lg in self.store.logins_by_session(p.boot, im.ses):
-                if lg["ts"] <= began[p.id] + 1 and self._same_account(p, im.auid, lg):
+                if self._began_by(lg, began[p.id], p.boot) and self._same_account(p, im.auid, lg):
                     if not (self.session_ids_may_repeat(p.boot) and self._ended_before(lg, first)):
                         add(lg, 4, f"same audit session {im.ses} as pid {p.pid}")
                         continue
