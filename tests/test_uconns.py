@@ -137,6 +137,15 @@ def test_an_accept_alone_names_its_client_by_peer_until_the_connect_says_otherwi
     assert row(store, "c-1")["client_proc"] == proc_id(store, 501) and row(store, "c-1")["path"] == SOCK
 
 
+def test_a_path_that_is_not_utf8_is_stored_as_shown_and_still_joins():
+    # a socket named with a byte that is not UTF-8 (surrogateescape, as the agent decodes paths)
+    connect = H.uconnect(1, 500, "/tmp/s\udcff", "c-\udcfe")
+    store = store_with([connect, H.uaccept(1.1, 400, "c-\udcfe"), connect])
+    assert store.counts()["uconns"] == 1
+    (c,) = store.unix_conns_of(proc_id(store, 500))
+    assert (c["path"], c["conn"], store.proc(c["server"]).pid) == ("/tmp/s\\xff", "c-\\xfe", 400)
+
+
 def test_a_peer_without_its_start_names_no_process():
     ev = H.uconnect(5, 500, SOCK, "c-1")
     ev["peer_pid"] = 400
@@ -309,3 +318,34 @@ def test_a_connection_whose_client_is_no_longer_needed_stays_unnamed_while_its_s
     assert store.find_proc("jump", "boot-1", 500, 500000) is None
     assert store.check() == []
     assert report.rows_removed >= 2                             # c-bob and c-carol among them
+
+
+# --- over a real collector ----------------------------------------------------------------
+
+def test_a_collector_joins_an_accept_and_its_connect_sent_in_separate_batches(tmp_path):
+    import gzip
+    import http.client
+    import json
+    from kit import collector_on
+    c, tokens = collector_on(str(tmp_path / "c.db"), hosts=("jump",))
+    try:
+        def post(events):
+            conn = http.client.HTTPConnection(*c.httpd.server_address[:2], timeout=30)
+            body = gzip.compress("".join(json.dumps(e) + "\n" for e in events).encode())
+            conn.request("POST", "/v1/events", body=body, headers={
+                "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip",
+                "Authorization": f"Bearer {tokens['jump']}"})
+            resp = conn.getresponse()
+            out = resp.status, json.loads(resp.read() or b"{}")
+            conn.close()
+            return out
+        accept, connect = _jim_attaches()[1], _jim_attaches()[0]
+        assert post([accept])[0] == 200
+        assert post([connect, {**connect, "conn": ""}])[0] == 200          # the bad one refused alone
+        assert post([connect, accept])[0] == 200                            # a resend
+        store = Store.open(c.store_path)
+        assert store.counts()["uconns"] == 1
+        assert row(store, "c-1")["client_proc"] == proc_id(store, 500) and store.check() == []
+        assert [r["field"] for r in store.rejects()] == ["conn"]
+    finally:
+        c.stop()
