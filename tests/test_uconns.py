@@ -97,6 +97,24 @@ def test_connect_and_accept_join_in_either_order(order):
                                  "server_uid": 1000, "snapshot": 0}
 
 
+def test_every_arrival_order_of_a_connections_events_gives_the_same_row():
+    # the agent's connect, a restarted agent's snapshot of it, the accept naming another pid for
+    # the client, and the accept resent: 24 orders, one row
+    events = [H.uconnect(10, 500, SOCK, "c-1", peer=(400, 400000)),
+              {**H.uconnect(100, 500, SOCK, "c-1", peer=(400, 400000)), "snapshot": True},
+              {**H.uaccept(10.5, 400, "c-1", peer=(501, 501000)), "path": SOCK + ".tmp", "peer_uid": 1001},
+              {**H.uaccept(10.5, 400, "c-1", peer=(501, 501000)), "path": SOCK + ".tmp", "peer_uid": 1001}]
+    rows = set()
+    for order in itertools.permutations(events):
+        store = store_with(list(order))
+        r = row(store, "c-1")
+        rows.add(tuple((k, store.proc(v).pid if k.endswith("_proc") else v) for k, v in r.items()))
+    assert len(rows) == 1, rows
+    assert dict(rows.pop()) == {"client_proc": 500, "server_proc": 400, "listener_proc": 400, "path": SOCK,
+                                "bound": SOCK + ".tmp", "ts_connect": T0 + 10, "ts_accept": T0 + 10.5,
+                                "client_uid": 1001, "server_uid": None, "snapshot": 0}
+
+
 def test_a_renamed_listener_keeps_the_path_connected_to_and_the_bound_name_in_either_order():
     # ssh's master binds a temporary name and renames it: the client connects to the final path
     conn = {**H.uconnect(1, 500, "/home/jim/.ssh/cm-prod", "c-1"), "bound": "/home/jim/.ssh/cm-prod.XXXX"}

@@ -7,6 +7,12 @@ logins (exact 4-tuple or, as the trace would infer, the address and port within 
 and the login of their audit session. That closure is why a shell opened 40 days ago, whose
 child ran `delete-cluster` yesterday, survives a 30-day horizon.
 
+Unix connections (uconns, issue 19) join the closure both ways: a kept client keeps the server
+and listener it connected to (the tmux session it attached to, the ssh master it asked), and a
+kept child of a server (a tmux pane's shell) keeps the clients connected while it ran - who was
+attached when a kept command was typed. A connection goes when none of its processes is kept;
+one whose client alone went stays, naming no client: someone was attached, no longer known who.
+
 Loss records before the horizon go too, but their counts are first added to a running total
 per host (meta `lost_pruned`), because `whodid_agent_lost_events_total` is a counter: what
 agents said they lost must never be seen to shrink.
