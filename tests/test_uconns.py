@@ -18,7 +18,7 @@ DAY = 86400.0
 
 def row(store, conn):
     cols = ("client_proc", "server_proc", "listener_proc", "path", "bound", "ts_connect", "ts_accept",
-            "client_uid", "server_uid", "snapshot")
+            "client_uid", "server_uid", "client_pid", "listener_pid", "snapshot")
     r = store.db.execute(f"SELECT {', '.join(cols)} FROM uconns WHERE conn = ?", [conn]).fetchone()
     return dict(zip(cols, r)) if r else None
 
@@ -94,7 +94,7 @@ def test_connect_and_accept_join_in_either_order(order):
     assert row(store, "c-1") == {"client_proc": proc_id(store, 500), "server_proc": proc_id(store, 400),
                                  "listener_proc": proc_id(store, 400), "path": SOCK, "bound": SOCK,
                                  "ts_connect": T0 + 10, "ts_accept": T0 + 10.001, "client_uid": 1001,
-                                 "server_uid": 1000, "snapshot": 0}
+                                 "server_uid": 1000, "client_pid": 500, "listener_pid": 400, "snapshot": 0}
 
 
 def test_every_arrival_order_of_a_connections_events_gives_the_same_row():
@@ -112,7 +112,8 @@ def test_every_arrival_order_of_a_connections_events_gives_the_same_row():
     assert len(rows) == 1, rows
     assert dict(rows.pop()) == {"client_proc": 500, "server_proc": 400, "listener_proc": 400, "path": SOCK,
                                 "bound": SOCK + ".tmp", "ts_connect": T0 + 10, "ts_accept": T0 + 10.5,
-                                "client_uid": 1001, "server_uid": None, "snapshot": 0}
+                                "client_uid": 1001, "server_uid": None, "client_pid": 501, "listener_pid": 400,
+                                "snapshot": 0}
 
 
 def test_a_renamed_listener_keeps_the_path_connected_to_and_the_bound_name_in_either_order():
@@ -168,7 +169,7 @@ def test_a_peer_without_its_start_names_no_process():
     ev = H.uconnect(5, 500, SOCK, "c-1")
     ev["peer_pid"] = 400
     store = store_with([ev])
-    assert row(store, "c-1")["listener_proc"] is None
+    assert row(store, "c-1")["listener_proc"] is None and row(store, "c-1")["listener_pid"] == 400
     assert store.find_proc("jump", "boot-1", 400, 400000) is None
 
 

@@ -228,9 +228,11 @@ STEPS.append((11, """
 -- path is what the client connected to (an abstract name as "@name"), else the uaccept's bound
 -- name. bound is the listener's bound name when known. The connection lasts as long as its
 -- client process (no close event): the client's exit ends it. client_uid and server_uid are
--- the peers' uids as SO_PEERCRED gave them. snapshot = 1 while every event of it came from
--- the agent's start-up scan (sock_diag): its times are when the agent found it, not when it
--- was made.
+-- the peers' uids as SO_PEERCRED gave them, client_pid and listener_pid their pids as the
+-- agent's pid namespace saw them (kept when no start came to name the process). snapshot = 1
+-- while every event of it came from the agent's start-up scan (sock_diag): its times are when
+-- the agent found it, not when it was made. Retention (tracer/retention.py) drops a row when
+-- none of its processes is kept, and forgets (NULLs) a pruned one of a row it keeps.
 CREATE TABLE uconns (
     id INTEGER PRIMARY KEY,
     boot INTEGER NOT NULL REFERENCES boots(id),
@@ -241,6 +243,7 @@ CREATE TABLE uconns (
     path TEXT, bound TEXT,
     ts_connect REAL, ts_accept REAL,
     client_uid INTEGER, server_uid INTEGER,
+    client_pid INTEGER, listener_pid INTEGER,
     snapshot INTEGER NOT NULL DEFAULT 0,
     UNIQUE (boot, conn)
 );

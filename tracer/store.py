@@ -116,7 +116,7 @@ def _shown_event(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 UCONN_COLS = ("client_proc", "server_proc", "listener_proc", "path", "bound", "ts_connect", "ts_accept",
-              "client_uid", "server_uid", "snapshot")
+              "client_uid", "server_uid", "client_pid", "listener_pid", "snapshot")
 
 
 def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer: int | None) -> dict[str, Any]:
@@ -127,6 +127,8 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
     - the server is the uaccept's process, the listener the uconnect's peer;
     - path is what the client connected to, else the uaccept's bound name; bound is the
       uconnect's `bound`, else the uaccept's path (both name the listener's bound name);
+    - the peers' uids and pids are what SO_PEERCRED said (the uconnect's of the listener,
+      the uaccept's of the client), a pid kept even when no start came to name its process;
     - a time is the earliest reported for its side (a snapshot's is when it was found: later);
     - snapshot holds while every event of the connection was one."""
     row = dict(old) if old else dict.fromkeys(UCONN_COLS)
@@ -140,6 +142,7 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
         row["bound"] = ev.get("bound", row["bound"])
         row["ts_connect"] = ts if row["ts_connect"] is None else min(row["ts_connect"], ts)
         row["server_uid"] = ev.get("peer_uid", row["server_uid"])
+        row["listener_pid"] = ev.get("peer_pid", row["listener_pid"])
     else:
         row["server_proc"] = proc
         if row["ts_connect"] is None and peer is not None:     # no uconnect yet: its word wins
@@ -150,6 +153,7 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
             row["bound"] = ev.get("path")
         row["ts_accept"] = ts if row["ts_accept"] is None else min(row["ts_accept"], ts)
         row["client_uid"] = ev.get("peer_uid", row["client_uid"])
+        row["client_pid"] = ev.get("peer_pid", row["client_pid"])
     return row
 
 
@@ -792,10 +796,11 @@ class Store:
                                [addr, port, t0, t1, *servers]).fetchone() is not None
 
     UCONN_READ = ("SELECT u.conn, u.client_proc, u.server_proc, u.listener_proc, u.path, u.bound, u.ts_connect, "
-                  "u.ts_accept, coalesce(u.ts_connect, u.ts_accept), p.exit_ts, u.client_uid, u.server_uid, u.snapshot "
+                  "u.ts_accept, coalesce(u.ts_connect, u.ts_accept), p.exit_ts, u.client_uid, u.server_uid, u.client_pid, "
+                  "u.listener_pid, u.snapshot "
                   "FROM uconns u LEFT JOIN procs p ON p.id = u.client_proc")
     UCONN_KEYS = ("conn", "client", "server", "listener", "path", "bound", "ts_connect", "ts_accept", "since",
-                  "until", "client_uid", "server_uid", "snapshot")
+                  "until", "client_uid", "server_uid", "client_pid", "listener_pid", "snapshot")
 
     def _uconn(self, row) -> dict[str, Any]:
         out = dict(zip(self.UCONN_KEYS, row))
