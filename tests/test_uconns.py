@@ -324,19 +324,28 @@ def test_retention_keeps_the_server_of_a_kept_client():
     assert store.check() == []
 
 
-def test_a_connection_whose_client_is_no_longer_needed_stays_unnamed_while_its_server_is_kept():
-    # jim's client left before the pane shell began: nothing kept needs to name it
+def test_a_connection_goes_with_its_client_even_while_its_server_is_kept():
+    # jim's client left before the pane shell began: nothing kept needs it, and a row without
+    # its client could not say when it ended (it would seem attached for ever)
     events = [e for e in _old_session() if e.get("pid") != 410 and e.get("ppid") != 410 and e.get("pid") != 420]
     events += [H.fork(2 * DAY + 1, 410, 400), H.exec(2 * DAY + 1, 410, ["-bash"], uid=1000),
                H.fork(59 * DAY, 420, 410), H.exec(59 * DAY, 420, ["rm", "-rf", "/data"], uid=1000), H.exit(59 * DAY + 1, 420)]
     store = store_with(events)
     report = store.prune(HORIZON, now=NOW, dry_run=True)
+    assert store.counts()["uconns"] == 3
     store.prune(HORIZON, now=NOW)
-    (c,) = store.unix_clients(proc_id(store, 400), T0, NOW)
-    assert c["conn"] == "c-jim" and c["client"] is None        # someone was attached, no longer known who
+    assert store.unix_clients(proc_id(store, 400), T0, NOW) == [] and store.counts()["uconns"] == 0
     assert store.find_proc("jump", "boot-1", 500, 500000) is None
+    assert store.find_proc("jump", "boot-1", 400, 400000) is not None
     assert store.check() == []
-    assert report.rows_removed >= 2                             # c-bob and c-carol among them
+    assert report.rows_removed == 3 + 5                         # the connections, and the execs of the 5 gone processes
+
+
+def test_an_accept_whose_client_is_unknown_counts_only_in_a_window_it_began_in():
+    store = store_with([H.exec(1, 400, ["tmux", "new"], uid=1000), H.uaccept(10, 400, "c-?")])
+    server = proc_id(store, 400)
+    assert [c["client"] for c in store.unix_clients(server, T0 + 5, T0 + 15)] == [None]
+    assert store.unix_clients(server, T0 + 50, T0 + 50) == []       # not attached for ever
 
 
 # --- over a real collector ----------------------------------------------------------------

@@ -231,8 +231,8 @@ STEPS.append((11, """
 -- the peers' uids as SO_PEERCRED gave them, client_pid and listener_pid their pids as the
 -- agent's pid namespace saw them (kept when no start came to name the process). snapshot = 1
 -- while every event of it came from the agent's start-up scan (sock_diag): its times are when
--- the agent found it, not when it was made. Retention (tracer/retention.py) drops a row when
--- none of its processes is kept, and forgets (NULLs) a pruned one of a row it keeps.
+-- the agent found it, not when it was made. Retention (tracer/retention.py) drops a row with
+-- its client, or once none of its processes is kept when no client is known.
 CREATE TABLE uconns (
     id INTEGER PRIMARY KEY,
     boot INTEGER NOT NULL REFERENCES boots(id),

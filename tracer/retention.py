@@ -10,8 +10,9 @@ child ran `delete-cluster` yesterday, survives a 30-day horizon.
 Unix connections (uconns, issue 19) join the closure both ways: a kept client keeps the server
 and listener it connected to (the tmux session it attached to, the ssh master it asked), and a
 kept child of a server (a tmux pane's shell) keeps the clients connected while it ran - who was
-attached when a kept command was typed. A connection goes when none of its processes is kept;
-one whose client alone went stays, naming no client: someone was attached, no longer known who.
+attached when a kept command was typed. A connection goes with its client (its end is the
+client's exit: without it the connection would seem open for ever), or, when no client is
+known, once none of its processes is kept.
 
 Loss records before the horizon go too, but their counts are first added to a running total
 per host (meta `lost_pruned`), because `whodid_agent_lost_events_total` is a counter: what
@@ -132,17 +133,19 @@ def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneRepo
     return report
 
 
-# a unix connection none of whose processes is kept
-UCONN_GONE = " AND ".join(f"coalesce({col} NOT IN (SELECT id FROM temp.keep), 1)"
-                          for col in ("client_proc", "server_proc", "listener_proc"))
+# a unix connection none of whose processes is kept, or whose client is not: a connection lasts
+# as long as its client, so without the client it would seem open for ever
+UCONN_GONE = ("client_proc NOT IN (SELECT id FROM temp.keep) OR " +
+              " AND ".join(f"coalesce({col} NOT IN (SELECT id FROM temp.keep), 1)"
+                           for col in ("client_proc", "server_proc", "listener_proc")))
 
 
 def _prune_uconns(db) -> int:
-    """Unix connections go when all their processes go. One kept with another gone (a client
-    not needed by any kept command, an accept whose listener went) keeps the row, naming the
-    gone process no more: an unknown process was connected, which a trace may still say."""
+    """Unix connections go with their client, or with all their processes when no client is
+    known. A kept client keeps its server and listener (CLOSE), so a kept row loses at most the
+    listener of an accept whose client was never named: that column then names nothing."""
     removed = db.execute(f"DELETE FROM uconns WHERE {UCONN_GONE}").rowcount
-    for col in ("client_proc", "server_proc", "listener_proc"):
+    for col in ("server_proc", "listener_proc"):
         db.execute(f"UPDATE uconns SET {col} = NULL WHERE {col} NOT IN (SELECT id FROM temp.keep)")
     return removed
 

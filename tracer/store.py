@@ -812,12 +812,13 @@ class Store:
         on - open at some time between t0 and t1, earliest first: each client connected to a
         tmux or screen server then, or each ssh client that asked a master for a session. A
         connection lasts from its connect (else its accept) to its client's exit (`until`; None:
-        no exit recorded, it may still be open). A connection whose accept alone is known has no
-        client (None) unless the accept named it."""
+        no exit recorded, it may still be open). An accept whose client is not known (no
+        uconnect, no peer named) has no end either: it counts only in a window it began in."""
         rows = self.db.execute(
             f"{self.UCONN_READ} WHERE u.id IN (SELECT id FROM uconns WHERE server_proc = ?1 "
             "UNION SELECT id FROM uconns WHERE listener_proc = ?1) "
-            "AND coalesce(u.ts_connect, u.ts_accept) <= ?3 AND (p.exit_ts IS NULL OR p.exit_ts >= ?2) "
+            "AND coalesce(u.ts_connect, u.ts_accept) <= ?3 AND CASE WHEN u.client_proc IS NULL "
+            "THEN coalesce(u.ts_connect, u.ts_accept) >= ?2 ELSE p.exit_ts IS NULL OR p.exit_ts >= ?2 END "
             "ORDER BY coalesce(u.ts_connect, u.ts_accept), u.id", [server_proc, t0, t1])
         return [self._uconn(r) for r in rows]
 
