@@ -52,6 +52,20 @@ class Host:
         return self._ev("connect", ts, pid=pid, start=pid * 1000, laddr=laddr or self.addr, lport=lport,
                         raddr=raddr, rport=rport)
 
+    def uconnect(self, ts, pid, path, conn, peer=None, start=None, **extra):
+        """pid connects to the unix socket at path; peer = (pid, start) of its listener."""
+        ev = self._ev("uconnect", ts, pid=pid, start=start or pid * 1000, path=path, conn=conn, **extra)
+        if peer:
+            ev.update(peer_pid=peer[0], peer_start=peer[1])
+        return ev
+
+    def uaccept(self, ts, pid, conn, peer=None, start=None, **extra):
+        """pid (a server) accepts connection conn; peer = (pid, start) of its client."""
+        ev = self._ev("uaccept", ts, pid=pid, start=start or pid * 1000, conn=conn, **extra)
+        if peer:
+            ev.update(peer_pid=peer[0], peer_start=peer[1])
+        return ev
+
     def file(self, ts, pid, op, path, **extra):
         return self._ev("file", ts, pid=pid, start=pid * 1000, op=op, path=path, **extra)
 

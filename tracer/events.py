@@ -23,7 +23,8 @@ SCHEMA_VERSION = 1
 # start tick: the store's restart join (see Store._proc_id) applies to no such boot.
 AUDIT_BOOT_PREFIX = "audit:"
 
-PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "file"})
+PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "file",
+                           "uconnect", "uaccept"})
 
 FILE_OPS = frozenset({"write", "create", "rename", "unlink", "chmod", "chown", "truncate", "mkdir", "rmdir"})
 # An agent's run, told in `host` events (docs/events.md): start, a heartbeat while running, a
@@ -46,6 +47,11 @@ PROCESS = {"pid": ("uint", True), "start": ("uint", True)}
 NAMES = {"user": ("str", False), "euser": ("str", False), "auser": ("str", False),
          "group": ("str", False), "egroup": ("str", False)}
 SOCKET = {"laddr": ("addr", True), "lport": ("port", True), "raddr": ("addr", True), "rport": ("port", True)}
+# A unix stream connection's other end, as SO_PEERCRED gives it (the listener for a uconnect,
+# the client for a uaccept), and whether the agent found the connection already made at its
+# start (sock_diag) rather than saw it being made.
+UPEER = {"peer_pid": ("uint", False), "peer_start": ("uint", False), "peer_uid": ("uint", False),
+         "snapshot": ("bool", False)}
 
 SPEC: dict[str, dict[str, tuple[str, bool]]] = {
     "host": {"addrs": ("addrs", False), "os": ("str", False), "agent": ("str", False),
@@ -70,6 +76,9 @@ SPEC: dict[str, dict[str, tuple[str, bool]]] = {
               "service": ("str", False), "ses": ("uint", False), "tty": ("str", False)},
     "connect": {**PROCESS, **SOCKET},
     "accept": {**PROCESS, **SOCKET},
+    # `conn` pairs a connect with its accept: unique per host and boot, opaque to all but the agent
+    "uconnect": {**PROCESS, "path": ("str", True), "bound": ("str", False), "conn": ("str", True), **UPEER},
+    "uaccept": {**PROCESS, "conn": ("str", True), "path": ("str", False), **UPEER},
     "file": {**PROCESS, "op": ("str", True), "path": ("str", True), "path2": ("str", False),
              "mode": ("uint", False), "uid": ("uint", False), "gid": ("uint", False),
              "euid": ("uint", False), "euser": ("str", False)},
@@ -82,6 +91,7 @@ _FIELDS = {kind: tuple((name, ftype, req) for fields in (COMMON, spec) for name,
 AUID_UNSET = 4294967295  # the kernel's "no login uid" ((uid_t)-1)
 MAX_STR = 8192
 MAX_ARGV = 1024
+MAX_CONN = 256      # a unix connection's id: the agent's is "<hex sk>-<ts_ns>", some 35 characters
 # What an SQLite INTEGER holds: a bigger number would fail at insert time, inside the
 # collector's group commit, and take other hosts' batches down with it.
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
@@ -250,9 +260,27 @@ def parse_event(obj: Any) -> dict[str, Any]:
         raise EventError("state", f"unknown run state {out['state']!r}; expected one of {', '.join(sorted(RUN_STATES))}")
     if kind == "host" and "run" in out and not out["run"]:
         raise EventError("run", "must not be empty")
+    if kind in ("uconnect", "uaccept"):
+        _check_unix(kind, out)
     if kind == "login" and out["method"] not in LOGIN_METHODS:
         raise EventError("method", f"unknown login method {out['method']!r}; expected one of {', '.join(sorted(LOGIN_METHODS))}")
     return out
+
+
+def _check_unix(kind: str, out: dict[str, Any]) -> None:
+    """What a unix connection event must say beyond its fields' types: a connection id that can
+    pair it (the store keys on it), a path that names a socket (an abstract name is "@" + name,
+    so never empty), and a peer's start only with the pid it qualifies."""
+    if not out["conn"]:
+        raise EventError("conn", "must not be empty: it pairs a uconnect with its uaccept")
+    if len(out["conn"]) > MAX_CONN:
+        raise EventError("conn", f"longer than {MAX_CONN} characters; it is an id, not data")
+    if "path" in out and not out["path"]:
+        raise EventError("path", 'must not be empty (an abstract name is "@" followed by the name)')
+    if "bound" in out and not out["bound"]:
+        raise EventError("bound", "must not be empty; leave it out when the listener's name is `path`")
+    if "peer_start" in out and "peer_pid" not in out:
+        raise EventError("peer_start", "given without peer_pid: a start names a process only with its pid")
 
 
 def decode_line(line: str | bytes) -> dict[str, Any]:

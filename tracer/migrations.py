@@ -219,4 +219,39 @@ CREATE INDEX agent_runs_first ON agent_runs (host, first);
 CREATE INDEX agent_runs_last ON agent_runs (host, last)
 """))
 
+STEPS.append((11, """
+-- Unix stream connections to watched sockets (uconnect/uaccept events, issue 19): one row per
+-- connection, its two events joined on (boot, conn) in whichever order they arrive (a resend
+-- changes nothing). client_proc connected, server_proc accepted, listener_proc called listen()
+-- (SO_PEERCRED of the client's socket: the server for tmux and screen, the master for ssh).
+-- Each is NULL until an event names it: client_proc from the uconnect, else the uaccept's peer.
+-- path is what the client connected to (an abstract name as "@name"), else the uaccept's bound
+-- name. bound is the listener's bound name when known. The connection lasts as long as its
+-- client process (no close event): the client's exit ends it. client_uid and server_uid are
+-- the peers' uids as SO_PEERCRED gave them, client_pid and listener_pid their pids as the
+-- agent's pid namespace saw them (kept when no start came to name the process). snapshot = 1
+-- while every event of it came from the agent's start-up scan (sock_diag): its times are when
+-- the agent found it, not when it was made. Retention (tracer/retention.py) drops a row with
+-- its client, or once none of its processes is kept when no client is known.
+CREATE TABLE uconns (
+    id INTEGER PRIMARY KEY,
+    boot INTEGER NOT NULL REFERENCES boots(id),
+    conn TEXT NOT NULL,
+    client_proc INTEGER REFERENCES procs(id),
+    server_proc INTEGER REFERENCES procs(id),
+    listener_proc INTEGER REFERENCES procs(id),
+    path TEXT, bound TEXT,
+    ts_connect REAL, ts_accept REAL,
+    client_uid INTEGER, server_uid INTEGER,
+    client_pid INTEGER, listener_pid INTEGER,
+    snapshot INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (boot, conn)
+);
+-- "who was connected to this server then" (tmux/screen attach, an ssh master's mux clients)
+CREATE INDEX uconns_server ON uconns (server_proc) WHERE server_proc IS NOT NULL;
+CREATE INDEX uconns_listener ON uconns (listener_proc) WHERE listener_proc IS NOT NULL;
+-- "which sockets did this client connect to"
+CREATE INDEX uconns_client ON uconns (client_proc) WHERE client_proc IS NOT NULL
+"""))
+
 LATEST = STEPS[-1][0]

@@ -7,6 +7,13 @@ logins (exact 4-tuple or, as the trace would infer, the address and port within 
 and the login of their audit session. That closure is why a shell opened 40 days ago, whose
 child ran `delete-cluster` yesterday, survives a 30-day horizon.
 
+Unix connections (uconns, issue 19) join the closure both ways: a kept client keeps the server
+and listener it connected to (the tmux session it attached to, the ssh master it asked), and a
+kept child of a server (a tmux pane's shell) keeps the clients connected while it ran - who was
+attached when a kept command was typed. A connection goes with its client (its end is the
+client's exit: without it the connection would seem open for ever), or, when no client is
+known, once none of its processes is kept.
+
 Loss records before the horizon go too, but their counts are first added to a running total
 per host (meta `lost_pruned`), because `whodid_agent_lost_events_total` is a counter: what
 agents said they lost must never be seen to shrink.
@@ -30,6 +37,10 @@ SEED = [
     "INSERT OR IGNORE INTO temp.keep SELECT proc FROM conns WHERE ts >= :h",
     "INSERT OR IGNORE INTO temp.keep SELECT proc FROM files WHERE ts >= :h",
     "INSERT OR IGNORE INTO temp.keep SELECT proc FROM pins WHERE until > :now",
+    # a unix connection made or accepted since: both its ends (the procs named in it)
+    "INSERT OR IGNORE INTO temp.keep SELECT p FROM (SELECT client_proc p, ts_connect t1, ts_accept t2 FROM uconns "
+    "UNION ALL SELECT server_proc, ts_connect, ts_accept FROM uconns "
+    "UNION ALL SELECT listener_proc, ts_connect, ts_accept FROM uconns) WHERE p IS NOT NULL AND (t1 >= :h OR t2 >= :h)",
 ]
 
 CLOSE = [
@@ -45,6 +56,18 @@ CLOSE = [
     "INSERT OR IGNORE INTO temp.keep SELECT c.proc FROM logins l JOIN temp.keep k ON k.id = l.proc "
     "JOIN conns c ON c.dir = 'connect' AND c.raddr = l.laddr AND c.rport = l.lport "
     f"AND c.ts BETWEEN l.ts - {HOP_SLACK} AND l.ts + {HOP_SLACK}",
+    # the server and listener of a kept client's unix connections: the tmux or screen session it
+    # attached to, the ssh master it asked for a session (and, by the ancestors rule, their chains)
+    "INSERT OR IGNORE INTO temp.keep SELECT s FROM (SELECT u.server_proc s FROM uconns u JOIN temp.keep k "
+    "ON k.id = u.client_proc UNION ALL SELECT u.listener_proc FROM uconns u JOIN temp.keep k ON k.id = u.client_proc) "
+    "WHERE s IS NOT NULL",
+    # the clients connected to a kept server while a kept child of it ran (a tmux pane's shell):
+    # who was attached when a kept command ran in the session
+    "INSERT OR IGNORE INTO temp.keep SELECT u.client_proc FROM uconns u JOIN procs ch "
+    "ON ch.parent IN (u.server_proc, u.listener_proc) JOIN temp.keep k ON k.id = ch.id "
+    "LEFT JOIN procs cl ON cl.id = u.client_proc WHERE u.client_proc IS NOT NULL "
+    "AND coalesce(ch.fork_ts, -1e300) <= coalesce(cl.exit_ts, 1e300) "
+    "AND coalesce(ch.exit_ts, 1e300) >= coalesce(u.ts_connect, u.ts_accept)",
     # the login of a kept process's audit session, when its parent chain was not recorded
     "INSERT OR IGNORE INTO temp.keep SELECT l.proc FROM execs e JOIN temp.keep k ON k.id = e.proc "
     "JOIN procs ep ON ep.id = e.proc JOIN logins l ON l.ses = e.ses JOIN procs lp ON lp.id = l.proc "
@@ -59,7 +82,7 @@ class PruneReport:
     horizon: float
     procs_kept: int = 0
     procs_removed: int = 0
-    rows_removed: int = 0            # execs, creds, logins, conns, files and losses
+    rows_removed: int = 0            # execs, creds, logins, conns, files, uconns and losses
     dry_run: bool = False
 
     def summary(self) -> str:
@@ -90,10 +113,12 @@ def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneRepo
                 report.rows_removed += db.execute(
                     f"SELECT count(*) FROM {table} WHERE proc NOT IN (SELECT id FROM temp.keep)").fetchone()[0]
             report.rows_removed += db.execute("SELECT count(*) FROM losses WHERE ts < ?", [horizon]).fetchone()[0]
+            report.rows_removed += db.execute(f"SELECT count(*) FROM uconns WHERE {UCONN_GONE}").fetchone()[0]
         else:
             for table in TABLES:
                 report.rows_removed += db.execute(
                     f"DELETE FROM {table} WHERE proc NOT IN (SELECT id FROM temp.keep)").rowcount
+            report.rows_removed += _prune_uconns(db)
             _keep_lost_counts(store, horizon)
             report.rows_removed += db.execute("DELETE FROM losses WHERE ts < ?", [horizon]).rowcount
             _prune_runs(db, horizon)
@@ -106,6 +131,23 @@ def prune(store, horizon: float, now: float, dry_run: bool = False) -> PruneRepo
     if not dry_run:
         store._check_generation()
     return report
+
+
+# a unix connection none of whose processes is kept, or whose client is not: a connection lasts
+# as long as its client, so without the client it would seem open for ever
+UCONN_GONE = ("client_proc NOT IN (SELECT id FROM temp.keep) OR " +
+              " AND ".join(f"coalesce({col} NOT IN (SELECT id FROM temp.keep), 1)"
+                           for col in ("client_proc", "server_proc", "listener_proc")))
+
+
+def _prune_uconns(db) -> int:
+    """Unix connections go with their client, or with all their processes when no client is
+    known. A kept client keeps its server and listener (CLOSE), so a kept row loses at most the
+    listener of an accept whose client was never named: that column then names nothing."""
+    removed = db.execute(f"DELETE FROM uconns WHERE {UCONN_GONE}").rowcount
+    for col in ("server_proc", "listener_proc"):
+        db.execute(f"UPDATE uconns SET {col} = NULL WHERE {col} NOT IN (SELECT id FROM temp.keep)")
+    return removed
 
 
 def _prune_runs(db, horizon: float) -> None:

@@ -115,6 +115,48 @@ def _shown_event(ev: dict[str, Any]) -> dict[str, Any]:
     return {k: shown(v) if isinstance(v, str) and not v.isascii() else v for k, v in ev.items()}
 
 
+UCONN_COLS = ("client_proc", "server_proc", "listener_proc", "path", "bound", "ts_connect", "ts_accept",
+              "client_uid", "server_uid", "client_pid", "listener_pid", "snapshot")
+
+
+def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer: int | None) -> dict[str, Any]:
+    """A unix connection's row after one more of its events (`proc` its process, `peer` the
+    process its peer_pid/peer_start name). Each column is a function of the set of events, so
+    the row is the same whichever arrives first and a resend changes nothing:
+    - the client is the uconnect's process; the uaccept's peer only until the uconnect comes;
+    - the server is the uaccept's process, the listener the uconnect's peer;
+    - path is what the client connected to, else the uaccept's bound name; bound is the
+      uconnect's `bound`, else the uaccept's path (both name the listener's bound name);
+    - the peers' uids and pids are what SO_PEERCRED said (the uconnect's of the listener,
+      the uaccept's of the client), a pid kept even when no start came to name its process;
+    - a time is the earliest reported for its side (a snapshot's is when it was found: later);
+    - snapshot holds while every event of the connection was one."""
+    row = dict(old) if old else dict.fromkeys(UCONN_COLS)
+    snap = int(bool(ev.get("snapshot")))
+    row["snapshot"] = snap if old is None else int(bool(row["snapshot"]) and bool(snap))
+    ts = ev["ts"]
+    if ev["kind"] == "uconnect":
+        row["client_proc"] = proc
+        row["listener_proc"] = peer if peer is not None else row["listener_proc"]
+        row["path"] = ev["path"]
+        row["bound"] = ev.get("bound", row["bound"])
+        row["ts_connect"] = ts if row["ts_connect"] is None else min(row["ts_connect"], ts)
+        row["server_uid"] = ev.get("peer_uid", row["server_uid"])
+        row["listener_pid"] = ev.get("peer_pid", row["listener_pid"])
+    else:
+        row["server_proc"] = proc
+        if row["ts_connect"] is None and peer is not None:     # no uconnect yet: its word wins
+            row["client_proc"] = peer
+        if row["path"] is None:
+            row["path"] = ev.get("path")
+        if row["bound"] is None:
+            row["bound"] = ev.get("path")
+        row["ts_accept"] = ts if row["ts_accept"] is None else min(row["ts_accept"], ts)
+        row["client_uid"] = ev.get("peer_uid", row["client_uid"])
+        row["client_pid"] = ev.get("peer_pid", row["client_pid"])
+    return row
+
+
 class Store:
     def __init__(self, db: sqlite_utils.Database, path: str):
         self.db = db
@@ -330,6 +372,8 @@ class Store:
             new += c.execute("INSERT OR IGNORE INTO conns VALUES (?, ?, ?, ?, ?, ?, ?)",
                              [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"],
                               ev["rport"]]).rowcount
+        elif kind in ("uconnect", "uaccept"):
+            new += self._write_uconn(c, boot, proc, ev)
         elif kind == "file":
             new += c.execute("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              [proc, ts, ev["op"], ev["path"], ev.get("path2"), ev.get("mode"),
@@ -337,6 +381,27 @@ class Store:
             if "euser" in ev and "euid" in ev:
                 names[(host, ev["euid"])] = ev["euser"]
         return new
+
+    def _write_uconn(self, c, boot: int, proc: int, ev: dict[str, Any]) -> int:
+        """A unix connection's uconnect or uaccept, joined with what is stored of it (its other
+        event may have come first: merge_uconn). Returns 1 when the row is new or changed."""
+        peer = None
+        if "peer_pid" in ev and "peer_start" in ev:
+            peer = self._proc_id(boot, ev["peer_pid"], ev["peer_start"], ev["ts"])
+        row = c.execute(f"SELECT id, {', '.join(UCONN_COLS)} FROM uconns WHERE boot = ? AND conn = ?",
+                        [boot, ev["conn"]]).fetchone()
+        old = dict(zip(UCONN_COLS, row[1:])) if row else None
+        merged = merge_uconn(old, ev, proc, peer)
+        if merged == old:
+            return 0
+        if row is None:
+            c.execute(f"INSERT INTO uconns (boot, conn, {', '.join(UCONN_COLS)}) "
+                      f"VALUES (?, ?, {', '.join('?' * len(UCONN_COLS))})",
+                      [boot, ev["conn"], *(merged[k] for k in UCONN_COLS)])
+        else:
+            c.execute(f"UPDATE uconns SET {', '.join(k + ' = ?' for k in UCONN_COLS)} WHERE id = ?",
+                      [*(merged[k] for k in UCONN_COLS), row[0]])
+        return 1
 
     def _write_run(self, c, host: int, ev: dict[str, Any]) -> int:
         """A mark of an agent run (start, heartbeat, stop): the run's first and last marks widen to
@@ -730,6 +795,39 @@ class Store:
         return self.db.execute(f"SELECT 1 FROM logins WHERE raddr = ? AND rport = ? AND ts BETWEEN ? AND ?{only} LIMIT 1",
                                [addr, port, t0, t1, *servers]).fetchone() is not None
 
+    UCONN_READ = ("SELECT u.conn, u.client_proc, u.server_proc, u.listener_proc, u.path, u.bound, u.ts_connect, "
+                  "u.ts_accept, coalesce(u.ts_connect, u.ts_accept), p.exit_ts, u.client_uid, u.server_uid, u.client_pid, "
+                  "u.listener_pid, u.snapshot "
+                  "FROM uconns u LEFT JOIN procs p ON p.id = u.client_proc")
+    UCONN_KEYS = ("conn", "client", "server", "listener", "path", "bound", "ts_connect", "ts_accept", "since",
+                  "until", "client_uid", "server_uid", "client_pid", "listener_pid", "snapshot")
+
+    def _uconn(self, row) -> dict[str, Any]:
+        out = dict(zip(self.UCONN_KEYS, row))
+        out["snapshot"] = bool(out["snapshot"])
+        return out
+
+    def unix_clients(self, server_proc: int, t0: float, t1: float) -> list[dict[str, Any]]:
+        """The unix connections to a server process - accepted by it, or to a socket it listens
+        on - open at some time between t0 and t1, earliest first: each client connected to a
+        tmux or screen server then, or each ssh client that asked a master for a session. A
+        connection lasts from its connect (else its accept) to its client's exit (`until`; None:
+        no exit recorded, it may still be open). An accept whose client is not known (no
+        uconnect, no peer named) has no end either: it counts only in a window it began in."""
+        rows = self.db.execute(
+            f"{self.UCONN_READ} WHERE u.id IN (SELECT id FROM uconns WHERE server_proc = ?1 "
+            "UNION SELECT id FROM uconns WHERE listener_proc = ?1) "
+            "AND coalesce(u.ts_connect, u.ts_accept) <= ?3 AND CASE WHEN u.client_proc IS NULL "
+            "THEN coalesce(u.ts_connect, u.ts_accept) >= ?2 ELSE p.exit_ts IS NULL OR p.exit_ts >= ?2 END "
+            "ORDER BY coalesce(u.ts_connect, u.ts_accept), u.id", [server_proc, t0, t1])
+        return [self._uconn(r) for r in rows]
+
+    def unix_conns_of(self, client_proc: int) -> list[dict[str, Any]]:
+        """The unix connections a process made (as their client), earliest first."""
+        rows = self.db.execute(f"{self.UCONN_READ} WHERE u.client_proc = ? "
+                               "ORDER BY coalesce(u.ts_connect, u.ts_accept), u.id", [client_proc])
+        return [self._uconn(r) for r in rows]
+
     def hosts_with_addr(self, addr: str) -> list[int]:
         """Hosts known to own addr: announced in a host event, or seen as a connect's local end."""
         ids = {r[0] for r in self.db.execute(
@@ -1000,7 +1098,7 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("hosts", "procs", "execs", "creds", "logins", "conns", "files", "losses")}
+                for t in ("hosts", "procs", "execs", "creds", "logins", "conns", "files", "losses", "uconns")}
 
     def time_range(self) -> tuple[float | None, float | None]:
         return tuple(self.db.execute("SELECT min(first_ts), max(last_ts) FROM hosts").fetchone())
@@ -1016,6 +1114,8 @@ class Store:
             "login": "SELECT b.host, count(*) FROM logins x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
             "connect": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'connect' GROUP BY 1",
             "accept": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'accept' GROUP BY 1",
+            "uconnect": "SELECT b.host, count(*) FROM uconns x JOIN boots b ON b.id = x.boot WHERE x.ts_connect IS NOT NULL GROUP BY 1",
+            "uaccept": "SELECT b.host, count(*) FROM uconns x JOIN boots b ON b.id = x.boot WHERE x.ts_accept IS NOT NULL GROUP BY 1",
             "file": "SELECT b.host, count(*) FROM files x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
             "loss": "SELECT host, count(*) FROM losses GROUP BY 1",
         }
