@@ -260,6 +260,8 @@ class Assembler:
             return self._sock(rec)
         if isinstance(rec, d.FileChange):
             return self._file(rec)
+        if t is d.UnixConn:
+            return self._unix(rec)
         return []
 
     def _exec(self, rec: d.Exec) -> list[dict[str, Any]]:
@@ -368,6 +370,33 @@ class Assembler:
         while len(self.accepted) > PASSIVE_KEEP:
             self.accepted.popitem(last=False)
         self.forks_of.setdefault(h.pid, [])
+        return out
+
+    def _unix(self, rec: d.UnixConn) -> list[dict[str, Any]]:
+        """A unix-socket connect (uconnect, the client) or its accept (uaccept, the server), with
+        the other end's process when the kernel named it (docs/events.md)."""
+        h = rec.hdr
+        st, out = self._state(h.pid, h.ts_ns)
+        if h.type == d.EV_UCONNECT:
+            if rec.path is None:
+                return out                       # an unnamed socket: socketpair-like, nothing to trace
+            ev = self._ev("uconnect", h.ts_ns, pid=h.pid, start=st.start, path=rec.path, conn=rec.conn)
+            if rec.bound and rec.bound != rec.path:
+                ev["bound"] = rec.bound
+        else:
+            ev = self._ev("uaccept", h.ts_ns, pid=h.pid, start=st.start, conn=rec.conn)
+            if rec.bound:
+                ev["path"] = rec.bound
+        if rec.peer_pid is not None:
+            ev["peer_pid"] = rec.peer_pid
+            # the listener may be gone (ssh's ControlPersist master forks away from it): a start
+            # only for a process the table knows
+            peer = self.procs.get(rec.peer_pid)
+            if peer is not None:
+                ev["peer_start"] = peer.start
+        if rec.peer_uid is not None:
+            ev["peer_uid"] = rec.peer_uid
+        out.append(ev)
         return out
 
     # --- logins (from sshd's log) ------------------------------------------------------

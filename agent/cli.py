@@ -299,7 +299,8 @@ def run(args) -> int:
         try:
             cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
                           pidns=own_pid_namespace() if args.pid_namespace == "self" else None,
-                          buffer=args.buffer)
+                          buffer=args.buffer, unix_prefixes=tuple(cfg.unix_sockets.prefixes),
+                          unix_comms=tuple(cfg.unix_sockets.comms))
             mode = "bpf"
         except (CaptureError, BccMissing) as exc:
             print(f"whodid-agent: {exc}", file=sys.stderr)
@@ -345,8 +346,10 @@ def run(args) -> int:
         print(f"whodid-agent: following the audit log {args.audit_log} on {host} into {where}", file=sys.stderr,
               flush=True)
     elif mode == "bpf":
+        unix = (f", unix-socket connects by {', '.join(cfg.unix_sockets.comms) or 'no program'} or to "
+                f"{', '.join(cfg.unix_sockets.prefixes) or 'no path'}") if cap.offsets.unix else ""
         print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
-              f"file changes under {', '.join(watch)}) into {where}"
+              f"file changes under {', '.join(watch)}{unix}) into {where}"
               + (" through perf buffers" if cap.perf else ""), file=sys.stderr, flush=True)
         if cap.note:
             print(f"whodid-agent: {cap.note}", file=sys.stderr, flush=True)
@@ -425,9 +428,11 @@ def doctor(_args) -> int:
                     if os.path.exists(f"{p}/events/sched/sched_process_exec")), None)
     checks.append(("tracepoints visible in tracefs", tracefs is not None,
                    "mount it: `mount -t tracefs nodev /sys/kernel/tracing`"))
-    _, btf_note = btf.running_kernel()
+    offsets, btf_note = btf.running_kernel()
     checks.append(("kernel BTF (/sys/kernel/btf/vmlinux)", btf_note is None,
                    f"optional, but {btf_note}"))
+    checks.append(("unix-socket connects (tmux, screen, ssh ControlMaster, docker)", offsets.unix is not None,
+                   f"optional, but {btf.UNIX_MISSING}"))
     release = os.uname().release
     build = f"/lib/modules/{release}/build"
     checks.append((f"kernel headers at {build}", os.path.exists(f"{build}/include"),
@@ -445,7 +450,7 @@ def doctor(_args) -> int:
     bad = 0
     for name, ok, fix in checks:
         print(f"  {'ok  ' if ok else 'FAIL'}  {name:<{width}}" + ("" if ok else f"\n        fix: {fix}"))
-        bad += not ok and not name.startswith("kernel BTF")
+        bad += not ok and not name.startswith(("kernel BTF", "unix-socket"))
     if not bad and os.geteuid() == 0:
         try:
             asm = Assembler("doctor", "doctor", 0.0, ProcFS(), user_name, group_name)
