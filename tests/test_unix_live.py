@@ -1,0 +1,144 @@
+"""Unix-socket connects for real (issue 19): the agent's BPF program in this kernel, a python
+server on a watched path, an abstract name and a path nobody watches, a client connecting to
+each; then tmux's own client and server. The agent writes events to a file (--out), which is
+read back and checked against the schema (test_agent_unix.schema_problems)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from test_agent_live import REASON
+from test_agent_unix import schema_problems
+
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
+
+
+class OutAgent:
+    """`whodid-agent run --out FILE` with a config, around a block; stopped with SIGTERM after."""
+
+    def __init__(self, tmp_path, prefixes, comms):
+        self.out, self.ready = tmp_path / "events.jsonl", tmp_path / "ready"
+        self.config = tmp_path / "whodid.yaml"
+        self.config.write_text(json.dumps({"agent": {"unix_sockets": {"prefixes": prefixes, "comms": comms}}}))
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--config", str(self.config),
+                                      "--out", str(self.out), "--host", "live", "--auth-log", "none",
+                                      "--ready-file", str(self.ready), "--flush-interval", "0.2"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 90
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"the agent did not start: {self.proc.communicate()[1]}")
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *_):
+        time.sleep(1.0)                          # let the last records reach the agent
+        self.proc.send_signal(signal.SIGTERM)
+        _, self.err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, self.err
+        self.events = [json.loads(line) for line in self.out.read_text().splitlines()]
+
+    def kinds(self, *kinds):
+        return [e for e in self.events if e["kind"] in kinds]
+
+
+SERVER = """
+import os, socket, sys
+socks = []
+for name in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind("\\0" + name[1:] if name.startswith("@") else name)
+    s.listen(4)
+    socks.append(s)
+print("ready", flush=True)
+for s in socks:
+    c, _ = s.accept()
+    c.recv(8)
+    c.close()
+"""
+
+CLIENT = """
+import socket, sys
+for name in sys.argv[1:]:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect("\\0" + name[1:] if name.startswith("@") else name)
+    c.send(b"hi")
+    c.close()
+"""
+
+
+def test_connects_to_watched_paths_and_abstract_names_pair_with_their_accepts(tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    watched_dir = f"/tmp/whodid-h19-{tag}"
+    os.makedirs(watched_dir)
+    watched, abstract, other = f"{watched_dir}/mux.sock", f"@whodid-h19-{tag}", str(tmp_path / "other.sock")
+    try:
+        with OutAgent(tmp_path, prefixes=[watched_dir + "/", f"@whodid-h19-{tag}"], comms=[]) as agent:
+            server = subprocess.Popen([sys.executable, "-c", SERVER, watched, abstract, other],
+                                      stdout=subprocess.PIPE, text=True)
+            assert server.stdout.readline().strip() == "ready"
+            client = subprocess.run([sys.executable, "-c", CLIENT, watched, abstract, other], timeout=20)
+            assert client.returncode == 0
+            server.wait(20)
+    finally:
+        for p in (watched, other):
+            if os.path.exists(p):
+                os.unlink(p)
+        os.rmdir(watched_dir)
+    client_pid = next(e["pid"] for e in agent.kinds("exec")
+                      if e["argv"][:2] == [sys.executable, "-c"] and e["argv"][2] == CLIENT)
+    server_exec = next(e for e in agent.kinds("exec") if e["argv"][:3] == [sys.executable, "-c", SERVER])
+    connects = [e for e in agent.kinds("uconnect") if e["pid"] == client_pid]
+    accepts = {e["conn"]: e for e in agent.kinds("uaccept")}
+    assert [c["path"] for c in connects] == [watched, abstract]     # the path nobody watches: not recorded
+    for c in connects:
+        assert schema_problems(c) == [], c
+        assert "bound" not in c                                      # the listener's name is the path asked for
+        a = accepts[c["conn"]]
+        assert schema_problems(a) == [], a
+        assert (c["peer_pid"], c["peer_start"]) == (server.pid, server_exec["start"])
+        assert (a["pid"], a["start"]) == (server.pid, server_exec["start"])
+        assert (a["peer_pid"], a["peer_start"]) == (client_pid, c["start"])
+        assert a["path"] == c["path"] and c["peer_uid"] == a["peer_uid"] == os.getuid()
+        assert a["ts"] >= c["ts"] - 0.001
+    assert not [e for e in agent.kinds("uconnect", "uaccept") if other in e.get("path", "")]
+    assert len({c["conn"] for c in connects}) == 2
+
+
+def test_tmux_s_client_connect_and_its_server_s_accept_are_recorded(tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    sock = f"/tmp/whodid-h19-tmux-{tag}/s"      # not under /tmp/tmux-: kept for the client's comm alone
+    os.makedirs(os.path.dirname(sock), mode=0o700)
+    env = {**os.environ, "TMUX": ""}
+    try:
+        with OutAgent(tmp_path, prefixes=[], comms=["tmux"]) as agent:
+            subprocess.run(["tmux", "-S", sock, "new-session", "-d", "sleep 30"], env=env, check=True, timeout=20)
+            subprocess.run(["tmux", "-S", sock, "ls"], env=env, check=True, timeout=20, capture_output=True)
+            subprocess.run(["tmux", "-S", sock, "kill-server"], env=env, timeout=20)
+    finally:
+        subprocess.run(["tmux", "-S", sock, "kill-server"], env=env, timeout=20, capture_output=True)
+        if os.path.exists(sock):
+            os.unlink(sock)
+        os.rmdir(os.path.dirname(sock))
+    connects = [e for e in agent.kinds("uconnect") if e["path"] == sock]
+    accepts = {e["conn"]: e for e in agent.kinds("uaccept")}
+    ls_pid = next(e["pid"] for e in agent.kinds("exec") if e["argv"][-1:] == ["ls"] and "tmux" in e["exe"])
+    ls_connect = next(c for c in connects if c["pid"] == ls_pid)
+    server_accept = accepts[ls_connect["conn"]]
+    assert schema_problems(ls_connect) == [] and schema_problems(server_accept) == []
+    # the server is a fork of the first client (no exec): it is who listened and who accepted
+    assert server_accept["pid"] == ls_connect["peer_pid"] != ls_pid
+    assert server_accept["peer_pid"] == ls_pid and server_accept["path"] == sock
+    # ls and kill-server connect; the client that starts the server talks to its fork over a
+    # socketpair (tmux 3), so the starter is found by lineage, not by a connect
+    kill = next(e["pid"] for e in agent.kinds("exec") if e["argv"][-1:] == ["kill-server"])
+    assert {c["pid"] for c in connects} >= {ls_pid, kill}
