@@ -399,6 +399,25 @@ class Assembler:
         out.append(ev)
         return out
 
+    def unix_snapshot(self, found, ts_ns: int) -> list[dict[str, Any]]:
+        """Connections that existed when the agent started (agent/unixdiag.py's Attached), as a
+        uconnect and a uaccept each, marked snapshot: not seen connecting."""
+        out = []
+        for a in found:
+            client, server = self.procs.get(a.client_pid), self.procs.get(a.server_pid)
+            if client is None or server is None:
+                continue                       # started after the process snapshot: seen live
+            conn = self._ev("uconnect", ts_ns, pid=a.client_pid, start=client.start, path=a.path, conn=a.conn,
+                            snapshot=True)
+            listener = self.procs.get(a.listener_pid) if a.listener_pid is not None else None
+            if listener is not None:
+                conn.update(peer_pid=a.listener_pid, peer_start=listener.start, peer_uid=listener.uid)
+            out.append(conn)
+            out.append(self._ev("uaccept", ts_ns, pid=a.server_pid, start=server.start, conn=a.conn, path=a.path,
+                                peer_pid=a.client_pid, peer_start=client.start, peer_uid=client.uid,
+                                snapshot=True))
+        return out
+
     # --- logins (from sshd's log) ------------------------------------------------------
 
     def add_login(self, wall_ts: float, acc) -> None:

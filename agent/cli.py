@@ -337,6 +337,8 @@ def run(args) -> int:
     hello = {**run_mark("start"), "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
              "agent": "whodid-agent/bpf"}
     sink.write([hello] + (asm.snapshot() if mode != "audit" else []))
+    if mode == "bpf" and cap.offsets.unix:
+        sink.write(unix_snapshot(asm, cfg.unix_sockets))
     # what start-up made (BCC, the program, the snapshot) lives as long as the agent: out of the
     # collector's sight, each collection walks only what the event loop makes (a tenth of the
     # agent's CPU in an exec storm went to the collector walking start-up's objects)
@@ -418,6 +420,20 @@ def run(args) -> int:
           f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
           "tied to a process", file=sys.stderr)
     return 0
+
+
+def unix_snapshot(asm: Assembler, watched) -> list:
+    """The watched unix-socket connections that exist now (agent/unixdiag.py), as snapshot events."""
+    from . import unixdiag
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    try:
+        found = unixdiag.attached(unixdiag.dump(), unixdiag.socket_holders(), asm.procfs.comm,
+                                  tuple(watched.prefixes), tuple(watched.comms), str(now))
+    except (OSError, ValueError) as exc:    # the kernel refusing, or a reply this reader does not know
+        print(f"whodid-agent: could not list the unix-socket connections that exist already ({exc}); those made "
+              "from now on are recorded", file=sys.stderr, flush=True)
+        return []
+    return asm.unix_snapshot(found, now)
 
 
 def doctor(_args) -> int:

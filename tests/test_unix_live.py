@@ -142,3 +142,40 @@ def test_tmux_s_client_connect_and_its_server_s_accept_are_recorded(tmp_path):
     # socketpair (tmux 3), so the starter is found by lineage, not by a connect
     kill = next(e["pid"] for e in agent.kinds("exec") if e["argv"][-1:] == ["kill-server"])
     assert {c["pid"] for c in connects} >= {ls_pid, kill}
+
+
+def test_a_connection_made_before_the_agent_started_is_a_snapshot_pair(tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    watched_dir = f"/tmp/whodid-h19-{tag}"
+    os.makedirs(watched_dir)
+    path = f"{watched_dir}/mux.sock"
+    hold = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)\n"
+            "print('ready', flush=True)\n"
+            "c, _ = s.accept(); c.recv(8); time.sleep(60)\n")
+    attach = ("import socket, sys, time\n"
+              "c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); c.send(b'hi')\n"
+              "print('attached', flush=True); time.sleep(60)\n")
+    server = subprocess.Popen([sys.executable, "-c", hold, path], stdout=subprocess.PIPE, text=True)
+    client = None
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        client = subprocess.Popen([sys.executable, "-c", attach, path], stdout=subprocess.PIPE, text=True)
+        assert client.stdout.readline().strip() == "attached"
+        with OutAgent(tmp_path, prefixes=[watched_dir + "/"], comms=[]) as agent:
+            pass
+    finally:
+        for p in (client, server):
+            if p:
+                p.kill()
+                p.wait()
+        os.unlink(path)
+        os.rmdir(watched_dir)
+    execs = {e["pid"]: e for e in agent.kinds("exec") if e.get("snapshot")}
+    [conn] = [e for e in agent.kinds("uconnect") if e["path"] == path]
+    [acc] = [e for e in agent.kinds("uaccept") if e["conn"] == conn["conn"]]
+    assert schema_problems(conn) == [] and schema_problems(acc) == []
+    assert conn["snapshot"] is True and acc["snapshot"] is True
+    assert (conn["pid"], conn["start"]) == (client.pid, execs[client.pid]["start"])
+    assert (acc["pid"], acc["peer_pid"], acc["path"]) == (server.pid, client.pid, path)
+    assert conn["peer_pid"] == server.pid and conn["peer_start"] == execs[server.pid]["start"]
