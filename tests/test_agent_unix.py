@@ -182,3 +182,72 @@ def test_the_record_layout_matches_capture_c():
     src = program_text((), 64)
     assert "char path[UNIX_PATH]" in src and "#define UNIX_PATH 108" in src
     assert struct.calcsize("<IIIIIIQQ") == 40
+
+
+# --- the start-up snapshot (sock_diag) --------------------------------------------------------
+
+from whodid.agent import unixdiag as ud  # noqa: E402
+
+
+def diag_msg(ino, state, name=None, peer=None, stype=1):
+    attrs = b""
+    if name is not None:
+        attrs += struct.pack("=HH", 4 + len(name), ud.UNIX_DIAG_NAME) + name + b"\0" * (-len(name) % 4)
+    if peer is not None:
+        attrs += struct.pack("=HHI", 8, ud.UNIX_DIAG_PEER, peer)
+    body = ud.MESSAGE.pack(1, stype, state, 0, ino, 0, 0) + attrs
+    return ud.NLMSGHDR.pack(ud.NLMSGHDR.size + len(body), ud.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
+
+
+DONE = ud.NLMSGHDR.pack(ud.NLMSGHDR.size + 4, ud.NLMSG_DONE, 2, 1, 0) + b"\0" * 4
+
+# a tmux server listening (ino 10), a client (21) attached to its accepted end (20), a one-off
+# socketpair (30, 31), a dbus-like connection to an unwatched listener (40 <- 50/51)
+DUMP = (diag_msg(10, ud.TCP_LISTEN, b"/tmp/tmux-1000/default")
+        + diag_msg(20, ud.TCP_ESTABLISHED, b"/tmp/tmux-1000/default", peer=21)
+        + diag_msg(21, ud.TCP_ESTABLISHED, peer=20)
+        + diag_msg(30, ud.TCP_ESTABLISHED, peer=31) + diag_msg(31, ud.TCP_ESTABLISHED, peer=30)
+        + diag_msg(40, ud.TCP_LISTEN, b"/run/dbus/system_bus_socket")
+        + diag_msg(50, ud.TCP_ESTABLISHED, b"/run/dbus/system_bus_socket", peer=51)
+        + diag_msg(51, ud.TCP_ESTABLISHED, peer=50)
+        + DONE)
+
+
+def test_a_sock_diag_dump_parses_to_sockets_with_names_and_peers():
+    sockets, done = ud.parse_dump(DUMP)
+    assert done and len(sockets) == 8
+    assert sockets[1] == ud.UnixSocket(20, 1, ud.TCP_ESTABLISHED, "/tmp/tmux-1000/default", 21)
+    assert sockets[2] == ud.UnixSocket(21, 1, ud.TCP_ESTABLISHED, None, 20)
+
+
+def test_a_cut_dump_ends_the_parse_and_says_it_is_not_done():
+    sockets, done = ud.parse_dump(DUMP[:len(diag_msg(10, ud.TCP_LISTEN, b"/tmp/tmux-1000/default")) + 20])
+    assert not done and [s.ino for s in sockets] == [10]
+    # an attribute claiming more than its message holds is not read past the message
+    body = ud.MESSAGE.pack(1, 1, ud.TCP_ESTABLISHED, 0, 60, 0, 0) + struct.pack("=HH", 200, ud.UNIX_DIAG_NAME) + b"/tmp"
+    msg = ud.NLMSGHDR.pack(ud.NLMSGHDR.size + len(body), ud.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
+    assert ud.parse_dump(msg + diag_msg(61, ud.TCP_LISTEN, b"/x"))[0] == [
+        ud.UnixSocket(60, 1, ud.TCP_ESTABLISHED, None, None), ud.UnixSocket(61, 1, ud.TCP_LISTEN, "/x", None)]
+
+
+def test_the_server_end_is_the_one_with_a_listener_s_name_and_only_watched_ones_are_kept():
+    sockets, _ = ud.parse_dump(DUMP)
+    assert ud.connections(sockets) == [ud.Connection(21, 20, "/tmp/tmux-1000/default"),
+                                       ud.Connection(51, 50, "/run/dbus/system_bus_socket")]
+    holders = {10: [300, 301], 20: [300], 21: [400], 40: [1], 50: [1], 51: [500]}
+    comm = {400: "tmux: client", 500: "busctl"}.get
+    found = ud.attached(sockets, holders, comm, ("/tmp/tmux-",), (), "t0")
+    assert found == [ud.Attached(400, 300, 300, "/tmp/tmux-1000/default", "ino15-t0")]
+    # by the client's program: the same rule as the kernel's (whole, or up to a colon)
+    assert [a.client_pid for a in ud.attached(sockets, holders, comm, (), ("tmux",), "t0")] == [400]
+    assert ud.attached(sockets, holders, comm, (), ("bus",), "t0") == []
+
+
+def test_snapshot_pairs_become_uconnect_and_uaccept_marked_snapshot():
+    asm = assembler()
+    events = asm.unix_snapshot([ud.Attached(100, 200, 200, "/tmp/tmux-1000/default", "ino15-t0"),
+                                ud.Attached(100, 999, None, "/tmp/tmux-1000/x", "ino16-t0")], 3_000_000_000)
+    conn, acc = events                                # pid 999 is not in the process table: left out
+    assert schema_problems(conn) == [] and schema_problems(acc) == []
+    assert conn["snapshot"] and acc["snapshot"] and conn["conn"] == acc["conn"] == "ino15-t0"
+    assert (conn["pid"], conn["peer_pid"], acc["pid"], acc["peer_pid"]) == (100, 200, 200, 100)
