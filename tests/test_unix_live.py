@@ -179,3 +179,24 @@ def test_a_connection_made_before_the_agent_started_is_a_snapshot_pair(tmp_path)
     assert (conn["pid"], conn["start"]) == (client.pid, execs[client.pid]["start"])
     assert (acc["pid"], acc["peer_pid"], acc["path"]) == (server.pid, client.pid, path)
     assert conn["peer_pid"] == server.pid and conn["peer_start"] == execs[server.pid]["start"]
+
+
+def test_without_the_socket_members_the_program_loads_with_no_connect_probe():
+    import dataclasses
+
+    from whodid.agent import btf
+    from whodid.agent.assemble import Assembler
+    from whodid.agent.capture import Capture
+    from whodid.agent.procfs import ProcFS
+    offsets, _ = btf.running_kernel()
+    attached = {}
+    for label, offs in (("with", offsets), ("without", dataclasses.replace(offsets, unix=None))):
+        cap = Capture(Assembler("h", "b", 0.0, ProcFS(), lambda u: None, lambda g: None), watch=("/etc",),
+                      ringbuf_pages=8, offsets=offs)
+        try:
+            attached[label] = {str(tp) for tp in cap.bpf.tracepoint_fds}
+        finally:
+            cap.close()
+    assert any("sys_enter_connect" in tp for tp in attached["with"])
+    assert not any("connect" in tp for tp in attached["without"])
+    assert any("sys_exit_accept4" in tp for tp in attached["without"])       # TCP's accepts still
