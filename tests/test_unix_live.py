@@ -200,3 +200,27 @@ def test_without_the_socket_members_the_program_loads_with_no_connect_probe():
     assert any("sys_enter_connect" in tp for tp in attached["with"])
     assert not any("connect" in tp for tp in attached["without"])
     assert any("sys_exit_accept4" in tp for tp in attached["without"])       # TCP's accepts still
+
+
+def test_a_server_in_a_nested_pid_namespace_is_named_by_the_agent_s_pid_for_it(tmp_path):
+    # the server is pid 1 of its own namespace; SO_PEERCRED read at the wrong level would say 1
+    tag = uuid.uuid4().hex[:8]
+    watched_dir = f"/tmp/whodid-h19-{tag}"
+    os.makedirs(watched_dir)
+    path = f"{watched_dir}/ns.sock"
+    try:
+        with OutAgent(tmp_path, prefixes=[watched_dir + "/"], comms=[]) as agent:
+            server = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", SERVER,
+                                       path], stdout=subprocess.PIPE, text=True)
+            assert server.stdout.readline().strip() == "ready"
+            subprocess.run([sys.executable, "-c", CLIENT, path], timeout=20, check=True)
+            server.wait(20)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        os.rmdir(watched_dir)
+    [conn] = [e for e in agent.kinds("uconnect") if e["path"] == path]
+    acc = next(e for e in agent.kinds("uaccept") if e["conn"] == conn["conn"])
+    nested = next(e for e in agent.kinds("exec") if e["argv"][:3] == [sys.executable, "-c", SERVER])
+    assert acc["pid"] == nested["pid"] == conn["peer_pid"] != 1
+    assert conn["peer_start"] == nested["start"]
