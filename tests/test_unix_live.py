@@ -224,3 +224,35 @@ def test_a_server_in_a_nested_pid_namespace_is_named_by_the_agent_s_pid_for_it(t
     nested = next(e for e in agent.kinds("exec") if e["argv"][:3] == [sys.executable, "-c", SERVER])
     assert acc["pid"] == nested["pid"] == conn["peer_pid"] != 1
     assert conn["peer_start"] == nested["start"]
+
+
+def test_in_pid_namespace_self_mode_peers_are_named_as_the_agent_s_namespace_sees_them(tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    watched_dir = f"/tmp/whodid-h19-{tag}"
+    os.makedirs(watched_dir)
+    path, out, ready = f"{watched_dir}/self.sock", tmp_path / "events.jsonl", tmp_path / "ready"
+    config = tmp_path / "whodid.yaml"
+    config.write_text(json.dumps({"agent": {"unix_sockets": {"prefixes": [watched_dir + "/"], "comms": []}}}))
+    (tmp_path / "server.py").write_text(SERVER)
+    (tmp_path / "client.py").write_text(CLIENT)
+    py = sys.executable
+    script = (f"{py} -m whodid.agent.cli run --pid-namespace self --config {config} --out {out} --host live "
+              f"--auth-log none --ready-file {ready} --flush-interval 0.2 2>{tmp_path}/agent.err & A=$!; "
+              f"for i in $(seq 900); do [ -f {ready} ] && break; sleep 0.1; done; "
+              f"{py} {tmp_path}/server.py {path} > {tmp_path}/server.out & S=$!; "
+              f"for i in $(seq 100); do grep -q ready {tmp_path}/server.out && break; sleep 0.1; done; "
+              f"{py} {tmp_path}/client.py {path}; wait $S; sleep 1; kill -TERM $A; wait $A")
+    try:
+        subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", script], timeout=180, check=True)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        os.rmdir(watched_dir)
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    server = next(e for e in events if e["kind"] == "exec" and e["argv"][1:2] == [str(tmp_path / "server.py")])
+    client = next(e for e in events if e["kind"] == "exec" and e["argv"][1:2] == [str(tmp_path / "client.py")])
+    [conn] = [e for e in events if e["kind"] == "uconnect" and e["path"] == path]
+    acc = next(e for e in events if e["kind"] == "uaccept" and e["conn"] == conn["conn"])
+    assert server["pid"] < 1000 and client["pid"] < 1000       # the namespace's own numbering
+    assert (conn["pid"], conn["peer_pid"], conn["peer_start"]) == (client["pid"], server["pid"], server["start"])
+    assert (acc["pid"], acc["peer_pid"], acc["peer_start"]) == (server["pid"], client["pid"], client["start"])
