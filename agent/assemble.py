@@ -81,6 +81,7 @@ class Assembler:
         # the accepting processes forked next
         self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
         self.forks_of: dict[int, list[tuple[int, int, int]]] = {}     # (fork time, child pid, its start)
+        self.uclients: OrderedDict[str, tuple[int, int]] = OrderedDict()   # unix conn -> client (pid, start)
         self.pending_logins: list[tuple[float, Any]] = []
         self._setid_bits: dict[str, tuple[int, tuple[int | None, int | None]]] = {}   # path -> (when, bits)
         self._gone = False           # the exec being fed has its exit later in the batch (feed_all)
@@ -383,6 +384,11 @@ class Assembler:
             ev = self._ev("uconnect", h.ts_ns, pid=h.pid, start=st.start, path=rec.path, conn=rec.conn)
             if rec.bound and rec.bound != rec.path:
                 ev["bound"] = rec.bound
+            # the server may accept after a one-shot client (`tmux ls`) has exited: its start is
+            # kept here for the accept
+            self.uclients[rec.conn] = (h.pid, st.start)
+            while len(self.uclients) > PASSIVE_KEEP:
+                self.uclients.popitem(last=False)
         else:
             ev = self._ev("uaccept", h.ts_ns, pid=h.pid, start=st.start, conn=rec.conn)
             if rec.bound:
@@ -390,9 +396,12 @@ class Assembler:
         if rec.peer_pid is not None:
             ev["peer_pid"] = rec.peer_pid
             # the listener may be gone (ssh's ControlPersist master forks away from it): a start
-            # only for a process the table knows
+            # only for a process the table knows, or the client this connection's connect named
+            client = self.uclients.pop(rec.conn, None) if h.type == d.EV_UACCEPT else None
             peer = self.procs.get(rec.peer_pid)
-            if peer is not None:
+            if client is not None and client[0] == rec.peer_pid:
+                ev["peer_start"] = client[1]
+            elif peer is not None:
                 ev["peer_start"] = peer.start
         if rec.peer_uid is not None:
             ev["peer_uid"] = rec.peer_uid

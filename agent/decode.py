@@ -133,7 +133,8 @@ def _addr(family: int, raw: bytes) -> str:
 
 def unix_name(raw: bytes, length: int) -> str | None:
     """A sun_path as a name: the first `length` bytes; a pathname ends at its first NUL, an
-    abstract name (first byte NUL) is `@` and all its bytes. Bytes that are not printable UTF-8
+    abstract name (first byte NUL) is `@` and all its bytes (a relative path that starts with
+    `@` is written `./@...`, so it cannot pass for one). Bytes that are not printable UTF-8
     are written \\xHH, so a name cannot carry control characters into a terminal."""
     raw = raw[:max(0, min(length, len(raw)))]
     if not raw:
@@ -144,6 +145,8 @@ def unix_name(raw: bytes, length: int) -> str | None:
         body, at = raw.split(b"\0", 1)[0], ""
         if not body:
             return None
+        if body[:1] == b"@":
+            at = "./"                  # a relative path, not to be read as an abstract name
     out = []
     for ch in body.decode("utf-8", "surrogateescape"):
         code = ord(ch)

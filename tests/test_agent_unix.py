@@ -251,3 +251,20 @@ def test_snapshot_pairs_become_uconnect_and_uaccept_marked_snapshot():
     assert schema_problems(conn) == [] and schema_problems(acc) == []
     assert conn["snapshot"] and acc["snapshot"] and conn["conn"] == acc["conn"] == "ino15-t0"
     assert (conn["pid"], conn["peer_pid"], acc["pid"], acc["peer_pid"]) == (100, 200, 200, 100)
+
+
+def test_a_relative_path_starting_with_at_cannot_pass_for_an_abstract_name():
+    assert d.decode(unix_rec(d.EV_UCONNECT, 7, b"@tmux-0\0")).path == "./@tmux-0"
+    assert d.decode(unix_rec(d.EV_UCONNECT, 7, b"\0tmux-0", path_len=7)).path == "@tmux-0"
+
+
+def test_an_accept_after_a_one_shot_client_exited_still_names_its_start():
+    asm = assembler()
+    events = asm.feed_all([
+        d.decode(unix_rec(d.EV_UCONNECT, 100, b"/tmp/tmux-1000/default\0", peer_pid=200, ts_ns=2_000_000_000)),
+        d.decode(hdr(d.EV_EXIT, 100, ts_ns=2_000_050_000) + d.EXIT_TAIL.pack(0, 1)),       # `tmux ls` is done
+        d.decode(unix_rec(d.EV_UACCEPT, 200, b"", b"/tmp/tmux-1000/default\0", peer_pid=100, ts_ns=2_000_100_000)),
+    ])
+    conn = next(e for e in events if e["kind"] == "uconnect")
+    acc = next(e for e in events if e["kind"] == "uaccept")
+    assert (acc["peer_pid"], acc["peer_start"]) == (100, conn["start"])
