@@ -5,6 +5,7 @@ read back and checked against the schema (test_agent_unix.schema_problems)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,3 +257,31 @@ def test_in_pid_namespace_self_mode_peers_are_named_as_the_agent_s_namespace_see
     assert server["pid"] < 1000 and client["pid"] < 1000       # the namespace's own numbering
     assert (conn["pid"], conn["peer_pid"], conn["peer_start"]) == (client["pid"], server["pid"], server["start"])
     assert (acc["pid"], acc["peer_pid"], acc["peer_start"]) == (server["pid"], client["pid"], client["start"])
+
+
+@pytest.mark.skipif(not shutil.which("screen"), reason="screen is not installed")
+def test_screen_s_injecting_and_listing_clients_are_recorded_with_the_server(tmp_path):
+    screendir = tmp_path / "screens"
+    screendir.mkdir(mode=0o700)
+    env = {**os.environ, "SCREENDIR": str(screendir)}
+    name = f"h19-{uuid.uuid4().hex[:6]}"
+    try:
+        with OutAgent(tmp_path, prefixes=[], comms=["screen"]) as agent:
+            subprocess.run(["screen", "-dmS", name, "sleep", "30"], env=env, check=True, timeout=20)
+            for _ in range(50):
+                if list(screendir.iterdir()):
+                    break
+                time.sleep(0.1)
+            subprocess.run(["screen", "-S", name, "-X", "stuff", "x"], env=env, check=True, timeout=20)
+            subprocess.run(["screen", "-S", name, "-X", "quit"], env=env, timeout=20)
+    finally:
+        subprocess.run(["screen", "-S", name, "-X", "quit"], env=env, timeout=20, capture_output=True)
+    execs = {e["pid"]: e for e in agent.kinds("exec") if "screen" in e["exe"]}
+    stuff = next(pid for pid, e in execs.items() if "stuff" in e["argv"])
+    [conn] = [e for e in agent.kinds("uconnect") if e["pid"] == stuff]
+    acc = next(e for e in agent.kinds("uaccept") if e["conn"] == conn["conn"])
+    assert schema_problems(conn) == [] and schema_problems(acc) == []
+    assert conn["path"].startswith(str(screendir) + "/") and conn["path"].endswith("." + name)
+    assert acc["pid"] == conn["peer_pid"] and acc["peer_pid"] == stuff and acc["path"] == conn["path"]
+    # two clients, two connections: ids differ even when the kernel reuses a socket's address
+    assert len({e["conn"] for e in agent.kinds("uconnect") if e["path"] == conn["path"]}) >= 2
