@@ -81,6 +81,7 @@ class Assembler:
         # the accepting processes forked next
         self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
         self.forks_of: dict[int, list[tuple[int, int, int]]] = {}     # (fork time, child pid, its start)
+        self.uclients: OrderedDict[str, tuple[int, int]] = OrderedDict()   # unix conn -> client (pid, start)
         self.pending_logins: list[tuple[float, Any]] = []
         self._setid_bits: dict[str, tuple[int, tuple[int | None, int | None]]] = {}   # path -> (when, bits)
         self._gone = False           # the exec being fed has its exit later in the batch (feed_all)
@@ -260,6 +261,8 @@ class Assembler:
             return self._sock(rec)
         if isinstance(rec, d.FileChange):
             return self._file(rec)
+        if t is d.UnixConn:
+            return self._unix(rec)
         return []
 
     def _exec(self, rec: d.Exec) -> list[dict[str, Any]]:
@@ -368,6 +371,60 @@ class Assembler:
         while len(self.accepted) > PASSIVE_KEEP:
             self.accepted.popitem(last=False)
         self.forks_of.setdefault(h.pid, [])
+        return out
+
+    def _unix(self, rec: d.UnixConn) -> list[dict[str, Any]]:
+        """A unix-socket connect (uconnect, the client) or its accept (uaccept, the server), with
+        the other end's process when the kernel named it (docs/events.md)."""
+        h = rec.hdr
+        st, out = self._state(h.pid, h.ts_ns)
+        if h.type == d.EV_UCONNECT:
+            if rec.path is None:
+                return out                       # an unnamed socket: socketpair-like, nothing to trace
+            ev = self._ev("uconnect", h.ts_ns, pid=h.pid, start=st.start, path=rec.path, conn=rec.conn)
+            if rec.bound and rec.bound != rec.path:
+                ev["bound"] = rec.bound
+            # the server may accept after a one-shot client (`tmux ls`) has exited: its start is
+            # kept here for the accept
+            self.uclients[rec.conn] = (h.pid, st.start)
+            while len(self.uclients) > PASSIVE_KEEP:
+                self.uclients.popitem(last=False)
+        else:
+            ev = self._ev("uaccept", h.ts_ns, pid=h.pid, start=st.start, conn=rec.conn)
+            if rec.bound:
+                ev["path"] = rec.bound
+        if rec.peer_pid is not None:
+            ev["peer_pid"] = rec.peer_pid
+            # the listener may be gone (ssh's ControlPersist master forks away from it): a start
+            # only for a process the table knows, or the client this connection's connect named
+            client = self.uclients.pop(rec.conn, None) if h.type == d.EV_UACCEPT else None
+            peer = self.procs.get(rec.peer_pid)
+            if client is not None and client[0] == rec.peer_pid:
+                ev["peer_start"] = client[1]
+            elif peer is not None:
+                ev["peer_start"] = peer.start
+        if rec.peer_uid is not None:
+            ev["peer_uid"] = rec.peer_uid
+        out.append(ev)
+        return out
+
+    def unix_snapshot(self, found, ts_ns: int) -> list[dict[str, Any]]:
+        """Connections that existed when the agent started (agent/unixdiag.py's Attached), as a
+        uconnect and a uaccept each, marked snapshot: not seen connecting."""
+        out = []
+        for a in found:
+            client, server = self.procs.get(a.client_pid), self.procs.get(a.server_pid)
+            if client is None or server is None:
+                continue                       # started after the process snapshot: seen live
+            conn = self._ev("uconnect", ts_ns, pid=a.client_pid, start=client.start, path=a.path, conn=a.conn,
+                            snapshot=True)
+            listener = self.procs.get(a.listener_pid) if a.listener_pid is not None else None
+            if listener is not None:
+                conn.update(peer_pid=a.listener_pid, peer_start=listener.start, peer_uid=listener.uid)
+            out.append(conn)
+            out.append(self._ev("uaccept", ts_ns, pid=a.server_pid, start=server.start, conn=a.conn, path=a.path,
+                                peer_pid=a.client_pid, peer_start=client.start, peer_uid=client.uid,
+                                snapshot=True))
         return out
 
     # --- logins (from sshd's log) ------------------------------------------------------

@@ -1,9 +1,11 @@
 """Where the running kernel keeps a few task_struct fields, read from its own BTF.
 
 The agent's BPF program reads tracepoint arguments and helpers, and - through the offsets
-found here - four kernel structs: a task's audit login uid and session id (task_struct
-.loginuid, .sessionid) and its pid as each pid namespace sees it (task_struct.thread_pid ->
-struct pid.numbers[level] -> struct upid {nr, ns}). The kernel headers BCC compiles against
+found here - a few kernel structs: a task's audit login uid and session id (task_struct
+.loginuid, .sessionid), its pid as each pid namespace sees it (task_struct.thread_pid ->
+struct pid.numbers[level] -> struct upid {nr, ns}), and for unix-socket connects a file
+descriptor's socket (task_struct.files -> fdtable.fd[fd] -> file.private_data -> socket.sk)
+with its peer, bound name and peer credentials (UNIX_MEMBERS). The kernel headers BCC compiles against
 need not match the running kernel, so no offset may come from them; the kernel describes its
 own types in /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF), and that is the only source.
 
@@ -181,6 +183,9 @@ class KernelOffsets:
     #                                                  .numbers; sizeof(struct upid); upid .ns
     upid_nr: int | None = None                       # upid .nr
     ns_inum: int | None = None                       # pid_namespace .ns.inum
+    # unix-socket connects (UNIX_MEMBERS: a file descriptor to its struct sock, the peer, the
+    # bound name and SO_PEERCRED); needs `pid` too, for the peer's pid
+    unix: tuple[int, ...] | None = None
 
     def cflags(self) -> list[str]:
         """The -D flags capture.c takes (its header says what each means)."""
@@ -192,7 +197,30 @@ class KernelOffsets:
                      "SIZEOF_UPID", "OFF_UPID_NS")
             out += [f"-D{n}={v}" for n, v in zip(names, self.pid)]
             out += [f"-DOFF_UPID_NR={self.upid_nr}", f"-DOFF_NS_INUM={self.ns_inum}"]
+        if self.unix and self.pid:                   # capture.c takes no HAVE_UNIX as 0
+            out.append("-DHAVE_UNIX=1")
+            out += [f"-D{name}={v}" for (name, _, _, _), v in zip(UNIX_MEMBERS, self.unix)]
         return out
+
+
+# What capture.c reads to turn a connect's or an accept's file descriptor into its unix socket:
+# (its macro, struct, member, size read there; None: a flexible array, its offset only)
+UNIX_MEMBERS = (
+    ("OFF_TASK_FILES", "task_struct", "files", 8),
+    ("OFF_FILES_FDT", "files_struct", "fdt", 8),
+    ("OFF_FDT_FD", "fdtable", "fd", 8),
+    ("OFF_FDT_MAX_FDS", "fdtable", "max_fds", 4),
+    ("OFF_FILE_PRIVATE_DATA", "file", "private_data", 8),
+    ("OFF_SOCKET_SK", "socket", "sk", 8),
+    ("OFF_SKC_FAMILY", "sock", "__sk_common.skc_family", 2),
+    ("OFF_SK_PEER_PID", "sock", "sk_peer_pid", 8),
+    ("OFF_SK_PEER_CRED", "sock", "sk_peer_cred", 8),
+    ("OFF_CRED_UID", "cred", "uid", 4),
+    ("OFF_UNIX_PEER", "unix_sock", "peer", 8),
+    ("OFF_UNIX_ADDR", "unix_sock", "addr", 8),
+    ("OFF_UADDR_LEN", "unix_address", "len", 4),
+    ("OFF_UADDR_NAME", "unix_address", "name", None),
+)
 
 
 NONE = KernelOffsets(login=None, pid=None)
@@ -208,7 +236,10 @@ def kernel_offsets(btf: Btf) -> KernelOffsets:
              btf.size(upid) if upid else None, btf.offset("upid", "ns", 8))
     nr, inum = btf.offset("upid", "nr", 4), btf.offset("pid_namespace", "ns.inum", 4)
     pid = parts if None not in parts and nr is not None and inum is not None else None
-    return KernelOffsets(login=login, pid=pid, upid_nr=nr if pid else None, ns_inum=inum if pid else None)
+    found = tuple(btf.offset(struct_name, member, size) for _, struct_name, member, size in UNIX_MEMBERS)
+    unix = found if pid and None not in found else None
+    return KernelOffsets(login=login, pid=pid, upid_nr=nr if pid else None, ns_inum=inum if pid else None,
+                         unix=unix)
 
 
 def running_kernel(path: str = VMLINUX) -> tuple[KernelOffsets, str | None]:
@@ -219,11 +250,12 @@ def running_kernel(path: str = VMLINUX) -> tuple[KernelOffsets, str | None]:
             offsets = kernel_offsets(Btf(fh.read()))
     except OSError as exc:
         return NONE, (f"no kernel BTF ({path}: {exc.strerror}), so the audit session id and login uid come only "
-                      "from /proc, and --pid-namespace self sees only its own namespace, not nested ones; "
-                      "a kernel built with CONFIG_DEBUG_INFO_BTF fixes both")
+                      "from /proc, --pid-namespace self sees only its own namespace, not nested ones, and "
+                      "unix-socket connects are not recorded; a kernel built with CONFIG_DEBUG_INFO_BTF fixes both")
     except BtfError as exc:
         return NONE, (f"could not read the kernel's BTF ({path}: {exc}), so the audit session id and login uid "
-                      "come only from /proc, and --pid-namespace self sees only its own namespace")
+                      "come only from /proc, --pid-namespace self sees only its own namespace, and unix-socket "
+                      "connects are not recorded")
     missing = []
     if offsets.login is None:
         missing.append("this kernel has no audit login uid/session id in task_struct (CONFIG_AUDIT off), so "
@@ -231,4 +263,11 @@ def running_kernel(path: str = VMLINUX) -> tuple[KernelOffsets, str | None]:
     if offsets.pid is None:
         missing.append("the kernel's BTF lacks struct pid/upid as expected, so a process's pid namespace comes "
                        "only from /proc and --pid-namespace self sees only its own namespace")
+    if offsets.unix is None:
+        missing.append(UNIX_MISSING)
     return offsets, ("; ".join(missing) or None)
+
+
+UNIX_MISSING = ("the kernel's BTF lacks the socket structs unix-socket capture reads (file, socket, sock, "
+                "unix_sock), so connects to tmux, screen, ssh control and container runtime sockets are not "
+                "recorded")

@@ -11,6 +11,8 @@
 // these layouts and is tested on bytes. The loader substitutes:
 //   RINGBUF_PAGES   ring buffer size in pages
 //   WATCH_PREFIXES  `|| ((w0 & mask) == value ...)`... for file changes worth recording
+//   UNIX_PREFIXES   the same, over a unix connect's sun_path, for the sockets worth recording
+//   UNIX_COMMS      the same, over the connecting task's comm (c0, c1), for the clients worth recording
 // and the compiler flags say
 //   USE_PERFBUF     0: the BPF ring buffer; 1: perf buffers, for kernels before 5.8
 //   PIDNS_FILTER    0, or 1 with PIDNS_DEV/PIDNS_INO: record only processes of that pid
@@ -22,6 +24,8 @@
 //                   OFF_PID_NUMBERS (struct pid), SIZEOF_UPID, OFF_UPID_NR, OFF_UPID_NS (struct
 //                   upid) and OFF_NS_INUM (pid_namespace.ns.inum): a task's pid as each pid
 //                   namespace sees it, and its own namespace
+//   HAVE_UNIX       1 with HAVE_PIDS and the OFF_* of agent/btf.py's UNIX_MEMBERS: unix-socket
+//                   connects and the accepts of those connections (absent: 0)
 // Without HAVE_PIDS, PIDNS_FILTER keeps only that exact namespace (bpf_get_ns_current_pid_tgid).
 
 #include <uapi/linux/ptrace.h>
@@ -37,6 +41,7 @@
 #define W_O_TRUNC       01000
 #define W_AT_REMOVEDIR  0x200
 #define W_CLONE_THREAD  0x00010000
+#define W_AF_UNIX       1
 
 #define EV_EXEC_ARGS 1
 #define EV_EXEC      2
@@ -47,6 +52,12 @@
 #define EV_PASSIVE   7
 #define EV_ACCEPT    8
 #define EV_FILE      9
+#define EV_UCONNECT  10
+#define EV_UACCEPT   11
+
+#ifndef HAVE_UNIX
+#define HAVE_UNIX 0
+#endif
 
 #define ARGV_BUF     8192   // argv bytes one record can hold
 #define ARG_MAX_LEN  4096   // the most one argument may take; args start below ARGV_BUF - ARG_MAX_LEN
@@ -128,6 +139,27 @@ struct file_event {
     u32 pad;
     char path[PATH_LEN];
     char path2[PATH_LEN];
+};
+
+#define UNIX_PATH 108   // sun_path
+#define UKNOWN_PEER_PID  1   // unix_event.peer_pid was read (0 pid or another namespace's: not)
+#define UKNOWN_PEER_UID  2
+
+// A unix-socket connect (EV_UCONNECT: the client) or the accept of one (EV_UACCEPT: the server).
+// conn_sk and conn_ts name the connection: the client's sock and the connect's time, the same
+// in both records.
+struct unix_event {
+    struct hdr h;
+    u32 peer_pid;    // SO_PEERCRED: at connect, who called listen(); at accept, the client
+    u32 peer_uid;
+    u32 known;       // UKNOWN_* bits
+    u32 path_len;    // bytes of path that are the name (connect: the caller's addrlen - 2)
+    u32 bound_len;   // bytes of bound that are the listener's bound name; 0: unbound/unknown
+    u32 pad;
+    u64 conn_sk;
+    u64 conn_ts;
+    char path[UNIX_PATH];    // connect: what the caller asked for; abstract names start with NUL
+    char bound[UNIX_PATH];   // the listener's bound name, from the kernel
 };
 
 // No per-CPU scratch buffers: tracepoint programs run preemptibly on this kernel, and two
@@ -537,19 +569,33 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     return 0;
 }
 
+#if HAVE_UNIX
+static __always_inline int unix_accept_exit(void *ctx, long fd);
+#endif
+
+// Every accept is remembered (a unix server may pass no address: tmux, python), the caller's
+// sockaddr pointer with it for TCP's peer address.
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) {
     u64 id = bpf_get_current_pid_tgid();
     u64 ptr = (u64)args->upeer_sockaddr;
+#if HAVE_UNIX
+    accepting.update(&id, &ptr);
+#else
     if (ptr)
         accepting.update(&id, &ptr);
+#endif
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
     u64 id = bpf_get_current_pid_tgid();
     u64 ptr = (u64)args->upeer_sockaddr;
+#if HAVE_UNIX
+    accepting.update(&id, &ptr);
+#else
     if (ptr)
         accepting.update(&id, &ptr);
+#endif
     return 0;
 }
 
@@ -562,11 +608,18 @@ static __always_inline int accept_exit(void *ctx, long ret) {
     accepting.delete(&id);
     if (ret < 0)
         return 0;
-    struct sock_event e = {};
-    if (!fill_hdr(&e.h, EV_ACCEPT))
+#if HAVE_UNIX
+    unix_accept_exit(ctx, ret);
+#endif
+    if (!uptr)
         return 0;
     u8 sa[24] = {};                              // sockaddr_in6 up to the address's end
     bpf_probe_read_user(&sa, sizeof(sa), (void *)uptr);
+    if (sa[0] == W_AF_UNIX && sa[1] == 0)
+        return 0;                                // a unix socket's: no TCP peer to join
+    struct sock_event e = {};
+    if (!fill_hdr(&e.h, EV_ACCEPT))
+        return 0;
     e.family = sa[0] | (sa[1] << 8);
     e.rport = (sa[2] << 8) | sa[3];              // network byte order in the sockaddr
     if (e.family == W_AF_INET)
@@ -579,6 +632,146 @@ static __always_inline int accept_exit(void *ctx, long ret) {
 
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args, args->ret); }
+
+// --- unix sockets ------------------------------------------------------------------------
+// No unix tracepoint exists: the connect syscall is. At enter, AF_UNIX connects are kept when
+// the client's comm (UNIX_COMMS) or the path's first 24 bytes (UNIX_PREFIXES) are watched -
+// the per-connect cost of everything else is this compare, and the fd leads to the client's
+// sock, which waits in `clients` for the server's accept. At exit (success) the sock gives its
+// peer (the server's end), the listener's bound name, SO_PEERCRED. The accept is recorded only
+// when its new sock's peer is in `clients`: the server side needs no path compare and no
+// configuration.
+#if HAVE_UNIX
+struct unix_pending {
+    u64 uaddr;       // the caller's sockaddr_un
+    u64 sk;          // the client's sock
+    u64 ts;          // when connect was entered: the connection's time in conn ids
+    u32 fd;
+    u32 len;         // its addrlen
+};
+BPF_TABLE("lru_hash", u64, struct unix_pending, unix_connecting, 4096);   // a thread killed mid-connect ages out
+BPF_TABLE("lru_hash", u64, u64, unix_clients, 16384);                      // client sock -> connect ts
+
+// The struct sock behind one of the current task's file descriptors; 0 when none. Reading the
+// task's own table: a thread closing the fd meanwhile gives a wrong answer, never a fault.
+static __always_inline u64 sock_of_fd(u32 fd) {
+    u64 task = bpf_get_current_task();
+    u64 fdt = kread64(kread64(task + OFF_TASK_FILES) + OFF_FILES_FDT);
+    if (!fdt || fd >= kread32(fdt + OFF_FDT_MAX_FDS))
+        return 0;
+    u64 file = kread64(kread64(fdt + OFF_FDT_FD) + 8 * (u64)fd);
+    u64 sock = file ? kread64(file + OFF_FILE_PRIVATE_DATA) : 0;
+    return sock ? kread64(sock + OFF_SOCKET_SK) : 0;
+}
+
+// SO_PEERCRED of a sock: its peer's pid, as the agent's namespace numbers it, and uid.
+static __always_inline void peer_cred(struct unix_event *e, u64 sk) {
+    u64 pid = kread64(sk + OFF_SK_PEER_PID);
+    if (pid) {
+        u32 level = 0;
+#if PIDNS_FILTER
+        u32 zero = 0;
+        u32 *cached = agent_level.lookup(&zero);
+        if (!cached || *cached == 0)
+            goto uid;                        // not known yet: the caller's own record found it
+        level = *cached - 1;
+        if (level > kread32(pid + OFF_PID_LEVEL) || ns_inum(upid_at(pid, level)) != PIDNS_INO)
+            goto uid;                        // a process outside the agent's namespace
+#endif
+        e->peer_pid = kread32(upid_at(pid, level) + OFF_UPID_NR);
+        if (e->peer_pid)
+            e->known |= UKNOWN_PEER_PID;
+    }
+#if PIDNS_FILTER
+uid:
+#endif
+    {
+        u64 cred = kread64(sk + OFF_SK_PEER_CRED);
+        if (cred) {
+            e->peer_uid = kread32(cred + OFF_CRED_UID);
+            e->known |= UKNOWN_PEER_UID;
+        }
+    }
+}
+
+static __always_inline void bound_name(struct unix_event *e, u64 sk) {
+    u64 addr = sk ? kread64(sk + OFF_UNIX_ADDR) : 0;
+    if (!addr)
+        return;
+    u32 len = kread32(addr + OFF_UADDR_LEN);            // sizeof(sa_family_t) + the name's
+    e->bound_len = len > 2 ? len - 2 : 0;
+    bpf_probe_read_kernel(&e->bound, sizeof(e->bound), (void *)(addr + OFF_UADDR_NAME + 2));
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    u8 sa[2 + 24] = {};
+    if (args->addrlen < 3 || bpf_probe_read_user(&sa, sizeof(sa), (void *)args->uservaddr))
+        return 0;
+    if (sa[0] != W_AF_UNIX || sa[1] != 0)
+        return 0;
+    u64 w0 = *(u64 *)&sa[2], w1 = *(u64 *)&sa[10], w2 = *(u64 *)&sa[18];
+    char comm[16] = {};
+    bpf_get_current_comm(&comm, sizeof(comm));
+    u64 c0 = *(u64 *)&comm[0], c1 = *(u64 *)&comm[8];
+    if (!(0 UNIX_COMMS UNIX_PREFIXES))
+        return 0;
+    // The client's sock exists already, and goes into `clients` now: the server's accept may
+    // return before this connect does.
+    u64 sk = sock_of_fd(args->fd);
+    if (!sk)
+        return 0;
+    struct unix_pending p = {.uaddr = (u64)args->uservaddr, .sk = sk, .ts = bpf_ktime_get_boot_ns(),
+                             .fd = args->fd, .len = args->addrlen};
+    u64 id = bpf_get_current_pid_tgid();
+    unix_clients.update(&sk, &p.ts);
+    unix_connecting.update(&id, &p);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct unix_pending *p = unix_connecting.lookup(&id);
+    if (!p)
+        return 0;
+    struct unix_pending q = *p;
+    unix_connecting.delete(&id);
+    u64 sk = q.sk;
+    struct unix_event e = {};
+    if (args->ret != 0 || !fill_hdr(&e.h, EV_UCONNECT)) {
+        unix_clients.delete(&sk);
+        return 0;
+    }
+    e.conn_sk = sk;
+    e.conn_ts = q.ts;
+    peer_cred(&e, sk);
+    bound_name(&e, kread64(sk + OFF_UNIX_PEER));   // the server's end shares the listener's name
+    u32 len = q.len - 2;
+    e.path_len = len > UNIX_PATH ? UNIX_PATH : len;
+    bpf_probe_read_user(&e.path, sizeof(e.path), (void *)(q.uaddr + 2));
+    emit(args, &e, sizeof(e));
+    return 0;
+}
+
+static __always_inline int unix_accept_exit(void *ctx, long fd) {
+    u64 sk = sock_of_fd(fd);
+    if (!sk || (kread32(sk + OFF_SKC_FAMILY) & 0xffff) != W_AF_UNIX)
+        return 0;
+    u64 client = kread64(sk + OFF_UNIX_PEER);
+    u64 *ts = unix_clients.lookup(&client);
+    if (!ts)
+        return 0;                                // a connection nobody recorded: not ours
+    struct unix_event e = {};
+    e.conn_ts = *ts;
+    unix_clients.delete(&client);
+    if (!fill_hdr(&e.h, EV_UACCEPT))
+        return 0;
+    e.conn_sk = client;
+    peer_cred(&e, sk);
+    bound_name(&e, sk);
+    emit(ctx, &e, sizeof(e));
+    return 0;
+}
+#endif
 
 // --- file changes ------------------------------------------------------------------------
 // Filtered here by path prefix, so the cost of the many opens nobody asked about stays in

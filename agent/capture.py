@@ -16,6 +16,7 @@ from pathlib import Path
 from . import btf, decode, ringbuf
 from .assemble import Assembler, kernel_prefixes
 from .bccload import load_bcc
+from whodid.config import UnixSockets
 
 SOURCE = Path(__file__).with_name("capture.c")
 
@@ -38,11 +39,12 @@ def argv_used(head: bytes) -> int:
     return 1 << 30
 
 
-def prefix_check(prefix: str) -> str:
-    """C for `path starts with prefix` over the path's first three 64-bit words, read little-endian."""
-    raw = prefix.encode()[:24]
+def prefix_check(prefix: str | bytes, words: tuple[str, ...] = ("w0", "w1", "w2")) -> str:
+    """C for `bytes start with prefix` over their first 64-bit words (8 bytes each, read
+    little-endian, as many as `words` names)."""
+    raw = (prefix.encode() if isinstance(prefix, str) else prefix)[:8 * len(words)]
     terms = []
-    for i, word in enumerate(("w0", "w1", "w2")):
+    for i, word in enumerate(words):
         chunk = raw[i * 8:(i + 1) * 8]
         if chunk:
             mask = (1 << (8 * len(chunk))) - 1
@@ -50,11 +52,27 @@ def prefix_check(prefix: str) -> str:
     return "(" + " && ".join(terms) + ")"
 
 
-def program_text(watch: tuple[str, ...], ringbuf_pages: int = 1024) -> str:
+def unix_path_bytes(prefix: str) -> bytes:
+    """A configured unix-socket prefix as sun_path bytes: `@name` is the abstract name, whose
+    first byte is NUL."""
+    return b"\0" + prefix[1:].encode() if prefix.startswith("@") else prefix.encode()
+
+
+def comm_check(name: str) -> str:
+    """C for `the task's comm is name`, or name and a colon after it (tmux calls its processes
+    `tmux: client` and `tmux: server`), over the comm's two words c0, c1."""
+    raw, words = name.encode()[:15], ("c0", "c1")
+    return "(" + prefix_check(raw + b"\0", words) + " || " + prefix_check(raw + b":", words) + ")"
+
+
+def program_text(watch: tuple[str, ...], ringbuf_pages: int = 1024, unix_prefixes: tuple[str, ...] = (),
+                 unix_comms: tuple[str, ...] = ()) -> str:
     """capture.c with the loader's substitutions (see its header)."""
     checks = "".join(f" || {prefix_check(p)}" for p in kernel_prefixes(watch))
+    unix = "".join(f" || {prefix_check(unix_path_bytes(p))}" for p in sorted(set(unix_prefixes)) if p)
+    comms = "".join(f" || {comm_check(c)}" for c in sorted(set(unix_comms)) if c)
     return (SOURCE.read_text().replace("RINGBUF_PAGES", str(ringbuf_pages))
-            .replace("WATCH_PREFIXES", checks))
+            .replace("WATCH_PREFIXES", checks).replace("UNIX_PREFIXES", unix).replace("UNIX_COMMS", comms))
 
 
 def own_pid_namespace() -> tuple[int, int]:
@@ -84,7 +102,8 @@ class Capture:
 
     def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024,
                  pidns: tuple[int, int] | None = None, buffer: str = "auto",
-                 offsets: btf.KernelOffsets | None = None):
+                 offsets: btf.KernelOffsets | None = None, unix_prefixes: tuple[str, ...] | None = None,
+                 unix_comms: tuple[str, ...] | None = None):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
@@ -98,7 +117,10 @@ class Capture:
         self.note: str | None = None
         if offsets is None:
             offsets, self.note = btf.running_kernel()
-        text = program_text(watch, ringbuf_pages)
+        defaults = UnixSockets()
+        text = program_text(watch, ringbuf_pages,
+                            tuple(defaults.prefixes if unix_prefixes is None else unix_prefixes),
+                            tuple(defaults.comms if unix_comms is None else unix_comms))
         try:
             self.bpf = bcc.BPF(text=text, cflags=flags + offsets.cflags())
         except Exception as exc:            # BCC raises bare Exception for compile/attach failures
@@ -113,8 +135,8 @@ class Capture:
                 raise CaptureError(f"could not load the BPF program: {exc2}. Run `whodid-agent doctor`.") from None
             offsets, self.note = btf.NONE, (
                 f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
-                "ses/auid and the pid namespace come only from /proc, and --pid-namespace self sees only its "
-                "own namespace")
+                "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
+                "own namespace, and unix-socket connects are not recorded")
         self.offsets = offsets
         self.assembler = assembler
         self._records: list = []

@@ -299,7 +299,8 @@ def run(args) -> int:
         try:
             cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
                           pidns=own_pid_namespace() if args.pid_namespace == "self" else None,
-                          buffer=args.buffer)
+                          buffer=args.buffer, unix_prefixes=tuple(cfg.unix_sockets.prefixes),
+                          unix_comms=tuple(cfg.unix_sockets.comms))
             mode = "bpf"
         except (CaptureError, BccMissing) as exc:
             print(f"whodid-agent: {exc}", file=sys.stderr)
@@ -336,6 +337,8 @@ def run(args) -> int:
     hello = {**run_mark("start"), "addrs": host_addrs(), "os": os.uname().sysname + " " + os.uname().release,
              "agent": "whodid-agent/bpf"}
     sink.write([hello] + (asm.snapshot() if mode != "audit" else []))
+    if mode == "bpf" and cap.offsets.unix:
+        sink.write(unix_snapshot(asm, cfg.unix_sockets))
     # what start-up made (BCC, the program, the snapshot) lives as long as the agent: out of the
     # collector's sight, each collection walks only what the event loop makes (a tenth of the
     # agent's CPU in an exec storm went to the collector walking start-up's objects)
@@ -345,8 +348,10 @@ def run(args) -> int:
         print(f"whodid-agent: following the audit log {args.audit_log} on {host} into {where}", file=sys.stderr,
               flush=True)
     elif mode == "bpf":
+        unix = (f", unix-socket connects by {', '.join(cfg.unix_sockets.comms) or 'no program'} or to "
+                f"{', '.join(cfg.unix_sockets.prefixes) or 'no path'}") if cap.offsets.unix else ""
         print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
-              f"file changes under {', '.join(watch)}) into {where}"
+              f"file changes under {', '.join(watch)}{unix}) into {where}"
               + (" through perf buffers" if cap.perf else ""), file=sys.stderr, flush=True)
         if cap.note:
             print(f"whodid-agent: {cap.note}", file=sys.stderr, flush=True)
@@ -417,6 +422,20 @@ def run(args) -> int:
     return 0
 
 
+def unix_snapshot(asm: Assembler, watched) -> list:
+    """The watched unix-socket connections that exist now (agent/unixdiag.py), as snapshot events."""
+    from . import unixdiag
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    try:
+        found = unixdiag.attached(unixdiag.dump(), unixdiag.socket_holders(), asm.procfs.comm,
+                                  tuple(watched.prefixes), tuple(watched.comms), str(now))
+    except (OSError, ValueError) as exc:    # the kernel refusing, or a reply this reader does not know
+        print(f"whodid-agent: could not list the unix-socket connections that exist already ({exc}); those made "
+              "from now on are recorded", file=sys.stderr, flush=True)
+        return []
+    return asm.unix_snapshot(found, now)
+
+
 def doctor(_args) -> int:
     """Check what the agent needs, and say how to fix what is missing."""
     checks = []
@@ -425,9 +444,11 @@ def doctor(_args) -> int:
                     if os.path.exists(f"{p}/events/sched/sched_process_exec")), None)
     checks.append(("tracepoints visible in tracefs", tracefs is not None,
                    "mount it: `mount -t tracefs nodev /sys/kernel/tracing`"))
-    _, btf_note = btf.running_kernel()
+    offsets, btf_note = btf.running_kernel()
     checks.append(("kernel BTF (/sys/kernel/btf/vmlinux)", btf_note is None,
                    f"optional, but {btf_note}"))
+    checks.append(("unix-socket connects (tmux, screen, ssh ControlMaster, docker)", offsets.unix is not None,
+                   f"optional, but {btf.UNIX_MISSING}"))
     release = os.uname().release
     build = f"/lib/modules/{release}/build"
     checks.append((f"kernel headers at {build}", os.path.exists(f"{build}/include"),
@@ -445,7 +466,7 @@ def doctor(_args) -> int:
     bad = 0
     for name, ok, fix in checks:
         print(f"  {'ok  ' if ok else 'FAIL'}  {name:<{width}}" + ("" if ok else f"\n        fix: {fix}"))
-        bad += not ok and not name.startswith("kernel BTF")
+        bad += not ok and not name.startswith(("kernel BTF", "unix-socket"))
     if not bad and os.geteuid() == 0:
         try:
             asm = Assembler("doctor", "doctor", 0.0, ProcFS(), user_name, group_name)

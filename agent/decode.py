@@ -13,6 +13,7 @@ from typing import NamedTuple
 from whodid.tracer.events import plain_ip
 
 EV_EXEC_ARGS, EV_EXEC, EV_FORK, EV_EXIT, EV_CRED, EV_CONNECT, EV_PASSIVE, EV_ACCEPT, EV_FILE = range(1, 10)
+EV_UCONNECT, EV_UACCEPT = 10, 11
 FILE_OPS = {1: "write", 2: "create", 3: "rename", 4: "unlink", 5: "rmdir", 6: "chmod", 7: "chown"}
 CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid", 4: "setgid", 5: "setregid", 6: "setresgid"}
 GID_CALLS = {"setgid", "setregid", "setresgid"}
@@ -29,6 +30,9 @@ EXIT_TAIL = struct.Struct("<iI")                # code has_code
 CRED_TAIL = struct.Struct("<IIII")              # call a b c
 SOCK_TAIL = struct.Struct("<HHHH16s16s")        # family lport rport pad laddr raddr
 FILE_TAIL = struct.Struct("<IIIIII256s256s")    # op relative mode owner group pad path path2
+UNIX_TAIL = struct.Struct("<IIIIIIQQ108s108s")  # peer_pid peer_uid known path_len bound_len pad conn_sk conn_ts
+#                                                 path bound
+UKNOWN_PEER_PID, UKNOWN_PEER_UID = 1, 2
 
 
 class DecodeError(ValueError):
@@ -100,7 +104,18 @@ class FileChange(NamedTuple):
     group: int | None
 
 
-Record = ExecArgs | Exec | Fork | Exit | Cred | Sock | FileChange
+class UnixConn(NamedTuple):
+    """A unix-socket connect (hdr.type EV_UCONNECT, the client) or its accept (EV_UACCEPT, the
+    server). Names are as people read them: an abstract name `@name`, odd bytes as \\xHH."""
+    hdr: Hdr
+    conn: str                  # the connection's id: the client's sock and the connect's time
+    path: str | None           # connect: what was asked for
+    bound: str | None          # the listener's bound name, when the kernel had one
+    peer_pid: int | None       # SO_PEERCRED: connect, who called listen(); accept, the client
+    peer_uid: int | None
+
+
+Record = ExecArgs | Exec | Fork | Exit | Cred | Sock | FileChange | UnixConn
 
 
 # tuple.__new__ straight from the unpacked tuple: a NamedTuple's own constructor is Python
@@ -114,6 +129,34 @@ def _cstr(raw: bytes) -> str:
 
 def _addr(family: int, raw: bytes) -> str:
     return plain_ip(raw[:4] if family == AF_INET else raw)
+
+
+def unix_name(raw: bytes, length: int) -> str | None:
+    """A sun_path as a name: the first `length` bytes; a pathname ends at its first NUL, an
+    abstract name (first byte NUL) is `@` and all its bytes (a relative path that starts with
+    `@` is written `./@...`, so it cannot pass for one). Bytes that are not printable UTF-8
+    are written \\xHH, so a name cannot carry control characters into a terminal."""
+    raw = raw[:max(0, min(length, len(raw)))]
+    if not raw:
+        return None
+    if raw[:1] == b"\0":
+        body, at = raw[1:], "@"
+    else:
+        body, at = raw.split(b"\0", 1)[0], ""
+        if not body:
+            return None
+        if body[:1] == b"@":
+            at = "./"                  # a relative path, not to be read as an abstract name
+    out = []
+    for ch in body.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:                 # a byte that is not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append("".join(f"\\x{b:02x}" for b in ch.encode()))
+    return at + "".join(out)
 
 
 def _id(value: int) -> int | None:
@@ -159,6 +202,11 @@ def decode(raw: bytes) -> Record:
             return FileChange(hdr, FILE_OPS.get(op, "write"), _cstr(path), p2 or None, bool(relative),
                               mode if op in (2, 6) or (op == 1 and mode) else None,
                               _id(owner) if op == 7 else None, _id(group) if op == 7 else None)
+        if t in (EV_UCONNECT, EV_UACCEPT):
+            ppid, puid, known, path_len, bound_len, _, sk, conn_ts, path, bound = UNIX_TAIL.unpack_from(raw, body)
+            return UnixConn(hdr, f"{sk:x}-{conn_ts}", unix_name(path, path_len) if t == EV_UCONNECT else None,
+                            unix_name(bound, bound_len), ppid if known & UKNOWN_PEER_PID else None,
+                            puid if known & UKNOWN_PEER_UID else None)
     except struct.error as exc:
         raise DecodeError(f"record type {hdr.type} of {len(raw)} bytes is truncated ({exc})") from None
     raise DecodeError(f"unknown record type {hdr.type}")

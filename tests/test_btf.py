@@ -182,3 +182,29 @@ def test_this_kernel_s_btf_has_every_member():
     # loginuid (kuid_t) and sessionid sit side by side in task_struct; upid is {int nr; ns *}
     assert offs.login[1] == offs.login[0] + 4
     assert offs.pid[4] == 16 and offs.upid_nr == 0 and offs.pid[5] == 8
+
+
+@pytest.mark.skipif(not os.path.exists(btf.VMLINUX), reason="this kernel has no BTF")
+def test_this_kernel_s_btf_has_the_unix_socket_members():
+    offs, _ = btf.running_kernel()
+    assert offs.unix is not None
+    named = dict(zip((m[0] for m in btf.UNIX_MEMBERS), offs.unix))
+    # cred.uid follows usage and uid's neighbours; name[] follows refcnt and len in unix_address
+    assert named["OFF_UADDR_NAME"] == named["OFF_UADDR_LEN"] + 4
+    assert named["OFF_FDT_MAX_FDS"] == 0 and named["OFF_SKC_FAMILY"] < named["OFF_SK_PEER_PID"]
+    flags = offs.cflags()
+    assert "-DHAVE_UNIX=1" in flags and f"-DOFF_UNIX_PEER={named['OFF_UNIX_PEER']}" in flags
+
+
+def test_a_kernel_without_the_socket_structs_records_no_unix_connects_and_says_so(tmp_path):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(kernel_like().bytes())          # task_struct and pid only: no file, socket, unix_sock
+    offs, note = btf.running_kernel(str(path))
+    assert offs.unix is None and offs.pid is not None and offs.login is not None
+    assert "-DHAVE_UNIX=1" not in offs.cflags() and not any("OFF_UNIX" in f for f in offs.cflags())
+    assert note == btf.UNIX_MISSING and "unix-socket" in note and "\n" not in note
+
+
+def test_no_btf_says_unix_connects_are_not_recorded(tmp_path):
+    _, note = btf.running_kernel(str(tmp_path / "vmlinux"))
+    assert "unix-socket connects are not recorded" in note

@@ -78,3 +78,23 @@ def test_the_example_documents_every_key_of_the_change_review():
     for part, keys in KEYS.items():
         for key in keys:
             assert re.search(rf"^\s*#?\s*(- )?{key}:", text, re.M), f"changes: {part}.{key} missing from the example"
+
+
+def test_unix_sockets_are_typed_and_checked():
+    cfg = from_dict({"agent": {"unix_sockets": {"prefixes": ["/srv/app.sock", "@mux"]}}})
+    assert cfg.agent.unix_sockets == config.UnixSockets(prefixes=["/srv/app.sock", "@mux"])
+    assert cfg.agent.unix_sockets.comms == ["ssh", "tmux", "screen"]        # what was not given keeps its default
+    assert config.Config().agent.unix_sockets.prefixes[0] == "/tmp/tmux-"
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"unix_sockets": ["/tmp/tmux-"]}, "`agent.unix_sockets` must be a mapping"),
+    ({"unix_sockets": {"paths": []}}, "unknown key `agent.unix_sockets.paths`"),
+    ({"unix_sockets": {"prefixes": "/tmp/tmux-"}}, "`agent.unix_sockets.prefixes` must be a list"),
+    ({"unix_sockets": {"prefixes": ["tmp/tmux-"]}}, "neither a path (/...) nor an abstract name (@...)"),
+    ({"unix_sockets": {"comms": ["a-very-long-program-name"]}}, "longer than a comm can be"),
+])
+def test_bad_unix_sockets_say_what_is_wrong(raw, words):
+    with pytest.raises(ConfigError) as info:
+        from_dict({"agent": raw}, "test.yaml")
+    assert words in str(info.value)

@@ -112,6 +112,43 @@ class IdentityConfig:
 
 
 @dataclass
+class UnixSockets:
+    """Which unix-socket connects the agent records (agent.unix_sockets; docs/agent.md): a connect
+    is kept in the kernel when the connecting program's name is in `comms`, or its path starts
+    with one of `prefixes` (an abstract name written `@name`). Only the first 24 bytes of a
+    prefix count, and a comm is matched whole or up to a colon (`tmux: client`)."""
+    prefixes: list[str] = field(default_factory=lambda: [
+        "/tmp/tmux-", "/run/screen/", "/var/run/screen/", "/run/docker.sock", "/var/run/docker.sock",
+        "/run/podman/podman.sock", "/run/user/"])
+    comms: list[str] = field(default_factory=lambda: ["ssh", "tmux", "screen"])
+
+
+def _unix_sockets(raw: Any, where: str) -> UnixSockets:
+    if isinstance(raw, UnixSockets):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: `agent.unix_sockets` must be a mapping with `prefixes` and `comms`")
+    known = set(UnixSockets.__dataclass_fields__)
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key `agent.unix_sockets.{key}`; it takes {sorted(known)}")
+    out = UnixSockets(**raw)
+    for key in known:
+        values = getattr(out, key)
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise ConfigError(f"{where}: `agent.unix_sockets.{key}` must be a list of non-empty strings")
+    for prefix in out.prefixes:
+        if not prefix.startswith(("/", "@")):
+            raise ConfigError(f"{where}: `agent.unix_sockets.prefixes`: {prefix!r} is neither a path (/...) "
+                              "nor an abstract name (@...)")
+    for comm in out.comms:
+        if len(comm.encode()) > 15:
+            raise ConfigError(f"{where}: `agent.unix_sockets.comms`: {comm!r} is longer than a comm can be "
+                              "(15 bytes)")
+    return out
+
+
+@dataclass
 class AgentConfig:
     host_name: str = ""                 # empty: the hostname (UTS namespace)
     watch: list[str] = field(default_factory=lambda: [
@@ -131,6 +168,7 @@ class AgentConfig:
     spool_max: str = "1GiB"
     spool_when_full: str = "drop-oldest"
     batch_events: int = 5000
+    unix_sockets: UnixSockets = field(default_factory=UnixSockets)
 
     def agent_token(self) -> str:
         token = os.environ.get("WHODID_AGENT_TOKEN") or self.token
@@ -316,6 +354,7 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         for key, values in person.items():
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise ConfigError(f"{where}: `identity.people.{name}.{key}` must be a list of strings")
+    cfg.agent.unix_sockets = _unix_sockets(cfg.agent.unix_sockets, where)
     for key in ("watch", "redact_patterns", "exclude"):
         values = getattr(cfg.agent, key)
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
