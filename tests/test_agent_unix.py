@@ -268,3 +268,24 @@ def test_an_accept_after_a_one_shot_client_exited_still_names_its_start():
     conn = next(e for e in events if e["kind"] == "uconnect")
     acc = next(e for e in events if e["kind"] == "uaccept")
     assert (acc["peer_pid"], acc["peer_start"]) == (100, conn["start"])
+
+
+def test_the_agents_pair_is_one_connection_in_the_store_with_the_parser_in_between():
+    # The agent (this file) and the store (tests/test_uconns.py) were built against one written
+    # schema; this is the seam: the agent's own events, through parse_event and ingest, are one
+    # uconns row joining the tmux client to its server.
+    from whodid.tracer import Store, ingest
+    asm = assembler()
+    events = asm.feed_all([
+        d.decode(unix_rec(d.EV_UCONNECT, 100, b"/tmp/tmux-1000/default\0", b"/tmp/tmux-1000/default\0",
+                          peer_pid=200, peer_uid=1000, ts_ns=2_000_000_000)),
+        d.decode(unix_rec(d.EV_UACCEPT, 200, b"", b"/tmp/tmux-1000/default\0", peer_pid=100, peer_uid=1000,
+                          ts_ns=2_000_100_000)),
+    ])
+    store = Store.open(":memory:", create=True)
+    got = ingest(store, asm.snapshot() + events)
+    assert got.rejected == 0
+    (server,) = [p for p in store.procs(r[0] for r in store.db.execute("SELECT id FROM procs")).values()
+                 if p.pid == 200]
+    (conn,) = store.unix_clients(server.id, BOOT_EPOCH, BOOT_EPOCH + 10)
+    assert store.proc(conn["client"]).pid == 100
