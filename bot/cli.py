@@ -606,6 +606,9 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     print(render_text(query, traces, now))
     for written in write_images(traces[:1], image, now):
         print(f"image: {written}")
+    # the store is whole on disk before anything else opens it: closing folds the write-ahead log
+    # into the file, so a copy of demo.db alone (a backup, a test) holds every event
+    store.close()
     demo_canary(path, cfg)
     demo_digest(path, cfg, ident, now)
     print()
