@@ -173,3 +173,30 @@ class LocalAgent:
             self.proc.kill()
             raise
         self.returncode = self.proc.returncode
+
+
+def file_agent(tmp_path, name: str, *extra: str):
+    """`whodid-agent run --out <tmp_path>/<name>.jsonl` on this kernel, waited for until it
+    captures (its ready file): the agent of the restart and outage tests."""
+    import subprocess
+    import sys
+    import time
+    ready = tmp_path / f"{name}.ready"
+    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--out", str(tmp_path / f"{name}.jsonl"),
+                              "--ready-file", str(ready), "--flush-interval", "0.2", *extra, "--auth-log", "none"],
+                             stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if ready.exists() or agent.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert agent.poll() is None, agent.communicate()[1]
+    return agent
+
+
+def stop_file_agent(agent, how=None) -> None:
+    """Stop it (SIGTERM unless told) and check it ended as that signal should end it."""
+    import signal
+    how = signal.SIGTERM if how is None else how
+    agent.send_signal(how)
+    _, err = agent.communicate(timeout=60)
+    assert agent.returncode == (0 if how == signal.SIGTERM else -how), err

@@ -9,9 +9,7 @@ Needs root, tracefs and BCC (skipped without them, as tests/test_agent_live.py).
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from whodid.tracer import Query, Store, Tracer
 from whodid.tracer.ingest import ingest
 
+from kit import file_agent, stop_file_agent
 from test_agent_live import REASON
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
@@ -27,22 +26,7 @@ MARK = f"whodid-restart-{os.getpid()}"
 
 
 def start_agent(tmp_path, name):
-    ready = tmp_path / f"{name}.ready"
-    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--out", str(tmp_path / f"{name}.jsonl"),
-                              "--ready-file", str(ready), "--flush-interval", "0.2", "--auth-log", "none"],
-                             stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        if ready.exists() or agent.poll() is not None:
-            break
-        time.sleep(0.1)
-    assert agent.poll() is None, agent.communicate()[1]
-    return agent
-
-
-def stop_agent(agent):
-    agent.send_signal(signal.SIGTERM)
-    _, err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, err
+    return file_agent(tmp_path, name)
 
 
 def test_a_shell_living_across_a_restart_is_one_process_and_its_child_reaches_its_parent(tmp_path):
@@ -56,7 +40,7 @@ def test_a_shell_living_across_a_restart_is_one_process_and_its_child_reaches_it
         shell = subprocess.Popen(["sh", "-c", f"read x < {go}; /bin/true {MARK}-child; exit 3"])
         time.sleep(0.5)                                  # let the fork reach the agent
     finally:
-        stop_agent(first)
+        stop_file_agent(first)
     second = start_agent(tmp_path, "second")
     try:
         with open(go, "w") as fh:
@@ -64,7 +48,7 @@ def test_a_shell_living_across_a_restart_is_one_process_and_its_child_reaches_it
         assert shell.wait(timeout=30) == 3
         time.sleep(1.0)                                  # let the last records reach the agent
     finally:
-        stop_agent(second)
+        stop_file_agent(second)
 
     first_events = [json.loads(line) for line in (tmp_path / "first.jsonl").read_text().splitlines()]
     second_events = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]

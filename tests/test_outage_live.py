@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -23,6 +22,7 @@ from whodid.tracer import Query, Store, Tracer
 from whodid.tracer.ingest import ingest
 from whodid.tracer.when import clock
 
+from kit import file_agent, stop_file_agent
 from test_agent_live import REASON
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
@@ -31,22 +31,7 @@ MARK = f"whodid-outage-{os.getpid()}"
 
 
 def start_agent(tmp_path, name):
-    ready = tmp_path / f"{name}.ready"
-    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--out", str(tmp_path / f"{name}.jsonl"),
-                              "--ready-file", str(ready), "--flush-interval", "0.2", "--heartbeat", "0.3",
-                              "--auth-log", "none"], stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        if ready.exists() or agent.poll() is not None:
-            break
-        time.sleep(0.1)
-    assert agent.poll() is None, agent.communicate()[1]
-    return agent
-
-
-def stop_agent(agent, how=signal.SIGTERM):
-    agent.send_signal(how)
-    _, err = agent.communicate(timeout=60)
-    assert agent.returncode == (0 if how == signal.SIGTERM else -how), err
+    return file_agent(tmp_path, name, "--heartbeat", "0.3")
 
 
 def events(path):
@@ -80,7 +65,7 @@ def test_a_chain_across_an_agent_outage_names_it_and_infers_the_links_across_it(
                                               f"exit 4'; /bin/true {MARK}-direct; exit 3"])
         time.sleep(1.0)                                  # the fork reaches the agent, and a heartbeat goes out
     finally:
-        stop_agent(first, how)
+        stop_file_agent(first, how)
     with open(go1, "w") as fh:                           # no agent runs: the shell starts the subshell
         fh.write("go\n")
     time.sleep(0.5)
@@ -91,7 +76,7 @@ def test_a_chain_across_an_agent_outage_names_it_and_infers_the_links_across_it(
         assert shell.wait(timeout=30) == 3
         time.sleep(1.0)                                  # let the last records reach the agent
     finally:
-        stop_agent(second)
+        stop_file_agent(second)
 
     first_events, second_events = events(tmp_path / "first.jsonl"), events(tmp_path / "second.jsonl")
     # what the agents marked: the outage is from the first run's stop (or last heartbeat) to the second's start
