@@ -42,18 +42,25 @@ def test_two_peoples_commands_under_one_reused_pid_are_two_matches():
 AUDITED = Host("db-1", "10.0.2.40", boot="audit:db-1")     # agent/audit.py's boot: one per host, for ever
 
 
-def test_an_audit_session_id_reused_after_a_reboot_is_not_joined_to_the_old_boots_login():
-    # the hand-made events share one boot, as audit.py's did across reboots (it now names each
-    # boot it sees begin apart: tests/test_audit.py); jim's login (ses 7) ended at 3000, long
-    # before the later session's processes began, so it cannot be theirs (trace._session_login)
+def session_id_given_again_after_a_reboot():
+    """jim's ssh login as ec2-user (session 7) ends at 3000; after a reboot the audit source did
+    not mark, bob works at the console (not recorded) and his session is 7 again: his `make
+    deploy` carries it, and its child runs `rm -rf /srv/data`."""
     ev = ssh_session(AUDITED, 0, 200, "ec2-user", 1000, "203.0.113.7", 53122, JIM_FP, ses=7)
     ev += [AUDITED.exit(3000, 201), AUDITED.exit(3000.1, 200)]
-    # reboot; bob logs in at the console (not recorded): his session is 7 again
     ev += [AUDITED.exec(90_000, 600, ["bash"], uid=1000, snapshot=True),
            AUDITED.fork(90_010, 610, 600),
            AUDITED.exec(90_010.01, 610, ["make", "deploy"], uid=1000, auid=1000, ses=7),
            AUDITED.fork(90_020, 620, 610),
            AUDITED.exec(90_020.01, 620, ["rm", "-rf", "/srv/data"], uid=1000)]
+    return ev
+
+
+def test_an_audit_session_id_reused_after_a_reboot_is_not_joined_to_the_old_boots_login():
+    # the hand-made events share one boot, as audit.py's did across reboots (it now names each
+    # boot it sees begin apart: tests/test_audit.py); jim's login (ses 7) ended at 3000, long
+    # before the later session's processes began, so it cannot be theirs (trace._session_login)
+    ev = session_id_given_again_after_a_reboot()
     (tr,) = trace_one(ev, "rm -rf")
     assert tr.attributed.user != "jim"
 
@@ -279,13 +286,7 @@ def test_a_login_over_long_before_is_no_strong_candidate_by_a_session_id_given_a
     # the reboot story of the test above: the session join refuses jim's login (over a day before
     # the processes began), but the candidates took it as "same audit session 7", the strongest
     # evidence there is, and said nothing of its end
-    ev = ssh_session(AUDITED, 0, 200, "ec2-user", 1000, "203.0.113.7", 53122, JIM_FP, ses=7)
-    ev += [AUDITED.exit(3000, 201), AUDITED.exit(3000.1, 200)]
-    ev += [AUDITED.exec(90_000, 600, ["bash"], uid=1000, snapshot=True),
-           AUDITED.fork(90_010, 610, 600),
-           AUDITED.exec(90_010.01, 610, ["make", "deploy"], uid=1000, auid=1000, ses=7),
-           AUDITED.fork(90_020, 620, 610),
-           AUDITED.exec(90_020.01, 620, ["rm", "-rf", "/srv/data"], uid=1000)]
+    ev = session_id_given_again_after_a_reboot()
     ev += ssh_session(AUDITED, 89_000, 300, "ec2-user", 1000, "198.51.100.23", 41870, BOB_FP, ses=9)
     (tr,) = trace_one(ev, "rm -rf")
     who = tr.attributed
