@@ -101,14 +101,20 @@ def assembler():
     return asm
 
 
-def test_a_connect_and_its_accept_become_a_uconnect_uaccept_pair_the_schema_allows():
-    asm = assembler()
-    events = asm.feed_all([
+def tmux_attach(asm):
+    """A tmux client (pid 100) connects to its server's socket (pid 200), which accepts it: the
+    events the agent makes of the two records."""
+    return asm.feed_all([
         d.decode(unix_rec(d.EV_UCONNECT, 100, b"/tmp/tmux-1000/default\0", b"/tmp/tmux-1000/default\0",
                           peer_pid=200, peer_uid=1000, ts_ns=2_000_000_000)),
         d.decode(unix_rec(d.EV_UACCEPT, 200, b"", b"/tmp/tmux-1000/default\0", peer_pid=100, peer_uid=1000,
                           ts_ns=2_000_100_000)),
     ])
+
+
+def test_a_connect_and_its_accept_become_a_uconnect_uaccept_pair_the_schema_allows():
+    asm = assembler()
+    events = tmux_attach(asm)
     conn, acc = [e for e in events if e["kind"] in SCHEMA]
     assert schema_problems(conn) == [] and schema_problems(acc) == []
     start = asm.procs[100].start, asm.procs[200].start
@@ -276,12 +282,7 @@ def test_the_agents_pair_is_one_connection_in_the_store_with_the_parser_in_betwe
     # uconns row joining the tmux client to its server.
     from whodid.tracer import Store, ingest
     asm = assembler()
-    events = asm.feed_all([
-        d.decode(unix_rec(d.EV_UCONNECT, 100, b"/tmp/tmux-1000/default\0", b"/tmp/tmux-1000/default\0",
-                          peer_pid=200, peer_uid=1000, ts_ns=2_000_000_000)),
-        d.decode(unix_rec(d.EV_UACCEPT, 200, b"", b"/tmp/tmux-1000/default\0", peer_pid=100, peer_uid=1000,
-                          ts_ns=2_000_100_000)),
-    ])
+    events = tmux_attach(asm)
     store = Store.open(":memory:", create=True)
     got = ingest(store, asm.snapshot() + events)
     assert got.rejected == 0
