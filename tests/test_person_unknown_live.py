@@ -23,7 +23,7 @@ from whodid.tracer.render.jsonout import trace_json
 from whodid.tracer.stitch import INFERRED, PERSON_UNKNOWN, UNKNOWN
 
 from test_agent_live import REASON
-from test_agent_restart import start_agent, stop_agent
+from kit import file_agent as start_agent, stop_file_agent as stop_agent
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
 

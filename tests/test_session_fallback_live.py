@@ -15,7 +15,7 @@ from whodid.tracer import Query, Store, Tracer
 from whodid.tracer.ingest import ingest
 
 from test_agent_live import REASON
-from test_agent_restart import start_agent, stop_agent
+from kit import file_agent, stop_file_agent
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
 
@@ -41,7 +41,7 @@ def test_a_session_begun_before_the_agent_is_joined_by_its_audit_session_id(tmp_
     shell, top = int(pidfile.read_text()), int((tmp_path / "top").read_text())
     ses = int((tmp_path / "ses").read_text())
     assert int(open(f"/proc/{top}/sessionid").read()) == 4294967295
-    agent = start_agent(tmp_path, "agent")                     # the session began before the agent
+    agent = file_agent(tmp_path, "agent")                     # the session began before the agent
     try:
         with open(go, "w") as fh:
             fh.write("go\n")
@@ -51,7 +51,7 @@ def test_a_session_begun_before_the_agent_is_joined_by_its_audit_session_id(tmp_
             time.sleep(0.05)
         time.sleep(1.0)                                        # let the last records reach the agent
     finally:
-        stop_agent(agent)
+        stop_file_agent(agent)
     events = [json.loads(line) for line in (tmp_path / "agent.jsonl").read_text().splitlines()]
     (snap,) = [e for e in events if e["kind"] == "exec" and e["pid"] == top and e.get("snapshot")]
     assert snap.get("ses") in (None, 4294967295)          # the break carries no session
