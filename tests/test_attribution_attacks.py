@@ -539,21 +539,11 @@ def bobs_broken_session_and_a_late_record_naming_jim(record_pid=300):
     return ev
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trace._session_login joins the LAST login of the session that _began_by admits (logins[-1]) and, "
-    "unlike the unbroken chain (_weighed_login), raises no doubt when a session has two login records "
-    "naming two people. With LATE_LOGIN_LINE (60 s) a record dated 28 s after the job began is admitted "
-    "and, being latest, wins over bob's genuine login: whodid names jim ('inferred', no candidates, no "
-    "note of the second record) for bob's rm. With the old 1 s rule it named bob."))
 def test_a_login_record_dated_after_a_broken_sessions_job_began_does_not_outrank_its_earlier_login():
     (tr,) = trace_one(bobs_broken_session_and_a_late_record_naming_jim(), "rm -rf")
     assert tr.attributed.user != "jim", tr.attributed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "same hole as above, the late record joined to another process (a reused pid read from /proc into "
-    "session 9): _session_login takes the latest of the two records of session 9 and names jim, inferred, "
-    "with no doubt and no candidates"))
 def test_a_late_record_of_another_sshd_carrying_the_session_does_not_outrank_its_login():
     ev = bobs_broken_session_and_a_late_record_naming_jim(record_pid=400)
     ev += [H.fork(39, 400, 100), H.exec(39.01, 400, ["sshd:", "ec2-user", "[priv]"])]

@@ -382,7 +382,10 @@ class Tracer:
                   and not (self.session_ids_may_repeat(p.boot) and self._ended_before(lg, first))]
         if not logins:
             return None
-        login = logins[-1]
+        # a record dated by the process's start is the session's own; one admitted only by the
+        # late-line allowance (_began_by) stands in when there is none, never over it
+        on_time = [lg for lg in logins if lg["ts"] <= began + 1]
+        login = (on_time or logins)[-1]
         lproc = self.store.proc(login["proc"])
         top = self._step(lproc, self._inherited_image(lproc), inherited=True, at=login["ts"])
         top.login, top.user = login, login["user"]
