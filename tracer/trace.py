@@ -16,6 +16,7 @@ import networkx as nx
 from . import outages, stitch
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
+from .sharing import SharedSession
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
 from .when import clock, format_duration
@@ -100,6 +101,8 @@ class Trace:
     # the matched process's exec chain, in order: what it was exec'd as (a shim, `env FOO=1`, a
     # wrapper script) and what it became; one match per process shows them all
     execs: list[Image] = field(default_factory=list)
+    # multiplexer servers and ssh masters on the chain, and who used them (sharing.py)
+    shared: list[SharedSession] = field(default_factory=list)
 
 
 class Tracer:
