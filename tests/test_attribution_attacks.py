@@ -567,11 +567,6 @@ def python_run_again_while_no_agent_ran(spool_late=False):
     return ev + seen + [snap]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store._write_exec drops a snapshot exec whose comm matches ANY seen exec of the process (comm IS ?1), "
-    "though its argv differs: a second python3 program exec'd while no agent ran is taken for a restatement "
-    "of `python3 deploy.py`, so `rmtree` finds nothing and the process reads as deploy.py. Comparing argv "
-    "(or comm only when argv is truncated/missing) and only the LAST seen image would keep it."))
 @pytest.mark.parametrize("spool_late", [False, True])
 def test_a_program_with_the_same_comm_exec_d_while_no_agent_ran_is_kept(spool_late):
     # spool_late: the DELETE for a late seen exec (comm IS ? OR argv = ?) removes the snapshot row

@@ -354,3 +354,35 @@ def test_a_snapshot_of_a_program_execd_while_no_agent_ran_goes_after_the_seen_im
     rows = store.db.execute("SELECT ts, cmd, snapshot FROM execs ORDER BY ts").fetchall()
     assert [(cmd, snap) for _, cmd, snap in rows] == [("bash", None), ("python3 job.py", 1)]
     assert rows[1][0] > rows[0][0]
+
+
+@pytest.mark.parametrize("seen, snap, cut, restated", [
+    # the same image; a login shell's `-bash`; argv[0] spelled by path
+    (["bash"], ["bash"], False, True),
+    (["bash"], ["-bash"], False, True),
+    (["/usr/bin/python3", "job.py"], ["python3", "job.py"], False, True),
+    # a process that rewrote its title (sshd, postgres): the first word names no program it ran
+    (["/usr/sbin/sshd", "-D", "-R"], ["sshd: jim [priv]"], False, True),
+    # the same program with other arguments: exec'd again while no agent ran
+    (["python3", "deploy.py"], ["python3", "-c", "import shutil; shutil.rmtree('/srv')"], False, False),
+    # an argv cut at the agent's limit compares up to the cut
+    (["python3", "-c", "print(1)" * 3], ["python3", "-c", "print(1)" * 3 + "x" * 9000], True, True),
+    (["python3", "-c", "print(1)"], ["python3", "run.py", "x" * 9000], True, False),
+])
+def test_which_snapshot_restates_the_last_seen_exec(seen, snap, cut, restated):
+    from whodid.tracer.store import restates
+    assert restates("x", seen, cut, "x", snap, False) is restated
+
+
+def test_a_snapshot_under_another_comm_is_another_program():
+    from whodid.tracer.store import restates
+    assert not restates("bash", ["bash"], False, "vim", ["bash"], False)
+
+
+def test_a_snapshot_restating_an_earlier_image_but_not_the_last_is_a_new_exec():
+    # bash, then vim (seen), then bash again while no agent ran: /proc shows what it is now
+    ev = [H.fork(10, 200, 1), H.exec(10.01, 200, ["bash"], uid=1001, comm="bash"),
+          H.exec(11, 200, ["vim"], uid=1001, comm="vim"),
+          H.exec(10, 200, ["bash"], uid=1001, comm="bash", snapshot=True)]
+    rows = store_with(ev).db.execute("SELECT cmd, snapshot FROM execs ORDER BY ts").fetchall()
+    assert rows == [("bash", None), ("vim", None), ("bash", 1)]

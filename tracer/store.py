@@ -98,6 +98,37 @@ def command_line(argv: list[str]) -> tuple[str, str | None]:
     return cmd, (None if cmd.split(" ") == argv else json.dumps(argv))
 
 
+def _argv_of(cmd: str, argv_json: str | None) -> list[str]:
+    return json.loads(argv_json) if argv_json else cmd.split(" ")
+
+
+def restates(seen_comm: str | None, seen: list[str], seen_cut: bool,
+             snap_comm: str | None, snap: list[str], snap_cut: bool) -> bool:
+    """Whether a /proc snapshot of a process (snap) restates its last seen exec (seen) rather
+    than showing another program it exec'd while no agent ran. A process may rewrite its own
+    title (sshd's `sshd: jim [priv]`, postgres, nginx), so a snapshot whose first word names
+    another program than the exec's, under the same comm, is that exec retitled; the same
+    program with other arguments (`python3 deploy.py`, then `python3 -c ...`) is a new exec.
+    A truncated argv is compared up to where it was cut."""
+    if seen_comm is not None and snap_comm is not None and seen_comm != snap_comm:
+        return False
+    if seen == snap:
+        return True
+    if not seen or not snap or _program(seen[0]) != _program(snap[0]):
+        return seen_comm is not None and seen_comm == snap_comm
+    a, b = seen[1:], snap[1:]
+    if seen_cut or snap_cut:
+        n = min(len(a), len(b))
+        # the last kept argument may itself be cut short
+        return a[:max(0, n - 1)] == b[:max(0, n - 1)] and (n == 0 or a[n - 1].startswith(b[n - 1])
+                                                             or b[n - 1].startswith(a[n - 1]))
+    return a == b
+
+
+def _program(arg0: str) -> str:
+    return os.path.basename(arg0.lstrip("-")) or arg0
+
+
 def shown(text: str) -> str:
     """text as SQLite can hold it (UTF-8): each byte that was not UTF-8 (a surrogateescape
     U+DC80-U+DCFF, as the agent decodes paths and arguments) becomes the four characters \\xHH,
@@ -425,16 +456,25 @@ class Store:
             # read as a change of user when the exec was sudo's or sshd's). A snapshot of another
             # program (comm, else argv) is an exec made while no agent ran: it goes after the
             # images seen, as it happened after them.
-            seen = c.execute("SELECT max(ts), max(comm IS ?1 OR (comm IS NULL AND argv = ?2)) FROM execs "
-                             "WHERE proc = ?3 AND snapshot IS NULL", [ev.get("comm"), argv_json, proc]).fetchone()
-            if seen[0] is not None:
-                if seen[1]:
+            # Only the last seen image can be restated: /proc shows what the process is now.
+            last = c.execute("SELECT ts, comm, cmd, argv, truncated FROM execs WHERE proc = ? AND snapshot IS NULL "
+                             "ORDER BY ts DESC LIMIT 1", [proc]).fetchone()
+            if last is not None:
+                if restates(last[1], _argv_of(last[2], last[3]), bool(last[4]),
+                            ev.get("comm"), ev["argv"], bool(ev.get("truncated"))):
                     return 0
-                ts = max(ts, seen[0] + 1e-6)
+                ts = max(ts, last[0] + 1e-6)
         else:
-            # the seen exec arrived after the snapshot that restated it (a spool sent late)
-            c.execute("DELETE FROM execs WHERE proc = ? AND snapshot = 1 AND ts <= ? AND (comm IS ? OR argv = ?)",
-                      [proc, ts, ev.get("comm"), argv_json])
+            # the seen exec arrived after a snapshot (a spool sent late): a snapshot restating it
+            # goes; one of another program is an exec made later, while no agent ran
+            for sid, sts, comm, scmd, sargv, strunc in c.execute(
+                    "SELECT id, ts, comm, cmd, argv, truncated FROM execs WHERE proc = ? AND snapshot = 1 AND ts <= ?",
+                    [proc, ts]).fetchall():
+                if restates(ev.get("comm"), ev["argv"], bool(ev.get("truncated")), comm, _argv_of(scmd, sargv),
+                            bool(strunc)):
+                    c.execute("DELETE FROM execs WHERE id = ?", [sid])
+                else:
+                    c.execute("UPDATE OR IGNORE execs SET ts = ? WHERE id = ?", [ts + 1e-6, sid])
         new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, "
                   "egid, auid, ses, tty, comm, pidns, container, snapshot) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
