@@ -572,3 +572,17 @@ def test_a_program_with_the_same_comm_exec_d_while_no_agent_ran_is_kept(spool_la
     # spool_late: the DELETE for a late seen exec (comm IS ? OR argv = ?) removes the snapshot row
     traces = trace_one(python_run_again_while_no_agent_ran(spool_late), "rmtree")
     assert [t.attributed.user for t in traces] == ["jim"]
+
+
+def test_two_login_records_of_one_session_both_before_its_job_name_no_one():
+    # bob's session 9 (his key, at 10 s); a second record for session 9 at 11 s names jim's key
+    # (a line bob forged with `logger -t sshd[pid]`, joined to a process of his session). Both came
+    # before the broken job at 12 s: the later one used to win silently, naming jim
+    ev = bobs_broken_session_and_a_late_record_naming_jim()
+    late = next(e for e in ev if e["kind"] == "login" and e.get("key_fp") == JIM_FP)
+    late["ts"] = 11
+    (tr,) = trace_one(ev, "rm -rf")
+    who = tr.attributed
+    assert who.confidence == "unknown", who
+    assert {c.key_fp for c in who.candidates} == {BOB_FP, JIM_FP}, who.candidates
+    assert any("audit session 9 has 2 login records" in e for c in who.candidates for e in c.evidence)

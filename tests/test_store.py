@@ -386,3 +386,11 @@ def test_a_snapshot_restating_an_earlier_image_but_not_the_last_is_a_new_exec():
           H.exec(10, 200, ["bash"], uid=1001, comm="bash", snapshot=True)]
     rows = store_with(ev).db.execute("SELECT cmd, snapshot FROM execs ORDER BY ts").fetchall()
     assert rows == [("bash", None), ("vim", None), ("bash", 1)]
+
+
+def test_a_snapshot_of_another_program_sent_before_the_seen_exec_still_goes_after_it():
+    # a spool sent late: the restarted agent's snapshot (dated at the fork) arrives first
+    ev = [H.fork(10, 200, 1), H.exec(10, 200, ["python3", "-c", "rmtree"], uid=1001, comm="python3", snapshot=True),
+          H.exec(10.01, 200, ["python3", "deploy.py"], uid=1001, comm="python3")]
+    rows = store_with(ev).db.execute("SELECT cmd, snapshot FROM execs ORDER BY ts").fetchall()
+    assert rows == [("python3 deploy.py", None), ("python3 -c rmtree", 1)]

@@ -516,12 +516,18 @@ def _doubted_login(chain: list[Step], identity: Identity) -> Attribution:
         cands.append(Candidate(person=person, account=r["user"], host=origin.host, login_time=r["ts"],
                                source=r.get("raddr"), key_fp=r.get("key_fp"),
                                named=bool(mapped) or is_person_account(r["user"], identity),
-                               evidence=[f"a login record of sshd's process (pid {origin.pid}), from "
+                               evidence=[f"a login record of {_record_of(r, origin)}, from "
                                          f"{r.get('raddr') or 'an unknown address'}", lg["doubt"]]))
     return Attribution(user=PERSON_UNKNOWN, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
                        how=f"ssh as {lg['user']}, by a login record whose own evidence disagrees: {lg['doubt']}",
                        account=lg["user"], key_fp=lg.get("key_fp"), notes=[f"{origin.host}: {lg['doubt']}"],
                        confidence=UNKNOWN, candidates=cands)
+
+
+def _record_of(record: dict[str, Any], origin: Step) -> str:
+    if record.get("proc") in (None, origin.proc):
+        return f"sshd's process (pid {origin.pid})"
+    return f"another sshd process ({record['user']} at {clock(record['ts'])})"
 
 
 def gaps(chain: list[Step], threshold: float) -> list[dict[str, Any]]:

@@ -473,7 +473,9 @@ class Store:
                 if restates(ev.get("comm"), ev["argv"], bool(ev.get("truncated")), comm, _argv_of(scmd, sargv),
                             bool(strunc)):
                     c.execute("DELETE FROM execs WHERE id = ?", [sid])
-                else:
+                elif not ev["boot"].startswith(AUDIT_BOOT_PREFIX):
+                    # an agent's snapshot is dated at the fork, not when it was read; the auditd
+                    # source's images of a process before its exec are dated when they were seen
                     c.execute("UPDATE OR IGNORE execs SET ts = ? WHERE id = ?", [ts + 1e-6, sid])
         new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, "
                   "egid, auid, ses, tty, comm, pidns, container, snapshot) "

@@ -388,7 +388,19 @@ class Tracer:
         # a record dated by the process's start is the session's own; one admitted only by the
         # late-line allowance (_began_by) stands in when there is none, never over it
         on_time = [lg for lg in logins if lg["ts"] <= began + 1]
-        login = (on_time or logins)[-1]
+        pool = on_time or logins
+        login = pool[-1]
+        named = {(lg["user"], lg.get("key_fp")) for lg in pool}
+        if len(named) > 1:
+            # one audit session, two logins naming different people: one record is not what sshd
+            # wrote for it (a forged line, a reused pid read late, an unseen reboot), and which
+            # one the time of day cannot tell - the later is not more likely the session's own
+            said = "; ".join(f"{lg['user']}{' with key ' + lg['key_fp'] if lg.get('key_fp') else ''} at "
+                             f"{clock(lg['ts'])}" for lg in pool)
+            login = {**login, "records": pool, "doubt": (
+                f"audit session {image.ses} has {len(pool)} login records naming different logins ({said}): a "
+                "session has one login, so a log line anyone can write may be one of them, and which is its "
+                "own is not known")}
         lproc = self.store.proc(login["proc"])
         top = self._step(lproc, self._inherited_image(lproc), inherited=True, at=login["ts"])
         top.login, top.user = login, login["user"]
