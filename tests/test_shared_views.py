@@ -337,3 +337,54 @@ def test_page_escapes_a_hostile_shared_session():
     assert all(not k.startswith("on") for _, a in page.tags for k in a)
     assert "x" * 400 not in text.split('id="trace-data"')[0]          # the table shortens a long command
     assert page.data()["nodes"]["shared:0:client:2"]["title"].endswith("x" * 100)   # the details have it whole
+
+
+# --- Slack ------------------------------------------------------------------------------
+
+def shared_lines(tr) -> list[str]:
+    _, bl = blocks.summary(tr, View(ASK), 1, NOW, lambda view: "v")
+    return [b["elements"][0]["text"] for b in bl if b["type"] == "context" and "Shared session" in b["elements"][0]["text"]]
+
+
+def test_slack_answer_has_a_line_per_shared_session_with_its_clients():
+    (line,) = shared_lines(tmux_two_people())
+    assert line.startswith(":busts_in_silhouette: *Shared session:* `tmux server pid 411 on host-b`, started by `jim`")
+    assert ("*attached when it ran:* `jim (from 22:15:00, still attached)` via `tmux attach -t ops`, "
+            "`bob (from 22:16:40 to 23:20:00)` via `tmux attach -t ops`") in line
+    (line,) = shared_lines(ssh_master_asker())
+    assert "*asked the master for this session:* `bob (inferred, at 22:30:00)` via `ssh -S /home/jim/" in line
+    assert shared_lines(traced(tmux_events())) == []
+    _, thread = blocks.chain(tmux_two_people(), View(ASK), 1, NOW)
+    assert "Shared session: tmux server pid 411 on host-b" in json.dumps(thread)
+
+
+def test_slack_names_no_shared_account_as_the_person_of_a_client():
+    (line,) = shared_lines(screen_injected())
+    assert "*sent keys:* `person unknown (account ubuntu, at 22:18:19)` via `screen -S ops -X stuff" in line
+    assert "`ubuntu" not in line
+
+
+def test_slack_shared_session_is_escaped_shortened_and_within_limits():
+    (line,) = shared_lines(hostile())
+    for bad in MENTIONS + CONTROLS + ("<script>", "</script>"):
+        assert bad not in line, bad
+    assert "x" * 100 not in line and "`*ops*`" not in line
+    tr = many_clients(8)
+    tr.shared *= 5
+    _, bl = blocks.summary(tr, View(ASK), 1, NOW, lambda view: "v")
+    lines = shared_lines(tr)
+    assert len(lines) == 3 and all("and 3 more clients in the chain in the thread" in x for x in lines)
+    assert "and 2 more shared sessions in the chain in the thread" in json.dumps(bl)
+    assert len(bl) <= blocks.MAX_BLOCKS
+    assert all(len(e["text"]) <= blocks.MAX_SECTION for b in bl if b["type"] == "context" for e in b["elements"])
+
+
+def test_a_canary_alert_says_the_suspects_shared_session():
+    tr = screen_injected()
+    suspect = alerts.Suspect(tr, View(ASK), 60.0, "matches `kubectl`")
+    (ss,) = alerts.suspect_json(suspect)["shared_sessions"]
+    assert ss["clients"][0]["person"] is None and ss["clients"][0]["account"] == "ubuntu"
+    (said,) = alerts.shared_said(tr)
+    assert said.startswith("shared session: screen server pid 411 on host-b, started by jim; sent keys: "
+                           "person unknown (account ubuntu")
+    assert len(alerts.shared_said(hostile())[0]) <= 416

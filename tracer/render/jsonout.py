@@ -63,11 +63,11 @@ def trace_json(tr: Trace) -> dict[str, Any]:
         "scope": tr.scope,
         "graph": {"nodes": nodes, "edges": edges},
         "truncated": tr.truncated,
-        "shared_sessions": [_shared(ss) for ss in tr.shared],
+        "shared_sessions": [shared_json(ss) for ss in tr.shared],
     }
 
 
-def _shared(ss: SharedSession) -> dict[str, Any]:
+def shared_json(ss: SharedSession) -> dict[str, Any]:
     """A multiplexer server or ssh master on the chain (tracer/sharing.py): who started it and who
     used it, each `person` null when the evidence names nobody (the confidence contract)."""
     return {
