@@ -388,3 +388,18 @@ def test_a_canary_alert_says_the_suspects_shared_session():
     assert said.startswith("shared session: screen server pid 411 on host-b, started by jim; sent keys: "
                            "person unknown (account ubuntu")
     assert len(alerts.shared_said(hostile())[0]) <= 416
+
+
+def test_a_session_at_a_step_off_the_chain_is_drawn_beside_the_matched_command():
+    """A step index the chain does not have (a Tracer bug) must not break every view."""
+    tr = tmux_two_people()
+    tr.shared[0].step = len(tr.chain) + 3
+    (ss,) = layout(tr, NOW).sessions
+    assert ss.at == tr.poi.node
+    assert paint(layout(tr, NOW))[:4] == b"\x89PNG" and "shared:0" in render_html(tr, NOW)
+
+
+def test_the_page_with_a_shared_session_keeps_the_content_security_policy():
+    text = render_html(hostile(), NOW, nonce="n0nce")
+    page = Page(text)
+    assert " style=" not in text and all(not k.startswith("on") for _, a in page.tags for k in a)
