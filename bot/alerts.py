@@ -22,7 +22,9 @@ from typing import Any, Protocol
 
 from whodid import private
 from whodid.tracer import Query, Tracer
+from whodid.tracer.render import shared
 from whodid.tracer.render.confidence import candidate_person, who_can
+from whodid.tracer.render.jsonout import shared_json
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
 from whodid.tracer.when import clock, format_duration
@@ -156,6 +158,7 @@ def alert_text(canary: Canary, state: State, result: Result, suspects: list[Susp
             lines.append(f"     {s.trace.summary}")
             if not s.trace.attributed.known:
                 lines.append(f"     {candidates_said(s.trace)}")
+            lines.extend(f"     {said}" for said in shared_said(s.trace))
     else:
         pats = ", ".join(f"`{p}`" for p in canary.suspects.commands) or "(no suspect patterns configured)"
         hosts = ", ".join(canary.suspects.hosts) or "any host"
@@ -181,6 +184,7 @@ def alert_blocks(canary: Canary, state: State, result: Result, suspects: list[Su
         out.append(blocks.section(f"*Top suspects* ({window}, latest first):"))
         for i, s in enumerate(suspects, 1):
             unknown = "" if s.trace.attributed.known else f"\n{blocks.escape(candidates_said(s.trace))}"
+            unknown += "".join(f"\n{blocks.escape(said)}" for said in shared_said(s.trace))
             out.append({"type": "section", "text": {"type": "mrkdwn", "text": blocks.cut(
                 f"{i}. {blocks.escape(blocks.headline(s.trace, now))}\n_{blocks.escape(s.why)}_ · "
                 f"{blocks.escape(s.trace.summary)}{unknown}")}, "accessory": blocks.button("Show", "show", value(s.view))})
@@ -203,6 +207,13 @@ def candidates_said(tr: Trace) -> str:
         f"; and {len(cands) - 5} more" if len(cands) > 5 else "")
 
 
+def shared_said(tr: Trace) -> list[str]:
+    """A suspect's shared sessions (a tmux/screen server, an ssh master), one line each: who
+    started it and who used it when the command ran (the trace's chain says more)."""
+    return ["shared session: " + (line if len(line) <= 400 else line[:399] + "…")
+            for line in map(shared.line, tr.shared[:3])]
+
+
 def suspect_json(s: Suspect) -> dict[str, Any]:
     """A suspect in the alert's JSON file: `person` is null when unknown (as in whodid.trace/2)."""
     who = s.trace.attributed
@@ -211,7 +222,8 @@ def suspect_json(s: Suspect) -> dict[str, Any]:
             "candidates": [{"person": candidate_person(c), "account": c.account, "host": c.host, "login_time": c.login_time,
                             "source": c.source, "key_fp": c.key_fp, "evidence": list(c.evidence)}
                            for c in (who.candidates if not who.known else [])],     # as every view
-            "how": s.trace.summary, "why": s.why}
+            "how": s.trace.summary, "why": s.why,
+            "shared_sessions": [shared_json(ss) for ss in s.trace.shared]}     # as whodid.trace/2
 
 
 class Poster(Protocol):

@@ -11,6 +11,7 @@ from typing import Callable
 
 from whodid.tracer.render.confidence import (OBSERVED, account_said, candidate_head, candidates_count, confidence, earlier_refused,
                                              person, person_in_a_line, reason)
+from whodid.tracer.render import shared
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.stitch import Step
 from whodid.tracer.trace import Trace
@@ -23,6 +24,9 @@ MAX_SECTION = 3000
 MAX_BLOCKS = 50
 MAX_TEXT = 40000             # chat.postMessage's own limit on `text`
 MAX_CANDIDATES = 5           # the answer lists this many; the chain in the thread lists them all
+MAX_SHARED = 3               # shared sessions the answer shows; the chain in the thread shows them all
+MAX_CLIENTS = 5              # clients shown per shared session, likewise
+MAX_COMMAND = 80             # a client's command, shortened in the answer
 
 ACTIONS = ("widen", "started", "earlier", "others", "show", "wider")
 OPEN = "open"               # the link button to the trace page: Slack opens the URL, we only ack
@@ -152,6 +156,7 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
     ]
     if not who.known:
         blocks.append(section(candidates(tr)))
+    blocks += shared_sessions(tr)
     notes = [f"{escape(who.how)}"] + [escape(c) for c in tr.notes[:3]]
     if len(tr.notes) > 3:
         notes.append(f"and {len(tr.notes) - 3} more notes in the thread")
@@ -178,6 +183,38 @@ def candidates(tr: Trace) -> str:
     if len(cands) > MAX_CANDIDATES:
         lines.append(f"and {len(cands) - MAX_CANDIDATES} more in the chain in the thread")
     return "\n".join(lines)
+
+
+def shared_sessions(tr: Trace) -> list[dict]:
+    """A context line per shared session (a tmux/screen server, an ssh master): who started it
+    and each client that used it, with what it did and when. Recorded values (hosts, accounts,
+    commands) in code spans, as candidates are: a mention or a `*` in them cannot speak for the
+    bot. A client whose chain names nobody is "person unknown (account ubuntu, ...)", never the
+    account as the person."""
+    out = []
+    for ss in tr.shared[:MAX_SHARED]:
+        lines = [f":busts_in_silhouette: *Shared session:* {code(shared.title(ss))}, "
+                 f"started by {code(shared.who_said(ss.starter))}"]
+        shown = 0
+        for role, clients in shared.by_role(ss):
+            room = clients[:max(0, MAX_CLIENTS - shown)]
+            shown += len(room)
+            if room:
+                lines.append(f"*{shared.ROLE_SAID.get(role, role)}:* " + ", ".join(
+                    f"{code(shared.client_said(c))} via {code(_short(c.command, MAX_COMMAND))}" for c in room))
+        if not ss.clients:
+            lines.append("no client " + ("asked the master" if ss.kind == "ssh-master" else "was attached")
+                         + " when it ran")
+        elif shown < len(ss.clients):
+            lines.append(f"and {len(ss.clients) - shown} more clients in the chain in the thread")
+        out.append(context("\n".join(lines)))
+    if len(tr.shared) > MAX_SHARED:
+        out.append(context(f"and {len(tr.shared) - MAX_SHARED} more shared sessions in the chain in the thread"))
+    return out
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def actions(view: View, total: int, value: Value, link: Link | None = None, earlier: bool = True) -> dict:

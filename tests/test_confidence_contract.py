@@ -268,3 +268,34 @@ def test_the_legend_does_not_call_the_origin_the_persons_login():
     (tr,), _ = matches(root_login())
     assert "person&#x27;s login" not in render_html(tr, NOW) and "person's login" not in render_html(tr, NOW)
     assert "where the chain starts" in render_html(tr, NOW)
+
+
+def test_a_shared_sessions_client_that_names_no_one_is_person_unknown_in_every_view():
+    """Issue 19: a tmux server's client whose own chain stops at root (or a shared account) is
+    shown with the shared session in every view - JSON, the alert's file, text, picture, page,
+    Slack - and is "person unknown" (null in JSON) in all of them, never root as a person."""
+    from whodid.bot import blocks
+    from whodid.tracer.render.html import render_html
+    from whodid.tracer.render.layout import layout
+    from whodid.tracer.sharing import ATTACHED, SessionClient, SharedSession
+    (root_tr,), _ = matches(root_login())
+    tr = observed_trace()
+    client = SessionClient(role=ATTACHED, proc=450, host="web-1", pid=450, command="tmux attach", since=T0 + 50,
+                           until=None, who=root_tr.attributed, summary=root_tr.summary)
+    tr.shared = [SharedSession(kind="tmux", host="web-1", proc=9, pid=9, path="/tmp/tmux-0/default", step=1,
+                               starter=tr.attributed, clients=[client])]
+    q = Query(pattern="terraform")
+    (m,) = traces_json(q, [tr], NOW)["matches"]
+    (c,) = m["shared_sessions"][0]["clients"]
+    assert c["person"] is None and c["account"] == "root" and c["confidence"] == "unknown"
+    suspect = alerts.Suspect(tr, View(Ask(pattern="terraform", since=T0, until=None, since_text="24h")), 60.0, "why")
+    assert alerts.suspect_json(suspect)["shared_sessions"][0]["clients"][0]["person"] is None
+    assert "attached when it ran: person unknown (account root, from " in render_trace(tr, NOW)
+    (box,) = layout(tr, NOW).sessions[0].clients
+    assert box.title.startswith("person unknown, attached") and box.meta.startswith("account root ·")
+    assert "<td>person unknown (account root)</td>" in render_html(tr, NOW)
+    _, bl = blocks.summary(tr, View(Ask(pattern="terraform", since=T0, until=None, since_text="24h")), 1, NOW,
+                           lambda v: "v")
+    assert "`person unknown (account root, from " in json.dumps(bl)
+    for shown in (render_trace(tr, NOW), json.dumps(bl), box.title):
+        assert "root (from" not in shown and "root, attached" not in shown

@@ -25,8 +25,10 @@ from ..trace import Trace, image_node
 from ..when import clock, iso
 from .image import BLACK, BUS_X, CHAIN_X, EDGE, FILL, GREY, HEADER, LABEL_H, LANE_W, LIGHT, LINK_COLOUR, MARGIN
 from .image import CONFIDENCE_COLOUR, CONFIDENCE_FILL, MATCH, PERSON, PRIV, SSH, _geometry, _row_tops, confidence_of
+from .image import SHARED, SHARED_FILL, SIDE_LANE, session_geometry, session_paths
+from . import shared
 from .confidence import candidate_head, reason
-from .layout import PRIVILEGE, Box, Layout, Link, layout
+from .layout import PRIVILEGE, Box, ClientBox, Layout, Link, SessionBox, layout
 from .text import printable
 
 S = 96.0                      # SVG units per inch of the PNG's geometry
@@ -247,6 +249,7 @@ def render_html(tr: Trace, now: float, details: dict[str, dict] | None = None, *
 {_confidence(tr, level)}
 </header>
 {_candidates(tr)}
+{_shared_sessions(tr)}
 <div class="content">
 <section class="picture">
 <div class="toolbar">
@@ -255,8 +258,8 @@ def render_html(tr: Trace, now: float, details: dict[str, dict] | None = None, *
 <button type="button" id="zoom-fit">Fit</button>
 {widen}
 </div>
-{_svg(lay, whys)}
-{_legend()}
+{_svg(lay, whys, tr)}
+{_legend(bool(lay.sessions))}
 {_list("picture-notes", lay.notes)}
 {_list("notes", tr.notes)}
 </section>
@@ -299,6 +302,40 @@ def _candidates(tr: Trace) -> str:
             f'<ol>{"".join(items)}</ol></section>')
 
 
+MAX_COMMAND = 300            # a client's command in the table; its box's details have it whole
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _shared_sessions(tr: Trace) -> str:
+    """Each shared session on the chain: who started it, and a table of its clients with their
+    own chains (summary) and the evidence for who they are (how, notes)."""
+    if not tr.shared:
+        return ""
+    out = ['<section id="shared-sessions" aria-label="Shared sessions"><h2>Shared sessions</h2>']
+    for i, ss in enumerate(tr.shared):
+        rows = []
+        for c in ss.clients:
+            evidence = "".join(f"<li>{escape(e)}</li>" for e in [c.who.how, *c.who.notes] if e)
+            cls = "client" + ("" if c.who.known else " unknown")
+            rows.append(f'<tr class="{cls}"><td>{escape(shared.ROLE_SHORT.get(c.role, c.role))}</td>'
+                        f"<td>{escape(shared.who_said(c.who))}</td><td>{escape(shared.when_said(c))}</td>"
+                        f'<td class="cmd">{escape(_cut(c.command, MAX_COMMAND))}</td><td>{escape(c.host)}</td><td>{c.pid}</td>'
+                        f'<td>{escape(c.summary)}<ul class="evidence">{evidence}</ul></td></tr>')
+        table = ("<table><thead><tr><th>did</th><th>person</th><th>when</th><th>command</th><th>host</th>"
+                 f"<th>pid</th><th>its chain, and why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+                 if rows else '<p class="hint">No client used it when the command ran.</p>')
+        out.append(f'<div class="shared {escape(ss.kind)}" id="shared-{i}">'
+                   f"<h3>{escape(shared.title(ss))}, {escape(shared.started_said(ss))}</h3>"
+                   + (f'<p class="socket">socket <code>{escape(ss.path)}</code></p>' if ss.path else "")
+                   + (f'<p class="note">{escape(ss.note)}</p>' if ss.note else "")
+                   + table + "</div>")
+    out.append("</section>")
+    return "".join(out)
+
+
 def _list(id_: str, items: list[str]) -> str:
     if not items:
         return ""
@@ -332,6 +369,17 @@ def _page_data(tr: Trace, lay: Layout, details: dict[str, dict], whys: dict) -> 
         facts = {**_step_facts(step), **details.get(b.id, {})}
         rows = _rows(facts) + [["reached by", why] for why in reached.get(b.id, [])]
         nodes[b.id] = {"title": b.command or b.title, "rows": rows, "facts": facts}
+    for box, ss in zip(lay.sessions, tr.shared):
+        nodes[box.id] = {"title": shared.title(ss), "rows": [
+            ["kind", shared.kind_name(ss)], ["host", ss.host], ["pid", str(ss.pid)], ["socket", ss.path or "?"],
+            ["started by", shared.who_said(ss.starter)], ["starter's chain", ss.starter.how], ["note", ss.note]]}
+        for cb, c in zip(box.clients, ss.clients):
+            if cb.role == "more":
+                continue
+            nodes[cb.id] = {"title": c.command, "rows": [
+                ["did", shared.ROLE_SHORT.get(c.role, c.role)], ["person", shared.who_said(c.who)],
+                ["account", c.who.account or "?"], ["when", shared.when_said(c)], ["host", c.host],
+                ["pid", str(c.pid)], ["command", c.command], ["its chain", c.summary], ["how", c.who.how]]}
     return {"nodes": nodes}
 
 
@@ -390,9 +438,9 @@ def _text(x: float, y: float, text: str, size: float, fill: str, cls: str = "san
     return f"<text {attrs}>{escape(text)}</text>"
 
 
-def _svg(lay: Layout, whys: dict) -> str:
+def _svg(lay: Layout, whys: dict, tr: Trace | None = None) -> str:
     tops = _row_tops(lay)
-    width = 2 * MARGIN + LANE_W * len(lay.lanes)
+    width = 2 * MARGIN + LANE_W * lay.columns
     height = tops[-1] - HEADER + 0.05
     geo = {b.id: _geometry(b, tops) for b in lay.boxes}
     by_id = {b.id: b for b in lay.boxes}
@@ -405,9 +453,16 @@ def _svg(lay: Layout, whys: dict) -> str:
                      f'stroke="#dddddd" stroke-width="1"/>'
                      + _text(x0 + LANE_W / 2, HEADER + 0.2, host, 11.5, BLACK, anchor="middle", bold=True)
                      + "</g>")
+    if lay.sessions:
+        x0 = MARGIN + lay.side * LANE_W
+        parts.append(f'<g class="lane side"><rect x="{_u(x0)}" y="0" width="{_u(LANE_W)}" '
+                     f'height="{_u(tops[-1] - HEADER)}" fill="white" stroke="#dddddd" stroke-width="1"/>'
+                     + _text(x0 + LANE_W / 2, HEADER + 0.2, SIDE_LANE, 11.5, SHARED, anchor="middle", bold=True,
+                             italic=True) + "</g>")
     for link in lay.links:
         why = whys.get((link.src, link.dst), "")
         parts.append(_edge(link, by_id, geo, why))
+    parts += _session_parts(lay, geo, tops, tr.shared if tr is not None else [])
     level = confidence_of(lay)
     for b in lay.boxes:
         parts.append(_node(b, geo[b.id], level))
@@ -417,6 +472,62 @@ def _svg(lay: Layout, whys: dict) -> str:
                          .replace("<text ", f'<text id="person-badge" data-confidence="{level}" ', 1))
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _session_parts(lay: Layout, geo: dict, tops: list[float], sessions: list) -> list[str]:
+    """The shared sessions (image.py's drawing): their links, then their boxes and clients'."""
+    geo = {**geo, **session_geometry(lay, tops)}
+    whys: dict[tuple[str, str], str] = {}
+    role_of: dict[str, str] = {}
+    for box, ss in zip(lay.sessions, sessions):
+        whys[(box.at, box.id)] = shared.session_why(ss)
+        for cb, c in zip(box.clients, ss.clients):
+            whys[(cb.id, box.id)] = shared.client_why(ss, c)
+            role_of[cb.id] = cb.role
+    parts = []
+    for src, dst, pts in session_paths(lay, geo, tops):
+        d = "M" + "L".join(f"{_u(x)} {_v(y)}" for x, y in pts)
+        role = role_of.get(src)
+        dash = ' stroke-dasharray="6 4"' if role in (None, "injected") else ""
+        tip = pts[-1]
+        head = ([(tip[0] - 0.045, tip[1] + 0.09), (tip[0] + 0.045, tip[1] + 0.09), tip] if role else
+                [(tip[0] - 0.09, tip[1] - 0.045), (tip[0] - 0.09, tip[1] + 0.045), tip])
+        why = whys.get((src, dst), "")
+        kind = f"client {role}" if role else "joins"
+        parts.append(f'<g class="edge shared {kind}" data-src="{escape(src)}" data-dst="{escape(dst)}" '
+                     f'data-kind="shared" data-why="{escape(why)}"><title>{escape(why)}</title>'
+                     f'<path class="hit" d="{d}" fill="none" stroke="#000" stroke-opacity="0" stroke-width="{HIT_W}"/>'
+                     f'{_path(d, SHARED, 1.6, dash)}{_polygon(head, SHARED)}</g>')
+    for box in lay.sessions:
+        parts.append(_session_node(box, geo[box.id]))
+        for cb in box.clients:
+            parts.append(_client_node(cb, geo[cb.id]))
+    return parts
+
+
+def _session_node(b: SessionBox, geo: tuple[float, float, float, float]) -> str:
+    x, y, w, h = geo
+    return (f'<g class="node session {escape(b.kind)}" data-id="{escape(b.id)}" tabindex="0" role="button" '
+            f'aria-label="{escape(b.title)}, {escape(b.meta)}"><title>{escape(b.title)}</title>'
+            f'<rect x="{_u(x)}" y="{_v(y)}" width="{_u(w)}" height="{_u(h)}" rx="{_u(0.06)}" fill="{SHARED_FILL}" '
+            f'stroke="{SHARED}" stroke-width="{1.8 * PT:.1f}" stroke-dasharray="6 4"/>'
+            + _text(x + 0.09, y + 0.16, b.title, 9.5, SHARED if b.known else GREY, bold=True)
+            + _text(x + 0.09, y + 0.35, b.meta, 8.5, GREY) + "</g>")
+
+
+def _client_node(b: ClientBox, geo: tuple[float, float, float, float]) -> str:
+    x, y, w, h = geo
+    if b.role == "more":
+        return ('<g class="more-clients">' + _text(x + 0.09, y + 0.16, b.title, 9.5, GREY, italic=True)
+                + _text(x + 0.09, y + 0.35, b.meta, 8.5, GREY, italic=True) + "</g>")
+    dash = ' stroke-dasharray="6 4"' if b.role == "injected" else ""
+    cls = f"node client {escape(b.role)}" + ("" if b.known else " unknown")
+    return (f'<g class="{cls}" data-id="{escape(b.id)}" tabindex="0" role="button" '
+            f'aria-label="{escape(b.title)}, {escape(b.meta)}"><title>{escape(_cut(b.command or b.title, MAX_COMMAND))}</title>'
+            f'<rect x="{_u(x)}" y="{_v(y)}" width="{_u(w)}" height="{_u(h)}" rx="{_u(0.06)}" fill="white" '
+            f'stroke="{SHARED}" stroke-width="{1.1 * PT:.1f}"{dash}/>'
+            + _text(x + 0.09, y + 0.16, b.title, 9.5, BLACK if b.known else GREY, bold=b.known, italic=not b.known)
+            + _text(x + 0.09, y + 0.35, b.meta, 8.5, GREY) + "</g>")
 
 
 def _edge(link: Link, by_id: dict[str, Box], geo: dict, why: str) -> str:
@@ -514,9 +625,12 @@ LEGEND = [("line", "#555555", 1.6, False, "started (fork/exec)"),
           ("box", LIGHT, "#a0a0a0", "context (wider scope)")]
 
 
-def _legend() -> str:
+SHARED_LEGEND = ("box", SHARED_FILL, SHARED, "shared session (tmux, screen, ssh master) and its clients")
+
+
+def _legend(sessions: bool = False) -> str:
     items = []
-    for kind, a, b, *rest in LEGEND:
+    for kind, a, b, *rest in LEGEND + ([SHARED_LEGEND] if sessions else []):
         if kind == "line":
             dotted, label = rest
             dash = f' stroke-dasharray="{DOTTED}"' if dotted else ""
@@ -556,6 +670,16 @@ header p{margin:0 0 2px;overflow-wrap:anywhere}
 #candidates h2{font-size:1.05rem;margin:0 0 4px}
 #candidates ol{margin:4px 0;padding-left:1.6em;overflow-wrap:anywhere}
 #candidates .evidence{margin:2px 0 6px;padding-left:1.2em;color:#444;font-size:.9rem}
+#shared-sessions{border:1px dashed #6A3D9A;border-radius:8px;padding:6px 12px;background:#faf7fc}
+#shared-sessions h2{font-size:1.05rem;margin:0 0 4px;color:#6A3D9A}
+#shared-sessions h3{font-size:.98rem;margin:8px 0 2px;overflow-wrap:anywhere}
+#shared-sessions p{margin:2px 0;font-size:.9rem;overflow-wrap:anywhere}
+#shared-sessions table{border-collapse:collapse;width:100%;font-size:.88rem;margin:4px 0}
+#shared-sessions th,#shared-sessions td{border-top:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top;
+  overflow-wrap:anywhere}
+#shared-sessions td.cmd{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;max-width:28em}
+#shared-sessions tr.unknown td:nth-child(2){color:#444;font-style:italic}
+#shared-sessions .evidence{margin:2px 0;padding-left:1.2em;color:#444}
 .content{display:flex;gap:16px;align-items:flex-start}
 .picture{flex:1 1 auto;min-width:0}
 #details{flex:0 0 340px;max-width:340px;border:1px solid #ddd;border-radius:8px;padding:10px 12px;

@@ -35,11 +35,15 @@ CONFIDENCE_COLOUR = {"observed": PERSON, "inferred": "#A86F00", "unknown": "#555
 CONFIDENCE_FILL = {"observed": "#d9f0e8", "inferred": "#fcefd2", "unknown": "#ececec"}
 CONFIDENCE_DASH = {"observed": "-", "inferred": "--", "unknown": ":"}
 MONO, SANS = "DejaVu Sans Mono", "DejaVu Sans"
+# a shared session (tmux, screen, an ssh master): its own colour and a dashed box, so it reads
+# as something other than a process of the chain without colour too
+SHARED, SHARED_FILL = "#6A3D9A", "#f3eef8"
+CLIENT_DASH = {"attached": "-", "injected": "--", "asked": "-"}
 
 
 def figure_size(lay: Layout) -> tuple[float, float]:
     """(width, height) in inches - documented in docs/images.md, checked by the tests."""
-    width = max(MIN_W, 2 * MARGIN + LANE_W * len(lay.lanes))
+    width = max(MIN_W, 2 * MARGIN + LANE_W * lay.columns)
     return width, _row_tops(lay)[-1] + _footer_height(lay, width)
 
 
@@ -95,6 +99,13 @@ def paint(lay: Layout) -> bytes:
                                facecolor="#f7f7f7" if i % 2 == 0 else "white", edgecolor="#dddddd", lw=0.8))
         put(x0 + LANE_W / 2, body_top + 0.2, host, fontsize=11.5, fontweight="bold", color=BLACK,
                 family=SANS, ha="center", va="center")
+
+    if lay.sessions:
+        x0 = MARGIN + lay.side * LANE_W
+        ax.add_patch(Rectangle((x0, body_top), LANE_W, body_bottom - body_top, facecolor="white",
+                               edgecolor="#dddddd", lw=0.8))
+        put(x0 + LANE_W / 2, body_top + 0.2, SIDE_LANE, fontsize=11.5, fontweight="bold", color=SHARED,
+            family=SANS, ha="center", va="center", style="italic")
 
     by_id = {b.id: b for b in lay.boxes}
     geo = {b.id: _geometry(b, tops) for b in lay.boxes}
@@ -167,6 +178,8 @@ def paint(lay: Layout) -> bytes:
             put(x, y - 0.06, lay.person, fontsize=10.5, fontweight="bold", color=sure,
                     family=SANS, va="bottom", zorder=4)
 
+    _paint_sessions(ax, put, lay, geo, tops)
+
     # legend and notes
     handles = [Line2D([], [], color="#555555", lw=1.6, label="started (fork/exec)"),
                Line2D([], [], color=SSH, lw=2.4, label="ssh hop to another host"),
@@ -175,6 +188,9 @@ def paint(lay: Layout) -> bytes:
                Patch(facecolor=FILL["origin"], edgecolor=PERSON, lw=2, label="where the chain starts"),
                Patch(facecolor=FILL["poi"], edgecolor=MATCH, lw=2, label="matched command"),
                Patch(facecolor=LIGHT, edgecolor="#a0a0a0", label="context (wider scope)")]
+    if lay.sessions:
+        handles.append(Patch(facecolor=SHARED_FILL, edgecolor=SHARED, lw=1.6, linestyle="--",
+                             label="shared session and its clients"))
     ncol = 2 if width < 7.5 else 3
     legend_top = body_bottom + 0.12
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(MARGIN / width, 1 - legend_top / height),
@@ -219,7 +235,11 @@ def _row_tops(lay: Layout) -> list[float]:
 
 def _footer_height(lay: Layout, width: float) -> float:
     ncol = 2 if width < 7.5 else 3
-    return 0.12 + -(-7 // ncol) * 0.22 + 0.15 + 0.2 * (len(lay.notes) + len(candidate_lines(lay))) + 0.1
+    return 0.12 + -(-legend_items(lay) // ncol) * 0.22 + 0.15 + 0.2 * (len(lay.notes) + len(candidate_lines(lay))) + 0.1
+
+
+def legend_items(lay: Layout) -> int:
+    return 7 + (1 if lay.sessions else 0)
 
 
 def confidence_of(lay: Layout) -> str:
@@ -232,6 +252,81 @@ def candidate_lines(lay: Layout) -> list[str]:
         return []
     return ["Candidates (the person is unknown):"] + [
         c if c.startswith("+") else f"{i}. {c}" for i, c in enumerate(lay.candidates, 1)]
+
+
+SIDE_LANE = "shared session"
+
+
+def session_geometry(lay: Layout, tops: list[float]) -> dict[str, tuple[float, float, float, float]]:
+    """Where the shared sessions' boxes go: the session's across the side lane, its clients
+    indented under it (as context boxes hang off the chain)."""
+    x0 = MARGIN + lay.side * LANE_W + 0.12
+    out = {}
+    for ss in lay.sessions:
+        out[ss.id] = (x0, tops[ss.row], LANE_W - 0.24, BOX_H)
+        for c in ss.clients:
+            out[c.id] = (x0 + INDENT, tops[c.row], LANE_W - 0.24 - INDENT, BOX_H)
+    return out
+
+
+def session_paths(lay: Layout, geo: dict, tops: list[float]) -> list[tuple[str, str, list[tuple[float, float]]]]:
+    """The lines of the shared sessions, as (from, to, points): from the chain step's box to its
+    session's (straight across, or down the side lane's edge when the session sits lower), and
+    from each client's box into its session's bottom, along the lane's bus."""
+    out = []
+    bus = MARGIN + lay.side * LANE_W + BUS_X
+    edge_x = MARGIN + lay.side * LANE_W + 0.05
+    for ss in lay.sessions:
+        sx, sy, sw, sh = geo[ss.id]
+        if ss.at in geo:
+            x, y, w, h = geo[ss.at]
+            a, b = (x + w, y + h / 2), (sx, sy + sh / 2)
+            pts = [a, b] if abs(a[1] - b[1]) < 1e-6 else [a, (edge_x, a[1]), (edge_x, b[1]), b]
+            out.append((ss.at, ss.id, pts))
+        for c in ss.clients:
+            if c.role == "more":
+                continue
+            cx, cy, cw, ch = geo[c.id]
+            out.append((c.id, ss.id, [(cx, cy + ch / 2), (bus, cy + ch / 2), (bus, sy + sh)]))
+    return out
+
+
+def _paint_sessions(ax, put, lay: Layout, geo: dict, tops: list[float]) -> None:
+    from matplotlib.patches import FancyBboxPatch
+    from matplotlib.lines import Line2D
+
+    geo = {**geo, **session_geometry(lay, tops)}
+    role_of = {c.id: c.role for ss in lay.sessions for c in ss.clients}
+    for src, dst, pts in session_paths(lay, geo, tops):
+        dash = CLIENT_DASH.get(role_of.get(src, ""), "--")
+        ax.add_line(Line2D([p[0] for p in pts], [p[1] for p in pts], color=SHARED, lw=1.6 if src in role_of else 1.4,
+                           linestyle=dash, zorder=1))
+        tip = pts[-1]
+        # an arrowhead where the line meets the session: up into its bottom, or into its left side
+        if src in role_of:
+            ax.scatter([tip[0]], [tip[1] + 0.045], marker="^", s=38, color=SHARED, zorder=3, linewidths=0)
+        else:
+            ax.scatter([tip[0] - 0.045], [tip[1]], marker=">", s=38, color=SHARED, zorder=3, linewidths=0)
+    for ss in lay.sessions:
+        x, y, w, h = geo[ss.id]
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.06", facecolor=SHARED_FILL,
+                                    edgecolor=SHARED, lw=1.8, linestyle="--", zorder=2))
+        put(x + 0.09, y + 0.16, ss.title, fontsize=9.5, family=SANS, fontweight="bold",
+            color=SHARED if ss.known else GREY, va="center", zorder=4)
+        put(x + 0.09, y + 0.35, ss.meta, fontsize=8.5, family=SANS, color=GREY, va="center", zorder=4)
+        for c in ss.clients:
+            x, y, w, h = geo[c.id]
+            if c.role == "more":
+                put(x + 0.09, y + 0.16, c.title, fontsize=9.5, family=SANS, style="italic", color=GREY,
+                    va="center", zorder=4)
+                put(x + 0.09, y + 0.35, c.meta, fontsize=8.5, family=SANS, style="italic", color=GREY,
+                    va="center", zorder=4)
+                continue
+            ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.06", facecolor="white",
+                                        edgecolor=SHARED, lw=1.1, linestyle=CLIENT_DASH.get(c.role, "-"), zorder=2))
+            put(x + 0.09, y + 0.16, c.title, fontsize=9.5, family=SANS, fontweight="bold" if c.known else "normal",
+                color=BLACK if c.known else GREY, style="normal" if c.known else "italic", va="center", zorder=4)
+            put(x + 0.09, y + 0.35, c.meta, fontsize=8.5, family=SANS, color=GREY, va="center", zorder=4)
 
 
 def _geometry(b: Box, tops: list[float]) -> tuple[float, float, float, float]:

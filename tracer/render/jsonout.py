@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..stitch import Step
+from ..sharing import SharedSession
+from ..stitch import Attribution, Step
 from ..trace import Query, Trace
 from ..when import iso
 from .confidence import candidate_person
+from .shared import person_or_none
 
 TRACE_SCHEMA = "whodid.trace/2"
 
@@ -61,7 +63,25 @@ def trace_json(tr: Trace) -> dict[str, Any]:
         "scope": tr.scope,
         "graph": {"nodes": nodes, "edges": edges},
         "truncated": tr.truncated,
+        "shared_sessions": [shared_json(ss) for ss in tr.shared],
     }
+
+
+def shared_json(ss: SharedSession) -> dict[str, Any]:
+    """A multiplexer server or ssh master on the chain (tracer/sharing.py): who started it and who
+    used it, each `person` null when the evidence names nobody (the confidence contract)."""
+    return {
+        "kind": ss.kind, "host": ss.host, "pid": ss.pid, "path": ss.path, "step": ss.step, "note": ss.note,
+        "started_by": _who(ss.starter),
+        "clients": [{"role": c.role, "host": c.host, "pid": c.pid, "command": c.command,
+                     "since": iso(c.since) if c.since is not None else None,
+                     "until": iso(c.until) if c.until is not None else None,
+                     **_who(c.who), "summary": c.summary} for c in ss.clients],
+    }
+
+
+def _who(who: Attribution) -> dict[str, Any]:
+    return {"person": person_or_none(who), "confidence": who.confidence, "account": who.account}
 
 
 def traces_json(query: Query, traces: list[Trace], now: float) -> dict[str, Any]:

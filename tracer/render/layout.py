@@ -16,10 +16,11 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from ..stitch import OBSERVED, PERSON_UNKNOWN, Step, privilege
+from ..stitch import INFERRED, OBSERVED, PERSON_UNKNOWN, Step, privilege
 from ..trace import Trace
 from ..when import ago, clock, format_duration
 from .confidence import account_said, candidate_short, confidence, person as person_of
+from . import shared
 from .text import printable
 
 RUN_KEEP_HEAD, RUN_KEEP_TAIL = 2, 1      # a long run of context shows its first 2 and last 1
@@ -27,6 +28,9 @@ RUN_MAX = 4                              # runs longer than this collapse
 MAX_ROWS = 48                            # past this, collapse harder: a picture, not a log
 PRIVILEGE = ("sudo", "su", "setuid")
 MAX_CANDIDATES = 5                       # the picture lists this many; the text and JSON list all
+MAX_CLIENTS = 5                          # a shared session's clients drawn; past this, 4 and "+N more"
+# characters that fit the side lane (image.py's fonts): the session box, an indented client box
+SESSION_TITLE_W, SESSION_META_W, CLIENT_TITLE_W, CLIENT_META_W = 42, 50, 38, 44
 
 
 @dataclass
@@ -55,6 +59,32 @@ class Link:
 
 
 @dataclass
+class ClientBox:
+    """A client of a shared session, stacked under its session box, with a link into it."""
+    id: str                   # "shared:0:client:1"
+    role: str                 # attached | injected | asked | more ("+3 more clients")
+    row: int
+    title: str                # "bob, attached 10:02–"
+    meta: str                 # "tmux attach -t ops · pid 4242 on host-b"
+    known: bool = True        # False: the client's person is unknown (drawn grey)
+    command: str = ""
+
+
+@dataclass
+class SessionBox:
+    """A tmux/screen server or ssh master (tracer/sharing.py), drawn beside the chain step it
+    belongs to, in a lane of its own right of the hosts' lanes."""
+    id: str                   # "shared:0"
+    kind: str
+    at: str                   # the chain box it is drawn beside
+    row: int
+    title: str                # "tmux server (pid 812) started by jim"
+    meta: str                 # "on host-b · /tmp/tmux-1000/default"
+    clients: list[ClientBox] = field(default_factory=list)
+    known: bool = True        # False: who started it is unknown
+
+
+@dataclass
 class Layout:
     title: str
     headline: str             # who, how: "jim, via jump-box, sudo to root"
@@ -69,10 +99,23 @@ class Layout:
     confidence: str = OBSERVED  # observed | inferred | unknown: how the person is drawn
     confidence_label: str = ""  # "confidence: unknown", the header's badge
     candidates: list[str] = field(default_factory=list)   # unknown: who it could be, one short line each
+    sessions: list[SessionBox] = field(default_factory=list)   # shared sessions, in the side lane
 
     @property
     def rows(self) -> int:
-        return 1 + max((b.row for b in self.boxes), default=-1)
+        last = max((b.row for b in self.boxes), default=-1)
+        for ss in self.sessions:
+            last = max([last, ss.row] + [c.row for c in ss.clients])
+        return 1 + last
+
+    @property
+    def side(self) -> int:
+        """The lane the shared sessions are drawn in: after the hosts' lanes (0 when none)."""
+        return len(self.lanes) if self.sessions else 0
+
+    @property
+    def columns(self) -> int:
+        return len(self.lanes) + (1 if self.sessions else 0)
 
     def box(self, box_id: str) -> Box:
         return next(b for b in self.boxes if b.id == box_id)
@@ -206,7 +249,57 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
         cands.append(f"+{len(who.candidates) - MAX_CANDIDATES} more candidates (see the text or JSON answer)")
     return Layout(title=title, headline=headline, subtitle=" · ".join(sub), lanes=lanes, boxes=boxes,
                   links=links, person=printable(person), collapsed=collapsed, groups=groups, notes=notes,
-                  confidence=level, confidence_label=f"confidence: {level}", candidates=cands)
+                  confidence=level, confidence_label=f"confidence: {level}", candidates=cands,
+                  sessions=_sessions(tr, {b.id: b.row for b in boxes}))
+
+
+def _sessions(tr: Trace, row_of: dict[str, int]) -> list[SessionBox]:
+    """Each shared session beside its chain step (or below the one before it, when that one's
+    clients reach further down), its clients stacked under it: MAX_CLIENTS at most, else
+    MAX_CLIENTS - 1 and one line saying how many more. Labels are cut to the side lane's width."""
+    out: list[SessionBox] = []
+    free = 0                                  # the first row of the side lane nobody uses
+    for i, ss in enumerate(tr.shared):
+        step = tr.chain[ss.step] if 0 <= ss.step < len(tr.chain) else tr.chain[-1]
+        row = max(row_of.get(step.node, 0), free)
+        sid = f"shared:{i}"
+        where = f"on {ss.host}" + (f" · {ss.path}" if ss.path else "")
+        # how sure the starter is, and the account when nobody is named, in the second line: the
+        # first names the person (or "person unknown") and is never cut before it
+        if not ss.starter.known and ss.starter.account:
+            where = f"account {_cut(ss.starter.account, 12)} · {where}"
+        elif ss.starter.confidence == INFERRED:
+            where = f"inferred · {where}"
+        if not ss.clients:
+            where = f"no client {'asked' if ss.kind == 'ssh-master' else 'attached'} · {where}"
+        title = f"{shared.short_kind(ss)} (pid {ss.pid}) started by {person_of(ss.starter)}"
+        if len(title) > SESSION_TITLE_W:          # the person before the pid: the pid goes below
+            title = f"{shared.short_kind(ss)} started by {person_of(ss.starter)}"
+            where = f"pid {ss.pid} · {where}"
+        box = SessionBox(id=sid, kind=ss.kind, at=step.node, row=row, title=printable(_cut(title, SESSION_TITLE_W)),
+                         meta=printable(_cut(where, SESSION_META_W)), known=ss.starter.known)
+        shown = ss.clients if len(ss.clients) <= MAX_CLIENTS else ss.clients[:MAX_CLIENTS - 1]
+        for j, c in enumerate(shown):
+            # whose account it was, when the chain names no person: said as an account, never as the person
+            account = f"account {_cut(c.who.account, 12)} · " if not c.who.known and c.who.account else ""
+            tail = f" · pid {c.pid}" + (f" on {_cut(c.host, 14)}" if c.host != ss.host else "")
+            meta = account + _cut(c.command, max(8, CLIENT_META_W - len(account) - len(tail))) + tail
+            box.clients.append(ClientBox(id=f"{sid}:client:{j}", role=c.role, row=row + 1 + j,
+                                         title=printable(_cut(shared.client_label(c), CLIENT_TITLE_W)),
+                                         meta=printable(_cut(meta, CLIENT_META_W)), known=c.who.known,
+                                         command=c.command))
+        if len(shown) < len(ss.clients):
+            more = len(ss.clients) - len(shown)
+            box.clients.append(ClientBox(id=f"{sid}:more", role="more", row=row + 1 + len(shown),
+                                         title=f"+{more} more client{'s' if more > 1 else ''}",
+                                         meta="see the text or JSON answer"))
+        out.append(box)
+        free = 1 + max([row] + [c.row for c in box.clients])
+    return out
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _chain_ancestor(g, node: str, chain_index: dict[str, int]) -> int:

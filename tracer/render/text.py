@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from ..trace import Query, Trace
+from . import shared
 from .confidence import candidate_head, confidence, person, reason
 from ..when import ago, clock, format_span
 
@@ -79,6 +80,7 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
         lines.append(f"  {t}  {s.host:<{hw}}  {edge:<7} {s.user:<{uw}}  {_short(s.command, 70)}{marker}")
         if s.note:
             lines.append(f"  {'':19}  {'':<{hw}}  {'':7} {'':<{uw}}  ({s.note})")
+    lines.extend(shared_lines(tr))
     if tr.notes:
         lines.append("")
         lines.append("Notes:")
@@ -100,6 +102,24 @@ def candidate_lines(tr: Trace) -> list[str]:
     for i, c in enumerate(cands, 1):
         lines.append(f"  {i}. {candidate_head(c)}")
         lines.extend(f"     - {e}" for e in c.evidence)
+    return lines
+
+
+def shared_lines(tr: Trace) -> list[str]:
+    """The shared sessions on the chain (tracer/sharing.py), under it: the session in one line,
+    then each client with its command and its own chain, and the session's note."""
+    lines = []
+    for ss in tr.shared:
+        lines.append("")
+        lines.append(f"Shared session: {shared.line(ss)}")
+        if ss.path:
+            lines.append(f"  socket {ss.path}")
+        for c in ss.clients:
+            lines.append(f"  - {shared.who_said(c.who)}: {shared.ROLE_SHORT.get(c.role, c.role)} "
+                         f"{shared.when_said(c)}; `{_short(c.command, 70)}` pid {c.pid} on {c.host}")
+            lines.append(f"      {c.summary}")
+        if ss.note:
+            lines.append(f"  ({ss.note})")
     return lines
 
 
