@@ -59,6 +59,14 @@ def test_a_one_shot_client_that_sent_keys_just_before_injected_and_one_that_only
     assert role(TMUX, keys, T - 30, T - 29.99, T) is None                      # outside the window
     assert role(TMUX, keys, T - 30, T - 29.99, T, window=60) == INJECTED       # the window is a setting
     assert role(TMUX, ["tmux", "ls"], T - 2, T - 1.99, T) is None
+    assert role(SCREEN, ["screen", "-S", "y", "-X", "stuff", "id\n"], T - 2, T - 1.99, T) == INJECTED
+
+
+def test_someone_who_typed_sleep_then_the_command_and_detached_just_before_it_ran_was_there():
+    """bob attached an hour ago, typed `sleep 5; rm -rf /srv` and detached 3 s before rm began."""
+    assert role(TMUX, ["tmux", "attach", "-t", "x"], T - 3600, T - 3, T) == ATTACHED
+    assert role(SCREEN, ["screen", "-x", "y"], T - 3600, T - 3, T) == ATTACHED
+    assert role(TMUX, ["tmux", "attach", "-t", "x"], T - 3600, T - 30, T) is None   # left before the window
 
 
 def test_what_types_into_a_session():
@@ -240,3 +248,14 @@ def test_bobs_client_run_in_his_own_tmux_is_traced_through_it_to_bob(tmp_path):
     tr = trace_of(tmp_path, jims_session() + bob + typed_in_the_pane())
     (c,) = tr.shared[0].clients
     assert c.pid == 340 and c.who.user == "bob" and tr.attributed.user == "bob"
+
+
+def test_a_command_typed_in_a_root_shell_opened_long_before_is_whoever_was_there_when_it_ran(tmp_path):
+    """`sudo -i` was typed in the pane at 20 s, when no one was attached; bob attached at 101 s and
+    the command ran at 200 s in that root shell: the keys were typed when it ran, not at 20 s."""
+    root_shell = [B.fork(20, 230, 213), B.exec(20.01, 230, ["sudo", "-i"], uid=1000, euid=0, auid=1000, ses=1),
+                  B.fork(20.1, 231, 230), B.exec(20.11, 231, ["-bash"], uid=0, auid=1000, ses=1),
+                  B.fork(200, 232, 231), B.exec(200.01, 232, ["rm", "-rf", "/srv"], uid=0, auid=1000, ses=1)]
+    tr = trace_of(tmp_path, jims_session() + bobs_attach() + root_shell)
+    assert tr.chain[-2].argv == ["-bash"] and tr.chain[-2].user == "root"
+    assert tr.attributed.user == "bob" and tr.shared[0].clients[0].who.user == "bob"

@@ -10,9 +10,10 @@ tests/test_multiplexer.py.
 
 The rules (docs/attribution.md, "Shared sessions: tmux and screen"):
 - a client is *attached* at T when it connected at or before T and its process had not exited
-  by T (or no exit is recorded); a one-shot client that connected within the injection window
-  before T and exited before T *injected* when its arguments type into a pane (send-keys,
-  paste-buffer, -X stuff, ...); one that only reads (`tmux ls`) is no client of the command;
+  by T (or no exit is recorded); one that left within the injection window before T *injected*
+  when its arguments send input (send-keys, paste-buffer, -X stuff, ...) and counts as attached
+  when it may have typed (an attach that just detached: `sleep 5; cmd`, then detach); one that
+  only reads (`tmux ls`) is no client of the command;
 - exactly one person among those clients: that person, INFERRED, never "typed by" - attached
   says who *could* type (root can write to a pane's tty without attaching);
 - more than one person, or any client whose person is unknown (a shared account with no key
@@ -105,19 +106,27 @@ def injects(kind: str, argv: list[str]) -> bool:
     return False
 
 
+def _sends(kind: str, argv: list[str]) -> bool:
+    """Whether a command line is one of the known ways to send input without attaching."""
+    if kind == TMUX:
+        return any(c in TMUX_INJECTS for c in _tmux_commands(argv))
+    return "-X" in argv[1:-1] and injects(kind, argv)
+
+
 def role(kind: str, argv: list[str], since: float | None, until: float | None, at: float,
          window: float = INJECT_WINDOW) -> str | None:
     """A client connection's role in a command that ran at `at`: ATTACHED when connected then
-    (connected at or before, not exited before), INJECTED when a one-shot client that typed
-    into the session connected in the `window` seconds before and exited before it ran, else
-    None (it came later, left long before, or only read)."""
+    (connected at or before, not exited before); for one that had left in the `window` seconds
+    before (a one-shot `send-keys`, or someone who typed `sleep 5; cmd` and detached): INJECTED
+    when its command line sends input, ATTACHED when it may have typed (an attach, an unknown
+    command); else None (it came later, left before the window, or only read)."""
     if since is None or since > at:
         return None
     if until is None or until >= at:
         return ATTACHED
-    if at - since <= window and injects(kind, argv):
-        return INJECTED
-    return None
+    if at - until > window or not injects(kind, argv):
+        return None
+    return INJECTED if _sends(kind, argv) else ATTACHED
 
 
 def label(kind: str) -> str:

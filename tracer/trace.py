@@ -244,8 +244,11 @@ class Tracer:
         """(index of the pane's step, the server, its kind, when the command ran in the pane) for
         each multiplexer server on the chain, top-down. The server is the parent of a pane's
         program; it forked from the client that started it (no exec), so the step above the
-        pane's is that client's (or the server's own, when it exec'd). The command ran in the pane
-        when the next step on that host began."""
+        pane's is that client's (or the server's own, when it exec'd). What ran in a pane above
+        another server started when the next step on that host began (who typed `ssh` or `tmux
+        new` there started what is below); in the lowest pane, the keys that ran the command
+        were typed by whoever was there when the command itself ran (`at`, on that host's clock),
+        however long ago its shell there started (`sudo -i` an hour before)."""
         out = []
         for i in range(1, len(chain)):
             prev, cur = chain[i - 1], chain[i]
@@ -257,7 +260,10 @@ class Tracer:
             if server is None:
                 continue
             below = next((s for s in chain[i + 1:] if s.host == cur.host), None)
-            out.append((i, server, kind, below.start if below else (cur.start if cur is chain[-1] else at)))
+            out.append((i, server, kind, below.start if below else cur.start))
+        if out:
+            i, server, kind, _ = out[-1]
+            out[-1] = (i, server, kind, at + self._offset(chain[-1].host) - self._offset(server.host))
         return out
 
     def _mux_clients(self, server: Proc, kind: str, t: float, seen: frozenset[int], depth: int
