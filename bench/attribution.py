@@ -120,6 +120,7 @@ AS_ROOT_SERVICE_ON_A = ("service",)
 AS_CRON_JOB_ON_B = ("cron-shared",)                                    # after bob's session ended
 AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
 ACROSS_AN_OUTAGE = ("outage",)
+AS_JIM_AND_BOB_IN_A_MULTIPLEXER = ("tmux-attached", "tmux-both", "tmux-send-keys", "screen-attached")  # issue 19
 
 
 def marker(tag: str, name: str) -> str:
