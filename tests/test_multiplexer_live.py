@@ -165,7 +165,9 @@ def lab_run(tmp_path_factory):
     traces = {}
     for name in SCENARIOS:
         traces[name] = Tracer(store, ident).find(Query(pattern=f"{tag}-{name}", limit=10))
-    yield dict(traces=traces, logs=logs, store=store, tag=tag)
+    # no people configured: ec2-user names no one, bob's key included
+    unmapped = Tracer(store, Identity()).find(Query(pattern=f"{tag}-tmux-attached", limit=10))
+    yield dict(traces=traces, logs=logs, store=store, tag=tag, keys=keys, unmapped=unmapped)
     store.close()
 
 
@@ -222,3 +224,15 @@ def test_bob_in_jims_screen_session_is_bob_inferred(lab_run):
     (session,) = tr.shared
     assert session.kind == SCREEN and session.starter.user == "jim"
     assert people(session) == {(ATTACHED, "bob"), (INJECTED, "bob")}
+
+
+def test_bob_alone_in_jims_session_with_no_people_configured_is_person_unknown_not_the_starter(lab_run):
+    (tr,) = lab_run["unmapped"]
+    print("tmux-attached (no people)", trace_json(tr))
+    keys = lab_run["keys"]
+    assert tr.attributed.user == PERSON_UNKNOWN and tr.attributed.confidence == UNKNOWN
+    cands = {(c.account, c.key_fp, c.named) for c in tr.attributed.candidates}
+    assert cands == {("ec2-user", keys["bob"], False), ("ec2-user", keys["jim"], False)}
+    bob = next(c for c in tr.attributed.candidates if c.key_fp == keys["bob"])
+    assert bob.evidence[0].startswith("attached to the tmux server")
+    assert trace_json(tr)["attributed_to"]["user"] is None
