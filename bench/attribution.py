@@ -330,7 +330,8 @@ def _play_multiplexers(lab: Lab, tag: str) -> None:
     as_ec2("jim", f"screen -dmS {screen}")
     bob = _Terminal(lab, "bob", f"screen -x {screen}")
     try:
-        until("bob", "screen -ls || true", lambda out: any(f".{screen}" in ln and "Attached" in ln for ln in out.splitlines()))
+        until("bob", "screen -ls || true",
+              lambda out: any(f".{screen}" in ln and "Attached" in ln for ln in out.splitlines()))
         time.sleep(1.0)
         as_ec2("bob", f"screen -S {screen} -X stuff '{target(tag, 'screen-attached')}\n'")
         time.sleep(2.0)

@@ -147,8 +147,6 @@ def test_an_unknown_starter_is_said_as_the_login_it_was():
 
 # --- the Tracer: the rules on a store (tracer/trace.py, Tracer._shared_multiplexer) -------------
 
-import pytest                                                               # noqa: E402
-
 from kit import T0, Host, ssh_session, store_with                          # noqa: E402
 
 from whodid.tracer import Identity, Person, Query, Tracer                  # noqa: E402
