@@ -257,3 +257,17 @@ def test_a_command_typed_in_a_root_shell_opened_long_before_is_whoever_was_there
     tr = trace_of(tmp_path, jims_session() + bobs_attach() + root_shell)
     assert tr.chain[-2].argv == ["-bash"] and tr.chain[-2].user == "root"
     assert tr.attributed.user == "bob" and tr.shared[0].clients[0].who.user == "bob"
+
+
+def test_the_starters_own_attached_client_counts_though_it_made_no_connect(tmp_path):
+    """jim ran `tmux new -s x` (not -d) and is still in it: his client talks to the server it
+    forked over a socketpair, so no connect names it, yet he is attached beside bob."""
+    jim = [*ssh_session(B, 0, 200, "ec2-user", 1000, "10.0.9.1", 40001, key_fp="jim-key", ses=1),
+           B.fork(1, 210, 201), B.exec(1.01, 210, ["tmux", "new", "-s", "x"], uid=1000, auid=1000, ses=1),
+           B.fork(1.02, 211, 210), B.fork(1.03, 212, 211),
+           B.fork(1.04, 213, 212), B.exec(1.05, 213, ["-bash"], uid=1000, auid=1000, ses=1), B.exit(1.1, 211)]
+    tr = trace_of(tmp_path, jim + bobs_attach() + typed_in_the_pane())
+    assert tr.attributed.user == PERSON_UNKNOWN
+    assert {(c.role, c.pid, c.who.user) for c in tr.shared[0].clients} == {(ATTACHED, 210, "jim"), (ATTACHED, 310, "bob")}
+    alone = trace_of(tmp_path / "alone", jim + typed_in_the_pane())
+    assert alone.attributed.user == "jim" and "jim was the only client attached" in alone.shared[0].note

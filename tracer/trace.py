@@ -235,6 +235,9 @@ class Tracer:
                 continue
             starter = decided or self._who(chain[:i])
             clients, unseen, path = self._mux_clients(server, kind, t, seen | {server.id}, depth)
+            own = self._starting_client(chain, i, server, t, starter)
+            if own and all(c.proc != own.proc for c in clients):
+                clients.insert(0, own)
             decided, note = multiplexer.decide(kind, server.pid, starter, clients, unseen, kept=decided or who)
             sessions.append(SharedSession(kind=kind, host=server.host, proc=server.id, pid=server.pid, path=path,
                                           step=i - 1, starter=starter, clients=clients, note=note))
@@ -299,6 +302,23 @@ class Tracer:
                 since=conn["since"] + off, until=None if conn["until"] is None else conn["until"] + off,
                 who=who, summary=stitch.summary(chain, who)))
         return clients, unseen, path
+
+    def _starting_client(self, chain: list[Step], i: int, server: Proc, t: float,
+                         starter: Attribution) -> SessionClient | None:
+        """The client that started the server (`tmux new -s x`, `screen -S x`, not `-d`), when it
+        was still running at t: it talks to the server it forked over a socketpair (tmux 3) or
+        the terminal (screen), so no connect of its own was recorded, yet it is attached - the
+        starter, by the chain above it."""
+        step = chain[i - 1]
+        if step.proc == server.id or not multiplexer.kind_of(step.program):
+            return None
+        proc = self.store.proc(step.proc)
+        if step.start > t or (proc.exit_ts is not None and proc.exit_ts < t):
+            return None
+        off = self._offset(proc.host)
+        return SessionClient(role=ATTACHED, proc=proc.id, host=proc.host, pid=proc.pid, command=step.command,
+                             since=step.start + off, until=None if proc.exit_ts is None else proc.exit_ts + off,
+                             who=starter, summary=stitch.summary(chain[:i], starter))
 
     def _who(self, chain: list[Step]) -> Attribution:
         """A chain's attribution as `trace` makes it: with the candidates evidence points at when
