@@ -268,6 +268,7 @@ def test_the_starters_own_attached_client_counts_though_it_made_no_connect(tmp_p
            B.fork(1.04, 213, 212), B.exec(1.05, 213, ["-bash"], uid=1000, auid=1000, ses=1), B.exit(1.1, 211)]
     tr = trace_of(tmp_path, jim + bobs_attach() + typed_in_the_pane())
     assert tr.attributed.user == PERSON_UNKNOWN
-    assert {(c.role, c.pid, c.who.user) for c in tr.shared[0].clients} == {(ATTACHED, 210, "jim"), (ATTACHED, 310, "bob")}
+    assert {(c.role, c.pid, c.who.user) for c in tr.shared[0].clients} == \
+        {(ATTACHED, 210, "jim"), (ATTACHED, 310, "bob")}
     alone = trace_of(tmp_path / "alone", jim + typed_in_the_pane())
     assert alone.attributed.user == "jim" and "jim was the only client attached" in alone.shared[0].note
