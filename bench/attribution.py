@@ -99,6 +99,15 @@ SCENARIOS = [
              "host-b after everyone logged out", None, frozenset(), people=False),
     Scenario("service", "3", "a root process with no login and no audit session (a service, entered with "
              "nsenter) runs the command", None, frozenset()),
+    # issue 19: tmux and screen (played by _play_multiplexers)
+    Scenario("tmux-attached", "19", "jim (as ec2-user) starts `tmux new -d` on host-b and logs out; bob (as "
+             "ec2-user) attaches and types the command into the pane", "bob", confidence="inferred"),
+    Scenario("tmux-both", "19", "jim and bob are both attached to jim's tmux session when bob types the command",
+             None, frozenset({"jim", "bob"})),
+    Scenario("tmux-send-keys", "19", "nobody attached to jim's tmux session; bob sends the command with "
+             "`tmux send-keys`", "bob", confidence="inferred"),
+    Scenario("screen-attached", "19", "jim starts `screen -dmS`; bob attaches with `screen -x` and sends the "
+             "command with `screen -X stuff`", "bob", confidence="inferred"),
 ]
 
 
@@ -111,6 +120,7 @@ AS_ROOT_SERVICE_ON_A = ("service",)
 AS_CRON_JOB_ON_B = ("cron-shared",)                                    # after bob's session ended
 AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
 ACROSS_AN_OUTAGE = ("outage",)
+AS_JIM_AND_BOB_IN_A_MULTIPLEXER = ("tmux-attached", "tmux-both", "tmux-send-keys", "screen-attached")  # issue 19
 
 
 def marker(tag: str, name: str) -> str:
@@ -199,6 +209,7 @@ def play(work: Path, tag: str | None = None) -> Played:
             for name in AS_CRON_JOB_ON_B:
                 _cron_job(lab, "ec2-user", sh(name))
             time.sleep(DETACHED_DELAY + 1.5)            # the detached commands, the agents' last flush
+            _play_multiplexers(lab, tag)
             logs = lab.stop_hosts()
             keys = dict(lab.keys)
             host_logs, restarted_at = _play_on_host(lab, host_db, sdir, work)
@@ -252,6 +263,81 @@ def _play_on_host(lab: Lab, db: Path, sdir: Path, work: Path) -> tuple[dict[str,
         if pid.exists():
             os.kill(int(pid.read_text()), signal.SIGTERM)
     return logs, restarted_at
+
+
+class _Terminal:
+    """Someone at a terminal on the laptop: `ssh -tt` to host-b as ec2-user with their key, running
+    an attach; what they type goes to its stdin; closing it hangs up (the client detaches)."""
+    def __init__(self, lab: Lab, key: str, command: str):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns["laptop"], "ssh", "-tt", "-i", str(lab.work / key), *SSH_OPTS,
+             f"ec2-user@{B}", command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=dict(os.environ, TERM="xterm"))
+
+    def type(self, text: str) -> None:
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _play_multiplexers(lab: Lab, tag: str) -> None:
+    """The issue-19 scenarios on host-b, after the others (their logins begin after every other
+    scenario's command): sessions jim starts as ec2-user, which bob attaches to or sends keys to."""
+    def as_ec2(key: str, command: str) -> None:
+        lab.ssh_from_laptop(key, f"ec2-user@{B}", command)
+
+    def until(key: str, ask: str, enough) -> None:
+        """Until a read-only `ask` (no client of the command) says the attach took; asked with the
+        key of who just attached: two logins at one instant may have their sshd lines joined to
+        one process, which with one key changes no one's answer."""
+        time.sleep(0.5)
+        deadline = time.time() + 30
+        while time.time() < deadline and not enough(lab.ssh_from_laptop(key, f"ec2-user@{B}", ask).stdout):
+            time.sleep(0.3)
+
+    def clients(n: int):
+        return lambda out: len([ln for ln in out.splitlines() if ln.strip()]) >= n
+
+    def tmux(sock: str, session: str, attach: tuple[str, ...], name: str) -> None:
+        as_ec2("jim", f"tmux -L {sock} new -d -s {session}")
+        terms: list[_Terminal] = []
+        try:
+            for key in attach:          # one login at a time: each is joined to sshd's line by its connection
+                terms.append(_Terminal(lab, key, f"tmux -L {sock} attach -t {session}"))
+                until(key, f"tmux -L {sock} list-clients", clients(len(terms)))
+            time.sleep(1.0)
+            if terms:
+                terms[-1].type(target(tag, name) + "\r")
+            else:
+                as_ec2("bob", f"tmux -L {sock} send-keys -t {session} '{target(tag, name)}' Enter")
+            time.sleep(2.0)
+        finally:
+            for term in terms:
+                term.close()
+        as_ec2("jim", f"tmux -L {sock} kill-server")
+
+    tmux(f"{tag}a", "x", ("bob",), "tmux-attached")
+    tmux(f"{tag}b", "y", ("jim", "bob"), "tmux-both")
+    tmux(f"{tag}c", "z", (), "tmux-send-keys")
+    screen = f"{tag}s"
+    as_ec2("jim", f"screen -dmS {screen}")
+    bob = _Terminal(lab, "bob", f"screen -x {screen}")
+    try:
+        until("bob", "screen -ls || true",
+              lambda out: any(f".{screen}" in ln and "Attached" in ln for ln in out.splitlines()))
+        time.sleep(1.0)
+        as_ec2("bob", f"screen -S {screen} -X stuff '{target(tag, 'screen-attached')}\n'")
+        time.sleep(2.0)
+    finally:
+        bob.close()
+    as_ec2("jim", f"screen -S {screen} -X quit || true")
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:

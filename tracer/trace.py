@@ -13,10 +13,10 @@ from typing import Any
 
 import networkx as nx
 
-from . import outages, stitch
+from . import multiplexer, outages, stitch
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
-from .sharing import SharedSession
+from .sharing import ATTACHED, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
 from .when import clock, format_duration
@@ -29,6 +29,9 @@ OPEN_LOGIN_HORIZON = 14 * 86400.0
 # how long after a session's first process the agent may read its login's sshd log line: the
 # agent waits 30 s for a line to match its connection (Assembler.match_logins), plus margin
 LATE_LOGIN_LINE = 60.0
+# multiplexers within multiplexers followed when tracing a session's clients (bob's client run
+# in his own tmux): deeper ones are left to the chain as it stands
+MUX_DEPTH = 2
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Settings:
     clock_skew: float = 120.0        # and follow it by this much (unsynchronised clocks)
     max_nodes: int = 2000            # wider scopes stop adding context past this
     silent_after: float = 900.0      # a host whose last batch is older than this is called silent
+    inject_window: float = multiplexer.INJECT_WINDOW   # a one-shot tmux/screen client (send-keys)
+                                     # this long before a command counts as its input
 
 
 @dataclass
@@ -191,6 +196,7 @@ class Tracer:
             job = stitch.scheduled_job(chain)
             who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(
                 self._candidates(chain[job + 1:] if job else chain)))
+        shared, who = self._shared_multiplexer(chain, at, who)
         said = notes + who.notes
         said += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
         said += self._loss_notes(chain, at)
@@ -209,7 +215,120 @@ class Tracer:
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), notes=said,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
                      exit_code=proc.exit_code, target=self.target(proc, image, change),
-                     execs=self.store.images(proc.id))
+                     execs=self.store.images(proc.id), shared=shared)
+
+    # --- shared sessions: tmux and screen (multiplexer.py) ------------------------------------
+
+    def _shared_multiplexer(self, chain: list[Step], at: float, who: Attribution,
+                            seen: frozenset[int] = frozenset(), depth: int = 0
+                            ) -> tuple[list[SharedSession], Attribution]:
+        """The tmux and screen servers on the chain, who started each and which clients were
+        attached or sent input when the command ran (each traced to its login as a command is),
+        and the chain's attribution by multiplexer.decide: top-down, the answer for one server is
+        who started the next. `who` is the chain's own attribution, kept when no client was
+        there. `seen` are the servers being decided further up (a client traced inside a session
+        being decided is that session's own input: a script in a pane, never a loop)."""
+        sessions: list[SharedSession] = []
+        decided: Attribution | None = None
+        for i, server, kind, t in self._mux_servers(chain, at):
+            if server.id in seen:
+                continue
+            starter = decided or self._who(chain[:i])
+            clients, unseen, path = self._mux_clients(server, kind, t, seen | {server.id}, depth)
+            own = self._starting_client(chain, i, server, t, starter)
+            if own and all(c.proc != own.proc for c in clients):
+                clients.insert(0, own)
+            decided, note = multiplexer.decide(kind, server.pid, starter, clients, unseen, kept=decided or who)
+            sessions.append(SharedSession(kind=kind, host=server.host, proc=server.id, pid=server.pid, path=path,
+                                          step=i - 1, starter=starter, clients=clients, note=note))
+        return sessions, decided or who
+
+    def _mux_servers(self, chain: list[Step], at: float) -> list[tuple[int, Proc, str, float]]:
+        """(index of the pane's step, the server, its kind, when the command ran in the pane) for
+        each multiplexer server on the chain, top-down. The server is the parent of a pane's
+        program; it forked from the client that started it (no exec), so the step above the
+        pane's is that client's (or the server's own, when it exec'd). What ran in a pane above
+        another server started when the next step on that host began (who typed `ssh` or `tmux
+        new` there started what is below); in the lowest pane, the keys that ran the command
+        were typed by whoever was there when the command itself ran (`at`, on that host's clock),
+        however long ago its shell there started (`sudo -i` an hour before)."""
+        out = []
+        for i in range(1, len(chain)):
+            prev, cur = chain[i - 1], chain[i]
+            if cur.host != prev.host or cur.proc == prev.proc or cur.login:
+                continue
+            kind = multiplexer.server_kind(prev.program, cur.program)
+            parent = self.store.proc(cur.proc).parent if kind else None
+            server = self.store.proc(parent) if parent is not None else None
+            if server is None:
+                continue
+            below = next((s for s in chain[i + 1:] if s.host == cur.host), None)
+            out.append((i, server, kind, below.start if below else cur.start))
+        if out:
+            i, server, kind, _ = out[-1]
+            out[-1] = (i, server, kind, at + self._offset(chain[-1].host) - self._offset(server.host))
+        return out
+
+    def _mux_clients(self, server: Proc, kind: str, t: float, seen: frozenset[int], depth: int
+                     ) -> tuple[list[SessionClient], int, str | None]:
+        """The clients of a multiplexer server that were attached at t or sent it input just
+        before (multiplexer.role), each traced to its own login; how many connections had no
+        known client process; and the socket's path."""
+        window = self.settings.inject_window
+        clients: list[SessionClient] = []
+        unseen, path = 0, None
+        for conn in self.store.unix_clients(server.id, t - window, t):
+            path = path or conn["path"] or conn["bound"]
+            if conn["client"] is None:
+                unseen += multiplexer.role(kind, [], conn["since"], conn["until"], t, window) == ATTACHED
+                continue
+            proc = self.store.proc(conn["client"])
+            images = self.store.images(proc.id)
+            image = next((im for im in reversed(images) if im.ts <= conn["since"]), images[0] if images else None)
+            argv = image.argv if image else []
+            role = multiplexer.role(kind, argv, conn["since"], conn["until"], t, window)
+            if role is None:
+                continue
+            chain, _ = self._chain(proc, conn["since"], image)
+            if any(sv.id in seen for _, sv, _, _ in self._mux_servers(chain, conn["since"])):
+                continue            # run inside the session itself: its own input, as a script's
+            who = self._who(chain)
+            if depth + 1 < MUX_DEPTH:
+                _, who = self._shared_multiplexer(chain, conn["since"], who, seen, depth + 1)
+            off = self._offset(proc.host)
+            clients.append(SessionClient(
+                role=role, proc=proc.id, host=proc.host, pid=proc.pid,
+                command=image.cmd if image else f"pid {proc.pid} (program not recorded)",
+                since=conn["since"] + off, until=None if conn["until"] is None else conn["until"] + off,
+                who=who, summary=stitch.summary(chain, who)))
+        return clients, unseen, path
+
+    def _starting_client(self, chain: list[Step], i: int, server: Proc, t: float,
+                         starter: Attribution) -> SessionClient | None:
+        """The client that started the server (`tmux new -s x`, `screen -S x`, not `-d`), when it
+        was still running at t: it talks to the server it forked over a socketpair (tmux 3) or
+        the terminal (screen), so no connect of its own was recorded, yet it is attached - the
+        starter, by the chain above it."""
+        step = chain[i - 1]
+        if step.proc == server.id or not multiplexer.kind_of(step.program):
+            return None
+        proc = self.store.proc(step.proc)
+        if step.start > t or (proc.exit_ts is not None and proc.exit_ts < t):
+            return None
+        off = self._offset(proc.host)
+        return SessionClient(role=ATTACHED, proc=proc.id, host=proc.host, pid=proc.pid, command=step.command,
+                             since=step.start + off, until=None if proc.exit_ts is None else proc.exit_ts + off,
+                             who=starter, summary=stitch.summary(chain[:i], starter))
+
+    def _who(self, chain: list[Step]) -> Attribution:
+        """A chain's attribution as `trace` makes it: with the candidates evidence points at when
+        no login names a person."""
+        who = stitch.attribute(chain, self.identity)
+        if not who.known and who.login_time is None:
+            job = stitch.scheduled_job(chain)
+            who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(
+                self._candidates(chain[job + 1:] if job else chain)))
+        return who
 
     def earlier(self, tr: Trace, window: float = 86400.0, limit: int = 40) -> list[Step]:
         """What the attributed person did before the matched command, newest last: the commands

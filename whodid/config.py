@@ -93,11 +93,13 @@ class TraceConfig:
     hop_window: str = "10m"
     clock_skew: str = "2m"
     max_nodes: int = 2000
+    inject_window: str = "10s"
 
     def settings(self) -> Settings:
         return Settings(gap_threshold=parse_duration(self.gap_threshold),
                         hop_window=parse_duration(self.hop_window),
-                        clock_skew=parse_duration(self.clock_skew), max_nodes=self.max_nodes)
+                        clock_skew=parse_duration(self.clock_skew), max_nodes=self.max_nodes,
+                        inject_window=parse_duration(self.inject_window))
 
 
 @dataclass
