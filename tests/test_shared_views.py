@@ -65,6 +65,14 @@ def tmux_events() -> list[dict]:
                  HOST.exec(300.01, 413, ["kubectl", "delete", "ns", "prod"], uid=1000, auid=1000, ses=7)]
 
 
+def unshared():
+    """The same chain with no shared session on it: jim's own client is attached to his tmux
+    (the Tracer fills Trace.shared), so the baseline is another trace with none."""
+    tr = traced(shared_account_story(), "delete-cluster")
+    assert tr.shared == []
+    return tr
+
+
 def traced(events, pattern="kubectl"):
     (tr,) = Tracer(store_with(events), IDENT).find(Query(pattern=pattern, limit=1))
     return tr
@@ -155,7 +163,7 @@ def matches(tr) -> dict:
 # --- JSON -------------------------------------------------------------------------------
 
 def test_json_has_shared_sessions_always_and_empty_when_there_are_none():
-    tr = traced(tmux_events())
+    tr = traced(shared_account_story(), "delete-cluster")
     assert matches(tr)["shared_sessions"] == []
 
 
@@ -206,7 +214,7 @@ def test_text_says_the_session_who_started_it_and_everyone_attached():
     assert "  - bob: attached from 22:16:40 to 23:20:00; `tmux attach -t ops` pid 520 on host-b" in out
     # under the chain, before the notes
     assert out.index("<== matched") < out.index("Shared session:")
-    assert "Shared session" not in render_trace(traced(tmux_events()), NOW)
+    assert "Shared session" not in render_trace(unshared(), NOW)
 
 
 def test_text_words_injected_and_asked_clients_and_names_no_shared_account_as_a_person():
@@ -239,8 +247,8 @@ def test_picture_draws_the_session_beside_its_step_with_a_box_per_client():
     assert [c.title for c in ss.clients] == ["jim, attached 22:15–", "bob, attached 22:16–23:20"]
     assert [c.row for c in ss.clients] == [ss.row + 1, ss.row + 2]
     assert lay.columns == 2 and lay.side == 1 and figure_size(lay)[0] == 2 * 3.7 + 0.5
-    without = layout(traced(tmux_events()), NOW)
-    assert without.sessions == [] and without.columns == 1
+    without = layout(unshared(), NOW)
+    assert without.sessions == [] and without.side == 0
 
 
 def test_picture_names_no_shared_account_as_the_person_of_a_client():
@@ -314,7 +322,7 @@ def test_page_draws_the_session_and_its_clients_with_edges_and_lists_them():
     (section,) = [a for t, a in page.tags if a.get("id") == "shared-sessions"]
     assert len(page.all("tr", "client")) == 2
     assert "<h3>tmux server pid 411 on host-b, started by jim</h3>" in text
-    assert 'id="shared-sessions"' not in render_html(traced(tmux_events()), NOW)
+    assert 'id="shared-sessions"' not in render_html(unshared(), NOW)
 
 
 def test_page_names_no_shared_account_as_a_person():
@@ -353,7 +361,7 @@ def test_slack_answer_has_a_line_per_shared_session_with_its_clients():
             "`bob (from 22:16:40 to 23:20:00)` via `tmux attach -t ops`") in line
     (line,) = shared_lines(ssh_master_asker())
     assert "*asked the master for this session:* `bob (inferred, at 22:30:00)` via `ssh -S /home/jim/" in line
-    assert shared_lines(traced(tmux_events())) == []
+    assert shared_lines(unshared()) == []
     _, thread = blocks.chain(tmux_two_people(), View(ASK), 1, NOW)
     assert "Shared session: tmux server pid 411 on host-b" in json.dumps(thread)
 
