@@ -272,3 +272,12 @@ def test_the_starters_own_attached_client_counts_though_it_made_no_connect(tmp_p
         {(ATTACHED, 210, "jim"), (ATTACHED, 310, "bob")}
     alone = trace_of(tmp_path / "alone", jim + typed_in_the_pane())
     assert alone.attributed.user == "jim" and "jim was the only client attached" in alone.shared[0].note
+
+
+def test_the_picture_badge_over_the_starters_login_does_not_give_it_the_attached_persons_key(tmp_path):
+    # the badge sits over the chain's origin, jim's login: "person: bob (key bob-key)" there read
+    # as if bob's key had made jim's login
+    from whodid.tracer.render.layout import layout
+    tr = trace_of(tmp_path, jims_session() + bobs_attach() + typed_in_the_pane())
+    person = layout(tr, T0 + 1000).person
+    assert "bob" in person and "bob-key" not in person and "this login started it" in person, person

@@ -239,6 +239,10 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
         person = PERSON_UNKNOWN + (f" · {account_said(tr)}" if who.account else "")
     elif who.login_time is None:
         person = f"no login: runs as {who.user}"
+    elif _named_by_a_session_client(tr):
+        # the person was attached to a shared session this login started: the badge sits over
+        # the starter's login, so it must not read as that login's person or key
+        person = f"person: {who.user}, a client of the shared session (this login started it)"
     else:
         person = f"person: {who.user}"
         if who.key_fp and who.user != who.account:
@@ -251,6 +255,14 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
                   links=links, person=printable(person), collapsed=collapsed, groups=groups, notes=notes,
                   confidence=level, confidence_label=f"confidence: {level}", candidates=cands,
                   sessions=_sessions(tr, {b.id: b.row for b in boxes}))
+
+
+def _named_by_a_session_client(tr: Trace) -> bool:
+    """Whether the answer names a person by a client of a shared session rather than by the
+    login the chain starts at (a tmux server's starter)."""
+    origin = tr.chain[0].login if tr.chain else None
+    return bool(tr.shared) and origin is not None and tr.attributed.login_time is not None \
+        and tr.attributed.login_time != origin.get("ts")
 
 
 def _sessions(tr: Trace, row_of: dict[str, int]) -> list[SessionBox]:

@@ -118,7 +118,7 @@ def shared_lines(tr: Trace) -> list[str]:
             lines.append(f"  - {shared.who_said(c.who)}: {shared.ROLE_SHORT.get(c.role, c.role)} "
                          f"{shared.when_said(c)}; `{_short(c.command, 70)}` pid {c.pid} on {c.host}")
             lines.append(f"      {c.summary}")
-        if ss.note:
+        if ss.note and ss.note not in tr.notes:     # said once: the Notes list may carry it
             lines.append(f"  ({ss.note})")
     return lines
 
