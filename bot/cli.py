@@ -606,6 +606,15 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     print(render_text(query, traces, now))
     for written in write_images(traces[:1], image, now):
         print(f"image: {written}")
+    # the second story: a command typed in a tmux session another person started
+    query = Query(pattern="dropdb", since=now - 86400, limit=cfg.trace.limit)
+    shared = os.path.splitext(path)[0] + "-tmux.png"
+    print()
+    print(f"$ whodid trace dropdb --since 24h --png {shared}")
+    traces = tracer.find(query)
+    print(render_text(query, traces, now))
+    for written in write_images(traces[:1], shared, now):
+        print(f"image: {written}")
     # the store is whole on disk before anything else opens it: closing folds the write-ahead log
     # into the file, so a copy of demo.db alone (a backup, a test) holds every event
     store.close()

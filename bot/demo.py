@@ -4,6 +4,10 @@ jim logs in to the jump box, pauses about three hours, hops to the config server
 shared account ec2-user, becomes root with `sudo -i`, and an hour later deletes the prod
 EKS cluster. bob does much the same the same day - ec2-user on the same server, sudo, aws -
 and four days of cron jobs, daemons, deploys and other people surround them.
+
+The same afternoon the staging database is dropped on db-01 from a tmux session jim started
+that morning as ec2-user and detached from; bob attached to it later. The process tree leads
+to jim; who was attached when it ran says bob.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def build(now: float, seed: int = 7, days: int = DAYS) -> tuple[SimFleet, dict[s
     _cron_noise(fleet, start, now, rng)
     _daily_work(fleet, start, now, rng, days)
     truth = _incident(fleet, now)
+    truth.update(_shared_tmux(fleet, now))
     _changes_today(fleet, now)
     return fleet, truth
 
@@ -263,3 +268,30 @@ def _incident(fleet: SimFleet, now: float) -> dict[str, Any]:
     _logout(bob_remote, t_del + 2401)
     return {"delete_pid": delete.pid, "delete_ts": t_del + 0.0007, "jim_login": t0, "ssh_ts": t_ssh,
             "sudo_ts": t_sudo, "jim_ssh_pid": ssh.pid}
+
+
+def _shared_tmux(fleet: SimFleet, now: float) -> dict[str, Any]:
+    """jim starts `tmux new -s maint` on db-01 as ec2-user, works, detaches; bob, as ec2-user
+    too, attaches hours later and drops the staging database in its shell - which is a child of
+    the server jim's client forked, in jim's audit session. Only the attach says who was there."""
+    rng = random.Random(19)
+    db = fleet.hosts["db-01"]
+    path = "/tmp/tmux-1000/default"
+    t0 = now - 6 * 3600
+    jim = fleet.ssh_login(db, t0, "ec2-user", raddr=LAPTOPS["jim"], rport=50112, key_fp=PEOPLE["jim"])
+    client = db.spawn(jim, t0 + 20, ["tmux", "new", "-s", "maint"], duration=None)
+    server = db.fork(client, t0 + 20.01)         # tmux forks its server: no exec, comm "tmux: server"
+    db.unix_connect(client, server, t0 + 20.02, path)
+    pane = db.spawn(server, t0 + 20.03, ["-bash"], duration=None)
+    t = _session(fleet, pane, t0 + 21, [["psql", "-c", "select pg_size_pretty(pg_database_size('staging'))"],
+                                        ["vacuumdb", "--analyze", "staging"]], rng)
+    db.exit(client, t + 30)                     # C-b d: jim's client detaches and exits
+    _logout(jim, t + 40)
+    tb = now - 2 * 3600
+    bob = fleet.ssh_login(db, tb, "ec2-user", raddr=LAPTOPS["bob"], rport=41990, key_fp=PEOPLE["bob"])
+    attach = db.spawn(bob, tb + 15, ["tmux", "attach", "-t", "maint"], duration=None)
+    db.unix_connect(attach, server, tb + 15.01, path)
+    drop = db.spawn(pane, tb + 300, ["dropdb", "staging"], duration=1.2)
+    db.exit(attach, tb + 900)
+    _logout(bob, tb + 910)
+    return {"dropdb_pid": drop.pid, "tmux_server_pid": server.pid, "bob_attach_pid": attach.pid}

@@ -138,6 +138,17 @@ class SimHost:
         return lport
 
 
+    def unix_connect(self, client: SimProc, server: SimProc, ts: float, path: str) -> None:
+        """client connects to server's unix socket at path, and server accepts: a tmux client
+        attaching, an ssh client asking its master (the agent's uconnect + uaccept). Its end is
+        the client's exit."""
+        conn = f"{self.rng.getrandbits(48):x}-{int(ts * 1e9)}"
+        self.emit("uconnect", ts, **self._ids(client), path=path, conn=conn, peer_pid=server.pid,
+                  peer_start=server.start, peer_uid=server.uid)
+        self.emit("uaccept", ts + 0.0002, **self._ids(server), conn=conn, path=path, peer_pid=client.pid,
+                  peer_start=client.start, peer_uid=client.uid)
+
+
 class SimFleet:
     def __init__(self, seed: int = 7):
         self.rng = random.Random(seed)

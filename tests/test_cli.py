@@ -44,7 +44,12 @@ def test_demo_answers_who_deleted_the_cluster(tmp_path, capsys):
     assert "1. jim ran `aws eks delete-cluster --name prod` on config-server" in out
     assert (tmp_path / "alerts").is_dir() and list((tmp_path / "alerts").glob("prod-cluster-*-suspect-1.png"))
     assert "aws eks delete-cluster --name prod  <== matched" in out
-    assert "bob" not in out.split("$ whodid changes")[0]
+    assert "bob" not in out.split("$ whodid trace dropdb")[0]
+    # ...the second story: dropdb typed in the tmux session jim started, while only bob was attached
+    dropdb = out.split("$ whodid trace dropdb")[1].split("$ whodid serve")[0]
+    assert "Who:  bob - bob was the only person attached to the tmux server" in dropdb
+    assert "Confidence: inferred" in dropdb and "started by jim" in dropdb
+    assert "bob: attached from" in dropdb and "`tmux attach -t maint`" in dropdb
     # ...and the day's changes as the digest has them: the deletion unplanned, the deploys planned
     digest = out.split("$ whodid changes since:24h")[1].split("Try next:")[0]
     unplanned, planned = digest.split("\nPLANNED (")
