@@ -66,9 +66,14 @@ class Pairing:
 
 
 def ssh_options(argv: tuple[str, ...] | list[str]) -> dict[str, str | None]:
-    """ssh's options as {letter: value or None}: `-fN -o X -W h:p host cmd` -> {f, N, o, W}.
-    Stops at the destination (the first argument that is not an option)."""
-    out: dict[str, str | None] = {}
+    """ssh's options as {letter: value or None} (the last of a letter given twice): `-fN -o X
+    -W h:p host cmd` -> {f, N, o, W}."""
+    return dict(_options(argv))
+
+
+def _options(argv) -> list[tuple[str, str | None]]:
+    """ssh's options in order, up to the destination (the first argument that is not one)."""
+    out: list[tuple[str, str | None]] = []
     args = list(argv[1:])
     i = 0
     while i < len(args):
@@ -81,9 +86,9 @@ def ssh_options(argv: tuple[str, ...] | list[str]) -> dict[str, str | None]:
                 value = arg[j + 1:]
                 if not value and i < len(args):
                     value, i = args[i], i + 1
-                out[letter] = value
+                out.append((letter, value))
                 break
-            out[letter] = None
+            out.append((letter, None))
     return out
 
 
@@ -95,6 +100,18 @@ def is_control(argv) -> bool:
 def asks_for(argv) -> str:
     """The kind of channel a mux client asks for: TCP for `-W host:port`, else a session."""
     return TCP if "W" in ssh_options(argv) else SESSION
+
+
+def is_master(argv) -> bool:
+    """Whether an ssh's own arguments make it a master (`-M`, `-o ControlMaster=yes|auto|ask|
+    autoask`); one set in ssh_config is not in its argv, and is found by its accepts instead."""
+    for letter, value in _options(argv):
+        if letter == "M":
+            return True
+        words = (value or "").replace("=", " ").lower().split()
+        if letter == "o" and words[:1] == ["controlmaster"] and words[1:2] != ["no"]:
+            return True
+    return False
 
 
 def opens_own_channel(argv) -> bool:
@@ -135,6 +152,9 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
     possible = [asks[j] for j in range(m) if ok[k][j] and fwd[k][j] + 1 + back[k + 1][j + 1] == best]
     if len(possible) == 1:
         return Pairing(asker=possible[0], why="the client that asked in the channel's turn")
+    if not asks:
+        return Pairing(why="no client of its control socket was recorded (unix-socket capture off, or its records "
+                           "lost), and any process of its owner's uid or root may use it")
     if not possible:
         near = [cl for cl in asks if allowed(target, cl)]
         return Pairing(candidates=near or asks,

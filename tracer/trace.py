@@ -13,10 +13,10 @@ from typing import Any
 
 import networkx as nx
 
-from . import outages, stitch
+from . import outages, sshmux, stitch
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
-from .sharing import SharedSession
+from .sharing import ASKED, SSH_MASTER, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
 from .when import clock, format_duration
@@ -38,6 +38,8 @@ class Settings:
     clock_skew: float = 120.0        # and follow it by this much (unsynchronised clocks)
     max_nodes: int = 2000            # wider scopes stop adding context past this
     silent_after: float = 900.0      # a host whose last batch is older than this is called silent
+    mux_rtt: float = 5.0             # an ssh master opens a channel at most this long after a client asks
+    mux_skew: float = 2.0            # clocks of two hosts may still differ by this, measured offsets applied
 
 
 @dataclass
@@ -114,6 +116,8 @@ class Tracer:
         self._offsets: dict[str, float] | None = None
         self._inventory: dict[str, dict[str, Any]] | None = None
         self._boots: dict[int, str] = {}
+        self._carried: list[_Carried] = []     # ssh masters found on the chain being built (_shared_master)
+        self._mux_depth = 0
 
     def _clocks(self) -> dict[str, float]:
         if self._offsets is None:
@@ -180,6 +184,7 @@ class Tracer:
     def trace(self, proc: Proc, *, image: Image | None = None, change: dict[str, Any] | None = None,
               scope: int = 0, started: bool = False) -> Trace:
         at = image.ts if image else change["ts"]
+        self._carried = []
         chain, notes = self._chain(proc, at, image)
         notes += self._outage_notes(chain, at)      # before attribution: it marks links inferred
         poi = chain[-1]
@@ -191,6 +196,7 @@ class Tracer:
             job = stitch.scheduled_job(chain)
             who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(
                 self._candidates(chain[job + 1:] if job else chain)))
+        who, shared = self._carried_sessions(chain, who)
         said = notes + who.notes
         said += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
         said += self._loss_notes(chain, at)
@@ -209,7 +215,7 @@ class Tracer:
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), notes=said,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
                      exit_code=proc.exit_code, target=self.target(proc, image, change),
-                     execs=self.store.images(proc.id))
+                     execs=self.store.images(proc.id), shared=shared)
 
     def earlier(self, tr: Trace, window: float = 86400.0, limit: int = 40) -> list[Step]:
         """What the attributed person did before the matched command, newest last: the commands
@@ -276,6 +282,7 @@ class Tracer:
         notes: list[str] = []
         seen_logins: set[int] = set()
         cur, t, poi_image = proc, at, image
+        came_by: HopCandidate | None = None            # the hop that brought the walk to cur
         for _ in range(MAX_HOPS):
             steps, login = self._walk_host(cur, t, poi_image)
             segments.append(steps)
@@ -289,7 +296,10 @@ class Tracer:
                     notes.append(note)
                 break
             steps[0].edge, steps[0].inferred, steps[0].note = "ssh", inferred, note
-            cur, t = self.store.proc(hop.proc), hop.ts - hop.shift
+            asked = self._shared_master(cur, steps, login, hop, came_by)
+            cur, t, came_by = self.store.proc(hop.proc), hop.ts - hop.shift, hop
+            if asked:                                   # over an ssh master: on from who asked it
+                (cur, t), came_by = asked, None
         chain = [s for seg in reversed(segments) for s in seg]
         for i in range(1, len(chain)):
             if chain[i].edge in ("login", "ssh") and chain[i].login:
@@ -595,6 +605,188 @@ class Tracer:
                             raddr=conn["raddr"], rport=conn["rport"], host=proc.host, host_id=proc.host_id,
                             shift=shift)
 
+    # --- ssh connection sharing: who asked a master connection for a session (sshmux.py) ------
+
+    def _shared_master(self, cur: Proc, steps: list[Step], login: dict[str, Any], hop: HopCandidate,
+                       came_by: HopCandidate | None) -> tuple[Proc, float] | None:
+        """The chain on this host came through a channel of an ssh master connection - the
+        login's client (`hop`) is an ssh that accepted mux clients on its control socket -:
+        who asked the master for it. Returns where the chain goes on - the asker's ssh and its
+        connect to the socket - when one client did (sshmux.pair); else None, and the chain
+        goes on to the master as before. Either way the hop's step says so, its login is marked
+        `over_master` (stitch: no "corroborated" by the master's key), and self._carried keeps
+        what trace() makes of it (_carried_sessions)."""
+        if self._mux_depth > 1:
+            return None                     # a side chain's own masters are not followed
+        found = self._master_of(hop)
+        if found is None:
+            return None
+        master, uconns = found
+        chans = self._channels(cur, login, came_by)
+        if chans is None:
+            return None
+        target, channels = chans
+        clients = self._mux_clients(uconns, hop.shift)
+        argv = self._argv_at(master, None)
+        s = self.settings
+        pairing = sshmux.pair(channels, [c for c, _ in clients], target, own_first=sshmux.opens_own_channel(argv),
+                              rtt=s.mux_rtt, skew=s.mux_skew)
+        if pairing.own:
+            return None                     # the master's own session: its chain is the master's
+        start = master.fork_ts if master.fork_ts is not None else login["ts"] - hop.shift
+        starter = self._side_chain(master, start + 1e-6)[1]
+        owner = _owner(starter)
+        asked = [pairing.asker] if pairing.asker else pairing.candidates
+        seen = {c.proc: u for c, u in clients}
+        members = [self._mux_member(c, seen[c.proc]) for c in asked]
+        where = f"{owner}'s master connection (pid {master.pid} on {master.host})"
+        step = steps[0]
+        step.edge, step.inferred = "ssh", True
+        if pairing.asker:
+            asker = members[0]
+            step.note = (f"inferred: over {where}, the master's login, not a new one; asked for by "
+                         f"{_owner(asker.who)}'s ssh (pid {asker.pid}), {pairing.why}")
+        else:
+            step.note = (f"inferred: over {where}, the master's login, not a new one; which of its clients "
+                         f"asked for this session is not known: {pairing.why}")
+        step.login = {**step.login, "over_master": {"owner": owner, "pid": master.pid, "host": master.host,
+                                                    "asker": _owner(members[0].who) if pairing.asker else None}}
+        path = next((u["path"] for u in uconns if u.get("path")), None)
+        self._carried.append(_Carried(step=step, master=master, path=path, starter=starter, owner=owner,
+                                      pairing=pairing, clients=members, where=where))
+        if pairing.asker is None:
+            return None
+        proc = self.store.proc(pairing.asker.proc)
+        return proc, seen[proc.id]["since"]
+
+    def _master_of(self, hop: HopCandidate) -> tuple[Proc, list[dict[str, Any]]] | None:
+        """The ssh master behind a hop's client, and the unix connections it accepted up to the
+        hop (plus the skew): the client process itself, or - `ssh -f`, ControlPersist - the fork
+        it left running in the background, which accepts; None when neither accepted any."""
+        client = self.store.proc(hop.proc)
+        since = client.fork_ts if client.fork_ts is not None else hop.ts - hop.shift - self.settings.hop_window
+        kids = self.store.procs(self.store.children([client.id]))
+        # a child that ran another program is not the master; one that did not is ssh -f's fork
+        forks = [k for k in sorted(kids.values(), key=lambda k: k.id) if not self.store.images(k.id)]
+        for p in [client, *forks]:
+            # its channels may come any time the connection stands: every client from its start on
+            uconns = [u for u in self.store.unix_clients(p.id, since, float("inf")) if u["client"] is not None]
+            if uconns:
+                return p, uconns
+        if sshmux.is_master(self._argv_at(client, None)):
+            # a master by its own arguments whose clients were not recorded: its sessions but the
+            # first may be anyone's who reached its socket
+            return (forks[-1] if forks else client), []
+        return None
+
+    def _channels(self, cur: Proc, login: dict[str, Any], came_by: HopCandidate | None):
+        """The channel of the login's connection this chain came through, and all of that
+        connection's channels: (target, channels) or None. The login process's child is the
+        session process; its forks are sessions, its TCP connects `-W`/`-J` channels."""
+        path, p = [cur], cur
+        for _ in range(MAX_DEPTH):
+            if p.id == login["proc"] or p.parent is None:
+                break
+            p = self.store.proc(p.parent)
+            path.append(p)
+        if path[-1].id != login["proc"]:
+            return None
+        if len(path) >= 3:
+            session = path[-2]
+        elif len(path) == 2 and came_by is not None and came_by.proc == cur.id:
+            session = cur
+        else:
+            return None
+        kids = self.store.procs(self.store.children([session.id]))
+        channels = [sshmux.Channel(sshmux.SESSION, k.fork_ts, k.id, k.pid, k.exit_ts)
+                    for k in kids.values() if k.fork_ts is not None]
+        connects = self.store.connects_of(session.id)
+        channels += [sshmux.Channel(sshmux.TCP, c["ts"], session.id, session.pid) for c in connects]
+        if len(path) >= 3:
+            target = next((c for c in channels if c.kind == sshmux.SESSION and c.proc == path[-3].id), None)
+        else:
+            at = came_by.ts - came_by.shift
+            target = min((c for c in channels if c.kind == sshmux.TCP), key=lambda c: abs(c.ts - at), default=None)
+        return (target, channels) if target is not None else None
+
+    def _argv_at(self, p: Proc, t: float | None) -> list[str]:
+        """What p was running at t (None: its latest image), or its parent's program if it never exec'd."""
+        images = self.store.images(p.id)
+        before = [im for im in images if t is None or im.ts <= t] or images
+        im = before[-1] if before else self._inherited_image(p)
+        return list(im.argv) if im else []
+
+    def _mux_clients(self, uconns: list[dict[str, Any]], shift: float) -> list[tuple[sshmux.MuxClient, dict]]:
+        """The master's accepted connections as sshmux clients, times moved onto the server's clock."""
+        out = []
+        for u in uconns:
+            p = self.store.proc(u["client"])
+            until = p.exit_ts + shift if p.exit_ts is not None else None
+            out.append((sshmux.MuxClient(proc=p.id, pid=p.pid, ts=u["since"] + shift, until=until,
+                                         argv=tuple(self._argv_at(p, u["since"]))), u))
+        return out
+
+    def _side_chain(self, p: Proc, t: float) -> tuple[list[Step], Attribution]:
+        """Another process's own chain and attribution (a master's, a mux client's), walked as
+        any command's is, without disturbing the trace being built."""
+        saved, self._carried = self._carried, []
+        self._mux_depth += 1
+        try:
+            chain, _ = self._chain(p, t, None)
+        finally:
+            self._mux_depth -= 1
+            self._carried = saved
+        return chain, stitch.attribute(chain, self.identity)
+
+    def _mux_member(self, c: sshmux.MuxClient, u: dict[str, Any]) -> SessionClient:
+        p = self.store.proc(c.proc)
+        chain, who = self._side_chain(p, u["since"])
+        off = self._offset(p.host)
+        image = next((im for im in reversed(self.store.images(p.id)) if im.ts <= u["since"]), None)
+        return SessionClient(role=ASKED, proc=p.id, host=p.host, pid=p.pid,
+                             command=image.cmd if image else " ".join(c.argv), since=u["since"] + off,
+                             until=p.exit_ts + off if p.exit_ts is not None else None, who=who,
+                             summary=stitch.summary(chain, who))
+
+    def _carried_sessions(self, chain: list[Step], who: Attribution) -> tuple[Attribution, list[SharedSession]]:
+        """The ssh masters that carried this chain (_shared_master) as shared sessions, and the
+        attribution they make (docs/attribution.md, "ssh connection sharing"): the asker's person,
+        inferred, with a note; or - no single asker - person unknown, every possible asker and
+        the master's owner the candidates."""
+        shared = []
+        for rec in self._carried:
+            idx = next((i for i, s in enumerate(chain) if s is rec.step), None)
+            if idx is None:
+                continue
+            asker = rec.clients[0] if rec.pairing.asker else None
+            note = (f"over {rec.where}, asked for by {_owner(asker.who)}'s ssh (pid {asker.pid})" if asker else
+                    f"over {rec.where}; which of its clients asked for this session is not known")
+            shared.append(SharedSession(kind=SSH_MASTER, host=rec.master.host, proc=rec.master.id,
+                                        pid=rec.master.pid, path=rec.path, step=idx, starter=rec.starter,
+                                        clients=rec.clients, note=note))
+            if asker:
+                who.notes.append(note)
+                if who.known:
+                    who.confidence = stitch.INFERRED
+                continue
+            cands = [stitch.Candidate(
+                person=c.who.user if c.who.known else (c.who.account or "?"), account=c.who.account or "?",
+                host=c.who.host or c.host, login_time=c.who.login_time or c.since or 0.0, source=c.who.source,
+                key_fp=c.who.key_fp, named=c.who.known,
+                evidence=[f"its ssh (pid {c.pid} on {c.host}) connected to the master's control socket"
+                          f"{' ' + rec.path if rec.path else ''} at {clock(c.since)}: it may have asked for "
+                          "this session"]) for c in rec.clients]
+            st = rec.starter
+            cands.append(stitch.Candidate(
+                person=st.user if st.known else (st.account or "?"), account=st.account or "?",
+                host=st.host or rec.master.host, login_time=st.login_time or 0.0, source=st.source,
+                key_fp=st.key_fp, named=st.known,
+                evidence=[f"started the master connection (pid {rec.master.pid} on {rec.master.host})"]))
+            who = Attribution(user=stitch.PERSON_UNKNOWN, host=rec.master.host, source=None, login_time=None,
+                              how=f"the session came over {rec.where}, and {rec.pairing.why}",
+                              account=st.account, notes=[note], confidence=stitch.UNKNOWN, candidates=cands)
+        return who, shared
+
     def _name(self, host_id: int, uid: int | None) -> str | None:
         if uid is None or uid == AUID_UNSET:
             return None
@@ -716,6 +908,25 @@ class Tracer:
 def image_node(proc: int, ts: float) -> str:
     """The graph node of one exec of a process (Step.node), which renderers look up by."""
     return f"{proc}@{ts!r}"
+
+
+@dataclass
+class _Carried:
+    """An ssh master found carrying a chain's session (Tracer._shared_master), until trace() makes
+    it a SharedSession."""
+    step: Step                      # the hop's step: the master connection's login on the server
+    master: Proc
+    path: str | None
+    starter: Attribution
+    owner: str
+    pairing: sshmux.Pairing
+    clients: list[SessionClient]
+    where: str
+
+
+def _owner(who: Attribution) -> str:
+    """Whose a master or a client is, in a note: the person, else the account, said as unknown."""
+    return who.user if who.known else f"{who.account or 'an account'} (person unknown)"
 
 
 def _login_note(login: dict[str, Any]) -> str:

@@ -93,11 +93,14 @@ class TraceConfig:
     hop_window: str = "10m"
     clock_skew: str = "2m"
     max_nodes: int = 2000
+    mux_rtt: str = "5s"
+    mux_skew: str = "2s"
 
     def settings(self) -> Settings:
         return Settings(gap_threshold=parse_duration(self.gap_threshold),
                         hop_window=parse_duration(self.hop_window),
-                        clock_skew=parse_duration(self.clock_skew), max_nodes=self.max_nodes)
+                        clock_skew=parse_duration(self.clock_skew), max_nodes=self.max_nodes,
+                        mux_rtt=parse_duration(self.mux_rtt), mux_skew=parse_duration(self.mux_skew))
 
 
 @dataclass
