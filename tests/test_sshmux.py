@@ -103,3 +103,170 @@ def test_no_client_at_all_gives_no_asker_and_no_candidates():
     c = chan(11, 10.0)
     p = go([c], [], c)
     assert p.asker is None and p.candidates == [] and not p.own
+
+
+# --- the Tracer over a master (trace.py: _shared_master), on small stores --------------------
+
+from kit import Host, ssh_session, store_with                                    # noqa: E402
+
+from whodid.tracer import Identity, Person, Query, Tracer                         # noqa: E402
+from whodid.tracer.sharing import ASKED, SSH_MASTER                               # noqa: E402
+from whodid.tracer.stitch import INFERRED, OBSERVED, PERSON_UNKNOWN, UNKNOWN      # noqa: E402
+
+JUMP, DB, TARGET = Host("jump", "10.0.0.10"), Host("db", "10.0.1.20"), Host("target", "10.0.2.30")
+JIM_FP, BOB_FP = "SHA256:jim", "SHA256:bob"
+IDENT = Identity(people=(Person("jim", ssh_keys=(JIM_FP,)), Person("bob", ssh_keys=(BOB_FP,))))
+SOCK = "/tmp/cm-ec2-user@db:22"
+MASTER = ["ssh", "-fN", "-o", "ControlMaster=yes", "-o", "ControlPath=/tmp/cm-%r@%h:%p", "-o", "ControlPersist=60",
+          "ec2-user@db"]
+
+
+def master_story(master_argv=MASTER, mux=True):
+    """jim logs in to jump and opens a master to ec2-user@db with his key (ssh -fN: the ssh
+    that connected forks the master, pid 211, and exits); bob logs in to jump and, as root
+    (sudo), asks jim's master for a session that deletes the cluster on db. On db: the master's
+    login (jim's key), its session process (401, no exec) and its fork for bob's session."""
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += [JUMP.fork(100, 210, 201), JUMP.exec(100.01, 210, master_argv, uid=1001, auid=1001, ses=200),
+           JUMP.connect(100.05, 210, DB.addr, 22, lport=40001), JUMP.fork(100.8, 211, 210), JUMP.exit(100.81, 210)]
+    ev += [DB.exec(0, 100, ["/usr/sbin/sshd", "-D"], snapshot=True), DB.fork(100.1, 400, 100),
+           DB.exec(100.11, 400, ["sshd:", "ec2-user", "[priv]"]),
+           DB.login(100.3, 400, "ec2-user", JUMP.addr, 40001, key_fp=JIM_FP, ses=7), DB.fork(100.35, 401, 400)]
+    ev += ssh_session(JUMP, 200, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
+    ev += mux_client(310, 301, 1002, 300, 300.0, ["ec2-user@db", "./run"], "c-bob", until=310.0,
+                     sudo=True, mux=mux)
+    ev += channel(410, 300.06, ["aws", "eks", "delete-cluster"], until=309.9)
+    return ev
+
+
+def mux_client(pid, shell, uid, ses, ts, args, conn, until, sudo=False, mux=True):
+    """A person's ssh (from their shell; through sudo when `sudo`) asking jim's master (211)."""
+    argv = ["ssh", "-o", f"ControlPath={SOCK}", *args]
+    ev = []
+    if sudo:
+        ev += [JUMP.fork(ts, pid - 1, shell), JUMP.exec(ts + 0.01, pid - 1, ["sudo", *argv], uid=uid, euid=0, auid=uid,
+                                                       ses=ses),
+               JUMP.cred(ts + 0.02, pid - 1, uid, 0), JUMP.fork(ts + 0.03, pid, pid - 1)]
+        uid = 0
+    else:
+        ev += [JUMP.fork(ts + 0.03, pid, shell)]
+    ev += [JUMP.exec(ts + 0.04, pid, argv, uid=uid, auid=1002 if sudo else uid, ses=ses)]
+    if mux:
+        ev += [JUMP.uconnect(ts + 0.05, pid, SOCK, conn, peer=(211, 211000)),
+               JUMP.uaccept(ts + 0.051, 211, conn, peer=(pid, pid * 1000))]
+    return ev + [JUMP.exit(until, pid)]
+
+
+def channel(pid, ts, argv, until):
+    """The master connection's session process on db forks a session that runs argv (by a
+    script: only the command itself carries its words)."""
+    return [DB.fork(ts, pid, 401), DB.exec(ts + 0.01, pid, ["bash", "-c", "./run"], uid=1000, auid=1000, ses=7),
+            DB.exec(ts + 0.02, pid, argv, uid=1000, auid=1000, ses=7), DB.exit(until, pid)]
+
+
+def traced(events, pattern="delete-cluster", ident=IDENT):
+    (tr,) = Tracer(store_with(events), ident).find(Query(pattern=pattern, limit=5))
+    return tr
+
+
+def words(tr):
+    return "\n".join([tr.attributed.how, *tr.attributed.notes, *tr.notes, *(s.note or "" for s in tr.chain)])
+
+
+def test_bob_asking_jims_master_as_root_is_bob_never_jim_and_never_corroborated():
+    tr = traced(master_story())
+    who = tr.attributed
+    assert (who.user, who.confidence, who.account) == ("bob", INFERRED, "bob"), who
+    assert "corroborated" not in words(tr) and "conflict" not in words(tr), words(tr)
+    assert "over jim's master connection (pid 211 on jump), asked for by bob's ssh (pid 310)" in who.notes
+    assert [(s.host, s.edge) for s in tr.chain][:1] == [("jump", "login")] and tr.chain[0].login["user"] == "bob"
+    hop = next(i for i, s in enumerate(tr.chain) if s.host == "db")
+    assert tr.chain[hop].edge == "ssh" and tr.chain[hop].inferred and tr.chain[hop - 1].pid == 310
+    (shared,) = tr.shared
+    assert (shared.kind, shared.host, shared.pid, shared.path, shared.step) == (SSH_MASTER, "jump", 211, SOCK, hop)
+    assert shared.starter.user == "jim"
+    (client,) = shared.clients
+    assert (client.role, client.pid, client.host, client.who.user) == (ASKED, 310, "jump", "bob")
+    assert client.since is not None and client.until is not None
+
+
+def test_before_the_fix_the_master_s_owner_was_named_and_corroborated_when_no_client_is_known():
+    # what whodid said before (and still says for an ssh that is no master by any evidence): the
+    # master's own chain, jim, corroborated by his key on db - which is why the pairing matters
+    plain = ["ssh", "ec2-user@db"]
+    tr = traced(master_story(master_argv=plain, mux=False))
+    assert tr.attributed.user == "jim" and any(n.startswith("corroborated") for n in tr.attributed.notes)
+    assert tr.shared == []
+
+
+def test_a_master_by_its_arguments_whose_clients_were_not_recorded_is_person_unknown():
+    tr = traced(master_story(mux=False))
+    who = tr.attributed
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
+    assert "corroborated" not in words(tr)
+    assert [(c.person, c.named) for c in who.candidates] == [("jim", True)]
+    assert "started the master connection (pid 211 on jump)" in who.candidates[0].evidence
+    assert "no client of its control socket was recorded" in who.how
+
+
+def test_two_clients_asking_in_the_same_turn_make_the_person_unknown_and_list_both_and_the_owner():
+    ev = master_story()
+    ev += mux_client(220, 201, 1001, 200, 299.9, ["ec2-user@db", "./run"], "c-jim", until=310.0)
+    tr = traced(ev)
+    who = tr.attributed
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
+    cands = [(c.person, c.evidence[0].split(" ")[0]) for c in who.candidates]
+    assert cands == [("jim", "its"), ("bob", "its"), ("jim", "started")], cands
+    assert "not known" in who.how and "corroborated" not in words(tr)
+    (shared,) = tr.shared
+    assert [c.who.user for c in shared.clients] == ["jim", "bob"] and all(c.role == ASKED for c in shared.clients)
+
+
+def test_a_failed_request_before_bob_s_is_settled_by_the_session_s_end():
+    ev = master_story()
+    ev += mux_client(220, 201, 1001, 200, 299.9, ["ec2-user@db", "./run"], "c-jim", until=300.0)
+    assert traced(ev).attributed.user == "bob"
+
+
+def test_jims_own_session_over_his_master_is_jims_inferred_with_the_note():
+    ev = master_story()
+    ev += mux_client(220, 201, 1001, 200, 500.0, ["ec2-user@db", "./run"], "c-jim", until=502.0)
+    ev += channel(420, 500.06, ["rm", "-rf", "/srv"], until=501.9)
+    tr = traced(ev, "rm -rf")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", INFERRED)
+    assert "over jim's master connection (pid 211 on jump), asked for by jim's ssh (pid 220)" in tr.attributed.notes
+    assert "corroborated" not in words(tr)
+
+
+def test_the_masters_own_first_session_stays_the_masters_chain():
+    own = ["ssh", "-o", "ControlMaster=yes", "-o", "ControlPath=/tmp/cm-%r@%h:%p", "ec2-user@db"]
+    ev = master_story(master_argv=own)
+    ev += channel(405, 100.4, ["aws", "s3", "ls"], until=150.0)             # the master's own shell
+    tr = traced(ev, "s3 ls")
+    assert tr.attributed.user == "jim" and tr.shared == []
+    assert traced(ev).attributed.user == "bob"                              # the later one is still bob's
+
+
+def test_proxyjump_through_the_master_is_the_W_client_s():
+    ev = master_story()
+    ev += mux_client(330, 301, 1002, 300, 600.0, ["-W", f"{TARGET.addr}:22", "ec2-user@db"], "c-bob-w", until=700.0)
+    ev += [DB.connect(600.1, 401, TARGET.addr, 22, lport=50000)]
+    ev += ssh_session(TARGET, 600.2, 700, "ec2-user", 1000, DB.addr, 50000, BOB_FP, ses=9)
+    ev += [TARGET.fork(650, 710, 701), TARGET.exec(650.01, 710, ["terraform", "destroy"], uid=1000, auid=1000, ses=9)]
+    tr = traced(ev, "terraform")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), (tr.attributed, tr.chain)
+    assert [s.host for s in tr.chain if s.edge in ("login", "ssh")] == ["jump", "db", "target"]
+    (shared,) = tr.shared
+    assert shared.starter.user == "jim" and [c.pid for c in shared.clients] == [330]
+    assert "conflict" not in words(tr)
+
+
+def test_plain_proxyjump_without_a_master_is_unchanged():
+    # jim's `ssh -J jim@jump ec2-user@target` from outside: jump's session process connects on
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += [JUMP.fork(5, 202, 200), JUMP.connect(5.1, 202, TARGET.addr, 22, lport=45000)]
+    ev += ssh_session(TARGET, 5.2, 700, "ec2-user", 1000, JUMP.addr, 45000, JIM_FP, ses=9)
+    ev += [TARGET.fork(9, 710, 701), TARGET.exec(9.01, 710, ["terraform", "destroy"], uid=1000, auid=1000, ses=9)]
+    tr = traced(ev, "terraform")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", OBSERVED) and tr.shared == []
+    assert any(n.startswith("corroborated") for n in tr.attributed.notes)
