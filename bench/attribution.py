@@ -99,6 +99,17 @@ SCENARIOS = [
              "host-b after everyone logged out", None, frozenset(), people=False),
     Scenario("service", "3", "a root process with no login and no audit session (a service, entered with "
              "nsenter) runs the command", None, frozenset()),
+    # issue 19: sessions carried over an ssh master connection (ControlMaster), and ProxyJump
+    Scenario("cm-jim-own", "19", "jim opens a ControlMaster on host-a to ec2-user@host-b, then runs the "
+             "command over it (a mux client of his own)", "jim", confidence="inferred"),
+    Scenario("cm-bob-root", "19", "bob, root on host-a by sudo, reuses jim's control socket to run the command "
+             "on host-b: the master's login is jim's key", "bob", confidence="inferred", never_says="jim"),
+    Scenario("cm-unmapped-bob", "19", "the same, with no people configured: bob's own login on host-a names him",
+             "bob", people=False, confidence="inferred", marker="cm-bob-root"),
+    Scenario("cm-bob-jump", "19", "bob, root on host-a, jumps through jim's master (`ProxyCommand=ssh -S <socket> "
+             "-W %h:%p`, what -J runs) to ec2-user@host-b with his own key", "bob", confidence="inferred"),
+    Scenario("cm-jim-j", "19", "jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): host-a's "
+             "session process connects on", "jim"),
 ]
 
 
@@ -111,6 +122,7 @@ AS_ROOT_SERVICE_ON_A = ("service",)
 AS_CRON_JOB_ON_B = ("cron-shared",)                                    # after bob's session ended
 AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
 ACROSS_AN_OUTAGE = ("outage",)
+OVER_A_SHARED_MASTER = ("cm-jim-own", "cm-bob-root", "cm-bob-jump", "cm-jim-j")   # play_shared_master
 
 
 def marker(tag: str, name: str) -> str:
@@ -198,6 +210,8 @@ def play(work: Path, tag: str | None = None) -> Played:
             time.sleep(1.0)                             # bob's sshd session has ended too
             for name in AS_CRON_JOB_ON_B:
                 _cron_job(lab, "ec2-user", sh(name))
+            # after the cron job: the master's login as ec2-user must not be open when it ran
+            play_shared_master(lab, tag, sdir)
             time.sleep(DETACHED_DELAY + 1.5)            # the detached commands, the agents' last flush
             logs = lab.stop_hosts()
             keys = dict(lab.keys)
@@ -252,6 +266,55 @@ def _play_on_host(lab: Lab, db: Path, sdir: Path, work: Path) -> tuple[dict[str,
         if pid.exists():
             os.kill(int(pid.read_text()), signal.SIGTERM)
     return logs, restarted_at
+
+
+def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
+    """Issue 19's ssh connection sharing in a running lab (OVER_A_SHARED_MASTER), in order: jim
+    logs in to host-a and opens a master to ec2-user@host-b (`ssh -fN -o ControlMaster=yes`,
+    checked with `-O check`); jim runs a command over it; bob logs in to host-a as himself and,
+    root by sudo, reuses jim's socket; bob jumps through it with his own key; jim, from the laptop,
+    `ssh -J jim@host-a ec2-user@host-b` (no master); jim stops the master (`-O exit`). Returns
+    what each printed. Each session runs a script in `sdir` (quoting through ssh and sudo kept out)."""
+    w, opts = lab.work, " ".join(SSH_OPTS)
+    cp = f"/tmp/cm-{tag}-%r@%h:%p"
+    sock = f"/tmp/cm-{tag}-ec2-user@{B}:22"
+    (w / "auth" / "bob").write_text((w / "bob.pub").read_text())     # bob may log in to host-a as bob
+    bob_hop = w / "bob-hop"                                         # and, as root there, use his key
+    shutil.copy(w / "bob", bob_hop)
+    os.chmod(bob_hop, 0o600)
+    t = lambda name: target(tag, name)                                          # noqa: E731
+    scripts = {
+        "cm-master": f"ssh -i {w}/jim-hop {opts} -fN -o ControlMaster=yes -o ControlPath={cp} "
+                     f"-o ControlPersist=120 ec2-user@{B} && ssh {opts} -o ControlPath={cp} -O check ec2-user@{B}",
+        "cm-jim-own": f"ssh {opts} -o ControlPath={cp} ec2-user@{B} '{t('cm-jim-own')}'",
+        "cm-bob-root": f"sudo ssh {opts} -o ControlPath={sock} ec2-user@{B} '{t('cm-bob-root')}'",
+        "cm-bob-jump": f"sudo ssh -i {bob_hop} {opts} -o 'ProxyCommand=ssh {opts} -o ControlPath={sock} -W %h:%p "
+                       f"ec2-user@{B}' ec2-user@{B} '{t('cm-bob-jump')}'",
+        "cm-exit": f"ssh {opts} -o ControlPath={cp} -O exit ec2-user@{B}",
+    }
+    for name, text in scripts.items():
+        (sdir / f"{name}.sh").write_text(text + "\n")
+    laptop = sdir / "cm-laptop.conf"                  # -J hands -F to the jump's own ssh
+    laptop.write_text(f"Host *\n  IdentityFile {w}/jim\n" + "".join(
+        f"  {SSH_OPTS[i + 1].replace('=', ' ')}\n" for i in range(0, len(SSH_OPTS), 2)))
+    sudoers = Path(f"/etc/sudoers.d/whodid-cm-{os.getpid()}")
+    sudoers.write_text("bob ALL=(ALL) NOPASSWD: ALL\n")
+    os.chmod(sudoers, 0o440)
+    out: dict[str, str] = {}
+    try:
+        for who, name in (("jim", "cm-master"), ("jim", "cm-jim-own"), ("bob", "cm-bob-root"), ("bob", "cm-bob-jump")):
+            res = lab.ssh_from_laptop(who, f"{who}@{A_IN}", f"sh {sdir}/{name}.sh")
+            out[name] = res.stdout + res.stderr
+            time.sleep(1.0)                           # one request at a time: each pairs in its own turn
+        res = run("ip", "netns", "exec", lab.ns["laptop"], "ssh", "-F", str(laptop), "-J", f"jim@{A_IN}",
+                  f"ec2-user@{B}", t("cm-jim-j"), timeout=90)
+        out["cm-jim-j"] = res.stdout + res.stderr
+        time.sleep(1.0)
+        res = lab.ssh_from_laptop("jim", f"jim@{A_IN}", f"sh {sdir}/cm-exit.sh")
+        out["cm-exit"] = res.stdout + res.stderr
+    finally:
+        sudoers.unlink(missing_ok=True)
+    return out
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
