@@ -270,3 +270,16 @@ def test_plain_proxyjump_without_a_master_is_unchanged():
     tr = traced(ev, "terraform")
     assert (tr.attributed.user, tr.attributed.confidence) == ("jim", OBSERVED) and tr.shared == []
     assert any(n.startswith("corroborated") for n in tr.attributed.notes)
+
+
+def test_an_unrecorded_client_is_never_paired_with_a_client_that_did_not_ask():
+    # bob's client went unrecorded (a renamed ssh, a ControlPath nobody watches); jim's recorded
+    # client asked an hour before and has exited: bob's session is person unknown, not jim's
+    ev = master_story(mux=False)
+    ev += mux_client(220, 201, 1001, 200, 150.0, ["ec2-user@db", "./run"], "c-jim", until=152.0)
+    ev += channel(405, 150.06, ["uptime"], until=151.9)
+    tr = traced(ev)
+    who = tr.attributed
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
+    assert "no client's request pairs with this channel" in who.how
+    assert [c.evidence[0].split(" ")[0] for c in who.candidates] == ["its", "started"]

@@ -773,9 +773,9 @@ class Tracer:
                 person=c.who.user if c.who.known else (c.who.account or "?"), account=c.who.account or "?",
                 host=c.who.host or c.host, login_time=c.who.login_time or c.since or 0.0, source=c.who.source,
                 key_fp=c.who.key_fp, named=c.who.known,
-                evidence=[f"its ssh (pid {c.pid} on {c.host}) connected to the master's control socket"
-                          f"{' ' + rec.path if rec.path else ''} at {clock(c.since)}: it may have asked for "
-                          "this session"]) for c in rec.clients]
+                evidence=[f"its ssh (pid {c.pid} on {c.host}) used the master's control socket"
+                          f"{' ' + rec.path if rec.path else ''} from {clock(c.since)}"
+                          + (f" to {clock(c.until)}" if c.until is not None else "")]) for c in rec.clients]
             st = rec.starter
             cands.append(stitch.Candidate(
                 person=st.user if st.known else (st.account or "?"), account=st.account or "?",
