@@ -283,3 +283,42 @@ def test_an_unrecorded_client_is_never_paired_with_a_client_that_did_not_ask():
     assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
     assert "no client's request pairs with this channel" in who.how
     assert [c.evidence[0].split(" ")[0] for c in who.candidates] == ["its", "started"]
+
+
+# --- stitch: a login carried over a master neither corroborates nor contradicts ---------------
+
+from whodid.tracer.stitch import Step, attribute                                  # noqa: E402
+
+
+def _login_step(host, pid, user, fp, start, **extra):
+    login = {"id": pid, "proc": pid, "ts": start, "user": user, "method": "publickey", "key_fp": fp,
+             "raddr": "10.0.0.1", "rport": 40000 + pid, **extra}
+    return Step(node=f"{pid}@{start}", proc=pid, host=host, pid=pid, user=user, login_user=None,
+                command="sshd", argv=["sshd"], start=start, edge="ssh", login=login)
+
+
+def test_the_masters_key_on_a_later_login_is_explained_not_called_corroborated_or_conflict():
+    origin = _login_step("jump", 1, "bob", BOB_FP, 1.0)
+    origin.edge = "login"
+    carried = {"owner": "jim", "pid": 211, "host": "jump", "asker": "bob"}
+    over = _login_step("db", 2, "ec2-user", JIM_FP, 2.0, over_master=carried)
+    over.inferred = True
+    who = attribute([origin, over], IDENT)
+    assert who.user == "bob" and who.confidence == INFERRED
+    (note,) = who.notes
+    assert not note.startswith(("corroborated", "conflict")), note
+    assert "is the master connection jim opened (pid 211 on jump); bob's ssh asked it" in note
+    # the same hop without the mark: the old rule, which is right for a login of its own
+    plain = _login_step("db", 2, "ec2-user", JIM_FP, 2.0)
+    assert attribute([origin, plain], IDENT).notes[0].startswith("conflict")
+
+
+def test_the_masters_key_is_no_candidate_for_a_shared_account_asker():
+    origin = _login_step("jump", 1, "ec2-user", None, 1.0)
+    origin.edge = "login"
+    over = _login_step("db", 2, "ec2-user", JIM_FP, 2.0,
+                       over_master={"owner": "jim", "pid": 211, "host": "jump", "asker": None})
+    who = attribute([origin, over], IDENT)
+    assert who.user == PERSON_UNKNOWN and [c.account for c in who.candidates] == ["ec2-user"]
+    over.login.pop("over_master")
+    assert [c.person for c in attribute([origin, over], IDENT).candidates] == ["ec2-user", "jim"]
