@@ -322,3 +322,10 @@ def test_the_masters_key_is_no_candidate_for_a_shared_account_asker():
     assert who.user == PERSON_UNKNOWN and [c.account for c in who.candidates] == ["ec2-user"]
     over.login.pop("over_master")
     assert [c.person for c in attribute([origin, over], IDENT).candidates] == ["ec2-user", "jim"]
+
+
+def test_when_no_client_fits_the_nearest_few_are_offered_not_every_client_the_master_ever_had():
+    many = [client(i, 100.0 * i) for i in range(1, 40)]
+    c = chan(99, 2050.0)                        # between client 20 (2000) and 21 (2100), beyond the window
+    p = go([c], many, c)
+    assert p.asker is None and [cl.proc for cl in p.candidates] == [18, 19, 20, 21, 22]

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SESSION, TCP = "session", "tcp"
+MAX_NEAREST = 5                     # clients offered when none may have asked for a channel by time
 
 # ssh's options that take a value (ssh(1), OpenSSH 9); every other letter is a flag
 _VALUED = set("BbcDEeFIiJLlmOoPpQRSWw")
@@ -156,8 +157,10 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
         return Pairing(why="no client of its control socket was recorded (unix-socket capture off, or its records "
                            "lost), and any process of its owner's uid or root may use it")
     if not possible:
-        near = [cl for cl in asks if allowed(target, cl)]
-        return Pairing(candidates=near or asks,
+        # those that may have asked by time alone, else the master's clients nearest in time to it
+        near = [cl for cl in asks if allowed(target, cl)] or sorted(
+            asks, key=lambda cl: abs(cl.ts - target.ts))[:MAX_NEAREST]
+        return Pairing(candidates=sorted(near, key=lambda cl: (cl.ts, cl.proc)),
                        why="no client's request pairs with this channel: a request or a channel was not recorded, "
                            "or the clocks differ by more than allowed")
     # a session's client waits for it to end: the one whose exit matches the channel's end
