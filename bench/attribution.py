@@ -108,6 +108,9 @@ SCENARIOS = [
              "bob", people=False, confidence="inferred", marker="cm-bob-root"),
     Scenario("cm-bob-jump", "19", "bob, root on host-a, jumps through jim's master (`ProxyCommand=ssh -S <socket> "
              "-W %h:%p`, what -J runs) to ec2-user@host-b with his own key", "bob", confidence="inferred"),
+    Scenario("cm-race-jim", "19", "jim and bob (root) ask jim's master for a session at the same moment; jim's "
+             "lasts 4 s longer: the sessions' ends tell whose is whose", "jim", confidence="inferred"),
+    Scenario("cm-race-bob", "19", "the same race, bob's session", "bob", confidence="inferred"),
     Scenario("cm-jim-j", "19", "jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): host-a's "
              "session process connects on", "jim"),
 ]
@@ -122,7 +125,8 @@ AS_ROOT_SERVICE_ON_A = ("service",)
 AS_CRON_JOB_ON_B = ("cron-shared",)                                    # after bob's session ended
 AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
 ACROSS_AN_OUTAGE = ("outage",)
-OVER_A_SHARED_MASTER = ("cm-jim-own", "cm-bob-root", "cm-bob-jump", "cm-jim-j")   # play_shared_master
+OVER_A_SHARED_MASTER = ("cm-jim-own", "cm-bob-root", "cm-bob-jump", "cm-race-jim", "cm-race-bob",
+                        "cm-jim-j")                                     # play_shared_master
 
 
 def marker(tag: str, name: str) -> str:
@@ -272,7 +276,8 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
     """Issue 19's ssh connection sharing in a running lab (OVER_A_SHARED_MASTER), in order: jim
     logs in to host-a and opens a master to ec2-user@host-b (`ssh -fN -o ControlMaster=yes`,
     checked with `-O check`); jim runs a command over it; bob logs in to host-a as himself and,
-    root by sudo, reuses jim's socket; bob jumps through it with his own key; jim, from the laptop,
+    root by sudo, reuses jim's socket; bob jumps through it with his own key; jim and bob ask it
+    at the same moment (jim's session 4 s longer); jim, from the laptop,
     `ssh -J jim@host-a ec2-user@host-b` (no master); jim stops the master (`-O exit`). Returns
     what each printed. Each session runs a script in `sdir` (quoting through ssh and sudo kept out)."""
     w, opts = lab.work, " ".join(SSH_OPTS)
@@ -283,6 +288,8 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
     shutil.copy(w / "bob", bob_hop)
     os.chmod(bob_hop, 0o600)
     t = lambda name: target(tag, name)                                          # noqa: E731
+    go = sdir / "cm-go"
+    wait_go = f"while [ ! -e {go} ]; do sleep 0.02; done"
     scripts = {
         "cm-master": f"ssh -i {w}/jim-hop {opts} -fN -o ControlMaster=yes -o ControlPath={cp} "
                      f"-o ControlPersist=120 ec2-user@{B} && ssh {opts} -o ControlPath={cp} -O check ec2-user@{B}",
@@ -290,6 +297,8 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
         "cm-bob-root": f"sudo ssh {opts} -o ControlPath={sock} ec2-user@{B} '{t('cm-bob-root')}'",
         "cm-bob-jump": f"sudo ssh -i {bob_hop} {opts} -o 'ProxyCommand=ssh {opts} -o ControlPath={sock} -W %h:%p "
                        f"ec2-user@{B}' ec2-user@{B} '{t('cm-bob-jump')}'",
+        "cm-race-jim": f"{wait_go}; ssh {opts} -o ControlPath={cp} ec2-user@{B} '{t('cm-race-jim')}; sleep 4'",
+        "cm-race-bob": f"{wait_go}; sudo ssh {opts} -o ControlPath={sock} ec2-user@{B} '{t('cm-race-bob')}'",
         "cm-exit": f"ssh {opts} -o ControlPath={cp} -O exit ec2-user@{B}",
     }
     for name, text in scripts.items():
@@ -306,6 +315,17 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
             res = lab.ssh_from_laptop(who, f"{who}@{A_IN}", f"sh {sdir}/{name}.sh")
             out[name] = res.stdout + res.stderr
             time.sleep(1.0)                           # one request at a time: each pairs in its own turn
+        # jim and bob at the same moment: their requests may cross (sshmux.RACE). They log in a
+        # second apart (two logins from one address at once may be joined to the wrong sshd by the
+        # agent's log matching, which is not what this plays), then both go at once
+        racing = {}
+        for who, name in (("jim", "cm-race-jim"), ("bob", "cm-race-bob")):
+            racing[name] = lab.ssh_from_laptop(who, f"{who}@{A_IN}", f"sh {sdir}/{name}.sh", background=True)
+            time.sleep(1.5)
+        go.touch()
+        for name, proc in racing.items():
+            out[name] = proc.communicate(timeout=90)[0]
+        time.sleep(1.0)
         res = run("ip", "netns", "exec", lab.ns["laptop"], "ssh", "-F", str(laptop), "-J", f"jim@{A_IN}",
                   f"ec2-user@{B}", t("cm-jim-j"), timeout=90)
         out["cm-jim-j"] = res.stdout + res.stderr

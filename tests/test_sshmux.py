@@ -329,3 +329,18 @@ def test_when_no_client_fits_the_nearest_few_are_offered_not_every_client_the_ma
     c = chan(99, 2050.0)                        # between client 20 (2000) and 21 (2100), beyond the window
     p = go([c], many, c)
     assert p.asker is None and [cl.proc for cl in p.candidates] == [18, 19, 20, 21, 22]
+
+
+def test_two_clients_connecting_together_may_be_served_in_either_order():
+    # jim and bob connect 0.2 s apart: their requests may cross, so the order of the connects
+    # does not say whose channel came first - unless the sessions' ends do
+    jim, bob = client(1, 10.0, until=10.5), client(2, 10.2, until=10.5)
+    c1, c2 = chan(11, 10.3, until=10.5), chan(12, 10.31, until=10.5)
+    p = go([c1, c2], [jim, bob], c1)
+    assert p.asker is None and p.candidates == [jim, bob]
+    jim, bob = client(1, 10.0, until=30.0), client(2, 10.2, until=10.5)
+    c1, c2 = chan(11, 10.3, until=10.49), chan(12, 10.31, until=29.9)
+    assert go([c1, c2], [jim, bob], c1, skew=0.5).asker == bob
+    assert go([c1, c2], [jim, bob], c2, skew=0.5).asker == jim
+    # a second apart and more: the order holds
+    assert go([chan(11, 10.3), chan(12, 12.6)], [client(1, 10.0), client(2, 12.5)], chan(11, 10.3)).asker.proc == 1

@@ -7,6 +7,7 @@ the real agent per host), jim's ControlMaster on host-a to ec2-user@host-b, and 
   command on host-b: bob (INFERRED) - never jim, never "corroborated";
 - bob, as root on host-a, jumps through jim's master to ec2-user@host-b with his own key
   (`ProxyCommand=ssh -S <jim's socket> -W %h:%p`, what `ssh -J` runs): bob;
+- jim and bob ask the master at the same moment (jim's session lasts 4 s longer): each his own;
 - jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): jim, as before.
 
 Run under the lab lock (`flock /work/lab.lock .venv/bin/python -m pytest tests/test_sshmux_live.py`):
@@ -127,3 +128,13 @@ def test_plain_proxyjump_without_a_master_is_jims_as_before(played):
     tr = traced(played, "cm-jim-j")
     assert (tr.attributed.user, tr.attributed.confidence) == ("jim", OBSERVED) and tr.shared == [], tr.attributed
     assert [s.host for s in tr.chain if s.edge in ("login", "ssh")] == ["host-a", "host-b"]
+
+
+@pytest.mark.parametrize("name, person, other", [("cm-race-jim", "jim", "bob"), ("cm-race-bob", "bob", "jim")])
+def test_jim_and_bob_asking_at_the_same_moment_each_get_their_own(played, name, person, other):
+    # their connects may be less than sshmux.RACE apart: the order alone would not say whose
+    # channel came first; the sessions' ends (jim's 4 s longer) do
+    tr = traced(played, name)
+    who = tr.attributed
+    assert (who.user, who.confidence) == (person, INFERRED), (who, [c.__dict__ for c in tr.shared[0].clients])
+    assert "corroborated" not in said(tr)

@@ -16,8 +16,9 @@ The rule (pure; the Tracer gathers the facts, trace.py):
   with client C only if C connected before N (by at most `rtt` plus the clocks' `skew`, and not
   more than `skew` after it) and had not exited before N began (a mux client lives as long as
   its session). Of the largest such matchings, the clients that channel N is paired with in
-  some are its possible askers: one is the asker; several, and the lifetimes do not settle it
-  (a session's client exits when it ends), are candidates - never a silent guess.
+  some are its possible askers: one is the asker - unless another client connected within RACE
+  of it (their requests may have crossed); several, and the lifetimes do not settle it (a
+  session's client exits when it ends), are candidates - never a silent guess.
 - Evidence goes missing (a lost event, a request that failed, clocks further apart than
   `skew`); the matching then leaves a channel or a client unpaired rather than shift every
   pairing after it, and says when it could not decide.
@@ -28,6 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SESSION, TCP = "session", "tcp"
+# a client sends its request within this long of connecting: two that connected closer together
+# may have been served in either order, so the order of their connects does not say which asked
+RACE = 1.0
 MAX_NEAREST = 5                     # clients offered when none may have asked for a channel by time
 
 # ssh's options that take a value (ssh(1), OpenSSH 9); every other letter is a flag
@@ -152,7 +156,13 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
     best = fwd[n][m]
     possible = [asks[j] for j in range(m) if ok[k][j] and fwd[k][j] + 1 + back[k + 1][j + 1] == best]
     if len(possible) == 1:
-        return Pairing(asker=possible[0], why="the client that asked in the channel's turn")
+        # the order is of connects; two clients that connected within RACE of each other may have
+        # sent their requests, and been served, in either order
+        rivals = [cl for cl in asks if cl != possible[0] and abs(cl.ts - possible[0].ts) <= RACE
+                  and allowed(target, cl)]
+        if not rivals:
+            return Pairing(asker=possible[0], why="the client that asked in the channel's turn")
+        possible = sorted([possible[0], *rivals], key=lambda cl: (cl.ts, cl.proc))
     if not asks:
         return Pairing(why="no client of its control socket was recorded (unix-socket capture off, or its records "
                            "lost), and any process of its owner's uid or root may use it")
