@@ -121,7 +121,7 @@ MASTER = ["ssh", "-fN", "-o", "ControlMaster=yes", "-o", "ControlPath=/tmp/cm-%r
           "ec2-user@db"]
 
 
-def master_story(master_argv=MASTER, mux=True):
+def master_story(master_argv=MASTER, mux=True, bob=("bob", 1002, BOB_FP)):
     """jim logs in to jump and opens a master to ec2-user@db with his key (ssh -fN: the ssh
     that connected forks the master, pid 211, and exits); bob logs in to jump and, as root
     (sudo), asks jim's master for a session that deletes the cluster on db. On db: the master's
@@ -132,8 +132,8 @@ def master_story(master_argv=MASTER, mux=True):
     ev += [DB.exec(0, 100, ["/usr/sbin/sshd", "-D"], snapshot=True), DB.fork(100.1, 400, 100),
            DB.exec(100.11, 400, ["sshd:", "ec2-user", "[priv]"]),
            DB.login(100.3, 400, "ec2-user", JUMP.addr, 40001, key_fp=JIM_FP, ses=7), DB.fork(100.35, 401, 400)]
-    ev += ssh_session(JUMP, 200, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
-    ev += mux_client(310, 301, 1002, 300, 300.0, ["ec2-user@db", "./run"], "c-bob", until=310.0,
+    ev += ssh_session(JUMP, 200, 300, bob[0], bob[1], "198.51.100.23", 41870, bob[2])
+    ev += mux_client(310, 301, bob[1], 300, 300.0, ["ec2-user@db", "./run"], "c-bob", until=310.0,
                      sudo=True, mux=mux)
     ev += channel(410, 300.06, ["aws", "eks", "delete-cluster"], until=309.9)
     return ev
@@ -142,7 +142,7 @@ def master_story(master_argv=MASTER, mux=True):
 def mux_client(pid, shell, uid, ses, ts, args, conn, until, sudo=False, mux=True):
     """A person's ssh (from their shell; through sudo when `sudo`) asking jim's master (211)."""
     argv = ["ssh", "-o", f"ControlPath={SOCK}", *args]
-    ev = []
+    ev, ses_uid = [], uid
     if sudo:
         ev += [JUMP.fork(ts, pid - 1, shell), JUMP.exec(ts + 0.01, pid - 1, ["sudo", *argv], uid=uid, euid=0, auid=uid,
                                                        ses=ses),
@@ -150,7 +150,7 @@ def mux_client(pid, shell, uid, ses, ts, args, conn, until, sudo=False, mux=True
         uid = 0
     else:
         ev += [JUMP.fork(ts + 0.03, pid, shell)]
-    ev += [JUMP.exec(ts + 0.04, pid, argv, uid=uid, auid=1002 if sudo else uid, ses=ses)]
+    ev += [JUMP.exec(ts + 0.04, pid, argv, uid=uid, auid=ses_uid, ses=ses)]
     if mux:
         ev += [JUMP.uconnect(ts + 0.05, pid, SOCK, conn, peer=(211, 211000)),
                JUMP.uaccept(ts + 0.051, 211, conn, peer=(pid, pid * 1000))]
@@ -300,14 +300,14 @@ def _login_step(host, pid, user, fp, start, **extra):
 def test_the_masters_key_on_a_later_login_is_explained_not_called_corroborated_or_conflict():
     origin = _login_step("jump", 1, "bob", BOB_FP, 1.0)
     origin.edge = "login"
-    carried = {"owner": "jim", "pid": 211, "host": "jump", "asker": "bob"}
+    carried = {"master": "jim's master connection (pid 211 on jump)", "asked_by": "bob's ssh (pid 310)"}
     over = _login_step("db", 2, "ec2-user", JIM_FP, 2.0, over_master=carried)
     over.inferred = True
     who = attribute([origin, over], IDENT)
     assert who.user == "bob" and who.confidence == INFERRED
     (note,) = who.notes
     assert not note.startswith(("corroborated", "conflict")), note
-    assert "is the master connection jim opened (pid 211 on jump); bob's ssh asked it" in note
+    assert "is jim's master connection (pid 211 on jump); bob's ssh (pid 310) asked it" in note
     # the same hop without the mark: the old rule, which is right for a login of its own
     plain = _login_step("db", 2, "ec2-user", JIM_FP, 2.0)
     assert attribute([origin, plain], IDENT).notes[0].startswith("conflict")
@@ -317,7 +317,7 @@ def test_the_masters_key_is_no_candidate_for_a_shared_account_asker():
     origin = _login_step("jump", 1, "ec2-user", None, 1.0)
     origin.edge = "login"
     over = _login_step("db", 2, "ec2-user", JIM_FP, 2.0,
-                       over_master={"owner": "jim", "pid": 211, "host": "jump", "asker": None})
+                       over_master={"master": "jim's master connection (pid 211 on jump)", "asked_by": None})
     who = attribute([origin, over], IDENT)
     assert who.user == PERSON_UNKNOWN and [c.account for c in who.candidates] == ["ec2-user"]
     over.login.pop("over_master")
@@ -344,3 +344,15 @@ def test_two_clients_connecting_together_may_be_served_in_either_order():
     assert go([c1, c2], [jim, bob], c2, skew=0.5).asker == jim
     # a second apart and more: the order holds
     assert go([chan(11, 10.3), chan(12, 12.6)], [client(1, 10.0), client(2, 12.5)], chan(11, 10.3)).asker.proc == 1
+
+
+def test_an_asker_on_a_shared_account_is_person_unknown_by_its_own_login_not_the_masters_key():
+    # "bob" logged in to jump as the shared ec2-user with a key nobody mapped: the session is his
+    # login's - person unknown, that login the candidate - and jim's key on the master's login is
+    # no evidence about who asked
+    tr = traced(master_story(bob=("ec2-user", 1000, "SHA256:unmapped")))
+    who = tr.attributed
+    assert (who.user, who.account) == (PERSON_UNKNOWN, "ec2-user"), who
+    assert [(c.account, c.key_fp) for c in who.candidates] == [("ec2-user", "SHA256:unmapped")]
+    assert "over jim's master connection (pid 211 on jump), asked for by the ssh of ec2-user (person unknown) " \
+        "(pid 310)" in who.notes

@@ -473,11 +473,10 @@ def _over_master_note(later: Step, key_person: str | None) -> str:
     """What a later login carried over an ssh master says: not "corroborated", not "conflict"."""
     lg, carried = later.login, later.login["over_master"]
     key = f" with key {lg['key_fp']}" + (f" ({key_person}'s)" if key_person else "") if lg.get("key_fp") else ""
-    asker = carried.get("asker")
-    return (f"the login as {lg['user']}@{later.host}{key} is the master connection {carried['owner']} opened "
-            f"(pid {carried['pid']} on {carried['host']}); " + (f"{asker}'s ssh asked it for this session" if asker
-                                                                else "which client asked it for this session is not known")
-            + ": that key says who opened the master, not who asked, so it neither corroborates nor contradicts")
+    asked = (f"{carried['asked_by']} asked it for this session" if carried.get("asked_by")
+             else "which client asked it for this session is not known")
+    return (f"the login as {lg['user']}@{later.host}{key} is {carried['master']}; {asked}: that key says who opened "
+            "the master, not who asked, so it neither corroborates nor contradicts")
 
 
 def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> Attribution:

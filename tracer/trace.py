@@ -635,25 +635,24 @@ class Tracer:
             return None                     # the master's own session: its chain is the master's
         start = master.fork_ts if master.fork_ts is not None else login["ts"] - hop.shift
         starter = self._side_chain(master, start + 1e-6)[1]
-        owner = _owner(starter)
         asked = [pairing.asker] if pairing.asker else pairing.candidates
         seen = {c.proc: u for c, u in clients}
         members = [self._mux_member(c, seen[c.proc]) for c in asked]
-        where = f"{owner}'s master connection (pid {master.pid} on {master.host})"
+        where = f"{_whose(starter, 'master connection')} (pid {master.pid} on {master.host})"
+        by = f"{_whose(members[0].who, 'ssh')} (pid {members[0].pid})" if pairing.asker else None
         step = steps[0]
+        # the hop's own evidence (the master's connection seen on both hosts) stays, after what it carried
+        was = f"; the master's connection: {step.note.removeprefix('inferred: ')}" if step.note else ""
         step.edge, step.inferred = "ssh", True
-        if pairing.asker:
-            asker = members[0]
-            step.note = (f"inferred: over {where}, the master's login, not a new one; asked for by "
-                         f"{_owner(asker.who)}'s ssh (pid {asker.pid}), {pairing.why}")
+        if by:
+            step.note = f"inferred: over {where}, the master's login, not a new one; asked for by {by}, {pairing.why}{was}"
         else:
             step.note = (f"inferred: over {where}, the master's login, not a new one; which of its clients "
-                         f"asked for this session is not known: {pairing.why}")
-        step.login = {**step.login, "over_master": {"owner": owner, "pid": master.pid, "host": master.host,
-                                                    "asker": _owner(members[0].who) if pairing.asker else None}}
+                         f"asked for this session is not known: {pairing.why}{was}")
+        step.login = {**step.login, "over_master": {"master": where, "asked_by": by}}
         path = next((u["path"] for u in uconns if u.get("path")), None)
-        self._carried.append(_Carried(step=step, master=master, path=path, starter=starter, owner=owner,
-                                      pairing=pairing, clients=members, where=where))
+        self._carried.append(_Carried(step=step, master=master, path=path, starter=starter, pairing=pairing,
+                                      clients=members, where=where, by=by))
         if pairing.asker is None:
             return None
         proc = self.store.proc(pairing.asker.proc)
@@ -759,7 +758,7 @@ class Tracer:
             if idx is None:
                 continue
             asker = rec.clients[0] if rec.pairing.asker else None
-            note = (f"over {rec.where}, asked for by {_owner(asker.who)}'s ssh (pid {asker.pid})" if asker else
+            note = (f"over {rec.where}, asked for by {rec.by}" if asker else
                     f"over {rec.where}; which of its clients asked for this session is not known")
             shared.append(SharedSession(kind=SSH_MASTER, host=rec.master.host, proc=rec.master.id,
                                         pid=rec.master.pid, path=rec.path, step=idx, starter=rec.starter,
@@ -918,15 +917,16 @@ class _Carried:
     master: Proc
     path: str | None
     starter: Attribution
-    owner: str
     pairing: sshmux.Pairing
     clients: list[SessionClient]
-    where: str
+    where: str                      # "jim's master connection (pid 18 on host-a)"
+    by: str | None                  # "bob's ssh (pid 38)": who asked, when one client did
 
 
-def _owner(who: Attribution) -> str:
-    """Whose a master or a client is, in a note: the person, else the account, said as unknown."""
-    return who.user if who.known else f"{who.account or 'an account'} (person unknown)"
+def _whose(who: Attribution, thing: str) -> str:
+    """A thing of a person in a note: "jim's ssh"; "the ssh of ec2-user (person unknown)" - an
+    account is never said as a person."""
+    return f"{who.user}'s {thing}" if who.known else f"the {thing} of {who.account or 'an unknown account'} (person unknown)"
 
 
 def _login_note(login: dict[str, Any]) -> str:
