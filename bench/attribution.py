@@ -111,6 +111,9 @@ SCENARIOS = [
     Scenario("cm-race-jim", "19", "jim and bob (root) ask jim's master for a session at the same moment; jim's "
              "lasts 4 s longer: the sessions' ends tell whose is whose", "jim", confidence="inferred"),
     Scenario("cm-race-bob", "19", "the same race, bob's session", "bob", confidence="inferred"),
+    Scenario("cm-renamed-bob", "19", "bob, root on host-a, uses jim's socket with a renamed copy of ssh (its "
+             "connect goes unrecorded, 8 s after any other request): no one may be named; the master's nearest "
+             "recorded clients (jim's and bob's) and its owner are the candidates", None, frozenset({"jim", "bob"})),
     Scenario("cm-jim-j", "19", "jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): host-a's "
              "session process connects on", "jim"),
 ]
@@ -126,7 +129,7 @@ AS_CRON_JOB_ON_B = ("cron-shared",)                                    # after b
 AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
 ACROSS_AN_OUTAGE = ("outage",)
 OVER_A_SHARED_MASTER = ("cm-jim-own", "cm-bob-root", "cm-bob-jump", "cm-race-jim", "cm-race-bob",
-                        "cm-jim-j")                                     # play_shared_master
+                        "cm-renamed-bob", "cm-jim-j")                   # play_shared_master
 
 
 def marker(tag: str, name: str) -> str:
@@ -277,7 +280,8 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
     logs in to host-a and opens a master to ec2-user@host-b (`ssh -fN -o ControlMaster=yes`,
     checked with `-O check`); jim runs a command over it; bob logs in to host-a as himself and,
     root by sudo, reuses jim's socket; bob jumps through it with his own key; jim and bob ask it
-    at the same moment (jim's session 4 s longer); jim, from the laptop,
+    at the same moment (jim's session 4 s longer); bob uses it with a renamed copy of ssh (not
+    recorded); jim, from the laptop,
     `ssh -J jim@host-a ec2-user@host-b` (no master); jim stops the master (`-O exit`). Returns
     what each printed. Each session runs a script in `sdir` (quoting through ssh and sudo kept out)."""
     w, opts = lab.work, " ".join(SSH_OPTS)
@@ -288,6 +292,7 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
     shutil.copy(w / "bob", bob_hop)
     os.chmod(bob_hop, 0o600)
     t = lambda name: target(tag, name)                                          # noqa: E731
+    xsh = f"/tmp/xsh-{tag}"
     go = sdir / "cm-go"
     wait_go = f"while [ ! -e {go} ]; do sleep 0.02; done"
     scripts = {
@@ -299,6 +304,11 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
                        f"ec2-user@{B}' ec2-user@{B} '{t('cm-bob-jump')}'",
         "cm-race-jim": f"{wait_go}; ssh {opts} -o ControlPath={cp} ec2-user@{B} '{t('cm-race-jim')}; sleep 4'",
         "cm-race-bob": f"{wait_go}; sudo ssh {opts} -o ControlPath={sock} ec2-user@{B} '{t('cm-race-bob')}'",
+        # a copy of ssh under another name: the agent's comm filter does not know it, and the
+        # socket's path is under no watched prefix
+        "cm-renamed-bob": f"sudo sh {sdir}/cm-renamed-root.sh",
+        "cm-renamed-root": f"cp /usr/bin/ssh {xsh} && {xsh} {opts} -o ControlPath={sock} ec2-user@{B} "
+                           f"'{t('cm-renamed-bob')}'; rm -f {xsh}",
         "cm-exit": f"ssh {opts} -o ControlPath={cp} -O exit ec2-user@{B}",
     }
     for name, text in scripts.items():
@@ -325,6 +335,10 @@ def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
         go.touch()
         for name, proc in racing.items():
             out[name] = proc.communicate(timeout=90)[0]
+        time.sleep(1.0)
+        time.sleep(8.0)                               # out of every earlier request's window
+        res = lab.ssh_from_laptop("bob", f"bob@{A_IN}", f"sh {sdir}/cm-renamed-bob.sh")
+        out["cm-renamed-bob"] = res.stdout + res.stderr
         time.sleep(1.0)
         res = run("ip", "netns", "exec", lab.ns["laptop"], "ssh", "-F", str(laptop), "-J", f"jim@{A_IN}",
                   f"ec2-user@{B}", t("cm-jim-j"), timeout=90)

@@ -356,3 +356,14 @@ def test_an_asker_on_a_shared_account_is_person_unknown_by_its_own_login_not_the
     assert [(c.account, c.key_fp) for c in who.candidates] == [("ec2-user", "SHA256:unmapped")]
     assert "over jim's master connection (pid 211 on jump), asked for by the ssh of ec2-user (person unknown) " \
         "(pid 310)" in who.notes
+
+
+def test_a_client_that_fits_another_channel_is_not_given_to_an_unrecorded_client_s_channel():
+    # found in the lab (cm-renamed-bob): jim's client asked for c1 (its connect and exit fit);
+    # 1.2 s after it ended, c2 opens for a client that was not recorded. Within the skew jim's
+    # client could be c2's, but the whole pairing says it was c1's: c2's asker is not known
+    jim = client(1, 10.0, until=14.0)
+    c1, c2 = chan(11, 10.01, until=13.99), chan(12, 15.2, until=15.3)
+    p = go([c1, c2], [jim], c2)
+    assert p.asker is None and p.candidates == [jim] and "fits another channel better" in p.why
+    assert go([c1, c2], [jim], c1).asker == jim

@@ -8,6 +8,7 @@ the real agent per host), jim's ControlMaster on host-a to ec2-user@host-b, and 
 - bob, as root on host-a, jumps through jim's master to ec2-user@host-b with his own key
   (`ProxyCommand=ssh -S <jim's socket> -W %h:%p`, what `ssh -J` runs): bob;
 - jim and bob ask the master at the same moment (jim's session lasts 4 s longer): each his own;
+- bob uses jim's socket with a renamed copy of ssh (its connect goes unrecorded): person unknown;
 - jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): jim, as before.
 
 Run under the lab lock (`flock /work/lab.lock .venv/bin/python -m pytest tests/test_sshmux_live.py`):
@@ -28,7 +29,7 @@ import pytest
 from whodid.agent.lab import Lab, missing_tools
 from whodid.tracer import Identity, Person, Query, Store, Tracer
 from whodid.tracer.sharing import ASKED, SSH_MASTER
-from whodid.tracer.stitch import INFERRED, OBSERVED
+from whodid.tracer.stitch import INFERRED, OBSERVED, PERSON_UNKNOWN, UNKNOWN
 
 from test_agent_live import REASON
 
@@ -138,3 +139,17 @@ def test_jim_and_bob_asking_at_the_same_moment_each_get_their_own(played, name, 
     who = tr.attributed
     assert (who.user, who.confidence) == (person, INFERRED), (who, [c.__dict__ for c in tr.shared[0].clients])
     assert "corroborated" not in said(tr)
+
+
+def test_bob_with_a_renamed_ssh_is_never_named_and_jim_is_never_the_answer(played):
+    # the agent keeps unix connects by the client's comm (ssh) or a watched path: a renamed copy
+    # of ssh on an unwatched ControlPath is not recorded. The channel then pairs with no client:
+    # person unknown, never jim (whose master it was) and never "corroborated"
+    tr = traced(played, "cm-renamed-bob")
+    who = tr.attributed
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
+    assert "corroborated" not in said(tr) and "no client's request pairs with this channel" in who.how
+    assert "started the master connection" in who.candidates[-1].evidence[0] and who.candidates[-1].person == "jim"
+    # the master's clients nearest in time are offered - bob's earlier ones among them - with what they did
+    assert {c.person for c in who.candidates[:-1]} == {"jim", "bob"}
+    assert all("used the master's control socket" in c.evidence[0] for c in who.candidates[:-1])

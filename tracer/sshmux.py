@@ -11,16 +11,21 @@ The rule (pure; the Tracer gathers the facts, trace.py):
 - A client whose argv has `-O` (check, exit, forward, stop...) asks for no channel: dropped.
 - A client with `-W` asks for a TCP channel; any other for a session. A master opens a first
   channel of its own unless it was started with `-N`.
-- Clients ask in order and the master opens channels in that order (one event loop): the
-  channels and the clients are paired by an order-keeping matching in which channel N may pair
-  with client C only if C connected before N (by at most `rtt` plus the clocks' `skew`, and not
-  more than `skew` after it) and had not exited before N began (a mux client lives as long as
-  its session). Of the largest such matchings, the clients that channel N is paired with in
-  some are its possible askers: one is the asker - unless another client connected within RACE
-  of it (their requests may have crossed); several, and the lifetimes do not settle it (a
-  session's client exits when it ends), are candidates - never a silent guess.
+- A channel may have been asked for by a client that connected before it (by at most `rtt`
+  plus the clocks' `skew`, and not more than `skew` after it) and had not exited before it
+  began - nor, for a session, before the session ended (a mux client waits for its session's
+  exit status).
+- Clients ask in turn and the master serves them in turn; a client also lives as long as its
+  session. So the channels and clients near the target are paired as a whole, the most pairs
+  first, then the closest fit (connect to channel start, client exit to session end: on a line
+  the closest fit keeps the order, and two clients that connected together are told apart by
+  their sessions' ends). The target's asker is its client in the best pairing, when every
+  pairing that gives the target another client (or none) is worse by more than `skew`; else
+  the clients that fit as well are candidates - never a silent guess. When the best pairing
+  gives the target no client - each that may have asked fits another channel better - no one is
+  named, and those clients are the candidates.
 - Evidence goes missing (a lost event, a request that failed, clocks further apart than
-  `skew`); the matching then leaves a channel or a client unpaired rather than shift every
+  `skew`): the pairing then leaves a channel or a client unpaired rather than shift every
   pairing after it, and says when it could not decide.
 """
 
@@ -28,10 +33,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import networkx as nx
+
 SESSION, TCP = "session", "tcp"
-# a client sends its request within this long of connecting: two that connected closer together
-# may have been served in either order, so the order of their connects does not say which asked
-RACE = 1.0
+RADIUS = 10                         # channels and clients this many windows away bear on no pairing
+_BIG = 1e6                          # a pair's weight: more pairs always outweigh a closer fit
 MAX_NEAREST = 5                     # clients offered when none may have asked for a channel by time
 
 # ssh's options that take a value (ssh(1), OpenSSH 9); every other letter is a flag
@@ -133,52 +139,63 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
         return Pairing(own=True, why="the master connection's own first channel, opened when it logged in")
     if own_first and chans:
         chans = chans[1:]
-    asks = sorted((c for c in clients if not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
     if target not in chans:
         return Pairing(why="the channel is not among the master connection's")
-    k = chans.index(target)
-
-    def allowed(ch: Channel, cl: MuxClient) -> bool:
-        return (asks_for(cl.argv) == ch.kind and ch.ts - rtt - skew <= cl.ts <= ch.ts + skew
-                and (cl.until is None or cl.until >= ch.ts - skew))
-
-    n, m = len(chans), len(asks)
-    ok = [[allowed(ch, cl) for cl in asks] for ch in chans]
-    # fwd[i][j]: the most pairs among chans[:i] and asks[:j]; back[i][j]: among chans[i:], asks[j:]
-    fwd = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            fwd[i][j] = max(fwd[i - 1][j], fwd[i][j - 1], fwd[i - 1][j - 1] + ok[i - 1][j - 1])
-    back = [[0] * (m + 2) for _ in range(n + 2)]
-    for i in range(n - 1, -1, -1):
-        for j in range(m - 1, -1, -1):
-            back[i][j] = max(back[i + 1][j], back[i][j + 1], back[i + 1][j + 1] + ok[i][j])
-    best = fwd[n][m]
-    possible = [asks[j] for j in range(m) if ok[k][j] and fwd[k][j] + 1 + back[k + 1][j + 1] == best]
-    if len(possible) == 1:
-        # the order is of connects; two clients that connected within RACE of each other may have
-        # sent their requests, and been served, in either order
-        rivals = [cl for cl in asks if cl != possible[0] and abs(cl.ts - possible[0].ts) <= RACE
-                  and allowed(target, cl)]
-        if not rivals:
-            return Pairing(asker=possible[0], why="the client that asked in the channel's turn")
-        possible = sorted([possible[0], *rivals], key=lambda cl: (cl.ts, cl.proc))
+    asks = sorted((c for c in clients if not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
     if not asks:
         return Pairing(why="no client of its control socket was recorded (unix-socket capture off, or its records "
                            "lost), and any process of its owner's uid or root may use it")
-    if not possible:
-        # those that may have asked by time alone, else the master's clients nearest in time to it
-        near = [cl for cl in asks if allowed(target, cl)] or sorted(
-            asks, key=lambda cl: abs(cl.ts - target.ts))[:MAX_NEAREST]
-        return Pairing(candidates=sorted(near, key=lambda cl: (cl.ts, cl.proc)),
+
+    def allowed(ch: Channel, cl: MuxClient) -> bool:
+        # a mux client waits for its session's exit status: it cannot have ended before the session
+        outlived = ch.kind != SESSION or ch.until is None or cl.until is None or cl.until >= ch.until - skew
+        return (asks_for(cl.argv) == ch.kind and ch.ts - rtt - skew <= cl.ts <= ch.ts + skew
+                and (cl.until is None or cl.until >= ch.ts - skew) and outlived)
+
+    options = [cl for cl in asks if allowed(target, cl)]
+    if not options:
+        nearest = sorted(asks, key=lambda cl: abs(cl.ts - target.ts))[:MAX_NEAREST]
+        return Pairing(candidates=sorted(nearest, key=lambda cl: (cl.ts, cl.proc)),
                        why="no client's request pairs with this channel: a request or a channel was not recorded, "
                            "or the clocks differ by more than allowed")
-    # a session's client waits for it to end: the one whose exit matches the channel's end
-    if target.until is not None:
-        covering = [cl for cl in possible if cl.until is not None and abs(cl.until - target.until) <= skew]
-        if len(covering) == 1:
-            return Pairing(asker=covering[0], candidates=[],
-                           why="of the clients that may have asked in the channel's turn, the only one that "
-                               "ended when the session did")
-    return Pairing(candidates=possible,
-                   why=f"{len(possible)} clients may have asked in the channel's turn: which one did is not known")
+    # the channels and clients that may bear on this one: within a few windows of it
+    radius = RADIUS * (rtt + skew)
+    near_ch = [c for c in chans if c != target and abs(c.ts - target.ts) <= radius]
+    near_cl = [c for c in asks if abs(c.ts - target.ts) <= radius + rtt + skew]
+    edges = [(ch, cl) for ch in near_ch for cl in near_cl if allowed(ch, cl)]
+    scored = sorted(((_explain(edges, target, o), i, o) for i, o in enumerate([*options, None])),
+                    key=lambda x: (-x[0][0], x[0][1], x[1]))
+    (pairs, cost), _, best = scored[0]
+    # another explanation as good (as many pairs, as close a fit within the clocks' skew)
+    close = [o for (p, c), _, o in scored[1:] if p == pairs and c - cost <= skew]
+    if best is None:
+        return Pairing(candidates=options,
+                       why="each client that may have asked for this channel fits another channel better: its "
+                           "own request may not have been recorded")
+    if not close:
+        return Pairing(asker=best, why="the client whose request and lifetime fit the channel, in its turn")
+    tied = [best, *(o for o in close if o is not None)]
+    return Pairing(candidates=sorted(tied, key=lambda cl: (cl.ts, cl.proc)),
+                   why=f"{len(tied)} clients fit the channel as well as each other: which one asked is not known")
+
+
+def _cost(ch: Channel, cl: MuxClient) -> float:
+    """How far a client is from fitting a channel, in seconds: its connect to the channel's start,
+    and - a session - its exit to the session's end."""
+    ends = abs(cl.until - ch.until) if ch.kind == SESSION and ch.until is not None and cl.until is not None else 0.0
+    return abs(ch.ts - cl.ts) + ends
+
+
+def _explain(edges: list[tuple[Channel, MuxClient]], target: Channel, forced: MuxClient | None) -> tuple[int, float]:
+    """The best pairing of the other channels and clients with `target` given to `forced` (None:
+    to no one): (pairs, total cost), the most pairs first, then the least cost. On a line the
+    least-cost pairing keeps order, so requests served in turn pair in turn; a crossing wins only
+    where the sessions' ends say so (two clients that connected together)."""
+    g = nx.Graph()
+    for ch, cl in edges:
+        if cl is not forced:
+            g.add_edge(("ch", ch), ("cl", cl), weight=_BIG - _cost(ch, cl))
+    matched = nx.max_weight_matching(g, maxcardinality=True)
+    pairs = len(matched) + (forced is not None)
+    cost = sum(_BIG - g[a][b]["weight"] for a, b in matched) + (_cost(target, forced) if forced else 0.0)
+    return pairs, round(cost, 6)

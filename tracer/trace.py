@@ -720,10 +720,20 @@ class Tracer:
         out = []
         for u in uconns:
             p = self.store.proc(u["client"])
-            until = p.exit_ts + shift if p.exit_ts is not None else None
+            ended = self._held_until(p)
+            until = ended + shift if ended is not None else None
             out.append((sshmux.MuxClient(proc=p.id, pid=p.pid, ts=u["since"] + shift, until=until,
                                          argv=tuple(self._argv_at(p, u["since"]))), u))
         return out
+
+    def _held_until(self, p: Proc) -> float | None:
+        """When a client's hold on its connection ended: its exit, or - `ssh -f` forks and the
+        parent exits - the last exit of its forks that ran no program of their own; None while
+        any of them may still run (no exit recorded)."""
+        held = [p, *(k for k in self.store.procs(self.store.children([p.id])).values()
+                     if not self.store.images(k.id))]
+        ends = [q.exit_ts for q in held]
+        return None if None in ends else max(ends)
 
     def _side_chain(self, p: Proc, t: float) -> tuple[list[Step], Attribution]:
         """Another process's own chain and attribution (a master's, a mux client's), walked as
