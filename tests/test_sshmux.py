@@ -22,7 +22,8 @@ def go(channels, clients, target, own_first=False, rtt=5.0, skew=2.0):
 
 
 def test_ssh_options_read_combined_flags_and_values_up_to_the_destination():
-    assert ssh_options(["ssh", "-fN", "-o", "ControlMaster=yes", "ops@b"]) == {"f": None, "N": None, "o": "ControlMaster=yes"}
+    assert ssh_options(["ssh", "-fN", "-o", "ControlMaster=yes", "ops@b"]) == \
+        {"f": None, "N": None, "o": "ControlMaster=yes"}
     assert ssh_options(["ssh", "-S/tmp/cm", "-W", "h:22", "ops@b", "-N"]) == {"S": "/tmp/cm", "W": "h:22"}
     assert ssh_options(["ssh", "-Nf"]) == {"N": None, "f": None}
     assert is_control(["ssh", "-S", "/tmp/cm", "-O", "check", "b"]) and is_control(["ssh", "-Oexit", "b"])

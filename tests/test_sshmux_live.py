@@ -54,9 +54,6 @@ def played(tmp_path_factory):
             keys = dict(lab.keys)
     finally:
         shutil.rmtree(sdir, ignore_errors=True)
-    if os.environ.get("WHODID_KEEP_LAB_DB"):
-        shutil.copy(db, os.environ["WHODID_KEEP_LAB_DB"])
-        Path(os.environ["WHODID_KEEP_LAB_DB"] + ".keys").write_text(repr((tag, keys)))
     ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
     return dict(store=Store.open(db), tag=tag, keys=keys, ident=ident, out=out, logs=logs)
 

@@ -645,7 +645,8 @@ class Tracer:
         was = f"; the master's connection: {step.note.removeprefix('inferred: ')}" if step.note else ""
         step.edge, step.inferred = "ssh", True
         if by:
-            step.note = f"inferred: over {where}, the master's login, not a new one; asked for by {by}, {pairing.why}{was}"
+            step.note = (f"inferred: over {where}, the master's login, not a new one; asked for by {by}, "
+                         f"{pairing.why}{was}")
         else:
             step.note = (f"inferred: over {where}, the master's login, not a new one; which of its clients "
                          f"asked for this session is not known: {pairing.why}{was}")
@@ -936,7 +937,9 @@ class _Carried:
 def _whose(who: Attribution, thing: str) -> str:
     """A thing of a person in a note: "jim's ssh"; "the ssh of ec2-user (person unknown)" - an
     account is never said as a person."""
-    return f"{who.user}'s {thing}" if who.known else f"the {thing} of {who.account or 'an unknown account'} (person unknown)"
+    if who.known:
+        return f"{who.user}'s {thing}"
+    return f"the {thing} of {who.account or 'an unknown account'} (person unknown)"
 
 
 def _login_note(login: dict[str, Any]) -> str:
