@@ -368,3 +368,17 @@ def test_a_client_that_fits_another_channel_is_not_given_to_an_unrecorded_client
     p = go([c1, c2], [jim], c2)
     assert p.asker is None and p.candidates == [jim] and "fits another channel better" in p.why
     assert go([c1, c2], [jim], c1).asker == jim
+
+
+def test_a_session_found_already_running_is_not_the_masters_owners_by_default():
+    # the agent started while bob's session ran: its process is known from /proc (parent and
+    # all) but its fork was not seen. The master had recorded clients: no one is named, never
+    # jim "corroborated"
+    ev = master_story()
+    ev += [DB.exec(400.0, 430, ["bash", "-c", "./run"], uid=1000, auid=1000, ses=7, ppid=401, pstart=401000,
+                   snapshot=True),
+           DB.exec(400.5, 431, ["terraform", "apply"], uid=1000, auid=1000, ses=7, ppid=430, pstart=430000,
+                   snapshot=True)]
+    tr = traced(ev, "terraform")
+    assert (tr.attributed.user, tr.attributed.confidence) == (PERSON_UNKNOWN, UNKNOWN), (tr.attributed, tr.chain)
+    assert "corroborated" not in words(tr)

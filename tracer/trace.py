@@ -698,8 +698,14 @@ class Tracer:
         else:
             return None
         kids = self.store.procs(self.store.children([session.id]))
-        channels = [sshmux.Channel(sshmux.SESSION, k.fork_ts, k.id, k.pid, k.exit_ts)
-                    for k in kids.values() if k.fork_ts is not None]
+        channels = []
+        for k in kids.values():
+            # a session found already running (the agent's /proc snapshot) has no fork time: its
+            # first image's, which is no earlier, pairs it with no client rather than a wrong one
+            images = self.store.images(k.id) if k.fork_ts is None else []
+            began = k.fork_ts if k.fork_ts is not None else (images[0].ts if images else None)
+            if began is not None:
+                channels.append(sshmux.Channel(sshmux.SESSION, began, k.id, k.pid, k.exit_ts))
         connects = self.store.connects_of(session.id)
         channels += [sshmux.Channel(sshmux.TCP, c["ts"], session.id, session.pid) for c in connects]
         if len(path) >= 3:
