@@ -660,9 +660,10 @@ class Tracer:
         return proc, seen[proc.id]["since"]
 
     def _master_of(self, hop: HopCandidate) -> tuple[Proc, list[dict[str, Any]]] | None:
-        """The ssh master behind a hop's client, and the unix connections it accepted up to the
-        hop (plus the skew): the client process itself, or - `ssh -f`, ControlPersist - the fork
-        it left running in the background, which accepts; None when neither accepted any."""
+        """The ssh master behind a hop's client, and the unix connections it accepted from the
+        client's start on: the client process itself, or - `ssh -f`, ControlPersist - the fork it
+        left running in the background, which accepts. A master by its own arguments whose
+        clients were not recorded comes with none; any other ssh is no master (None)."""
         client = self.store.proc(hop.proc)
         since = client.fork_ts if client.fork_ts is not None else hop.ts - hop.shift - self.settings.hop_window
         kids = self.store.procs(self.store.children([client.id]))
