@@ -108,6 +108,23 @@ SCENARIOS = [
              "`tmux send-keys`", "bob", confidence="inferred"),
     Scenario("screen-attached", "19", "jim starts `screen -dmS`; bob attaches with `screen -x` and sends the "
              "command with `screen -X stuff`", "bob", confidence="inferred"),
+    # issue 19: sessions carried over an ssh master connection (ControlMaster), and ProxyJump
+    Scenario("cm-jim-own", "19", "jim opens a ControlMaster on host-a to ec2-user@host-b, then runs the "
+             "command over it (a mux client of his own)", "jim", confidence="inferred"),
+    Scenario("cm-bob-root", "19", "bob, root on host-a by sudo, reuses jim's control socket to run the command "
+             "on host-b: the master's login is jim's key", "bob", confidence="inferred", never_says="jim"),
+    Scenario("cm-unmapped-bob", "19", "the same, with no people configured: bob's own login on host-a names him",
+             "bob", people=False, confidence="inferred", marker="cm-bob-root"),
+    Scenario("cm-bob-jump", "19", "bob, root on host-a, jumps through jim's master (`ProxyCommand=ssh -S <socket> "
+             "-W %h:%p`, what -J runs) to ec2-user@host-b with his own key", "bob", confidence="inferred"),
+    Scenario("cm-race-jim", "19", "jim and bob (root) ask jim's master for a session at the same moment; jim's "
+             "lasts 4 s longer: the sessions' ends tell whose is whose", "jim", confidence="inferred"),
+    Scenario("cm-race-bob", "19", "the same race, bob's session", "bob", confidence="inferred"),
+    Scenario("cm-renamed-bob", "19", "bob, root on host-a, uses jim's socket with a renamed copy of ssh (its "
+             "connect goes unrecorded, 8 s after any other request): no one may be named; the master's nearest "
+             "recorded clients (jim's and bob's) and its owner are the candidates", None, frozenset({"jim", "bob"})),
+    Scenario("cm-jim-j", "19", "jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): host-a's "
+             "session process connects on", "jim"),
 ]
 
 
@@ -121,6 +138,8 @@ AS_CRON_JOB_ON_B = ("cron-shared",)                                    # after b
 AS_JIM_ON_HOST = ("normal-detached", "normal-unshare")
 ACROSS_AN_OUTAGE = ("outage",)
 AS_JIM_AND_BOB_IN_A_MULTIPLEXER = ("tmux-attached", "tmux-both", "tmux-send-keys", "screen-attached")  # issue 19
+OVER_A_SHARED_MASTER = ("cm-jim-own", "cm-bob-root", "cm-bob-jump", "cm-race-jim", "cm-race-bob",
+                        "cm-renamed-bob", "cm-jim-j")                   # play_shared_master
 
 
 def marker(tag: str, name: str) -> str:
@@ -208,6 +227,8 @@ def play(work: Path, tag: str | None = None) -> Played:
             time.sleep(1.0)                             # bob's sshd session has ended too
             for name in AS_CRON_JOB_ON_B:
                 _cron_job(lab, "ec2-user", sh(name))
+            # after the cron job: the master's login as ec2-user must not be open when it ran
+            play_shared_master(lab, tag, sdir)
             time.sleep(DETACHED_DELAY + 1.5)            # the detached commands, the agents' last flush
             _play_multiplexers(lab, tag)
             logs = lab.stop_hosts()
@@ -338,6 +359,80 @@ def _play_multiplexers(lab: Lab, tag: str) -> None:
     finally:
         bob.close()
     as_ec2("jim", f"screen -S {screen} -X quit || true")
+def play_shared_master(lab: Lab, tag: str, sdir: Path) -> dict[str, str]:
+    """Issue 19's ssh connection sharing in a running lab (OVER_A_SHARED_MASTER), in order: jim
+    logs in to host-a and opens a master to ec2-user@host-b (`ssh -fN -o ControlMaster=yes`,
+    checked with `-O check`); jim runs a command over it; bob logs in to host-a as himself and,
+    root by sudo, reuses jim's socket; bob jumps through it with his own key; jim and bob ask it
+    at the same moment (jim's session 4 s longer); bob uses it with a renamed copy of ssh (not
+    recorded); jim, from the laptop,
+    `ssh -J jim@host-a ec2-user@host-b` (no master); jim stops the master (`-O exit`). Returns
+    what each printed. Each session runs a script in `sdir` (quoting through ssh and sudo kept out)."""
+    w, opts = lab.work, " ".join(SSH_OPTS)
+    cp = f"/tmp/cm-{tag}-%r@%h:%p"
+    sock = f"/tmp/cm-{tag}-ec2-user@{B}:22"
+    (w / "auth" / "bob").write_text((w / "bob.pub").read_text())     # bob may log in to host-a as bob
+    bob_hop = w / "bob-hop"                                         # and, as root there, use his key
+    shutil.copy(w / "bob", bob_hop)
+    os.chmod(bob_hop, 0o600)
+    t = lambda name: target(tag, name)                                          # noqa: E731
+    xsh = f"/tmp/xsh-{tag}"
+    go = sdir / "cm-go"
+    wait_go = f"while [ ! -e {go} ]; do sleep 0.02; done"
+    scripts = {
+        "cm-master": f"ssh -i {w}/jim-hop {opts} -fN -o ControlMaster=yes -o ControlPath={cp} "
+                     f"-o ControlPersist=120 ec2-user@{B} && ssh {opts} -o ControlPath={cp} -O check ec2-user@{B}",
+        "cm-jim-own": f"ssh {opts} -o ControlPath={cp} ec2-user@{B} '{t('cm-jim-own')}'",
+        "cm-bob-root": f"sudo ssh {opts} -o ControlPath={sock} ec2-user@{B} '{t('cm-bob-root')}'",
+        "cm-bob-jump": f"sudo ssh -i {bob_hop} {opts} -o 'ProxyCommand=ssh {opts} -o ControlPath={sock} -W %h:%p "
+                       f"ec2-user@{B}' ec2-user@{B} '{t('cm-bob-jump')}'",
+        "cm-race-jim": f"{wait_go}; ssh {opts} -o ControlPath={cp} ec2-user@{B} '{t('cm-race-jim')}; sleep 4'",
+        "cm-race-bob": f"{wait_go}; sudo ssh {opts} -o ControlPath={sock} ec2-user@{B} '{t('cm-race-bob')}'",
+        # a copy of ssh under another name: the agent's comm filter does not know it, and the
+        # socket's path is under no watched prefix
+        "cm-renamed-bob": f"sudo sh {sdir}/cm-renamed-root.sh",
+        "cm-renamed-root": f"cp /usr/bin/ssh {xsh} && {xsh} {opts} -o ControlPath={sock} ec2-user@{B} "
+                           f"'{t('cm-renamed-bob')}'; rm -f {xsh}",
+        "cm-exit": f"ssh {opts} -o ControlPath={cp} -O exit ec2-user@{B}",
+    }
+    for name, text in scripts.items():
+        (sdir / f"{name}.sh").write_text(text + "\n")
+    laptop = sdir / "cm-laptop.conf"                  # -J hands -F to the jump's own ssh
+    laptop.write_text(f"Host *\n  IdentityFile {w}/jim\n" + "".join(
+        f"  {SSH_OPTS[i + 1].replace('=', ' ')}\n" for i in range(0, len(SSH_OPTS), 2)))
+    sudoers = Path(f"/etc/sudoers.d/whodid-cm-{os.getpid()}")
+    sudoers.write_text("bob ALL=(ALL) NOPASSWD: ALL\n")
+    os.chmod(sudoers, 0o440)
+    out: dict[str, str] = {}
+    try:
+        for who, name in (("jim", "cm-master"), ("jim", "cm-jim-own"), ("bob", "cm-bob-root"), ("bob", "cm-bob-jump")):
+            res = lab.ssh_from_laptop(who, f"{who}@{A_IN}", f"sh {sdir}/{name}.sh")
+            out[name] = res.stdout + res.stderr
+            time.sleep(1.0)                           # one request at a time: each pairs in its own turn
+        # jim and bob at the same moment: their requests may cross (sshmux.RACE). They log in a
+        # second apart (two logins from one address at once may be joined to the wrong sshd by the
+        # agent's log matching, which is not what this plays), then both go at once
+        racing = {}
+        for who, name in (("jim", "cm-race-jim"), ("bob", "cm-race-bob")):
+            racing[name] = lab.ssh_from_laptop(who, f"{who}@{A_IN}", f"sh {sdir}/{name}.sh", background=True)
+            time.sleep(1.5)
+        go.touch()
+        for name, proc in racing.items():
+            out[name] = proc.communicate(timeout=90)[0]
+        time.sleep(1.0)
+        time.sleep(8.0)                               # out of every earlier request's window
+        res = lab.ssh_from_laptop("bob", f"bob@{A_IN}", f"sh {sdir}/cm-renamed-bob.sh")
+        out["cm-renamed-bob"] = res.stdout + res.stderr
+        time.sleep(1.0)
+        res = run("ip", "netns", "exec", lab.ns["laptop"], "ssh", "-F", str(laptop), "-J", f"jim@{A_IN}",
+                  f"ec2-user@{B}", t("cm-jim-j"), timeout=90)
+        out["cm-jim-j"] = res.stdout + res.stderr
+        time.sleep(1.0)
+        res = lab.ssh_from_laptop("jim", f"jim@{A_IN}", f"sh {sdir}/cm-exit.sh")
+        out["cm-exit"] = res.stdout + res.stderr
+    finally:
+        sudoers.unlink(missing_ok=True)
+    return out
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:

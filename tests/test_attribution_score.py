@@ -72,7 +72,7 @@ def test_the_judge(scn, matches, expected):
 def test_every_scenario_is_played_once_and_no_marker_matches_another():
     played = (score.AS_EC2_USER_ON_B + score.AS_JIM_ON_A + score.AS_ROOT_SERVICE_ON_A + score.AS_CRON_JOB_ON_B
               + score.AS_JIM_ON_HOST
-              + score.ACROSS_AN_OUTAGE + score.AS_JIM_AND_BOB_IN_A_MULTIPLEXER)
+              + score.ACROSS_AN_OUTAGE + score.AS_JIM_AND_BOB_IN_A_MULTIPLEXER + score.OVER_A_SHARED_MASTER)
     assert sorted(played) == sorted(s.name for s in SCENARIOS if not s.marker)
     assert {s.marker for s in SCENARIOS if s.marker} <= set(played)
     names = [s.name for s in SCENARIOS]

@@ -455,7 +455,10 @@ def _attribute_login(chain: list[Step], identity: Identity, inferred: bool) -> A
         return _unknown_login(chain, identity, notes)
     for later in logins[1:]:
         other = identity.person_for_key(later.login.get("key_fp"))
-        if other and other != user:
+        if later.login.get("over_master"):
+            # the master's login: its key says who opened the master, not who asked for this session
+            notes.append(_over_master_note(later, other))
+        elif other and other != user:
             notes.append(f"conflict: the key used for {later.login['user']}@{later.host} belongs to "
                          f"{other}, not {user}")
         elif other:
@@ -464,6 +467,16 @@ def _attribute_login(chain: list[Step], identity: Identity, inferred: bool) -> A
     return Attribution(user=user, host=origin.host, source=lg.get("raddr"), login_time=lg["ts"],
                        how=how, account=lg["user"], key_fp=lg.get("key_fp"), notes=notes,
                        confidence=INFERRED if inferred else OBSERVED)
+
+
+def _over_master_note(later: Step, key_person: str | None) -> str:
+    """What a later login carried over an ssh master says: not "corroborated", not "conflict"."""
+    lg, carried = later.login, later.login["over_master"]
+    key = f" with key {lg['key_fp']}" + (f" ({key_person}'s)" if key_person else "") if lg.get("key_fp") else ""
+    asked = (f"{carried['asked_by']} asked it for this session" if carried.get("asked_by")
+             else "which client asked it for this session is not known")
+    return (f"the login as {lg['user']}@{later.host}{key} is {carried['master']}; {asked}: that key says who opened "
+            "the master, not who asked, so it neither corroborates nor contradicts")
 
 
 def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> Attribution:
@@ -492,6 +505,8 @@ def _unknown_login(chain: list[Step], identity: Identity, notes: list[str]) -> A
                     source=lg.get("raddr"), key_fp=fp, evidence=evidence, named=False)
     cands = [own]
     for later in chain[1:]:
+        if (later.login or {}).get("over_master"):
+            continue                # the master's key names who opened it, not who asked: no evidence here
         other = identity.person_for_key((later.login or {}).get("key_fp")) if later.edge in ("login", "ssh") else None
         if other and later.login:
             lat = later.login

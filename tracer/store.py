@@ -817,6 +817,13 @@ class Store:
                                "ORDER BY ts", [port, addr, t0, t1])
         return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
 
+    def connects_of(self, proc_id: int) -> list[dict[str, Any]]:
+        """The outbound connections one process made, earliest first (an sshd session process's
+        connects are the `-W`/`-J` channels of its connection: sshmux.py)."""
+        rows = self.db.execute("SELECT proc, ts, laddr, lport, raddr, rport FROM conns "
+                               "WHERE proc = ? AND dir = 'connect' ORDER BY ts", [proc_id])
+        return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
+
     def connects_to(self, addr: str, port: int | None, t0: float, t1: float) -> list[dict[str, Any]]:
         """Outbound connections to addr[:port] between t0 and t1 (the inferred-hop fallback)."""
         sql = ("SELECT proc, ts, laddr, lport, raddr, rport FROM conns WHERE dir = 'connect' AND raddr = ? "

@@ -13,10 +13,10 @@ from typing import Any
 
 import networkx as nx
 
-from . import multiplexer, outages, stitch
+from . import multiplexer, outages, sshmux, stitch
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
-from .sharing import ATTACHED, SessionClient, SharedSession
+from .sharing import ASKED, ATTACHED, SSH_MASTER, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
 from .when import clock, format_duration
@@ -43,6 +43,8 @@ class Settings:
     silent_after: float = 900.0      # a host whose last batch is older than this is called silent
     inject_window: float = multiplexer.INJECT_WINDOW   # a one-shot tmux/screen client (send-keys)
                                      # this long before a command counts as its input
+    mux_rtt: float = 5.0             # an ssh master opens a channel at most this long after a client asks
+    mux_skew: float = 2.0            # clocks of two hosts may still differ by this, measured offsets applied
 
 
 @dataclass
@@ -119,6 +121,8 @@ class Tracer:
         self._offsets: dict[str, float] | None = None
         self._inventory: dict[str, dict[str, Any]] | None = None
         self._boots: dict[int, str] = {}
+        self._carried: list[_Carried] = []     # ssh masters found on the chain being built (_shared_master)
+        self._mux_depth = 0
 
     def _clocks(self) -> dict[str, float]:
         if self._offsets is None:
@@ -185,6 +189,7 @@ class Tracer:
     def trace(self, proc: Proc, *, image: Image | None = None, change: dict[str, Any] | None = None,
               scope: int = 0, started: bool = False) -> Trace:
         at = image.ts if image else change["ts"]
+        self._carried = []
         chain, notes = self._chain(proc, at, image)
         notes += self._outage_notes(chain, at)      # before attribution: it marks links inferred
         poi = chain[-1]
@@ -196,7 +201,11 @@ class Tracer:
             job = stitch.scheduled_job(chain)
             who = stitch.attribute(chain, self.identity, *stitch.rank_candidates(
                 self._candidates(chain[job + 1:] if job else chain)))
+        # the chain already goes on from an ssh master's asking client (_chain); a multiplexer on
+        # it decides who was there, then a master whose asker is not known overrules the answer
         shared, who = self._shared_multiplexer(chain, at, who)
+        who, carried = self._carried_sessions(chain, who)
+        shared += carried
         said = notes + who.notes
         said += [f"{s.host}: {s.note}" for s in chain if s.inferred and s.note]
         said += self._loss_notes(chain, at)
@@ -395,6 +404,7 @@ class Tracer:
         notes: list[str] = []
         seen_logins: set[int] = set()
         cur, t, poi_image = proc, at, image
+        came_by: HopCandidate | None = None            # the hop that brought the walk to cur
         for _ in range(MAX_HOPS):
             steps, login = self._walk_host(cur, t, poi_image)
             segments.append(steps)
@@ -408,7 +418,10 @@ class Tracer:
                     notes.append(note)
                 break
             steps[0].edge, steps[0].inferred, steps[0].note = "ssh", inferred, note
-            cur, t = self.store.proc(hop.proc), hop.ts - hop.shift
+            asked = self._shared_master(cur, steps, login, hop, came_by)
+            cur, t, came_by = self.store.proc(hop.proc), hop.ts - hop.shift, hop
+            if asked:                                   # over an ssh master: on from who asked it
+                (cur, t), came_by = asked, None
         chain = [s for seg in reversed(segments) for s in seg]
         for i in range(1, len(chain)):
             if chain[i].edge in ("login", "ssh") and chain[i].login:
@@ -726,6 +739,205 @@ class Tracer:
                             raddr=conn["raddr"], rport=conn["rport"], host=proc.host, host_id=proc.host_id,
                             shift=shift)
 
+    # --- ssh connection sharing: who asked a master connection for a session (sshmux.py) ------
+
+    def _shared_master(self, cur: Proc, steps: list[Step], login: dict[str, Any], hop: HopCandidate,
+                       came_by: HopCandidate | None) -> tuple[Proc, float] | None:
+        """The chain on this host came through a channel of an ssh master connection - the
+        login's client (`hop`) is an ssh that accepted mux clients on its control socket -:
+        who asked the master for it. Returns where the chain goes on - the asker's ssh and its
+        connect to the socket - when one client did (sshmux.pair); else None, and the chain
+        goes on to the master as before. Either way the hop's step says so, its login is marked
+        `over_master` (stitch: no "corroborated" by the master's key), and self._carried keeps
+        what trace() makes of it (_carried_sessions)."""
+        if self._mux_depth > 1:
+            return None                     # a side chain's own masters are not followed
+        found = self._master_of(hop)
+        if found is None:
+            return None
+        master, uconns = found
+        chans = self._channels(cur, login, came_by)
+        if chans is None:
+            return None
+        target, channels = chans
+        clients = self._master_clients(uconns, hop.shift)
+        argv = self._argv_at(master, None)
+        s = self.settings
+        pairing = sshmux.pair(channels, [c for c, _ in clients], target, own_first=sshmux.opens_own_channel(argv),
+                              rtt=s.mux_rtt, skew=s.mux_skew)
+        if pairing.own:
+            return None                     # the master's own session: its chain is the master's
+        start = master.fork_ts if master.fork_ts is not None else login["ts"] - hop.shift
+        starter = self._side_chain(master, start + 1e-6)[1]
+        asked = [pairing.asker] if pairing.asker else pairing.candidates
+        seen = {c.proc: u for c, u in clients}
+        members = [self._mux_member(c, seen[c.proc]) for c in asked]
+        where = f"{_whose(starter, 'master connection')} (pid {master.pid} on {master.host})"
+        by = f"{_whose(members[0].who, 'ssh')} (pid {members[0].pid})" if pairing.asker else None
+        step = steps[0]
+        # the hop's own evidence (the master's connection seen on both hosts) stays, after what it carried
+        was = f"; the master's connection: {step.note.removeprefix('inferred: ')}" if step.note else ""
+        step.edge, step.inferred = "ssh", True
+        if by:
+            step.note = (f"inferred: over {where}, the master's login, not a new one; asked for by {by}, "
+                         f"{pairing.why}{was}")
+        else:
+            step.note = (f"inferred: over {where}, the master's login, not a new one; which of its clients "
+                         f"asked for this session is not known: {pairing.why}{was}")
+        step.login = {**step.login, "over_master": {"master": where, "asked_by": by}}
+        path = next((u["path"] for u in uconns if u.get("path")), None)
+        self._carried.append(_Carried(step=step, master=master, path=path, starter=starter, pairing=pairing,
+                                      clients=members, where=where, by=by))
+        if pairing.asker is None:
+            return None
+        proc = self.store.proc(pairing.asker.proc)
+        return proc, seen[proc.id]["since"]
+
+    def _master_of(self, hop: HopCandidate) -> tuple[Proc, list[dict[str, Any]]] | None:
+        """The ssh master behind a hop's client, and the unix connections it accepted from the
+        client's start on: the client process itself, or - `ssh -f`, ControlPersist - the fork it
+        left running in the background, which accepts. A master by its own arguments whose
+        clients were not recorded comes with none; any other ssh is no master (None)."""
+        client = self.store.proc(hop.proc)
+        since = client.fork_ts if client.fork_ts is not None else hop.ts - hop.shift - self.settings.hop_window
+        kids = self.store.procs(self.store.children([client.id]))
+        # a child that ran another program is not the master; one that did not is ssh -f's fork
+        forks = [k for k in sorted(kids.values(), key=lambda k: k.id) if not self.store.images(k.id)]
+        for p in [client, *forks]:
+            # its channels may come any time the connection stands: every client from its start on
+            uconns = [u for u in self.store.unix_clients(p.id, since, float("inf")) if u["client"] is not None]
+            if uconns:
+                return p, uconns
+        if sshmux.is_master(self._argv_at(client, None)):
+            # a master by its own arguments whose clients were not recorded: its sessions but the
+            # first may be anyone's who reached its socket
+            return (forks[-1] if forks else client), []
+        return None
+
+    def _channels(self, cur: Proc, login: dict[str, Any], came_by: HopCandidate | None):
+        """The channel of the login's connection this chain came through, and all of that
+        connection's channels: (target, channels) or None. The login process's child is the
+        session process; its forks are sessions, its TCP connects `-W`/`-J` channels."""
+        path, p = [cur], cur
+        for _ in range(MAX_DEPTH):
+            if p.id == login["proc"] or p.parent is None:
+                break
+            p = self.store.proc(p.parent)
+            path.append(p)
+        if path[-1].id != login["proc"]:
+            return None
+        if len(path) >= 3:
+            session = path[-2]
+        elif len(path) == 2 and came_by is not None and came_by.proc == cur.id:
+            session = cur
+        else:
+            return None
+        kids = self.store.procs(self.store.children([session.id]))
+        channels = []
+        for k in kids.values():
+            # a session found already running (the agent's /proc snapshot) has no fork time: its
+            # first image's, which is no earlier, pairs it with no client rather than a wrong one
+            images = self.store.images(k.id) if k.fork_ts is None else []
+            began = k.fork_ts if k.fork_ts is not None else (images[0].ts if images else None)
+            if began is not None:
+                channels.append(sshmux.Channel(sshmux.SESSION, began, k.id, k.pid, k.exit_ts))
+        connects = self.store.connects_of(session.id)
+        channels += [sshmux.Channel(sshmux.TCP, c["ts"], session.id, session.pid) for c in connects]
+        if len(path) >= 3:
+            target = next((c for c in channels if c.kind == sshmux.SESSION and c.proc == path[-3].id), None)
+        else:
+            at = came_by.ts - came_by.shift
+            target = min((c for c in channels if c.kind == sshmux.TCP), key=lambda c: abs(c.ts - at), default=None)
+        return (target, channels) if target is not None else None
+
+    def _argv_at(self, p: Proc, t: float | None) -> list[str]:
+        """What p was running at t (None: its latest image), or its parent's program if it never exec'd."""
+        images = self.store.images(p.id)
+        before = [im for im in images if t is None or im.ts <= t] or images
+        im = before[-1] if before else self._inherited_image(p)
+        return list(im.argv) if im else []
+
+    def _master_clients(self, uconns: list[dict[str, Any]], shift: float) -> list[tuple[sshmux.MuxClient, dict]]:
+        """The master's accepted connections as sshmux clients, times moved onto the server's clock."""
+        out = []
+        for u in uconns:
+            p = self.store.proc(u["client"])
+            ended = self._held_until(p)
+            until = ended + shift if ended is not None else None
+            out.append((sshmux.MuxClient(proc=p.id, pid=p.pid, ts=u["since"] + shift, until=until,
+                                         argv=tuple(self._argv_at(p, u["since"]))), u))
+        return out
+
+    def _held_until(self, p: Proc) -> float | None:
+        """When a client's hold on its connection ended: its exit, or - `ssh -f` forks and the
+        parent exits - the last exit of its forks that ran no program of their own; None while
+        any of them may still run (no exit recorded)."""
+        held = [p, *(k for k in self.store.procs(self.store.children([p.id])).values()
+                     if not self.store.images(k.id))]
+        ends = [q.exit_ts for q in held]
+        return None if None in ends else max(ends)
+
+    def _side_chain(self, p: Proc, t: float) -> tuple[list[Step], Attribution]:
+        """Another process's own chain and attribution (a master's, a mux client's), walked as
+        any command's is, without disturbing the trace being built."""
+        saved, self._carried = self._carried, []
+        self._mux_depth += 1
+        try:
+            chain, _ = self._chain(p, t, None)
+        finally:
+            self._mux_depth -= 1
+            self._carried = saved
+        return chain, stitch.attribute(chain, self.identity)
+
+    def _mux_member(self, c: sshmux.MuxClient, u: dict[str, Any]) -> SessionClient:
+        p = self.store.proc(c.proc)
+        chain, who = self._side_chain(p, u["since"])
+        off = self._offset(p.host)
+        image = next((im for im in reversed(self.store.images(p.id)) if im.ts <= u["since"]), None)
+        return SessionClient(role=ASKED, proc=p.id, host=p.host, pid=p.pid,
+                             command=image.cmd if image else " ".join(c.argv), since=u["since"] + off,
+                             until=p.exit_ts + off if p.exit_ts is not None else None, who=who,
+                             summary=stitch.summary(chain, who))
+
+    def _carried_sessions(self, chain: list[Step], who: Attribution) -> tuple[Attribution, list[SharedSession]]:
+        """The ssh masters that carried this chain (_shared_master) as shared sessions, and the
+        attribution they make (docs/attribution.md, "ssh connection sharing"): the asker's person,
+        inferred, with a note; or - no single asker - person unknown, every possible asker and
+        the master's owner the candidates."""
+        shared = []
+        for rec in self._carried:
+            idx = next((i for i, s in enumerate(chain) if s is rec.step), None)
+            if idx is None:
+                continue
+            asker = rec.clients[0] if rec.pairing.asker else None
+            note = (f"over {rec.where}, asked for by {rec.by}" if asker else
+                    f"over {rec.where}; which of its clients asked for this session is not known")
+            shared.append(SharedSession(kind=SSH_MASTER, host=rec.master.host, proc=rec.master.id,
+                                        pid=rec.master.pid, path=rec.path, step=idx, starter=rec.starter,
+                                        clients=rec.clients, note=note))
+            if asker:
+                who.notes.append(note)
+                if who.known:
+                    who.confidence = stitch.INFERRED
+                continue
+            cands = [stitch.Candidate(
+                person=c.who.user if c.who.known else (c.who.account or "?"), account=c.who.account or "?",
+                host=c.who.host or c.host, login_time=c.who.login_time or c.since or 0.0, source=c.who.source,
+                key_fp=c.who.key_fp, named=c.who.known,
+                evidence=[f"its ssh (pid {c.pid} on {c.host}) used the master's control socket"
+                          f"{' ' + rec.path if rec.path else ''} from {clock(c.since)}"
+                          + (f" to {clock(c.until)}" if c.until is not None else "")]) for c in rec.clients]
+            st = rec.starter
+            cands.append(stitch.Candidate(
+                person=st.user if st.known else (st.account or "?"), account=st.account or "?",
+                host=st.host or rec.master.host, login_time=st.login_time or 0.0, source=st.source,
+                key_fp=st.key_fp, named=st.known,
+                evidence=[f"started the master connection (pid {rec.master.pid} on {rec.master.host})"]))
+            who = Attribution(user=stitch.PERSON_UNKNOWN, host=rec.master.host, source=None, login_time=None,
+                              how=f"the session came over {rec.where}, and {rec.pairing.why}",
+                              account=st.account, notes=[note], confidence=stitch.UNKNOWN, candidates=cands)
+        return who, shared
+
     def _name(self, host_id: int, uid: int | None) -> str | None:
         if uid is None or uid == AUID_UNSET:
             return None
@@ -847,6 +1059,28 @@ class Tracer:
 def image_node(proc: int, ts: float) -> str:
     """The graph node of one exec of a process (Step.node), which renderers look up by."""
     return f"{proc}@{ts!r}"
+
+
+@dataclass
+class _Carried:
+    """An ssh master found carrying a chain's session (Tracer._shared_master), until trace() makes
+    it a SharedSession."""
+    step: Step                      # the hop's step: the master connection's login on the server
+    master: Proc
+    path: str | None
+    starter: Attribution
+    pairing: sshmux.Pairing
+    clients: list[SessionClient]
+    where: str                      # "jim's master connection (pid 18 on host-a)"
+    by: str | None                  # "bob's ssh (pid 38)": who asked, when one client did
+
+
+def _whose(who: Attribution, thing: str) -> str:
+    """A thing of a person in a note: "jim's ssh"; "the ssh of ec2-user (person unknown)" - an
+    account is never said as a person."""
+    if who.known:
+        return f"{who.user}'s {thing}"
+    return f"the {thing} of {who.account or 'an unknown account'} (person unknown)"
 
 
 def _login_note(login: dict[str, Any]) -> str:

@@ -94,12 +94,15 @@ class TraceConfig:
     clock_skew: str = "2m"
     max_nodes: int = 2000
     inject_window: str = "10s"
+    mux_rtt: str = "5s"
+    mux_skew: str = "2s"
 
     def settings(self) -> Settings:
         return Settings(gap_threshold=parse_duration(self.gap_threshold),
                         hop_window=parse_duration(self.hop_window),
                         clock_skew=parse_duration(self.clock_skew), max_nodes=self.max_nodes,
-                        inject_window=parse_duration(self.inject_window))
+                        inject_window=parse_duration(self.inject_window),
+                        mux_rtt=parse_duration(self.mux_rtt), mux_skew=parse_duration(self.mux_skew))
 
 
 @dataclass
