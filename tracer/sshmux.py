@@ -131,17 +131,27 @@ def opens_own_channel(argv) -> bool:
 
 
 def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, own_first: bool,
-         rtt: float, skew: float) -> Pairing:
+         rtt: float, skew: float, opened: float | None = None) -> Pairing:
     """Who asked the master for `target` (one of `channels`, all of one master connection),
-    among the clients its master accepted (see the module's rule)."""
+    among the clients its master accepted (see the module's rule). `opened`: the master's login
+    on the server (its clock); its own first channel opens then, not whenever the first
+    recorded one did (that fork lost, `-o SessionType=none` in place of -N)."""
     chans = sorted(channels, key=lambda c: (c.ts, c.proc))
-    if own_first and chans and chans[0] == target:
-        return Pairing(own=True, why="the master connection's own first channel, opened when it logged in")
-    if own_first and chans:
+    asks = sorted((c for c in clients if not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
+    first = chans[0] if own_first and chans else None
+    if first is not None and opened is not None and first.ts - opened > rtt + skew:
+        first = None                    # the first recorded channel opened long after the login: not its own
+    if first is not None and first == target:
+        racing = [cl for cl in asks if cl.ts <= target.ts + skew and (cl.until is None or cl.until >= target.ts - skew)
+                  and target.ts - cl.ts <= rtt + skew and asks_for(cl.argv) == target.kind]
+        if not racing or opened is None:
+            return Pairing(own=True, why="the master connection's own first channel, opened when it logged in")
+        return Pairing(candidates=racing, why="a client asked as the master logged in: whether this is the master's "
+                                              "own first channel or that client's is not known")
+    if first is not None:
         chans = chans[1:]
     if target not in chans:
         return Pairing(why="the channel is not among the master connection's")
-    asks = sorted((c for c in clients if not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
     if not asks:
         return Pairing(why="no client of its control socket was recorded (unix-socket capture off, or its records "
                            "lost), and any process of its owner's uid or root may use it")

@@ -298,10 +298,9 @@ class Tracer:
             role = multiplexer.role(kind, argv, conn["since"], conn["until"], t, window)
             if role is None:
                 continue
-            chain, _ = self._chain(proc, conn["since"], image)
+            chain, who = self._own_chain(proc, conn["since"], image)
             if any(sv.id in seen for _, sv, _, _ in self._mux_servers(chain, conn["since"])):
                 continue            # run inside the session itself: its own input, as a script's
-            who = self._who(chain)
             if depth + 1 < MUX_DEPTH:
                 _, who = self._shared_multiplexer(chain, conn["since"], who, seen, depth + 1)
             off = self._offset(proc.host)
@@ -328,6 +327,19 @@ class Tracer:
         return SessionClient(role=ATTACHED, proc=proc.id, host=proc.host, pid=proc.pid, command=step.command,
                              since=step.start + off, until=None if proc.exit_ts is None else proc.exit_ts + off,
                              who=starter, summary=stitch.summary(chain[:i], starter))
+
+    def _own_chain(self, p: Proc, t: float, image: Image | None) -> tuple[list[Step], Attribution]:
+        """Another process's chain (a multiplexer's client, a master's, a mux client's) and its
+        attribution as `trace` makes it: an ssh master on that chain whose asker is not known
+        makes it person unknown there too - the master's owner is not who used it. The masters
+        it found stay its own, apart from the trace being built."""
+        saved, self._carried = self._carried, []
+        try:
+            chain, _ = self._chain(p, t, image)
+            who, _ = self._carried_sessions(chain, self._who(chain))
+        finally:
+            self._carried = saved
+        return chain, who
 
     def _who(self, chain: list[Step]) -> Attribution:
         """A chain's attribution as `trace` makes it: with the candidates evidence points at when
@@ -764,7 +776,7 @@ class Tracer:
         argv = self._argv_at(master, None)
         s = self.settings
         pairing = sshmux.pair(channels, [c for c, _ in clients], target, own_first=sshmux.opens_own_channel(argv),
-                              rtt=s.mux_rtt, skew=s.mux_skew)
+                              rtt=s.mux_rtt, skew=s.mux_skew, opened=login["ts"])
         if pairing.own:
             return None                     # the master's own session: its chain is the master's
         start = master.fork_ts if master.fork_ts is not None else login["ts"] - hop.shift
@@ -880,14 +892,11 @@ class Tracer:
     def _side_chain(self, p: Proc, t: float) -> tuple[list[Step], Attribution]:
         """Another process's own chain and attribution (a master's, a mux client's), walked as
         any command's is, without disturbing the trace being built."""
-        saved, self._carried = self._carried, []
         self._mux_depth += 1
         try:
-            chain, _ = self._chain(p, t, None)
+            return self._own_chain(p, t, None)
         finally:
             self._mux_depth -= 1
-            self._carried = saved
-        return chain, stitch.attribute(chain, self.identity)
 
     def _mux_member(self, c: sshmux.MuxClient, u: dict[str, Any]) -> SessionClient:
         p = self.store.proc(c.proc)

@@ -1,0 +1,95 @@
+"""Attacks on the shared-session rules (issue 19: tmux, screen, ssh masters), each tried on a
+small hand-made store: what whodid said, and what it must say. A hole not yet closed is a strict
+xfail whose reason says what is wrong and what would fix it."""
+
+import pytest
+from kit import Host, ssh_session
+from test_multiplexer import B, SOCK, jims_session, trace_of, typed_in_the_pane
+from test_sshmux import DB, JUMP, master_story, mux_client, traced, words
+
+from whodid.tracer.sharing import SSH_MASTER, TMUX
+from whodid.tracer.sshmux import SESSION, Channel, MuxClient, pair
+from whodid.tracer.stitch import INFERRED, PERSON_UNKNOWN, UNKNOWN
+
+# --- the master's "own first channel" ------------------------------------------------------
+
+NO_SESSION = ["ssh", "-f", "-o", "ControlMaster=yes", "-o", "SessionType=none", "-o", "ControlPath=/tmp/cm-%r@%h:%p",
+              "ec2-user@db"]
+PERSIST = ["ssh", "-o", "ControlMaster=auto", "-o", "ControlPersist=1h", "-o", "ControlPath=/tmp/cm-%r@%h:%p",
+           "ec2-user@db"]
+
+
+def test_a_master_that_opened_no_session_of_its_own_does_not_make_bobs_its_own():
+    # `-o SessionType=none` is -N by another name: the master opens no channel, so bob's session
+    # (asked as root over jim's socket) is the first one db records. Before: "the master's own
+    # first channel" -> jim, observed, "corroborated" - the very attack of issue 19
+    tr = traced(master_story(master_argv=NO_SESSION))
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), tr.attributed
+    assert "corroborated" not in words(tr)
+    assert [s.kind for s in tr.shared] == [SSH_MASTER]
+
+
+def test_a_masters_own_first_session_that_went_unrecorded_does_not_hand_bobs_to_jim():
+    # ControlPersist without -N: jim's own first shell ran and ended while db's agent lost its
+    # fork; bob's session, hours later, is the first recorded channel. It opened long after the
+    # master logged in: not the master's own
+    tr = traced(master_story(master_argv=PERSIST))
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), tr.attributed
+    assert "corroborated" not in words(tr)
+
+
+def test_a_client_racing_the_masters_login_leaves_the_first_channel_unsure():
+    # bob watches for jim's socket to appear and asks at once: a channel opened as the master
+    # logged in may be the master's own or bob's - never "the master's own" when a client asked then
+    bob = MuxClient(proc=2, pid=2, ts=100.5, until=None, argv=("ssh", "-S", "/tmp/cm", "db", "id"))
+    first = Channel(SESSION, 100.56, 11, 11)
+    p = pair([first], [bob], first, own_first=True, rtt=5.0, skew=2.0, opened=100.3)
+    assert not p.own and p.asker is None and p.candidates == [bob]
+    # and with no client near, the first channel right after the login is the master's own
+    assert pair([first], [], first, own_first=True, rtt=5.0, skew=2.0, opened=100.3).own
+
+
+# --- a client's own chain through a master -----------------------------------------------------
+
+J = Host("jump", "10.0.0.10")
+CM = "/tmp/cm-jim"
+
+
+def jims_master_to_b(asker_recorded: bool):
+    """jim, on jump, holds a master to ec2-user@host-b (`ssh -fN -M`); a session over it on
+    host-b runs `tmux attach` to the tmux server jim started there. Whose ssh asked the master for
+    that session was not recorded (a renamed ssh) unless `asker_recorded` (bob's, as root)."""
+    ev = ssh_session(J, 0, 400, "jim", 1001, "203.0.113.7", 53122, "jim-key")
+    ev += [J.fork(10, 410, 401), J.exec(10.01, 410, ["ssh", "-fN", "-M", "-S", CM, "ec2-user@host-b"],
+                                        uid=1001, auid=1001, ses=400),
+           J.connect(10.05, 410, B.addr, 22, lport=40901), J.fork(10.8, 411, 410), J.exit(10.81, 410)]
+    ev += [B.fork(10.1, 500, 100), B.exec(10.11, 500, ["sshd:", "ec2-user", "[priv]"]),
+           B.login(10.3, 500, "ec2-user", J.addr, 40901, key_fp="jim-key", ses=5), B.fork(10.35, 501, 500)]
+    if asker_recorded:
+        ev += ssh_session(J, 50, 450, "bob", 1002, "198.51.100.23", 41870, "bob-key")
+        ev += [J.fork(98.9, 460, 451), J.exec(98.95, 460, ["ssh", "-S", CM, "ec2-user@host-b"], uid=0, auid=1002,
+                                               ses=450),
+               J.uconnect(98.96, 460, CM, "c-m-bob", peer=(411, 411000)),
+               J.uaccept(98.97, 411, "c-m-bob", peer=(460, 460000))]
+    ev += [B.fork(99, 502, 501), B.exec(99.01, 502, ["-bash"], uid=1000, auid=1000, ses=5),
+           B.fork(101, 503, 502), B.exec(101.01, 503, ["tmux", "attach", "-t", "x"], uid=1000, auid=1000, ses=5),
+           B.uconnect(101.02, 503, SOCK, "c-m", peer=(212, 212000)),
+           B.uaccept(101.03, 212, "c-m", peer=(503, 503000), path=SOCK)]
+    return ev
+
+
+def test_a_tmux_client_that_came_over_a_master_with_no_known_asker_is_not_the_masters_owner(tmp_path):
+    # Before: the client's chain went on to the master's login and stopped there - jim - so
+    # "jim was the only client attached", jim, inferred; while the trace's own note said
+    # which client asked the master was not known
+    tr = trace_of(tmp_path, jims_session() + jims_master_to_b(asker_recorded=False) + typed_in_the_pane())
+    assert (tr.attributed.user, tr.attributed.confidence) == (PERSON_UNKNOWN, UNKNOWN), tr.attributed
+    (s,) = [s for s in tr.shared if s.kind == TMUX]
+    (c,) = s.clients
+    assert c.pid == 503 and not c.who.known
+
+
+def test_a_tmux_client_that_came_over_a_master_is_whoever_asked_the_master(tmp_path):
+    # the control case: bob's ssh asked jim's master for that session: the client is bob's
+    tr = trace_of(tmp_path, jims_session() + jims_master_to_b(asker_recorded=True) + typed_in_the_pane())
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), tr.attributed
