@@ -93,3 +93,35 @@ def test_a_tmux_client_that_came_over_a_master_is_whoever_asked_the_master(tmp_p
     # the control case: bob's ssh asked jim's master for that session: the client is bob's
     tr = trace_of(tmp_path, jims_session() + jims_master_to_b(asker_recorded=True) + typed_in_the_pane())
     assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), tr.attributed
+
+
+# --- commands that "only read" but run a program in the server ---------------------------------
+
+def bobs_format_job(argv, job=("/bin/sh", "-c", "rm -rf /s*")):
+    """bob (ec2-user, his key) runs a one-shot tmux client against jim's server; half a second
+    later the server itself forks a shell job that deletes (no pane, no attach)."""
+    return [*ssh_session(B, 150, 300, "ec2-user", 1000, "10.0.9.2", 40222, key_fp="bob-key", ses=2),
+            B.fork(199, 310, 301), B.exec(199.01, 310, argv, uid=1000, auid=1000, ses=2),
+            B.uconnect(199.02, 310, SOCK, "c-b", peer=(212, 212000)),
+            B.uaccept(199.03, 212, "c-b", peer=(310, 310000), path=SOCK), B.exit(199.1, 310),
+            B.fork(199.5, 320, 212), B.exec(199.51, 320, list(job), uid=1000, auid=1000, ses=1),
+            B.fork(200, 321, 320), B.exec(200.01, 321, ["rm", "-rf", "/srv"], uid=1000, auid=1000, ses=1)]
+
+
+@pytest.mark.parametrize("argv", [["tmux", "display", "-p", "#(rm -rf /s*)"],
+                                  ["tmux", "ls", "-F", "#{session_name}#(rm -rf /s*)"]])
+def test_a_tmux_format_job_sent_by_a_reading_command_is_input_not_a_detached_job(tmp_path, argv):
+    # `#(cmd)` in a format makes the server run cmd. Before: display/ls only read, so no client
+    # was there -> "a detached job or input from a script", jim, observed
+    tr = trace_of(tmp_path, jims_session() + bobs_format_job(argv))
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), tr.attributed
+    assert "bob was the only one sending it input" in " ".join(tr.notes)
+
+
+def test_a_screen_command_not_known_to_only_read_counts_as_input():
+    from whodid.tracer.multiplexer import injects
+    # `backtick` runs a program in the screen server; before, only listed -X commands counted
+    assert injects("screen", ["screen", "-S", "y", "-X", "backtick", "1", "0", "0", "rm -rf /srv"])
+    assert injects("screen", ["screen", "-S", "y", "-X", "idle", "1", "stuff", "id\n"])
+    assert not injects("screen", ["screen", "-S", "y", "-X", "quit"])
+    assert not injects("screen", ["screen", "-S", "y", "-X", "detach"])

@@ -44,6 +44,15 @@ TMUX_INJECTS = {
 TMUX_VALUED = {"-c", "-f", "-L", "-S", "-T"}
 # screen -X commands that put input into a window or start a program in the session
 SCREEN_INJECTS = {"stuff", "paste", "exec", "screen", "eval", "source", "at", "process", "readbuf", "register"}
+# screen -X commands known to only read or manage; any other (`backtick 1 0 0 cmd` runs a program in
+# the server, `idle`, `bind`, `blankerprg`) may start one, and counts as input
+SCREEN_READS = {"quit", "detach", "pow_detach", "hardcopy", "info", "windows", "sessionname", "title", "select",
+                "number", "lastmsg", "version", "time", "license", "dinfo", "displays", "help", "kill", "remove",
+                "redisplay", "clear", "echo", "msgwait", "msgminwait", "other", "next", "prev", "focus",
+                "only", "fit", "width", "height", "log", "logfile", "hardcopydir", "colon", "copy", "windowlist"}
+# a tmux format that runs a shell command in the server: `tmux display -p '#(rm -rf /srv)'`,
+# `tmux ls -F '#(cmd)'` - a command that otherwise only reads then starts a program in the session
+TMUX_JOB = "#("
 
 
 def kind_of(program: str) -> str | None:
@@ -97,11 +106,12 @@ def injects(kind: str, argv: list[str]) -> bool:
                  "show-hooks", "info", "server-info", "start-server", "start", "kill-server", "kill-session",
                  "capture-pane", "capturep", "save-buffer", "saveb", "detach-client", "detach", "lock-server",
                  "lock", "lock-session", "locks", "lock-client", "lockc", "wait-for", "wait"}
-        return any(c in TMUX_INJECTS or c not in reads for c in cmds)
+        return any(c in TMUX_INJECTS or c not in reads for c in cmds) or any(TMUX_JOB in a for a in argv[1:])
     if kind == SCREEN:
         for i, arg in enumerate(argv[1:-1], 1):
             if arg in ("-X", "-Q"):         # -Q asks a question: it only reads
-                return arg == "-X" and argv[i + 1].lower() in SCREEN_INJECTS
+                word = argv[i + 1].lower()
+                return arg == "-X" and (word in SCREEN_INJECTS or word not in SCREEN_READS)
         return not any(arg in ("-ls", "-list", "-X", "-Q", "-v", "--version") for arg in argv[1:])
     return False
 
@@ -109,7 +119,7 @@ def injects(kind: str, argv: list[str]) -> bool:
 def _sends(kind: str, argv: list[str]) -> bool:
     """Whether a command line is one of the known ways to send input without attaching."""
     if kind == TMUX:
-        return any(c in TMUX_INJECTS for c in _tmux_commands(argv))
+        return any(c in TMUX_INJECTS for c in _tmux_commands(argv)) or any(TMUX_JOB in a for a in argv[1:])
     return "-X" in argv[1:-1] and injects(kind, argv)
 
 
