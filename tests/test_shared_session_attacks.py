@@ -4,7 +4,7 @@ xfail whose reason says what is wrong and what would fix it."""
 
 import pytest
 from kit import Host, ssh_session
-from test_multiplexer import B, SOCK, jims_session, trace_of, typed_in_the_pane
+from test_multiplexer import B, SOCK, bobs_attach, jims_session, trace_of, typed_in_the_pane
 from test_sshmux import DB, JUMP, master_story, mux_client, traced, words
 
 from whodid.tracer.sharing import SSH_MASTER, TMUX
@@ -125,3 +125,26 @@ def test_a_screen_command_not_known_to_only_read_counts_as_input():
     assert injects("screen", ["screen", "-S", "y", "-X", "idle", "1", "stuff", "id\n"])
     assert not injects("screen", ["screen", "-S", "y", "-X", "quit"])
     assert not injects("screen", ["screen", "-S", "y", "-X", "detach"])
+
+
+# --- a client whose exit was lost looks attached forever --------------------------------------
+
+def test_a_client_whose_exit_was_lost_is_not_named_alone_a_month_later(tmp_path):
+    # bob attached on day 0 and logged out (his shell's exit is recorded, his tmux client's was
+    # lost); a month later a job in jim's pane deletes. Before: "bob was the only client
+    # attached", bob, inferred - for a month-old attach
+    gone = [B.exit(150, 301)]
+    tr = trace_of(tmp_path, jims_session() + bobs_attach(at=100) + gone + typed_in_the_pane(at=30 * 86400))
+    assert tr.attributed.user == PERSON_UNKNOWN, tr.attributed
+    bob = next(c for c in tr.attributed.candidates if c.person == "bob")
+    assert any("it may have left before: its parent (pid 301) exited" in e for e in bob.evidence), bob.evidence
+
+
+def test_a_client_with_no_exit_across_a_loss_of_records_is_a_candidate_not_the_answer(tmp_path):
+    loss = {"v": 1, "kind": "loss", "host": B.name, "boot": B.boot, "ts": B._ev("x", 5000)["ts"],
+            "since": B._ev("x", 4000)["ts"], "count": 812, "what": "ring buffer overrun"}
+    tr = trace_of(tmp_path, jims_session() + bobs_attach(at=100) + [loss] + typed_in_the_pane(at=30 * 86400))
+    assert tr.attributed.user == PERSON_UNKNOWN, tr.attributed
+    # the control: nothing says bob left - still attached, still bob
+    tr = trace_of(tmp_path / "kept", jims_session() + bobs_attach(at=100) + typed_in_the_pane(at=30 * 86400))
+    assert tr.attributed.user == "bob"

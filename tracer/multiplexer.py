@@ -157,8 +157,9 @@ def what_it_did(kind: str, client: SessionClient, server_pid: int) -> str:
         return (f"sent input to the {name} server (pid {server_pid}) at {clock(client.since)}: "
                 f"`{client.command}` (pid {client.pid})")
     until = f"to {clock(client.until)}" if client.until is not None else "on (no exit recorded)"
+    doubt = f"; it may have left before: {client.doubt}" if client.doubt else ""
     return (f"attached to the {name} server (pid {server_pid}) from {clock(client.since)} {until}: "
-            f"`{client.command}` (pid {client.pid})")
+            f"`{client.command}` (pid {client.pid}){doubt}")
 
 
 def decide(kind: str, server_pid: int, starter: Attribution, clients: list[SessionClient],
@@ -178,7 +179,10 @@ def decide(kind: str, server_pid: int, starter: Attribution, clients: list[Sessi
         return out, note
     people = list(dict.fromkeys(c.who.user for c in clients if c.who.known))
     unknown = [c for c in clients if not c.who.known]
-    if len(people) == 1 and not unknown and not unseen:
+    # a person is named only by a client known to be there: one whose exit may have been lost
+    # (its parent gone, records lost since) is a candidate, never the answer on its own
+    sure = {c.who.user for c in clients if c.who.known and not c.doubt}
+    if len(people) == 1 and not unknown and not unseen and people[0] in sure:
         person = people[0]
         own = [c for c in clients if c.who.user == person]
         first = next((c for c in own if c.role == ATTACHED), own[0])

@@ -308,8 +308,24 @@ class Tracer:
                 role=role, proc=proc.id, host=proc.host, pid=proc.pid,
                 command=image.cmd if image else f"pid {proc.pid} (program not recorded)",
                 since=conn["since"] + off, until=None if conn["until"] is None else conn["until"] + off,
-                who=who, summary=stitch.summary(chain, who)))
+                who=who, summary=stitch.summary(chain, who),
+                doubt=self._exit_doubt(proc, conn["since"], t) if conn["until"] is None else ""))
         return clients, unseen, path
+
+    def _exit_doubt(self, proc: Proc, since: float, t: float) -> str:
+        """Why a client with no recorded exit may not have been there at t, or "": its parent
+        (the shell it ran in the foreground of) exited before t, or its host lost records or its
+        agent was down between its connect and t - an exit lost there leaves it attached forever."""
+        parent = self.store.proc(proc.parent) if proc.parent is not None else None
+        if parent is not None and parent.exit_ts is not None and parent.exit_ts < t:
+            return f"its parent (pid {parent.pid}) exited at {clock(parent.exit_ts)}, and its own exit was not recorded"
+        lost = self.store.losses([proc.host], since, t)
+        if lost:
+            return f"{proc.host} lost records from {clock(lost[0]['since'])} to {clock(lost[0]['ts'])}"
+        down = self.store.outages([proc.host], since, t)
+        if down:
+            return f"{proc.host}'s agent was not running from {clock(down[0].since)} to {clock(down[0].until)}"
+        return ""
 
     def _starting_client(self, chain: list[Step], i: int, server: Proc, t: float,
                          starter: Attribution) -> SessionClient | None:
