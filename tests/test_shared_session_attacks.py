@@ -148,3 +148,24 @@ def test_a_client_with_no_exit_across_a_loss_of_records_is_a_candidate_not_the_a
     # the control: nothing says bob left - still attached, still bob
     tr = trace_of(tmp_path / "kept", jims_session() + bobs_attach(at=100) + typed_in_the_pane(at=30 * 86400))
     assert tr.attributed.user == "bob"
+
+
+# --- size: a master flooded with clients ------------------------------------------------------
+
+def test_a_flood_of_mux_clients_is_not_paired_one_matching_per_client(monkeypatch):
+    # bob fires 300 `ssh -S sock db true` within 15 s around his own request: each client that
+    # may have asked was one max-weight matching over every pair nearby - cubic, minutes per
+    # trace (80 took 9 s). Now a crowd is too many to tell: person unknown, the nearest listed
+    import whodid.tracer.sshmux as sshmux
+    calls = []
+    real = sshmux._explain
+    monkeypatch.setattr(sshmux, "_explain", lambda *a: calls.append(1) or real(*a))
+    flood = [MuxClient(proc=i, pid=i, ts=i * 0.05, until=None, argv=("ssh", "db", "true")) for i in range(300)]
+    chans = [Channel(SESSION, c.ts + 0.01, 1000 + c.proc, 1000 + c.proc) for c in flood]
+    p = pair(chans, flood, chans[150], own_first=False, rtt=5.0, skew=2.0)
+    assert p.asker is None and len(p.candidates) == sshmux.MAX_CROWDED and "too many" in p.why
+    assert len(calls) <= sshmux.MAX_OPTIONS + 1
+    # ten clients a minute apart are still paired, each with its own channel
+    calm = [MuxClient(proc=i, pid=i, ts=i * 60.0, until=i * 60.0 + 5, argv=("ssh", "db", "id")) for i in range(10)]
+    calm_ch = [Channel(SESSION, c.ts + 0.01, 1000 + c.proc, 1000 + c.proc, until=c.ts + 4.9) for c in calm]
+    assert pair(calm_ch, calm, calm_ch[4], own_first=False, rtt=5.0, skew=2.0).asker == calm[4]
