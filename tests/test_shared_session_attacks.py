@@ -217,3 +217,24 @@ def test_a_hop_through_someone_elses_socks_forward_is_not_theirs_observed():
     tr = traced(ev, "terraform")
     assert tr.attributed.user in ("bob", PERSON_UNKNOWN), tr.attributed
     assert "corroborated" not in words(tr)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a tmux hook or format job planted earlier frames whoever attaches next: jim runs "
+    "`tmux set-hook -g client-attached 'run-shell \"rm -rf /srv\"'` and leaves; bob attaches and the "
+    "server itself forks `sh -c rm` - no pane, no keys - yet bob is 'the only client attached', bob, "
+    "inferred. A program the server ran outside a pane (run-shell, #(), if-shell, hooks, pipe-pane: "
+    "no pty, not a pane's shell) is not typed by whoever is attached. Fix: tell a job from a pane (the "
+    "exec's tty, or the server's pty allocation) and for a job answer person unknown, the attached "
+    "clients and every client that set hooks, options or key bindings since the server started "
+    "(set-hook, set, bind, source-file) as candidates"))
+def test_a_hook_planted_by_jim_does_not_name_bob_who_merely_attached(tmp_path):
+    hook = [B.fork(50, 230, 213),
+            B.exec(50.01, 230, ["tmux", "set-hook", "-g", "client-attached", 'run-shell "rm -rf /s*"'],
+                   uid=1000, auid=1000, ses=1),
+            B.uconnect(50.02, 230, SOCK, "c-hook", peer=(212, 212000)),
+            B.uaccept(50.03, 212, "c-hook", peer=(230, 230000), path=SOCK), B.exit(50.05, 230)]
+    job = [B.fork(101.5, 240, 212), B.exec(101.51, 240, ["/bin/sh", "-c", "rm -rf /s*"], uid=1000, auid=1000, ses=1),
+           B.fork(101.6, 241, 240), B.exec(101.61, 241, ["rm", "-rf", "/srv"], uid=1000, auid=1000, ses=1)]
+    tr = trace_of(tmp_path, jims_session() + hook + bobs_attach() + job)
+    assert tr.attributed.user != "bob", tr.attributed
