@@ -238,3 +238,31 @@ def test_a_hook_planted_by_jim_does_not_name_bob_who_merely_attached(tmp_path):
            B.fork(101.6, 241, 240), B.exec(101.61, 241, ["rm", "-rf", "/srv"], uid=1000, auid=1000, ses=1)]
     tr = trace_of(tmp_path, jims_session() + hook + bobs_attach() + job)
     assert tr.attributed.user != "bob", tr.attributed
+
+
+# --- tmux inside tmux ---------------------------------------------------------------------------
+
+def inner_tmux(pane_program_is_the_client: bool):
+    """jim, in a window of his (detached) outer server 212, starts an inner server (pid 262) whose
+    starting client (260) stays in that window; rm is typed in the inner server's pane at 200."""
+    parent = 212 if pane_program_is_the_client else 213     # `tmux new-window 'tmux new -s inner'`
+    return [B.fork(20, 260, parent),
+            B.exec(20.01, 260, ["tmux", "-L", "inner", "new", "-s", "inner"], uid=1000, auid=1000, ses=1),
+            B.fork(20.02, 261, 260), B.fork(20.03, 262, 261), B.exit(20.04, 261),
+            B.fork(20.05, 263, 262), B.exec(20.06, 263, ["-bash"], uid=1000, auid=1000, ses=1),
+            B.fork(200, 264, 263), B.exec(200.01, 264, ["rm", "-rf", "/srv"], uid=1000, auid=1000, ses=1)]
+
+
+@pytest.mark.parametrize("pane_program_is_the_client", [False, True])
+def test_a_tmux_inside_tmux_is_whoever_is_at_the_outer_server_when_it_ran(tmp_path, pane_program_is_the_client):
+    # bob attached to jim's outer server at 101 and is the only one who can type through the inner
+    # server's client in its window. Before: the inner's starting client counted as its starter's,
+    # jim ("jim was the only client attached"), jim inferred; with the client as the window's own
+    # program the outer server was not even seen
+    tr = trace_of(tmp_path, jims_session() + bobs_attach() + inner_tmux(pane_program_is_the_client))
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), (tr.attributed, tr.notes)
+    assert [s.pid for s in tr.shared] == [212, 262]
+    # the control: no one at the outer server when rm ran - the inner's client is nobody's keys
+    # but its starter's chain (jim's), as before
+    tr = trace_of(tmp_path / "alone", jims_session() + bobs_attach(until=150) + inner_tmux(pane_program_is_the_client))
+    assert tr.attributed.user == "jim"

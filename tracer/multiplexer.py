@@ -195,7 +195,8 @@ def decide(kind: str, server_pid: int, starter: Attribution, clients: list[Sessi
                f"server (pid {server_pid}) the command ran in; {first.who.how}")
         return Attribution(user=person, host=first.who.host, source=first.who.source,
                            login_time=first.who.login_time, how=how, account=first.who.account,
-                           key_fp=first.who.key_fp, notes=[note, *first.who.notes], confidence=INFERRED), note
+                           key_fp=first.who.key_fp, notes=list(dict.fromkeys([note, *first.who.notes])),
+                           confidence=INFERRED), note
     cands: list[Candidate] = []
     for c in clients:
         _add(cands, _candidates_of(c.who, what_it_did(kind, c, server_pid)))

@@ -245,6 +245,10 @@ class Tracer:
             starter = decided or self._who(chain[:i])
             clients, unseen, path = self._mux_clients(server, kind, t, seen | {server.id}, depth)
             own = self._starting_client(chain, i, server, t, starter)
+            if own and any(s.host == server.host for s in sessions):
+                # the starting client runs in a pane of a server above (tmux in tmux): who can type
+                # through it at t is who was at that server then, not who started this one
+                _, own.who = self._shared_multiplexer(chain[:i], t, self._who(chain[:i]), seen, depth)
             if own and all(c.proc != own.proc for c in clients):
                 clients.insert(0, own)
             decided, note = multiplexer.decide(kind, server.pid, starter, clients, unseen, kept=decided or who)
@@ -267,6 +271,12 @@ class Tracer:
             if cur.host != prev.host or cur.proc == prev.proc or cur.login:
                 continue
             kind = multiplexer.server_kind(prev.program, cur.program)
+            if kind is None and multiplexer.kind_of(prev.program) and multiplexer.kind_of(cur.program):
+                # a window whose program is itself a client (`tmux new-window 'tmux new -s inner'`):
+                # its parent is a server that accepted clients, forked from prev - not prev itself
+                up = self.store.proc(cur.proc).parent
+                if up not in (None, prev.proc) and self.store.unix_clients(up, float("-inf"), float("inf")):
+                    kind = multiplexer.kind_of(prev.program)
             parent = self.store.proc(cur.proc).parent if kind else None
             server = self.store.proc(parent) if parent is not None else None
             if server is None:
