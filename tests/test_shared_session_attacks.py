@@ -266,3 +266,40 @@ def test_a_tmux_inside_tmux_is_whoever_is_at_the_outer_server_when_it_ran(tmp_pa
     # but its starter's chain (jim's), as before
     tr = trace_of(tmp_path / "alone", jims_session() + bobs_attach(until=150) + inner_tmux(pane_program_is_the_client))
     assert tr.attributed.user == "jim"
+
+
+def test_a_tmux_client_run_over_ssh_from_another_tmux_is_whoever_is_there_when_it_ran(tmp_path):
+    # host-a: jim's tmux server (212); from its window jim ssh'd to host-b at 30 and attached to a
+    # tmux there (B's server 612) at 60. jim left host-a's server at 120; bob attached to it at 150
+    # and typed rm at 200 - through the ssh and host-b's client. Before: host-a's server was asked
+    # who was there when host-b's client connected (60: jim), so jim, inferred
+    A = Host("host-a", "10.0.0.1")
+    sock_a = "/tmp/tmux-1000/default"
+    ev = [*ssh_session(A, 0, 200, "ec2-user", 1000, "10.0.9.1", 40001, key_fp="jim-key", ses=1),
+          A.fork(1, 210, 201), A.exec(1.01, 210, ["tmux", "new", "-d", "-s", "x"], uid=1000, auid=1000, ses=1),
+          A.fork(1.02, 211, 210), A.fork(1.03, 212, 211),
+          A.fork(1.04, 213, 212), A.exec(1.05, 213, ["-bash"], uid=1000, auid=1000, ses=1), A.exit(1.1, 211),
+          A.exit(1.2, 210),
+          A.fork(10, 230, 201), A.exec(10.01, 230, ["tmux", "attach"], uid=1000, auid=1000, ses=1),
+          A.uconnect(10.02, 230, sock_a, "a-jim", peer=(212, 212000)),
+          A.uaccept(10.03, 212, "a-jim", peer=(230, 230000), path=sock_a), A.exit(120, 230),
+          *ssh_session(A, 140, 300, "ec2-user", 1000, "10.0.9.2", 40002, key_fp="bob-key", ses=2),
+          A.fork(150, 330, 301), A.exec(150.01, 330, ["tmux", "attach"], uid=1000, auid=1000, ses=2),
+          A.uconnect(150.02, 330, sock_a, "a-bob", peer=(212, 212000)),
+          A.uaccept(150.03, 212, "a-bob", peer=(330, 330000), path=sock_a),
+          A.fork(30, 240, 213), A.exec(30.01, 240, ["ssh", "ec2-user@host-b"], uid=1000, auid=1000, ses=1),
+          A.connect(30.05, 240, B.addr, 22, lport=45000)]
+    ev += [*ssh_session(B, 0, 600, "ec2-user", 1000, "10.0.9.9", 40009, key_fp="jim-key", ses=7),
+           B.fork(1, 610, 601), B.exec(1.01, 610, ["tmux", "new", "-d", "-s", "y"], uid=1000, auid=1000, ses=7),
+           B.fork(1.02, 611, 610), B.fork(1.03, 612, 611),
+           B.fork(1.04, 613, 612), B.exec(1.05, 613, ["-bash"], uid=1000, auid=1000, ses=7), B.exit(1.1, 611),
+           B.exit(1.2, 610),
+           B.fork(30.1, 500, 100), B.exec(30.11, 500, ["sshd:", "ec2-user", "[priv]"]),
+           B.login(30.3, 500, "ec2-user", A.addr, 45000, key_fp="jim-key", ses=5),
+           B.fork(30.4, 501, 500), B.exec(30.41, 501, ["-bash"], uid=1000, auid=1000, ses=5),
+           B.fork(60, 502, 501), B.exec(60.01, 502, ["tmux", "attach", "-t", "y"], uid=1000, auid=1000, ses=5),
+           B.uconnect(60.02, 502, SOCK, "b-in", peer=(612, 612000)),
+           B.uaccept(60.03, 612, "b-in", peer=(502, 502000), path=SOCK),
+           B.fork(200, 614, 613), B.exec(200.01, 614, ["rm", "-rf", "/srv"], uid=1000, auid=1000, ses=7)]
+    tr = trace_of(tmp_path, ev)
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED), (tr.attributed, tr.notes)

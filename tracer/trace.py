@@ -16,7 +16,7 @@ import networkx as nx
 from . import multiplexer, outages, sshmux, stitch
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
-from .sharing import ASKED, ATTACHED, SSH_MASTER, SessionClient, SharedSession
+from .sharing import ASKED, ATTACHED, INJECTED, SSH_MASTER, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
 from .when import clock, format_duration
@@ -312,7 +312,11 @@ class Tracer:
             if any(sv.id in seen for _, sv, _, _ in self._mux_servers(chain, conn["since"])):
                 continue            # run inside the session itself: its own input, as a script's
             if depth + 1 < MUX_DEPTH:
-                _, who = self._shared_multiplexer(chain, conn["since"], who, seen, depth + 1)
+                # an attached client types what whoever is at its own terminal types: that is, for
+                # a client run in another multiplexer (here, or over ssh from a window elsewhere),
+                # who was at that one when the command ran - a one-shot client's keys, when it sent them
+                when = conn["since"] if role == INJECTED else min(t, conn["until"] if conn["until"] is not None else t)
+                _, who = self._shared_multiplexer(chain, when, who, seen, depth + 1)
             off = self._offset(proc.host)
             clients.append(SessionClient(
                 role=role, proc=proc.id, host=proc.host, pid=proc.pid,
