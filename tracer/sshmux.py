@@ -183,8 +183,8 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
     if len(options) > MAX_OPTIONS or len(edges) > MAX_CROWD:
         nearest = sorted(options, key=lambda cl: abs(cl.ts - target.ts))[:MAX_CROWDED]
         return Pairing(candidates=sorted(nearest, key=lambda cl: (cl.ts, cl.proc)),
-                       why=f"{len(options)} clients may have asked for this channel and {len(near_cl)} asked the master "
-                           f"within {radius:.0f} s of it: too many to tell which one did"
+                       why=f"{len(options)} clients may have asked for this channel and {len(near_cl)} asked the "
+                           f"master within {radius:.0f} s of it: too many to tell which one did"
                            + (f" (the {MAX_CROWDED} nearest in time are listed)" if len(options) > MAX_CROWDED else ""))
     scored = sorted(((_explain(edges, target, o), i, o) for i, o in enumerate([*options, None])),
                     key=lambda x: (-x[0][0], x[0][1], x[1]))
