@@ -44,6 +44,15 @@ TMUX_INJECTS = {
 TMUX_VALUED = {"-c", "-f", "-L", "-S", "-T"}
 # screen -X commands that put input into a window or start a program in the session
 SCREEN_INJECTS = {"stuff", "paste", "exec", "screen", "eval", "source", "at", "process", "readbuf", "register"}
+# screen -X commands known to only read or manage; any other (`backtick 1 0 0 cmd` runs a program in
+# the server, `idle`, `bind`, `blankerprg`) may start one, and counts as input
+SCREEN_READS = {"quit", "detach", "pow_detach", "hardcopy", "info", "windows", "sessionname", "title", "select",
+                "number", "lastmsg", "version", "time", "license", "dinfo", "displays", "help", "kill", "remove",
+                "redisplay", "clear", "echo", "msgwait", "msgminwait", "other", "next", "prev", "focus",
+                "only", "fit", "width", "height", "log", "logfile", "hardcopydir", "colon", "copy", "windowlist"}
+# a tmux format that runs a shell command in the server: `tmux display -p '#(rm -rf /srv)'`,
+# `tmux ls -F '#(cmd)'` - a command that otherwise only reads then starts a program in the session
+TMUX_JOB = "#("
 
 
 def kind_of(program: str) -> str | None:
@@ -97,11 +106,12 @@ def injects(kind: str, argv: list[str]) -> bool:
                  "show-hooks", "info", "server-info", "start-server", "start", "kill-server", "kill-session",
                  "capture-pane", "capturep", "save-buffer", "saveb", "detach-client", "detach", "lock-server",
                  "lock", "lock-session", "locks", "lock-client", "lockc", "wait-for", "wait"}
-        return any(c in TMUX_INJECTS or c not in reads for c in cmds)
+        return any(c in TMUX_INJECTS or c not in reads for c in cmds) or any(TMUX_JOB in a for a in argv[1:])
     if kind == SCREEN:
         for i, arg in enumerate(argv[1:-1], 1):
             if arg in ("-X", "-Q"):         # -Q asks a question: it only reads
-                return arg == "-X" and argv[i + 1].lower() in SCREEN_INJECTS
+                word = argv[i + 1].lower()
+                return arg == "-X" and (word in SCREEN_INJECTS or word not in SCREEN_READS)
         return not any(arg in ("-ls", "-list", "-X", "-Q", "-v", "--version") for arg in argv[1:])
     return False
 
@@ -109,7 +119,7 @@ def injects(kind: str, argv: list[str]) -> bool:
 def _sends(kind: str, argv: list[str]) -> bool:
     """Whether a command line is one of the known ways to send input without attaching."""
     if kind == TMUX:
-        return any(c in TMUX_INJECTS for c in _tmux_commands(argv))
+        return any(c in TMUX_INJECTS for c in _tmux_commands(argv)) or any(TMUX_JOB in a for a in argv[1:])
     return "-X" in argv[1:-1] and injects(kind, argv)
 
 
@@ -147,8 +157,9 @@ def what_it_did(kind: str, client: SessionClient, server_pid: int) -> str:
         return (f"sent input to the {name} server (pid {server_pid}) at {clock(client.since)}: "
                 f"`{client.command}` (pid {client.pid})")
     until = f"to {clock(client.until)}" if client.until is not None else "on (no exit recorded)"
+    doubt = f"; it may have left before: {client.doubt}" if client.doubt else ""
     return (f"attached to the {name} server (pid {server_pid}) from {clock(client.since)} {until}: "
-            f"`{client.command}` (pid {client.pid})")
+            f"`{client.command}` (pid {client.pid}){doubt}")
 
 
 def decide(kind: str, server_pid: int, starter: Attribution, clients: list[SessionClient],
@@ -168,7 +179,10 @@ def decide(kind: str, server_pid: int, starter: Attribution, clients: list[Sessi
         return out, note
     people = list(dict.fromkeys(c.who.user for c in clients if c.who.known))
     unknown = [c for c in clients if not c.who.known]
-    if len(people) == 1 and not unknown and not unseen:
+    # a person is named only by a client known to be there: one whose exit may have been lost
+    # (its parent gone, records lost since) is a candidate, never the answer on its own
+    sure = {c.who.user for c in clients if c.who.known and not c.doubt}
+    if len(people) == 1 and not unknown and not unseen and people[0] in sure:
         person = people[0]
         own = [c for c in clients if c.who.user == person]
         first = next((c for c in own if c.role == ATTACHED), own[0])
@@ -181,7 +195,8 @@ def decide(kind: str, server_pid: int, starter: Attribution, clients: list[Sessi
                f"server (pid {server_pid}) the command ran in; {first.who.how}")
         return Attribution(user=person, host=first.who.host, source=first.who.source,
                            login_time=first.who.login_time, how=how, account=first.who.account,
-                           key_fp=first.who.key_fp, notes=[note, *first.who.notes], confidence=INFERRED), note
+                           key_fp=first.who.key_fp, notes=list(dict.fromkeys([note, *first.who.notes])),
+                           confidence=INFERRED), note
     cands: list[Candidate] = []
     for c in clients:
         _add(cands, _candidates_of(c.who, what_it_did(kind, c, server_pid)))

@@ -40,6 +40,8 @@ class SessionClient:
     until: float | None             # its process's exit; None: still open, or its exit not recorded
     who: Attribution                # the client's own chain, attributed (stitch.attribute)
     summary: str                    # that chain in one line (stitch.summary)
+    doubt: str = ""                 # why it may have left before: no exit recorded, yet its parent
+                                    # had exited or the host lost records since its connect
 
 
 @dataclass

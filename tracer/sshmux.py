@@ -39,6 +39,13 @@ SESSION, TCP = "session", "tcp"
 RADIUS = 10                         # channels and clients this many windows away bear on no pairing
 _BIG = 1e6                          # a pair's weight: more pairs always outweigh a closer fit
 MAX_NEAREST = 5                     # clients offered when none may have asked for a channel by time
+# a crowd is not paired: each way of explaining the channel is a matching, so the cost grows with
+# the cube of the clients near it (80 long-lived clients asking within seconds took 9 s, 160 a
+# minute: a flood of `ssh -S sock host true` would stall every trace). Past these, which client
+# asked is not known, and the MAX_CROWDED nearest that may have are the candidates
+MAX_OPTIONS = 8                     # clients that may have asked for the channel itself
+MAX_CROWD = 1500                    # (channel, client) pairs that fit within RADIUS windows of it
+MAX_CROWDED = 20
 
 # ssh's options that take a value (ssh(1), OpenSSH 9); every other letter is a flag
 _VALUED = set("BbcDEeFIiJLlmOoPpQRSWw")
@@ -131,17 +138,27 @@ def opens_own_channel(argv) -> bool:
 
 
 def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, own_first: bool,
-         rtt: float, skew: float) -> Pairing:
+         rtt: float, skew: float, opened: float | None = None) -> Pairing:
     """Who asked the master for `target` (one of `channels`, all of one master connection),
-    among the clients its master accepted (see the module's rule)."""
+    among the clients its master accepted (see the module's rule). `opened`: the master's login
+    on the server (its clock); its own first channel opens then, not whenever the first
+    recorded one did (that fork lost, `-o SessionType=none` in place of -N)."""
     chans = sorted(channels, key=lambda c: (c.ts, c.proc))
-    if own_first and chans and chans[0] == target:
-        return Pairing(own=True, why="the master connection's own first channel, opened when it logged in")
-    if own_first and chans:
+    asks = sorted((c for c in clients if not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
+    first = chans[0] if own_first and chans else None
+    if first is not None and opened is not None and first.ts - opened > rtt + skew:
+        first = None                    # the first recorded channel opened long after the login: not its own
+    if first is not None and first == target:
+        racing = [cl for cl in asks if cl.ts <= target.ts + skew and (cl.until is None or cl.until >= target.ts - skew)
+                  and target.ts - cl.ts <= rtt + skew and asks_for(cl.argv) == target.kind]
+        if not racing or opened is None:
+            return Pairing(own=True, why="the master connection's own first channel, opened when it logged in")
+        return Pairing(candidates=racing, why="a client asked as the master logged in: whether this is the master's "
+                                              "own first channel or that client's is not known")
+    if first is not None:
         chans = chans[1:]
     if target not in chans:
         return Pairing(why="the channel is not among the master connection's")
-    asks = sorted((c for c in clients if not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
     if not asks:
         return Pairing(why="no client of its control socket was recorded (unix-socket capture off, or its records "
                            "lost), and any process of its owner's uid or root may use it")
@@ -163,6 +180,12 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
     near_ch = [c for c in chans if c != target and abs(c.ts - target.ts) <= radius]
     near_cl = [c for c in asks if abs(c.ts - target.ts) <= radius + rtt + skew]
     edges = [(ch, cl) for ch in near_ch for cl in near_cl if allowed(ch, cl)]
+    if len(options) > MAX_OPTIONS or len(edges) > MAX_CROWD:
+        nearest = sorted(options, key=lambda cl: abs(cl.ts - target.ts))[:MAX_CROWDED]
+        return Pairing(candidates=sorted(nearest, key=lambda cl: (cl.ts, cl.proc)),
+                       why=f"{len(options)} clients may have asked for this channel and {len(near_cl)} asked the "
+                           f"master within {radius:.0f} s of it: too many to tell which one did"
+                           + (f" (the {MAX_CROWDED} nearest in time are listed)" if len(options) > MAX_CROWDED else ""))
     scored = sorted(((_explain(edges, target, o), i, o) for i, o in enumerate([*options, None])),
                     key=lambda x: (-x[0][0], x[0][1], x[1]))
     (pairs, cost), _, best = scored[0]

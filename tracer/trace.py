@@ -16,7 +16,7 @@ import networkx as nx
 from . import multiplexer, outages, sshmux, stitch
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
-from .sharing import ASKED, ATTACHED, SSH_MASTER, SessionClient, SharedSession
+from .sharing import ASKED, ATTACHED, INJECTED, SSH_MASTER, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
 from .when import clock, format_duration
@@ -245,6 +245,10 @@ class Tracer:
             starter = decided or self._who(chain[:i])
             clients, unseen, path = self._mux_clients(server, kind, t, seen | {server.id}, depth)
             own = self._starting_client(chain, i, server, t, starter)
+            if own and any(s.host == server.host for s in sessions):
+                # the starting client runs in a pane of a server above (tmux in tmux): who can type
+                # through it at t is who was at that server then, not who started this one
+                _, own.who = self._shared_multiplexer(chain[:i], t, self._who(chain[:i]), seen, depth)
             if own and all(c.proc != own.proc for c in clients):
                 clients.insert(0, own)
             decided, note = multiplexer.decide(kind, server.pid, starter, clients, unseen, kept=decided or who)
@@ -267,6 +271,12 @@ class Tracer:
             if cur.host != prev.host or cur.proc == prev.proc or cur.login:
                 continue
             kind = multiplexer.server_kind(prev.program, cur.program)
+            if kind is None and multiplexer.kind_of(prev.program) and multiplexer.kind_of(cur.program):
+                # a window whose program is itself a client (`tmux new-window 'tmux new -s inner'`):
+                # its parent is a server that accepted clients, forked from prev - not prev itself
+                up = self.store.proc(cur.proc).parent
+                if up not in (None, prev.proc) and self.store.unix_clients(up, float("-inf"), float("inf")):
+                    kind = multiplexer.kind_of(prev.program)
             parent = self.store.proc(cur.proc).parent if kind else None
             server = self.store.proc(parent) if parent is not None else None
             if server is None:
@@ -298,19 +308,38 @@ class Tracer:
             role = multiplexer.role(kind, argv, conn["since"], conn["until"], t, window)
             if role is None:
                 continue
-            chain, _ = self._chain(proc, conn["since"], image)
+            chain, who = self._own_chain(proc, conn["since"], image)
             if any(sv.id in seen for _, sv, _, _ in self._mux_servers(chain, conn["since"])):
                 continue            # run inside the session itself: its own input, as a script's
-            who = self._who(chain)
             if depth + 1 < MUX_DEPTH:
-                _, who = self._shared_multiplexer(chain, conn["since"], who, seen, depth + 1)
+                # an attached client types what whoever is at its own terminal types: that is, for
+                # a client run in another multiplexer (here, or over ssh from a window elsewhere),
+                # who was at that one when the command ran - a one-shot client's keys, when it sent them
+                when = conn["since"] if role == INJECTED else min(t, conn["until"] if conn["until"] is not None else t)
+                _, who = self._shared_multiplexer(chain, when, who, seen, depth + 1)
             off = self._offset(proc.host)
             clients.append(SessionClient(
                 role=role, proc=proc.id, host=proc.host, pid=proc.pid,
                 command=image.cmd if image else f"pid {proc.pid} (program not recorded)",
                 since=conn["since"] + off, until=None if conn["until"] is None else conn["until"] + off,
-                who=who, summary=stitch.summary(chain, who)))
+                who=who, summary=stitch.summary(chain, who),
+                doubt=self._exit_doubt(proc, conn["since"], t) if conn["until"] is None else ""))
         return clients, unseen, path
+
+    def _exit_doubt(self, proc: Proc, since: float, t: float) -> str:
+        """Why a client with no recorded exit may not have been there at t, or "": its parent
+        (the shell it ran in the foreground of) exited before t, or its host lost records or its
+        agent was down between its connect and t - an exit lost there leaves it attached forever."""
+        parent = self.store.proc(proc.parent) if proc.parent is not None else None
+        if parent is not None and parent.exit_ts is not None and parent.exit_ts < t:
+            return f"its parent (pid {parent.pid}) exited at {clock(parent.exit_ts)}, and its own exit was not recorded"
+        lost = self.store.losses([proc.host], since, t)
+        if lost:
+            return f"{proc.host} lost records from {clock(lost[0]['since'])} to {clock(lost[0]['ts'])}"
+        down = self.store.outages([proc.host], since, t)
+        if down:
+            return f"{proc.host}'s agent was not running from {clock(down[0].since)} to {clock(down[0].until)}"
+        return ""
 
     def _starting_client(self, chain: list[Step], i: int, server: Proc, t: float,
                          starter: Attribution) -> SessionClient | None:
@@ -328,6 +357,19 @@ class Tracer:
         return SessionClient(role=ATTACHED, proc=proc.id, host=proc.host, pid=proc.pid, command=step.command,
                              since=step.start + off, until=None if proc.exit_ts is None else proc.exit_ts + off,
                              who=starter, summary=stitch.summary(chain[:i], starter))
+
+    def _own_chain(self, p: Proc, t: float, image: Image | None) -> tuple[list[Step], Attribution]:
+        """Another process's chain (a multiplexer's client, a master's, a mux client's) and its
+        attribution as `trace` makes it: an ssh master on that chain whose asker is not known
+        makes it person unknown there too - the master's owner is not who used it. The masters
+        it found stay its own, apart from the trace being built."""
+        saved, self._carried = self._carried, []
+        try:
+            chain, _ = self._chain(p, t, image)
+            who, _ = self._carried_sessions(chain, self._who(chain))
+        finally:
+            self._carried = saved
+        return chain, who
 
     def _who(self, chain: list[Step]) -> Attribution:
         """A chain's attribution as `trace` makes it: with the candidates evidence points at when
@@ -764,7 +806,7 @@ class Tracer:
         argv = self._argv_at(master, None)
         s = self.settings
         pairing = sshmux.pair(channels, [c for c, _ in clients], target, own_first=sshmux.opens_own_channel(argv),
-                              rtt=s.mux_rtt, skew=s.mux_skew)
+                              rtt=s.mux_rtt, skew=s.mux_skew, opened=login["ts"])
         if pairing.own:
             return None                     # the master's own session: its chain is the master's
         start = master.fork_ts if master.fork_ts is not None else login["ts"] - hop.shift
@@ -880,14 +922,11 @@ class Tracer:
     def _side_chain(self, p: Proc, t: float) -> tuple[list[Step], Attribution]:
         """Another process's own chain and attribution (a master's, a mux client's), walked as
         any command's is, without disturbing the trace being built."""
-        saved, self._carried = self._carried, []
         self._mux_depth += 1
         try:
-            chain, _ = self._chain(p, t, None)
+            return self._own_chain(p, t, None)
         finally:
             self._mux_depth -= 1
-            self._carried = saved
-        return chain, stitch.attribute(chain, self.identity)
 
     def _mux_member(self, c: sshmux.MuxClient, u: dict[str, Any]) -> SessionClient:
         p = self.store.proc(c.proc)
