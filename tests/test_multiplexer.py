@@ -281,3 +281,15 @@ def test_the_picture_badge_over_the_starters_login_does_not_give_it_the_attached
     tr = trace_of(tmp_path, jims_session() + bobs_attach() + typed_in_the_pane())
     person = layout(tr, T0 + 1000).person
     assert "bob" in person and "bob-key" not in person and "this login started it" in person, person
+
+
+def test_a_crowd_of_clients_lists_the_strongest_five_candidates_with_the_starter_and_says_how_many_more():
+    # two thousand clients whose exits were lost made a 900 KB answer; the session keeps them all,
+    # the answer lists five: the latest clients known to be there first, and the starter
+    crowd = [client(person(f"p{i}", login=T - 9000 + i), pid=1000 + i, since=T - 8000 + i) for i in range(12)]
+    crowd[3].doubt = "its parent had exited"
+    who, note = decide(TMUX, 212, person("jim"), crowd)
+    assert who.confidence == UNKNOWN and len(who.candidates) == 5
+    assert [c.person for c in who.candidates] == ["p11", "p10", "p9", "p8", "jim"]
+    assert any("8 more candidate logins left out" in n for n in who.notes), who.notes
+    assert "p11" in note and "7 more" in note and "p4" not in note

@@ -411,3 +411,12 @@ def test_the_page_with_a_shared_session_keeps_the_content_security_policy():
     text = render_html(hostile(), NOW, nonce="n0nce")
     page = Page(text)
     assert " style=" not in text and all(not k.startswith("on") for _, a in page.tags for k in a)
+
+
+def test_text_lists_a_dozen_clients_and_says_how_many_more():
+    tr = many_clients(30)
+    text = render_trace(tr, NOW)
+    (ss,) = traces_json(Query(pattern="kubectl"), [tr], NOW)["matches"][0]["shared_sessions"]
+    assert len(ss["clients"]) == 30                       # the JSON keeps every one
+    assert "... and 18 more clients (--json or --html lists them all)" in text
+    assert text.count(": attached ") == 12

@@ -30,6 +30,8 @@ from .sharing import ATTACHED, INJECTED, SCREEN, TMUX, SessionClient
 from .stitch import INFERRED, PERSON_UNKNOWN, UNKNOWN, Attribution, Candidate, program_name
 from .when import clock
 
+MAX_CANDIDATES = 5          # as stitch.attribute lists them; the shared session keeps every client
+MAX_SAID = 5                # people named in the note, then "N more"
 INJECT_WINDOW = 10.0        # seconds before a command in which a one-shot client's keys count
 
 # tmux commands (with their aliases) that put input into a pane or start a program in the
@@ -198,19 +200,34 @@ def decide(kind: str, server_pid: int, starter: Attribution, clients: list[Sessi
                            key_fp=first.who.key_fp, notes=list(dict.fromkeys([note, *first.who.notes])),
                            confidence=INFERRED), note
     cands: list[Candidate] = []
-    for c in clients:
+    # the strongest evidence first: clients known to be there, the latest to come first (a
+    # thousand clients whose exits were lost must not bury the one who just attached)
+    ranked = sorted(clients, key=lambda c: (bool(c.doubt), -(c.since or 0.0)))
+    for c in ranked:
         _add(cands, _candidates_of(c.who, what_it_did(kind, c, server_pid)))
-    _add(cands, _candidates_of(starter, f"started the {name} server (pid {server_pid})"))
-    said = [who_said(c.who) for c in clients]
-    said = list(dict.fromkeys(said)) + ([f"{unseen} client{'s' if unseen != 1 else ''} not recorded"]
-                                        if unseen else [])
+    mine = _candidates_of(starter, f"started the {name} server (pid {server_pid})")
+    _add(cands, mine)
+    total = len(cands)
+    if total > MAX_CANDIDATES:
+        # the starter's login stays listed: who started the server is part of every answer
+        starters = [c for c in cands if any(c is m or c == m for m in mine)][:1]
+        cands = [c for c in cands if c not in starters][:MAX_CANDIDATES - len(starters)] + starters
+    left_out = total - len(cands)
+    said = list(dict.fromkeys(who_said(c.who) for c in ranked))
+    more = len(said) - MAX_SAID
+    said = said[:MAX_SAID] + ([f"{more} more"] if more > 0 else [])
+    said += [f"{unseen} client{'s' if unseen != 1 else ''} not recorded"] if unseen else []
     count = len(said)
     note = (f"ran in a {name} session {started}; when it ran, {', '.join(said)} "
             f"{'were' if count > 1 else 'was'} attached or sending it input: who typed it is not known")
     how = (f"the command ran in a {name} session (server pid {server_pid}) that "
            f"{'more than one person' if count > 1 else 'a login naming no person'} could type into")
+    notes = [note]
+    if left_out:
+        notes.append(f"{left_out} more candidate login{'s' if left_out != 1 else ''} left out: the "
+                     f"{len(cands)} with the strongest evidence are listed (the shared session lists every client)")
     return Attribution(user=PERSON_UNKNOWN, host=starter.host, source=None, login_time=None, how=how,
-                       account=starter.account, notes=[note], confidence=UNKNOWN, candidates=cands), note
+                       account=starter.account, notes=notes, confidence=UNKNOWN, candidates=cands), note
 
 
 def _candidates_of(who: Attribution, evidence: str) -> list[Candidate]:

@@ -18,6 +18,7 @@ from ..when import ago, clock, format_span
 
 EDGE_LABEL = {"login": "login", "fork": "fork", "exec": "exec", "ssh": "ssh ->", "sudo": "sudo",
               "su": "su", "setuid": "setuid"}
+MAX_CLIENT_LINES = 12      # clients listed under a shared session; the JSON and the page list every one
 
 
 # C0 controls (newline apart), DEL, C1 controls (8-bit ESC/CSI among them), and the bidi
@@ -114,10 +115,12 @@ def shared_lines(tr: Trace) -> list[str]:
         lines.append(f"Shared session: {shared.line(ss)}")
         if ss.path:
             lines.append(f"  socket {ss.path}")
-        for c in ss.clients:
+        for c in ss.clients[:MAX_CLIENT_LINES]:
             lines.append(f"  - {shared.who_said(c.who)}: {shared.ROLE_SHORT.get(c.role, c.role)} "
                          f"{shared.when_said(c)}; `{_short(c.command, 70)}` pid {c.pid} on {c.host}")
-            lines.append(f"      {c.summary}")
+            lines.append(f"      {_short(c.summary, 160)}")
+        if len(ss.clients) > MAX_CLIENT_LINES:
+            lines.append(f"  - ... and {len(ss.clients) - MAX_CLIENT_LINES} more clients (--json or --html lists them all)")
         if ss.note and ss.note not in tr.notes:     # said once: the Notes list may carry it
             lines.append(f"  ({ss.note})")
     return lines
