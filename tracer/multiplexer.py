@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 
 from .sharing import ATTACHED, INJECTED, SCREEN, TMUX, SessionClient
-from .stitch import INFERRED, PERSON_UNKNOWN, UNKNOWN, Attribution, Candidate, program_name
+from .stitch import INFERRED, OBSERVED, PERSON_UNKNOWN, UNKNOWN, Attribution, Candidate, program_name
 from .when import clock
 
 MAX_CANDIDATES = 5          # as stitch.attribute lists them; the shared session keeps every client
@@ -165,18 +165,29 @@ def what_it_did(kind: str, client: SessionClient, server_pid: int) -> str:
 
 
 def decide(kind: str, server_pid: int, starter: Attribution, clients: list[SessionClient],
-           unseen: int = 0, kept: Attribution | None = None) -> tuple[Attribution, str]:
+           unseen: int = 0, kept: Attribution | None = None,
+           unrecorded: list[float] | None = None) -> tuple[Attribution, str]:
     """The attribution of a command that ran in a multiplexer session, and the note that says
     why: `starter` is who started the server (by its own chain), `clients` those attached or
     injecting when the command ran (role set), `unseen` connections whose client process is not
     known (counted as unknown people), `kept` what to answer when no client was there (the
-    chain's own attribution; default the starter's)."""
+    chain's own attribution; default the starter's), `unrecorded` when earlier connections
+    whose client is not known began (no end known: they may still have been attached)."""
     name = label(kind)
     started = f"started by {who_said(starter)}"
     if not clients and not unseen:
         note = (f"no client was attached to the {name} server (pid {server_pid}, {started}) when it ran: "
                 "a detached job or input from a script")
         out = dataclasses.replace(kept or starter)
+        if unrecorded:
+            # a connection whose client went unrecorded has no known end: "no one was there" is
+            # then what the record shows, not what is known
+            n = len(unrecorded)
+            note = (f"no recorded client was attached to the {name} server (pid {server_pid}, {started}) when it "
+                    f"ran, but {n} connection{'s' if n != 1 else ''} from a client the agent did not record "
+                    f"(from {clock(unrecorded[0])}) may still have been")
+            if out.confidence == OBSERVED:
+                out.confidence = INFERRED
         out.notes = [*out.notes, note]
         return out, note
     people = list(dict.fromkeys(c.who.user for c in clients if c.who.known))

@@ -871,6 +871,15 @@ class Store:
             "ORDER BY coalesce(u.ts_connect, u.ts_accept), u.id", [server_proc, t0, t1])
         return [self._uconn(r) for r in rows]
 
+    def unrecorded_unix_clients(self, server_proc: int, t: float) -> list[float]:
+        """When the connections to a server process whose client is not known (an accept with no
+        uconnect and no peer named: a lost record, a client the agent does not see) began, up to
+        t, earliest first: with no end known, each may still have been open at t."""
+        return [r[0] for r in self.db.execute(
+            "SELECT coalesce(ts_connect, ts_accept) AS since FROM uconns WHERE client_proc IS NULL "
+            "AND id IN (SELECT id FROM uconns WHERE server_proc = ?1 UNION SELECT id FROM uconns WHERE listener_proc = ?1) "
+            "AND since <= ?2 ORDER BY since LIMIT 100", [server_proc, t])]
+
     def unix_conns_of(self, client_proc: int) -> list[dict[str, Any]]:
         """The unix connections a process made (as their client), earliest first."""
         rows = self.db.execute(f"{self.UCONN_READ} WHERE u.client_proc = ? "
