@@ -329,7 +329,7 @@ def _shared_sessions(tr: Trace) -> str:
                  if rows else '<p class="hint">No client used it when the command ran.</p>')
         out.append(f'<div class="shared {escape(ss.kind)}" id="shared-{i}">'
                    f"<h3>{escape(shared.title(ss))}, {escape(shared.started_said(ss))}</h3>"
-                   + (f'<p class="socket">socket <code>{escape(ss.path)}</code></p>' if ss.path else "")
+                   + (f'<p class="socket">socket <code>{escape(_cut(ss.path, MAX_COMMAND))}</code></p>' if ss.path else "")
                    + (f'<p class="note">{escape(ss.note)}</p>' if ss.note else "")
                    + table + "</div>")
     out.append("</section>")
