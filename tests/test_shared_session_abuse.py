@@ -104,3 +104,124 @@ def test_a_hostile_conn_id_never_reaches_a_view(tmp_path):
     assert tr.attributed.user == "bob"
     for out in (render_trace(tr, NOW), render_html(tr, NOW).split('id="trace-data"')[0]):
         assert "<!channel>" not in out and "\x1b" not in out and "c" * 200 not in out
+
+
+# --- conflicting and partial evidence about one connection --------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an accept whose client the agent could name only by pid (peer_pid, no peer_start: a process its table "
+    "did not know) is a connection whose client is not known, yet Store.unix_clients counts such an accept "
+    "only in a window it began in: a client attached at 101 is forgotten by a command at 200 and the "
+    "starter is named, observed, with 'no client was attached'. Fix: count an accept with no known client "
+    "as possibly attached while its server lives (the 'unseen' path of Tracer._mux_clients), or resolve "
+    "peer_pid to the process with that pid alive at the accept once both are stored"))
+def test_an_accept_from_a_client_known_only_by_pid_keeps_the_starter_from_being_named(tmp_path):
+    ev = jims_session() + [{**B.uaccept(101.03, 212, "c-root", path=SOCK), "peer_pid": 999, "peer_uid": 0}] \
+        + typed_in_the_pane()
+    store = store_with(ev, str(tmp_path / "peer.db"))
+    (tr,) = Tracer(store, PEOPLE).find(Query(pattern="rm -rf /srv"))
+    assert not (tr.attributed.user == "jim" and tr.attributed.confidence == "observed")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "merge_uconn says each column is a function of the set of events, but two uconnects (or two uaccepts) "
+    "naming different processes for one conn leave whichever came last: re-ingesting the same events in "
+    "another order names another client. The real agent's conn ids are unique, so only a faulty or lying "
+    "producer sends this; fix: let the earliest event of each side win (ties by process id), as ts_connect "
+    "already does"))
+def test_two_connects_naming_different_clients_for_one_conn_give_one_row_in_any_order():
+    import itertools
+    events = [B.uconnect(10, 500, SOCK, "c-1", peer=(212, 212000)), B.uconnect(11, 600, SOCK + "x", "c-1")]
+    rows = set()
+    for order in itertools.permutations(events):
+        store = store_with(list(order))
+        r = store.db.execute("SELECT client_proc, path FROM uconns WHERE conn = 'c-1'").fetchone()
+        rows.add((store.proc(r[0]).pid, r[1]))
+    assert len(rows) == 1, rows
+
+
+# --- the agent: an unprivileged user's connect storm to a watched prefix (BPF, live) -------
+
+STORM = r'''
+import socket, sys, time
+path, seconds, role = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+if role == "server":
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(4096)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        c.close()
+n, end = 0, time.time() + seconds
+while time.time() < end:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        c.connect(path)
+        n += 1
+    except OSError:
+        pass
+    c.close()
+print(n, flush=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def storm(tmp_path_factory):
+    """nobody (uid 65534) listens under /tmp/tmux-<tag>/ - a watched prefix anyone may create -
+    and connects to it from three processes for 8 s, while root runs /bin/true as a canary."""
+    import os
+    import subprocess
+    import time
+    import uuid
+
+    from test_agent_live import REASON
+    if REASON is not None:
+        pytest.skip(f"BPF capture unavailable: {REASON}")
+    from test_unix_live import OutAgent
+    tag = uuid.uuid4().hex[:6]
+    d = f"/tmp/tmux-storm{tag}"
+    os.makedirs(d)
+    os.chown(d, 65534, 65534)
+    sock, seconds = f"{d}/s", 8.0
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", STORM, sock,
+              str(seconds)]
+    try:
+        with OutAgent(tmp_path_factory.mktemp("storm"), prefixes=["/tmp/tmux-"], comms=["ssh", "tmux", "screen"]) \
+                as agent:
+            server = subprocess.Popen(nobody + ["server"], stdout=subprocess.PIPE, text=True)
+            assert server.stdout.readline().strip() == "ready"
+            clients = [subprocess.Popen(nobody + ["client"], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+            ran, end = 0, time.time() + seconds
+            while time.time() < end:
+                subprocess.run(["/bin/true", f"canary-{tag}-{ran}"])
+                ran += 1
+            made = sum(int(c.communicate(timeout=60)[0].strip() or 0) for c in clients)
+            server.kill()
+            server.wait()
+    finally:
+        if os.path.exists(sock):
+            os.unlink(sock)
+        os.rmdir(d)
+    seen = sum(1 for e in agent.kinds("exec") if e["argv"][-1].startswith(f"canary-{tag}-"))
+    return {"made": made, "ran": ran, "seen": seen, "losses": agent.kinds("loss"),
+            "unix": len([e for e in agent.kinds("uconnect", "uaccept") if e.get("path") == sock])}
+
+
+def test_a_connect_storm_loses_nothing_without_a_loss_record(storm):
+    assert storm["made"] > 0 and storm["unix"] > 0
+    if storm["seen"] < storm["ran"]:
+        lost = sum(e["count"] for e in storm["losses"])
+        assert lost >= storm["ran"] - storm["seen"], storm
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: nobody's 3 processes made ~446k connects in 8 s to a socket under /tmp/tmux- (a default "
+    "watched prefix any user may create; the default comms ssh/tmux/screen are any program's for a prctl); "
+    "each is a uconnect and a uaccept record, the ring buffer overflowed (561k records lost, said only as "
+    "'ring buffer full') and 58 % of root's canary execs went unrecorded - the same storm to an unwatched "
+    "path lost none. Fix: a per-uid token bucket for unix records in capture.c's sys_enter_connect, its "
+    "drops counted apart and shipped as their own loss record ('unix connects over budget, uid N'), so "
+    "exec, fork and exit keep the ring buffer's room"))
+def test_a_users_connect_storm_costs_no_one_elses_exec(storm):
+    assert storm["seen"] == storm["ran"], storm
