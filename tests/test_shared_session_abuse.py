@@ -225,3 +225,39 @@ def test_a_connect_storm_loses_nothing_without_a_loss_record(storm):
     "exec, fork and exit keep the ring buffer's room"))
 def test_a_users_connect_storm_costs_no_one_elses_exec(storm):
     assert storm["seen"] == storm["ran"], storm
+
+
+# --- secrets in the new fields -------------------------------------------------------------
+
+TOKEN = "ghp_" + "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def test_a_token_in_a_socket_name_reaches_neither_the_store_nor_a_view(tmp_path):
+    # an abstract name is any string its program chose: a token's shape in it is masked as in a
+    # command line, by ingest (and the collector, and the agent: redact_event)
+    tr = hostile_trace(tmp_path, path=f"@{TOKEN}-mux")
+    dump = "\n".join(Store.open(str(tmp_path / "evil.db")).db.conn.iterdump())
+    assert TOKEN not in dump
+    for out in (render_trace(tr, NOW), render_html(tr, NOW),
+                json.dumps(traces_json(Query(pattern="rm"), [tr], NOW))):
+        assert TOKEN not in out
+    assert tr.shared[0].path.startswith("@gh") and tr.attributed.user == "bob"   # the rest is kept
+
+
+def test_the_agent_masks_a_token_in_a_socket_name_it_ships():
+    from test_agent_unix import SK, assembler, unix_rec
+
+    from whodid.agent import decode as d
+    from whodid.agent import unixdiag as ud
+    asm = assembler()
+    name = f"@{TOKEN}".encode()
+    live = asm.feed_all([
+        d.decode(unix_rec(d.EV_UCONNECT, 100, b"\0" + name[1:], b"\0" + name[1:], peer_pid=200, peer_uid=1000,
+                          ts_ns=2_000_000_000)),
+        d.decode(unix_rec(d.EV_UACCEPT, 200, b"", b"\0" + name[1:], peer_pid=100, peer_uid=1000,
+                          ts_ns=2_000_100_000))])
+    found = asm.unix_snapshot([ud.Attached(100, 200, 200, f"/run/user/1000/{TOKEN}", "ino15-t0")], 3_000_000_000)
+    unix = [e for e in live + found if e["kind"] in ("uconnect", "uaccept")]
+    assert len(unix) == 4 and {e["conn"] for e in unix} == {f"{SK:x}-900", "ino15-t0"}
+    assert TOKEN not in json.dumps(unix) and all(e["path"].startswith(("@gh", "/run/user/1000/gh")) for e in unix)
+    assert asm.counts["redacted"] == 4

@@ -196,8 +196,22 @@ def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[li
     return out, changed
 
 
+# a unix connection's socket names: an abstract name is any string a program chose, and may
+# carry a token (`@ghp_...`, a vault token in a per-session socket's name)
+SOCKET_NAMES = {"uconnect": ("path", "bound"), "uaccept": ("path",)}
+
+
 def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) -> bool:
-    """Redact an event's command line in place (exec events carry one); True if changed."""
+    """Redact an event's command line in place (exec events carry one), or a unix connection's
+    socket names by the context-free rules (a token's shape); True if changed."""
+    names = SOCKET_NAMES.get(ev.get("kind"))  # type: ignore[arg-type]
+    if names:
+        changed = False
+        for field in names:
+            value = ev.get(field)
+            if isinstance(value, str) and (new_value := _content(value, rules)) != value:
+                ev[field], changed = new_value, True
+        return changed
     argv = ev.get("argv")
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         return False
