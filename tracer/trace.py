@@ -291,6 +291,10 @@ class Tracer:
             if conn["client"] is None:
                 unseen += multiplexer.role(kind, [], conn["since"], conn["until"], t, window) == ATTACHED
                 continue
+            if any(c.proc == conn["client"] for c in clients):
+                # one client, found again: each agent restart's snapshot (unixdiag) names the
+                # connection anew, at the time it was found; its earliest is when it connected
+                continue
             proc = self.store.proc(conn["client"])
             images = self.store.images(proc.id)
             image = next((im for im in reversed(images) if im.ts <= conn["since"]), images[0] if images else None)
