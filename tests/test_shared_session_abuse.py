@@ -296,3 +296,13 @@ def test_a_client_snapshotted_again_by_each_agent_restart_is_one_client_from_its
     (ss,) = tr.shared
     assert [(c.pid, c.since) for c in ss.clients] == [(310, T0 + 101.02)]
     assert tr.attributed.user == "bob"
+
+
+def test_an_ssh_client_snapshotted_again_by_a_restart_asked_the_master_when_it_connected():
+    from test_sshmux import JUMP, SOCK as CM, master_story, traced
+    ev = master_story() + [
+        {**JUMP.uconnect(305, 310, CM, "ino9-305", peer=(211, 211000)), "snapshot": True},
+        {**JUMP.uaccept(305, 211, "ino9-305", peer=(310, 310000), path=CM), "snapshot": True}]
+    tr = traced(ev)
+    assert tr.attributed.user == "bob"
+    assert [(c.pid, c.since) for s in tr.shared for c in s.clients] == [(310, T0 + 300.05)]
