@@ -306,3 +306,22 @@ def test_an_ssh_client_snapshotted_again_by_a_restart_asked_the_master_when_it_c
     tr = traced(ev)
     assert tr.attributed.user == "bob"
     assert [(c.pid, c.since) for s in tr.shared for c in s.clients] == [(310, T0 + 300.05)]
+
+
+# --- the confidence contract, from the Tracer's own answers --------------------------------
+
+def test_a_client_logged_in_as_root_by_password_is_never_a_person_in_any_view(tmp_path):
+    from kit import ssh_session
+    ev = jims_session() + [
+        *ssh_session(B, 100, 300, "root", 0, "10.0.9.2", 40100, ses=2),
+        B.fork(101, 310, 301), B.exec(101.01, 310, ["tmux", "-S", SOCK, "attach"], uid=0, auid=0, ses=2),
+        B.uconnect(101.02, 310, SOCK, "c-root", peer=(212, 212000)),
+        B.uaccept(101.03, 212, "c-root", peer=(310, 310000), path=SOCK)] + typed_in_the_pane()
+    store = store_with(ev, str(tmp_path / "root.db"))
+    (tr,) = Tracer(store, PEOPLE).find(Query(pattern="rm -rf /srv"))
+    assert tr.attributed.user != "jim" and not tr.attributed.known     # root typed, not jim
+    (m,) = traces_json(Query(pattern="rm"), [tr], NOW)["matches"]
+    (ss,) = m["shared_sessions"]
+    (c,) = ss["clients"]
+    assert (c["person"], c["account"]) == (None, "root") and m["attributed_to"]["user"] is None
+    assert "attached when it ran: person unknown (account root, from" in render_trace(tr, NOW)
