@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from . import decode as d
 from .procfs import TICK_NS, ProcFS
-from .redact import DEFAULT_RULES, redact, redact_fitted
+from .redact import DEFAULT_RULES, redact, redact_event, redact_fitted
 from whodid.tracer.events import plain_ip
 
 AUID_UNSET = 4294967295
@@ -405,6 +405,7 @@ class Assembler:
                 ev["peer_start"] = peer.start
         if rec.peer_uid is not None:
             ev["peer_uid"] = rec.peer_uid
+        self.counts["redacted"] += redact_event(ev, self.rules)     # a socket's name may carry a token
         out.append(ev)
         return out
 
@@ -425,6 +426,8 @@ class Assembler:
             out.append(self._ev("uaccept", ts_ns, pid=a.server_pid, start=server.start, conn=a.conn, path=a.path,
                                 peer_pid=a.client_pid, peer_start=client.start, peer_uid=client.uid,
                                 snapshot=True))
+        for ev in out:
+            self.counts["redacted"] += redact_event(ev, self.rules)
         return out
 
     # --- logins (from sshd's log) ------------------------------------------------------

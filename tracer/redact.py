@@ -66,7 +66,12 @@ TOOLS = (MYSQL | PSQL | MONGO | LOGIN | SHELLS | LDAP | SMB | SNMP | ORACLE | MO
     "sshpass redis-cli curl http https xh xhs htpasswd kubectl oc openssl aws gh rabbitmqctl ssh scp rsync sftp "
     "git watch zip unzip 7z 7za 7zr sqlcmd bcp useradd usermod nmcli xfreerdp ipmitool racadm cqlsh "
     "rabbitmqadmin lftp etcdctl isql iusql wpa_passphrase rclone neo4j-admin neo4j ssh-keygen doctl "
-    "ansible-vault rsync".split()))
+    "ansible-vault rsync tmux screen".split()))
+# terminal multiplexers: an argument with spaces is a command they run with sh -c (tmux new
+# 'CMD', run-shell, split-window) or keys typed into a shell (send-keys 'mysql -pX' Enter,
+# screen -X stuff 'psql ...'), so a script either way; `tmux setenv NAME VALUE` stores a value
+MULTIPLEXERS = frozenset(("tmux", "screen"))
+TMUX_SETENV = frozenset(("setenv", "set-environment"))
 # interpreters whose -c/-e CODE is redacted as text (its strings may be argvs and scripts)
 INTERPRETERS = frozenset("python python2 python3 perl ruby node nodejs php lua".split()) | frozenset(
     f"python3.{minor}" for minor in range(6, 15))
@@ -191,8 +196,22 @@ def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[li
     return out, changed
 
 
+# a unix connection's socket names: an abstract name is any string a program chose, and may
+# carry a token (`@ghp_...`, a vault token in a per-session socket's name)
+SOCKET_NAMES = {"uconnect": ("path", "bound"), "uaccept": ("path",)}
+
+
 def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) -> bool:
-    """Redact an event's command line in place (exec events carry one); True if changed."""
+    """Redact an event's command line in place (exec events carry one), or a unix connection's
+    socket names by the context-free rules (a token's shape); True if changed."""
+    names = SOCKET_NAMES.get(ev.get("kind"))  # type: ignore[arg-type]
+    if names:
+        changed = False
+        for field in names:
+            value = ev.get(field)
+            if isinstance(value, str) and (new_value := _content(value, rules)) != value:
+                ev[field], changed = new_value, True
+        return changed
     argv = ev.get("argv")
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         return False
@@ -492,6 +511,11 @@ def _argv(argv: list[str], rules: tuple[Rule, ...], depth: int) -> list[str]:
             new = arg[:2] + MASK                               # sshpass -pX, ldapsearch -wX, 7z a -pX
         elif tool == "watch" and " " in arg:
             new = _script(arg, rules, depth)                   # watch runs its command with sh -c
+        elif tool in MULTIPLEXERS and " " in arg:
+            new = _script(arg, rules, depth)                   # tmux send-keys 'mysql -pX' Enter, tmux new 'CMD'
+        elif tool == "tmux" and len(positionals) >= 3 and positionals[-3] in TMUX_SETENV \
+                and positionals[-1] == arg and secret_name(positionals[-2]):
+            new = new if new != arg or MASK in arg else MASK   # tmux setenv [-g] DB_PASSWORD VALUE
         elif tool == "nmcli" and arg in ("password", "wifi-sec.psk", "802-11-wireless-security.psk") \
                 and nxt is not None:
             mask_next = _pass_arg                              # nmcli dev wifi connect SSID password X

@@ -112,6 +112,19 @@ class Trace:
     shared: list[SharedSession] = field(default_factory=list)
 
 
+
+def first_per_client(uconns) -> list[dict[str, Any]]:
+    """Unix connections (earliest first), one per client process: each restarted agent's
+    snapshot (agent/unixdiag.py) finds a connection still open anew, under a new conn id and at
+    the time it was found; the client's earliest is when it connected."""
+    seen: set[int] = set()
+    out = []
+    for u in uconns:
+        if u["client"] not in seen:
+            seen.add(u["client"])
+            out.append(u)
+    return out
+
 class Tracer:
     def __init__(self, store: Store, identity: Identity | None = None, settings: Settings | None = None):
         self.store = store
@@ -303,6 +316,8 @@ class Tracer:
             if conn["client"] is None:
                 unseen += multiplexer.role(kind, [], conn["since"], conn["until"], t, window) == ATTACHED
                 continue
+            if any(c.proc == conn["client"] for c in clients):
+                continue            # found again by a restarted agent's snapshot: first_per_client
             proc = self.store.proc(conn["client"])
             images = self.store.images(proc.id)
             image = next((im for im in reversed(images) if im.ts <= conn["since"]), images[0] if images else None)
@@ -849,7 +864,8 @@ class Tracer:
         forks = [k for k in sorted(kids.values(), key=lambda k: k.id) if not self.store.images(k.id)]
         for p in [client, *forks]:
             # its channels may come any time the connection stands: every client from its start on
-            uconns = [u for u in self.store.unix_clients(p.id, since, float("inf")) if u["client"] is not None]
+            uconns = first_per_client(u for u in self.store.unix_clients(p.id, since, float("inf"))
+                                      if u["client"] is not None)
             if uconns:
                 return p, uconns
         if sshmux.is_master(self._argv_at(client, None)):

@@ -327,9 +327,10 @@ def _shared_sessions(tr: Trace) -> str:
         table = ("<table><thead><tr><th>did</th><th>person</th><th>when</th><th>command</th><th>host</th>"
                  f"<th>pid</th><th>its chain, and why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
                  if rows else '<p class="hint">No client used it when the command ran.</p>')
+        socket = f'<p class="socket">socket <code>{escape(_cut(ss.path, MAX_COMMAND))}</code></p>' if ss.path else ""
         out.append(f'<div class="shared {escape(ss.kind)}" id="shared-{i}">'
                    f"<h3>{escape(shared.title(ss))}, {escape(shared.started_said(ss))}</h3>"
-                   + (f'<p class="socket">socket <code>{escape(ss.path)}</code></p>' if ss.path else "")
+                   + socket
                    + (f'<p class="note">{escape(ss.note)}</p>' if ss.note else "")
                    + table + "</div>")
     out.append("</section>")
