@@ -6,12 +6,15 @@ descend from, with its own client port and key - never to another connection's.
 Seen in the namespaced lab: sshd's listener accepted 55320 and forked, then accepted 55330 and
 forked; in a pid namespace the agent knows a child by its own pid only at its first record, and
 the second child ran first, so both logins were joined to it and the Tracer, seeing two logins
-on one process, named no one. Played twice: in the lab (agents in pid namespaces, `sshd -E`
-lines without a pid) and on this machine (the agent's normal mode, sshd on a loopback port).
+on one process, named no one. Played three times: in the lab (agents in pid namespaces, `sshd -E`
+lines without a pid), and on this machine in the agent's normal mode with sshd on a loopback
+port, logging with `-E` or through syslog (`sshd[PID]: Accepted ...`, as auth.log has it), or
+with its lines reaching the agent only after every session has ended (a slow log pipeline).
 """
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -47,7 +50,27 @@ def play(ssh_as) -> list[dict]:
     return sessions
 
 
-@pytest.fixture(scope="module", params=["lab", "host"])
+# syslog for one sshd: in a mount namespace of its own, /dev is a copy with a /dev/log that writes
+# each message to a file as auth.log has it ("Nov 30 15:24:17 sshd[1085]: Accepted ...")
+SYSLOGGED = """set -e
+mkdir -p "$W/dev" && mount --rbind /dev "$W/dev" && mount -t tmpfs -o mode=755 tmpfs /dev
+for n in null zero urandom random tty full ptmx; do touch /dev/$n; mount --bind "$W/dev/$n" /dev/$n; done
+for d in pts shm; do mkdir /dev/$d; mount --rbind "$W/dev/$d" /dev/$d; done
+python3 -c '
+import os, re, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/dev/log")
+open(sys.argv[2], "w").write(str(os.getpid()))
+with open(sys.argv[1], "a", buffering=1) as out:
+    while True:
+        out.write(re.sub(r"^<[0-9]+>", "", s.recv(65536).decode("utf-8", "replace")).rstrip("\\n") + "\\n")
+' "$W/sshd.log" "$W/syslog.pid" &
+while [ ! -s "$W/syslog.pid" ]; do sleep 0.1; done
+exec /usr/sbin/sshd -D -f "$W/sshd_config"
+"""
+
+
+@pytest.fixture(scope="module", params=["lab", "host", "host-syslog", "host-late"])
 def played(request, tmp_path_factory):
     work = tmp_path_factory.mktemp("logins")
     db = work / "logins.db"
@@ -66,28 +89,41 @@ def played(request, tmp_path_factory):
                                     text=True, check=True).stdout.split()[1]
     (work / "authorized_keys").write_text((work / "jim.pub").read_text() + (work / "bob.pub").read_text())
     port, log = free_port(), work / "sshd.log"
+    read = work / "auth.log" if request.param == "host-late" else log     # what the agent follows
+    read.touch()
     (work / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host\nAuthorizedKeysFile {work}/authorized_keys\n"
         f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM yes\nStrictModes no\n"
         f"PidFile {work}/sshd.pid\nMaxStartups 100\n")
     os.makedirs("/run/sshd", exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(work / "sshd_config"), "-E", str(log)])
+    if request.param == "host-syslog":
+        sshd = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", SYSLOGGED],
+                                env=dict(os.environ, W=str(work)))
+    else:
+        sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(work / "sshd_config"), "-E", str(log)])
 
     def ssh_as(key, cmd):
         return subprocess.Popen(["ssh", "-i", str(work / key), "-p", str(port), *SSH_OPTS, "root@127.0.0.1", cmd],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ssh = os.path.realpath(shutil.which("ssh"))
-        with LocalAgent(db, work / "ready", "--auth-log", str(log), "--exclude", ssh) as agent:
+        with LocalAgent(db, work / "ready", "--auth-log", str(read), "--exclude", ssh) as agent:
             for _ in range(50):                               # the listener is up
                 if (work / "sshd.pid").exists():
                     break
                 time.sleep(0.1)
             sessions = play(ssh_as)
+            if read != log:
+                time.sleep(1.0)                               # every session's processes gone
+                read.write_text(log.read_text())
             time.sleep(1.5)
     finally:
         sshd.terminate()
         sshd.wait(timeout=30)
+        if (work / "syslog.pid").exists():
+            os.kill(int((work / "syslog.pid").read_text()), signal.SIGTERM)
+    if request.param == "host-syslog":
+        assert "sshd[" in log.read_text(), log.read_text()       # the lines carry sshd's pid
     return dict(sessions=sessions, keys=keys, db=db, host="live", raddr="127.0.0.1", err=agent.err)
 
 
