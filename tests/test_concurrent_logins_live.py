@@ -13,6 +13,7 @@ with its lines reaching the agent only after every session has ended (a slow log
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,12 +41,13 @@ def play(ssh_as) -> list[dict]:
         batch = []
         for n, key in enumerate(AT_ONCE):
             mark = f"{MARK}-{r}-{n}"
-            batch.append(dict(key=key, mark=mark, proc=ssh_as(key, f"echo $SSH_CLIENT; /bin/echo {mark}")))
+            batch.append(dict(key=key, mark=mark, proc=ssh_as(key, f"echo client $SSH_CLIENT; /bin/echo {mark}")))
         for s in batch:
             out, _ = s.pop("proc").communicate(timeout=90)
             s["out"] = out
-            words = out.split()
-            s["port"] = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+            # the client's port, as sshd told the session (root's shell start-up may print more)
+            port = re.search(r"^client \S+ (\d+) \d+$", out, re.M)
+            s["port"] = int(port[1]) if port else None
         sessions += batch
     return sessions
 
