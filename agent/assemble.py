@@ -78,9 +78,11 @@ class Assembler:
         self.pending_argv: dict[int, d.ExecArgs] = {}
         self.passive: OrderedDict[tuple[str, int], tuple[str, int]] = OrderedDict()
         # for joining sshd's log lines to its processes: who accepted which peer, and what
-        # the accepting processes forked next
+        # the accepting processes forked after. A fork in a pid namespace whose child has not
+        # shown its own pid yet is there too, as (fork time, None, pid outside): it still takes
+        # its place in the order of forks (see _served_by)
         self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
-        self.forks_of: dict[int, list[tuple[int, int, int]]] = {}     # (fork time, child pid, its start)
+        self.forks_of: dict[int, list[tuple[int, int | None, int]]] = {}   # (fork time, child pid, its start)
         self.uclients: OrderedDict[str, tuple[int, int]] = OrderedDict()   # unix conn -> client (pid, start)
         self.pending_logins: list[tuple[float, Any]] = []
         self._setid_bits: dict[str, tuple[int, tuple[int | None, int | None]]] = {}   # path -> (when, bits)
@@ -201,7 +203,7 @@ class Assembler:
         born: list[dict[str, Any]] = []
         if self.unborn and h.gpid in self.unborn and h.type != d.EV_PASSIVE:
             ts_ns, child = self.unborn.pop(h.gpid)
-            born = self._born(h.pid, child, ts_ns)
+            born = self._born(h.pid, child, ts_ns, outside=h.gpid)
         if self.own_pid is not None and h.pid == self.own_pid and not isinstance(rec, d.Sock):
             return born
         if self.excluded and h.pid in self.excluded and h.type != d.EV_PASSIVE:
@@ -221,12 +223,21 @@ class Assembler:
         parent, out = self._state(parent_pid, ts_ns)
         return out + self._born(child_pid, parent.child(ts_ns, parent_pid), ts_ns)
 
-    def _born(self, child_pid: int, child: ProcState, ts_ns: int) -> list[dict[str, Any]]:
-        """The fork of child_pid, with what it inherited at fork time (child.ppid, .pstart)."""
+    def _born(self, child_pid: int, child: ProcState, ts_ns: int, outside: int | None = None) -> list[dict[str, Any]]:
+        """The fork of child_pid, with what it inherited at fork time (child.ppid, .pstart);
+        outside is its pid outside our pid namespace, when its fork was recorded before it."""
         self.procs[child_pid] = child
         parent_pid = child.ppid
-        if parent_pid in self.forks_of:
-            self.forks_of[parent_pid] = self.forks_of[parent_pid][-63:] + [(ts_ns, child_pid, child.start)]
+        forks = self.forks_of.get(parent_pid)
+        if forks is not None:
+            entry = (ts_ns, child_pid, child.start)
+            # in its fork's place: children show up in any order, and the first fork after an
+            # accept is the one that serves it
+            at = forks.index((ts_ns, None, outside)) if (ts_ns, None, outside) in forks else None
+            if at is None:
+                self.forks_of[parent_pid] = forks[-63:] + [entry]
+            else:
+                forks[at] = entry
         return [self._ev("fork", ts_ns, pid=child_pid, start=child.start, ppid=parent_pid, pstart=child.pstart)]
 
     def _feed(self, rec: d.Record) -> list[dict[str, Any]]:
@@ -241,6 +252,8 @@ class Assembler:
             if self.pid_namespace:
                 parent, out = self._state(h.pid, h.ts_ns)
                 self.unborn[rec.child] = (h.ts_ns, parent.child(h.ts_ns, h.pid))
+                if h.pid in self.forks_of:
+                    self.forks_of[h.pid] = self.forks_of[h.pid][-63:] + [(h.ts_ns, None, rec.child)]
                 while len(self.unborn) > 65536:               # children that died unseen
                     self.unborn.pop(next(iter(self.unborn)))
                 return out
@@ -456,14 +469,39 @@ class Assembler:
         a program named sshd - naming their own shell, which would make it jim's login. The process
         that logs it is sshd's monitor: root (uid and euid; a setuid program a user runs keeps
         their uid), running sshd's program (sshd, sshd-session), and forked by the listener whose
-        accept of that client was seen, when it was. Else the line is joined by the accept alone."""
+        accept of that client was seen, when it was - after that accept and before the listener's
+        next one: a line read late may name a pid that sshd has given since to another
+        connection's process. Else the line is joined by the accept alone."""
         st = self.procs.get(pid) if pid is not None else None
         if st is None or st.uid != 0 or st.euid != 0:
             return False
-        if accepted and st.ppid != accepted[0]:
-            return False
+        if accepted:
+            since, until = self._serving(accepted)
+            if st.ppid != accepted[0] or st.start < since or (until is not None and st.start >= until):
+                return False
         exe = self.procfs.exe(pid)
         return bool(exe) and os.path.basename(exe).startswith("sshd")
+
+    def _serving(self, accepted: tuple[int, int, str, int]) -> tuple[int, int | None]:
+        """When the listener may have forked the process serving this accept: from the accept
+        to the listener's next accept (None: none seen yet). OpenSSH's listener accepts and forks
+        in turn, one connection at a time."""
+        listener, since = accepted[0], accepted[1]
+        later = [ts for pid, ts, _, _ in self.accepted.values() if pid == listener and ts > since]
+        return since, min(later, default=None)
+
+    def _served_by(self, accepted: tuple[int, int, str, int]) -> tuple[int, int] | None:
+        """(pid, start) of the one child the listener forked while serving this accept. Not
+        the first to show up after the accept: in a pid namespace children are known when each
+        first runs, in any order, and two logins from one address at once were both joined to
+        the child that ran first. None - the login waits, then is counted unmatched - while that
+        child has not shown its own pid yet, when no fork was seen, or when there were two (the
+        accept between them was lost): never another connection's process."""
+        since, until = self._serving(accepted)
+        forks = [f for f in self.forks_of.get(accepted[0], ()) if f[0] >= since and (until is None or f[0] < until)]
+        if len(forks) != 1 or forks[0][1] is None:
+            return None
+        return forks[0][1], forks[0][2]
 
     def _login(self, wall_ts: float, acc) -> dict[str, Any] | None:
         """sshd's per-connection process: the child its listener forked after accepting
@@ -474,9 +512,7 @@ class Assembler:
         if found is None and accepted:
             # the session may be over by the time its log line is read: the fork remembers
             # the child's pid and start either way
-            listener, accept_ts = accepted[0], accepted[1]
-            found = next(((child, start) for ts, child, start in self.forks_of.get(listener, [])
-                          if ts >= accept_ts), None)
+            found = self._served_by(accepted)
         if found is None:
             return None
         pid, start = found

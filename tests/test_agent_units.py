@@ -395,6 +395,87 @@ def test_a_login_line_read_after_the_session_ended_still_names_its_process():
     assert asm.match_logins(BOOT_EPOCH + 2, give_up_after=0) == [] and asm.counts["unmatched_login"] == 1
 
 
+def sshd_listener(pid=6, ppid=1):
+    return ProcInfo(pid=pid, ppid=ppid, start_ticks=100, argv=["sshd", "-D"], exe="/usr/sbin/sshd", cwd="/",
+                    uid=0, euid=0, gid=0, egid=0, auid=None, ses=None, tty=None, comm="sshd")
+
+
+def accepted_line(port, pid=None):
+    from whodid.agent.sshd_log import parse_accepted
+    where = f"Nov 30 15:19:08 host-b sshd[{pid}]: " if pid else ""       # `sshd -E FILE` writes no pid
+    return parse_accepted(f"{where}Accepted publickey for ec2-user from 10.77.1.2 port {port} ssh2: "
+                          f"ED25519 SHA256:k{port}")
+
+
+def connection(listener, port, ts_ns, **kw):
+    """A client's connection reaching sshd's listener: the handshake, then its accept()."""
+    return (sock_rec(d.EV_PASSIVE, 0, "10.77.0.2", 22, "10.77.1.2", port, ts_ns=ts_ns - 100),
+            sock_rec(d.EV_ACCEPT, listener, None, 0, "10.77.1.2", port, ts_ns=ts_ns, **kw))
+
+
+def test_two_logins_at_once_in_a_pid_namespace_each_name_their_own_sshd():
+    # Seen in the lab: jim and bob log in from the laptop at the same instant. The listener
+    # accepts 55320 and forks (outside pid 7041), then accepts 55330 and forks (7042). In a pid
+    # namespace a child is known by its own pid at its first record, and 7042's (pid 42) came
+    # first: both logins were joined to pid 42, the first fork seen after either accept.
+    asm = Assembler("host-b", "b", BOOT_EPOCH, FakeProc([sshd_listener()]), NAMES.get, lambda g: None,
+                    pid_namespace=True)
+    asm.snapshot()
+    feed(asm, *connection(6, 55320, 1_000, gpid=6006), hdr(d.EV_FORK, 6, ts_ns=1_100, aux=7041, gpid=6006),
+         *connection(6, 55330, 2_000, gpid=6006), hdr(d.EV_FORK, 6, ts_ns=2_100, aux=7042, gpid=6006))
+    feed(asm, exec_rec(42, "/usr/sbin/sshd", ts_ns=2_200, gpid=7042))              # sshd -R, re-executed
+    asm.add_login(BOOT_EPOCH + 1, accepted_line(55320))
+    asm.add_login(BOOT_EPOCH + 1, accepted_line(55330))
+    (bobs,) = asm.match_logins(BOOT_EPOCH + 1)
+    assert (bobs["rport"], bobs["pid"], bobs["start"]) == (55330, 42, 2_100)
+    # jim's child has not shown its own pid yet: his login waits for it, not joined to pid 42
+    feed(asm, exec_rec(41, "/usr/sbin/sshd", ts_ns=2_300, gpid=7041))
+    (jims,) = asm.match_logins(BOOT_EPOCH + 1)
+    assert (jims["rport"], jims["pid"], jims["start"]) == (55320, 41, 1_100)
+    assert asm.counts["unmatched_login"] == 0
+
+
+def test_a_login_whose_fork_is_ambiguous_is_left_unmatched_not_given_another_connections_sshd():
+    # The accept of a second client was lost (or never recorded): the listener forked twice
+    # after the first accept, and which child serves it cannot be told. Counted, not guessed.
+    asm = assembler([sshd_listener()])
+    asm.snapshot()
+    feed(asm, *connection(6, 55320, 1_000), hdr(d.EV_FORK, 6, ts_ns=1_100, aux=41),
+         hdr(d.EV_FORK, 6, ts_ns=2_100, aux=42))
+    asm.add_login(BOOT_EPOCH + 1, accepted_line(55320))
+    assert asm.match_logins(BOOT_EPOCH + 1, give_up_after=0) == []
+    assert asm.counts["unmatched_login"] == 1
+    # and a fork between an accept and the next is that accept's alone
+    feed(asm, *connection(6, 55330, 3_000), hdr(d.EV_FORK, 6, ts_ns=3_100, aux=43),
+         *connection(6, 55340, 4_000), hdr(d.EV_FORK, 6, ts_ns=4_100, aux=44))
+    asm.add_login(BOOT_EPOCH + 2, accepted_line(55330))
+    asm.add_login(BOOT_EPOCH + 2, accepted_line(55340))
+    assert [(e["rport"], e["pid"]) for e in asm.match_logins(BOOT_EPOCH + 2)] == [(55330, 43), (55340, 44)]
+
+
+def test_a_late_log_lines_pid_given_since_to_another_connections_sshd_is_not_trusted():
+    # "sshd[121]: Accepted ... port 55320" is read after jim's session (pid 121) ended, and
+    # sshd's next child, for bob's connection, got pid 121 again: the line's pid now names
+    # bob's process. The accept of 55320 and the fork after it still name jim's.
+    class Proc(FakeProc):
+        def exe(self, pid):
+            p = self.procs.get(pid)
+            return p.exe if p else None
+
+    procfs = Proc([sshd_listener()])
+    asm = Assembler("web-01", "boot-1", BOOT_EPOCH, procfs, NAMES.get, lambda g: None)
+    asm.snapshot()
+    feed(asm, *connection(6, 55320, 1_000), hdr(d.EV_FORK, 6, ts_ns=1_100, aux=121),
+         hdr(d.EV_EXIT, 121, ts_ns=1_500) + d.EXIT_TAIL.pack(0, 1),
+         *connection(6, 55330, 2_000), hdr(d.EV_FORK, 6, ts_ns=2_100, aux=121))
+    procfs.procs[121] = sshd_listener(121, ppid=6)                               # bob's, running
+    asm.add_login(BOOT_EPOCH + 1, accepted_line(55320, pid=121))
+    asm.add_login(BOOT_EPOCH + 1, accepted_line(55330, pid=121))
+    jims, bobs = asm.match_logins(BOOT_EPOCH + 1)
+    assert (jims["rport"], jims["pid"], jims["start"]) == (55320, 121, 1_100)
+    assert (bobs["rport"], bobs["pid"], bobs["start"]) == (55330, 121, 2_100)
+
+
 @pytest.mark.parametrize("line, expected", [
     ("Nov 23 10:00:00 jump sshd[812]: Accepted publickey for jim from 203.0.113.7 port 53122 ssh2: "
      "ED25519 SHA256:BgGuuwQsUSRWjwuvtcHvRaDMEn7bExlyncVV4SOkANU",
