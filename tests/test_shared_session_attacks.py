@@ -180,14 +180,6 @@ def test_an_unknown_client_that_attached_an_hour_before_is_not_forgotten(tmp_pat
     assert any("from a client the agent did not record" in n for n in tr.notes), tr.notes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a session carried by another person's port forward (jim's plain `ssh -D 1080 db`; bob on jump "
-    "reaches target through it: `ProxyCommand=nc -x localhost:1080`) is jim's, observed, 'corroborated' "
-    "on db and only a 'conflict' note for bob's key on target: db's session process made the TCP connect "
-    "and its login's client is jim's ssh, which no rule sees as shared (no control socket). Fix: treat "
-    "an ssh with -D/-L (or a LocalForward/DynamicForward it accepted TCP connects for) like a master - "
-    "pair the TCP channel with the recorded local connects to its forwarded port (bob's nc) as "
-    "sshmux.pair does, else person unknown with the forwarder and the later key's person as candidates"))
 def test_a_hop_through_someone_elses_socks_forward_is_not_theirs_observed():
     from test_sshmux import BOB_FP, JIM_FP, TARGET
     ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
