@@ -146,8 +146,8 @@ def forwarded_ports(argv) -> list[tuple[str | None, int]]:
 
 def forward_said(argv) -> str:
     """An ssh's forward options as given, for a note: "-D 1080", "-o LocalForward=5432 t:22"."""
-    said = [f"-{letter} {value}" for letter, value in _options(argv)
-            if letter in "DL" or (letter == "o" and (value or "").lower().startswith(("dynamicforward", "localforward")))]
+    said = [f"-{letter} {value}" for letter, value in _options(argv) if letter in "DL"
+            or (letter == "o" and (value or "").lower().startswith(("dynamicforward", "localforward")))]
     return " ".join(said) or "port"
 
 

@@ -1049,7 +1049,10 @@ class Tracer:
             shared.append(SharedSession(kind=rec.kind, host=rec.master.host, proc=rec.master.id,
                                         pid=rec.master.pid, path=rec.path, step=idx, starter=rec.starter,
                                         clients=rec.clients, note=note))
-            if asker:
+            # past a forward the asker is paired by time only: a later hop's key of another person
+            # is as strong as that pairing, so it unsettles the answer rather than sit under it
+            against = self._keys_against(chain[idx + 1:], who) if forward and asker else []
+            if asker and not against:
                 who.notes.append(note)
                 if who.known:
                     who.confidence = stitch.INFERRED
@@ -1063,6 +1066,10 @@ class Tracer:
                            f"its ssh (pid {c.pid} on {c.host}) used the master's control socket"
                            f"{' ' + rec.path if rec.path else ''} from {clock(c.since)}")
                           + (f" to {clock(c.until)}" if c.until is not None else "")]) for c in rec.clients]
+            cands += [stitch.Candidate(
+                person=person, account=lg["user"], host=step.host, login_time=lg["ts"], source=lg.get("raddr"),
+                key_fp=lg.get("key_fp"), evidence=[f"the key used for the later hop to {lg['user']}@{step.host} "
+                                                   f"belongs to {person}"]) for step, lg, person in against]
             st = rec.starter
             cands.append(stitch.Candidate(
                 person=st.user if st.known else (st.account or "?"), account=st.account or "?",
@@ -1070,12 +1077,28 @@ class Tracer:
                 key_fp=st.key_fp, named=st.known,
                 evidence=[f"started the forward (pid {rec.master.pid} on {rec.master.host})" if forward else
                           f"started the master connection (pid {rec.master.pid} on {rec.master.host})"]))
-            how = (f"the hop came through {rec.where}, and {rec.pairing.why}" if forward else
+            why = rec.pairing.why if not against else (
+                f"{rec.by} used it by time, but the key used for the later hop to {against[0][1]['user']}@"
+                f"{against[0][0].host} belongs to {against[0][2]}")
+            how = (f"the hop came through {rec.where}, and {why}" if forward else
                    f"the session came over {rec.where}, and {rec.pairing.why}")
+            kept = [n for n in who.notes if n.startswith("conflict")] if against else []
             who = Attribution(user=stitch.PERSON_UNKNOWN, host=rec.master.host, source=None, login_time=None,
-                              how=how,
-                              account=st.account, notes=[note], confidence=stitch.UNKNOWN, candidates=cands)
+                              how=how, account=st.account, notes=[note, *kept], confidence=stitch.UNKNOWN,
+                              candidates=cands)
         return who, shared
+
+    def _keys_against(self, later: list[Step], who: Attribution) -> list[tuple[Step, dict[str, Any], str]]:
+        """The later logins on a chain whose key names a person other than `who`'s."""
+        out = []
+        for step in later:
+            lg = step.login if step.edge in ("login", "ssh") else None
+            if not lg or lg.get("over_master"):
+                continue
+            person = self.identity.person_for_key(lg.get("key_fp"))
+            if person and person != (who.user if who.known else None):
+                out.append((step, lg, person))
+        return out
 
     def _name(self, host_id: int, uid: int | None) -> str | None:
         if uid is None or uid == AUID_UNSET:

@@ -329,7 +329,7 @@ def _shared_sessions(tr: Trace) -> str:
                  if rows else '<p class="hint">No client used it when the command ran.</p>')
         out.append(f'<div class="shared {escape(ss.kind)}" id="shared-{i}">'
                    f"<h3>{escape(shared.title(ss))}, {escape(shared.started_said(ss))}</h3>"
-                   + (f'<p class="socket">socket <code>{escape(ss.path)}</code></p>' if ss.path else "")
+                   + (f'<p class="socket">{shared.path_said(ss)} <code>{escape(ss.path)}</code></p>' if ss.path else "")
                    + (f'<p class="note">{escape(ss.note)}</p>' if ss.note else "")
                    + table + "</div>")
     out.append("</section>")
@@ -371,7 +371,7 @@ def _page_data(tr: Trace, lay: Layout, details: dict[str, dict], whys: dict) -> 
         nodes[b.id] = {"title": b.command or b.title, "rows": rows, "facts": facts}
     for box, ss in zip(lay.sessions, tr.shared):
         nodes[box.id] = {"title": shared.title(ss), "rows": [
-            ["kind", shared.kind_name(ss)], ["host", ss.host], ["pid", str(ss.pid)], ["socket", ss.path or "?"],
+            ["kind", shared.kind_name(ss)], ["host", ss.host], ["pid", str(ss.pid)], [shared.path_said(ss), ss.path or "?"],
             ["started by", shared.who_said(ss.starter)], ["starter's chain", ss.starter.how], ["note", ss.note]]}
         for cb, c in zip(box.clients, ss.clients):
             if cb.role == "more":

@@ -98,6 +98,11 @@ def line(ss: SharedSession) -> str:
     return "; ".join(parts)
 
 
+def path_said(ss: SharedSession) -> str:
+    """What a session's path is: a socket, or - a forward - the ports it listens on."""
+    return "forwarded port" if ss.kind == SSH_FORWARD else "socket"
+
+
 def no_client(ss: SharedSession) -> str:
     return NO_CLIENT.get(ss.kind, "no client was attached when it ran")
 
@@ -135,7 +140,8 @@ def client_why(ss: SharedSession, c: SessionClient) -> str:
     did = {ATTACHED: f"was attached to the {kind_name(ss)}",
            INJECTED: f"sent keys into the {kind_name(ss)}",
            ASKED: f"asked the {kind_name(ss)} for the session the command ran in",
-           USED: f"connected to the {kind_name(ss)}'s port ({ss.path}) for the hop the chain came through"}.get(c.role, f"used the {kind_name(ss)}")
+           USED: f"connected to the {kind_name(ss)}'s port ({ss.path}) for the hop the chain came through",
+           }.get(c.role, f"used the {kind_name(ss)}")
     command = c.command if len(c.command) <= 200 else c.command[:199] + "…"
     return (f"{command} (pid {c.pid} on {c.host}) {did}, {when_said(c)}; its own chain: {c.summary} "
             f"(person: {who_said(c.who)})")
