@@ -24,6 +24,9 @@ The rule (pure; the Tracer gathers the facts, trace.py):
   the clients that fit as well are candidates - never a silent guess. When the best pairing
   gives the target no client - each that may have asked fits another channel better - no one is
   named, and those clients are the candidates.
+- A local port forward (`ssh -D`, `-L`) is the same shape: its users ask for TCP channels by
+  connecting to the forwarded port (`forwarded_ports`); the Tracer gives them as clients with
+  `asks=TCP` (trace.py: _shared_forward), and they pair as `-W` clients do.
 - Evidence goes missing (a lost event, a request that failed, clocks further apart than
   `skew`): the pairing then leaves a channel or a client unpaired rather than shift every
   pairing after it, and says when it could not decide.
