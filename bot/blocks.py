@@ -203,8 +203,7 @@ def shared_sessions(tr: Trace) -> list[dict]:
                 lines.append(f"*{shared.ROLE_SAID.get(role, role)}:* " + ", ".join(
                     f"{code(shared.client_said(c))} via {code(_short(c.command, MAX_COMMAND))}" for c in room))
         if not ss.clients:
-            lines.append("no client " + ("asked the master" if ss.kind == "ssh-master" else "was attached")
-                         + " when it ran")
+            lines.append(shared.no_client(ss))
         elif shown < len(ss.clients):
             lines.append(f"and {len(ss.clients) - shown} more clients in the chain in the thread")
         out.append(context("\n".join(lines)))

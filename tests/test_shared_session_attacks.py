@@ -171,23 +171,8 @@ def test_a_flood_of_mux_clients_is_not_paired_one_matching_per_client(monkeypatc
     assert pair(calm_ch, calm, calm_ch[4], own_first=False, rtt=5.0, skew=2.0).asker == calm[4]
 
 
-# --- open holes (strict xfail: each says what is wrong and what would fix it) ------------------
+# --- a port forward: jim's plain `ssh -D 1080 db`, bob's nc through it (was a strict xfail) --------
 
-def test_an_unknown_client_that_attached_an_hour_before_is_not_forgotten(tmp_path):
-    ev = jims_session() + [B.uaccept(100, 212, "c-x", path=SOCK)] + typed_in_the_pane(at=4000)
-    tr = trace_of(tmp_path, ev)
-    assert tr.attributed.user == PERSON_UNKNOWN or tr.attributed.confidence == INFERRED, tr.attributed
-    assert any("from a client the agent did not record" in n for n in tr.notes), tr.notes
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "a session carried by another person's port forward (jim's plain `ssh -D 1080 db`; bob on jump "
-    "reaches target through it: `ProxyCommand=nc -x localhost:1080`) is jim's, observed, 'corroborated' "
-    "on db and only a 'conflict' note for bob's key on target: db's session process made the TCP connect "
-    "and its login's client is jim's ssh, which no rule sees as shared (no control socket). Fix: treat "
-    "an ssh with -D/-L (or a LocalForward/DynamicForward it accepted TCP connects for) like a master - "
-    "pair the TCP channel with the recorded local connects to its forwarded port (bob's nc) as "
-    "sshmux.pair does, else person unknown with the forwarder and the later key's person as candidates"))
 def test_a_hop_through_someone_elses_socks_forward_is_not_theirs_observed():
     from test_sshmux import BOB_FP, JIM_FP, TARGET
     ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
@@ -211,6 +196,15 @@ def test_a_hop_through_someone_elses_socks_forward_is_not_theirs_observed():
     tr = traced(ev, "terraform")
     assert tr.attributed.user in ("bob", PERSON_UNKNOWN), tr.attributed
     assert "corroborated" not in words(tr)
+
+
+# --- open holes (strict xfail: each says what is wrong and what would fix it) ------------------
+
+def test_an_unknown_client_that_attached_an_hour_before_is_not_forgotten(tmp_path):
+    ev = jims_session() + [B.uaccept(100, 212, "c-x", path=SOCK)] + typed_in_the_pane(at=4000)
+    tr = trace_of(tmp_path, ev)
+    assert tr.attributed.user == PERSON_UNKNOWN or tr.attributed.confidence == INFERRED, tr.attributed
+    assert any("from a client the agent did not record" in n for n in tr.notes), tr.notes
 
 
 @pytest.mark.xfail(strict=True, reason=(

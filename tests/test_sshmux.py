@@ -382,3 +382,162 @@ def test_a_session_found_already_running_is_not_the_masters_owners_by_default():
     tr = traced(ev, "terraform")
     assert (tr.attributed.user, tr.attributed.confidence) == (PERSON_UNKNOWN, UNKNOWN), (tr.attributed, tr.chain)
     assert "corroborated" not in words(tr)
+
+
+# --- ssh port forwards: a hop through someone's -D/-L (trace.py: _shared_forward) -------------
+
+from whodid.tracer.sharing import SSH_FORWARD, USED                             # noqa: E402
+from whodid.tracer.sshmux import forwarded_ports                                 # noqa: E402
+
+
+def test_forwarded_ports_read_D_L_and_their_o_spellings():
+    assert forwarded_ports(["ssh", "-D", "1080", "db"]) == [(None, 1080)]
+    assert forwarded_ports(["ssh", "-fNL", "5432:target:22", "db"]) == [(None, 5432)]
+    assert forwarded_ports(["ssh", "-o", "DynamicForward=1080", "db"]) == [(None, 1080)]
+    assert forwarded_ports(["ssh", "-o", "LocalForward=5432 target:22", "db"]) == [(None, 5432)]
+    assert forwarded_ports(["ssh", "-L", "127.0.0.1:5432:t:22", "-D[::1]:9", "db"]) == [("127.0.0.1", 5432), ("::1", 9)]
+    assert forwarded_ports(["ssh", "-D", "*:1080", "db"]) == [("*", 1080)]
+    assert forwarded_ports(["ssh", "-L", "/tmp/s:t:22", "db"]) == []              # a unix socket: no port
+    assert forwarded_ports(["ssh", "-W", "h:22", "db"]) == forwarded_ports(["ssh", "db", "-D", "1080"]) == []
+
+
+def forwarder(fwd=("-D", "1080")):
+    """jim logs in to jump and runs a plain ssh with a forward to ec2-user@db (pid 210, his key);
+    db's login (400) and its session process (401)."""
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += [JUMP.fork(100, 210, 201), JUMP.exec(100.01, 210, ["ssh", *fwd, "ec2-user@db"], uid=1001, auid=1001, ses=200),
+           JUMP.connect(100.05, 210, DB.addr, 22, lport=40001)]
+    ev += [DB.exec(0, 100, ["/usr/sbin/sshd", "-D"], snapshot=True), DB.fork(100.1, 400, 100),
+           DB.exec(100.11, 400, ["sshd:", "ec2-user", "[priv]"]),
+           DB.login(100.3, 400, "ec2-user", JUMP.addr, 40001, key_fp=JIM_FP, ses=7), DB.fork(100.35, 401, 400)]
+    return ev
+
+
+def forward_user(pid, shell, uid, ses, ts, port=1080, addr="127.0.0.1"):
+    """A person's ssh to target (pid) whose ProxyCommand nc (pid + 1) connects to the forward."""
+    return [JUMP.fork(ts, pid, shell),
+            JUMP.exec(ts + 0.01, pid, ["ssh", "-o", f"ProxyCommand=nc -X 5 -x localhost:{port} %h %p",
+                                       "ec2-user@target"], uid=uid, auid=uid, ses=ses),
+            JUMP.fork(ts + 0.02, pid + 1, pid),
+            JUMP.exec(ts + 0.03, pid + 1, ["nc", "-X", "5", "-x", f"localhost:{port}", "target", "22"], uid=uid,
+                      auid=uid, ses=ses),
+            JUMP.connect(ts + 0.04, pid + 1, addr, port, lport=51000 + pid, laddr=addr)]
+
+
+def through_forward(ts, key=BOB_FP):
+    """db's session process 401 connects to target (the forward's channel); a login there with
+    `key` runs terraform."""
+    ev = [DB.connect(ts, 401, TARGET.addr, 22, lport=50000)]
+    ev += ssh_session(TARGET, ts + 0.1, 700, "ec2-user", 1000, DB.addr, 50000, key, ses=9)
+    return ev + [TARGET.fork(ts + 50, 710, 701), TARGET.exec(ts + 50.01, 710, ["terraform", "destroy"], uid=1000,
+                                                              auid=1000, ses=9)]
+
+
+def bob_on_jump():
+    return ssh_session(JUMP, 200, 300, "bob", 1002, "198.51.100.23", 41870, BOB_FP)
+
+
+def test_bob_through_jims_L_forward_is_bob_inferred_and_the_forward_is_shown():
+    ev = forwarder(("-L", "2222:target:22")) + bob_on_jump() + forward_user(310, 301, 1002, 300, 300.0, port=2222)
+    tr = traced(ev + through_forward(300.1), "terraform")
+    who = tr.attributed
+    assert (who.user, who.confidence) == ("bob", INFERRED), (who, tr.chain)
+    assert "through jim's ssh -L 2222:target:22 forward (pid 210 on jump), used by bob's nc (pid 311)" in who.notes
+    assert "corroborated" not in words(tr) and "conflict" not in words(tr)
+    hop = next(i for i, s in enumerate(tr.chain) if s.host == "db")
+    assert tr.chain[hop].inferred and tr.chain[hop - 1].pid == 311
+    (shared,) = tr.shared
+    assert (shared.kind, shared.pid, shared.path, shared.step, shared.starter.user) == \
+        (SSH_FORWARD, 210, "localhost:2222", hop, "jim")
+    assert [(c.role, c.pid, c.who.user) for c in shared.clients] == [(USED, 311, "bob")]
+
+
+def test_the_forward_given_by_o_DynamicForward_is_one_too():
+    ev = forwarder(("-o", "DynamicForward=1080")) + bob_on_jump() + forward_user(310, 301, 1002, 300, 300.0)
+    tr = traced(ev + through_forward(300.1), "terraform")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED)
+    assert "corroborated" not in words(tr)
+
+
+def test_jims_own_nc_through_his_own_forward_is_jims_inferred():
+    ev = forwarder() + forward_user(220, 201, 1001, 200, 300.0)
+    tr = traced(ev + through_forward(300.1, key=JIM_FP), "terraform")
+    who = tr.attributed
+    assert (who.user, who.confidence) == ("jim", INFERRED), who
+    assert "through jim's ssh -D 1080 forward (pid 210 on jump), used by jim's nc (pid 221)" in who.notes
+    assert "corroborated" not in words(tr)
+    assert [c.who.user for c in tr.shared[0].clients] == ["jim"]
+
+
+def test_two_peoples_connects_to_the_forward_in_one_window_are_person_unknown():
+    ev = forwarder() + bob_on_jump() + forward_user(310, 301, 1002, 300, 300.0)
+    ev += forward_user(230, 201, 1001, 200, 299.5)                     # jim's own nc, half a second before
+    tr = traced(ev + through_forward(300.1), "terraform")
+    who = tr.attributed
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
+    assert [(c.person, c.evidence[0].split(" ")[0]) for c in who.candidates] == \
+        [("jim", "its"), ("bob", "its"), ("jim", "started")], who.candidates
+    assert "connected to the forwarded port localhost:1080" in who.candidates[0].evidence[0]
+    assert "corroborated" not in words(tr)
+    assert [c.who.user for c in tr.shared[0].clients] == ["jim", "bob"]
+
+
+def test_no_connect_to_the_forward_recorded_is_person_unknown_with_the_forwarder_as_candidate():
+    # bob's nc went unrecorded (or bob reached a forward bound beyond localhost from elsewhere)
+    ev = forwarder() + bob_on_jump() + through_forward(300.1)
+    tr = traced(ev, "terraform")
+    who = tr.attributed
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
+    assert [(c.person, c.evidence[0]) for c in who.candidates] == [("jim", "started the forward (pid 210 on jump)")]
+    assert "no connect to its forwarded port was recorded" in who.how
+    assert "corroborated" not in words(tr)
+
+
+def test_a_connect_from_another_hosts_loopback_or_by_the_forwarder_itself_is_no_client():
+    # db's own 127.0.0.1:1080 is not jump's forward, and the forwarder's own connects are its own
+    ev = forwarder() + bob_on_jump() + [DB.fork(299, 450, 100), DB.exec(299.01, 450, ["nc", "localhost", "1080"]),
+                                        DB.connect(300.0, 450, "127.0.0.1", 1080, lport=52000, laddr="127.0.0.1"),
+                                        JUMP.connect(300.0, 210, "127.0.0.1", 1080, lport=52001, laddr="127.0.0.1")]
+    tr = traced(ev + through_forward(300.1), "terraform")
+    assert tr.attributed.user == PERSON_UNKNOWN and [c.evidence[0] for c in tr.attributed.candidates] == \
+        ["started the forward (pid 210 on jump)"]
+
+
+def test_a_session_of_the_forwarders_own_is_still_its_own():
+    # jim's shell over his `ssh -D 1080 db`: a session (a fork of 401), not a forward's channel
+    ev = forwarder() + bob_on_jump() + forward_user(310, 301, 1002, 300, 300.0)
+    ev += [DB.fork(120, 405, 401), DB.exec(120.01, 405, ["rm", "-rf", "/srv"], uid=1000, auid=1000, ses=7)]
+    tr = traced(ev, "rm -rf")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", OBSERVED) and tr.shared == []
+
+
+def test_a_later_key_of_another_person_past_the_forward_unsettles_the_answer():
+    # bob's nc used jim's forward, but the login on target used jim's key (bob, root on jump, may
+    # reach jim's agent; or the pairing by time is wrong): not "bob" with a conflict note below it
+    ev = forwarder() + bob_on_jump() + forward_user(310, 301, 1002, 300, 300.0)
+    tr = traced(ev + through_forward(300.1, key=JIM_FP), "terraform")
+    who = tr.attributed
+    assert (who.user, who.confidence) == (PERSON_UNKNOWN, UNKNOWN), who
+    assert [(c.person, c.evidence[0].split(" ")[0]) for c in who.candidates] == \
+        [("bob", "its"), ("jim", "the"), ("jim", "started")], who.candidates
+    assert "belongs to jim" in who.how and "corroborated" not in words(tr)
+
+
+def test_every_view_shows_the_forward_and_who_used_it_never_as_a_master():
+    from test_shared_views import NOW, matches, shared_lines
+
+    from whodid.tracer.render.html import render_html
+    from whodid.tracer.render.text import render_trace
+    ev = forwarder() + bob_on_jump() + forward_user(310, 301, 1002, 300, 300.0) + through_forward(300.1)
+    tr = traced(ev, "terraform")
+    out = render_trace(tr, NOW)
+    assert "Shared session: ssh port forward pid 210 on jump, started by jim; used the forward for this hop: bob" in out
+    (ss,) = matches(tr)["shared_sessions"]
+    assert (ss["kind"], ss["path"], ss["clients"][0]["role"], ss["clients"][0]["person"]) == \
+        ("ssh-forward", "localhost:1080", "used", "bob")
+    (line,) = shared_lines(tr)
+    assert "ssh port forward pid 210 on jump" in line and "*used the forward for this hop:* `bob" in line
+    page = render_html(tr, NOW)
+    assert "connected to the ssh port forward&#x27;s port (localhost:1080)" in page
+    assert "  forwarded port localhost:1080" in out and "socket" not in out
+    assert "master" not in out.split("Shared session:")[1].split("\n")[0]

@@ -9,7 +9,9 @@ the real agent per host), jim's ControlMaster on host-a to ec2-user@host-b, and 
   (`ProxyCommand=ssh -S <jim's socket> -W %h:%p`, what `ssh -J` runs): bob;
 - jim and bob ask the master at the same moment (jim's session lasts 4 s longer): each his own;
 - bob uses jim's socket with a renamed copy of ssh (its connect goes unrecorded): person unknown;
-- jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): jim, as before.
+- jim, from his laptop, `ssh -J jim@host-a ec2-user@host-b` (no master): jim, as before;
+- in a lab of its own, jim's plain `ssh -N -L PORT:host-b:22` on host-a, through which bob and
+  then jim log in to ec2-user@host-b: bob (INFERRED), never "corroborated"; then jim.
 
 Run under the lab lock (`flock /work/lab.lock .venv/bin/python -m pytest tests/test_sshmux_live.py`):
 another run of the lab makes the same users. Needs root, tracefs, BCC, sshd and sudo.
@@ -150,3 +152,73 @@ def test_bob_with_a_renamed_ssh_is_never_named_and_jim_is_never_the_answer(playe
     # the master's clients nearest in time are offered - bob's earlier ones among them - with what they did
     assert {c.person for c in who.candidates[:-1]} == {"jim", "bob"}
     assert all("used the master's control socket" in c.evidence[0] for c in who.candidates[:-1])
+
+
+# --- a port forward (ssh -L) used by another person ---------------------------------------------
+# jim, on host-a, runs a plain `ssh -N -L PORT:host-b:22 ec2-user@host-b` (his key); bob,
+# on host-a as himself, logs in to ec2-user@host-b through jim's forward with his own key
+# (`ssh -p PORT ec2-user@127.0.0.1`); then jim does the same with his. On host-b each second login
+# is made by the session process of jim's forward's login (a direct-tcpip channel).
+
+def play_forward(lab, tag: str, sdir: Path) -> dict[str, str]:
+    from whodid.agent.lab import A_IN, B, SSH_OPTS
+    w, opts = lab.work, " ".join(SSH_OPTS)
+    port = 20000 + os.getpid() % 10000
+    (w / "auth" / "bob").write_text((w / "bob.pub").read_text())     # bob may log in to host-a as bob
+    bob_key = sdir / "bob-key"                       # bob's own key, readable by bob on host-a
+    shutil.copy(w / "bob", bob_key)
+    os.chmod(bob_key, 0o600)
+    shutil.chown(bob_key, "bob")
+    mark = lambda name: f'/bin/true "$(printf %s-%s {tag} {name})"'                  # noqa: E731
+    scripts = {
+        # in a session of its own (the lab's sshd ends an `ssh -f` with jim's login), for a minute
+        "fwd-start": f"setsid timeout 60 ssh -i {w}/jim-hop {opts} -N -o ExitOnForwardFailure=yes "
+                     f"-L {port}:{B}:22 ec2-user@{B} </dev/null >/dev/null 2>&1 & sleep 2",
+        "fwd-bob": f"ssh -i {bob_key} {opts} -p {port} ec2-user@127.0.0.1 '{mark('fwd-bob')}'",
+        "fwd-jim-own": f"ssh -i {w}/jim-hop {opts} -p {port} ec2-user@127.0.0.1 '{mark('fwd-jim-own')}'",
+    }
+    for name, text in scripts.items():
+        (sdir / f"{name}.sh").write_text(text + "\n")
+    out = {}
+    for who, name in (("jim", "fwd-start"), ("bob", "fwd-bob"), ("jim", "fwd-jim-own")):
+        res = lab.ssh_from_laptop(who, f"{who}@{A_IN}", f"sh {sdir}/{name}.sh")
+        out[name] = res.stdout + res.stderr
+        time.sleep(9.0 if name != "fwd-start" else 1.0)    # out of each other's window (mux_rtt + mux_skew)
+    return out
+
+
+@pytest.fixture(scope="module")
+def forwarded(tmp_path_factory):
+    db = tmp_path_factory.mktemp("fwd") / "lab.db"
+    tag = f"fw{os.getpid() % 100000}"
+    sdir = Path(tempfile.mkdtemp(prefix="whodid-fwd-"))
+    os.chmod(sdir, 0o755)
+    try:
+        with Lab(db) as lab:
+            out = play_forward(lab, tag, sdir)
+            time.sleep(1.5)
+            logs = lab.stop_hosts()
+            keys = dict(lab.keys)
+    finally:
+        shutil.rmtree(sdir, ignore_errors=True)
+    ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
+    return dict(store=Store.open(db), tag=tag, keys=keys, ident=ident, out=out, logs=logs)
+
+
+def test_bob_through_jims_L_forward_is_bob_never_jim_never_corroborated(forwarded):
+    from whodid.tracer.sharing import SSH_FORWARD, USED
+    tr = traced(forwarded, "fwd-bob")
+    who = tr.attributed
+    assert (who.user, who.confidence) == ("bob", INFERRED), (who, tr.chain, forwarded["out"])
+    assert "corroborated" not in said(tr) and "conflict" not in said(tr), said(tr)
+    (shared,) = tr.shared
+    assert (shared.kind, shared.host, shared.starter.user) == (SSH_FORWARD, "host-a", "jim")
+    (client,) = shared.clients
+    assert (client.role, client.host, client.who.user) == (USED, "host-a", "bob")
+    assert f"through jim's ssh -L {shared.path.split(':')[1]}:" in said(tr)
+
+
+def test_jims_own_use_of_his_forward_is_jims(forwarded):
+    tr = traced(forwarded, "fwd-jim-own")
+    assert (tr.attributed.user, tr.attributed.confidence) == ("jim", INFERRED), (tr.attributed, tr.chain)
+    assert [c.who.user for c in tr.shared[0].clients] == ["jim"]

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 
 from .stitch import Attribution
 
-TMUX, SCREEN, SSH_MASTER = "tmux", "screen", "ssh-master"
-KINDS = (TMUX, SCREEN, SSH_MASTER)
+TMUX, SCREEN, SSH_MASTER, SSH_FORWARD = "tmux", "screen", "ssh-master", "ssh-forward"
+KINDS = (TMUX, SCREEN, SSH_MASTER, SSH_FORWARD)     # ssh-forward: an ssh's -D/-L port forward
 
 # a client's role in a shared session
 ATTACHED = "attached"     # connected to a multiplexer's socket while the command ran
 INJECTED = "injected"     # a one-shot client that sent keys into it just before (send-keys, -X stuff)
 ASKED = "asked"           # the ssh client that asked a master for the session the command ran in
-ROLES = (ATTACHED, INJECTED, ASKED)
+USED = "used"             # a process whose connect to an ssh's forwarded port the hop came through
+ROLES = (ATTACHED, INJECTED, ASKED, USED)
 
 
 @dataclass
@@ -51,9 +52,9 @@ class SharedSession:
     host: str                       # where the server or the master runs
     proc: int                       # the server or master process (store id)
     pid: int
-    path: str | None                # its socket: the path clients connected to
+    path: str | None                # its socket: the path clients connected to (a forward: its ports)
     step: int                       # index into Trace.chain of the step it is drawn at: the server's
-                                    # step (multiplexer), or the ssh hop it carried (master)
+                                    # step (multiplexer), or the ssh hop it carried (master, forward)
     starter: Attribution            # who started it, by its own process chain
     clients: list[SessionClient] = field(default_factory=list)
     note: str = ""                  # one line for people: "tmux server started by jim; bob attached"

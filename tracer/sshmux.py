@@ -24,6 +24,9 @@ The rule (pure; the Tracer gathers the facts, trace.py):
   the clients that fit as well are candidates - never a silent guess. When the best pairing
   gives the target no client - each that may have asked fits another channel better - no one is
   named, and those clients are the candidates.
+- A local port forward (`ssh -D`, `-L`) is the same shape: its users ask for TCP channels by
+  connecting to the forwarded port (`forwarded_ports`); the Tracer gives them as clients with
+  `asks=TCP` (trace.py: _shared_forward), and they pair as `-W` clients do.
 - Evidence goes missing (a lost event, a request that failed, clocks further apart than
   `skew`): the pairing then leaves a channel or a client unpaired rather than shift every
   pairing after it, and says when it could not decide.
@@ -71,6 +74,8 @@ class MuxClient:
     ts: float                       # its connect to the control socket
     until: float | None             # its exit; None: not recorded, or still running
     argv: tuple[str, ...]
+    asks: str = ""                  # the channel it asks for when its argv does not say: TCP for a
+                                    # process that connected to a forwarded port (a forward's client)
 
 
 @dataclass
@@ -120,6 +125,70 @@ def asks_for(argv) -> str:
     return TCP if "W" in ssh_options(argv) else SESSION
 
 
+def forwarded_ports(argv) -> list[tuple[str | None, int]]:
+    """The local ports an ssh listens on for its forwards, as (bind address or None, port):
+    `-D [bind:]port`, `-L [bind:]port:host:hostport`, `-o DynamicForward=[bind:]port`, `-o
+    LocalForward="[bind:]port host:hostport"`. A forward from a unix socket (`-L /path:h:p`) has
+    no port: it is left out. One set in ssh_config is not in the argv, and is not seen."""
+    out = []
+    for letter, value in _options(argv):
+        spec = None
+        if letter in "DL" and value:
+            spec = value if letter == "D" else _listen_of_local(value)
+        elif letter == "o" and value:
+            words = value.replace("=", " ", 1).split()
+            if len(words) >= 2 and words[0].lower() == "dynamicforward":
+                spec = words[1]
+            elif len(words) >= 2 and words[0].lower() == "localforward":
+                spec = words[1]
+        listen = _listen(spec) if spec else None
+        if listen is not None:
+            out.append(listen)
+    return out
+
+
+def forward_said(argv) -> str:
+    """An ssh's forward options as given, for a note: "-D 1080", "-o LocalForward=5432 t:22"."""
+    said = [f"-{letter} {value}" for letter, value in _options(argv) if letter in "DL"
+            or (letter == "o" and (value or "").lower().startswith(("dynamicforward", "localforward")))]
+    return " ".join(said) or "port"
+
+
+def _listen_of_local(value: str) -> str | None:
+    """The listening part of -L's `[bind:]port:host:hostport` (or `[bind:]port:/socket`)."""
+    parts = _split(value)
+    if len(parts) >= 2 and parts[0].isdigit():
+        return parts[0]
+    if len(parts) >= 3 and parts[1].isdigit():
+        return f"{parts[0]}:{parts[1]}"
+    return None
+
+
+def _listen(spec: str) -> tuple[str | None, int] | None:
+    """`[bind:]port` (bind may be `[v6]` or `*`) -> (bind or None, port); None: not a port."""
+    parts = _split(spec)
+    if not parts or not parts[-1].isdigit():
+        return None
+    bind = ":".join(parts[:-1]) if len(parts) > 1 else None
+    return (bind, int(parts[-1]))
+
+
+def _split(spec: str) -> list[str]:
+    """Split on colons outside [brackets]: `[::1]:1080` -> ['::1', '1080']."""
+    parts, cur, depth = [], "", 0
+    for ch in spec:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == ":" and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
 def is_master(argv) -> bool:
     """Whether an ssh's own arguments make it a master (`-M`, `-o ControlMaster=yes|auto|ask|
     autoask`); one set in ssh_config is not in its argv, and is found by its accepts instead."""
@@ -144,13 +213,13 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
     on the server (its clock); its own first channel opens then, not whenever the first
     recorded one did (that fork lost, `-o SessionType=none` in place of -N)."""
     chans = sorted(channels, key=lambda c: (c.ts, c.proc))
-    asks = sorted((c for c in clients if not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
+    asks = sorted((c for c in clients if c.asks or not is_control(c.argv)), key=lambda c: (c.ts, c.proc))
     first = chans[0] if own_first and chans else None
     if first is not None and opened is not None and first.ts - opened > rtt + skew:
         first = None                    # the first recorded channel opened long after the login: not its own
     if first is not None and first == target:
         racing = [cl for cl in asks if cl.ts <= target.ts + skew and (cl.until is None or cl.until >= target.ts - skew)
-                  and target.ts - cl.ts <= rtt + skew and asks_for(cl.argv) == target.kind]
+                  and target.ts - cl.ts <= rtt + skew and _asks(cl) == target.kind]
         if not racing or opened is None:
             return Pairing(own=True, why="the master connection's own first channel, opened when it logged in")
         return Pairing(candidates=racing, why="a client asked as the master logged in: whether this is the master's "
@@ -166,7 +235,7 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
     def allowed(ch: Channel, cl: MuxClient) -> bool:
         # a mux client waits for its session's exit status: it cannot have ended before the session
         outlived = ch.kind != SESSION or ch.until is None or cl.until is None or cl.until >= ch.until - skew
-        return (asks_for(cl.argv) == ch.kind and ch.ts - rtt - skew <= cl.ts <= ch.ts + skew
+        return (_asks(cl) == ch.kind and ch.ts - rtt - skew <= cl.ts <= ch.ts + skew
                 and (cl.until is None or cl.until >= ch.ts - skew) and outlived)
 
     options = [cl for cl in asks if allowed(target, cl)]
@@ -200,6 +269,10 @@ def pair(channels: list[Channel], clients: list[MuxClient], target: Channel, *, 
     tied = [best, *(o for o in close if o is not None)]
     return Pairing(candidates=sorted(tied, key=lambda cl: (cl.ts, cl.proc)),
                    why=f"{len(tied)} clients fit the channel as well as each other: which one asked is not known")
+
+
+def _asks(cl: MuxClient) -> str:
+    return cl.asks or asks_for(cl.argv)
 
 
 def _cost(ch: Channel, cl: MuxClient) -> float:

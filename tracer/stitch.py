@@ -453,14 +453,20 @@ def _attribute_login(chain: list[Step], identity: Identity, inferred: bool) -> A
         user, how = lg["user"], f"ssh {method} as {lg['user']}{' with' + key if key else ''}"
     else:
         return _unknown_login(chain, identity, notes)
+    forwarded = False                   # past a hop through a port forward (trace.py: _shared_forward)
     for later in logins[1:]:
         other = identity.person_for_key(later.login.get("key_fp"))
         if later.login.get("over_master"):
             # the master's login: its key says who opened the master, not who asked for this session
             notes.append(_over_master_note(later, other))
+            forwarded = forwarded or later.login["over_master"].get("kind") == "ssh-forward"
         elif other and other != user:
             notes.append(f"conflict: the key used for {later.login['user']}@{later.host} belongs to "
                          f"{other}, not {user}")
+        elif other and forwarded:
+            # who used a forward is paired by time, never observed: a key beyond it agrees, no more
+            notes.append(f"agrees: the key used for {later.login['user']}@{later.host} also belongs to {user}, "
+                         "past a port forward whose user was inferred by time")
         elif other:
             notes.append(f"corroborated: the key used for {later.login['user']}@{later.host} also "
                          f"belongs to {user}")
@@ -473,6 +479,11 @@ def _over_master_note(later: Step, key_person: str | None) -> str:
     """What a later login carried over an ssh master says: not "corroborated", not "conflict"."""
     lg, carried = later.login, later.login["over_master"]
     key = f" with key {lg['key_fp']}" + (f" ({key_person}'s)" if key_person else "") if lg.get("key_fp") else ""
+    if carried.get("kind") == "ssh-forward":
+        used = (f"{carried['asked_by']} used it for this hop" if carried.get("asked_by")
+                else "who used it for this hop is not known")
+        return (f"the login as {lg['user']}@{later.host}{key} carries {carried['master']}; {used}: that key says who "
+                "opened the forward, not who used it, so it neither corroborates nor contradicts")
     asked = (f"{carried['asked_by']} asked it for this session" if carried.get("asked_by")
              else "which client asked it for this session is not known")
     return (f"the login as {lg['user']}@{later.host}{key} is {carried['master']}; {asked}: that key says who opened "

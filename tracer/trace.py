@@ -16,7 +16,7 @@ import networkx as nx
 from . import multiplexer, outages, sshmux, stitch
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
-from .sharing import ASKED, ATTACHED, INJECTED, SSH_MASTER, SessionClient, SharedSession
+from .sharing import ASKED, ATTACHED, INJECTED, SSH_FORWARD, SSH_MASTER, USED, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
 from .store import Image, Proc, Store
 from .when import clock, format_duration
@@ -813,7 +813,7 @@ class Tracer:
             return None                     # a side chain's own masters are not followed
         found = self._master_of(hop)
         if found is None:
-            return None
+            return self._shared_forward(cur, steps, login, hop, came_by)
         master, uconns = found
         chans = self._channels(cur, login, came_by)
         if chans is None:
@@ -851,6 +851,94 @@ class Tracer:
             return None
         proc = self.store.proc(pairing.asker.proc)
         return proc, seen[proc.id]["since"]
+
+    def _shared_forward(self, cur: Proc, steps: list[Step], login: dict[str, Any], hop: HopCandidate,
+                        came_by: HopCandidate | None) -> tuple[Proc, float] | None:
+        """The chain on this host is a TCP connect by the login's session process (a direct-tcpip
+        channel) and the login's client is an ssh with local forwards (-D, -L, DynamicForward,
+        LocalForward): whoever reached a forwarded port asked for it, not necessarily the
+        forwarder's owner. Paired as a master's -W channels are (sshmux.pair), the forward's
+        clients being the recorded connects to its ports on the client's host; the rest as
+        _shared_master."""
+        client = self.store.proc(hop.proc)
+        argv = self._argv_at(client, None)
+        ports = sshmux.forwarded_ports(argv)
+        if not ports:
+            return None
+        chans = self._channels(cur, login, came_by)
+        if chans is None or chans[0].kind != sshmux.TCP:
+            return None                     # a session of the forwarder's own (its shell, its command)
+        target, channels = chans
+        channels = [c for c in channels if c.kind == sshmux.TCP]
+        s = self.settings
+        clients = self._forward_clients(client, ports, hop, target)
+        pairing = sshmux.pair(channels, [c for c, _ in clients], target, own_first=False,
+                              rtt=s.mux_rtt, skew=s.mux_skew)
+        if pairing.asker is not None:
+            pairing.why = "its connect to the forwarded port fits the channel, in its turn"
+        if not clients:
+            pairing.why = ("no connect to its forwarded port was recorded near the channel, and any local user "
+                           "(or, bound beyond localhost, anyone who reaches it) may use a forward")
+        start = client.fork_ts if client.fork_ts is not None else login["ts"] - hop.shift
+        starter = self._side_chain(client, start + 1e-6)[1]
+        asked = [pairing.asker] if pairing.asker else pairing.candidates
+        seen = {(c.proc, c.ts): u for c, u in clients}
+        members = [self._mux_member(c, seen[(c.proc, c.ts)], role=USED) for c in asked]
+        forward = sshmux.forward_said(argv)
+        where = f"{_whose(starter, 'ssh ' + forward + ' forward')} (pid {client.pid} on {client.host})"
+        by = (f"{_whose(members[0].who, _program(members[0].command))} (pid {members[0].pid})"
+              if pairing.asker else None)
+        step = steps[0]
+        was = f"; the forward's connection: {step.note.removeprefix('inferred: ')}" if step.note else ""
+        step.edge, step.inferred = "ssh", True
+        if by:
+            step.note = (f"inferred: through {where}, its login, not a new one; used by {by}, "
+                         f"{pairing.why}{was}")
+        else:
+            step.note = (f"inferred: through {where}, its login, not a new one; who connected to the forwarded "
+                         f"port for this channel is not known: {pairing.why}{was}")
+        step.login = {**step.login, "over_master": {"master": where, "asked_by": by, "kind": SSH_FORWARD}}
+        path = ", ".join(_port_said(b, p) for b, p in ports)
+        self._carried.append(_Carried(step=step, master=client, path=path, starter=starter, pairing=pairing,
+                                      clients=members, where=where, by=by, kind=SSH_FORWARD))
+        if pairing.asker is None:
+            return None
+        proc = self.store.proc(pairing.asker.proc)
+        return proc, seen[(pairing.asker.proc, pairing.asker.ts)]["since"]
+
+    def _forward_clients(self, client: Proc, ports: list[tuple[str | None, int]], hop: HopCandidate,
+                         target: sshmux.Channel) -> list[tuple[sshmux.MuxClient, dict]]:
+        """The recorded connects to a forward's ports near its channel, as sshmux clients asking
+        for a TCP channel (times on the server's clock): on the client's host to loopback or its
+        own address, and from anywhere to a bound address. The forwarder and its `ssh -f` forks
+        are no client of their own forward."""
+        s = self.settings
+        reach = sshmux.RADIUS * (s.mux_rtt + s.mux_skew) + s.mux_rtt + s.mux_skew + self._spread()
+        at = target.ts - hop.shift
+        own = {client.id, *(k.id for k in self.store.procs(self.store.children([client.id])).values()
+                            if not self.store.images(k.id))}
+        here = self._offset(self.store.proc(target.proc).host)
+        out: dict[tuple[int, float], tuple[sshmux.MuxClient, dict]] = {}
+        for bind, port in ports:
+            addrs = {"127.0.0.1", "::1", "localhost"} if bind in (None, "localhost") else {bind}
+            if bind in ("*", "", "0.0.0.0", "::"):
+                addrs = {"127.0.0.1", "::1", hop.laddr}
+            for addr in addrs:
+                if not addr:
+                    continue
+                for c in self.store.connects_to(addr, port, at - reach, at + reach):
+                    if c["proc"] in own:
+                        continue
+                    p = self.store.proc(c["proc"])
+                    loop = addr in ("127.0.0.1", "::1", "localhost") or addr.startswith("127.")
+                    if loop and p.host_id != client.host_id:
+                        continue            # another host's own loopback: not this forward
+                    shift = self._offset(p.host) - here
+                    until = p.exit_ts + shift if p.exit_ts is not None else None
+                    mc = sshmux.MuxClient(proc=p.id, pid=p.pid, ts=c["ts"] + shift, until=until,
+                                          argv=tuple(self._argv_at(p, c["ts"])), asks=sshmux.TCP)
+                    out[(p.id, mc.ts)] = (mc, {"since": c["ts"]})
+        return list(out.values())
 
     def _master_of(self, hop: HopCandidate) -> tuple[Proc, list[dict[str, Any]]] | None:
         """The ssh master behind a hop's client, and the unix connections it accepted from the
@@ -946,12 +1034,12 @@ class Tracer:
         finally:
             self._mux_depth -= 1
 
-    def _mux_member(self, c: sshmux.MuxClient, u: dict[str, Any]) -> SessionClient:
+    def _mux_member(self, c: sshmux.MuxClient, u: dict[str, Any], role: str = ASKED) -> SessionClient:
         p = self.store.proc(c.proc)
         chain, who = self._side_chain(p, u["since"])
         off = self._offset(p.host)
         image = next((im for im in reversed(self.store.images(p.id)) if im.ts <= u["since"]), None)
-        return SessionClient(role=ASKED, proc=p.id, host=p.host, pid=p.pid,
+        return SessionClient(role=role, proc=p.id, host=p.host, pid=p.pid,
                              command=image.cmd if image else " ".join(c.argv), since=u["since"] + off,
                              until=p.exit_ts + off if p.exit_ts is not None else None, who=who,
                              summary=stitch.summary(chain, who))
@@ -967,12 +1055,20 @@ class Tracer:
             if idx is None:
                 continue
             asker = rec.clients[0] if rec.pairing.asker else None
-            note = (f"over {rec.where}, asked for by {rec.by}" if asker else
-                    f"over {rec.where}; which of its clients asked for this session is not known")
-            shared.append(SharedSession(kind=SSH_MASTER, host=rec.master.host, proc=rec.master.id,
+            forward = rec.kind == SSH_FORWARD
+            if forward:
+                note = (f"through {rec.where}, used by {rec.by}" if asker else
+                        f"through {rec.where}; who connected to its forwarded port for this hop is not known")
+            else:
+                note = (f"over {rec.where}, asked for by {rec.by}" if asker else
+                        f"over {rec.where}; which of its clients asked for this session is not known")
+            shared.append(SharedSession(kind=rec.kind, host=rec.master.host, proc=rec.master.id,
                                         pid=rec.master.pid, path=rec.path, step=idx, starter=rec.starter,
                                         clients=rec.clients, note=note))
-            if asker:
+            # past a forward the asker is paired by time only: a later hop's key of another person
+            # is as strong as that pairing, so it unsettles the answer rather than sit under it
+            against = self._keys_against(chain[idx + 1:], who) if forward and asker else []
+            if asker and not against:
                 who.notes.append(note)
                 if who.known:
                     who.confidence = stitch.INFERRED
@@ -981,19 +1077,44 @@ class Tracer:
                 person=c.who.user if c.who.known else (c.who.account or "?"), account=c.who.account or "?",
                 host=c.who.host or c.host, login_time=c.who.login_time or c.since or 0.0, source=c.who.source,
                 key_fp=c.who.key_fp, named=c.who.known,
-                evidence=[f"its ssh (pid {c.pid} on {c.host}) used the master's control socket"
-                          f"{' ' + rec.path if rec.path else ''} from {clock(c.since)}"
+                evidence=[(f"its {_program(c.command)} (pid {c.pid} on {c.host}) connected to the forwarded port "
+                           f"{rec.path} at {clock(c.since)}" if forward else
+                           f"its ssh (pid {c.pid} on {c.host}) used the master's control socket"
+                           f"{' ' + rec.path if rec.path else ''} from {clock(c.since)}")
                           + (f" to {clock(c.until)}" if c.until is not None else "")]) for c in rec.clients]
+            cands += [stitch.Candidate(
+                person=person, account=lg["user"], host=step.host, login_time=lg["ts"], source=lg.get("raddr"),
+                key_fp=lg.get("key_fp"), evidence=[f"the key used for the later hop to {lg['user']}@{step.host} "
+                                                   f"belongs to {person}"]) for step, lg, person in against]
             st = rec.starter
             cands.append(stitch.Candidate(
                 person=st.user if st.known else (st.account or "?"), account=st.account or "?",
                 host=st.host or rec.master.host, login_time=st.login_time or 0.0, source=st.source,
                 key_fp=st.key_fp, named=st.known,
-                evidence=[f"started the master connection (pid {rec.master.pid} on {rec.master.host})"]))
+                evidence=[f"started the forward (pid {rec.master.pid} on {rec.master.host})" if forward else
+                          f"started the master connection (pid {rec.master.pid} on {rec.master.host})"]))
+            why = rec.pairing.why if not against else (
+                f"{rec.by} used it by time, but the key used for the later hop to {against[0][1]['user']}@"
+                f"{against[0][0].host} belongs to {against[0][2]}")
+            how = (f"the hop came through {rec.where}, and {why}" if forward else
+                   f"the session came over {rec.where}, and {rec.pairing.why}")
+            kept = [n for n in who.notes if n.startswith("conflict")] if against else []
             who = Attribution(user=stitch.PERSON_UNKNOWN, host=rec.master.host, source=None, login_time=None,
-                              how=f"the session came over {rec.where}, and {rec.pairing.why}",
-                              account=st.account, notes=[note], confidence=stitch.UNKNOWN, candidates=cands)
+                              how=how, account=st.account, notes=[note, *kept], confidence=stitch.UNKNOWN,
+                              candidates=cands)
         return who, shared
+
+    def _keys_against(self, later: list[Step], who: Attribution) -> list[tuple[Step, dict[str, Any], str]]:
+        """The later logins on a chain whose key names a person other than `who`'s."""
+        out = []
+        for step in later:
+            lg = step.login if step.edge in ("login", "ssh") else None
+            if not lg or lg.get("over_master"):
+                continue
+            person = self.identity.person_for_key(lg.get("key_fp"))
+            if person and person != (who.user if who.known else None):
+                out.append((step, lg, person))
+        return out
 
     def _name(self, host_id: int, uid: int | None) -> str | None:
         if uid is None or uid == AUID_UNSET:
@@ -1130,6 +1251,17 @@ class _Carried:
     clients: list[SessionClient]
     where: str                      # "jim's master connection (pid 18 on host-a)"
     by: str | None                  # "bob's ssh (pid 38)": who asked, when one client did
+    kind: str = SSH_MASTER          # or SSH_FORWARD: an ssh's port forward, `master` its ssh
+
+
+def _port_said(bind: str | None, port: int) -> str:
+    return f"{bind}:{port}" if bind else f"localhost:{port}"
+
+
+def _program(command: str) -> str:
+    """A client's program for a note: "nc" of "/usr/bin/nc -x localhost:1080 target 22"."""
+    first = command.split()[0] if command.split() else ""
+    return first.rsplit("/", 1)[-1] or "process"
 
 
 def _whose(who: Attribution, thing: str) -> str:

@@ -327,7 +327,8 @@ def _shared_sessions(tr: Trace) -> str:
         table = ("<table><thead><tr><th>did</th><th>person</th><th>when</th><th>command</th><th>host</th>"
                  f"<th>pid</th><th>its chain, and why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
                  if rows else '<p class="hint">No client used it when the command ran.</p>')
-        socket = f'<p class="socket">socket <code>{escape(_cut(ss.path, MAX_COMMAND))}</code></p>' if ss.path else ""
+        socket = (f'<p class="socket">{escape(shared.path_said(ss))} <code>{escape(_cut(ss.path, MAX_COMMAND))}</code></p>'
+                  if ss.path else "")
         out.append(f'<div class="shared {escape(ss.kind)}" id="shared-{i}">'
                    f"<h3>{escape(shared.title(ss))}, {escape(shared.started_said(ss))}</h3>"
                    + socket
@@ -372,7 +373,7 @@ def _page_data(tr: Trace, lay: Layout, details: dict[str, dict], whys: dict) -> 
         nodes[b.id] = {"title": b.command or b.title, "rows": rows, "facts": facts}
     for box, ss in zip(lay.sessions, tr.shared):
         nodes[box.id] = {"title": shared.title(ss), "rows": [
-            ["kind", shared.kind_name(ss)], ["host", ss.host], ["pid", str(ss.pid)], ["socket", ss.path or "?"],
+            ["kind", shared.kind_name(ss)], ["host", ss.host], ["pid", str(ss.pid)], [shared.path_said(ss), ss.path or "?"],
             ["started by", shared.who_said(ss.starter)], ["starter's chain", ss.starter.how], ["note", ss.note]]}
         for cb, c in zip(box.clients, ss.clients):
             if cb.role == "more":

@@ -283,7 +283,7 @@ def _sessions(tr: Trace, row_of: dict[str, int]) -> list[SessionBox]:
         elif ss.starter.confidence == INFERRED:
             where = f"inferred · {where}"
         if not ss.clients:
-            where = f"no client {'asked' if ss.kind == 'ssh-master' else 'attached'} · {where}"
+            where = f"no client {'attached' if ss.kind in ('tmux', 'screen') else 'asked'} · {where}"
         title = f"{shared.short_kind(ss)} (pid {ss.pid}) started by {person_of(ss.starter)}"
         if len(title) > SESSION_TITLE_W:          # the person before the pid: the pid goes below
             title = f"{shared.short_kind(ss)} started by {person_of(ss.starter)}"

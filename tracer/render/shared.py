@@ -12,15 +12,21 @@ passes through unchanged: each renderer escapes it for where it goes.
 
 from __future__ import annotations
 
-from ..sharing import ASKED, ATTACHED, INJECTED, SCREEN, SSH_MASTER, TMUX, SessionClient, SharedSession
+from ..sharing import (ASKED, ATTACHED, INJECTED, SCREEN, SSH_FORWARD, SSH_MASTER, TMUX, USED, SessionClient,
+                       SharedSession)
 from ..stitch import INFERRED, Attribution
 from ..when import clock
 from .confidence import person
 
-KIND_NAME = {TMUX: "tmux server", SCREEN: "screen server", SSH_MASTER: "ssh master connection"}
+KIND_NAME = {TMUX: "tmux server", SCREEN: "screen server", SSH_MASTER: "ssh master connection",
+             SSH_FORWARD: "ssh port forward"}
 # what the clients of each role did, as a heading for their list
-ROLE_SAID = {ATTACHED: "attached when it ran", INJECTED: "sent keys", ASKED: "asked the master for this session"}
-ROLE_SHORT = {ATTACHED: "attached", INJECTED: "sent keys", ASKED: "asked the master"}
+ROLE_SAID = {ATTACHED: "attached when it ran", INJECTED: "sent keys", ASKED: "asked the master for this session",
+             USED: "used the forward for this hop"}
+ROLE_SHORT = {ATTACHED: "attached", INJECTED: "sent keys", ASKED: "asked the master", USED: "used the forward"}
+# what is said when a shared session on a chain has no client to show
+NO_CLIENT = {SSH_MASTER: "no client asked the master when it ran",
+             SSH_FORWARD: "no connect to the forwarded port was recorded for this hop"}
 
 
 def kind_name(ss: SharedSession) -> str:
@@ -88,9 +94,17 @@ def line(ss: SharedSession) -> str:
     for role, clients in groups:
         parts.append(f"{ROLE_SAID.get(role, role)}: " + ", ".join(client_said(c) for c in clients))
     if not groups:
-        parts.append("no client " + ("asked the master" if ss.kind == SSH_MASTER else "was attached")
-                     + " when it ran")
+        parts.append(no_client(ss))
     return "; ".join(parts)
+
+
+def path_said(ss: SharedSession) -> str:
+    """What a session's path is: a socket, or - a forward - the ports it listens on."""
+    return "forwarded port" if ss.kind == SSH_FORWARD else "socket"
+
+
+def no_client(ss: SharedSession) -> str:
+    return NO_CLIENT.get(ss.kind, "no client was attached when it ran")
 
 
 def client_label(c: SessionClient) -> str:
@@ -106,11 +120,14 @@ def client_label(c: SessionClient) -> str:
 
 def short_kind(ss: SharedSession) -> str:
     """For a box's first line: "ssh master" rather than "ssh master connection"."""
-    return "ssh master" if ss.kind == SSH_MASTER else kind_name(ss)
+    return {SSH_MASTER: "ssh master", SSH_FORWARD: "ssh forward"}.get(ss.kind) or kind_name(ss)
 
 
 def session_why(ss: SharedSession) -> str:
     """Why a chain step is joined to its session, for a link's tooltip."""
+    if ss.kind == SSH_FORWARD:
+        return (f"This ssh hop came through the {kind_name(ss)} of pid {ss.pid} on {ss.host} ({ss.path}), "
+                f"{started_said(ss)}: whoever reached its forwarded port could use it.")
     if ss.kind == SSH_MASTER:
         return (f"This ssh hop was carried by the {kind_name(ss)} pid {ss.pid} on {ss.host}, {started_said(ss)}: "
                 "whoever reached its control socket could ask it for a session.")
@@ -122,7 +139,9 @@ def client_why(ss: SharedSession, c: SessionClient) -> str:
     """Why a client is joined to a session, for a link's tooltip: what it did, when, and whose it is."""
     did = {ATTACHED: f"was attached to the {kind_name(ss)}",
            INJECTED: f"sent keys into the {kind_name(ss)}",
-           ASKED: f"asked the {kind_name(ss)} for the session the command ran in"}.get(c.role, f"used the {kind_name(ss)}")
+           ASKED: f"asked the {kind_name(ss)} for the session the command ran in",
+           USED: f"connected to the {kind_name(ss)}'s port ({ss.path}) for the hop the chain came through",
+           }.get(c.role, f"used the {kind_name(ss)}")
     command = c.command if len(c.command) <= 200 else c.command[:199] + "…"
     return (f"{command} (pid {c.pid} on {c.host}) {did}, {when_said(c)}; its own chain: {c.summary} "
             f"(person: {who_said(c.who)})")

@@ -114,7 +114,7 @@ def shared_lines(tr: Trace) -> list[str]:
         lines.append("")
         lines.append(f"Shared session: {shared.line(ss)}")
         if ss.path:
-            lines.append(f"  socket {_short(ss.path, 120)}")
+            lines.append(f"  {shared.path_said(ss)} {_short(ss.path, 120)}")
         for c in ss.clients[:MAX_CLIENT_LINES]:
             lines.append(f"  - {shared.who_said(c.who)}: {shared.ROLE_SHORT.get(c.role, c.role)} "
                          f"{shared.when_said(c)}; `{_short(c.command, 70)}` pid {c.pid} on {c.host}")
