@@ -433,7 +433,16 @@ def unix_snapshot(asm: Assembler, watched) -> list:
         print(f"whodid-agent: could not list the unix-socket connections that exist already ({exc}); those made "
               "from now on are recorded", file=sys.stderr, flush=True)
         return []
-    return asm.unix_snapshot(found, now)
+    found, left_out = unixdiag.capped(found)
+    out = asm.unix_snapshot(found, now)
+    if left_out:
+        said = (f"left out {left_out} unix-socket connections that exist already (more than one per client "
+                f"process, or more than {unixdiag.MAX_PER_PATH} clients of one socket)")
+        print(f"whodid-agent: {said}", file=sys.stderr, flush=True)
+        wall = round(time.time(), 6)
+        out.append({"v": 1, "kind": "loss", "host": asm.host, "boot": asm.boot, "ts": wall, "since": wall,
+                    "count": left_out, "what": said})
+    return out
 
 
 def doctor(_args) -> int:

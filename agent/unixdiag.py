@@ -146,6 +146,28 @@ def comm_wanted(comm: str | None, comms: tuple[str, ...]) -> bool:
     return bool(comm) and any(comm == c or comm.startswith(c + ":") for c in comms)
 
 
+# At most this many connections per socket path are reported at start, one per client process: a
+# tmux server or an ssh master has a handful of clients, and a user holding thousands of
+# connections to a watched path must not make every agent start ship them all again
+MAX_PER_PATH = 256
+
+
+def capped(found: list[Attached], per_path: int = MAX_PER_PATH) -> tuple[list[Attached], int]:
+    """The connections to report, and how many were left out: a client process's second
+    connection to the same path adds nothing (one process is one client), and past `per_path`
+    clients of one path the rest are counted, not shipped."""
+    kept: list[Attached] = []
+    seen: set[tuple[str, int]] = set()
+    per: dict[str, int] = {}
+    for a in found:
+        if (a.path, a.client_pid) in seen or per.get(a.path, 0) >= per_path:
+            continue
+        seen.add((a.path, a.client_pid))
+        per[a.path] = per.get(a.path, 0) + 1
+        kept.append(a)
+    return kept, len(found) - len(kept)
+
+
 def attached(sockets: list[UnixSocket], holders: dict[int, list[int]], comm_of, prefixes: tuple[str, ...],
              comms: tuple[str, ...], boot_tag: str) -> list[Attached]:
     """The connections the agent would have recorded had it been running: a watched path, or a

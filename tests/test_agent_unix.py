@@ -290,3 +290,19 @@ def test_the_agents_pair_is_one_connection_in_the_store_with_the_parser_in_betwe
                  if p.pid == 200]
     (conn,) = store.unix_clients(server.id, BOOT_EPOCH, BOOT_EPOCH + 10)
     assert store.proc(conn["client"]).pid == 100
+
+
+def test_the_start_snapshot_left_out_past_the_cap_is_a_loss_record(monkeypatch, capsys):
+    from whodid.agent import cli as agent_cli
+    from whodid.config import UnixSockets
+    from whodid.tracer.events import parse_event
+    asm = assembler()
+    many = [ud.Attached(100, 200, 200, "/tmp/tmux-1000/default", f"ino{i}-t0") for i in range(300)]
+    monkeypatch.setattr(ud, "dump", lambda: [])
+    monkeypatch.setattr(ud, "socket_holders", lambda: {})
+    monkeypatch.setattr(ud, "attached", lambda *a: many)
+    events = agent_cli.unix_snapshot(asm, UnixSockets())
+    (loss,) = [e for e in events if e["kind"] == "loss"]
+    assert loss["count"] == 299 and parse_event(loss)["count"] == 299       # one process is one client
+    assert [e["kind"] for e in events if e["kind"] != "loss"] == ["uconnect", "uaccept"]
+    assert "left out 299 unix-socket connections" in capsys.readouterr().err

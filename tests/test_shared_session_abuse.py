@@ -172,11 +172,6 @@ def test_the_agent_masks_a_token_in_a_socket_name_it_ships():
 
 # --- the agent's start: connections that exist already (sock_diag) -------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: nobody held 9,000 connections to a socket under /tmp/tmux- and each agent start wrote 18,000 "
-    "snapshot events (5.2 MB) for them - unbounded: a user's processes may hold as many as their fd limits "
-    "allow, and every restart ships them all again under new conn ids. Fix: cap what unixdiag.attached "
-    "keeps per listener (or per client uid) and say what it left out in a loss record"))
 def test_the_start_snapshot_of_one_users_connections_is_bounded():
     from whodid.agent import unixdiag as ud
     n = 50_000
@@ -188,7 +183,11 @@ def test_the_start_snapshot_of_one_users_connections_is_bounded():
                     ud.UnixSocket(server, ud.SOCK_STREAM, ud.TCP_ESTABLISHED, "/tmp/tmux-x/s", client)]
         holders[client], holders[server] = [400], [300]
     found = ud.attached(sockets, holders, lambda pid: "python3", ("/tmp/tmux-",), (), "t0")
-    assert len(found) <= 1000
+    kept, left_out = ud.capped(found)
+    assert len(kept) == 1 and left_out == n - 1           # one process, one client
+    many = [ud.Attached(1000 + i, 300, 300, "/tmp/tmux-x/s", f"c{i}") for i in range(1000)]
+    kept, left_out = ud.capped(many + [ud.Attached(5, 300, 300, "/tmp/tmux-y/s", "other")])
+    assert len(kept) == ud.MAX_PER_PATH + 1 and left_out == 1000 - ud.MAX_PER_PATH
 
 
 def test_a_client_snapshotted_again_by_each_agent_restart_is_one_client_from_its_connect(tmp_path):
