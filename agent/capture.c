@@ -204,7 +204,7 @@ BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
 #define NO_PROCESS        0xffffffff   // the uid key of passive TCP opens: softirq, no task to charge
 #define OVER_BUDGET_OTHER 0xfffffffe   // counts of uids `over_budget` had no room for (user space adds the key)
 #if BUDGET_PER_SECOND
-#define BUDGET_TOKEN 1000000000ULL
+#define BUDGET_TOKEN 1000000000LL
 struct budget {
     s64 credit;      // record-nanoseconds left
     u64 last;        // bpf_ktime_get_ns() at the last refill
@@ -802,8 +802,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
         return 0;
     // the client pays for both records, its connect and the server's accept: a storm against
     // another user's server (root's sshd mux, a tmux) spends the storm's budget, not the server's
-    if (!within_budget((u32)bpf_get_current_uid_gid(), 2))
-        return 0;
+    struct hdr who = {};
+    if (!fill_hdr(&who, EV_UCONNECT) || !within_budget(who.uid, 2))
+        return 0;                                // another namespace's process, or over budget
     struct unix_pending p = {.uaddr = (u64)args->uservaddr, .sk = sk, .ts = bpf_ktime_get_boot_ns(),
                              .fd = args->fd, .len = args->addrlen};
     u64 id = bpf_get_current_pid_tgid();
