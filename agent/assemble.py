@@ -87,6 +87,7 @@ class Assembler:
         self.pending_logins: list[tuple[float, Any]] = []
         self._setid_bits: dict[str, tuple[int, tuple[int | None, int | None]]] = {}   # path -> (when, bits)
         self._gone = False           # the exec being fed has its exit later in the batch (feed_all)
+        self._budget_reported: dict[int, int] = {}     # uid -> over-budget records said in loss events
         self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0,
                        "argv_unread": 0}
 
@@ -420,6 +421,30 @@ class Assembler:
             ev["peer_uid"] = rec.peer_uid
         self.counts["redacted"] += redact_event(ev, self.rules)     # a socket's name may carry a token
         out.append(ev)
+        return out
+
+    def budget_losses(self, totals: dict[int, int], since: float, now: float, per_second: int,
+                      burst: int) -> list[dict[str, Any]]:
+        """The connection records each uid's budget refused (capture.c, the connection budget)
+        since the last call, as loss events naming the uid: `totals` are the kernel's counts
+        since load, uid -> records; since/now the window, epoch seconds."""
+        out = []
+        for uid, total in sorted(totals.items()):
+            count = total - self._budget_reported.get(uid, 0)
+            if count <= 0:
+                continue
+            self._budget_reported[uid] = total
+            if uid == d.NO_PROCESS:
+                whose = "incoming TCP connections (no process known)"
+            elif uid == d.OVER_BUDGET_OTHER:
+                whose = "users beyond the 4,096 the kernel counts apart"
+            else:
+                name = self.user_name(uid)
+                whose = f"uid {uid}" + (f" ({name})" if name else "")
+            out.append({"v": 1, "kind": "loss", "host": self.host, "boot": self.boot, "ts": round(now, 6),
+                        "since": round(since, 6), "count": count,
+                        "what": f"connection records over the per-user budget of {per_second:,}/s, burst "
+                                f"{burst:,}: {whose}, {count:,} not recorded"})
         return out
 
     def unix_snapshot(self, found, ts_ns: int) -> list[dict[str, Any]]:

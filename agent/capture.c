@@ -26,6 +26,8 @@
 //                   namespace sees it, and its own namespace
 //   HAVE_UNIX       1 with HAVE_PIDS and the OFF_* of agent/btf.py's UNIX_MEMBERS: unix-socket
 //                   connects and the accepts of those connections (absent: 0)
+//   BUDGET_PER_SECOND, BUDGET_BURST, BUDGET_FULL_NS: each uid's budget of connection records
+//                   (see "the connection budget" below); absent or 0: unlimited
 // Without HAVE_PIDS, PIDNS_FILTER keeps only that exact namespace (bpf_get_ns_current_pid_tgid).
 
 #include <uapi/linux/ptrace.h>
@@ -182,6 +184,82 @@ BPF_HASH(connecting, u64, struct hdr, 16384);
 BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
+
+// --- the connection budget ---------------------------------------------------------------
+// Connection records (connect, accept, uconnect, uaccept) are the ones anyone can make by the
+// hundred thousand a second: any user may listen under /tmp/tmux-, or connect to loopback. Left
+// alone, one user's connect storm fills the ring buffer and takes the room of everyone's exec,
+// fork and exit records. So each uid has a token bucket of connection records - BUDGET_PER_SECOND
+// of them a second, up to BUDGET_BURST saved - and what is over it is not recorded but counted
+// per uid in `over_budget`, which user space turns into loss events that name the uid. Process
+// records have no budget: they are what a trace is made of.
+//
+// The bucket holds credit in record-nanoseconds (a record costs BUDGET_TOKEN; each nanosecond
+// adds BUDGET_PER_SECOND), so no division runs here. No lock either (tracing programs cannot take
+// bpf_spin_lock): two CPUs refilling one uid at once may both add, so a storm gets a little more
+// than its budget - bounded by the number of CPUs - never less.
+#ifndef BUDGET_PER_SECOND
+#define BUDGET_PER_SECOND 0
+#endif
+#define NO_PROCESS        0xffffffff   // the uid key of passive TCP opens: softirq, no task to charge
+#define OVER_BUDGET_OTHER 0xfffffffe   // counts of uids `over_budget` had no room for (user space adds the key)
+#if BUDGET_PER_SECOND
+#define BUDGET_TOKEN 1000000000LL
+struct budget {
+    s64 credit;      // record-nanoseconds left
+    u64 last;        // bpf_ktime_get_ns() at the last refill
+};
+BPF_TABLE("lru_hash", u32, struct budget, budgets, 4096);   // a uid long quiet ages out: full again
+BPF_HASH(over_budget, u32, u64, 4096);                       // uid -> records not made, since load
+
+static __always_inline void count_over_budget(u32 uid, u64 records) {
+    u64 *n = over_budget.lookup(&uid);
+    if (!n) {
+        u64 zero = 0;
+        over_budget.insert(&uid, &zero);                     // not there yet: a new uid's first drop
+        n = over_budget.lookup(&uid);
+        if (!n) {
+            u32 other = OVER_BUDGET_OTHER;                   // the table is full
+            n = over_budget.lookup(&other);
+        }
+    }
+    if (n)
+        __sync_fetch_and_add(n, records);
+}
+
+// May `uid` make `records` more connection records now? Takes them from its bucket if so; counts
+// them in over_budget if not.
+static __always_inline int within_budget(u32 uid, u64 records) {
+    u64 now = bpf_ktime_get_ns();
+    s64 cost = records * BUDGET_TOKEN;
+    struct budget *b = budgets.lookup(&uid);
+    if (!b) {
+        struct budget fresh = {.credit = BUDGET_BURST * BUDGET_TOKEN - cost, .last = now};
+        budgets.update(&uid, &fresh);
+        return 1;
+    }
+    s64 elapsed = now - b->last;         // another CPU may have refilled later than our `now`
+    if (elapsed > 0) {
+        if (elapsed > BUDGET_FULL_NS)
+            elapsed = BUDGET_FULL_NS;    // long enough to fill it: no overflow below
+        s64 room = BUDGET_BURST * BUDGET_TOKEN - b->credit;
+        s64 add = elapsed * BUDGET_PER_SECOND;
+        b->last = now;
+        if (add > room)
+            add = room;
+        if (add > 0)
+            __sync_fetch_and_add(&b->credit, add);
+    }
+    if (b->credit < cost) {
+        count_over_budget(uid, records);
+        return 0;
+    }
+    __sync_fetch_and_add(&b->credit, -cost);
+    return 1;
+}
+#else
+#define within_budget(uid, records) 1
+#endif
 
 // --- kernel structs, at the running kernel's offsets (see the header) ----------------------
 
@@ -541,7 +619,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     u64 sk = (u64)args->skaddr;
     if (args->newstate == TCP_SYN_SENT) {
         struct hdr h = {};
-        if (fill_hdr(&h, EV_CONNECT))
+        if (fill_hdr(&h, EV_CONNECT) && within_budget(h.uid, 1))
             connecting.update(&sk, &h);
         return 0;
     }
@@ -560,6 +638,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0;
     }
     if (args->oldstate == TCP_SYN_RECV && args->newstate == TCP_ESTABLISHED) {
+        if (!within_budget(NO_PROCESS, 1))
+            return 0;
         struct sock_event e = {};
         e.h.ts = bpf_ktime_get_boot_ns();
         e.h.type = EV_PASSIVE;
@@ -618,7 +698,7 @@ static __always_inline int accept_exit(void *ctx, long ret) {
     if (sa[0] == W_AF_UNIX && sa[1] == 0)
         return 0;                                // a unix socket's: no TCP peer to join
     struct sock_event e = {};
-    if (!fill_hdr(&e.h, EV_ACCEPT))
+    if (!fill_hdr(&e.h, EV_ACCEPT) || !within_budget(e.h.uid, 1))
         return 0;
     e.family = sa[0] | (sa[1] << 8);
     e.rport = (sa[2] << 8) | sa[3];              // network byte order in the sockaddr
@@ -720,6 +800,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     u64 sk = sock_of_fd(args->fd);
     if (!sk)
         return 0;
+    // the client pays for both records, its connect and the server's accept: a storm against
+    // another user's server (root's sshd mux, a tmux) spends the storm's budget, not the server's
+    struct hdr who = {};
+    if (!fill_hdr(&who, EV_UCONNECT) || !within_budget(who.uid, 2))
+        return 0;                                // another namespace's process, or over budget
     struct unix_pending p = {.uaddr = (u64)args->uservaddr, .sk = sk, .ts = bpf_ktime_get_boot_ns(),
                              .fd = args->fd, .len = args->addrlen};
     u64 id = bpf_get_current_pid_tgid();

@@ -1,8 +1,9 @@
 """Load capture.c into the kernel with BCC and turn its ring buffer into schema events.
 
 The Capture object is the edge between the kernel and the rest of the agent: `poll()`
-hands decoded, assembled events to a callback in batches, and `lost()` says how many
-records the ring buffer had to drop.
+hands decoded, assembled events to a callback in batches, `lost()` says how many
+records the ring buffer had to drop, and `over_budget()` how many connection records each uid
+was refused by its budget (capture.c, the connection budget).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from . import btf, decode, ringbuf
 from .assemble import Assembler, kernel_prefixes
 from .bccload import load_bcc
-from whodid.config import UnixSockets
+from whodid.config import ConnectionBudget, UnixSockets
 
 SOURCE = Path(__file__).with_name("capture.c")
 
@@ -75,6 +76,16 @@ def program_text(watch: tuple[str, ...], ringbuf_pages: int = 1024, unix_prefixe
             .replace("WATCH_PREFIXES", checks).replace("UNIX_PREFIXES", unix).replace("UNIX_COMMS", comms))
 
 
+def budget_flags(per_second: int, burst: int) -> list[str]:
+    """The compiler flags for a connection budget of per_second records a second per uid, up to
+    burst saved (capture.c); none when per_second is 0 (unlimited). BUDGET_FULL_NS: the time an
+    empty bucket takes to fill, the most a refill needs to count."""
+    if per_second <= 0:
+        return []
+    full_ns = -(-burst * 1_000_000_000 // per_second)
+    return [f"-DBUDGET_PER_SECOND={per_second}LL", f"-DBUDGET_BURST={burst}LL", f"-DBUDGET_FULL_NS={full_ns}LL"]
+
+
 def own_pid_namespace() -> tuple[int, int]:
     """(device, inode) of this process's pid namespace, as bpf_get_ns_current_pid_tgid wants."""
     st = os.stat("/proc/self/ns/pid")
@@ -103,7 +114,7 @@ class Capture:
     def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024,
                  pidns: tuple[int, int] | None = None, buffer: str = "auto",
                  offsets: btf.KernelOffsets | None = None, unix_prefixes: tuple[str, ...] | None = None,
-                 unix_comms: tuple[str, ...] | None = None):
+                 unix_comms: tuple[str, ...] | None = None, budget: ConnectionBudget | None = None):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
@@ -112,6 +123,8 @@ class Capture:
         self.perf = buffer == "perf" or (buffer == "auto" and not (has_ringbuf() and ringbuf.usable()))
         flags = ["-Wno-macro-redefined", "-Wno-unused-value", "-Wno-visibility",
                  f"-DPIDNS_FILTER={1 if pidns else 0}", f"-DUSE_PERFBUF={1 if self.perf else 0}"]
+        self.budget = ConnectionBudget() if budget is None else budget
+        flags += budget_flags(self.budget.per_second, self.budget.burst)
         if pidns:
             flags += [f"-DPIDNS_DEV={pidns[0]}ULL", f"-DPIDNS_INO={pidns[1]}ULL"]
         self.note: str | None = None
@@ -151,6 +164,9 @@ class Capture:
         else:
             table = self.bpf["events"]
             self.ring = ringbuf.RingReader(table.map_fd, table.max_entries)
+        if self.budget.per_second > 0:
+            over = self.bpf["over_budget"]
+            over[over.Key(decode.OVER_BUDGET_OTHER)] = over.Leaf(0)
 
     def _on_lost(self, count) -> None:
         self._perf_lost += count
@@ -201,6 +217,13 @@ class Capture:
 
     def lost(self) -> int:
         return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost
+
+    def over_budget(self) -> dict[int, int]:
+        """uid -> connection records its budget refused since load (decode.OVER_BUDGET_OTHER: uids
+        the table had no room for; decode.NO_PROCESS: passive TCP opens); empty when unlimited."""
+        if self.budget.per_second <= 0:
+            return {}
+        return {k.value: v.value for k, v in self.bpf["over_budget"].items() if v.value}
 
     def close(self) -> None:
         if self.ring is not None:

@@ -266,6 +266,7 @@ def run(args) -> int:
     host = args.host or cfg.host_name or socket.gethostname()
     flush_interval = args.flush_interval if args.flush_interval is not None else parse_duration(cfg.flush_interval)
     heartbeat = args.heartbeat if args.heartbeat is not None else parse_duration(cfg.heartbeat)
+    budget = cfg.connection_budget
     asm = Assembler(host=host, boot=boot_id(), boot_epoch=boot_epoch(), procfs=ProcFS(),
                     user_name=user_name, group_name=group_name, watch=watch,
                     rules=compile_rules([*cfg.redact_patterns, *(args.redact or ())]), own_pid=os.getpid(),
@@ -300,7 +301,7 @@ def run(args) -> int:
             cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
                           pidns=own_pid_namespace() if args.pid_namespace == "self" else None,
                           buffer=args.buffer, unix_prefixes=tuple(cfg.unix_sockets.prefixes),
-                          unix_comms=tuple(cfg.unix_sockets.comms))
+                          unix_comms=tuple(cfg.unix_sockets.comms), budget=cfg.connection_budget)
             mode = "bpf"
         except (CaptureError, BccMissing) as exc:
             print(f"whodid-agent: {exc}", file=sys.stderr)
@@ -375,14 +376,19 @@ def run(args) -> int:
         """Records the kernel dropped since the last look, as a loss event: stored, so traces
         crossing this window on this host say they may be incomplete."""
         lost, since = cap.lost(), lost_state["since"]
-        lost_state["since"] = time.time()
+        lost_state["since"] = now = time.time()
+        # connection records a uid's budget refused (BPF only): their own loss events, naming the uid
+        over = asm.budget_losses(cap.over_budget(), since, now, budget.per_second, budget.burst) \
+            if mode == "bpf" else []
+        for ev in over:
+            print(f"whodid-agent: {ev['what']}", file=sys.stderr)
         if lost <= lost_state["reported"]:
-            return []
+            return over
         count, lost_state["reported"] = lost - lost_state["reported"], lost
         print(f"whodid-agent: the kernel dropped {count} records ({mode}); raise --ringbuf-pages", file=sys.stderr)
-        return [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(time.time(), 6),
-                 "since": round(since, 6), "count": count,
-                 "what": "ring buffer full" if mode == "bpf" else "netlink overrun"}]
+        return over + [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
+                        "since": round(since, 6), "count": count,
+                        "what": "ring buffer full" if mode == "bpf" else "netlink overrun"}]
 
     def logins(final: bool = False) -> list:
         if follower is None:

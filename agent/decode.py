@@ -18,6 +18,8 @@ FILE_OPS = {1: "write", 2: "create", 3: "rename", 4: "unlink", 5: "rmdir", 6: "c
 CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid", 4: "setgid", 5: "setregid", 6: "setresgid"}
 GID_CALLS = {"setgid", "setregid", "setresgid"}
 UNCHANGED = 0xFFFFFFFF
+NO_PROCESS = 0xFFFFFFFF             # the connection budget's key for passive TCP opens (capture.c)
+OVER_BUDGET_OTHER = 0xFFFFFFFE      # ... and for uids its table had no room for
 TRUNC_FAULT = 2
 AF_INET = 2
 

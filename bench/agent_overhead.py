@@ -11,6 +11,8 @@ recorder competes with them for the CPU, plus a loopback connect/accept loop. Fo
 - lost: execs of the workload missing from the record, plus what the recorder itself reported lost.
 
 Needs root, BCC and auditd. `.venv/bin/python bench/agent_overhead.py [--execs 20000] [--rounds 3]`
+`--unbudgeted` adds the agent without its connection budget (agent.connection_budget.per_second 0)
+to every round: what the budget costs the normal path, in the same run.
 """
 
 from __future__ import annotations
@@ -90,13 +92,14 @@ def workload(execs: int) -> float:
     return elapsed
 
 
-def with_agent(work: Path, execs: int) -> dict:
+def with_agent(work: Path, execs: int, config: Path | None = None) -> dict:
     out = work / "agent.jsonl"
     out.unlink(missing_ok=True)
     ready = work / "agent.ready"
     ready.unlink(missing_ok=True)
     agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--out", str(out), "--auth-log", "none",
-                              "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
+                              "--ready-file", str(ready)] + (["--config", str(config)] if config else []),
+                             stderr=subprocess.PIPE, text=True)
     while not ready.exists():
         if agent.poll() is not None:
             raise RuntimeError(agent.stderr.read())
@@ -150,18 +153,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--execs", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--unbudgeted", action="store_true", help="also the agent with no connection budget")
     args = p.parse_args()
     why = missing()
     if why or os.geteuid() != 0:
         sys.exit(f"bench/agent_overhead.py needs root, BCC and auditd: {why or 'not root'}")
     runs: dict[str, list[dict]] = {"none": [], "whodid agent": [], "auditd": []}
+    if args.unbudgeted:
+        runs["whodid agent, no budget"] = []
     with tempfile.TemporaryDirectory(prefix="whodid-bench-agent-") as tmp:
         work = Path(tmp)
+        unlimited = work / "unbudgeted.yaml"
+        unlimited.write_text(json.dumps({"agent": {"connection_budget": {"per_second": 0}}}))
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}...", file=sys.stderr, flush=True)
             runs["none"].append({"seconds": workload(args.execs), "cpu": 0.0, "bytes": 0, "recorded": 0, "lost": 0})
             runs["whodid agent"].append(with_agent(work, args.execs))
             runs["auditd"].append(with_auditd(work, args.execs))
+            if args.unbudgeted:
+                runs["whodid agent, no budget"].append(with_agent(work, args.execs, unlimited))
     execs = args.execs // 2 * 2
     base = statistics.median(execs / r["seconds"] for r in runs["none"])
     print(f"conditions: {execs:,} execs of {MARK} from 2 parallel spawners plus a loopback connect/accept loop, "

@@ -12,6 +12,8 @@ under its own): socket, connect, [accept], close, N times, reporting ns per iter
 The ratio that counts is the unwatched one (most unix connects on a busy host: dbus, journald,
 nscd): target at most 1.10. The agent's ratio includes its general syscall tracing, which it pays
 with or without unix capture. `.venv/bin/python bench/unix_connect.py [--connects 100000] [--rounds 5]`
+`--unbudgeted` adds the agent without its connection budget (agent.connection_budget.per_second 0):
+with it, a watched storm of 100,000 connects is mostly over budget (not recorded, only counted).
 """
 
 from __future__ import annotations
@@ -68,15 +70,17 @@ def storm(binary: Path, n: int, mode: str, path: str) -> float:
 
 
 class Agent:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, config: Path | None = None):
         self.work = work
+        self.config = config
 
     def __enter__(self):
         ready = self.work / "agent.ready"
         ready.unlink(missing_ok=True)
         self.proc = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--out",
                                       str(self.work / "agent.jsonl"), "--auth-log", "none", "--ready-file",
-                                      str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                      str(ready)] + (["--config", str(self.config)] if self.config else []),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while not ready.exists():
             if self.proc.poll() is not None:
                 raise RuntimeError(self.proc.stderr.read())
@@ -92,6 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--connects", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--unbudgeted", action="store_true", help="also the agent with no connection budget")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="whodid-bench-unix-") as tmp:
         work = Path(tmp)
@@ -103,15 +108,20 @@ def main() -> None:
                  "unwatched, accepted": ("listen", str(work / "other.sock")),
                  "watched, accepted": ("listen", str(watched_dir / "s"))}
         times: dict[tuple[str, str], list[float]] = {}
+        unlimited = work / "unbudgeted.yaml"
+        unlimited.write_text('{"agent": {"connection_budget": {"per_second": 0}}}')
+        recorders = {"none": None, "whodid agent": None}
+        if args.unbudgeted:
+            recorders["agent, no budget"] = unlimited
         try:
             for _ in range(args.rounds):
-                for recorder in ("none", "whodid agent"):
+                for recorder, config in recorders.items():
                     if recorder == "none":
                         for name, (mode, path) in modes.items():
                             times.setdefault((recorder, name), []).append(storm(work / "storm", args.connects,
                                                                                 mode, path))
                         continue
-                    with Agent(work):
+                    with Agent(work, config):
                         for name, (mode, path) in modes.items():
                             times.setdefault((recorder, name), []).append(storm(work / "storm", args.connects,
                                                                                 mode, path))
@@ -119,12 +129,18 @@ def main() -> None:
             watched_dir.rmdir()
     print(f"unix connect storm: {args.connects} connects per run, {args.rounds} alternating rounds (medians), "
           f"{os.cpu_count()} cores; agent with its default config (unix_sockets watches /tmp/tmux-)")
-    print(f"{'mode':<22} {'none ns':>9} {'agent ns':>9} {'ratio':>7}")
+    unbudgeted = ("agent, no budget" in recorders)
+    print(f"{'mode':<22} {'none ns':>9} {'agent ns':>9} {'ratio':>7}"
+          + (f" {'no-budget ns':>13} {'ratio':>7}" if unbudgeted else ""))
     ratios = {}
     for name in modes:
         none, agent = statistics.median(times[("none", name)]), statistics.median(times[("whodid agent", name)])
         ratios[name] = agent / none
-        print(f"{name:<22} {none:>9.0f} {agent:>9.0f} {ratios[name]:>7.3f}")
+        line = f"{name:<22} {none:>9.0f} {agent:>9.0f} {ratios[name]:>7.3f}"
+        if unbudgeted:
+            free = statistics.median(times[("agent, no budget", name)])
+            line += f" {free:>13.0f} {free / none:>7.3f}"
+        print(line)
     result("unix connect, unwatched: time with agent / without", round(ratios["unwatched, ENOENT"], 3), 1.10,
            "lower", "x")
 

@@ -651,3 +651,36 @@ def test_the_kernels_session_wins_over_proc_where_the_pid_may_be_another_process
                   exec_rec(200, "/usr/bin/ls", uid=1000, gid=1000) + exec_facts(d.KNOWN_LOGIN, 33, 9))
     (exe,) = [e for e in events if e["kind"] == "exec"]
     assert (exe["auid"], exe["ses"]) == (33, 9)
+
+
+# --- the connection budget (capture.c): its counts as loss events -------------------------------
+
+def test_connections_over_budget_become_loss_events_that_name_the_user():
+    asm = assembler()
+    first = asm.budget_losses({1000: 412_000, d.NO_PROCESS: 7, 77: 3, 0: 0}, 100.0, 101.0, 2000, 10_000)
+    for ev in first:
+        parse_event(ev)                     # schema-valid `loss` events
+    by_what = {ev["what"]: ev for ev in first}
+    assert [ev["count"] for ev in first] == [3, 412_000, 7]        # by uid; a uid with nothing dropped says nothing
+    jim = by_what["connection records over the per-user budget of 2,000/s, burst 10,000: uid 1000 (jim), "
+                  "412,000 not recorded"]
+    assert (jim["host"], jim["boot"], jim["since"], jim["ts"]) == ("web-01", "boot-1", 100.0, 101.0)
+    assert any("uid 77, 3 not recorded" in w for w in by_what)     # no name for it: the uid alone
+    assert any("incoming TCP connections (no process known)" in w for w in by_what)
+    # the kernel's counts are totals since load: only what is new is said again
+    again = asm.budget_losses({1000: 412_500, d.NO_PROCESS: 7, 77: 3}, 101.0, 102.0, 2000, 10_000)
+    assert [(ev["count"], ev["since"]) for ev in again] == [(500, 101.0)]
+    assert asm.budget_losses({1000: 412_500}, 102.0, 103.0, 2000, 10_000) == []
+
+
+def test_the_budget_keys_and_flags_match_capture_c():
+    import re as _re
+
+    from whodid.agent.capture import budget_flags, program_text
+    src = program_text((), 64)
+    assert _re.search(rf"#define NO_PROCESS\s+0x{d.NO_PROCESS:x}\b", src)
+    assert _re.search(rf"#define OVER_BUDGET_OTHER\s+0x{d.OVER_BUDGET_OTHER:x}\b", src)
+    assert budget_flags(0, 10_000) == []                             # unlimited: the checks compile away
+    # an empty bucket fills in burst/per_second seconds, rounded up
+    assert budget_flags(3, 10) == ["-DBUDGET_PER_SECOND=3LL", "-DBUDGET_BURST=10LL",
+                                   "-DBUDGET_FULL_NS=3333333334LL"]

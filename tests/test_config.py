@@ -98,3 +98,23 @@ def test_bad_unix_sockets_say_what_is_wrong(raw, words):
     with pytest.raises(ConfigError) as info:
         from_dict({"agent": raw}, "test.yaml")
     assert words in str(info.value)
+
+
+def test_the_connection_budget_is_typed_and_checked():
+    assert config.Config().agent.connection_budget == config.ConnectionBudget(per_second=2000, burst=10_000)
+    cfg = from_dict({"agent": {"connection_budget": {"per_second": 0}}})
+    assert cfg.agent.connection_budget == config.ConnectionBudget(per_second=0, burst=10_000)   # 0: unlimited
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"connection_budget": 2000}, "`agent.connection_budget` must be a mapping"),
+    ({"connection_budget": {"rate": 5}}, "unknown key `agent.connection_budget.rate`"),
+    ({"connection_budget": {"per_second": "2k"}}, "`agent.connection_budget.per_second` must be a whole number"),
+    ({"connection_budget": {"burst": -1}}, "`agent.connection_budget.burst` must be a whole number from 0"),
+    ({"connection_budget": {"per_second": 10**10}}, "from 0 to 1,000,000,000"),
+    ({"connection_budget": {"burst": 1}}, "must be at least 2"),
+])
+def test_a_bad_connection_budget_says_what_is_wrong(raw, words):
+    with pytest.raises(ConfigError) as info:
+        from_dict({"agent": raw}, "test.yaml")
+    assert words in str(info.value)

@@ -154,6 +154,41 @@ def _unix_sockets(raw: Any, where: str) -> UnixSockets:
 
 
 @dataclass
+class ConnectionBudget:
+    """How many connection records (connect, accept, uconnect, uaccept) each uid may make
+    (agent.connection_budget; docs/agent.md): `per_second` a second, up to `burst` saved for a
+    burst. What is over it is not recorded, and said in a loss event naming the uid, so one
+    user's connect storm cannot take the ring buffer from everyone's exec records. 0 per_second:
+    unlimited."""
+    per_second: int = 2000
+    burst: int = 10000
+
+
+BUDGET_MAX = 1_000_000_000          # capture.c keeps credit in record-nanoseconds, in 63 bits
+
+
+def _connection_budget(raw: Any, where: str) -> ConnectionBudget:
+    if isinstance(raw, ConnectionBudget):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: `agent.connection_budget` must be a mapping with `per_second` and `burst`")
+    known = set(ConnectionBudget.__dataclass_fields__)
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key `agent.connection_budget.{key}`; it takes {sorted(known)}")
+    out = ConnectionBudget(**raw)
+    for key in sorted(known):
+        value = getattr(out, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= BUDGET_MAX:
+            raise ConfigError(f"{where}: `agent.connection_budget.{key}` must be a whole number from 0 to "
+                              f"{BUDGET_MAX:,}, got {value!r}")
+    if out.per_second and out.burst < 2:
+        raise ConfigError(f"{where}: `agent.connection_budget.burst` must be at least 2 (a unix connection "
+                          f"is two records), got {out.burst}; or set per_second to 0 for no budget")
+    return out
+
+
+@dataclass
 class AgentConfig:
     host_name: str = ""                 # empty: the hostname (UTS namespace)
     watch: list[str] = field(default_factory=lambda: [
@@ -174,6 +209,7 @@ class AgentConfig:
     spool_when_full: str = "drop-oldest"
     batch_events: int = 5000
     unix_sockets: UnixSockets = field(default_factory=UnixSockets)
+    connection_budget: ConnectionBudget = field(default_factory=ConnectionBudget)
 
     def agent_token(self) -> str:
         token = os.environ.get("WHODID_AGENT_TOKEN") or self.token
@@ -360,6 +396,7 @@ def from_dict(raw: Any, where: str = "config") -> Config:
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise ConfigError(f"{where}: `identity.people.{name}.{key}` must be a list of strings")
     cfg.agent.unix_sockets = _unix_sockets(cfg.agent.unix_sockets, where)
+    cfg.agent.connection_budget = _connection_budget(cfg.agent.connection_budget, where)
     for key in ("watch", "redact_patterns", "exclude"):
         values = getattr(cfg.agent, key)
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
