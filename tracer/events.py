@@ -244,6 +244,9 @@ def parse_event(obj: Any) -> dict[str, Any]:
             out[name] = value
         elif t is float and ftype == "num" and 0.0 <= value < TS_MAX:      # finite, and a time
             out[name] = value
+        elif t is list and ftype == "argv" and 0 < len(value) <= MAX_ARGV \
+                and all(type(a) is str and len(a) <= MAX_STR and a.isascii() for a in value):
+            out[name] = value
         else:
             out[name] = _check(name, ftype, value)
     if not out["host"]:

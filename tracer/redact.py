@@ -199,12 +199,16 @@ def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[li
 # a unix connection's socket names: an abstract name is any string a program chose, and may
 # carry a token (`@ghp_...`, a vault token in a per-session socket's name)
 SOCKET_NAMES = {"uconnect": ("path", "bound"), "uaccept": ("path",)}
+REDACTED_KINDS = frozenset({"exec", *SOCKET_NAMES})
 
 
 def redact_event(ev: dict[str, Any], rules: tuple[Rule, ...] = DEFAULT_RULES) -> bool:
     """Redact an event's command line in place (exec events carry one), or a unix connection's
     socket names by the context-free rules (a token's shape); True if changed."""
-    names = SOCKET_NAMES.get(ev.get("kind"))  # type: ignore[arg-type]
+    kind = ev.get("kind")
+    if kind not in REDACTED_KINDS:
+        return False                # forks, exits, creds, logins carry no free text (most events)
+    names = SOCKET_NAMES.get(kind)  # type: ignore[arg-type]
     if names:
         changed = False
         for field in names:

@@ -198,6 +198,9 @@ class Store:
         self._cmds: dict[str, int] = {}
         self._generation: str | None = None
         self._tick_boots: set[int] = set()          # boots whose processes an agent names (_proc_id)
+        # processes this store created from their fork and holds no snapshot image of: an exec
+        # of one has no snapshot to restate it, so _write_exec skips that lookup (most execs)
+        self._fresh: set[int] = set()
         self._found_running: dict[tuple[int, int, int], dict[str, Any]] = {}   # write()'s batch
 
     # --- opening -------------------------------------------------------------------------
@@ -451,6 +454,7 @@ class Store:
         cmd, argv_json = command_line(ev["argv"])
         ts = ev["ts"]
         if ev.get("snapshot"):
+            self._fresh.discard(proc)
             # A restarted agent's /proc snapshot of a process whose exec was seen restates that
             # image, dated at the fork: kept, it would stand before its own exec on a chain (and
             # read as a change of user when the exec was sudo's or sshd's). A snapshot of another
@@ -464,7 +468,7 @@ class Store:
                             ev.get("comm"), ev["argv"], bool(ev.get("truncated"))):
                     return 0
                 ts = max(ts, last[0] + 1e-6)
-        else:
+        elif proc not in self._fresh:
             # the seen exec arrived after a snapshot (a spool sent late): a snapshot restating it
             # goes; one of another program is an exec made later, while no agent ran
             for sid, sts, comm, scmd, sargv, strunc in c.execute(
@@ -522,6 +526,9 @@ class Store:
         if not cur.rowcount:
             return False                      # stored before: the usual path updates it
         self._remember_proc(key, cur.lastrowid)
+        if len(self._fresh) > 500_000:                  # a bound on memory: forgetting only costs lookups
+            self._fresh.clear()
+        self._fresh.add(cur.lastrowid)
         return True
 
     def _check_generation(self) -> None:
@@ -538,6 +545,7 @@ class Store:
         self._procs.clear()
         self._cmds.clear()
         self._tick_boots.clear()
+        self._fresh.clear()
 
     def _cmd_id(self, cmd: str) -> int:
         cid = self._cmds.get(cmd)
