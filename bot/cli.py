@@ -213,7 +213,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     if args.link and traces:
         if not cfg.web.enabled:
             raise UsageError("web.listen is off in the config, so there are no trace pages to link to")
-        from .ask import Ask
+        from .slack.ask import Ask
         from .web import TracePages
         pages = TracePages(cfg, cfg.store_path(args.db))
         ask = Ask(pattern=args.pattern, host=args.host, user=args.user, since=query.since, until=query.until,
@@ -246,7 +246,7 @@ def cmd_changes(args, cfg: config_mod.Config) -> int:
     from whodid.tracer.changes import review
 
     from . import changes as changes_mod
-    from .ask import AskError
+    from .slack.ask import AskError
     now = time.time()
     try:
         ask = changes_mod.parse(" ".join(args.words), now, cfg.changes.since)

@@ -49,7 +49,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         return 2
     bot = None
     if cfg.slack.mode != "off":
-        from .slack import Bot, SlackSetupError
+        from .slack.app import Bot, SlackSetupError
         if not cfg.slack.secret("bot_token"):
             log("Slack bot off: no bot token ($SLACK_BOT_TOKEN or slack.bot_token; see README, \"Install in "
                 "your workspace\"); set slack.mode: off to silence this")

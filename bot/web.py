@@ -24,8 +24,8 @@ from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refuse
 from whodid.tracer import Query, Store, Target, Tracer
 from whodid.tracer.render.text import printable
 
-from .ask import Ask
-from .buttons import store_key
+from .slack.ask import Ask
+from .slack.buttons import store_key
 from .links import LinkError, check, link_key, make
 
 MAX_EXPAND = 50

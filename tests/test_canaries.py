@@ -23,7 +23,7 @@ from whodid.bot.alerts import REOPEN_WITHIN, SlackPoster, State, step
 from whodid.bot.canaries import CanaryRunner
 from whodid.bot.canary import CanaryError, Result, json_path, parse_canary, parse_canaries, run
 from whodid.bot.fakekube import FakeKube
-from whodid.bot.slack import Bot
+from whodid.bot.slack.app import Bot
 from whodid.tracer import Store
 
 CLUSTER = "/apis/eks.amazonaws.com/v1/clusters/prod"

@@ -290,7 +290,7 @@ def slack_bot(fleet_store, monkeypatch):
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
     path = fleet_store[0]
-    from whodid.bot.slack import Bot
+    from whodid.bot.slack.app import Bot
     with SlackEmulator() as emu:
         cfg = people_cfg({
             "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,

@@ -17,7 +17,7 @@ import pytest
 
 from whodid import config as config_mod
 from whodid.bot import cli, demo
-from whodid.bot.ask import Ask
+from whodid.bot.slack.ask import Ask
 from whodid.bot.links import LinkError, check, link_key, make
 from whodid.bot.web import TracePages
 
@@ -79,7 +79,7 @@ def test_links_carry_the_question_expire_and_cannot_be_altered():
     with pytest.raises(LinkError, match="altered"):
         check(token, link_key(b"j" * 32), now)           # another whodid's key
     # a button's signature is not a link's
-    from whodid.bot.buttons import View, encode
+    from whodid.bot.slack.buttons import View, encode
     with pytest.raises(LinkError):
         check(encode(View(delete_ask(now)), b"k" * 32), key, now)
 
@@ -240,7 +240,7 @@ def test_the_cli_prints_links_that_open(site, demo_db, capsys, tmp_path):
 def test_slack_answers_carry_an_open_full_trace_button(site, demo_db, monkeypatch):
     from slackemu import SIGNING_SECRET, SlackEmulator
     from test_slack import answered
-    from whodid.bot.slack import Bot
+    from whodid.bot.slack.app import Bot
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
     with SlackEmulator() as emu:
