@@ -518,9 +518,9 @@ def cmd_token(args, cfg: config_mod.Config) -> int:
 
 
 def cmd_canary(args, cfg: config_mod.Config) -> int:
-    from .alerts import alert_text, State
-    from .canary import run
-    from .canaries import CanaryRunner
+    from .canary.alerts import alert_text, State
+    from .canary.checks import run
+    from .canary.runner import CanaryRunner
     now = time.time()
     path = cfg.store_path(args.db)
     if args.action == "list":
@@ -653,9 +653,9 @@ def demo_digest(path: str, cfg: config_mod.Config, ident, now: float) -> None:
 def demo_canary(path: str, cfg: config_mod.Config) -> None:
     """The rest of the story: a canary notices the cluster is gone, and its alert names jim."""
     from . import demo
-    from .alerts import FilePoster
-    from .canaries import CanaryRunner
-    from .canary import parse_canary
+    from .canary.alerts import FilePoster
+    from .canary.runner import CanaryRunner
+    from .canary.checks import parse_canary
     from .fakekube import FakeKube
 
     with FakeKube() as kube:          # the cluster API, where the prod cluster no longer exists

@@ -91,8 +91,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
                           id="retention", name="retention")
         scheduler.add_job(prune, "date", id="retention-now", name="retention at start")
     if cfg.canaries:
-        from .alerts import FilePoster, SlackPoster
-        from .canaries import CanaryRunner
+        from .canary.alerts import FilePoster, SlackPoster
+        from .canary.runner import CanaryRunner
         if bot is not None:
             unrouted = [c.name for c in cfg.canaries if not c.channel]
             if unrouted:

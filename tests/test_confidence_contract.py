@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kit import T0, Host, ssh_session, store_with
 
-from whodid.bot import alerts
+from whodid.bot.canary import alerts
 from whodid.bot.slack.buttons import View
 from whodid.bot.slack.ask import Ask
 from whodid.bot.changes import render_text as review_text, review_json
@@ -115,7 +115,7 @@ def test_an_inferred_person_is_said_inferred_in_one_line_views():
     the picture's title in Slack, the answer's notification text - said "jim ran ..." alike for
     an inferred and an observed answer: at 3 am the page that names jim must say it is a guess."""
     from whodid.bot.slack import blocks
-    from whodid.bot.canary import Canary, Result, Suspects
+    from whodid.bot.canary.checks import Canary, Result, Suspects
     ask = Ask(pattern="terraform", since=T0, until=None, since_text="24h")
     inf, obs = inferred_trace(), observed_trace()
     assert blocks.headline(inf, NOW).startswith("jim (inferred) ran `terraform destroy`")

@@ -15,7 +15,7 @@ from test_abuse_slack import CONTROLS, MENTIONS
 from test_html import Page
 from test_trace import IDENT, JIM_FP, shared_account_story
 
-from whodid.bot import alerts
+from whodid.bot.canary import alerts
 from whodid.bot.slack import blocks
 from whodid.bot.slack.ask import Ask
 from whodid.bot.slack.buttons import View
