@@ -214,7 +214,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         if not cfg.web.enabled:
             raise UsageError("web.listen is off in the config, so there are no trace pages to link to")
         from .slack.ask import Ask
-        from .web import TracePages
+        from .web.pages import TracePages
         pages = TracePages(cfg, cfg.store_path(args.db))
         ask = Ask(pattern=args.pattern, host=args.host, user=args.user, since=query.since, until=query.until,
                   since_text=args.since or cfg.trace.default_since)

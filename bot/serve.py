@@ -62,7 +62,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
                 return 2
     pages = None
     if cfg.web.enabled:
-        from .web import TracePages
+        from .web.pages import TracePages
         pages = TracePages(cfg, path, log=lambda msg: print(f"whodid web: {msg}", file=sys.stderr, flush=True))
         try:
             where = pages.start()

@@ -29,7 +29,7 @@ from whodid.bot import cli
 from whodid.bot.slack import app as slack_mod
 from whodid.bot.slack.app import Bot
 from whodid.bot.slack.ask import Ask
-from whodid.bot.web import TracePages
+from whodid.bot.web.pages import TracePages
 from whodid.tracer import Store, ingest
 
 PROD = Host("prod", "10.0.0.2")
@@ -157,7 +157,7 @@ def test_links_and_buttons_from_before_pins_are_refused_with_ask_again(db):
 
     from whodid.bot.slack.ask import Ask
     from whodid.bot.slack.buttons import StateError, _sign as sign_button, decode
-    from whodid.bot.links import LinkError, _sign as sign_link, check, link_key
+    from whodid.bot.web.links import LinkError, _sign as sign_link, check, link_key
     key = b"k" * 32
     ask = Ask(pattern="delete-cluster", since=time.time() - 86400, since_text="24h")
     old = {"p": ask.pattern, "h": None, "u": None, "s": ask.since, "t": None, "w": "24h", "i": 0, "c": 0}

@@ -16,7 +16,7 @@ import pytest
 
 from whodid import private
 from whodid.agent import cli as agent_cli
-from whodid.bot import links
+from whodid.bot.web import links
 from whodid.bot.slack import buttons
 from whodid.bot.slack.ask import Ask
 from whodid.tracer import Store

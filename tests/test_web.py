@@ -1,4 +1,4 @@
-"""The trace page, for real: signed links (bot/links.py), the server (bot/web.py) over HTTP, and
+"""The trace page, for real: signed links (bot/web/links.py), the server (bot/web/pages.py) over HTTP, and
 the page itself in a real headless browser - Debian's chromium through its chromedriver,
 driven by Selenium: open a signed link, read the chain, click a process for its details,
 hover a hop for why it is there, widen the scope, expand a group in place; expired and altered
@@ -18,8 +18,8 @@ import pytest
 from whodid import config as config_mod
 from whodid.bot import cli, demo
 from whodid.bot.slack.ask import Ask
-from whodid.bot.links import LinkError, check, link_key, make
-from whodid.bot.web import TracePages
+from whodid.bot.web.links import LinkError, check, link_key, make
+from whodid.bot.web.pages import TracePages
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 NO_BROWSER = None if CHROMIUM and DRIVER else "needs chromium and chromium-driver (./bootstrap installs them)"
