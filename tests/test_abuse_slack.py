@@ -322,7 +322,7 @@ def test_the_trace_page_log_line_cannot_be_driven_by_a_request_path(db):
 def test_canary_run_prints_what_a_remote_api_says_escaped(db, tmp_path, capsys):
     """`whodid canary run` prints the check's summary, which quotes the remote API (a Kubernetes
     object's kind, name and deletion time): escaped like every other remote's words."""
-    from whodid.bot.fakekube import FakeKube
+    from whodid.bot.demo.fakekube import FakeKube
     path = "/apis/eks.amazonaws.com/v1/clusters/prod"
     with FakeKube() as kube:
         kube.objects[path] = {"kind": "Cluster\x1b[2J", "metadata": {

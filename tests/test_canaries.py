@@ -18,11 +18,12 @@ from slackemu import SIGNING_SECRET, SlackEmulator
 from kit import free_port
 
 from whodid import config as config_mod
-from whodid.bot import cli, demo
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
 from whodid.bot.canary.alerts import REOPEN_WITHIN, SlackPoster, State, step
 from whodid.bot.canary.runner import CanaryRunner
 from whodid.bot.canary.checks import CanaryError, Result, json_path, parse_canary, parse_canaries, run
-from whodid.bot.fakekube import FakeKube
+from whodid.bot.demo.fakekube import FakeKube
 from whodid.bot.slack.app import Bot
 from whodid.tracer import Store
 

@@ -17,7 +17,7 @@ from slackemu import SIGNING_SECRET, SlackEmulator
 from whodid import config as config_mod
 from whodid.bot import cli
 from whodid.bot.changes import MAX_MESSAGES, DigestJob, paginate, parse, render_blocks, render_text
-from whodid.bot.simfleet import SimFleet, key_fingerprint
+from whodid.bot.demo.simfleet import SimFleet, key_fingerprint
 from whodid.tracer import Store, Tracer, ingest
 from whodid.tracer.changes import RulesError, classify, parse_rules, review
 

@@ -10,7 +10,8 @@ import pytest
 from slackemu import SIGNING_SECRET, SlackEmulator
 
 from whodid import config as config_mod
-from whodid.bot import cli, demo
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
 from whodid.bot.slack import blocks
 from whodid.bot.slack.buttons import View, encode
 from whodid.bot.slack.ask import Ask

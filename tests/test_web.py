@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from whodid import config as config_mod
-from whodid.bot import cli, demo
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
 from whodid.bot.slack.ask import Ask
 from whodid.bot.web.links import LinkError, check, link_key, make
 from whodid.bot.web.pages import TracePages
