@@ -17,7 +17,8 @@ from whodid import config as config_mod
 from whodid.tracer import Query, Store, StoreError, Tracer, ingest
 from whodid.tracer.render import render_text
 
-from ..cli import EXIT_NO_MATCH, EXIT_OK, UsageError, write_images
+from ..commands import EXIT_NO_MATCH, EXIT_OK, UsageError
+from ..commands.trace import write_images
 
 
 def cmd_demo(args, cfg: config_mod.Config) -> int:
