@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from whodid.bot import demo
-from whodid.bot.simfleet import SimFleet
+from whodid.bot.demo import story as demo
+from whodid.bot.demo.simfleet import SimFleet
 from whodid.tracer import Store, ingest
 
 CACHE = Path(__file__).parent / ".cache"

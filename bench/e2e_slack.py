@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from slackemu import SIGNING_SECRET, SlackEmulator  # noqa: E402
 
 from whodid import config as config_mod  # noqa: E402
-from whodid.bot import cli, demo  # noqa: E402
-from whodid.bot.slack import Bot  # noqa: E402
+from whodid.bot import cli  # noqa: E402
+from whodid.bot.demo import story as demo  # noqa: E402
+from whodid.bot.slack.app import Bot  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from result import result  # noqa: E402

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from whodid.agent.ship import Shipper
 from whodid.agent.spool import Spool
-from whodid.bot import demo
+from whodid.bot.demo import story as demo
 from whodid.tracer import Store, ingest
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from whodid.bot.simfleet import SimFleet, key_fingerprint
+from whodid.bot.demo.simfleet import SimFleet, key_fingerprint
 from whodid.tracer import Query, Store, Tracer, ingest
 from whodid.tracer.render.image import DPI, figure_size, paint
 from whodid.tracer.render.layout import layout

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from whodid.bot import demo
+from whodid.bot.demo import story as demo
 from whodid.tracer import Store, ingest
 
 sys.path.insert(0, str(Path(__file__).parent))

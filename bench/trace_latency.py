@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bigfleet import cached  # noqa: E402
 from result import result  # noqa: E402
 
-from whodid.bot import demo  # noqa: E402
+from whodid.bot.demo import story as demo  # noqa: E402
 from whodid.config import IdentityConfig  # noqa: E402
 from whodid.tracer import Query, Store, Tracer  # noqa: E402
 

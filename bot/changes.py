@@ -22,9 +22,9 @@ from whodid.tracer.changes import Review, Row, by_person, planned_by_actor
 from whodid.tracer.render.text import printable
 from whodid.tracer.when import clock, iso
 
-from .ask import Ask, AskError, window
-from .blocks import MAX_BLOCKS, MAX_SECTION, button, context, code, cut, escape, section
-from .buttons import View
+from .slack.ask import Ask, AskError, window
+from .slack.blocks import MAX_BLOCKS, MAX_SECTION, button, context, code, cut, escape, section
+from .slack.buttons import View
 
 KEYS = ("host", "user", "since", "until")
 ROWS_PER_MESSAGE = 40                # section blocks per message, with room for headers

@@ -49,7 +49,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         return 2
     bot = None
     if cfg.slack.mode != "off":
-        from .slack import Bot, SlackSetupError
+        from .slack.app import Bot, SlackSetupError
         if not cfg.slack.secret("bot_token"):
             log("Slack bot off: no bot token ($SLACK_BOT_TOKEN or slack.bot_token; see README, \"Install in "
                 "your workspace\"); set slack.mode: off to silence this")
@@ -62,7 +62,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
                 return 2
     pages = None
     if cfg.web.enabled:
-        from .web import TracePages
+        from .web.pages import TracePages
         pages = TracePages(cfg, path, log=lambda msg: print(f"whodid web: {msg}", file=sys.stderr, flush=True))
         try:
             where = pages.start()
@@ -91,8 +91,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
                           id="retention", name="retention")
         scheduler.add_job(prune, "date", id="retention-now", name="retention at start")
     if cfg.canaries:
-        from .alerts import FilePoster, SlackPoster
-        from .canaries import CanaryRunner
+        from .canary.alerts import FilePoster, SlackPoster
+        from .canary.runner import CanaryRunner
         if bot is not None:
             unrouted = [c.name for c in cfg.canaries if not c.channel]
             if unrouted:

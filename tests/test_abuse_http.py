@@ -29,8 +29,8 @@ from slackemu import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackEmulator
 from kit import collector_on, free_port
 
 from whodid import config as config_mod
-from whodid.bot.slack_http import SlackHTTPServer
-from whodid.bot.web import TracePages
+from whodid.bot.slack.http_mode import SlackHTTPServer
+from whodid.bot.web.pages import TracePages
 from whodid.collector.server import Collector, Limits
 from whodid.guarded_http import Deadlines
 from whodid.tracer.store import Store

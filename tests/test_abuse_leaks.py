@@ -108,7 +108,7 @@ def test_a_key_moved_out_of_an_old_store_leaves_no_copy_in_its_bytes(tmp_path, m
     meant to be read) finds it. SQLite keeps deleted bytes unless secure_delete is on, and
     only some builds turn it on (Debian's does): here it is off, as SQLite's default is; and
     `whodid serve` holds the store open, so no checkpoint on close rewrites the pages."""
-    from whodid.bot import buttons
+    from whodid.bot.slack import buttons
     from whodid.tracer import Store
     real_connect = sqlite3.connect
 

@@ -26,10 +26,10 @@ from test_slack import answered, button
 
 from whodid import config as config_mod
 from whodid.bot import cli
-from whodid.bot import slack as slack_mod
-from whodid.bot.slack import Bot
-from whodid.bot.ask import Ask
-from whodid.bot.web import TracePages
+from whodid.bot.slack import app as slack_mod
+from whodid.bot.slack.app import Bot
+from whodid.bot.slack.ask import Ask
+from whodid.bot.web.pages import TracePages
 from whodid.tracer import Store, ingest
 
 PROD = Host("prod", "10.0.0.2")
@@ -155,9 +155,9 @@ def test_buttons_and_links_keep_showing_jims_process_after_bob_runs_a_newer_matc
 def test_links_and_buttons_from_before_pins_are_refused_with_ask_again(db):
     import base64
 
-    from whodid.bot.ask import Ask
-    from whodid.bot.buttons import StateError, _sign as sign_button, decode
-    from whodid.bot.links import LinkError, _sign as sign_link, check, link_key
+    from whodid.bot.slack.ask import Ask
+    from whodid.bot.slack.buttons import StateError, _sign as sign_button, decode
+    from whodid.bot.web.links import LinkError, _sign as sign_link, check, link_key
     key = b"k" * 32
     ask = Ask(pattern="delete-cluster", since=time.time() - 86400, since_text="24h")
     old = {"p": ask.pattern, "h": None, "u": None, "s": ask.since, "t": None, "w": "24h", "i": 0, "c": 0}
@@ -322,7 +322,7 @@ def test_the_trace_page_log_line_cannot_be_driven_by_a_request_path(db):
 def test_canary_run_prints_what_a_remote_api_says_escaped(db, tmp_path, capsys):
     """`whodid canary run` prints the check's summary, which quotes the remote API (a Kubernetes
     object's kind, name and deletion time): escaped like every other remote's words."""
-    from whodid.bot.fakekube import FakeKube
+    from whodid.bot.demo.fakekube import FakeKube
     path = "/apis/eks.amazonaws.com/v1/clusters/prod"
     with FakeKube() as kube:
         kube.objects[path] = {"kind": "Cluster\x1b[2J", "metadata": {
@@ -429,7 +429,7 @@ def test_a_pin_for_another_boot_or_out_of_range_shows_a_clear_message_never_anot
     """A signed button whose pin names no stored process - jim's pid and start, but on another
     boot of prod (after a reboot the pid is someone else's) - says the match is gone; it never
     shows the process that now has that pid. Numbers out of range are refused as invalid."""
-    from whodid.bot.buttons import View
+    from whodid.bot.slack.buttons import View
     from whodid.tracer.trace import Target
     bot = run_bot(emu, db, allowed_channels=["C1"])
     try:
@@ -455,7 +455,7 @@ def test_a_pin_for_another_boot_or_out_of_range_shows_a_clear_message_never_anot
 
 def bot_ask(top, bot):
     """The question a message's buttons carry."""
-    from whodid.bot.buttons import decode
+    from whodid.bot.slack.buttons import decode
     return decode(button(top, "earlier"), bot.key).ask
 
 

@@ -18,12 +18,13 @@ from slackemu import SIGNING_SECRET, SlackEmulator
 from kit import free_port
 
 from whodid import config as config_mod
-from whodid.bot import cli, demo
-from whodid.bot.alerts import REOPEN_WITHIN, SlackPoster, State, step
-from whodid.bot.canaries import CanaryRunner
-from whodid.bot.canary import CanaryError, Result, json_path, parse_canary, parse_canaries, run
-from whodid.bot.fakekube import FakeKube
-from whodid.bot.slack import Bot
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
+from whodid.bot.canary.alerts import REOPEN_WITHIN, SlackPoster, State, step
+from whodid.bot.canary.runner import CanaryRunner
+from whodid.bot.canary.checks import CanaryError, Result, json_path, parse_canary, parse_canaries, run
+from whodid.bot.demo.fakekube import FakeKube
+from whodid.bot.slack.app import Bot
 from whodid.tracer import Store
 
 CLUSTER = "/apis/eks.amazonaws.com/v1/clusters/prod"
@@ -64,7 +65,7 @@ def test_the_example_config_canaries_parse_and_document_every_key():
                             if line.startswith(("#  ", "# -")))
     cs = parse_canaries(yaml.safe_load(uncommented))
     assert {c.kind for c in cs} == {"http", "tcp", "command", "kubernetes"}
-    from whodid.bot.canary import CANARY_KEYS, CHECK_KEYS, SUSPECT_KEYS
+    from whodid.bot.canary.checks import CANARY_KEYS, CHECK_KEYS, SUSPECT_KEYS
     for key in CANARY_KEYS | SUSPECT_KEYS | set().union(*CHECK_KEYS.values()):
         assert f"{key}:" in block, f"canary key {key} is not shown in config.example.yaml"
 

@@ -17,7 +17,7 @@ from slackemu import SIGNING_SECRET, SlackEmulator
 from whodid import config as config_mod
 from whodid.bot import cli
 from whodid.bot.changes import MAX_MESSAGES, DigestJob, paginate, parse, render_blocks, render_text
-from whodid.bot.simfleet import SimFleet, key_fingerprint
+from whodid.bot.demo.simfleet import SimFleet, key_fingerprint
 from whodid.tracer import Store, Tracer, ingest
 from whodid.tracer.changes import RulesError, classify, parse_rules, review
 
@@ -290,7 +290,7 @@ def slack_bot(fleet_store, monkeypatch):
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
     path = fleet_store[0]
-    from whodid.bot.slack import Bot
+    from whodid.bot.slack.app import Bot
     with SlackEmulator() as emu:
         cfg = people_cfg({
             "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,

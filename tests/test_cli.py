@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from whodid.bot import cli, demo
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
 from whodid.tracer import Query, Store, Tracer, ingest
 from whodid.tracer.render import traces_json
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from kit import T0, Host, ssh_session, store_with
 
-from whodid.bot import alerts
-from whodid.bot.buttons import View
-from whodid.bot.ask import Ask
+from whodid.bot.canary import alerts
+from whodid.bot.slack.buttons import View
+from whodid.bot.slack.ask import Ask
 from whodid.bot.changes import render_text as review_text, review_json
 from whodid.tracer import Query, Tracer
 from whodid.tracer.changes import parse_rules, review
@@ -114,8 +114,8 @@ def test_an_inferred_person_is_said_inferred_in_one_line_views():
     """The one-line views - a canary alert's suspects (text and Slack), the "other matches" list,
     the picture's title in Slack, the answer's notification text - said "jim ran ..." alike for
     an inferred and an observed answer: at 3 am the page that names jim must say it is a guess."""
-    from whodid.bot import blocks
-    from whodid.bot.canary import Canary, Result, Suspects
+    from whodid.bot.slack import blocks
+    from whodid.bot.canary.checks import Canary, Result, Suspects
     ask = Ask(pattern="terraform", since=T0, until=None, since_text="24h")
     inf, obs = inferred_trace(), observed_trace()
     assert blocks.headline(inf, NOW).startswith("jim (inferred) ran `terraform destroy`")
@@ -136,7 +136,7 @@ def test_an_inferred_person_is_said_inferred_in_one_line_views():
 
 def test_candidate_counts_read_as_english():
     """"(confidence unknown, 1 candidates)" in the notification text."""
-    from whodid.bot import blocks
+    from whodid.bot.slack import blocks
     (tr,), _ = matches(root_login())
     text, _ = blocks.summary(tr, View(Ask(pattern="rm", since=T0, until=None, since_text="24h")), 1, NOW,
                              lambda v: "v")
@@ -234,7 +234,7 @@ def test_an_unknown_answer_does_not_say_it_runs_as_the_login_account_when_it_ran
     """The text said "on web-1, pid 451, as root" and two lines below "(it runs as ec2-user)";
     the picture's badge and Slack's Who field said "runs as ec2-user" too: the account is the
     one logged in to, not what the command ran as."""
-    from whodid.bot import blocks
+    from whodid.bot.slack import blocks
     from whodid.tracer.render.html import render_html
     from whodid.tracer.render.layout import layout
     tr = shared_login_then_sudo()
@@ -274,7 +274,7 @@ def test_a_shared_sessions_client_that_names_no_one_is_person_unknown_in_every_v
     """Issue 19: a tmux server's client whose own chain stops at root (or a shared account) is
     shown with the shared session in every view - JSON, the alert's file, text, picture, page,
     Slack - and is "person unknown" (null in JSON) in all of them, never root as a person."""
-    from whodid.bot import blocks
+    from whodid.bot.slack import blocks
     from whodid.tracer.render.html import render_html
     from whodid.tracer.render.layout import layout
     from whodid.tracer.sharing import ATTACHED, SessionClient, SharedSession

@@ -23,10 +23,12 @@ from test_html import Page
 from test_image import NOW
 from test_slack import answered, button
 
-from whodid.bot import alerts, blocks, cli
-from whodid.bot.ask import Ask
-from whodid.bot.buttons import View
-from whodid.bot.canary import Canary, Result, Suspects
+from whodid.bot import cli
+from whodid.bot.canary import alerts
+from whodid.bot.slack import blocks
+from whodid.bot.slack.ask import Ask
+from whodid.bot.slack.buttons import View
+from whodid.bot.canary.checks import Canary, Result, Suspects
 from whodid.tracer import Query, Tracer, stitch
 from whodid.tracer.render.html import render_html
 from whodid.tracer.render.image import figure_size, paint

@@ -14,8 +14,8 @@ from slackemu import SIGNING_SECRET, SlackEmulator
 
 from whodid import config as config_mod
 from whodid.bot.health import checks
-from whodid.bot.slack import Bot
-from whodid.bot.web import TracePages
+from whodid.bot.slack.app import Bot
+from whodid.bot.web.pages import TracePages
 from whodid.collector.server import Collector
 from whodid.tracer import Store
 

@@ -11,7 +11,7 @@ import pytest
 from kit import T0, Host, ssh_session, store_with
 from test_image import NOW, busy_root_shell
 from test_trace import IDENT, shared_account_story
-from whodid.bot import demo
+from whodid.bot.demo import story as demo
 from whodid.tracer import Query, Tracer
 from whodid.tracer.render.html import edge_why, gather_details, render_html
 from whodid.tracer.render.layout import MAX_ROWS, layout

@@ -16,8 +16,9 @@ import pytest
 
 from whodid import private
 from whodid.agent import cli as agent_cli
-from whodid.bot import buttons, links
-from whodid.bot.ask import Ask
+from whodid.bot.web import links
+from whodid.bot.slack import buttons
+from whodid.bot.slack.ask import Ask
 from whodid.tracer import Store
 
 EVENTS = [{"v": 1, "kind": "exec", "host": "h", "boot": "b", "ts": 1_700_000_000.0 + i, "pid": 10 + i, "start": 5,

@@ -17,7 +17,8 @@ from slackemu import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackEmulator
 from kit import free_port
 from test_slack import answered, button
 
-from whodid.bot import cli, demo
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_serve_with_a_half_configured_slack_refuses_to_start(tmp_path, demo_db):
 
 
 def test_serve_runs_canaries_and_without_slack_writes_alerts_to_files(tmp_path, demo_db):
-    from whodid.bot.fakekube import FakeKube
+    from whodid.bot.demo.fakekube import FakeKube
     with FakeKube() as kube:                                 # no cluster object: it is gone
         (tmp_path / "config.yaml").write_text(yaml.safe_dump({
             "identity": {"people": demo.story_people()},

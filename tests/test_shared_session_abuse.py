@@ -19,9 +19,9 @@ from test_html import Page                                                # noqa
 from test_multiplexer import (B, PEOPLE, SOCK, bobs_attach, jims_session,  # noqa: E402
                               typed_in_the_pane)
 
-from whodid.bot import blocks                                             # noqa: E402
-from whodid.bot.ask import Ask                                            # noqa: E402
-from whodid.bot.buttons import View                                       # noqa: E402
+from whodid.bot.slack import blocks                                             # noqa: E402
+from whodid.bot.slack.ask import Ask                                            # noqa: E402
+from whodid.bot.slack.buttons import View                                       # noqa: E402
 from whodid.tracer import Query, Tracer                                   # noqa: E402
 from whodid.tracer.events import EventError, MAX_STR, parse_event          # noqa: E402
 from whodid.tracer.ingest import ingest                                   # noqa: E402

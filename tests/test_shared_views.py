@@ -15,9 +15,10 @@ from test_abuse_slack import CONTROLS, MENTIONS
 from test_html import Page
 from test_trace import IDENT, JIM_FP, shared_account_story
 
-from whodid.bot import alerts, blocks
-from whodid.bot.ask import Ask
-from whodid.bot.buttons import View
+from whodid.bot.canary import alerts
+from whodid.bot.slack import blocks
+from whodid.bot.slack.ask import Ask
+from whodid.bot.slack.buttons import View
 from whodid.tracer import Query, Tracer, stitch
 from whodid.tracer.render.html import render_html
 from whodid.tracer.render.image import DPI, figure_size, paint

@@ -10,10 +10,12 @@ import pytest
 from slackemu import SIGNING_SECRET, SlackEmulator
 
 from whodid import config as config_mod
-from whodid.bot import blocks, cli, demo
-from whodid.bot.buttons import View, encode
-from whodid.bot.ask import Ask
-from whodid.bot.slack import Bot, SlackSetupError, check_tokens
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
+from whodid.bot.slack import blocks
+from whodid.bot.slack.buttons import View, encode
+from whodid.bot.slack.ask import Ask
+from whodid.bot.slack.app import Bot, SlackSetupError, check_tokens
 from whodid.tracer import Store
 
 CHAIN = "How:  jim -> jump-box -> config-server (ec2-user), sudo to root"
@@ -208,7 +210,7 @@ def test_a_channel_the_bot_is_not_in_gets_an_ephemeral_answer_and_a_hint(slack):
 def test_button_values_round_trip_and_fit():
     key = b"k" * 32
     view = View(Ask(pattern="x" * 200, host="prod-*", user="jim", since=1.5, until=None, since_text="24h"), 3, 2)
-    from whodid.bot.buttons import decode
+    from whodid.bot.slack.buttons import decode
     assert decode(encode(view, key), key) == view
     assert len(encode(view, key)) < 2000
 

@@ -1,4 +1,4 @@
-"""The trace page, for real: signed links (bot/links.py), the server (bot/web.py) over HTTP, and
+"""The trace page, for real: signed links (bot/web/links.py), the server (bot/web/pages.py) over HTTP, and
 the page itself in a real headless browser - Debian's chromium through its chromedriver,
 driven by Selenium: open a signed link, read the chain, click a process for its details,
 hover a hop for why it is there, widen the scope, expand a group in place; expired and altered
@@ -16,10 +16,11 @@ import urllib.request
 import pytest
 
 from whodid import config as config_mod
-from whodid.bot import cli, demo
-from whodid.bot.ask import Ask
-from whodid.bot.links import LinkError, check, link_key, make
-from whodid.bot.web import TracePages
+from whodid.bot import cli
+from whodid.bot.demo import story as demo
+from whodid.bot.slack.ask import Ask
+from whodid.bot.web.links import LinkError, check, link_key, make
+from whodid.bot.web.pages import TracePages
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 NO_BROWSER = None if CHROMIUM and DRIVER else "needs chromium and chromium-driver (./bootstrap installs them)"
@@ -79,7 +80,7 @@ def test_links_carry_the_question_expire_and_cannot_be_altered():
     with pytest.raises(LinkError, match="altered"):
         check(token, link_key(b"j" * 32), now)           # another whodid's key
     # a button's signature is not a link's
-    from whodid.bot.buttons import View, encode
+    from whodid.bot.slack.buttons import View, encode
     with pytest.raises(LinkError):
         check(encode(View(delete_ask(now)), b"k" * 32), key, now)
 
@@ -240,7 +241,7 @@ def test_the_cli_prints_links_that_open(site, demo_db, capsys, tmp_path):
 def test_slack_answers_carry_an_open_full_trace_button(site, demo_db, monkeypatch):
     from slackemu import SIGNING_SECRET, SlackEmulator
     from test_slack import answered
-    from whodid.bot.slack import Bot
+    from whodid.bot.slack.app import Bot
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
     with SlackEmulator() as emu:

@@ -275,7 +275,7 @@ class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     web: WebConfig = field(default_factory=WebConfig)
-    canaries: list = field(default_factory=list)         # bot.canary.Canary, parsed and checked at load
+    canaries: list = field(default_factory=list)         # bot.canary.checks.Canary, parsed and checked at load
     changes: Rules = field(default_factory=parse_rules)  # change review: patterns, actors, windows, digest
     source: str | None = None           # the file it came from, for messages
 
@@ -378,7 +378,7 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         if key not in SECTIONS and key not in ("canaries", "changes"):
             hint = difflib.get_close_matches(str(key), [*SECTIONS, "canaries", "changes"], n=1)
             raise ConfigError(f"{where}: unknown section `{key}`" + (f"; did you mean `{hint[0]}`?" if hint else ""))
-    from whodid.bot.canary import CanaryError, parse_canaries
+    from whodid.bot.canary.checks import CanaryError, parse_canaries
     try:
         canaries = parse_canaries(raw.get("canaries"))
     except CanaryError as exc:

@@ -4,7 +4,7 @@ Everything shown comes from hosts, and a host can record anything: a command lin
 escape sequence that clears the screen or rewrites the line above, a carriage return that
 hides what follows, a right-to-left override that shows `rm` as `mr`. `printable` is the one
 function that makes recorded data safe to show - every line printed here goes through it, and
-so do the CLI's other prints of recorded data and the Slack blocks (bot/blocks.escape).
+so do the CLI's other prints of recorded data and the Slack blocks (bot/slack/blocks.escape).
 """
 
 from __future__ import annotations

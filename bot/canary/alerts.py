@@ -29,10 +29,10 @@ from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
 from whodid.tracer.when import clock, format_duration
 
-from . import blocks
-from .ask import Ask
-from .buttons import View
-from .canary import Canary, Result
+from ..slack import blocks
+from ..slack.ask import Ask
+from ..slack.buttons import View
+from .checks import Canary, Result
 
 REOPEN_WITHIN = 3600.0           # a failure this soon after recovering continues the old thread
 PIN_FOR = 90 * 86400.0           # suspects' traces are kept past retention this long

@@ -3,7 +3,7 @@
 Every question is acknowledged at once (Bolt answers Slack as soon as `ack` is called and
 runs the rest on a worker thread), then answered in the channel: a summary with buttons,
 and in its thread the trace picture and the chain as text. Buttons carry signed state
-(bot/buttons.py) and are authorised again on every click. Everything asked is logged.
+(bot/slack/buttons.py) and are authorised again on every click. Everything asked is logged.
 
 Rules of access:
 - No Web API call happens before the ack: Slack gives up after 3 s. The allowed user groups'
@@ -41,7 +41,7 @@ from whodid.tracer.render.confidence import confidence
 from whodid.tracer.render.text import printable
 
 from . import blocks
-from . import changes as changes_mod
+from .. import changes as changes_mod
 from .ask import AskError, parse
 from .buttons import StateError, View, decode, encode, store_key
 
@@ -131,7 +131,7 @@ class Bot:
                                              web_client=WebClient(base_url=self.s.api_base_url))
             self._server.connect()
             return f"Slack bot {self.identity} connected in Socket Mode"
-        from .slack_http import SlackHTTPServer
+        from .http_mode import SlackHTTPServer
         host, port = config_mod.CollectorConfig(listen=self.s.listen).address()
         self._server = SlackHTTPServer(self.app, host, port, self.s.path).start()
         return f"Slack bot {self.identity} listening on {self._server.url}"
@@ -150,7 +150,7 @@ class Bot:
         if self.s.mode == "socket":
             link = self._server.client                # the Socket Mode client (not a Web API call)
             return None if link.is_connected() else "Socket Mode is not connected to Slack"
-        from .health import probe
+        from ..health import probe
         return probe(self._server.url)
 
     # --- listeners -----------------------------------------------------------------------

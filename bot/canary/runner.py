@@ -19,7 +19,7 @@ from whodid.tracer.render.text import printable
 
 from . import alerts
 from .alerts import State
-from .canary import Canary, Result, run
+from .checks import Canary, Result, run
 
 RETRY_EVERY = 30.0           # seconds between attempts to post what could not be posted
 

@@ -2,7 +2,7 @@
 
     GET /trace?t=TOKEN[&scope=0-3][&expand=GROUP,...]
 
-The token (bot/links.py) says which trace; without a valid, unexpired one the answer is 403
+The token (bot/web/links.py) says which trace; without a valid, unexpired one the answer is 403
 and no trace data. The page is tracer/render/html.py's, sent with a Content-Security-Policy
 that allows only its own inline script and style (by nonce) and requests back to this server
 (for expanding a group in place), no referrer (the link is the credential), and no caching.
@@ -24,8 +24,8 @@ from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refuse
 from whodid.tracer import Query, Store, Target, Tracer
 from whodid.tracer.render.text import printable
 
-from .ask import Ask
-from .buttons import store_key
+from ..slack.ask import Ask
+from ..slack.buttons import store_key
 from .links import LinkError, check, link_key, make
 
 MAX_EXPAND = 50

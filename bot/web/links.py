@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from whodid.tracer.trace import Target
 
-from .ask import Ask
-from .buttons import _int, _num, ask_body, ask_from, pin_body, pin_from
+from ..slack.ask import Ask
+from ..slack.buttons import _int, _num, ask_body, ask_from, pin_body, pin_from
 
 VERSION = "1"
 MAX_TOKEN = 4000

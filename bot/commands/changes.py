@@ -1,0 +1,40 @@
+"""`whodid changes`: what was changed, by whom, and was it planned (the config's `changes`);
+the same review the Slack digest posts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from whodid import config as config_mod
+from whodid.tracer import Store, Tracer
+
+from . import EXIT_OK, UsageError
+
+def cmd_changes(args, cfg: config_mod.Config) -> int:
+    from whodid.tracer.changes import review
+
+    from .. import changes as changes_mod
+    from ..slack.ask import AskError
+    now = time.time()
+    try:
+        ask = changes_mod.parse(" ".join(args.words), now, cfg.changes.since)
+    except AskError as exc:
+        raise UsageError(str(exc)) from None
+    store = Store.open(cfg.store_path(args.db))
+    tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r  attributing changes: {done:,} / {total:,}", end="", file=sys.stderr, flush=True)
+
+    result = review(tracer, cfg.changes, ask.since, ask.until, host=ask.host, user=ask.user, progress=progress)
+    if sys.stderr.isatty():
+        print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
+    if args.json:
+        json.dump(changes_mod.review_json(result), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(changes_mod.render_text(result, now))
+    return EXIT_OK
