@@ -225,6 +225,30 @@ class Lab:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+class Terminal:
+    """Someone at a terminal on the laptop: `ssh -tt` to host-b as ec2-user with their key,
+    running `command` (a tmux or screen attach); what they type goes to its stdin; closing it
+    hangs up (the client exits on the hangup: detached)."""
+
+    def __init__(self, lab: Lab, key: str, command: str):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns["laptop"], "ssh", "-tt", "-i", str(lab.work / key), *SSH_OPTS,
+             f"ec2-user@{B}", command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=dict(os.environ, TERM="xterm"))
+
+    def type(self, text: str) -> None:
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from whodid.agent.lab import A_IN, B, SSH_OPTS, Lab, children, run
+from whodid.agent.lab import A_IN, B, SSH_OPTS, Lab, Terminal, children, run
 from whodid.tracer import Identity, Person, Query, Store, Tracer
 from whodid.tracer.render.jsonout import trace_json
 
@@ -286,28 +286,6 @@ def _play_on_host(lab: Lab, db: Path, sdir: Path, work: Path) -> tuple[dict[str,
     return logs, restarted_at
 
 
-class _Terminal:
-    """Someone at a terminal on the laptop: `ssh -tt` to host-b as ec2-user with their key, running
-    an attach; what they type goes to its stdin; closing it hangs up (the client detaches)."""
-    def __init__(self, lab: Lab, key: str, command: str):
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns["laptop"], "ssh", "-tt", "-i", str(lab.work / key), *SSH_OPTS,
-             f"ec2-user@{B}", command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=dict(os.environ, TERM="xterm"))
-
-    def type(self, text: str) -> None:
-        self.proc.stdin.write(text.encode())
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def _play_multiplexers(lab: Lab, tag: str) -> None:
     """The issue-19 scenarios on host-b, after the others (their logins begin after every other
     scenario's command): sessions jim starts as ec2-user, which bob attaches to or sends keys to."""
@@ -328,10 +306,10 @@ def _play_multiplexers(lab: Lab, tag: str) -> None:
 
     def tmux(sock: str, session: str, attach: tuple[str, ...], name: str) -> None:
         as_ec2("jim", f"tmux -L {sock} new -d -s {session}")
-        terms: list[_Terminal] = []
+        terms: list[Terminal] = []
         try:
             for key in attach:          # one login at a time: each is joined to sshd's line by its connection
-                terms.append(_Terminal(lab, key, f"tmux -L {sock} attach -t {session}"))
+                terms.append(Terminal(lab, key, f"tmux -L {sock} attach -t {session}"))
                 until(key, f"tmux -L {sock} list-clients", clients(len(terms)))
             time.sleep(1.0)
             if terms:
@@ -349,7 +327,7 @@ def _play_multiplexers(lab: Lab, tag: str) -> None:
     tmux(f"{tag}c", "z", (), "tmux-send-keys")
     screen = f"{tag}s"
     as_ec2("jim", f"screen -dmS {screen}")
-    bob = _Terminal(lab, "bob", f"screen -x {screen}")
+    bob = Terminal(lab, "bob", f"screen -x {screen}")
     try:
         until("bob", "screen -ls || true",
               lambda out: any(f".{screen}" in ln and "Attached" in ln for ln in out.splitlines()))

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from whodid.agent.lab import B, SSH_OPTS, Lab, missing_tools
+from whodid.agent.lab import B, Lab, Terminal, missing_tools
 from whodid.tracer import Identity, Person, Query, Store, Tracer
 from whodid.tracer.render.jsonout import trace_json
 from whodid.tracer.sharing import ATTACHED, INJECTED, SCREEN, TMUX
@@ -38,30 +38,6 @@ def typed(tag: str, name: str) -> str:
     """The command typed into the pane. Its marker is joined by printf in the pane's shell, so it
     is in that command's argv only, never in a client's (send-keys, stuff)."""
     return f'/bin/true "$(printf %s-%s {tag} {name})"'
-
-
-class Terminal:
-    """Someone at a terminal on the laptop: `ssh -tt` to host-b as ec2-user with their key,
-    running `command` (an attach); what they type goes to its stdin."""
-
-    def __init__(self, lab: Lab, key: str, command: str):
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns["laptop"], "ssh", "-tt", "-i", str(lab.work / key), *SSH_OPTS,
-             f"ec2-user@{B}", command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=dict(os.environ, TERM="xterm"))
-
-    def type(self, text: str) -> None:
-        self.proc.stdin.write(text.encode())
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        """Hang up (the client exits on the hangup: detached)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def as_ec2(lab: Lab, key: str, command: str) -> str:
