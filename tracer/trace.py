@@ -833,24 +833,28 @@ class Tracer:
         members = [self._mux_member(c, seen[c.proc]) for c in asked]
         where = f"{_whose(starter, 'master connection')} (pid {master.pid} on {master.host})"
         by = f"{_whose(members[0].who, 'ssh')} (pid {members[0].pid})" if pairing.asker else None
-        step = steps[0]
-        # the hop's own evidence (the master's connection seen on both hosts) stays, after what it carried
-        was = f"; the master's connection: {step.note.removeprefix('inferred: ')}" if step.note else ""
-        step.edge, step.inferred = "ssh", True
-        if by:
-            step.note = (f"inferred: over {where}, the master's login, not a new one; asked for by {by}, "
-                         f"{pairing.why}{was}")
-        else:
-            step.note = (f"inferred: over {where}, the master's login, not a new one; which of its clients "
-                         f"asked for this session is not known: {pairing.why}{was}")
-        step.login = {**step.login, "over_master": {"master": where, "asked_by": by}}
         path = next((u["path"] for u in uconns if u.get("path")), None)
-        self._carried.append(_Carried(step=step, master=master, path=path, starter=starter, pairing=pairing,
-                                      clients=members, where=where, by=by))
+        self._carry(_Carried(step=steps[0], master=master, path=path, starter=starter, pairing=pairing,
+                             clients=members, where=where, by=by),
+                    f"over {where}, the master's login, not a new one", "the master's connection",
+                    f"asked for by {by}", "which of its clients asked for this session is not known")
         if pairing.asker is None:
             return None
         proc = self.store.proc(pairing.asker.proc)
         return proc, seen[proc.id]["since"]
+
+    def _carry(self, c: _Carried, over: str, connection: str, known: str, unknown: str) -> None:
+        """Mark the hop's step as carried by a master or a forward - inferred, with who asked (or
+        that it is not known), and `over_master` so no key on it corroborates - and keep `c` for
+        trace() to make a SharedSession. The hop's own evidence (its connection seen on both
+        hosts) stays, after what it carried."""
+        step = c.step
+        was = f"; {connection}: {step.note.removeprefix('inferred: ')}" if step.note else ""
+        step.edge, step.inferred = "ssh", True
+        asked = f"{known}, " if c.by else f"{unknown}: "
+        step.note = f"inferred: {over}; {asked}{c.pairing.why}{was}"
+        step.login = {**step.login, "over_master": {"master": c.where, "asked_by": c.by, "kind": c.kind}}
+        self._carried.append(c)
 
     def _shared_forward(self, cur: Proc, steps: list[Step], login: dict[str, Any], hop: HopCandidate,
                         came_by: HopCandidate | None) -> tuple[Proc, float] | None:
@@ -888,19 +892,11 @@ class Tracer:
         where = f"{_whose(starter, 'ssh ' + forward + ' forward')} (pid {client.pid} on {client.host})"
         by = (f"{_whose(members[0].who, _program(members[0].command))} (pid {members[0].pid})"
               if pairing.asker else None)
-        step = steps[0]
-        was = f"; the forward's connection: {step.note.removeprefix('inferred: ')}" if step.note else ""
-        step.edge, step.inferred = "ssh", True
-        if by:
-            step.note = (f"inferred: through {where}, its login, not a new one; used by {by}, "
-                         f"{pairing.why}{was}")
-        else:
-            step.note = (f"inferred: through {where}, its login, not a new one; who connected to the forwarded "
-                         f"port for this channel is not known: {pairing.why}{was}")
-        step.login = {**step.login, "over_master": {"master": where, "asked_by": by, "kind": SSH_FORWARD}}
         path = ", ".join(_port_said(b, p) for b, p in ports)
-        self._carried.append(_Carried(step=step, master=client, path=path, starter=starter, pairing=pairing,
-                                      clients=members, where=where, by=by, kind=SSH_FORWARD))
+        self._carry(_Carried(step=steps[0], master=client, path=path, starter=starter, pairing=pairing,
+                             clients=members, where=where, by=by, kind=SSH_FORWARD),
+                    f"through {where}, its login, not a new one", "the forward's connection",
+                    f"used by {by}", "who connected to the forwarded port for this channel is not known")
         if pairing.asker is None:
             return None
         proc = self.store.proc(pairing.asker.proc)
