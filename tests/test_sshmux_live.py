@@ -42,15 +42,14 @@ MISSING = missing_tools()
 pytestmark = pytest.mark.skipif(bool(REASON or MISSING), reason=f"{REASON or 'missing ' + ', '.join(MISSING)}")
 
 
-@pytest.fixture(scope="module")
-def played(tmp_path_factory):
-    db = tmp_path_factory.mktemp("cm") / "lab.db"
-    tag = f"cm{os.getpid() % 100000}"
-    sdir = Path(tempfile.mkdtemp(prefix="whodid-cm-"))
+def play_in_a_lab(db: Path, tag: str, play) -> dict:
+    """Bring a lab up, run `play(lab, tag, scripts dir)`, stop it: the store, the lab's keys and
+    people (jim's and bob's keys mapped), what each step printed and what the agents said."""
+    sdir = Path(tempfile.mkdtemp(prefix=f"whodid-{tag}-"))
     os.chmod(sdir, 0o755)                             # jim and bob read the scripts
     try:
         with Lab(db) as lab:
-            out = play_shared_master(lab, tag, sdir)
+            out = play(lab, tag, sdir)
             time.sleep(1.5)                           # the agents' last flush
             logs = lab.stop_hosts()
             keys = dict(lab.keys)
@@ -58,6 +57,11 @@ def played(tmp_path_factory):
         shutil.rmtree(sdir, ignore_errors=True)
     ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
     return dict(store=Store.open(db), tag=tag, keys=keys, ident=ident, out=out, logs=logs)
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory):
+    return play_in_a_lab(tmp_path_factory.mktemp("cm") / "lab.db", f"cm{os.getpid() % 100000}", play_shared_master)
 
 
 def traced(played, name: str, ident: Identity | None = None):
@@ -189,20 +193,7 @@ def play_forward(lab, tag: str, sdir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def forwarded(tmp_path_factory):
-    db = tmp_path_factory.mktemp("fwd") / "lab.db"
-    tag = f"fw{os.getpid() % 100000}"
-    sdir = Path(tempfile.mkdtemp(prefix="whodid-fwd-"))
-    os.chmod(sdir, 0o755)
-    try:
-        with Lab(db) as lab:
-            out = play_forward(lab, tag, sdir)
-            time.sleep(1.5)
-            logs = lab.stop_hosts()
-            keys = dict(lab.keys)
-    finally:
-        shutil.rmtree(sdir, ignore_errors=True)
-    ident = Identity(people=(Person("jim", ssh_keys=(keys["jim"],)), Person("bob", ssh_keys=(keys["bob"],))))
-    return dict(store=Store.open(db), tag=tag, keys=keys, ident=ident, out=out, logs=logs)
+    return play_in_a_lab(tmp_path_factory.mktemp("fwd") / "lab.db", f"fw{os.getpid() % 100000}", play_forward)
 
 
 def test_bob_through_jims_L_forward_is_bob_never_jim_never_corroborated(forwarded):
