@@ -16,6 +16,8 @@ The rules (docs/attribution.md, "Shared sessions: tmux and screen"):
   only reads (`tmux ls`) is no client of the command;
 - exactly one person among those clients: that person, INFERRED, never "typed by" - attached
   says who *could* type (root can write to a pane's tty without attaching);
+- an earlier connection whose client went unrecorded has no known end: the note says it may
+  still have been attached, beside the one person or in place of "no one";
 - more than one person, or any client whose person is unknown (a shared account with no key
   mapping, root): PERSON_UNKNOWN, each client's login and the starter as candidates;
 - no client: the starter, as the chain says, with a note that it was a detached job or input
