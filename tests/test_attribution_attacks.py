@@ -586,3 +586,48 @@ def test_two_login_records_of_one_session_both_before_its_job_name_no_one():
     assert who.confidence == "unknown", who
     assert {c.key_fp for c in who.candidates} == {BOB_FP, JIM_FP}, who.candidates
     assert any("audit session 9 has 2 login records" in e for c in who.candidates for e in c.evidence)
+
+
+def test_a_session_whose_one_login_line_came_twice_still_names_its_person():
+    # the same line read twice (a log rotated and read again, syslog and the journal both): bob's key,
+    # bob's address, session 9, one record at 10.2 s and its copy at 11 s. Two records naming one
+    # login are not two logins (trace._session_login compares who they name, not how many there are)
+    ev = ssh_session(H, 10, 300, "ec2-user", 1000, "198.51.100.23", 41870, BOB_FP, ses=9)
+    ev.append(H.login(11, 300, "ec2-user", "198.51.100.23", 41870, key_fp=BOB_FP, ses=9))
+    ev += [H.exec(12, 600, ["sh", "job.sh"], uid=1000, auid=1000, ses=9, snapshot=True),
+           H.fork(20, 610, 600), H.exec(20.01, 610, ["rm", "-rf", "/srv/data"], uid=1000, auid=1000, ses=9)]
+    (tr,) = trace_one(ev, "rm -rf")
+    assert (tr.attributed.user, tr.attributed.key_fp) == ("bob", BOB_FP), tr.attributed
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a snapshot that arrives before the seen execs (a spool sent late) is deleted as soon as a seen exec "
+    "it restates arrives (store._write_exec, the `proc not in self._fresh` branch), though a later seen "
+    "exec may follow: bash (seen), vim (seen), bash again while no agent ran (snapshot) keeps the last "
+    "bash when the snapshot comes last and loses it when it comes first. Fix: decide at read time - store "
+    "every snapshot and have Store.images drop one only when it restates the last seen exec before it - "
+    "or keep a restated snapshot flagged until no later seen exec can come (the agent run ended)"))
+def test_a_snapshot_of_a_program_execd_again_is_kept_whatever_order_the_execs_arrive_in():
+    from kit import store_with
+    seen = [H.fork(10, 200, 1), H.exec(10.01, 200, ["bash"], uid=1001, comm="bash"),
+            H.exec(11, 200, ["vim"], uid=1001, comm="vim")]
+    snap = [H.exec(10, 200, ["bash"], uid=1001, comm="bash", snapshot=True)]
+    rows = store_with(snap + seen).db.execute("SELECT cmd, snapshot FROM execs ORDER BY ts").fetchall()
+    assert rows == [("bash", None), ("vim", None), ("bash", 1)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a retitle is told from an exec by argv alone (store.restates: a first word naming the program, same "
+    "comm), and argv is the caller's to choose: `exec -a 'python3: worker' python3 -c rmtree` after "
+    "`python3 deploy.py` reads as python3 retitling itself, and the rmtree exec is dropped without a word. "
+    "Fix: the agent records the stack's arg_start (/proc/pid/stat field 48, mm->arg_start at exec); exec "
+    "moves it (a new stack, randomised), a retitle does not - a snapshot whose arg_start differs from the "
+    "seen exec's is a new exec whatever its argv says"))
+def test_an_exec_whose_argv0_forges_a_title_is_not_taken_for_a_retitle():
+    from kit import store_with
+    seen = [H.fork(10, 700, 1),
+            H.exec(10.01, 700, ["python3", "deploy.py"], uid=1001, comm="python3", arg_start=0x7ffd1000)]
+    snap = [H.exec(10, 700, ["python3: worker", "-c", "rmtree"], uid=1001, comm="python3", snapshot=True,
+                   arg_start=0x7ffe2000)]
+    rows = store_with(seen + snap).db.execute("SELECT cmd, snapshot FROM execs ORDER BY ts").fetchall()
+    assert ("python3: worker -c rmtree", 1) in rows

@@ -293,3 +293,25 @@ def test_a_crowd_of_clients_lists_the_strongest_five_candidates_with_the_starter
     assert [c.person for c in who.candidates] == ["p11", "p10", "p9", "p8", "jim"]
     assert any("8 more candidate logins left out" in n for n in who.notes), who.notes
     assert "p11" in note and "7 more" in note and "p4" not in note
+
+
+def test_one_recorded_client_beside_an_earlier_unrecorded_connection_is_said_with_it(tmp_path):
+    # an accept at 50 s whose client went unrecorded (a renamed tmux, a lost record) has no known
+    # end; bob, attached at 101 s, was "the only client attached" without a word of it - whoever
+    # came at 50 s may be who typed. As with no recorded client: at most inferred, with the note.
+    early = [B.uaccept(50, 212, "c-unseen", path=SOCK)]
+    tr = trace_of(tmp_path, jims_session() + early + bobs_attach() + typed_in_the_pane())
+    assert (tr.attributed.user, tr.attributed.confidence) == ("bob", INFERRED)
+    assert "1 connection from a client the agent did not record" in tr.shared[0].note
+    assert any("did not record" in n for n in tr.attributed.notes), tr.attributed.notes
+
+
+def test_the_starter_stays_listed_in_a_crowd_when_it_is_also_a_client():
+    # jim started the server and attached first, long ago: _add merged the starter's evidence into
+    # his client's candidate, which the cap then cut as the oldest client - the starter vanished
+    crowd = [client(person(f"p{i}", login=T - 9000 + i), pid=1000 + i, since=T - 8000 + i) for i in range(6)]
+    crowd.append(client(person("jim"), pid=999, since=T - 8500))
+    who, _ = decide(TMUX, 212, person("jim"), crowd)
+    assert [c.person for c in who.candidates] == ["p5", "p4", "p3", "p2", "jim"]
+    (jim,) = [c for c in who.candidates if c.person == "jim"]
+    assert any(e.startswith("started the tmux server") for e in jim.evidence)

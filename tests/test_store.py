@@ -1,4 +1,5 @@
 import json
+import os
 import sqlite3
 
 import pytest
@@ -394,3 +395,50 @@ def test_a_snapshot_of_another_program_sent_before_the_seen_exec_still_goes_afte
           H.exec(10.01, 200, ["python3", "deploy.py"], uid=1001, comm="python3")]
     rows = store_with(ev).db.execute("SELECT cmd, snapshot FROM execs ORDER BY ts").fetchall()
     assert rows == [("python3 deploy.py", None), ("python3 -c rmtree", 1)]
+
+
+@pytest.mark.parametrize("order", ["seen first", "snapshot first"])
+def test_a_snapshot_of_the_same_program_under_another_argv0_is_a_new_exec(order):
+    # `exec -a foo python3 -c rmtree` while no agent ran, after `python3 deploy.py` was seen:
+    # same comm, argv[0] names another program, and `foo` is no title python3 gave itself.
+    # Read as a retitle, the rmtree exec was dropped without a word.
+    seen = [H.fork(10, 200, 1), H.exec(10.01, 200, ["python3", "deploy.py"], uid=1001, comm="python3")]
+    snap = [H.exec(10, 200, ["foo", "-c", "rmtree"], uid=1001, comm="python3", snapshot=True)]
+    rows = store_with(seen + snap if order == "seen first" else snap + seen).db.execute(
+        "SELECT cmd, snapshot FROM execs ORDER BY ts").fetchall()
+    assert rows == [("python3 deploy.py", None), ("foo -c rmtree", 1)]
+
+
+@pytest.mark.parametrize("seen, snap, restated", [
+    (["/usr/sbin/sshd", "-D"], ["sshd:", "jim", "[priv]"], True),
+    (["/usr/lib/postgresql/15/bin/postgres", "-D", "/var/lib/pg"], ["postgres: checkpointer"], True),
+    (["python3", "deploy.py"], ["foo", "-c", "rmtree"], False),
+    (["python3", "deploy.py"], ["sshd: jim [priv]"], False),
+])
+def test_a_retitle_names_the_program_it_retitles(seen, snap, restated):
+    from whodid.tracer.store import restates
+    comm = os.path.basename(seen[0])[:15]
+    assert restates(comm, seen, False, comm, snap, False) is restated
+
+
+@pytest.mark.parametrize("seen, seen_cut, snap, snap_cut", [
+    # a cut argv kept three arguments: a whole argv of fewer, or whose last is shorter, is another
+    (["python3", "-c", "rm -rf /srv/data"], True, ["python3", "-c", "rm"], False),
+    (["python3", "-c", "print(1)", "a"], True, ["python3", "-c"], False),
+    (["python3", "-c"], False, ["python3", "-c", "print(1)", "a"], True),
+])
+def test_a_cut_argv_restates_only_an_argv_it_is_the_start_of(seen, seen_cut, snap, snap_cut):
+    from whodid.tracer.store import restates
+    assert not restates("python3", seen, seen_cut, "python3", snap, snap_cut)
+
+
+def test_a_snapshot_written_by_another_store_on_the_file_is_still_restated(tmp_path):
+    # Two Stores on one file (the collector's writer, a `whodid ingest`): one made the process
+    # from its fork (its _fresh set), the other wrote the restarted agent's snapshot; the seen
+    # exec, written by the first, must still find and drop the snapshot restating it.
+    path = str(tmp_path / "s.db")
+    a, b = Store.open(path, create=True), Store.open(path)
+    ingest(a, [H.fork(10, 200, 1)])
+    ingest(b, [H.exec(10, 200, ["-bash"], uid=1001, comm="bash", snapshot=True)])
+    ingest(a, [H.exec(10.01, 200, ["bash"], uid=1001, comm="bash")])
+    assert a.db.execute("SELECT cmd, snapshot FROM execs").fetchall() == [("bash", None)]

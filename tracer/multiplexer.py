@@ -16,6 +16,8 @@ The rules (docs/attribution.md, "Shared sessions: tmux and screen"):
   only reads (`tmux ls`) is no client of the command;
 - exactly one person among those clients: that person, INFERRED, never "typed by" - attached
   says who *could* type (root can write to a pane's tty without attaching);
+- an earlier connection whose client went unrecorded has no known end: the note says it may
+  still have been attached, beside the one person or in place of "no one";
 - more than one person, or any client whose person is unknown (a shared account with no key
   mapping, root): PERSON_UNKNOWN, each client's login and the starter as candidates;
 - no client: the starter, as the chain says, with a note that it was a detached job or input
@@ -204,6 +206,12 @@ def decide(kind: str, server_pid: int, starter: Attribution, clients: list[Sessi
                "the only one sending it input" if roles == {INJECTED} else
                "the only one attached or sending it input")
         note = f"ran in a {name} session {started}; {person} was {did}"
+        if unrecorded:
+            # as with no client: an earlier connection whose client went unrecorded has no known
+            # end, so "the only one" is what the record shows - someone else may have been there
+            n = len(unrecorded)
+            note += (f" that was recorded, but {n} connection{'s' if n != 1 else ''} from a client the agent did not "
+                     f"record (from {clock(unrecorded[0])}) may still have been attached")
         how = (f"{person} was the only person {'attached to' if roles == {ATTACHED} else 'using'} the {name} "
                f"server (pid {server_pid}) the command ran in; {first.who.how}")
         return Attribution(user=person, host=first.who.host, source=first.who.source,
@@ -221,7 +229,8 @@ def decide(kind: str, server_pid: int, starter: Attribution, clients: list[Sessi
     total = len(cands)
     if total > MAX_CANDIDATES:
         # the starter's login stays listed: who started the server is part of every answer
-        starters = [c for c in cands if any(c is m or c == m for m in mine)][:1]
+        # (by its login: where the starter is also a client, _add merged its evidence into that one)
+        starters = [c for c in cands if any(_login(c) == _login(m) for m in mine)][:1]
         cands = [c for c in cands if c not in starters][:MAX_CANDIDATES - len(starters)] + starters
     left_out = total - len(cands)
     said = list(dict.fromkeys(who_said(c.who) for c in ranked))
@@ -255,11 +264,15 @@ def _candidates_of(who: Attribution, evidence: str) -> list[Candidate]:
                       evidence=[evidence, who.how], named=False)]
 
 
+def _login(c: Candidate) -> tuple:
+    """What makes two candidates one login (their evidence aside)."""
+    return c.person, c.account, c.host, c.login_time, c.key_fp
+
+
 def _add(cands: list[Candidate], more: list[Candidate]) -> None:
     """Add candidates, one per login: a login already listed gains the new evidence."""
     for c in more:
-        same = next((o for o in cands if (o.person, o.account, o.host, o.login_time, o.key_fp)
-                     == (c.person, c.account, c.host, c.login_time, c.key_fp)), None)
+        same = next((o for o in cands if _login(o) == _login(c)), None)
         if same is None:
             cands.append(c)
         else:

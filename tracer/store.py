@@ -106,27 +106,45 @@ def restates(seen_comm: str | None, seen: list[str], seen_cut: bool,
              snap_comm: str | None, snap: list[str], snap_cut: bool) -> bool:
     """Whether a /proc snapshot of a process (snap) restates its last seen exec (seen) rather
     than showing another program it exec'd while no agent ran. A process may rewrite its own
-    title (sshd's `sshd: jim [priv]`, postgres, nginx), so a snapshot whose first word names
-    another program than the exec's, under the same comm, is that exec retitled; the same
+    title (sshd's `sshd: jim [priv]`, postgres, nginx); such a title begins with the name of
+    the program (or its comm), so a snapshot under the same comm whose first word names the
+    program is that exec retitled. Any other argv[0] under the same comm is a new exec: `exec -a
+    foo python3 -c ...` after `python3 deploy.py` is not a title python3 gave itself. The same
     program with other arguments (`python3 deploy.py`, then `python3 -c ...`) is a new exec.
-    A truncated argv is compared up to where it was cut."""
+    A truncated argv is compared up to where it was cut: the cut one must be a prefix of the other."""
     if seen_comm is not None and snap_comm is not None and seen_comm != snap_comm:
         return False
     if seen == snap:
         return True
     if not seen or not snap or _program(seen[0]) != _program(snap[0]):
-        return seen_comm is not None and seen_comm == snap_comm
+        return seen_comm is not None and seen_comm == snap_comm and bool(seen) and bool(snap) \
+            and _titled(snap[0], _program(seen[0]), seen_comm)
     a, b = seen[1:], snap[1:]
     if seen_cut or snap_cut:
-        n = min(len(a), len(b))
-        # the last kept argument may itself be cut short
-        return a[:max(0, n - 1)] == b[:max(0, n - 1)] and (n == 0 or a[n - 1].startswith(b[n - 1])
-                                                             or b[n - 1].startswith(a[n - 1]))
+        return (seen_cut and _cut_prefix(a, b)) or (snap_cut and _cut_prefix(b, a))
     return a == b
 
 
 def _program(arg0: str) -> str:
     return os.path.basename(arg0.lstrip("-")) or arg0
+
+
+def _cut_prefix(cut: list[str], full: list[str]) -> bool:
+    """Whether an argv cut at the agent's limit (cut) may be the start of full: every argument
+    it kept, the last of which may itself be cut short."""
+    n = len(cut)
+    if n == 0:
+        return True
+    return len(full) >= n and cut[:n - 1] == full[:n - 1] and full[n - 1].startswith(cut[n - 1])
+
+
+def _titled(title: str, program: str, comm: str) -> bool:
+    """Whether a process title (`sshd: jim [priv]`, `postgres: checkpointer`, `nginx: worker
+    process`) begins with the name of the program it retitles; comm is cut at 15 bytes."""
+    words = title.split()
+    first = words[0].strip("[]").rstrip(":") if words else ""
+    first = _program(first)
+    return bool(first) and (first == program or first == comm or (len(comm) == 15 and first.startswith(comm)))
 
 
 def shown(text: str) -> str:
@@ -197,6 +215,11 @@ class Store:
         self._procs: dict[tuple[int, int, int], int] = {}
         self._cmds: dict[str, int] = {}
         self._generation: str | None = None
+        # _fresh holds only while no other Store on this file writes a snapshot of one of its
+        # processes: a Store that writes snapshots bumps this counter, and the others, seeing it
+        # move, forget _fresh (snapshots come only when an agent restarts: rare)
+        self._snapshot_generation: str | None = None
+        self._wrote_snapshot = False
         self._tick_boots: set[int] = set()          # boots whose processes an agent names (_proc_id)
         # processes this store created from their fork and holds no snapshot image of: an exec
         # of one has no snapshot to restate it, so _write_exec skips that lookup (most execs)
@@ -324,6 +347,10 @@ class Store:
                         new += self._write_event(_shown_event(ev), span, names)
             finally:
                 self._found_running = {}
+            if self._wrote_snapshot:
+                self._wrote_snapshot = False
+                self._snapshot_generation = str(int(self.get_meta("snapshot_generation") or 0) + 1)
+                self.set_meta("snapshot_generation", self._snapshot_generation)
             self.db.conn.executemany("INSERT OR REPLACE INTO users (host, uid, name) VALUES (?, ?, ?)",
                                      [(h, uid, name if name.isascii() else shown(name))
                                       for (h, uid), name in names.items()])
@@ -468,6 +495,7 @@ class Store:
                             ev.get("comm"), ev["argv"], bool(ev.get("truncated"))):
                     return 0
                 ts = max(ts, last[0] + 1e-6)
+            self._wrote_snapshot = True
         elif proc not in self._fresh:
             # the seen exec arrived after a snapshot (a spool sent late): a snapshot restating it
             # goes; one of another program is an exec made later, while no agent ran
@@ -538,6 +566,10 @@ class Store:
         if gen != self._generation:
             self._forget_ids()
             self._generation = gen
+        snaps = self.get_meta("snapshot_generation")
+        if snaps != self._snapshot_generation:
+            self._fresh.clear()
+            self._snapshot_generation = snaps
 
     def _forget_ids(self) -> None:
         self._hosts.clear()

@@ -264,7 +264,7 @@ class Tracer:
                 _, own.who = self._shared_multiplexer(chain[:i], t, self._who(chain[:i]), seen, depth)
             if own and all(c.proc != own.proc for c in clients):
                 clients.insert(0, own)
-            early = [] if clients or unseen else self.store.unrecorded_unix_clients(server.id, t)
+            early = [] if unseen else self.store.unrecorded_unix_clients(server.id, t)
             decided, note = multiplexer.decide(kind, server.pid, starter, clients, unseen, kept=decided or who,
                                                unrecorded=[ts + self._offset(server.host) for ts in early])
             sessions.append(SharedSession(kind=kind, host=server.host, proc=server.id, pid=server.pid, path=path,
