@@ -1,0 +1,208 @@
+"""Connections as evidence (issue 21): asked by destination (to:), by source (from:) and by
+listening port (listen:), one match per process, each traced to a person as a command is."""
+
+import json
+
+import pytest
+
+from whodid.tracer import Identity, Person, Query, Store, Tracer, ingest
+from whodid.tracer.destinations import parse_destination
+from whodid.tracer.render import render_text, traces_json
+from whodid.tracer.trace import Target
+
+from kit import T0, Host, ssh_session, store_with
+
+JUMP = Host("jump-box", "10.0.0.10")
+OPS = Host("ops-1", "10.0.1.20")
+JIM_FP = "SHA256:jim"
+IDENT = Identity(people=(Person("jim", ssh_keys=(JIM_FP,)),))
+API = "10.0.5.10"
+
+
+def deploy_story(connects: int = 300):
+    """jim ssh's from the jump box to ops-1, sudo's to root and runs `python3 deploy.py`,
+    which opens `connects` connections to the API at 10.0.5.10:6443; bob's cron job on ops-1
+    talks to another address on 443."""
+    ev = []
+    ev += ssh_session(JUMP, 0, 200, "jim", 1001, "203.0.113.7", 53122, JIM_FP)
+    ev += [JUMP.fork(100, 210, 201), JUMP.exec(100.01, 210, ["ssh", "ec2-user@ops-1"], uid=1001, auid=1001),
+           JUMP.connect(100.05, 210, OPS.addr, 22, lport=40001)]
+    ev += ssh_session(OPS, 100.5, 400, "ec2-user", 1000, JUMP.addr, 40001, JIM_FP, ses=7)
+    ev += [OPS.fork(160, 410, 401), OPS.exec(160.01, 410, ["sudo", "-i"], uid=1000, euid=0, auid=1000, ses=7),
+           OPS.cred(160.02, 410, 1000, 0), OPS.fork(160.03, 411, 410),
+           OPS.exec(160.04, 411, ["-bash"], uid=0, auid=1000, ses=7),
+           OPS.fork(200, 420, 411),
+           OPS.exec(200.01, 420, ["python3", "deploy.py"], uid=0, auid=1000, ses=7)]
+    ev += [OPS.connect(201 + i * 0.5, 420, API, 6443, lport=50000 + i) for i in range(connects)]
+    ev += [OPS.exec(0, 900, ["/usr/sbin/cron", "-f"], snapshot=True),
+           OPS.fork(300, 901, 900), OPS.exec(300.01, 901, ["curl", "https://example.org"], uid=0),
+           OPS.connect(300.2, 901, "93.184.215.14", 443, lport=51000)]
+    return ev
+
+
+def find(store, ident=IDENT, addresses_for=None, **q):
+    q.setdefault("pattern", "")
+    return Tracer(store, ident, addresses_for=addresses_for).find(Query(**q))
+
+
+def test_three_hundred_connects_are_one_match_with_count_and_times():
+    store = store_with(deploy_story())
+    (tr,) = find(store, to=parse_destination(f"{API}:6443"))
+    c = tr.connections
+    assert (c.count, c.first, c.last) == (300, T0 + 201, T0 + 201 + 299 * 0.5)
+    assert [(p.addr, p.port, p.count) for p in c.peers] == [(API, 6443, 300)]
+    # traced as a command: the process that connected, its chain, the hop, sudo, the person
+    assert tr.poi.command == "python3 deploy.py"
+    assert tr.attributed.user == "jim"
+    assert tr.chain[0].edge == "login" and tr.chain[0].host == "jump-box"
+    assert [s.host for s in tr.chain if s.edge == "ssh"] == ["ops-1"]
+    assert any(s.edge == "sudo" for s in tr.chain)
+    assert "connected to 10.0.5.10:6443 300 times" in render_text(Query(pattern="", to=parse_destination(API)), [tr], T0 + 400)
+
+
+@pytest.mark.parametrize("spec, hits", [
+    (API, 1), (f"{API}:6443", 1), (f"{API}:443", 0), ("10.0.5.0/24", 1), ("10.0.5.0/24:6443", 1),
+    ("10.0.6.0/24", 0), ("0.0.0.0/0:443", 1), ("93.184.215.14", 1), ("eks-prod", 0)])
+def test_destination_by_address_network_and_port(spec, hits):
+    store = store_with(deploy_story(3))
+    assert len(find(store, to=parse_destination(spec))) == hits
+
+
+def test_pattern_and_destination_must_both_hold():
+    store = store_with(deploy_story(3))
+    assert len(find(store, pattern="deploy", to=parse_destination("0.0.0.0/0"))) == 1
+    assert len(find(store, pattern="curl", to=parse_destination(API))) == 0
+    assert [t.poi.command for t in find(store, to=parse_destination("0.0.0.0/0"))] == [
+        "curl https://example.org", "python3 deploy.py", "ssh ec2-user@ops-1"]     # newest first
+
+
+def test_limit_counts_groups_not_connections():
+    store = store_with(deploy_story(50))
+    (tr,) = find(store, to=parse_destination("0.0.0.0/0"), limit=1)
+    assert tr.poi.command == "curl https://example.org"
+    assert len(find(store, to=parse_destination("0.0.0.0/0"), limit=2)) == 2
+
+
+def _with_names(events):
+    """The recorded name d21's agent puts on a connect (`rname`), written as the store takes it."""
+    store = Store.open(":memory:", create=True)
+    for ev in events:
+        if ev["kind"] == "connect" and ev["raddr"] == API:
+            ev["rname"] = "EKS.us-east-1.amazonaws.com"
+    store.write(events)
+    return store
+
+
+def test_a_name_matches_the_name_recorded_at_connect_time_any_case_and_globs():
+    store = _with_names(deploy_story(3))
+    for spec in ("eks.us-east-1.amazonaws.com:6443", "*.amazonaws.com", "EKS.US-EAST-1.amazonaws.com"):
+        (tr,) = find(store, to=parse_destination(spec))
+        assert tr.poi.command == "python3 deploy.py"
+        assert tr.connections.peers[0].name == "EKS.us-east-1.amazonaws.com"
+    assert find(store, to=parse_destination("*.amazonaws.com:443")) == []
+    assert find(store, to=parse_destination("*.example.org")) == []
+
+
+def test_a_name_through_the_injected_addresses_for():
+    store = store_with(deploy_story(3))
+    asked = []
+
+    def addresses_for(name):
+        asked.append(name)
+        return [(API, "config network.names")] if name == "eks-prod" else []
+
+    (tr,) = find(store, addresses_for=addresses_for, to=parse_destination("eks-prod:6443"))
+    assert asked == ["eks-prod"]
+    assert tr.connections.peers[0].name == "eks-prod"
+    assert tr.connections.how == ["eks-prod -> 10.0.5.10 (config network.names)"]
+    assert "(eks-prod)" in render_text(Query(pattern="", to=parse_destination("eks-prod")), [tr], T0 + 400)
+    assert find(store, addresses_for=addresses_for, to=parse_destination("other")) == []
+    # a network as the answer (a CIDR in config) is tested as a network
+    (tr,) = find(store, addresses_for=lambda n: [("10.0.5.0/24", "config")], to=parse_destination("eks-prod"))
+    assert tr.connections.count == 3
+
+
+def test_connections_stay_idempotent_rows_across_replays():
+    events = deploy_story(20)
+    store = store_with(events)
+    assert ingest(store, events).new == 0
+    (tr,) = find(store, to=parse_destination(API))
+    assert tr.connections.count == 20
+
+
+def listen_events():
+    return [OPS.exec(0, 700, ["/usr/sbin/sshd", "-D"], snapshot=True)] + ssh_session(
+        OPS, 10, 400, "ec2-user", 1000, "203.0.113.7", 50123, JIM_FP, ses=7) + [
+        OPS.fork(20, 420, 401), OPS.exec(20.01, 420, ["python3", "-m", "http.server", "8080"], uid=1000, auid=1000, ses=7),
+        OPS._ev("listen", 20.5, pid=420, start=420000, laddr="0.0.0.0", lport=8080)]
+
+
+def test_listen_is_stored_once_when_replayed_and_found_by_port():
+    events = listen_events()
+    store = store_with(events)
+    assert ingest(store, events).new == 0
+    assert ingest(store, [dict(e) for e in events if e["kind"] == "listen"]).new == 0
+    assert store.counts()["conns"] == 1
+    (tr,) = find(store, listen=8080)
+    assert tr.poi.command == "python3 -m http.server 8080"
+    assert tr.attributed.user == "jim"
+    assert (tr.connections.direction, tr.connections.peers[0].addr, tr.connections.peers[0].port) == (
+        "listen", "0.0.0.0", 8080)
+    assert find(store, listen=8081) == []
+    assert "listened on 0.0.0.0:8080" in render_text(Query(pattern="", listen=8080), [tr], T0 + 400)
+
+
+def test_from_finds_the_session_an_outside_address_came_in_as():
+    """sshd's listener accepts from 203.0.113.7 (a21's inbound accept); the login it carried is
+    the per-connection sshd's: that session is the match, traced to jim by his key."""
+    events = ssh_session(OPS, 10, 400, "ec2-user", 1000, "203.0.113.7", 50123, JIM_FP, ses=7)
+    events.append(OPS._ev("accept", 10.05, pid=100, start=100000, laddr=OPS.addr, lport=22,
+                          raddr="203.0.113.7", rport=50123))
+    events.append(OPS._ev("accept", 500, pid=100, start=100000, laddr=OPS.addr, lport=22,
+                          raddr="198.51.100.9", rport=40000))
+    store = store_with(events)
+    (tr,) = find(store, from_=parse_destination("203.0.113.7"))
+    assert tr.connections.login["user"] == "ec2-user"
+    assert tr.poi.pid == 400 and tr.attributed.user == "jim"
+    assert len(find(store, from_=parse_destination("203.0.113.0/24:22"))) == 1
+    assert find(store, from_=parse_destination("203.0.113.7:443")) == []
+    # nobody logged in from 198.51.100.9: the accepting process itself is the match
+    (tr,) = find(store, from_=parse_destination("198.51.100.9"))
+    assert tr.poi.pid == 100 and tr.connections.login is None
+
+
+def test_a_pinned_connection_match_is_that_group_and_ignores_newer_connections():
+    events = deploy_story(5)
+    store = store_with(events)
+    tracer = Tracer(store, IDENT)
+    (tr,) = tracer.find(Query(pattern="", to=parse_destination(API)))
+    t = tr.target
+    assert (t.kind, t.op, t.path, t.at) == ("connection", "connect", API, T0 + 203)
+    ingest(store, [OPS.connect(250, 420, API, 6443, lport=52000)])
+    again = tracer.pinned(t)
+    assert again.connections.count == 5 and again.target == t
+    # old values read as before: an exec and a file change
+    assert Target("h", "b", 1, 1, 0.0).kind == "command"
+    assert Target("h", "b", 1, 1, 0.0, "write", "/etc/x").kind == "file"
+
+
+def test_json_has_a_connections_section_within_version_2():
+    store = store_with(deploy_story(3))
+    q = Query(pattern="", to=parse_destination(f"{API}:6443"))
+    out = json.loads(json.dumps(traces_json(q, Tracer(store, IDENT).find(q), T0 + 400)))
+    assert out["schema"] == "whodid.trace/2"
+    assert out["query"]["to"] == f"{API}:6443" and out["query"]["from"] is None and out["query"]["listen"] is None
+    (m,) = out["matches"]
+    c = m["connections"]
+    assert (c["direction"], c["count"], c["asked"]) == ("connect", 3, f"{API}:6443")
+    assert c["peers"] == [{"addr": API, "port": 6443, "name": None, "count": 3, "first": c["first"],
+                           "last": c["last"], "first_ts": T0 + 201, "last_ts": T0 + 202}]
+    assert [e["poi"] for e in m["execs"]] == [True]
+    # a command match says null: present in every match, so readers need no guard
+    cmd = traces_json(Query(pattern="deploy"), Tracer(store, IDENT).find(Query(pattern="deploy")), T0 + 400)
+    assert cmd["matches"][0]["connections"] is None
+
+
+def test_one_of_to_from_listen_at_a_time():
+    with pytest.raises(ValueError, match="one of to:, from: or listen:"):
+        Query(pattern="", to=parse_destination(API), listen=80).connection
