@@ -206,3 +206,30 @@ def test_json_has_a_connections_section_within_version_2():
 def test_one_of_to_from_listen_at_a_time():
     with pytest.raises(ValueError, match="one of to:, from: or listen:"):
         Query(pattern="", to=parse_destination(API), listen=80).connection
+
+
+def test_the_picture_page_and_slack_draw_the_connection():
+    """The destination as a box (address, port, name) with an arrow from the process, as an ssh
+    hop is drawn; the page's box says its facts; Slack's answer says the connection line."""
+    from whodid.bot.slack import blocks
+    from whodid.bot.slack.ask import Ask
+    from whodid.bot.slack.buttons import View
+    from whodid.tracer.render.html import render_html
+    from whodid.tracer.render.image import render_png
+    from whodid.tracer.render.layout import layout
+
+    store = store_with(deploy_story(300))
+    (tr,) = find(store, addresses_for=lambda n: [(API, "config network.names")], to=parse_destination("eks-prod:6443"))
+    lay = layout(tr, T0 + 400)
+    (box,) = [b for b in lay.boxes if b.role == "destination"]
+    assert box.title == "10.0.5.10:6443 (eks-prod)" and box.meta.startswith("300 times")
+    (link,) = [lk for lk in lay.links if lk.kind == "connect"]
+    assert (link.src, link.dst, link.label) == (tr.poi.node, box.id, "connected 300 times")
+    assert lay.lanes[box.lane] == "to eks-prod:6443"
+    assert render_png(tr, T0 + 400).startswith(b"\x89PNG")
+    page = render_html(tr, T0 + 400)
+    assert 'data-id="conn:0"' in page and "connected to 10.0.5.10:6443 (300 times" in page
+    ask = Ask(pattern="", host=None, user=None, since=T0, until=None, since_text="1d")
+    text, out = blocks.summary(tr, View(ask), 1, T0 + 400, lambda v: "x")
+    assert "connected to 10.0.5.10:6443 (eks-prod) 300 times" in text
+    assert any("connected to 10.0.5.10:6443 (eks-prod) 300 times" in json.dumps(b) for b in out)
