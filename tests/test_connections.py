@@ -198,6 +198,14 @@ def test_json_has_a_connections_section_within_version_2():
     assert c["peers"] == [{"addr": API, "port": 6443, "name": None, "count": 3, "first": c["first"],
                            "last": c["last"], "first_ts": T0 + 201, "last_ts": T0 + 202}]
     assert [e["poi"] for e in m["execs"]] == [True]
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).parent.parent / "docs" / "trace-json.md").read_text()
+    documented = {w for cell in re.findall(r"^\| ([^|]+) \|", doc, flags=re.M) for w in re.findall(r"`(\w+)`", cell)}
+    documented |= set(re.findall(r"`(\w+)`", doc[doc.index("### Connections"):doc.index("### A candidate")]))
+    emitted = set(c) | set(c["peers"][0])
+    assert emitted <= documented, sorted(emitted - documented)
+    assert all(f"`{k}`" in doc for k in ("to", "from", "listen"))
     # a command match says null: present in every match, so readers need no guard
     cmd = traces_json(Query(pattern="deploy"), Tracer(store, IDENT).find(Query(pattern="deploy")), T0 + 400)
     assert cmd["matches"][0]["connections"] is None
@@ -233,3 +241,26 @@ def test_the_picture_page_and_slack_draw_the_connection():
     text, out = blocks.summary(tr, View(ask), 1, T0 + 400, lambda v: "x")
     assert "connected to 10.0.5.10:6443 (eks-prod) 300 times" in text
     assert any("connected to 10.0.5.10:6443 (eks-prod) 300 times" in json.dumps(b) for b in out)
+
+
+def test_a_recorded_name_is_shown_as_data_never_obeyed():
+    """rname comes from a host (a DNS answer an attacker may control): an escape sequence, a
+    bidi override or a Slack mention in it is shown, not acted on, in every view."""
+    from whodid.bot.slack import blocks
+    from whodid.bot.slack.ask import Ask
+    from whodid.bot.slack.buttons import View
+    from whodid.tracer.render.html import render_html
+
+    store = Store.open(":memory:", create=True)
+    events = deploy_story(2)
+    for ev in events:
+        if ev["kind"] == "connect" and ev["raddr"] == API:
+            ev["rname"] = "evil\x1b[2J\u202e<!channel><script>x</script>"
+    store.write(events)
+    (tr,) = find(store, to=parse_destination(API))
+    text = render_text(Query(pattern="", to=parse_destination(API)), [tr], T0 + 400)
+    assert "\x1b" not in text and "\u202e" not in text and "\\x1b[2J\\u202e" in text
+    page = render_html(tr, T0 + 400)
+    assert "<script>x</script>" not in page and "\x1b" not in page
+    _, out = blocks.summary(tr, View(Ask(pattern="", since=T0, since_text="1d")), 1, T0 + 400, lambda v: "x")
+    assert "<!channel>" not in json.dumps(out) and "&lt;!channel&gt;" in json.dumps(out)
