@@ -265,7 +265,9 @@ ALTER TABLE conns ADD COLUMN rname TEXT;
 CREATE INDEX conns_remote ON conns (raddr, rport);
 -- a name, a CIDR or a listening port: the window's rows, newest first
 CREATE INDEX conns_ts ON conns (ts);
-CREATE INDEX conns_rname ON conns (rname) WHERE rname IS NOT NULL
+CREATE INDEX conns_rname ON conns (rname) WHERE rname IS NOT NULL;
+-- "which login did this accepted connection carry" (from:): the login's client end
+CREATE INDEX logins_client ON logins (raddr, rport)
 """))
 
 LATEST = STEPS[-1][0]

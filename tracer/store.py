@@ -927,7 +927,7 @@ class Store:
         that process's group (a pinned match)."""
         where, args = self._conn_where(m)
         if proc is not None:
-            where.append(f"{self._CONN_KEY} = ?")
+            where.append(self._conn_of(m))
             args.append(proc)
         self._window(where, args, "c.ts", since, until, host_glob)
         rows = self.db.execute(
@@ -942,7 +942,7 @@ class Store:
         destination for a connect, the source for an accept, the socket for a listen - most
         used first: {laddr, lport, raddr, rport, rname, count, first, last}."""
         where, args = self._conn_where(m)
-        where.append(f"{self._CONN_KEY} = ?")
+        where.append(self._conn_of(m))
         args.append(proc)
         self._window(where, args, "c.ts", since, until, None)
         end = {"connect": "c.raddr, c.rport", "accept": "c.raddr, c.lport"}.get(m.direction, "c.laddr, c.lport")
@@ -959,6 +959,11 @@ class Store:
                   "AND l.ts BETWEEN c.ts - 5 AND c.ts + 600 "
                   "AND l.proc IN (SELECT id FROM procs WHERE boot = p.boot)")
     _CONN_KEY = "coalesce(l.proc, c.proc)"
+
+    def _conn_of(self, m: "ConnMatch") -> str:
+        """One group's rows: by the connecting process (an index finds them), or - an accept,
+        whose group may be the login it carried - by the group's key."""
+        return f"{self._CONN_KEY} = ?" if m.direction == "accept" else "c.proc = ?"
 
     @staticmethod
     def _conn_where(m: "ConnMatch") -> tuple[list[str], list[Any]]:
