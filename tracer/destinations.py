@@ -81,6 +81,9 @@ def parse_destination(spec: str) -> Destination:
     network = _network(addr, text)
     if network is not None:
         return Destination(text=text, networks=(network,), port=port)
+    if text.startswith("["):
+        raise DestinationError(f"{text!r}: brackets hold an IPv6 address ([2001:db8::1]:443); write a name "
+                               "without them (eks.example.com:443)")
     name = addr.lower().rstrip(".")
     if not _NAME.match(name) or ".." in name:
         raise DestinationError(f"{addr!r} is not an IP address, a CIDR network or a host name; give ADDR[:PORT], "
