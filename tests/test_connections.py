@@ -142,7 +142,7 @@ def test_listen_is_stored_once_when_replayed_and_found_by_port():
     store = store_with(events)
     assert ingest(store, events).new == 0
     assert ingest(store, [dict(e) for e in events if e["kind"] == "listen"]).new == 0
-    assert store.counts()["conns"] == 1
+    assert store.counts()["conns"] == 1 and store.counts_by_host()["ops-1"]["listen"] == 1
     (tr,) = find(store, listen=8080)
     assert tr.poi.command == "python3 -m http.server 8080"
     assert tr.attributed.user == "jim"

@@ -1334,6 +1334,7 @@ class Store:
             "login": "SELECT b.host, count(*) FROM logins x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
             "connect": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'connect' GROUP BY 1",
             "accept": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'accept' GROUP BY 1",
+            "listen": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'listen' GROUP BY 1",
             "uconnect": "SELECT b.host, count(*) FROM uconns x JOIN boots b ON b.id = x.boot WHERE x.ts_connect IS NOT NULL GROUP BY 1",
             "uaccept": "SELECT b.host, count(*) FROM uconns x JOIN boots b ON b.id = x.boot WHERE x.ts_accept IS NOT NULL GROUP BY 1",
             "file": "SELECT b.host, count(*) FROM files x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
