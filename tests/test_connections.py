@@ -181,6 +181,12 @@ def test_a_pinned_connection_match_is_that_group_and_ignores_newer_connections()
     ingest(store, [OPS.connect(250, 420, API, 6443, lport=52000)])
     again = tracer.pinned(t)
     assert again.connections.count == 5 and again.target == t
+    # through a signed button value and back: the same seven fields, the same group
+    from whodid.bot.slack.ask import Ask
+    from whodid.bot.slack.buttons import View, decode, encode
+    key = b"k" * 32
+    back = decode(encode(View(Ask(pattern="deploy", since=T0, since_text="1d"), pin=t), key), key).pin
+    assert back == t and tracer.pinned(back).connections.count == 5
     # old values read as before: an exec and a file change
     assert Target("h", "b", 1, 1, 0.0).kind == "command"
     assert Target("h", "b", 1, 1, 0.0, "write", "/etc/x").kind == "file"
