@@ -270,3 +270,23 @@ def test_a_recorded_name_is_shown_as_data_never_obeyed():
     assert "<script>x</script>" not in page and "\x1b" not in page
     _, out = blocks.summary(tr, View(Ask(pattern="", since=T0, since_text="1d")), 1, T0 + 400, lambda v: "x")
     assert "<!channel>" not in json.dumps(out) and "&lt;!channel&gt;" in json.dumps(out)
+
+
+def test_from_and_listen_are_drawn_too():
+    from whodid.tracer.render.html import render_html
+    from whodid.tracer.render.image import render_png
+    from whodid.tracer.render.layout import layout
+
+    events = listen_events() + [OPS._ev("accept", 10.05, pid=100, start=100000, laddr=OPS.addr, lport=22,
+                                        raddr="203.0.113.7", rport=50123)]
+    store = store_with(events)
+    (came,) = find(store, from_=parse_destination("203.0.113.7"))
+    (opened,) = find(store, listen=8080)
+    for tr, lane, src_is_box in ((came, "from 203.0.113.7", True), (opened, "listening :8080", False)):
+        lay = layout(tr, T0 + 400)
+        (box,) = [b for b in lay.boxes if b.role == "destination"]
+        (link,) = [lk for lk in lay.links if lk.kind == "connect"]
+        assert lay.lanes[box.lane] == lane and (link.src == box.id) == src_is_box
+        assert render_png(tr, T0 + 400).startswith(b"\x89PNG") and 'data-id="conn:0"' in render_html(tr, T0 + 400)
+    text = render_text(Query(pattern="", from_=parse_destination("203.0.113.7")), [came], T0 + 400)
+    assert "came in from 203.0.113.7 to port 22 once" in text and "carried the ssh login as ec2-user" in text
