@@ -290,3 +290,18 @@ def test_from_and_listen_are_drawn_too():
         assert render_png(tr, T0 + 400).startswith(b"\x89PNG") and 'data-id="conn:0"' in render_html(tr, T0 + 400)
     text = render_text(Query(pattern="", from_=parse_destination("203.0.113.7")), [came], T0 + 400)
     assert "came in from 203.0.113.7 to port 22 once" in text and "carried the ssh login as ec2-user" in text
+
+
+def test_a_pinned_value_naming_no_such_connection_shows_nothing():
+    """A signed value is checked field by field (buttons.pin_from), but what it pins may be gone
+    or never have been: no group, no answer - never another process's connections."""
+    store = store_with(deploy_story(3))
+    tracer = Tracer(store, IDENT)
+    (tr,) = tracer.find(Query(pattern="", to=parse_destination(API)))
+    t = tr.target
+    for other in (Target(t.host, t.boot, t.pid, t.start, t.at, "connect", "not a destination!"),
+                  Target(t.host, t.boot, t.pid, t.start, t.at, "listen", "eighty"),
+                  Target(t.host, t.boot, t.pid, t.start, t.at, "connect", "10.9.9.9"),
+                  Target(t.host, t.boot, t.pid, t.start, T0 + 1, "connect", API),         # before the first
+                  Target(t.host, t.boot, 901, 901000, t.at, "connect", API)):             # curl: not to the API
+        assert tracer.pinned(other) is None, other
