@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 # start tick: the store's restart join (see Store._proc_id) applies to no such boot.
 AUDIT_BOOT_PREFIX = "audit:"
 
-PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "file",
+PROCESS_KINDS = frozenset({"fork", "exec", "exit", "cred", "login", "connect", "accept", "listen", "file",
                            "uconnect", "uaccept"})
 
 FILE_OPS = frozenset({"write", "create", "rename", "unlink", "chmod", "chown", "truncate", "mkdir", "rmdir"})
@@ -76,6 +76,8 @@ SPEC: dict[str, dict[str, tuple[str, bool]]] = {
               "service": ("str", False), "ses": ("uint", False), "tty": ("str", False)},
     "connect": {**PROCESS, **SOCKET},
     "accept": {**PROCESS, **SOCKET},
+    # a TCP socket began listening (no remote end): who opened a port
+    "listen": {**PROCESS, "laddr": ("addr", True), "lport": ("port", True)},
     # `conn` pairs a connect with its accept: unique per host and boot, opaque to all but the agent
     "uconnect": {**PROCESS, "path": ("str", True), "bound": ("str", False), "conn": ("str", True), **UPEER},
     "uaccept": {**PROCESS, "conn": ("str", True), "path": ("str", False), **UPEER},

@@ -254,4 +254,20 @@ CREATE INDEX uconns_listener ON uconns (listener_proc) WHERE listener_proc IS NO
 CREATE INDEX uconns_client ON uconns (client_proc) WHERE client_proc IS NOT NULL
 """))
 
+STEPS.append((12, """
+-- Connections as evidence (issue 21): asked by destination (to:), by source (from:) and by
+-- listening port (listen:). rname is the name the host resolved for raddr when it connected
+-- (DNS answers it received, NULL when none was seen). A `listen` event is a row with dir =
+-- 'listen', its laddr/lport the socket, raddr '' and rport 0 - not NULL: UNIQUE treats NULLs as
+-- distinct, and a replayed listen must stay one row.
+ALTER TABLE conns ADD COLUMN rname TEXT;
+-- "who connected to 10.0.5.10:6443" and "who came in from 203.0.113.7"
+CREATE INDEX conns_remote ON conns (raddr, rport);
+-- a name, a CIDR or a listening port: the window's rows, newest first
+CREATE INDEX conns_ts ON conns (ts);
+CREATE INDEX conns_rname ON conns (rname) WHERE rname IS NOT NULL;
+-- "which login did this accepted connection carry" (from:): the login's client end
+CREATE INDEX logins_client ON logins (raddr, rport)
+"""))
+
 LATEST = STEPS[-1][0]

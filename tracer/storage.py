@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Protocol
 
 from .outages import Outage
-from .store import Image, Proc
+from .store import ConnMatch, Image, Proc
 
 
 class EventStore(Protocol):
@@ -47,6 +47,11 @@ class EventStore(Protocol):
     def connects_from(self, addr: str, port: int, t0: float, t1: float) -> list[dict[str, Any]]: ...
     def connects_to(self, addr: str, port: int | None, t0: float, t1: float) -> list[dict[str, Any]]: ...
     def connects_of(self, proc_id: int) -> list[dict[str, Any]]: ...        # one process's, earliest first
+    def connection_groups(self, m: ConnMatch, *, since: float | None, until: float | None, host_glob: str | None,
+                          limit: int, proc: int | None = None) -> list[dict[str, Any]]: ...  # one per process, newest first
+    def connection_peers(self, m: ConnMatch, proc: int, *, since: float | None, until: float | None,
+                         limit: int = 20) -> list[dict[str, Any]]: ...          # a group's other ends
+    def login(self, login_id: int) -> dict[str, Any] | None: ...
     def unix_clients(self, server_proc: int, t0: float, t1: float) -> list[dict[str, Any]]: ...  # attached then
     def unrecorded_unix_clients(self, server_proc: int, t: float) -> list[float]: ...  # no client known: when each began
     def unix_conns_of(self, client_proc: int) -> list[dict[str, Any]]: ...

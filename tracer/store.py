@@ -8,7 +8,9 @@ questions the trace engine asks. No stitching happens here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -32,6 +34,37 @@ MAX_CMD_IDS = 2000           # past this many matching command lines, a search s
 # /proc gives a process's start in USER_HZ ticks (100 a second on Linux): an agent that finds a
 # process already running names it by that tick, in ns - a multiple of this (docs/events.md)
 TICK_NS = 10_000_000
+
+
+@dataclass(frozen=True)
+class ConnMatch:
+    """Which connections a question asks about (trace.Query's to:, from:, listen:), in the
+    store's terms. `direction` is the row's dir: `connect` (to:), `accept` (from:), `listen`.
+    An address is the remote end's (the local one for a listen); `port` the remote port of a
+    connect, the local port of an accept (what the outsider came to) or of a listen. No
+    address, network or name: any address. Names are lowercase globs of `rname`."""
+    direction: str
+    addrs: tuple[str, ...] = ()
+    nets: tuple[str, ...] = ()          # CIDR text, tested by whodid_in_nets
+    names: tuple[str, ...] = ()
+    port: int | None = None
+    command: tuple[str, bool] | None = None    # (pattern, glob): the process ran a matching command
+
+
+@functools.lru_cache(maxsize=256)
+def _nets(text: str) -> tuple:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in text.split(",") if n)
+
+
+def in_nets(addr: str | None, nets: str) -> int:
+    """SQL function whodid_in_nets(addr, 'cidr,cidr'): is addr in one of the networks?"""
+    if not addr:
+        return 0
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return 0
+    return int(any(ip.version == n.version and ip in n for n in _nets(nets)))
 
 
 class StoreError(Exception):
@@ -277,6 +310,7 @@ class Store:
                 # open (minutes on a big store): this makes SQLite check each b-tree page's cells
                 # as it loads them, so more damage is found, and found before it is believed
                 db.execute("PRAGMA cell_size_check = ON")
+                conn.create_function("whodid_in_nets", 2, in_nets, deterministic=True)
                 store._migrate()
                 return store
             except sqlite3.OperationalError as exc:
@@ -430,9 +464,15 @@ class Store:
             if "uid" in ev:
                 names[(host, ev["uid"])] = ev["user"]
         elif kind in ("connect", "accept"):
-            new += c.execute("INSERT OR IGNORE INTO conns VALUES (?, ?, ?, ?, ?, ?, ?)",
+            new += c.execute("INSERT OR IGNORE INTO conns (proc, ts, dir, laddr, lport, raddr, rport, rname) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"],
-                              ev["rport"]]).rowcount
+                              ev["rport"], ev.get("rname")]).rowcount
+        elif kind == "listen":
+            # no remote end: '' and 0, not NULL, so the UNIQUE key holds and a replay is one row
+            new += c.execute("INSERT OR IGNORE INTO conns (proc, ts, dir, laddr, lport, raddr, rport) "
+                             "VALUES (?, ?, 'listen', ?, ?, '', 0)",
+                             [proc, ts, ev["laddr"], ev["lport"]]).rowcount
         elif kind in ("uconnect", "uaccept"):
             new += self._write_uconn(c, boot, proc, ev)
         elif kind == "file":
@@ -875,6 +915,88 @@ class Store:
         rows = self.db.execute(sql + " ORDER BY ts", args)
         return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
 
+    # --- reading: connections as evidence (issue 21) ---------------------------------------
+
+    def connection_groups(self, m: "ConnMatch", *, since: float | None, until: float | None,
+                          host_glob: str | None, limit: int, proc: int | None = None) -> list[dict[str, Any]]:
+        """The connections matching m in the window, one group per process, newest first (by its
+        last connection), at most `limit` groups: {proc, count, first, last, login}. An accepted
+        connection that carried a login (its remote end is the login's client) belongs to the
+        login's process - the session it became - and `login` is that login's id; else None.
+        Grouping is done here, at query time: each connection stays its own row. `proc`: only
+        that process's group (a pinned match)."""
+        where, args = self._conn_where(m)
+        if proc is not None:
+            where.append(self._conn_of(m))
+            args.append(proc)
+        self._window(where, args, "c.ts", since, until, host_glob)
+        rows = self.db.execute(
+            f"SELECT {self._CONN_KEY} AS who, count(*), min(c.ts), max(c.ts), max(l.id) "
+            f"FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
+            "GROUP BY who ORDER BY max(c.ts) DESC LIMIT ?", [*args, limit]).fetchall()
+        return [dict(zip(("proc", "count", "first", "last", "login"), r)) for r in rows]
+
+    def connection_peers(self, m: "ConnMatch", proc: int, *, since: float | None, until: float | None,
+                         limit: int = 20) -> list[dict[str, Any]]:
+        """One group's connections (as connection_groups made it) by the other end - the
+        destination for a connect, the source for an accept, the socket for a listen - most
+        used first: {laddr, lport, raddr, rport, rname, count, first, last}."""
+        where, args = self._conn_where(m)
+        where.append(self._conn_of(m))
+        args.append(proc)
+        self._window(where, args, "c.ts", since, until, None)
+        end = {"connect": "c.raddr, c.rport", "accept": "c.raddr, c.lport"}.get(m.direction, "c.laddr, c.lport")
+        rows = self.db.execute(
+            "SELECT min(c.laddr), min(c.lport), min(c.raddr), min(c.rport), max(c.rname), count(*), min(c.ts), "
+            f"max(c.ts) FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} GROUP BY {end} "
+            "ORDER BY count(*) DESC, max(c.ts) DESC LIMIT ?", [*args, limit]).fetchall()
+        return [dict(zip(("laddr", "lport", "raddr", "rport", "rname", "count", "first", "last"), r)) for r in rows]
+
+    # an accept's client port and address are the login's: the login is up to LATE_LOGIN after
+    # the accept (authentication, the agent reading sshd's log line), on the same boot
+    _CONN_FROM = ("JOIN procs p ON p.id = c.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
+                  "LEFT JOIN logins l ON c.dir = 'accept' AND l.raddr = c.raddr AND l.rport = c.rport "
+                  "AND l.ts BETWEEN c.ts - 5 AND c.ts + 600 "
+                  "AND l.proc IN (SELECT id FROM procs WHERE boot = p.boot)")
+    _CONN_KEY = "coalesce(l.proc, c.proc)"
+
+    def _conn_of(self, m: "ConnMatch") -> str:
+        """One group's rows: by the connecting process (an index finds them), or - an accept,
+        whose group may be the login it carried - by the group's key."""
+        return f"{self._CONN_KEY} = ?" if m.direction == "accept" else "c.proc = ?"
+
+    @staticmethod
+    def _conn_where(m: "ConnMatch") -> tuple[list[str], list[Any]]:
+        where, args = ["c.dir = ?"], [m.direction]
+        addr, port = ("c.laddr", "c.lport") if m.direction == "listen" else (
+            "c.raddr", "c.lport" if m.direction == "accept" else "c.rport")
+        which = []
+        if m.addrs:
+            which.append(f"{addr} IN ({','.join('?' * len(m.addrs))})")
+            args += list(m.addrs)
+        if m.nets:
+            which.append(f"whodid_in_nets({addr}, ?)")
+            args.append(",".join(m.nets))
+        if m.names and m.direction == "connect":
+            which += ["lower(c.rname) GLOB ?"] * len(m.names)
+            args += list(m.names)
+        if m.addrs or m.nets or m.names:
+            # asked by a name that no connection recorded and nothing resolved: nothing matches
+            where.append(f"({' OR '.join(which)})" if which else "0")
+        if m.port is not None:
+            where.append(f"{port} = ?")
+            args.append(m.port)
+        if m.command is not None:
+            pattern, glob = m.command
+            test = "x.cmd GLOB ?" if glob else "instr(x.cmd, ?) > 0"
+            where.append(f"c.proc IN (SELECT e.proc FROM execs e JOIN cmds x ON x.id = e.cmd_id WHERE {test})")
+            args.append(pattern)
+        return where, args
+
+    def login(self, login_id: int) -> dict[str, Any] | None:
+        row = self.db.execute(f"SELECT {self.LOGIN_COLS} FROM logins l WHERE l.id = ?", [login_id]).fetchone()
+        return self._login(row) if row else None
+
     def login_from(self, addr: str, port: int, t0: float, t1: float, to: Iterable[str | None] = ()) -> bool:
         """Is there a login whose client was addr:port between t0 and t1 (a connect's exact match)?
         With `to`, only a login to one of those server addresses (or to one not recorded) counts:
@@ -1212,6 +1334,7 @@ class Store:
             "login": "SELECT b.host, count(*) FROM logins x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",
             "connect": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'connect' GROUP BY 1",
             "accept": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'accept' GROUP BY 1",
+            "listen": "SELECT b.host, count(*) FROM conns x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot WHERE x.dir = 'listen' GROUP BY 1",
             "uconnect": "SELECT b.host, count(*) FROM uconns x JOIN boots b ON b.id = x.boot WHERE x.ts_connect IS NOT NULL GROUP BY 1",
             "uaccept": "SELECT b.host, count(*) FROM uconns x JOIN boots b ON b.id = x.boot WHERE x.ts_accept IS NOT NULL GROUP BY 1",
             "file": "SELECT b.host, count(*) FROM files x JOIN procs p ON p.id = x.proc JOIN boots b ON b.id = p.boot GROUP BY 1",

@@ -7,18 +7,20 @@ renderers (text, JSON, and later PNG and Slack) draw.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import networkx as nx
 
 from . import multiplexer, outages, sshmux, stitch
+from .destinations import Destination, parse_destination
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .identity import Identity
 from .sharing import ASKED, ATTACHED, INJECTED, SSH_FORWARD, SSH_MASTER, USED, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
-from .store import Image, Proc, Store
+from .store import ConnMatch, Image, Proc, Store
 from .when import clock, format_duration
 
 MAX_HOPS = 16
@@ -57,10 +59,27 @@ class Query:
     scope: int = 0
     limit: int = 5
     started: bool = False            # add everything the matched command started
+    # connections (issue 21): who connected to a destination, who came in from a source (an
+    # accepted connection; its PORT is the local port reached), who listened on a port. With
+    # one of them the pattern may be empty (the connection is the match); with a pattern too,
+    # the connecting process must also have run a matching command. One at a time.
+    to: Destination | None = None
+    from_: Destination | None = None
+    listen: int | None = None
+
+    @property
+    def connection(self) -> tuple[str, Destination | None, int | None] | None:
+        """(direction, destination, port) when the question is about connections, else None."""
+        asked = [(d, dest, port) for d, dest, port in (("connect", self.to, None), ("accept", self.from_, None),
+                                                       ("listen", None, self.listen))
+                 if dest is not None or port is not None]
+        if len(asked) > 1:
+            raise ValueError("ask by one of to:, from: or listen: at a time")
+        return asked[0] if asked else None
 
     @property
     def is_path(self) -> bool:
-        return self.pattern.startswith("/")
+        return self.pattern.startswith("/") and self.connection is None
 
     @property
     def is_glob(self) -> bool:
@@ -68,6 +87,12 @@ class Query:
 
     def describe(self) -> str:
         what = f"changes to {self.pattern}" if self.is_path else f"commands matching `{self.pattern}`"
+        conn = self.connection
+        if conn is not None:
+            said = {"connect": f"connections to {conn[1].text if conn[1] else ''}",
+                    "accept": f"connections from {conn[1].text if conn[1] else ''}",
+                    "listen": f"listens on port {conn[2]}"}[conn[0]]
+            what = said + (f" by commands matching `{self.pattern}`" if self.pattern else "")
         parts = [what]
         if self.host:
             parts.append(f"on hosts {self.host}")
@@ -90,6 +115,45 @@ class Target:
     op: str | None = None
     path: str | None = None
 
+    @property
+    def kind(self) -> str:
+        """`command` (an exec), `file` (a change: op is a file operation) or `connection` (op is
+        the direction - connect, accept, listen - and path what was asked: the destination as
+        given, or the listening port; `at` the group's last connection). Connections reuse op
+        and path so that a signed value keeps its seven fields and older ones read as before."""
+        if self.path is None:
+            return "command"
+        return "connection" if self.op in CONN_DIRECTIONS else "file"
+
+
+CONN_DIRECTIONS = ("connect", "accept", "listen")
+
+
+@dataclass
+class Peer:
+    """The other end of a group's connections, as recorded: a destination (connect), a source
+    (accept: `port` is the local port it came to) or the listening socket (listen)."""
+    addr: str
+    port: int
+    name: str | None            # the name the host resolved it from, or the one asked that holds it
+    count: int
+    first: float
+    last: float
+    laddr: str | None = None
+
+
+@dataclass
+class Connections:
+    """One match of a connection question: a process's connections, grouped at query time."""
+    direction: str              # connect | accept | listen
+    asked: str                  # the destination as asked, or the port listened on
+    count: int
+    first: float
+    last: float
+    peers: list[Peer]
+    login: dict[str, Any] | None = None     # an accept: the login it carried (an sshd session)
+    how: list[str] = field(default_factory=list)   # how a name became addresses: "eks-prod: config network.names"
+
 
 @dataclass
 class Trace:
@@ -110,6 +174,8 @@ class Trace:
     execs: list[Image] = field(default_factory=list)
     # multiplexer servers and ssh masters on the chain, and who used them (sharing.py)
     shared: list[SharedSession] = field(default_factory=list)
+    # a connection question's match: the process's connections (to, from or listening)
+    connections: Connections | None = None
 
 
 
@@ -125,9 +191,17 @@ def first_per_client(uconns) -> list[dict[str, Any]]:
             out.append(u)
     return out
 
+# name -> [(network or address, where it came from)]: what a destination's name stands for beyond
+# the name recorded with each connection. tracer/names.py's addresses_for, its recorded names,
+# config network.names and resolver bound in (functools.partial); None: recorded names only.
+AddressesFor = Callable[[str], Iterable[tuple[Any, str]]]
+
+
 class Tracer:
-    def __init__(self, store: Store, identity: Identity | None = None, settings: Settings | None = None):
+    def __init__(self, store: Store, identity: Identity | None = None, settings: Settings | None = None,
+                 addresses_for: AddressesFor | None = None):
         self.store = store
+        self.addresses_for = addresses_for
         self.identity = identity or Identity()
         self.settings = settings or Settings()
         self._names: dict[tuple[int, int], str | None] = {}
@@ -155,6 +229,8 @@ class Tracer:
 
     def find(self, query: Query) -> list[Trace]:
         fetch = query.limit if not query.user else max(query.limit * 20, 200)
+        if query.connection is not None:
+            return self._find_connections(query, fetch)
         if query.is_path:
             hits = self.store.search_files(query.pattern, glob=query.is_glob, since=query.since,
                                            until=query.until, host_glob=query.host, limit=fetch)
@@ -177,11 +253,95 @@ class Tracer:
                 break
         return traces
 
+    # --- connections (issue 21) ---------------------------------------------------------------
+
+    def conn_match(self, direction: str, dest: Destination | None, port: int | None,
+                   command: tuple[str, bool] | None = None) -> tuple[ConnMatch, dict[str, str], list[str]]:
+        """The store's terms for a connection question: (match, address -> the name asked that
+        holds it, how each name became addresses). A name is matched against the name recorded
+        with each connection, and - through addresses_for, when given - the addresses it stands
+        for (config network.names, resolution now); a glob only against recorded names."""
+        if dest is None:
+            return ConnMatch(direction, port=port, command=command), {}, []
+        nets = list(dest.networks)
+        label: dict[str, str] = {}
+        how: list[str] = []
+        for name in dest.names:
+            if self.addresses_for is None or any(ch in name for ch in "*?["):
+                continue
+            for net, source in self.addresses_for(name):
+                net = ipaddress.ip_network(str(net), strict=False)
+                nets.append(net)
+                how.append(f"{name} -> {net.with_prefixlen if net.num_addresses > 1 else net.network_address} "
+                           f"({source})")
+                if net.num_addresses == 1:
+                    label[str(net.network_address)] = name
+        exact = tuple(dict.fromkeys(str(n.network_address) for n in nets if n.num_addresses == 1))
+        wide = tuple(dict.fromkeys(str(n) for n in nets if n.num_addresses > 1))
+        return (ConnMatch(direction, addrs=exact, nets=wide, names=dest.names, port=dest.port if port is None else port,
+                          command=command), label, how)
+
+    def _find_connections(self, query: Query, fetch: int) -> list[Trace]:
+        direction, dest, port = query.connection
+        command = None
+        if query.pattern:
+            command = (f"*{query.pattern}*", True) if query.is_glob else (query.pattern, False)
+        m, label, how = self.conn_match(direction, dest, port, command)
+        asked = dest.text if dest is not None else str(port)
+        traces = []
+        for group in self.store.connection_groups(m, since=query.since, until=query.until,
+                                                  host_glob=query.host, limit=fetch):
+            scope = query.scope if not query.user else 0
+            tr = self._connection_trace(m, group, asked, label, how, since=query.since, until=query.until,
+                                        scope=scope, started=query.started and not query.user)
+            if query.user and not _involves(tr, query.user):
+                continue
+            if query.user and (query.scope or query.started):
+                tr = self._connection_trace(m, group, asked, label, how, since=query.since, until=query.until,
+                                            scope=query.scope, started=query.started)
+            traces.append(tr)
+            if len(traces) >= query.limit:
+                break
+        return traces
+
+    def _connection_trace(self, m: ConnMatch, group: dict[str, Any], asked: str, label: dict[str, str],
+                          how: list[str], *, since: float | None, until: float | None, scope: int,
+                          started: bool) -> Trace:
+        """A group traced as a command is: the connecting process's latest exec at or before its
+        last connection is the point of interest (none recorded: the program it inherited)."""
+        proc = self.store.proc(group["proc"])
+        login = self.store.login(group["login"]) if group.get("login") else None
+        peers = [Peer(addr=p["laddr"] if m.direction == "listen" else p["raddr"],
+                      port=p["rport"] if m.direction == "connect" else p["lport"],
+                      name=p["rname"] or label.get(p["raddr"]), count=p["count"], first=p["first"],
+                      last=p["last"], laddr=p["laddr"])
+                 for p in self.store.connection_peers(m, proc.id, since=since, until=until)]
+        conns = Connections(direction=m.direction, asked=asked, count=group["count"], first=group["first"],
+                            last=group["last"], peers=peers, login=login, how=how)
+        at = max(group["last"], login["ts"]) if login else group["last"]
+        image = next((im for im in reversed(self.store.images(proc.id)) if im.ts <= at), None)
+        return self.trace(proc, image=image, connections=conns, at=at, scope=scope, started=started)
+
     def pinned(self, target: Target, scope: int = 0, started: bool = False) -> Trace | None:
-        """The trace of exactly this match, or None when it is no longer stored (retention)."""
+        """The trace of exactly this match, or None when it is no longer stored (retention). A
+        connection match is the process's connections of that direction to what was asked, up
+        to the last one shown when the link was made: newer ones do not change it."""
         proc = self.store.find_proc(target.host, target.boot, target.pid, target.start)
         if proc is None:
             return None
+        if target.kind == "connection":
+            try:
+                dest = None if target.op == "listen" else parse_destination(target.path)
+                port = int(target.path) if target.op == "listen" else None
+            except ValueError:
+                return None
+            m, label, how = self.conn_match(target.op, dest, port)
+            group = next((g for g in self.store.connection_groups(m, since=None, until=target.at, host_glob=None,
+                                                                  limit=1, proc=proc.id)), None)
+            if group is None:
+                return None
+            return self._connection_trace(m, group, target.path, label, how, since=None, until=target.at,
+                                          scope=scope, started=started)
         if target.path is None:
             image = next((im for im in self.store.images(proc.id) if im.ts == target.at), None)
             return None if image is None else self.trace(proc, image=image, scope=scope, started=started)
@@ -189,10 +349,14 @@ class Tracer:
                        if ch["op"] == target.op and ch["path"] == target.path), None)
         return None if change is None else self.trace(proc, change=change, scope=scope, started=started)
 
-    def target(self, proc: Proc, image: Image | None, change: dict[str, Any] | None) -> Target:
+    def target(self, proc: Proc, image: Image | None, change: dict[str, Any] | None,
+               connections: Connections | None = None) -> Target:
         boot = self._boots.get(proc.boot)
         if boot is None:
             boot = self._boots[proc.boot] = self.store.boot_name(proc.boot)
+        if connections is not None:
+            return Target(proc.host, boot, proc.pid, proc.start, connections.last, connections.direction,
+                          connections.asked)
         if change is not None:
             return Target(proc.host, boot, proc.pid, proc.start, change["ts"], change["op"], change["path"])
         return Target(proc.host, boot, proc.pid, proc.start, image.ts)
@@ -200,8 +364,10 @@ class Tracer:
     # --- one trace -----------------------------------------------------------------------
 
     def trace(self, proc: Proc, *, image: Image | None = None, change: dict[str, Any] | None = None,
-              scope: int = 0, started: bool = False) -> Trace:
-        at = image.ts if image else change["ts"]
+              scope: int = 0, started: bool = False, connections: Connections | None = None,
+              at: float | None = None) -> Trace:
+        if at is None:
+            at = image.ts if image else change["ts"]
         self._carried = []
         chain, notes = self._chain(proc, at, image)
         notes += self._outage_notes(chain, at)      # before attribution: it marks links inferred
@@ -236,8 +402,8 @@ class Tracer:
         return Trace(poi=poi, change=change, chain=chain, attributed=who,
                      gaps=stitch.gaps(chain, self.settings.gap_threshold), notes=said,
                      summary=stitch.summary(chain, who), graph=graph, scope=scope, truncated=truncated,
-                     exit_code=proc.exit_code, target=self.target(proc, image, change),
-                     execs=self.store.images(proc.id), shared=shared)
+                     exit_code=proc.exit_code, target=self.target(proc, image, change, connections),
+                     execs=self.store.images(proc.id), shared=shared, connections=connections)
 
     # --- shared sessions: tmux and screen (multiplexer.py) ------------------------------------
 

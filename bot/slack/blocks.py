@@ -12,7 +12,7 @@ from typing import Callable
 from whodid.tracer.render.confidence import (OBSERVED, account_said, candidate_head, candidates_count, confidence, earlier_refused,
                                              person, person_in_a_line, reason)
 from whodid.tracer.render import shared
-from whodid.tracer.render.text import printable, render_trace
+from whodid.tracer.render.text import connection_lines, printable, render_trace
 from whodid.tracer.stitch import Step
 from whodid.tracer.trace import Trace
 from whodid.tracer.when import ago, clock
@@ -154,6 +154,9 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
         section(f"{mark} *{escape(name)}* {verb} {code(what(tr))} on *{escape(poi.host)}*"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": cut(f, 2000)} for f in fields]},
     ]
+    if tr.connections is not None:     # a to:/from:/listen: match: what it connected to, how often
+        blocks.append(section(":link: " + escape("\n".join(connection_lines(tr)), keep_newlines=True)))
+        text += f"; {connection_lines(tr)[0]}" if tr.connections.peers else ""
     if not who.known:
         blocks.append(section(candidates(tr)))
     blocks += shared_sessions(tr)

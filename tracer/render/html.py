@@ -25,7 +25,7 @@ from ..trace import Trace, image_node
 from ..when import clock, iso
 from .image import BLACK, BUS_X, CHAIN_X, EDGE, FILL, GREY, HEADER, LABEL_H, LANE_W, LIGHT, LINK_COLOUR, MARGIN
 from .image import CONFIDENCE_COLOUR, CONFIDENCE_FILL, MATCH, PERSON, PRIV, SSH, _geometry, _row_tops, confidence_of
-from .image import SHARED, SHARED_FILL, SIDE_LANE, session_geometry, session_paths
+from .image import HOPS, SHARED, SHARED_FILL, SIDE_LANE, session_geometry, session_paths
 from . import shared
 from .confidence import candidate_head, reason
 from .layout import PRIVILEGE, Box, ClientBox, Layout, Link, SessionBox, layout
@@ -204,6 +204,17 @@ def _link_whys(tr: Trace, lay: Layout) -> dict[tuple[str, str], str]:
         if groups:
             why += f" (shown as one link for a group of {groups[0]} collapsed commands)"
         whys[key] = why
+    c = tr.connections
+    for link in lay.links:
+        if link.kind == "connect" and c is not None:
+            box = link.dst if link.src == tr.chain[-1].node else link.src
+            p = c.peers[int(box.split(":")[1])] if box != "conn:more" else None
+            end = f"{p.addr}:{p.port}" if p else "other ends"
+            whys[(link.src, link.dst)] = {
+                "connect": f"pid {tr.poi.pid} on {tr.poi.host} connected to {end}",
+                "accept": f"a connection from {end} was accepted on {tr.poi.host}",
+                "listen": f"pid {tr.poi.pid} on {tr.poi.host} listened on {end}"}[c.direction] + (
+                f" ({p.count} times, recorded by its agent)." if p else ".")
     return whys
 
 
@@ -367,6 +378,9 @@ def _page_data(tr: Trace, lay: Layout, details: dict[str, dict], whys: dict) -> 
             members = [f"{clock(s.start)[11:19]}  {s.user}  {s.command}" for s in steps]
             nodes[b.id] = {"title": b.title, "rows": rows, "members": members}
             continue
+        if b.role == "destination":
+            nodes[b.id] = {"title": b.command or b.title, "rows": _peer_rows(tr, b.id)}
+            continue
         step = g.nodes[b.id]["step"]
         facts = {**_step_facts(step), **details.get(b.id, {})}
         rows = _rows(facts) + [["reached by", why] for why in reached.get(b.id, [])]
@@ -383,6 +397,22 @@ def _page_data(tr: Trace, lay: Layout, details: dict[str, dict], whys: dict) -> 
                 ["account", c.who.account or "?"], ["when", shared.when_said(c)], ["host", c.host],
                 ["pid", str(c.pid)], ["command", c.command], ["its chain", c.summary], ["how", c.who.how]]}
     return {"nodes": nodes}
+
+
+def _peer_rows(tr: Trace, box_id: str) -> list[list[str]]:
+    """What the page shows for a connection's box (layout's conn:<i>): the end, how often, when."""
+    c = tr.connections
+    if c is None:
+        return []
+    if box_id == "conn:more":
+        return [["connections", str(c.count)], ["asked", c.asked]]
+    p = c.peers[int(box_id.split(":")[1])]
+    rows = [["address", p.addr], ["port", str(p.port)], ["name", p.name or "not recorded"],
+            ["connections", str(p.count)], ["first", iso(p.first)], ["last", iso(p.last)], ["asked", c.asked]]
+    if c.login:
+        rows.append(["carried the login of", f"{c.login['user']} at {iso(c.login['ts'])}"])
+    rows += [["name's addresses", h] for h in c.how]
+    return rows
 
 
 LABELS = {"host": "host", "pid": "pid", "command": "command", "argv": "argv", "cwd": "working dir",
@@ -539,7 +569,7 @@ def _edge(link: Link, by_id: dict[str, Box], geo: dict, why: str) -> str:
     colour = PRIV if link.kind in PRIVILEGE else LINK_COLOUR.get(link.kind, "#555555")
     dash = f' stroke-dasharray="{DOTTED}"' if link.inferred else ""
     extra: list[str] = []
-    if link.kind == "ssh" and src.lane != dst.lane:
+    if link.kind in HOPS and src.lane != dst.lane:
         right = dst.lane > src.lane
         start = (sx + sw if right else sx, sy + sh / 2)
         end = (dx if right else dx + dw, dy + dh / 2)

@@ -26,9 +26,13 @@ BUS_X = 0.42                 # where context hangs off, from the lane's left edg
 # Okabe-Ito: safe for the common colour-vision deficiencies.
 BLACK, GREY, LIGHT = "#1a1a1a", "#6b6b6b", "#f4f4f4"
 PERSON, MATCH, SSH, PRIV = "#009E73", "#D55E00", "#0072B2", "#CC79A7"
-FILL = {"origin": "#d9f0e8", "poi": "#fbe3d6", "chain": "white", "context": LIGHT, "collapsed": "white"}
-EDGE = {"origin": PERSON, "poi": MATCH, "chain": "#333333", "context": "#a0a0a0", "collapsed": "#a0a0a0"}
-LINK_COLOUR = {"fork": "#555555", "exec": "#555555", "ssh": SSH}
+# a connection's other end (to:, from:, listen:) is drawn as an ssh hop's: the hop's blue
+FILL = {"origin": "#d9f0e8", "poi": "#fbe3d6", "chain": "white", "context": LIGHT, "collapsed": "white",
+        "destination": "#e3eff9"}
+EDGE = {"origin": PERSON, "poi": MATCH, "chain": "#333333", "context": "#a0a0a0", "collapsed": "#a0a0a0",
+        "destination": SSH}
+LINK_COLOUR = {"fork": "#555555", "exec": "#555555", "ssh": SSH, "connect": SSH}
+HOPS = ("ssh", "connect")    # drawn as an arrow across lanes
 # How sure the person is, drawn so it reads without colour too: observed is the person's green
 # and solid, inferred amber and dashed, unknown grey and dotted (nobody to colour in).
 CONFIDENCE_COLOUR = {"observed": PERSON, "inferred": "#A86F00", "unknown": "#555555"}
@@ -119,7 +123,7 @@ def paint(lay: Layout) -> bytes:
         src_box, dst_box = by_id[link.src], by_id[link.dst]
         colour = PRIV if link.kind in PRIVILEGE else LINK_COLOUR.get(link.kind, "#555555")
         style = ":" if link.inferred else "-"
-        if link.kind == "ssh" and src_box.lane != dst_box.lane:
+        if link.kind in HOPS and src_box.lane != dst_box.lane:
             right = dst_box.lane > src_box.lane
             start = (sx + sw if right else sx, sy + sh / 2)
             end = (dx if right else dx + dw, dy + dh / 2)
@@ -188,6 +192,9 @@ def paint(lay: Layout) -> bytes:
                Patch(facecolor=FILL["origin"], edgecolor=PERSON, lw=2, label="where the chain starts"),
                Patch(facecolor=FILL["poi"], edgecolor=MATCH, lw=2, label="matched command"),
                Patch(facecolor=LIGHT, edgecolor="#a0a0a0", label="context (wider scope)")]
+    if any(b.role == "destination" for b in lay.boxes):
+        handles.append(Patch(facecolor=FILL["destination"], edgecolor=SSH, lw=1.6,
+                             label="connection's other end (address:port)"))
     if lay.sessions:
         handles.append(Patch(facecolor=SHARED_FILL, edgecolor=SHARED, lw=1.6, linestyle="--",
                              label="shared session and its clients"))
@@ -219,7 +226,7 @@ def _row_tops(lay: Layout) -> list[float]:
     """The top of each row, in inches, with room above rows whose incoming link has a label;
     the last entry is where the body ends."""
     row_of = {b.id: b.row for b in lay.boxes}
-    labelled = {row_of[lk.dst] for lk in lay.links if (lk.label or lk.gap) and lk.chain}
+    labelled = {row_of[lk.dst] for lk in lay.links if (lk.label or lk.gap) and (lk.chain or lk.kind == "connect")}
     origin_row = next((b.row for b in lay.boxes if b.role == "origin"), None)
     tops, y = [], HEADER + LANE_HEAD
     for row in range(lay.rows):

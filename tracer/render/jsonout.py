@@ -56,7 +56,8 @@ def trace_json(tr: Trace) -> dict[str, Any]:
                         "evidence": c.evidence} for c in (who.candidates if not who.known else [])],
         "chain": [_step(s) for s in tr.chain],
         "execs": [{"command": im.cmd, "argv": im.argv, "exe": im.exe, "start": iso(im.ts), "start_ts": im.ts,
-                   "poi": tr.change is None and tr.target is not None and im.ts == tr.target.at}
+                   "poi": tr.change is None and tr.target is not None and (
+                       im.ts == tr.poi.start if tr.connections else im.ts == tr.target.at)}
                   for im in tr.execs],
         "gaps": tr.gaps,
         "notes": tr.notes,
@@ -64,6 +65,25 @@ def trace_json(tr: Trace) -> dict[str, Any]:
         "graph": {"nodes": nodes, "edges": edges},
         "truncated": tr.truncated,
         "shared_sessions": [shared_json(ss) for ss in tr.shared],
+        "connections": connections_json(tr),
+    }
+
+
+def connections_json(tr: Trace) -> dict[str, Any] | None:
+    """A connection match's connections (docs/trace-json.md, "connections"); null otherwise."""
+    c = tr.connections
+    if c is None:
+        return None
+    lg = c.login
+    return {
+        "direction": c.direction, "asked": c.asked, "count": c.count,
+        "first": iso(c.first), "last": iso(c.last), "first_ts": c.first, "last_ts": c.last,
+        "peers": [{"addr": p.addr, "port": p.port, "name": p.name, "count": p.count, "first": iso(p.first),
+                   "last": iso(p.last), "first_ts": p.first, "last_ts": p.last} for p in c.peers],
+        "login": None if lg is None else {"user": lg["user"], "method": lg.get("method"), "key_fp": lg.get("key_fp"),
+                                          "source": lg.get("raddr"), "source_port": lg.get("rport"),
+                                          "time": iso(lg["ts"])},
+        "how": c.how,
     }
 
 
@@ -91,6 +111,8 @@ def traces_json(query: Query, traces: list[Trace], now: float) -> dict[str, Any]
         "query": {"pattern": query.pattern, "host": query.host, "user": query.user,
                   "since": iso(query.since) if query.since else None,
                   "until": iso(query.until) if query.until else None,
-                  "scope": query.scope, "limit": query.limit},
+                  "scope": query.scope, "limit": query.limit,
+                  "to": query.to.text if query.to else None, "from": query.from_.text if query.from_ else None,
+                  "listen": query.listen},
         "matches": [trace_json(t) for t in traces],
     }

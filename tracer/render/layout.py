@@ -218,6 +218,8 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
         place(i)
 
     links = _links(tr, visible)
+    if tr.connections is not None:
+        row = _connection_boxes(tr, lanes, boxes, links, row, width)
     collapsed = sum(b.count for b in boxes if b.role == "collapsed")
     groups = sum(1 for b in boxes if b.role == "collapsed")
     title, headline = _titles(tr, width + 14)
@@ -255,6 +257,44 @@ def layout(tr: Trace, now: float, width: int = 34, expand: frozenset[str] = froz
                   links=links, person=printable(person), collapsed=collapsed, groups=groups, notes=notes,
                   confidence=level, confidence_label=f"confidence: {level}", candidates=cands,
                   sessions=_sessions(tr, {b.id: b.row for b in boxes}))
+
+
+MAX_PEERS = 3                            # a connection match's other ends drawn; past this, 2 and "+N more"
+CONNECT = "connect"                      # the link kind from a process to its connection's box
+
+
+def _connection_boxes(tr: Trace, lanes: list[str], boxes: list[Box], links: list[Link], row: int,
+                      width: int) -> int:
+    """A connection match's other ends (tracer/trace.Connections), drawn as an ssh hop is drawn:
+    a box per destination (address, port, name if known) in a lane of their own after the
+    hosts', linked by an arrow from the process (to it: connect, listen; from it: accept).
+    Returns the next free row."""
+    c = tr.connections
+    lanes.append({"connect": f"to {c.asked}", "accept": f"from {c.asked}", "listen": f"listening :{c.asked}"}[c.direction])
+    lane = len(lanes) - 1
+    peers = c.peers if len(c.peers) <= MAX_PEERS else c.peers[:MAX_PEERS - 1]
+    poi = tr.chain[-1].node
+    for i, p in enumerate(peers):
+        end = f"[{p.addr}]:{p.port}" if ":" in p.addr else f"{p.addr}:{p.port}"
+        title = _cut(f"{end} ({p.name})" if p.name else end, width)
+        times = "once" if p.count == 1 else f"{p.count} times"
+        meta = f"{times} · {clock(p.first)[11:19]}" + (f"–{clock(p.last)[11:19]}" if p.count > 1 else "")
+        if c.direction == "accept":
+            title = _cut(f"{p.addr} → port {p.port}", width)
+        box = Box(id=f"conn:{i}", lane=lane, row=row, role="destination", title=printable(title), meta=meta,
+                  command=printable(end + (f" ({p.name})" if p.name else "")))
+        boxes.append(box)
+        said = {"connect": f"connected {times}", "accept": f"came in {times}", "listen": "listened"}[c.direction]
+        src, dst = (box.id, poi) if c.direction == "accept" else (poi, box.id)
+        links.append(Link(src, dst, CONNECT, chain=False, label=said))
+        row += 1
+    if len(peers) < len(c.peers):
+        rest = c.peers[len(peers):]
+        boxes.append(Box(id="conn:more", lane=lane, row=row, role="destination",
+                         title=f"+{len(rest)} more", meta=f"{sum(p.count for p in rest)} connections"))
+        links.append(Link(poi, "conn:more", CONNECT, chain=False))
+        row += 1
+    return row
 
 
 def _named_by_a_session_client(tr: Trace) -> bool:

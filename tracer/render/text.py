@@ -58,6 +58,7 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
                  + (f", exit code {tr.exit_code}" if tr.exit_code is not None else ""))
     if len(tr.execs) > 1:
         lines.append("  exec'd as: " + " -> ".join(_short(im.cmd, 60) for im in tr.execs))
+    lines.extend(f"  {line}" for line in connection_lines(tr))
     lines.append("")
     lines.append(f"Who:  {person(who)} - {who.how}")
     if who.login_time is not None:
@@ -92,6 +93,41 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
         lines.append(f"Scope {tr.scope}: {extra} more processes around the chain (see --json or --png)")
         lines.extend(f"  - {t}" for t in tr.truncated)
     return "\n".join(printable(line) for line in lines)
+
+
+def endpoint(addr: str, port: int | None) -> str:
+    """10.0.5.10:6443, [2001:db8::1]:443 (brackets as in a URL), or the address alone."""
+    shown = f"[{addr}]" if ":" in addr and port is not None else addr
+    return shown if port is None else f"{shown}:{port}"
+
+
+def peer_line(direction: str, p) -> str:
+    """One end of a connection match in a line: `connected to 10.0.5.10:6443 (eks-prod) 300
+    times, first 10:02:11, last 10:04:40`."""
+    name = f" ({p.name})" if p.name else ""
+    said = {"connect": f"connected to {endpoint(p.addr, p.port)}{name}",
+            "accept": f"came in from {p.addr} to port {p.port}",
+            "listen": f"listened on {endpoint(p.addr, p.port)}"}[direction]
+    times = "once" if p.count == 1 else f"{p.count} times"
+    when = f"at {clock(p.first)}" if p.count == 1 else f"first {clock(p.first)}, last {clock(p.last)}"
+    return f"{said} {times}, {when}"
+
+
+def connection_lines(tr: Trace) -> list[str]:
+    """A connection match's connections, one line per other end (most used first), then the
+    login an accepted connection carried and how an asked name became addresses."""
+    c = tr.connections
+    if c is None:
+        return []
+    lines = [peer_line(c.direction, p) for p in c.peers]
+    shown = sum(p.count for p in c.peers)
+    if shown < c.count:
+        lines.append(f"... and {c.count - shown} more connections to other ends (--json lists the first 20)")
+    if c.login:
+        lg = c.login
+        lines.append(f"carried the ssh login as {lg['user']} ({lg.get('method') or 'login'}) at {clock(lg['ts'])}")
+    lines.extend(f"({h})" for h in c.how)
+    return lines
 
 
 def candidate_lines(tr: Trace) -> list[str]:
