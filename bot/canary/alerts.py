@@ -28,6 +28,7 @@ from whodid.tracer.render.jsonout import shared_json
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
 from whodid.tracer.changes import WRAPPERS, Rules, parse_rules
+from whodid.tracer.destinations import parse_destination
 from whodid.tracer.stitch import program_name
 from whodid.tracer.when import clock, format_duration, iso
 
@@ -128,8 +129,8 @@ def find_suspects(tracer: Tracer, canary: Canary, first_failure: float, limit: i
     since = first_failure - s.lookback
     found: dict[str, Suspect] = {}
 
-    def keep(tr: Trace, view: View, why: str) -> None:
-        before = first_failure - tr.poi.start
+    def keep(tr: Trace, view: View, why: str, at: float | None = None) -> None:
+        before = first_failure - (tr.poi.start if at is None else at)
         key = tr.poi.node
         if key not in found or found[key].before > before:
             found[key] = Suspect(tr, view, before, f"{why}, {format_duration(before)} before the first failure")
@@ -144,6 +145,11 @@ def find_suspects(tracer: Tracer, canary: Canary, first_failure: float, limit: i
     if not s.commands:
         for tr, label in change_suspects(tracer, rules or parse_rules(), s.hosts, since, first_failure):
             keep(tr, pinned_view(tr), f"a change ({label})")
+    for spec in s.connections:
+        for tr in connection_suspects(tracer, spec, s.hosts, since, first_failure):
+            c = tr.connections
+            keep(tr, pinned_view(tr), f"connected to {connection_said(c)} "
+                 + ("once" if c.count == 1 else f"{c.count:,} times"), at=c.last)
     return sorted(found.values(), key=lambda x: (x.before, x.trace.poi.node))[:limit]
 
 
@@ -161,6 +167,24 @@ def change_suspects(tracer: Tracer, rules: Rules, hosts: tuple[str, ...], since:
             if len(out) >= per_host * len(hosts or (None,)):
                 break
     return out
+
+
+def connection_suspects(tracer: Tracer, spec: str, hosts: tuple[str, ...], since: float,
+                        until: float, limit: int = 10) -> list[Trace]:
+    """The processes that connected to `spec` (as `to:` takes it) in the window, newest first,
+    each traced to a person. A spec that cannot be read was refused when the config loaded."""
+    out: list[Trace] = []
+    for host in hosts or (None,):
+        out += tracer.find(Query(pattern="", to=parse_destination(spec), host=host, since=since, until=until,
+                                 limit=limit))
+    return out
+
+
+def connection_said(c) -> str:
+    """`k8s.internal:6443 (10.0.5.10)`: what was asked, and where it went when that differs."""
+    peers = sorted({f"{p.addr}:{p.port}" if ":" not in p.addr else f"[{p.addr}]:{p.port}" for p in c.peers})
+    where = ", ".join(peers[:3]) + (f" and {len(peers) - 3} more" if len(peers) > 3 else "")
+    return c.asked if where in ("", c.asked) else f"{c.asked} ({where})"
 
 
 def pinned_view(tr: Trace) -> View:

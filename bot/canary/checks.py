@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from whodid.tracer.destinations import DestinationError, parse_destination
 from whodid.tracer.when import TimeError, parse_duration
 
 TYPES = ("http", "tcp", "command", "kubernetes")
@@ -138,6 +139,11 @@ def parse_canary(raw: Any, where: str) -> Canary:
         if not isinstance(s.get(key, []), list) or not all(isinstance(v, str) and v for v in s.get(key, [])):
             raise CanaryError(f"{where}.suspects.{key} must be a list of strings")
     connections = tuple(s["connections"]) if "connections" in s else own_destinations(check)
+    for spec in connections:
+        try:
+            parse_destination(spec)
+        except DestinationError as exc:
+            raise CanaryError(f"{where}.suspects.connections: {exc}") from None
     suspects = Suspects(commands=tuple(s.get("commands", [])), hosts=tuple(s.get("hosts", [])),
                         lookback=_duration(s, "lookback", f"{where}.suspects") if "lookback" in s else 86400.0,
                         connections=connections)
