@@ -272,6 +272,44 @@ def test_no_suspect_shows_recent_privileged_commands_instead(demo_db, tmp_path):
     assert "aws eks delete-cluster --name prod" in res.stdout          # among what root ran there
 
 
+def test_a_canary_without_suspect_patterns_suspects_the_change_patterns_not_every_root_command(demo_db, tmp_path):
+    """No `suspects.commands`: the change review's patterns (the built-in cluster, deployment,
+    package and service changes) are the suspects - jim's `aws eks delete-cluster` is found as
+    a change and traced to jim - rather than a list of whatever root ran."""
+    import subprocess
+    import sys
+    with FakeKube() as kube:
+        (tmp_path / "cfg.yaml").write_text(json.dumps({"identity": {"people": demo.story_people()}, "canaries": [
+            {"name": "prod-cluster", "every": "1m",
+             "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
+             "suspects": {"hosts": ["config-*"], "lookback": "24h"}}]}))
+        os.chmod(tmp_path / "cfg.yaml", 0o600)
+        res = subprocess.run([sys.executable, "-m", "whodid.bot.cli", "--config", str(tmp_path / "cfg.yaml"),
+                              "canary", "run", "prod-cluster", "--db", demo_db], capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr
+    assert "Top suspects" in res.stdout, res.stdout
+    top = res.stdout.split("Top suspects", 1)[1].split("\n")[1]
+    assert "jim ran `aws eks delete-cluster --name prod` on config-server" in top, res.stdout
+    assert "a change (aws)" in top
+    assert "The most recent commands run as root there:" not in res.stdout
+
+
+@pytest.mark.parametrize("check, want", [
+    ({"type": "kubernetes", "api_url": "https://k8s.internal:6443", "path": "/api"}, ("k8s.internal:6443",)),
+    ({"type": "kubernetes", "api_url": "https://eks.example.com", "path": "/api"}, ("eks.example.com:443",)),
+    ({"type": "http", "url": "http://10.0.5.10/healthz"}, ("10.0.5.10:80",)),
+    ({"type": "http", "url": "https://[2001:db8::1]:8443/x"}, ("[2001:db8::1]:8443",)),
+    ({"type": "tcp", "host": "db.internal", "port": 5432}, ("db.internal:5432",)),
+    ({"type": "tcp", "host": "::1", "port": 5432}, ("[::1]:5432",)),
+    ({"type": "command", "argv": ["true"]}, ()),
+])
+def test_a_canary_suspects_connections_to_what_it_checks_unless_told_otherwise(check, want):
+    assert canary(check=check).suspects.connections == want
+    told = canary(check=check, suspects={"connections": ["eks-prod:443", "10.0.5.0/24:6443"]})
+    assert told.suspects.connections == ("eks-prod:443", "10.0.5.0/24:6443")
+    assert canary(check=check, suspects={"connections": []}).suspects.connections == ()
+
+
 def test_canary_list_shows_state(demo_db, tmp_path, capsys):
     with FakeKube() as kube:
         kube.add(CLUSTER, "Cluster", "prod")

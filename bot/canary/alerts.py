@@ -27,10 +27,13 @@ from whodid.tracer.render.confidence import candidate_person, who_can
 from whodid.tracer.render.jsonout import shared_json
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
-from whodid.tracer.when import clock, format_duration
+from whodid.tracer.changes import WRAPPERS, Rules, parse_rules
+from whodid.tracer.destinations import parse_destination
+from whodid.tracer.stitch import program_name
+from whodid.tracer.when import clock, format_duration, iso
 
 from ..slack import blocks
-from ..slack.ask import Ask
+from ..slack.ask import MAX_PATTERN, Ask
 from ..slack.buttons import View
 from .checks import Canary, Result
 
@@ -116,23 +119,81 @@ class Suspect:
     why: str
 
 
-def find_suspects(tracer: Tracer, canary: Canary, first_failure: float, limit: int = 5) -> list[Suspect]:
+def find_suspects(tracer: Tracer, canary: Canary, first_failure: float, limit: int = 5,
+                  rules: Rules | None = None) -> list[Suspect]:
+    """The commands (and, with issue 21's connections, the connections) that could have broken
+    what the canary watches, latest before the first failure first. A canary without suspect
+    patterns suspects what the change review counts as a change (`rules`, else its built-in
+    patterns: cluster, deployment, package, service changes...), not every root command."""
     s = canary.suspects
     since = first_failure - s.lookback
     found: dict[str, Suspect] = {}
+
+    def keep(tr: Trace, view: View, why: str, at: float | None = None) -> None:
+        before = first_failure - (tr.poi.start if at is None else at)
+        key = tr.poi.node
+        if key not in found or found[key].before > before:
+            found[key] = Suspect(tr, view, before, f"{why}, {format_duration(before)} before the first failure")
+
     for pattern in s.commands:
         for host in s.hosts or (None,):
             ask = Ask(pattern=pattern, host=host, since=since, until=first_failure,
                       since_text=format_duration(s.lookback).replace(" ", ""))
             for i, tr in enumerate(tracer.find(Query(pattern=pattern, host=host, since=since, until=first_failure,
                                                      limit=10))):
-                before = first_failure - tr.poi.start
-                why = (f"matches `{pattern}`" + (f" on {host}" if host else "")
-                       + f", {format_duration(before)} before the first failure")
-                key = tr.poi.node
-                if key not in found or found[key].before > before:
-                    found[key] = Suspect(tr, View(ask, i, 0, tr.target), before, why)
+                keep(tr, View(ask, i, 0, tr.target), f"matches `{pattern}`" + (f" on {host}" if host else ""))
+    if not s.commands:
+        for tr, label in change_suspects(tracer, rules or parse_rules(), s.hosts, since, first_failure):
+            keep(tr, pinned_view(tr), f"a change ({label})")
+    for spec in s.connections:
+        for tr in connection_suspects(tracer, spec, s.hosts, since, first_failure):
+            c = tr.connections
+            keep(tr, pinned_view(tr), f"connected to {connection_said(c)} "
+                 + ("once" if c.count == 1 else f"{c.count:,} times"), at=c.last)
     return sorted(found.values(), key=lambda x: (x.before, x.trace.poi.node))[:limit]
+
+
+def change_suspects(tracer: Tracer, rules: Rules, hosts: tuple[str, ...], since: float, until: float,
+                    per_host: int = 10) -> list[tuple[Trace, str]]:
+    """The newest commands matching the change patterns on the suspect hosts, traced. Wrappers
+    (sudo, ssh, shells) are never the change: what they ran is its own exec."""
+    out = []
+    for host in hosts or (None,):
+        for proc, image in tracer.store.execs_of_commands(rules.any_pattern, since=since, until=until,
+                                                          host_glob=host, limit=per_host * 4):
+            if program_name(image.argv) in WRAPPERS:
+                continue
+            out.append((tracer.trace(proc, image=image), rules.pattern_of(image.cmd) or "change"))
+            if len(out) >= per_host * len(hosts or (None,)):
+                break
+    return out
+
+
+def connection_suspects(tracer: Tracer, spec: str, hosts: tuple[str, ...], since: float,
+                        until: float, limit: int = 10) -> list[Trace]:
+    """The processes that connected to `spec` (as `to:` takes it) in the window, newest first,
+    each traced to a person. A spec that cannot be read was refused when the config loaded."""
+    out: list[Trace] = []
+    for host in hosts or (None,):
+        out += tracer.find(Query(pattern="", to=parse_destination(spec), host=host, since=since, until=until,
+                                 limit=limit))
+    return out
+
+
+def connection_said(c) -> str:
+    """`k8s.internal:6443 (10.0.5.10)`: what was asked, and where it went when that differs."""
+    peers = sorted({f"{p.addr}:{p.port}" if ":" not in p.addr else f"[{p.addr}]:{p.port}" for p in c.peers})
+    where = ", ".join(peers[:3]) + (f" and {len(peers) - 3} more" if len(peers) > 3 else "")
+    return c.asked if where in ("", c.asked) else f"{c.asked} ({where})"
+
+
+def pinned_view(tr: Trace) -> View:
+    """The question that shows this very match (its command on its host within a second of it),
+    pinned to it, for the same buttons as /whodid - as a change review's Trace button does."""
+    subject = (tr.poi.command.split("[", 1)[0].strip() or tr.poi.command)[:MAX_PATTERN]
+    ask = Ask(pattern=subject, host=tr.poi.host, since=tr.poi.start - 1, until=tr.poi.start + 1,
+              since_text=iso(tr.poi.start - 1))
+    return View(ask, pin=tr.target)
 
 
 def recent_changes(store, canary: Canary, first_failure: float, limit: int = 10):
@@ -160,9 +221,10 @@ def alert_text(canary: Canary, state: State, result: Result, suspects: list[Susp
                 lines.append(f"     {candidates_said(s.trace)}")
             lines.extend(f"     {said}" for said in shared_said(s.trace))
     else:
-        pats = ", ".join(f"`{p}`" for p in canary.suspects.commands) or "(no suspect patterns configured)"
+        pats = (f"matching {', '.join(f'`{p}`' for p in canary.suspects.commands)}" if canary.suspects.commands
+                else "the change review counts as a change (changes.patterns)")
         hosts = ", ".join(canary.suspects.hosts) or "any host"
-        lines.append(f"No command matching {pats} ran on {hosts} {window}.")
+        lines.append(f"No command {pats} ran on {hosts} {window}.")
         if changes:
             lines.append("The most recent commands run as root there:")
             for proc, im in changes:

@@ -20,7 +20,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from whodid.tracer.destinations import DestinationError, parse_destination
 from whodid.tracer.when import TimeError, parse_duration
 
 TYPES = ("http", "tcp", "command", "kubernetes")
@@ -33,9 +35,10 @@ class CanaryError(ValueError):
 
 @dataclass(frozen=True)
 class Suspects:
-    commands: tuple[str, ...] = ()       # patterns, as /whodid takes them
+    commands: tuple[str, ...] = ()       # patterns, as /whodid takes them; empty: the change review's patterns
     hosts: tuple[str, ...] = ()          # globs; empty: every host
     lookback: float = 86400.0
+    connections: tuple[str, ...] = ()    # destinations, as to: takes them; empty: what the check itself reaches
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ CHECK_KEYS = {
     "command": {"type", "argv", "shell", "expect_exit", "output_regex"},
     "kubernetes": {"type", "api_url", "path", "token", "token_file", "ca_file", "verify_tls"},
 }
-SUSPECT_KEYS = {"commands", "hosts", "lookback"}
+SUSPECT_KEYS = {"commands", "hosts", "lookback", "connections"}
 
 
 def parse_canaries(raw: Any) -> list[Canary]:
@@ -132,13 +135,42 @@ def parse_canary(raw: Any, where: str) -> Canary:
     if not isinstance(s, dict):
         raise CanaryError(f"{where}.suspects must be a mapping")
     _known(s, SUSPECT_KEYS, f"{where}.suspects")
-    for key in ("commands", "hosts"):
+    for key in ("commands", "hosts", "connections"):
         if not isinstance(s.get(key, []), list) or not all(isinstance(v, str) and v for v in s.get(key, [])):
             raise CanaryError(f"{where}.suspects.{key} must be a list of strings")
+    connections = tuple(s["connections"]) if "connections" in s else own_destinations(check)
+    for spec in connections:
+        try:
+            parse_destination(spec)
+        except DestinationError as exc:
+            raise CanaryError(f"{where}.suspects.connections: {exc}") from None
     suspects = Suspects(commands=tuple(s.get("commands", [])), hosts=tuple(s.get("hosts", [])),
-                        lookback=_duration(s, "lookback", f"{where}.suspects") if "lookback" in s else 86400.0)
+                        lookback=_duration(s, "lookback", f"{where}.suspects") if "lookback" in s else 86400.0,
+                        connections=connections)
     return Canary(name=name, check=dict(check), every=every, cron=cron, timeout=timeout, channel=channel,
                   failures_before_alert=n, suspects=suspects)
+
+
+def own_destinations(check: dict[str, Any]) -> tuple[str, ...]:
+    """What a check itself connects to, as `to:` takes it: when the API a canary watches breaks,
+    whoever talked to that API just before is a suspect even if no command line names the
+    action (a script, an SDK, a `curl -X DELETE` whose URL sat in a file). A command check
+    reaches nothing whodid can name."""
+    t = check["type"]
+    if t == "tcp":
+        host = str(check["host"])
+        return (f"[{host}]:{check['port']}" if ":" in host else f"{host}:{check['port']}",)
+    if t in ("http", "kubernetes"):
+        url = urlsplit(check["url"] if t == "http" else check["api_url"])
+        try:
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            return ()
+        host = url.hostname or ""
+        if not host:
+            return ()
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+    return ()
 
 
 def _check_fields(c: dict[str, Any], where: str) -> None:

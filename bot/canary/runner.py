@@ -97,7 +97,7 @@ class CanaryRunner:
 
     def suspects(self, store: Store, c: Canary, first_failure: float):
         tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
-        suspects = alerts.find_suspects(tracer, c, first_failure)
+        suspects = alerts.find_suspects(tracer, c, first_failure, rules=self.cfg.changes)
         changes = [] if suspects else alerts.recent_changes(store, c, first_failure)
         return suspects, changes
 
