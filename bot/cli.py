@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(head)
     if args.command in QUERY_COMMANDS:
         args.words = words
+        args.options = sorted(parser.subcommands[args.command]._option_string_actions)   # for did-you-mean
     if not args.command:
         parser.print_help()
         return EXIT_ERROR

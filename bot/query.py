@@ -70,7 +70,7 @@ TRACES = frozenset({"trace", "slack-trace"})
 ALL = frozenset({"trace", "slack-trace", "changes"})
 
 KEYS: tuple[Key, ...] = (
-    Key("since", "time", "WHEN", "3d", "start of the window: a duration ago or a date/time", ALL),
+    Key("since", "time", "WHEN", "3d", "start of the window", ALL),
     Key("until", "time", "WHEN", "2026-11-23T12:00", "end of the window (default: now)", ALL),
     Key("host", "glob", "GLOB", "config-*", "only on hosts matching this glob", ALL),
     Key("user", "name", "NAME", "jim", "only what involves this person, login user or effective user", ALL),
@@ -151,10 +151,12 @@ def parse_text(text: str, command: str, now: float, defaults: Mapping[str, str] 
 
 
 def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mapping[str, str] | None = None, *,
-          surface: str = "cli", keys: Sequence[Key] = KEYS, into: type = Question) -> Question:
+          surface: str = "cli", keys: Sequence[Key] = KEYS, into: type = Question,
+          options: Sequence[str] = ()) -> Question:
     """The question these words ask of `command`, or QueryError saying what is wrong.
     `defaults` are key values as text (since: 24h), used when the key is not typed. On the CLI
-    (surface="cli") an unknown --word is an error; in Slack it is part of the pattern."""
+    (surface="cli") an unknown --word is an error; in Slack it is part of the pattern. `options`:
+    the command's other options (--json), for the CLI's did-you-mean."""
     cmd = COMMANDS[command]
     mine = {k.name: k for k in keys_for(command, keys)}
     every = {k.name: k for k in keys}
@@ -176,7 +178,7 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             name, value = flag.group(1).lower(), flag.group(2)
             if name not in every:
                 if surface == "cli":
-                    raise QueryError(_unknown(f"--{flag.group(1)}", command, mine, every, surface, flag=True))
+                    raise QueryError(_unknown(f"--{flag.group(1)}", command, mine, every, surface, True, options))
                 pattern.append(w.text)
                 continue
             key = _applies(every[name], command, mine, f"--{name}")
@@ -199,7 +201,7 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             _put(typed, key, value, key.word)
             continue
         if surface == "cli" and w.text.startswith("-") and w.text != "-":
-            raise QueryError(_unknown(w.text, command, mine, every, surface, flag=True))
+            raise QueryError(_unknown(w.text, command, mine, every, surface, True, options))
         pattern.append(w.text)
     return _build(cmd, mine, typed, pattern, now, defaults or {}, into)
 
@@ -228,18 +230,22 @@ def _listing(mine: dict[str, Key]) -> str:
 
 
 def _unknown(spelled: str, command: str, mine: dict[str, Key], every: dict[str, Key], surface: str,
-             flag: bool = False) -> str:
+             flag: bool = False, options: Sequence[str] = ()) -> str:
     cmd = COMMANDS[command]
     bare = spelled.lstrip("-").rstrip(":").split("=", 1)[0].lower()
-    hint = difflib.get_close_matches(bare, list(mine) or list(every), n=1, cutoff=0.6)
+    names = list(mine) or list(every)
+    if flag:
+        names += [o[2:] for o in options if o.startswith("--")]
+    hint = difflib.get_close_matches(bare, names, n=1, cutoff=0.6)
+    said = (f"`--{hint[0]}`" if flag or hint[0] not in mine else f"`{hint[0]}:`") if hint else ""
     where = "quote it or put it after `--`" if surface == "slack" else "put it after `--`"
     if not cmd.pattern:
         # changes takes no pattern: every word is a key (the message this command always gave)
-        return (f"`{spelled}` is not one of {_listing(mine)}"
-                + (f" (did you mean `{hint[0]}:`?)" if hint else "") + f" - like `{cmd.example}`")
+        return (f"`{spelled}` is not one of {_listing(mine)}" + (f" (did you mean {said}?)" if said else "")
+                + f" - like `{cmd.example}`")
     what = "option" if flag else "key"
-    mean = (f"; did you mean `--{hint[0]}`?" if flag else f"; did you mean `{hint[0]}:`?") if hint else ""
-    return (f"unknown {what} `{spelled}`{mean or ';'} keys for {command}: {_listing(mine)} - to search for a word "
+    return (f"unknown {what} `{spelled}`" + (f"; did you mean {said}?" if said else ";")
+            + f" keys for {command}: {_listing(mine)} - to search for a word "
             f"{'starting with -' if flag else 'with a colon'}, {where}")
 
 
@@ -330,7 +336,8 @@ def format(q: Question, keys: Sequence[Key] = KEYS) -> str:
             if value is None:
                 continue
             text = iso(value) if k.kind == "time" else str(value).lower() if k.kind == "bool" else str(value)
-        out.append(shlex.quote(f"{k.name}:{text}"))
+        out.append(f"{k.name}:{shlex.quote(text)}")     # the value quoted, not the word: in Slack a
+                                                         # quoted word is a pattern word
     if q.pattern:
         words = q.pattern.split()
         quoted = shlex.quote(q.pattern)
@@ -352,7 +359,7 @@ def help_lines(command: str, keys: Sequence[Key] = KEYS) -> list[str]:
     CLI's and Slack's help - generated here so neither can drift from the registry."""
     out = []
     for k in keys_for(command, keys):
-        forms = f" ({TIME_FORMS})" if k.kind == "time" else ""
+        forms = f": {TIME_FORMS}" if k.kind == "time" else ""
         out.append(f"{k.name}:{k.metavar}  (or {k.flag} {k.metavar})  {k.help}{forms}; e.g. {k.name}:{k.example}")
     return out
 

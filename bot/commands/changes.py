@@ -19,7 +19,8 @@ def cmd_changes(args, cfg: config_mod.Config) -> int:
     from .. import query
     now = time.time()
     # since:3d or --since 3d: the grammar's (bot/query.py), as in Slack
-    ask = changes_mod.from_question(query.parse(args.words, "changes", now, {"since": cfg.changes.since}), now)
+    ask = changes_mod.from_question(query.parse(args.words, "changes", now, {"since": cfg.changes.since},
+                                                   options=getattr(args, "options", ())), now)
     store = Store.open(cfg.store_path(args.db))
     tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
 

@@ -23,7 +23,8 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     now = time.time()
     # the pattern and the query keys (since:3d or --since 3d) are the grammar's: bot/query.py
     q = grammar.parse(args.words, "trace", now, {"since": cfg.trace.default_since, "limit": str(cfg.trace.limit),
-                                                 "scope": "0"})
+                                                 "scope": "0"},
+                      options=getattr(args, "options", ()))
     query = Query(pattern=q.pattern, host=q.host, user=q.user, since=q.since, until=q.until, scope=q.scope,
                   limit=q.limit, started=args.started)
     keep = config_mod.parse_duration(args.keep_for) if args.keep_for else None

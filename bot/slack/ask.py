@@ -82,12 +82,13 @@ Examples:
 
 Each answer has buttons: *Widen scope* (more of the sessions around it), *Show what it started*, *Earlier activity* (the person's earlier commands; not offered when the person is unknown), *Other matches*.
 
-`/whodid changes [since:24h] [host:GLOB] [user:NAME]` reviews what was changed in the window, by whom, and what of it was not planned - each change with a *Trace* button."""
+`/whodid changes [since:24h] [until:WHEN] [host:GLOB] [user:NAME]` reviews what was changed in the window, by whom, and what of it was not planned - each change with a *Trace* button."""
 
 
 # the key lines come from the grammar's registry, so the help cannot drift from what is parsed;
 # the usage line above is checked against it (tests/test_query.py)
 HELP = _HELP.replace("{keys}", "\n".join(
-    f"- `{k.name}:` {k.help}" + (" - `90m`, `1h30m`, `7d`, or `2026-11-23T12:00` (UTC)" if k.kind == "time"
+    f"- `{k.name}:` {k.help}" + (": a duration ago (`90m`, `1h30m`, `7d`) or a time (`2026-11-23T12:00`, UTC)"
+                                 if k.kind == "time"
                                  else f" (`{k.name}:{k.example}`)")
     for k in query.keys_for("slack-trace")))
