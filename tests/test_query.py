@@ -229,3 +229,29 @@ def test_global_options_go_anywhere(demo_db, tmp_path, capsys):
     assert code == 0 and "jim" in out
     code, _, err = run(capsys, "trace", "delete-cluster", "--config", tmp_path / "missing.yaml")
     assert code == 2 and "missing.yaml does not exist" in err
+
+
+def test_the_trace_page_shows_its_question_and_it_asks_the_same_again(demo_db):
+    """Served over HTTP: the page's question, pasted after /whodid, is the link's question."""
+    import html
+    import urllib.request
+
+    from whodid import config as config_mod
+    from whodid.bot.demo import story as demo
+    from whodid.bot.web.pages import TracePages
+    pages = TracePages(config_mod.from_dict({"identity": {"people": demo.story_people()}}), demo_db,
+                       log=lambda m: None)
+    pages.start("127.0.0.1:0")
+    try:
+        now = time.time()
+        ask = Ask(pattern="delete-cluster", host="config-*", user="jim", since=now - 86400, since_text="24h")
+        with urllib.request.urlopen(pages.link(ask), timeout=60) as resp:
+            body = resp.read().decode()
+    finally:
+        pages.stop()
+    shown = html.unescape(re.search(r'<p id="question">Asked: <code>(.*?)</code>', body).group(1))
+    assert shown.startswith("delete-cluster since:20") and "host:'config-*' user:jim" in shown
+    back = slack_ask.parse(shown, now + 3600)
+    assert (back.pattern, back.host, back.user, back.until) == (ask.pattern, ask.host, ask.user, None)
+    assert back.since == pytest.approx(ask.since, abs=0.001)
+    assert "<input" not in body and "<form" not in body            # no search box: the link is for one trace
