@@ -19,7 +19,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 import shlex
@@ -371,7 +370,3 @@ def is_flag(token: str, keys: Sequence[Key] = KEYS) -> Key | None:
     if not m:
         return None
     return next((k for k in keys if k.name == m.group(1).lower()), None)
-
-
-def with_key(q: Question, **changes) -> Question:
-    return dataclasses.replace(q, **changes)

@@ -255,3 +255,22 @@ def test_the_trace_page_shows_its_question_and_it_asks_the_same_again(demo_db):
     assert (back.pattern, back.host, back.user, back.until) == (ask.pattern, ask.host, ask.user, None)
     assert back.since == pytest.approx(ask.since, abs=0.001)
     assert "<input" not in body and "<form" not in body            # no search box: the link is for one trace
+
+
+def test_duration_and_yes_no_kinds_for_the_keys_to_come():
+    """Kinds no key uses yet (the next keys will): a duration, and a yes/no that a bare --flag sets."""
+    @dataclass(frozen=True)
+    class More(Question):
+        within: float | None = None
+        listening: bool | None = None
+
+    keys = (*KEYS, Key("within", "duration", "DURATION", "5m", "within this long", query.TRACES),
+            Key("listening", "bool", "yes|no", "yes", "only listeners", query.TRACES))
+    q = parse(["x", "within:1h30m", "--listening"], "trace", NOW, DEFAULTS, keys=keys, into=More)
+    assert (q.within, q.listening) == (5400, True)
+    assert parse(["x", "listening:no"], "trace", NOW, DEFAULTS, keys=keys, into=More).listening is False
+    assert parse(shlex.split(format(q, keys)), "trace", NOW, DEFAULTS, keys=keys, into=More) == q
+    with pytest.raises(QueryError, match="--within 'soon' is not a duration"):
+        parse(["x", "--within", "soon"], "trace", NOW, DEFAULTS, keys=keys, into=More)
+    with pytest.raises(QueryError, match="listening: 'maybe' is not yes or no"):
+        parse(["x", "listening:maybe"], "trace", NOW, DEFAULTS, keys=keys, into=More)
