@@ -274,3 +274,12 @@ def test_duration_and_yes_no_kinds_for_the_keys_to_come():
         parse(["x", "--within", "soon"], "trace", NOW, DEFAULTS, keys=keys, into=More)
     with pytest.raises(QueryError, match="listening: 'maybe' is not yes or no"):
         parse(["x", "listening:maybe"], "trace", NOW, DEFAULTS, keys=keys, into=More)
+
+
+def test_the_pages_question_is_escaped():
+    """The question comes from whoever asked: on the page it is text, never markup."""
+    from whodid.bot.web.pages import with_question
+    ask = Ask(pattern="</code><script>alert(1)</script>", host="<b>", since=NOW - 60, since_text="1m")
+    page = with_question("<main><header><h1>t</h1></header></main>", slack_ask.canonical(ask))
+    assert "<script>" not in page and "<b>" not in page and "&lt;script&gt;" in page
+    assert page.index('<p id="question">') < page.index("</header>")
