@@ -188,7 +188,7 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
                     value = items[i].text
                     i += 1
                 else:
-                    raise QueryError(f"{key.flag} needs a value, like {key.flag} {key.example}")
+                    raise QueryError(_needs_value(key, key.flag))
             _put(typed, key, value, key.flag)
             continue
         m = _KEYLIKE.match(w.text)
@@ -209,8 +209,12 @@ def _put(typed: dict, key: Key, value: str, spelled: str) -> None:
     if key.name in typed:
         raise QueryError(f"{key.word} is given twice ({typed[key.name][0]!r} and {value!r}); keep one")
     if value == "" and key.kind != "bool":
-        raise QueryError(f"`{spelled}` needs a value, like `{_spell(key, spelled, key.example)}`")
+        raise QueryError(_needs_value(key, spelled))
     typed[key.name] = (value, spelled)
+
+
+def _needs_value(key: Key, spelled: str) -> str:
+    return f"`{spelled}` needs a value, like `{_spell(key, spelled, key.example)}`"
 
 
 def _spell(key: Key, spelled: str, value: str) -> str:
