@@ -12,7 +12,6 @@ more there are.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,11 +21,11 @@ from whodid.tracer.changes import Review, Row, by_person, planned_by_actor
 from whodid.tracer.render.text import printable
 from whodid.tracer.when import clock, iso
 
-from .slack.ask import Ask, AskError, window
+from . import query
+from .slack.ask import Ask, AskError
 from .slack.blocks import MAX_BLOCKS, MAX_SECTION, button, context, code, cut, escape, section
 from .slack.buttons import View
 
-KEYS = ("host", "user", "since", "until")
 ROWS_PER_MESSAGE = 40                # section blocks per message, with room for headers
 MAX_MESSAGES = 6                     # the first in the channel, the rest in its thread
 MAX_PATTERN = 200
@@ -58,28 +57,20 @@ def is_changes(text: str) -> bool:
 
 
 def parse(text: str, now: float, default_since: str = "24h") -> ChangesAsk:
-    """`changes since:24h host:web-* user:jim` (the leading word optional). Raises AskError."""
-    try:
-        words = shlex.split(text or "")
-    except ValueError as exc:
-        raise AskError(f"could not read that ({exc})") from None
-    if words and words[0].lower() == "changes":
+    """`changes since:24h host:web-* user:jim` (the leading word optional), Slack's words.
+    Raises AskError."""
+    words = query.words_of(text)
+    if words and not words[0].quoted and words[0].text.lower() == "changes":
         words = words[1:]
-    fields: dict[str, str] = {}
-    for word in words:
-        key, sep, value = word.partition(":")
-        if not sep or key.lower() not in KEYS:
-            raise AskError(f"`{word}` is not one of since:, until:, host:, user: - "
-                           "like `changes since:24h host:web-* user:jim`")
-        if not value:
-            raise AskError(f"`{key}:` needs a value")
-        fields[key.lower()] = value
-    since, until, since_text = window(fields, now, default_since)
-    until = now if until is None else until
-    if until <= since:
+    return from_question(query.parse(words, "changes", now, {"since": default_since}, surface="slack"), now)
+
+
+def from_question(q: query.Question, now: float) -> ChangesAsk:
+    """The review a parsed `changes` question asks for: its window ends now unless until: says."""
+    until = now if q.until is None else q.until
+    if until <= q.since:
         raise AskError("`since:` is in the future")
-    return ChangesAsk(since=since, until=until, host=fields.get("host"), user=fields.get("user"),
-                      since_text=since_text)
+    return ChangesAsk(since=q.since, until=until, host=q.host, user=q.user, since_text=q.texts["since"])
 
 
 def trace_view(row: Row) -> View:

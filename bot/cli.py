@@ -1,20 +1,26 @@
 """The `whodid` command: the same answers the Slack bot gives, in a terminal.
 
-This module only parses the command line and dispatches; each command's implementation lives
+This module only parses the command line and dispatches: argparse reads the options, and the
+words of a question (its pattern and its query keys, as `since:3d` or `--since 3d`) go whole to
+the query grammar (bot/query.py), the one parser of query keys; each command's implementation lives
 in bot/commands/ (serve in bot/serve.py, the demo in bot/demo/run.py).
 
 examples:
   whodid demo                                   build the demo store and ask who deleted the cluster
   whodid trace delete-cluster                   who ran it, through ssh hops and sudo
-  whodid trace 'aws*delete*' --since 24h --json
+  whodid trace 'aws*delete*' since:24h --json   query keys as words (since:24h) or flags (--since 24h)
   whodid trace /etc/nginx/nginx.conf            who changed this file
-  whodid trace kubectl --user jim --scope 2     jim's kubectl commands, with their sessions
+  whodid trace kubectl user:jim scope:2         jim's kubectl commands, with their sessions
+  whodid changes since:3d host:'web-*'          what was changed, by whom, planned or not
   whodid ingest events.jsonl                    load schema-v1 events (JSON lines; - for stdin)
   whodid import-audit /var/log/audit/audit.log* --host web-1    auditd's logs, as events
   whodid db stats                               what the store holds, per host and kind
   whodid db prune --dry-run                     what retention would remove (store.retention)
   whodid serve                                  the collector (and, later, the Slack bot) in one process
   whodid token add web-1                        a token for web-1's agent (shown once)
+  whodid canary list --config FILE              --config and --db go anywhere on the line
+
+The query keys (since: until: host: user: scope: limit:) are one language, docs/query.md.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from whodid.tracer import StoreError
 from whodid.tracer.store import store_error
 from whodid.tracer.when import TimeError
 
+from . import query
 from .commands import EXIT_ERROR, EXIT_OK, UsageError
 from .commands.canary import cmd_canary
 from .commands.changes import cmd_changes
@@ -41,39 +48,53 @@ from .commands.token import cmd_token
 from .commands.trace import cmd_trace
 
 
+QUERY_COMMANDS = {"trace": "trace", "changes": "changes"}      # subcommand -> the grammar's command
+CONFIG_HELP = "config file (default: $WHODID_CONFIG, ~/.config/whodid/config.yaml, /etc/whodid/config.yaml)"
+DB_HELP = "the store's file (default: $WHODID_DB, then store.path in the config)"
+
+
+def query_help(command: str) -> str:
+    """The query keys of a command, for its --help: from the grammar's registry."""
+    return ("query keys - as words (since:3d) or flags (--since 3d, --since=3d), in any order, mixed with the\n"
+            "pattern words; words after -- are all pattern (docs/query.md):\n"
+            + "\n".join(f"  {line}" for line in query.help_lines(command)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="whodid", description="Trace commands back to the person who ran them.",
                                 epilog=__doc__.split("examples:", 1)[1].join(["examples:", ""]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"whodid {__version__}")
-    p.add_argument("--config", metavar="FILE", help="config file (default: $WHODID_CONFIG, "
-                   "~/.config/whodid/config.yaml, /etc/whodid/config.yaml)")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--db", metavar="PATH", help=DB_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.subcommands = {}
 
-    db_help = "the store's file (default: $WHODID_DB, then store.path in the config)"
+    def command(name: str, db_help: str = DB_HELP, **kw) -> argparse.ArgumentParser:
+        """A subcommand, with the global options: given after it, they win over before it."""
+        c = sub.add_parser(name, **kw)
+        c.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        c.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=db_help)
+        p.subcommands[name] = c
+        return c
 
-    d = sub.add_parser("demo", help="build a demo store from a simulated fleet and trace the cluster deletion")
-    d.add_argument("--db", metavar="PATH", help="where to build the demo store (default: in whodid's data directory)")
+    d = command("demo", "where to build the demo store (default: in whodid's data directory)",
+                help="build a demo store from a simulated fleet and trace the cluster deletion")
     d.add_argument("--seed", type=int, default=7, help="seed of the simulated fleet's noise (default: 7)")
     d.add_argument("--live", action="store_true", help="root only: play the story for real on this machine - two "
                    "simulated hosts in their own namespaces, each with a real sshd and a whodid agent on BPF - "
                    "and trace it")
 
-    t = sub.add_parser("trace", help="who ran a command, or changed a file, and how they got there",
-                       description="PATTERN is a substring of the command line, a glob if it has * ? or [, "
-                                   "or - when it starts with / - a file path (or path glob) whose changes to trace.")
-    t.add_argument("pattern", metavar="PATTERN")
-    t.add_argument("--db", metavar="PATH", help=db_help)
-    t.add_argument("--host", metavar="GLOB", help="only commands on matching hosts")
-    t.add_argument("--user", metavar="NAME", help="only chains involving this person, login or effective user")
-    t.add_argument("--since", metavar="WHEN", help="start of the window: a duration ago (24h, 7d) or an ISO "
-                   "time (default: trace.default_since in the config, 7d)")
-    t.add_argument("--until", metavar="WHEN", help="end of the window (default: now)")
-    t.add_argument("--scope", type=int, default=0, choices=range(0, 4), metavar="0-3",
-                   help="0: the causal chain only; 1: plus what the command started and the other commands "
-                        "of the chain's shells; 2: plus the whole login sessions; 3: plus the person's other "
-                        "sessions across hosts")
-    t.add_argument("--limit", type=int, metavar="N", help="at most N matches, newest first (default: 5)")
+    t = command("trace", help="who ran a command, or changed a file, and how they got there",
+                description="PATTERN is a substring of the command line, a glob if it has * ? or [, "
+                            "or - when it starts with / - a file path (or path glob) whose changes to trace.",
+                epilog=query_help("trace") + "\n\nexamples:\n  whodid trace delete-cluster since:3d host:'config-*'\n"
+                       "  whodid trace delete-cluster --since 3d --host 'config-*'\n"
+                       "  whodid trace -- nginx:latest          a pattern with a colon",
+                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    t.add_argument("words", nargs="*", metavar="PATTERN | key:value",
+                   help="what to trace, and the query keys below (since: default trace.default_since, 7d; "
+                        "limit: default trace.limit, 5)")
     t.add_argument("--json", action="store_true", help="print the documented JSON (docs/trace-json.md)")
     t.add_argument("--started", action="store_true", help="add everything the matched command started "
                    "(Slack's \"Show what it started\")")
@@ -88,21 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--link", action="store_true", help="also print each match's signed link to the trace page "
                    "whodid serve serves (web.base_url, valid for web.link_ttl)")
 
-    g = sub.add_parser("changes", help="what was changed, by whom, and was it planned (the config's `changes`)",
-                       description="Privileged and change-making commands, and files changed under /etc, in a "
-                                   "window: grouped by the person behind them (through hops, sudo and shared "
-                                   "accounts), then by host; unplanned first, with why. The same answer as "
-                                   "/whodid changes in Slack. See docs/changes.md.")
-    g.add_argument("words", nargs="*", metavar="since:WHEN|until:WHEN|host:GLOB|user:NAME",
+    g = command("changes", help="what was changed, by whom, and was it planned (the config's `changes`)",
+                description="Privileged and change-making commands, and files changed under /etc, in a "
+                            "window: grouped by the person behind them (through hops, sudo and shared "
+                            "accounts), then by host; unplanned first, with why. The same answer as "
+                            "/whodid changes in Slack. See docs/changes.md.",
+                epilog=query_help("changes"), formatter_class=argparse.RawDescriptionHelpFormatter,
+                allow_abbrev=False)
+    g.add_argument("words", nargs="*", metavar="key:value",
                    help="the window (default since: changes.since, 24h) and filters, as in Slack")
-    g.add_argument("--db", metavar="PATH", help=db_help)
     g.add_argument("--json", action="store_true", help="every change with its attribution and verdict, as JSON")
 
-    i = sub.add_parser("ingest", help="load schema-v1 events from JSON-lines files")
+    i = command("ingest", help="load schema-v1 events from JSON-lines files")
     i.add_argument("files", nargs="+", metavar="FILE", help="JSON lines, one event each; - reads stdin")
-    i.add_argument("--db", metavar="PATH", help=db_help)
 
-    a = sub.add_parser("import-audit", help="load auditd logs (files, .gz, or - for stdin) as events",
+    a = command("import-audit", help="load auditd logs (files, .gz, or - for stdin) as events",
                        description="Reads raw audit logs (as /var/log/audit/audit.log holds them) into the store: "
                                    "execs, forks, exits, uid changes, connections and sshd logins. Files are read "
                                    "oldest first whatever the order given. See docs/audit.md.")
@@ -114,38 +135,74 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--passwd", metavar="FILE", help="the logged host's passwd file (/etc/passwd format), to name "
                    "its uids where the log does not (auditd's ENRICHED format names them itself); this "
                    "machine's own users are never used")
-    a.add_argument("--db", metavar="PATH", help=db_help)
 
-    s = sub.add_parser("db", help="look after the store: stats, prune (retention), vacuum (give space back), "
+    s = command("db", help="look after the store: stats, prune (retention), vacuum (give space back), "
                        "check (read every page: is it damaged?)")
     s.add_argument("action", choices=["stats", "prune", "vacuum", "check"])
-    s.add_argument("--db", metavar="PATH", help=db_help)
     s.add_argument("--older-than", metavar="DURATION", help="prune: the horizon (default: store.retention, 30d)")
     s.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
 
-    k = sub.add_parser("token", help="agent tokens for the collector: add (or replace), list, revoke")
+    k = command("token", help="agent tokens for the collector: add (or replace), list, revoke")
     k.add_argument("action", choices=["add", "list", "revoke"])
     k.add_argument("host", nargs="?", metavar="HOST", help="the host's name, as its agent reports it")
-    k.add_argument("--db", metavar="PATH", help=db_help)
 
-    c = sub.add_parser("canary", help="canaries (the config's `canaries`): list them with their state, or run one "
+    c = command("canary", help="canaries (the config's `canaries`): list them with their state, or run one "
                        "now and see what its alert would say")
     c.add_argument("action", choices=["list", "run"])
     c.add_argument("name", nargs="?", metavar="NAME")
-    c.add_argument("--db", metavar="PATH", help=db_help)
 
-    v = sub.add_parser("serve", help="run the collector (agents ship to POST /v1/events) with retention; "
+    v = command("serve", help="run the collector (agents ship to POST /v1/events) with retention; "
                        "SIGTERM stops it cleanly")
-    v.add_argument("--db", metavar="PATH", help=db_help)
     v.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default: collector.listen, "
                    "127.0.0.1:8470)")
     v.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)     # tests: written once listening
     return p
 
 
+def split_words(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(what argparse reads, the question's words) for a command that takes a question: its own
+    options (--json, --db...) go to argparse; the pattern, key:value words and key flags with
+    their values (--since 3d), and everything after --, go to the grammar. Other commands: all
+    to argparse."""
+    takes_value = {"--config", "--db"}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):          # options before the subcommand
+        i += 2 if argv[i] in takes_value else 1
+    if i >= len(argv) or argv[i] not in QUERY_COMMANDS:
+        return argv, []
+    own = parser.subcommands[argv[i]]._option_string_actions
+    head, words, rest = argv[:i + 1], [], argv[i + 1:]
+    j = 0
+    while j < len(rest):
+        tok = rest[j]
+        j += 1
+        if tok == "--":
+            words += rest[j - 1:]
+            break
+        key = query.is_flag(tok)
+        name = tok.split("=", 1)[0]
+        if key is not None:
+            words.append(tok)
+            if "=" not in tok and key.kind != "bool" and j < len(rest):
+                words.append(rest[j])
+                j += 1
+        elif name in own:
+            head.append(tok)
+            if "=" not in tok and own[name].nargs != 0 and j < len(rest):
+                head.append(rest[j])
+                j += 1
+        else:
+            words.append(tok)
+    return head, words
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    head, words = split_words(parser, list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(head)
+    if args.command in QUERY_COMMANDS:
+        args.words = words
+        args.options = sorted(parser.subcommands[args.command]._option_string_actions)   # for did-you-mean
     if not args.command:
         parser.print_help()
         return EXIT_ERROR
@@ -153,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.load(args.config)
         return COMMANDS[args.command](args, cfg)
-    except (StoreError, config_mod.ConfigError, UsageError, TimeError, private.PrivateFileError) as exc:
+    except (StoreError, config_mod.ConfigError, UsageError, TimeError, query.QueryError,
+            private.PrivateFileError) as exc:
         print(f"whodid: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except sqlite3.Error as exc:

@@ -118,3 +118,16 @@ def test_a_bad_connection_budget_says_what_is_wrong(raw, words):
     with pytest.raises(ConfigError) as info:
         from_dict({"agent": raw}, "test.yaml")
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"unix_sockets": {"prefix": ["/srv/"]}}, "did you mean `agent.unix_sockets.prefixes`?"),
+    ({"connection_budget": {"per_secnd": 5}}, "did you mean `agent.connection_budget.per_second`?"),
+    ({"connection_budget": {"burst": True}}, "`agent.connection_budget.burst` must be a whole number, got True"),
+])
+def test_agent_subsections_share_the_sections_checks(raw, words):
+    """agent.unix_sockets and agent.connection_budget are checked by _section, like every section:
+    the same did-you-mean and the same wording."""
+    with pytest.raises(ConfigError) as info:
+        from_dict({"agent": raw}, "test.yaml")
+    assert words in str(info.value)

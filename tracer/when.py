@@ -1,13 +1,21 @@
-"""Times as people type and read them: `24h`, `2026-11-23T10:00`, "3h 02m later"."""
+"""Times as people type and read them: `24h`, `1h30m`, `2026-11-23T10:00`, "3h 02m later".
+
+Pure: the query grammar (bot/query.py) and the config read times through here, so a
+duration means the same everywhere (docs/query.md)."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+# a duration is one or more number+unit parts, largest unit first: 90m, 1h30m, 1d 12h, 2w3d, 1.5h
+_PART = r"(\d+(?:\.\d+)?)\s*([smhdw])"
+_DURATION = re.compile(rf"^\s*(?:{_PART}\s*)+$")
+_PARTS = re.compile(_PART)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION = 100 * 365 * 86400     # past this, a duration is a typo: its dates cannot be written
+DURATION_FORMS = "a number and a unit (s m h d w), like 90m, 24h or 7d, or several, like 1h30m"
+TIME_FORMS = "a duration ago (90m, 1h30m, 7d) or a date/time in UTC unless it says (2026-11-23, 2026-11-23T10:00Z)"
 
 
 class TimeError(ValueError):
@@ -15,28 +23,36 @@ class TimeError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    m = _DURATION.match(text)
-    if not m:
-        raise TimeError(f"{text!r} is not a duration; use a number and a unit, like 90m, 24h or 7d")
-    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    """Seconds in `90m`, `1h30m`, `1d 12h`, `1.5h`: each unit at most once, largest first."""
+    if not isinstance(text, str) or not _DURATION.match(text):
+        raise TimeError(f"{text!r} is not a duration; use {DURATION_FORMS}")
+    parts = _PARTS.findall(text)
+    units = [_UNIT[u] for _, u in parts]
+    if units != sorted(set(units), reverse=True):
+        raise TimeError(f"{text!r} is not a duration: write each unit once, largest first, like 1d12h or 1h30m")
+    seconds = sum(float(n) * _UNIT[u] for n, u in parts)
     if seconds > MAX_DURATION:
         raise TimeError(f"{text!r} is longer than whodid can mean; durations go up to 100 years (36500d)")
     return seconds
 
 
 def parse_time(text: str, now: float) -> float:
-    """A point in time: a duration ago (`24h`), or an ISO 8601 date/time (UTC unless it says)."""
+    """A point in time: a duration ago (`24h`, `1h30m`), or an ISO 8601 date or date and time
+    (UTC unless it says: `2026-11-23`, `2026-11-23T10:00`, `2026-11-23T10:00+01:00`)."""
     text = text.strip()
     if _DURATION.match(text):
         return now - parse_duration(text)
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise TimeError(f"{text!r} is neither a duration (24h, 7d) nor an ISO time "
-                        "(2026-11-23 or 2026-11-23T10:00:00Z)") from None
+        raise TimeError(f"{text!r} is neither a duration ago (90m, 1h30m, 7d) nor a date/time "
+                        "(2026-11-23, 2026-11-23T10:00Z)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    try:
+        return dt.timestamp()
+    except (OverflowError, OSError, ValueError):         # year 1 in a zone west of UTC, and the like
+        raise TimeError(f"{text!r} is outside the times whodid can handle") from None
 
 
 def format_duration(seconds: float) -> str:

@@ -131,14 +131,8 @@ class UnixSockets:
 def _unix_sockets(raw: Any, where: str) -> UnixSockets:
     if isinstance(raw, UnixSockets):
         return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: `agent.unix_sockets` must be a mapping with `prefixes` and `comms`")
-    known = set(UnixSockets.__dataclass_fields__)
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key `agent.unix_sockets.{key}`; it takes {sorted(known)}")
-    out = UnixSockets(**raw)
-    for key in known:
+    out = _section("agent.unix_sockets", UnixSockets, raw, where)    # the shared mapping and key checks
+    for key in UnixSockets.__dataclass_fields__:
         values = getattr(out, key)
         if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
             raise ConfigError(f"{where}: `agent.unix_sockets.{key}` must be a list of non-empty strings")
@@ -170,16 +164,10 @@ BUDGET_MAX = 1_000_000_000          # capture.c keeps credit in record-nanosecon
 def _connection_budget(raw: Any, where: str) -> ConnectionBudget:
     if isinstance(raw, ConnectionBudget):
         return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: `agent.connection_budget` must be a mapping with `per_second` and `burst`")
-    known = set(ConnectionBudget.__dataclass_fields__)
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key `agent.connection_budget.{key}`; it takes {sorted(known)}")
-    out = ConnectionBudget(**raw)
-    for key in sorted(known):
+    out = _section("agent.connection_budget", ConnectionBudget, raw, where)   # mapping, keys, whole numbers
+    for key in sorted(ConnectionBudget.__dataclass_fields__):
         value = getattr(out, key)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= BUDGET_MAX:
+        if not 0 <= value <= BUDGET_MAX:
             raise ConfigError(f"{where}: `agent.connection_budget.{key}` must be a whole number from 0 to "
                               f"{BUDGET_MAX:,}, got {value!r}")
     if out.per_second and out.burst < 2:

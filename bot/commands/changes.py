@@ -10,18 +10,17 @@ import time
 from whodid import config as config_mod
 from whodid.tracer import Store, Tracer
 
-from . import EXIT_OK, UsageError
+from . import EXIT_OK
 
 def cmd_changes(args, cfg: config_mod.Config) -> int:
     from whodid.tracer.changes import review
 
     from .. import changes as changes_mod
-    from ..slack.ask import AskError
+    from .. import query
     now = time.time()
-    try:
-        ask = changes_mod.parse(" ".join(args.words), now, cfg.changes.since)
-    except AskError as exc:
-        raise UsageError(str(exc)) from None
+    # since:3d or --since 3d: the grammar's (bot/query.py), as in Slack
+    ask = changes_mod.from_question(query.parse(args.words, "changes", now, {"since": cfg.changes.since},
+                                                   options=getattr(args, "options", ())), now)
     store = Store.open(cfg.store_path(args.db))
     tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
 

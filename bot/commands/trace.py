@@ -13,24 +13,20 @@ from whodid.tracer import Query, Store, Tracer
 from whodid.tracer.render import render_text, traces_json
 from whodid.tracer.render.confidence import earlier_refused
 from whodid.tracer.render.text import printable
-from whodid.tracer.when import clock, parse_time
+from whodid.tracer.when import clock
 
+from .. import query as grammar
 from . import EXIT_NO_MATCH, EXIT_OK, UsageError
-
-MAX_LIMIT = 1000             # matches per question: each is a whole trace, and SQLite's integers end at 2**63
 
 
 def cmd_trace(args, cfg: config_mod.Config) -> int:
     now = time.time()
-    query = Query(pattern=args.pattern, host=args.host, user=args.user,
-                  since=parse_time(args.since or cfg.trace.default_since, now),
-                  until=parse_time(args.until, now) if args.until else None,
-                  scope=args.scope, limit=args.limit if args.limit is not None else cfg.trace.limit,
-                  started=args.started)
-    if query.limit < 1:
-        raise UsageError(f"--limit must be at least 1 (it counts matches, newest first); got {query.limit}")
-    if query.limit > MAX_LIMIT:
-        raise UsageError(f"--limit must be at most {MAX_LIMIT} (each match is a whole trace); got {query.limit}")
+    # the pattern and the query keys (since:3d or --since 3d) are the grammar's: bot/query.py
+    q = grammar.parse(args.words, "trace", now, {"since": cfg.trace.default_since, "limit": str(cfg.trace.limit),
+                                                 "scope": "0"},
+                      options=getattr(args, "options", ()))
+    query = Query(pattern=q.pattern, host=q.host, user=q.user, since=q.since, until=q.until, scope=q.scope,
+                  limit=q.limit, started=args.started)
     keep = config_mod.parse_duration(args.keep_for) if args.keep_for else None
     if keep is not None and keep <= 0:
         raise UsageError(f"--keep-for wants a duration longer than nothing, like 90d; got {args.keep_for!r}")
@@ -41,7 +37,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         until = now + keep
         for tr in traces:
             store.pin({d["step"].proc for _, d in tr.graph.nodes(data=True)}, until,
-                      f"whodid trace {args.pattern} ({time.strftime('%Y-%m-%d', time.gmtime(now))})")
+                      f"whodid trace {q.pattern} ({time.strftime('%Y-%m-%d', time.gmtime(now))})")
         print(f"kept past retention until {clock(until)}: what the {len(traces)} trace(s) need",
               file=sys.stderr)
     written = write_images(traces, args.png, now) if args.png and traces else []
@@ -53,10 +49,10 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         from ..slack.ask import Ask
         from ..web.pages import TracePages
         pages = TracePages(cfg, cfg.store_path(args.db))
-        ask = Ask(pattern=args.pattern, host=args.host, user=args.user, since=query.since, until=query.until,
-                  since_text=args.since or cfg.trace.default_since)
+        ask = Ask(pattern=q.pattern, host=q.host, user=q.user, since=q.since, until=q.until,
+                  since_text=q.texts["since"])
         for i, tr in enumerate(traces):
-            print(f"link {i + 1}: {pages.link(ask, i, args.scope, now, tr.target)}",
+            print(f"link {i + 1}: {pages.link(ask, i, q.scope, now, tr.target)}",
                   file=sys.stderr if args.json else sys.stdout)
     if args.json:
         json.dump(traces_json(query, traces, now), sys.stdout, indent=2)

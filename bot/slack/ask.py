@@ -8,17 +8,14 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, replace
 
-from whodid.tracer.when import TimeError, parse_time
+from whodid.tracer.when import iso
 
-KEYS = ("host", "user", "since", "until")
-MAX_PATTERN = 200
+from .. import query
+from ..query import MAX_PATTERN, Question, QueryError
 
-
-class AskError(ValueError):
-    pass
+AskError = QueryError          # the grammar's error, under the name the Slack app has always caught
 
 
 @dataclass(frozen=True)
@@ -41,56 +38,42 @@ class Ask:
 
 
 def parse(text: str, now: float, default_since: str = "24h") -> Ask | None:
-    """The question, or None when help was asked for. Raises AskError saying what is wrong."""
-    try:
-        words = shlex.split(text or "")
-    except ValueError as exc:
-        raise AskError(f"could not read that ({exc}); quote a pattern with spaces: \"terraform destroy\"") from None
-    if not words or words[0].lower() in ("help", "-h", "--help", "?"):
+    """The question, or None when help was asked for. Raises AskError saying what is wrong.
+    The words are the query language's (bot/query.py, docs/query.md)."""
+    words = query.words_of(text)
+    if not words or (not words[0].quoted and words[0].text.lower() in ("help", "-h", "--help", "?")):
         return None
-    fields: dict[str, str] = {}
-    rest = []
-    for word in words:
-        key, sep, value = word.partition(":")
-        if sep and key.lower() in KEYS:
-            if not value:
-                raise AskError(f"`{key}:` needs a value, like `{key}:{_EXAMPLE[key.lower()]}`")
-            fields[key.lower()] = value
-        else:
-            rest.append(word)
-    pattern = " ".join(rest).strip()
-    if not pattern:
-        raise AskError("what should I trace? Give a command or a file path, like `/whodid delete-cluster`")
-    if len(pattern) > MAX_PATTERN:
-        raise AskError(f"that pattern is {len(pattern)} characters; keep it under {MAX_PATTERN}")
-    since, until, since_text = window(fields, now, default_since)
-    return Ask(pattern=pattern, host=fields.get("host"), user=fields.get("user"), since=since, until=until,
-               since_text=since_text)
+    q = query.parse(words, "slack-trace", now, {"since": default_since}, surface="slack")
+    return Ask(pattern=q.pattern, host=q.host, user=q.user, since=q.since, until=q.until,
+               since_text=q.texts["since"])
 
 
-def window(fields: dict[str, str], now: float, default_since: str) -> tuple[float, float | None, str]:
-    """(since, until or None, since as typed) from a question's since: and until:."""
-    since_text = fields.get("since", default_since)
-    try:
-        since = parse_time(since_text, now)
-        until = parse_time(fields["until"], now) if "until" in fields else None
-    except TimeError as exc:
-        raise AskError(str(exc)) from None
-    if until is not None and until <= since:
-        raise AskError("`until:` is before `since:`")
-    return since, until, since_text
+def question(ask: Ask) -> Question:
+    """The question an Ask carries, with its window as the absolute times it was fixed to: what
+    format() shows on the trace page, and what parse() reads back to the same question."""
+    texts = {"since": iso(ask.since)}
+    if ask.until is not None:
+        texts["until"] = iso(ask.until)
+    if ask.host:
+        texts["host"] = ask.host
+    if ask.user:
+        texts["user"] = ask.user
+    return Question(command="slack-trace", pattern=ask.pattern, host=ask.host, user=ask.user,
+                    since=ask.since, until=ask.until, texts=texts)
 
 
-_EXAMPLE = {"host": "config-*", "user": "jim", "since": "24h", "until": "2026-11-23T12:00"}
+def canonical(ask: Ask) -> str:
+    """The question in the query language's canonical form: `delete-cluster since:... host:...`."""
+    return query.format(question(ask))
 
-HELP = """*whodid* traces a command, or a change to a file, back to the person who did it - through ssh hops, sudo and shared accounts.
+
+_HELP = """*whodid* traces a command, or a change to a file, back to the person who did it - through ssh hops, sudo and shared accounts.
 
 `/whodid PATTERN [host:GLOB] [user:NAME] [since:WHEN] [until:WHEN]`
 
 - `PATTERN`: part of a command line (`delete-cluster`), a glob (`terraform*destroy`), or a file path (`/etc/sudoers`); quote it if it has spaces: `"kubectl delete"`
-- `host:` only on these hosts (`host:prod-*`)
-- `user:` only chains involving this person, login or effective user
-- `since:` / `until:` a duration ago (`90m`, `24h`, `7d`) or a time (`2026-11-23T12:00`, UTC); default: the last {since}
+{keys}
+- default window: the last {since}; each key can also be written `--since 3d`; quote a word with a colon to search for it (`"nginx:latest"`), or put it after `--`
 
 Examples:
 - `/whodid delete-cluster`
@@ -99,4 +82,13 @@ Examples:
 
 Each answer has buttons: *Widen scope* (more of the sessions around it), *Show what it started*, *Earlier activity* (the person's earlier commands; not offered when the person is unknown), *Other matches*.
 
-`/whodid changes [since:24h] [host:GLOB] [user:NAME]` reviews what was changed in the window, by whom, and what of it was not planned - each change with a *Trace* button."""
+`/whodid changes [since:24h] [until:WHEN] [host:GLOB] [user:NAME]` reviews what was changed in the window, by whom, and what of it was not planned - each change with a *Trace* button."""
+
+
+# the key lines come from the grammar's registry, so the help cannot drift from what is parsed;
+# the usage line above is checked against it (tests/test_query.py)
+HELP = _HELP.replace("{keys}", "\n".join(
+    f"- `{k.name}:` {k.help}" + (": a duration ago (`90m`, `1h30m`, `7d`) or a time (`2026-11-23T12:00`, UTC)"
+                                 if k.kind == "time"
+                                 else f" (`{k.name}:{k.example}`)")
+    for k in query.keys_for("slack-trace")))

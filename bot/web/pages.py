@@ -2,6 +2,8 @@
 
     GET /trace?t=TOKEN[&scope=0-3][&expand=GROUP,...]
 
+The page shows the question its link carries in the query language's canonical form
+(bot/query.py's format; docs/query.md) and has no search box: a link opens one trace, nothing else.
 The token (bot/web/links.py) says which trace; without a valid, unexpired one the answer is 403
 and no trace data. The page is tracer/render/html.py's, sent with a Content-Security-Policy
 that allows only its own inline script and style (by nonce) and requests back to this server
@@ -24,7 +26,7 @@ from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refuse
 from whodid.tracer import Query, Store, Target, Tracer
 from whodid.tracer.render.text import printable
 
-from ..slack.ask import Ask
+from ..slack.ask import Ask, canonical
 from ..slack.buttons import store_key
 from .links import LinkError, check, link_key, make
 
@@ -138,7 +140,17 @@ class TracePages:
         if scope < 3:
             actions["widen"] = f"{base}&scope={scope + 1}" + (f"&expand={quote(','.join(sorted(expand)))}"
                                                             if expand else "")
-        return 200, render_html(tr, now, details, expand=expand, actions=actions, nonce=nonce), nonce
+        page = render_html(tr, now, details, expand=expand, actions=actions, nonce=nonce)
+        return 200, with_question(page, canonical(link.ask)), nonce
+
+
+def with_question(page: str, question: str) -> str:
+    """The page with the question its link carries, in the query language's canonical form
+    (docs/query.md), at the end of its header: what was asked, to ask it again. Shown, not
+    editable - the link is a credential for this one trace, not a search box."""
+    shown = (f'<p id="question">Asked: <code>{html.escape(question)}</code> - ask again with '
+             f'<code>whodid trace {html.escape(question)}</code> or <code>/whodid {html.escape(question)}</code></p>\n')
+    return page.replace("</header>", shown + "</header>", 1)
 
 
 class _Handler(GuardedHandler):
