@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from whodid.tracer.destinations import Destination, DestinationError, parse_destination
 from whodid.tracer.when import TIME_FORMS, TimeError, iso, parse_duration, parse_time
 
 MAX_PATTERN = 200
@@ -41,7 +42,7 @@ class QueryError(ValueError):
 @dataclass(frozen=True)
 class Key:
     name: str                     # as typed: `name:` or `--name`
-    kind: str                     # time | duration | glob | name | int | bool | text
+    kind: str                     # time | duration | glob | name | int | bool | text | destination
     metavar: str                  # for usage lines: host:GLOB, --host GLOB
     example: str
     help: str
@@ -50,7 +51,8 @@ class Key:
     lo: int | None = None         # int kinds: the accepted range
     hi: int | None = None
     why: str = ""                 # int kinds: what the number counts, for its range error
-    stands_for_pattern: bool = False   # given, the command needs no pattern (e.g. a future `to:`)
+    stands_for_pattern: bool = False   # given, the command needs no pattern (`to:`: the connection is the match)
+    group: str = ""               # keys of one group are asked one at a time (to:, from:, listen:)
 
     @property
     def flag(self) -> str:
@@ -78,6 +80,16 @@ KEYS: tuple[Key, ...] = (
         "sessions across hosts", frozenset({"trace"}), lo=0, hi=3, why="how much around the chain"),
     Key("limit", "int", "N", "20", "at most N matches, newest first", frozenset({"trace"}), lo=1, hi=1000,
         why="it counts matches, newest first; each is a whole trace"),
+    # connections as evidence (docs/attribution.md "Connections"): with one of these the
+    # connection is the match, one per process, and a pattern is optional (both must hold)
+    Key("to", "destination", "ADDR[:PORT]", "10.0.5.10:6443", "processes that connected to this address, "
+        "network (10.0.5.0/24) or name as the host saw it when it connected (eks-prod, *.amazonaws.com)",
+        TRACES, stands_for_pattern=True, group="connection"),
+    Key("from", "destination", "ADDR[:PORT]", "203.0.113.7", "connections that came in from this address or "
+        "network; PORT is the local port they reached (203.0.113.0/24:22)", TRACES, field="from_",
+        stands_for_pattern=True, group="connection"),
+    Key("listen", "int", "PORT", "8080", "processes that opened a listening TCP socket on this port", TRACES,
+        lo=1, hi=65535, why="a TCP port", stands_for_pattern=True, group="connection"),
 )
 
 
@@ -108,6 +120,9 @@ class Question:
     user: str | None = None
     scope: int | None = None
     limit: int | None = None
+    to: Destination | None = None
+    from_: Destination | None = None
+    listen: int | None = None
     texts: Mapping[str, str] = field(default_factory=dict)
     given: frozenset[str] = field(default=frozenset(), compare=False)     # the keys typed, not defaulted
 
@@ -280,6 +295,11 @@ def _value(key: Key, text: str, spelled: str, now: float) -> Any:
                              if key.hi - (key.lo or 0) > 10 else
                              f"{name} invalid choice {n}: use {key.lo} to {key.hi} ({key.help})")
         return n
+    if key.kind == "destination":
+        try:
+            return parse_destination(text)
+        except DestinationError as exc:
+            raise QueryError(f"{name} {exc}") from None
     if key.kind == "bool":
         low = text.strip().lower()
         if low in ("yes", "true", "on", "1"):
@@ -317,6 +337,12 @@ def _build(cmd: Command, mine: dict[str, Key], typed: dict, pattern: list[str], 
             raise QueryError(f"that pattern is {len(joined)} characters; keep it under {MAX_PATTERN}")
     elif joined:
         raise QueryError(_unknown(pattern[0], cmd.name, mine, mine, "cli"))
+    for group in {k.group for k in mine.values() if k.group}:
+        asked = [typed[n][1] for n, k in mine.items() if k.group == group and n in typed]
+        if len(asked) > 1:
+            one = ", ".join(f"{k.name}:" for k in mine.values() if k.group == group)
+            raise QueryError(f"{' and '.join(f'`{a}`' for a in asked)} ask two questions; ask by one of {one} "
+                             "at a time")
     since, until = values.get("since"), values.get("until")
     if since is not None and until is not None and until <= since:
         raise QueryError("`until:` is before `since:`")
@@ -338,7 +364,8 @@ def format(q: Question, keys: Sequence[Key] = KEYS) -> str:
             value = getattr(q, k.attr, None)
             if value is None:
                 continue
-            text = iso(value) if k.kind == "time" else str(value).lower() if k.kind == "bool" else str(value)
+            text = (iso(value) if k.kind == "time" else str(value).lower() if k.kind == "bool"
+                    else value.text if k.kind == "destination" else str(value))
         out.append(f"{k.name}:{shlex.quote(text)}")     # the value quoted, not the word: in Slack a
                                                          # quoted word is a pattern word
     if q.pattern:

@@ -48,7 +48,11 @@ def test_keys_and_pattern_words_mix_in_any_order():
 @pytest.mark.parametrize("words, message", [
     (["x", "since:3d", "--since", "2d"], "since: is given twice ('3d' and '2d')"),
     (["x", "host:a", "host:b"], "host: is given twice ('a' and 'b')"),
-    (["x", "form:3"], "unknown key `form:`; keys for trace: since:, until:, host:, user:, scope:, limit:"),
+    (["x", "form:3"], "unknown key `form:`; did you mean `from:`? keys for trace: since:, until:, host:, user:, scope:, limit:, to:, from:, listen:"),
+    (["x", "fomr:3"], "unknown key `fomr:`; did you mean `from:`?"),
+    (["to:10.0.5.10", "listen:80"], "`to:` and `listen:` ask two questions; ask by one of to:, from:, listen: at a time"),
+    (["--to", "10.0.5.10:99999"], "--to '10.0.5.10:99999': port 99999 is out of range"),
+    (["listen:http"], "listen: invalid int value 'http': use a whole number from 1 to 65535"),
     (["x", "hots:web-1"], "did you mean `host:`?"),
     (["x", "--sinc", "3d"], "unknown option `--sinc`; did you mean `--since`?"),
     (["x", "-rf"], "to search for a word starting with -, put it after `--`"),
@@ -84,7 +88,7 @@ def spelling(message: str, key: str) -> str:
 
 def test_errors_are_the_same_in_either_form_but_for_the_spelling():
     for key in keys_for("trace"):
-        bad = {"time": "3x", "int": "abc", "glob": "a\x01", "name": "a\x01"}[key.kind]
+        bad = {"time": "3x", "int": "abc", "glob": "a\x01", "name": "a\x01", "destination": "10.0.5.0/99"}[key.kind]
         word, flag = [], []
         for words, out in (([f"{key.name}:{bad}"], word), ([key.flag, bad], flag)):
             with pytest.raises(QueryError) as info:
@@ -140,24 +144,24 @@ def test_a_link_shows_its_ask_in_the_canonical_form_and_it_reads_back():
 # --- a new key is one row plus its field --------------------------------------------------------
 
 @dataclass(frozen=True)
-class WithTo(Question):
-    to: str | None = None
+class WithNs(Question):
+    ns: str | None = None
 
 
 def test_a_key_added_by_one_registry_row_is_parsed_helped_and_formatted():
-    to = Key("to", "text", "ADDR", "db-1:5432", "connections to this address", query.TRACES,
+    ns = Key("ns", "text", "NAME", "prod", "only in this container namespace", query.TRACES,
              stands_for_pattern=True)
-    keys = (*KEYS, to)
-    for words in (["to:db-1:5432"], ["--to", "db-1:5432"], ["--to=db-1:5432"]):
-        q = parse(words, "trace", NOW, DEFAULTS, keys=keys, into=WithTo)
-        assert (q.to, q.pattern) == ("db-1:5432", "")           # a trace needs no pattern with to:
-        assert parse(shlex.split(format(q, keys)), "trace", NOW, DEFAULTS, keys=keys, into=WithTo) == q
-    assert "[to:ADDR]" in query.usage("trace", keys)
-    assert any(line.startswith("to:ADDR") for line in query.help_lines("slack-trace", keys))
-    with pytest.raises(QueryError, match="`to:` does not apply to whodid changes"):
-        parse(["to:x"], "changes", NOW, DEFAULTS, keys=keys, into=WithTo)
-    with pytest.raises(QueryError, match="unknown key `to:`"):                 # not in the real registry
-        parse(["x", "to:db-1"], "trace", NOW, DEFAULTS)
+    keys = (*KEYS, ns)
+    for words in (["ns:prod"], ["--ns", "prod"], ["--ns=prod"]):
+        q = parse(words, "trace", NOW, DEFAULTS, keys=keys, into=WithNs)
+        assert (q.ns, q.pattern) == ("prod", "")           # a trace needs no pattern with ns:
+        assert parse(shlex.split(format(q, keys)), "trace", NOW, DEFAULTS, keys=keys, into=WithNs) == q
+    assert "[ns:NAME]" in query.usage("trace", keys)
+    assert any(line.startswith("ns:NAME") for line in query.help_lines("slack-trace", keys))
+    with pytest.raises(QueryError, match="`ns:` does not apply to whodid changes"):
+        parse(["ns:x"], "changes", NOW, DEFAULTS, keys=keys, into=WithNs)
+    with pytest.raises(QueryError, match="unknown key `ns:`"):                 # not in the real registry
+        parse(["x", "ns:prod"], "trace", NOW, DEFAULTS)
 
 
 # --- help cannot drift ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
                                                  "scope": "0"},
                       options=getattr(args, "options", ()))
     query = Query(pattern=q.pattern, host=q.host, user=q.user, since=q.since, until=q.until, scope=q.scope,
-                  limit=q.limit, started=args.started)
+                  limit=q.limit, started=args.started, to=q.to, from_=q.from_, listen=q.listen)
     keep = config_mod.parse_duration(args.keep_for) if args.keep_for else None
     if keep is not None and keep <= 0:
         raise UsageError(f"--keep-for wants a duration longer than nothing, like 90d; got {args.keep_for!r}")
@@ -37,7 +37,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         until = now + keep
         for tr in traces:
             store.pin({d["step"].proc for _, d in tr.graph.nodes(data=True)}, until,
-                      f"whodid trace {q.pattern} ({time.strftime('%Y-%m-%d', time.gmtime(now))})")
+                      f"whodid trace {grammar.format(q)} ({time.strftime('%Y-%m-%d', time.gmtime(now))})")
         print(f"kept past retention until {clock(until)}: what the {len(traces)} trace(s) need",
               file=sys.stderr)
     written = write_images(traces, args.png, now) if args.png and traces else []
@@ -50,7 +50,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
         from ..web.pages import TracePages
         pages = TracePages(cfg, cfg.store_path(args.db))
         ask = Ask(pattern=q.pattern, host=q.host, user=q.user, since=q.since, until=q.until,
-                  since_text=q.texts["since"])
+                  since_text=q.texts["since"], to=q.texts.get("to"), from_=q.texts.get("from"), listen=q.listen)
         for i, tr in enumerate(traces):
             print(f"link {i + 1}: {pages.link(ask, i, q.scope, now, tr.target)}",
                   file=sys.stderr if args.json else sys.stdout)

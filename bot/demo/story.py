@@ -23,6 +23,7 @@ LAPTOPS = {"jim": "203.0.113.7", "bob": "198.51.100.23", "alice": "203.0.113.41"
            "carol": "198.51.100.88", "dave": "203.0.113.90"}
 PEOPLE = {name: key_fingerprint(name) for name in LAPTOPS} | {"deploy-ci": key_fingerprint("deploy-ci")}
 
+EKS_API = ("198.51.100.24", 443)      # eks.us-east-1.amazonaws.com in the story (a documentation address)
 HOSTS = (
     [("jump-box", "10.0.0.10"), ("config-server", "10.0.1.20")]
     + [(f"web-{i:02d}", f"10.0.2.{10 + i}") for i in range(1, 7)]
@@ -261,6 +262,8 @@ def _incident(fleet: SimFleet, now: float) -> dict[str, Any]:
     # an hour after the sudo, the delete
     t_del = t_sudo + 3600 + 200
     delete = config.spawn(jim_root, t_del, ["aws", "eks", "delete-cluster", "--name", "prod"], duration=6.5)
+    # the CLI's request to the EKS API: what `to:` finds when no command line names the action
+    config.connect(delete, t_del + 0.4, EKS_API[0], EKS_API[1])
     config.spawn(bob_root, t_del + 1500, ["kubectl", "get", "nodes"], duration=2.0, code=1)
     _logout(jim_root, t_del + 1800)
     _logout(jim_remote, t_del + 1801)

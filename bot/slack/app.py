@@ -34,7 +34,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from whodid import config as config_mod
-from whodid.tracer import Query, Store, Tracer
+from whodid.tracer import Store, Tracer
 
 from whodid.tracer.changes import review
 from whodid.tracer.render.confidence import confidence
@@ -173,7 +173,7 @@ class Bot:
         access, ack = self.access_after_ack(ack, respond, who)
         if self.refused(ack, access, who, "command", text, now):
             return
-        ack(text=f"Tracing {blocks.code(ask.pattern)} over {blocks.escape(ask.window())}...")
+        ack(text=f"Tracing {blocks.code(ask.subject)} over {blocks.escape(ask.window())}...")
         outcome = self.answer(View(ask), who[2], None, respond, access.private)
         self.record(now, *who, "command", text, outcome)
 
@@ -385,8 +385,7 @@ class Bot:
         """The question's matches, newest first, at scope 0: for the count and "Other matches"."""
         a = view.ask
         with self.tracer() as tracer:
-            return tracer.find(Query(pattern=a.pattern, host=a.host, user=a.user, since=a.since, until=a.until,
-                                     limit=max(self.s.matches, view.index + 1)))
+            return tracer.find(a.query(limit=max(self.s.matches, view.index + 1)))
 
     def tracer(self):
         return _TracerSession(self)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from whodid.tracer import Query
+from whodid.tracer.destinations import parse_destination
 from whodid.tracer.when import iso
 
 from .. import query
@@ -26,6 +28,34 @@ class Ask:
     since: float = 0.0            # absolute times, fixed when asked: buttons pressed later see the same window
     until: float | None = None
     since_text: str = "24h"       # as typed, for people
+    # connections as evidence (bot/query.py's to:, from:, listen:): kept as typed - a signed
+    # value carries them as text and they are read again (tracer/destinations.py) when asked
+    to: str | None = None
+    from_: str | None = None
+    listen: int | None = None
+
+    def query(self, limit: int, scope: int = 0, started: bool = False) -> Query:
+        """The tracer's question."""
+        return Query(pattern=self.pattern, host=self.host, user=self.user, since=self.since, until=self.until,
+                     scope=scope, limit=limit, started=started,
+                     to=parse_destination(self.to) if self.to else None,
+                     from_=parse_destination(self.from_) if self.from_ else None, listen=self.listen)
+
+    @property
+    def connection(self) -> str:
+        """`connections to 10.0.5.10:6443`, or "" for a question about commands or files."""
+        if self.to:
+            return f"connections to {self.to}"
+        if self.from_:
+            return f"connections from {self.from_}"
+        return f"listening on port {self.listen}" if self.listen else ""
+
+    @property
+    def subject(self) -> str:
+        """What was asked about, for people: the pattern, the connections, or both."""
+        if not self.connection:
+            return self.pattern
+        return f"{self.pattern} with {self.connection}" if self.pattern else self.connection
 
     def window(self) -> str:
         return f"the last {self.since_text}" if not self.until else f"{self.since_text} to {self.until}"
@@ -45,7 +75,7 @@ def parse(text: str, now: float, default_since: str = "24h") -> Ask | None:
         return None
     q = query.parse(words, "slack-trace", now, {"since": default_since}, surface="slack")
     return Ask(pattern=q.pattern, host=q.host, user=q.user, since=q.since, until=q.until,
-               since_text=q.texts["since"])
+               since_text=q.texts["since"], to=q.texts.get("to"), from_=q.texts.get("from"), listen=q.listen)
 
 
 def question(ask: Ask) -> Question:
@@ -58,8 +88,13 @@ def question(ask: Ask) -> Question:
         texts["host"] = ask.host
     if ask.user:
         texts["user"] = ask.user
+    for key, value in (("to", ask.to), ("from", ask.from_), ("listen", ask.listen)):
+        if value:
+            texts[key] = str(value)
     return Question(command="slack-trace", pattern=ask.pattern, host=ask.host, user=ask.user,
-                    since=ask.since, until=ask.until, texts=texts)
+                    since=ask.since, until=ask.until, texts=texts,
+                    to=parse_destination(ask.to) if ask.to else None,
+                    from_=parse_destination(ask.from_) if ask.from_ else None, listen=ask.listen)
 
 
 def canonical(ask: Ask) -> str:
@@ -69,7 +104,7 @@ def canonical(ask: Ask) -> str:
 
 _HELP = """*whodid* traces a command, or a change to a file, back to the person who did it - through ssh hops, sudo and shared accounts.
 
-`/whodid PATTERN [host:GLOB] [user:NAME] [since:WHEN] [until:WHEN]`
+`/whodid PATTERN [host:GLOB] [user:NAME] [since:WHEN] [until:WHEN] [to:ADDR[:PORT]] [from:ADDR[:PORT]] [listen:PORT]`
 
 - `PATTERN`: part of a command line (`delete-cluster`), a glob (`terraform*destroy`), or a file path (`/etc/sudoers`); quote it if it has spaces: `"kubectl delete"`
 {keys}
@@ -79,6 +114,7 @@ Examples:
 - `/whodid delete-cluster`
 - `/whodid "kubectl delete" host:prod-* since:3d`
 - `/whodid /etc/nginx/nginx.conf user:jim`
+- `/whodid to:eks.us-east-1.amazonaws.com:443` (who connected to the API: a script, an SDK; one of `to:`, `from:`, `listen:` stands for the pattern)
 
 Each answer has buttons: *Widen scope* (more of the sessions around it), *Show what it started*, *Earlier activity* (the person's earlier commands; not offered when the person is unknown), *Other matches*.
 

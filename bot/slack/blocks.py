@@ -165,7 +165,7 @@ def summary(tr: Trace, view: View, total: int, now: float, value: Value,
         notes.append(f"and {len(tr.notes) - 3} more notes in the thread")
     blocks.append(context("\n".join(notes)))
     place = f"match {view.index + 1} of {total}" + (" (newest first)" if total > 1 else "")
-    blocks.append(context(f"{place} · {code(view.ask.pattern)} over {escape(view.ask.window())} · "
+    blocks.append(context(f"{place} · {code(view.ask.subject)} over {escape(view.ask.window())} · "
                           f"scope {view.scope}: {SCOPES[view.scope]}"))
     blocks.append(actions(view, total, value, link, earlier=who.known))
     return text, blocks
@@ -257,9 +257,9 @@ def no_match(ask: Ask, wider: str | None) -> tuple[str, list[dict]]:
     # the plain text is escaped where it leaves (Bot.post), the blocks here: each once
     where = f" on hosts {ask.host}" if ask.host else ""
     who = f" involving {ask.user}" if ask.user else ""
-    kind = "changes to" if ask.pattern.startswith("/") else "commands matching"
-    text = f"No {kind} {ask.pattern}{where}{who} over {ask.window()}."
-    blocks = [section(f":shrug: No {kind} {code(ask.pattern)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
+    kind = ("" if ask.connection else "changes to " if ask.pattern.startswith("/") else "commands matching ")
+    text = f"No {kind}{ask.subject}{where}{who} over {ask.window()}."
+    blocks = [section(f":shrug: No {kind}{code(ask.subject)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
                       + (f" involving {code(ask.user)}" if ask.user else "") + f" over {escape(ask.window())}.")]
     if wider:
         blocks.append({"type": "actions", "elements": [button("Search a wider window", "wider", wider, "primary")]})
@@ -268,7 +268,7 @@ def no_match(ask: Ask, wider: str | None) -> tuple[str, list[dict]]:
 
 def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[str, list[dict]]:
     """The other matches, one line and a button each."""
-    blocks = [section(f"*{len(traces)} matches* for {code(view.ask.pattern)} over {escape(view.ask.window())}, "
+    blocks = [section(f"*{len(traces)} matches* for {code(view.ask.subject)} over {escape(view.ask.window())}, "
                       "newest first:")]
     for i, tr in enumerate(traces[: (MAX_BLOCKS - 2)]):
         if tr.target == view.pin if view.pin else i == view.index:
@@ -276,7 +276,7 @@ def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[s
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": cut(f"{i + 1}. {escape(headline(tr, now))}"
                                                                                  f"\n_{escape(tr.summary)}_")},
                        "accessory": button("Show", "show", value(View(view.ask, i, 0, tr.target)))})
-    return f"{len(traces)} matches for {view.ask.pattern}", blocks[:MAX_BLOCKS]
+    return f"{len(traces)} matches for {view.ask.subject}", blocks[:MAX_BLOCKS]
 
 
 def earlier(tr: Trace, steps: list[Step], now: float) -> tuple[str, list[dict]]:

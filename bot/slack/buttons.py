@@ -25,6 +25,7 @@ import secrets
 from dataclasses import dataclass
 
 from whodid import private
+from whodid.tracer.destinations import MAX_SPEC, DestinationError, parse_destination
 from whodid.tracer.trace import Target
 
 from .ask import MAX_PATTERN, Ask
@@ -79,14 +80,36 @@ def decode(value: str, key: bytes) -> View:
 
 def ask_body(a: Ask) -> dict:
     """The question as a signed value carries it (buttons, trace links): what a person could type."""
-    return {"p": a.pattern, "h": a.host, "u": a.user, "s": round(a.since, 3), "t": a.until, "w": a.since_text}
+    body = {"p": a.pattern, "h": a.host, "u": a.user, "s": round(a.since, 3), "t": a.until, "w": a.since_text}
+    # connection keys only when asked: a question about commands keeps the value it always had
+    body.update({k: v for k, v in (("to", a.to), ("fr", a.from_), ("l", a.listen)) if v})
+    return body
 
 
 def ask_from(body: dict) -> Ask:
     """ask_body's inverse, checking every field: the value came back from outside."""
-    return Ask(pattern=_str(body["p"], MAX_PATTERN, required=True), host=_str(body["h"], 200),
-               user=_str(body["u"], 100), since=_num(body["s"]), until=None if body["t"] is None else _num(body["t"]),
-               since_text=_str(body["w"], 40, required=True))
+    to, fr = _destination(body.get("to")), _destination(body.get("fr"))
+    listen = None if body.get("l") is None else _int(body["l"], 1, 65535)
+    if sum(x is not None for x in (to, fr, listen)) > 1:
+        raise ValueError("the question asks by two of to:, from:, listen:")
+    asked_by_connection = not (to is None and fr is None and listen is None)
+    pattern = "" if asked_by_connection and body["p"] == "" else _str(body["p"], MAX_PATTERN, required=True)
+    return Ask(pattern=pattern,
+               host=_str(body["h"], 200), user=_str(body["u"], 100), since=_num(body["s"]),
+               until=None if body["t"] is None else _num(body["t"]), since_text=_str(body["w"], 40, required=True),
+               to=to, from_=fr, listen=listen)
+
+
+def _destination(v) -> str | None:
+    """A to:/from: spec from outside: text that reads as a destination, or ValueError."""
+    if v is None:
+        return None
+    text = _str(v, MAX_SPEC, required=True)
+    try:
+        parse_destination(text)
+    except DestinationError as exc:
+        raise ValueError(str(exc)) from None
+    return text
 
 
 def pin_body(t: Target | None) -> list | None:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from whodid import config as config_mod
 from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refused
-from whodid.tracer import Query, Store, Target, Tracer
+from whodid.tracer import Store, Target, Tracer
 from whodid.tracer.render.text import printable
 
 from ..slack.ask import Ask, canonical
@@ -62,8 +62,7 @@ class TracePages:
         store = Store.open(self.store_path)
         try:
             tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
-            traces = tracer.find(Query(pattern=ask.pattern, host=ask.host, user=ask.user, since=ask.since,
-                                       until=ask.until, limit=index + 1))
+            traces = tracer.find(ask.query(limit=index + 1))
         finally:
             store.close()
         if index >= len(traces):
