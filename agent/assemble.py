@@ -273,6 +273,10 @@ class Assembler:
             return self._cred(rec)
         if isinstance(rec, d.Sock):
             return self._sock(rec)
+        if t is d.Listen:
+            st, out = self._state(h.pid, h.ts_ns)
+            out.append(self._ev("listen", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport))
+            return out
         if isinstance(rec, d.FileChange):
             return self._file(rec)
         if t is d.UnixConn:
@@ -375,7 +379,8 @@ class Assembler:
             out.append(self._ev("connect", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport,
                                 raddr=rec.raddr, rport=rec.rport))
             return out
-        local = self.passive.pop((rec.raddr, rec.rport), None)
+        # read from the accepted socket; without the kernel's BTF, the passive open's
+        local = (rec.laddr, rec.lport) if rec.laddr is not None else self.passive.pop((rec.raddr, rec.rport), None)
         if local is None:
             self.counts["unmatched_accept"] += 1
             return out

@@ -149,7 +149,8 @@ class Capture:
             offsets, self.note = btf.NONE, (
                 f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
                 "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
-                "own namespace, and unix-socket connects are not recorded")
+                "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
+                "for the peer's address")
         self.offsets = offsets
         self.assembler = assembler
         self._records: list = []
