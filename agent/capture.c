@@ -129,7 +129,9 @@ struct cred_event {
     u32 a, b, c;     // the ids asked for; (u32)-1 means unchanged
 };
 
-#define SOCK_LOCAL 1   // sock_event.flags: laddr/lport are this end's (an accept read from its socket)
+#define SOCK_LOCAL 1       // sock_event.flags: laddr/lport are this end's (an accept read from its socket)
+#define SOCK_AGGREGATE 2   // the first connection of an aggregate (see "aggregation"); in a connecting
+                           // hdr's pad: over budget, to be aggregated
 
 struct sock_event {
     struct hdr h;
@@ -190,7 +192,7 @@ BPF_ARRAY(file_template, struct file_event, 1);     // all zeros, never written:
 BPF_HASH(clone_flags, u64, u64, 16384);
 BPF_HASH(exit_codes, u32, s32, 16384);
 BPF_HASH(cred_reqs, u64, struct cred_event, 4096);
-BPF_HASH(connecting, u64, struct hdr, 16384);
+BPF_TABLE("lru_hash", u64, struct hdr, connecting, 16384);   // SYNs never answered age out
 BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
@@ -237,9 +239,8 @@ static __always_inline void count_over_budget(u32 uid, u64 records) {
         __sync_fetch_and_add(n, records);
 }
 
-// May `uid` make `records` more connection records now? Takes them from its bucket if so; counts
-// them in over_budget if not.
-static __always_inline int within_budget(u32 uid, u64 records) {
+// May `uid` make `records` more connection records now? Takes them from its bucket if so.
+static __always_inline int budget_take(u32 uid, u64 records) {
     u64 now = bpf_ktime_get_ns();
     s64 cost = records * BUDGET_TOKEN;
     struct budget *b = budgets.lookup(&uid);
@@ -260,15 +261,55 @@ static __always_inline int within_budget(u32 uid, u64 records) {
         if (add > 0)
             __sync_fetch_and_add(&b->credit, add);
     }
-    if (b->credit < cost) {
-        count_over_budget(uid, records);
+    if (b->credit < cost)
         return 0;
-    }
     __sync_fetch_and_add(&b->credit, -cost);
     return 1;
 }
+
+// budget_take, and what it refuses counted in over_budget: records not made, said as a loss.
+static __always_inline int within_budget(u32 uid, u64 records) {
+    if (budget_take(uid, records))
+        return 1;
+    count_over_budget(uid, records);
+    return 0;
+}
+
+// --- aggregation: TCP connections over the budget are counted, not dropped -----------------
+// A TCP connect or accept over its uid's budget is not a record of its own: it is counted in
+// `aggregated` under (process, direction, remote address, the port that stays - the remote one
+// of a connect, the local one of an accept -, boot-time minute). The first connection of a key
+// is recorded (flag SOCK_AGGREGATE): user space learns the process from it in order, as for any
+// record, and after the minute is over reads the count, first and last time, and deletes the
+// key - one event per key, so a storm to one place costs one record a minute, and a replayed
+// batch holds the same event. Only when the table is full is a connection not recorded at all
+// (counted in over_budget, as before).
+#define AGG_NS 60000000000ULL      // one minute of CLOCK_BOOTTIME
+#define AGG_CONNECT 0
+#define AGG_ACCEPT  1
+struct agg_key {
+    u32 pid;         // as the agent's namespace numbers it (hdr.pid)
+    u32 minute;      // hdr.ts / AGG_NS
+    u8 dir;          // AGG_CONNECT, AGG_ACCEPT
+    u8 pad;
+    u16 family;
+    u16 port;        // connect: rport; accept: lport (host order)
+    u16 pad2;
+    u8 addr[16];     // the remote address
+};
+struct agg_val {
+    u64 count;
+    u64 first;       // CLOCK_BOOTTIME ns
+    u64 last;
+};
+BPF_HASH(aggregated, struct agg_key, struct agg_val, 16384);
+
+// The connection `e` (its header, addresses and ports filled) is over budget: count it under its
+// key, recording the key's first connection.
+static __always_inline void aggregate(void *ctx, struct sock_event *e, u8 dir);
 #else
 #define within_budget(uid, records) 1
+#define budget_take(uid, records) 1
 #endif
 
 // --- kernel structs, at the running kernel's offsets (see the header) ----------------------
@@ -659,8 +700,11 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     u64 sk = (u64)args->skaddr;
     if (args->newstate == TCP_SYN_SENT) {
         struct hdr h = {};
-        if (fill_hdr(&h, EV_CONNECT) && within_budget(h.uid, 1))
-            connecting.update(&sk, &h);
+        if (!fill_hdr(&h, EV_CONNECT))
+            return 0;
+        // over budget: still remembered, to be counted (not recorded) once established
+        h.pad = budget_take(h.uid, 1) ? 0 : SOCK_AGGREGATE;
+        connecting.update(&sk, &h);
         return 0;
     }
     if (args->oldstate == TCP_SYN_SENT) {
@@ -670,9 +714,15 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         if (args->newstate == TCP_ESTABLISHED) {
             struct sock_event e = {};
             e.h = *h;
+            e.h.pad = 0;
             e.h.ts = bpf_ktime_get_boot_ns();
             SOCK_ADDRS(e);
-            emit(args, &e, sizeof(e));
+#if BUDGET_PER_SECOND
+            if (h->pad & SOCK_AGGREGATE)
+                aggregate(args, &e, AGG_CONNECT);
+            else
+#endif
+                emit(args, &e, sizeof(e));
         }
         connecting.delete(&sk);
         return 0;
@@ -756,8 +806,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
 // needed, so accept(fd, NULL, NULL) is recorded like any other.
 static __always_inline int inet_accept_exit(void *ctx, u64 sk, u16 family) {
     struct sock_event e = {};
-    if (!fill_hdr(&e.h, EV_ACCEPT) || !within_budget(e.h.uid, 1))
+    if (!fill_hdr(&e.h, EV_ACCEPT))
         return 0;
+    int within = budget_take(e.h.uid, 1);
     e.family = family;
     e.flags = SOCK_LOCAL;
     e.lport = kread16(sk + OFF_SKC_NUM);
@@ -771,8 +822,44 @@ static __always_inline int inet_accept_exit(void *ctx, u64 sk, u16 family) {
         bpf_probe_read_kernel(&e.laddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
         bpf_probe_read_kernel(&e.raddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
     }
+#if BUDGET_PER_SECOND
+    if (!within) {
+        aggregate(ctx, &e, AGG_ACCEPT);
+        return 0;
+    }
+#endif
     emit(ctx, &e, sizeof(e));
     return 0;
+}
+#endif
+
+#if BUDGET_PER_SECOND
+static __always_inline void aggregate(void *ctx, struct sock_event *e, u8 dir) {
+    struct agg_key k = {};
+    k.pid = e->h.pid;
+    k.minute = e->h.ts / AGG_NS;
+    k.dir = dir;
+    k.family = e->family;
+    k.port = dir == AGG_CONNECT ? e->rport : e->lport;
+    __builtin_memcpy(k.addr, e->raddr, 16);
+    u64 now = e->h.ts;
+    struct agg_val *v = aggregated.lookup(&k);
+    if (!v) {
+        struct agg_val first = {.count = 1, .first = now, .last = now};
+        if (aggregated.insert(&k, &first) == 0) {
+            e->flags |= SOCK_AGGREGATE;            // the key's first: user space learns its process
+            emit(ctx, e, sizeof(*e));
+            return;
+        }
+        v = aggregated.lookup(&k);                 // another CPU inserted it first, or the table is full
+        if (!v) {
+            count_over_budget(e->h.uid, 1);
+            return;
+        }
+    }
+    __sync_fetch_and_add(&v->count, 1);
+    if (now > v->last)
+        v->last = now;
 }
 #endif
 

@@ -3,7 +3,9 @@
 The Capture object is the edge between the kernel and the rest of the agent: `poll()`
 hands decoded, assembled events to a callback in batches, `lost()` says how many
 records the ring buffer had to drop, and `over_budget()` how many connection records each uid
-was refused by its budget (capture.c, the connection budget).
+was refused by its budget (capture.c, the connection budget). TCP connections over the budget are
+counted in the kernel instead (capture.c, aggregation); `poll()` adds their events once each
+minute is over, and `drain()` at stop all that are left.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 
 BATCH = 256                 # records: fewer than this after a poll, wait BATCH_WAIT for more
 BATCH_WAIT = 0.02
+AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
 
 
 class CaptureError(RuntimeError):
@@ -155,6 +158,7 @@ class Capture:
         self.assembler = assembler
         self._records: list = []
         self._perf_lost = 0
+        self._last_sweep = 0.0
         self.ring: ringbuf.RingReader | None = None
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
@@ -199,7 +203,7 @@ class Capture:
         """Wait up to timeout_ms for records; return the events assembled from them."""
         if self.perf:
             self.bpf.perf_buffer_poll(timeout_ms)
-            return self._assemble()
+            return self._assemble() + self._aggregates()
         self.ring.wait(timeout_ms / 1000)
         self._read_ring()
         if 0 < len(self._records) < BATCH:
@@ -207,14 +211,33 @@ class Capture:
             # batches, and each poll round costs the agent (and so the host) the same
             time.sleep(BATCH_WAIT)
             self._read_ring()
-        return self._assemble()
+        return self._assemble() + self._aggregates()
 
     def drain(self) -> list:
         if self.perf:
             self.bpf.perf_buffer_poll(0)
         else:
             self._read_ring()
-        return self._assemble()
+        return self._assemble() + self._aggregates(final=True)
+
+    def _aggregates(self, final: bool = False) -> list:
+        """Events of the aggregated connections that are due (Assembler.aggregates_due), each taken
+        out of the kernel's table; looked for once a second, and at stop whatever is left."""
+        if not self.assembler.aggregating or (not final and time.monotonic() - self._last_sweep < AGG_SWEEP):
+            return []
+        self._last_sweep = time.monotonic()
+        table = self.bpf["aggregated"]
+
+        def read(key: bytes) -> tuple[int, int, int] | None:
+            k = table.Key.from_buffer_copy(key)
+            try:
+                v = table[k]
+                del table[k]
+            except KeyError:
+                return None
+            return v.count, v.first, v.last
+
+        return self.assembler.aggregates_due(read, time.clock_gettime_ns(time.CLOCK_BOOTTIME), final)
 
     def lost(self) -> int:
         return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost

@@ -32,6 +32,10 @@ EXIT_TAIL = struct.Struct("<iI")                # code has_code
 CRED_TAIL = struct.Struct("<IIII")              # call a b c
 SOCK_TAIL = struct.Struct("<HHHH16s16s")        # family lport rport flags laddr raddr
 SOCK_LOCAL = 1                                  # flags: an accept's laddr/lport were read from its socket
+SOCK_AGGREGATE = 2                              # flags: the first connection of an aggregate (capture.c)
+AGG_KEY = struct.Struct("<IIBBHHH16s")          # pid minute dir pad family port pad2 addr: capture.c's agg_key
+AGG_NS = 60_000_000_000                         # an aggregate's span: a minute of CLOCK_BOOTTIME
+AGG_CONNECT, AGG_ACCEPT = 0, 1
 FILE_TAIL = struct.Struct("<IIIIII256s256s")    # op relative mode owner group pad path path2
 UNIX_TAIL = struct.Struct("<IIIIIIQQ108s108s")  # peer_pid peer_uid known path_len bound_len pad conn_sk conn_ts
 #                                                 path bound
@@ -94,6 +98,9 @@ class Sock(NamedTuple):
     lport: int
     raddr: str
     rport: int
+    # the first connection over its uid's budget to one place this minute: the key (AGG_KEY bytes)
+    # under which the kernel counts it and the rest; None for a connection recorded on its own
+    agg: bytes | None = None
 
 
 class Listen(NamedTuple):
@@ -207,7 +214,12 @@ def decode(raw: bytes) -> Record:
             # an accept's local end comes from its socket, or (without the kernel's BTF) from the
             # passive open user space joins it to
             local = None if t == EV_ACCEPT and not flags & SOCK_LOCAL else _addr(family, laddr)
-            return Sock(hdr, local, lport, _addr(family, raddr), rport)
+            agg = None
+            if flags & SOCK_AGGREGATE:
+                connect = t == EV_CONNECT
+                agg = AGG_KEY.pack(hdr.pid, hdr.ts_ns // AGG_NS, AGG_CONNECT if connect else AGG_ACCEPT, 0, family,
+                                   rport if connect else lport, 0, raddr)
+            return Sock(hdr, local, lport, _addr(family, raddr), rport, agg)
         if t == EV_LISTEN:
             family, lport, _, _, laddr, _ = SOCK_TAIL.unpack_from(raw, body)
             return Listen(hdr, _addr(family, laddr), lport)

@@ -199,3 +199,74 @@ def test_a_process_that_connects_and_exits_at_once_is_recorded(captured):
         assert ev["start"] == ex["start"]                 # the process that exec'd, not a stand-in
         exits = [e for e in events if e["kind"] == "exit" and e["pid"] == pid]
         assert [e["start"] for e in exits] == [ex["start"]]
+
+
+# One process making N loopback connections to itself: connect, accept(fd, NULL, NULL), close.
+STORM = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(l, (void *)&sa, sizeof sa) || listen(l, 128) || getsockname(l, (void *)&sa, &len))
+        return 1;
+    printf("%d\n", ntohs(sa.sin_port));
+    fflush(stdout);
+    for (int i = 0; i < n; i++) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(s, (void *)&sa, sizeof sa))
+            return 2;
+        close(accept(l, NULL, NULL));
+        close(s);
+    }
+    return 0;
+}
+"""
+
+
+def test_a_storm_over_the_budget_is_counted_per_place_not_lost(tmp_path):
+    """A budget of 10 records a second (burst 20): one process's 400 connections to itself make
+    800 facts, nearly all over budget. Each is still counted: the connects in one aggregate per
+    (process, remote address and port, minute), the accepts per (process, remote address, local
+    port, minute), and no loss event says any was not recorded."""
+    (tmp_path / "storm.c").write_text(STORM)
+    subprocess.run(["cc", "-O2", "-o", str(tmp_path / "storm"), str(tmp_path / "storm.c")], check=True)
+    config = tmp_path / "whodid.yaml"
+    config.write_text(json.dumps({"agent": {"connection_budget": {"per_second": 10, "burst": 20}}}))
+    out, ready = tmp_path / "events.jsonl", tmp_path / "ready"
+    agent = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--config", str(config), "--out", str(out),
+                              "--host", "live", "--auth-log", "none", "--ready-file", str(ready),
+                              "--flush-interval", "0.2", "--mode", "bpf"], stderr=subprocess.PIPE, text=True)
+    n = 400
+    try:
+        deadline = time.time() + 90
+        while not ready.exists():
+            if agent.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"the agent did not start: {agent.communicate(timeout=30)[1]}")
+            time.sleep(0.1)
+        storm = subprocess.Popen([str(tmp_path / "storm"), str(n)], stdout=subprocess.PIPE, text=True)
+        port = int(storm.stdout.readline())
+        assert storm.wait(60) == 0
+        time.sleep(1.0)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    connects = [e for e in events if e["kind"] == "connect" and e["rport"] == port]
+    accepts = [e for e in events if e["kind"] == "accept" and e["lport"] == port]
+    assert {e["pid"] for e in connects + accepts} == {storm.pid}
+    assert sum(e.get("count", 1) for e in connects) == n
+    assert sum(e.get("count", 1) for e in accepts) == n
+    grouped = [e for e in connects + accepts if "count" in e]
+    assert grouped and len(grouped) <= 4                   # per direction and minute (the storm may span two)
+    for e in grouped:
+        assert e["first"] == e["ts"] <= e["last"] and e["count"] > 1
+    assert len(connects) + len(accepts) < 60               # the budget (20 + 10/s) and the aggregates
+    assert not [e for e in events if e["kind"] == "loss"], err
