@@ -29,6 +29,7 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 BATCH = 256                 # records: fewer than this after a poll, wait BATCH_WAIT for more
 BATCH_WAIT = 0.02
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
+ORPHAN_SWEEP = 60.0         # ... and between walks of the kernel's whole table for keys nobody knows
 
 
 class CaptureError(RuntimeError):
@@ -159,6 +160,8 @@ class Capture:
         self._records: list = []
         self._perf_lost = 0
         self._last_sweep = 0.0
+        self._last_orphan_sweep = time.monotonic()
+        self._orphans = 0           # connections counted under keys whose first record was lost
         self.ring: ringbuf.RingReader | None = None
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
@@ -223,6 +226,8 @@ class Capture:
     def _aggregates(self, final: bool = False) -> list:
         """Events of the aggregated connections that are due (Assembler.aggregates_due), each taken
         out of the kernel's table; looked for once a second, and at stop whatever is left."""
+        if self.budget.per_second > 0 and time.monotonic() - self._last_orphan_sweep >= ORPHAN_SWEEP:
+            self._sweep_orphans()
         if not self.assembler.aggregating or (not final and time.monotonic() - self._last_sweep < AGG_SWEEP):
             return []
         self._last_sweep = time.monotonic()
@@ -239,8 +244,24 @@ class Capture:
 
         return self.assembler.aggregates_due(read, time.clock_gettime_ns(time.CLOCK_BOOTTIME), final)
 
+    def _sweep_orphans(self) -> None:
+        """A key whose first record the ring buffer had no room for is known to no one: its counts
+        would stay in the kernel's table for ever, and fill it. Keys two minutes old that user
+        space does not know are taken out and their connections counted as lost."""
+        self._last_orphan_sweep = time.monotonic()
+        table = self.bpf["aggregated"]
+        stale = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // decode.AGG_NS - 2
+        for k, v in list(table.items()):
+            key = bytes(k)
+            if k.minute <= stale and key not in self.assembler.aggregating:
+                try:
+                    del table[k]
+                except KeyError:
+                    continue
+                self._orphans += v.count - 1        # the first one's record is in `lost` already
+
     def lost(self) -> int:
-        return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost
+        return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost + self._orphans
 
     def over_budget(self) -> dict[int, int]:
         """uid -> connection records its budget refused since load (decode.OVER_BUDGET_OTHER: uids
