@@ -64,6 +64,24 @@ print(s.getsockname()[1], flush=True)
 sys.stdin.read()
 """
 
+# Two sockets bound to one port (SO_REUSEADDR lets both bind): the second listen() is refused
+# with EADDRINUSE after its socket already entered LISTEN, and must leave no record.
+REFUSED_LISTEN = r"""
+import errno, socket
+a, b = socket.socket(), socket.socket()
+for s in (a, b):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+a.bind(("127.0.0.1", 0))
+b.bind(("127.0.0.1", a.getsockname()[1]))
+a.listen(1)
+try:
+    b.listen(1)
+    raise SystemExit("the second listen was not refused")
+except OSError as exc:
+    assert exc.errno == errno.EADDRINUSE, exc
+print(a.getsockname()[1], flush=True)
+"""
+
 
 def null_accepts(family: str, host: str, call: str, client_host: str) -> dict:
     srv = subprocess.Popen([sys.executable, "-c", NULL_ACCEPT_SERVER, family, host, call, "1"],
@@ -144,6 +162,9 @@ def captured(tmp_path_factory):
             facts["accepts"].append(null_accepts("6", "::", call, "127.0.0.1"))     # v4-mapped on a v6 socket
         facts["listens"] += [listener("4", "0.0.0.0", True), listener("4", "127.0.0.1", True),
                              listener("6", "::", True), listener("4", "", False)]
+        refused = subprocess.run([sys.executable, "-c", REFUSED_LISTEN], capture_output=True, text=True, timeout=20)
+        assert refused.returncode == 0, refused.stderr
+        facts["refused_listen"] = int(refused.stdout)
         # a listening socket this test holds, for the short-lived clients to reach
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
             with socket.socket(family) as s:
@@ -186,6 +207,9 @@ def test_a_listening_port_names_the_process_that_opened_it(captured):
         execs = [e for e in events if e["kind"] == "exec" and e["pid"] == case["pid"]]
         assert execs and ev["start"] == execs[-1]["start"]
         assert set(ev) == {"v", "kind", "host", "boot", "ts", "pid", "start", "laddr", "lport"}
+    # the refused listen() left nothing; the one that worked, its one record
+    port = facts["refused_listen"]
+    assert len([e for e in events if e["kind"] == "listen" and e["lport"] == port]) == 1
 
 
 def test_a_process_that_connects_and_exits_at_once_is_recorded(captured):
