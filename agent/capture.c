@@ -138,7 +138,7 @@ struct sock_event {
     u16 family;
     u16 lport;
     u16 rport;
-    u16 flags;       // SOCK_LOCAL
+    u16 flags;       // SOCK_LOCAL, SOCK_AGGREGATE
     u8 laddr[16];
     u8 raddr[16];
 };
