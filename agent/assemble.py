@@ -84,6 +84,9 @@ class Assembler:
         self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
         self.forks_of: dict[int, list[tuple[int, int | None, int]]] = {}   # (fork time, child pid, its start)
         self.uclients: OrderedDict[str, tuple[int, int]] = OrderedDict()   # unix conn -> client (pid, start)
+        # connections over budget counted in the kernel (capture.c, aggregation): key -> the event its
+        # first connection made, sent with its count once the key's minute is over (aggregates_due)
+        self.aggregating: dict[bytes, dict[str, Any]] = {}
         self.pending_logins: list[tuple[float, Any]] = []
         self._setid_bits: dict[str, tuple[int, tuple[int | None, int | None]]] = {}   # path -> (when, bits)
         self._gone = False           # the exec being fed has its exit later in the batch (feed_all)
@@ -273,6 +276,10 @@ class Assembler:
             return self._cred(rec)
         if isinstance(rec, d.Sock):
             return self._sock(rec)
+        if t is d.Listen:
+            st, out = self._state(h.pid, h.ts_ns)
+            out.append(self._ev("listen", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport))
+            return out
         if isinstance(rec, d.FileChange):
             return self._file(rec)
         if t is d.UnixConn:
@@ -372,15 +379,24 @@ class Assembler:
             return []
         st, out = self._state(h.pid, h.ts_ns)
         if h.type == d.EV_CONNECT:
-            out.append(self._ev("connect", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport,
-                                raddr=rec.raddr, rport=rec.rport))
+            ev = self._ev("connect", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport,
+                          raddr=rec.raddr, rport=rec.rport)
+            if rec.agg is not None:
+                self.aggregating[rec.agg] = ev
+            else:
+                out.append(ev)
             return out
-        local = self.passive.pop((rec.raddr, rec.rport), None)
+        # read from the accepted socket; without the kernel's BTF, the passive open's
+        local = (rec.laddr, rec.lport) if rec.laddr is not None else self.passive.pop((rec.raddr, rec.rport), None)
         if local is None:
             self.counts["unmatched_accept"] += 1
             return out
-        out.append(self._ev("accept", h.ts_ns, pid=h.pid, start=st.start, laddr=local[0], lport=local[1],
-                            raddr=rec.raddr, rport=rec.rport))
+        ev = self._ev("accept", h.ts_ns, pid=h.pid, start=st.start, laddr=local[0], lport=local[1],
+                      raddr=rec.raddr, rport=rec.rport)
+        if rec.agg is not None:
+            self.aggregating[rec.agg] = ev
+            return out
+        out.append(ev)
         self.accepted[(rec.raddr, rec.rport)] = (h.pid, h.ts_ns, local[0], local[1])
         while len(self.accepted) > PASSIVE_KEEP:
             self.accepted.popitem(last=False)
@@ -422,6 +438,29 @@ class Assembler:
         self.counts["redacted"] += redact_event(ev, self.rules)     # a socket's name may carry a token
         out.append(ev)
         return out
+
+    def aggregates_due(self, read: Callable[[bytes], tuple[int, int, int] | None], now_ns: int,
+                       final: bool = False, grace_ns: int = 2_000_000_000) -> list[dict[str, Any]]:
+        """The aggregated connections whose minute is over (all of them when final, at stop): for
+        each, the event its first connection made, with `count`, `first` and `last` added from
+        read(key) - the kernel's (count, first ns, last ns), taken out of its table. One event per
+        key, stamped with its first connection's time and ports: a replayed batch is the same event."""
+        out = []
+        for key, ev in list(self.aggregating.items()):
+            minute = d.AGG_KEY.unpack(key)[1]
+            if not final and now_ns < (minute + 1) * d.AGG_NS + grace_ns:
+                continue
+            del self.aggregating[key]
+            counted = read(key)
+            count, first, last = counted if counted else (1, None, None)
+            ev["count"] = count
+            ev["first"] = ev["ts"] if first is None else self._wall(first)
+            ev["last"] = ev["ts"] if last is None else self._wall(last)
+            out.append(ev)
+        return out
+
+    def _wall(self, ts_ns: int) -> float:
+        return (self._epoch_us + (ts_ns + 500) // 1000) / 1e6
 
     def budget_losses(self, totals: dict[int, int], since: float, now: float, per_second: int,
                       burst: int) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ found here - a few kernel structs: a task's audit login uid and session id (task
 .loginuid, .sessionid), its pid as each pid namespace sees it (task_struct.thread_pid ->
 struct pid.numbers[level] -> struct upid {nr, ns}), and for unix-socket connects a file
 descriptor's socket (task_struct.files -> fdtable.fd[fd] -> file.private_data -> socket.sk)
-with its peer, bound name and peer credentials (UNIX_MEMBERS). The kernel headers BCC compiles against
+with its peer, bound name and peer credentials (UNIX_MEMBERS), and for TCP accepts the accepted
+socket's two ends (INET_MEMBERS). The kernel headers BCC compiles against
 need not match the running kernel, so no offset may come from them; the kernel describes its
 own types in /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF), and that is the only source.
 
@@ -186,6 +187,9 @@ class KernelOffsets:
     # unix-socket connects (UNIX_MEMBERS: a file descriptor to its struct sock, the peer, the
     # bound name and SO_PEERCRED); needs `pid` too, for the peer's pid
     unix: tuple[int, ...] | None = None
+    # an accepted TCP socket's two ends (INET_MEMBERS: the file descriptor to its struct sock, and
+    # sock_common's addresses and ports), whether or not accept() was given room for the peer's
+    inet: tuple[int, ...] | None = None
 
     def cflags(self) -> list[str]:
         """The -D flags capture.c takes (its header says what each means)."""
@@ -197,10 +201,14 @@ class KernelOffsets:
                      "SIZEOF_UPID", "OFF_UPID_NS")
             out += [f"-D{n}={v}" for n, v in zip(names, self.pid)]
             out += [f"-DOFF_UPID_NR={self.upid_nr}", f"-DOFF_NS_INUM={self.ns_inum}"]
+        members: dict[str, int] = {}                 # each macro once: the groups share the fd walk
         if self.unix and self.pid:                   # capture.c takes no HAVE_UNIX as 0
             out.append("-DHAVE_UNIX=1")
-            out += [f"-D{name}={v}" for (name, _, _, _), v in zip(UNIX_MEMBERS, self.unix)]
-        return out
+            members.update((name, v) for (name, _, _, _), v in zip(UNIX_MEMBERS, self.unix))
+        if self.inet:
+            out.append("-DHAVE_INET=1")
+            members.update((name, v) for (name, _, _, _), v in zip(INET_MEMBERS, self.inet))
+        return out + [f"-D{name}={v}" for name, v in members.items()]
 
 
 # What capture.c reads to turn a connect's or an accept's file descriptor into its unix socket:
@@ -223,6 +231,19 @@ UNIX_MEMBERS = (
 )
 
 
+# What capture.c reads to take an accepted TCP connection's two ends from its socket, so that an
+# accept(fd, NULL, NULL) is recorded as fully as one that asks for the peer's address: the same
+# walk from a file descriptor to its struct sock, then sock_common's addresses and ports.
+INET_MEMBERS = UNIX_MEMBERS[:7] + (
+    ("OFF_SKC_DADDR", "sock", "__sk_common.skc_daddr", 4),
+    ("OFF_SKC_RCV_SADDR", "sock", "__sk_common.skc_rcv_saddr", 4),
+    ("OFF_SKC_DPORT", "sock", "__sk_common.skc_dport", 2),           # network byte order
+    ("OFF_SKC_NUM", "sock", "__sk_common.skc_num", 2),               # host byte order
+    ("OFF_SKC_V6_DADDR", "sock", "__sk_common.skc_v6_daddr", 16),
+    ("OFF_SKC_V6_RCV_SADDR", "sock", "__sk_common.skc_v6_rcv_saddr", 16),
+)
+
+
 NONE = KernelOffsets(login=None, pid=None)
 
 
@@ -238,8 +259,10 @@ def kernel_offsets(btf: Btf) -> KernelOffsets:
     pid = parts if None not in parts and nr is not None and inum is not None else None
     found = tuple(btf.offset(struct_name, member, size) for _, struct_name, member, size in UNIX_MEMBERS)
     unix = found if pid and None not in found else None
+    found = tuple(btf.offset(struct_name, member, size) for _, struct_name, member, size in INET_MEMBERS)
+    inet = found if None not in found else None
     return KernelOffsets(login=login, pid=pid, upid_nr=nr if pid else None, ns_inum=inum if pid else None,
-                         unix=unix)
+                         unix=unix, inet=inet)
 
 
 def running_kernel(path: str = VMLINUX) -> tuple[KernelOffsets, str | None]:
@@ -251,11 +274,12 @@ def running_kernel(path: str = VMLINUX) -> tuple[KernelOffsets, str | None]:
     except OSError as exc:
         return NONE, (f"no kernel BTF ({path}: {exc.strerror}), so the audit session id and login uid come only "
                       "from /proc, --pid-namespace self sees only its own namespace, not nested ones, and "
-                      "unix-socket connects are not recorded; a kernel built with CONFIG_DEBUG_INFO_BTF fixes both")
+                      "unix-socket connects are not recorded, nor TCP accepts that do not ask for the peer's "
+                      "address; a kernel built with CONFIG_DEBUG_INFO_BTF fixes all of it")
     except BtfError as exc:
         return NONE, (f"could not read the kernel's BTF ({path}: {exc}), so the audit session id and login uid "
                       "come only from /proc, --pid-namespace self sees only its own namespace, and unix-socket "
-                      "connects are not recorded")
+                      "connects are not recorded, nor TCP accepts that do not ask for the peer's address")
     missing = []
     if offsets.login is None:
         missing.append("this kernel has no audit login uid/session id in task_struct (CONFIG_AUDIT off), so "
@@ -265,9 +289,13 @@ def running_kernel(path: str = VMLINUX) -> tuple[KernelOffsets, str | None]:
                        "only from /proc and --pid-namespace self sees only its own namespace")
     if offsets.unix is None:
         missing.append(UNIX_MISSING)
+    elif offsets.inet is None:
+        missing.append(INET_MISSING)
     return offsets, ("; ".join(missing) or None)
 
 
 UNIX_MISSING = ("the kernel's BTF lacks the socket structs unix-socket capture reads (file, socket, sock, "
                 "unix_sock), so connects to tmux, screen, ssh control and container runtime sockets are not "
-                "recorded")
+                "recorded, and a TCP accept is recorded only when the server asks for the peer's address")
+INET_MISSING = ("the kernel's BTF lacks sock_common's addresses and ports, so a TCP accept is recorded only when "
+                "the server asks for the peer's address (accept(fd, NULL, NULL) leaves no record)")

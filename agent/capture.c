@@ -26,6 +26,9 @@
 //                   namespace sees it, and its own namespace
 //   HAVE_UNIX       1 with HAVE_PIDS and the OFF_* of agent/btf.py's UNIX_MEMBERS: unix-socket
 //                   connects and the accepts of those connections (absent: 0)
+//   HAVE_INET       1 with the OFF_* of agent/btf.py's INET_MEMBERS: a TCP accept's two ends are
+//                   read from the accepted socket, whatever the caller asked for (absent: 0, and
+//                   the peer comes from the caller's sockaddr, the local end from the passive open)
 //   BUDGET_PER_SECOND, BUDGET_BURST, BUDGET_FULL_NS: each uid's budget of connection records
 //                   (see "the connection budget" below); absent or 0: unlimited
 // Without HAVE_PIDS, PIDNS_FILTER keeps only that exact namespace (bpf_get_ns_current_pid_tgid).
@@ -56,10 +59,15 @@
 #define EV_FILE      9
 #define EV_UCONNECT  10
 #define EV_UACCEPT   11
+#define EV_LISTEN    12
 
 #ifndef HAVE_UNIX
 #define HAVE_UNIX 0
 #endif
+#ifndef HAVE_INET
+#define HAVE_INET 0
+#endif
+#define W_AF_INET6      10
 
 #define ARGV_BUF     8192   // argv bytes one record can hold
 #define ARG_MAX_LEN  4096   // the most one argument may take; args start below ARGV_BUF - ARG_MAX_LEN
@@ -121,12 +129,16 @@ struct cred_event {
     u32 a, b, c;     // the ids asked for; (u32)-1 means unchanged
 };
 
+#define SOCK_LOCAL 1       // sock_event.flags: laddr/lport are this end's (an accept read from its socket)
+#define SOCK_AGGREGATE 2   // the first connection of an aggregate (see "aggregation"); in a connecting
+                           // hdr's pad: over budget, to be aggregated
+
 struct sock_event {
     struct hdr h;
     u16 family;
     u16 lport;
     u16 rport;
-    u16 pad;
+    u16 flags;       // SOCK_LOCAL, SOCK_AGGREGATE
     u8 laddr[16];
     u8 raddr[16];
 };
@@ -180,7 +192,7 @@ BPF_ARRAY(file_template, struct file_event, 1);     // all zeros, never written:
 BPF_HASH(clone_flags, u64, u64, 16384);
 BPF_HASH(exit_codes, u32, s32, 16384);
 BPF_HASH(cred_reqs, u64, struct cred_event, 4096);
-BPF_HASH(connecting, u64, struct hdr, 16384);
+BPF_TABLE("lru_hash", u64, struct hdr, connecting, 16384);   // SYNs never answered age out
 BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
@@ -227,9 +239,8 @@ static __always_inline void count_over_budget(u32 uid, u64 records) {
         __sync_fetch_and_add(n, records);
 }
 
-// May `uid` make `records` more connection records now? Takes them from its bucket if so; counts
-// them in over_budget if not.
-static __always_inline int within_budget(u32 uid, u64 records) {
+// May `uid` make `records` more connection records now? Takes them from its bucket if so.
+static __always_inline int budget_take(u32 uid, u64 records) {
     u64 now = bpf_ktime_get_ns();
     s64 cost = records * BUDGET_TOKEN;
     struct budget *b = budgets.lookup(&uid);
@@ -250,20 +261,60 @@ static __always_inline int within_budget(u32 uid, u64 records) {
         if (add > 0)
             __sync_fetch_and_add(&b->credit, add);
     }
-    if (b->credit < cost) {
-        count_over_budget(uid, records);
+    if (b->credit < cost)
         return 0;
-    }
     __sync_fetch_and_add(&b->credit, -cost);
     return 1;
 }
+
+// budget_take, and what it refuses counted in over_budget: records not made, said as a loss.
+static __always_inline int within_budget(u32 uid, u64 records) {
+    if (budget_take(uid, records))
+        return 1;
+    count_over_budget(uid, records);
+    return 0;
+}
+
+// --- aggregation: TCP connections over the budget are counted, not dropped -----------------
+// A TCP connect or accept over its uid's budget is not a record of its own: it is counted in
+// `aggregated` under (process, direction, remote address, the port that stays - the remote one
+// of a connect, the local one of an accept -, boot-time minute). The first connection of a key
+// is recorded (flag SOCK_AGGREGATE): user space learns the process from it in order, as for any
+// record, and after the minute is over reads the count, first and last time, and deletes the
+// key - one event per key, so a storm to one place costs one record a minute, and a replayed
+// batch holds the same event. Only when the table is full is a connection not recorded at all
+// (counted in over_budget, as before).
+#define AGG_NS 60000000000ULL      // one minute of CLOCK_BOOTTIME
+#define AGG_CONNECT 0
+#define AGG_ACCEPT  1
+struct agg_key {
+    u32 pid;         // as the agent's namespace numbers it (hdr.pid)
+    u32 minute;      // hdr.ts / AGG_NS
+    u8 dir;          // AGG_CONNECT, AGG_ACCEPT
+    u8 pad;
+    u16 family;
+    u16 port;        // connect: rport; accept: lport (host order)
+    u16 pad2;
+    u8 addr[16];     // the remote address
+};
+struct agg_val {
+    u64 count;
+    u64 first;       // CLOCK_BOOTTIME ns
+    u64 last;
+};
+BPF_HASH(aggregated, struct agg_key, struct agg_val, 16384);
+
+// The connection `e` (its header, addresses and ports filled) is over budget: count it under its
+// key, recording the key's first connection.
+static __always_inline void aggregate(void *ctx, struct sock_event *e, u8 dir);
 #else
 #define within_budget(uid, records) 1
+#define budget_take(uid, records) 1
 #endif
 
 // --- kernel structs, at the running kernel's offsets (see the header) ----------------------
 
-#if HAVE_LOGIN || HAVE_PIDS
+#if HAVE_LOGIN || HAVE_PIDS || HAVE_INET
 static __always_inline u64 kread64(u64 addr) {
     u64 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
@@ -274,6 +325,26 @@ static __always_inline u32 kread32(u64 addr) {
     u32 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
     return v;
+}
+
+static __always_inline u16 kread16(u64 addr) {
+    u16 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+#endif
+
+#if HAVE_UNIX || HAVE_INET
+// The struct sock behind one of the current task's file descriptors; 0 when none. Reading the
+// task's own table: a thread closing the fd meanwhile gives a wrong answer, never a fault.
+static __always_inline u64 sock_of_fd(u32 fd) {
+    u64 task = bpf_get_current_task();
+    u64 fdt = kread64(kread64(task + OFF_TASK_FILES) + OFF_FILES_FDT);
+    if (!fdt || fd >= kread32(fdt + OFF_FDT_MAX_FDS))
+        return 0;
+    u64 file = kread64(kread64(fdt + OFF_FDT_FD) + 8 * (u64)fd);
+    u64 sock = file ? kread64(file + OFF_FILE_PRIVATE_DATA) : 0;
+    return sock ? kread64(sock + OFF_SOCKET_SK) : 0;
 }
 #endif
 
@@ -592,12 +663,22 @@ TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return cred_exit(args, args->re
 // --- TCP ---------------------------------------------------------------------------------
 // At connect() the source port is not chosen yet, and ESTABLISHED is reached in softirq
 // context where the current task means nothing: remember the socket and its process at
-// SYN_SENT, and emit the 4-tuple at ESTABLISHED. Passive opens (SYN_RECV -> ESTABLISHED)
-// carry no process; user space joins them to the accept() that returns them.
+// SYN_SENT, and emit the 4-tuple at ESTABLISHED. An accept's two ends are read, at accept's
+// exit, from the accepted socket (HAVE_INET); without the kernel's BTF, from the caller's
+// sockaddr, and the passive open (SYN_RECV -> ESTABLISHED, no process) gives the local end,
+// joined in user space. A listen is seen entering LISTEN in the caller's context, and emitted
+// when listen() returns 0 (the port of an unbound socket is chosen after the state changes).
 
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
+#define TCP_LISTEN 10
+
+struct listen_pending {
+    struct sock_event e;
+    u64 sk;
+};
+BPF_TABLE("lru_hash", u64, struct listen_pending, listening, 1024);   // a thread killed mid-listen ages out
 
 #define SOCK_ADDRS(e)                                              \
     do {                                                           \
@@ -619,8 +700,11 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     u64 sk = (u64)args->skaddr;
     if (args->newstate == TCP_SYN_SENT) {
         struct hdr h = {};
-        if (fill_hdr(&h, EV_CONNECT) && within_budget(h.uid, 1))
-            connecting.update(&sk, &h);
+        if (!fill_hdr(&h, EV_CONNECT))
+            return 0;
+        // over budget: still remembered, to be counted (not recorded) once established
+        h.pad = budget_take(h.uid, 1) ? 0 : SOCK_AGGREGATE;
+        connecting.update(&sk, &h);
         return 0;
     }
     if (args->oldstate == TCP_SYN_SENT) {
@@ -630,13 +714,29 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         if (args->newstate == TCP_ESTABLISHED) {
             struct sock_event e = {};
             e.h = *h;
+            e.h.pad = 0;
             e.h.ts = bpf_ktime_get_boot_ns();
             SOCK_ADDRS(e);
-            emit(args, &e, sizeof(e));
+#if BUDGET_PER_SECOND
+            if (h->pad & SOCK_AGGREGATE)
+                aggregate(args, &e, AGG_CONNECT);
+            else
+#endif
+                emit(args, &e, sizeof(e));
         }
         connecting.delete(&sk);
         return 0;
     }
+    if (args->newstate == TCP_LISTEN) {
+        struct listen_pending p = {.sk = sk};
+        if (!fill_hdr(&p.e.h, EV_LISTEN))
+            return 0;                            // another namespace's process
+        SOCK_ADDRS(p.e);
+        u64 id = bpf_get_current_pid_tgid();
+        listening.update(&id, &p);
+        return 0;
+    }
+#if !HAVE_INET
     if (args->oldstate == TCP_SYN_RECV && args->newstate == TCP_ESTABLISHED) {
         if (!within_budget(NO_PROCESS, 1))
             return 0;
@@ -646,19 +746,41 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         SOCK_ADDRS(e);
         emit(args, &e, sizeof(e));
     }
+#endif
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_listen) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct listen_pending *p = listening.lookup(&id);
+    if (!p)
+        return 0;
+    struct listen_pending q = *p;
+    listening.delete(&id);
+    if (args->ret != 0 || !within_budget(q.e.h.uid, 1))
+        return 0;                                // refused (EADDRINUSE), or over budget
+#if HAVE_INET
+    if (!q.e.lport)
+        q.e.lport = kread16(q.sk + OFF_SKC_NUM); // unbound: listen() chose the port after LISTEN
+#endif
+    if (!q.e.lport)
+        return 0;                                // not known (no BTF): not recorded as port 0
+    q.e.h.ts = bpf_ktime_get_boot_ns();
+    emit(args, &q.e, sizeof(q.e));
     return 0;
 }
 
 #if HAVE_UNIX
-static __always_inline int unix_accept_exit(void *ctx, long fd);
+static __always_inline int unix_accept_exit(void *ctx, u64 sk);
 #endif
 
-// Every accept is remembered (a unix server may pass no address: tmux, python), the caller's
-// sockaddr pointer with it for TCP's peer address.
+// Every accept is remembered (a server may pass no address: tmux, python's unix servers, many
+// C servers), the caller's sockaddr pointer with it for TCP's peer address when the socket
+// cannot be read (no HAVE_INET).
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) {
     u64 id = bpf_get_current_pid_tgid();
     u64 ptr = (u64)args->upeer_sockaddr;
-#if HAVE_UNIX
+#if HAVE_UNIX || HAVE_INET
     accepting.update(&id, &ptr);
 #else
     if (ptr)
@@ -670,7 +792,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept) {
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
     u64 id = bpf_get_current_pid_tgid();
     u64 ptr = (u64)args->upeer_sockaddr;
-#if HAVE_UNIX
+#if HAVE_UNIX || HAVE_INET
     accepting.update(&id, &ptr);
 #else
     if (ptr)
@@ -678,6 +800,68 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
 #endif
     return 0;
 }
+
+#if HAVE_INET
+// The accepted TCP connection's two ends, from its sock_common: the caller's sockaddr is not
+// needed, so accept(fd, NULL, NULL) is recorded like any other.
+static __always_inline int inet_accept_exit(void *ctx, u64 sk, u16 family) {
+    struct sock_event e = {};
+    if (!fill_hdr(&e.h, EV_ACCEPT))
+        return 0;
+    int within = budget_take(e.h.uid, 1);
+    e.family = family;
+    e.flags = SOCK_LOCAL;
+    e.lport = kread16(sk + OFF_SKC_NUM);
+    u16 dport = kread16(sk + OFF_SKC_DPORT);
+    e.rport = (dport >> 8) | ((dport & 0xff) << 8);    // network byte order in the socket
+    if (family == W_AF_INET) {
+        bpf_probe_read_kernel(&e.laddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
+        bpf_probe_read_kernel(&e.raddr, 4, (void *)(sk + OFF_SKC_DADDR));
+    } else {
+        // a v4 client of a dual-stack socket is here as v4-mapped: user space makes it plain
+        bpf_probe_read_kernel(&e.laddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
+        bpf_probe_read_kernel(&e.raddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
+    }
+#if BUDGET_PER_SECOND
+    if (!within) {
+        aggregate(ctx, &e, AGG_ACCEPT);
+        return 0;
+    }
+#endif
+    emit(ctx, &e, sizeof(e));
+    return 0;
+}
+#endif
+
+#if BUDGET_PER_SECOND
+static __always_inline void aggregate(void *ctx, struct sock_event *e, u8 dir) {
+    struct agg_key k = {};
+    k.pid = e->h.pid;
+    k.minute = e->h.ts / AGG_NS;
+    k.dir = dir;
+    k.family = e->family;
+    k.port = dir == AGG_CONNECT ? e->rport : e->lport;
+    __builtin_memcpy(k.addr, e->raddr, 16);
+    u64 now = e->h.ts;
+    struct agg_val *v = aggregated.lookup(&k);
+    if (!v) {
+        struct agg_val first = {.count = 1, .first = now, .last = now};
+        if (aggregated.insert(&k, &first) == 0) {
+            e->flags |= SOCK_AGGREGATE;            // the key's first: user space learns its process
+            emit(ctx, e, sizeof(*e));
+            return;
+        }
+        v = aggregated.lookup(&k);                 // another CPU inserted it first, or the table is full
+        if (!v) {
+            count_over_budget(e->h.uid, 1);
+            return;
+        }
+    }
+    __sync_fetch_and_add(&v->count, 1);
+    if (now > v->last)
+        v->last = now;
+}
+#endif
 
 static __always_inline int accept_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
@@ -688,8 +872,20 @@ static __always_inline int accept_exit(void *ctx, long ret) {
     accepting.delete(&id);
     if (ret < 0)
         return 0;
+#if HAVE_UNIX || HAVE_INET
+    u64 sk = sock_of_fd(ret);
+    if (!sk)
+        return 0;
+    u16 family = kread16(sk + OFF_SKC_FAMILY);
 #if HAVE_UNIX
-    unix_accept_exit(ctx, ret);
+    if (family == W_AF_UNIX)
+        return unix_accept_exit(ctx, sk);
+#endif
+#if HAVE_INET
+    if (family == W_AF_INET || family == W_AF_INET6)
+        return inet_accept_exit(ctx, sk, family);
+    return 0;
+#endif
 #endif
     if (!uptr)
         return 0;
@@ -731,18 +927,6 @@ struct unix_pending {
 };
 BPF_TABLE("lru_hash", u64, struct unix_pending, unix_connecting, 4096);   // a thread killed mid-connect ages out
 BPF_TABLE("lru_hash", u64, u64, unix_clients, 16384);                      // client sock -> connect ts
-
-// The struct sock behind one of the current task's file descriptors; 0 when none. Reading the
-// task's own table: a thread closing the fd meanwhile gives a wrong answer, never a fault.
-static __always_inline u64 sock_of_fd(u32 fd) {
-    u64 task = bpf_get_current_task();
-    u64 fdt = kread64(kread64(task + OFF_TASK_FILES) + OFF_FILES_FDT);
-    if (!fdt || fd >= kread32(fdt + OFF_FDT_MAX_FDS))
-        return 0;
-    u64 file = kread64(kread64(fdt + OFF_FDT_FD) + 8 * (u64)fd);
-    u64 sock = file ? kread64(file + OFF_FILE_PRIVATE_DATA) : 0;
-    return sock ? kread64(sock + OFF_SOCKET_SK) : 0;
-}
 
 // SO_PEERCRED of a sock: its peer's pid, as the agent's namespace numbers it, and uid.
 static __always_inline void peer_cred(struct unix_event *e, u64 sk) {
@@ -837,10 +1021,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     return 0;
 }
 
-static __always_inline int unix_accept_exit(void *ctx, long fd) {
-    u64 sk = sock_of_fd(fd);
-    if (!sk || (kread32(sk + OFF_SKC_FAMILY) & 0xffff) != W_AF_UNIX)
-        return 0;
+static __always_inline int unix_accept_exit(void *ctx, u64 sk) {
     u64 client = kread64(sk + OFF_UNIX_PEER);
     u64 *ts = unix_clients.lookup(&client);
     if (!ts)

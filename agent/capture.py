@@ -3,7 +3,9 @@
 The Capture object is the edge between the kernel and the rest of the agent: `poll()`
 hands decoded, assembled events to a callback in batches, `lost()` says how many
 records the ring buffer had to drop, and `over_budget()` how many connection records each uid
-was refused by its budget (capture.c, the connection budget).
+was refused by its budget (capture.c, the connection budget). TCP connections over the budget are
+counted in the kernel instead (capture.c, aggregation); `poll()` adds their events once each
+minute is over, and `drain()` at stop all that are left.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 
 BATCH = 256                 # records: fewer than this after a poll, wait BATCH_WAIT for more
 BATCH_WAIT = 0.02
+AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
+ORPHAN_SWEEP = 60.0         # ... and between walks of the kernel's whole table for keys nobody knows
 
 
 class CaptureError(RuntimeError):
@@ -149,11 +153,15 @@ class Capture:
             offsets, self.note = btf.NONE, (
                 f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
                 "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
-                "own namespace, and unix-socket connects are not recorded")
+                "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
+                "for the peer's address")
         self.offsets = offsets
         self.assembler = assembler
         self._records: list = []
         self._perf_lost = 0
+        self._last_sweep = 0.0
+        self._last_orphan_sweep = time.monotonic()
+        self._orphans = 0           # connections counted under keys whose first record was lost
         self.ring: ringbuf.RingReader | None = None
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
@@ -198,7 +206,7 @@ class Capture:
         """Wait up to timeout_ms for records; return the events assembled from them."""
         if self.perf:
             self.bpf.perf_buffer_poll(timeout_ms)
-            return self._assemble()
+            return self._assemble() + self._aggregates()
         self.ring.wait(timeout_ms / 1000)
         self._read_ring()
         if 0 < len(self._records) < BATCH:
@@ -206,17 +214,54 @@ class Capture:
             # batches, and each poll round costs the agent (and so the host) the same
             time.sleep(BATCH_WAIT)
             self._read_ring()
-        return self._assemble()
+        return self._assemble() + self._aggregates()
 
     def drain(self) -> list:
         if self.perf:
             self.bpf.perf_buffer_poll(0)
         else:
             self._read_ring()
-        return self._assemble()
+        return self._assemble() + self._aggregates(final=True)
+
+    def _aggregates(self, final: bool = False) -> list:
+        """Events of the aggregated connections that are due (Assembler.aggregates_due), each taken
+        out of the kernel's table; looked for once a second, and at stop whatever is left."""
+        if self.budget.per_second > 0 and time.monotonic() - self._last_orphan_sweep >= ORPHAN_SWEEP:
+            self._sweep_orphans()
+        if not self.assembler.aggregating or (not final and time.monotonic() - self._last_sweep < AGG_SWEEP):
+            return []
+        self._last_sweep = time.monotonic()
+        table = self.bpf["aggregated"]
+
+        def read(key: bytes) -> tuple[int, int, int] | None:
+            k = table.Key.from_buffer_copy(key)
+            try:
+                v = table[k]
+                del table[k]
+            except KeyError:
+                return None
+            return v.count, v.first, v.last
+
+        return self.assembler.aggregates_due(read, time.clock_gettime_ns(time.CLOCK_BOOTTIME), final)
+
+    def _sweep_orphans(self) -> None:
+        """A key whose first record the ring buffer had no room for is known to no one: its counts
+        would stay in the kernel's table for ever, and fill it. Keys two minutes old that user
+        space does not know are taken out and their connections counted as lost."""
+        self._last_orphan_sweep = time.monotonic()
+        table = self.bpf["aggregated"]
+        stale = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // decode.AGG_NS - 2
+        for k, v in list(table.items()):
+            key = bytes(k)
+            if k.minute <= stale and key not in self.assembler.aggregating:
+                try:
+                    del table[k]
+                except KeyError:
+                    continue
+                self._orphans += v.count - 1        # the first one's record is in `lost` already
 
     def lost(self) -> int:
-        return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost
+        return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost + self._orphans
 
     def over_budget(self) -> dict[int, int]:
         """uid -> connection records its budget refused since load (decode.OVER_BUDGET_OTHER: uids

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from whodid.tracer.events import plain_ip
 
 EV_EXEC_ARGS, EV_EXEC, EV_FORK, EV_EXIT, EV_CRED, EV_CONNECT, EV_PASSIVE, EV_ACCEPT, EV_FILE = range(1, 10)
-EV_UCONNECT, EV_UACCEPT = 10, 11
+EV_UCONNECT, EV_UACCEPT, EV_LISTEN = 10, 11, 12
 FILE_OPS = {1: "write", 2: "create", 3: "rename", 4: "unlink", 5: "rmdir", 6: "chmod", 7: "chown"}
 CRED_CALLS = {1: "setuid", 2: "setreuid", 3: "setresuid", 4: "setgid", 5: "setregid", 6: "setresgid"}
 GID_CALLS = {"setgid", "setregid", "setresgid"}
@@ -30,7 +30,12 @@ EXEC_FACTS = struct.Struct("<IIII")             # known auid ses pidns: what the
 KNOWN_LOGIN, KNOWN_PIDNS = 1, 2
 EXIT_TAIL = struct.Struct("<iI")                # code has_code
 CRED_TAIL = struct.Struct("<IIII")              # call a b c
-SOCK_TAIL = struct.Struct("<HHHH16s16s")        # family lport rport pad laddr raddr
+SOCK_TAIL = struct.Struct("<HHHH16s16s")        # family lport rport flags laddr raddr
+SOCK_LOCAL = 1                                  # flags: an accept's laddr/lport were read from its socket
+SOCK_AGGREGATE = 2                              # flags: the first connection of an aggregate (capture.c)
+AGG_KEY = struct.Struct("<IIBBHHH16s")          # pid minute dir pad family port pad2 addr: capture.c's agg_key
+AGG_NS = 60_000_000_000                         # an aggregate's span: a minute of CLOCK_BOOTTIME
+AGG_CONNECT, AGG_ACCEPT = 0, 1
 FILE_TAIL = struct.Struct("<IIIIII256s256s")    # op relative mode owner group pad path path2
 UNIX_TAIL = struct.Struct("<IIIIIIQQ108s108s")  # peer_pid peer_uid known path_len bound_len pad conn_sk conn_ts
 #                                                 path bound
@@ -93,6 +98,16 @@ class Sock(NamedTuple):
     lport: int
     raddr: str
     rport: int
+    # the first connection over its uid's budget to one place this minute: the key (AGG_KEY bytes)
+    # under which the kernel counts it and the rest; None for a connection recorded on its own
+    agg: bytes | None = None
+
+
+class Listen(NamedTuple):
+    """A TCP socket entered LISTEN (listen() returned 0): hdr names the caller."""
+    hdr: Hdr
+    laddr: str
+    lport: int
 
 
 class FileChange(NamedTuple):
@@ -117,7 +132,7 @@ class UnixConn(NamedTuple):
     peer_uid: int | None
 
 
-Record = ExecArgs | Exec | Fork | Exit | Cred | Sock | FileChange | UnixConn
+Record = ExecArgs | Exec | Fork | Exit | Cred | Sock | Listen | FileChange | UnixConn
 
 
 # tuple.__new__ straight from the unpacked tuple: a NamedTuple's own constructor is Python
@@ -195,9 +210,19 @@ def decode(raw: bytes) -> Record:
             call, a, b, c = CRED_TAIL.unpack_from(raw, body)
             return Cred(hdr, CRED_CALLS.get(call, f"call{call}"), (_id(a), _id(b), _id(c)))
         if t in (EV_CONNECT, EV_PASSIVE, EV_ACCEPT):
-            family, lport, rport, _, laddr, raddr = SOCK_TAIL.unpack_from(raw, body)
-            local = None if t == EV_ACCEPT else _addr(family, laddr)
-            return Sock(hdr, local, lport, _addr(family, raddr), rport)
+            family, lport, rport, flags, laddr, raddr = SOCK_TAIL.unpack_from(raw, body)
+            # an accept's local end comes from its socket, or (without the kernel's BTF) from the
+            # passive open user space joins it to
+            local = None if t == EV_ACCEPT and not flags & SOCK_LOCAL else _addr(family, laddr)
+            agg = None
+            if flags & SOCK_AGGREGATE:
+                connect = t == EV_CONNECT
+                agg = AGG_KEY.pack(hdr.pid, hdr.ts_ns // AGG_NS, AGG_CONNECT if connect else AGG_ACCEPT, 0, family,
+                                   rport if connect else lport, 0, raddr)
+            return Sock(hdr, local, lport, _addr(family, raddr), rport, agg)
+        if t == EV_LISTEN:
+            family, lport, _, _, laddr, _ = SOCK_TAIL.unpack_from(raw, body)
+            return Listen(hdr, _addr(family, laddr), lport)
         if t == EV_FILE:
             op, relative, mode, owner, group, _, path, path2 = FILE_TAIL.unpack_from(raw, body)
             p2 = _cstr(path2)

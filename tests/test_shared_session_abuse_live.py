@@ -96,7 +96,8 @@ def storm(request, tmp_path_factory):
     if request.param == "unix":
         recorded = len([e for e in agent.kinds("uconnect") if e.get("path") == where])
     else:
-        recorded = len([e for e in agent.kinds("connect") if e.get("rport") == int(where)])
+        # over the budget, TCP connects are counted per place in the kernel (issue 21): `count` each
+        recorded = sum(e.get("count", 1) for e in agent.kinds("connect") if e.get("rport") == int(where))
     return {"kind": request.param, "made": made, "ran": ran, "seen": seen, "losses": losses, "recorded": recorded,
             "over_budget": sum(e["count"] for e in losses if f"uid {NOBODY} (nobody)" in (e.get("what") or "")),
             "ring_full": sum(e["count"] for e in losses if e.get("what") == "ring buffer full")}
@@ -120,7 +121,11 @@ def test_a_users_connect_storm_costs_no_one_elses_exec(storm):
 def test_the_connections_over_budget_are_said_and_name_the_user(storm):
     """A loss event names uid 65534 (nobody); for the unix storm, every connect nobody made is
     either recorded or counted in it (two records a connection: its connect and accept) - none
-    vanishes unsaid."""
+    vanishes unsaid. TCP connections over the budget are not lost at all since issue 21: counted in
+    the kernel per (process, place, minute), every one nobody made is in a connect's `count`."""
+    if storm["kind"] == "tcp":
+        assert storm["recorded"] == storm["made"] and storm["over_budget"] == 0, storm
+        return
     assert storm["over_budget"] > 0, storm
     assert storm["recorded"] < storm["made"], storm
     if storm["kind"] == "unix":

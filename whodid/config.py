@@ -151,9 +151,10 @@ def _unix_sockets(raw: Any, where: str) -> UnixSockets:
 class ConnectionBudget:
     """How many connection records (connect, accept, uconnect, uaccept) each uid may make
     (agent.connection_budget; docs/agent.md): `per_second` a second, up to `burst` saved for a
-    burst. What is over it is not recorded, and said in a loss event naming the uid, so one
-    user's connect storm cannot take the ring buffer from everyone's exec records. 0 per_second:
-    unlimited."""
+    burst. TCP connections over it are counted in the kernel per (process, place, minute) and
+    sent as one event each with a count; other records over it are not recorded, and said in a
+    loss event naming the uid - so one user's connect storm cannot take the ring buffer from
+    everyone's exec records. 0 per_second: unlimited."""
     per_second: int = 2000
     burst: int = 10000
 
