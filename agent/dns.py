@@ -23,6 +23,7 @@ TYPE_A, TYPE_CNAME, TYPE_AAAA = 1, 5, 28
 CLASS_IN = 1
 MAX_WIRE_NAME = 255          # RFC 1035 2.3.4: a name on the wire, length bytes included
 MAX_NAME = 253               # the same name as text, without the trailing dot
+MAX_JUMPS = 127              # pointers followed in one name (each label is 2+ bytes of 255)
 MAX_CHAIN = 16               # CNAMEs followed from the question; resolvers stop at 8-16 too
 _LABEL_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -102,6 +103,7 @@ def read_name(msg: bytes, off: int) -> tuple[list[bytes], int]:
     wire = 0                         # bytes of the name as if uncompressed
     end = None                       # where the name ends in place (after the first pointer)
     limit = off                      # a pointer must point before this
+    jumps = 0
     while True:
         if off >= len(msg):
             raise DnsError("name runs past the end of the message")
@@ -114,6 +116,9 @@ def read_name(msg: bytes, off: int) -> tuple[list[bytes], int]:
                 end = off + 2
             if target >= limit:
                 raise DnsError("compression pointer does not point backwards (a loop or a forward jump)")
+            jumps += 1
+            if jumps > MAX_JUMPS:            # cannot happen with backward pointers; a second guard
+                raise DnsError(f"more than {MAX_JUMPS} compression pointers in one name")
             off = limit = target
             continue
         if n & 0xC0:

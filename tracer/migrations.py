@@ -254,4 +254,14 @@ CREATE INDEX uconns_listener ON uconns (listener_proc) WHERE listener_proc IS NO
 CREATE INDEX uconns_client ON uconns (client_proc) WHERE client_proc IS NOT NULL
 """))
 
+STEPS.append((12, """
+-- The name the host was answered for a connect's address before it connected (a connect's
+-- `rname`, from the DNS answers the agent saw, NULL when none was seen and for accepts), so a
+-- question by destination finds connections to a name whose addresses have since changed.
+ALTER TABLE conns ADD COLUMN rname TEXT;
+-- "who connected to NAME" and "who connected to ADDR[:PORT]"
+CREATE INDEX conns_rname ON conns (rname) WHERE rname IS NOT NULL;
+CREATE INDEX conns_remote ON conns (raddr, rport)
+"""))
+
 LATEST = STEPS[-1][0]
