@@ -235,9 +235,6 @@ def forward(args) -> int:
                 spool.put(chunk)
                 chunk = []
         spool.put(chunk)
-    # the names the host was answered for, given to its connects (docs/agent.md); only BPF sees connects
-    names = dns_watch(asm) if mode == "bpf" and cfg.dns_names else None
-
     stop = Stop().install()
     while not stop.is_set():
         wait = shipper.ship_once()
@@ -324,6 +321,9 @@ def run(args) -> int:
         print("whodid-agent: running on the netlink process connector, without BPF: it records exec, fork, "
               "exit and uid changes, but not TCP connections (ssh hops can only be inferred), not file changes, "
               "and not the arguments of processes that exit before /proc is read", file=sys.stderr)
+
+    # the names the host was answered for, given to its connects (docs/agent.md); only BPF sees connects
+    names = dns_watch(asm) if mode == "bpf" and cfg.dns_names else None
 
     stop = Stop().install()
 

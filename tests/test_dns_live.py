@@ -1,0 +1,90 @@
+"""A connect's name for real: a process resolves a name through a real DNS server answering over
+UDP (a tiny one on 127.0.0.77:53; the process's /etc/resolv.conf, bind-mounted in its own mount
+namespace, points there), then connects to the address it was answered; the agent's `connect`
+carries the name. An answer sent to the host that no query asked for names nothing.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from dnskit import Responder, a, response
+from kit import LocalAgent
+from test_agent_live import REASON
+
+pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}"),
+              pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")]
+
+DNS_ADDR, API_ADDR, SPOOFED_ADDR = "127.0.0.77", "127.0.0.88", "127.0.0.89"
+
+
+def listener(addr: str) -> tuple[socket.socket, threading.Thread]:
+    """A TCP server on addr accepting (and closing) connections until its socket is closed."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, 0))
+    srv.listen(16)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, thread
+
+
+def in_own_resolver(work, code: str) -> subprocess.CompletedProcess:
+    """Run python code in a mount namespace whose /etc/resolv.conf names our DNS server only."""
+    conf = work / "resolv.conf"
+    conf.write_text(f"nameserver {DNS_ADDR}\noptions timeout:2 attempts:2\n")
+    script = f"mount --bind {conf} /etc/resolv.conf && exec {sys.executable} -c \"$0\""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, code],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_connect_to_a_resolved_name_carries_the_name_the_process_asked_for(tmp_path):
+    name = f"api-{os.getpid()}.d21.test"
+    api, _ = listener(API_ADDR)
+    spoofed, _ = listener(SPOOFED_ADDR)
+    api_port, spoofed_port = api.getsockname()[1], spoofed.getsockname()[1]
+    dns = Responder(DNS_ADDR, {name: f"cname:lb-{os.getpid()}.elb.d21.test",
+                               f"lb-{os.getpid()}.elb.d21.test": API_ADDR})
+    db = tmp_path / "agent.db"
+    try:
+        with LocalAgent(db, tmp_path / "ready") as agent:
+            # an answer nobody asked for, "from" the DNS server: it must not name 127.0.0.89
+            dns.sock.sendto(response(4242, "evil.d21.test", [a("evil.d21.test", SPOOFED_ADDR)]), ("127.0.0.1", 9))
+            by_ip = subprocess.run([sys.executable, "-c", (
+                f"import socket; socket.create_connection(('{SPOOFED_ADDR}', {spoofed_port})).close()")],
+                capture_output=True, text=True, timeout=30)
+            assert by_ip.returncode == 0, by_ip.stderr
+            by_name = in_own_resolver(tmp_path, (
+                "import socket\n"
+                f"family, type_, proto, _, addr = socket.getaddrinfo('{name}', {api_port}, socket.AF_INET, "
+                "socket.SOCK_STREAM)[0]\n"
+                "socket.create_connection(addr).close()\n"
+                "print(addr[0])\n"))
+            assert by_name.returncode == 0, by_name.stderr
+            assert by_name.stdout.strip() == API_ADDR
+        assert agent.returncode == 0, agent.err
+    finally:
+        dns.close()
+        api.close()
+        spoofed.close()
+    assert name in dns.asked                                   # the process really asked our server
+    from whodid.tracer import Store
+    store = Store.open(db)
+    rows = store.db.execute("SELECT raddr, rport, rname FROM conns WHERE dir = 'connect' AND raddr IN (?, ?)",
+                            [API_ADDR, SPOOFED_ADDR]).fetchall()
+    assert (API_ADDR, api_port, name) in rows, (rows, agent.err)
+    assert (SPOOFED_ADDR, spoofed_port, None) in rows, (rows, agent.err)
+    assert "naming connects from the DNS answers" in agent.err
