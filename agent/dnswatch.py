@@ -171,16 +171,14 @@ class DnsWatch:
             self.sock.close()
             raise
         # packets queued before the filter was attached may be anything; the parser drops them
-        self.drained = 0
+        self.drained = 0                        # packets read, for tests and people
 
     def drain(self) -> None:
         """Read what the kernel queued (up to DRAIN_MAX packets) into the book."""
         for _ in range(DRAIN_MAX):
             try:
                 data, anc, _flags, addr = self.sock.recvmsg(65535, 64)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:                     # nothing queued (EAGAIN), or an error the next drain retries
                 return
             pkttype = addr[2]
             if pkttype not in (PACKET_HOST, PACKET_OUTGOING):
@@ -191,7 +189,10 @@ class DnsWatch:
                     sec, nsec = struct.unpack_from("qq", value)
                     ts = sec + nsec / 1e9
             self.drained += 1
-            self.book.packet(data, pkttype == PACKET_OUTGOING, ts)
+            try:
+                self.book.packet(data, pkttype == PACKET_OUTGOING, ts)
+            except Exception:               # a parser bug must cost a name, never the agent
+                self.book.counts["malformed"] += 1
 
     def name_for(self, addr: str, ts: float) -> str | None:
         self.drain()
