@@ -447,7 +447,7 @@ def dns_watch(asm: Assembler) -> DnsWatch | None:
               "agent.dns_names: false", file=sys.stderr, flush=True)
         return None
     asm.names = watch.name_for
-    print("whodid-agent: naming connects from the DNS answers this host receives (UDP port 53, every "
+    print("whodid-agent: naming connects from the DNS answers this host receives (port 53, every "
           "interface of this network namespace)", file=sys.stderr, flush=True)
     return watch
 

@@ -1,11 +1,11 @@
-"""DNS on the wire, read from bytes: the IP and UDP headers around it, a query's question, and a
-response's addresses with the name the client asked for (docs/agent.md, "Names of the
-addresses a host connected to").
+"""DNS on the wire, read from bytes: the IP and UDP (or TCP) headers around it, a query's
+question, and a response's addresses with the name the client asked for (docs/agent.md,
+"Names of the addresses a host connected to").
 
-Every byte here is hostile: anyone who can send the host a UDP packet from port 53 can make
-one. So every read is bounds-checked, a compression pointer may only point backwards (which
-makes a loop impossible, not just unlikely), a name is at most 255 bytes on the wire, and what
-is not well-formed raises DnsError - never IndexError, never a hang. Pure functions over bytes:
+Every byte here is hostile: anyone who can send the host a packet from port 53 can make one.
+So every read is bounds-checked, a compression pointer may only point backwards (which makes
+a loop impossible, not just unlikely), a name is at most 255 bytes on the wire, and what is
+not well-formed raises DnsError - never IndexError, never a hang. Pure functions over bytes:
 tests/test_dns.py feeds them random, truncated and looping packets.
 
 A name is kept only if it is a host name: labels of letters, digits, `-` and `_` (SRV and
@@ -29,17 +29,19 @@ _LABEL_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 
 
 class DnsError(ValueError):
-    """A packet that is not the DNS (or IP/UDP) it claims to be."""
+    """A packet that is not the DNS (or IP, UDP, TCP) it claims to be."""
 
 
 @dataclass(slots=True)
 class Datagram:
-    """A UDP datagram with its addresses (IPv4-mapped IPv6 is left as it is: DNS does not use it)."""
+    """A DNS message's transport: its addresses and ports (IPv4-mapped IPv6 is left as it is:
+    DNS does not use it), whether it came over TCP, and the message itself."""
     src: str
     sport: int
     dst: str
     dport: int
     payload: bytes
+    tcp: bool = False
 
 
 @dataclass(slots=True)
@@ -56,9 +58,11 @@ class Message:
     answers: list[tuple[str | None, int, int, str | None]] = field(default_factory=list)
 
 
-def udp(packet: bytes) -> Datagram:
+def transport(packet: bytes) -> Datagram:
     """An IPv4 or IPv6 packet (from its network header, as a SOCK_DGRAM packet socket gives it)
-    -> its UDP datagram. Fragments and IPv6 extension headers are not DNS we read."""
+    -> the DNS message it carries over UDP, or over TCP when one segment holds exactly one
+    message with its 2-byte length (an answer too large for UDP usually fits one segment; one
+    split across segments is not read). Fragments and IPv6 extension headers are not read."""
     if len(packet) < 1:
         raise DnsError("empty packet")
     version = packet[0] >> 4
@@ -69,8 +73,6 @@ def udp(packet: bytes) -> Datagram:
         total, frag, proto = struct.unpack_from("!H2xHxB", packet, 2)
         if ihl < 20 or total < ihl or total > len(packet):
             raise DnsError("IPv4 lengths do not fit the packet")
-        if proto != 17:
-            raise DnsError("not UDP")
         if frag & 0x3FFF:                     # more fragments, or an offset: half a datagram
             raise DnsError("a fragment")
         src, dst = packet[12:16], packet[16:20]
@@ -78,21 +80,34 @@ def udp(packet: bytes) -> Datagram:
     elif version == 6:
         if len(packet) < 40:
             raise DnsError("IPv6 header cut short")
-        plen, nxt = struct.unpack_from("!HB", packet, 4)
-        if nxt != 17:
-            raise DnsError("not UDP (or behind extension headers)")
+        plen, proto = struct.unpack_from("!HB", packet, 4)
         if 40 + plen > len(packet):
             raise DnsError("IPv6 payload length does not fit the packet")
         src, dst = packet[8:24], packet[24:40]
         body = packet[40:40 + plen]
     else:
         raise DnsError(f"IP version {version}")
-    if len(body) < 8:
-        raise DnsError("UDP header cut short")
-    sport, dport, ulen = struct.unpack_from("!HHH", body, 0)
-    if ulen < 8 or ulen > len(body):
-        raise DnsError("UDP length does not fit the packet")
-    return Datagram(str(ipaddress.ip_address(src)), sport, str(ipaddress.ip_address(dst)), dport, body[8:ulen])
+    if proto == 17:
+        if len(body) < 8:
+            raise DnsError("UDP header cut short")
+        sport, dport, ulen = struct.unpack_from("!HHH", body, 0)
+        if ulen < 8 or ulen > len(body):
+            raise DnsError("UDP length does not fit the packet")
+        payload, tcp = body[8:ulen], False
+    elif proto == 6:
+        if len(body) < 20:
+            raise DnsError("TCP header cut short")
+        sport, dport = struct.unpack_from("!HH", body, 0)
+        offset = (body[12] >> 4) * 4
+        if offset < 20 or offset > len(body):
+            raise DnsError("TCP header length does not fit the packet")
+        segment = body[offset:]
+        if len(segment) < 2 or struct.unpack_from("!H", segment, 0)[0] != len(segment) - 2:
+            raise DnsError("not one whole DNS message in this TCP segment")
+        payload, tcp = segment[2:], True
+    else:
+        raise DnsError("neither UDP nor TCP (or behind IPv6 extension headers)")
+    return Datagram(str(ipaddress.ip_address(src)), sport, str(ipaddress.ip_address(dst)), dport, payload, tcp)
 
 
 def read_name(msg: bytes, off: int) -> tuple[list[bytes], int]:
@@ -150,7 +165,7 @@ def hostname(labels: list[bytes]) -> str | None:
 
 
 def message(data: bytes) -> Message:
-    """A DNS message (the UDP payload) -> its header, its question and its A/AAAA/CNAME answers.
+    """A DNS message (without its TCP length) -> its header, its question and its A/AAAA/CNAME answers.
     A message with other than one question is refused: queries from stub resolvers carry one."""
     if len(data) < 12:
         raise DnsError("DNS header cut short")

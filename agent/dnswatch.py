@@ -4,8 +4,8 @@
 `NameBook` is the state, pure: packets in (as bytes, with whether the host sent or received
 them and when), a name out for an address at a time. `DnsWatch` is the edge: an AF_PACKET
 socket on every interface of the agent's network namespace (`lo` too: systemd-resolved's
-stub and local caches answer over it), a classic BPF filter so the kernel passes only UDP to
-or from port 53, and a non-blocking drain.
+stub and local caches answer over it), a classic BPF filter so the kernel passes only UDP and
+TCP to or from port 53, and a non-blocking drain.
 
 Rules:
 - An answer counts only if it answers a query this host sent: same transaction id, question,
@@ -64,7 +64,7 @@ class NameBook:
         """One IP packet the host sent (`outgoing`) or received. Never raises: a packet that is
         not DNS we can read is counted and forgotten."""
         try:
-            dgram = dns.udp(data)
+            dgram = dns.transport(data)
             if outgoing and dgram.dport == 53:
                 self._query(dgram, ts)
             elif not outgoing and dgram.sport == 53:
@@ -76,7 +76,7 @@ class NameBook:
         msg = dns.message(dgram.payload)
         if msg.response or msg.opcode != 0 or msg.qname is None or msg.qtype not in (dns.TYPE_A, dns.TYPE_AAAA):
             return
-        key = (dgram.src, dgram.sport, dgram.dst, dgram.dport, msg.id, msg.qname, msg.qtype)
+        key = (dgram.tcp, dgram.src, dgram.sport, dgram.dst, dgram.dport, msg.id, msg.qname, msg.qtype)
         self.pending[key] = ts
         self.pending.move_to_end(key)
         while len(self.pending) > self.pending_max:
@@ -86,8 +86,8 @@ class NameBook:
         msg = dns.message(dgram.payload)
         if not msg.response or msg.opcode != 0 or msg.rcode != 0 or msg.qname is None:
             return
-        asked = self.pending.pop((dgram.dst, dgram.dport, dgram.src, dgram.sport, msg.id, msg.qname, msg.qtype),
-                                 None)
+        asked = self.pending.pop((dgram.tcp, dgram.dst, dgram.dport, dgram.src, dgram.sport, msg.id, msg.qname,
+                                  msg.qtype), None)
         if asked is None or not asked - CLOCK_SLACK <= ts <= asked + self.pending_for:
             self.counts["unasked"] += 1
             return
@@ -113,8 +113,8 @@ class NameBook:
 
 
 def filter_program() -> list[tuple[int, int, int, int]]:
-    """Classic BPF: accept UDP to or from port 53, IPv4 (not a fragment) or IPv6 (UDP right after
-    the fixed header), as a SOCK_DGRAM packet socket sees it: from the network header, the
+    """Classic BPF: accept UDP and TCP to or from port 53, IPv4 (not a fragment) or IPv6 (UDP or
+    TCP right after the fixed header), as a SOCK_DGRAM packet socket sees it: from the network header, the
     EtherType from the skb. Everything else is dropped in the kernel. Jumps are written as
     labels and resolved to offsets here."""
     ld_h, ld_b, ldx_msh, ld_h_ind = 0x28, 0x30, 0xB1, 0x48
@@ -124,18 +124,20 @@ def filter_program() -> list[tuple[int, int, int, int]]:
         ("", ld_h, None, None, skf_ad_protocol),       # the EtherType
         ("", jeq, None, "v6", 0x0800),
         ("", ld_b, None, None, 9),                     # IPv4: protocol
-        ("", jeq, None, "drop", 17),
-        ("", ld_h, None, None, 6),                     # flags + fragment offset
+        ("", jeq, "v4", None, 17),
+        ("", jeq, None, "drop", 6),
+        ("v4", ld_h, None, None, 6),                   # flags + fragment offset
         ("", jset, "drop", None, 0x3FFF),              # a fragment
         ("", ldx_msh, None, None, 0),                  # X = 4 * IHL
-        ("", ld_h_ind, None, None, 0),                 # source port
+        ("", ld_h_ind, None, None, 0),                 # source port (UDP and TCP alike)
         ("", jeq, "accept", None, 53),
         ("", ld_h_ind, None, None, 2),                 # destination port
         ("", jeq, "accept", "drop", 53),
         ("v6", jeq, None, "drop", 0x86DD),
         ("", ld_b, None, None, 6),                     # IPv6: next header
-        ("", jeq, None, "drop", 17),
-        ("", ld_h, None, None, 40),                    # source port
+        ("", jeq, "v6ports", None, 17),
+        ("", jeq, None, "drop", 6),
+        ("v6ports", ld_h, None, None, 40),             # source port
         ("", jeq, "accept", None, 53),
         ("", ld_h, None, None, 42),                    # destination port
         ("", jeq, "accept", "drop", 53),

@@ -12,7 +12,7 @@ from whodid.agent import dns
 from whodid.agent.assemble import Assembler
 from whodid.agent.dnswatch import GRACE, NameBook
 
-from dnskit import Responder, a, cname, ip_udp, query, record, response
+from dnskit import Responder, a, cname, ip_tcp, ip_udp, query, record, response
 from test_agent_units import BOOT_EPOCH, NAMES, FakeProc, feed, sock_rec
 from whodid.agent import decode as d
 
@@ -85,6 +85,8 @@ def test_hostile_packets_never_crash_or_hang_the_parser():
         a("lb.example.net", "2001:db8::7")]))
     cases = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))) for _ in range(3000)]
     cases += [good[:n] for n in range(len(good))]
+    good_tcp = ip_tcp("10.0.0.2", 53, "10.0.0.5", 41000, dns.transport(good).payload)
+    cases += [good_tcp[:n] for n in range(len(good_tcp))]
     for _ in range(5000):
         flipped = bytearray(good)
         for _ in range(rng.randrange(1, 6)):
@@ -99,7 +101,7 @@ def test_hostile_packets_never_crash_or_hang_the_parser():
     book = NameBook()
     for case in cases:
         try:
-            dns.addresses(dns.message(dns.udp(case).payload))
+            dns.addresses(dns.message(dns.transport(case).payload))
             outcomes["parsed"] += 1
         except dns.DnsError:
             outcomes["refused"] += 1
@@ -109,13 +111,32 @@ def test_hostile_packets_never_crash_or_hang_the_parser():
 
 
 def test_ip_and_udp_headers_are_checked():
-    dgram = dns.udp(ip_udp("2001:db8::5", 41000, "2001:db8::53", 53, b"x"))
+    dgram = dns.transport(ip_udp("2001:db8::5", 41000, "2001:db8::53", 53, b"x"))
     assert (dgram.src, dgram.sport, dgram.dst, dgram.dport, dgram.payload) == (
         "2001:db8::5", 41000, "2001:db8::53", 53, b"x")
     fragment = bytearray(ip_udp("10.0.0.5", 41000, "10.0.0.2", 53, b"x"))
     fragment[6] |= 0x20                                  # more fragments follow
     with pytest.raises(dns.DnsError, match="fragment"):
-        dns.udp(bytes(fragment))
+        dns.transport(bytes(fragment))
+
+
+def test_dns_over_tcp_is_read_when_one_segment_holds_one_whole_message():
+    answer = response(3, "big.example.com", [a("big.example.com", "192.0.2.9")])
+    dgram = dns.transport(ip_tcp("10.0.0.2", 53, "10.0.0.5", 41000, answer))
+    assert (dgram.tcp, dgram.sport, dgram.payload) == (True, 53, answer)
+    for length in (len(answer) + 100, len(answer) - 1):      # split across segments, or two in one
+        with pytest.raises(dns.DnsError, match="one whole DNS message"):
+            dns.transport(ip_tcp("10.0.0.2", 53, "10.0.0.5", 41000, answer, length=length))
+
+
+def test_an_answer_over_tcp_counts_for_a_query_over_tcp_only():
+    book = NameBook()
+    ans = response(3, "big.example.com", [a("big.example.com", "192.0.2.9")])
+    book.packet(ip_tcp(*CLIENT, *SERVER, query(3, "big.example.com")), True, 100.0)
+    book.packet(ip_udp(*SERVER, *CLIENT, ans), False, 100.01)          # same ends and id, over UDP
+    assert book.name_for("192.0.2.9", 101.0) is None
+    book.packet(ip_tcp(*SERVER, *CLIENT, ans), False, 100.02)
+    assert book.name_for("192.0.2.9", 101.0) == "big.example.com"
 
 
 # --- the book: whose answers count ---------------------------------------------------------------

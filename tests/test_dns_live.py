@@ -1,7 +1,7 @@
 """A connect's name for real: a process resolves a name through a real DNS server answering over
 UDP (a tiny one on 127.0.0.77:53; the process's /etc/resolv.conf, bind-mounted in its own mount
 namespace, points there), then connects to the address it was answered; the agent's `connect`
-carries the name. An answer sent to the host that no query asked for names nothing.
+carries the name - over UDP, and over TCP (`options use-vc`). An answer sent to the host that no query asked for names nothing.
 """
 
 import os
@@ -20,7 +20,7 @@ from test_agent_live import REASON
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}"),
               pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")]
 
-DNS_ADDR, API_ADDR, SPOOFED_ADDR = "127.0.0.77", "127.0.0.88", "127.0.0.89"
+DNS_ADDR, API_ADDR, SPOOFED_ADDR, TCP_ADDR = "127.0.0.77", "127.0.0.88", "127.0.0.89", "127.0.0.90"
 
 
 def listener(addr: str) -> tuple[socket.socket, threading.Thread]:
@@ -42,22 +42,33 @@ def listener(addr: str) -> tuple[socket.socket, threading.Thread]:
     return srv, thread
 
 
-def in_own_resolver(work, code: str) -> subprocess.CompletedProcess:
-    """Run python code in a mount namespace whose /etc/resolv.conf names our DNS server only."""
+def in_own_resolver(work, code: str, tcp: bool = False) -> subprocess.CompletedProcess:
+    """Run python code in a mount namespace whose /etc/resolv.conf names our DNS server only
+    (asked over TCP with `tcp`: glibc's `options use-vc`)."""
     conf = work / "resolv.conf"
-    conf.write_text(f"nameserver {DNS_ADDR}\noptions timeout:2 attempts:2\n")
+    conf.write_text(f"nameserver {DNS_ADDR}\noptions timeout:2 attempts:2{' use-vc' if tcp else ''}\n")
     script = f"mount --bind {conf} /etc/resolv.conf && exec {sys.executable} -c \"$0\""
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, code],
                           capture_output=True, text=True, timeout=60)
+
+
+def resolve_and_connect(name: str, port: int) -> str:
+    return ("import socket\n"
+            f"family, type_, proto, _, addr = socket.getaddrinfo('{name}', {port}, socket.AF_INET, "
+            "socket.SOCK_STREAM)[0]\n"
+            "socket.create_connection(addr).close()\n"
+            "print(addr[0])\n")
 
 
 def test_a_connect_to_a_resolved_name_carries_the_name_the_process_asked_for(tmp_path):
     name = f"api-{os.getpid()}.d21.test"
     api, _ = listener(API_ADDR)
     spoofed, _ = listener(SPOOFED_ADDR)
-    api_port, spoofed_port = api.getsockname()[1], spoofed.getsockname()[1]
+    over_tcp, _ = listener(TCP_ADDR)
+    api_port, spoofed_port, tcp_port = api.getsockname()[1], spoofed.getsockname()[1], over_tcp.getsockname()[1]
+    tcp_name = f"big-{os.getpid()}.d21.test"
     dns = Responder(DNS_ADDR, {name: f"cname:lb-{os.getpid()}.elb.d21.test",
-                               f"lb-{os.getpid()}.elb.d21.test": API_ADDR})
+                               f"lb-{os.getpid()}.elb.d21.test": API_ADDR, tcp_name: TCP_ADDR})
     db = tmp_path / "agent.db"
     try:
         with LocalAgent(db, tmp_path / "ready") as agent:
@@ -67,24 +78,25 @@ def test_a_connect_to_a_resolved_name_carries_the_name_the_process_asked_for(tmp
                 f"import socket; socket.create_connection(('{SPOOFED_ADDR}', {spoofed_port})).close()")],
                 capture_output=True, text=True, timeout=30)
             assert by_ip.returncode == 0, by_ip.stderr
-            by_name = in_own_resolver(tmp_path, (
-                "import socket\n"
-                f"family, type_, proto, _, addr = socket.getaddrinfo('{name}', {api_port}, socket.AF_INET, "
-                "socket.SOCK_STREAM)[0]\n"
-                "socket.create_connection(addr).close()\n"
-                "print(addr[0])\n"))
+            by_name = in_own_resolver(tmp_path, resolve_and_connect(name, api_port))
             assert by_name.returncode == 0, by_name.stderr
             assert by_name.stdout.strip() == API_ADDR
+            # the same over TCP (an answer too large for UDP), to the third address
+            by_tcp = in_own_resolver(tmp_path, resolve_and_connect(tcp_name, tcp_port), tcp=True)
+            assert by_tcp.returncode == 0, by_tcp.stderr
+            assert by_tcp.stdout.strip() == TCP_ADDR
         assert agent.returncode == 0, agent.err
     finally:
         dns.close()
         api.close()
         spoofed.close()
-    assert name in dns.asked                                   # the process really asked our server
+        over_tcp.close()
+    assert ("udp", name) in dns.asked and ("tcp", tcp_name) in dns.asked     # they really asked our server
     from whodid.tracer import Store
     store = Store.open(db)
-    rows = store.db.execute("SELECT raddr, rport, rname FROM conns WHERE dir = 'connect' AND raddr IN (?, ?)",
-                            [API_ADDR, SPOOFED_ADDR]).fetchall()
+    rows = store.db.execute("SELECT raddr, rport, rname FROM conns WHERE dir = 'connect' AND raddr IN (?, ?, ?)",
+                            [API_ADDR, SPOOFED_ADDR, TCP_ADDR]).fetchall()
     assert (API_ADDR, api_port, name) in rows, (rows, agent.err)
     assert (SPOOFED_ADDR, spoofed_port, None) in rows, (rows, agent.err)
+    assert (TCP_ADDR, tcp_port, tcp_name) in rows, (rows, agent.err)
     assert "naming connects from the DNS answers" in agent.err
