@@ -1,7 +1,8 @@
 """A connect's name for real: a process resolves a name through a real DNS server answering over
 UDP (a tiny one on 127.0.0.77:53; the process's /etc/resolv.conf, bind-mounted in its own mount
 namespace, points there), then connects to the address it was answered; the agent's `connect`
-carries the name - over UDP, and over TCP (`options use-vc`). An answer sent to the host that no query asked for names nothing.
+carries the name - over UDP, and over TCP (`options use-vc`). An answer sent to the host that no
+query asked for names nothing.
 """
 
 import os

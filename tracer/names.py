@@ -46,8 +46,8 @@ def normalise(name: str) -> str:
     if text.endswith("."):
         text = text[:-1]
     if len(text) > 253 or not _PATTERN.fullmatch(text):
-        raise DestinationNameError(f"{name!r} is not a host name: expected labels of letters, digits, - and _ joined by "
-                         "dots, optionally starting with *. (like *.amazonaws.com)")
+        raise DestinationNameError(f"{name!r} is not a host name: expected labels of letters, digits, - and _ "
+                                   "joined by dots, optionally starting with *. (like *.amazonaws.com)")
     return text
 
 
