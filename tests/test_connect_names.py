@@ -166,3 +166,10 @@ def test_a_pattern_matches_names_below_it_and_is_never_resolved():
 def test_a_name_that_is_not_one_is_said_so(bad):
     with pytest.raises(DestinationNameError, match="is not a host name"):
         normalise(bad)
+
+
+def test_a_name_that_is_not_one_stands_for_nothing_when_the_tracer_asks():
+    from functools import partial
+    lookup = partial(addresses_for, recorded=lambda n: ["10.0.5.10"], config_names={}, resolver=never)
+    assert lookup("a..b") == []
+    assert [(str(n), s) for n, s in lookup("eks.example.com")] == [("10.0.5.10/32", SEEN)]

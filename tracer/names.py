@@ -73,8 +73,15 @@ def addresses_for(name: str, recorded: Callable[[str], Iterable[str]], config_na
     first, each network once. `recorded(name)` gives the addresses stored with that name (the
     name normalised; a `*.` pattern passed as it is); `config_names` is network.names (name ->
     addresses or CIDRs, as strings or ipaddress networks). Resolution happens only when the two
-    others know nothing, and never for a pattern; a name that does not resolve gives nothing."""
-    name = normalise(name)
+    others know nothing, and never for a pattern; a name that does not resolve, or is not a host
+    name at all (`a..b`; normalise() says why to those who ask), gives nothing.
+
+    The tracer takes it with the sources bound: functools.partial(addresses_for, recorded=...,
+    config_names=cfg.network.names)."""
+    try:
+        name = normalise(name)
+    except DestinationNameError:
+        return []
     found: list[tuple[Network, str]] = []
     have: set[Network] = set()
 
