@@ -54,8 +54,10 @@ class Assembler:
                  user_name: Callable[[int], str | None], group_name: Callable[[int], str | None],
                  watch: tuple[str, ...] = (), rules=DEFAULT_RULES, own_pid: int | None = None,
                  uid_of: Callable[[str], int | None] = lambda name: None, pid_namespace: bool = False,
-                 exclude: tuple[str, ...] = ()):
+                 exclude: tuple[str, ...] = (), names: Callable[[str, float], str | None] | None = None):
         self.host, self.boot = host, boot
+        # the name the host was told for an address before it connected (agent/dnswatch.py), if any
+        self.names = names
         self.boot_epoch = boot_epoch
         self.procfs = procfs
         self.user_name, self.group_name = user_name, group_name
@@ -381,7 +383,10 @@ class Assembler:
         if h.type == d.EV_CONNECT:
             ev = self._ev("connect", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport,
                           raddr=rec.raddr, rport=rec.rport)
-            if rec.agg is not None:
+            rname = self.names(rec.raddr, ev["ts"]) if self.names is not None else None
+            if rname:
+                ev["rname"] = rname
+            if rec.agg is not None:            # over budget: counted, sent once its minute is over
                 self.aggregating[rec.agg] = ev
             else:
                 out.append(ev)

@@ -28,6 +28,7 @@ from . import btf
 from .assemble import Assembler
 from .bccload import BccMissing, load_bcc
 from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
+from .dnswatch import DnsWatch
 from .netlink import NetlinkCapture, NetlinkUnavailable, monotonic_epoch
 from .procfs import ProcFS, boot_id
 from .redact import compile_rules, redact_event
@@ -321,6 +322,9 @@ def run(args) -> int:
               "exit and uid changes, but not TCP connections (ssh hops can only be inferred), not file changes, "
               "and not the arguments of processes that exit before /proc is read", file=sys.stderr)
 
+    # the names the host was answered for, given to its connects (docs/agent.md); only BPF sees connects
+    names = dns_watch(asm) if mode == "bpf" and cfg.dns_names else None
+
     stop = Stop().install()
 
     follower = LogFollower(auth_log).start() if auth_log and auth_log != "none" else None
@@ -399,6 +403,8 @@ def run(args) -> int:
 
     while not stop.is_set():
         pending.extend(cap.poll(200))
+        if names:
+            names.drain()                               # between connects too: the socket's queue is bounded
         pending.extend(logins())
         now = time.monotonic()
         if now - last_mark >= heartbeat:                 # rides with the next flush
@@ -421,11 +427,29 @@ def run(args) -> int:
     sink.close()
     if shipper:
         stop_shipping(shipper, spool, ship_stop, ship_thread, grace=5.0)
+    if names:
+        names.close()
     cap.close()              # last: detaching takes the kernel a while, and every event is out by now
     print(f"whodid-agent: stopped; {sink.written} events written, {lost_state['reported']} records lost, "
           f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
           "tied to a process", file=sys.stderr)
     return 0
+
+
+def dns_watch(asm: Assembler) -> DnsWatch | None:
+    """Start reading the DNS answers this host receives and hand the names to the assembler's
+    connects; without them (no CAP_NET_RAW) connects are recorded unnamed, and the agent says so."""
+    try:
+        watch = DnsWatch()
+    except OSError as exc:
+        print(f"whodid-agent: cannot read DNS answers ({exc.strerror or exc}), so connects are recorded "
+              "without the name their address was answered for; run as root or with CAP_NET_RAW, or set "
+              "agent.dns_names: false", file=sys.stderr, flush=True)
+        return None
+    asm.names = watch.name_for
+    print("whodid-agent: naming connects from the DNS answers this host receives (port 53, every "
+          "interface of this network namespace)", file=sys.stderr, flush=True)
+    return watch
 
 
 def unix_snapshot(asm: Assembler, watched) -> list:

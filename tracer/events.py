@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -34,7 +35,7 @@ LOGIN_METHODS = frozenset(
     {"publickey", "password", "keyboard-interactive", "gssapi-with-mic", "hostbased", "none", "other"}
 )
 
-# field -> (type, required). Types: str, int, uint, num, bool, argv, addr, port, addrs.
+# field -> (type, required). Types: str, int, uint, num, bool, argv, addr, port, addrs, hostname.
 COMMON = {
     "v": ("int", True),
     "kind": ("str", True),
@@ -74,7 +75,9 @@ SPEC: dict[str, dict[str, tuple[str, bool]]] = {
               "raddr": ("addr", True), "rport": ("port", True),
               "laddr": ("addr", False), "lport": ("port", False),
               "service": ("str", False), "ses": ("uint", False), "tty": ("str", False)},
-    "connect": {**PROCESS, **SOCKET},
+    # rname: the name the host was answered for before it connected (agent/dnswatch.py); a hint
+    # about a fact, so a bad one is dropped and the connection kept (hostname_field)
+    "connect": {**PROCESS, **SOCKET, "rname": ("hostname", False)},
     "accept": {**PROCESS, **SOCKET},
     # a TCP socket began listening (no remote end): who opened a port
     "listen": {**PROCESS, "laddr": ("addr", True), "lport": ("port", True)},
@@ -187,6 +190,26 @@ def _text(field: str, value: str) -> str:
     return value
 
 
+MAX_HOSTNAME = 253
+# a DNS host name as whodid keeps one: labels of letters, digits, `-` and `_` (SRV, DKIM), 1-63
+# characters each, lowercase, no trailing dot - never a space, a control character or markup
+_HOSTNAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
+
+
+def hostname_field(value: Any) -> str | None:
+    """A host name field (a connect's `rname`) normalised - lowercase, no trailing dot - or None
+    when it is not a host name (wrong type, over 253 characters, any other character). Names
+    come off the network: they are hostile data, and a bad one is dropped, not stored."""
+    if not isinstance(value, str) or len(value) > MAX_HOSTNAME + 1 or not value.isascii():
+        return None
+    value = value.lower()
+    if value.endswith("."):
+        value = value[:-1]
+    if len(value) > MAX_HOSTNAME or not _HOSTNAME.fullmatch(value):
+        return None
+    return value
+
+
 def fit_argv(argv: list[str]) -> tuple[list[str], bool]:
     """argv within the schema's limits, as a producer must send it - at most MAX_ARGV arguments
     of at most MAX_STR characters - and whether anything was cut (the event's `truncated`).
@@ -249,6 +272,10 @@ def parse_event(obj: Any) -> dict[str, Any]:
         elif t is list and ftype == "argv" and 0 < len(value) <= MAX_ARGV \
                 and all(type(a) is str and len(a) <= MAX_STR and a.isascii() for a in value):
             out[name] = value
+        elif ftype == "hostname":
+            host_name = hostname_field(value)
+            if host_name is not None:
+                out[name] = host_name
         else:
             out[name] = _check(name, ftype, value)
     if not out["host"]:

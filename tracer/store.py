@@ -464,10 +464,17 @@ class Store:
             if "uid" in ev:
                 names[(host, ev["uid"])] = ev["user"]
         elif kind in ("connect", "accept"):
-            new += c.execute("INSERT OR IGNORE INTO conns (proc, ts, dir, laddr, lport, raddr, rport, rname) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"],
-                              ev["rport"], ev.get("rname")]).rowcount
+            added = c.execute("INSERT OR IGNORE INTO conns (proc, ts, dir, laddr, lport, raddr, rport, rname) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"], ev["rport"],
+                               ev.get("rname")]).rowcount
+            if not added and ev.get("rname"):
+                # the same connection stored before without its name (an older agent, a copy
+                # that lost it): the name fills in, whichever copy came first
+                c.execute("UPDATE conns SET rname = ? WHERE proc = ? AND ts = ? AND dir = ? AND lport = ? "
+                          "AND raddr = ? AND rport = ? AND rname IS NULL",
+                          [ev["rname"], proc, ts, kind, ev["lport"], ev["raddr"], ev["rport"]])
+            new += added
         elif kind == "listen":
             # no remote end: '' and 0, not NULL, so the UNIQUE key holds and a replay is one row
             new += c.execute("INSERT OR IGNORE INTO conns (proc, ts, dir, laddr, lport, raddr, rport) "

@@ -7,6 +7,7 @@ an undocumented or misspelt key cannot slip in on either side.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -199,6 +200,7 @@ class AgentConfig:
     batch_events: int = 5000
     unix_sockets: UnixSockets = field(default_factory=UnixSockets)
     connection_budget: ConnectionBudget = field(default_factory=ConnectionBudget)
+    dns_names: bool = True              # record the name each connect's address was answered for
 
     def agent_token(self) -> str:
         token = os.environ.get("WHODID_AGENT_TOKEN") or self.token
@@ -252,6 +254,49 @@ class WebConfig:
         return f"http://{self.listen}"
 
 
+@dataclass
+class NetworkConfig:
+    """What the fleet's addresses are called (network.names; docs/agent.md): a name -> the
+    addresses and networks it stands for, so `to:eks-prod` finds connections to them when the
+    host recorded no name (an address from /etc/hosts, a cached answer older than the agent).
+    Checked at load: each entry an IP address or a CIDR network."""
+    names: dict = field(default_factory=dict)
+
+    def networks(self) -> dict[str, list]:
+        """name (lowercase) -> its ipaddress networks (an address is a /32 or /128)."""
+        return {str(name).lower(): [ipaddress.ip_network(v) for v in values] for name, values in self.names.items()}
+
+
+def _network_names(raw: Any, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: `network.names` must be a mapping of a name to a list of addresses or "
+                          "networks, like `eks-prod: [10.0.5.10, 10.0.5.0/24]`")
+    for name, values in raw.items():
+        if not isinstance(name, str) or not name or not _NETWORK_NAME.match(name):
+            raise ConfigError(f"{where}: `network.names`: {name!r} is not a name; use letters, digits, `-`, `_` "
+                              "and dots, like eks-prod or eks.us-east-1.amazonaws.com")
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: `network.names.{name}` must be a list of addresses or networks, "
+                              "like [10.0.5.10, 10.0.5.0/24]")
+        for value in values:
+            try:
+                ipaddress.ip_network(str(value))
+            except ValueError as exc:
+                host_bits = "has host bits set" in str(exc)
+                hint = (f"; did you mean {ipaddress.ip_network(str(value), strict=False)}?" if host_bits
+                        else "; expected an IP address (10.0.5.10) or a CIDR network (10.0.5.0/24)")
+                raise ConfigError(f"{where}: `network.names.{name}`: {value!r} is not an address or network"
+                                  f"{hint}") from None
+        raw[name] = [str(v) for v in values]
+    return raw
+
+
+# a destination's name in network.names: a DNS name or an alias (letters, digits, - _ .), no spaces
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+
+
 SLACK_ENV = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "signing_secret": "SLACK_SIGNING_SECRET"}
 
 
@@ -264,6 +309,7 @@ class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     canaries: list = field(default_factory=list)         # bot.canary.checks.Canary, parsed and checked at load
     changes: Rules = field(default_factory=parse_rules)  # change review: patterns, actors, windows, digest
     source: str | None = None           # the file it came from, for messages
@@ -279,7 +325,7 @@ class Config:
 
 
 SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig,
-            "collector": CollectorConfig, "slack": SlackConfig, "web": WebConfig}
+            "collector": CollectorConfig, "slack": SlackConfig, "web": WebConfig, "network": NetworkConfig}
 PERSON_KEYS = {"ssh_keys", "accounts"}
 
 
@@ -300,7 +346,10 @@ def _section(name: str, cls, raw: Any, where: str):
         default = f.default if f.default is not f.default_factory else None
         if isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{where}: `{name}.{key}` must be a string, got {value!r}")
-        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: `{name}.{key}` must be true or false, got {value!r}")
+        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{where}: `{name}.{key}` must be a whole number, got {value!r}")
     return obj
 
@@ -386,6 +435,7 @@ def from_dict(raw: Any, where: str = "config") -> Config:
                 raise ConfigError(f"{where}: `identity.people.{name}.{key}` must be a list of strings")
     cfg.agent.unix_sockets = _unix_sockets(cfg.agent.unix_sockets, where)
     cfg.agent.connection_budget = _connection_budget(cfg.agent.connection_budget, where)
+    cfg.network.names = _network_names(cfg.network.names, where)
     for key in ("watch", "redact_patterns", "exclude"):
         values = getattr(cfg.agent, key)
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
