@@ -25,6 +25,7 @@ from . import query
 from .slack.ask import Ask, AskError
 from .slack.blocks import MAX_BLOCKS, MAX_SECTION, button, context, code, cut, escape, section
 from .slack.buttons import View
+from .tracing import tracer_for
 
 ROWS_PER_MESSAGE = 40                # section blocks per message, with room for headers
 MAX_MESSAGES = 6                     # the first in the channel, the rest in its thread
@@ -275,13 +276,13 @@ class DigestJob:
             self.log(f"could not make or post the digest ({exc!r}); the next one is due on schedule")
 
     def run(self, now: float | None = None) -> Review:
-        from whodid.tracer import Store, Tracer
+        from whodid.tracer import Store
         from whodid.tracer.changes import review
         from whodid.tracer.when import parse_duration
         now = self.clock() if now is None else now
         store = Store.open(self.store_path)           # a digest of a store that is not there says so
         try:
-            tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
+            tracer = tracer_for(self.cfg, store)
             result = review(tracer, self.cfg.changes, now - parse_duration(self.digest.since), now)
         finally:
             store.close()

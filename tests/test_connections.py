@@ -60,6 +60,33 @@ def test_three_hundred_connects_are_one_match_with_count_and_times():
     assert "connected to 10.0.5.10:6443 300 times" in render_text(Query(pattern="", to=parse_destination(API)), [tr], T0 + 400)
 
 
+def test_connections_the_agent_counted_over_its_budget_count_as_many_and_stay_one_row():
+    """Over a uid's connection budget the agent sends one event per (process, place, minute)
+    with `count` and `last` (docs/events.md): the question counts them, the last time is the
+    last counted one, and a replayed batch is still one row."""
+    ev = deploy_story(2)
+    counted = dict(OPS.connect(250, 420, API, 6443, lport=52000), count=5000, last=T0 + 309.5)
+    store = store_with(ev + [counted])
+    ingest(store, [counted])                                    # the batch sent again
+    assert store.db.execute("SELECT count(*) FROM conns WHERE n IS NOT NULL").fetchone()[0] == 1
+    (tr,) = find(store, to=parse_destination(f"{API}:6443"))
+    c = tr.connections
+    assert (c.count, c.first, c.last) == (5002, T0 + 201, T0 + 309.5)
+    assert [(p.addr, p.count) for p in c.peers] == [(API, 5002)]
+
+
+@pytest.mark.parametrize("extra, error", [
+    ({"count": 3}, "`count` and `last` go together"),
+    ({"last": T0 + 300}, "`count` and `last` go together"),
+    ({"count": 0, "last": T0 + 300}, "at least one"),
+    ({"count": 3, "last": T0 + 100}, "at or after the first"),
+])
+def test_a_counted_connection_must_say_how_many_and_when_the_last_was(extra, error):
+    from whodid.tracer.events import EventError, parse_event
+    with pytest.raises(EventError, match=error):
+        parse_event(dict(OPS.connect(250, 420, API, 6443, lport=52000), **extra))
+
+
 @pytest.mark.parametrize("spec, hits", [
     (API, 1), (f"{API}:6443", 1), (f"{API}:443", 0), ("10.0.5.0/24", 1), ("10.0.5.0/24:6443", 1),
     ("10.0.6.0/24", 0), ("0.0.0.0/0:443", 1), ("93.184.215.14", 1), ("eks-prod", 0)])

@@ -26,7 +26,10 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "query.md"
 PLACES = {"trace": {"CLI": "trace", "Slack": "slack-trace"}, "changes": {"CLI": "changes", "Slack": "changes"}}
 SHOWN = {"trace": "trace", "slack-trace": "/whodid", "changes": "changes"}
 # one config for both, so a default cannot make the two answers differ
-CONFIG = {"identity": {"people": demo.story_people()}, "trace": {"default_since": "7d", "limit": 5}}
+CONFIG = {"identity": {"people": demo.story_people()}, "trace": {"default_since": "7d", "limit": 5},
+          # a name the config gives (the demo's agents recorded the EKS API under its DNS name);
+          # no resolving when asked, so a name nobody recorded finds nothing, offline as online
+          "network": {"names": {"eks-prod": ["198.51.100.0/27"]}, "resolve": False}}
 SLACK = {"default_since": "7d", "matches": 5}
 
 

@@ -48,6 +48,10 @@ PROCESS = {"pid": ("uint", True), "start": ("uint", True)}
 NAMES = {"user": ("str", False), "euser": ("str", False), "auser": ("str", False),
          "group": ("str", False), "egroup": ("str", False)}
 SOCKET = {"laddr": ("addr", True), "lport": ("port", True), "raddr": ("addr", True), "rport": ("port", True)}
+# Connections over a uid's budget are counted in the agent, not each sent (docs/agent.md, "Under
+# a connection flood"): one event per (process, place, minute) - the first connection's, its
+# `ts` the first - standing for `count` connections, the last at `last`.
+COUNTED = {"count": ("uint", False), "last": ("num", False)}
 # A unix stream connection's other end, as SO_PEERCRED gives it (the listener for a uconnect,
 # the client for a uaccept), and whether the agent found the connection already made at its
 # start (sock_diag) rather than saw it being made.
@@ -77,8 +81,8 @@ SPEC: dict[str, dict[str, tuple[str, bool]]] = {
               "service": ("str", False), "ses": ("uint", False), "tty": ("str", False)},
     # rname: the name the host was answered for before it connected (agent/dnswatch.py); a hint
     # about a fact, so a bad one is dropped and the connection kept (hostname_field)
-    "connect": {**PROCESS, **SOCKET, "rname": ("hostname", False)},
-    "accept": {**PROCESS, **SOCKET},
+    "connect": {**PROCESS, **SOCKET, **COUNTED, "rname": ("hostname", False)},
+    "accept": {**PROCESS, **SOCKET, **COUNTED},
     # a TCP socket began listening (no remote end): who opened a port
     "listen": {**PROCESS, "laddr": ("addr", True), "lport": ("port", True)},
     # `conn` pairs a connect with its accept: unique per host and boot, opaque to all but the agent
@@ -294,6 +298,14 @@ def parse_event(obj: Any) -> dict[str, Any]:
         raise EventError("run", "must not be empty")
     if kind in ("uconnect", "uaccept"):
         _check_unix(kind, out)
+    if kind in ("connect", "accept") and ("count" in out or "last" in out):
+        if "count" not in out or "last" not in out:
+            raise EventError("count", "`count` and `last` go together: a counted connection says how many and "
+                             "when the last was")
+        if out["count"] < 1:
+            raise EventError("count", f"a counted connection stands for at least one; got {out['count']}")
+        if out["last"] < out["ts"]:
+            raise EventError("last", "the last of counted connections is at or after the first (`ts`)")
     if kind == "login" and out["method"] not in LOGIN_METHODS:
         raise EventError("method", f"unknown login method {out['method']!r}; expected one of {', '.join(sorted(LOGIN_METHODS))}")
     return out

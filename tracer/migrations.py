@@ -270,4 +270,12 @@ CREATE INDEX conns_rname ON conns (rname) WHERE rname IS NOT NULL;
 CREATE INDEX logins_client ON logins (raddr, rport)
 """))
 
+STEPS.append((13, """
+-- Connections over a uid's budget arrive counted (the agent's (process, place, minute) key):
+-- one row standing for n connections, the first at ts and the last at last_ts (NULL in both for
+-- a connection sent on its own). Questions count sum(coalesce(n, 1)).
+ALTER TABLE conns ADD COLUMN n INTEGER;
+ALTER TABLE conns ADD COLUMN last_ts REAL
+"""))
+
 LATEST = STEPS[-1][0]

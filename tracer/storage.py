@@ -49,6 +49,7 @@ class EventStore(Protocol):
     def connects_of(self, proc_id: int) -> list[dict[str, Any]]: ...        # one process's, earliest first
     def connection_groups(self, m: ConnMatch, *, since: float | None, until: float | None, host_glob: str | None,
                           limit: int, proc: int | None = None) -> list[dict[str, Any]]: ...  # one per process, newest first
+    def addresses_named(self, name: str) -> list[str]: ...       # connects' addresses under this rname
     def connection_peers(self, m: ConnMatch, proc: int, *, since: float | None, until: float | None,
                          limit: int = 20) -> list[dict[str, Any]]: ...          # a group's other ends
     def login(self, login_id: int) -> dict[str, Any] | None: ...

@@ -464,10 +464,10 @@ class Store:
             if "uid" in ev:
                 names[(host, ev["uid"])] = ev["user"]
         elif kind in ("connect", "accept"):
-            added = c.execute("INSERT OR IGNORE INTO conns (proc, ts, dir, laddr, lport, raddr, rport, rname) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            added = c.execute("INSERT OR IGNORE INTO conns (proc, ts, dir, laddr, lport, raddr, rport, rname, n, "
+                              "last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               [proc, ts, kind, ev["laddr"], ev["lport"], ev["raddr"], ev["rport"],
-                               ev.get("rname")]).rowcount
+                               ev.get("rname"), ev.get("count"), ev.get("last")]).rowcount
             if not added and ev.get("rname"):
                 # the same connection stored before without its name (an older agent, a copy
                 # that lost it): the name fills in, whichever copy came first
@@ -924,6 +924,12 @@ class Store:
 
     # --- reading: connections as evidence (issue 21) ---------------------------------------
 
+    def addresses_named(self, name: str) -> list[str]:
+        """The addresses connects were made to under this name (the DNS answer the host had at
+        connect time: conns.rname), for tracer/names.py's "seen at connect"."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT raddr FROM conns WHERE rname = ? AND dir = 'connect'",
+                                              [name.lower()])]
+
     def connection_groups(self, m: "ConnMatch", *, since: float | None, until: float | None,
                           host_glob: str | None, limit: int, proc: int | None = None) -> list[dict[str, Any]]:
         """The connections matching m in the window, one group per process, newest first (by its
@@ -938,9 +944,9 @@ class Store:
             args.append(proc)
         self._window(where, args, "c.ts", since, until, host_glob)
         rows = self.db.execute(
-            f"SELECT {self._CONN_KEY} AS who, count(*), min(c.ts), max(c.ts), max(l.id) "
+            f"SELECT {self._CONN_KEY} AS who, {self._CONN_COUNT}, min(c.ts), {self._CONN_LAST}, max(l.id) "
             f"FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
-            "GROUP BY who ORDER BY max(c.ts) DESC LIMIT ?", [*args, limit]).fetchall()
+            f"GROUP BY who ORDER BY {self._CONN_LAST} DESC LIMIT ?", [*args, limit]).fetchall()
         return [dict(zip(("proc", "count", "first", "last", "login"), r)) for r in rows]
 
     def connection_peers(self, m: "ConnMatch", proc: int, *, since: float | None, until: float | None,
@@ -954,9 +960,10 @@ class Store:
         self._window(where, args, "c.ts", since, until, None)
         end = {"connect": "c.raddr, c.rport", "accept": "c.raddr, c.lport"}.get(m.direction, "c.laddr, c.lport")
         rows = self.db.execute(
-            "SELECT min(c.laddr), min(c.lport), min(c.raddr), min(c.rport), max(c.rname), count(*), min(c.ts), "
-            f"max(c.ts) FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} GROUP BY {end} "
-            "ORDER BY count(*) DESC, max(c.ts) DESC LIMIT ?", [*args, limit]).fetchall()
+            f"SELECT min(c.laddr), min(c.lport), min(c.raddr), min(c.rport), max(c.rname), {self._CONN_COUNT}, "
+            f"min(c.ts), {self._CONN_LAST} FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
+            f"GROUP BY {end} ORDER BY {self._CONN_COUNT} DESC, {self._CONN_LAST} DESC LIMIT ?",
+            [*args, limit]).fetchall()
         return [dict(zip(("laddr", "lport", "raddr", "rport", "rname", "count", "first", "last"), r)) for r in rows]
 
     # an accept's client port and address are the login's: the login is up to LATE_LOGIN after
@@ -966,6 +973,9 @@ class Store:
                   "AND l.ts BETWEEN c.ts - 5 AND c.ts + 600 "
                   "AND l.proc IN (SELECT id FROM procs WHERE boot = p.boot)")
     _CONN_KEY = "coalesce(l.proc, c.proc)"
+    # a row the agent counted (over a uid's budget) stands for n connections, the last at last_ts
+    _CONN_COUNT = "sum(coalesce(c.n, 1))"
+    _CONN_LAST = "max(coalesce(c.last_ts, c.ts))"
 
     def _conn_of(self, m: "ConnMatch") -> str:
         """One group's rows: by the connecting process (an index finds them), or - an accept,

@@ -261,6 +261,8 @@ class NetworkConfig:
     host recorded no name (an address from /etc/hosts, a cached answer older than the agent).
     Checked at load: each entry an IP address or a CIDR network."""
     names: dict = field(default_factory=dict)
+    # last and weakest: resolve a name no agent recorded and the config does not give, when asked
+    resolve: bool = True
 
     def networks(self) -> dict[str, list]:
         """name (lowercase) -> its ipaddress networks (an address is a /32 or /128)."""

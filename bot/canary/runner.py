@@ -14,12 +14,13 @@ import time
 from dataclasses import asdict, replace
 
 from whodid import config as config_mod
-from whodid.tracer import Store, Tracer
+from whodid.tracer import Store
 from whodid.tracer.render.text import printable
 
 from . import alerts
 from .alerts import State
 from .checks import Canary, Result, run
+from ..tracing import tracer_for
 
 RETRY_EVERY = 30.0           # seconds between attempts to post what could not be posted
 
@@ -96,7 +97,7 @@ class CanaryRunner:
         return alerts.after_delivery(state, queue, len(queue))
 
     def suspects(self, store: Store, c: Canary, first_failure: float):
-        tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
+        tracer = tracer_for(self.cfg, store)
         suspects = alerts.find_suspects(tracer, c, first_failure, rules=self.cfg.changes)
         changes = [] if suspects else alerts.recent_changes(store, c, first_failure)
         return suspects, changes

@@ -8,9 +8,10 @@ import sys
 import time
 
 from whodid import config as config_mod
-from whodid.tracer import Store, Tracer
+from whodid.tracer import Store
 
 from . import EXIT_OK
+from ..tracing import tracer_for
 
 def cmd_changes(args, cfg: config_mod.Config) -> int:
     from whodid.tracer.changes import review
@@ -22,7 +23,7 @@ def cmd_changes(args, cfg: config_mod.Config) -> int:
     ask = changes_mod.from_question(query.parse(args.words, "changes", now, {"since": cfg.changes.since},
                                                    options=getattr(args, "options", ())), now)
     store = Store.open(cfg.store_path(args.db))
-    tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
+    tracer = tracer_for(cfg, store)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

@@ -9,7 +9,7 @@ import time
 
 from whodid import config as config_mod
 from whodid import private
-from whodid.tracer import Query, Store, Tracer
+from whodid.tracer import Query, Store
 from whodid.tracer.render import render_text, traces_json
 from whodid.tracer.render.confidence import earlier_refused
 from whodid.tracer.render.text import printable
@@ -17,6 +17,7 @@ from whodid.tracer.when import clock
 
 from .. import query as grammar
 from . import EXIT_NO_MATCH, EXIT_OK, UsageError
+from ..tracing import tracer_for
 
 
 def cmd_trace(args, cfg: config_mod.Config) -> int:
@@ -31,7 +32,7 @@ def cmd_trace(args, cfg: config_mod.Config) -> int:
     if keep is not None and keep <= 0:
         raise UsageError(f"--keep-for wants a duration longer than nothing, like 90d; got {args.keep_for!r}")
     store = Store.open(cfg.store_path(args.db))
-    tracer = Tracer(store, cfg.identity.identity(), cfg.trace_settings())
+    tracer = tracer_for(cfg, store)
     traces = tracer.find(query)
     if keep and traces:
         until = now + keep

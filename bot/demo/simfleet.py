@@ -132,9 +132,11 @@ class SimHost:
 
     # --- network ----------------------------------------------------------------------------
 
-    def connect(self, p: SimProc, ts: float, raddr: str, rport: int) -> int:
+    def connect(self, p: SimProc, ts: float, raddr: str, rport: int, rname: str | None = None) -> int:
+        """p connects to raddr:rport; rname is the name the host's DNS answer gave the address."""
         lport = self.rng.randint(32768, 60999)
-        self.emit("connect", ts, **self._ids(p), laddr=self.addr, lport=lport, raddr=raddr, rport=rport)
+        self.emit("connect", ts, **self._ids(p), laddr=self.addr, lport=lport, raddr=raddr, rport=rport,
+                  **({"rname": rname} if rname else {}))
         return lport
 
 

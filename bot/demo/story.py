@@ -263,7 +263,7 @@ def _incident(fleet: SimFleet, now: float) -> dict[str, Any]:
     t_del = t_sudo + 3600 + 200
     delete = config.spawn(jim_root, t_del, ["aws", "eks", "delete-cluster", "--name", "prod"], duration=6.5)
     # the CLI's request to the EKS API: what `to:` finds when no command line names the action
-    config.connect(delete, t_del + 0.4, EKS_API[0], EKS_API[1])
+    config.connect(delete, t_del + 0.4, EKS_API[0], EKS_API[1], rname="eks.us-east-1.amazonaws.com")
     config.spawn(bob_root, t_del + 1500, ["kubectl", "get", "nodes"], duration=2.0, code=1)
     _logout(jim_root, t_del + 1800)
     _logout(jim_remote, t_del + 1801)

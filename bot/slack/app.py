@@ -46,6 +46,7 @@ from .ask import AskError, parse
 from .buttons import StateError, View, decode, encode, store_key
 
 from dataclasses import dataclass
+from ..tracing import tracer_for
 
 RENDER = threading.Lock()          # matplotlib's Agg is not safe for concurrent drawing
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
@@ -504,7 +505,7 @@ class _TracerSession:
 
     def __enter__(self) -> Tracer:
         self.store = Store.open(self.bot.store_path, create=True)
-        return Tracer(self.store, self.bot.cfg.identity.identity(), self.bot.cfg.trace_settings())
+        return tracer_for(self.bot.cfg, self.store)
 
     def __exit__(self, *exc) -> None:
         self.store.close()

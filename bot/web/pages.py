@@ -23,12 +23,13 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from whodid import config as config_mod
 from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refused
-from whodid.tracer import Store, Target, Tracer
+from whodid.tracer import Store, Target
 from whodid.tracer.render.text import printable
 
 from ..slack.ask import Ask, canonical
 from ..slack.buttons import store_key
 from .links import LinkError, check, link_key, make
+from ..tracing import tracer_for
 
 MAX_EXPAND = 50
 MAX_CONNECTIONS = 64
@@ -61,7 +62,7 @@ class TracePages:
     def _current(self, ask: Ask, index: int) -> Target:
         store = Store.open(self.store_path)
         try:
-            tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
+            tracer = tracer_for(self.cfg, store)
             traces = tracer.find(ask.query(limit=index + 1))
         finally:
             store.close()
@@ -122,7 +123,7 @@ class TracePages:
             return 400, _message("Bad request", f"at most {MAX_EXPAND} groups at once"), nonce
         store = Store.open(self.store_path)
         try:
-            tracer = Tracer(store, self.cfg.identity.identity(), self.cfg.trace_settings())
+            tracer = tracer_for(self.cfg, store)
             if link.pin is None:
                 return 403, _message("This link cannot be used", "it names no process; ask again in Slack (or "
                                      "run whodid trace --link)"), nonce
