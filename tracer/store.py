@@ -967,11 +967,21 @@ class Store:
         return [dict(zip(("laddr", "lport", "raddr", "rport", "rname", "count", "first", "last"), r)) for r in rows]
 
     # an accept's client port and address are the login's: the login is up to LATE_LOGIN after
-    # the accept (authentication, the agent reading sshd's log line), on the same boot
+    # the accept (authentication, the agent reading sshd's log line), on the same boot. A NAT
+    # hands one public address and port to several clients, to several local ports at once and
+    # one after another, so an accept carries at most one login: to the port it accepted on
+    # (a login that does not say its port: the accepting process's child), the earliest after
+    # it, and only when no later accept from that client to that port came before the login -
+    # else a web server's accept took an ssh login's person, and one session took another's
     _CONN_FROM = ("JOIN procs p ON p.id = c.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
-                  "LEFT JOIN logins l ON c.dir = 'accept' AND l.raddr = c.raddr AND l.rport = c.rport "
-                  "AND l.ts BETWEEN c.ts - 5 AND c.ts + 600 "
-                  "AND l.proc IN (SELECT id FROM procs WHERE boot = p.boot)")
+                  "LEFT JOIN logins l ON c.dir = 'accept' AND l.id = ("
+                  "SELECT l2.id FROM logins l2 JOIN procs lp ON lp.id = l2.proc "
+                  "WHERE l2.raddr = c.raddr AND l2.rport = c.rport AND l2.ts BETWEEN c.ts - 5 AND c.ts + 600 "
+                  "AND lp.boot = p.boot AND (l2.lport = c.lport OR l2.lport IS NULL AND lp.parent = c.proc) "
+                  "AND NOT EXISTS (SELECT 1 FROM conns c2 WHERE c2.dir = 'accept' AND c2.raddr = c.raddr "
+                  "AND c2.rport = c.rport AND c2.lport = c.lport AND c2.ts > c.ts AND c2.ts <= l2.ts "
+                  "AND c2.proc IN (SELECT id FROM procs WHERE boot = p.boot)) "
+                  "ORDER BY l2.ts, l2.id LIMIT 1)")
     _CONN_KEY = "coalesce(l.proc, c.proc)"
     # a row the agent counted (over a uid's budget) stands for n connections, the last at last_ts
     _CONN_COUNT = "sum(coalesce(c.n, 1))"

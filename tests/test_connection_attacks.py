@@ -1,0 +1,131 @@
+"""Attacks on connections as evidence (issue 21): inputs that could make a `to:`, `from:` or a
+canary's connection suspect name the wrong person with confidence. Each test is one attack,
+store-level, with hand-made events in the style of tests/test_connections.py; the "before" of
+each is in docs/security.md's table."""
+
+import os
+
+import pytest
+
+from whodid.tracer import Identity, Person, Query, Tracer
+from whodid.tracer.destinations import parse_destination
+from whodid.tracer.events import INT_MAX
+from whodid.tracer.stitch import UNKNOWN
+
+from kit import T0, Host, ssh_session, store_with
+
+OPS = Host("ops-1", "10.0.1.20")
+NAT = "203.0.113.7"
+API = "10.0.5.10"
+JIM_FP, BOB_FP = "SHA256:jim", "SHA256:bob"
+IDENT = Identity(people=(Person("jim", ssh_keys=(JIM_FP,)), Person("bob", ssh_keys=(BOB_FP,))))
+
+
+def find(store, **q):
+    q.setdefault("pattern", "")
+    return Tracer(store, IDENT).find(Query(**q))
+
+
+def accept(ts, pid, lport, raddr, rport, start=None):
+    return OPS._ev("accept", ts, pid=pid, start=start or pid * 1000, laddr=OPS.addr, lport=lport,
+                   raddr=raddr, rport=rport)
+
+
+# --- from: the accept -> login join ------------------------------------------------------------
+
+def test_a_web_accept_is_not_the_ssh_login_that_later_came_from_the_same_nat_port():
+    """bob's browser behind a NAT reaches nginx (port 80) from 203.0.113.7:50123; minutes later
+    the NAT hands the same port to jim's ssh (port 22). Who came in from the NAT to port 80 is
+    not jim: his login came to another port, to another process."""
+    events = [OPS.exec(0, 600, ["nginx", "-g", "daemon off;"], snapshot=True),
+              accept(10, 600, 80, NAT, 50123)]
+    events += ssh_session(OPS, 100, 400, "ec2-user", 1000, NAT, 50123, JIM_FP, ses=7)
+    events.append(accept(100.05, 100, 22, NAT, 50123))
+    store = store_with(events)
+    (tr,) = find(store, from_=parse_destination(f"{NAT}:80"))
+    assert tr.connections.login is None
+    assert tr.poi.pid == 600 and tr.attributed.user != "jim"
+    # the ssh accept still carries jim's login
+    (tr,) = find(store, from_=parse_destination(f"{NAT}:22"))
+    assert tr.attributed.user == "jim" and tr.connections.login["user"] == "ec2-user"
+
+
+def test_a_nat_port_reused_for_two_ssh_logins_gives_each_login_its_own_accept():
+    """jim, then bob (both behind one NAT) ssh in from the same public address and port within
+    the join's window: each session's match counts its own accept, never the other's."""
+    events = ssh_session(OPS, 10, 400, "ec2-user", 1000, NAT, 50123, JIM_FP, ses=7)
+    events += ssh_session(OPS, 200, 500, "ec2-user", 1000, NAT, 50123, BOB_FP, ses=8)[1:]
+    events += [accept(10.0, 100, 22, NAT, 50123), accept(200.0, 100, 22, NAT, 50123)]
+    store = store_with(events)
+    got = {tr.attributed.user: (tr.connections.count, tr.connections.first) for tr in
+           find(store, from_=parse_destination(NAT))}
+    assert got == {"jim": (1, T0 + 10), "bob": (1, T0 + 200)}
+
+
+# --- to: a process that connects for others --------------------------------------------------------
+
+def test_a_proxy_jim_started_is_not_jims_connection_when_it_serves_others():
+    """jim starts squid by hand; bob's host goes through it to the API. The connect is squid's,
+    on jim's chain, but squid accepted others' connections first: whose request it carried is
+    not known. Never "jim, observed"."""
+    events = ssh_session(OPS, 10, 400, "ec2-user", 1000, NAT, 50123, JIM_FP, ses=7)
+    events += [OPS.fork(20, 420, 401), OPS.exec(20.01, 420, ["squid", "-N"], uid=1000, auid=1000, ses=7),
+               accept(50, 420, 3128, "10.0.1.30", 41000),
+               OPS.connect(50.1, 420, API, 6443, lport=52000)]
+    store = store_with(events)
+    (tr,) = find(store, to=parse_destination(API))
+    assert tr.poi.pid == 420
+    assert tr.attributed.confidence == UNKNOWN and tr.attributed.user != "jim"
+    assert [c.person for c in tr.attributed.candidates] == ["jim"]
+    assert any("accepted" in n and "10.0.1.30" in n for n in tr.notes), tr.notes
+
+
+def test_a_client_that_connects_before_it_accepts_anything_keeps_its_person():
+    """Control: `ssh -L` connects to its server first and accepts on its forward later; asked
+    about that first connect, the person stands."""
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += [OPS.fork(20, 420, 401), OPS.exec(20.01, 420, ["python3", "deploy.py"], uid=1001, auid=1001, ses=7),
+               OPS.connect(50.1, 420, API, 6443, lport=52000),
+               accept(60, 420, 8080, "10.0.1.30", 41000)]
+    (tr,) = find(store_with(events), to=parse_destination(API))
+    assert tr.attributed.user == "jim" and tr.attributed.confidence != UNKNOWN
+
+
+# --- counted connections -------------------------------------------------------------------------
+
+def test_counted_connections_that_overflow_sqlite_integers_do_not_break_the_question():
+    """A host sends counted connects with absurd counts (each within the schema's integer): the
+    sum must not stop every `to:` question (SQLite's sum() raises on overflow)."""
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += [OPS.fork(20, 420, 401), OPS.exec(20.01, 420, ["python3", "deploy.py"], uid=1001, auid=1001, ses=7)]
+    events += [dict(OPS.connect(30 + i, 420, API, 6443, lport=52000 + i), count=INT_MAX, last=T0 + 31 + i)
+               for i in range(3)]
+    (tr,) = find(store_with(events), to=parse_destination(API))
+    assert tr.attributed.user == "jim" and tr.connections.count >= INT_MAX
+
+
+def test_a_counted_row_over_a_pid_reuse_says_some_may_be_the_other_processs():
+    """The agent counts connections over budget by (pid, minute, place) - not the start - so a
+    pid reused within the minute adds the new process's connects to the first one's row. The
+    answer naming the first process's person says so, naming the other process."""
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += ssh_session(OPS, 12, 500, "bob", 1002, "10.0.1.30", 41000, BOB_FP, ses=8)[1:]
+    events += [OPS.fork(240, 420, 401), OPS.exec(240.01, 420, ["python3", "deploy.py"], uid=1001, auid=1001, ses=7),
+               dict(OPS.connect(250, 420, API, 6443, lport=52000), count=500, last=T0 + 290),
+               OPS.exit(255, 420),
+               OPS.fork(256, 420, 501, start=420999), OPS.exec(256.01, 420, ["python3", "wipe.py"], uid=1002,
+                                                                auid=1002, ses=8, start=420999)]
+    (tr,) = find(store_with(events), to=parse_destination(API))
+    assert tr.poi.command == "python3 deploy.py"
+    assert any("reused" in n and "python3 wipe.py" in n for n in tr.notes), tr.notes
+
+
+# --- hostile inputs --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["*", "*:443", "?", "0.0.0.0/0", "::/0", "a" * 250, "*.*.*.*.*.*.*.*.*.*.*.*"])
+def test_wide_or_odd_destinations_answer_without_error(spec):
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += [OPS.fork(20, 420, 401), OPS.exec(20.01, 420, ["python3", "deploy.py"], uid=1001, auid=1001, ses=7),
+               dict(OPS.connect(30, 420, API, 443, lport=52000), rname="eks.example.com")]
+    for tr in find(store_with(events), to=parse_destination(spec)):
+        assert tr.attributed.user == "jim"
