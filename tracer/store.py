@@ -983,8 +983,10 @@ class Store:
                   "AND c2.proc IN (SELECT id FROM procs WHERE boot = p.boot)) "
                   "ORDER BY l2.ts, l2.id LIMIT 1)")
     _CONN_KEY = "coalesce(l.proc, c.proc)"
-    # a row the agent counted (over a uid's budget) stands for n connections, the last at last_ts
-    _CONN_COUNT = "sum(coalesce(c.n, 1))"
+    # a row the agent counted (over a uid's budget) stands for n connections, the last at last_ts.
+    # total() (a float, cast back) because a host's absurd counts would make sum() raise
+    # "integer overflow" and stop every question; past 2**63 the count stays at the largest
+    _CONN_COUNT = "CAST(total(coalesce(c.n, 1)) AS INTEGER)"
     _CONN_LAST = "max(coalesce(c.last_ts, c.ts))"
 
     def _conn_of(self, m: "ConnMatch") -> str:
