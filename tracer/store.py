@@ -904,6 +904,15 @@ class Store:
                                "ORDER BY ts", [port, addr, t0, t1])
         return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
 
+    def accepts_by(self, proc_id: int, until: float, limit: int = 3) -> tuple[int, list[str]]:
+        """The TCP connections one process accepted at or before `until`: (how many, the first
+        few sources as `addr -> :port`). A process that connects after serving others (a proxy,
+        a forward) may have connected for one of them (Tracer._connection_trace)."""
+        rows = self.db.execute(f"SELECT raddr, lport, {self._CONN_COUNT} FROM conns c WHERE proc = ? "
+                               "AND dir = 'accept' AND ts <= ? GROUP BY raddr, lport ORDER BY min(ts)",
+                               [proc_id, until]).fetchall()
+        return sum(r[2] for r in rows), [f"{r[0]} -> :{r[1]}" for r in rows[:limit]]
+
     def connects_of(self, proc_id: int) -> list[dict[str, Any]]:
         """The outbound connections one process made, earliest first (an sshd session process's
         connects are the `-W`/`-J` channels of its connection: sshmux.py)."""
@@ -965,6 +974,24 @@ class Store:
             f"GROUP BY {end} ORDER BY {self._CONN_COUNT} DESC, {self._CONN_LAST} DESC LIMIT ?",
             [*args, limit]).fetchall()
         return [dict(zip(("laddr", "lport", "raddr", "rport", "rname", "count", "first", "last"), r)) for r in rows]
+
+    def reused_during_counts(self, m: "ConnMatch", proc: int, *, since: float | None,
+                             until: float | None) -> list[tuple[int, float, float, float]]:
+        """Other processes of the same boot and pid that began while one of this group's counted
+        rows was counting: (their id, when they began, the row's first and last time). The agent
+        counts by pid and minute, not by start (capture.c's agg_key), so such a row may hold
+        their connections too."""
+        where, args = self._conn_where(m)
+        where.append(self._conn_of(m))
+        args.append(proc)
+        self._window(where, args, "c.ts", since, until, None)
+        began = "coalesce(q.fork_ts, (SELECT min(e.ts) FROM execs e WHERE e.proc = q.id))"
+        rows = self.db.execute(
+            f"SELECT DISTINCT q.id, {began}, c.ts, c.last_ts FROM conns c {self._CONN_FROM} "
+            "JOIN procs q ON q.boot = p.boot AND q.pid = p.pid AND q.id != p.id "
+            f"WHERE {' AND '.join(where)} AND c.n IS NOT NULL AND {began} > c.ts AND {began} <= c.last_ts "
+            "ORDER BY 2 LIMIT 5", args).fetchall()
+        return [tuple(r) for r in rows]
 
     # an accept's client port and address are the login's: the login is up to LATE_LOGIN after
     # the accept (authentication, the agent reading sshd's log line), on the same boot. A NAT

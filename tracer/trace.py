@@ -7,6 +7,7 @@ renderers (text, JSON, and later PNG and Slack) draw.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -320,7 +321,38 @@ class Tracer:
                             last=group["last"], peers=peers, login=login, how=how)
         at = max(group["last"], login["ts"]) if login else group["last"]
         image = next((im for im in reversed(self.store.images(proc.id)) if im.ts <= at), None)
-        return self.trace(proc, image=image, connections=conns, at=at, scope=scope, started=started)
+        tr = self.trace(proc, image=image, connections=conns, at=at, scope=scope, started=started)
+        if m.direction == "connect":
+            self._serving_others(tr, proc, group["last"])
+        for other, began, first, last in self.store.reused_during_counts(m, proc.id, since=since, until=until):
+            im = next((i for i in self.store.images(other)), None)
+            what = f"`{im.cmd}`" if im else "a process whose program was not recorded"
+            tr.notes.append(f"pid {proc.pid} was reused at {clock(began)} by another process ({what}) while the "
+                            f"agent was counting these connections ({clock(first)} to {clock(last)}, over its "
+                            "budget, by pid and minute): some of them may be that process's")
+        return tr
+
+    def _serving_others(self, tr: Trace, proc: Proc, last: float) -> None:
+        """A process that accepted others' connections before it connected (squid, a SOCKS or
+        `-L` forward, kubectl proxy, a CI runner's helper) may have connected for any of them:
+        the chain names who started it, not whose request it carried. Person unknown, the
+        starter a candidate, and a note saying whom it served."""
+        served, sources = self.store.accepts_by(proc.id, last)
+        if not served:
+            return
+        who = tr.attributed
+        program = tr.poi.program or tr.poi.command
+        more = f" and {served - len(sources):,} more" if served > len(sources) else ""
+        note = (f"{program} (pid {proc.pid}) had accepted {served:,} connection{'s' if served != 1 else ''} "
+                f"({', '.join(sources)}{more}) before it connected: it may have connected for one of its "
+                "clients, so who started it is not who asked")
+        evidence = f"started {program} (pid {proc.pid}), which connected for its clients"
+        tr.attributed = stitch.Attribution(
+            user=stitch.PERSON_UNKNOWN, host=who.host, source=None, login_time=None,
+            how=f"the connection was made by {program}, which served others' connections", account=who.account,
+            notes=[note, *who.notes], confidence=stitch.UNKNOWN, candidates=_as_candidates(who, evidence))
+        tr.notes.insert(0, note)
+        tr.summary = stitch.summary(tr.chain, tr.attributed)
 
     def pinned(self, target: Target, scope: int = 0, started: bool = False) -> Trace | None:
         """The trace of exactly this match, or None when it is no longer stored (retention). A
@@ -1394,6 +1426,16 @@ class Tracer:
                 break
             frontier = self.store.children(frontier)
             level += 1
+
+
+def _as_candidates(who: Attribution, evidence: str) -> list[stitch.Candidate]:
+    """The logins an attribution stands for as candidates, `evidence` first: its person's login,
+    else its own candidates; nothing when it named no login at all (a service)."""
+    if who.known:
+        return [stitch.Candidate(person=who.user, account=who.account or who.user, host=who.host or "?",
+                                 login_time=who.login_time or 0.0, source=who.source, key_fp=who.key_fp,
+                                 evidence=[evidence, who.how], named=True)]
+    return [dataclasses.replace(c, evidence=[evidence, *c.evidence]) for c in who.candidates]
 
 
 def image_node(proc: int, ts: float) -> str:
