@@ -129,3 +129,32 @@ def test_wide_or_odd_destinations_answer_without_error(spec):
                dict(OPS.connect(30, 420, API, 443, lport=52000), rname="eks.example.com")]
     for tr in find(store_with(events), to=parse_destination(spec)):
         assert tr.attributed.user == "jim"
+
+
+# --- canaries: the canary's own checks ---------------------------------------------------------------
+
+def test_the_canarys_own_checks_are_never_its_connection_suspects():
+    """`whodid serve` runs the kubernetes canary in its own process, on a watched host: it
+    connects to the API every minute, the last time just before the failure. Started by jim by
+    hand, it would be the first suspect - jim, observed - for a cluster bob deleted."""
+    from whodid.agent.procfs import boot_id
+    from whodid.bot.canary.alerts import find_suspects
+    from whodid.bot.canary.checks import parse_canary
+
+    with open("/proc/self/stat") as fh:
+        ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    me, my_start = os.getpid(), ticks * 10_000_000 + 3_000_000      # the fork record, just after the tick
+    assert me not in (100, 400, 401, 420, 500, 501)
+    host = Host("ops-1", "10.0.1.20", boot=boot_id())
+    events = ssh_session(host, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += ssh_session(host, 12, 500, "bob", 1002, "10.0.1.30", 41000, BOB_FP, ses=8)[1:]
+    events += [host.fork(20, me, 401, start=my_start),
+               host.exec(20.01, me, ["whodid", "serve"], uid=1001, auid=1001, ses=7, start=my_start)]
+    events += [host._ev("connect", 30 + 60 * i, pid=me, start=my_start, laddr=host.addr, lport=40000 + i,
+                        raddr=API, rport=6443) for i in range(6)]
+    events += [host.fork(300, 520, 501), host.exec(300.01, 520, ["python3", "delete.py"], uid=1002, auid=1002, ses=8),
+               host.connect(300.5, 520, API, 6443, lport=51000)]
+    canary = parse_canary({"name": "k", "every": "1m", "check": {"type": "kubernetes", "path": "/api",
+                                                                   "api_url": f"https://{API}:6443"}}, "test")
+    suspects = find_suspects(Tracer(store_with(events), IDENT), canary, T0 + 340)
+    assert [(s.trace.poi.pid, s.trace.attributed.user) for s in suspects] == [(520, "bob")]
