@@ -158,3 +158,59 @@ def test_the_canarys_own_checks_are_never_its_connection_suspects():
                                                                    "api_url": f"https://{API}:6443"}}, "test")
     suspects = find_suspects(Tracer(store_with(events), IDENT), canary, T0 + 340)
     assert [(s.trace.poi.pid, s.trace.attributed.user) for s in suspects] == [(520, "bob")]
+
+
+# --- names -------------------------------------------------------------------------------------------
+
+CDN = "198.51.100.80"
+
+
+def cdn_story(rname):
+    """jim's process connects to a CDN's address; the host recorded `rname` for it (None: no name)."""
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    connect = OPS.connect(30, 420, CDN, 443, lport=52000)
+    if rname:
+        connect["rname"] = rname
+    return store_with(events + [OPS.fork(20, 420, 401), connect,
+                                OPS.exec(20.01, 420, ["curl", "https://shop.example.org"], uid=1001, auid=1001, ses=7)])
+
+
+def test_a_name_resolved_now_to_a_shared_address_says_the_host_recorded_another_name():
+    """api.example.com resolves now to a CDN address that jim reached as shop.example.org: the
+    match may stand (an address is an address), but the answer must say the host named it
+    otherwise, not read as "jim connected to api.example.com"."""
+    from whodid.tracer.names import RESOLVED
+    store = cdn_story("shop.example.org")
+    (tr,) = Tracer(store, IDENT, addresses_for=lambda n: [(CDN, RESOLVED)]).find(
+        Query(pattern="", to=parse_destination("api.example.com")))
+    assert tr.connections.peers[0].name == "shop.example.org"
+    assert any("shop.example.org" in n and "api.example.com" in n for n in tr.notes), tr.notes
+
+
+def test_a_name_resolved_now_with_no_name_recorded_says_it_is_weaker():
+    from whodid.tracer.names import CONFIG, RESOLVED
+    store = cdn_story(None)
+    (tr,) = Tracer(store, IDENT, addresses_for=lambda n: [(CDN, RESOLVED)]).find(
+        Query(pattern="", to=parse_destination("api.example.com")))
+    assert any("resolved now" in n and CDN in n for n in tr.notes), tr.notes
+    # config network.names is the operator's word: no such note
+    (tr,) = Tracer(store, IDENT, addresses_for=lambda n: [(CDN, CONFIG)]).find(
+        Query(pattern="", to=parse_destination("api.example.com")))
+    assert not any("resolved now" in n for n in tr.notes), tr.notes
+
+
+@pytest.mark.xfail(strict=True, raises=(TypeError, AssertionError), reason=(
+    "agent/dnswatch.py trusts an answer to any query this host sent, to any server: an unprivileged "
+    "user's `dig @their-server eks.us-east-1.amazonaws.com` (answered with the address jim's blog is at) "
+    "names jim's later connect eks. Fix: NameBook(resolvers=...) trusting only the host's resolvers "
+    "(/etc/resolv.conf, systemd-resolved's upstreams, a config key), the live test's 127.0.0.77 configured"))
+def test_an_answer_from_a_server_that_is_not_the_hosts_resolver_names_nothing():
+    from dnskit import a, ip_udp, query, response
+    from whodid.agent.dnswatch import NameBook
+    book = NameBook(resolvers=frozenset({"10.0.0.2"}))
+    bobs_server, client = ("198.51.100.1", 53), ("10.0.0.5", 41000)
+    book.packet(ip_udp(*client, *bobs_server, query(5, "eks.us-east-1.amazonaws.com")), True, 100.0)
+    book.packet(ip_udp(*bobs_server, *client, response(5, "eks.us-east-1.amazonaws.com",
+                                                        [a("eks.us-east-1.amazonaws.com", "93.184.215.14")])),
+                False, 100.01)
+    assert book.name_for("93.184.215.14", 101.0) is None

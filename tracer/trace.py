@@ -8,6 +8,7 @@ renderers (text, JSON, and later PNG and Slack) draw.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import networkx as nx
 from . import multiplexer, outages, sshmux, stitch
 from .destinations import Destination, parse_destination
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
+from .names import WEAKER
 from .identity import Identity
 from .sharing import ASKED, ATTACHED, INJECTED, SSH_FORWARD, SSH_MASTER, USED, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
@@ -257,15 +259,15 @@ class Tracer:
     # --- connections (issue 21) ---------------------------------------------------------------
 
     def conn_match(self, direction: str, dest: Destination | None, port: int | None,
-                   command: tuple[str, bool] | None = None) -> tuple[ConnMatch, dict[str, str], list[str]]:
-        """The store's terms for a connection question: (match, address -> the name asked that
-        holds it, how each name became addresses). A name is matched against the name recorded
+                   command: tuple[str, bool] | None = None) -> tuple[ConnMatch, dict[str, tuple[str, str]], list[str]]:
+        """The store's terms for a connection question: (match, address -> (the name asked that
+        holds it, where that came from: tracer/names.py's sources), how each name became addresses). A name is matched against the name recorded
         with each connection, and - through addresses_for, when given - the addresses it stands
         for (config network.names, resolution now); a glob only against recorded names."""
         if dest is None:
             return ConnMatch(direction, port=port, command=command), {}, []
         nets = list(dest.networks)
-        label: dict[str, str] = {}
+        label: dict[str, tuple[str, str]] = {}
         how: list[str] = []
         for name in dest.names:
             if self.addresses_for is None or any(ch in name for ch in "*?["):
@@ -276,7 +278,7 @@ class Tracer:
                 how.append(f"{name} -> {net.with_prefixlen if net.num_addresses > 1 else net.network_address} "
                            f"({source})")
                 if net.num_addresses == 1:
-                    label[str(net.network_address)] = name
+                    label[str(net.network_address)] = (name, source)
         exact = tuple(dict.fromkeys(str(n.network_address) for n in nets if n.num_addresses == 1))
         wide = tuple(dict.fromkeys(str(n) for n in nets if n.num_addresses > 1))
         return (ConnMatch(direction, addrs=exact, nets=wide, names=dest.names, port=dest.port if port is None else port,
@@ -305,7 +307,7 @@ class Tracer:
                 break
         return traces
 
-    def _connection_trace(self, m: ConnMatch, group: dict[str, Any], asked: str, label: dict[str, str],
+    def _connection_trace(self, m: ConnMatch, group: dict[str, Any], asked: str, label: dict[str, tuple[str, str]],
                           how: list[str], *, since: float | None, until: float | None, scope: int,
                           started: bool) -> Trace:
         """A group traced as a command is: the connecting process's latest exec at or before its
@@ -314,14 +316,16 @@ class Tracer:
         login = self.store.login(group["login"]) if group.get("login") else None
         peers = [Peer(addr=p["laddr"] if m.direction == "listen" else p["raddr"],
                       port=p["rport"] if m.direction == "connect" else p["lport"],
-                      name=p["rname"] or label.get(p["raddr"]), count=p["count"], first=p["first"],
+                      name=p["rname"] or label.get(p["raddr"], (None,))[0], count=p["count"], first=p["first"],
                       last=p["last"], laddr=p["laddr"])
                  for p in self.store.connection_peers(m, proc.id, since=since, until=until)]
+        said_of_names = _names_said(m, peers, label) if m.direction == "connect" else []
         conns = Connections(direction=m.direction, asked=asked, count=group["count"], first=group["first"],
                             last=group["last"], peers=peers, login=login, how=how)
         at = max(group["last"], login["ts"]) if login else group["last"]
         image = next((im for im in reversed(self.store.images(proc.id)) if im.ts <= at), None)
         tr = self.trace(proc, image=image, connections=conns, at=at, scope=scope, started=started)
+        tr.notes += said_of_names
         if m.direction == "connect":
             self._serving_others(tr, proc, group["last"])
         for other, began, first, last in self.store.reused_during_counts(m, proc.id, since=since, until=until):
@@ -1436,6 +1440,26 @@ def _as_candidates(who: Attribution, evidence: str) -> list[stitch.Candidate]:
                                  login_time=who.login_time or 0.0, source=who.source, key_fp=who.key_fp,
                                  evidence=[evidence, who.how], named=True)]
     return [dataclasses.replace(c, evidence=[evidence, *c.evidence]) for c in who.candidates]
+
+
+def _names_said(m: ConnMatch, peers: list[Peer], label: dict[str, tuple[str, str]]) -> list[str]:
+    """What a person must know about a peer matched by an address a name stands for: the host
+    recorded another name for it when it connected (an address several names share: a CDN, a
+    load balancer), or the address is the name's only as resolved now, at question time."""
+    out = []
+    for p in peers:
+        if p.addr not in label:
+            continue
+        name, source = label[p.addr]
+        recorded = p.name if p.name != name else None
+        if recorded and not any(fnmatch.fnmatchcase(recorded.lower(), n) for n in m.names):
+            out.append(f"{p.addr} matched {name} by address ({source}), but the host recorded it as {recorded} "
+                       "when it connected: an address several names share (a CDN, a load balancer) may have "
+                       f"served {recorded}, not {name}")
+        elif source in WEAKER:
+            out.append(f"{p.addr} is {name} only as resolved now, at question time: the host recorded no name "
+                       "when it connected, and the address may then have been another's (a moved endpoint, a CDN)")
+    return out
 
 
 def image_node(proc: int, ts: float) -> str:
