@@ -214,3 +214,29 @@ def test_an_answer_from_a_server_that_is_not_the_hosts_resolver_names_nothing():
                                                         [a("eks.us-east-1.amazonaws.com", "93.184.215.14")])),
                 False, 100.01)
     assert book.name_for("93.184.215.14", 101.0) is None
+
+
+JUMP = Host("jump-box", "10.0.0.10")
+
+
+def test_a_connect_sshd_made_for_jims_L_forward_that_bob_used_is_not_jims():
+    """jim runs `ssh -L 6443:10.0.5.10:6443 ops-1` on the jump box; bob connects to the forward's
+    port there; sshd on ops-1 opens the connection to the API for that channel. The connect is
+    on jim's chain (his sshd session), but his ssh client had accepted bob's connection: never
+    "jim, observed"."""
+    ev = ssh_session(JUMP, 0, 200, "jim", 1001, NAT, 53122, JIM_FP)
+    ev += ssh_session(JUMP, 5, 300, "bob", 1002, NAT, 53999, BOB_FP)[1:]
+    ev += [JUMP.fork(100, 210, 201), JUMP.exec(100.01, 210, ["ssh", "-L", "6443:10.0.5.10:6443", "ops-1"],
+                                               uid=1001, auid=1001),
+           JUMP.connect(100.05, 210, OPS.addr, 22, lport=40001)]
+    ev += ssh_session(OPS, 100.5, 400, "jim", 1001, JUMP.addr, 40001, JIM_FP, ses=7)
+    ev += [OPS.fork(100.8, 402, 400), OPS.exec(100.81, 402, ["sshd:", "jim@notty"], uid=1001, auid=1001, ses=7),
+           JUMP.fork(150, 310, 301), JUMP.exec(150.01, 310, ["kubectl", "delete", "cluster"], uid=1002, auid=1002),
+           JUMP.connect(150.1, 310, "127.0.0.1", 6443, lport=45000),
+           JUMP._ev("accept", 150.1, pid=210, start=210000, laddr="127.0.0.1", lport=6443,
+                    raddr="127.0.0.1", rport=45000),
+           OPS.connect(150.2, 402, API, 6443, lport=52000)]
+    (tr,) = find(store_with(ev), to=parse_destination(API))
+    assert tr.poi.pid == 402
+    assert tr.attributed.confidence == UNKNOWN, (tr.attributed.user, tr.attributed.confidence, tr.summary)
+    assert "jim" in [c.person for c in tr.attributed.candidates]

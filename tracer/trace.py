@@ -341,19 +341,31 @@ class Tracer:
         `-L` forward, kubectl proxy, a CI runner's helper) may have connected for any of them:
         the chain names who started it, not whose request it carried. Person unknown, the
         starter a candidate, and a note saying whom it served."""
-        served, sources = self.store.accepts_by(proc.id, last)
-        if not served:
+        relays = [(tr.poi, last)]
+        hop = next((i for i in range(len(tr.chain) - 1, 0, -1) if tr.chain[i].edge == "ssh"), None)
+        if tr.poi.program.startswith("sshd") and hop is not None and tr.chain[hop].host == tr.poi.host:
+            # sshd opens a connection for a channel its client asked for (`-L`, `-D`, `-W`): the
+            # client's forward may have been used by anyone who reached its port
+            client = tr.chain[hop - 1]
+            relays.append((client, last + self._offset(tr.poi.host) - self._offset(client.host)))
+        for step, until in relays:
+            served, sources = self.store.accepts_by(step.proc, until)
+            if served:
+                break
+        else:
             return
         who = tr.attributed
-        program = tr.poi.program or tr.poi.command
+        program = f"{step.program or step.command} (pid {step.pid})"
+        relayed = "it" if step is tr.poi else f"sshd (pid {proc.pid}) on {proc.host} connected for its channel"
         more = f" and {served - len(sources):,} more" if served > len(sources) else ""
-        note = (f"{program} (pid {proc.pid}) had accepted {served:,} connection{'s' if served != 1 else ''} "
-                f"({', '.join(sources)}{more}) before it connected: it may have connected for one of its "
+        note = (f"{program}{'' if step is tr.poi else f' on {step.host}'} had accepted {served:,} "
+                f"connection{'s' if served != 1 else ''} ({', '.join(sources)}{more}) before "
+                f"{'it connected' if step is tr.poi else relayed}: it may have connected for one of its "
                 "clients, so who started it is not who asked")
-        evidence = f"started {program} (pid {proc.pid}), which connected for its clients"
+        evidence = f"started {program}, which served others' connections"
         tr.attributed = stitch.Attribution(
             user=stitch.PERSON_UNKNOWN, host=who.host, source=None, login_time=None,
-            how=f"the connection was made by {program}, which served others' connections", account=who.account,
+            how=f"the connection was made for {program}, which served others' connections", account=who.account,
             notes=[note, *who.notes], confidence=stitch.UNKNOWN, candidates=_as_candidates(who, evidence))
         tr.notes.insert(0, note)
         tr.summary = stitch.summary(tr.chain, tr.attributed)
