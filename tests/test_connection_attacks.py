@@ -240,3 +240,18 @@ def test_a_connect_sshd_made_for_jims_L_forward_that_bob_used_is_not_jims():
     assert tr.poi.pid == 402
     assert tr.attributed.confidence == UNKNOWN, (tr.attributed.user, tr.attributed.confidence, tr.summary)
     assert "jim" in [c.person for c in tr.attributed.candidates]
+
+
+def test_who_came_in_to_a_server_jim_started_is_not_jim():
+    """jim starts `python3 -m http.server 8080` by hand; someone at 198.51.100.9 fetches a page.
+    Who came in from 198.51.100.9? No login carried the connection: nothing names who was
+    there. The server's starter is not the answer (he is a candidate, said as what he did)."""
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += [OPS.fork(20, 420, 401),
+               OPS.exec(20.01, 420, ["python3", "-m", "http.server", "8080"], uid=1001, auid=1001, ses=7),
+               accept(50, 420, 8080, "198.51.100.9", 41000)]
+    (tr,) = find(store_with(events), from_=parse_destination("198.51.100.9"))
+    assert tr.poi.pid == 420 and tr.connections.login is None
+    assert tr.attributed.confidence == UNKNOWN and tr.attributed.user != "jim"
+    (cand,) = tr.attributed.candidates
+    assert cand.person == "jim" and "accepted" in cand.evidence[0]

@@ -261,9 +261,10 @@ class Tracer:
     def conn_match(self, direction: str, dest: Destination | None, port: int | None,
                    command: tuple[str, bool] | None = None) -> tuple[ConnMatch, dict[str, tuple[str, str]], list[str]]:
         """The store's terms for a connection question: (match, address -> (the name asked that
-        holds it, where that came from: tracer/names.py's sources), how each name became addresses). A name is matched against the name recorded
-        with each connection, and - through addresses_for, when given - the addresses it stands
-        for (config network.names, resolution now); a glob only against recorded names."""
+        holds it, where that came from: tracer/names.py's sources), how each name became
+        addresses). A name is matched against the name recorded with each connection, and -
+        through addresses_for, when given - the addresses it stands for (config network.names,
+        resolution now); a glob only against recorded names."""
         if dest is None:
             return ConnMatch(direction, port=port, command=command), {}, []
         nets = list(dest.networks)
@@ -328,6 +329,8 @@ class Tracer:
         tr.notes += said_of_names
         if m.direction == "connect":
             self._serving_others(tr, proc, group["last"])
+        elif m.direction == "accept" and login is None:
+            self._came_in_unseen(tr, asked)
         for other, began, first, last in self.store.reused_during_counts(m, proc.id, since=since, until=until):
             im = next((i for i in self.store.images(other)), None)
             what = f"`{im.cmd}`" if im else "a process whose program was not recorded"
@@ -335,6 +338,17 @@ class Tracer:
                             f"agent was counting these connections ({clock(first)} to {clock(last)}, over its "
                             "budget, by pid and minute): some of them may be that process's")
         return tr
+
+    @staticmethod
+    def _came_in_unseen(tr: Trace, asked: str) -> None:
+        """Who came in from an address, when no login carried the connection (a web server, a
+        listener someone started): the accepting process's chain names who started the server,
+        not who was at the other end. Person unknown; the starter a candidate, said as such."""
+        program = f"{tr.poi.program or tr.poi.command} (pid {tr.poi.pid})"
+        note = (f"no login carried the connection from {asked}: {program} accepted it, and nothing recorded "
+                "names who was at the other end")
+        _starter_not_the_answer(tr, note, f"{program} accepted it; who connected is not recorded",
+                                f"started {program}, which accepted the connection - not who made it")
 
     def _serving_others(self, tr: Trace, proc: Proc, last: float) -> None:
         """A process that accepted others' connections before it connected (squid, a SOCKS or
@@ -354,7 +368,6 @@ class Tracer:
                 break
         else:
             return
-        who = tr.attributed
         program = f"{step.program or step.command} (pid {step.pid})"
         relayed = "it" if step is tr.poi else f"sshd (pid {proc.pid}) on {proc.host} connected for its channel"
         more = f" and {served - len(sources):,} more" if served > len(sources) else ""
@@ -363,12 +376,8 @@ class Tracer:
                 f"{'it connected' if step is tr.poi else relayed}: it may have connected for one of its "
                 "clients, so who started it is not who asked")
         evidence = f"started {program}, which served others' connections"
-        tr.attributed = stitch.Attribution(
-            user=stitch.PERSON_UNKNOWN, host=who.host, source=None, login_time=None,
-            how=f"the connection was made for {program}, which served others' connections", account=who.account,
-            notes=[note, *who.notes], confidence=stitch.UNKNOWN, candidates=_as_candidates(who, evidence))
-        tr.notes.insert(0, note)
-        tr.summary = stitch.summary(tr.chain, tr.attributed)
+        _starter_not_the_answer(tr, note, f"the connection was made for {program}, which served others' connections",
+                                evidence)
 
     def pinned(self, target: Target, scope: int = 0, started: bool = False) -> Trace | None:
         """The trace of exactly this match, or None when it is no longer stored (retention). A
@@ -1442,6 +1451,18 @@ class Tracer:
                 break
             frontier = self.store.children(frontier)
             level += 1
+
+
+def _starter_not_the_answer(tr: Trace, note: str, how: str, evidence: str) -> None:
+    """The chain names who started the process, and that is not who the question asks for (a
+    proxy's client, the other end of an accepted connection): person unknown, the chain's person
+    (or its candidates) a candidate with `evidence`, the note first."""
+    who = tr.attributed
+    tr.attributed = stitch.Attribution(
+        user=stitch.PERSON_UNKNOWN, host=who.host, source=None, login_time=None, how=how, account=who.account,
+        notes=[note, *who.notes], confidence=stitch.UNKNOWN, candidates=_as_candidates(who, evidence))
+    tr.notes.insert(0, note)
+    tr.summary = stitch.summary(tr.chain, tr.attributed)
 
 
 def _as_candidates(who: Attribution, evidence: str) -> list[stitch.Candidate]:
