@@ -255,3 +255,23 @@ def test_who_came_in_to_a_server_jim_started_is_not_jim():
     assert tr.attributed.confidence == UNKNOWN and tr.attributed.user != "jim"
     (cand,) = tr.attributed.candidates
     assert cand.person == "jim" and "accepted" in cand.evidence[0]
+
+
+def test_a_count_running_past_the_failure_does_not_rank_first_or_before_zero():
+    """A chatty process's counted row (over budget) begins before the failure and counts on after
+    it: its last connection is after the failure. It must not rank ahead of bob's delete, 30 s
+    before the failure, by a negative "before", nor say it."""
+    from whodid.bot.canary.alerts import find_suspects
+    from whodid.bot.canary.checks import parse_canary
+
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += ssh_session(OPS, 12, 500, "bob", 1002, "10.0.1.30", 41000, BOB_FP, ses=8)[1:]
+    events += [OPS.fork(20, 420, 401), OPS.exec(20.01, 420, ["python3", "poller.py"], uid=1001, auid=1001, ses=7),
+               dict(OPS.connect(200, 420, API, 6443, lport=52000), count=900, last=T0 + 900),
+               OPS.fork(300, 520, 501), OPS.exec(300.01, 520, ["python3", "delete.py"], uid=1002, auid=1002, ses=8),
+               OPS.connect(300.5, 520, API, 6443, lport=51000)]
+    canary = parse_canary({"name": "k", "every": "1m", "check": {"type": "kubernetes", "path": "/api",
+                                                                   "api_url": f"https://{API}:6443"}}, "test")
+    suspects = find_suspects(Tracer(store_with(events), IDENT), canary, T0 + 330)
+    assert [s.trace.poi.pid for s in suspects] == [520, 420]
+    assert all(s.before >= 0 for s in suspects), [(s.before, s.why) for s in suspects]

@@ -67,6 +67,16 @@ def in_nets(addr: str | None, nets: str) -> int:
     return int(any(ip.version == n.version and ip in n for n in _nets(nets)))
 
 
+def _conn_last(until: float | None) -> str:
+    """SQL for a group's last connection: a row the agent counted (over a uid's budget) stands
+    for n connections, the last at last_ts - unless that is past the question's `until` (a count
+    that ran on past a canary's failure): then only its first time is known to be in the window,
+    and a count running past the failure never reads as the latest connection before it."""
+    if until is None:
+        return "max(coalesce(c.last_ts, c.ts))"
+    return f"max(CASE WHEN c.last_ts IS NULL OR c.last_ts > {float(until)!r} THEN c.ts ELSE c.last_ts END)"
+
+
 class StoreError(Exception):
     """A store that cannot be used, explained for a person."""
 
@@ -953,9 +963,9 @@ class Store:
             args.append(proc)
         self._window(where, args, "c.ts", since, until, host_glob)
         rows = self.db.execute(
-            f"SELECT {self._CONN_KEY} AS who, {self._CONN_COUNT}, min(c.ts), {self._CONN_LAST}, max(l.id) "
+            f"SELECT {self._CONN_KEY} AS who, {self._CONN_COUNT}, min(c.ts), {_conn_last(until)}, max(l.id) "
             f"FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
-            f"GROUP BY who ORDER BY {self._CONN_LAST} DESC LIMIT ?", [*args, limit]).fetchall()
+            f"GROUP BY who ORDER BY 4 DESC LIMIT ?", [*args, limit]).fetchall()
         return [dict(zip(("proc", "count", "first", "last", "login"), r)) for r in rows]
 
     def connection_peers(self, m: "ConnMatch", proc: int, *, since: float | None, until: float | None,
@@ -970,8 +980,8 @@ class Store:
         end = {"connect": "c.raddr, c.rport", "accept": "c.raddr, c.lport"}.get(m.direction, "c.laddr, c.lport")
         rows = self.db.execute(
             f"SELECT min(c.laddr), min(c.lport), min(c.raddr), min(c.rport), max(c.rname), {self._CONN_COUNT}, "
-            f"min(c.ts), {self._CONN_LAST} FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
-            f"GROUP BY {end} ORDER BY {self._CONN_COUNT} DESC, {self._CONN_LAST} DESC LIMIT ?",
+            f"min(c.ts), {_conn_last(until)} FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
+            f"GROUP BY {end} ORDER BY 6 DESC, 8 DESC LIMIT ?",
             [*args, limit]).fetchall()
         return [dict(zip(("laddr", "lport", "raddr", "rport", "rname", "count", "first", "last"), r)) for r in rows]
 
@@ -1014,7 +1024,6 @@ class Store:
     # total() (a float, cast back) because a host's absurd counts would make sum() raise
     # "integer overflow" and stop every question; past 2**63 the count stays at the largest
     _CONN_COUNT = "CAST(total(coalesce(c.n, 1)) AS INTEGER)"
-    _CONN_LAST = "max(coalesce(c.last_ts, c.ts))"
 
     def _conn_of(self, m: "ConnMatch") -> str:
         """One group's rows: by the connecting process (an index finds them), or - an accept,
