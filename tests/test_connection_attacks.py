@@ -275,3 +275,39 @@ def test_a_count_running_past_the_failure_does_not_rank_first_or_before_zero():
     suspects = find_suspects(Tracer(store_with(events), IDENT), canary, T0 + 330)
     assert [s.trace.poi.pid for s in suspects] == [520, 420]
     assert all(s.before >= 0 for s in suspects), [(s.before, s.why) for s in suspects]
+
+
+# --- the agent: which accept a login line joins ------------------------------------------------------
+
+@pytest.mark.parametrize("with_pid", [True, False])
+def test_a_nat_port_another_server_accepted_after_sshd_does_not_take_the_login(with_pid):
+    """jim's ssh and bob's connection to bob's forking server (`socat TCP-L:8080,fork`) come
+    through one NAT with the same public port (a port-preserving NAT: the 4-tuples differ).
+    The agent kept only the latest accept per client address and port - the server's - and gave
+    jim's login to the child bob's server forked: everything bob's child ran read as jim's."""
+    from test_agent_units import BOOT_EPOCH, FakeProc, NAMES, accepted_line, feed, hdr, sock_rec, sshd_listener
+    from whodid.agent import decode as d
+    from whodid.agent.assemble import Assembler
+    from whodid.agent.procfs import ProcInfo
+
+    class Proc(FakeProc):
+        def exe(self, pid):
+            p = self.procs.get(pid)
+            return p.exe if p else None
+
+    socat = ProcInfo(pid=7, ppid=1, start_ticks=200, argv=["socat", "TCP-L:8080,fork", "EXEC:sh"],
+                     exe="/usr/bin/socat", cwd="/", uid=1000, euid=1000, gid=1000, egid=1000, auid=1000, ses=9,
+                     tty=None, comm="socat")
+    procfs = Proc([sshd_listener(), socat])
+    asm = Assembler("web-01", "boot-1", BOOT_EPOCH, procfs, NAMES.get, lambda g: None)
+    asm.snapshot()
+    feed(asm, sock_rec(d.EV_PASSIVE, 0, "10.77.0.2", 22, "10.77.1.2", 55320, ts_ns=900),
+         sock_rec(d.EV_ACCEPT, 6, None, 0, "10.77.1.2", 55320, ts_ns=1_000),
+         hdr(d.EV_FORK, 6, ts_ns=1_100, aux=121),
+         sock_rec(d.EV_PASSIVE, 0, "10.77.0.2", 8080, "10.77.1.2", 55320, ts_ns=1_400),
+         sock_rec(d.EV_ACCEPT, 7, None, 0, "10.77.1.2", 55320, ts_ns=1_500),
+         hdr(d.EV_FORK, 7, ts_ns=1_600, aux=131))
+    procfs.procs[121] = sshd_listener(121, ppid=6)
+    asm.add_login(BOOT_EPOCH + 1, accepted_line(55320, pid=121 if with_pid else None))
+    (login,) = asm.match_logins(BOOT_EPOCH + 1, give_up_after=0)
+    assert (login["pid"], login["lport"]) == (121, 22)
