@@ -311,3 +311,21 @@ def test_a_nat_port_another_server_accepted_after_sshd_does_not_take_the_login(w
     asm.add_login(BOOT_EPOCH + 1, accepted_line(55320, pid=121 if with_pid else None))
     (login,) = asm.match_logins(BOOT_EPOCH + 1, give_up_after=0)
     assert (login["pid"], login["lport"]) == (121, 22)
+
+
+def test_a_proxy_serving_others_over_a_unix_socket_is_not_its_starters_connection():
+    """jim runs `kubectl proxy --unix-socket /tmp/k.sock`; bob's curl talks to it through the
+    socket and the proxy connects to the API. Never "jim, observed"."""
+    events = ssh_session(OPS, 10, 400, "jim", 1001, NAT, 50123, JIM_FP, ses=7)
+    events += ssh_session(OPS, 12, 500, "bob", 1002, "10.0.1.30", 41000, BOB_FP, ses=8)[1:]
+    events += [OPS.fork(20, 420, 401),
+               OPS.exec(20.01, 420, ["kubectl", "proxy", "--unix-socket", "/tmp/k.sock"], uid=1001, auid=1001, ses=7),
+               OPS.fork(60, 520, 501), OPS.exec(60.01, 520, ["curl", "--unix-socket", "/tmp/k.sock", "-X", "DELETE",
+                                                            "http://x/api"], uid=1002, auid=1002, ses=8),
+               OPS.uconnect(60.1, 520, "/tmp/k.sock", "c1", peer=(420, 420000)),
+               OPS.uaccept(60.1, 420, "c1", peer=(520, 520000)),
+               OPS.connect(60.2, 420, API, 6443, lport=52000)]
+    (tr,) = find(store_with(events), to=parse_destination(API))
+    assert tr.poi.pid == 420
+    assert tr.attributed.confidence == UNKNOWN, (tr.attributed.user, tr.summary)
+    assert any("/tmp/k.sock" in n for n in tr.notes), tr.notes

@@ -915,13 +915,17 @@ class Store:
         return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
 
     def accepts_by(self, proc_id: int, until: float, limit: int = 3) -> tuple[int, list[str]]:
-        """The TCP connections one process accepted at or before `until`: (how many, the first
-        few sources as `addr -> :port`). A process that connects after serving others (a proxy,
-        a forward) may have connected for one of them (Tracer._connection_trace)."""
-        rows = self.db.execute(f"SELECT raddr, lport, {self._CONN_COUNT} FROM conns c WHERE proc = ? "
-                               "AND dir = 'accept' AND ts <= ? GROUP BY raddr, lport ORDER BY min(ts)",
-                               [proc_id, until]).fetchall()
-        return sum(r[2] for r in rows), [f"{r[0]} -> :{r[1]}" for r in rows[:limit]]
+        """The connections one process accepted at or before `until` - TCP, and unix sockets from
+        other processes: (how many, the first few sources as `addr -> :port` or the socket's
+        path). A process that connects after serving others (a proxy, a forward, `kubectl proxy
+        --unix-socket`) may have connected for one of them (Tracer._connection_trace)."""
+        rows = self.db.execute(f"SELECT raddr || ' -> :' || lport, {self._CONN_COUNT}, min(ts) FROM conns c "
+                               "WHERE proc = ? AND dir = 'accept' AND ts <= ? GROUP BY raddr, lport "
+                               "UNION ALL SELECT 'unix ' || coalesce(path, bound, '?'), count(*), min(ts_accept) "
+                               "FROM uconns WHERE server_proc = ? AND ts_accept <= ? "
+                               "AND (client_proc IS NULL OR client_proc != server_proc) GROUP BY path, bound "
+                               "ORDER BY 3", [proc_id, until, proc_id, until]).fetchall()
+        return sum(r[1] for r in rows), [r[0] for r in rows[:limit]]
 
     def connects_of(self, proc_id: int) -> list[dict[str, Any]]:
         """The outbound connections one process made, earliest first (an sshd session process's
