@@ -24,6 +24,7 @@ from whodid.tracer.events import plain_ip
 
 AUID_UNSET = 4294967295
 PASSIVE_KEEP = 4096
+ACCEPTS_KEPT = 4         # accepts of one client address and port held for its login line
 
 
 @dataclass(slots=True)
@@ -83,7 +84,9 @@ class Assembler:
         # the accepting processes forked after. A fork in a pid namespace whose child has not
         # shown its own pid yet is there too, as (fork time, None, pid outside): it still takes
         # its place in the order of forks (see _served_by)
-        self.accepted: OrderedDict[tuple[str, int], tuple[int, int, str, int]] = OrderedDict()
+        # A client address and port may be accepted by several servers at once (a NAT hands one
+        # public port to connections to different local ports): the last ACCEPTS_KEPT of each
+        self.accepted: OrderedDict[tuple[str, int], list[tuple[int, int, str, int]]] = OrderedDict()
         self.forks_of: dict[int, list[tuple[int, int | None, int]]] = {}   # (fork time, child pid, its start)
         self.uclients: OrderedDict[str, tuple[int, int]] = OrderedDict()   # unix conn -> client (pid, start)
         # connections over budget counted in the kernel (capture.c, aggregation): key -> the event its
@@ -402,7 +405,8 @@ class Assembler:
             self.aggregating[rec.agg] = ev
             return out
         out.append(ev)
-        self.accepted[(rec.raddr, rec.rport)] = (h.pid, h.ts_ns, local[0], local[1])
+        kept = self.accepted.pop((rec.raddr, rec.rport), [])
+        self.accepted[(rec.raddr, rec.rport)] = (kept + [(h.pid, h.ts_ns, local[0], local[1])])[-ACCEPTS_KEPT:]
         while len(self.accepted) > PASSIVE_KEEP:
             self.accepted.popitem(last=False)
         self.forks_of.setdefault(h.pid, [])
@@ -548,15 +552,14 @@ class Assembler:
             since, until = self._serving(accepted)
             if st.ppid != accepted[0] or st.start < since or (until is not None and st.start >= until):
                 return False
-        exe = self.procfs.exe(pid)
-        return bool(exe) and os.path.basename(exe).startswith("sshd")
+        return _is_sshd(self.procfs.exe(pid))
 
     def _serving(self, accepted: tuple[int, int, str, int]) -> tuple[int, int | None]:
         """When the listener may have forked the process serving this accept: from the accept
         to the listener's next accept (None: none seen yet). OpenSSH's listener accepts and forks
         in turn, one connection at a time."""
         listener, since = accepted[0], accepted[1]
-        later = [ts for pid, ts, _, _ in self.accepted.values() if pid == listener and ts > since]
+        later = [ts for kept in self.accepted.values() for pid, ts, _, _ in kept if pid == listener and ts > since]
         return since, min(later, default=None)
 
     def _served_by(self, accepted: tuple[int, int, str, int]) -> tuple[int, int] | None:
@@ -576,12 +579,22 @@ class Assembler:
         """sshd's per-connection process: the child its listener forked after accepting
         this client's address and port (or the pid in the log line, when it has one)."""
         addr = _plain(acc.addr)
-        accepted = self.accepted.get((addr, acc.port))
-        found = (acc.pid, self.procs[acc.pid].start) if self._logged_by_sshd(acc.pid, accepted) else None
-        if found is None and accepted:
+        kept = self.accepted.get((addr, acc.port), [])
+        # the accept whose listener forked the line's pid; else the latest accept of this client
+        # by a listener running sshd's program (the only one, whatever it runs: systemd's socket
+        # activation): another server's accept of the same NAT port - and the child it forked -
+        # is never the login's
+        accepted = next((a for a in reversed(kept) if self._logged_by_sshd(acc.pid, a)), None)
+        if not kept and self._logged_by_sshd(acc.pid, None) or accepted is not None:
+            found = (acc.pid, self.procs[acc.pid].start)
+        else:
+            if len(kept) > 1:
+                sshd = [a for a in kept if _is_sshd(self.procfs.exe(a[0]))]
+                kept = sshd
             # the session may be over by the time its log line is read: the fork remembers
             # the child's pid and start either way
-            found = self._served_by(accepted)
+            accepted = kept[-1] if kept else None
+            found = self._served_by(accepted) if accepted else None
         if found is None:
             return None
         pid, start = found
@@ -627,6 +640,11 @@ class Assembler:
             ev["euser"] = name
         out.append(ev)
         return out
+
+
+def _is_sshd(exe: str | None) -> bool:
+    """Does this program file run sshd (sshd, sshd-session, sshd-auth)?"""
+    return bool(exe) and os.path.basename(exe).startswith("sshd")
 
 
 def _plain(addr: str) -> str:

@@ -52,6 +52,9 @@ class EventStore(Protocol):
     def addresses_named(self, name: str) -> list[str]: ...       # connects' addresses under this rname
     def connection_peers(self, m: ConnMatch, proc: int, *, since: float | None, until: float | None,
                          limit: int = 20) -> list[dict[str, Any]]: ...          # a group's other ends
+    def accepts_by(self, proc_id: int, until: float, limit: int = 3) -> tuple[int, list[str]]: ...  # served others
+    def reused_during_counts(self, m: ConnMatch, proc: int, *, since: float | None,
+                             until: float | None) -> list[tuple[int, float, float, float]]: ...  # pid reuse in a count
     def login(self, login_id: int) -> dict[str, Any] | None: ...
     def unix_clients(self, server_proc: int, t0: float, t1: float) -> list[dict[str, Any]]: ...  # attached then
     def unrecorded_unix_clients(self, server_proc: int, t: float) -> list[float]: ...  # no client known: when each began

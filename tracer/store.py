@@ -67,6 +67,16 @@ def in_nets(addr: str | None, nets: str) -> int:
     return int(any(ip.version == n.version and ip in n for n in _nets(nets)))
 
 
+def _conn_last(until: float | None) -> str:
+    """SQL for a group's last connection: a row the agent counted (over a uid's budget) stands
+    for n connections, the last at last_ts - unless that is past the question's `until` (a count
+    that ran on past a canary's failure): then only its first time is known to be in the window,
+    and a count running past the failure never reads as the latest connection before it."""
+    if until is None:
+        return "max(coalesce(c.last_ts, c.ts))"
+    return f"max(CASE WHEN c.last_ts IS NULL OR c.last_ts > {float(until)!r} THEN c.ts ELSE c.last_ts END)"
+
+
 class StoreError(Exception):
     """A store that cannot be used, explained for a person."""
 
@@ -904,6 +914,19 @@ class Store:
                                "ORDER BY ts", [port, addr, t0, t1])
         return [dict(zip(("proc", "ts", "laddr", "lport", "raddr", "rport"), r)) for r in rows]
 
+    def accepts_by(self, proc_id: int, until: float, limit: int = 3) -> tuple[int, list[str]]:
+        """The connections one process accepted at or before `until` - TCP, and unix sockets from
+        other processes: (how many, the first few sources as `addr -> :port` or the socket's
+        path). A process that connects after serving others (a proxy, a forward, `kubectl proxy
+        --unix-socket`) may have connected for one of them (Tracer._connection_trace)."""
+        rows = self.db.execute(f"SELECT raddr || ' -> :' || lport, {self._CONN_COUNT}, min(ts) FROM conns c "
+                               "WHERE proc = ? AND dir = 'accept' AND ts <= ? GROUP BY raddr, lport "
+                               "UNION ALL SELECT 'unix ' || coalesce(path, bound, '?'), count(*), min(ts_accept) "
+                               "FROM uconns WHERE server_proc = ? AND ts_accept <= ? "
+                               "AND (client_proc IS NULL OR client_proc != server_proc) GROUP BY path, bound "
+                               "ORDER BY 3", [proc_id, until, proc_id, until]).fetchall()
+        return sum(r[1] for r in rows), [r[0] for r in rows[:limit]]
+
     def connects_of(self, proc_id: int) -> list[dict[str, Any]]:
         """The outbound connections one process made, earliest first (an sshd session process's
         connects are the `-W`/`-J` channels of its connection: sshmux.py)."""
@@ -944,9 +967,9 @@ class Store:
             args.append(proc)
         self._window(where, args, "c.ts", since, until, host_glob)
         rows = self.db.execute(
-            f"SELECT {self._CONN_KEY} AS who, {self._CONN_COUNT}, min(c.ts), {self._CONN_LAST}, max(l.id) "
+            f"SELECT {self._CONN_KEY} AS who, {self._CONN_COUNT}, min(c.ts), {_conn_last(until)}, max(l.id) "
             f"FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
-            f"GROUP BY who ORDER BY {self._CONN_LAST} DESC LIMIT ?", [*args, limit]).fetchall()
+            f"GROUP BY who ORDER BY 4 DESC LIMIT ?", [*args, limit]).fetchall()
         return [dict(zip(("proc", "count", "first", "last", "login"), r)) for r in rows]
 
     def connection_peers(self, m: "ConnMatch", proc: int, *, since: float | None, until: float | None,
@@ -961,21 +984,50 @@ class Store:
         end = {"connect": "c.raddr, c.rport", "accept": "c.raddr, c.lport"}.get(m.direction, "c.laddr, c.lport")
         rows = self.db.execute(
             f"SELECT min(c.laddr), min(c.lport), min(c.raddr), min(c.rport), max(c.rname), {self._CONN_COUNT}, "
-            f"min(c.ts), {self._CONN_LAST} FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
-            f"GROUP BY {end} ORDER BY {self._CONN_COUNT} DESC, {self._CONN_LAST} DESC LIMIT ?",
+            f"min(c.ts), {_conn_last(until)} FROM conns c {self._CONN_FROM} WHERE {' AND '.join(where)} "
+            f"GROUP BY {end} ORDER BY 6 DESC, 8 DESC LIMIT ?",
             [*args, limit]).fetchall()
         return [dict(zip(("laddr", "lport", "raddr", "rport", "rname", "count", "first", "last"), r)) for r in rows]
 
+    def reused_during_counts(self, m: "ConnMatch", proc: int, *, since: float | None,
+                             until: float | None) -> list[tuple[int, float, float, float]]:
+        """Other processes of the same boot and pid that began while one of this group's counted
+        rows was counting: (their id, when they began, the row's first and last time). The agent
+        counts by pid and minute, not by start (capture.c's agg_key), so such a row may hold
+        their connections too."""
+        where, args = self._conn_where(m)
+        where.append(self._conn_of(m))
+        args.append(proc)
+        self._window(where, args, "c.ts", since, until, None)
+        began = "coalesce(q.fork_ts, (SELECT min(e.ts) FROM execs e WHERE e.proc = q.id))"
+        rows = self.db.execute(
+            f"SELECT DISTINCT q.id, {began}, c.ts, c.last_ts FROM conns c {self._CONN_FROM} "
+            "JOIN procs q ON q.boot = p.boot AND q.pid = p.pid AND q.id != p.id "
+            f"WHERE {' AND '.join(where)} AND c.n IS NOT NULL AND {began} > c.ts AND {began} <= c.last_ts "
+            "ORDER BY 2 LIMIT 5", args).fetchall()
+        return [tuple(r) for r in rows]
+
     # an accept's client port and address are the login's: the login is up to LATE_LOGIN after
-    # the accept (authentication, the agent reading sshd's log line), on the same boot
+    # the accept (authentication, the agent reading sshd's log line), on the same boot. A NAT
+    # hands one public address and port to several clients, to several local ports at once and
+    # one after another, so an accept carries at most one login: to the port it accepted on
+    # (a login that does not say its port: the accepting process's child), the earliest after
+    # it, and only when no later accept from that client to that port came before the login -
+    # else a web server's accept took an ssh login's person, and one session took another's
     _CONN_FROM = ("JOIN procs p ON p.id = c.proc JOIN boots b ON b.id = p.boot JOIN hosts h ON h.id = b.host "
-                  "LEFT JOIN logins l ON c.dir = 'accept' AND l.raddr = c.raddr AND l.rport = c.rport "
-                  "AND l.ts BETWEEN c.ts - 5 AND c.ts + 600 "
-                  "AND l.proc IN (SELECT id FROM procs WHERE boot = p.boot)")
+                  "LEFT JOIN logins l ON c.dir = 'accept' AND l.id = ("
+                  "SELECT l2.id FROM logins l2 JOIN procs lp ON lp.id = l2.proc "
+                  "WHERE l2.raddr = c.raddr AND l2.rport = c.rport AND l2.ts BETWEEN c.ts - 5 AND c.ts + 600 "
+                  "AND lp.boot = p.boot AND (l2.lport = c.lport OR l2.lport IS NULL AND lp.parent = c.proc) "
+                  "AND NOT EXISTS (SELECT 1 FROM conns c2 WHERE c2.dir = 'accept' AND c2.raddr = c.raddr "
+                  "AND c2.rport = c.rport AND c2.lport = c.lport AND c2.ts > c.ts AND c2.ts <= l2.ts "
+                  "AND c2.proc IN (SELECT id FROM procs WHERE boot = p.boot)) "
+                  "ORDER BY l2.ts, l2.id LIMIT 1)")
     _CONN_KEY = "coalesce(l.proc, c.proc)"
-    # a row the agent counted (over a uid's budget) stands for n connections, the last at last_ts
-    _CONN_COUNT = "sum(coalesce(c.n, 1))"
-    _CONN_LAST = "max(coalesce(c.last_ts, c.ts))"
+    # a row the agent counted (over a uid's budget) stands for n connections, the last at last_ts.
+    # total() (a float, cast back) because a host's absurd counts would make sum() raise
+    # "integer overflow" and stop every question; past 2**63 the count stays at the largest
+    _CONN_COUNT = "CAST(total(coalesce(c.n, 1)) AS INTEGER)"
 
     def _conn_of(self, m: "ConnMatch") -> str:
         """One group's rows: by the connecting process (an index finds them), or - an accept,

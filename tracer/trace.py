@@ -7,6 +7,8 @@ renderers (text, JSON, and later PNG and Slack) draw.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import networkx as nx
 from . import multiplexer, outages, sshmux, stitch
 from .destinations import Destination, parse_destination
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
+from .names import WEAKER
 from .identity import Identity
 from .sharing import ASKED, ATTACHED, INJECTED, SSH_FORWARD, SSH_MASTER, USED, SessionClient, SharedSession
 from .stitch import Attribution, HopCandidate, Step
@@ -256,15 +259,16 @@ class Tracer:
     # --- connections (issue 21) ---------------------------------------------------------------
 
     def conn_match(self, direction: str, dest: Destination | None, port: int | None,
-                   command: tuple[str, bool] | None = None) -> tuple[ConnMatch, dict[str, str], list[str]]:
-        """The store's terms for a connection question: (match, address -> the name asked that
-        holds it, how each name became addresses). A name is matched against the name recorded
-        with each connection, and - through addresses_for, when given - the addresses it stands
-        for (config network.names, resolution now); a glob only against recorded names."""
+                   command: tuple[str, bool] | None = None) -> tuple[ConnMatch, dict[str, tuple[str, str]], list[str]]:
+        """The store's terms for a connection question: (match, address -> (the name asked that
+        holds it, where that came from: tracer/names.py's sources), how each name became
+        addresses). A name is matched against the name recorded with each connection, and -
+        through addresses_for, when given - the addresses it stands for (config network.names,
+        resolution now); a glob only against recorded names."""
         if dest is None:
             return ConnMatch(direction, port=port, command=command), {}, []
         nets = list(dest.networks)
-        label: dict[str, str] = {}
+        label: dict[str, tuple[str, str]] = {}
         how: list[str] = []
         for name in dest.names:
             if self.addresses_for is None or any(ch in name for ch in "*?["):
@@ -275,7 +279,7 @@ class Tracer:
                 how.append(f"{name} -> {net.with_prefixlen if net.num_addresses > 1 else net.network_address} "
                            f"({source})")
                 if net.num_addresses == 1:
-                    label[str(net.network_address)] = name
+                    label[str(net.network_address)] = (name, source)
         exact = tuple(dict.fromkeys(str(n.network_address) for n in nets if n.num_addresses == 1))
         wide = tuple(dict.fromkeys(str(n) for n in nets if n.num_addresses > 1))
         return (ConnMatch(direction, addrs=exact, nets=wide, names=dest.names, port=dest.port if port is None else port,
@@ -304,7 +308,7 @@ class Tracer:
                 break
         return traces
 
-    def _connection_trace(self, m: ConnMatch, group: dict[str, Any], asked: str, label: dict[str, str],
+    def _connection_trace(self, m: ConnMatch, group: dict[str, Any], asked: str, label: dict[str, tuple[str, str]],
                           how: list[str], *, since: float | None, until: float | None, scope: int,
                           started: bool) -> Trace:
         """A group traced as a command is: the connecting process's latest exec at or before its
@@ -313,14 +317,67 @@ class Tracer:
         login = self.store.login(group["login"]) if group.get("login") else None
         peers = [Peer(addr=p["laddr"] if m.direction == "listen" else p["raddr"],
                       port=p["rport"] if m.direction == "connect" else p["lport"],
-                      name=p["rname"] or label.get(p["raddr"]), count=p["count"], first=p["first"],
+                      name=p["rname"] or label.get(p["raddr"], (None,))[0], count=p["count"], first=p["first"],
                       last=p["last"], laddr=p["laddr"])
                  for p in self.store.connection_peers(m, proc.id, since=since, until=until)]
+        said_of_names = _names_said(m, peers, label) if m.direction == "connect" else []
         conns = Connections(direction=m.direction, asked=asked, count=group["count"], first=group["first"],
                             last=group["last"], peers=peers, login=login, how=how)
         at = max(group["last"], login["ts"]) if login else group["last"]
         image = next((im for im in reversed(self.store.images(proc.id)) if im.ts <= at), None)
-        return self.trace(proc, image=image, connections=conns, at=at, scope=scope, started=started)
+        tr = self.trace(proc, image=image, connections=conns, at=at, scope=scope, started=started)
+        tr.notes += said_of_names
+        if m.direction == "connect":
+            self._serving_others(tr, proc, group["last"])
+        elif m.direction == "accept" and login is None:
+            self._came_in_unseen(tr, asked)
+        for other, began, first, last in self.store.reused_during_counts(m, proc.id, since=since, until=until):
+            im = next((i for i in self.store.images(other)), None)
+            what = f"`{im.cmd}`" if im else "a process whose program was not recorded"
+            tr.notes.append(f"pid {proc.pid} was reused at {clock(began)} by another process ({what}) while the "
+                            f"agent was counting these connections ({clock(first)} to {clock(last)}, over its "
+                            "budget, by pid and minute): some of them may be that process's")
+        return tr
+
+    @staticmethod
+    def _came_in_unseen(tr: Trace, asked: str) -> None:
+        """Who came in from an address, when no login carried the connection (a web server, a
+        listener someone started): the accepting process's chain names who started the server,
+        not who was at the other end. Person unknown; the starter a candidate, said as such."""
+        program = f"{tr.poi.program or tr.poi.command} (pid {tr.poi.pid})"
+        note = (f"no login carried the connection from {asked}: {program} accepted it, and nothing recorded "
+                "names who was at the other end")
+        _starter_not_the_answer(tr, note, f"{program} accepted it; who connected is not recorded",
+                                f"started {program}, which accepted the connection - not who made it")
+
+    def _serving_others(self, tr: Trace, proc: Proc, last: float) -> None:
+        """A process that accepted others' connections before it connected (squid, a SOCKS or
+        `-L` forward, kubectl proxy, a CI runner's helper) may have connected for any of them:
+        the chain names who started it, not whose request it carried. Person unknown, the
+        starter a candidate, and a note saying whom it served."""
+        relays = [(tr.poi, last)]
+        hop = next((i for i in range(len(tr.chain) - 1, 0, -1) if tr.chain[i].edge == "ssh"), None)
+        if tr.poi.program.startswith("sshd") and hop is not None and tr.chain[hop].host == tr.poi.host:
+            # sshd opens a connection for a channel its client asked for (`-L`, `-D`, `-W`): the
+            # client's forward may have been used by anyone who reached its port
+            client = tr.chain[hop - 1]
+            relays.append((client, last + self._offset(tr.poi.host) - self._offset(client.host)))
+        for step, until in relays:
+            served, sources = self.store.accepts_by(step.proc, until)
+            if served:
+                break
+        else:
+            return
+        program = f"{step.program or step.command} (pid {step.pid})"
+        relayed = "it" if step is tr.poi else f"sshd (pid {proc.pid}) on {proc.host} connected for its channel"
+        more = f" and {served - len(sources):,} more" if served > len(sources) else ""
+        note = (f"{program}{'' if step is tr.poi else f' on {step.host}'} had accepted {served:,} "
+                f"connection{'s' if served != 1 else ''} ({', '.join(sources)}{more}) before "
+                f"{'it connected' if step is tr.poi else relayed}: it may have connected for one of its "
+                "clients, so who started it is not who asked")
+        evidence = f"started {program}, which served others' connections"
+        _starter_not_the_answer(tr, note, f"the connection was made for {program}, which served others' connections",
+                                evidence)
 
     def pinned(self, target: Target, scope: int = 0, started: bool = False) -> Trace | None:
         """The trace of exactly this match, or None when it is no longer stored (retention). A
@@ -1394,6 +1451,48 @@ class Tracer:
                 break
             frontier = self.store.children(frontier)
             level += 1
+
+
+def _starter_not_the_answer(tr: Trace, note: str, how: str, evidence: str) -> None:
+    """The chain names who started the process, and that is not who the question asks for (a
+    proxy's client, the other end of an accepted connection): person unknown, the chain's person
+    (or its candidates) a candidate with `evidence`, the note first."""
+    who = tr.attributed
+    tr.attributed = stitch.Attribution(
+        user=stitch.PERSON_UNKNOWN, host=who.host, source=None, login_time=None, how=how, account=who.account,
+        notes=[note, *who.notes], confidence=stitch.UNKNOWN, candidates=_as_candidates(who, evidence))
+    tr.notes.insert(0, note)
+    tr.summary = stitch.summary(tr.chain, tr.attributed)
+
+
+def _as_candidates(who: Attribution, evidence: str) -> list[stitch.Candidate]:
+    """The logins an attribution stands for as candidates, `evidence` first: its person's login,
+    else its own candidates; nothing when it named no login at all (a service)."""
+    if who.known:
+        return [stitch.Candidate(person=who.user, account=who.account or who.user, host=who.host or "?",
+                                 login_time=who.login_time or 0.0, source=who.source, key_fp=who.key_fp,
+                                 evidence=[evidence, who.how], named=True)]
+    return [dataclasses.replace(c, evidence=[evidence, *c.evidence]) for c in who.candidates]
+
+
+def _names_said(m: ConnMatch, peers: list[Peer], label: dict[str, tuple[str, str]]) -> list[str]:
+    """What a person must know about a peer matched by an address a name stands for: the host
+    recorded another name for it when it connected (an address several names share: a CDN, a
+    load balancer), or the address is the name's only as resolved now, at question time."""
+    out = []
+    for p in peers:
+        if p.addr not in label:
+            continue
+        name, source = label[p.addr]
+        recorded = p.name if p.name != name else None
+        if recorded and not any(fnmatch.fnmatchcase(recorded.lower(), n) for n in m.names):
+            out.append(f"{p.addr} matched {name} by address ({source}), but the host recorded it as {recorded} "
+                       "when it connected: an address several names share (a CDN, a load balancer) may have "
+                       f"served {recorded}, not {name}")
+        elif source in WEAKER:
+            out.append(f"{p.addr} is {name} only as resolved now, at question time: the host recorded no name "
+                       "when it connected, and the address may then have been another's (a moved endpoint, a CDN)")
+    return out
 
 
 def image_node(proc: int, ts: float) -> str:

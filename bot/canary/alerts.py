@@ -14,6 +14,7 @@ when no Slack is configured - to the log and files.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -172,12 +173,45 @@ def change_suspects(tracer: Tracer, rules: Rules, hosts: tuple[str, ...], since:
 def connection_suspects(tracer: Tracer, spec: str, hosts: tuple[str, ...], since: float,
                         until: float, limit: int = 10) -> list[Trace]:
     """The processes that connected to `spec` (as `to:` takes it) in the window, newest first,
-    each traced to a person. A spec that cannot be read was refused when the config loaded."""
+    each traced to a person. A spec that cannot be read was refused when the config loaded.
+    The canaries' own checks run in this process (and a command check's children below it): on
+    a watched host they connect to what they check every minute, the last just before the
+    failure, and would be the first suspect - named after whoever started `whodid serve`."""
     out: list[Trace] = []
+    me = this_process()
     for host in hosts or (None,):
-        out += tracer.find(Query(pattern="", to=parse_destination(spec), host=host, since=since, until=until,
-                                 limit=limit))
+        found = tracer.find(Query(pattern="", to=parse_destination(spec), host=host, since=since, until=until,
+                                  limit=limit + 1))
+        out += [tr for tr in found if not (me and _runs_in(tracer, tr, me))][:limit]
     return out
+
+
+def this_process(proc: str = "/proc") -> tuple[str, int, int] | None:
+    """(boot id, pid, start tick in ns) of this process, as an agent on this host names it; None
+    when /proc cannot say (then no suspect is taken for the canaries' own)."""
+    try:
+        with open(f"{proc}/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+        with open(f"{proc}/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return boot, os.getpid(), ticks * 10_000_000
+
+
+def _runs_in(tracer: Tracer, tr: Trace, me: tuple[str, int, int]) -> bool:
+    """Is this process (or a process it started) the trace's? An agent names a process by its
+    fork record's time (just after /proc's 10 ms tick) or, if already running, by that tick: a
+    start within a second of the tick, with the same pid and boot, is this process - its pid is
+    taken while it runs, so no other process can look like it."""
+    boot, pid, tick = me
+    for step in tr.chain:
+        if step.pid != pid:
+            continue
+        p = tracer.store.proc(step.proc)
+        if tick <= p.start < tick + 1_000_000_000 and tracer.store.boot_name(p.boot) == boot:
+            return True
+    return False
 
 
 def connection_said(c) -> str:
