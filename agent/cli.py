@@ -28,7 +28,7 @@ from . import btf
 from .assemble import Assembler
 from .bccload import BccMissing, load_bcc
 from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
-from .dnswatch import DnsWatch
+from .dnswatch import DnsWatch, NameBook, host_resolvers
 from .netlink import NetlinkCapture, NetlinkUnavailable, monotonic_epoch
 from .procfs import ProcFS, boot_id
 from .redact import compile_rules, redact_event
@@ -323,7 +323,7 @@ def run(args) -> int:
               "and not the arguments of processes that exit before /proc is read", file=sys.stderr)
 
     # the names the host was answered for, given to its connects (docs/agent.md); only BPF sees connects
-    names = dns_watch(asm) if mode == "bpf" and cfg.dns_names else None
+    names = dns_watch(asm, cfg.dns_resolvers) if mode == "bpf" and cfg.dns_names else None
 
     stop = Stop().install()
 
@@ -436,11 +436,13 @@ def run(args) -> int:
     return 0
 
 
-def dns_watch(asm: Assembler) -> DnsWatch | None:
-    """Start reading the DNS answers this host receives and hand the names to the assembler's
-    connects; without them (no CAP_NET_RAW) connects are recorded unnamed, and the agent says so."""
+def dns_watch(asm: Assembler, extra_resolvers=()) -> DnsWatch | None:
+    """Start reading the DNS answers this host receives from its resolvers (resolv.conf's, and
+    agent.dns_resolvers) and hand the names to the assembler's connects; without them (no
+    CAP_NET_RAW) connects are recorded unnamed, and the agent says so."""
+    resolvers = frozenset(host_resolvers()) | frozenset(str(r) for r in extra_resolvers)
     try:
-        watch = DnsWatch()
+        watch = DnsWatch(NameBook(resolvers=resolvers))
     except OSError as exc:
         print(f"whodid-agent: cannot read DNS answers ({exc.strerror or exc}), so connects are recorded "
               "without the name their address was answered for; run as root or with CAP_NET_RAW, or set "
@@ -448,7 +450,8 @@ def dns_watch(asm: Assembler) -> DnsWatch | None:
         return None
     asm.names = watch.name_for
     print("whodid-agent: naming connects from the DNS answers this host receives (port 53, every "
-          "interface of this network namespace)", file=sys.stderr, flush=True)
+          "interface of this network namespace) from its resolvers: "
+          + (", ".join(sorted(resolvers)) or "none found - set agent.dns_resolvers"), file=sys.stderr, flush=True)
     return watch
 
 

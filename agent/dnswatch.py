@@ -50,15 +50,40 @@ PACKET_HOST, PACKET_OUTGOING = 0, 4
 SO_ATTACH_FILTER, SO_TIMESTAMPNS, SO_RCVBUFFORCE = 26, 35, 33
 
 
+def host_resolvers(path: str = "/etc/resolv.conf", resolved: str = "/run/systemd/resolve/resolv.conf") -> set[str]:
+    """The DNS servers this host's programs ask: resolv.conf's `nameserver` lines, and - when
+    one is systemd-resolved's stub (127.0.0.53, 127.0.0.54) - the upstream servers resolved
+    itself asks. An unreadable file gives none."""
+    found: set[str] = set()
+    for file in (path, resolved):
+        try:
+            with open(file) as f:
+                lines = f.read(65536).splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split()
+            if len(words) >= 2 and words[0] == "nameserver":
+                found.add(words[1].split("%")[0])
+        if file == path and not found & {"127.0.0.53", "127.0.0.54"}:
+            break
+    return found
+
+
 class NameBook:
     def __init__(self, capacity: int = CAPACITY, per_address: int = PER_ADDRESS, grace: float = GRACE,
-                 pending_max: int = PENDING_MAX, pending_for: float = PENDING_FOR):
+                 pending_max: int = PENDING_MAX, pending_for: float = PENDING_FOR,
+                 resolvers: frozenset[str] | None = None):
         self.capacity, self.per_address, self.grace = capacity, per_address, grace
+        # whose answers count: the host's resolvers (None: any server asked). Anyone may send a
+        # query to a server of their own (`dig @x eks...`) and have it answer any address for a
+        # name; only the resolvers the host's programs use say what a name meant on this host
+        self.resolvers = resolvers
         self.pending_max, self.pending_for = pending_max, pending_for
         self.pending: OrderedDict[tuple, float] = OrderedDict()
         # address -> [(answered at, held until, name)], oldest first
         self.names: OrderedDict[str, list[tuple[float, float, str]]] = OrderedDict()
-        self.counts = {"answers": 0, "unasked": 0, "malformed": 0}
+        self.counts = {"answers": 0, "unasked": 0, "malformed": 0, "other_servers": 0}
 
     def packet(self, data: bytes, outgoing: bool, ts: float) -> None:
         """One IP packet the host sent (`outgoing`) or received. Never raises: a packet that is
@@ -75,6 +100,9 @@ class NameBook:
     def _query(self, dgram: dns.Datagram, ts: float) -> None:
         msg = dns.message(dgram.payload)
         if msg.response or msg.opcode != 0 or msg.qname is None or msg.qtype not in (dns.TYPE_A, dns.TYPE_AAAA):
+            return
+        if self.resolvers is not None and dgram.dst not in self.resolvers:
+            self.counts["other_servers"] += 1
             return
         key = (dgram.tcp, dgram.src, dgram.sport, dgram.dst, dgram.dport, msg.id, msg.qname, msg.qtype)
         self.pending[key] = ts

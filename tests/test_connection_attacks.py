@@ -199,21 +199,33 @@ def test_a_name_resolved_now_with_no_name_recorded_says_it_is_weaker():
     assert not any("resolved now" in n for n in tr.notes), tr.notes
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, AssertionError), reason=(
-    "agent/dnswatch.py trusts an answer to any query this host sent, to any server: an unprivileged "
-    "user's `dig @their-server eks.us-east-1.amazonaws.com` (answered with the address jim's blog is at) "
-    "names jim's later connect eks. Fix: NameBook(resolvers=...) trusting only the host's resolvers "
-    "(/etc/resolv.conf, systemd-resolved's upstreams, a config key), the live test's 127.0.0.77 configured"))
 def test_an_answer_from_a_server_that_is_not_the_hosts_resolver_names_nothing():
+    """An unprivileged user's `dig @their-server eks.us-east-1.amazonaws.com`, answered with the
+    address jim's blog is at, must not name jim's later connect to that address eks: only the
+    host's resolvers (resolv.conf's, agent.dns_resolvers) say what a name meant on this host."""
     from dnskit import a, ip_udp, query, response
     from whodid.agent.dnswatch import NameBook
     book = NameBook(resolvers=frozenset({"10.0.0.2"}))
-    bobs_server, client = ("198.51.100.1", 53), ("10.0.0.5", 41000)
-    book.packet(ip_udp(*client, *bobs_server, query(5, "eks.us-east-1.amazonaws.com")), True, 100.0)
-    book.packet(ip_udp(*bobs_server, *client, response(5, "eks.us-east-1.amazonaws.com",
-                                                        [a("eks.us-east-1.amazonaws.com", "93.184.215.14")])),
-                False, 100.01)
-    assert book.name_for("93.184.215.14", 101.0) is None
+    eks = "eks.us-east-1.amazonaws.com"
+    for n, server in enumerate((("198.51.100.1", 53), ("10.0.0.2", 53))):
+        client = ("10.0.0.5", 41000 + n)
+        addr = ("93.184.215.14", "52.94.133.131")[n]
+        book.packet(ip_udp(*client, *server, query(5, eks)), True, 100.0)
+        book.packet(ip_udp(*server, *client, response(5, eks, [a(eks, addr)])), False, 100.01)
+    assert book.name_for("93.184.215.14", 101.0) is None            # bob's server's answer
+    assert book.name_for("52.94.133.131", 101.0) == eks              # the host's resolver's
+    assert book.counts["other_servers"] == 1
+
+
+def test_the_hosts_resolvers_are_resolv_confs_and_behind_the_stub_resolveds_upstreams(tmp_path):
+    from whodid.agent.dnswatch import host_resolvers
+    conf, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
+    conf.write_text("# a comment\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nsearch example.org\n")
+    upstream.write_text("nameserver 10.9.9.9\n")
+    assert host_resolvers(str(conf), str(upstream)) == {"10.0.0.2", "fe80::1"}
+    conf.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    assert host_resolvers(str(conf), str(upstream)) == {"127.0.0.53", "10.9.9.9"}
+    assert host_resolvers(str(tmp_path / "none"), str(tmp_path / "none")) == set()
 
 
 JUMP = Host("jump-box", "10.0.0.10")

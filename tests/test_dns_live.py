@@ -77,7 +77,12 @@ def recorded(tmp_path_factory):
                                f"lb-{os.getpid()}.elb.d21.test": API_ADDR, tcp_name: TCP_ADDR})
     db = work / "agent.db"
     try:
-        with LocalAgent(db, work / "ready") as agent:
+        # the test's DNS server is this host's resolver for the clients it runs (their own
+        # resolv.conf), so the agent is told to trust it: agent.dns_resolvers
+        cfg = work / "agent.yaml"
+        cfg.write_text(f"agent:\n  dns_resolvers: [{DNS_ADDR}]\n")
+        cfg.chmod(0o600)
+        with LocalAgent(db, work / "ready", "--config", str(cfg)) as agent:
             # an answer nobody asked for, "from" the DNS server: it must not name 127.0.0.89
             dns.sock.sendto(response(4242, "evil.d21.test", [a("evil.d21.test", SPOOFED_ADDR)]), ("127.0.0.1", 9))
             by_ip = subprocess.run([sys.executable, "-c", (

@@ -201,6 +201,8 @@ class AgentConfig:
     unix_sockets: UnixSockets = field(default_factory=UnixSockets)
     connection_budget: ConnectionBudget = field(default_factory=ConnectionBudget)
     dns_names: bool = True              # record the name each connect's address was answered for
+    # resolvers whose answers name connects, besides those /etc/resolv.conf lists (docs/agent.md)
+    dns_resolvers: list[str] = field(default_factory=list)
 
     def agent_token(self) -> str:
         token = os.environ.get("WHODID_AGENT_TOKEN") or self.token
@@ -442,6 +444,12 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         values = getattr(cfg.agent, key)
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"{where}: `agent.{key}` must be a list of strings")
+    for addr in cfg.agent.dns_resolvers:
+        try:
+            ipaddress.ip_address(str(addr))
+        except ValueError:
+            raise ConfigError(f"{where}: `agent.dns_resolvers`: {addr!r} is not an IP address; list the DNS "
+                              "servers whose answers may name connects, like [10.0.0.2]") from None
     for pattern in cfg.agent.redact_patterns:
         try:
             re.compile(pattern)
