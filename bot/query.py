@@ -33,6 +33,15 @@ MAX_VALUE = {"glob": 200, "name": 100, "text": 200}
 # a word is a key's if it reads name:value with a name like a key's, and is not a URL (x://)
 _KEYLIKE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?!//)(.*)$", re.S)
 _FLAG = re.compile(r"^--([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$", re.S)
+# punctuation that looks like `:` or `-` (CJK keyboards, "smart dashes" that turn -- into an em
+# dash, text pasted from documents): before a key's name it is a typo for the key, which as a
+# pattern word would silently drop the filter (docs/query.md)
+_COLONS = "\uff1a\ua789\u2236\ufe55\ufe13\u02d0"
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+_LOOKS_KEY = re.compile(rf"^(?:([{_DASHES}]+|-[{_DASHES}]|[{_DASHES}]-)([A-Za-z][A-Za-z0-9_-]*)(?:=.*)?"
+                        rf"|([A-Za-z][A-Za-z0-9_-]*)([{_COLONS}]).*)$", re.S)
+# Slack's clients and phones turn quotes curly; the shell-like reading wants them straight
+_CURLY = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
 class QueryError(ValueError):
@@ -140,7 +149,7 @@ def keys_for(command: str, keys: Sequence[Key] = KEYS) -> list[Key]:
 def words_of(text: str) -> list[Word]:
     """Slack's text as words, shell-like (shlex's rules), each saying whether it opened with a
     quote: `"nginx:latest"` is a pattern word, `since:"1h 30m"` a key with a spaced value."""
-    text = text or ""
+    text = (text or "").translate(_CURLY)
     lex = shlex.shlex(text, posix=True)
     lex.whitespace_split = True
     lex.commenters = ""
@@ -187,6 +196,7 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
         if w.text == "--":
             pattern += [x.text for x in items[i:]]
             break
+        _lookalike(w.text, every)
         flag = _FLAG.match(w.text)
         if flag:
             name, value = flag.group(1).lower(), flag.group(2)
@@ -199,7 +209,9 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             if value is None:
                 if key.kind == "bool":
                     value = "yes"
-                elif i < len(items) and not (items[i].text == "--" or is_flag(items[i].text, keys)):
+                elif i < len(items) and (items[i].quoted or not items[i].text.startswith("-")):
+                    # the next option is a forgotten value, not the value (`--host --json`);
+                    # a value starting with - is given as --host=-x or host:-x
                     value = items[i].text
                     i += 1
                 else:
@@ -218,6 +230,21 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             raise QueryError(_unknown(w.text, command, mine, every, surface, True, options))
         pattern.append(w.text)
     return _build(cmd, mine, typed, pattern, now, defaults or {}, into)
+
+
+def _lookalike(word: str, every: dict[str, Key]) -> None:
+    """QueryError for a key written with a lookalike of `:` or `--` (`since\uff1a3d`, `\u2014since`)."""
+    m = _LOOKS_KEY.match(word)
+    if not m:
+        return
+    name = m.group(2) or m.group(3)
+    if name.lower() not in every:
+        return
+    odd = next(c for c in word if c in _COLONS + _DASHES)
+    right = f"--{name}" if m.group(2) else f"{name}:"
+    raise QueryError(f"`{word}` has {odd} (U+{ord(odd):04X}) where the key `{right}` has "
+                     f"{'plain dashes' if m.group(2) else 'a plain colon'}; type `{right}`, or put the word after `--` "
+                     "to search for it")
 
 
 def _put(typed: dict, key: Key, value: str, spelled: str) -> None:
@@ -284,6 +311,8 @@ def _value(key: Key, text: str, spelled: str, now: float) -> Any:
             raise QueryError(f"{name} {exc}") from None
     if key.kind == "int":
         try:
+            if not re.fullmatch(r"-?[0-9]+", text.strip()):      # int() also takes 8_0, +8, \u0668\u0660
+                raise ValueError(text)
             n = int(text.strip())
         except ValueError:
             raise QueryError(f"{name} invalid int value {text!r}: use a whole number from {key.lo} to {key.hi}, "
@@ -346,6 +375,10 @@ def _build(cmd: Command, mine: dict[str, Key], typed: dict, pattern: list[str], 
     since, until = values.get("since"), values.get("until")
     if since is not None and until is not None and until <= since:
         raise QueryError("`until:` is before `since:`")
+    if since is not None and until is None and since >= now:
+        # an empty window would answer "no match" as if the store had been searched
+        raise QueryError(f"`since:` {texts['since']!r} is not in the past; give a duration ago (24h) or an "
+                         "earlier time, or an `until:` too for a window ahead")
     return into(command=cmd.name, pattern=joined, texts=texts, given=frozenset(typed), **values)
 
 
@@ -372,7 +405,8 @@ def format(q: Question, keys: Sequence[Key] = KEYS) -> str:
         words = q.pattern.split()
         quoted = shlex.quote(q.pattern)
         if any(_needs_dashes(w) for w in words):
-            out += ["--", *[shlex.quote(w) for w in words]]
+            # words apart read as one pattern only when single spaces join them (`-x  y`)
+            out += ["--", *([shlex.quote(w) for w in words] if " ".join(words) == q.pattern else [quoted])]
         else:
             out.insert(0, quoted)
     return " ".join(out)
