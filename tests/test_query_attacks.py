@@ -7,6 +7,7 @@ slash commands from tests/slackemu.py). Each test failed before its fix."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -174,3 +175,80 @@ def test_slack_curly_quotes_find_what_straight_quotes_find(slack):
     assert status == 200 and "whodid:" not in body, body
     top = slack.wait(lambda: (slack.top_level("C2") or [None])[0], what="the answer")
     assert top.text.startswith("jim"), top.text
+
+
+# --- buttons and links carry the connection keys, and old values still work ------------------
+
+KEY = b"k" * 32
+
+
+def _raw_value(body: dict, key: bytes = KEY) -> str:
+    import base64
+    from whodid.bot.slack import buttons
+    raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+    return f"{buttons.VERSION}.{raw}.{buttons._sign(raw, key)}"
+
+
+def test_a_button_keeps_to_from_listen_through_encode_wider_and_links():
+    from whodid.bot.slack import buttons
+    from whodid.bot.web import links
+    for text, field, value in (("to:198.51.100.24:443", "to", "198.51.100.24:443"),
+                               ("from:203.0.113.0/24:22", "from_", "203.0.113.0/24:22"),
+                               ("python listen:8080", "listen", 8080)):
+        ask = slack_ask.parse(text, NOW)
+        for a in (ask, ask.wider(NOW)):
+            back = buttons.decode(buttons.encode(buttons.View(a, 1, 2), KEY), KEY).ask
+            assert getattr(back, field) == value and back == a
+            link = links.check(links.make(a, 0, 0, NOW + 60, links.link_key(KEY)), links.link_key(KEY), NOW)
+            assert getattr(link.ask, field) == value
+
+
+def test_a_button_value_from_before_the_connection_keys_still_works():
+    from whodid.bot.slack import buttons
+    old = {"p": "delete-cluster", "h": None, "u": None, "s": NOW - 86400, "t": None, "w": "24h", "i": 0, "c": 1,
+           "k": None}
+    view = buttons.decode(_raw_value(old), KEY)
+    assert (view.ask.pattern, view.ask.to, view.ask.from_, view.ask.listen, view.scope) == \
+        ("delete-cluster", None, None, None, 1)
+
+
+@pytest.mark.parametrize("extra", [{"to": "10.0.0.1", "l": 22}, {"to": ""}, {"to": "not a host!"}, {"l": 0},
+                                   {"l": "22"}, {"fr": "10.0.0.1:99999"}])
+def test_a_signed_value_with_a_bad_connection_key_is_refused(extra):
+    """Even signed (a bug, or a key that leaked), a value must read as a question people could type."""
+    from whodid.bot.slack import buttons
+    body = {"p": "", "h": None, "u": None, "s": NOW - 86400, "t": None, "w": "24h", "i": 0, "c": 0, "k": None,
+            **extra}
+    with pytest.raises(buttons.StateError):
+        buttons.decode(_raw_value(body), KEY)
+
+
+def test_a_connection_key_added_to_a_value_breaks_its_signature():
+    from whodid.bot.slack import buttons
+    good = buttons.encode(buttons.View(slack_ask.parse("delete-cluster", NOW)), KEY)
+    body = json.loads(__import__("base64").urlsafe_b64decode(good.split(".")[1] + "=="))
+    forged = _raw_value({**body, "to": "10.0.0.1"}, key=b"x" * 32)
+    with pytest.raises(buttons.StateError, match="signature"):
+        buttons.decode(forged.split(".")[0] + "." + forged.split(".")[1] + "." + good.split(".")[2], KEY)
+
+
+def test_slack_wider_window_of_a_connection_question_is_still_about_the_connection(slack):
+    """No match before it happened; the wider window must ask about the same connection (jim's
+    aws eks delete-cluster connected to 198.51.100.24:443 in the demo), not drop to:."""
+    from test_slack import button
+    slack.slash(slack.url, "to:198.51.100.24 since:3d until:2d", channel_id="C1")
+    top = slack.wait(lambda: (slack.top_level("C1") or [None])[0], what="no match")
+    assert "198.51.100.24" in str(top.blocks), top.blocks
+    before = len(slack.top_level("C1"))
+    slack.click(slack.url, top, "whodid.wider", button(top, "wider"))
+    wider = slack.wait(lambda: len(slack.top_level("C1")) > before and slack.top_level("C1")[-1],
+                       what="the wider search")
+    # the button's value already carries the wider window (7 times a day: a week); the click
+    # must ask that, not widen it again (49 days)
+    from datetime import datetime
+    ends = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S UTC")
+            for t in re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", wider.text)]
+    assert len(ends) == 2 and (ends[1] - ends[0]).days == 7, wider.text
+    assert "connections to 198.51.100.24" in wider.text, wider.text
+    # the window is said as times, not as the number of seconds since 1970
+    assert " UTC to " in top.text and not re.search(r"\d{10}\.\d", top.text + wider.text), (top.text, wider.text)
