@@ -252,3 +252,16 @@ def test_slack_wider_window_of_a_connection_question_is_still_about_the_connecti
     assert "connections to 198.51.100.24" in wider.text, wider.text
     # the window is said as times, not as the number of seconds since 1970
     assert " UTC to " in top.text and not re.search(r"\d{10}\.\d", top.text + wider.text), (top.text, wider.text)
+
+
+# --- the doc says what the code says ---------------------------------------------------------
+
+def test_the_docs_sample_errors_are_the_parsers_words():
+    """docs/query.md's Errors section quotes these messages whole; a key added to the registry
+    changed one of them without the doc following."""
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "query.md").read_text()
+    for words in (["delete-cluster", "since:3x"], ["delete-cluster", "hots:web-1"], ["x", "--limit", "0"]):
+        with pytest.raises(QueryError) as err:
+            parse(words, "trace", NOW, DEFAULTS)
+        assert f"    whodid: {err.value}\n" in doc, str(err.value)
