@@ -374,7 +374,9 @@ def _build(cmd: Command, mine: dict[str, Key], typed: dict, pattern: list[str], 
                              "at a time")
     since, until = values.get("since"), values.get("until")
     if since is not None and until is not None and until <= since:
-        raise QueryError("`until:` is before `since:`")
+        # since: may be the default, counted back from now, not from until: - say so
+        raise QueryError(f"`until:` is before `since:` ({texts['until']!r} is before {texts['since']!r}"
+                         + ("" if "since" in typed else ", the default") + "); give a since: before the until:")
     if since is not None and until is None and since >= now:
         # an empty window would answer "no match" as if the store had been searched
         raise QueryError(f"`since:` {texts['since']!r} is not in the past; give a duration ago (24h) or an "

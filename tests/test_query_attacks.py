@@ -265,3 +265,10 @@ def test_the_docs_sample_errors_are_the_parsers_words():
         with pytest.raises(QueryError) as err:
             parse(words, "trace", NOW, DEFAULTS)
         assert f"    whodid: {err.value}\n" in doc, str(err.value)
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_until_before_a_defaulted_since_says_the_since_was_the_default(surface):
+    with pytest.raises(QueryError) as err:
+        parse(["x", "until:2020-01-01"], "trace", NOW, DEFAULTS, surface=surface)
+    assert "`until:` is before `since:`" in str(err.value) and "'24h', the default" in str(err.value), err.value
