@@ -384,6 +384,11 @@ def _build(cmd: Command, mine: dict[str, Key], typed: dict, pattern: list[str], 
     return into(command=cmd.name, pattern=joined, texts=texts, given=frozenset(typed), **values)
 
 
+# first words /whodid reads as its own (help, the changes review): a pattern starting with one
+# is written after `--`, so the trace page's question pasted in Slack traces it
+_SLACK_WORDS = ("help", "?", "changes")
+
+
 def _needs_dashes(word: str) -> bool:
     return word == "--" or word.startswith("-") or bool(_KEYLIKE.match(word))
 
@@ -406,7 +411,7 @@ def format(q: Question, keys: Sequence[Key] = KEYS) -> str:
     if q.pattern:
         words = q.pattern.split()
         quoted = shlex.quote(q.pattern)
-        if any(_needs_dashes(w) for w in words):
+        if any(_needs_dashes(w) for w in words) or words[0].lower() in _SLACK_WORDS:
             # words apart read as one pattern only when single spaces join them (`-x  y`)
             out += ["--", *([shlex.quote(w) for w in words] if " ".join(words) == q.pattern else [quoted])]
         else:

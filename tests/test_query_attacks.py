@@ -272,3 +272,16 @@ def test_until_before_a_defaulted_since_says_the_since_was_the_default(surface):
     with pytest.raises(QueryError) as err:
         parse(["x", "until:2020-01-01"], "trace", NOW, DEFAULTS, surface=surface)
     assert "`until:` is before `since:`" in str(err.value) and "'24h', the default" in str(err.value), err.value
+
+
+@pytest.mark.parametrize("pattern", ["help", "HELP", "changes", "Changes", "?"])
+def test_a_pattern_slack_would_read_as_its_own_command_is_written_after_dashes(pattern):
+    """`/whodid -- help` traces "help"; the trace page's question, pasted back, must too - not
+    show the help, nor run the changes review."""
+    from whodid.bot import changes as changes_mod
+    ask = slack_ask.parse(f"-- {pattern}", NOW)
+    text = slack_ask.canonical(ask)
+    assert not changes_mod.is_changes(text), text
+    again = slack_ask.parse(text, NOW)
+    assert again is not None and again.pattern == pattern, text
+    assert parse(shlex.split(text), "trace", NOW).pattern == pattern
