@@ -40,6 +40,8 @@ _COLONS = "\uff1a\ua789\u2236\ufe55\ufe13\u02d0"
 _DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _LOOKS_KEY = re.compile(rf"^(?:([{_DASHES}]+|-[{_DASHES}]|[{_DASHES}]-)([A-Za-z][A-Za-z0-9_-]*)(?:=.*)?"
                         rf"|([A-Za-z][A-Za-z0-9_-]*)([{_COLONS}]).*)$", re.S)
+# spaces the shell and shlex do not split on (no-break, ideographic, zero-width)
+_ODD_SPACE = re.compile("[\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]")
 # Slack's clients and phones turn quotes curly; the shell-like reading wants them straight
 _CURLY = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
@@ -226,6 +228,7 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             key = _applies(every[name], command, mine, f"{name}:")
             _put(typed, key, value, key.word)
             continue
+        _hidden_key(w.text, every)
         if surface == "cli" and w.text.startswith("-") and w.text != "-":
             raise QueryError(_unknown(w.text, command, mine, every, surface, True, options))
         pattern.append(w.text)
@@ -245,6 +248,20 @@ def _lookalike(word: str, every: dict[str, Key]) -> None:
     raise QueryError(f"`{word}` has {odd} (U+{ord(odd):04X}) where the key `{right}` has "
                      f"{'plain dashes' if m.group(2) else 'a plain colon'}; type `{right}`, or put the word after `--` "
                      "to search for it")
+
+
+def _hidden_key(word: str, every: dict[str, Key]) -> None:
+    """QueryError for a key glued to the word before it by a space that is not one to the shell
+    or shlex (no-break, ideographic, zero-width: pasted text, option-space): `x\u00a0since:3d`
+    would be one pattern word and its filter dropped."""
+    odd = _ODD_SPACE.search(word)
+    if not odd:
+        return
+    for piece in _ODD_SPACE.split(word):
+        m = _KEYLIKE.match(piece) or _FLAG.match(piece)
+        if m and m.group(1).lower() in every:
+            raise QueryError(f"{word!r} has a space that is not a plain one (U+{ord(odd.group()):04X}) before "
+                             f"`{piece}`; type a plain space, or put the word after `--` to search for it")
 
 
 def _put(typed: dict, key: Key, value: str, spelled: str) -> None:

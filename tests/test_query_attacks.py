@@ -285,3 +285,16 @@ def test_a_pattern_slack_would_read_as_its_own_command_is_written_after_dashes(p
     again = slack_ask.parse(text, NOW)
     assert again is not None and again.pattern == pattern, text
     assert parse(shlex.split(text), "trace", NOW).pattern == pattern
+
+
+@pytest.mark.parametrize("word", ["delete-cluster\u00a0since:3d", "delete-cluster\u3000host:config-*",
+                                  "\u200bsince:3d", "x\u202f--user=jim"])
+@pytest.mark.parametrize("surface", SURFACES)
+def test_a_key_glued_by_an_unusual_space_is_an_error_not_a_pattern_word(word, surface):
+    with pytest.raises(QueryError, match="not a plain one"):
+        parse([word], "trace", NOW, DEFAULTS, surface=surface)
+    with pytest.raises(QueryError, match="not a plain one"):
+        parse_text(word, "slack-trace", NOW, DEFAULTS)
+    # a pattern word with such a space and no key in it is a pattern word; a key's value may end in one
+    assert parse(["a\u00a0b"], "trace", NOW, DEFAULTS, surface=surface).pattern == "a\u00a0b"
+    assert parse(["x", "since:3d\u00a0"], "trace", NOW, DEFAULTS, surface=surface).texts["since"] == "3d\u00a0"
