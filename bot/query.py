@@ -211,9 +211,11 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             if value is None:
                 if key.kind == "bool":
                     value = "yes"
-                elif i < len(items) and (items[i].quoted or not items[i].text.startswith("-")):
+                elif i < len(items) and (items[i].quoted or not items[i].text.startswith("-")
+                                         or re.match(r"-[0-9.]", items[i].text)):
                     # the next option is a forgotten value, not the value (`--host --json`);
-                    # a value starting with - is given as --host=-x or host:-x
+                    # a value starting with - is given as --host=-x or host:-x; a negative
+                    # number is a value, as argparse has it (--limit -1: its range error)
                     value = items[i].text
                     i += 1
                 else:
