@@ -208,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     cfg = None
     try:
+        for name in ("config", "db"):
+            if getattr(args, name, None) == "":       # `--db=`: not "not given", which would use the default
+                raise UsageError(f"--{name} needs a {'file' if name == 'config' else 'path'}; got an empty "
+                                 f"one (--{name}=) - give it, or leave --{name} out for the default")
         cfg = config_mod.load(args.config)
         return COMMANDS[args.command](args, cfg)
     except (StoreError, config_mod.ConfigError, UsageError, TimeError, query.QueryError,

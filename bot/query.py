@@ -33,6 +33,17 @@ MAX_VALUE = {"glob": 200, "name": 100, "text": 200}
 # a word is a key's if it reads name:value with a name like a key's, and is not a URL (x://)
 _KEYLIKE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?!//)(.*)$", re.S)
 _FLAG = re.compile(r"^--([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$", re.S)
+# punctuation that looks like `:` or `-` (CJK keyboards, "smart dashes" that turn -- into an em
+# dash, text pasted from documents): before a key's name it is a typo for the key, which as a
+# pattern word would silently drop the filter (docs/query.md)
+_COLONS = "\uff1a\ua789\u2236\ufe55\ufe13\u02d0"
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+_LOOKS_KEY = re.compile(rf"^(?:([{_DASHES}]+|-[{_DASHES}]|[{_DASHES}]-)([A-Za-z][A-Za-z0-9_-]*)(?:=.*)?"
+                        rf"|([A-Za-z][A-Za-z0-9_-]*)([{_COLONS}]).*)$", re.S)
+# spaces the shell and shlex do not split on (no-break, ideographic, zero-width)
+_ODD_SPACE = re.compile("[\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]")
+# Slack's clients and phones turn quotes curly; the shell-like reading wants them straight
+_CURLY = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
 class QueryError(ValueError):
@@ -140,7 +151,7 @@ def keys_for(command: str, keys: Sequence[Key] = KEYS) -> list[Key]:
 def words_of(text: str) -> list[Word]:
     """Slack's text as words, shell-like (shlex's rules), each saying whether it opened with a
     quote: `"nginx:latest"` is a pattern word, `since:"1h 30m"` a key with a spaced value."""
-    text = text or ""
+    text = (text or "").translate(_CURLY)
     lex = shlex.shlex(text, posix=True)
     lex.whitespace_split = True
     lex.commenters = ""
@@ -187,6 +198,7 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
         if w.text == "--":
             pattern += [x.text for x in items[i:]]
             break
+        _lookalike(w.text, every)
         flag = _FLAG.match(w.text)
         if flag:
             name, value = flag.group(1).lower(), flag.group(2)
@@ -199,7 +211,11 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             if value is None:
                 if key.kind == "bool":
                     value = "yes"
-                elif i < len(items) and not (items[i].text == "--" or is_flag(items[i].text, keys)):
+                elif i < len(items) and (items[i].quoted or not items[i].text.startswith("-")
+                                         or re.match(r"-[0-9.]", items[i].text)):
+                    # the next option is a forgotten value, not the value (`--host --json`);
+                    # a value starting with - is given as --host=-x or host:-x; a negative
+                    # number is a value, as argparse has it (--limit -1: its range error)
                     value = items[i].text
                     i += 1
                 else:
@@ -214,10 +230,40 @@ def parse(words: Iterable[str | Word], command: str, now: float, defaults: Mappi
             key = _applies(every[name], command, mine, f"{name}:")
             _put(typed, key, value, key.word)
             continue
+        _hidden_key(w.text, every)
         if surface == "cli" and w.text.startswith("-") and w.text != "-":
             raise QueryError(_unknown(w.text, command, mine, every, surface, True, options))
         pattern.append(w.text)
     return _build(cmd, mine, typed, pattern, now, defaults or {}, into)
+
+
+def _lookalike(word: str, every: dict[str, Key]) -> None:
+    """QueryError for a key written with a lookalike of `:` or `--` (`since\uff1a3d`, `\u2014since`)."""
+    m = _LOOKS_KEY.match(word)
+    if not m:
+        return
+    name = m.group(2) or m.group(3)
+    if name.lower() not in every:
+        return
+    odd = next(c for c in word if c in _COLONS + _DASHES)
+    right = f"--{name}" if m.group(2) else f"{name}:"
+    raise QueryError(f"`{word}` has {odd} (U+{ord(odd):04X}) where the key `{right}` has "
+                     f"{'plain dashes' if m.group(2) else 'a plain colon'}; type `{right}`, or put the word after `--` "
+                     "to search for it")
+
+
+def _hidden_key(word: str, every: dict[str, Key]) -> None:
+    """QueryError for a key glued to the word before it by a space that is not one to the shell
+    or shlex (no-break, ideographic, zero-width: pasted text, option-space): `x\u00a0since:3d`
+    would be one pattern word and its filter dropped."""
+    odd = _ODD_SPACE.search(word)
+    if not odd:
+        return
+    for piece in _ODD_SPACE.split(word):
+        m = _KEYLIKE.match(piece) or _FLAG.match(piece)
+        if m and m.group(1).lower() in every:
+            raise QueryError(f"{word!r} has a space that is not a plain one (U+{ord(odd.group()):04X}) before "
+                             f"`{piece}`; type a plain space, or put the word after `--` to search for it")
 
 
 def _put(typed: dict, key: Key, value: str, spelled: str) -> None:
@@ -284,6 +330,8 @@ def _value(key: Key, text: str, spelled: str, now: float) -> Any:
             raise QueryError(f"{name} {exc}") from None
     if key.kind == "int":
         try:
+            if not re.fullmatch(r"-?[0-9]+", text.strip()):      # int() also takes 8_0, +8, \u0668\u0660
+                raise ValueError(text)
             n = int(text.strip())
         except ValueError:
             raise QueryError(f"{name} invalid int value {text!r}: use a whole number from {key.lo} to {key.hi}, "
@@ -345,8 +393,19 @@ def _build(cmd: Command, mine: dict[str, Key], typed: dict, pattern: list[str], 
                              "at a time")
     since, until = values.get("since"), values.get("until")
     if since is not None and until is not None and until <= since:
-        raise QueryError("`until:` is before `since:`")
+        # since: may be the default, counted back from now, not from until: - say so
+        raise QueryError(f"`until:` is before `since:` ({texts['until']!r} is before {texts['since']!r}"
+                         + ("" if "since" in typed else ", the default") + "); give a since: before the until:")
+    if since is not None and until is None and since >= now:
+        # an empty window would answer "no match" as if the store had been searched
+        raise QueryError(f"`since:` {texts['since']!r} is not in the past; give a duration ago (24h) or an "
+                         "earlier time, or an `until:` too for a window ahead")
     return into(command=cmd.name, pattern=joined, texts=texts, given=frozenset(typed), **values)
+
+
+# first words /whodid reads as its own (help, the changes review): a pattern starting with one
+# is written after `--`, so the trace page's question pasted in Slack traces it
+_SLACK_WORDS = ("help", "?", "changes")
 
 
 def _needs_dashes(word: str) -> bool:
@@ -371,8 +430,9 @@ def format(q: Question, keys: Sequence[Key] = KEYS) -> str:
     if q.pattern:
         words = q.pattern.split()
         quoted = shlex.quote(q.pattern)
-        if any(_needs_dashes(w) for w in words):
-            out += ["--", *[shlex.quote(w) for w in words]]
+        if any(_needs_dashes(w) for w in words) or words[0].lower() in _SLACK_WORDS:
+            # words apart read as one pattern only when single spaces join them (`-x  y`)
+            out += ["--", *([shlex.quote(w) for w in words] if " ".join(words) == q.pattern else [quoted])]
         else:
             out.insert(0, quoted)
     return " ".join(out)

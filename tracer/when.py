@@ -9,7 +9,7 @@ import re
 from datetime import datetime, timezone
 
 # a duration is one or more number+unit parts, largest unit first: 90m, 1h30m, 1d 12h, 2w3d, 1.5h
-_PART = r"(\d+(?:\.\d+)?)\s*([smhdw])"
+_PART = r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw])"     # ASCII digits: \d takes \uff11 too
 _DURATION = re.compile(rf"^\s*(?:{_PART}\s*)+$")
 _PARTS = re.compile(_PART)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -50,9 +50,11 @@ def parse_time(text: str, now: float) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     try:
-        return dt.timestamp()
-    except (OverflowError, OSError, ValueError):         # year 1 in a zone west of UTC, and the like
-        raise TimeError(f"{text!r} is outside the times whodid can handle") from None
+        ts = dt.timestamp()
+        datetime.fromtimestamp(ts, timezone.utc)         # 0001-01-01T00:00+01:00 is in year 0 in UTC:
+    except (OverflowError, OSError, ValueError):         # iso() and clock() could not write it
+        raise TimeError(f"{text!r} is outside the times whodid can handle (years 1 to 9999 in UTC)") from None
+    return ts
 
 
 def format_duration(seconds: float) -> str:

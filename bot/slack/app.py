@@ -249,7 +249,8 @@ class Bot:
         message = body.get("message") or {}
         thread = message.get("thread_ts") or message.get("ts")
         if kind == "wider":
-            outcome = self.answer(View(view.ask.wider(now)), who[2], None, respond, access.private)
+            # the value already carries the wider window (no_match made it): ask it, do not widen again
+            outcome = self.answer(View(view.ask), who[2], None, respond, access.private)
         else:
             outcome = self.follow_up(kind, view, who[2], thread, respond, access.private)
         self.record(now, *who, kind, view.ask.pattern, outcome)

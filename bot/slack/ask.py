@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from whodid.tracer import Query
 from whodid.tracer.destinations import parse_destination
-from whodid.tracer.when import iso
+from whodid.tracer.when import clock, iso
 
 from .. import query
 from ..query import MAX_PATTERN, Question, QueryError
@@ -58,7 +58,8 @@ class Ask:
         return f"{self.pattern} with {self.connection}" if self.pattern else self.connection
 
     def window(self) -> str:
-        return f"the last {self.since_text}" if not self.until else f"{self.since_text} to {self.until}"
+        # with an end, both ends as times: since_text may be a duration ("3d") and until is a number
+        return f"the last {self.since_text}" if not self.until else f"{clock(self.since)} to {clock(self.until)}"
 
     def wider(self, now: float) -> "Ask":
         """The same question over a window seven times as long (at least a week, at most 90 days)."""
