@@ -205,3 +205,112 @@ def test_each_capability_of_the_agent_unit_is_needed(cap, tmp_path):
     assert set(LOST) == set(bounding_set())          # a capability added to the unit must say why here
     seen = agent_with([c for c in bounding_set() if c != cap], tmp_path)
     assert LOST[cap](seen), (seen["returncode"], seen["err"], seen["victim"], seen["unix"])
+
+
+# --- the system calls and socket families the daemons use, against the units' filters -------
+# systemd enforces SystemCallFilter= and RestrictAddressFamilies= with seccomp; without systemd
+# as PID 1 the filter cannot be installed, but what the daemons call can be watched (strace)
+# and compared with what the unit lets through. This covers the paths a test drives (start,
+# capture or a batch, /healthz, /metrics, SIGTERM), not every path.
+
+STRACE = shutil.which("strace")
+
+
+def syscall_group(name: str) -> set[str]:
+    text = subprocess.run([ANALYZE, "syscall-filter", name], capture_output=True, text=True, check=True).stdout
+    out: set[str] = set()
+    for line in text.splitlines()[1:]:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out |= syscall_group(line) if line.startswith("@") else {line}
+    return out
+
+
+def allowed_syscalls(unit: dict[str, list[str]]) -> set[str]:
+    """The set the unit's SystemCallFilter= lines leave, read as systemd reads them: allow
+    lists add up, a line starting with ~ takes away."""
+    allowed: set[str] = set()
+    for line in unit["SystemCallFilter"]:
+        deny = line.startswith("~")
+        names = set().union(*(syscall_group(n) if n.startswith("@") else {n} for n in line.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def traced(trace: Path, command: str) -> tuple[set[str], set[str]]:
+    """(system calls made, socket families opened) in an `strace -f` log, from the exec of
+    command on (before it, setpriv drops the capabilities: systemd's part)."""
+    import re
+    text = trace.read_text()
+    text = text[text.index(f'execve("{VENV_BIN / command}"'):]
+    return set(re.findall(r"^\d+\s+([a-z_0-9]+)\(", text, re.M)), set(re.findall(r"\bsocket\((AF_[A-Z0-9]+)", text))
+
+
+needs_strace = pytest.mark.skipif(ANALYZE is None or STRACE is None or shutil.which("setpriv") is None,
+                                  reason="systemd-analyze, strace or setpriv is not installed")
+
+
+@needs_strace
+def test_serve_stays_inside_its_units_system_call_filter_and_address_families(tmp_path):
+    from kit import free_port
+    unit = unit_settings(UNITS / "whodid-serve.service")
+    config = tmp_path / "config.yaml"
+    port, web = free_port(), free_port()
+    config.write_text(f"slack:\n  mode: \"off\"\nweb:\n  listen: 127.0.0.1:{web}\n")
+    trace, ready = tmp_path / "trace", tmp_path / "ready"
+    # CapabilityBoundingSet= (empty): not one capability
+    serve = subprocess.Popen([STRACE, "-f", "-qq", "-o", str(trace), "setpriv", "--bounding-set=-all", "--",
+                              VENV_BIN / "whodid", "serve", "--config", str(config), "--db", str(tmp_path / "s.db"),
+                              "--listen", f"127.0.0.1:{port}", "--ready-file", str(ready)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        while not ready.exists() and serve.poll() is None:
+            time.sleep(0.1)
+        assert serve.poll() is None, serve.communicate()[1]
+        import urllib.request
+        for path in ("/healthz", "/metrics"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
+                assert resp.status == 200
+        os.kill(int(ready.read_text().split()[0]), signal.SIGTERM)
+        _, err = serve.communicate(timeout=120)
+        assert "stopped;" in err, err
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.communicate()
+    calls, families = traced(trace, "whodid")
+    # SQLite calls fchown() only when its euid is 0, as here (this test cannot run serve as
+    # another user: the virtualenv lives under /root); the unit runs serve as `whodid`
+    outside = calls - allowed_syscalls(unit) - {"fchown"}
+    assert not outside, f"serve calls {sorted(outside)}, which its unit's SystemCallFilter= refuses"
+    assert families and families <= set(unit["RestrictAddressFamilies"][0].split())
+
+
+@needs_strace
+@needs_bpf
+def test_the_agent_stays_inside_its_units_system_call_filter_and_address_families(tmp_path):
+    unit = unit_settings(UNITS / "whodid-agent.service")
+    trace, ready = tmp_path / "trace", tmp_path / "ready"
+    bounding = ",".join(["-all", *("+" + c[4:].lower() for c in bounding_set())])
+    agent = subprocess.Popen([STRACE, "-f", "-qq", "-o", str(trace), "setpriv", f"--bounding-set={bounding}", "--",
+                              VENV_BIN / "whodid-agent", "run", "--mode", "bpf", "--out", str(tmp_path / "ev.jsonl"),
+                              "--auth-log", "none", "--flush-interval", "0.2", "--ready-file", str(ready)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        while not ready.exists() and agent.poll() is None:
+            time.sleep(0.1)
+        assert agent.poll() is None, agent.communicate()[1]
+        socket.getaddrinfo("localhost", 22)              # something for it to see
+        subprocess.run(["/bin/true"], check=True)
+        os.kill(int(ready.read_text()), signal.SIGTERM)
+        _, err = agent.communicate(timeout=120)
+        assert "stopped;" in err, err
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.communicate()
+    calls, families = traced(trace, "whodid-agent")
+    outside = calls - allowed_syscalls(unit)
+    assert not outside, f"the agent calls {sorted(outside)}, which its unit's SystemCallFilter= refuses"
+    assert {"bpf", "perf_event_open"} <= calls                       # the two the unit adds, in use
+    assert "AF_PACKET" in families and families <= set(unit["RestrictAddressFamilies"][0].split())
