@@ -246,6 +246,19 @@ def traced(trace: Path, command: str) -> tuple[set[str], set[str]]:
     return set(re.findall(r"^\d+\s+([a-z_0-9]+)\(", text, re.M)), set(re.findall(r"\bsocket\((AF_[A-Z0-9]+)", text))
 
 
+def written(trace: Path, command: str) -> set[str]:
+    """The paths command created, wrote, renamed or removed, as strace shows them: under
+    ProtectSystem=strict, anything outside the state directory and /tmp fails."""
+    import re
+    text = trace.read_text()
+    text = text[text.index(f'execve("{VENV_BIN / command}"'):]
+    out = set(re.findall(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)", [^)]*O_(?:WRONLY|RDWR|CREAT)[^)]*\) = \d', text))
+    for call in ("rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat"):
+        for args in re.findall(rf"^\d+\s+{call}\(([^)]*)\) = 0", text, re.M):
+            out.update(re.findall(r'"([^"]+)"', args))
+    return {p if p.startswith("/") else str(ROOT / p) for p in out}   # relative: to the test's cwd
+
+
 needs_strace = pytest.mark.skipif(ANALYZE is None or STRACE is None or shutil.which("setpriv") is None,
                                   reason="systemd-analyze, strace or setpriv is not installed")
 
@@ -284,6 +297,9 @@ def test_serve_stays_inside_its_units_system_call_filter_and_address_families(tm
     outside = calls - allowed_syscalls(unit) - {"fchown"}
     assert not outside, f"serve calls {sorted(outside)}, which its unit's SystemCallFilter= refuses"
     assert families and families <= set(unit["RestrictAddressFamilies"][0].split())
+    # ProtectSystem=strict: it writes into its state directory (tmp_path stands for it) alone
+    outside = {p for p in written(trace, "whodid") if not p.startswith(str(tmp_path) + "/") and p != "/dev/null"}
+    assert written(trace, "whodid") and not outside, sorted(outside)
 
 
 @needs_strace
@@ -314,3 +330,5 @@ def test_the_agent_stays_inside_its_units_system_call_filter_and_address_familie
     assert not outside, f"the agent calls {sorted(outside)}, which its unit's SystemCallFilter= refuses"
     assert {"bpf", "perf_event_open"} <= calls                       # the two the unit adds, in use
     assert "AF_PACKET" in families and families <= set(unit["RestrictAddressFamilies"][0].split())
+    outside = {p for p in written(trace, "whodid-agent") if not p.startswith(str(tmp_path) + "/") and p != "/dev/null"}
+    assert written(trace, "whodid-agent") and not outside, sorted(outside)
