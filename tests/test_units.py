@@ -332,3 +332,21 @@ def test_the_agent_stays_inside_its_units_system_call_filter_and_address_familie
     assert "AF_PACKET" in families and families <= set(unit["RestrictAddressFamilies"][0].split())
     outside = {p for p in written(trace, "whodid-agent") if not p.startswith(str(tmp_path) + "/") and p != "/dev/null"}
     assert written(trace, "whodid-agent") and not outside, sorted(outside)
+
+
+def test_deploy_md_names_the_units_capabilities_and_tests_that_exist():
+    import fnmatch
+    import re
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    table = set(re.findall(r"^\| `(CAP_[A-Z_]+)` \|", doc, re.M))
+    assert table == set(bounding_set())                      # the table explains exactly the unit's set
+
+    def defined(module: str) -> list[str]:
+        return re.findall(r"^def (test_\w+)", (ROOT / "tests" / module).read_text(), re.M)
+
+    named = re.findall(r"`tests/(test_\w+\.py)(?:::([\w*]+))?`", doc)
+    assert named
+    for module, test in named:
+        assert not test or fnmatch.filter(defined(module), test), f"{module}::{test}"
+    for test in re.findall(r"`::([\w*]+)`", doc):            # `::name` continues test_units.py's row
+        assert fnmatch.filter(defined("test_units.py"), test), test
