@@ -97,6 +97,7 @@ def test_the_units_run_the_commands_whodid_has_with_the_hardening_promised():
         assert unit["NoNewPrivileges"] == ["yes"] and unit["ProtectSystem"] == ["strict"]
         assert unit["PrivateTmp"] == ["yes"] and unit["ConfigurationDirectory"] == ["whodid"]
         assert "@system-service" in unit["SystemCallFilter"][0].split()
+        assert unit["StartLimitBurst"] and unit["TimeoutStopSec"]     # a bad config ends failed; the flush has time
     assert serve["User"] == ["whodid"] and serve["CapabilityBoundingSet"] == [""]
     assert serve["StateDirectory"] == ["whodid"] and serve["ProtectHome"] == ["yes"]
     assert "AF_PACKET" not in serve["RestrictAddressFamilies"][0]
