@@ -36,6 +36,7 @@ from .spool import event_line
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
 from whodid import private
+from whodid import sdnotify
 from whodid.arguments import Parser
 from whodid.stopping import Stop
 from whodid.tracer.events import plain_ip
@@ -370,6 +371,7 @@ def run(args) -> int:
               "recorded; name it with --auth-log", file=sys.stderr, flush=True)
     if args.ready_file:
         open(args.ready_file, "w").write(str(os.getpid()))
+    sdnotify.ready(f"capturing on {host} ({mode})")     # Type=notify: probes attached, snapshot taken
 
     pending: list = []
     last_flush = last_mark = time.monotonic()
@@ -416,6 +418,7 @@ def run(args) -> int:
         if now - last_lost_poll >= 1.0:                 # reading the counters costs a map lookup
             last_lost_poll = now
             pending.extend(losses())
+    sdnotify.stopping("stopping: flushing and shipping what was captured")
     stopped = run_mark("stop")          # before the drain: records made after it may be lost
     pending.extend(cap.drain())
     pending.extend(losses())                            # the last second before stopping

@@ -17,6 +17,7 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from whodid import config as config_mod
+from whodid import sdnotify
 from whodid.guarded_http import Deadlines
 from whodid.stopping import Stop
 from whodid.collector.server import Collector, Limits
@@ -133,7 +134,9 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
     if ready_file:
         with open(ready_file, "w") as fh:
             fh.write(f"{os.getpid()} {collector.url}\n")
+    sdnotify.ready(f"collector on {collector.url}")       # Type=notify: listening, jobs scheduled
     stop.wait()
+    sdnotify.stopping("stopping: finishing requests in flight")
     log("stopping: finishing requests in flight and writing what was received")
     # should stopping ever hang, say where: every thread's stack goes to the log after 30 s
     faulthandler.dump_traceback_later(30, exit=False)
