@@ -51,6 +51,7 @@ class Canary:
     cron: str | None = None              # a crontab line (minute hour day month weekday)
     timeout: float = 10.0
     channel: str = ""
+    outputs: tuple[str, ...] = ()        # named top-level outputs (webhook, syslog) it also alerts
     failures_before_alert: int = 1
     suspects: Suspects = field(default_factory=Suspects)
 
@@ -73,7 +74,7 @@ class Result:
 
 # --- parsing ---------------------------------------------------------------------------------
 
-CANARY_KEYS = {"name", "every", "cron", "timeout", "channel", "failures_before_alert", "check", "suspects"}
+CANARY_KEYS = {"name", "every", "cron", "timeout", "channel", "outputs", "failures_before_alert", "check", "suspects"}
 CHECK_KEYS = {
     "http": {"type", "url", "method", "headers", "expect_status", "body_regex", "json_path", "json_equals",
              "verify_tls", "ca_file"},
@@ -129,6 +130,9 @@ def parse_canary(raw: Any, where: str) -> Canary:
     channel = raw.get("channel", "")
     if not isinstance(channel, str):
         raise CanaryError(f"{where}.channel must be a channel name or id")
+    outputs = raw.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) and o for o in outputs):
+        raise CanaryError(f"{where}.outputs is a list of output names (the top-level `outputs`)")
     check = raw.get("check")
     if not isinstance(check, dict) or check.get("type") not in TYPES:
         raise CanaryError(f"{where}.check needs a type: one of {', '.join(TYPES)}")
@@ -151,7 +155,7 @@ def parse_canary(raw: Any, where: str) -> Canary:
                         lookback=_duration(s, "lookback", f"{where}.suspects") if "lookback" in s else 86400.0,
                         connections=connections)
     return Canary(name=name, check=dict(check), every=every, cron=cron, timeout=timeout, channel=channel,
-                  failures_before_alert=n, suspects=suspects)
+                  outputs=tuple(outputs), failures_before_alert=n, suspects=suspects)
 
 
 def own_destinations(check: dict[str, Any]) -> tuple[str, ...]:
