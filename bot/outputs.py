@@ -241,13 +241,16 @@ class Webhook:
                 "X-Whodid-Event": ev["event"], "X-Whodid-Delivery": ev["id"],
                 "X-Whodid-Timestamp": ts, "X-Whodid-Signature": signature(secret, ts, body)})
             try:
-                with urllib.request.urlopen(req, timeout=self.spec.timeout, context=self._tls()) as resp:
+                with _opener(self._tls()).open(req, timeout=self.spec.timeout) as resp:
                     resp.read(1 << 16)
                 return
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code} from {self.spec.url}"
                 if exc.code == 429:
                     wait = max(wait, _retry_after(exc.headers.get("Retry-After")))
+                elif 300 <= exc.code < 400:
+                    raise DeliveryError(f"{last}: a redirect to {exc.headers.get('Location')!r}, not followed; set "
+                                        "the url to where it leads", refused=True) from None
                 elif exc.code < 500 and exc.code != 408:
                     raise DeliveryError(f"{last}: the receiver refused the event", refused=True) from None
             except (urllib.error.URLError, OSError) as exc:
@@ -262,6 +265,18 @@ class Webhook:
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
             return ctx
         return ssl.create_default_context(cafile=self.spec.ca_file or None)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is not followed: urllib would turn the POST into a GET without the body, and
+    a 200 from wherever it led would count as delivered. A 3xx is the receiver refusing."""
+
+    def redirect_request(self, *args, **kw):
+        return None
+
+
+def _opener(ctx):
+    return urllib.request.build_opener(_NoRedirect, urllib.request.HTTPSHandler(context=ctx))
 
 
 def _retry_after(value: str | None) -> float:

@@ -140,6 +140,33 @@ def test_an_exec_plugin_that_fails_is_one_line(tmp_path, fake):
     assert not r.ok and r.summary.startswith("cannot load the kubeconfig credentials:") and "no-such" in r.summary
 
 
+def test_an_exec_plugin_that_hangs_is_killed_at_the_timeout(tmp_path, fake):
+    """The library waits on a plugin with no timeout: the check's own timeout must stop it, not
+    leave a process (and the thread waiting on it) behind at every run."""
+    pidfile = tmp_path / "pid"
+    script = plugin(tmp_path, f"""
+        import os, time
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        time.sleep(600)
+        """)
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": script}}
+    r = run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)}, timeout="1s"))
+    assert r.timed_out and r.summary.startswith("timed out after 1s")
+    pid = int(pidfile.read_text())
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_a_kubeconfig_others_may_write_is_refused(tmp_path, fake):
+    """Its exec plugin is a command: whoever may write the file chooses what whodid runs."""
+    path = kubeconfig(tmp_path, fake, {"token": "tok-123"})
+    os.chmod(path, 0o666)
+    r = run(canary({"kubeconfig": path}))
+    assert not r.ok and r.summary == (f"the kubeconfig {path} is writable by group or others (mode 0666) and its "
+                                      f"exec plugins run as whodid: run `chmod go-w {path}`")
+    os.chmod(path, 0o644)
+    assert run(canary({"kubeconfig": path})).ok
+
+
 def _cert(tmp_path):
     key, crt = tmp_path / "tls.key", tmp_path / "tls.crt"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",

@@ -150,6 +150,55 @@ def test_a_hanging_webhook_holds_up_neither_the_caller_nor_syslog(secret_file, t
             box.stop()
 
 
+def test_a_redirect_is_not_taken_for_delivery(secret_file):
+    """urllib follows a 302 with a GET and no body; the 200 at its end would count as delivered."""
+    import http.server
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DeliveryError) as exc:
+            Webhook(hook(f"http://127.0.0.1:{httpd.server_address[1]}/", secret_file)).send(an_alert())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert exc.value.refused and "HTTP 302" in str(exc.value) and "not followed" in str(exc.value)
+
+
+def test_a_command_line_cannot_forge_a_syslog_line_over_tcp():
+    """TCP syslog is newline framed: a recorded command holding a newline and a fake header
+    must stay inside its one line, in both formats."""
+    forged = "rm -rf /srv\n<10>1 2026-01-01T00:00:00Z host whodid 1 alert - all clear"
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        srv.settimeout(30)
+        address = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+        for fmt in ("json", "text"):
+            spec = parse_outputs([{"name": "s", "type": "syslog", "address": address, "format": fmt}])["s"]
+            ev = event("alert", "c:alert:1.000", f"Canary c is failing\n  1. jim ran `{forged}`", 1e9, canary="c",
+                       suspects=[{"command": forged}])
+            Syslog(spec).send(ev)
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+            lines = data.decode().split("\n")
+            assert len(lines) == 2 and lines[1] == "", lines          # one line, then the frame's newline
+            assert "<10>1" in lines[0] and lines[0].startswith("<11>1 ")
+
+
 @pytest.mark.parametrize("raw, words", [
     ([{"name": "x", "type": "pager"}], "output x.type is one of webhook, syslog"),
     ([{"name": "x", "type": "webhook", "url": "ftp://x", "secret_file": "/s"}], "output x.url is the http(s) URL"),

@@ -341,11 +341,11 @@ def _command(c: dict[str, Any], timeout: float, procs) -> Result:
     return Result(True, f"`{shown}` exited {p.returncode}")
 
 
-def _kubernetes(c: dict[str, Any], timeout: float, _procs) -> Result:
+def _kubernetes(c: dict[str, Any], timeout: float, procs) -> Result:
     """The object at `path` must exist: 200 yes, 404 gone; anything else is its own failure.
     How the canary reaches the cluster and as whom is kube.py's (api_url, kubeconfig, in-cluster)."""
     try:
-        answer = kube.get(c, c["path"], timeout)
+        answer = kube.get(c, c["path"], timeout, procs)          # an exec plugin: killed at the timeout
     except kube.KubeError as exc:
         return Result(False, str(exc))
     except Exception as exc:                   # urllib3: refused, timed out, TLS

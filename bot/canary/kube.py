@@ -20,6 +20,9 @@ the canary's default suspect connections.
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,11 +113,52 @@ def context_of(c: dict[str, Any], environ=os.environ) -> dict[str, Any]:
     return {"name": name, "server": str(cluster["server"]), "user": user if isinstance(user, dict) else {}}
 
 
-def configuration(c: dict[str, Any]):
-    """A kubernetes.client.Configuration for the check, credentials loaded (plugins run) now."""
+_check = threading.local()          # the processes the current check's thread started
+
+
+class _PluginProcesses:
+    """Stands in for `subprocess` in the library's exec_provider, which waits on a plugin with no
+    timeout: each plugin gets its own process group and is listed with the check that started
+    it, so a check that times out kills it (checks.run) instead of leaving it - and the thread
+    waiting on it - behind at every run."""
+    PIPE = subprocess.PIPE
+
+    @staticmethod
+    def Popen(*args, **kw):
+        kw["start_new_session"] = True
+        p = subprocess.Popen(*args, **kw)
+        procs = getattr(_check, "procs", None)
+        if procs is not None:
+            procs.append(p)
+        return p
+
+
+def _own_plugins() -> None:
+    from kubernetes.config import exec_provider
+    exec_provider.subprocess = _PluginProcesses
+
+
+def _refuse_writable(paths: list[str]) -> None:
+    """A kubeconfig others may write is a command others choose for whodid to run (its exec
+    plugin): refused, as ssh refuses a config file others may write."""
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue                          # missing ones: context_of says so
+        if mode & 0o022:
+            raise KubeError(f"the kubeconfig {path} is writable by group or others (mode {mode:04o}) and its exec "
+                            f"plugins run as whodid: run `chmod go-w {path}`")
+
+
+def configuration(c: dict[str, Any], procs: list | None = None):
+    """A kubernetes.client.Configuration for the check, credentials loaded (plugins run) now;
+    a plugin's process is added to `procs` (killed if the check times out)."""
     from kubernetes import client
     from kubernetes.config.config_exception import ConfigException
     from kubernetes.config import incluster_config, kube_config
+    _own_plugins()
+    _check.procs = procs
 
     conf = client.Configuration()
     how = mode(c)
@@ -127,11 +171,14 @@ def configuration(c: dict[str, Any]):
         elif how == "kubeconfig":
             paths = kubeconfig_paths(c)
             ctx = context_of(c)              # its own, clearer errors: no file, no such context
+            _refuse_writable(paths)
             kube_config.load_kube_config(config_file=os.pathsep.join(paths), context=c.get("context"),
                                          client_configuration=conf, persist_config=False)
             if isinstance(ctx["user"].get("exec"), dict) and not (conf.api_key or conf.cert_file):
                 # the library logs a failed plugin and goes on without credentials; kubectl stops
                 # and says why. Run it again to say why (it failed once: this costs a failure).
+                if any(p.returncode is not None and p.returncode < 0 for p in procs or []):
+                    raise KubeError(f"the exec plugin of context {ctx['name']!r} was stopped at the check's timeout")
                 from kubernetes.config.exec_provider import ExecProvider
                 ExecProvider(kube_config.ConfigNode("exec", ctx["user"]["exec"]),
                              os.path.dirname(paths[0])).run()
@@ -158,11 +205,11 @@ def configuration(c: dict[str, Any]):
     return conf
 
 
-def get(c: dict[str, Any], path: str, timeout: float) -> Answer:
+def get(c: dict[str, Any], path: str, timeout: float, procs: list | None = None) -> Answer:
     """GET `path` from the check's cluster as the check's identity. Raises KubeError for what
     kept the request from being made; a connection failure or timeout propagates (urllib3)."""
     from kubernetes import client
-    conf = configuration(c)
+    conf = configuration(c, procs)
     api = client.ApiClient(conf)
     try:
         method, url, headers, body, post = api.param_serialize("GET", path, header_params={"Accept": "application/json"},
