@@ -100,6 +100,20 @@ def test_syslog_gets_one_rfc5424_line(tmp_path):
     assert m2["msg"] == "Canary prod-cluster recovered after 5m"           # one line
 
 
+def test_syslog_to_a_local_socket_like_dev_log(tmp_path):
+    path = str(tmp_path / "log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(30)
+        spec = parse_outputs([{"name": "local", "type": "syslog", "address": path, "facility": "daemon"}])["local"]
+        Syslog(spec).send(an_alert())
+        from hookrecv import RFC5424
+        m = RFC5424.match(sock.recv(65535).decode())
+    assert m and int(m["pri"]) == 3 * 8 + 3 and json.loads(m["msg"])["canary"] == "prod-cluster"
+    with pytest.raises(DeliveryError, match=f"cannot send to syslog at {path}"):
+        Syslog(spec).send(an_alert())                            # nobody listening any more
+
+
 def test_the_outbox_delivers_at_least_once_across_a_restart_and_never_waits(secret_file, tmp_path):
     spool = tmp_path / "outbox"
     with socket.socket() as s:
