@@ -112,7 +112,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             log(f"no Slack: canary alerts go to this log and to files in {alerts_dir}")
             poster = FilePoster(alerts_dir)
         if outbox is not None:
-            poster = WithOutputs(poster, outbox, needs_channel=bot is not None)
+            poster = WithOutputs(poster, outbox, needs_channel=bot is not None, log=log)
         CanaryRunner(cfg, path, poster).schedule(scheduler)
         log(f"{len(cfg.canaries)} canaries scheduled: "
             + ", ".join(f"{c.name} ({c.schedule()})" for c in cfg.canaries))

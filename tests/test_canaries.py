@@ -567,3 +567,31 @@ def test_one_canary_alerts_slack_and_a_signed_webhook_once_each(demo_db, tmp_pat
         assert [a["verified"] for a in recv.attempts] == [True] * 4                     # 503, 503, alert, recovered
         assert events[1]["id"].startswith("prod-cluster:recovered:")
         assert [m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
+
+
+def test_a_full_disk_under_the_outbox_does_not_keep_the_alert_from_slack(demo_db, tmp_path, monkeypatch):
+    """The outputs' spool on a full tmpfs: the alert still reaches Slack, once, and the log says
+    the outputs will not get it (posting again later would post Slack twice)."""
+    import subprocess
+    from whodid.bot.canary.alerts import WithOutputs
+    from whodid.bot.outputs import Outbox
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spool)], check=True)
+    try:
+        with open(spool / "filler", "wb") as fh:
+            with contextlib.suppress(OSError):
+                fh.write(b"x" * (1 << 20))
+        said = []
+        with slack_canary(demo_db, tmp_path, monkeypatch) as sc:
+            raw = dict(sc.raw, outputs=[{"name": "siem", "type": "syslog", "address": "udp://127.0.0.1:9"}])
+            raw["canaries"] = [dict(raw["canaries"][0], outputs=["siem"])]
+            cfg = config_mod.from_dict(raw)
+            outbox = Outbox(cfg.outputs, spool)                    # not started: nothing is sent anyway
+            runner = CanaryRunner(cfg, sc.db, WithOutputs(SlackPoster(sc.bot), outbox, True, log=said.append),
+                                  log=said.append)
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            assert len(sc.emu.top_level("C7")) == 1 and sc.state()["undelivered"] is None
+        assert any("could not spool the alert for siem (disk full); they will not get it" in s for s in said), said
+    finally:
+        subprocess.run(["umount", str(spool)], check=True)

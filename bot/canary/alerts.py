@@ -394,10 +394,20 @@ class WithOutputs:
     message the wrapped poster could not deliver is offered again by the runner; the outbox
     keeps its one copy while it is pending, and its id lets a receiver drop a later one."""
 
-    def __init__(self, poster, outbox, needs_channel: bool):
+    def __init__(self, poster, outbox, needs_channel: bool, log=None):
         self.poster = poster
         self.outbox = outbox
         self.needs_channel = needs_channel      # Slack: a canary without a channel is not posted there
+        self.log = log or (lambda msg: print(f"whodid canary: {msg}", file=sys.stderr, flush=True))
+
+    def _put(self, canary: Canary, ev: dict[str, Any]) -> None:
+        """Spool for the outputs. A spool that cannot be written (the disk full) must not keep the
+        alert from Slack, and posting it again later would post Slack twice: said, and given up."""
+        try:
+            self.outbox.put(canary.outputs, ev)
+        except OSError as exc:
+            self.log(f"{canary.name}: could not spool the {ev['event']} for {', '.join(canary.outputs)} "
+                     f"({private.trouble(exc, self.outbox.spool) or exc.strerror or exc}); they will not get it")
 
     def _only_outputs(self, canary: Canary) -> bool:
         return self.needs_channel and not canary.channel
@@ -405,9 +415,9 @@ class WithOutputs:
     def alert(self, canary, state, result, suspects, changes):
         if canary.outputs:
             now = time.time()
-            self.outbox.put(canary.outputs, output_event("alert", event_id(canary, "alert", state),
-                                                         alert_text(canary, state, result, suspects, changes, now),
-                                                         now, **alert_json(canary, state, result, suspects)))
+            self._put(canary, output_event("alert", event_id(canary, "alert", state),
+                                           alert_text(canary, state, result, suspects, changes, now), now,
+                                           **alert_json(canary, state, result, suspects)))
         if self._only_outputs(canary):
             return "outputs", event_id(canary, "alert", state)
         return self.poster.alert(canary, state, result, suspects, changes)
@@ -424,6 +434,5 @@ class WithOutputs:
 
     def _said(self, canary, state, result, kind, text):
         if canary.outputs:
-            self.outbox.put(canary.outputs, output_event(kind, event_id(canary, kind, state), text, time.time(),
-                                                         canary=canary.name, failing_since=state.since,
-                                                         result=result.summary))
+            self._put(canary, output_event(kind, event_id(canary, kind, state), text, time.time(),
+                                           canary=canary.name, failing_since=state.since, result=result.summary))
