@@ -208,7 +208,8 @@ def test_in_cluster_service_account(tmp_path, monkeypatch):
 @pytest.mark.parametrize("check, words", [
     ({}, "exactly one of `api_url` (+ `token_file`), `kubeconfig`/`context`, or `in_cluster: true`"),
     ({"api_url": "http://x", "in_cluster": True}, "got api_url and in_cluster"),
-    ({"in_cluster": True, "token": "t"}, "`token`/`token_file` go with `api_url`"),
+    ({"in_cluster": True, "token": "t"}, "`token`/`token_file`/`ca_file` go with `api_url`"),
+    ({"context": "prod", "ca_file": "/ca.pem"}, "`token`/`token_file`/`ca_file` go with `api_url`"),
     ({"in_cluster": "yes"}, "in_cluster is true or false"),
 ])
 def test_bad_kubernetes_checks_are_explained(check, words):

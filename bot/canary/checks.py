@@ -230,9 +230,9 @@ def _kubernetes_fields(c: dict[str, Any], where: str) -> None:
     for key in ("kubeconfig", "context"):
         if key in c and not (isinstance(c[key], str) and c[key]):
             raise CanaryError(f"{where}.{key} must be a " + ("file path" if key == "kubeconfig" else "context name"))
-    if ways[0] != "api_url" and ({"token", "token_file"} & set(c)):
-        raise CanaryError(f"{where}: `token`/`token_file` go with `api_url`; a kubeconfig or the in-cluster "
-                          "service account says who the canary is")
+    if ways[0] != "api_url" and ({"token", "token_file", "ca_file"} & set(c)):
+        raise CanaryError(f"{where}: `token`/`token_file`/`ca_file` go with `api_url`; a kubeconfig or the "
+                          "in-cluster service account says who the canary is and which CA to trust")
 
 
 def _known(raw: dict, keys: set[str], where: str) -> None:

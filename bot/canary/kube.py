@@ -164,7 +164,7 @@ def configuration(c: dict[str, Any], procs: list | None = None):
     how = mode(c)
     try:
         if how == "in_cluster":
-            sa = c.get("service_account_dir") or SERVICE_ACCOUNT_DIR
+            sa = SERVICE_ACCOUNT_DIR
             incluster_config.InClusterConfigLoader(
                 token_filename=os.path.join(sa, "token"), cert_filename=os.path.join(sa, "ca.crt"),
                 environ=os.environ).load_and_set(conf)
