@@ -246,11 +246,13 @@ def review_json(review: Review) -> dict[str, Any]:
 class DigestJob:
     """The scheduled digest (`changes.digest`), run by `whodid serve` on APScheduler: the review
     of the `since` window ending now, posted to the channel - or, without Slack, written to the
-    log and to a file."""
+    log and to a file - and, with `changes.digest.outputs`, to those outputs (a signed webhook,
+    syslog) through the outbox, which never waits on them."""
 
     def __init__(self, cfg, store_path: str, bot=None, out_dir: str | None = None, log=None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, outbox=None):
         self.cfg = cfg
+        self.outbox = outbox
         self.clock = clock
         self.digest = cfg.changes.digest
         self.store_path = store_path
@@ -265,7 +267,8 @@ class DigestJob:
         # ran late (within the hour) are folded into one run
         scheduler.add_job(self.tick, cron_trigger(d.cron, d.tz), id="changes-digest", name="changes digest",
                           max_instances=1, coalesce=True, misfire_grace_time=3600)
-        return f"{d.cron} {d.tz} to {d.channel}, reviewing the last {d.since}"
+        where = ", ".join(([d.channel] if d.channel else []) + [f"output {o}" for o in d.outputs])
+        return f"{d.cron} {d.tz} to {where}, reviewing the last {d.since}"
 
     def tick(self) -> None:
         """One scheduled digest. A failure (the store, Slack) is said in the log, and the next
@@ -286,12 +289,18 @@ class DigestJob:
             result = review(tracer, self.cfg.changes, now - parse_duration(self.digest.since), now)
         finally:
             store.close()
-        if self.bot is not None:
+        if self.outbox is not None and self.digest.outputs:
+            from .outputs import event
+            self.outbox.put(self.digest.outputs, event(
+                "digest", f"digest:{iso(result.since)}:{iso(result.until)}", render_text(result, now), now,
+                review=review_json(result)))
+            self.log(f"handed to {', '.join(self.digest.outputs)}: {result.headline()}")
+        if self.bot is not None and self.digest.channel:
             pages = render_blocks(result, self.bot.value, title="Change digest")
             ts = self.bot.post_pages(pages, self.digest.channel)
             self.log(f"posted to {self.digest.channel}" + (f" ({len(pages)} messages)" if len(pages) > 1 else "")
                      + f": {result.headline()}" if ts else f"could not post to {self.digest.channel}")
-        else:
+        elif self.bot is None:
             text = render_text(result, now)
             self.log(f"{result.headline()}\n{text}")
             if self.out_dir:

@@ -91,13 +91,19 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         scheduler.add_job(prune, "interval", seconds=config_mod.parse_duration(cfg.store.prune_every),
                           id="retention", name="retention")
         scheduler.add_job(prune, "date", id="retention-now", name="retention at start")
+    outbox = None
+    if cfg.outputs:                   # webhooks, syslog: spooled, each delivered by its own thread
+        from .outputs import Outbox
+        spool = config_mod.data_dir() / "outbox"
+        outbox = Outbox(cfg.outputs, spool, log=log).start()
+        log(f"outputs: {', '.join(f'{o.name} ({o.type})' for o in cfg.outputs.values())}, spooled in {spool}")
     if cfg.canaries:
-        from .canary.alerts import FilePoster, SlackPoster
+        from .canary.alerts import FilePoster, SlackPoster, WithOutputs
         from .canary.runner import CanaryRunner
         if bot is not None:
-            unrouted = [c.name for c in cfg.canaries if not c.channel]
+            unrouted = [c.name for c in cfg.canaries if not c.channel and not c.outputs]
             if unrouted:
-                log(f"canaries without a channel to alert: {', '.join(unrouted)}; set `channel` on each")
+                log(f"canaries without a channel to alert: {', '.join(unrouted)}; set `channel` (or `outputs`) on each")
                 scheduler.shutdown(wait=False)
                 collector.stop()
                 return 2
@@ -106,6 +112,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             alerts_dir = config_mod.data_dir() / "alerts"
             log(f"no Slack: canary alerts go to this log and to files in {alerts_dir}")
             poster = FilePoster(alerts_dir)
+        if outbox is not None:
+            poster = WithOutputs(poster, outbox, needs_channel=bot is not None, log=log)
         CanaryRunner(cfg, path, poster).schedule(scheduler)
         log(f"{len(cfg.canaries)} canaries scheduled: "
             + ", ".join(f"{c.name} ({c.schedule()})" for c in cfg.canaries))
@@ -114,7 +122,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         out = None if bot is not None else str(config_mod.data_dir() / "digests")
         if bot is None:
             log(f"no Slack: the change digest goes to this log and to files in {out}")
-        where = DigestJob(cfg, path, bot, out_dir=out, log=lambda msg: log(f"change digest: {msg}")).schedule(scheduler)
+        where = DigestJob(cfg, path, bot, out_dir=out, log=lambda msg: log(f"change digest: {msg}"),
+                          outbox=outbox).schedule(scheduler)
         log(f"change digest scheduled: {where}")
     scheduler.start()
     if bot is not None:
@@ -147,6 +156,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
     if bot is not None:
         bot.stop()
     scheduler.shutdown(wait=False)
+    if outbox is not None:
+        outbox.stop()                 # what is still spooled is delivered at the next start
     if pages is not None:
         pages.stop()
     collector.stop()

@@ -522,3 +522,76 @@ def test_an_alert_whose_picture_cannot_be_drawn_is_posted_once_with_its_chain(de
         thread = emu.thread("C7", alert.ts)
         assert any("could not be drawn" in m.text for m in thread)
         assert any("```" in str(m.blocks) for m in thread)        # the chain, as text
+
+
+def test_one_canary_alerts_slack_and_a_signed_webhook_once_each(demo_db, tmp_path, monkeypatch):
+    """Issue 22 item 6: `outputs: [oncall]` beside `channel`: the alert reaches Slack and the
+    webhook (signed, through two 503s), each once - while Slack refuses, the webhook already has
+    it and the Slack redelivery sends it no second copy - and so does the recovery."""
+    from hookrecv import WebhookReceiver
+    from whodid.bot.canary.alerts import WithOutputs
+    from whodid.bot.outputs import Outbox
+    secret = tmp_path / "hook.secret"
+    secret.write_text("shared-secret")
+    secret.chmod(0o600)
+    with slack_canary(demo_db, tmp_path, monkeypatch) as sc, WebhookReceiver(b"shared-secret", fail_first=2) as recv:
+        emu, kube, state = sc.emu, sc.kube, sc.state
+        raw = dict(sc.raw, outputs=[{"name": "oncall", "type": "webhook", "url": recv.url,
+                                     "secret_file": str(secret), "backoff": "0.05s"}])
+        raw["canaries"] = [dict(raw["canaries"][0], outputs=["oncall"])]
+        cfg = config_mod.from_dict(raw)
+        outbox = Outbox(cfg.outputs, tmp_path / "outbox").start()
+        try:
+            runner = CanaryRunner(cfg, sc.db, WithOutputs(SlackPoster(sc.bot), outbox, needs_channel=True),
+                                  log=lambda m: None)
+            emu.not_in.add("C7")                                  # Slack refuses at first
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            (hooked,) = recv.wait_for(1)
+            assert state()["undelivered"] == "alert" and emu.top_level("C7") == []
+            emu.not_in.discard("C7")
+            runner.redeliver()
+            (alert,) = emu.top_level("C7")
+            assert "jim ran `aws eks delete-cluster --name prod`" in str(alert.blocks)
+            assert hooked["event"] == "alert" and hooked["canary"] == "prod-cluster"
+            assert hooked["result"].startswith("cluster prod is gone: 404")
+            assert hooked["suspects"][0]["person"] == "jim"
+            assert "delete-cluster --name prod" in hooked["suspects"][0]["command"]
+            assert hooked["text"].startswith("Canary prod-cluster is failing: cluster prod is gone")
+            kube.add(CLUSTER, "Cluster", "prod")
+            assert runner.run_one("prod-cluster")[1] == "recovered"
+            events = recv.wait_for(2)
+            assert outbox.wait_idle("oncall", 30)
+        finally:
+            outbox.stop()
+        assert [e["event"] for e in recv.delivered] == ["alert", "recovered"]          # each once
+        assert [a["verified"] for a in recv.attempts] == [True] * 4                     # 503, 503, alert, recovered
+        assert events[1]["id"].startswith("prod-cluster:recovered:")
+        assert [m for m in emu.thread("C7", alert.ts) if "recovered" in m.text]
+
+
+def test_a_full_disk_under_the_outbox_does_not_keep_the_alert_from_slack(demo_db, tmp_path, monkeypatch):
+    """The outputs' spool on a full tmpfs: the alert still reaches Slack, once, and the log says
+    the outputs will not get it (posting again later would post Slack twice)."""
+    import subprocess
+    from whodid.bot.canary.alerts import WithOutputs
+    from whodid.bot.outputs import Outbox
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spool)], check=True)
+    try:
+        with open(spool / "filler", "wb") as fh:
+            with contextlib.suppress(OSError):
+                fh.write(b"x" * (1 << 20))
+        said = []
+        with slack_canary(demo_db, tmp_path, monkeypatch) as sc:
+            raw = dict(sc.raw, outputs=[{"name": "siem", "type": "syslog", "address": "udp://127.0.0.1:9"}])
+            raw["canaries"] = [dict(raw["canaries"][0], outputs=["siem"])]
+            cfg = config_mod.from_dict(raw)
+            outbox = Outbox(cfg.outputs, spool)                    # not started: nothing is sent anyway
+            runner = CanaryRunner(cfg, sc.db, WithOutputs(SlackPoster(sc.bot), outbox, True, log=said.append),
+                                  log=said.append)
+            assert runner.run_one("prod-cluster")[1] == "alert"
+            assert len(sc.emu.top_level("C7")) == 1 and sc.state()["undelivered"] is None
+        assert any("could not spool the alert for siem (disk full); they will not get it" in s for s in said), said
+    finally:
+        subprocess.run(["umount", str(spool)], check=True)

@@ -362,6 +362,41 @@ def test_without_slack_the_digest_goes_to_the_log_and_a_file(fleet_store, tmp_pa
     assert pages[0][0].startswith("Changes: ")
 
 
+def test_the_digest_goes_to_a_signed_webhook_and_syslog(fleet_store, tmp_path):
+    """Issue 22 item 6: `changes.digest.outputs` - the review as JSON (review_json, as
+    `whodid changes --json` gives it) to a webhook, and an RFC 5424 line to syslog."""
+    from hookrecv import SyslogReceiver, WebhookReceiver
+    from whodid.bot.outputs import Outbox
+    secret = tmp_path / "hook.secret"
+    secret.write_text("digest-secret")
+    secret.chmod(0o600)
+    with WebhookReceiver(b"digest-secret", fail_first=1) as recv, SyslogReceiver() as syslog:
+        cfg = people_cfg({"outputs": [
+            {"name": "oncall", "type": "webhook", "url": recv.url, "secret_file": str(secret), "backoff": "0.05s"},
+            {"name": "siem", "type": "syslog", "address": syslog.address, "facility": "local0"}]})
+        cfg.changes = parse_rules({**RULES, "digest": {"outputs": ["oncall", "siem"]}})     # no Slack channel
+        outbox = Outbox(cfg.outputs, tmp_path / "outbox").start()
+        try:
+            said = []
+            result = DigestJob(cfg, fleet_store[0], None, out_dir=str(tmp_path / "d"), log=said.append,
+                               outbox=outbox).run(now=DAY + 86400)
+            (got,) = recv.wait_for(1)
+            ((line, m),) = syslog.lines(1)
+        finally:
+            outbox.stop()
+    assert got["event"] == "digest" and got["text"] == render_text(result, DAY + 86400)
+    assert got["review"]["summary"] == result.headline()
+    assert "jim" in {c["person"] for c in got["review"]["changes"] if not c["planned"]}
+    assert [a["verified"] for a in recv.attempts] == [True, True]          # one 503, then taken
+    assert m, line
+    assert int(m["pri"]) == 16 * 8 + 6 and m["msgid"] == "digest"            # local0.info
+    assert len(line.encode()) < 8500                                       # a syslog receiver takes it
+    slim = json.loads(m["msg"])                                              # still JSON, cut to fit
+    assert slim["summary"] == result.headline() and slim["truncated"] is True
+    assert slim["text"] and render_text(result, DAY + 86400).startswith(slim["text"])
+    assert any("handed to oncall, siem" in s for s in said)
+
+
 def test_configured_patterns_add_to_the_builtin_ones_or_replace_them():
     rules = parse_rules({"patterns": [r"(?i)(^|/)DEPLOY\.sh( |$)"]})       # global flags: tried one by one
     assert rules.any_pattern("/opt/deploy.sh prod") and rules.pattern_of("./Deploy.sh") == "pattern 1"

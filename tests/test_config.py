@@ -131,3 +131,16 @@ def test_agent_subsections_share_the_sections_checks(raw, words):
     with pytest.raises(ConfigError) as info:
         from_dict({"agent": raw}, "test.yaml")
     assert words in str(info.value)
+
+
+def test_the_example_documents_every_key_of_the_outputs():
+    """Issue 22 item 6: the top-level `outputs` - every key of each type shown, and the
+    examples parse once uncommented."""
+    import yaml
+    from whodid.bot.outputs import KEYS, parse_outputs
+    block = EXAMPLE.read_text().split("\noutputs: []", 1)[1].split("\n\n", 1)[0]
+    for kind, keys in KEYS.items():
+        for key in keys:
+            assert re.search(rf"^#\s+(- )?{key}:", block, re.M), f"outputs: {kind}.{key} missing from the example"
+    shown = parse_outputs(yaml.safe_load("\n".join(line[1:] for line in block.splitlines() if line.startswith("#  "))))
+    assert {o.type for o in shown.values()} == {"webhook", "syslog"}

@@ -164,3 +164,37 @@ def test_serve_runs_canaries_and_without_slack_writes_alerts_to_files(tmp_path, 
     (alert,) = [json.loads(p.read_text()) for p in alerts.glob("*.json")]
     assert alert["suspects"][0]["person"] == "jim" and "delete-cluster" in alert["suspects"][0]["command"]
     assert list(alerts.glob("*-suspect-1.png"))
+
+
+def test_serve_alerts_slack_and_a_webhook_and_a_canary_with_only_outputs(tmp_path, demo_db, monkeypatch):
+    """Issue 22 item 6, as deployed: one canary alerts its Slack channel and the webhook; one
+    with `outputs` and no channel starts (no 'without a channel' refusal) and alerts only the
+    webhook and syslog."""
+    from hookrecv import SyslogReceiver, WebhookReceiver
+    from whodid.bot.demo.fakekube import FakeKube
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))        # the outbox's spool
+    secret = tmp_path / "hook.secret"
+    secret.write_text("serve-secret")
+    secret.chmod(0o600)
+    with SlackEmulator() as emu, FakeKube() as kube, WebhookReceiver(b"serve-secret") as recv, \
+            SyslogReceiver() as syslog:
+        check = {"type": "kubernetes", "api_url": kube.url, "token_file": str(secret), "path": "/api/v1/namespaces/gone"}
+        kube.token = "serve-secret"
+        extra = {"outputs": [{"name": "oncall", "type": "webhook", "url": recv.url, "secret_file": str(secret)},
+                             {"name": "siem", "type": "syslog", "address": syslog.address}],
+                 "canaries": [{"name": "slack-and-hook", "every": "1s", "channel": "C7", "outputs": ["oncall"],
+                               "check": check, "suspects": {"commands": ["delete-cluster"]}},
+                              {"name": "hook-only", "every": "1s", "outputs": ["oncall", "siem"], "check": check,
+                               "suspects": {"commands": ["delete-cluster"]}}]}
+        proc, _ = serve(tmp_path, demo_db, emu, "socket", extra)
+        try:
+            got = recv.wait_for(2)
+            ((_, line),) = syslog.lines(1)
+            top = emu.wait(lambda: (emu.top_level("C7") or [None])[0], what="the Slack alert")
+        finally:
+            log = stop(proc, tmp_path)
+    assert sorted(e["canary"] for e in got) == ["hook-only", "slack-and-hook"]
+    assert all(e["event"] == "alert" and e["result"].startswith("namespace gone is gone: 404") for e in got)
+    assert line and line["sd"].endswith('canary="hook-only"]')
+    assert "slack-and-hook" in top.text and len(emu.top_level("C7")) == 1   # hook-only is not posted to Slack
+    assert "outputs: oncall (webhook), siem (syslog)" in log

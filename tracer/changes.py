@@ -122,6 +122,7 @@ class Digest:
     cron: str = "0 8 * * *"
     tz: str = "UTC"
     since: str = "24h"
+    outputs: tuple[str, ...] = ()       # named top-level outputs (webhook, syslog) it also goes to
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ KEYS = {
     "changes": {"patterns", "builtin_patterns", "paths", "ignore", "expected_actors", "windows", "digest", "since"},
     "expected_actors": {"name", "users", "from_hosts", "hosts"},
     "windows": {"name", "cron", "duration", "timezone", "hosts", "actors"},
-    "digest": {"channel", "cron", "timezone", "since"},
+    "digest": {"channel", "cron", "timezone", "since", "outputs"},
 }
 
 
@@ -230,9 +231,11 @@ def parse_rules(raw: Any = None) -> Rules:
             raise RulesError("`changes.digest` is a mapping with channel, cron, timezone, since")
         _known_keys(d, KEYS["digest"], "changes.digest")
         digest = Digest(channel=str(d.get("channel", "")), cron=str(d.get("cron", "0 8 * * *")),
-                        tz=str(d.get("timezone", "UTC")), since=str(d.get("since", "24h")))
-        if not digest.channel:
-            raise RulesError("`changes.digest.channel` is required: where the digest is posted")
+                        tz=str(d.get("timezone", "UTC")), since=str(d.get("since", "24h")),
+                        outputs=tuple(_strings(d, "outputs", "changes.digest")))
+        if not digest.channel and not digest.outputs:
+            raise RulesError("`changes.digest.channel` is required: where the digest is posted (or `outputs`, "
+                             "the names of top-level outputs it goes to instead)")
         try:
             cron_trigger(digest.cron, digest.tz)
             parse_duration(digest.since)

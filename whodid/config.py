@@ -315,6 +315,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     canaries: list = field(default_factory=list)         # bot.canary.checks.Canary, parsed and checked at load
+    outputs: dict = field(default_factory=dict)          # name -> bot.outputs.Output: webhooks, syslog
     changes: Rules = field(default_factory=parse_rules)  # change review: patterns, actors, windows, digest
     source: str | None = None           # the file it came from, for messages
 
@@ -417,8 +418,8 @@ def from_dict(raw: Any, where: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections")
     for key in raw:
-        if key not in SECTIONS and key not in ("canaries", "changes"):
-            hint = difflib.get_close_matches(str(key), [*SECTIONS, "canaries", "changes"], n=1)
+        if key not in SECTIONS and key not in ("canaries", "changes", "outputs"):
+            hint = difflib.get_close_matches(str(key), [*SECTIONS, "canaries", "changes", "outputs"], n=1)
             raise ConfigError(f"{where}: unknown section `{key}`" + (f"; did you mean `{hint[0]}`?" if hint else ""))
     from whodid.bot.canary.checks import CanaryError, parse_canaries
     try:
@@ -429,8 +430,17 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         changes = parse_rules(raw.get("changes"))
     except RulesError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    from whodid.bot.outputs import OutputError, check_names, parse_outputs
+    try:                                   # alerts and the digest beyond Slack, named where they go
+        outputs = parse_outputs(raw.get("outputs"))
+        for c in canaries:
+            check_names(c.outputs, outputs, f"canary {c.name}")
+        if changes.digest:
+            check_names(changes.digest.outputs, outputs, "changes.digest")
+    except OutputError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     cfg = Config(**{name: _section(name, cls, raw.get(name), where) for name, cls in SECTIONS.items()},
-                 canaries=canaries, changes=changes, source=where)
+                 canaries=canaries, changes=changes, outputs=outputs, source=where)
     for name, person in cfg.identity.people.items():
         if not isinstance(person, dict) or set(person) - PERSON_KEYS:
             raise ConfigError(f"{where}: `identity.people.{name}` takes only {sorted(PERSON_KEYS)}")

@@ -8,7 +8,8 @@ it is posted - an alert nobody saw is the worst outcome a canary has. A canary t
 recovering re-opens its old thread instead of starting a new alert, so flapping never
 floods the channel. `find_suspects` ranks the commands matching the canary's suspect
 patterns: the latest one before the first failure first. Posters deliver: to Slack, or -
-when no Slack is configured - to the log and files.
+when no Slack is configured - to the log and files; and, through WithOutputs, to the canary's
+outputs (a signed webhook, syslog: bot/outputs.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from whodid.tracer.destinations import parse_destination
 from whodid.tracer.stitch import program_name
 from whodid.tracer.when import clock, format_duration, iso
 
+from ..outputs import event as output_event
 from ..slack import blocks
 from ..slack.ask import MAX_PATTERN, Ask
 from ..slack.buttons import View
@@ -322,6 +324,20 @@ def suspect_json(s: Suspect) -> dict[str, Any]:
             "shared_sessions": [shared_json(ss) for ss in s.trace.shared]}     # as whodid.trace/2
 
 
+def alert_json(canary: Canary, state: State, result: Result, suspects: list[Suspect]) -> dict[str, Any]:
+    """The alert as JSON: the file poster's .json, and the body of a webhook's or syslog's event."""
+    return {"canary": canary.name, "failing_since": state.since, "result": result.summary,
+            "suspects": [suspect_json(s) for s in suspects]}
+
+
+def event_id(canary: Canary, kind: str, state: State) -> str:
+    """The same for every delivery of one message (a retried alert, a restart): receivers
+    drop duplicates by it. An alert and its 'again' are keyed by when the failure was alerted,
+    a recovery by when it recovered."""
+    at = state.recovered_at if kind == "recovered" else state.alerted_at or state.since or state.last_run
+    return f"{canary.name}:{kind}:{(at or 0):.3f}"
+
+
 class Poster(Protocol):
     def alert(self, canary: Canary, state: State, result: Result, suspects: list[Suspect], changes) -> tuple[str, str] | None: ...
     def again(self, canary: Canary, state: State, result: Result) -> None: ...
@@ -387,10 +403,8 @@ class FilePoster:
             path = self.dir / f"{canary.name}-{stamp}-suspect-{i}.png"
             private.write_file(path, render_png(s.trace, now))
             files.append(str(path))
-        private.write_file(base.with_suffix(".json"), json.dumps({
-            "canary": canary.name, "failing_since": state.since, "result": result.summary,
-            "suspects": [suspect_json(s) for s in suspects],
-        }, indent=2) + "\n")
+        private.write_file(base.with_suffix(".json"), json.dumps(alert_json(canary, state, result, suspects),
+                                                                 indent=2) + "\n")
         files.append(str(base.with_suffix(".json")))
         print(text, file=self.out)
         print("alert written to: " + ", ".join(files), file=self.out, flush=True)
@@ -405,3 +419,54 @@ class FilePoster:
 
 def _no_respond(**_: Any) -> None:
     """Alerts have no response_url; a post that fails is logged by the bot."""
+
+
+class WithOutputs:
+    """A poster that also hands each message to the canary's `outputs` (webhook, syslog) - put in
+    their outbox first, which never waits on a receiver - then to the poster it wraps (Slack,
+    or the log and files). A canary with outputs and no Slack channel is not posted to Slack. A
+    message the wrapped poster could not deliver is offered again by the runner; the outbox
+    keeps its one copy while it is pending, and its id lets a receiver drop a later one."""
+
+    def __init__(self, poster, outbox, needs_channel: bool, log=None):
+        self.poster = poster
+        self.outbox = outbox
+        self.needs_channel = needs_channel      # Slack: a canary without a channel is not posted there
+        self.log = log or (lambda msg: print(f"whodid canary: {msg}", file=sys.stderr, flush=True))
+
+    def _put(self, canary: Canary, ev: dict[str, Any]) -> None:
+        """Spool for the outputs. A spool that cannot be written (the disk full) must not keep the
+        alert from Slack, and posting it again later would post Slack twice: said, and given up."""
+        try:
+            self.outbox.put(canary.outputs, ev)
+        except OSError as exc:
+            self.log(f"{canary.name}: could not spool the {ev['event']} for {', '.join(canary.outputs)} "
+                     f"({private.trouble(exc, self.outbox.spool) or exc.strerror or exc}); they will not get it")
+
+    def _only_outputs(self, canary: Canary) -> bool:
+        return self.needs_channel and not canary.channel
+
+    def alert(self, canary, state, result, suspects, changes):
+        if canary.outputs:
+            now = time.time()
+            self._put(canary, output_event("alert", event_id(canary, "alert", state),
+                                           alert_text(canary, state, result, suspects, changes, now), now,
+                                           **alert_json(canary, state, result, suspects)))
+        if self._only_outputs(canary):
+            return "outputs", event_id(canary, "alert", state)
+        return self.poster.alert(canary, state, result, suspects, changes)
+
+    def again(self, canary, state, result):
+        self._said(canary, state, result, "again", again_text(canary, state, result))
+        if not self._only_outputs(canary):
+            self.poster.again(canary, state, result)
+
+    def recovered(self, canary, state, result):
+        self._said(canary, state, result, "recovered", recovered_text(canary, state, result))
+        if not self._only_outputs(canary):
+            self.poster.recovered(canary, state, result)
+
+    def _said(self, canary, state, result, kind, text):
+        if canary.outputs:
+            self._put(canary, output_event(kind, event_id(canary, kind, state), text, time.time(),
+                                           canary=canary.name, failing_since=state.since, result=result.summary))

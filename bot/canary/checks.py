@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 from whodid.tracer.destinations import DestinationError, parse_destination
 from whodid.tracer.when import TimeError, parse_duration
 
+from . import kube
+
 TYPES = ("http", "tcp", "command", "kubernetes")
 BODY_KEPT = 300
 
@@ -49,6 +51,7 @@ class Canary:
     cron: str | None = None              # a crontab line (minute hour day month weekday)
     timeout: float = 10.0
     channel: str = ""
+    outputs: tuple[str, ...] = ()        # named top-level outputs (webhook, syslog) it also alerts
     failures_before_alert: int = 1
     suspects: Suspects = field(default_factory=Suspects)
 
@@ -71,13 +74,14 @@ class Result:
 
 # --- parsing ---------------------------------------------------------------------------------
 
-CANARY_KEYS = {"name", "every", "cron", "timeout", "channel", "failures_before_alert", "check", "suspects"}
+CANARY_KEYS = {"name", "every", "cron", "timeout", "channel", "outputs", "failures_before_alert", "check", "suspects"}
 CHECK_KEYS = {
     "http": {"type", "url", "method", "headers", "expect_status", "body_regex", "json_path", "json_equals",
              "verify_tls", "ca_file"},
     "tcp": {"type", "host", "port"},
     "command": {"type", "argv", "shell", "expect_exit", "output_regex"},
-    "kubernetes": {"type", "api_url", "path", "token", "token_file", "ca_file", "verify_tls"},
+    "kubernetes": {"type", "api_url", "path", "token", "token_file", "ca_file", "verify_tls", "kubeconfig", "context",
+                   "in_cluster"},
 }
 SUSPECT_KEYS = {"commands", "hosts", "lookback", "connections"}
 
@@ -126,6 +130,9 @@ def parse_canary(raw: Any, where: str) -> Canary:
     channel = raw.get("channel", "")
     if not isinstance(channel, str):
         raise CanaryError(f"{where}.channel must be a channel name or id")
+    outputs = raw.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) and o for o in outputs):
+        raise CanaryError(f"{where}.outputs is a list of output names (the top-level `outputs`)")
     check = raw.get("check")
     if not isinstance(check, dict) or check.get("type") not in TYPES:
         raise CanaryError(f"{where}.check needs a type: one of {', '.join(TYPES)}")
@@ -148,7 +155,7 @@ def parse_canary(raw: Any, where: str) -> Canary:
                         lookback=_duration(s, "lookback", f"{where}.suspects") if "lookback" in s else 86400.0,
                         connections=connections)
     return Canary(name=name, check=dict(check), every=every, cron=cron, timeout=timeout, channel=channel,
-                  failures_before_alert=n, suspects=suspects)
+                  outputs=tuple(outputs), failures_before_alert=n, suspects=suspects)
 
 
 def own_destinations(check: dict[str, Any]) -> tuple[str, ...]:
@@ -161,7 +168,13 @@ def own_destinations(check: dict[str, Any]) -> tuple[str, ...]:
         host = str(check["host"])
         return (f"[{host}]:{check['port']}" if ":" in host else f"{host}:{check['port']}",)
     if t in ("http", "kubernetes"):
-        url = urlsplit(check["url"] if t == "http" else check["api_url"])
+        if t == "kubernetes" and kube.mode(check) != "api_url":
+            try:
+                url = urlsplit(kube.server_of(check))     # the kubeconfig context's server, or in-cluster's
+            except kube.KubeError as exc:
+                raise CanaryError(str(exc)) from None
+        else:
+            url = urlsplit(check["url"] if t == "http" else check["api_url"])
         try:
             port = url.port or (443 if url.scheme == "https" else 80)
         except ValueError:
@@ -175,11 +188,13 @@ def own_destinations(check: dict[str, Any]) -> tuple[str, ...]:
 
 def _check_fields(c: dict[str, Any], where: str) -> None:
     t = c["type"]
-    need = {"http": ["url"], "tcp": ["host", "port"], "command": ["argv"], "kubernetes": ["api_url", "path"]}[t]
+    need = {"http": ["url"], "tcp": ["host", "port"], "command": ["argv"], "kubernetes": ["path"]}[t]
     for key in need:
         if key not in c:
             raise CanaryError(f"{where}: a {t} check needs `{key}`")
-    if t in ("http", "kubernetes"):
+    if t == "kubernetes":
+        _kubernetes_fields(c, where)
+    if t == "http" or (t == "kubernetes" and "api_url" in c):
         url = c["url"] if t == "http" else c["api_url"]
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise CanaryError(f"{where}: {url!r} is not an http(s) URL")
@@ -200,6 +215,24 @@ def _check_fields(c: dict[str, Any], where: str) -> None:
                 re.compile(c[key])
             except (re.error, TypeError) as exc:
                 raise CanaryError(f"{where}.{key} is not a regex ({exc})") from None
+
+
+def _kubernetes_fields(c: dict[str, Any], where: str) -> None:
+    """Exactly one way to reach the cluster: api_url (+ token), a kubeconfig (file and/or
+    context), or in_cluster - as kubectl never mixes a --server with a context's."""
+    ways = [w for w, on in (("api_url", "api_url" in c), ("kubeconfig/context", "kubeconfig" in c or "context" in c),
+                            ("in_cluster", bool(c.get("in_cluster")))) if on]
+    if len(ways) != 1:
+        raise CanaryError(f"{where}: say how to reach the cluster with exactly one of `api_url` (+ `token_file`), "
+                          f"`kubeconfig`/`context`, or `in_cluster: true`" + (f"; got {' and '.join(ways)}" if ways else ""))
+    if "in_cluster" in c and not isinstance(c["in_cluster"], bool):
+        raise CanaryError(f"{where}.in_cluster is true or false")
+    for key in ("kubeconfig", "context"):
+        if key in c and not (isinstance(c[key], str) and c[key]):
+            raise CanaryError(f"{where}.{key} must be a " + ("file path" if key == "kubeconfig" else "context name"))
+    if ways[0] != "api_url" and ({"token", "token_file", "ca_file"} & set(c)):
+        raise CanaryError(f"{where}: `token`/`token_file`/`ca_file` go with `api_url`; a kubeconfig or the "
+                          "in-cluster service account says who the canary is and which CA to trust")
 
 
 def _known(raw: dict, keys: set[str], where: str) -> None:
@@ -308,36 +341,45 @@ def _command(c: dict[str, Any], timeout: float, procs) -> Result:
     return Result(True, f"`{shown}` exited {p.returncode}")
 
 
-def _kubernetes(c: dict[str, Any], timeout: float, _procs) -> Result:
-    """The object at `path` must exist: 200 yes, 404 gone; anything else is its own failure."""
-    token = c.get("token") or ""
-    if c.get("token_file"):
-        try:
-            token = open(c["token_file"]).read().strip()
-        except OSError as exc:
-            return Result(False, f"cannot read the token file {c['token_file']}: {exc.strerror}")
-    url = c["api_url"].rstrip("/") + c["path"]
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+def _kubernetes(c: dict[str, Any], timeout: float, procs) -> Result:
+    """The object at `path` must exist: 200 yes, 404 gone; anything else is its own failure.
+    How the canary reaches the cluster and as whom is kube.py's (api_url, kubeconfig, in-cluster)."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=_tls(c)) as resp:
-            obj = json.loads(resp.read(4 << 20) or b"{}")
-    except urllib.error.HTTPError as exc:
-        what = c["path"].rstrip("/").rsplit("/", 2)
-        if exc.code == 404:
-            return Result(False, f"{what[-2].rstrip('s')} {what[-1]} is gone: 404 from {url}")
-        if exc.code in (401, 403):
-            return Result(False, f"the Kubernetes API refused the canary's credentials ({exc.code}) at {url}")
-        return Result(False, f"HTTP {exc.code} from the Kubernetes API at {url}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if "timed out" in str(reason):
+        answer = kube.get(c, c["path"], timeout, procs)          # an exec plugin: killed at the timeout
+    except kube.KubeError as exc:
+        return Result(False, str(exc))
+    except Exception as exc:                   # urllib3: refused, timed out, TLS
+        url = _kube_url(c)
+        reason = kube.one_line(getattr(exc, "reason", None) or exc)
+        if "timed out" in reason.lower() or "timeout" in type(exc).__name__.lower():
             return Result(False, f"no answer from the Kubernetes API at {url} within {timeout:g}s", timed_out=True)
         return Result(False, f"cannot reach the Kubernetes API at {url}: {reason}")
+    url = answer.url
+    if answer.status == 404:
+        what = c["path"].rstrip("/").rsplit("/", 2)
+        return Result(False, f"{what[-2].rstrip('s')} {what[-1]} is gone: 404 from {url}")
+    if answer.status in (401, 403):
+        return Result(False, f"the Kubernetes API refused the canary's credentials ({answer.status}) at {url}")
+    if answer.status != 200:
+        return Result(False, f"HTTP {answer.status} from the Kubernetes API at {url}",
+                      detail=answer.body[:BODY_KEPT].decode("utf-8", "replace"))
+    try:
+        obj = json.loads(answer.body or b"{}")
+    except ValueError as exc:
+        return Result(False, f"the Kubernetes API at {url} answered 200 with no JSON ({exc})")
     meta = obj.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return Result(False, f"{obj.get('kind', 'object')} {meta.get('name')} is being deleted "
                              f"(since {meta['deletionTimestamp']})")
     return Result(True, f"{obj.get('kind', 'object')} {meta.get('name', c['path'])} exists")
+
+
+def _kube_url(c: dict[str, Any]) -> str:
+    try:
+        base = c["api_url"] if "api_url" in c else kube.server_of(c)
+    except kube.KubeError:
+        base = "(the cluster)"
+    return base.rstrip("/") + c["path"]
 
 
 CHECKS = {"http": _http, "tcp": _tcp, "command": _command, "kubernetes": _kubernetes}

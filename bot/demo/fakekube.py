@@ -7,23 +7,29 @@ form for what is gone, and can be told to hang, to show a canary's timeout.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeKube:
-    def __init__(self, token: str = "whodid-demo-token"):
+    def __init__(self, token: str = "whodid-demo-token", tls: tuple[str, str] | None = None):
         self.token = token
         self.objects: dict[str, dict] = {}
         self.hanging = threading.Event()           # set: requests wait until it is cleared
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.kube = self
+        if tls:                                    # (cert, key): HTTPS, as an in-cluster API always is
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def add(self, path: str, kind: str, name: str) -> None:
         self.objects[path] = {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "uid": f"uid-{name}"}}
@@ -49,7 +55,8 @@ class _Handler(BaseHTTPRequestHandler):
         kube: FakeKube = self.server.kube
         while kube.hanging.is_set():              # until the test lets go (or the server stops)
             threading.Event().wait(0.05)
-        if self.headers.get("Authorization") != f"Bearer {kube.token}":
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or token != kube.token:       # the scheme's case does not matter (RFC 7235)
             return self._json(401, _status(401, "Unauthorized", "Unauthorized"))
         obj = kube.objects.get(self.path.split("?", 1)[0])
         if obj is None:
