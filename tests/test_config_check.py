@@ -193,3 +193,14 @@ def test_a_canarys_token_in_a_readable_file_is_said_at_the_token(tmp_path):
     _, problems = check_text(text, "c.yaml", mode=0o640)
     token_line = text.splitlines().index("      token: abc") + 1
     assert [(p.line, p.message.split(" (")[0]) for p in problems] == [(token_line, "holds secrets")]
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"identity": {"people": "jim"}}, "`identity.people` must be a mapping, got 'jim'"),
+    ({"identity": {"shared_accounts": "root"}}, "`identity.shared_accounts` must be a list of strings"),
+])
+def test_a_list_or_mapping_key_of_the_wrong_shape_is_a_problem_not_a_crash(raw, words):
+    """Before, `people: jim` reached the rules as a string and ended in AttributeError, and a
+    string of shared accounts was taken letter by letter."""
+    _, problems = config.collect(raw, "c.yaml")
+    assert len(problems) == 1 and words in str(problems[0])

@@ -2,6 +2,11 @@
 
 Every key is documented in config.example.yaml; tests/test_config.py loads that file, so
 an undocumented or misspelt key cannot slip in on either side.
+
+Loading stops at a config's first problem (a daemon does not start on half a config);
+collect() finds them all, for `whodid config check`: each section's keys and types, and each
+rule across them (a function registered with @rule, raising ConfigError), run on its own.
+A new check is a new @rule, never a line inside another.
 """
 
 from __future__ import annotations
@@ -354,7 +359,12 @@ def _section_checked(name: str, cls, raw: Any, where: str):
             continue
         f = cls.__dataclass_fields__[key]
         default = f.default if f.default is not f.default_factory else None
-        if isinstance(default, str) and not isinstance(value, str):
+        kind = str(f.type)              # the annotation, as written: list[str], dict[...], int...
+        if kind == "list[str]" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a list of strings, got {value!r}"))
+        elif kind.startswith("dict") and not isinstance(value, dict):
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a mapping, got {value!r}"))
+        elif isinstance(default, str) and not isinstance(value, str):
             problems.append(ConfigError(f"{where}: `{name}.{key}` must be a string, got {value!r}"))
         elif isinstance(default, bool) and not isinstance(value, bool):
             problems.append(ConfigError(f"{where}: `{name}.{key}` must be true or false, got {value!r}"))
