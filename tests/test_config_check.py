@@ -2,6 +2,8 @@
 files whodid ships (`whodid config example`, `whodid files`, `whodid-agent audit-rules`)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,39 @@ def test_a_list_or_mapping_key_of_the_wrong_shape_is_a_problem_not_a_crash(raw, 
     string of shared accounts was taken letter by letter."""
     _, problems = config.collect(raw, "c.yaml")
     assert len(problems) == 1 and words in str(problems[0])
+
+
+def laughs(levels: int = 9) -> str:
+    """A "billion laughs" config: 9 lists of 9 aliases deep (9**9 values, a few hundred bytes),
+    the anchors kept where no check looks first, the last alias where a message prints it."""
+    anchors = ['        - &l0 ["x","x","x","x","x","x","x","x","x"]']
+    anchors += [f"        - &l{n} [{','.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return ("identity:\n  people:\n    jim:\n      accounts: [jim]\n      ssh_keys:\n" + "\n".join(anchors)
+            + f"\ntrace:\n  limit: *l{levels - 1}\n")
+
+
+def test_a_billion_laughs_config_is_refused_not_expanded(tmp_path):
+    """Before: every command (and the agent) hung, printing 9**9 values into a message; a
+    process with a deadline, so that a regression fails instead of hanging the suite."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text(laughs())
+    for argv in (["trace", "x", "--config", str(path)], ["config", "check", str(path)]):
+        out = subprocess.run([sys.executable, "-m", "whodid.bot.cli", *argv], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path)
+        assert out.returncode == 2
+        assert "values once its aliases (*name) are expanded" in out.stdout + out.stderr
+    small = tmp_path / "small.yaml"              # aliases as people use them are fine
+    small.write_text("identity:\n  shared_accounts: &shared [root, ubuntu]\nslack:\n  allowed_users: *shared\n")
+    assert config.load(str(small)).slack.allowed_users == ["root", "ubuntu"]
+
+
+def test_a_huge_value_is_shown_short(tmp_path):
+    _, problems = config.collect({"trace": {"limit": "9" * 1_000_000 + "x"}}, "c.yaml")
+    assert len(str(problems[0])) < 200
+
+
+def test_a_file_that_is_not_a_config_is_not_read_whole(capsys):
+    assert cli.main(["config", "check", "/dev/zero"]) == 2
+    assert "over 4 MiB" in capsys.readouterr().err
+    assert cli.main(["files", "../../../etc/passwd"]) == 2       # only the shipped names, no paths
+    assert "ships no file named" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import difflib
 import ipaddress
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,15 @@ def _section(name: str, cls, raw: Any, where: str):
     return obj
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: short, whatever its size."""
+    return _SHOWN.repr(value)
+
+
 def _section_checked(name: str, cls, raw: Any, where: str):
     """(the section, its problems): every key checked, a bad one left at its default, so a
     check can say all of them at once."""
@@ -361,16 +371,16 @@ def _section_checked(name: str, cls, raw: Any, where: str):
         default = f.default if f.default is not f.default_factory else None
         kind = str(f.type)              # the annotation, as written: list[str], dict[...], int...
         if kind == "list[str]" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a list of strings, got {value!r}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a list of strings, got {_shown(value)}"))
         elif kind.startswith("dict") and not isinstance(value, dict):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a mapping, got {value!r}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a mapping, got {_shown(value)}"))
         elif isinstance(default, str) and not isinstance(value, str):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a string, got {value!r}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a string, got {_shown(value)}"))
         elif isinstance(default, bool) and not isinstance(value, bool):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be true or false, got {value!r}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be true or false, got {_shown(value)}"))
         elif (isinstance(default, int) and not isinstance(default, bool)
               and (isinstance(value, bool) or not isinstance(value, int))):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a whole number, got {value!r}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a whole number, got {_shown(value)}"))
         else:
             good[key] = value
     return cls(**good), problems
@@ -385,16 +395,43 @@ def find(path: str | None = None) -> str | None:
     return chosen
 
 
+MAX_CONFIG = 4 << 20     # a config is a few KB; more is a wrong path (a log, /dev/zero), read no further
+
+
 def read(path: str) -> tuple[str, int]:
     """(the text, the file's mode) of a config file."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.read(), os.fstat(fh.fileno()).st_mode
+            text = fh.read(MAX_CONFIG + 1)
+            if len(text) > MAX_CONFIG:
+                raise ConfigError(f"{path} is over {MAX_CONFIG >> 20} MiB, which no config file is; "
+                                  "is it the right file?")
+            return text, os.fstat(fh.fileno()).st_mode
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist (start one with "
                           f"`whodid config example > {path}`)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+MAX_VALUES = 100_000     # values in a config with its aliases expanded; the example has a few hundred
+
+
+def within_bounds(raw: Any, path: str) -> None:
+    """Refuse a config whose aliases (&a ... *a) expand it past MAX_VALUES (a "billion laughs"
+    file is 9 lists of 9 aliases deep, a few hundred bytes): every check, message and loop
+    after this one may then walk or print any value whole. Counting stops at the bound."""
+    count, stack = 0, [raw]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{path} holds over {MAX_VALUES:,} values once its aliases (*name) are expanded; "
+                              "a config is a few hundred - is an alias repeated inside itself?")
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
 
 
 def load(path: str | None = None) -> Config:
@@ -408,6 +445,7 @@ def load(path: str | None = None) -> Config:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{chosen} is not valid YAML: {exc}") from None
+    within_bounds(raw, chosen)
     _refuse_readable_secrets(raw, chosen, mode)
     return from_dict(raw, chosen)
 

@@ -37,6 +37,10 @@ def check_text(text: str, path: str, mode: int = 0o600) -> tuple[config_mod.Conf
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         what = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
         return None, [Problem(mark.line + 1 if mark else None, f"not valid YAML: {what or exc}")]
+    try:
+        config_mod.within_bounds(raw, path)
+    except config_mod.ConfigError as exc:
+        return None, [Problem(None, str(exc).removeprefix(f"{path} "))]
     cfg, errors = config_mod.collect(raw, path)
     problems = []
     for error in errors:
