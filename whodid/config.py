@@ -522,10 +522,11 @@ def collect(raw: Any, where: str = "config") -> tuple[Config, list[ConfigError]]
     for name, cls in SECTIONS.items():
         sections[name], found = _section_checked(name, cls, raw.get(name), where)
         problems += found
-    canaries = _each_canary(raw.get("canaries"), where)
-    problems += canaries
-    cfg = Config(**sections, canaries=[] if canaries else attempt(_canaries, raw.get("canaries"), where, fallback=[]),
-                 changes=attempt(_changes, raw.get("changes"), where, fallback=parse_rules()), source=where)
+    bad_canaries = _each_canary(raw.get("canaries"), where)      # each alone, then together (names)
+    problems += bad_canaries
+    canaries = [] if bad_canaries else attempt(_canaries, raw.get("canaries"), where, fallback=[])
+    cfg = Config(**sections, canaries=canaries, source=where,
+                 changes=attempt(_changes, raw.get("changes"), where, fallback=parse_rules()))
     cfg.agent.unix_sockets = attempt(_unix_sockets, cfg.agent.unix_sockets, where, fallback=UnixSockets())
     cfg.agent.connection_budget = attempt(_connection_budget, cfg.agent.connection_budget, where,
                                           fallback=ConnectionBudget())
