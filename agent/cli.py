@@ -8,6 +8,7 @@ examples:
   whodid-agent forward events.jsonl --collector URL     ship events made elsewhere through the spool
   whodid-agent run --db x.db --watch /etc --watch /srv/app/conf
   whodid-agent doctor                                   can this host run the agent? how to fix it
+  whodid-agent audit-rules > /etc/audit/rules.d/whodid.rules   auditd's rules for --audit-log
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ from .redact import compile_rules, redact_event
 from .spool import event_line
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
-from whodid import private
-from whodid import sdnotify
+from whodid import __version__, private, sdnotify, shipped
 from whodid.arguments import Parser
 from whodid.stopping import Stop
 from whodid.tracer.events import plain_ip
@@ -293,8 +293,9 @@ def run(args) -> int:
     if args.audit_log:
         from .audit import AuditTail
         if not os.path.exists(args.audit_log):
-            print(f"whodid-agent: no audit log at {args.audit_log}; is auditd running (with agent/audit.rules "
-                  "loaded)?", file=sys.stderr)
+            print(f"whodid-agent: no audit log at {args.audit_log}; is auditd running, with whodid's rules "
+                  "loaded (`whodid-agent audit-rules > /etc/audit/rules.d/whodid.rules && augenrules --load`)?",
+                  file=sys.stderr)
             return 1
         cap, mode = AuditTail(args.audit_log, host, rules=asm.rules, boot=asm.boot), "audit"
         auth_log = "none"                           # logins come from the audit log itself
@@ -545,20 +546,22 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="whodid-agent", description="Record process, login, network and file "
                                 "activity on this host for whodid.", epilog=__doc__.split("examples:", 1)[1]
                                 .join(["examples:", ""]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"whodid-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     r = sub.add_parser("run", help="capture until stopped (SIGTERM or Ctrl-C flush and stop cleanly)")
     r.add_argument("--db", metavar="PATH", help="local mode: write into this store")
     r.add_argument("--out", metavar="FILE", help="append schema-v1 JSON lines to FILE (- for stdout)")
     r.add_argument("--host", metavar="NAME", help="this host's name in traces (default: the hostname)")
-    r.add_argument("--config", metavar="FILE", help="config file (its `agent` section; see config.example.yaml)")
+    r.add_argument("--config", metavar="FILE", help="config file (its `agent` section; `whodid config example` shows "
+                   "every key)")
     r.add_argument("--watch", action="append", metavar="PATH",
                    help=f"record changes under PATH (a glob is allowed); repeatable (default: agent.watch, "
                         f"{', '.join(config_mod.AgentConfig().watch)})")
     r.add_argument("--mode", choices=["auto", "bpf", "netlink"], default="auto",
                    help="how to see processes: BPF tracepoints, the netlink process connector (fewer facts), or "
                         "BPF when it loads and netlink otherwise (default: auto)")
-    r.add_argument("--audit-log", metavar="PATH", help="no BPF: follow this audit log (auditd with agent/audit.rules "
-                   "loaded), across rotations, as the source of events")
+    r.add_argument("--audit-log", metavar="PATH", help="no BPF: follow this audit log (auditd with the rules "
+                   "`whodid-agent audit-rules` prints loaded), across rotations, as the source of events")
     r.add_argument("--buffer", choices=["auto", "ringbuf", "perf"], default="auto",
                    help="how BPF hands records over: the ring buffer (Linux 5.8+) or per-CPU perf buffers "
                         "(default: the ring buffer where the kernel has it)")
@@ -590,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--config", metavar="FILE", help="config file (its `agent` section)")
     f.add_argument("files", nargs="*", metavar="FILE", help="JSON-lines files (- for stdin); none: only ship what the spool holds")
     sub.add_parser("doctor", help="check this host can run the agent, and say how to fix what it cannot")
+    sub.add_parser("audit-rules", help="print the auditd rules --audit-log needs (for /etc/audit/rules.d/)")
     args = p.parse_args(argv)
     problem = bad_number(args)
     if problem:
@@ -599,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.command == "doctor":
         return doctor(args)
+    if args.command == "audit-rules":
+        sys.stdout.write(shipped.find("audit.rules").text())
+        return 0
     if args.command == "forward":
         return forward(args)
     p.print_help()

@@ -19,6 +19,9 @@ examples:
   whodid serve                                  the collector (and, later, the Slack bot) in one process
   whodid token add web-1                        a token for web-1's agent (shown once)
   whodid canary list --config FILE              --config and --db go anywhere on the line
+  whodid config check                           every problem of the config file, each at its line
+  whodid config example > /etc/whodid/config.yaml   start a config from the documented example
+  whodid files                                  the files whodid ships (units, audit rules, manifest)
 
 The query keys (since: until: host: user: scope: limit:) are one language, docs/query.md.
 """
@@ -42,6 +45,7 @@ from . import query
 from .commands import EXIT_ERROR, EXIT_OK, UsageError
 from .commands.canary import cmd_canary
 from .commands.changes import cmd_changes
+from .commands.config import cmd_config, cmd_files
 from .commands.db import cmd_db
 from .commands.ingest import cmd_import_audit, cmd_ingest
 from .commands.token import cmd_token
@@ -151,6 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["list", "run"])
     c.add_argument("name", nargs="?", metavar="NAME")
 
+    o = command("config", help="check the config file (every problem, with its line), or print the "
+                       "documented example to start one",
+                description="check [FILE]: load FILE (default: the config every command reads) and say every "
+                            "problem at once, one a line as FILE:LINE: what; exit 2 if any. example: print "
+                            "config.example.yaml, every key with a comment.")
+    o.add_argument("action", choices=["check", "example"])
+    o.add_argument("file", nargs="?", metavar="FILE", help="check: the file (default: --config, $WHODID_CONFIG, "
+                   "~/.config/whodid/config.yaml, /etc/whodid/config.yaml)")
+
+    f = command("files", help="the files whodid ships - example config, auditd rules, Slack manifest, systemd "
+                       "units: where they are, or one's contents")
+    f.add_argument("name", nargs="?", metavar="NAME", help="print this file (like `whodid files audit.rules > "
+                   "/etc/audit/rules.d/whodid.rules`)")
+    f.add_argument("--path", action="store_true", help="print where NAME is installed instead of its contents")
+
     v = command("serve", help="run the collector (agents ship to POST /v1/events) with retention; "
                        "SIGTERM stops it cleanly")
     v.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default: collector.listen, "
@@ -212,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, name, None) == "":       # `--db=`: not "not given", which would use the default
                 raise UsageError(f"--{name} needs a {'file' if name == 'config' else 'path'}; got an empty "
                                  f"one (--{name}=) - give it, or leave --{name} out for the default")
-        cfg = config_mod.load(args.config)
+        # config check reads the file itself, to say every problem; files needs no config
+        cfg = config_mod.load(args.config) if args.command not in ("config", "files") else None
         return COMMANDS[args.command](args, cfg)
     except (StoreError, config_mod.ConfigError, UsageError, TimeError, query.QueryError,
             private.PrivateFileError) as exc:
@@ -254,7 +274,7 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
 
 COMMANDS = {"trace": cmd_trace, "ingest": cmd_ingest, "db": cmd_db, "demo": cmd_demo, "token": cmd_token,
             "serve": cmd_serve, "canary": cmd_canary, "import-audit": cmd_import_audit,
-            "changes": cmd_changes}
+            "changes": cmd_changes, "config": cmd_config, "files": cmd_files}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -183,7 +183,7 @@ def parse_rules(raw: Any = None) -> Rules:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RulesError("`changes` must be a mapping (see config.example.yaml)")
+        raise RulesError("`changes` must be a mapping (`whodid config example` shows one)")
     _known_keys(raw, KEYS["changes"], "changes")
     patterns = list(BUILTIN_PATTERNS) if raw.get("builtin_patterns", True) else []
     if not isinstance(raw.get("builtin_patterns", True), bool):

@@ -90,7 +90,7 @@ def parse_canaries(raw: Any) -> list[Canary]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise CanaryError("`canaries` is a list of canaries (see config.example.yaml)")
+        raise CanaryError("`canaries` is a list of canaries (`whodid config example` shows one)")
     out, names = [], set()
     for i, item in enumerate(raw):
         c = parse_canary(item, f"canaries[{i}]")

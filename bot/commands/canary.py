@@ -22,7 +22,7 @@ def cmd_canary(args, cfg: config_mod.Config) -> int:
     path = cfg.store_path(args.db)
     if args.action == "list":
         if not cfg.canaries:
-            print("no canaries configured (see `canaries` in config.example.yaml)")
+            print("no canaries configured (see `canaries` in `whodid config example`)")
             return EXIT_OK
         store = Store.open(path) if os.path.exists(path) else None
         for c in cfg.canaries:
