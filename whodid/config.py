@@ -299,6 +299,13 @@ def _network_names(raw: Any, where: str) -> dict:
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 
 
+@dataclass
+class LoggingConfig:
+    """How `whodid serve` and `whodid-agent` log (whodid/logs.py); --log-format and --log-level win."""
+    format: str = "text"                # text (whodid web: message) | json (one object per line)
+    level: str = "info"                 # debug | info | warning | error
+
+
 SLACK_ENV = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "signing_secret": "SLACK_SIGNING_SECRET"}
 
 
@@ -312,6 +319,7 @@ class Config:
     slack: SlackConfig = field(default_factory=SlackConfig)
     web: WebConfig = field(default_factory=WebConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     canaries: list = field(default_factory=list)         # bot.canary.checks.Canary, parsed and checked at load
     changes: Rules = field(default_factory=parse_rules)  # change review: patterns, actors, windows, digest
     source: str | None = None           # the file it came from, for messages
@@ -327,7 +335,8 @@ class Config:
 
 
 SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig,
-            "collector": CollectorConfig, "slack": SlackConfig, "web": WebConfig, "network": NetworkConfig}
+            "collector": CollectorConfig, "slack": SlackConfig, "web": WebConfig, "network": NetworkConfig,
+            "logging": LoggingConfig}
 PERSON_KEYS = {"ssh_keys", "accounts"}
 
 
@@ -507,6 +516,10 @@ def from_dict(raw: Any, where: str = "config") -> Config:
         parse_duration(cfg.web.link_ttl)
     except TimeError as exc:
         raise ConfigError(f"{where}: `web.link_ttl`: {exc}") from None
+    from whodid.logs import check as check_logging
+    problem = check_logging(cfg.logging.level, cfg.logging.format)
+    if problem:
+        raise ConfigError(f"{where}: `logging`: {problem}")
     if bool(cfg.collector.tls_cert) != bool(cfg.collector.tls_key):
         raise ConfigError(f"{where}: TLS needs both `collector.tls_cert` and `collector.tls_key`")
     if cfg.agent.collector and not cfg.agent.collector.startswith(("http://", "https://")):

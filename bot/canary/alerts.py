@@ -14,13 +14,12 @@ when no Slack is configured - to the log and files.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from whodid import private
+from whodid import logs, private
 from whodid.tracer import Query, Tracer
 from whodid.tracer.render import shared
 from whodid.tracer.render.confidence import candidate_person, who_can
@@ -333,11 +332,19 @@ class SlackPoster:
 
 
 class FilePoster:
-    """No Slack: alerts go to the log and, with their pictures, to files in a directory."""
+    """No Slack: alerts go to the log and, with their pictures, to files in a directory. With
+    `out` (the demo), they are printed there instead of logged."""
 
     def __init__(self, directory: Path, out=None):
         self.dir = Path(directory)
-        self.out = out or sys.stderr
+        self.out = out
+        self.log = logs.get("canary")
+
+    def _say(self, level: str, text: str, canary) -> None:
+        if self.out is not None:
+            print(text, file=self.out, flush=True)
+        else:
+            getattr(self.log, level)(text, canary=canary.name)
 
     def alert(self, canary, state, result, suspects, changes):
         from whodid.tracer.render.image import render_png
@@ -358,15 +365,15 @@ class FilePoster:
             "suspects": [suspect_json(s) for s in suspects],
         }, indent=2) + "\n")
         files.append(str(base.with_suffix(".json")))
-        print(text, file=self.out)
-        print("alert written to: " + ", ".join(files), file=self.out, flush=True)
+        self._say("warning", text, canary)
+        self._say("info", "alert written to: " + ", ".join(files), canary)
         return "files", str(base)
 
     def again(self, canary, state, result):
-        print(again_text(canary, state, result), file=self.out, flush=True)
+        self._say("warning", again_text(canary, state, result), canary)
 
     def recovered(self, canary, state, result):
-        print(recovered_text(canary, state, result), file=self.out, flush=True)
+        self._say("info", recovered_text(canary, state, result), canary)
 
 
 def _no_respond(**_: Any) -> None:
