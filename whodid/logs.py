@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Callable
 
-from whodid.tracer.secret_rules import MASK, SHAPE_RULES
+from whodid.tracer.secret_rules import DEFAULT_RULES, MASK
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 FORMATS = ("text", "json")
@@ -56,7 +56,7 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))
 
 def mask(text: str) -> str:
     """text with every secret the log may meet masked."""
-    for rule in SHAPE_RULES:
+    for rule in DEFAULT_RULES:
         text = rule(text)
     for pattern, replace in OWN_SECRETS:
         text = pattern.sub(replace, text)
