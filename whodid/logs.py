@@ -146,7 +146,10 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(old)
-    root.addHandler(StderrHandler(JsonFormatter() if fmt == "json" else TextFormatter()))
+    handler = StderrHandler(JsonFormatter() if fmt == "json" else TextFormatter())
+    if level != "debug":
+        handler.addFilter(_ours_or_trouble)
+    root.addHandler(handler)
     root.setLevel(LEVELS[level])
     WHODID.removeHandler(_BEFORE_SETUP)
     WHODID.setLevel(logging.NOTSET)
@@ -156,6 +159,12 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     logging.captureWarnings(True)                  # a DeprecationWarning is a record too, not two raw lines
     sys.excepthook = _uncaught
     threading.excepthook = lambda a: _uncaught(a.exc_type, a.exc_value, a.exc_traceback, a.thread)
+
+
+def _ours_or_trouble(record: logging.LogRecord) -> bool:
+    """Below debug, a library's record shows from WARNING up. Its logger's level cannot promise
+    that: Bolt gives each logger it makes the root's level, under names of its own (`app.py`)."""
+    return record.levelno >= logging.WARNING or record.name == "whodid" or record.name.startswith("whodid.")
 
 
 def _uncaught(kind, value, tb, thread=None) -> None:
