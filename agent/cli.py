@@ -36,13 +36,15 @@ from .redact import compile_rules, redact_event
 from .spool import event_line
 from .sshd_log import LogFollower, default_source
 from whodid import config as config_mod
-from whodid import __version__, private, sdnotify, shipped
+from whodid import __version__, logs, private, sdnotify, shipped
 from whodid.arguments import Parser
 from whodid.stopping import Stop
 from whodid.tracer.events import plain_ip
 from whodid.tracer.when import parse_duration
 
 FLUSH_EVENTS = 2000
+
+log = logs.get("agent")
 
 
 @lru_cache(maxsize=4096)
@@ -114,7 +116,7 @@ class Sink:
             report = ingest(self.store, events)
             self.refused += report.rejected
             for sample in report.samples[:3]:
-                print(f"whodid-agent: refused an event it made: {sample}", file=sys.stderr)
+                log.error(f"refused an event it made: {sample}")
         if self.fh is not None:
             self.fh.write(b"\n".join(map(event_line, events)) + b"\n")
             self.fh.flush()
@@ -175,19 +177,18 @@ def stop_shipping(shipper, spool, stop: threading.Event, thread: threading.Threa
         # its request is in flight to a collector that does not answer: left behind. What it
         # carries stays in the spool and goes at the next start (a resend stores nothing twice);
         # the spool stays open under it, its commits are on disk already.
-        print(f"whodid-agent: the collector at {shipper.url} did not answer within {grace:g} s; the events in "
-              f"the spool {spool.path} will be shipped on the next start", file=sys.stderr)
+        log.warning(f"the collector at {shipper.url} did not answer within {grace:g} s; the events in "
+                    f"the spool {spool.path} will be shipped on the next start")
         return
     spool.report_drops()
     shipper.drain(deadline)
     left = spool.pending()
     if left:
-        print(f"whodid-agent: {left} events stay in the spool {spool.path} and will be shipped on the next start",
-              file=sys.stderr)
+        log.warning(f"{left} events stay in the spool {spool.path} and will be shipped on the next start")
     if shipper.stats.set_aside:
-        print(f"whodid-agent: {shipper.stats.set_aside} events the collector refused were set aside since start; "
-              f"{spool.refused_count()} in all wait in the `refused` table of {spool.path} for someone to look",
-              file=sys.stderr)
+        log.warning(f"{shipper.stats.set_aside} events the collector refused were set aside since start; "
+                    f"{spool.refused_count()} in all wait in the `refused` table of {spool.path} for someone to "
+                    "look")
     spool.close()
 
 
@@ -197,21 +198,21 @@ def forward(args) -> int:
         whole = config_mod.load(args.config)
         cfg, source = whole.agent, whole.source
     except config_mod.ConfigError as exc:
-        print(f"whodid-agent: {exc}", file=sys.stderr)
+        log.error(str(exc))
         return 2
+    logs.setup_for(args, whole.logging)
     if not (args.collector or cfg.collector):
-        print("whodid-agent: forward needs --collector URL (or agent.collector)", file=sys.stderr)
+        log.error("forward needs --collector URL (or agent.collector)")
         return 2
     try:
         spool, shipper = fleet(args, cfg, "", "", source)
     except ValueError as exc:
-        print(f"whodid-agent: {exc}", file=sys.stderr)
+        log.error(str(exc))
         return 2
     from whodid.tracer.events import EventError, decode_line
     for name in args.files:
         if name != "-" and not os.path.isfile(name):
-            print(f"whodid-agent: cannot read {name}: {'no such file' if not os.path.exists(name) else 'not a file'}",
-                  file=sys.stderr)
+            log.error(f"cannot read {name}: {'no such file' if not os.path.exists(name) else 'not a file'}")
             return 2
     bad = 0
     # redacted here, as `run` redacts what it captures: the collector redacts too, but knows
@@ -228,7 +229,7 @@ def forward(args) -> int:
             except EventError as err:
                 bad += 1
                 if bad <= 5:
-                    print(f"whodid-agent: {name}:{number}: {err} (not forwarded)", file=sys.stderr)
+                    log.warning(f"{name}:{number}: {err} (not forwarded)")
                 continue
             redact_event(ev, rules)
             chunk.append(ev)
@@ -245,11 +246,11 @@ def forward(args) -> int:
             stop.wait(wait)
     left = spool.pending()
     spool.close()
-    print(f"whodid-agent: forwarded {shipper.stats.sent} events"
-          + (f", {shipper.stats.set_aside} refused by the collector (set aside in the spool's `refused` table)"
-             if shipper.stats.set_aside else "")
-          + (f", {bad} malformed lines skipped" if bad else "")
-          + (f"; {left} wait in the spool for the next run" if left else ""), file=sys.stderr)
+    log.info(f"forwarded {shipper.stats.sent} events"
+             + (f", {shipper.stats.set_aside} refused by the collector (set aside in the spool's `refused` table)"
+                if shipper.stats.set_aside else "")
+             + (f", {bad} malformed lines skipped" if bad else "")
+             + (f"; {left} wait in the spool for the next run" if left else ""))
     return 0 if not left else 1
 
 
@@ -258,11 +259,12 @@ def run(args) -> int:
         whole = config_mod.load(args.config)
         cfg, source = whole.agent, whole.source
     except config_mod.ConfigError as exc:
-        print(f"whodid-agent: {exc}", file=sys.stderr)
+        log.error(str(exc))
         return 2
+    logs.setup_for(args, whole.logging)
     if not args.db and not args.out and not (args.collector or cfg.collector):
-        print("whodid-agent: say where events go: --collector URL (fleet mode), --db PATH (local store) or "
-              "--out FILE", file=sys.stderr)
+        log.error("say where events go: --collector URL (fleet mode), --db PATH (local store) or "
+                  "--out FILE")
         return 2
     watch = tuple(args.watch or cfg.watch)
     host = args.host or cfg.host_name or socket.gethostname()
@@ -278,24 +280,22 @@ def run(args) -> int:
     try:
         spool, shipper = fleet(args, cfg, host, asm.boot, source)
     except ValueError as exc:
-        print(f"whodid-agent: {exc}", file=sys.stderr)
+        log.error(str(exc))
         return 2
     try:
         sink = Sink(args.db, args.out, spool)
     except OSError as exc:               # an unwritable --out
-        print(f"whodid-agent: cannot start: {private.why_not_written(exc, args.out, 'the events file')}",
-              file=sys.stderr)
+        log.error(f"cannot start: {private.why_not_written(exc, args.out, 'the events file')}")
         return 2
     except Exception as exc:             # a store that cannot be opened (StoreError says why)
-        print(f"whodid-agent: cannot start: {exc}", file=sys.stderr)
+        log.error(f"cannot start: {exc}")
         return 2
     cap, mode = None, args.mode
     if args.audit_log:
         from .audit import AuditTail
         if not os.path.exists(args.audit_log):
-            print(f"whodid-agent: no audit log at {args.audit_log}; is auditd running, with whodid's rules "
-                  "loaded (`whodid-agent audit-rules > /etc/audit/rules.d/whodid.rules && augenrules --load`)?",
-                  file=sys.stderr)
+            log.error(f"no audit log at {args.audit_log}; is auditd running, with whodid's rules loaded "
+                      "(`whodid-agent audit-rules > /etc/audit/rules.d/whodid.rules && augenrules --load`)?")
             return 1
         cap, mode = AuditTail(args.audit_log, host, rules=asm.rules, boot=asm.boot), "audit"
         auth_log = "none"                           # logins come from the audit log itself
@@ -307,22 +307,22 @@ def run(args) -> int:
                           unix_comms=tuple(cfg.unix_sockets.comms), budget=cfg.connection_budget)
             mode = "bpf"
         except (CaptureError, BccMissing) as exc:
-            print(f"whodid-agent: {exc}", file=sys.stderr)
+            (log.error if mode == "bpf" else log.warning)(str(exc))    # auto: netlink next
             if mode == "bpf":
                 return 1
     if cap is None:
         if args.pid_namespace:
-            print("whodid-agent: --pid-namespace needs BPF; the netlink fallback sees every process", file=sys.stderr)
+            log.error("--pid-namespace needs BPF; the netlink fallback sees every process")
             return 1
         try:
             asm.boot_epoch = monotonic_epoch()          # the connector stamps with CLOCK_MONOTONIC
             cap, mode = NetlinkCapture(asm), "netlink"
         except NetlinkUnavailable as exc:
-            print(f"whodid-agent: {exc}", file=sys.stderr)
+            log.error(str(exc))
             return 1
-        print("whodid-agent: running on the netlink process connector, without BPF: it records exec, fork, "
-              "exit and uid changes, but not TCP connections (ssh hops can only be inferred), not file changes, "
-              "and not the arguments of processes that exit before /proc is read", file=sys.stderr)
+        log.warning("running on the netlink process connector, without BPF: it records exec, fork, exit and "
+                    "uid changes, but not TCP connections (ssh hops can only be inferred), not file changes, and "
+                    "not the arguments of processes that exit before /proc is read")
 
     # the names the host was answered for, given to its connects (docs/agent.md); only BPF sees connects
     names = dns_watch(asm, cfg.dns_resolvers) if mode == "bpf" and cfg.dns_names else None
@@ -352,24 +352,22 @@ def run(args) -> int:
     gc.freeze()
     where = args.db or args.out or f"{shipper.url} (spool {spool.path})"
     if mode == "audit":
-        print(f"whodid-agent: following the audit log {args.audit_log} on {host} into {where}", file=sys.stderr,
-              flush=True)
+        log.info(f"following the audit log {args.audit_log} on {host} into {where}")
     elif mode == "bpf":
         unix = (f", unix-socket connects by {', '.join(cfg.unix_sockets.comms) or 'no program'} or to "
                 f"{', '.join(cfg.unix_sockets.prefixes) or 'no path'}") if cap.offsets.unix else ""
-        print(f"whodid-agent: capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
-              f"file changes under {', '.join(watch)}{unix}) into {where}"
-              + (" through perf buffers" if cap.perf else ""), file=sys.stderr, flush=True)
+        log.info(f"capturing on {host} with BPF tracepoints (exec, fork, exit, setuid, tcp, "
+                 f"file changes under {', '.join(watch)}{unix}) into {where}"
+                 + (" through perf buffers" if cap.perf else ""))
         if cap.note:
-            print(f"whodid-agent: {cap.note}", file=sys.stderr, flush=True)
+            log.info(cap.note)
     else:
-        print(f"whodid-agent: capturing on {host} with the netlink process connector into {where}",
-              file=sys.stderr, flush=True)
+        log.info(f"capturing on {host} with the netlink process connector into {where}")
     if follower:
-        print(f"whodid-agent: ssh logins from {auth_log}", file=sys.stderr, flush=True)
+        log.info(f"ssh logins from {auth_log}")
     elif mode != "audit":
-        print("whodid-agent: no sshd log found, so logins (and the ssh keys that name people) will not be "
-              "recorded; name it with --auth-log", file=sys.stderr, flush=True)
+        log.warning("no sshd log found, so logins (and the ssh keys that name people) will not be "
+                    "recorded; name it with --auth-log")
     if args.ready_file:
         open(args.ready_file, "w").write(str(os.getpid()))
     sdnotify.ready(f"capturing on {host} ({mode})")     # Type=notify: probes attached, snapshot taken
@@ -388,11 +386,11 @@ def run(args) -> int:
         over = asm.budget_losses(cap.over_budget(), since, now, budget.per_second, budget.burst) \
             if mode == "bpf" else []
         for ev in over:
-            print(f"whodid-agent: {ev['what']}", file=sys.stderr)
+            log.warning(ev["what"], host=host)
         if lost <= lost_state["reported"]:
             return over
         count, lost_state["reported"] = lost - lost_state["reported"], lost
-        print(f"whodid-agent: the kernel dropped {count} records ({mode}); raise --ringbuf-pages", file=sys.stderr)
+        log.error(f"the kernel dropped {count} records ({mode}); raise --ringbuf-pages", host=host, lost=count)
         return over + [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
                         "since": round(since, 6), "count": count,
                         "what": "ring buffer full" if mode == "bpf" else "netlink overrun"}]
@@ -434,9 +432,9 @@ def run(args) -> int:
     if names:
         names.close()
     cap.close()              # last: detaching takes the kernel a while, and every event is out by now
-    print(f"whodid-agent: stopped; {sink.written} events written, {lost_state['reported']} records lost, "
-          f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
-          "tied to a process", file=sys.stderr)
+    log.info(f"stopped; {sink.written} events written, {lost_state['reported']} records lost, "
+             f"{asm.counts['redacted']} command lines redacted, {asm.counts['unmatched_login']} logins not "
+             "tied to a process", host=host)
     return 0
 
 
@@ -448,14 +446,14 @@ def dns_watch(asm: Assembler, extra_resolvers=()) -> DnsWatch | None:
     try:
         watch = DnsWatch(NameBook(resolvers=resolvers))
     except OSError as exc:
-        print(f"whodid-agent: cannot read DNS answers ({exc.strerror or exc}), so connects are recorded "
-              "without the name their address was answered for; run as root or with CAP_NET_RAW, or set "
-              "agent.dns_names: false", file=sys.stderr, flush=True)
+        log.warning(f"cannot read DNS answers ({exc.strerror or exc}), so connects are recorded without the "
+                    "name their address was answered for; run as root or with CAP_NET_RAW, or set "
+                    "agent.dns_names: false")
         return None
     asm.names = watch.name_for
-    print("whodid-agent: naming connects from the DNS answers this host receives (port 53, every "
-          "interface of this network namespace) from its resolvers: "
-          + (", ".join(sorted(resolvers)) or "none found - set agent.dns_resolvers"), file=sys.stderr, flush=True)
+    log.info("naming connects from the DNS answers this host receives (port 53, every interface of this "
+             "network namespace) from its resolvers: "
+             + (", ".join(sorted(resolvers)) or "none found - set agent.dns_resolvers"))
     return watch
 
 
@@ -467,15 +465,15 @@ def unix_snapshot(asm: Assembler, watched) -> list:
         found = unixdiag.attached(unixdiag.dump(), unixdiag.socket_holders(), asm.procfs.comm,
                                   tuple(watched.prefixes), tuple(watched.comms), str(now))
     except (OSError, ValueError) as exc:    # the kernel refusing, or a reply this reader does not know
-        print(f"whodid-agent: could not list the unix-socket connections that exist already ({exc}); those made "
-              "from now on are recorded", file=sys.stderr, flush=True)
+        log.warning(f"could not list the unix-socket connections that exist already ({exc}); those made "
+                    "from now on are recorded")
         return []
     found, left_out = unixdiag.capped(found)
     out = asm.unix_snapshot(found, now)
     if left_out:
         said = (f"left out {left_out} unix-socket connections that exist already (more than one per client "
                 f"process, or more than {unixdiag.MAX_PER_PATH} clients of one socket)")
-        print(f"whodid-agent: {said}", file=sys.stderr, flush=True)
+        log.warning(said)
         wall = round(time.time(), 6)
         out.append({"v": 1, "kind": "loss", "host": asm.host, "boot": asm.boot, "ts": wall, "since": wall,
                     "count": left_out, "what": said})
@@ -590,14 +588,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--ca-file", metavar="PEM", help="CA bundle for the collector's certificate")
         parser.add_argument("--batch-events", type=int, metavar="N", help="events per batch at most (default: "
                             "agent.batch_events, 5000)")
+        logs.add_arguments(parser)
     f.add_argument("--config", metavar="FILE", help="config file (its `agent` section)")
     f.add_argument("files", nargs="*", metavar="FILE", help="JSON-lines files (- for stdin); none: only ship what the spool holds")
     sub.add_parser("doctor", help="check this host can run the agent, and say how to fix what it cannot")
     sub.add_parser("audit-rules", help="print the auditd rules --audit-log needs (for /etc/audit/rules.d/)")
     args = p.parse_args(argv)
+    if args.command in ("run", "forward"):
+        logs.setup_for(args)               # the flags now, for what goes wrong before the config is read
     problem = bad_number(args)
     if problem:
-        print(f"whodid-agent: {problem}", file=sys.stderr)
+        log.error(problem)
         return 2
     if args.command == "run":
         return run(args)

@@ -20,12 +20,13 @@ import gzip
 import json
 import random
 import ssl
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+
+from whodid import logs
 
 from .spool import Spool, SpoolError
 
@@ -64,7 +65,7 @@ class Shipper:
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.clock = clock
         self.rng = rng or random.Random()
-        self.log = log or (lambda msg: print(f"whodid-agent: {msg}", file=sys.stderr, flush=True))
+        self.log = logs.get("agent", log)
         self.context = None
         if self.url.startswith("https://"):
             self.context = ssl.create_default_context(cafile=ca_file or None)
@@ -125,29 +126,29 @@ class Shipper:
                 self.stats.refused += len(refusals)
                 self.stats.set_aside += set_aside
                 first = min(refusals)
-                self.log(f"the collector refused {len(refusals)} of {len(lines)} events; they are set aside in the "
-                         f"spool's `refused` table of {self.spool.path} ({self.stats.set_aside} so far), the rest "
-                         f"is delivered. First: line {first}: {refusals[first]}")
+                self.log.error(f"the collector refused {len(refusals)} of {len(lines)} events; they are set aside "
+                               f"in the spool's `refused` table of {self.spool.path} ({self.stats.set_aside} so far), "
+                               f"the rest is delivered. First: line {first}: {refusals[first]}")
             self._recovered()
             return 0
         if status == 413 and self.batch_events > 1:
             self.batch_events = max(1, self.batch_events // 2)
             self.batch_bytes = max(1 << 16, self.batch_bytes // 2)
-            self.log(f"the collector said the batch was too large ({message}); trying batches of "
-                     f"{self.batch_events} events")
+            self.log.warning(f"the collector said the batch was too large ({message}); trying batches of "
+                             f"{self.batch_events} events")
             return 0
         if status in REFUSED_WHOLE:
             n = self.spool.set_aside(upto, f"{status}: {message}")
             self.stats.set_aside += n
-            self.log(f"the collector refused a batch of {n} events as a whole ({status}: {message}); they are "
-                     f"set aside in the spool's `refused` table of {self.spool.path} ({self.stats.set_aside} so "
-                     "far), and shipping goes on")
+            self.log.error(f"the collector refused a batch of {n} events as a whole ({status}: {message}); they "
+                           f"are set aside in the spool's `refused` table of {self.spool.path} ({self.stats.set_aside} "
+                           "so far), and shipping goes on")
             self._recovered()
             return 0
         if status in (401, 403):
             return self._retry(f"token {status}", f"the collector refused this agent's token ({status}: {message}); "
                                "check agent.token (or $WHODID_AGENT_TOKEN) against `whodid token add HOST` on the "
-                               "collector. Events are kept in the spool meanwhile", floor=30.0)
+                               "collector. Events are kept in the spool meanwhile", floor=30.0, level="error")
         if 300 <= status < 400:
             return self._retry(f"status {status}", f"the collector answered {status}, a redirect to "
                                f"{headers.get('Location')!r}, which an agent does not follow with its token; "
@@ -155,10 +156,11 @@ class Shipper:
         return self._retry(f"status {status}", f"the collector answered {status} ({message})",
                            floor=_seconds(retry_after))
 
-    def _retry(self, what: str, complaint: str, floor: float | None = None) -> float:
+    def _retry(self, what: str, complaint: str, floor: float | None = None, level: str = "warning") -> float:
         """The wait before the next attempt: exponential backoff with full jitter (a fleet coming
         back after an outage does not return in lockstep), never less than the collector's
-        Retry-After. The complaint is said once per kind of trouble, with what waits."""
+        Retry-After. The complaint is said once per kind of trouble, with what waits: a warning
+        (nothing is lost, all waits in the spool), an error when only a person can fix it."""
         self.stats.failures += 1
         self._attempt += 1
         if what != self._last_complaint:
@@ -166,8 +168,8 @@ class Shipper:
                 waiting = self.spool.pending()
             except SpoolError:
                 waiting = "an unknown number of"
-            self.log(f"{complaint}; {waiting} events wait in the spool; retrying with backoff (at most "
-                     f"{self.backoff_max:g} s between attempts)")
+            getattr(self.log, level)(f"{complaint}; {waiting} events wait in the spool; retrying with backoff "
+                                     f"(at most {self.backoff_max:g} s between attempts)")
             self._last_complaint = what
         return max(self.rng.uniform(0, self.backoff_delay(self._attempt)), floor or 0.0)
 
@@ -177,8 +179,8 @@ class Shipper:
 
     def _recovered(self) -> None:
         if self._attempt:
-            self.log(f"the collector answers again after {self._attempt} failed attempts; "
-                     f"{self.spool.pending()} events wait in the spool")
+            self.log.info(f"the collector answers again after {self._attempt} failed attempts; "
+                          f"{self.spool.pending()} events wait in the spool")
         self._attempt = 0
         self._last_complaint = ""
 

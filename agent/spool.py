@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from whodid import private
+from whodid import logs, private
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -47,6 +46,8 @@ POLICIES = ("drop-oldest", "drop-newest")
 # What the collector refused is kept for people in at most this fraction of the spool's cap
 # (on top of the cap), the newest kept.
 REFUSED_SHARE = 4
+
+log = logs.get("agent")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, line BLOB NOT NULL);
@@ -76,9 +77,8 @@ class Spool:
             # A damaged spool would stop the agent at every start, capturing nothing: it is set
             # aside, whatever it still holds kept for people, and capture goes on in a new one.
             aside = self._set_aside_damaged()
-            print(f"whodid-agent: the spool {self.path} is damaged ({exc}); it is set aside as {aside} with the "
-                  f"events it held (`sqlite3 {aside} .recover` may save some) and a new spool is started",
-                  file=sys.stderr, flush=True)
+            log.error(f"the spool {self.path} is damaged ({exc}); it is set aside as {aside} with the "
+                      f"events it held (`sqlite3 {aside} .recover` may save some) and a new spool is started")
             try:
                 self.db, self.bytes = self._open()
             except sqlite3.DatabaseError as exc2:
@@ -203,7 +203,7 @@ class Spool:
                 "until = max(until, excluded.until)", [count, since, until, why])
         except sqlite3.DatabaseError:
             pass                  # the disk is full: the in-memory total still reaches the log
-        print(f"whodid-agent: dropped {count} events: {why}", flush=True, file=sys.stderr)
+        log.error(f"dropped {count} events: {why}")
 
     def report_drops(self) -> None:
         """Turn counted drops into a `loss` event at the tail of the spool, once there is room."""
@@ -298,9 +298,9 @@ class Spool:
             self.db.execute("DELETE FROM refused WHERE seq <= ?", [last])
             if not self._said_discarded:
                 self._said_discarded = True
-                print(f"whodid-agent: the spool's `refused` table of {self.path} reached its share of the cap "
-                      f"({limit} bytes): the oldest events set aside give way to the newest (said once; "
-                      "check why the collector refuses them)", file=sys.stderr, flush=True)
+                log.error(f"the spool's `refused` table of {self.path} reached its share of the cap "
+                          f"({limit} bytes): the oldest events set aside give way to the newest (said once; "
+                          "check why the collector refuses them)")
         return total - freed
 
     def refused_count(self) -> int:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from whodid import private
+from whodid import logs, private
 from whodid.tracer.changes import Review, Row, by_person, planned_by_actor
 from whodid.tracer.render.text import printable
 from whodid.tracer.when import clock, iso
@@ -258,7 +258,7 @@ class DigestJob:
         self.store_path = store_path
         self.bot = bot
         self.out_dir = out_dir
-        self.log = log or (lambda msg: print(f"whodid digest: {msg}", flush=True))
+        self.log = logs.get("digest", log)
 
     def schedule(self, scheduler) -> str:
         from whodid.tracer.changes import cron_trigger
@@ -276,7 +276,7 @@ class DigestJob:
         try:
             self.run()
         except Exception as exc:
-            self.log(f"could not make or post the digest ({exc!r}); the next one is due on schedule")
+            self.log.error(f"could not make or post the digest ({exc!r}); the next one is due on schedule")
 
     def run(self, now: float | None = None) -> Review:
         from whodid.tracer import Store
@@ -298,8 +298,11 @@ class DigestJob:
         if self.bot is not None and self.digest.channel:
             pages = render_blocks(result, self.bot.value, title="Change digest")
             ts = self.bot.post_pages(pages, self.digest.channel)
-            self.log(f"posted to {self.digest.channel}" + (f" ({len(pages)} messages)" if len(pages) > 1 else "")
-                     + f": {result.headline()}" if ts else f"could not post to {self.digest.channel}")
+            if ts:
+                self.log(f"posted to {self.digest.channel}" + (f" ({len(pages)} messages)" if len(pages) > 1 else "")
+                         + f": {result.headline()}", channel=self.digest.channel)
+            else:
+                self.log.error(f"could not post to {self.digest.channel}", channel=self.digest.channel)
         elif self.bot is None:
             text = render_text(result, now)
             self.log(f"{result.headline()}\n{text}")

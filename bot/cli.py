@@ -35,7 +35,7 @@ import sys
 
 from whodid import __version__
 from whodid import config as config_mod
-from whodid import private
+from whodid import logs, private
 from whodid.arguments import Parser
 from whodid.tracer import StoreError
 from whodid.tracer.store import store_error
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default: collector.listen, "
                    "127.0.0.1:8470)")
     v.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)     # tests: written once listening
+    logs.add_arguments(v)
     return p
 
 
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     cfg = None
+    if args.command == "serve":
+        logs.setup_for(args)        # a daemon: even a config it cannot read is said in its log's format
     try:
         for name in ("config", "db"):
             if getattr(args, name, None) == "":       # `--db=`: not "not given", which would use the default
@@ -236,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, cfg)
     except (StoreError, config_mod.ConfigError, UsageError, TimeError, query.QueryError,
             private.PrivateFileError) as exc:
-        print(f"whodid: {exc}", file=sys.stderr)
+        say_error(args, str(exc))
         return EXIT_ERROR
     except sqlite3.Error as exc:
         # a page found damaged in the middle of a question, a disk that filled during a write:
         # never an answer from a store that failed, and never a traceback
         path = cfg.store_path(getattr(args, "db", None)) if cfg else "(no store)"
-        print(f"whodid: {store_error(exc, path)}", file=sys.stderr)
+        say_error(args, store_error(exc, path))
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("whodid: interrupted", file=sys.stderr)
@@ -251,19 +254,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except OSError as exc:
         why = private.trouble(exc, exc.filename) if exc.filename else None
-        print(f"whodid: {why + ': ' if why else ''}{exc.filename or 'a file'}: {exc.strerror or exc}",
-              file=sys.stderr)
+        say_error(args, f"{why + ': ' if why else ''}{exc.filename or 'a file'}: {exc.strerror or exc}")
         return EXIT_ERROR
     except Exception as exc:
         if os.environ.get("WHODID_DEBUG"):
             raise
-        print(f"whodid: unexpected {type(exc).__name__}: {exc} - a bug in whodid; please report it, with the "
-              "traceback WHODID_DEBUG=1 shows", file=sys.stderr)
+        say_error(args, f"unexpected {type(exc).__name__}: {exc} - a bug in whodid; please report it, with the "
+                        "traceback WHODID_DEBUG=1 shows")
         return EXIT_ERROR
+
+
+def say_error(args, text: str) -> None:
+    """A command's one-line error; `whodid serve`'s goes to its log, in the format it was asked for."""
+    if args.command == "serve":
+        logs.get("serve").error(text)
+    else:
+        print(f"whodid: {text}", file=sys.stderr)
 
 
 def cmd_serve(args, cfg: config_mod.Config) -> int:
     from .serve import serve
+    logs.setup_for(args, cfg.logging)
     return serve(cfg, db=args.db, listen=args.listen, ready_file=args.ready_file)
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from whodid import private
+from whodid import logs, private
 from whodid.tracer.when import TimeError, iso, parse_duration
 
 EVENT_SCHEMA = "whodid.event/1"
@@ -380,7 +380,7 @@ class Outbox:
     def __init__(self, outputs: dict[str, Output], spool: str | os.PathLike, log=None, senders=None):
         self.outputs = outputs
         self.spool = Path(spool)
-        self.log = log or (lambda msg: None)
+        self.log = log if isinstance(log, logs.Log) else logs.get("outputs", log)
         self.senders = senders or {name: sender(spec) for name, spec in outputs.items()}
         self.wake = {name: threading.Event() for name in outputs}
         self.idle = {name: threading.Event() for name in outputs}
@@ -432,18 +432,18 @@ class Outbox:
             try:
                 ev = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
-                self.log(f"output {name}: cannot read spooled {path.name} ({exc}); set aside")
+                self.log.error(f"output {name}: cannot read spooled {path.name} ({exc}); set aside")
                 self._set_aside(path, "unreadable")
                 continue
             try:
                 self.senders[name].send(ev)
             except DeliveryError as exc:
                 if exc.refused:
-                    self.log(f"output {name}: {exc}; {ev.get('event')} {ev.get('id')} set aside in "
+                    self.log.error(f"output {name}: {exc}; {ev.get('event')} {ev.get('id')} set aside in "
                              f"{d / 'refused'} and not sent again")
                     self._set_aside(path, "refused")
                     continue
-                self.log(f"output {name}: {ev.get('event')} {ev.get('id')} not delivered ({exc}); "
+                self.log.warning(f"output {name}: {ev.get('event')} {ev.get('id')} not delivered ({exc}); "
                          f"{len(pending) - i} waiting, trying again in {RETRY_EVERY:g}s")
                 return len(pending) - i
             self._mark_sent(d, path)
@@ -474,7 +474,7 @@ class Outbox:
             try:
                 left = self.deliver(name)
             except Exception as exc:                 # a bug or the disk: said, and tried again
-                self.log(f"output {name}: delivery failed: {type(exc).__name__}: {exc}")
+                self.log.error(f"output {name}: delivery failed: {type(exc).__name__}: {exc}")
                 left = 1
             with self.lock:                          # idle only if nothing was put meanwhile
                 if not left and not self.wake[name].is_set():

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import sys
 import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from whodid import config as config_mod
-from whodid import sdnotify
+from whodid import logs, sdnotify
 from whodid.guarded_http import Deadlines
 from whodid.stopping import Stop
 from whodid.collector.server import Collector, Limits
 
 
-def log(msg: str) -> None:
-    print(f"whodid serve: {msg}", file=sys.stderr, flush=True)
+log = logs.get("serve")
 
 
 def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = None,
@@ -41,35 +39,36 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
                                         write=30, grace=5))
     try:
         collector = Collector(path, host, port, limits=limits, tls_cert=c.tls_cert or None,
-                              tls_key=c.tls_key or None, log=log)
+                              tls_key=c.tls_key or None)
     except OSError as exc:
-        log(f"cannot listen on {host}:{port}: {exc.strerror}; choose another with --listen or collector.listen")
+        log.error(f"cannot listen on {host}:{port}: {exc.strerror}; choose another with --listen or "
+                  "collector.listen")
         return 2
     except ValueError as exc:
-        log(str(exc))
+        log.error(str(exc))
         return 2
     bot = None
     if cfg.slack.mode != "off":
         from .slack.app import Bot, SlackSetupError
         if not cfg.slack.secret("bot_token"):
-            log("Slack bot off: no bot token ($SLACK_BOT_TOKEN or slack.bot_token; see README, \"Install in "
-                "your workspace\"); set slack.mode: off to silence this")
+            log.warning("Slack bot off: no bot token ($SLACK_BOT_TOKEN or slack.bot_token; see README, \"Install in "
+                        "your workspace\"); set slack.mode: off to silence this")
         else:
             try:
-                bot = Bot(cfg, path, log=lambda msg: print(f"whodid bot: {msg}", file=sys.stderr, flush=True))
+                bot = Bot(cfg, path)
             except SlackSetupError as exc:
-                log(str(exc))
+                log.error(str(exc))
                 collector.stop()
                 return 2
     pages = None
     if cfg.web.enabled:
         from .web.pages import TracePages
-        pages = TracePages(cfg, path, log=lambda msg: print(f"whodid web: {msg}", file=sys.stderr, flush=True))
+        pages = TracePages(cfg, path)
         try:
             where = pages.start()
         except OSError as exc:
-            log(f"cannot serve trace pages on {cfg.web.listen}: {exc.strerror}; choose another with web.listen "
-                "(or web.listen: off)")
+            log.error(f"cannot serve trace pages on {cfg.web.listen}: {exc.strerror}; choose another with web.listen "
+                      "(or web.listen: off)")
             collector.stop()
             return 2
         log(f"trace pages on {where}; links point at {cfg.web.url()}")
@@ -77,8 +76,8 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             bot.pages = pages
     collector.start()
     if not collector.tls and host not in ("127.0.0.1", "::1", "localhost"):
-        log(f"warning: serving plain HTTP on {host}: agent tokens and command lines cross the network "
-            "unencrypted; set collector.tls_cert and collector.tls_key")
+        log.warning(f"warning: serving plain HTTP on {host}: agent tokens and command lines cross the network "
+                    "unencrypted; set collector.tls_cert and collector.tls_key")
 
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300})
     retention = cfg.store.retention_seconds
@@ -95,7 +94,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
     if cfg.outputs:                   # webhooks, syslog: spooled, each delivered by its own thread
         from .outputs import Outbox
         spool = config_mod.data_dir() / "outbox"
-        outbox = Outbox(cfg.outputs, spool, log=log).start()
+        outbox = Outbox(cfg.outputs, spool, log=logs.get("outputs")).start()
         log(f"outputs: {', '.join(f'{o.name} ({o.type})' for o in cfg.outputs.values())}, spooled in {spool}")
     if cfg.canaries:
         from .canary.alerts import FilePoster, SlackPoster, WithOutputs
@@ -103,7 +102,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         if bot is not None:
             unrouted = [c.name for c in cfg.canaries if not c.channel and not c.outputs]
             if unrouted:
-                log(f"canaries without a channel to alert: {', '.join(unrouted)}; set `channel` (or `outputs`) on each")
+                log.error(f"canaries without a channel to alert: {', '.join(unrouted)}; set `channel` (or `outputs`) on each")
                 scheduler.shutdown(wait=False)
                 collector.stop()
                 return 2
@@ -113,7 +112,7 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
             log(f"no Slack: canary alerts go to this log and to files in {alerts_dir}")
             poster = FilePoster(alerts_dir)
         if outbox is not None:
-            poster = WithOutputs(poster, outbox, needs_channel=bot is not None, log=log)
+            poster = WithOutputs(poster, outbox, needs_channel=bot is not None)
         CanaryRunner(cfg, path, poster).schedule(scheduler)
         log(f"{len(cfg.canaries)} canaries scheduled: "
             + ", ".join(f"{c.name} ({c.schedule()})" for c in cfg.canaries))
@@ -122,15 +121,14 @@ def serve(cfg: config_mod.Config, db: str | None = None, listen: str | None = No
         out = None if bot is not None else str(config_mod.data_dir() / "digests")
         if bot is None:
             log(f"no Slack: the change digest goes to this log and to files in {out}")
-        where = DigestJob(cfg, path, bot, out_dir=out, log=lambda msg: log(f"change digest: {msg}"),
-                          outbox=outbox).schedule(scheduler)
+        where = DigestJob(cfg, path, bot, out_dir=out, outbox=outbox).schedule(scheduler)
         log(f"change digest scheduled: {where}")
     scheduler.start()
     if bot is not None:
         try:
             log(bot.start())
         except Exception as exc:        # a port in use, Slack unreachable for Socket Mode
-            log(f"the Slack bot could not start: {exc}")
+            log.error(f"the Slack bot could not start: {exc}")
             scheduler.shutdown(wait=False)
             collector.stop()
             return 2

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import ssl
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from whodid import __version__
+from whodid import __version__, logs
 from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refused
 from whodid.tracer.store import Store
 
@@ -47,7 +46,7 @@ class Collector:
         self.store_path = store_path
         self.limits = limits or Limits()
         self.metrics = Metrics()
-        self.log = log or (lambda msg: print(f"whodid serve: {msg}", file=sys.stderr, flush=True))
+        self.log = logs.get("collector", log)
         self.writer = Writer(store_path)
         self._reader = Store.open(store_path)
         self._reader_lock = threading.Lock()

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from whodid import logs
 from whodid.tracer.ingest import event_fault, write_isolating
 from whodid.tracer.store import Store
 
@@ -31,6 +31,8 @@ GROUP = 64               # batches written in one transaction at most
 # A group of batches taking longer than this to write is a wedged writer, said on /healthz
 # (a hung disk, a lock another process holds): agents see nothing but timeouts meanwhile.
 STALLED_AFTER = 90.0
+
+log = logs.get("collector")
 
 
 @dataclass
@@ -133,8 +135,7 @@ class Writer:
         failed = [res for res in results if isinstance(res, Exception)]
         if failed:                              # disk full, I/O error: the agents keep their spools
             self.error = f"{type(failed[0]).__name__}: {failed[0]}"
-            print(f"whodid serve: could not write {len(failed)} batches: {self.error}; agents will retry",
-                  file=sys.stderr, flush=True)
+            log.error(f"could not write {len(failed)} batches: {self.error}; agents will retry")
         else:
             self.error = None
         for (_, fut), res in zip(batches, results):
@@ -169,8 +170,8 @@ class Writer:
         host, events, at, clock, refused, lines = job
         new, faults = write_isolating(self.store, events)
         if faults:
-            print(f"whodid serve: refused {len(faults)} events from {host} that the store could not hold; "
-                  f"first: {faults[0][1]}", file=sys.stderr, flush=True)
+            log.error(f"refused {len(faults)} events from {host} that the store could not hold; "
+                      f"first: {faults[0][1]}", host=host)
         rejects = [*refused, *((lines[i] if lines else None, "event", why, json.dumps(events[i], default=repr)[:2000])
                                for i, why in faults)]
         with self.store.transaction():

@@ -307,6 +307,13 @@ def _network_names(raw: Any, where: str) -> dict:
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 
 
+@dataclass
+class LoggingConfig:
+    """How `whodid serve` and `whodid-agent` log (whodid/logs.py); --log-format and --log-level win."""
+    format: str = "text"                # text (whodid web: message) | json (one object per line)
+    level: str = "info"                 # debug | info | warning | error
+
+
 SLACK_ENV = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "signing_secret": "SLACK_SIGNING_SECRET"}
 
 
@@ -320,6 +327,7 @@ class Config:
     slack: SlackConfig = field(default_factory=SlackConfig)
     web: WebConfig = field(default_factory=WebConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     canaries: list = field(default_factory=list)         # bot.canary.checks.Canary, parsed and checked at load
     outputs: dict = field(default_factory=dict)          # name -> bot.outputs.Output: webhooks, syslog
     changes: Rules = field(default_factory=parse_rules)  # change review: patterns, actors, windows, digest
@@ -336,7 +344,8 @@ class Config:
 
 
 SECTIONS = {"store": StoreConfig, "trace": TraceConfig, "identity": IdentityConfig, "agent": AgentConfig,
-            "collector": CollectorConfig, "slack": SlackConfig, "web": WebConfig, "network": NetworkConfig}
+            "collector": CollectorConfig, "slack": SlackConfig, "web": WebConfig, "network": NetworkConfig,
+            "logging": LoggingConfig}
 PERSON_KEYS = {"ssh_keys", "accounts"}
 
 
@@ -726,3 +735,11 @@ def _web(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: {str(exc).replace('collector.listen', 'web.listen')} (or off)") from None
     if cfg.web.base_url and not cfg.web.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: `web.base_url` is a URL, like https://whodid.example.com")
+
+
+@rule
+def _logging(cfg: Config, where: str) -> None:
+    from whodid.logs import check as check_logging
+    problem = check_logging(cfg.logging.level, cfg.logging.format)
+    if problem:
+        raise ConfigError(f"{where}: `logging`: {problem}")

@@ -30,18 +30,21 @@ import io
 import re
 import socket
 import ssl
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from whodid import logs
+
 MAX_HEADER = 64 << 10          # request line and headers, bytes
 READ_CHUNK = 1 << 16
 LINGER = 2.0                   # seconds to drain unread input before closing
 WATCH_EVERY = 0.25             # the watchdog's period, seconds
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
+
+log = logs.get("http")          # a bug in a handler, said once; requests themselves are not logged
 
 
 @dataclass(frozen=True)
@@ -290,7 +293,7 @@ class GuardedServer(HTTPServer):
             self.RequestHandlerClass(conn, conn.address, self)
         except Exception as exc:                    # a bug: one line, never a traceback per client
             if not isinstance(exc, OSError):
-                print(f"{self.name}: request failed: {exc!r}", file=sys.stderr, flush=True)
+                log.error(f"{self.name}: request failed: {exc!r}", server=self.name)
         finally:
             self._linger_and_close(conn)
             with self._lock:
@@ -379,8 +382,8 @@ class GuardedHandler(BaseHTTPRequestHandler):
             except OSError:
                 raise
             except Exception as exc:                   # a bug: one line in the log, a 500 to the client
-                print(f"{self.server.name}: {self.command} {self.path.split('?', 1)[0]} failed: {exc!r}",
-                      file=sys.stderr, flush=True)
+                log.error(f"{self.server.name}: {self.command} {self.path.split('?', 1)[0]} failed: {exc!r}",
+                          server=self.server.name)
                 self.refuse(Refused(500, f"the server failed on this request ({type(exc).__name__}); "
                                          "it is logged"))
         except (DeadlineExceeded, OSError, ValueError):

@@ -16,8 +16,8 @@ spoken; a vsock address (systemd 254+, for virtual machines) is refused with a l
 from __future__ import annotations
 
 import os
+import logging
 import socket
-import sys
 
 _warned = False
 
@@ -49,10 +49,10 @@ def notify(state: str, environ=os.environ) -> bool:
     except OSError as exc:
         if not _warned:
             _warned = True
-            print(f"whodid: could not tell the service manager {state.splitlines()[0]} through "
-                  f"$NOTIFY_SOCKET={where}: {exc.strerror or exc}; under systemd the unit will time out "
-                  "starting - check the unit's NotifyAccess= and that nothing unset the variable",
-                  file=sys.stderr, flush=True)
+            logging.getLogger("whodid").warning(
+                f"could not tell the service manager {state.splitlines()[0]} through $NOTIFY_SOCKET={where}: "
+                f"{exc.strerror or exc}; under systemd the unit will time out starting - check the unit's "
+                "NotifyAccess= and that nothing unset the variable")
         return False
 
 

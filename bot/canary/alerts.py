@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from whodid import private
+from whodid import logs, private
 from whodid.tracer import Query, Tracer
 from whodid.tracer.render import shared
 from whodid.tracer.render.confidence import candidate_person, who_can
@@ -383,11 +382,19 @@ class SlackPoster:
 
 
 class FilePoster:
-    """No Slack: alerts go to the log and, with their pictures, to files in a directory."""
+    """No Slack: alerts go to the log and, with their pictures, to files in a directory. With
+    `out` (the demo), they are printed there instead of logged."""
 
     def __init__(self, directory: Path, out=None):
         self.dir = Path(directory)
-        self.out = out or sys.stderr
+        self.out = out
+        self.log = logs.get("canary")
+
+    def _say(self, level: str, text: str, canary) -> None:
+        if self.out is not None:
+            print(text, file=self.out, flush=True)
+        else:
+            getattr(self.log, level)(text, canary=canary.name)
 
     def alert(self, canary, state, result, suspects, changes):
         from whodid.tracer.render.image import render_png
@@ -406,15 +413,15 @@ class FilePoster:
         private.write_file(base.with_suffix(".json"), json.dumps(alert_json(canary, state, result, suspects),
                                                                  indent=2) + "\n")
         files.append(str(base.with_suffix(".json")))
-        print(text, file=self.out)
-        print("alert written to: " + ", ".join(files), file=self.out, flush=True)
+        self._say("warning", text, canary)
+        self._say("info", "alert written to: " + ", ".join(files), canary)
         return "files", str(base)
 
     def again(self, canary, state, result):
-        print(again_text(canary, state, result), file=self.out, flush=True)
+        self._say("warning", again_text(canary, state, result), canary)
 
     def recovered(self, canary, state, result):
-        print(recovered_text(canary, state, result), file=self.out, flush=True)
+        self._say("info", recovered_text(canary, state, result), canary)
 
 
 def _no_respond(**_: Any) -> None:
@@ -432,7 +439,7 @@ class WithOutputs:
         self.poster = poster
         self.outbox = outbox
         self.needs_channel = needs_channel      # Slack: a canary without a channel is not posted there
-        self.log = log or (lambda msg: print(f"whodid canary: {msg}", file=sys.stderr, flush=True))
+        self.log = log if isinstance(log, logs.Log) else logs.get("canary", log)
 
     def _put(self, canary: Canary, ev: dict[str, Any]) -> None:
         """Spool for the outputs. A spool that cannot be written (the disk full) must not keep the
@@ -440,7 +447,7 @@ class WithOutputs:
         try:
             self.outbox.put(canary.outputs, ev)
         except OSError as exc:
-            self.log(f"{canary.name}: could not spool the {ev['event']} for {', '.join(canary.outputs)} "
+            self.log.error(f"{canary.name}: could not spool the {ev['event']} for {', '.join(canary.outputs)} "
                      f"({private.trouble(exc, self.outbox.spool) or exc.strerror or exc}); they will not get it")
 
     def _only_outputs(self, canary: Canary) -> bool:

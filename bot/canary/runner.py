@@ -8,12 +8,12 @@ next run and every RETRY_EVERY seconds - until it is.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import asdict, replace
 
 from whodid import config as config_mod
+from whodid import logs
 from whodid.tracer import Store
 from whodid.tracer.render.text import printable
 
@@ -31,7 +31,7 @@ class CanaryRunner:
         self.canaries = {c.name: c for c in cfg.canaries}
         self.store_path = store_path
         self.poster = poster
-        self.log = log or (lambda msg: print(f"whodid canary: {msg}", file=sys.stderr, flush=True))
+        self.log = logs.get("canary", log)
         # one state change at a time per canary (a run, a redelivery); one lock each, so a
         # delivery that takes long (Slack slow, a 429's Retry-After slept) holds up no other canary
         self.locks = {name: threading.Lock() for name in self.canaries}
@@ -62,8 +62,9 @@ class CanaryRunner:
             finally:
                 store.close()
         if action or (not result.ok and new.failures == 1):      # changes, not every failing minute
-            self.log(printable(f"{name}: {'ok' if result.ok else 'FAILED'} ({result.summary}, "   # a remote's words
-                               f"{result.seconds:.1f}s)" + (f" -> {action}" if action else "")))
+            say = self.log.info if result.ok else self.log.warning
+            say(printable(f"{name}: {'ok' if result.ok else 'FAILED'} ({result.summary}, "   # a remote's words
+                          f"{result.seconds:.1f}s)" + (f" -> {action}" if action else "")), canary=name)
         return result, action
 
     def redeliver(self) -> None:
@@ -91,8 +92,8 @@ class CanaryRunner:
                 fn = self.poster.again if kind == "again" else self.poster.recovered
                 delivered = self._deliver(fn, c, state, result) is not _FAILED
             if not delivered:
-                self.log(f"{c.name}: {', '.join(queue[done:])} not delivered yet; trying again in "
-                         f"{RETRY_EVERY:g}s and at the next run")
+                self.log.warning(f"{c.name}: {', '.join(queue[done:])} not delivered yet; trying again in "
+                                 f"{RETRY_EVERY:g}s and at the next run", canary=c.name)
                 return alerts.after_delivery(state, queue, done)
         return alerts.after_delivery(state, queue, len(queue))
 
@@ -119,7 +120,7 @@ class CanaryRunner:
         try:
             return fn(*args)
         except Exception as exc:              # Slack down: the state still moves; say so
-            self.log(f"could not deliver {fn.__name__} for canary {args[0].name}: {exc}")
+            self.log.error(f"could not deliver {fn.__name__} for canary {args[0].name}: {exc}", canary=args[0].name)
             return _FAILED
 
 

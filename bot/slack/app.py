@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from whodid import config as config_mod
+from whodid import logs
 from whodid.tracer import Store, Tracer
 
 from whodid.tracer.changes import review
@@ -85,7 +85,7 @@ class Bot:
     def __init__(self, cfg: config_mod.Config, store_path: str, log: Callable[[str], None] | None = None):
         self.cfg, self.s = cfg, cfg.slack
         self.store_path = store_path
-        self.log = log or (lambda msg: print(f"whodid bot: {msg}", file=sys.stderr, flush=True))
+        self.log = logs.get("bot", log)
         self.tokens = check_tokens(self.s)
         self.client = WebClient(token=self.tokens["bot_token"], base_url=self.s.api_base_url, timeout=30)
         # Slack's 429s carry Retry-After: wait that long and try again - unless the bot is stopping
@@ -334,7 +334,7 @@ class Bot:
                 with RENDER:
                     png = render_png(tr, now)
             except Exception as exc:             # a drawing bug must not cost the chain (or repost an alert)
-                self.log(f"could not draw the trace picture: {exc!r}")
+                self.log.warning(f"could not draw the trace picture: {exc!r}")
                 self.post(channel, "(The picture could not be drawn; the chain follows as text, and whodid's log "
                           "says why.)", None, thread, respond)
         if png is not None:
@@ -347,7 +347,7 @@ class Bot:
                                             alt_txt=blocks.escape(f"How: {tr.summary} (confidence: "
                                                                   f"{confidence(tr)})")[:1000])
             except (SlackApiError, SlackClientError) as exc:
-                self.log(f"could not upload the trace picture: {_why(exc)}")
+                self.log.warning(f"could not upload the trace picture: {_why(exc)}")
                 self.post(channel, f"(The picture could not be uploaded: {_why(exc)}. Missing the files:write "
                           "scope?)", None, thread, respond)
         text, bl = blocks.chain(tr, view, total, now, self.value if with_buttons else None, self.link)
@@ -370,7 +370,7 @@ class Bot:
             return resp["ts"]
         except SlackApiError as exc:
             error = exc.response.get("error")
-            self.log(f"chat.postMessage to {channel} failed: {error}")
+            self.log.error(f"chat.postMessage to {channel} failed: {error}", channel=channel)
             hint = (" Invite me to this channel (`/invite @whodid`) to get the picture and the buttons."
                     if error in ("not_in_channel", "channel_not_found") else "")
             if respond is not None:
@@ -378,7 +378,7 @@ class Bot:
                         response_type="ephemeral", replace_original=False)
             return None
         except (SlackClientError, OSError) as exc:        # Slack unreachable mid-answer: say so, go on
-            self.log(f"chat.postMessage to {channel} failed: {exc}")
+            self.log.error(f"chat.postMessage to {channel} failed: {exc}", channel=channel)
             return None
 
     # --- helpers -------------------------------------------------------------------------
@@ -440,17 +440,17 @@ class Bot:
                 if not cursor or len(found) == len(names):
                     break
         except SlackApiError as exc:
-            self.log(f"cannot list channels to resolve slack.allowed_channels ({exc.response.get('error')}; the app "
-                     f"needs channels:read): questions from {', '.join(sorted(names))} are refused; give channel IDs "
-                     "(C0123...) instead")
+            self.log.warning(f"cannot list channels to resolve slack.allowed_channels ({exc.response.get('error')}; "
+                             f"the app needs channels:read): questions from {', '.join(sorted(names))} are refused; "
+                             "give channel IDs (C0123...) instead")
         except (SlackClientError, OSError) as exc:        # Slack unreachable: refuse, never guess
-            self.log(f"cannot reach Slack to resolve slack.allowed_channels ({exc}): questions from "
-                     f"{', '.join(sorted(names))} are refused until whodid serve is restarted; give channel IDs "
-                     "(C0123...) to need no lookup")
+            self.log.warning(f"cannot reach Slack to resolve slack.allowed_channels ({exc}): questions from "
+                             f"{', '.join(sorted(names))} are refused until whodid serve is restarted; give "
+                             "channel IDs (C0123...) to need no lookup")
             return frozenset(ids)
         for name in sorted(names - set(found)):
-            self.log(f"slack.allowed_channels: no public channel named #{name}; questions from it are refused "
-                     "(give a private channel by its ID)")
+            self.log.warning(f"slack.allowed_channels: no public channel named #{name}; questions from it are "
+                             "refused (give a private channel by its ID)")
         return frozenset(ids | set(found.values()))
 
     def _warm_groups(self) -> None:
@@ -471,9 +471,10 @@ class Bot:
             if gid:
                 members = set(self.client.usergroups_users_list(usergroup=gid).get("users") or [])
         except SlackApiError as exc:
-            self.log(f"cannot read user group {group}: {exc.response.get('error')} (the app needs usergroups:read)")
+            self.log.warning(f"cannot read user group {group}: {exc.response.get('error')} (the app needs "
+                             "usergroups:read)")
         except (SlackClientError, OSError) as exc:   # Slack unreachable: no one via this group, for now only
-            self.log(f"cannot read user group {group}: {exc}; its members are refused until Slack answers")
+            self.log.warning(f"cannot read user group {group}: {exc}; its members are refused until Slack answers")
             return members
         self._groups[group] = (time.monotonic(), members)
         return members
@@ -487,7 +488,7 @@ class Bot:
     def record(self, at: float, user_id, user_name, channel_id, channel_name, action: str, text, outcome: str) -> None:
         """Every question is logged: here, and in the store's `queries` table."""
         self.log(printable(f"{user_name or user_id} in #{channel_name or channel_id}: {action} {text or ''!s} "
-                           f"-> {outcome}"))
+                           f"-> {outcome}"), user=user_id, channel=channel_id, action=action, outcome=outcome)
         try:
             store = Store.open(self.store_path, create=True)
             try:
@@ -495,7 +496,7 @@ class Bot:
             finally:
                 store.close()
         except Exception as exc:               # the answer went out; say the log entry did not
-            self.log(f"could not record the question in the store: {exc}")
+            self.log.error(f"could not record the question in the store: {exc}")
 
 
 class _TracerSession:

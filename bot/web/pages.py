@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import html
 import secrets
-import sys
 import time
 from typing import Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
 from whodid import config as config_mod
+from whodid import logs
 from whodid.guarded_http import Deadlines, GuardedHandler, GuardedServer, Refused
 from whodid.tracer import Store, Target
 from whodid.tracer.render.text import printable
@@ -44,7 +44,7 @@ class TracePages:
         self.store_path = store_path
         self.key = link_key(store_key(store_path))
         self.ttl = config_mod.parse_duration(cfg.web.link_ttl)
-        self.log = log or (lambda msg: print(f"whodid web: {msg}", file=sys.stderr, flush=True))
+        self.log = logs.get("web", log)
         self._server: GuardedServer | None = None
 
     # --- links ---------------------------------------------------------------------------
@@ -165,10 +165,11 @@ class _Handler(GuardedHandler):
         try:
             status, body, nonce = self.site.page(self.path)
         except Exception as exc:                     # a store that cannot be opened, a bug: say so
-            self.site.log(f"trace page failed: {exc!r}")
+            self.site.log.error(f"trace page failed: {exc!r}")
             status, body, nonce = 500, _message("whodid could not draw this trace", str(exc)), ""
         what = printable(self.path.split("?", 1)[0])     # the client's words, before any link is checked
-        self.site.log(f"{self.client_address[0]} GET {what} -> {status}")
+        self.site.log(f"{self.client_address[0]} GET {what} -> {status}", client=self.client_address[0],
+                      status=status)
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8")
