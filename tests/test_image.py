@@ -137,6 +137,10 @@ def test_cli_writes_one_png_per_match(tmp_path, capsys):
     assert f"image: {out}" in printed and f"image: {tmp_path}/t-2.png" in printed
     assert png_size(out.read_bytes())[0] == 790
     assert (tmp_path / "t-2.png").exists()
-    code = cli.main(["trace", "aws", "--db", str(db), "--since", "2000-01-01", "--png", "/nonexistent/x.png"])
+    # a path that cannot be written whoever runs the test (root may create /nonexistent): its
+    # "directory" is a file
+    (tmp_path / "a-file").write_text("")
+    bad = tmp_path / "a-file" / "x.png"
+    code = cli.main(["trace", "aws", "--db", str(db), "--since", "2000-01-01", "--png", str(bad)])
     assert code == 2
-    assert "cannot write the image /nonexistent/x.png" in capsys.readouterr().err
+    assert f"cannot write the image {bad}" in capsys.readouterr().err
