@@ -242,3 +242,19 @@ def test_a_file_that_is_not_a_config_is_not_read_whole(capsys):
     assert "over 4 MiB" in capsys.readouterr().err
     assert cli.main(["files", "../../../etc/passwd"]) == 2       # only the shipped names, no paths
     assert "ships no file named" in capsys.readouterr().err
+
+
+def test_an_unquoted_off_is_off_not_a_type_error(tmp_path):
+    """YAML 1.1 reads an unquoted `off` as false: the keys whose value may be "off" take it as
+    off (adversarial review of issue 22), rather than refusing what the comments tell people to write."""
+    text = "store:\n  retention: off\nweb:\n  listen: off\nslack:\n  mode: off\n"
+    cfg, problems = check_text(text, "c.yaml")
+    assert problems == []
+    assert cfg.slack.mode == "off" and not cfg.web.enabled and cfg.store.retention == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    path.chmod(0o600)
+    assert config.load(str(path)).slack.mode == "off"
+    # elsewhere a bare true/false for a string is still a problem, and says how to quote
+    _, problems = check_text("slack:\n  listen: no\n", "c.yaml")
+    assert len(problems) == 1 and "quote" in problems[0].message

@@ -365,6 +365,10 @@ def _shown(value: Any) -> str:
     return _SHOWN.repr(value)
 
 
+# string keys that take "off": YAML 1.1 reads the unquoted word as false, which means the same
+MAY_BE_OFF = frozenset({"store.retention", "web.listen", "slack.mode"})
+
+
 def _section_checked(name: str, cls, raw: Any, where: str):
     """(the section, its problems): every key checked, a bad one left at its default, so a
     check can say all of them at once."""
@@ -386,8 +390,12 @@ def _section_checked(name: str, cls, raw: Any, where: str):
             problems.append(ConfigError(f"{where}: `{name}.{key}` must be a list of strings, got {_shown(value)}"))
         elif kind.startswith("dict") and not isinstance(value, dict):
             problems.append(ConfigError(f"{where}: `{name}.{key}` must be a mapping, got {_shown(value)}"))
+        elif isinstance(default, str) and value is False and f"{name}.{key}" in MAY_BE_OFF:
+            good[key] = "off"           # YAML 1.1 reads an unquoted `off` as false
         elif isinstance(default, str) and not isinstance(value, str):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a string, got {_shown(value)}"))
+            hint = (" (YAML reads an unquoted yes/no/on/off as true/false: put the value in quotes)"
+                    if isinstance(value, bool) else "")
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a string, got {_shown(value)}{hint}"))
         elif isinstance(default, bool) and not isinstance(value, bool):
             problems.append(ConfigError(f"{where}: `{name}.{key}` must be true or false, got {_shown(value)}"))
         elif (isinstance(default, int) and not isinstance(default, bool)
