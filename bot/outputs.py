@@ -208,10 +208,19 @@ def verify(secret: bytes, timestamp: str, body: bytes, header: str, now: float, 
     return fresh and hmac.compare_digest(signature(secret, timestamp, body), header)
 
 
+def shown_url(url: str) -> str:
+    """A webhook URL as errors show it: Teams, PagerDuty and Azure Functions carry the secret in
+    its path or query, so a path part long enough to be a key and the query become ***."""
+    parts = urlsplit(url)
+    path = "/".join("***" if len(seg) >= 16 else seg for seg in parts.path.split("/"))
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{path}" + ("?***" if parts.query else "")
+
+
 class Webhook:
     def __init__(self, spec: Output, sleep: Callable[[float], None] = time.sleep):
         self.spec = spec
         self.sleep = sleep
+        self.shown = shown_url(spec.url)
 
     def secret(self) -> bytes:
         """Read at each delivery, so rotating the file needs no restart; refused if others may read it."""
@@ -245,7 +254,7 @@ class Webhook:
                     resp.read(1 << 16)
                 return
             except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code} from {self.spec.url}"
+                last = f"HTTP {exc.code} from {self.shown}"
                 if exc.code == 429:
                     wait = max(wait, _retry_after(exc.headers.get("Retry-After")))
                 elif 300 <= exc.code < 400:
@@ -254,7 +263,7 @@ class Webhook:
                 elif exc.code < 500 and exc.code != 408:
                     raise DeliveryError(f"{last}: the receiver refused the event", refused=True) from None
             except (urllib.error.URLError, OSError) as exc:
-                last = f"cannot reach {self.spec.url}: {getattr(exc, 'reason', exc)}"
+                last = f"cannot reach {self.shown}: {getattr(exc, 'reason', exc)}"
         raise DeliveryError(f"{last} ({self.spec.retries + 1} attempts)")
 
     def _tls(self):
