@@ -216,3 +216,18 @@ def test_bad_kubernetes_checks_are_explained(check, words):
     with pytest.raises(CanaryError) as exc:
         canary(check)
     assert words in str(exc.value)
+
+
+def test_an_exec_plugins_stderr_cannot_put_a_token_in_the_alert(tmp_path, fake):
+    """The plugin's stderr becomes the alert (Slack, webhook, syslog, files): tokens it prints
+    are masked there as in the log (adversarial review, issue 22)."""
+    script = plugin(tmp_path, """
+        import sys
+        print("refresh failed for k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS8_QWN0aW9uPUdldENhbGxlcklkZW50aXR5", file=sys.stderr)
+        print("Authorization: Bearer ya29.a0AfH6SMBxSECRETSECRET", file=sys.stderr)
+        sys.exit(1)
+        """)
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": script}}
+    r = run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)}))
+    assert not r.ok and "exec: process returned 1" in r.summary
+    assert "aHR0cHM6Ly9zdHMu" not in r.summary and "SECRETSECRET" not in r.summary, r.summary

@@ -221,6 +221,8 @@ def get(c: dict[str, Any], path: str, timeout: float, procs: list | None = None)
 
 
 def one_line(text: str) -> str:
-    """An exec plugin's stderr or a library message, as one line of at most 300 characters."""
-    text = " ".join(str(text).split())
+    """An exec plugin's stderr or a library message, as one line of at most 300 characters, its
+    secrets masked: it becomes the alert (Slack, webhooks, syslog, files), which no log masks."""
+    from whodid.logs import mask
+    text = mask(" ".join(str(text).split()))
     return text if len(text) <= 300 else text[:299] + "…"
