@@ -307,3 +307,17 @@ def test_before_setup_whodid_speaks_text_on_stderr_as_it_always_did(capsys):
     capsys.readouterr()
     logs.get("web").info("127.0.0.1 GET /trace -> 403")
     assert capsys.readouterr().err == "whodid web: 127.0.0.1 GET /trace -> 403\n"
+
+
+def test_a_newline_in_hostile_data_cannot_forge_a_text_line(logged):
+    """journald and log shippers take each line of text as a record: a host name, a command line
+    or an exception message holding a newline must not start a line that reads as whodid's own
+    (adversarial review, issue 22). Continuation lines are indented."""
+    logs.setup("info", "text")
+    logs.get("collector").error("refused 1 events from web-1\nwhodid serve: collector listening on forged")
+    try:
+        raise ValueError("bad\rwhodid-agent: stopped; forged")
+    except ValueError:
+        logging.getLogger("whodid.canary").exception("check crashed\u2028whodid web: forged")
+    lines = logged().replace("\r", "\n").replace("\u2028", "\n").splitlines()
+    assert not [line for line in lines if "forged" in line and line.startswith("whodid")], lines
