@@ -231,3 +231,26 @@ def test_an_exec_plugins_stderr_cannot_put_a_token_in_the_alert(tmp_path, fake):
     r = run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)}))
     assert not r.ok and "exec: process returned 1" in r.summary
     assert "aHR0cHM6Ly9zdHMu" not in r.summary and "SECRETSECRET" not in r.summary, r.summary
+
+
+def test_whodids_own_secrets_stay_out_of_plugins_and_command_checks(tmp_path, fake, monkeypatch):
+    """serve holds Slack's tokens in its environment (the unit's EnvironmentFile, the pod's
+    secretKeyRef): an exec plugin (a vendor's binary) and a command check (whose output becomes
+    the alert's detail) get the rest of it, not those (adversarial review, issue 22)."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-should-not-leak-0000")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-should-not-leak")
+    monkeypatch.setenv("AWS_PROFILE", "ops")
+    seen = tmp_path / "env"
+    script = plugin(tmp_path, f"""
+        import json, os
+        open({str(seen)!r}, "w").write(json.dumps(dict(os.environ)))
+        print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                          "status": {{"token": "tok-123"}}}}))
+        """)
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": script}}
+    assert run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)})).ok
+    env = json.loads(seen.read_text())
+    assert env["AWS_PROFILE"] == "ops" and "SLACK_BOT_TOKEN" not in env and "SLACK_SIGNING_SECRET" not in env
+    r = run(parse_canary({"name": "c", "every": "1m", "check": {"type": "command", "argv": [
+        "sh", "-c", "echo bot=$SLACK_BOT_TOKEN signing=$SLACK_SIGNING_SECRET aws=$AWS_PROFILE; exit 1"]}}, "test"))
+    assert not r.ok and "aws=ops" in r.detail and "not-leak" not in r.detail, r.detail

@@ -315,6 +315,14 @@ class LoggingConfig:
 
 
 SLACK_ENV = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "signing_secret": "SLACK_SIGNING_SECRET"}
+SECRET_ENV = frozenset({*SLACK_ENV.values(), "WHODID_AGENT_TOKEN"})
+
+
+def environ_for_children(environ=None) -> dict[str, str]:
+    """The environment for programs whodid runs (canary commands, kubeconfig exec plugins):
+    whodid's, without its own secrets - a command's output becomes an alert, and a plugin is
+    someone else's binary."""
+    return {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SECRET_ENV}
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from whodid.config import environ_for_children
 from whodid.tracer.destinations import DestinationError, parse_destination
 from whodid.tracer.when import TimeError, parse_duration
 
@@ -323,7 +324,8 @@ def _command(c: dict[str, Any], timeout: float, procs) -> Result:
     shown = argv if shell else " ".join(argv)
     try:
         p = subprocess.Popen(argv, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)          # its own group: a timeout kills it all
+                             start_new_session=True,          # its own group: a timeout kills it all
+                             env=environ_for_children())      # its output is the alert: not Slack's tokens
     except OSError as exc:
         return Result(False, f"cannot run `{shown}`: {exc.strerror or exc}")
     procs.append(p)

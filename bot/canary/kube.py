@@ -126,6 +126,8 @@ class _PluginProcesses:
     @staticmethod
     def Popen(*args, **kw):
         kw["start_new_session"] = True
+        from whodid.config import environ_for_children
+        kw["env"] = environ_for_children(kw.get("env"))       # os.environ and the exec's env, less our secrets
         p = subprocess.Popen(*args, **kw)
         procs = getattr(_check, "procs", None)
         if procs is not None:
