@@ -254,3 +254,23 @@ def test_whodids_own_secrets_stay_out_of_plugins_and_command_checks(tmp_path, fa
     r = run(parse_canary({"name": "c", "every": "1m", "check": {"type": "command", "argv": [
         "sh", "-c", "echo bot=$SLACK_BOT_TOKEN signing=$SLACK_SIGNING_SECRET aws=$AWS_PROFILE; exit 1"]}}, "test"))
     assert not r.ok and "aws=ops" in r.detail and "not-leak" not in r.detail, r.detail
+
+
+def test_an_exec_plugin_others_may_write_is_refused_and_not_run(tmp_path, fake):
+    """The same rule one step on: a kubeconfig only root may write still names a plugin binary,
+    and whoever may write that binary chooses what whodid runs (adversarial review, issue 22)."""
+    ran = tmp_path / "ran"
+    script = plugin(tmp_path, f"""
+        import json
+        open({str(ran)!r}, "w").write("ran")
+        print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                          "status": {{"token": "tok-123"}}}}))
+        """)
+    os.chmod(script, 0o777)
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": script}}
+    r = run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)}))
+    assert not r.ok and not ran.exists(), r.summary
+    assert r.summary == (f"the exec plugin {script} is writable by group or others (mode 0777) and runs as whodid: "
+                         f"run `chmod go-w {script}`")
+    os.chmod(script, 0o755)
+    assert run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)})).ok and ran.exists()
