@@ -258,3 +258,20 @@ def test_an_unquoted_off_is_off_not_a_type_error(tmp_path):
     # elsewhere a bare true/false for a string is still a problem, and says how to quote
     _, problems = check_text("slack:\n  listen: no\n", "c.yaml")
     assert len(problems) == 1 and "quote" in problems[0].message
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed():
+    """`whodid config check` output is pasted into tickets and chat: a token of the wrong shape
+    is said without its value (adversarial review, issue 22)."""
+    _, problems = check_text("slack:\n  bot_token: [xoxb-1234-supersecretvalue]\n  signing_secret: 123456789012345\n",
+                             "c.yaml")
+    shown = " ".join(p.show("c.yaml") for p in problems)
+    assert len(problems) == 2 and "supersecret" not in shown and "123456789012345" not in shown, shown
+    assert "`slack.bot_token` must be a string" in shown
+
+
+def test_an_outputs_problem_is_said_at_its_line():
+    text = ("store:\n  retention: 30d\noutputs:\n  - {name: siem, type: syslog}\n"
+            "  - name: oncall\n    type: webhook\n    url: ftp://x\n    secret_file: /x\n")
+    _, problems = check_text(text, "c.yaml")
+    assert [p.line for p in problems] == [5], problems
