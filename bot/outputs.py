@@ -15,7 +15,8 @@ Rules:
 - nothing waits for an output: `Outbox.put` writes the event to a private spool file (one
   directory per output) and returns; one thread per output delivers its spool in order, so a
   webhook that hangs holds up neither a canary nor another output. What could not be delivered
-  stays spooled - across restarts - and is tried again every RETRY_EVERY seconds;
+  stays spooled - across restarts, up to MAX_PENDING events an output, the oldest dropped and
+  said past it - and is tried again every RETRY_EVERY seconds;
 - a webhook POST is signed: `X-Whodid-Signature: sha256=HMAC-SHA256(secret, "{timestamp}." + body)`
   with the timestamp in `X-Whodid-Timestamp` (seconds), so a receiver checks both that whodid sent
   it and that it is fresh (a replay is old). It is retried with backoff on 5xx, 429 (its
@@ -61,6 +62,7 @@ RETRY_EVERY = 30.0
 MAX_SYSLOG = 8192            # bytes of MSG: rsyslog's default maxMessageSize; UDP takes little more
 SENT_KEPT = 30 * 86400.0      # how long an id sent is remembered, so it is not sent twice
 MAX_BACKOFF = 60.0
+MAX_PENDING = 10000          # events spooled per output: a receiver down for days fills no disk
 
 
 class OutputError(ValueError):
@@ -405,8 +407,13 @@ class Outbox:
         for name in names:
             d = self.spool / name
             private.make_dirs(d)
-            if (d / "sent" / safe).exists() or any(p.name.endswith(f"-{safe}.json") for p in d.glob("*.json")):
+            pending = sorted(d.glob("*.json"))
+            if (d / "sent" / safe).exists() or any(p.name.endswith(f"-{safe}.json") for p in pending):
                 continue                   # offered again (the runner retrying Slack): sent or waiting
+            for old in pending[:max(len(pending) - MAX_PENDING + 1, 0)]:
+                old.unlink(missing_ok=True)   # the newest say the most about now
+                self.log.error(f"output {name}: {MAX_PENDING} events wait undelivered; dropped the oldest, "
+                               f"{old.name}, to spool {ev['id']}")
             with self.lock:
                 self.seq += 1
                 seq = self.seq
