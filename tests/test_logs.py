@@ -321,3 +321,13 @@ def test_a_newline_in_hostile_data_cannot_forge_a_text_line(logged):
         logging.getLogger("whodid.canary").exception("check crashed\u2028whodid web: forged")
     lines = logged().replace("\r", "\n").replace("\u2028", "\n").splitlines()
     assert not [line for line in lines if "forged" in line and line.startswith("whodid")], lines
+
+
+def test_a_json_record_is_one_line_for_every_reader_of_lines(logged):
+    """json.dumps leaves U+2028, U+2029 and NEL raw (ensure_ascii=False): a shipper that splits
+    lines as Python's splitlines or JavaScript do would cut the object in two (adversarial review)."""
+    logs.setup("info", "json")
+    logs.get("collector").warning("host web-1\u2028{\"level\": \"info\"}\u2029x\x85y", host="a\u2028b")
+    err = logged()
+    assert len(err.splitlines()) == 1, err
+    assert json.loads(err)["msg"] == "host web-1\u2028{\"level\": \"info\"}\u2029x\x85y"

@@ -97,7 +97,11 @@ class JsonFormatter(logging.Formatter):
             kind, exc = record.exc_info[0], record.exc_info[1]
             out["exc"] = mask(" ".join(f"{kind.__name__}: {exc}".split()))
             out["traceback"] = mask(self.formatException(record.exc_info))
-        return json.dumps(out, ensure_ascii=False, default=repr)
+        # json leaves these raw, and readers of lines (splitlines, JavaScript) break on them
+        return json.dumps(out, ensure_ascii=False, default=repr).translate(_LINE_BREAKS_LEFT_RAW)
+
+
+_LINE_BREAKS_LEFT_RAW = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class StderrHandler(logging.StreamHandler):
