@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from whodid.config import environ_for_children
+from whodid.logs import mask
 from whodid.tracer.destinations import DestinationError, parse_destination
 from whodid.tracer.when import TimeError, parse_duration
 
@@ -274,6 +275,8 @@ def run(canary: Canary) -> Result:
                       timed_out=True)
     result = box[0]
     result.seconds = seconds
+    # the result is the alert - Slack, webhooks, syslog, files - which no log masking reaches
+    result.summary, result.detail = mask(result.summary), mask(result.detail)
     return result
 
 
