@@ -275,3 +275,10 @@ def test_an_outputs_problem_is_said_at_its_line():
             "  - name: oncall\n    type: webhook\n    url: ftp://x\n    secret_file: /x\n")
     _, problems = check_text(text, "c.yaml")
     assert [p.line for p in problems] == [5], problems
+
+
+def test_a_url_with_credentials_is_not_echoed_in_a_problem():
+    _, problems = check_text("canaries:\n  - name: h\n    every: 1m\n    check: {type: http, url: "
+                             "'ftp://u:supersecret@x/?token=alsosecret'}\n", "c.yaml")
+    shown = " ".join(p.show("c.yaml") for p in problems)
+    assert len(problems) == 1 and "supersecret" not in shown and "alsosecret" not in shown, shown

@@ -24,7 +24,9 @@ class Problem:
     message: str                # without the file's name
 
     def show(self, path: str) -> str:
-        return f"{path}:{self.line}: {self.message}" if self.line else f"{path}: {self.message}"
+        """`path:line: message`, its secrets masked: the output goes into tickets and chat."""
+        from whodid.logs import mask
+        return mask(f"{path}:{self.line}: {self.message}" if self.line else f"{path}: {self.message}")
 
 
 def check_text(text: str, path: str, mode: int = 0o600) -> tuple[config_mod.Config | None, list[Problem]]:
