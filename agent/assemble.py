@@ -691,11 +691,22 @@ def with_setid(bits: tuple[int | None, int | None], uid: int, gid: int) -> tuple
     return (uid if suid is None else suid), (gid if sgid is None else sgid)
 
 
-def setid_bits(path: str) -> tuple[int | None, int | None]:
-    """(owner uid if path is setuid, owner gid if setgid); None for a bit that is not set."""
-    try:
-        st = os.stat(path)
-    except OSError:
+HOST_ROOT = "/proc/1/root"     # the host's filesystem, whatever the agent's own mount namespace
+
+
+def setid_bits(path: str, host_root: str = HOST_ROOT) -> tuple[int | None, int | None]:
+    """(owner uid if path is setuid, owner gid if setgid); None for a bit that is not set.
+    Looked up on the host's filesystem first (through pid 1's root: CAP_SYS_PTRACE): the
+    agent's own /tmp is private under its unit (PrivateTmp=), its root an image under
+    Kubernetes, and a binary exec'd from the host's /tmp would otherwise seem not setuid."""
+    st = None
+    for where in (host_root + path, path) if path.startswith("/") else (path,):
+        try:
+            st = os.stat(where)
+            break
+        except OSError:
+            continue
+    if st is None:
         return None, None
     return (st.st_uid if st.st_mode & statmod.S_ISUID else None,
             st.st_gid if st.st_mode & statmod.S_ISGID else None)

@@ -50,10 +50,19 @@ PACKET_HOST, PACKET_OUTGOING = 0, 4
 SO_ATTACH_FILTER, SO_TIMESTAMPNS, SO_RCVBUFFORCE = 26, 35, 33
 
 
-def host_resolvers(path: str = "/etc/resolv.conf", resolved: str = "/run/systemd/resolve/resolv.conf") -> set[str]:
+def host_resolvers(path: str = "/etc/resolv.conf", resolved: str = "/run/systemd/resolve/resolv.conf",
+                   host_root: str = "/proc/1/root") -> set[str]:
     """The DNS servers this host's programs ask: resolv.conf's `nameserver` lines, and - when
     one is systemd-resolved's stub (127.0.0.53, 127.0.0.54) - the upstream servers resolved
-    itself asks. An unreadable file gives none."""
+    itself asks. An unreadable file gives none. Both the host's files (through pid 1's root)
+    and the agent's own: in a pod, its /etc/resolv.conf names the cluster's DNS, not the node's."""
+    found: set[str] = set()
+    if host_root:
+        found = _resolvers_in(host_root + path, host_root + resolved)
+    return found | _resolvers_in(path, resolved)
+
+
+def _resolvers_in(path: str, resolved: str) -> set[str]:
     found: set[str] = set()
     for file in (path, resolved):
         try:

@@ -15,7 +15,8 @@ Rules:
 - nothing waits for an output: `Outbox.put` writes the event to a private spool file (one
   directory per output) and returns; one thread per output delivers its spool in order, so a
   webhook that hangs holds up neither a canary nor another output. What could not be delivered
-  stays spooled - across restarts - and is tried again every RETRY_EVERY seconds;
+  stays spooled - across restarts, up to MAX_PENDING events an output, the oldest dropped and
+  said past it - and is tried again every RETRY_EVERY seconds;
 - a webhook POST is signed: `X-Whodid-Signature: sha256=HMAC-SHA256(secret, "{timestamp}." + body)`
   with the timestamp in `X-Whodid-Timestamp` (seconds), so a receiver checks both that whodid sent
   it and that it is fresh (a replay is old). It is retried with backoff on 5xx, 429 (its
@@ -61,6 +62,7 @@ RETRY_EVERY = 30.0
 MAX_SYSLOG = 8192            # bytes of MSG: rsyslog's default maxMessageSize; UDP takes little more
 SENT_KEPT = 30 * 86400.0      # how long an id sent is remembered, so it is not sent twice
 MAX_BACKOFF = 60.0
+MAX_PENDING = 10000          # events spooled per output: a receiver down for days fills no disk
 
 
 class OutputError(ValueError):
@@ -208,10 +210,19 @@ def verify(secret: bytes, timestamp: str, body: bytes, header: str, now: float, 
     return fresh and hmac.compare_digest(signature(secret, timestamp, body), header)
 
 
+def shown_url(url: str) -> str:
+    """A webhook URL as errors show it: Teams, PagerDuty and Azure Functions carry the secret in
+    its path or query, so a path part long enough to be a key and the query become ***."""
+    parts = urlsplit(url)
+    path = "/".join("***" if len(seg) >= 16 else seg for seg in parts.path.split("/"))
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{path}" + ("?***" if parts.query else "")
+
+
 class Webhook:
     def __init__(self, spec: Output, sleep: Callable[[float], None] = time.sleep):
         self.spec = spec
         self.sleep = sleep
+        self.shown = shown_url(spec.url)
 
     def secret(self) -> bytes:
         """Read at each delivery, so rotating the file needs no restart; refused if others may read it."""
@@ -245,7 +256,7 @@ class Webhook:
                     resp.read(1 << 16)
                 return
             except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code} from {self.spec.url}"
+                last = f"HTTP {exc.code} from {self.shown}"
                 if exc.code == 429:
                     wait = max(wait, _retry_after(exc.headers.get("Retry-After")))
                 elif 300 <= exc.code < 400:
@@ -254,7 +265,7 @@ class Webhook:
                 elif exc.code < 500 and exc.code != 408:
                     raise DeliveryError(f"{last}: the receiver refused the event", refused=True) from None
             except (urllib.error.URLError, OSError) as exc:
-                last = f"cannot reach {self.spec.url}: {getattr(exc, 'reason', exc)}"
+                last = f"cannot reach {self.shown}: {getattr(exc, 'reason', exc)}"
         raise DeliveryError(f"{last} ({self.spec.retries + 1} attempts)")
 
     def _tls(self):
@@ -396,8 +407,13 @@ class Outbox:
         for name in names:
             d = self.spool / name
             private.make_dirs(d)
-            if (d / "sent" / safe).exists() or any(p.name.endswith(f"-{safe}.json") for p in d.glob("*.json")):
+            pending = sorted(d.glob("*.json"))
+            if (d / "sent" / safe).exists() or any(p.name.endswith(f"-{safe}.json") for p in pending):
                 continue                   # offered again (the runner retrying Slack): sent or waiting
+            for old in pending[:max(len(pending) - MAX_PENDING + 1, 0)]:
+                old.unlink(missing_ok=True)   # the newest say the most about now
+                self.log.error(f"output {name}: {MAX_PENDING} events wait undelivered; dropped the oldest, "
+                               f"{old.name}, to spool {ev['id']}")
             with self.lock:
                 self.seq += 1
                 seq = self.seq

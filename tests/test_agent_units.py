@@ -684,3 +684,27 @@ def test_the_budget_keys_and_flags_match_capture_c():
     # an empty bucket fills in burst/per_second seconds, rounded up
     assert budget_flags(3, 10) == ["-DBUDGET_PER_SECOND=3LL", "-DBUDGET_BURST=10LL",
                                    "-DBUDGET_FULL_NS=3333333334LL"]
+
+
+def test_setuid_bits_are_read_on_the_hosts_filesystem_not_the_agents_private_tmp(tmp_path):
+    """The agent unit's PrivateTmp= (and the DaemonSet's image root) is not the filesystem the
+    host's programs exec from: a short-lived setuid binary under the host's /tmp, gone before
+    /proc is read, must still be known setuid (adversarial review, issue 22). Run in a mount
+    namespace where a tmpfs hides the binary, as PrivateTmp hides /tmp. The host's root is
+    reached through /proc/PID/root: the agent uses pid 1's; here pid 1 is not ours to read, so
+    this test's own process (outside the namespace) stands for it."""
+    import subprocess
+    import sys
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    f = hidden / "escalate"
+    f.write_text("")
+    os.chown(f, 0, 0)
+    os.chmod(f, 0o4755)
+    code = ("import sys; from whodid.agent.assemble import setid_bits, with_setid; "
+            f"print(with_setid(setid_bits({str(f)!r}, '/proc/{os.getpid()}/root'), 1000, 1000))")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          f"mount -t tmpfs none {hidden} && exec {sys.executable} -c {code!r}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(0, 1000)"

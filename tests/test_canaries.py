@@ -595,3 +595,17 @@ def test_a_full_disk_under_the_outbox_does_not_keep_the_alert_from_slack(demo_db
         assert any("could not spool the alert for siem (disk full); they will not get it" in s for s in said), said
     finally:
         subprocess.run(["umount", str(spool)], check=True)
+
+
+def test_a_checks_secrets_stay_out_of_its_result(tmp_path):
+    """The result becomes the alert, which now also goes to webhooks and syslog (a SIEM, a
+    pager): a token in a check's URL or in a command's output is masked there as in the log
+    (adversarial review, issue 22)."""
+    from whodid.bot.canary.checks import parse_canary, run
+    r = run(parse_canary({"name": "h", "every": "1m", "timeout": "5s", "check": {
+        "type": "http", "url": "http://127.0.0.1:9/health?token=abc123secretvalue"}}, "test"))
+    assert not r.ok and "abc123secretvalue" not in r.summary, r.summary
+    r = run(parse_canary({"name": "c", "every": "1m", "check": {"type": "command", "argv": [
+        "sh", "-c", "echo 'curl -H \"Authorization: Bearer eyJhbGciOi.JIUzI1NiJ9xx.c2lnbmF0dXJl\" failed'; exit 1"]}},
+        "test"))
+    assert not r.ok and "c2lnbmF0dXJl" not in r.detail, r.detail

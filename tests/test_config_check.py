@@ -242,3 +242,43 @@ def test_a_file_that_is_not_a_config_is_not_read_whole(capsys):
     assert "over 4 MiB" in capsys.readouterr().err
     assert cli.main(["files", "../../../etc/passwd"]) == 2       # only the shipped names, no paths
     assert "ships no file named" in capsys.readouterr().err
+
+
+def test_an_unquoted_off_is_off_not_a_type_error(tmp_path):
+    """YAML 1.1 reads an unquoted `off` as false: the keys whose value may be "off" take it as
+    off (adversarial review of issue 22), rather than refusing what the comments tell people to write."""
+    text = "store:\n  retention: off\nweb:\n  listen: off\nslack:\n  mode: off\n"
+    cfg, problems = check_text(text, "c.yaml")
+    assert problems == []
+    assert cfg.slack.mode == "off" and not cfg.web.enabled and cfg.store.retention == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    path.chmod(0o600)
+    assert config.load(str(path)).slack.mode == "off"
+    # elsewhere a bare true/false for a string is still a problem, and says how to quote
+    _, problems = check_text("slack:\n  listen: no\n", "c.yaml")
+    assert len(problems) == 1 and "quote" in problems[0].message
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed():
+    """`whodid config check` output is pasted into tickets and chat: a token of the wrong shape
+    is said without its value (adversarial review, issue 22)."""
+    _, problems = check_text("slack:\n  bot_token: [xoxb-1234-supersecretvalue]\n  signing_secret: 123456789012345\n",
+                             "c.yaml")
+    shown = " ".join(p.show("c.yaml") for p in problems)
+    assert len(problems) == 2 and "supersecret" not in shown and "123456789012345" not in shown, shown
+    assert "`slack.bot_token` must be a string" in shown
+
+
+def test_an_outputs_problem_is_said_at_its_line():
+    text = ("store:\n  retention: 30d\noutputs:\n  - {name: siem, type: syslog}\n"
+            "  - name: oncall\n    type: webhook\n    url: ftp://x\n    secret_file: /x\n")
+    _, problems = check_text(text, "c.yaml")
+    assert [p.line for p in problems] == [5], problems
+
+
+def test_a_url_with_credentials_is_not_echoed_in_a_problem():
+    _, problems = check_text("canaries:\n  - name: h\n    every: 1m\n    check: {type: http, url: "
+                             "'ftp://u:supersecret@x/?token=alsosecret'}\n", "c.yaml")
+    shown = " ".join(p.show("c.yaml") for p in problems)
+    assert len(problems) == 1 and "supersecret" not in shown and "alsosecret" not in shown, shown

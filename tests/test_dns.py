@@ -255,3 +255,22 @@ def test_the_watcher_reads_answers_over_loopback_and_the_kernel_filter_passes_on
     finally:
         server.close()
         watch.close()
+
+
+def test_the_hosts_resolvers_are_read_through_its_root_as_well_as_the_agents(tmp_path):
+    """In the DaemonSet the agent's /etc/resolv.conf names the cluster's DNS, not the node's:
+    the node's resolvers come from its own files, through /proc/PID/root (adversarial review,
+    issue 22). A mount namespace hides the host's file from the agent's view, and shows another;
+    here this test's own process stands for pid 1, which is not ours to read."""
+    import subprocess
+    import sys
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "resolv.conf").write_text("nameserver 169.254.169.253\n")
+    code = ("from whodid.agent.dnswatch import host_resolvers; "
+            f"print(sorted(host_resolvers({str(etc / 'resolv.conf')!r}, '/nonexistent', '/proc/{os.getpid()}/root')))")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          f"mount -t tmpfs none {etc} && echo 'nameserver 10.96.0.10' > {etc}/resolv.conf && "
+                          f"exec {sys.executable} -c {code!r}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['10.96.0.10', '169.254.169.253']"

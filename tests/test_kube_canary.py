@@ -216,3 +216,61 @@ def test_bad_kubernetes_checks_are_explained(check, words):
     with pytest.raises(CanaryError) as exc:
         canary(check)
     assert words in str(exc.value)
+
+
+def test_an_exec_plugins_stderr_cannot_put_a_token_in_the_alert(tmp_path, fake):
+    """The plugin's stderr becomes the alert (Slack, webhook, syslog, files): tokens it prints
+    are masked there as in the log (adversarial review, issue 22)."""
+    script = plugin(tmp_path, """
+        import sys
+        print("refresh failed for k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS8_QWN0aW9uPUdldENhbGxlcklkZW50aXR5", file=sys.stderr)
+        print("Authorization: Bearer ya29.a0AfH6SMBxSECRETSECRET", file=sys.stderr)
+        sys.exit(1)
+        """)
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": script}}
+    r = run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)}))
+    assert not r.ok and "exec: process returned 1" in r.summary
+    assert "aHR0cHM6Ly9zdHMu" not in r.summary and "SECRETSECRET" not in r.summary, r.summary
+
+
+def test_whodids_own_secrets_stay_out_of_plugins_and_command_checks(tmp_path, fake, monkeypatch):
+    """serve holds Slack's tokens in its environment (the unit's EnvironmentFile, the pod's
+    secretKeyRef): an exec plugin (a vendor's binary) and a command check (whose output becomes
+    the alert's detail) get the rest of it, not those (adversarial review, issue 22)."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-should-not-leak-0000")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-should-not-leak")
+    monkeypatch.setenv("AWS_PROFILE", "ops")
+    seen = tmp_path / "env"
+    script = plugin(tmp_path, f"""
+        import json, os
+        open({str(seen)!r}, "w").write(json.dumps(dict(os.environ)))
+        print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                          "status": {{"token": "tok-123"}}}}))
+        """)
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": script}}
+    assert run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)})).ok
+    env = json.loads(seen.read_text())
+    assert env["AWS_PROFILE"] == "ops" and "SLACK_BOT_TOKEN" not in env and "SLACK_SIGNING_SECRET" not in env
+    r = run(parse_canary({"name": "c", "every": "1m", "check": {"type": "command", "argv": [
+        "sh", "-c", "echo bot=$SLACK_BOT_TOKEN signing=$SLACK_SIGNING_SECRET aws=$AWS_PROFILE; exit 1"]}}, "test"))
+    assert not r.ok and "aws=ops" in r.detail and "not-leak" not in r.detail, r.detail
+
+
+def test_an_exec_plugin_others_may_write_is_refused_and_not_run(tmp_path, fake):
+    """The same rule one step on: a kubeconfig only root may write still names a plugin binary,
+    and whoever may write that binary chooses what whodid runs (adversarial review, issue 22)."""
+    ran = tmp_path / "ran"
+    script = plugin(tmp_path, f"""
+        import json
+        open({str(ran)!r}, "w").write("ran")
+        print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                          "status": {{"token": "tok-123"}}}}))
+        """)
+    os.chmod(script, 0o777)
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": script}}
+    r = run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)}))
+    assert not r.ok and not ran.exists(), r.summary
+    assert r.summary == (f"the exec plugin {script} is writable by group or others (mode 0777) and runs as whodid: "
+                         f"run `chmod go-w {script}`")
+    os.chmod(script, 0o755)
+    assert run(canary({"kubeconfig": kubeconfig(tmp_path, fake, user)})).ok and ran.exists()

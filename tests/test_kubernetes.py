@@ -157,3 +157,18 @@ def test_the_commands_and_options_exist(kind):
     assert all(opt in helped.stdout for opt in container["args"] if opt.startswith("--"))
     config = container["args"][container["args"].index("--config") + 1]
     assert mounts(kind)[config]["subPath"] == "config.yaml"
+
+
+def test_the_agent_sees_a_volatile_journal_and_serve_has_a_writable_matplotlib_dir():
+    """Adversarial review of issue 22. A node whose journal is volatile (no /var/log/journal:
+    journald's Storage=auto) keeps sshd's lines under /run/log/journal, which journalctl in the
+    pod must see. serve, non-root with a read-only root, draws trace pictures with matplotlib,
+    whose cache (~/.config/matplotlib) must be somewhere writable or it is rebuilt at every
+    start in a fresh temporary directory, with a warning."""
+    m = mounts("DaemonSet")
+    assert m["/run/log/journal"]["volume"]["hostPath"]["path"] == "/run/log/journal" and m["/run/log/journal"]["readOnly"]
+    container = pod("Deployment")["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    where = env.get("MPLCONFIGDIR")
+    assert where and any(where == p or where.startswith(p.rstrip("/") + "/") for p, v in mounts("Deployment").items()
+                         if not v.get("readOnly")), env

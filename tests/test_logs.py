@@ -307,3 +307,27 @@ def test_before_setup_whodid_speaks_text_on_stderr_as_it_always_did(capsys):
     capsys.readouterr()
     logs.get("web").info("127.0.0.1 GET /trace -> 403")
     assert capsys.readouterr().err == "whodid web: 127.0.0.1 GET /trace -> 403\n"
+
+
+def test_a_newline_in_hostile_data_cannot_forge_a_text_line(logged):
+    """journald and log shippers take each line of text as a record: a host name, a command line
+    or an exception message holding a newline must not start a line that reads as whodid's own
+    (adversarial review, issue 22). Continuation lines are indented."""
+    logs.setup("info", "text")
+    logs.get("collector").error("refused 1 events from web-1\nwhodid serve: collector listening on forged")
+    try:
+        raise ValueError("bad\rwhodid-agent: stopped; forged")
+    except ValueError:
+        logging.getLogger("whodid.canary").exception("check crashed\u2028whodid web: forged")
+    lines = logged().replace("\r", "\n").replace("\u2028", "\n").splitlines()
+    assert not [line for line in lines if "forged" in line and line.startswith("whodid")], lines
+
+
+def test_a_json_record_is_one_line_for_every_reader_of_lines(logged):
+    """json.dumps leaves U+2028, U+2029 and NEL raw (ensure_ascii=False): a shipper that splits
+    lines as Python's splitlines or JavaScript do would cut the object in two (adversarial review)."""
+    logs.setup("info", "json")
+    logs.get("collector").warning("host web-1\u2028{\"level\": \"info\"}\u2029x\x85y", host="a\u2028b")
+    err = logged()
+    assert len(err.splitlines()) == 1, err
+    assert json.loads(err)["msg"] == "host web-1\u2028{\"level\": \"info\"}\u2029x\x85y"

@@ -240,3 +240,27 @@ def test_canaries_and_the_digest_name_outputs_the_config_defines():
         config_mod.from_dict({**base, "changes": {"digest": {"channel": "#c", "outputs": ["pager"]}}})
     with pytest.raises(config_mod.ConfigError, match="changes.digest.channel` is required"):
         config_mod.from_dict({"changes": {"digest": {}}})
+
+
+def test_a_webhook_urls_secret_path_and_query_stay_out_of_errors(secret_file):
+    """Teams, PagerDuty and Azure Functions put the webhook's secret in its path or query; an
+    error (logged, shown) names the receiver by scheme and host alone (adversarial review, issue 22)."""
+    with WebhookReceiver(SECRET, fail_first=99) as recv:
+        url = recv.url.rstrip("/") + "/IncomingWebhook/0123456789abcdefPATHSECRET/x?code=QUERYSECRET"
+        with pytest.raises(DeliveryError) as exc:
+            Webhook(hook(url, secret_file, retries=1)).send(an_alert())
+    assert "PATHSECRET" not in str(exc.value) and "QUERYSECRET" not in str(exc.value)
+    assert "HTTP 503 from http://127.0.0.1:" in str(exc.value)
+
+
+def test_a_receiver_down_for_days_cannot_fill_the_disk(secret_file, tmp_path, monkeypatch):
+    """A flapping canary offers events for as long as the receiver is down: the spool keeps the
+    newest MAX_PENDING per output, drops the oldest and says so (adversarial review, issue 22)."""
+    monkeypatch.setattr(outputs, "MAX_PENDING", 5)
+    said = []
+    box = Outbox({"oncall": hook("http://127.0.0.1:9/x", secret_file)}, tmp_path / "outbox", log=said.append)
+    for n in range(8):
+        box.put(["oncall"], an_alert(n))
+    kept = sorted(p.name for p in (tmp_path / "outbox" / "oncall").glob("*.json"))
+    assert len(kept) == 5 and kept[0].endswith("alert_3.000.json") and kept[-1].endswith("alert_7.000.json"), kept
+    assert len(said) == 3 and "dropped" in said[0] and "oldest" in said[0], said

@@ -24,6 +24,7 @@ import yaml
 
 from whodid.tracer.changes import Rules, RulesError, parse_rules
 from whodid.tracer.identity import DEFAULT_SHARED, Identity, Person
+from whodid.tracer.secret_rules import secret_name
 from whodid.tracer.trace import Settings
 from whodid.tracer.when import TimeError, parse_duration
 
@@ -315,6 +316,14 @@ class LoggingConfig:
 
 
 SLACK_ENV = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "signing_secret": "SLACK_SIGNING_SECRET"}
+SECRET_ENV = frozenset({*SLACK_ENV.values(), "WHODID_AGENT_TOKEN"})
+
+
+def environ_for_children(environ=None) -> dict[str, str]:
+    """The environment for programs whodid runs (canary commands, kubeconfig exec plugins):
+    whodid's, without its own secrets - a command's output becomes an alert, and a plugin is
+    someone else's binary."""
+    return {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SECRET_ENV}
 
 
 @dataclass
@@ -365,6 +374,10 @@ def _shown(value: Any) -> str:
     return _SHOWN.repr(value)
 
 
+# string keys that take "off": YAML 1.1 reads the unquoted word as false, which means the same
+MAY_BE_OFF = frozenset({"store.retention", "web.listen", "slack.mode"})
+
+
 def _section_checked(name: str, cls, raw: Any, where: str):
     """(the section, its problems): every key checked, a bad one left at its default, so a
     check can say all of them at once."""
@@ -380,19 +393,25 @@ def _section_checked(name: str, cls, raw: Any, where: str):
                                         + (f"; did you mean `{name}.{hint[0]}`?" if hint else "")))
             continue
         f = cls.__dataclass_fields__[key]
+        # a token of the wrong shape is still a token: said by its type, never echoed
+        show = (lambda v: f"a {type(v).__name__} (not shown: it is a secret)") if secret_name(str(key)) else _shown
         default = f.default if f.default is not f.default_factory else None
         kind = str(f.type)              # the annotation, as written: list[str], dict[...], int...
         if kind == "list[str]" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a list of strings, got {_shown(value)}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a list of strings, got {show(value)}"))
         elif kind.startswith("dict") and not isinstance(value, dict):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a mapping, got {_shown(value)}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a mapping, got {show(value)}"))
+        elif isinstance(default, str) and value is False and f"{name}.{key}" in MAY_BE_OFF:
+            good[key] = "off"           # YAML 1.1 reads an unquoted `off` as false
         elif isinstance(default, str) and not isinstance(value, str):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a string, got {_shown(value)}"))
+            hint = (" (YAML reads an unquoted yes/no/on/off as true/false: put the value in quotes)"
+                    if isinstance(value, bool) else "")
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a string, got {show(value)}{hint}"))
         elif isinstance(default, bool) and not isinstance(value, bool):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be true or false, got {_shown(value)}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be true or false, got {show(value)}"))
         elif (isinstance(default, int) and not isinstance(default, bool)
               and (isinstance(value, bool) or not isinstance(value, int))):
-            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a whole number, got {_shown(value)}"))
+            problems.append(ConfigError(f"{where}: `{name}.{key}` must be a whole number, got {show(value)}"))
         else:
             good[key] = value
     return cls(**good), problems

@@ -5,7 +5,7 @@ person fixing one wants them all. The rules are config.py's own - config.collect
 section and rule on its own and keeps every ConfigError - and this module only finds where in
 the file each one is: YAML's composed nodes keep their marks, and a problem names its key in
 backticks (`agent.ringbuf_pages`, `changes.windows[0].cron`) or as `canary NAME` /
-`canaries[I]`, which is walked down the node tree as far as it goes.
+`canaries[I]` (or `output NAME` / `outputs[I]`), which is walked down the node tree as far as it goes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class Problem:
     message: str                # without the file's name
 
     def show(self, path: str) -> str:
-        return f"{path}:{self.line}: {self.message}" if self.line else f"{path}: {self.message}"
+        """`path:line: message`, its secrets masked: the output goes into tickets and chat."""
+        from whodid.logs import mask
+        return mask(f"{path}:{self.line}: {self.message}" if self.line else f"{path}: {self.message}")
 
 
 def check_text(text: str, path: str, mode: int = 0o600) -> tuple[config_mod.Config | None, list[Problem]]:
@@ -88,6 +90,7 @@ def _walk(node: yaml.Node, path: list) -> tuple[int, int | None]:
 _KEY = re.compile(r"`([A-Za-z_][^`\s]*)`")
 _CANARY = re.compile(r"\bcanary ([A-Za-z0-9][A-Za-z0-9_.-]*?)(?=[.:\s]|$)|\bcanaries\[(\d+)\]")
 _INDEX = re.compile(r"^(.*?)\[(\d+)\]$")
+_OUTPUT = re.compile(r"\boutput ([A-Za-z0-9][A-Za-z0-9_.-]*?)(?=[.:\s]|$)|\boutputs\[(\d+)\]")
 
 
 def keys_in(message: str) -> list[list]:
@@ -96,6 +99,9 @@ def keys_in(message: str) -> list[list]:
     for m in _CANARY.finditer(message):
         name, index = m.groups()
         paths.append(["canaries", int(index) if index is not None else ("name", name)])
+    for m in _OUTPUT.finditer(message):               # outputs.py's words: `output NAME.url`, `outputs[I]`
+        name, index = m.groups()
+        paths.append(["outputs", int(index) if index is not None else ("name", name)])
     for m in _KEY.finditer(message):
         path: list = []
         for part in m.group(1).split("."):

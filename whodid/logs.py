@@ -48,6 +48,8 @@ OWN_SECRETS = (
     (re.compile(r"\b(xapp-)[0-9A-Za-z-]+"), rf"\g<1>{MASK}"),              # Slack app-level tokens
     (re.compile(r"\b(xox[a-z]-)[0-9A-Za-z-]+"), rf"\g<1>{MASK}"),          # Slack tokens, however short
     (re.compile(r"([?&](?:t|token|ticket)=)[^&\s'\"]+"), rf"\g<1>{MASK}"),  # trace links, Socket Mode URLs
+    (re.compile(r"\b(k8s-aws-v1\.)[A-Za-z0-9_-]+"), rf"\g<1>{MASK}"),      # EKS tokens (aws eks get-token)
+    (re.compile(r"\b(ya29\.)[A-Za-z0-9_.-]+"), rf"\g<1>{MASK}"),           # Google access tokens (GKE's plugin)
 )
 
 # what a LogRecord holds of its own; anything else on it is an extra a caller gave
@@ -75,7 +77,11 @@ class TextFormatter(logging.Formatter):
         line = (f"{prefix}: " if prefix else "") + record.getMessage()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return mask(line)
+        # a newline in what a record carries (a host name, a command line, an exception's words)
+        # would start a line of its own, read by journald as a record of whodid's: continuation
+        # lines are indented, whatever breaks them (\r, U+2028 and the rest splitlines knows)
+        first, *rest = line.splitlines() or [""]
+        return mask("\n".join([first, *(f"    {more}" for more in rest)]))
 
 
 class JsonFormatter(logging.Formatter):
@@ -91,7 +97,11 @@ class JsonFormatter(logging.Formatter):
             kind, exc = record.exc_info[0], record.exc_info[1]
             out["exc"] = mask(" ".join(f"{kind.__name__}: {exc}".split()))
             out["traceback"] = mask(self.formatException(record.exc_info))
-        return json.dumps(out, ensure_ascii=False, default=repr)
+        # json leaves these raw, and readers of lines (splitlines, JavaScript) break on them
+        return json.dumps(out, ensure_ascii=False, default=repr).translate(_LINE_BREAKS_LEFT_RAW)
+
+
+_LINE_BREAKS_LEFT_RAW = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class StderrHandler(logging.StreamHandler):

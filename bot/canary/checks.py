@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from whodid.config import environ_for_children
+from whodid.logs import mask
 from whodid.tracer.destinations import DestinationError, parse_destination
 from whodid.tracer.when import TimeError, parse_duration
 
@@ -273,6 +275,8 @@ def run(canary: Canary) -> Result:
                       timed_out=True)
     result = box[0]
     result.seconds = seconds
+    # the result is the alert - Slack, webhooks, syslog, files - which no log masking reaches
+    result.summary, result.detail = mask(result.summary), mask(result.detail)
     return result
 
 
@@ -323,7 +327,8 @@ def _command(c: dict[str, Any], timeout: float, procs) -> Result:
     shown = argv if shell else " ".join(argv)
     try:
         p = subprocess.Popen(argv, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)          # its own group: a timeout kills it all
+                             start_new_session=True,          # its own group: a timeout kills it all
+                             env=environ_for_children())      # its output is the alert: not Slack's tokens
     except OSError as exc:
         return Result(False, f"cannot run `{shown}`: {exc.strerror or exc}")
     procs.append(p)

@@ -20,6 +20,7 @@ the canary's default suspect connections.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -126,6 +127,8 @@ class _PluginProcesses:
     @staticmethod
     def Popen(*args, **kw):
         kw["start_new_session"] = True
+        from whodid.config import environ_for_children
+        kw["env"] = environ_for_children(kw.get("env"))       # os.environ and the exec's env, less our secrets
         p = subprocess.Popen(*args, **kw)
         procs = getattr(_check, "procs", None)
         if procs is not None:
@@ -151,6 +154,23 @@ def _refuse_writable(paths: list[str]) -> None:
                             f"plugins run as whodid: run `chmod go-w {path}`")
 
 
+def _refuse_writable_plugin(ctx: dict[str, Any], paths: list[str]) -> None:
+    """The same for the exec plugin's binary, found as the library runs it (a path: from the
+    kubeconfig's folder; a bare name: on $PATH)."""
+    ex = ctx["user"].get("exec")
+    command = ex.get("command") if isinstance(ex, dict) else None
+    if not isinstance(command, str) or not command:
+        return
+    found = os.path.join(os.path.dirname(paths[0]), command) if "/" in command else shutil.which(command)
+    try:
+        mode = stat.S_IMODE(os.stat(found).st_mode) if found else 0
+    except OSError:
+        return                                # not there: the library's own error says so
+    if mode & 0o022:
+        raise KubeError(f"the exec plugin {found} is writable by group or others (mode {mode:04o}) and runs as "
+                        f"whodid: run `chmod go-w {found}`")
+
+
 def configuration(c: dict[str, Any], procs: list | None = None):
     """A kubernetes.client.Configuration for the check, credentials loaded (plugins run) now;
     a plugin's process is added to `procs` (killed if the check times out)."""
@@ -172,6 +192,7 @@ def configuration(c: dict[str, Any], procs: list | None = None):
             paths = kubeconfig_paths(c)
             ctx = context_of(c)              # its own, clearer errors: no file, no such context
             _refuse_writable(paths)
+            _refuse_writable_plugin(ctx, paths)
             kube_config.load_kube_config(config_file=os.pathsep.join(paths), context=c.get("context"),
                                          client_configuration=conf, persist_config=False)
             if isinstance(ctx["user"].get("exec"), dict) and not (conf.api_key or conf.cert_file):
@@ -221,6 +242,8 @@ def get(c: dict[str, Any], path: str, timeout: float, procs: list | None = None)
 
 
 def one_line(text: str) -> str:
-    """An exec plugin's stderr or a library message, as one line of at most 300 characters."""
-    text = " ".join(str(text).split())
+    """An exec plugin's stderr or a library message, as one line of at most 300 characters, its
+    secrets masked: it becomes the alert (Slack, webhooks, syslog, files), which no log masks."""
+    from whodid.logs import mask
+    text = mask(" ".join(str(text).split()))
     return text if len(text) <= 300 else text[:299] + "…"
