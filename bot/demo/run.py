@@ -81,6 +81,7 @@ def cmd_demo(args, cfg: config_mod.Config) -> int:
     print(f"  whodid trace --db {path} delete-cluster --scope 2")
     print(f"  whodid trace --db {path} /etc/nginx/nginx.conf")
     print(f"  whodid trace --db {path} 'aws*' --user bob")
+    print(f"  whodid trace --db {path} to:eks.us-east-1.amazonaws.com      # who talked to the EKS API")
     print(f"  whodid changes --db {path} since:24h user:dave")
     return EXIT_OK
 
