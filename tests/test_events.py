@@ -89,3 +89,55 @@ def test_schema_doc_names_every_field_of_every_kind():
         missing = set(fields) - documented
         assert not missing, f"docs/events.md does not describe {kind} fields {sorted(missing)}"
     assert set(COMMON) <= documented
+
+
+def _outcome(decode, line):
+    try:
+        return "event", decode(line)
+    except EventError as err:
+        return "refused", err.field, err.message
+
+
+EXEC = '{"v":1,"kind":"exec","host":"web-01","boot":"b","ts":%s,"pid":%s,"start":7,"argv":[%s],"uid":0,"euid":0%s}'
+
+
+@pytest.mark.parametrize("line", [
+    EXEC % ("1.5", "10", '"ls"', ""),
+    EXEC % ("1.5", "10", '"ls"', ',"x":123456789012345678901234567890'),      # a big integer nobody reads
+    EXEC % ("1.5", "123456789012345678901234567890", '"ls"', ""),              # ... in a field: refused alike
+    EXEC % ("1.5", "-9223372036854775809", '"ls"', ""),
+    EXEC % ("18446744073709551616", "10", '"ls"', ""),
+    EXEC % ("1.5", "18446744073709551615", '"ls"', ""),
+    EXEC % ("NaN", "10", '"ls"', ""),
+    EXEC % ("Infinity", "10", '"ls"', ""),
+    EXEC % ("1e400", "10", '"ls"', ""),
+    EXEC % ("1.5", "10", '"ls"', ',"x":NaN'),                                  # orjson refuses, the schema does not
+    EXEC % ("1.5", "10", '"\\udc80ls"', ""),                                   # surrogateescape: kept
+    EXEC % ("1.5", "10", '"\\ud800ls"', ""),                                   # any other lone surrogate: refused
+    EXEC % ("1.5", "10", '"ls"', ',"x":"' + "1" * 5000 + '"'),
+    EXEC % ("1.5", "10", '"ls"', ',"x":' + "1" * 5000),                        # past Python's digit guard
+    EXEC % ("0.1", "10", '"ls", "\\u00e9\\ud83d\\ude00"', ',"cwd":"/tmp/\\u0000"'),
+    '\ufeff' + EXEC % ("1.5", "10", '"ls"', ""),                               # a BOM
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1,"start":1,"pid":2}',   # the last of two keys
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1,"start":1,}',
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1,"start":1}{}',
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1.0,"start":1}',
+    '[1, 2]', '"x"', "", "{",
+])
+def test_decode_line_reads_every_line_as_the_standard_decoder_does(line):
+    # decode_line takes orjson first; what it accepts, and what it says of what it refuses,
+    # must be what the standard library's decoder gives - as text and as UTF-8 bytes
+    from whodid.tracer.events import _decode_line_std
+    for form in (line, line.encode("utf-8", "surrogatepass")):
+        assert _outcome(decode_line, form) == _outcome(_decode_line_std, form)
+
+
+def test_decode_line_reads_times_to_the_same_float_as_the_standard_decoder():
+    import json
+    import random
+    rng = random.Random(23)
+    for _ in range(20000):
+        ts = rng.choice([rng.uniform(0, 4e9), rng.uniform(0, 1), rng.random() * 10 ** rng.randint(-20, 11)])
+        text = rng.choice([repr(ts), f"{ts:.17g}", f"{ts:.6f}", f"{ts:.3e}"])
+        line = '{"v":1,"kind":"exit","host":"h","boot":"b","ts":%s,"pid":1,"start":1}' % text
+        assert decode_line(line)["ts"] == json.loads(line)["ts"], text
