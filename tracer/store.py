@@ -36,6 +36,17 @@ MAX_CMD_IDS = 2000           # past this many matching command lines, a search s
 TICK_NS = 10_000_000
 
 
+# write()'s commonest statements, held back and sent together (Store._hold)
+EXIT_SQL = ("UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
+            "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)")
+# the other processes an event names (beside its own pid and start), which a tick may name
+TICK_NAMED = {"fork": (("ppid", "pstart"),), "exec": (("ppid", "pstart"),),
+              "uconnect": (("peer_pid", "peer_start"),), "uaccept": (("peer_pid", "peer_start"),)}
+EXEC_SQL = ("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, egid, "
+            "auid, ses, tty, comm, pidns, container, snapshot) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 @dataclass(frozen=True)
 class ConnMatch:
     """Which connections a question asks about (trace.Query's to:, from:, listen:), in the
@@ -268,6 +279,13 @@ class Store:
         # of one has no snapshot to restate it, so _write_exec skips that lookup (most execs)
         self._fresh: set[int] = set()
         self._found_running: dict[tuple[int, int, int], dict[str, Any]] = {}   # write()'s batch
+        # write()'s batch, written as few statements (see write): rows of the commonest
+        # statements held back and sent with one executemany each, the facts they are new, and
+        # the exits written with their fork's row (by id of the fork event -> the exit event)
+        self._held: dict[str, list[tuple]] = {}
+        self._held_new = 0
+        self._fold: dict[int, dict[str, Any]] = {}
+        self._folded: set[int] = set()
 
     # --- opening -------------------------------------------------------------------------
 
@@ -372,7 +390,12 @@ class Store:
         """Store validated events in one transaction. Returns how many were new facts
         (0 when every event had been stored before). If the transaction fails (a full disk, at
         any statement or at COMMIT), nothing of it is stored and the caches of ids are emptied
-        (see _Transaction): writing the same events again is always safe."""
+        (see _Transaction): writing the same events again is always safe.
+
+        Few statements for many events: a process's fork and its exit in one batch are one row
+        (_exits_to_fold), and the commonest rows that nothing in the batch reads back (an exec's
+        image, an exit) are held and sent with one executemany each (_hold) - before anything
+        reads their table (_send_held), so every read sees what came before it."""
         new = 0
         span: dict[int, list[float]] = {}
         names: dict[tuple[int, int], str] = {}
@@ -380,6 +403,7 @@ class Store:
         with self.transaction():
             self._check_generation()
             self._found_running = self._running_at_restart(events)
+            self._fold = self._exits_to_fold(events)
             try:
                 for ev in events:
                     try:
@@ -389,8 +413,11 @@ class Store:
                         # stored as shown() writes it. The statement that refused it did not run, and
                         # the ones before it are idempotent, so the event is simply written again.
                         new += self._write_event(_shown_event(ev), span, names)
+                self._send_held()
+                new += self._held_new
             finally:
                 self._found_running = {}
+                self._held, self._held_new, self._fold, self._folded = {}, 0, {}, set()
             if self._wrote_snapshot:
                 self._wrote_snapshot = False
                 self._snapshot_generation = str(int(self.get_meta("snapshot_generation") or 0) + 1)
@@ -449,10 +476,11 @@ class Store:
                 "WHERE id = ?3 AND (parent_by_fork = 0 OR parent IS NOT ?1 OR fork_ts IS NOT ?2)",
                 [parent, ts, proc]).rowcount
         elif kind == "exit":
-            new += c.execute(
-                "UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
-                "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)",
-                [ts, ev.get("code"), ev.get("signal"), proc]).rowcount
+            if id(ev) in self._folded:
+                self._folded.discard(id(ev))
+                new += 1                        # written with its fork's row (_new_child)
+            else:
+                self._hold(EXIT_SQL, (ts, ev.get("code"), ev.get("signal"), proc))
         elif kind == "cred":
             new += c.execute("INSERT OR IGNORE INTO creds (proc, ts, via, old_uid, old_euid, uid, euid, "
                              "old_gid, old_egid, gid, egid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -538,6 +566,7 @@ class Store:
         cmd, argv_json = command_line(ev["argv"])
         ts = ev["ts"]
         if ev.get("snapshot"):
+            self._send_held()                   # the images held back are read below
             self._fresh.discard(proc)
             # A restarted agent's /proc snapshot of a process whose exec was seen restates that
             # image, dated at the fork: kept, it would stand before its own exec on a chain (and
@@ -556,6 +585,7 @@ class Store:
         elif proc not in self._fresh:
             # the seen exec arrived after a snapshot (a spool sent late): a snapshot restating it
             # goes; one of another program is an exec made later, while no agent ran
+            self._send_held()
             for sid, sts, comm, scmd, sargv, strunc in c.execute(
                     "SELECT id, ts, comm, cmd, argv, truncated FROM execs WHERE proc = ? AND snapshot = 1 AND ts <= ?",
                     [proc, ts]).fetchall():
@@ -566,13 +596,10 @@ class Store:
                     # an agent's snapshot is dated at the fork, not when it was read; the auditd
                     # source's images of a process before its exec are dated when they were seen
                     c.execute("UPDATE OR IGNORE execs SET ts = ? WHERE id = ?", [ts + 1e-6, sid])
-        new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, "
-                  "egid, auid, ses, tty, comm, pidns, container, snapshot) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [proc, ts, cmd, self._cmd_id(cmd), argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
-                   ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"), ev.get("auid"),
-                   ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"), ev.get("container"),
-                   1 if ev.get("snapshot") else None]).rowcount
+        self._hold(EXEC_SQL, (proc, ts, cmd, self._cmd_id(cmd), argv_json, 1 if ev.get("truncated") else None,
+                              ev.get("exe"), ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"),
+                              ev.get("auid"), ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"),
+                              ev.get("container"), 1 if ev.get("snapshot") else None))
         if "ppid" in ev and "pstart" in ev:
             # Only the earliest exec may name the parent, and never over a fork's word:
             # a later exec may see the reaper (pid 1) after the real parent exited.
@@ -580,7 +607,62 @@ class Store:
             if parent != proc:
                 c.execute("UPDATE procs SET parent = ?, parent_ts = ? WHERE id = ? AND parent_by_fork = 0 "
                           "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
-        return new
+        return 0                                # the image is new or not when it is sent (_send_held)
+
+    def _hold(self, sql: str, row: tuple) -> None:
+        """Hold a row of one of the commonest statements, to be sent with its kin in one
+        executemany. A string SQLite cannot take (a lone surrogate) is refused here, as the
+        statement would refuse it, so write() writes that event again as shown()."""
+        for value in row:
+            if type(value) is str and not value.isascii():
+                value.encode()
+        rows = self._held.get(sql)
+        if rows is None:
+            rows = self._held[sql] = []
+        rows.append(row)
+
+    def _send_held(self) -> None:
+        """Send the rows held back (_hold): before anything reads their tables, and at the end
+        of write()."""
+        for sql, rows in self._held.items():
+            self._held_new += self.db.conn.executemany(sql, rows).rowcount
+        self._held.clear()
+
+    @staticmethod
+    def _exits_to_fold(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """The exits of a batch that can be written with their process's row when its fork makes
+        it (by id of the fork event -> the exit event): the first exit after a fork of the same
+        process. Not when an event of the batch names a process by a whole tick near the
+        fork's start: joining it to a seen fork (_seen_forked) reads exit times as they stand
+        at that event, which a folded exit would change."""
+        forks: dict[tuple, dict[str, Any]] = {}
+        fold: dict[int, tuple[tuple, dict[str, Any]]] = {}
+        ticks: set[tuple] = set()               # (host, boot, pid, start) of processes named by a tick
+        for ev in events:
+            kind = ev["kind"]
+            start = ev.get("start")
+            if start is None:
+                continue                        # host and loss events name no process
+            if kind == "fork":
+                forks.setdefault((ev["host"], ev["boot"], ev["pid"], start), ev)
+            elif kind == "exit":
+                fork = forks.pop((ev["host"], ev["boot"], ev["pid"], start), None)
+                if fork is not None:
+                    fold[id(fork)] = ((ev["host"], ev["boot"], ev["pid"], start), ev)
+            if not start % TICK_NS:
+                ticks.add((ev["host"], ev["boot"], ev["pid"], start))
+            for pid_field, start_field in TICK_NAMED.get(kind, ()):
+                named = ev.get(start_field)
+                if named is not None and not named % TICK_NS and pid_field in ev:
+                    ticks.add((ev["host"], ev["boot"], ev[pid_field], named))
+        if ticks:
+            near = {key[:3] for key in ticks}
+            for fork, ((host, boot, pid, start), _) in list(fold.items()):
+                if (host, boot, pid) in near:
+                    tick = start - start % TICK_NS
+                    if (host, boot, pid, tick) in ticks or (host, boot, pid, tick - TICK_NS) in ticks:
+                        del fold[fork]
+        return {fork: exit for fork, (_, exit) in fold.items()}
 
     def _running_at_restart(self, events: list[dict[str, Any]]) -> dict[tuple[int, int, int], dict[str, Any]]:
         """The execs in a batch of processes an agent named by /proc's start tick, by (boot,
@@ -606,10 +688,18 @@ class Store:
         if key in self._procs:
             return False
         parent = self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
-        cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
-                        "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
+        exit = self._fold.get(id(ev))
+        if exit is None:
+            cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
+                            "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
+        else:                                 # its exit comes later in the batch: one row, not two writes
+            cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts, "
+                            "exit_ts, exit_code, exit_signal) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                            [*key, parent, ts, exit["ts"], exit.get("code"), exit.get("signal")])
         if not cur.rowcount:
             return False                      # stored before: the usual path updates it
+        if exit is not None:
+            self._folded.add(id(exit))
         self._remember_proc(key, cur.lastrowid)
         if len(self._fresh) > 500_000:                  # a bound on memory: forgetting only costs lookups
             self._fresh.clear()
@@ -678,6 +768,7 @@ class Store:
         key = (boot, pid, start)
         pid_ = self._procs.get(key)
         if pid_ is None and start % TICK_NS == 0 and boot in self._tick_boots:
+            self._send_held()                   # _seen_forked reads exits and images
             c = self.db.conn
             row = c.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?", key).fetchone()
             if row:
