@@ -435,7 +435,8 @@ class Store:
         """One event, inside write()'s transaction: how many new facts it was (0 or 1)."""
         c = self.db.conn
         new = 0
-        host = self._host_id(ev["host"])
+        # the ids' caches read here first: most events name a host, boot and process seen before
+        host = self._hosts.get(ev["host"]) or self._host_id(ev["host"])
         ts = ev["ts"]
         s = span.get(host)
         if s is None:
@@ -459,11 +460,11 @@ class Store:
             new += c.execute("INSERT OR IGNORE INTO losses VALUES (?, ?, ?, ?, ?)",
                              [host, ev["since"], ts, ev["count"], ev.get("what")]).rowcount
             return new
-        boot = self._boot_id(host, ev["boot"])
+        boot = self._boots.get((host, ev["boot"])) or self._boot_id(host, ev["boot"])
         if kind == "fork" and self._new_child(c, boot, ev, ts):
             new += 1
             return new
-        proc = self._proc_id(boot, ev["pid"], ev["start"], ts)
+        proc = self._procs.get((boot, ev["pid"], ev["start"])) or self._proc_id(boot, ev["pid"], ev["start"], ts)
         if kind == "exec":
             new += self._write_exec(c, boot, proc, ev)
             for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
@@ -687,7 +688,7 @@ class Store:
         key = (boot, ev["pid"], ev["start"])
         if key in self._procs:
             return False
-        parent = self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
+        parent = self._procs.get((boot, ev["ppid"], ev["pstart"])) or self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
         exit = self._fold.get(id(ev))
         if exit is None:
             cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
