@@ -342,15 +342,8 @@ _COMMON_CASE = {
     "num": "type(x) is float and 0.0 <= x < TS_MAX",
     "bool": "type(x) is bool",
     "port": "type(x) is int and 0 <= x <= 65535",
-    "argv": "type(x) is list and 0 < len(x) <= MAX_ARGV and _plain_args(x)",
+    "argv": "type(x) is list and 0 < len(x) <= MAX_ARGV",         # and each argument (below) a plain string
 }
-
-
-def _plain_args(argv: list) -> bool:
-    for a in argv:
-        if type(a) is not str or len(a) > MAX_STR or not a.isascii():
-            return False
-    return True
 
 
 def _compile(kind: str):
@@ -358,11 +351,13 @@ def _compile(kind: str):
     for name, ftype, required in _FIELDS[kind]:
         lines += [f"    x = get({name!r})", "    if x is None:", f"        {'return None' if required else 'pass'}"]
         common = _COMMON_CASE.get(ftype)
-        lines += [f"    elif {common}:" if common else "    elif False:", f"        out[{name!r}] = x",
-                  "    else:", "        return None"]
+        lines.append(f"    elif {common}:" if common else "    elif False:")
+        if ftype == "argv":
+            lines += ["        for a in x:", "            if type(a) is not str or len(a) > MAX_STR or not a.isascii():",
+                      "                return None"]
+        lines += [f"        out[{name!r}] = x", "    else:", "        return None"]
     lines.append("    return out")
-    scope = {"MAX_STR": MAX_STR, "MAX_ARGV": MAX_ARGV, "INT_MIN": INT_MIN, "INT_MAX": INT_MAX, "TS_MAX": TS_MAX,
-             "_plain_args": _plain_args}
+    scope = {"MAX_STR": MAX_STR, "MAX_ARGV": MAX_ARGV, "INT_MIN": INT_MIN, "INT_MAX": INT_MAX, "TS_MAX": TS_MAX}
     exec("\n".join(lines), scope)          # noqa: S102 - our own text, made from SPEC above
     return scope[f"check_{kind}"]
 
