@@ -39,9 +39,6 @@ TICK_NS = 10_000_000
 # write()'s commonest statements, held back and sent together (Store._hold)
 EXIT_SQL = ("UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
             "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)")
-# the other processes an event names (beside its own pid and start), which a tick may name
-TICK_NAMED = {"fork": (("ppid", "pstart"),), "exec": (("ppid", "pstart"),),
-              "uconnect": (("peer_pid", "peer_start"),), "uaccept": (("peer_pid", "peer_start"),)}
 EXEC_SQL = ("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, egid, "
             "auid, ses, tty, comm, pidns, container, snapshot) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -279,13 +276,10 @@ class Store:
         # of one has no snapshot to restate it, so _write_exec skips that lookup (most execs)
         self._fresh: set[int] = set()
         self._found_running: dict[tuple[int, int, int], dict[str, Any]] = {}   # write()'s batch
-        # write()'s batch, written as few statements (see write): rows of the commonest
-        # statements held back and sent with one executemany each, the facts they are new, and
-        # the exits written with their fork's row (by id of the fork event -> the exit event)
+        # write()'s batch, in fewer statements (see write): rows of the commonest statements
+        # held back and sent with one executemany each, and how many of them were new facts
         self._held: dict[str, list[tuple]] = {}
         self._held_new = 0
-        self._fold: dict[int, dict[str, Any]] = {}
-        self._folded: set[int] = set()
 
     # --- opening -------------------------------------------------------------------------
 
@@ -392,10 +386,9 @@ class Store:
         any statement or at COMMIT), nothing of it is stored and the caches of ids are emptied
         (see _Transaction): writing the same events again is always safe.
 
-        Few statements for many events: a process's fork and its exit in one batch are one row
-        (_exits_to_fold), and the commonest rows that nothing in the batch reads back (an exec's
-        image, an exit) are held and sent with one executemany each (_hold) - before anything
-        reads their table (_send_held), so every read sees what came before it."""
+        Fewer statements than events: the commonest rows that nothing in the batch reads back
+        (an exec's image, an exit) are held and sent with one executemany each (_hold) - before
+        anything reads them (_send_held), so every read sees what came before it."""
         new = 0
         span: dict[int, list[float]] = {}
         names: dict[tuple[int, int], str] = {}
@@ -403,7 +396,6 @@ class Store:
         with self.transaction():
             self._check_generation()
             self._found_running = self._running_at_restart(events)
-            self._fold = self._exits_to_fold(events)
             try:
                 for ev in events:
                     try:
@@ -417,7 +409,7 @@ class Store:
                 new += self._held_new
             finally:
                 self._found_running = {}
-                self._held, self._held_new, self._fold, self._folded = {}, 0, {}, set()
+                self._held, self._held_new = {}, 0
             if self._wrote_snapshot:
                 self._wrote_snapshot = False
                 self._snapshot_generation = str(int(self.get_meta("snapshot_generation") or 0) + 1)
@@ -477,11 +469,7 @@ class Store:
                 "WHERE id = ?3 AND (parent_by_fork = 0 OR parent IS NOT ?1 OR fork_ts IS NOT ?2)",
                 [parent, ts, proc]).rowcount
         elif kind == "exit":
-            if id(ev) in self._folded:
-                self._folded.discard(id(ev))
-                new += 1                        # written with its fork's row (_new_child)
-            else:
-                self._hold(EXIT_SQL, (ts, ev.get("code"), ev.get("signal"), proc))
+            self._hold(EXIT_SQL, (ts, ev.get("code"), ev.get("signal"), proc))
         elif kind == "cred":
             new += c.execute("INSERT OR IGNORE INTO creds (proc, ts, via, old_uid, old_euid, uid, euid, "
                              "old_gid, old_egid, gid, egid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -629,42 +617,6 @@ class Store:
             self._held_new += self.db.conn.executemany(sql, rows).rowcount
         self._held.clear()
 
-    @staticmethod
-    def _exits_to_fold(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-        """The exits of a batch that can be written with their process's row when its fork makes
-        it (by id of the fork event -> the exit event): the first exit after a fork of the same
-        process. Not when an event of the batch names a process by a whole tick near the
-        fork's start: joining it to a seen fork (_seen_forked) reads exit times as they stand
-        at that event, which a folded exit would change."""
-        forks: dict[tuple, dict[str, Any]] = {}
-        fold: dict[int, tuple[tuple, dict[str, Any]]] = {}
-        ticks: set[tuple] = set()               # (host, boot, pid, start) of processes named by a tick
-        for ev in events:
-            kind = ev["kind"]
-            start = ev.get("start")
-            if start is None:
-                continue                        # host and loss events name no process
-            if kind == "fork":
-                forks.setdefault((ev["host"], ev["boot"], ev["pid"], start), ev)
-            elif kind == "exit":
-                fork = forks.pop((ev["host"], ev["boot"], ev["pid"], start), None)
-                if fork is not None:
-                    fold[id(fork)] = ((ev["host"], ev["boot"], ev["pid"], start), ev)
-            if not start % TICK_NS:
-                ticks.add((ev["host"], ev["boot"], ev["pid"], start))
-            for pid_field, start_field in TICK_NAMED.get(kind, ()):
-                named = ev.get(start_field)
-                if named is not None and not named % TICK_NS and pid_field in ev:
-                    ticks.add((ev["host"], ev["boot"], ev[pid_field], named))
-        if ticks:
-            near = {key[:3] for key in ticks}
-            for fork, ((host, boot, pid, start), _) in list(fold.items()):
-                if (host, boot, pid) in near:
-                    tick = start - start % TICK_NS
-                    if (host, boot, pid, tick) in ticks or (host, boot, pid, tick - TICK_NS) in ticks:
-                        del fold[fork]
-        return {fork: exit for fork, (_, exit) in fold.items()}
-
     def _running_at_restart(self, events: list[dict[str, Any]]) -> dict[tuple[int, int, int], dict[str, Any]]:
         """The execs in a batch of processes an agent named by /proc's start tick, by (boot,
         pid, start): what a restarted agent says of a process it found running - its parent, its
@@ -689,18 +641,10 @@ class Store:
         if key in self._procs:
             return False
         parent = self._procs.get((boot, ev["ppid"], ev["pstart"])) or self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
-        exit = self._fold.get(id(ev))
-        if exit is None:
-            cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
-                            "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
-        else:                                 # its exit comes later in the batch: one row, not two writes
-            cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts, "
-                            "exit_ts, exit_code, exit_signal) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
-                            [*key, parent, ts, exit["ts"], exit.get("code"), exit.get("signal")])
+        cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
+                        "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
         if not cur.rowcount:
             return False                      # stored before: the usual path updates it
-        if exit is not None:
-            self._folded.add(id(exit))
         self._remember_proc(key, cur.lastrowid)
         if len(self._fresh) > 500_000:                  # a bound on memory: forgetting only costs lookups
             self._fresh.clear()
