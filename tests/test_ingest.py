@@ -33,7 +33,7 @@ def test_json_lines_with_blank_lines_and_batches_smaller_than_input():
     assert store.counts()["execs"] == 25
 
 
-# --- write(): a batch in few statements (forks and exits folded, rows held and sent together) ---
+# --- write(): a batch in fewer statements (the commonest rows held and sent together) ---
 
 def _story(host="web-1", size=30):
     from test_abuse_store import story
@@ -41,8 +41,8 @@ def _story(host="web-1", size=30):
 
 
 def test_a_batch_written_whole_is_stored_as_when_its_events_come_one_by_one(tmp_path):
-    # whole, a process's fork and exit are one row and the images go in one executemany; one by
-    # one, neither can happen: the stores must be equal, and so must the count of new facts
+    # whole, the exits and the images go in one executemany each; one by one, each is sent
+    # with its own event: the stores must be equal, and so must the count of new facts
     from test_abuse_store import contents
     events = _story()
     whole = Store.open(tmp_path / "whole.db", create=True)
@@ -74,8 +74,8 @@ def test_a_batch_written_again_stores_nothing_twice(tmp_path):
 def test_a_bad_event_in_the_middle_of_a_batch_is_refused_and_the_good_ones_stored(tmp_path, monkeypatch, field,
                                                                                    kind):
     # an event validation let through (a gap in events.py) with a number SQLite cannot hold,
-    # in a row held back and sent with its kin (an image), folded into another event's row (an
-    # exit into its fork's) or written at once (a fork): found, said, and nothing else lost
+    # in a row held back and sent with its kin (an image, an exit) or written at once (a fork):
+    # found, said, and nothing else lost
     import importlib
     from test_abuse_store import contents
     ingest_mod = importlib.import_module("whodid.tracer.ingest")
@@ -99,20 +99,21 @@ TICK = 10_000_000
 
 
 @pytest.mark.parametrize("between", [
-    [],                                                  # the seen process's exit comes after
-    [("exec", 1000)],                                    # ... its own exec first, as another user
+    [("exit", None)],                                    # the seen process exited before
+    [("exec", 1000)],                                    # the seen process ran as another user
 ])
 def test_a_process_named_by_a_tick_in_the_batch_is_joined_as_when_events_come_one_by_one(tmp_path, between):
     # A restarted agent names a process it finds running by /proc's start tick; whether that is
     # the process whose fork was seen reads the seen one's exit time and images as they stand at
-    # that event (Store._seen_forked). Folding its exit into its fork's row, or holding its exec
-    # back, must not change what that event sees.
+    # that event (Store._seen_forked). Holding its exit or its exec back must not change what
+    # that event sees.
     from test_abuse_store import contents
     h = Host("web-1", "10.0.0.1")
     start = 7 * TICK + 3_000_000
     events = [h.fork(1.0, 500, 1, start=start, pstart=TICK)]
-    for _, uid in between:
-        events.append(h.exec(1.1, 500, ["/usr/bin/app"], uid=uid, start=start))
+    for kind, uid in between:
+        events.append(h.exec(1.1, 500, ["/usr/bin/app"], uid=uid, start=start) if kind == "exec"
+                      else h.exit(2.0, 500, start=start))
     events += [h.exec(3.0, 500, ["/usr/bin/app"], uid=0, start=7 * TICK, snapshot=True),
                h.exit(2.0, 500, start=start)]
     whole = Store.open(tmp_path / "whole.db", create=True)
