@@ -89,3 +89,95 @@ def test_schema_doc_names_every_field_of_every_kind():
         missing = set(fields) - documented
         assert not missing, f"docs/events.md does not describe {kind} fields {sorted(missing)}"
     assert set(COMMON) <= documented
+
+
+def _outcome(decode, line):
+    try:
+        return "event", decode(line)
+    except EventError as err:
+        return "refused", err.field, err.message
+
+
+EXEC = '{"v":1,"kind":"exec","host":"web-01","boot":"b","ts":%s,"pid":%s,"start":7,"argv":[%s],"uid":0,"euid":0%s}'
+
+
+@pytest.mark.parametrize("line", [
+    EXEC % ("1.5", "10", '"ls"', ""),
+    EXEC % ("1.5", "10", '"ls"', ',"x":123456789012345678901234567890'),      # a big integer nobody reads
+    EXEC % ("1.5", "123456789012345678901234567890", '"ls"', ""),              # ... in a field: refused alike
+    EXEC % ("1.5", "-9223372036854775809", '"ls"', ""),
+    EXEC % ("18446744073709551616", "10", '"ls"', ""),
+    EXEC % ("1.5", "18446744073709551615", '"ls"', ""),
+    EXEC % ("NaN", "10", '"ls"', ""),
+    EXEC % ("Infinity", "10", '"ls"', ""),
+    EXEC % ("1e400", "10", '"ls"', ""),
+    EXEC % ("1.5", "10", '"ls"', ',"x":NaN'),                                  # orjson refuses, the schema does not
+    EXEC % ("1.5", "10", '"\\udc80ls"', ""),                                   # surrogateescape: kept
+    EXEC % ("1.5", "10", '"\\ud800ls"', ""),                                   # any other lone surrogate: refused
+    EXEC % ("1.5", "10", '"ls"', ',"x":"' + "1" * 5000 + '"'),
+    EXEC % ("1.5", "10", '"ls"', ',"x":' + "1" * 5000),                        # past Python's digit guard
+    EXEC % ("0.1", "10", '"ls", "\\u00e9\\ud83d\\ude00"', ',"cwd":"/tmp/\\u0000"'),
+    '\ufeff' + EXEC % ("1.5", "10", '"ls"', ""),                               # a BOM
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1,"start":1,"pid":2}',   # the last of two keys
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1,"start":1,}',
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1,"start":1}{}',
+    '{"v":1,"kind":"exit","host":"h","boot":"b","ts":1,"pid":1.0,"start":1}',
+    '[1, 2]', '"x"', "", "{",
+])
+def test_decode_line_reads_every_line_as_the_standard_decoder_does(line):
+    # decode_line takes orjson first; what it accepts, and what it says of what it refuses,
+    # must be what the standard library's decoder gives - as text and as UTF-8 bytes
+    from whodid.tracer.events import _decode_line_std
+    for form in (line, line.encode("utf-8", "surrogatepass")):
+        assert _outcome(decode_line, form) == _outcome(_decode_line_std, form)
+
+
+def test_decode_line_reads_times_to_the_same_float_as_the_standard_decoder():
+    import json
+    import random
+    rng = random.Random(23)
+    for _ in range(20000):
+        ts = rng.choice([rng.uniform(0, 4e9), rng.uniform(0, 1), rng.random() * 10 ** rng.randint(-20, 11)])
+        text = rng.choice([repr(ts), f"{ts:.17g}", f"{ts:.6f}", f"{ts:.3e}"])
+        line = '{"v":1,"kind":"exit","host":"h","boot":"b","ts":%s,"pid":1,"start":1}' % text
+        assert decode_line(line)["ts"] == json.loads(line)["ts"], text
+
+
+def _every_kind():
+    return [
+        {"v": 1, "kind": "host", "host": "web-01", "boot": "b", "ts": 1.0, "addrs": ["10.0.0.1"], "os": "x",
+         "run": "r1", "state": "start", "boot_time": 0.5},
+        {"v": 1, "kind": "loss", "host": "web-01", "boot": "b", "ts": 2.0, "count": 3, "since": 1.0},
+        H.fork(1, 10, 1), H.exit(2, 10, code=3), H.cred(2, 11, 1000, 0),
+        H.exec(1, 10, ["ls", "-la"], uid=1001, auid=1001, ses=3, cwd="/home/jim", tty="pts/0", snapshot=True,
+               truncated=False, ppid=1, pstart=1000),
+        H.login(3, 12, "jim", "203.0.113.7", 53122, key_fp="SHA256:abc"),
+        {**H.connect(4, 13, "10.0.0.2", 22, 40000), "rname": "Db.Example."},
+        H.file(5, 14, "rename", "/etc/x.tmp", path2="/etc/x"),
+        {"v": 1, "kind": "uconnect", "host": "web-01", "boot": "b", "ts": 6.0, "pid": 5, "start": 5, "path": "@x",
+         "conn": "c1", "peer_pid": 9, "peer_start": 9, "snapshot": False},
+    ]
+
+
+ODD_VALUES = [None, "", "x", "é", "\udc80", "\ud800", "x" * 8193, 0, -1, 1, 2 ** 63, 2 ** 64, -2 ** 63 - 1, 65536,
+              1.5, -1.0, float("nan"), float("inf"), 1e300, True, False, [], ["a"], ["é"], [1], [None],
+              ["x" * 8193], {}, "10.0.0.1", "::ffff:10.0.0.1"]
+
+
+def test_parse_event_compiled_check_says_what_the_field_by_field_check_says(monkeypatch):
+    # parse_event takes the common case through a check compiled from SPEC (events._FAST);
+    # whatever an event holds, it must answer as the field-by-field reference (events._fields)
+    # does: the same dict, or the same field and words
+    from whodid.tracer import events
+    cases = []
+    for ev in _every_kind():
+        cases.append(ev)
+        for name in list(ev) + ["path2", "exe", "last", "count", "zzz"]:
+            cases.append({k: v for k, v in ev.items() if k != name})
+            cases += [{**ev, name: value} for value in ODD_VALUES]
+    fast = [_outcome(parse_event, dict(c)) for c in cases]
+    monkeypatch.setattr(events, "_FAST", {kind: (lambda obj: None) for kind in SPEC})
+    reference = [_outcome(parse_event, dict(c)) for c in cases]
+    differ = [(c, f, r) for c, f, r in zip(cases, fast, reference) if repr(f) != repr(r)]
+    assert not differ, differ[:3]
+    assert sum(f[0] == "event" for f in fast) > 300 and sum(f[0] == "refused" for f in fast) > 300

@@ -14,6 +14,8 @@ import re
 import sys
 from typing import Any
 
+import orjson
+
 SCHEMA_VERSION = 1
 
 # How a process is identified: (host, boot, pid, start). `start` is an integer the producer
@@ -253,37 +255,16 @@ def parse_event(obj: Any) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise EventError("v", f"unknown schema version {version!r}; this reader understands v={SCHEMA_VERSION}")
     kind = obj.get("kind")
-    spec = SPEC.get(kind) if isinstance(kind, str) else None
-    if spec is None:
+    fast = _FAST.get(kind) if isinstance(kind, str) else None
+    if fast is None:
         raise EventError("kind", f"unknown kind {kind!r}; expected one of {', '.join(sorted(SPEC))}")
-    out: dict[str, Any] = {}
-    get = obj.get
-    for name, ftype, required in _FIELDS[kind]:
-        value = get(name)
-        if value is None:
-            if required:
-                raise EventError(name, f"required for kind {kind!r} but missing")
-            continue
-        # the common cases without a call (ingest spends most of its time here); anything
-        # else, including every error, goes through _check
-        t = type(value)
-        if t is str and ftype == "str" and len(value) <= MAX_STR and value.isascii():
-            out[name] = value
-        elif t is int and (ftype == "uint" and 0 <= value <= INT_MAX or ftype == "int" and INT_MIN <= value <= INT_MAX):
-            out[name] = value
-        elif t is float and ftype == "num" and 0.0 <= value < TS_MAX:      # finite, and a time
-            out[name] = value
-        elif t is list and ftype == "argv" and 0 < len(value) <= MAX_ARGV \
-                and all(type(a) is str and len(a) <= MAX_STR and a.isascii() for a in value):
-            out[name] = value
-        elif ftype == "hostname":
-            host_name = hostname_field(value)
-            if host_name is not None:
-                out[name] = host_name
-        else:
-            out[name] = _check(name, ftype, value)
+    out = fast(obj)
+    if out is None:
+        out = _fields(kind, obj)
     if not out["host"]:
         raise EventError("host", "must not be empty")
+    if kind not in KINDS_WITH_RULES:
+        return out                  # forks, exits, execs (most events): their fields were all there is
     if kind == "file":
         if out["op"] not in FILE_OPS:
             raise EventError("op", f"unknown file operation {out['op']!r}; expected one of {', '.join(sorted(FILE_OPS))}")
@@ -311,6 +292,79 @@ def parse_event(obj: Any) -> dict[str, Any]:
     return out
 
 
+# the kinds parse_event checks beyond their fields' types
+KINDS_WITH_RULES = frozenset({"file", "host", "uconnect", "uaccept", "connect", "accept", "login"})
+
+
+def _fields(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields, checked one by one in SPEC's order: the reference, and the path of
+    every event the compiled check (_FAST) does not take as it is - every refusal among them."""
+    out: dict[str, Any] = {}
+    get = obj.get
+    for name, ftype, required in _FIELDS[kind]:
+        value = get(name)
+        if value is None:
+            if required:
+                raise EventError(name, f"required for kind {kind!r} but missing")
+            continue
+        # the common cases without a call (ingest spends most of its time here); anything
+        # else, including every error, goes through _check
+        t = type(value)
+        if t is str and ftype == "str" and len(value) <= MAX_STR and value.isascii():
+            out[name] = value
+        elif t is int and (ftype == "uint" and 0 <= value <= INT_MAX or ftype == "int" and INT_MIN <= value <= INT_MAX):
+            out[name] = value
+        elif t is float and ftype == "num" and 0.0 <= value < TS_MAX:      # finite, and a time
+            out[name] = value
+        elif t is list and ftype == "argv" and 0 < len(value) <= MAX_ARGV \
+                and all(type(a) is str and len(a) <= MAX_STR and a.isascii() for a in value):
+            out[name] = value
+        elif ftype == "hostname":
+            host_name = hostname_field(value)
+            if host_name is not None:
+                out[name] = host_name
+        else:
+            out[name] = _check(name, ftype, value)
+    return out
+
+
+# --- the compiled check --------------------------------------------------------------------
+# parse_event was most of the collector's time under the GIL (bench/ingest_http.py): the loop
+# above reads every field SPEC names, absent or not, and dispatches on its type each time. For
+# each kind, SPEC is compiled once into a function of straight-line checks of the common case
+# (ASCII strings within MAX_STR, integers and times within range, a plain argv), in SPEC's
+# order: it returns the same dict _fields would, or None - a required field missing, any other
+# value - and then _fields decides, so every refusal keeps its field and its words.
+_COMMON_CASE = {
+    "str": "type(x) is str and len(x) <= MAX_STR and x.isascii()",
+    "uint": "type(x) is int and 0 <= x <= INT_MAX",
+    "int": "type(x) is int and INT_MIN <= x <= INT_MAX",
+    "num": "type(x) is float and 0.0 <= x < TS_MAX",
+    "bool": "type(x) is bool",
+    "port": "type(x) is int and 0 <= x <= 65535",
+    "argv": "type(x) is list and 0 < len(x) <= MAX_ARGV",         # and each argument (below) a plain string
+}
+
+
+def _compile(kind: str):
+    lines = [f"def check_{kind}(obj):", "    get = obj.get", "    out = {}"]
+    for name, ftype, required in _FIELDS[kind]:
+        lines += [f"    x = get({name!r})", "    if x is None:", f"        {'return None' if required else 'pass'}"]
+        common = _COMMON_CASE.get(ftype)
+        lines.append(f"    elif {common}:" if common else "    elif False:")
+        if ftype == "argv":
+            lines += ["        for a in x:", "            if type(a) is not str or len(a) > MAX_STR or not a.isascii():",
+                      "                return None"]
+        lines += [f"        out[{name!r}] = x", "    else:", "        return None"]
+    lines.append("    return out")
+    scope = {"MAX_STR": MAX_STR, "MAX_ARGV": MAX_ARGV, "INT_MIN": INT_MIN, "INT_MAX": INT_MAX, "TS_MAX": TS_MAX}
+    exec("\n".join(lines), scope)          # noqa: S102 - our own text, made from SPEC above
+    return scope[f"check_{kind}"]
+
+
+_FAST = {kind: _compile(kind) for kind in SPEC}
+
+
 def _check_unix(kind: str, out: dict[str, Any]) -> None:
     """What a unix connection event must say beyond its fields' types: a connection id that can
     pair it (the store keys on it), a path that names a socket (an abstract name is "@" + name,
@@ -328,7 +382,21 @@ def _check_unix(kind: str, out: dict[str, Any]) -> None:
 
 
 def decode_line(line: str | bytes) -> dict[str, Any]:
-    """One JSON line -> a normalised event. Bad JSON is an EventError too, never a traceback."""
+    """One JSON line -> a normalised event. Bad JSON is an EventError too, never a traceback.
+
+    orjson first: the standard library's decoder was two thirds of the collector's decoding
+    (bench/ingest_http.py). What orjson takes it reads as the standard decoder does, but for
+    integers past 64 bits, which it reads as floats: a schema field refuses both, so the events
+    accepted are the same. Anything it refuses (NaN, lone surrogates, a BOM, UTF-16) and any
+    event parse_event refuses go the standard way, so each refusal says what it always said."""
+    try:
+        return parse_event(orjson.loads(line))
+    except (ValueError, TypeError, RecursionError):     # orjson.JSONDecodeError and EventError among them
+        pass
+    return _decode_line_std(line)
+
+
+def _decode_line_std(line: str | bytes) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:

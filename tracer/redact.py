@@ -167,13 +167,22 @@ MAX_DEPTH = 6             # sh -c "bash -c '...'" nesting followed this deep
 # masked are kept, so the cache holds no secret; emptied when full, which is rare and cheap.
 _CLEAN: set[str] = set()
 CLEAN_MAX = 4096
+# ... and lines the trigger finds nothing in, for the default rules: lowering and searching a
+# line was most of what redacting an exec cost, and a host runs the same few lines again and
+# again. Apart from _CLEAN, so a churn of one-off lines does not empty it of the dear ones.
+_PLAIN: set[str] = set()
 
 
 def redact(argv: list[str], rules: tuple[Rule, ...] = DEFAULT_RULES) -> tuple[list[str], bool]:
     """The argv with its secrets masked, and whether anything was."""
     joined = "\n" + "\n".join(argv) + "\n"
+    if rules is DEFAULT_RULES and joined in _PLAIN:
+        return list(argv), False
     if not _TRIGGER.search(joined.lower().replace('"', " ").replace("'", " ")):
         if rules is DEFAULT_RULES:
+            if len(_PLAIN) >= CLEAN_MAX:
+                _PLAIN.clear()
+            _PLAIN.add(joined)
             return list(argv), False
         entry = _PREFILTER.get(id(rules))
         if entry is None or entry[0] is not rules:

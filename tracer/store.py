@@ -36,6 +36,14 @@ MAX_CMD_IDS = 2000           # past this many matching command lines, a search s
 TICK_NS = 10_000_000
 
 
+# write()'s commonest statements, held back and sent together (Store._hold)
+EXIT_SQL = ("UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
+            "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)")
+EXEC_SQL = ("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, egid, "
+            "auid, ses, tty, comm, pidns, container, snapshot) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 @dataclass(frozen=True)
 class ConnMatch:
     """Which connections a question asks about (trace.Query's to:, from:, listen:), in the
@@ -268,6 +276,10 @@ class Store:
         # of one has no snapshot to restate it, so _write_exec skips that lookup (most execs)
         self._fresh: set[int] = set()
         self._found_running: dict[tuple[int, int, int], dict[str, Any]] = {}   # write()'s batch
+        # write()'s batch, in fewer statements (see write): rows of the commonest statements
+        # held back and sent with one executemany each, and how many of them were new facts
+        self._held: dict[str, list[tuple]] = {}
+        self._held_new = 0
 
     # --- opening -------------------------------------------------------------------------
 
@@ -372,7 +384,11 @@ class Store:
         """Store validated events in one transaction. Returns how many were new facts
         (0 when every event had been stored before). If the transaction fails (a full disk, at
         any statement or at COMMIT), nothing of it is stored and the caches of ids are emptied
-        (see _Transaction): writing the same events again is always safe."""
+        (see _Transaction): writing the same events again is always safe.
+
+        Fewer statements than events: the commonest rows that nothing in the batch reads back
+        (an exec's image, an exit) are held and sent with one executemany each (_hold) - before
+        anything reads them (_send_held), so every read sees what came before it."""
         new = 0
         span: dict[int, list[float]] = {}
         names: dict[tuple[int, int], str] = {}
@@ -389,8 +405,11 @@ class Store:
                         # stored as shown() writes it. The statement that refused it did not run, and
                         # the ones before it are idempotent, so the event is simply written again.
                         new += self._write_event(_shown_event(ev), span, names)
+                self._send_held()
+                new += self._held_new
             finally:
                 self._found_running = {}
+                self._held, self._held_new = {}, 0
             if self._wrote_snapshot:
                 self._wrote_snapshot = False
                 self._snapshot_generation = str(int(self.get_meta("snapshot_generation") or 0) + 1)
@@ -408,7 +427,8 @@ class Store:
         """One event, inside write()'s transaction: how many new facts it was (0 or 1)."""
         c = self.db.conn
         new = 0
-        host = self._host_id(ev["host"])
+        # the ids' caches read here first: most events name a host, boot and process seen before
+        host = self._hosts.get(ev["host"]) or self._host_id(ev["host"])
         ts = ev["ts"]
         s = span.get(host)
         if s is None:
@@ -432,11 +452,11 @@ class Store:
             new += c.execute("INSERT OR IGNORE INTO losses VALUES (?, ?, ?, ?, ?)",
                              [host, ev["since"], ts, ev["count"], ev.get("what")]).rowcount
             return new
-        boot = self._boot_id(host, ev["boot"])
+        boot = self._boots.get((host, ev["boot"])) or self._boot_id(host, ev["boot"])
         if kind == "fork" and self._new_child(c, boot, ev, ts):
             new += 1
             return new
-        proc = self._proc_id(boot, ev["pid"], ev["start"], ts)
+        proc = self._procs.get((boot, ev["pid"], ev["start"])) or self._proc_id(boot, ev["pid"], ev["start"], ts)
         if kind == "exec":
             new += self._write_exec(c, boot, proc, ev)
             for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
@@ -449,10 +469,7 @@ class Store:
                 "WHERE id = ?3 AND (parent_by_fork = 0 OR parent IS NOT ?1 OR fork_ts IS NOT ?2)",
                 [parent, ts, proc]).rowcount
         elif kind == "exit":
-            new += c.execute(
-                "UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
-                "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)",
-                [ts, ev.get("code"), ev.get("signal"), proc]).rowcount
+            self._hold(EXIT_SQL, (ts, ev.get("code"), ev.get("signal"), proc))
         elif kind == "cred":
             new += c.execute("INSERT OR IGNORE INTO creds (proc, ts, via, old_uid, old_euid, uid, euid, "
                              "old_gid, old_egid, gid, egid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -538,6 +555,7 @@ class Store:
         cmd, argv_json = command_line(ev["argv"])
         ts = ev["ts"]
         if ev.get("snapshot"):
+            self._send_held()                   # the images held back are read below
             self._fresh.discard(proc)
             # A restarted agent's /proc snapshot of a process whose exec was seen restates that
             # image, dated at the fork: kept, it would stand before its own exec on a chain (and
@@ -556,6 +574,7 @@ class Store:
         elif proc not in self._fresh:
             # the seen exec arrived after a snapshot (a spool sent late): a snapshot restating it
             # goes; one of another program is an exec made later, while no agent ran
+            self._send_held()
             for sid, sts, comm, scmd, sargv, strunc in c.execute(
                     "SELECT id, ts, comm, cmd, argv, truncated FROM execs WHERE proc = ? AND snapshot = 1 AND ts <= ?",
                     [proc, ts]).fetchall():
@@ -566,13 +585,10 @@ class Store:
                     # an agent's snapshot is dated at the fork, not when it was read; the auditd
                     # source's images of a process before its exec are dated when they were seen
                     c.execute("UPDATE OR IGNORE execs SET ts = ? WHERE id = ?", [ts + 1e-6, sid])
-        new = c.execute("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, "
-                  "egid, auid, ses, tty, comm, pidns, container, snapshot) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [proc, ts, cmd, self._cmd_id(cmd), argv_json, 1 if ev.get("truncated") else None, ev.get("exe"),
-                   ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"), ev.get("auid"),
-                   ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"), ev.get("container"),
-                   1 if ev.get("snapshot") else None]).rowcount
+        self._hold(EXEC_SQL, (proc, ts, cmd, self._cmd_id(cmd), argv_json, 1 if ev.get("truncated") else None,
+                              ev.get("exe"), ev.get("cwd"), ev["uid"], ev["euid"], ev.get("gid"), ev.get("egid"),
+                              ev.get("auid"), ev.get("ses"), ev.get("tty"), ev.get("comm"), ev.get("pidns"),
+                              ev.get("container"), 1 if ev.get("snapshot") else None))
         if "ppid" in ev and "pstart" in ev:
             # Only the earliest exec may name the parent, and never over a fork's word:
             # a later exec may see the reaper (pid 1) after the real parent exited.
@@ -580,7 +596,26 @@ class Store:
             if parent != proc:
                 c.execute("UPDATE procs SET parent = ?, parent_ts = ? WHERE id = ? AND parent_by_fork = 0 "
                           "AND (parent_ts IS NULL OR parent_ts > ?)", [parent, ev["ts"], proc, ev["ts"]])
-        return new
+        return 0                                # the image is new or not when it is sent (_send_held)
+
+    def _hold(self, sql: str, row: tuple) -> None:
+        """Hold a row of one of the commonest statements, to be sent with its kin in one
+        executemany. A string SQLite cannot take (a lone surrogate) is refused here, as the
+        statement would refuse it, so write() writes that event again as shown()."""
+        for value in row:
+            if type(value) is str and not value.isascii():
+                value.encode()
+        rows = self._held.get(sql)
+        if rows is None:
+            rows = self._held[sql] = []
+        rows.append(row)
+
+    def _send_held(self) -> None:
+        """Send the rows held back (_hold): before anything reads their tables, and at the end
+        of write()."""
+        for sql, rows in self._held.items():
+            self._held_new += self.db.conn.executemany(sql, rows).rowcount
+        self._held.clear()
 
     def _running_at_restart(self, events: list[dict[str, Any]]) -> dict[tuple[int, int, int], dict[str, Any]]:
         """The execs in a batch of processes an agent named by /proc's start tick, by (boot,
@@ -605,7 +640,7 @@ class Store:
         key = (boot, ev["pid"], ev["start"])
         if key in self._procs:
             return False
-        parent = self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
+        parent = self._procs.get((boot, ev["ppid"], ev["pstart"])) or self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
         cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
                         "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
         if not cur.rowcount:
@@ -678,6 +713,7 @@ class Store:
         key = (boot, pid, start)
         pid_ = self._procs.get(key)
         if pid_ is None and start % TICK_NS == 0 and boot in self._tick_boots:
+            self._send_held()                   # _seen_forked reads exits and images
             c = self.db.conn
             row = c.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?", key).fetchone()
             if row:
