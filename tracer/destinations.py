@@ -91,6 +91,13 @@ def parse_destination(spec: str) -> Destination:
     return Destination(text=text, names=(name,), port=port)
 
 
+def endpoint(addr: str, port: int | None) -> str:
+    """10.0.5.10:6443, [2001:db8::1]:443 (brackets as in a URL), or the address alone: how an
+    address and port are written, here as parse_destination reads them."""
+    shown = f"[{addr}]" if ":" in addr and port is not None else addr
+    return shown if port is None else f"{shown}:{port}"
+
+
 def _split_port(text: str) -> tuple[str, int | None]:
     """(address part, port or None). `[v6]:port` and `[v6]`; a bare v6 address has no port."""
     if text.startswith("["):

@@ -29,7 +29,7 @@ from whodid.tracer.render.jsonout import shared_json
 from whodid.tracer.render.text import printable, render_trace
 from whodid.tracer.trace import Trace
 from whodid.tracer.changes import WRAPPERS, Rules, parse_rules
-from whodid.tracer.destinations import parse_destination
+from whodid.tracer.destinations import endpoint, parse_destination
 from whodid.tracer.stitch import program_name
 from whodid.tracer.when import clock, format_duration, iso
 
@@ -217,7 +217,7 @@ def _runs_in(tracer: Tracer, tr: Trace, me: tuple[str, int, int]) -> bool:
 
 def connection_said(c) -> str:
     """`k8s.internal:6443 (10.0.5.10)`: what was asked, and where it went when that differs."""
-    peers = sorted({f"{p.addr}:{p.port}" if ":" not in p.addr else f"[{p.addr}]:{p.port}" for p in c.peers})
+    peers = sorted({endpoint(p.addr, p.port) for p in c.peers})
     where = ", ".join(peers[:3]) + (f" and {len(peers) - 3} more" if len(peers) > 3 else "")
     return c.asked if where in ("", c.asked) else f"{c.asked} ({where})"
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from whodid.config import environ_for_children
 from whodid.logs import mask
-from whodid.tracer.destinations import DestinationError, parse_destination
+from whodid.tracer.destinations import DestinationError, endpoint, parse_destination
 from whodid.tracer.when import TimeError, parse_duration
 
 from . import kube
@@ -167,8 +167,7 @@ def own_destinations(check: dict[str, Any]) -> tuple[str, ...]:
     reaches nothing whodid can name."""
     t = check["type"]
     if t == "tcp":
-        host = str(check["host"])
-        return (f"[{host}]:{check['port']}" if ":" in host else f"{host}:{check['port']}",)
+        return (endpoint(str(check["host"]), check["port"]),)
     if t in ("http", "kubernetes"):
         if t == "kubernetes" and kube.mode(check) != "api_url":
             try:
@@ -184,7 +183,7 @@ def own_destinations(check: dict[str, Any]) -> tuple[str, ...]:
         host = url.hostname or ""
         if not host:
             return ()
-        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+        return (endpoint(host, port),)
     return ()
 
 

@@ -16,6 +16,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from ..destinations import endpoint
 from ..stitch import INFERRED, OBSERVED, PERSON_UNKNOWN, Step, privilege
 from ..trace import Trace
 from ..when import ago, clock, format_duration
@@ -275,7 +276,7 @@ def _connection_boxes(tr: Trace, lanes: list[str], boxes: list[Box], links: list
     peers = c.peers if len(c.peers) <= MAX_PEERS else c.peers[:MAX_PEERS - 1]
     poi = tr.chain[-1].node
     for i, p in enumerate(peers):
-        end = f"[{p.addr}]:{p.port}" if ":" in p.addr else f"{p.addr}:{p.port}"
+        end = endpoint(p.addr, p.port)
         title = _cut(f"{end} ({p.name})" if p.name else end, width)
         times = "once" if p.count == 1 else f"{p.count} times"
         meta = f"{times} · {clock(p.first)[11:19]}" + (f"–{clock(p.last)[11:19]}" if p.count > 1 else "")

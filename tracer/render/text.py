@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from ..destinations import endpoint
 from ..trace import Query, Trace
 from . import shared
 from .confidence import candidate_head, confidence, person, reason
@@ -93,12 +94,6 @@ def render_trace(tr: Trace, now: float, index: int = 1, total: int = 1) -> str:
         lines.append(f"Scope {tr.scope}: {extra} more processes around the chain (see --json or --png)")
         lines.extend(f"  - {t}" for t in tr.truncated)
     return "\n".join(printable(line) for line in lines)
-
-
-def endpoint(addr: str, port: int | None) -> str:
-    """10.0.5.10:6443, [2001:db8::1]:443 (brackets as in a URL), or the address alone."""
-    shown = f"[{addr}]" if ":" in addr and port is not None else addr
-    return shown if port is None else f"{shown}:{port}"
 
 
 def peer_line(direction: str, p) -> str:
