@@ -196,6 +196,9 @@ BPF_TABLE("lru_hash", u64, struct hdr, connecting, 16384);   // SYNs never answe
 BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
+// TCP connections seen established whose SYN_SENT the agent had not kept (`connecting`): begun
+// before it loaded, or their entry evicted from the LRU table - not recorded, so said as a loss
+BPF_ARRAY(unseen_starts, u64, 1);
 
 // --- the connection budget ---------------------------------------------------------------
 // Connection records (connect, accept, uconnect, uaccept) are the ones anyone can make by the
@@ -709,8 +712,19 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     }
     if (args->oldstate == TCP_SYN_SENT) {
         struct hdr *h = connecting.lookup(&sk);
-        if (!h)
+        if (!h) {
+#if !PIDNS_FILTER
+            // (with a namespace filter another namespace's connects are not kept, on purpose, and
+            // this softirq context cannot tell whose a socket is)
+            if (args->newstate == TCP_ESTABLISHED) {
+                u32 zero = 0;
+                u64 *n = unseen_starts.lookup(&zero);
+                if (n)
+                    __sync_fetch_and_add(n, 1);
+            }
+#endif
             return 0;
+        }
         if (args->newstate == TCP_ESTABLISHED) {
             struct sock_event e = {};
             e.h = *h;

@@ -11,6 +11,7 @@ minute is over, and `drain()` at stop all that are left.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +109,27 @@ def has_ringbuf() -> bool:
 def boot_epoch() -> float:
     """Epoch seconds at boot, to turn CLOCK_BOOTTIME stamps into wall-clock times."""
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def take(table, key):
+    """(count, first, last) of an aggregated key, taken out of the kernel's table in one step
+    (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps since Linux 5.14): a connection counted between a
+    lookup and a delete would be lost, and one counted after the delete would make the key anew,
+    its first record unread at stop. None when the key is not there. Older kernels: lookup, then
+    delete."""
+    from bcc.libbcc import lib      # noqa: PLC0415 (BCC is loaded by Capture before this runs)
+    leaf = table.Leaf()
+    ret = lib.bpf_lookup_and_delete(table.map_fd, ctypes.byref(key), ctypes.byref(leaf))
+    if ret == 0:
+        return leaf.count, leaf.first, leaf.last
+    if -ret == errno.ENOENT or ctypes.get_errno() == errno.ENOENT:
+        return None
+    try:
+        v = table[key]
+        del table[key]
+    except KeyError:
+        return None
+    return v.count, v.first, v.last
 
 
 class Capture:
@@ -234,13 +256,7 @@ class Capture:
         table = self.bpf["aggregated"]
 
         def read(key: bytes) -> tuple[int, int, int] | None:
-            k = table.Key.from_buffer_copy(key)
-            try:
-                v = table[k]
-                del table[k]
-            except KeyError:
-                return None
-            return v.count, v.first, v.last
+            return take(table, table.Key.from_buffer_copy(key))
 
         return self.assembler.aggregates_due(read, time.clock_gettime_ns(time.CLOCK_BOOTTIME), final)
 
@@ -259,6 +275,10 @@ class Capture:
                 except KeyError:
                     continue
                 self._orphans += v.count - 1        # the first one's record is in `lost` already
+
+    def unseen_starts(self) -> int:
+        """TCP connections seen established whose start the agent had not kept, since load."""
+        return sum(v.value for v in self.bpf["unseen_starts"].values())
 
     def lost(self) -> int:
         return sum(v.value for v in self.bpf["lost"].values()) + self._perf_lost + self._orphans

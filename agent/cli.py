@@ -374,7 +374,7 @@ def run(args) -> int:
 
     pending: list = []
     last_flush = last_mark = time.monotonic()
-    lost_state = {"reported": 0, "since": time.time()}
+    lost_state = {"reported": 0, "unseen": 0, "since": time.time()}
     last_lost_poll = 0.0
 
     def losses() -> list:
@@ -387,6 +387,14 @@ def run(args) -> int:
             if mode == "bpf" else []
         for ev in over:
             log.warning(ev["what"], host=host)
+        unseen = cap.unseen_starts() if mode == "bpf" else 0
+        if unseen > lost_state["unseen"]:
+            count, lost_state["unseen"] = unseen - lost_state["unseen"], unseen
+            what = (f"TCP connections established whose start the agent had not seen: {count:,} not recorded "
+                    "(begun before it loaded, or more connections in progress than its table holds)")
+            log.warning(what, host=host)
+            over = over + [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
+                            "since": round(since, 6), "count": count, "what": what}]
         if lost <= lost_state["reported"]:
             return over
         count, lost_state["reported"] = lost - lost_state["reported"], lost
