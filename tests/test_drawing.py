@@ -74,3 +74,4 @@ def test_the_slack_bot_draws_its_pictures_outside_its_own_process(demo_db, monke
             assert not any("could not be drawn" in m.text for m in emu.messages)
         finally:
             bot.stop()
+

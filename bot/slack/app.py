@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from ..drawing import Painter
 from ..tracing import tracer_for
 
+ANSWERING = 32                     # questions answered at once (see Bot.__init__)
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
 MAX_RETRY_AFTER = 120.0            # the longest a 429's Retry-After is waited, per try
 PRIVATE_MESSAGES = 4               # Slack takes a response_url five times; one may carry the ack's words
@@ -99,7 +100,11 @@ class Bot:
         except (SlackClientError, OSError) as exc:
             raise SlackSetupError(f"cannot reach Slack at {self.s.api_base_url} ({exc})") from None
         self.identity = f"{me.get('user')} in {me.get('team')}"
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="whodid-slack")
+        # Bolt runs each listener - which acks first - on this pool: a question that finds every
+        # worker busy answering is not even acked, and Slack gives up on it after 3 s. So more
+        # workers than people asking at once in an incident (they mostly wait: on Slack, on
+        # the drawing process); threads are made only as needed.
+        self.executor = ThreadPoolExecutor(max_workers=ANSWERING, thread_name_prefix="whodid-slack")
         try:
             # token_verification_enabled: Bolt asks auth.test now, at start; without it, its
             # authorization middleware asks on the first request - before the listener's ack
