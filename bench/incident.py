@@ -2,7 +2,8 @@
 its full rate.
 
 Deployed as documented: one `whodid serve` process - the collector, and the Slack bot in HTTP
-mode - freshly started, so the bot's first answer is cold (nothing imported, nothing cached).
+mode - freshly started, so the bot's first answers are cold (no question answered yet, nothing
+cached; its drawing process warms up when it starts, as it does in deployment).
 Slack is the local emulator (tests/slackemu.py), in this process: it sends signed slash
 commands to the bot and records the Web API calls the bot makes, all real HTTP on loopback.
 Agents are a separate feeder process (this script with --feed): the demo fleet's 22 hosts,
@@ -11,15 +12,16 @@ collector. It keeps every spool full for the whole run with fresh rounds of the 
 (a new seed each: new boots, new processes - nothing is a replay), so the collector always
 has work: its rate is its full rate.
 
-The run: the collector's idle rate (no askers) over a fixed window; then waves of askers -
-all at once, each a different pattern that hits the store - and for each, the time from the
-slash command to its picture and its chain in the answer's thread (as bench/e2e_slack.py
-detects them); then the idle rate again (the store has grown meanwhile: the reference is the
-mean of both idle windows). The ingest rate is the collector's own count of accepted events
-(its /metrics), read every half second. At the end the feeder drains its spools, and every
-event it put is checked against what the store holds: nothing lost.
+The run: idle windows (no askers) interleaved with waves of askers - all at once, each a
+different pattern that hits the store - so a noisy neighbour slows idle and busy windows
+alike. For each asker, the time from the slash command to its picture and its chain in the
+answer's thread (as bench/e2e_slack.py detects them); the first wave is the bot's first,
+cold, answers. The ingest rate is the collector's own count of accepted events (its
+/metrics), read every half second, over the idle windows and over the waves (from the first
+slash command to the last answer). At the end the feeder drains its spools, and every event
+it put is checked against what the store holds, per host and kind: nothing lost.
 
-    .venv/bin/python bench/incident.py [--askers 10] [--waves 5] [--idle 20]
+    .venv/bin/python bench/incident.py [--askers 10] [--waves 5] [--idle 10]
 """
 
 from __future__ import annotations
