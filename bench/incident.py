@@ -277,7 +277,7 @@ def stored_by_kind(db: Path) -> dict[str, Counter]:
         store.close()
 
 
-def run(askers: int, waves: int, idle: float, timeout: float, work: Path, log=print) -> dict:
+def run(askers: int, waves: int, idle: float, timeout: float, work: Path, log=print, ingest: bool = True) -> dict:
     db = work / "store.db"
     store = Store.open(db, create=True)
     tokens = {h: store.add_agent(h) for h, _ in demo.HOSTS}
@@ -307,6 +307,9 @@ def run(askers: int, waves: int, idle: float, timeout: float, work: Path, log=pr
             # warm up: the feeder's spools are full and the collector has taken its first batches
             _wait_for(lambda: (work / "feeding").exists() and counters.samples and counters.samples[-1][1] > 0,
                       feeder, work / "feeder.log", "the first batches")
+            if not ingest:                  # the same questions on a store nothing writes to
+                feeder.send_signal(signal.SIGTERM)
+                feeder.wait(900)
             time.sleep(2)
 
             def cpu() -> dict[int, float]:
@@ -330,8 +333,9 @@ def run(askers: int, waves: int, idle: float, timeout: float, work: Path, log=pr
                 answers += recs
             counters.stop.set()
             counters.thread.join()
-            feeder.send_signal(signal.SIGTERM)
-            feeder.wait(900)
+            if feeder.poll() is None:
+                feeder.send_signal(signal.SIGTERM)
+                feeder.wait(900)
             serve.send_signal(signal.SIGTERM)
             serve.wait(120)
         finally:
@@ -351,7 +355,7 @@ def run(askers: int, waves: int, idle: float, timeout: float, work: Path, log=pr
     def load(windows, pid: int) -> float:
         return sum(c1[pid] - c0[pid] for _, _, c0, c1 in windows) / sum(b - a for a, b, _, _ in windows)
 
-    return {"answers": answers, "idle_rate": rate(idles), "busy_rate": rate(busies),
+    return {"ingest": ingest, "answers": answers, "idle_rate": rate(idles), "busy_rate": rate(busies),
             "idle_rates": [rate([x]) for x in idles], "busy_rates": [rate([x]) for x in busies],
             "busy_seconds": sum(b - a for a, b, _, _ in busies),
             "put": sum(sum(k.values()) for k in fed["put"].values()), "rounds": fed["rounds"],
@@ -378,13 +382,16 @@ def report(r: dict, askers: int, waves: int, idle: float) -> None:
     times = [a["answer"] for a in got]
     pics = [a["picture"] for a in got]
     acks = [a["ack"] for a in r["answers"] if "ack" in a]
-    ratio = r["busy_rate"] / r["idle_rate"]
+    ratio = r["busy_rate"] / r["idle_rate"] if r["idle_rate"] else float("nan")
     print(f"conditions: one fresh `whodid serve` (collector + Slack bot in HTTP mode, emulated Slack) on a store "
           f"the demo fleet's 22 agents ship to at full rate from a separate process (fresh rounds of the demo "
           f"fleet, new seed each: {r['rounds']} rounds, {r['put']:,} events); {askers} askers at once, {waves} "
           f"waves, patterns {', '.join(PATTERNS)} (asker i asks pattern i + wave); idle windows of {idle:g} s "
           f"before, between and after the waves; {os.cpu_count()} cores (shared with other work, noisy), Python "
           f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")
+    if not r["ingest"]:
+        print("\n**--no-ingest: the agents stopped before the first question; nothing was written while people "
+              "asked** (the bot's own latency, for comparison)")
     print()
     print("| measure | p50 | p95 | max | target |")
     print("|---|---:|---:|---:|---|")
@@ -426,7 +433,8 @@ def report(r: dict, askers: int, waves: int, idle: float) -> None:
           f"({r['left_in_spools']} left in spools); store {r['store_bytes'] / 1e6:,.0f} MB")
     if got:
         result("incident: picture in thread p95, 10 askers", percentile(times, 0.95), TARGET_P95, "lower", "s")
-    result("incident: ingest under askers / idle", ratio, TARGET_RATIO, "higher", "x")
+    if r["idle_rate"]:
+        result("incident: ingest under askers / idle", ratio, TARGET_RATIO, "higher", "x")
 
 
 def main() -> None:
@@ -438,6 +446,8 @@ def main() -> None:
     p.add_argument("--idle", type=float, default=10.0, help="seconds of each idle ingest window, before, between "
                    "and after the waves (default 10)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds an asker waits for the picture")
+    p.add_argument("--no-ingest", action="store_true", help="stop the agents once the store has its first "
+                   "rounds: the same questions with nothing being written (to tell the bot's own latency apart)")
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--keep", help="work in this directory and keep it (the store, the logs)")
     args = p.parse_args()
@@ -445,11 +455,11 @@ def main() -> None:
         work = Path(args.keep)
         work.mkdir(parents=True, exist_ok=True)
         r = run(args.askers, args.waves, args.idle, args.timeout, work,
-                log=lambda m: print(m, file=sys.stderr, flush=True))
+                log=lambda m: print(m, file=sys.stderr, flush=True), ingest=not args.no_ingest)
     else:
         with tempfile.TemporaryDirectory(prefix="whodid-bench-incident-") as tmp:
             r = run(args.askers, args.waves, args.idle, args.timeout, Path(tmp),
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
+                    log=lambda m: print(m, file=sys.stderr, flush=True), ingest=not args.no_ingest)
     if args.json:
         Path(args.json).write_text(json.dumps(r, default=str))
     report(r, args.askers, args.waves, args.idle)
