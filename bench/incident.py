@@ -432,7 +432,7 @@ def report(r: dict, askers: int, waves: int, idle: float) -> None:
     print(f"events lost: {sum(sum(v.values()) for v in r['lost'].values())} of {r['put']:,} put "
           f"({r['left_in_spools']} left in spools); store {r['store_bytes'] / 1e6:,.0f} MB")
     if got:
-        result("incident: picture in thread p95, 10 askers", percentile(times, 0.95), TARGET_P95, "lower", "s")
+        result("incident: picture in thread p95", percentile(times, 0.95), TARGET_P95, "lower", "s")
     if r["idle_rate"]:
         result("incident: ingest under askers / idle", ratio, TARGET_RATIO, "higher", "x")
 

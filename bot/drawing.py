@@ -15,6 +15,8 @@ Rules:
   lock), and one core stays the collector's.
 - A worker that dies (killed, out of memory) is replaced, and the picture asked for is drawn
   again; if drawing in a worker fails twice, it is drawn here, as before.
+- Where no process can be started (a sandbox without semaphores or fork), pictures are drawn
+  here, and the log says so once.
 - What the worker is sent is the trace (plain data, a few KB pickled) and the time; what it
   returns is the PNG's bytes. It opens nothing: no store, no network.
 """
@@ -69,6 +71,7 @@ class Painter:
         self._lock = threading.Lock()
         self._closed = False
         self.warmed = None               # the warm-up's Future: its result is the worker's pid
+        self.cannot: str | None = None   # why no drawing process can be started: draw here
 
     def start(self) -> "Painter":
         """Start the worker and warm it, without waiting for either."""
@@ -77,11 +80,19 @@ class Painter:
                 self._pool = self._new_pool()
         return self
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # spawn, not fork: the bot's process has threads (the writer, HTTP servers) and forking
-        # one copies whatever locks they hold at that moment
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.warmed = pool.submit(_warm)
+    def _new_pool(self) -> ProcessPoolExecutor | None:
+        if self.cannot:
+            return None
+        try:
+            # spawn, not fork: the bot's process has threads (the writer, HTTP servers) and
+            # forking one copies whatever locks they hold at that moment
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self.warmed = pool.submit(_warm)
+        except (OSError, ImportError, RuntimeError) as exc:
+            self.cannot = str(exc) or type(exc).__name__
+            log.warning(f"cannot start a process to draw trace pictures ({self.cannot}); drawing them in this "
+                        "process, where they slow ingest while people ask")
+            return None
         return pool
 
     def draw(self, tr, now: float) -> bytes:
@@ -93,6 +104,8 @@ class Painter:
                 if self._pool is None:
                     self._pool = self._new_pool()
                 pool = self._pool
+            if pool is None:
+                break
             try:
                 return pool.submit(_draw, tr, now).result(DRAW_TIMEOUT)
             except BrokenProcessPool:

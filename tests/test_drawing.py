@@ -75,3 +75,19 @@ def test_the_slack_bot_draws_its_pictures_outside_its_own_process(demo_db, monke
         finally:
             bot.stop()
 
+
+
+def test_where_no_drawing_process_can_start_pictures_are_drawn_here(monkeypatch):
+    """A sandbox without POSIX semaphores (or fork): the bot must still start and draw."""
+    import whodid.bot.drawing as drawing
+
+    def refused(*a, **kw):
+        raise PermissionError(13, "Permission denied: /dev/shm")
+    monkeypatch.setattr(drawing, "ProcessPoolExecutor", refused)
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    try:
+        assert painter.cannot and "Permission denied" in painter.cannot
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+    finally:
+        painter.close()
