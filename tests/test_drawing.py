@@ -91,3 +91,17 @@ def test_where_no_drawing_process_can_start_pictures_are_drawn_here(monkeypatch)
         assert painter.draw(tr, NOW) == render_png(tr, NOW)
     finally:
         painter.close()
+
+
+def test_a_picture_that_cannot_be_drawn_raises_to_the_bot_and_the_next_one_draws():
+    """A drawing bug in the worker comes back as the exception (the bot then posts the chain
+    without the picture), and the worker lives on."""
+    import pytest
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    try:
+        with pytest.raises(AttributeError):
+            painter.draw("not a trace", NOW)
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+    finally:
+        painter.close()
