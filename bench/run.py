@@ -32,6 +32,7 @@ BENCHES = [
     ("trace_latency.py", "Trace latency on a large store", [], ["--hosts", "30", "--days", "5", "--repeat", "5"]),
     ("render.py", "Render", [], ["--repeat", "1"]),
     ("e2e_slack.py", "Slack end to end", [], ["--repeat", "5"]),
+    ("incident.py", "Under an incident's load", [], ["--askers", "3", "--waves", "1", "--idle", "4"]),
     ("audit.py", "auditd logs: import, and trace vs ausearch", [], ["--execs", "500"]),
 ]
 

@@ -46,9 +46,10 @@ from .ask import AskError, parse
 from .buttons import StateError, View, decode, encode, store_key
 
 from dataclasses import dataclass
+from ..drawing import Painter
 from ..tracing import tracer_for
 
-RENDER = threading.Lock()          # matplotlib's Agg is not safe for concurrent drawing
+ANSWERING = 32                     # questions answered at once (see Bot.__init__)
 GROUP_CACHE = 300.0                # seconds a user group's members are remembered
 MAX_RETRY_AFTER = 120.0            # the longest a 429's Retry-After is waited, per try
 PRIVATE_MESSAGES = 4               # Slack takes a response_url five times; one may carry the ack's words
@@ -99,7 +100,11 @@ class Bot:
         except (SlackClientError, OSError) as exc:
             raise SlackSetupError(f"cannot reach Slack at {self.s.api_base_url} ({exc})") from None
         self.identity = f"{me.get('user')} in {me.get('team')}"
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="whodid-slack")
+        # Bolt runs each listener - which acks first - on this pool: a question that finds every
+        # worker busy answering is not even acked, and Slack gives up on it after 3 s. So more
+        # workers than people asking at once in an incident (they mostly wait: on Slack, on
+        # the drawing process); threads are made only as needed.
+        self.executor = ThreadPoolExecutor(max_workers=ANSWERING, thread_name_prefix="whodid-slack")
         try:
             # token_verification_enabled: Bolt asks auth.test now, at start; without it, its
             # authorization middleware asks on the first request - before the listener's ack
@@ -119,6 +124,8 @@ class Bot:
         self._groups: dict[str, tuple[float, set[str]]] = {}
         self._group_ids: dict[str, str] = {}
         self._server = None
+        # pictures are drawn in a process of their own (bot/drawing.py), started with the bot
+        self.painter = Painter()
         self.channel_ids = self._resolve_channels()
         self._warm_groups()
 
@@ -126,6 +133,7 @@ class Bot:
 
     def start(self) -> str:
         """Connect (Socket Mode) or listen (HTTP mode). Returns where, for the log."""
+        self.painter.start()
         if self.s.mode == "socket":
             from slack_bolt.adapter.socket_mode import SocketModeHandler
             self._server = SocketModeHandler(self.app, self.tokens["app_token"],
@@ -143,6 +151,7 @@ class Bot:
         if self._server is not None:
             self._server.close()
         self.executor.shutdown(wait=True)
+        self.painter.close()
 
     def health(self) -> str | None:
         """For /healthz: None when the bot can hear Slack (Socket Mode connected, HTTP mode serving)."""
@@ -326,13 +335,11 @@ class Bot:
                 with_buttons: bool, private: bool = False) -> None:
         """The trace image, uploaded into the thread, then the chain as text. A private answer has
         no picture: Slack has no ephemeral files (its Open full trace link has the picture)."""
-        from whodid.tracer.render.image import render_png
         now = time.time()
         png = None
         if not private:
             try:
-                with RENDER:
-                    png = render_png(tr, now)
+                png = self.painter.draw(tr, now)
             except Exception as exc:             # a drawing bug must not cost the chain (or repost an alert)
                 self.log.warning(f"could not draw the trace picture: {exc!r}")
                 self.post(channel, "(The picture could not be drawn; the chain follows as text, and whodid's log "

@@ -1,0 +1,107 @@
+"""Trace pictures drawn in a process of their own (bot/drawing.py): the same picture as drawn
+here, never drawn in the bot's process (where it held the interpreter from the collector's
+writer), and a drawing process that dies is replaced without losing the picture."""
+
+import os
+import signal
+
+from whodid import config as config_mod
+from whodid.bot.demo import story as demo
+from whodid.bot.drawing import Painter
+from whodid.bot.slack.app import Bot
+from whodid.tracer.render import image
+from whodid.tracer.render.image import render_png
+
+from slackemu import SIGNING_SECRET, SlackEmulator
+from test_image import NOW, trace_of
+from test_slack import answered, demo_db  # noqa: F401 (the fixture)
+from test_trace import shared_account_story
+
+
+def test_the_picture_is_drawn_in_another_process_and_is_the_same_picture():
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    try:
+        worker = painter.warmed.result(120)
+        assert worker != os.getpid()
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+    finally:
+        painter.close()
+
+
+def test_a_drawing_process_that_dies_is_replaced_and_the_picture_still_comes():
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    try:
+        first = painter.warmed.result(120)
+        os.kill(first, signal.SIGKILL)
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+        assert painter.draw(tr, NOW)[:4] == b"\x89PNG"         # and the one after, from the new worker
+        assert painter.pid() not in (None, first)
+    finally:
+        painter.close()
+
+
+def test_a_closed_painter_still_draws_here():
+    tr = trace_of(shared_account_story())
+    painter = Painter()
+    painter.close()
+    assert painter.draw(tr, NOW) == render_png(tr, NOW)
+
+
+def test_the_slack_bot_draws_its_pictures_outside_its_own_process(demo_db, monkeypatch):  # noqa: F811
+    """Drawing in the bot's process is broken here: the answer's picture must come anyway."""
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+
+    def not_here(*a, **kw):
+        raise AssertionError("drawn in the bot's own process")
+    monkeypatch.setattr(image, "render_png", not_here)
+    with SlackEmulator() as emu:
+        cfg = config_mod.from_dict({
+            "identity": {"people": demo.story_people()},
+            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
+                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C1"]}})
+        bot = Bot(cfg, demo_db, log=lambda m: None)
+        bot.start()
+        try:
+            status, _, _ = emu.slash(bot._server.url, "delete-cluster")
+            assert status == 200
+            _, thread = answered(emu)
+            (pic,) = [m for m in thread if m.files]
+            data = emu.uploads[pic.files[0]["id"]]["data"]
+            assert data[:4] == b"\x89PNG"
+            assert not any("could not be drawn" in m.text for m in emu.messages)
+        finally:
+            bot.stop()
+
+
+
+def test_where_no_drawing_process_can_start_pictures_are_drawn_here(monkeypatch):
+    """A sandbox without POSIX semaphores (or fork): the bot must still start and draw."""
+    import whodid.bot.drawing as drawing
+
+    def refused(*a, **kw):
+        raise PermissionError(13, "Permission denied: /dev/shm")
+    monkeypatch.setattr(drawing, "ProcessPoolExecutor", refused)
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    try:
+        assert painter.cannot and "Permission denied" in painter.cannot
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+    finally:
+        painter.close()
+
+
+def test_a_picture_that_cannot_be_drawn_raises_to_the_bot_and_the_next_one_draws():
+    """A drawing bug in the worker comes back as the exception (the bot then posts the chain
+    without the picture), and the worker lives on."""
+    import pytest
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    try:
+        with pytest.raises(AttributeError):
+            painter.draw("not a trace", NOW)
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+    finally:
+        painter.close()
