@@ -7,7 +7,7 @@ import pytest
 from whodid.tracer import Store, StoreError, ingest
 from whodid.tracer import migrations
 
-from kit import Host, store_with
+from kit import T0, Host, store_with
 
 H = Host("web-01", "10.0.0.1")
 
@@ -67,6 +67,31 @@ def test_fork_names_the_parent_whatever_the_exec_said_and_in_any_order():
             (proc_id,) = store.db.execute("SELECT id FROM procs WHERE pid = ?", [pid]).fetchone()
             parents[pid] = store.proc(store.proc(proc_id).parent).pid
         assert parents == {50: 40, 70: 40}
+
+
+def test_children_in_a_window_by_fork_or_by_the_exec_that_named_the_parent():
+    # a daemon's children of one window (the context of a trace, issue 23): a child counts from
+    # its fork, or - with no fork seen (auditd, an agent started late) - from the exec naming the parent
+    store = store_with([
+        H.exec(0, 40, ["/usr/sbin/cron", "-f"]),
+        H.fork(100, 50, 40), H.exec(100.1, 50, ["old"]),
+        H.fork(5000, 60, 40), H.exec(5000.1, 60, ["forked"]),
+        H.exec(5100, 70, ["exec-only"], ppid=40, pstart=40000),
+        H.fork(9000, 80, 40), H.exec(9000.1, 80, ["later"]),
+    ])
+    (cron,) = store.db.execute("SELECT id FROM procs WHERE pid = 40").fetchone()
+    pid = {i: store.proc(i).pid for i in store.children([cron])}
+    assert sorted(pid.values()) == [50, 60, 70, 80]
+    window = (T0 + 4000, T0 + 6000)
+    assert sorted(store.proc(i).pid for i in store.children([cron], between=window)) == [60, 70]
+    # the real index answers it: no scan of the daemon's every child
+    plan = " ".join(r[3] for r in store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM procs WHERE parent IN (?) AND coalesce(fork_ts, parent_ts) "
+        "BETWEEN ? AND ? ORDER BY id", [cron, *window]))
+    assert "procs_parent_at (parent=? AND <expr>>? AND <expr><?)" in plan
+    images = store.images_of(pid)
+    assert {pid[i]: [im.cmd for im in ims] for i, ims in images.items()} == \
+        {50: ["old"], 60: ["forked"], 70: ["exec-only"], 80: ["later"]}
 
 
 def test_names_are_per_host():
