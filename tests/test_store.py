@@ -94,6 +94,32 @@ def test_children_in_a_window_by_fork_or_by_the_exec_that_named_the_parent():
         {50: ["old"], 60: ["forked"], 70: ["exec-only"], 80: ["later"]}
 
 
+def test_newest_matching_processes_read_from_the_index_agree_with_reading_every_row(monkeypatch):
+    # search_commands without a host glob reads the (cmd_id, ts) index alone, newest first, until
+    # `limit` processes are found (issue 23); with one it reads every matching row. Same answers:
+    # also when one busy process holds the newest hundreds of matches, and past MAX_CMD_IDS.
+    import random
+    from whodid.tracer import store as store_mod
+    rng = random.Random(5)
+    events = [H.exec(0, 1, ["/sbin/init"])]
+    for pid in range(100, 160):
+        events.append(H.fork(pid, pid, 1))
+        for _ in range(rng.randint(1, 30)):
+            events.append(H.exec(pid + rng.uniform(0, 500), pid, ["sudo", "-n", f"job-{rng.randint(0, 40)}"]))
+    events += [H.fork(900, 170, 1)] + [H.exec(900 + i, 170, ["sudo", "-n", "loop"]) for i in range(300)]
+    store = store_with(events)
+    for most in (2000, 3):
+        monkeypatch.setattr(store_mod, "MAX_CMD_IDS", most)
+        for limit, since in ((1, None), (5, None), (40, None), (5, T0 + 300), (200, T0 + 100)):
+            ask = dict(glob=False, since=since, until=None, limit=limit)
+            fast = [(p.id, im.ts, im.cmd) for p, im in store.search_commands("sudo", host_glob=None, **ask)]
+            rows = [(p.id, im.ts, im.cmd) for p, im in store.search_commands("sudo", host_glob="*", **ask)]
+            assert fast and fast == rows, (most, limit, since)
+    # the newest 300 matches are one process's: the second process is found past them
+    two = store.search_commands("sudo", glob=False, since=None, until=None, host_glob=None, limit=2)
+    assert [p.pid for p, _ in two][0] == 170 and len({p.pid for p, _ in two}) == 2
+
+
 def test_names_are_per_host():
     a, b = Host("a", "10.0.0.1"), Host("b", "10.0.0.2")
     ea = a.exec(1, 10, ["x"], uid=1001)

@@ -1197,11 +1197,35 @@ class Store:
             return []
         if len(ids) <= MAX_CMD_IDS:
             where.append(f"e.cmd_id IN ({','.join(map(str, ids))})")
-        else:                                   # a pattern matching almost everything: scan instead
-            where.append("e.cmd GLOB ?" if glob else "instr(e.cmd, ?) > 0")
+        else:                                   # many command lines (a value or a date in each): the
+            where.append(f"e.cmd_id IN (SELECT id FROM cmds WHERE {test})")     # same, as a subquery
             args.append(pattern)
         self._window(where, args, "e.ts", since, until, host_glob)
-        return self._execs_where(where, args, limit, per_proc=True)
+        if host_glob:
+            return self._execs_where(where, args, limit, per_proc=True)
+        return self._newest_per_proc(where, args, limit)
+
+    def _newest_per_proc(self, where: list[str], args: list[Any], limit: int) -> list[tuple[Proc, Image]]:
+        """_execs_where(per_proc=True) for conditions on execs alone (its command and time), read
+        from the index (cmd_id, ts) alone: the newest matches first, doubling how many until
+        `limit` processes are found. A common command (sudo, a metrics pusher's aws) has hundreds of
+        thousands of execs in a week, and reading each one's row was most of a cold question."""
+        k, cond = max(4 * limit, 64), " AND ".join(where)
+        while True:
+            rows = self.db.execute(f"SELECT e.rowid FROM execs e WHERE {cond} ORDER BY e.ts DESC LIMIT ?",
+                                   [*args, k]).fetchall()
+            cols = ', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))
+            found = self.db.execute(f"SELECT {cols} FROM execs e WHERE e.rowid IN "
+                                    f"({','.join(str(r[0]) for r in rows)})").fetchall() if rows else []
+            newest: dict[int, Image] = {}
+            for im in sorted(map(_image, found), key=lambda i: i.ts, reverse=True):
+                newest.setdefault(im.proc, im)
+            if len(newest) >= limit or len(rows) < k:
+                break
+            k *= 4
+        images = list(newest.values())[:limit]
+        procs = self.procs({i.proc for i in images})
+        return [(procs[i.proc], i) for i in images]
 
     def execs_of_commands(self, match: Callable[[str], bool], *, since: float, until: float,
                           host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]:
