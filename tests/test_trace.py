@@ -215,6 +215,17 @@ def test_a_daemon_on_the_chain_adds_its_children_of_the_day_not_of_the_month():
     assert "/bin/sh -c weeks-ago.sh" not in commands
 
 
+def test_open_logins_found_by_the_boots_processes_give_the_same_answer(monkeypatch):
+    # logins_open reads a busy fleet's window from the boot's side (issue 23): same logins
+    from whodid.tracer import store as store_mod
+    want = [(t.attributed.user, t.attributed.source, [s.node for s in t.chain])
+            for t in trace_one(shared_account_story(), "aws")]
+    monkeypatch.setattr(store_mod, "LOGINS_BY_PROC", 0)
+    got = [(t.attributed.user, t.attributed.source, [s.node for s in t.chain])
+           for t in trace_one(shared_account_story(), "aws")]
+    assert got == want and [w[0] for w in want] == ["jim", "bob"]
+
+
 def test_chain_edges_in_the_graph_are_typed():
     (tr,) = trace_one(shared_account_story(), "delete-cluster")
     kinds = [d["kind"] for _, _, d in tr.graph.edges(data=True) if d["chain"]]

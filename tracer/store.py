@@ -30,6 +30,8 @@ from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .outages import Outage, Run
 
 
+# past this many logins in a window (fleet-wide), logins_open finds a boot's by its processes' ids
+LOGINS_BY_PROC = 2000
 MAX_CMD_IDS = 2000           # past this many matching command lines, a search scans the window instead
 # /proc gives a process's start in USER_HZ ticks (100 a second on Linux): an agent that finds a
 # process already running names it by that tick, in ns - a multiple of this (docs/events.md)
@@ -948,9 +950,14 @@ class Store:
         session (the login process) not ended before t - with `end`, that process's exit (None:
         still running, or its exit was not recorded). Never a login that began after t."""
         # logins first, by time (CROSS JOIN keeps that order): a boot has few logins in a window
-        # but may have millions of processes, which the planner would otherwise walk
+        # but may have millions of processes, which the planner would otherwise walk. A fleet's
+        # window holds tens of thousands of logins, though, each a random read of its process to
+        # learn its boot (seconds, cold): then the boot's process ids come first, from the
+        # (boot, pid, start) index, a range read in order, and the logins are matched against them.
+        fleet = self.db.execute("SELECT count(*) FROM logins WHERE ts BETWEEN ? AND ?", [since, t]).fetchone()[0]
+        mine = "p.boot = ?" if fleet <= LOGINS_BY_PROC else "l.proc IN (SELECT id FROM procs WHERE boot = ?)"
         rows = self.db.execute(f"SELECT {self.LOGIN_COLS}, p.exit_ts FROM logins l CROSS JOIN procs p "
-                               "WHERE p.id = l.proc AND l.ts BETWEEN ? AND ? AND p.boot = ? "
+                               f"WHERE p.id = l.proc AND l.ts BETWEEN ? AND ? AND {mine} "
                                "AND (p.exit_ts IS NULL OR p.exit_ts >= ?) ORDER BY l.ts", [since, t, boot, t])
         return [{**self._login(r[:-1]), "end": r[-1]} for r in rows]
 
