@@ -30,7 +30,7 @@ import json
 import math
 import os
 import random
-import statistics
+import sqlite3
 import subprocess
 import sys
 import time
@@ -392,9 +392,12 @@ def main() -> None:
         log(f"bigstore: reusing {path} ({info['events']:,} events, built in {info['build_seconds']:,.0f} s)")
     size = os.path.getsize(path)
     per_event = size / info["events"]
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    page, free = (conn.execute(f"PRAGMA {x}").fetchone()[0] for x in ("page_size", "freelist_count"))
+    conn.close()
     print(f"conditions: {info['events']:,} events ({', '.join(f'{n:,} {k}' for k, n in sorted(info['by_kind'].items()))}), "
           f"{info['hosts']} hosts, {info['days']} days; store {size / 1e9:,.2f} GB "
-          f"({per_event:.0f} bytes/event), built in {info['build_seconds'] / 60:,.1f} min through ingest(); "
+          f"({per_event:.0f} bytes/event; {free * page / 1e9:.2f} GB of it free pages), built in {info['build_seconds'] / 60:,.1f} min through ingest(); "
           f"{os.cpu_count()} cores, shared")
     result(f"big store: bytes per event, {info['events'] / 1e6:.0f}M events", per_event, None, "lower", "B")
     result(f"big store: build time, {info['events'] / 1e6:.0f}M events", info["build_seconds"], None, "lower", "s")
