@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 
 
-def result(name: str, value: float, target: float, better: str, unit: str = "") -> None:
+def result(name: str, value: float, target: float | None, better: str, unit: str = "") -> None:
+    """target None: a figure reported for what it is (bench/run.py shows it, charts only targets)."""
     assert better in ("higher", "lower")
     print("RESULT " + json.dumps({"name": name, "value": value, "target": target, "better": better, "unit": unit}))
 

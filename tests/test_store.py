@@ -7,7 +7,7 @@ import pytest
 from whodid.tracer import Store, StoreError, ingest
 from whodid.tracer import migrations
 
-from kit import Host, store_with
+from kit import T0, Host, store_with
 
 H = Host("web-01", "10.0.0.1")
 
@@ -67,6 +67,57 @@ def test_fork_names_the_parent_whatever_the_exec_said_and_in_any_order():
             (proc_id,) = store.db.execute("SELECT id FROM procs WHERE pid = ?", [pid]).fetchone()
             parents[pid] = store.proc(store.proc(proc_id).parent).pid
         assert parents == {50: 40, 70: 40}
+
+
+def test_children_in_a_window_by_fork_or_by_the_exec_that_named_the_parent():
+    # a daemon's children of one window (the context of a trace, issue 23): a child counts from
+    # its fork, or - with no fork seen (auditd, an agent started late) - from the exec naming the parent
+    store = store_with([
+        H.exec(0, 40, ["/usr/sbin/cron", "-f"]),
+        H.fork(100, 50, 40), H.exec(100.1, 50, ["old"]),
+        H.fork(5000, 60, 40), H.exec(5000.1, 60, ["forked"]),
+        H.exec(5100, 70, ["exec-only"], ppid=40, pstart=40000),
+        H.fork(9000, 80, 40), H.exec(9000.1, 80, ["later"]),
+    ])
+    (cron,) = store.db.execute("SELECT id FROM procs WHERE pid = 40").fetchone()
+    pid = {i: store.proc(i).pid for i in store.children([cron])}
+    assert sorted(pid.values()) == [50, 60, 70, 80]
+    window = (T0 + 4000, T0 + 6000)
+    assert sorted(store.proc(i).pid for i in store.children([cron], between=window)) == [60, 70]
+    # the real index answers it: no scan of the daemon's every child
+    plan = " ".join(r[3] for r in store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM procs WHERE parent IN (?) AND coalesce(fork_ts, parent_ts) "
+        "BETWEEN ? AND ? ORDER BY id", [cron, *window]))
+    assert "procs_parent_at (parent=? AND <expr>>? AND <expr><?)" in plan
+    images = store.images_of(pid)
+    assert {pid[i]: [im.cmd for im in ims] for i, ims in images.items()} == \
+        {50: ["old"], 60: ["forked"], 70: ["exec-only"], 80: ["later"]}
+
+
+def test_newest_matching_processes_read_from_the_index_agree_with_reading_every_row(monkeypatch):
+    # search_commands without a host glob reads the (cmd_id, ts) index alone, newest first, until
+    # `limit` processes are found (issue 23); with one it reads every matching row. Same answers:
+    # also when one busy process holds the newest hundreds of matches, and past MAX_CMD_IDS.
+    import random
+    from whodid.tracer import store as store_mod
+    rng = random.Random(5)
+    events = [H.exec(0, 1, ["/sbin/init"])]
+    for pid in range(100, 160):
+        events.append(H.fork(pid, pid, 1))
+        for _ in range(rng.randint(1, 30)):
+            events.append(H.exec(pid + rng.uniform(0, 500), pid, ["sudo", "-n", f"job-{rng.randint(0, 40)}"]))
+    events += [H.fork(900, 170, 1)] + [H.exec(900 + i, 170, ["sudo", "-n", "loop"]) for i in range(300)]
+    store = store_with(events)
+    for most in (2000, 3):
+        monkeypatch.setattr(store_mod, "MAX_CMD_IDS", most)
+        for limit, since in ((1, None), (5, None), (40, None), (5, T0 + 300), (200, T0 + 100)):
+            ask = dict(glob=False, since=since, until=None, limit=limit)
+            fast = [(p.id, im.ts, im.cmd) for p, im in store.search_commands("sudo", host_glob=None, **ask)]
+            rows = [(p.id, im.ts, im.cmd) for p, im in store.search_commands("sudo", host_glob="*", **ask)]
+            assert fast and fast == rows, (most, limit, since)
+    # the newest 300 matches are one process's: the second process is found past them
+    two = store.search_commands("sudo", glob=False, since=None, until=None, host_glob=None, limit=2)
+    assert [p.pid for p, _ in two][0] == 170 and len({p.pid for p, _ in two}) == 2
 
 
 def test_names_are_per_host():

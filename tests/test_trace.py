@@ -198,6 +198,34 @@ def test_wider_scopes_add_context_around_the_chain():
     assert sizes[0] < sizes[1] <= sizes[2] < sizes[3]
 
 
+def test_a_daemon_on_the_chain_adds_its_children_of_the_day_not_of_the_month():
+    """Scope 1 adds the children of the chain's other processes. When one is a daemon (cron, a CI
+    runner) those are its jobs: the ones around the matched command are context, those of weeks
+    before are not - on a fleet a daemon's month of children is thousands of processes, each
+    read from disk for every trace (issue 23, target 5)."""
+    t = 30 * 86400
+    ev = [CONFIG.fork(0, 100, 1), CONFIG.exec(0.01, 100, ["/usr/sbin/cron", "-f"])]
+    for pid, ago, job in ((200, 20 * 86400, "weeks-ago.sh"), (210, 600, "minutes-ago.sh"), (220, 0, "backup.sh")):
+        ev += [CONFIG.fork(t - ago, pid, 100), CONFIG.exec(t - ago + 0.01, pid, ["/bin/sh", "-c", job])]
+    ev += [CONFIG.fork(t + 1, 221, 220), CONFIG.exec(t + 1.01, 221, ["aws", "s3", "cp", "/backup/x", "s3://b/"])]
+    (tr,) = trace_one(ev, "s3 cp", scope=1)
+    assert [s.command for s in tr.chain][-3:] == ["/usr/sbin/cron -f", "/bin/sh -c backup.sh", "aws s3 cp /backup/x s3://b/"]
+    commands = {d["step"].command for _, d in tr.graph.nodes(data=True)}
+    assert "/bin/sh -c minutes-ago.sh" in commands
+    assert "/bin/sh -c weeks-ago.sh" not in commands
+
+
+def test_open_logins_found_by_the_boots_processes_give_the_same_answer(monkeypatch):
+    # logins_open reads a busy fleet's window from the boot's side (issue 23): same logins
+    from whodid.tracer import store as store_mod
+    want = [(t.attributed.user, t.attributed.source, [s.node for s in t.chain])
+            for t in trace_one(shared_account_story(), "aws")]
+    monkeypatch.setattr(store_mod, "LOGINS_BY_PROC", 0)
+    got = [(t.attributed.user, t.attributed.source, [s.node for s in t.chain])
+           for t in trace_one(shared_account_story(), "aws")]
+    assert got == want and [w[0] for w in want] == ["jim", "bob"]
+
+
 def test_chain_edges_in_the_graph_are_typed():
     (tr,) = trace_one(shared_account_story(), "delete-cluster")
     kinds = [d["kind"] for _, _, d in tr.graph.edges(data=True) if d["chain"]]

@@ -278,4 +278,12 @@ ALTER TABLE conns ADD COLUMN n INTEGER;
 ALTER TABLE conns ADD COLUMN last_ts REAL
 """))
 
+STEPS.append((14, """
+-- A process's children when they came to be (a fork, else the exec that named the parent): the
+-- context of a trace reads only a window of a daemon's children (cron's, a CI runner's), not the
+-- thousands of a month. It also answers every question procs_parent did (its first column).
+CREATE INDEX procs_parent_at ON procs (parent, coalesce(fork_ts, parent_ts));
+DROP INDEX procs_parent
+"""))
+
 LATEST = STEPS[-1][0]

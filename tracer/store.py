@@ -30,6 +30,8 @@ from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
 from .outages import Outage, Run
 
 
+# past this many logins in a window (fleet-wide), logins_open finds a boot's by its processes' ids
+LOGINS_BY_PROC = 2000
 MAX_CMD_IDS = 2000           # past this many matching command lines, a search scans the window instead
 # /proc gives a process's start in USER_HZ ticks (100 a second on Linux): an agent that finds a
 # process already running names it by that tick, in ns - a multiple of this (docs/events.md)
@@ -872,13 +874,29 @@ class Store:
                                "ORDER BY ts", [proc_id])
         return [dict(zip(("ts", "via", "old_uid", "old_euid", "uid", "euid"), r)) for r in rows]
 
-    def children(self, proc_ids: Iterable[int]) -> list[int]:
+    def images_of(self, proc_ids: Iterable[int]) -> dict[int, list[Image]]:
+        """images() of many processes in one statement per 500: a subtree's level at once."""
+        ids = list(proc_ids)
+        out: dict[int, list[Image]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for r in self.db.execute(f"SELECT {IMAGE_COLS} FROM execs WHERE proc IN "
+                                     f"({','.join('?' * len(chunk))}) ORDER BY proc, ts", chunk):
+                out.setdefault(r[0], []).append(_image(r))
+        return out
+
+    def children(self, proc_ids: Iterable[int], between: tuple[float, float] | None = None) -> list[int]:
+        """The processes whose parent is one of proc_ids; with `between`, only those that came
+        to be (forked, or first exec'd naming the parent) in that window - a daemon's children over
+        a month are thousands, and only the window's are read (index procs_parent_at)."""
         ids = list(proc_ids)
         out: list[int] = []
+        when = " AND coalesce(fork_ts, parent_ts) BETWEEN ? AND ?" if between else ""
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             out.extend(r[0] for r in self.db.execute(
-                f"SELECT id FROM procs WHERE parent IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk))
+                f"SELECT id FROM procs WHERE parent IN ({','.join('?' * len(chunk))}){when} ORDER BY id",
+                [*chunk, *(between or ())]))
         return out
 
     def user_name(self, host_id: int, uid: int | None) -> str | None:
@@ -932,9 +950,14 @@ class Store:
         session (the login process) not ended before t - with `end`, that process's exit (None:
         still running, or its exit was not recorded). Never a login that began after t."""
         # logins first, by time (CROSS JOIN keeps that order): a boot has few logins in a window
-        # but may have millions of processes, which the planner would otherwise walk
+        # but may have millions of processes, which the planner would otherwise walk. A fleet's
+        # window holds tens of thousands of logins, though, each a random read of its process to
+        # learn its boot (seconds, cold): then the boot's process ids come first, from the
+        # (boot, pid, start) index, a range read in order, and the logins are matched against them.
+        fleet = self.db.execute("SELECT count(*) FROM logins WHERE ts BETWEEN ? AND ?", [since, t]).fetchone()[0]
+        mine = "p.boot = ?" if fleet <= LOGINS_BY_PROC else "l.proc IN (SELECT id FROM procs WHERE boot = ?)"
         rows = self.db.execute(f"SELECT {self.LOGIN_COLS}, p.exit_ts FROM logins l CROSS JOIN procs p "
-                               "WHERE p.id = l.proc AND l.ts BETWEEN ? AND ? AND p.boot = ? "
+                               f"WHERE p.id = l.proc AND l.ts BETWEEN ? AND ? AND {mine} "
                                "AND (p.exit_ts IS NULL OR p.exit_ts >= ?) ORDER BY l.ts", [since, t, boot, t])
         return [{**self._login(r[:-1]), "end": r[-1]} for r in rows]
 
@@ -1181,11 +1204,35 @@ class Store:
             return []
         if len(ids) <= MAX_CMD_IDS:
             where.append(f"e.cmd_id IN ({','.join(map(str, ids))})")
-        else:                                   # a pattern matching almost everything: scan instead
-            where.append("e.cmd GLOB ?" if glob else "instr(e.cmd, ?) > 0")
+        else:                                   # many command lines (a value or a date in each): the
+            where.append(f"e.cmd_id IN (SELECT id FROM cmds WHERE {test})")     # same, as a subquery
             args.append(pattern)
         self._window(where, args, "e.ts", since, until, host_glob)
-        return self._execs_where(where, args, limit, per_proc=True)
+        if host_glob:
+            return self._execs_where(where, args, limit, per_proc=True)
+        return self._newest_per_proc(where, args, limit)
+
+    def _newest_per_proc(self, where: list[str], args: list[Any], limit: int) -> list[tuple[Proc, Image]]:
+        """_execs_where(per_proc=True) for conditions on execs alone (its command and time), read
+        from the index (cmd_id, ts) alone: the newest matches first, doubling how many until
+        `limit` processes are found. A common command (sudo, a metrics pusher's aws) has hundreds of
+        thousands of execs in a week, and reading each one's row was most of a cold question."""
+        k, cond = max(4 * limit, 64), " AND ".join(where)
+        while True:
+            rows = self.db.execute(f"SELECT e.rowid FROM execs e WHERE {cond} ORDER BY e.ts DESC LIMIT ?",
+                                   [*args, k]).fetchall()
+            cols = ', '.join('e.' + c.strip() for c in IMAGE_COLS.split(','))
+            found = self.db.execute(f"SELECT {cols} FROM execs e WHERE e.rowid IN "
+                                    f"({','.join(str(r[0]) for r in rows)})").fetchall() if rows else []
+            newest: dict[int, Image] = {}
+            for im in sorted(map(_image, found), key=lambda i: i.ts, reverse=True):
+                newest.setdefault(im.proc, im)
+            if len(newest) >= limit or len(rows) < k:
+                break
+            k *= 4
+        images = list(newest.values())[:limit]
+        procs = self.procs({i.proc for i in images})
+        return [(procs[i.proc], i) for i in images]
 
     def execs_of_commands(self, match: Callable[[str], bool], *, since: float, until: float,
                           host_glob: str | None, limit: int) -> list[tuple[Proc, Image]]:

@@ -37,6 +37,10 @@ LATE_LOGIN_LINE = 60.0
 # multiplexers within multiplexers followed when tracing a session's clients (bob's client run
 # in his own tmux): deeper ones are left to the chain as it stands
 MUX_DEPTH = 2
+# the context window of a wider scope, around the matched command's start: the person's other
+# sessions (scope 3) and the children of the chain's other processes (scope 1) in it
+CONTEXT_BEFORE = 86400.0
+CONTEXT_AFTER = 3600.0
 
 
 @dataclass
@@ -1382,18 +1386,22 @@ class Tracer:
         budget = self.settings.max_nodes
         truncated: list[str] = []
         poi = chain[-1]
-        roots: list[tuple[int, int]] = [(poi.proc, 1 << 30)]          # (proc, depth limit)
+        # the chain's other processes' children: those of the window scope 3 looks for other
+        # sessions in - a daemon on the chain (cron, a CI runner) has a month's children, not context
+        t = poi.start
+        near = (t - CONTEXT_BEFORE, t + CONTEXT_AFTER)
+        roots: list[tuple[int, int, tuple[float, float] | None]] = [(poi.proc, 1 << 30, None)]   # (proc, depth, window)
         if scope >= 1:
-            roots += [(s.proc, 1) for s in chain[:-1] if not s.login]
+            roots += [(s.proc, 1, near) for s in chain[:-1] if not s.login]
         if scope >= 2:
-            roots += [(s.proc, 1 << 30) for s in chain if s.login]
+            roots += [(s.proc, 1 << 30, None) for s in chain if s.login]
         if scope >= 3:
-            roots += [(lg["proc"], 1 << 30) for lg in self._other_sessions(chain, who)]
-        for root, depth in roots:
+            roots += [(lg["proc"], 1 << 30, None) for lg in self._other_sessions(chain, who)]
+        for root, depth, window in roots:
             if g.number_of_nodes() >= budget:
                 truncated.append(f"stopped adding context at {budget} nodes")
                 break
-            self._add_subtree(g, root, depth, budget)
+            self._add_subtree(g, root, depth, budget, window)
         return truncated
 
     def _other_sessions(self, chain: list[Step], who: Attribution) -> list[dict[str, Any]]:
@@ -1402,7 +1410,7 @@ class Tracer:
         on_chain = {s.login["id"] for s in chain if s.login}
         t = chain[-1].start
         out = []
-        for lg in self.store.logins_between(t - 86400, t + 3600):
+        for lg in self.store.logins_between(t - CONTEXT_BEFORE, t + CONTEXT_AFTER):
             if lg["id"] in on_chain:
                 continue
             person = (self.identity.person_for_key(lg.get("key_fp"))
@@ -1412,19 +1420,22 @@ class Tracer:
                 out.append(lg)
         return out
 
-    def _add_subtree(self, g: nx.DiGraph, root: int, depth: int, budget: int) -> None:
-        """Descendants of root (to `depth` generations), one node per image, linked by fork and exec."""
+    def _add_subtree(self, g: nx.DiGraph, root: int, depth: int, budget: int,
+                     window: tuple[float, float] | None = None) -> None:
+        """Descendants of root (to `depth` generations), one node per image, linked by fork and
+        exec; with `window`, only the children that came to be in it."""
         placed: dict[int, list[tuple[float, str]]] = {}     # proc -> its nodes in time order
         frontier, level = [root], 0
         while frontier and g.number_of_nodes() < budget:
             procs = self.store.procs(frontier)
+            images_of = self.store.images_of(frontier)
             for proc_id in frontier:
                 p = procs[proc_id]
                 parent_nodes = placed.get(p.parent, []) if level else []
                 at = p.fork_ts if p.fork_ts is not None else float("inf")
                 prev = next((n for ts, n in reversed(parent_nodes) if ts <= at), None)
                 mine: list[tuple[float, str]] = []
-                images = self.store.images(p.id)
+                images = images_of.get(p.id, [])
                 if not images:
                     # No exec of its own: it runs its parent's program; its children hang off
                     # whichever node already stands for it (a login), else off its parent's.
@@ -1449,7 +1460,7 @@ class Tracer:
                 placed[p.id] = mine
             if level >= depth:
                 break
-            frontier = self.store.children(frontier)
+            frontier = self.store.children(frontier, window)
             level += 1
 
 
