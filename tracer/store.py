@@ -27,6 +27,7 @@ from whodid import private
 from . import migrations
 from . import outages as outages_mod
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
+from .idcache import IdCache, IdSet
 from .outages import Outage, Run
 
 
@@ -39,6 +40,13 @@ TICK_NS = 10_000_000
 # write()'s commonest statements, held back and sent together (Store._hold)
 EXIT_SQL = ("UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
             "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)")
+# How many ids the store's caches keep a generation (tracer/idcache.py; at most twice this):
+# processes - a fork, its exec and its exit come within seconds, so a generation of ~30,000
+# covers the last two minutes of a host starting 300 a second, ~10 MB; command lines - a few
+# thousand programs and scripts run again and again, the rest are one-offs not worth keeping.
+PROC_IDS_KEPT = 32_768
+CMD_IDS_KEPT = 8_192
+
 EXEC_SQL = ("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, egid, "
             "auid, ses, tty, comm, pidns, container, snapshot) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -263,8 +271,9 @@ class Store:
         self.path = path
         self._hosts: dict[str, int] = {}
         self._boots: dict[tuple[int, str], int] = {}
-        self._procs: dict[tuple[int, int, int], int] = {}
-        self._cmds: dict[str, int] = {}
+        # bounded (tracer/idcache.py): a collector's memory stays flat however long it ingests
+        self._procs: IdCache[tuple[int, int, int], int] = IdCache(PROC_IDS_KEPT)
+        self._cmds: IdCache[str, int] = IdCache(CMD_IDS_KEPT)
         self._generation: str | None = None
         # _fresh holds only while no other Store on this file writes a snapshot of one of its
         # processes: a Store that writes snapshots bumps this counter, and the others, seeing it
@@ -274,7 +283,7 @@ class Store:
         self._tick_boots: set[int] = set()          # boots whose processes an agent names (_proc_id)
         # processes this store created from their fork and holds no snapshot image of: an exec
         # of one has no snapshot to restate it, so _write_exec skips that lookup (most execs)
-        self._fresh: set[int] = set()
+        self._fresh = IdSet(PROC_IDS_KEPT)
         self._found_running: dict[tuple[int, int, int], dict[str, Any]] = {}   # write()'s batch
         # write()'s batch, in fewer statements (see write): rows of the commonest statements
         # held back and sent with one executemany each, and how many of them were new facts
@@ -646,8 +655,6 @@ class Store:
         if not cur.rowcount:
             return False                      # stored before: the usual path updates it
         self._remember_proc(key, cur.lastrowid)
-        if len(self._fresh) > 500_000:                  # a bound on memory: forgetting only costs lookups
-            self._fresh.clear()
         self._fresh.add(cur.lastrowid)
         return True
 
@@ -677,8 +684,6 @@ class Store:
             c = self.db.conn
             cur = c.execute("INSERT OR IGNORE INTO cmds (cmd) VALUES (?)", [cmd])
             cid = cur.lastrowid if cur.rowcount else c.execute("SELECT id FROM cmds WHERE cmd = ?", [cmd]).fetchone()[0]
-            if len(self._cmds) > 200_000:
-                self._cmds.clear()
             self._cmds[cmd] = cid
         return cid
 
@@ -827,8 +832,6 @@ class Store:
         return out
 
     def _remember_proc(self, key: tuple[int, int, int], proc_id: int) -> None:
-        if len(self._procs) > 500_000:                  # a bound on memory, not a correctness matter
-            self._procs.clear()
         self._procs[key] = proc_id
 
     # --- reading: processes --------------------------------------------------------------
