@@ -33,6 +33,8 @@ BENCHES = [
     ("render.py", "Render", [], ["--repeat", "1"]),
     ("e2e_slack.py", "Slack end to end", [], ["--repeat", "5"]),
     ("audit.py", "auditd logs: import, and trace vs ausearch", [], ["--execs", "500"]),
+    ("soak.py", "A steady rate for minutes, fleet mode, auditd beside it", ["--png", str(HERE / "soak.png")],
+     ["--minutes", "1"]),
 ]
 
 
