@@ -25,11 +25,13 @@ class IdCache(Generic[K, V]):
         if size < 1:
             raise ValueError(f"an IdCache holds at least 1 entry a generation, not {size}")
         self.size = size
-        self._young: dict[K, V] = {}
+        # the young generation, for the hot path: a hit here is a hit (at dict.get's speed); a
+        # miss means ask get(), which also reads the old one. Never written from outside.
+        self.young: dict[K, V] = {}
         self._old: dict[K, V] = {}
 
     def get(self, key: K) -> V | None:
-        value = self._young.get(key)
+        value = self.young.get(key)
         if value is None:
             value = self._old.pop(key, None)
             if value is not None:
@@ -44,21 +46,21 @@ class IdCache(Generic[K, V]):
         return self.get(key) is not None
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self.young) + len(self._old)
 
     def discard(self, key: K) -> None:
-        self._young.pop(key, None)
+        self.young.pop(key, None)
         self._old.pop(key, None)
 
     def clear(self) -> None:
-        self._young.clear()
+        self.young.clear()
         self._old.clear()
 
     def _put(self, key: K, value: V) -> None:
-        if len(self._young) >= self.size and key not in self._young:
-            self._old = self._young
-            self._young = {}
-        self._young[key] = value
+        if len(self.young) >= self.size and key not in self.young:
+            self._old = self.young
+            self.young = {}
+        self.young[key] = value
 
 
 class IdSet:

@@ -465,7 +465,7 @@ class Store:
         if kind == "fork" and self._new_child(c, boot, ev, ts):
             new += 1
             return new
-        proc = self._procs.get((boot, ev["pid"], ev["start"])) or self._proc_id(boot, ev["pid"], ev["start"], ts)
+        proc = self._procs.young.get((boot, ev["pid"], ev["start"])) or self._proc_id(boot, ev["pid"], ev["start"], ts)
         if kind == "exec":
             new += self._write_exec(c, boot, proc, ev)
             for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
@@ -649,7 +649,8 @@ class Store:
         key = (boot, ev["pid"], ev["start"])
         if key in self._procs:
             return False
-        parent = self._procs.get((boot, ev["ppid"], ev["pstart"])) or self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
+        parent = self._procs.young.get((boot, ev["ppid"], ev["pstart"])) or \
+            self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
         cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
                         "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
         if not cur.rowcount:
@@ -679,7 +680,7 @@ class Store:
         self._fresh.clear()
 
     def _cmd_id(self, cmd: str) -> int:
-        cid = self._cmds.get(cmd)
+        cid = self._cmds.young.get(cmd) or self._cmds.get(cmd)
         if cid is None:
             c = self.db.conn
             cur = c.execute("INSERT OR IGNORE INTO cmds (cmd) VALUES (?)", [cmd])
