@@ -37,6 +37,7 @@ def test_a_short_soak_loses_nothing_and_doubles_nothing(tmp_path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| ") and len(cells) == 2:
             rows[cells[0]] = cells[1]
+    assert int(rows["execs the agent recorded meanwhile (the host's, others' too)"].replace(",", "")) > 0
     assert rows["execs missing from the collector's store"] == "0"
     assert rows["execs stored more than once"] == "0"
     made, stored = rows["connects made / stored (accepts stored)"].split(" (")[0].split(" / ")
