@@ -33,6 +33,17 @@ AGG_SWEEP = 1.0             # seconds between looks for aggregated connections w
 ORPHAN_SWEEP = 60.0         # ... and between walks of the kernel's whole table for keys nobody knows
 
 
+def give_back_heap() -> None:
+    """Return the C heap's free memory to the system. Compiling the BPF program (clang and LLVM,
+    in this process) leaves ~40 MB of it freed but kept by malloc, resident for the agent's whole
+    life: trimmed once after the compile, the agent holds ~160 MB instead of ~200 (issue 23).
+    glibc's malloc_trim; a libc without it has nothing to do here."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class CaptureError(RuntimeError):
     pass
 
@@ -177,6 +188,7 @@ class Capture:
                 "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
                 "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
                 "for the peer's address")
+        give_back_heap()
         self.offsets = offsets
         self.assembler = assembler
         self._records: list = []

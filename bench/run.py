@@ -36,6 +36,8 @@ BENCHES = [
     ("e2e_slack.py", "Slack end to end", [], ["--repeat", "5"]),
     ("incident.py", "Under an incident's load", [], ["--askers", "3", "--waves", "1", "--idle", "4"]),
     ("audit.py", "auditd logs: import, and trace vs ausearch", [], ["--execs", "500"]),
+    ("soak.py", "A steady rate for minutes, fleet mode, auditd beside it", ["--png", str(HERE / "soak.png")],
+     ["--minutes", "1"]),
 ]
 
 # on demand only (--big): building its store takes most of an hour

@@ -27,6 +27,7 @@ from whodid import private
 from . import migrations
 from . import outages as outages_mod
 from .events import AUDIT_BOOT_PREFIX, AUID_UNSET
+from .idcache import IdCache, IdSet
 from .outages import Outage, Run
 
 
@@ -41,6 +42,13 @@ TICK_NS = 10_000_000
 # write()'s commonest statements, held back and sent together (Store._hold)
 EXIT_SQL = ("UPDATE procs SET exit_ts = ?1, exit_code = ?2, exit_signal = ?3 WHERE id = ?4 "
             "AND (exit_ts IS NOT ?1 OR exit_code IS NOT ?2 OR exit_signal IS NOT ?3)")
+# How many ids the store's caches keep a generation (tracer/idcache.py; at most twice this):
+# processes - a fork, its exec and its exit come within seconds, so a generation of ~30,000
+# covers the last two minutes of a host starting 300 a second, ~10 MB; command lines - a few
+# thousand programs and scripts run again and again, the rest are one-offs not worth keeping.
+PROC_IDS_KEPT = 32_768
+CMD_IDS_KEPT = 8_192
+
 EXEC_SQL = ("INSERT OR IGNORE INTO execs (proc, ts, cmd, cmd_id, argv, truncated, exe, cwd, uid, euid, gid, egid, "
             "auid, ses, tty, comm, pidns, container, snapshot) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -265,8 +273,9 @@ class Store:
         self.path = path
         self._hosts: dict[str, int] = {}
         self._boots: dict[tuple[int, str], int] = {}
-        self._procs: dict[tuple[int, int, int], int] = {}
-        self._cmds: dict[str, int] = {}
+        # bounded (tracer/idcache.py): a collector's memory stays flat however long it ingests
+        self._procs: IdCache[tuple[int, int, int], int] = IdCache(PROC_IDS_KEPT)
+        self._cmds: IdCache[str, int] = IdCache(CMD_IDS_KEPT)
         self._generation: str | None = None
         # _fresh holds only while no other Store on this file writes a snapshot of one of its
         # processes: a Store that writes snapshots bumps this counter, and the others, seeing it
@@ -276,7 +285,7 @@ class Store:
         self._tick_boots: set[int] = set()          # boots whose processes an agent names (_proc_id)
         # processes this store created from their fork and holds no snapshot image of: an exec
         # of one has no snapshot to restate it, so _write_exec skips that lookup (most execs)
-        self._fresh: set[int] = set()
+        self._fresh = IdSet(PROC_IDS_KEPT)
         self._found_running: dict[tuple[int, int, int], dict[str, Any]] = {}   # write()'s batch
         # write()'s batch, in fewer statements (see write): rows of the commonest statements
         # held back and sent with one executemany each, and how many of them were new facts
@@ -458,7 +467,7 @@ class Store:
         if kind == "fork" and self._new_child(c, boot, ev, ts):
             new += 1
             return new
-        proc = self._procs.get((boot, ev["pid"], ev["start"])) or self._proc_id(boot, ev["pid"], ev["start"], ts)
+        proc = self._procs.young.get((boot, ev["pid"], ev["start"])) or self._proc_id(boot, ev["pid"], ev["start"], ts)
         if kind == "exec":
             new += self._write_exec(c, boot, proc, ev)
             for uid_field, name_field in (("uid", "user"), ("euid", "euser"), ("auid", "auser")):
@@ -642,14 +651,13 @@ class Store:
         key = (boot, ev["pid"], ev["start"])
         if key in self._procs:
             return False
-        parent = self._procs.get((boot, ev["ppid"], ev["pstart"])) or self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
+        parent = self._procs.young.get((boot, ev["ppid"], ev["pstart"])) or \
+            self._proc_id(boot, ev["ppid"], ev["pstart"], ts)
         cur = c.execute("INSERT OR IGNORE INTO procs (boot, pid, start, parent, parent_by_fork, fork_ts) "
                         "VALUES (?, ?, ?, ?, 1, ?)", [*key, parent, ts])
         if not cur.rowcount:
             return False                      # stored before: the usual path updates it
         self._remember_proc(key, cur.lastrowid)
-        if len(self._fresh) > 500_000:                  # a bound on memory: forgetting only costs lookups
-            self._fresh.clear()
         self._fresh.add(cur.lastrowid)
         return True
 
@@ -674,13 +682,11 @@ class Store:
         self._fresh.clear()
 
     def _cmd_id(self, cmd: str) -> int:
-        cid = self._cmds.get(cmd)
+        cid = self._cmds.young.get(cmd) or self._cmds.get(cmd)
         if cid is None:
             c = self.db.conn
             cur = c.execute("INSERT OR IGNORE INTO cmds (cmd) VALUES (?)", [cmd])
             cid = cur.lastrowid if cur.rowcount else c.execute("SELECT id FROM cmds WHERE cmd = ?", [cmd]).fetchone()[0]
-            if len(self._cmds) > 200_000:
-                self._cmds.clear()
             self._cmds[cmd] = cid
         return cid
 
@@ -829,8 +835,6 @@ class Store:
         return out
 
     def _remember_proc(self, key: tuple[int, int, int], proc_id: int) -> None:
-        if len(self._procs) > 500_000:                  # a bound on memory, not a correctness matter
-            self._procs.clear()
         self._procs[key] = proc_id
 
     # --- reading: processes --------------------------------------------------------------
