@@ -36,8 +36,13 @@ MARK = "/bin/true"
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of a process, every thread."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def storm(execs: int) -> float:
@@ -197,10 +202,11 @@ def run(mode: str, execs: int, profiler: str, flush: str | None, keep: bool = Fa
                                     "--output", str(work / "spy.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
-        cpu0 = cpu_seconds(agent.pid)
+        user0, sys0 = cpu_split(agent.pid)
         seconds = storm(execs)
         time.sleep(2.0)                  # the agent catches up, flushes, ships
-        cpu1 = cpu_seconds(agent.pid)
+        user1, sys1 = cpu_split(agent.pid)
+        cpu0, cpu1 = user0 + sys0, user1 + sys1
         if spy:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -217,6 +223,7 @@ def run(mode: str, execs: int, profiler: str, flush: str | None, keep: bool = Fa
         recorded = marks_in_store(work / "collector.db")
     cpu = cpu1 - cpu0
     out = {"mode": mode, "execs": execs, "seconds": seconds, "cpu": cpu, "us_per_exec": cpu / execs * 1e6,
+           "sys_per_exec": (sys1 - sys0) / execs * 1e6,
            "recorded": recorded, "err": err.strip().splitlines()[-1:] if err.strip() else []}
     if profiler == "py-spy" and (work / "spy.txt").exists():
         out["table"] = top_table(work / "spy.txt", execs, cpu)
@@ -249,7 +256,8 @@ def main() -> None:
         for m in modes:
             r = run(m, args.execs, args.profiler, args.flush_interval, args.keep)
             results[m].append(r)
-            print(f"{m}: {r['execs'] / r['seconds']:,.0f} execs/s, agent CPU {r['us_per_exec']:.1f} us/exec, "
+            print(f"{m}: {r['execs'] / r['seconds']:,.0f} execs/s, agent CPU {r['us_per_exec']:.1f} us/exec "
+                  f"({r['sys_per_exec']:.1f} in the kernel), "
                   f"{r['recorded']} of {r['execs']} recorded; {' '.join(r['err'])}", flush=True)
             if "table" in r:
                 print(r["table"], flush=True)
