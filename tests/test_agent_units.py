@@ -708,3 +708,44 @@ def test_setuid_bits_are_read_on_the_hosts_filesystem_not_the_agents_private_tmp
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(0, 1000)"
+
+
+# --- the local-mode sink ----------------------------------------------------------------------
+
+SECRET_ARGVS = [["mysql", "-uroot", "-phunter2", "db"], ["curl", "-H", "Authorization: Bearer abc.def.ghi", "x"],
+                ["sh", "-c", "PGPASSWORD=s3cret psql -h db"], ["aws", "configure", "set", "aws_secret_access_key", "K"],
+                ["env", "API_TOKEN=tok123", "run"], ["ls", "-la"]]
+
+
+def test_local_mode_stores_what_ingest_with_redaction_stores(tmp_path):
+    """The agent's store sink skips ingest's second redaction (agent/cli.py Sink): the assembler
+    redacted with rules holding the defaults. Its store must hold exactly what a store given
+    the same events through ingest's redaction holds - no secret, nothing masked differently."""
+    from whodid.agent.cli import Sink
+    from whodid.tracer import Store, ingest
+    asm = assembler()
+    events = []
+    for i, argv in enumerate(SECRET_ARGVS):
+        pid = 200 + i
+        events += asm.feed(d.decode(hdr(d.EV_FORK, 100, aux=pid, ts_ns=1_000_000_000 + i)))
+        events += feed(asm, args_rec(pid, argv, ts_ns=1_000_000_500 + i), exec_rec(pid, "/usr/bin/" + argv[0],
+                                                                                  ts_ns=1_000_000_600 + i))
+    assert sum(ev["kind"] == "exec" for ev in events) == len(SECRET_ARGVS)
+    sink = Sink(str(tmp_path / "agent.db"), None)
+    sink.write([dict(ev) for ev in events])
+    sink.close()
+    reference = Store.open(tmp_path / "ref.db", create=True)
+    ingest(reference, [dict(ev) for ev in events])
+    reference.close()
+
+    def stored(path):
+        import sqlite3
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT cmd, argv, truncated FROM execs ORDER BY ts").fetchall()
+
+    got = stored(tmp_path / "agent.db")
+    assert got == stored(tmp_path / "ref.db")
+    assert len(got) == len(SECRET_ARGVS)
+    text = repr(got)
+    for secret in ("hunter2", "abc.def.ghi", "s3cret", "tok123"):
+        assert secret not in text

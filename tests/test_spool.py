@@ -101,3 +101,22 @@ def test_unknown_policy_and_unusable_path_are_explained(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(SpoolError, match="cannot open the spool"):
         Spool(tmp_path / "f" / "s.db")
+
+
+def test_rows_made_in_one_pass_are_each_events_time_and_line(tmp_path, monkeypatch):
+    """put() builds its rows in one inlined pass (agent/spool.py _rows, for the agent's CPU):
+    each row must still be exactly (_when(ev), event_line(ev)) - the line the collector gets,
+    the time drops are counted by - for every kind of `ts` and for lines orjson cannot write."""
+    from whodid.agent import spool as spool_mod
+    monkeypatch.setattr(spool_mod.time, "time", lambda: 4242.5)
+    odd = [ev(1), ev(2, ts=1700000000), ev(3, ts=float("nan")), ev(4, ts=1e13), ev(5, ts=-1.0),
+           {**ev(6), "ts": "soon"}, {k: v for k, v in ev(7).items() if k != "ts"}, ev(8, ts=True),
+           {**ev(9), "argv": ["cat", "caf\udce9"]},           # not UTF-8: a lone surrogate
+           {**ev(10), "pid": 1 << 70}]                         # past 64 bits
+    rows, size = spool_mod._rows(odd)
+    assert rows == [(spool_mod._when(e), spool_mod.event_line(e)) for e in odd]
+    assert size == sum(len(line) for _, line in rows)
+    assert [type(ts) for ts, _ in rows] == [float] * len(odd)
+    sp = Spool(tmp_path / "s.db")
+    assert sp.put(odd) == len(odd)
+    assert sp.head(100, 1 << 20)[1] == [line for _, line in rows]
