@@ -204,7 +204,21 @@ def losses_in_store(db: Path, budget: bool) -> int:
         con.close()
 
 
-class AgentStore(Recorder):
+class Agent(Recorder):
+    """What both modes share: the record is a store (self.db), counted before the agent is
+    stopped too - what reaches it only at stop was held back (fleet: not shipped while it ran)."""
+
+    def recorded(self, run):
+        return count_in_store(self.db, run)
+
+    def remember(self, runs):
+        self.before_stop = {id(run): count_in_store(self.db, run) for run in runs}
+
+    def shipped_late(self, run):
+        return self.recorded(run) - self.before_stop[id(run)]
+
+
+class AgentStore(Agent):
     key = "store"
     name = "whodid agent, store mode"
 
@@ -241,9 +255,6 @@ class AgentStore(Recorder):
     def stop(self):
         _, self.said_lost = stop_agent(self.agent)
 
-    def recorded(self, run):
-        return count_in_store(self.db, run)
-
 
 class AgentUnbudgeted(AgentStore):
     key = "unbudgeted"
@@ -253,7 +264,7 @@ class AgentUnbudgeted(AgentStore):
         super().__init__({"agent": {"connection_budget": {"per_second": 0}}})
 
 
-class AgentFleet(Recorder):
+class AgentFleet(Agent):
     key = "fleet"
     name = "whodid agent, fleet mode"
     HOST = "bench-fleet"
@@ -286,7 +297,6 @@ class AgentFleet(Recorder):
             time.sleep(0.05)
         self.agent = start_agent(["--collector", f"http://127.0.0.1:{port}", "--spool", str(self.spool),
                                   "--host", self.HOST], work, env={**os.environ, "WHODID_AGENT_TOKEN": token})
-        self.before_stop: dict[int, int] = {}
         self.said_lost = 0
 
     def cpu(self):
@@ -315,12 +325,6 @@ class AgentFleet(Recorder):
     def caught_up(self):
         return self.pending() == 0
 
-    def remember(self, runs: list[dict]) -> None:
-        """What the collector holds of each run before the agent is stopped: what comes after
-        was shipped only at stop."""
-        for run in runs:
-            self.before_stop[id(run)] = count_in_store(self.db, run)
-
     def stop(self):
         try:
             _, self.said_lost = stop_agent(self.agent)
@@ -332,12 +336,6 @@ class AgentFleet(Recorder):
             except subprocess.TimeoutExpired:
                 self.collector.kill()
             self.collector_err.close()
-
-    def recorded(self, run):
-        return count_in_store(self.db, run)
-
-    def shipped_late(self, run):
-        return self.recorded(run) - self.before_stop[id(run)]
 
 
 # ---- auditd, and auditd + Laurel -------------------------------------------------------------
@@ -507,7 +505,8 @@ class Bpftrace(Recorder):
     def start(self, work, round_):
         self.out = work / f"bpftrace-{round_}.txt"
         self.err = open(work / "bpftrace.err", "w+")
-        self.proc = subprocess.Popen(["bpftrace", "-o", str(self.out), "-e", BPFTRACE], stderr=self.err)
+        self.proc = subprocess.Popen(["bpftrace", "-o", str(self.out), "-e", BPFTRACE],
+                                     stdout=subprocess.DEVNULL, stderr=self.err)
         # its output to a file is fully buffered (as a printer's would be): the line it writes
         # before attaching its one probe is the sign, then a moment for the attach itself
         deadline = time.time() + 60

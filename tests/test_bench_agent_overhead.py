@@ -39,7 +39,7 @@ def test_the_agent_overhead_bench_counts_every_fact_in_store_and_fleet_mode(tmp_
         assert results[f"agent ({mode}): execs missing + lost"]["value"] == 0
         assert results[f"agent ({mode}): forks missing + lost"]["value"] == 0
         assert results[f"agent ({mode}): connect-storm facts not recorded"]["value"] == 0
-    assert results["agent (fleet): facts shipped only at stop"]["value"] == 0
+    assert results["agent (fleet): execs and forks shipped only at stop"]["value"] == 0
 
     summary = json.loads(figures.read_text())["summary"]
     assert set(summary) == {"exec", "fork", "connect"}
