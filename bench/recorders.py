@@ -190,6 +190,20 @@ def count_in_store(db: Path, run: dict) -> int:
         con.close()
 
 
+def store_bytes(db: Path) -> int:
+    """The bytes a whodid store holds (its used pages, what is still in its WAL included): the
+    files' sizes say little - the WAL is reused after each checkpoint, the file grows in steps."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        pages, free, size = (con.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count",
+                                                                                  "page_size"))
+        return (pages - free) * size
+    finally:
+        con.close()
+
+
 def losses_in_store(db: Path, budget: bool) -> int:
     if not db.exists():
         return 0
@@ -244,7 +258,7 @@ class AgentStore(Agent):
         return cpu_seconds(self.agent.pid)
 
     def written(self):
-        return files_size((self.db.parent, self.db.name + "*"))
+        return store_bytes(self.db)
 
     def lost_so_far(self):
         return losses_in_store(self.db, budget=False)
@@ -307,7 +321,7 @@ class AgentFleet(Agent):
 
     def written(self):
         # what reaches the collector's store: the agent's spool is a queue, emptied as it ships
-        return files_size((self.db.parent, self.db.name + "*"))
+        return store_bytes(self.db)
 
     def lost_so_far(self):
         return losses_in_store(self.db, budget=False)
