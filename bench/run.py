@@ -27,7 +27,8 @@ from result import met  # noqa: E402
 
 BENCHES = [
     # (script, title, full args, quick args)
-    ("agent_overhead.py", "Agent overhead on an exec storm", [], ["--execs", "2000", "--rounds", "1"]),
+    ("agent_overhead.py", "Agent overhead on an exec storm", [],
+     ["--execs", "2000", "--forks", "4000", "--connects", "2000", "--rounds", "1"]),
     ("unix_connect.py", "Agent overhead on a unix connect storm", [], ["--connects", "5000", "--rounds", "1"]),
     ("ingest_http.py", "Ingest", [], ["--agents", "4", "--rounds", "1"]),
     ("storage.py", "Storage", [], []),

@@ -1,5 +1,9 @@
 """A real auditd for the tests: its own config and log in a temporary directory, whodid's
-rules loaded, everything undone afterwards (rules deleted, auditing switched back off)."""
+rules loaded, everything undone afterwards (rules deleted, auditing switched back off).
+
+Its plugins are only those it is given (`plugins`: file name -> plugin config, e.g. Laurel's
+for bench/agent_overhead.py), in its own plugin directory: never the host's
+/etc/audit/plugins.d, where an installed package (laurel, af_unix) may have put an active one."""
 
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ disk_full_action = SUSPEND
 disk_error_action = SUSPEND
 write_logs = yes
 local_events = yes
+plugin_dir = {plugins}
+q_depth = 2000
+overflow_action = SYSLOG
 """
 
 
@@ -38,15 +45,21 @@ def missing() -> str | None:
 
 
 class Auditd:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, plugins: dict[str, str] | None = None):
         self.dir = work
         self.log = work / "audit.log"
+        self.plugins = plugins or {}
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Auditd":
         self.dir.mkdir(parents=True, exist_ok=True)
+        plugin_dir = self.dir / "plugins.d"
+        plugin_dir.mkdir(mode=0o750, exist_ok=True)
+        for name, text in self.plugins.items():
+            (plugin_dir / name).write_text(text)
+            (plugin_dir / name).chmod(0o640)           # auditd refuses a plugin config others may write
         conf = self.dir / "auditd.conf"
-        conf.write_text(CONF.format(log=self.log))
+        conf.write_text(CONF.format(log=self.log, plugins=plugin_dir))
         conf.chmod(0o640)
         subprocess.run(["auditctl", "-D"], capture_output=True)
         self.proc = subprocess.Popen(["auditd", "-n", "-c", str(self.dir)], stderr=subprocess.PIPE, text=True)
