@@ -65,6 +65,22 @@ def _warm() -> int:
     return os.getpid()
 
 
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker no longer answers: its processes killed and reaped (no zombie)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        try:
+            p.kill()
+        except (OSError, ValueError):      # gone already, or closed
+            pass
+    for p in procs:
+        try:
+            p.join(5)
+        except (OSError, ValueError, AssertionError):
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Painter:
     def __init__(self):
         self._pool: ProcessPoolExecutor | None = None
@@ -106,8 +122,10 @@ class Painter:
                 pool = self._pool
             if pool is None:
                 break
+            fut = None
             try:
-                return pool.submit(_draw, tr, now).result(DRAW_TIMEOUT)
+                fut = pool.submit(_draw, tr, now)
+                return fut.result(DRAW_TIMEOUT)
             except BrokenProcessPool:
                 log.warning(f"the picture-drawing process died; starting another (attempt {attempt})")
                 with self._lock:
@@ -115,7 +133,16 @@ class Painter:
                         self._pool = None
                 pool.shutdown(wait=False, cancel_futures=True)
             except TimeoutError:
-                log.warning(f"the picture-drawing process took over {DRAW_TIMEOUT:g} s; drawing here instead")
+                # wedged (stuck, stopped): left, every later picture would queue behind it and
+                # wait out the timeout too. Killed and replaced; whoever else waits on it gets
+                # BrokenProcessPool and asks the next one
+                log.warning(f"the picture-drawing process took over {DRAW_TIMEOUT:g} s; drawing here instead, "
+                            "and starting another")
+                fut.cancel()
+                with self._lock:
+                    if self._pool is pool:
+                        self._pool = None
+                _kill(pool)
                 break
             except RuntimeError as exc:         # shut down meanwhile (the bot is stopping)
                 if "shutdown" not in str(exc):

@@ -105,3 +105,39 @@ def test_a_picture_that_cannot_be_drawn_raises_to_the_bot_and_the_next_one_draws
         assert painter.draw(tr, NOW) == render_png(tr, NOW)
     finally:
         painter.close()
+
+
+def test_a_wedged_drawing_process_is_replaced_not_waited_on_again(monkeypatch):
+    """A worker that stops answering (stopped, stuck in a picture): the picture asked for is
+    drawn here after DRAW_TIMEOUT, and the next one goes to a new worker - not queued behind
+    the wedged one to wait out the timeout again, each time, for the bot's life - and the
+    wedged process is not left behind."""
+    import whodid.bot.drawing as drawing
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    wedged = painter.warmed.result(120)
+    here = []
+    real_here = drawing.draw_here
+    monkeypatch.setattr(drawing, "draw_here", lambda t, n: here.append(1) or real_here(t, n))
+    try:
+        os.kill(wedged, signal.SIGSTOP)
+        monkeypatch.setattr(drawing, "DRAW_TIMEOUT", 1.0)
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+        assert len(here) == 1                                   # drawn here, the worker wedged
+        monkeypatch.setattr(drawing, "DRAW_TIMEOUT", 120.0)
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+        assert len(here) == 1                                   # by a new worker this time
+        assert painter.pid() not in (None, wedged)
+        assert not _alive(wedged)
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(wedged, sig)
+            except ProcessLookupError:
+                pass
+        painter.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is still there - running, stopped, or a zombie nobody reaped."""
+    return os.path.exists(f"/proc/{pid}")
