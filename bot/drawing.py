@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from whodid import logs
@@ -78,7 +78,7 @@ def _kill(pool: ProcessPoolExecutor) -> None:
             p.join(5)
         except (OSError, ValueError, AssertionError):
             pass
-    pool.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown(wait=False)          # its pictures fail as BrokenProcessPool: asked again
 
 
 class Painter:
@@ -122,23 +122,23 @@ class Painter:
                 pool = self._pool
             if pool is None:
                 break
-            fut = None
             try:
-                fut = pool.submit(_draw, tr, now)
-                return fut.result(DRAW_TIMEOUT)
-            except BrokenProcessPool:
+                return pool.submit(_draw, tr, now).result(DRAW_TIMEOUT)
+            except (BrokenProcessPool, CancelledError):
+                # (cancelled: a pool shut down under it - asked again, or drawn here once closed)
                 log.warning(f"the picture-drawing process died; starting another (attempt {attempt})")
                 with self._lock:
                     if self._pool is pool:
                         self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
+                # not cancel_futures: a broken pool fails every waiting picture itself, and one
+                # cancelled meanwhile makes its manager thread die (InvalidStateError) unjoined
+                pool.shutdown(wait=False)
             except TimeoutError:
                 # wedged (stuck, stopped): left, every later picture would queue behind it and
                 # wait out the timeout too. Killed and replaced; whoever else waits on it gets
                 # BrokenProcessPool and asks the next one
                 log.warning(f"the picture-drawing process took over {DRAW_TIMEOUT:g} s; drawing here instead, "
                             "and starting another")
-                fut.cancel()
                 with self._lock:
                     if self._pool is pool:
                         self._pool = None

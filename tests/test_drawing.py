@@ -141,3 +141,71 @@ def test_a_wedged_drawing_process_is_replaced_not_waited_on_again(monkeypatch):
 def _alive(pid: int) -> bool:
     """Whether pid is still there - running, stopped, or a zombie nobody reaped."""
     return os.path.exists(f"/proc/{pid}")
+
+
+def test_everyone_waiting_on_a_wedged_drawing_process_gets_the_picture(monkeypatch):
+    """Several people asking while the worker is wedged: the first to time out replaces it, and
+    the others' pictures - queued behind it, cancelled with it - still come (drawn again), not
+    'could not be drawn'."""
+    import threading
+    import whodid.bot.drawing as drawing
+    tr = trace_of(shared_account_story())
+    want = render_png(tr, NOW)
+    painter = Painter().start()
+    wedged = painter.warmed.result(120)
+    got, failed = [], []
+
+    def ask():
+        try:
+            got.append(painter.draw(tr, NOW))
+        except Exception as exc:                  # what the bot would post as "could not be drawn"
+            failed.append(repr(exc))
+    try:
+        os.kill(wedged, signal.SIGSTOP)
+        monkeypatch.setattr(drawing, "DRAW_TIMEOUT", 2.0)
+        askers = [threading.Thread(target=ask) for _ in range(6)]
+        for a in askers:
+            a.start()
+        for a in askers:
+            a.join()
+        assert failed == []
+        assert got == [want] * 6
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(wedged, sig)
+            except ProcessLookupError:
+                pass
+        painter.close()
+
+
+def test_everyone_waiting_when_the_drawing_process_dies_gets_the_picture():
+    """Six pictures queued when the worker is killed: each is drawn again by the next worker
+    (or here), none lost as cancelled, and the dead pool's manager is not left to die on them."""
+    import threading
+    import time
+    tr = trace_of(shared_account_story())
+    want = render_png(tr, NOW)
+    painter = Painter().start()
+    worker = painter.warmed.result(120)
+    got, failed = [], []
+
+    def ask():
+        try:
+            got.append(painter.draw(tr, NOW))
+        except Exception as exc:                  # what the bot would post as "could not be drawn"
+            failed.append(repr(exc))
+    try:
+        os.kill(worker, signal.SIGSTOP)
+        askers = [threading.Thread(target=ask) for _ in range(6)]
+        for a in askers:
+            a.start()
+        while len(painter._pool._pending_work_items) < 6:      # all six queued (not a timing)
+            time.sleep(0.01)
+        os.kill(worker, signal.SIGKILL)
+        for a in askers:
+            a.join()
+        assert failed == []
+        assert got == [want] * 6
+    finally:
+        painter.close()
