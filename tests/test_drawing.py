@@ -5,6 +5,8 @@ writer), and a drawing process that dies is replaced without losing the picture.
 import os
 import signal
 
+import pytest
+
 from whodid import config as config_mod
 from whodid.bot.demo import story as demo
 from whodid.bot.drawing import Painter
@@ -107,6 +109,8 @@ def test_a_picture_that_cannot_be_drawn_raises_to_the_bot_and_the_next_one_draws
         painter.close()
 
 
+# a pool manager thread dying on a cancelled picture (InvalidStateError) fails the test
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_wedged_drawing_process_is_replaced_not_waited_on_again(monkeypatch):
     """A worker that stops answering (stopped, stuck in a picture): the picture asked for is
     drawn here after DRAW_TIMEOUT, and the next one goes to a new worker - not queued behind
@@ -143,6 +147,8 @@ def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+# a pool manager thread dying on a cancelled picture (InvalidStateError) fails the test
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_everyone_waiting_on_a_wedged_drawing_process_gets_the_picture(monkeypatch):
     """Several people asking while the worker is wedged: the first to time out replaces it, and
     the others' pictures - queued behind it, cancelled with it - still come (drawn again), not
@@ -179,6 +185,8 @@ def test_everyone_waiting_on_a_wedged_drawing_process_gets_the_picture(monkeypat
         painter.close()
 
 
+# a pool manager thread dying on a cancelled picture (InvalidStateError) fails the test
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_everyone_waiting_when_the_drawing_process_dies_gets_the_picture():
     """Six pictures queued when the worker is killed: each is drawn again by the next worker
     (or here), none lost as cancelled, and the dead pool's manager is not left to die on them."""
