@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from whodid import logs
@@ -63,6 +63,22 @@ def _warm() -> int:
     fig.text(0.1, 0.2, "whodid", fontsize=9, family="monospace", weight="bold")
     fig.savefig(io.BytesIO(), format="png")
     return os.getpid()
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker no longer answers: its processes killed and reaped (no zombie)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        try:
+            p.kill()
+        except (OSError, ValueError):      # gone already, or closed
+            pass
+    for p in procs:
+        try:
+            p.join(5)
+        except (OSError, ValueError, AssertionError):
+            pass
+    pool.shutdown(wait=False)          # its pictures fail as BrokenProcessPool: asked again
 
 
 class Painter:
@@ -108,14 +124,25 @@ class Painter:
                 break
             try:
                 return pool.submit(_draw, tr, now).result(DRAW_TIMEOUT)
-            except BrokenProcessPool:
+            except (BrokenProcessPool, CancelledError):
+                # (cancelled: a pool shut down under it - asked again, or drawn here once closed)
                 log.warning(f"the picture-drawing process died; starting another (attempt {attempt})")
                 with self._lock:
                     if self._pool is pool:
                         self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
+                # not cancel_futures: a broken pool fails every waiting picture itself, and one
+                # cancelled meanwhile makes its manager thread die (InvalidStateError) unjoined
+                pool.shutdown(wait=False)
             except TimeoutError:
-                log.warning(f"the picture-drawing process took over {DRAW_TIMEOUT:g} s; drawing here instead")
+                # wedged (stuck, stopped): left, every later picture would queue behind it and
+                # wait out the timeout too. Killed and replaced; whoever else waits on it gets
+                # BrokenProcessPool and asks the next one
+                log.warning(f"the picture-drawing process took over {DRAW_TIMEOUT:g} s; drawing here instead, "
+                            "and starting another")
+                with self._lock:
+                    if self._pool is pool:
+                        self._pool = None
+                _kill(pool)
                 break
             except RuntimeError as exc:         # shut down meanwhile (the bot is stopping)
                 if "shutdown" not in str(exc):

@@ -5,6 +5,8 @@ writer), and a drawing process that dies is replaced without losing the picture.
 import os
 import signal
 
+import pytest
+
 from whodid import config as config_mod
 from whodid.bot.demo import story as demo
 from whodid.bot.drawing import Painter
@@ -103,5 +105,115 @@ def test_a_picture_that_cannot_be_drawn_raises_to_the_bot_and_the_next_one_draws
         with pytest.raises(AttributeError):
             painter.draw("not a trace", NOW)
         assert painter.draw(tr, NOW) == render_png(tr, NOW)
+    finally:
+        painter.close()
+
+
+# a pool manager thread dying on a cancelled picture (InvalidStateError) fails the test
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_wedged_drawing_process_is_replaced_not_waited_on_again(monkeypatch):
+    """A worker that stops answering (stopped, stuck in a picture): the picture asked for is
+    drawn here after DRAW_TIMEOUT, and the next one goes to a new worker - not queued behind
+    the wedged one to wait out the timeout again, each time, for the bot's life - and the
+    wedged process is not left behind."""
+    import whodid.bot.drawing as drawing
+    tr = trace_of(shared_account_story())
+    painter = Painter().start()
+    wedged = painter.warmed.result(120)
+    here = []
+    real_here = drawing.draw_here
+    monkeypatch.setattr(drawing, "draw_here", lambda t, n: here.append(1) or real_here(t, n))
+    try:
+        os.kill(wedged, signal.SIGSTOP)
+        monkeypatch.setattr(drawing, "DRAW_TIMEOUT", 1.0)
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+        assert len(here) == 1                                   # drawn here, the worker wedged
+        monkeypatch.setattr(drawing, "DRAW_TIMEOUT", 120.0)
+        assert painter.draw(tr, NOW) == render_png(tr, NOW)
+        assert len(here) == 1                                   # by a new worker this time
+        assert painter.pid() not in (None, wedged)
+        assert not _alive(wedged)
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(wedged, sig)
+            except ProcessLookupError:
+                pass
+        painter.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is still there - running, stopped, or a zombie nobody reaped."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+# a pool manager thread dying on a cancelled picture (InvalidStateError) fails the test
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_everyone_waiting_on_a_wedged_drawing_process_gets_the_picture(monkeypatch):
+    """Several people asking while the worker is wedged: the first to time out replaces it, and
+    the others' pictures - queued behind it, cancelled with it - still come (drawn again), not
+    'could not be drawn'."""
+    import threading
+    import whodid.bot.drawing as drawing
+    tr = trace_of(shared_account_story())
+    want = render_png(tr, NOW)
+    painter = Painter().start()
+    wedged = painter.warmed.result(120)
+    got, failed = [], []
+
+    def ask():
+        try:
+            got.append(painter.draw(tr, NOW))
+        except Exception as exc:                  # what the bot would post as "could not be drawn"
+            failed.append(repr(exc))
+    try:
+        os.kill(wedged, signal.SIGSTOP)
+        monkeypatch.setattr(drawing, "DRAW_TIMEOUT", 2.0)
+        askers = [threading.Thread(target=ask) for _ in range(6)]
+        for a in askers:
+            a.start()
+        for a in askers:
+            a.join()
+        assert failed == []
+        assert got == [want] * 6
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(wedged, sig)
+            except ProcessLookupError:
+                pass
+        painter.close()
+
+
+# a pool manager thread dying on a cancelled picture (InvalidStateError) fails the test
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_everyone_waiting_when_the_drawing_process_dies_gets_the_picture():
+    """Six pictures queued when the worker is killed: each is drawn again by the next worker
+    (or here), none lost as cancelled, and the dead pool's manager is not left to die on them."""
+    import threading
+    import time
+    tr = trace_of(shared_account_story())
+    want = render_png(tr, NOW)
+    painter = Painter().start()
+    worker = painter.warmed.result(120)
+    got, failed = [], []
+
+    def ask():
+        try:
+            got.append(painter.draw(tr, NOW))
+        except Exception as exc:                  # what the bot would post as "could not be drawn"
+            failed.append(repr(exc))
+    try:
+        os.kill(worker, signal.SIGSTOP)
+        askers = [threading.Thread(target=ask) for _ in range(6)]
+        for a in askers:
+            a.start()
+        while len(painter._pool._pending_work_items) < 6:      # all six queued (not a timing)
+            time.sleep(0.01)
+        os.kill(worker, signal.SIGKILL)
+        for a in askers:
+            a.join()
+        assert failed == []
+        assert got == [want] * 6
     finally:
         painter.close()

@@ -493,3 +493,43 @@ def test_a_snapshot_written_by_another_store_on_the_file_is_still_restated(tmp_p
     ingest(b, [H.exec(10, 200, ["-bash"], uid=1001, comm="bash", snapshot=True)])
     ingest(a, [H.exec(10.01, 200, ["bash"], uid=1001, comm="bash")])
     assert a.db.execute("SELECT cmd, snapshot FROM execs").fetchall() == [("bash", None)]
+
+
+def test_two_losses_of_one_window_are_both_kept(tmp_path):
+    """An agent's poll can say several losses over the same window (since, ts): the ring buffer
+    full, TCP connections whose start it had not seen, each uid over its budget. Keyed on the
+    window alone, the store kept the first and dropped the rest - a trace said 3 connections
+    were not recorded where 5,000 records (processes among them) were lost."""
+    store = Store.open(tmp_path / "w.db", create=True)
+    base = {"v": 1, "kind": "loss", "host": "web-1", "boot": "b1", "ts": 1000.0, "since": 940.0}
+    unseen = {**base, "count": 3, "what": "TCP connections established whose start the agent had not seen: 3"}
+    full = {**base, "count": 5000, "what": "ring buffer full"}
+    assert store.write([unseen, full]) == 2
+    assert store.write([unseen, full]) == 0                     # a batch sent again is still stored once
+    got = store.losses(["web-1"], 900, 1100)
+    assert sorted((g["count"], g["what"]) for g in got) == [(3, unseen["what"]), (5000, "ring buffer full")]
+
+
+def test_a_store_before_losses_were_told_apart_keeps_its_losses(tmp_path):
+    """Migration 15 rebuilds losses: an existing store's rows survive, once each."""
+    from whodid.tracer.store import _split_sql
+    path = tmp_path / "v14.db"
+    conn = sqlite3.connect(path)
+    for number, sql in migrations.STEPS:
+        if number <= 14:
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+    conn.execute("INSERT INTO hosts (id, name) VALUES (1, 'web-1')")
+    conn.execute("INSERT INTO losses VALUES (1, 940.0, 1000.0, 7, 'ring buffer full'), (1, 1.0, 2.0, 1, NULL)")
+    conn.execute("PRAGMA user_version = 14")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == migrations.LATEST
+    assert store.losses(["web-1"], 0, 2000) == [
+        {"host": "web-1", "since": 1.0, "ts": 2.0, "count": 1, "what": None},
+        {"host": "web-1", "since": 940.0, "ts": 1000.0, "count": 7, "what": "ring buffer full"}]
+    loss = {"v": 1, "kind": "loss", "host": "web-1", "boot": "b1", "ts": 2.0, "since": 1.0, "count": 1}
+    assert store.write([loss]) == 0                             # a loss without words, once too
+    store.close()
+    assert Store.open(path).counts()["losses"] == 2

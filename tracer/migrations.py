@@ -286,4 +286,19 @@ CREATE INDEX procs_parent_at ON procs (parent, coalesce(fork_ts, parent_ts));
 DROP INDEX procs_parent
 """))
 
+STEPS.append((15, """
+-- A loss is told apart by what was lost, not by its window alone: one poll of an agent can say
+-- several over the same (since, ts) - the ring buffer full, TCP connections whose start it had
+-- not seen, each uid over its budget - and UNIQUE (host, since, ts) kept only the first of them.
+-- (SQLite cannot drop a table's UNIQUE: the table is made again, its rows copied.)
+CREATE TABLE losses_by_what (
+    host INTEGER NOT NULL REFERENCES hosts(id),
+    since REAL NOT NULL, ts REAL NOT NULL, count INTEGER NOT NULL, what TEXT
+);
+INSERT INTO losses_by_what (host, since, ts, count, what) SELECT host, since, ts, count, what FROM losses;
+DROP TABLE losses;
+ALTER TABLE losses_by_what RENAME TO losses;
+CREATE UNIQUE INDEX losses_key ON losses (host, since, ts, coalesce(what, ''))
+"""))
+
 LATEST = STEPS[-1][0]
