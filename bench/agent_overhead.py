@@ -203,8 +203,30 @@ def catch_up(rec: Recorder, timeout: float = 120.0) -> None:
     print(f"warning: {rec.name} had not caught up after {timeout:.0f} s", file=sys.stderr)
 
 
+def busy_fraction(seconds: float) -> float:
+    """How busy the machine's CPUs were over the next `seconds` (all of them, from /proc/stat)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]            # total, idle + iowait
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def settle(limit: float = 30.0) -> None:
+    """Wait (up to `limit` s) until the machine is quiet before a storm: what the last recorder
+    left behind - Laurel's backlog, a collector's last batch, a stopping agent's detach - would
+    otherwise slow the next storm, whoever records it (ratios above 1 were seen for the agent,
+    its storm run after one with nothing recording had been slowed by that)."""
+    end = time.monotonic() + limit
+    while busy_fraction(0.5) > 0.10 and time.monotonic() < end:
+        pass
+
+
 def measure(rec: Recorder, storm) -> dict:
     """One storm under rec: what it did and what rec spent on it (its record is counted later)."""
+    settle()
     cpu0, side0, size0 = rec.cpu(), rec.side_cpu(), rec.written()
     lost0, over0 = rec.lost_so_far(), rec.over_so_far()
     run = storm()

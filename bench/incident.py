@@ -387,7 +387,7 @@ def report(r: dict, askers: int, waves: int, idle: float) -> None:
           f"the demo fleet's 22 agents ship to at full rate from a separate process (fresh rounds of the demo "
           f"fleet, new seed each: {r['rounds']} rounds, {r['put']:,} events); {askers} askers at once, {waves} "
           f"waves, patterns {', '.join(PATTERNS)} (asker i asks pattern i + wave); idle windows of {idle:g} s "
-          f"before, between and after the waves; {os.cpu_count()} cores (shared with other work, noisy), Python "
+          f"before, between and after the waves; {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")
     if not r["ingest"]:
         print("\n**--no-ingest: the agents stopped before the first question; nothing was written while people "
