@@ -117,6 +117,17 @@ def marker(run: int, worker: int, i: int) -> str:
 MARK = re.compile(r"soak-(\d+)-w(\d+)-n(\d+)")
 
 
+def paced(rate: float, start: float, until: float):
+    """0, 1, 2, ... each at its time (start + i / rate), until `until`: a steady rate that does
+    not drift when one step is slow (the next is due sooner, not later)."""
+    i = 0
+    while (due := start + i / rate) < until:
+        if due > (now := time.time()):
+            time.sleep(due - now)
+        yield i
+        i += 1
+
+
 def exec_worker(run: int, worker: int, rate: float, start: float, until: float, as_user: str | None, made) -> None:
     """Start short commands at a steady `rate` a second from `start` to `until` (wall clock), each
     with its marker; `made` receives how many."""
@@ -130,21 +141,13 @@ def exec_worker(run: int, worker: int, rate: float, start: float, until: float, 
     env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
     quiet = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
              (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]
-    i = 0
-    while True:
-        due = start + i / rate
-        now = time.time()
-        if due >= until:
-            break
-        if due > now:
-            time.sleep(due - now)
+    for i in paced(rate, start, until):
         cmd = COMMANDS[(i + worker) % len(COMMANDS)]
         m = marker(run, worker, i)
         argv = [a.format(m=m) for a in cmd]
         pid = os.posix_spawn(paths[cmd[0]], argv, env, file_actions=quiet)
         os.waitpid(pid, 0)
-        i += 1
-    made.value = i
+        made.value = i + 1
 
 
 def connect_worker(rate: float, start: float, until: float, port_out, made) -> None:
@@ -163,18 +166,10 @@ def connect_worker(rate: float, start: float, until: float, port_out, made) -> N
                 return
 
     threading.Thread(target=accept_loop, daemon=True).start()
-    i = 0
-    while True:
-        due = start + i / rate
-        now = time.time()
-        if due >= until:
-            break
-        if due > now:
-            time.sleep(due - now)
+    for i in paced(rate, start, until):
         s = socket.create_connection(("127.0.0.1", port_out.value), timeout=5)
         s.close()
-        i += 1
-    made.value = i
+        made.value = i + 1
     time.sleep(0.5)                     # the last accepts
     srv.close()
 
@@ -182,18 +177,10 @@ def connect_worker(rate: float, start: float, until: float, port_out, made) -> N
 def write_worker(watched: str, rate: float, start: float, until: float, made) -> None:
     """Files written at a steady `rate` a second under the watched directory: a config rewritten
     in place, as deploys and people do."""
-    i = 0
-    while True:
-        due = start + i / rate
-        now = time.time()
-        if due >= until:
-            break
-        if due > now:
-            time.sleep(due - now)
+    for i in paced(rate, start, until):
         with open(os.path.join(watched, f"app-{i}.conf"), "w") as fh:
             fh.write(f"setting = {i}\n")
-        i += 1
-    made.value = i
+        made.value = i + 1
 
 
 # --- the deployment ----------------------------------------------------------------------
