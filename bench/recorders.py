@@ -222,6 +222,15 @@ class Agent(Recorder):
     """What both modes share: the record is a store (self.db), counted before the agent is
     stopped too - what reaches it only at stop was held back (fleet: not shipped while it ran)."""
 
+    def cpu(self):
+        return cpu_seconds(self.agent.pid)
+
+    def lost_so_far(self):
+        return losses_in_store(self.db, budget=False)
+
+    def over_so_far(self):
+        return losses_in_store(self.db, budget=True)
+
     def recorded(self, run):
         return count_in_store(self.db, run)
 
@@ -254,17 +263,8 @@ class AgentStore(Agent):
         self.agent = start_agent(args, work)
         self.said_lost = 0
 
-    def cpu(self):
-        return cpu_seconds(self.agent.pid)
-
     def written(self):
         return store_bytes(self.db)
-
-    def lost_so_far(self):
-        return losses_in_store(self.db, budget=False)
-
-    def over_so_far(self):
-        return losses_in_store(self.db, budget=True)
 
     def stop(self):
         _, self.said_lost = stop_agent(self.agent)
@@ -313,21 +313,12 @@ class AgentFleet(Agent):
                                   "--host", self.HOST], work, env={**os.environ, "WHODID_AGENT_TOKEN": token})
         self.said_lost = 0
 
-    def cpu(self):
-        return cpu_seconds(self.agent.pid)
-
     def side_cpu(self):
         return cpu_seconds(self.collector.pid)
 
     def written(self):
         # what reaches the collector's store: the agent's spool is a queue, emptied as it ships
         return store_bytes(self.db)
-
-    def lost_so_far(self):
-        return losses_in_store(self.db, budget=False)
-
-    def over_so_far(self):
-        return losses_in_store(self.db, budget=True)
 
     def pending(self) -> int:
         con = sqlite3.connect(f"file:{self.spool}?mode=ro", uri=True, timeout=30)
