@@ -190,6 +190,10 @@ class KernelOffsets:
     # an accepted TCP socket's two ends (INET_MEMBERS: the file descriptor to its struct sock, and
     # sock_common's addresses and ports), whether or not accept() was given room for the peer's
     inet: tuple[int, ...] | None = None
+    # struct sock .sk_protocol (a u16 since Linux 5.6, a bitfield before) and .skc_state: with
+    # `inet`, TCP state changes come from the raw tracepoint, which the kernel skips less often,
+    # and a connect() that returns finds out whether its state change was skipped (capture.c)
+    tcp_state: tuple[int, int] | None = None
 
     def cflags(self) -> list[str]:
         """The -D flags capture.c takes (its header says what each means)."""
@@ -208,6 +212,8 @@ class KernelOffsets:
         if self.inet:
             out.append("-DHAVE_INET=1")
             members.update((name, v) for (name, _, _, _), v in zip(INET_MEMBERS, self.inet))
+            if self.tcp_state is not None:
+                members["OFF_SK_PROTOCOL"], members["OFF_SKC_STATE"] = self.tcp_state
         return out + [f"-D{name}={v}" for name, v in members.items()]
 
 
@@ -261,8 +267,9 @@ def kernel_offsets(btf: Btf) -> KernelOffsets:
     unix = found if pid and None not in found else None
     found = tuple(btf.offset(struct_name, member, size) for _, struct_name, member, size in INET_MEMBERS)
     inet = found if None not in found else None
+    tcp_state = (btf.offset("sock", "sk_protocol", 2), btf.offset("sock", "__sk_common.skc_state", 1))
     return KernelOffsets(login=login, pid=pid, upid_nr=nr if pid else None, ns_inum=inum if pid else None,
-                         unix=unix, inet=inet)
+                         unix=unix, inet=inet, tcp_state=tcp_state if inet and None not in tcp_state else None)
 
 
 def running_kernel(path: str = VMLINUX) -> tuple[KernelOffsets, str | None]:

@@ -29,6 +29,13 @@
 //   HAVE_INET       1 with the OFF_* of agent/btf.py's INET_MEMBERS: a TCP accept's two ends are
 //                   read from the accepted socket, whatever the caller asked for (absent: 0, and
 //                   the peer comes from the caller's sockaddr, the local end from the passive open)
+//   OFF_SK_PROTOCOL, OFF_SKC_STATE with HAVE_INET: struct sock's sk_protocol (u16) and
+//                   skc_state (u8): TCP state changes are read from the raw tracepoint's socket,
+//                   and connect()'s return sees a skipped one (see tcp_connect_exit below)
+//   CONNECT_RET_OFF  `ret`'s offset in syscalls:sys_exit_connect's record (tracefs): with
+//                   HAVE_INET, connect()'s return checks for a skipped state change
+//   FAULT_SKIP_ESTABLISHED_DPORT  tests only (Capture's `faults`): the TCP state probe ignores the
+//                   ESTABLISHED of connects to this port, as the kernel does when it skips a run
 //   BUDGET_PER_SECOND, BUDGET_BURST, BUDGET_FULL_NS: each uid's budget of connection records
 //                   (see "the connection budget" below); absent or 0: unlimited
 // Without HAVE_PIDS, PIDNS_FILTER keeps only that exact namespace (bpf_get_ns_current_pid_tgid).
@@ -47,6 +54,7 @@
 #define W_AT_REMOVEDIR  0x200
 #define W_CLONE_THREAD  0x00010000
 #define W_AF_UNIX       1
+#define W_EINPROGRESS   115
 
 #define EV_EXEC_ARGS 1
 #define EV_EXEC      2
@@ -326,6 +334,12 @@ static __always_inline u64 kread64(u64 addr) {
 
 static __always_inline u32 kread32(u64 addr) {
     u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u8 kread8(u64 addr) {
+    u8 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
     return v;
 }
@@ -683,40 +697,75 @@ struct listen_pending {
 };
 BPF_TABLE("lru_hash", u64, struct listen_pending, listening, 1024);   // a thread killed mid-listen ages out
 
-#define SOCK_ADDRS(e)                                              \
+// A TCP socket's state change, as the classic tracepoint gives it or as the raw one's socket holds it.
+struct tcp_change {
+    u64 sk;
+    int oldstate;
+    int newstate;
+    u16 protocol;
+    u16 family;
+    u16 sport;                   // host order
+    u16 dport;                   // host order
+    u8 saddr[16];                // IPv4: the first 4 bytes
+    u8 daddr[16];
+    u8 late;                     // from connect()'s return, not the state change (tcp_connect_exit)
+};
+
+// Which state changes the agent acts on: the rest leave at once, so the program is short
+// wherever it runs - an interrupt that lands while it runs costs the inner run (see below).
+static __always_inline int tcp_wanted(int oldstate, int newstate) {
+    return newstate == TCP_SYN_SENT || oldstate == TCP_SYN_SENT || newstate == TCP_LISTEN
+#if !HAVE_INET
+        || (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
+#endif
+        ;
+}
+
+#if HAVE_INET
+// A connecting thread -> its socket, from SYN_SENT (inside connect()) to connect()'s return.
+BPF_TABLE("lru_hash", u64, u64, connect_threads, 4096);   // kernel-internal connects age out
+#endif
+
+#define SOCK_ADDRS(e, c)                                           \
     do {                                                           \
-        (e).family = args->family;                                 \
-        (e).lport = args->sport;                                   \
-        (e).rport = args->dport;                                   \
-        if (args->family == W_AF_INET) {                           \
-            __builtin_memcpy((e).laddr, args->saddr, 4);           \
-            __builtin_memcpy((e).raddr, args->daddr, 4);           \
-        } else {                                                   \
-            __builtin_memcpy((e).laddr, args->saddr_v6, 16);       \
-            __builtin_memcpy((e).raddr, args->daddr_v6, 16);       \
-        }                                                          \
+        (e).family = (c)->family;                                  \
+        (e).lport = (c)->sport;                                    \
+        (e).rport = (c)->dport;                                    \
+        __builtin_memcpy((e).laddr, (c)->saddr, 16);               \
+        __builtin_memcpy((e).raddr, (c)->daddr, 16);               \
     } while (0)
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state) {
-    if (args->protocol != W_IPPROTO_TCP)
+static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
+    if (c->protocol != W_IPPROTO_TCP)
         return 0;
-    u64 sk = (u64)args->skaddr;
-    if (args->newstate == TCP_SYN_SENT) {
+    u64 sk = c->sk;
+    if (c->newstate == TCP_SYN_SENT) {
         struct hdr h = {};
         if (!fill_hdr(&h, EV_CONNECT))
             return 0;
         // over budget: still remembered, to be counted (not recorded) once established
         h.pad = budget_take(h.uid, 1) ? 0 : SOCK_AGGREGATE;
         connecting.update(&sk, &h);
+#if HAVE_INET
+        u64 id = bpf_get_current_pid_tgid();
+        connect_threads.update(&id, &sk);
+#endif
         return 0;
     }
-    if (args->oldstate == TCP_SYN_SENT) {
+    if (c->oldstate == TCP_SYN_SENT) {
+#ifdef FAULT_SKIP_ESTABLISHED_DPORT
+        // tests only: act as the kernel does when it skips this run (a nested probe)
+        if (!c->late && c->newstate == TCP_ESTABLISHED && c->dport == FAULT_SKIP_ESTABLISHED_DPORT)
+            return 0;
+#endif
         struct hdr *h = connecting.lookup(&sk);
         if (!h) {
+            if (c->late)
+                return 0;                        // the state change was seen: recorded there
 #if !PIDNS_FILTER
             // (with a namespace filter another namespace's connects are not kept, on purpose, and
             // this softirq context cannot tell whose a socket is)
-            if (args->newstate == TCP_ESTABLISHED) {
+            if (c->newstate == TCP_ESTABLISHED) {
                 u32 zero = 0;
                 u64 *n = unseen_starts.lookup(&zero);
                 if (n)
@@ -725,44 +774,129 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 #endif
             return 0;
         }
-        if (args->newstate == TCP_ESTABLISHED) {
+        if (c->newstate == TCP_ESTABLISHED) {
             struct sock_event e = {};
             e.h = *h;
             e.h.pad = 0;
             e.h.ts = bpf_ktime_get_boot_ns();
-            SOCK_ADDRS(e);
+            SOCK_ADDRS(e, c);
 #if BUDGET_PER_SECOND
             if (h->pad & SOCK_AGGREGATE)
-                aggregate(args, &e, AGG_CONNECT);
+                aggregate(ctx, &e, AGG_CONNECT);
             else
 #endif
-                emit(args, &e, sizeof(e));
+                emit(ctx, &e, sizeof(e));
         }
         connecting.delete(&sk);
         return 0;
     }
-    if (args->newstate == TCP_LISTEN) {
+    if (c->newstate == TCP_LISTEN) {
         struct listen_pending p = {.sk = sk};
         if (!fill_hdr(&p.e.h, EV_LISTEN))
             return 0;                            // another namespace's process
-        SOCK_ADDRS(p.e);
+        SOCK_ADDRS(p.e, c);
         u64 id = bpf_get_current_pid_tgid();
         listening.update(&id, &p);
         return 0;
     }
 #if !HAVE_INET
-    if (args->oldstate == TCP_SYN_RECV && args->newstate == TCP_ESTABLISHED) {
+    if (c->oldstate == TCP_SYN_RECV && c->newstate == TCP_ESTABLISHED) {
         if (!within_budget(NO_PROCESS, 1))
             return 0;
         struct sock_event e = {};
         e.h.ts = bpf_ktime_get_boot_ns();
         e.h.type = EV_PASSIVE;
-        SOCK_ADDRS(e);
-        emit(args, &e, sizeof(e));
+        SOCK_ADDRS(e, c);
+        emit(ctx, &e, sizeof(e));
     }
 #endif
     return 0;
 }
+
+#if HAVE_INET
+// A TCP socket's family, ports and addresses, read with the kernel's BTF offsets.
+static __always_inline void tcp_read_sock(struct tcp_change *c, u64 sk) {
+    c->sk = sk;
+    c->family = kread16(sk + OFF_SKC_FAMILY);
+    c->sport = kread16(sk + OFF_SKC_NUM);
+    u16 dport = kread16(sk + OFF_SKC_DPORT);
+    c->dport = (dport >> 8) | ((dport & 0xff) << 8);    // network byte order in the socket
+    if (c->family == W_AF_INET) {
+        bpf_probe_read_kernel(&c->saddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
+        bpf_probe_read_kernel(&c->daddr, 4, (void *)(sk + OFF_SKC_DADDR));
+    } else {
+        bpf_probe_read_kernel(&c->saddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
+        bpf_probe_read_kernel(&c->daddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
+    }
+}
+
+// The kernel does not run a tracepoint's program when it would nest: for a classic tracepoint
+// when any BPF program is running on that CPU, for a raw one when this same program is. A
+// connection's ESTABLISHED comes in softirq, often in an interrupt that landed while a program
+// ran, and the agent lost ~1 in 100,000 connects of a storm that way, unsaid. A connect() that
+// returns 0 has been through ESTABLISHED: if the connection is still waiting in `connecting`,
+// its state change was skipped, and it is recorded now, from the socket; so is a non-blocking
+// one (EINPROGRESS) whose socket is established already. (One established later, learnt in
+// poll(), is still waiting in `connecting`: user space's sweep says it as a loss.)
+static __always_inline int tcp_connect_exit(void *ctx, long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 *skp = connect_threads.lookup(&id);
+    if (!skp)
+        return 0;
+    u64 sk = *skp;
+    connect_threads.delete(&id);
+    if (ret != 0) {
+#ifdef OFF_SKC_STATE
+        // non-blocking: on loopback and near peers the handshake is often over by now
+        if (ret != -W_EINPROGRESS || kread8(sk + OFF_SKC_STATE) != TCP_ESTABLISHED)
+            return 0;
+#else
+        return 0;                                // in progress (non-blocking), or failed
+#endif
+    }
+    struct tcp_change c = {.oldstate = TCP_SYN_SENT, .newstate = TCP_ESTABLISHED, .protocol = W_IPPROTO_TCP,
+                           .late = 1};
+    tcp_read_sock(&c, sk);
+    return tcp_state(ctx, &c);
+}
+#endif
+
+#if HAVE_INET && defined(OFF_SK_PROTOCOL)
+// The raw tracepoint, read from the socket: its guard is its own program's, so another of the
+// agent's probes running when the interrupt lands no longer costs a connection's state change.
+RAW_TRACEPOINT_PROBE(inet_sock_set_state) {
+    int oldstate = (int)ctx->args[1], newstate = (int)ctx->args[2];
+    if (!tcp_wanted(oldstate, newstate))
+        return 0;
+    u64 sk = ctx->args[0];
+    if (kread16(sk + OFF_SK_PROTOCOL) != W_IPPROTO_TCP)
+        return 0;
+    struct tcp_change c = {.oldstate = oldstate, .newstate = newstate, .protocol = W_IPPROTO_TCP};
+    tcp_read_sock(&c, sk);
+    return tcp_state(ctx, &c);
+}
+#else
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != W_IPPROTO_TCP || !tcp_wanted(args->oldstate, args->newstate))
+        return 0;
+    struct tcp_change c = {};
+    c.sk = (u64)args->skaddr;
+    c.oldstate = args->oldstate;
+    c.newstate = args->newstate;
+    c.protocol = args->protocol;
+    c.family = args->family;
+    c.sport = args->sport;
+    c.dport = args->dport;
+    if (args->family == W_AF_INET) {
+        __builtin_memcpy(c.saddr, args->saddr, 4);
+        __builtin_memcpy(c.daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(c.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(c.daddr, args->daddr_v6, 16);
+    }
+    return tcp_state(args, &c);
+}
+#endif
 
 TRACEPOINT_PROBE(syscalls, sys_exit_listen) {
     u64 id = bpf_get_current_pid_tgid();
@@ -1050,6 +1184,17 @@ static __always_inline int unix_accept_exit(void *ctx, u64 sk) {
     bound_name(&e, sk);
     emit(ctx, &e, sizeof(e));
     return 0;
+}
+#endif
+
+#if HAVE_INET && defined(CONNECT_RET_OFF)
+// A second program on sys_exit_connect, attached by name (capture.py): in the unix one it would
+// share a 512-byte stack with a unix record. BCC makes a tracepoint's argument struct once, so
+// `ret` is read at its offset in tracefs's format for the event (CONNECT_RET_OFF).
+int tcp_connect_return(void *args) {
+    long ret = 0;
+    bpf_probe_read_kernel(&ret, sizeof(ret), (char *)args + CONNECT_RET_OFF);
+    return tcp_connect_exit(args, ret);
 }
 #endif
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,9 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 BATCH = 256                 # records: fewer than this after a poll, wait BATCH_WAIT for more
 BATCH_WAIT = 0.02
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
+# a connect still waiting for its state change this long was skipped by the kernel (capture.c,
+# tcp_connect_exit): SYNs retried at the defaults (tcp_syn_retries 6) give up after 127 s
+STALE_CONNECT_NS = 180_000_000_000
 ORPHAN_SWEEP = 60.0         # ... and between walks of the kernel's whole table for keys nobody knows
 
 
@@ -143,6 +147,22 @@ def take(table, key):
     return v.count, v.first, v.last
 
 
+def field_offset(fmt: str, field: str) -> int | None:
+    """A field's offset in a tracepoint's record, from tracefs's `format` text; None if absent."""
+    m = re.search(rf"field:[^;]*\b{re.escape(field)};\s*offset:(\d+);", fmt)
+    return int(m.group(1)) if m else None
+
+
+def tracepoint_field_offset(event: str, field: str) -> int | None:
+    """`field`'s offset in tracepoint `event` (category/name) as the running kernel lays it out."""
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            return field_offset(Path(root, "events", event, "format").read_text(), field)
+        except OSError:
+            continue
+    return None
+
+
 class Capture:
     """`offsets`: where the running kernel keeps what capture.c reads from task_struct (read from
     its BTF when not given; btf.NONE reads nothing). `note`: one line for people when some of it
@@ -151,7 +171,8 @@ class Capture:
     def __init__(self, assembler: Assembler, watch: tuple[str, ...], ringbuf_pages: int = 1024,
                  pidns: tuple[int, int] | None = None, buffer: str = "auto",
                  offsets: btf.KernelOffsets | None = None, unix_prefixes: tuple[str, ...] | None = None,
-                 unix_comms: tuple[str, ...] | None = None, budget: ConnectionBudget | None = None):
+                 unix_comms: tuple[str, ...] | None = None, budget: ConnectionBudget | None = None,
+                 faults: tuple[str, ...] = ()):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
@@ -162,6 +183,10 @@ class Capture:
                  f"-DPIDNS_FILTER={1 if pidns else 0}", f"-DUSE_PERFBUF={1 if self.perf else 0}"]
         self.budget = ConnectionBudget() if budget is None else budget
         flags += budget_flags(self.budget.per_second, self.budget.burst)
+        flags += [f"-D{fault}" for fault in faults]     # tests: capture.c's FAULT_* (its header)
+        ret_offset = tracepoint_field_offset("syscalls/sys_exit_connect", "ret")
+        if ret_offset is not None:
+            flags.append(f"-DCONNECT_RET_OFF={ret_offset}")
         if pidns:
             flags += [f"-DPIDNS_DEV={pidns[0]}ULL", f"-DPIDNS_INO={pidns[1]}ULL"]
         self.note: str | None = None
@@ -188,6 +213,9 @@ class Capture:
                 "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
                 "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
                 "for the peer's address")
+        if offsets.inet and ret_offset is not None:
+            # capture.c's second program on connect()'s return (TCP), not auto-attached
+            self.bpf.attach_tracepoint(tp=b"syscalls:sys_exit_connect", fn_name=b"tcp_connect_return")
         give_back_heap()
         self.offsets = offsets
         self.assembler = assembler
@@ -196,6 +224,7 @@ class Capture:
         self._last_sweep = 0.0
         self._last_orphan_sweep = time.monotonic()
         self._orphans = 0           # connections counted under keys whose first record was lost
+        self._stale_connects = 0    # connects whose outcome the kernel's probe never saw (swept)
         self.ring: ringbuf.RingReader | None = None
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
@@ -255,13 +284,18 @@ class Capture:
             self.bpf.perf_buffer_poll(0)
         else:
             self._read_ring()
-        return self._assemble() + self._aggregates(final=True)
+        out = self._assemble() + self._aggregates(final=True)
+        self._sweep_connects(final=True)
+        return out
 
     def _aggregates(self, final: bool = False) -> list:
         """Events of the aggregated connections that are due (Assembler.aggregates_due), each taken
         out of the kernel's table; looked for once a second, and at stop whatever is left."""
-        if self.budget.per_second > 0 and time.monotonic() - self._last_orphan_sweep >= ORPHAN_SWEEP:
-            self._sweep_orphans()
+        if time.monotonic() - self._last_orphan_sweep >= ORPHAN_SWEEP:
+            self._last_orphan_sweep = time.monotonic()
+            self._sweep_connects()
+            if self.budget.per_second > 0:
+                self._sweep_orphans()
         if not self.assembler.aggregating or (not final and time.monotonic() - self._last_sweep < AGG_SWEEP):
             return []
         self._last_sweep = time.monotonic()
@@ -272,11 +306,32 @@ class Capture:
 
         return self.assembler.aggregates_due(read, time.clock_gettime_ns(time.CLOCK_BOOTTIME), final)
 
+    def _sweep_connects(self, final: bool = False) -> None:
+        """Connects still waiting in the kernel's `connecting` table long after their SYN - the
+        state change that ends the wait was skipped (a nested probe run), and the connect() was
+        non-blocking, so nothing recorded it late - are taken out and counted as losses; at stop,
+        every one still waiting is counted: its outcome is not known."""
+        table = self.bpf["connecting"]
+        stale = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - STALE_CONNECT_NS
+        for k, v in list(table.items()):
+            if final:
+                self._stale_connects += 1
+                continue
+            if v.ts <= stale:
+                try:
+                    del table[k]
+                except KeyError:
+                    continue                    # it ended just now
+                self._stale_connects += 1
+
+    def stale_connects(self) -> int:
+        """TCP connects, since load, whose end the agent did not see (`_sweep_connects`)."""
+        return self._stale_connects
+
     def _sweep_orphans(self) -> None:
         """A key whose first record the ring buffer had no room for is known to no one: its counts
         would stay in the kernel's table for ever, and fill it. Keys two minutes old that user
         space does not know are taken out and their connections counted as lost."""
-        self._last_orphan_sweep = time.monotonic()
         table = self.bpf["aggregated"]
         stale = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // decode.AGG_NS - 2
         for k, v in list(table.items()):

@@ -376,7 +376,7 @@ def run(args) -> int:
 
     pending: list = []
     last_flush = last_mark = time.monotonic()
-    lost_state = {"reported": 0, "unseen": 0, "since": time.time()}
+    lost_state = {"reported": 0, "unseen": 0, "stale": 0, "since": time.time()}
     last_lost_poll = 0.0
 
     def losses() -> list:
@@ -389,6 +389,15 @@ def run(args) -> int:
             if mode == "bpf" else []
         for ev in over:
             log.warning(ev["what"], host=host)
+        stale = cap.stale_connects() if mode == "bpf" else 0
+        if stale > lost_state["stale"]:
+            count, lost_state["stale"] = stale - lost_state["stale"], stale
+            what = (f"TCP connects whose end the agent did not see: up to {count:,} connections not recorded "
+                    "(the kernel skipped its probe on the state change, or the connect was still in progress "
+                    "when the agent stopped)")
+            log.warning(what, host=host)
+            over = over + [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
+                            "since": round(since, 6), "count": count, "what": what}]
         unseen = cap.unseen_starts() if mode == "bpf" else 0
         if unseen > lost_state["unseen"]:
             count, lost_state["unseen"] = unseen - lost_state["unseen"], unseen

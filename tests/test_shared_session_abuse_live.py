@@ -103,19 +103,26 @@ def storm(request, tmp_path_factory):
             "ring_full": sum(e["count"] for e in losses if e.get("what") == "ring buffer full")}
 
 
+def said(storm) -> str:
+    """The storm's figures and every loss in full (pytest cuts a dict short)."""
+    import json
+    return json.dumps({k: v for k, v in storm.items() if k != "losses"}) + "\nlosses: " + json.dumps(
+        [(e["count"], e.get("what")) for e in storm["losses"]])
+
+
 def test_a_connect_storm_loses_nothing_without_a_loss_record(storm):
-    assert storm["made"] > 0 and storm["recorded"] > 0, storm
+    assert storm["made"] > 0 and storm["recorded"] > 0, said(storm)
     if storm["seen"] < storm["ran"]:
         lost = sum(e["count"] for e in storm["losses"])
-        assert lost >= storm["ran"] - storm["seen"], storm
+        assert lost >= storm["ran"] - storm["seen"], said(storm)
 
 
 def test_a_users_connect_storm_costs_no_one_elses_exec(storm):
     """Every one of root's canary execs is recorded: nobody's connection records stop at its
     budget (2,000/s, burst 10,000: at most ~26,000 in 8 s, against ~450,000 without), so the
     ring buffer never fills. Exact, not nearly: before the budget 58 % were missing."""
-    assert storm["seen"] == storm["ran"], storm
-    assert storm["ring_full"] == 0, storm
+    assert storm["seen"] == storm["ran"], said(storm)
+    assert storm["ring_full"] == 0, said(storm)
 
 
 def test_the_connections_over_budget_are_said_and_name_the_user(storm):
@@ -124,9 +131,11 @@ def test_the_connections_over_budget_are_said_and_name_the_user(storm):
     vanishes unsaid. TCP connections over the budget are not lost at all since issue 21: counted in
     the kernel per (process, place, minute), every one nobody made is in a connect's `count`."""
     if storm["kind"] == "tcp":
-        assert storm["recorded"] == storm["made"] and storm["over_budget"] == 0, storm
+        # every connect here is blocking: one whose state change the kernel skipped (a nested probe,
+        # ~1 in 100,000: CI at stop 28) is recorded at connect()'s return (tests/test_tcp_skipped_live.py)
+        assert storm["recorded"] == storm["made"] and storm["over_budget"] == 0, said(storm)
         return
-    assert storm["over_budget"] > 0, storm
-    assert storm["recorded"] < storm["made"], storm
+    assert storm["over_budget"] > 0, said(storm)
+    assert storm["recorded"] < storm["made"], said(storm)
     if storm["kind"] == "unix":
-        assert storm["recorded"] + storm["over_budget"] // 2 >= storm["made"], storm
+        assert storm["recorded"] + storm["over_budget"] // 2 >= storm["made"], said(storm)
