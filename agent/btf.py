@@ -190,10 +190,11 @@ class KernelOffsets:
     # an accepted TCP socket's two ends (INET_MEMBERS: the file descriptor to its struct sock, and
     # sock_common's addresses and ports), whether or not accept() was given room for the peer's
     inet: tuple[int, ...] | None = None
-    # struct sock .sk_protocol (a u16 since Linux 5.6, a bitfield before) and .skc_state: with
+    # struct sock .sk_protocol (a u16 since Linux 5.6, a bitfield before) and .skc_state, and
+    # inet_sock .inet_sport (kept when the close gives the port back, unlike skc_num): with
     # `inet`, TCP state changes come from the raw tracepoint, which the kernel skips less often,
     # and a connect() that returns finds out whether its state change was skipped (capture.c)
-    tcp_state: tuple[int, int] | None = None
+    tcp_state: tuple[int, int, int] | None = None
 
     def cflags(self) -> list[str]:
         """The -D flags capture.c takes (its header says what each means)."""
@@ -213,7 +214,7 @@ class KernelOffsets:
             out.append("-DHAVE_INET=1")
             members.update((name, v) for (name, _, _, _), v in zip(INET_MEMBERS, self.inet))
             if self.tcp_state is not None:
-                members["OFF_SK_PROTOCOL"], members["OFF_SKC_STATE"] = self.tcp_state
+                members["OFF_SK_PROTOCOL"], members["OFF_SKC_STATE"], members["OFF_INET_SPORT"] = self.tcp_state
         return out + [f"-D{name}={v}" for name, v in members.items()]
 
 
@@ -267,7 +268,8 @@ def kernel_offsets(btf: Btf) -> KernelOffsets:
     unix = found if pid and None not in found else None
     found = tuple(btf.offset(struct_name, member, size) for _, struct_name, member, size in INET_MEMBERS)
     inet = found if None not in found else None
-    tcp_state = (btf.offset("sock", "sk_protocol", 2), btf.offset("sock", "__sk_common.skc_state", 1))
+    tcp_state = (btf.offset("sock", "sk_protocol", 2), btf.offset("sock", "__sk_common.skc_state", 1),
+                 btf.offset("inet_sock", "inet_sport", 2))
     return KernelOffsets(login=login, pid=pid, upid_nr=nr if pid else None, ns_inum=inum if pid else None,
                          unix=unix, inet=inet, tcp_state=tcp_state if inet and None not in tcp_state else None)
 

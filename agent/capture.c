@@ -29,9 +29,10 @@
 //   HAVE_INET       1 with the OFF_* of agent/btf.py's INET_MEMBERS: a TCP accept's two ends are
 //                   read from the accepted socket, whatever the caller asked for (absent: 0, and
 //                   the peer comes from the caller's sockaddr, the local end from the passive open)
-//   OFF_SK_PROTOCOL, OFF_SKC_STATE with HAVE_INET: struct sock's sk_protocol (u16) and
-//                   skc_state (u8): TCP state changes are read from the raw tracepoint's socket,
-//                   and connect()'s return sees a skipped one (see tcp_connect_exit below)
+//   OFF_SK_PROTOCOL, OFF_SKC_STATE, OFF_INET_SPORT with HAVE_INET: struct sock's sk_protocol
+//                   (u16) and skc_state (u8), inet_sock's inet_sport: TCP state changes are read
+//                   from the raw tracepoint's socket, and connect()'s return sees a skipped one
+//                   (see tcp_connect_exit below)
 //   CONNECT_RET_OFF  `ret`'s offset in syscalls:sys_exit_connect's record (tracefs): with
 //                   HAVE_INET, connect()'s return checks for a skipped state change
 //   FAULT_SKIP_ESTABLISHED_DPORT  tests only (Capture's `faults`): the TCP state probe ignores the
@@ -689,6 +690,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return cred_exit(args, args->re
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
+#define TCP_CLOSE_WAIT 8
 #define TCP_LISTEN 10
 
 struct listen_pending {
@@ -711,20 +713,40 @@ struct tcp_change {
     u8 late;                     // from connect()'s return, not the state change (tcp_connect_exit)
 };
 
+// The kernel does not run a tracepoint's program when it would nest: a classic tracepoint's
+// when any BPF program is running on that CPU, a raw one's when this same program is. A
+// connection's ESTABLISHED mostly comes in softirq, often in an interrupt that landed while a
+// probe ran, and the agent lost ~1 connect in 100,000 of a storm that way, unsaid. So a connect
+// waits in `connecting` from SYN_SENT (always seen: it is in connect(), the outermost program)
+// until one of these records it, whichever comes first - each takes the entry out with one
+// delete, so only one does:
+//   - ESTABLISHED, as before;
+//   - connect()'s return, when the socket is established by then (tcp_connect_exit);
+//   - the socket leaving ESTABLISHED (the close, in the caller's context, or the peer's FIN):
+//     recorded then, late, from the socket, which still holds both ends.
+// What none of them saw is counted: an entry a new SYN_SENT on the same socket address finds
+// (`unended_connects`), and user space's sweep of entries left long, and at stop.
+#define CONNECT_SAID 4           // hdr.pad in `connecting`: user space has said this one as a loss
+BPF_ARRAY(unended_connects, u64, 1);
+
+#if HAVE_INET && defined(OFF_SKC_STATE) && defined(CONNECT_RET_OFF)
+#define TCP_AT_RETURN 1
+// A connecting thread -> its socket, from SYN_SENT (inside connect()) to connect()'s return.
+BPF_TABLE("lru_hash", u64, u64, connect_threads, 4096);   // io_uring's and the kernel's own age out
+#else
+#define TCP_AT_RETURN 0
+#endif
+
 // Which state changes the agent acts on: the rest leave at once, so the program is short
-// wherever it runs - an interrupt that lands while it runs costs the inner run (see below).
+// wherever it runs - an interrupt that lands while it runs costs the inner run.
 static __always_inline int tcp_wanted(int oldstate, int newstate) {
-    return newstate == TCP_SYN_SENT || oldstate == TCP_SYN_SENT || newstate == TCP_LISTEN
+    return newstate == TCP_SYN_SENT || oldstate == TCP_SYN_SENT || oldstate == TCP_ESTABLISHED
+        || newstate == TCP_LISTEN
 #if !HAVE_INET
         || (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
 #endif
         ;
 }
-
-#if HAVE_INET
-// A connecting thread -> its socket, from SYN_SENT (inside connect()) to connect()'s return.
-BPF_TABLE("lru_hash", u64, u64, connect_threads, 4096);   // kernel-internal connects age out
-#endif
 
 #define SOCK_ADDRS(e, c)                                           \
     do {                                                           \
@@ -739,34 +761,41 @@ static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
     if (c->protocol != W_IPPROTO_TCP)
         return 0;
     u64 sk = c->sk;
+    u32 zero = 0;
     if (c->newstate == TCP_SYN_SENT) {
         struct hdr h = {};
         if (!fill_hdr(&h, EV_CONNECT))
             return 0;
+        struct hdr *old = connecting.lookup(&sk);
+        if (old && !(old->pad & CONNECT_SAID)) {
+            u64 *n = unended_connects.lookup(&zero);    // its socket freed, its address reused
+            if (n)
+                __sync_fetch_and_add(n, 1);
+        }
         // over budget: still remembered, to be counted (not recorded) once established
         h.pad = budget_take(h.uid, 1) ? 0 : SOCK_AGGREGATE;
         connecting.update(&sk, &h);
-#if HAVE_INET
+#if TCP_AT_RETURN
         u64 id = bpf_get_current_pid_tgid();
         connect_threads.update(&id, &sk);
 #endif
         return 0;
     }
-    if (c->oldstate == TCP_SYN_SENT) {
+    if (c->oldstate == TCP_SYN_SENT || c->oldstate == TCP_ESTABLISHED) {
 #ifdef FAULT_SKIP_ESTABLISHED_DPORT
         // tests only: act as the kernel does when it skips this run (a nested probe)
-        if (!c->late && c->newstate == TCP_ESTABLISHED && c->dport == FAULT_SKIP_ESTABLISHED_DPORT)
+        if (!c->late && c->oldstate == TCP_SYN_SENT && c->newstate == TCP_ESTABLISHED
+            && c->dport == FAULT_SKIP_ESTABLISHED_DPORT)
             return 0;
 #endif
         struct hdr *h = connecting.lookup(&sk);
         if (!h) {
-            if (c->late)
-                return 0;                        // the state change was seen: recorded there
+            if (c->late || c->oldstate == TCP_ESTABLISHED)
+                return 0;                        // recorded already (or not a connect of ours)
 #if !PIDNS_FILTER
             // (with a namespace filter another namespace's connects are not kept, on purpose, and
             // this softirq context cannot tell whose a socket is)
             if (c->newstate == TCP_ESTABLISHED) {
-                u32 zero = 0;
                 u64 *n = unseen_starts.lookup(&zero);
                 if (n)
                     __sync_fetch_and_add(n, 1);
@@ -774,20 +803,22 @@ static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
 #endif
             return 0;
         }
-        if (c->newstate == TCP_ESTABLISHED) {
+        struct hdr who = *h;
+        if (connecting.delete(&sk) != 0)
+            return 0;                            // another path took it a moment ago
+        if (c->newstate == TCP_ESTABLISHED || c->oldstate == TCP_ESTABLISHED) {
             struct sock_event e = {};
-            e.h = *h;
+            e.h = who;
             e.h.pad = 0;
             e.h.ts = bpf_ktime_get_boot_ns();
             SOCK_ADDRS(e, c);
 #if BUDGET_PER_SECOND
-            if (h->pad & SOCK_AGGREGATE)
+            if (who.pad & SOCK_AGGREGATE)
                 aggregate(ctx, &e, AGG_CONNECT);
             else
 #endif
                 emit(ctx, &e, sizeof(e));
         }
-        connecting.delete(&sk);
         return 0;
     }
     if (c->newstate == TCP_LISTEN) {
@@ -818,9 +849,15 @@ static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
 static __always_inline void tcp_read_sock(struct tcp_change *c, u64 sk) {
     c->sk = sk;
     c->family = kread16(sk + OFF_SKC_FAMILY);
+#ifdef OFF_INET_SPORT
+    // (not skc_num: a close gives the port back - skc_num 0 - before its state change fires)
+    u16 sport = kread16(sk + OFF_INET_SPORT);
+    c->sport = (sport >> 8) | ((sport & 0xff) << 8);    // network byte order in the socket
+#else
     c->sport = kread16(sk + OFF_SKC_NUM);
+#endif
     u16 dport = kread16(sk + OFF_SKC_DPORT);
-    c->dport = (dport >> 8) | ((dport & 0xff) << 8);    // network byte order in the socket
+    c->dport = (dport >> 8) | ((dport & 0xff) << 8);
     if (c->family == W_AF_INET) {
         bpf_probe_read_kernel(&c->saddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
         bpf_probe_read_kernel(&c->daddr, 4, (void *)(sk + OFF_SKC_DADDR));
@@ -829,15 +866,13 @@ static __always_inline void tcp_read_sock(struct tcp_change *c, u64 sk) {
         bpf_probe_read_kernel(&c->daddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
     }
 }
+#endif
 
-// The kernel does not run a tracepoint's program when it would nest: for a classic tracepoint
-// when any BPF program is running on that CPU, for a raw one when this same program is. A
-// connection's ESTABLISHED comes in softirq, often in an interrupt that landed while a program
-// ran, and the agent lost ~1 in 100,000 connects of a storm that way, unsaid. A connect() that
-// returns 0 has been through ESTABLISHED: if the connection is still waiting in `connecting`,
-// its state change was skipped, and it is recorded now, from the socket; so is a non-blocking
-// one (EINPROGRESS) whose socket is established already. (One established later, learnt in
-// poll(), is still waiting in `connecting`: user space's sweep says it as a loss.)
+#if TCP_AT_RETURN
+// connect()'s return: a socket established by now (a blocking connect that returned 0, or a
+// non-blocking one whose handshake was over before it returned - loopback, near peers) whose
+// connection still waits in `connecting` had its ESTABLISHED skipped: recorded here. The state
+// is checked, not the return value: a TCP_FASTOPEN_CONNECT connect returns 0 before its SYN.
 static __always_inline int tcp_connect_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u64 *skp = connect_threads.lookup(&id);
@@ -845,15 +880,11 @@ static __always_inline int tcp_connect_exit(void *ctx, long ret) {
         return 0;
     u64 sk = *skp;
     connect_threads.delete(&id);
-    if (ret != 0) {
-#ifdef OFF_SKC_STATE
-        // non-blocking: on loopback and near peers the handshake is often over by now
-        if (ret != -W_EINPROGRESS || kread8(sk + OFF_SKC_STATE) != TCP_ESTABLISHED)
-            return 0;
-#else
-        return 0;                                // in progress (non-blocking), or failed
-#endif
-    }
+    if (ret != 0 && ret != -W_EINPROGRESS)
+        return 0;                                // failed
+    u8 state = kread8(sk + OFF_SKC_STATE);
+    if (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT)
+        return 0;                                // not yet (or no longer): the next change decides
     struct tcp_change c = {.oldstate = TCP_SYN_SENT, .newstate = TCP_ESTABLISHED, .protocol = W_IPPROTO_TCP,
                            .late = 1};
     tcp_read_sock(&c, sk);
@@ -869,6 +900,8 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state) {
     if (!tcp_wanted(oldstate, newstate))
         return 0;
     u64 sk = ctx->args[0];
+    if (oldstate == TCP_ESTABLISHED && !connecting.lookup(&sk))
+        return 0;                                // every close: most were recorded at ESTABLISHED
     if (kread16(sk + OFF_SK_PROTOCOL) != W_IPPROTO_TCP)
         return 0;
     struct tcp_change c = {.oldstate = oldstate, .newstate = newstate, .protocol = W_IPPROTO_TCP};
@@ -1187,7 +1220,7 @@ static __always_inline int unix_accept_exit(void *ctx, u64 sk) {
 }
 #endif
 
-#if HAVE_INET && defined(CONNECT_RET_OFF)
+#if TCP_AT_RETURN
 // A second program on sys_exit_connect, attached by name (capture.py): in the unix one it would
 // share a 512-byte stack with a unix record. BCC makes a tracepoint's argument struct once, so
 // `ret` is read at its offset in tracefs's format for the event (CONNECT_RET_OFF).

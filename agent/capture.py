@@ -31,9 +31,17 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 BATCH = 256                 # records: fewer than this after a poll, wait BATCH_WAIT for more
 BATCH_WAIT = 0.02
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
-# a connect still waiting for its state change this long was skipped by the kernel (capture.c,
-# tcp_connect_exit): SYNs retried at the defaults (tcp_syn_retries 6) give up after 127 s
+# a connect still waiting this long had every moment that records it skipped (capture.c): SYNs
+# retried at the defaults (tcp_syn_retries 6) give up after 127 s
 STALE_CONNECT_NS = 180_000_000_000
+CONNECT_SAID = 4            # capture.c's mark in a waiting connect's hdr.pad: said as a loss
+BPF_EXIST = 2
+
+
+def lib_update(table, key, leaf, flags: int) -> bool:
+    """bpf_map_update_elem with flags (BCC's table[key] = leaf always passes BPF_ANY)."""
+    from bcc.libbcc import lib      # noqa: PLC0415 (BCC is loaded by Capture before this runs)
+    return lib.bpf_update_elem(table.map_fd, ctypes.byref(key), ctypes.byref(leaf), flags) == 0
 ORPHAN_SWEEP = 60.0         # ... and between walks of the kernel's whole table for keys nobody knows
 
 
@@ -213,7 +221,7 @@ class Capture:
                 "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
                 "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
                 "for the peer's address")
-        if offsets.inet and ret_offset is not None:
+        if offsets.inet and offsets.tcp_state and ret_offset is not None:   # capture.c's TCP_AT_RETURN
             # capture.c's second program on connect()'s return (TCP), not auto-attached
             self.bpf.attach_tracepoint(tp=b"syscalls:sys_exit_connect", fn_name=b"tcp_connect_return")
         give_back_heap()
@@ -307,26 +315,26 @@ class Capture:
         return self.assembler.aggregates_due(read, time.clock_gettime_ns(time.CLOCK_BOOTTIME), final)
 
     def _sweep_connects(self, final: bool = False) -> None:
-        """Connects still waiting in the kernel's `connecting` table long after their SYN - the
-        state change that ends the wait was skipped (a nested probe run), and the connect() was
-        non-blocking, so nothing recorded it late - are taken out and counted as losses; at stop,
-        every one still waiting is counted: its outcome is not known."""
+        """Connects still waiting in the kernel's `connecting` table long after their SYN - every
+        moment that records one was skipped (capture.c, "The kernel does not run...") or the SYN
+        is still being retried - are counted as losses and marked said (CONNECT_SAID), not taken
+        out: one that completes after all is still recorded, and said once only. At stop, every
+        one still waiting is counted: its end is not known."""
         table = self.bpf["connecting"]
         stale = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - STALE_CONNECT_NS
         for k, v in list(table.items()):
-            if final:
-                self._stale_connects += 1
+            if v.pad & CONNECT_SAID or not (final or v.ts <= stale):
                 continue
-            if v.ts <= stale:
-                try:
-                    del table[k]
-                except KeyError:
-                    continue                    # it ended just now
-                self._stale_connects += 1
+            self._stale_connects += 1
+            if not final:
+                v.pad |= CONNECT_SAID
+                # BPF_EXIST: an entry the kernel took out meanwhile is not made anew
+                lib_update(table, k, v, BPF_EXIST)
 
     def stale_connects(self) -> int:
-        """TCP connects, since load, whose end the agent did not see (`_sweep_connects`)."""
-        return self._stale_connects
+        """TCP connects, since load, whose end the agent did not see: swept (`_sweep_connects`),
+        or found still waiting by a new connect on the same socket address (the kernel's count)."""
+        return self._stale_connects + sum(v.value for v in self.bpf["unended_connects"].values())
 
     def _sweep_orphans(self) -> None:
         """A key whose first record the ring buffer had no room for is known to no one: its counts
