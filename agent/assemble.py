@@ -89,6 +89,9 @@ class Assembler:
         self.accepted: OrderedDict[tuple[str, int], list[tuple[int, int, str, int]]] = OrderedDict()
         self.forks_of: dict[int, list[tuple[int, int | None, int]]] = {}   # (fork time, child pid, its start)
         self.uclients: OrderedDict[str, tuple[int, int]] = OrderedDict()   # unix conn -> client (pid, start)
+        # pid -> (start, exit time) of the last PASSIVE_KEEP processes to exit: a connect recorded
+        # late (at its socket's close, which may follow the exit) is theirs if they were alive then
+        self.exited: OrderedDict[int, tuple[int, int]] = OrderedDict()
         # connections over budget counted in the kernel (capture.c, aggregation): key -> the event its
         # first connection made, sent with its count once the key's minute is over (aggregates_due)
         self.aggregating: dict[bytes, dict[str, Any]] = {}
@@ -97,7 +100,7 @@ class Assembler:
         self._gone = False           # the exec being fed has its exit later in the batch (feed_all)
         self._budget_reported: dict[int, int] = {}     # uid -> over-budget records said in loss events
         self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0,
-                       "argv_unread": 0}
+                       "argv_unread": 0, "late_connect_unowned": 0}
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -180,6 +183,26 @@ class Assembler:
         st = ProcState(start=ts_ns)                    # gone already: name it by when we saw it
         self.procs[pid] = st
         return st, []
+
+    def _late_owner(self, pid: int, ts_ns: int) -> tuple[int | None, list[dict[str, Any]]]:
+        """The start of the process `pid` that was alive at ts_ns (a late connect's SYN_SENT),
+        and any events adopting it; None when no process known to the agent was: the pid's
+        process now may be a newer one (the connect's own exited, and its pid was reused)."""
+        st = self.procs.get(pid)
+        if st is not None:
+            return (st.start, []) if st.start <= ts_ns else (self._exited_at(pid, ts_ns), [])
+        known = self._exited_at(pid, ts_ns)
+        if known is not None:
+            return known, []
+        info = self.procfs.info(pid)
+        if info is not None and info.start_ticks * TICK_NS <= ts_ns:
+            events = self._adopt(info)
+            return self.procs[pid].start, events
+        return None, []
+
+    def _exited_at(self, pid: int, ts_ns: int) -> int | None:
+        gone = self.exited.get(pid)
+        return gone[0] if gone is not None and gone[0] <= ts_ns <= gone[1] else None
 
     def _setid_owner(self, path: str, uid: int, gid: int, ts_ns: int) -> tuple[int, int]:
         """(euid, egid) exec'ing path gives, remembering each binary's setuid/setgid bits for a
@@ -273,6 +296,10 @@ class Assembler:
             self.forks_of.pop(h.pid, None)
             if st is None:
                 return []
+            self.exited[h.pid] = (st.start, h.ts_ns)
+            self.exited.move_to_end(h.pid)
+            if len(self.exited) > PASSIVE_KEEP:
+                self.exited.popitem(last=False)
             ev = self._ev("exit", h.ts_ns, pid=h.pid, start=st.start)
             if rec.code is not None:
                 ev["code"] = rec.code
@@ -382,7 +409,14 @@ class Assembler:
             while len(self.passive) > PASSIVE_KEEP:
                 self.passive.popitem(last=False)
             return []
-        st, out = self._state(h.pid, h.ts_ns)
+        if h.type == d.EV_CONNECT and rec.late:
+            start, out = self._late_owner(h.pid, h.ts_ns)
+            if start is None:
+                self.counts["late_connect_unowned"] += 1
+                return out
+            st = ProcState(start=start)
+        else:
+            st, out = self._state(h.pid, h.ts_ns)
         if h.type == d.EV_CONNECT:
             ev = self._ev("connect", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport,
                           raddr=rec.raddr, rport=rec.rport)

@@ -139,6 +139,7 @@ struct cred_event {
 };
 
 #define SOCK_LOCAL 1       // sock_event.flags: laddr/lport are this end's (an accept read from its socket)
+#define SOCK_LATE 4        // a connect recorded after its ESTABLISHED was skipped, stamped with its SYN_SENT
 #define SOCK_AGGREGATE 2   // the first connection of an aggregate (see "aggregation"); in a connecting
                            // hdr's pad: over budget, to be aggregated
 
@@ -201,7 +202,15 @@ BPF_ARRAY(file_template, struct file_event, 1);     // all zeros, never written:
 BPF_HASH(clone_flags, u64, u64, 16384);
 BPF_HASH(exit_codes, u32, s32, 16384);
 BPF_HASH(cred_reqs, u64, struct cred_event, 4096);
-BPF_TABLE("lru_hash", u64, struct hdr, connecting, 16384);   // SYNs never answered age out
+// A connect in progress: who, and where to - a later use of the entry checks the socket is still
+// going there (its memory may be another socket's by then, if every moment that ends it was skipped).
+struct conn_pending {
+    struct hdr h;
+    u8 daddr[16];
+    u16 dport;
+    u16 pad[3];
+};
+BPF_TABLE("lru_hash", u64, struct conn_pending, connecting, 16384);   // SYNs never answered age out
 BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
@@ -725,9 +734,11 @@ struct tcp_change {
 //   - the socket leaving ESTABLISHED (the close, in the caller's context, or the peer's FIN):
 //     recorded then, late, from the socket, which still holds both ends.
 // What none of them saw is counted: an entry a new SYN_SENT on the same socket address finds
-// (`unended_connects`), and user space's sweep of entries left long, and at stop.
-#define CONNECT_SAID 4           // hdr.pad in `connecting`: user space has said this one as a loss
+// (`unended_connects`), and user space's sweep of entries left long, and at stop. Late records
+// carry SOCK_LATE and the SYN_SENT time: the process may have exited by the close.
 BPF_ARRAY(unended_connects, u64, 1);
+// socket -> the SYN_SENT time of the entry user space has said as a loss (its sweep): not said again
+BPF_TABLE("lru_hash", u64, u64, connects_said, 4096);
 
 #if HAVE_INET && defined(OFF_SKC_STATE) && defined(CONNECT_RET_OFF)
 #define TCP_AT_RETURN 1
@@ -763,18 +774,25 @@ static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
     u64 sk = c->sk;
     u32 zero = 0;
     if (c->newstate == TCP_SYN_SENT) {
-        struct hdr h = {};
-        if (!fill_hdr(&h, EV_CONNECT))
-            return 0;
-        struct hdr *old = connecting.lookup(&sk);
-        if (old && !(old->pad & CONNECT_SAID)) {
-            u64 *n = unended_connects.lookup(&zero);    // its socket freed, its address reused
-            if (n)
-                __sync_fetch_and_add(n, 1);
+        // first the entry an earlier connect left on this socket address, whoever connects now
+        struct conn_pending *old = connecting.lookup(&sk);
+        if (old) {
+            u64 *said = connects_said.lookup(&sk);
+            if (!said || *said != old->h.ts) {
+                u64 *n = unended_connects.lookup(&zero);    // its socket freed, its address reused
+                if (n)
+                    __sync_fetch_and_add(n, 1);
+            }
+            connecting.delete(&sk);
         }
+        struct conn_pending p = {};
+        if (!fill_hdr(&p.h, EV_CONNECT))
+            return 0;
         // over budget: still remembered, to be counted (not recorded) once established
-        h.pad = budget_take(h.uid, 1) ? 0 : SOCK_AGGREGATE;
-        connecting.update(&sk, &h);
+        p.h.pad = budget_take(p.h.uid, 1) ? 0 : SOCK_AGGREGATE;
+        __builtin_memcpy(p.daddr, c->daddr, 16);
+        p.dport = c->dport;
+        connecting.update(&sk, &p);
 #if TCP_AT_RETURN
         u64 id = bpf_get_current_pid_tgid();
         connect_threads.update(&id, &sk);
@@ -788,8 +806,10 @@ static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
             && c->dport == FAULT_SKIP_ESTABLISHED_DPORT)
             return 0;
 #endif
-        struct hdr *h = connecting.lookup(&sk);
-        if (!h) {
+        if (c->newstate == TCP_SYN_RECV)
+            return 0;                            // a simultaneous open: its close records it
+        struct conn_pending *p = connecting.lookup(&sk);
+        if (!p) {
             if (c->late || c->oldstate == TCP_ESTABLISHED)
                 return 0;                        // recorded already (or not a connect of ours)
 #if !PIDNS_FILTER
@@ -803,15 +823,21 @@ static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
 #endif
             return 0;
         }
-        struct hdr who = *h;
+        if (p->dport != c->dport || *(u64 *)&p->daddr[0] != *(u64 *)&c->daddr[0]
+            || *(u64 *)&p->daddr[8] != *(u64 *)&c->daddr[8])
+            return 0;                            // another socket in this memory now: not its end
+        struct hdr who = p->h;
         if (connecting.delete(&sk) != 0)
             return 0;                            // another path took it a moment ago
         if (c->newstate == TCP_ESTABLISHED || c->oldstate == TCP_ESTABLISHED) {
             struct sock_event e = {};
             e.h = who;
             e.h.pad = 0;
-            e.h.ts = bpf_ktime_get_boot_ns();
+            int late = c->late || c->oldstate == TCP_ESTABLISHED;
+            e.h.ts = late ? who.ts : bpf_ktime_get_boot_ns();
             SOCK_ADDRS(e, c);
+            if (late)
+                e.flags = SOCK_LATE;
 #if BUDGET_PER_SECOND
             if (who.pad & SOCK_AGGREGATE)
                 aggregate(ctx, &e, AGG_CONNECT);

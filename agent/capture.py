@@ -34,14 +34,6 @@ AGG_SWEEP = 1.0             # seconds between looks for aggregated connections w
 # a connect still waiting this long had every moment that records it skipped (capture.c): SYNs
 # retried at the defaults (tcp_syn_retries 6) give up after 127 s
 STALE_CONNECT_NS = 180_000_000_000
-CONNECT_SAID = 4            # capture.c's mark in a waiting connect's hdr.pad: said as a loss
-BPF_EXIST = 2
-
-
-def lib_update(table, key, leaf, flags: int) -> bool:
-    """bpf_map_update_elem with flags (BCC's table[key] = leaf always passes BPF_ANY)."""
-    from bcc.libbcc import lib      # noqa: PLC0415 (BCC is loaded by Capture before this runs)
-    return lib.bpf_update_elem(table.map_fd, ctypes.byref(key), ctypes.byref(leaf), flags) == 0
 ORPHAN_SWEEP = 60.0         # ... and between walks of the kernel's whole table for keys nobody knows
 
 
@@ -317,19 +309,19 @@ class Capture:
     def _sweep_connects(self, final: bool = False) -> None:
         """Connects still waiting in the kernel's `connecting` table long after their SYN - every
         moment that records one was skipped (capture.c, "The kernel does not run...") or the SYN
-        is still being retried - are counted as losses and marked said (CONNECT_SAID), not taken
-        out: one that completes after all is still recorded, and said once only. At stop, every
-        one still waiting is counted: its end is not known."""
-        table = self.bpf["connecting"]
+        is still being retried - are counted as losses, and their SYN_SENT time put in
+        `connects_said`, so that neither this sweep nor the kernel counts them again. The entry
+        itself is left alone: one that completes after all is still recorded. At stop, every one
+        still waiting and not said is counted: its end is not known."""
+        table, said = self.bpf["connecting"], self.bpf["connects_said"]
         stale = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - STALE_CONNECT_NS
+        known = {bytes(k): v.value for k, v in said.items()}
         for k, v in list(table.items()):
-            if v.pad & CONNECT_SAID or not (final or v.ts <= stale):
+            if known.get(bytes(k)) == v.h.ts or not (final or v.h.ts <= stale):
                 continue
             self._stale_connects += 1
             if not final:
-                v.pad |= CONNECT_SAID
-                # BPF_EXIST: an entry the kernel took out meanwhile is not made anew
-                lib_update(table, k, v, BPF_EXIST)
+                said[k] = said.Leaf(v.h.ts)
 
     def stale_connects(self) -> int:
         """TCP connects, since load, whose end the agent did not see: swept (`_sweep_connects`),

@@ -37,7 +37,7 @@ def capture_skipping(port: int):
 
 def waiting_in_kernel(cap, pid: int) -> list:
     """The connects of process `pid` still waiting in the kernel's `connecting` table."""
-    return [v for v in cap.bpf["connecting"].values() if v.pid == pid]
+    return [v for v in cap.bpf["connecting"].values() if v.h.pid == pid]
 
 
 def test_a_connect_whose_state_change_was_skipped_is_recorded_at_its_return_or_its_close(monkeypatch):
@@ -87,7 +87,8 @@ def test_a_connect_whose_state_change_was_skipped_is_recorded_at_its_return_or_i
         before = cap.stale_connects()
         cap._sweep_connects()
         swept = cap.stale_connects() - before
-        assert [v.pad & capture.CONNECT_SAID for v in waiting_in_kernel(cap, os.getpid())] == [capture.CONNECT_SAID]
+        said = {v.value for v in cap.bpf["connects_said"].values()}
+        assert [v.h.ts in said for v in waiting_in_kernel(cap, os.getpid())] == [True]
         cap._sweep_connects()
         assert cap.stale_connects() - before == swept                   # said once, not at every sweep
         for sock in socks:
@@ -106,6 +107,64 @@ def test_a_connect_whose_state_change_was_skipped_is_recorded_at_its_return_or_i
     assert sorted(e["lport"] for e in mine()) == sorted(ports.values()), mine()
     assert all(e["laddr"] == e["raddr"] == "127.0.0.1" for e in mine())
     assert swept >= 1 and not left
+
+
+CHILD = r"""
+import os, select, socket, sys
+c = socket.socket()
+c.setblocking(False)
+assert c.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 115
+print("connecting", flush=True)
+assert select.select([], [c], [], 60)[1] and c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+print(c.getsockname()[1], flush=True)
+sys.stdin.readline()
+os._exit(0)                          # the socket is closed by the exit, after the exit's record
+"""
+
+
+def test_a_connect_recorded_at_a_close_after_its_process_exited_names_that_process():
+    """The late record is made when the exit closes the socket - after the exit's own record. It
+    names the process that connected (its pid and start), not a newer holder of the pid nor a
+    process made up for it."""
+    import subprocess
+    import sys
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))             # the accept queue is full
+    cap = capture_skipping(port)
+    events = []
+    try:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(port)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "connecting"
+        time.sleep(0.3)
+        kept = listener.accept()[0]                                     # room: the retransmit completes
+        lport = int(child.stdout.readline())
+        events += cap.poll(300)
+        assert not [e for e in events if e["kind"] == "connect" and e.get("rport") == port]
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(20) == 0
+        deadline = time.time() + 5
+        while time.time() < deadline and not any(e.get("rport") == port for e in events):
+            events += cap.poll(100)
+        events += cap.drain()
+        unowned = cap.assembler.counts["late_connect_unowned"]
+    finally:
+        cap.close()
+        for sock in ("kept", "queued"):
+            if sock in locals():
+                locals()[sock].close()
+        listener.close()
+    execs = [e for e in events if e["kind"] == "exec" and e["pid"] == child.pid]
+    exits = [e for e in events if e["kind"] == "exit" and e["pid"] == child.pid]
+    connects = [e for e in events if e["kind"] == "connect" and e.get("rport") == port]
+    assert execs and exits and unowned == 0
+    assert [(e["pid"], e["start"], e["lport"]) for e in connects] == [(child.pid, execs[-1]["start"], lport)], \
+        (connects, execs)
+    assert events.index(connects[0]) > events.index(exits[0])          # made after the exit, as said
 
 
 def test_a_fast_open_connect_returning_before_its_syn_is_recorded_once_established():
