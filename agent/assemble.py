@@ -184,18 +184,20 @@ class Assembler:
         self.procs[pid] = st
         return st, []
 
-    def _late_owner(self, pid: int, ts_ns: int) -> tuple[int | None, list[dict[str, Any]]]:
-        """The start of the process `pid` that was alive at ts_ns (a late connect's SYN_SENT),
-        and any events adopting it; None when no process known to the agent was: the pid's
-        process now may be a newer one (the connect's own exited, and its pid was reused)."""
+    def _owner_at(self, pid: int, ts_ns: int) -> tuple[int | None, list[dict[str, Any]]]:
+        """The start of the process `pid` that was alive at ts_ns (a connect's SYN_SENT), and any
+        events adopting it; None when no process known to the agent was: the pid's process now
+        may be a newer one. A remembered exit that covers ts_ns settles it first (one process
+        holds a pid at a time); a start from /proc is only to the clock tick, so it must be a
+        whole tick before."""
+        gone = self._exited_at(pid, ts_ns)
+        if gone is not None:
+            return gone, []
         st = self.procs.get(pid)
         if st is not None:
-            return (st.start, []) if st.start <= ts_ns else (self._exited_at(pid, ts_ns), [])
-        known = self._exited_at(pid, ts_ns)
-        if known is not None:
-            return known, []
+            return (st.start, []) if st.start <= ts_ns else (None, [])
         info = self.procfs.info(pid)
-        if info is not None and info.start_ticks * TICK_NS <= ts_ns:
+        if info is not None and info.start_ticks * TICK_NS + TICK_NS <= ts_ns:
             events = self._adopt(info)
             return self.procs[pid].start, events
         return None, []
@@ -233,7 +235,8 @@ class Assembler:
     def feed(self, rec: d.Record) -> list[dict[str, Any]]:
         h = rec.hdr
         born: list[dict[str, Any]] = []
-        if self.unborn and h.gpid in self.unborn and h.type != d.EV_PASSIVE:
+        # (not a connect: its header was made at its SYN_SENT, and the pid may be another's now)
+        if self.unborn and h.gpid in self.unborn and h.type not in (d.EV_PASSIVE, d.EV_CONNECT):
             ts_ns, child = self.unborn.pop(h.gpid)
             born = self._born(h.pid, child, ts_ns, outside=h.gpid)
         if self.own_pid is not None and h.pid == self.own_pid and not isinstance(rec, d.Sock):
@@ -409,8 +412,10 @@ class Assembler:
             while len(self.passive) > PASSIVE_KEEP:
                 self.passive.popitem(last=False)
             return []
-        if h.type == d.EV_CONNECT and rec.late:
-            start, out = self._late_owner(h.pid, h.ts_ns)
+        if h.type == d.EV_CONNECT:
+            # named by the process that began it (its SYN_SENT, aux microseconds before): by the
+            # time it is recorded that process may have exited, and its pid be another's
+            start, out = self._owner_at(h.pid, h.ts_ns - h.aux * 1000)
             if start is None:
                 self.counts["late_connect_unowned"] += 1
                 return out

@@ -99,7 +99,8 @@ struct hdr {
     u32 uid;         // real uid and gid of the current task
     u32 gid;
     u32 type;
-    u32 aux;         // the child's pid in the initial namespace, in fork records
+    u32 aux;         // the child's pid in the initial namespace, in fork records; in a connect's,
+                     // microseconds since its SYN_SENT
     u32 gpid;        // this process's pid in the initial namespace
     u32 pad;
 };
@@ -738,7 +739,7 @@ struct tcp_change {
 // carry SOCK_LATE and the SYN_SENT time: the process may have exited by the close.
 BPF_ARRAY(unended_connects, u64, 1);
 // socket -> the SYN_SENT time of the entry user space has said as a loss (its sweep): not said again
-BPF_TABLE("lru_hash", u64, u64, connects_said, 4096);
+BPF_TABLE("lru_hash", u64, u64, connects_said, 16384);   // as many as `connecting` holds
 
 #if HAVE_INET && defined(OFF_SKC_STATE) && defined(CONNECT_RET_OFF)
 #define TCP_AT_RETURN 1
@@ -833,11 +834,16 @@ static __always_inline int tcp_state(void *ctx, struct tcp_change *c) {
             struct sock_event e = {};
             e.h = who;
             e.h.pad = 0;
-            int late = c->late || c->oldstate == TCP_ESTABLISHED;
-            e.h.ts = late ? who.ts : bpf_ktime_get_boot_ns();
             SOCK_ADDRS(e, c);
-            if (late)
-                e.flags = SOCK_LATE;
+            if (c->late || c->oldstate == TCP_ESTABLISHED) {
+                e.flags = SOCK_LATE;             // stamped with its SYN_SENT: aux 0
+            } else {
+                // aux: microseconds since its SYN_SENT, whose process user space names - the
+                // process may have exited since (its socket passed on, the SYN retried)
+                e.h.ts = bpf_ktime_get_boot_ns();
+                u64 us = (e.h.ts - who.ts) / 1000;
+                e.h.aux = us > 0xffffffff ? 0xffffffff : us;
+            }
 #if BUDGET_PER_SECOND
             if (who.pad & SOCK_AGGREGATE)
                 aggregate(ctx, &e, AGG_CONNECT);

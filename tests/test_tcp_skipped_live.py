@@ -167,6 +167,60 @@ def test_a_connect_recorded_at_a_close_after_its_process_exited_names_that_proce
     assert events.index(connects[0]) > events.index(exits[0])          # made after the exit, as said
 
 
+HANDED_ON = r"""
+import os, socket, sys
+c = socket.socket()
+c.setblocking(False)
+assert c.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 115
+if os.fork() == 0:                   # the child keeps the socket; the connecting process exits
+    sys.stdin.readline()
+    os._exit(0)
+print("handed on", flush=True)
+os._exit(0)
+"""
+
+
+def test_a_connect_established_after_its_process_exited_names_that_process():
+    """Its SYN held back, a process hands the socket to its child and exits; the retransmit is
+    answered later and ESTABLISHED fires with the exited process's header. The connect names
+    that process (pid and start, as its exec said), not one made up for a pid gone from /proc."""
+    import subprocess
+    import sys
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))             # the accept queue is full
+    cap = capture_skipping(port + 1 if port < 65535 else port - 1)     # nothing skipped here
+    events = []
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", HANDED_ON, str(port)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "handed on"
+        assert proc.wait(20) == 0
+        events += cap.poll(300)
+        kept = listener.accept()[0]                                     # room: the retransmit completes
+        deadline = time.time() + 20
+        while time.time() < deadline and not any(e.get("rport") == port for e in events):
+            events += cap.poll(200)
+        proc.stdin.write("\n")                                          # the child may go now
+        proc.stdin.flush()
+        events += cap.poll(300)
+        events += cap.drain()
+    finally:
+        cap.close()
+        for sock in ("kept", "queued"):
+            if sock in locals():
+                locals()[sock].close()
+        listener.close()
+    execs = [e for e in events if e["kind"] == "exec" and e["pid"] == proc.pid]
+    exits = [e for e in events if e["kind"] == "exit" and e["pid"] == proc.pid]
+    connects = [e for e in events if e["kind"] == "connect" and e.get("rport") == port]
+    assert execs and exits
+    assert [(e["pid"], e["start"]) for e in connects] == [(proc.pid, execs[-1]["start"])], (connects, execs)
+    assert events.index(connects[0]) > events.index(exits[0])          # recorded after the exit
+
+
 def test_a_fast_open_connect_returning_before_its_syn_is_recorded_once_established():
     """TCP_FASTOPEN_CONNECT with a cookie: connect() returns 0 before any SYN, the socket still in
     SYN_SENT. Not recorded then (it is not a connection yet), nor counted unseen when it becomes
