@@ -100,7 +100,7 @@ class Assembler:
         self._gone = False           # the exec being fed has its exit later in the batch (feed_all)
         self._budget_reported: dict[int, int] = {}     # uid -> over-budget records said in loss events
         self.counts = {"unmatched_accept": 0, "redacted": 0, "decode_errors": 0, "unmatched_login": 0,
-                       "argv_unread": 0, "late_connect_unowned": 0}
+                       "argv_unread": 0}
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -184,23 +184,26 @@ class Assembler:
         self.procs[pid] = st
         return st, []
 
-    def _owner_at(self, pid: int, ts_ns: int) -> tuple[int | None, list[dict[str, Any]]]:
+    def _owner_at(self, pid: int, ts_ns: int) -> tuple[int, list[dict[str, Any]]]:
         """The start of the process `pid` that was alive at ts_ns (a connect's SYN_SENT), and any
-        events adopting it; None when no process known to the agent was: the pid's process now
-        may be a newer one. A remembered exit that covers ts_ns settles it first (one process
-        holds a pid at a time); a start from /proc is only to the clock tick, so it must be a
-        whole tick before."""
+        events adopting it. A remembered exit that covers ts_ns settles it (one process holds a
+        pid at a time); a start from /proc counts only if a whole clock tick before. When the
+        pid's process now began after ts_ns, its own is gone unseen: the connect is named by the
+        pid and ts_ns alone - a process of its own, never the newer one."""
         gone = self._exited_at(pid, ts_ns)
         if gone is not None:
             return gone, []
         st = self.procs.get(pid)
-        if st is not None:
-            return (st.start, []) if st.start <= ts_ns else (None, [])
-        info = self.procfs.info(pid)
-        if info is not None and info.start_ticks * TICK_NS + TICK_NS <= ts_ns:
-            events = self._adopt(info)
-            return self.procs[pid].start, events
-        return None, []
+        if st is None:
+            info = self.procfs.info(pid)
+            if info is None:
+                st, out = self._state(pid, ts_ns)          # gone, never seen: as any record's
+                return st.start, out
+            if info.start_ticks * TICK_NS + TICK_NS <= ts_ns:
+                out = self._adopt(info)
+                return self.procs[pid].start, out
+            return ts_ns, []
+        return (st.start if st.start <= ts_ns else ts_ns), []
 
     def _exited_at(self, pid: int, ts_ns: int) -> int | None:
         gone = self.exited.get(pid)
@@ -416,9 +419,6 @@ class Assembler:
             # named by the process that began it (its SYN_SENT, aux microseconds before): by the
             # time it is recorded that process may have exited, and its pid be another's
             start, out = self._owner_at(h.pid, h.ts_ns - h.aux * 1000)
-            if start is None:
-                self.counts["late_connect_unowned"] += 1
-                return out
             st = ProcState(start=start)
         else:
             st, out = self._state(h.pid, h.ts_ns)

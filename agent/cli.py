@@ -389,8 +389,7 @@ def run(args) -> int:
             if mode == "bpf" else []
         for ev in over:
             log.warning(ev["what"], host=host)
-        # (and late ones whose process the agent could not tell: not recorded rather than guessed)
-        stale = cap.stale_connects() + asm.counts["late_connect_unowned"] if mode == "bpf" else 0
+        stale = cap.stale_connects() if mode == "bpf" else 0
         if stale > lost_state["stale"]:
             count, lost_state["stale"] = stale - lost_state["stale"], stale
             what = (f"TCP connects whose end the agent did not see: up to {count:,} connections not recorded "

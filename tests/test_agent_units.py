@@ -749,3 +749,31 @@ def test_local_mode_stores_what_ingest_with_redaction_stores(tmp_path):
     text = repr(got)
     for secret in ("hunter2", "abc.def.ghi", "s3cret", "tok123"):
         assert secret not in text
+
+
+# --- a connect is named by the process alive at its SYN_SENT ---------------------------------
+
+def test_a_connect_recorded_after_its_process_exited_and_its_pid_was_reused_names_the_first():
+    """The connect's header was made at SYN_SENT (aux: microseconds before the record). P1 (pid
+    10) forks at 1 s, connects at 2 s and exits at 3 s; P2 gets pid 10 at 4 s; the connect is
+    recorded at 5 s. It is P1's, by its start - not P2's, nor one made up."""
+    s = 1_000_000_000
+    asm = assembler()
+    out = feed(asm, hdr(d.EV_FORK, 1, ts_ns=1 * s, aux=10), hdr(d.EV_EXIT, 10, ts_ns=3 * s) + d.EXIT_TAIL.pack(0, 1),
+               hdr(d.EV_FORK, 1, ts_ns=4 * s, aux=10),
+               sock_rec(d.EV_CONNECT, 10, "10.0.0.5", 40000, "10.0.0.9", 443, ts_ns=5 * s, aux=3_000_000))
+    (connect,) = [e for e in out if e["kind"] == "connect"]
+    p1_start = [e["start"] for e in out if e["kind"] == "exit" and e["pid"] == 10][0]
+    assert connect["start"] == p1_start != asm.procs[10].start, connect
+
+
+def test_a_connect_whose_process_is_gone_unseen_is_not_given_to_the_pids_new_process():
+    """P1 was never seen; P2 holds pid 10 now, from 4 s. A connect made at 2 s cannot be P2's: it
+    is named by the pid and its SYN's time alone, and P2 is left as it was."""
+    s = 1_000_000_000
+    asm = assembler()
+    out = feed(asm, hdr(d.EV_FORK, 1, ts_ns=4 * s, aux=10),
+               sock_rec(d.EV_CONNECT, 10, "10.0.0.5", 40000, "10.0.0.9", 443, ts_ns=5 * s, aux=3_000_000))
+    (connect,) = [e for e in out if e["kind"] == "connect"]
+    assert asm.procs[10].start == 4 * s
+    assert connect["pid"] == 10 and connect["start"] == 2 * s
