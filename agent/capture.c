@@ -1017,24 +1017,16 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
 #if HAVE_INET
 // The accepted TCP connection's two ends, from its sock_common: the caller's sockaddr is not
 // needed, so accept(fd, NULL, NULL) is recorded like any other.
-static __always_inline int inet_accept_exit(void *ctx, u64 sk, u16 family) {
+static __always_inline int inet_accept_exit(void *ctx, u64 sk) {
     struct sock_event e = {};
     if (!fill_hdr(&e.h, EV_ACCEPT))
         return 0;
     int within = budget_take(e.h.uid, 1);
-    e.family = family;
+    // a v4 client of a dual-stack socket is here as v4-mapped: user space makes it plain
+    struct tcp_change c = {};
+    tcp_read_sock(&c, sk);
+    SOCK_ADDRS(e, &c);
     e.flags = SOCK_LOCAL;
-    e.lport = kread16(sk + OFF_SKC_NUM);
-    u16 dport = kread16(sk + OFF_SKC_DPORT);
-    e.rport = (dport >> 8) | ((dport & 0xff) << 8);    // network byte order in the socket
-    if (family == W_AF_INET) {
-        bpf_probe_read_kernel(&e.laddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
-        bpf_probe_read_kernel(&e.raddr, 4, (void *)(sk + OFF_SKC_DADDR));
-    } else {
-        // a v4 client of a dual-stack socket is here as v4-mapped: user space makes it plain
-        bpf_probe_read_kernel(&e.laddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
-        bpf_probe_read_kernel(&e.raddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
-    }
 #if BUDGET_PER_SECOND
     if (!within) {
         aggregate(ctx, &e, AGG_ACCEPT);
@@ -1096,7 +1088,7 @@ static __always_inline int accept_exit(void *ctx, long ret) {
 #endif
 #if HAVE_INET
     if (family == W_AF_INET || family == W_AF_INET6)
-        return inet_accept_exit(ctx, sk, family);
+        return inet_accept_exit(ctx, sk);
     return 0;
 #endif
 #endif

@@ -147,6 +147,9 @@ def take(table, key):
     return v.count, v.first, v.last
 
 
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")    # where tracefs is mounted, newest first
+
+
 def field_offset(fmt: str, field: str) -> int | None:
     """A field's offset in a tracepoint's record, from tracefs's `format` text; None if absent."""
     m = re.search(rf"field:[^;]*\b{re.escape(field)};\s*offset:(\d+);", fmt)
@@ -155,7 +158,7 @@ def field_offset(fmt: str, field: str) -> int | None:
 
 def tracepoint_field_offset(event: str, field: str) -> int | None:
     """`field`'s offset in tracepoint `event` (category/name) as the running kernel lays it out."""
-    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+    for root in TRACEFS:
         try:
             return field_offset(Path(root, "events", event, "format").read_text(), field)
         except OSError:

@@ -28,7 +28,7 @@ from functools import lru_cache
 from . import btf
 from .assemble import Assembler
 from .bccload import BccMissing, load_bcc
-from .capture import Capture, CaptureError, boot_epoch, own_pid_namespace
+from .capture import TRACEFS, Capture, CaptureError, boot_epoch, own_pid_namespace
 from .dnswatch import DnsWatch, NameBook, host_resolvers
 from .netlink import NetlinkCapture, NetlinkUnavailable, monotonic_epoch
 from .procfs import ProcFS, boot_id
@@ -384,35 +384,37 @@ def run(args) -> int:
         crossing this window on this host say they may be incomplete."""
         lost, since = cap.lost(), lost_state["since"]
         lost_state["since"] = now = time.time()
+
+        def loss(count: int, what: str) -> dict:
+            return {"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
+                    "since": round(since, 6), "count": count, "what": what}
+
+        def counted(name: str, total: int, what) -> list:
+            """A kernel count since load (BPF only) -> a loss event for what it gained since the last look."""
+            if total <= lost_state[name]:
+                return []
+            count, lost_state[name] = total - lost_state[name], total
+            log.warning(what(count), host=host)
+            return [loss(count, what(count))]
+
         # connection records a uid's budget refused (BPF only): their own loss events, naming the uid
         over = asm.budget_losses(cap.over_budget(), since, now, budget.per_second, budget.burst) \
             if mode == "bpf" else []
         for ev in over:
             log.warning(ev["what"], host=host)
-        stale = cap.stale_connects() if mode == "bpf" else 0
-        if stale > lost_state["stale"]:
-            count, lost_state["stale"] = stale - lost_state["stale"], stale
-            what = (f"TCP connects whose end the agent did not see: up to {count:,} connections not recorded "
-                    "(the kernel skipped its probe on the state change, or the connect was still in progress "
-                    "when the agent stopped)")
-            log.warning(what, host=host)
-            over = over + [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
-                            "since": round(since, 6), "count": count, "what": what}]
-        unseen = cap.unseen_starts() if mode == "bpf" else 0
-        if unseen > lost_state["unseen"]:
-            count, lost_state["unseen"] = unseen - lost_state["unseen"], unseen
-            what = (f"TCP connections established whose start the agent had not seen: {count:,} not recorded "
-                    "(begun before it loaded, or more connections in progress than its table holds)")
-            log.warning(what, host=host)
-            over = over + [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
-                            "since": round(since, 6), "count": count, "what": what}]
+        if mode == "bpf":
+            over += counted("stale", cap.stale_connects(), lambda n: (
+                f"TCP connects whose end the agent did not see: up to {n:,} connections not recorded (the kernel "
+                "skipped its probe on the state change, or the connect was still in progress when the agent "
+                "stopped)"))
+            over += counted("unseen", cap.unseen_starts(), lambda n: (
+                f"TCP connections established whose start the agent had not seen: {n:,} not recorded (begun "
+                "before it loaded, or more connections in progress than its table holds)"))
         if lost <= lost_state["reported"]:
             return over
         count, lost_state["reported"] = lost - lost_state["reported"], lost
         log.error(f"the kernel dropped {count} records ({mode}); raise --ringbuf-pages", host=host, lost=count)
-        return over + [{"v": 1, "kind": "loss", "host": host, "boot": asm.boot, "ts": round(now, 6),
-                        "since": round(since, 6), "count": count,
-                        "what": "ring buffer full" if mode == "bpf" else "netlink overrun"}]
+        return over + [loss(count, "ring buffer full" if mode == "bpf" else "netlink overrun")]
 
     def logins(final: bool = False) -> list:
         if follower is None:
@@ -503,7 +505,7 @@ def doctor(_args) -> int:
     """Check what the agent needs, and say how to fix what is missing."""
     checks = []
     checks.append(("running as root", os.geteuid() == 0, "run the agent as root (or with CAP_BPF, CAP_PERFMON)"))
-    tracefs = next((p for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+    tracefs = next((p for p in TRACEFS
                     if os.path.exists(f"{p}/events/sched/sched_process_exec")), None)
     checks.append(("tracepoints visible in tracefs", tracefs is not None,
                    "mount it: `mount -t tracefs nodev /sys/kernel/tracing`"))
