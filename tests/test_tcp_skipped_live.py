@@ -35,6 +35,24 @@ def capture_skipping(port: int):
                    ringbuf_pages=64, offsets=offsets, faults=(f"FAULT_SKIP_ESTABLISHED_DPORT={port}",))
 
 
+def poll_until(cap, events: list, done, seconds: float) -> None:
+    """Add what the capture gives to `events` until done() or `seconds` have passed."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and not done():
+        events += cap.poll(100)
+
+
+def held_back_listener() -> tuple[socket.socket, int, socket.socket]:
+    """A loopback listener whose accept queue is full (backlog 0, one connection queued): the next
+    SYN to it is dropped and retried (1 s, 3 s, 7 s...) until an accept makes room. Without a
+    firewall or netem, this is how a connect is held in SYN_SENT. (listener, port, the queued one)"""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    return listener, port, socket.create_connection(("127.0.0.1", port))
+
+
 def waiting_in_kernel(cap, pid: int) -> list:
     """The connects of process `pid` still waiting in the kernel's `connecting` table."""
     return [v for v in cap.bpf["connecting"].values() if v.h.pid == pid]
@@ -77,9 +95,7 @@ def test_a_connect_whose_state_change_was_skipped_is_recorded_at_its_return_or_i
         assert select.select([], [slow], [], 60)[1] and slow.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
         ports = {name: sock.getsockname()[1] for name, sock in (("blocking", blocking), ("quick", quick),
                                                                   ("slow", slow))}
-        deadline = time.time() + 3
-        while time.time() < deadline and len(mine()) < 2:
-            events += cap.poll(100)
+        poll_until(cap, events, lambda: len(mine()) >= 2, 3)
         events += cap.poll(300)
         open_recorded = sorted(e["lport"] for e in mine())
         assert len(waiting_in_kernel(cap, os.getpid())) == 1, "`slow` is not the one connect left waiting"
@@ -93,9 +109,7 @@ def test_a_connect_whose_state_change_was_skipped_is_recorded_at_its_return_or_i
         assert cap.stale_connects() - before == swept                   # said once, not at every sweep
         for sock in socks:
             sock.close()                                 # `slow` leaves ESTABLISHED: recorded then
-        deadline = time.time() + 3
-        while time.time() < deadline and len(mine()) < 3:
-            events += cap.poll(100)
+        poll_until(cap, events, lambda: len(mine()) >= 3, 3)
         events += cap.drain()
         left = waiting_in_kernel(cap, os.getpid())
     finally:
@@ -128,13 +142,9 @@ def test_a_connect_recorded_at_a_close_after_its_process_exited_names_that_proce
     process made up for it."""
     import subprocess
     import sys
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued = socket.create_connection(("127.0.0.1", port))             # the accept queue is full
+    listener, port, queued = held_back_listener()
     cap = capture_skipping(port)
-    events = []
+    events, kept = [], None
     try:
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(port)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True)
@@ -147,15 +157,13 @@ def test_a_connect_recorded_at_a_close_after_its_process_exited_names_that_proce
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.wait(20) == 0
-        deadline = time.time() + 5
-        while time.time() < deadline and not any(e.get("rport") == port for e in events):
-            events += cap.poll(100)
+        poll_until(cap, events, lambda: any(e.get("rport") == port for e in events), 5)
         events += cap.drain()
     finally:
         cap.close()
-        for sock in ("kept", "queued"):
-            if sock in locals():
-                locals()[sock].close()
+        for sock in (kept, queued):
+            if sock is not None:
+                sock.close()
         listener.close()
     execs = [e for e in events if e["kind"] == "exec" and e["pid"] == child.pid]
     exits = [e for e in events if e["kind"] == "exit" and e["pid"] == child.pid]
@@ -185,13 +193,9 @@ def test_a_connect_established_after_its_process_exited_names_that_process():
     that process (pid and start, as its exec said), not one made up for a pid gone from /proc."""
     import subprocess
     import sys
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued = socket.create_connection(("127.0.0.1", port))             # the accept queue is full
+    listener, port, queued = held_back_listener()
     cap = capture_skipping(port + 1 if port < 65535 else port - 1)     # nothing skipped here
-    events = []
+    events, kept = [], None
     try:
         proc = subprocess.Popen([sys.executable, "-c", HANDED_ON, str(port)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
@@ -199,18 +203,16 @@ def test_a_connect_established_after_its_process_exited_names_that_process():
         assert proc.wait(20) == 0
         events += cap.poll(300)
         kept = listener.accept()[0]                                     # room: the retransmit completes
-        deadline = time.time() + 20
-        while time.time() < deadline and not any(e.get("rport") == port for e in events):
-            events += cap.poll(200)
+        poll_until(cap, events, lambda: any(e.get("rport") == port for e in events), 20)
         proc.stdin.write("\n")                                          # the child may go now
         proc.stdin.flush()
         events += cap.poll(300)
         events += cap.drain()
     finally:
         cap.close()
-        for sock in ("kept", "queued"):
-            if sock in locals():
-                locals()[sock].close()
+        for sock in (kept, queued):
+            if sock is not None:
+                sock.close()
         listener.close()
     execs = [e for e in events if e["kind"] == "exec" and e["pid"] == proc.pid]
     exits = [e for e in events if e["kind"] == "exit" and e["pid"] == proc.pid]
@@ -255,9 +257,7 @@ def test_a_fast_open_connect_returning_before_its_syn_is_recorded_once_establish
             c.send(b"hello")                                # SYN + data: established (skipped)
             listener.accept()[0].close()
             c.close()
-            deadline = time.time() + 3
-            while time.time() < deadline and not any(e.get("rport") == port for e in events):
-                events += cap.poll(100)
+            poll_until(cap, events, lambda: any(e.get("rport") == port for e in events), 3)
             events += cap.drain()
             unseen = cap.unseen_starts() - unseen
         finally:
@@ -284,9 +284,7 @@ def test_a_connect_whose_state_change_was_seen_is_recorded_once():
             mine.append(c.getsockname()[1])
             c.close()
             listener.accept()[0].close()
-        deadline = time.time() + 5
-        while time.time() < deadline and len([e for e in events if e.get("rport") == port]) < 20:
-            events += cap.poll(100)
+        poll_until(cap, events, lambda: len([e for e in events if e.get("rport") == port]) >= 20, 5)
         events += cap.drain()
     finally:
         cap.close()
@@ -298,11 +296,7 @@ def test_a_connect_whose_state_change_was_seen_is_recorded_once():
 def test_a_connect_still_in_progress_when_the_agent_stops_is_said(tmp_path):
     """A SYN held back (the listener's accept queue full) is still in SYN_SENT at stop: its end is
     not known, and the agent says so instead of keeping quiet (agent, run, stop)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued = socket.create_connection(("127.0.0.1", port))              # fills the accept queue
+    listener, port, queued = held_back_listener()
     pending = socket.socket()
     pending.setblocking(False)
     try:
@@ -341,9 +335,7 @@ def test_without_the_state_members_the_classic_tracepoint_records_connects():
             c = socket.create_connection(("127.0.0.1", port))
             lport = c.getsockname()[1]
             c.close()
-            deadline = time.time() + 5
-            while time.time() < deadline and not any(e.get("rport") == port for e in events):
-                events += cap.poll(100)
+            poll_until(cap, events, lambda: any(e.get("rport") == port for e in events), 5)
             events += cap.drain()
             classic = any("inet_sock_set_state" in str(tp) for tp in cap.bpf.tracepoint_fds)
             raw = any("inet_sock_set_state" in str(tp) for tp in cap.bpf.raw_tracepoint_fds)

@@ -17,17 +17,14 @@ import time
 import pytest
 
 from test_agent_live import REASON
+from test_tcp_skipped_live import held_back_listener
 from test_unix_live import OutAgent
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
 
 
 def test_a_connection_begun_before_the_agent_is_said_as_a_loss(tmp_path):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued = socket.create_connection(("127.0.0.1", port))       # fills the accept queue
+    listener, port, queued = held_back_listener()
     early = socket.socket()
     early.setblocking(False)
     assert early.connect_ex(("127.0.0.1", port)) in (115, 11)     # EINPROGRESS: its SYN is dropped
