@@ -72,6 +72,17 @@ def button(message, action):
     raise AssertionError(f"no {action} button in {message.blocks}")
 
 
+def logged_question(emu):
+    """The newest question in the store's query log; the bot writes it after the answer is out, so wait for it."""
+    def newest():
+        store = Store.open(emu.bot.store_path)
+        try:
+            return (store.queries(limit=1) or [None])[0]
+        finally:
+            store.close()
+    return emu.wait(newest, what="the question in the query log")
+
+
 def png_of(emu, message):
     (f,) = message.files
     return emu.uploads[f["id"]]["data"]
@@ -96,7 +107,7 @@ def test_slash_command_answers_in_the_channel_with_the_picture_in_the_thread(sla
     text = next(m for m in thread if m.blocks)
     assert CHAIN in str(text.blocks).replace("&gt;", ">")
     assert slack.uploads[next(m for m in thread if m.files).files[0]["id"]]["alt_txt"].startswith("How: jim")
-    (q,) = Store.open(slack.bot.store_path).queries(limit=1)
+    q = logged_question(slack)
     assert q["user_name"] == "ana" and q["text"] == "delete-cluster" and q["outcome"].startswith("answered")
 
 
@@ -116,7 +127,7 @@ def test_unauthorised_people_get_a_polite_refusal_and_are_logged(slack):
     assert status == 200 and "Sorry - you may not ask whodid here. Ask in #incidents" in body
     time.sleep(0.5)
     assert slack.messages == []
-    (q,) = Store.open(slack.bot.store_path).queries(limit=1)
+    q = logged_question(slack)
     assert q["user_name"] == "mallory" and q["outcome"].startswith("refused")
 
 
