@@ -23,6 +23,7 @@ from __future__ import annotations
 import mmap
 import platform
 import select
+import time
 from typing import Callable
 
 BUSY = 1 << 31
@@ -53,6 +54,21 @@ class RingReader:
     def wait(self, timeout: float) -> None:
         """Until the kernel says there are records (it wakes us when we had caught up), or timeout s."""
         self._epoll.poll(timeout)
+
+    def wait_batch(self, timeout: float, fill: int, most: float, step: float = 0.01) -> None:
+        """Until the kernel says there are records (or timeout s), then until `fill` bytes are
+        written or `most` s have passed: a trickle is read in batches, a storm at once (the
+        kernel wakes us only once we have caught up, so the fill is looked at every `step` s)."""
+        self.wait(timeout)
+        if not self.pending():
+            return
+        deadline = time.monotonic() + most
+        while self.pending() < fill and time.monotonic() < deadline:
+            time.sleep(step)
+
+    def pending(self) -> int:
+        """Bytes the kernel has written that we have not read (headers and discarded records too)."""
+        return self._producer[0] - self._consumer[0]
 
     def read(self, used: Callable[[bytes], int] | None = None, head: int = 0) -> list[bytes]:
         """Every committed record, copied out, in order; then their space is given back.

@@ -100,3 +100,49 @@ def test_records_come_out_whole_and_in_order_across_many_wraps():
     # pauses above there should be next to none, and the wraps must lose nothing else
     assert len(missing) < total // 100, f"{len(missing)} records missing"
     assert len(seqs) > total // 2
+
+
+def test_a_trickle_is_read_in_batches_and_a_storm_at_once():
+    """The agent's batching (agent/capture.py, BATCH_WAIT): after the kernel's wake-up it waits
+    for the ring to fill to `fill` bytes, or for `most` seconds; pending() counts what is unread."""
+    from whodid.agent.bccload import load_bcc
+    from whodid.agent.ringbuf import RingReader, usable
+    if not usable():
+        pytest.skip("the direct reader is used on x86-64 only")
+    bcc = load_bcc()
+    bpf = bcc.BPF(text=PROGRAM.replace(b"PAGES", b"16").replace(b"TGID", str(os.getpid()).encode()))
+    table = bpf["ring"]
+    reader = RingReader(table.map_fd, table.max_entries)
+    try:
+        assert reader.pending() == 0
+        reader.wait_batch(0.05, fill=4096, most=5.0)         # nothing came: back after the timeout
+        assert reader.pending() == 0
+        for _ in range(3):
+            os.getppid()                                      # a trickle: 3 records, ~250 bytes
+        assert 0 < reader.pending() < 4096
+        began = time.monotonic()
+        reader.wait_batch(1.0, fill=4096, most=0.3)
+        assert time.monotonic() - began >= 0.25               # it waited for more
+        assert len(reader.read()) == 3 and reader.pending() == 0
+
+        stop = threading.Event()
+
+        def storm():
+            while not stop.is_set():
+                for _ in range(50):
+                    os.getppid()
+                time.sleep(0.001)
+
+        thread = threading.Thread(target=storm)
+        thread.start()
+        try:
+            began = time.monotonic()
+            reader.wait_batch(5.0, fill=4096, most=30.0)
+            waited = time.monotonic() - began
+        finally:
+            stop.set()
+            thread.join()
+        assert reader.pending() >= 4096 and waited < 20.0      # the fill, not the 30 s, ended it
+    finally:
+        reader.close()
+        bpf.cleanup()
