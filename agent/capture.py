@@ -29,13 +29,13 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 
 
 # Records are read in batches: after the kernel wakes the agent, it waits until the ring holds
-# an eighth of its size, or BATCH_WAIT has passed. Decoding and assembling are the agent's Python;
-# run a few dozen times a second on a trickle they cost twice what they cost per record in a
-# storm (the interpreter's code and data are cold each time: bench/soak.py, 300 execs/s, 114 us
-# per exec at 20 ms batches, 68 at 200 ms). Events still reach the spool within a flush (1 s).
-BATCH_WAIT = 0.2            # seconds, at most
+# an eighth of its size, or until the poll's time is up (200 ms in the agent's loop, which also
+# drains DNS answers and flushes between polls). Decoding and assembling are the agent's Python;
+# run a few dozen times a second on a trickle they cost about twice what they cost per record in
+# a storm (the interpreter's code and data are cold each time: bench/soak.py, 300 execs/s, 114 us
+# per exec with a 20 ms wait, 84 with this). A storm fills an eighth in milliseconds.
 BATCH_STEP = 0.01           # seconds between looks at the ring's fill
-BATCH_FILL = 8              # ... a batch is full at 1/BATCH_FILL of the ring: in a storm, at once
+BATCH_FILL = 8              # a batch is full at 1/BATCH_FILL of the ring
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
 # a connect still waiting this long had every moment that records it skipped (capture.c): SYNs
 # retried at the defaults (tcp_syn_retries 6) give up after 127 s
@@ -280,7 +280,7 @@ class Capture:
         if self.perf:
             self.bpf.perf_buffer_poll(timeout_ms)
             return self._assemble() + self._aggregates()
-        self.ring.wait_batch(timeout_ms / 1000, self._batch_bytes, BATCH_WAIT, BATCH_STEP)
+        self.ring.wait_batch(timeout_ms / 1000, self._batch_bytes, BATCH_STEP)
         self._read_ring()
         return self._assemble() + self._aggregates()
 

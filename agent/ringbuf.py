@@ -55,15 +55,13 @@ class RingReader:
         """Until the kernel says there are records (it wakes us when we had caught up), or timeout s."""
         self._epoll.poll(timeout)
 
-    def wait_batch(self, timeout: float, fill: int, most: float, step: float = 0.01) -> None:
-        """Until the kernel says there are records (or timeout s), then until `fill` bytes are
-        written or `most` s have passed: a trickle is read in batches, a storm at once (the
-        kernel wakes us only once we have caught up, so the fill is looked at every `step` s)."""
+    def wait_batch(self, timeout: float, fill: int, step: float = 0.01) -> None:
+        """Until `fill` bytes are written, or `timeout` s have passed since the call: a trickle
+        is read in batches, a storm at once. The kernel wakes us only for the first record after
+        we have caught up, so after that the fill is looked at every `step` s."""
+        deadline = time.monotonic() + timeout
         self.wait(timeout)
-        if not self.pending():
-            return
-        deadline = time.monotonic() + most
-        while self.pending() < fill and time.monotonic() < deadline:
+        while 0 < self.pending() < fill and time.monotonic() < deadline:
             time.sleep(step)
 
     def pending(self) -> int:
