@@ -52,16 +52,21 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 """).encode()
 
 
-def test_records_come_out_whole_and_in_order_across_many_wraps():
+def ring(pages: int):
+    """PROGRAM loaded with a ring of `pages` pages, and the agent's reader of it: (bpf, reader)."""
     from whodid.agent.bccload import load_bcc
     from whodid.agent.ringbuf import RingReader, usable
     if not usable():
         pytest.skip("the direct reader is used on x86-64 only")
-    bcc = load_bcc()
-    bpf = bcc.BPF(text=PROGRAM.replace(b"PAGES", b"4").replace(b"TGID", str(os.getpid()).encode()))
+    bpf = load_bcc().BPF(text=PROGRAM.replace(b"PAGES", str(pages).encode())
+                         .replace(b"TGID", str(os.getpid()).encode()))
     table = bpf["ring"]
-    reader = RingReader(table.map_fd, table.max_entries)
-    assert table.max_entries == 4 * os.sysconf("SC_PAGESIZE")
+    assert table.max_entries == pages * os.sysconf("SC_PAGESIZE")
+    return bpf, RingReader(table.map_fd, table.max_entries)
+
+
+def test_records_come_out_whole_and_in_order_across_many_wraps():
+    bpf, reader = ring(4)
     got: list[bytes] = []
     done = threading.Event()
 
@@ -105,14 +110,7 @@ def test_records_come_out_whole_and_in_order_across_many_wraps():
 def test_a_trickle_is_read_in_batches_and_a_storm_at_once():
     """The agent's batching (agent/capture.py, BATCH_FILL): it reads when the ring holds `fill`
     bytes, or when the poll's time is up; pending() counts what is unread."""
-    from whodid.agent.bccload import load_bcc
-    from whodid.agent.ringbuf import RingReader, usable
-    if not usable():
-        pytest.skip("the direct reader is used on x86-64 only")
-    bcc = load_bcc()
-    bpf = bcc.BPF(text=PROGRAM.replace(b"PAGES", b"16").replace(b"TGID", str(os.getpid()).encode()))
-    table = bpf["ring"]
-    reader = RingReader(table.map_fd, table.max_entries)
+    bpf, reader = ring(16)
     try:
         assert reader.pending() == 0
         reader.wait_batch(0.05, fill=4096)                    # nothing came: back after the timeout

@@ -58,6 +58,22 @@ def waiting_in_kernel(cap, pid: int) -> list:
     return [v for v in cap.bpf["connecting"].values() if v.h.pid == pid]
 
 
+def close_all(cap, listener, *socks) -> None:
+    """The capture detached, then every socket a test holds (None: one it never got)."""
+    cap.close()
+    for sock in socks:
+        if sock is not None:
+            sock.close()
+    listener.close()
+
+
+def of_process(events: list, pid: int, port: int) -> tuple[list, list, list]:
+    """pid's execs and exits, and the connects to port, among events."""
+    return ([e for e in events if e["kind"] == "exec" and e["pid"] == pid],
+            [e for e in events if e["kind"] == "exit" and e["pid"] == pid],
+            [e for e in events if e["kind"] == "connect" and e.get("rport") == port])
+
+
 def test_a_connect_whose_state_change_was_skipped_is_recorded_at_its_return_or_its_close(monkeypatch):
     """Blocking, and non-blocking but established by the time connect() returns (loopback):
     recorded from connect()'s return, before they close. Non-blocking and established later (its
@@ -113,10 +129,7 @@ def test_a_connect_whose_state_change_was_skipped_is_recorded_at_its_return_or_i
         events += cap.drain()
         left = waiting_in_kernel(cap, os.getpid())
     finally:
-        cap.close()
-        for sock in socks:
-            sock.close()
-        listener.close()
+        close_all(cap, listener, *socks)
     assert open_recorded == sorted([ports["blocking"], ports["quick"]]), (open_recorded, ports)
     assert sorted(e["lport"] for e in mine()) == sorted(ports.values()), mine()
     assert all(e["laddr"] == e["raddr"] == "127.0.0.1" for e in mine())
@@ -160,14 +173,8 @@ def test_a_connect_recorded_at_a_close_after_its_process_exited_names_that_proce
         poll_until(cap, events, lambda: any(e.get("rport") == port for e in events), 5)
         events += cap.drain()
     finally:
-        cap.close()
-        for sock in (kept, queued):
-            if sock is not None:
-                sock.close()
-        listener.close()
-    execs = [e for e in events if e["kind"] == "exec" and e["pid"] == child.pid]
-    exits = [e for e in events if e["kind"] == "exit" and e["pid"] == child.pid]
-    connects = [e for e in events if e["kind"] == "connect" and e.get("rport") == port]
+        close_all(cap, listener, kept, queued)
+    execs, exits, connects = of_process(events, child.pid, port)
     assert execs and exits
     assert [(e["pid"], e["start"], e["lport"]) for e in connects] == [(child.pid, execs[-1]["start"], lport)], \
         (connects, execs)
@@ -209,14 +216,8 @@ def test_a_connect_established_after_its_process_exited_names_that_process():
         events += cap.poll(300)
         events += cap.drain()
     finally:
-        cap.close()
-        for sock in (kept, queued):
-            if sock is not None:
-                sock.close()
-        listener.close()
-    execs = [e for e in events if e["kind"] == "exec" and e["pid"] == proc.pid]
-    exits = [e for e in events if e["kind"] == "exit" and e["pid"] == proc.pid]
-    connects = [e for e in events if e["kind"] == "connect" and e.get("rport") == port]
+        close_all(cap, listener, kept, queued)
+    execs, exits, connects = of_process(events, proc.pid, port)
     assert execs and exits
     assert [(e["pid"], e["start"]) for e in connects] == [(proc.pid, execs[-1]["start"])], (connects, execs)
     assert events.index(connects[0]) > events.index(exits[0])          # recorded after the exit
@@ -287,8 +288,7 @@ def test_a_connect_whose_state_change_was_seen_is_recorded_once():
         poll_until(cap, events, lambda: len([e for e in events if e.get("rport") == port]) >= 20, 5)
         events += cap.drain()
     finally:
-        cap.close()
-        listener.close()
+        close_all(cap, listener)
     connects = [e for e in events if e["kind"] == "connect" and e.get("rport") == port]
     assert sorted(e["lport"] for e in connects) == sorted(mine)
 
@@ -340,8 +340,7 @@ def test_without_the_state_members_the_classic_tracepoint_records_connects():
             classic = any("inet_sock_set_state" in str(tp) for tp in cap.bpf.tracepoint_fds)
             raw = any("inet_sock_set_state" in str(tp) for tp in cap.bpf.raw_tracepoint_fds)
         finally:
-            cap.close()
-            listener.close()
+            close_all(cap, listener)
         seen[label] = (classic, raw, [e["lport"] for e in events if e["kind"] == "connect" and e.get("rport") == port])
         assert seen[label][2] == [lport], (label, events)
     assert seen["raw"][:2] == (False, True) and seen["classic"][:2] == (True, False), seen
