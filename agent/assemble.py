@@ -419,11 +419,7 @@ class Assembler:
             # named by the process that began it (its SYN_SENT, aux microseconds before): by the
             # time it is recorded that process may have exited, and its pid be another's
             start, out = self._owner_at(h.pid, h.ts_ns - h.aux * 1000)
-            st = ProcState(start=start)
-        else:
-            st, out = self._state(h.pid, h.ts_ns)
-        if h.type == d.EV_CONNECT:
-            ev = self._ev("connect", h.ts_ns, pid=h.pid, start=st.start, laddr=rec.laddr, lport=rec.lport,
+            ev = self._ev("connect", h.ts_ns, pid=h.pid, start=start, laddr=rec.laddr, lport=rec.lport,
                           raddr=rec.raddr, rport=rec.rport)
             rname = self.names(rec.raddr, ev["ts"]) if self.names is not None else None
             if rname:
@@ -433,6 +429,7 @@ class Assembler:
             else:
                 out.append(ev)
             return out
+        st, out = self._state(h.pid, h.ts_ns)
         # read from the accepted socket; without the kernel's BTF, the passive open's
         local = (rec.laddr, rec.lport) if rec.laddr is not None else self.passive.pop((rec.raddr, rec.rport), None)
         if local is None:

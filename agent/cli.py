@@ -394,8 +394,9 @@ def run(args) -> int:
             if total <= lost_state[name]:
                 return []
             count, lost_state[name] = total - lost_state[name], total
-            log.warning(what(count), host=host)
-            return [loss(count, what(count))]
+            said = what(count)
+            log.warning(said, host=host)
+            return [loss(count, said)]
 
         # connection records a uid's budget refused (BPF only): their own loss events, naming the uid
         over = asm.budget_losses(cap.over_budget(), since, now, budget.per_second, budget.burst) \

@@ -33,7 +33,8 @@ CRED_TAIL = struct.Struct("<IIII")              # call a b c
 SOCK_TAIL = struct.Struct("<HHHH16s16s")        # family lport rport flags laddr raddr
 SOCK_LOCAL = 1                                  # flags: an accept's laddr/lport were read from its socket
 SOCK_AGGREGATE = 2                              # flags: the first connection of an aggregate (capture.c)
-SOCK_LATE = 4                                   # flags: a connect recorded late (capture.c)
+SOCK_LATE = 4                                   # flags: a connect recorded late (capture.c); its
+                                                # header's aux already names its SYN_SENT, all user space needs
 AGG_KEY = struct.Struct("<IIBBHHH16s")          # pid minute dir pad family port pad2 addr: capture.c's agg_key
 AGG_NS = 60_000_000_000                         # an aggregate's span: a minute of CLOCK_BOOTTIME
 AGG_CONNECT, AGG_ACCEPT = 0, 1
@@ -102,9 +103,6 @@ class Sock(NamedTuple):
     # the first connection over its uid's budget to one place this minute: the key (AGG_KEY bytes)
     # under which the kernel counts it and the rest; None for a connection recorded on its own
     agg: bytes | None = None
-    # a connect recorded after the kernel skipped its ESTABLISHED (capture.c), stamped with its
-    # SYN_SENT time: its process may have exited before the record was made
-    late: bool = False
 
 
 class Listen(NamedTuple):
@@ -223,7 +221,7 @@ def decode(raw: bytes) -> Record:
                 connect = t == EV_CONNECT
                 agg = AGG_KEY.pack(hdr.pid, hdr.ts_ns // AGG_NS, AGG_CONNECT if connect else AGG_ACCEPT, 0, family,
                                    rport if connect else lport, 0, raddr)
-            return Sock(hdr, local, lport, _addr(family, raddr), rport, agg, bool(flags & SOCK_LATE))
+            return Sock(hdr, local, lport, _addr(family, raddr), rport, agg)
         if t == EV_LISTEN:
             family, lport, _, _, laddr, _ = SOCK_TAIL.unpack_from(raw, body)
             return Listen(hdr, _addr(family, laddr), lport)
