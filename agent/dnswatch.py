@@ -141,11 +141,19 @@ class NameBook:
 
     def name_for(self, addr: str, ts: float) -> str | None:
         """The name `addr` was last answered for no later than `ts` (a connect's time), if that
-        answer is still held; None if the host was never told a name for it."""
-        best = None
+        answer is still held; None if the host was never told a name for it. Only when no answer
+        came before ts, the first stamped within CLOCK_SLACK after it (two clocks): a later
+        answer - someone else's lookup of a shared address - never renames a connect."""
+        before = after = None
         for answered, until, name in self.names.get(addr, ()):
-            if answered <= ts + CLOCK_SLACK and until >= ts and (best is None or answered >= best[0]):
-                best = (answered, name)
+            if until < ts or answered > ts + CLOCK_SLACK:
+                continue
+            if answered <= ts:
+                if before is None or answered >= before[0]:
+                    before = (answered, name)
+            elif after is None or answered < after[0]:
+                after = (answered, name)
+        best = before or after
         return best[1] if best else None
 
 

@@ -198,6 +198,21 @@ def test_the_newest_answer_before_the_connect_wins_and_a_later_one_does_not_rena
     assert book.name_for("10.0.5.10", 250.0) == "b.example.com"
 
 
+def test_an_answer_just_after_the_connect_names_it_only_when_none_came_before():
+    """An answer stamped up to CLOCK_SLACK after a connect still counts (two clocks), but only
+    when the host had no answer for that address before it: a connect is made to an address the
+    host had been told already. Someone else's lookup answered a moment later (a shared CDN
+    address, read in the same batch of records) must not rename it."""
+    book = NameBook()
+    asked_and_answered(book, 1, "api.example.com", [a("api.example.com", "10.0.5.10")], ts=100.0)
+    asked_and_answered(book, 2, "other.example.org", [a("other.example.org", "10.0.5.10")], ts=150.1)
+    assert book.name_for("10.0.5.10", 150.0) == "api.example.com"
+    lone = NameBook()
+    asked_and_answered(lone, 3, "api.example.com", [a("api.example.com", "10.0.6.10")], ts=150.2)
+    asked_and_answered(lone, 4, "other.example.org", [a("other.example.org", "10.0.6.10")], ts=150.5)
+    assert lone.name_for("10.0.6.10", 150.0) == "api.example.com"      # the first after it, clocks apart
+
+
 def test_the_book_is_bounded():
     book = NameBook(capacity=100)
     for i in range(300):
