@@ -12,7 +12,8 @@ Rules:
   drawn), when the bot starts, not when the first question comes: a cold answer pays nothing
   for it.
 - One worker: pictures are drawn one at a time (matplotlib's Agg was already drawn under one
-  lock), and one core stays the collector's.
+  lock), and one core stays the collector's. It runs at a lower priority (NICE) than the bot:
+  when the cores are short, the record is written first and the picture waits.
 - A worker that dies (killed, out of memory) is replaced, and the picture asked for is drawn
   again; if drawing in a worker fails twice, it is drawn here, as before.
 - Where no process can be started (a sandbox without semaphores or fork), pictures are drawn
@@ -32,6 +33,13 @@ from whodid import logs
 
 log = logs.get("bot")
 
+# How much lower the drawing process runs than the bot's (nice). Under ten askers, a worker at
+# the bot's own priority took its full share of the cores from the collector's writer: ingest
+# kept 0.70-0.77 of its idle rate (bench/incident.py, three runs); at +5 it kept 0.80-0.90 (three
+# runs), the pictures' p95 2.1-2.4 s instead of 1.7-2.1 - a picture a few tenths of a second
+# later is cheaper than a record that falls behind. +10 gave no more (0.78, 0.87) and slower
+# pictures (p95 2.5-2.6 s).
+NICE = 5
 DRAW_TIMEOUT = 60.0           # a picture that takes longer is drawn here instead (a wedged worker)
 _HERE = threading.Lock()      # matplotlib's Agg is not safe for concurrent drawing in one process
 
@@ -63,6 +71,12 @@ def _warm() -> int:
     fig.text(0.1, 0.2, "whodid", fontsize=9, family="monospace", weight="bold")
     fig.savefig(io.BytesIO(), format="png")
     return os.getpid()
+
+
+def _lower_priority() -> None:
+    """In the worker, before anything else: yield the cores to the bot's process (NICE)."""
+    import os
+    os.nice(NICE)
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
@@ -102,7 +116,8 @@ class Painter:
         try:
             # spawn, not fork: the bot's process has threads (the writer, HTTP servers) and
             # forking one copies whatever locks they hold at that moment
-            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_lower_priority)
             self.warmed = pool.submit(_warm)
         except (OSError, ImportError, RuntimeError) as exc:
             self.cannot = str(exc) or type(exc).__name__

@@ -31,6 +31,20 @@ def test_the_picture_is_drawn_in_another_process_and_is_the_same_picture():
         painter.close()
 
 
+def test_the_drawing_process_runs_below_the_bot_so_the_record_is_written_first():
+    from whodid.bot import drawing
+    painter = Painter().start()
+    try:
+        worker = painter.warmed.result(120)
+
+        def nice(pid):
+            return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
+        assert drawing.NICE > 0
+        assert nice(worker) == min(19, nice(os.getpid()) + drawing.NICE)
+    finally:
+        painter.close()
+
+
 def test_a_drawing_process_that_dies_is_replaced_and_the_picture_still_comes():
     tr = trace_of(shared_account_story())
     painter = Painter().start()
