@@ -202,6 +202,19 @@ def test_no_match_offers_a_wider_window_that_works(slack):
     slack.wait(lambda: len(slack.top_level("C1")) >= 2, what="the wider search")
 
 
+def test_a_user_question_that_stopped_looking_says_not_known_not_none(slack, monkeypatch):
+    # the newest matches traced; none involves zed; older ones were not looked at - "no commands
+    # ... involving zed" would be a confident answer nobody checked
+    from whodid.tracer import trace
+    monkeypatch.setattr(trace, "USER_SEARCH_MAX", 3)
+    slack.slash(slack.url, "sudo user:zed since:4d")
+    top = slack.wait(lambda: slack.top_level("C1") and slack.top_level("C1")[0], what="the answer")
+    said = str(top.blocks)
+    assert "*Not known.* None of the newest 3 commands matching `sudo`" in said and "`zed`" in said
+    assert "older ones were not looked at" in said and "No commands" not in said
+    assert not any(e.get("action_id") == "whodid.wider" for b in top.blocks for e in b.get("elements") or [])
+
+
 def test_rate_limits_are_waited_out(slack):
     slack.fail("chat.postMessage", status=429, retry_after=1)
     slack.slash(slack.url, "delete-cluster")

@@ -177,6 +177,48 @@ def test_glob_and_substring_search_and_filters():
     assert [t.poi.command.split()[2] for t in trace_one(ev, "aws")] == ["delete-cluster", "describe-cluster"]
 
 
+def _bob_lists_buckets_after(n):
+    """shared_account_story, then bob (root on config-server) runs `aws s3 ls` n times after jim's
+    delete: jim's aws is older than n of bob's."""
+    ev = shared_account_story()
+    for i in range(n):
+        ev += [CONFIG.fork(5000 + i, 1000 + i, 511),
+               CONFIG.exec(5000.01 + i, 1000 + i, ["aws", "s3", "ls"], uid=0, auid=1000, ses=8),
+               CONFIG.exit(5000.5 + i, 1000 + i)]
+    return ev
+
+
+def test_a_user_question_looks_past_the_newest_matches_of_others():
+    # the newest 200 aws processes are bob's; jim's delete is the 251st - before, "none involving jim"
+    traces = trace_one(_bob_lists_buckets_after(250), "aws", user="jim", limit=1)
+    assert [(t.attributed.user, t.poi.command) for t in traces] == [("jim", "aws eks delete-cluster --name prod")]
+    assert traces.looked_at is None
+
+
+def test_a_user_question_that_stops_looking_says_how_far_it_looked(monkeypatch):
+    from whodid.tracer import trace as trace_mod
+    from whodid.tracer.render import render_text
+    monkeypatch.setattr(trace_mod, "USER_SEARCH_MAX", 100)
+    query = Query(pattern="aws", user="jim", limit=1)
+    traces = Tracer(store_with(_bob_lists_buckets_after(250)), IDENT).find(query)
+    assert traces == [] and traces.looked_at == 100
+    text = render_text(query, traces, T0 + 6000)
+    assert "among the newest 100 matches" in text and "Not known" in text and "what involves jim traced the newest 100" in text
+    doc = traces_json(query, traces, T0 + 6000)
+    assert doc["matches"] == [] and doc["looked_at"] == 100
+    # every match looked at: none is none
+    everyone = Tracer(store_with(_bob_lists_buckets_after(50)), IDENT).find(Query(pattern="s3", user="jim"))
+    assert everyone == [] and everyone.looked_at is None
+    assert "Not known" not in render_text(Query(pattern="s3", user="jim"), everyone, T0 + 6000)
+
+
+def test_a_user_question_stops_at_its_time_budget_and_says_so(monkeypatch):
+    from whodid.tracer import trace as trace_mod
+    monkeypatch.setattr(trace_mod, "USER_SEARCH_SECONDS", 0.0)     # spent after the first match
+    traces = Tracer(store_with(_bob_lists_buckets_after(30)), IDENT).find(Query(pattern="aws", user="jim", limit=1))
+    assert traces == [] and traces.looked_at == 1
+
+
 def test_wider_scopes_add_context_around_the_chain():
     ev = shared_account_story() + [
         # what the delete started, and another command in jim's root shell

@@ -273,7 +273,7 @@ class Bot:
         traces = self.find(View(view.ask, view.index))
         if view.pin is None and not traces:
             wider = None if view.ask.since <= now - 89 * 86400 else self.value(View(view.ask.wider(now)))
-            text, bl = blocks.no_match(view.ask, wider)
+            text, bl = blocks.no_match(view.ask, wider, getattr(traces, "looked_at", None))
             self.post(channel, text, bl, thread, respond, private)
             return "no match"
         tr, view, total = self.resolve(view, traces)

@@ -253,7 +253,9 @@ def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = N
     return f"How: {tr.summary}", blocks
 
 
-def no_match(ask: Ask, wider: str | None) -> tuple[str, list[dict]]:
+def no_match(ask: Ask, wider: str | None, looked_at: int | None = None) -> tuple[str, list[dict]]:
+    """`looked_at`: a `user:` question that stopped after tracing that many matches (tracer
+    Found.looked_at) - then it is not "none", and a wider window would only look further away."""
     # the plain text is escaped where it leaves (Bot.post), the blocks here: each once
     where = f" on hosts {ask.host}" if ask.host else ""
     who = f" involving {ask.user}" if ask.user else ""
@@ -261,6 +263,14 @@ def no_match(ask: Ask, wider: str | None) -> tuple[str, list[dict]]:
     text = f"No {kind}{ask.subject}{where}{who} over {ask.window()}."
     blocks = [section(f":shrug: No {kind}{code(ask.subject)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
                       + (f" involving {code(ask.user)}" if ask.user else "") + f" over {escape(ask.window())}.")]
+    if looked_at:
+        text = (f"Not known: none of the newest {looked_at:,} {kind}{ask.subject}{where} over {ask.window()} "
+                f"involves {ask.user}; older ones were not looked at, and may. Ask again with host: or a shorter since:.")
+        blocks = [section(f":warning: *Not known.* None of the newest {looked_at:,} {kind}{code(ask.subject)}"
+                          + (f" on hosts {code(ask.host)}" if ask.host else "")
+                          + f" over {escape(ask.window())} involves {code(ask.user)}; older ones were not looked "
+                          "at, and may. Ask again with `host:` or a shorter `since:`.")]
+        return text, blocks
     if wider:
         blocks.append({"type": "actions", "elements": [button("Search a wider window", "wider", wider, "primary")]})
     return text, blocks

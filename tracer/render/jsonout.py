@@ -115,4 +115,7 @@ def traces_json(query: Query, traces: list[Trace], now: float) -> dict[str, Any]
                   "to": query.to.text if query.to else None, "from": query.from_.text if query.from_ else None,
                   "listen": query.listen},
         "matches": [trace_json(t) for t in traces],
+        # a user: search that stopped before the oldest match: how many it traced (older ones
+        # may involve the user too); null when every match was looked at
+        "looked_at": getattr(traces, "looked_at", None),
     }

@@ -158,11 +158,17 @@ def shared_lines(tr: Trace) -> list[str]:
 
 
 def render_text(query: Query, traces: list[Trace], now: float) -> str:
+    window = f" over the last {format_span(now - query.since)}" if query.since else ""
+    # a user: search that stopped before the oldest match (tracer Found.looked_at)
+    looked_at = getattr(traces, "looked_at", None)
+    stopped = (f"Not known: the search for what involves {printable(query.user or '')} traced the newest {looked_at:,} "
+               "matches and stopped there (docs/query.md, user:); older ones were not looked at, and may involve "
+               "them. Narrow the question (--host, a shorter --since).") if looked_at else ""
     if not traces:
-        window = ""
-        if query.since:
-            window = f" over the last {format_span(now - query.since)}"
+        if stopped:
+            return f"No {printable(query.describe())}{window} among the newest {looked_at:,} matches.\n{stopped}"
         return (f"No {printable(query.describe())}{window}.\n"
                 f"Try a wider window (--since 30d), a shorter pattern, or check the host "
                 f"filter; `whodid db stats` shows what the store holds.")
-    return "\n\n".join(render_trace(t, now, i, len(traces)) for i, t in enumerate(traces, 1))
+    text = "\n\n".join(render_trace(t, now, i, len(traces)) for i, t in enumerate(traces, 1))
+    return f"{text}\n\n{stopped}" if stopped else text
