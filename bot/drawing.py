@@ -76,7 +76,10 @@ def _warm() -> int:
 def _lower_priority() -> None:
     """In the worker, before anything else: yield the cores to the bot's process (NICE)."""
     import os
-    os.nice(NICE)
+    try:
+        os.nice(NICE)
+    except OSError:         # a sandbox that forbids it: drawn at the bot's priority, as before
+        pass
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:

@@ -210,9 +210,22 @@ def test_a_user_question_that_stopped_looking_says_not_known_not_none(slack, mon
     slack.slash(slack.url, "sudo user:zed since:4d")
     top = slack.wait(lambda: slack.top_level("C1") and slack.top_level("C1")[0], what="the answer")
     said = str(top.blocks)
-    assert "*Not known.* None of the newest 3 commands matching `sudo`" in said and "`zed`" in said
-    assert "older ones were not looked at" in said and "No commands" not in said
+    assert "No commands matching `sudo` involving `zed` found." in said
+    assert "*Not known beyond the newest 3 matches* over the last 4d" in said
+    assert "older ones were not looked at, and may involve `zed`" in said and "`until:20" in said
     assert not any(e.get("action_id") == "whodid.wider" for b in top.blocks for e in b.get("elements") or [])
+
+
+def test_a_user_question_that_found_some_and_stopped_says_so_with_the_answer(slack, monkeypatch):
+    # the newest 3 aws calls are jim's delete and two of bob's: one of jim's found, the rest of
+    # the window not looked at - the answer shows jim's and says the search stopped
+    from whodid.tracer import trace
+    monkeypatch.setattr(trace, "USER_SEARCH_MAX", 3)
+    slack.slash(slack.url, "aws user:jim since:4d")
+    top, _ = answered(slack)
+    said = str(top.blocks)
+    assert "*jim* ran `aws eks delete-cluster --name prod`" in said
+    assert "*Not known beyond the newest 3 matches*" in said and "may involve `jim`" in said
 
 
 def test_rate_limits_are_waited_out(slack):

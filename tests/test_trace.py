@@ -1,10 +1,12 @@
 """The trace engine on small stores, one scenario per test."""
 
 import json
+import math
 import random
 import time
 
 from whodid.tracer import Identity, Person, Query, Tracer
+from whodid.tracer.trace import until_before
 from whodid.tracer.render import traces_json
 
 from kit import T0, Host, ssh_session, store_with
@@ -203,13 +205,51 @@ def test_a_user_question_that_stops_looking_says_how_far_it_looked(monkeypatch):
     traces = Tracer(store_with(_bob_lists_buckets_after(250)), IDENT).find(query)
     assert traces == [] and traces.looked_at == 100
     text = render_text(query, traces, T0 + 6000)
-    assert "among the newest 100 matches" in text and "Not known" in text and "what involves jim traced the newest 100" in text
+    assert "among the newest 100 matches" in text and "what involves jim traced the newest 100 matches" in text
+    oldest = T0 + 5150.01                          # bob's 150th aws s3 ls, the 100th newest of 250
+    assert traces.looked_to == oldest and f"--until {until_before(oldest)}" in text
     doc = traces_json(query, traces, T0 + 6000)
-    assert doc["matches"] == [] and doc["looked_at"] == 100
+    assert doc["matches"] == [] and doc["looked_at"] == 100 and doc["looked_to"].startswith(until_before(oldest)[:16])
+    # asked again with the until: it gives, each answer looks further back, and the third finds jim
+    tracer, answers = Tracer(store_with(_bob_lists_buckets_after(250)), IDENT), [traces]
+    while not answers[-1] and len(answers) < 5:
+        until = math.ceil(answers[-1].looked_to)
+        assert until_before(answers[-1].looked_to) == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+        answers.append(tracer.find(Query(pattern="aws", user="jim", limit=1, until=until)))
+    assert [a.looked_at for a in answers] == [100, 100, None]
+    assert [t.poi.command for t in answers[-1]] == ["aws eks delete-cluster --name prod"]
     # every match looked at: none is none
     everyone = Tracer(store_with(_bob_lists_buckets_after(50)), IDENT).find(Query(pattern="s3", user="jim"))
     assert everyone == [] and everyone.looked_at is None
     assert "Not known" not in render_text(Query(pattern="s3", user="jim"), everyone, T0 + 6000)
+
+
+def test_a_user_question_that_looked_at_every_match_says_none_even_at_its_cap(monkeypatch):
+    from whodid.tracer import trace as trace_mod
+    monkeypatch.setattr(trace_mod, "USER_SEARCH_MAX", 100)
+    store = store_with(_bob_lists_buckets_after(100))      # exactly the cap of matches for `s3`
+    for limit in (1, 20):
+        traces = Tracer(store, IDENT).find(Query(pattern="s3", user="jim", limit=limit))
+        assert traces == [] and traces.looked_at is None
+
+
+def test_a_user_question_answers_newest_first_when_a_match_is_stored_between_its_rounds():
+    ev = _bob_lists_buckets_after(250)
+    store = store_with(ev)
+    tracer = Tracer(store, IDENT)
+    rounds = []
+    first = tracer._matches
+
+    def matches(query, fetch):
+        rounds.append(fetch)
+        if len(rounds) == 2:            # while it widens, jim lists the clusters, newest of all
+            store.write([CONFIG.fork(6000, 2000, 411),
+                         CONFIG.exec(6000.01, 2000, ["aws", "eks", "list-clusters"], uid=0, auid=1000, ses=7)])
+        return first(query, fetch)
+    tracer._matches = matches
+    traces = tracer.find(Query(pattern="aws", user="jim", limit=2))
+    assert len(rounds) == 2
+    assert [t.poi.command for t in traces] == ["aws eks list-clusters", "aws eks delete-cluster --name prod"]
 
 
 def test_a_user_question_stops_at_its_time_budget_and_says_so(monkeypatch):

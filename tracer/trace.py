@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import ipaddress
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -168,11 +169,19 @@ class Connections:
     how: list[str] = field(default_factory=list)   # how a name became addresses: "eks-prod: config network.names"
 
 
+def until_before(looked_to: float) -> str:
+    """An `until:` that reaches the matches a stopped `user:` search did not look at (Found): the
+    second after the oldest it did, so none of those at the same second is missed."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(looked_to)))
+
+
 class Found(list):
-    """find()'s traces, newest first. `looked_at`: set when a `user:` search stopped before the
-    oldest match - how many matches it traced (USER_SEARCH_MAX, USER_SEARCH_SECONDS); older ones
-    may involve the user."""
+    """find()'s traces, newest first. Set when a `user:` search stopped before the oldest match
+    (USER_SEARCH_MAX, USER_SEARCH_SECONDS) with fewer than its limit found: `looked_at`, how many
+    matches it traced, and `looked_to`, the time of the oldest of them - older ones were not looked
+    at and may involve the user."""
     looked_at: int | None = None
+    looked_to: float | None = None
 
 
 @dataclass
@@ -248,50 +257,62 @@ class Tracer:
     # --- search --------------------------------------------------------------------------
 
     def find(self, query: Query) -> Found:
-        """Traces of the query's matches, newest first, at most query.limit. With `user:`, a match
-        is traced (scope 0) to see whether it involves that user, and the search widens (x4) until
-        `limit` are found, the matches run out, or USER_SEARCH_MAX have been looked at or
-        USER_SEARCH_SECONDS spent; then the answer says how many were (Found.looked_at), so
-        "none involving jim" is never said of matches nobody looked at."""
-        fetch = query.limit if not query.user else min(max(query.limit * 20, 200), USER_SEARCH_MAX)
-        traces, looked = Found(), set()
-        deadline = time.monotonic() + USER_SEARCH_SECONDS
-        while True:
-            matches = self._matches(query, fetch)
-            for key, make in matches:
-                if key in looked:               # looked at in a narrower round
-                    continue
-                if query.user and looked and time.monotonic() > deadline:
-                    traces.looked_at = len(looked)
-                    return traces
-                looked.add(key)
-                if not query.user:
-                    tr = make(query.scope, query.started)
-                else:
-                    tr = make(0, False)
-                    if not _involves(tr, query.user):
-                        continue
-                    if query.scope or query.started:
-                        tr = make(query.scope, query.started)
-                traces.append(tr)
-                if len(traces) >= query.limit:
-                    return traces
-            if not query.user or len(matches) < fetch:
-                return traces                   # every match looked at
-            if fetch >= USER_SEARCH_MAX:
-                traces.looked_at = len(looked)
-                return traces
-            fetch = min(fetch * 4, USER_SEARCH_MAX)
+        """Traces of the query's matches, newest first, at most query.limit. With `user:`, see
+        _find_involving."""
+        if query.user:
+            return self._find_involving(query)
+        return Found(make(query.scope, query.started) for _, _, make in self._matches(query, query.limit))
 
-    def _matches(self, query: Query, fetch: int) -> list[tuple[Any, Callable[[int, bool], Trace]]]:
-        """The query's newest `fetch` matches, each as (a key that names it, a function that traces
-        it at a scope, started or not)."""
+    def _find_involving(self, query: Query) -> Found:
+        """A `user:` question: each match is traced (scope 0) to see whether it involves the user,
+        newest first, the search widening (x4) until `limit` are found, the matches run out, or
+        USER_SEARCH_MAX have been looked at or USER_SEARCH_SECONDS spent. Where it stopped before
+        the oldest match, the answer says how far it looked (Found.looked_at, looked_to), so "none
+        involving jim" is never said of matches nobody looked at."""
+        fetch = min(max(query.limit * 20, 200), USER_SEARCH_MAX)
+        found: list[tuple[float, Callable[[int, bool], Trace], Trace]] = []
+        looked: set = set()
+        oldest: float | None = None
+        deadline = time.monotonic() + USER_SEARCH_SECONDS
+        stopped = False
+        while True:
+            matches = self._matches(query, fetch + 1)       # one more: are there more than fetch?
+            for key, when, make in matches[:fetch]:
+                if key in looked:                           # looked at in a narrower round
+                    continue
+                if looked and time.monotonic() > deadline:
+                    stopped = True
+                    break
+                looked.add(key)
+                oldest = when if oldest is None else min(oldest, when)
+                tr = make(0, False)
+                if _involves(tr, query.user):
+                    found.append((when, make, tr))
+                    if len(found) >= query.limit:
+                        break
+            if stopped or len(found) >= query.limit or len(matches) <= fetch:
+                break                                       # ... or every match looked at
+            if fetch >= USER_SEARCH_MAX:
+                stopped = True
+                break
+            fetch = min(fetch * 4, USER_SEARCH_MAX)
+        # newest first, also when a newer match was stored between two rounds
+        found.sort(key=lambda f: f[0], reverse=True)
+        out = Found(make(query.scope, query.started) if query.scope or query.started else tr
+                    for _, make, tr in found[:query.limit])
+        if stopped and len(out) < query.limit:
+            out.looked_at, out.looked_to = len(looked), oldest
+        return out
+
+    def _matches(self, query: Query, fetch: int) -> list[tuple[Any, float, Callable[[int, bool], Trace]]]:
+        """The query's newest `fetch` matches, each as (a key that names it, its time, a function
+        that traces it at a scope, started or not)."""
         if query.connection is not None:
             return self._connection_matches(query, fetch)
         if query.is_path:
             hits = self.store.search_files(query.pattern, glob=query.is_glob, since=query.since,
                                            until=query.until, host_glob=query.host, limit=fetch)
-            return [((proc.id, change["ts"], change["op"], change["path"], change.get("path2")),
+            return [((proc.id, change["ts"], change["op"], change["path"], change.get("path2")), change["ts"],
                      (lambda scope, started, proc=proc, change=change:
                       self.trace(proc, change=change, scope=scope, started=started)))
                     for proc, change in hits]
@@ -299,8 +320,8 @@ class Tracer:
         hits = self.store.search_commands(pattern, glob=query.is_glob, since=query.since,
                                           until=query.until, host_glob=query.host, limit=fetch)
         # one match per process (search_commands): its newest matching exec
-        return [(proc.id, (lambda scope, started, proc=proc, image=image:
-                           self.trace(proc, image=image, scope=scope, started=started)))
+        return [(proc.id, image.ts, (lambda scope, started, proc=proc, image=image:
+                                     self.trace(proc, image=image, scope=scope, started=started)))
                 for proc, image in hits]
 
     # --- connections (issue 21) ---------------------------------------------------------------
@@ -339,7 +360,7 @@ class Tracer:
             command = (f"*{query.pattern}*", True) if query.is_glob else (query.pattern, False)
         m, label, how = self.conn_match(direction, dest, port, command)
         asked = dest.text if dest is not None else str(port)
-        return [((group["proc"], group.get("login")),
+        return [(group["proc"], group["last"],
                  (lambda scope, started, group=group:
                   self._connection_trace(m, group, asked, label, how, since=query.since, until=query.until,
                                          scope=scope, started=started)))

@@ -273,13 +273,16 @@ class Bot:
         traces = self.find(View(view.ask, view.index))
         if view.pin is None and not traces:
             wider = None if view.ask.since <= now - 89 * 86400 else self.value(View(view.ask.wider(now)))
-            text, bl = blocks.no_match(view.ask, wider, getattr(traces, "looked_at", None))
+            text, bl = blocks.no_match(view.ask, wider, traces)
             self.post(channel, text, bl, thread, respond, private)
             return "no match"
         tr, view, total = self.resolve(view, traces)
         if tr is None:
             return self.gone(view, channel, thread, respond, private)
         text, bl = blocks.summary(tr, view, total, now, self.value, self.link)
+        if getattr(traces, "looked_at", None):          # a user: question that stopped looking
+            said, block = blocks.stopped_looking(view.ask, traces)
+            text, bl = f"{text}\n{said}", [*bl, block]
         ts = self.post(channel, text, bl, thread, respond, private)
         if ts:
             self.picture(tr, view, total, channel, thread or ts, respond, with_buttons=False, private=private)

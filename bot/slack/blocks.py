@@ -14,7 +14,7 @@ from whodid.tracer.render.confidence import (OBSERVED, account_said, candidate_h
 from whodid.tracer.render import shared
 from whodid.tracer.render.text import connection_lines, printable, render_trace
 from whodid.tracer.stitch import Step
-from whodid.tracer.trace import Trace
+from whodid.tracer.trace import Trace, until_before
 from whodid.tracer.when import ago, clock
 
 from .ask import HELP, Ask
@@ -253,27 +253,39 @@ def chain(tr: Trace, view: View, total: int, now: float, value: Value | None = N
     return f"How: {tr.summary}", blocks
 
 
-def no_match(ask: Ask, wider: str | None, looked_at: int | None = None) -> tuple[str, list[dict]]:
-    """`looked_at`: a `user:` question that stopped after tracing that many matches (tracer
-    Found.looked_at) - then it is not "none", and a wider window would only look further away."""
+def no_match(ask: Ask, wider: str | None, found=None) -> tuple[str, list[dict]]:
+    """`found`: find()'s answer - when a `user:` question stopped before the oldest match
+    (Found.looked_at), it is not "none", and a wider window would only look further away."""
     # the plain text is escaped where it leaves (Bot.post), the blocks here: each once
     where = f" on hosts {ask.host}" if ask.host else ""
     who = f" involving {ask.user}" if ask.user else ""
     kind = ("" if ask.connection else "changes to " if ask.pattern.startswith("/") else "commands matching ")
+    if getattr(found, "looked_at", None):
+        text, block = stopped_looking(ask, found)
+        return f"No {kind}{ask.subject}{where}{who} found. {text}", [
+            section(f":shrug: No {kind}{code(ask.subject)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
+                    + f" involving {code(ask.user)} found."), block]
     text = f"No {kind}{ask.subject}{where}{who} over {ask.window()}."
     blocks = [section(f":shrug: No {kind}{code(ask.subject)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
                       + (f" involving {code(ask.user)}" if ask.user else "") + f" over {escape(ask.window())}.")]
-    if looked_at:
-        text = (f"Not known: none of the newest {looked_at:,} {kind}{ask.subject}{where} over {ask.window()} "
-                f"involves {ask.user}; older ones were not looked at, and may. Ask again with host: or a shorter since:.")
-        blocks = [section(f":warning: *Not known.* None of the newest {looked_at:,} {kind}{code(ask.subject)}"
-                          + (f" on hosts {code(ask.host)}" if ask.host else "")
-                          + f" over {escape(ask.window())} involves {code(ask.user)}; older ones were not looked "
-                          "at, and may. Ask again with `host:` or a shorter `since:`.")]
-        return text, blocks
     if wider:
         blocks.append({"type": "actions", "elements": [button("Search a wider window", "wider", wider, "primary")]})
     return text, blocks
+
+
+def stopped_looking(ask: Ask, found) -> tuple[str, dict]:
+    """What a `user:` question that stopped before the oldest match (tracer Found) says: how far
+    it looked, that older matches may involve the user, and how to look further back."""
+    until = until_before(found.looked_to)
+    narrow = "" if ask.host else ", or narrow it with host:"
+    text = (f"Not known beyond the newest {found.looked_at:,} matches over {ask.window()}, back to "
+            f"{clock(found.looked_to)}: older ones were not looked at, and may involve {ask.user}. To look further "
+            f"back, ask again with until:{until}{narrow}.")
+    block = section(f":warning: *Not known beyond the newest {found.looked_at:,} matches* over {escape(ask.window())}, "
+                    f"back to {escape(clock(found.looked_to))}: older ones were not looked at, and may involve "
+                    f"{code(ask.user)}. To look further back, ask again with `until:{until}`"
+                    + ("" if ask.host else ", or narrow it with `host:`") + ".")
+    return text, block
 
 
 def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[str, list[dict]]:

@@ -115,7 +115,9 @@ def traces_json(query: Query, traces: list[Trace], now: float) -> dict[str, Any]
                   "to": query.to.text if query.to else None, "from": query.from_.text if query.from_ else None,
                   "listen": query.listen},
         "matches": [trace_json(t) for t in traces],
-        # a user: search that stopped before the oldest match: how many it traced (older ones
-        # may involve the user too); null when every match was looked at
+        # a user: search that stopped before the oldest match: how many it traced and the time of
+        # the oldest of them (older ones may involve the user too); null when every match was
+        # looked at
         "looked_at": getattr(traces, "looked_at", None),
+        "looked_to": iso(traces.looked_to) if getattr(traces, "looked_at", None) else None,
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ..destinations import endpoint
-from ..trace import Query, Trace
+from ..trace import Query, Trace, until_before
 from . import shared
 from .confidence import candidate_head, confidence, person, reason
 from ..when import ago, clock, format_span
@@ -161,9 +161,13 @@ def render_text(query: Query, traces: list[Trace], now: float) -> str:
     window = f" over the last {format_span(now - query.since)}" if query.since else ""
     # a user: search that stopped before the oldest match (tracer Found.looked_at)
     looked_at = getattr(traces, "looked_at", None)
-    stopped = (f"Not known: the search for what involves {printable(query.user or '')} traced the newest {looked_at:,} "
-               "matches and stopped there (docs/query.md, user:); older ones were not looked at, and may involve "
-               "them. Narrow the question (--host, a shorter --since).") if looked_at else ""
+    stopped = ""
+    if looked_at:
+        stopped = (f"Not known: the search for what involves {printable(query.user or '')} traced the newest "
+                   f"{looked_at:,} matches, back to {clock(traces.looked_to)}, and stopped there (docs/query.md, "
+                   "user:); older ones were not looked at, and may involve them. To look further back, ask again "
+                   f"with --until {until_before(traces.looked_to)}" + ("" if query.host else ", or narrow it with --host")
+                   + ".")
     if not traces:
         if stopped:
             return f"No {printable(query.describe())}{window} among the newest {looked_at:,} matches.\n{stopped}"
