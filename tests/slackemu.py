@@ -26,6 +26,20 @@ BOT_TOKEN, APP_TOKEN, SIGNING_SECRET = "xoxb-emulated", "xapp-emulated", "emulat
 RESPONSE_URL_USES = 5
 
 
+def http_slack(emu: "SlackEmulator", **more) -> dict:
+    """The config's `slack` section for a bot in this process answering in HTTP mode (on a free
+    port) and calling this emulator: the tokens and signing secret the emulator expects, and
+    `more` (allowed_channels, ...)."""
+    return {"mode": "http", "bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET, "listen": "127.0.0.1:0",
+            "api_base_url": emu.api_base_url, **more}
+
+
+def no_slack_env(monkeypatch) -> None:
+    """The Slack variables of the shell running the tests, if any, do not reach the bot."""
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @dataclass
 class Call:
     method: str

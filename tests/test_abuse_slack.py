@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 from kit import T0, Host, ssh_session, store_with
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack, no_slack_env
 from test_slack import answered, button
 
 from whodid import config as config_mod
@@ -76,15 +76,12 @@ def db(tmp_path):
 
 
 def slack_cfg(emu, **slack):
-    return config_mod.from_dict({"slack": {"mode": "http", "bot_token": "xoxb-emulated",
-                                           "signing_secret": SIGNING_SECRET, "listen": "127.0.0.1:0",
-                                           "api_base_url": emu.api_base_url, **slack}})
+    return config_mod.from_dict({"slack": http_slack(emu, **slack)})
 
 
 @pytest.fixture
 def emu(monkeypatch):
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     with SlackEmulator() as e:
         e.usergroups["S1"] = {"handle": "sre", "users": ["U7"]}
         yield e

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack, no_slack_env
 from kit import free_port
 
 from whodid import config as config_mod
@@ -206,8 +206,7 @@ def test_cluster_disappears_alert_names_jim_recovery_once_state_survives_restart
         kube.add(CLUSTER, "Cluster", "prod")
         cfg = config_mod.from_dict({
             "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "slack": http_slack(emu, allowed_channels=["C7"]),
             "canaries": [{"name": "prod-cluster", "every": "1s", "timeout": "2s", "channel": "C7",
                           "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
                           "suspects": {"commands": ["delete-cluster", "kubectl delete"], "lookback": "24h"}}]})
@@ -367,16 +366,14 @@ def slack_canary(demo_db, tmp_path, monkeypatch, log=lambda m: None):
     raw being the config as a file would hold it, state() the canary's saved state. The bot is
     stopped on the way out."""
     from kit import copy_store
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     db = str(tmp_path / "store.db")
     copy_store(demo_db, db)
     Store.open(db).db.execute("DELETE FROM canaries")
     with SlackEmulator() as emu, FakeKube() as kube:
         raw = {
             "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "slack": http_slack(emu, allowed_channels=["C7"]),
             "canaries": [{"name": "prod-cluster", "every": "1m", "timeout": "2s", "channel": "C7",
                           "check": {"type": "kubernetes", "api_url": kube.url, "path": CLUSTER, "token": kube.token},
                           "suspects": {"commands": ["delete-cluster"], "lookback": "24h"}}]}
@@ -454,13 +451,11 @@ def test_one_canarys_slow_delivery_does_not_hold_up_the_others(tmp_path, monkeyp
     the runner's one lock, so every other canary's run waited to record its result (and to
     alert) behind one canary's message. Each canary has its own lock now."""
     import threading
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     db = str(tmp_path / "store.db")
     with SlackEmulator() as emu:
         cfg = config_mod.from_dict({
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C7"]},
+            "slack": http_slack(emu, allowed_channels=["C7"]),
             "canaries": [{"name": "down", "every": "1m", "timeout": "2s", "channel": "C7",
                           "check": {"type": "command", "argv": ["false"]}},
                          {"name": "fine", "every": "1m", "timeout": "2s", "channel": "C7",

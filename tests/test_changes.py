@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack, no_slack_env
 
 from whodid import config as config_mod
 from whodid.bot import cli
@@ -287,14 +287,12 @@ def test_questions_parse_and_refuse_clearly():
 
 @pytest.fixture
 def slack_bot(fleet_store, monkeypatch):
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     path = fleet_store[0]
     from whodid.bot.slack.app import Bot
     with SlackEmulator() as emu:
         cfg = people_cfg({
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C1"]}})
+            "slack": http_slack(emu, allowed_channels=["C1"])})
         cfg.changes = parse_rules({**RULES, "digest": {"channel": "C9", "cron": "*/2 * * * * *"}})
         bot = Bot(cfg, path, log=lambda m: None)
         bot.start()

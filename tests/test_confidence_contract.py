@@ -177,11 +177,10 @@ def test_the_how_line_never_starts_with_the_account_of_an_unknown_answer():
 def test_slack_end_to_end_an_inferred_answer_says_so_in_its_notification_and_picture_title(monkeypatch, tmp_path):
     """Through the real Bolt app and the emulator: the answer's text (the notification) and the
     picture's title say the answer is inferred; the observed fields are not all it shows."""
-    from slackemu import SlackEmulator
+    from slackemu import SlackEmulator, no_slack_env
     from test_abuse_slack import now_offset, run_bot
     from test_slack import answered
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     t = now_offset(1800)
     ev = ssh_session(WEB, t, 400, "jim", 1001, "203.0.113.7", 5, ses=7)
     ev += [WEB.exec(t + 100, 450, ["terraform", "destroy"], uid=1001, auid=1001, ses=7)]   # no fork: inferred

@@ -12,12 +12,11 @@ mentions and mrkdwn, HTML)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from kit import T0, Host, ssh_session, store_with
-from slackemu import SlackEmulator
+from slackemu import SlackEmulator, no_slack_env
 from test_abuse_slack import CONTROLS, MENTIONS, now_offset, run_bot
 from test_html import Page
 from test_image import NOW
@@ -313,8 +312,7 @@ def cron_db(tmp_path):
 
 @pytest.fixture
 def emu(monkeypatch):
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     with SlackEmulator() as e:
         yield e
 

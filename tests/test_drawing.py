@@ -14,7 +14,7 @@ from whodid.bot.slack.app import Bot
 from whodid.tracer.render import image
 from whodid.tracer.render.image import render_png
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack, no_slack_env
 from test_image import NOW, trace_of
 from test_slack import answered, demo_db  # noqa: F401 (the fixture)
 from test_trace import shared_account_story
@@ -67,8 +67,7 @@ def test_a_closed_painter_still_draws_here():
 
 def test_the_slack_bot_draws_its_pictures_outside_its_own_process(demo_db, monkeypatch):  # noqa: F811
     """Drawing in the bot's process is broken here: the answer's picture must come anyway."""
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
 
     def not_here(*a, **kw):
         raise AssertionError("drawn in the bot's own process")
@@ -76,8 +75,7 @@ def test_the_slack_bot_draws_its_pictures_outside_its_own_process(demo_db, monke
     with SlackEmulator() as emu:
         cfg = config_mod.from_dict({
             "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C1"]}})
+            "slack": http_slack(emu, allowed_channels=["C1"])})
         bot = Bot(cfg, demo_db, log=lambda m: None)
         bot.start()
         try:

@@ -10,7 +10,7 @@ import urllib.request
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack, no_slack_env
 
 from whodid import config as config_mod
 from whodid.bot.health import checks
@@ -29,8 +29,7 @@ def healthz(c):
 
 
 def test_healthz_fails_when_slack_the_scheduler_or_the_pages_fail(tmp_path, monkeypatch):
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     db = str(tmp_path / "c.db")
     Store.open(db, create=True).close()
     stuck, ran = threading.Event(), threading.Event()
@@ -40,9 +39,7 @@ def test_healthz_fails_when_slack_the_scheduler_or_the_pages_fail(tmp_path, monk
         stuck.wait(60)                      # a canary or retention run that hangs
 
     with SlackEmulator() as emu:
-        cfg = config_mod.from_dict({"slack": {"mode": "http", "bot_token": "xoxb-emulated",
-                                              "signing_secret": SIGNING_SECRET, "listen": "127.0.0.1:0",
-                                              "api_base_url": emu.api_base_url, "allowed_channels": ["C1"]}})
+        cfg = config_mod.from_dict({"slack": http_slack(emu, allowed_channels=["C1"])})
         bot = Bot(cfg, db, log=lambda m: None)
         bot.start()
         pages = TracePages(cfg, db, log=lambda m: None)

@@ -11,12 +11,11 @@ import re
 import shlex
 
 import pytest
-import yaml
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack
 
 from whodid import config as config_mod
-from whodid.bot import cli, query
+from whodid.bot import cli
 from whodid.bot.query import Question, QueryError, format, parse, parse_text
 from whodid.bot.slack import ask as slack_ask
 
@@ -149,9 +148,7 @@ def slack(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("attacks") / "demo.db")
     assert cli.main(["demo", "--db", path]) == 0
     with SlackEmulator() as emu:
-        cfg = config_mod.from_dict({"slack": {
-            "default_since": "7d", "mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-            "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C1", "C2"]}})
+        cfg = config_mod.from_dict({"slack": http_slack(emu, default_since="7d", allowed_channels=["C1", "C2"])})
         from whodid.bot.slack.app import Bot
         bot = Bot(cfg, path, log=lambda m: None)
         bot.start()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack
 
 from whodid import config as config_mod
 from whodid.bot import cli, query
@@ -107,10 +107,8 @@ def config_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def slack(demo_db):
     with SlackEmulator() as emu:
-        cfg = config_mod.from_dict({**CONFIG, "slack": {
-            **SLACK, "mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-            "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url,
-            "allowed_channels": [f"C{i}" for i in range(len(EXAMPLES))]}})
+        cfg = config_mod.from_dict({**CONFIG, "slack": http_slack(
+            emu, **SLACK, allowed_channels=[f"C{i}" for i in range(len(EXAMPLES))])})
         from whodid.bot.slack.app import Bot
         bot = Bot(cfg, demo_db, log=lambda m: None)
         bot.start()

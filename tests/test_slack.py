@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack, no_slack_env
 
 from whodid import config as config_mod
 from whodid.bot import cli
@@ -30,15 +30,12 @@ def demo_db(tmp_path_factory):
 
 @pytest.fixture
 def slack(demo_db, monkeypatch):
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     with SlackEmulator() as emu:
         emu.usergroups["S1"] = {"handle": "sre", "users": ["U7"]}
         cfg = config_mod.from_dict({
             "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url,
-                      "allowed_channels": ["#incidents"], "allowed_usergroups": ["sre"]}})
+            "slack": http_slack(emu, allowed_channels=["#incidents"], allowed_usergroups=["sre"])})
         bot = Bot(cfg, demo_db, log=lambda m: None)
         bot.start()
         emu.url = bot._server.url
@@ -261,8 +258,7 @@ def test_long_text_is_cut_to_slacks_limits():
 
 
 def test_missing_tokens_say_which_and_where(monkeypatch):
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     with pytest.raises(SlackSetupError, match=r"set \$SLACK_BOT_TOKEN .* OAuth & Permissions"):
         check_tokens(config_mod.SlackConfig())
     with pytest.raises(SlackSetupError, match=r"SLACK_APP_TOKEN .* App-Level Tokens"):

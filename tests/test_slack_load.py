@@ -6,7 +6,7 @@ from whodid import config as config_mod
 from whodid.bot.demo import story as demo
 from whodid.bot.slack.app import Bot
 
-from slackemu import SIGNING_SECRET, SlackEmulator
+from slackemu import SlackEmulator, http_slack, no_slack_env
 from test_slack import demo_db  # noqa: F401 (the fixture)
 
 
@@ -14,13 +14,11 @@ def test_ten_people_asking_at_once_are_all_acknowledged_while_answers_are_slow(d
     """Bolt runs each listener - which acks first - on the bot's thread pool. With the pool
     smaller than the people asking at once, the last ones' acks waited for an answer to finish,
     and Slack (here Bolt's own 3 s limit) gave up on them: "unhandled request"."""
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     with SlackEmulator() as emu:
         cfg = config_mod.from_dict({
             "identity": {"people": demo.story_people()},
-            "slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                      "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url, "allowed_channels": ["C1"]}})
+            "slack": http_slack(emu, allowed_channels=["C1"])})
         bot = Bot(cfg, demo_db, log=lambda m: None)
         bot.start()
         emu.delays["chat.postMessage"] = 6.0          # every answer holds its worker for a while

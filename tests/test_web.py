@@ -239,15 +239,12 @@ def test_the_cli_prints_links_that_open(site, demo_db, capsys, tmp_path):
 
 
 def test_slack_answers_carry_an_open_full_trace_button(site, demo_db, monkeypatch):
-    from slackemu import SIGNING_SECRET, SlackEmulator
+    from slackemu import SlackEmulator, http_slack, no_slack_env
     from test_slack import answered
     from whodid.bot.slack.app import Bot
-    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
-        monkeypatch.delenv(var, raising=False)
+    no_slack_env(monkeypatch)
     with SlackEmulator() as emu:
-        cfg = cfg_for({"slack": {"mode": "http", "bot_token": "xoxb-emulated", "signing_secret": SIGNING_SECRET,
-                                 "listen": "127.0.0.1:0", "api_base_url": emu.api_base_url,
-                                 "allowed_channels": ["C1"]}})
+        cfg = cfg_for({"slack": http_slack(emu, allowed_channels=["C1"])})
         bot = Bot(cfg, demo_db, log=lambda m: None)
         bot.pages = site
         bot.start()
