@@ -26,7 +26,7 @@ def test_every_benchmark_runs_and_the_report_is_written(tmp_path):
         assert f"## {title}" in report
     if privileged:
         assert "did not run" not in report, report
-    for figure in ("store bytes per event", "ingest() vs bare executemany", "render, 300-node trace",
+    for figure in ("store bytes per event", "ingest over HTTP vs bare executemany", "render, 300-node trace",
                    "Slack end to end p95", "trace p95, scope 0", "incident: ingest under askers / idle"):
         assert f"| {figure}" in report
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
