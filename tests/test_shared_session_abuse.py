@@ -117,21 +117,33 @@ def test_an_accept_from_a_client_known_only_by_pid_keeps_the_starter_from_being_
     assert not (tr.attributed.user == "jim" and tr.attributed.confidence == "observed")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "merge_uconn says each column is a function of the set of events, but two uconnects (or two uaccepts) "
-    "naming different processes for one conn leave whichever came last: re-ingesting the same events in "
-    "another order names another client. The real agent's conn ids are unique, so only a faulty or lying "
-    "producer sends this; fix: let the earliest event of each side win (ties by process id), as ts_connect "
-    "already does"))
+# was a strict xfail: two uconnects (or two uaccepts) naming different processes for one conn left
+# whichever came last, so re-ingesting the same events in another order named another client. The
+# real agent's conn ids are unique: only a faulty or lying producer sends this; the earliest of a
+# side now says (ties to the lower process id).
 def test_two_connects_naming_different_clients_for_one_conn_give_one_row_in_any_order():
     import itertools
-    events = [B.uconnect(10, 500, SOCK, "c-1", peer=(212, 212000)), B.uconnect(11, 600, SOCK + "x", "c-1")]
+    events = [B.uconnect(10, 500, SOCK, "c-1", peer=(212, 212000)), B.uconnect(11, 600, SOCK + "x", "c-1"),
+              B.uaccept(10.5, 212, "c-1", path=SOCK)]
     rows = set()
     for order in itertools.permutations(events):
         store = store_with(list(order))
-        r = store.db.execute("SELECT client_proc, path FROM uconns WHERE conn = 'c-1'").fetchone()
-        rows.add((store.proc(r[0]).pid, r[1]))
+        r = store.db.execute("SELECT client_proc, path, server_proc, ts_connect FROM uconns WHERE conn = 'c-1'").fetchone()
+        rows.add((store.proc(r[0]).pid, r[1], store.proc(r[2]).pid, r[3]))
     assert len(rows) == 1, rows
+    ((client, path, server, _),) = rows
+    assert (client, path, server) == (500, SOCK, 212)          # the earliest connect's word
+
+
+def test_two_accepts_naming_different_servers_for_one_conn_give_one_row_in_any_order():
+    import itertools
+    same_time = [B.uaccept(10.5, 212, "c-2", path=SOCK), B.uaccept(10.5, 213, "c-2", path=SOCK)]
+    rows = set()
+    for order in itertools.permutations(same_time):
+        store = store_with(list(order))
+        r = store.db.execute("SELECT server_proc FROM uconns WHERE conn = 'c-2'").fetchone()
+        rows.add(store.proc(r[0]).pid)
+    assert len(rows) == 1, rows                 # a tie in time: the lower process id, in any order
 
 
 # --- secrets in the new fields -------------------------------------------------------------

@@ -229,7 +229,8 @@ UCONN_COLS = ("client_proc", "server_proc", "listener_proc", "path", "bound", "t
               "client_uid", "server_uid", "client_pid", "listener_pid", "snapshot")
 
 
-def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer: int | None) -> dict[str, Any]:
+def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer: int | None,
+                holder: tuple[int, int] | None = None) -> dict[str, Any]:
     """A unix connection's row after one more of its events (`proc` its process, `peer` the
     process its peer_pid/peer_start name). Each column is a function of the set of events, so
     the row is the same whichever arrives first and a resend changes nothing:
@@ -240,12 +241,22 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
     - the peers' uids and pids are what SO_PEERCRED said (the uconnect's of the listener,
       the uaccept's of the client), a pid kept even when no start came to name its process;
     - a time is the earliest reported for its side (a snapshot's is when it was found: later);
-    - snapshot holds while every event of the connection was one."""
+    - snapshot holds while every event of the connection was one;
+    - of two events of one side naming different processes (a faulty or lying producer: the
+      agent's conn ids are unique), the earliest says what that side's columns hold, a tie in
+      time to the lower (pid, start) - `holder`, that of the process the row names for the
+      event's side - not whichever came last, so a re-ingest in another order names the same
+      client."""
     row = dict(old) if old else dict.fromkeys(UCONN_COLS)
     snap = int(bool(ev.get("snapshot")))
     row["snapshot"] = snap if old is None else int(bool(row["snapshot"]) and bool(snap))
     ts = ev["ts"]
-    if ev["kind"] == "uconnect":
+    connect = ev["kind"] == "uconnect"
+    first, named = (row["ts_connect"], row["client_proc"]) if connect else (row["ts_accept"], row["server_proc"])
+    if first is not None and (ts > first or (ts == first and named != proc and
+                                             (holder is None or (ev["pid"], ev["start"]) > holder))):
+        return row                          # an earlier event of this side has said: this one changes nothing
+    if connect:
         row["client_proc"] = proc
         row["listener_proc"] = peer if peer is not None else row["listener_proc"]
         row["path"] = ev["path"]
@@ -544,7 +555,13 @@ class Store:
         row = c.execute(f"SELECT id, {', '.join(UCONN_COLS)} FROM uconns WHERE boot = ? AND conn = ?",
                         [boot, ev["conn"]]).fetchone()
         old = dict(zip(UCONN_COLS, row[1:])) if row else None
-        merged = merge_uconn(old, ev, proc, peer)
+        holder = None
+        if old is not None:
+            first, named = (old["ts_connect"], old["client_proc"]) if ev["kind"] == "uconnect" else \
+                (old["ts_accept"], old["server_proc"])
+            if first == ev["ts"] and named is not None and named != proc:     # a tie: rare, looked up
+                holder = c.execute("SELECT pid, start FROM procs WHERE id = ?", [named]).fetchone()
+        merged = merge_uconn(old, ev, proc, peer, tuple(holder) if holder else None)
         if merged == old:
             return 0
         if row is None:
