@@ -67,7 +67,7 @@ def in_process(events: list[dict], path: Path) -> float:
     return elapsed
 
 
-def over_http(events: list[dict], work: Path, agents: int) -> tuple[float, int]:
+def over_http(events: list[dict], work: Path, agents: int) -> tuple[float, int, dict]:
     db = work / "collector.db"
     store = Store.open(db, create=True)
     by_host: dict[str, list[dict]] = defaultdict(list)
@@ -86,6 +86,8 @@ def over_http(events: list[dict], work: Path, agents: int) -> tuple[float, int]:
                               f"127.0.0.1:{port}", "--ready-file", str(ready)], stderr=subprocess.DEVNULL,
                              env=dict(os.environ, WHODID_CONFIG="/dev/null"))
     while not ready.exists():
+        if serve.poll() is not None:       # it could not start (its port taken meanwhile): say so, do not hang
+            raise SystemExit(f"whodid serve exited with {serve.returncode} before it was ready")
         time.sleep(0.05)
     errors: list[str] = []
 
@@ -113,8 +115,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--agents", type=int, default=22, help="how many of the fleet's hosts ship (default: all 22)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the reference and ingest() "
-                   "(medians; default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the reference, ingest() "
+                   "and the HTTP path (medians; default 3)")
     args = p.parse_args()
     now = time.time()
     fleet, _ = demo.build(now, seed=args.seed)

@@ -135,6 +135,23 @@ def test_two_connects_naming_different_clients_for_one_conn_give_one_row_in_any_
     assert (client, path, server) == (500, SOCK, 212)          # the earliest connect's word
 
 
+def test_a_connection_seen_twice_by_its_own_client_keeps_what_either_said_in_any_order():
+    # the same client's connection reported twice (a restarted agent's snapshot under the same
+    # id), only the later knowing the listener: what either said is kept, whichever comes first
+    import itertools
+    events = [B.uconnect(100, 500, SOCK, "c-3", snapshot=True),
+              {**B.uconnect(200, 500, SOCK, "c-3", peer=(212, 212000), snapshot=True), "peer_uid": 0}]
+    rows = set()
+    for order in itertools.permutations(events):
+        store = store_with(list(order))
+        r = store.db.execute("SELECT client_proc, listener_proc, server_uid, listener_pid, ts_connect FROM uconns "
+                             "WHERE conn = 'c-3'").fetchone()
+        rows.add((store.proc(r[0]).pid, store.proc(r[1]).pid if r[1] else None, r[2], r[3], r[4]))
+    assert len(rows) == 1, rows
+    ((client, listener, server_uid, listener_pid, _),) = rows
+    assert (client, listener, server_uid, listener_pid) == (500, 212, 0, 212)
+
+
 def test_two_accepts_naming_different_servers_for_one_conn_give_one_row_in_any_order():
     import itertools
     same_time = [B.uaccept(10.5, 212, "c-2", path=SOCK), B.uaccept(10.5, 213, "c-2", path=SOCK)]

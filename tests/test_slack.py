@@ -209,7 +209,8 @@ def test_a_user_question_that_stopped_looking_says_not_known_not_none(slack, mon
     said = str(top.blocks)
     assert "No commands matching `sudo` involving `zed` found." in said
     assert "*Not known beyond the newest 3 matches* over the last 4d" in said
-    assert "older ones were not looked at, and may involve `zed`" in said and "`until:20" in said
+    assert "older ones were not looked at, and may involve `zed`" in said and "ask again with `since:20" in said
+    assert " until:20" in said
     assert not any(e.get("action_id") == "whodid.wider" for b in top.blocks for e in b.get("elements") or [])
 
 
@@ -223,6 +224,7 @@ def test_a_user_question_that_found_some_and_stopped_says_so_with_the_answer(sla
     said = str(top.blocks)
     assert "*jim* ran `aws eks delete-cluster --name prod`" in said
     assert "*Not known beyond the newest 3 matches*" in said and "may involve `jim`" in said
+    assert "Not known beyond the newest 3 matches" in top.text and "\\n" not in top.text   # the notification too
 
 
 def test_rate_limits_are_waited_out(slack):

@@ -1,12 +1,12 @@
 """The trace engine on small stores, one scenario per test."""
 
 import json
-import math
 import random
 import time
 
 from whodid.tracer import Identity, Person, Query, Tracer
-from whodid.tracer.trace import until_before
+from whodid.tracer.trace import further_back
+from whodid.bot import query as grammar
 from whodid.tracer.render import traces_json
 
 from kit import T0, Host, ssh_session, store_with
@@ -207,15 +207,16 @@ def test_a_user_question_that_stops_looking_says_how_far_it_looked(monkeypatch):
     text = render_text(query, traces, T0 + 6000)
     assert "among the newest 100 matches" in text and "what involves jim traced the newest 100 matches" in text
     oldest = T0 + 5150.01                          # bob's 150th aws s3 ls, the 100th newest of 250
-    assert traces.looked_to == oldest and f"--until {until_before(oldest)}" in text
+    assert traces.looked_to == oldest and f"with {further_back(None, oldest, flags=True)}" in text
     doc = traces_json(query, traces, T0 + 6000)
-    assert doc["matches"] == [] and doc["looked_at"] == 100 and doc["looked_to"].startswith(until_before(oldest)[:16])
+    assert doc["matches"] == [] and doc["looked_at"] == 100 and doc["looked_to"] == further_back(None, oldest)[6:]
     # asked again with the until: it gives, each answer looks further back, and the third finds jim
     tracer, answers = Tracer(store_with(_bob_lists_buckets_after(250)), IDENT), [traces]
     while not answers[-1] and len(answers) < 5:
-        until = math.ceil(answers[-1].looked_to)
-        assert until_before(answers[-1].looked_to) == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
-        answers.append(tracer.find(Query(pattern="aws", user="jim", limit=1, until=until)))
+        words = further_back(T0, answers[-1].looked_to)           # since:... until:..., as Slack says it
+        asked = grammar.parse_text(f"aws user:jim {words}", "trace", T0 + 6000, {"limit": "1", "scope": "0"})
+        assert asked.since == T0 and asked.until >= answers[-1].looked_to
+        answers.append(tracer.find(Query(pattern="aws", user="jim", limit=1, since=asked.since, until=asked.until)))
     assert [a.looked_at for a in answers] == [100, 100, None]
     assert [t.poi.command for t in answers[-1]] == ["aws eks delete-cluster --name prod"]
     # every match looked at: none is none

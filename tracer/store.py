@@ -246,16 +246,17 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
       agent's conn ids are unique), the earliest says what that side's columns hold, a tie in
       time to the lower (pid, start) - `holder`, that of the process the row names for the
       event's side - not whichever came last, so a re-ingest in another order names the same
-      client."""
+      client; events of one side naming the same process (a resend, the same connection
+      found again by a restarted agent) merge as above."""
     row = dict(old) if old else dict.fromkeys(UCONN_COLS)
     snap = int(bool(ev.get("snapshot")))
     row["snapshot"] = snap if old is None else int(bool(row["snapshot"]) and bool(snap))
     ts = ev["ts"]
     connect = ev["kind"] == "uconnect"
     first, named = (row["ts_connect"], row["client_proc"]) if connect else (row["ts_accept"], row["server_proc"])
-    if first is not None and (ts > first or (ts == first and named != proc and
-                                             (holder is None or (ev["pid"], ev["start"]) > holder))):
-        return row                          # an earlier event of this side has said: this one changes nothing
+    if first is not None and named is not None and named != proc and \
+            (ts > first or (ts == first and (holder is None or (ev["pid"], ev["start"]) > holder))):
+        return row                          # an earlier event of this side named another process
     if connect:
         row["client_proc"] = proc
         row["listener_proc"] = peer if peer is not None else row["listener_proc"]

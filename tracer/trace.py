@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from datetime import datetime, timedelta, timezone
 import ipaddress
 import math
 import time
@@ -169,10 +170,17 @@ class Connections:
     how: list[str] = field(default_factory=list)   # how a name became addresses: "eks-prod: config network.names"
 
 
-def until_before(looked_to: float) -> str:
-    """An `until:` that reaches the matches a stopped `user:` search did not look at (Found): the
-    second after the oldest it did, so none of those at the same second is missed."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(looked_to)))
+def further_back(since: float | None, looked_to: float, flags: bool = False) -> str:
+    """The window that reaches the matches a stopped `user:` search did not look at (Found):
+    since as asked, as a time (a duration would slide), and until the oldest match it looked
+    at - inclusive, to the millisecond at or above it, so none at that instant is missed.
+    `since:X until:Y`, or `--since X --until Y` with flags."""
+    def at(ts: float, up: bool) -> str:
+        ms = math.ceil(ts * 1000) if up else math.floor(ts * 1000)
+        moment = datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    words = ([("since", at(since, False))] if since is not None else []) + [("until", at(looked_to, True))]
+    return " ".join(f"--{k} {v}" if flags else f"{k}:{v}" for k, v in words)
 
 
 class Found(list):

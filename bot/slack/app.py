@@ -282,7 +282,7 @@ class Bot:
         text, bl = blocks.summary(tr, view, total, now, self.value, self.link)
         if getattr(traces, "looked_at", None):          # a user: question that stopped looking
             said, block = blocks.stopped_looking(view.ask, traces)
-            text, bl = f"{text}\n{said}", [*bl, block]
+            text, bl = f"{text} {said}", [*bl, block]     # one line: the text's newlines are escaped
         ts = self.post(channel, text, bl, thread, respond, private)
         if ts:
             self.picture(tr, view, total, channel, thread or ts, respond, with_buttons=False, private=private)

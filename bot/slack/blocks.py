@@ -14,7 +14,7 @@ from whodid.tracer.render.confidence import (OBSERVED, account_said, candidate_h
 from whodid.tracer.render import shared
 from whodid.tracer.render.text import connection_lines, printable, render_trace
 from whodid.tracer.stitch import Step
-from whodid.tracer.trace import Trace, until_before
+from whodid.tracer.trace import Trace, further_back
 from whodid.tracer.when import ago, clock
 
 from .ask import HELP, Ask
@@ -276,14 +276,14 @@ def no_match(ask: Ask, wider: str | None, found=None) -> tuple[str, list[dict]]:
 def stopped_looking(ask: Ask, found) -> tuple[str, dict]:
     """What a `user:` question that stopped before the oldest match (tracer Found) says: how far
     it looked, that older matches may involve the user, and how to look further back."""
-    until = until_before(found.looked_to)
+    window = further_back(ask.since, found.looked_to)
     narrow = "" if ask.host else ", or narrow it with host:"
     text = (f"Not known beyond the newest {found.looked_at:,} matches over {ask.window()}, back to "
             f"{clock(found.looked_to)}: older ones were not looked at, and may involve {ask.user}. To look further "
-            f"back, ask again with until:{until}{narrow}.")
+            f"back, ask again with {window}{narrow}.")
     block = section(f":warning: *Not known beyond the newest {found.looked_at:,} matches* over {escape(ask.window())}, "
                     f"back to {escape(clock(found.looked_to))}: older ones were not looked at, and may involve "
-                    f"{code(ask.user)}. To look further back, ask again with `until:{until}`"
+                    f"{code(ask.user)}. To look further back, ask again with `{window}`"
                     + ("" if ask.host else ", or narrow it with `host:`") + ".")
     return text, block
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ..destinations import endpoint
-from ..trace import Query, Trace, until_before
+from ..trace import Query, Trace, further_back
 from . import shared
 from .confidence import candidate_head, confidence, person, reason
 from ..when import ago, clock, format_span
@@ -166,7 +166,8 @@ def render_text(query: Query, traces: list[Trace], now: float) -> str:
         stopped = (f"Not known: the search for what involves {printable(query.user or '')} traced the newest "
                    f"{looked_at:,} matches, back to {clock(traces.looked_to)}, and stopped there (docs/query.md, "
                    "user:); older ones were not looked at, and may involve them. To look further back, ask again "
-                   f"with --until {until_before(traces.looked_to)}" + ("" if query.host else ", or narrow it with --host")
+                   f"with {further_back(query.since, traces.looked_to, flags=True)}"
+                   + ("" if query.host else ", or narrow it with --host")
                    + ".")
     if not traces:
         if stopped:
