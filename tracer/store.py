@@ -230,7 +230,7 @@ UCONN_COLS = ("client_proc", "server_proc", "listener_proc", "path", "bound", "t
 
 
 def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer: int | None,
-                holder: tuple[int, int] | None = None) -> dict[str, Any]:
+                ident: Callable[[int], tuple[int, int] | None] = lambda proc: None) -> dict[str, Any]:
     """A unix connection's row after one more of its events (`proc` its process, `peer` the
     process its peer_pid/peer_start name). Each column is a function of the set of events, so
     the row is the same whichever arrives first and a resend changes nothing:
@@ -244,8 +244,8 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
     - snapshot holds while every event of the connection was one;
     - of two events of one side naming different processes (a faulty or lying producer: the
       agent's conn ids are unique), the earliest says what that side's columns hold, a tie in
-      time to the lower (pid, start) - `holder`, that of the process the row names for the
-      event's side - not whichever came last, so a re-ingest in another order names the same
+      time to the lower (pid, start) - `ident` gives a stored process's, asked only on a tie -
+      not whichever came last, so a re-ingest in another order names the same
       client; events of one side naming the same process (a resend, the same connection
       found again by a restarted agent) merge as above."""
     row = dict(old) if old else dict.fromkeys(UCONN_COLS)
@@ -255,7 +255,7 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
     connect = ev["kind"] == "uconnect"
     first, named = (row["ts_connect"], row["client_proc"]) if connect else (row["ts_accept"], row["server_proc"])
     if first is not None and named is not None and named != proc and \
-            (ts > first or (ts == first and (holder is None or (ev["pid"], ev["start"]) > holder))):
+            (ts > first or (ts == first and ((holder := ident(named)) is None or (ev["pid"], ev["start"]) > holder))):
         return row                          # an earlier event of this side named another process
     if connect:
         row["client_proc"] = proc
@@ -556,13 +556,8 @@ class Store:
         row = c.execute(f"SELECT id, {', '.join(UCONN_COLS)} FROM uconns WHERE boot = ? AND conn = ?",
                         [boot, ev["conn"]]).fetchone()
         old = dict(zip(UCONN_COLS, row[1:])) if row else None
-        holder = None
-        if old is not None:
-            first, named = (old["ts_connect"], old["client_proc"]) if ev["kind"] == "uconnect" else \
-                (old["ts_accept"], old["server_proc"])
-            if first == ev["ts"] and named is not None and named != proc:     # a tie: rare, looked up
-                holder = c.execute("SELECT pid, start FROM procs WHERE id = ?", [named]).fetchone()
-        merged = merge_uconn(old, ev, proc, peer, tuple(holder) if holder else None)
+        merged = merge_uconn(old, ev, proc, peer, lambda named: c.execute(
+            "SELECT pid, start FROM procs WHERE id = ?", [named]).fetchone())
         if merged == old:
             return 0
         if row is None:

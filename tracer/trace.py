@@ -361,7 +361,7 @@ class Tracer:
         return (ConnMatch(direction, addrs=exact, nets=wide, names=dest.names, port=dest.port if port is None else port,
                           command=command), label, how)
 
-    def _connection_matches(self, query: Query, fetch: int) -> list[tuple[Any, Callable[[int, bool], Trace]]]:
+    def _connection_matches(self, query: Query, fetch: int) -> list[tuple[Any, float, Callable[[int, bool], Trace]]]:
         direction, dest, port = query.connection
         command = None
         if query.pattern:

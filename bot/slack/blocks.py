@@ -260,14 +260,13 @@ def no_match(ask: Ask, wider: str | None, found=None) -> tuple[str, list[dict]]:
     where = f" on hosts {ask.host}" if ask.host else ""
     who = f" involving {ask.user}" if ask.user else ""
     kind = ("" if ask.connection else "changes to " if ask.pattern.startswith("/") else "commands matching ")
+    head = (f":shrug: No {kind}{code(ask.subject)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
+            + (f" involving {code(ask.user)}" if ask.user else ""))
     if getattr(found, "looked_at", None):
         text, block = stopped_looking(ask, found)
-        return f"No {kind}{ask.subject}{where}{who} found. {text}", [
-            section(f":shrug: No {kind}{code(ask.subject)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
-                    + f" involving {code(ask.user)} found."), block]
+        return f"No {kind}{ask.subject}{where}{who} found. {text}", [section(f"{head} found."), block]
     text = f"No {kind}{ask.subject}{where}{who} over {ask.window()}."
-    blocks = [section(f":shrug: No {kind}{code(ask.subject)}" + (f" on hosts {code(ask.host)}" if ask.host else "")
-                      + (f" involving {code(ask.user)}" if ask.user else "") + f" over {escape(ask.window())}.")]
+    blocks = [section(f"{head} over {escape(ask.window())}.")]
     if wider:
         blocks.append({"type": "actions", "elements": [button("Search a wider window", "wider", wider, "primary")]})
     return text, blocks
