@@ -1,13 +1,14 @@
 """The trace engine on small stores, one scenario per test."""
 
 import json
+import math
 import random
 import time
 
 from whodid.tracer import Identity, Person, Query, Tracer
 from whodid.tracer.trace import further_back
 from whodid.bot import query as grammar
-from whodid.tracer.render import traces_json
+from whodid.tracer.render import render_text, traces_json
 
 from kit import T0, Host, ssh_session, store_with
 
@@ -251,6 +252,35 @@ def test_a_user_question_answers_newest_first_when_a_match_is_stored_between_its
     traces = tracer.find(Query(pattern="aws", user="jim", limit=2))
     assert len(rounds) == 2
     assert [t.poi.command for t in traces] == ["aws eks list-clusters", "aws eks delete-cluster --name prod"]
+
+
+def test_the_window_a_stopped_user_question_suggests_takes_in_every_match_it_did_not_look_at():
+    # found by an adversarial pass: float rounding put the suggested until a millisecond short,
+    # JSON's looked_to was rounded down, and a time near the calendar's end raised
+    from whodid.tracer.events import TS_MAX
+    from whodid.tracer.when import parse_time
+    from whodid.tracer.trace import whole_ms
+    rng = random.Random(7)
+    for _ in range(20000):
+        ms = rng.randrange(10 ** 12, 2 * 10 ** 12)
+        for ts in (math.nextafter(ms / 1000, math.inf), math.nextafter(ms / 1000, -math.inf), ms / 1000,
+                   ms / 1000 + rng.random() / 1000):
+            assert parse_time(whole_ms(ts, True), 0) >= ts and parse_time(whole_ms(ts, False), 0) <= ts, ts
+    assert whole_ms(TS_MAX - 0.0004, True) is None                 # past 9999: no until, and no crash
+    assert further_back(T0, TS_MAX - 0.0004) == f"since:{whole_ms(T0, False)}"
+    found = trace_mod_found(looked_at=5, looked_to=TS_MAX - 0.0004)
+    assert "Not known" in render_text(Query(pattern="s3", user="jim", since=T0), found, T0)
+    assert traces_json(Query(pattern="s3", user="jim"), found, T0)["looked_to"] is None
+    found = trace_mod_found(looked_at=5, looked_to=5000.0008)
+    assert parse_time(traces_json(Query(pattern="s3", user="jim"), found, T0)["looked_to"], 0) >= 5000.0008
+
+
+def trace_mod_found(**said):
+    from whodid.tracer.trace import Found
+    found = Found()
+    for k, v in said.items():
+        setattr(found, k, v)
+    return found
 
 
 def test_a_user_question_stops_at_its_time_budget_and_says_so(monkeypatch):

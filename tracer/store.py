@@ -246,7 +246,8 @@ def merge_uconn(old: dict[str, Any] | None, ev: dict[str, Any], proc: int, peer:
       agent's conn ids are unique), the earliest says what that side's columns hold, a tie in
       time to the lower (pid, start) - `ident` gives a stored process's, asked only on a tie -
       not whichever came last, so a re-ingest in another order names the same
-      client; events of one side naming the same process (a resend, the same connection
+      client (a field the earliest event does not carry - its peer, bound - may still hold the
+      other's word, in one order and not the other: not yet mended); events of one side naming the same process (a resend, the same connection
       found again by a restarted agent) merge as above."""
     row = dict(old) if old else dict.fromkeys(UCONN_COLS)
     snap = int(bool(ev.get("snapshot")))

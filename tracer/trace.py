@@ -170,17 +170,29 @@ class Connections:
     how: list[str] = field(default_factory=list)   # how a name became addresses: "eks-prod: config network.names"
 
 
+def whole_ms(ts: float, up: bool) -> str | None:
+    """ts as an ISO time to the millisecond, rounded up (or down) so that, read back, it is at or
+    above (at or below) ts - checked, as float arithmetic may land a ulp short. None past the
+    calendar's end (year 9999)."""
+    ms = math.ceil(ts * 1000) if up else math.floor(ts * 1000)
+    if up and ms / 1000 < ts:
+        ms += 1
+    elif not up and ms / 1000 > ts:
+        ms -= 1
+    try:
+        moment = datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000)
+    except (OverflowError, ValueError):
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def further_back(since: float | None, looked_to: float, flags: bool = False) -> str:
     """The window that reaches the matches a stopped `user:` search did not look at (Found):
     since as asked, as a time (a duration would slide), and until the oldest match it looked
-    at - inclusive, to the millisecond at or above it, so none at that instant is missed.
-    `since:X until:Y`, or `--since X --until Y` with flags."""
-    def at(ts: float, up: bool) -> str:
-        ms = math.ceil(ts * 1000) if up else math.floor(ts * 1000)
-        moment = datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    words = ([("since", at(since, False))] if since is not None else []) + [("until", at(looked_to, True))]
-    return " ".join(f"--{k} {v}" if flags else f"{k}:{v}" for k, v in words)
+    at - inclusive, to the millisecond at or above it, so none at that instant is missed (no
+    until past the calendar's end). `since:X until:Y`, or `--since X --until Y` with flags."""
+    words = [("since", whole_ms(since, False) if since is not None else None), ("until", whole_ms(looked_to, True))]
+    return " ".join(f"--{k} {v}" if flags else f"{k}:{v}" for k, v in words if v is not None)
 
 
 class Found(list):

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..sharing import SharedSession
 from ..stitch import Attribution, Step
-from ..trace import Query, Trace
+from ..trace import Query, Trace, whole_ms
 from ..when import iso
 from .confidence import candidate_person
 from .shared import person_or_none
@@ -119,5 +119,6 @@ def traces_json(query: Query, traces: list[Trace], now: float) -> dict[str, Any]
         # the oldest of them (older ones may involve the user too); null when every match was
         # looked at
         "looked_at": getattr(traces, "looked_at", None),
-        "looked_to": iso(traces.looked_to) if getattr(traces, "looked_at", None) else None,
+        # rounded up, as the CLI and Slack suggest it: until: that time takes in every match not looked at
+        "looked_to": whole_ms(traces.looked_to, True) if getattr(traces, "looked_at", None) else None,
     }
