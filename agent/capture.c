@@ -194,11 +194,16 @@ struct unix_event {
 // Kernels before 5.8 have no BPF ring buffer: per-CPU perf buffers instead. Records lose
 // their global order across CPUs there (the agent copes: it keys everything by pid and start).
 BPF_PERF_OUTPUT(events);
-BPF_HASH(argv_building, u64, struct exec_args_event, 1024);   // this thread's argv record
-BPF_ARRAY(argv_template, struct exec_args_event, 1);          // zeros, never written
 #else
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #endif
+// An argv record is built in its thread's entry here and sent at the length it used: reserved
+// in the ring at its largest (8 KiB) it took ~25 times the ring space it needed, and a 4 MiB
+// ring held ~480 execs in flight instead of thousands (docs/agent.md). Entries live only
+// within one sys_enter_execve, so a few hundred cover every thread running one at once; a
+// thread that finds the table full is counted lost.
+BPF_HASH(argv_building, u64, struct exec_args_event, 256);    // this thread's argv record
+BPF_ARRAY(argv_template, struct exec_args_event, 1);          // zeros, never written
 BPF_ARRAY(file_template, struct file_event, 1);     // all zeros, never written: a blank to copy
 BPF_HASH(clone_flags, u64, u64, 16384);
 BPF_HASH(exit_codes, u32, s32, 16384);
@@ -482,7 +487,6 @@ static __always_inline int capture_argv(void *ctx, const char *const *argv) {
     struct hdr h = {};
     if (!fill_hdr(&h, EV_EXEC_ARGS))
         return 0;
-#if USE_PERFBUF
     u64 id = bpf_get_current_pid_tgid();
     u32 zero = 0;
     struct exec_args_event *blank = argv_template.lookup(&zero);
@@ -490,9 +494,6 @@ static __always_inline int capture_argv(void *ctx, const char *const *argv) {
         return 0;
     argv_building.update(&id, blank);
     struct exec_args_event *e = argv_building.lookup(&id);
-#else
-    struct exec_args_event *e = events.ringbuf_reserve(sizeof(struct exec_args_event));
-#endif
     if (!e) {
         u32 zero = 0;
         u64 *n = lost.lookup(&zero);
@@ -540,12 +541,8 @@ static __always_inline int capture_argv(void *ctx, const char *const *argv) {
     }
 done:
     e->len = off;
-#if USE_PERFBUF
     emit(ctx, e, offsetof(struct exec_args_event, argv) + (off & (ARGV_BUF - 1)));
     argv_building.delete(&id);
-#else
-    events.ringbuf_submit(e, 0);
-#endif
     return 0;
 }
 

@@ -28,14 +28,19 @@ SOURCE = Path(__file__).with_name("capture.c")
 ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 
 
-# Records are read in batches: after the kernel wakes the agent, it waits until the ring holds
-# an eighth of its size, or until the poll's time is up (200 ms in the agent's loop, which also
-# drains DNS answers and flushes between polls). Decoding and assembling are the agent's Python;
-# run a few dozen times a second on a trickle they cost about twice what they cost per record in
-# a storm (the interpreter's code and data are cold each time: bench/soak.py, 300 execs/s, 114 us
-# per exec with a 20 ms wait, 84 with this). A storm fills an eighth in milliseconds.
-BATCH_STEP = 0.01           # seconds between looks at the ring's fill
+# Records are read in batches. Decoding and assembling are the agent's Python; run a few dozen
+# times a second on a trickle they cost about twice what they cost per record in a storm (the
+# interpreter's code and data are cold each time: bench/soak.py, 300 execs/s, 114 us per exec
+# read every 20 ms, 84 every 200 ms). So records wait in the ring until it holds an eighth of
+# its size (a storm: milliseconds) or until they have waited BATCH_WAIT (a trickle: once a
+# second, the agent's flush; Capture's `batch_wait` when its flush is sooner). The loop still
+# turns every poll (200 ms: DNS answers drained, stop and flushes looked at); between its
+# reads the fill is looked at every BATCH_STEP. A record is ~100-800 bytes (an argv record the
+# bytes it used), so the default 4 MiB ring holds thousands of execs: 50 ms of the fastest
+# storm seen (bench/agent_overhead.py) is far less than the seven eighths left above the fill.
+BATCH_STEP = 0.05           # seconds between looks at the ring's fill
 BATCH_FILL = 8              # a batch is full at 1/BATCH_FILL of the ring
+BATCH_WAIT = 1.0            # seconds records may wait in the ring for more to come
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
 # a connect still waiting this long had every moment that records it skipped (capture.c): SYNs
 # retried at the defaults (tcp_syn_retries 6) give up after 127 s
@@ -59,8 +64,9 @@ class CaptureError(RuntimeError):
 
 
 def argv_used(head: bytes) -> int:
-    """How much of a record to copy, from its first ARGS_FIXED bytes: argv records are reserved
-    at their largest (~8 KiB) and mostly empty; every other record is taken whole."""
+    """How much of a record to copy, from its first ARGS_FIXED bytes: an argv record's header
+    says the length it used (capture.c sends no more, but a perf buffer pads); every other
+    record is taken whole."""
     if decode.HDR.unpack_from(head)[5] == decode.EV_EXEC_ARGS:
         return ARGS_FIXED + decode.ARGS_HEAD.unpack_from(head, decode.HDR.size)[3]
     return 1 << 30
@@ -181,7 +187,7 @@ class Capture:
                  pidns: tuple[int, int] | None = None, buffer: str = "auto",
                  offsets: btf.KernelOffsets | None = None, unix_prefixes: tuple[str, ...] | None = None,
                  unix_comms: tuple[str, ...] | None = None, budget: ConnectionBudget | None = None,
-                 faults: tuple[str, ...] = ()):
+                 faults: tuple[str, ...] = (), batch_wait: float = BATCH_WAIT):
         if os.geteuid() != 0:
             raise CaptureError("the agent needs root (or CAP_BPF and CAP_PERFMON) to load its BPF program")
         bcc = load_bcc()
@@ -237,7 +243,7 @@ class Capture:
         self.ring: ringbuf.RingReader | None = None
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
-            # (at least 64 pages each: an exec record is reserved at its largest, ~8 KiB)
+            # (at least 64 pages each: an argv record can take ~8 KiB)
             per_cpu = max(64, 1 << ((ringbuf_pages // max(1, os.cpu_count() or 1)).bit_length() - 1))
             self.bpf["events"].open_perf_buffer(lambda cpu, data, size: self._on_record(None, data, size),
                                                 page_cnt=per_cpu, lost_cb=self._on_lost)
@@ -245,6 +251,8 @@ class Capture:
             table = self.bpf["events"]
             self.ring = ringbuf.RingReader(table.map_fd, table.max_entries)
             self._batch_bytes = table.max_entries // BATCH_FILL
+        self.batch_wait = batch_wait
+        self._last_read = time.monotonic()
         if self.budget.per_second > 0:
             over = self.bpf["over_budget"]
             over[over.Key(decode.OVER_BUDGET_OTHER)] = over.Leaf(0)
@@ -281,7 +289,10 @@ class Capture:
             self.bpf.perf_buffer_poll(timeout_ms)
             return self._assemble() + self._aggregates()
         self.ring.wait_batch(timeout_ms / 1000, self._batch_bytes, BATCH_STEP)
-        self._read_ring()
+        now = time.monotonic()
+        if self.ring.pending() >= self._batch_bytes or now - self._last_read >= self.batch_wait:
+            self._last_read = now
+            self._read_ring()
         return self._assemble() + self._aggregates()
 
     def drain(self) -> list:
@@ -289,6 +300,7 @@ class Capture:
             self.bpf.perf_buffer_poll(0)
         else:
             self._read_ring()
+            self._last_read = time.monotonic()
         out = self._assemble() + self._aggregates(final=True)
         self._sweep_connects(final=True)
         return out

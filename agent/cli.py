@@ -28,7 +28,7 @@ from functools import lru_cache
 from . import btf
 from .assemble import Assembler
 from .bccload import BccMissing, load_bcc
-from .capture import TRACEFS, Capture, CaptureError, boot_epoch, own_pid_namespace
+from .capture import BATCH_WAIT, TRACEFS, Capture, CaptureError, boot_epoch, own_pid_namespace
 from .dnswatch import DnsWatch, NameBook, host_resolvers
 from .netlink import NetlinkCapture, NetlinkUnavailable, monotonic_epoch
 from .procfs import ProcFS, boot_id
@@ -306,7 +306,8 @@ def run(args) -> int:
             cap = Capture(asm, watch=watch, ringbuf_pages=args.ringbuf_pages or cfg.ringbuf_pages,
                           pidns=own_pid_namespace() if args.pid_namespace == "self" else None,
                           buffer=args.buffer, unix_prefixes=tuple(cfg.unix_sockets.prefixes),
-                          unix_comms=tuple(cfg.unix_sockets.comms), budget=cfg.connection_budget)
+                          unix_comms=tuple(cfg.unix_sockets.comms), budget=cfg.connection_budget,
+                          batch_wait=min(flush_interval, BATCH_WAIT))
             mode = "bpf"
         except (CaptureError, BccMissing) as exc:
             (log.error if mode == "bpf" else log.warning)(str(exc))    # auto: netlink next

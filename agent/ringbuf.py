@@ -70,8 +70,8 @@ class RingReader:
 
     def read(self, used: Callable[[bytes], int] | None = None, head: int = 0) -> list[bytes]:
         """Every committed record, copied out, in order; then their space is given back.
-        used(first `head` bytes) -> how much of a record to copy, for records reserved at their
-        largest (an argv record is reserved at 8 KiB and mostly empty)."""
+        used(first `head` bytes) -> how much of a record to copy, for records that may hold
+        more than they used."""
         out = []
         data, headers, mask, base = self._data_map, self._headers, self._mask, self._base
         start = pos = self._consumer[0]
