@@ -991,7 +991,8 @@ class AuditTail:
                 out.append(ev)
         return out
 
-    def poll(self, timeout_ms: int = 200) -> list[dict[str, Any]]:
+    def poll(self, timeout_ms: int = 200, now: bool = False) -> list[dict[str, Any]]:
+        """The events of the lines that came within timeout_ms (`now` changes nothing here)."""
         import queue as queue_mod
         import time
         out: list[dict[str, Any]] = []

@@ -200,9 +200,9 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 // An argv record is built in its thread's entry here and sent at the length it used: reserved
 // in the ring at its largest (8 KiB) it took ~25 times the ring space it needed, and a 4 MiB
 // ring held ~480 execs in flight instead of thousands (docs/agent.md). Entries live only
-// within one sys_enter_execve, so a few hundred cover every thread running one at once; a
+// within one sys_enter_execve (8 MiB preallocated for 1024 threads inside one at once); a
 // thread that finds the table full is counted lost.
-BPF_HASH(argv_building, u64, struct exec_args_event, 256);    // this thread's argv record
+BPF_HASH(argv_building, u64, struct exec_args_event, 1024);   // this thread's argv record
 BPF_ARRAY(argv_template, struct exec_args_event, 1);          // zeros, never written
 BPF_ARRAY(file_template, struct file_event, 1);     // all zeros, never written: a blank to copy
 BPF_HASH(clone_flags, u64, u64, 16384);
@@ -220,6 +220,9 @@ BPF_TABLE("lru_hash", u64, struct conn_pending, connecting, 16384);   // SYNs ne
 BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
+// File changes to a relative path sent so far: user space resolves them against the process's
+// cwd in /proc while it still runs, so it reads the ring soon after one comes (capture.py)
+BPF_ARRAY(relative_files, u64, 1);
 // TCP connections seen established whose SYN_SENT the agent had not kept (`connecting`): begun
 // before it loaded, or their entry evicted from the LRU table - not recorded, so said as a loss
 BPF_ARRAY(unseen_starts, u64, 1);
@@ -1300,8 +1303,15 @@ static __always_inline int file_exit(void *ctx, long ret) {
     struct file_event *e = pending_files.lookup(&id);
     if (!e)
         return 0;
-    if (ret >= 0)
+    if (ret >= 0) {
         emit(ctx, e, sizeof(*e));
+        if (e->relative) {
+            u32 zero = 0;
+            u64 *n = relative_files.lookup(&zero);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+        }
+    }
     pending_files.delete(&id);
     return 0;
 }

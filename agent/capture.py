@@ -34,11 +34,13 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 # read every 20 ms, 84 every 200 ms). So records wait in the ring until it holds an eighth of
 # its size (a storm: milliseconds) or until they have waited BATCH_WAIT (a trickle: once a
 # second, the agent's flush; Capture's `batch_wait` when its flush is sooner). The loop still
-# turns every poll (200 ms: DNS answers drained, stop and flushes looked at); between its
-# reads the fill is looked at every BATCH_STEP. A record is ~100-800 bytes (an argv record the
-# bytes it used), so the default 4 MiB ring holds thousands of execs: 50 ms of the fastest
-# storm seen (bench/agent_overhead.py) is far less than the seven eighths left above the fill.
-BATCH_STEP = 0.05           # seconds between looks at the ring's fill
+# turns every poll (200 ms: DNS answers drained, stop and flushes looked at); while records
+# wait the fill is looked at every BATCH_STEP, which bounds what a burst from one process can
+# write before it is read. A record is ~100-800 bytes (an argv record the bytes it used), so
+# the default 4 MiB ring holds thousands of execs.
+# Not waited for: a file change to a relative path (resolved against its process's cwd in
+# /proc, which only a process still running has: read within the poll, as before batching).
+BATCH_STEP = 0.01           # seconds between looks at the ring's fill
 BATCH_FILL = 8              # a batch is full at 1/BATCH_FILL of the ring
 BATCH_WAIT = 1.0            # seconds records may wait in the ring for more to come
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
@@ -253,6 +255,7 @@ class Capture:
             self._batch_bytes = table.max_entries // BATCH_FILL
         self.batch_wait = batch_wait
         self._last_read = time.monotonic()
+        self._relative, self._relative_seen = self.bpf["relative_files"], 0
         if self.budget.per_second > 0:
             over = self.bpf["over_budget"]
             over[over.Key(decode.OVER_BUDGET_OTHER)] = over.Leaf(0)
@@ -283,17 +286,23 @@ class Capture:
             records.sort(key=lambda r: r.hdr.ts_ns)
         return self.assembler.feed_all(records)
 
-    def poll(self, timeout_ms: int = 200) -> list:
-        """Wait up to timeout_ms for records; return the events assembled from them."""
+    def poll(self, timeout_ms: int = 200, now: bool = False) -> list:
+        """Wait up to timeout_ms for records; return the events assembled from them: those of
+        the batch when it is due (see BATCH_WAIT), or every record there is when `now`."""
         if self.perf:
             self.bpf.perf_buffer_poll(timeout_ms)
             return self._assemble() + self._aggregates()
         self.ring.wait_batch(timeout_ms / 1000, self._batch_bytes, BATCH_STEP)
-        now = time.monotonic()
-        if self.ring.pending() >= self._batch_bytes or now - self._last_read >= self.batch_wait:
-            self._last_read = now
+        if now or self._batch_due():
+            self._last_read = time.monotonic()
             self._read_ring()
         return self._assemble() + self._aggregates()
+
+    def _batch_due(self) -> bool:
+        relative = self._relative[0].value                  # one map lookup a poll
+        moved, self._relative_seen = relative != self._relative_seen, relative
+        return moved or self.ring.pending() >= self._batch_bytes or \
+            time.monotonic() - self._last_read >= self.batch_wait
 
     def drain(self) -> list:
         if self.perf:

@@ -432,7 +432,12 @@ def run(args) -> int:
         pending.extend(logins())
         now = time.monotonic()
         if now - last_mark >= heartbeat:                 # rides with the next flush
-            pending.append(run_mark("alive"))
+            # every record made before the mark goes with it: should the agent die after
+            # this flush, an outage counted from the mark must not hide records still waiting
+            # in the ring (Capture's batching). The mark's time is taken first, then the ring read.
+            mark = run_mark("alive")
+            pending.extend(cap.poll(0, now=True))
+            pending.append(mark)
             last_mark = now
         if len(pending) >= FLUSH_EVENTS or (pending and now - last_flush >= flush_interval):
             sink.write(pending)

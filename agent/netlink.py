@@ -107,7 +107,8 @@ class NetlinkCapture:
             return [d.Exit(_hdr(d.EV_EXIT, ts, tgid), code)]
         return []
 
-    def poll(self, timeout_ms: int = 200) -> list:
+    def poll(self, timeout_ms: int = 200, now: bool = False) -> list:
+        """What arrived within timeout_ms (everything queued is read; `now` changes nothing here)."""
         out: list = []
         ready, _, _ = select.select([self.sock], [], [], timeout_ms / 1000)
         while ready:

@@ -1,14 +1,18 @@
 """How the agent reads its ring buffer, on this kernel (agent/capture.py, "Records are read in
 batches"; docs/agent.md, "Where the agent's time goes"): an argv record takes the ring space it
-used, not the 8 KiB it may need, so a small ring holds many execs in flight; a trickle waits in
-the ring for more (one read a flush, not one a poll); a storm is read as soon as the fill is
-reached."""
+used, not the 8 KiB it may need, so a ring holds many execs in flight; a trickle waits in the
+ring for more (one read a flush, not one a poll); a storm is read as soon as the fill is
+reached; a file change to a relative path is read at once, while its process still runs; and
+a heartbeat mark never reaches the record before the records made before it."""
 
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from kit import file_agent, stop_file_agent
 from test_agent_live import REASON
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"BPF capture unavailable: {REASON}")
@@ -17,13 +21,20 @@ WAIT = 3.0          # the capture's batch_wait here: long, so "waited" and "did 
 
 
 @pytest.fixture(scope="module")
-def cap():
+def watched():
+    with tempfile.TemporaryDirectory(prefix="whodid-batching-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="module")
+def cap(watched):
     from whodid.agent.assemble import Assembler
     from whodid.agent.capture import Capture
     from whodid.agent.procfs import ProcFS
-    # 64 pages: a 256 KiB ring, a batch at 32 KiB - four argv records, were each reserved whole
-    capture = Capture(Assembler("t", "b", 0.0, ProcFS(), lambda u: None, lambda g: None), watch=("/etc",),
-                      ringbuf_pages=64, batch_wait=WAIT)
+    watch = (str(watched),)
+    # 256 pages: a 1 MiB ring, a batch at 128 KiB - sixteen argv records, were each reserved whole
+    capture = Capture(Assembler("t", "b", 0.0, ProcFS(), lambda u: None, lambda g: None, watch=watch),
+                      watch=watch, ringbuf_pages=256, batch_wait=WAIT)
     try:
         yield capture
     finally:
@@ -35,16 +46,15 @@ def marks(events, mark: str) -> list[str]:
             and e["argv"][1].startswith(mark)]
 
 
-def test_a_small_ring_holds_many_execs_unread(cap):
+def test_a_ring_holds_many_execs_unread(cap):
     cap.drain()
     before = cap.lost()
-    subprocess.run(["sh", "-c", 'i=0; while [ $i -lt 60 ]; do /bin/true "whodid-held-$i"; i=$((i+1)); done'],
+    subprocess.run(["sh", "-c", 'i=0; while [ $i -lt 150 ]; do /bin/true "whodid-held-$i"; i=$((i+1)); done'],
                    check=True)
-    # nothing read while they ran: sixty argv records of 8 KiB each would need 480 KiB of a 256 KiB ring
-    print(f"{cap.ring.pending() / 60:.0f} bytes of the ring per exec")
-    assert cap.ring.pending() < 60 * 2048
+    # nothing read while they ran: 150 argv records of 8 KiB each would need 1.2 MB of a 1 MiB ring
+    assert cap.ring.pending() < 150 * 2048
     found = marks(cap.drain(), "whodid-held-")
-    assert sorted(found) == sorted(f"whodid-held-{i}" for i in range(60))
+    assert sorted(found) == sorted(f"whodid-held-{i}" for i in range(150))
     assert cap.lost() == before
 
 
@@ -52,19 +62,73 @@ def test_a_trickle_waits_for_more_and_a_storm_is_read_at_once(cap):
     cap.drain()
     began = time.monotonic()
     subprocess.run(["/bin/true", "whodid-trickle"], check=True)
+    assert marks(cap.poll(0), "whodid-trickle") == []                  # not due: it waits
     events = []
     while not marks(events, "whodid-trickle") and time.monotonic() - began < 10:
         events += cap.poll(100)
     read_at = time.monotonic()
-    assert marks(events, "whodid-trickle") == ["whodid-trickle"]
-    # read once its batch had waited out `batch_wait` (the last read was at least this long ago)
-    assert read_at - began >= WAIT * 0.5, read_at - began
+    assert marks(events, "whodid-trickle") == ["whodid-trickle"]        # and then it came
 
-    subprocess.run(["sh", "-c", 'i=0; while [ $i -lt 100 ]; do /bin/true "whodid-storm-$i"; i=$((i+1)); done'],
+    subprocess.run(["sh", "-c", 'i=0; while [ $i -lt 300 ]; do /bin/true "whodid-storm-$i"; i=$((i+1)); done'],
                    check=True)
     events = []
-    while len(marks(events, "whodid-storm-")) < 100 and time.monotonic() - read_at < 10:
+    while len(marks(events, "whodid-storm-")) < 300 and time.monotonic() - read_at < 10:
         events += cap.poll(100)
-    # a hundred execs fill an eighth of the ring: read without waiting for the batch's time
-    assert len(marks(events, "whodid-storm-")) == 100
+    # three hundred execs fill an eighth of the ring: read without waiting for the batch's time
+    assert len(marks(events, "whodid-storm-")) == 300
     assert time.monotonic() - read_at < WAIT, time.monotonic() - read_at
+
+
+def test_asked_for_now_every_record_there_is_comes(cap):
+    cap.drain()
+    subprocess.run(["/bin/true", "whodid-now"], check=True)
+    assert marks(cap.poll(0), "whodid-now") == []
+    assert marks(cap.poll(0, now=True), "whodid-now") == ["whodid-now"]
+
+
+def test_a_relative_file_change_is_read_while_its_process_runs(cap, watched):
+    """Its path is resolved against the process's cwd in /proc: had it waited a batch, the
+    process would be gone, its cwd taken from what the agent knew (where it was started, not
+    the watched folder it moved to) and the change dropped as outside the watch."""
+    cap.drain()
+    began = time.monotonic()
+    writer = subprocess.Popen(["sh", "-c", f'cd {watched} && exec sh -c ": > relative-file; sleep 1.5"'])
+    try:
+        events = []
+        while not any(e["kind"] == "file" for e in events) and time.monotonic() - began < 10:
+            events += cap.poll(100)
+    finally:
+        writer.wait()
+    files = [e for e in events if e["kind"] == "file"]
+    assert [e["path"] for e in files] == [str(watched / "relative-file")]
+    assert time.monotonic() - began < WAIT
+
+
+def test_a_heartbeat_never_goes_out_before_the_records_made_before_it(tmp_path):
+    """The agent's marks say up to when it was running: after a crash, an outage is counted from
+    the last mark stored. A mark written while records made before it still waited in the ring
+    would let such a crash lose them without the outage covering them. Here records wait up to
+    a second (a flush) and a mark comes every 0.7 s, out of step with the reads; the agent
+    writes JSON lines, in the order it writes them out: each exec is out before any mark made
+    after it ran."""
+    import json
+    agent = file_agent(tmp_path, "beat", "--flush-interval", "1", "--heartbeat", "0.7")
+    done = {}
+    try:
+        for i in range(10):
+            time.sleep(0.15 * (i % 5))
+            subprocess.run(["/bin/true", f"whodid-beat-{i}"], check=True)
+            done[f"whodid-beat-{i}"] = time.time()
+        time.sleep(2.5)
+    finally:
+        stop_file_agent(agent)
+    lines = [json.loads(line) for line in (tmp_path / "beat.jsonl").read_text().splitlines()]
+    order = {}
+    for n, ev in enumerate(lines):
+        if ev["kind"] == "exec" and len(ev["argv"]) > 1 and ev["argv"][1] in done:
+            order[ev["argv"][1]] = n
+    assert sorted(order) == sorted(done)
+    alive = [(n, ev["ts"]) for n, ev in enumerate(lines) if ev["kind"] == "host" and ev.get("state") == "alive"]
+    assert len(alive) >= 5
+    early = [(mark, n) for mark, at in done.items() for n, ts in alive if ts > at and n < order[mark]]
+    assert early == []
