@@ -238,12 +238,30 @@ def allowed_syscalls(unit: dict[str, list[str]]) -> set[str]:
     return allowed
 
 
+def strace_calls(trace: Path, command: str) -> str:
+    """An `strace -f` log from the exec of command on, one whole call a line: strace splits a
+    call another thread interrupted into `<unfinished ...>` and `<... resumed>` halves, and a
+    pattern reading across the split would pair one call's path with the next call's flags."""
+    import re
+    text = trace.read_text()
+    text = text[text.index(f'execve("{VENV_BIN / command}"'):]
+    pending: dict[str, str] = {}
+    lines = []
+    for line in text.splitlines():
+        if m := re.match(r"^(\d+)\s+(.*) <unfinished \.\.\.>$", line):
+            pending[m[1]] = f"{m[1]}  {m[2]}"
+        elif (m := re.match(r"^(\d+)\s+<\.\.\. [a-z_0-9]+ resumed>(.*)$", line)) and m[1] in pending:
+            lines.append(pending.pop(m[1]) + m[2])
+        else:
+            lines.append(line)
+    return "\n".join(lines + list(pending.values()))
+
+
 def traced(trace: Path, command: str) -> tuple[set[str], set[str]]:
     """(system calls made, socket families opened) in an `strace -f` log, from the exec of
     command on (before it, setpriv drops the capabilities: systemd's part)."""
     import re
-    text = trace.read_text()
-    text = text[text.index(f'execve("{VENV_BIN / command}"'):]
+    text = strace_calls(trace, command)
     return set(re.findall(r"^\d+\s+([a-z_0-9]+)\(", text, re.M)), set(re.findall(r"\bsocket\((AF_[A-Z0-9]+)", text))
 
 
@@ -251,13 +269,28 @@ def written(trace: Path, command: str) -> set[str]:
     """The paths command created, wrote, renamed or removed, as strace shows them: under
     ProtectSystem=strict, anything outside the state directory and /tmp fails."""
     import re
-    text = trace.read_text()
-    text = text[text.index(f'execve("{VENV_BIN / command}"'):]
-    out = set(re.findall(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)", [^)]*O_(?:WRONLY|RDWR|CREAT)[^)]*\) = \d', text))
+    text = strace_calls(trace, command)
+    out = set(re.findall(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)", [^)\n]*O_(?:WRONLY|RDWR|CREAT)[^)\n]*\) = \d', text))
     for call in ("rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat"):
-        for args in re.findall(rf"^\d+\s+{call}\(([^)]*)\) = 0", text, re.M):
+        for args in re.findall(rf"^\d+\s+{call}\(([^)\n]*)\) = 0", text, re.M):
             out.update(re.findall(r'"([^"]+)"', args))
     return {p if p.startswith("/") else str(ROOT / p) for p in out}   # relative: to the test's cwd
+
+
+def test_written_pairs_a_split_call_with_its_own_flags(tmp_path):
+    """Two threads: strace splits one's read-only open around the other's write. The CI run of
+    2026-12-01 read /…/tracer/retention.py as written, pairing its path with the next line's O_RDWR."""
+    trace = tmp_path / "trace"
+    trace.write_text(f'100 execve("{VENV_BIN / "whodid"}", ["whodid"], 0x0 /* 1 vars */) = 0\n'
+                     '101 openat(AT_FDCWD, "/srv/code/retention.py", O_RDONLY|O_CLOEXEC <unfinished ...>\n'
+                     '102 openat(AT_FDCWD, "/state/s.db-wal", O_RDWR|O_CREAT|O_NOFOLLOW|O_CLOEXEC, 0644) = 5\n'
+                     '101 <... openat resumed>) = 6\n'
+                     '102 openat(AT_FDCWD, "/state/split", O_WRONLY|O_CREAT <unfinished ...>\n'
+                     '101 rename("/state/a", "/state/b" <unfinished ...>\n'
+                     '102 <... openat resumed>, 0600) = 7\n'
+                     '101 <... rename resumed>) = 0\n')
+    assert written(trace, "whodid") == {"/state/s.db-wal", "/state/split", "/state/a", "/state/b"}
+    assert traced(trace, "whodid")[0] == {"openat", "rename"}    # execve: the log is read from it on
 
 
 needs_strace = pytest.mark.skipif(ANALYZE is None or STRACE is None or shutil.which("setpriv") is None,
