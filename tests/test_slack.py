@@ -171,6 +171,10 @@ def test_other_matches_and_show_one(slack):
     slack.click(slack.url, top, "whodid.others", others)
     listing = slack.wait(lambda: next((m for m in slack.thread("C1", top.ts) if "matches for" in m.text), None),
                          what="the other matches")
+    # "sudo" over the demo's days has more than the question's 10 matches: the list says it holds the newest
+    said = str(listing.blocks)
+    assert "*The newest 10 matches* for `sudo`" in said and "older ones are not listed" in said
+    assert "Not known beyond" not in said
     show = button(listing, "show")
     n = len(slack.thread("C1", top.ts))
     slack.click(slack.url, listing, "whodid.show", show)
@@ -225,6 +229,36 @@ def test_a_user_question_that_found_some_and_stopped_says_so_with_the_answer(sla
     assert "*jim* ran `aws eks delete-cluster --name prod`" in said
     assert "*Not known beyond the newest 3 matches*" in said and "may involve `jim`" in said
     assert "Not known beyond the newest 3 matches" in top.text and "\\n" not in top.text   # the notification too
+
+
+def test_other_matches_of_a_user_question_that_stopped_say_so_too(slack, monkeypatch):
+    # jim's delete and his earlier `aws sts` are among the newest 5 aws calls; the rest of the
+    # window was not looked at - the list of jim's other matches must not read as all there is
+    from whodid.tracer import trace
+    monkeypatch.setattr(trace, "USER_SEARCH_MAX", 5)
+    slack.slash(slack.url, "aws user:jim since:4d")
+    top, _ = answered(slack)
+    assert "Not known beyond the newest 5 matches" in top.text
+    slack.click(slack.url, top, "whodid.others", button(top, "others"))
+    listing = slack.wait(lambda: next((m for m in slack.thread("C1", top.ts) if "matches for" in m.text), None),
+                         what="the other matches")
+    said = str(listing.blocks)
+    assert "*2 matches* for `aws`" in said and "older ones are not listed" not in said
+    assert "*Not known beyond the newest 5 matches*" in said and "may involve `jim`" in said
+    assert "Not known beyond the newest 5 matches" in listing.text
+
+
+def test_other_matches_beyond_a_messages_blocks_are_counted_not_dropped(monkeypatch):
+    # Slack takes 50 blocks a message: with slack.matches at 80, 79 others cannot all be listed
+    from types import SimpleNamespace
+    monkeypatch.setattr(blocks, "headline", lambda tr, now: f"headline {tr.target}")
+    traces = [SimpleNamespace(target=("h", i), summary=f"match {i}") for i in range(80)]
+    ask = Ask(pattern="sudo", since=0.0, since_text="1d")
+    text, bl = blocks.others(traces, View(ask, 0, 0, ("h", 0)), 100.0, lambda v: "v", limit=80)
+    assert len(bl) == blocks.MAX_BLOCKS and text == "The newest 80 matches for sudo"
+    assert "match 0" not in str(bl)                       # the one the answer shows
+    assert "_31 more not listed here: narrow the question to see them._" in str(bl[-1])
+    assert sum(1 for b in bl if b.get("accessory")) == 48
 
 
 def test_rate_limits_are_waited_out(slack):

@@ -311,7 +311,7 @@ class Bot:
             self.post(channel, text, bl, thread, respond, private)
             return f"earlier: {len(steps)} commands"
         if kind == "others":
-            text, bl = blocks.others(traces, view, now, self.value)
+            text, bl = blocks.others(traces, view, now, self.value, limit=max(self.s.matches, view.index + 1))
             self.post(channel, text, bl, thread, respond, private)
             return f"others: {len(traces)} matches"
         return f"unknown action {kind}"

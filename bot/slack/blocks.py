@@ -287,17 +287,30 @@ def stopped_looking(ask: Ask, found) -> tuple[str, dict]:
     return text, block
 
 
-def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[str, list[dict]]:
-    """The other matches, one line and a button each."""
-    blocks = [section(f"*{len(traces)} matches* for {code(view.ask.subject)} over {escape(view.ask.window())}, "
-                      "newest first:")]
-    for i, tr in enumerate(traces[: (MAX_BLOCKS - 2)]):
-        if tr.target == view.pin if view.pin else i == view.index:
-            continue
+def others(traces: list[Trace], view: View, now: float, value: Value, limit: int | None = None) -> tuple[str, list[dict]]:
+    """The other matches, one line and a button each. Like the answer, the list says when it is not
+    all there is: a `user:` question that stopped looking (Found.looked_at) carries the same
+    warning, and a list as long as the question's limit (slack.matches) says it holds the newest."""
+    ask = view.ask
+    full = limit is not None and len(traces) >= limit
+    head = f"The newest {len(traces)} matches" if full else f"{len(traces)} matches"
+    text = f"{head} for {ask.subject}"
+    blocks = [section(f"*{head}* for {code(ask.subject)} over {escape(ask.window())}, newest first"
+                      + (" (older ones are not listed: narrow the question with `since:`/`until:` or `host:` to "
+                         "see them)" if full else "") + ":")]
+    if getattr(traces, "looked_at", None):
+        said, block = stopped_looking(ask, traces)
+        text, blocks = f"{text}. {said}", [*blocks, block]
+    listed = [(i, tr) for i, tr in enumerate(traces) if not (tr.target == view.pin if view.pin else i == view.index)]
+    room = MAX_BLOCKS - len(blocks)
+    shown = listed if len(listed) <= room else listed[:room - 1]
+    for i, tr in shown:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": cut(f"{i + 1}. {escape(headline(tr, now))}"
                                                                                  f"\n_{escape(tr.summary)}_")},
-                       "accessory": button("Show", "show", value(View(view.ask, i, 0, tr.target)))})
-    return f"{len(traces)} matches for {view.ask.subject}", blocks[:MAX_BLOCKS]
+                       "accessory": button("Show", "show", value(View(ask, i, 0, tr.target)))})
+    if len(shown) < len(listed):       # Slack takes 50 blocks a message
+        blocks.append(section(f"_{len(listed) - len(shown)} more not listed here: narrow the question to see them._"))
+    return text, blocks
 
 
 def earlier(tr: Trace, steps: list[Step], now: float) -> tuple[str, list[dict]]:
