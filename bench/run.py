@@ -2,12 +2,14 @@
 conditions) and bench/report.png (every figure against its target).
 
 Each benchmark is its own script, run here as a subprocess one after another, so one does not
-warm or load the next. Those that need root, BPF or auditd say so and are marked skipped.
+warm or load the next. Those that need root, BPF or auditd say so and are marked skipped. The
+exec storm's side-by-side columns also need Laurel and bpftrace, which ./bootstrap does not
+install (the tests need neither): `apt-get install laurel bpftrace` first.
 
     .venv/bin/python bench/run.py                 # the full sizes (the 10M-event store is built once, ~3 min)
     .venv/bin/python bench/run.py --quick         # small sizes, to check everything runs
     .venv/bin/python bench/run.py --big           # and the 100M-event store (bench/bigstore.py: built
-                                                  # once, ~40 min and ~8 GB; --big-store PATH to keep it elsewhere)
+                                                  # once, ~25 min and ~8.5 GB; --big-store PATH to keep it elsewhere)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -94,6 +97,11 @@ def main() -> None:
         script, title, full, quick = BIG
         where = ["--store", args.big_store] if args.big_store else []
         benches.append((script, title, full + where, quick + where))
+    # the exec storm's side-by-side columns; without them the report still runs, with a gap
+    missing = [tool for tool in ("auditd", "laurel", "bpftrace") if shutil.which(tool) is None]
+    if missing and not args.quick:
+        print(f"bench: {', '.join(missing)} not installed: their columns will read 'skipped' and the report "
+              f"will not be side by side (apt-get install {' '.join(missing)})", file=sys.stderr, flush=True)
     for script, title, full, quick in benches:
         print(f"bench: {title} ({script})...", file=sys.stderr, flush=True)
         text, rs, problem = run(script, quick if args.quick else full)
