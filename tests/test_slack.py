@@ -173,7 +173,7 @@ def test_other_matches_and_show_one(slack):
                          what="the other matches")
     # "sudo" over the demo's days has more than the question's 10 matches: the list says it holds the newest
     said = str(listing.blocks)
-    assert "*The newest 10 matches* for `sudo`" in said and "older ones are not listed" in said
+    assert "*The newest 10 matches* for `sudo`" in said and "there are older ones" in said
     assert "Not known beyond" not in said
     show = button(listing, "show")
     n = len(slack.thread("C1", top.ts))
@@ -243,7 +243,7 @@ def test_other_matches_of_a_user_question_that_stopped_say_so_too(slack, monkeyp
     listing = slack.wait(lambda: next((m for m in slack.thread("C1", top.ts) if "matches for" in m.text), None),
                          what="the other matches")
     said = str(listing.blocks)
-    assert "*2 matches* for `aws`" in said and "older ones are not listed" not in said
+    assert "*2 matches* for `aws`" in said and "there are older ones" not in said
     assert "*Not known beyond the newest 5 matches*" in said and "may involve `jim`" in said
     assert "Not known beyond the newest 5 matches" in listing.text
 
@@ -252,13 +252,28 @@ def test_other_matches_beyond_a_messages_blocks_are_counted_not_dropped(monkeypa
     # Slack takes 50 blocks a message: with slack.matches at 80, 79 others cannot all be listed
     from types import SimpleNamespace
     monkeypatch.setattr(blocks, "headline", lambda tr, now: f"headline {tr.target}")
-    traces = [SimpleNamespace(target=("h", i), summary=f"match {i}") for i in range(80)]
+    from whodid.tracer.trace import Found
+    traces = Found(SimpleNamespace(target=("h", i), summary=f"match {i}") for i in range(80))
+    traces.more = True
     ask = Ask(pattern="sudo", since=0.0, since_text="1d")
-    text, bl = blocks.others(traces, View(ask, 0, 0, ("h", 0)), 100.0, lambda v: "v", limit=80)
-    assert len(bl) == blocks.MAX_BLOCKS and text == "The newest 80 matches for sudo"
+    text, bl = blocks.others(traces, View(ask, 0, 0, ("h", 0)), 100.0, lambda v: "v")
+    assert len(bl) == blocks.MAX_BLOCKS and text == "The newest 80 matches for sudo (31 more not listed here)"
     assert "match 0" not in str(bl)                       # the one the answer shows
     assert "_31 more not listed here: narrow the question to see them._" in str(bl[-1])
     assert sum(1 for b in bl if b.get("accessory")) == 48
+
+
+def test_other_matches_exactly_as_many_as_the_limit_are_all_there_is(slack):
+    # "sudo" in the demo's last 24 h has more than 10 matches; over a window that holds exactly
+    # slack.matches of them, the list must not send anyone off to look for older ones
+    bot = slack.bot
+    found = bot.find(View(Ask(pattern="sudo", since=time.time() - 86400, since_text="24h"), 0))
+    assert len(found) == 10 and found.more
+    exact = Ask(pattern="sudo", since=found[9].poi.start - 0.001, since_text="window")
+    listed = bot.find(View(exact, 0))
+    assert len(listed) == 10 and not listed.more
+    text, bl = blocks.others(listed, View(exact, 0), time.time(), lambda v: "v")
+    assert text == "10 matches for sudo" and "older ones" not in str(bl)
 
 
 def test_rate_limits_are_waited_out(slack):

@@ -199,9 +199,11 @@ class Found(list):
     """find()'s traces, newest first. Set when a `user:` search stopped before the oldest match
     (USER_SEARCH_MAX, USER_SEARCH_SECONDS) with fewer than its limit found: `looked_at`, how many
     matches it traced, and `looked_to`, the time of the oldest of them - older ones were not looked
-    at and may involve the user."""
+    at and may involve the user. `more`: set by a caller that asked for one more than it keeps
+    (the Slack bot): older matches than these exist."""
     looked_at: int | None = None
     looked_to: float | None = None
+    more: bool = False
 
 
 @dataclass

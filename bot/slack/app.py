@@ -311,7 +311,7 @@ class Bot:
             self.post(channel, text, bl, thread, respond, private)
             return f"earlier: {len(steps)} commands"
         if kind == "others":
-            text, bl = blocks.others(traces, view, now, self.value, limit=max(self.s.matches, view.index + 1))
+            text, bl = blocks.others(traces, view, now, self.value)
             self.post(channel, text, bl, thread, respond, private)
             return f"others: {len(traces)} matches"
         return f"unknown action {kind}"
@@ -394,10 +394,15 @@ class Bot:
     # --- helpers -------------------------------------------------------------------------
 
     def find(self, view: View):
-        """The question's matches, newest first, at scope 0: for the count and "Other matches"."""
-        a = view.ask
+        """The question's matches, newest first, at scope 0: for the count and "Other matches".
+        One more than shown is looked for, so that `more` says whether older ones exist: a list
+        exactly as long as the limit may be all there is."""
+        limit = max(self.s.matches, view.index + 1)
         with self.tracer() as tracer:
-            return tracer.find(a.query(limit=max(self.s.matches, view.index + 1)))
+            found = tracer.find(view.ask.query(limit=limit + 1))
+        found.more = len(found) > limit
+        del found[limit:]                       # in place: a slice would lose looked_at and looked_to
+        return found
 
     def tracer(self):
         return _TracerSession(self)

@@ -287,17 +287,17 @@ def stopped_looking(ask: Ask, found) -> tuple[str, dict]:
     return text, block
 
 
-def others(traces: list[Trace], view: View, now: float, value: Value, limit: int | None = None) -> tuple[str, list[dict]]:
+def others(traces: list[Trace], view: View, now: float, value: Value) -> tuple[str, list[dict]]:
     """The other matches, one line and a button each. Like the answer, the list says when it is not
     all there is: a `user:` question that stopped looking (Found.looked_at) carries the same
-    warning, and a list as long as the question's limit (slack.matches) says it holds the newest."""
+    warning, and one that found older matches than it lists (Found.more, Bot.find) says so."""
     ask = view.ask
-    full = limit is not None and len(traces) >= limit
-    head = f"The newest {len(traces)} matches" if full else f"{len(traces)} matches"
+    more = getattr(traces, "more", False)
+    head = f"The newest {len(traces)} matches" if more else f"{len(traces)} matches"
     text = f"{head} for {ask.subject}"
     blocks = [section(f"*{head}* for {code(ask.subject)} over {escape(ask.window())}, newest first"
-                      + (" (older ones are not listed: narrow the question with `since:`/`until:` or `host:` to "
-                         "see them)" if full else "") + ":")]
+                      + (" (there are older ones: ask again with an earlier `until:`, or narrow it with `host:`, "
+                         "to see them)" if more else "") + ":")]
     if getattr(traces, "looked_at", None):
         said, block = stopped_looking(ask, traces)
         text, blocks = f"{text}. {said}", [*blocks, block]
@@ -309,7 +309,9 @@ def others(traces: list[Trace], view: View, now: float, value: Value, limit: int
                                                                                  f"\n_{escape(tr.summary)}_")},
                        "accessory": button("Show", "show", value(View(ask, i, 0, tr.target)))})
     if len(shown) < len(listed):       # Slack takes 50 blocks a message
-        blocks.append(section(f"_{len(listed) - len(shown)} more not listed here: narrow the question to see them._"))
+        unlisted = f"{len(listed) - len(shown)} more not listed here"
+        blocks.append(section(f"_{unlisted}: narrow the question to see them._"))
+        text = f"{text} ({unlisted})"
     return text, blocks
 
 
