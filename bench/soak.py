@@ -44,6 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
+from agent_profile import PROFILED, cprofile_table  # noqa: E402
 from auditd import Auditd, missing  # noqa: E402
 from result import result  # noqa: E402
 
@@ -67,8 +68,38 @@ COMMANDS = [
 # --- measuring ---------------------------------------------------------------------------
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of a process, every thread."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def run_seconds(pid: int) -> float:
+    """CPU seconds of the live threads of a process as the scheduler counts them, in nanoseconds
+    (/proc/PID/task/TID/schedstat), not by sampling at clock ticks as /proc/PID/stat does."""
+    ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ns += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return ns / 1e9
+
+
+def wakeups(pid: int) -> int:
+    """Context switches of every thread of a process so far (voluntary: it waited and woke)."""
+    n = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    n += int(line.split()[1])
+        except OSError:
+            continue                                    # a thread that ended meanwhile
+    return n
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -212,9 +243,11 @@ def start_collector(work: Path) -> tuple[subprocess.Popen, str, str]:
     return proc, f"http://127.0.0.1:{port}", token
 
 
-def start_agent(work: Path, url: str, token: str, watched: Path) -> subprocess.Popen:
+def start_agent(work: Path, url: str, token: str, watched: Path, profile: bool = False) -> subprocess.Popen:
     ready, err = work / "agent.ready", work / "agent.err"
-    proc = subprocess.Popen([sys.executable, "-m", "whodid.agent.cli", "run", "--collector", url,
+    # under cProfile (each thread's own CPU clock: waiting counts for nothing), as agent_profile.py runs it
+    head = [sys.executable, "-c", PROFILED, str(work / "prof")] if profile else [sys.executable, "-m", "whodid.agent.cli"]
+    proc = subprocess.Popen([*head, "run", "--collector", url,
                              "--spool", str(work / "spool.db"), "--host", HOST, "--auth-log", "none",
                              "--watch", str(watched), "--ready-file", str(ready)],
                             stdout=subprocess.DEVNULL, stderr=open(err, "w"),
@@ -259,7 +292,9 @@ def sample(t: float, agent: int, collector: int, audit_pids: list[int]) -> dict:
     a_rss, a_anon = memory_mb(agent)
     c_rss, c_anon = memory_mb(collector)
     return {"t": t, "agent_rss": a_rss, "agent_anon": a_anon, "collector_rss": c_rss, "collector_anon": c_anon,
-            "agent_cpu": cpu_seconds(agent), "collector_cpu": cpu_seconds(collector),
+            "agent_cpu": cpu_seconds(agent), "agent_sys": cpu_split(agent)[1], "agent_wakeups": wakeups(agent),
+            "agent_run": run_seconds(agent),
+            "collector_cpu": cpu_seconds(collector),
             "audit_cpu": sum(cpu_seconds(p) for p in audit_pids)}
 
 
@@ -295,6 +330,8 @@ def main() -> int:
     p.add_argument("--no-auditd", action="store_true", help="without auditd beside the agent")
     p.add_argument("--png", help="draw memory over time into this PNG")
     p.add_argument("--keep", action="store_true", help="keep the work directory (stores, spool, logs)")
+    p.add_argument("--profile", action="store_true",
+                   help="run the agent under cProfile and print where its CPU went (slows it: read the shares)")
     args = p.parse_args()
     seconds = args.seconds or (60 if args.quick else args.minutes * 60)
     every = args.sample_every or (10 if seconds >= 120 else 2)
@@ -308,7 +345,7 @@ def main() -> int:
     watched = work / "watched"
     watched.mkdir()
     collector, url, token = start_collector(work)
-    agent = start_agent(work, url, token, watched)
+    agent = start_agent(work, url, token, watched, args.profile)
     auditd = None if args.no_auditd else Auditd(work / "auditd").__enter__()
     procs: list = []
     try:
@@ -416,6 +453,11 @@ def main() -> int:
         ("execs the agent recorded meanwhile (the host's, others' too)", f"{others['all_execs']:,}"),
         ("agent CPU per exec, all-in: per exec of the load", f"{us(a_cpu):.1f} us ({a_cpu / drained * 100:.1f} % of a core)"),
         ("agent CPU per exec, all-in: per exec recorded", f"{per_recorded:.1f} us"),
+        ("agent CPU per exec as the scheduler ran it (schedstat, live threads)",
+         f"{us(end['agent_run'] - first['agent_run']):.1f} us"),
+        ("of it in the kernel (system time), per exec of the load", f"{us(end['agent_sys'] - first['agent_sys']):.1f} us"),
+        ("agent wake-ups a second (voluntary context switches, all threads)",
+         f"{(end['agent_wakeups'] - first['agent_wakeups']) / drained:.0f}"),
         ("collector CPU per exec", f"{us(c_cpu):.1f} us ({c_cpu / drained * 100:.1f} % of a core)"),
         ("auditd + kauditd CPU per exec", "-" if args.no_auditd else
          f"{us(au_cpu):.1f} us ({au_cpu / drained * 100:.1f} % of a core; {lost_audit} records lost)"),
@@ -443,6 +485,9 @@ def main() -> int:
     result("soak: agent memory trend", round(a_slope, 3), 0.5, "lower", "MB/min")
     result("soak: collector memory trend", round(c_slope, 3), 0.5, "lower", "MB/min")
     result("soak: execs lost or doubled", missing_execs + doubled, 0, "lower", "execs")
+    if args.profile:
+        print("\nWhere the agent's CPU went (cProfile, each thread's own CPU; per exec of the load):\n")
+        print(cprofile_table(work / "prof", max(execs, 1), limit=25))
     if args.keep:
         print(f"\n(work directory kept: {work})")
     else:
