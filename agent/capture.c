@@ -9,12 +9,13 @@
 //
 // Records go to one ring buffer, each starting with struct hdr; agent/decode.py mirrors
 // these layouts and is tested on bytes. The loader substitutes:
-//   RINGBUF_PAGES   ring buffer size in pages
 //   WATCH_PREFIXES  `|| ((w0 & mask) == value ...)`... for file changes worth recording
 //   UNIX_PREFIXES   the same, over a unix connect's sun_path, for the sockets worth recording
 //   UNIX_COMMS      the same, over the connecting task's comm (c0, c1), for the clients worth recording
 // and the compiler flags say
 //   USE_PERFBUF     0: the BPF ring buffer; 1: perf buffers, for kernels before 5.8
+//   RING_FD         the ring buffer's map, made by the loader (USE_PERFBUF 0; see `emit`)
+//   WAKE_BYTES      how full the ring is when its reader is woken (USE_PERFBUF 0; see `emit`)
 //   PIDNS_FILTER    0, or 1 with PIDNS_DEV/PIDNS_INO: record only processes of that pid
 //                   namespace and of the namespaces nested in it, under their pids there -
 //                   one agent per container or simulated host
@@ -195,7 +196,10 @@ struct unix_event {
 // their global order across CPUs there (the agent copes: it keys everything by pid and start).
 BPF_PERF_OUTPUT(events);
 #else
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+// The ring buffer is made by the loader and named here by its fd, as BCC's own rewriting of
+// `events.ringbuf_output(...)` names a map: BCC 0.26 has no method for bpf_ringbuf_query,
+// which needs the map itself (`emit` asks it how full the ring is).
+#define RING ((void *)bpf_pseudo_fd(1, RING_FD))
 #endif
 // An argv record is built in its thread's entry here and sent at the length it used: reserved
 // in the ring at its largest (8 KiB) it took ~25 times the ring space it needed, and a 4 MiB
@@ -471,17 +475,28 @@ static __always_inline int fill_hdr(struct hdr *h, u32 type) {
     return 1;
 }
 
-static __always_inline void emit(void *ctx, void *data, u64 size) {
+// The agent reads the ring in batches (agent/capture.py, "Records are read in batches"): it is
+// woken only when a record takes the ring past WAKE_BYTES, or by a record that must be read at
+// once (`now`: a file change to a relative path), and otherwise by its own timer. The ring's
+// default would wake it for the first record after every read - on a trickle, a wake-up for
+// nearly every record, which it then had to answer with looks at the fill every few ms.
+static __always_inline void emit_now(void *ctx, void *data, u64 size, int now) {
 #if USE_PERFBUF
     if (events.perf_submit(ctx, data, size)) {
 #else
-    if (events.ringbuf_output(data, size, 0)) {
+    u64 flags = now || bpf_ringbuf_query(RING, BPF_RB_AVAIL_DATA) + size >= WAKE_BYTES ?
+        BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(RING, data, size, flags)) {
 #endif
         u32 zero = 0;
         u64 *n = lost.lookup(&zero);
         if (n)
             __sync_fetch_and_add(n, 1);
     }
+}
+
+static __always_inline void emit(void *ctx, void *data, u64 size) {
+    emit_now(ctx, data, size, 0);
 }
 
 // --- processes ---------------------------------------------------------------------------
@@ -1304,7 +1319,7 @@ static __always_inline int file_exit(void *ctx, long ret) {
     if (!e)
         return 0;
     if (ret >= 0) {
-        emit(ctx, e, sizeof(*e));
+        emit_now(ctx, e, sizeof(*e), e->relative);
         if (e->relative) {
             u32 zero = 0;
             u64 *n = relative_files.lookup(&zero);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import re
 import time
@@ -33,14 +34,14 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 # interpreter's code and data are cold each time: bench/soak.py, 300 execs/s, 114 us per exec
 # read every 20 ms, 84 every 200 ms). So records wait in the ring until it holds an eighth of
 # its size (a storm: milliseconds) or until they have waited BATCH_WAIT (a trickle: once a
-# second, the agent's flush; Capture's `batch_wait` when its flush is sooner). The loop still
-# turns every poll (200 ms: DNS answers drained, stop and flushes looked at); while records
-# wait the fill is looked at every BATCH_STEP, which bounds what a burst from one process can
-# write before it is read. A record is ~100-800 bytes (an argv record the bytes it used), so
-# the default 4 MiB ring holds thousands of execs.
+# second, the agent's flush; Capture's `batch_wait` when its flush is sooner). The kernel wakes
+# the agent when a record takes the ring past the eighth (capture.c, `emit`), so neither a
+# storm's first records nor a burst from idle wait for a timer; on a trickle nothing wakes it
+# but its own timers (the loop turns every poll, 200 ms: DNS answers drained, stop and flushes
+# looked at). A record is ~100-800 bytes (an argv record the bytes it used), so the default
+# 4 MiB ring holds thousands of execs.
 # Not waited for: a file change to a relative path (resolved against its process's cwd in
-# /proc, which only a process still running has: read within the poll, as before batching).
-BATCH_STEP = 0.01           # seconds between looks at the ring's fill
+# /proc, which only a process still running has): its record wakes the agent, which reads it.
 BATCH_FILL = 8              # a batch is full at 1/BATCH_FILL of the ring
 BATCH_WAIT = 1.0            # seconds records may wait in the ring for more to come
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
@@ -59,6 +60,9 @@ def give_back_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+BPF_MAP_TYPE_RINGBUF = 27   # include/uapi/linux/bpf.h
 
 
 class CaptureError(RuntimeError):
@@ -100,14 +104,12 @@ def comm_check(name: str) -> str:
     return "(" + prefix_check(raw + b"\0", words) + " || " + prefix_check(raw + b":", words) + ")"
 
 
-def program_text(watch: tuple[str, ...], ringbuf_pages: int = 1024, unix_prefixes: tuple[str, ...] = (),
-                 unix_comms: tuple[str, ...] = ()) -> str:
+def program_text(watch: tuple[str, ...], unix_prefixes: tuple[str, ...] = (), unix_comms: tuple[str, ...] = ()) -> str:
     """capture.c with the loader's substitutions (see its header)."""
     checks = "".join(f" || {prefix_check(p)}" for p in kernel_prefixes(watch))
     unix = "".join(f" || {prefix_check(unix_path_bytes(p))}" for p in sorted(set(unix_prefixes)) if p)
     comms = "".join(f" || {comm_check(c)}" for c in sorted(set(unix_comms)) if c)
-    return (SOURCE.read_text().replace("RINGBUF_PAGES", str(ringbuf_pages))
-            .replace("WATCH_PREFIXES", checks).replace("UNIX_PREFIXES", unix).replace("UNIX_COMMS", comms))
+    return (SOURCE.read_text().replace("WATCH_PREFIXES", checks).replace("UNIX_PREFIXES", unix).replace("UNIX_COMMS", comms))
 
 
 def budget_flags(per_second: int, burst: int) -> list[str]:
@@ -133,6 +135,20 @@ def has_ringbuf() -> bool:
     except ValueError:
         return True
     return (major, minor) >= (5, 8)
+
+
+def make_ring(bcc, size: int) -> int:
+    """A BPF ring buffer of `size` bytes (a power-of-two number of pages); its fd."""
+    lib = bcc.libbcc.lib
+    lib.bcc_create_map.restype = ctypes.c_int
+    lib.bcc_create_map.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                   ctypes.c_int]
+    fd = lib.bcc_create_map(BPF_MAP_TYPE_RINGBUF, b"events", 0, 0, size, 0)
+    if fd < 0:
+        why = os.strerror(ctypes.get_errno() or -fd)
+        raise CaptureError(f"could not make the BPF ring buffer of {size // mmap.PAGESIZE} pages ({why}); "
+                           "--ringbuf-pages must be a power of two. Run `whodid-agent doctor`.")
+    return fd
 
 
 def boot_epoch() -> float:
@@ -210,26 +226,35 @@ class Capture:
         if offsets is None:
             offsets, self.note = btf.running_kernel()
         defaults = UnixSockets()
-        text = program_text(watch, ringbuf_pages,
-                            tuple(defaults.prefixes if unix_prefixes is None else unix_prefixes),
+        text = program_text(watch, tuple(defaults.prefixes if unix_prefixes is None else unix_prefixes),
                             tuple(defaults.comms if unix_comms is None else unix_comms))
+        # the ring buffer is made here, not by BCC, so that the program can name it (capture.c, RING)
+        self._ring_fd, self._ring_size = -1, ringbuf_pages * mmap.PAGESIZE
+        self._batch_bytes = self._ring_size // BATCH_FILL
+        if not self.perf:
+            self._ring_fd = make_ring(bcc, self._ring_size)
+            flags += [f"-DRING_FD={self._ring_fd}", f"-DWAKE_BYTES={self._batch_bytes}"]
         try:
-            self.bpf = bcc.BPF(text=text, cflags=flags + offsets.cflags())
-        except Exception as exc:            # BCC raises bare Exception for compile/attach failures
-            if offsets == btf.NONE:
-                raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
-            # the struct reads need bpf_probe_read_kernel (5.5) and bounded loops (5.3): an older
-            # kernel with BTF still gets everything else
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             try:
-                self.bpf = bcc.BPF(text=text, cflags=flags + btf.NONE.cflags())
-            except Exception as exc2:
-                raise CaptureError(f"could not load the BPF program: {exc2}. Run `whodid-agent doctor`.") from None
-            offsets, self.note = btf.NONE, (
-                f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
-                "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
-                "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
-                "for the peer's address")
+                self.bpf = bcc.BPF(text=text, cflags=flags + offsets.cflags())
+            except Exception as exc:            # BCC raises bare Exception for compile/attach failures
+                if offsets == btf.NONE:
+                    raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
+                # the struct reads need bpf_probe_read_kernel (5.5) and bounded loops (5.3): an older
+                # kernel with BTF still gets everything else
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                try:
+                    self.bpf = bcc.BPF(text=text, cflags=flags + btf.NONE.cflags())
+                except Exception as exc2:
+                    raise CaptureError(f"could not load the BPF program: {exc2}. Run `whodid-agent doctor`.") from None
+                offsets, self.note = btf.NONE, (
+                    f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
+                    "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
+                    "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
+                    "for the peer's address")
+        except BaseException:
+            self._close_ring()
+            raise
         if offsets.inet and offsets.tcp_state and ret_offset is not None:   # capture.c's TCP_AT_RETURN
             # capture.c's second program on connect()'s return (TCP), not auto-attached
             self.bpf.attach_tracepoint(tp=b"syscalls:sys_exit_connect", fn_name=b"tcp_connect_return")
@@ -250,9 +275,7 @@ class Capture:
             self.bpf["events"].open_perf_buffer(lambda cpu, data, size: self._on_record(None, data, size),
                                                 page_cnt=per_cpu, lost_cb=self._on_lost)
         else:
-            table = self.bpf["events"]
-            self.ring = ringbuf.RingReader(table.map_fd, table.max_entries)
-            self._batch_bytes = table.max_entries // BATCH_FILL
+            self.ring = ringbuf.RingReader(self._ring_fd, self._ring_size)
         self.batch_wait = batch_wait
         self._last_read = time.monotonic()
         self._relative, self._relative_seen = self.bpf["relative_files"], 0
@@ -292,7 +315,9 @@ class Capture:
         if self.perf:
             self.bpf.perf_buffer_poll(timeout_ms)
             return self._assemble() + self._aggregates()
-        self.ring.wait_batch(timeout_ms / 1000, self._batch_bytes, BATCH_STEP)
+        # the kernel wakes us when a batch is full (capture.c, `emit`); else the batch is due
+        # when it has waited batch_wait, which may be before the loop's timeout
+        self.ring.wait(min(timeout_ms / 1000, max(0.0, self._last_read + self.batch_wait - time.monotonic())))
         if now or self._batch_due():
             self._last_read = time.monotonic()
             self._read_ring()
@@ -386,6 +411,7 @@ class Capture:
     def close(self) -> None:
         if self.ring is not None:
             self.ring.close()
+            self.ring = None
         # Detaching a tracepoint waits in the kernel for an RCU grace period (the last perf event
         # on a tracepoint synchronizes before its buffers go), ~40-70 ms each: one after the
         # other, 55 of them held a stopping agent for 2-5 s. Waits from several threads share
@@ -395,3 +421,9 @@ class Capture:
             with ThreadPoolExecutor(max_workers=len(tracepoints), thread_name_prefix="detach") as pool:
                 list(pool.map(self.bpf.detach_tracepoint, tracepoints))
         self.bpf.cleanup()
+        self._close_ring()
+
+    def _close_ring(self) -> None:
+        if self._ring_fd >= 0:
+            os.close(self._ring_fd)
+            self._ring_fd = -1

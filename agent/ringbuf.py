@@ -23,7 +23,6 @@ from __future__ import annotations
 import mmap
 import platform
 import select
-import time
 from typing import Callable
 
 BUSY = 1 << 31
@@ -49,20 +48,15 @@ class RingReader:
         self._base = page
         self._mask = size - 1
         self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
+        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
 
     def wait(self, timeout: float) -> None:
-        """Until the kernel says there are records (it wakes us when we had caught up), or timeout s."""
+        """Until the kernel wakes us, or timeout s. When it does is the BPF program's choice, by
+        the flags it commits a record with: by default for the first record after we had caught
+        up; the agent's (capture.c, `emit`) only once the ring is as full as a batch, or for a
+        record that cannot wait. Edge-triggered: records left unread do not end the next wait
+        at once - a reader that lets a small batch wait for more must not spin on it."""
         self._epoll.poll(timeout)
-
-    def wait_batch(self, timeout: float, fill: int, step: float = 0.01) -> None:
-        """Until `fill` bytes are written, or `timeout` s have passed since the call: a trickle
-        is read in batches, a storm at once. The kernel wakes us only for the first record after
-        we have caught up, so after that the fill is looked at every `step` s."""
-        deadline = time.monotonic() + timeout
-        self.wait(timeout)
-        while 0 < self.pending() < fill and time.monotonic() < deadline:
-            time.sleep(step)
 
     def pending(self) -> int:
         """Bytes the kernel has written that we have not read (headers and discarded records too)."""

@@ -677,7 +677,7 @@ def test_the_budget_keys_and_flags_match_capture_c():
     import re as _re
 
     from whodid.agent.capture import budget_flags, program_text
-    src = program_text((), 64)
+    src = program_text(())
     assert _re.search(rf"#define NO_PROCESS\s+0x{d.NO_PROCESS:x}\b", src)
     assert _re.search(rf"#define OVER_BUDGET_OTHER\s+0x{d.OVER_BUDGET_OTHER:x}\b", src)
     assert budget_flags(0, 10_000) == []                             # unlimited: the checks compile away

@@ -174,18 +174,18 @@ def test_the_path_filter_keeps_configured_prefixes_and_abstract_names(path, kept
 
 
 def test_the_program_text_has_every_filter_and_nothing_left_to_substitute():
-    text = program_text(("/etc",), 64, ("/tmp/tmux-", "@mux"), ("ssh",))
+    text = program_text(("/etc",), ("/tmp/tmux-", "@mux"), ("ssh",))
     assert prefix_check(unix_path_bytes("@mux")) in text and comm_check("ssh") in text
-    for name in ("UNIX_PREFIXES", "UNIX_COMMS", "WATCH_PREFIXES", "RINGBUF_PAGES"):
+    for name in ("UNIX_PREFIXES", "UNIX_COMMS", "WATCH_PREFIXES"):
         assert not re.search(rf"\b{name}\b", text)
-    empty = program_text((), 64, (), ())
+    empty = program_text((), (), ())
     assert re.search(r"if \(!\(0\s*\)\)", empty)     # nothing configured: no connect is kept
 
 
 def test_the_record_layout_matches_capture_c():
     # struct unix_event: hdr, six u32, two u64, two sun_path
     assert d.HDR.size + d.UNIX_TAIL.size == 40 + 6 * 4 + 2 * 8 + 2 * 108
-    src = program_text((), 64)
+    src = program_text(())
     assert "char path[UNIX_PATH]" in src and "#define UNIX_PATH 108" in src
     assert struct.calcsize("<IIIIIIQQ") == 40
 

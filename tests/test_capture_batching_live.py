@@ -79,6 +79,41 @@ def test_a_trickle_waits_for_more_and_a_storm_is_read_at_once(cap):
     assert time.monotonic() - read_at < WAIT, time.monotonic() - read_at
 
 
+def test_the_kernel_wakes_the_agent_for_a_full_batch_or_a_record_that_cannot_wait(cap, watched):
+    """capture.c's `emit`: on a trickle the agent is not woken at all (its own timers read the
+    batch: before, the first record after each read woke it, and it then looked at the fill
+    every 10 ms); a burst wakes it once the ring holds a batch; a file change to a relative
+    path wakes it at once."""
+    cap.drain()
+    cap.ring.wait(0)                                   # a wake-up still queued from before
+    subprocess.run(["/bin/true", "whodid-quiet"], check=True)
+    began = time.monotonic()
+    cap.ring.wait(1.5)
+    assert time.monotonic() - began >= 1.4             # one exec: no wake-up
+    assert 0 < cap.ring.pending() < cap._batch_bytes
+
+    burst = subprocess.Popen(["sh", "-c", 'i=0; while [ $i -lt 2000 ]; do /bin/true "whodid-burst-$i"; '
+                                          'i=$((i+1)); done'])
+    try:
+        began = time.monotonic()
+        cap.ring.wait(30)
+        woken = time.monotonic() - began
+        assert cap.ring.pending() >= cap._batch_bytes and woken < 10, woken    # the fill ended it
+    finally:
+        burst.wait()
+    cap.drain()
+    cap.ring.wait(0)
+
+    writer = subprocess.Popen(["sh", "-c", f'cd {watched} && exec sh -c ": > woken-by; sleep 3"'])
+    try:
+        began = time.monotonic()
+        cap.ring.wait(10)
+        assert time.monotonic() - began < 3.0          # woken while the writer still runs
+        assert any(e["kind"] == "file" and e["path"] == str(watched / "woken-by") for e in cap.poll(0))
+    finally:
+        writer.wait()
+
+
 def test_asked_for_now_every_record_there_is_comes(cap):
     cap.drain()
     subprocess.run(["/bin/true", "whodid-now"], check=True)

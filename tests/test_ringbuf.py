@@ -107,40 +107,25 @@ def test_records_come_out_whole_and_in_order_across_many_wraps():
     assert len(seqs) > total // 2
 
 
-def test_a_trickle_is_read_in_batches_and_a_storm_at_once():
-    """The agent's batching (agent/capture.py, BATCH_FILL): it reads when the ring holds `fill`
-    bytes, or when the poll's time is up; pending() counts what is unread."""
+def test_records_left_unread_do_not_end_the_next_wait_at_once():
+    """The agent lets a small batch wait in the ring for more (agent/capture.py, BATCH_FILL):
+    its wait is edge-triggered, so unread records are no reason to return at once - with a
+    level-triggered wait, its loop would spin until the batch was due. This program commits
+    with flags 0: the kernel wakes the reader for the first record after it caught up."""
     bpf, reader = ring(16)
     try:
-        assert reader.pending() == 0
-        reader.wait_batch(0.05, fill=4096)                    # nothing came: back after the timeout
-        assert reader.pending() == 0
-        for _ in range(3):
-            os.getppid()                                      # a trickle: 3 records, ~430 bytes
-        assert 0 < reader.pending() < 4096
         began = time.monotonic()
-        reader.wait_batch(0.3, fill=4096)
-        assert time.monotonic() - began >= 0.25               # it waited for more, to the poll's end
+        reader.wait(0.3)                                      # nothing came: back after the timeout
+        assert time.monotonic() - began >= 0.25 and reader.pending() == 0
+        for _ in range(3):
+            os.getppid()                                      # the first of them wakes the reader
+        began = time.monotonic()
+        reader.wait(5.0)
+        assert time.monotonic() - began < 2.0 and reader.pending() > 0
+        began = time.monotonic()
+        reader.wait(0.3)                                      # still unread, no new wake-up: it waits
+        assert time.monotonic() - began >= 0.25
         assert len(reader.read()) == 3 and reader.pending() == 0
-
-        stop = threading.Event()
-
-        def storm():
-            while not stop.is_set():
-                for _ in range(50):
-                    os.getppid()
-                time.sleep(0.001)
-
-        thread = threading.Thread(target=storm)
-        thread.start()
-        try:
-            began = time.monotonic()
-            reader.wait_batch(30.0, fill=4096)
-            waited = time.monotonic() - began
-        finally:
-            stop.set()
-            thread.join()
-        assert reader.pending() >= 4096 and waited < 2.0       # the fill, not the 30 s, ended it
     finally:
         reader.close()
         bpf.cleanup()
