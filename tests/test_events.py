@@ -181,3 +181,42 @@ def test_parse_event_compiled_check_says_what_the_field_by_field_check_says(monk
     differ = [(c, f, r) for c, f, r in zip(cases, fast, reference) if repr(f) != repr(r)]
     assert not differ, differ[:3]
     assert sum(f[0] == "event" for f in fast) > 300 and sum(f[0] == "refused" for f in fast) > 300
+
+
+def _ipaddress_plain(value):
+    import ipaddress
+    ip = ipaddress.ip_address(value)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def test_plain_ip_gives_what_ipaddress_gives_for_packed_and_text_addresses():
+    """plain_ip takes the C library's path for the common forms: every address it is given,
+    packed or as text, comes out as ipaddress writes it (runs of zero groups, IPv4-mapped and
+    IPv4-compatible addresses, upper case), and what ipaddress refuses it refuses."""
+    import random
+
+    from whodid.tracer.events import plain_ip
+    rng = random.Random(23)
+    for _ in range(20_000):
+        if rng.random() < 0.3:
+            raw = bytes(rng.choice([0, 1, 255, rng.randrange(256)]) for _ in range(4))
+        else:
+            groups = [rng.choice([0, 0, 0, 0xffff, 1, rng.randrange(65536)]) for _ in range(8)]
+            if rng.random() < 0.15:
+                groups[:6] = [0, 0, 0, 0, 0, rng.choice([0, 0xffff])]      # IPv4-compatible, -mapped
+            raw = b"".join(g.to_bytes(2, "big") for g in groups)
+        text = _ipaddress_plain(raw)
+        assert plain_ip(raw) == text, raw
+        for form in (text, text.upper(), "0" + text, text + " ", f"::ffff:{text}"):
+            try:
+                want = _ipaddress_plain(form)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    plain_ip(form)
+            else:
+                assert plain_ip(form) == want, form
+    for bad in ("", "1.2.3", "01.2.3.4", "1.2.3.256", "::g", b"123", b"\0" * 5):
+        with pytest.raises(ValueError):
+            plain_ip(bad)
