@@ -224,9 +224,6 @@ BPF_TABLE("lru_hash", u64, struct conn_pending, connecting, 16384);   // SYNs ne
 BPF_HASH(accepting, u64, u64, 4096);
 BPF_HASH(pending_files, u64, struct file_event, 4096);
 BPF_ARRAY(lost, u64, 1);      // records the ring buffer had no room for
-// File changes to a relative path sent so far: user space resolves them against the process's
-// cwd in /proc while it still runs, so it reads the ring soon after one comes (capture.py)
-BPF_ARRAY(relative_files, u64, 1);
 // TCP connections seen established whose SYN_SENT the agent had not kept (`connecting`): begun
 // before it loaded, or their entry evicted from the LRU table - not recorded, so said as a loss
 BPF_ARRAY(unseen_starts, u64, 1);
@@ -1319,13 +1316,9 @@ static __always_inline int file_exit(void *ctx, long ret) {
     if (!e)
         return 0;
     if (ret >= 0) {
+        // a relative path is resolved in user space against the process's cwd in /proc, while
+        // it still runs: the agent is woken to read it now (capture.py)
         emit_now(ctx, e, sizeof(*e), e->relative);
-        if (e->relative) {
-            u32 zero = 0;
-            u64 *n = relative_files.lookup(&zero);
-            if (n)
-                __sync_fetch_and_add(n, 1);
-        }
     }
     pending_files.delete(&id);
     return 0;

@@ -278,7 +278,6 @@ class Capture:
             self.ring = ringbuf.RingReader(self._ring_fd, self._ring_size)
         self.batch_wait = batch_wait
         self._last_read = time.monotonic()
-        self._relative, self._relative_seen = self.bpf["relative_files"], 0
         if self.budget.per_second > 0:
             over = self.bpf["over_budget"]
             over[over.Key(decode.OVER_BUDGET_OTHER)] = over.Leaf(0)
@@ -315,19 +314,16 @@ class Capture:
         if self.perf:
             self.bpf.perf_buffer_poll(timeout_ms)
             return self._assemble() + self._aggregates()
-        # the kernel wakes us when a batch is full (capture.c, `emit`); else the batch is due
-        # when it has waited batch_wait, which may be before the loop's timeout
-        self.ring.wait(min(timeout_ms / 1000, max(0.0, self._last_read + self.batch_wait - time.monotonic())))
-        if now or self._batch_due():
+        # the kernel wakes us when a batch is full or a record cannot wait (capture.c, `emit`);
+        # else the batch is due when it has waited batch_wait, which may be before the timeout
+        woken = self.ring.wait(min(timeout_ms / 1000, max(0.0, self._last_read + self.batch_wait - time.monotonic())))
+        if now or woken or self._batch_due():
             self._last_read = time.monotonic()
             self._read_ring()
         return self._assemble() + self._aggregates()
 
     def _batch_due(self) -> bool:
-        relative = self._relative[0].value                  # one map lookup a poll
-        moved, self._relative_seen = relative != self._relative_seen, relative
-        return moved or self.ring.pending() >= self._batch_bytes or \
-            time.monotonic() - self._last_read >= self.batch_wait
+        return self.ring.pending() >= self._batch_bytes or time.monotonic() - self._last_read >= self.batch_wait
 
     def drain(self) -> list:
         if self.perf:

@@ -50,13 +50,14 @@ class RingReader:
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         """Until the kernel wakes us, or timeout s. When it does is the BPF program's choice, by
         the flags it commits a record with: by default for the first record after we had caught
         up; the agent's (capture.c, `emit`) only once the ring is as full as a batch, or for a
         record that cannot wait. Edge-triggered: records left unread do not end the next wait
-        at once - a reader that lets a small batch wait for more must not spin on it."""
-        self._epoll.poll(timeout)
+        at once - a reader that lets a small batch wait for more must not spin on it. True when
+        the kernel woke us (since the last wait), False when the time ran out."""
+        return bool(self._epoll.poll(timeout))
 
     def pending(self) -> int:
         """Bytes the kernel has written that we have not read (headers and discarded records too)."""
@@ -66,6 +67,9 @@ class RingReader:
         """Every committed record, copied out, in order; then their space is given back.
         used(first `head` bytes) -> how much of a record to copy, for records that may hold
         more than they used."""
+        # a wake-up not yet taken is answered by this read: taken now, before the positions are
+        # read, so that one for a record this read misses still ends the next wait
+        self._epoll.poll(0)
         out = []
         data, headers, mask, base = self._data_map, self._headers, self._mask, self._base
         start = pos = self._consumer[0]

@@ -84,11 +84,10 @@ def test_the_kernel_wakes_the_agent_for_a_full_batch_or_a_record_that_cannot_wai
     batch: before, the first record after each read woke it, and it then looked at the fill
     every 10 ms); a burst wakes it once the ring holds a batch; a file change to a relative
     path wakes it at once."""
-    cap.drain()
-    cap.ring.wait(0)                                   # a wake-up still queued from before
+    cap.drain()                                        # (and any wake-up still queued from before)
     subprocess.run(["/bin/true", "whodid-quiet"], check=True)
     began = time.monotonic()
-    cap.ring.wait(1.5)
+    assert cap.ring.wait(1.5) is False
     assert time.monotonic() - began >= 1.4             # one exec: no wake-up
     assert 0 < cap.ring.pending() < cap._batch_bytes
 
@@ -96,20 +95,19 @@ def test_the_kernel_wakes_the_agent_for_a_full_batch_or_a_record_that_cannot_wai
                                           'i=$((i+1)); done'])
     try:
         began = time.monotonic()
-        cap.ring.wait(30)
+        assert cap.ring.wait(30) is True
         woken = time.monotonic() - began
         assert cap.ring.pending() >= cap._batch_bytes and woken < 10, woken    # the fill ended it
     finally:
         burst.wait()
     cap.drain()
-    cap.ring.wait(0)
 
     writer = subprocess.Popen(["sh", "-c", f'cd {watched} && exec sh -c ": > woken-by; sleep 3"'])
     try:
         began = time.monotonic()
-        cap.ring.wait(10)
+        assert cap.ring.wait(10) is True
         assert time.monotonic() - began < 3.0          # woken while the writer still runs
-        assert any(e["kind"] == "file" and e["path"] == str(watched / "woken-by") for e in cap.poll(0))
+        assert any(e["kind"] == "file" and e["path"] == str(watched / "woken-by") for e in cap.poll(0, now=True))
     finally:
         writer.wait()
 

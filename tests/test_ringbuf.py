@@ -115,15 +115,15 @@ def test_records_left_unread_do_not_end_the_next_wait_at_once():
     bpf, reader = ring(16)
     try:
         began = time.monotonic()
-        reader.wait(0.3)                                      # nothing came: back after the timeout
+        assert reader.wait(0.3) is False                      # nothing came: back after the timeout
         assert time.monotonic() - began >= 0.25 and reader.pending() == 0
         for _ in range(3):
             os.getppid()                                      # the first of them wakes the reader
         began = time.monotonic()
-        reader.wait(5.0)
+        assert reader.wait(5.0) is True
         assert time.monotonic() - began < 2.0 and reader.pending() > 0
         began = time.monotonic()
-        reader.wait(0.3)                                      # still unread, no new wake-up: it waits
+        assert reader.wait(0.3) is False                      # still unread, no new wake-up: it waits
         assert time.monotonic() - began >= 0.25
         assert len(reader.read()) == 3 and reader.pending() == 0
     finally:
