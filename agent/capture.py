@@ -42,6 +42,7 @@ ARGS_FIXED = decode.HDR.size + decode.ARGS_HEAD.size
 # 4 MiB ring holds thousands of execs.
 # Not waited for: a file change to a relative path (resolved against its process's cwd in
 # /proc, which only a process still running has): its record wakes the agent, which reads it.
+READ_GAP = 0.02             # seconds at least between reads the kernel woke us for, short of a full batch
 BATCH_FILL = 8              # a batch is full at 1/BATCH_FILL of the ring
 BATCH_WAIT = 1.0            # seconds records may wait in the ring for more to come
 AGG_SWEEP = 1.0             # seconds between looks for aggregated connections whose minute is over
@@ -146,8 +147,11 @@ def make_ring(bcc, size: int) -> int:
     fd = lib.bcc_create_map(BPF_MAP_TYPE_RINGBUF, b"events", 0, 0, size, 0)
     if fd < 0:
         why = os.strerror(ctypes.get_errno() or -fd)
-        raise CaptureError(f"could not make the BPF ring buffer of {size // mmap.PAGESIZE} pages ({why}); "
-                           "--ringbuf-pages must be a power of two. Run `whodid-agent doctor`.")
+        pages = size // mmap.PAGESIZE
+        hint = "--ringbuf-pages must be a power of two" if pages <= 0 or pages & (pages - 1) else \
+            "a smaller --ringbuf-pages may fit"
+        raise CaptureError(f"could not make the BPF ring buffer of {pages} pages ({why}); {hint}. "
+                           "Run `whodid-agent doctor`.")
     return fd
 
 
@@ -255,6 +259,19 @@ class Capture:
         except BaseException:
             self._close_ring()
             raise
+        self.ring: ringbuf.RingReader | None = None
+        try:
+            self._start(assembler, offsets, ret_offset, ringbuf_pages, batch_wait)
+        except BaseException:
+            if self.ring is not None:
+                self.ring.close()
+            self.bpf.cleanup()
+            self._close_ring()
+            raise
+
+    def _start(self, assembler: Assembler, offsets: btf.KernelOffsets, ret_offset: int | None, ringbuf_pages: int,
+               batch_wait: float) -> None:
+        """The rest of the set-up, once the program is loaded."""
         if offsets.inet and offsets.tcp_state and ret_offset is not None:   # capture.c's TCP_AT_RETURN
             # capture.c's second program on connect()'s return (TCP), not auto-attached
             self.bpf.attach_tracepoint(tp=b"syscalls:sys_exit_connect", fn_name=b"tcp_connect_return")
@@ -267,7 +284,6 @@ class Capture:
         self._last_orphan_sweep = time.monotonic()
         self._orphans = 0           # connections counted under keys whose first record was lost
         self._stale_connects = 0    # connects whose outcome the kernel's probe never saw (swept)
-        self.ring: ringbuf.RingReader | None = None
         if self.perf:
             # per-CPU buffers: pages per CPU, so share the budget out
             # (at least 64 pages each: an argv record can take ~8 KiB)
@@ -316,7 +332,17 @@ class Capture:
             return self._assemble() + self._aggregates()
         # the kernel wakes us when a batch is full or a record cannot wait (capture.c, `emit`);
         # else the batch is due when it has waited batch_wait, which may be before the timeout
-        woken = self.ring.wait(min(timeout_ms / 1000, max(0.0, self._last_read + self.batch_wait - time.monotonic())))
+        # (nothing waiting: nothing is due, and a short flush interval must not turn an idle loop)
+        wait = timeout_ms / 1000
+        if self.ring.pending():
+            wait = min(wait, max(0.0, self._last_read + self.batch_wait - time.monotonic()))
+        woken = self.ring.wait(wait)
+        if woken and not now and self.ring.pending() < self._batch_bytes:
+            # woken for a record that cannot wait: any user can write files by relative paths
+            # by the thousand a second, and a storm of them is read every READ_GAP, not per record
+            early = self._last_read + READ_GAP - time.monotonic()
+            if early > 0:
+                time.sleep(early)
         if now or woken or self._batch_due():
             self._last_read = time.monotonic()
             self._read_ring()

@@ -554,8 +554,9 @@ def doctor(_args) -> int:
 def bad_number(args) -> str | None:
     """What is wrong with a number given on the command line, if anything."""
     pages = getattr(args, "ringbuf_pages", None)
-    if pages is not None and (pages < 1 or pages & (pages - 1) or pages > 1 << 20):
-        return f"--ringbuf-pages must be a power of 2 from 1 to {1 << 20} (4 KiB pages); got {pages}"
+    # at most 2 GiB: the kernel keeps a ring's size in 32 bits
+    if pages is not None and (pages < 1 or pages & (pages - 1) or pages > 1 << 19):
+        return f"--ringbuf-pages must be a power of 2 from 1 to {1 << 19} (4 KiB pages); got {pages}"
     interval = getattr(args, "flush_interval", None)
     if interval is not None and not 0 < interval <= 3600:
         return f"--flush-interval must be more than 0 and at most 3600 seconds; got {interval}"

@@ -777,3 +777,12 @@ def test_a_connect_whose_process_is_gone_unseen_is_not_given_to_the_pids_new_pro
     (connect,) = [e for e in out if e["kind"] == "connect"]
     assert asm.procs[10].start == 4 * s
     assert connect["pid"] == 10 and connect["start"] == 2 * s
+
+
+def test_ringbuf_pages_on_the_command_line_are_a_power_of_two_the_kernel_can_hold():
+    from argparse import Namespace
+
+    from whodid.agent.cli import bad_number
+    assert bad_number(Namespace(ringbuf_pages=1 << 19)) is None
+    for pages in (0, 3, 1 << 20):                   # 4 GiB does not fit the kernel's 32-bit size
+        assert "--ringbuf-pages must be a power of 2 from 1 to 524288" in bad_number(Namespace(ringbuf_pages=pages))

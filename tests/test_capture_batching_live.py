@@ -46,6 +46,13 @@ def marks(events, mark: str) -> list[str]:
             and e["argv"][1].startswith(mark)]
 
 
+def quietly(check, tries: int = 3) -> bool:
+    """True when `check()` holds in one of `tries` attempts. The capture sees the whole host:
+    another process's burst of execs, or a file written by a relative path anywhere, may wake
+    it or fill its batch in one attempt; not, on a test machine, in three in a row."""
+    return any(check() for _ in range(tries))
+
+
 def test_a_ring_holds_many_execs_unread(cap):
     cap.drain()
     before = cap.lost()
@@ -59,10 +66,13 @@ def test_a_ring_holds_many_execs_unread(cap):
 
 
 def test_a_trickle_waits_for_more_and_a_storm_is_read_at_once(cap):
-    cap.drain()
+    def waits() -> bool:
+        cap.drain()
+        subprocess.run(["/bin/true", "whodid-trickle"], check=True)
+        return marks(cap.poll(0), "whodid-trickle") == []              # not due: it waits
+
+    assert quietly(waits)
     began = time.monotonic()
-    subprocess.run(["/bin/true", "whodid-trickle"], check=True)
-    assert marks(cap.poll(0), "whodid-trickle") == []                  # not due: it waits
     events = []
     while not marks(events, "whodid-trickle") and time.monotonic() - began < 10:
         events += cap.poll(100)
@@ -84,12 +94,14 @@ def test_the_kernel_wakes_the_agent_for_a_full_batch_or_a_record_that_cannot_wai
     batch: before, the first record after each read woke it, and it then looked at the fill
     every 10 ms); a burst wakes it once the ring holds a batch; a file change to a relative
     path wakes it at once."""
-    cap.drain()                                        # (and any wake-up still queued from before)
-    subprocess.run(["/bin/true", "whodid-quiet"], check=True)
-    began = time.monotonic()
-    assert cap.ring.wait(1.5) is False
-    assert time.monotonic() - began >= 1.4             # one exec: no wake-up
-    assert 0 < cap.ring.pending() < cap._batch_bytes
+    def not_woken() -> bool:
+        cap.drain()                                    # (and any wake-up still queued from before)
+        subprocess.run(["/bin/true", "whodid-quiet"], check=True)
+        began = time.monotonic()
+        return cap.ring.wait(1.5) is False and time.monotonic() - began >= 1.4 and \
+            0 < cap.ring.pending() < cap._batch_bytes
+
+    assert quietly(not_woken)                          # one exec: no wake-up
 
     burst = subprocess.Popen(["sh", "-c", 'i=0; while [ $i -lt 2000 ]; do /bin/true "whodid-burst-$i"; '
                                           'i=$((i+1)); done'])
@@ -102,21 +114,57 @@ def test_the_kernel_wakes_the_agent_for_a_full_batch_or_a_record_that_cannot_wai
         burst.wait()
     cap.drain()
 
+    began = time.monotonic()
     writer = subprocess.Popen(["sh", "-c", f'cd {watched} && exec sh -c ": > woken-by; sleep 3"'])
     try:
-        began = time.monotonic()
-        assert cap.ring.wait(10) is True
-        assert time.monotonic() - began < 3.0          # woken while the writer still runs
-        assert any(e["kind"] == "file" and e["path"] == str(watched / "woken-by") for e in cap.poll(0, now=True))
+        seen = False
+        while not seen and time.monotonic() - began < 10:
+            # each wake-up is read (another process's may come first), and only then is waited again
+            assert cap.ring.wait(10 - (time.monotonic() - began)) is True
+            seen = any(e["kind"] == "file" and e["path"] == str(watched / "woken-by")
+                       for e in cap.poll(0, now=True))
+        assert seen and time.monotonic() - began < 3.0      # woken while the writer still runs
     finally:
         writer.wait()
 
 
-def test_asked_for_now_every_record_there_is_comes(cap):
+def test_a_storm_of_relative_path_writes_is_read_in_batches_not_per_record(cap, tmp_path):
+    """Every file change by a relative path reaches user space (its folder is known only from
+    /proc) and wakes it; any user can make thousands a second, anywhere. The agent reads them
+    at most every READ_GAP: not once per record."""
+    from whodid.agent.capture import READ_GAP
+    reads, read_ring = [], cap._read_ring
+
+    def counted():
+        reads.append(time.monotonic())
+        read_ring()
+
     cap.drain()
-    subprocess.run(["/bin/true", "whodid-now"], check=True)
-    assert marks(cap.poll(0), "whodid-now") == []
-    assert marks(cap.poll(0, now=True), "whodid-now") == ["whodid-now"]
+    storm = subprocess.Popen(["sh", "-c", f'cd {tmp_path} && i=0; while [ $i -lt 20000 ]; do : > f; '
+                                          'i=$((i+1)); done'])
+    cap._read_ring = counted
+    try:
+        began = time.monotonic()
+        while time.monotonic() - began < 1.0:
+            cap.poll(200)
+        took = time.monotonic() - began
+    finally:
+        del cap._read_ring
+        storm.kill()
+        storm.wait()
+    cap.drain()
+    assert reads, "the storm woke nothing"
+    assert len(reads) <= took / READ_GAP + 3, (len(reads), took)
+
+
+def test_asked_for_now_every_record_there_is_comes(cap):
+    def comes_only_when_asked() -> bool:
+        cap.drain()
+        subprocess.run(["/bin/true", "whodid-now"], check=True)
+        return marks(cap.poll(0), "whodid-now") == [] and \
+            marks(cap.poll(0, now=True), "whodid-now") == ["whodid-now"]
+
+    assert quietly(comes_only_when_asked)
 
 
 def test_a_relative_file_change_is_read_while_its_process_runs(cap, watched):
