@@ -276,6 +276,16 @@ def test_other_matches_exactly_as_many_as_the_limit_are_all_there_is(slack):
     assert text == "10 matches for sudo" and "older ones" not in str(bl)
 
 
+def test_other_matches_trace_no_more_matches_than_they_list(slack, monkeypatch):
+    # whether older ones exist is one more row of the store, not one more trace: a trace of
+    # a busy match is the answer's most expensive part, with ten people asking at once
+    from whodid.tracer.trace import Tracer
+    built, trace = [], Tracer.trace
+    monkeypatch.setattr(Tracer, "trace", lambda self, *a, **k: built.append(1) or trace(self, *a, **k))
+    found = slack.bot.find(View(Ask(pattern="sudo", since=time.time() - 86400, since_text="24h"), 0))
+    assert len(found) == 10 and found.more and len(built) == 10
+
+
 def test_rate_limits_are_waited_out(slack):
     slack.fail("chat.postMessage", status=429, retry_after=1)
     slack.slash(slack.url, "delete-cluster")

@@ -199,8 +199,9 @@ class Found(list):
     """find()'s traces, newest first. Set when a `user:` search stopped before the oldest match
     (USER_SEARCH_MAX, USER_SEARCH_SECONDS) with fewer than its limit found: `looked_at`, how many
     matches it traced, and `looked_to`, the time of the oldest of them - older ones were not looked
-    at and may involve the user. `more`: set by a caller that asked for one more than it keeps
-    (the Slack bot): older matches than these exist."""
+    at and may involve the user. `more`: older matches than these exist (find() looks for one
+    more than its limit in the store; a `user:` search leaves it to a caller that asks for one
+    more trace than it keeps, as the Slack bot does)."""
     looked_at: int | None = None
     looked_to: float | None = None
     more: bool = False
@@ -283,7 +284,10 @@ class Tracer:
         _find_involving."""
         if query.user:
             return self._find_involving(query)
-        return Found(make(query.scope, query.started) for _, _, make in self._matches(query, query.limit))
+        matches = self._matches(query, query.limit + 1)    # one more row, not one more trace
+        found = Found(make(query.scope, query.started) for _, _, make in matches[:query.limit])
+        found.more = len(matches) > query.limit
+        return found
 
     def _find_involving(self, query: Query) -> Found:
         """A `user:` question: each match is traced (scope 0) to see whether it involves the user,

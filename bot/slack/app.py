@@ -394,11 +394,14 @@ class Bot:
     # --- helpers -------------------------------------------------------------------------
 
     def find(self, view: View):
-        """The question's matches, newest first, at scope 0: for the count and "Other matches".
-        One more than shown is looked for, so that `more` says whether older ones exist: a list
-        exactly as long as the limit may be all there is."""
+        """The question's matches, newest first, at scope 0: for the count and "Other matches",
+        with `more` saying whether older ones exist (a list exactly as long as the limit may be
+        all there is). The tracer finds that out from one more row of the store; a `user:`
+        search only by tracing one more match, which it does for each match it looks at anyway."""
         limit = max(self.s.matches, view.index + 1)
         with self.tracer() as tracer:
+            if not view.ask.user:
+                return tracer.find(view.ask.query(limit=limit))
             found = tracer.find(view.ask.query(limit=limit + 1))
         found.more = len(found) > limit
         del found[limit:]                       # in place: a slice would lose looked_at and looked_to
