@@ -146,10 +146,16 @@ def make_ring(bcc, size: int) -> int:
                                    ctypes.c_int]
     fd = lib.bcc_create_map(BPF_MAP_TYPE_RINGBUF, b"events", 0, 0, size, 0)
     if fd < 0:
-        why = os.strerror(ctypes.get_errno() or -fd)
+        err = ctypes.get_errno() or -fd
         pages = size // mmap.PAGESIZE
-        hint = "--ringbuf-pages must be a power of two" if pages <= 0 or pages & (pages - 1) else \
-            "a smaller --ringbuf-pages may fit"
+        if err in (errno.EPERM, errno.EACCES):
+            hint = ("the agent needs root, or CAP_BPF and CAP_PERFMON: a systemd unit's CapabilityBoundingSet= "
+                    "must keep both (deploy/systemd/whodid-agent.service)")
+        elif pages <= 0 or pages & (pages - 1):
+            hint = "--ringbuf-pages must be a power of two"
+        else:
+            hint = "a smaller --ringbuf-pages may fit"
+        why = os.strerror(err)
         raise CaptureError(f"could not make the BPF ring buffer of {pages} pages ({why}); {hint}. "
                            "Run `whodid-agent doctor`.")
     return fd
