@@ -44,11 +44,10 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
-from agent_profile import PROFILED, cprofile_table  # noqa: E402
+from agent_profile import PROFILED, cprofile_table, cpu_seconds, cpu_split  # noqa: E402
 from auditd import Auditd, missing  # noqa: E402
 from result import result  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 HOST = "soak-host"
 USER = "nobody"                         # the non-root user one exec worker runs as
 # short commands with arguments, as a host runs them; {m} is the exec's unique marker
@@ -66,16 +65,6 @@ COMMANDS = [
 
 
 # --- measuring ---------------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_split(pid))
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) seconds of a process, every thread."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
-
 
 def run_seconds(pid: int) -> float:
     """CPU seconds of the live threads of a process as the scheduler counts them, in nanoseconds
@@ -291,8 +280,9 @@ def stored_others(db: Path, port: int, watched: Path, since: float, until: float
 def sample(t: float, agent: int, collector: int, audit_pids: list[int]) -> dict:
     a_rss, a_anon = memory_mb(agent)
     c_rss, c_anon = memory_mb(collector)
+    a_user, a_sys = cpu_split(agent)
     return {"t": t, "agent_rss": a_rss, "agent_anon": a_anon, "collector_rss": c_rss, "collector_anon": c_anon,
-            "agent_cpu": cpu_seconds(agent), "agent_sys": cpu_split(agent)[1], "agent_wakeups": wakeups(agent),
+            "agent_cpu": a_user + a_sys, "agent_sys": a_sys, "agent_wakeups": wakeups(agent),
             "agent_run": run_seconds(agent),
             "collector_cpu": cpu_seconds(collector),
             "audit_cpu": sum(cpu_seconds(p) for p in audit_pids)}
