@@ -244,36 +244,41 @@ class Capture:
         if not self.perf:
             self._ring_fd = make_ring(bcc, self._ring_size)
             flags += [f"-DRING_FD={self._ring_fd}", f"-DWAKE_BYTES={self._batch_bytes}"]
-        try:
-            try:
-                self.bpf = bcc.BPF(text=text, cflags=flags + offsets.cflags())
-            except Exception as exc:            # BCC raises bare Exception for compile/attach failures
-                if offsets == btf.NONE:
-                    raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
-                # the struct reads need bpf_probe_read_kernel (5.5) and bounded loops (5.3): an older
-                # kernel with BTF still gets everything else
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                try:
-                    self.bpf = bcc.BPF(text=text, cflags=flags + btf.NONE.cflags())
-                except Exception as exc2:
-                    raise CaptureError(f"could not load the BPF program: {exc2}. Run `whodid-agent doctor`.") from None
-                offsets, self.note = btf.NONE, (
-                    f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
-                    "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
-                    "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
-                    "for the peer's address")
-        except BaseException:
-            self._close_ring()
-            raise
+        self.bpf = None
         self.ring: ringbuf.RingReader | None = None
         try:
+            offsets = self._load(bcc, text, flags, offsets)
             self._start(assembler, offsets, ret_offset, ringbuf_pages, batch_wait)
         except BaseException:
+            # nothing made here outlives a failed start: the reader, the program, the ring
             if self.ring is not None:
                 self.ring.close()
-            self.bpf.cleanup()
+            if self.bpf is not None:
+                self.bpf.cleanup()
             self._close_ring()
             raise
+
+    def _load(self, bcc, text: str, flags: list[str], offsets: btf.KernelOffsets) -> btf.KernelOffsets:
+        """Compile and load the program into self.bpf; the offsets it loaded with."""
+        try:
+            self.bpf = bcc.BPF(text=text, cflags=flags + offsets.cflags())
+            return offsets
+        except Exception as exc:            # BCC raises bare Exception for compile/attach failures
+            if offsets == btf.NONE:
+                raise CaptureError(f"could not load the BPF program: {exc}. Run `whodid-agent doctor`.") from None
+            # the struct reads need bpf_probe_read_kernel (5.5) and bounded loops (5.3): an older
+            # kernel with BTF still gets everything else
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        try:
+            self.bpf = bcc.BPF(text=text, cflags=flags + btf.NONE.cflags())
+        except Exception as exc2:
+            raise CaptureError(f"could not load the BPF program: {exc2}. Run `whodid-agent doctor`.") from None
+        self.note = (
+            f"the BPF program did not load with its kernel-struct reads ({first}), so it runs without them: "
+            "ses/auid and the pid namespace come only from /proc, --pid-namespace self sees only its "
+            "own namespace, and unix-socket connects are not recorded, nor TCP accepts that do not ask "
+            "for the peer's address")
+        return btf.NONE
 
     def _start(self, assembler: Assembler, offsets: btf.KernelOffsets, ret_offset: int | None, ringbuf_pages: int,
                batch_wait: float) -> None:

@@ -213,3 +213,21 @@ def test_a_heartbeat_never_goes_out_before_the_records_made_before_it(tmp_path):
     assert len(alive) >= 5
     early = [(mark, n) for mark, at in done.items() for n, ts in alive if ts > at and n < order[mark]]
     assert early == []
+
+
+def test_a_capture_that_cannot_load_keeps_no_ring_open(watched):
+    """The loader makes the ring before the program (capture.c, RING): a program that does not
+    load - here it does not compile - must not leave the ring's fd, its memory
+    (locked, 4 MiB by default) or anything else behind, start after failed start."""
+    import os
+
+    from whodid.agent.assemble import Assembler
+    from whodid.agent.capture import Capture, CaptureError
+    from whodid.agent.procfs import ProcFS
+    watch = (str(watched),)
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(CaptureError, match="could not load the BPF program"):
+            Capture(Assembler("t", "b", 0.0, ProcFS(), lambda u: None, lambda g: None, watch=watch),
+                    watch=watch, ringbuf_pages=64, faults=("PIDNS_FILTER=(",))
+    assert set(os.listdir("/proc/self/fd")) == before
